@@ -1,0 +1,50 @@
+# apiscope: `make demo` to see it work, `make test` to check it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_ARGS ?=
+
+.PHONY: install demo test lint typecheck pytest bench system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/apiscope demo $(DEMO_ARGS)
+
+# System packages the tests drive for real (Chromium, gdb, Prometheus, wrk): installed with
+# apt-get when running as root and missing; otherwise the script says what is missing.
+system-deps:
+	bash scripts/install-system-deps.sh
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests sample_app benchmarks
+
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy
+
+pytest: $(VENV)/.installed-test
+	$(BIN)/pytest -q -rs
+
+test: system-deps lint typecheck pytest
+
+bench: system-deps $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from apiscope.cli.main import entry
+
+entry()

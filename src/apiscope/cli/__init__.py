@@ -1,0 +1,1 @@
+"""The `apiscope` command line: one module per subcommand."""

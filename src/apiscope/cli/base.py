@@ -1,0 +1,72 @@
+"""What every subcommand shares: the Command protocol and the collecting options."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Protocol
+
+
+class Command(Protocol):
+    """One subcommand: it describes its options and runs, returning the exit code."""
+
+    name: str
+    help: str
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def port(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return value
+
+
+def add_collect_options(parser: argparse.ArgumentParser, *, inject: bool = False) -> None:
+    """The options every collecting command (attach, run, demo) takes."""
+    group = parser.add_argument_group("collection")
+    group.add_argument("--duration", type=positive_float, metavar="SECONDS",
+                       help="stop after this many seconds (default: until Ctrl-C)")
+    group.add_argument("--rate", type=positive_int, default=100, metavar="HZ",
+                       help="stack samples per second (default: 100)")
+    group.add_argument("--session", metavar="PATH",
+                       help="session file to write (default: apiscope-<time>.sqlite)")
+    group.add_argument("--nonblocking", action="store_true",
+                       help="sample without pausing the target (cheaper, loses some samples)")
+    group.add_argument("--slo-ms", type=positive_float, default=200.0, metavar="MS",
+                       help="latency objective; p95 above it is flagged (default: 200)")
+    group.add_argument("--report", metavar="PATH",
+                       help="write the report at the end (.json or .html by suffix)")
+    if inject:
+        group.add_argument("--no-inject", action="store_true",
+                           help="stacks and resources only: do not inject the latency agent")
+    out = parser.add_argument_group("dashboard and metrics")
+    out.add_argument("--no-dashboard", action="store_true", help="do not serve the dashboard")
+    out.add_argument("--host", default="127.0.0.1",
+                     help="address the dashboard and /metrics listen on (default: 127.0.0.1)")
+    out.add_argument("--port", type=port, default=8050,
+                     help="dashboard port, also serving /metrics (default: 8050)")
+    out.add_argument("--metrics-port", type=port, metavar="PORT",
+                     help="serve /metrics on this port (for headless use with --no-dashboard)")

@@ -1,0 +1,62 @@
+"""Entry point: parse the subcommand and run it, mapping expected errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from apiscope import __version__
+from apiscope.cli.attach import AttachCommand
+from apiscope.cli.base import Command
+from apiscope.cli.dashboard import DashboardCommand
+from apiscope.cli.demo import DemoCommand
+from apiscope.cli.detach import DetachCommand
+from apiscope.cli.diff import DiffCommand
+from apiscope.cli.export import ExportCommand
+from apiscope.cli.report import ReportCommand
+from apiscope.cli.run import RunCommand
+from apiscope.errors import ApiscopeError
+
+COMMANDS: list[Command] = [
+    AttachCommand(),
+    RunCommand(),
+    DemoCommand(),
+    DashboardCommand(),
+    ReportCommand(),
+    ExportCommand(),
+    DiffCommand(),
+    DetachCommand(),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="apiscope",
+        description="Profile a running ASGI API server per endpoint, without a restart.",
+    )
+    parser.add_argument("--version", action="version", version=f"apiscope {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command_parser = sub.add_parser(command.name, help=command.help,
+                                        description=command.help)
+        command.prepare_parser(command_parser)
+        command_parser.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 with a usage message on bad input
+    try:
+        return int(args.run(args))
+    except ApiscopeError as exc:
+        print(f"apiscope: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("apiscope: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Plain data shared by the collectors, the session store, the analysis and the exporters.
+
+Everything here is a frozen dataclass of builtins: collectors produce these, the store persists
+them, and analysis rules read them back. No behaviour beyond small derived properties.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class ThreadRole(str, Enum):
+    """What a thread does in an ASGI server."""
+
+    LOOP = "loop"  # runs the asyncio/uvloop event loop
+    WORKER = "worker"  # a thread-pool worker (anyio/asyncio default executor) running sync code
+    OTHER = "other"  # anything else (aiosqlite connection threads, the agent, gunicorn arbiter)
+
+
+class SampleState(str, Enum):
+    """What a sampled thread was doing."""
+
+    WAITING = "waiting"  # idle in the event loop's selector or an idle worker's queue get
+    RUNNING = "running"  # executing Python code (holding or wanting the GIL)
+    BLOCKED = "blocked"  # off-CPU inside user code: a sync sleep, sync I/O, a lock
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One stack frame as py-spy reports it; `line` is the line executing in that frame."""
+
+    function: str
+    file: str
+    line: int
+
+    def label(self) -> str:
+        return f"{self.function} ({self.file}:{self.line})"
+
+
+@dataclass(frozen=True, slots=True)
+class StackSample:
+    """`count` samples of one thread showing the same stack (frames root first)."""
+
+    pid: int
+    tid: int
+    thread_name: str
+    frames: tuple[Frame, ...]
+    count: int
+    state: SampleState = SampleState.RUNNING
+    gil: bool | None = None  # held the GIL, when known
+
+
+@dataclass(frozen=True, slots=True)
+class StackWindow:
+    """All samples one py-spy record run returned for [start, end) (epoch seconds)."""
+
+    start: float
+    end: float
+    rate_hz: int
+    samples: tuple[StackSample, ...]
+    errors: int = 0  # samples py-spy failed to read, when it says so
+    threads: dict[tuple[int, int], ThreadRole] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryStat:
+    """The queries of one request sharing one normalized statement."""
+
+    statement: str
+    count: int
+    total_ms: float
+    file: str | None = None  # user-code call site of the statement, when repeated
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request as the in-process agent measured it."""
+
+    pid: int
+    start: float  # epoch seconds of the first receive
+    duration_ms: float
+    method: str
+    route: str  # the template, e.g. "/items/{item_id}", or "<unmatched>"
+    status: int
+    exc_type: str | None = None
+    exc_file: str | None = None
+    exc_line: int | None = None
+    queries: tuple[QueryStat, ...] = ()
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.method} {self.route}"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInfo:
+    """One entry of the app's route table."""
+
+    method: str
+    template: str
+    handler: str  # "module:function"
+    file: str
+    line: int  # first line of the handler
+    is_async: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceSample:
+    """psutil figures of one process at one instant."""
+
+    ts: float
+    pid: int
+    cpu_percent: float
+    rss_bytes: int
+    threads: int
+    fds: int
+    connections: int = 0
+    ctx_voluntary: int = 0
+    ctx_involuntary: int = 0
+    read_bytes: int = 0
+    write_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadPoolSample:
+    """The thread-pool limiter's state in one process at one instant."""
+
+    ts: float
+    pid: int
+    total_tokens: int
+    borrowed_tokens: int
+    waiting: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStats:
+    """The agent's own counters (cumulative since it started)."""
+
+    ts: float
+    pid: int
+    recorded: int
+    dropped: int
+    errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """A process of the target: the server itself, or a worker of a gunicorn master."""
+
+    pid: int
+    ppid: int | None
+    role: str  # "master", "worker" or "single"
+    command: str
+    first_seen: float
+    exited_at: float | None = None

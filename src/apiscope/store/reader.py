@@ -1,0 +1,219 @@
+"""Reading a session file, while it is written or after.
+
+The reader opens the file read-only, checks it is an apiscope session of a schema it knows, and
+returns the model's plain dataclasses. Frames and stacks are resolved through small caches, so
+iterating a million samples reads each distinct stack once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apiscope.errors import SessionFileError
+from apiscope.model import (
+    AgentStats,
+    Frame,
+    ProcessInfo,
+    QueryStat,
+    RequestRecord,
+    ResourceSample,
+    RouteInfo,
+    SampleState,
+    StackSample,
+    ThreadPoolSample,
+    ThreadRole,
+)
+from apiscope.store import schema
+
+
+@dataclass(frozen=True, slots=True)
+class SampleFilter:
+    """A slice of the samples: every field left as None matches everything."""
+
+    since: float | None = None  # epoch seconds, inclusive (by window start)
+    until: float | None = None  # epoch seconds, exclusive (by window start)
+    pid: int | None = None
+    tid: int | None = None
+    states: frozenset[SampleState] | None = None
+    gil: bool | None = None
+
+
+class SessionReader:
+    """Read access to one session file."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SessionFileError(f"no session file at {self.path}: check the path")
+        try:
+            self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                         check_same_thread=False)
+            app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise SessionFileError(
+                f"{self.path} is not an apiscope session file ({exc}): pass the .sqlite file"
+                " written by `apiscope attach --session`") from None
+        if app_id != schema.APPLICATION_ID:
+            raise SessionFileError(
+                f"{self.path} is an SQLite file but not an apiscope session: pass the file"
+                " written by `apiscope attach --session`")
+        if version > schema.SCHEMA_VERSION:
+            raise SessionFileError(
+                f"{self.path} uses session schema {version}, newer than this apiscope"
+                f" understands ({schema.SCHEMA_VERSION}): upgrade apiscope")
+        self._frames: dict[int, Frame] = {}
+        self._stacks: dict[int, tuple[Frame, ...]] = {}
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> SessionReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only SQL query (for aggregate views such as the dashboard's)."""
+        return self._conn.execute(sql, params).fetchall()
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    def meta(self) -> dict[str, Any]:
+        return {key: json.loads(value) for key, value in self.query("SELECT key, value FROM meta")}
+
+    def processes(self) -> list[ProcessInfo]:
+        return [ProcessInfo(*row) for row in self.query(
+            "SELECT pid, ppid, role, command, first_seen, exited_at FROM processes ORDER BY pid")]
+
+    def routes(self) -> list[RouteInfo]:
+        """The route table, one entry per (method, template) whichever worker reported it."""
+        rows = self.query("SELECT method, template, handler, file, line, is_async FROM routes"
+                          " GROUP BY method, template ORDER BY template, method")
+        return [RouteInfo(m, t, h, f, ln, bool(a)) for m, t, h, f, ln, a in rows]
+
+    def threads(self) -> dict[tuple[int, int], tuple[str, ThreadRole]]:
+        return {(pid, tid): (name, ThreadRole(role))
+                for pid, tid, name, role in self.query("SELECT pid, tid, name, role FROM threads")}
+
+    def time_range(self) -> tuple[float, float] | None:
+        """First and last instant anything was recorded (epoch seconds)."""
+        row = self.query(
+            "SELECT min(t0), max(t1) FROM ("
+            " SELECT min(start) t0, max(end) t1 FROM windows"
+            " UNION ALL SELECT min(start), max(start + duration_ms / 1000.0) FROM requests"
+            " UNION ALL SELECT min(ts), max(ts) FROM resources)")[0]
+        return None if row[0] is None else (row[0], row[1])
+
+    # -- stacks -------------------------------------------------------------------------------
+
+    def windows(self) -> list[tuple[int, float, float, int, int]]:
+        """(id, start, end, rate_hz, errors) of every sampling window."""
+        return self.query("SELECT id, start, end, rate_hz, errors FROM windows ORDER BY start")
+
+    def stack(self, stack_id: int) -> tuple[Frame, ...]:
+        frames = self._stacks.get(stack_id)
+        if frames is None:
+            text = self.query("SELECT frame_ids FROM stacks WHERE id = ?", (stack_id,))[0][0]
+            frames = tuple(self._frame(int(fid)) for fid in text.split(",") if fid)
+            self._stacks[stack_id] = frames
+        return frames
+
+    def _frame(self, frame_id: int) -> Frame:
+        frame = self._frames.get(frame_id)
+        if frame is None:
+            if not self._frames:  # load all at once: a session has thousands, not millions
+                self._frames = {fid: Frame(fn, f, ln) for fid, fn, f, ln in
+                                self.query("SELECT id, function, file, line FROM frames")}
+            frame = self._frames.get(frame_id)
+            if frame is None:
+                fn, f, ln = self.query("SELECT function, file, line FROM frames WHERE id = ?",
+                                       (frame_id,))[0]
+                frame = self._frames[frame_id] = Frame(fn, f, ln)
+        return frame
+
+    def samples(self, flt: SampleFilter | None = None) -> Iterator[tuple[float, StackSample]]:
+        """(window start, sample) for every stored sample row matching the filter."""
+        flt = flt or SampleFilter()
+        where, params = ["1"], []
+        if flt.since is not None:
+            where.append("w.start >= ?")
+            params.append(flt.since)
+        if flt.until is not None:
+            where.append("w.start < ?")
+            params.append(flt.until)
+        if flt.pid is not None:
+            where.append("s.pid = ?")
+            params.append(flt.pid)
+        if flt.tid is not None:
+            where.append("s.tid = ?")
+            params.append(flt.tid)
+        if flt.gil is not None:
+            where.append("s.gil = ?")
+            params.append(int(flt.gil))
+        if flt.states is not None:
+            where.append(f"s.state IN ({','.join('?' * len(flt.states))})")
+            params.extend(sorted(s.value for s in flt.states))
+        names = {key: name for key, (name, _) in self.threads().items()}
+        sql = ("SELECT w.start, s.pid, s.tid, s.stack_id, s.state, s.gil, s.count"
+               " FROM samples s JOIN windows w ON w.id = s.window_id"
+               f" WHERE {' AND '.join(where)} ORDER BY w.start")
+        for start, pid, tid, stack_id, state, gil, count in self._conn.execute(sql, params):
+            yield start, StackSample(pid, tid, names.get((pid, tid), ""), self.stack(stack_id),
+                                     count, SampleState(state), None if gil is None else bool(gil))
+
+    # -- requests and resources ---------------------------------------------------------------
+
+    def requests(self, since: float | None = None, until: float | None = None,
+                 with_queries: bool = False) -> list[RequestRecord]:
+        sql = ("SELECT id, pid, start, duration_ms, method, route, status, exc_type, exc_file,"
+               " exc_line FROM requests WHERE start >= ? AND start < ? ORDER BY start")
+        rows = self.query(sql, (since if since is not None else float("-inf"),
+                                until if until is not None else float("inf")))
+        queries: dict[int, list[QueryStat]] = {}
+        if with_queries:
+            for rid, text, count, total, f, ln in self.query(
+                    "SELECT q.request_id, st.sql, q.count, q.total_ms, q.file, q.line"
+                    " FROM request_queries q JOIN statements st ON st.id = q.statement_id"):
+                queries.setdefault(rid, []).append(QueryStat(text, count, total, f, ln))
+        return [RequestRecord(pid, start, dur, method, route, status, et, ef, el,
+                              tuple(queries.get(rid, ())))
+                for rid, pid, start, dur, method, route, status, et, ef, el in rows]
+
+    def resources(self, pid: int | None = None) -> list[ResourceSample]:
+        sql = "SELECT * FROM resources" + (" WHERE pid = ?" if pid is not None else "")
+        return [ResourceSample(*row) for row in
+                self.query(sql + " ORDER BY ts", (pid,) if pid is not None else ())]
+
+    def threadpool(self) -> list[ThreadPoolSample]:
+        return [ThreadPoolSample(*row) for row in self.query(
+            "SELECT ts, pid, total_tokens, borrowed_tokens, waiting FROM threadpool ORDER BY ts")]
+
+    def agent_stats(self) -> list[AgentStats]:
+        return [AgentStats(*row) for row in self.query(
+            "SELECT ts, pid, recorded, dropped, errors FROM agent_stats ORDER BY ts")]
+
+    def flags(self) -> list[dict[str, Any]]:
+        out = []
+        for kind, sev, route, f, ln, fn, evidence, metric, suggestion in self.query(
+                "SELECT kind, severity, route, file, line, function, evidence, metric, suggestion"
+                " FROM flags ORDER BY id"):
+            location = None if f is None else {"file": f, "line": ln, "function": fn}
+            out.append({"kind": kind, "severity": sev, "route": route, "location": location,
+                        "evidence": evidence, "metric": json.loads(metric),
+                        "suggestion": suggestion})
+        return out
+
+    def profiles(self, route: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT pid, start, method, route, duration_ms, tree FROM profiles"
+        rows = self.query(sql + (" WHERE route = ?" if route else "") + " ORDER BY start",
+                          (route,) if route else ())
+        return [{"pid": p, "start": s, "method": m, "route": r, "duration_ms": d,
+                 "tree": json.loads(t)} for p, s, m, r, d, t in rows]

@@ -1,0 +1,89 @@
+"""The session file's schema.
+
+Stacks are stored de-duplicated: `frames` holds each distinct (function, file, line) once,
+`stacks` each distinct root-first sequence of frame ids once, and `samples` counts per window,
+thread, stack and state. Everything else is one row per observation.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 1
+# PRAGMA application_id marks the file as ours, so a foreign SQLite file is refused clearly.
+APPLICATION_ID = 0x61706973  # "apis"
+
+DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS processes (
+    pid INTEGER PRIMARY KEY, ppid INTEGER, role TEXT NOT NULL, command TEXT NOT NULL,
+    first_seen REAL NOT NULL, exited_at REAL
+);
+CREATE TABLE IF NOT EXISTS frames (
+    id INTEGER PRIMARY KEY, function TEXT NOT NULL, file TEXT NOT NULL, line INTEGER NOT NULL,
+    UNIQUE (function, file, line)
+);
+CREATE TABLE IF NOT EXISTS stacks (id INTEGER PRIMARY KEY, frame_ids TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS threads (
+    pid INTEGER NOT NULL, tid INTEGER NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
+    PRIMARY KEY (pid, tid)
+);
+CREATE TABLE IF NOT EXISTS windows (
+    id INTEGER PRIMARY KEY, start REAL NOT NULL, end REAL NOT NULL, rate_hz INTEGER NOT NULL,
+    errors INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS samples (
+    window_id INTEGER NOT NULL, pid INTEGER NOT NULL, tid INTEGER NOT NULL,
+    stack_id INTEGER NOT NULL, state TEXT NOT NULL, gil INTEGER, count INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_window ON samples (window_id);
+CREATE TABLE IF NOT EXISTS routes (
+    pid INTEGER NOT NULL, method TEXT NOT NULL, template TEXT NOT NULL, handler TEXT NOT NULL,
+    file TEXT NOT NULL, line INTEGER NOT NULL, is_async INTEGER NOT NULL,
+    PRIMARY KEY (pid, method, template)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY, pid INTEGER NOT NULL, start REAL NOT NULL,
+    duration_ms REAL NOT NULL, method TEXT NOT NULL, route TEXT NOT NULL,
+    status INTEGER NOT NULL, exc_type TEXT, exc_file TEXT, exc_line INTEGER,
+    query_count INTEGER NOT NULL DEFAULT 0, query_ms REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS requests_start ON requests (start);
+CREATE TABLE IF NOT EXISTS statements (id INTEGER PRIMARY KEY, sql TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS request_queries (
+    request_id INTEGER NOT NULL, statement_id INTEGER NOT NULL, count INTEGER NOT NULL,
+    total_ms REAL NOT NULL, file TEXT, line INTEGER
+);
+CREATE INDEX IF NOT EXISTS request_queries_request ON request_queries (request_id);
+CREATE TABLE IF NOT EXISTS resources (
+    ts REAL NOT NULL, pid INTEGER NOT NULL, cpu_percent REAL NOT NULL, rss_bytes INTEGER NOT NULL,
+    threads INTEGER NOT NULL, fds INTEGER NOT NULL, connections INTEGER NOT NULL,
+    ctx_voluntary INTEGER NOT NULL, ctx_involuntary INTEGER NOT NULL,
+    read_bytes INTEGER NOT NULL, write_bytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS resources_ts ON resources (ts);
+CREATE TABLE IF NOT EXISTS threadpool (
+    ts REAL NOT NULL, pid INTEGER NOT NULL, total_tokens INTEGER NOT NULL,
+    borrowed_tokens INTEGER NOT NULL, waiting INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS agent_stats (
+    ts REAL NOT NULL, pid INTEGER NOT NULL, recorded INTEGER NOT NULL, dropped INTEGER NOT NULL,
+    errors INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS flags (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, severity TEXT NOT NULL, route TEXT,
+    file TEXT, line INTEGER, function TEXT, evidence TEXT NOT NULL, metric TEXT NOT NULL,
+    suggestion TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS profiles (
+    id INTEGER PRIMARY KEY, pid INTEGER NOT NULL, start REAL NOT NULL, method TEXT NOT NULL,
+    route TEXT NOT NULL, duration_ms REAL NOT NULL, tree TEXT NOT NULL
+);
+"""
+
+
+def create(conn: sqlite3.Connection) -> None:
+    """Create the schema in an empty database and stamp it as an apiscope session."""
+    conn.executescript(DDL)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

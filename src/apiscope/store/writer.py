@@ -1,0 +1,250 @@
+"""The session writer: one thread owns the connection and commits in batches.
+
+Collectors call the `put_*` methods from any thread; each call only enqueues. The writer thread
+drains the queue and commits one transaction per batch, so a reader (the dashboard) sees whole
+batches, and a killed collector leaves every committed batch intact (WAL mode).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from apiscope.model import (
+    AgentStats,
+    Frame,
+    ProcessInfo,
+    RequestRecord,
+    ResourceSample,
+    RouteInfo,
+    StackWindow,
+    ThreadPoolSample,
+    ThreadRole,
+)
+from apiscope.store import schema
+
+Job = Callable[[sqlite3.Connection], None]
+_STOP = object()
+
+
+class SessionWriter:
+    """Writes one session file. Thread-safe; call `close()` to flush and stop."""
+
+    def __init__(self, path: str | os.PathLike[str], *, batch_seconds: float = 0.25) -> None:
+        self.path = Path(path)
+        self._batch_seconds = batch_seconds
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._frame_ids: dict[Frame, int] = {}
+        self._stack_ids: dict[tuple[int, ...], int] = {}
+        self._statement_ids: dict[str, int] = {}
+        self._threads: set[tuple[int, int, str, str]] = set()
+        self._error: BaseException | None = None
+        self._flushed = threading.Condition()
+        self._pending = 0
+        conn = self._open()
+        self._thread = threading.Thread(
+            target=self._run, args=(conn,), name="apiscope-session-writer", daemon=True
+        )
+        self._thread.start()
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The session may hold file paths and SQL of the target: private to the user.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            schema.create(conn)
+        return conn
+
+    # -- the public, enqueue-only API -------------------------------------------------------
+
+    def set_meta(self, **values: Any) -> None:
+        rows = [(key, json.dumps(value)) for key, value in values.items()]
+        self._submit(lambda c: c.executemany("REPLACE INTO meta VALUES (?, ?)", rows))
+
+    def put_process(self, info: ProcessInfo) -> None:
+        row = (info.pid, info.ppid, info.role, info.command, info.first_seen, info.exited_at)
+        self._submit(lambda c: c.execute("REPLACE INTO processes VALUES (?, ?, ?, ?, ?, ?)", row))
+
+    def mark_exited(self, pid: int, ts: float) -> None:
+        self._submit(
+            lambda c: c.execute("UPDATE processes SET exited_at = ? WHERE pid = ?", (ts, pid))
+        )
+
+    def put_window(self, window: StackWindow) -> None:
+        self._submit(lambda c: self._write_window(c, window))
+
+    def put_routes(self, pid: int, routes: Iterable[RouteInfo]) -> None:
+        rows = [
+            (pid, r.method, r.template, r.handler, r.file, r.line, int(r.is_async)) for r in routes
+        ]
+        self._submit(lambda c: c.executemany("REPLACE INTO routes VALUES (?,?,?,?,?,?,?)", rows))
+
+    def put_requests(self, records: Iterable[RequestRecord]) -> None:
+        batch = list(records)
+        if batch:
+            self._submit(lambda c: self._write_requests(c, batch))
+
+    def put_resources(self, samples: Iterable[ResourceSample]) -> None:
+        rows = [
+            (s.ts, s.pid, s.cpu_percent, s.rss_bytes, s.threads, s.fds, s.connections,
+             s.ctx_voluntary, s.ctx_involuntary, s.read_bytes, s.write_bytes)
+            for s in samples
+        ]
+        self._submit(
+            lambda c: c.executemany("INSERT INTO resources VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+        )
+
+    def put_threadpool(self, samples: Iterable[ThreadPoolSample]) -> None:
+        rows = [(s.ts, s.pid, s.total_tokens, s.borrowed_tokens, s.waiting) for s in samples]
+        self._submit(lambda c: c.executemany("INSERT INTO threadpool VALUES (?,?,?,?,?)", rows))
+
+    def put_agent_stats(self, stats: AgentStats) -> None:
+        row = (stats.ts, stats.pid, stats.recorded, stats.dropped, stats.errors)
+        self._submit(lambda c: c.execute("INSERT INTO agent_stats VALUES (?,?,?,?,?)", row))
+
+    def put_profile(self, pid: int, start: float, method: str, route: str,
+                    duration_ms: float, tree: Any) -> None:
+        row = (pid, start, method, route, duration_ms, json.dumps(tree))
+        self._submit(
+            lambda c: c.execute(
+                "INSERT INTO profiles (pid, start, method, route, duration_ms, tree)"
+                " VALUES (?,?,?,?,?,?)", row)
+        )
+
+    def replace_flags(self, flags: Iterable[dict[str, Any]]) -> None:
+        rows = []
+        for f in flags:
+            loc = f.get("location") or {}
+            rows.append((f["kind"], f["severity"], f.get("route"), loc.get("file"),
+                         loc.get("line"), loc.get("function"), f["evidence"],
+                         json.dumps(f.get("metric", {})), f["suggestion"]))
+
+        def job(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM flags")
+            c.executemany(
+                "INSERT INTO flags (kind, severity, route, file, line, function, evidence,"
+                " metric, suggestion) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+
+        self._submit(job)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything enqueued so far is committed."""
+        with self._flushed:
+            self._flushed.wait_for(lambda: self._pending == 0 or self._error is not None, timeout)
+        if self._error is not None:
+            raise RuntimeError(f"session writer failed: {self._error}") from self._error
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    def __enter__(self) -> SessionWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _submit(self, job: Job) -> None:
+        with self._flushed:
+            self._pending += 1
+        self._queue.put(job)
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        stop = False
+        while not stop:
+            jobs = [self._queue.get()]
+            # Gather what arrives within the batch interval into one transaction.
+            deadline = time.monotonic() + self._batch_seconds
+            while jobs[-1] is not _STOP and len(jobs) < 500:
+                try:
+                    jobs.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            stop = jobs[-1] is _STOP
+            real = [job for job in jobs if job is not _STOP]
+            try:
+                conn.execute("BEGIN")
+                for job in real:
+                    job(conn)
+                conn.execute("COMMIT")
+            except BaseException as exc:  # keep what was committed; report on flush
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._error = exc
+            with self._flushed:
+                self._pending -= len(real)
+                self._flushed.notify_all()
+        conn.close()
+
+    def _frame_id(self, c: sqlite3.Connection, frame: Frame) -> int:
+        fid = self._frame_ids.get(frame)
+        if fid is None:
+            c.execute("INSERT OR IGNORE INTO frames (function, file, line) VALUES (?, ?, ?)",
+                      (frame.function, frame.file, frame.line))
+            fid = c.execute("SELECT id FROM frames WHERE function = ? AND file = ? AND line = ?",
+                            (frame.function, frame.file, frame.line)).fetchone()[0]
+            self._frame_ids[frame] = fid
+        return fid
+
+    def _stack_id(self, c: sqlite3.Connection, frames: tuple[Frame, ...]) -> int:
+        key = tuple(self._frame_id(c, f) for f in frames)
+        sid = self._stack_ids.get(key)
+        if sid is None:
+            text = ",".join(map(str, key))
+            c.execute("INSERT OR IGNORE INTO stacks (frame_ids) VALUES (?)", (text,))
+            sid = c.execute("SELECT id FROM stacks WHERE frame_ids = ?", (text,)).fetchone()[0]
+            self._stack_ids[key] = sid
+        return sid
+
+    def _write_window(self, c: sqlite3.Connection, w: StackWindow) -> None:
+        cur = c.execute("INSERT INTO windows (start, end, rate_hz, errors) VALUES (?, ?, ?, ?)",
+                        (w.start, w.end, w.rate_hz, w.errors))
+        window_id = cur.lastrowid
+        rows = []
+        for s in w.samples:
+            role = w.threads.get((s.pid, s.tid), ThreadRole.OTHER).value
+            key = (s.pid, s.tid, s.thread_name, role)
+            if key not in self._threads:
+                c.execute("REPLACE INTO threads VALUES (?, ?, ?, ?)", key)
+                self._threads.add(key)
+            gil = None if s.gil is None else int(s.gil)
+            rows.append((window_id, s.pid, s.tid, self._stack_id(c, s.frames), s.state.value,
+                         gil, s.count))
+        c.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def _statement_id(self, c: sqlite3.Connection, sql: str) -> int:
+        sid = self._statement_ids.get(sql)
+        if sid is None:
+            c.execute("INSERT OR IGNORE INTO statements (sql) VALUES (?)", (sql,))
+            sid = c.execute("SELECT id FROM statements WHERE sql = ?", (sql,)).fetchone()[0]
+            self._statement_ids[sql] = sid
+        return sid
+
+    def _write_requests(self, c: sqlite3.Connection, batch: list[RequestRecord]) -> None:
+        for r in batch:
+            query_count = sum(q.count for q in r.queries)
+            query_ms = sum(q.total_ms for q in r.queries)
+            cur = c.execute(
+                "INSERT INTO requests (pid, start, duration_ms, method, route, status, exc_type,"
+                " exc_file, exc_line, query_count, query_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (r.pid, r.start, r.duration_ms, r.method, r.route, r.status, r.exc_type,
+                 r.exc_file, r.exc_line, query_count, query_ms))
+            if r.queries:
+                c.executemany(
+                    "INSERT INTO request_queries VALUES (?, ?, ?, ?, ?, ?)",
+                    [(cur.lastrowid, self._statement_id(c, q.statement), q.count, q.total_ms,
+                      q.file, q.line) for q in r.queries])

@@ -1,0 +1,125 @@
+"""Helpers the tests share: free ports, real server processes, waiting on conditions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() == "true"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
+               what: str = "condition") -> T:
+    """Poll `condition` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status < 500)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def require_ptrace() -> None:
+    """Skip outside CI when this user cannot trace processes; in CI such a test must run."""
+    if IN_CI:
+        return
+    scope = Path("/proc/sys/kernel/yama/ptrace_scope")
+    if os.geteuid() != 0 and scope.exists() and scope.read_text().strip() != "0":
+        pytest.skip("needs ptrace (root or kernel.yama.ptrace_scope=0)")
+
+
+def require_program(name: str) -> str:
+    """The path of a program the test drives; skip outside CI when missing, fail in CI."""
+    import shutil
+
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is not installed: `make test` should have installed it")
+        pytest.skip(f"{name} is not installed (make system-deps installs it as root)")
+    return path
+
+
+class ServerProcess:
+    """A real server started as a subprocess, with its base URL."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@contextmanager
+def run_server(argv: Sequence[str], port: int, *, ready_path: str = "/",
+               env: dict[str, str] | None = None, timeout: float = 30.0,
+               cwd: Path = ROOT) -> Iterator[ServerProcess]:
+    """Start `argv`, wait until GET ready_path answers, and stop the server afterwards."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.Popen(list(argv), cwd=cwd, env=full_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    server = ServerProcess(proc, port)
+    try:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise AssertionError(f"server exited with {proc.returncode}: {err[-2000:]}")
+            return http_ok(server.url + ready_path)
+
+        wait_until(ready, timeout=timeout, what=f"{argv[0]} to serve on port {port}")
+        yield server
+    finally:
+        stop_process_group(proc)
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    if proc.stderr:
+        proc.stderr.close()
+
+
+def uvicorn_argv(app: str, port: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning", *extra]
