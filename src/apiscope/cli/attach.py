@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from apiscope.cli.base import add_collect_options, positive_int
-from apiscope.errors import NotAvailableYet
+from apiscope.cli.collecting import collect
+from apiscope.collectors.target import describe_target
+from apiscope.errors import ApiscopeError
 
 
 class AttachCommand:
@@ -18,4 +21,27 @@ class AttachCommand:
         add_collect_options(parser, inject=True)
 
     def run(self, args: argparse.Namespace) -> int:
-        raise NotAvailableYet("attach is not built yet")
+        target = describe_target(args.pid)
+        for note in target.notes:
+            print(f"apiscope: {note}", file=sys.stderr)
+        inject = not args.no_inject
+        if inject:
+            from apiscope.inject import eject_agent, inject_agent
+
+            def injector(pid: int) -> None:
+                result = inject_agent(pid)
+                if not result.apps:
+                    print(f"apiscope: warning: pid {pid} serves no ASGI app that apiscope can"
+                          " find: no endpoints will be recorded (stacks and resources are)",
+                          file=sys.stderr)
+
+            def ejector(pid: int) -> None:
+                try:
+                    eject_agent(pid)
+                except ApiscopeError:
+                    pass
+
+            collect(target, args, inject=True, injector=injector, ejector=ejector)
+        else:
+            collect(target, args, inject=False)
+        return 0

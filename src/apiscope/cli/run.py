@@ -1,11 +1,50 @@
-"""`apiscope run -- CMD ...`: start a server under apiscope."""
+"""`apiscope run -- CMD ...`: start a server under apiscope, the agent present from the start."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 from apiscope.cli.base import add_collect_options
-from apiscope.errors import NotAvailableYet
+from apiscope.cli.collecting import collect
+from apiscope.collectors.target import describe_target
+from apiscope.errors import UsageError
+
+AUTOSTART_DIR = Path(__file__).resolve().parent.parent / "autostart"
+AGENT_INIT = Path(__file__).resolve().parent.parent / "agent" / "__init__.py"
+
+
+def agent_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment that makes a Python server load the agent at start-up."""
+    env = dict(os.environ if base is None else base)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(AUTOSTART_DIR) + (os.pathsep + path if path else "")
+    env["APISCOPE_AGENT_INIT"] = str(AGENT_INIT)
+    return env
+
+
+def start_server(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(cmd, env=agent_environment(env))
+    except FileNotFoundError:
+        raise UsageError(f"cannot run {cmd[0]!r}: no such program") from None
+    except PermissionError:
+        raise UsageError(f"cannot run {cmd[0]!r}: permission denied") from None
+
+
+def stop_server(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class RunCommand:
@@ -18,4 +57,17 @@ class RunCommand:
                             help="the server command, e.g. -- uvicorn app:app")
 
     def run(self, args: argparse.Namespace) -> int:
-        raise NotAvailableYet("run is not built yet")
+        cmd = list(args.cmd)
+        if cmd and cmd[0] == "--":
+            cmd = cmd[1:]
+        if not cmd:
+            raise UsageError("no server command given: apiscope run -- uvicorn app:app")
+        proc = start_server(cmd)
+        print(f"apiscope: started {shlex.join(cmd)} (pid {proc.pid})", file=sys.stderr)
+        try:
+            target = describe_target(proc.pid)
+            # The agent loads itself at start-up (agent_environment): nothing to inject.
+            collect(target, args, inject=True)
+        finally:
+            stop_server(proc)
+        return 0

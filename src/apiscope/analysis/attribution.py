@@ -1,0 +1,147 @@
+"""Attributing stack samples to endpoints and to application code.
+
+Two questions every rule asks of a stack (frames root first, as py-spy reports them):
+- which endpoint's handler is running? The handler whose frame is in the stack, matched by file
+  and function name against the route table, the frame closest to the leaf winning (a handler
+  that calls another handler is charged to the inner one).
+- which line of the *application* is executing? The leaf-most frame that is neither the standard
+  library, nor an installed third-party package, nor apiscope itself. The application's own
+  modules count even when they are installed into site-packages: their directories (the "app
+  roots") are derived from the route table.
+
+A handler serving several methods is charged to one of them, chosen in the order GET, POST, PUT,
+PATCH, DELETE, then alphabetically (HEAD and OPTIONS last): Starlette registers HEAD beside every
+GET, and the report's endpoints are keyed by the method the requests used, which is usually GET.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+
+from apiscope.model import Frame, RouteInfo
+
+_METHOD_ORDER = {"GET": 0, "POST": 1, "PUT": 2, "PATCH": 3, "DELETE": 4, "HEAD": 8, "OPTIONS": 9}
+
+# Frames that are never the application's: installed packages, the interpreter's own library
+# (any "lib/pythonX.Y/" not followed by site-/dist-packages), frozen and generated code.
+_THIRD_PARTY = re.compile(r"[/\\](site|dist)-packages[/\\]")
+_STDLIB = re.compile(r"[/\\]lib[/\\]python\d+(\.\d+)?t?[/\\](?!(site|dist)-packages)"
+                     r"|[/\\]Lib[/\\](?!site-packages)")
+_SYNTHETIC = ("<frozen", "<string>", "<built-in", "<unknown>")
+
+# apiscope's own package directory: the injected agent runs from these files.
+TOOL_ROOTS: tuple[str, ...] = (str(Path(__file__).resolve().parent.parent),)
+
+
+def _norm(path: str) -> str:
+    return path.replace("\\", "/")
+
+
+def _under(path: str, root: str) -> bool:
+    path, root = _norm(path), _norm(root).rstrip("/")
+    return path == root or path.startswith(root + "/")
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Equal paths, or one a path-suffix of the other (short vs. full py-spy file names)."""
+    a, b = _norm(a), _norm(b)
+    if a == b:
+        return True
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return not short.startswith("/") and long.endswith("/" + short)
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    return (_METHOD_ORDER.get(method, 5), method)
+
+
+def app_roots(routes: Iterable[RouteInfo]) -> tuple[str, ...]:
+    """Directories holding the application's code, from its handlers' modules and files.
+
+    A handler in package module `shop.api.items` at `/x/shop/api/items.py` gives `/x/shop` (the
+    whole top-level package); a top-level module `main` at `/srv/main.py` gives `/srv`, unless
+    that directory is site-packages, where only the file itself is the app's.
+    """
+    roots: set[str] = set()
+    for route in routes:
+        module = route.handler.split(":", 1)[0]
+        parts = module.split(".") if module else []
+        path = PurePosixPath(_norm(route.file))
+        if not route.file or not path.is_absolute():
+            continue
+        if len(parts) > 1:
+            depth = len(parts) - 1 if path.stem != "__init__" else len(parts)
+            root = path.parents[depth - 1] if depth - 1 < len(path.parents) else path.parent
+            roots.add(str(root))
+        elif _THIRD_PARTY.search(str(path)):
+            roots.add(str(path))
+        else:
+            roots.add(str(path.parent))
+    return tuple(sorted(roots))
+
+
+def is_app_frame(frame: Frame, app_roots: Sequence[str],
+                 tool_roots: Sequence[str] = TOOL_ROOTS) -> bool:
+    """True when `frame` is the application's code (see the module docstring)."""
+    file = frame.file
+    if not file or file.startswith(_SYNTHETIC):
+        return False
+    if any(_under(file, root) for root in tool_roots):
+        return False
+    if any(_under(file, root) for root in app_roots):
+        return True
+    if "/" not in _norm(file):
+        return True  # a bare file name (py-spy without full names) of a top-level module
+    return not (_THIRD_PARTY.search(file) or _STDLIB.search(file))
+
+
+def user_frame(frames: Sequence[Frame], app_roots: Sequence[str],
+               tool_roots: Sequence[str] = TOOL_ROOTS) -> Frame | None:
+    """The leaf-most application frame of a root-first stack, or None."""
+    for frame in reversed(frames):
+        if is_app_frame(frame, app_roots, tool_roots):
+            return frame
+    return None
+
+
+class RouteMatcher:
+    """Finds which endpoint's handler a stack is running."""
+
+    def __init__(self, routes: Sequence[RouteInfo]) -> None:
+        ordered = sorted(routes, key=lambda r: (r.template, method_rank(r.method)))
+        # function name -> [(file, endpoint)], first (preferred) method first
+        self._by_name: dict[str, list[tuple[str, str]]] = {}
+        self._handlers: dict[str, str] = {}
+        for route in ordered:
+            endpoint = f"{route.method} {route.template}"
+            self._handlers.setdefault(endpoint, route.handler)
+            qualname = route.handler.split(":", 1)[-1]
+            names = {qualname, qualname.rsplit(".", 1)[-1]}
+            for name in names:
+                entries = self._by_name.setdefault(name, [])
+                if not any(_same_file(f, route.file) for f, _ in entries):
+                    entries.append((route.file, endpoint))
+        self.roots = app_roots(routes)
+
+    def handler_of(self, endpoint: str) -> str | None:
+        """The "module:qualname" serving an endpoint ("METHOD /template")."""
+        return self._handlers.get(endpoint)
+
+    def endpoint_of(self, frames: Sequence[Frame]) -> str | None:
+        """"METHOD /template" of the handler running in `frames` (root first), or None."""
+        for frame in reversed(frames):
+            endpoint = self._match(frame)
+            if endpoint is not None:
+                return endpoint
+        return None
+
+    def _match(self, frame: Frame) -> str | None:
+        entries = self._by_name.get(frame.function)
+        if entries is None and "." in frame.function:
+            entries = self._by_name.get(frame.function.rsplit(".", 1)[-1])
+        for file, endpoint in entries or ():
+            if _same_file(file, frame.file):
+                return endpoint
+        return None

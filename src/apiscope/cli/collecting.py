@@ -1,0 +1,117 @@
+"""What attach, run and demo share: the outputs around a Collection, and its end."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from apiscope.collection import Collection, CollectOptions
+from apiscope.collectors.target import Target
+from apiscope.errors import UsageError
+from apiscope.metrics import MetricsExporter, serve_metrics
+from apiscope.store import SessionWriter
+
+
+def default_session_path() -> Path:
+    return Path(time.strftime("apiscope-%Y%m%d-%H%M%S.sqlite"))
+
+
+def options_from(args: argparse.Namespace, *, inject: bool) -> CollectOptions:
+    return CollectOptions(rate_hz=args.rate, duration=args.duration,
+                          nonblocking=args.nonblocking, inject=inject, slo_ms=args.slo_ms)
+
+
+def check_report_path(args: argparse.Namespace) -> None:
+    if args.report and Path(args.report).suffix.lower() not in (".json", ".html"):
+        raise UsageError(f"--report {args.report}: the file name must end in .json or .html")
+
+
+@contextmanager
+def outputs(args: argparse.Namespace, session: Path,
+            metrics: MetricsExporter) -> Iterator[None]:
+    """Serve the live dashboard (with /metrics) or /metrics alone, for the run's duration."""
+    stoppers: list[Callable[[], Any]] = []
+    try:
+        if not args.no_dashboard:
+            from apiscope.dashboard import start_dashboard_thread
+
+            handle = start_dashboard_thread(session, args.host, args.port, metrics=metrics)
+            stoppers.append(handle.stop)
+            print(f"apiscope: dashboard at http://{args.host}:{args.port}/", file=sys.stderr)
+        if args.metrics_port is not None:
+            server = serve_metrics(metrics, args.host, args.metrics_port)
+            stoppers.append(server.shutdown)
+            print(f"apiscope: metrics at http://{args.host}:{args.metrics_port}/metrics",
+                  file=sys.stderr)
+        yield
+    finally:
+        for stop in reversed(stoppers):
+            stop()
+
+
+def collect(target: Target, args: argparse.Namespace, *, inject: bool,
+            injector: Callable[[int], Any] | None = None,
+            ejector: Callable[[int], Any] | None = None,
+            before_end: Callable[[Collection], None] | None = None) -> Path:
+    """Run one collection against `target` with the command's options; returns the session."""
+    check_report_path(args)
+    session = Path(args.session) if args.session else default_session_path()
+    metrics = MetricsExporter()
+    with SessionWriter(session) as writer:
+        collection = Collection(target, writer, options_from(args, inject=inject),
+                                metrics=metrics, injector=injector if inject else None)
+        print(f"apiscope: sampling pid {target.pid} ({target.server}) at {args.rate} Hz"
+              f" into {session}", file=sys.stderr)
+        with outputs(args, session, metrics):
+            collection.start()
+            try:
+                collection.run_until_done()
+            finally:
+                if inject and ejector is not None and not collection.target_gone:
+                    for pid in list(target.pids):
+                        try:
+                            ejector(pid)
+                        except Exception as exc:  # detaching is best effort at the end
+                            print(f"apiscope: warning: could not detach from {pid}: {exc}",
+                                  file=sys.stderr)
+                if before_end is not None:
+                    before_end(collection)
+        if collection.target_gone:
+            print("apiscope: warning: the target exited; the session is kept", file=sys.stderr)
+        summarize(collection)
+    finish(args, session)
+    return session
+
+
+def summarize(collection: Collection) -> None:
+    t = collection.totals
+    loss = ""
+    if t.expected_samples:
+        loss = f" ({100.0 * t.samples / t.expected_samples:.0f}% of the expected samples)"
+    print(f"apiscope: stored {t.samples:,} samples{loss}, {t.requests:,} requests",
+          file=sys.stderr)
+    if t.requests == 0 and collection.options.inject:
+        print("apiscope: warning: no requests were recorded: either no traffic reached the"
+              " server, or no ASGI app was found in it (stacks and resources are still kept)",
+              file=sys.stderr)
+
+
+def finish(args: argparse.Namespace, session: Path) -> None:
+    """Analyse the session and write --report, if asked."""
+    try:
+        from apiscope.analysis.report import write_report
+    except ImportError:
+        if args.report:
+            print("apiscope: warning: analysis is not available; no report written",
+                  file=sys.stderr)
+        return
+    if args.report:
+        write_report(session, Path(args.report), slo_ms=args.slo_ms)
+        print(f"apiscope: report written to {args.report}", file=sys.stderr)
+    print(f"apiscope: session saved to {session}; see it with: apiscope report {session}",
+          file=sys.stderr)

@@ -1,0 +1,237 @@
+"""One collecting run: stack sampling, agent pulls and resources, written to a session file.
+
+`Collection` wires the collectors to the session writer and the metrics, and decides when the
+run ends (duration over, Ctrl-C, or every target process gone). The CLI commands `attach`,
+`run` and `demo` build one and call `run_until_done()`.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from apiscope.collectors.agent_client import AgentClient
+from apiscope.collectors.resources import ResourceCollector
+from apiscope.collectors.stacks import StackSampler
+from apiscope.collectors.target import Target
+from apiscope.errors import ApiscopeError
+from apiscope.metrics import MetricsExporter
+from apiscope.model import ProcessInfo, SampleState, StackWindow, ThreadRole
+from apiscope.store import SessionWriter
+
+
+@dataclass
+class CollectOptions:
+    rate_hz: int = 100
+    duration: float | None = None
+    nonblocking: bool = False
+    inject: bool = True
+    slo_ms: float = 200.0
+    window_seconds: float = 1.0
+    poll_seconds: float = 0.5
+
+
+@dataclass
+class Totals:
+    """Running counts for the status line and the end-of-run summary."""
+
+    samples: int = 0
+    sample_errors: int = 0
+    requests: int = 0
+    windows: int = 0
+    expected_samples: int = 0
+    agent_dropped: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+class Collection:
+    """Collects from one target into one session until told to stop or the target is gone."""
+
+    def __init__(self, target: Target, writer: SessionWriter, options: CollectOptions,
+                 metrics: MetricsExporter | None = None,
+                 injector: Callable[[int], Any] | None = None,
+                 status: TextIO | None = sys.stderr,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.target = target
+        self.writer = writer
+        self.options = options
+        self.metrics = metrics or MetricsExporter()
+        self.injector = injector
+        self.status = status
+        self.clock = clock
+        self.totals = Totals()
+        self.started = clock()
+        self.target_gone = False
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._clients: dict[int, AgentClient] = {}
+        self._routes_seen: dict[int, int] = {}
+        self._resources = ResourceCollector(target)
+        self._sampler = StackSampler(
+            target.sample_pid, rate_hz=options.rate_hz, subprocesses=target.master_pid is not None,
+            nonblocking=options.nonblocking, window_seconds=options.window_seconds,
+            on_window=self._on_window)
+        self._poller = threading.Thread(target=self._poll_loop, name="apiscope-poller",
+                                        daemon=True)
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        t = self.target
+        self.writer.set_meta(
+            command=t.command, pids=t.pids, server=t.server, python=t.python_version,
+            target_pid=t.pid, master_pid=t.master_pid, rate_hz=self.options.rate_hz,
+            slo_ms=self.options.slo_ms, start=self.started, nonblocking=self.options.nonblocking,
+            inject=self.options.inject)
+        for info in t.processes:
+            self.writer.put_process(info)
+        for pid in t.pids:
+            self._add_worker(pid)
+        self._sampler.start()
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self._sampler.stop()
+        finally:
+            self._poller.join(timeout=10)
+            self._pull_agents()  # what the agents recorded since the last pull
+            end = self.clock()
+            self.writer.set_meta(end=end, samples_total=self.totals.samples,
+                                 samples_errors=self.totals.sample_errors,
+                                 samples_expected=self.totals.expected_samples,
+                                 agent_dropped=self.totals.agent_dropped)
+            self.writer.flush()
+
+    def run_until_done(self) -> None:
+        """Block until the duration is over, Ctrl-C, or the target exits; then stop."""
+        deadline = None if self.options.duration is None else self.started + self.options.duration
+        try:
+            while not self._stop.is_set():
+                if deadline is not None and self.clock() >= deadline:
+                    break
+                if self.target_gone or self._sampler_says_gone():
+                    self.target_gone = True
+                    break
+                self._print_status()
+                self._stop.wait(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self._print_status(final=True)
+            self.stop()
+
+    # -- collectors -----------------------------------------------------------------------------
+
+    def _sampler_says_gone(self) -> bool:
+        return bool(getattr(self._sampler, "target_exited", False))
+
+    def _add_worker(self, pid: int) -> None:
+        if self.options.inject and self.injector is not None:
+            try:
+                self.injector(pid)
+            except ApiscopeError as exc:
+                self._warn(f"no latencies from pid {pid}: {exc.message}")
+        self._clients[pid] = AgentClient(pid)
+
+    def _on_window(self, window: StackWindow) -> None:
+        self.writer.put_window(window)
+        stored = sum(s.count for s in window.samples)
+        threads = {(s.pid, s.tid) for s in window.samples}
+        with self._lock:
+            self.totals.windows += 1
+            self.totals.samples += stored
+            self.totals.sample_errors += window.errors
+            self.totals.expected_samples += int(
+                round(window.rate_hz * (window.end - window.start) * len(threads)))
+        self.metrics.observe_samples(stored, window.errors)
+        blocked: dict[int, int] = {}
+        for s in window.samples:
+            role = window.threads.get((s.pid, s.tid), ThreadRole.OTHER)
+            if role is ThreadRole.LOOP and s.state is not SampleState.WAITING:
+                blocked[s.pid] = blocked.get(s.pid, 0) + s.count
+        for pid, count in blocked.items():
+            self.metrics.observe_loop_blocked(pid, count / window.rate_hz)
+
+    def _poll_loop(self) -> None:
+        next_resources = 0.0
+        while not self._stop.wait(self.options.poll_seconds):
+            try:
+                self._pull_agents()
+                now = time.monotonic()
+                if now >= next_resources:
+                    next_resources = now + 1.0
+                    self._collect_resources()
+            except Exception as exc:  # a collector failing must not end the run silently
+                self._warn(f"collector error: {exc}")
+
+    def _collect_resources(self) -> None:
+        samples = self._resources.collect()
+        self.writer.put_resources(samples)
+        self.metrics.observe_resources(samples)
+        changes = self._resources.refresh()
+        for info in changes.new:
+            self.writer.put_process(info)
+            self._add_worker(info.pid)
+        for pid in changes.exited:
+            self.writer.mark_exited(pid, self.clock())
+            self._clients.pop(pid, None)
+        if not self._resources.alive_pids():
+            self.target_gone = True
+
+    def _pull_agents(self) -> None:
+        for pid, client in list(self._clients.items()):
+            try:
+                batch = client.pull()
+            except (OSError, ValueError):
+                continue  # not injected (yet), or the worker is exiting
+            if batch.requests:
+                self.writer.put_requests(batch.requests)
+                self.metrics.observe_requests(batch.requests)
+                with self._lock:
+                    self.totals.requests += len(batch.requests)
+            if batch.routes and self._routes_seen.get(pid) != len(batch.routes):
+                self._routes_seen[pid] = len(batch.routes)
+                self.writer.put_routes(pid, batch.routes)
+            if batch.threadpool is not None:
+                self.writer.put_threadpool([batch.threadpool])
+                self.metrics.observe_threadpool(batch.threadpool)
+            self.writer.put_agent_stats(batch.stats)
+            self.metrics.observe_agent(batch.stats)
+            for profile in batch.profiles:
+                self.writer.put_profile(pid, profile["start"], profile["method"],
+                                        profile["route"], profile["duration_ms"],
+                                        profile["tree"])
+            with self._lock:
+                self.totals.agent_dropped = max(self.totals.agent_dropped, batch.stats.dropped)
+
+    # -- terminal output ------------------------------------------------------------------------
+
+    def _warn(self, message: str) -> None:
+        with self._lock:
+            if message in self.totals.warnings:
+                return
+            self.totals.warnings.append(message)
+        if self.status is not None:
+            print(f"\napiscope: warning: {message}", file=self.status)
+
+    def _print_status(self, final: bool = False) -> None:
+        if self.status is None:
+            return
+        t = self.totals
+        line = (f"apiscope: {self.clock() - self.started:5.1f}s  samples {t.samples:,}"
+                f"  requests {t.requests:,}  processes {len(self._resources.alive_pids())}")
+        interactive = self.status.isatty()
+        if interactive:
+            print("\r" + line, end="\n" if final else "", file=self.status, flush=True)
+        elif final:
+            print(line, file=self.status, flush=True)
+
+
+def process_info_for(pid: int, role: str, command: str, ppid: int | None = None) -> ProcessInfo:
+    return ProcessInfo(pid=pid, ppid=ppid, role=role, command=command, first_seen=time.time())

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from apiscope.analysis.attribution import RouteMatcher, app_roots, is_app_frame, user_frame
+from apiscope.model import Frame, RouteInfo
+
+APP = "/srv/shop/shop/api.py"
+ROUTES = [
+    RouteInfo("GET", "/items/{item_id}", "shop.api:read_item", APP, 10, True),
+    RouteInfo("HEAD", "/items/{item_id}", "shop.api:read_item", APP, 10, True),
+    RouteInfo("POST", "/items", "shop.api:create_item", APP, 20, False),
+    RouteInfo("GET", "/reports", "shop.api:Reports.summary", APP, 30, True),
+]
+LOOP = [
+    Frame("run", "/usr/lib/python3.11/asyncio/runners.py", 118),
+    Frame("__call__", "/venv/lib/python3.11/site-packages/starlette/routing.py", 700),
+]
+
+
+def test_endpoint_of_matches_file_and_function_leaf_most_wins() -> None:
+    matcher = RouteMatcher(ROUTES)
+    stack = [*LOOP, Frame("create_item", APP, 22), Frame("read_item", APP, 12),
+             Frame("dumps", "/usr/lib/python3.11/json/__init__.py", 231)]
+    assert matcher.endpoint_of(stack) == "GET /items/{item_id}"  # GET preferred over HEAD
+    assert matcher.endpoint_of([*LOOP, Frame("create_item", APP, 22)]) == "POST /items"
+    assert matcher.endpoint_of([*LOOP, Frame("summary", APP, 31)]) == "GET /reports"
+    assert matcher.endpoint_of([*LOOP, Frame("Reports.summary", APP, 31)]) == "GET /reports"
+    # same function name in another file is not the handler
+    assert matcher.endpoint_of([*LOOP, Frame("read_item", "/srv/other.py", 3)]) is None
+    assert matcher.endpoint_of(LOOP) is None
+    assert matcher.handler_of("POST /items") == "shop.api:create_item"
+
+
+def test_short_file_names_match_full_route_files() -> None:
+    matcher = RouteMatcher(ROUTES)
+    assert matcher.endpoint_of([Frame("read_item", "shop/api.py", 12)]) == "GET /items/{item_id}"
+
+
+def test_app_frames_exclude_stdlib_third_party_and_apiscope() -> None:
+    roots = app_roots(ROUTES)
+    assert roots == ("/srv/shop/shop",)
+    assert is_app_frame(Frame("f", APP, 1), roots)
+    assert is_app_frame(Frame("render", "/srv/shop/helpers.py", 6), roots)
+    assert not is_app_frame(Frame("sleep", "/usr/lib/python3.11/asyncio/tasks.py", 1), roots)
+    assert not is_app_frame(
+        Frame("f", "/root/.pyenv/versions/3.11.7/lib/python3.11/selectors.py", 1), roots)
+    assert not is_app_frame(Frame("f", "/venv/lib/python3.11/site-packages/x/y.py", 1), roots)
+    assert not is_app_frame(Frame("f", "<frozen importlib._bootstrap>", 1), roots)
+    import apiscope.agent as agent_pkg  # noqa: F401 - only its location matters
+    tool_file = str(__import__("apiscope").__file__)
+    assert not is_app_frame(Frame("f", tool_file, 1), roots)
+
+
+def test_installed_app_modules_are_app_code() -> None:
+    site = "/venv/lib/python3.11/site-packages"
+    routes = [RouteInfo("GET", "/", "shop.web.views:index", f"{site}/shop/web/views.py", 3, True),
+              RouteInfo("GET", "/x", "single:x", f"{site}/single.py", 3, True)]
+    roots = app_roots(routes)
+    assert f"{site}/shop" in roots and f"{site}/single.py" in roots
+    assert is_app_frame(Frame("helper", f"{site}/shop/db.py", 9), roots)
+    assert not is_app_frame(Frame("get", f"{site}/httpx/_client.py", 9), roots)
+    stack = [Frame("index", f"{site}/shop/web/views.py", 5), Frame("helper", f"{site}/shop/db.py", 9),
+             Frame("execute", f"{site}/sqlalchemy/engine.py", 1)]
+    assert user_frame(stack, roots) == Frame("helper", f"{site}/shop/db.py", 9)
+    assert user_frame(stack[2:], roots) is None
