@@ -45,8 +45,9 @@ def test_app_frames_exclude_stdlib_third_party_and_apiscope() -> None:
         Frame("f", "/root/.pyenv/versions/3.11.7/lib/python3.11/selectors.py", 1), roots)
     assert not is_app_frame(Frame("f", "/venv/lib/python3.11/site-packages/x/y.py", 1), roots)
     assert not is_app_frame(Frame("f", "<frozen importlib._bootstrap>", 1), roots)
-    import apiscope.agent as agent_pkg  # noqa: F401 - only its location matters
-    tool_file = str(__import__("apiscope").__file__)
+    import apiscope
+
+    tool_file = str(apiscope.__file__)
     assert not is_app_frame(Frame("f", tool_file, 1), roots)
 
 
@@ -58,7 +59,8 @@ def test_installed_app_modules_are_app_code() -> None:
     assert f"{site}/shop" in roots and f"{site}/single.py" in roots
     assert is_app_frame(Frame("helper", f"{site}/shop/db.py", 9), roots)
     assert not is_app_frame(Frame("get", f"{site}/httpx/_client.py", 9), roots)
-    stack = [Frame("index", f"{site}/shop/web/views.py", 5), Frame("helper", f"{site}/shop/db.py", 9),
+    stack = [Frame("index", f"{site}/shop/web/views.py", 5),
+             Frame("helper", f"{site}/shop/db.py", 9),
              Frame("execute", f"{site}/sqlalchemy/engine.py", 1)]
     assert user_frame(stack, roots) == Frame("helper", f"{site}/shop/db.py", 9)
     assert user_frame(stack[2:], roots) is None

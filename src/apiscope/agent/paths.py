@@ -65,3 +65,51 @@ def check_private_dir(path: str, info: os.stat_result) -> None:
             f"{path} is writable by other users (mode {stat.S_IMODE(info.st_mode):o}): "
             f"run `chmod 700 {path}` or set APISCOPE_SOCKET_DIR to a private directory"
         )
+
+
+def library_prefixes() -> tuple[str, ...]:
+    """Directory prefixes whose files are not the app's own code.
+
+    The standard library, every site-packages of this interpreter, and apiscope itself (the
+    parent of this package: `apiscope/agent/`, or wherever the agent was loaded from).
+    """
+    import site
+    import sysconfig
+
+    dirs: set[str] = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            dirs.add(path)
+    try:
+        dirs.update(site.getsitepackages())
+        dirs.add(site.getusersitepackages())
+    except AttributeError:  # virtualenv's old site module lacks these
+        pass
+    here = os.path.dirname(os.path.abspath(__file__))
+    dirs.add(os.path.dirname(here) if os.path.basename(here) == "agent" else here)
+    # Both spellings: code objects carry whichever path the importer used.
+    both = {os.path.join(d, "") for d in dirs}
+    both |= {os.path.join(os.path.realpath(d), "") for d in dirs}
+    return tuple(sorted(both))
+
+
+class AppFiles:
+    """Tells app code from library code by file name, caching the answer per file."""
+
+    def __init__(self, prefixes: tuple[str, ...] | None = None) -> None:
+        self._prefixes = prefixes if prefixes is not None else library_prefixes()
+        self._cache: dict[str, bool] = {}
+
+    def is_app(self, filename: str) -> bool:
+        known = self._cache.get(filename)
+        if known is None:
+            known = not (
+                filename.startswith(self._prefixes)
+                or filename.startswith("<")  # <frozen ...>, <string>
+                or "site-packages" in filename
+            )
+            if len(self._cache) > 10_000:  # generated code could make file names unbounded
+                self._cache.clear()
+            self._cache[filename] = known
+        return known

@@ -1,14 +1,15 @@
 """The agent's ring buffer of finished requests.
 
-Thread-safety without locks: the event loop thread appends and the socket server thread pops,
-and `collections.deque.append`/`popleft` are atomic under the GIL. Each counter has a single
-writer (`recorded`/`errors` the loop thread, `_drained` the server thread), so `dropped` is
-derived from them instead of being counted on the hot path, where a check-then-append would race
-with a concurrent drain.
+Thread-safe without a lock on the recording side: the event loop thread appends and the socket
+server pops, and `collections.deque.append`/`popleft` are atomic under the GIL. Each counter has
+one writer (`recorded`/`errors` the loop thread; `_drained` the drainers, under a lock that only
+they take), and `dropped` is derived from them rather than counted on the hot path, where a
+check-then-append would race with a concurrent drain.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from typing import NamedTuple
 
@@ -43,6 +44,7 @@ class Recorder:
         self.recorded = 0  # entries appended since start
         self.errors = 0  # failures inside the agent's own code, never seen by a request
         self._drained = 0  # entries handed to the collector
+        self._drain_lock = threading.Lock()
 
     def record(self, entry: RequestEntry) -> None:
         # A full deque with maxlen discards its oldest item on append: that is the drop.
@@ -62,12 +64,13 @@ class Recorder:
         """Remove and return everything buffered, oldest first."""
         out: list[RequestEntry] = []
         pop = self._buffer.popleft
-        while True:
-            try:
-                out.append(pop())
-            except IndexError:
-                break
-        self._drained += len(out)
+        with self._drain_lock:  # two collectors may pull at once; the writer never waits here
+            while True:
+                try:
+                    out.append(pop())
+                except IndexError:
+                    break
+            self._drained += len(out)
         return out
 
     def __len__(self) -> int:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from apiscope.cli.base import port
-from apiscope.errors import NotAvailableYet
+from apiscope.errors import NotAvailableYet, UsageError
 
 
 class DashboardCommand:
@@ -20,4 +21,20 @@ class DashboardCommand:
                             help="show a fleet view read from this Prometheus server")
 
     def run(self, args: argparse.Namespace) -> int:
-        raise NotAvailableYet("the dashboard is not built yet")
+        if args.prometheus:
+            raise NotAvailableYet(
+                "the fleet view (--prometheus) is not available yet: replay a saved session"
+                " with `apiscope dashboard SESSION`")
+        if not args.session:
+            raise UsageError("give the session file to replay: apiscope dashboard SESSION")
+        # Imported here: Dash and Plotly take a moment to load and other commands never need them.
+        from apiscope.dashboard import create_app, serve
+
+        app = create_app(args.session, live=False)
+        print(f"apiscope: dashboard for {args.session} at http://{args.host}:{args.port}/"
+              " (Ctrl-C to stop)", file=sys.stderr)
+        try:
+            serve(app, args.host, args.port)
+        except KeyboardInterrupt:
+            pass
+        return 0

@@ -1,11 +1,53 @@
-"""`apiscope demo`: the sample item API under load, profiled."""
+"""`apiscope demo`: the bundled sample item API under load, profiled end to end."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import webbrowser
 
-from apiscope.cli.base import add_collect_options
-from apiscope.errors import NotAvailableYet
+from apiscope.cli.base import add_collect_options, positive_int
+from apiscope.cli.collecting import collect
+from apiscope.cli.run import start_server, stop_server
+from apiscope.collectors.target import describe_target
+from apiscope.errors import ApiscopeError
+
+# Without --duration the demo runs until Ctrl-C; the load generator still needs a bound.
+UNBOUNDED_LOAD_SECONDS = 3600.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ApiscopeError(f"the sample app exited with code {proc.returncode} at start-up")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.2)
+    raise ApiscopeError(f"the sample app did not answer {url} within {timeout:.0f}s")
+
+
+def server_command(port: int, workers: int) -> list[str]:
+    if workers > 1:
+        return [sys.executable, "-m", "gunicorn", "sample_app.main:app", "-k",
+                "uvicorn.workers.UvicornWorker", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+                "--log-level", "warning"]
+    return [sys.executable, "-m", "uvicorn", "sample_app.main:app", "--host", "127.0.0.1",
+            "--port", str(port), "--log-level", "warning", "--no-access-log"]
 
 
 class DemoCommand:
@@ -18,8 +60,35 @@ class DemoCommand:
                             help="run the sample app with its bottlenecks fixed")
         parser.add_argument("--no-browser", action="store_true",
                             help="do not open the dashboard in a browser")
-        parser.add_argument("--workers", type=int, default=1,
+        parser.add_argument("--workers", type=positive_int, default=1,
                             help="run the sample app under gunicorn with this many workers")
+        parser.add_argument("--concurrency", type=positive_int, default=48,
+                            help="concurrent clients of the load generator (default: 48)")
 
     def run(self, args: argparse.Namespace) -> int:
-        raise NotAvailableYet("demo is not built yet")
+        port = free_port()
+        env = dict(os.environ)
+        if args.fixed:
+            env["SAMPLE_APP_FIXED"] = "1"
+        server = start_server(server_command(port, args.workers), env=env)
+        load: subprocess.Popen[bytes] | None = None
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for_http(url + "/health", server)
+            print(f"apiscope: sample item API at {url}"
+                  f" ({'fixed' if args.fixed else 'with its deliberate bottlenecks'})",
+                  file=sys.stderr)
+            target = describe_target(server.pid)
+            load_seconds = args.duration if args.duration is not None else UNBOUNDED_LOAD_SECONDS
+            load = subprocess.Popen(
+                [sys.executable, "-m", "sample_app.load", "--url", url, "--duration",
+                 str(load_seconds), "--concurrency", str(args.concurrency), "--quiet"],
+                stdout=subprocess.DEVNULL)
+            if not args.no_dashboard and not args.no_browser:
+                webbrowser.open(f"http://{args.host}:{args.port}/")
+            collect(target, args, inject=True)
+        finally:
+            if load is not None:
+                stop_server(load)
+            stop_server(server)
+        return 0

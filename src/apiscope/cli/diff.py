@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 
-from apiscope.errors import NotAvailableYet
+from apiscope.analysis.diff import diff_reports, render_diff_text
+from apiscope.analysis.html import active_stacks
+from apiscope.analysis.report import analyse, load_session
+from apiscope.cli.report import emit
+from apiscope.exporters.diff import render_diff_svg
+from apiscope.exporters.tree import build_tree
+from apiscope.store.reader import SessionReader
 
 
 class DiffCommand:
@@ -18,4 +25,14 @@ class DiffCommand:
         parser.add_argument("-o", "--output", metavar="PATH", help="write here, not stdout")
 
     def run(self, args: argparse.Namespace) -> int:
-        raise NotAvailableYet("diff is not built yet")
+        with SessionReader(args.base) as base_reader, SessionReader(args.new) as new_reader:
+            base, new = load_session(base_reader), load_session(new_reader)
+        if args.format == "svg":
+            text = render_diff_svg(build_tree(active_stacks(base)), build_tree(active_stacks(new)),
+                                   title=f"apiscope diff: {args.base} -> {args.new}")
+        else:
+            diff = diff_reports(analyse(base), analyse(new))
+            text = (json.dumps(diff, indent=2) + "\n" if args.format == "json"
+                    else render_diff_text(diff))
+        emit(text, args.output)
+        return 0

@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Any, cast
 
-from apiscope.errors import NotAvailableYet
+from apiscope.errors import UsageError
+from apiscope.exporters import Profile, renderer
+from apiscope.exporters.slice import (
+    GilMode,
+    IdleMode,
+    SliceSpec,
+    describe_session,
+    select_samples,
+)
+from apiscope.store.reader import SessionReader
 
 
 class ExportCommand:
@@ -16,7 +29,8 @@ class ExportCommand:
         parser.add_argument("--format", choices=["svg", "speedscope", "folded", "html"],
                             required=True)
         parser.add_argument("-o", "--output", metavar="PATH", help="write here, not stdout")
-        parser.add_argument("--route", help="only samples of this endpoint, e.g. 'GET /items/'")
+        parser.add_argument("--route", help="only samples of this endpoint, e.g."
+                            " 'GET /items/{item_id}' or '/items/{item_id}' (every method)")
         parser.add_argument("--pid", type=int, help="only this process")
         parser.add_argument("--thread", type=int, metavar="TID", help="only this thread")
         parser.add_argument("--since", metavar="T", help="seconds from start, or an ISO time")
@@ -24,6 +38,45 @@ class ExportCommand:
         parser.add_argument("--idle", choices=["include", "exclude", "only"], default="include",
                             help="samples of threads waiting for work")
         parser.add_argument("--gil", choices=["any", "held", "not-held"], default="any")
+        parser.add_argument("--threads", action="store_true",
+                            help="add a process and a thread frame at the root of every stack")
 
     def run(self, args: argparse.Namespace) -> int:
-        raise NotAvailableYet("export is not built yet")
+        spec = SliceSpec(route=args.route, pid=args.pid, thread=args.thread, since=args.since,
+                         until=args.until, idle=cast(IdleMode, args.idle),
+                         gil=cast(GilMode, args.gil))
+        with SessionReader(args.session) as reader:
+            samples = select_samples(reader, spec)
+            if not samples:
+                raise UsageError(f"no samples match {spec.describe()}: {describe_session(reader)};"
+                                 " widen the slice or drop some of its options")
+            report = session_report(reader) if args.format == "html" else None
+        title = f"{Path(args.session).name}: {spec.describe()}"
+        profile = Profile(samples, title, report, threads=args.threads)
+        write_output(renderer(args.format).render(profile), args.output)
+        if args.output:
+            print(f"apiscope: wrote {profile.total:,} samples ({spec.describe()}) to"
+                  f" {args.output}", file=sys.stderr)
+        return 0
+
+
+def session_report(reader: SessionReader) -> dict[str, Any] | None:
+    """The session's report for the html page, when the analysis package provides one."""
+    try:
+        module: Any = importlib.import_module("apiscope.analysis.report")
+    except ImportError:
+        return None  # an export without the report section beats no export
+    report: dict[str, Any] = module.build_report(reader)
+    return report
+
+
+def write_output(text: str, output: str | None) -> None:
+    if output is None or output == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}; choose a writable path"
+                         " with -o") from None

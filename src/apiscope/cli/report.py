@@ -3,8 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
-from apiscope.errors import NotAvailableYet
+from apiscope.analysis.flags import at_or_above
+from apiscope.analysis.html import render_html
+from apiscope.analysis.report import analyse, load_session, render_text
+from apiscope.analysis.report import write_report as write_report
+from apiscope.analysis.thresholds import Thresholds, load_config
+from apiscope.cli.base import positive_float
+from apiscope.errors import BudgetExceeded, UsageError
+from apiscope.store.reader import SessionReader
+
+
+def emit(text: str, output: str | None) -> None:
+    """Write `text` to the -o file, or to stdout."""
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror}: choose a writable path"
+                         ) from None
 
 
 class ReportCommand:
@@ -17,8 +39,31 @@ class ReportCommand:
         parser.add_argument("-o", "--output", metavar="PATH", help="write here, not stdout")
         parser.add_argument("--fail-on", choices=["low", "medium", "high"],
                             help="exit 3 when a flag of this severity or worse exists")
-        parser.add_argument("--slo-ms", type=float, default=None,
+        parser.add_argument("--slo-ms", type=positive_float, default=None, metavar="MS",
                             help="latency objective (default: the session's, else 200)")
+        parser.add_argument("--config", metavar="PATH",
+                            help="TOML file whose [thresholds] table overrides the rules'"
+                                 " defaults (see docs/analysis.md)")
 
     def run(self, args: argparse.Namespace) -> int:
-        raise NotAvailableYet("report is not built yet")
+        thresholds = load_config(args.config) if args.config else Thresholds()
+        with SessionReader(args.session) as reader:
+            data = load_session(reader)
+        report = analyse(data, slo_ms=args.slo_ms, thresholds=thresholds)
+        if args.format == "json":
+            text = json.dumps(report, indent=2) + "\n"
+        elif args.format == "html":
+            text = render_html(report, data)
+        else:
+            text = render_text(report)
+        emit(text, args.output)
+        if args.output:
+            print(f"apiscope: report written to {args.output}", file=sys.stderr)
+        if args.fail_on:
+            failing = at_or_above(report["flags"], args.fail_on)
+            if failing:
+                kinds = ", ".join(sorted({f["kind"] for f in failing}))
+                raise BudgetExceeded(
+                    f"{len(failing)} flag(s) at or above {args.fail_on} severity ({kinds}):"
+                    " fix them, or relax --fail-on")
+        return 0

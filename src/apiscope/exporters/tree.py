@@ -8,6 +8,7 @@ print the same prefix.
 
 from __future__ import annotations
 
+import functools
 import os
 import site
 import sysconfig
@@ -67,18 +68,19 @@ def aggregate_stacks(samples: Iterable[StackSample]) -> dict[tuple[Frame, ...], 
     the tuple's identity (cheap) and only the distinct tuples are then hashed by content; a
     reader that builds fresh tuples still gets the right answer, just more slowly.
     """
-    by_identity: dict[int, list[object]] = {}
+    frames_by_id: dict[int, tuple[Frame, ...]] = {}
+    counts_by_id: dict[int, int] = {}
     for sample in samples:
-        entry = by_identity.get(id(sample.frames))
-        if entry is None:
-            # Holding the tuple keeps its id from being reused while we aggregate.
-            by_identity[id(sample.frames)] = [sample.frames, sample.count]
+        key = id(sample.frames)
+        if key in counts_by_id:
+            counts_by_id[key] += sample.count
         else:
-            entry[1] = int(entry[1]) + sample.count  # type: ignore[call-overload]
+            # Holding the tuple keeps its id from being reused while we aggregate.
+            frames_by_id[key] = sample.frames
+            counts_by_id[key] = sample.count
     totals: dict[tuple[Frame, ...], int] = {}
-    for frames, count in by_identity.values():
-        key: tuple[Frame, ...] = frames  # type: ignore[assignment]
-        totals[key] = totals.get(key, 0) + int(count)  # type: ignore[call-overload]
+    for key, frames in frames_by_id.items():
+        totals[frames] = totals.get(frames, 0) + counts_by_id[key]
     return totals
 
 
@@ -193,16 +195,15 @@ def _dir_prefix(directory: str) -> str:
     return directory.replace("\\", "/").rstrip("/") + "/"
 
 
-_default_classifier: list[Classifier] = []
+@functools.lru_cache(maxsize=1)
+def default_classifier() -> Classifier:
+    """The classifier for this interpreter, built once: it reads the interpreter's paths."""
+    return Classifier.for_running_interpreter()
 
 
 def classify(frame: Frame, classifier: Classifier | None = None) -> Kind:
     """"app", "library" (site-packages, dist-packages) or "stdlib" (this interpreter's)."""
-    if classifier is None:
-        if not _default_classifier:  # built once: it reads the interpreter's paths
-            _default_classifier.append(Classifier.for_running_interpreter())
-        classifier = _default_classifier[0]
-    return classifier.classify(frame.file)
+    return (classifier or default_classifier()).classify(frame.file)
 
 
 # -- differential trees -------------------------------------------------------------------------

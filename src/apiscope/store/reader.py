@@ -142,7 +142,8 @@ class SessionReader:
     def samples(self, flt: SampleFilter | None = None) -> Iterator[tuple[float, StackSample]]:
         """(window start, sample) for every stored sample row matching the filter."""
         flt = flt or SampleFilter()
-        where, params = ["1"], []
+        where: list[str] = ["1"]
+        params: list[Any] = []
         if flt.since is not None:
             where.append("w.start >= ?")
             params.append(flt.since)

@@ -30,7 +30,7 @@ from apiscope.model import (
 )
 from apiscope.store import schema
 
-Job = Callable[[sqlite3.Connection], None]
+Job = Callable[[sqlite3.Connection], object]
 _STOP = object()
 
 

@@ -1,0 +1,1 @@
+"""apiscope's benchmarks: `make bench` runs them and rewrites docs/benchmarks.md."""

@@ -1,0 +1,188 @@
+"""`AgentMiddleware`: the pure-ASGI wrapper that times each HTTP request and records it.
+
+The request path does no I/O, takes no lock and allocates little: two small closures, one
+timing object and, after the response, one tuple appended to the recorder's deque. Everything
+the agent itself does is inside try/except: its failures are counted, never seen by a request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from types import TracebackType
+from typing import Any
+
+from .paths import AppFiles
+from .queries import CURRENT, QueryHooks, RequestQueries
+from .recorder import QueryEntry, Recorder, RequestEntry
+from .routes import RouteRegistry, effective_template, template_of
+from .threadpool import ThreadPoolProbe
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+UNMATCHED = "<unmatched>"
+_NESTED = "apiscope.recording"
+
+
+class _Timing:
+    """What the receive/send wrappers observe of one request."""
+
+    __slots__ = ("called", "first_receive", "end", "status")
+
+    def __init__(self, called: float) -> None:
+        self.called = called
+        self.first_receive: float | None = None
+        self.end: float | None = None
+        self.status = 0
+
+
+class AgentMiddleware:
+    """Records method, route template, status, timing, exception and queries of each request.
+
+    `clock` is a monotonic clock in seconds; start times are converted to epoch seconds with
+    one offset to `wall_clock` taken at construction, so each request reads the clock only.
+    """
+
+    def __init__(self, app: ASGIApp, recorder: Recorder, *,
+                 routes: RouteRegistry | None = None,
+                 threadpool: ThreadPoolProbe | None = None,
+                 query_hooks: QueryHooks | None = None,
+                 app_files: AppFiles | None = None,
+                 clock: Callable[[], float] = time.perf_counter,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.app = app
+        self.recorder = recorder
+        self.routes = routes if routes is not None else RouteRegistry()
+        self.threadpool = threadpool if threadpool is not None else ThreadPoolProbe()
+        self.query_hooks = query_hooks
+        self.app_files = app_files or (query_hooks.app_files if query_hooks else AppFiles())
+        self._clock = clock
+        self._epoch_offset = wall_clock() - clock()
+        self._last_app: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or _NESTED in scope:
+            await self.app(scope, receive, send)
+            return
+        # An agent further in (instrument() and injection both, or an instrumented sub-app in
+        # a Mount) sees this key and stands back: each request is recorded once, outermost.
+        scope[_NESTED] = True
+        clock = self._clock
+        timing = _Timing(clock())
+        root_path = scope.get("root_path", "")
+        token = None
+        try:
+            self._before(scope)
+            if self.query_hooks is not None:
+                token = CURRENT.set(RequestQueries())
+        except Exception:
+            self._count_error()
+
+        async def timed_receive() -> Message:
+            if timing.first_receive is None:
+                timing.first_receive = clock()
+            return await receive()
+
+        async def watched_send(message: Message) -> None:
+            try:
+                kind = message["type"]
+                if kind == "http.response.start":
+                    timing.status = int(message["status"])
+                elif kind == "http.response.body" and not message.get("more_body", False):
+                    timing.end = clock()
+            except Exception:
+                self._count_error()
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, watched_send)
+        except BaseException as exc:
+            self._finish(scope, root_path, timing, exc, token)
+            raise
+        self._finish(scope, root_path, timing, None, token)
+
+    def _before(self, scope: Scope) -> None:
+        # Starlette puts itself in scope["app"] before its middleware stack runs: register the
+        # route table of an app met for the first time (an injected agent wraps a live app).
+        app = scope.get("app")
+        if app is not None and app is not self._last_app:
+            self._last_app = app
+            self.routes.add_app(app)
+        if not self.threadpool.captured:
+            self.threadpool.capture()
+
+    def _finish(self, scope: Scope, root_path: str, timing: _Timing,
+                exc: BaseException | None, token: Any) -> None:
+        try:
+            queries: tuple[QueryEntry, ...] = ()
+            if token is not None:
+                current = CURRENT.get()
+                CURRENT.reset(token)
+                if current is not None and current.stats:
+                    queries = current.entries()
+            end = timing.end if timing.end is not None else self._clock()
+            start = timing.first_receive if timing.first_receive is not None else timing.called
+            status = timing.status
+            exc_type = exc_file = exc_line = None
+            if exc is not None:
+                exc_type = type(exc).__name__
+                exc_file, exc_line = self.raising_line(exc.__traceback__)
+                if isinstance(exc, Exception) or not status:
+                    status = 500 if isinstance(exc, Exception) else 499
+            elif not status:
+                status = 500  # the app returned without a response: the server answers 500
+            self.recorder.record(RequestEntry(
+                start + self._epoch_offset, (end - start) * 1000.0, scope.get("method", "GET"),
+                self.route_of(scope, root_path, status), status, exc_type, exc_file, exc_line,
+                queries))
+        except Exception:
+            self._count_error()
+
+    def route_of(self, scope: Scope, root_path: str, status: int) -> str:
+        """The matched route's full template; `<unmatched>` when no route matched."""
+        route = scope.get("route")
+        if route is None:
+            return UNMATCHED
+        is_mount = getattr(route, "routes", None) is not None and not hasattr(route, "endpoint")
+        if is_mount and status == 404:  # the mount matched its prefix, nothing inside it did
+            return UNMATCHED
+        # A route of a router FastAPI included: the prefixed path is in its effective context.
+        fastapi_scope = scope.get("fastapi")
+        context = fastapi_scope.get("effective_route_context") if isinstance(
+            fastapi_scope, dict) else None
+        key, local = (context, effective_template(context)) if context is not None else (
+            route, template_of(route))
+        template = self.routes.template(key)
+        if template is None:
+            # First sight of this app (wrapped from outside, so scope["app"] was unset when the
+            # request came in): Starlette's outermost router put itself in scope["router"].
+            router = scope.get("router")
+            if router is not None:
+                self.routes.add_app(router)
+                template = self.routes.template(key)
+        if template is not None:
+            return template
+        # A route of an app we have no table for: the mounts' prefixes are in root_path.
+        inner_root = scope.get("root_path", "")
+        prefix = inner_root[len(root_path):] if inner_root.startswith(root_path) else ""
+        return prefix + local
+
+    def raising_line(self, tb: TracebackType | None) -> tuple[str | None, int | None]:
+        """File and line of the last app-code frame of a traceback (the raising user line)."""
+        found: tuple[str | None, int | None] = (None, None)
+        while tb is not None:
+            filename = tb.tb_frame.f_code.co_filename
+            if self.app_files.is_app(filename):
+                found = (filename, tb.tb_lineno)
+            tb = tb.tb_next
+        return found
+
+    def _count_error(self) -> None:
+        try:
+            self.recorder.count_error()
+        except Exception:  # a broken recorder must still not reach the request
+            pass

@@ -1,0 +1,240 @@
+"""Per-request database query capture.
+
+The middleware puts a fresh `RequestQueries` into `CURRENT` for each request; the hooks below
+add every statement the request runs to it, keyed by its normalized text. Hooks installed:
+
+- SQLAlchemy: `before/after_cursor_execute` on the `Engine` class, which covers every driver,
+  the async engine included (its `sync_engine` fires the same events inside a greenlet).
+- asyncpg: `Connection._execute`/`_executemany`/`execute` wrappers, when asyncpg is importable.
+- aiosqlite: `Connection.execute`/`execute_fetchall` and `Cursor.execute` wrappers.
+- sqlite3 cannot be hooked: its Connection and Cursor are C types whose methods can't be
+  replaced, so raw sqlite3 queries are only visible when they go through SQLAlchemy.
+
+When SQLAlchemy drives asyncpg or aiosqlite, the driver wrappers see the same statements; they
+skip while a SQLAlchemy execution is in progress, so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import re
+import sys
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from types import FrameType
+from typing import Any
+
+from .paths import AppFiles
+from .recorder import QueryEntry
+
+CURRENT: ContextVar[RequestQueries | None] = ContextVar("apiscope_queries", default=None)
+
+_STRING = re.compile(r"'(?:[^']|'')*'")
+_NUMBER = re.compile(r"(?<![\w$.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b")
+_PLACEHOLDER = re.compile(r"\$\d+|%\(\w+\)s|%s")
+_IN_LIST = re.compile(r"\bIN\s*\(\s*\?(?:\s*,\s*\?)*\s*\)", re.IGNORECASE)
+_SPACE = re.compile(r"\s+")
+
+
+def normalize(statement: str) -> str:
+    """Literals, placeholders and IN-lists become `?`; whitespace is collapsed."""
+    text = _STRING.sub("?", statement)
+    text = _PLACEHOLDER.sub("?", text)
+    text = _NUMBER.sub("?", text)
+    text = _IN_LIST.sub("IN (?)", text)
+    return _SPACE.sub(" ", text).strip()
+
+
+class StatementNormalizer:
+    """`normalize` with a bounded cache: ORM statements repeat verbatim, so most calls hit."""
+
+    def __init__(self, limit: int = 2048) -> None:
+        self._cache: dict[str, str] = {}
+        self._limit = limit
+
+    def __call__(self, statement: str) -> str:
+        found = self._cache.get(statement)
+        if found is None:
+            found = normalize(statement)
+            if len(self._cache) >= self._limit:
+                self._cache.clear()
+            self._cache[statement] = found
+        return found
+
+
+class RequestQueries:
+    """The statements of one request: normalized text -> [count, seconds, file, line]."""
+
+    __slots__ = ("stats", "in_orm")
+
+    def __init__(self) -> None:
+        self.stats: dict[str, list[Any]] = {}
+        self.in_orm = 0  # > 0 while a SQLAlchemy execution runs: driver wrappers stand back
+
+    def entries(self) -> tuple[QueryEntry, ...]:
+        return tuple((stmt, s[0], s[1] * 1000.0, s[2], s[3]) for stmt, s in self.stats.items())
+
+
+class QueryHooks:
+    """The installed hooks and what they share; one per process (see `install_query_hooks`)."""
+
+    def __init__(self, app_files: AppFiles, clock: Callable[[], float] = time.perf_counter,
+                 ) -> None:
+        self.app_files = app_files
+        self.clock = clock
+        self.normalizer = StatementNormalizer()
+        self._undo: list[Callable[[], None]] = []
+        self._installed: set[str] = set()
+
+    def add(self, queries: RequestQueries, statement: str, seconds: float) -> None:
+        key = self.normalizer(statement)
+        stat = queries.stats.get(key)
+        if stat is None:
+            queries.stats[key] = [1, seconds, None, None]
+            return
+        stat[0] += 1
+        stat[1] += seconds
+        if stat[0] == 2:  # only repeated statements need a call site: keeps the common path cheap
+            site = self.call_site()
+            if site is not None:
+                stat[2], stat[3] = site
+
+    def call_site(self) -> tuple[str, int] | None:
+        """File and line of the innermost app frame of the code issuing the query."""
+        found = self._first_app_frame(sys._getframe(1))
+        # SQLAlchemy's async engine runs the sync engine in a child greenlet whose stack ends
+        # at greenlet_spawn: the app's frames are in the parent greenlets' stacks.
+        greenlet = sys.modules.get("greenlet")
+        current = greenlet.getcurrent().parent if greenlet is not None else None
+        while found is None and current is not None:
+            found = self._first_app_frame(current.gr_frame)
+            current = current.parent
+        return found
+
+    def _first_app_frame(self, frame: FrameType | None) -> tuple[str, int] | None:
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if self.app_files.is_app(filename):
+                return filename, frame.f_lineno
+            frame = frame.f_back
+        return None
+
+    def install(self) -> None:
+        """Hook the database libraries the process has imported so far (call again later:
+        libraries already hooked are skipped). Importing one ourselves would load it into
+        targets that never use it."""
+        installers = {"sqlalchemy": self._install_sqlalchemy,
+                      "aiosqlite": self._install_aiosqlite, "asyncpg": self._install_asyncpg}
+        for module, installer in installers.items():
+            if module in sys.modules and module not in self._installed:
+                self._installed.add(module)
+                installer()
+
+    def uninstall(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+        self._installed.clear()
+
+    def _install_sqlalchemy(self) -> None:
+        try:
+            from sqlalchemy import event
+            from sqlalchemy.engine import Engine
+        except ImportError:
+            return
+        listeners: list[tuple[str, Callable[..., None]]] = [
+            ("before_cursor_execute", self._before_cursor_execute),
+            ("after_cursor_execute", self._after_cursor_execute),
+            ("handle_error", self._handle_error),
+        ]
+        for name, fn in listeners:
+            event.listen(Engine, name, fn)
+            self._undo.append(functools.partial(event.remove, Engine, name, fn))
+
+    def _before_cursor_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any,
+                               context: Any, executemany: bool) -> None:
+        queries = CURRENT.get()
+        if queries is not None and context is not None:
+            queries.in_orm += 1
+            context._apiscope_started = self.clock()
+
+    def _after_cursor_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any,
+                              context: Any, executemany: bool) -> None:
+        queries = CURRENT.get()
+        started = getattr(context, "_apiscope_started", None)
+        if queries is None or started is None:
+            return
+        queries.in_orm -= 1
+        context._apiscope_started = None
+        self.add(queries, statement, self.clock() - started)
+
+    def _handle_error(self, exception_context: Any) -> None:
+        queries = CURRENT.get()
+        context = getattr(exception_context, "execution_context", None)
+        if queries is not None and context is not None and getattr(
+                context, "_apiscope_started", None) is not None:
+            queries.in_orm -= 1
+            context._apiscope_started = None
+
+    def _install_aiosqlite(self) -> None:
+        try:
+            import aiosqlite
+        except ImportError:
+            return
+        self._wrap(aiosqlite.Connection, "execute")
+        self._wrap(aiosqlite.Connection, "execute_fetchall")
+        self._wrap(aiosqlite.Cursor, "execute")
+
+    def _install_asyncpg(self) -> None:
+        try:
+            # Through importlib: asyncpg is optional and typed nowhere in this project.
+            connection: Any = importlib.import_module("asyncpg.connection")
+        except ImportError:
+            return
+        Connection = connection.Connection
+        # fetch/fetchrow/fetchval and execute-with-arguments all go through _execute;
+        # execute without arguments takes the simple-query path instead.
+        self._wrap(Connection, "_execute")
+        self._wrap(Connection, "_executemany")
+        self._wrap(Connection, "execute", only_without_args=True)
+
+    def _wrap(self, owner: type, name: str, *, only_without_args: bool = False) -> None:
+        original = owner.__dict__.get(name)
+        if original is None or getattr(original, "__apiscope_original__", None) is not None:
+            return
+        hooks = self
+
+        @functools.wraps(original)
+        async def timed(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            queries = CURRENT.get()
+            if (queries is None or queries.in_orm or not isinstance(query, str)
+                    or (only_without_args and args)):
+                return await original(self, query, *args, **kwargs)
+            started = hooks.clock()
+            try:
+                return await original(self, query, *args, **kwargs)
+            finally:
+                hooks.add(queries, query, hooks.clock() - started)
+
+        timed.__apiscope_original__ = original  # type: ignore[attr-defined]
+        setattr(owner, name, timed)
+        self._undo.append(functools.partial(setattr, owner, name, original))
+
+
+_HOOKS: list[QueryHooks] = []  # the process-wide installation, at most one
+
+
+def install_query_hooks(app_files: AppFiles | None = None) -> QueryHooks:
+    """Install the query hooks once per process; later calls hook libraries imported since
+    and return the same hooks."""
+    if not _HOOKS:
+        _HOOKS.append(QueryHooks(app_files or AppFiles()))
+    _HOOKS[0].install()
+    return _HOOKS[0]
+
+
+def uninstall_query_hooks() -> None:
+    """Remove every hook `install_query_hooks` added."""
+    while _HOOKS:
+        _HOOKS.pop().uninstall()

@@ -1,0 +1,153 @@
+"""One `Agent` per process: the recorder, the socket server and what the middleware shares.
+
+The agent's files may be loaded twice in one process: as `apiscope.agent` by `instrument()`
+and as `apiscope_agent` by injection. `current_agent()` looks for an agent the other copy
+already runs, so that one process never has two agents competing for one socket.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from .middleware import AgentMiddleware, ASGIApp
+from .paths import AppFiles, ensure_private_dir, socket_dir, socket_path
+from .queries import QueryHooks, install_query_hooks
+from .recorder import Recorder
+from .routes import RouteRegistry
+from .threadpool import ThreadPoolProbe
+from .transport import AgentServer
+
+__all__ = ["Agent", "current_agent", "shutdown_agent", "socket_dir", "socket_path"]
+
+
+class Agent:
+    """The in-process agent: wrap apps with `middleware()`, serve pulls after `start()`."""
+
+    def __init__(self, directory: str | None = None, recorder: Recorder | None = None) -> None:
+        self.directory = directory
+        self.recorder = recorder if recorder is not None else Recorder()
+        self.routes = RouteRegistry()
+        self.threadpool = ThreadPoolProbe()
+        self.app_files = AppFiles()
+        # Sampled async profiles other parts may append (dicts); drained by each pull.
+        self.profiles: deque[dict[str, Any]] = deque(maxlen=1000)
+        self.query_hooks: QueryHooks | None = None
+        self._server: AgentServer | None = None
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    @property
+    def socket_path(self) -> str:
+        return socket_path(os.getpid(), self.directory)
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None and self._server.running
+
+    def start(self) -> None:
+        """Serve pulls on `socket_path(getpid())`; a no-op when already serving."""
+        with self._lock:
+            if self._server is not None and self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self.query_hooks = install_query_hooks(self.app_files)
+            directory = ensure_private_dir(self.directory) if self.directory else socket_dir()
+            server = AgentServer(socket_path(self._pid, directory), self.respond)
+            server.start()
+            self._server = server
+
+    def stop(self) -> None:
+        """Stop serving and remove the socket file; the middleware keeps recording."""
+        with self._lock:
+            server, self._server = self._server, None
+        if server is not None and self._pid == os.getpid():
+            server.stop()
+
+    def after_fork_in_child(self) -> None:
+        """A forked worker (gunicorn --preload) inherits no server thread: serve its own pid."""
+        self._lock = threading.Lock()
+        had_server, self._server = self._server is not None, None
+        self.recorder.drain()
+        if had_server:
+            self.start()
+
+    def middleware(self, app: ASGIApp) -> AgentMiddleware:
+        """Wrap an ASGI app; the wrapper records into this agent."""
+        return AgentMiddleware(app, self.recorder, routes=self.routes,
+                               threadpool=self.threadpool, query_hooks=self._hooks(),
+                               app_files=self.app_files)
+
+    def add_routes(self, app: Any) -> None:
+        """Register the route table of a Starlette/FastAPI app (Mounts included)."""
+        self.routes.add_app(app)
+
+    def respond(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer one collector request (see `transport`)."""
+        op = request.get("op")
+        if op == "ping":
+            return {"pid": os.getpid(), "ok": True}
+        if op == "pull":
+            return self.pull()
+        raise ValueError(f"unknown op {op!r}")
+
+    def pull(self) -> dict[str, Any]:
+        if self.query_hooks is not None:
+            self.query_hooks.install()  # hook database libraries imported since the last pull
+        self.routes.refresh()  # routes added since instrument(app)
+        requests = [entry._asdict() for entry in self.recorder.drain()]
+        profiles = [self.profiles.popleft() for _ in range(len(self.profiles))]
+        return {
+            "pid": os.getpid(),
+            "ts": time.time(),
+            "requests": requests,
+            "routes": list(self.routes.rows),
+            "threadpool": self.threadpool.sample(),
+            "stats": {"recorded": self.recorder.recorded, "dropped": self.recorder.dropped,
+                      "errors": self.recorder.errors},
+            "profiles": profiles,
+        }
+
+    def _hooks(self) -> QueryHooks:
+        if self.query_hooks is None:
+            self.query_hooks = install_query_hooks(self.app_files)
+        return self.query_hooks
+
+
+_AGENT: list[Agent] = []  # this copy's process-wide agent, at most one
+_COPIES = ("apiscope.agent.runtime", "apiscope_agent.runtime")
+
+
+def current_agent(directory: str | None = None) -> Agent:
+    """The process-wide agent, created on first use (not started: call `start()`)."""
+    if not _AGENT:
+        _AGENT.append(_other_copys_agent() or _new_agent(directory))
+    return _AGENT[0]
+
+
+def shutdown_agent() -> None:
+    """Stop the process-wide agent and forget it; wrapped apps keep serving."""
+    while _AGENT:
+        _AGENT.pop().stop()
+
+
+def _other_copys_agent() -> Agent | None:
+    for name in _COPIES:
+        module = sys.modules.get(name)
+        if module is not None and module is not sys.modules[__name__]:
+            found: list[Agent] = getattr(module, "_AGENT", [])
+            if found:
+                return found[0]
+    return None
+
+
+def _new_agent(directory: str | None) -> Agent:
+    agent = Agent(directory)
+    atexit.register(agent.stop)  # leave no socket file behind a clean exit
+    os.register_at_fork(after_in_child=agent.after_fork_in_child)
+    return agent

@@ -1,0 +1,152 @@
+"""`AgentServer`: a daemon thread answering the collector on a Unix socket.
+
+Protocol: newline-delimited JSON. The collector writes one request object per line
+(`{"op": "pull"}` or `{"op": "ping"}`) and reads one response object per line. A pull answers
+`{"pid", "requests": [...], "routes": [...], "threadpool": {...} | null,
+"stats": {"recorded", "dropped", "errors"}, "profiles": [...]}`; an unknown op answers
+`{"error": "..."}`. Requests are drained by the pull: each is delivered once.
+
+The request path never touches this thread: it only appends to the recorder's deque. A slow or
+absent collector therefore costs nothing but dropped entries once the buffer is full.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+Responder = Callable[[dict[str, Any]], dict[str, Any]]
+
+MAX_REQUEST_BYTES = 64 * 1024  # requests are tiny; anything longer is not a collector
+CLIENT_TIMEOUT = 30.0  # an idle connection is closed after this long without a request
+MAX_CLIENTS = 4
+
+
+class AgentServer:
+    """Serves `respond(request)` on a 0600 Unix socket at `path`."""
+
+    def __init__(self, path: str, respond: Responder) -> None:
+        self.path = path
+        self._respond = respond
+        self._listener: socket.socket | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None  # stop() wakes select()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
+
+    def start(self) -> None:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            _unlink_stale(self.path)
+            listener.bind(self.path)
+            # The directory is already 0700; 0600 on the socket is the second lock.
+            os.chmod(self.path, 0o600)
+            listener.listen(8)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        self._wake = socket.socketpair()
+        self._thread = threading.Thread(target=self._serve, name="apiscope-agent", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        if self._wake is not None:
+            self._wake[1].send(b"x")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        if self._listener is not None:
+            self._listener.close()
+        for sock in self._wake or ():
+            sock.close()
+        self._wake = None
+        if self._listener is None:
+            return  # never bound: the file at path (if any) is someone else's
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _serve(self) -> None:
+        assert self._listener is not None and self._wake is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            selector.register(self._wake[0], selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                for key, _ in selector.select():
+                    if key.fileobj is self._listener and not self._stopping.is_set():
+                        self._accept()
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        try:
+            conn, _ = self._listener.accept()
+        except OSError:
+            return
+        # One thread per connection, so that a stuck client can't starve the others; a cap,
+        # so that a flood of them can't fill the target with threads.
+        if self._clients.acquire(blocking=False):
+            threading.Thread(target=self._serve_client, args=(conn,), daemon=True,
+                             name="apiscope-agent-client").start()
+        else:
+            conn.close()
+
+    def _serve_client(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                conn.settimeout(CLIENT_TIMEOUT)
+                self._converse(conn)
+        except (OSError, ValueError):
+            pass  # the collector went away or spoke nonsense: nothing to clean up
+        finally:
+            self._clients.release()
+
+    def _converse(self, conn: socket.socket) -> None:
+        reader = conn.makefile("rb")
+        try:
+            while not self._stopping.is_set():
+                line = reader.readline(MAX_REQUEST_BYTES)
+                if not line:
+                    return
+                conn.sendall(self._answer(line))
+        finally:
+            reader.close()
+
+    def _answer(self, line: bytes) -> bytes:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
+            response = self._respond(request)
+        except ValueError as exc:
+            response = {"error": f"bad request: {exc}"}
+        except Exception as exc:  # the agent's own failure: tell the collector, keep serving
+            response = {"error": f"{type(exc).__name__}: {exc}"}
+        return json.dumps(response, separators=(",", ":")).encode() + b"\n"
+
+
+def _unlink_stale(path: str) -> None:
+    """Remove a socket file left by a dead process with our pid (pids are reused)."""
+    try:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:
+        return
+    with probe:
+        try:
+            probe.connect(path)
+        except FileNotFoundError:
+            return
+        except ConnectionRefusedError:
+            os.unlink(path)
+            return
+    raise OSError(f"another agent is already serving {path}")

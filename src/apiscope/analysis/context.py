@@ -1,0 +1,157 @@
+"""Everything the rules read, loaded from a session once and attributed once.
+
+`SessionData` is plain data (so tests and the diff can build or reuse it); `AnalysisContext`
+adds what every rule needs derived from it: each stack sample's thread role, endpoint and
+application frame, the endpoints' statistics and the thresholds.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from apiscope.analysis.attribution import RouteMatcher, user_frame
+from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds
+from apiscope.model import (
+    Frame,
+    RequestRecord,
+    ResourceSample,
+    RouteInfo,
+    SampleState,
+    StackSample,
+    ThreadPoolSample,
+    ThreadRole,
+)
+from apiscope.store.reader import SessionReader
+
+Flag = dict[str, Any]
+# Thread roles whose samples run request handlers: the denominators of every share.
+HANDLER_ROLES = frozenset({ThreadRole.LOOP, ThreadRole.WORKER})
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    id: int
+    start: float
+    end: float
+    rate_hz: int
+    errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionData:
+    """The parts of a session the analysis reads."""
+
+    meta: dict[str, Any]
+    routes: list[RouteInfo]
+    roles: dict[tuple[int, int], ThreadRole]
+    windows: list[Window]
+    samples: list[tuple[float, StackSample]]  # (window start, sample)
+    requests: list[RequestRecord]
+    resources: list[ResourceSample]
+    threadpool: list[ThreadPoolSample]
+    profiles: list[dict[str, Any]]
+    start: float
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.end - self.start)
+
+
+def load_session(reader: SessionReader) -> SessionData:
+    meta = reader.meta()
+    windows = [Window(*row) for row in reader.windows()]
+    span = reader.time_range()
+    start = float(meta.get("start") or (span[0] if span else 0.0))
+    end = float(meta.get("end") or (span[1] if span else start))
+    return SessionData(
+        meta=meta, routes=reader.routes(),
+        roles={key: role for key, (_, role) in reader.threads().items()},
+        windows=windows, samples=list(reader.samples()),
+        requests=reader.requests(with_queries=True), resources=reader.resources(),
+        threadpool=reader.threadpool(), profiles=reader.profiles(), start=start,
+        end=max(start, end))
+
+
+@dataclass(frozen=True, slots=True)
+class Attributed:
+    """One stack sample with what the rules ask of it."""
+
+    window: float  # the window's start
+    sample: StackSample
+    role: ThreadRole
+    endpoint: str | None
+    user: Frame | None  # the leaf-most application frame
+    seconds: float  # the time its `count` samples stand for (count / rate)
+
+    @property
+    def active(self) -> bool:
+        return self.sample.state is not SampleState.WAITING
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisContext:
+    data: SessionData
+    thresholds: Thresholds
+    matcher: RouteMatcher
+    samples: list[Attributed]
+    by_endpoint: dict[str, list[RequestRecord]]
+    earlier: tuple[Flag, ...] = ()  # flags of the rules run before this one
+    functions: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    @property
+    def slo_ms(self) -> float:
+        return self.thresholds.slo_ms or DEFAULT_SLO_MS
+
+    def route_info(self, endpoint: str) -> RouteInfo | None:
+        method, _, template = endpoint.partition(" ")
+        for route in self.data.routes:
+            if route.method == method and route.template == template:
+                return route
+        handler = self.matcher.handler_of(endpoint)
+        for route in self.data.routes:  # e.g. HEAD charged to its GET
+            if handler is not None and route.handler == handler:
+                return route
+        return None
+
+    def function_at(self, file: str | None, line: int | None) -> str | None:
+        """The function a (file, line) of a stack sample belongs to, when one was sampled."""
+        if file is None or line is None:
+            return None
+        return self.functions.get((file, line))
+
+
+def attribute(data: SessionData, matcher: RouteMatcher) -> list[Attributed]:
+    rates = {w.start: w.rate_hz for w in data.windows}
+    cache: dict[int, tuple[tuple[Frame, ...], str | None, Frame | None]] = {}
+    out = []
+    for window, sample in data.samples:
+        # The reader shares one tuple per distinct stack, so its id is a cheap key; the tuple is
+        # kept in the cache entry, so the id cannot be reused while the cache lives.
+        hit = cache.get(id(sample.frames))
+        if hit is None or hit[0] is not sample.frames:
+            hit = (sample.frames, matcher.endpoint_of(sample.frames),
+                   user_frame(sample.frames, matcher.roots))
+            cache[id(sample.frames)] = hit
+        role = data.roles.get((sample.pid, sample.tid), ThreadRole.OTHER)
+        rate = rates.get(window) or int(data.meta.get("rate_hz") or 100)
+        out.append(Attributed(window, sample, role, hit[1], hit[2], sample.count / rate))
+    return out
+
+
+def build_context(data: SessionData, thresholds: Thresholds) -> AnalysisContext:
+    matcher = RouteMatcher(data.routes)
+    by_endpoint: dict[str, list[RequestRecord]] = defaultdict(list)
+    for record in data.requests:
+        by_endpoint[record.endpoint].append(record)
+    functions: dict[tuple[str, int], str] = {}
+    seen: set[int] = set()
+    for _, sample in data.samples:
+        if id(sample.frames) not in seen:  # each distinct stack once (see `attribute`)
+            seen.add(id(sample.frames))
+            for frame in sample.frames:
+                functions.setdefault((frame.file, frame.line), frame.function)
+    return AnalysisContext(data, thresholds, matcher, attribute(data, matcher),
+                           dict(by_endpoint), functions=functions)

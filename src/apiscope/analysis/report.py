@@ -1,0 +1,151 @@
+"""The report: the contract's JSON, a terminal rendering, and the file writer.
+
+`build_report(reader)` reads a session once and returns the `"apiscope_report": 1` dict;
+`analyse(data)` does the same from already loaded `SessionData` (the diff and tests use it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from apiscope.analysis.context import AnalysisContext, Flag, SessionData, build_context
+from apiscope.analysis.context import load_session as load_session
+from apiscope.analysis.flags import sort_flags
+from apiscope.analysis.html import render_html
+from apiscope.analysis.rules import RULES, Rule
+from apiscope.analysis.stats import endpoint_stats, process_stats
+from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds
+from apiscope.errors import UsageError
+from apiscope.store.reader import SessionReader
+
+REPORT_VERSION = 1
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def effective_thresholds(data: SessionData, slo_ms: float | None,
+                         thresholds: Thresholds | None) -> Thresholds:
+    """The objective is `slo_ms` if given, else the thresholds', else the session's
+    (`--slo-ms` at collection), else 200 ms."""
+    base = thresholds or Thresholds()
+    chosen = slo_ms or base.slo_ms or data.meta.get("slo_ms") or DEFAULT_SLO_MS
+    return replace(base, slo_ms=float(chosen))
+
+
+def run_rules(ctx: AnalysisContext, rules: list[Rule] | None = None) -> list[Flag]:
+    flags: list[Flag] = []
+    for rule in RULES if rules is None else rules:
+        flags += rule.check(replace(ctx, earlier=tuple(flags)))
+    return sort_flags(flags)
+
+
+def _target(data: SessionData) -> dict[str, Any]:
+    meta = data.meta
+    pids = meta.get("pids") or sorted({r.pid for r in data.resources}
+                                      | {s.pid for _, s in data.samples})
+    return {"pids": list(pids), "command": meta.get("command"), "server": meta.get("server"),
+            "python": meta.get("python")}
+
+
+def _samples(data: SessionData) -> dict[str, Any]:
+    rate = data.meta.get("rate_hz") or (data.windows[0].rate_hz if data.windows else None)
+    errors = data.meta.get("samples_errors")
+    if errors is None:
+        errors = sum(w.errors for w in data.windows)
+    return {"total": sum(s.count for _, s in data.samples), "rate_hz": rate,
+            "errors": int(errors)}
+
+
+def analyse(data: SessionData, *, slo_ms: float | None = None,
+            thresholds: Thresholds | None = None) -> dict[str, Any]:
+    ctx = build_context(data, effective_thresholds(data, slo_ms, thresholds))
+    return {
+        "apiscope_report": REPORT_VERSION,
+        "target": _target(data),
+        "window": {"start": iso(data.start), "end": iso(data.end),
+                   "seconds": round(data.seconds, 3)},
+        "samples": _samples(data),
+        "endpoints": endpoint_stats(ctx),
+        "processes": process_stats(ctx),
+        "flags": run_rules(ctx),
+    }
+
+
+def build_report(reader: SessionReader, *, slo_ms: float | None = None,
+                 thresholds: Thresholds | None = None) -> dict[str, Any]:
+    return analyse(load_session(reader), slo_ms=slo_ms, thresholds=thresholds)
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}{unit}" if abs(value) < 1000 else f"{value:.0f}{unit}"
+    return f"{value}{unit}"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+            for row in rows]
+
+
+def render_text(report: dict[str, Any]) -> str:
+    """A readable terminal report: target, endpoints, processes, then the flags."""
+    target, window, samples = report["target"], report["window"], report["samples"]
+    out = [f"apiscope report: {target.get('command') or 'unknown command'}",
+           f"  pids {', '.join(map(str, target['pids'])) or '-'}; server"
+           f" {target.get('server') or '-'}; python {target.get('python') or '-'}",
+           f"  window {window['start']} .. {window['end']} ({window['seconds']:.0f} s);"
+           f" {samples['total']} stack samples at {samples['rate_hz'] or '-'} Hz,"
+           f" {samples['errors']} errors", ""]
+    rows = [["endpoint", "count", "rps", "p50 ms", "p95 ms", "p99 ms", "max ms", "5xx",
+             "cpu"]]
+    for e in report["endpoints"]:
+        rows.append([e["route"], str(e["count"]), _fmt(e["rps"]), _fmt(e["p50_ms"]),
+                     _fmt(e["p95_ms"]), _fmt(e["p99_ms"]), _fmt(e["max_ms"]),
+                     f"{e['error_rate'] * 100:.1f}%", f"{e['cpu_share'] * 100:.1f}%"])
+    out += ["Endpoints", *_table(rows)] if report["endpoints"] else ["No endpoints recorded."]
+    if report["processes"]:
+        rows = [["pid", "cpu avg", "rss max MB", "rss MB/min", "threads", "fds"]]
+        rows += [[str(p["pid"]), _fmt(p["cpu_percent_avg"], "%"), _fmt(p["rss_mb_max"]),
+                  f"{p['rss_mb_slope_per_min']:+.2f}", str(p["threads_max"]), str(p["fds_max"])]
+                 for p in report["processes"]]
+        out += ["", "Processes", *_table(rows)]
+    out += ["", f"Flags ({len(report['flags'])})"]
+    if not report["flags"]:
+        out.append("  none: no bottleneck crossed its threshold")
+    for f in report["flags"]:
+        loc = f["location"]
+        at = f" at {loc['file']}:{loc['line']}" if loc else ""
+        out += [f"  [{f['severity'].upper()}] {f['kind']} {f['route'] or ''}{at}".rstrip(),
+                f"      {f['evidence']}", f"      fix: {f['suggestion']}"]
+    return "\n".join(out) + "\n"
+
+
+def write_report(session: SessionReader | str | os.PathLike[str], path: str | Path,
+                 slo_ms: float | None = None) -> None:
+    """Write the report at the end of attach/run/demo: JSON or HTML chosen by the suffix.
+
+    `session` is an open reader or the session file's path.
+    """
+    target = Path(path)
+    suffix = target.suffix.lower()
+    if suffix not in (".json", ".html", ".htm"):
+        raise UsageError(f"--report {path}: use a .json or .html file name")
+    if isinstance(session, SessionReader):
+        data = load_session(session)
+    else:
+        with SessionReader(session) as reader:
+            data = load_session(reader)
+    report = analyse(data, slo_ms=slo_ms)
+    text = json.dumps(report, indent=2) + "\n" if suffix == ".json" else render_html(report, data)
+    target.write_text(text, encoding="utf-8")

@@ -1,0 +1,48 @@
+"""error_rate: a route answering 5xx for a notable share of its requests.
+
+Flagged when the 5xx share reaches `error_share`'s low grade and at least `error_min_count`
+requests failed (so two unlucky requests do not raise it). The evidence names the most common
+exception type and the line that raised it, as the agent recorded them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from apiscope.analysis.context import AnalysisContext, Flag
+from apiscope.analysis.flags import location, make_flag, pct, where
+from apiscope.analysis.thresholds import grade
+
+SUGGESTION = ("handle the failure where it is raised (validate input, catch the expected"
+              " exception and answer 4xx, retry or time out the dependency)")
+
+
+class ErrorRateRule:
+    kind = "error_rate"
+
+    def check(self, ctx: AnalysisContext) -> list[Flag]:
+        th = ctx.thresholds
+        flags = []
+        for endpoint in sorted(ctx.by_endpoint):
+            records = ctx.by_endpoint[endpoint]
+            failed = [r for r in records if r.status >= 500]
+            share = len(failed) / len(records)
+            severity = grade(share, th.error_share)
+            if severity is None or len(failed) < th.error_min_count:
+                continue
+            causes = Counter((r.exc_type, r.exc_file, r.exc_line) for r in failed)
+            (exc_type, file, line), n = sorted(
+                causes.items(), key=lambda kv: (-kv[1], str(kv[0])))[0]
+            statuses = Counter(r.status for r in failed)
+            loc = location(file, line, ctx.function_at(file, line))
+            evidence = f"{pct(share)} of {len(records)} requests answered 5xx"
+            if exc_type:
+                evidence += f"; {n} raised {exc_type} at {where(loc)}"
+            else:
+                evidence += f" (status {statuses.most_common(1)[0][0]}, no exception recorded)"
+            metric = {"error_rate": share, "errors": len(failed), "requests": len(records),
+                      "exception": exc_type,
+                      "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+            flags.append(make_flag(self.kind, severity, endpoint, loc, evidence, metric,
+                                   SUGGESTION))
+        return flags

@@ -1,0 +1,95 @@
+"""event_loop_blocked: handler code holding the event loop thread.
+
+The loop thread's samples are either WAITING (idle in its selector, ready for events) or inside
+code. Samples inside one endpoint's handler, RUNNING (CPU work) or BLOCKED (a sync sleep or sync
+I/O, which py-spy reports as idle but with the handler's line as the leaf), are time every other
+request on that loop waited. A handler that is merely called often is not a problem: its time
+on the loop per request must also be long (`loop_stall_ms_per_request`) to be flagged.
+
+Samples are stored as counts per window, not in order, so the longest stall is estimated from
+below: the longer of the mean stall per request and the longest run of consecutive windows in
+which the loop never waited.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from apiscope.analysis.context import AnalysisContext, Attributed, Flag
+from apiscope.analysis.flags import frame_location, make_flag, pct, where
+from apiscope.analysis.thresholds import grade
+from apiscope.model import Frame, SampleState, ThreadRole
+
+SUGGEST_BLOCKING = ("replace the blocking call with its async form (await asyncio.sleep, an async"
+                    " client or driver) or run it in a thread: await run_in_threadpool(...)")
+SUGGEST_CPU = ("move the CPU-bound work off the event loop: await run_in_threadpool(...) for short"
+               " work, a ProcessPoolExecutor for heavy work, or make the handler a plain `def`")
+
+
+def _longest_saturated_run(loop: list[Attributed], window_ends: dict[float, float]) -> float:
+    """Seconds of the longest run of consecutive windows where the loop never waited."""
+    busy: dict[float, bool] = {}
+    for a in loop:
+        waiting = a.sample.state is SampleState.WAITING
+        busy[a.window] = busy.get(a.window, True) and not waiting
+    best = run = 0.0
+    for start in sorted(busy):
+        run = run + (window_ends.get(start, start) - start) if busy[start] else 0.0
+        best = max(best, run)
+    return best
+
+
+class EventLoopBlockedRule:
+    kind = "event_loop_blocked"
+
+    def check(self, ctx: AnalysisContext) -> list[Flag]:
+        loop = [a for a in ctx.samples if a.role is ThreadRole.LOOP]
+        total = sum(a.sample.count for a in loop)
+        if not total:
+            return []
+        inside: dict[str | None, list[Attributed]] = defaultdict(list)
+        for a in loop:
+            if a.active and a.user is not None:
+                inside[a.endpoint].append(a)
+        ends = {w.start: w.end for w in ctx.data.windows}
+        longest_run = _longest_saturated_run(loop, ends)
+        flags = []
+        for endpoint, samples in inside.items():
+            flag = self._flag(ctx, endpoint, samples, total, longest_run)
+            if flag is not None:
+                flags.append(flag)
+        return flags
+
+    def _flag(self, ctx: AnalysisContext, endpoint: str | None, samples: list[Attributed],
+              total: int, longest_run: float) -> Flag | None:
+        count = sum(a.sample.count for a in samples)
+        fraction = count / total
+        severity = grade(fraction, ctx.thresholds.loop_blocked_fraction)
+        seconds = sum(a.seconds for a in samples)
+        requests = len(ctx.by_endpoint.get(endpoint, [])) if endpoint else 0
+        per_request_ms = seconds * 1000 / requests if requests else None
+        if severity is None or (per_request_ms is not None
+                                and per_request_ms < ctx.thresholds.loop_stall_ms_per_request):
+            return None
+        lines: Counter[Frame] = Counter()
+        blocked = 0
+        for a in samples:
+            lines[a.user] += a.sample.count  # type: ignore[index]  # user is set (see check)
+            blocked += a.sample.count if a.sample.state is SampleState.BLOCKED else 0
+        hot, _ = max(lines.items(), key=lambda kv: (kv[1], kv[0].file, kv[0].line))
+        leaf = next((a.sample.frames[-1] for a in samples if a.user == hot), hot)
+        call = "" if leaf == hot else f" (in {leaf.function})"
+        loc = frame_location(hot)
+        longest_ms = max(longest_run * 1000, per_request_ms or 0.0)
+        is_blocking = blocked * 2 >= count
+        what = "blocked (sync sleep or I/O)" if is_blocking else "running CPU work"
+        evidence = (f"the event loop spent {pct(fraction)} of the window inside {where(loc)}"
+                    f"{call}, {what}; every other request on that loop waited")
+        if per_request_ms is not None:
+            evidence += f"; {per_request_ms:.0f} ms of loop time per request"
+        metric = {"blocked_fraction": fraction, "blocked_seconds": seconds,
+                  "longest_stall_ms": longest_ms, "blocking_share": blocked / count}
+        if per_request_ms is not None:
+            metric["stall_ms_per_request"] = per_request_ms
+        return make_flag(self.kind, severity, endpoint, loc, evidence, metric,
+                         SUGGEST_BLOCKING if is_blocking else SUGGEST_CPU)

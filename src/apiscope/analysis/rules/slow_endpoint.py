@@ -1,0 +1,60 @@
+"""slow_endpoint: p95 latency above the objective (`--slo-ms`).
+
+Needs `min_requests` requests, so one slow request among few is not a trend (and one slow
+request among thousands does not move p95). Severity grows with p95 / slo. When an earlier
+flag explains the latency, the evidence says so: the event loop blocked by *another* endpoint
+(for async routes), a saturated thread pool (for sync routes), or a flag on this very route.
+"""
+
+from __future__ import annotations
+
+from apiscope.analysis.context import AnalysisContext, Flag
+from apiscope.analysis.flags import handler_location, make_flag
+from apiscope.analysis.stats import percentile
+from apiscope.analysis.thresholds import grade
+
+SUGGESTION = ("profile one slow request (see the flamegraph for this route) and fix what"
+              " dominates it; the other flags on this report point at likely causes")
+
+
+def explanations(ctx: AnalysisContext, endpoint: str) -> list[str]:
+    route = ctx.route_info(endpoint)
+    is_async = route.is_async if route is not None else None
+    out = []
+    for flag in ctx.earlier:
+        kind, other = flag["kind"], flag["route"]
+        if kind == "event_loop_blocked" and other != endpoint and is_async is not False:
+            out.append(f"the event loop was blocked by {other or 'unattributed code'}"
+                       " (see event_loop_blocked)")
+        elif kind == "threadpool_saturation" and is_async is False:
+            out.append("sync handlers waited for the saturated thread pool"
+                       " (see threadpool_saturation)")
+        elif other == endpoint and kind != "error_rate":
+            out.append(f"see {kind} on this route")
+    return sorted(set(out))
+
+
+class SlowEndpointRule:
+    kind = "slow_endpoint"
+
+    def check(self, ctx: AnalysisContext) -> list[Flag]:
+        flags = []
+        for endpoint in sorted(ctx.by_endpoint):
+            records = ctx.by_endpoint[endpoint]
+            if len(records) < ctx.thresholds.min_requests:
+                continue
+            durations = sorted(r.duration_ms for r in records)
+            p95 = percentile(durations, 0.95)
+            severity = grade(p95 / ctx.slo_ms, ctx.thresholds.slow_p95_ratio)
+            if severity is None or p95 <= ctx.slo_ms:
+                continue
+            evidence = (f"p95 {p95:.0f} ms over {len(records)} requests, above the"
+                        f" {ctx.slo_ms:.0f} ms objective (p50 {percentile(durations, 0.5):.0f} ms)")
+            reasons = explanations(ctx, endpoint)
+            if reasons:
+                evidence += "; " + "; ".join(reasons)
+            metric = {"p95_ms": p95, "p50_ms": percentile(durations, 0.5), "slo_ms": ctx.slo_ms,
+                      "count": len(records)}
+            flags.append(make_flag(self.kind, severity, endpoint, handler_location(ctx, endpoint),
+                                   evidence, metric, SUGGESTION))
+        return flags

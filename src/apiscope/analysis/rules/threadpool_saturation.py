@@ -1,0 +1,68 @@
+"""threadpool_saturation: sync `def` handlers queueing for the thread pool.
+
+Starlette runs sync handlers in anyio's default thread limiter. The agent samples the limiter:
+an observation is saturated when tasks are waiting for a token or every token is borrowed. The
+share of saturated observations grades the flag; when stacks were sampled, the pool's worker
+threads must also be busy (not waiting for work) for `pool_worker_busy` of their samples, which
+rules out a limiter that is full of finished-but-not-yet-released tokens for an instant.
+The flag names the sync endpoint with the most worker-thread samples (else the most requests).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from apiscope.analysis.context import AnalysisContext, Flag
+from apiscope.analysis.flags import handler_location, make_flag, pct
+from apiscope.analysis.thresholds import grade
+from apiscope.model import ThreadRole
+
+SUGGESTION = ("make the slow sync handlers `async def` with async I/O, or raise the limit:"
+              " anyio.to_thread.current_default_thread_limiter().total_tokens = N at startup")
+
+
+class ThreadPoolSaturationRule:
+    kind = "threadpool_saturation"
+
+    def check(self, ctx: AnalysisContext) -> list[Flag]:
+        pool = ctx.data.threadpool
+        if len(pool) < 5:
+            return []
+        saturated = [p for p in pool if p.waiting > 0 or p.borrowed_tokens >= p.total_tokens]
+        share = len(saturated) / len(pool)
+        severity = grade(share, ctx.thresholds.pool_saturated_share)
+        workers = [a for a in ctx.samples if a.role is ThreadRole.WORKER]
+        worker_total = sum(a.sample.count for a in workers)
+        busy = (sum(a.sample.count for a in workers if a.active) / worker_total
+                if worker_total else None)
+        if severity is None or (busy is not None and busy < ctx.thresholds.pool_worker_busy):
+            return []
+        endpoint = self._endpoint(ctx)
+        waiting_max = max(p.waiting for p in pool)
+        tokens = max(p.total_tokens for p in pool)
+        evidence = (f"the thread pool had every one of its {tokens} tokens taken or tasks waiting"
+                    f" in {pct(share)} of observations (up to {waiting_max} waiting)")
+        if busy is not None:
+            evidence += f"; its worker threads were busy in {pct(busy)} of their samples"
+        if endpoint:
+            evidence += f"; {endpoint} is the sync handler holding them most"
+        metric: dict[str, object] = {"saturated_share": share, "waiting_max": waiting_max,
+                                     "total_tokens": tokens}
+        if busy is not None:
+            metric["worker_busy_fraction"] = busy
+        return [make_flag(self.kind, severity, endpoint, handler_location(ctx, endpoint),
+                          evidence, metric, SUGGESTION)]
+
+    @staticmethod
+    def _endpoint(ctx: AnalysisContext) -> str | None:
+        sync = {f"{r.method} {r.template}" for r in ctx.data.routes if not r.is_async}
+        held: Counter[str] = Counter()
+        for a in ctx.samples:
+            if a.role is ThreadRole.WORKER and a.active and a.endpoint is not None \
+                    and a.endpoint in sync:
+                held[a.endpoint] += a.sample.count
+        if not held:
+            for endpoint in sync:
+                held[endpoint] = len(ctx.by_endpoint.get(endpoint, []))
+        ranked = sorted(held.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ranked[0][0] if ranked and ranked[0][1] > 0 else None

@@ -1,0 +1,136 @@
+"""Per-endpoint and per-process figures of the report.
+
+`cpu_share` is an endpoint's share of the target's *active* samples: those of the threads that
+run handlers (the event loop and the thread-pool workers) when not waiting for work. Idle
+helper threads (aiosqlite keeps one per connection, mostly idle) never enter the denominator,
+so they cannot dilute the shares. Sessions whose threads were not classified fall back to every
+thread's active samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed
+from apiscope.model import RequestRecord, ResourceSample
+
+MB = 1024 * 1024
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) by linear interpolation between closest ranks."""
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    pos = (len(sorted_values) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True, slots=True)
+class LineFit:
+    """A least-squares line y = intercept + slope * x with its goodness of fit."""
+
+    slope: float
+    intercept: float
+    r2: float
+    t: float  # slope / its standard error (inf for a perfect fit)
+    n: int
+
+
+def fit_line(xs: Sequence[float], ys: Sequence[float]) -> LineFit | None:
+    n = len(xs)
+    if n < 3:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    syy = sum((y - my) ** 2 for y in ys)
+    slope = sxy / sxx
+    intercept = my - slope * mx
+    sse = max(0.0, syy - slope * sxy)
+    r2 = 1.0 - sse / syy if syy > 0 else 0.0
+    se = math.sqrt(sse / (n - 2) / sxx)
+    t = slope / se if se > 0 else (math.inf if slope else 0.0)
+    return LineFit(slope, intercept, r2, t, n)
+
+
+def active_samples(ctx: AnalysisContext) -> list[Attributed]:
+    """The non-waiting samples of the handler threads (see the module docstring)."""
+    active = [a for a in ctx.samples if a.active]
+    handler = [a for a in active if a.role in HANDLER_ROLES]
+    known_roles = any(a.role in HANDLER_ROLES for a in ctx.samples)
+    return handler if known_roles else active
+
+
+def cpu_shares(ctx: AnalysisContext) -> dict[str, float]:
+    active = active_samples(ctx)
+    total = sum(a.sample.count for a in active)
+    counts: dict[str, int] = defaultdict(int)
+    for a in active:
+        if a.endpoint is not None:
+            counts[a.endpoint] += a.sample.count
+    return {ep: c / total for ep, c in counts.items()} if total else {}
+
+
+def _latency(records: list[RequestRecord]) -> dict[str, float | None]:
+    durations = sorted(r.duration_ms for r in records)
+    if not durations:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
+    return {"p50_ms": round(percentile(durations, 0.50), 3),
+            "p95_ms": round(percentile(durations, 0.95), 3),
+            "p99_ms": round(percentile(durations, 0.99), 3),
+            "max_ms": round(durations[-1], 3)}
+
+
+def endpoint_stats(ctx: AnalysisContext) -> list[dict[str, Any]]:
+    """One entry per endpoint seen in requests or in samples, busiest first."""
+    shares = cpu_shares(ctx)
+    seconds = ctx.data.seconds
+    out: list[dict[str, Any]] = []
+    for endpoint in set(ctx.by_endpoint) | set(shares):
+        records = ctx.by_endpoint.get(endpoint, [])
+        errors = sum(1 for r in records if r.status >= 500)
+        out.append({
+            "route": endpoint,
+            "handler": ctx.matcher.handler_of(endpoint),
+            "count": len(records),
+            "rps": round(len(records) / seconds, 3) if seconds > 0 else 0.0,
+            **_latency(records),
+            "error_rate": round(errors / len(records), 4) if records else 0.0,
+            "cpu_share": round(shares.get(endpoint, 0.0), 4),
+        })
+    out.sort(key=lambda e: (-e["count"], e["route"]))
+    return out
+
+
+def rss_slope_mb_per_min(samples: Sequence[ResourceSample]) -> float:
+    if len(samples) < 3:
+        return 0.0
+    t0 = samples[0].ts
+    fit = fit_line([(s.ts - t0) / 60 for s in samples], [s.rss_bytes / MB for s in samples])
+    return fit.slope if fit else 0.0
+
+
+def process_stats(ctx: AnalysisContext) -> list[dict[str, Any]]:
+    by_pid: dict[int, list[ResourceSample]] = defaultdict(list)
+    for sample in ctx.data.resources:
+        by_pid[sample.pid].append(sample)
+    out: list[dict[str, Any]] = []
+    for pid in sorted(by_pid):
+        samples = sorted(by_pid[pid], key=lambda s: s.ts)
+        out.append({
+            "pid": pid,
+            "cpu_percent_avg": round(sum(s.cpu_percent for s in samples) / len(samples), 2),
+            "rss_mb_max": round(max(s.rss_bytes for s in samples) / MB, 2),
+            "rss_mb_slope_per_min": round(rss_slope_mb_per_min(samples), 3),
+            "threads_max": max(s.threads for s in samples),
+            "fds_max": max(s.fds for s in samples),
+        })
+    return out

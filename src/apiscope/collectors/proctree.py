@@ -1,0 +1,131 @@
+"""Reading a process tree: which processes are Python, which server they run, their workers.
+
+Mostly pure functions over command lines and paths, so the target description and the
+resource collector agree on what a server, a worker and a wrapper are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+import psutil
+
+SERVERS = ("uvicorn", "gunicorn", "hypercorn")
+
+# Programs that start a Python server as a child and wait for it: `uv run`, `poetry run`...
+# Some are themselves Python programs (poetry, pipenv, pdm, hatch), so "not Python" is not
+# enough to recognise them.
+RUNNERS = ("uv", "poetry", "pipenv", "pdm", "hatch", "rye", "pyenv")
+
+_PYTHON_EXE = re.compile(r"^python(\d+(\.\d+)?)?[dmu]*$")
+_VERSION_IN_NAME = re.compile(r"python(\d+)\.(\d+)")
+_LIBPYTHON = re.compile(r"libpython(\d+)\.(\d+)")
+# Interpreter options that take a separate argument (`python -X dev -m uvicorn`).
+_OPTIONS_WITH_ARG = frozenset({"-X", "-W", "--check-hash-based-pycs"})
+
+
+def command_of(cmdline: Sequence[str]) -> str:
+    return " ".join(cmdline)
+
+
+def is_python_exe(exe: str) -> bool:
+    return bool(_PYTHON_EXE.match(os.path.basename(exe)))
+
+
+def version_from_name(path: str) -> str | None:
+    """"3.11" from `/usr/bin/python3.11` or `.../libpython3.11.so.1.0`, else None."""
+    match = _VERSION_IN_NAME.search(os.path.basename(path)) or _LIBPYTHON.search(path)
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
+def libpython_version(map_paths: Sequence[str]) -> str | None:
+    """The version of a libpython mapped into a process (an embedded or shared-lib Python)."""
+    for path in map_paths:
+        match = _LIBPYTHON.search(os.path.basename(path))
+        if match:
+            return f"{match.group(1)}.{match.group(2)}"
+    return None
+
+
+def program_name(cmdline: Sequence[str]) -> str | None:
+    """What a command line runs: the `-m` module or script name after the interpreter.
+
+    `python -m gunicorn ...` and `.venv/bin/gunicorn ...` (a script run by its shebang) are
+    both "gunicorn"; gunicorn's setproctitle form `gunicorn: worker [app]` too.
+    """
+    if not cmdline:
+        return None
+    first = cmdline[0]
+    if first.startswith("gunicorn:"):
+        return "gunicorn"
+    if not is_python_exe(first):
+        return _strip_script(os.path.basename(first))
+    args = list(cmdline[1:])
+    while args:
+        arg = args.pop(0)
+        if arg == "-m":
+            return args[0].split(".")[0] if args else None
+        if arg == "-c":
+            return None
+        if arg in _OPTIONS_WITH_ARG:
+            if args:
+                args.pop(0)
+            continue
+        if arg.startswith("-"):
+            continue
+        return _strip_script(os.path.basename(arg))
+    return None
+
+
+def _strip_script(name: str) -> str:
+    return name[:-3] if name.endswith(".py") else name
+
+
+def server_kind(cmdline: Sequence[str]) -> str | None:
+    """"uvicorn", "gunicorn" or "hypercorn" when the command line runs one, else None."""
+    name = program_name(cmdline)
+    return name if name in SERVERS else None
+
+
+def is_runner(cmdline: Sequence[str]) -> bool:
+    """A wrapper such as `uv run` or `poetry run` that runs the server as its child."""
+    return program_name(cmdline) in RUNNERS
+
+
+def is_spawn_worker(cmdline: Sequence[str]) -> bool:
+    """A multiprocessing "spawn" child: how uvicorn `--workers N`/`--reload` start workers."""
+    return "--multiprocessing-fork" in cmdline or any("spawn_main" in a for a in cmdline[1:3])
+
+
+def is_multiprocessing_helper(cmdline: Sequence[str]) -> bool:
+    """multiprocessing's resource tracker or fork server: a child that serves no requests."""
+    return any("resource_tracker" in a or "forkserver" in a for a in cmdline[1:4])
+
+
+def worker_children(master: psutil.Process, kind: str | None) -> list[psutil.Process]:
+    """The children of a server master that serve requests, oldest first.
+
+    gunicorn forks workers with its own command line (or `gunicorn: worker [...]` under
+    setproctitle); uvicorn and hypercorn start multiprocessing "spawn" children. The
+    multiprocessing resource tracker is a child too, but serves nothing.
+    """
+    workers = []
+    for child in _children(master):
+        try:
+            cmdline = child.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # exited (or became unreadable) since the listing
+        if is_multiprocessing_helper(cmdline):
+            continue
+        if is_spawn_worker(cmdline) or (kind is not None and server_kind(cmdline) == kind):
+            workers.append(child)
+    return workers
+
+
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return sorted(proc.children(), key=lambda p: p.pid)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return []

@@ -1,0 +1,355 @@
+"""Continuous stack sampling of a live process with py-spy.
+
+py-spy cannot stream: `record` writes its file only when it ends. So the sampler runs one
+`py-spy record` per window, without `--duration`, and rotates them: when a window is due, it
+starts the next py-spy, waits until that one prints "Sampling process..." (it has attached and
+taken its first sample), and only then sends SIGINT to the current one, which writes its file
+and exits. Consecutive windows therefore overlap by the few milliseconds between the new
+process being ready and the old one receiving SIGINT (at most a sample per thread counted
+twice) and there is no gap. The raw format has no timestamps, so the overlap cannot be
+de-duplicated; it is measured instead (`SamplerStats.overlaps`).
+
+The sampler ends on `stop()` (the last window is delivered), or when py-spy stops on its own
+because the target exited (`end_reason` TARGET_EXITED: a normal end for `attach`), or on a
+failure it cannot recover from (`end_reason` FAILED, `error` set).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+
+from apiscope.collectors.gilprobe import ActivityProbe, ThreadSnapshot, activity_index
+from apiscope.collectors.pyspy import (
+    READY_MARKER,
+    RecordOptions,
+    exited_message,
+    failure_error,
+    find_pyspy,
+    parse_raw,
+    parse_summary,
+    record_argv,
+)
+from apiscope.collectors.threads import classify
+from apiscope.errors import TargetError
+from apiscope.model import StackWindow
+
+
+@dataclass(frozen=True, slots=True)
+class SpyExit:
+    returncode: int | None
+    stdout: str
+    stderr: str
+
+
+class SpyProcess(Protocol):
+    """A running `py-spy record`, as the sampler drives it."""
+
+    def wait_ready(self, timeout: float) -> bool: ...  # True once sampling has begun
+    def poll(self) -> int | None: ...
+    def interrupt(self) -> None: ...  # SIGINT: stop sampling, write the file
+    def cpu_seconds(self) -> float: ...  # its CPU time so far
+    def finish(self, timeout: float) -> SpyExit: ...  # wait for the exit (kill at timeout)
+
+
+SpawnSpy = Callable[[Sequence[str]], SpyProcess]
+
+
+class PopenSpy:
+    """The real thing: py-spy as a subprocess, its output read by two small threads."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self._proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                      text=True, errors="replace")
+        self._ready = threading.Event()
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(self._proc.stdout, self._out, True),
+                             daemon=True, name="py-spy-stdout"),
+            threading.Thread(target=self._read, args=(self._proc.stderr, self._err, False),
+                             daemon=True, name="py-spy-stderr"),
+        ]
+        for reader in self._readers:
+            reader.start()
+        self._psutil: psutil.Process | None = None
+        try:
+            self._psutil = psutil.Process(self._proc.pid)
+        except psutil.Error:
+            pass
+
+    def _read(self, stream: object, sink: list[str], watch: bool) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            sink.append(line)
+            if watch and READY_MARKER in line:
+                self._ready.set()
+        self._ready.set()  # EOF: the process ended (ready or not, waiting is over)
+
+    def wait_ready(self, timeout: float) -> bool:
+        self._ready.wait(timeout)
+        return any(READY_MARKER in line for line in self._out)
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def interrupt(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)
+
+    def cpu_seconds(self) -> float:
+        try:
+            times = self._psutil.cpu_times() if self._psutil is not None else None
+        except psutil.Error:
+            return 0.0
+        return times.user + times.system if times is not None else 0.0
+
+    def finish(self, timeout: float) -> SpyExit:
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        for reader in self._readers:
+            reader.join(timeout)
+        for stream in (self._proc.stdout, self._proc.stderr):
+            if stream is not None:
+                stream.close()
+        return SpyExit(self._proc.returncode, "".join(self._out), "".join(self._err))
+
+
+def target_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class EndReason(StrEnum):
+    STOPPED = "stopped"  # stop() was called
+    TARGET_EXITED = "target_exited"  # the target process is gone: a normal end
+    FAILED = "failed"  # py-spy failed and could not be restarted; see `error`
+
+
+@dataclass(slots=True)
+class SamplerStats:
+    """What the sampler measured about itself (read after stop, or any time for a glance)."""
+
+    windows: int = 0
+    dropped_windows: int = 0  # py-spy ended without writing a file
+    stored: int = 0  # samples delivered
+    expected: float = 0.0  # rate x seconds x threads, summed over windows
+    errors: int = 0  # failed reads py-spy reported
+    bad_lines: int = 0  # unparseable lines (skipped)
+    overlaps: list[float] = field(default_factory=list)  # seconds two py-spy ran at once
+    pyspy_cpu_seconds: float = 0.0
+    sampled_seconds: float = 0.0
+
+    @property
+    def loss(self) -> float:
+        """Fraction of expected samples not stored (0 when nothing was expected)."""
+        return max(0.0, 1.0 - self.stored / self.expected) if self.expected else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class WindowLoss:
+    expected: float
+    stored: int
+    errors: int
+
+
+def window_loss(window: StackWindow) -> WindowLoss:
+    """Expected = rate x window seconds x threads seen in it; stored = sample counts."""
+    threads = len({(s.pid, s.tid) for s in window.samples})
+    expected = window.rate_hz * max(0.0, window.end - window.start) * threads
+    return WindowLoss(expected, sum(s.count for s in window.samples), window.errors)
+
+
+@dataclass(slots=True)
+class _Run:
+    proc: SpyProcess
+    output: Path
+    started: float
+
+
+class StackSampler:
+    """Samples `pid` (and its child processes when `subprocesses`) in windows of py-spy."""
+
+    def __init__(self, pid: int, *, on_window: Callable[[StackWindow], None],
+                 rate_hz: int = 100, subprocesses: bool = False, nonblocking: bool = False,
+                 window_seconds: float = 1.0, spawn: SpawnSpy = PopenSpy,
+                 clock: Callable[[], float] = time.time, pyspy: str | None = None,
+                 alive: Callable[[int], bool] = target_alive,
+                 probe: ActivityProbe | None = None, ready_timeout: float = 15.0,
+                 on_end: Callable[[EndReason, Exception | None], None] | None = None) -> None:
+        self.pid = pid
+        self.options = RecordOptions(rate_hz=rate_hz, subprocesses=subprocesses,
+                                     nonblocking=nonblocking)
+        self.window_seconds = window_seconds
+        self._on_window = on_window
+        self._on_end = on_end
+        self._spawn = spawn
+        self._clock = clock
+        self._pyspy = pyspy
+        self._alive = alive
+        self._probe = probe
+        self._ready_timeout = ready_timeout
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._count = 0
+        self._pids: set[int] = {pid}
+        self._snapshots: list[ThreadSnapshot] = []
+        self.probe_memory = 60.0  # seconds of probe snapshots used to judge a stack
+        self.stats = SamplerStats()
+        self.end_reason: EndReason | None = None
+        self.error: Exception | None = None
+
+    # -- public -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Attach (the first py-spy must start sampling) and sample in the background.
+
+        Raises `ToolMissingError` without py-spy and `TargetError` when the target cannot be
+        sampled (gone, not Python, ptrace denied): nothing runs in the background then.
+        """
+        if self._pyspy is None:
+            self._pyspy = find_pyspy()
+        self._tmp = tempfile.TemporaryDirectory(prefix="apiscope-stacks-")
+        try:
+            first = self._launch()
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+        if self._probe is not None:
+            self._probe.start(lambda: sorted(self._pids))
+        self._thread = threading.Thread(target=self._run, args=(first,), daemon=True,
+                                        name="apiscope-stack-sampler")
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End sampling; the window in progress is delivered before this returns."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the sampler has ended (stopped, target exited, failed)."""
+        return self._done.wait(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and not self._done.is_set()
+
+    # -- the sampling thread ----------------------------------------------------------------
+
+    def _run(self, current: _Run) -> None:
+        reason, error = EndReason.STOPPED, None
+        try:
+            reason = self._rotate(current)
+        except Exception as exc:  # reported through end_reason/error, never lost
+            alive = self._alive(self.pid)
+            reason = EndReason.FAILED if alive else EndReason.TARGET_EXITED
+            error = exc if alive else None
+        finally:
+            if self._probe is not None:
+                self._probe.stop()
+            if self._tmp is not None:
+                self._tmp.cleanup()
+            self.end_reason, self.error = reason, error
+            self._done.set()
+            if self._on_end is not None:
+                self._on_end(reason, error)
+
+    def _rotate(self, current: _Run) -> EndReason:
+        while True:
+            due = current.started + self.window_seconds - self._clock()
+            if self._stop.wait(max(0.0, due)):
+                self._deliver(current, self._clock())
+                return EndReason.STOPPED
+            if current.proc.poll() is not None:
+                # py-spy stopped by itself: the target (or, with --subprocesses, the whole
+                # tree) is gone, or py-spy failed.
+                self._deliver(current, self._clock())
+                if not self._alive(self.pid):
+                    return EndReason.TARGET_EXITED
+                current = self._launch()
+                continue
+            try:
+                following = self._launch()
+            except Exception:
+                self._deliver(current, self._clock())
+                raise
+            switch = self._clock()
+            self.stats.overlaps.append(max(0.0, switch - following.started))
+            self._deliver(current, switch)
+            current = following
+
+    def _launch(self) -> _Run:
+        assert self._tmp is not None and self._pyspy is not None
+        self._count += 1
+        output = Path(self._tmp.name) / f"window-{self._count}.txt"
+        argv = record_argv(self._pyspy, self.pid, str(output), self.options)
+        proc = self._spawn(argv)
+        if proc.wait_ready(self._ready_timeout):
+            return _Run(proc, output, self._clock())
+        proc.interrupt()
+        result = proc.finish(5.0)
+        if not self._alive(self.pid) or exited_message(result.stderr):
+            raise TargetError(f"process {self.pid} is not running (it may have exited).")
+        raise failure_error(self.pid, result.returncode, result.stderr)
+
+    def _deliver(self, run: _Run, end: float) -> None:
+        self.stats.pyspy_cpu_seconds += run.proc.cpu_seconds()
+        run.proc.interrupt()
+        result = run.proc.finish(10.0)
+        try:
+            text = run.output.read_text(errors="replace")
+        except OSError:
+            self.stats.dropped_windows += 1  # killed before writing: nothing honest to report
+            return
+        finally:
+            run.output.unlink(missing_ok=True)
+        window = self._window(text, result, run.started, end)
+        self._on_window(window)
+
+    def _window(self, text: str, result: SpyExit, start: float, end: float) -> StackWindow:
+        profile = parse_raw(text, default_pid=self.pid)
+        summary = parse_summary(result.stdout)
+        activity = None
+        if self._probe is not None:
+            # A stack's on-CPU verdict hardly changes over time (a line either sleeps or
+            # computes), so the probe's snapshots of the last minute all count, not only the
+            # few taken during this window.
+            self._snapshots.extend(self._probe.take(until=end))
+            self._snapshots = [s for s in self._snapshots if s.ts >= end - self.probe_memory]
+            activity = activity_index(self._snapshots)
+        samples, roles = classify(profile.samples, activity)
+        window = StackWindow(start=start, end=end, rate_hz=self.options.rate_hz,
+                             samples=samples, errors=summary.errors if summary else 0,
+                             threads=roles)
+        # Rebound, not mutated: the probe thread reads it. Exited workers drop out.
+        self._pids = {self.pid} | {s.pid for s in samples}
+        self._account(window, profile.bad_lines)
+        return window
+
+    def _account(self, window: StackWindow, bad_lines: int) -> None:
+        loss = window_loss(window)
+        stats = self.stats
+        stats.windows += 1
+        stats.stored += loss.stored
+        stats.expected += loss.expected
+        stats.errors += loss.errors
+        stats.bad_lines += bad_lines
+        stats.sampled_seconds += window.end - window.start

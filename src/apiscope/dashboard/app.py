@@ -1,0 +1,127 @@
+"""Building and serving the Dash app, for a replayed session or one being written."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dash import Dash
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from apiscope.dashboard.callbacks import register
+from apiscope.dashboard.data import SessionData
+from apiscope.dashboard.pages import shell
+from apiscope.errors import UsageError
+
+if TYPE_CHECKING:
+    from apiscope.metrics import MetricsExporter
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def create_app(source: str | os.PathLike[str] | SessionData, *, live: bool,
+               refresh_ms: int = 1500) -> Dash:
+    """The dashboard of one session file.
+
+    `live=True` polls the file every `refresh_ms` for rows the collector added (the file is in
+    WAL mode, so reading while it is written is safe); replay reads it once. The app's Flask
+    server is `app.server`, where a caller may add routes (such as `/metrics`) before serving.
+    """
+    data = source if isinstance(source, SessionData) else SessionData(source)
+    app = Dash(
+        "apiscope.dashboard",
+        title="apiscope",
+        assets_folder=str(ASSETS),
+        serve_locally=True,  # no CDN: the dashboard must work on an offline host
+        suppress_callback_exceptions=True,  # page parts appear when their page is shown
+        update_title="",
+    )
+    # Warm the caches a first page needs, so it renders without waiting on SQLite.
+    data.cpu_shares(None)
+    app.layout = shell(live=live, refresh_ms=refresh_ms, title=data.reader.path.name,
+                       version=data.version)
+    register(app, data)
+    app.server.config["APISCOPE_SESSION_DATA"] = data
+    return app
+
+
+def session_data(app: Dash) -> SessionData:
+    """The session data an app created by `create_app` reads from."""
+    data: SessionData = app.server.config["APISCOPE_SESSION_DATA"]
+    return data
+
+
+def _bind(app: Dash, host: str, port: int) -> BaseWSGIServer:
+    # werkzeug logs every request at INFO; the dashboard polls, so keep it to warnings.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    try:
+        return make_server(host, port, app.server, threaded=True)
+    except OSError as exc:
+        raise UsageError(f"cannot serve the dashboard on {host}:{port} ({exc.strerror!s}):"
+                         " pass a free --port, or --host to change the address") from None
+
+
+def serve(app: Dash, host: str = "127.0.0.1", port: int = 8050) -> None:
+    """Serve until interrupted (blocking)."""
+    server = _bind(app, host, port)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+class DashboardHandle:
+    """A dashboard served from a background thread."""
+
+    def __init__(self, app: Dash, server: BaseWSGIServer) -> None:
+        self.app = app
+        self._server = server
+        self.host, self.port = str(server.server_address[0]), int(server.server_address[1])
+        self.url = f"http://{self.host}:{self.port}/"
+        self._thread = threading.Thread(target=server.serve_forever, name="apiscope-dashboard",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the session file."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+        session_data(self.app).close()
+
+
+def start_server_thread(app: Dash, host: str = "127.0.0.1", port: int = 8050) -> DashboardHandle:
+    return DashboardHandle(app, _bind(app, host, port))
+
+
+def start_dashboard_thread(session_path: str | os.PathLike[str], host: str = "127.0.0.1",
+                           port: int = 8050, *, live: bool = True, refresh_ms: int = 1500,
+                           metrics: MetricsExporter | None = None,
+                           configure: Callable[[Any], None] | None = None) -> DashboardHandle:
+    """Serve the dashboard of `session_path` in a daemon thread; `.stop()` ends it.
+
+    With `metrics`, its registry is served at `/metrics` on the same host and port.
+    `configure(flask_server)` runs before the first request, the moment to add other routes
+    (Flask refuses new routes once it has served).
+    """
+    app = create_app(session_path, live=live, refresh_ms=refresh_ms)
+    if metrics is not None:
+        mount_metrics(app, metrics)
+    if configure is not None:
+        configure(app.server)
+    return start_server_thread(app, host, port)
+
+
+def mount_metrics(app: Dash, metrics: MetricsExporter) -> None:
+    """Serve the Prometheus text exposition of `metrics` at `/metrics`."""
+    from flask import Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    def exposition() -> Response:
+        return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    app.server.add_url_rule("/metrics", "apiscope_metrics", exposition)

@@ -1,0 +1,148 @@
+"""Small HTML building blocks: tables, flag cards, process cards, empty states."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from dash import dcc, html
+
+from apiscope.dashboard.data import EndpointRow, ProcessCard, SlowRequest
+from apiscope.dashboard.flame import FunctionRow
+
+NO_REQUESTS = ("no requests recorded yet: the agent is not injected — run attach without"
+               " --no-inject or call apiscope.instrument(app)")
+NO_TRAFFIC = ("no requests recorded yet: the agent is in place (the route table arrived),"
+              " send some traffic to the server")
+NO_SAMPLES = ("no stack samples recorded yet: the sampler (py-spy) has not delivered a window;"
+              " check that py-spy can trace the target (run as root or set"
+              " kernel.yama.ptrace_scope=0)")
+
+ENDPOINT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("endpoint", "Endpoint"), ("count", "Requests"), ("rps", "req/s"), ("p50_ms", "p50 ms"),
+    ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"), ("max_ms", "max ms"),
+    ("error_rate", "5xx %"), ("cpu_share", "CPU share"))
+
+
+def endpoint_href(endpoint: str) -> str:
+    return "/endpoint?route=" + quote(endpoint, safe="")
+
+
+def empty_state(message: str) -> html.Div:
+    return html.Div(message, className="empty-state")
+
+
+def clock(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def sort_value(row: EndpointRow, column: str) -> Any:
+    if column == "endpoint":
+        return row.stats.endpoint
+    if column == "cpu_share":
+        return row.cpu_share if row.cpu_share is not None else -1.0
+    return getattr(row.stats, column)
+
+
+def endpoints_table(rows: Sequence[EndpointRow], sort: Sequence[Any]) -> html.Table:
+    column, descending = sort[0], bool(sort[1])
+    ordered = sorted(rows, key=lambda r: sort_value(r, column), reverse=descending)
+    head = html.Tr([html.Th(html.Button(
+        label + (" ▼" if descending else " ▲") * (key == column),
+        id={"type": "sort", "column": key}, className="sort-button", n_clicks=0))
+        for key, label in ENDPOINT_COLUMNS])
+    body = [html.Tr([
+        html.Td(dcc.Link(r.stats.endpoint, href=endpoint_href(r.stats.endpoint),
+                         className="endpoint-link")),
+        html.Td(f"{r.stats.count:,}"), html.Td(_num(r.stats.rps, 2)),
+        html.Td(_num(r.stats.p50_ms)), html.Td(_num(r.stats.p95_ms)),
+        html.Td(_num(r.stats.p99_ms)), html.Td(_num(r.stats.max_ms)),
+        html.Td(_pct(r.stats.error_rate), className="bad" if r.stats.error_rate else ""),
+        html.Td(_pct(r.cpu_share))], className="endpoint-row") for r in ordered]
+    return html.Table([html.Thead(head), html.Tbody(body)], id="endpoints-table",
+                      className="data-table")
+
+
+def flag_cards(flags: Sequence[dict[str, Any]]) -> list[html.Div]:
+    cards = []
+    for f in flags:
+        loc = f.get("location") or None
+        where = (f"{loc['file']}:{loc['line']}" + (f" in {loc['function']}()"
+                                                    if loc.get("function") else "")
+                 if loc else "location unknown")
+        route = f.get("route")
+        cards.append(html.Div([
+            html.Div([html.Span(f["severity"], className=f"severity sev-{f['severity']}"),
+                      html.Span(f["kind"], className="flag-kind"),
+                      dcc.Link(route, href=endpoint_href(route), className="flag-route")
+                      if route else html.Span("whole process", className="flag-route")],
+                     className="flag-head"),
+            html.Div(f["evidence"], className="flag-evidence"),
+            html.Div(["at ", html.Code(where)], className="flag-location"),
+            html.Div(["fix: ", f["suggestion"]], className="flag-suggestion"),
+        ], className="flag-card"))
+    return cards
+
+
+def process_cards(cards: Sequence[ProcessCard]) -> list[html.Div]:
+    out = []
+    for c in cards:
+        status = (html.Span(f"exited at {clock(c.exited_at)}", className="exited")
+                  if c.exited_at is not None else html.Span("running", className="alive"))
+        out.append(html.Div([
+            html.Div([html.B(f"pid {c.pid}"), html.Span(c.role, className="role"), status],
+                     className="process-head"),
+            html.Div(c.command, className="process-command"),
+            html.Table([html.Tbody([
+                html.Tr([html.Td("CPU"), html.Td(f"{_num(c.cpu_percent)}% now,"
+                                                 f" {_num(c.cpu_percent_avg)}% avg")]),
+                html.Tr([html.Td("memory"), html.Td(f"{_num(c.rss_mb)} MB now,"
+                                                    f" {_num(c.rss_mb_max)} MB max")]),
+                html.Tr([html.Td("threads"), html.Td("-" if c.threads is None
+                                                     else str(c.threads))]),
+                html.Tr([html.Td("open fds"), html.Td("-" if c.fds is None else str(c.fds))]),
+            ])], className="kv"),
+        ], className="process-card" + (" process-exited" if c.exited_at is not None else "")))
+    return out
+
+
+def slow_requests_table(rows: Sequence[SlowRequest]) -> html.Table:
+    head = html.Tr([html.Th(t) for t in ("time", "pid", "ms", "status", "queries",
+                                         "query ms", "most repeated statement", "exception")])
+    body = [html.Tr([
+        html.Td(clock(s.request.start)), html.Td(str(s.request.pid)),
+        html.Td(_num(s.request.duration_ms)), html.Td(str(s.request.status)),
+        html.Td(str(s.request.query_count)), html.Td(_num(s.request.query_ms)),
+        html.Td(html.Code(f"{s.top_statement} ×{s.top_statement_count}")
+                if s.top_statement else "-"),
+        html.Td(s.request.exc_type or "-")]) for s in rows]
+    return html.Table([html.Thead(head), html.Tbody(body)], id="slow-table",
+                      className="data-table")
+
+
+def functions_table(rows: Sequence[FunctionRow], total: int) -> html.Table:
+    head = html.Tr([html.Th(t) for t in ("function", "file", "kind", "self", "self %",
+                                         "total", "total %")])
+    whole = max(total, 1)
+    body = [html.Tr([
+        html.Td(html.Code(r.function)), html.Td(r.file, className="file"),
+        html.Td(html.Span(r.kind, className=f"kind kind-{r.kind}")),
+        html.Td(f"{r.self_count:,}"), html.Td(_pct(r.self_count / whole)),
+        html.Td(f"{r.total_count:,}"), html.Td(_pct(r.total_count / whole))]) for r in rows]
+    return html.Table([html.Thead(head), html.Tbody(body)], id="functions-table",
+                      className="data-table")

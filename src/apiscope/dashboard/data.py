@@ -1,0 +1,251 @@
+"""Everything the dashboard shows, computed from one session file (replayed or being written).
+
+`SessionData` is the only place the dashboard reads the session. It keeps incremental caches
+(requests by last id, samples by last window id, resources by last row id), so a live refresh
+reads only new rows, and every view is a function of those caches and a time range.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from apiscope.analysis.attribution import RouteMatcher, app_roots
+from apiscope.dashboard.flame import FunctionRow, pruned_tree, top_functions
+from apiscope.dashboard.requests import (
+    EndpointStats,
+    LatencySeries,
+    Request,
+    RequestIndex,
+    endpoint_stats,
+    latency_series,
+    slowest,
+)
+from apiscope.dashboard.samples import EndpointOf, SampleIndex, SampleSlice
+from apiscope.exporters.tree import FlameNode
+from apiscope.model import ProcessInfo, RouteInfo
+from apiscope.store.reader import SessionReader
+
+Range = tuple[float, float] | None
+SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2}
+
+
+def route_matcher(routes: Sequence[RouteInfo]) -> EndpointOf:
+    return RouteMatcher(routes).endpoint_of
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRow:
+    stats: EndpointStats
+    cpu_share: float | None  # None when no stack samples were recorded
+
+
+@dataclass(slots=True)
+class ResourceSeries:
+    ts: list[float] = field(default_factory=list)
+    cpu_percent: list[float] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+    threads: list[int] = field(default_factory=list)
+    fds: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessCard:
+    pid: int
+    role: str
+    command: str
+    exited_at: float | None
+    cpu_percent: float | None  # the latest sample
+    cpu_percent_avg: float | None
+    rss_mb: float | None
+    rss_mb_max: float | None
+    threads: int | None
+    fds: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SlowRequest:
+    request: Request
+    top_statement: str | None  # the statement issued most often by that request
+    top_statement_count: int
+
+
+class SessionData:
+    """The dashboard's view of one session; thread-safe (Flask serves callbacks in threads)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.reader = SessionReader(path)
+        self.requests = RequestIndex(self.reader)
+        self.samples = SampleIndex(self.reader, route_matcher)
+        self._lock = threading.RLock()
+        self._resources: dict[int, ResourceSeries] = {}
+        self._last_resource = 0
+        self._processes: list[ProcessInfo] = []
+        self._flags: list[dict[str, Any]] = []
+        self._routes: list[RouteInfo] = []
+        self._app_roots: tuple[str, ...] = ()
+        self._span: Range = None
+        self._shares: dict[Range, dict[str, float]] = {}
+        self.version: list[Any] = []
+        self.refresh()
+
+    def close(self) -> None:
+        self.reader.close()
+
+    # -- refreshing -------------------------------------------------------------------------
+
+    def refresh(self) -> list[Any]:
+        """Read what was written since the last call; returns a version that changes with it."""
+        with self._lock:
+            self.requests.refresh()
+            self.samples.refresh()
+            self._refresh_resources()
+            self._processes = self.reader.processes()
+            self._flags = sorted(self.reader.flags(),
+                                 key=lambda f: SEVERITY_ORDER.get(f["severity"], 3))
+            self._routes = self.reader.routes()
+            self._app_roots = app_roots(self._routes)
+            self._span = self.reader.time_range()
+            # JSON-shaped (lists, not tuples) so it compares equal after a trip to the browser
+            version = [self.requests.last_id, self.samples.last_window_id, self._last_resource,
+                       len(self._flags), len(self._routes),
+                       [[p.pid, p.exited_at] for p in self._processes]]
+            if version != self.version:
+                self._shares.clear()
+                self.version = version
+            return self.version
+
+    def _refresh_resources(self) -> None:
+        for rowid, ts, pid, cpu, rss, threads, fds in self.reader.query(
+                "SELECT rowid, ts, pid, cpu_percent, rss_bytes, threads, fds FROM resources"
+                " WHERE rowid > ? ORDER BY rowid", (self._last_resource,)):
+            series = self._resources.setdefault(pid, ResourceSeries())
+            series.ts.append(ts)
+            series.cpu_percent.append(cpu)
+            series.rss_mb.append(rss / 1e6)
+            series.threads.append(threads)
+            series.fds.append(fds)
+            self._last_resource = rowid
+
+    # -- session-wide facts -----------------------------------------------------------------
+
+    def span(self) -> Range:
+        return self._span
+
+    def seconds(self, rng: Range) -> float:
+        chosen = rng or self._span
+        return 0.0 if chosen is None else max(chosen[1] - chosen[0], 0.0)
+
+    def routes(self) -> list[RouteInfo]:
+        return self._routes
+
+    def app_roots(self) -> tuple[str, ...]:
+        """Directories of the application's code, from the route table."""
+        return self._app_roots
+
+    def flags(self, endpoint: str | None = None) -> list[dict[str, Any]]:
+        return [f for f in self._flags if endpoint is None or f.get("route") == endpoint]
+
+    def has_samples(self) -> bool:
+        return bool(self.samples.windows)
+
+    def threads(self) -> list[tuple[int, int, str, str]]:
+        """(pid, tid, name, role) of every sampled thread."""
+        return sorted((pid, tid, name, role.value)
+                      for (pid, tid), (name, role) in self.reader.threads().items())
+
+    def pids(self) -> list[int]:
+        return sorted({p.pid for p in self._processes} | set(self._resources)
+                      | {s[0] for s in self.samples.series})
+
+    # -- overview ---------------------------------------------------------------------------
+
+    def endpoint_rows(self, rng: Range) -> list[EndpointRow]:
+        since, until = rng if rng else (None, None)
+        stats = endpoint_stats(self.requests.select(since, until), self.seconds(rng))
+        shares = self.cpu_shares(rng) if self.has_samples() else None
+        return [EndpointRow(s, None if shares is None else shares.get(s.endpoint, 0.0))
+                for s in stats]
+
+    def cpu_shares(self, rng: Range) -> dict[str, float]:
+        """Share of the active (not idle) samples each endpoint's handler was running."""
+        with self._lock:
+            cached = self._shares.get(rng)
+            if cached is not None:
+                return cached
+            since, until = rng if rng else (None, None)
+            counts = self.samples.stack_counts(SampleSlice(since, until))
+            total = sum(counts.values())
+            per: dict[str, int] = {}
+            for stack_id, count in counts.items():
+                endpoint = self.samples.endpoint_of(stack_id)
+                if endpoint is not None:
+                    per[endpoint] = per.get(endpoint, 0) + count
+            shares = {e: c / total for e, c in per.items()} if total else {}
+            self._shares[rng] = shares
+            return shares
+
+    def process_cards(self) -> list[ProcessCard]:
+        with self._lock:
+            return self._process_cards()
+
+    def _process_cards(self) -> list[ProcessCard]:
+        known = {p.pid: p for p in self._processes}
+        cards = []
+        for pid in sorted(set(known) | set(self._resources)):
+            info = known.get(pid)
+            res = self._resources.get(pid)
+            has = res is not None and bool(res.ts)
+            cards.append(ProcessCard(
+                pid, info.role if info else "process", info.command if info else "",
+                info.exited_at if info else None,
+                res.cpu_percent[-1] if res and has else None,
+                sum(res.cpu_percent) / len(res.cpu_percent) if res and has else None,
+                res.rss_mb[-1] if res and has else None,
+                max(res.rss_mb) if res and has else None,
+                res.threads[-1] if res and has else None,
+                res.fds[-1] if res and has else None))
+        return cards
+
+    # -- one endpoint -----------------------------------------------------------------------
+
+    def latency_series(self, endpoint: str, rng: Range) -> LatencySeries | None:
+        span = rng or self._span
+        if span is None:
+            return None
+        return latency_series(self.requests.select(span[0], span[1], endpoint), *span)
+
+    def slowest_requests(self, endpoint: str, rng: Range, limit: int = 15) -> list[SlowRequest]:
+        since, until = rng if rng else (None, None)
+        rows = slowest(self.requests.select(since, until, endpoint), limit)
+        tops: dict[int, tuple[str, int]] = {}
+        if rows:
+            marks = ",".join("?" * len(rows))
+            for rid, sql, count in self.reader.query(
+                    "SELECT q.request_id, st.sql, q.count FROM request_queries q"
+                    " JOIN statements st ON st.id = q.statement_id"
+                    f" WHERE q.request_id IN ({marks}) ORDER BY q.count",
+                    tuple(r.id for r in rows)):
+                tops[rid] = (sql, count)  # ascending order: the most frequent one wins
+        return [SlowRequest(r, *tops.get(r.id, (None, 0))) for r in rows]
+
+    # -- stacks -----------------------------------------------------------------------------
+
+    def flame(self, flt: SampleSlice) -> FlameNode:
+        return pruned_tree(self.samples.stack_counts(flt), self.samples.frames)
+
+    def functions(self, flt: SampleSlice, limit: int = 25) -> tuple[list[FunctionRow], int]:
+        return top_functions(self.samples.stack_counts(flt), self.samples.frames,
+                             self.app_roots(), limit)
+
+    # -- resources --------------------------------------------------------------------------
+
+    def resource_series(self) -> dict[int, ResourceSeries]:
+        """A copy: the live refresh appends to the cached lists."""
+        with self._lock:
+            return {pid: ResourceSeries(list(s.ts), list(s.cpu_percent), list(s.rss_mb),
+                                        list(s.threads), list(s.fds))
+                    for pid, s in self._resources.items()}

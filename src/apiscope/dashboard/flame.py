@@ -1,0 +1,88 @@
+"""Flamegraph data for the browser: a pruned call tree and the top functions of a slice.
+
+The tree itself is the exporters' (`apiscope.exporters.tree`), so the dashboard draws exactly
+what an export writes. Pruning happens here, on the server: a browser drawing more than a few
+thousand boxes becomes sluggish, so small children are merged into "other" and the threshold is
+raised until the tree fits.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from apiscope.analysis.attribution import is_app_frame
+from apiscope.exporters.tree import FlameNode, Kind, prune, tree_from_stacks, walk
+from apiscope.model import Frame
+
+MIN_SHARE = 0.002  # children under 0.2% of all samples are merged into "other"
+MAX_NODES = 2500
+
+FramesOf = Callable[[int], tuple[Frame, ...]]
+_LIBRARY = re.compile(r"[/\\](site|dist)-packages[/\\]")
+
+
+def kind_of(frame: Frame, app_roots: Sequence[str]) -> Kind:
+    """App code, an installed library or the standard library, judged the way the analysis
+    judges it (by the target's paths, not this interpreter's)."""
+    if is_app_frame(frame, app_roots):
+        return "app"
+    return "library" if _LIBRARY.search(frame.file) else "stdlib"
+
+
+def stacks_of(counts: Mapping[int, int], frames_of: FramesOf) -> dict[tuple[Frame, ...], int]:
+    out: dict[tuple[Frame, ...], int] = {}
+    for stack_id, count in counts.items():
+        frames = frames_of(stack_id)
+        out[frames] = out.get(frames, 0) + count
+    return out
+
+
+def pruned_tree(counts: Mapping[int, int], frames_of: FramesOf,
+                max_nodes: int = MAX_NODES) -> FlameNode:
+    """The call tree of the counted stacks, small enough for the browser."""
+    tree = tree_from_stacks(stacks_of(counts, frames_of))
+    share = MIN_SHARE
+    pruned = prune(tree, share)
+    while node_count(pruned) > max_nodes and share < 0.2:
+        share *= 2
+        pruned = prune(tree, share)
+    return pruned
+
+
+def node_count(tree: FlameNode) -> int:
+    return sum(1 for _ in walk(tree))
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionRow:
+    function: str
+    file: str
+    kind: Kind
+    self_count: int
+    total_count: int
+
+
+def top_functions(counts: Mapping[int, int], frames_of: FramesOf, app_roots: Sequence[str],
+                  limit: int = 25) -> tuple[list[FunctionRow], int]:
+    """The functions with the most samples of their own (self), with their inclusive totals,
+    and the number of samples they were computed over."""
+    self_counts: dict[tuple[str, str], int] = {}
+    totals: dict[tuple[str, str], int] = {}
+    all_samples = 0
+    for stack_id, count in counts.items():
+        frames = frames_of(stack_id)
+        all_samples += count
+        if not frames:
+            continue
+        leaf = (frames[-1].function, frames[-1].file)
+        self_counts[leaf] = self_counts.get(leaf, 0) + count
+        # A recursive function counts once per stack in its total.
+        for key in {(f.function, f.file) for f in frames}:
+            totals[key] = totals.get(key, 0) + count
+    ranked = sorted(totals, key=lambda k: (-self_counts.get(k, 0), -totals[k], k))[:limit]
+    rows = [FunctionRow(fn, file, kind_of(Frame(fn, file, 0), app_roots),
+                        self_counts.get((fn, file), 0), totals[(fn, file)])
+            for fn, file in ranked]
+    return rows, all_samples

@@ -1,0 +1,219 @@
+"""Stack samples held for fast slicing while the session grows.
+
+A session of a million samples must answer a new filter within a fraction of a second, so the
+samples table is read once, aggregated by SQLite into blocks of consecutive sampling windows
+(one count per block, thread, stack, state and GIL flag), and kept in memory. A time range uses
+the blocks it covers whole and asks SQLite only for the windows at its two edges. New windows
+are read incrementally, keyed by the last window id seen.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from apiscope.model import Frame, RouteInfo, SampleState
+from apiscope.store.reader import SessionReader
+
+BLOCK = 32  # windows per in-memory block
+CACHE_SIZE = 64  # remembered slices
+
+Series = tuple[int, int, str, int | None]  # pid, tid, state, gil
+EndpointOf = Callable[[Sequence[Frame]], "str | None"]
+MatcherFactory = Callable[[Sequence[RouteInfo]], EndpointOf]
+
+
+@dataclass(frozen=True, slots=True)
+class SampleSlice:
+    """Which samples a view shows; None matches everything."""
+
+    since: float | None = None
+    until: float | None = None
+    pid: int | None = None
+    tid: int | None = None
+    endpoint: str | None = None
+    include_idle: bool = False  # threads waiting for work (selector, idle pool workers)
+    gil_only: bool = False  # only samples that held the GIL
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    id: int
+    start: float
+    end: float
+    rate_hz: int
+    errors: int
+
+
+class SampleIndex:
+    """The samples of one session, aggregated for slicing; safe to share between threads."""
+
+    def __init__(self, reader: SessionReader, matcher_factory: MatcherFactory) -> None:
+        self._reader = reader
+        self._matcher_factory = matcher_factory
+        self._lock = threading.RLock()
+        self.windows: list[Window] = []
+        self._window_pos: dict[int, int] = {}
+        self._series: dict[Series, int] = {}
+        self.series: list[Series] = []
+        self._blocks: dict[int, dict[tuple[int, int], int]] = {}
+        self._frames: dict[int, Frame] = {}
+        self._stacks: dict[int, tuple[Frame, ...]] = {}
+        self._endpoints: dict[int, str | None] = {}
+        self._route_count = -1
+        self._matcher: EndpointOf = lambda frames: None
+        self._cache: OrderedDict[SampleSlice, dict[int, int]] = OrderedDict()
+        self._active: dict[int, int] = {}  # window id -> samples not waiting
+
+    @property
+    def last_window_id(self) -> int:
+        return self.windows[-1].id if self.windows else 0
+
+    # -- incremental loading ----------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Read what was written since the last call; True when anything changed."""
+        with self._lock:
+            changed = self._refresh_routes()
+            last = self.last_window_id
+            new = [Window(*row) for row in self._reader.query(
+                "SELECT id, start, end, rate_hz, errors FROM windows WHERE id > ? ORDER BY id",
+                (last,))]
+            if new:
+                # Only windows already listed are read, so a window committed between the two
+                # queries is picked up whole on the next refresh.
+                self._load_samples(last, new[-1].id)
+                self._load_stacks()
+                for w in new:
+                    self._window_pos[w.id] = len(self.windows)
+                    self.windows.append(w)
+                changed = True
+            if changed:
+                self._cache.clear()
+            return changed
+
+    def _refresh_routes(self) -> bool:
+        routes = self._reader.routes()
+        if len(routes) == self._route_count:
+            return False
+        self._route_count = len(routes)
+        self._matcher = self._matcher_factory(routes)
+        self._endpoints.clear()
+        return True
+
+    def _load_samples(self, after: int, upto: int) -> None:
+        rows = self._reader.query(
+            "SELECT (window_id - 1) / ?, pid, tid, stack_id, state, gil, sum(count) FROM samples"
+            " WHERE window_id > ? AND window_id <= ? GROUP BY 1, 2, 3, 4, 5, 6",
+            (BLOCK, after, upto))
+        for block, pid, tid, stack_id, state, gil, count in rows:
+            key = (self._series_index((pid, tid, state, gil)), stack_id)
+            counts = self._blocks.setdefault(block, {})
+            counts[key] = counts.get(key, 0) + count
+        self._active.update(self._reader.query(
+            "SELECT window_id, sum(count) FROM samples WHERE window_id > ? AND window_id <= ?"
+            " AND state != ? GROUP BY window_id", (after, upto, SampleState.WAITING.value)))
+
+    def _series_index(self, series: Series) -> int:
+        index = self._series.get(series)
+        if index is None:
+            index = self._series[series] = len(self.series)
+            self.series.append(series)
+        return index
+
+    def _load_stacks(self) -> None:
+        last_frame = max(self._frames, default=0)
+        for fid, fn, file, line in self._reader.query(
+                "SELECT id, function, file, line FROM frames WHERE id > ?", (last_frame,)):
+            self._frames[fid] = Frame(fn, file, line)
+        last_stack = max(self._stacks, default=0)
+        for sid, text in self._reader.query(
+                "SELECT id, frame_ids FROM stacks WHERE id > ?", (last_stack,)):
+            self._stacks[sid] = tuple(self._frames[int(f)] for f in text.split(",") if f)
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def frames(self, stack_id: int) -> tuple[Frame, ...]:
+        return self._stacks.get(stack_id, ())
+
+    def endpoint_of(self, stack_id: int) -> str | None:
+        if stack_id not in self._endpoints:
+            self._endpoints[stack_id] = self._matcher(self.frames(stack_id))
+        return self._endpoints[stack_id]
+
+    def stack_counts(self, flt: SampleSlice) -> dict[int, int]:
+        """Sample count per stack id for the slice (cached until new data arrives)."""
+        with self._lock:
+            cached = self._cache.get(flt)
+            if cached is not None:
+                self._cache.move_to_end(flt)
+                return cached
+            counts = self._compute(flt)
+            self._cache[flt] = counts
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+            return counts
+
+    def _compute(self, flt: SampleSlice) -> dict[int, int]:
+        wanted = {i for i, s in enumerate(self.series) if _series_matches(s, flt)}
+        whole, edge = self._blocks_in(flt.since, flt.until)
+        per_stack: dict[int, int] = {}
+        for block in whole:
+            for (series, stack_id), count in self._blocks.get(block, {}).items():
+                if series in wanted:
+                    per_stack[stack_id] = per_stack.get(stack_id, 0) + count
+        if edge:
+            self._add_edge_windows(edge, wanted, per_stack)
+        if flt.endpoint is not None:
+            per_stack = {sid: c for sid, c in per_stack.items()
+                         if self.endpoint_of(sid) == flt.endpoint}
+        return per_stack
+
+    def _blocks_in(self, since: float | None, until: float | None) -> tuple[list[int], list[int]]:
+        """Blocks wholly inside the range, and the ids of in-range windows of the others."""
+        if since is None and until is None:
+            return sorted(self._blocks), []
+        lo = float("-inf") if since is None else since
+        hi = float("inf") if until is None else until
+        members: dict[int, list[bool]] = {}
+        ids: dict[int, list[int]] = {}
+        for w in self.windows:
+            block = (w.id - 1) // BLOCK
+            inside = lo <= w.start < hi
+            members.setdefault(block, []).append(inside)
+            if inside:
+                ids.setdefault(block, []).append(w.id)
+        whole = [b for b, flags in members.items() if all(flags)]
+        edge = [wid for b, flags in members.items() if any(flags) and not all(flags)
+                for wid in ids[b]]
+        return whole, edge
+
+    def _add_edge_windows(self, window_ids: list[int], wanted: set[int],
+                          per_stack: dict[int, int]) -> None:
+        marks = ",".join("?" * len(window_ids))
+        rows = self._reader.query(
+            "SELECT pid, tid, stack_id, state, gil, sum(count) FROM samples"
+            f" WHERE window_id IN ({marks}) GROUP BY 1, 2, 3, 4, 5", tuple(window_ids))
+        for pid, tid, stack_id, state, gil, count in rows:
+            series = self._series.get((pid, tid, state, gil))
+            if series is not None and series in wanted:
+                per_stack[stack_id] = per_stack.get(stack_id, 0) + count
+
+    def active_rate(self) -> list[tuple[float, float]]:
+        """(window start, active samples per second) of every window, for the timeline."""
+        with self._lock:
+            return [(w.start, self._active.get(w.id, 0) / max(w.end - w.start, 1e-3))
+                    for w in self.windows]
+
+
+def _series_matches(series: Series, flt: SampleSlice) -> bool:
+    pid, tid, state, gil = series
+    if flt.pid is not None and pid != flt.pid:
+        return False
+    if flt.tid is not None and tid != flt.tid:
+        return False
+    if not flt.include_idle and state == SampleState.WAITING.value:
+        return False
+    return not (flt.gil_only and gil != 1)

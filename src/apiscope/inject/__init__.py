@@ -1,0 +1,10 @@
+"""Getting the agent into a live server process, and out again, without a restart."""
+
+from __future__ import annotations
+
+from apiscope.inject.gdb import InjectionFailed
+from apiscope.inject.injector import eject_agent, inject_agent
+from apiscope.inject.result import InjectionResult, InjectionTimeout, read_result, result_path
+
+__all__ = ["InjectionFailed", "InjectionResult", "InjectionTimeout", "eject_agent",
+           "inject_agent", "read_result", "result_path"]

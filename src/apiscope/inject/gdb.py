@@ -1,0 +1,114 @@
+"""Scheduling the snippet in a live CPython with gdb, at a safe point of the interpreter.
+
+gdb stops the target wherever it happens to be, which is no place to run Python: the main
+thread may be halfway through a bytecode, inside malloc, or without the GIL. So gdb only
+*schedules* the code and detaches:
+
+1. `mmap` a fresh page for the snippet's text. mmap is a bare system call, unlike `malloc`
+   (and `strdup`, and gdb's own string literals, which call malloc in the target), so it cannot
+   deadlock on an allocator lock the stopped thread might hold.
+2. Write the text there, then `Py_AddPendingCall(PyRun_SimpleString, text)`. CPython runs
+   pending calls on the main thread between two bytecodes, with the GIL held: a safe point.
+   uvicorn's main loop ticks at least every 0.1 s, so the call runs promptly after gdb detaches.
+
+memray's `attach` also starts with `Py_AddPendingCall` from wherever gdb stopped; it then waits
+on breakpoints to `dlopen` a library, which we need not do. The page (one per injection) is
+left mapped: the main thread reads it after gdb has gone, and nothing tells us when.
+"""
+
+from __future__ import annotations
+
+import re
+
+from apiscope.errors import ApiscopeError, TargetError
+from apiscope.inject.runner import RunResult
+from apiscope.inject.snippet import c_string_literal
+
+MARK = "APISCOPE:"
+PAGE = 4096
+PROT_READ_WRITE = 0x3
+MAP_PRIVATE_ANONYMOUS = 0x22  # Linux, on x86-64 and arm64 alike
+PTRACE_FIXES = (
+    "run apiscope as root or as the server's user; allow tracing with"
+    " `sudo sysctl kernel.yama.ptrace_scope=0`; or grant the CAP_SYS_PTRACE capability"
+    " (Docker: `docker run --cap-add SYS_PTRACE`)"
+)
+_PENDING = re.compile(re.escape(MARK) + r" pending (-?\d+)")
+
+
+class InjectionFailed(ApiscopeError):
+    """The debugger ran, but the code could not be scheduled or did not report back."""
+
+    exit_code = 1
+
+
+def gdb_argv(gdb: str, pid: int, script: str) -> list[str]:
+    """Batch gdb that loads only the symbols it needs (libc, libpython): attaching is faster,
+    so the target is stopped for less time."""
+    return [gdb, "-batch", "-nx", "-nw", "-p", str(pid),
+            "-iex", "set auto-load off", "-iex", "set auto-solib-add off",
+            "-x", script]
+
+
+def gdb_script(snippet: str) -> str:
+    """The gdb commands that schedule `snippet` as a pending call and detach."""
+    literal, size = c_string_literal(snippet)
+    pages = (size + PAGE - 1) // PAGE * PAGE
+    return "\n".join([
+        "set pagination off",
+        "set confirm off",
+        # If a call we make is interrupted (our deadline), unwind it instead of leaving the
+        # target inside it.
+        "set unwindonsignal on",
+        "sharedlibrary libc",
+        "sharedlibrary libpython",
+        f'printf "{MARK} attached\\n"',
+        # Fails with "No symbol" (ending the script) in a process that is not CPython.
+        f'printf "{MARK} python %p %p\\n", (void *) &Py_AddPendingCall,'
+        " (void *) &PyRun_SimpleString",
+        f"set $apiscope_text = (char *) mmap((void *) 0, (unsigned long) {pages},"
+        f" {PROT_READ_WRITE}, {MAP_PRIVATE_ANONYMOUS}, -1, (long) 0)",
+        "if $apiscope_text == (char *) -1",
+        f'  printf "{MARK} mmap failed\\n"',
+        "else",
+        f"  set {{char[{size}]}} $apiscope_text = {literal}",
+        f'  printf "{MARK} pending %d\\n", (int) Py_AddPendingCall('
+        "(int (*)(void *)) PyRun_SimpleString, (void *) $apiscope_text)",
+        "end",
+        "detach",
+        "",
+    ])
+
+
+def check_gdb_output(pid: int, run: RunResult) -> None:
+    """Raise the error that explains a failed run; return when the call was scheduled."""
+    out = run.output
+    if "ptrace: No such process" in out:
+        raise TargetError(f"no process with PID {pid}: the server may have exited")
+    if "ptrace: Operation not permitted" in out:
+        raise TargetError(f"gdb was not allowed to attach to PID {pid} (ptrace refused)."
+                          f" Fix one of: {PTRACE_FIXES}")
+    match = _PENDING.search(out)
+    if match and match.group(1) == "0":
+        return
+    if run.timed_out:
+        raise InjectionFailed(f"gdb did not finish within the deadline while scheduling the"
+                              f" agent in PID {pid}; it was interrupted and detached."
+                              f" Output: {_tail(out)}")
+    if MARK + " attached" in out and "No symbol" in out:
+        raise TargetError(f"PID {pid} does not look like a CPython process: gdb found no"
+                          " Py_AddPendingCall/PyRun_SimpleString symbols in it (a static"
+                          " interpreter stripped of its symbols cannot be injected). Use"
+                          " `apiscope attach --no-inject`, or `instrument(app)` in code")
+    if match:
+        raise InjectionFailed(f"CPython refused the pending call in PID {pid} (its queue of"
+                              " pending calls is full); try again in a moment")
+    if MARK + " mmap failed" in out:
+        raise InjectionFailed(f"could not map memory in PID {pid} for the agent's loader")
+    raise InjectionFailed(f"gdb could not schedule the agent in PID {pid}: {_tail(out)}")
+
+
+def _tail(text: str, lines: int = 6) -> str:
+    kept = [line for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(kept[-lines:]) or "(no output)"
+

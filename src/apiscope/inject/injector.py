@@ -1,0 +1,122 @@
+"""Running the agent's bootstrap inside a live server, and taking the agent out again.
+
+`inject_agent(pid)` checks the target, schedules the loader snippet on the target's main thread
+(gdb and `Py_AddPendingCall` below Python 3.14, `sys.remote_exec` from 3.14 on), waits for the
+status the bootstrap writes, and returns it. `eject_agent(pid)` does the same for detach. The
+target keeps serving throughout: the debugger only stops it for as long as it takes to schedule
+the call (a fraction of a second), and is always detached, never left attached or killing it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+
+from apiscope.agent.paths import SocketDirError, ensure_private_dir, socket_dir
+from apiscope.errors import ToolMissingError, UsageError
+from apiscope.inject.gdb import InjectionFailed, check_gdb_output, gdb_argv, gdb_script
+from apiscope.inject.remote import (
+    REMOTE_EXEC_VERSION,
+    check_remote_exec,
+    remote_exec_argv,
+    write_script,
+)
+from apiscope.inject.result import InjectionResult, result_path, wait_for_result
+from apiscope.inject.runner import Runner, run_with_deadline
+from apiscope.inject.snippet import InjectArgs, build_snippet
+from apiscope.inject.target import check_target
+
+RESULT_TIMEOUT = 15.0  # for the target to reach a safe point and run the bootstrap
+DEBUGGER_TIMEOUT = 30.0  # attaching gdb to a big process and loading its symbols included
+
+TargetCheck = Callable[[int], "tuple[int, int] | None"]
+
+
+def inject_agent(pid: int, directory: str | None = None, *, runner: Runner = run_with_deadline,
+                 timeout: float = RESULT_TIMEOUT, check: TargetCheck = check_target,
+                 ) -> InjectionResult:
+    """Start the agent in `pid` and put it in front of every ASGI app the process serves.
+
+    Safe to repeat: an app already wrapped is left as it is. A Python process that serves no
+    app is not an error: the result's `note` says so and nothing is started there.
+    """
+    return _run_in_target(pid, "attach", directory, runner, timeout, check)
+
+
+def eject_agent(pid: int, directory: str | None = None, *, runner: Runner = run_with_deadline,
+                timeout: float = RESULT_TIMEOUT, check: TargetCheck = check_target,
+                ) -> InjectionResult:
+    """Restore the apps' own middleware in `pid` and stop its agent (a no-op without one)."""
+    return _run_in_target(pid, "detach", directory, runner, timeout, check)
+
+
+def _run_in_target(pid: int, action: str, directory: str | None, runner: Runner,
+                   timeout: float, check: TargetCheck) -> InjectionResult:
+    started = time.monotonic()
+    version = check(pid)
+    directory = _private_directory(directory)
+    path = result_path(directory, pid)
+    _remove(path)  # a status left by an earlier run must not be mistaken for this one
+    token = secrets.token_hex(8)
+    snippet = build_snippet(InjectArgs(action=action, directory=directory, result=path,
+                                       token=token))
+    use_remote = version is not None and version >= REMOTE_EXEC_VERSION
+    schedule = _schedule_remote_exec if use_remote else _schedule_gdb
+    debugger_seconds = schedule(pid, snippet, directory, runner)
+    status = wait_for_result(path, token, pid, timeout)
+    _remove(path)
+    if not status.get("ok"):
+        raise InjectionFailed(f"the agent failed inside PID {pid}:"
+                              f" {status.get('error', 'no reason given')}")
+    return InjectionResult(pid=pid, action=action, method="remote_exec" if use_remote else "gdb",
+                           status=status, seconds=time.monotonic() - started,
+                           debugger_seconds=debugger_seconds)
+
+
+def _schedule_gdb(pid: int, snippet: str, directory: str, runner: Runner) -> float:
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        raise ToolMissingError("gdb is not installed, and injecting the latency agent into a"
+                               " running server needs it: install it (`apt-get install gdb`,"
+                               " `dnf install gdb`), or add the agent in code with"
+                               " `instrument(app)`")
+    fd, script = tempfile.mkstemp(prefix="inject-", suffix=".gdb", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(gdb_script(snippet))
+        run = runner(gdb_argv(gdb, pid, script), DEBUGGER_TIMEOUT)
+    finally:
+        _remove(script)
+    check_gdb_output(pid, run)
+    return run.seconds
+
+
+def _schedule_remote_exec(pid: int, snippet: str, directory: str, runner: Runner) -> float:
+    script = os.path.join(directory, f"inject-{pid}.py")
+    write_script(script, snippet)
+    # The target reads the script at its next safe point, after the call returns; the file is
+    # overwritten by the next injection rather than deleted under the target's feet.
+    run = runner(remote_exec_argv(pid, script), DEBUGGER_TIMEOUT)
+    check_remote_exec(pid, run)
+    return run.seconds
+
+
+def _private_directory(directory: str | None) -> str:
+    try:
+        return ensure_private_dir(directory) if directory is not None else socket_dir()
+    except SocketDirError as exc:
+        raise UsageError(f"unsafe agent socket directory: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot create the agent socket directory: {exc}. Set"
+                         " APISCOPE_SOCKET_DIR to a private directory you own") from None
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,49 @@
+"""The checks made before a debugger touches a process, and the version that picks the method."""
+
+from __future__ import annotations
+
+import re
+
+import psutil
+
+from apiscope.collectors.target import check_ptrace, is_python, python_version
+from apiscope.errors import TargetError
+
+_VERSION = re.compile(r"^(\d+)\.(\d+)")
+
+
+def check_target(pid: int) -> tuple[int, int] | None:
+    """Raise TargetError unless `pid` is a CPython we may trace; its (major, minor) if known."""
+    try:
+        proc = psutil.Process(pid)
+        if not is_python(proc):
+            raise TargetError(_not_python(proc))
+        check_ptrace(pid)
+        return parse_version(python_version(proc))
+    except psutil.NoSuchProcess:
+        raise TargetError(f"no process with PID {pid}: check the PID; the server may have"
+                          " exited") from None
+    except psutil.AccessDenied:
+        raise TargetError(f"permission denied reading process {pid}: run apiscope as root or as"
+                          " the user that runs the server") from None
+
+
+def parse_version(text: str) -> tuple[int, int] | None:
+    match = _VERSION.match(text)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _not_python(proc: psutil.Process) -> str:
+    head = f"PID {proc.pid} ({proc.name()}) is not a Python process"
+    children = []
+    for child in proc.children(recursive=True):
+        try:
+            if is_python(child):
+                children.append(child.pid)
+        except psutil.Error:
+            continue
+    if children:
+        listing = ", ".join(str(pid) for pid in children[:5])
+        return f"{head}; its Python child processes: {listing}. Give one of these PIDs"
+    return (f"{head}: give the PID of the uvicorn, gunicorn or hypercorn process (find it with"
+            " `pgrep -af 'uvicorn|gunicorn|hypercorn'`)")

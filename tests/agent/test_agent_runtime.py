@@ -1,0 +1,197 @@
+"""The agent in this process: instrument(), the socket server, and AgentClient pulling it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+import apiscope
+from apiscope.agent.middleware import AgentMiddleware
+from apiscope.agent.runtime import Agent, current_agent, shutdown_agent
+from apiscope.collectors.agent_client import AgentClient, AgentUnavailable
+from apiscope.model import RequestRecord, RouteInfo
+
+from .helpers import get_all
+
+
+def sync_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/sync/{n}")
+    def sync_handler(n: int) -> dict[str, int]:
+        return {"n": n}
+
+    return app
+
+
+def layers(app: Any) -> int:
+    """How many AgentMiddleware wrap the app's middleware stack (built on first call)."""
+    count, stack = 0, app.middleware_stack
+    while isinstance(stack, AgentMiddleware):
+        count, stack = count + 1, stack.app
+    return count
+
+
+def test_instrument_is_idempotent_and_outermost(sock_dir: str) -> None:
+    app = sync_app()
+    assert apiscope.instrument(app, directory=sock_dir, start=False) is app
+    assert apiscope.instrument(app, directory=sock_dir, start=False) is app
+    get_all(app, ["/sync/1", "/sync/2"])
+    assert layers(app) == 1
+    assert type(app.middleware_stack.app).__name__ == "ServerErrorMiddleware"
+    agent = current_agent()
+    assert [(e.route, e.status) for e in agent.recorder.drain()] == [("/sync/{n}", 200)] * 2
+    assert ("GET", "/sync/{n}") in {(r["method"], r["template"]) for r in agent.routes.rows}
+
+
+def test_instrument_after_start_wraps_the_live_stack(sock_dir: str) -> None:
+    app = sync_app()
+    get_all(app, ["/sync/0"])  # the stack is built: the app is serving
+    apiscope.instrument(app, directory=sock_dir, start=False)
+    apiscope.instrument(app, directory=sock_dir, start=False)
+    get_all(app, ["/sync/1"])
+    assert layers(app) == 1
+    assert [e.route for e in current_agent().recorder.drain()] == ["/sync/{n}"]
+
+
+def test_instrument_plain_asgi_callable(sock_dir: str) -> None:
+    async def raw(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    wrapped = apiscope.instrument(raw, directory=sock_dir, start=False)
+    assert isinstance(wrapped, AgentMiddleware) and wrapped.app is raw
+    assert apiscope.instrument(wrapped, directory=sock_dir, start=False) is wrapped
+    get_all(wrapped, ["/x"])
+    assert [(e.route, e.status) for e in current_agent().recorder.drain()] == [
+        ("<unmatched>", 204)]
+
+
+def test_threadpool_state_is_read_from_the_serving_loop(sock_dir: str) -> None:
+    agent = Agent(sock_dir)
+    assert agent.threadpool.sample() is None  # nothing captured before a request
+    app = agent.middleware(sync_app())
+    get_all(app, ["/sync/1"])
+    sample = agent.threadpool.sample()
+    assert sample is not None
+    assert (sample["total_tokens"], sample["borrowed_tokens"], sample["waiting"]) == (40, 0, 0)
+
+
+def test_client_pulls_requests_routes_and_stats(sock_dir: str) -> None:
+    agent = Agent(sock_dir)
+    app = sync_app()
+    agent.add_routes(app)
+    wrapped = agent.middleware(app)
+    agent.start()
+    agent.start()  # idempotent
+    try:
+        path = agent.socket_path
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert path == os.path.join(sock_dir, f"agent-{os.getpid()}.sock")
+        client = AgentClient(os.getpid(), sock_dir)
+        assert client.available()  # the connection stays open for the pulls that follow
+        get_all(wrapped, ["/sync/1", "/sync/2", "/missing"])
+        batch = client.pull()
+        assert [(r.method, r.route, r.status) for r in batch.requests] == [
+            ("GET", "/sync/{n}", 200), ("GET", "/sync/{n}", 200), ("GET", "<unmatched>", 404)]
+        assert all(isinstance(r, RequestRecord) and r.pid == os.getpid() for r in batch.requests)
+        assert RouteInfo("GET", "/sync/{n}", f"{__name__}:sync_app.<locals>.sync_handler",
+                         __file__, batch.routes[-1].line, False) in batch.routes
+        assert (batch.stats.recorded, batch.stats.dropped, batch.stats.errors) == (3, 0, 0)
+        assert batch.threadpool is not None and batch.threadpool.total_tokens == 40
+        assert batch.profiles == []
+        assert client.pull().requests == []  # each request is delivered once
+        client.close()
+    finally:
+        agent.stop()
+    assert not os.path.exists(path)
+    with AgentClient(os.getpid(), sock_dir) as client:
+        assert not client.available()
+        with pytest.raises(AgentUnavailable):
+            client.pull()
+
+
+def test_full_buffer_is_reported_as_dropped(sock_dir: str) -> None:
+    from apiscope.agent.recorder import Recorder
+
+    agent = Agent(sock_dir, recorder=Recorder(capacity=2))
+    wrapped = agent.middleware(sync_app())
+    agent.start()
+    try:
+        get_all(wrapped, [f"/sync/{i}" for i in range(5)])
+        with AgentClient(os.getpid(), sock_dir) as client:
+            batch = client.pull()
+        assert len(batch.requests) == 2
+        assert (batch.stats.recorded, batch.stats.dropped) == (5, 3)
+    finally:
+        agent.stop()
+
+
+def test_protocol_errors_get_an_answer_and_the_server_goes_on(sock_dir: str) -> None:
+    agent = Agent(sock_dir)
+    agent.start()
+    try:
+        with socket.socket(socket.AF_UNIX) as raw:
+            raw.settimeout(5)
+            raw.connect(agent.socket_path)
+            with raw.makefile("rwb") as stream:
+                answers = []
+                for line in (b"not json\n", b'{"op": "detach"}\n', b'{"op": "ping"}\n'):
+                    stream.write(line)
+                    stream.flush()
+                    answers.append(json.loads(stream.readline()))
+            assert "bad request" in answers[0]["error"]
+            assert "unknown op 'detach'" in answers[1]["error"]
+            assert answers[2] == {"pid": os.getpid(), "ok": True}
+            with AgentClient(os.getpid(), sock_dir) as client:  # served while raw stays open
+                assert client.available()
+    finally:
+        agent.stop()
+
+
+def test_a_second_agent_on_the_same_socket_is_refused(sock_dir: str) -> None:
+    first, second = Agent(sock_dir), Agent(sock_dir)
+    first.start()
+    try:
+        with pytest.raises(OSError, match="already serving"):
+            second.start()
+        with AgentClient(os.getpid(), sock_dir) as client:
+            assert client.available()
+    finally:
+        first.stop()
+
+
+def test_current_agent_is_a_process_singleton(sock_dir: str) -> None:
+    agent = current_agent(sock_dir)
+    assert current_agent() is agent
+    agent.start()
+    with AgentClient(os.getpid(), sock_dir) as client:
+        assert client.available()
+    shutdown_agent()
+    assert not os.path.exists(agent.socket_path)
+    assert current_agent(sock_dir) is not agent
+
+
+def test_instrument_keeps_serving_when_the_socket_dir_is_unsafe(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    unsafe = tmp_path / "open"
+    unsafe.mkdir()
+    unsafe.chmod(0o777)
+    app = Starlette(routes=[Route("/ok", ok)])
+    apiscope.instrument(app, directory=str(unsafe))
+    assert "not serving" in caplog.text
+    assert get_all(app, ["/ok"])[0].status_code == 200
+
+
+async def ok(request: Request) -> Response:
+    return PlainTextResponse("ok")

@@ -1,0 +1,242 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import APIRouter, FastAPI
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route, Router
+
+from apiscope.agent.middleware import AgentMiddleware
+from apiscope.agent.recorder import Recorder, RequestEntry
+
+from .helpers import FakeClock, get_all, record_requests
+
+HERE = Path(__file__).read_text().splitlines()
+
+
+def line_of(marker: str) -> int:
+    """The 1-based line of this file that ends with `# <marker>`."""
+    return next(i for i, text in enumerate(HERE, 1) if text.endswith(f"# {marker}"))
+
+
+async def ok(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+def test_route_templates_not_raw_paths() -> None:
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def read_item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    @app.post("/items")
+    def create_item() -> dict[str, str]:
+        return {}
+
+    records = record_requests(app, ["/items/1", "/items/42", "/items/abc", "/nowhere"])
+    assert [(r.method, r.route, r.status) for r in records] == [
+        ("GET", "/items/{item_id}", 200),
+        ("GET", "/items/{item_id}", 200),
+        ("GET", "/items/{item_id}", 422),
+        ("GET", "<unmatched>", 404),
+    ]
+    (posted,) = record_requests(app, ["/items"], method="POST")
+    assert (posted.method, posted.route, posted.status) == ("POST", "/items", 200)
+    (wrong_method,) = record_requests(app, ["/items"], method="DELETE")
+    assert (wrong_method.route, wrong_method.status) == ("/items", 405)
+
+
+def test_converters_are_stripped_from_templates() -> None:
+    app = Starlette(routes=[Route("/users/{user_id:int}", ok)])
+    (record,) = record_requests(app, ["/users/7"])
+    assert record.route == "/users/{user_id}"
+
+
+def test_mounts_prefix_their_routes() -> None:
+    inner = Router(routes=[Route("/", ok), Route("/orders/{order_id}", ok)])
+    sub_app = Starlette(routes=[Route("/health", ok)])
+    app = Starlette(routes=[
+        Mount("/tenants/{tenant}", app=inner),
+        Mount("/admin", app=sub_app),
+    ])
+    records = record_requests(app, ["/tenants/acme/orders/9", "/tenants/x/", "/admin/health",
+                                    "/tenants/acme/nothing", "/admin/nothing"])
+    assert [(r.route, r.status) for r in records] == [
+        ("/tenants/{tenant}/orders/{order_id}", 200),
+        ("/tenants/{tenant}/", 200),
+        ("/admin/health", 200),
+        ("<unmatched>", 404),
+        ("<unmatched>", 404),
+    ]
+
+
+def test_exact_durations_with_injected_clock() -> None:
+    clock = FakeClock()
+
+    async def slow(request: Request) -> Response:
+        clock.advance(0.25)
+        return PlainTextResponse("done")
+
+    app = Starlette(routes=[Route("/slow", slow)])
+    (record,) = record_requests(app, ["/slow"], clock=clock)
+    assert record.duration_ms == pytest.approx(250.0, abs=1e-9)
+    assert record.start == pytest.approx(1000.0 - 1000.0, abs=1e-9)  # wall clock 0 at start
+
+
+def test_duration_runs_from_first_receive_to_last_body() -> None:
+    clock = FakeClock(start=10.0)
+
+    async def raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        clock.advance(1.0)  # before the first receive: not part of the request's time
+        await receive()
+        clock.advance(0.2)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        clock.advance(0.3)
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        clock.advance(0.4)
+        await send({"type": "http.response.body", "body": b"b"})
+        clock.advance(5.0)  # after the last body (cleanup): not part of it either
+
+    recorder = Recorder()
+    app = AgentMiddleware(raw_app, recorder, clock=clock, wall_clock=lambda: 5000.0)
+    get_all(app, ["/anything"])
+    (record,) = recorder.drain()
+    assert record.duration_ms == pytest.approx(900.0)
+    assert record.start == pytest.approx(5000.0 + 1.0)  # epoch of the first receive
+    assert (record.status, record.route) == (201, "<unmatched>")
+
+
+def test_streaming_response_lasts_until_the_last_chunk() -> None:
+    clock = FakeClock()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            clock.advance(0.1)
+            yield b"chunk"
+
+    async def stream(request: Request) -> Response:
+        task = BackgroundTask(clock.advance, 10.0)  # runs after the body: excluded
+        return StreamingResponse(chunks(), background=task)
+
+    app = Starlette(routes=[Route("/stream", stream)])
+    responses = get_all(AgentMiddleware(app, recorder := Recorder(), clock=clock), ["/stream"])
+    assert responses[0].content == b"chunk" * 3
+    (record,) = recorder.drain()
+    assert record.duration_ms == pytest.approx(300.0)
+    assert (record.route, record.status) == ("/stream", 200)
+
+
+def fail_deep() -> None:
+    raise LookupError("no such thing")  # raise-in-helper
+
+
+async def broken(request: Request) -> Response:
+    fail_deep()  # calls-helper
+    return PlainTextResponse("unreachable")
+
+
+async def broken_in_library(request: Request) -> Response:
+    json.loads("{not json")  # calls-library
+    return PlainTextResponse("unreachable")
+
+
+def test_exception_is_recorded_with_user_line_and_still_propagates() -> None:
+    recorder = Recorder()
+    app = AgentMiddleware(Starlette(routes=[Route("/broken", broken)]), recorder)
+    with pytest.raises(LookupError):
+        get_all(app, ["/broken"])
+    (record,) = recorder.drain()
+    assert (record.route, record.status, record.exc_type) == ("/broken", 500, "LookupError")
+    assert (record.exc_file, record.exc_line) == (__file__, line_of("raise-in-helper"))
+
+
+def test_exception_in_library_points_at_the_calling_user_line() -> None:
+    recorder = Recorder()
+    app = AgentMiddleware(Starlette(routes=[Route("/lib", broken_in_library)]), recorder)
+    responses = get_all(app, ["/lib"], raise_app_exceptions=False)
+    assert responses[0].status_code == 500  # the server's own error handling is unchanged
+    (record,) = recorder.drain()
+    assert record.exc_type == "JSONDecodeError"
+    assert (record.exc_file, record.exc_line) == (__file__, line_of("calls-library"))
+
+
+def test_handled_error_status_is_recorded_without_exception() -> None:
+    async def unavailable(request: Request) -> Response:
+        return PlainTextResponse("later", status_code=503)
+
+    (record,) = record_requests(Starlette(routes=[Route("/u", unavailable)]), ["/u"])
+    assert (record.status, record.exc_type) == (503, None)
+
+
+class ExplodingRecorder(Recorder):
+    def record(self, entry: RequestEntry) -> None:
+        raise RuntimeError("recorder broke")
+
+
+def test_agent_failure_never_fails_the_request() -> None:
+    recorder = ExplodingRecorder()
+    app = AgentMiddleware(Starlette(routes=[Route("/ok", ok)]), recorder)
+    responses = get_all(app, ["/ok", "/ok"])
+    assert [r.status_code for r in responses] == [200, 200]
+    assert [r.text for r in responses] == ["ok", "ok"]
+    assert recorder.errors == 2
+
+
+def test_non_http_scopes_pass_through_untouched() -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope)
+
+    recorder = Recorder()
+    app = AgentMiddleware(raw_app, recorder)
+
+    async def noop() -> dict[str, Any]:
+        return {}
+
+    async def send(message: Any) -> None:
+        pass
+
+    scope = {"type": "lifespan"}
+    asyncio.run(app(scope, noop, send))
+    assert seen == [{"type": "lifespan"}] and seen[0] is scope
+    assert recorder.recorded == 0
+
+
+def test_nested_agents_record_each_request_once() -> None:
+    outer_recorder, inner_recorder = Recorder(), Recorder()
+    app = Starlette(routes=[Route("/ok", ok)])
+    wrapped = AgentMiddleware(AgentMiddleware(app, inner_recorder), outer_recorder)
+    get_all(wrapped, ["/ok"])
+    assert (outer_recorder.recorded, inner_recorder.recorded) == (1, 0)
+
+
+def test_fastapi_included_routers_and_mounted_sub_apps() -> None:
+    router = APIRouter(prefix="/r")
+
+    @router.get("/things/{thing_id}")
+    async def thing(thing_id: int) -> dict[str, int]:
+        return {"thing_id": thing_id}
+
+    app = FastAPI()
+    app.include_router(router, prefix="/v1")
+    app.include_router(router, prefix="/v2")  # one route object, two templates
+    sub = FastAPI()
+    sub.include_router(router, prefix="/s")
+    app.mount("/tenants/{tenant}", sub)
+    records = record_requests(app, ["/v1/r/things/1", "/v2/r/things/2",
+                                    "/tenants/acme/s/r/things/3"])
+    assert [(r.route, r.status) for r in records] == [
+        ("/v1/r/things/{thing_id}", 200),
+        ("/v2/r/things/{thing_id}", 200),
+        ("/tenants/{tenant}/s/r/things/{thing_id}", 200),
+    ]

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from apiscope.agent.paths import AppFiles, SocketDirError, socket_dir, socket_path
+
+
+def mode_of(path: str) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_explicit_directory_is_created_private(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "sockets"
+    monkeypatch.setenv("APISCOPE_SOCKET_DIR", str(target))
+    assert socket_dir() == str(target)
+    assert mode_of(str(target)) == 0o700
+    assert socket_path(1234) == str(target / "agent-1234.sock")
+    assert socket_path(99, "/elsewhere") == "/elsewhere/agent-99.sock"
+
+
+def test_xdg_runtime_dir_then_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("APISCOPE_SOCKET_DIR", raising=False)
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    assert socket_dir() == str(runtime / "apiscope")
+    assert mode_of(str(runtime / "apiscope")) == 0o700
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "missing"))
+    assert socket_dir() == f"{tempfile.gettempdir()}/apiscope-{os.getuid()}"
+
+
+def test_world_writable_directory_is_refused(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "open"
+    target.mkdir()
+    target.chmod(0o777)
+    monkeypatch.setenv("APISCOPE_SOCKET_DIR", str(target))
+    with pytest.raises(SocketDirError, match="chmod 700"):
+        socket_dir()
+    assert mode_of(str(target)) == 0o777  # refused, not silently repaired
+
+
+def test_directory_of_another_user_is_refused(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() == 0:
+        target = tmp_path / "theirs"
+        target.mkdir(mode=0o700)
+        os.chown(target, 65534, 65534)  # nobody
+    else:
+        target = Path("/")  # root's, and we are not root
+    monkeypatch.setenv("APISCOPE_SOCKET_DIR", str(target))
+    with pytest.raises(SocketDirError, match="APISCOPE_SOCKET_DIR"):
+        socket_dir()
+
+
+def test_symlink_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    monkeypatch.setenv("APISCOPE_SOCKET_DIR", str(link))
+    with pytest.raises(SocketDirError, match="not a directory"):
+        socket_dir()
+
+
+def test_app_files_tell_app_code_from_libraries() -> None:
+    files = AppFiles()
+    assert files.is_app(__file__)
+    assert not files.is_app(os.__file__)
+    assert not files.is_app(pytest.__file__)
+    assert not files.is_app(AppFiles.__init__.__code__.co_filename)  # apiscope itself
+    assert not files.is_app("<frozen importlib._bootstrap>")

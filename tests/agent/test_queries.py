@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiosqlite
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from apiscope.agent.middleware import AgentMiddleware
+from apiscope.agent.queries import install_query_hooks, normalize, uninstall_query_hooks
+from apiscope.agent.recorder import Recorder, RequestEntry
+
+from .helpers import get_all
+
+HERE = Path(__file__).read_text().splitlines()
+
+
+def line_of(marker: str) -> int:
+    return next(i for i, text in enumerate(HERE, 1) if text.endswith(f"# {marker}"))
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("SELECT *  FROM t\n WHERE id = 42", "SELECT * FROM t WHERE id = ?"),
+    ("select name from t where name = 'O''Brien' and x > -1.5e3",
+     "select name from t where name = ? and x > ?"),
+    ("SELECT a FROM t1 WHERE b IN (1, 2, 3)", "SELECT a FROM t1 WHERE b IN (?)"),
+    ("SELECT a FROM t WHERE b in ($1, $2) AND c = %s AND d = %(d)s",
+     "SELECT a FROM t WHERE b IN (?) AND c = ? AND d = ?"),
+    ("SELECT col2 FROM t WHERE id = ?", "SELECT col2 FROM t WHERE id = ?"),
+])
+def test_normalize(raw: str, expected: str) -> None:
+    assert normalize(raw) == expected
+
+
+def run_app(app: Starlette, path: str) -> RequestEntry:
+    recorder = Recorder()
+    wrapped = AgentMiddleware(app, recorder, query_hooks=install_query_hooks())
+    assert [r.status_code for r in get_all(wrapped, [path])] == [200]
+    (record,) = recorder.drain()
+    return record
+
+
+async def seed(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)"))
+        for i in range(10):
+            await conn.execute(text("INSERT INTO items (id, name) VALUES (:i, :n)"),
+                               {"i": i, "n": f"item {i}"})
+
+
+def test_n_plus_one_with_sqlalchemy_async_on_aiosqlite(tmp_path: Path) -> None:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+
+    async def listing(request: Request) -> Response:
+        await seed(engine)
+        async with engine.connect() as conn:
+            ids = (await conn.execute(text("SELECT id FROM items ORDER BY id"))).scalars().all()
+            names = []
+            for item_id in ids:
+                result = await conn.execute(text("SELECT name FROM items WHERE id = :id"),  # n+1
+                                            {"id": item_id})
+                names.append(result.scalar_one())
+        await engine.dispose()
+        return PlainTextResponse(",".join(names))
+
+    record = run_app(Starlette(routes=[Route("/items", listing)]), "/items")
+    stats = {q[0]: q for q in record.queries}
+    statement, count, total_ms, file, line = stats["SELECT name FROM items WHERE id = ?"]
+    assert count == 10  # not 20: the aiosqlite wrapper stands back while SQLAlchemy runs
+    assert total_ms > 0
+    assert (file, line) == (__file__, line_of("n+1"))
+    assert stats["SELECT id FROM items ORDER BY id"][1:2] == (1,)
+    assert stats["SELECT id FROM items ORDER BY id"][3:] == (None, None)  # not repeated
+    assert stats["INSERT INTO items (id, name) VALUES (?, ?)"][1] == 10
+
+
+def test_raw_aiosqlite_queries_with_literals(tmp_path: Path) -> None:
+    async def handler(request: Request) -> Response:
+        async with aiosqlite.connect(tmp_path / "raw.sqlite") as db:
+            await db.execute("CREATE TABLE t (id INTEGER, v TEXT)")
+            for i in range(3):
+                await db.execute(f"INSERT INTO t VALUES ({i}, 'v{i}')")  # raw-loop
+            rows = await db.execute_fetchall("SELECT v FROM t WHERE id IN (0, 1)")
+        return PlainTextResponse(str(len(list(rows))))
+
+    record = run_app(Starlette(routes=[Route("/raw", handler)]), "/raw")
+    stats = {q[0]: q for q in record.queries}
+    assert stats["INSERT INTO t VALUES (?, ?)"][1] == 3
+    assert stats["INSERT INTO t VALUES (?, ?)"][3:] == (__file__, line_of("raw-loop"))
+    assert stats["SELECT v FROM t WHERE id IN (?)"][1] == 1
+
+
+def test_hooks_are_idempotent_and_removable(tmp_path: Path) -> None:
+    first = install_query_hooks()
+    assert install_query_hooks() is first
+    original = aiosqlite.Connection.execute
+    assert hasattr(original, "__apiscope_original__")
+    uninstall_query_hooks()
+    assert not hasattr(aiosqlite.Connection.execute, "__apiscope_original__")
+
+    async def handler(request: Request) -> Response:
+        async with aiosqlite.connect(tmp_path / "x.sqlite") as db:
+            await db.execute("SELECT 1")
+        return PlainTextResponse("ok")
+
+    recorder = Recorder()
+    app = AgentMiddleware(Starlette(routes=[Route("/q", handler)]), recorder)
+    get_all(app, ["/q"])
+    assert recorder.drain()[0].queries == ()
+
+
+def test_queries_outside_requests_are_ignored(tmp_path: Path) -> None:
+    import asyncio
+
+    install_query_hooks()
+
+    async def outside() -> None:
+        async with aiosqlite.connect(tmp_path / "o.sqlite") as db:
+            await db.execute("SELECT 1")
+
+    asyncio.run(outside())  # no request context: nothing to record, nothing raised

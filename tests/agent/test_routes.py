@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from starlette.applications import Starlette
+from starlette.endpoints import HTTPEndpoint
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route, Router
+
+from apiscope.agent.routes import RouteRegistry
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+def logged(func: Handler) -> Handler:
+    @functools.wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return await func(*args, **kwargs)
+
+    return wrapper
+
+
+async def list_orders(request: Request) -> Response:
+    return PlainTextResponse("orders")
+
+
+async def tagged(tag: str, request: Request) -> Response:
+    return PlainTextResponse(tag)
+
+
+class Things(HTTPEndpoint):
+    async def get(self, request: Request) -> Response:
+        return PlainTextResponse("things")
+
+    def put(self, request: Request) -> Response:
+        return PlainTextResponse("put")
+
+
+def table(app: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    registry = RouteRegistry()
+    registry.add_app(app)
+    return {(row["method"], row["template"]): row for row in registry.rows}
+
+
+def test_fastapi_routes_with_handlers_and_kinds() -> None:
+    app = FastAPI()
+    router = APIRouter(prefix="/v1")
+
+    @app.get("/items/{item_id}")
+    @logged
+    async def read_item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    @router.post("/reports")
+    def build_report() -> dict[str, str]:
+        return {}
+
+    app.include_router(router)
+    app.include_router(router, prefix="/v2")
+    app.mount("/shop/{shop_id}", sub := FastAPI())
+    sub.include_router(router, prefix="/s")
+    rows = table(app)
+    assert {"/v1/reports", "/v2/v1/reports", "/shop/{shop_id}/s/v1/reports"} <= {
+        template for method, template in rows if method == "POST"}
+    item = rows[("GET", "/items/{item_id}")]
+    assert item["handler"] == f"{__name__}:test_fastapi_routes_with_handlers_and_kinds" \
+        ".<locals>.read_item"
+    assert item["file"] == __file__
+    assert item["line"] == read_item.__wrapped__.__code__.co_firstlineno  # type: ignore[attr-defined]
+    assert item["is_async"] is True
+    report = rows[("POST", "/v1/reports")]
+    assert report["is_async"] is False
+    assert report["handler"].endswith(":test_fastapi_routes_with_handlers_and_kinds"
+                                      ".<locals>.build_report")
+    assert ("HEAD", "/items/{item_id}") not in rows  # Starlette's implicit HEAD is not listed
+
+
+def test_starlette_mounts_partials_and_endpoint_classes() -> None:
+    inner = Router(routes=[Route("/orders", list_orders),
+                           Route("/tag", functools.partial(tagged, "x"))])
+    app = Starlette(routes=[
+        Mount("/shops/{shop:int}", routes=[Mount("/api", app=inner)]),
+        Route("/things", Things),
+        Route("/head-only", list_orders, methods=["HEAD"]),
+    ])
+    rows = table(app)
+    assert set(rows) == {
+        ("GET", "/shops/{shop}/api/orders"),
+        ("GET", "/shops/{shop}/api/tag"),
+        ("GET", "/things"),
+        ("PUT", "/things"),
+        ("HEAD", "/head-only"),
+    }
+    assert rows[("GET", "/shops/{shop}/api/tag")]["handler"] == f"{__name__}:tagged"
+    assert rows[("GET", "/things")]["handler"] == f"{__name__}:Things.get"
+    assert rows[("PUT", "/things")]["is_async"] is False
+    assert rows[("GET", "/shops/{shop}/api/orders")]["line"] == \
+        list_orders.__code__.co_firstlineno
+
+
+def test_routes_added_later_appear_on_refresh() -> None:
+    app = Starlette(routes=[Route("/a", list_orders)])
+    registry = RouteRegistry()
+    registry.add_app(app)
+    registry.add_app(app.router)  # same route list: not listed twice
+    app.add_route("/b", list_orders)
+    registry.refresh()
+    assert sorted(row["template"] for row in registry.rows) == ["/a", "/b"]

@@ -1,0 +1,263 @@
+"""Each rule, positive and negative, on small synthetic sessions (see builder.py)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from apiscope.analysis.report import build_report
+from apiscope.model import QueryStat, SampleState, ThreadPoolSample
+from tests.analysis.builder import (
+    APP,
+    LOOP_TID,
+    PID,
+    T0,
+    W1,
+    W2,
+    Spec,
+    app,
+    healthy,
+    idle_loop,
+    idle_worker,
+    on_loop,
+    on_worker,
+    request,
+    resources,
+    sample,
+    write_and_open,
+)
+
+
+def report_of(spec: Spec, tmp_path: Path, name: str = "s", **kwargs: Any) -> dict[str, Any]:
+    with write_and_open(spec, tmp_path / f"{name}.sqlite") as reader:
+        return build_report(reader, **kwargs)
+
+
+def flags_of(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [f for f in report["flags"] if f["kind"] == kind]
+
+
+def blocking_summary(spec: Spec, state: SampleState, leaf: tuple[Any, ...] = ()) -> Spec:
+    """GET /reports/summary holds the loop 40% of the time, 2 requests/s of 200 ms."""
+    spec.per_window[0] = idle_loop(20)
+    spec.per_window.append(sample(LOOP_TID, on_loop(app("summary", 87), *leaf), 40, state))
+    spec.requests += [request("GET /reports/summary", T0 + i * 0.5, 205.0) for i in range(60)]
+    return spec
+
+
+def test_event_loop_blocked_by_sync_sleep(tmp_path: Path) -> None:
+    report = report_of(blocking_summary(healthy(), SampleState.BLOCKED), tmp_path)
+    [flag] = flags_of(report, "event_loop_blocked")
+    assert flag["severity"] == "high"
+    assert flag["route"] == "GET /reports/summary"
+    assert flag["location"] == {"file": APP, "line": 87, "function": "summary"}
+    assert flag["metric"]["blocked_fraction"] == 0.4
+    assert flag["metric"]["stall_ms_per_request"] == 200.0
+    assert flag["metric"]["longest_stall_ms"] >= 200.0
+    assert "40%" in flag["evidence"] and "summary() at main.py:87" in flag["evidence"]
+    assert "asyncio.sleep" in flag["suggestion"]
+
+
+def test_event_loop_blocked_by_cpu_work_names_the_leaf_call(tmp_path: Path) -> None:
+    leaf = (app("summarise_rows", 140), )
+    report = report_of(blocking_summary(healthy(), SampleState.RUNNING, leaf), tmp_path)
+    [flag] = flags_of(report, "event_loop_blocked")
+    assert flag["location"]["line"] == 140 and flag["location"]["function"] == "summarise_rows"
+    assert "CPU" in flag["suggestion"]
+
+
+def test_busy_but_cheap_async_handler_is_not_blocking(tmp_path: Path) -> None:
+    spec = healthy()
+    # read_item is on the loop 30% of the time, but only 1 ms per request: healthy concurrency.
+    spec.per_window[0] = idle_loop(38)
+    spec.per_window[2] = sample(LOOP_TID, on_loop(app("read_item", 12)), 30)
+    assert flags_of(report_of(spec, tmp_path), "event_loop_blocked") == []
+
+
+def test_slow_endpoint_explained_by_another_endpoint_blocking_the_loop(tmp_path: Path) -> None:
+    spec = blocking_summary(healthy(), SampleState.BLOCKED)
+    spec.requests = [r if r.route != "/health" else
+                     request("GET /health", r.start, 450.0) for r in spec.requests]
+    report = report_of(spec, tmp_path)
+    slow = {f["route"]: f for f in flags_of(report, "slow_endpoint")}
+    assert set(slow) == {"GET /health", "GET /reports/summary"}
+    assert "blocked by GET /reports/summary" in slow["GET /health"]["evidence"]
+    assert slow["GET /health"]["location"] == {"file": APP, "line": 30, "function": "health"}
+    assert slow["GET /health"]["severity"] == "medium"  # 450 ms = 2.25 x 200 ms
+    assert "see event_loop_blocked on this route" in slow["GET /reports/summary"]["evidence"]
+
+
+def test_slo_from_the_caller_overrides_the_default(tmp_path: Path) -> None:
+    spec = healthy()
+    report = report_of(spec, tmp_path, slo_ms=5.0)
+    routes = {f["route"] for f in flags_of(report, "slow_endpoint")}
+    assert "GET /items/{item_id}" in routes and "GET /health" not in routes
+
+
+def test_cpu_hotspot_in_a_sync_handler(tmp_path: Path) -> None:
+    spec = healthy()
+    spec.per_window[5:9] = [idle_worker(W1, 30), sample(W1, on_worker(app("export", 135)), 70),
+                            idle_worker(W2, 30), sample(W2, on_worker(app("export", 135)), 70)]
+    spec.requests += [request("GET /export", T0 + i, 140.0) for i in range(30)]
+    report = report_of(spec, tmp_path)
+    [flag] = flags_of(report, "cpu_hotspot")
+    assert flag["route"] == "GET /export"
+    assert flag["location"] == {"file": APP, "line": 135, "function": "export"}
+    assert flag["severity"] == "high"  # 140 of 180 active samples
+    assert flag["metric"]["core_fraction"] == 1.4
+    export = next(e for e in report["endpoints"] if e["route"] == "GET /export")
+    assert export["cpu_share"] == round(140 / 180, 4)
+
+
+def test_n_plus_one_located_at_the_call_site(tmp_path: Path) -> None:
+    spec = healthy()
+    rnd = random.Random(3)
+    for i in range(100):
+        n = rnd.randint(20, 30)
+        queries = (QueryStat("SELECT * FROM orders LIMIT ?", 1, 0.5),
+                   QueryStat("SELECT * FROM lines WHERE order_id = ?", n, n * 0.4, APP, 120))
+        spec.requests.append(request("GET /orders", T0 + 0.05 + i * 0.3, 30.0, queries=queries))
+    report = report_of(spec, tmp_path)
+    [flag] = flags_of(report, "n_plus_one")
+    assert flag["route"] == "GET /orders"
+    assert flag["location"] == {"file": APP, "line": 120, "function": None}
+    assert flag["severity"] == "medium"
+    assert "SELECT * FROM lines WHERE order_id = ?" in flag["evidence"]
+    # 100 requests of 400, plus the healthy session's one odd request at the same site
+    assert flag["metric"]["request_share"] == round(101 / 400, 4)
+
+
+def test_memory_growth_by_fitted_slope(tmp_path: Path) -> None:
+    spec = healthy()
+    rnd = random.Random(5)
+    spec.seconds = 60
+    spec.resources = resources(60, [60 + i * 0.15 + rnd.uniform(-0.5, 0.5) for i in range(60)])
+    report = report_of(spec, tmp_path)
+    [flag] = flags_of(report, "memory_growth")
+    assert flag["severity"] == "medium" and flag["location"] is None
+    assert 8.0 < flag["metric"]["slope_mb_per_min"] < 10.0
+    assert flag["metric"]["r2"] > 0.9
+    assert 8.0 < report["processes"][0]["rss_mb_slope_per_min"] < 10.0
+
+
+def test_memory_noise_and_a_step_are_not_growth(tmp_path: Path) -> None:
+    rnd = random.Random(9)
+    spec = healthy()
+    spec.seconds = 60
+    noisy = [80 + rnd.uniform(-3, 3) for _ in range(60)]
+    spec.resources = resources(60, noisy)
+    assert flags_of(report_of(spec, tmp_path), "memory_growth") == []
+    spec.resources = resources(60, [50 if i < 5 else 70 for i in range(60)])  # late warm-up
+    assert flags_of(report_of(spec, tmp_path, "step"), "memory_growth") == []
+
+
+def saturated_pool(spec: Spec, busy: bool) -> Spec:
+    spec.threadpool = [ThreadPoolSample(T0 + i + 0.5, PID, 40, 40, 6 if i % 3 else 0)
+                       for i in range(30)]
+    if busy:
+        spec.per_window[5:9] = [sample(W1, on_worker(app("export", 133)), 100,
+                                       SampleState.BLOCKED),
+                                sample(W2, on_worker(app("export", 133)), 100,
+                                       SampleState.BLOCKED)]
+    spec.requests += [request("GET /export", T0 + i, 900.0) for i in range(30)]
+    return spec
+
+
+def test_threadpool_saturation_names_the_sync_handler(tmp_path: Path) -> None:
+    report = report_of(saturated_pool(healthy(), busy=True), tmp_path)
+    [flag] = flags_of(report, "threadpool_saturation")
+    assert flag["severity"] == "high" and flag["route"] == "GET /export"
+    assert flag["location"] == {"file": APP, "line": 130, "function": "export"}
+    assert flag["metric"]["worker_busy_fraction"] == 1.0
+    [slow] = [f for f in flags_of(report, "slow_endpoint") if f["route"] == "GET /export"]
+    assert "waited for the saturated thread pool" in slow["evidence"]
+
+
+def test_full_limiter_with_idle_workers_is_not_saturation(tmp_path: Path) -> None:
+    report = report_of(saturated_pool(healthy(), busy=False), tmp_path)
+    assert flags_of(report, "threadpool_saturation") == []
+
+
+def test_gil_contention_known_from_the_sampler(tmp_path: Path) -> None:
+    spec = healthy()
+    # three workers in the same CPU-bound line: one holds the GIL, two wait for it off-CPU
+    spec.per_window[5:9] = [
+        sample(W1, on_worker(app("export", 136)), 100, SampleState.RUNNING, gil=True),
+        sample(W2, on_worker(app("export", 136)), 100, SampleState.BLOCKED, gil=False),
+        sample(10, on_worker(app("export", 136)), 100, SampleState.BLOCKED, gil=False)]
+    [flag] = flags_of(report_of(spec, tmp_path), "gil_contention")
+    assert flag["severity"] == "medium" and flag["route"] == "GET /export"
+    assert flag["location"]["line"] == 136
+    assert flag["metric"]["waiting_samples"] == 200 * 30
+    # of the 300 worker and 40 loop busy samples per window, 200 waited
+    assert flag["metric"]["gil_wait_share"] == round(200 / 340, 4)
+
+
+def test_threads_sleeping_without_the_gil_are_not_contention(tmp_path: Path) -> None:
+    spec = healthy()
+    spec.per_window[5:9] = [
+        sample(W1, on_worker(app("export", 133)), 100, SampleState.BLOCKED, gil=False),
+        sample(W2, on_worker(app("export", 133)), 100, SampleState.BLOCKED, gil=False),
+        sample(10, on_worker(app("export", 133)), 100, SampleState.BLOCKED, gil=False)]
+    assert flags_of(report_of(spec, tmp_path), "gil_contention") == []
+
+
+def test_gil_contention_inferred_from_simultaneous_workers(tmp_path: Path) -> None:
+    spec = healthy()
+    spec.per_window[5:9] = [sample(W1, on_worker(app("export", 136)), 100),
+                            sample(W2, on_worker(app("export", 137)), 100)]
+    [flag] = flags_of(report_of(spec, tmp_path), "gil_contention")
+    # per window: 40 loop + 200 worker running samples in 100 ticks -> 140 waited
+    assert flag["metric"]["gil_wait_share"] == round(140 / 240, 4)
+    assert flag["severity"] == "medium"
+
+
+def test_error_rate_names_exception_and_line(tmp_path: Path) -> None:
+    spec = healthy()
+    for i in range(100):
+        fail = i % 3 == 0
+        exc = {"exc_type": "ValueError", "exc_file": APP, "exc_line": 135} if fail else {}
+        spec.requests.append(request("GET /export", T0 + i * 0.2, 12.0, 500 if fail else 200,
+                                     **exc))
+    report = report_of(spec, tmp_path)
+    [flag] = flags_of(report, "error_rate")
+    assert flag["route"] == "GET /export" and flag["severity"] == "medium"
+    assert "ValueError" in flag["evidence"] and "main.py:135" in flag["evidence"]
+    assert flag["location"] == {"file": APP, "line": 135, "function": None}
+    assert flag["metric"]["errors"] == 34
+
+
+def _profile(route: str, duration: float, await_ms: float, start: float) -> dict[str, Any]:
+    method, template = route.split(" ")
+    tree = {"function": "read_item", "file": APP, "line": 10, "time_ms": duration,
+            "await_ms": 0.0, "children": [
+                {"function": "read_item", "file": APP, "line": 13, "time_ms": await_ms,
+                 "await_ms": await_ms, "children": []},
+                {"function": "serialize", "file": APP, "line": 15, "time_ms": 1.0,
+                 "await_ms": 0.0, "children": []}]}
+    return {"start": start, "method": method, "route": template, "duration_ms": duration,
+            "tree": tree}
+
+
+def test_slow_await_from_profiles(tmp_path: Path) -> None:
+    spec = healthy()
+    spec.profiles = [_profile("GET /items/{item_id}", 400.0, 360.0, T0 + i) for i in range(10)]
+    [flag] = flags_of(report_of(spec, tmp_path), "slow_await")
+    assert flag["route"] == "GET /items/{item_id}" and flag["severity"] == "high"
+    assert flag["location"] == {"file": APP, "line": 13, "function": "read_item"}
+    assert flag["metric"]["await_ms_per_request"] == 360.0
+
+
+def test_fast_awaits_are_not_slow(tmp_path: Path) -> None:
+    spec = healthy()
+    spec.profiles = [_profile("GET /items/{item_id}", 4.0, 3.5, T0 + i) for i in range(10)]
+    assert flags_of(report_of(spec, tmp_path), "slow_await") == []
+
+
+def test_flags_sorted_by_severity_kind_route(tmp_path: Path) -> None:
+    spec = saturated_pool(blocking_summary(healthy(), SampleState.BLOCKED), busy=True)
+    flags = report_of(spec, tmp_path)["flags"]
+    ranks = {"high": 0, "medium": 1, "low": 2}
+    keys = [(ranks[f["severity"]], f["kind"], f["route"] or "") for f in flags]
+    assert keys == sorted(keys) and len(flags) >= 3

@@ -1,0 +1,1 @@
+"""Tests of the collector side: py-spy, stack sampling, thread roles."""

@@ -1,0 +1,213 @@
+"""StackSampler's window rotation and ending, driven by a scripted stand-in for py-spy.
+
+The live behaviour against real servers is in test_stacks_live.py; these tests pin down the
+rotation logic (no gap, final window on stop, target exit, failures) deterministically.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from apiscope.collectors.stacks import EndReason, SpyExit, StackSampler, window_loss
+from apiscope.errors import TargetError
+from apiscope.model import SampleState, StackSample, StackWindow, ThreadRole
+from tests.support import wait_until
+
+LOOP_STACK = ("thread (10): MainThread;"
+              "BaseEventLoop.run_forever (/usr/lib/python3.11/asyncio/base_events.py:607);"
+              "BaseEventLoop._run_once (/usr/lib/python3.11/asyncio/base_events.py:1884);"
+              "EpollSelector.select (/usr/lib/python3.11/selectors.py:468)")
+HANDLER_STACK = ("thread (10): MainThread;"
+                 "BaseEventLoop.run_forever (/usr/lib/python3.11/asyncio/base_events.py:607);"
+                 "handler (/srv/app.py:7)")
+
+
+@dataclass
+class Behaviour:
+    ready: bool = True
+    output: str | None = f"{LOOP_STACK} 90\n{HANDLER_STACK} 8\n"
+    ends_alone: bool = False  # like py-spy when the target exits: file written, exit 0
+    stderr: str = ""
+    returncode: int = 0
+    errors: int = 2
+
+
+class FakeSpy:
+    def __init__(self, argv: Sequence[str], behaviour: Behaviour) -> None:
+        self.argv = list(argv)
+        self.output = Path(argv[argv.index("--output") + 1])
+        self.behaviour = behaviour
+        self.ended = False
+        self.interrupted = False
+        if behaviour.ends_alone:
+            self._end()
+
+    def _end(self) -> None:
+        if not self.ended and self.behaviour.output is not None:
+            self.output.write_text(self.behaviour.output)
+        self.ended = True
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self.behaviour.ready
+
+    def poll(self) -> int | None:
+        return self.behaviour.returncode if self.ended else None
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+        self._end()
+
+    def cpu_seconds(self) -> float:
+        return 0.01
+
+    def finish(self, timeout: float) -> SpyExit:
+        self._end()
+        summary = f"py-spy> Wrote raw flamegraph data. Samples: 98 Errors: {self.behaviour.errors}\n"
+        return SpyExit(self.behaviour.returncode, summary if self.behaviour.ready else "",
+                       self.behaviour.stderr)
+
+
+class Spawner:
+    """Hands out FakeSpy processes: scripted behaviours first, then the default."""
+
+    def __init__(self, *script: Behaviour) -> None:
+        self.script = list(script)
+        self.spies: list[FakeSpy] = []
+
+    def __call__(self, argv: Sequence[str]) -> FakeSpy:
+        spy = FakeSpy(argv, self.script.pop(0) if self.script else Behaviour())
+        self.spies.append(spy)
+        return spy
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.windows: list[StackWindow] = []
+        self.ends: list[tuple[EndReason, Exception | None]] = []
+        self.lock = threading.Lock()
+
+    def window(self, window: StackWindow) -> None:
+        with self.lock:
+            self.windows.append(window)
+
+    def end(self, reason: EndReason, error: Exception | None) -> None:
+        self.ends.append((reason, error))
+
+
+def sampler(spawner: Spawner, got: Collected, *, alive: bool = True,
+            **options: object) -> StackSampler:
+    return StackSampler(10, on_window=got.window, on_end=got.end, spawn=spawner,
+                        pyspy="/bin/py-spy", alive=lambda pid: alive, window_seconds=0.02,
+                        **options)  # type: ignore[arg-type]
+
+
+def test_windows_rotate_without_gap_and_stop_delivers_the_last() -> None:
+    spawner, got = Spawner(), Collected()
+    s = sampler(spawner, got, rate_hz=50)
+    s.start()
+    wait_until(lambda: len(got.windows) >= 3, what="three windows")
+    s.stop()
+    assert s.end_reason is EndReason.STOPPED and s.error is None
+    assert got.ends == [(EndReason.STOPPED, None)]
+    # Every py-spy started was stopped with SIGINT and its file became one window.
+    assert len(got.windows) == len(spawner.spies) == s.stats.windows
+    assert all(spy.interrupted for spy in spawner.spies)
+    for before, after in zip(got.windows, got.windows[1:], strict=False):
+        assert after.start <= before.end  # the next one samples before this one stops
+    window = got.windows[0]
+    assert window.rate_hz == 50 and window.errors == 2
+    assert window.threads == {(10, 10): ThreadRole.LOOP}
+    states = {s.frames[-1].function: s.state for s in window.samples}
+    assert states == {"EpollSelector.select": SampleState.WAITING,
+                      "handler": SampleState.RUNNING}
+    assert s.stats.stored == 98 * len(got.windows)
+    assert len(s.stats.overlaps) == len(got.windows) - 1
+    argv = spawner.spies[0].argv
+    assert argv[:4] == ["/bin/py-spy", "record", "--pid", "10"] and "--duration" not in argv
+
+
+def test_target_exit_ends_the_sampler_cleanly_with_its_last_window() -> None:
+    spawner = Spawner(Behaviour(), Behaviour(ends_alone=True))
+    got = Collected()
+    s = sampler(spawner, got, alive=False)
+    s.start()
+    assert s.wait(10)
+    assert s.end_reason is EndReason.TARGET_EXITED and s.error is None
+    assert got.ends == [(EndReason.TARGET_EXITED, None)]
+    assert len(got.windows) == 2
+    assert not s.running
+
+
+def test_permission_denied_at_start_is_a_target_error_naming_the_fixes() -> None:
+    denied = Behaviour(ready=False, output=None, returncode=1, stderr=(
+        "Permission Denied: Try running again with elevated permissions by going "
+        "'sudo env \"PATH=$PATH\" !!'\n"))
+    got = Collected()
+    s = sampler(Spawner(denied), got)
+    with pytest.raises(TargetError) as info:
+        s.start()
+    assert "kernel.yama.ptrace_scope" in info.value.message
+    assert "--cap-add SYS_PTRACE" in info.value.message
+    assert not s.running and got.windows == []
+
+
+def test_a_target_that_is_gone_at_start() -> None:
+    gone = Behaviour(ready=False, output=None, returncode=1,
+                     stderr="Error: Failed to get process executable name. Check that the "
+                            "process is running.\n")
+    with pytest.raises(TargetError, match="not running"):
+        sampler(Spawner(gone), Collected(), alive=False).start()
+
+
+def test_py_spy_failing_mid_session_ends_as_failed_after_delivering() -> None:
+    broken = Behaviour(ready=False, output=None, returncode=1,
+                       stderr="Error: Failed to find python version from target process\n")
+    got = Collected()
+    s = sampler(Spawner(Behaviour(), broken), got)
+    s.start()
+    assert s.wait(10)
+    assert s.end_reason is EndReason.FAILED
+    assert isinstance(s.error, TargetError)
+    assert "Failed to find python version" in s.error.message
+    assert len(got.windows) == 1  # the window in progress was not lost
+
+
+def test_a_window_without_output_is_dropped_and_counted() -> None:
+    got = Collected()
+    s = sampler(Spawner(Behaviour(output=None)), got)
+    s.start()
+    wait_until(lambda: len(got.windows) >= 1, what="a window after the dropped one")
+    s.stop()
+    assert s.stats.dropped_windows == 1
+    assert s.stats.windows == len(got.windows)
+
+
+def test_stop_from_the_window_callback_does_not_deadlock() -> None:
+    holder: list[StackSampler] = []
+    got = Collected()
+
+    def on_window(window: StackWindow) -> None:
+        got.window(window)
+        holder[0].stop()
+
+    s = StackSampler(10, on_window=on_window, spawn=Spawner(), pyspy="/bin/py-spy",
+                     alive=lambda pid: True, window_seconds=0.02)
+    holder.append(s)
+    s.start()
+    assert s.wait(10)
+    assert s.end_reason is EndReason.STOPPED
+
+
+def test_window_loss_counts_every_thread() -> None:
+    def sample(tid: int, count: int) -> StackSample:
+        return StackSample(1, tid, "t", (), count)
+
+    window = StackWindow(start=100.0, end=102.0, rate_hz=100,
+                         samples=(sample(1, 150), sample(1, 40), sample(2, 200)), errors=3)
+    loss = window_loss(window)
+    assert (loss.expected, loss.stored, loss.errors) == (400.0, 390, 3)

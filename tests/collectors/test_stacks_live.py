@@ -1,0 +1,223 @@
+"""StackSampler against real servers: real uvicorn and gunicorn processes, real py-spy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+
+from apiscope.collectors.gilprobe import ActivityProbe
+from apiscope.collectors.pyspy import find_pyspy
+from apiscope.collectors.stacks import EndReason, PopenSpy, StackSampler
+from apiscope.errors import TargetError
+from apiscope.model import Frame, SampleState, StackWindow, ThreadRole
+from tests.support import free_port, require_ptrace, run_server, uvicorn_argv, wait_until
+
+pytestmark = pytest.mark.integration
+
+APP = '''\
+import time
+
+from fastapi import FastAPI
+
+app = FastAPI()
+
+
+@app.get("/")
+async def hello():
+    return {"hello": "world"}
+
+
+@app.get("/sleepy")
+async def sleepy():
+    time.sleep(0.03)  # SLEEP_LINE: blocks the event loop
+    return {"slept": True}
+
+
+@app.get("/sync")
+def sync_work():
+    total = 0
+    for i in range(200_000):  # SYNC_LINE
+        total += i
+    return {"total": total}
+'''
+
+
+def line_of(marker: str) -> int:
+    return next(i for i, text in enumerate(APP.splitlines(), 1) if marker in text)
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    (tmp_path / "app.py").write_text(APP)
+    return tmp_path
+
+
+class Windows:
+    """Collects windows from the sampler thread, with their arrival times."""
+
+    def __init__(self) -> None:
+        self.items: list[StackWindow] = []
+        self.arrivals: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, window: StackWindow) -> None:
+        with self._lock:
+            self.items.append(window)
+            self.arrivals.append(time.monotonic())
+
+    def snapshot(self) -> list[StackWindow]:
+        with self._lock:
+            return list(self.items)
+
+
+@contextmanager
+def load(base_url: str, paths: Sequence[str], clients: int = 2) -> Iterator[None]:
+    """A bounded load: `clients` sequential clients on 127.0.0.1 until the block ends."""
+    stop = threading.Event()
+
+    def client(offset: int) -> None:
+        n = offset
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(base_url + paths[n % len(paths)], timeout=10):
+                    pass
+            except OSError:
+                pass  # the server may be going away at the end of a test
+            n += 1
+
+    workers = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for w in workers:
+        w.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(15)
+
+
+def test_uvicorn_windows_roles_and_states(app_dir: Path) -> None:
+    require_ptrace()
+    port = free_port()
+    windows = Windows()
+    probe = ActivityProbe(find_pyspy(), interval=0.25)
+    with run_server(uvicorn_argv("app:app", port), port, cwd=app_dir) as server, \
+            load(server.url, ["/sleepy", "/sync", "/"]):
+        sampler = StackSampler(server.pid, on_window=windows, window_seconds=1.0, probe=probe)
+        started = time.monotonic()
+        sampler.start()
+        try:
+            def blocked_sleep_seen() -> bool:
+                return any(s.state is SampleState.BLOCKED and s.frames[-1].line == sleep_line
+                           for w in windows.snapshot() for s in w.samples)
+
+            sleep_line = line_of("SLEEP_LINE")
+            wait_until(lambda: len(windows.snapshot()) >= 4, timeout=30, what="four windows")
+            wait_until(blocked_sleep_seen, timeout=30, what="the probe to see the sleep")
+        finally:
+            sampler.stop()
+    got = windows.snapshot()
+    assert sampler.end_reason is EndReason.STOPPED and sampler.error is None
+    # Data within a couple of seconds, then one window about every second, back to back.
+    assert windows.arrivals[0] - started < 3.5
+    assert max(b - a for a, b in zip(windows.arrivals, windows.arrivals[1:])) < 3.5
+    for before, after in zip(got, got[1:]):
+        assert after.start <= before.end
+    loop = (server.pid, server.pid)
+    assert all(w.threads[loop] is ThreadRole.LOOP for w in got)
+    samples = [s for w in got for s in w.samples]
+    sleeping = [s for s in samples if s.frames and s.frames[-1].line == sleep_line]
+    assert sleeping, "time.sleep inside the async handler never showed"
+    for s in sleeping:
+        assert (s.pid, s.tid) == loop
+        assert s.frames[-1] == Frame("sleepy", str(app_dir / "app.py"), sleep_line)
+        assert s.state is not SampleState.WAITING
+    roles = {key: role for w in got for key, role in w.threads.items()}
+    sync = [s for s in samples if s.frames and s.frames[-1].function == "sync_work"]
+    assert sync and all(roles[(s.pid, s.tid)] is ThreadRole.WORKER for s in sync)
+    assert all(s.state is not SampleState.WAITING for s in sync)
+    assert sampler.stats.stored > 0 and probe.dumps > 0
+
+
+def test_gunicorn_master_yields_samples_from_both_workers(app_dir: Path) -> None:
+    require_ptrace()
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "app:app", "-k", "uvicorn.workers.UvicornWorker",
+            "-w", "2", "-b", f"127.0.0.1:{port}", "--log-level", "warning"]
+    windows = Windows()
+    with run_server(argv, port, cwd=app_dir) as server:
+        master = psutil.Process(server.pid)
+        workers = wait_until(lambda: {c.pid for c in master.children()}
+                             if len(master.children()) == 2 else None,
+                             timeout=30, what="two gunicorn workers")
+        sampler = StackSampler(server.pid, on_window=windows, window_seconds=1.0,
+                               subprocesses=True)
+        sampler.start()
+        try:
+            def pids_seen() -> set[int]:
+                return {s.pid for w in windows.snapshot() for s in w.samples}
+
+            wait_until(lambda: workers <= pids_seen(), timeout=30, what="both workers")
+        finally:
+            sampler.stop()
+    roles = {key: role for w in windows.snapshot() for key, role in w.threads.items()}
+    for pid in workers:
+        assert roles[(pid, pid)] is ThreadRole.LOOP
+    assert roles[(server.pid, server.pid)] is ThreadRole.OTHER  # the arbiter
+
+
+def test_target_exit_ends_the_sampler_cleanly(app_dir: Path) -> None:
+    require_ptrace()
+    port = free_port()
+    windows = Windows()
+    ends: list[EndReason] = []
+    with run_server(uvicorn_argv("app:app", port), port, cwd=app_dir) as server:
+        sampler = StackSampler(server.pid, on_window=windows, window_seconds=1.0,
+                               on_end=lambda reason, error: ends.append(reason))
+        sampler.start()
+        wait_until(lambda: windows.snapshot(), timeout=30, what="a first window")
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(30)
+        assert sampler.wait(30), "the sampler did not notice the target exit"
+    assert sampler.end_reason is EndReason.TARGET_EXITED
+    assert sampler.error is None and ends == [EndReason.TARGET_EXITED]
+    assert not sampler.running
+
+
+def test_a_pid_that_does_not_exist_is_a_target_error() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    sampler = StackSampler(proc.pid, on_window=lambda w: None)
+    with pytest.raises(TargetError):
+        sampler.start()
+
+
+def test_permission_denied_names_the_ptrace_fixes(app_dir: Path) -> None:
+    # A real refusal: py-spy run as `nobody` against a server of ours.
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to run py-spy as an unprivileged user")
+    port = free_port()
+
+    def as_nobody(argv: Sequence[str]) -> PopenSpy:
+        return PopenSpy([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *argv])
+
+    with run_server(uvicorn_argv("app:app", port), port, cwd=app_dir) as server:
+        sampler = StackSampler(server.pid, on_window=lambda w: None, spawn=as_nobody)
+        with pytest.raises(TargetError) as info:
+            sampler.start()
+    assert info.value.exit_code == 2
+    for fix in ("kernel.yama.ptrace_scope", "CAP_SYS_PTRACE", "--cap-add SYS_PTRACE"):
+        assert fix in info.value.message

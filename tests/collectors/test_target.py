@@ -1,0 +1,178 @@
+"""describe_target against real processes: uvicorn, gunicorn, plain Python, wrappers, non-Python."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+
+from apiscope.collectors.target import Target, describe_target
+from apiscope.errors import TargetError
+from tests.support import (
+    free_port,
+    require_ptrace,
+    run_server,
+    stop_process_group,
+    uvicorn_argv,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+TINY_APP = '''
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+'''
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+@pytest.fixture
+def traceable() -> None:
+    """describe_target checks that py-spy will be allowed to trace the target."""
+    require_ptrace()
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path, traceable: None) -> Path:
+    (tmp_path / "tinyapp.py").write_text(TINY_APP)
+    return tmp_path
+
+
+def gunicorn_argv(port: int, workers: int = 2) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w",
+            str(workers), "-b", f"127.0.0.1:{port}", "--log-level", "warning", "tinyapp:app"]
+
+
+@contextmanager
+def spawned(argv: Sequence[str]) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stop_process_group(proc)
+
+
+def children_of(pid: int, count: int) -> list[psutil.Process]:
+    """Wait for `pid` to have `count` children, and return them."""
+    return wait_until(lambda: (kids := psutil.Process(pid).children()) and len(kids) == count
+                      and kids, timeout=20, what=f"{count} children of {pid}")
+
+
+def settled(pid: int, workers: int) -> Target:
+    """describe_target once the server has started all its workers."""
+    return wait_until(lambda: (t := describe_target(pid)) and len(t.pids) == workers and t,
+                      timeout=30, what=f"{workers} workers under {pid}")
+
+
+def test_a_single_uvicorn_is_sampled_itself(app_dir: Path) -> None:
+    port = free_port()
+    with run_server(uvicorn_argv("tinyapp:app", port), port, cwd=app_dir) as server:
+        target = describe_target(server.pid)
+    assert (target.pid, target.pids, target.master_pid) == (server.pid, [server.pid], None)
+    assert target.sample_pid == server.pid
+    assert target.server == "uvicorn"
+    assert "-m uvicorn tinyapp:app" in target.command
+    assert target.python_version == platform.python_version()
+    assert [(p.pid, p.role) for p in target.processes] == [(server.pid, "single")]
+    assert target.notes == []
+
+
+def test_uvicorn_workers_are_its_spawned_children_not_the_resource_tracker(
+        app_dir: Path) -> None:
+    port = free_port()
+    argv = uvicorn_argv("tinyapp:app", port, "--workers", "2")
+    with run_server(argv, port, cwd=app_dir) as server:
+        target = settled(server.pid, 2)
+        children = {p.pid for p in psutil.Process(server.pid).children()}
+        one_worker = describe_target(target.pids[0])
+    assert target.server == "uvicorn" and target.master_pid == server.pid
+    assert len(children) == 3  # two workers and multiprocessing's resource tracker
+    assert set(target.pids) < children
+    assert target.sample_pid == server.pid
+    roles = {p.pid: p.role for p in target.processes}
+    assert roles == {server.pid: "master", **{pid: "worker" for pid in target.pids}}
+    assert (one_worker.server, one_worker.pids) == ("uvicorn", [target.pids[0]])
+    assert f"uvicorn master {server.pid}" in one_worker.notes[0]
+
+
+def test_a_gunicorn_master_is_described_with_its_workers(app_dir: Path) -> None:
+    port = free_port()
+    with run_server(gunicorn_argv(port), port, cwd=app_dir) as server:
+        target = settled(server.pid, 2)
+        workers = {p.pid for p in psutil.Process(server.pid).children()}
+        one_worker = describe_target(min(workers))
+    assert target.server == "gunicorn"
+    assert (target.pid, target.master_pid) == (server.pid, server.pid)
+    assert set(target.pids) == workers
+    assert {p.ppid for p in target.processes if p.role == "worker"} == {server.pid}
+
+    # Naming one worker profiles that worker alone, and says how to get all of them.
+    assert one_worker.server == "gunicorn"
+    assert (one_worker.pids, one_worker.master_pid) == ([min(workers)], None)
+    assert [p.role for p in one_worker.processes] == ["worker"]
+    assert str(server.pid) in one_worker.notes[0]
+
+
+def test_a_plain_python_process_is_a_single_unknown_server(traceable: None) -> None:
+    with spawned(SLEEPER) as proc:
+        target = describe_target(proc.pid)
+    assert (target.server, target.pids, target.master_pid) == ("python", [proc.pid], None)
+    assert target.python_version == platform.python_version()
+
+
+def test_a_shell_wrapper_is_followed_to_its_one_python_child(traceable: None) -> None:
+    # The trailing `; true` keeps the shell from exec'ing Python in its own place.
+    with spawned(["sh", "-c", subprocess.list2cmdline(SLEEPER) + "; true"]) as shell:
+        (child,) = children_of(shell.pid, 1)
+        target = describe_target(shell.pid)
+    assert (target.pid, target.pids, target.server) == (child.pid, [child.pid], "python")
+    assert len(target.notes) == 1
+    assert f"PID {shell.pid}" in target.notes[0] and str(child.pid) in target.notes[0]
+
+
+def test_a_wrapper_with_several_python_children_lists_them() -> None:
+    line = subprocess.list2cmdline(SLEEPER)
+    with spawned(["sh", "-c", f"{line} & {line} & wait"]) as shell:
+        kids = children_of(shell.pid, 2)
+        with pytest.raises(TargetError) as err:
+            describe_target(shell.pid)
+    assert err.value.exit_code == 2
+    assert all(str(k.pid) in err.value.message for k in kids)
+
+
+def test_a_non_python_process_is_refused_with_exit_code_2() -> None:
+    with spawned(["sleep", "60"]) as proc:
+        with pytest.raises(TargetError) as err:
+            describe_target(proc.pid)
+    assert err.value.exit_code == 2
+    assert "not a Python process" in err.value.message and "pgrep" in err.value.message
+
+
+def test_a_missing_pid_is_refused_with_exit_code_2() -> None:
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    with pytest.raises(TargetError) as err:
+        describe_target(pid_max + 1)  # above the kernel's limit: can never exist
+    assert err.value.exit_code == 2
+    assert f"no process with PID {pid_max + 1}" in err.value.message
+
+
+def test_a_python_runner_like_poetry_run_is_followed_to_the_server(
+        tmp_path: Path, traceable: None) -> None:
+    # `poetry run` is itself Python: a stand-in with the same name and the same behaviour.
+    runner = tmp_path / "poetry"
+    runner.write_text("import subprocess, sys\nsubprocess.run(sys.argv[2:])\n")
+    with spawned([sys.executable, str(runner), "run", *SLEEPER]) as proc:
+        (child,) = children_of(proc.pid, 1)
+        target = describe_target(proc.pid)
+    assert (target.pid, target.pids) == (child.pid, [child.pid])
+    assert "wrapper" in target.notes[0]

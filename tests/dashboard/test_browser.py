@@ -1,0 +1,177 @@
+"""The dashboard in a real headless Chromium: pages, navigation, filters, downloads, live mode."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apiscope.dashboard import DashboardHandle, create_app, start_server_thread
+from apiscope.model import RequestRecord
+from apiscope.store import SessionWriter
+from tests.dashboard.browser import console_errors
+from tests.dashboard.synthetic import START, make_requests
+from tests.support import free_port, wait_until
+
+pytestmark = pytest.mark.browser
+PAGES = ("", "flamegraph", "resources", "endpoint?route=GET%20%2Freports%2Fsummary")
+
+
+def _find(driver: Any, css: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return list(driver.find_elements(By.CSS_SELECTOR, css))
+
+
+def _text(driver: Any, css: str) -> str:
+    found = _find(driver, css)
+    return str(found[0].text) if found else ""
+
+
+def _flame_labels(driver: Any) -> list[str]:
+    """The labels of the flamegraph plotly drew (read from the plot's own data)."""
+    labels = driver.execute_script(
+        "const el = document.querySelector('#flame .js-plotly-plot');"
+        " return el && el.data && el.data.length ? el.data[0].labels : null;")
+    return list(labels or [])
+
+
+def _wait(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    return wait_until(condition, timeout=timeout, interval=0.1, what=what)
+
+
+def _settled(driver: Any) -> bool:
+    """Dash is idle: no callback pending (the renderer marks loading components)."""
+    return not _find(driver, "[data-dash-is-loading='true']")
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_without_console_errors(browser: Any, replay: DashboardHandle,
+                                                   page: str) -> None:
+    browser.get(replay.url + page)
+    expected = {"": "#endpoints-table", "flamegraph": "#flame .main-svg",
+                "resources": ".js-plotly-plot .scatterlayer .trace",
+                "endpoint?route=GET%20%2Freports%2Fsummary": "#slow-table"}[page]
+    _wait(lambda: _find(browser, expected), f"{expected} on /{page}")
+    _wait(lambda: _settled(browser), "callbacks to finish")
+    assert console_errors(browser) == []
+
+
+def test_clicking_an_endpoint_opens_its_page(browser: Any, replay: DashboardHandle) -> None:
+    browser.get(replay.url)
+    link = _wait(lambda: [a for a in _find(browser, "#endpoints-table a")
+                          if a.text == "GET /users/{user_id}/orders"], "the orders row")[0]
+    link.click()
+    _wait(lambda: _text(browser, "#endpoint-title") == "GET /users/{user_id}/orders",
+          "the endpoint page")
+    _wait(lambda: _find(browser, "#slow-table tbody tr"), "the slowest requests")
+    assert "SELECT * FROM orders WHERE id = ? ×20" in _text(browser, "#slow-table")
+    assert "n_plus_one" in _text(browser, "#endpoint-flags")
+    assert console_errors(browser) == []
+
+
+def test_sorting_the_endpoints_table(browser: Any, replay: DashboardHandle) -> None:
+    browser.get(replay.url)
+    _wait(lambda: _find(browser, "#endpoints-table"), "the table")
+    header = _wait(lambda: [b for b in _find(browser, ".sort-button")
+                            if b.text.startswith("p95")], "the p95 header")[0]
+    header.click()
+    _wait(lambda: "▼" in _text(browser, "#endpoints-table thead"), "a sorted header")
+    first = _text(browser, "#endpoints-table tbody tr:first-child td:first-child")
+    assert first == "GET /reports/summary"  # the slowest endpoint first
+
+
+def test_flamegraph_filters_change_what_is_drawn(browser: Any, replay: DashboardHandle) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(replay.url + "flamegraph")
+    _wait(lambda: "create_item" in _flame_labels(browser), "the full flamegraph")
+    active = _text(browser, "#flame-info")
+    # idle samples on: the selector wait of the event loop appears
+    _find(browser, "#flame-toggles input[value='idle']")[0].click()
+    _wait(lambda: "select" in _flame_labels(browser), "idle frames")
+    assert _text(browser, "#flame-info") != active
+    # one endpoint: the thread-pool handler disappears
+    _find(browser, "#flame-endpoint input")[0].send_keys("GET /reports/summary", Keys.ENTER)
+    _wait(lambda: "create_item" not in _flame_labels(browser) and _flame_labels(browser),
+          "the endpoint's flamegraph")
+    assert "summary" in _flame_labels(browser)
+    box = _find(browser, "#flame-search")[0]
+    box.send_keys("compute_totals", Keys.ENTER)
+    _wait(lambda: "matches" in _text(browser, "#flame-info"), "search results")
+    assert "matches 1 frames" in _text(browser, "#flame-info")
+    assert console_errors(browser) == []
+
+
+def test_export_button_downloads_a_valid_file(browser: Any, replay: DashboardHandle,
+                                              downloads: Path) -> None:
+    browser.get(replay.url + "flamegraph")
+    _wait(lambda: _flame_labels(browser), "the flamegraph")
+    _find(browser, "#export-speedscope")[0].click()
+    target = downloads / "apiscope-flamegraph.speedscope.json"
+    _wait(target.exists, "the download", timeout=20)
+    document = _wait(lambda: _json_or_none(target), "a complete file")
+    assert document["$schema"].startswith("https://www.speedscope.app/")
+    assert document["profiles"] and document["shared"]["frames"]
+
+
+def _json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def test_time_selection_is_shared_by_all_views(browser: Any, replay: DashboardHandle) -> None:
+    browser.get(replay.url + "flamegraph")
+    _wait(lambda: _flame_labels(browser), "the flamegraph")
+    before = _text(browser, "#flame-info")
+    # what a drag on the timeline does: plotly reports the new x range in relayoutData
+    browser.execute_script(
+        "const el = document.querySelector('#\\\\{\\\"name\\\"\\\\:\\\"timeline\\\"\\\\,"
+        "\\\"type\\\"\\\\:\\\"timechart\\\"\\\\} .js-plotly-plot');"
+        " Plotly.relayout(el, {'xaxis.range[0]': arguments[0], 'xaxis.range[1]': arguments[1]});",
+        _iso(START + 10), _iso(START + 20))
+    _wait(lambda: "UTC (10.0 s)" in _text(browser, "#range-label"), "the shared range")
+    _wait(lambda: _text(browser, "#flame-info") != before, "a narrower flamegraph")
+    # the overview keeps the range: rates and counts cover those 10 seconds only
+    _find(browser, "a.nav-link[href='/']")[0].click()
+    _wait(lambda: "over 10 s" in _text(browser, "#overview-summary"), "the overview in range")
+    _find(browser, "#range-reset")[0].click()
+    _wait(lambda: _text(browser, "#range-label") == "whole session", "the reset")
+    assert console_errors(browser) == []
+
+
+def _iso(ts: float) -> str:
+    from apiscope.dashboard.figures import iso
+
+    return iso(ts)
+
+
+def test_live_mode_shows_new_requests(browser: Any, tmp_path: Path) -> None:
+    path = tmp_path / "live.sqlite"
+    with SessionWriter(path) as writer:
+        writer.put_requests(make_requests(random.Random(1), START, 5, 10, [4101]))
+        writer.flush()
+        handle = start_server_thread(create_app(path, live=True, refresh_ms=500),
+                                     "127.0.0.1", free_port())
+        try:
+            browser.get(handle.url)
+            _wait(lambda: _find(browser, "#endpoints-table"), "the first requests")
+            assert "GET /live/{n}" not in _text(browser, "#endpoints-table")
+            now = START + 6
+            writer.put_requests([RequestRecord(4101, now + i / 10, 5.0, "GET", "/live/{n}", 200)
+                                 for i in range(7)])
+            writer.flush()
+            row = _wait(lambda: [r for r in _find(browser, "#endpoints-table tbody tr")
+                                 if r.text.startswith("GET /live/{n}")], "the new endpoint")
+            assert row[0].text.split()[2] == "7"
+            assert console_errors(browser) == []
+        finally:
+            handle.stop()
+    time.sleep(0)  # the writer closed only after the page saw its rows

@@ -1,0 +1,156 @@
+"""The dashboard's data functions on synthetic sessions written with the real SessionWriter."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from apiscope.dashboard.callbacks import range_from_relayout, slice_of
+from apiscope.dashboard.data import SessionData
+from apiscope.dashboard.exports import FORMATS, export_slice
+from apiscope.dashboard.figures import iso, parse_iso
+from apiscope.dashboard.flame import MAX_NODES, node_count
+from apiscope.dashboard.requests import percentile
+from apiscope.dashboard.samples import SampleSlice
+from apiscope.model import RequestRecord, SampleState
+from apiscope.store import SessionReader, SessionWriter
+from apiscope.store.reader import SampleFilter
+from tests.dashboard.synthetic import START, make_requests, write_session
+
+
+@pytest.fixture(scope="module")
+def data(session_file: Path) -> SessionData:
+    return SessionData(session_file)
+
+
+def test_endpoint_stats_match_the_stored_requests(data: SessionData, session_file: Path) -> None:
+    with SessionReader(session_file) as reader:
+        stored = reader.requests()
+    rows = {r.stats.endpoint: r for r in data.endpoint_rows(None)}
+    by_endpoint = Counter(r.endpoint for r in stored)
+    assert {e: r.stats.count for e, r in rows.items()} == dict(by_endpoint)
+    orders = sorted(r.duration_ms for r in stored
+                    if r.endpoint == "GET /users/{user_id}/orders")
+    row = rows["GET /users/{user_id}/orders"].stats
+    assert row.p95_ms == pytest.approx(percentile(orders, 0.95))
+    assert row.max_ms == max(orders)
+    assert row.rps == pytest.approx(len(orders) / data.seconds(None))
+    errors = sum(1 for r in stored if r.endpoint == row.endpoint and r.status >= 500)
+    assert row.error_rate == pytest.approx(errors / len(orders))
+    assert rows["GET /health"].stats.error_rate == 0.0
+
+
+def test_cpu_share_charges_the_blocking_handler_most(data: SessionData) -> None:
+    shares = {r.stats.endpoint: r.cpu_share for r in data.endpoint_rows(None)}
+    assert max(shares, key=lambda e: shares[e] or 0) == "GET /reports/summary"
+    assert 0.99 >= sum(s or 0 for s in shares.values()) > 0.8
+    assert shares["GET <unmatched>"] == 0.0
+
+
+@pytest.mark.parametrize("offsets", [(0.0, 60.0), (7.25, 33.6), (20.0, 20.4), (59.0, 99.0)])
+def test_time_slices_count_exactly_the_samples_sql_finds(data: SessionData, session_file: Path,
+                                                        offsets: tuple[float, float]) -> None:
+    since, until = START + offsets[0], START + offsets[1]
+    active = frozenset({SampleState.RUNNING, SampleState.BLOCKED})
+    with SessionReader(session_file) as reader:
+        expected: Counter[tuple[object, ...]] = Counter()
+        for _, s in reader.samples(SampleFilter(since=since, until=until, states=active)):
+            expected[s.frames] += s.count
+    counts = data.samples.stack_counts(SampleSlice(since, until))
+    got = Counter({data.samples.frames(sid): c for sid, c in counts.items()})
+    assert got == expected
+
+
+def test_filters_by_process_thread_endpoint_idle_and_gil(data: SessionData) -> None:
+    everything = sum(data.samples.stack_counts(SampleSlice(include_idle=True)).values())
+    active = sum(data.samples.stack_counts(SampleSlice()).values())
+    one_pid = sum(data.samples.stack_counts(SampleSlice(pid=4101)).values())
+    gil = sum(data.samples.stack_counts(SampleSlice(gil_only=True)).values())
+    assert everything > active > one_pid > 0
+    assert active > gil > 0
+    summary = data.samples.stack_counts(SampleSlice(endpoint="GET /reports/summary"))
+    assert summary and all(any(f.function == "summary" for f in data.samples.frames(sid))
+                           for sid in summary)
+    loop = slice_of(None, thread="4101:41010")
+    assert {data.samples.frames(sid)[0].function
+            for sid in data.samples.stack_counts(loop)} == {"<module>"}
+
+
+def test_flame_tree_is_pruned_for_the_browser(tmp_path: Path) -> None:
+    session = write_session(tmp_path / "wide.sqlite", seconds=20, variety=4000, rps=5)
+    data = SessionData(session)
+    tree = data.flame(SampleSlice())
+    assert node_count(tree) <= MAX_NODES
+    assert tree.value == sum(data.samples.stack_counts(SampleSlice()).values())
+    # every level still adds up: pruned children went to "other", not away
+    assert sum(c.value for c in tree.children.values()) + tree.self_value == tree.value
+    rows, total = data.functions(SampleSlice())
+    assert total == tree.value and rows[0].self_count >= rows[-1].self_count
+
+
+def test_top_functions_separate_self_from_total(data: SessionData) -> None:
+    rows, total = data.functions(SampleSlice())
+    by_name = {r.function: r for r in rows}
+    assert by_name["summary"].total_count > by_name["summary"].self_count > 0
+    assert by_name["summary"].kind == "app"
+    assert by_name["encode"].kind == "stdlib"
+    assert all(r.total_count <= total for r in rows)
+
+
+def test_live_refresh_reads_only_new_rows(tmp_path: Path) -> None:
+    path = tmp_path / "live.sqlite"
+    with SessionWriter(path) as writer:
+        writer.flush()
+        data = SessionData(path)
+        assert data.endpoint_rows(None) == [] and not data.has_samples()
+        first = list(data.version)
+        assert data.refresh() == first  # nothing new, same version
+        rnd = random.Random(3)
+        writer.put_requests(make_requests(rnd, START, 5, 20, [4101]))
+        writer.flush()
+        assert data.refresh() != first
+        before = data.requests.last_id
+        writer.put_requests([RequestRecord(4101, START + 6, 12.0, "GET", "/live/{n}", 200)])
+        writer.flush()
+        data.refresh()
+        assert data.requests.last_id == before + 1
+        assert "GET /live/{n}" in {r.stats.endpoint for r in data.endpoint_rows(None)}
+        data.close()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_exports_render_the_slice(data: SessionData, fmt: str) -> None:
+    out = export_slice(data, SampleSlice(endpoint="GET /reports/summary"), fmt, "t")
+    if fmt == "folded":
+        lines = out.content.splitlines()
+        assert lines and all(line.rsplit(" ", 1)[1].isdigit() for line in lines)
+        assert all("summary" in line for line in lines)
+    elif fmt == "speedscope":
+        assert "$schema" in json.loads(out.content)
+    elif fmt == "svg":
+        assert "<svg" in out.content and "summary" in out.content
+    else:
+        assert out.content.lstrip().lower().startswith("<!doctype html")
+    assert out.filename.startswith("apiscope-flamegraph")
+
+
+def test_time_axis_values_round_trip() -> None:
+    ts = START + 12.345
+    assert parse_iso(iso(ts)) == pytest.approx(ts, abs=1e-3)
+    assert parse_iso("2026-11-18T08:53:32") == pytest.approx(parse_iso("2026-11-18 08:53:32"))
+    assert range_from_relayout({"xaxis.range[0]": iso(ts), "xaxis.range[1]": iso(ts + 5)}) \
+        == pytest.approx((ts, ts + 5), abs=1e-3)
+    assert range_from_relayout({"xaxis.autorange": True}) is False
+    assert range_from_relayout({"autosize": True}) is None
+
+
+def test_a_session_without_requests_or_samples_is_empty_not_broken(tmp_path: Path) -> None:
+    path = write_session(tmp_path / "stacks-only.sqlite", seconds=5, requests=False, flags=False)
+    data = SessionData(path)
+    assert data.endpoint_rows(None) == [] and data.flags() == []
+    assert data.has_samples() and data.flame(SampleSlice()).value > 0
+    assert data.latency_series("GET /x", None) is not None

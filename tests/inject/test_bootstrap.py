@@ -1,0 +1,135 @@
+"""The bootstrap inside one process: a real uvicorn Config, a real FastAPI app, a real agent."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from apiscope.agent import bootstrap, current_agent
+from apiscope.agent.api import instrument
+
+
+def make_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def read_item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    return app
+
+
+def get(asgi: Any, path: str) -> httpx.Response:
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=asgi)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get(path)
+
+    return asyncio.run(call())
+
+
+@pytest.fixture
+def directory() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="aps-")  # short: Unix socket paths are limited in length
+    yield path
+    bootstrap.detach()  # whatever a test left wrapped or running
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def served(directory: str) -> Iterator[tuple[FastAPI, uvicorn.Config]]:
+    """An app as uvicorn holds it once loaded: inside its ProxyHeadersMiddleware."""
+    app = make_app()
+    config = uvicorn.Config(app, log_level="warning")
+    config.load()
+    yield app, config
+    del config
+    gc.collect()  # so later tests' gc scans do not find this server
+
+
+def test_finds_the_app_inside_uvicorns_middleware(served: tuple[FastAPI, uvicorn.Config]
+                                                 ) -> None:
+    app, config = served
+    assert type(config.loaded_app).__name__ != "FastAPI"  # wrapped by uvicorn
+    found = [item for item in bootstrap.find_apps() if item.app is app]
+    assert len(found) == 1
+    assert found[0].server == "uvicorn"
+    assert found[0].describe() == "fastapi.applications.FastAPI"
+
+
+def test_attach_wraps_once_and_records_each_request_once(
+        served: tuple[FastAPI, uvicorn.Config], directory: str) -> None:
+    app, config = served
+    status = bootstrap.attach(directory)
+    mine = [a for a in status["apps"] if a["state"] == "wrapped"]
+    assert len(mine) == 1 and status["wrapped"] == 1
+    assert os.path.exists(status["socket"])
+    wrapper = app.middleware_stack
+    again = bootstrap.attach(directory)
+    assert {a["state"] for a in again["apps"]} == {"already"}
+    assert app.middleware_stack is wrapper
+    for item_id in range(3):
+        assert get(config.loaded_app, f"/items/{item_id}").status_code == 200
+    entries = current_agent().recorder.drain()
+    assert [(e.method, e.route, e.status) for e in entries] == [
+        ("GET", "/items/{item_id}", 200)] * 3
+
+
+def test_detach_restores_the_original_stack(served: tuple[FastAPI, uvicorn.Config],
+                                            directory: str) -> None:
+    app, config = served
+    get(config.loaded_app, "/items/1")  # Starlette builds its stack on the first request
+    original = app.middleware_stack
+    socket = bootstrap.attach(directory)["socket"]
+    assert app.middleware_stack is not original
+    status = bootstrap.detach()
+    assert status["restored"] == 1
+    assert app.middleware_stack is original
+    assert not os.path.exists(socket)
+    assert get(config.loaded_app, "/items/2").json() == {"item_id": 2}
+
+
+def test_an_app_that_has_served_nothing_gets_its_stack_built(directory: str) -> None:
+    app = make_app()
+    assert app.middleware_stack is None
+    agent = current_agent(directory)
+    assert bootstrap.wrap_app(agent, app) == "wrapped"
+    assert type(app.middleware_stack).__name__ == "AgentMiddleware"
+    assert bootstrap.unwrap_app(app) == "restored"
+    assert type(app.middleware_stack).__name__ == "ServerErrorMiddleware"
+
+
+def test_an_app_instrumented_in_code_is_not_wrapped_again(directory: str) -> None:
+    app = instrument(make_app(), directory=directory, start=False)
+    assert bootstrap.wrap_app(current_agent(directory), app) == "instrumented"
+    assert bootstrap.unwrap_app(app) == "not wrapped"
+
+
+def test_a_stack_replaced_after_us_is_left_alone(directory: str) -> None:
+    app = make_app()
+    bootstrap.wrap_app(current_agent(directory), app)
+    theirs = app.build_middleware_stack()
+    app.middleware_stack = theirs
+    assert bootstrap.unwrap_app(app) == "changed"
+    assert app.middleware_stack is theirs
+
+
+def test_no_served_app_means_nothing_started(directory: str) -> None:
+    gc.collect()  # servers of earlier tests are gone
+    make_app()  # an app no server serves is not a target
+    config = uvicorn.Config("nowhere:app")  # a --reload supervisor's config: never loaded
+    status = bootstrap.attach(directory)
+    assert status["apps"] == [] and "no ASGI app" in status["note"]
+    assert "socket" not in status
+    assert os.listdir(directory) == []
+    del config

@@ -1,0 +1,90 @@
+"""The injector around the debugger: target checks, method choice, waiting for the status."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from apiscope.errors import TargetError
+from apiscope.inject import InjectionTimeout, inject_agent
+from apiscope.inject.result import wait_for_result
+from apiscope.inject.runner import RunResult
+
+
+@pytest.fixture
+def directory() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="aps-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_missing_pid_is_a_target_error(directory: str) -> None:
+    with pytest.raises(TargetError, match="no process with PID 4194000"):
+        inject_agent(4194000, directory)
+
+
+def test_a_process_that_is_not_python_is_refused(directory: str) -> None:
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        with pytest.raises(TargetError, match="is not a Python process"):
+            inject_agent(sleeper.pid, directory)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_python_314_targets_go_through_remote_exec(directory: str) -> None:
+    """The remote_exec path end to end, with the target stood in for by an interpreter that
+    runs the script file `sys.remote_exec` would have been given."""
+    calls: list[list[str]] = []
+
+    def runner(argv: Sequence[str], timeout: float) -> RunResult:
+        calls.append(list(argv))
+        script = argv[3].split(", ")[1].rstrip(")").strip("'")
+        assert Path(script).stat().st_mode & 0o777 == 0o600
+        done = subprocess.run([sys.executable, "-I", "-S", script], capture_output=True,
+                              text=True, timeout=60)
+        return RunResult(done.returncode, done.stdout + done.stderr, False, 0.01)
+
+    result = inject_agent(os.getpid(), directory, runner=runner, check=lambda pid: (3, 14))
+    assert result.method == "remote_exec"
+    assert calls[0][0] == f"/proc/{os.getpid()}/exe"
+    assert result.apps == [] and result.note and "no ASGI app" in result.note
+    assert not os.path.exists(os.path.join(directory, f"inject-{os.getpid()}.json"))
+
+
+def test_a_stale_status_is_not_taken_for_this_ones(tmp_path: Path) -> None:
+    path = tmp_path / "inject-1.json"
+    path.write_text(json.dumps({"token": "old", "ok": True}))
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+        if now[0] > 1.0:
+            path.write_text(json.dumps({"token": "new", "ok": True}))
+
+    status = wait_for_result(str(path), "new", 1, 5.0, clock=clock, sleep=sleep,
+                             alive=lambda pid: True)
+    assert status["token"] == "new"
+
+
+def test_no_answer_by_the_deadline_says_why(tmp_path: Path) -> None:
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(InjectionTimeout, match="did not run the agent's loader within 3 s"):
+        wait_for_result(str(tmp_path / "none.json"), "t", 1, 3.0, clock=lambda: now[0],
+                        sleep=sleep, alive=lambda pid: True)

@@ -1,0 +1,272 @@
+"""Injecting the agent into live servers and detaching it, with real uvicorn, gunicorn and gdb.
+
+Each test also prints what it measured (run with `-s` to see): how long the injection took,
+how long gdb had the target stopped, how long the main thread ran the bootstrap, and the
+longest event-loop stall the app itself saw.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from apiscope.cli.main import main
+from apiscope.collectors.agent_client import AgentClient
+from apiscope.inject import InjectionResult, eject_agent, inject_agent
+from apiscope.model import RequestRecord
+from tests.support import (
+    ServerProcess,
+    free_port,
+    require_program,
+    require_ptrace,
+    run_server,
+    uvicorn_argv,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+APP = "tests.inject.serving_app:app"
+ITEMS = "/items/{item_id}"
+N = 25
+
+
+@pytest.fixture
+def sockets() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="aps-")  # short: Unix socket paths are limited in length
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def uvicorn_server() -> Iterator[ServerProcess]:
+    require_ptrace()
+    require_program("gdb")
+    port = free_port()
+    with run_server(uvicorn_argv(APP, port), port, ready_path="/ping") as server:
+        yield server
+
+
+class BackgroundClient(threading.Thread):
+    """GETs `path` on one keep-alive connection until stopped, counting failures."""
+
+    def __init__(self, port: int, path: str = "/ping", limit: float = 120.0) -> None:
+        super().__init__(daemon=True)
+        self.port, self.path, self.limit = port, path, limit
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        deadline = time.monotonic() + self.limit
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn.request("GET", self.path)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append(f"status {resp.status}")
+            except (OSError, http.client.HTTPException) as exc:
+                self.failures.append(repr(exc))
+                conn.close()
+            self._stop.wait(0.005)  # bounded load: at most ~200 requests a second
+        conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(30)
+
+
+def get(server: ServerProcess, path: str) -> tuple[int, bytes, str]:
+    with urllib.request.urlopen(server.url + path, timeout=30) as resp:
+        return resp.status, resp.read(), resp.headers.get("content-type", "")
+
+
+def pull_until(pid: int, sockets: str, done: Callable[[list[RequestRecord]], bool]
+               ) -> list[RequestRecord]:
+    """Pull the agent until `done(records)`, then once more: nothing else may be pending."""
+    records: list[RequestRecord] = []
+    with AgentClient(pid, sockets, timeout=10) as client:
+        def enough() -> bool:
+            records.extend(client.pull().requests)
+            return done(records)
+
+        wait_until(enough, timeout=30, what="the agent to report the requests")
+        records.extend(client.pull().requests)
+    return records
+
+
+def items(records: list[RequestRecord]) -> list[RequestRecord]:
+    return [r for r in records if r.route == ITEMS]
+
+
+def report(name: str, result: InjectionResult, stall_ms: float | None = None) -> None:
+    print(f"\n[{name}] pid {result.pid} {result.action} via {result.method}:"
+          f" total {result.seconds * 1000:.0f} ms, gdb {result.debugger_seconds * 1000:.0f} ms,"
+          f" after gdb until the status {(result.seconds - result.debugger_seconds) * 1000:.0f}"
+          f" ms, bootstrap on the main thread {result.main_thread_ms:.1f} ms"
+          + (f", longest loop stall {stall_ms:.0f} ms" if stall_ms is not None else ""))
+
+
+def stall_ms(server: ServerProcess) -> float:
+    return float(json.loads(get(server, "/stall")[1])["max_stall_ms"])
+
+
+def test_injected_agent_records_each_request_with_its_template(
+        uvicorn_server: ServerProcess, sockets: str) -> None:
+    server = uvicorn_server
+    background = BackgroundClient(server.port)
+    background.start()
+    try:
+        wait_until(lambda: background.ok >= 5, what="the background client to get going")
+        get(server, "/stall?reset=true")
+        result = inject_agent(server.pid, sockets)
+        stall = stall_ms(server)
+        for item_id in range(N):
+            assert get(server, f"/items/{item_id}")[0] == 200
+        seen = background.ok
+        wait_until(lambda: background.ok >= seen + 5, what="more background requests")
+    finally:
+        background.stop()
+    report("uvicorn", result, stall)
+    assert background.failures == []
+    assert result.method == "gdb" and result.wrapped == 1
+    assert [(a["server"], a["state"]) for a in result.apps] == [("uvicorn", "wrapped")]
+    assert result.socket == os.path.join(sockets, f"agent-{server.pid}.sock")
+    records = pull_until(server.pid, sockets, lambda rs: len(items(rs)) >= N)
+    assert len(items(records)) == N
+    assert {(r.method, r.status, r.pid) for r in items(records)} == {("GET", 200, server.pid)}
+    # The keep-alive connection opened before the injection goes through the agent too.
+    assert any(r.route == "/ping" for r in records)
+
+
+def test_injecting_twice_wraps_once(uvicorn_server: ServerProcess, sockets: str) -> None:
+    first = inject_agent(uvicorn_server.pid, sockets)
+    second = inject_agent(uvicorn_server.pid, sockets)
+    report("uvicorn again", second)
+    assert first.wrapped == 1
+    assert second.wrapped == 0 and [a["state"] for a in second.apps] == ["already"]
+    for item_id in range(N):
+        get(uvicorn_server, f"/items/{item_id}")
+    records = pull_until(uvicorn_server.pid, sockets, lambda rs: len(items(rs)) >= N)
+    assert len(items(records)) == N
+
+
+def test_detach_restores_the_app(uvicorn_server: ServerProcess, sockets: str) -> None:
+    server = uvicorn_server
+    before = [get(server, f"/items/{i}") for i in range(3)]
+    inject_agent(server.pid, sockets)
+    get(server, "/items/99")
+    socket = os.path.join(sockets, f"agent-{server.pid}.sock")
+    assert os.path.exists(socket)
+    background = BackgroundClient(server.port)
+    background.start()
+    try:
+        wait_until(lambda: background.ok >= 5, what="the background client to get going")
+        result = eject_agent(server.pid, sockets)
+        after = [get(server, f"/items/{i}") for i in range(3)]
+    finally:
+        background.stop()
+    report("uvicorn detach", result)
+    assert background.failures == []
+    assert result.restored == 1
+    assert after == before
+    assert not os.path.exists(socket)
+    assert not AgentClient(server.pid, sockets).available()
+    # Nothing of ours is left in front of the app: the next attach has to wrap it anew,
+    # and records only what comes after it.
+    again = inject_agent(server.pid, sockets)
+    assert [a["state"] for a in again.apps] == ["wrapped"]
+    get(server, "/items/7")
+    assert len(items(pull_until(server.pid, sockets, lambda rs: len(items(rs)) >= 1))) == 1
+
+
+def test_gunicorn_workers_each_get_an_agent(sockets: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    require_ptrace()
+    require_program("gdb")
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", APP, "--workers", "2",
+            "--worker-class", "uvicorn.workers.UvicornWorker", "--bind", f"127.0.0.1:{port}",
+            "--log-level", "warning"]
+    with run_server(argv, port, ready_path="/ping",
+                    env={"SERVING_APP_READY_DIR": str(tmp_path)}) as server:
+        workers = wait_until(lambda: _ready_workers(server.pid, tmp_path), timeout=60,
+                             what="both gunicorn workers to load the app")
+        master = inject_agent(server.pid, sockets)
+        assert master.apps == [] and master.socket is None
+        results = [inject_agent(pid, sockets) for pid in workers]
+        for result in results:
+            report("gunicorn worker", result)
+            assert [(a["server"], a["state"]) for a in result.apps] == [("gunicorn", "wrapped")]
+        for item_id in range(N):  # a new connection each: the kernel spreads them
+            assert get(server, f"/items/{item_id}")[0] == 200
+        counts = _pull_workers(workers, sockets)
+        assert sum(counts.values()) == N, counts
+
+        monkeypatch.setenv("APISCOPE_SOCKET_DIR", sockets)
+        assert main(["detach", str(server.pid)]) == 0
+        out = capsys.readouterr().out
+        assert f"PID {server.pid}: no injected agent" in out
+        for pid in workers:
+            assert f"PID {pid}: agent removed from 1 app" in out
+            assert not os.path.exists(os.path.join(sockets, f"agent-{pid}.sock"))
+        assert get(server, "/ping")[0] == 200
+
+
+def _ready_workers(master: int, ready: Path) -> list[int] | None:
+    pids = sorted(int(p.name.split("-")[1]) for p in ready.glob("ready-*"))
+    children = {c.pid for c in psutil.Process(master).children()}
+    return pids if len(pids) == 2 and set(pids) <= children else None
+
+
+def _pull_workers(workers: list[int], sockets: str) -> dict[int, int]:
+    counts = dict.fromkeys(workers, 0)
+    clients = {pid: AgentClient(pid, sockets, timeout=10) for pid in workers}
+    try:
+        def all_in() -> bool:
+            for pid, client in clients.items():
+                counts[pid] += len(items(client.pull().requests))
+            return sum(counts.values()) >= N
+
+        wait_until(all_in, timeout=30, what="the workers' agents to report the requests")
+    finally:
+        for client in clients.values():
+            client.close()
+    return counts
+
+
+def test_a_python_process_without_an_app_is_left_as_it_was(sockets: str) -> None:
+    require_ptrace()
+    require_program("gdb")
+    code = "import time\nwhile True:\n    time.sleep(0.05)\n"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        wait_until(lambda: psutil.Process(proc.pid).cmdline()[:1] == [sys.executable],
+                   what="the interpreter to start")
+        result = inject_agent(proc.pid, sockets)
+        report("plain python", result)
+        assert result.apps == [] and result.note and "no ASGI app" in result.note
+        assert result.socket is None and os.listdir(sockets) == []
+        assert proc.poll() is None
+        assert psutil.Process(proc.pid).num_threads() == 1  # no agent thread was started
+    finally:
+        proc.kill()
+        proc.wait()
