@@ -291,6 +291,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=10.0, help="per-request timeout (s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the request mix")
     parser.add_argument("--json", type=Path, default=None, help="also write the stats here")
+    parser.add_argument("--quiet", action="store_true", help="do not print the table")
     parser.add_argument("--allow-remote", action="store_true",
                         help="allow a server that is not on this machine")
     args = parser.parse_args(argv)
@@ -310,7 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    print(format_table(result))
+    if not args.quiet:
+        print(format_table(result))
     if args.json is not None:
         args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return 0

@@ -50,9 +50,10 @@ async def _resources(settings: Settings) -> AsyncIterator[Resources]:
         sessions = make_sessions(engine)
         seeded = await seed_if_empty(sessions, settings.items, settings.seed)
         if settings.thread_tokens:
-            # Sync handlers share this one limiter (40 tokens by default). A smaller pool makes
-            # the thread-pool bottleneck show with a handful of concurrent requests instead of
-            # 40+, which a 2-core demo machine can drive without drowning everything else.
+            # Every sync handler shares this one limiter (40 tokens by default). Keeping a pool
+            # saturated takes tokens / call-time requests per second: with 40 tokens that is
+            # hundreds per second, which would drown a 2-core demo machine. With a small pool,
+            # a handful of concurrent requests shows the same queueing.
             limiter = anyio.to_thread.current_default_thread_limiter()
             limiter.total_tokens = settings.thread_tokens
         yield Resources(settings=settings, sessions=sessions, cache=cache, seeded=seeded,

@@ -11,7 +11,7 @@ from sample_app.db import Item
 
 TagName = Annotated[
     str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=30,
-                           pattern=r"^[a-z0-9-]+$")
+                           pattern=r"^[A-Za-z0-9-]+$")
 ]
 
 

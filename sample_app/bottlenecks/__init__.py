@@ -68,7 +68,7 @@ EXPECTED_FLAGS: tuple[ExpectedFlag, ...] = (
      "function": "item_summary", "call": "fetch_item_summary",
      "handler": "sample_app.bottlenecks.lru_cache_coroutine:item_summary"},
     {"kind": "threadpool_saturation", "route": "GET /items/{item_id}/stock",
-     "file": "sample_app/bottlenecks/threadpool.py", "line": 25,
+     "file": "sample_app/bottlenecks/threadpool.py", "line": 26,
      "function": "check_stock", "call": "time.sleep",
      "handler": "sample_app.bottlenecks.threadpool:check_stock"},
     {"kind": "gil_contention", "route": "GET /items/{item_id}/forecast",

@@ -19,7 +19,7 @@ from sample_app.db import Item, Order, OrderLine
 from sample_app.deps import SessionDep
 from sample_app.schemas import ReportSummary
 
-AUDIT_CALL_SECONDS = 0.03  # a synchronous call to an audit service
+AUDIT_CALL_SECONDS = 0.035  # a synchronous call to an audit service
 
 
 async def report_summary(session: SessionDep) -> ReportSummary:

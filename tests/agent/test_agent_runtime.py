@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import stat
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -65,7 +66,7 @@ def test_instrument_after_start_wraps_the_live_stack(sock_dir: str) -> None:
 
 
 def test_instrument_plain_asgi_callable(sock_dir: str) -> None:
-    async def raw(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def raw(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ def test_exact_durations_with_injected_clock() -> None:
 def test_duration_runs_from_first_receive_to_last_body() -> None:
     clock = FakeClock(start=10.0)
 
-    async def raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def raw_app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         clock.advance(1.0)  # before the first receive: not part of the request's time
         await receive()
         clock.advance(0.2)
@@ -192,9 +192,9 @@ def test_agent_failure_never_fails_the_request() -> None:
 
 
 def test_non_http_scopes_pass_through_untouched() -> None:
-    seen: list[dict[str, Any]] = []
+    seen: list[MutableMapping[str, Any]] = []
 
-    async def raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def raw_app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         seen.append(scope)
 
     recorder = Recorder()

@@ -136,11 +136,15 @@ def resources(seconds: int, rss_mb: list[float]) -> list[ResourceSample]:
                            30) for i in range(seconds)]
 
 
-def healthy(seed: int = 1) -> Spec:
-    """A busy, healthy app: must raise no flag."""
+def healthy(seed: int = 1, *, probe: bool = True) -> Spec:
+    """A busy, healthy app: must raise no flag.
+
+    `probe`: whether the sampler told on-CPU from off-CPU. Without its activity probe, py-spy's
+    stacks alone make idle aiosqlite threads (in queue.get, role OTHER) look RUNNING.
+    """
     rnd = random.Random(seed)
     spec = Spec()
-    idle = SampleState.BLOCKED  # idle aiosqlite threads: off-CPU in queue.get, role OTHER
+    idle = SampleState.BLOCKED if probe else SampleState.RUNNING
     spec.per_window = [
         idle_loop(60),
         sample(LOOP_TID, on_loop(), 24),  # the framework's own work on the loop

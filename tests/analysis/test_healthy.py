@@ -16,6 +16,11 @@ def test_busy_healthy_app_gets_no_flags(tmp_path: Path) -> None:
     assert by_route["GET /items/{item_id}"]["max_ms"] == 900.0
 
 
+def test_healthy_app_sampled_without_activity_probe_gets_no_flags(tmp_path: Path) -> None:
+    with write_and_open(healthy(probe=False), tmp_path / "s.sqlite") as reader:
+        assert build_report(reader)["flags"] == []
+
+
 def test_idle_helper_threads_do_not_dilute_cpu_share(tmp_path: Path) -> None:
     with write_and_open(healthy(), tmp_path / "s.sqlite") as reader:
         report = build_report(reader)

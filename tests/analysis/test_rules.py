@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from apiscope.analysis.report import build_report
-from apiscope.model import QueryStat, SampleState, ThreadPoolSample
+from apiscope.model import Frame, QueryStat, SampleState, ThreadPoolSample
 from tests.analysis.builder import (
     APP,
     LOOP_TID,
@@ -75,6 +76,18 @@ def test_busy_but_cheap_async_handler_is_not_blocking(tmp_path: Path) -> None:
     assert flags_of(report_of(spec, tmp_path), "event_loop_blocked") == []
 
 
+def test_importing_the_app_at_start_up_is_not_blocking(tmp_path: Path) -> None:
+    spec = healthy()
+    importing = (Frame("_find_and_load", "<frozen importlib._bootstrap>", 1176),
+                 Frame("_call_with_frames_removed", "<frozen importlib._bootstrap>", 241),
+                 Frame("<module>", APP, 3))
+    spec.per_window[0] = idle_loop(20)
+    spec.per_window.append(sample(LOOP_TID, on_loop(*importing), 40))
+    report = report_of(spec, tmp_path)
+    assert flags_of(report, "event_loop_blocked") == []
+    assert flags_of(report, "cpu_hotspot") == []
+
+
 def test_slow_endpoint_explained_by_another_endpoint_blocking_the_loop(tmp_path: Path) -> None:
     spec = blocking_summary(healthy(), SampleState.BLOCKED)
     spec.requests = [r if r.route != "/health" else
@@ -110,6 +123,41 @@ def test_cpu_hotspot_in_a_sync_handler(tmp_path: Path) -> None:
     assert export["cpu_share"] == round(140 / 180, 4)
 
 
+def sleeping_pool(spec: Spec, cpu_percent: float) -> Spec:
+    """Eight pool threads at a sync handler's line all the time, as py-spy alone reports
+    them (RUNNING, GIL unknown); the processes' measured CPU says whether they computed."""
+    spec.per_window[5:9] = [sample(t, on_worker(app("export", 133)), 100)
+                            for t in (W1, W2, 10, 11, 12, 13, 14, 15)]
+    spec.resources = [replace(r, cpu_percent=cpu_percent) for r in spec.resources]
+    spec.requests += [request("GET /export", T0 + i * 0.1, 100.0) for i in range(300)]
+    return spec
+
+
+def test_without_activity_probe_sleeping_threads_are_not_cpu(tmp_path: Path) -> None:
+    report = report_of(sleeping_pool(healthy(probe=False), cpu_percent=25.0), tmp_path)
+    assert flags_of(report, "cpu_hotspot") == []
+    assert flags_of(report, "gil_contention") == []
+
+
+def test_without_activity_probe_a_busy_line_is_judged_by_measured_cpu(tmp_path: Path) -> None:
+    spec = healthy(probe=False)
+    spec.per_window[5:9] = [idle_worker(W1, 10), sample(W1, on_worker(app("export", 135)), 90),
+                            idle_worker(W2, 100)]
+    spec.resources = [replace(r, cpu_percent=100.0) for r in spec.resources]
+    spec.requests += [request("GET /export", T0 + i, 900.0) for i in range(30)]
+    [flag] = flags_of(report_of(spec, tmp_path), "cpu_hotspot")
+    assert flag["route"] == "GET /export" and flag["location"]["line"] == 135
+    assert flag["metric"]["core_fraction"] == 0.9 and flag["metric"]["cpu_share"] == 0.9
+    assert "of the CPU the processes used" in flag["evidence"]
+
+
+def test_without_activity_probe_busy_contending_threads_are_gil_contention(
+        tmp_path: Path) -> None:
+    spec = sleeping_pool(healthy(probe=False), cpu_percent=100.0)
+    [flag] = flags_of(report_of(spec, tmp_path), "gil_contention")
+    assert flag["route"] == "GET /export"
+
+
 def test_n_plus_one_located_at_the_call_site(tmp_path: Path) -> None:
     spec = healthy()
     rnd = random.Random(3)
@@ -139,6 +187,24 @@ def test_memory_growth_by_fitted_slope(tmp_path: Path) -> None:
     assert 8.0 < flag["metric"]["slope_mb_per_min"] < 10.0
     assert flag["metric"]["r2"] > 0.9
     assert 8.0 < report["processes"][0]["rss_mb_slope_per_min"] < 10.0
+
+
+def test_memory_growth_names_the_endpoint_whose_requests_track_it(tmp_path: Path) -> None:
+    spec = healthy()
+    rnd = random.Random(7)
+    spec.seconds = 60
+    rss, level = [], 60.0
+    for i in range(60):
+        rss.append(level)  # sampled at T0 + i + 0.5, before this second's exports
+        exports = rnd.choice((0, 1, 2, 3, 4))  # each export keeps 0.3 MB forever
+        spec.requests += [request("GET /export", T0 + i + 0.55 + j * 0.1, 30.0)
+                          for j in range(exports)]
+        level += exports * 0.3 + rnd.uniform(-0.05, 0.05)
+    spec.resources = resources(60, rss)
+    [flag] = flags_of(report_of(spec, tmp_path), "memory_growth")
+    assert flag["route"] == "GET /export" and flag["location"] is None
+    assert flag["metric"]["route_correlation"] > 0.8
+    assert "tracks GET /export requests" in flag["evidence"]
 
 
 def test_memory_noise_and_a_step_are_not_growth(tmp_path: Path) -> None:

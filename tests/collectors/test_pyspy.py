@@ -64,7 +64,7 @@ def test_frames_are_root_first_with_file_and_line() -> None:
 
 def test_sleep_inside_async_handler_shows_the_handler_line_as_leaf() -> None:
     samples = load("uvicorn_async_sleep.txt")
-    leaves = Counter()
+    leaves: Counter[Frame] = Counter()
     for s in samples:
         leaves[s.frames[-1]] += s.count
     assert leaves[Frame("render", APP, 9)] == 188
@@ -78,7 +78,7 @@ def test_sync_handler_runs_on_anyio_worker_threads() -> None:
     names = {s.tid: s.thread_name for s in samples}
     assert names == {9562: "MainThread", 9575: "AnyIO worker thread",
                      9576: "AnyIO worker thread"}
-    handler = Counter()
+    handler: Counter[tuple[int, int]] = Counter()
     for s in samples:
         if s.frames[-1].function == "sync_handler":
             handler[(s.tid, s.frames[-1].line)] += s.count

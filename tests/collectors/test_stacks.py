@@ -67,7 +67,8 @@ class FakeSpy:
 
     def finish(self, timeout: float) -> SpyExit:
         self._end()
-        summary = f"py-spy> Wrote raw flamegraph data. Samples: 98 Errors: {self.behaviour.errors}\n"
+        errors = self.behaviour.errors
+        summary = f"py-spy> Wrote raw flamegraph data. Samples: 98 Errors: {errors}\n"
         return SpyExit(self.behaviour.returncode, summary if self.behaviour.ready else "",
                        self.behaviour.stderr)
 

@@ -73,7 +73,7 @@ def test_probe_snapshots_turn_a_sleeping_handler_into_blocked() -> None:
     assert [(s.pid, s.tid, s.active, s.owns_gil, s.leaf) for s in snaps] == [
         (9507, 9507, False, False, Frame("render", APP, 9))]
     samples, _ = classify(load("uvicorn_async_sleep.txt", pid=9507), activity_index(snaps))
-    counts = Counter()
+    counts: Counter[tuple[SampleState, bool | None]] = Counter()
     for s in samples:
         counts[(s.state, s.gil)] += s.count
     assert counts[(SampleState.BLOCKED, False)] == 188

@@ -29,8 +29,34 @@ def _find(driver: Any, css: str) -> list[Any]:
 
 
 def _text(driver: Any, css: str) -> str:
-    found = _find(driver, css)
-    return str(found[0].text) if found else ""
+    """The visible text of the first match, read in the page (no stale element handles)."""
+    text = driver.execute_script(
+        "const el = document.querySelector(arguments[0]); return el ? el.innerText : '';", css)
+    return str(text).strip()
+
+
+def _texts(driver: Any, css: str) -> list[str]:
+    texts = driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText);", css)
+    return [str(t).strip() for t in texts]
+
+
+def _click(driver: Any, css: str, text: str | None = None, what: str = "") -> None:
+    """Click the first element matching `css` (and showing `text`), retrying while Dash
+    re-renders it."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def attempt() -> bool:
+        try:
+            for element in _find(driver, css):
+                if text is None or element.text.strip() == text:
+                    element.click()
+                    return True
+        except StaleElementReferenceException:
+            pass
+        return False
+
+    _wait(attempt, what or f"{css} {text or ''} to click")
 
 
 def _flame_labels(driver: Any) -> list[str]:
@@ -64,9 +90,7 @@ def test_every_page_renders_without_console_errors(browser: Any, replay: Dashboa
 
 def test_clicking_an_endpoint_opens_its_page(browser: Any, replay: DashboardHandle) -> None:
     browser.get(replay.url)
-    link = _wait(lambda: [a for a in _find(browser, "#endpoints-table a")
-                          if a.text == "GET /users/{user_id}/orders"], "the orders row")[0]
-    link.click()
+    _click(browser, "#endpoints-table a", "GET /users/{user_id}/orders")
     _wait(lambda: _text(browser, "#endpoint-title") == "GET /users/{user_id}/orders",
           "the endpoint page")
     _wait(lambda: _find(browser, "#slow-table tbody tr"), "the slowest requests")
@@ -78,12 +102,11 @@ def test_clicking_an_endpoint_opens_its_page(browser: Any, replay: DashboardHand
 def test_sorting_the_endpoints_table(browser: Any, replay: DashboardHandle) -> None:
     browser.get(replay.url)
     _wait(lambda: _find(browser, "#endpoints-table"), "the table")
-    header = _wait(lambda: [b for b in _find(browser, ".sort-button")
-                            if b.text.startswith("p95")], "the p95 header")[0]
-    header.click()
-    _wait(lambda: "▼" in _text(browser, "#endpoints-table thead"), "a sorted header")
-    first = _text(browser, "#endpoints-table tbody tr:first-child td:first-child")
-    assert first == "GET /reports/summary"  # the slowest endpoint first
+    _click(browser, ".sort-button", "p95 ms")
+    _wait(lambda: "p95 ms ▼" in _text(browser, "#endpoints-table thead"), "a sorted header")
+    rows = _texts(browser, "#endpoints-table tbody tr")
+    assert rows[0].startswith("GET /reports/summary")  # the slowest endpoint first
+    assert rows[-1].startswith("GET <unmatched>")
 
 
 def test_flamegraph_filters_change_what_is_drawn(browser: Any, replay: DashboardHandle) -> None:
@@ -93,11 +116,12 @@ def test_flamegraph_filters_change_what_is_drawn(browser: Any, replay: Dashboard
     _wait(lambda: "create_item" in _flame_labels(browser), "the full flamegraph")
     active = _text(browser, "#flame-info")
     # idle samples on: the selector wait of the event loop appears
-    _find(browser, "#flame-toggles input[value='idle']")[0].click()
+    _click(browser, "#flame-toggles input[value='idle']")
     _wait(lambda: "select" in _flame_labels(browser), "idle frames")
     assert _text(browser, "#flame-info") != active
     # one endpoint: the thread-pool handler disappears
-    _find(browser, "#flame-endpoint input")[0].send_keys("GET /reports/summary", Keys.ENTER)
+    _click(browser, "#flame-endpoint")
+    _click(browser, "[role=option]", "GET /reports/summary")
     _wait(lambda: "create_item" not in _flame_labels(browser) and _flame_labels(browser),
           "the endpoint's flamegraph")
     assert "summary" in _flame_labels(browser)
@@ -112,7 +136,7 @@ def test_export_button_downloads_a_valid_file(browser: Any, replay: DashboardHan
                                               downloads: Path) -> None:
     browser.get(replay.url + "flamegraph")
     _wait(lambda: _flame_labels(browser), "the flamegraph")
-    _find(browser, "#export-speedscope")[0].click()
+    _click(browser, "#export-speedscope")
     target = downloads / "apiscope-flamegraph.speedscope.json"
     _wait(target.exists, "the download", timeout=20)
     document = _wait(lambda: _json_or_none(target), "a complete file")
@@ -131,26 +155,28 @@ def test_time_selection_is_shared_by_all_views(browser: Any, replay: DashboardHa
     browser.get(replay.url + "flamegraph")
     _wait(lambda: _flame_labels(browser), "the flamegraph")
     before = _text(browser, "#flame-info")
-    # what a drag on the timeline does: plotly reports the new x range in relayoutData
-    browser.execute_script(
-        "const el = document.querySelector('#\\\\{\\\"name\\\"\\\\:\\\"timeline\\\"\\\\,"
-        "\\\"type\\\"\\\\:\\\"timechart\\\"\\\\} .js-plotly-plot');"
-        " Plotly.relayout(el, {'xaxis.range[0]': arguments[0], 'xaxis.range[1]': arguments[1]});",
-        _iso(START + 10), _iso(START + 20))
-    _wait(lambda: "UTC (10.0 s)" in _text(browser, "#range-label"), "the shared range")
+    # drag across the middle of the timeline, as a user selects a time range
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    timeline = _find(browser, ".timeline-chart .nsewdrag")[0]
+    width = timeline.size["width"]
+    ActionChains(browser).move_to_element_with_offset(timeline, -width // 5, 0).click_and_hold() \
+        .move_by_offset(width // 10, 0).move_by_offset(width // 10, 0).release().perform()
+    _wait(lambda: "UTC (" in _text(browser, "#range-label"), "the shared range")
     _wait(lambda: _text(browser, "#flame-info") != before, "a narrower flamegraph")
     # the overview keeps the range: rates and counts cover those 10 seconds only
-    _find(browser, "a.nav-link[href='/']")[0].click()
-    _wait(lambda: "over 10 s" in _text(browser, "#overview-summary"), "the overview in range")
-    _find(browser, "#range-reset")[0].click()
+    _click(browser, "a.nav-link[href='/']")
+    seconds = float(_text(browser, "#range-label").split("(")[1].split()[0])
+    assert 5 < seconds < 20  # a fifth of the 60 s session
+
+    def overview_seconds() -> float:
+        text = _text(browser, "#overview-summary")
+        return float(text.split(" over ")[1].split()[0]) if " over " in text else -1.0
+
+    _wait(lambda: abs(overview_seconds() - seconds) <= 1, "the overview in range")
+    _click(browser, "#range-reset")
     _wait(lambda: _text(browser, "#range-label") == "whole session", "the reset")
     assert console_errors(browser) == []
-
-
-def _iso(ts: float) -> str:
-    from apiscope.dashboard.figures import iso
-
-    return iso(ts)
 
 
 def test_live_mode_shows_new_requests(browser: Any, tmp_path: Path) -> None:
@@ -168,9 +194,9 @@ def test_live_mode_shows_new_requests(browser: Any, tmp_path: Path) -> None:
             writer.put_requests([RequestRecord(4101, now + i / 10, 5.0, "GET", "/live/{n}", 200)
                                  for i in range(7)])
             writer.flush()
-            row = _wait(lambda: [r for r in _find(browser, "#endpoints-table tbody tr")
-                                 if r.text.startswith("GET /live/{n}")], "the new endpoint")
-            assert row[0].text.split()[2] == "7"
+            row = _wait(lambda: [r for r in _texts(browser, "#endpoints-table tbody tr")
+                                 if r.startswith("GET /live/{n}")], "the new endpoint")
+            assert row[0].split()[2] == "7"
             assert console_errors(browser) == []
         finally:
             handle.stop()

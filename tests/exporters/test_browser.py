@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from apiscope.exporters.diff import render_diff_svg
 from apiscope.exporters.html import render_page
 from apiscope.exporters.svg import INNER_WIDTH, render_svg
 from apiscope.exporters.tree import FlameNode, build_tree
@@ -72,9 +73,10 @@ def png_colours(png: bytes) -> dict[tuple[int, ...], int]:
     assert depth == 8 and colour_type in (2, 6) and interlace == 0
     bpp = 4 if colour_type == 6 else 3
     raw, stride = zlib.decompress(data), width * bpp
-    previous, counts = bytearray(stride), {}
+    previous, counts = bytearray(stride), dict[tuple[int, ...], int]()
     for y in range(height):
-        filt, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        row = y * (stride + 1)
+        filt, line = raw[row], bytearray(raw[row + 1:row + 1 + stride])
         for i in range(stride):
             left = line[i - bpp] if i >= bpp else 0
             up, corner = previous[i], previous[i - bpp] if i >= bpp else 0
@@ -177,3 +179,18 @@ def test_html_page_search_box_and_zoom(driver: Any, tmp_path: Path) -> None:
     item.find_element("css selector", "rect").click()
     wait_until(lambda: abs(rect_width(item) - INNER_WIDTH) < 0.01, timeout=10,
                what="the clicked frame to fill the width")
+
+
+def test_diff_svg_zooms(driver: Any, tmp_path: Path) -> None:
+    base = build_tree([StackSample(1, 1, "", ITEMS_STACK, 50),
+                       StackSample(1, 1, "", IDLE_STACK, 50)])
+    path = tmp_path / "diff.svg"
+    path.write_text(render_diff_svg(base, tree()), encoding="utf-8")
+    driver.get(path.as_uri())
+    wait_until(lambda: driver.execute_script(
+        "return !!document.documentElement.flamegraph"), timeout=20, what="the graph's script")
+    item = frame(driver, READ_ITEM.label())
+    item.find_element("css selector", "rect").click()
+    wait_until(lambda: abs(rect_width(item) - INNER_WIDTH) < 0.01, timeout=10,
+               what="the clicked frame to fill the width")
+    assert not frame(driver, SELECT.label()).is_displayed()

@@ -65,7 +65,8 @@ def test_svg_parses_and_has_one_rect_per_frame_with_proportional_widths() -> Non
         assert f"{node.value:,} samples" in (g.findtext("s:title", "", NS))
     assert width(named["all"]) == INNER_WIDTH
     assert abs(width(named[READ_ITEM.label()]) / width(named[LOAD.label()]) - 50 / 20) < 1e-3
-    assert "50 samples, 50.00% of all (self 30, 30.00%)" in named[READ_ITEM.label()].findtext("s:title", "", NS)
+    tip = named[READ_ITEM.label()].findtext("s:title", "", NS)
+    assert "50 samples, 50.00% of all (self 30, 30.00%)" in tip
 
 
 def test_children_sit_side_by_side_above_their_parent() -> None:

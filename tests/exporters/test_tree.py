@@ -73,7 +73,9 @@ def test_classify_tells_app_library_and_stdlib() -> None:
     assert classify(Frame("f", "<frozen importlib._bootstrap>", 1)) == "stdlib"
     assert classify(Frame("f", "/x/lib/python3.11/site-packages/uvicorn/main.py", 1)) == "library"
     assert classify(Frame("f", "/usr/lib/python3/dist-packages/yaml/a.py", 1)) == "library"
+    assert classify(Frame("f", "/usr/lib/python3.9/json/decoder.py", 1)) == "stdlib"  # other
     assert classify(Frame("f", "/srv/shop/main.py", 1)) == "app"
+    assert classify(Frame("f", "/srv/lib/pythonic/main.py", 1)) == "app"
     assert classify(Frame("f", "main.py", 1)) == "app"
 
 

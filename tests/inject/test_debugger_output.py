@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from apiscope.errors import TargetError
@@ -63,10 +65,8 @@ def test_remote_exec_runs_the_targets_own_interpreter() -> None:
 
 def test_runner_interrupts_a_program_at_its_deadline() -> None:
     """SIGINT first (gdb detaches on it); the program here exits on it like gdb would."""
-    import sys
-
-    code = "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('interrupted')"
-    result = run_with_deadline([sys.executable, "-c", code], timeout=1.0)
+    code = "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('bye')"
+    result = run_with_deadline([sys.executable, "-c", code], timeout=5.0)
     assert result.timed_out
-    assert "interrupted" in result.output
-    assert result.seconds < 30
+    assert "bye" in result.output
+    assert result.seconds < 60

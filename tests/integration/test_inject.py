@@ -25,6 +25,7 @@ import pytest
 
 from apiscope.cli.main import main
 from apiscope.collectors.agent_client import AgentClient
+from apiscope.collectors.target import describe_target
 from apiscope.inject import InjectionResult, eject_agent, inject_agent
 from apiscope.model import RequestRecord
 from tests.support import (
@@ -68,12 +69,12 @@ class BackgroundClient(threading.Thread):
         self.port, self.path, self.limit = port, path, limit
         self.ok = 0
         self.failures: list[str] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         deadline = time.monotonic() + self.limit
-        while not self._stop.is_set() and time.monotonic() < deadline:
+        while not self._halt.is_set() and time.monotonic() < deadline:
             try:
                 conn.request("GET", self.path)
                 resp = conn.getresponse()
@@ -85,11 +86,11 @@ class BackgroundClient(threading.Thread):
             except (OSError, http.client.HTTPException) as exc:
                 self.failures.append(repr(exc))
                 conn.close()
-            self._stop.wait(0.005)  # bounded load: at most ~200 requests a second
+            self._halt.wait(0.005)  # bounded load: at most ~200 requests a second
         conn.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(30)
 
 
@@ -214,7 +215,6 @@ def test_gunicorn_workers_each_get_an_agent(sockets: str, tmp_path: Path,
         assert master.apps == [] and master.socket is None
         results = [inject_agent(pid, sockets) for pid in workers]
         for result in results:
-            report("gunicorn worker", result)
             assert [(a["server"], a["state"]) for a in result.apps] == [("gunicorn", "wrapped")]
         for item_id in range(N):  # a new connection each: the kernel spreads them
             assert get(server, f"/items/{item_id}")[0] == 200
@@ -229,6 +229,8 @@ def test_gunicorn_workers_each_get_an_agent(sockets: str, tmp_path: Path,
             assert f"PID {pid}: agent removed from 1 app" in out
             assert not os.path.exists(os.path.join(sockets, f"agent-{pid}.sock"))
         assert get(server, "/ping")[0] == 200
+    for result in [master, *results]:
+        report("gunicorn", result)
 
 
 def _ready_workers(master: int, ready: Path) -> list[int] | None:
@@ -251,6 +253,23 @@ def _pull_workers(workers: list[int], sockets: str) -> dict[int, int]:
         for client in clients.values():
             client.close()
     return counts
+
+
+def test_hypercorn_worker(sockets: str) -> None:
+    pytest.importorskip("hypercorn")
+    require_ptrace()
+    require_program("gdb")
+    port = free_port()
+    argv = [sys.executable, "-m", "hypercorn", APP, "--bind", f"127.0.0.1:{port}"]
+    with run_server(argv, port, ready_path="/ping") as server:
+        worker = describe_target(server.pid).pids[0]  # hypercorn serves from a spawned child
+        result = inject_agent(worker, sockets)
+        report("hypercorn", result)
+        assert [(a["server"], a["state"]) for a in result.apps] == [("hypercorn", "wrapped")]
+        for item_id in range(N):
+            assert get(server, f"/items/{item_id}")[0] == 200
+        assert len(items(pull_until(worker, sockets, lambda rs: len(items(rs)) >= N))) == N
+        assert eject_agent(worker, sockets).restored == 1
 
 
 def test_a_python_process_without_an_app_is_left_as_it_was(sockets: str) -> None:

@@ -88,13 +88,16 @@ def detach() -> Status:
     return status
 
 
-def run(action: str, directory: str | None, result_path: str, token: str) -> None:
+def run(action: str, directory: str | None, result_path: str, token: str,
+        started: float | None = None) -> None:
     """Entry point for the injector: do `action` and write the status where it waits for it.
 
-    Never raises: an exception escaping a pending call would surface as a SystemError in
-    whatever code the main thread was running (the server's event loop).
+    `started` (a `time.perf_counter()` value) is when the injected code began, so that
+    `elapsed_ms` covers loading the agent too. Never raises: an exception escaping a pending
+    call would surface as a SystemError in whatever code the main thread was running (the
+    server's event loop).
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     try:
         status = attach(directory) if action == "attach" else detach()
         status["ok"] = True

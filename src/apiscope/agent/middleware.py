@@ -28,6 +28,10 @@ UNMATCHED = "<unmatched>"
 _NESTED = "apiscope.recording"
 
 
+def _is_mount(route: Any) -> bool:
+    return getattr(route, "routes", None) is not None and not hasattr(route, "endpoint")
+
+
 class _Timing:
     """What the receive/send wrappers observe of one request."""
 
@@ -147,29 +151,30 @@ class AgentMiddleware:
         route = scope.get("route")
         if route is None:
             return UNMATCHED
-        is_mount = getattr(route, "routes", None) is not None and not hasattr(route, "endpoint")
-        if is_mount and status == 404:  # the mount matched its prefix, nothing inside it did
+        if status == 404 and _is_mount(route):  # the mount's prefix matched, nothing inside it
             return UNMATCHED
         # A route of a router FastAPI included: the prefixed path is in its effective context.
         fastapi_scope = scope.get("fastapi")
-        context = fastapi_scope.get("effective_route_context") if isinstance(
-            fastapi_scope, dict) else None
-        key, local = (context, effective_template(context)) if context is not None else (
-            route, template_of(route))
+        context = fastapi_scope.get("effective_route_context") if fastapi_scope else None
+        key = route if context is None else context
         template = self.routes.template(key)
         if template is None:
-            # First sight of this app (wrapped from outside, so scope["app"] was unset when the
-            # request came in): Starlette's outermost router put itself in scope["router"].
-            router = scope.get("router")
-            if router is not None:
-                self.routes.add_app(router)
-                template = self.routes.template(key)
-        if template is not None:
-            return template
+            template = self._unknown_route(scope, root_path, key, context)
+        return template
+
+    def _unknown_route(self, scope: Scope, root_path: str, key: Any, context: Any) -> str:
+        # First sight of this app (wrapped from outside, so scope["app"] was unset when the
+        # request came in): Starlette's outermost router put itself in scope["router"].
+        router = scope.get("router")
+        if router is not None:
+            self.routes.add_app(router)
+            template = self.routes.template(key)
+            if template is not None:
+                return template
         # A route of an app we have no table for: the mounts' prefixes are in root_path.
         inner_root = scope.get("root_path", "")
         prefix = inner_root[len(root_path):] if inner_root.startswith(root_path) else ""
-        return prefix + local
+        return prefix + (template_of(key) if context is None else effective_template(context))
 
     def raising_line(self, tb: TracebackType | None) -> tuple[str | None, int | None]:
         """File and line of the last app-code frame of a traceback (the raising user line)."""

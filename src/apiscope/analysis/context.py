@@ -85,6 +85,7 @@ class Attributed:
     endpoint: str | None
     user: Frame | None  # the leaf-most application frame
     seconds: float  # the time its `count` samples stand for (count / rate)
+    importing: bool = False  # inside an import (the app being loaded at start-up)
 
     @property
     def active(self) -> bool:
@@ -100,6 +101,9 @@ class AnalysisContext:
     by_endpoint: dict[str, list[RequestRecord]]
     earlier: tuple[Flag, ...] = ()  # flags of the rules run before this one
     functions: dict[tuple[str, int], str] = field(default_factory=dict)
+    # True when the sampler told on-CPU from off-CPU (BLOCKED samples, or GIL ownership):
+    # without it, a RUNNING sample may be a thread sleeping or in I/O at that line.
+    activity_known: bool = False
 
     @property
     def slo_ms(self) -> float:
@@ -125,7 +129,7 @@ class AnalysisContext:
 
 def attribute(data: SessionData, matcher: RouteMatcher) -> list[Attributed]:
     rates = {w.start: w.rate_hz for w in data.windows}
-    cache: dict[int, tuple[tuple[Frame, ...], str | None, Frame | None]] = {}
+    cache: dict[int, tuple[tuple[Frame, ...], str | None, Frame | None, bool]] = {}
     out = []
     for window, sample in data.samples:
         # The reader shares one tuple per distinct stack, so its id is a cheap key; the tuple is
@@ -133,11 +137,13 @@ def attribute(data: SessionData, matcher: RouteMatcher) -> list[Attributed]:
         hit = cache.get(id(sample.frames))
         if hit is None or hit[0] is not sample.frames:
             hit = (sample.frames, matcher.endpoint_of(sample.frames),
-                   user_frame(sample.frames, matcher.roots))
+                   user_frame(sample.frames, matcher.roots),
+                   any(f.file.startswith("<frozen importlib") for f in sample.frames))
             cache[id(sample.frames)] = hit
         role = data.roles.get((sample.pid, sample.tid), ThreadRole.OTHER)
         rate = rates.get(window) or int(data.meta.get("rate_hz") or 100)
-        out.append(Attributed(window, sample, role, hit[1], hit[2], sample.count / rate))
+        out.append(Attributed(window, sample, role, hit[1], hit[2], sample.count / rate,
+                              hit[3]))
     return out
 
 
@@ -153,5 +159,8 @@ def build_context(data: SessionData, thresholds: Thresholds) -> AnalysisContext:
             seen.add(id(sample.frames))
             for frame in sample.frames:
                 functions.setdefault((frame.file, frame.line), frame.function)
-    return AnalysisContext(data, thresholds, matcher, attribute(data, matcher),
-                           dict(by_endpoint), functions=functions)
+    samples = attribute(data, matcher)
+    known = any(a.sample.gil is not None or a.sample.state is SampleState.BLOCKED
+                for a in samples)
+    return AnalysisContext(data, thresholds, matcher, samples, dict(by_endpoint),
+                           functions=functions, activity_known=known)

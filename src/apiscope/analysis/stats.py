@@ -110,6 +110,20 @@ def endpoint_stats(ctx: AnalysisContext) -> list[dict[str, Any]]:
     return out
 
 
+def measured_cores(resources: Sequence[ResourceSample], pid: int | None = None,
+                   since: float | None = None, until: float | None = None) -> float | None:
+    """Mean CPU of the target's processes, in cores (psutil's percent / 100), summed over the
+    processes, over [since, until); None without resource samples there."""
+    by_pid: dict[int, list[float]] = defaultdict(list)
+    for s in resources:
+        if (pid is None or s.pid == pid) and (since is None or s.ts >= since) and (
+                until is None or s.ts < until):
+            by_pid[s.pid].append(s.cpu_percent / 100)
+    if not by_pid:
+        return None
+    return sum(sum(v) / len(v) for v in by_pid.values())
+
+
 def rss_slope_mb_per_min(samples: Sequence[ResourceSample]) -> float:
     if len(samples) < 3:
         return 0.0

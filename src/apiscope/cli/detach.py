@@ -14,6 +14,7 @@ from apiscope.cli.base import positive_int
 from apiscope.collectors.target import Target, describe_target
 from apiscope.errors import ApiscopeError, TargetError, ToolMissingError
 from apiscope.inject import InjectionResult, eject_agent
+from apiscope.inject.target import agent_listening
 
 
 class DetachCommand:
@@ -28,8 +29,7 @@ class DetachCommand:
         target = describe_target(args.pid)
         for note in target.notes:
             print(f"apiscope: {note}", file=sys.stderr)
-        _, failures = detach_all(detach_pids(target))
-        return 1 if failures else 0
+        return 1 if detach_all(detach_pids(target)) else 0
 
 
 def detach_pids(target: Target) -> list[int]:
@@ -38,16 +38,20 @@ def detach_pids(target: Target) -> list[int]:
     return pids + [pid for pid in target.pids if pid not in pids]
 
 
-def detach_all(pids: list[int], out: TextIO = sys.stdout) -> tuple[list[InjectionResult], int]:
-    """Detach each process, saying what happened: the results, and how many failed.
+def detach_all(pids: list[int], out: TextIO | None = None) -> int:
+    """Detach each process, saying what happened; returns how many could not be detached.
 
-    The first process's errors (no such PID, ptrace refused, gdb missing) are the user's to
-    fix and propagate; a worker that exited meanwhile only gets a line, and one whose
-    detach failed is counted and the rest are still detached.
+    A process without an agent socket is left untouched: no debugger is needed to know it has
+    nothing to remove (and a supervisor whose main thread sleeps in C would never run our
+    code). The first process's errors (no such PID, ptrace refused, gdb missing) are the
+    user's to fix and propagate; a worker that exited meanwhile only gets a line.
     """
-    results: list[InjectionResult] = []
+    out = out if out is not None else sys.stdout
     failures = 0
     for index, pid in enumerate(pids):
+        if not agent_listening(pid):
+            print(f"PID {pid}: no injected agent", file=out)
+            continue
         try:
             result = eject_agent(pid)
         except (ToolMissingError, TargetError):
@@ -60,8 +64,7 @@ def detach_all(pids: list[int], out: TextIO = sys.stdout) -> tuple[list[Injectio
             failures += 1
             continue
         print(f"PID {pid}: {describe(result)}", file=out)
-        results.append(result)
-    return results, failures
+    return failures
 
 
 def describe(result: InjectionResult) -> str:

@@ -152,6 +152,7 @@ class SamplerStats:
     errors: int = 0  # failed reads py-spy reported
     bad_lines: int = 0  # unparseable lines (skipped)
     overlaps: list[float] = field(default_factory=list)  # seconds two py-spy ran at once
+    startups: list[float] = field(default_factory=list)  # seconds from spawn to sampling
     pyspy_cpu_seconds: float = 0.0
     sampled_seconds: float = 0.0
 
@@ -301,9 +302,12 @@ class StackSampler:
         self._count += 1
         output = Path(self._tmp.name) / f"window-{self._count}.txt"
         argv = record_argv(self._pyspy, self.pid, str(output), self.options)
+        spawned = self._clock()
         proc = self._spawn(argv)
         if proc.wait_ready(self._ready_timeout):
-            return _Run(proc, output, self._clock())
+            ready = self._clock()
+            self.stats.startups.append(ready - spawned)
+            return _Run(proc, output, ready)
         proc.interrupt()
         result = proc.finish(5.0)
         if not self._alive(self.pid) or exited_message(result.stderr):

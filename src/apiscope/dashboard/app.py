@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -58,11 +59,31 @@ def session_data(app: Dash) -> SessionData:
 def _bind(app: Dash, host: str, port: int) -> BaseWSGIServer:
     # werkzeug logs every request at INFO; the dashboard polls, so keep it to warnings.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    # werkzeug answers a busy port with sys.exit(1) and its own text; probe first for a clear
+    # apiscope error, and still catch its exit for the rare race.
+    problem = _cannot_bind(host, port)
+    if problem is None:
+        try:
+            return make_server(host, port, app.server, threaded=True)
+        except (OSError, SystemExit) as exc:
+            problem = str(exc)
+    raise UsageError(f"cannot serve the dashboard on {host}:{port} ({problem}):"
+                     " pass a free --port, or --host to change the address")
+
+
+def _cannot_bind(host: str, port: int) -> str | None:
     try:
-        return make_server(host, port, app.server, threaded=True)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        raise UsageError(f"cannot serve the dashboard on {host}:{port} ({exc.strerror!s}):"
-                         " pass a free --port, or --host to change the address") from None
+        return str(exc)
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def serve(app: Dash, host: str = "127.0.0.1", port: int = 8050) -> None:

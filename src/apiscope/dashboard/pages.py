@@ -102,7 +102,8 @@ def flamegraph_page() -> html.Div:
         for fmt in FORMATS] + [dcc.Download(id="export-download")], className="exports")
     return html.Div([
         controls,
-        dcc.Graph(id={"type": "timechart", "name": "timeline"}, config={"displaylogo": False}),
+        dcc.Graph(id={"type": "timechart", "name": "timeline"}, className="timeline-chart",
+                  config={"displaylogo": False}),
         html.Div([html.Div(id="flame-info", className="summary"), exports], className="row"),
         html.Div([html.Span(kind, className=f"kind kind-{kind}") for kind in
                   ("app", "library", "stdlib", "other")], className="legend"),

@@ -7,6 +7,7 @@ entries whose counts add up to exactly the samples that match.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,9 +61,12 @@ class SliceSpec:
 def parse_time(text: str, session_start: float) -> float:
     """Epoch seconds of `text`: seconds from the session start, or an ISO 8601 time."""
     try:
-        return session_start + float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if math.isfinite(seconds):
+            return session_start + seconds
     try:
         moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
     except ValueError:
@@ -95,7 +99,7 @@ def sample_filter(reader: SessionReader, spec: SliceSpec) -> SampleFilter:
 def select_samples(reader: SessionReader, spec: SliceSpec,
                    endpoint_of: EndpointOf | None = None) -> list[StackSample]:
     """The samples of the slice, merged across windows, in a deterministic order."""
-    samples: Iterable[StackSample] = (s for _, s in reader.samples(sample_filter(reader, spec)))
+    samples: Iterable[StackSample] = reader.sample_totals(sample_filter(reader, spec))
     if spec.route is not None:
         routes = reader.routes()
         wanted = resolve_route(spec.route, routes)

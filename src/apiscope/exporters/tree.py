@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import site
 import sysconfig
 from collections.abc import Iterable
@@ -179,7 +180,9 @@ class Classifier:
         if os.path.isabs(path):
             if path.startswith(self._libraries):
                 return "library"
-            return "stdlib" if path.startswith(self._stdlib) else "app"
+            if path.startswith(self._stdlib) or _ANY_STDLIB.search(path):
+                return "stdlib"
+            return "app"
         if not path:
             return "app"
         # A short name: the library directories are checked first because the stdlib
@@ -189,6 +192,11 @@ class Classifier:
         if any(os.path.isfile(d + path) for d in self._stdlib):
             return "stdlib"
         return "app"
+
+
+# The target may run another interpreter than apiscope (system Python, another pyenv version):
+# any ".../lib/pythonX.Y/" file outside site-/dist-packages is a standard library's.
+_ANY_STDLIB = re.compile(r"/lib/python\d+(\.\d+)?t?/|/Lib/")
 
 
 def _dir_prefix(directory: str) -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from apiscope.inject.gdb import InjectionFailed
+from apiscope.inject.errors import InjectionFailed, InjectionTimeout
 from apiscope.inject.injector import eject_agent, inject_agent
-from apiscope.inject.result import InjectionResult, InjectionTimeout, read_result, result_path
+from apiscope.inject.result import InjectionResult, read_result, result_path
 
 __all__ = ["InjectionFailed", "InjectionResult", "InjectionTimeout", "eject_agent",
            "inject_agent", "read_result", "result_path"]

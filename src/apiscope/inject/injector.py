@@ -18,11 +18,13 @@ from collections.abc import Callable
 
 from apiscope.agent.paths import SocketDirError, ensure_private_dir, socket_dir
 from apiscope.errors import ToolMissingError, UsageError
-from apiscope.inject.gdb import InjectionFailed, check_gdb_output, gdb_argv, gdb_script
+from apiscope.inject.errors import InjectionFailed
+from apiscope.inject.gdb import check_gdb_output, gdb_argv, gdb_script
 from apiscope.inject.remote import (
     REMOTE_EXEC_VERSION,
     check_remote_exec,
     remote_exec_argv,
+    remote_script_path,
     write_script,
 )
 from apiscope.inject.result import InjectionResult, result_path, wait_for_result
@@ -69,6 +71,8 @@ def _run_in_target(pid: int, action: str, directory: str | None, runner: Runner,
     debugger_seconds = schedule(pid, snippet, directory, runner)
     status = wait_for_result(path, token, pid, timeout)
     _remove(path)
+    if use_remote:
+        _remove(remote_script_path(directory, pid))  # read by now: the target ran it
     if not status.get("ok"):
         raise InjectionFailed(f"the agent failed inside PID {pid}:"
                               f" {status.get('error', 'no reason given')}")
@@ -96,10 +100,10 @@ def _schedule_gdb(pid: int, snippet: str, directory: str, runner: Runner) -> flo
 
 
 def _schedule_remote_exec(pid: int, snippet: str, directory: str, runner: Runner) -> float:
-    script = os.path.join(directory, f"inject-{pid}.py")
+    script = remote_script_path(directory, pid)
+    # The target reads the script at its next safe point, after the call returns: it is
+    # removed once the status shows it ran (a timed-out one is replaced by the next run).
     write_script(script, snippet)
-    # The target reads the script at its next safe point, after the call returns; the file is
-    # overwritten by the next injection rather than deleted under the target's feet.
     run = runner(remote_exec_argv(pid, script), DEBUGGER_TIMEOUT)
     check_remote_exec(pid, run)
     return run.seconds

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -27,6 +28,7 @@ AGENT_MODULE = "apiscope_agent"
 
 def main(args: Mapping[str, Any]) -> None:
     """Attach or detach as `args` says; every outcome ends as a status file."""
+    started = time.perf_counter()  # loading the agent is part of the main thread's pause
     action = str(args["action"])
     result_path = str(args["result"])
     token = str(args["token"])
@@ -40,7 +42,7 @@ def main(args: Mapping[str, Any]) -> None:
                                  "note": "no apiscope agent was injected into this process"})
             return
         bootstrap = importlib.import_module(AGENT_MODULE + ".bootstrap")
-        bootstrap.run(action, args.get("directory"), result_path, token)
+        bootstrap.run(action, args.get("directory"), result_path, token, started)
     except Exception as exc:  # the loader itself failed: say why, leave the server alone
         _write(result_path, {"action": action, "ok": False, "token": token, "pid": os.getpid(),
                              "error": f"{type(exc).__name__}: {exc}"})

@@ -11,10 +11,15 @@ from __future__ import annotations
 import os
 
 from apiscope.errors import TargetError
-from apiscope.inject.gdb import PTRACE_FIXES, InjectionFailed
+from apiscope.inject.errors import InjectionFailed
+from apiscope.inject.gdb import PTRACE_FIXES
 from apiscope.inject.runner import RunResult
 
 REMOTE_EXEC_VERSION = (3, 14)
+
+
+def remote_script_path(directory: str, pid: int) -> str:
+    return os.path.join(directory, f"inject-{pid}.py")
 
 
 def write_script(path: str, snippet: str) -> None:

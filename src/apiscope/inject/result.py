@@ -16,13 +16,9 @@ from typing import Any
 
 import psutil
 
-from apiscope.inject.gdb import InjectionFailed
+from apiscope.inject.errors import InjectionFailed, InjectionTimeout
 
 POLL_INTERVAL = 0.02
-
-
-class InjectionTimeout(InjectionFailed):
-    """The target never ran the scheduled code within the deadline."""
 
 
 @dataclass(frozen=True)

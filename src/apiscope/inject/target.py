@@ -47,3 +47,18 @@ def _not_python(proc: psutil.Process) -> str:
         return f"{head}; its Python child processes: {listing}. Give one of these PIDs"
     return (f"{head}: give the PID of the uvicorn, gunicorn or hypercorn process (find it with"
             " `pgrep -af 'uvicorn|gunicorn|hypercorn'`)")
+
+
+def agent_listening(pid: int, proc_root: str = "/proc") -> bool:
+    """Whether `pid` serves an agent socket (`agent-<pid>.sock`), without touching it.
+
+    Read from the Unix socket table of the process's own network namespace, so it holds for a
+    server in a container too. When the table cannot be read, we cannot tell: say yes and let
+    the injection find out.
+    """
+    name = f"/agent-{pid}.sock"
+    try:
+        with open(f"{proc_root}/{pid}/net/unix", encoding="utf-8", errors="replace") as table:
+            return any(line.rstrip().endswith(name) for line in table)
+    except OSError:
+        return True

@@ -1,30 +1,52 @@
 """The metric set, on a registry of its own (no global default registry).
 
 The collector feeds it as data arrives; Prometheus scrapes `/metrics`, mounted on the dashboard's
-server or served alone on `--metrics-port`.
+server (`metrics_wsgi_app`) or served alone on `--metrics-port` (`serve_metrics`). Every metric
+is documented in docs/metrics.md: keep the two in step.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    make_wsgi_app,
+    start_http_server,
+)
 
+from apiscope.errors import UsageError
 from apiscope.model import AgentStats, RequestRecord, ResourceSample, ThreadPoolSample
 
-# From sub-millisecond cache hits to multi-second stalls: API latencies span four decades.
+# From sub-millisecond cache hits to multi-second stalls: API latencies span four decades, and
+# `histogram_quantile` is only as precise as the buckets around the SLO (100-500 ms typically).
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
+SEVERITIES = ("low", "medium", "high")
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class MetricsExporter:
-    """Prometheus metrics for one collecting command."""
+    """Prometheus metrics for one collecting command (one or many target processes)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._lock = threading.Lock()
+        # The agent's counters are cumulative in the target; we export increments so that a
+        # restarted agent (counts back to zero) never makes a Prometheus counter go down.
+        self._agent_seen: dict[int, tuple[int, int]] = {}
+        self._define_request_metrics()
+        self._define_process_metrics()
+        self._define_collector_metrics()
+
+    def _define_request_metrics(self) -> None:
         r = self.registry
         self.request_duration = Histogram(
             "apiscope_request_duration_seconds",
@@ -33,6 +55,9 @@ class MetricsExporter:
         self.requests_in_flight = Gauge(
             "apiscope_requests_in_flight", "Requests started and not yet finished.",
             ["pid"], registry=r)
+
+    def _define_process_metrics(self) -> None:
+        r = self.registry
         self.cpu = Gauge("apiscope_process_cpu_percent",
                          "CPU use of a target process (100 = one core).", ["pid"], registry=r)
         self.rss = Gauge("apiscope_process_resident_memory_bytes",
@@ -52,17 +77,26 @@ class MetricsExporter:
                                 registry=r)
         self.pool_waiting = Gauge("apiscope_threadpool_waiting",
                                   "Tasks waiting for a thread-pool token.", ["pid"], registry=r)
+
+    def _define_collector_metrics(self) -> None:
+        r = self.registry
         self.samples = Counter("apiscope_samples", "Stack samples stored.", registry=r)
         self.sample_errors = Counter("apiscope_sample_errors",
                                      "Stack samples py-spy failed to read.", registry=r)
-        self.agent_dropped = Gauge("apiscope_agent_dropped_requests",
-                                   "Requests the agent dropped because its buffer was full.",
-                                   ["pid"], registry=r)
-        self.agent_errors = Gauge("apiscope_agent_errors", "The agent's own caught errors.",
-                                  ["pid"], registry=r)
-        self.flags = Gauge("apiscope_flags_active", "Bottleneck flags raised by the analysis.",
+        self.samples_dropped = Counter(
+            "apiscope_samples_dropped",
+            "Stack samples expected at the sampling rate that never arrived.", registry=r)
+        self.agent_dropped = Counter(
+            "apiscope_agent_dropped_requests",
+            "Requests the agent dropped because its buffer was full.", ["pid"], registry=r)
+        self.agent_errors = Counter("apiscope_agent_errors",
+                                    "The agent's own caught errors (never seen by a request).",
+                                    ["pid"], registry=r)
+        self.flags = Gauge("apiscope_flags_active",
+                           "Bottleneck flags the analysis currently raises.",
                            ["kind", "severity"], registry=r)
-        self._lock = threading.Lock()
+
+    # -- what the collector feeds ---------------------------------------------------------------
 
     def observe_requests(self, records: Iterable[RequestRecord]) -> None:
         for rec in records:
@@ -84,32 +118,77 @@ class MetricsExporter:
         self.pool_waiting.labels(pid).set(sample.waiting)
 
     def observe_agent(self, stats: AgentStats) -> None:
-        self.agent_dropped.labels(str(stats.pid)).set(stats.dropped)
-        self.agent_errors.labels(str(stats.pid)).set(stats.errors)
+        with self._lock:
+            last_dropped, last_errors = self._agent_seen.get(stats.pid, (0, 0))
+            self._agent_seen[stats.pid] = (stats.dropped, stats.errors)
+        pid = str(stats.pid)
+        self.agent_dropped.labels(pid).inc(_increment(last_dropped, stats.dropped))
+        self.agent_errors.labels(pid).inc(_increment(last_errors, stats.errors))
 
     def observe_in_flight(self, pid: int, count: int) -> None:
         self.requests_in_flight.labels(str(pid)).set(count)
 
-    def observe_samples(self, stored: int, errors: int) -> None:
-        self.samples.inc(stored)
-        self.sample_errors.inc(errors)
+    def observe_samples(self, stored: int, errors: int, dropped: int = 0) -> None:
+        self.samples.inc(max(0, stored))
+        self.sample_errors.inc(max(0, errors))
+        self.samples_dropped.inc(max(0, dropped))
 
     def observe_loop_blocked(self, pid: int, seconds: float) -> None:
         if seconds > 0:
             self.loop_blocked.labels(str(pid)).inc(seconds)
 
-    def set_flags(self, flags: Iterable[dict[str, Any]]) -> None:
+    def set_flags(self, flags: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the active flags with `flags` (report-shaped dicts: `kind`, `severity`).
+
+        Every known severity of a kind seen once stays exported (at 0 when cleared), so that an
+        alert on `apiscope_flags_active > 0` resolves instead of going stale.
+        """
         counts: dict[tuple[str, str], int] = {}
         for flag in flags:
-            key = (flag["kind"], flag["severity"])
+            key = (str(flag["kind"]), str(flag["severity"]))
             counts[key] = counts.get(key, 0) + 1
         with self._lock:
-            self.flags.clear()
+            for kind, severity in _label_pairs(self.flags):
+                counts.setdefault((kind, severity), 0)
             for (kind, severity), n in counts.items():
                 self.flags.labels(kind, severity).set(n)
+
+    def forget_process(self, pid: int) -> None:
+        """Drop the per-process gauges of an exited worker (its counters stay until restart)."""
+        label = str(pid)
+        for gauge in (self.requests_in_flight, self.cpu, self.rss, self.threads, self.fds,
+                      self.pool_in_use, self.pool_total, self.pool_waiting):
+            try:
+                gauge.remove(label)
+            except KeyError:
+                pass
+
+
+def _increment(last: int, now: int) -> int:
+    # A smaller cumulative value means the agent restarted: everything it counted is new.
+    return now - last if now >= last else now
+
+
+def _label_pairs(gauge: Gauge) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for metric in gauge.collect():
+        for sample in metric.samples:
+            pairs.append((sample.labels["kind"], sample.labels["severity"]))
+    return pairs
+
+
+def metrics_wsgi_app(exporter: MetricsExporter) -> WsgiApp:
+    """A WSGI app serving the exporter's registry (mount it at `/metrics` on Flask)."""
+    app: WsgiApp = make_wsgi_app(exporter.registry)
+    return app
 
 
 def serve_metrics(exporter: MetricsExporter, host: str, port: int) -> Any:
     """Serve /metrics alone (the headless sidecar case); returns the server (call shutdown())."""
-    server, _thread = start_http_server(port, addr=host, registry=exporter.registry)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=exporter.registry)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; pick a free port"
+            " with --metrics-port or stop what is listening there") from None
     return server

@@ -141,7 +141,31 @@ class SessionReader:
 
     def samples(self, flt: SampleFilter | None = None) -> Iterator[tuple[float, StackSample]]:
         """(window start, sample) for every stored sample row matching the filter."""
-        flt = flt or SampleFilter()
+        where, params = self._sample_where(flt or SampleFilter())
+        names = {key: name for key, (name, _) in self.threads().items()}
+        sql = ("SELECT w.start, s.pid, s.tid, s.stack_id, s.state, s.gil, s.count"
+               " FROM samples s JOIN windows w ON w.id = s.window_id"
+               f" WHERE {where} ORDER BY w.start")
+        for start, pid, tid, stack_id, state, gil, count in self._conn.execute(sql, params):
+            yield start, StackSample(pid, tid, names.get((pid, tid), ""), self.stack(stack_id),
+                                     count, SampleState(state), None if gil is None else bool(gil))
+
+    def sample_totals(self, flt: SampleFilter | None = None) -> list[StackSample]:
+        """The matching samples summed over windows: one entry per thread, stack and state.
+
+        Flamegraphs need no time order, and summing in SQL reads far fewer rows.
+        """
+        where, params = self._sample_where(flt or SampleFilter())
+        names = {key: name for key, (name, _) in self.threads().items()}
+        sql = ("SELECT s.pid, s.tid, s.stack_id, s.state, s.gil, sum(s.count)"
+               " FROM samples s JOIN windows w ON w.id = s.window_id"
+               f" WHERE {where} GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5")
+        return [StackSample(pid, tid, names.get((pid, tid), ""), self.stack(stack_id), count,
+                            SampleState(state), None if gil is None else bool(gil))
+                for pid, tid, stack_id, state, gil, count in self._conn.execute(sql, params)]
+
+    @staticmethod
+    def _sample_where(flt: SampleFilter) -> tuple[str, list[Any]]:
         where: list[str] = ["1"]
         params: list[Any] = []
         if flt.since is not None:
@@ -162,13 +186,7 @@ class SessionReader:
         if flt.states is not None:
             where.append(f"s.state IN ({','.join('?' * len(flt.states))})")
             params.extend(sorted(s.value for s in flt.states))
-        names = {key: name for key, (name, _) in self.threads().items()}
-        sql = ("SELECT w.start, s.pid, s.tid, s.stack_id, s.state, s.gil, s.count"
-               " FROM samples s JOIN windows w ON w.id = s.window_id"
-               f" WHERE {' AND '.join(where)} ORDER BY w.start")
-        for start, pid, tid, stack_id, state, gil, count in self._conn.execute(sql, params):
-            yield start, StackSample(pid, tid, names.get((pid, tid), ""), self.stack(stack_id),
-                                     count, SampleState(state), None if gil is None else bool(gil))
+        return " AND ".join(where), params
 
     # -- requests and resources ---------------------------------------------------------------
 

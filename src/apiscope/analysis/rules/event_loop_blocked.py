@@ -25,6 +25,10 @@ SUGGEST_BLOCKING = ("replace the blocking call with its async form (await asynci
 SUGGEST_CPU = ("move the CPU-bound work off the event loop: await run_in_threadpool(...) for short"
                " work, a ProcessPoolExecutor for heavy work, or make the handler a plain `def`")
 
+SUGGEST_EITHER = ("if the call waits (a sync sleep, sync I/O), use its async form or await"
+                  " run_in_threadpool(...); if it computes, move it off the loop the same way or"
+                  " to a ProcessPoolExecutor")
+
 
 def _longest_saturated_run(loop: list[Attributed], window_ends: dict[float, float]) -> float:
     """Seconds of the longest run of consecutive windows where the loop never waited."""
@@ -47,14 +51,18 @@ class EventLoopBlockedRule:
         total = sum(a.sample.count for a in loop)
         if not total:
             return []
-        inside: dict[str | None, list[Attributed]] = defaultdict(list)
+        # Without a route table (no agent), samples are grouped by the app function instead.
+        inside: dict[tuple[str | None, str], list[Attributed]] = defaultdict(list)
         for a in loop:
-            if a.active and a.user is not None:
-                inside[a.endpoint].append(a)
+            # Importing the app at start-up runs on the loop thread too, but before serving.
+            if a.active and a.user is not None and not a.importing:
+                key = "" if a.endpoint else f"{a.user.file}:{a.user.function.split('.')[0]}"
+                inside[(a.endpoint, key)].append(a)
         ends = {w.start: w.end for w in ctx.data.windows}
         longest_run = _longest_saturated_run(loop, ends)
         flags = []
-        for endpoint, samples in inside.items():
+        for (endpoint, _), samples in sorted(inside.items(), key=lambda kv: (
+                kv[0][0] or "", kv[0][1])):
             flag = self._flag(ctx, endpoint, samples, total, longest_run)
             if flag is not None:
                 flags.append(flag)
@@ -82,7 +90,12 @@ class EventLoopBlockedRule:
         loc = frame_location(hot)
         longest_ms = max(longest_run * 1000, per_request_ms or 0.0)
         is_blocking = blocked * 2 >= count
-        what = "blocked (sync sleep or I/O)" if is_blocking else "running CPU work"
+        if not ctx.activity_known:  # the sampler could not tell a sleep from computing
+            what, suggestion = "blocking it (sync sleep, sync I/O or CPU work)", SUGGEST_EITHER
+        elif is_blocking:
+            what, suggestion = "blocked (sync sleep or I/O)", SUGGEST_BLOCKING
+        else:
+            what, suggestion = "running CPU work", SUGGEST_CPU
         evidence = (f"the event loop spent {pct(fraction)} of the window inside {where(loc)}"
                     f"{call}, {what}; every other request on that loop waited")
         if per_request_ms is not None:
@@ -91,5 +104,4 @@ class EventLoopBlockedRule:
                   "longest_stall_ms": longest_ms, "blocking_share": blocked / count}
         if per_request_ms is not None:
             metric["stall_ms_per_request"] = per_request_ms
-        return make_flag(self.kind, severity, endpoint, loc, evidence, metric,
-                         SUGGEST_BLOCKING if is_blocking else SUGGEST_CPU)
+        return make_flag(self.kind, severity, endpoint, loc, evidence, metric, suggestion)

@@ -9,8 +9,11 @@ Two ways to see it, per sampling window, over the handler threads (loop and pool
   thread sleeping or doing I/O at its own line (no holder there) is not.
 - GIL state unknown: the RUNNING samples beyond the window's ticks (the most samples any one
   thread got in it) cannot all have held the GIL, so the excess waited. Counted only in windows
-  where at least two worker threads ran. A lower bound; its blind spot is C code that releases
-  the GIL (hashing, compression, numpy), which it takes for Python code.
+  where at least two worker threads ran and, when resource samples exist, the process used at
+  least `GIL_BUSY_CORES` of a core in that window: someone must hold the GIL for others to wait
+  for it, so worker threads all sleeping at a `time.sleep` line (RUNNING, for a sampler without
+  an activity probe) are not mistaken for contention. A lower bound; its blind spot is C code
+  that releases the GIL (hashing, compression, numpy), which it takes for Python code.
 
 The share is waited samples over all non-waiting handler-thread samples. The location is the
 hottest line among the samples that held (or most likely held) the GIL.
@@ -22,19 +25,32 @@ from collections import Counter, defaultdict
 
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed, Flag
 from apiscope.analysis.flags import frame_location, make_flag, pct, where
+from apiscope.analysis.stats import measured_cores
 from apiscope.analysis.thresholds import grade
 from apiscope.model import Frame, SampleState, ThreadRole
+
+GIL_BUSY_CORES = 0.7
 
 SUGGESTION = ("move CPU-bound Python out of threads into processes (ProcessPoolExecutor, more"
               " workers) or into code that releases the GIL; fewer threads contend less")
 
 
-def _active_by_window(ctx: AnalysisContext) -> dict[float, list[Attributed]]:
-    by_window: dict[float, list[Attributed]] = defaultdict(list)
+def _active_by_window(ctx: AnalysisContext) -> dict[tuple[float, int], list[Attributed]]:
+    """The busy handler-thread samples per (window, pid)."""
+    by_window: dict[tuple[float, int], list[Attributed]] = defaultdict(list)
     for a in ctx.samples:
         if a.active and a.role in HANDLER_ROLES:
-            by_window[a.window].append(a)
+            by_window[(a.window, a.sample.pid)].append(a)
     return by_window
+
+
+def _gil_held(ctx: AnalysisContext, window: float, pid: int) -> bool:
+    """Whether the process was busy enough in the window for the GIL to be held throughout."""
+    if not ctx.data.resources:
+        return True
+    end = next((w.end for w in ctx.data.windows if w.start == window), window + 1.0)
+    cores = measured_cores(ctx.data.resources, pid, window, max(end, window + 1.0))
+    return cores is not None and cores >= GIL_BUSY_CORES
 
 
 def _ticks(ctx: AnalysisContext) -> dict[float, int]:
@@ -78,10 +94,12 @@ class GilContentionRule:
         ticks = _ticks(ctx)
         waited = active = 0
         holders: list[Attributed] = []
-        for window, samples in _active_by_window(ctx).items():
+        for (window, pid), samples in _active_by_window(ctx).items():
             active += sum(a.sample.count for a in samples)
             known_waited, known_holders = _known(samples)
-            guessed, guessed_holders = _inferred(samples, ticks.get(window, 0))
+            guessed, guessed_holders = 0, list[Attributed]()
+            if ctx.activity_known or _gil_held(ctx, window, pid):
+                guessed, guessed_holders = _inferred(samples, ticks.get(window, 0))
             waited += known_waited + guessed
             holders += known_holders + guessed_holders
         if not active:

@@ -1,0 +1,153 @@
+"""The session file: schema stamp, WAL, de-duplication, foreign files, and a killed writer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from apiscope.errors import SessionFileError
+from apiscope.model import (
+    Frame,
+    QueryStat,
+    RequestRecord,
+    ResourceSample,
+    SampleState,
+    StackSample,
+    StackWindow,
+    ThreadRole,
+)
+from apiscope.store import SCHEMA_VERSION, SessionReader, SessionWriter
+from apiscope.store.reader import SampleFilter
+from tests.support import wait_until
+
+LOOP = (Frame("run_forever", "/usr/lib/python3.11/asyncio/base_events.py", 607),
+        Frame("handler", "/app/main.py", 12))
+
+
+def window(start: float, count: int = 3, state: SampleState = SampleState.RUNNING) -> StackWindow:
+    sample = StackSample(10, 11, "MainThread", LOOP, count, state)
+    return StackWindow(start, start + 1, 100, (sample,), threads={(10, 11): ThreadRole.LOOP})
+
+
+def test_schema_version_wal_and_private_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with SessionWriter(path) as writer:
+        writer.set_meta(command="uvicorn app:app")
+        writer.flush()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert SessionReader(path).meta() == {"command": "uvicorn app:app"}
+
+
+def test_frames_and_stacks_are_stored_once(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with SessionWriter(path) as writer:
+        for i in range(5):
+            writer.put_window(window(float(i)))
+    reader = SessionReader(path)
+    assert reader.query("SELECT count(*) FROM frames")[0][0] == 2
+    assert reader.query("SELECT count(*) FROM stacks")[0][0] == 1
+    rows = list(reader.samples())
+    assert [start for start, _ in rows] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert all(s.frames == LOOP and s.count == 3 for _, s in rows)
+    assert reader.threads() == {(10, 11): ("MainThread", ThreadRole.LOOP)}
+
+
+def test_sample_filter_slices_by_time_and_state(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with SessionWriter(path) as writer:
+        writer.put_window(window(0.0, 2, SampleState.WAITING))
+        writer.put_window(window(1.0, 5, SampleState.RUNNING))
+        writer.put_window(window(2.0, 7, SampleState.BLOCKED))
+    reader = SessionReader(path)
+    flt = SampleFilter(since=1.0, states=frozenset({SampleState.RUNNING, SampleState.BLOCKED}))
+    assert sum(s.count for _, s in reader.samples(flt)) == 12
+    assert sum(s.count for _, s in reader.samples(SampleFilter(until=1.0))) == 2
+
+
+def test_requests_round_trip_with_queries(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    query = QueryStat("SELECT * FROM lines WHERE order_id = ?", 12, 3.5, "/app/orders.py", 41)
+    record = RequestRecord(10, 100.0, 12.5, "GET", "/orders/{order_id}", 200, queries=(query,))
+    with SessionWriter(path) as writer:
+        writer.put_requests([record])
+        writer.put_resources([ResourceSample(100.0, 10, 12.0, 50_000_000, 4, 20)])
+    reader = SessionReader(path)
+    assert reader.requests(with_queries=True) == [record]
+    assert reader.query("SELECT query_count, query_ms FROM requests") == [(12, 3.5)]
+    assert reader.resources()[0].rss_bytes == 50_000_000
+
+
+def test_foreign_and_missing_files_are_refused_clearly(tmp_path: Path) -> None:
+    with pytest.raises(SessionFileError, match="no session file"):
+        SessionReader(tmp_path / "missing.sqlite")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database at all, just some text " * 100)
+    with pytest.raises(SessionFileError, match="not an apiscope session"):
+        SessionReader(text)
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)")
+    with pytest.raises(SessionFileError, match="not an apiscope session"):
+        SessionReader(other)
+
+
+def test_reader_sees_batches_while_the_writer_runs(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with SessionWriter(path) as writer:
+        writer.put_window(window(0.0))
+        writer.flush()
+        reader = SessionReader(path)
+        assert len(reader.windows()) == 1
+        writer.put_window(window(1.0))
+        writer.flush()
+        assert len(reader.windows()) == 2
+
+
+def test_committed_data_survives_a_killed_collector(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    marker = tmp_path / "flushed"
+    script = textwrap.dedent(f"""
+        import time
+        from apiscope.model import RequestRecord
+        from apiscope.store import SessionWriter
+        w = SessionWriter({str(path)!r})
+        w.put_requests([RequestRecord(1, float(i), 1.0, "GET", "/x", 200) for i in range(100)])
+        w.flush()
+        open({str(marker)!r}, "w").close()
+        i = 0
+        while True:  # keep writing until killed
+            w.put_requests([RequestRecord(1, 1000.0 + i, 1.0, "GET", "/x", 200)])
+            i += 1
+            time.sleep(0.001)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        wait_until(marker.exists, timeout=30, what="the writer to commit its first batch")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    reader = SessionReader(path)
+    count = reader.query("SELECT count(*) FROM requests")[0][0]
+    assert count >= 100
+    assert reader.query("PRAGMA integrity_check") == [("ok",)]
+
+
+def test_sample_totals_sum_windows_per_thread_stack_and_state(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with SessionWriter(path) as writer:
+        writer.put_window(window(0.0, 2, SampleState.WAITING))
+        writer.put_window(window(1.0, 5))
+        writer.put_window(window(2.0, 7))
+    reader = SessionReader(path)
+    totals = {s.state: s.count for s in reader.sample_totals()}
+    assert totals == {SampleState.WAITING: 2, SampleState.RUNNING: 12}
+    assert [s.count for s in reader.sample_totals(SampleFilter(since=2.0))] == [7]
