@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from apiscope.collectors.agent_client import AgentClient
 from apiscope.collectors.resources import ResourceCollector
-from apiscope.collectors.stacks import StackSampler
+from apiscope.collectors.stacks import EndReason, StackSampler
 from apiscope.collectors.target import Target
 from apiscope.errors import ApiscopeError
 from apiscope.metrics import MetricsExporter
@@ -129,7 +129,10 @@ class Collection:
     # -- collectors -----------------------------------------------------------------------------
 
     def _sampler_says_gone(self) -> bool:
-        return bool(getattr(self._sampler, "target_exited", False))
+        reason = self._sampler.end_reason
+        if reason is EndReason.FAILED:
+            self._warn(f"stack sampling stopped: {self._sampler.error}")
+        return reason is EndReason.TARGET_EXITED
 
     def _add_worker(self, pid: int) -> None:
         if self.options.inject and self.injector is not None:

@@ -219,13 +219,13 @@ def test_memory_noise_and_a_step_are_not_growth(tmp_path: Path) -> None:
 
 
 def saturated_pool(spec: Spec, busy: bool) -> Spec:
-    spec.threadpool = [ThreadPoolSample(T0 + i + 0.5, PID, 40, 40, 6 if i % 3 else 0)
+    """A 4-token pool, full in every observation and with tasks waiting in two of three."""
+    spec.threadpool = [ThreadPoolSample(T0 + i + 0.5, PID, 4, 4, 6 if i % 3 else 0)
                        for i in range(30)]
     if busy:
-        spec.per_window[5:9] = [sample(W1, on_worker(app("export", 133)), 100,
-                                       SampleState.BLOCKED),
-                                sample(W2, on_worker(app("export", 133)), 100,
-                                       SampleState.BLOCKED)]
+        spec.per_window[5:9] = [sample(t, on_worker(app("export", 133)), 100,
+                                       SampleState.BLOCKED) for t in (W1, W2, 10, 11)]
+    spec.per_window += [idle_worker(t, 100) for t in (12, 13, 14)]  # idle, kept by anyio
     spec.requests += [request("GET /export", T0 + i, 900.0) for i in range(30)]
     return spec
 
@@ -235,7 +235,7 @@ def test_threadpool_saturation_names_the_sync_handler(tmp_path: Path) -> None:
     [flag] = flags_of(report, "threadpool_saturation")
     assert flag["severity"] == "high" and flag["route"] == "GET /export"
     assert flag["location"] == {"file": APP, "line": 130, "function": "export"}
-    assert flag["metric"]["worker_busy_fraction"] == 1.0
+    assert flag["metric"]["busy_workers_mean"] == 4.0
     [slow] = [f for f in flags_of(report, "slow_endpoint") if f["route"] == "GET /export"]
     assert "waited for the saturated thread pool" in slow["evidence"]
 

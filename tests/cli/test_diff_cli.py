@@ -64,3 +64,22 @@ def test_diff_of_a_foreign_file_exits_2(tmp_path: Path,
     base, _ = sessions(tmp_path)
     assert main(["diff", str(base), str(tmp_path / "missing.sqlite")]) == 2
     assert "no session file" in capsys.readouterr().err
+
+
+def test_flags_without_route_are_matched_by_function() -> None:
+    from apiscope.analysis.diff import diff_reports
+
+    def flag(function: str, line: int) -> dict[str, object]:
+        return {"kind": "event_loop_blocked", "severity": "high", "route": None,
+                "location": {"file": "/app/main.py", "line": line, "function": function},
+                "evidence": "e", "metric": {}, "suggestion": "s"}
+
+    def report(*flags: dict[str, object]) -> dict[str, object]:
+        return {"target": {"command": "x"}, "window": {"start": "s"}, "endpoints": [],
+                "flags": list(flags)}
+
+    diff = diff_reports(report(flag("audit", 15), flag("search", 40)),
+                        report(flag("audit", 16)))
+    assert [f["location"]["function"] for f in diff["flags"]["resolved"]] == ["search"]
+    assert [f["location"]["line"] for f in diff["flags"]["kept"]] == [16]
+    assert diff["flags"]["appeared"] == []

@@ -26,7 +26,10 @@ import pytest
 from apiscope.cli.main import main
 from apiscope.collectors.agent_client import AgentClient
 from apiscope.collectors.target import describe_target
+from apiscope.errors import TargetError
 from apiscope.inject import InjectionResult, eject_agent, inject_agent
+from apiscope.inject.gdb import check_gdb_output, gdb_argv, gdb_script
+from apiscope.inject.runner import run_with_deadline
 from apiscope.model import RequestRecord
 from tests.support import (
     ServerProcess,
@@ -286,6 +289,27 @@ def test_a_python_process_without_an_app_is_left_as_it_was(sockets: str) -> None
         assert result.socket is None and os.listdir(sockets) == []
         assert proc.poll() is None
         assert psutil.Process(proc.pid).num_threads() == 1  # no agent thread was started
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_gdb_refused_by_the_kernel_names_the_fix(tmp_path: Path) -> None:
+    """A real refusal: gdb run as an unprivileged user against a process of root's."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run gdb as another user")
+    gdb = require_program("gdb")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        script = tmp_path / "probe.gdb"  # never read: gdb fails to attach first
+        script.write_text(gdb_script("pass\n"))
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                *gdb_argv(gdb, proc.pid, str(script))]
+        with pytest.raises(TargetError) as caught:
+            check_gdb_output(proc.pid, run_with_deadline(argv, 30.0))
+        assert "kernel.yama.ptrace_scope" in caught.value.message
+        assert "--cap-add SYS_PTRACE" in caught.value.message
+        assert proc.poll() is None
     finally:
         proc.kill()
         proc.wait()

@@ -64,14 +64,13 @@ def test_request_rates_agree_with_the_traffic(fleet: Fleet) -> None:
         selector = f'apiscope_request_duration_seconds_count{{instance="{instance.target}"}}'
         rates = {k[0]: v for k, v in values(fleet.query(
             f"sum by (route) (rate({selector}[{WINDOW}]))"), "route").items()}
-        raw: dict[str, list[tuple[float, float]]] = {}
+        raw: dict[str, list[list[tuple[float, float]]]] = {}
         for series in fleet.query(f"{selector}[{WINDOW}]"):  # the scraped samples themselves
-            points = [(float(t), float(v)) for t, v in series["values"]]
-            route = series["metric"]["route"]
-            raw[route] = [(t, sum(v for tt, v in pts if tt == t))
-                          for pts in [points + raw.get(route, [])] for t, _ in points]
+            raw.setdefault(series["metric"]["route"], []).append(
+                [(float(t), float(v)) for t, v in series["values"]])
         for route, bulk in instance.bulk.items():
-            points = sorted(raw[route])
+            assert len(raw[route]) == 1  # one status and one pid per route in this traffic
+            points = raw[route][0]
             # The series existed (warm-up) before the bulk was sent: the scraped counts rose
             # by exactly the bulk inside the window...
             assert points[-1][1] - points[0][1] == bulk, (instance.target, route, points)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sample_app.bottlenecks.threadpool import WAREHOUSE_CALL_SECONDS
 from sample_app.load import (
     STOP_GRACE_SECONDS,
     LoadError,
@@ -20,7 +21,6 @@ from sample_app.load import (
     check_target,
     run_load,
 )
-from sample_app.bottlenecks.threadpool import WAREHOUSE_CALL_SECONDS
 from sample_app.loadmix import DEFAULT_CONCURRENCY, DEFAULT_MIX
 from tests.support import ROOT, ServerProcess, free_port, run_server, uvicorn_argv
 

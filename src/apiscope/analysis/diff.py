@@ -1,7 +1,8 @@
 """Comparing two sessions' reports: per-endpoint changes and flags that appeared or went away.
 
 Flags are matched by (kind, route): a fix that moves the hot line keeps the flag "kept", while a
-flag of a new kind or on another route "appeared".
+flag of a new kind or on another route "appeared". Flags without a route (sessions without the
+agent) are matched by the file and function of their location instead.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ DIFF_VERSION = 1
 
 
 def _key(flag: dict[str, Any]) -> tuple[str, str]:
-    return (flag["kind"], flag["route"] or "")
+    if flag["route"] or not flag["location"]:
+        return (flag["kind"], flag["route"] or "")
+    loc = flag["location"]  # no route (no agent): the function stands for it
+    return (flag["kind"], f"{loc['file']}:{loc['function']}")
 
 
 def _change(base: Any, new: Any) -> dict[str, float | None]:

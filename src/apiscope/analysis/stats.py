@@ -10,7 +10,7 @@ thread's active samples.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +67,24 @@ def active_samples(ctx: AnalysisContext) -> list[Attributed]:
     handler = [a for a in active if a.role in HANDLER_ROLES]
     known_roles = any(a.role in HANDLER_ROLES for a in ctx.samples)
     return handler if known_roles else active
+
+
+def window_ticks(ctx: AnalysisContext) -> dict[float, int]:
+    """Samples taken per window: the most any one thread got (each thread is sampled once a
+    tick with `--idle`; fewer than duration x rate when py-spy fell behind)."""
+    per_thread: Counter[tuple[float, int, int]] = Counter()
+    for a in ctx.samples:
+        per_thread[(a.window, a.sample.pid, a.sample.tid)] += a.sample.count
+    ticks: dict[float, int] = {}
+    for (window, _, _), count in per_thread.items():
+        ticks[window] = max(ticks.get(window, 0), count)
+    return ticks
+
+
+def sampled_seconds(ctx: AnalysisContext) -> float:
+    """Seconds of sampled time, summed over the windows."""
+    rates = {w.start: w.rate_hz for w in ctx.data.windows}
+    return sum(count / (rates.get(w) or 100) for w, count in window_ticks(ctx).items())
 
 
 def cpu_shares(ctx: AnalysisContext) -> dict[str, float]:

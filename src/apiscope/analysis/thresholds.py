@@ -45,7 +45,7 @@ class Thresholds:
     memory_min_points: int = 10
     # threadpool_saturation: share of pool observations with every token taken / tasks waiting
     pool_saturated_share: Grades = (0.2, 0.3, 0.5)
-    pool_worker_busy: float = 0.8  # and the worker threads this busy in the stacks
+    pool_worker_busy: float = 0.8  # busy workers at once / borrowed tokens, in the stacks
     # gil_contention: share of running thread samples that waited for the GIL
     gil_wait_share: Grades = (0.25, 0.40, 0.60)
     gil_min_wait_samples: int = 50

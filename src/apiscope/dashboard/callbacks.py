@@ -140,7 +140,7 @@ def _register_endpoint(app: Dash, data: SessionData) -> None:
                   Input("range", "data"))
     def endpoint(route: str, _version: Any, range_value: Any) -> Any:
         rng = as_range(range_value)
-        stats = next((r for r in data.endpoint_rows(rng) if r.stats.endpoint == route), None)
+        stats = next(iter(data.endpoint_rows(rng, only=route)), None)
         if stats is None:
             message = f"no requests to {route} in this range" if data.requests.rows else (
                 ui.NO_TRAFFIC if data.routes() else ui.NO_REQUESTS)
@@ -185,7 +185,7 @@ def _register_flamegraph(app: Dash, data: SessionData) -> None:
                   Input("version", "data"))
     def options(_version: Any) -> Any:
         pids = [{"label": f"pid {pid}", "value": pid} for pid in data.pids()]
-        endpoints = sorted({r.stats.endpoint for r in data.endpoint_rows(None)}
+        endpoints = sorted(set(data.requests.columns)
                            | {f"{r.method} {r.template}" for r in data.routes()})
         return pids, [{"label": e, "value": e} for e in endpoints]
 

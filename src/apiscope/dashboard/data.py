@@ -16,11 +16,11 @@ from typing import Any
 from apiscope.analysis.attribution import RouteMatcher, app_roots
 from apiscope.dashboard.flame import FunctionRow, pruned_tree, top_functions
 from apiscope.dashboard.requests import (
+    EndpointColumns,
     EndpointStats,
     LatencySeries,
     Request,
     RequestIndex,
-    endpoint_stats,
     latency_series,
     slowest,
 )
@@ -89,6 +89,7 @@ class SessionData:
         self._app_roots: tuple[str, ...] = ()
         self._span: Range = None
         self._shares: dict[Range, dict[str, float]] = {}
+        self._stats: dict[tuple[Range, str | None], list[EndpointStats]] = {}
         self.version: list[Any] = []
         self.refresh()
 
@@ -108,15 +109,27 @@ class SessionData:
                                  key=lambda f: SEVERITY_ORDER.get(f["severity"], 3))
             self._routes = self.reader.routes()
             self._app_roots = app_roots(self._routes)
-            self._span = self.reader.time_range()
+            self._span = self._time_range()
             # JSON-shaped (lists, not tuples) so it compares equal after a trip to the browser
             version = [self.requests.last_id, self.samples.last_window_id, self._last_resource,
                        len(self._flags), len(self._routes),
                        [[p.pid, p.exited_at] for p in self._processes]]
             if version != self.version:
                 self._shares.clear()
+                self._stats.clear()
                 self.version = version
             return self.version
+
+    def _time_range(self) -> Range:
+        """First and last instant anything was recorded, from the caches (no table scan)."""
+        windows = self.samples.windows
+        starts = [self.requests.first_start, *(s.ts[0] for s in self._resources.values())]
+        ends = [self.requests.last_end, *(s.ts[-1] for s in self._resources.values())]
+        if windows:
+            starts.append(min(w.start for w in windows))
+            ends.append(max(w.end for w in windows))
+        low, high = min(starts), max(ends)
+        return None if low > high else (low, high)
 
     def _refresh_resources(self) -> None:
         for rowid, ts, pid, cpu, rss, threads, fds in self.reader.query(
@@ -163,9 +176,13 @@ class SessionData:
 
     # -- overview ---------------------------------------------------------------------------
 
-    def endpoint_rows(self, rng: Range) -> list[EndpointRow]:
-        since, until = rng if rng else (None, None)
-        stats = endpoint_stats(self.requests.select(since, until), self.seconds(rng))
+    def endpoint_rows(self, rng: Range, only: str | None = None) -> list[EndpointRow]:
+        """Statistics per endpoint (or of `only`) in the range, with their CPU shares."""
+        key = (rng, only)
+        stats = self._stats.get(key)
+        if stats is None:
+            since, until = rng if rng else (None, None)
+            stats = self._stats[key] = self.requests.stats(since, until, self.seconds(rng), only)
         shares = self.cpu_shares(rng) if self.has_samples() else None
         return [EndpointRow(s, None if shares is None else shares.get(s.endpoint, 0.0))
                 for s in stats]
@@ -216,7 +233,8 @@ class SessionData:
         span = rng or self._span
         if span is None:
             return None
-        return latency_series(self.requests.select(span[0], span[1], endpoint), *span)
+        col = self.requests.columns.get(endpoint, EndpointColumns())
+        return latency_series(col.starts, col.durations, *span)
 
     def slowest_requests(self, endpoint: str, rng: Range, limit: int = 15) -> list[SlowRequest]:
         since, until = rng if rng else (None, None)

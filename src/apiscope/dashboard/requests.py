@@ -1,8 +1,8 @@
 """The requests the agent recorded, held in memory for per-endpoint statistics.
 
-A hundred thousand requests fit easily in memory as tuples; percentiles over a time range are
-then a filter and a sort, far cheaper than asking SQLite for each view. New requests are read
-incrementally, keyed by the last request id seen.
+A hundred thousand requests fit easily in memory; percentiles over a time range are then a
+filter and a sort of one column per endpoint, far cheaper than asking SQLite for each view.
+New requests are read incrementally, keyed by the last request id seen.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from apiscope.store.reader import SessionReader
@@ -51,6 +51,15 @@ class LatencySeries:
     p99: list[float | None]
 
 
+@dataclass(slots=True)
+class EndpointColumns:
+    """One endpoint's requests as parallel columns (cheap to filter and sort)."""
+
+    starts: list[float] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+    failed: list[bool] = field(default_factory=list)  # answered 5xx
+
+
 class RequestIndex:
     """All recorded requests of a session; safe to share between threads."""
 
@@ -58,7 +67,10 @@ class RequestIndex:
         self._reader = reader
         self._lock = threading.Lock()
         self.rows: list[Request] = []
+        self.columns: dict[str, EndpointColumns] = {}
         self.last_id = 0
+        self.first_start = math.inf
+        self.last_end = -math.inf
 
     def refresh(self) -> bool:
         with self._lock:
@@ -70,8 +82,19 @@ class RequestIndex:
                          (self.last_id,))]
             if not fresh:
                 return False
-            # A new list, so readers iterating the old one are never disturbed.
+            # New lists, so a callback reading the old ones in another thread is undisturbed.
+            columns = {e: EndpointColumns(list(c.starts), list(c.durations), list(c.failed))
+                       for e, c in self.columns.items()}
+            for r in fresh:
+                col = columns.setdefault(r.endpoint, EndpointColumns())
+                col.starts.append(r.start)
+                col.durations.append(r.duration_ms)
+                col.failed.append(r.status >= 500)
+            self.first_start = min(self.first_start, min(r.start for r in fresh))
+            self.last_end = max(self.last_end,
+                                max(r.start + r.duration_ms / 1000 for r in fresh))
             self.rows = self.rows + fresh
+            self.columns = columns
             self.last_id = fresh[-1].id
             return True
 
@@ -82,8 +105,25 @@ class RequestIndex:
         return [r for r in self.rows if lo <= r.start < hi
                 and (endpoint is None or r.endpoint == endpoint)]
 
-    def endpoints(self) -> list[str]:
-        return sorted({r.endpoint for r in self.rows})
+    def stats(self, since: float | None, until: float | None, seconds: float,
+              only: str | None = None) -> list[EndpointStats]:
+        """Per-endpoint count, rate, latency percentiles and 5xx share, busiest first."""
+        out = []
+        for endpoint, col in self.columns.items():
+            if only is not None and endpoint != only:
+                continue
+            if since is None and until is None:
+                durations, errors = sorted(col.durations), sum(col.failed)
+            else:
+                lo = -math.inf if since is None else since
+                hi = math.inf if until is None else until
+                keep = [i for i, t in enumerate(col.starts) if lo <= t < hi]
+                durations = sorted([col.durations[i] for i in keep])
+                errors = sum([col.failed[i] for i in keep])
+            if durations:
+                out.append(summarize(endpoint, durations, errors, seconds))
+        out.sort(key=lambda s: (-s.count, s.endpoint))
+        return out
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -96,21 +136,12 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
-def endpoint_stats(requests: Iterable[Request], seconds: float) -> list[EndpointStats]:
-    """Per-endpoint count, rate, latency percentiles and 5xx share, busiest first."""
-    groups: dict[str, list[Request]] = {}
-    for r in requests:
-        groups.setdefault(r.endpoint, []).append(r)
-    out = []
-    for endpoint, rows in groups.items():
-        durations = sorted(r.duration_ms for r in rows)
-        errors = sum(1 for r in rows if r.status >= 500)
-        out.append(EndpointStats(
-            endpoint, len(rows), len(rows) / max(seconds, 1e-9),
-            percentile(durations, 0.50), percentile(durations, 0.95),
-            percentile(durations, 0.99), durations[-1], errors / len(rows)))
-    out.sort(key=lambda s: (-s.count, s.endpoint))
-    return out
+def summarize(endpoint: str, ordered: list[float], errors: int, seconds: float) -> EndpointStats:
+    """The statistics of one endpoint's sorted durations."""
+    return EndpointStats(
+        endpoint, len(ordered), len(ordered) / max(seconds, 1e-9),
+        percentile(ordered, 0.50), percentile(ordered, 0.95), percentile(ordered, 0.99),
+        ordered[-1], errors / len(ordered))
 
 
 def bin_seconds(span: float, bins: int = 120) -> float:
@@ -122,18 +153,20 @@ def bin_seconds(span: float, bins: int = 120) -> float:
     return float(math.ceil(raw / 3600) * 3600)
 
 
-def latency_series(requests: Iterable[Request], start: float, end: float) -> LatencySeries:
+def latency_series(starts: Iterable[float], durations: Iterable[float], start: float,
+                   end: float) -> LatencySeries:
     width = bin_seconds(end - start)
     buckets: dict[int, list[float]] = {}
-    for r in requests:
-        buckets.setdefault(int((r.start - start) // width), []).append(r.duration_ms)
+    for t, duration in zip(starts, durations, strict=True):
+        if start <= t < end:
+            buckets.setdefault(int((t - start) // width), []).append(duration)
     series = LatencySeries([], [], [], [], [])
     for index in range(int((end - start) // width) + 1):
-        durations = sorted(buckets.get(index, ()))
+        values = sorted(buckets.get(index, ()))
         series.starts.append(start + index * width)
-        series.rps.append(len(durations) / width)
-        for values, q in ((series.p50, 0.5), (series.p95, 0.95), (series.p99, 0.99)):
-            values.append(percentile(durations, q) if durations else None)
+        series.rps.append(len(values) / width)
+        for out, q in ((series.p50, 0.5), (series.p95, 0.95), (series.p99, 0.99)):
+            out.append(percentile(values, q) if values else None)
     return series
 
 

@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
 from apiscope.analysis.flags import frame_location, make_flag, pct, where
-from apiscope.analysis.stats import active_samples, measured_cores
+from apiscope.analysis.stats import active_samples, measured_cores, sampled_seconds
 from apiscope.analysis.thresholds import grade
 from apiscope.model import Frame, SampleState
 
@@ -31,18 +31,6 @@ SUGGESTION = ("optimise or cache the work at this line (a profile of one request
               " shows the detail), or move it out of the request path")
 
 Group = tuple[str | None, str]  # (endpoint, function key when there is no endpoint)
-
-
-def sampled_seconds(ctx: AnalysisContext) -> float:
-    """Seconds of sampled time: per window, the longest-sampled thread's samples."""
-    per_thread: Counter[tuple[float, int, int]] = Counter()
-    for a in ctx.samples:
-        per_thread[(a.window, a.sample.pid, a.sample.tid)] += a.sample.count
-    ticks: dict[float, int] = {}
-    for (window, _, _), count in per_thread.items():
-        ticks[window] = max(ticks.get(window, 0), count)
-    rates = {w.start: w.rate_hz for w in ctx.data.windows}
-    return sum(count / (rates.get(w) or 100) for w, count in ticks.items())
 
 
 def _group(a: Attributed, frame: Frame) -> Group:

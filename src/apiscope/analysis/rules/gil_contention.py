@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed, Flag
 from apiscope.analysis.flags import frame_location, make_flag, pct, where
-from apiscope.analysis.stats import measured_cores
+from apiscope.analysis.stats import measured_cores, window_ticks
 from apiscope.analysis.thresholds import grade
 from apiscope.model import Frame, SampleState, ThreadRole
 
@@ -51,16 +51,6 @@ def _gil_held(ctx: AnalysisContext, window: float, pid: int) -> bool:
     end = next((w.end for w in ctx.data.windows if w.start == window), window + 1.0)
     cores = measured_cores(ctx.data.resources, pid, window, max(end, window + 1.0))
     return cores is not None and cores >= GIL_BUSY_CORES
-
-
-def _ticks(ctx: AnalysisContext) -> dict[float, int]:
-    per_thread: Counter[tuple[float, int, int]] = Counter()
-    for a in ctx.samples:
-        per_thread[(a.window, a.sample.pid, a.sample.tid)] += a.sample.count
-    ticks: dict[float, int] = {}
-    for (window, _, _), count in per_thread.items():
-        ticks[window] = max(ticks.get(window, 0), count)
-    return ticks
 
 
 def _leaf(a: Attributed) -> Frame | None:
@@ -91,7 +81,7 @@ class GilContentionRule:
     kind = "gil_contention"
 
     def check(self, ctx: AnalysisContext) -> list[Flag]:
-        ticks = _ticks(ctx)
+        ticks = window_ticks(ctx)
         waited = active = 0
         holders: list[Attributed] = []
         for (window, pid), samples in _active_by_window(ctx).items():

@@ -2,23 +2,34 @@
 
 Starlette runs sync handlers in anyio's default thread limiter. The agent samples the limiter:
 an observation is saturated when tasks are waiting for a token or every token is borrowed. The
-share of saturated observations grades the flag; when stacks were sampled, the pool's worker
-threads must also be busy (not waiting for work) for `pool_worker_busy` of their samples, which
-rules out a limiter that is full of finished-but-not-yet-released tokens for an instant.
+share of saturated observations grades the flag. When stacks were sampled they must agree:
+the mean number of worker threads busy at once (not waiting for work) must reach
+`pool_worker_busy` times the mean number of borrowed tokens, so tokens held by work, not a
+limiter that is full for an instant. (Comparing with the tokens, not with all worker threads,
+because anyio keeps idle workers around for a while after a burst.)
 The flag names the sync endpoint with the most worker-thread samples (else the most requests).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 
 from apiscope.analysis.context import AnalysisContext, Flag
 from apiscope.analysis.flags import handler_location, make_flag, pct
+from apiscope.analysis.stats import window_ticks
 from apiscope.analysis.thresholds import grade
-from apiscope.model import ThreadRole
+from apiscope.model import ThreadPoolSample, ThreadRole
 
 SUGGESTION = ("make the slow sync handlers `async def` with async I/O, or raise the limit:"
               " anyio.to_thread.current_default_thread_limiter().total_tokens = N at startup")
+
+
+def _mean_borrowed(pool: list[ThreadPoolSample]) -> float:
+    """Borrowed tokens on average, summed over the processes."""
+    by_pid: dict[int, list[int]] = defaultdict(list)
+    for p in pool:
+        by_pid[p.pid].append(p.borrowed_tokens)
+    return sum(sum(v) / len(v) for v in by_pid.values())
 
 
 class ThreadPoolSaturationRule:
@@ -32,10 +43,12 @@ class ThreadPoolSaturationRule:
         share = len(saturated) / len(pool)
         severity = grade(share, ctx.thresholds.pool_saturated_share)
         workers = [a for a in ctx.samples if a.role is ThreadRole.WORKER]
-        worker_total = sum(a.sample.count for a in workers)
-        busy = (sum(a.sample.count for a in workers if a.active) / worker_total
-                if worker_total else None)
-        if severity is None or (busy is not None and busy < ctx.thresholds.pool_worker_busy):
+        ticks = sum(window_ticks(ctx).values())
+        busy = (sum(a.sample.count for a in workers if a.active) / ticks
+                if workers and ticks else None)
+        borrowed = _mean_borrowed(pool)
+        if severity is None or (busy is not None
+                                and busy < ctx.thresholds.pool_worker_busy * borrowed):
             return []
         endpoint = self._endpoint(ctx)
         waiting_max = max(p.waiting for p in pool)
@@ -43,13 +56,13 @@ class ThreadPoolSaturationRule:
         evidence = (f"the thread pool had every one of its {tokens} tokens taken or tasks waiting"
                     f" in {pct(share)} of observations (up to {waiting_max} waiting)")
         if busy is not None:
-            evidence += f"; its worker threads were busy in {pct(busy)} of their samples"
+            evidence += f"; {busy:.1f} worker threads were busy at once on average"
         if endpoint:
             evidence += f"; {endpoint} is the sync handler holding them most"
         metric: dict[str, object] = {"saturated_share": share, "waiting_max": waiting_max,
-                                     "total_tokens": tokens}
+                                     "total_tokens": tokens, "borrowed_mean": borrowed}
         if busy is not None:
-            metric["worker_busy_fraction"] = busy
+            metric["busy_workers_mean"] = busy
         return [make_flag(self.kind, severity, endpoint, handler_location(ctx, endpoint),
                           evidence, metric, SUGGESTION)]
 
