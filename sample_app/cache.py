@@ -8,6 +8,7 @@ misses for one key share a single computation instead of stampeding the backend.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import time
 from collections import OrderedDict
@@ -119,7 +120,8 @@ def make_cache(redis_url: str | None) -> AsyncCache:
     if not redis_url:
         return MemoryTTLCache()
     try:
-        import redis.asyncio as redis_asyncio  # optional: only needed with REDIS_URL
+        # Optional dependency, imported by name so that it is needed only with REDIS_URL.
+        redis_asyncio = importlib.import_module("redis.asyncio")
     except ImportError:
         raise RuntimeError(
             "REDIS_URL is set but the redis package is not installed: "

@@ -47,7 +47,7 @@ async def seed_if_empty(sessions: async_sessionmaker[AsyncSession], items: int,
                         seed: int) -> SeedCounts:
     """Seed a fresh database; a database that already holds items is left alone."""
     async with sessions() as session, session.begin():
-        if session.bind.dialect.name == "postgresql":
+        if session.get_bind().dialect.name == "postgresql":
             # Several gunicorn workers may start at once against one server: seed only once.
             await session.execute(text("SELECT pg_advisory_xact_lock(7341)"))
         existing = await session.scalar(select(func.count()).select_from(Item))

@@ -1,7 +1,7 @@
 """Bottleneck 4, memory_growth: every export is kept in a module-level list, forever.
 
 The list is meant as an audit trail of recent exports, but nothing ever trims it: each
-request adds its whole rendered page (about 60-80 KB at the default page size), so a
+request adds its whole rendered page (about 60 KB at the default 250 rows), so a
 worker's memory grows steadily under load until it is killed.
 Fix: a bounded structure (`deque(maxlen=...)`) that keeps only the recent exports.
 """
@@ -24,7 +24,7 @@ Offset = Annotated[int, Query(ge=0, le=1_000_000)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
 EXPORT_LOG: list[bytes] = []  # unbounded: the bug
-RECENT_EXPORTS: deque[bytes] = deque(maxlen=32)  # bounded: the fix
+RECENT_EXPORTS: deque[bytes] = deque(maxlen=8)  # bounded: the fix
 
 
 async def _page(session: AsyncSession, offset: int, limit: int) -> list[dict[str, object]]:

@@ -152,7 +152,9 @@ class Collection:
             self.totals.sample_errors += window.errors
             self.totals.expected_samples += int(
                 round(window.rate_hz * (window.end - window.start) * len(threads)))
-        self.metrics.observe_samples(stored, window.errors)
+        expected = window.rate_hz * (window.end - window.start) * len(threads)
+        self.metrics.observe_samples(stored, window.errors,
+                                     dropped=max(0, int(expected) - stored - window.errors))
         blocked: dict[int, int] = {}
         for s in window.samples:
             role = window.threads.get((s.pid, s.tid), ThreadRole.OTHER)
@@ -183,7 +185,10 @@ class Collection:
             self._add_worker(info.pid)
         for pid in changes.exited:
             self.writer.mark_exited(pid, self.clock())
-            self._clients.pop(pid, None)
+            self.metrics.forget_process(pid)
+            client = self._clients.pop(pid, None)
+            if client is not None:
+                client.close()
         if not self._resources.alive_pids():
             self.target_gone = True
 

@@ -96,3 +96,45 @@ def test_agent_client_pulls_every_request_of_a_live_uvicorn(sock_dir: str) -> No
     # socket file can outlive the process: what matters is that nobody answers on it.
     with AgentClient(server.pid, directory=sock_dir) as client:
         assert not client.available()
+
+
+def test_gunicorn_preload_workers_each_serve_their_own_agent(sock_dir: str) -> None:
+    """With --preload the app (and the agent) is created in the master before the fork: each
+    worker must get its own socket, and together they report every request once."""
+    import sys
+
+    import psutil
+
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "--preload", "-w", "2", "-k",
+            "uvicorn.workers.UvicornWorker", "-b", f"127.0.0.1:{port}", "--log-level",
+            "warning", "tests.agent.instrumented_app:app"]
+    with run_server(argv, port, ready_path="/health",
+                    env={"APISCOPE_SOCKET_DIR": sock_dir}) as server:
+        master = psutil.Process(server.pid)
+
+        def two_workers() -> list[int]:
+            children = [p.pid for p in master.children() if p.is_running()]
+            return children if len(children) == 2 else []
+
+        workers = wait_until(two_workers, timeout=20, what="two gunicorn workers")
+        clients = [AgentClient(pid, directory=sock_dir, timeout=5.0) for pid in workers]
+        try:
+            for client in clients:
+                wait_until(client.available, timeout=20, what=f"the agent of {client.pid}")
+            for i in range(20):
+                assert fetch(f"{server.url}/items/{i}") == 200
+            records: list[RequestRecord] = []
+
+            def pulled_all() -> bool:
+                for client in clients:
+                    records.extend(r for r in client.pull().requests if r.route != "/health")
+                return len(records) >= 20
+
+            wait_until(pulled_all, timeout=10, what="both workers to report")
+        finally:
+            for client in clients:
+                client.close()
+    assert len(records) == 20
+    assert {r.route for r in records} == {"/items/{item_id}"}
+    assert {r.pid for r in records} <= set(workers)

@@ -124,3 +124,22 @@ def test_queries_outside_requests_are_ignored(tmp_path: Path) -> None:
             await db.execute("SELECT 1")
 
     asyncio.run(outside())  # no request context: nothing to record, nothing raised
+
+
+def test_sync_handler_with_sync_engine_in_the_thread_pool() -> None:
+    """A sync handler runs in anyio's thread pool; the request's context goes with it."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine("sqlite://")
+
+    def handler(request: Request) -> Response:
+        with engine.connect() as conn:
+            for i in range(5):
+                conn.execute(text("SELECT :i + 1"), {"i": i})  # sync-loop
+        return PlainTextResponse("ok")
+
+    record = run_app(Starlette(routes=[Route("/sync", handler)]), "/sync")
+    engine.dispose()
+    ((statement, count, _, file, line),) = record.queries
+    assert (statement, count) == ("SELECT ? + ?", 5)
+    assert (file, line) == (__file__, line_of("sync-loop"))

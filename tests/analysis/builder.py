@@ -104,6 +104,7 @@ class Spec:
     threadpool: list[ThreadPoolSample] = field(default_factory=list)
     profiles: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    routes: list[RouteInfo] = field(default_factory=lambda: list(ROUTES))
 
     def roles(self) -> dict[tuple[int, int], ThreadRole]:
         roles = {(PID, LOOP_TID): ThreadRole.LOOP, (PID, W1): ThreadRole.WORKER,
@@ -116,7 +117,7 @@ class Spec:
             writer.set_meta(command="uvicorn shop.main:app", pids=[PID], server="uvicorn",
                             python="3.11.7", rate_hz=self.rate, start=T0,
                             end=T0 + self.seconds, **self.meta)
-            writer.put_routes(PID, ROUTES)
+            writer.put_routes(PID, self.routes)
             for i in range(self.seconds):
                 samples = tuple(self.per_window + self.extra_windows.get(i, []))
                 writer.put_window(StackWindow(T0 + i, T0 + i + 1, self.rate, samples,

@@ -91,4 +91,8 @@ def test_blocking_sleep_in_async_handler_is_flagged(tmp_path: Path,
     location = blocked[0]["location"]
     assert location["file"].endswith("blockapp.py") and location["line"] == SLEEP_LINE
     assert blocked[0]["route"] in (None, "GET /audit")
-    assert not [f for f in report["flags"] if f["route"] == "GET /fast"]
+    # /fast itself is healthy; on a loaded machine its latency may suffer from the blocked loop,
+    # and then the slow_endpoint flag must say so.
+    for flag in report["flags"]:
+        if flag["route"] == "GET /fast":
+            assert flag["kind"] == "slow_endpoint" and "blocked by" in flag["evidence"], flag

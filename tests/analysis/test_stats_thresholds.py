@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from apiscope.analysis.flags import function_name
 from apiscope.analysis.stats import fit_line, percentile
 from apiscope.analysis.thresholds import Thresholds, from_mapping, grade
 from apiscope.errors import UsageError
@@ -39,3 +40,11 @@ def test_grade_and_overrides() -> None:
                 {"slo_ms": 0}, {"min_requests": -1}, {"nope": 1}):
         with pytest.raises(UsageError):
             from_mapping(bad)
+
+
+def test_function_names_in_locations() -> None:
+    assert function_name("search_items.<locals>.<setcomp>") == "search_items"
+    assert function_name("a.<locals>.b.<locals>.<listcomp>") == "b"
+    assert function_name("outer.<locals>.inner") == "inner"
+    assert function_name("Items.get") == "Items.get"
+    assert function_name("<module>") == "<module>"

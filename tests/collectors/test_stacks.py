@@ -165,11 +165,25 @@ def test_a_target_that_is_gone_at_start() -> None:
         sampler(Spawner(gone), Collected(), alive=False).start()
 
 
-def test_py_spy_failing_mid_session_ends_as_failed_after_delivering() -> None:
-    broken = Behaviour(ready=False, output=None, returncode=1,
-                       stderr="Error: Failed to find python version from target process\n")
+BROKEN = Behaviour(ready=False, output=None, returncode=1,
+                   stderr="Error: Failed to find python version from target process\n")
+
+
+def test_a_failed_mid_session_start_is_retried_while_the_old_one_samples() -> None:
     got = Collected()
-    s = sampler(Spawner(Behaviour(), broken), got)
+    s = sampler(Spawner(Behaviour(), BROKEN, BROKEN), got)
+    s.start()
+    wait_until(lambda: len(got.windows) >= 2, what="windows after the retries")
+    s.stop()
+    assert s.end_reason is EndReason.STOPPED
+    assert s.stats.launch_retries == 2
+    for before, after in zip(got.windows, got.windows[1:], strict=False):
+        assert after.start <= before.end  # still no gap
+
+
+def test_py_spy_failing_mid_session_ends_as_failed_after_delivering() -> None:
+    got = Collected()
+    s = sampler(Spawner(Behaviour(), BROKEN, BROKEN, BROKEN), got)
     s.start()
     assert s.wait(10)
     assert s.end_reason is EndReason.FAILED

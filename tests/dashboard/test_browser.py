@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,16 @@ from tests.dashboard.synthetic import START, make_requests
 from tests.support import free_port, wait_until
 
 pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(autouse=True)
+def clean_log(browser: Any) -> None:
+    """Start each test on a blank page with an empty browser log: a page of an earlier test
+    whose server has stopped must not count against this one."""
+    browser.get("about:blank")
+    console_errors(browser)
+
+
 PAGES = ("", "flamegraph", "resources", "endpoint?route=GET%20%2Freports%2Fsummary")
 
 
@@ -179,6 +188,25 @@ def test_time_selection_is_shared_by_all_views(browser: Any, replay: DashboardHa
     assert console_errors(browser) == []
 
 
+def test_empty_states_tell_the_user_what_to_do(browser: Any, tmp_path: Path) -> None:
+    from apiscope.dashboard.components import NO_REQUESTS, NO_SAMPLES
+
+    path = tmp_path / "empty.sqlite"
+    SessionWriter(path).close()
+    handle = start_server_thread(create_app(path, live=False), "127.0.0.1", free_port())
+    try:
+        browser.get(handle.url)
+        _wait(lambda: NO_REQUESTS in _text(browser, "#endpoints"), "the no-requests message")
+        browser.get(handle.url + "flamegraph")
+        _wait(lambda: "no stack samples recorded yet" in _text(browser, "#flame"),
+              "the no-samples message")
+        assert NO_SAMPLES.startswith("no stack samples recorded yet")
+        assert console_errors(browser) == []
+    finally:
+        browser.get("about:blank")
+        handle.stop()
+
+
 def test_live_mode_shows_new_requests(browser: Any, tmp_path: Path) -> None:
     path = tmp_path / "live.sqlite"
     with SessionWriter(path) as writer:
@@ -199,5 +227,5 @@ def test_live_mode_shows_new_requests(browser: Any, tmp_path: Path) -> None:
             assert row[0].split()[2] == "7"
             assert console_errors(browser) == []
         finally:
+            browser.get("about:blank")  # stop polling before the server goes
             handle.stop()
-    time.sleep(0)  # the writer closed only after the page saw its rows

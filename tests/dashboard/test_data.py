@@ -154,3 +154,38 @@ def test_a_session_without_requests_or_samples_is_empty_not_broken(tmp_path: Pat
     assert data.endpoint_rows(None) == [] and data.flags() == []
     assert data.has_samples() and data.flame(SampleSlice()).value > 0
     assert data.latency_series("GET /x", None) is not None
+
+
+def test_flags_come_from_the_analysis_when_none_are_stored(tmp_path: Path) -> None:
+    from apiscope.dashboard.analysis import FlagAnalysis
+    from tests.support import wait_until
+
+    path = write_session(tmp_path / "no-flags.sqlite", seconds=30, flags=False)
+    analysis = FlagAnalysis(path, live=False).start()
+    data = SessionData(path, analysis=analysis)
+    wait_until(lambda: analysis.generation, timeout=60, what="the analysis")
+    assert analysis.error is None
+    data.refresh()
+    kinds = {(f["kind"], f["route"]) for f in data.flags()}
+    assert ("event_loop_blocked", "GET /reports/summary") in kinds
+    assert ("n_plus_one", "GET /users/{user_id}/orders") in kinds
+    assert data.flags()[0]["severity"] == "high"  # ranked by severity
+    assert data.flags_pending() is None
+    data.close()
+
+
+def test_a_failing_analysis_is_reported_not_raised(tmp_path: Path) -> None:
+    from apiscope.dashboard.analysis import FlagAnalysis
+    from tests.support import wait_until
+
+    def broken(path: Path) -> list[dict[str, object]]:
+        raise ValueError("half-written window")
+
+    path = write_session(tmp_path / "s.sqlite", seconds=3, flags=False)
+    analysis = FlagAnalysis(path, live=False, analyse=broken).start()
+    data = SessionData(path, analysis=analysis)
+    wait_until(lambda: analysis.generation, timeout=30, what="the analysis")
+    data.refresh()
+    assert data.flags() == []
+    assert "half-written window" in (data.flags_pending() or "")
+    data.close()

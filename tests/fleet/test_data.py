@@ -122,3 +122,12 @@ def test_a_server_that_is_not_prometheus_is_a_usage_error(not_prometheus: str) -
         client.check()
     with pytest.raises(PrometheusError, match="refused the query .400."):
         client.query("up")
+
+
+def test_the_fleet_app_refuses_to_start_without_prometheus() -> None:
+    from apiscope.fleet import create_fleet_app
+
+    with pytest.raises(PrometheusError, match="cannot reach Prometheus"):
+        create_fleet_app(f"http://127.0.0.1:{free_port()}")
+    app = create_fleet_app(f"http://127.0.0.1:{free_port()}", check=False)
+    assert app.config.serve_locally is True

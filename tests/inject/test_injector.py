@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from apiscope.errors import TargetError
-from apiscope.inject import InjectionTimeout, inject_agent
+from apiscope.inject import InjectionTimeout, inject_agent, injector
 from apiscope.inject.result import wait_for_result
 from apiscope.inject.runner import RunResult
+from tests.support import require_program
 
 
 @pytest.fixture
@@ -88,3 +89,23 @@ def test_no_answer_by_the_deadline_says_why(tmp_path: Path) -> None:
     with pytest.raises(InjectionTimeout, match="did not run the agent's loader within 3 s"):
         wait_for_result(str(tmp_path / "none.json"), "t", 1, 3.0, clock=lambda: now[0],
                         sleep=sleep, alive=lambda pid: True)
+
+
+def test_a_refused_attach_is_retried_then_explained(directory: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another tracer (py-spy samples in blocking mode) makes the kernel refuse gdb for a
+    moment; a refusal that lasts is reported with both causes."""
+    require_program("gdb")
+    monkeypatch.setattr(injector, "ATTACH_BACKOFF", 0.0)
+    calls: list[list[str]] = []
+
+    def refusing(argv: Sequence[str], timeout: float) -> RunResult:
+        calls.append(list(argv))
+        return RunResult(1, "ptrace: Operation not permitted.\n", False, 0.01)
+
+    with pytest.raises(TargetError) as caught:
+        inject_agent(os.getpid(), directory, runner=refusing, check=lambda pid: (3, 11))
+    assert len(calls) == injector.ATTACH_ATTEMPTS
+    assert "another debugger or profiler" in caught.value.message
+    assert "kernel.yama.ptrace_scope" in caught.value.message
+    assert os.listdir(directory) == []  # the gdb script is gone

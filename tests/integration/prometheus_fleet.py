@@ -1,6 +1,10 @@
-"""A real fleet for the Prometheus tests: two uvicorn servers, each with a headless apiscope
-sidecar (`apiscope attach --no-dashboard --metrics-port`), scraped every second by a real
-Prometheus loaded with the operator assets (collectors/prometheus.yml, dashboards/alerts.yml).
+"""A real fleet for the Prometheus tests, scraped every second by a real Prometheus loaded with
+the operator assets (collectors/prometheus.yml, dashboards/alerts.yml). Two uvicorn servers,
+collected the two ways a deployment does it:
+
+- a sidecar: `apiscope attach --no-inject --no-dashboard --metrics-port` beside a server whose
+  app adds the agent itself (`apiscope.instrument`, as the gunicorn hook does);
+- `apiscope run --no-dashboard --metrics-port -- uvicorn ...`: the agent loads at start-up.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from apiscope.metrics import LiveFlags, MetricsExporter, serve_metrics, session_
 from tests.operator.assets import ALERTS, SCRAPE_CONFIG
 from tests.support import (
     ROOT,
-    ServerProcess,
     free_port,
     http_ok,
     run_server,
@@ -34,8 +37,12 @@ from tests.support import (
     wait_until,
 )
 
-APP = "tests.operator.instrumented_item_app:app"
+INSTRUMENTED_APP = "tests.operator.instrumented_item_app:app"
+PLAIN_APP = "tests.operator.item_app:app"
 SLO_MS = 200.0
+# /boom's tracebacks would go to a stderr pipe nobody reads until the end: a full pipe would
+# stall the server. The last --log-level wins.
+QUIET = ("--log-level", "critical")
 
 # (path pattern, route template, status, requests) per instance; `{i}` is the request number.
 TRAFFIC: tuple[tuple[tuple[str, str, int, int], ...], ...] = (
@@ -48,7 +55,7 @@ TRAFFIC: tuple[tuple[tuple[str, str, int, int], ...], ...] = (
 
 @dataclass
 class Instance:
-    server: ServerProcess
+    url: str  # the API server's
     metrics_port: int
     session: Path
     traffic: tuple[tuple[str, str, int, int], ...]
@@ -102,7 +109,7 @@ def send(instance: Instance, warm_up: bool) -> None:
     jobs: list[tuple[str, str, int]] = []
     for pattern, route, status, count in instance.traffic:
         for i in range(1 if warm_up else count):
-            jobs.append((instance.server.url + pattern.format(i=i + 1), route, status))
+            jobs.append((instance.url + pattern.format(i=i + 1), route, status))
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(pool.map(lambda job: fetch(job[0]), jobs))
     for (_url, route, status), got in zip(jobs, statuses, strict=True):
@@ -112,13 +119,15 @@ def send(instance: Instance, warm_up: bool) -> None:
             instance.bulk[route] += 1
 
 
+def collector_argv(command: str, metrics_port: int, session: Path) -> list[str]:
+    return [sys.executable, "-m", "apiscope", command, "--no-dashboard", "--metrics-port",
+            str(metrics_port), "--rate", "20", "--duration", "600", "--session", str(session)]
+
+
 @contextmanager
-def sidecar(pid: int, metrics_port: int, session: Path,
-            env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """`apiscope attach --no-inject` on a server that instruments itself, served headless."""
-    argv = [sys.executable, "-m", "apiscope", "attach", str(pid), "--no-inject",
-            "--no-dashboard", "--metrics-port", str(metrics_port), "--rate", "20",
-            "--duration", "600", "--session", str(session)]
+def collecting(argv: list[str], ready_urls: list[str],
+               env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """An apiscope collecting command, until every URL in `ready_urls` answers."""
     proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -126,19 +135,43 @@ def sidecar(pid: int, metrics_port: int, session: Path,
         def serving() -> bool:
             if proc.poll() is not None:
                 err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                raise AssertionError(f"apiscope attach exited {proc.returncode}: {err}")
-            return http_ok(f"http://127.0.0.1:{metrics_port}/metrics")
+                raise AssertionError(f"apiscope {argv[3]} exited {proc.returncode}: {err}")
+            return all(http_ok(url) for url in ready_urls)
 
-        wait_until(serving, timeout=60, what="the apiscope sidecar to serve /metrics")
+        wait_until(serving, timeout=60, what=f"apiscope {argv[3]} to serve {ready_urls}")
         yield proc
     finally:
-        if proc.poll() is None:  # Ctrl-C: the sidecar ends its session cleanly
+        if proc.poll() is None:  # Ctrl-C: apiscope ends its session cleanly
             os.killpg(proc.pid, signal.SIGINT)
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 pass
         stop_process_group(proc)
+
+
+@contextmanager
+def attached_sidecar(workdir: Path, traffic: tuple[tuple[str, str, int, int], ...],
+                     env: dict[str, str]) -> Iterator[Instance]:
+    port, metrics_port = free_port(), free_port()
+    session = workdir / "sidecar.sqlite"
+    with run_server(uvicorn_argv(INSTRUMENTED_APP, port, *QUIET), port, ready_path="/health",
+                    env=env) as server:
+        argv = collector_argv("attach", metrics_port, session) + [str(server.pid), "--no-inject"]
+        with collecting(argv, [f"http://127.0.0.1:{metrics_port}/metrics"], env):
+            yield Instance(server.url, metrics_port, session, traffic)
+
+
+@contextmanager
+def run_under_apiscope(workdir: Path, traffic: tuple[tuple[str, str, int, int], ...],
+                       env: dict[str, str]) -> Iterator[Instance]:
+    port, metrics_port = free_port(), free_port()
+    session = workdir / "run.sqlite"
+    argv = collector_argv("run", metrics_port, session)
+    argv += ["--", *uvicorn_argv(PLAIN_APP, port, *QUIET)]
+    url = f"http://127.0.0.1:{port}"
+    with collecting(argv, [f"http://127.0.0.1:{metrics_port}/metrics", f"{url}/health"], env):
+        yield Instance(url, metrics_port, session, traffic)
 
 
 def prometheus_config(workdir: Path, targets: list[dict[str, Any]]) -> Path:
@@ -181,15 +214,8 @@ def running_fleet(workdir: Path, prometheus: str) -> Iterator[Fleet]:
     sockets.mkdir(mode=0o700)
     env = {"APISCOPE_SOCKET_DIR": str(sockets)}
     with ExitStack() as stack:
-        instances: list[Instance] = []
-        for n, traffic in enumerate(TRAFFIC):
-            port = free_port()
-            server = stack.enter_context(run_server(uvicorn_argv(APP, port), port,
-                                                    ready_path="/health", env=env))
-            session = workdir / f"instance-{n}.sqlite"
-            metrics_port = free_port()
-            stack.enter_context(sidecar(server.pid, metrics_port, session, env))
-            instances.append(Instance(server, metrics_port, session, traffic))
+        instances = [stack.enter_context(attached_sidecar(workdir, TRAFFIC[0], env)),
+                     stack.enter_context(run_under_apiscope(workdir, TRAFFIC[1], env))]
 
         # The flags as `LiveFlags` computes them from the first instance's session as it is
         # being written, served for Prometheus as a third target.

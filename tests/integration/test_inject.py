@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -313,3 +314,74 @@ def test_gdb_refused_by_the_kernel_names_the_fix(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("version", ["3.12", "3.13"])
+def test_other_python_versions(version: str, sockets: str) -> None:
+    """CPython's pending calls changed inside in 3.12 and 3.13: inject into each version that
+    is installed, serving a Starlette app from this environment's pure-Python packages."""
+    require_ptrace()
+    require_program("gdb")
+    python = _interpreter(version)
+    port = free_port()
+    argv = [python, "-m", "uvicorn", "tests.inject.starlette_app:app", "--host", "127.0.0.1",
+            "--port", str(port), "--log-level", "warning", "--loop", "asyncio",
+            "--http", "h11"]
+    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
+                                          sysconfig.get_paths()["purelib"]])}
+    with run_server(argv, port, ready_path="/ping", env=env) as server:
+        result = inject_agent(server.pid, sockets)
+        report(f"python {version}", result)
+        assert result.status["python"].startswith(version + ".")
+        assert [a["state"] for a in result.apps] == ["wrapped"]
+        for item_id in range(N):
+            assert get(server, f"/items/{item_id}")[0] == 200
+        assert len(items(pull_until(server.pid, sockets, lambda rs: len(items(rs)) >= N))) == N
+        assert eject_agent(server.pid, sockets).restored == 1
+        assert get(server, "/items/1")[1] == b'{"item_id":"1"}'
+
+
+def _interpreter(version: str) -> str:
+    """The real interpreter behind `pythonX.Y` (not a version manager's shim), or skip.
+
+    pyenv's shims only run the versions selected in PYENV_VERSION, so we select it.
+    """
+    found = shutil.which(f"python{version}")
+    if found is None:
+        pytest.skip(f"python{version} is not installed")
+    env = {**os.environ, "PYENV_VERSION": version}
+    done = subprocess.run([found, "-c", "import sys; print(sys.executable)"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    if done.returncode != 0 or not done.stdout.strip():
+        pytest.skip(f"python{version} does not run here: {done.stderr.strip()[-200:]}")
+    return done.stdout.strip()
+
+
+def test_injection_while_py_spy_samples(uvicorn_server: ServerProcess, sockets: str,
+                                        tmp_path: Path) -> None:
+    """py-spy (blocking mode) traces the target at every sample, and the kernel refuses gdb
+    meanwhile: injection retries, so `attach` can start both in any order."""
+    py_spy = require_program("py-spy")
+    sampler = subprocess.Popen([py_spy, "record", "--pid", str(uvicorn_server.pid),
+                                "--rate", "1000", "--duration", "60", "--format", "raw",
+                                "-o", str(tmp_path / "raw.txt")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # TracerPid names the tracing thread of py-spy, not its main thread.
+        wait_until(lambda: _traced_by(uvicorn_server.pid), timeout=30, interval=0.001,
+                   what="py-spy to trace the server")
+        for _ in range(3):
+            assert inject_agent(uvicorn_server.pid, sockets).apps
+            assert eject_agent(uvicorn_server.pid, sockets).restored == 1
+        assert sampler.poll() is None
+    finally:
+        sampler.kill()
+        sampler.wait()
+    assert get(uvicorn_server, "/ping")[0] == 200
+
+
+def _traced_by(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1])
+    return 0

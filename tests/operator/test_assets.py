@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -108,6 +109,35 @@ def test_systemd_unit_runs_a_headless_sidecar_with_ptrace_rights() -> None:
     assert "MainPID" in unit and "BindsTo=%i.service" in unit
     assert "AmbientCapabilities=CAP_SYS_PTRACE" in unit
     assert "KillSignal=SIGINT" in unit  # apiscope ends cleanly on Ctrl-C
+
+
+def systemd_exec_start(unit: str, instance: str) -> list[str]:
+    """ExecStart's argv as systemd builds it: continuations, specifiers, `$$`, quoting."""
+    line = unit.replace("\\\n", " ")
+    command = next(x for x in line.splitlines() if x.startswith("ExecStart="))
+    command = command.removeprefix("ExecStart=")
+    command = re.sub(r"%(.)", lambda m: {"%": "%", "i": instance}[m.group(1)], command)
+    return shlex.split(command.replace("$$", "$"))
+
+
+def test_systemd_exec_start_passes_the_right_arguments(tmp_path: Path) -> None:
+    unit = (COLLECTORS / "apiscope-sidecar@.service").read_text(encoding="utf-8")
+    argv = systemd_exec_start(unit, "items-api")
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    record = tmp_path / "argv.txt"
+    (stubs / "apiscope").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\n')
+    (stubs / "systemctl").write_text('#!/bin/sh\n[ "$4" = items-api.service ] && echo 4242\n')
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    env = dict(re.findall(r"^Environment=(\w+)=(.*)$", unit, flags=re.MULTILINE))
+    env |= {"PATH": f"{stubs}:/usr/bin:/bin", "STATE_DIRECTORY": "/var/lib/apiscope"}
+    subprocess.run(argv, env=env, check=True, timeout=30)
+    args = record.read_text().splitlines()
+    assert args[:9] == ["attach", "--no-dashboard", "--host", "0.0.0.0", "--metrics-port",
+                        "9464", "--rate", "100", "--session"]
+    assert re.fullmatch(r"/var/lib/apiscope/items-api-\d{8}-\d{6}\.sqlite", args[9])
+    assert args[10:] == ["4242"]
 
 
 def test_kubernetes_sidecar_shares_the_process_namespace_with_ptrace() -> None:

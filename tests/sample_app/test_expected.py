@@ -73,3 +73,14 @@ def test_every_marked_line_is_listed() -> None:
               for number, text in enumerate(path.read_text().splitlines(), start=1)
               if text.rstrip().endswith(MARKER)}
     assert marked == listed
+
+
+def test_readme_table_shows_the_listed_lines() -> None:
+    readme = (ROOT / "sample_app" / "README.md").read_text()
+    rows = {line for line in readme.splitlines() if line.startswith("| `GET ")}
+    for flag in EXPECTED_FLAGS:
+        where = f"`{flag['file']}:{flag['line']}`"
+        row = next((row for row in rows if row.startswith(f"| `{flag['route']}` ")
+                    and where in row), None)
+        assert row is not None, f"README has no row for {flag['route']} at {where}"
+        assert f"`{flag['kind']}`" in row

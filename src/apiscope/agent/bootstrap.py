@@ -33,6 +33,10 @@ from typing import Any
 from .queries import uninstall_query_hooks
 from .runtime import current_agent, shutdown_agent, socket_path
 
+# The contract with `apiscope.inject.payload`: `run(action, directory, result, token, started)`.
+# A process keeps the agent of the apiscope that first injected it; the payload of a newer or
+# older apiscope checks this number before calling in.
+API_VERSION = 1
 ORIGINAL_ATTR = "_apiscope_original_stack"
 WRAPPER_ATTR = "_apiscope_wrapper"
 INSTRUMENTED_ATTR = "_apiscope_agent"  # set by `instrument(app)`, which may not have built yet
@@ -89,13 +93,13 @@ def detach() -> Status:
 
 
 def run(action: str, directory: str | None, result_path: str, token: str,
-        started: float | None = None) -> None:
+        started: float | None = None) -> Status:
     """Entry point for the injector: do `action` and write the status where it waits for it.
 
     `started` (a `time.perf_counter()` value) is when the injected code began, so that
-    `elapsed_ms` covers loading the agent too. Never raises: an exception escaping a pending
-    call would surface as a SystemError in whatever code the main thread was running (the
-    server's event loop).
+    `elapsed_ms` covers loading the agent too. Returns the status it wrote. Never raises: an
+    exception escaping a pending call would surface as a SystemError in whatever code the main
+    thread was running (the server's event loop).
     """
     started = time.perf_counter() if started is None else started
     try:
@@ -110,6 +114,7 @@ def run(action: str, directory: str | None, result_path: str, token: str,
         write_status(result_path, status)
     except OSError:
         pass  # the injector times out and says so; the server must not see our failure
+    return status
 
 
 def write_status(path: str, status: Status) -> None:

@@ -135,8 +135,10 @@ class AgentMiddleware:
             if exc is not None:
                 exc_type = type(exc).__name__
                 exc_file, exc_line = self.raising_line(exc.__traceback__)
-                if isinstance(exc, Exception) or not status:
-                    status = 500 if isinstance(exc, Exception) else 499
+                if isinstance(exc, Exception):
+                    status = 500  # what the server answers, or would have, had it not started
+                elif not status:
+                    status = 499  # cancelled before any response (the client went away)
             elif not status:
                 status = 500  # the app returned without a response: the server answers 500
             self.recorder.record(RequestEntry(

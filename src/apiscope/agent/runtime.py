@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from .middleware import AgentMiddleware, ASGIApp
@@ -97,9 +98,8 @@ class Agent:
         raise ValueError(f"unknown op {op!r}")
 
     def pull(self) -> dict[str, Any]:
-        if self.query_hooks is not None:
-            self.query_hooks.install()  # hook database libraries imported since the last pull
-        self.routes.refresh()  # routes added since instrument(app)
+        # Side work first, each guarded: a failure here must not cost the collector its batch.
+        pool = self._guarded(self._refresh_and_sample)
         requests = [entry._asdict() for entry in self.recorder.drain()]
         profiles = [self.profiles.popleft() for _ in range(len(self.profiles))]
         return {
@@ -107,11 +107,24 @@ class Agent:
             "ts": time.time(),
             "requests": requests,
             "routes": list(self.routes.rows),
-            "threadpool": self.threadpool.sample(),
+            "threadpool": pool,
             "stats": {"recorded": self.recorder.recorded, "dropped": self.recorder.dropped,
                       "errors": self.recorder.errors},
             "profiles": profiles,
         }
+
+    def _refresh_and_sample(self) -> dict[str, Any] | None:
+        if self.query_hooks is not None:
+            self.query_hooks.install()  # hook database libraries imported since the last pull
+        self.routes.refresh()  # routes added since instrument(app)
+        return self.threadpool.sample()
+
+    def _guarded(self, work: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
+        try:
+            return work()
+        except Exception:
+            self.recorder.count_error()
+            return None
 
     def _hooks(self) -> QueryHooks:
         if self.query_hooks is None:

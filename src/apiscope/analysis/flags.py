@@ -22,8 +22,19 @@ def location(file: str | None, line: int | None, function: str | None) -> dict[s
     return {"file": file, "line": line, "function": function}
 
 
+def function_name(name: str) -> str:
+    """The function a user would name: a comprehension, generator expression or lambda is
+    part of its enclosing function (`f.<locals>.<listcomp>` -> `f`), a nested function is
+    itself (`f.<locals>.inner` -> `inner`), a method keeps its class (`Items.get`)."""
+    parts = name.split(".")
+    while len(parts) > 2 and parts[-1].startswith("<") and parts[-2] == "<locals>":
+        parts = parts[:-2]
+    return parts[-1] if "<locals>" in parts else ".".join(parts)
+
+
 def frame_location(frame: Frame | None) -> dict[str, Any] | None:
-    return None if frame is None else location(frame.file, frame.line, frame.function)
+    return None if frame is None else location(frame.file, frame.line,
+                                               function_name(frame.function))
 
 
 def handler_location(ctx: AnalysisContext, endpoint: str | None) -> dict[str, Any] | None:

@@ -1,9 +1,9 @@
 """Loaded at interpreter start-up in processes started by `apiscope run`.
 
 `apiscope run` puts this directory first on PYTHONPATH. When the server imports Starlette, the
-agent is wired into `Starlette.build_middleware_stack`, so every app (and every gunicorn worker,
-each building its own stack on its first request) is measured from the first request, with no
-injection. The agent is loaded from apiscope's own files under the name `apiscope_agent`, so the
+agent is wired into `Starlette.__call__`, where the app builds its middleware stack on its first
+call, so every app (and every gunicorn worker, each building its own stack) is measured from the
+first request, with no injection. The agent is loaded from apiscope's own files under the name `apiscope_agent`, so the
 server's environment needs nothing installed. Any failure here leaves the server untouched.
 """
 
@@ -36,25 +36,29 @@ def _load_agent() -> ModuleType:
 
 
 def _patch_starlette(module: ModuleType) -> None:
+    # Starlette.__call__ builds the middleware stack on the first call (lifespan or request).
+    # FastAPI overrides build_middleware_stack but calls Starlette.__call__, so this is the
+    # one place that sees every app. Only the first app called is wrapped: mounted sub-apps
+    # run inside it and are measured already.
     starlette_cls: Any = module.Starlette
-    original = starlette_cls.build_middleware_stack
-    outermost: list[int] = []  # id of the first app built: mounted sub-apps are not wrapped again
+    original_call = starlette_cls.__call__
+    outermost: list[int] = []
 
-    def build_middleware_stack(self: Any) -> Any:
-        stack = original(self)
-        try:
-            if outermost and outermost[0] != id(self):
-                return stack
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if self.middleware_stack is None and (not outermost or outermost[0] == id(self)):
             outermost[:] = [id(self)]
-            agent = _load_agent().current_agent()
-            agent.add_routes(self)
-            agent.start()
-            return agent.middleware(stack)
-        except Exception as exc:  # never break the server for the sake of measuring it
-            print(f"apiscope: agent not installed: {exc!r}", file=sys.stderr)
-            return stack
+            stack = self.build_middleware_stack()
+            try:
+                agent = _load_agent().current_agent()
+                agent.add_routes(self)
+                agent.start()
+                stack = agent.middleware(stack)
+            except Exception as exc:  # never break the server for the sake of measuring it
+                print(f"apiscope: agent not installed: {exc!r}", file=sys.stderr)
+            self.middleware_stack = stack
+        await original_call(self, scope, receive, send)
 
-    starlette_cls.build_middleware_stack = build_middleware_stack
+    starlette_cls.__call__ = __call__
 
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):

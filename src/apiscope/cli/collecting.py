@@ -13,7 +13,7 @@ from typing import Any
 from apiscope.collection import Collection, CollectOptions
 from apiscope.collectors.target import Target
 from apiscope.errors import UsageError
-from apiscope.metrics import MetricsExporter, serve_metrics
+from apiscope.metrics import LiveFlags, MetricsExporter, serve_metrics, session_flags
 from apiscope.store import SessionWriter
 
 
@@ -37,6 +37,11 @@ def outputs(args: argparse.Namespace, session: Path,
     """Serve the live dashboard (with /metrics) or /metrics alone, for the run's duration."""
     stoppers: list[Callable[[], Any]] = []
     try:
+        if not args.no_dashboard or args.metrics_port is not None:
+            # Flags for /metrics come from analysing the session as it grows.
+            live_flags = LiveFlags(metrics, session_flags(session, args.slo_ms))
+            live_flags.start()
+            stoppers.append(live_flags.stop)
         if not args.no_dashboard:
             from apiscope.dashboard import start_dashboard_thread
 

@@ -153,6 +153,7 @@ class SamplerStats:
     bad_lines: int = 0  # unparseable lines (skipped)
     overlaps: list[float] = field(default_factory=list)  # seconds two py-spy ran at once
     startups: list[float] = field(default_factory=list)  # seconds from spawn to sampling
+    launch_retries: int = 0  # mid-session py-spy starts that failed and were retried
     pyspy_cpu_seconds: float = 0.0
     sampled_seconds: float = 0.0
 
@@ -213,6 +214,7 @@ class StackSampler:
         self._pids: set[int] = {pid}
         self._snapshots: list[ThreadSnapshot] = []
         self.probe_memory = 60.0  # seconds of probe snapshots used to judge a stack
+        self.launch_attempts = 3  # per mid-session py-spy start (the first one gets one)
         self.stats = SamplerStats()
         self.end_reason: EndReason | None = None
         self.error: Exception | None = None
@@ -285,19 +287,38 @@ class StackSampler:
                 self._deliver(current, self._clock())
                 if not self._alive(self.pid):
                     return EndReason.TARGET_EXITED
-                current = self._launch()
+                current = self._launch(self.launch_attempts)
                 continue
             try:
-                following = self._launch()
+                following = self._launch(self.launch_attempts)
             except Exception:
                 self._deliver(current, self._clock())
+                if self._stop.is_set():
+                    return EndReason.STOPPED  # stop() came while the next one started
                 raise
             switch = self._clock()
             self.stats.overlaps.append(max(0.0, switch - following.started))
             self._deliver(current, switch)
             current = following
 
-    def _launch(self) -> _Run:
+    def _launch(self, attempts: int = 1) -> _Run:
+        """Start one py-spy and wait until it samples; retry while the target lives.
+
+        Mid-session launches get several attempts: a new py-spy attaching while the running
+        one holds the target ptrace-stopped can be refused ("Permission Denied" even as
+        root), and a busy machine can make one start-up fail. The running py-spy keeps
+        sampling meanwhile, so a retry costs no samples.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._launch_once()
+            except TargetError:
+                if attempt == attempts or not self._alive(self.pid) or self._stop.is_set():
+                    raise
+                self.stats.launch_retries += 1
+        raise AssertionError("unreachable")
+
+    def _launch_once(self) -> _Run:
         assert self._tmp is not None and self._pyspy is not None
         self._count += 1
         output = Path(self._tmp.name) / f"window-{self._count}.txt"
@@ -310,6 +331,7 @@ class StackSampler:
             return _Run(proc, output, ready)
         proc.interrupt()
         result = proc.finish(5.0)
+        output.unlink(missing_ok=True)
         if not self._alive(self.pid) or exited_message(result.stderr):
             raise TargetError(f"process {self.pid} is not running (it may have exited).")
         raise failure_error(self.pid, result.returncode, result.stderr)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from dash import Dash
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from apiscope.dashboard.analysis import FlagAnalysis
 from apiscope.dashboard.callbacks import register
 from apiscope.dashboard.data import SessionData
 from apiscope.dashboard.pages import shell
@@ -33,6 +34,9 @@ def create_app(source: str | os.PathLike[str] | SessionData, *, live: bool,
     server is `app.server`, where a caller may add routes (such as `/metrics`) before serving.
     """
     data = source if isinstance(source, SessionData) else SessionData(source)
+    if data.analysis is None and (live or not data.flags()):
+        # No stored flags (or a live session): run the report's analysis in the background.
+        data.analysis = FlagAnalysis(data.reader.path, live=live).start()
     app = Dash(
         "apiscope.dashboard",
         title="apiscope",

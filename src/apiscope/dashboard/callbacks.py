@@ -123,7 +123,8 @@ def _register_overview(app: Dash, data: SessionData) -> None:
         else:
             table = ui.empty_state(ui.NO_TRAFFIC if data.routes() else ui.NO_REQUESTS)
         flags: Any = ui.flag_cards(data.flags()) or ui.empty_state(
-            "no bottlenecks flagged: every rule found the endpoints healthy so far")
+            data.flags_pending()
+            or "no bottlenecks flagged: every rule found the endpoints healthy so far")
         cards: Any = ui.process_cards(data.process_cards()) or ui.empty_state(
             "no processes recorded yet: the collector has not reported the target")
         summary = (f"{sum(r.stats.count for r in rows):,} requests on {len(rows)} endpoints"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apiscope.analysis.attribution import RouteMatcher, app_roots
+from apiscope.dashboard.analysis import FlagAnalysis
 from apiscope.dashboard.flame import FunctionRow, pruned_tree, top_functions
 from apiscope.dashboard.requests import (
     EndpointColumns,
@@ -76,11 +77,15 @@ class SlowRequest:
 class SessionData:
     """The dashboard's view of one session; thread-safe (Flask serves callbacks in threads)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *,
+                 analysis: FlagAnalysis | None = None) -> None:
         self.reader = SessionReader(path)
-        self.requests = RequestIndex(self.reader)
-        self.samples = SampleIndex(self.reader, route_matcher)
+        self.analysis = analysis
+        # One lock for every read: Flask runs callbacks in threads, and they share the
+        # reader's single SQLite connection.
         self._lock = threading.RLock()
+        self.requests = RequestIndex(self.reader, self._lock)
+        self.samples = SampleIndex(self.reader, route_matcher, self._lock)
         self._resources: dict[int, ResourceSeries] = {}
         self._last_resource = 0
         self._processes: list[ProcessInfo] = []
@@ -94,6 +99,8 @@ class SessionData:
         self.refresh()
 
     def close(self) -> None:
+        if self.analysis is not None:
+            self.analysis.stop()
         self.reader.close()
 
     # -- refreshing -------------------------------------------------------------------------
@@ -105,14 +112,17 @@ class SessionData:
             self.samples.refresh()
             self._refresh_resources()
             self._processes = self.reader.processes()
-            self._flags = sorted(self.reader.flags(),
-                                 key=lambda f: SEVERITY_ORDER.get(f["severity"], 3))
+            stored = self.reader.flags()
+            if not stored and self.analysis is not None:
+                stored = list(self.analysis.flags or ())
+            self._flags = sorted(stored, key=lambda f: SEVERITY_ORDER.get(f["severity"], 3))
             self._routes = self.reader.routes()
             self._app_roots = app_roots(self._routes)
             self._span = self._time_range()
             # JSON-shaped (lists, not tuples) so it compares equal after a trip to the browser
             version = [self.requests.last_id, self.samples.last_window_id, self._last_resource,
                        len(self._flags), len(self._routes),
+                       self.analysis.generation if self.analysis else 0,
                        [[p.pid, p.exited_at] for p in self._processes]]
             if version != self.version:
                 self._shares.clear()
@@ -162,13 +172,25 @@ class SessionData:
     def flags(self, endpoint: str | None = None) -> list[dict[str, Any]]:
         return [f for f in self._flags if endpoint is None or f.get("route") == endpoint]
 
+    def flags_pending(self) -> str | None:
+        """Why no flags can be shown yet (the analysis is running or failed), else None."""
+        if self._flags or self.analysis is None:
+            return None
+        if self.analysis.error is not None:
+            return f"the analysis failed on this session ({self.analysis.error})"
+        if self.analysis.flags is None:
+            return "analysing the session for bottlenecks…"
+        return None
+
     def has_samples(self) -> bool:
         return bool(self.samples.windows)
 
     def threads(self) -> list[tuple[int, int, str, str]]:
         """(pid, tid, name, role) of every sampled thread."""
+        with self._lock:
+            found = self.reader.threads()
         return sorted((pid, tid, name, role.value)
-                      for (pid, tid), (name, role) in self.reader.threads().items())
+                      for (pid, tid), (name, role) in found.items())
 
     def pids(self) -> list[int]:
         return sorted({p.pid for p in self._processes} | set(self._resources)
@@ -239,6 +261,11 @@ class SessionData:
     def slowest_requests(self, endpoint: str, rng: Range, limit: int = 15) -> list[SlowRequest]:
         since, until = rng if rng else (None, None)
         rows = slowest(self.requests.select(since, until, endpoint), limit)
+        with self._lock:
+            tops = self._top_statements(rows)
+        return [SlowRequest(r, *tops.get(r.id, (None, 0))) for r in rows]
+
+    def _top_statements(self, rows: list[Request]) -> dict[int, tuple[str, int]]:
         tops: dict[int, tuple[str, int]] = {}
         if rows:
             marks = ",".join("?" * len(rows))
@@ -248,7 +275,7 @@ class SessionData:
                     f" WHERE q.request_id IN ({marks}) ORDER BY q.count",
                     tuple(r.id for r in rows)):
                 tops[rid] = (sql, count)  # ascending order: the most frequent one wins
-        return [SlowRequest(r, *tops.get(r.id, (None, 0))) for r in rows]
+        return tops
 
     # -- stacks -----------------------------------------------------------------------------
 

@@ -24,7 +24,8 @@ def shell(*, live: bool, refresh_ms: int, title: str, version: list[Any]) -> htm
         dcc.Store(id="range", data=None),
         dcc.Store(id="version", data=version),
         dcc.Store(id="sort", data=DEFAULT_SORT),
-        dcc.Interval(id="tick", interval=refresh_ms, disabled=not live),
+        # Replay ticks too: the background analysis delivers its flags after the first page.
+        dcc.Interval(id="tick", interval=refresh_ms if live else max(refresh_ms, 3000)),
         html.Header([
             html.Span("apiscope", className="brand"),
             html.Nav([dcc.Link(label, href=href, className="nav-link") for href, label in NAV]),

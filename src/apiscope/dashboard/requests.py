@@ -63,9 +63,9 @@ class EndpointColumns:
 class RequestIndex:
     """All recorded requests of a session; safe to share between threads."""
 
-    def __init__(self, reader: SessionReader) -> None:
+    def __init__(self, reader: SessionReader, lock: threading.RLock | None = None) -> None:
         self._reader = reader
-        self._lock = threading.Lock()
+        self._lock = lock or threading.RLock()
         self.rows: list[Request] = []
         self.columns: dict[str, EndpointColumns] = {}
         self.last_id = 0

@@ -50,10 +50,12 @@ class Window:
 class SampleIndex:
     """The samples of one session, aggregated for slicing; safe to share between threads."""
 
-    def __init__(self, reader: SessionReader, matcher_factory: MatcherFactory) -> None:
+    def __init__(self, reader: SessionReader, matcher_factory: MatcherFactory,
+                 lock: threading.RLock | None = None) -> None:
         self._reader = reader
         self._matcher_factory = matcher_factory
-        self._lock = threading.RLock()
+        # the owner's lock: one SQLite connection must not run two statements at once
+        self._lock = lock or threading.RLock()
         self.windows: list[Window] = []
         self._window_pos: dict[int, int] = {}
         self._series: dict[Series, int] = {}

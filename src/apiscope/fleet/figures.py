@@ -50,13 +50,18 @@ def route_rows(snapshot: FleetSnapshot) -> list[dict[str, str]]:
             for r in snapshot.routes]
 
 
+CELL = {"padding": "2px 14px 2px 0", "textAlign": "left"}
+NUMBER = {**CELL, "textAlign": "right"}
 ROUTE_COLUMNS = (("endpoint", "route"), ("instance", "instance"), ("p95_ms", "p95 ms"),
                  ("rps", "req/s"), ("error_rate", "5xx"))
 
 
 def routes_table(snapshot: FleetSnapshot) -> html.Table:
-    head = html.Tr([html.Th(label) for _, label in ROUTE_COLUMNS])
-    body = [html.Tr([html.Td(row[key], className=key) for key, _ in ROUTE_COLUMNS])
+    numeric = ("p95_ms", "rps", "error_rate")
+    head = html.Tr([html.Th(label, style=NUMBER if key in numeric else CELL)
+                    for key, label in ROUTE_COLUMNS])
+    body = [html.Tr([html.Td(row[key], className=key, style=NUMBER if key in numeric else CELL)
+                     for key, _ in ROUTE_COLUMNS])
             for row in route_rows(snapshot)]
     if not body:
         body = [html.Tr(html.Td(f"no requests in the last {snapshot.window}",
@@ -77,9 +82,10 @@ def flag_rows(snapshot: FleetSnapshot) -> list[dict[str, str]]:
 
 
 def flags_table(snapshot: FleetSnapshot) -> html.Table:
-    head = html.Tr([html.Th("instance"), html.Th("active flags")])
-    body = [html.Tr([html.Td(r["instance"], className="instance"),
-                     html.Td(r["flags"], className="flags")]) for r in flag_rows(snapshot)]
+    head = html.Tr([html.Th("instance", style=CELL), html.Th("active flags", style=CELL)])
+    body = [html.Tr([html.Td(r["instance"], className="instance", style=CELL),
+                     html.Td(r["flags"], className="flags", style=CELL)])
+            for r in flag_rows(snapshot)]
     if not body:
         body = [html.Tr(html.Td("no apiscope instance found in Prometheus", colSpan=2))]
     return html.Table([html.Thead(head), html.Tbody(body)], id="fleet-flags-table",

@@ -76,14 +76,23 @@ def gdb_script(snippet: str) -> str:
     ])
 
 
-def check_gdb_output(pid: int, run: RunResult) -> None:
+def attach_refused(run: RunResult) -> bool:
+    """The kernel refused gdb's PTRACE_ATTACH: no permission, or another tracer holds the
+    process (py-spy in its default blocking mode traces the target for each sample)."""
+    return "ptrace: Operation not permitted" in run.output
+
+
+def check_gdb_output(pid: int, run: RunResult, attempts: int = 1) -> None:
     """Raise the error that explains a failed run; return when the call was scheduled."""
     out = run.output
     if "ptrace: No such process" in out:
         raise TargetError(f"no process with PID {pid}: the server may have exited")
-    if "ptrace: Operation not permitted" in out:
-        raise TargetError(f"gdb was not allowed to attach to PID {pid} (ptrace refused)."
-                          f" Fix one of: {PTRACE_FIXES}")
+    if attach_refused(run):
+        raise TargetError(f"gdb was not allowed to attach to PID {pid} (ptrace refused"
+                          f"{f', {attempts} attempts' if attempts > 1 else ''}). Either another"
+                          " debugger or profiler keeps it traced (stop it, or run py-spy with"
+                          f" --nonblocking), or tracing is not permitted. Fix one of:"
+                          f" {PTRACE_FIXES}")
     match = _PENDING.search(out)
     if match and match.group(1) == "0":
         return

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from apiscope.agent.paths import SocketDirError, ensure_private_dir, socket_dir
 from apiscope.errors import ToolMissingError, UsageError
 from apiscope.inject.errors import InjectionFailed
-from apiscope.inject.gdb import check_gdb_output, gdb_argv, gdb_script
+from apiscope.inject.gdb import attach_refused, check_gdb_output, gdb_argv, gdb_script
 from apiscope.inject.remote import (
     REMOTE_EXEC_VERSION,
     check_remote_exec,
@@ -34,6 +34,10 @@ from apiscope.inject.target import check_target
 
 RESULT_TIMEOUT = 15.0  # for the target to reach a safe point and run the bootstrap
 DEBUGGER_TIMEOUT = 30.0  # attaching gdb to a big process and loading its symbols included
+# A refused attach is retried: a profiler such as py-spy (blocking mode) traces the target for
+# a moment at every sample, and the kernel refuses a second tracer meanwhile.
+ATTACH_ATTEMPTS = 5
+ATTACH_BACKOFF = 0.1  # seconds, times the attempt number
 
 TargetCheck = Callable[[int], "tuple[int, int] | None"]
 
@@ -92,10 +96,15 @@ def _schedule_gdb(pid: int, snippet: str, directory: str, runner: Runner) -> flo
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(gdb_script(snippet))
-        run = runner(gdb_argv(gdb, pid, script), DEBUGGER_TIMEOUT)
+        for attempt in range(1, ATTACH_ATTEMPTS + 1):
+            # A refused attach leaves no trace in the target, so trying again is safe.
+            run = runner(gdb_argv(gdb, pid, script), DEBUGGER_TIMEOUT)
+            if not attach_refused(run) or attempt == ATTACH_ATTEMPTS:
+                break
+            time.sleep(ATTACH_BACKOFF * attempt)
     finally:
         _remove(script)
-    check_gdb_output(pid, run)
+    check_gdb_output(pid, run, attempt)
     return run.seconds
 
 

@@ -7,7 +7,9 @@ It loads apiscope's agent package from apiscope's own files under the top-level 
 let the target import our versions of its own dependencies), then hands over to
 `apiscope_agent.bootstrap.run`. Standard library only.
 
-Detaching never loads anything: a process without `apiscope_agent` has nothing to remove.
+Detaching never loads anything: a process without `apiscope_agent` has nothing to remove. After
+a detach the package is dropped from `sys.modules`, so that the next attach loads the agent of
+the apiscope doing it, not the one a different version of apiscope left behind.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 PAYLOAD_NAME = "apiscope_inject_payload"
 AGENT_MODULE = "apiscope_agent"
+API_VERSION = 1  # must equal `apiscope.agent.bootstrap.API_VERSION`
 
 
 def main(args: Mapping[str, Any]) -> None:
@@ -42,7 +45,12 @@ def main(args: Mapping[str, Any]) -> None:
                                  "note": "no apiscope agent was injected into this process"})
             return
         bootstrap = importlib.import_module(AGENT_MODULE + ".bootstrap")
-        bootstrap.run(action, args.get("directory"), result_path, token, started)
+        if getattr(bootstrap, "API_VERSION", None) != API_VERSION:
+            _other_version(bootstrap, action, result_path, token)
+            return
+        status = bootstrap.run(action, args.get("directory"), result_path, token, started)
+        if action == "detach" and status.get("ok"):
+            forget_agent()
     except Exception as exc:  # the loader itself failed: say why, leave the server alone
         _write(result_path, {"action": action, "ok": False, "token": token, "pid": os.getpid(),
                              "error": f"{type(exc).__name__}: {exc}"})
@@ -63,6 +71,26 @@ def load_agent(agent_dir: str) -> ModuleType:
         del sys.modules[AGENT_MODULE]  # a half-loaded package must not be found next time
         raise
     return module
+
+
+def _other_version(bootstrap: ModuleType, action: str, result_path: str, token: str) -> None:
+    """An agent injected by another apiscope version: detach it with its own `detach()` (the
+    one function every version has), and refuse to attach on top of it."""
+    if action != "detach":
+        raise RuntimeError(f"this process already runs the agent of another apiscope version"
+                           f" (from {os.path.dirname(bootstrap.__file__ or '?')}): run"
+                           f" `apiscope detach {os.getpid()}`, then attach again")
+    status = dict(bootstrap.detach())
+    forget_agent()
+    status.update(action=action, ok=True, token=token,
+                  note="detached the agent of another apiscope version")
+    _write(result_path, status)
+
+
+def forget_agent() -> None:
+    """Drop the agent package from `sys.modules`; objects still in use keep their modules."""
+    for name in [n for n in sys.modules if n == AGENT_MODULE or n.startswith(AGENT_MODULE + ".")]:
+        del sys.modules[name]
 
 
 def _write(path: str, status: dict[str, Any]) -> None:

@@ -9,10 +9,14 @@ app is not flagged. One flag per group: its hottest line.
 The share depends on what the sampler knew. With an activity probe (BLOCKED samples or GIL
 ownership recorded), RUNNING samples are on-CPU and the share is the line's part of all RUNNING
 handler-thread samples. Without it, a RUNNING sample may be a thread sleeping or in I/O at that
-line (a sync handler calling `time.sleep` in eight pool threads looks like eight busy cores), so
-the line's claimed CPU is checked against the CPU the processes really used (psutil): a claim
-above `CPU_PLAUSIBILITY` times the measured cores is off-CPU waiting, left to the other rules
-(threadpool_saturation, slow_endpoint), and the share is the claim over the measured cores.
+line: a sync handler calling `time.sleep` or a blocking client in pool threads looks exactly
+like one computing, and that is the common case for sync handlers. So only the event loop
+thread's samples are considered (a loop thread that sleeps stalls everything and is flagged as
+event_loop_blocked anyway), the share is the line's part of the loop's RUNNING samples, and
+the line's claimed CPU must be plausible against the CPU the processes really used (psutil; at
+most `CPU_PLAUSIBILITY` times the measured cores: py-spy's pauses and lost samples make the two
+disagree by tens of percent, not by multiples). A CPU hotspot in a sync handler then needs the
+sampler's activity probe to be seen.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from apiscope.analysis.context import AnalysisContext, Attributed, Flag
 from apiscope.analysis.flags import frame_location, make_flag, pct, where
 from apiscope.analysis.stats import active_samples, measured_cores, sampled_seconds
 from apiscope.analysis.thresholds import grade
-from apiscope.model import Frame, SampleState
+from apiscope.model import Frame, SampleState, ThreadRole
 
-CPU_PLAUSIBILITY = 1.25
+CPU_PLAUSIBILITY = 2.0
 
 SUGGESTION = ("optimise or cache the work at this line (a profile of one request with pyinstrument"
               " shows the detail), or move it out of the request path")
@@ -42,23 +46,30 @@ class CpuHotspotRule:
 
     def check(self, ctx: AnalysisContext) -> list[Flag]:
         running = [a for a in active_samples(ctx) if a.sample.state is SampleState.RUNNING]
+        if not ctx.activity_known and any(a.role is ThreadRole.LOOP for a in running):
+            running = [a for a in running if a.role is ThreadRole.LOOP]
         total = sum(a.sample.count for a in running)
         wall = sampled_seconds(ctx)
         if not total or wall <= 0:
             return []
-        counts: dict[Group, Counter[Frame]] = defaultdict(Counter)
-        busy: dict[tuple[Group, Frame], float] = defaultdict(float)
+        # Lines are (file, line): a comprehension is its own frame in py-spy (`f.<locals>.
+        # <listcomp>`) but the same line of code as its enclosing function's.
+        counts: dict[Group, Counter[tuple[str, int]]] = defaultdict(Counter)
+        names: dict[tuple[str, int], Counter[str]] = defaultdict(Counter)
+        busy: dict[tuple[Group, tuple[str, int]], float] = defaultdict(float)
         for a in running:
             if a.user is not None and not a.importing:  # start-up imports are not requests
-                counts[_group(a, a.user)][a.user] += a.sample.count
-                busy[(_group(a, a.user), a.user)] += a.seconds
+                site = (a.user.file, a.user.line)
+                counts[_group(a, a.user)][site] += a.sample.count
+                names[site][a.user.function] += a.sample.count
+                busy[(_group(a, a.user), site)] += a.seconds
         flags = []
         for group in sorted(counts, key=lambda g: (g[0] or "", g[1])):
-            lines = sorted(counts[group].items(),
-                           key=lambda kv: (-kv[1], kv[0].file, kv[0].line))
-            for frame, count in lines:  # the hottest line that qualifies
-                flag = self._flag(ctx, group[0], frame, count / total, busy[(group, frame)],
-                                  wall)
+            lines = sorted(counts[group].items(), key=lambda kv: (-kv[1], kv[0]))
+            for site, count in lines:  # the hottest line that qualifies
+                function = sorted(names[site].items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+                flag = self._flag(ctx, group[0], Frame(function, *site), count / total,
+                                  busy[(group, site)], wall)
                 if flag is not None:
                     flags.append(flag)
                     break
@@ -69,10 +80,8 @@ class CpuHotspotRule:
         th = ctx.thresholds
         core = busy / wall
         measured = None if ctx.activity_known else measured_cores(ctx.data.resources)
-        if measured is not None:
-            if core > CPU_PLAUSIBILITY * measured or measured <= 0:
-                return None
-            share = min(1.0, core / measured)
+        if measured is not None and core > CPU_PLAUSIBILITY * measured:
+            return None
         severity = grade(share, th.cpu_hotspot_share)
         requests = len(ctx.by_endpoint.get(endpoint, [])) if endpoint else 0
         per_request = busy * 1000 / requests if requests else None
@@ -80,7 +89,8 @@ class CpuHotspotRule:
                 per_request is not None and per_request < th.cpu_hotspot_min_ms_per_request):
             return None
         loc = frame_location(frame)
-        of_what = "the CPU the processes used" if measured is not None else "the CPU samples"
+        of_what = ("the event loop's busy samples" if not ctx.activity_known
+                   else "the running thread samples")
         evidence = f"{where(loc)} took {pct(share)} of {of_what} ({core:.2f} of a core)"
         metric = {"cpu_share": share, "core_fraction": core, "cpu_seconds": busy}
         if per_request is not None:

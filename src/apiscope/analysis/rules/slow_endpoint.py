@@ -4,6 +4,8 @@ Needs `min_requests` requests, so one slow request among few is not a trend (and
 request among thousands does not move p95). Severity grows with p95 / slo. When an earlier
 flag explains the latency, the evidence says so: the event loop blocked by *another* endpoint
 (for async routes), a saturated thread pool (for sync routes), or a flag on this very route.
+A route slowed only by another route's flag is a symptom: its severity is capped at low, so the
+cause, flagged on its own route, is what a `--fail-on` budget trips on.
 """
 
 from __future__ import annotations
@@ -17,21 +19,25 @@ SUGGESTION = ("profile one slow request (see the flamegraph for this route) and 
               " dominates it; the other flags on this report point at likely causes")
 
 
-def explanations(ctx: AnalysisContext, endpoint: str) -> list[str]:
+def explanations(ctx: AnalysisContext, endpoint: str) -> tuple[list[str], bool]:
+    """Why the endpoint is slow, from earlier flags; and whether only *other* routes' flags
+    explain it (then it is a symptom, not a cause of its own)."""
     route = ctx.route_info(endpoint)
     is_async = route.is_async if route is not None else None
-    out = []
+    out, own = set(), False
     for flag in ctx.earlier:
         kind, other = flag["kind"], flag["route"]
         if kind == "event_loop_blocked" and other != endpoint and is_async is not False:
-            out.append(f"the event loop was blocked by {other or 'unattributed code'}"
-                       " (see event_loop_blocked)")
+            out.add(f"the event loop was blocked by {other or 'unattributed code'}"
+                    " (see event_loop_blocked)")
         elif kind == "threadpool_saturation" and is_async is False:
-            out.append("sync handlers waited for the saturated thread pool"
-                       " (see threadpool_saturation)")
+            out.add("sync handlers waited for the saturated thread pool"
+                    " (see threadpool_saturation)")
+            own = own or other == endpoint
         elif other == endpoint and kind != "error_rate":
-            out.append(f"see {kind} on this route")
-    return sorted(set(out))
+            out.add(f"see {kind} on this route")
+            own = True
+    return sorted(out), bool(out) and not own
 
 
 class SlowEndpointRule:
@@ -50,9 +56,11 @@ class SlowEndpointRule:
                 continue
             evidence = (f"p95 {p95:.0f} ms over {len(records)} requests, above the"
                         f" {ctx.slo_ms:.0f} ms objective (p50 {percentile(durations, 0.5):.0f} ms)")
-            reasons = explanations(ctx, endpoint)
+            reasons, symptom = explanations(ctx, endpoint)
             if reasons:
                 evidence += "; " + "; ".join(reasons)
+            if symptom:  # the cause is flagged on another route, at its own severity
+                severity = "low"
             metric = {"p95_ms": p95, "p50_ms": percentile(durations, 0.5), "slo_ms": ctx.slo_ms,
                       "count": len(records)}
             flags.append(make_flag(self.kind, severity, endpoint, handler_location(ctx, endpoint),
