@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from apiscope.collectors.agent_client import AgentClient
 from apiscope.collectors.resources import ResourceCollector
-from apiscope.collectors.stacks import EndReason, StackSampler
+from apiscope.collectors.stacks import EndReason, SamplerStats, StackSampler, window_loss
 from apiscope.collectors.target import Target
 from apiscope.errors import ApiscopeError
 from apiscope.metrics import MetricsExporter
@@ -43,7 +43,6 @@ class Totals:
     sample_errors: int = 0
     requests: int = 0
     windows: int = 0
-    expected_samples: int = 0
     agent_dropped: int = 0
     warnings: list[str] = field(default_factory=list)
 
@@ -94,6 +93,11 @@ class Collection:
         self._sampler.start()
         self._poller.start()
 
+    @property
+    def sampler_stats(self) -> SamplerStats:
+        """The sampler's own account of stored, expected and failed samples."""
+        return self._sampler.stats
+
     def stop(self) -> None:
         self._stop.set()
         try:
@@ -102,9 +106,11 @@ class Collection:
             self._poller.join(timeout=10)
             self._pull_agents()  # what the agents recorded since the last pull
             end = self.clock()
+            stats = self._sampler.stats
             self.writer.set_meta(end=end, samples_total=self.totals.samples,
                                  samples_errors=self.totals.sample_errors,
-                                 samples_expected=self.totals.expected_samples,
+                                 samples_expected=round(stats.expected),
+                                 sample_loss=round(stats.loss, 4),
                                  agent_dropped=self.totals.agent_dropped)
             self.writer.flush()
 
@@ -144,17 +150,13 @@ class Collection:
 
     def _on_window(self, window: StackWindow) -> None:
         self.writer.put_window(window)
-        stored = sum(s.count for s in window.samples)
-        threads = {(s.pid, s.tid) for s in window.samples}
+        loss = window_loss(window)
         with self._lock:
             self.totals.windows += 1
-            self.totals.samples += stored
-            self.totals.sample_errors += window.errors
-            self.totals.expected_samples += int(
-                round(window.rate_hz * (window.end - window.start) * len(threads)))
-        expected = window.rate_hz * (window.end - window.start) * len(threads)
-        self.metrics.observe_samples(stored, window.errors,
-                                     dropped=max(0, int(expected) - stored - window.errors))
+            self.totals.samples += loss.stored
+            self.totals.sample_errors += loss.errors
+        self.metrics.observe_samples(
+            loss.stored, loss.errors, dropped=max(0, int(loss.expected) - loss.stored - loss.errors))
         blocked: dict[int, int] = {}
         for s in window.samples:
             role = window.threads.get((s.pid, s.tid), ThreadRole.OTHER)

@@ -41,7 +41,7 @@ def test_agent_client_pulls_every_request_of_a_live_uvicorn(sock_dir: str) -> No
     env = {"APISCOPE_SOCKET_DIR": sock_dir}
     argv = uvicorn_argv("tests.agent.instrumented_app:app", port)
     with run_server(argv, port, ready_path="/health", env=env) as server, \
-            AgentClient(server.pid, timeout=5.0, directory=sock_dir) as client:
+            AgentClient(server.pid, timeout=5.0) as client:  # found from its environment
         wait_until(client.available, timeout=10, what="the agent socket")
         sent = ["/items/1", "/items/2", "/items/3", "/v1/reports/a", "/v1/reports/b",
                 "/nope/1", "/nope/2", "/boom"]

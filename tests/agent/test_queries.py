@@ -143,3 +143,23 @@ def test_sync_handler_with_sync_engine_in_the_thread_pool() -> None:
     ((statement, count, _, file, line),) = record.queries
     assert (statement, count) == ("SELECT ? + ?", 5)
     assert (file, line) == (__file__, line_of("sync-loop"))
+
+
+def test_a_failing_hook_never_fails_the_query(tmp_path: Path) -> None:
+    hooks = install_query_hooks()
+
+    def broken(statement: str) -> str:
+        raise RuntimeError("normalizer broke")
+
+    hooks.normalizer = broken  # type: ignore[assignment]
+
+    async def handler(request: Request) -> Response:
+        async with aiosqlite.connect(tmp_path / "f.sqlite") as db:
+            rows = await db.execute_fetchall("SELECT 41 + 1")
+        return PlainTextResponse(str(list(rows)[0][0]))
+
+    recorder = Recorder()
+    app = AgentMiddleware(Starlette(routes=[Route("/f", handler)]), recorder, query_hooks=hooks)
+    assert [r.text for r in get_all(app, ["/f"])] == ["42"]
+    assert hooks.errors == 1
+    assert recorder.drain()[0].queries == ()

@@ -76,6 +76,17 @@ def test_busy_but_cheap_async_handler_is_not_blocking(tmp_path: Path) -> None:
     assert flags_of(report_of(spec, tmp_path), "event_loop_blocked") == []
 
 
+def test_without_request_data_only_a_dominated_loop_is_flagged(tmp_path: Path) -> None:
+    spec = healthy()
+    spec.requests = []
+    spec.per_window[0] = idle_loop(52)  # read_item's 8% of the loop: busy, not dominated
+    assert flags_of(report_of(spec, tmp_path), "event_loop_blocked") == []
+    spec = blocking_summary(healthy(), SampleState.BLOCKED)
+    spec.requests = []
+    [flag] = flags_of(report_of(spec, tmp_path, "blocked"), "event_loop_blocked")
+    assert "stall_ms_per_request" not in flag["metric"] and flag["severity"] == "high"
+
+
 def test_importing_the_app_at_start_up_is_not_blocking(tmp_path: Path) -> None:
     spec = healthy()
     importing = (Frame("_find_and_load", "<frozen importlib._bootstrap>", 1176),

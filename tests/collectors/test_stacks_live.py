@@ -135,7 +135,7 @@ def test_uvicorn_windows_roles_and_states(app_dir: Path) -> None:
     # (Bounds loose enough for a loaded machine: py-spy's start-up then takes longer.)
     assert windows.arrivals[0] - started < 10
     intervals = [b - a for a, b in zip(windows.arrivals, windows.arrivals[1:], strict=False)]
-    assert statistics.median(intervals) < 3
+    assert statistics.median(intervals) < 4
     for before, after in zip(got, got[1:], strict=False):
         assert after.start <= before.end
     loop = (server.pid, server.pid)

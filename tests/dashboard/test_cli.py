@@ -34,9 +34,18 @@ def test_no_session_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
     assert "apiscope dashboard SESSION" in capsys.readouterr().err
 
 
-def test_fleet_view_says_it_is_not_available(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["dashboard", "--prometheus", "http://127.0.0.1:9090"]) == 1
-    assert "fleet view" in capsys.readouterr().err
+def test_fleet_view_of_an_unreachable_prometheus_exits_2(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    assert main(["dashboard", "--prometheus", url]) == 2
+    err = capsys.readouterr().err
+    assert url in err and "Traceback" not in err
+
+
+def test_session_and_prometheus_together_is_a_usage_error(
+        session_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dashboard", str(session_file), "--prometheus", "http://127.0.0.1:9"]) == 2
+    assert "not both" in capsys.readouterr().err
 
 
 def test_port_in_use_exits_2(session_file: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from apiscope.errors import TargetError
 from apiscope.inject import InjectionTimeout, inject_agent, injector
+from apiscope.inject.gdb import NO_PYTHON
 from apiscope.inject.result import wait_for_result
 from apiscope.inject.runner import RunResult
 from tests.support import require_program
@@ -94,18 +95,24 @@ def test_no_answer_by_the_deadline_says_why(tmp_path: Path) -> None:
 def test_a_refused_attach_is_retried_then_explained(directory: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Another tracer (py-spy samples in blocking mode) makes the kernel refuse gdb for a
-    moment; a refusal that lasts is reported with both causes."""
+    moment. A gdb with Python retries inside its script; one without is run again with `-p`.
+    A refusal that lasts is reported with both causes."""
     require_program("gdb")
     monkeypatch.setattr(injector, "ATTACH_BACKOFF", 0.0)
     calls: list[list[str]] = []
 
     def refusing(argv: Sequence[str], timeout: float) -> RunResult:
         calls.append(list(argv))
+        if len(calls) == 1:
+            script = Path(argv[argv.index("-x") + 1]).read_text()
+            assert 'gdb.execute("attach ' in script and "-p" not in argv
+            return RunResult(1, f"{NO_PYTHON} in this copy of GDB.\n", False, 0.01)
+        assert "-p" in argv
         return RunResult(1, "ptrace: Operation not permitted.\n", False, 0.01)
 
     with pytest.raises(TargetError) as caught:
         inject_agent(os.getpid(), directory, runner=refusing, check=lambda pid: (3, 11))
-    assert len(calls) == injector.ATTACH_ATTEMPTS
+    assert len(calls) == 1 + injector.ATTACH_ATTEMPTS
     assert "another debugger or profiler" in caught.value.message
     assert "kernel.yama.ptrace_scope" in caught.value.message
     assert os.listdir(directory) == []  # the gdb script is gone

@@ -30,7 +30,9 @@ from apiscope.collectors.target import describe_target
 from apiscope.errors import TargetError
 from apiscope.inject import InjectionResult, eject_agent, inject_agent
 from apiscope.inject.gdb import check_gdb_output, gdb_argv, gdb_script
+from apiscope.inject.result import wait_for_result
 from apiscope.inject.runner import run_with_deadline
+from apiscope.inject.snippet import InjectArgs, build_snippet
 from apiscope.model import RequestRecord
 from tests.support import (
     ServerProcess,
@@ -385,3 +387,25 @@ def _traced_by(pid: int) -> int:
         if line.startswith("TracerPid:"):
             return int(line.split()[1])
     return 0
+
+
+def test_gdb_without_python_attaches_with_p(sockets: str, tmp_path: Path) -> None:
+    """The script for a gdb built without Python (attach by `-p`, no retries inside)."""
+    gdb = require_program("gdb")
+    require_ptrace()
+    proc = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.05)"])
+    try:
+        status_file = os.path.join(sockets, f"inject-{proc.pid}.json")
+        snippet = build_snippet(InjectArgs(action="attach", directory=sockets,
+                                           result=status_file, token="p-flag"))
+        script = tmp_path / "inject.gdb"
+        script.write_text(gdb_script(snippet))
+        run = run_with_deadline(gdb_argv(gdb, proc.pid, str(script), attach_in_script=False),
+                                30.0)
+        check_gdb_output(proc.pid, run)
+        status = wait_for_result(status_file, "p-flag", proc.pid, 15.0)
+        assert status["ok"] and status["apps"] == []
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Mapping
 
 
 class SocketDirError(PermissionError):
@@ -21,13 +22,18 @@ def socket_dir() -> str:
     `$APISCOPE_SOCKET_DIR` if set, else `$XDG_RUNTIME_DIR/apiscope` when XDG_RUNTIME_DIR
     exists, else `/tmp/apiscope-<uid>`.
     """
-    explicit = os.environ.get("APISCOPE_SOCKET_DIR")
+    return ensure_private_dir(socket_dir_for(os.environ, os.getuid()))
+
+
+def socket_dir_for(environ: Mapping[str, str], uid: int) -> str:
+    """Where a process with this environment and uid puts its socket (nothing is created)."""
+    explicit = environ.get("APISCOPE_SOCKET_DIR")
     if explicit:
-        return ensure_private_dir(explicit)
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
+        return explicit
+    runtime = environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
-        return ensure_private_dir(os.path.join(runtime, "apiscope"))
-    return ensure_private_dir(f"/tmp/apiscope-{os.getuid()}")
+        return os.path.join(runtime, "apiscope")
+    return f"/tmp/apiscope-{uid}"
 
 
 def socket_path(pid: int, directory: str | None = None) -> str:
@@ -48,15 +54,18 @@ def ensure_private_dir(path: str) -> str:
     return path
 
 
-def check_private_dir(path: str, info: os.stat_result) -> None:
+def check_private_dir(path: str, info: os.stat_result, owner: int | None = None) -> None:
+    """Raise SocketDirError unless `path` is a real directory of `owner` (default: us) that
+    nobody else can write into."""
+    owner = os.getuid() if owner is None else owner
     if not stat.S_ISDIR(info.st_mode):
         raise SocketDirError(
             f"{path} is not a directory: remove it or set APISCOPE_SOCKET_DIR to a private "
             "directory"
         )
-    if info.st_uid != os.getuid():
+    if info.st_uid != owner:
         raise SocketDirError(
-            f"{path} belongs to uid {info.st_uid}, not to this user (uid {os.getuid()}): "
+            f"{path} belongs to uid {info.st_uid}, not to uid {owner}: "
             "set APISCOPE_SOCKET_DIR to a directory you own"
         )
     # Readable is tolerable (the socket itself is 0600); writable lets others swap sockets.

@@ -87,8 +87,16 @@ class QueryHooks:
         self.normalizer = StatementNormalizer()
         self._undo: list[Callable[[], None]] = []
         self._installed: set[str] = set()
+        self.errors = 0  # the hooks' own failures, swallowed so the app's query goes on
 
     def add(self, queries: RequestQueries, statement: str, seconds: float) -> None:
+        """Count one statement; never raises (it runs inside the app's database calls)."""
+        try:
+            self._add(queries, statement, seconds)
+        except Exception:
+            self.errors += 1
+
+    def _add(self, queries: RequestQueries, statement: str, seconds: float) -> None:
         key = self.normalizer(statement)
         stat = queries.stats.get(key)
         if stat is None:
@@ -156,8 +164,11 @@ class QueryHooks:
                                context: Any, executemany: bool) -> None:
         queries = CURRENT.get()
         if queries is not None and context is not None:
-            queries.in_orm += 1
-            context._apiscope_started = self.clock()
+            try:
+                context._apiscope_started = self.clock()
+                queries.in_orm += 1
+            except Exception:  # an execution context that takes no attributes: skip it
+                self.errors += 1
 
     def _after_cursor_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any,
                               context: Any, executemany: bool) -> None:
@@ -172,10 +183,9 @@ class QueryHooks:
     def _handle_error(self, exception_context: Any) -> None:
         queries = CURRENT.get()
         context = getattr(exception_context, "execution_context", None)
-        if queries is not None and context is not None and getattr(
-                context, "_apiscope_started", None) is not None:
+        if queries is not None and getattr(context, "_apiscope_started", None) is not None:
             queries.in_orm -= 1
-            context._apiscope_started = None
+            context._apiscope_started = None  # type: ignore[union-attr]
 
     def _install_aiosqlite(self) -> None:
         try:

@@ -109,7 +109,8 @@ class Agent:
             "routes": list(self.routes.rows),
             "threadpool": pool,
             "stats": {"recorded": self.recorder.recorded, "dropped": self.recorder.dropped,
-                      "errors": self.recorder.errors},
+                      "errors": self.recorder.errors + (self.query_hooks.errors
+                                                        if self.query_hooks else 0)},
             "profiles": profiles,
         }
 

@@ -132,20 +132,31 @@ def render_text(report: dict[str, Any]) -> str:
 
 
 def write_report(session: SessionReader | str | os.PathLike[str], path: str | Path,
-                 slo_ms: float | None = None) -> None:
+                 slo_ms: float | None = None) -> dict[str, Any]:
     """Write the report at the end of attach/run/demo: JSON or HTML chosen by the suffix.
 
-    `session` is an open reader or the session file's path.
+    `session` is an open reader or the session file's path. Returns the report.
     """
-    target = Path(path)
-    suffix = target.suffix.lower()
-    if suffix not in (".json", ".html", ".htm"):
-        raise UsageError(f"--report {path}: use a .json or .html file name")
+    check_report_suffix(path)
     if isinstance(session, SessionReader):
         data = load_session(session)
     else:
         with SessionReader(session) as reader:
             data = load_session(reader)
     report = analyse(data, slo_ms=slo_ms)
-    text = json.dumps(report, indent=2) + "\n" if suffix == ".json" else render_html(report, data)
+    save_report(report, data, path)
+    return report
+
+
+def check_report_suffix(path: str | Path) -> None:
+    if Path(path).suffix.lower() not in (".json", ".html", ".htm"):
+        raise UsageError(f"--report {path}: use a .json or .html file name")
+
+
+def save_report(report: dict[str, Any], data: SessionData, path: str | Path) -> None:
+    """Write an analysed report as JSON or standalone HTML, by the file's suffix."""
+    check_report_suffix(path)
+    target = Path(path)
+    json_out = target.suffix.lower() == ".json"
+    text = json.dumps(report, indent=2) + "\n" if json_out else render_html(report, data)
     target.write_text(text, encoding="utf-8")

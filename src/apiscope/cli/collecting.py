@@ -10,11 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from apiscope.analysis.report import check_report_suffix
 from apiscope.collection import Collection, CollectOptions
 from apiscope.collectors.target import Target
-from apiscope.errors import UsageError
 from apiscope.metrics import LiveFlags, MetricsExporter, serve_metrics, session_flags
-from apiscope.store import SessionWriter
+from apiscope.store import SessionReader, SessionWriter
 
 
 def default_session_path() -> Path:
@@ -27,8 +27,8 @@ def options_from(args: argparse.Namespace, *, inject: bool) -> CollectOptions:
 
 
 def check_report_path(args: argparse.Namespace) -> None:
-    if args.report and Path(args.report).suffix.lower() not in (".json", ".html"):
-        raise UsageError(f"--report {args.report}: the file name must end in .json or .html")
+    if args.report:
+        check_report_suffix(args.report)
 
 
 @contextmanager
@@ -89,15 +89,16 @@ def collect(target: Target, args: argparse.Namespace, *, inject: bool,
         if collection.target_gone:
             print("apiscope: warning: the target exited; the session is kept", file=sys.stderr)
         summarize(collection)
-    finish(args, session)
+        finish(args, session, writer)
     return session
 
 
 def summarize(collection: Collection) -> None:
     t = collection.totals
+    stats = collection.sampler_stats
     loss = ""
-    if t.expected_samples:
-        loss = f" ({100.0 * t.samples / t.expected_samples:.0f}% of the expected samples)"
+    if stats.expected:
+        loss = f" ({100.0 * stats.loss:.1f}% lost against rate x seconds x threads)"
     print(f"apiscope: stored {t.samples:,} samples{loss}, {t.requests:,} requests",
           file=sys.stderr)
     if t.requests == 0 and collection.options.inject:
@@ -106,17 +107,27 @@ def summarize(collection: Collection) -> None:
               file=sys.stderr)
 
 
-def finish(args: argparse.Namespace, session: Path) -> None:
-    """Analyse the session and write --report, if asked."""
-    try:
-        from apiscope.analysis.report import write_report
-    except ImportError:
-        if args.report:
-            print("apiscope: warning: analysis is not available; no report written",
-                  file=sys.stderr)
-        return
+def finish(args: argparse.Namespace, session: Path, writer: SessionWriter) -> None:
+    """Analyse the session once: store its flags in it, print them, write --report if asked."""
+    from apiscope.analysis.report import analyse, load_session, save_report
+
+    with SessionReader(session) as reader:
+        data = load_session(reader)
+    report = analyse(data, slo_ms=args.slo_ms)
+    writer.replace_flags(report["flags"])
+    writer.flush()
+    flags = report["flags"]
+    if flags:
+        print(f"apiscope: {len(flags)} flag(s):", file=sys.stderr)
+        for flag in flags:
+            loc = flag.get("location") or {}
+            where = f" at {loc['file']}:{loc['line']}" if loc.get("file") else ""
+            route = f" {flag['route']}" if flag.get("route") else ""
+            print(f"  [{flag['severity']}] {flag['kind']}{route}{where}", file=sys.stderr)
+    else:
+        print("apiscope: no bottleneck flagged", file=sys.stderr)
     if args.report:
-        write_report(session, Path(args.report), slo_ms=args.slo_ms)
+        save_report(report, data, args.report)
         print(f"apiscope: report written to {args.report}", file=sys.stderr)
     print(f"apiscope: session saved to {session}; see it with: apiscope report {session}",
           file=sys.stderr)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from apiscope.cli.base import port
-from apiscope.errors import NotAvailableYet, UsageError
+from apiscope.errors import UsageError
 
 
 class DashboardCommand:
@@ -21,18 +21,25 @@ class DashboardCommand:
                             help="show a fleet view read from this Prometheus server")
 
     def run(self, args: argparse.Namespace) -> int:
-        if args.prometheus:
-            raise NotAvailableYet(
-                "the fleet view (--prometheus) is not available yet: replay a saved session"
-                " with `apiscope dashboard SESSION`")
-        if not args.session:
-            raise UsageError("give the session file to replay: apiscope dashboard SESSION")
+        if args.prometheus and args.session:
+            raise UsageError("give a SESSION to replay or --prometheus URL for the fleet view,"
+                             " not both")
+        if not args.session and not args.prometheus:
+            raise UsageError("give the session file to replay: apiscope dashboard SESSION"
+                             " (or --prometheus URL for the fleet view)")
         # Imported here: Dash and Plotly take a moment to load and other commands never need them.
         from apiscope.dashboard import create_app, serve
 
-        app = create_app(args.session, live=False)
-        print(f"apiscope: dashboard for {args.session} at http://{args.host}:{args.port}/"
-              " (Ctrl-C to stop)", file=sys.stderr)
+        if args.prometheus:
+            from apiscope.fleet import create_fleet_app
+
+            app = create_fleet_app(args.prometheus)  # an unreachable server exits 2
+            what = f"fleet view of {args.prometheus}"
+        else:
+            app = create_app(args.session, live=False)
+            what = f"dashboard for {args.session}"
+        print(f"apiscope: {what} at http://{args.host}:{args.port}/ (Ctrl-C to stop)",
+              file=sys.stderr)
         try:
             serve(app, args.host, args.port)
         except KeyboardInterrupt:

@@ -12,7 +12,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from apiscope.agent.paths import SocketDirError, socket_path
+from apiscope.agent.paths import (
+    SocketDirError,
+    check_private_dir,
+    socket_dir,
+    socket_dir_for,
+    socket_path,
+)
 from apiscope.errors import TargetError
 from apiscope.model import AgentStats, QueryStat, RequestRecord, RouteInfo, ThreadPoolSample
 
@@ -40,12 +46,17 @@ class AgentClient:
     def __init__(self, pid: int, directory: str | None = None, timeout: float = 1.0) -> None:
         self.pid = pid
         self.timeout = timeout
-        try:
-            self.path = socket_path(pid, directory)
-        except SocketDirError as exc:
-            raise TargetError(str(exc)) from exc
+        self.candidates = [socket_path(pid, d) for d in _directories(pid, directory)]
         self._sock: socket.socket | None = None
         self._buffer = b""
+
+    @property
+    def path(self) -> str:
+        """The socket this client talks to: the first candidate that exists."""
+        for path in self.candidates:
+            if os.path.exists(path):
+                return path
+        return self.candidates[0]
 
     def available(self) -> bool:
         """True when an agent answers a ping on the socket."""
@@ -112,6 +123,49 @@ class AgentClient:
                 raise ValueError("agent response too large")
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
+
+
+def _directories(pid: int, directory: str | None) -> list[str]:
+    """Where to look for the agent of `pid`: the directory given; else ours (where injection
+    puts it, and where `apiscope run` targets inherit it from) and then the one the target's
+    own environment names (an app that called `instrument()` in a shell unlike ours)."""
+    if directory is not None:
+        return [directory]
+    try:
+        found = [socket_dir()]
+    except SocketDirError as exc:
+        raise TargetError(str(exc)) from exc
+    try:
+        theirs = target_socket_dir(pid)
+    except SocketDirError:
+        return found  # a directory others can write into is no place to trust a socket from
+    return found if theirs in found else [*found, theirs]
+
+
+def target_socket_dir(pid: int, proc: str = "/proc") -> str:
+    """The socket directory the agent in process `pid` uses: computed from that process's
+    environment and uid, as the agent computes it, so that a collector running as another user
+    (root attaching to a service account's server) looks in the right place. Falls back to
+    our own `socket_dir()` when the process can't be read."""
+    try:
+        with open(f"{proc}/{pid}/environ", "rb") as f:
+            raw = f.read()
+        uid = os.stat(f"{proc}/{pid}").st_uid
+    except OSError:
+        return socket_dir()
+    environ = dict(_env_pair(item) for item in raw.split(b"\0") if b"=" in item)
+    path = socket_dir_for(environ, uid)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return path  # no agent yet: the directory appears when one starts
+    check_private_dir(path, info, owner=uid)
+    return path
+
+
+def _env_pair(item: bytes) -> tuple[str, str]:
+    key, _, value = item.decode(errors="replace").partition("=")
+    return key, value
 
 
 def batch_from_json(data: dict[str, Any], pid: int | None = None) -> AgentBatch:

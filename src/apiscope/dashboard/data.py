@@ -113,7 +113,9 @@ class SessionData:
             self._refresh_resources()
             self._processes = self.reader.processes()
             stored = self.reader.flags()
-            if not stored and self.analysis is not None:
+            if stored and self.analysis is not None:
+                self.analysis.stop(wait=False)  # the collector's own flags supersede ours
+            elif self.analysis is not None:
                 stored = list(self.analysis.flags or ())
             self._flags = sorted(stored, key=lambda f: SEVERITY_ORDER.get(f["severity"], 3))
             self._routes = self.reader.routes()

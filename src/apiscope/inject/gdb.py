@@ -37,17 +37,30 @@ PTRACE_FIXES = (
 _PENDING = re.compile(re.escape(MARK) + r" pending (-?\d+)")
 
 
-def gdb_argv(gdb: str, pid: int, script: str) -> list[str]:
+# Attaching from inside gdb lets a refused attach be retried every few milliseconds, where
+# starting gdb again costs a fifth of a second: py-spy in its default blocking mode traces the
+# target at each sample, and the kernel refuses a second tracer meanwhile.
+ATTACH_RETRY_SECONDS = 3.0
+ATTACH_RETRY_INTERVAL = 0.005
+NO_PYTHON = "Python scripting is not supported"
+
+
+def gdb_argv(gdb: str, pid: int, script: str, *, attach_in_script: bool = True) -> list[str]:
     """Batch gdb that loads only what it needs, because the target stays stopped while gdb
     reads symbols: the ELF symbol tables of libc and libpython, never their debug info
     (`--readnever`: CPython's DWARF alone tripled the stop on a loaded machine)."""
-    return [gdb, "-batch", "-nx", "-nw", "--readnever", "-p", str(pid),
+    attach = [] if attach_in_script else ["-p", str(pid)]
+    return [gdb, "-batch", "-nx", "-nw", "--readnever", *attach,
             "-iex", "set auto-load off", "-iex", "set auto-solib-add off",
             "-x", script]
 
 
-def gdb_script(snippet: str) -> str:
-    """The gdb commands that schedule `snippet` as a pending call and detach."""
+def gdb_script(snippet: str, attach_pid: int | None = None) -> str:
+    """The gdb commands that schedule `snippet` as a pending call and detach.
+
+    With `attach_pid`, the script attaches itself, retrying refusals (this needs a gdb built
+    with Python; the output then says `NO_PYTHON`); without, gdb was given `-p`.
+    """
     literal, size = c_string_literal(snippet)
     pages = (size + PAGE - 1) // PAGE * PAGE
     return "\n".join([
@@ -56,6 +69,7 @@ def gdb_script(snippet: str) -> str:
         # If a call we make is interrupted (our deadline), unwind it instead of leaving the
         # target inside it.
         "set unwindonsignal on",
+        *(_attach_with_retries(attach_pid) if attach_pid is not None else []),
         "sharedlibrary libc",
         "sharedlibrary libpython",
         f'printf "{MARK} attached\\n"',
@@ -74,6 +88,28 @@ def gdb_script(snippet: str) -> str:
         "detach",
         "",
     ])
+
+
+def _attach_with_retries(pid: int) -> list[str]:
+    tries = int(ATTACH_RETRY_SECONDS / ATTACH_RETRY_INTERVAL)
+    return [
+        "python",
+        "import time",
+        f"for attempt in range({tries}):",
+        "    try:",
+        f'        gdb.execute("attach {pid}", to_string=True)',
+        "        break",
+        "    except gdb.error as exc:",
+        f'        if "Operation not permitted" not in str(exc) or attempt == {tries - 1}:',
+        "            raise",
+        f"        time.sleep({ATTACH_RETRY_INTERVAL})",
+        "end",
+    ]
+
+
+def python_missing(run: RunResult) -> bool:
+    """gdb was built without Python: attach with `-p` instead (see `gdb_script`)."""
+    return NO_PYTHON in run.output
 
 
 def attach_refused(run: RunResult) -> bool:

@@ -19,7 +19,13 @@ from collections.abc import Callable
 from apiscope.agent.paths import SocketDirError, ensure_private_dir, socket_dir
 from apiscope.errors import ToolMissingError, UsageError
 from apiscope.inject.errors import InjectionFailed
-from apiscope.inject.gdb import attach_refused, check_gdb_output, gdb_argv, gdb_script
+from apiscope.inject.gdb import (
+    attach_refused,
+    check_gdb_output,
+    gdb_argv,
+    gdb_script,
+    python_missing,
+)
 from apiscope.inject.remote import (
     REMOTE_EXEC_VERSION,
     check_remote_exec,
@@ -28,14 +34,15 @@ from apiscope.inject.remote import (
     write_script,
 )
 from apiscope.inject.result import InjectionResult, result_path, wait_for_result
-from apiscope.inject.runner import Runner, run_with_deadline
+from apiscope.inject.runner import Runner, RunResult, run_with_deadline
 from apiscope.inject.snippet import InjectArgs, build_snippet
 from apiscope.inject.target import check_target
 
 RESULT_TIMEOUT = 15.0  # for the target to reach a safe point and run the bootstrap
 DEBUGGER_TIMEOUT = 30.0  # attaching gdb to a big process and loading its symbols included
-# A refused attach is retried: a profiler such as py-spy (blocking mode) traces the target for
-# a moment at every sample, and the kernel refuses a second tracer meanwhile.
+# A refused attach is retried (inside gdb when it has Python, else by running gdb again): a
+# profiler such as py-spy (blocking mode) traces the target for a moment at every sample, and
+# the kernel refuses a second tracer meanwhile.
 ATTACH_ATTEMPTS = 5
 ATTACH_BACKOFF = 0.1  # seconds, times the attempt number
 
@@ -93,19 +100,35 @@ def _schedule_gdb(pid: int, snippet: str, directory: str, runner: Runner) -> flo
                                " `dnf install gdb`), or add the agent in code with"
                                " `instrument(app)`")
     fd, script = tempfile.mkstemp(prefix="inject-", suffix=".gdb", dir=directory)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(gdb_script(snippet))
-        for attempt in range(1, ATTACH_ATTEMPTS + 1):
-            # A refused attach leaves no trace in the target, so trying again is safe.
-            run = runner(gdb_argv(gdb, pid, script), DEBUGGER_TIMEOUT)
-            if not attach_refused(run) or attempt == ATTACH_ATTEMPTS:
-                break
-            time.sleep(ATTACH_BACKOFF * attempt)
+        _write_text(script, gdb_script(snippet, attach_pid=pid))
+        run = runner(gdb_argv(gdb, pid, script), DEBUGGER_TIMEOUT)
+        attempt = 1
+        if python_missing(run):  # nothing was attached: attach with -p, retrying from here
+            _write_text(script, gdb_script(snippet))
+            run, attempt = _retry_refused(
+                lambda: runner(gdb_argv(gdb, pid, script, attach_in_script=False),
+                               DEBUGGER_TIMEOUT))
     finally:
         _remove(script)
     check_gdb_output(pid, run, attempt)
     return run.seconds
+
+
+def _retry_refused(attach: Callable[[], RunResult]) -> tuple[RunResult, int]:
+    for attempt in range(1, ATTACH_ATTEMPTS + 1):
+        # A refused attach leaves no trace in the target, so trying again is safe.
+        run = attach()
+        if not attach_refused(run) or attempt == ATTACH_ATTEMPTS:
+            break
+        time.sleep(ATTACH_BACKOFF * attempt)
+    return run, attempt
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(text)
 
 
 def _schedule_remote_exec(pid: int, snippet: str, directory: str, runner: Runner) -> float:

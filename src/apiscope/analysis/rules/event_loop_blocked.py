@@ -4,7 +4,8 @@ The loop thread's samples are either WAITING (idle in its selector, ready for ev
 code. Samples inside one endpoint's handler, RUNNING (CPU work) or BLOCKED (a sync sleep or sync
 I/O, which py-spy reports as idle but with the handler's line as the leaf), are time every other
 request on that loop waited. A handler that is merely called often is not a problem: its time
-on the loop per request must also be long (`loop_stall_ms_per_request`) to be flagged.
+on the loop per request must also be long (`loop_stall_ms_per_request`) to be flagged; without
+request counts (no agent), only the medium grade and above is flagged.
 
 Samples are stored as counts per window, not in order, so the longest stall is estimated from
 below: the longer of the mean stall per request and the longest run of consecutive windows in
@@ -78,6 +79,10 @@ class EventLoopBlockedRule:
         per_request_ms = seconds * 1000 / requests if requests else None
         if severity is None or (per_request_ms is not None
                                 and per_request_ms < ctx.thresholds.loop_stall_ms_per_request):
+            return None
+        # Without request counts (no agent) a long stall cannot be told from many short ones:
+        # only a loop clearly dominated by one function is flagged.
+        if per_request_ms is None and severity == "low":
             return None
         lines: Counter[Frame] = Counter()
         blocked = 0

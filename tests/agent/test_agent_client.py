@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from apiscope.agent.paths import SocketDirError
+from apiscope.collectors.agent_client import AgentClient, batch_from_json, target_socket_dir
+from apiscope.errors import TargetError
+from apiscope.model import QueryStat
+
+
+def fake_proc(root: Path, pid: int, environ: dict[str, str]) -> str:
+    proc = root / "proc"
+    (proc / str(pid)).mkdir(parents=True)
+    raw = b"\0".join(f"{k}={v}".encode() for k, v in environ.items()) + b"\0"
+    (proc / str(pid) / "environ").write_bytes(raw)
+    return str(proc)
+
+
+def test_socket_dir_is_read_from_the_target_environment(tmp_path: Path) -> None:
+    mine = tmp_path / "sockets"
+    mine.mkdir(mode=0o700)
+    proc = fake_proc(tmp_path, 4242, {"PATH": "/bin", "APISCOPE_SOCKET_DIR": str(mine)})
+    assert target_socket_dir(4242, proc=proc) == str(mine)
+
+
+def test_xdg_runtime_dir_and_tmp_fallbacks(tmp_path: Path) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    proc = fake_proc(tmp_path, 7, {"XDG_RUNTIME_DIR": str(runtime)})
+    assert target_socket_dir(7, proc=proc) == str(runtime / "apiscope")  # not created yet
+    proc = fake_proc(tmp_path / "b", 8, {"HOME": "/nowhere"})
+    assert target_socket_dir(8, proc=proc) == f"/tmp/apiscope-{os.getuid()}"
+
+
+def test_unsafe_target_directory_is_not_trusted(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    ours = tmp_path / "ours"
+    monkeypatch.setenv("APISCOPE_SOCKET_DIR", str(ours))
+    env = {**os.environ, "APISCOPE_SOCKET_DIR": str(open_dir)}
+    with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], env=env,
+                          stdin=subprocess.PIPE) as target:
+        try:
+            with pytest.raises(SocketDirError, match="writable by other users"):
+                target_socket_dir(target.pid)
+            client = AgentClient(target.pid)
+            assert client.candidates == [str(ours / f"agent-{target.pid}.sock")]
+        finally:
+            assert target.stdin is not None
+            target.stdin.close()
+
+
+def test_our_unsafe_directory_is_a_target_error(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    monkeypatch.setenv("APISCOPE_SOCKET_DIR", str(open_dir))
+    with pytest.raises(TargetError, match="chmod 700"):
+        AgentClient(os.getpid())
+
+
+def test_client_looks_where_the_target_put_its_socket(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    monkeypatch.setenv("APISCOPE_SOCKET_DIR", str(tmp_path / "ours"))
+    env = {**os.environ, "APISCOPE_SOCKET_DIR": str(theirs)}
+    with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], env=env,
+                          stdin=subprocess.PIPE) as target:
+        try:
+            client = AgentClient(target.pid)
+            assert client.path == str(tmp_path / "ours" / f"agent-{target.pid}.sock")
+            (theirs / f"agent-{target.pid}.sock").touch()  # the target's agent started
+            assert client.path == str(theirs / f"agent-{target.pid}.sock")
+        finally:
+            assert target.stdin is not None
+            target.stdin.close()
+
+
+def test_unreadable_process_falls_back_to_our_directory(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APISCOPE_SOCKET_DIR", str(tmp_path / "ours"))
+    assert target_socket_dir(999_999_999) == str(tmp_path / "ours")
+
+
+def test_batch_conversion_to_the_model() -> None:
+    batch = batch_from_json({
+        "pid": 12, "ts": 100.0,
+        "requests": [{"start": 99.5, "duration_ms": 3.5, "method": "GET", "route": "/a/{b}",
+                      "status": 500, "exc_type": "KeyError", "exc_file": "/app/main.py",
+                      "exc_line": 7, "queries": [["SELECT ?", 3, 1.5, "/app/main.py", 9]]}],
+        "routes": [{"method": "GET", "template": "/a/{b}", "handler": "main:a",
+                    "file": "/app/main.py", "line": 5, "is_async": True}],
+        "threadpool": {"ts": 100.0, "total_tokens": 40, "borrowed_tokens": 40, "waiting": 3},
+        "stats": {"recorded": 10, "dropped": 1, "errors": 0},
+        "profiles": [],
+    })
+    (request,) = batch.requests
+    assert request.endpoint == "GET /a/{b}" and request.pid == 12
+    assert request.queries == (QueryStat("SELECT ?", 3, 1.5, "/app/main.py", 9),)
+    assert batch.threadpool is not None and batch.threadpool.waiting == 3
+    assert (batch.stats.ts, batch.stats.dropped) == (100.0, 1)
+    assert batch.routes[0].handler == "main:a"
