@@ -155,8 +155,8 @@ class Collection:
             self.totals.windows += 1
             self.totals.samples += loss.stored
             self.totals.sample_errors += loss.errors
-        self.metrics.observe_samples(
-            loss.stored, loss.errors, dropped=max(0, int(loss.expected) - loss.stored - loss.errors))
+        dropped = max(0, int(loss.expected) - loss.stored - loss.errors)
+        self.metrics.observe_samples(loss.stored, loss.errors, dropped=dropped)
         blocked: dict[int, int] = {}
         for s in window.samples:
             role = window.threads.get((s.pid, s.tid), ThreadRole.OTHER)

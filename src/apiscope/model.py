@@ -7,10 +7,10 @@ them, and analysis rules read them back. No behaviour beyond small derived prope
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class ThreadRole(str, Enum):
+class ThreadRole(StrEnum):
     """What a thread does in an ASGI server."""
 
     LOOP = "loop"  # runs the asyncio/uvloop event loop
@@ -18,7 +18,7 @@ class ThreadRole(str, Enum):
     OTHER = "other"  # anything else (aiosqlite connection threads, the agent, gunicorn arbiter)
 
 
-class SampleState(str, Enum):
+class SampleState(StrEnum):
     """What a sampled thread was doing."""
 
     WAITING = "waiting"  # idle in the event loop's selector or an idle worker's queue get

@@ -58,6 +58,7 @@ def test_listed_handler_exists_and_calls_into_the_offending_function(flag: Expec
     module = importlib.import_module(module_name)
     handler = getattr(module, function_name)
     assert Path(module.__file__ or "").resolve() == (ROOT / flag["file"]).resolve()
+    assert handler.__code__.co_firstlineno == flag["handler_line"]
     source_tree = ast.parse((ROOT / flag["file"]).read_text())
     handler_node = next(node for node in ast.walk(source_tree)
                         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)

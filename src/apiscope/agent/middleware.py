@@ -1,7 +1,7 @@
 """`AgentMiddleware`: the pure-ASGI wrapper that times each HTTP request and records it.
 
-The request path does no I/O, takes no lock and allocates little: two small closures, one
-timing object and, after the response, one tuple appended to the recorder's deque. Everything
+The request path does no I/O, takes no lock and allocates little: one closure, one timing
+object and, after the response, one tuple appended to the recorder's deque. Everything
 the agent itself does is inside try/except: its failures are counted, never seen by a request.
 """
 
@@ -35,17 +35,21 @@ def _is_mount(route: Any) -> bool:
 class _Timing:
     """What the receive/send wrappers observe of one request."""
 
-    __slots__ = ("called", "first_receive", "end", "status")
+    __slots__ = ("called", "end", "status")
 
     def __init__(self, called: float) -> None:
         self.called = called
-        self.first_receive: float | None = None
         self.end: float | None = None
         self.status = 0
 
 
 class AgentMiddleware:
     """Records method, route template, status, timing, exception and queries of each request.
+
+    A request's time runs from the call (the server calls the app once the request head has
+    arrived, so this is where the app's first receive would start) to the last response body
+    message. The call, not a wrapped first `receive()`: a streaming response's disconnect
+    listener makes the first receive of a GET only after the handler ran, hiding its time.
 
     `clock` is a monotonic clock in seconds; start times are converted to epoch seconds with
     one offset to `wall_clock` taken at construction, so each request reads the clock only.
@@ -86,11 +90,6 @@ class AgentMiddleware:
         except Exception:
             self._count_error()
 
-        async def timed_receive() -> Message:
-            if timing.first_receive is None:
-                timing.first_receive = clock()
-            return await receive()
-
         async def watched_send(message: Message) -> None:
             try:
                 kind = message["type"]
@@ -103,7 +102,7 @@ class AgentMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, timed_receive, watched_send)
+            await self.app(scope, receive, watched_send)
         except BaseException as exc:
             self._finish(scope, root_path, timing, exc, token)
             raise
@@ -129,7 +128,7 @@ class AgentMiddleware:
                 if current is not None and current.stats:
                     queries = current.entries()
             end = timing.end if timing.end is not None else self._clock()
-            start = timing.first_receive if timing.first_receive is not None else timing.called
+            start = timing.called
             status = timing.status
             exc_type = exc_file = exc_line = None
             if exc is not None:

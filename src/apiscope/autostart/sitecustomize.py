@@ -3,8 +3,9 @@
 `apiscope run` puts this directory first on PYTHONPATH. When the server imports Starlette, the
 agent is wired into `Starlette.__call__`, where the app builds its middleware stack on its first
 call, so every app (and every gunicorn worker, each building its own stack) is measured from the
-first request, with no injection. The agent is loaded from apiscope's own files under the name `apiscope_agent`, so the
-server's environment needs nothing installed. Any failure here leaves the server untouched.
+first request, with no injection. The agent is loaded from apiscope's own files under the name
+`apiscope_agent`, so the server's environment needs nothing installed. Any failure here leaves
+the server untouched.
 """
 
 from __future__ import annotations
