@@ -185,27 +185,36 @@ async def run_load(url: str = DEFAULT_URL, duration: float | None = 30.0,
         catalog = await discover_catalog(client, ready_timeout)
         start = time.monotonic()
         run = _Run(client, catalog, start + (duration or math.inf), max_requests)
-        tasks = [asyncio.create_task(run.worker(scenario, pacer, random.Random(f"{seed}:{i}:{n}")))
-                 for i, (scenario, count) in enumerate(zip(mix, workers, strict=True))
-                 for pacer in [_Pacer(scenario.rate, scenario.burst, start)]
-                 for n in range(count)]
-        await _finish(tasks, run.deadline)
+        await _finish(_start_workers(run, mix, workers, start, seed), run.deadline)
         seconds = time.monotonic() - start
     stopped_by = "requests" if run.remaining == 0 else "duration"
     return LoadResult(url=url, seconds=seconds, stopped_by=stopped_by, routes=run.routes)
 
 
+def _start_workers(run: _Run, mix: Sequence[Scenario], workers: Sequence[int], start: float,
+                   seed: int) -> list[asyncio.Task[None]]:
+    """`workers[i]` tasks for scenario i, sharing one pacer; each with its own random stream."""
+    tasks = []
+    for index, (scenario, count) in enumerate(zip(mix, workers, strict=True)):
+        pacer = _Pacer(scenario.rate, scenario.burst, start)
+        for n in range(count):
+            rng = random.Random(f"{seed}:{index}:{n}")
+            tasks.append(asyncio.create_task(run.worker(scenario, pacer, rng)))
+    return tasks
+
+
 async def _finish(tasks: list[asyncio.Task[None]], deadline: float) -> None:
     """Wait for the workers; past the deadline, give in-flight requests a short grace."""
-    limit = None if math.isinf(deadline) else max(0.0, deadline - time.monotonic())
-    _done, pending = await asyncio.wait(tasks, timeout=None if limit is None
-                                        else limit + STOP_GRACE_SECONDS)
+    timeout = None if math.isinf(deadline) else \
+        max(0.0, deadline - time.monotonic()) + STOP_GRACE_SECONDS
+    _done, pending = await asyncio.wait(tasks, timeout=timeout)
     for task in pending:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]  # a bug in the generator itself
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    for outcome in outcomes:
+        # A worker that failed (not one cancelled at the end) is a bug in the generator itself.
+        if isinstance(outcome, Exception):
+            raise outcome
 
 
 def _check_bounds(duration: float | None, max_requests: int | None) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 DEFAULT_ITEMS = 5000
 DEFAULT_SEED = 42
 # A small thread pool makes the sync-handler bottleneck visible with modest load (see README).
-DEFAULT_THREAD_TOKENS = 2
+DEFAULT_THREAD_TOKENS = 8
 DEFAULT_POOL_SIZE = 10
 
 

@@ -2,8 +2,9 @@
 
 `EXPECTED_FLAGS` is what apiscope must report against this app under the bundled load: one
 entry per bottleneck with the flag kind, the route, the file:line of the offending call
-(paths relative to the repository root) and the line where the route's handler is defined. The test suite parses the sources to check that
-each listed line really holds that call, so the list cannot drift from the code.
+(paths relative to the repository root) and the line where the route's handler is defined.
+The test suite parses the sources to check that each listed line really holds that call, so
+the list cannot drift from the code.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Query
 from sample_app.deps import ItemSnapshotDep
 from sample_app.schemas import Forecast
 
-PATHS = 7000
+PATHS = 11000
 DRIFT = 0.0004
 VOLATILITY = 0.04
 Days = Annotated[int, Query(ge=1, le=90)]

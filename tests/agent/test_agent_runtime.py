@@ -112,10 +112,12 @@ def test_client_pulls_requests_routes_and_stats(sock_dir: str) -> None:
         assert batch.threadpool is not None and batch.threadpool.total_tokens == 40
         assert batch.profiles == []
         assert client.pull().requests == []  # each request is delivered once
-        client.close()
     finally:
         agent.stop()
     assert not os.path.exists(path)
+    with pytest.raises(AgentUnavailable):  # the open connection was closed by stop()
+        client.pull()
+    client.close()
     with AgentClient(os.getpid(), sock_dir) as client:
         assert not client.available()
         with pytest.raises(AgentUnavailable):
@@ -196,3 +198,42 @@ def test_instrument_keeps_serving_when_the_socket_dir_is_unsafe(
 
 async def ok(request: Request) -> Response:
     return PlainTextResponse("ok")
+
+
+def test_threadpool_saturation_is_visible_from_another_thread(sock_dir: str) -> None:
+    """Three sync requests on a one-token pool: one runs, two wait, and a thread that is not
+    the loop's (as the socket server is) reads exactly that."""
+    import asyncio
+    import threading
+    import time
+
+    import anyio.to_thread
+    import httpx
+
+    agent = Agent(sock_dir)
+    gate = threading.Event()
+
+    def blocking(request: Request) -> Response:
+        gate.wait(30)
+        return PlainTextResponse("ok")
+
+    app = agent.middleware(Starlette(routes=[Route("/b", blocking)]))
+
+    async def main() -> dict[str, Any]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 1
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            calls = [asyncio.create_task(client.get("/b")) for _ in range(3)]
+            deadline = time.monotonic() + 20
+            try:
+                while True:
+                    sample = await asyncio.to_thread(agent.threadpool.sample)
+                    if sample and sample["waiting"] == 2 or time.monotonic() > deadline:
+                        return sample or {}
+                    await asyncio.sleep(0.01)
+            finally:
+                gate.set()
+                assert [r.status_code for r in await asyncio.gather(*calls)] == [200] * 3
+
+    sample = asyncio.run(main())
+    assert (sample["total_tokens"], sample["borrowed_tokens"], sample["waiting"]) == (1, 1, 2)

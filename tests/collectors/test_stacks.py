@@ -127,9 +127,10 @@ def test_windows_rotate_without_gap_and_stop_delivers_the_last() -> None:
     assert states == {"EpollSelector.select": SampleState.WAITING,
                       "handler": SampleState.RUNNING}
     assert s.stats.stored == 98 * len(got.windows)
-    assert len(s.stats.overlaps) == len(got.windows) - 1
+    assert len(s.stats.handovers) == len(got.windows) - 1
     argv = spawner.spies[0].argv
-    assert argv[:4] == ["/bin/py-spy", "record", "--pid", "10"] and "--duration" not in argv
+    assert argv[:4] == ["/bin/py-spy", "record", "--pid", "10"]
+    assert argv[-2:] == ["--duration", "30"]  # only a bound for when apiscope dies
 
 
 def test_target_exit_ends_the_sampler_cleanly_with_its_last_window() -> None:
@@ -226,3 +227,17 @@ def test_window_loss_counts_every_thread() -> None:
                          samples=(sample(1, 150), sample(1, 40), sample(2, 200)), errors=3)
     loss = window_loss(window)
     assert (loss.expected, loss.stored, loss.errors) == (400.0, 390, 3)
+
+
+def test_a_failing_callback_ends_the_sampler_and_leaves_no_py_spy_running() -> None:
+    spawner = Spawner()
+
+    def on_window(window: StackWindow) -> None:
+        raise ValueError("store is full")
+
+    s = StackSampler(10, on_window=on_window, spawn=spawner, pyspy="/bin/py-spy",
+                     alive=lambda pid: True, window_seconds=0.02)
+    s.start()
+    assert s.wait(10)
+    assert s.end_reason is EndReason.FAILED and isinstance(s.error, ValueError)
+    assert len(spawner.spies) == 2 and all(spy.ended for spy in spawner.spies)

@@ -126,6 +126,21 @@ def test_aiosqlite_connection_thread_is_other_and_waits_on_its_queue() -> None:
     assert [s.state for s in samples] == [SampleState.WAITING, SampleState.RUNNING]
 
 
+def test_uvloop_fixture_loop_is_found_and_waits_below_runner_run() -> None:
+    samples, roles = classify(load("uvicorn_uvloop.txt", pid=5025))
+    assert roles == {(5025, 5025): ThreadRole.LOOP, (5025, 5149): ThreadRole.WORKER,
+                     (5025, 5150): ThreadRole.WORKER}
+    loop = [s for s in samples if s.tid == 5025]
+    assert sum(s.count for s in loop) == 199
+    idle = [s for s in loop if s.frames[-1] == Frame("Runner.run", f"{LIB}/asyncio/runners.py",
+                                                      118)]
+    assert sum(s.count for s in idle) == 40
+    assert all(s.state is SampleState.WAITING for s in idle)
+    handler = [s for s in loop if s.frames[-1] == Frame("render", APP, 9)]
+    assert sum(s.count for s in handler) == 102
+    assert all(s.state is SampleState.RUNNING for s in handler)
+
+
 def test_uvloop_loop_thread_waits_in_c_below_runner_run() -> None:
     root = (Frame("Server.run", f"{SITE}/uvicorn/server.py", 86),
             Frame("asyncio_run", f"{SITE}/uvicorn/_compat.py", 30),

@@ -189,3 +189,22 @@ def test_a_failing_analysis_is_reported_not_raised(tmp_path: Path) -> None:
     assert data.flags() == []
     assert "half-written window" in (data.flags_pending() or "")
     data.close()
+
+
+def test_thread_roles_filter_and_match_the_reports_cpu_basis(data: SessionData) -> None:
+    other = data.samples.stack_counts(SampleSlice(include_idle=True,
+                                                  roles=frozenset({"other"})))
+    assert {data.samples.frames(sid)[-2].function for sid in other} == {"run"}  # aiosqlite
+    handler = slice_of(None, role="handler")
+    assert handler.roles == frozenset({"loop", "worker"})
+    assert slice_of(None, thread="4101:41012", role="handler").roles is None
+
+
+def test_cpu_shares_agree_with_the_report(session_file: Path, data: SessionData) -> None:
+    from apiscope.analysis.report import build_report
+
+    with SessionReader(session_file) as reader:
+        report = build_report(reader)
+    ours = {r.stats.endpoint: r.cpu_share for r in data.endpoint_rows(None)}
+    for endpoint in report["endpoints"]:
+        assert ours[endpoint["route"]] == pytest.approx(endpoint["cpu_share"], abs=1e-3)

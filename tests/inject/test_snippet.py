@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from apiscope.agent import bootstrap
+from apiscope.inject import payload
 from apiscope.inject.snippet import InjectArgs, build_snippet, c_string_literal
 
 
@@ -53,3 +55,7 @@ def test_snippet_swallows_every_error(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "alive"
     assert done.stderr == ""
+
+
+def test_payload_and_bootstrap_agree_on_their_contract() -> None:
+    assert payload.API_VERSION == bootstrap.API_VERSION

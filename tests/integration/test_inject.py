@@ -297,15 +297,18 @@ def test_a_python_process_without_an_app_is_left_as_it_was(sockets: str) -> None
         proc.wait()
 
 
-def test_gdb_refused_by_the_kernel_names_the_fix(tmp_path: Path) -> None:
+def test_gdb_refused_by_the_kernel_names_the_fix() -> None:
     """A real refusal: gdb run as an unprivileged user against a process of root's."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run gdb as another user")
     gdb = require_program("gdb")
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    readable = tempfile.mkdtemp(prefix="aps-")  # the unprivileged gdb must read the script
     try:
-        script = tmp_path / "probe.gdb"  # never read: gdb fails to attach first
-        script.write_text(gdb_script("pass\n"))
+        os.chmod(readable, 0o755)
+        script = Path(readable) / "probe.gdb"
+        script.write_text(gdb_script("pass\n", attach_pid=proc.pid))
+        script.chmod(0o644)
         argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                 *gdb_argv(gdb, proc.pid, str(script))]
         with pytest.raises(TargetError) as caught:
@@ -316,6 +319,7 @@ def test_gdb_refused_by_the_kernel_names_the_fix(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+        shutil.rmtree(readable, ignore_errors=True)
 
 
 @pytest.mark.parametrize("version", ["3.12", "3.13"])

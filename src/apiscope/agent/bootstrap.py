@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .queries import uninstall_query_hooks
-from .runtime import current_agent, shutdown_agent, socket_path
+from .runtime import current_agent, shutdown_agent
 
 # The contract with `apiscope.inject.payload`: `run(action, directory, result, token, started)`.
 # A process keeps the agent of the apiscope that first injected it; the payload of a newer or
@@ -75,7 +75,8 @@ def attach(directory: str | None = None) -> Status:
         status["apps"].append({"server": item.server, "app": item.describe(), "state": state})
     agent.start()
     status["wrapped"] = sum(1 for a in status["apps"] if a["state"] == "wrapped")
-    status["socket"] = socket_path(os.getpid(), directory)
+    # The agent's own path: an agent that `instrument(app)` started keeps its directory.
+    status["socket"] = agent.socket_path
     return status
 
 

@@ -33,7 +33,7 @@ def _is_mount(route: Any) -> bool:
 
 
 class _Timing:
-    """What the receive/send wrappers observe of one request."""
+    """When the request came in, and what the send wrapper saw of its response."""
 
     __slots__ = ("called", "end", "status")
 

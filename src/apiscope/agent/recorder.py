@@ -46,6 +46,12 @@ class Recorder:
         self._drained = 0  # entries handed to the collector
         self._drain_lock = threading.Lock()
 
+    def reset(self) -> None:
+        """Start empty with zeroed counters (in a forked child, where no other thread runs)."""
+        self._buffer = deque(maxlen=self.capacity)
+        self.recorded = self.errors = self._drained = 0
+        self._drain_lock = threading.Lock()
+
     def record(self, entry: RequestEntry) -> None:
         # A full deque with maxlen discards its oldest item on append: that is the drop.
         self._buffer.append(entry)

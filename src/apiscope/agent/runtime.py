@@ -45,7 +45,8 @@ class Agent:
 
     @property
     def socket_path(self) -> str:
-        return socket_path(os.getpid(), self.directory)
+        server = self._server
+        return server.path if server is not None else socket_path(os.getpid(), self.directory)
 
     @property
     def running(self) -> bool:
@@ -71,12 +72,20 @@ class Agent:
             server.stop()
 
     def after_fork_in_child(self) -> None:
-        """A forked worker (gunicorn --preload) inherits no server thread: serve its own pid."""
+        """A forked worker (gunicorn --preload) inherits no server thread: serve its own pid.
+
+        Locks are replaced, since another thread of the parent may have held them at the fork.
+        """
         self._lock = threading.Lock()
-        had_server, self._server = self._server is not None, None
-        self.recorder.drain()
-        if had_server:
+        inherited, self._server = self._server, None
+        self.recorder.reset()  # the parent's requests and counters are the parent's
+        if inherited is None:
+            return
+        inherited.abandon()  # the parent's socket: close our copies, leave the file alone
+        try:
             self.start()
+        except OSError:
+            self.recorder.count_error()  # nothing to raise into: we run inside os.fork()
 
     def middleware(self, app: ASGIApp) -> AgentMiddleware:
         """Wrap an ASGI app; the wrapper records into this agent."""

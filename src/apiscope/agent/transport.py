@@ -38,13 +38,14 @@ class AgentServer:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
+        self._connections: set[socket.socket] = set()
 
     def start(self) -> None:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             _unlink_stale(self.path)
             listener.bind(self.path)
-            # The directory is already 0700; 0600 on the socket is the second lock.
+            # The directory is private already; 0600 on the socket is the second lock.
             os.chmod(self.path, 0o600)
             listener.listen(8)
         except OSError:
@@ -61,6 +62,11 @@ class AgentServer:
             self._wake[1].send(b"x")
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        for conn in list(self._connections):  # a collector's open connection ends here too
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._listener is not None:
             self._listener.close()
         for sock in self._wake or ():
@@ -72,6 +78,14 @@ class AgentServer:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+    def abandon(self) -> None:
+        """Close this process's copies of the sockets without touching the socket file: for a
+        forked child, whose parent still serves on it (the thread was not forked along)."""
+        for sock in (self._listener, *(self._wake or ())):
+            if sock is not None:
+                sock.close()
+        self._listener, self._wake, self._thread = None, None, None
 
     @property
     def running(self) -> bool:
@@ -102,6 +116,7 @@ class AgentServer:
             conn.close()
 
     def _serve_client(self, conn: socket.socket) -> None:
+        self._connections.add(conn)
         try:
             with conn:
                 conn.settimeout(CLIENT_TIMEOUT)
@@ -109,6 +124,7 @@ class AgentServer:
         except (OSError, ValueError):
             pass  # the collector went away or spoke nonsense: nothing to clean up
         finally:
+            self._connections.discard(conn)
             self._clients.release()
 
     def _converse(self, conn: socket.socket) -> None:

@@ -1,13 +1,13 @@
 """Continuous stack sampling of a live process with py-spy.
 
 py-spy cannot stream: `record` writes its file only when it ends. So the sampler runs one
-`py-spy record` per window, without `--duration`, and rotates them: when a window is due, it
-starts the next py-spy, waits until that one prints "Sampling process..." (it has attached and
-taken its first sample), and only then sends SIGINT to the current one, which writes its file
-and exits. Consecutive windows therefore overlap by the few milliseconds between the new
-process being ready and the old one receiving SIGINT (at most a sample per thread counted
-twice) and there is no gap. The raw format has no timestamps, so the overlap cannot be
-de-duplicated; it is measured instead (`SamplerStats.overlaps`).
+`py-spy record` per window, stopped with SIGINT, and rotates them: when a window is due, it
+starts the next py-spy, waits until that one prints "Sampling process..." (it has attached),
+and only then sends SIGINT to the current one, which takes its last sample, writes its file
+and exits. The seam between two windows is thus the difference between the new py-spy's first
+sample and the old one's last, measured at about +/-10 ms (one sample per thread, either way;
+docs/sampling.md), instead of a whole py-spy start-up (20 ms to seconds). The raw format has no
+timestamps, so a few samples counted twice at the seam cannot be de-duplicated.
 
 The sampler ends on `stop()` (the last window is delivered), or when py-spy stops on its own
 because the target exited (`end_reason` TARGET_EXITED: a normal end for `attach`), or on a
@@ -16,6 +16,7 @@ failure it cannot recover from (`end_reason` FAILED, `error` set).
 
 from __future__ import annotations
 
+import math
 import signal
 import subprocess
 import tempfile
@@ -69,9 +70,11 @@ class PopenSpy:
     """The real thing: py-spy as a subprocess, its output read by two small threads."""
 
     def __init__(self, argv: Sequence[str]) -> None:
+        # Its own session: a Ctrl-C at the terminal must reach apiscope, which then stops
+        # py-spy and keeps the last window, not py-spy directly.
         self._proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                      text=True, errors="replace")
+                                      text=True, errors="replace", start_new_session=True)
         self._ready = threading.Event()
         self._out: list[str] = []
         self._err: list[str] = []
@@ -151,7 +154,9 @@ class SamplerStats:
     expected: float = 0.0  # rate x seconds x threads, summed over windows
     errors: int = 0  # failed reads py-spy reported
     bad_lines: int = 0  # unparseable lines (skipped)
-    overlaps: list[float] = field(default_factory=list)  # seconds two py-spy ran at once
+    # Seconds from the new py-spy printing that it samples to the old one being signalled.
+    # (Each py-spy still samples a little before/after that: see docs/sampling.md.)
+    handovers: list[float] = field(default_factory=list)
     startups: list[float] = field(default_factory=list)  # seconds from spawn to sampling
     launch_retries: int = 0  # mid-session py-spy starts that failed and were retried
     pyspy_cpu_seconds: float = 0.0
@@ -271,9 +276,11 @@ class StackSampler:
             if self._tmp is not None:
                 self._tmp.cleanup()
             self.end_reason, self.error = reason, error
-            self._done.set()
-            if self._on_end is not None:
-                self._on_end(reason, error)
+            try:
+                if self._on_end is not None:
+                    self._on_end(reason, error)
+            finally:
+                self._done.set()
 
     def _rotate(self, current: _Run) -> EndReason:
         while True:
@@ -297,8 +304,12 @@ class StackSampler:
                     return EndReason.STOPPED  # stop() came while the next one started
                 raise
             switch = self._clock()
-            self.stats.overlaps.append(max(0.0, switch - following.started))
-            self._deliver(current, switch)
+            self.stats.handovers.append(max(0.0, switch - following.started))
+            try:
+                self._deliver(current, switch)
+            except BaseException:
+                self._abandon(following)  # never leave a py-spy running behind us
+                raise
             current = following
 
     def _launch(self, attempts: int = 1) -> _Run:
@@ -322,7 +333,10 @@ class StackSampler:
         assert self._tmp is not None and self._pyspy is not None
         self._count += 1
         output = Path(self._tmp.name) / f"window-{self._count}.txt"
-        argv = record_argv(self._pyspy, self.pid, str(output), self.options)
+        # The duration is only a safety bound: if apiscope dies without stopping it, py-spy
+        # still ends by itself instead of tracing the server forever. Rotation uses SIGINT.
+        bound = max(30, math.ceil(10 * self.window_seconds))
+        argv = record_argv(self._pyspy, self.pid, str(output), self.options, duration=bound)
         spawned = self._clock()
         proc = self._spawn(argv)
         if proc.wait_ready(self._ready_timeout):
@@ -335,6 +349,11 @@ class StackSampler:
         if not self._alive(self.pid) or exited_message(result.stderr):
             raise TargetError(f"process {self.pid} is not running (it may have exited).")
         raise failure_error(self.pid, result.returncode, result.stderr)
+
+    def _abandon(self, run: _Run) -> None:
+        run.proc.interrupt()
+        run.proc.finish(5.0)
+        run.output.unlink(missing_ok=True)
 
     def _deliver(self, run: _Run, end: float) -> None:
         self.stats.pyspy_cpu_seconds += run.proc.cpu_seconds()

@@ -4,8 +4,9 @@ Pure functions over `StackSample`s, decided from the frames py-spy reports (with
 `--native`, so C functions such as `epoll.poll` or `time.sleep` never show: the leaf is the
 Python frame that called them).
 
-Roles: the event loop thread runs `BaseEventLoop.run_forever/_run_once` (asyncio) or sits
-under uvloop, whose loop is C code between `Runner.run` and the callbacks; thread-pool workers
+Roles: the event loop thread runs `BaseEventLoop.run_forever/_run_once` (asyncio), or
+`asyncio.run`'s `Runner.run` with uvloop, whose loop is C code between `Runner.run` and the
+callbacks (verified with uvloop 0.23 under uvicorn); thread-pool workers
 run anyio's `WorkerThread.run` or `concurrent.futures`' `_worker`; everything else (aiosqlite's
 connection threads, gunicorn's arbiter, the agent) is OTHER.
 
@@ -47,6 +48,10 @@ def _method(frame: Frame) -> str:
 def is_loop_frame(frame: Frame) -> bool:
     if _file_is(frame, "asyncio/base_events.py") and _method(frame) in _LOOP_FUNCTIONS:
         return True
+    # asyncio.run()/Runner.run runs an event loop on this thread; under uvloop it is the
+    # last Python frame before the loop's C code calls the callbacks (handlers).
+    if _file_is(frame, "asyncio/runners.py") and _method(frame) == "run":
+        return True
     return "/uvloop/" in frame.file.replace("\\", "/")
 
 
@@ -69,8 +74,6 @@ def stack_role(frames: Sequence[Frame]) -> ThreadRole | None:
             return ThreadRole.LOOP
         if is_worker_frame(frame):
             return ThreadRole.WORKER
-    if frames and _is_uvloop_idle_leaf(frames[-1]):
-        return ThreadRole.LOOP
     return ThreadRole.OTHER if frames else None
 
 

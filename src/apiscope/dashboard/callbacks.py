@@ -25,7 +25,7 @@ from apiscope.dashboard.figures import (
 )
 from apiscope.dashboard.flame import kind_of
 from apiscope.dashboard.pages import page_for
-from apiscope.dashboard.samples import SampleSlice
+from apiscope.dashboard.samples import HANDLER_ROLES, SampleSlice
 from apiscope.model import Frame
 
 
@@ -51,16 +51,22 @@ def range_from_relayout(event: dict[str, Any] | None) -> Range | bool:
     return parse_iso(low), parse_iso(high)
 
 
+ROLE_CHOICES = {"handler": HANDLER_ROLES, "loop": frozenset({"loop"}),
+                "worker": frozenset({"worker"}), "other": frozenset({"other"})}
+
+
 def slice_of(rng: Range, pid: Any = None, thread: Any = None, endpoint: Any = None,
-             toggles: Any = None) -> SampleSlice:
+             toggles: Any = None, role: Any = None) -> SampleSlice:
     tid = None
+    roles = ROLE_CHOICES.get(str(role)) if role else None
     if thread:
         pid_text, tid_text = str(thread).split(":")
         pid, tid = int(pid_text), int(tid_text)
+        roles = None  # a thread the user picked is shown whatever its role
     flags = set(toggles or ())
     return SampleSlice(rng[0] if rng else None, rng[1] if rng else None,
                        int(pid) if pid not in (None, "") else None, tid, endpoint or None,
-                       "idle" in flags, "gil" in flags)
+                       "idle" in flags, "gil" in flags, roles)
 
 
 def register(app: Dash, data: SessionData) -> None:
@@ -158,20 +164,20 @@ def _register_endpoint(app: Dash, data: SessionData) -> None:
             latency = latency_figure(series, rng) if series else empty_figure("no data")
             rate = rate_figure(series, rng) if series else empty_figure("no data")
             slow = ui.slow_requests_table(data.slowest_requests(route, rng))
-        flame = _flame(data, slice_of(rng, endpoint=route), "", 420)[0]
+        flame = _flame(data, slice_of(rng, endpoint=route, role="handler"), "", None)[0]
         flags = ui.flag_cards(data.flags(route))
         return summary, flags, latency, rate, flame, slow
 
 
 def _flame(data: SessionData, flt: SampleSlice, search: str,
-           height: int) -> tuple[Any, int, int, int]:
+           height: int | None) -> tuple[Any, int, int, int]:
     """The flamegraph figure, matches, matched samples and all samples of a slice."""
     if not data.has_samples():
-        return empty_figure(ui.NO_SAMPLES, height), 0, 0, 0
+        return empty_figure(ui.NO_SAMPLES, height or 300), 0, 0, 0
     tree = data.flame(flt)
     if not tree.value:
         return empty_figure("no samples match these filters: widen them (or include idle"
-                            " samples)", height), 0, 0, 0
+                            " samples)", height or 300), 0, 0, 0
     roots = data.app_roots()
 
     def kind(frame: Frame) -> Any:
@@ -200,11 +206,12 @@ def _register_flamegraph(app: Dash, data: SessionData) -> None:
                   Output("functions", "children"),
                   Input("version", "data"), Input("range", "data"), Input("flame-pid", "value"),
                   Input("flame-thread", "value"), Input("flame-endpoint", "value"),
-                  Input("flame-toggles", "value"), Input("flame-search", "value"))
+                  Input("flame-toggles", "value"), Input("flame-search", "value"),
+                  Input("flame-role", "value"))
     def flamegraph(_version: Any, range_value: Any, pid: Any, thread: Any, endpoint: Any,
-                   toggles: Any, search: Any) -> Any:
-        flt = slice_of(as_range(range_value), pid, thread, endpoint, toggles)
-        figure, matches, matched, total = _flame(data, flt, search or "", 620)
+                   toggles: Any, search: Any, role: Any) -> Any:
+        flt = slice_of(as_range(range_value), pid, thread, endpoint, toggles, role)
+        figure, matches, matched, total = _flame(data, flt, search or "", None)
         info = f"{total:,} samples in view" + (" (idle included)" if flt.include_idle else "")
         if search:
             share = matched / total if total else 0.0
@@ -226,12 +233,13 @@ def _register_flamegraph(app: Dash, data: SessionData) -> None:
                   [Input(f"export-{fmt}", "n_clicks") for fmt in FORMATS],
                   State("range", "data"), State("flame-pid", "value"),
                   State("flame-thread", "value"), State("flame-endpoint", "value"),
-                  State("flame-toggles", "value"), prevent_initial_call=True)
+                  State("flame-toggles", "value"), State("flame-role", "value"),
+                  prevent_initial_call=True)
     def export(*args: Any) -> Any:
         if not ctx.triggered or not ctx.triggered[0]["value"]:
             return no_update
-        range_value, pid, thread, endpoint, toggles = args[len(FORMATS):]
-        flt = slice_of(as_range(range_value), pid, thread, endpoint, toggles)
+        range_value, pid, thread, endpoint, toggles, role = args[len(FORMATS):]
+        flt = slice_of(as_range(range_value), pid, thread, endpoint, toggles, role)
         fmt = str(ctx.triggered_id).removeprefix("export-")
         out = export_slice(data, flt, fmt, describe(flt))
         return {"content": out.content, "filename": out.filename}

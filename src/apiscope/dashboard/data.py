@@ -25,13 +25,22 @@ from apiscope.dashboard.requests import (
     latency_series,
     slowest,
 )
-from apiscope.dashboard.samples import EndpointOf, SampleIndex, SampleSlice
+from apiscope.dashboard.samples import HANDLER_ROLES, EndpointOf, SampleIndex, SampleSlice
 from apiscope.exporters.tree import FlameNode
 from apiscope.model import ProcessInfo, RouteInfo
 from apiscope.store.reader import SessionReader
 
 Range = tuple[float, float] | None
 SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2}
+
+
+FRAMEWORKS = ("fastapi.", "starlette.")
+
+
+def framework_route(route: RouteInfo) -> bool:
+    """A route the framework itself serves (FastAPI's /docs, /openapi.json): its module must
+    not make the whole framework count as application code."""
+    return route.handler.startswith(FRAMEWORKS)
 
 
 def route_matcher(routes: Sequence[RouteInfo]) -> EndpointOf:
@@ -119,7 +128,7 @@ class SessionData:
                 stored = list(self.analysis.flags or ())
             self._flags = sorted(stored, key=lambda f: SEVERITY_ORDER.get(f["severity"], 3))
             self._routes = self.reader.routes()
-            self._app_roots = app_roots(self._routes)
+            self._app_roots = app_roots([r for r in self._routes if not framework_route(r)])
             self._span = self._time_range()
             # JSON-shaped (lists, not tuples) so it compares equal after a trip to the browser
             version = [self.requests.last_id, self.samples.last_window_id, self._last_resource,
@@ -212,13 +221,16 @@ class SessionData:
                 for s in stats]
 
     def cpu_shares(self, rng: Range) -> dict[str, float]:
-        """Share of the active (not idle) samples each endpoint's handler was running."""
+        """Share of the active samples each endpoint's handler was running, counted like the
+        report: over the handler threads (event loop, thread pool) when the collector told
+        them apart, so idle helper threads cannot dilute the shares."""
         with self._lock:
             cached = self._shares.get(rng)
             if cached is not None:
                 return cached
             since, until = rng if rng else (None, None)
-            counts = self.samples.stack_counts(SampleSlice(since, until))
+            roles = HANDLER_ROLES if self.samples.has_handler_roles() else None
+            counts = self.samples.stack_counts(SampleSlice(since, until, roles=roles))
             total = sum(counts.values())
             per: dict[str, int] = {}
             for stack_id, count in counts.items():

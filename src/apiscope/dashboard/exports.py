@@ -36,6 +36,8 @@ def describe(flt: SampleSlice) -> str:
         parts.append(f"pid {flt.pid}")
     if flt.tid is not None:
         parts.append(f"thread {flt.tid}")
+    elif flt.roles is not None:
+        parts.append("/".join(sorted(flt.roles)) + " threads")
     if flt.include_idle:
         parts.append("with idle")
     if flt.gil_only:

@@ -100,8 +100,18 @@ def resource_figure(metric: str, title: str, unit: str, series: dict[int, Resour
     return {"data": data, "layout": _time_layout(title, rng, unit)}
 
 
+def flame_height(tree: FlameNode, row_px: int = 20, low: int = 360, high: int = 1600) -> int:
+    """Tall enough for a readable row per stack level (server stacks run 40 frames deep)."""
+    depth, pending = 0, [(1, tree)]
+    while pending:
+        level, node = pending.pop()
+        depth = max(depth, level)
+        pending.extend((level + 1, c) for c in node.children.values())
+    return max(low, min(high, depth * row_px + 20))
+
+
 def flame_figure(tree: FlameNode, kind_of: Callable[[Frame], Kind], search: str = "",
-                 height: int = 620, revision: str = "flame") -> tuple[Figure, int, int]:
+                 height: int | None = None, revision: str = "flame") -> tuple[Figure, int, int]:
     """An icicle (root on top) of the tree, clicking a box zooms into it; returns the figure,
     the number of boxes matching `search` and the samples under them."""
     ids: list[str] = []
@@ -143,6 +153,6 @@ def flame_figure(tree: FlameNode, kind_of: Callable[[Frame], Kind], search: str 
              "hovertemplate": "<b>%{customdata[0]}</b><br>%{value} samples"
                               " (%{customdata[3]:.1%} of all), %{customdata[2]} self"
                               "<br>%{customdata[1]} code<extra></extra>"}
-    layout = {"height": height, "margin": {"l": 4, "r": 4, "t": 4, "b": 4},
+    layout = {"height": height or flame_height(tree), "margin": {"l": 4, "r": 4, "t": 4, "b": 4},
               "uirevision": revision}  # a new slice starts unzoomed; a search keeps the zoom
     return {"data": [trace], "layout": layout}, matches, matched_samples

@@ -90,6 +90,14 @@ def endpoint_page(route: str) -> html.Div:
 def flamegraph_page() -> html.Div:
     controls = html.Div([
         dcc.Dropdown(id="flame-pid", placeholder="all processes", className="control"),
+        # By default the threads that run handlers, as the report counts CPU shares; idle
+        # helper threads (one per aiosqlite connection) would otherwise fill the picture.
+        dcc.Dropdown(id="flame-role", value="handler", placeholder="all thread roles",
+                     className="control wide", options=[
+                         {"label": "request threads (event loop + pool)", "value": "handler"},
+                         {"label": "event loop threads", "value": "loop"},
+                         {"label": "thread-pool workers", "value": "worker"},
+                         {"label": "other threads", "value": "other"}]),
         dcc.Dropdown(id="flame-thread", placeholder="all threads", className="control wide"),
         dcc.Dropdown(id="flame-endpoint", placeholder="all endpoints", className="control wide"),
         dcc.Checklist(id="flame-toggles", value=[], className="control", inline=True,

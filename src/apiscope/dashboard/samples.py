@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from apiscope.model import Frame, RouteInfo, SampleState
 from apiscope.store.reader import SessionReader
 
+HANDLER_ROLES = frozenset({"loop", "worker"})  # the threads that run request handlers
 BLOCK = 32  # windows per in-memory block
 CACHE_SIZE = 64  # remembered slices
 
@@ -36,6 +37,7 @@ class SampleSlice:
     endpoint: str | None = None
     include_idle: bool = False  # threads waiting for work (selector, idle pool workers)
     gil_only: bool = False  # only samples that held the GIL
+    roles: frozenset[str] | None = None  # thread roles ("loop", "worker", "other")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,7 @@ class SampleIndex:
         self._matcher: EndpointOf = lambda frames: None
         self._cache: OrderedDict[SampleSlice, dict[int, int]] = OrderedDict()
         self._active: dict[int, int] = {}  # window id -> samples not waiting
+        self.roles: dict[tuple[int, int], str] = {}  # (pid, tid) -> thread role
 
     @property
     def last_window_id(self) -> int:
@@ -88,6 +91,8 @@ class SampleIndex:
                 # queries is picked up whole on the next refresh.
                 self._load_samples(last, new[-1].id)
                 self._load_stacks()
+                self.roles = {(pid, tid): role for pid, tid, role in
+                              self._reader.query("SELECT pid, tid, role FROM threads")}
                 for w in new:
                     self._window_pos[w.id] = len(self.windows)
                     self.windows.append(w)
@@ -159,7 +164,8 @@ class SampleIndex:
             return counts
 
     def _compute(self, flt: SampleSlice) -> dict[int, int]:
-        wanted = {i for i, s in enumerate(self.series) if _series_matches(s, flt)}
+        wanted = {i for i, s in enumerate(self.series)
+                  if _series_matches(s, flt, self.roles.get((s[0], s[1]), "other"))}
         whole, edge = self._blocks_in(flt.since, flt.until)
         per_stack: dict[int, int] = {}
         for block in whole:
@@ -203,6 +209,10 @@ class SampleIndex:
             if series is not None and series in wanted:
                 per_stack[stack_id] = per_stack.get(stack_id, 0) + count
 
+    def has_handler_roles(self) -> bool:
+        """Whether the collector told event-loop and thread-pool threads apart."""
+        return any(role in HANDLER_ROLES for role in self.roles.values())
+
     def active_rate(self) -> list[tuple[float, float]]:
         """(window start, active samples per second) of every window, for the timeline."""
         with self._lock:
@@ -210,11 +220,13 @@ class SampleIndex:
                     for w in self.windows]
 
 
-def _series_matches(series: Series, flt: SampleSlice) -> bool:
+def _series_matches(series: Series, flt: SampleSlice, role: str) -> bool:
     pid, tid, state, gil = series
     if flt.pid is not None and pid != flt.pid:
         return False
     if flt.tid is not None and tid != flt.tid:
+        return False
+    if flt.roles is not None and role not in flt.roles:
         return False
     if not flt.include_idle and state == SampleState.WAITING.value:
         return False
