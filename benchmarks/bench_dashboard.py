@@ -8,14 +8,17 @@ spreads each thread over up to ~150 distinct stacks, and 100,000 requests over t
 
 `run()` times the work behind each callback (the data functions and figure builders, with the
 caches emptied before every call, so each view is computed from the in-memory blocks and
-columns as on a first view after a live refresh) and returns the median and p95 per view, the
-cold start (opening the session and building the app) and the session's size. Run it alone
+columns as on a first view after a live refresh), then each page's callbacks as the browser
+calls them (a POST to Dash's update endpoint through the Flask app, serialization included),
+and returns the median and p95 per view, the cold start (opening the session and building the
+app) and the session's size. Run it alone
 with `python -m benchmarks.bench_dashboard`.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -94,6 +97,92 @@ def _views(data: SessionData) -> dict[str, Callable[[], Any]]:
     }
 
 
+def _spec(output: str) -> tuple[list[dict[str, Any]], bool]:
+    """The outputs of a callback from its dependency key ("..a.b...c.d.." when several)."""
+    multi = output.startswith("..")
+    specs = []
+    for part in (output.strip(".").split("...") if multi else [output]):
+        ident, prop = part.rsplit(".", 1)
+        specs.append({"id": json.loads(ident) if ident.startswith("{") else ident,
+                      "property": prop})
+    return specs, multi
+
+
+def _http_views(app: Any) -> dict[str, Callable[[], Any]]:
+    """Each page's callbacks as the browser calls them: a POST to Dash's update endpoint
+    through the Flask app (routing, the callback, JSON serialization of the figures)."""
+    client = app.server.test_client()
+    deps = client.get("/_dash-dependencies").get_json()
+    values: dict[str, Any] = {"version": session_data(app).version, "sort": ["count", True],
+                              "flame-role": "handler", "endpoint-route": "GET /reports/summary"}
+
+    def post(output: str, **extra: Any) -> Callable[[], Any]:
+        dep = next(d for d in deps if d["output"] == output)
+        outputs, multi = _spec(output)
+        given = {**values, **extra}
+        body = {"output": output, "outputs": outputs if multi else outputs[0],
+                "inputs": [{**i, "value": given.get(i["id"]) if isinstance(i["id"], str)
+                            else None} for i in dep["inputs"]],
+                "state": [{**s, "value": given.get(s["id"])} for s in dep["state"]],
+                "changedPropIds": [f"{dep['inputs'][0]['id']}.{dep['inputs'][0]['property']}"]}
+
+        def call() -> None:
+            response = client.post("/_dash-update-component", json=body)
+            if response.status_code != 200:
+                raise RuntimeError(f"{output}: HTTP {response.status_code}")
+
+        return call
+
+    def output_of(prefix: str) -> str:
+        return next(d["output"] for d in deps if d["output"].startswith(prefix))
+
+    flame = output_of("..flame.figure")
+    return {
+        "overview": post(output_of("..overview-summary")),
+        "endpoint page": post(output_of("..endpoint-summary")),
+        "flamegraph (request threads)": post(flame),
+        "flamegraph, one endpoint": post(flame, **{"flame-endpoint": "GET /reports/summary"}),
+        "flamegraph, with idle, search": post(flame, **{"flame-toggles": ["idle"],
+                                                         "flame-search": "compute"}),
+        "timeline": post(output_of('{"name":"timeline"')),
+        "resources": post(output_of('..{"name":"cpu_percent"')),
+    }
+
+
+PAGES = {"overview": ("", "#endpoints-table"), "flamegraph": ("flamegraph", "#flame .main-svg"),
+         "endpoint": ("endpoint?route=GET%20%2Freports%2Fsummary", "#slow-table"),
+         "resources": ("resources", ".js-plotly-plot .scatterlayer .trace")}
+
+
+def _first_pages(app: Any, tmp: Path) -> dict[str, Any]:
+    """Seconds from navigation to a page drawn with every callback answered, in a real
+    headless Chromium (the first visit loads Plotly's bundle; the others hit the cache)."""
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        return {"skipped": "chromium and chromedriver are not installed"}
+    from apiscope.dashboard import start_server_thread
+    from tests.dashboard.browser import chromium
+    from tests.support import free_port, wait_until
+
+    handle = start_server_thread(app, "127.0.0.1", free_port())
+    out: dict[str, Any] = {}
+    try:
+        with chromium(tmp / "profile", tmp / "downloads") as driver:
+            for name, (path, css) in PAGES.items():
+                laps = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    driver.get(handle.url + path)
+                    wait_until(lambda css=css: driver.execute_script(
+                        "return document.querySelector(arguments[0]) !== null && document"
+                        ".querySelector('[data-dash-is-loading=\"true\"]') === null", css),
+                        timeout=60, interval=0.02, what=name)
+                    laps.append(round(time.perf_counter() - t0, 2))
+                out[name] = {"first_s": laps[0], "cached_s": min(laps[1:])}
+    finally:
+        handle.stop()
+    return out
+
+
 def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.sqlite"
@@ -108,7 +197,8 @@ def run() -> dict[str, Any]:
         rows = data.reader.query("SELECT count(*), sum(count) FROM samples")[0]
         requests = data.reader.query("SELECT count(*) FROM requests")[0][0]
         views = {name: _time(fn, data) for name, fn in _views(data).items()}
-        data.close()
+        http = {name: _time(fn, data) for name, fn in _http_views(app).items()}
+        pages = _first_pages(app, Path(tmp))  # stops the server, which closes the session
         return {
             "session": {"samples": rows[1], "sample_rows": rows[0], "requests": requests,
                         "windows": len(data.samples.windows),
@@ -116,7 +206,9 @@ def run() -> dict[str, Any]:
                         "generate_s": round(generated, 1)},
             "cold_start_s": round(cold, 2),
             "views": views,
-            "slowest_p95_ms": max(v["p95_ms"] for v in views.values()),
+            "callbacks_http": http,
+            "browser_page_s": pages,
+            "slowest_p95_ms": max(v["p95_ms"] for v in [*views.values(), *http.values()]),
         }
 
 

@@ -42,17 +42,25 @@ def test_route_templates_not_raw_paths() -> None:
     def create_item() -> dict[str, str]:
         return {}
 
-    records = record_requests(app, ["/items/1", "/items/42", "/items/abc", "/nowhere"])
+    records = record_requests(app, ["/items/1", "/items/42", "/items/abc", "/nowhere",
+                                    "/openapi.json", "/docs"])
     assert [(r.method, r.route, r.status) for r in records] == [
         ("GET", "/items/{item_id}", 200),
         ("GET", "/items/{item_id}", 200),
         ("GET", "/items/{item_id}", 422),
         ("GET", "<unmatched>", 404),
+        ("GET", "/openapi.json", 200),  # FastAPI serves these two without scope["route"]
+        ("GET", "/docs", 200),
     ]
     (posted,) = record_requests(app, ["/items"], method="POST")
     assert (posted.method, posted.route, posted.status) == ("POST", "/items", 200)
     (wrong_method,) = record_requests(app, ["/items"], method="DELETE")
     assert (wrong_method.route, wrong_method.status) == ("/items", 405)
+
+
+def test_fastapi_docs_as_the_first_request() -> None:
+    (record,) = record_requests(FastAPI(), ["/openapi.json"])
+    assert (record.route, record.status) == ("/openapi.json", 200)
 
 
 def test_converters_are_stripped_from_templates() -> None:

@@ -150,32 +150,34 @@ class AgentMiddleware:
     def route_of(self, scope: Scope, root_path: str, status: int) -> str:
         """The matched route's full template; `<unmatched>` when no route matched."""
         route = scope.get("route")
-        if route is None:
-            return UNMATCHED
-        if status == 404 and _is_mount(route):  # the mount's prefix matched, nothing inside it
-            return UNMATCHED
         # A route of a router FastAPI included: the prefixed path is in its effective context.
         fastapi_scope = scope.get("fastapi")
         context = fastapi_scope.get("effective_route_context") if fastapi_scope else None
+        if route is None and context is None:
+            endpoint = scope.get("endpoint")  # FastAPI's low-priority routes (/docs) set only this
+            found = self._lookup(scope, endpoint) if endpoint is not None else None
+            return found if found is not None else UNMATCHED
+        if status == 404 and _is_mount(route):  # the mount's prefix matched, nothing inside it
+            return UNMATCHED
         key = route if context is None else context
-        template = self.routes.template(key)
-        if template is None:
-            template = self._unknown_route(scope, root_path, key, context)
-        return template
-
-    def _unknown_route(self, scope: Scope, root_path: str, key: Any, context: Any) -> str:
-        # First sight of this app (wrapped from outside, so scope["app"] was unset when the
-        # request came in): Starlette's outermost router put itself in scope["router"].
-        router = scope.get("router")
-        if router is not None:
-            self.routes.add_app(router)
-            template = self.routes.template(key)
-            if template is not None:
-                return template
+        template = self._lookup(scope, key)
+        if template is not None:
+            return template
         # A route of an app we have no table for: the mounts' prefixes are in root_path.
         inner_root = scope.get("root_path", "")
         prefix = inner_root[len(root_path):] if inner_root.startswith(root_path) else ""
-        return prefix + (template_of(key) if context is None else effective_template(context))
+        return prefix + (template_of(route) if context is None else effective_template(context))
+
+    def _lookup(self, scope: Scope, key: Any) -> str | None:
+        template = self.routes.template(key)
+        if template is None:
+            # First sight of this app (wrapped from outside, so scope["app"] was unset when the
+            # request came in): Starlette's outermost router put itself in scope["router"].
+            router = scope.get("router")
+            if router is not None:
+                self.routes.add_app(router)
+                template = self.routes.template(key)
+        return template
 
     def raising_line(self, tb: TracebackType | None) -> tuple[str | None, int | None]:
         """File and line of the last app-code frame of a traceback (the raising user line)."""

@@ -112,8 +112,19 @@ class RouteRegistry:
         self.rows, self._templates = rows, templates
 
     def template(self, route: Any) -> str | None:
+        """The full template of a route object (or FastAPI route context, or endpoint)."""
         found = self._templates.get(id(route))
-        return found[1] if found is not None and found[0] is route else None
+        return found[1] or None if found is not None and found[0] is route else None
+
+
+def _add_endpoint(templates: dict[int, tuple[Any, str]], endpoint: Any, template: str) -> None:
+    # FastAPI serves /docs and /openapi.json as low-priority routes that leave no
+    # scope["route"], only scope["endpoint"]: an endpoint of exactly one route names it.
+    known = templates.get(id(endpoint))
+    if known is None:
+        templates[id(endpoint)] = (endpoint, template)
+    elif known[1] != template:
+        templates[id(endpoint)] = (endpoint, "")  # shared by several routes: ambiguous
 
 
 def _walk(routes: Any, prefix: str, rows: list[RouteRow],
@@ -134,6 +145,8 @@ def _walk(routes: Any, prefix: str, rows: list[RouteRow],
             _walk(sub_routes, prefix + _CONVERTER.sub(r"{\1}", str(path)), rows, templates)
         else:
             rows.extend(_route_rows(route, template))
+            if getattr(route, "endpoint", None) is not None:
+                _add_endpoint(templates, route.endpoint, template)
 
 
 def _walk_included(included: Any, prefix: str, rows: list[RouteRow],

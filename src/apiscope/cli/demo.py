@@ -7,10 +7,12 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import webbrowser
+from pathlib import Path
 
 from apiscope.cli.base import add_collect_options, positive_int
 from apiscope.cli.collecting import collect
@@ -70,14 +72,18 @@ class DemoCommand:
         env = dict(os.environ)
         if args.fixed:
             env["SAMPLE_APP_FIXED"] = "1"
-        server = start_server(server_command(port, args.workers), env=env)
+        # The sample app's deliberate 500s log tracebacks: keep them off the terminal.
+        log_path = Path(tempfile.gettempdir()) / f"apiscope-demo-{os.getpid()}.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - closed in the finally below
+        os.chmod(log_path, 0o600)
+        server = start_server(server_command(port, args.workers), env=env, log=log)
         load: subprocess.Popen[bytes] | None = None
         try:
             url = f"http://127.0.0.1:{port}"
             wait_for_http(url + "/health", server)
             print(f"apiscope: sample item API at {url}"
-                  f" ({'fixed' if args.fixed else 'with its deliberate bottlenecks'})",
-                  file=sys.stderr)
+                  f" ({'fixed' if args.fixed else 'with its deliberate bottlenecks'});"
+                  f" its log: {log_path}", file=sys.stderr)
             target = describe_target(server.pid)
             load_seconds = args.duration if args.duration is not None else UNBOUNDED_LOAD_SECONDS
             load = subprocess.Popen(
@@ -91,4 +97,5 @@ class DemoCommand:
             if load is not None:
                 stop_server(load)
             stop_server(server)
+            log.close()
         return 0

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
 from apiscope.cli.base import add_collect_options
 from apiscope.cli.collecting import collect
@@ -28,9 +29,11 @@ def agent_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start_server(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_server(cmd: list[str], env: dict[str, str] | None = None,
+                 log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+    """Start the server with the agent; its output goes to `log` when given, else ours."""
     try:
-        return subprocess.Popen(cmd, env=agent_environment(env))
+        return subprocess.Popen(cmd, env=agent_environment(env), stdout=log, stderr=log)
     except FileNotFoundError:
         raise UsageError(f"cannot run {cmd[0]!r}: no such program") from None
     except PermissionError:

@@ -136,8 +136,8 @@ def slow_requests_table(rows: Sequence[SlowRequest]) -> html.Table:
 
 
 def functions_table(rows: Sequence[FunctionRow], total: int) -> html.Table:
-    head = html.Tr([html.Th(t) for t in ("function", "file", "kind", "self", "self %",
-                                         "total", "total %")])
+    head = html.Tr([html.Th(t, className="file" if t == "file" else None)
+                    for t in ("function", "file", "kind", "self", "self %", "total", "total %")])
     whole = max(total, 1)
     body = [html.Tr([
         html.Td(html.Code(r.function)), html.Td(r.file, className="file"),
