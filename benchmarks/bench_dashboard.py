@@ -198,7 +198,9 @@ def run() -> dict[str, Any]:
         requests = data.reader.query("SELECT count(*) FROM requests")[0][0]
         views = {name: _time(fn, data) for name, fn in _views(data).items()}
         http = {name: _time(fn, data) for name, fn in _http_views(app).items()}
-        pages = _first_pages(app, Path(tmp))  # stops the server, which closes the session
+        pages = _first_pages(app, Path(tmp))
+        if "skipped" in pages:
+            data.close()  # else stopping the page server closed it
         return {
             "session": {"samples": rows[1], "sample_rows": rows[0], "requests": requests,
                         "windows": len(data.samples.windows),

@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,11 +111,9 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 class _Run:
-    """The shared state of one load run: bounds, statistics, the client."""
+    """The shared state of one load run: bounds, statistics, the catalog."""
 
-    def __init__(self, client: httpx.AsyncClient, catalog: Catalog, deadline: float,
-                 max_requests: int | None) -> None:
-        self.client = client
+    def __init__(self, catalog: Catalog, deadline: float, max_requests: int | None) -> None:
         self.catalog = catalog
         self.deadline = deadline
         self.remaining = max_requests
@@ -128,30 +127,22 @@ class _Run:
         self.remaining -= 1
         return True
 
-    async def worker(self, scenario: Scenario, pacer: _Pacer, rng: random.Random) -> None:
+    async def worker(self, scenario: Scenario, client: httpx.AsyncClient, pacer: _Pacer,
+                     rng: random.Random) -> None:
         stats = self.routes.setdefault(scenario.route, RouteStats(scenario.route))
         while True:
             slot = pacer.claim(time.monotonic())
             if slot >= self.deadline or not self.take_ticket():
                 return
             await asyncio.sleep(max(0.0, slot - time.monotonic()))
-            await self._send(scenario, rng, stats)
+            await self._send(scenario, client, rng, stats)
 
-    async def _request(self, request: Request) -> httpx.Response:
-        try:
-            return await _send_once(self.client, request)
-        except (httpx.ReadError, httpx.RemoteProtocolError):
-            # A kept-alive connection the server had just closed (uvicorn closes it after an
-            # unhandled exception): like browsers and urllib3, retry idempotent requests once.
-            if request.method not in IDEMPOTENT:
-                raise
-            return await _send_once(self.client, request)
-
-    async def _send(self, scenario: Scenario, rng: random.Random, stats: RouteStats) -> None:
+    async def _send(self, scenario: Scenario, client: httpx.AsyncClient, rng: random.Random,
+                    stats: RouteStats) -> None:
         request = scenario.build(rng, self.catalog)
         started = time.perf_counter()
         try:
-            response = await self._request(request)
+            response = await _send_retrying(client, request)
             status = str(response.status_code)
             failed = response.status_code >= 500
         except httpx.TimeoutException:
@@ -161,6 +152,17 @@ class _Run:
         stats.latencies_ms.append((time.perf_counter() - started) * 1000)
         stats.statuses[status] += 1
         stats.errors += failed
+
+
+async def _send_retrying(client: httpx.AsyncClient, request: Request) -> httpx.Response:
+    try:
+        return await _send_once(client, request)
+    except (httpx.ReadError, httpx.RemoteProtocolError):
+        # A kept-alive connection the server had just closed (uvicorn closes it after an
+        # unhandled exception): like browsers and urllib3, retry idempotent requests once.
+        if request.method not in IDEMPOTENT:
+            raise
+        return await _send_once(client, request)
 
 
 async def _send_once(client: httpx.AsyncClient, request: Request) -> httpx.Response:
@@ -179,27 +181,35 @@ async def run_load(url: str = DEFAULT_URL, duration: float | None = 30.0,
     _check_bounds(duration, max_requests)
     check_target(url, allow_remote)
     workers = allocate_workers([s.workers for s in mix], concurrency)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits,
-                                 transport=transport) as client:
-        catalog = await discover_catalog(client, ready_timeout)
+    async with AsyncExitStack() as stack:
+        # One client (one connection pool) per route, as if each were a different caller: a
+        # connection the server drops on one route's errors never fails another route.
+        clients = [await stack.enter_async_context(_client(url, count, timeout, transport))
+                   for count in workers]
+        catalog = await discover_catalog(clients[0], ready_timeout)
         start = time.monotonic()
-        run = _Run(client, catalog, start + (duration or math.inf), max_requests)
-        await _finish(_start_workers(run, mix, workers, start, seed), run.deadline)
+        run = _Run(catalog, start + (duration or math.inf), max_requests)
+        await _finish(_start_workers(run, mix, clients, workers, start, seed), run.deadline)
         seconds = time.monotonic() - start
     stopped_by = "requests" if run.remaining == 0 else "duration"
     return LoadResult(url=url, seconds=seconds, stopped_by=stopped_by, routes=run.routes)
 
 
-def _start_workers(run: _Run, mix: Sequence[Scenario], workers: Sequence[int], start: float,
-                   seed: int) -> list[asyncio.Task[None]]:
+def _client(url: str, connections: int, timeout: float,
+            transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits, transport=transport)
+
+
+def _start_workers(run: _Run, mix: Sequence[Scenario], clients: Sequence[httpx.AsyncClient],
+                   workers: Sequence[int], start: float, seed: int) -> list[asyncio.Task[None]]:
     """`workers[i]` tasks for scenario i, sharing one pacer; each with its own random stream."""
     tasks = []
-    for index, (scenario, count) in enumerate(zip(mix, workers, strict=True)):
+    for index, (scenario, client, count) in enumerate(zip(mix, clients, workers, strict=True)):
         pacer = _Pacer(scenario.rate, scenario.burst, start)
         for n in range(count):
             rng = random.Random(f"{seed}:{index}:{n}")
-            tasks.append(asyncio.create_task(run.worker(scenario, pacer, rng)))
+            tasks.append(asyncio.create_task(run.worker(scenario, client, pacer, rng)))
     return tasks
 
 

@@ -133,8 +133,11 @@ def test_full_buffer_is_reported_as_dropped(sock_dir: str) -> None:
     try:
         get_all(wrapped, [f"/sync/{i}" for i in range(5)])
         with AgentClient(os.getpid(), sock_dir) as client:
+            first = client.pull(max_requests=1)
             batch = client.pull()
-        assert len(batch.requests) == 2
+        assert (len(first.requests), first.more) == (1, True)
+        assert (len(batch.requests), batch.more) == (1, False)
+        assert first.requests[0].start < batch.requests[0].start  # oldest first
         assert (batch.stats.recorded, batch.stats.dropped) == (5, 3)
     finally:
         agent.stop()
@@ -149,13 +152,15 @@ def test_protocol_errors_get_an_answer_and_the_server_goes_on(sock_dir: str) -> 
             raw.connect(agent.socket_path)
             with raw.makefile("rwb") as stream:
                 answers = []
-                for line in (b"not json\n", b'{"op": "detach"}\n', b'{"op": "ping"}\n'):
+                for line in (b"not json\n", b'{"op": "detach"}\n', b'{"op": "pull", "max": 0}\n',
+                         b'{"op": "ping"}\n'):
                     stream.write(line)
                     stream.flush()
                     answers.append(json.loads(stream.readline()))
             assert "bad request" in answers[0]["error"]
             assert "unknown op 'detach'" in answers[1]["error"]
-            assert answers[2] == {"pid": os.getpid(), "ok": True}
+            assert "max must be a positive integer" in answers[2]["error"]
+            assert answers[3] == {"pid": os.getpid(), "ok": True}
             with AgentClient(os.getpid(), sock_dir) as client:  # served while raw stays open
                 assert client.available()
     finally:
@@ -237,3 +242,19 @@ def test_threadpool_saturation_is_visible_from_another_thread(sock_dir: str) -> 
 
     sample = asyncio.run(main())
     assert (sample["total_tokens"], sample["borrowed_tokens"], sample["waiting"]) == (1, 1, 2)
+
+
+def test_client_reconnects_once_to_a_restarted_agent(sock_dir: str) -> None:
+    first = Agent(sock_dir)
+    first.start()
+    with AgentClient(os.getpid(), sock_dir) as client:
+        try:
+            assert client.pull().requests == []
+        finally:
+            first.stop()
+        second = Agent(sock_dir)
+        second.start()
+        try:
+            assert client.pull().stats.recorded == 0  # the kept connection was stale
+        finally:
+            second.stop()

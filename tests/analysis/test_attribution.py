@@ -64,3 +64,19 @@ def test_installed_app_modules_are_app_code() -> None:
              Frame("execute", f"{site}/sqlalchemy/engine.py", 1)]
     assert user_frame(stack, roots) == Frame("helper", f"{site}/shop/db.py", 9)
     assert user_frame(stack[2:], roots) is None
+
+
+def test_framework_routes_do_not_make_the_framework_application_code() -> None:
+    from apiscope.analysis.attribution import app_roots, is_app_frame
+    from apiscope.model import Frame, RouteInfo
+
+    site = "/srv/venv/lib/python3.11/site-packages"
+    routes = [
+        RouteInfo("GET", "/items/{item_id}", "shop.api:read_item", "/srv/shop/api.py", 10, True),
+        RouteInfo("GET", "/openapi.json", "fastapi.applications:openapi",
+                  f"{site}/fastapi/applications.py", 1000, True),
+    ]
+    roots = app_roots(routes)
+    assert roots == ("/srv/shop",)
+    assert not is_app_frame(Frame("run_endpoint_function", f"{site}/fastapi/routing.py", 1), roots)
+    assert is_app_frame(Frame("read_item", "/srv/shop/api.py", 12), roots)

@@ -160,3 +160,19 @@ def test_anyio_run_on_the_main_thread_is_not_a_worker() -> None:
               Frame("BaseEventLoop.run_forever", f"{LIB}/asyncio/base_events.py", 607))
     assert stack_role(frames) is ThreadRole.LOOP
     assert stack_role(()) is None
+
+
+def test_idle_helper_threads_parked_in_c_waits_are_waiting() -> None:
+    from apiscope.collectors.threads import is_waiting
+    from apiscope.model import Frame, ThreadRole
+
+    site = "/srv/venv/lib/python3.11/site-packages"
+    boot = Frame("_bootstrap", "/usr/lib/python3.11/threading.py", 995)
+    parked = (boot, Frame("_connection_worker_thread", f"{site}/aiosqlite/core.py", 59))
+    working = (*parked, Frame("_execute", f"{site}/aiosqlite/cursor.py", 40))
+    reading = (boot, Frame("SocketIO.readinto", "/usr/lib/python3.11/socket.py", 706))
+    assert is_waiting(parked, ThreadRole.OTHER)
+    assert not is_waiting(working, ThreadRole.OTHER)
+    assert is_waiting(reading, ThreadRole.OTHER)
+    # On the event loop thread a handler's own blocking read is a stall, never idleness.
+    assert not is_waiting(reading, ThreadRole.LOOP)

@@ -28,7 +28,10 @@ def clean_log(browser: Any) -> None:
     console_errors(browser)
 
 
-PAGES = ("", "flamegraph", "resources", "endpoint?route=GET%20%2Freports%2Fsummary")
+PAGES = {"": "#endpoints-table", "flamegraph": "#flame .main-svg",
+         "resources": ".js-plotly-plot .scatterlayer .trace",
+         "endpoint?route=GET%20%2Freports%2Fsummary": "#slow-table",
+         "endpoint": "#endpoint-flame .main-svg", "no/such/page": "#not-found"}
 
 
 def _find(driver: Any, css: str) -> list[Any]:
@@ -89,9 +92,7 @@ def _settled(driver: Any) -> bool:
 def test_every_page_renders_without_console_errors(browser: Any, replay: DashboardHandle,
                                                    page: str) -> None:
     browser.get(replay.url + page)
-    expected = {"": "#endpoints-table", "flamegraph": "#flame .main-svg",
-                "resources": ".js-plotly-plot .scatterlayer .trace",
-                "endpoint?route=GET%20%2Freports%2Fsummary": "#slow-table"}[page]
+    expected = PAGES[page]
     _wait(lambda: _find(browser, expected), f"{expected} on /{page}")
     _wait(lambda: _settled(browser), "callbacks to finish")
     assert console_errors(browser) == []

@@ -208,3 +208,20 @@ def test_cpu_shares_agree_with_the_report(session_file: Path, data: SessionData)
     ours = {r.stats.endpoint: r.cpu_share for r in data.endpoint_rows(None)}
     for endpoint in report["endpoints"]:
         assert ours[endpoint["route"]] == pytest.approx(endpoint["cpu_share"], abs=1e-3)
+
+
+def test_live_refresh_merges_new_windows_into_partial_blocks(tmp_path: Path) -> None:
+    path = write_session(tmp_path / "grow.sqlite", seconds=5, window_s=0.5, flags=False)
+    data = SessionData(path)
+    first = data.samples.last_window_id
+    write_session(path, seconds=40, start=START + 5, window_s=0.5, flags=False, seed=9)
+    data.refresh()
+    assert data.samples.last_window_id == first + 80
+    active = frozenset({SampleState.RUNNING, SampleState.BLOCKED})
+    for since, until in ((None, None), (START + 3, START + 30.5)):
+        expected: Counter[tuple[object, ...]] = Counter()
+        for _, s in data.reader.samples(SampleFilter(since=since, until=until, states=active)):
+            expected[s.frames] += s.count
+        counts = data.samples.stack_counts(SampleSlice(since, until))
+        assert Counter({data.samples.frames(k): c for k, c in counts.items()}) == expected
+    data.close()

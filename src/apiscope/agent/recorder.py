@@ -66,16 +66,18 @@ class Recorder:
         # Racy by at most the entries in flight between two reads; never negative.
         return max(0, self.recorded - self._drained - len(self._buffer))
 
-    def drain(self) -> list[RequestEntry]:
-        """Remove and return everything buffered, oldest first."""
+    def drain(self, limit: int | None = None) -> list[RequestEntry]:
+        """Remove and return up to `limit` buffered entries (default: all), oldest first."""
         out: list[RequestEntry] = []
         pop = self._buffer.popleft
+        remaining = len(self._buffer) if limit is None else limit
         with self._drain_lock:  # two collectors may pull at once; the writer never waits here
-            while True:
+            while remaining > 0:
                 try:
                     out.append(pop())
                 except IndexError:
                     break
+                remaining -= 1
             self._drained += len(out)
         return out
 

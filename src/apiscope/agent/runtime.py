@@ -24,6 +24,10 @@ from .routes import RouteRegistry
 from .threadpool import ThreadPoolProbe
 from .transport import AgentServer
 
+# Requests per pull: keeps each answer quick to encode (a few MB), so that a collector's read
+# timeout is not spent waiting for it; a busier buffer takes a few pulls in a row.
+MAX_BATCH = 20_000
+
 __all__ = ["Agent", "current_agent", "shutdown_agent", "socket_dir", "socket_path"]
 
 
@@ -103,13 +107,17 @@ class Agent:
         if op == "ping":
             return {"pid": os.getpid(), "ok": True}
         if op == "pull":
-            return self.pull()
+            limit = request.get("max", MAX_BATCH)
+            if not isinstance(limit, int) or limit < 1:
+                raise ValueError(f"max must be a positive integer, not {limit!r}")
+            return self.pull(limit)
         raise ValueError(f"unknown op {op!r}")
 
-    def pull(self) -> dict[str, Any]:
-        # Side work first, each guarded: a failure here must not cost the collector its batch.
+    def pull(self, limit: int = MAX_BATCH) -> dict[str, Any]:
+        """The pull response: at most `limit` requests, `more` when others are left."""
+        # Side work first, guarded: a failure here must not cost the collector its batch.
         pool = self._guarded(self._refresh_and_sample)
-        requests = [entry._asdict() for entry in self.recorder.drain()]
+        requests = [entry._asdict() for entry in self.recorder.drain(limit)]
         profiles = [self.profiles.popleft() for _ in range(len(self.profiles))]
         return {
             "pid": os.getpid(),
@@ -121,6 +129,7 @@ class Agent:
                       "errors": self.recorder.errors + (self.query_hooks.errors
                                                         if self.query_hooks else 0)},
             "profiles": profiles,
+            "more": len(self.recorder) > 0,
         }
 
     def _refresh_and_sample(self) -> dict[str, Any] | None:

@@ -2,9 +2,10 @@
 
 Protocol: newline-delimited JSON. The collector writes one request object per line
 (`{"op": "pull"}` or `{"op": "ping"}`) and reads one response object per line. A pull answers
-`{"pid", "requests": [...], "routes": [...], "threadpool": {...} | null,
-"stats": {"recorded", "dropped", "errors"}, "profiles": [...]}`; an unknown op answers
-`{"error": "..."}`. Requests are drained by the pull: each is delivered once.
+`{"pid", "ts", "requests": [...], "routes": [...], "threadpool": {...} | null,
+"stats": {"recorded", "dropped", "errors"}, "profiles": [...], "more": bool}`; an unknown op
+answers `{"error": "..."}`. Requests are drained by the pull: each is delivered once, at most
+`"max"` (optional in the request; 20000 by default) per pull, `more` saying others wait.
 
 The request path never touches this thread: it only appends to the recorder's deque. A slow or
 absent collector therefore costs nothing but dropped entries once the buffer is full.

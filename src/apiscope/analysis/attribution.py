@@ -57,6 +57,16 @@ def method_rank(method: str) -> tuple[int, str]:
     return (_METHOD_ORDER.get(method, 5), method)
 
 
+# Packages that serve routes of their own (FastAPI's /docs and /openapi.json).
+FRAMEWORKS = ("fastapi.", "starlette.")
+
+
+def framework_route(route: RouteInfo) -> bool:
+    """A route the framework itself serves: its module must not make the whole framework
+    count as application code."""
+    return route.handler.startswith(FRAMEWORKS)
+
+
 def app_roots(routes: Iterable[RouteInfo]) -> tuple[str, ...]:
     """Directories holding the application's code, from its handlers' modules and files.
 
@@ -66,6 +76,8 @@ def app_roots(routes: Iterable[RouteInfo]) -> tuple[str, ...]:
     """
     roots: set[str] = set()
     for route in routes:
+        if framework_route(route):
+            continue
         module = route.handler.split(":", 1)[0]
         parts = module.split(".") if module else []
         path = PurePosixPath(_norm(route.file))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from apiscope.analysis.report import check_report_suffix
 from apiscope.collection import Collection, CollectOptions
 from apiscope.collectors.target import Target
 from apiscope.metrics import LiveFlags, MetricsExporter, serve_metrics, session_flags
+from apiscope.metrics.live_flags import FlagSource
 from apiscope.store import SessionReader, SessionWriter
 
 
@@ -31,15 +32,27 @@ def check_report_path(args: argparse.Namespace) -> None:
         check_report_suffix(args.report)
 
 
+def stored_flags(session: Path, slo_ms: float, writer: SessionWriter) -> FlagSource:
+    """Analyse the growing session and store its flags in it, for the dashboard to show."""
+    compute = session_flags(session, slo_ms)
+
+    def flags() -> list[Mapping[str, Any]]:
+        found = compute()
+        writer.replace_flags(dict(flag) for flag in found)
+        return found
+
+    return flags
+
+
 @contextmanager
-def outputs(args: argparse.Namespace, session: Path,
-            metrics: MetricsExporter) -> Iterator[None]:
+def outputs(args: argparse.Namespace, session: Path, metrics: MetricsExporter,
+            writer: SessionWriter) -> Iterator[None]:
     """Serve the live dashboard (with /metrics) or /metrics alone, for the run's duration."""
     stoppers: list[Callable[[], Any]] = []
     try:
         if not args.no_dashboard or args.metrics_port is not None:
-            # Flags for /metrics come from analysing the session as it grows.
-            live_flags = LiveFlags(metrics, session_flags(session, args.slo_ms))
+            # One analysis loop feeds both the metrics' flags and the dashboard's.
+            live_flags = LiveFlags(metrics, stored_flags(session, args.slo_ms, writer))
             live_flags.start()
             stoppers.append(live_flags.stop)
         if not args.no_dashboard:
@@ -72,7 +85,7 @@ def collect(target: Target, args: argparse.Namespace, *, inject: bool,
                                 metrics=metrics, injector=injector if inject else None)
         print(f"apiscope: sampling pid {target.pid} ({target.server}) at {args.rate} Hz"
               f" into {session}", file=sys.stderr)
-        with outputs(args, session, metrics):
+        with outputs(args, session, metrics, writer):
             collection.start()
             try:
                 collection.run_until_done()

@@ -38,6 +38,7 @@ class AgentBatch:
     threadpool: ThreadPoolSample | None
     stats: AgentStats
     profiles: list[dict[str, Any]] = field(default_factory=list)
+    more: bool = False  # the agent holds more requests than one pull returns: pull again
 
 
 class AgentClient:
@@ -67,20 +68,36 @@ class AgentClient:
         except AgentUnavailable:
             return False
 
-    def pull(self) -> AgentBatch:
-        """Drain the agent's finished requests; raises AgentUnavailable when nobody answers."""
-        return batch_from_json(self.request({"op": "pull"}), self.pid)
+    def pull(self, max_requests: int | None = None) -> AgentBatch:
+        """Drain the agent's finished requests (at most `max_requests`, else the agent's
+        default); raises AgentUnavailable when nobody answers."""
+        message: dict[str, Any] = {"op": "pull"}
+        if max_requests is not None:
+            message["max"] = max_requests
+        return batch_from_json(self.request(message), self.pid)
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Send one request line, read one response line (one retry on a stale connection)."""
-        for attempt in (1, 2):
-            try:
-                return self._exchange(message)
-            except (OSError, ValueError) as exc:
-                self.close()
-                if attempt == 2 or isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
-                    raise AgentUnavailable(f"no agent answers at {self.path}: {exc}") from exc
-        raise AssertionError("unreachable")
+        """Send one request line, read one response line.
+
+        A kept connection the agent has closed since (idle timeout, agent restarted) is
+        reopened once. Nothing else is retried: after a timeout the agent may have drained
+        a batch already, and asking again would not bring it back.
+        """
+        reused = self._sock is not None
+        try:
+            return self._exchange(message)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            self.close()
+            if not reused:
+                raise AgentUnavailable(f"no agent answers at {self.path}: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise AgentUnavailable(f"no agent answers at {self.path}: {exc}") from exc
+        try:
+            return self._exchange(message)
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise AgentUnavailable(f"no agent answers at {self.path}: {exc}") from exc
 
     def close(self) -> None:
         if self._sock is not None:
@@ -184,6 +201,7 @@ def batch_from_json(data: dict[str, Any], pid: int | None = None) -> AgentBatch:
         stats=AgentStats(ts=ts, pid=pid, recorded=int(stats.get("recorded", 0)),
                          dropped=int(stats.get("dropped", 0)), errors=int(stats.get("errors", 0))),
         profiles=list(data.get("profiles", [])),
+        more=bool(data.get("more", False)),
     )
 
 

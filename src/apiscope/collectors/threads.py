@@ -105,7 +105,20 @@ def is_waiting(frames: Sequence[Frame], role: ThreadRole) -> bool:
         return _is_uvloop_idle_leaf(leaf)
     if role is ThreadRole.WORKER:
         return _worker_waiting(frames)
-    return _is_wait_leaf(leaf)
+    return _is_wait_leaf(leaf) or _is_idle_helper_leaf(leaf)
+
+
+def _is_idle_helper_leaf(frame: Frame) -> bool:
+    """Helper threads parked in a C-level wait, so their own frame is the leaf.
+
+    aiosqlite's connection thread waits in `SimpleQueue.get` (C) inside
+    `_connection_worker_thread`; while it runs a query its leaf is a deeper frame. A thread
+    reading a socket (`SocketIO.readinto`, `socket.accept`) waits for its peer.
+    """
+    method = _method(frame)
+    if method == "_connection_worker_thread":
+        return _file_is(frame, "aiosqlite/core.py")
+    return _file_is(frame, "socket.py") and method in ("readinto", "accept", "recv", "recv_into")
 
 
 def _worker_waiting(frames: Sequence[Frame]) -> bool:

@@ -164,7 +164,8 @@ def _register_endpoint(app: Dash, data: SessionData) -> None:
             latency = latency_figure(series, rng) if series else empty_figure("no data")
             rate = rate_figure(series, rng) if series else empty_figure("no data")
             slow = ui.slow_requests_table(data.slowest_requests(route, rng))
-        flame = _flame(data, slice_of(rng, endpoint=route, role="handler"), "", None)[0]
+        flame = (_flame(data, slice_of(rng, endpoint=route, role="handler"), "", None)[0]
+                 if route else empty_figure("choose an endpoint on the overview"))
         flags = ui.flag_cards(data.flags(route))
         return summary, flags, latency, rate, flame, slow
 

@@ -34,13 +34,6 @@ Range = tuple[float, float] | None
 SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2}
 
 
-FRAMEWORKS = ("fastapi.", "starlette.")
-
-
-def framework_route(route: RouteInfo) -> bool:
-    """A route the framework itself serves (FastAPI's /docs, /openapi.json): its module must
-    not make the whole framework count as application code."""
-    return route.handler.startswith(FRAMEWORKS)
 
 
 def route_matcher(routes: Sequence[RouteInfo]) -> EndpointOf:
@@ -128,7 +121,7 @@ class SessionData:
                 stored = list(self.analysis.flags or ())
             self._flags = sorted(stored, key=lambda f: SEVERITY_ORDER.get(f["severity"], 3))
             self._routes = self.reader.routes()
-            self._app_roots = app_roots([r for r in self._routes if not framework_route(r)])
+            self._app_roots = app_roots(self._routes)
             self._span = self._time_range()
             # JSON-shaped (lists, not tuples) so it compares equal after a trip to the browser
             version = [self.requests.last_id, self.samples.last_window_id, self._last_resource,
