@@ -106,8 +106,8 @@ DEFAULT_MIX: tuple[Scenario, ...] = (
     Scenario("GET /items/{item_id}", 3, 10.0, _read_item),
     Scenario("POST /items/", 1, 1.5, _create_item),
     Scenario("GET /reports/summary", 2, 4.0, _fixed("GET", "/reports/summary")),
-    Scenario("GET /search", 1, 1.5, _search),
-    Scenario("GET /orders/{order_id}", 2, 4.0, _order),
+    Scenario("GET /search", 1, 1.2, _search),
+    Scenario("GET /orders/{order_id}", 2, 3.0, _order),
     Scenario("GET /catalog/export", 1, 5.0, _export),
     # 12 ids: after the first request for each, every request repeats an id.
     Scenario("GET /items/{item_id}/summary", 2, 4.0, _per_item("summary", pool=12)),
@@ -117,7 +117,7 @@ DEFAULT_MIX: tuple[Scenario, ...] = (
     # Bursts of 3 at once. A stock check frees a thread every 19 ms or so, so the three get
     # threads close together and compute at the same time (about 40 ms of CPU each). Few ids,
     # so the fixed twin's cache answers nearly every request.
-    Scenario("GET /items/{item_id}/forecast", 3, 3.0, _per_item("forecast", pool=10, days=30),
+    Scenario("GET /items/{item_id}/forecast", 3, 2.25, _per_item("forecast", pool=10, days=30),
              burst=3),
     # 5 ids: the fixed twin's cache misses 5 times in a run, well under 5 % of requests.
     Scenario("GET /items/{item_id}/quote", 3, 6.0, _per_item("quote", pool=5)),

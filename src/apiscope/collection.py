@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from apiscope.collectors.agent_client import AgentClient
+from apiscope.collectors.agent_client import AgentBatch, AgentClient
 from apiscope.collectors.gilprobe import ActivityProbe
 from apiscope.collectors.pyspy import find_pyspy
 from apiscope.collectors.resources import ResourceCollector
@@ -111,6 +111,8 @@ class Collection:
         finally:
             self._poller.join(timeout=10)
             self._pull_agents()  # what the agents recorded since the last pull
+            for client in self._clients.values():
+                client.close()
             end = self.clock()
             stats = self._sampler.stats
             self.writer.set_meta(end=end, samples_total=self.totals.samples,
@@ -202,29 +204,35 @@ class Collection:
 
     def _pull_agents(self) -> None:
         for pid, client in list(self._clients.items()):
-            try:
-                batch = client.pull()
-            except (OSError, ValueError):
-                continue  # not injected (yet), or the worker is exiting
-            if batch.requests:
-                self.writer.put_requests(batch.requests)
-                self.metrics.observe_requests(batch.requests)
-                with self._lock:
-                    self.totals.requests += len(batch.requests)
-            if batch.routes and self._routes_seen.get(pid) != len(batch.routes):
-                self._routes_seen[pid] = len(batch.routes)
-                self.writer.put_routes(pid, batch.routes)
-            if batch.threadpool is not None:
-                self.writer.put_threadpool([batch.threadpool])
-                self.metrics.observe_threadpool(batch.threadpool)
-            self.writer.put_agent_stats(batch.stats)
-            self.metrics.observe_agent(batch.stats)
-            for profile in batch.profiles:
-                self.writer.put_profile(pid, profile["start"], profile["method"],
-                                        profile["route"], profile["duration_ms"],
-                                        profile["tree"])
+            # A busy worker may hold more than one pull's worth: drain it, within reason.
+            for _ in range(10):
+                try:
+                    batch = client.pull()
+                except (OSError, ValueError):
+                    break  # not injected (yet), or the worker is exiting
+                self._store_batch(pid, batch)
+                if not batch.more:
+                    break
+
+    def _store_batch(self, pid: int, batch: AgentBatch) -> None:
+        if batch.requests:
+            self.writer.put_requests(batch.requests)
+            self.metrics.observe_requests(batch.requests)
             with self._lock:
-                self.totals.agent_dropped = max(self.totals.agent_dropped, batch.stats.dropped)
+                self.totals.requests += len(batch.requests)
+        if batch.routes and self._routes_seen.get(pid) != len(batch.routes):
+            self._routes_seen[pid] = len(batch.routes)
+            self.writer.put_routes(pid, batch.routes)
+        if batch.threadpool is not None:
+            self.writer.put_threadpool([batch.threadpool])
+            self.metrics.observe_threadpool(batch.threadpool)
+        self.writer.put_agent_stats(batch.stats)
+        self.metrics.observe_agent(batch.stats)
+        for profile in batch.profiles:
+            self.writer.put_profile(pid, profile["start"], profile["method"],
+                                    profile["route"], profile["duration_ms"], profile["tree"])
+        with self._lock:
+            self.totals.agent_dropped = max(self.totals.agent_dropped, batch.stats.dropped)
 
     # -- terminal output ------------------------------------------------------------------------
 
