@@ -21,6 +21,7 @@ Everything here is pure except `find_pyspy`, which looks at the file system.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -193,16 +194,18 @@ def _strip_thread(stack: str) -> tuple[int, str, str]:
     return tid, name, rest
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_frame(text: str) -> Frame:
     """`function (file:line)`, `function (file)` or `function`.
 
     Function and file names may both hold spaces and parentheses, so the split is chosen
     among every ` (` in the text: the first one whose remainder is a path (absolute or
     `<frozen ...>`), else the last one. Never raises: what cannot be split is a bare name.
+    The same frames recur in every window, so results are cached (Frame is immutable).
     """
     if not text.endswith(")"):
         return Frame(text, "", 0)
-    cuts = [i for i in range(len(text) - 1) if text.startswith(" (", i)]
+    cuts = _cuts(text)
     located = [(i, m) for i in cuts if (m := _LOCATED.match(text, i + 1)) is not None]
     if located:
         i, m = next(((i, m) for i, m in located if _is_path(m.group(1))), located[-1])
@@ -212,6 +215,16 @@ def parse_frame(text: str) -> Frame:
         if _is_path(inner):
             return Frame(text[:i], inner, 0)
     return Frame(text, "", 0)
+
+
+def _cuts(text: str) -> list[int]:
+    """Every index of " (" in text."""
+    found = []
+    i = text.find(" (")
+    while i >= 0:
+        found.append(i)
+        i = text.find(" (", i + 1)
+    return found
 
 
 def _is_path(candidate: str) -> bool:

@@ -1,0 +1,54 @@
+"""Ingest: how many samples per second the parser and the session store sustain.
+
+Input is real py-spy raw output (the parser's test fixtures: uvicorn, gunicorn with two
+workers, a thread pool), replayed as one-second windows. Each window's text is parsed,
+classified and written through `SessionWriter`, as the collector does; the rate is samples
+stored per second of wall time, flushed to disk.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from apiscope.collectors.pyspy import parse_raw
+from apiscope.collectors.threads import classify
+from apiscope.model import StackWindow
+from apiscope.store import SessionWriter
+
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "collectors" / "fixtures"
+SOURCES = ["uvicorn_async.txt", "gunicorn_subprocesses.txt", "uvicorn_sync_threadpool.txt",
+           "uvicorn_async_sleep.txt"]
+
+
+def ingest(directory: Path, windows: int = 600) -> dict[str, float]:
+    texts = [(FIXTURES / name).read_text() for name in SOURCES]
+    path = directory / "ingest.sqlite"
+    stored = 0
+    t0 = time.perf_counter()
+    with SessionWriter(path) as writer:
+        for i in range(windows):
+            raw = parse_raw(texts[i % len(texts)], default_pid=1000)
+            samples, roles = classify(raw.samples)
+            stored += sum(s.count for s in samples)
+            writer.put_window(StackWindow(float(i), float(i + 1), 100, samples, threads=roles))
+        writer.flush()
+    elapsed = time.perf_counter() - t0
+    return {"samples": stored, "seconds": elapsed, "samples_per_second": stored / elapsed,
+            "bytes": path.stat().st_size}
+
+
+def run(repeat: int = 3) -> dict[str, Any]:
+    runs = []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.append(ingest(Path(tmp)))
+    return {"runs": runs,
+            "median_samples_per_second": statistics.median(r["samples_per_second"] for r in runs)}
+
+
+if __name__ == "__main__":
+    print(run())

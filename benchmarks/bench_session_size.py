@@ -1,0 +1,82 @@
+"""Session size per hour at 100 Hz over a gunicorn master with 4 Uvicorn workers.
+
+A real `apiscope attach` records the server for a measured interval under steady light load
+(the item endpoint from `benchmarks.apps`), and the file's growth between two points in the
+run (after start-up) is projected to an hour. Requests are a row each, so the request rate is
+reported beside the figure.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import ROOT, free_port, wait_http
+
+
+def session_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+
+
+def steady_load(url: str, rps: float, stop: threading.Event) -> int:
+    sent = 0
+    interval = 1.0 / rps
+    next_at = time.monotonic()
+    while not stop.is_set():
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                resp.read()
+            sent += 1
+        except OSError:
+            pass
+        next_at += interval
+        stop.wait(max(0.0, next_at - time.monotonic()))
+    return sent
+
+
+def run(seconds: float = 40.0, rps: float = 50.0) -> dict[str, Any]:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", "4",
+         "-b", f"127.0.0.1:{port}", "--log-level", "warning", "benchmarks.apps:app"],
+        cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/items/1"
+    with tempfile.TemporaryDirectory() as tmp:
+        session = Path(tmp) / "size.sqlite"
+        try:
+            wait_http(url)
+            time.sleep(2)  # all four workers up
+            stop = threading.Event()
+            loader = threading.Thread(target=steady_load, args=(url, rps, stop), daemon=True)
+            loader.start()
+            collector = subprocess.Popen(
+                [sys.executable, "-m", "apiscope", "attach", str(server.pid), "--no-dashboard",
+                 "--rate", "100", "--session", str(session), "--duration", str(seconds + 30)],
+                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True)
+            time.sleep(10)  # injection and the first windows: not steady state
+            first, t0 = session_bytes(session), time.monotonic()
+            time.sleep(seconds)
+            second, t1 = session_bytes(session), time.monotonic()
+            os.killpg(collector.pid, signal.SIGINT)
+            collector.wait(60)
+            stop.set()
+            loader.join()
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
+    per_hour = (second - first) / (t1 - t0) * 3600
+    return {"seconds": t1 - t0, "bytes_grown": second - first, "mb_per_hour": per_hour / 1e6,
+            "request_rate": rps, "workers": 4, "rate_hz": 100}
+
+
+if __name__ == "__main__":
+    print(run())
