@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -89,20 +90,23 @@ def run_server(argv: Sequence[str], port: int, *, ready_path: str = "/",
                cwd: Path = ROOT) -> Iterator[ServerProcess]:
     """Start `argv`, wait until GET ready_path answers, and stop the server afterwards."""
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.Popen(list(argv), cwd=cwd, env=full_env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    server = ServerProcess(proc, port)
-    try:
-        def ready() -> bool:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                raise AssertionError(f"server exited with {proc.returncode}: {err[-2000:]}")
-            return http_ok(server.url + ready_path)
+    # The server's log goes to a file: a pipe nobody reads fills up and freezes the server.
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(list(argv), cwd=cwd, env=full_env, stdout=subprocess.DEVNULL,
+                                stderr=log, start_new_session=True)
+        server = ServerProcess(proc, port)
+        try:
+            def ready() -> bool:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    err = log.read().decode(errors="replace")
+                    raise AssertionError(f"server exited with {proc.returncode}: {err[-2000:]}")
+                return http_ok(server.url + ready_path)
 
-        wait_until(ready, timeout=timeout, what=f"{argv[0]} to serve on port {port}")
-        yield server
-    finally:
-        stop_process_group(proc)
+            wait_until(ready, timeout=timeout, what=f"{argv[0]} to serve on port {port}")
+            yield server
+        finally:
+            stop_process_group(proc)
 
 
 def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

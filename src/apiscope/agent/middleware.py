@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from .paths import AppFiles
+from .profiling import ProfileRun, RequestProfiling
 from .queries import CURRENT, QueryHooks, RequestQueries
 from .recorder import QueryEntry, Recorder, RequestEntry
 from .routes import RouteRegistry, effective_template, template_of
@@ -60,6 +61,7 @@ class AgentMiddleware:
                  threadpool: ThreadPoolProbe | None = None,
                  query_hooks: QueryHooks | None = None,
                  app_files: AppFiles | None = None,
+                 profiling: RequestProfiling | None = None,
                  clock: Callable[[], float] = time.perf_counter,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.app = app
@@ -68,6 +70,7 @@ class AgentMiddleware:
         self.threadpool = threadpool if threadpool is not None else ThreadPoolProbe()
         self.query_hooks = query_hooks
         self.app_files = app_files or (query_hooks.app_files if query_hooks else AppFiles())
+        self.profiling = profiling
         self._clock = clock
         self._epoch_offset = wall_clock() - clock()
         self._last_app: Any = None
@@ -83,7 +86,11 @@ class AgentMiddleware:
         timing = _Timing(clock())
         root_path = scope.get("root_path", "")
         token = None
+        run: ProfileRun | None = None
         try:
+            profiling = self.profiling
+            if profiling is not None and profiling.armed:  # the one test unprofiled requests pay
+                run = profiling.admit(scope.get("method", "GET"), scope.get("path", ""))
             self._before(scope)
             if self.query_hooks is not None:
                 token = CURRENT.set(RequestQueries())
@@ -102,11 +109,14 @@ class AgentMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, watched_send)
+            if run is None:
+                await self.app(scope, receive, watched_send)
+            else:
+                await run.around(self.app, scope, receive, watched_send)
         except BaseException as exc:
-            self._finish(scope, root_path, timing, exc, token)
+            self._finish(scope, root_path, timing, exc, token, run)
             raise
-        self._finish(scope, root_path, timing, None, token)
+        self._finish(scope, root_path, timing, None, token, run)
 
     def _before(self, scope: Scope) -> None:
         # Starlette puts itself in scope["app"] before its middleware stack runs: register the
@@ -119,7 +129,7 @@ class AgentMiddleware:
             self.threadpool.capture()
 
     def _finish(self, scope: Scope, root_path: str, timing: _Timing,
-                exc: BaseException | None, token: Any) -> None:
+                exc: BaseException | None, token: Any, run: ProfileRun | None = None) -> None:
         try:
             queries: tuple[QueryEntry, ...] = ()
             if token is not None:
@@ -140,12 +150,27 @@ class AgentMiddleware:
                     status = 499  # cancelled before any response (the client went away)
             elif not status:
                 status = 500  # the app returned without a response: the server answers 500
-            self.recorder.record(RequestEntry(
-                start + self._epoch_offset, (end - start) * 1000.0, scope.get("method", "GET"),
-                self.route_of(scope, root_path, status), status, exc_type, exc_file, exc_line,
-                queries))
+            method, route = scope.get("method", "GET"), self.route_of(scope, root_path, status)
+            entry = RequestEntry(start + self._epoch_offset, (end - start) * 1000.0, method,
+                                 route, status, exc_type, exc_file, exc_line, queries)
+            self.recorder.record(entry)
         except Exception:
             self._count_error()
+            if run is not None and self.profiling is not None:
+                self.profiling.abandon(run)
+            return
+        profiling = self.profiling
+        if profiling is not None and (run is not None or profiling.active):
+            self._profiled(profiling, entry, run)
+
+    def _profiled(self, profiling: RequestProfiling, entry: RequestEntry,
+                  run: ProfileRun | None) -> None:
+        try:
+            if run is not None:
+                profiling.finish(run, entry.start, entry.method, entry.route, entry.duration_ms)
+            profiling.observe(entry.method, entry.route, entry.duration_ms)
+        except Exception:
+            profiling.errors += 1
 
     def route_of(self, scope: Scope, root_path: str, status: int) -> str:
         """The matched route's full template; `<unmatched>` when no route matched."""

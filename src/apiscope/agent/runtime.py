@@ -18,6 +18,7 @@ from typing import Any
 
 from .middleware import AgentMiddleware, ASGIApp
 from .paths import AppFiles, ensure_private_dir, socket_dir, socket_path
+from .profiling import ProfilingOptions, RequestProfiling
 from .queries import QueryHooks, install_query_hooks
 from .recorder import Recorder
 from .routes import RouteRegistry
@@ -40,8 +41,9 @@ class Agent:
         self.routes = RouteRegistry()
         self.threadpool = ThreadPoolProbe()
         self.app_files = AppFiles()
-        # Sampled async profiles other parts may append (dicts); drained by each pull.
+        # Sampled async profiles (dicts, see `profiling`); drained by each pull.
         self.profiles: deque[dict[str, Any]] = deque(maxlen=1000)
+        self.profiling = RequestProfiling(self.profiles)  # options from APISCOPE_PROFILE_*
         self.query_hooks: QueryHooks | None = None
         self._server: AgentServer | None = None
         self._lock = threading.Lock()
@@ -83,6 +85,8 @@ class Agent:
         self._lock = threading.Lock()
         inherited, self._server = self._server, None
         self.recorder.reset()  # the parent's requests and counters are the parent's
+        self.profiles.clear()
+        self.profiling.reset()
         if inherited is None:
             return
         inherited.abandon()  # the parent's socket: close our copies, leave the file alone
@@ -95,7 +99,12 @@ class Agent:
         """Wrap an ASGI app; the wrapper records into this agent."""
         return AgentMiddleware(app, self.recorder, routes=self.routes,
                                threadpool=self.threadpool, query_hooks=self._hooks(),
-                               app_files=self.app_files)
+                               app_files=self.app_files, profiling=self.profiling)
+
+    def configure_profiling(self, options: ProfilingOptions) -> None:
+        """Change which requests are profiled (`every=0` stops profiling); apps already
+        wrapped follow at once."""
+        self.profiling.configure(options)
 
     def add_routes(self, app: Any) -> None:
         """Register the route table of a Starlette/FastAPI app (Mounts included)."""
@@ -127,7 +136,8 @@ class Agent:
             "threadpool": pool,
             "stats": {"recorded": self.recorder.recorded, "dropped": self.recorder.dropped,
                       "errors": self.recorder.errors + (self.query_hooks.errors
-                                                        if self.query_hooks else 0)},
+                                                        if self.query_hooks else 0),
+                      "profiling": self.profiling.stats()},
             "profiles": profiles,
             "more": len(self.recorder) > 0,
         }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from apiscope.analysis.context import AnalysisContext, Flag
 from apiscope.analysis.flags import handler_location, make_flag
+from apiscope.analysis.profiles import aggregate, dominant_await
 from apiscope.analysis.stats import percentile
 from apiscope.analysis.thresholds import grade
 
@@ -45,6 +46,7 @@ class SlowEndpointRule:
 
     def check(self, ctx: AnalysisContext) -> list[Flag]:
         flags = []
+        profiled = aggregate(ctx.data.profiles, ctx.matcher.roots) if ctx.data.profiles else {}
         for endpoint in sorted(ctx.by_endpoint):
             records = ctx.by_endpoint[endpoint]
             if len(records) < ctx.thresholds.min_requests:
@@ -57,6 +59,10 @@ class SlowEndpointRule:
             evidence = (f"p95 {p95:.0f} ms over {len(records)} requests, above the"
                         f" {ctx.slo_ms:.0f} ms objective (p50 {percentile(durations, 0.5):.0f} ms)")
             reasons, symptom = explanations(ctx, endpoint)
+            awaiting = dominant_await(profiled.get(endpoint), ctx.matcher.roots,
+                                      ctx.thresholds.await_share[0])
+            if awaiting:
+                evidence += "; " + awaiting
             if reasons:
                 evidence += "; " + "; ".join(reasons)
             if symptom:  # the cause is flagged on another route, at its own severity
