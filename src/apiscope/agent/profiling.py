@@ -6,9 +6,9 @@ leaf under the frame that awaited. pyinstrument is imported lazily (this package
 standard-library only at import) and only in `RequestProfiling.__init__`: a target that cannot
 import it gets a status in the agent's stats and no profiles, never a failed request.
 
-Which requests: 1 in `every` requests per route (the first request of a route arms it, so each
-route is profiled early), plus the next request of a route whose latency reached `slow_ms`
-(at most once a second per route), under a global cap of `max_per_second` profiles and
+Which requests: 1 in `every` requests per route, plus the next request of a route whose latency
+reached `slow_ms` (at most once a second per route: a slow route is profiled from its second
+request on, which is what the slow_await analysis needs), under a global cap of `max_per_second` profiles and
 `max_concurrent` at once. The route template is only known once the app returns, so a finished
 request *arms* its route and the next request whose path matches the armed template is
 profiled: an unprofiled request pays one truth test of `RequestProfiling.armed` when nothing
@@ -42,7 +42,7 @@ Records = Sequence[tuple[Sequence[str], float]]  # pyinstrument's (root-first st
 @dataclass(frozen=True, slots=True)
 class ProfilingOptions:
     every: int = 20  # 1 in N requests per route; 0 turns profiling off
-    slow_ms: float = 500.0  # a request this slow arms its route; 0: no latency trigger
+    slow_ms: float = 200.0  # a request this slow arms its route (the default SLO); 0: never
     max_per_second: float = 5.0  # global cap (token bucket, burst of one second's worth)
     max_concurrent: int = 4  # profiles running at once in this process
     interval_ms: float = 1.0  # pyinstrument's sampling interval
@@ -208,7 +208,7 @@ class RequestProfiling:
         if not self.active or route == "<unmatched>":
             return
         key = (method, route)
-        count = self._counts.get(key, self.options.every - 1) + 1
+        count = self._counts.get(key, 0) + 1
         slow = 0 < self.options.slow_ms <= duration_ms and self._slow_due(key)
         if count >= self.options.every or slow:
             count = 0

@@ -136,8 +136,8 @@ class Agent:
             "threadpool": pool,
             "stats": {"recorded": self.recorder.recorded, "dropped": self.recorder.dropped,
                       "errors": self.recorder.errors + (self.query_hooks.errors
-                                                        if self.query_hooks else 0),
-                      "profiling": self.profiling.stats()},
+                                                        if self.query_hooks else 0)},
+            "profiling": self.profiling.stats(),  # off, or why pyinstrument is unavailable
             "profiles": profiles,
             "more": len(self.recorder) > 0,
         }

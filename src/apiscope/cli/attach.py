@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from apiscope.cli.base import add_collect_options, positive_int
-from apiscope.cli.collecting import collect
+from apiscope.cli.collecting import check_report_path, collect
 from apiscope.collectors.target import describe_target
 from apiscope.errors import ApiscopeError
 
@@ -21,6 +21,7 @@ class AttachCommand:
         add_collect_options(parser, inject=True)
 
     def run(self, args: argparse.Namespace) -> int:
+        check_report_path(args)
         target = describe_target(args.pid)
         for note in target.notes:
             print(f"apiscope: {note}", file=sys.stderr)

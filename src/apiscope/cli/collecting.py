@@ -77,7 +77,6 @@ def collect(target: Target, args: argparse.Namespace, *, inject: bool,
             ejector: Callable[[int], Any] | None = None,
             before_end: Callable[[Collection], None] | None = None) -> Path:
     """Run one collection against `target` with the command's options; returns the session."""
-    check_report_path(args)
     session = Path(args.session) if args.session else default_session_path()
     metrics = MetricsExporter()
     with SessionWriter(session) as writer:

@@ -15,9 +15,8 @@ import webbrowser
 from pathlib import Path
 
 from apiscope.cli.base import add_collect_options, positive_int
-from apiscope.cli.collecting import collect
-from apiscope.cli.run import start_server, stop_server
-from apiscope.collectors.target import describe_target
+from apiscope.cli.collecting import check_report_path, collect
+from apiscope.cli.run import describe_started, start_server, stop_server
 from apiscope.errors import ApiscopeError
 
 # Without --duration the demo runs until Ctrl-C; the load generator still needs a bound.
@@ -68,6 +67,7 @@ class DemoCommand:
                             help="concurrent clients of the load generator (default: 48)")
 
     def run(self, args: argparse.Namespace) -> int:
+        check_report_path(args)
         port = free_port()
         env = dict(os.environ)
         if args.fixed:
@@ -84,7 +84,7 @@ class DemoCommand:
             print(f"apiscope: sample item API at {url}"
                   f" ({'fixed' if args.fixed else 'with its deliberate bottlenecks'});"
                   f" its log: {log_path}", file=sys.stderr)
-            target = describe_target(server.pid)
+            target = describe_started(server)
             load_seconds = args.duration if args.duration is not None else UNBOUNDED_LOAD_SECONDS
             load = subprocess.Popen(
                 [sys.executable, "-m", "sample_app.load", "--url", url, "--duration",

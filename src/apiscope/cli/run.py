@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import IO
 
 from apiscope.cli.base import add_collect_options
-from apiscope.cli.collecting import collect
-from apiscope.collectors.target import describe_target
-from apiscope.errors import UsageError
+from apiscope.cli.collecting import check_report_path, collect
+from apiscope.collectors.target import Target, describe_target
+from apiscope.errors import TargetError, UsageError
 
 AUTOSTART_DIR = Path(__file__).resolve().parent.parent / "autostart"
 AGENT_INIT = Path(__file__).resolve().parent.parent / "agent" / "__init__.py"
@@ -50,6 +50,17 @@ def stop_server(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
             proc.wait()
 
 
+def describe_started(proc: subprocess.Popen[bytes]) -> Target:
+    """The target of a server apiscope just started, or a clear error if it already ended."""
+    try:
+        return describe_target(proc.pid)
+    except TargetError:
+        if proc.poll() is not None:
+            raise UsageError(f"the server command exited with code {proc.returncode} before"
+                             " it could be profiled: run it alone to see why") from None
+        raise
+
+
 class RunCommand:
     name = "run"
     help = "start an ASGI server command under apiscope, the agent active from the first request"
@@ -65,10 +76,11 @@ class RunCommand:
             cmd = cmd[1:]
         if not cmd:
             raise UsageError("no server command given: apiscope run -- uvicorn app:app")
+        check_report_path(args)
         proc = start_server(cmd)
         print(f"apiscope: started {shlex.join(cmd)} (pid {proc.pid})", file=sys.stderr)
         try:
-            target = describe_target(proc.pid)
+            target = describe_started(proc)
             # The agent loads itself at start-up (agent_environment): nothing to inject.
             collect(target, args, inject=True)
         finally:
