@@ -46,8 +46,21 @@ class ExpectedFlag(TypedDict):
     call: str  # the offending call (a dotted name), for humans and the drift test
     handler: str  # module:function of the slow route handler
     # Where the handler is defined: what a flag whose location is "the handler" (per the
-    # contract: threadpool_saturation, slow_endpoint) reports, rather than the call above.
+    # contract: threadpool_saturation, slow_endpoint; and memory_growth, see
+    # `LOCATED_AT_HANDLER`) reports, rather than the call above.
     handler_line: int
+
+
+# Flags that point at the route's handler rather than at the offending call. memory_growth is
+# one: RSS and per-route request counts show *which route* keeps memory, but not which line
+# allocates it (that takes an allocation tracer, tracemalloc or memray, which apiscope does not
+# run in the target); so apiscope names the route and points at its handler as where to start.
+LOCATED_AT_HANDLER = frozenset({"threadpool_saturation", "memory_growth"})
+
+
+def reported_line(flag: ExpectedFlag) -> int:
+    """The line apiscope's flag for this bottleneck reports."""
+    return flag["handler_line"] if flag["kind"] in LOCATED_AT_HANDLER else flag["line"]
 
 
 EXPECTED_FLAGS: tuple[ExpectedFlag, ...] = (

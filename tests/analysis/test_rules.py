@@ -209,7 +209,8 @@ def test_memory_growth_by_fitted_slope(tmp_path: Path) -> None:
     spec.resources = resources(60, [60 + i * 0.15 + rnd.uniform(-0.5, 0.5) for i in range(60)])
     report = report_of(spec, tmp_path)
     [flag] = flags_of(report, "memory_growth")
-    assert flag["severity"] == "medium" and flag["location"] is None
+    # 9 MB/min grades medium, but under two minutes with no route tracking it: low at most
+    assert flag["severity"] == "low" and flag["location"] is None and flag["route"] is None
     assert 8.0 < flag["metric"]["slope_mb_per_min"] < 10.0
     assert flag["metric"]["r2"] > 0.9
     assert 8.0 < report["processes"][0]["rss_mb_slope_per_min"] < 10.0
@@ -228,9 +229,12 @@ def test_memory_growth_names_the_endpoint_whose_requests_track_it(tmp_path: Path
         level += exports * 0.3 + rnd.uniform(-0.05, 0.05)
     spec.resources = resources(60, rss)
     [flag] = flags_of(report_of(spec, tmp_path), "memory_growth")
-    assert flag["route"] == "GET /export" and flag["location"] is None
+    assert flag["route"] == "GET /export"
+    # the allocating line is unknown without an allocation tracer: the handler, to start with
+    assert flag["location"] == {"file": APP, "line": 130, "function": "export"}
     assert flag["metric"]["route_correlation"] > 0.8
     assert "tracks GET /export requests" in flag["evidence"]
+    assert "start with its handler export()" in flag["evidence"]
 
 
 def test_memory_noise_and_a_step_are_not_growth(tmp_path: Path) -> None:
@@ -279,11 +283,11 @@ def test_gil_contention_known_from_the_sampler(tmp_path: Path) -> None:
         sample(W2, on_worker(app("export", 136)), 100, SampleState.BLOCKED, gil=False),
         sample(10, on_worker(app("export", 136)), 100, SampleState.BLOCKED, gil=False)]
     [flag] = flags_of(report_of(spec, tmp_path), "gil_contention")
-    assert flag["severity"] == "medium" and flag["route"] == "GET /export"
+    assert flag["severity"] == "high" and flag["route"] == "GET /export"
     assert flag["location"]["line"] == 136
     assert flag["metric"]["waiting_samples"] == 200 * 30
-    # of the 300 worker and 40 loop busy samples per window, 200 waited
-    assert flag["metric"]["gil_wait_share"] == round(200 / 340, 4)
+    # of the endpoint's 300 busy samples per window, 200 waited (the loop's are other routes')
+    assert flag["metric"]["gil_wait_share"] == round(200 / 300, 4)
 
 
 def test_threads_sleeping_without_the_gil_are_not_contention(tmp_path: Path) -> None:
@@ -300,9 +304,10 @@ def test_gil_contention_inferred_from_simultaneous_workers(tmp_path: Path) -> No
     spec.per_window[5:9] = [sample(W1, on_worker(app("export", 136)), 100),
                             sample(W2, on_worker(app("export", 137)), 100)]
     [flag] = flags_of(report_of(spec, tmp_path), "gil_contention")
-    # per window: 40 loop + 200 worker running samples in 100 ticks -> 140 waited
+    # per window: 40 loop + 200 worker running samples in 100 ticks -> 140 waited, spread
+    # over the 240 running samples: the export's 200 waited 200 * 140 / 240
     assert flag["metric"]["gil_wait_share"] == round(140 / 240, 4)
-    assert flag["severity"] == "medium"
+    assert flag["severity"] == "medium" and flag["route"] == "GET /export"
 
 
 def test_error_rate_names_exception_and_line(tmp_path: Path) -> None:

@@ -176,3 +176,34 @@ def test_idle_helper_threads_parked_in_c_waits_are_waiting() -> None:
     assert is_waiting(reading, ThreadRole.OTHER)
     # On the event loop thread a handler's own blocking read is a stall, never idleness.
     assert not is_waiting(reading, ThreadRole.LOOP)
+
+
+def _worker_stack(leaf: Frame) -> tuple[Frame, ...]:
+    return (Frame("Thread._bootstrap_inner", f"{LIB}/threading.py", 1045),
+            Frame("WorkerThread.run", f"{SITE}/anyio/_backends/_asyncio.py", 967),
+            Frame("run_sync", f"{SITE}/anyio/_backends/_asyncio.py", 980), leaf)
+
+
+def test_a_gil_holder_seen_inactive_is_running() -> None:
+    # The recording py-spy had the process stopped, or the thread waited for a core: a thread
+    # holding the GIL is executing, whatever the OS said at that instant.
+    leaf = Frame("compute", APP, 20)
+    sample = StackSample(1, 1, "MainThread", (
+        Frame("BaseEventLoop._run_once", f"{LIB}/asyncio/base_events.py", 1922), leaf), 10)
+    [out], _ = classify([sample], {(1, 1, leaf): Activity(4, 0, 4)})
+    assert (out.state, out.gil) == (SampleState.RUNNING, True)
+
+
+def test_an_unseen_thread_takes_the_verdict_of_its_line_in_other_threads() -> None:
+    sleep = Frame("check_stock", APP, 26)
+    compute = Frame("simulate", APP, 33)
+    samples = [StackSample(1, tid, f"w{tid}", _worker_stack(leaf), 10)
+               for tid in (2, 3) for leaf in (sleep, compute)]
+    activity = {(1, 2, sleep): Activity(5, 0, 0), (1, 2, compute): Activity(4, 2, 2)}
+    out, _ = classify(samples, activity)
+    by_key = {(s.tid, s.frames[-1]): (s.state, s.gil) for s in out}
+    assert by_key[(2, sleep)] == (SampleState.BLOCKED, False)
+    # thread 3 was never seen: its sleep line is a waiting line in thread 2, GIL unknown
+    assert by_key[(3, sleep)] == (SampleState.BLOCKED, None)
+    # a line seen computing says nothing about who held the GIL there: running, unknown
+    assert by_key[(3, compute)] == (SampleState.RUNNING, None)

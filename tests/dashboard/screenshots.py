@@ -1,8 +1,9 @@
-"""Regenerate the README's dashboard screenshots from the synthetic session.
+"""Regenerate the README's dashboard screenshots.
 
-    python -m tests.dashboard.screenshots docs/
+    python -m tests.dashboard.screenshots docs/ [SESSION]
 
-writes docs/dashboard-overview.png and docs/dashboard-flamegraph.png (needs Chromium).
+writes docs/dashboard-overview.png and docs/dashboard-flamegraph.png (needs Chromium), from
+SESSION (e.g. one `apiscope demo --session demo.sqlite` wrote) or a synthetic session.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ def _ready(driver: Any, css: str) -> None:
     time.sleep(1.0)  # let plotly finish its transition before the picture is taken
 
 
-def take(out_dir: Path) -> list[Path]:
+def take(out_dir: Path, session: Path | None = None) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        session = write_session(Path(tmp) / "demo.sqlite", seconds=120, window_s=1.0)
+        if session is None:
+            session = write_session(Path(tmp) / "demo.sqlite", seconds=120, window_s=1.0)
         handle = start_server_thread(create_app(session, live=False), "127.0.0.1", free_port())
         try:
             with chromium(Path(tmp) / "profile", Path(tmp) / "downloads") as driver:
@@ -52,5 +54,6 @@ def take(out_dir: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for path in take(Path(sys.argv[1] if len(sys.argv) > 1 else "docs")):
+    given = Path(sys.argv[2]) if len(sys.argv) > 2 else None
+    for path in take(Path(sys.argv[1] if len(sys.argv) > 1 else "docs"), given):
         print(path)

@@ -8,16 +8,20 @@ import it gets a status in the agent's stats and no profiles, never a failed req
 
 Which requests: 1 in `every` requests per route, plus the next request of a route whose latency
 reached `slow_ms` (at most once a second per route: a slow route is profiled from its second
-request on, which is what the slow_await analysis needs), under a global cap of `max_per_second` profiles and
-`max_concurrent` at once. The route template is only known once the app returns, so a finished
-request *arms* its route and the next request whose path matches the armed template is
-profiled: an unprofiled request pays one truth test of `RequestProfiling.armed` when nothing
-is armed, and one regex match per armed route otherwise.
+request on, which is what the slow_await analysis needs), under a global cap of
+`max_per_second` profiles and `max_concurrent` at once. The route template is only known once
+the app returns, so a finished request *arms* its route and the next request whose path
+matches the armed template is profiled: before the app, an unprofiled request pays one truth
+test of `RequestProfiling.armed` when nothing is armed (one regex match per armed route
+otherwise); after it, one counter update in `observe`.
 
 The shipped tree (see `compact_tree`) is `{"function", "file", "line", "time_ms", "await_ms",
-"children"}` per node: `line` is the line executing in that frame, `time_ms` the node's
-inclusive wall time and `await_ms` the time the request was suspended with this frame as the
-innermost awaiting one. The root is a synthetic node (`file` "") named after the request.
+"loop_busy_ms", "loop_blocked_ms", "children"}` per node: `line` is the line executing in that
+frame, `time_ms` the node's inclusive wall time, `await_ms` the time the request was suspended
+with this frame as the innermost awaiting one, `loop_busy_ms` the part of that await during
+which the event loop ran other code instead of waiting idle, and `loop_blocked_ms` the part of
+that during which the loop was stuck in single stretches of `BLOCKED_SECONDS` or more (see
+`loop_aware_profiler`). The root is a synthetic node (`file` "") named after the request.
 """
 
 from __future__ import annotations
@@ -35,8 +39,14 @@ ENV_PREFIX = "APISCOPE_PROFILE_"
 AWAIT = "[await]"
 ROUTE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
 SLOW_REARM_SECONDS = 1.0  # a route slow on every request is profiled at most once a second
+# A sample whose gap since the previous one is this long saw no Python call or return for that
+# time: the loop was held by one blocking call (time.sleep, a C call, a call-free loop).
+BLOCKED_SECONDS = 0.005
 
 Records = Sequence[tuple[Sequence[str], float]]  # pyinstrument's (root-first stack, seconds)
+# An await stack (ending in `[await]`), with the seconds of that await during which the loop
+# was busy with other code, and of those, held by blocking stretches.
+LoopRecords = Sequence[tuple[Sequence[str], float, float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +122,13 @@ class TokenBucket:
 class ProfileRun:
     """One request being profiled: `around` runs the app under a pyinstrument Profiler."""
 
-    __slots__ = ("key", "profiler", "records")
+    __slots__ = ("key", "loop", "profiler", "records")
 
     def __init__(self, key: tuple[str, str], profiler: Any) -> None:
         self.key = key
         self.profiler = profiler
         self.records: Records | None = None
+        self.loop: LoopRecords = ()  # what the loop did while this request awaited
 
     async def around(self, call: Callable[..., Awaitable[None]], *args: Any) -> None:
         # The profiler starts and stops in this coroutine, so inside the request's own task and
@@ -133,6 +144,9 @@ class ProfileRun:
         finally:
             try:
                 self.records = self.profiler.stop().frame_records
+                loop = getattr(self.profiler, "loop", None) or {}
+                self.loop = [([*stack, AWAIT], busy, blocked)
+                             for stack, busy, blocked in loop.values()]
             except Exception:
                 self.records = None  # counted by `finish`; the request's outcome is untouched
 
@@ -164,6 +178,8 @@ class RequestProfiling:
         self.options = options
         # One attribute read on the request path rather than a property call.
         self.active = self.unavailable is None and options.enabled
+        self._every = options.every
+        self._slow_ms = options.slow_ms if options.slow_ms > 0 else float("inf")
         self.bucket = TokenBucket(options.max_per_second, self._clock)
         self.armed = []
         self._counts.clear()
@@ -205,16 +221,16 @@ class RequestProfiling:
 
     def observe(self, method: str, route: str, duration_ms: float) -> None:
         """Count a finished request of a route; arm the route when its turn has come."""
-        if not self.active or route == "<unmatched>":
+        if not self.active:
             return
         key = (method, route)
         count = self._counts.get(key, 0) + 1
-        slow = 0 < self.options.slow_ms <= duration_ms and self._slow_due(key)
-        if count >= self.options.every or slow:
-            count = 0
-            if all(entry[2] != key for entry in self.armed):
-                self.armed.append((method, template_pattern(route), key))
-        self._counts[key] = count
+        if count < self._every and not (self._slow_ms <= duration_ms and self._slow_due(key)):
+            self._counts[key] = count
+            return
+        self._counts[key] = 0
+        if route != "<unmatched>" and all(entry[2] != key for entry in self.armed):
+            self.armed.append((method, template_pattern(route), key))
 
     def finish(self, run: ProfileRun, start: float, method: str, route: str,
                duration_ms: float) -> None:
@@ -223,7 +239,8 @@ class RequestProfiling:
         if run.records is None:
             self.errors += 1
             return
-        tree = compact_tree(run.records, f"{method} {route}", duration_ms, self.options)
+        tree = compact_tree(run.records, f"{method} {route}", duration_ms, self.options,
+                            loop=run.loop)
         self.profiles.append({"start": start, "method": method, "route": route,
                               "duration_ms": duration_ms, "tree": tree})
         self.profiled += 1
@@ -247,12 +264,56 @@ class RequestProfiling:
             self.unavailable = (f"pyinstrument cannot be imported in this process ({exc});"
                                 " install it in the server's environment to get async profiles")
             return _no_profiler
-        profiler_class = module.Profiler
+        profiler_class = loop_aware_profiler(module.Profiler)
 
         def factory(interval: float) -> Any:
             return profiler_class(interval=interval, async_mode="enabled")
 
         return factory
+
+
+def loop_is_idle(call_stack: Sequence[str]) -> bool:
+    """True when a sample caught the event loop waiting for events (in `selectors`' select)."""
+    for info in call_stack[-2:]:
+        if info.startswith("select\x00") and "selectors.py\x00" in info:
+            return True
+    return False
+
+
+def loop_aware_profiler(base: Any) -> Any:
+    """pyinstrument's Profiler, also noting how much of each await the loop spent running
+    other code rather than idle in select().
+
+    pyinstrument charges every sample taken while the request is suspended to its await,
+    whatever the loop does meanwhile: behind a loop blocked by another request, a 2 ms query
+    shows as a 2 s await. The blocked part tells such waits from the outside world's slowness
+    (the busy part includes other requests' ordinary work, which an await overlaps by design).
+    It hooks pyinstrument's sample callback (a private method, stable since pyinstrument 4);
+    should that change, the plain Profiler is used and no await is marked busy.
+    """
+    if not callable(getattr(base, "_sampler_saw_call_stack", None)):
+        return base
+
+    class LoopAwareProfiler(base):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # id(await stack) -> [await stack, busy seconds, blocked seconds]
+            self.loop: dict[int, list[Any]] = {}
+
+        def _sampler_saw_call_stack(self, call_stack: list[str], time_since_last_sample: float,
+                                    async_state: Any) -> None:
+            super()._sampler_saw_call_stack(call_stack, time_since_last_sample, async_state)
+            if (async_state is not None and async_state.state == "out_of_context_awaited"
+                    and not loop_is_idle(call_stack)):
+                # One await stack list per suspension: its id keys the suspension.
+                entry = self.loop.get(id(async_state.info))
+                if entry is None:
+                    entry = self.loop[id(async_state.info)] = [async_state.info, 0.0, 0.0]
+                entry[1] += time_since_last_sample
+                if time_since_last_sample >= BLOCKED_SECONDS:
+                    entry[2] += time_since_last_sample
+
+    return LoopAwareProfiler
 
 
 def _no_profiler(interval: float) -> Any:
@@ -262,12 +323,14 @@ def _no_profiler(interval: float) -> Any:
 # -- the compact tree --------------------------------------------------------------------------
 
 class _Node:
-    __slots__ = ("function", "file", "line", "time", "awaited", "children")
+    __slots__ = ("function", "file", "line", "time", "awaited", "busy", "blocked", "children")
 
     def __init__(self, function: str, file: str, line: int) -> None:
         self.function, self.file, self.line = function, file, line
         self.time = 0.0
         self.awaited = 0.0  # own await time
+        self.busy = 0.0  # the part of `awaited` during which the loop ran other code
+        self.blocked = 0.0  # the part of `busy` in blocking stretches
         self.children: dict[tuple[str, str, int], _Node] = {}
 
     def child(self, key: tuple[str, str, int]) -> _Node:
@@ -300,35 +363,50 @@ def _below_anchor(stack: Sequence[str], anchor: tuple[str, str, int]) -> Sequenc
     return ()
 
 
-def build_tree(records: Records, name: str,
-               anchor: tuple[str, str, int] = ANCHOR) -> _Node:
-    """The full call tree below the anchor frame, merged by (function, file, executing line)."""
+def build_tree(records: Records, name: str, anchor: tuple[str, str, int] = ANCHOR,
+               loop: LoopRecords = ()) -> _Node:
+    """The full call tree below the anchor frame, merged by (function, file, executing line).
+
+    `loop` holds await stacks with what the loop did during those awaits: added to the
+    awaiting nodes' `busy` and `blocked`, not to any time."""
     root = _Node(name, "", 0)
     parsed: dict[str, tuple[str, str, int]] = {}
-    for stack, seconds in records:
-        frames = _below_anchor(stack, anchor)
-        awaiting = bool(frames) and frames[-1] == AWAIT
+
+    def node_of(frames: Sequence[str], seconds: float) -> _Node:
         node = root
         node.time += seconds
-        for info in frames[:-1] if awaiting else frames:
+        for info in frames:
             key = parsed.get(info)
             if key is None:
                 key = parsed[info] = parse_frame(info)
             node = node.child(key)
             node.time += seconds
-        if awaiting:
-            node.awaited += seconds
+        return node
+
+    for stack, seconds in records:
+        frames = _below_anchor(stack, anchor)
+        if frames and frames[-1] == AWAIT:
+            node_of(frames[:-1], seconds).awaited += seconds
+        else:
+            node_of(frames, seconds)
+    for stack, busy, blocked in loop:
+        frames = _below_anchor(stack, anchor)
+        if frames and frames[-1] == AWAIT:
+            node = node_of(frames[:-1], 0.0)
+            node.busy += busy
+            node.blocked += blocked
     return root
 
 
 def compact_tree(records: Records, name: str, duration_ms: float,
                  options: ProfilingOptions | None = None,
-                 anchor: tuple[str, str, int] = ANCHOR) -> dict[str, Any]:
+                 anchor: tuple[str, str, int] = ANCHOR,
+                 loop: LoopRecords = ()) -> dict[str, Any]:
     """The shipped tree: nodes below max(`min_node_ms`, `min_node_share` of the request) are
     folded into their parent (their await time stays await time), then only the `max_nodes`
     largest nodes are kept. Times are milliseconds."""
     options = options or ProfilingOptions()
-    root = build_tree(records, name, anchor)
+    root = build_tree(records, name, anchor, loop)
     floor = max(options.min_node_ms, options.min_node_share * max(duration_ms, root.time * 1e3))
     keep = _largest(root, floor / 1e3, options.max_nodes)
     return _export(root, keep)
@@ -356,19 +434,31 @@ def _largest(root: _Node, floor: float, limit: int) -> set[int]:
 
 
 def _export(node: _Node, keep: set[int]) -> dict[str, Any]:
-    children, folded_await = [], 0.0
+    children, folded = [], (0.0, 0.0, 0.0)
     for child in sorted(node.children.values(), key=lambda c: -c.time):
         if id(child) in keep:
             children.append(_export(child, keep))
         else:
-            folded_await += _subtree_await(child)
+            folded = _sum(folded, _subtree_await(child))
+    awaited, busy, blocked = _sum((node.awaited, node.busy, node.blocked), folded)
+    busy = min(awaited, busy)
     return {"function": node.function, "file": node.file, "line": node.line,
-            "time_ms": round(node.time * 1e3, 3),
-            "await_ms": round((node.awaited + folded_await) * 1e3, 3), "children": children}
+            "time_ms": round(node.time * 1e3, 3), "await_ms": round(awaited * 1e3, 3),
+            "loop_busy_ms": round(busy * 1e3, 3),
+            "loop_blocked_ms": round(min(busy, blocked) * 1e3, 3), "children": children}
 
 
-def _subtree_await(node: _Node) -> float:
-    return node.awaited + sum(_subtree_await(c) for c in node.children.values())
+def _sum(a: tuple[float, float, float], b: tuple[float, float, float]
+         ) -> tuple[float, float, float]:
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+
+
+def _subtree_await(node: _Node) -> tuple[float, float, float]:
+    """(await, busy, blocked) seconds of a subtree."""
+    total = (node.awaited, node.busy, node.blocked)
+    for child in node.children.values():
+        total = _sum(total, _subtree_await(child))
+    return total
 
 
 __all__ = [

@@ -118,6 +118,28 @@ def user_frame(frames: Sequence[Frame], app_roots: Sequence[str],
     return None
 
 
+# Profilers that run inside the target's threads: their frames are measurement overhead.
+_PROFILER_PACKAGES = re.compile(r"[/\\](site|dist)-packages[/\\]pyinstrument[/\\]")
+
+
+def is_tool_work(frames: Sequence[Frame], tool_roots: Sequence[str] = TOOL_ROOTS) -> bool:
+    """True when a stack is the measuring tools' own work, not the application's.
+
+    Reading from the leaf, past the standard library (which anyone calls): a frame of apiscope
+    itself (the injected agent recording a request or building a profile) or of an in-process
+    profiler (pyinstrument's sampler, called from inside a handler) means yes; any other frame,
+    the application's or a third-party package's, means no. So the agent's middleware, on every
+    request's stack above the framework and the handler, does not make their work its own.
+    """
+    for frame in reversed(frames):
+        file = frame.file
+        if any(_under(file, root) for root in tool_roots) or _PROFILER_PACKAGES.search(file):
+            return True
+        if not _STDLIB.search(file):
+            return False
+    return False
+
+
 class RouteMatcher:
     """Finds which endpoint's handler a stack is running."""
 

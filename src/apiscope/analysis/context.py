@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from apiscope.analysis.attribution import RouteMatcher, user_frame
+from apiscope.analysis.attribution import RouteMatcher, is_tool_work, user_frame
 from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds
 from apiscope.model import (
     Frame,
@@ -86,6 +86,7 @@ class Attributed:
     user: Frame | None  # the leaf-most application frame
     seconds: float  # the time its `count` samples stand for (count / rate)
     importing: bool = False  # inside an import (the app being loaded at start-up)
+    tool: bool = False  # apiscope's agent or an in-process profiler at work (overhead)
 
     @property
     def active(self) -> bool:
@@ -129,7 +130,7 @@ class AnalysisContext:
 
 def attribute(data: SessionData, matcher: RouteMatcher) -> list[Attributed]:
     rates = {w.start: w.rate_hz for w in data.windows}
-    cache: dict[int, tuple[tuple[Frame, ...], str | None, Frame | None, bool]] = {}
+    cache: dict[int, tuple[tuple[Frame, ...], str | None, Frame | None, bool, bool]] = {}
     out = []
     for window, sample in data.samples:
         # The reader shares one tuple per distinct stack, so its id is a cheap key; the tuple is
@@ -138,12 +139,13 @@ def attribute(data: SessionData, matcher: RouteMatcher) -> list[Attributed]:
         if hit is None or hit[0] is not sample.frames:
             hit = (sample.frames, matcher.endpoint_of(sample.frames),
                    user_frame(sample.frames, matcher.roots),
-                   any(f.file.startswith("<frozen importlib") for f in sample.frames))
+                   any(f.file.startswith("<frozen importlib") for f in sample.frames),
+                   is_tool_work(sample.frames))
             cache[id(sample.frames)] = hit
         role = data.roles.get((sample.pid, sample.tid), ThreadRole.OTHER)
         rate = rates.get(window) or int(data.meta.get("rate_hz") or 100)
         out.append(Attributed(window, sample, role, hit[1], hit[2], sample.count / rate,
-                              hit[3]))
+                              hit[3], hit[4]))
     return out
 
 

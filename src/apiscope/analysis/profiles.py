@@ -7,6 +7,14 @@ charged to an await site: the innermost application frame on the path to the awa
 (the user line that awaited), with the call it awaited there (the next frame down, e.g.
 `AsyncSession.execute`). Await under no application frame (a sync handler waiting for the
 thread pool, framework plumbing) is counted as await time but charged to no site.
+
+An await lasts until the awaited thing is done *and* the loop gets back to the task. Behind a
+loop blocked by other requests, a 2 ms query can await for seconds. Each node's
+`loop_blocked_ms` (the part of its await during which the loop was held by blocking stretches
+of other code: a sync sleep, a long computation) is therefore kept apart: shares of a route's
+time use its await outside those stretches, over its time minus them, so that a slow await is
+the outside world's slowness, not a blocked loop's. (Other requests' ordinary work overlapping
+an await is concurrency, the point of awaiting, and is not discounted.)
 """
 
 from __future__ import annotations
@@ -37,6 +45,12 @@ class AwaitSite:
     total_ms: float  # summed over the route's profiles
     requests: int  # profiles in which this site awaited
     typical_ms: float  # median await per request, over the requests where it awaited
+    blocked_ms: float = 0.0  # the part of total_ms with the loop held by other blocking code
+
+    @property
+    def waiting_ms(self) -> float:
+        """Await time outside blocked-loop stretches: the awaited thing itself was slow."""
+        return max(0.0, self.total_ms - self.blocked_ms)
 
 
 @dataclass(slots=True)
@@ -47,6 +61,7 @@ class RouteProfiles:
     count: int = 0
     total_ms: float = 0.0
     await_ms: float = 0.0
+    blocked_ms: float = 0.0  # await time with the loop held by other blocking code
     sites: list[AwaitSite] = field(default_factory=list)  # most await first
     tree: dict[str, Any] | None = None  # all profiles merged (times summed)
     slowest: list[dict[str, Any]] = field(default_factory=list)  # slowest profiles first
@@ -65,16 +80,21 @@ class RouteProfiles:
         return self.sites[0] if self.sites else None
 
     def share(self, site: AwaitSite) -> float:
-        return site.total_ms / self.total_ms if self.total_ms > 0 else 0.0
+        """The site's await outside blocked-loop stretches, over the route's time outside
+        them."""
+        own = self.total_ms - self.blocked_ms
+        return site.waiting_ms / own if own > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class RequestBreakdown:
-    """One profile's split: total, await, and await per site (with the awaited call)."""
+    """One profile's split: total, await, blocked-loop await, and per site (await, blocked-loop
+    await, the awaited call)."""
 
     total_ms: float
     await_ms: float
-    sites: dict[SiteKey, tuple[float, str]]
+    blocked_ms: float
+    sites: dict[SiteKey, tuple[float, float, str]]
 
 
 def endpoint_of(profile: dict[str, Any]) -> str:
@@ -89,7 +109,8 @@ def nodes(tree: Any) -> Iterator[dict[str, Any]]:
             yield from nodes(child)
 
 
-def _is_app(node: dict[str, Any], roots: Sequence[str]) -> bool:
+def is_app_node(node: dict[str, Any], roots: Sequence[str]) -> bool:
+    """True when a tree node is the application's code (as the other rules judge frames)."""
     file = str(node.get("file") or "")
     if not file:
         return False
@@ -102,35 +123,40 @@ def breakdown(profile: dict[str, Any], roots: Sequence[str]) -> RequestBreakdown
     tree = profile.get("tree")
     total = float(tree.get("time_ms") or 0.0) if isinstance(tree, dict) else 0.0
     total = total or float(profile.get("duration_ms") or 0.0)
-    sites: dict[SiteKey, tuple[float, str]] = {}
-    awaited_total = 0.0
+    sites: dict[SiteKey, tuple[float, float, str]] = {}
+    awaited_total = blocked_total = 0.0
     # (node, innermost app node above or at it, the child of that app node on this path)
     stack: list[tuple[Any, dict[str, Any] | None, str]] = [(tree, None, "")]
     while stack:
         node, app, call = stack.pop()
         if not isinstance(node, dict):
             continue
-        if _is_app(node, roots):
+        if is_app_node(node, roots):
             app, call = node, ""
         elif app is not None and not call:
             call = str(node.get("function") or "")
         ms = float(node.get("await_ms") or 0.0)
         if ms > 0:
+            blocked = min(ms, float(node.get("loop_blocked_ms") or 0.0))
             awaited_total += ms
+            blocked_total += blocked
             if app is not None:
                 key = (str(app["file"]), int(app.get("line") or 0), str(app.get("function")))
-                before, awaited = sites.get(key, (0.0, call))
-                sites[key] = (before + ms, awaited or call)
+                before, before_blocked, awaited = sites.get(key, (0.0, 0.0, call))
+                sites[key] = (before + ms, before_blocked + blocked, awaited or call)
         stack.extend((child, app, call) for child in node.get("children") or ())
-    return RequestBreakdown(total, min(awaited_total, total) if total else awaited_total, sites)
+    if total and awaited_total > total:  # rounding in the agent: never more await than time
+        blocked_total *= total / awaited_total
+        awaited_total = total
+    return RequestBreakdown(total, awaited_total, blocked_total, sites)
 
 
 def aggregate(profiles: Iterable[dict[str, Any]],
               roots: Sequence[str] = ()) -> dict[str, RouteProfiles]:
     """Each route's `RouteProfiles`, keyed by endpoint ("METHOD /template")."""
     routes: dict[str, RouteProfiles] = {}
-    per_site: dict[str, dict[SiteKey, list[float]]] = {}
-    awaited_calls: dict[str, dict[SiteKey, str]] = {}
+    # endpoint -> site -> ([await per request], blocked total, awaited call)
+    per_site: dict[str, dict[SiteKey, tuple[list[float], list[float], str]]] = {}
     for profile in profiles:
         endpoint = endpoint_of(profile)
         route = routes.setdefault(endpoint, RouteProfiles(endpoint))
@@ -138,21 +164,23 @@ def aggregate(profiles: Iterable[dict[str, Any]],
         route.count += 1
         route.total_ms += split.total_ms
         route.await_ms += split.await_ms
-        for key, (ms, call) in split.sites.items():
-            per_site.setdefault(endpoint, {}).setdefault(key, []).append(ms)
-            awaited_calls.setdefault(endpoint, {}).setdefault(key, call)
+        route.blocked_ms += split.blocked_ms
+        sites = per_site.setdefault(endpoint, {})
+        for key, (ms, blocked, call) in split.sites.items():
+            values, blockeds, _ = sites.setdefault(key, ([], [], call))
+            values.append(ms)
+            blockeds.append(blocked)
         if isinstance(profile.get("tree"), dict):
             route.tree = merge_trees(route.tree, profile["tree"])
         route.slowest.append(profile)
     for endpoint, route in routes.items():
         route.slowest.sort(key=lambda p: -float(p.get("duration_ms") or 0.0))
         del route.slowest[SLOWEST_KEPT:]
-        calls = awaited_calls.get(endpoint, {})
         route.sites = sorted(
-            (AwaitSite(key[0], key[1], key[2], calls.get(key, ""), sum(values), len(values),
-                       median(values))
-             for key, values in per_site.get(endpoint, {}).items()),
-            key=lambda s: (-s.total_ms, s.file, s.line))
+            (AwaitSite(key[0], key[1], key[2], call, sum(values), len(values), median(values),
+                       sum(blockeds))
+             for key, (values, blockeds, call) in per_site.get(endpoint, {}).items()),
+            key=lambda s: (-s.waiting_ms, -s.total_ms, s.file, s.line))
     return routes
 
 
@@ -172,12 +200,13 @@ def dominant_await(route: RouteProfiles | None, roots: Sequence[str],
         return None
     site = route.dominant
     key = (site.file, site.line, site.function)
-    total = at_site = 0.0
+    own = waiting = 0.0
     for profile in route.slowest[:max(1, (len(route.slowest) + 1) // 2)]:
         split = breakdown(profile, roots)
-        total += split.total_ms
-        at_site += split.sites.get(key, (0.0, ""))[0]
-    share = at_site / total if total > 0 else 0.0
+        own += split.total_ms - split.blocked_ms
+        at_site, blocked, _ = split.sites.get(key, (0.0, 0.0, ""))
+        waiting += at_site - blocked
+    share = waiting / own if own > 0 else 0.0
     if share < min_share:
         return None
     return (f"{pct(share)} of the slowest profiled requests' time spent awaiting"
@@ -190,7 +219,9 @@ def merge_trees(into: dict[str, Any] | None, tree: dict[str, Any]) -> dict[str, 
     if into is None:
         return _copy(tree)
     into["time_ms"] = float(into.get("time_ms") or 0.0) + float(tree.get("time_ms") or 0.0)
-    into["await_ms"] = float(into.get("await_ms") or 0.0) + float(tree.get("await_ms") or 0.0)
+    for field_name in ("await_ms", "loop_busy_ms", "loop_blocked_ms"):
+        into[field_name] = (float(into.get(field_name) or 0.0)
+                            + float(tree.get(field_name) or 0.0))
     index = {_key(c): c for c in into["children"]}
     for child in tree.get("children") or ():
         match = index.get(_key(child))
@@ -211,4 +242,6 @@ def _copy(node: dict[str, Any]) -> dict[str, Any]:
     return {"function": node.get("function"), "file": node.get("file"),
             "line": node.get("line"), "time_ms": float(node.get("time_ms") or 0.0),
             "await_ms": float(node.get("await_ms") or 0.0),
+            "loop_busy_ms": float(node.get("loop_busy_ms") or 0.0),
+            "loop_blocked_ms": float(node.get("loop_blocked_ms") or 0.0),
             "children": [_copy(c) for c in node.get("children") or ()]}

@@ -3,8 +3,10 @@
 `cpu_share` is an endpoint's share of the target's *active* samples: those of the threads that
 run handlers (the event loop and the thread-pool workers) when not waiting for work. Idle
 helper threads (aiosqlite keeps one per connection, mostly idle) never enter the denominator,
-so they cannot dilute the shares. Sessions whose threads were not classified fall back to every
-thread's active samples.
+so they cannot dilute the shares. Nor do the measuring tools' own samples (apiscope's agent
+recording requests and building profiles, an in-process profiler's sampler): overhead of the
+measurement, not work of the target. Sessions whose threads were not classified fall back to
+every thread's active samples.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> LineFit | None:
 
 def active_samples(ctx: AnalysisContext) -> list[Attributed]:
     """The non-waiting samples of the handler threads (see the module docstring)."""
-    active = [a for a in ctx.samples if a.active]
+    active = [a for a in ctx.samples if a.active and not a.tool]
     handler = [a for a in active if a.role in HANDLER_ROLES]
     known_roles = any(a.role in HANDLER_ROLES for a in ctx.samples)
     return handler if known_roles else active

@@ -24,10 +24,15 @@ class Thresholds:
     # event_loop_blocked: share of the loop thread's samples inside one handler's code
     loop_blocked_fraction: Grades = (0.05, 0.10, 0.25)
     loop_stall_ms_per_request: float = 10.0  # below this a handler's loop time is healthy
+    # a handler blocking the loop off-CPU (sync sleep/I/O) this long per request is flagged low
+    # down to this share of the window
+    loop_blocking_min_fraction: float = 0.01
     # cpu_hotspot: share of active samples at one application line
     cpu_hotspot_share: Grades = (0.25, 0.40, 0.60)
     cpu_hotspot_min_core: float = 0.10  # the line must also keep a core this busy
     cpu_hotspot_min_ms_per_request: float = 1.0
+    # a line this costly per request of its endpoint is a (low) hotspot at any share
+    cpu_hotspot_heavy_ms_per_request: float = 50.0
     # slow_endpoint: p95 / slo_ms
     slow_p95_ratio: Grades = (1.0, 2.0, 4.0)
     # n_plus_one: repetitions of one statement in one request
@@ -36,16 +41,19 @@ class Thresholds:
     n_plus_one_count: Grades = (5.0, 20.0, 50.0)
     # memory_growth: fitted RSS slope in MB per minute, after a warm-up
     memory_slope_mb_per_min: Grades = (1.0, 5.0, 20.0)
-    memory_warmup_seconds: float = 10.0
-    memory_warmup_share: float = 0.2
+    memory_warmup_min_seconds: float = 3.0
+    memory_warmup_share: float = 0.2  # of the process's sampled span
     memory_min_r2: float = 0.7
     memory_min_t: float = 4.0
     memory_min_growth_mb: float = 2.0
-    memory_min_span_seconds: float = 20.0
+    memory_min_span_seconds: float = 12.0
     memory_min_points: int = 10
+    memory_late_slope_ratio: float = 0.55  # later half's slope / the whole span's
+    # a fitted span shorter than this, with no route tracking the growth, is graded low at most
+    memory_confident_span_seconds: float = 120.0
     # threadpool_saturation: share of pool observations with every token taken / tasks waiting
     pool_saturated_share: Grades = (0.2, 0.3, 0.5)
-    pool_worker_busy: float = 0.8  # busy workers at once / borrowed tokens, in the stacks
+    pool_worker_busy: float = 0.1  # busy worker threads at once / total tokens, in the stacks
     # gil_contention: share of running thread samples that waited for the GIL
     gil_wait_share: Grades = (0.25, 0.40, 0.60)
     gil_min_wait_samples: int = 50

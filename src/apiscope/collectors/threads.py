@@ -14,6 +14,17 @@ States: WAITING is certain from the stack alone (the loop inside its selector ca
 waiting on its job queue). Anything else is RUNNING unless an activity probe (see
 `gilprobe.py`) saw that very stack off-CPU, which makes it BLOCKED: py-spy's raw format does
 not say whether a sample was on-CPU.
+
+Two corrections to the probe's raw verdict:
+- A stack the probe saw mostly *holding the GIL* is RUNNING even when the OS called the thread
+  inactive. Sleeps, socket and file I/O and lock waits all release the GIL, so a GIL holder is
+  executing (or runnable, waiting for a core on a loaded machine), and the "inactive" reading
+  comes from the recording py-spy having the process stopped at that instant.
+- A thread's stack the probe never saw takes the verdict of the same leaf line in the *other*
+  threads of its process when that verdict is clear-cut: a line no thread was ever seen
+  computing at (`LEAF_IDLE_ACTIVE` on-CPU at most, `LEAF_IDLE_GIL` GIL held at most) is a
+  waiting line, e.g. eight pool threads in one `time.sleep` call that a 2 Hz probe saw in
+  only some of them. Its `gil` stays unknown: who holds the GIL is per thread.
 """
 
 from __future__ import annotations
@@ -26,6 +37,10 @@ from apiscope.model import Frame, SampleState, StackSample, ThreadRole
 
 ThreadKey = tuple[int, int]  # (pid, tid)
 LeafKey = tuple[int, int, Frame]  # (pid, tid, leaf frame)
+LineKey = tuple[int, Frame]  # (pid, leaf frame), over all the process's threads
+
+LEAF_IDLE_ACTIVE = 0.25
+LEAF_IDLE_GIL = 0.10
 
 _LOOP_FUNCTIONS = ("run_forever", "_run_once")
 _WORKER_FRAMES = (
@@ -165,16 +180,39 @@ def classify(samples: Iterable[StackSample],
     """Samples with `state` (and `gil` where the probe knows it) set, and the thread roles."""
     batch = tuple(samples)
     roles = thread_roles(batch)
-    return tuple(_with_state(s, roles[(s.pid, s.tid)], activity or {}) for s in batch), roles
+    activity = activity or {}
+    lines = line_activity(activity)
+    return tuple(_with_state(s, roles[(s.pid, s.tid)], activity, lines) for s in batch), roles
 
 
-def _with_state(sample: StackSample, role: ThreadRole,
-                activity: Mapping[LeafKey, Activity]) -> StackSample:
-    seen = activity.get((sample.pid, sample.tid, sample.frames[-1])) if sample.frames else None
+def line_activity(activity: Mapping[LeafKey, Activity]) -> dict[LineKey, Activity]:
+    """The probe's observations of each leaf line, summed over the threads of a process."""
+    out: dict[LineKey, Activity] = {}
+    for (pid, _, leaf), seen in activity.items():
+        prev = out.get((pid, leaf))
+        out[(pid, leaf)] = seen if prev is None else Activity(
+            prev.observations + seen.observations, prev.active + seen.active,
+            prev.owns_gil + seen.owns_gil)
+    return out
+
+
+def _idle_line(seen: Activity | None) -> bool:
+    return seen is not None and seen.observations > 0 and (
+        seen.active <= LEAF_IDLE_ACTIVE * seen.observations
+        and seen.owns_gil <= LEAF_IDLE_GIL * seen.observations)
+
+
+def _with_state(sample: StackSample, role: ThreadRole, activity: Mapping[LeafKey, Activity],
+                lines: Mapping[LineKey, Activity]) -> StackSample:
+    leaf = sample.frames[-1] if sample.frames else None
+    seen = activity.get((sample.pid, sample.tid, leaf)) if leaf is not None else None
     gil = seen.mostly_gil if seen is not None else None
     if is_waiting(sample.frames, role):
         state = SampleState.WAITING
-    elif seen is not None and not seen.mostly_active:
+    elif seen is not None:
+        off_cpu = not seen.mostly_active and not seen.mostly_gil
+        state = SampleState.BLOCKED if off_cpu else SampleState.RUNNING
+    elif leaf is not None and _idle_line(lines.get((sample.pid, leaf))):
         state = SampleState.BLOCKED
     else:
         state = SampleState.RUNNING

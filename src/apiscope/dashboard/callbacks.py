@@ -11,6 +11,7 @@ from typing import Any
 from dash import ALL, Dash, Input, Output, State, ctx, no_update
 
 from apiscope.dashboard import components as ui
+from apiscope.dashboard import profiles
 from apiscope.dashboard.data import Range, SessionData
 from apiscope.dashboard.exports import FORMATS, describe, export_slice
 from apiscope.dashboard.figures import (
@@ -73,6 +74,7 @@ def register(app: Dash, data: SessionData) -> None:
     _register_shell(app, data)
     _register_overview(app, data)
     _register_endpoint(app, data)
+    profiles.register(app, data)
     _register_flamegraph(app, data)
     _register_resources(app, data)
 

@@ -13,6 +13,7 @@ from dash import dcc, html
 
 from apiscope.dashboard.exports import FORMATS
 from apiscope.dashboard.figures import RESOURCE_METRICS
+from apiscope.dashboard.profiles import profiles_section
 
 NAV = (("/", "Overview"), ("/flamegraph", "Flamegraph"), ("/resources", "Resources"))
 DEFAULT_SORT = ["count", True]
@@ -83,6 +84,7 @@ def endpoint_page(route: str) -> html.Div:
         ], className="row"),
         _section("Where its time goes", dcc.Graph(id="endpoint-flame",
                                                   config={"displaylogo": False})),
+        profiles_section(),
         _section("Slowest requests", html.Div(id="slow-requests")),
     ], id="endpoint-page")
 

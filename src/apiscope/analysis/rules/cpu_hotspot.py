@@ -17,6 +17,14 @@ the line's claimed CPU must be plausible against the CPU the processes really us
 most `CPU_PLAUSIBILITY` times the measured cores: py-spy's pauses and lost samples make the two
 disagree by tens of percent, not by multiples). A CPU hotspot in a sync handler then needs the
 sampler's activity probe to be seen.
+
+A line that is not a large share of the CPU but costs a lot *per request* is a hotspot too
+(low): `cpu_hotspot_heavy_ms_per_request` of CPU per request of its endpoint, over at least
+`min_requests` requests, whatever the traffic. Sampled time overstates CPU time when the machine
+is short of cores (a runnable thread waiting for a core still shows its line), so that figure is
+scaled by the process's measured CPU (psutil) over the CPU its running samples claim, when that
+is below 1: every line's per-request time stretches alike on a starved machine, and a cheap
+healthy line must not pass for a heavy one.
 """
 
 from __future__ import annotations
@@ -63,20 +71,21 @@ class CpuHotspotRule:
                 counts[_group(a, a.user)][site] += a.sample.count
                 names[site][a.user.function] += a.sample.count
                 busy[(_group(a, a.user), site)] += a.seconds
+        scale = cpu_scale(ctx, sum(a.seconds for a in running) / wall)
         flags = []
         for group in sorted(counts, key=lambda g: (g[0] or "", g[1])):
             lines = sorted(counts[group].items(), key=lambda kv: (-kv[1], kv[0]))
             for site, count in lines:  # the hottest line that qualifies
                 function = sorted(names[site].items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
                 flag = self._flag(ctx, group[0], Frame(function, *site), count / total,
-                                  busy[(group, site)], wall)
+                                  busy[(group, site)], wall, scale)
                 if flag is not None:
                     flags.append(flag)
                     break
         return flags
 
     def _flag(self, ctx: AnalysisContext, endpoint: str | None, frame: Frame, share: float,
-              busy: float, wall: float) -> Flag | None:
+              busy: float, wall: float, scale: float) -> Flag | None:
         th = ctx.thresholds
         core = busy / wall
         measured = None if ctx.activity_known else measured_cores(ctx.data.resources)
@@ -85,8 +94,13 @@ class CpuHotspotRule:
         severity = grade(share, th.cpu_hotspot_share)
         requests = len(ctx.by_endpoint.get(endpoint, [])) if endpoint else 0
         per_request = busy * 1000 / requests if requests else None
-        if severity is None or core < th.cpu_hotspot_min_core or (
-                per_request is not None and per_request < th.cpu_hotspot_min_ms_per_request):
+        if severity is not None and (core < th.cpu_hotspot_min_core or (
+                per_request is not None and per_request < th.cpu_hotspot_min_ms_per_request)):
+            severity = None
+        if severity is None and per_request is not None and requests >= th.min_requests \
+                and per_request * scale >= th.cpu_hotspot_heavy_ms_per_request:
+            severity = "low"
+        if severity is None:
             return None
         loc = frame_location(frame)
         of_what = ("the event loop's busy samples" if not ctx.activity_known
@@ -97,3 +111,11 @@ class CpuHotspotRule:
             evidence += f", {per_request:.1f} ms of CPU per request"
             metric["cpu_ms_per_request"] = per_request
         return make_flag(self.kind, severity, endpoint, loc, evidence, metric, SUGGESTION)
+
+
+def cpu_scale(ctx: AnalysisContext, running_cores: float) -> float:
+    """Measured CPU over the CPU the running samples claim, at most 1 (see the docstring)."""
+    measured = measured_cores(ctx.data.resources)
+    if measured is None or running_cores <= 0:
+        return 1.0
+    return min(1.0, measured / running_cores)

@@ -7,6 +7,14 @@ request on that loop waited. A handler that is merely called often is not a prob
 on the loop per request must also be long (`loop_stall_ms_per_request`) to be flagged; without
 request counts (no agent), only the medium grade and above is flagged.
 
+A handler that blocks the loop *off-CPU* (BLOCKED samples, known only with the activity probe:
+a sync sleep, sync I/O) is flagged low even under the `loop_blocked_fraction` floor, when it
+blocks `loop_stall_ms_per_request` or more per request and at least
+`loop_blocking_min_fraction` of the window: an async handler has no reason ever to wait off-CPU
+on the loop thread, and the time it blocks per request does not depend on how much traffic the
+route got in the session (its share of the window does). CPU work gets no such exception: on a
+machine short of cores every line's CPU time stretches, waits do not.
+
 Samples are stored as counts per window, not in order, so the longest stall is estimated from
 below: the longer of the mean stall per request and the longest run of consecutive windows in
 which the loop never waited.
@@ -77,6 +85,8 @@ class EventLoopBlockedRule:
         seconds = sum(a.seconds for a in samples)
         requests = len(ctx.by_endpoint.get(endpoint, [])) if endpoint else 0
         per_request_ms = seconds * 1000 / requests if requests else None
+        if severity is None and requests:
+            severity = self._blocking_alone(ctx, samples, count / total, requests)
         if severity is None or (per_request_ms is not None
                                 and per_request_ms < ctx.thresholds.loop_stall_ms_per_request):
             return None
@@ -110,3 +120,17 @@ class EventLoopBlockedRule:
         if per_request_ms is not None:
             metric["stall_ms_per_request"] = per_request_ms
         return make_flag(self.kind, severity, endpoint, loc, evidence, metric, suggestion)
+
+    @staticmethod
+    def _blocking_alone(ctx: AnalysisContext, samples: list[Attributed], fraction: float,
+                        requests: int) -> str | None:
+        """"low" for a handler blocking the loop off-CPU long enough per request (see the
+        module docstring), else None."""
+        th = ctx.thresholds
+        blocked = [a for a in samples if a.sample.state is SampleState.BLOCKED]
+        blocked_ms = sum(a.seconds for a in blocked) * 1000 / requests
+        count = sum(a.sample.count for a in samples)
+        if (fraction >= th.loop_blocking_min_fraction and blocked_ms >= th.loop_stall_ms_per_request
+                and 2 * sum(a.sample.count for a in blocked) >= count):
+            return "low"
+        return None

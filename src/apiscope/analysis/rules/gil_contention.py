@@ -1,27 +1,38 @@
 """gil_contention: threads spending a large share of their samples waiting for the GIL.
 
 Only one thread runs Python at a time; the others that want to wait in the interpreter, off-CPU.
-Two ways to see it, per sampling window, over the handler threads (loop and pool workers):
+The flag is about code that runs in *several threads at once* (sync `def` handlers in the thread
+pool): an endpoint is considered only when its samples show it on two or more handler threads
+(loop and pool workers) of one process in one sampling window. Two ways to see the waits:
 
-- GIL state known (an activity probe saw `owns_gil` for the stack): a non-waiting sample with
-  `gil` False at a line that another thread was seen *holding* the GIL at in the same window.
-  Several threads running the same code, one holding the GIL, the rest not, is contention; a
-  thread sleeping or doing I/O at its own line (no holder there) is not.
-- GIL state unknown: the RUNNING samples beyond the window's ticks (the most samples any one
-  thread got in it) cannot all have held the GIL, so the excess waited. Counted only in windows
-  where at least two worker threads ran and, when resource samples exist, the process used at
-  least `GIL_BUSY_CORES` of a core in that window: someone must hold the GIL for others to wait
-  for it, so worker threads all sleeping at a `time.sleep` line (RUNNING, for a sampler without
-  an activity probe) are not mistaken for contention. A lower bound; its blind spot is C code
-  that releases the GIL (hashing, compression, numpy), which it takes for Python code.
+- GIL state known (an activity probe saw `owns_gil` for the stack): per endpoint, the share of
+  its GIL-known samples that waited, i.e. had `gil` False at a *CPU line* while another thread
+  of the process held the GIL in that window. A CPU line is a leaf line that threads were seen
+  holding the GIL at in at least `CPU_LINE_GIL_SHARE` of its GIL-known samples: pure Python
+  gives up the GIL only when another thread asks for it, so not holding it there means
+  waiting for it. A line where threads sleep or do I/O (the GIL released) is never a CPU
+  line, so a pool of threads sleeping in a legacy client is not contention.
+- GIL state unknown (no probe, or a stack the probe never saw): the RUNNING samples beyond the
+  window's ticks (the most samples any one thread got in it) cannot all have held the GIL, so
+  the excess waited; it is spread over the window's RUNNING samples of unknown GIL state.
+  Counted only in windows where at least two worker threads ran and, without a probe and when
+  resource samples exist, the process used at least `GIL_BUSY_CORES` of a core in that window:
+  someone must hold the GIL for others to wait for it, so worker threads all sleeping at a
+  `time.sleep` line (RUNNING, for a sampler without an activity probe) are not mistaken for
+  contention. A lower bound; its blind spot is C code that releases the GIL (hashing,
+  compression, numpy), which it takes for Python code.
 
-The share is waited samples over all non-waiting handler-thread samples. The location is the
-hottest line among the samples that held (or most likely held) the GIL.
+The share is the probe's (waited over GIL-known samples) when the probe saw `GIL_MIN_KNOWN`
+of the endpoint's samples, its instants being a fair sample of the endpoint's time; else the
+known and inferred waits over every judged sample (GIL state known, or RUNNING).
+The location is the endpoint's hottest line among the samples that held (or most likely held)
+the GIL.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed, Flag
 from apiscope.analysis.flags import frame_location, make_flag, pct, where
@@ -30,9 +41,34 @@ from apiscope.analysis.thresholds import grade
 from apiscope.model import Frame, SampleState, ThreadRole
 
 GIL_BUSY_CORES = 0.7
+CPU_LINE_GIL_SHARE = 0.2
+GIL_MIN_KNOWN = 30  # probe-judged samples enough to take the probe's share over the estimate
 
 SUGGESTION = ("move CPU-bound Python out of threads into processes (ProcessPoolExecutor, more"
               " workers) or into code that releases the GIL; fewer threads contend less")
+
+
+@dataclass
+class Tally:
+    """What one endpoint's samples showed."""
+
+    known: int = 0  # samples whose GIL state the probe saw
+    known_waited: int = 0
+    unknown: int = 0  # RUNNING samples of unknown GIL state
+    inferred_waited: float = 0.0
+    holders: list[Attributed] = field(default_factory=list)
+
+    @property
+    def judged(self) -> int:
+        return self.known + self.unknown
+
+    def share(self) -> float:
+        """The probe's share when it saw enough (its instants are a fair sample of the
+        endpoint's time), else the inferred lower bound over every judged sample."""
+        if self.known >= GIL_MIN_KNOWN:
+            return self.known_waited / self.known
+        total = self.judged
+        return (self.known_waited + self.inferred_waited) / total if total else 0.0
 
 
 def _active_by_window(ctx: AnalysisContext) -> dict[tuple[float, int], list[Attributed]]:
@@ -44,6 +80,76 @@ def _active_by_window(ctx: AnalysisContext) -> dict[tuple[float, int], list[Attr
     return by_window
 
 
+def _leaf(a: Attributed) -> Frame | None:
+    return a.sample.frames[-1] if a.sample.frames else None
+
+
+def cpu_lines(samples: list[Attributed]) -> set[tuple[int, Frame | None]]:
+    """(pid, leaf) lines threads were seen holding the GIL at often enough to be CPU work."""
+    held: Counter[tuple[int, Frame | None]] = Counter()
+    known: Counter[tuple[int, Frame | None]] = Counter()
+    for a in samples:
+        if a.sample.gil is not None:
+            key = (a.sample.pid, _leaf(a))
+            known[key] += a.sample.count
+            held[key] += a.sample.count if a.sample.gil else 0
+    return {key for key, n in known.items() if held[key] >= CPU_LINE_GIL_SHARE * n}
+
+
+def _multi_threaded(windows: dict[tuple[float, int], list[Attributed]]) -> set[str]:
+    """Endpoints seen on two or more handler threads of a process within one window."""
+    threads: dict[tuple[float, int, str], set[int]] = defaultdict(set)
+    for (window, pid), samples in windows.items():
+        for a in samples:
+            if a.endpoint is not None:
+                threads[(window, pid, a.endpoint)].add(a.sample.tid)
+    return {endpoint for (_, _, endpoint), tids in threads.items() if len(tids) >= 2}
+
+
+def tallies(ctx: AnalysisContext,
+            windows: dict[tuple[float, int], list[Attributed]]) -> dict[str, Tally]:
+    """Per endpoint that ran in several threads at once: its waits, known and inferred."""
+    every = [a for samples in windows.values() for a in samples]
+    lines = cpu_lines(every)
+    eligible = _multi_threaded(windows)
+    ticks = window_ticks(ctx)
+    out: dict[str, Tally] = defaultdict(Tally)
+    for (window, pid), samples in windows.items():
+        holders = {a.sample.tid for a in samples if a.sample.gil}
+        inferred = _inferred_waits(ctx, window, pid, samples, ticks.get(window, 0))
+        for a in samples:
+            if a.endpoint is None or a.endpoint not in eligible:
+                continue
+            tally = out[a.endpoint]
+            if a.sample.gil is None:
+                if a.sample.state is SampleState.RUNNING:
+                    tally.unknown += a.sample.count
+                    tally.inferred_waited += inferred * a.sample.count
+                    tally.holders.append(a)
+                continue
+            tally.known += a.sample.count
+            if a.sample.gil:
+                tally.holders.append(a)
+            elif (a.sample.pid, _leaf(a)) in lines and holders - {a.sample.tid}:
+                tally.known_waited += a.sample.count
+    return dict(out)
+
+
+def _inferred_waits(ctx: AnalysisContext, window: float, pid: int, samples: list[Attributed],
+                    ticks: int) -> float:
+    """The share of each RUNNING sample of unknown GIL state that must have waited (see the
+    module docstring): the window's running samples beyond its ticks, spread over them."""
+    running = [a for a in samples if a.sample.state is SampleState.RUNNING]
+    workers = {a.sample.tid for a in running if a.role is ThreadRole.WORKER}
+    unknown = sum(a.sample.count for a in running if a.sample.gil is None)
+    if len(workers) < 2 or not unknown:
+        return 0.0
+    if not ctx.activity_known and not _gil_held(ctx, window, pid):
+        return 0.0
+    excess = sum(a.sample.count for a in running) - ticks
+    return min(1.0, max(0, excess) / unknown)
+
+
 def _gil_held(ctx: AnalysisContext, window: float, pid: int) -> bool:
     """Whether the process was busy enough in the window for the GIL to be held throughout."""
     if not ctx.data.resources:
@@ -53,59 +159,36 @@ def _gil_held(ctx: AnalysisContext, window: float, pid: int) -> bool:
     return cores is not None and cores >= GIL_BUSY_CORES
 
 
-def _leaf(a: Attributed) -> Frame | None:
-    return a.sample.frames[-1] if a.sample.frames else None
-
-
-def _known(samples: list[Attributed]) -> tuple[int, list[Attributed]]:
-    """Waited samples and GIL holders among samples whose GIL state is known."""
-    holders = [a for a in samples if a.sample.gil]
-    held_at: dict[Frame | None, set[tuple[int, int]]] = defaultdict(set)
-    for a in holders:
-        held_at[_leaf(a)].add((a.sample.pid, a.sample.tid))
-    waited = sum(a.sample.count for a in samples if a.sample.gil is False
-                 and held_at.get(_leaf(a), set()) - {(a.sample.pid, a.sample.tid)})
-    return waited, holders
-
-
-def _inferred(samples: list[Attributed], ticks: int) -> tuple[int, list[Attributed]]:
-    running = [a for a in samples if a.sample.gil is None and a.sample.state is SampleState.RUNNING]
-    workers = {(a.sample.pid, a.sample.tid) for a in running if a.role is ThreadRole.WORKER}
-    if len(workers) < 2:
-        return 0, []
-    excess = sum(a.sample.count for a in running) - ticks
-    return max(0, excess), [a for a in running if a.role is ThreadRole.WORKER]
-
-
 class GilContentionRule:
     kind = "gil_contention"
 
     def check(self, ctx: AnalysisContext) -> list[Flag]:
-        ticks = window_ticks(ctx)
-        waited = active = 0
-        holders: list[Attributed] = []
-        for (window, pid), samples in _active_by_window(ctx).items():
-            active += sum(a.sample.count for a in samples)
-            known_waited, known_holders = _known(samples)
-            guessed, guessed_holders = 0, list[Attributed]()
-            if ctx.activity_known or _gil_held(ctx, window, pid):
-                guessed, guessed_holders = _inferred(samples, ticks.get(window, 0))
-            waited += known_waited + guessed
-            holders += known_holders + guessed_holders
-        if not active:
-            return []
-        share = waited / active
+        found = tallies(ctx, _active_by_window(ctx))
+        flags = []
+        for endpoint in sorted(found):
+            flag = self._flag(ctx, endpoint, found[endpoint])
+            if flag is not None:
+                flags.append(flag)
+        return flags
+
+    def _flag(self, ctx: AnalysisContext, endpoint: str, tally: Tally) -> Flag | None:
+        if not tally.judged:
+            return None
+        share = tally.share()
+        waited = share * tally.judged
         severity = grade(share, ctx.thresholds.gil_wait_share)
         if severity is None or waited < ctx.thresholds.gil_min_wait_samples:
-            return []
+            return None
         lines: Counter[tuple[str | None, Frame]] = Counter()
-        for a in holders:
+        for a in tally.holders:
             if a.user is not None:
                 lines[(a.endpoint, a.user)] += a.sample.count
-        endpoint, frame = (None, None) if not lines else sorted(
+        route, frame = (endpoint, None) if not lines else sorted(
             lines.items(), key=lambda kv: (-kv[1], kv[0][0] or "", kv[0][1].line))[0][0]
         loc = frame_location(frame)
-        evidence = (f"{pct(share)} of the busy thread samples waited for the GIL"
-                    f" ({waited} of {active}); the hottest GIL-holding line is {where(loc)}")
-        metric = {"gil_wait_share": share, "waiting_samples": waited, "active_samples": active}
-        return [make_flag(self.kind, severity, endpoint, loc, evidence, metric, SUGGESTION)]
+        evidence = (f"{pct(share)} of {endpoint}'s thread samples waited for the GIL"
+                    f" (about {waited:.0f} of {tally.judged}) while another thread held it;"
+                    f" the hottest GIL-holding line is {where(loc)}")
+        metric = {"gil_wait_share": share, "waiting_samples": round(waited),
+                  "active_samples": tally.judged, "probe_samples": tally.known}
+        return make_flag(self.kind, severity, route, loc, evidence, metric, SUGGESTION)

@@ -1,17 +1,26 @@
 """memory_growth: a process whose RSS keeps rising.
 
-After a warm-up prefix (the longer of `memory_warmup_seconds` and `memory_warmup_share` of the
-process's samples' span: caches, pools and lazy imports fill up first), a least-squares line is
-fitted to RSS (MB) over time (minutes). The growth is flagged only when the line is steep
-(`memory_slope_mb_per_min`), explains the data (`memory_min_r2`), is statistically clear
-(`memory_min_t`, the slope over its standard error), adds up to real memory
-(`memory_min_growth_mb` over the fitted span) and the span is long enough to judge. A warm-up
-followed by a plateau, or noise around a level, is not growth.
+After a warm-up prefix (`memory_warmup_share` of the process's samples' span, at least
+`memory_warmup_min_seconds`: caches, pools and lazy imports fill up first), a least-squares
+line is fitted to RSS (MB) over time (minutes). The growth is flagged only when the line
+explains the data (`memory_min_r2`), is statistically clear (`memory_min_t`, the slope over its
+standard error), adds up to real memory (`memory_min_growth_mb` over the fitted span), the span
+is long enough to judge (`memory_min_span_seconds`) and the growth *keeps going*: a line fitted
+to the later half of the span must still rise at `memory_late_slope_ratio` of the whole span's
+slope. A warm-up that tails off into a plateau (slow at first, flat at the end) fails that;
+a leak does not slow down under steady load. The severity grades the later half's slope
+(`memory_slope_mb_per_min`): the rate the process grows at now. In a session shorter than
+`memory_confident_span_seconds`, growth that no route's requests track is low at most: a
+minute of memory rising under load can still be a high-water mark (allocator arenas,
+buffers filling up to their bound) that a longer session would see level off.
 
 Which endpoint grows it is a guess the evidence marks as such: between consecutive resource
-samples, RSS increments are correlated with each endpoint's request count in the interval, and
+samples, RSS increments are correlated with the number of each endpoint's requests that
+*finished* in the interval (what a request keeps is usually kept by the time it answers), and
 an endpoint whose correlation reaches `SUSPECT_MIN_R` (and is clearly the best) is named as the
-route. The allocating line itself is not known without an allocation tracer: location is null.
+route. The allocating line itself is not known without an allocation tracer (tracemalloc,
+memray): the location is then that endpoint's handler, where to start looking, and the
+evidence says so; with no suspect endpoint it is null.
 """
 
 from __future__ import annotations
@@ -22,8 +31,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from apiscope.analysis.context import AnalysisContext, Flag
-from apiscope.analysis.flags import make_flag
-from apiscope.analysis.stats import MB, fit_line
+from apiscope.analysis.flags import handler_location, make_flag
+from apiscope.analysis.stats import MB, LineFit, fit_line
 from apiscope.analysis.thresholds import grade
 from apiscope.model import ResourceSample
 
@@ -53,10 +62,10 @@ def suspect_endpoint(ctx: AnalysisContext, pid: int,
     edges = [s.ts for s in steady]
     scores = []
     for endpoint, records in ctx.by_endpoint.items():
-        starts = sorted(r.start for r in records if r.pid == pid)
-        if len(starts) < 5:
+        ends = sorted(r.start + r.duration_ms / 1000 for r in records if r.pid == pid)
+        if len(ends) < 5:
             continue
-        counts = [bisect.bisect_left(starts, hi) - bisect.bisect_left(starts, lo)
+        counts = [bisect.bisect_left(ends, hi) - bisect.bisect_left(ends, lo)
                   for lo, hi in zip(edges, edges[1:], strict=False)]
         scores.append((pearson([float(c) for c in counts], deltas), endpoint))
     scores.sort(reverse=True)
@@ -86,32 +95,47 @@ class MemoryGrowthRule:
         if len(samples) < th.memory_min_points:
             return None
         t0, t1 = samples[0].ts, samples[-1].ts
-        warmup = max(th.memory_warmup_seconds, th.memory_warmup_share * (t1 - t0))
+        warmup = max(th.memory_warmup_min_seconds, th.memory_warmup_share * (t1 - t0))
         steady = [s for s in samples if s.ts >= t0 + warmup]
         if len(steady) < th.memory_min_points:
             return None
         span = steady[-1].ts - steady[0].ts
         if span < th.memory_min_span_seconds:
             return None
-        fit = fit_line([(s.ts - steady[0].ts) / 60 for s in steady],
-                       [s.rss_bytes / MB for s in steady])
-        if fit is None:
+        fit = _fit(steady)
+        late = _fit([s for s in steady if s.ts >= steady[0].ts + span / 2])
+        if fit is None or late is None:
             return None
         growth = fit.slope * span / 60
-        severity = grade(fit.slope, th.memory_slope_mb_per_min)
+        severity = grade(late.slope, th.memory_slope_mb_per_min)
         if (severity is None or fit.r2 < th.memory_min_r2 or fit.t < th.memory_min_t
-                or growth < th.memory_min_growth_mb):
+                or growth < th.memory_min_growth_mb
+                or late.slope < th.memory_late_slope_ratio * fit.slope):
             return None
         evidence = (f"process {pid} grew {fit.slope:.1f} MB/min over {span:.0f} s after a"
-                    f" {warmup:.0f} s warm-up (+{growth:.1f} MB, R² {fit.r2:.2f}), reaching"
+                    f" {warmup:.0f} s warm-up (+{growth:.1f} MB, R² {fit.r2:.2f}; still"
+                    f" {late.slope:.1f} MB/min in the last {span / 2:.0f} s), reaching"
                     f" {max(s.rss_bytes for s in steady) / MB:.0f} MB")
         metric: dict[str, object] = {
-            "pid": pid, "slope_mb_per_min": fit.slope, "r2": fit.r2, "t_stat": min(fit.t, 1e6),
-            "growth_mb": growth, "span_seconds": span}
+            "pid": pid, "slope_mb_per_min": fit.slope, "late_slope_mb_per_min": late.slope,
+            "r2": fit.r2, "t_stat": min(fit.t, 1e6), "growth_mb": growth, "span_seconds": span}
         suspect = suspect_endpoint(ctx, pid, steady)
-        route = None
+        route, loc = None, None
+        if suspect is None and span < th.memory_confident_span_seconds:
+            severity = "low"  # a short rise no route explains may still be a high-water mark
         if suspect is not None:
             route, r = suspect
+            loc = handler_location(ctx, route)
             evidence += f"; the growth tracks {route} requests (r {r:.2f}), a likely source"
+            if loc is not None:
+                evidence += (f": start with its handler {loc['function']}() (the allocating"
+                             " line needs an allocation tracer)")
             metric["route_correlation"] = r
-        return make_flag(self.kind, severity, route, None, evidence, metric, SUGGESTION)
+        return make_flag(self.kind, severity, route, loc, evidence, metric, SUGGESTION)
+
+
+def _fit(samples: list[ResourceSample]) -> LineFit | None:
+    if len(samples) < 3:
+        return None
+    return fit_line([(s.ts - samples[0].ts) / 60 for s in samples],
+                    [s.rss_bytes / MB for s in samples])

@@ -2,11 +2,15 @@
 
 Starlette runs sync handlers in anyio's default thread limiter. The agent samples the limiter:
 an observation is saturated when tasks are waiting for a token or every token is borrowed. The
-share of saturated observations grades the flag. When stacks were sampled they must agree:
-the mean number of worker threads busy at once (not waiting for work) must reach
-`pool_worker_busy` times the mean number of borrowed tokens, so tokens held by work, not a
-limiter that is full for an instant. (Comparing with the tokens, not with all worker threads,
-because anyio keeps idle workers around for a while after a burst.)
+share of saturated observations grades the flag.
+
+When stacks were sampled they must show that sync work really occupies the pool: the mean
+number of worker threads busy at once (running or blocked in handler code, not waiting for
+work) must reach `pool_worker_busy` times the pool's *total* tokens. Not the borrowed tokens:
+a token is released only when the event loop resumes the task that borrowed it, so on a busy
+loop several tokens are held by threads that already finished their call, and requests queue
+for them all the same (they do wait for the pool). The floor only rules out a limiter held
+full by something other than thread work, with its workers idle.
 The flag names the sync endpoint with the most worker-thread samples (else the most requests).
 """
 
@@ -32,6 +36,14 @@ def _mean_borrowed(pool: list[ThreadPoolSample]) -> float:
     return sum(sum(v) / len(v) for v in by_pid.values())
 
 
+def _mean_total(pool: list[ThreadPoolSample]) -> float:
+    """The pool's size, summed over the processes (each its own limiter)."""
+    by_pid: dict[int, int] = {}
+    for p in pool:
+        by_pid[p.pid] = max(by_pid.get(p.pid, 0), p.total_tokens)
+    return float(sum(by_pid.values()))
+
+
 class ThreadPoolSaturationRule:
     kind = "threadpool_saturation"
 
@@ -47,8 +59,9 @@ class ThreadPoolSaturationRule:
         busy = (sum(a.sample.count for a in workers if a.active) / ticks
                 if workers and ticks else None)
         borrowed = _mean_borrowed(pool)
+        tokens = _mean_total(pool)
         if severity is None or (busy is not None
-                                and busy < ctx.thresholds.pool_worker_busy * borrowed):
+                                and busy < ctx.thresholds.pool_worker_busy * tokens):
             return []
         endpoint = self._endpoint(ctx)
         waiting_max = max(p.waiting for p in pool)

@@ -1,0 +1,192 @@
+"""Rules under the conditions of a short, loaded session: each positive case beside the
+negative case that keeps a busy healthy app unflagged (see builder.py)."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from apiscope.analysis.attribution import TOOL_ROOTS, is_tool_work
+from apiscope.analysis.report import build_report
+from apiscope.model import Frame, RouteInfo, SampleState, ThreadPoolSample
+from tests.analysis.builder import (
+    APP,
+    LOOP_TID,
+    PID,
+    SITE,
+    T0,
+    W1,
+    W2,
+    Spec,
+    app,
+    healthy,
+    idle_worker,
+    on_loop,
+    on_worker,
+    request,
+    resources,
+    sample,
+    write_and_open,
+)
+
+SEARCH = RouteInfo("GET", "/search", "shop.main:search", APP, 40, True)
+
+
+def report_of(spec: Spec, tmp_path: Path, name: str = "s") -> dict[str, Any]:
+    with write_and_open(spec, tmp_path / f"{name}.sqlite") as reader:
+        return build_report(reader)
+
+
+def flags_of(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [f for f in report["flags"] if f["kind"] == kind]
+
+
+def sleeping_stock_pool(spec: Spec, busy: int) -> Spec:
+    """An 8-token pool always full with requests waiting; `busy` threads sleep in the handler,
+    the others finished their call and wait for the loop to take the result (token held)."""
+    spec.threadpool = [ThreadPoolSample(T0 + i + 0.5, PID, 8, 8, 3 + i % 4) for i in range(30)]
+    tids = [W1, W2, 10, 11, 12, 13, 14, 15]
+    spec.per_window[5:9] = [sample(t, on_worker(app("export", 133)), 100, SampleState.BLOCKED,
+                                   gil=False) for t in tids[:busy]]
+    spec.per_window += [idle_worker(t, 100) for t in tids[busy:]]
+    spec.requests += [request("GET /export", T0 + i * 0.1, 400.0) for i in range(300)]
+    return spec
+
+
+def test_full_pool_with_tokens_held_for_the_loop_is_saturation(tmp_path: Path) -> None:
+    report = report_of(sleeping_stock_pool(healthy(), busy=2), tmp_path)
+    [flag] = flags_of(report, "threadpool_saturation")
+    assert flag["route"] == "GET /export" and flag["severity"] == "high"
+    assert flag["metric"]["busy_workers_mean"] == 2.0 and flag["metric"]["total_tokens"] == 8
+
+
+def test_full_pool_whose_threads_all_idle_is_not_saturation(tmp_path: Path) -> None:
+    spec = sleeping_stock_pool(healthy(), busy=0)
+    assert flags_of(report_of(spec, tmp_path), "threadpool_saturation") == []
+
+
+def short_rss(shape: list[float]) -> Spec:
+    spec = healthy()
+    spec.seconds = len(shape)
+    spec.resources = resources(len(shape), shape)
+    return spec
+
+
+def test_memory_growth_in_a_25_second_session(tmp_path: Path) -> None:
+    rnd = random.Random(11)
+    # a 3 s warm-up, then 0.3 MB/s (18 MB/min) for good
+    rss = [80 + min(i, 3) * 2.0 + max(0, i - 3) * 0.3 + rnd.uniform(-0.2, 0.2) for i in range(25)]
+    [flag] = flags_of(report_of(short_rss(rss), tmp_path), "memory_growth")
+    assert flag["severity"] == "medium"
+    assert 15.0 < flag["metric"]["late_slope_mb_per_min"] < 22.0
+    assert flag["metric"]["span_seconds"] >= 18
+
+
+def test_warm_up_tailing_off_into_a_plateau_is_not_growth(tmp_path: Path) -> None:
+    rnd = random.Random(12)
+    # fills caches quickly, then more and more slowly: still rising after the warm-up prefix
+    rss = [80 + 14 * (1 - math.exp(-i / 5)) + rnd.uniform(-0.1, 0.1) for i in range(25)]
+    assert flags_of(report_of(short_rss(rss), tmp_path), "memory_growth") == []
+
+
+def summary_on_loop(state: SampleState, per_window: int, requests_per_second: int) -> Spec:
+    spec = healthy()
+    spec.per_window.append(sample(LOOP_TID, on_loop(app("summary", 87)), per_window, state,
+                                  gil=state is SampleState.RUNNING))
+    spec.requests += [request("GET /reports/summary", T0 + i / requests_per_second, 40.0)
+                      for i in range(30 * requests_per_second)]
+    return spec
+
+
+def test_sync_sleep_on_the_loop_is_flagged_under_the_share_floor(tmp_path: Path) -> None:
+    # 30 ms off-CPU per request, 3% of the loop's samples: under the 5% share floor
+    spec = summary_on_loop(SampleState.BLOCKED, per_window=3, requests_per_second=1)
+    [flag] = flags_of(report_of(spec, tmp_path), "event_loop_blocked")
+    assert flag["severity"] == "low" and flag["route"] == "GET /reports/summary"
+    assert flag["location"]["line"] == 87
+    assert flag["metric"]["stall_ms_per_request"] == 30.0
+
+
+def test_short_loop_work_under_the_share_floor_is_not_flagged(tmp_path: Path) -> None:
+    cpu = summary_on_loop(SampleState.RUNNING, per_window=3, requests_per_second=1)
+    assert flags_of(report_of(cpu, tmp_path, "cpu"), "event_loop_blocked") == []
+    brief = summary_on_loop(SampleState.BLOCKED, per_window=3, requests_per_second=30)
+    assert flags_of(report_of(brief, tmp_path, "brief"), "event_loop_blocked") == []
+
+
+def heavy_search(cpu_percent: float) -> Spec:
+    """GET /search: 60 ms of the loop per request at one line, 1 request a second: a small
+    share of a busy app's CPU."""
+    spec = healthy()
+    spec.routes = [*spec.routes, SEARCH]
+    spec.per_window.append(sample(LOOP_TID, on_loop(app("search", 44)), 6, gil=True))
+    spec.requests += [request("GET /search", T0 + i, 80.0) for i in range(30)]
+    spec.resources = [replace(r, cpu_percent=cpu_percent) for r in spec.resources]
+    return spec
+
+
+def test_a_line_heavy_per_request_is_a_hotspot_at_a_small_share(tmp_path: Path) -> None:
+    [flag] = flags_of(report_of(heavy_search(60.0), tmp_path), "cpu_hotspot")
+    assert flag["severity"] == "low" and flag["route"] == "GET /search"
+    assert flag["location"]["line"] == 44
+    assert flag["metric"]["cpu_share"] < 0.25 and flag["metric"]["cpu_ms_per_request"] == 60.0
+
+
+def test_per_request_time_stretched_by_a_starved_machine_is_not_a_hotspot(
+        tmp_path: Path) -> None:
+    # the samples claim 0.56 of a core, the process used 0.2: waits for a core, not CPU
+    assert flags_of(report_of(heavy_search(20.0), tmp_path), "cpu_hotspot") == []
+
+
+def test_contention_of_sync_handlers_computing_in_several_threads(tmp_path: Path) -> None:
+    spec = healthy()
+    spec.per_window[5:9] = [
+        sample(W1, on_worker(app("export", 136)), 40, SampleState.RUNNING, gil=True),
+        sample(W2, on_worker(app("export", 136)), 40, SampleState.BLOCKED, gil=False),
+        sample(10, on_worker(app("export", 136)), 40, SampleState.BLOCKED, gil=False),
+        # a stack the probe never saw: judged by the probe's share of the others
+        sample(11, on_worker(app("export", 136)), 40, SampleState.RUNNING)]
+    [flag] = flags_of(report_of(spec, tmp_path), "gil_contention")
+    assert flag["route"] == "GET /export" and flag["location"]["line"] == 136
+    assert flag["metric"]["gil_wait_share"] == round(80 / 120, 4)
+    assert flag["metric"]["active_samples"] == 160 * 30
+
+
+def test_a_single_thread_waiting_for_the_gil_is_a_victim_not_contention(
+        tmp_path: Path) -> None:
+    spec = healthy()
+    spec.routes = [*spec.routes, SEARCH]
+    # the loop's search waits for the GIL half the time: one thread, no flag of its own
+    spec.per_window += [
+        sample(LOOP_TID, on_loop(app("search", 44)), 20, SampleState.RUNNING, gil=True),
+        sample(LOOP_TID, on_loop(app("search", 44)), 20, SampleState.BLOCKED, gil=False)]
+    spec.per_window[5:9] = [
+        sample(W1, on_worker(app("export", 136)), 100, SampleState.RUNNING, gil=True)]
+    spec.requests += [request("GET /search", T0 + i, 80.0) for i in range(30)]
+    assert flags_of(report_of(spec, tmp_path), "gil_contention") == []
+
+
+def test_the_agents_own_work_is_tool_work_but_not_the_requests_it_wraps() -> None:
+    agent = f"{TOOL_ROOTS[0]}/agent/middleware.py"
+    middleware = Frame("AgentMiddleware.__call__", agent, 100)
+    route = Frame("app", f"{SITE}/starlette/routing.py", 70)
+    assert is_tool_work((*on_loop(middleware), Frame("build_tree", agent, 300)))
+    assert is_tool_work((*on_loop(middleware), route, app("search", 44),
+                         Frame("_sample", f"{SITE}/pyinstrument/stack_sampler.py", 198)))
+    assert not is_tool_work((*on_loop(middleware), route, app("search", 44)))
+    assert not is_tool_work((*on_loop(middleware), route))  # the framework's work
+
+
+def test_the_agents_own_work_is_not_in_the_cpu_shares(tmp_path: Path) -> None:
+    spec = healthy()
+    agent = f"{TOOL_ROOTS[0]}/agent/profiling.py"
+    spec.per_window.append(sample(LOOP_TID, on_loop(Frame("build_tree", agent, 300)), 50,
+                                  gil=True))
+    report = report_of(spec, tmp_path)
+    read_item = next(e for e in report["endpoints"] if e["route"] == "GET /items/{item_id}")
+    # the healthy app's 50 running handler samples a window, read_item's 8: as without it
+    assert read_item["cpu_share"] == round(8 / 50, 4)
+    assert report["flags"] == []

@@ -1,0 +1,179 @@
+"""The shipped call tree: built from pyinstrument's frame records, cut at the agent, compacted."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import deque
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from apiscope.agent.profiling import ANCHOR, ProfilingOptions, compact_tree, parse_frame
+from apiscope.agent.runtime import Agent
+
+ROOT = ["MainThread\x00<thread>\x001", "run\x00/usr/lib/python3.11/asyncio/runners.py\x00100"]
+AROUND = "\x00".join((ANCHOR[0], ANCHOR[1], str(ANCHOR[2]))) + "\x01l140"
+
+
+def frame(function: str, line: int, file: str = "/srv/app/main.py", cls: str = "") -> str:
+    return f"{function}\x00{file}\x001\x01l{line}" + (f"\x01c{cls}" if cls else "")
+
+
+def records() -> list[tuple[list[str], float]]:
+    handler = frame("handler", 12)
+    return [
+        ([*ROOT, AROUND, handler, frame("query", 30), frame("sleep", 649, "/lib/tasks.py"),
+          "[await]"], 0.080),
+        ([*ROOT, AROUND, handler, frame("render", 20)], 0.015),
+        ([*ROOT, AROUND, handler, frame("tiny", 40)], 0.0002),  # below the floor
+        ([*ROOT, AROUND, frame("handler", 13), "[await]"], 0.0004),  # a tiny await, folded
+        ([*ROOT, AROUND, "[await]"], 0.001),  # awaiting in the agent's own frame
+        (ROOT, 0.002),  # outside the anchor (profiler start/stop): charged to the root
+    ]
+
+
+def find(tree: dict[str, Any], function: str) -> dict[str, Any]:
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if node["function"] == function:
+            return node
+        stack.extend(node["children"])
+    raise AssertionError(f"{function} not in tree")
+
+
+def test_tree_below_the_agent_with_await_under_the_awaiting_frame() -> None:
+    tree = compact_tree(records(), "GET /q", 98.6)
+    assert (tree["function"], tree["file"], tree["time_ms"]) == ("GET /q", "", 98.6)
+    # the agent frame's own 1 ms, plus the 0.4 ms await of line 13 (under the 1 ms floor)
+    assert tree["await_ms"] == 1.4
+    [handler] = [c for c in tree["children"] if c["line"] == 12]
+    assert handler["time_ms"] == 95.2 and handler["function"] == "handler"
+    sleep = find(tree, "sleep")
+    assert (sleep["line"], sleep["await_ms"], sleep["children"]) == (649, 80.0, [])
+    assert find(tree, "query")["await_ms"] == 0.0
+    assert find(tree, "render")["time_ms"] == 15.0
+    assert all(c["function"] != "tiny" for c in handler["children"])  # 0.2 ms < 1 ms floor
+    assert sum(n["await_ms"] for n in _all(tree)) == 81.4
+
+
+def _all(tree: dict[str, Any]) -> list[dict[str, Any]]:
+    out, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(node["children"])
+    return out
+
+
+def test_node_cap_keeps_the_heaviest_nodes() -> None:
+    recs = [([*ROOT, AROUND, frame("handler", 1), frame(f"f{i}", i)], 0.002 * (i + 1))
+            for i in range(50)]
+    tree = compact_tree(recs, "GET /x", 2550.0, ProfilingOptions(max_nodes=10,
+                                                                 min_node_share=0.0))
+    nodes = _all(tree)
+    assert len(nodes) == 11  # the root and ten nodes
+    kept = sorted(n["line"] for n in nodes if n["function"].startswith("f"))
+    assert kept == list(range(41, 50))  # the handler and the nine heaviest of its children
+    assert find(tree, "handler")["time_ms"] == 2550.0  # folded children keep their time
+
+
+def test_share_floor_scales_with_the_request() -> None:
+    recs = [([*ROOT, AROUND, frame("handler", 1), frame("small", 2)], 0.004),
+            ([*ROOT, AROUND, frame("handler", 1), frame("big", 3)], 0.996)]
+    tree = compact_tree(recs, "GET /x", 1000.0)  # 1% of 1 s is 10 ms: small (4 ms) folds
+    assert [c["function"] for c in find(tree, "handler")["children"]] == ["big"]
+
+
+def test_frame_names_lines_and_classes() -> None:
+    assert parse_frame(frame("execute", 41, cls="AsyncSession")) == (
+        "AsyncSession.execute", "/srv/app/main.py", 41)
+    assert parse_frame("sum\x00<built-in>\x000") == ("sum", "<built-in>", 0)
+    assert parse_frame(frame("_run", 80, cls="NoneType"))[0] == "_run"
+
+
+async def fetch_price(item: int) -> int:
+    await asyncio.sleep(0.03)  # await-line
+    return item
+
+
+async def price(request: Request) -> JSONResponse:
+    return JSONResponse({"price": await fetch_price(int(request.path_params["item"]))})
+
+
+def test_a_real_profile_charges_the_await_to_its_line(tmp_path: Any) -> None:
+    agent = Agent(str(tmp_path))
+    agent.configure_profiling(ProfilingOptions(every=1))
+    app = agent.middleware(Starlette(routes=[Route("/price/{item}", price)]))
+
+    async def drive() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            for i in range(2):  # the first arms the route, the second is profiled
+                assert (await client.get(f"/price/{i}")).status_code == 200
+
+    asyncio.run(drive())
+    [profile] = list(agent.profiles)
+    assert (profile["method"], profile["route"]) == ("GET", "/price/{item}")
+    line = inspect.getsourcelines(fetch_price)[1] + 1
+    awaiting = [n for n in _all(profile["tree"]) if n["await_ms"] > 0]
+    sleep = max(awaiting, key=lambda n: n["await_ms"])
+    assert sleep["function"] == "sleep" and sleep["await_ms"] >= 25.0
+    parent = next(n for n in _all(profile["tree"]) if sleep in n["children"])
+    assert (parent["function"], parent["file"], parent["line"]) == (
+        "fetch_price", __file__, line)
+    assert agent.pull()["profiling"]["profiled"] == 1 and agent.pull()["profiles"] == []
+    assert deque(agent.profiles) == deque()
+
+
+def test_busy_and_blocked_loop_parts_of_an_await_are_kept_apart() -> None:
+    handler = frame("handler", 12)
+    await_stack = [*ROOT, AROUND, handler, frame("sleep", 649, "/lib/tasks.py"), "[await]"]
+    tree = compact_tree([(await_stack, 0.100)], "GET /q", 100.0,
+                        loop=[(await_stack, 0.070, 0.050)])
+    sleep = find(tree, "sleep")
+    assert (sleep["await_ms"], sleep["loop_busy_ms"], sleep["loop_blocked_ms"]) == (
+        100.0, 70.0, 50.0)
+    assert tree["time_ms"] == 100.0 and tree["loop_busy_ms"] == 0.0
+
+
+def test_a_blocked_loop_shows_as_blocked_not_as_a_slow_await(tmp_path: Any) -> None:
+    import time
+
+    querying = asyncio.Event()
+
+    async def quick_lookup() -> int:
+        querying.set()
+        await asyncio.sleep(0.005)  # a quick query, stretched by the blocked loop
+        return 1
+
+    async def lookup(request: Request) -> JSONResponse:
+        return JSONResponse({"found": await quick_lookup()})
+
+    agent = Agent(str(tmp_path))
+    agent.configure_profiling(ProfilingOptions(every=1))
+    app = agent.middleware(Starlette(routes=[Route("/lookup", lookup)]))
+
+    async def blocker() -> None:
+        await querying.wait()  # the profiled request is awaiting its query
+        time.sleep(0.12)  # another request blocking the loop
+
+    async def drive() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            await client.get("/lookup")  # arms the route
+            querying.clear()
+            response, _ = await asyncio.gather(client.get("/lookup"), blocker())
+            assert response.status_code == 200
+
+    asyncio.run(drive())
+    [profile] = list(agent.profiles)
+    sleep = max(_all(profile["tree"]), key=lambda n: n["await_ms"])
+    assert sleep["function"] == "sleep" and sleep["await_ms"] >= 100.0
+    assert sleep["loop_blocked_ms"] >= 0.8 * sleep["await_ms"]  # the 5 ms query is no cause
+    assert sleep["loop_busy_ms"] >= sleep["loop_blocked_ms"]

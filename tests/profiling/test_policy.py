@@ -1,0 +1,134 @@
+"""Which requests the agent profiles: 1 in N per route, slow requests, the caps."""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from typing import Any
+
+import pytest
+
+from apiscope.agent.profiling import (
+    ProfilingOptions,
+    RequestProfiling,
+    options_from_env,
+    template_pattern,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeProfiler:
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+
+
+def profiling(clock: FakeClock, **options: Any) -> RequestProfiling:
+    return RequestProfiling(deque(), ProfilingOptions(**options), clock=clock,
+                            profiler_factory=FakeProfiler)
+
+
+def serve(p: RequestProfiling, method: str, path: str, route: str, ms: float = 5.0) -> bool:
+    """One request through the decision points the middleware calls; True when profiled."""
+    run = p.admit(method, path) if p.armed else None
+    if run is not None:
+        run.records = []
+        p.finish(run, 0.0, method, route, ms)
+    p.observe(method, route, ms)
+    return run is not None
+
+
+def test_one_in_n_per_route() -> None:
+    p = profiling(FakeClock(), every=5, max_per_second=1000)
+    a = [serve(p, "GET", f"/items/{i}", "/items/{item_id}") for i in range(50)]
+    b = [serve(p, "GET", "/health", "/health") for _ in range(50)]
+    # the 5th request arms its route, the 6th is profiled; then every 5th after that
+    assert sum(a) == sum(b) == 9
+    assert a.index(True) == 5 and b.index(True) == 5
+    assert len(p.profiles) == 18 and p.profiled == 18
+
+
+def test_a_busy_route_does_not_arm_another() -> None:
+    p = profiling(FakeClock(), every=3, max_per_second=1000)
+    for _ in range(3):
+        serve(p, "GET", "/items/1", "/items/{item_id}")
+    assert not serve(p, "GET", "/health", "/health")  # /items is armed, /health is not
+    assert not serve(p, "POST", "/items/1", "/items/{item_id}")  # nor another method
+    assert serve(p, "GET", "/items/7", "/items/{item_id}")
+
+
+def test_a_slow_request_arms_its_route_at_most_once_a_second() -> None:
+    clock = FakeClock()
+    p = profiling(clock, every=1000, slow_ms=100, max_per_second=1000)
+    assert not serve(p, "GET", "/q/1", "/q/{id}", ms=150)
+    assert serve(p, "GET", "/q/2", "/q/{id}", ms=150)  # the next request of that route
+    assert not serve(p, "GET", "/q/3", "/q/{id}", ms=150)  # slow again, but within a second
+    clock.now += 1.0
+    assert not serve(p, "GET", "/q/4", "/q/{id}", ms=150)
+    assert serve(p, "GET", "/q/5", "/q/{id}", ms=20)
+    assert not serve(p, "GET", "/q/6", "/q/{id}", ms=20)  # fast: not armed
+
+
+def test_global_rate_cap() -> None:
+    clock = FakeClock()
+    p = profiling(clock, every=1, max_per_second=2)
+    profiled = [serve(p, "GET", "/a", "/a") for _ in range(20)]
+    assert sum(profiled) == 2 and p.capped > 0  # a burst of one second's worth
+    clock.now += 0.5  # half a second buys one more
+    assert sum(serve(p, "GET", "/a", "/a") for _ in range(20)) == 1
+    clock.now += 10.0  # the burst is capped at the rate, whatever the idle time
+    assert sum(serve(p, "GET", "/a", "/a") for _ in range(20)) == 2
+
+
+def test_concurrent_profiles_are_capped_and_released() -> None:
+    p = profiling(FakeClock(), every=1, max_per_second=1000, max_concurrent=2)
+    for route in ("/a", "/b", "/c"):
+        p.observe("GET", route, 1.0)
+    first, second = p.admit("GET", "/a"), p.admit("GET", "/b")
+    assert first is not None and second is not None
+    assert p.admit("GET", "/c") is None and p.capped == 1
+    first.records = []
+    p.finish(first, 0.0, "GET", "/a", 1.0)
+    assert p.admit("GET", "/c") is not None
+
+
+def test_zero_disables_and_unmatched_is_never_profiled() -> None:
+    p = profiling(FakeClock(), every=0)
+    assert not any(serve(p, "GET", "/a", "/a", ms=10_000) for _ in range(50))
+    assert p.stats()["enabled"] is False
+    p.configure(ProfilingOptions(every=1))
+    assert not any(serve(p, "GET", "/x", "<unmatched>") for _ in range(5))
+    assert serve(p, "GET", "/a", "/a") is False and serve(p, "GET", "/a", "/a") is True
+
+
+def test_without_pyinstrument_the_agent_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyinstrument", None)  # what a failed import looks like
+    p = RequestProfiling(deque(), ProfilingOptions(every=1))
+    for _ in range(5):
+        p.observe("GET", "/a", 1.0)
+    assert p.armed == [] and p.admit("GET", "/a") is None
+    stats = p.stats()
+    assert stats["enabled"] is False and "pyinstrument" in stats["unavailable"]
+
+
+def test_route_templates_match_their_paths() -> None:
+    pattern = template_pattern("/items/{item_id}/quote")
+    assert pattern.fullmatch("/items/42/quote") and not pattern.fullmatch("/items/4/2/quote")
+    assert template_pattern("/files/{rest:path}").fullmatch("/files/a/b.txt")
+    assert template_pattern("/v1.0/{id:int}").fullmatch("/v1.0/7")
+    assert not template_pattern("/v1.0/{id:int}").fullmatch("/v1x0/7")
+
+
+def test_options_from_environment() -> None:
+    env = {"APISCOPE_PROFILE_EVERY": "0", "APISCOPE_PROFILE_SLOW_MS": "350",
+           "APISCOPE_PROFILE_MAX_PER_SECOND": "nonsense", "APISCOPE_PROFILE_MAX_NODES": "-3"}
+    options = options_from_env(env)
+    assert (options.every, options.slow_ms) == (0, 350.0) and not options.enabled
+    assert options.max_per_second == ProfilingOptions().max_per_second  # ignored, not fatal
+    assert options.max_nodes == ProfilingOptions().max_nodes

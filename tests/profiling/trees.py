@@ -1,0 +1,48 @@
+"""Hand-built profiles in the agent's tree shape, for the analysis and export tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.analysis.builder import APP, SITE, T0
+
+ORDERS = "/srv/shop/shop/orders.py"
+
+
+def node(function: str, file: str, line: int, time_ms: float, await_ms: float = 0.0,
+         *children: dict[str, Any]) -> dict[str, Any]:
+    return {"function": function, "file": file, "line": line, "time_ms": time_ms,
+            "await_ms": await_ms, "children": list(children)}
+
+
+def awaiting_profile(route: str, duration: float, query_ms: float, start: float,
+                     cpu_ms: float = 2.0) -> dict[str, Any]:
+    """A request whose handler awaits `AsyncSession.execute` at orders.py:41 (inside
+    SQLAlchemy, where the await really suspends) and computes for `cpu_ms`."""
+    method, template = route.split(" ")
+    execute = node("AsyncSession.execute", f"{SITE}/sqlalchemy/ext/asyncio/session.py", 461,
+                   query_ms, 0.0,
+                   node("greenlet_spawn", f"{SITE}/sqlalchemy/util/_concurrency_py3k.py", 190,
+                        query_ms, query_ms))
+    handler = node("list_orders", ORDERS, 41, query_ms, 0.0, execute)
+    render = node("render_orders", ORDERS, 47, cpu_ms)
+    framework = node("APIRoute.handle", f"{SITE}/starlette/routing.py", 289,
+                     query_ms + cpu_ms, 0.0, handler, render)
+    tree = node(route, "", 0, duration, duration - query_ms - cpu_ms, framework)
+    return {"pid": 4242, "start": start, "method": method, "route": template,
+            "duration_ms": duration, "tree": tree}
+
+
+def cpu_profile(route: str, duration: float, start: float) -> dict[str, Any]:
+    """A request busy computing, with one small await (a cache read) on the way."""
+    method, template = route.split(" ")
+    crunch = node("search_items", APP, 44, duration - 3.0)
+    cache = node("get", f"{SITE}/redis/asyncio/client.py", 600, 3.0, 3.0)
+    handler = node("search_items", APP, 40, 3.0, 0.0, cache)
+    tree = node(route, "", 0, duration, 0.0, crunch, handler)
+    return {"pid": 4242, "start": start, "method": method, "route": template,
+            "duration_ms": duration, "tree": tree}
+
+
+def series(make: Any, route: str, n: int, *args: float) -> list[dict[str, Any]]:
+    return [make(route, *args, T0 + i) for i in range(n)]
