@@ -89,7 +89,7 @@ class DemoCommand:
             load = subprocess.Popen(
                 [sys.executable, "-m", "sample_app.load", "--url", url, "--duration",
                  str(load_seconds), "--concurrency", str(args.concurrency), "--quiet"],
-                stdout=subprocess.DEVNULL)
+                stdout=subprocess.DEVNULL, start_new_session=True)
             if not args.no_dashboard and not args.no_browser:
                 webbrowser.open(f"http://{args.host}:{args.port}/")
             collect(target, args, inject=True)

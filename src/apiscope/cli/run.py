@@ -31,9 +31,14 @@ def agent_environment(base: dict[str, str] | None = None) -> dict[str, str]:
 
 def start_server(cmd: list[str], env: dict[str, str] | None = None,
                  log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
-    """Start the server with the agent; its output goes to `log` when given, else ours."""
+    """Start the server with the agent; its output goes to `log` when given, else ours.
+
+    The server gets a session of its own: a Ctrl-C at the terminal reaches apiscope alone,
+    which ends the collection first and then stops the server.
+    """
     try:
-        return subprocess.Popen(cmd, env=agent_environment(env), stdout=log, stderr=log)
+        return subprocess.Popen(cmd, env=agent_environment(env), stdout=log, stderr=log,
+                                start_new_session=True)
     except FileNotFoundError:
         raise UsageError(f"cannot run {cmd[0]!r}: no such program") from None
     except PermissionError:
