@@ -22,7 +22,7 @@ from apiscope.collectors.stacks import EndReason, SamplerStats, StackSampler, wi
 from apiscope.collectors.target import Target
 from apiscope.errors import ApiscopeError
 from apiscope.metrics import MetricsExporter
-from apiscope.model import ProcessInfo, SampleState, StackWindow, ThreadRole
+from apiscope.model import SampleState, StackWindow, ThreadRole
 from apiscope.store import SessionWriter
 
 
@@ -31,7 +31,7 @@ class CollectOptions:
     rate_hz: int = 100
     duration: float | None = None
     nonblocking: bool = False
-    inject: bool = True
+    inject: bool = True  # an agent is expected (injected, or loaded by `run`)
     slo_ms: float = 200.0
     window_seconds: float = 1.0
     poll_seconds: float = 0.5
@@ -256,6 +256,3 @@ class Collection:
         elif final:
             print(line, file=self.status, flush=True)
 
-
-def process_info_for(pid: int, role: str, command: str, ppid: int | None = None) -> ProcessInfo:
-    return ProcessInfo(pid=pid, ppid=ppid, role=role, command=command, first_seen=time.time())

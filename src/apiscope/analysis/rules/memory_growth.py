@@ -17,8 +17,9 @@ buffers filling up to their bound) that a longer session would see level off.
 Which endpoint grows it is a guess the evidence marks as such: between consecutive resource
 samples, RSS increments are correlated with the number of each endpoint's requests that
 *finished* in the interval (what a request keeps is usually kept by the time it answers), and
-an endpoint whose correlation reaches `SUSPECT_MIN_R` (and is clearly the best) is named as the
-route. The allocating line itself is not known without an allocation tracer (tracemalloc,
+an endpoint whose correlation reaches `SUSPECT_MIN_R` (and is clearly the best), and whose
+requests times the fitted memory per request account for a plausible part of the growth
+(`SUSPECT_EXPLAINED`), is named as the route. The allocating line itself is not known without an allocation tracer (tracemalloc,
 memray): the location is then that endpoint's handler, where to start looking, and the
 evidence says so; with no suspect endpoint it is null.
 """
@@ -29,15 +30,20 @@ import bisect
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from apiscope.analysis.context import AnalysisContext, Flag
-from apiscope.analysis.flags import handler_location, make_flag
+from apiscope.analysis.flags import handler_location, make_flag, pct
 from apiscope.analysis.stats import MB, LineFit, fit_line
 from apiscope.analysis.thresholds import grade
 from apiscope.model import ResourceSample
 
 SUSPECT_MIN_R = 0.3
 SUSPECT_MARGIN = 0.1  # ahead of the second-best endpoint by this much
+# The suspect's requests, times the memory each keeps by the fit, must add up to this part of
+# the growth: a correlation with a nearly constant request count means nothing, and its fitted
+# memory per request then claims many times the whole growth (or less than nothing).
+SUSPECT_EXPLAINED = (0.25, 1.5)
 
 SUGGESTION = ("look for module-level caches, lists or dicts that grow per request (bound them,"
               " e.g. functools.lru_cache(maxsize=...)); tracemalloc or memray show the"
@@ -55,25 +61,42 @@ def pearson(xs: Sequence[float], ys: Sequence[float]) -> float:
     return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Suspect:
+    endpoint: str
+    r: float
+    mb_per_request: float  # the fitted RSS increment per request
+    explained: float  # the part of the growth its requests account for
+
+
 def suspect_endpoint(ctx: AnalysisContext, pid: int,
-                     steady: list[ResourceSample]) -> tuple[str, float] | None:
-    """The endpoint whose request counts best track the RSS increments, with its r."""
+                     steady: list[ResourceSample]) -> Suspect | None:
+    """The endpoint whose finished requests best track the RSS increments."""
     deltas = [(b.rss_bytes - a.rss_bytes) / MB for a, b in zip(steady, steady[1:], strict=False)]
+    growth = sum(deltas)
     edges = [s.ts for s in steady]
-    scores = []
+    scores: list[tuple[float, str, float, float]] = []
     for endpoint, records in ctx.by_endpoint.items():
         ends = sorted(r.start + r.duration_ms / 1000 for r in records if r.pid == pid)
         if len(ends) < 5:
             continue
-        counts = [bisect.bisect_left(ends, hi) - bisect.bisect_left(ends, lo)
+        counts = [float(bisect.bisect_left(ends, hi) - bisect.bisect_left(ends, lo))
                   for lo, hi in zip(edges, edges[1:], strict=False)]
-        scores.append((pearson([float(c) for c in counts], deltas), endpoint))
+        fit = fit_line(counts, deltas)
+        if fit is None or growth <= 0:
+            continue
+        explained = fit.slope * sum(counts) / growth
+        scores.append((pearson(counts, deltas), endpoint, fit.slope, explained))
     scores.sort(reverse=True)
     if not scores or scores[0][0] < SUSPECT_MIN_R:
         return None
     if len(scores) > 1 and scores[0][0] - scores[1][0] < SUSPECT_MARGIN:
         return None
-    return scores[0][1], scores[0][0]
+    r, endpoint, per_request, explained = scores[0]
+    low, high = SUSPECT_EXPLAINED
+    if not low <= explained <= high:
+        return None
+    return Suspect(endpoint, r, per_request, explained)
 
 
 class MemoryGrowthRule:
@@ -124,13 +147,16 @@ class MemoryGrowthRule:
         if suspect is None and span < th.memory_confident_span_seconds:
             severity = "low"  # a short rise no route explains may still be a high-water mark
         if suspect is not None:
-            route, r = suspect
+            route = suspect.endpoint
             loc = handler_location(ctx, route)
-            evidence += f"; the growth tracks {route} requests (r {r:.2f}), a likely source"
+            evidence += (f"; the growth tracks {route} requests (r {suspect.r:.2f}, about"
+                         f" {suspect.mb_per_request * 1024:.0f} KB kept per request,"
+                         f" {pct(suspect.explained)} of the growth), a likely source")
             if loc is not None:
                 evidence += (f": start with its handler {loc['function']}() (the allocating"
                              " line needs an allocation tracer)")
-            metric["route_correlation"] = r
+            metric["route_correlation"] = suspect.r
+            metric["mb_per_request"] = suspect.mb_per_request
         return make_flag(self.kind, severity, route, loc, evidence, metric, SUGGESTION)
 
 
