@@ -109,3 +109,14 @@ def test_diff_tree_keeps_frames_present_on_one_side_only() -> None:
 def test_empty_tree() -> None:
     tree = build_tree([])
     assert tree == FlameNode("all", "all")
+
+
+def test_apiscope_own_frames_are_not_the_application() -> None:
+    from pathlib import Path
+
+    import apiscope
+    from apiscope.exporters.tree import classify
+    from apiscope.model import Frame
+
+    agent = Path(apiscope.__file__).parent / "agent" / "middleware.py"
+    assert classify(Frame("AgentMiddleware.__call__", str(agent), 113)) == "library"

@@ -15,6 +15,7 @@ import site
 import sysconfig
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from apiscope.model import Frame, StackSample
@@ -143,6 +144,9 @@ def walk(tree: FlameNode) -> Iterable[tuple[int, FlameNode]]:
 # -- what kind of code a frame runs -------------------------------------------------------------
 
 
+APISCOPE_DIR = str(Path(__file__).resolve().parent.parent)
+
+
 class Classifier:
     """Tells app code from installed libraries and the standard library, by file path.
 
@@ -159,7 +163,8 @@ class Classifier:
     def for_running_interpreter(cls) -> Classifier:
         paths = sysconfig.get_paths()
         stdlib = {paths["stdlib"], paths["platstdlib"]}
-        libraries = {paths["purelib"], paths["platlib"], *site.getsitepackages()}
+        # apiscope's own frames (the agent in the target) are a library, not the app's code.
+        libraries = {paths["purelib"], paths["platlib"], *site.getsitepackages(), APISCOPE_DIR}
         user_site = site.getusersitepackages()
         if isinstance(user_site, str):
             libraries.add(user_site)
