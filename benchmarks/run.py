@@ -18,6 +18,7 @@ from benchmarks import (
     bench_export,
     bench_ingest,
     bench_overhead,
+    bench_profiling,
     bench_session_size,
 )
 from benchmarks.harness import ROOT, machine
@@ -36,6 +37,14 @@ def section_overhead() -> tuple[str, Any]:
             "than every peer; 100 Hz sampling >= 0.97.\n\n"
             + bench_overhead.render(agent, sampling))
     return text, {"agent": agent, "sampling": sampling}
+
+
+def section_profiling() -> tuple[str, Any]:
+    result = bench_profiling.run()
+    text = ("## Per-request profiles\n\nThe agent with pyinstrument profiles at the default "
+            "share against the agent with profiling off, same set-up as above:\n\n"
+            + bench_profiling.render(result))
+    return text, result
 
 
 def section_ingest() -> tuple[str, Any]:
@@ -77,6 +86,7 @@ def section_dashboard() -> tuple[str, Any]:
 
 SECTIONS: dict[str, Callable[[], tuple[str, Any]]] = {
     "overhead": section_overhead,
+    "profiling": section_profiling,
     "ingest": section_ingest,
     "export": section_export,
     "dashboard": section_dashboard,

@@ -228,6 +228,9 @@ class Collection:
             self.metrics.observe_threadpool(batch.threadpool)
         self.writer.put_agent_stats(batch.stats)
         self.metrics.observe_agent(batch.stats)
+        unavailable = (batch.profiling or {}).get("unavailable")
+        if unavailable:
+            self._warn(f"no per-request profiles from pid {pid}: {unavailable}")
         for profile in batch.profiles:
             self.writer.put_profile(pid, profile["start"], profile["method"],
                                     profile["route"], profile["duration_ms"], profile["tree"])

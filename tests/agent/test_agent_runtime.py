@@ -258,3 +258,12 @@ def test_client_reconnects_once_to_a_restarted_agent(sock_dir: str) -> None:
             assert client.pull().stats.recorded == 0  # the kept connection was stale
         finally:
             second.stop()
+
+
+def test_instrument_sets_the_profiling_share(sock_dir: str) -> None:
+    app = sync_app()
+    apiscope.instrument(app, directory=sock_dir, start=False, profile_every=0)
+    get_all(app, [f"/sync/{i}" for i in range(30)])
+    agent = current_agent()
+    assert agent.profiling.options.every == 0
+    assert list(agent.profiles) == []  # 0 turns per-request profiles off

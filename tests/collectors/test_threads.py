@@ -207,3 +207,6 @@ def test_an_unseen_thread_takes_the_verdict_of_its_line_in_other_threads() -> No
     assert by_key[(3, sleep)] == (SampleState.BLOCKED, None)
     # a line seen computing says nothing about who held the GIL there: running, unknown
     assert by_key[(3, compute)] == (SampleState.RUNNING, None)
+    # two looks at a line prove nothing: thread 3 keeps the raw verdict
+    few, _ = classify(samples, {(1, 2, sleep): Activity(2, 0, 0)})
+    assert {(s.tid, s.frames[-1]): s.state for s in few}[(3, sleep)] is SampleState.RUNNING

@@ -108,7 +108,9 @@ def test_zero_disables_and_unmatched_is_never_profiled() -> None:
 
 
 def test_without_pyinstrument_the_agent_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "pyinstrument", None)  # what a failed import looks like
+    for name in ("pyinstrument", "pyinstrument.stack_sampler",
+                 "pyinstrument.low_level.stat_profile"):
+        monkeypatch.setitem(sys.modules, name, None)  # what a failed import looks like
     p = RequestProfiling(deque(), ProfilingOptions(every=1))
     for _ in range(5):
         p.observe("GET", "/a", 1.0)

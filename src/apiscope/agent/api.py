@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from .middleware import AgentMiddleware
@@ -14,16 +15,19 @@ _MARK = "_apiscope_agent"
 
 
 def instrument(app: Any, *, directory: str | None = None, start: bool = True,
-               agent: Agent | None = None) -> Any:
+               agent: Agent | None = None, profile_every: int | None = None) -> Any:
     """Record every HTTP request of `app` and serve the records on the agent's socket.
 
     A Starlette/FastAPI app is changed in place and returned: the agent wraps its whole
     middleware stack, outside the server-error middleware, so it sees the 500 that middleware
     sends and the exception it re-raises. Any other ASGI callable is returned wrapped.
     Instrumenting twice changes nothing. `start=False` leaves the socket server off;
-    `directory` overrides the socket directory.
+    `directory` overrides the socket directory; `profile_every=N` profiles one request in N
+    per route with pyinstrument (0 turns per-request profiles off; see docs/profiling.md).
     """
     agent = agent if agent is not None else current_agent(directory)
+    if profile_every is not None:
+        agent.configure_profiling(replace(agent.profiling.options, every=profile_every))
     if _is_starlette(app):
         _wrap_stack(app, agent)
         agent.add_routes(app)

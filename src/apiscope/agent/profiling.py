@@ -1,10 +1,18 @@
 """Per-request async profiles: which requests to profile, profiling them, and the compact tree.
 
-Stack sampling sees what a thread runs, not what a coroutine waits for. pyinstrument's async
-mode does: while a profiled request's task is suspended, the time is charged to an `[await]`
-leaf under the frame that awaited. pyinstrument is imported lazily (this package stays
-standard-library only at import) and only in `RequestProfiling.__init__`: a target that cannot
-import it gets a status in the agent's stats and no profiles, never a failed request.
+Stack sampling sees what a thread runs, not what a coroutine waits for. A profiled request here
+is driven slice by slice (`SliceProfiler.drive`, the way `await` drives a coroutine): while the
+request runs, pyinstrument's stack sampler samples it; while it is suspended, the sampler is
+off and the agent times the suspension itself, charging it to an `[await]` leaf under the
+innermost frame that awaited (read from the coroutines' `cr_await` chain). pyinstrument's own
+async mode does the same attribution, but keeps its profile hook on the whole thread for the
+request's whole life: measured here, every other request's Python code on the loop ran about 4
+times slower meanwhile, which on a busy server doubled latencies. Driven by slices, only the
+profiled request pays.
+
+pyinstrument is imported lazily (this package stays standard-library only at import) and only
+in `RequestProfiling.__init__`: a target that cannot import it gets a status in the agent's
+pull and no profiles, never a failed request.
 
 Which requests: 1 in `every` requests per route, plus the next request of a route whose latency
 reached `slow_ms` (at most once a second per route: a slow route is profiled from its second
@@ -16,12 +24,9 @@ test of `RequestProfiling.armed` when nothing is armed (one regex match per arme
 otherwise); after it, one counter update in `observe`.
 
 The shipped tree (see `compact_tree`) is `{"function", "file", "line", "time_ms", "await_ms",
-"loop_busy_ms", "loop_blocked_ms", "children"}` per node: `line` is the line executing in that
-frame, `time_ms` the node's inclusive wall time, `await_ms` the time the request was suspended
-with this frame as the innermost awaiting one, `loop_busy_ms` the part of that await during
-which the event loop ran other code instead of waiting idle, and `loop_blocked_ms` the part of
-that during which the loop was stuck in single stretches of `BLOCKED_SECONDS` or more (see
-`loop_aware_profiler`). The root is a synthetic node (`file` "") named after the request.
+"children"}` per node: `line` is the line executing in that frame, `time_ms` the node's
+inclusive wall time and `await_ms` the time the request was suspended with this frame as the
+innermost awaiting one. The root is a synthetic node (`file` "") named after the request.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -39,14 +44,9 @@ ENV_PREFIX = "APISCOPE_PROFILE_"
 AWAIT = "[await]"
 ROUTE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
 SLOW_REARM_SECONDS = 1.0  # a route slow on every request is profiled at most once a second
-# A sample whose gap since the previous one is this long saw no Python call or return for that
-# time: the loop was held by one blocking call (time.sleep, a C call, a call-free loop).
-BLOCKED_SECONDS = 0.005
+MAX_AWAIT_DEPTH = 200
 
 Records = Sequence[tuple[Sequence[str], float]]  # pyinstrument's (root-first stack, seconds)
-# An await stack (ending in `[await]`), with the seconds of that await during which the loop
-# was busy with other code, and of those, held by blocking stretches.
-LoopRecords = Sequence[tuple[Sequence[str], float, float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,40 +119,119 @@ class TokenBucket:
         return False
 
 
+class SliceProfiler:
+    """One request's profile: its running slices sampled by pyinstrument's stack sampler, its
+    suspensions timed here. `records` are pyinstrument-style (stack, seconds) pairs."""
+
+    def __init__(self, sampler: Callable[[], Any], frame_info: Callable[[Any], str],
+                 interval: float, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._sampler = sampler  # pyinstrument's per-thread StackSampler
+        self._frame_info = frame_info  # pyinstrument's frame identifier, for matching stacks
+        self._interval = interval
+        self._clock = clock
+        self.records: list[tuple[Sequence[str], float]] = []
+        self.sampling = True
+        self._sampled = 0.0
+
+    def _saw(self, call_stack: list[str], seconds: float, async_state: Any) -> None:
+        self.records.append((call_stack, seconds))
+        self._sampled += seconds
+
+    def drive(self, coro: Any) -> Generator[Any, Any, Any]:
+        """Run `coro` to its end as `await coro` would, profiling it (the `__await__` of
+        `Profiled`); this frame is the anchor `compact_tree` cuts stacks at."""
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            started = self._start()
+            try:
+                yielded = coro.send(value) if error is None else coro.throw(error)
+            except StopIteration as done:
+                self._stop(started, None)
+                return done.value
+            except BaseException:
+                self._stop(started, None)
+                raise
+            awaiting = self._stop(started, coro)
+            suspended = self._clock()
+            try:
+                value, error = (yield yielded), None
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # cancellation, thrown in by the task: pass it on
+                value, error = None, exc
+            self.records.append(([*awaiting, AWAIT], self._clock() - suspended))
+
+    def _start(self) -> float:
+        self._sampled = 0.0
+        if self.sampling:
+            try:
+                self._sampler().subscribe(self._saw, desired_interval=self._interval,
+                                          use_async_context=False)
+            except Exception:  # another profiler's settings clash: time the slices only
+                self.sampling = False
+        return self._clock()
+
+    def _stop(self, started: float, coro: Any) -> list[str]:
+        """End a slice; its time the sampler did not see is charged to where it stopped."""
+        elapsed = self._clock() - started
+        if self.sampling:
+            try:
+                self._sampler().unsubscribe(self._saw)
+            except Exception:
+                self.sampling = False
+        stack = [ANCHOR_INFO, *self._awaiting(coro)]
+        if elapsed > self._sampled:
+            self.records.append((stack, elapsed - self._sampled))
+        return stack
+
+    def _awaiting(self, coro: Any) -> list[str]:
+        """Frame identifiers of the chain of suspended coroutines, outermost first."""
+        out: list[str] = []
+        while coro is not None and len(out) < MAX_AWAIT_DEPTH:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is None:
+                break
+            out.append(self._frame_info(frame))
+            coro = getattr(coro, "cr_await", None) if hasattr(coro, "cr_await") else getattr(
+                coro, "gi_yieldfrom", None)
+        return out
+
+
+class Profiled:
+    """`await Profiled(profiler, coro)`: `coro`, driven by `profiler`."""
+
+    __slots__ = ("coro", "profiler")
+
+    def __init__(self, profiler: SliceProfiler, coro: Any) -> None:
+        self.profiler = profiler
+        self.coro = coro
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return self.profiler.drive(self.coro)
+
+
 class ProfileRun:
-    """One request being profiled: `around` runs the app under a pyinstrument Profiler."""
+    """One request being profiled: `around` runs the app under a `SliceProfiler`."""
 
-    __slots__ = ("key", "loop", "profiler", "records")
+    __slots__ = ("key", "profiler", "records")
 
-    def __init__(self, key: tuple[str, str], profiler: Any) -> None:
+    def __init__(self, key: tuple[str, str], profiler: SliceProfiler) -> None:
         self.key = key
         self.profiler = profiler
         self.records: Records | None = None
-        self.loop: LoopRecords = ()  # what the loop did while this request awaited
 
     async def around(self, call: Callable[..., Awaitable[None]], *args: Any) -> None:
-        # The profiler starts and stops in this coroutine, so inside the request's own task and
-        # context: pyinstrument's async mode follows that context across awaits. This frame is
-        # the anchor `compact_tree` cuts the server's and the agent's frames at.
         try:
-            self.profiler.start()
-        except Exception:  # e.g. the app runs its own profiler in this context: stand back
-            await call(*args)
-            return
-        try:
-            await call(*args)
+            await Profiled(self.profiler, call(*args))
         finally:
-            try:
-                self.records = self.profiler.stop().frame_records
-                loop = getattr(self.profiler, "loop", None) or {}
-                self.loop = [([*stack, AWAIT], busy, blocked)
-                             for stack, busy, blocked in loop.values()]
-            except Exception:
-                self.records = None  # counted by `finish`; the request's outcome is untouched
+            self.records = self.profiler.records
 
 
-ANCHOR = ("around", ProfileRun.around.__code__.co_filename,
-          ProfileRun.around.__code__.co_firstlineno)
+ANCHOR = ("drive", SliceProfiler.drive.__code__.co_filename,
+          SliceProfiler.drive.__code__.co_firstlineno)
+ANCHOR_INFO = "\x00".join((ANCHOR[0], ANCHOR[1], str(ANCHOR[2])))
 
 
 class RequestProfiling:
@@ -239,8 +318,7 @@ class RequestProfiling:
         if run.records is None:
             self.errors += 1
             return
-        tree = compact_tree(run.records, f"{method} {route}", duration_ms, self.options,
-                            loop=run.loop)
+        tree = compact_tree(run.records, f"{method} {route}", duration_ms, self.options)
         self.profiles.append({"start": start, "method": method, "route": route,
                               "duration_ms": duration_ms, "tree": tree})
         self.profiled += 1
@@ -259,61 +337,18 @@ class RequestProfiling:
 
     def _pyinstrument_factory(self) -> Callable[[float], Any]:
         try:
-            module = importlib.import_module("pyinstrument")
+            sampling = importlib.import_module("pyinstrument.stack_sampler")
+            low_level = importlib.import_module("pyinstrument.low_level.stat_profile")
+            sampler, frame_info = sampling.get_stack_sampler, low_level.get_frame_info
         except Exception as exc:  # ImportError, or a broken install raising anything else
             self.unavailable = (f"pyinstrument cannot be imported in this process ({exc});"
                                 " install it in the server's environment to get async profiles")
             return _no_profiler
-        profiler_class = loop_aware_profiler(module.Profiler)
 
-        def factory(interval: float) -> Any:
-            return profiler_class(interval=interval, async_mode="enabled")
+        def factory(interval: float) -> SliceProfiler:
+            return SliceProfiler(sampler, frame_info, interval)
 
         return factory
-
-
-def loop_is_idle(call_stack: Sequence[str]) -> bool:
-    """True when a sample caught the event loop waiting for events (in `selectors`' select)."""
-    for info in call_stack[-2:]:
-        if info.startswith("select\x00") and "selectors.py\x00" in info:
-            return True
-    return False
-
-
-def loop_aware_profiler(base: Any) -> Any:
-    """pyinstrument's Profiler, also noting how much of each await the loop spent running
-    other code rather than idle in select().
-
-    pyinstrument charges every sample taken while the request is suspended to its await,
-    whatever the loop does meanwhile: behind a loop blocked by another request, a 2 ms query
-    shows as a 2 s await. The blocked part tells such waits from the outside world's slowness
-    (the busy part includes other requests' ordinary work, which an await overlaps by design).
-    It hooks pyinstrument's sample callback (a private method, stable since pyinstrument 4);
-    should that change, the plain Profiler is used and no await is marked busy.
-    """
-    if not callable(getattr(base, "_sampler_saw_call_stack", None)):
-        return base
-
-    class LoopAwareProfiler(base):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            # id(await stack) -> [await stack, busy seconds, blocked seconds]
-            self.loop: dict[int, list[Any]] = {}
-
-        def _sampler_saw_call_stack(self, call_stack: list[str], time_since_last_sample: float,
-                                    async_state: Any) -> None:
-            super()._sampler_saw_call_stack(call_stack, time_since_last_sample, async_state)
-            if (async_state is not None and async_state.state == "out_of_context_awaited"
-                    and not loop_is_idle(call_stack)):
-                # One await stack list per suspension: its id keys the suspension.
-                entry = self.loop.get(id(async_state.info))
-                if entry is None:
-                    entry = self.loop[id(async_state.info)] = [async_state.info, 0.0, 0.0]
-                entry[1] += time_since_last_sample
-                if time_since_last_sample >= BLOCKED_SECONDS:
-                    entry[2] += time_since_last_sample
-
-    return LoopAwareProfiler
 
 
 def _no_profiler(interval: float) -> Any:
@@ -323,14 +358,12 @@ def _no_profiler(interval: float) -> Any:
 # -- the compact tree --------------------------------------------------------------------------
 
 class _Node:
-    __slots__ = ("function", "file", "line", "time", "awaited", "busy", "blocked", "children")
+    __slots__ = ("function", "file", "line", "time", "awaited", "children")
 
     def __init__(self, function: str, file: str, line: int) -> None:
         self.function, self.file, self.line = function, file, line
         self.time = 0.0
         self.awaited = 0.0  # own await time
-        self.busy = 0.0  # the part of `awaited` during which the loop ran other code
-        self.blocked = 0.0  # the part of `busy` in blocking stretches
         self.children: dict[tuple[str, str, int], _Node] = {}
 
     def child(self, key: tuple[str, str, int]) -> _Node:
@@ -363,50 +396,35 @@ def _below_anchor(stack: Sequence[str], anchor: tuple[str, str, int]) -> Sequenc
     return ()
 
 
-def build_tree(records: Records, name: str, anchor: tuple[str, str, int] = ANCHOR,
-               loop: LoopRecords = ()) -> _Node:
-    """The full call tree below the anchor frame, merged by (function, file, executing line).
-
-    `loop` holds await stacks with what the loop did during those awaits: added to the
-    awaiting nodes' `busy` and `blocked`, not to any time."""
+def build_tree(records: Records, name: str,
+               anchor: tuple[str, str, int] = ANCHOR) -> _Node:
+    """The full call tree below the anchor frame, merged by (function, file, executing line)."""
     root = _Node(name, "", 0)
     parsed: dict[str, tuple[str, str, int]] = {}
-
-    def node_of(frames: Sequence[str], seconds: float) -> _Node:
+    for stack, seconds in records:
+        frames = _below_anchor(stack, anchor)
+        awaiting = bool(frames) and frames[-1] == AWAIT
         node = root
         node.time += seconds
-        for info in frames:
+        for info in frames[:-1] if awaiting else frames:
             key = parsed.get(info)
             if key is None:
                 key = parsed[info] = parse_frame(info)
             node = node.child(key)
             node.time += seconds
-        return node
-
-    for stack, seconds in records:
-        frames = _below_anchor(stack, anchor)
-        if frames and frames[-1] == AWAIT:
-            node_of(frames[:-1], seconds).awaited += seconds
-        else:
-            node_of(frames, seconds)
-    for stack, busy, blocked in loop:
-        frames = _below_anchor(stack, anchor)
-        if frames and frames[-1] == AWAIT:
-            node = node_of(frames[:-1], 0.0)
-            node.busy += busy
-            node.blocked += blocked
+        if awaiting:
+            node.awaited += seconds
     return root
 
 
 def compact_tree(records: Records, name: str, duration_ms: float,
                  options: ProfilingOptions | None = None,
-                 anchor: tuple[str, str, int] = ANCHOR,
-                 loop: LoopRecords = ()) -> dict[str, Any]:
+                 anchor: tuple[str, str, int] = ANCHOR) -> dict[str, Any]:
     """The shipped tree: nodes below max(`min_node_ms`, `min_node_share` of the request) are
     folded into their parent (their await time stays await time), then only the `max_nodes`
     largest nodes are kept. Times are milliseconds."""
     options = options or ProfilingOptions()
-    root = build_tree(records, name, anchor, loop)
+    root = build_tree(records, name, anchor)
     floor = max(options.min_node_ms, options.min_node_share * max(duration_ms, root.time * 1e3))
     keep = _largest(root, floor / 1e3, options.max_nodes)
     return _export(root, keep)
@@ -434,35 +452,24 @@ def _largest(root: _Node, floor: float, limit: int) -> set[int]:
 
 
 def _export(node: _Node, keep: set[int]) -> dict[str, Any]:
-    children, folded = [], (0.0, 0.0, 0.0)
+    children, folded = [], 0.0
     for child in sorted(node.children.values(), key=lambda c: -c.time):
         if id(child) in keep:
             children.append(_export(child, keep))
         else:
-            folded = _sum(folded, _subtree_await(child))
-    awaited, busy, blocked = _sum((node.awaited, node.busy, node.blocked), folded)
-    busy = min(awaited, busy)
+            folded += _subtree_await(child)
     return {"function": node.function, "file": node.file, "line": node.line,
-            "time_ms": round(node.time * 1e3, 3), "await_ms": round(awaited * 1e3, 3),
-            "loop_busy_ms": round(busy * 1e3, 3),
-            "loop_blocked_ms": round(min(busy, blocked) * 1e3, 3), "children": children}
+            "time_ms": round(node.time * 1e3, 3),
+            "await_ms": round((node.awaited + folded) * 1e3, 3), "children": children}
 
 
-def _sum(a: tuple[float, float, float], b: tuple[float, float, float]
-         ) -> tuple[float, float, float]:
-    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
-
-
-def _subtree_await(node: _Node) -> tuple[float, float, float]:
-    """(await, busy, blocked) seconds of a subtree."""
-    total = (node.awaited, node.busy, node.blocked)
-    for child in node.children.values():
-        total = _sum(total, _subtree_await(child))
-    return total
+def _subtree_await(node: _Node) -> float:
+    return node.awaited + sum(_subtree_await(c) for c in node.children.values())
 
 
 __all__ = [
     "ProfileRun",
+    "SliceProfiler",
     "ProfilingOptions",
     "RequestProfiling",
     "compact_tree",

@@ -5,20 +5,28 @@ A profile's tree (see `apiscope.agent.profiling`) splits each request's wall tim
 *awaiting* (the request's task suspended: a query, an outside call, a sleep). Await time is
 charged to an await site: the innermost application frame on the path to the awaiting frame
 (the user line that awaited), with the call it awaited there (the next frame down, e.g.
-`AsyncSession.execute`). Await under no application frame (a sync handler waiting for the
-thread pool, framework plumbing) is counted as await time but charged to no site.
+`AsyncSession.execute`) and that call's library, its *resource* (`sqlalchemy`, `asyncio`,
+`httpx`). Await under no application frame (a sync handler waiting for the thread pool,
+framework plumbing) is counted as await time but charged to no site.
 
-An await lasts until the awaited thing is done *and* the loop gets back to the task. Behind a
-loop blocked by other requests, a 2 ms query can await for seconds. Each node's
-`loop_blocked_ms` (the part of its await during which the loop was held by blocking stretches
-of other code: a sync sleep, a long computation) is therefore kept apart: shares of a route's
-time use its await outside those stretches, over its time minus them, so that a slow await is
-the outside world's slowness, not a blocked loop's. (Other requests' ordinary work overlapping
-an await is concurrency, the point of awaiting, and is not discounted.)
+An await lasts until the awaited thing is done *and* the loop gets back to the task, so a busy
+process stretches every await. Two things are therefore kept out of a site's share of its
+route's time (see docs/profiling.md):
+
+- time outside the request's frames (the synthetic root's own time);
+- awaits on a *contended* resource: one whose awaits are slow (median `slow_ms` or more) in at
+  least `CONTENDED_ROUTES` routes and in at least half the routes that await it. A pool or a
+  starved worker thread slowing every query is shared contention, not one line's slowness.
+
+A site's cost is then its *floor*: the lower quartile over the route's profiled requests of its
+await in each (0 where a request did not await there), and its share is floor / (floor + the
+lower quartile of the rest of each request's own time). Lower quartiles, because contention
+only ever adds time: the least contended requests say what a site costs by itself.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -32,6 +40,29 @@ from apiscope.model import Frame
 SiteKey = tuple[str, int, str]  # (file, line, function) of the awaiting application frame
 SLOWEST_KEPT = 10
 MIN_PROFILES = 3  # fewer profiled requests than this are an anecdote, not a route's pattern
+CONTENDED_ROUTES = 3
+DEFAULT_SLOW_MS = 50.0
+INSTALLED = re.compile(r"/(?:site-packages|dist-packages)/([^/]+)")
+STDLIB = re.compile(r"/lib/python3\.\d+/([^/]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class SiteAwait:
+    """One request's await at one site."""
+
+    ms: float
+    awaited: str  # the call awaited at that line ("" when the frame awaited a future itself)
+    resource: str  # that call's top-level package ("" for application code)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBreakdown:
+    """One profile's split of its time."""
+
+    total_ms: float
+    await_ms: float
+    outside_ms: float  # time seen outside the request's frames
+    sites: dict[SiteKey, SiteAwait]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,16 +72,14 @@ class AwaitSite:
     file: str
     line: int
     function: str
-    awaited: str  # the call awaited at that line ("" when the frame awaited a future itself)
+    awaited: str
+    resource: str
     total_ms: float  # summed over the route's profiles
     requests: int  # profiles in which this site awaited
     typical_ms: float  # median await per request, over the requests where it awaited
-    blocked_ms: float = 0.0  # the part of total_ms with the loop held by other blocking code
-
-    @property
-    def waiting_ms(self) -> float:
-        """Await time outside blocked-loop stretches: the awaited thing itself was slow."""
-        return max(0.0, self.total_ms - self.blocked_ms)
+    floor_ms: float = 0.0  # lower quartile of its await over all the route's profiles
+    share: float = 0.0  # floor / (floor + lower quartile of the rest of the requests' time)
+    contended: bool = False  # its resource is slow on many routes at once
 
 
 @dataclass(slots=True)
@@ -61,40 +90,21 @@ class RouteProfiles:
     count: int = 0
     total_ms: float = 0.0
     await_ms: float = 0.0
-    blocked_ms: float = 0.0  # await time with the loop held by other blocking code
-    sites: list[AwaitSite] = field(default_factory=list)  # most await first
+    outside_ms: float = 0.0
+    sites: list[AwaitSite] = field(default_factory=list)  # costliest (by floor) first
     tree: dict[str, Any] | None = None  # all profiles merged (times summed)
     slowest: list[dict[str, Any]] = field(default_factory=list)  # slowest profiles first
+    requests: list[RequestBreakdown] = field(default_factory=list)
 
     @property
     def cpu_ms(self) -> float:
         """Time running on the loop thread (not awaiting), summed over the profiles."""
-        return max(0.0, self.total_ms - self.await_ms)
-
-    @property
-    def unattributed_await_ms(self) -> float:
-        return max(0.0, self.await_ms - sum(s.total_ms for s in self.sites))
+        return max(0.0, self.total_ms - self.await_ms - self.outside_ms)
 
     @property
     def dominant(self) -> AwaitSite | None:
-        return self.sites[0] if self.sites else None
-
-    def share(self, site: AwaitSite) -> float:
-        """The site's await outside blocked-loop stretches, over the route's time outside
-        them."""
-        own = self.total_ms - self.blocked_ms
-        return site.waiting_ms / own if own > 0 else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class RequestBreakdown:
-    """One profile's split: total, await, blocked-loop await, and per site (await, blocked-loop
-    await, the awaited call)."""
-
-    total_ms: float
-    await_ms: float
-    blocked_ms: float
-    sites: dict[SiteKey, tuple[float, float, str]]
+        """The costliest site not awaiting a contended resource."""
+        return next((s for s in self.sites if not s.contended and s.floor_ms > 0), None)
 
 
 def endpoint_of(profile: dict[str, Any]) -> str:
@@ -118,70 +128,127 @@ def is_app_node(node: dict[str, Any], roots: Sequence[str]) -> bool:
     return is_app_frame(frame, roots)
 
 
+def resource_of(file: str) -> str:
+    """The top-level package a library file belongs to ("" for application code)."""
+    match = INSTALLED.search(file) or STDLIB.search(file)
+    return match.group(1).removesuffix(".py") if match else ""
+
+
+def _ms(node: dict[str, Any], key: str) -> float:
+    return float(node.get(key) or 0.0)
+
+
 def breakdown(profile: dict[str, Any], roots: Sequence[str]) -> RequestBreakdown:
-    """Split one profile's time into await per application site (see the module docstring)."""
+    """Split one profile's time (see the module docstring)."""
     tree = profile.get("tree")
-    total = float(tree.get("time_ms") or 0.0) if isinstance(tree, dict) else 0.0
-    total = total or float(profile.get("duration_ms") or 0.0)
-    sites: dict[SiteKey, tuple[float, float, str]] = {}
-    awaited_total = blocked_total = 0.0
-    # (node, innermost app node above or at it, the child of that app node on this path)
-    stack: list[tuple[Any, dict[str, Any] | None, str]] = [(tree, None, "")]
+    if not isinstance(tree, dict):
+        return RequestBreakdown(float(profile.get("duration_ms") or 0.0), 0.0, 0.0, {})
+    total = _ms(tree, "time_ms") or float(profile.get("duration_ms") or 0.0)
+    outside = 0.0
+    if not tree.get("file"):  # the agent's synthetic root: its own time is not the request's
+        outside = max(0.0, _ms(tree, "time_ms") - _ms(tree, "await_ms")
+                      - sum(_ms(c, "time_ms") for c in tree.get("children") or ()))
+    sites: dict[SiteKey, SiteAwait] = {}
+    awaited_total = 0.0
+    # (node, innermost app node above or at it, the node that app node called on this path)
+    stack: list[tuple[Any, dict[str, Any] | None, dict[str, Any] | None]] = [(tree, None, None)]
     while stack:
         node, app, call = stack.pop()
         if not isinstance(node, dict):
             continue
         if is_app_node(node, roots):
-            app, call = node, ""
-        elif app is not None and not call:
-            call = str(node.get("function") or "")
-        ms = float(node.get("await_ms") or 0.0)
+            app, call = node, None
+        elif app is not None and call is None:
+            call = node
+        ms = _ms(node, "await_ms")
         if ms > 0:
-            blocked = min(ms, float(node.get("loop_blocked_ms") or 0.0))
             awaited_total += ms
-            blocked_total += blocked
             if app is not None:
-                key = (str(app["file"]), int(app.get("line") or 0), str(app.get("function")))
-                before, before_blocked, awaited = sites.get(key, (0.0, 0.0, call))
-                sites[key] = (before + ms, before_blocked + blocked, awaited or call)
+                _add_site(sites, app, call, ms)
         stack.extend((child, app, call) for child in node.get("children") or ())
-    if total and awaited_total > total:  # rounding in the agent: never more await than time
-        blocked_total *= total / awaited_total
-        awaited_total = total
-    return RequestBreakdown(total, awaited_total, blocked_total, sites)
+    return RequestBreakdown(total, awaited_total, outside, sites)
 
 
-def aggregate(profiles: Iterable[dict[str, Any]],
-              roots: Sequence[str] = ()) -> dict[str, RouteProfiles]:
-    """Each route's `RouteProfiles`, keyed by endpoint ("METHOD /template")."""
+def _add_site(sites: dict[SiteKey, SiteAwait], app: dict[str, Any],
+              call: dict[str, Any] | None, ms: float) -> None:
+    key = (str(app["file"]), int(app.get("line") or 0), str(app.get("function")))
+    before = sites.get(key)
+    if before is not None:
+        sites[key] = SiteAwait(before.ms + ms, before.awaited, before.resource)
+    else:
+        awaited = str(call.get("function") or "") if call is not None else ""
+        resource = resource_of(str(call.get("file") or "")) if call is not None else ""
+        sites[key] = SiteAwait(ms, awaited, resource)
+
+
+def lower_quartile(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[int(0.25 * (len(ordered) - 1))] if ordered else 0.0
+
+
+def aggregate(profiles: Iterable[dict[str, Any]], roots: Sequence[str] = (),
+              slow_ms: float = DEFAULT_SLOW_MS) -> dict[str, RouteProfiles]:
+    """Each route's `RouteProfiles`, keyed by endpoint ("METHOD /template"); `slow_ms` is the
+    median await from which a resource counts as slow on a route (for contention)."""
     routes: dict[str, RouteProfiles] = {}
-    # endpoint -> site -> ([await per request], blocked total, awaited call)
-    per_site: dict[str, dict[SiteKey, tuple[list[float], list[float], str]]] = {}
     for profile in profiles:
-        endpoint = endpoint_of(profile)
-        route = routes.setdefault(endpoint, RouteProfiles(endpoint))
+        route = routes.setdefault(endpoint_of(profile), RouteProfiles(endpoint_of(profile)))
         split = breakdown(profile, roots)
         route.count += 1
         route.total_ms += split.total_ms
         route.await_ms += split.await_ms
-        route.blocked_ms += split.blocked_ms
-        sites = per_site.setdefault(endpoint, {})
-        for key, (ms, blocked, call) in split.sites.items():
-            values, blockeds, _ = sites.setdefault(key, ([], [], call))
-            values.append(ms)
-            blockeds.append(blocked)
+        route.outside_ms += split.outside_ms
+        route.requests.append(split)
         if isinstance(profile.get("tree"), dict):
             route.tree = merge_trees(route.tree, profile["tree"])
         route.slowest.append(profile)
-    for endpoint, route in routes.items():
+    contended = contended_resources(routes.values(), slow_ms)
+    for route in routes.values():
         route.slowest.sort(key=lambda p: -float(p.get("duration_ms") or 0.0))
         del route.slowest[SLOWEST_KEPT:]
-        route.sites = sorted(
-            (AwaitSite(key[0], key[1], key[2], call, sum(values), len(values), median(values),
-                       sum(blockeds))
-             for key, (values, blockeds, call) in per_site.get(endpoint, {}).items()),
-            key=lambda s: (-s.waiting_ms, -s.total_ms, s.file, s.line))
+        route.sites = _sites(route.requests, contended)
     return routes
+
+
+def contended_resources(routes: Iterable[RouteProfiles], slow_ms: float) -> set[str]:
+    """Resources slow (median await `slow_ms` or more at some site) on at least
+    `CONTENDED_ROUTES` routes and on at least half the routes that await them."""
+    using: dict[str, int] = {}
+    slow: dict[str, int] = {}
+    for route in routes:
+        waits: dict[tuple[str, SiteKey], list[float]] = {}
+        for split in route.requests:
+            for key, site in split.sites.items():
+                if site.resource:
+                    waits.setdefault((site.resource, key), []).append(site.ms)
+        resources = {resource for resource, _ in waits}
+        slow_here = {resource for (resource, _), values in waits.items()
+                     if median(values) >= slow_ms}
+        for resource in resources:
+            using[resource] = using.get(resource, 0) + 1
+            slow[resource] = slow.get(resource, 0) + (resource in slow_here)
+    return {r for r, n in slow.items() if n >= CONTENDED_ROUTES and 2 * n >= using[r]}
+
+
+def _sites(requests: list[RequestBreakdown], contended: set[str]) -> list[AwaitSite]:
+    contended_ms = [sum(s.ms for s in split.sites.values() if s.resource in contended)
+                    for split in requests]
+    keys = sorted({key for split in requests for key in split.sites})
+    out = []
+    for key in keys:
+        seen = [split.sites[key] for split in requests if key in split.sites]
+        mine = [split.sites[key].ms if key in split.sites else 0.0 for split in requests]
+        is_contended = seen[0].resource in contended
+        # the rest of each request's own time (a contended site's await is already out of it)
+        rest = [max(0.0, split.total_ms - split.outside_ms - other - (0.0 if is_contended
+                                                                       else ms))
+                for split, other, ms in zip(requests, contended_ms, mine, strict=True)]
+        floor, floor_rest = lower_quartile(mine), lower_quartile(rest)
+        out.append(AwaitSite(
+            key[0], key[1], key[2], seen[0].awaited, seen[0].resource,
+            sum(s.ms for s in seen), len(seen), median(s.ms for s in seen), floor,
+            floor / (floor + floor_rest) if floor + floor_rest > 0 else 0.0, is_contended))
+    return sorted(out, key=lambda s: (-s.floor_ms, -s.total_ms, s.file, s.line))
 
 
 def describe_site(site: AwaitSite) -> str:
@@ -190,26 +257,16 @@ def describe_site(site: AwaitSite) -> str:
     return f"{call}{PurePath(site.file).name}:{site.line}"
 
 
-def dominant_await(route: RouteProfiles | None, roots: Sequence[str],
-                   min_share: float) -> str | None:
-    """"78% of the slowest profiled requests' time spent awaiting `AsyncSession.execute` at
-    orders.py:41": when the route's dominant await site holds at least `min_share` of the time
-    of its slowest profiled requests (the half that makes its p95). None for a route slow on
-    CPU, so that it is never blamed on an await."""
-    if route is None or route.count < MIN_PROFILES or route.dominant is None:
+def dominant_await(route: RouteProfiles | None, min_share: float) -> str | None:
+    """"78% of its profiled requests' own time spent awaiting `AsyncSession.execute` at
+    orders.py:41", when the route's dominant await site holds at least `min_share`; None for a
+    route slow on CPU, so that it is never blamed on an await."""
+    if route is None or route.count < MIN_PROFILES:
         return None
     site = route.dominant
-    key = (site.file, site.line, site.function)
-    own = waiting = 0.0
-    for profile in route.slowest[:max(1, (len(route.slowest) + 1) // 2)]:
-        split = breakdown(profile, roots)
-        own += split.total_ms - split.blocked_ms
-        at_site, blocked, _ = split.sites.get(key, (0.0, 0.0, ""))
-        waiting += at_site - blocked
-    share = waiting / own if own > 0 else 0.0
-    if share < min_share:
+    if site is None or site.share < min_share:
         return None
-    return (f"{pct(share)} of the slowest profiled requests' time spent awaiting"
+    return (f"{pct(site.share)} of its profiled requests' own time spent awaiting"
             f" {describe_site(site)}")
 
 
@@ -218,10 +275,8 @@ def merge_trees(into: dict[str, Any] | None, tree: dict[str, Any]) -> dict[str, 
     changed in place (a fresh copy when None)."""
     if into is None:
         return _copy(tree)
-    into["time_ms"] = float(into.get("time_ms") or 0.0) + float(tree.get("time_ms") or 0.0)
-    for field_name in ("await_ms", "loop_busy_ms", "loop_blocked_ms"):
-        into[field_name] = (float(into.get(field_name) or 0.0)
-                            + float(tree.get(field_name) or 0.0))
+    for name in ("time_ms", "await_ms"):
+        into[name] = _ms(into, name) + _ms(tree, name)
     index = {_key(c): c for c in into["children"]}
     for child in tree.get("children") or ():
         match = index.get(_key(child))
@@ -230,7 +285,7 @@ def merge_trees(into: dict[str, Any] | None, tree: dict[str, Any]) -> dict[str, 
             index[_key(child)] = into["children"][-1]
         else:
             merge_trees(match, child)
-    into["children"].sort(key=lambda c: -float(c.get("time_ms") or 0.0))
+    into["children"].sort(key=lambda c: -_ms(c, "time_ms"))
     return into
 
 
@@ -240,8 +295,6 @@ def _key(node: dict[str, Any]) -> tuple[str, str, int]:
 
 def _copy(node: dict[str, Any]) -> dict[str, Any]:
     return {"function": node.get("function"), "file": node.get("file"),
-            "line": node.get("line"), "time_ms": float(node.get("time_ms") or 0.0),
-            "await_ms": float(node.get("await_ms") or 0.0),
-            "loop_busy_ms": float(node.get("loop_busy_ms") or 0.0),
-            "loop_blocked_ms": float(node.get("loop_blocked_ms") or 0.0),
+            "line": node.get("line"), "time_ms": _ms(node, "time_ms"),
+            "await_ms": _ms(node, "await_ms"),
             "children": [_copy(c) for c in node.get("children") or ()]}

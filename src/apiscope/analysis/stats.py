@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed
-from apiscope.model import RequestRecord, ResourceSample
+from apiscope.model import RequestRecord, ResourceSample, SampleState
 
 MB = 1024 * 1024
 
@@ -87,6 +87,37 @@ def sampled_seconds(ctx: AnalysisContext) -> float:
     """Seconds of sampled time, summed over the windows."""
     rates = {w.start: w.rate_hz for w in ctx.data.windows}
     return sum(count / (rates.get(w) or 100) for w, count in window_ticks(ctx).items())
+
+
+WARMUP_SHARE = 0.2  # of the session
+WARMUP_SECONDS = (3.0, 30.0)  # at least, at most
+
+
+def warmup_end(ctx: AnalysisContext) -> float:
+    """When the session's warm-up ends: a fifth of it, 3 s at least and 30 s at most.
+
+    While caches fill (a computed result cached per key, an index built by the first request)
+    a healthy app does, once, work that would be a bottleneck if it went on; rules about
+    steady-state behaviour judge what comes after.
+    """
+    low, high = WARMUP_SECONDS
+    return ctx.data.start + min(high, max(low, WARMUP_SHARE * ctx.data.seconds))
+
+
+def cpu_time_scale(ctx: AnalysisContext) -> float:
+    """The process's measured CPU (psutil) over the CPU its RUNNING handler-thread samples
+    claim, at most 1; 1 without resource samples.
+
+    On a machine short of cores a runnable thread waiting for one still shows its line, so
+    sampled time overstates CPU time: every line's figure stretches by about the same factor,
+    and per-request CPU floors must be judged on the scaled figure.
+    """
+    wall = sampled_seconds(ctx)
+    running = sum(a.seconds for a in active_samples(ctx) if a.sample.state is SampleState.RUNNING)
+    measured = measured_cores(ctx.data.resources)
+    if measured is None or wall <= 0 or running <= 0:
+        return 1.0
+    return min(1.0, measured / (running / wall))
 
 
 def cpu_shares(ctx: AnalysisContext) -> dict[str, float]:

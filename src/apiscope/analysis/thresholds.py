@@ -54,9 +54,9 @@ class Thresholds:
     # threadpool_saturation: share of pool observations with every token taken / tasks waiting
     pool_saturated_share: Grades = (0.2, 0.3, 0.5)
     pool_worker_busy: float = 0.1  # busy worker threads at once / total tokens, in the stacks
-    # gil_contention: share of running thread samples that waited for the GIL
-    gil_wait_share: Grades = (0.25, 0.40, 0.60)
-    gil_min_wait_samples: int = 50
+    # gil_contention: share of an endpoint's thread samples that waited for the GIL
+    gil_wait_share: Grades = (0.20, 0.40, 0.60)
+    gil_min_wait_samples: int = 30
     # error_rate: 5xx share of one route
     error_share: Grades = (0.05, 0.20, 0.50)
     error_min_count: int = 5

@@ -39,6 +39,7 @@ class AgentBatch:
     stats: AgentStats
     profiles: list[dict[str, Any]] = field(default_factory=list)
     more: bool = False  # the agent holds more requests than one pull returns: pull again
+    profiling: dict[str, Any] | None = None  # the agent's profiling status, when it says
 
 
 class AgentClient:
@@ -202,6 +203,7 @@ def batch_from_json(data: dict[str, Any], pid: int | None = None) -> AgentBatch:
                          dropped=int(stats.get("dropped", 0)), errors=int(stats.get("errors", 0))),
         profiles=list(data.get("profiles", [])),
         more=bool(data.get("more", False)),
+        profiling=data.get("profiling"),
     )
 
 

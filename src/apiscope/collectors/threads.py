@@ -22,9 +22,10 @@ Two corrections to the probe's raw verdict:
   comes from the recording py-spy having the process stopped at that instant.
 - A thread's stack the probe never saw takes the verdict of the same leaf line in the *other*
   threads of its process when that verdict is clear-cut: a line no thread was ever seen
-  computing at (`LEAF_IDLE_ACTIVE` on-CPU at most, `LEAF_IDLE_GIL` GIL held at most) is a
-  waiting line, e.g. eight pool threads in one `time.sleep` call that a 2 Hz probe saw in
-  only some of them. Its `gil` stays unknown: who holds the GIL is per thread.
+  computing at (`LEAF_IDLE_ACTIVE` on-CPU at most, `LEAF_IDLE_GIL` GIL held at most, over at
+  least `LEAF_IDLE_MIN_OBSERVATIONS` looks) is a waiting line, e.g. eight pool threads in one
+  `time.sleep` call that a 2 Hz probe saw in only some of them. Its `gil` stays unknown: who
+  holds the GIL is per thread.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ LineKey = tuple[int, Frame]  # (pid, leaf frame), over all the process's threads
 
 LEAF_IDLE_ACTIVE = 0.25
 LEAF_IDLE_GIL = 0.10
+LEAF_IDLE_MIN_OBSERVATIONS = 3  # fewer looks at a line prove nothing about it
 
 _LOOP_FUNCTIONS = ("run_forever", "_run_once")
 _WORKER_FRAMES = (
@@ -197,7 +199,7 @@ def line_activity(activity: Mapping[LeafKey, Activity]) -> dict[LineKey, Activit
 
 
 def _idle_line(seen: Activity | None) -> bool:
-    return seen is not None and seen.observations > 0 and (
+    return seen is not None and seen.observations >= LEAF_IDLE_MIN_OBSERVATIONS and (
         seen.active <= LEAF_IDLE_ACTIVE * seen.observations
         and seen.owns_gil <= LEAF_IDLE_GIL * seen.observations)
 

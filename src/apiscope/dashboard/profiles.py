@@ -104,8 +104,7 @@ def profiles_view(route: RouteProfiles | None, roots: Sequence[str]) -> list[Any
         return [empty_state(NO_PROFILES)]
     total = route.total_ms or 1.0
     summary = (f"{route.count} profiled requests: {100 * route.cpu_ms / total:.0f}% of their"
-               f" time running on the event loop, {100 * route.await_ms / total:.0f}% awaiting"
-               f" ({100 * route.blocked_ms / total:.0f}% while other code blocked the loop)")
+               f" time running on the event loop, {100 * route.await_ms / total:.0f}% awaiting")
     return [html.Div(summary, className="summary", id="profiles-summary"),
             _sites_table(route), _tree_table(route, roots), html.H3("Slowest profiled requests"),
             _slowest_table(route, roots)]
@@ -114,13 +113,14 @@ def profiles_view(route: RouteProfiles | None, roots: Sequence[str]) -> list[Any
 def _sites_table(route: RouteProfiles) -> Any:
     if not route.sites:
         return empty_state("no await in application code: the time went elsewhere")
-    head = html.Tr([html.Th(t) for t in ("awaiting", "in", "share of time", "typical ms",
-                                         "requests", "loop blocked meanwhile")])
+    head = html.Tr([html.Th(t) for t in ("awaiting", "in", "share of own time", "floor ms",
+                                         "typical ms", "requests", "note")])
     body = [html.Tr([
         html.Td(html.Code(describe_site(s))), html.Td(html.Code(f"{s.function}()")),
-        html.Td(f"{100 * route.share(s):.0f}%"), html.Td(f"{s.typical_ms:,.1f}"),
-        html.Td(str(s.requests)),
-        html.Td(f"{100 * s.blocked_ms / s.total_ms:.0f}%" if s.total_ms else "-")])
+        html.Td("-" if s.contended else f"{100 * s.share:.0f}%"),
+        html.Td(f"{s.floor_ms:,.1f}"), html.Td(f"{s.typical_ms:,.1f}"), html.Td(str(s.requests)),
+        html.Td(f"{s.resource} is slow on many routes at once (contention)" if s.contended
+                else "")])
         for s in route.sites[:10]]
     return html.Table([html.Thead(head), html.Tbody(body)], id="await-sites-table",
                       className="data-table")
@@ -146,8 +146,8 @@ def _slowest_table(route: RouteProfiles, roots: Sequence[str]) -> Any:
     body = []
     for profile in route.slowest:
         split = breakdown(profile, roots)
-        top = max(split.sites.items(), key=lambda kv: kv[1][0], default=None)
-        main = f"{PurePath(top[0][0]).name}:{top[0][1]} ({top[1][0]:,.0f} ms)" if top else "-"
+        top = max(split.sites.items(), key=lambda kv: kv[1].ms, default=None)
+        main = f"{PurePath(top[0][0]).name}:{top[0][1]} ({top[1].ms:,.0f} ms)" if top else "-"
         buttons = [html.Button(label, n_clicks=0, className="small-button",
                                id={"type": "profile-export", "fmt": fmt,
                                    "key": profile_key(profile)})

@@ -33,7 +33,12 @@ from collections import Counter, defaultdict
 
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
 from apiscope.analysis.flags import frame_location, make_flag, pct, where
-from apiscope.analysis.stats import active_samples, measured_cores, sampled_seconds
+from apiscope.analysis.stats import (
+    active_samples,
+    cpu_time_scale,
+    measured_cores,
+    sampled_seconds,
+)
 from apiscope.analysis.thresholds import grade
 from apiscope.model import Frame, SampleState, ThreadRole
 
@@ -71,7 +76,7 @@ class CpuHotspotRule:
                 counts[_group(a, a.user)][site] += a.sample.count
                 names[site][a.user.function] += a.sample.count
                 busy[(_group(a, a.user), site)] += a.seconds
-        scale = cpu_scale(ctx, sum(a.seconds for a in running) / wall)
+        scale = cpu_time_scale(ctx)
         flags = []
         for group in sorted(counts, key=lambda g: (g[0] or "", g[1])):
             lines = sorted(counts[group].items(), key=lambda kv: (-kv[1], kv[0]))
@@ -112,10 +117,3 @@ class CpuHotspotRule:
             metric["cpu_ms_per_request"] = per_request
         return make_flag(self.kind, severity, endpoint, loc, evidence, metric, SUGGESTION)
 
-
-def cpu_scale(ctx: AnalysisContext, running_cores: float) -> float:
-    """Measured CPU over the CPU the running samples claim, at most 1 (see the docstring)."""
-    measured = measured_cores(ctx.data.resources)
-    if measured is None or running_cores <= 0:
-        return 1.0
-    return min(1.0, measured / running_cores)

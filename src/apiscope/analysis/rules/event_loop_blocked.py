@@ -5,7 +5,10 @@ code. Samples inside one endpoint's handler, RUNNING (CPU work) or BLOCKED (a sy
 I/O, which py-spy reports as idle but with the handler's line as the leaf), are time every other
 request on that loop waited. A handler that is merely called often is not a problem: its time
 on the loop per request must also be long (`loop_stall_ms_per_request`) to be flagged; without
-request counts (no agent), only the medium grade and above is flagged.
+request counts (no agent), only the medium grade and above is flagged. The per-request floor
+counts CPU work (RUNNING samples) scaled by the CPU the process really used over the CPU its
+samples claim (`stats.cpu_time_scale`): on a machine short of cores, a cheap handler's loop
+time stretches while it waits for a core, and must not pass for a long stall.
 
 A handler that blocks the loop *off-CPU* (BLOCKED samples, known only with the activity probe:
 a sync sleep, sync I/O) is flagged low even under the `loop_blocked_fraction` floor, when it
@@ -26,6 +29,7 @@ from collections import Counter, defaultdict
 
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
 from apiscope.analysis.flags import frame_location, make_flag, pct, where
+from apiscope.analysis.stats import cpu_time_scale
 from apiscope.analysis.thresholds import grade
 from apiscope.model import Frame, SampleState, ThreadRole
 
@@ -69,16 +73,17 @@ class EventLoopBlockedRule:
                 inside[(a.endpoint, key)].append(a)
         ends = {w.start: w.end for w in ctx.data.windows}
         longest_run = _longest_saturated_run(loop, ends)
+        scale = cpu_time_scale(ctx)
         flags = []
         for (endpoint, _), samples in sorted(inside.items(), key=lambda kv: (
                 kv[0][0] or "", kv[0][1])):
-            flag = self._flag(ctx, endpoint, samples, total, longest_run)
+            flag = self._flag(ctx, endpoint, samples, total, longest_run, scale)
             if flag is not None:
                 flags.append(flag)
         return flags
 
     def _flag(self, ctx: AnalysisContext, endpoint: str | None, samples: list[Attributed],
-              total: int, longest_run: float) -> Flag | None:
+              total: int, longest_run: float, scale: float) -> Flag | None:
         count = sum(a.sample.count for a in samples)
         fraction = count / total
         severity = grade(fraction, ctx.thresholds.loop_blocked_fraction)
@@ -87,8 +92,12 @@ class EventLoopBlockedRule:
         per_request_ms = seconds * 1000 / requests if requests else None
         if severity is None and requests:
             severity = self._blocking_alone(ctx, samples, count / total, requests)
-        if severity is None or (per_request_ms is not None
-                                and per_request_ms < ctx.thresholds.loop_stall_ms_per_request):
+        # The floor is judged on CPU work scaled to the CPU really used (see stats.
+        # cpu_time_scale): on a starved machine cheap handlers' loop time stretches too.
+        running = sum(a.seconds for a in samples if a.sample.state is SampleState.RUNNING)
+        floor_ms = (seconds - running * (1 - scale)) * 1000 / requests if requests else None
+        if severity is None or (floor_ms is not None
+                                and floor_ms < ctx.thresholds.loop_stall_ms_per_request):
             return None
         # Without request counts (no agent) a long stall cannot be told from many short ones:
         # only a loop clearly dominated by one function is flagged.
@@ -129,8 +138,6 @@ class EventLoopBlockedRule:
         th = ctx.thresholds
         blocked = [a for a in samples if a.sample.state is SampleState.BLOCKED]
         blocked_ms = sum(a.seconds for a in blocked) * 1000 / requests
-        count = sum(a.sample.count for a in samples)
-        if (fraction >= th.loop_blocking_min_fraction and blocked_ms >= th.loop_stall_ms_per_request
-                and 2 * sum(a.sample.count for a in blocked) >= count):
+        if fraction >= th.loop_blocking_min_fraction and blocked_ms >= th.loop_stall_ms_per_request:
             return "low"
         return None

@@ -46,7 +46,8 @@ class SlowEndpointRule:
 
     def check(self, ctx: AnalysisContext) -> list[Flag]:
         flags = []
-        profiled = aggregate(ctx.data.profiles, ctx.matcher.roots) if ctx.data.profiles else {}
+        profiled = aggregate(ctx.data.profiles, ctx.matcher.roots,
+                             ctx.thresholds.await_min_ms) if ctx.data.profiles else {}
         for endpoint in sorted(ctx.by_endpoint):
             records = ctx.by_endpoint[endpoint]
             if len(records) < ctx.thresholds.min_requests:
@@ -59,8 +60,7 @@ class SlowEndpointRule:
             evidence = (f"p95 {p95:.0f} ms over {len(records)} requests, above the"
                         f" {ctx.slo_ms:.0f} ms objective (p50 {percentile(durations, 0.5):.0f} ms)")
             reasons, symptom = explanations(ctx, endpoint)
-            awaiting = dominant_await(profiled.get(endpoint), ctx.matcher.roots,
-                                      ctx.thresholds.await_share[0])
+            awaiting = dominant_await(profiled.get(endpoint), ctx.thresholds.await_share[0])
             if awaiting:
                 evidence += "; " + awaiting
             if reasons:
