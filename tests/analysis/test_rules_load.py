@@ -171,7 +171,7 @@ def test_contention_of_sync_handlers_computing_in_several_threads(tmp_path: Path
     [flag] = flags_of(report_of(spec, tmp_path), "gil_contention")
     assert flag["route"] == "GET /export" and flag["location"]["line"] == 136
     assert flag["metric"]["gil_wait_share"] == round(80 / 120, 4)
-    assert flag["metric"]["active_samples"] == 160 * 30
+    assert flag["metric"]["active_samples"] == 160 * 24  # after the 6 s warm-up
 
 
 def test_a_single_thread_waiting_for_the_gil_is_a_victim_not_contention(
@@ -239,3 +239,25 @@ def test_threads_sleeping_never_on_cpu_are_not_a_cpu_line(tmp_path: Path) -> Non
         sample(t, on_worker(app("export", 133)), 70, SampleState.BLOCKED, gil=False)
         for t in (W1, W2, 10)]
     assert flags_of(report_of(spec, tmp_path), "gil_contention") == []
+
+
+def test_contention_only_while_a_cache_fills_is_warm_up(tmp_path: Path) -> None:
+    spec = healthy()
+    # three threads computing results the app then caches: the first 5 s of 30 only
+    spec.extra_windows = {i: [
+        sample(W1, on_worker(app("export", 136)), 100, SampleState.RUNNING, gil=True),
+        sample(W2, on_worker(app("export", 136)), 100, SampleState.BLOCKED, gil=False),
+        sample(10, on_worker(app("export", 136)), 100, SampleState.BLOCKED, gil=False)]
+        for i in range(5)}
+    assert flags_of(report_of(spec, tmp_path), "gil_contention") == []
+
+
+def test_short_cpu_runs_on_the_loop_are_its_job_short_waits_are_not(tmp_path: Path) -> None:
+    # 10% of the loop's samples, 15 ms per request (10 samples a window, 7 requests a second):
+    # computing that long is what async handlers do; waiting off-CPU that long is a defect
+    cpu = summary_on_loop(SampleState.RUNNING, per_window=10, requests_per_second=7)
+    cpu.resources = [replace(r, cpu_percent=100.0) for r in cpu.resources]  # not starved
+    assert flags_of(report_of(cpu, tmp_path, "cpu"), "event_loop_blocked") == []
+    sleep = summary_on_loop(SampleState.BLOCKED, per_window=10, requests_per_second=7)
+    [flag] = flags_of(report_of(sleep, tmp_path, "sleep"), "event_loop_blocked")
+    assert flag["severity"] == "low" and flag["route"] == "GET /reports/summary"

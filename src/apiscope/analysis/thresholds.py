@@ -23,7 +23,8 @@ class Thresholds:
     min_requests: int = 10  # an endpoint needs this many requests for latency/error flags
     # event_loop_blocked: share of the loop thread's samples inside one handler's code
     loop_blocked_fraction: Grades = (0.05, 0.10, 0.25)
-    loop_stall_ms_per_request: float = 10.0  # below this a handler's loop time is healthy
+    loop_stall_ms_per_request: float = 10.0  # off-CPU loop time per request below this: healthy
+    loop_cpu_ms_per_request: float = 25.0  # loop time per request, CPU work counted: healthy below
     # a handler blocking the loop off-CPU (sync sleep/I/O) this long per request is flagged low
     # down to this share of the window
     loop_blocking_min_fraction: float = 0.01

@@ -6,9 +6,12 @@ I/O, which py-spy reports as idle but with the handler's line as the leaf), are 
 request on that loop waited. A handler that is merely called often is not a problem: its time
 on the loop per request must also be long (`loop_stall_ms_per_request`) to be flagged; without
 request counts (no agent), only the medium grade and above is flagged. The per-request floor
-counts CPU work (RUNNING samples) scaled by the CPU the process really used over the CPU its
-samples claim (`stats.cpu_time_scale`): on a machine short of cores, a cheap handler's loop
-time stretches while it waits for a core, and must not pass for a long stall.
+is `loop_stall_ms_per_request` of off-CPU waits (a sync sleep or sync I/O has no business on
+the loop at all), or `loop_cpu_ms_per_request` of loop time counting CPU work: running code is
+what async handlers do on the loop, and only long runs stall the others. CPU work (RUNNING
+samples) is scaled by the CPU the process really used over the CPU its samples claim
+(`stats.cpu_time_scale`): on a machine short of cores, a cheap handler's loop time stretches
+while it waits for a core, and must not pass for a long stall.
 
 A handler that blocks the loop *off-CPU* (BLOCKED samples, known only with the activity probe:
 a sync sleep, sync I/O) is flagged low even under the `loop_blocked_fraction` floor, when it
@@ -67,8 +70,9 @@ class EventLoopBlockedRule:
         # Without a route table (no agent), samples are grouped by the app function instead.
         inside: dict[tuple[str | None, str], list[Attributed]] = defaultdict(list)
         for a in loop:
-            # Importing the app at start-up runs on the loop thread too, but before serving.
-            if a.active and a.user is not None and not a.importing:
+            # Importing the app at start-up runs on the loop thread too, but before serving;
+            # a profiler's sampler inside a handler is the measurement's time, not the app's.
+            if a.active and a.user is not None and not a.importing and not a.tool:
                 key = "" if a.endpoint else f"{a.user.file}:{a.user.function.split('.')[0]}"
                 inside[(a.endpoint, key)].append(a)
         ends = {w.start: w.end for w in ctx.data.windows}
@@ -92,12 +96,8 @@ class EventLoopBlockedRule:
         per_request_ms = seconds * 1000 / requests if requests else None
         if severity is None and requests:
             severity = self._blocking_alone(ctx, samples, count / total, requests)
-        # The floor is judged on CPU work scaled to the CPU really used (see stats.
-        # cpu_time_scale): on a starved machine cheap handlers' loop time stretches too.
-        running = sum(a.seconds for a in samples if a.sample.state is SampleState.RUNNING)
-        floor_ms = (seconds - running * (1 - scale)) * 1000 / requests if requests else None
-        if severity is None or (floor_ms is not None
-                                and floor_ms < ctx.thresholds.loop_stall_ms_per_request):
+        if severity is None or (requests and not self._long_enough(ctx, samples, requests,
+                                                                   scale)):
             return None
         # Without request counts (no agent) a long stall cannot be told from many short ones:
         # only a loop clearly dominated by one function is flagged.
@@ -141,3 +141,27 @@ class EventLoopBlockedRule:
         if fraction >= th.loop_blocking_min_fraction and blocked_ms >= th.loop_stall_ms_per_request:
             return "low"
         return None
+
+    @staticmethod
+    def _long_enough(ctx: AnalysisContext, samples: list[Attributed], requests: int,
+                     scale: float) -> bool:
+        """Whether the handler holds the loop long enough per request to stall the others:
+        `loop_stall_ms_per_request` of waits, or `loop_cpu_ms_per_request` of loop time with
+        CPU work scaled to the CPU really used (see stats.cpu_time_scale: on a starved machine
+        cheap handlers' loop time stretches too).
+
+        Waits are BLOCKED samples, and RUNNING ones the probe never saw whose leaf is the
+        application's line itself: that line was inside a C call (a sleep, a blocking read or
+        C compute), which only the probe can tell apart. A leaf in a library's Python code is
+        Python running: CPU work."""
+        th = ctx.thresholds
+        waits = cpu = 0.0
+        for a in samples:
+            leaf = a.sample.frames[-1] if a.sample.frames else None
+            unknown_c_call = a.sample.gil is None and leaf == a.user
+            if a.sample.state is SampleState.BLOCKED or unknown_c_call:
+                waits += a.seconds
+            else:
+                cpu += a.seconds * scale
+        waits_ms, total_ms = waits * 1000 / requests, (waits + cpu) * 1000 / requests
+        return waits_ms >= th.loop_stall_ms_per_request or total_ms >= th.loop_cpu_ms_per_request

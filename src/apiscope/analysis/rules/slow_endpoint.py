@@ -4,8 +4,9 @@ Needs `min_requests` requests, so one slow request among few is not a trend (and
 request among thousands does not move p95). Severity grows with p95 / slo. When an earlier
 flag explains the latency, the evidence says so: the event loop blocked by *another* endpoint
 (for async routes), a saturated thread pool (for sync routes), or a flag on this very route.
-A route slowed only by another route's flag is a symptom: its severity is capped at low, so the
-cause, flagged on its own route, is what a `--fail-on` budget trips on.
+A route slowed only by another route's flag is a symptom, not a bottleneck of its own: it gets
+no flag (a healthy endpoint gets none), the cause is flagged on its own route, and the
+report's endpoint table still shows the route's latency.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class SlowEndpointRule:
             if reasons:
                 evidence += "; " + "; ".join(reasons)
             if symptom:  # the cause is flagged on another route, at its own severity
-                severity = "low"
+                continue
             metric = {"p95_ms": p95, "p50_ms": percentile(durations, 0.5), "slo_ms": ctx.slo_ms,
                       "count": len(records)}
             flags.append(make_flag(self.kind, severity, endpoint, handler_location(ctx, endpoint),
