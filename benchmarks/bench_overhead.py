@@ -6,11 +6,12 @@ machine hit all variants alike; results are ratios to the bare app of the same r
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Any
 
-from benchmarks.harness import cpu_seconds, ratio_summary, server, wrk, wrk_with_cpu
+from benchmarks.harness import SERVER_CPU, cpu_seconds, ratio_summary, server, wrk, wrk_with_cpu
 
 MIDDLEWARE_VARIANTS = ["bare", "apiscope", "instrumentator", "exporter", "otel"]
 
@@ -73,7 +74,14 @@ def sampling_overhead(rates: tuple[int, ...] = (100, 1000), rounds: int = 3,
                 windows: list[Any] = []
                 sampler = StackSampler(pid, rate_hz=rate, subprocesses=False, nonblocking=False,
                                        window_seconds=1.0, on_window=windows.append)
-                sampler.start()
+                # py-spy (a child: it inherits the affinity) shares the server's core, so its
+                # cost lands on the target, never on the load generator's core.
+                affinity = os.sched_getaffinity(0)
+                os.sched_setaffinity(0, {int(SERVER_CPU)})
+                try:
+                    sampler.start()
+                finally:
+                    os.sched_setaffinity(0, affinity)
                 time.sleep(1.5)  # let the first py-spy window start before measuring
                 before = collector_cpu_seconds()
                 t0 = time.monotonic()

@@ -50,6 +50,18 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def fetch_status(url: str, timeout: float = 30.0) -> int:
+    """GET `url` and return its status, error statuses included (the body is read and closed)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read()
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        exc.close()
+        return int(exc.code)
+
+
 def require_ptrace() -> None:
     """Skip outside CI when this user cannot trace processes; in CI such a test must run."""
     if IN_CI:

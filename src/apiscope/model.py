@@ -64,6 +64,17 @@ class StackWindow:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowInfo:
+    """One stored sampling window, without its samples."""
+
+    id: int
+    start: float
+    end: float
+    rate_hz: int
+    errors: int
+
+
+@dataclass(frozen=True, slots=True)
 class QueryStat:
     """The queries of one request sharing one normalized statement."""
 

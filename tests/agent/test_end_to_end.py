@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.error
-import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -13,22 +11,11 @@ import pytest
 
 from apiscope.collectors.agent_client import AgentClient
 from apiscope.model import RequestRecord
-from tests.support import free_port, run_server, uvicorn_argv, wait_until
+from tests.support import fetch_status, free_port, run_server, uvicorn_argv, wait_until
 
 pytestmark = pytest.mark.integration
 
 APP_FILE = str(Path(__file__).with_name("instrumented_app.py"))
-
-
-def fetch(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            response.read()
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        exc.read()
-        exc.close()
-        return int(exc.code)
 
 
 def boom_line() -> int:
@@ -50,7 +37,7 @@ def test_agent_client_pulls_every_request_of_a_live_uvicorn(sock_dir: str) -> No
         statuses = []
         for path in sent:
             started = time.perf_counter()
-            statuses.append(fetch(server.url + path))
+            statuses.append(fetch_status(server.url + path))
             elapsed_ms = (time.perf_counter() - started) * 1000.0
             latency[path.rsplit("/", 1)[0]].append(elapsed_ms)
         window_end = time.time()
@@ -123,7 +110,7 @@ def test_gunicorn_preload_workers_each_serve_their_own_agent(sock_dir: str) -> N
             for client in clients:
                 wait_until(client.available, timeout=20, what=f"the agent of {client.pid}")
             for i in range(20):
-                assert fetch(f"{server.url}/items/{i}") == 200
+                assert fetch_status(f"{server.url}/items/{i}") == 200
             records: list[RequestRecord] = []
 
             def pulled_all() -> bool:

@@ -29,6 +29,7 @@ from apiscope.metrics import LiveFlags, MetricsExporter, serve_metrics, session_
 from tests.operator.assets import ALERTS, SCRAPE_CONFIG
 from tests.support import (
     ROOT,
+    fetch_status,
     free_port,
     http_ok,
     run_server,
@@ -93,17 +94,6 @@ def get_json(url: str) -> dict[str, Any]:
     return data
 
 
-def fetch(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            response.read()
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        exc.read()
-        exc.close()
-        return int(exc.code)
-
-
 def send(instance: Instance, warm_up: bool) -> None:
     """Warm-up: one request per route. Then the bulk, eight at a time (the slow route sleeps)."""
     jobs: list[tuple[str, str, int]] = []
@@ -111,7 +101,7 @@ def send(instance: Instance, warm_up: bool) -> None:
         for i in range(1 if warm_up else count):
             jobs.append((instance.url + pattern.format(i=i + 1), route, status))
     with ThreadPoolExecutor(max_workers=8) as pool:
-        statuses = list(pool.map(lambda job: fetch(job[0]), jobs))
+        statuses = list(pool.map(lambda job: fetch_status(job[0]), jobs))
     for (_url, route, status), got in zip(jobs, statuses, strict=True):
         assert got == status, f"{_url}: {got}"
         instance.sent[(route, status)] += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -151,3 +152,15 @@ def test_sample_totals_sum_windows_per_thread_stack_and_state(tmp_path: Path) ->
     totals = {s.state: s.count for s in reader.sample_totals()}
     assert totals == {SampleState.WAITING: 2, SampleState.RUNNING: 12}
     assert [s.count for s in reader.sample_totals(SampleFilter(since=2.0))] == [7]
+
+
+def test_profile_trees_round_trip_compressed(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    tree = {"function": "quote", "file": "/app/q.py", "line": 24, "time_ms": 250.0,
+            "await_ms": 248.0, "children": [{"function": "fetch", "children": []}] * 50}
+    with SessionWriter(path) as writer:
+        writer.put_profile(10, 1.0, "GET", "/items/{item_id}/quote", 251.0, tree)
+    reader = SessionReader(path)
+    assert reader.profiles("/items/{item_id}/quote")[0]["tree"] == tree
+    stored = reader.query("SELECT length(tree) FROM profiles")[0][0]
+    assert stored < len(json.dumps(tree)) / 4

@@ -22,6 +22,7 @@ from apiscope.model import (
     StackSample,
     ThreadPoolSample,
     ThreadRole,
+    WindowInfo,
 )
 from apiscope.store.reader import SessionReader
 
@@ -31,22 +32,13 @@ HANDLER_ROLES = frozenset({ThreadRole.LOOP, ThreadRole.WORKER})
 
 
 @dataclass(frozen=True, slots=True)
-class Window:
-    id: int
-    start: float
-    end: float
-    rate_hz: int
-    errors: int
-
-
-@dataclass(frozen=True, slots=True)
 class SessionData:
     """The parts of a session the analysis reads."""
 
     meta: dict[str, Any]
     routes: list[RouteInfo]
     roles: dict[tuple[int, int], ThreadRole]
-    windows: list[Window]
+    windows: list[WindowInfo]
     samples: list[tuple[float, StackSample]]  # (window start, sample)
     requests: list[RequestRecord]
     resources: list[ResourceSample]
@@ -62,7 +54,7 @@ class SessionData:
 
 def load_session(reader: SessionReader) -> SessionData:
     meta = reader.meta()
-    windows = [Window(*row) for row in reader.windows()]
+    windows = reader.windows()
     span = reader.time_range()
     start = float(meta.get("start") or (span[0] if span else 0.0))
     end = float(meta.get("end") or (span[1] if span else start))

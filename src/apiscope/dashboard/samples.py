@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from apiscope.model import Frame, RouteInfo, SampleState
+from apiscope.model import Frame, RouteInfo, SampleState, WindowInfo
 from apiscope.store.reader import SessionReader
 
 HANDLER_ROLES = frozenset({"loop", "worker"})  # the threads that run request handlers
@@ -40,15 +40,6 @@ class SampleSlice:
     roles: frozenset[str] | None = None  # thread roles ("loop", "worker", "other")
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
-    id: int
-    start: float
-    end: float
-    rate_hz: int
-    errors: int
-
-
 class SampleIndex:
     """The samples of one session, aggregated for slicing; safe to share between threads."""
 
@@ -58,7 +49,7 @@ class SampleIndex:
         self._matcher_factory = matcher_factory
         # the owner's lock: one SQLite connection must not run two statements at once
         self._lock = lock or threading.RLock()
-        self.windows: list[Window] = []
+        self.windows: list[WindowInfo] = []
         self._window_pos: dict[int, int] = {}
         self._series: dict[Series, int] = {}
         self.series: list[Series] = []
@@ -83,9 +74,7 @@ class SampleIndex:
         with self._lock:
             changed = self._refresh_routes()
             last = self.last_window_id
-            new = [Window(*row) for row in self._reader.query(
-                "SELECT id, start, end, rate_hz, errors FROM windows WHERE id > ? ORDER BY id",
-                (last,))]
+            new = self._reader.windows(after_id=last)
             if new:
                 # Only windows already listed are read, so a window committed between the two
                 # queries is picked up whole on the next refresh.

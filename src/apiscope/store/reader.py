@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from apiscope.model import (
     StackSample,
     ThreadPoolSample,
     ThreadRole,
+    WindowInfo,
 )
 from apiscope.store import schema
 
@@ -114,9 +116,12 @@ class SessionReader:
 
     # -- stacks -------------------------------------------------------------------------------
 
-    def windows(self) -> list[tuple[int, float, float, int, int]]:
-        """(id, start, end, rate_hz, errors) of every sampling window."""
-        return self.query("SELECT id, start, end, rate_hz, errors FROM windows ORDER BY start")
+    def windows(self, after_id: int = 0) -> list[WindowInfo]:
+        """Every sampling window (those with an id above `after_id`), in the order written,
+        which is time order: the sampler delivers windows one after the other."""
+        return [WindowInfo(*row) for row in self.query(
+            "SELECT id, start, end, rate_hz, errors FROM windows WHERE id > ? ORDER BY id",
+            (after_id,))]
 
     def stack(self, stack_id: int) -> tuple[Frame, ...]:
         frames = self._stacks.get(stack_id)
@@ -235,4 +240,9 @@ class SessionReader:
         rows = self.query(sql + (" WHERE route = ?" if route else "") + " ORDER BY start",
                           (route,) if route else ())
         return [{"pid": p, "start": s, "method": m, "route": r, "duration_ms": d,
-                 "tree": json.loads(t)} for p, s, m, r, d, t in rows]
+                 "tree": _tree(t)} for p, s, m, r, d, t in rows]
+
+
+def _tree(stored: bytes | str) -> Any:
+    """A profile's call tree: zlib-compressed JSON (plain JSON text is read too)."""
+    return json.loads(zlib.decompress(stored) if isinstance(stored, bytes) else stored)

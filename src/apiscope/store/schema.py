@@ -77,7 +77,8 @@ CREATE TABLE IF NOT EXISTS flags (
 );
 CREATE TABLE IF NOT EXISTS profiles (
     id INTEGER PRIMARY KEY, pid INTEGER NOT NULL, start REAL NOT NULL, method TEXT NOT NULL,
-    route TEXT NOT NULL, duration_ms REAL NOT NULL, tree TEXT NOT NULL
+    route TEXT NOT NULL, duration_ms REAL NOT NULL,
+    tree BLOB NOT NULL  -- zlib-compressed JSON
 );
 """
 
