@@ -59,39 +59,54 @@ def agent_overhead(rounds: int = 3, seconds: int = 5) -> dict[str, Any]:
     return {"ratios": ratios, "cpu_us": cpu, "rounds": rounds, "seconds": seconds}
 
 
-def sampling_overhead(rates: tuple[int, ...] = (100, 1000), rounds: int = 3,
-                      seconds: int = 5) -> dict[str, Any]:
-    """Throughput while apiscope's sampler records the server, over throughput without."""
+SAMPLING_VARIANTS = ((100, False), (100, True), (1000, False), (1000, True))
+
+
+def sampling_overhead(variants: tuple[tuple[int, bool], ...] = SAMPLING_VARIANTS,
+                      rounds: int = 3, seconds: int = 5) -> dict[str, Any]:
+    """Throughput while apiscope's sampler records the server, over throughput without.
+
+    Each variant is (rate, nonblocking); every round measures the bare server right before.
+    """
+    ratios: dict[str, list[float]] = {_label(*v): [] for v in variants}
+    collector_cpu: dict[str, list[float]] = {_label(*v): [] for v in variants}
+    for _ in range(rounds):
+        for rate, nonblocking in variants:
+            ratio, cpu = _sampled_ratio(rate, nonblocking, seconds)
+            ratios[_label(rate, nonblocking)].append(ratio)
+            collector_cpu[_label(rate, nonblocking)].append(cpu)
+    return {"ratios": ratios, "collector_cpu": collector_cpu, "rounds": rounds}
+
+
+def _label(rate: int, nonblocking: bool) -> str:
+    return f"{rate} Hz" + (" --nonblocking" if nonblocking else "")
+
+
+def _sampled_ratio(rate: int, nonblocking: bool, seconds: int) -> tuple[float, float]:
     from apiscope.collectors.stacks import StackSampler
 
-    ratios: dict[int, list[float]] = {r: [] for r in rates}
-    collector_cpu: dict[int, list[float]] = {r: [] for r in rates}
-    for _ in range(rounds):
-        for rate in rates:
-            with server("benchmarks.apps:app", {"BENCH_MIDDLEWARE": "bare"}) as (pid, url):
-                wrk(url, seconds=1)
-                bare = wrk(url, seconds=seconds)
-                windows: list[Any] = []
-                sampler = StackSampler(pid, rate_hz=rate, subprocesses=False, nonblocking=False,
-                                       window_seconds=1.0, on_window=windows.append)
-                # py-spy (a child: it inherits the affinity) shares the server's core, so its
-                # cost lands on the target, never on the load generator's core.
-                affinity = os.sched_getaffinity(0)
-                os.sched_setaffinity(0, {int(SERVER_CPU)})
-                try:
-                    sampler.start()
-                finally:
-                    os.sched_setaffinity(0, affinity)
-                time.sleep(1.5)  # let the first py-spy window start before measuring
-                before = collector_cpu_seconds()
-                t0 = time.monotonic()
-                sampled, wrk_cpu = wrk_with_cpu(url, seconds=seconds)
-                elapsed = time.monotonic() - t0
-                after = collector_cpu_seconds() - wrk_cpu
-                sampler.stop()
-            ratios[rate].append(sampled / bare)
-            collector_cpu[rate].append((after - before) / elapsed)
-    return {"ratios": ratios, "collector_cpu": collector_cpu, "rounds": rounds}
+    with server("benchmarks.apps:app", {"BENCH_MIDDLEWARE": "bare"}) as (pid, url):
+        wrk(url, seconds=1)
+        bare = wrk(url, seconds=seconds)
+        windows: list[Any] = []
+        sampler = StackSampler(pid, rate_hz=rate, subprocesses=False, nonblocking=nonblocking,
+                               window_seconds=1.0, on_window=windows.append)
+        # py-spy (a child: it inherits the affinity) shares the server's core, so its cost
+        # lands on the target, never on the load generator's core.
+        affinity = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {int(SERVER_CPU)})
+        try:
+            sampler.start()
+        finally:
+            os.sched_setaffinity(0, affinity)
+        time.sleep(1.5)  # let the first py-spy window start before measuring
+        before = collector_cpu_seconds()
+        t0 = time.monotonic()
+        sampled, wrk_cpu = wrk_with_cpu(url, seconds=seconds)
+        elapsed = time.monotonic() - t0
+        after = collector_cpu_seconds() - wrk_cpu
+        sampler.stop()
+    return sampled / bare, (after - before) / elapsed
 
 
 def render(agent: dict[str, Any], sampling: dict[str, Any]) -> str:
@@ -100,9 +115,9 @@ def render(agent: dict[str, Any], sampling: dict[str, Any]) -> str:
     for v, rs in agent["ratios"].items():
         cpu = statistics.median(agent["cpu_us"][v])
         lines.append(f"| {v} | {ratio_summary(rs)} | {cpu:.0f} µs |")
-    lines += ["", "| sampling rate | throughput ratio to unsampled (median) | collector CPU |",
+    lines += ["", "| sampling | throughput ratio to unsampled (median) | collector CPU |",
               "| --- | --- | --- |"]
-    for rate, rs in sampling["ratios"].items():
-        lines.append(f"| {rate} Hz | {ratio_summary(rs)} | "
-                     f"{statistics.median(sampling['collector_cpu'][rate]):.3f} core-s/s |")
+    for label, rs in sampling["ratios"].items():
+        lines.append(f"| {label} | {ratio_summary(rs)} | "
+                     f"{statistics.median(sampling['collector_cpu'][label]):.3f} core-s/s |")
     return "\n".join(lines)
