@@ -42,7 +42,7 @@ def test_app_frames_exclude_stdlib_third_party_and_apiscope() -> None:
     assert is_app_frame(Frame("render", "/srv/shop/helpers.py", 6), roots)
     assert not is_app_frame(Frame("sleep", "/usr/lib/python3.11/asyncio/tasks.py", 1), roots)
     assert not is_app_frame(
-        Frame("f", "/root/.pyenv/versions/3.11.7/lib/python3.11/selectors.py", 1), roots)
+        Frame("f", "/home/app/.pyenv/versions/3.11.7/lib/python3.11/selectors.py", 1), roots)
     assert not is_app_frame(Frame("f", "/venv/lib/python3.11/site-packages/x/y.py", 1), roots)
     assert not is_app_frame(Frame("f", "<frozen importlib._bootstrap>", 1), roots)
     import apiscope
