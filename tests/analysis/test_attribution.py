@@ -80,3 +80,15 @@ def test_framework_routes_do_not_make_the_framework_application_code() -> None:
     assert roots == ("/srv/shop",)
     assert not is_app_frame(Frame("run_endpoint_function", f"{site}/fastapi/routing.py", 1), roots)
     assert is_app_frame(Frame("read_item", "/srv/shop/api.py", 12), roots)
+
+
+def test_the_agent_is_not_application_code_whichever_apiscope_injected_it() -> None:
+    from apiscope.analysis.attribution import is_app_frame
+    from apiscope.model import Frame
+
+    # A session collected by another installation of apiscope, analysed here.
+    agent = Frame("AgentMiddleware.__call__", "/opt/tools/src/apiscope/agent/middleware.py", 113)
+    hook = Frame("__call__", "/opt/tools/src/apiscope/autostart/sitecustomize.py", 60)
+    assert not is_app_frame(agent, ())
+    assert not is_app_frame(hook, ())
+    assert is_app_frame(Frame("handler", "/srv/shop/apiscope/views.py", 3), ())

@@ -358,3 +358,25 @@ def test_flags_sorted_by_severity_kind_route(tmp_path: Path) -> None:
     ranks = {"high": 0, "medium": 1, "low": 2}
     keys = [(ranks[f["severity"]], f["kind"], f["route"] or "") for f in flags]
     assert keys == sorted(keys) and len(flags) >= 3
+
+
+def test_slow_endpoint_judges_steady_state_not_the_warm_up(tmp_path: Path) -> None:
+    spec = healthy()
+    # The first 5 s of a 30 s session (the warm-up is a fifth of it, at least 3 s): slow
+    # cold-cache requests, then the same route fast for good.
+    cold = [request("GET /forecast", T0 + i * 0.5, 900.0) for i in range(10)]
+    warm = [request("GET /forecast", T0 + 6 + i * 0.2, 30.0) for i in range(100)]
+    spec.requests += cold + warm
+    report = report_of(spec, tmp_path)
+    assert "GET /forecast" not in {f["route"] for f in flags_of(report, "slow_endpoint")}
+    forecast = next(e for e in report["endpoints"] if e["route"] == "GET /forecast")
+    assert forecast["max_ms"] == 900.0  # the table still counts every request
+
+
+def test_slow_endpoint_slow_after_the_warm_up_is_flagged(tmp_path: Path) -> None:
+    spec = healthy()
+    spec.requests += [request("GET /forecast", T0 + 6 + i * 0.2, 30.0 if i % 5 else 700.0)
+                      for i in range(100)]
+    report = report_of(spec, tmp_path)
+    [flag] = [f for f in flags_of(report, "slow_endpoint") if f["route"] == "GET /forecast"]
+    assert flag["metric"]["p95_ms"] == 700.0

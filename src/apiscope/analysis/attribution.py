@@ -33,6 +33,13 @@ _SYNTHETIC = ("<frozen", "<string>", "<built-in", "<unknown>")
 
 # apiscope's own package directory: the injected agent runs from these files.
 TOOL_ROOTS: tuple[str, ...] = (str(Path(__file__).resolve().parent.parent),)
+# The agent's files wherever the target loaded them from: a session may be analysed by another
+# installation of apiscope than the one that collected it.
+_AGENT_FILES = re.compile(r"[/\\]apiscope[/\\](agent|autostart)[/\\][^/\\]+\.py$")
+
+
+def _is_tool_file(file: str, tool_roots: Sequence[str]) -> bool:
+    return any(_under(file, root) for root in tool_roots) or bool(_AGENT_FILES.search(file))
 
 
 def _norm(path: str) -> str:
@@ -100,7 +107,7 @@ def is_app_frame(frame: Frame, app_roots: Sequence[str],
     file = frame.file
     if not file or file.startswith(_SYNTHETIC):
         return False
-    if any(_under(file, root) for root in tool_roots):
+    if _is_tool_file(file, tool_roots):
         return False
     if any(_under(file, root) for root in app_roots):
         return True
@@ -133,7 +140,7 @@ def is_tool_work(frames: Sequence[Frame], tool_roots: Sequence[str] = TOOL_ROOTS
     """
     for frame in reversed(frames):
         file = frame.file
-        if any(_under(file, root) for root in tool_roots) or _PROFILER_PACKAGES.search(file):
+        if _is_tool_file(file, tool_roots) or _PROFILER_PACKAGES.search(file):
             return True
         if not _STDLIB.search(file):
             return False

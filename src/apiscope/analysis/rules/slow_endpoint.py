@@ -7,6 +7,11 @@ flag explains the latency, the evidence says so: the event loop blocked by *anot
 A route slowed only by another route's flag is a symptom, not a bottleneck of its own: it gets
 no flag (a healthy endpoint gets none), the cause is flagged on its own route, and the
 report's endpoint table still shows the route's latency.
+
+p95 is judged on the requests after the session's warm-up (`warmup_end`, as the other
+steady-state rules do), when at least `min_requests` of them remain: the first requests of a
+freshly started server fill caches and connection pools once, and a p95 driven only by them
+says nothing about the endpoint's steady latency. The endpoint table still counts them all.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 from apiscope.analysis.context import AnalysisContext, Flag
 from apiscope.analysis.flags import handler_location, make_flag
 from apiscope.analysis.profiles import aggregate, dominant_await
-from apiscope.analysis.stats import percentile
+from apiscope.analysis.stats import percentile, warmup_end
 from apiscope.analysis.thresholds import grade
 
 SUGGESTION = ("profile one slow request (see the flamegraph for this route) and fix what"
@@ -49,8 +54,12 @@ class SlowEndpointRule:
         flags = []
         profiled = aggregate(ctx.data.profiles, ctx.matcher.roots,
                              ctx.thresholds.await_min_ms) if ctx.data.profiles else {}
+        warm = warmup_end(ctx)
         for endpoint in sorted(ctx.by_endpoint):
             records = ctx.by_endpoint[endpoint]
+            steady = [r for r in records if r.start >= warm]
+            if len(steady) >= ctx.thresholds.min_requests:
+                records = steady
             if len(records) < ctx.thresholds.min_requests:
                 continue
             durations = sorted(r.duration_ms for r in records)
