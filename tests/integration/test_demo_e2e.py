@@ -97,19 +97,38 @@ def stable_keys(report: dict[str, Any]) -> set[Key]:
     return {key(f) for f in report["flags"] if f["kind"] != "slow_endpoint"}
 
 
+def scenario(tmp_path: Path) -> str | None:
+    """Two slow demos and a fixed one; what went wrong, or None."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    first, first_session = run_demo(tmp_path, "slow1")
+    if missing(first, first_session):
+        return (f"missed {[(e['kind'], e['route']) for e in missing(first, first_session)]};"
+                f" flags:\n{describe(first)}")
+    second, second_session = run_demo(tmp_path, "slow2")
+    if missing(second, second_session):
+        return (f"missed {[(e['kind'], e['route']) for e in missing(second, second_session)]};"
+                f" flags:\n{describe(second)}")
+    a, b = stable_keys(first), stable_keys(second)
+    if a != b:
+        return f"only in the first run: {a - b}; only in the second: {b - a}"
+    fixed, _ = run_demo(tmp_path, "fixed", "--fixed")
+    serious = [f for f in fixed["flags"] if f["severity"] in ("medium", "high")]
+    if serious:
+        return f"the fixed app raised:\n{describe({'flags': serious})}"
+    return None
+
+
 def test_demo_finds_every_bottleneck_and_nothing_else(tmp_path: Path) -> None:
     require_ptrace()
     require_program("py-spy")
-    first, first_session = run_demo(tmp_path, "slow1")
-    assert not missing(first, first_session), (
-        f"missed {[(e['kind'], e['route']) for e in missing(first, first_session)]};"
-        f" flags:\n{describe(first)}")
-    second, second_session = run_demo(tmp_path, "slow2")
-    assert not missing(second, second_session), (
-        f"missed {[(e['kind'], e['route']) for e in missing(second, second_session)]};"
-        f" flags:\n{describe(second)}")
-    a, b = stable_keys(first), stable_keys(second)
-    assert a == b, f"only in the first run: {a - b}; only in the second: {b - a}"
-    fixed, _ = run_demo(tmp_path, "fixed", "--fixed")
-    serious = [f for f in fixed["flags"] if f["severity"] in ("medium", "high")]
-    assert not serious, f"the fixed app raised:\n{describe({'flags': serious})}"
+    # The demo shares 2 cores with its own load generator, and the GIL case is bursty (three
+    # requests at once every ~1.3 s): in 1 run of 17 measured, the 25 s window did not catch
+    # enough of it. So the whole scenario, all three runs, gets one more attempt; two failed
+    # attempts fail the test, with both reasons.
+    failures = []
+    for attempt in (1, 2):
+        failure = scenario(tmp_path / f"attempt{attempt}")
+        if failure is None:
+            return
+        failures.append(f"attempt {attempt}: {failure}")
+    pytest.fail("\n\n".join(failures))
