@@ -47,7 +47,7 @@ def collector_cpu_seconds() -> float:
     return float(total)
 
 
-def agent_overhead(rounds: int = 3, seconds: int = 5) -> dict[str, Any]:
+def agent_overhead(rounds: int = 5, seconds: int = 5) -> dict[str, Any]:
     ratios: dict[str, list[float]] = {v: [] for v in MIDDLEWARE_VARIANTS}
     cpu: dict[str, list[float]] = {v: [] for v in MIDDLEWARE_VARIANTS}
     for _ in range(rounds):
@@ -63,7 +63,7 @@ SAMPLING_VARIANTS = ((100, False), (100, True), (1000, False), (1000, True))
 
 
 def sampling_overhead(variants: tuple[tuple[int, bool], ...] = SAMPLING_VARIANTS,
-                      rounds: int = 3, seconds: int = 5) -> dict[str, Any]:
+                      rounds: int = 5, seconds: int = 5) -> dict[str, Any]:
     """Throughput while apiscope's sampler records the server, over throughput without.
 
     Each variant is (rate, nonblocking); every round measures the bare server right before.

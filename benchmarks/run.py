@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -98,19 +99,30 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated sections: " + ",".join(SECTIONS))
     args = parser.parse_args()
     names = args.only.split(",") if args.only else list(SECTIONS)
-    texts, raw = [], {}
+    texts = previous_sections()
+    raw = json.loads(RAW.read_text()) if RAW.exists() and args.only else {}
     for name in names:
         print(f"benchmark: {name} ...", flush=True)
         t0 = time.perf_counter()
-        text, data = SECTIONS[name]()
-        texts.append(text)
-        raw[name] = data
+        texts[name], raw[name] = SECTIONS[name]()
         print(f"benchmark: {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
-    header = ("# Benchmarks\n\nCommand: `make bench` (`python -m benchmarks.run`). Machine: "
-              f"{machine()}. Run on {time.strftime('%Y-%m-%d')}.\n")
-    OUT.write_text(header + "\n" + "\n\n".join(texts) + "\n")
+    header = ("# Benchmarks\n\nCommand: `make bench` (`python -m benchmarks.run`; `--only "
+              "overhead,ingest` reruns some sections and keeps the others). Machine: "
+              f"{machine()}. Last run on {time.strftime('%Y-%m-%d')}.\n")
+    body = "\n\n".join(f"<!-- section:{name} -->\n{texts[name]}\n<!-- end:{name} -->"
+                       for name in SECTIONS if name in texts)
+    OUT.write_text(header + "\n" + body + "\n")
     RAW.write_text(json.dumps(raw, indent=2, default=str) + "\n")
     print(f"wrote {OUT}")
+
+
+def previous_sections() -> dict[str, str]:
+    """The sections of the current docs/benchmarks.md, by name, to keep what is not rerun."""
+    if not OUT.exists():
+        return {}
+    found = re.findall(r"<!-- section:(\w+) -->\n(.*?)\n<!-- end:\1 -->", OUT.read_text(),
+                       flags=re.S)
+    return dict(found)
 
 
 if __name__ == "__main__":
