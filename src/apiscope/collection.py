@@ -40,12 +40,10 @@ class CollectOptions:
 
 @dataclass
 class Totals:
-    """Running counts for the status line and the end-of-run summary."""
+    """Running counts for the status line and the end-of-run summary (the sampler keeps its
+    own: `sampler_stats`)."""
 
-    samples: int = 0
-    sample_errors: int = 0
     requests: int = 0
-    windows: int = 0
     agent_dropped: int = 0
     warnings: list[str] = field(default_factory=list)
 
@@ -115,8 +113,8 @@ class Collection:
                 client.close()
             end = self.clock()
             stats = self._sampler.stats
-            self.writer.set_meta(end=end, samples_total=self.totals.samples,
-                                 samples_errors=self.totals.sample_errors,
+            self.writer.set_meta(end=end, samples_total=stats.stored,
+                                 samples_errors=stats.errors,
                                  samples_expected=round(stats.expected),
                                  sample_loss=round(stats.loss, 4),
                                  agent_dropped=self.totals.agent_dropped)
@@ -159,10 +157,6 @@ class Collection:
     def _on_window(self, window: StackWindow) -> None:
         self.writer.put_window(window)
         loss = window_loss(window)
-        with self._lock:
-            self.totals.windows += 1
-            self.totals.samples += loss.stored
-            self.totals.sample_errors += loss.errors
         dropped = max(0, int(loss.expected) - loss.stored - loss.errors)
         self.metrics.observe_samples(loss.stored, loss.errors, dropped=dropped)
         blocked: dict[int, int] = {}
@@ -250,9 +244,9 @@ class Collection:
     def _print_status(self, final: bool = False) -> None:
         if self.status is None:
             return
-        t = self.totals
-        line = (f"apiscope: {self.clock() - self.started:5.1f}s  samples {t.samples:,}"
-                f"  requests {t.requests:,}  processes {len(self._resources.alive_pids())}")
+        line = (f"apiscope: {self.clock() - self.started:5.1f}s"
+                f"  samples {self.sampler_stats.stored:,}  requests {self.totals.requests:,}"
+                f"  processes {len(self._resources.alive_pids())}")
         interactive = self.status.isatty()
         if interactive:
             print("\r" + line, end="\n" if final else "", file=self.status, flush=True)

@@ -111,7 +111,7 @@ def summarize(collection: Collection) -> None:
     loss = ""
     if stats.expected:
         loss = f" ({100.0 * stats.loss:.1f}% lost against rate x seconds x threads)"
-    print(f"apiscope: stored {t.samples:,} samples{loss}, {t.requests:,} requests",
+    print(f"apiscope: stored {stats.stored:,} samples{loss}, {t.requests:,} requests",
           file=sys.stderr)
     if t.requests == 0 and collection.options.inject:
         print("apiscope: warning: no requests were recorded: either no traffic reached the"
