@@ -10,12 +10,15 @@ declare -A wanted=(
   [prometheus]=prometheus         # scraping /metrics for real
   [promtool]=prometheus
   [wrk]=wrk                       # load for the overhead benchmarks
+  [redis-server]=redis-server     # the sample app's cache and the accuracy corpus
 )
 
 missing=()
 for cmd in "${!wanted[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${wanted[$cmd]}")
 done
+# PostgreSQL's server binaries live outside PATH (/usr/lib/postgresql/VERSION/bin).
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] && exit 0
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 
@@ -28,6 +31,11 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
   if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus 2>/dev/null || true; fi
   pkill -x prometheus 2>/dev/null || true
   pkill -f prometheus-node-exporter 2>/dev/null || true
+  # Likewise PostgreSQL's and Redis's system services: the tests start their own servers.
+  if command -v systemctl >/dev/null 2>&1; then
+    systemctl stop postgresql redis-server 2>/dev/null || true
+  fi
+  pkill -x redis-server 2>/dev/null || true
 else
   echo "missing system packages (tests that need them will skip outside CI): ${missing[*]}"
   echo "install them with: sudo apt-get install ${missing[*]}"
