@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from apiscope.collectors.agent_client import AgentBatch, AgentClient
-from apiscope.collectors.gilprobe import ActivityProbe
-from apiscope.collectors.pyspy import find_pyspy
 from apiscope.collectors.resources import ResourceCollector
 from apiscope.collectors.stacks import EndReason, SamplerStats, StackSampler, window_loss
 from apiscope.collectors.target import Target
@@ -35,7 +33,6 @@ class CollectOptions:
     slo_ms: float = 200.0
     window_seconds: float = 1.0
     poll_seconds: float = 0.5
-    activity_probe: bool = True
 
 
 @dataclass
@@ -71,13 +68,10 @@ class Collection:
         self._clients: dict[int, AgentClient] = {}
         self._routes_seen: dict[int, int] = {}
         self._resources = ResourceCollector(target)
-        # A low-rate `py-spy dump` tells on-CPU from blocked and who holds the GIL, which the
-        # recorded stacks alone cannot (see docs/sampling.md).
-        probe = ActivityProbe(find_pyspy(), interval=0.5) if options.activity_probe else None
         self._sampler = StackSampler(
             target.sample_pid, rate_hz=options.rate_hz, subprocesses=target.master_pid is not None,
             nonblocking=options.nonblocking, window_seconds=options.window_seconds,
-            on_window=self._on_window, probe=probe)
+            on_window=self._on_window)
         self._poller = threading.Thread(target=self._poll_loop, name="apiscope-poller",
                                         daemon=True)
 

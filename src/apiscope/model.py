@@ -22,8 +22,8 @@ class SampleState(StrEnum):
     """What a sampled thread was doing."""
 
     WAITING = "waiting"  # idle in the event loop's selector or an idle worker's queue get
-    RUNNING = "running"  # executing Python code (holding or wanting the GIL)
-    BLOCKED = "blocked"  # off-CPU inside user code: a sync sleep, sync I/O, a lock
+    RUNNING = "running"  # on a CPU, as the kernel measured the thread's CPU time
+    BLOCKED = "blocked"  # off-CPU at a working stack: a sleep, I/O, a lock, the GIL
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +61,9 @@ class StackWindow:
     samples: tuple[StackSample, ...]
     errors: int = 0  # samples py-spy failed to read, when it says so
     threads: dict[tuple[int, int], ThreadRole] = field(default_factory=dict)
+    # CPU seconds each (pid, tid) used in the window, and each process in all (the kernel's).
+    thread_cpu: dict[tuple[int, int], float] = field(default_factory=dict)
+    process_cpu: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,16 @@ class WindowInfo:
     end: float
     rate_hz: int
     errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadCpu:
+    """CPU seconds one thread (tid 0: the whole process) used in one sampling window."""
+
+    window: float  # the window's start
+    pid: int
+    tid: int
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)

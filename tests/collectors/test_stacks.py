@@ -7,6 +7,7 @@ rotation logic (no gap, final window on stop, target exit, failures) determinist
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from apiscope.collectors.stacks import EndReason, SpyExit, StackSampler, window_loss
+from apiscope.collectors.threadcpu import CpuReading, ThreadCpuReader
 from apiscope.errors import TargetError
 from apiscope.model import SampleState, StackSample, StackWindow, ThreadRole
 from tests.support import wait_until
@@ -100,11 +102,28 @@ class Collected:
         self.ends.append((reason, error))
 
 
+class FakeCpu(ThreadCpuReader):
+    """The kernel's figures for thread (10, 10): on a CPU `fraction` of the time."""
+
+    def __init__(self, fraction: float = 0.5, fail: bool = False) -> None:
+        super().__init__()
+        self.fraction = fraction
+        self.fail = fail
+        self.reads = 0
+
+    def read(self, pids: object) -> CpuReading:
+        self.reads += 1
+        if self.fail and self.reads > 1:
+            raise RuntimeError("unreadable")
+        now = time.time() * self.fraction
+        return CpuReading({(10, 10): now}, {10: now})
+
+
 def sampler(spawner: Spawner, got: Collected, *, alive: bool = True,
-            **options: object) -> StackSampler:
+            cpu: ThreadCpuReader | None = None, **options: object) -> StackSampler:
     return StackSampler(10, on_window=got.window, on_end=got.end, spawn=spawner,
                         pyspy="/bin/py-spy", alive=lambda pid: alive, window_seconds=0.02,
-                        **options)  # type: ignore[arg-type]
+                        cpu_reader=cpu or FakeCpu(), **options)  # type: ignore[arg-type]
 
 
 def test_windows_rotate_without_gap_and_stop_delivers_the_last() -> None:
@@ -241,3 +260,13 @@ def test_a_failing_callback_ends_the_sampler_and_leaves_no_py_spy_running() -> N
     assert s.wait(10)
     assert s.end_reason is EndReason.FAILED and isinstance(s.error, ValueError)
     assert len(spawner.spies) == 2 and all(spy.ended for spy in spawner.spies)
+
+
+def test_a_window_that_cannot_be_classified_is_counted_and_sampling_goes_on() -> None:
+    spawner, got = Spawner(), Collected()
+    s = sampler(spawner, got, cpu=FakeCpu(fail=True))
+    s.start()
+    wait_until(lambda: s.stats.failed_windows >= 3, what="three failed windows")
+    s.stop()
+    assert s.end_reason is EndReason.STOPPED and s.error is None
+    assert got.windows == [] and s.stats.last_failure == "RuntimeError: unreadable"

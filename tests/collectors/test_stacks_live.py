@@ -18,8 +18,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from apiscope.collectors.gilprobe import ActivityProbe
-from apiscope.collectors.pyspy import find_pyspy
 from apiscope.collectors.stacks import EndReason, PopenSpy, StackSampler
 from apiscope.errors import TargetError
 from apiscope.model import Frame, SampleState, StackWindow, ThreadRole
@@ -113,11 +111,10 @@ def test_uvicorn_windows_roles_and_states(app_dir: Path) -> None:
     require_ptrace()
     port = free_port()
     windows = Windows()
-    probe = ActivityProbe(find_pyspy(), interval=0.25)
     sleep_leaf = Frame("sleepy", str(app_dir / "app.py"), line_of("SLEEP_LINE"))
     with run_server(uvicorn_argv("app:app", port), port, cwd=app_dir) as server, \
             load(server.url, ["/sleepy", "/sync", "/"]):
-        sampler = StackSampler(server.pid, on_window=windows, window_seconds=1.0, probe=probe)
+        sampler = StackSampler(server.pid, on_window=windows, window_seconds=1.0)
         started = time.monotonic()
         sampler.start()
         try:
@@ -126,7 +123,7 @@ def test_uvicorn_windows_roles_and_states(app_dir: Path) -> None:
                            for w in windows.snapshot() for s in w.samples if s.frames)
 
             wait_until(lambda: len(windows.snapshot()) >= 4, timeout=60, what="four windows")
-            wait_until(blocked_sleep_seen, timeout=30, what="the probe to see the sleep")
+            wait_until(blocked_sleep_seen, timeout=30, what="the sleep measured off-CPU")
         finally:
             sampler.stop()
     got = windows.snapshot()
@@ -148,11 +145,21 @@ def test_uvicorn_windows_roles_and_states(app_dir: Path) -> None:
     assert sleeping, "time.sleep inside the async handler never showed"
     assert all((s.pid, s.tid) == loop for s in sleeping)
     assert all(s.state is not SampleState.WAITING for s in sleeping)
+    # The kernel says the loop thread used (almost) no CPU while it slept there.
+    asleep = sum(s.count for s in sleeping if s.state is SampleState.BLOCKED)
+    assert asleep >= 0.8 * sum(s.count for s in sleeping)
     roles = {key: role for w in got for key, role in w.threads.items()}
     sync = [s for s in samples if s.frames and s.frames[-1].function == "sync_work"]
     assert sync and all(roles[(s.pid, s.tid)] is ThreadRole.WORKER for s in sync)
     assert all(s.state is not SampleState.WAITING for s in sync)
-    assert sampler.stats.stored > 0 and probe.dumps > 0
+    # ... and that the pool thread computing in sync_work was on a CPU far more often (not
+    # always: it waits for the GIL and, on a busy machine, for a core).
+    ran = sum(s.count for s in sync if s.state is SampleState.RUNNING)
+    slept_running = 1 - asleep / sum(s.count for s in sleeping)
+    assert ran / sum(s.count for s in sync) > slept_running + 0.25
+    # Every window carries the kernel's CPU time of the threads it sampled.
+    assert all(w.thread_cpu for w in got if w.samples)
+    assert sampler.stats.stored > 0 and sampler.stats.failed_windows == 0
 
 
 def test_gunicorn_master_yields_samples_from_both_workers(app_dir: Path) -> None:

@@ -1,14 +1,16 @@
-"""Thread roles and sample states, on real py-spy output and on hand-built stacks."""
+"""Thread roles and which stacks prove their thread idle, on real py-spy output, hand-built
+stacks, and arbitrary ones."""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
-from apiscope.collectors.gilprobe import activity_index, parse_dump_json
+from hypothesis import given
+from hypothesis import strategies as st
+
 from apiscope.collectors.pyspy import parse_raw
-from apiscope.collectors.threads import Activity, classify, stack_role, thread_roles
-from apiscope.model import Frame, SampleState, StackSample, ThreadRole
+from apiscope.collectors.threads import idle_stacks, is_waiting, stack_role, thread_roles
+from apiscope.model import Frame, StackSample, ThreadRole
 
 FIXTURES = Path(__file__).parent / "fixtures"
 APP = "/srv/api/app.py"
@@ -20,10 +22,12 @@ def load(name: str, pid: int = 0) -> tuple[StackSample, ...]:
     return parse_raw((FIXTURES / name).read_text(), default_pid=pid).samples
 
 
-def state_counts(samples: tuple[StackSample, ...]) -> Counter[tuple[int, SampleState]]:
-    counts: Counter[tuple[int, SampleState]] = Counter()
+def idle_counts(samples: tuple[StackSample, ...]) -> dict[tuple[int, bool], int]:
+    idle = idle_stacks(samples, thread_roles(samples))
+    counts: dict[tuple[int, bool], int] = {}
     for s in samples:
-        counts[(s.tid, s.state)] += s.count
+        key = (s.tid, idle[id(s)])
+        counts[key] = counts.get(key, 0) + s.count
     return counts
 
 
@@ -46,71 +50,57 @@ def test_gunicorn_roles_per_process() -> None:
     }
 
 
-def test_selector_wait_and_idle_workers_are_waiting() -> None:
-    samples, _ = classify(load("uvicorn_sync_threadpool.txt", pid=9562))
-    counts = state_counts(samples)
+def test_selector_wait_and_idle_workers_are_idle() -> None:
+    samples = load("uvicorn_sync_threadpool.txt", pid=9562)
+    counts = idle_counts(samples)
     # The loop: 148 samples in EpollSelector.select under _run_once, nothing else waits.
-    assert counts[(9562, SampleState.WAITING)] == 148
-    assert counts[(9562, SampleState.RUNNING)] == 199 - 148
-    # Workers: idle in Queue.get -> Condition.wait, or running sync_handler (never waiting).
-    assert counts[(9575, SampleState.WAITING)] == 40
-    assert counts[(9575, SampleState.RUNNING)] == 199 - 40
-    handler = [s for s in samples if s.frames[-1].function == "sync_handler"]
-    assert handler and all(s.state is SampleState.RUNNING for s in handler)
+    assert counts[(9562, True)] == 148
+    assert counts[(9562, False)] == 199 - 148
+    # Workers: idle in Queue.get -> Condition.wait, or in sync_handler (never idle).
+    assert counts[(9575, True)] == 40
+    assert counts[(9575, False)] == 199 - 40
 
 
-def test_sleep_in_async_handler_is_not_waiting_on_the_loop_thread() -> None:
-    samples, roles = classify(load("uvicorn_async_sleep.txt", pid=9507))
+def test_sleep_in_async_handler_is_not_idle_on_the_loop_thread() -> None:
+    samples = load("uvicorn_async_sleep.txt", pid=9507)
+    roles = thread_roles(samples)
     assert roles == {(9507, 9507): ThreadRole.LOOP}
+    idle = idle_stacks(samples, roles)
     render = [s for s in samples if s.frames[-1] == Frame("render", APP, 9)]
     assert sum(s.count for s in render) == 188
-    # Without an activity probe the raw format cannot tell sleeping from computing.
-    assert all(s.state is SampleState.RUNNING and s.gil is None for s in render)
-
-
-def test_probe_snapshots_turn_a_sleeping_handler_into_blocked() -> None:
-    snaps = parse_dump_json((FIXTURES / "dump_async_sleep.json").read_text(), ts=1.0)
-    assert [(s.pid, s.tid, s.active, s.owns_gil, s.leaf) for s in snaps] == [
-        (9507, 9507, False, False, Frame("render", APP, 9))]
-    samples, _ = classify(load("uvicorn_async_sleep.txt", pid=9507), activity_index(snaps))
-    counts: Counter[tuple[SampleState, bool | None]] = Counter()
-    for s in samples:
-        counts[(s.state, s.gil)] += s.count
-    assert counts[(SampleState.BLOCKED, False)] == 188
-    assert counts[(SampleState.WAITING, None)] == 2  # EpollSelector.select
-    assert sum(counts.values()) == 199
-
-
-def test_probe_fixture_of_the_thread_pool() -> None:
-    snaps = parse_dump_json((FIXTURES / "dump_sync_threadpool.json").read_text(), ts=1.0)
-    by_tid = {s.tid: s for s in snaps}
-    assert set(by_tid) == {9562, 9575, 9576}
-    assert by_tid[9575].leaf == Frame("sync_handler", APP, 43)
-    assert by_tid[9562].leaf == Frame("EpollSelector.select", f"{LIB}/selectors.py", 468)
-
-
-def test_majority_of_probe_observations_decides() -> None:
-    leaf = Frame("compute", APP, 20)
-    sample = StackSample(1, 1, "MainThread", (
-        Frame("BaseEventLoop._run_once", f"{LIB}/asyncio/base_events.py", 1922), leaf), 10)
-    running, _ = classify([sample], {(1, 1, leaf): Activity(4, 3, 3)})
-    blocked, _ = classify([sample], {(1, 1, leaf): Activity(4, 1, 0)})
-    assert (running[0].state, running[0].gil) == (SampleState.RUNNING, True)
-    assert (blocked[0].state, blocked[0].gil) == (SampleState.BLOCKED, False)
+    # The stack alone cannot tell sleeping from computing: that is measured (oncpu.py).
+    assert not any(idle[id(s)] for s in render)
 
 
 def test_concurrent_futures_worker_waiting_in_c_queue_get() -> None:
     base = (Frame("Thread._bootstrap_inner", f"{LIB}/threading.py", 1045),
             Frame("Thread.run", f"{LIB}/threading.py", 982))
-    idle = StackSample(1, 2, "asyncio_0", base + (
+    waiting = StackSample(1, 2, "asyncio_0", base + (
         Frame("_worker", f"{LIB}/concurrent/futures/thread.py", 81),), 5)
     busy = StackSample(1, 2, "asyncio_0", base + (
         Frame("_worker", f"{LIB}/concurrent/futures/thread.py", 83),
         Frame("_WorkItem.run", f"{LIB}/concurrent/futures/thread.py", 58),
         Frame("read_file", APP, 12)), 3)
-    samples, roles = classify([idle, busy])
+    roles = thread_roles([waiting, busy])
     assert roles == {(1, 2): ThreadRole.WORKER}
-    assert [s.state for s in samples] == [SampleState.WAITING, SampleState.RUNNING]
+    idle = idle_stacks([waiting, busy], roles)
+    assert (idle[id(waiting)], idle[id(busy)]) == (True, False)
+
+
+def test_a_worker_sampled_before_its_worker_loop_does_not_stop_classification() -> None:
+    # Django's asgiref starts pool threads on demand: a thread can be sampled in
+    # `_bootstrap -> _bootstrap_inner -> run` before its worker frame exists.
+    boot = (Frame("Thread._bootstrap", f"{LIB}/threading.py", 1002),
+            Frame("Thread._bootstrap_inner", f"{LIB}/threading.py", 1045),
+            Frame("Thread.run", f"{LIB}/threading.py", 982))
+    early = StackSample(1, 7, "ThreadPoolExecutor-0_0", boot, 2)
+    working = StackSample(1, 7, "ThreadPoolExecutor-0_0", boot + (
+        Frame("_worker", f"{LIB}/concurrent/futures/thread.py", 83),
+        Frame("view", APP, 30)), 5)
+    roles = thread_roles([early, working])
+    assert roles == {(1, 7): ThreadRole.WORKER}
+    idle = idle_stacks([early, working], roles)
+    assert (idle[id(early)], idle[id(working)]) == (False, False)
 
 
 def test_aiosqlite_connection_thread_is_other_and_waits_on_its_queue() -> None:
@@ -120,38 +110,27 @@ def test_aiosqlite_connection_thread_is_other_and_waits_on_its_queue() -> None:
               Frame("Queue.get", f"{LIB}/queue.py", 180),
               Frame("Condition.wait", f"{LIB}/threading.py", 331))
     working = frames[:3] + (Frame("Cursor.execute", f"{SITE}/aiosqlite/cursor.py", 48),)
-    samples, roles = classify([StackSample(1, 3, "Thread-2", frames, 90),
-                               StackSample(1, 3, "Thread-2", working, 2)])
+    samples = [StackSample(1, 3, "Thread-2", frames, 90),
+               StackSample(1, 3, "Thread-2", working, 2)]
+    roles = thread_roles(samples)
     assert roles == {(1, 3): ThreadRole.OTHER}
-    assert [s.state for s in samples] == [SampleState.WAITING, SampleState.RUNNING]
+    idle = idle_stacks(samples, roles)
+    assert [idle[id(s)] for s in samples] == [True, False]
 
 
-def test_uvloop_fixture_loop_is_found_and_waits_below_runner_run() -> None:
-    samples, roles = classify(load("uvicorn_uvloop.txt", pid=5025))
+def test_uvloop_fixture_loop_is_found_and_idles_below_runner_run() -> None:
+    samples = load("uvicorn_uvloop.txt", pid=5025)
+    roles = thread_roles(samples)
     assert roles == {(5025, 5025): ThreadRole.LOOP, (5025, 5149): ThreadRole.WORKER,
                      (5025, 5150): ThreadRole.WORKER}
+    idle = idle_stacks(samples, roles)
     loop = [s for s in samples if s.tid == 5025]
-    assert sum(s.count for s in loop) == 199
-    idle = [s for s in loop if s.frames[-1] == Frame("Runner.run", f"{LIB}/asyncio/runners.py",
-                                                      118)]
-    assert sum(s.count for s in idle) == 40
-    assert all(s.state is SampleState.WAITING for s in idle)
+    runner = Frame("Runner.run", f"{LIB}/asyncio/runners.py", 118)
+    assert sum(s.count for s in loop if s.frames[-1] == runner) == 40
+    assert all(idle[id(s)] for s in loop if s.frames[-1] == runner)
     handler = [s for s in loop if s.frames[-1] == Frame("render", APP, 9)]
     assert sum(s.count for s in handler) == 102
-    assert all(s.state is SampleState.RUNNING for s in handler)
-
-
-def test_uvloop_loop_thread_waits_in_c_below_runner_run() -> None:
-    root = (Frame("Server.run", f"{SITE}/uvicorn/server.py", 86),
-            Frame("asyncio_run", f"{SITE}/uvicorn/_compat.py", 30),
-            Frame("Runner.run", f"{LIB}/asyncio/runners.py", 118))
-    idle = StackSample(1, 1, "MainThread", root, 50)
-    handling = StackSample(1, 1, "MainThread", root + (
-        Frame("RequestResponseCycle.run_asgi", f"{SITE}/uvicorn/protocols/http/h11_impl.py",
-              411), Frame("hello", APP, 15)), 4)
-    samples, roles = classify([handling, idle])
-    assert roles == {(1, 1): ThreadRole.LOOP}
-    assert [s.state for s in samples] == [SampleState.RUNNING, SampleState.WAITING]
+    assert not any(idle[id(s)] for s in handler)
 
 
 def test_anyio_run_on_the_main_thread_is_not_a_worker() -> None:
@@ -163,14 +142,10 @@ def test_anyio_run_on_the_main_thread_is_not_a_worker() -> None:
 
 
 def test_idle_helper_threads_parked_in_c_waits_are_waiting() -> None:
-    from apiscope.collectors.threads import is_waiting
-    from apiscope.model import Frame, ThreadRole
-
-    site = "/srv/venv/lib/python3.11/site-packages"
-    boot = Frame("_bootstrap", "/usr/lib/python3.11/threading.py", 995)
-    parked = (boot, Frame("_connection_worker_thread", f"{site}/aiosqlite/core.py", 59))
-    working = (*parked, Frame("_execute", f"{site}/aiosqlite/cursor.py", 40))
-    reading = (boot, Frame("SocketIO.readinto", "/usr/lib/python3.11/socket.py", 706))
+    boot = Frame("_bootstrap", f"{LIB}/threading.py", 995)
+    parked = (boot, Frame("_connection_worker_thread", f"{SITE}/aiosqlite/core.py", 59))
+    working = (*parked, Frame("_execute", f"{SITE}/aiosqlite/cursor.py", 40))
+    reading = (boot, Frame("SocketIO.readinto", f"{LIB}/socket.py", 706))
     assert is_waiting(parked, ThreadRole.OTHER)
     assert not is_waiting(working, ThreadRole.OTHER)
     assert is_waiting(reading, ThreadRole.OTHER)
@@ -178,35 +153,25 @@ def test_idle_helper_threads_parked_in_c_waits_are_waiting() -> None:
     assert not is_waiting(reading, ThreadRole.LOOP)
 
 
-def _worker_stack(leaf: Frame) -> tuple[Frame, ...]:
-    return (Frame("Thread._bootstrap_inner", f"{LIB}/threading.py", 1045),
-            Frame("WorkerThread.run", f"{SITE}/anyio/_backends/_asyncio.py", 967),
-            Frame("run_sync", f"{SITE}/anyio/_backends/_asyncio.py", 980), leaf)
+# -- arbitrary stacks: classification never fails --------------------------------------------
+
+_FILES = st.sampled_from([
+    APP, f"{LIB}/threading.py", f"{LIB}/queue.py", f"{LIB}/selectors.py",
+    f"{LIB}/asyncio/base_events.py", f"{LIB}/asyncio/runners.py",
+    f"{LIB}/concurrent/futures/thread.py", f"{SITE}/anyio/_backends/_asyncio.py",
+    f"{SITE}/uvloop/__init__.py", f"{SITE}/aiosqlite/core.py", "<frozen runpy>", "", "x"])
+_NAMES = st.sampled_from([
+    "_worker", "WorkerThread.run", "run_forever", "BaseEventLoop._run_once", "Runner.run",
+    "EpollSelector.select", "Queue.get", "Condition.wait", "Thread.run", "<module>", "", "f"])
+_FRAMES = st.builds(Frame, _NAMES, _FILES, st.integers(min_value=0, max_value=5000))
+_SAMPLES = st.builds(StackSample, st.integers(1, 3), st.integers(1, 4), st.just("t"),
+                     st.lists(_FRAMES, max_size=8).map(tuple), st.integers(1, 50))
 
 
-def test_a_gil_holder_seen_inactive_is_running() -> None:
-    # The recording py-spy had the process stopped, or the thread waited for a core: a thread
-    # holding the GIL is executing, whatever the OS said at that instant.
-    leaf = Frame("compute", APP, 20)
-    sample = StackSample(1, 1, "MainThread", (
-        Frame("BaseEventLoop._run_once", f"{LIB}/asyncio/base_events.py", 1922), leaf), 10)
-    [out], _ = classify([sample], {(1, 1, leaf): Activity(4, 0, 4)})
-    assert (out.state, out.gil) == (SampleState.RUNNING, True)
-
-
-def test_an_unseen_thread_takes_the_verdict_of_its_line_in_other_threads() -> None:
-    sleep = Frame("check_stock", APP, 26)
-    compute = Frame("simulate", APP, 33)
-    samples = [StackSample(1, tid, f"w{tid}", _worker_stack(leaf), 10)
-               for tid in (2, 3) for leaf in (sleep, compute)]
-    activity = {(1, 2, sleep): Activity(5, 0, 0), (1, 2, compute): Activity(4, 2, 2)}
-    out, _ = classify(samples, activity)
-    by_key = {(s.tid, s.frames[-1]): (s.state, s.gil) for s in out}
-    assert by_key[(2, sleep)] == (SampleState.BLOCKED, False)
-    # thread 3 was never seen: its sleep line is a waiting line in thread 2, GIL unknown
-    assert by_key[(3, sleep)] == (SampleState.BLOCKED, None)
-    # a line seen computing says nothing about who held the GIL there: running, unknown
-    assert by_key[(3, compute)] == (SampleState.RUNNING, None)
-    # two looks at a line prove nothing: thread 3 keeps the raw verdict
-    few, _ = classify(samples, {(1, 2, sleep): Activity(2, 0, 0)})
-    assert {(s.tid, s.frames[-1]): s.state for s in few}[(3, sleep)] is SampleState.RUNNING
+@given(st.lists(_SAMPLES, max_size=30))
+def test_any_stacks_get_a_role_and_an_idle_verdict(samples: list[StackSample]) -> None:
+    roles = thread_roles(samples)
+    idle = idle_stacks(samples, roles)
+    assert set(roles) == {(s.pid, s.tid) for s in samples}
+    assert set(idle) == {id(s) for s in samples}
+    assert all(idle[id(s)] for s in samples if not s.frames)

@@ -9,6 +9,11 @@ sample and the old one's last, measured at about +/-10 ms (one sample per thread
 docs/sampling.md), instead of a whole py-spy start-up (20 ms to seconds). The raw format has no
 timestamps, so a few samples counted twice at the seam cannot be de-duplicated.
 
+At every window's edges the sampler reads each thread's CPU time from the kernel
+(`threadcpu.py`); `oncpu.py` turns the difference into how many of the window's samples were
+running. A window that cannot be read or classified is counted (`SamplerStats.failed_windows`,
+with the last error) and sampling goes on with the next one: no stack ends a session.
+
 The sampler ends on `stop()` (the last window is delivered), or when py-spy stops on its own
 because the target exited (`end_reason` TARGET_EXITED: a normal end for `attach`), or on a
 failure it cannot recover from (`end_reason` FAILED, `error` set).
@@ -30,7 +35,7 @@ from typing import Protocol
 
 import psutil
 
-from apiscope.collectors.gilprobe import ActivityProbe, ThreadSnapshot, activity_index
+from apiscope.collectors.oncpu import LinePriors, apportion
 from apiscope.collectors.pyspy import (
     READY_MARKER,
     RecordOptions,
@@ -41,7 +46,8 @@ from apiscope.collectors.pyspy import (
     parse_summary,
     record_argv,
 )
-from apiscope.collectors.threads import classify
+from apiscope.collectors.threadcpu import CpuReading, ThreadCpuReader, usage
+from apiscope.collectors.threads import idle_stacks, thread_roles
 from apiscope.errors import TargetError
 from apiscope.model import StackWindow
 
@@ -161,6 +167,8 @@ class SamplerStats:
     launch_retries: int = 0  # mid-session py-spy starts that failed and were retried
     pyspy_cpu_seconds: float = 0.0
     sampled_seconds: float = 0.0
+    failed_windows: int = 0  # read but not classified (an error of ours): skipped, counted
+    last_failure: str | None = None
 
     @property
     def loss(self) -> float:
@@ -197,7 +205,7 @@ class StackSampler:
                  window_seconds: float = 1.0, spawn: SpawnSpy = PopenSpy,
                  clock: Callable[[], float] = time.time, pyspy: str | None = None,
                  alive: Callable[[int], bool] = target_alive,
-                 probe: ActivityProbe | None = None, ready_timeout: float = 15.0,
+                 cpu_reader: ThreadCpuReader | None = None, ready_timeout: float = 15.0,
                  on_end: Callable[[EndReason, Exception | None], None] | None = None) -> None:
         self.pid = pid
         self.options = RecordOptions(rate_hz=rate_hz, subprocesses=subprocesses,
@@ -209,7 +217,9 @@ class StackSampler:
         self._clock = clock
         self._pyspy = pyspy
         self._alive = alive
-        self._probe = probe
+        self._cpu = cpu_reader if cpu_reader is not None else ThreadCpuReader()
+        self._cpu_mark = CpuReading()
+        self._priors = LinePriors()
         self._ready_timeout = ready_timeout
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -217,8 +227,6 @@ class StackSampler:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._count = 0
         self._pids: set[int] = {pid}
-        self._snapshots: list[ThreadSnapshot] = []
-        self.probe_memory = 60.0  # seconds of probe snapshots used to judge a stack
         self.launch_attempts = 3  # per mid-session py-spy start (the first one gets one)
         self.stats = SamplerStats()
         self.end_reason: EndReason | None = None
@@ -240,8 +248,7 @@ class StackSampler:
         except BaseException:
             self._tmp.cleanup()
             raise
-        if self._probe is not None:
-            self._probe.start(lambda: sorted(self._pids))
+        self._cpu_mark = self._cpu.read(self._pids | self._children())
         self._thread = threading.Thread(target=self._run, args=(first,), daemon=True,
                                         name="apiscope-stack-sampler")
         self._thread.start()
@@ -271,8 +278,6 @@ class StackSampler:
             reason = EndReason.FAILED if alive else EndReason.TARGET_EXITED
             error = exc if alive else None
         finally:
-            if self._probe is not None:
-                self._probe.stop()
             if self._tmp is not None:
                 self._tmp.cleanup()
             self.end_reason, self.error = reason, error
@@ -366,25 +371,38 @@ class StackSampler:
             return
         finally:
             run.output.unlink(missing_ok=True)
-        window = self._window(text, result, run.started, end)
+        try:
+            window = self._window(text, result, run.started, end)
+        except Exception as exc:  # a bug of ours must not end the session: count, go on
+            self.stats.failed_windows += 1
+            self.stats.last_failure = f"{type(exc).__name__}: {exc}"
+            return
         self._on_window(window)
+
+    def _children(self) -> set[int]:
+        if not self.options.subprocesses:
+            return set()
+        try:
+            return {p.pid for p in psutil.Process(self.pid).children(recursive=True)}
+        except psutil.Error:
+            return set()
 
     def _window(self, text: str, result: SpyExit, start: float, end: float) -> StackWindow:
         profile = parse_raw(text, default_pid=self.pid)
         summary = parse_summary(result.stdout)
-        activity = None
-        if self._probe is not None:
-            # A stack's on-CPU verdict hardly changes over time (a line either sleeps or
-            # computes), so the probe's snapshots of the last minute all count, not only the
-            # few taken during this window.
-            self._snapshots.extend(self._probe.take(until=end))
-            self._snapshots = [s for s in self._snapshots if s.ts >= end - self.probe_memory]
-            activity = activity_index(self._snapshots)
-        samples, roles = classify(profile.samples, activity)
+        # A worker first sampled now is read now and measured from the next window on.
+        pids = self._pids | {s.pid for s in profile.samples}
+        mark = self._cpu.read(pids)
+        used = usage(self._cpu_mark, mark)
+        self._cpu_mark = mark
+        roles = thread_roles(profile.samples)
+        samples = apportion(profile.samples, idle_stacks(profile.samples, roles), used.threads,
+                            end - start, self._priors)
         window = StackWindow(start=start, end=end, rate_hz=self.options.rate_hz,
                              samples=samples, errors=summary.errors if summary else 0,
-                             threads=roles)
-        # Rebound, not mutated: the probe thread reads it. Exited workers drop out.
+                             threads=roles, thread_cpu=used.threads,
+                             process_cpu=used.processes)
+        # Exited workers drop out of the processes whose threads are read.
         self._pids = {self.pid} | {s.pid for s in samples}
         self._account(window, profile.bad_lines)
         return window

@@ -1,49 +1,27 @@
 """What each sampled thread is (its role) and what it was doing in each sample (its state).
 
-Pure functions over `StackSample`s, decided from the frames py-spy reports (without
-`--native`, so C functions such as `epoll.poll` or `time.sleep` never show: the leaf is the
-Python frame that called them).
+Roles are decided from the frames py-spy reports (without `--native`, so C functions such as
+`epoll.poll` or `time.sleep` never show: the leaf is the Python frame that called them). The event
+loop thread runs `BaseEventLoop.run_forever/_run_once` (asyncio), or `asyncio.run`'s `Runner.run`
+with uvloop, whose loop is C code between `Runner.run` and the callbacks (verified with uvloop
+0.23 under uvicorn); thread-pool workers run anyio's `WorkerThread.run` or `concurrent.futures`'
+`_worker` (asyncio's default executor, asgiref's `sync_to_async`); everything else (aiosqlite's
+connection threads, gunicorn's arbiter, the agent) is OTHER. A thread can be sampled before it
+enters its worker loop (`_bootstrap -> _bootstrap_inner -> run`): such a stack proves nothing
+about its role, and one stack that does decides it.
 
-Roles: the event loop thread runs `BaseEventLoop.run_forever/_run_once` (asyncio), or
-`asyncio.run`'s `Runner.run` with uvloop, whose loop is C code between `Runner.run` and the
-callbacks (verified with uvloop 0.23 under uvicorn); thread-pool workers
-run anyio's `WorkerThread.run` or `concurrent.futures`' `_worker`; everything else (aiosqlite's
-connection threads, gunicorn's arbiter, the agent) is OTHER.
-
-States: WAITING is certain from the stack alone (the loop inside its selector call, a worker
-waiting on its job queue). Anything else is RUNNING unless an activity probe (see
-`gilprobe.py`) saw that very stack off-CPU, which makes it BLOCKED: py-spy's raw format does
-not say whether a sample was on-CPU.
-
-Two corrections to the probe's raw verdict:
-- A stack the probe saw mostly *holding the GIL* is RUNNING even when the OS called the thread
-  inactive. Sleeps, socket and file I/O and lock waits all release the GIL, so a GIL holder is
-  executing (or runnable, waiting for a core on a loaded machine), and the "inactive" reading
-  comes from the recording py-spy having the process stopped at that instant.
-- A thread's stack the probe never saw takes the verdict of the same leaf line in the *other*
-  threads of its process when that verdict is clear-cut: a line no thread was ever seen
-  computing at (`LEAF_IDLE_ACTIVE` on-CPU at most, `LEAF_IDLE_GIL` GIL held at most, over at
-  least `LEAF_IDLE_MIN_OBSERVATIONS` looks) is a waiting line, e.g. eight pool threads in one
-  `time.sleep` call that a 2 Hz probe saw in only some of them. Its `gil` stays unknown: who
-  holds the GIL is per thread.
+States: a stack can prove its thread idle (the loop inside its selector call, a worker waiting
+on its job queue); whether any other sample was running is measured, not read off the stack:
+`oncpu.py` shares each thread's CPU time, from the kernel, out over its samples.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
-from apiscope.model import Frame, SampleState, StackSample, ThreadRole
+from apiscope.model import Frame, StackSample, ThreadRole
 
 ThreadKey = tuple[int, int]  # (pid, tid)
-LeafKey = tuple[int, int, Frame]  # (pid, tid, leaf frame)
-LineKey = tuple[int, Frame]  # (pid, leaf frame), over all the process's threads
-
-LEAF_IDLE_ACTIVE = 0.25
-LEAF_IDLE_GIL = 0.10
-LEAF_IDLE_MIN_OBSERVATIONS = 3  # fewer looks at a line prove nothing about it
-
 _LOOP_FUNCTIONS = ("run_forever", "_run_once")
 _WORKER_FRAMES = (
     ("anyio/_backends/_asyncio.py", "WorkerThread.run"),  # Starlette's run_in_threadpool
@@ -139,7 +117,11 @@ def _is_idle_helper_leaf(frame: Frame) -> bool:
 
 
 def _worker_waiting(frames: Sequence[Frame]) -> bool:
-    index = next(i for i, f in enumerate(frames) if is_worker_frame(f))
+    index = next((i for i, f in enumerate(frames) if is_worker_frame(f)), None)
+    if index is None:
+        # A worker thread's stack from before (or after) its worker loop: only a wait at the
+        # leaf proves it idle.
+        return _is_wait_leaf(frames[-1])
     above = frames[index + 1:]
     # concurrent.futures' _worker calls the C SimpleQueue.get: the worker frame is the leaf.
     # anyio's WorkerThread.run waits in queue.Queue.get -> threading.Condition.wait.
@@ -159,65 +141,8 @@ def _is_wait_leaf(frame: Frame) -> bool:
     return _file_is(frame, "selectors.py") and method == "select"
 
 
-@dataclass(frozen=True, slots=True)
-class Activity:
-    """What an activity probe saw for one (pid, tid, leaf frame)."""
-
-    observations: int
-    active: int  # on-CPU (py-spy's `active`)
-    owns_gil: int
-
-    @property
-    def mostly_active(self) -> bool:
-        return 2 * self.active >= self.observations
-
-    @property
-    def mostly_gil(self) -> bool:
-        return 2 * self.owns_gil >= self.observations
-
-
-def classify(samples: Iterable[StackSample],
-             activity: Mapping[LeafKey, Activity] | None = None,
-             ) -> tuple[tuple[StackSample, ...], dict[ThreadKey, ThreadRole]]:
-    """Samples with `state` (and `gil` where the probe knows it) set, and the thread roles."""
-    batch = tuple(samples)
-    roles = thread_roles(batch)
-    activity = activity or {}
-    lines = line_activity(activity)
-    return tuple(_with_state(s, roles[(s.pid, s.tid)], activity, lines) for s in batch), roles
-
-
-def line_activity(activity: Mapping[LeafKey, Activity]) -> dict[LineKey, Activity]:
-    """The probe's observations of each leaf line, summed over the threads of a process."""
-    out: dict[LineKey, Activity] = {}
-    for (pid, _, leaf), seen in activity.items():
-        prev = out.get((pid, leaf))
-        out[(pid, leaf)] = seen if prev is None else Activity(
-            prev.observations + seen.observations, prev.active + seen.active,
-            prev.owns_gil + seen.owns_gil)
-    return out
-
-
-def _idle_line(seen: Activity | None) -> bool:
-    return seen is not None and seen.observations >= LEAF_IDLE_MIN_OBSERVATIONS and (
-        seen.active <= LEAF_IDLE_ACTIVE * seen.observations
-        and seen.owns_gil <= LEAF_IDLE_GIL * seen.observations)
-
-
-def _with_state(sample: StackSample, role: ThreadRole, activity: Mapping[LeafKey, Activity],
-                lines: Mapping[LineKey, Activity]) -> StackSample:
-    leaf = sample.frames[-1] if sample.frames else None
-    seen = activity.get((sample.pid, sample.tid, leaf)) if leaf is not None else None
-    gil = seen.mostly_gil if seen is not None else None
-    if is_waiting(sample.frames, role):
-        state = SampleState.WAITING
-    elif seen is not None:
-        off_cpu = not seen.mostly_active and not seen.mostly_gil
-        state = SampleState.BLOCKED if off_cpu else SampleState.RUNNING
-    elif leaf is not None and _idle_line(lines.get((sample.pid, leaf))):
-        state = SampleState.BLOCKED
-    else:
-        state = SampleState.RUNNING
-    if state is sample.state and gil == sample.gil:
-        return sample
-    return dataclasses.replace(sample, state=state, gil=gil)
+def idle_stacks(samples: Iterable[StackSample],
+                roles: Mapping[ThreadKey, ThreadRole]) -> dict[int, bool]:
+    """For each sample (by `id`), whether its stack alone proves its thread idle."""
+    return {id(s): is_waiting(s.frames, roles.get((s.pid, s.tid), ThreadRole.OTHER))
+            for s in samples}

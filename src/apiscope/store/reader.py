@@ -27,6 +27,7 @@ from apiscope.model import (
     RouteInfo,
     SampleState,
     StackSample,
+    ThreadCpu,
     ThreadPoolSample,
     ThreadRole,
     WindowInfo,
@@ -122,6 +123,26 @@ class SessionReader:
         return [WindowInfo(*row) for row in self.query(
             "SELECT id, start, end, rate_hz, errors FROM windows WHERE id > ? ORDER BY id",
             (after_id,))]
+
+    def thread_cpu(self) -> list[ThreadCpu]:
+        """The kernel's CPU seconds per window and thread ([] for files from before it)."""
+        if not self._has_table("thread_cpu"):
+            return []
+        return [ThreadCpu(*row) for row in self.query(
+            "SELECT w.start, c.pid, c.tid, c.seconds FROM thread_cpu c"
+            " JOIN windows w ON w.id = c.window_id ORDER BY w.id")]
+
+    def process_cpu(self) -> list[ThreadCpu]:
+        """The kernel's CPU seconds per window and process (tid 0), threads ended included."""
+        if not self._has_table("process_cpu"):
+            return []
+        return [ThreadCpu(start, pid, 0, sec) for start, pid, sec in self.query(
+            "SELECT w.start, c.pid, c.seconds FROM process_cpu c"
+            " JOIN windows w ON w.id = c.window_id ORDER BY w.id")]
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self.query(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
 
     def stack(self, stack_id: int) -> tuple[Frame, ...]:
         frames = self._stacks.get(stack_id)

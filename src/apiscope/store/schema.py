@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 1
+# 2: thread_cpu and process_cpu (the kernel's CPU time per window); older files still read.
+SCHEMA_VERSION = 2
 # PRAGMA application_id marks the file as ours, so a foreign SQLite file is refused clearly.
 APPLICATION_ID = 0x61706973  # "apis"
 
@@ -37,6 +38,13 @@ CREATE TABLE IF NOT EXISTS samples (
     stack_id INTEGER NOT NULL, state TEXT NOT NULL, gil INTEGER, count INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS samples_window ON samples (window_id);
+CREATE TABLE IF NOT EXISTS thread_cpu (
+    window_id INTEGER NOT NULL, pid INTEGER NOT NULL, tid INTEGER NOT NULL,
+    seconds REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS process_cpu (
+    window_id INTEGER NOT NULL, pid INTEGER NOT NULL, seconds REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS routes (
     pid INTEGER NOT NULL, method TEXT NOT NULL, template TEXT NOT NULL, handler TEXT NOT NULL,
     file TEXT NOT NULL, line INTEGER NOT NULL, is_async INTEGER NOT NULL,

@@ -1,0 +1,156 @@
+"""Which samples were running: each thread's measured CPU time shared out over its stacks.
+
+In one window a thread shows `n` samples spread over a few stacks, and the kernel says it used
+`c` seconds of CPU out of the window's `t`. So `n * c / t` of its samples were running and the
+rest were not: that total is measured. Which of its stacks ran is decided as follows:
+
+- a stack whose leaf line has been measured before gets its share in proportion to how often
+  that line ran when it was measured: a thread-window whose samples all sit on one line tells
+  exactly how much that line runs (a `time.sleep` line: never; a pure-Python loop: always), and
+  the session remembers it (`LinePriors`);
+- a line never measured starts at even odds, and a stack that proves its thread idle (the event
+  loop in its selector, a pool worker waiting for a job) at low odds: CPU used below such a
+  frame is the server's own C code (uvloop dispatching, the selector call), rarely much.
+
+Counts stay whole numbers: a stack's `n` samples become a RUNNING row and a BLOCKED (or, for an
+idle stack, WAITING) row, rounded so that the thread's running total matches the measurement.
+Every later figure (CPU share, the on-CPU flamegraph, "running CPU work" in a flag) counts
+RUNNING samples, so it rests on the kernel's figure, not on what a stack looks like.
+
+A thread the kernel could not be asked about (it ended within the window) keeps the line
+estimates alone, without a measured total.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from apiscope.model import Frame, SampleState, StackSample
+
+ThreadKey = tuple[int, int]
+
+PRIOR_ACTIVE = 0.5  # a line never measured: as likely running as not
+PRIOR_IDLE = 0.02  # a stack that proves its thread idle
+PRIOR_WEIGHT = 4.0  # how many samples' worth the starting odds count for
+_MIN_WEIGHT = 1e-6  # so a measured budget always lands somewhere
+
+
+@dataclass(slots=True)
+class _Line:
+    ran: float = 0.0
+    seen: float = 0.0
+
+
+class LinePriors:
+    """What the session has measured of each leaf line: the share of its samples that ran."""
+
+    def __init__(self) -> None:
+        self._lines: dict[tuple[Frame | None, bool], _Line] = {}
+
+    def odds(self, leaf: Frame | None, idle: bool) -> float:
+        line = self._lines.get((leaf, idle))
+        start = PRIOR_IDLE if idle else PRIOR_ACTIVE
+        if line is None:
+            return start
+        return (line.ran + PRIOR_WEIGHT * start) / (line.seen + PRIOR_WEIGHT)
+
+    def learn(self, leaf: Frame | None, idle: bool, samples: float, ran: float) -> None:
+        line = self._lines.setdefault((leaf, idle), _Line())
+        line.seen += samples
+        line.ran += ran
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    sample: StackSample
+    idle: bool
+    odds: float
+
+
+def share_out(budget: float, weights: Sequence[float], caps: Sequence[float]) -> list[float]:
+    """Split `budget` in proportion to `weights`, no share above its cap (water-filling).
+
+    Shares that would pass their cap are fixed at it and the rest is split again among the
+    others; the result sums to min(budget, sum(caps)).
+    """
+    shares = [0.0] * len(caps)
+    open_rows = [i for i, cap in enumerate(caps) if cap > 0]
+    left = min(budget, sum(caps))
+    while open_rows and left > 1e-12:
+        total = sum(max(weights[i], _MIN_WEIGHT) * caps[i] for i in open_rows)
+        scale = left / total
+        full = [i for i in open_rows if max(weights[i], _MIN_WEIGHT) * scale >= 1.0]
+        if not full:
+            for i in open_rows:
+                shares[i] = max(weights[i], _MIN_WEIGHT) * scale * caps[i]
+            break
+        for i in full:
+            shares[i] = caps[i]
+            left -= caps[i]
+        open_rows = [i for i in open_rows if i not in full]
+    return shares
+
+
+def whole(shares: Sequence[float], caps: Sequence[int]) -> list[int]:
+    """Round shares to whole counts (largest remainder), keeping their rounded sum."""
+    floors = [min(cap, math.floor(s)) for s, cap in zip(shares, caps, strict=True)]
+    missing = round(sum(shares)) - sum(floors)
+    order = sorted(range(len(shares)), key=lambda i: shares[i] - floors[i], reverse=True)
+    for i in order:
+        if missing <= 0:
+            break
+        if floors[i] < caps[i]:
+            floors[i] += 1
+            missing -= 1
+    return floors
+
+
+def apportion(samples: Iterable[StackSample], idle: Mapping[int, bool],
+              cpu: Mapping[ThreadKey, float], seconds: float,
+              priors: LinePriors) -> tuple[StackSample, ...]:
+    """The window's samples split into running and not-running rows.
+
+    `idle[id(sample)]` says whether a sample's stack proves its thread idle; `cpu` holds the
+    CPU seconds each thread used in the window, which lasted `seconds`.
+    """
+    threads: dict[ThreadKey, list[_Row]] = defaultdict(list)
+    for sample in samples:
+        leaf = sample.frames[-1] if sample.frames else None
+        is_idle = idle.get(id(sample), False)
+        threads[(sample.pid, sample.tid)].append(
+            _Row(sample, is_idle, priors.odds(leaf, is_idle)))
+    out: list[StackSample] = []
+    for key, rows in threads.items():
+        caps = [r.sample.count for r in rows]
+        weights = [r.odds for r in rows]
+        used = cpu.get(key)
+        if used is None or seconds <= 0:
+            shares = [w * c for w, c in zip(weights, caps, strict=True)]
+        else:
+            budget = min(1.0, used / seconds) * sum(caps)
+            shares = share_out(budget, weights, caps)
+            _learn(priors, rows, shares)
+        for row, ran in zip(rows, whole(shares, caps), strict=True):
+            out.extend(_split(row, ran))
+    return tuple(out)
+
+
+def _learn(priors: LinePriors, rows: Sequence[_Row], shares: Sequence[float]) -> None:
+    for row, share in zip(rows, shares, strict=True):
+        leaf = row.sample.frames[-1] if row.sample.frames else None
+        priors.learn(leaf, row.idle, row.sample.count, share)
+
+
+def _split(row: _Row, ran: int) -> list[StackSample]:
+    sample, rest = row.sample, row.sample.count - ran
+    parts = []
+    if ran:
+        parts.append(dataclasses.replace(sample, count=ran, state=SampleState.RUNNING))
+    if rest:
+        state = SampleState.WAITING if row.idle else SampleState.BLOCKED
+        parts.append(dataclasses.replace(sample, count=rest, state=state))
+    return parts

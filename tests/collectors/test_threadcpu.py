@@ -1,0 +1,79 @@
+"""Per-thread CPU time from the kernel: fixture files and the real /proc."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from apiscope.collectors.threadcpu import CpuReading, ThreadCpuReader, usage
+
+
+def write_task(root: Path, pid: int, tid: int, schedstat: str | None, stat: str) -> None:
+    task = root / str(pid) / "task" / str(tid)
+    task.mkdir(parents=True)
+    if schedstat is not None:
+        (task / "schedstat").write_text(schedstat)
+    (task / "stat").write_text(stat)
+
+
+def stat_line(utime: int, stime: int, comm: str = "python3") -> str:
+    # fields: pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+    #         utime stime ...
+    return f"42 ({comm}) S 1 42 42 0 -1 0 0 0 0 0 {utime} {stime} 0 0 20 0 3 0\n"
+
+
+def test_reads_schedstat_nanoseconds_and_falls_back_to_stat_ticks(tmp_path: Path) -> None:
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "stat").write_text(stat_line(300, 100, comm="uvicorn (main) x"))
+    write_task(tmp_path, 42, 42, "1500000000 2000 10\n", stat_line(1, 1))
+    write_task(tmp_path, 42, 43, None, stat_line(50, 25))
+    reading = ThreadCpuReader(str(tmp_path)).read([42, 99])
+    assert reading.threads[(42, 42)] == 1.5
+    assert abs(reading.threads[(42, 43)] - 0.75) < 1e-9  # 75 ticks of 10 ms
+    assert abs(reading.processes[42] - 4.0) < 1e-9
+
+
+def test_usage_counts_new_threads_from_zero_and_skips_unknown_processes() -> None:
+    before = CpuReading({(1, 1): 2.0}, {1: 2.0})
+    after = CpuReading({(1, 1): 2.5, (1, 2): 0.25, (7, 7): 9.0}, {1: 2.75, 7: 9.0})
+    used = usage(before, after)
+    assert used.threads == {(1, 1): 0.5, (1, 2): 0.25}
+    assert used.processes == {1: 0.75}
+
+
+def test_real_threads_spinning_and_sleeping() -> None:
+    stop = threading.Event()
+    ids: dict[str, int] = {}
+
+    def spin() -> None:
+        ids["spin"] = threading.get_native_id()
+        while not stop.is_set():
+            sum(range(1000))
+
+    def sleep() -> None:
+        ids["sleep"] = threading.get_native_id()
+        stop.wait()
+
+    threads = [threading.Thread(target=spin), threading.Thread(target=sleep)]
+    for t in threads:
+        t.start()
+    try:
+        reader = ThreadCpuReader()
+        while len(ids) < 2:
+            time.sleep(0.01)
+        before = reader.read([os.getpid()])
+        time.sleep(0.5)
+        used = usage(before, reader.read([os.getpid()]))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    pid = os.getpid()
+    assert used.threads[(pid, ids["sleep"])] < 0.02
+    # The spinning thread competes for the GIL with this one only while it sleeps: on a CPU
+    # most of the half second, even on a loaded machine.
+    assert used.threads[(pid, ids["spin"])] > 0.15
+    # The process's figure counts clock ticks (10 ms), the threads' nanoseconds.
+    assert used.processes[pid] >= used.threads[(pid, ids["spin"])] - 0.03
