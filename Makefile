@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_ARGS ?=
 
-.PHONY: install demo test lint typecheck pytest bench system-deps clean
+.PHONY: install demo test lint typecheck pytest bench accuracy system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test: system-deps lint typecheck pytest
 
 bench: system-deps $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.run
+
+# The accuracy corpus: realistic apps run for real under apiscope; rewrites docs/accuracy.md.
+accuracy: system-deps $(VENV)/.installed-test
+	$(BIN)/python -m tests.corpus.scorecard --output docs/accuracy.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,139 @@
+"""The corpus: each app, how to prepare and serve it, the load mix of each mode, what is planted.
+
+A request in a mix is `{"method", "path", "weight"}` plus optional `body` (JSON text), `auth`
+(send the login's Bearer token) and `id_max` (see `tests.corpus.load`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.corpus.markers import Marker, read_markers
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+PLANTED_ENV = {"CORPUS_PLANTED": "1"}
+Request = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CorpusApp:
+    name: str
+    app_dir: Path  # the app's own files: a flag anywhere else is outside the app
+    asgi: str  # module:attribute
+    ready_path: str
+    healthy: list[Request] = field(default_factory=list)
+    planted: list[Request] = field(default_factory=list)
+    login: Request | None = None
+    id_max: int = 100
+    needs_postgres: bool = False
+    needs_redis: bool = False
+    prestart: str | None = None  # a module run once before the server starts
+    healthy_env: dict[str, str] = field(default_factory=dict)
+    planted_env: dict[str, str] = field(default_factory=lambda: dict(PLANTED_ENV))
+    # The sample app drives itself (`python -m sample_app.load`): argv after the URL option.
+    own_load: list[str] | None = None
+    expected: Callable[[CorpusApp], list[Marker]] = lambda app: read_markers(app.app_dir)
+
+    def mix(self, planted: bool) -> list[Request]:
+        return self.healthy + self.planted if planted else self.healthy
+
+
+def _get(path: str, weight: int, **extra: Any) -> Request:
+    return {"method": "GET", "path": path, "weight": weight, **extra}
+
+
+V1 = "/api/v1"
+FASTAPI_PG = CorpusApp(
+    name="fastapi_pg", app_dir=APPS / "fastapi_pg", asgi="tests.corpus.apps.fastapi_pg.main:app",
+    ready_path=f"{V1}/utils/health-check/", needs_postgres=True, needs_redis=True,
+    prestart="tests.corpus.apps.fastapi_pg.prestart", id_max=3000,
+    login={"path": f"{V1}/login/access-token",
+           "json": {"email": "user1@example.com", "password": "seed-password"}},
+    healthy=[
+        {"method": "POST", "path": f"{V1}/login/access-token", "weight": 3, "id_max": 60,
+         "body": '{"email": "user{id}@example.com", "password": "seed-password"}'},
+        _get(f"{V1}/users/me", 6, auth=True),
+        _get(f"{V1}/users/?skip=0&limit=20", 2, auth=True),
+        _get(f"{V1}/users/{{id}}", 3, auth=True, id_max=60),
+        _get(f"{V1}/items/?skip=0&limit=20", 10, auth=True),
+        _get(f"{V1}/items/{{id}}", 20, auth=True),
+        {"method": "POST", "path": f"{V1}/items/", "weight": 4, "auth": True,
+         "body": '{"title": "Load item {n}", "description": "from the load"}'},
+        _get(f"{V1}/items/stats", 4),
+        _get(f"{V1}/utils/health-check/", 3),
+        _get(f"{V1}/utils/version", 2),
+    ],
+    planted=[
+        _get(f"{V1}/reports/audit", 4),
+        _get(f"{V1}/reports/inventory", 4),
+        _get(f"{V1}/reports/checksum?rounds=150000", 3),
+        _get(f"{V1}/reports/owners", 3),
+        _get(f"{V1}/reports/forecast/{{id}}", 8),
+        _get(f"{V1}/reports/monthly", 3),
+    ],
+)
+
+DJANGO_APP = CorpusApp(
+    name="django_app", app_dir=APPS / "django_app",
+    asgi="tests.corpus.apps.django_app.asgi:application", ready_path="/health/",
+    needs_postgres=True, prestart="tests.corpus.apps.django_app.prestart", id_max=3000,
+    healthy=[
+        _get("/health/", 3),
+        _get("/api/books/?page={id}", 10, id_max=150),
+        _get("/api/books/{id}/", 20),
+        _get("/api/books/count/", 4),
+        _get("/api/authors/{id}/", 8, id_max=80),
+        _get("/api/authors/{id}/books/", 6, id_max=80),
+        {"method": "POST", "path": "/api/books/new/", "weight": 3, "id_max": 80,
+         "body": '{"title": "Load {n}", "author_id": {id}, "published": "2024-05-01",'
+                 ' "price_cents": 1999}'},
+    ],
+    planted=[_get("/reports/audit/", 4), _get("/reports/catalogue/", 4)],
+)
+
+LITESTAR_APP = CorpusApp(
+    name="litestar_app", app_dir=APPS / "litestar_app",
+    asgi="tests.corpus.apps.litestar_app.app:app", ready_path="/health",
+    prestart="tests.corpus.apps.litestar_app.store", id_max=2000,
+    healthy=[
+        _get("/health", 3),
+        _get("/notes/?notebook_id={id}&limit=20", 10, id_max=20),
+        _get("/notes/{id}", 20),
+        {"method": "POST", "path": "/notes/", "weight": 4, "id_max": 20,
+         "body": '{"notebook_id": {id}, "title": "Load {n}", "body": "written by the load"}'},
+        _get("/notebooks/{id}/stats", 6, id_max=20),
+    ],
+    planted=[_get("/reports/audit", 4), _get("/reports/wordcount/{id}", 4, id_max=20)],
+)
+
+
+def sample_app_expected(app: CorpusApp) -> list[Marker]:
+    """The sample app lists its bottlenecks in `EXPECTED_FLAGS` (checked against its sources by
+    its own tests). memory_growth names no line in a run this short (see `SHORT_RUN_UNATTRIBUTED`),
+    so it is not expected here."""
+    from sample_app.bottlenecks import EXPECTED_FLAGS, SHORT_RUN_UNATTRIBUTED, reported_line
+
+    out = []
+    for flag in EXPECTED_FLAGS:
+        if flag["kind"] in SHORT_RUN_UNATTRIBUTED:
+            continue
+        line = reported_line(flag)
+        cause = "wait" if "sleep" in flag["call"] or "session" in flag["call"] else "cpu"
+        out.append(Marker(flag["kind"], cause, (ROOT / flag["file"]).resolve(), line,
+                          frozenset({line})))
+    return out
+
+
+SAMPLE_APP = CorpusApp(
+    name="sample_app", app_dir=ROOT / "sample_app", asgi="sample_app.main:app",
+    ready_path="/health", healthy_env={"SAMPLE_APP_FIXED": "1"}, planted_env={},
+    own_load=["--quiet"], expected=sample_app_expected,
+)
+
+CORPUS: tuple[CorpusApp, ...] = (FASTAPI_PG, DJANGO_APP, LITESTAR_APP, SAMPLE_APP)
+MODES = ("healthy", "planted")
+SERVERS = ("uvicorn", "gunicorn")

@@ -1,0 +1,58 @@
+"""The accuracy corpus: each app, healthy and planted, under uvicorn and gunicorn, judged by the
+report of a real `apiscope attach` (see `tests.corpus.harness`; `make accuracy` writes the
+scorecard from the same runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.corpus.catalog import CORPUS, MODES, ROOT, SERVERS, CorpusApp
+from tests.corpus.harness import Services, run_case
+from tests.corpus.judge import CaseResult, describe_flag
+from tests.support import require_program, require_ptrace
+
+pytestmark = [pytest.mark.corpus, pytest.mark.integration, pytest.mark.timeout(150)]
+
+
+def _services(app: CorpusApp, request: pytest.FixtureRequest) -> Services:
+    # Ask for a server only when the app needs it: the others run without PostgreSQL.
+    postgres = request.getfixturevalue("postgres") if app.needs_postgres else None
+    redis = request.getfixturevalue("redis_service") if app.needs_redis else None
+    return Services(postgres, redis)
+
+
+def _listing(flags: list[dict[str, object]]) -> str:
+    return "\n".join("  " + describe_flag(flag, ROOT) for flag in flags)
+
+
+def check_sampling(result: CaseResult) -> None:
+    assert result.failure is None, result.failure
+    assert not result.sampling_stopped, "apiscope said stack sampling stopped"
+    assert result.samples_total > 0
+    assert result.samples_errors <= max(10, 0.05 * result.samples_total), (
+        f"{result.samples_errors} sampling errors over {result.samples_total} samples")
+
+
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("app", CORPUS, ids=[app.name for app in CORPUS])
+def test_corpus_case(app: CorpusApp, mode: str, server: str, request: pytest.FixtureRequest,
+                     tmp_path: Path) -> None:
+    require_ptrace()
+    require_program("gdb")
+    require_program("py-spy")
+    result = run_case(app, mode, server, _services(app, request), keep=tmp_path)
+    check_sampling(result)
+    if mode == "healthy":
+        assert not result.false_alarms, "false alarms (medium/high flags) on a healthy app:\n" + (
+            _listing(result.false_alarms))
+        assert not result.outside, "flags located outside the app's files:\n" + _listing(
+            result.outside)
+        return
+    missing = [m.label(ROOT) for m in result.missed]
+    undescribed = [m.label(ROOT) for m in result.found if m not in result.described]
+    assert not missing and not undescribed, (
+        f"not found: {missing}; found without the right cause: {undescribed}; the report's"
+        f" flags:\n{_listing(result.flags)}")
