@@ -73,9 +73,10 @@ def test_instrument_plain_asgi_callable(sock_dir: str) -> None:
     wrapped = apiscope.instrument(raw, directory=sock_dir, start=False)
     assert isinstance(wrapped, AgentMiddleware) and wrapped.app is raw
     assert apiscope.instrument(wrapped, directory=sock_dir, start=False) is wrapped
-    get_all(wrapped, ["/x"])
+    get_all(wrapped, ["/x/42"])  # no framework names its routes: ids grouped from the path
     assert [(e.route, e.status) for e in current_agent().recorder.drain()] == [
-        ("<unmatched>", 204)]
+        ("/x/{int}", 204)]
+    assert current_agent().pull()["routing"] == {"source": "inferred", "frameworks": []}
 
 
 def test_threadpool_state_is_read_from_the_serving_loop(sock_dir: str) -> None:

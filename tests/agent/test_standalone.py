@@ -70,7 +70,7 @@ def test_loads_without_site_packages_and_serves_a_pull(sock_dir: str) -> None:
     result = json.loads(done.stdout)
     assert result["leaked"] == []
     (request,) = result["reply"]["requests"]
-    assert (request["method"], request["route"], request["status"]) == ("GET", "<unmatched>", 200)
+    assert (request["method"], request["route"], request["status"]) == ("GET", "/", 200)
     assert result["reply"]["stats"] == {"recorded": 1, "dropped": 0, "errors": 0}
 
 

@@ -16,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from apiscope.agent import bootstrap, current_agent
+from apiscope.agent.servers import unwrap, wrap
 from apiscope.agent.api import instrument
 
 
@@ -57,13 +58,12 @@ def served(directory: str) -> Iterator[tuple[FastAPI, uvicorn.Config]]:
     gc.collect()  # so later tests' gc scans do not find this server
 
 
-def test_finds_the_app_inside_uvicorns_middleware(served: tuple[FastAPI, uvicorn.Config]
-                                                 ) -> None:
+def test_finds_the_app_uvicorn_calls(served: tuple[FastAPI, uvicorn.Config]) -> None:
     app, config = served
     assert type(config.loaded_app).__name__ != "FastAPI"  # wrapped by uvicorn
-    found = [item for item in bootstrap.find_apps() if item.app is app]
+    found = [item for item in bootstrap.find_apps() if item.holder is config]
     assert len(found) == 1
-    assert found[0].server == "uvicorn"
+    assert found[0].server == "uvicorn" and found[0].app is config.loaded_app
     assert found[0].describe() == "fastapi.applications.FastAPI"
 
 
@@ -74,54 +74,54 @@ def test_attach_wraps_once_and_records_each_request_once(
     mine = [a for a in status["apps"] if a["state"] == "wrapped"]
     assert len(mine) == 1 and status["wrapped"] == 1
     assert os.path.exists(status["socket"])
-    wrapper = app.middleware_stack
+    wrapper = config.loaded_app
+    assert type(wrapper).__name__ == "AgentMiddleware"
     again = bootstrap.attach(directory)
     assert {a["state"] for a in again["apps"]} == {"already"}
-    assert app.middleware_stack is wrapper
+    assert config.loaded_app is wrapper
     for item_id in range(3):
         assert get(config.loaded_app, f"/items/{item_id}").status_code == 200
     entries = current_agent().recorder.drain()
     assert [(e.method, e.route, e.status) for e in entries] == [
         ("GET", "/items/{item_id}", 200)] * 3
+    assert "/items/{item_id}" in [r["template"] for r in current_agent().routes.rows]
 
 
-def test_detach_restores_the_original_stack(served: tuple[FastAPI, uvicorn.Config],
-                                            directory: str) -> None:
+def test_detach_gives_the_server_its_app_back(served: tuple[FastAPI, uvicorn.Config],
+                                              directory: str) -> None:
     app, config = served
-    get(config.loaded_app, "/items/1")  # Starlette builds its stack on the first request
-    original = app.middleware_stack
+    original = config.loaded_app
     socket = bootstrap.attach(directory)["socket"]
-    assert app.middleware_stack is not original
+    assert config.loaded_app is not original
     status = bootstrap.detach()
     assert status["restored"] == 1
-    assert app.middleware_stack is original
+    assert config.loaded_app is original
     assert not os.path.exists(socket)
     assert get(config.loaded_app, "/items/2").json() == {"item_id": 2}
 
 
-def test_an_app_that_has_served_nothing_gets_its_stack_built(directory: str) -> None:
-    app = make_app()
-    assert app.middleware_stack is None
-    agent = current_agent(directory)
-    assert bootstrap.wrap_app(agent, app) == "wrapped"
-    assert type(app.middleware_stack).__name__ == "AgentMiddleware"
-    assert bootstrap.unwrap_app(app) == "restored"
-    assert type(app.middleware_stack).__name__ == "ServerErrorMiddleware"
-
-
 def test_an_app_instrumented_in_code_is_not_wrapped_again(directory: str) -> None:
-    app = instrument(make_app(), directory=directory, start=False)
-    assert bootstrap.wrap_app(current_agent(directory), app) == "instrumented"
-    assert bootstrap.unwrap_app(app) == "not wrapped"
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    config = uvicorn.Config(instrument(raw, directory=directory, start=False),
+                            log_level="warning", proxy_headers=False)
+    config.load()
+    (item,) = [i for i in bootstrap.find_apps() if i.holder is config]
+    assert wrap(current_agent(directory), item) == "instrumented"
+    assert unwrap(item) == "not wrapped"
+    del config, item
+    gc.collect()
 
 
-def test_a_stack_replaced_after_us_is_left_alone(directory: str) -> None:
-    app = make_app()
-    bootstrap.wrap_app(current_agent(directory), app)
-    theirs = app.build_middleware_stack()
-    app.middleware_stack = theirs
-    assert bootstrap.unwrap_app(app) == "changed"
-    assert app.middleware_stack is theirs
+def test_a_starlette_app_instrumented_in_code_is_recorded_once(
+        served: tuple[FastAPI, uvicorn.Config], directory: str) -> None:
+    app, config = served
+    instrument(app, directory=directory, start=False)
+    bootstrap.attach(directory)  # outermost: the agent inside stands back
+    get(config.loaded_app, "/items/7")
+    assert [e.route for e in current_agent().recorder.drain()] == ["/items/{item_id}"]
 
 
 def test_no_served_app_means_nothing_started(directory: str) -> None:

@@ -1,5 +1,10 @@
 """`AgentMiddleware`: the pure-ASGI wrapper that times each HTTP request and records it.
 
+It wraps whatever ASGI callable the server calls (any framework, or none). The route comes
+from what the framework left in the scope once the app returned: Starlette's matched route
+(`scope["route"]`), Litestar's `scope["path_template"]`, Django's resolver match on the request
+(see `django_routes`); an app that names no route gets its raw paths grouped (`pathgroups`).
+
 The request path does no I/O, takes no lock and allocates little: one closure, one timing
 object and, after the response, one tuple appended to the recorder's deque. Everything
 the agent itself does is inside try/except: its failures are counted, never seen by a request.
@@ -12,11 +17,14 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from types import TracebackType
 from typing import Any
 
+from .django_routes import REQUEST_KEY, DjangoTemplates, install_request_hook
+from .frameworks import DJANGO, LITESTAR, STARLETTE, apps_inside
+from .pathgroups import PathGrouper
 from .paths import AppFiles
 from .profiling import ProfileRun, RequestProfiling
 from .queries import CURRENT, QueryHooks, RequestQueries
 from .recorder import QueryEntry, Recorder, RequestEntry
-from .routes import RouteRegistry, effective_template, template_of
+from .routes import INFERRED, RouteRegistry, effective_template, template_of
 from .threadpool import ThreadPoolProbe
 
 Scope = MutableMapping[str, Any]
@@ -74,6 +82,21 @@ class AgentMiddleware:
         self._clock = clock
         self._epoch_offset = wall_clock() - clock()
         self._last_app: Any = None
+        self._paths = PathGrouper()
+        self._django = DjangoTemplates()
+        self.injected = False  # put in front of a live server by `bootstrap`: detach removes it
+        self._prepare(app)
+
+    def _prepare(self, app: ASGIApp) -> None:
+        """Register the route tables of the framework apps inside `app`; let Django's handler
+        leave each request (and so its resolver match) in the scope."""
+        try:
+            for framework, inner in apps_inside(app):
+                self.routes.add_app(inner)
+                if framework == DJANGO:
+                    install_request_hook(inner)
+        except Exception:  # an app we misread is still served and timed, only unnamed
+            self._count_error()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _NESTED in scope:
@@ -131,6 +154,7 @@ class AgentMiddleware:
     def _finish(self, scope: Scope, root_path: str, timing: _Timing,
                 exc: BaseException | None, token: Any, run: ProfileRun | None = None) -> None:
         try:
+            django_request = scope.pop(REQUEST_KEY, None)  # also breaks the scope<->request cycle
             queries: tuple[QueryEntry, ...] = ()
             if token is not None:
                 current = CURRENT.get()
@@ -150,7 +174,8 @@ class AgentMiddleware:
                     status = 499  # cancelled before any response (the client went away)
             elif not status:
                 status = 500  # the app returned without a response: the server answers 500
-            method, route = scope.get("method", "GET"), self.route_of(scope, root_path, status)
+            method = scope.get("method", "GET")
+            route = self.route_of(scope, root_path, status, django_request)
             entry = RequestEntry(start + self._epoch_offset, (end - start) * 1000.0, method,
                                  route, status, exc_type, exc_file, exc_line, queries)
             self.recorder.record(entry)
@@ -172,8 +197,10 @@ class AgentMiddleware:
         except Exception:
             profiling.errors += 1
 
-    def route_of(self, scope: Scope, root_path: str, status: int) -> str:
-        """The matched route's full template; `<unmatched>` when no route matched."""
+    def route_of(self, scope: Scope, root_path: str, status: int,
+                 django_request: Any = None) -> str:
+        """The matched route's full template; `<unmatched>` when the app's framework matched
+        no route; the grouped raw path when the app has no routes we can read."""
         route = scope.get("route")
         # A route of a router FastAPI included: the prefixed path is in its effective context.
         fastapi_scope = scope.get("fastapi")
@@ -181,7 +208,8 @@ class AgentMiddleware:
         if route is None and context is None:
             endpoint = scope.get("endpoint")  # FastAPI's low-priority routes (/docs) set only this
             found = self._lookup(scope, endpoint) if endpoint is not None else None
-            return found if found is not None else UNMATCHED
+            return found if found is not None else self._other_route(scope, django_request)
+        self.routes.sources.add(STARLETTE)
         if status == 404 and _is_mount(route):  # the mount's prefix matched, nothing inside it
             return UNMATCHED
         key = route if context is None else context
@@ -192,6 +220,25 @@ class AgentMiddleware:
         inner_root = scope.get("root_path", "")
         prefix = inner_root[len(root_path):] if inner_root.startswith(root_path) else ""
         return prefix + (template_of(route) if context is None else effective_template(context))
+
+    def _other_route(self, scope: Scope, django_request: Any) -> str:
+        """Litestar's and Django's templates, or the raw path grouped (ids as placeholders)."""
+        sources = self.routes.sources
+        template = scope.get("path_template")  # Litestar's router writes it once matched
+        if template is not None:
+            sources.add(LITESTAR)
+            return str(template)
+        if django_request is not None:
+            sources.add(DJANGO)
+            return self._django(django_request) or UNMATCHED
+        if "router" in scope:  # Starlette's router ran and matched nothing
+            sources.add(STARLETTE)
+            return UNMATCHED
+        if "litestar_app" in scope:
+            sources.add(LITESTAR)
+            return UNMATCHED
+        sources.add(INFERRED)
+        return self._paths(str(scope.get("path", "")))
 
     def _lookup(self, scope: Scope, key: Any) -> str | None:
         template = self.routes.template(key)

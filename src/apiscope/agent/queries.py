@@ -5,13 +5,16 @@ add every statement the request runs to it, keyed by its normalized text. Hooks 
 
 - SQLAlchemy: `before/after_cursor_execute` on the `Engine` class, which covers every driver,
   the async engine included (its `sync_engine` fires the same events inside a greenlet).
+- Django ORM: an execute wrapper on every connection (`django_queries`), any database.
+- psycopg 3: `Cursor.execute`/`executemany` and their `AsyncCursor` twins, for code that uses
+  psycopg directly (Django and SQLAlchemy on psycopg are counted by their own hooks).
 - asyncpg: `Connection._execute`/`_executemany`/`execute` wrappers, when asyncpg is importable.
 - aiosqlite: `Connection.execute`/`execute_fetchall` and `Cursor.execute` wrappers.
 - sqlite3 cannot be hooked: its Connection and Cursor are C types whose methods can't be
   replaced, so raw sqlite3 queries are only visible when they go through SQLAlchemy.
 
-When SQLAlchemy drives asyncpg or aiosqlite, the driver wrappers see the same statements; they
-skip while a SQLAlchemy execution is in progress, so nothing is counted twice.
+When SQLAlchemy or Django drives asyncpg, psycopg or aiosqlite, the driver wrappers see the same
+statements; they skip while an ORM execution is in progress, so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class RequestQueries:
 
     def __init__(self) -> None:
         self.stats: dict[str, list[Any]] = {}
-        self.in_orm = 0  # > 0 while a SQLAlchemy execution runs: driver wrappers stand back
+        self.in_orm = 0  # > 0 while an ORM (SQLAlchemy, Django) executes: drivers stand back
 
     def entries(self) -> tuple[QueryEntry, ...]:
         return tuple((stmt, s[0], s[1] * 1000.0, s[2], s[3]) for stmt, s in self.stats.items())
@@ -134,7 +137,9 @@ class QueryHooks:
         libraries already hooked are skipped). Importing one ourselves would load it into
         targets that never use it."""
         installers = {"sqlalchemy": self._install_sqlalchemy,
-                      "aiosqlite": self._install_aiosqlite, "asyncpg": self._install_asyncpg}
+                      "aiosqlite": self._install_aiosqlite, "asyncpg": self._install_asyncpg,
+                      "psycopg": self._install_psycopg,
+                      "django.db.backends.base.base": self._install_django}
         for module, installer in installers.items():
             if module in sys.modules and module not in self._installed:
                 self._installed.add(module)
@@ -209,6 +214,45 @@ class QueryHooks:
         self._wrap(Connection, "_executemany")
         self._wrap(Connection, "execute", only_without_args=True)
 
+    def _install_django(self) -> None:
+        from .django_queries import install_django
+
+        undo = install_django(self)
+        if undo is not None:
+            self._undo.append(undo)
+
+    def _install_psycopg(self) -> None:
+        try:
+            psycopg: Any = importlib.import_module("psycopg")
+        except ImportError:
+            return
+        for name in ("execute", "executemany"):
+            self._wrap_sync(psycopg.Cursor, name)
+            self._wrap(psycopg.AsyncCursor, name)
+
+    def _wrap_sync(self, owner: type, name: str) -> None:
+        """`_wrap` for a blocking method (psycopg's Cursor)."""
+        original = owner.__dict__.get(name)
+        if original is None or getattr(original, "__apiscope_original__", None) is not None:
+            return
+        hooks = self
+
+        @functools.wraps(original)
+        def timed(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            queries = CURRENT.get()
+            statement = _statement_text(query) if queries is not None else None
+            if queries is None or queries.in_orm or statement is None:
+                return original(self, query, *args, **kwargs)
+            started = hooks.clock()
+            try:
+                return original(self, query, *args, **kwargs)
+            finally:
+                hooks.add(queries, statement, hooks.clock() - started)
+
+        timed.__apiscope_original__ = original  # type: ignore[attr-defined]
+        setattr(owner, name, timed)
+        self._undo.append(functools.partial(setattr, owner, name, original))
+
     def _wrap(self, owner: type, name: str, *, only_without_args: bool = False) -> None:
         original = owner.__dict__.get(name)
         if original is None or getattr(original, "__apiscope_original__", None) is not None:
@@ -218,18 +262,29 @@ class QueryHooks:
         @functools.wraps(original)
         async def timed(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
             queries = CURRENT.get()
-            if (queries is None or queries.in_orm or not isinstance(query, str)
+            statement = _statement_text(query) if queries is not None else None
+            if (queries is None or queries.in_orm or statement is None
                     or (only_without_args and args)):
                 return await original(self, query, *args, **kwargs)
             started = hooks.clock()
             try:
                 return await original(self, query, *args, **kwargs)
             finally:
-                hooks.add(queries, query, hooks.clock() - started)
+                hooks.add(queries, statement, hooks.clock() - started)
 
         timed.__apiscope_original__ = original  # type: ignore[attr-defined]
         setattr(owner, name, timed)
         self._undo.append(functools.partial(setattr, owner, name, original))
+
+
+def _statement_text(query: Any) -> str | None:
+    """The SQL of a driver call: text as is, bytes decoded; None for anything else (psycopg's
+    composed `sql.SQL` objects would need a connection to render)."""
+    if isinstance(query, str):
+        return query
+    if isinstance(query, bytes):
+        return query.decode(errors="replace")
+    return None
 
 
 _HOOKS: list[QueryHooks] = []  # the process-wide installation, at most one

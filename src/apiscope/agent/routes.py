@@ -1,19 +1,25 @@
-"""The route table of a Starlette/FastAPI app, read by duck typing (no Starlette import).
+"""The route tables of the apps the agent serves, read by duck typing (no framework import).
 
-Besides the table itself, `RouteRegistry` remembers the full template of every route object:
+Starlette/FastAPI tables are read here; Django's and Litestar's in their own modules. Besides
+the table itself, `RouteRegistry` remembers the full template of every Starlette route object:
 inside a Mount, `scope["route"]` is the inner route, whose template lacks the mount's prefix.
+It also notes which routing sources named the requests' routes (`routing()`), so that a report
+can say whether its routes are the framework's templates or grouped from raw paths.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import re
 import time
 from typing import Any
 
-RouteRow = dict[str, Any]  # method, template, handler, file, line, is_async
+from .django_routes import django_rows
+from .frameworks import DJANGO, LITESTAR, framework_of
+from .handlers import RouteRow, handler_row
+from .litestar_routes import litestar_rows
 
+INFERRED = "inferred"
 _CONVERTER = re.compile(r"\{(\w+):[^}]*\}")
 _HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")
 
@@ -21,40 +27,6 @@ _HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")
 def template_of(route: Any) -> str:
     """The route's template with converters stripped (`/items/{id}`, not `{id:int}`)."""
     return str(getattr(route, "path_format", None) or getattr(route, "path", ""))
-
-
-def unwrap(func: Any) -> Any:
-    """The function a handler really runs: through functools.partial and `__wrapped__`."""
-    for _ in range(100):  # a bound on pathological wrapper chains
-        if isinstance(func, functools.partial):
-            func = func.func
-        elif getattr(func, "__wrapped__", None) is not None:
-            func = func.__wrapped__
-        else:
-            break
-    return func
-
-
-def handler_row(method: str, template: str, handler: Any) -> RouteRow:
-    func = unwrap(handler)
-    code = getattr(func, "__code__", None)
-    module = getattr(func, "__module__", None) or "?"
-    qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
-    return {
-        "method": method,
-        "template": template,
-        "handler": f"{module}:{qualname}",
-        "file": code.co_filename if code is not None else _safe_sourcefile(func),
-        "line": code.co_firstlineno if code is not None else 0,
-        "is_async": inspect.iscoroutinefunction(func),
-    }
-
-
-def _safe_sourcefile(func: Any) -> str:
-    try:
-        return inspect.getsourcefile(func) or ""
-    except TypeError:
-        return ""
 
 
 def _route_rows(route: Any, template: str) -> list[RouteRow]:
@@ -85,14 +57,28 @@ class RouteRegistry:
         # id(route) -> (route, template); the route is kept so that its id is never reused.
         self._templates: dict[int, tuple[Any, str]] = {}
         self._apps: list[Any] = []
+        self._litestar: list[Any] = []
+        self._django = False
         self._refreshed = 0.0
+        # Which sources named recorded routes: framework names, or INFERRED. The middleware
+        # adds to it per request (a set add of a constant: no allocation).
+        self.sources: set[str] = set()
 
     def add_app(self, app: Any) -> None:
-        """Read `app.routes` (recursing into Mounts).
+        """Read the route table of a framework app: Starlette's `app.routes` (recursing into
+        Mounts), a Litestar app's routes or Django's URLconf.
 
         An app already known (a Starlette app and its router share one route list) is re-read
         instead, at most once a second: it may have gained routes since.
         """
+        framework = framework_of(app)
+        if framework == DJANGO or framework == LITESTAR:
+            if framework == DJANGO:
+                self._django = True
+            elif not any(known is app for known in self._litestar):
+                self._litestar.append(app)
+            self.refresh()
+            return
         routes = getattr(app, "routes", None)
         if routes is None:
             return
@@ -109,7 +95,24 @@ class RouteRegistry:
         templates: dict[int, tuple[Any, str]] = {}
         for app in self._apps:
             _walk(app.routes, "", rows, templates)
+        for litestar in self._litestar:
+            rows.extend(litestar_rows(litestar))
+        if self._django:
+            rows.extend(django_rows())
         self.rows, self._templates = rows, templates
+
+    def routing(self) -> dict[str, Any]:
+        """Where the recorded routes came from: "framework" (templates the framework
+        matched), "inferred" (raw paths grouped, ids as placeholders), "mixed" or "none"."""
+        sources = set(self.sources)
+        frameworks = sorted(sources - {INFERRED})
+        if not sources:
+            source = "none"
+        elif INFERRED not in sources:
+            source = "framework"
+        else:
+            source = "inferred" if not frameworks else "mixed"
+        return {"source": source, "frameworks": frameworks}
 
     def template(self, route: Any) -> str | None:
         """The full template of a route object (or FastAPI route context, or endpoint)."""

@@ -138,6 +138,7 @@ class Agent:
                       "errors": self.recorder.errors + (self.query_hooks.errors
                                                         if self.query_hooks else 0)},
             "profiling": self.profiling.stats(),  # off, or why pyinstrument is unavailable
+            "routing": self.routes.routing(),  # framework templates, or paths grouped
             "profiles": profiles,
             "more": len(self.recorder) > 0,
         }

@@ -1,11 +1,12 @@
 """Loaded at interpreter start-up in processes started by `apiscope run`.
 
-`apiscope run` puts this directory first on PYTHONPATH. When the server imports Starlette, the
-agent is wired into `Starlette.__call__`, where the app builds its middleware stack on its first
-call, so every app (and every gunicorn worker, each building its own stack) is measured from the
-first request, with no injection. The agent is loaded from apiscope's own files under the name
-`apiscope_agent`, so the server's environment needs nothing installed. Any failure here leaves
-the server untouched.
+`apiscope run` puts this directory first on PYTHONPATH. When the server imports its own
+modules, the agent is wired into the place where it keeps the application it calls: uvicorn's
+`Config.load()` (also what gunicorn's `UvicornWorker` runs in each worker) and hypercorn's
+`ASGIWrapper`. Every request of any ASGI app (Starlette, FastAPI, Django, Litestar or a bare
+callable) is then measured from the first one, with no injection. The agent is loaded from
+apiscope's own files under the name `apiscope_agent`, so the server's environment needs
+nothing installed. Any failure here leaves the server untouched.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
-
-_TARGET_MODULE = "starlette.applications"
 
 
 def _load_agent() -> ModuleType:
@@ -36,48 +36,67 @@ def _load_agent() -> ModuleType:
     return module
 
 
-def _patch_starlette(module: ModuleType) -> None:
-    # Starlette.__call__ builds the middleware stack on the first call (lifespan or request).
-    # FastAPI overrides build_middleware_stack but calls Starlette.__call__, so this is the
-    # one place that sees every app. Only the first app called is wrapped: mounted sub-apps
-    # run inside it and are measured already.
-    starlette_cls: Any = module.Starlette
-    original_call = starlette_cls.__call__
-    outermost: list[int] = []
-
-    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        if self.middleware_stack is None and (not outermost or outermost[0] == id(self)):
-            outermost[:] = [id(self)]
-            stack = self.build_middleware_stack()
-            try:
-                agent = _load_agent().current_agent()
-                agent.add_routes(self)
-                agent.start()
-                stack = agent.middleware(stack)
-            except Exception as exc:  # never break the server for the sake of measuring it
-                print(f"apiscope: agent not installed: {exc!r}", file=sys.stderr)
-            self.middleware_stack = stack
-        await original_call(self, scope, receive, send)
-
-    starlette_cls.__call__ = __call__
+def _with_agent(app: Any) -> Any:
+    """`app` behind the process's agent, started; `app` itself if anything goes wrong."""
+    if type(app).__name__ == "AgentMiddleware":
+        return app  # instrument(app) in the app's code: it is measured already
+    try:
+        agent = _load_agent().current_agent()
+        wrapped = agent.middleware(app)
+        agent.start()
+        return wrapped
+    except Exception as exc:  # never break the server for the sake of measuring it
+        print(f"apiscope: agent not installed: {exc!r}", file=sys.stderr)
+        return app
 
 
-class _PatchAfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds starlette.applications with the normal finders and patches it once executed."""
+def _patch_uvicorn(module: ModuleType) -> None:
+    config_cls: Any = module.Config
+    original_load = config_cls.load
 
-    def __init__(self) -> None:
-        self._loader: Any = None
+    def load(self: Any) -> None:
+        original_load(self)
+        self.loaded_app = _with_agent(self.loaded_app)
+
+    config_cls.load = load
+
+
+def _patch_hypercorn(module: ModuleType) -> None:
+    wrapper_cls: Any = module.ASGIWrapper
+    original_init = wrapper_cls.__init__
+
+    def __init__(self: Any, app: Any) -> None:
+        original_init(self, app)
+        self.app = _with_agent(self.app)
+
+    wrapper_cls.__init__ = __init__
+
+
+_PATCHES: dict[str, Callable[[ModuleType], None]] = {
+    "uvicorn.config": _patch_uvicorn,
+    "hypercorn.app_wrappers": _patch_hypercorn,
+}
+
+
+class _PatchAfterImport(importlib.abc.MetaPathFinder):
+    """Finds the server modules above with the normal finders and patches each once run."""
 
     def find_spec(self, fullname: str, path: Any = None,
                   target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname != _TARGET_MODULE:
+        patch = _PATCHES.get(fullname)
+        if patch is None:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return None
-        self._loader = spec.loader
-        spec.loader = self
+        spec.loader = _PatchingLoader(spec.loader, patch)
         return spec
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader: Any, patch: Callable[[ModuleType], None]) -> None:
+        self._loader = loader
+        self._patch = patch
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         created: ModuleType | None = self._loader.create_module(spec)
@@ -85,12 +104,11 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)
-        sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
         try:
-            _patch_starlette(module)
+            self._patch(module)
         except Exception as exc:
             print(f"apiscope: agent not installed: {exc!r}", file=sys.stderr)
 
 
-if os.environ.get("APISCOPE_AGENT_INIT") and _TARGET_MODULE not in sys.modules:
+if os.environ.get("APISCOPE_AGENT_INIT") and not any(m in sys.modules for m in _PATCHES):
     sys.meta_path.insert(0, _PatchAfterImport())

@@ -1,0 +1,57 @@
+"""Which web framework an ASGI callable is, found by class names (no framework is imported).
+
+The agent wraps whatever callable the server calls; the framework app is somewhere inside,
+behind the server's own middleware (`.app` attributes). Knowing it lets the agent read the
+framework's route table and, for Django, keep the request whose resolver match names the route.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STARLETTE = "starlette"
+DJANGO = "django"
+LITESTAR = "litestar"
+MAX_DEPTH = 16  # ASGI middleware chains outside an app are a handful deep
+
+# (module prefix, class name) of each framework's application class, subclasses included.
+_APP_CLASSES = (
+    ("starlette.", "Starlette", STARLETTE),
+    ("starlette.", "Router", STARLETTE),
+    ("django.", "ASGIHandler", DJANGO),
+    ("litestar.", "Litestar", LITESTAR),
+)
+
+
+def framework_of(obj: Any) -> str | None:
+    """"starlette", "django" or "litestar" when `obj` is that framework's ASGI app."""
+    for cls in type(obj).__mro__:
+        module = cls.__module__ or ""
+        for prefix, name, framework in _APP_CLASSES:
+            if cls.__name__ == name and module.startswith(prefix):
+                return framework
+    return None
+
+
+def apps_inside(outer: Any) -> list[tuple[str, Any]]:
+    """(framework, app) of every framework app on the `.app` chain from `outer` down."""
+    found: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+    current = outer
+    for _ in range(MAX_DEPTH):
+        if current is None or id(current) in seen:
+            break
+        seen.add(id(current))
+        framework = framework_of(current)
+        if framework is not None:
+            found.append((framework, current))
+        current = getattr(current, "app", None)
+    return found
+
+
+def describe(outer: Any) -> str:
+    """`module.Class` of the innermost framework app inside `outer`, else of `outer`."""
+    found = apps_inside(outer)
+    target = found[-1][1] if found else outer
+    cls = type(target)
+    return f"{cls.__module__}.{cls.__qualname__}"

@@ -1,0 +1,125 @@
+"""Where the ASGI servers in this process keep the application they call, and how the agent
+takes its place there.
+
+- uvicorn (alone, or as gunicorn's `UvicornWorker`): `Config.loaded_app`, the app wrapped in
+  uvicorn's own middleware, read by each new connection's protocol object, which keeps it as
+  `protocol.app` and calls it for every request on that connection. Replacing both (the
+  config for new connections, the live protocols for keep-alive ones) takes effect for the
+  very next request everywhere.
+- hypercorn: `ASGIWrapper.app`, read on every request.
+
+Wrapping there, outside every framework, times any ASGI app: Starlette, FastAPI, Django,
+Litestar or a bare callable. The wrapper is marked `injected` so that `unwrap` takes out only
+what `wrap` put in (an agent added in code with `instrument(app)` stays).
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from .frameworks import describe
+
+# The connection objects of uvicorn's HTTP implementations; each holds the app as `.app`.
+_UVICORN_PROTOCOLS = (
+    ("uvicorn.protocols.http.h11_impl", "H11Protocol"),
+    ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol"),
+)
+
+
+@dataclass(frozen=True)
+class ServedApp:
+    """An ASGI callable a server calls, and the attribute of the object it is kept on."""
+
+    server: str  # "uvicorn", "gunicorn" or "hypercorn"
+    holder: Any
+    attr: str
+
+    @property
+    def app(self) -> Any:
+        return getattr(self.holder, self.attr, None)
+
+    def describe(self) -> str:
+        app = self.app
+        inner = app.app if is_agent(app) else app
+        return describe(inner)
+
+
+def served_apps() -> list[ServedApp]:
+    """The apps the uvicorn, gunicorn (UvicornWorker) and hypercorn servers here have loaded."""
+    found: list[ServedApp] = []
+    server = "gunicorn" if "gunicorn.workers.base" in sys.modules else "uvicorn"
+    for config in instances("uvicorn.config", "Config"):
+        # `loaded_app` appears once uvicorn has imported the app (`Config.load()`); a
+        # `--reload` or `--workers` supervisor never loads it and serves nothing itself.
+        if getattr(config, "loaded_app", None) is not None:
+            found.append(ServedApp(server, config, "loaded_app"))
+    for wrapper in instances("hypercorn.app_wrappers", "ASGIWrapper"):
+        if getattr(wrapper, "app", None) is not None:
+            found.append(ServedApp("hypercorn", wrapper, "app"))
+    return found
+
+
+def is_agent(app: Any) -> bool:
+    # By name: each copy of the agent (instrument's, injection's) has its own class.
+    return type(app).__name__ == "AgentMiddleware"
+
+
+def wrap(agent: Any, served: ServedApp) -> str:
+    """Put the agent in front of the app: "wrapped", "already" (by an earlier attach) or
+    "instrumented" (the server calls an agent added in code)."""
+    current = served.app
+    if is_agent(current):
+        return "already" if getattr(current, "injected", False) else "instrumented"
+    wrapper = agent.middleware(current)
+    wrapper.injected = True
+    setattr(served.holder, served.attr, wrapper)
+    if served.attr == "loaded_app":
+        _swap_protocol_apps(current, wrapper)
+    return "wrapped"
+
+
+def unwrap(served: ServedApp) -> str:
+    """Take out the wrapper `wrap` put in: "restored", or "not wrapped"."""
+    current = served.app
+    if not (is_agent(current) and getattr(current, "injected", False)):
+        return "not wrapped"
+    setattr(served.holder, served.attr, current.app)
+    if served.attr == "loaded_app":
+        _swap_protocol_apps(current, current.app)
+    return "restored"
+
+
+def _swap_protocol_apps(old: Any, new: Any) -> None:
+    # Keep-alive connections read their own `.app`, not the config's.
+    for module, name in _UVICORN_PROTOCOLS:
+        for protocol in instances(module, name):
+            if getattr(protocol, "app", None) is old:
+                protocol.app = new
+
+
+def instances(module_name: str, class_name: str) -> list[Any]:
+    """Live instances of a class (and its subclasses) from a module the process imported.
+
+    `gc.get_referrers` walks the heap in C, much faster than `gc.get_objects()` in Python: an
+    instance of a Python class refers to its class, which is how we find it. A module that
+    was never imported means there is nothing to find, and we never import it ourselves.
+    """
+    module = sys.modules.get(module_name)
+    cls = getattr(module, class_name, None) if module is not None else None
+    if not isinstance(cls, type):
+        return []
+    classes = [cls, *_subclasses(cls)]
+    return [obj for obj in gc.get_referrers(*classes) if isinstance(obj, cls)]
+
+
+def _subclasses(cls: type) -> list[type]:
+    found: list[type] = []
+    pending: list[type] = list(cls.__subclasses__())
+    while pending:
+        sub = pending.pop()
+        found.append(sub)
+        pending.extend(sub.__subclasses__())
+    return found
