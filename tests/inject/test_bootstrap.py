@@ -16,8 +16,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from apiscope.agent import bootstrap, current_agent
-from apiscope.agent.servers import unwrap, wrap
 from apiscope.agent.api import instrument
+from apiscope.agent.servers import unwrap, wrap
 
 
 def make_app() -> FastAPI:

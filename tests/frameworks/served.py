@@ -1,0 +1,110 @@
+"""Running a framework app under `apiscope run` or `apiscope attach`, and reading the session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from apiscope.collectors.agent_client import AgentClient
+from apiscope.model import RequestRecord, RouteInfo
+from apiscope.store import SessionReader
+from tests.support import ROOT, http_ok, run_server, wait_until
+
+APISCOPE = [sys.executable, "-m", "apiscope"]
+
+
+def call(base: str, path: str, method: str = "GET") -> int:
+    request = urllib.request.Request(base + path, method=method, data=b"" if method != "GET"
+                                     else None)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            resp.read()
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        exc.close()
+        return int(exc.code)
+
+
+def line_of(path: str | Path, text: str) -> int:
+    """The first line of a file that contains `text` (1-based)."""
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if text in line:
+            return number
+    raise AssertionError(f"{text!r} not in {path}")
+
+
+def stored(session: Path, probe: str) -> tuple[list[RequestRecord], list[RouteInfo]]:
+    """The session's requests (without readiness probes) and route table."""
+    if not session.exists():
+        return [], []
+    with SessionReader(session) as reader:
+        requests = [r for r in reader.requests(with_queries=True) if r.route != probe]
+        return requests, reader.routes()
+
+
+def wait_stored(session: Path, probe: str, count: int) -> list[RequestRecord]:
+    def enough() -> list[RequestRecord] | None:
+        requests, routes = stored(session, probe)
+        return requests if len(requests) >= count and routes else None
+
+    return wait_until(enough, timeout=30, what=f"{count} requests in the session")
+
+
+def _start(args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([*APISCOPE, *args], cwd=ROOT, env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+
+
+@contextmanager
+def under_run(server: Sequence[str], port: int, session: Path, probe: str,
+              env: dict[str, str]) -> Iterator[str]:
+    """`apiscope run -- SERVER`: yields the server's base URL once it answers `probe`."""
+    proc = _start(["run", "--no-dashboard", "--duration", "120", "--session", str(session),
+                   "--", *server], env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def serving() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"apiscope run exited: {proc.communicate()[1]}")
+            return http_ok(base + probe)
+
+        wait_until(serving, timeout=60, what="the server started by apiscope run")
+        yield base
+    finally:
+        _end(proc)
+
+
+@contextmanager
+def under_attach(server: Sequence[str], port: int, session: Path, probe: str,
+                 env: dict[str, str]) -> Iterator[str]:
+    """A server started alone, then `apiscope attach PID` (the agent injected)."""
+    with run_server(list(server), port, ready_path=probe, env=env) as running:
+        proc = _start(["attach", str(running.pid), "--no-dashboard", "--duration", "120",
+                       "--session", str(session)], env)
+        try:
+            def injected() -> bool:
+                if proc.poll() is not None:
+                    raise AssertionError(f"apiscope attach exited: {proc.communicate()[1]}")
+                with AgentClient(running.pid) as client:
+                    return client.available()
+
+            wait_until(injected, timeout=60, what="the injected agent to answer")
+            yield running.url
+        finally:
+            _end(proc)
