@@ -216,6 +216,8 @@ class Collection:
             self.metrics.observe_threadpool(batch.threadpool)
         self.writer.put_agent_stats(batch.stats)
         self.metrics.observe_agent(batch.stats)
+        if batch.routing and batch.routing.get("source") != "none":
+            self.writer.set_meta(routing=batch.routing)  # templates, or paths grouped
         unavailable = (batch.profiling or {}).get("unavailable")
         if unavailable:
             self._warn(f"no per-request profiles from pid {pid}: {unavailable}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from apiscope.store import SessionReader
 from tests.frameworks.served import call, line_of, stored, under_attach, under_run, wait_stored
 from tests.support import free_port, require_program, require_ptrace, uvicorn_argv
 
@@ -42,6 +43,8 @@ def check(session: Path) -> None:
     (n_plus_one,) = [q for q in orders.queries if q.count == 5]  # one per order
     assert (n_plus_one.file, n_plus_one.line) == (
         str(VIEWS), line_of(VIEWS, "order.item.name"))
+    with SessionReader(session) as reader:  # the report can say where routes came from
+        assert reader.meta()["routing"] == {"source": "framework", "frameworks": ["django"]}
     routes = {(r.method, r.template): r for r in stored(session, PROBE)[1]}
     checks = {("GET", "/api/items/<int:pk>/"): ("item_detail", "def item_detail", False),
               ("POST", "/api/items/"): ("ItemList.post", "def post", False),

@@ -40,6 +40,7 @@ class AgentBatch:
     profiles: list[dict[str, Any]] = field(default_factory=list)
     more: bool = False  # the agent holds more requests than one pull returns: pull again
     profiling: dict[str, Any] | None = None  # the agent's profiling status, when it says
+    routing: dict[str, Any] | None = None  # {"source": "framework"|"inferred"|..., ...}
 
 
 class AgentClient:
@@ -204,6 +205,7 @@ def batch_from_json(data: dict[str, Any], pid: int | None = None) -> AgentBatch:
         profiles=list(data.get("profiles", [])),
         more=bool(data.get("more", False)),
         profiling=data.get("profiling"),
+        routing=data.get("routing"),
     )
 
 
