@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from apiscope.collectors.agent_client import AgentBatch, AgentClient
+from apiscope.collectors.agent_client import AgentBatch, AgentClient, WatchdogReport
 from apiscope.collectors.resources import ResourceCollector
 from apiscope.collectors.stacks import EndReason, SamplerStats, StackSampler, window_loss
 from apiscope.collectors.target import Target
@@ -67,6 +67,7 @@ class Collection:
         self._lock = threading.Lock()
         self._clients: dict[int, AgentClient] = {}
         self._routes_seen: dict[int, int] = {}
+        self._watchdog_cpu: dict[str, float] = {}  # the agents' watchdogs' own CPU, by pid
         self._resources = ResourceCollector(target)
         self._sampler = StackSampler(
             target.sample_pid, rate_hz=options.rate_hz, subprocesses=target.master_pid is not None,
@@ -226,6 +227,16 @@ class Collection:
                                     profile["route"], profile["duration_ms"], profile["tree"])
         with self._lock:
             self.totals.agent_dropped = max(self.totals.agent_dropped, batch.stats.dropped)
+        if batch.watchdogs is not None:
+            self._store_watchdogs(pid, batch.watchdogs)
+
+    def _store_watchdogs(self, pid: int, report: WatchdogReport) -> None:
+        self.writer.put_loop_stalls(report.stalls)
+        self.writer.put_loop_lag(report.lag)
+        if report.gil is not None:
+            self.writer.put_gil([report.gil])
+        self._watchdog_cpu[str(pid)] = report.cpu_seconds
+        self.writer.set_meta(watchdog_cpu_seconds=dict(self._watchdog_cpu))
 
     # -- terminal output ------------------------------------------------------------------------
 

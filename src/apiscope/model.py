@@ -179,3 +179,40 @@ class ProcessInfo:
     command: str
     first_seen: float
     exited_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoopStall:
+    """The event loop ran no callback for `duration_ms` (measured in the target)."""
+
+    pid: int
+    tid: int  # the loop thread's native id
+    start: float  # epoch seconds when the loop was last seen running
+    duration_ms: float
+    frames: tuple[Frame, ...]  # the loop thread's stack during the stall, root first
+    cpu_ms: float | None = None  # the loop thread's CPU time during the stall
+
+
+@dataclass(frozen=True, slots=True)
+class LoopLagSample:
+    """How late the loop ran its probe callbacks over one pull interval."""
+
+    ts: float
+    pid: int
+    probes: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class GilSample:
+    """What the GIL watchdog measured over one pull interval."""
+
+    ts: float
+    pid: int
+    seconds: float  # the interval observed
+    wait_seconds: float  # waiting to reacquire the GIL (OS run-queue time excluded)
+    acquisitions: int
+    max_wait_ms: float
+    runqueue_known: bool = True

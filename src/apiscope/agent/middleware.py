@@ -26,6 +26,7 @@ from .queries import CURRENT, QueryHooks, RequestQueries
 from .recorder import QueryEntry, Recorder, RequestEntry
 from .routes import INFERRED, RouteRegistry, effective_template, template_of
 from .threadpool import ThreadPoolProbe
+from .watchdog import Watchdogs
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -70,6 +71,7 @@ class AgentMiddleware:
                  query_hooks: QueryHooks | None = None,
                  app_files: AppFiles | None = None,
                  profiling: RequestProfiling | None = None,
+                 watchdogs: Watchdogs | None = None,
                  clock: Callable[[], float] = time.perf_counter,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.app = app
@@ -79,6 +81,7 @@ class AgentMiddleware:
         self.query_hooks = query_hooks
         self.app_files = app_files or (query_hooks.app_files if query_hooks else AppFiles())
         self.profiling = profiling
+        self.watchdogs = watchdogs
         self._clock = clock
         self._epoch_offset = wall_clock() - clock()
         self._last_app: Any = None
@@ -150,6 +153,8 @@ class AgentMiddleware:
             self.routes.add_app(app)
         if not self.threadpool.captured:
             self.threadpool.capture()
+        if self.watchdogs is not None:
+            self.watchdogs.see_loop()  # the loop serving this request gets a watchdog once
 
     def _finish(self, scope: Scope, root_path: str, timing: _Timing,
                 exc: BaseException | None, token: Any, run: ProfileRun | None = None) -> None:

@@ -24,6 +24,7 @@ from .recorder import Recorder
 from .routes import RouteRegistry
 from .threadpool import ThreadPoolProbe
 from .transport import AgentServer
+from .watchdog import Watchdogs
 
 # Requests per pull: keeps each answer quick to encode (a few MB), so that a collector's read
 # timeout is not spent waiting for it; a busier buffer takes a few pulls in a row.
@@ -45,6 +46,7 @@ class Agent:
         self.profiles: deque[dict[str, Any]] = deque(maxlen=1000)
         self.profiling = RequestProfiling(self.profiles)  # options from APISCOPE_PROFILE_*
         self.query_hooks: QueryHooks | None = None
+        self.watchdogs = Watchdogs()  # options from APISCOPE_WATCHDOG_*
         self._server: AgentServer | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -69,6 +71,7 @@ class Agent:
             server = AgentServer(socket_path(self._pid, directory), self.respond)
             server.start()
             self._server = server
+            self.watchdogs.start()
 
     def stop(self) -> None:
         """Stop serving and remove the socket file; the middleware keeps recording."""
@@ -76,6 +79,7 @@ class Agent:
             server, self._server = self._server, None
         if server is not None and self._pid == os.getpid():
             server.stop()
+        self.watchdogs.stop()
 
     def after_fork_in_child(self) -> None:
         """A forked worker (gunicorn --preload) inherits no server thread: serve its own pid.
@@ -87,6 +91,7 @@ class Agent:
         self.recorder.reset()  # the parent's requests and counters are the parent's
         self.profiles.clear()
         self.profiling.reset()
+        self.watchdogs.after_fork()  # no thread of the parent's runs here
         if inherited is None:
             return
         inherited.abandon()  # the parent's socket: close our copies, leave the file alone
@@ -99,7 +104,8 @@ class Agent:
         """Wrap an ASGI app; the wrapper records into this agent."""
         return AgentMiddleware(app, self.recorder, routes=self.routes,
                                threadpool=self.threadpool, query_hooks=self._hooks(),
-                               app_files=self.app_files, profiling=self.profiling)
+                               app_files=self.app_files, profiling=self.profiling,
+                               watchdogs=self.watchdogs)
 
     def configure_profiling(self, options: ProfilingOptions) -> None:
         """Change which requests are profiled (`every=0` stops profiling); apps already
@@ -140,6 +146,7 @@ class Agent:
             "profiling": self.profiling.stats(),  # off, or why pyinstrument is unavailable
             "routing": self.routes.routing(),  # framework templates, or paths grouped
             "profiles": profiles,
+            "watchdogs": self._guarded(self.watchdogs.pull),  # loop lag, stalls, GIL wait
             "more": len(self.recorder) > 0,
         }
 

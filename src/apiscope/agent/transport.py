@@ -4,8 +4,9 @@ Protocol: newline-delimited JSON. The collector writes one request object per li
 (`{"op": "pull"}` or `{"op": "ping"}`) and reads one response object per line. A pull answers
 `{"pid", "ts", "requests": [...], "routes": [...], "threadpool": {...} | null,
 "stats": {"recorded", "dropped", "errors"}, "profiles": [...], "profiling": {...},
-"more": bool}` (`profiling`: the per-request profiler's status, e.g. why pyinstrument is
-unavailable in the target); an unknown op
+"watchdogs": {...} | null, "more": bool}` (`profiling`: the per-request profiler's status,
+e.g. why pyinstrument is unavailable in the target; `watchdogs`: loop lag, loop stalls and the
+GIL wait measured since the previous pull, see `watchdog.Watchdogs.pull`); an unknown op
 answers `{"error": "..."}`. Requests are drained by the pull: each is delivered once, at most
 `"max"` (optional in the request; 20000 by default) per pull, `more` saying others wait.
 

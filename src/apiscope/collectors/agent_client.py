@@ -20,9 +20,30 @@ from apiscope.agent.paths import (
     socket_path,
 )
 from apiscope.errors import TargetError
-from apiscope.model import AgentStats, QueryStat, RequestRecord, RouteInfo, ThreadPoolSample
+from apiscope.model import (
+    AgentStats,
+    Frame,
+    GilSample,
+    LoopLagSample,
+    LoopStall,
+    QueryStat,
+    RequestRecord,
+    RouteInfo,
+    ThreadPoolSample,
+)
 
 MAX_RESPONSE_BYTES = 512 * 1024 * 1024  # a full ring buffer is tens of MB; this is a sanity cap
+
+
+@dataclass(frozen=True, slots=True)
+class WatchdogReport:
+    """What the agent's watchdogs measured since the previous pull (see agent/watchdog.py)."""
+
+    stalls: list[LoopStall]
+    lag: list[LoopLagSample]  # one per event loop watched
+    gil: GilSample | None
+    cpu_seconds: float  # the watchdogs' own CPU time since they started (cumulative)
+    errors: int
 
 
 class AgentUnavailable(ConnectionError):
@@ -41,6 +62,7 @@ class AgentBatch:
     more: bool = False  # the agent holds more requests than one pull returns: pull again
     profiling: dict[str, Any] | None = None  # the agent's profiling status, when it says
     routing: dict[str, Any] | None = None  # {"source": "framework"|"inferred"|..., ...}
+    watchdogs: WatchdogReport | None = None  # None from an agent without watchdogs
 
 
 class AgentClient:
@@ -206,6 +228,32 @@ def batch_from_json(data: dict[str, Any], pid: int | None = None) -> AgentBatch:
         more=bool(data.get("more", False)),
         profiling=data.get("profiling"),
         routing=data.get("routing"),
+        watchdogs=watchdogs_from_json(data["watchdogs"], pid, ts) if data.get("watchdogs")
+        else None,
+    )
+
+
+def watchdogs_from_json(data: dict[str, Any], pid: int, ts: float) -> WatchdogReport:
+    """The model objects of a pull's `watchdogs` part."""
+    gil = data.get("gil")
+    return WatchdogReport(
+        stalls=[LoopStall(pid=pid, tid=int(s["tid"]), start=float(s["start"]),
+                          duration_ms=float(s["duration_ms"]),
+                          frames=tuple(Frame(str(f), str(file), int(line))
+                                       for f, file, line in s.get("frames", ())),
+                          cpu_ms=None if s.get("cpu_ms") is None else float(s["cpu_ms"]))
+                for s in data.get("stalls", ())],
+        lag=[LoopLagSample(ts=ts, pid=pid, probes=int(lag["probes"]),
+                           p50_ms=float(lag["p50_ms"]), p99_ms=float(lag["p99_ms"]),
+                           max_ms=float(lag["max_ms"]))
+             for lag in data.get("loops", ())],
+        gil=GilSample(ts=ts, pid=pid, seconds=float(gil["seconds"]),
+                      wait_seconds=float(gil["wait_seconds"]),
+                      acquisitions=int(gil["acquisitions"]),
+                      max_wait_ms=float(gil["max_wait_ms"]),
+                      runqueue_known=bool(gil.get("runqueue_known", True))) if gil else None,
+        cpu_seconds=float(data.get("cpu_seconds", 0.0)),
+        errors=int(data.get("errors", 0)),
     )
 
 

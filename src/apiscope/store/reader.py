@@ -20,6 +20,9 @@ from apiscope.errors import SessionFileError
 from apiscope.model import (
     AgentStats,
     Frame,
+    GilSample,
+    LoopLagSample,
+    LoopStall,
     ProcessInfo,
     QueryStat,
     RequestRecord,
@@ -262,6 +265,31 @@ class SessionReader:
                           (route,) if route else ())
         return [{"pid": p, "start": s, "method": m, "route": r, "duration_ms": d,
                  "tree": _tree(t)} for p, s, m, r, d, t in rows]
+
+    # -- what the agent's watchdogs measured (tables absent from older session files) --------
+
+    def loop_stalls(self) -> list[LoopStall]:
+        rows = self._rows_if_table(
+            "loop_stalls",
+            "SELECT pid, tid, start, duration_ms, stack_id, cpu_ms FROM loop_stalls ORDER BY start")
+        return [LoopStall(pid, tid, start, duration, self.stack(stack_id), cpu)
+                for pid, tid, start, duration, stack_id, cpu in rows]
+
+    def loop_lag(self) -> list[LoopLagSample]:
+        return [LoopLagSample(*row) for row in self._rows_if_table(
+            "loop_lag", "SELECT ts, pid, probes, p50_ms, p99_ms, max_ms FROM loop_lag ORDER BY ts")]
+
+    def gil_samples(self) -> list[GilSample]:
+        rows = self._rows_if_table(
+            "gil_wait", "SELECT ts, pid, seconds, wait_seconds, acquisitions, max_wait_ms,"
+            " runqueue_known FROM gil_wait ORDER BY ts")
+        return [GilSample(ts, pid, sec, wait, acq, max_ms, bool(known))
+                for ts, pid, sec, wait, acq, max_ms, known in rows]
+
+    def _rows_if_table(self, table: str, sql: str) -> list[tuple[Any, ...]]:
+        exists = self.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                            (table,))
+        return self.query(sql) if exists else []
 
 
 def _tree(stored: bytes | str) -> Any:

@@ -88,6 +88,18 @@ CREATE TABLE IF NOT EXISTS profiles (
     route TEXT NOT NULL, duration_ms REAL NOT NULL,
     tree BLOB NOT NULL  -- zlib-compressed JSON
 );
+CREATE TABLE IF NOT EXISTS loop_stalls (
+    pid INTEGER NOT NULL, tid INTEGER NOT NULL, start REAL NOT NULL, duration_ms REAL NOT NULL,
+    stack_id INTEGER NOT NULL, cpu_ms REAL
+);
+CREATE TABLE IF NOT EXISTS loop_lag (
+    ts REAL NOT NULL, pid INTEGER NOT NULL, probes INTEGER NOT NULL, p50_ms REAL NOT NULL,
+    p99_ms REAL NOT NULL, max_ms REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gil_wait (
+    ts REAL NOT NULL, pid INTEGER NOT NULL, seconds REAL NOT NULL, wait_seconds REAL NOT NULL,
+    acquisitions INTEGER NOT NULL, max_wait_ms REAL NOT NULL, runqueue_known INTEGER NOT NULL
+);
 """
 
 

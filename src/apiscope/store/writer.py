@@ -21,6 +21,9 @@ from typing import Any
 from apiscope.model import (
     AgentStats,
     Frame,
+    GilSample,
+    LoopLagSample,
+    LoopStall,
     ProcessInfo,
     RequestRecord,
     ResourceSample,
@@ -124,6 +127,27 @@ class SessionWriter:
                 "INSERT INTO profiles (pid, start, method, route, duration_ms, tree)"
                 " VALUES (?,?,?,?,?,?)", row)
         )
+
+    def put_loop_stalls(self, stalls: Iterable[LoopStall]) -> None:
+        batch = list(stalls)
+        if batch:
+            self._submit(lambda c: c.executemany(
+                "INSERT INTO loop_stalls VALUES (?,?,?,?,?,?)",
+                [(s.pid, s.tid, s.start, s.duration_ms, self._stack_id(c, s.frames), s.cpu_ms)
+                 for s in batch]))
+
+    def put_loop_lag(self, samples: Iterable[LoopLagSample]) -> None:
+        rows = [(s.ts, s.pid, s.probes, s.p50_ms, s.p99_ms, s.max_ms) for s in samples]
+        if rows:
+            self._submit(lambda c: c.executemany("INSERT INTO loop_lag VALUES (?,?,?,?,?,?)",
+                                                 rows))
+
+    def put_gil(self, samples: Iterable[GilSample]) -> None:
+        rows = [(s.ts, s.pid, s.seconds, s.wait_seconds, s.acquisitions, s.max_wait_ms,
+                 int(s.runqueue_known)) for s in samples]
+        if rows:
+            self._submit(lambda c: c.executemany("INSERT INTO gil_wait VALUES (?,?,?,?,?,?,?)",
+                                                 rows))
 
     def replace_flags(self, flags: Iterable[dict[str, Any]]) -> None:
         rows = []

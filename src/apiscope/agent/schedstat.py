@@ -1,0 +1,93 @@
+"""A thread's scheduler statistics from `/proc/self/task/<tid>/schedstat` (Linux).
+
+The file holds three numbers: nanoseconds on a CPU, nanoseconds runnable but waiting in a run
+queue, and the number of time slices. It is opened once and re-read with `os.pread` at
+offset 0, which regenerates its content: one system call per reading, no allocation of a file
+object. Elsewhere `open()` returns None and callers do without.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+
+
+class SchedStat:
+    """The schedstat file of one thread of this process, kept open."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @classmethod
+    def open(cls, native_id: int) -> SchedStat | None:
+        try:
+            fd = os.open(f"/proc/self/task/{native_id}/schedstat", os.O_RDONLY)
+        except (OSError, AttributeError):
+            return None
+        stat = cls(fd)
+        if stat.read() is None:  # present but unreadable or not in this format
+            stat.close()
+            return None
+        return stat
+
+    def read(self) -> tuple[int, int] | None:
+        """(ns on CPU, ns waiting in the run queue); None once closed or when unreadable
+        (the thread has exited)."""
+        fd = self._fd
+        if fd is None:
+            return None
+        try:
+            fields = os.pread(fd, 128, 0).split()
+            return int(fields[0]), int(fields[1])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class ThreadCpu:
+    """A watchdog thread's own CPU time, readable from any thread."""
+
+    def __init__(self) -> None:
+        self._stat: SchedStat | None = None
+        self._last = 0.0  # seconds, as the thread itself last reported it (non-Linux)
+
+    def bind(self) -> None:
+        """Call from the thread itself."""
+        self._stat = SchedStat.open(threading.get_native_id())
+        self._last = time.thread_time()
+
+    def report(self) -> None:
+        """Call from the thread itself, now and then (only needed without schedstat)."""
+        if self._stat is None:
+            self._last = time.thread_time()
+
+    def seconds(self) -> float:
+        stat = self._stat
+        if stat is not None:
+            read = stat.read()
+            if read is not None:
+                self._last = read[0] / 1e9
+        return self._last
+
+    def close(self) -> None:
+        self.seconds()  # keep the last figure once the file is gone
+        if self._stat is not None:
+            self._stat.close()
+            self._stat = None
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """The nearest-rank percentile of an ascending, non-empty sequence (`q` in 0..1)."""
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 1))))
+    return ordered[rank - 1]

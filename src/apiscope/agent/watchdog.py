@@ -1,0 +1,372 @@
+"""Watchdogs: the event loop's lag and stalls, and the wait for the GIL, measured in-process.
+
+Stack samples taken from outside can only suggest that the loop was blocked or that threads
+queued for the GIL; the agent's watchdog threads measure it:
+
+- `LoopWatchdog` (one per event loop the agent serves) posts a probe callback onto the loop
+  with `call_soon_threadsafe` every `loop_interval` and records how late it ran (the loop's lag).
+  When a probe is outstanding for longer than `stall_threshold`, it samples the loop thread's
+  stack every `sample_interval` until the probe runs, and records a stall: when the loop was
+  last seen running, how long it ran nothing else, the stack seen most often meanwhile, and the
+  loop thread's CPU time over the stall (a `time.sleep` uses none, a computation all of it).
+  A loop parked in its selector is not woken for a probe: it would run one at once, so the
+  check counts as a probe with no lag, and an idle server's loop stays asleep.
+- The GIL wait is measured on every timed wake-up of a watchdog thread (`gilwatch`): the loop
+  watchdogs' own, and a `GilWatchdog` thread's, which wakes every `gil_interval` while no loop
+  watchdog runs (before the first request) and once a second otherwise.
+
+Wake-ups are what these threads cost (tens of microseconds of CPU each on a virtual machine),
+so the defaults are what kept both under 0.3 % of a core where they were measured (see
+docs/sampling.md). Every error of their own is caught and counted; they stop (joined) with the
+agent. Standard library only, relative imports only, and Python 3.9 compatible: the agent runs
+inside targets of any supported Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Mapping
+from types import FrameType
+from typing import Any
+
+from .gilwatch import GilMeter, GilWatchdog, WakeClock, has_gil
+from .schedstat import SchedStat, ThreadCpu, percentile
+
+ENV_PREFIX = "APISCOPE_WATCHDOG_"
+MAX_STALLS = 500  # kept between pulls; a collector that stops pulling loses the oldest
+MAX_LAGS = 20_000
+MAX_DEPTH = 256  # frames per stack: deeper stacks keep their root part
+MAX_DISTINCT_STACKS = 64  # per stall: a stall moving through many stacks keeps the first ones
+JOIN_SECONDS = 2.0
+
+Frame = tuple[str, str, int]  # (function as py-spy names it, absolute file, line)
+Stack = tuple[Frame, ...]
+
+
+class WatchdogOptions:
+    """Intervals in seconds; `APISCOPE_WATCHDOG_<NAME>_MS` overrides each (0 turns that
+    watchdog off), `APISCOPE_WATCHDOG=0` turns both off."""
+
+    __slots__ = ("enabled", "gil_interval", "loop_interval", "sample_interval",
+                 "stall_threshold")
+
+    def __init__(self, loop_interval: float = 0.100, stall_threshold: float = 0.025,
+                 sample_interval: float = 0.010, gil_interval: float = 0.050,
+                 enabled: bool = True) -> None:
+        self.loop_interval = loop_interval
+        self.stall_threshold = stall_threshold
+        self.sample_interval = sample_interval
+        self.gil_interval = gil_interval
+        self.enabled = enabled
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WatchdogOptions:
+        """The defaults overridden by the environment; unparsable values are ignored."""
+        environ = os.environ if environ is None else environ
+        options = cls(enabled=environ.get("APISCOPE_WATCHDOG", "1") != "0")
+        for name in ("loop_interval", "stall_threshold", "sample_interval", "gil_interval"):
+            raw = environ.get(ENV_PREFIX + name.upper() + "_MS")
+            try:
+                value = float(raw) / 1000.0 if raw is not None else None
+            except ValueError:
+                value = None
+            if value is not None and value >= 0:
+                setattr(options, name, value)
+        return options
+
+
+def frame_stack(frame: FrameType | None) -> Stack:
+    """The stack ending at `frame`, root first, named as py-spy names frames (qualname)."""
+    leaf_first: list[Frame] = []
+    while frame is not None and len(leaf_first) < MAX_DEPTH * 4:
+        code = frame.f_code
+        filename = code.co_filename
+        if not filename.startswith("<") and not os.path.isabs(filename):
+            filename = os.path.abspath(filename)
+        leaf_first.append((getattr(code, "co_qualname", code.co_name), filename,
+                           frame.f_lineno or 0))
+        frame = frame.f_back
+    leaf_first.reverse()
+    return tuple(leaf_first[:MAX_DEPTH])
+
+
+def _loop_is_parked(frame: FrameType | None) -> bool:
+    """True when the loop thread waits for events: asyncio's `_run_once` inside the selector's
+    `select`, or a C loop (uvloop) below `asyncio.run`'s Python frame, with nothing above it."""
+    if frame is None:
+        return False
+    code = frame.f_code
+    filename = code.co_filename.replace("\\", "/")
+    if code.co_name == "select" and filename.endswith("/selectors.py"):
+        parent = frame.f_back
+        return parent is not None and parent.f_code.co_name == "_run_once"
+    return filename.endswith("/asyncio/runners.py") and code.co_name == "run"
+
+
+class LoopWatchdog:
+    """Probes one event loop from a daemon thread; `drain()` hands over what it measured."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ident: int, native_id: int,
+                 options: WatchdogOptions, meter: GilMeter | None = None) -> None:
+        self.loop = loop
+        self.ident = ident  # threading ident of the loop thread (sys._current_frames' key)
+        self.native_id = native_id
+        self.options = options
+        self.errors = 0
+        self.cpu = ThreadCpu()
+        self._loop_stat = SchedStat.open(native_id)
+        self._stop = threading.Event()
+        self._clock = WakeClock(meter if meter is not None else GilMeter())
+        self._lock = threading.Lock()
+        self._lags: deque[float] = deque(maxlen=MAX_LAGS)  # seconds
+        self._stalls: deque[dict[str, Any]] = deque(maxlen=MAX_STALLS)
+        self._epoch_offset = time.time() - time.perf_counter()
+        self._ran: tuple[float, int] | None = None  # the probe's (perf_counter, thread CPU ns)
+        self._seen_at = time.perf_counter()  # when the loop was last seen running
+        self._seen_cpu_ns: int | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def ended(self) -> bool:
+        """Started, and finished since (its loop was closed)."""
+        return self._thread is not None and not self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="apiscope-loop-watchdog",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(JOIN_SECONDS)
+        if self._loop_stat is not None:
+            self._loop_stat.close()
+            self._loop_stat = None
+
+    def drain(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The lag summary since the last drain (None without probes) and the stalls."""
+        with self._lock:
+            lags = sorted(self._lags)
+            self._lags.clear()
+            stalls = list(self._stalls)
+            self._stalls.clear()
+        lag = None
+        if lags:
+            lag = {"tid": self.native_id, "probes": len(lags),
+                   "p50_ms": round(percentile(lags, 0.50) * 1000.0, 3),
+                   "p99_ms": round(percentile(lags, 0.99) * 1000.0, 3),
+                   "max_ms": round(lags[-1] * 1000.0, 3)}
+        return lag, stalls
+
+    # -- the loop side: as little as possible ----------------------------------------------
+
+    def _probe(self) -> None:
+        self._ran = (time.perf_counter(), time.thread_time_ns())
+
+    # -- the watchdog thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self.cpu.bind()
+            self._clock.bind()
+        except Exception:
+            self.errors += 1
+        while not self._stop.is_set():
+            try:
+                if not self._cycle():
+                    break
+            except Exception:  # never into the app; keep watching after a pause
+                self.errors += 1
+                if self._stop.wait(self.options.loop_interval):
+                    break
+            self.cpu.report()
+        self._clock.close()
+        self.cpu.close()
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep, measuring the GIL wait on waking; False once stopped."""
+        return not self._clock.wait(self._stop, seconds)
+
+    def _cycle(self) -> bool:
+        """One check of the loop; False once the loop is closed or the watchdog stopped."""
+        loop, interval = self.loop, self.options.loop_interval
+        if loop.is_closed():
+            return False
+        if not loop.is_running() or _loop_is_parked(sys._current_frames().get(self.ident)):
+            self._seen_idle()
+            return self._sleep(interval)
+        self._ran = None
+        posted = time.perf_counter()
+        loop.call_soon_threadsafe(self._probe)
+        outcome = self._await_probe(posted)
+        if outcome is None:
+            return False
+        self._record(posted, *outcome)
+        remaining = interval - (time.perf_counter() - posted)
+        return remaining <= 0 or self._sleep(remaining)
+
+    def _seen_idle(self) -> None:
+        now = time.perf_counter()
+        stat = self._loop_stat
+        read = stat.read() if stat is not None else None
+        with self._lock:
+            self._lags.append(0.0)
+        self._seen_at, self._seen_cpu_ns = now, (read[0] if read is not None else None)
+
+    def _await_probe(self, posted: float) -> tuple[tuple[float, int], Counter[Stack]] | None:
+        """Wait for the probe to run, sampling the loop's stack once it is a stall."""
+        options = self.options
+        stacks: Counter[Stack] = Counter()
+        wait = min(options.loop_interval, options.stall_threshold)
+        while True:
+            if not self._sleep(wait):
+                return None
+            ran = self._ran
+            if ran is not None:
+                return ran, stacks
+            outstanding = time.perf_counter() - posted
+            if outstanding >= options.stall_threshold:
+                self._sample(stacks)
+                wait = options.sample_interval
+            else:
+                wait = options.stall_threshold - outstanding
+
+    def _sample(self, stacks: Counter[Stack]) -> None:
+        frame = sys._current_frames().get(self.ident)
+        if frame is None:
+            return
+        stack = frame_stack(frame)
+        if stack in stacks or len(stacks) < MAX_DISTINCT_STACKS:
+            stacks[stack] += 1
+
+    def _record(self, posted: float, ran: tuple[float, int], stacks: Counter[Stack]) -> None:
+        ran_at, ran_cpu_ns = ran
+        lag = max(0.0, ran_at - posted)
+        stall = None
+        if lag >= self.options.stall_threshold:
+            start = min(self._seen_at, posted)
+            cpu_ms = None
+            if self._seen_cpu_ns is not None:
+                cpu_ms = round(max(0, ran_cpu_ns - self._seen_cpu_ns) / 1e6, 3)
+            frames = [list(f) for f in stacks.most_common(1)[0][0]] if stacks else []
+            stall = {"tid": self.native_id, "start": start + self._epoch_offset,
+                     "duration_ms": round((ran_at - start) * 1000.0, 3),
+                     "frames": frames, "cpu_ms": cpu_ms}
+        with self._lock:
+            self._lags.append(lag)
+            if stall is not None:
+                self._stalls.append(stall)
+        self._seen_at, self._seen_cpu_ns = ran_at, ran_cpu_ns
+
+
+class Watchdogs:
+    """The agent's watchdogs: a GIL watchdog, and a loop watchdog for each loop it serves."""
+
+    def __init__(self, options: WatchdogOptions | None = None) -> None:
+        self.options = options if options is not None else WatchdogOptions.from_env()
+        self._lock = threading.Lock()
+        self._loops: dict[int, LoopWatchdog] = {}  # by id(loop)
+        self._gil: GilWatchdog | None = None
+        self._meter = GilMeter()
+        self._last_loop: asyncio.AbstractEventLoop | None = None
+        self._retired_cpu = 0.0  # CPU seconds of loop watchdogs whose loop was closed
+        self._running = False
+        self.errors = 0
+
+    def see_loop(self) -> None:
+        """Called by the middleware on each request, on the loop serving it: cheap after the
+        first request of each loop (one lookup and one comparison)."""
+        loop = asyncio.get_running_loop()
+        if loop is self._last_loop:
+            return
+        self._last_loop = loop
+        with self._lock:
+            if id(loop) in self._loops:
+                return
+            dog = LoopWatchdog(loop, threading.get_ident(), threading.get_native_id(),
+                               self.options, self._meter if has_gil() else None)
+            self._loops[id(loop)] = dog
+            if self._running and self.options.loop_interval > 0 and self.options.enabled:
+                dog.start()
+
+    def start(self) -> None:
+        """Start the watchdogs (loops met so far included); a no-op when running."""
+        with self._lock:
+            if self._running or not self.options.enabled:
+                return
+            self._running = True
+            try:
+                if self.options.gil_interval > 0 and has_gil():
+                    self._gil = GilWatchdog(self._meter, self.options.gil_interval,
+                                            self._loops_measuring)
+                    self._gil.start()
+                if self.options.loop_interval > 0:
+                    for dog in self._loops.values():
+                        if not dog.alive:
+                            dog.start()
+            except Exception:  # no threads left to start: measure nothing, serve on
+                self.errors += 1
+
+    def stop(self) -> None:
+        """Stop every watchdog thread and wait for it: none is left behind."""
+        with self._lock:
+            self._running = False
+            dogs, self._loops = list(self._loops.values()), {}
+            gil, self._gil = self._gil, None
+            self._last_loop = None
+        for dog in dogs:
+            dog.stop()
+        if gil is not None:
+            gil.stop()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads and loops are not ours."""
+        self._lock = threading.Lock()
+        self._loops, self._gil, self._meter = {}, None, GilMeter()
+        self._last_loop, self._running = None, False
+
+    def pull(self) -> dict[str, Any]:
+        """`{"loops": [lag...], "stalls": [...], "gil": {...} | None, "cpu_seconds", "errors"}`"""
+        with self._lock:
+            dogs = list(self._loops.values())
+            ended = [key for key, dog in self._loops.items() if dog.ended]
+            gil = self._gil
+        loops, stalls = [], []
+        for dog in dogs:
+            lag, dog_stalls = dog.drain()
+            if lag is not None:
+                loops.append(lag)
+            stalls.extend(dog_stalls)
+        watchers: list[Any] = [*dogs, *([gil] if gil is not None else [])]
+        cpu = self._retired_cpu + sum(w.cpu.seconds() for w in watchers)
+        errors = self.errors + sum(w.errors for w in watchers)
+        with self._lock:  # a closed loop's watchdog has been drained for the last time
+            for key in ended:
+                ended_dog = self._loops.pop(key, None)
+                if ended_dog is not None:
+                    ended_dog.stop()  # joins at once; closes the loop thread's schedstat
+                    self._retired_cpu += ended_dog.cpu.seconds()
+                    self.errors += ended_dog.errors
+        return {"loops": loops, "stalls": stalls,
+                "gil": self._meter.drain() if gil is not None else None,
+                "cpu_seconds": round(cpu, 6), "errors": errors}
+
+    def _loops_measuring(self) -> bool:
+        return any(dog.alive for dog in list(self._loops.values()))
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The watchdog threads alive now (for tests and diagnostics)."""
+        names = ("apiscope-loop-watchdog", "apiscope-gil-watchdog")
+        return [t for t in threading.enumerate() if t.name in names]

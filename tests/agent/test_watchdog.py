@@ -1,0 +1,339 @@
+"""The agent's watchdogs on a real event loop and real threads: stalls, lag and the GIL wait."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apiscope.agent.gilwatch import GilMeter, GilWatchdog
+from apiscope.agent.schedstat import SchedStat, percentile
+from apiscope.agent.watchdog import WatchdogOptions, Watchdogs
+from apiscope.collectors.agent_client import batch_from_json
+from apiscope.model import Frame, GilSample, LoopLagSample, LoopStall
+from apiscope.store import SessionReader, SessionWriter
+from tests.support import wait_until
+
+WATCHDOG_THREADS = ("apiscope-loop-watchdog", "apiscope-gil-watchdog")
+
+
+def watchdog_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name in WATCHDOG_THREADS]
+
+
+class LoopThread:
+    """A real asyncio loop running in its own thread, watched by a `Watchdogs`."""
+
+    def __init__(self, options: WatchdogOptions) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.watchdogs = Watchdogs(options)
+        self.thread = threading.Thread(target=self._run, name="test-loop", daemon=True)
+        self._ready = threading.Event()
+        self.stalls: list[dict[str, Any]] = []
+        self.lags: list[dict[str, Any]] = []
+
+    def _run(self) -> None:
+        async def first_request() -> None:
+            self.watchdogs.see_loop()  # what the middleware does on each request
+
+        self.loop.run_until_complete(first_request())
+        self._ready.set()
+        self.loop.run_forever()
+
+    def start(self) -> None:
+        self.thread.start()
+        assert self._ready.wait(10)
+        self.watchdogs.start()
+
+    def call(self, fn: Callable[[], object]) -> None:
+        self.loop.call_soon_threadsafe(fn)
+
+    def pull(self) -> dict[str, Any]:
+        data = self.watchdogs.pull()
+        self.stalls.extend(data["stalls"])
+        self.lags.extend(data["loops"])
+        return data
+
+    def probes_after(self, count: int) -> Callable[[], bool]:
+        """A condition: the watchdog has checked the loop `count` more times."""
+        target = sum(lag["probes"] for lag in self.lags) + count
+
+        def done() -> bool:
+            self.pull()
+            return sum(lag["probes"] for lag in self.lags) >= target
+
+        return done
+
+    def close(self) -> None:
+        self.watchdogs.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    lt = LoopThread(WatchdogOptions(loop_interval=0.02, stall_threshold=0.025,
+                                    sample_interval=0.01, gil_interval=0.05))
+    lt.start()
+    yield lt
+    lt.close()
+    assert watchdog_threads() == []
+
+
+def sleeper() -> None:
+    time.sleep(0.2)  # the stall's line
+
+
+def spinner() -> None:
+    end = time.thread_time() + 0.2  # 200 ms of CPU, however busy the machine is
+    while time.thread_time() < end:
+        pass
+
+
+def test_a_sleep_on_the_loop_is_one_stall_at_the_sleep_line(loop_thread: LoopThread) -> None:
+    wait_until(loop_thread.probes_after(3), what="the watchdog to probe the loop")
+    loop_thread.stalls.clear()
+    loop_thread.call(sleeper)
+    wait_until(lambda: loop_thread.pull() and loop_thread.stalls, timeout=10, what="a stall")
+    wait_until(loop_thread.probes_after(10), what="probes after the stall")
+
+    assert len(loop_thread.stalls) == 1
+    stall = loop_thread.stalls[0]
+    # Measured from when the loop was last seen running: at most one probe interval early.
+    assert 190 <= stall["duration_ms"] <= 330
+    assert stall["start"] <= time.time() and stall["tid"] == loop_thread.thread.native_id
+    function, file, line = stall["frames"][-1]
+    assert (function, file, line) == ("sleeper", __file__, sleeper.__code__.co_firstlineno + 1)
+    assert [f[0] for f in stall["frames"][-3:-1]] == ["BaseEventLoop._run_once", "Handle._run"]
+    assert stall["cpu_ms"] is not None and stall["cpu_ms"] < 25  # asleep: no CPU
+
+
+def test_a_computation_on_the_loop_uses_cpu_all_along(loop_thread: LoopThread) -> None:
+    wait_until(loop_thread.probes_after(3), what="the watchdog to probe the loop")
+    loop_thread.stalls.clear()
+    loop_thread.call(spinner)
+    wait_until(lambda: loop_thread.pull() and loop_thread.stalls, timeout=10, what="a stall")
+
+    (stall,) = loop_thread.stalls
+    assert stall["frames"][-1][0] == "spinner"
+    assert 190 <= stall["cpu_ms"] <= stall["duration_ms"] + 1
+
+
+def test_a_healthy_busy_loop_has_lag_but_no_stall(loop_thread: LoopThread) -> None:
+    async def short_callbacks() -> None:
+        end = time.perf_counter() + 1.0
+        while time.perf_counter() < end:
+            time.sleep(0.002)  # 2 ms callbacks, back to back
+            await asyncio.sleep(0)
+
+    done = asyncio.run_coroutine_threadsafe(short_callbacks(), loop_thread.loop)
+    done.result(timeout=20)
+    loop_thread.pull()
+
+    assert loop_thread.stalls == []
+    probes = sum(lag["probes"] for lag in loop_thread.lags)
+    assert probes >= 20
+    busiest = max(loop_thread.lags, key=lambda lag: lag["max_ms"])
+    assert 0 < busiest["max_ms"] < 25  # the probes waited behind a callback, never long
+    for lag in loop_thread.lags:
+        assert 0 <= lag["p50_ms"] <= lag["p99_ms"] <= lag["max_ms"]
+
+
+def test_an_idle_loop_is_checked_without_waking_it(loop_thread: LoopThread) -> None:
+    wait_until(loop_thread.probes_after(10), what="ten checks of the idle loop")
+    assert all(lag["max_ms"] == 0.0 for lag in loop_thread.lags[1:])
+    assert loop_thread.stalls == []
+
+
+def test_a_closed_loop_ends_its_watchdog() -> None:
+    options = WatchdogOptions(loop_interval=0.02, gil_interval=0.05)
+    watchdogs = Watchdogs(options)
+    watchdogs.start()
+
+    async def request() -> None:
+        watchdogs.see_loop()
+        watchdogs.see_loop()  # once per loop
+        await asyncio.sleep(0.1)
+
+    try:
+        asyncio.run(request())
+        wait_until(lambda: [t.name for t in watchdog_threads()] == ["apiscope-gil-watchdog"],
+                   what="the loop watchdog to end with its loop")
+        assert watchdogs.pull()["errors"] == 0
+    finally:
+        watchdogs.stop()
+    assert watchdog_threads() == []
+
+
+# -- the GIL ------------------------------------------------------------------------------
+
+
+def gil_wait_while(work: Callable[[threading.Event], None], threads: int = 2,
+                   seconds: float = 1.5) -> dict[str, Any]:
+    """What a GIL watchdog (10 ms wake-ups) measures while `threads` threads run `work`."""
+    stop = threading.Event()
+    workers = [threading.Thread(target=work, args=(stop,), daemon=True) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    meter = GilMeter()
+    dog = GilWatchdog(meter, 0.01)
+    try:
+        time.sleep(0.1)  # the workers are at it
+        meter.drain()
+        dog.start()
+        time.sleep(seconds)
+        summary = meter.drain()
+    finally:
+        dog.stop()
+        stop.set()
+        for w in workers:
+            w.join(10)
+    assert summary is not None and summary["runqueue_known"]
+    assert summary["acquisitions"] >= 10
+    return summary
+
+
+def mean_wait_ms(summary: dict[str, Any]) -> float:
+    return float(summary["wait_seconds"]) / summary["acquisitions"] * 1000.0
+
+
+def python_loop(stop: threading.Event) -> None:
+    n = 0
+    while not stop.is_set():
+        for i in range(1000):
+            n += i
+
+
+def sleeping(stop: threading.Event) -> None:
+    while not stop.is_set():
+        time.sleep(0.05)
+
+
+def hashing(stop: threading.Event) -> None:
+    while not stop.is_set():  # OpenSSL's PBKDF2 runs with the GIL released
+        hashlib.pbkdf2_hmac("sha256", b"x" * 4096, b"salt", 20_000)
+
+
+def socket_wait(stop: threading.Event) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                a.recv(1)
+            except TimeoutError:
+                pass
+
+
+def test_pure_python_threads_make_a_waker_wait_for_the_gil() -> None:
+    summary = gil_wait_while(python_loop)
+    # Each wake-up waits for a switch interval (5 ms) or so: far above the idle baseline.
+    assert mean_wait_ms(summary) > 2.0
+    assert summary["max_wait_ms"] > 4.0
+    assert summary["wait_seconds"] > 0.1 * summary["seconds"]
+
+
+@pytest.mark.parametrize("work", [sleeping, hashing, socket_wait],
+                         ids=["time.sleep", "pbkdf2_hmac", "socket"])
+def test_threads_that_release_the_gil_cause_no_wait(work: Callable[[threading.Event], None],
+                                                     ) -> None:
+    summary = gil_wait_while(work)
+    # Timer slack alone makes a wake-up a few tenths of a millisecond late on a VM.
+    assert mean_wait_ms(summary) < 1.0
+    assert summary["wait_seconds"] < 0.1 * summary["seconds"]
+
+
+# -- small parts ----------------------------------------------------------------------------
+
+
+def test_schedstat_reads_this_threads_cpu_time_again_and_again() -> None:
+    stat = SchedStat.open(threading.get_native_id())
+    if stat is None:
+        pytest.skip("no schedstat on this system")
+    try:
+        first = stat.read()
+        spinner()
+        second = stat.read()
+        assert first is not None and second is not None
+        assert second[0] - first[0] >= 190_000_000  # 200 ms of CPU, in ns
+    finally:
+        stat.close()
+    assert stat.read() is None
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile([3.0], 0.99) == 3.0
+
+
+def test_options_from_the_environment() -> None:
+    options = WatchdogOptions.from_env({"APISCOPE_WATCHDOG_LOOP_INTERVAL_MS": "20",
+                                        "APISCOPE_WATCHDOG_STALL_THRESHOLD_MS": "bad",
+                                        "APISCOPE_WATCHDOG_GIL_INTERVAL_MS": "0"})
+    assert options.loop_interval == 0.02 and options.stall_threshold == 0.025
+    assert options.gil_interval == 0 and options.enabled
+    assert not WatchdogOptions.from_env({"APISCOPE_WATCHDOG": "0"}).enabled
+
+
+def test_disabled_watchdogs_start_no_thread() -> None:
+    watchdogs = Watchdogs(WatchdogOptions(enabled=False))
+    watchdogs.start()
+    assert watchdog_threads() == []
+    assert watchdogs.pull()["gil"] is None
+
+
+# -- from the pull to the session file -------------------------------------------------------
+
+PULL = {"pid": 42, "ts": 1000.0, "requests": [], "stats": {}, "watchdogs": {
+    "loops": [{"tid": 7, "probes": 20, "p50_ms": 0.1, "p99_ms": 30.0, "max_ms": 201.0}],
+    "stalls": [{"tid": 7, "start": 999.5, "duration_ms": 201.0, "cpu_ms": 0.4,
+                "frames": [["main", "/app/main.py", 3], ["handler", "/app/main.py", 9]]}],
+    "gil": {"seconds": 0.5, "wait_seconds": 0.01, "acquisitions": 10, "max_wait_ms": 4.5,
+            "runqueue_known": True},
+    "cpu_seconds": 0.002, "errors": 0}}
+
+
+def test_pull_to_model_to_session_and_back(tmp_path: Path) -> None:
+    report = batch_from_json(PULL).watchdogs
+    assert report is not None
+    stall = LoopStall(42, 7, 999.5, 201.0, (Frame("main", "/app/main.py", 3),
+                                             Frame("handler", "/app/main.py", 9)), 0.4)
+    lag = LoopLagSample(1000.0, 42, 20, 0.1, 30.0, 201.0)
+    gil = GilSample(1000.0, 42, 0.5, 0.01, 10, 4.5, True)
+    assert (report.stalls, report.lag, report.gil) == ([stall], [lag], gil)
+    assert batch_from_json({"pid": 1}).watchdogs is None  # an agent without watchdogs
+
+    path = tmp_path / "s.sqlite"
+    with SessionWriter(path) as writer:
+        writer.put_loop_stalls(report.stalls)
+        writer.put_loop_lag(report.lag)
+        writer.put_gil([gil])
+        writer.flush()
+    with SessionReader(path) as reader:
+        assert reader.loop_stalls() == [stall]
+        assert reader.loop_lag() == [lag]
+        assert reader.gil_samples() == [gil]
+
+
+def test_a_session_without_watchdog_tables_reads_as_empty(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    SessionWriter(path).close()
+    conn = sqlite3.connect(path)
+    for table in ("loop_stalls", "loop_lag", "gil_wait"):
+        conn.execute(f"DROP TABLE {table}")  # as in a file written before they existed
+    conn.commit()
+    conn.close()
+    with SessionReader(path) as reader:
+        assert reader.loop_stalls() == [] and reader.loop_lag() == []
+        assert reader.gil_samples() == []
