@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -40,6 +41,9 @@ class Services:
 
 
 def apiscope_command() -> list[str]:
+    """`$APISCOPE_COMMAND` (to measure another build), else the project's own apiscope."""
+    if os.environ.get("APISCOPE_COMMAND"):
+        return shlex.split(os.environ["APISCOPE_COMMAND"])
     return [str(APISCOPE)] if APISCOPE.exists() else [sys.executable, "-m", "apiscope"]
 
 

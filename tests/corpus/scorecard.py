@@ -7,6 +7,7 @@ import argparse
 import datetime
 import os
 import platform
+import subprocess
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -100,6 +101,15 @@ def cpu_shares(results: list[CaseResult]) -> list[str]:
     return lines
 
 
+def measured_build() -> str:
+    """Which apiscope was measured: `$APISCOPE_REVISION`, else the repository's revision."""
+    if os.environ.get("APISCOPE_REVISION"):
+        return os.environ["APISCOPE_REVISION"]
+    done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "unknown"
+
+
 def render(results: list[CaseResult]) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = (f"{os.cpu_count()} cores, Python {platform.python_version()},"
@@ -115,7 +125,8 @@ def render(results: list[CaseResult]) -> str:
         " `metric.cause` (for `event_loop_blocked` and `cpu_hotspot`) names the planted cause. On"
         " a healthy app every medium or high flag is a false alarm, and a flag located outside"
         " the app's own files is a defect at any severity.", "",
-        f"Command: `{COMMAND}`. Machine: {machine}. Date: {now}.", "",
+        f"Command: `{COMMAND}`. apiscope: {measured_build()}. Machine: {machine}. Date: {now}.",
+        "",
         *table(results), "",
         "## Misses and false alarms", "", *findings(results), "",
         "## Endpoint CPU shares (largest four per run)", "", *cpu_shares(results), ""])
