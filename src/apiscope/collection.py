@@ -112,6 +112,8 @@ class Collection:
                                  samples_errors=stats.errors,
                                  samples_expected=round(stats.expected),
                                  sample_loss=round(stats.loss, 4),
+                                 windows_dropped=stats.dropped_windows,
+                                 windows_failed=stats.failed_windows,
                                  agent_dropped=self.totals.agent_dropped)
             self.writer.flush()
 

@@ -14,6 +14,9 @@ from typing import Any
 
 from apiscope.model import (
     Frame,
+    GilSample,
+    LoopLagSample,
+    LoopStall,
     QueryStat,
     RequestRecord,
     ResourceSample,
@@ -105,12 +108,27 @@ class Spec:
     profiles: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     routes: list[RouteInfo] = field(default_factory=lambda: list(ROUTES))
+    # The kernel's CPU time per window and thread, as the sampler records it: each thread's
+    # RUNNING samples / rate (so RUNNING is what was measured), the process the sum plus
+    # `extra_cpu` seconds a window (threads that were not sampled).
+    measured: bool = False
+    extra_cpu: float = 0.0
+    loop_stalls: list[LoopStall] = field(default_factory=list)
+    loop_lag: list[LoopLagSample] = field(default_factory=list)
+    gil: list[GilSample] = field(default_factory=list)
 
     def roles(self) -> dict[tuple[int, int], ThreadRole]:
         roles = {(PID, LOOP_TID): ThreadRole.LOOP, (PID, W1): ThreadRole.WORKER,
                  (PID, W2): ThreadRole.WORKER}
         roles.update({(PID, t): ThreadRole.WORKER for t in range(10, 20)})
         return roles
+
+    def cpu(self, samples: tuple[StackSample, ...]) -> dict[tuple[int, int], float]:
+        out: dict[tuple[int, int], float] = {}
+        for s in samples:
+            ran = s.count / self.rate if s.state is SampleState.RUNNING else 0.0
+            out[(s.pid, s.tid)] = out.get((s.pid, s.tid), 0.0) + ran
+        return out
 
     def write(self, path: Path) -> Path:
         with SessionWriter(path, batch_seconds=0.01) as writer:
@@ -120,8 +138,14 @@ class Spec:
             writer.put_routes(PID, self.routes)
             for i in range(self.seconds):
                 samples = tuple(self.per_window + self.extra_windows.get(i, []))
+                cpu = self.cpu(samples) if self.measured else {}
+                process = {PID: sum(cpu.values()) + self.extra_cpu} if self.measured else {}
                 writer.put_window(StackWindow(T0 + i, T0 + i + 1, self.rate, samples,
-                                              threads=self.roles()))
+                                              threads=self.roles(), thread_cpu=cpu,
+                                              process_cpu=process))
+            writer.put_loop_stalls(self.loop_stalls)
+            writer.put_loop_lag(self.loop_lag)
+            writer.put_gil(self.gil)
             writer.put_requests(self.requests)
             writer.put_resources(self.resources)
             writer.put_threadpool(self.threadpool)

@@ -5,9 +5,11 @@ Two questions every rule asks of a stack (frames root first, as py-spy reports t
   and function name against the route table, the frame closest to the leaf winning (a handler
   that calls another handler is charged to the inner one).
 - which line of the *application* is executing? The leaf-most frame that is neither the standard
-  library, nor an installed third-party package, nor apiscope itself. The application's own
-  modules count even when they are installed into site-packages: their directories (the "app
-  roots") are derived from the route table.
+  library, nor an installed third-party package, nor apiscope itself, nor a module body (a
+  `<module>` frame runs an import or the server's entry script, such as `bin/uvicorn` or
+  `bin/gunicorn`, at the root of every stack: never a request's code), nor a script in a `bin/`
+  or `Scripts/` directory. The application's own modules count even when they are installed
+  into site-packages: their directories (the "app roots") are derived from the route table.
 
 A handler serving several methods is charged to one of them, chosen in the order GET, POST, PUT,
 PATCH, DELETE, then alphabetically (HEAD and OPTIONS last): Starlette registers HEAD beside every
@@ -30,6 +32,8 @@ _THIRD_PARTY = re.compile(r"[/\\](site|dist)-packages[/\\]")
 _STDLIB = re.compile(r"[/\\]lib[/\\]python\d+(\.\d+)?t?[/\\](?!(site|dist)-packages)"
                      r"|[/\\]Lib[/\\](?!site-packages)")
 _SYNTHETIC = ("<frozen", "<string>", "<built-in", "<unknown>")
+# Console scripts installed by pip (`.venv/bin/uvicorn`) and system ones (`/usr/bin/gunicorn`).
+_SCRIPTS = re.compile(r"[/\\](bin|Scripts)[/\\][^/\\]+$")
 
 # apiscope's own package directory: the injected agent runs from these files.
 TOOL_ROOTS: tuple[str, ...] = (str(Path(__file__).resolve().parent.parent),)
@@ -105,7 +109,9 @@ def is_app_frame(frame: Frame, app_roots: Sequence[str],
                  tool_roots: Sequence[str] = TOOL_ROOTS) -> bool:
     """True when `frame` is the application's code (see the module docstring)."""
     file = frame.file
-    if not file or file.startswith(_SYNTHETIC):
+    if not file or file.startswith(_SYNTHETIC) or frame.function == "<module>":
+        return False
+    if _SCRIPTS.search(file):
         return False
     if _is_tool_file(file, tool_roots):
         return False

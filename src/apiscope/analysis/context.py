@@ -15,11 +15,15 @@ from apiscope.analysis.attribution import RouteMatcher, is_tool_work, user_frame
 from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds
 from apiscope.model import (
     Frame,
+    GilSample,
+    LoopLagSample,
+    LoopStall,
     RequestRecord,
     ResourceSample,
     RouteInfo,
     SampleState,
     StackSample,
+    ThreadCpu,
     ThreadPoolSample,
     ThreadRole,
     WindowInfo,
@@ -46,6 +50,14 @@ class SessionData:
     profiles: list[dict[str, Any]]
     start: float
     end: float
+    # The kernel's CPU seconds per window and thread (tid 0: the process); empty for sessions
+    # recorded before it was measured.
+    thread_cpu: list[ThreadCpu] = field(default_factory=list)
+    process_cpu: list[ThreadCpu] = field(default_factory=list)
+    # What the agent's watchdogs measured in the target (empty without the agent).
+    loop_stalls: list[LoopStall] = field(default_factory=list)
+    loop_lag: list[LoopLagSample] = field(default_factory=list)
+    gil: list[GilSample] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -64,7 +76,8 @@ def load_session(reader: SessionReader) -> SessionData:
         windows=windows, samples=list(reader.samples()),
         requests=reader.requests(with_queries=True), resources=reader.resources(),
         threadpool=reader.threadpool(), profiles=reader.profiles(), start=start,
-        end=max(start, end))
+        end=max(start, end), thread_cpu=reader.thread_cpu(), process_cpu=reader.process_cpu(),
+        loop_stalls=reader.loop_stalls(), loop_lag=reader.loop_lag(), gil=reader.gil_samples())
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +92,7 @@ class Attributed:
     seconds: float  # the time its `count` samples stand for (count / rate)
     importing: bool = False  # inside an import (the app being loaded at start-up)
     tool: bool = False  # apiscope's agent or an in-process profiler at work (overhead)
+    cpu: float = 0.0  # CPU seconds these samples stand for (see `cpu_seconds`)
 
     @property
     def active(self) -> bool:
@@ -94,8 +108,9 @@ class AnalysisContext:
     by_endpoint: dict[str, list[RequestRecord]]
     earlier: tuple[Flag, ...] = ()  # flags of the rules run before this one
     functions: dict[tuple[str, int], str] = field(default_factory=dict)
-    # True when the sampler told on-CPU from off-CPU (BLOCKED samples, or GIL ownership):
-    # without it, a RUNNING sample may be a thread sleeping or in I/O at that line.
+    # True when RUNNING means on a CPU: measured by the kernel (thread_cpu), or told by an
+    # older sampler's probe (BLOCKED samples). Without it a RUNNING sample may be a thread
+    # sleeping or in I/O at that line.
     activity_known: bool = False
 
     @property
@@ -120,8 +135,25 @@ class AnalysisContext:
         return self.functions.get((file, line))
 
 
+def cpu_seconds(data: SessionData) -> dict[tuple[float, int, int], float]:
+    """The kernel's CPU seconds per RUNNING sample of each (window, pid, tid).
+
+    A thread's measured CPU in a window is shared out over its RUNNING samples, so the figures
+    of its stacks add up to exactly what the kernel measured, even when py-spy missed some
+    samples of it. Threads not measured (older sessions, a thread that ended within the
+    window) count 1 / rate per RUNNING sample.
+    """
+    measured = {(c.window, c.pid, c.tid): c.seconds for c in data.thread_cpu}
+    running: dict[tuple[float, int, int], int] = defaultdict(int)
+    for window, sample in data.samples:
+        if sample.state is SampleState.RUNNING:
+            running[(window, sample.pid, sample.tid)] += sample.count
+    return {key: measured[key] / count for key, count in running.items() if key in measured}
+
+
 def attribute(data: SessionData, matcher: RouteMatcher) -> list[Attributed]:
     rates = {w.start: w.rate_hz for w in data.windows}
+    per_sample = cpu_seconds(data)
     cache: dict[int, tuple[tuple[Frame, ...], str | None, Frame | None, bool, bool]] = {}
     out = []
     for window, sample in data.samples:
@@ -136,8 +168,13 @@ def attribute(data: SessionData, matcher: RouteMatcher) -> list[Attributed]:
             cache[id(sample.frames)] = hit
         role = data.roles.get((sample.pid, sample.tid), ThreadRole.OTHER)
         rate = rates.get(window) or int(data.meta.get("rate_hz") or 100)
-        out.append(Attributed(window, sample, role, hit[1], hit[2], sample.count / rate,
-                              hit[3], hit[4]))
+        seconds = sample.count / rate
+        cpu = 0.0
+        if sample.state is SampleState.RUNNING:
+            each = per_sample.get((window, sample.pid, sample.tid))
+            cpu = seconds if each is None else each * sample.count
+        out.append(Attributed(window, sample, role, hit[1], hit[2], seconds, hit[3], hit[4],
+                              cpu))
     return out
 
 
@@ -154,7 +191,7 @@ def build_context(data: SessionData, thresholds: Thresholds) -> AnalysisContext:
             for frame in sample.frames:
                 functions.setdefault((frame.file, frame.line), frame.function)
     samples = attribute(data, matcher)
-    known = any(a.sample.gil is not None or a.sample.state is SampleState.BLOCKED
-                for a in samples)
+    known = bool(data.thread_cpu) or any(
+        a.sample.gil is not None or a.sample.state is SampleState.BLOCKED for a in samples)
     return AnalysisContext(data, thresholds, matcher, samples, dict(by_endpoint),
                            functions=functions, activity_known=known)

@@ -59,8 +59,13 @@ def _samples(data: SessionData) -> dict[str, Any]:
     errors = data.meta.get("samples_errors")
     if errors is None:
         errors = sum(w.errors for w in data.windows)
-    return {"total": sum(s.count for _, s in data.samples), "rate_hz": rate,
-            "errors": int(errors)}
+    out: dict[str, Any] = {"total": sum(s.count for _, s in data.samples), "rate_hz": rate,
+                           "errors": int(errors),
+                           "cpu_measured": bool(data.thread_cpu)}
+    for key in ("windows_dropped", "windows_failed"):
+        if data.meta.get(key):
+            out[key] = int(data.meta[key])
+    return out
 
 
 def analyse(data: SessionData, *, slo_ms: float | None = None,

@@ -1,12 +1,8 @@
 """Per-endpoint and per-process figures of the report.
 
-`cpu_share` is an endpoint's share of the target's *active* samples: those of the threads that
-run handlers (the event loop and the thread-pool workers) when not waiting for work. Idle
-helper threads (aiosqlite keeps one per connection, mostly idle) never enter the denominator,
-so they cannot dilute the shares. Nor do the measuring tools' own samples (apiscope's agent
-recording requests and building profiles, an in-process profiler's sampler): overhead of the
-measurement, not work of the target. Sessions whose threads were not classified fall back to
-every thread's active samples.
+`cpu_share` is an endpoint's share of the target's measured CPU time and `server_cpu_share`
+the server's and framework's own share of a process's (both from `cpu.py`). `loop_lag_ms` is
+how late the event loop ran the agent's probe callbacks, measured in the target.
 """
 
 from __future__ import annotations
@@ -18,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed
+from apiscope.analysis.cpu import cpu_shares, server_cpu_shares
 from apiscope.model import RequestRecord, ResourceSample, SampleState
 
 MB = 1024 * 1024
@@ -112,22 +109,14 @@ def cpu_time_scale(ctx: AnalysisContext) -> float:
     sampled time overstates CPU time: every line's figure stretches by about the same factor,
     and per-request CPU floors must be judged on the scaled figure.
     """
+    if ctx.data.thread_cpu:
+        return 1.0  # RUNNING samples are the kernel's measured CPU time already
     wall = sampled_seconds(ctx)
     running = sum(a.seconds for a in active_samples(ctx) if a.sample.state is SampleState.RUNNING)
     measured = measured_cores(ctx.data.resources)
     if measured is None or wall <= 0 or running <= 0:
         return 1.0
     return min(1.0, measured / (running / wall))
-
-
-def cpu_shares(ctx: AnalysisContext) -> dict[str, float]:
-    active = active_samples(ctx)
-    total = sum(a.sample.count for a in active)
-    counts: dict[str, int] = defaultdict(int)
-    for a in active:
-        if a.endpoint is not None:
-            counts[a.endpoint] += a.sample.count
-    return {ep: c / total for ep, c in counts.items()} if total else {}
 
 
 def _latency(records: list[RequestRecord]) -> dict[str, float | None]:
@@ -183,10 +172,28 @@ def rss_slope_mb_per_min(samples: Sequence[ResourceSample]) -> float:
     return fit.slope if fit else 0.0
 
 
+def loop_lag(ctx: AnalysisContext, pid: int) -> dict[str, float] | None:
+    """p50 and p99 of the event loop's lag in one process (ms), from the agent's probes: the
+    probe-weighted median of the per-interval p50s and the worst interval's p99 (None
+    without the agent)."""
+    lags = [s for s in ctx.data.loop_lag if s.pid == pid and s.probes]
+    if not lags:
+        return None
+    ordered = sorted(lags, key=lambda s: s.p50_ms)
+    half, seen, p50 = sum(s.probes for s in lags) / 2, 0, ordered[-1].p50_ms
+    for s in ordered:
+        seen += s.probes
+        if seen >= half:
+            p50 = s.p50_ms
+            break
+    return {"p50": round(p50, 3), "p99": round(max(s.p99_ms for s in lags), 3)}
+
+
 def process_stats(ctx: AnalysisContext) -> list[dict[str, Any]]:
     by_pid: dict[int, list[ResourceSample]] = defaultdict(list)
     for sample in ctx.data.resources:
         by_pid[sample.pid].append(sample)
+    server = server_cpu_shares(ctx) if ctx.activity_known else {}
     out: list[dict[str, Any]] = []
     for pid in sorted(by_pid):
         samples = sorted(by_pid[pid], key=lambda s: s.ts)
@@ -197,5 +204,7 @@ def process_stats(ctx: AnalysisContext) -> list[dict[str, Any]]:
             "rss_mb_slope_per_min": round(rss_slope_mb_per_min(samples), 3),
             "threads_max": max(s.threads for s in samples),
             "fds_max": max(s.fds for s in samples),
+            "server_cpu_share": round(server[pid], 4) if pid in server else None,
+            "loop_lag_ms": loop_lag(ctx, pid),
         })
     return out

@@ -113,6 +113,12 @@ def summarize(collection: Collection) -> None:
         loss = f" ({100.0 * stats.loss:.1f}% lost against rate x seconds x threads)"
     print(f"apiscope: stored {stats.stored:,} samples{loss}, {t.requests:,} requests",
           file=sys.stderr)
+    if stats.dropped_windows or stats.failed_windows:
+        print(f"apiscope: warning: {stats.dropped_windows + stats.failed_windows} of"
+              f" {stats.windows + stats.failed_windows} sampling windows were lost"
+              f" ({stats.dropped_windows} not written by py-spy, {stats.failed_windows} not"
+              " readable" + (f": {stats.last_failure}" if stats.last_failure else "") + ");"
+              " sampling went on", file=sys.stderr)
     if t.requests == 0 and collection.options.inject:
         print("apiscope: warning: no requests were recorded: either no traffic reached the"
               " server, or no ASGI app was found in it (stacks and resources are still kept)",

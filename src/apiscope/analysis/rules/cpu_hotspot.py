@@ -1,119 +1,132 @@
-"""cpu_hotspot: one application line taking a large share of the CPU.
+"""cpu_hotspot: one application line taking a large share of the target's CPU time.
 
-RUNNING samples of the handler threads are grouped by endpoint (or, without a route table, by
-application function) and leaf-most application line. A line is a hotspot when its share of
-the CPU is large *and* it keeps a core busy (`cpu_hotspot_min_core`) *and* costs at least
+CPU here is measured: each sample counts as the CPU time the kernel says its thread used
+(`context.cpu_seconds`), so a line where a thread sleeps, waits on a socket or on a lock costs
+nothing. The samples of the request-handling threads are grouped by endpoint (or, without a
+route table, by application function) and leaf-most application line; samples with no
+application frame are the server's own work (`cpu.server_cpu_shares`), never a hotspot.
+
+A line is a hotspot when its share of the processes' CPU time is large (`cpu_hotspot_share`)
+*and* it keeps a core busy (`cpu_hotspot_min_core`) *and* costs at least
 `cpu_hotspot_min_ms_per_request` per request, so a cheap line of the only endpoint of an idle
-app is not flagged. One flag per group: its hottest line.
+app is not flagged. A line that is not a large share but costs `cpu_hotspot_heavy_ms_per_request`
+of CPU per request (over `min_requests` requests) is a low hotspot. One flag per group: its
+hottest qualifying line.
 
-The share depends on what the sampler knew. With an activity probe (BLOCKED samples or GIL
-ownership recorded), RUNNING samples are on-CPU and the share is the line's part of all RUNNING
-handler-thread samples. Without it, a RUNNING sample may be a thread sleeping or in I/O at that
-line: a sync handler calling `time.sleep` or a blocking client in pool threads looks exactly
-like one computing, and that is the common case for sync handlers. So only the event loop
-thread's samples are considered (a loop thread that sleeps stalls everything and is flagged as
-event_loop_blocked anyway), the share is the line's part of the loop's RUNNING samples, and
-the line's claimed CPU must be plausible against the CPU the processes really used (psutil; at
-most `CPU_PLAUSIBILITY` times the measured cores: py-spy's pauses and lost samples make the two
-disagree by tens of percent, not by multiples). A CPU hotspot in a sync handler then needs the
-sampler's activity probe to be seen.
+Sessions recorded without CPU time (by an older apiscope) get no cpu_hotspot: their RUNNING
+samples may be sleeps.
 
-A line that is not a large share of the CPU but costs a lot *per request* is a hotspot too
-(low): `cpu_hotspot_heavy_ms_per_request` of CPU per request of its endpoint, over at least
-`min_requests` requests, whatever the traffic. Sampled time overstates CPU time when the machine
-is short of cores (a runnable thread waiting for a core still shows its line), so that figure is
-scaled by the process's measured CPU (psutil) over the CPU its running samples claim, when that
-is below 1: every line's per-request time stretches alike on a starved machine, and a cheap
-healthy line must not pass for a heavy one.
+When most of a line's CPU is spent inside a library it calls (a password hash in argon2's C
+code, a compression, a serialiser), the evidence names that call and the severity is low at
+most: the application chose to pay for that work, and the fix (cheaper parameters, caching,
+another worker) is a decision, not a defect.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
+from apiscope.analysis.cpu import total_cpu_seconds
 from apiscope.analysis.flags import frame_location, make_flag, pct, where
-from apiscope.analysis.stats import (
-    active_samples,
-    cpu_time_scale,
-    measured_cores,
-    sampled_seconds,
-)
+from apiscope.analysis.stats import active_samples, sampled_seconds
 from apiscope.analysis.thresholds import grade
-from apiscope.model import Frame, SampleState, ThreadRole
-
-CPU_PLAUSIBILITY = 2.0
+from apiscope.model import Frame
 
 SUGGESTION = ("optimise or cache the work at this line (a profile of one request with pyinstrument"
               " shows the detail), or move it out of the request path")
+SUGGEST_LIBRARY = ("this CPU is spent inside {call}: if it is more than the route needs, lower"
+                   " its cost (parameters, input size), cache its result, or add workers")
 
 Group = tuple[str | None, str]  # (endpoint, function key when there is no endpoint)
+Site = tuple[str, int]  # (file, line)
+
+
+@dataclass(slots=True)
+class _Line:
+    cpu: float = 0.0
+    library_cpu: float = 0.0
+    functions: Counter[str] = field(default_factory=Counter)
+    calls: Counter[str] = field(default_factory=Counter)  # library functions called from it
 
 
 def _group(a: Attributed, frame: Frame) -> Group:
     return (a.endpoint, "" if a.endpoint else f"{frame.file}:{frame.function.split('.')[0]}")
 
 
+def _library_call(a: Attributed) -> str | None:
+    """The library function the application frame called, when the leaf is not the app's."""
+    frames = a.sample.frames
+    if a.user is None or not frames or frames[-1] == a.user:
+        return None
+    below = frames.index(a.user) + 1 if a.user in frames else len(frames) - 1
+    return frames[min(below, len(frames) - 1)].function
+
+
 class CpuHotspotRule:
     kind = "cpu_hotspot"
 
     def check(self, ctx: AnalysisContext) -> list[Flag]:
-        running = [a for a in active_samples(ctx) if a.sample.state is SampleState.RUNNING]
-        if not ctx.activity_known and any(a.role is ThreadRole.LOOP for a in running):
-            running = [a for a in running if a.role is ThreadRole.LOOP]
-        total = sum(a.sample.count for a in running)
+        if not ctx.activity_known:
+            return []  # a session whose CPU was not measured cannot tell a sleep from work
+        total = total_cpu_seconds(ctx)
         wall = sampled_seconds(ctx)
-        if not total or wall <= 0:
+        if total <= 0 or wall <= 0:
             return []
         # Lines are (file, line): a comprehension is its own frame in py-spy (`f.<locals>.
         # <listcomp>`) but the same line of code as its enclosing function's.
-        counts: dict[Group, Counter[tuple[str, int]]] = defaultdict(Counter)
-        names: dict[tuple[str, int], Counter[str]] = defaultdict(Counter)
-        busy: dict[tuple[Group, tuple[str, int]], float] = defaultdict(float)
-        for a in running:
-            if a.user is not None and not a.importing:  # start-up imports are not requests
-                site = (a.user.file, a.user.line)
-                counts[_group(a, a.user)][site] += a.sample.count
-                names[site][a.user.function] += a.sample.count
-                busy[(_group(a, a.user), site)] += a.seconds
-        scale = cpu_time_scale(ctx)
+        lines: dict[Group, dict[Site, _Line]] = defaultdict(dict)
+        for a in active_samples(ctx):
+            if a.cpu <= 0 or a.user is None or a.importing:  # start-up imports: not requests
+                continue
+            line = lines[_group(a, a.user)].setdefault((a.user.file, a.user.line), _Line())
+            line.cpu += a.cpu
+            line.functions[a.user.function] += a.sample.count
+            call = _library_call(a)
+            if call is not None:
+                line.library_cpu += a.cpu
+                line.calls[call] += a.sample.count
         flags = []
-        for group in sorted(counts, key=lambda g: (g[0] or "", g[1])):
-            lines = sorted(counts[group].items(), key=lambda kv: (-kv[1], kv[0]))
-            for site, count in lines:  # the hottest line that qualifies
-                function = sorted(names[site].items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-                flag = self._flag(ctx, group[0], Frame(function, *site), count / total,
-                                  busy[(group, site)], wall, scale)
+        for group in sorted(lines, key=lambda g: (g[0] or "", g[1])):
+            ordered = sorted(lines[group].items(), key=lambda kv: (-kv[1].cpu, kv[0]))
+            for site, line in ordered:  # the hottest line that qualifies
+                flag = self._flag(ctx, group[0], site, line, total, wall)
                 if flag is not None:
                     flags.append(flag)
                     break
         return flags
 
-    def _flag(self, ctx: AnalysisContext, endpoint: str | None, frame: Frame, share: float,
-              busy: float, wall: float, scale: float) -> Flag | None:
+    def _flag(self, ctx: AnalysisContext, endpoint: str | None, site: Site, line: _Line,
+              total: float, wall: float) -> Flag | None:
         th = ctx.thresholds
-        core = busy / wall
-        measured = None if ctx.activity_known else measured_cores(ctx.data.resources)
-        if measured is not None and core > CPU_PLAUSIBILITY * measured:
-            return None
+        share, core = line.cpu / total, line.cpu / wall
         severity = grade(share, th.cpu_hotspot_share)
         requests = len(ctx.by_endpoint.get(endpoint, [])) if endpoint else 0
-        per_request = busy * 1000 / requests if requests else None
+        per_request = line.cpu * 1000 / requests if requests else None
         if severity is not None and (core < th.cpu_hotspot_min_core or (
                 per_request is not None and per_request < th.cpu_hotspot_min_ms_per_request)):
             severity = None
         if severity is None and per_request is not None and requests >= th.min_requests \
-                and per_request * scale >= th.cpu_hotspot_heavy_ms_per_request:
+                and per_request >= th.cpu_hotspot_heavy_ms_per_request:
             severity = "low"
         if severity is None:
             return None
-        loc = frame_location(frame)
-        of_what = ("the event loop's busy samples" if not ctx.activity_known
-                   else "the running thread samples")
-        evidence = f"{where(loc)} took {pct(share)} of {of_what} ({core:.2f} of a core)"
-        metric = {"cpu_share": share, "core_fraction": core, "cpu_seconds": busy}
+        function = sorted(line.functions.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        loc = frame_location(Frame(function, *site))
+        evidence = (f"{where(loc)} used {pct(share)} of the target's measured CPU time"
+                    f" ({core:.2f} of a core)")
+        metric = {"cpu_share": share, "core_fraction": core, "cpu_seconds": line.cpu,
+                  "cause": "cpu"}
         if per_request is not None:
             evidence += f", {per_request:.1f} ms of CPU per request"
             metric["cpu_ms_per_request"] = per_request
-        return make_flag(self.kind, severity, endpoint, loc, evidence, metric, SUGGESTION)
-
+        suggestion = SUGGESTION
+        if line.library_cpu * 2 >= line.cpu:
+            call = line.calls.most_common(1)[0][0]
+            evidence += (f"; {pct(line.library_cpu / line.cpu)} of it inside {call}(),"
+                         " a library call")
+            metric["library_share"] = line.library_cpu / line.cpu
+            suggestion = SUGGEST_LIBRARY.format(call=f"{call}()")
+            severity = "low"
+        return make_flag(self.kind, severity, endpoint, loc, evidence, metric, suggestion)

@@ -1,209 +1,123 @@
-"""gil_contention: threads spending a large share of their samples waiting for the GIL.
+"""gil_contention: request threads measurably waiting for the GIL.
 
-Only one thread runs Python at a time; the others that want to wait in the interpreter, off-CPU.
-The flag is about code that runs in *several threads at once* (sync `def` handlers in the thread
-pool): an endpoint is considered only when its samples show it on two or more handler threads
-(loop and pool workers) of one process in one sampling window. Two ways to see the waits:
+Raised only on measurement, never inferred from threads being off-CPU: a thread waiting on a
+socket inside psycopg, sleeping, or hashing in C code that releases the GIL is not contending.
+Two measurements must agree, in the same sampling window of one process (after the session's
+warm-up, `stats.warmup_end`, when caches fill once):
 
-- GIL state known (an activity probe saw `owns_gil` for the stack): per endpoint, the share of
-  its GIL-known samples that waited, i.e. had `gil` False at a *CPU line* while another thread
-  of the process ran Python in that window (seen holding the GIL, or RUNNING at a stack the
-  probe did not catch). A CPU line is a leaf line that threads were seen holding the GIL at,
-  or on-CPU at (acquiring it), in at least `CPU_LINE_GIL_SHARE` of its GIL-known samples:
-  pure Python gives up the GIL only when another thread asks for it, so not holding it there
-  means waiting for it. A line where threads sleep or do I/O (the GIL released) is never a CPU
-  line, so a pool of threads sleeping in a legacy client is not contention. The bar is low
-  because contention itself lowers it: with four threads runnable at one line, each holds the
-  GIL about a quarter of the time (measured on the sample app's forecast: 16 % to 74 %).
-  Its blind spot is a line that both computes and does I/O, whose I/O waits count as GIL waits
-  when another thread ran Python meanwhile.
-- GIL state unknown (no probe, or a stack the probe never saw): the RUNNING samples beyond the
-  window's ticks (the most samples any one thread got in it) cannot all have held the GIL, so
-  the excess waited; it is spread over the window's RUNNING samples of unknown GIL state.
-  Counted only in windows where at least two worker threads ran and, without a probe and when
-  resource samples exist, the process used at least `GIL_BUSY_CORES` of a core in that window:
-  someone must hold the GIL for others to wait for it, so worker threads all sleeping at a
-  `time.sleep` line (RUNNING, for a sampler without an activity probe) are not mistaken for
-  contention. A lower bound; its blind spot is C code that releases the GIL (hashing,
-  compression, numpy), which it takes for Python code.
+- the agent's GIL watchdog (a thread that wakes every few milliseconds and times how late it
+  gets the GIL back, the time it waited for a CPU in the OS run queue taken out) waited for
+  the GIL at least the lowest `gil_wait_share` of the time;
+- at least two request-handling threads (event loop, pool workers) each used
+  `BUSY_THREAD_CORES` of a core in that window (the kernel's per-thread CPU time): someone
+  other than the watchdog wanted the GIL. One busy event loop alone also makes the watchdog
+  wait, but contends with no one.
 
-The share is the probe's (waited over GIL-known samples) when the probe saw `GIL_MIN_KNOWN`
-of the endpoint's samples, its instants being a fair sample of the endpoint's time; else the
-known and inferred waits over every judged sample (GIL state known, or RUNNING).
-Windows of the session's warm-up (`stats.warmup_end`) are left out: a healthy app that
-computes and caches a result per key contends while its cache fills, once.
-
-The location is the endpoint's hottest line among the samples that held (or most likely held)
-the GIL.
+The share graded is the watchdog's mean wait share over the contended windows; at least
+`GIL_MIN_WINDOWS` of them are needed. The location is the hottest application line running
+(on-CPU, so holding the GIL or in C code) in those windows; without an application line the
+contention is the framework's or a library's and belongs to the server figures, not to a flag.
+Sessions without the agent's watchdog get no gil_contention flag: it cannot be measured there.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
-from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed, Flag
+from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Flag
 from apiscope.analysis.flags import frame_location, make_flag, pct, where
-from apiscope.analysis.stats import measured_cores, warmup_end, window_ticks
+from apiscope.analysis.stats import warmup_end
 from apiscope.analysis.thresholds import grade
-from apiscope.model import Frame, SampleState, ThreadRole
+from apiscope.model import Frame, GilSample
 
-GIL_BUSY_CORES = 0.7
-CPU_LINE_GIL_SHARE = 0.1
-GIL_MIN_KNOWN = 30  # probe-judged samples enough to take the probe's share over the estimate
+BUSY_THREAD_CORES = 0.15
+GIL_MIN_WINDOWS = 2
 
-SUGGESTION = ("move CPU-bound Python out of threads into processes (ProcessPoolExecutor, more"
-              " workers) or into code that releases the GIL; fewer threads contend less")
+SUGGESTION = ("CPU-bound Python in several threads runs one thread at a time: move it into"
+              " processes (a ProcessPoolExecutor, more workers with fewer threads) or into code"
+              " that releases the GIL")
 
-
-@dataclass
-class Tally:
-    """What one endpoint's samples showed."""
-
-    known: int = 0  # samples whose GIL state the probe saw
-    known_waited: int = 0
-    unknown: int = 0  # RUNNING samples of unknown GIL state
-    inferred_waited: float = 0.0
-    holders: list[Attributed] = field(default_factory=list)
-
-    @property
-    def judged(self) -> int:
-        return self.known + self.unknown
-
-    def share(self) -> float:
-        """The probe's share when it saw enough (its instants are a fair sample of the
-        endpoint's time), else the inferred lower bound over every judged sample."""
-        if self.known >= GIL_MIN_KNOWN:
-            return self.known_waited / self.known
-        total = self.judged
-        return (self.known_waited + self.inferred_waited) / total if total else 0.0
+Window = tuple[float, float]
 
 
-def _active_by_window(ctx: AnalysisContext) -> dict[tuple[float, int], list[Attributed]]:
-    """The busy handler-thread samples per (window, pid), after the warm-up."""
-    by_window: dict[tuple[float, int], list[Attributed]] = defaultdict(list)
-    steady = warmup_end(ctx)
-    for a in ctx.samples:
-        if a.active and a.role in HANDLER_ROLES and a.window >= steady:
-            by_window[(a.window, a.sample.pid)].append(a)
-    return by_window
-
-
-def _leaf(a: Attributed) -> Frame | None:
-    return a.sample.frames[-1] if a.sample.frames else None
-
-
-def cpu_lines(samples: list[Attributed]) -> set[tuple[int, Frame | None]]:
-    """(pid, leaf) lines threads were seen holding the GIL at, or on-CPU at, often enough to
-    be CPU work."""
-    held: Counter[tuple[int, Frame | None]] = Counter()
-    known: Counter[tuple[int, Frame | None]] = Counter()
-    for a in samples:
-        if a.sample.gil is not None:
-            key = (a.sample.pid, _leaf(a))
-            known[key] += a.sample.count
-            # on-CPU without the GIL at a Python line is a thread acquiring it: CPU work too
-            busy = a.sample.gil or a.sample.state is SampleState.RUNNING
-            held[key] += a.sample.count if busy else 0
-    return {key for key, n in known.items() if held[key] >= CPU_LINE_GIL_SHARE * n}
-
-
-def _multi_threaded(windows: dict[tuple[float, int], list[Attributed]]) -> set[str]:
-    """Endpoints seen on two or more handler threads of a process within one window."""
-    threads: dict[tuple[float, int, str], set[int]] = defaultdict(set)
-    for (window, pid), samples in windows.items():
-        for a in samples:
-            if a.endpoint is not None:
-                threads[(window, pid, a.endpoint)].add(a.sample.tid)
-    return {endpoint for (_, _, endpoint), tids in threads.items() if len(tids) >= 2}
-
-
-def tallies(ctx: AnalysisContext,
-            windows: dict[tuple[float, int], list[Attributed]]) -> dict[str, Tally]:
-    """Per endpoint that ran in several threads at once: its waits, known and inferred."""
-    every = [a for samples in windows.values() for a in samples]
-    lines = cpu_lines(every)
-    eligible = _multi_threaded(windows)
-    ticks = window_ticks(ctx)
-    out: dict[str, Tally] = defaultdict(Tally)
-    for (window, pid), samples in windows.items():
-        # Threads that ran Python in the window: seen holding the GIL, or RUNNING with its
-        # state unknown (a stack the probe did not catch, such as the loop's framework code).
-        holders = {a.sample.tid for a in samples if a.sample.gil or (
-            a.sample.gil is None and a.sample.state is SampleState.RUNNING)}
-        inferred = _inferred_waits(ctx, window, pid, samples, ticks.get(window, 0))
-        for a in samples:
-            if a.endpoint is None or a.endpoint not in eligible:
-                continue
-            tally = out[a.endpoint]
-            if a.sample.gil is None:
-                if a.sample.state is SampleState.RUNNING:
-                    tally.unknown += a.sample.count
-                    tally.inferred_waited += inferred * a.sample.count
-                    tally.holders.append(a)
-                continue
-            tally.known += a.sample.count
-            if a.sample.gil:
-                tally.holders.append(a)
-            elif (a.sample.pid, _leaf(a)) in lines and holders - {a.sample.tid}:
-                tally.known_waited += a.sample.count
-    return dict(out)
-
-
-def _inferred_waits(ctx: AnalysisContext, window: float, pid: int, samples: list[Attributed],
-                    ticks: int) -> float:
-    """The share of each RUNNING sample of unknown GIL state that must have waited (see the
-    module docstring): the window's running samples beyond its ticks, spread over them."""
-    running = [a for a in samples if a.sample.state is SampleState.RUNNING]
-    workers = {a.sample.tid for a in running if a.role is ThreadRole.WORKER}
-    unknown = sum(a.sample.count for a in running if a.sample.gil is None)
-    if len(workers) < 2 or not unknown:
-        return 0.0
-    if not ctx.activity_known and not _gil_held(ctx, window, pid):
-        return 0.0
-    excess = sum(a.sample.count for a in running) - ticks
-    return min(1.0, max(0, excess) / unknown)
-
-
-def _gil_held(ctx: AnalysisContext, window: float, pid: int) -> bool:
-    """Whether the process was busy enough in the window for the GIL to be held throughout."""
-    if not ctx.data.resources:
-        return True
-    end = next((w.end for w in ctx.data.windows if w.start == window), window + 1.0)
-    cores = measured_cores(ctx.data.resources, pid, window, max(end, window + 1.0))
-    return cores is not None and cores >= GIL_BUSY_CORES
+def wait_share(gil: Sequence[GilSample], start: float, end: float) -> float | None:
+    """The watchdog's GIL wait share over [start, end), weighted by overlap."""
+    observed = waited = 0.0
+    for g in gil:
+        lo, hi = max(start, g.ts - g.seconds), min(end, g.ts)
+        if hi > lo and g.seconds > 0:
+            part = (hi - lo) / g.seconds
+            observed += g.seconds * part
+            waited += g.wait_seconds * part
+    return waited / observed if observed > 0 else None
 
 
 class GilContentionRule:
     kind = "gil_contention"
 
     def check(self, ctx: AnalysisContext) -> list[Flag]:
-        found = tallies(ctx, _active_by_window(ctx))
+        if not ctx.data.gil:
+            return []
+        contended = self._contended(ctx)
         flags = []
-        for endpoint in sorted(found):
-            flag = self._flag(ctx, endpoint, found[endpoint])
-            if flag is not None:
-                flags.append(flag)
+        for pid in sorted({pid for pid, _ in contended}):
+            windows = {w: share for (p, w), share in contended.items() if p == pid}
+            if len(windows) >= GIL_MIN_WINDOWS:
+                flag = self._flag(ctx, pid, windows)
+                if flag is not None:
+                    flags.append(flag)
         return flags
 
-    def _flag(self, ctx: AnalysisContext, endpoint: str, tally: Tally) -> Flag | None:
-        if not tally.judged:
+    def _contended(self, ctx: AnalysisContext) -> dict[tuple[int, Window], float]:
+        """(pid, window) -> the watchdog's wait share, for the windows that contended."""
+        ends = {w.start: w.end for w in ctx.data.windows}
+        warm = warmup_end(ctx)
+        roles = ctx.data.roles
+        busy: Counter[tuple[int, float]] = Counter()
+        for c in ctx.data.thread_cpu:
+            seconds = ends.get(c.window, c.window) - c.window
+            if (seconds > 0 and c.window >= warm and roles.get((c.pid, c.tid)) in HANDLER_ROLES
+                    and c.seconds >= BUSY_THREAD_CORES * seconds):
+                busy[(c.pid, c.window)] += 1
+        by_pid: dict[int, list[GilSample]] = defaultdict(list)
+        for g in ctx.data.gil:
+            by_pid[g.pid].append(g)
+        low = ctx.thresholds.gil_wait_share[0]
+        out: dict[tuple[int, Window], float] = {}
+        for (pid, start), threads in busy.items():
+            share = wait_share(by_pid.get(pid, []), start, ends[start])
+            if threads >= 2 and share is not None and share >= low:
+                out[(pid, (start, ends[start]))] = share
+        return out
+
+    def _flag(self, ctx: AnalysisContext, pid: int, windows: dict[Window, float]) -> Flag | None:
+        starts = {w[0] for w in windows}
+        lines: Counter[Frame] = Counter()
+        routes: Counter[str | None] = Counter()
+        for a in ctx.samples:
+            if (a.sample.pid == pid and a.window in starts and a.cpu > 0 and a.user is not None
+                    and not a.tool and a.role in HANDLER_ROLES):
+                lines[a.user] += a.sample.count
+                routes[a.endpoint] += a.sample.count
+        if not lines:
             return None
-        share = tally.share()
-        waited = share * tally.judged
+        share = sum(windows.values()) / len(windows)
         severity = grade(share, ctx.thresholds.gil_wait_share)
-        if severity is None or waited < ctx.thresholds.gil_min_wait_samples:
+        if severity is None:
             return None
-        lines: Counter[tuple[str | None, Frame]] = Counter()
-        for a in tally.holders:
-            if a.user is not None:
-                lines[(a.endpoint, a.user)] += a.sample.count
-        route, frame = (endpoint, None) if not lines else sorted(
-            lines.items(), key=lambda kv: (-kv[1], kv[0][0] or "", kv[0][1].line))[0][0]
-        loc = frame_location(frame)
-        evidence = (f"{pct(share)} of {endpoint}'s thread samples waited for the GIL"
-                    f" (about {waited:.0f} of {tally.judged}) while another thread held it;"
-                    f" the hottest GIL-holding line is {where(loc)}")
-        metric = {"gil_wait_share": share, "waiting_samples": round(waited),
-                  "active_samples": tally.judged, "probe_samples": tally.known}
+        hot = max(lines.items(), key=lambda kv: (kv[1], kv[0].file, kv[0].line))[0]
+        route = routes.most_common(1)[0][0]
+        gil = [g for g in ctx.data.gil if g.pid == pid]
+        waits = sum(g.acquisitions for g in gil)
+        mean_ms = sum(g.wait_seconds for g in gil) * 1000 / waits if waits else 0.0
+        seconds = sum(end - start for start, end in windows)
+        loc = frame_location(hot)
+        evidence = (f"threads of process {pid} waited for the GIL {pct(share)} of the time over"
+                    f" {seconds:.0f} s while two or more request threads ran at once (measured"
+                    f" by the agent's GIL watchdog, {mean_ms:.1f} ms per wait on average);"
+                    f" the hottest line holding it: {where(loc)}")
+        metric = {"gil_wait_share": share, "contended_seconds": seconds,
+                  "mean_wait_ms": mean_ms, "max_wait_ms": max(g.max_wait_ms for g in gil),
+                  "cause": "gil"}
         return make_flag(self.kind, severity, route, loc, evidence, metric, SUGGESTION)

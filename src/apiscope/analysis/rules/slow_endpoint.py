@@ -12,15 +12,23 @@ p95 is judged on the requests after the session's warm-up (`warmup_end`, as the 
 steady-state rules do), when at least `min_requests` of them remain: the first requests of a
 freshly started server fill caches and connection pools once, and a p95 driven only by them
 says nothing about the endpoint's steady latency. The endpoint table still counts them all.
+
+The location is the slow call, not the route's decorator: the dominant await site of its
+profiled requests when one dominates, else the application line where the route's threads
+spent most of their (wall-clock) time in the stack samples, else the handler.
 """
 
 from __future__ import annotations
 
-from apiscope.analysis.context import AnalysisContext, Flag
-from apiscope.analysis.flags import handler_location, make_flag
-from apiscope.analysis.profiles import aggregate, dominant_await
+from collections import Counter
+from typing import Any
+
+from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Flag
+from apiscope.analysis.flags import frame_location, handler_location, location, make_flag
+from apiscope.analysis.profiles import RouteProfiles, aggregate, dominant_await
 from apiscope.analysis.stats import percentile, warmup_end
 from apiscope.analysis.thresholds import grade
+from apiscope.model import Frame
 
 SUGGESTION = ("profile one slow request (see the flamegraph for this route) and fix what"
               " dominates it; the other flags on this report point at likely causes")
@@ -45,6 +53,23 @@ def explanations(ctx: AnalysisContext, endpoint: str) -> tuple[list[str], bool]:
             out.add(f"see {kind} on this route")
             own = True
     return sorted(out), bool(out) and not own
+
+
+def slow_call(ctx: AnalysisContext, endpoint: str,
+              profiles: RouteProfiles | None) -> dict[str, Any] | None:
+    """Where the endpoint's time goes (see the module docstring)."""
+    site = profiles.dominant if profiles is not None else None
+    if site is not None and site.share >= ctx.thresholds.await_share[0]:
+        return location(site.file, site.line, site.function)
+    lines: Counter[Frame] = Counter()
+    for a in ctx.samples:
+        if (a.endpoint == endpoint and a.active and a.user is not None and not a.tool
+                and a.role in HANDLER_ROLES):
+            lines[a.user] += a.sample.count
+    if lines:
+        hot = max(lines.items(), key=lambda kv: (kv[1], kv[0].file, kv[0].line))[0]
+        return frame_location(hot)
+    return handler_location(ctx, endpoint)
 
 
 class SlowEndpointRule:
@@ -79,6 +104,7 @@ class SlowEndpointRule:
                 continue
             metric = {"p95_ms": p95, "p50_ms": percentile(durations, 0.5), "slo_ms": ctx.slo_ms,
                       "count": len(records)}
-            flags.append(make_flag(self.kind, severity, endpoint, handler_location(ctx, endpoint),
-                                   evidence, metric, SUGGESTION))
+            loc = slow_call(ctx, endpoint, profiled.get(endpoint))
+            flags.append(make_flag(self.kind, severity, endpoint, loc, evidence, metric,
+                                   SUGGESTION))
         return flags

@@ -1,0 +1,54 @@
+"""Advice in the API of the framework actually serving the route.
+
+The framework is read off the stacks that ran the route (the package its frames come from), so
+a fix names `run_in_threadpool` for Starlette and FastAPI, `sync_to_async` for Django,
+`sync_to_thread` for Litestar, and `asyncio.to_thread` for anything else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from apiscope.model import Frame
+
+_PACKAGES = (
+    ("django", re.compile(r"[/\\](django|asgiref|rest_framework)[/\\]")),
+    ("litestar", re.compile(r"[/\\]litestar[/\\]")),
+    ("starlette", re.compile(r"[/\\](starlette|fastapi)[/\\]")),
+)
+
+OFFLOAD = {
+    "starlette": "await run_in_threadpool(...) (from starlette.concurrency)",
+    "django": "await sync_to_async(...)(...) (from asgiref.sync)",
+    "litestar": "await sync_to_thread(...) (from litestar.concurrency)",
+    None: "await asyncio.to_thread(...)",
+}
+
+
+def framework_of(stacks: Iterable[Sequence[Frame]]) -> str | None:
+    """"starlette" (FastAPI too), "django", "litestar", or None when no stack shows one.
+
+    Read from the leaf: the framework frame nearest the handler is the one that dispatched it
+    (a Django app mounted in Starlette, or behind Starlette middleware, is Django's)."""
+    for frames in stacks:
+        for frame in reversed(frames):
+            for name, pattern in _PACKAGES:
+                if pattern.search(frame.file):
+                    return name
+    return None
+
+
+def offload(framework: str | None) -> str:
+    """How to run a blocking call in a thread, in that framework's API."""
+    return OFFLOAD.get(framework, OFFLOAD[None])
+
+
+def blocking_advice(framework: str | None) -> str:
+    return ("replace the blocking call with its async form (await asyncio.sleep, an async client"
+            f" or driver) or run it in a thread: {offload(framework)}")
+
+
+def cpu_advice(framework: str | None) -> str:
+    return ("move the CPU-bound work off the event loop: "
+            f"{offload(framework)} for short work, a ProcessPoolExecutor for heavy work")

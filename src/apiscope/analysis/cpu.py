@@ -1,0 +1,58 @@
+"""The target's CPU time and where it went: to endpoints, to the server, to the tools.
+
+Every figure here rests on the kernel's per-thread CPU time (`context.cpu_seconds`): a sample
+counts only as the CPU its thread really used, so a handler sleeping or waiting on a socket
+costs nothing, whatever its stack shows. The denominator is the processes' own CPU time over
+the session (threads that ended within a window included), so the shares of the endpoints, the
+server's own work and the rest add up to at most one.
+
+- An endpoint's share: the CPU of the samples inside its handler.
+- The server's share (per process): the CPU of the request-handling threads (event loop,
+  thread pool) while no application frame was on their stack: HTTP parsing, routing,
+  middleware, logging, serialisation in the framework, dispatch to the pool.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext
+
+
+def process_cpu_seconds(ctx: AnalysisContext) -> dict[int, float]:
+    """CPU seconds each process used over the session: measured, or (older sessions) what its
+    RUNNING samples stand for."""
+    totals: dict[int, float] = defaultdict(float)
+    if ctx.data.process_cpu:
+        for c in ctx.data.process_cpu:
+            totals[c.pid] += c.seconds
+    else:
+        for a in ctx.samples:
+            totals[a.sample.pid] += a.cpu
+    return dict(totals)
+
+
+def total_cpu_seconds(ctx: AnalysisContext) -> float:
+    return sum(process_cpu_seconds(ctx).values())
+
+
+def cpu_shares(ctx: AnalysisContext) -> dict[str, float]:
+    """Each endpoint's share of the target's CPU time."""
+    total = total_cpu_seconds(ctx)
+    if total <= 0:
+        return {}
+    used: dict[str, float] = defaultdict(float)
+    for a in ctx.samples:
+        if a.endpoint is not None and a.cpu and not a.tool:
+            used[a.endpoint] += a.cpu
+    return {endpoint: min(1.0, cpu / total) for endpoint, cpu in used.items()}
+
+
+def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
+    """Each process's share of its CPU time spent in the server's and framework's own work."""
+    totals = process_cpu_seconds(ctx)
+    server: dict[int, float] = defaultdict(float)
+    for a in ctx.samples:
+        if a.cpu and a.user is None and not a.tool and a.role in HANDLER_ROLES:
+            server[a.sample.pid] += a.cpu
+    return {pid: min(1.0, server[pid] / total) for pid, total in totals.items() if total > 0}

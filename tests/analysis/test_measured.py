@@ -1,0 +1,166 @@
+"""The rules on sessions where CPU time and the loop and GIL were measured, as the collector
+records them now: the kernel's per-thread CPU time, the agent's loop and GIL watchdogs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from apiscope.analysis.report import build_report
+from apiscope.model import Frame, GilSample, LoopLagSample, LoopStall, SampleState
+from tests.analysis.builder import (
+    APP,
+    LOOP_TID,
+    PID,
+    SITE,
+    T0,
+    W1,
+    W2,
+    Spec,
+    app,
+    healthy,
+    idle_loop,
+    on_loop,
+    on_worker,
+    request,
+    sample,
+    write_and_open,
+)
+
+DJANGO = f"{SITE}/django/core/handlers/base.py"
+PSYCOPG_WAIT = Frame("wait_c", f"{SITE}/psycopg/waiting.py", 280)
+ARGON2 = Frame("hash_secret", f"{SITE}/argon2/low_level.py", 97)
+
+
+def report_of(spec: Spec, tmp_path: Path) -> dict[str, Any]:
+    with write_and_open(spec, tmp_path / "s.sqlite") as reader:
+        return build_report(reader)
+
+
+def measured_healthy() -> Spec:
+    """The popular FastAPI template's shape: sync routes whose pool threads wait on PostgreSQL
+    (GIL released, off-CPU) and a login hashing with argon2 (C code, on-CPU)."""
+    spec = healthy()
+    spec.measured = True
+    spec.per_window += [
+        sample(W1, on_worker(app("list_orders", 114), PSYCOPG_WAIT), 40, SampleState.BLOCKED),
+        sample(W2, on_worker(app("create_item", 24), ARGON2), 30),
+    ]
+    spec.loop_lag = [LoopLagSample(T0 + i + 1, PID, 40, 0.3, 2.0, 4.0) for i in range(30)]
+    # The GIL watchdog waits little: the pool threads release the GIL in their waits and C code.
+    spec.gil = [GilSample(T0 + i + 1, PID, 1.0, 0.01, 150, 1.5) for i in range(30)]
+    return spec
+
+
+def stall(line: int, duration_ms: float, cpu_ms: float, at: float,
+          frames: tuple[Frame, ...] | None = None) -> LoopStall:
+    stack = frames if frames is not None else on_loop(app("summary", line))
+    return LoopStall(PID, LOOP_TID, at, duration_ms, stack, cpu_ms)
+
+
+def test_measured_healthy_app_with_db_waits_and_hashing_gets_no_medium_or_high_flag(
+        tmp_path: Path) -> None:
+    report = report_of(measured_healthy(), tmp_path)
+    assert [f for f in report["flags"] if f["severity"] != "low"] == []
+    for flag in report["flags"]:
+        assert flag["location"] is None or flag["location"]["file"] == APP
+    assert not [f for f in report["flags"] if f["kind"] == "gil_contention"]
+
+
+def test_cpu_share_rests_on_the_measured_cpu_time(tmp_path: Path) -> None:
+    spec = measured_healthy()
+    spec.extra_cpu = 0.1  # CPU of threads that were never sampled
+    report = report_of(spec, tmp_path)
+    shares = {e["route"]: e["cpu_share"] for e in report["endpoints"]}
+    running = 24 + 8 + 4 + 4 + 5 + 5 + 30  # RUNNING samples a window
+    total = running / 100 + 0.1  # seconds of CPU a window
+    # The orders route waits on PostgreSQL: only its 4 loop samples ran.
+    assert shares["GET /orders"] == round(0.04 / total, 4)
+    assert shares["POST /items"] == round(0.40 / total, 4)  # 10 + the 30 hashing
+    [proc] = report["processes"]
+    assert proc["server_cpu_share"] == round(0.24 / total, 4)  # the framework's own work
+    assert proc["loop_lag_ms"] == {"p50": 0.3, "p99": 2.0}
+
+
+def test_hashing_in_a_library_is_named_and_never_above_low(tmp_path: Path) -> None:
+    spec = measured_healthy()
+    spec.per_window.append(sample(W1, on_worker(app("create_item", 24), ARGON2), 60))
+    report = report_of(spec, tmp_path)
+    hot = [f for f in report["flags"] if f["kind"] == "cpu_hotspot"]
+    assert hot and all(f["severity"] == "low" for f in hot)
+    assert "hash_secret()" in hot[0]["evidence"] and "library" in hot[0]["evidence"]
+    assert hot[0]["location"]["line"] == 24
+
+
+def test_a_sleep_on_the_loop_is_found_at_its_line_as_a_wait(tmp_path: Path) -> None:
+    spec = measured_healthy()
+    spec.loop_stalls = [stall(87, 120.0, 1.0, T0 + 5 + i * 0.5) for i in range(40)]
+    spec.requests += [request("GET /reports/summary", T0 + 5 + i * 0.5, 125.0)
+                      for i in range(40)]
+    report = report_of(spec, tmp_path)
+    [flag] = [f for f in report["flags"] if f["kind"] == "event_loop_blocked"]
+    assert flag["route"] == "GET /reports/summary"
+    assert (flag["location"]["file"], flag["location"]["line"]) == (APP, 87)
+    assert flag["metric"]["cause"] == "wait" and flag["metric"]["stalls"] == 40
+    assert flag["severity"] == "medium"  # 4.8 s of 30 s: 16% of the loop
+    assert "run_in_threadpool" in flag["suggestion"]
+    assert "waiting off-CPU" in flag["evidence"]
+
+
+def test_cpu_work_on_the_loop_is_told_from_a_sleep(tmp_path: Path) -> None:
+    spec = measured_healthy()
+    spec.loop_stalls = [stall(90, 60.0, 58.0, T0 + 5 + i * 0.5) for i in range(20)]
+    report = report_of(spec, tmp_path)
+    [flag] = [f for f in report["flags"] if f["kind"] == "event_loop_blocked"]
+    assert flag["metric"]["cause"] == "cpu" and flag["location"]["line"] == 90
+    assert "running CPU work" in flag["evidence"]
+
+
+def test_stalls_in_the_framework_alone_are_not_the_applications_fault(tmp_path: Path) -> None:
+    spec = measured_healthy()
+    framework = on_loop(Frame("<module>", "/srv/venv/bin/uvicorn", 8),
+                        Frame("serialize", f"{SITE}/pydantic/main.py", 400))
+    spec.loop_stalls = [stall(0, 80.0, 79.0, T0 + i, framework) for i in range(25)]
+    report = report_of(spec, tmp_path)
+    assert not [f for f in report["flags"] if f["kind"] == "event_loop_blocked"]
+
+
+def test_advice_names_the_framework_serving_the_route(tmp_path: Path) -> None:
+    spec = measured_healthy()
+    frames = (*on_loop(), Frame("get_response_async", DJANGO, 150), app("summary", 87))
+    spec.loop_stalls = [stall(87, 100.0, 0.5, T0 + 5 + i, frames) for i in range(20)]
+    report = report_of(spec, tmp_path)
+    [flag] = [f for f in report["flags"] if f["kind"] == "event_loop_blocked"]
+    assert "sync_to_async" in flag["suggestion"]
+
+
+def gil_spec(busy_threads: int, wait: float) -> Spec:
+    """Pool threads running Python at line 25 while the event loop idles."""
+    spec = healthy()
+    spec.measured = True
+    spec.per_window = [s for s in spec.per_window if s.tid != LOOP_TID] + [idle_loop(100)]
+    for tid in (W1, W2)[:busy_threads]:
+        spec.per_window.append(sample(tid, on_worker(app("create_item", 25)), 50))
+    spec.gil = [GilSample(T0 + i + 1, PID, 1.0, wait, 120, 6.0) for i in range(30)]
+    return spec
+
+
+def test_gil_contention_needs_a_measured_wait_and_two_busy_threads(tmp_path: Path) -> None:
+    report = report_of(gil_spec(2, 0.5), tmp_path / "a")
+    [flag] = [f for f in report["flags"] if f["kind"] == "gil_contention"]
+    assert flag["location"]["line"] == 25 and flag["metric"]["cause"] == "gil"
+    assert flag["severity"] == "medium"
+    # One busy thread makes the watchdog wait, but contends with no one.
+    assert not [f for f in report_of(gil_spec(1, 0.5), tmp_path / "b")["flags"]
+                if f["kind"] == "gil_contention"]
+    # Two busy threads in C code that releases the GIL: the watchdog barely waits.
+    assert not [f for f in report_of(gil_spec(2, 0.02), tmp_path / "c")["flags"]
+                if f["kind"] == "gil_contention"]
+
+
+def test_no_flag_is_located_at_a_bin_script(tmp_path: Path) -> None:
+    spec = measured_healthy()
+    entry = Frame("<module>", "/srv/venv/bin/gunicorn", 8)
+    spec.per_window.append(sample(LOOP_TID, (entry, *on_loop()), 60))
+    report = report_of(spec, tmp_path)
+    assert all("bin/" not in str((f["location"] or {}).get("file")) for f in report["flags"])
