@@ -64,6 +64,8 @@ class StackWindow:
     # CPU seconds each (pid, tid) used in the window, and each process in all (the kernel's).
     thread_cpu: dict[tuple[int, int], float] = field(default_factory=dict)
     process_cpu: dict[int, float] = field(default_factory=dict)
+    # Seconds each (pid, tid) waited in the run queue for a CPU in the window.
+    thread_runqueue: dict[tuple[int, int], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,7 @@ class ThreadCpu:
     pid: int
     tid: int
     seconds: float
+    runqueue: float | None = None  # seconds waiting in the run queue for a CPU, when known
 
 
 @dataclass(frozen=True, slots=True)

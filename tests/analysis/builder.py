@@ -113,6 +113,7 @@ class Spec:
     # `extra_cpu` seconds a window (threads that were not sampled).
     measured: bool = False
     extra_cpu: float = 0.0
+    runqueue: float = 0.0  # each thread's run-queue seconds a window, when measured
     loop_stalls: list[LoopStall] = field(default_factory=list)
     loop_lag: list[LoopLagSample] = field(default_factory=list)
     gil: list[GilSample] = field(default_factory=list)
@@ -140,9 +141,10 @@ class Spec:
                 samples = tuple(self.per_window + self.extra_windows.get(i, []))
                 cpu = self.cpu(samples) if self.measured else {}
                 process = {PID: sum(cpu.values()) + self.extra_cpu} if self.measured else {}
+                waits = {key: self.runqueue for key in cpu}
                 writer.put_window(StackWindow(T0 + i, T0 + i + 1, self.rate, samples,
                                               threads=self.roles(), thread_cpu=cpu,
-                                              process_cpu=process))
+                                              process_cpu=process, thread_runqueue=waits))
             writer.put_loop_stalls(self.loop_stalls)
             writer.put_loop_lag(self.loop_lag)
             writer.put_gil(self.gil)

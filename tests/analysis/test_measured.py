@@ -164,3 +164,34 @@ def test_no_flag_is_located_at_a_bin_script(tmp_path: Path) -> None:
     spec.per_window.append(sample(LOOP_TID, (entry, *on_loop()), 60))
     report = report_of(spec, tmp_path)
     assert all("bin/" not in str((f["location"] or {}).get("file")) for f in report["flags"])
+
+
+def slow_login(spec: Spec) -> Spec:
+    """A login route at p95 300 ms, its CPU inside argon2 (W2: 30 samples a window)."""
+    spec.requests += [request("POST /items", T0 + 10 + i * 0.1, 240.0 + (i % 20) * 4)
+                      for i in range(150)]
+    return spec
+
+
+def test_a_route_slow_from_library_work_it_makes_on_purpose_is_low(tmp_path: Path) -> None:
+    spec = measured_healthy()
+    spec.per_window.append(sample(W1, on_worker(app("create_item", 24), ARGON2), 60))
+    report = report_of(slow_login(spec), tmp_path)
+    [flag] = [f for f in report["flags"] if f["kind"] == "slow_endpoint"]
+    assert flag["route"] == "POST /items" and flag["severity"] == "low"
+    assert "hash_secret()" in flag["evidence"]
+    assert flag["location"]["line"] == 24  # the slow call, not the decorator
+
+
+def test_slowness_for_want_of_cpu_is_said_and_graded_low(tmp_path: Path) -> None:
+    spec = measured_healthy()
+    spec.requests += [request("GET /health", T0 + 10 + i * 0.1, 400.0) for i in range(100)]
+    spec.runqueue = 0.0
+    [busy] = [f for f in report_of(spec, tmp_path / "a")["flags"]
+              if f["kind"] == "slow_endpoint"]
+    assert busy["severity"] == "medium"
+    spec.runqueue = 0.4  # each thread waited 0.4 s a window for a CPU
+    report = report_of(spec, tmp_path / "b")
+    [starved] = [f for f in report["flags"] if f["kind"] == "slow_endpoint"]
+    assert starved["severity"] == "low" and "no CPU to spare" in starved["evidence"]
+    assert report["processes"][0]["runqueue_share"] > 0.25

@@ -31,16 +31,19 @@ def test_reads_schedstat_nanoseconds_and_falls_back_to_stat_ticks(tmp_path: Path
     write_task(tmp_path, 42, 43, None, stat_line(50, 25))
     reading = ThreadCpuReader(str(tmp_path)).read([42, 99])
     assert reading.threads[(42, 42)] == 1.5
+    assert reading.runqueue == {(42, 42): 2e-06}  # only schedstat knows the run queue
     assert abs(reading.threads[(42, 43)] - 0.75) < 1e-9  # 75 ticks of 10 ms
     assert abs(reading.processes[42] - 4.0) < 1e-9
 
 
 def test_usage_counts_new_threads_from_zero_and_skips_unknown_processes() -> None:
-    before = CpuReading({(1, 1): 2.0}, {1: 2.0})
-    after = CpuReading({(1, 1): 2.5, (1, 2): 0.25, (7, 7): 9.0}, {1: 2.75, 7: 9.0})
+    before = CpuReading({(1, 1): 2.0}, {1: 2.0}, {(1, 1): 1.0})
+    after = CpuReading({(1, 1): 2.5, (1, 2): 0.25, (7, 7): 9.0}, {1: 2.75, 7: 9.0},
+                       {(1, 1): 1.5, (7, 7): 3.0})
     used = usage(before, after)
     assert used.threads == {(1, 1): 0.5, (1, 2): 0.25}
     assert used.processes == {1: 0.75}
+    assert used.runqueue == {(1, 1): 0.5}
 
 
 def test_real_threads_spinning_and_sleeping() -> None:

@@ -131,6 +131,14 @@ def user_frame(frames: Sequence[Frame], app_roots: Sequence[str],
     return None
 
 
+def library_call(frames: Sequence[Frame], user: Frame | None) -> str | None:
+    """The function the application frame `user` called, when the leaf is not the app's own
+    line: the library (or standard library) code the time is spent in."""
+    if user is None or not frames or frames[-1] == user or user not in frames:
+        return None
+    return frames[frames.index(user) + 1].function
+
+
 # Profilers that run inside the target's threads: their frames are measurement overhead.
 _PROFILER_PACKAGES = re.compile(r"[/\\](site|dist)-packages[/\\]pyinstrument[/\\]")
 

@@ -7,6 +7,9 @@ the session (threads that ended within a window included), so the shares of the 
 server's own work and the rest add up to at most one.
 
 - An endpoint's share: the CPU of the samples inside its handler.
+- The run-queue share (per process): of the time the request threads were runnable, the part
+  they waited for a CPU the host did not have (schedstat). High, and every route is slow for
+  want of CPU, not because of its own code.
 - The server's share (per process): the CPU of the request-handling threads (event loop,
   thread pool) while no application frame was on their stack: HTTP parsing, routing,
   middleware, logging, serialisation in the framework, dispatch to the pool.
@@ -56,3 +59,15 @@ def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
         if a.cpu and a.user is None and not a.tool and a.role in HANDLER_ROLES:
             server[a.sample.pid] += a.cpu
     return {pid: min(1.0, server[pid] / total) for pid, total in totals.items() if total > 0}
+
+
+def runqueue_shares(ctx: AnalysisContext) -> dict[int, float]:
+    """Per process: run-queue seconds / (run-queue + CPU seconds) of its request threads."""
+    waited: dict[int, float] = defaultdict(float)
+    ran: dict[int, float] = defaultdict(float)
+    for c in ctx.data.thread_cpu:
+        if c.runqueue is not None and ctx.data.roles.get((c.pid, c.tid)) in HANDLER_ROLES:
+            waited[c.pid] += c.runqueue
+            ran[c.pid] += c.seconds
+    return {pid: waited[pid] / (waited[pid] + ran[pid])
+            for pid in waited if waited[pid] + ran[pid] > 0}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed
-from apiscope.analysis.cpu import cpu_shares, server_cpu_shares
+from apiscope.analysis.cpu import cpu_shares, runqueue_shares, server_cpu_shares
 from apiscope.model import RequestRecord, ResourceSample, SampleState
 
 MB = 1024 * 1024
@@ -194,6 +194,7 @@ def process_stats(ctx: AnalysisContext) -> list[dict[str, Any]]:
     for sample in ctx.data.resources:
         by_pid[sample.pid].append(sample)
     server = server_cpu_shares(ctx) if ctx.activity_known else {}
+    waits = runqueue_shares(ctx)
     out: list[dict[str, Any]] = []
     for pid in sorted(by_pid):
         samples = sorted(by_pid[pid], key=lambda s: s.ts)
@@ -205,6 +206,7 @@ def process_stats(ctx: AnalysisContext) -> list[dict[str, Any]]:
             "threads_max": max(s.threads for s in samples),
             "fds_max": max(s.fds for s in samples),
             "server_cpu_share": round(server[pid], 4) if pid in server else None,
+            "runqueue_share": round(waits[pid], 4) if pid in waits else None,
             "loop_lag_ms": loop_lag(ctx, pid),
         })
     return out

@@ -401,7 +401,7 @@ class StackSampler:
         window = StackWindow(start=start, end=end, rate_hz=self.options.rate_hz,
                              samples=samples, errors=summary.errors if summary else 0,
                              threads=roles, thread_cpu=used.threads,
-                             process_cpu=used.processes)
+                             process_cpu=used.processes, thread_runqueue=used.runqueue)
         # Exited workers drop out of the processes whose threads are read.
         self._pids = {self.pid} | {s.pid for s in samples}
         self._account(window, profile.bad_lines)

@@ -6,7 +6,8 @@ hashing in argon2's C code can show the very same Python line as one computing t
 knows: `/proc/PID/task/TID/schedstat` holds the nanoseconds each thread spent on a CPU (its first
 field) and waiting in the run queue for one (its second). Read at every window's edges, the
 difference is the CPU time each thread used in that window; `oncpu.py` then decides how many of
-the thread's samples were running.
+the thread's samples were running. The run-queue time tells a thread that was slow because the
+host had no free CPU from one that was slow in its own code.
 
 Where schedstat is missing (kernels without CONFIG_SCHED_INFO), `/proc/PID/task/TID/stat`'s
 utime + stime is used instead, in clock ticks (usually 10 ms): coarser, still measured.
@@ -27,18 +28,21 @@ _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 @dataclass(frozen=True, slots=True)
 class CpuReading:
-    """Cumulative CPU seconds of each thread and each process at one instant."""
+    """Cumulative CPU seconds of each thread and each process at one instant, and each
+    thread's seconds waiting in the run queue for a CPU (where schedstat exists)."""
 
     threads: dict[ThreadKey, float] = field(default_factory=dict)
     processes: dict[int, float] = field(default_factory=dict)
+    runqueue: dict[ThreadKey, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class CpuUsage:
-    """CPU seconds used between two readings."""
+    """CPU seconds used, and run-queue seconds waited, between two readings."""
 
     threads: dict[ThreadKey, float] = field(default_factory=dict)
     processes: dict[int, float] = field(default_factory=dict)
+    runqueue: dict[ThreadKey, float] = field(default_factory=dict)
 
 
 def _stat_ticks(text: str) -> float | None:
@@ -60,6 +64,7 @@ class ThreadCpuReader:
     def read(self, pids: Iterable[int]) -> CpuReading:
         threads: dict[ThreadKey, float] = {}
         processes: dict[int, float] = {}
+        runqueue: dict[ThreadKey, float] = {}
         for pid in pids:
             base = f"{self.proc_root}/{pid}"
             try:
@@ -71,21 +76,27 @@ class ThreadCpuReader:
             if total is not None:
                 processes[pid] = total
             for name in tids:
-                seconds = self._thread_seconds(f"{base}/task/{name}")
-                if seconds is not None and name.isdigit():
+                if not name.isdigit():
+                    continue
+                seconds, waited = self._thread_seconds(f"{base}/task/{name}")
+                if seconds is not None:
                     threads[(pid, int(name))] = seconds
-        return CpuReading(threads, processes)
+                if waited is not None:
+                    runqueue[(pid, int(name))] = waited
+        return CpuReading(threads, processes, runqueue)
 
     @staticmethod
-    def _thread_seconds(path: str) -> float | None:
+    def _thread_seconds(path: str) -> tuple[float | None, float | None]:
+        """(CPU seconds, run-queue seconds) of one thread, None where unknown."""
         try:
-            return int(_read(f"{path}/schedstat").split()[0]) / 1e9
-        except (OSError, ValueError, IndexError):
+            on_cpu, waited = _read(f"{path}/schedstat").split()[:2]
+            return int(on_cpu) / 1e9, int(waited) / 1e9
+        except (OSError, ValueError):
             pass
         try:
-            return _stat_ticks(_read(f"{path}/stat"))
+            return _stat_ticks(_read(f"{path}/stat")), None
         except (OSError, ValueError):
-            return None  # the thread ended between listing and reading
+            return None, None  # the thread ended between listing and reading
 
 
 def _read(path: str) -> str:
@@ -100,4 +111,6 @@ def usage(before: CpuReading, after: CpuReading) -> CpuUsage:
                for key, now in after.threads.items() if key[0] in before.processes}
     processes = {pid: max(0.0, now - before.processes[pid])
                  for pid, now in after.processes.items() if pid in before.processes}
-    return CpuUsage(threads, processes)
+    runqueue = {key: max(0.0, now - before.runqueue.get(key, 0.0))
+                for key, now in after.runqueue.items() if key[0] in before.processes}
+    return CpuUsage(threads, processes, runqueue)

@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE INDEX IF NOT EXISTS samples_window ON samples (window_id);
 CREATE TABLE IF NOT EXISTS thread_cpu (
     window_id INTEGER NOT NULL, pid INTEGER NOT NULL, tid INTEGER NOT NULL,
-    seconds REAL NOT NULL
+    seconds REAL NOT NULL, runqueue REAL
 );
 CREATE TABLE IF NOT EXISTS process_cpu (
     window_id INTEGER NOT NULL, pid INTEGER NOT NULL, seconds REAL NOT NULL

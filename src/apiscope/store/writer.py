@@ -252,8 +252,9 @@ class SessionWriter:
             rows.append((window_id, s.pid, s.tid, self._stack_id(c, s.frames), s.state.value,
                          gil, s.count))
         c.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        c.executemany("INSERT INTO thread_cpu VALUES (?, ?, ?, ?)",
-                      [(window_id, pid, tid, sec) for (pid, tid), sec in w.thread_cpu.items()])
+        c.executemany("INSERT INTO thread_cpu VALUES (?, ?, ?, ?, ?)",
+                      [(window_id, pid, tid, sec, w.thread_runqueue.get((pid, tid)))
+                       for (pid, tid), sec in w.thread_cpu.items()])
         c.executemany("INSERT INTO process_cpu VALUES (?, ?, ?)",
                       [(window_id, pid, sec) for pid, sec in w.process_cpu.items()])
 

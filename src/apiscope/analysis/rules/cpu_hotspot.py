@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from apiscope.analysis.attribution import library_call
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
 from apiscope.analysis.cpu import total_cpu_seconds
 from apiscope.analysis.flags import frame_location, make_flag, pct, where
@@ -55,15 +56,6 @@ def _group(a: Attributed, frame: Frame) -> Group:
     return (a.endpoint, "" if a.endpoint else f"{frame.file}:{frame.function.split('.')[0]}")
 
 
-def _library_call(a: Attributed) -> str | None:
-    """The library function the application frame called, when the leaf is not the app's."""
-    frames = a.sample.frames
-    if a.user is None or not frames or frames[-1] == a.user:
-        return None
-    below = frames.index(a.user) + 1 if a.user in frames else len(frames) - 1
-    return frames[min(below, len(frames) - 1)].function
-
-
 class CpuHotspotRule:
     kind = "cpu_hotspot"
 
@@ -83,7 +75,7 @@ class CpuHotspotRule:
             line = lines[_group(a, a.user)].setdefault((a.user.file, a.user.line), _Line())
             line.cpu += a.cpu
             line.functions[a.user.function] += a.sample.count
-            call = _library_call(a)
+            call = library_call(a.sample.frames, a.user)
             if call is not None:
                 line.library_cpu += a.cpu
                 line.calls[call] += a.sample.count

@@ -13,6 +13,12 @@ steady-state rules do), when at least `min_requests` of them remain: the first r
 freshly started server fill caches and connection pools once, and a p95 driven only by them
 says nothing about the endpoint's steady latency. The endpoint table still counts them all.
 
+Two measured causes that are not a defect of the route's code grade the flag low and say so:
+the host had no CPU to spare (the request threads waited in the OS run queue for
+`STARVED_SHARE` or more of the time they could run: add capacity, or find the route that eats
+it), or most of the route's median latency is CPU inside a library call it makes on purpose
+(a password hash on login: `LIBRARY_SHARE` of p50 or more).
+
 The location is the slow call, not the route's decorator: the dominant await site of its
 profiled requests when one dominates, else the application line where the route's threads
 spent most of their (wall-clock) time in the stack samples, else the handler.
@@ -23,13 +29,23 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from apiscope.analysis.attribution import library_call
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Flag
-from apiscope.analysis.flags import frame_location, handler_location, location, make_flag
+from apiscope.analysis.cpu import runqueue_shares
+from apiscope.analysis.flags import frame_location, handler_location, location, make_flag, pct
 from apiscope.analysis.profiles import RouteProfiles, aggregate, dominant_await
 from apiscope.analysis.stats import percentile, warmup_end
 from apiscope.analysis.thresholds import grade
 from apiscope.model import Frame
 
+STARVED_SHARE = 0.25
+LIBRARY_SHARE = 0.5
+
+SUGGEST_CAPACITY = ("the host's CPUs were saturated: give the server more CPU or fewer"
+                    " competing processes, or reduce the CPU the busiest routes use (see"
+                    " cpu_hotspot and each route's CPU share)")
+SUGGEST_LIBRARY = ("the time is the library call's own work: lower its cost (its parameters),"
+                   " cache its result, or serve this route from more workers")
 SUGGESTION = ("profile one slow request (see the flamegraph for this route) and fix what"
               " dominates it; the other flags on this report point at likely causes")
 
@@ -72,6 +88,21 @@ def slow_call(ctx: AnalysisContext, endpoint: str,
     return handler_location(ctx, endpoint)
 
 
+def library_cost(ctx: AnalysisContext, endpoint: str, requests: int) -> tuple[str, float] | None:
+    """(the library function, CPU ms per request inside library calls) of an endpoint."""
+    calls: Counter[str] = Counter()
+    cpu = 0.0
+    for a in ctx.samples:
+        if a.endpoint == endpoint and a.cpu > 0 and not a.tool:
+            call = library_call(a.sample.frames, a.user)
+            if call is not None:
+                calls[call] += a.sample.count
+                cpu += a.cpu
+    if not calls or not requests:
+        return None
+    return calls.most_common(1)[0][0], cpu * 1000 / requests
+
+
 class SlowEndpointRule:
     kind = "slow_endpoint"
 
@@ -102,9 +133,23 @@ class SlowEndpointRule:
                 evidence += "; " + "; ".join(reasons)
             if symptom:  # the cause is flagged on another route, at its own severity
                 continue
-            metric = {"p95_ms": p95, "p50_ms": percentile(durations, 0.5), "slo_ms": ctx.slo_ms,
+            p50 = percentile(durations, 0.5)
+            metric = {"p95_ms": p95, "p50_ms": p50, "slo_ms": ctx.slo_ms,
                       "count": len(records)}
+            suggestion = SUGGESTION
+            library = library_cost(ctx, endpoint, len(ctx.by_endpoint[endpoint]))
+            starved = max(runqueue_shares(ctx).values(), default=0.0)
+            if library is not None and library[1] >= LIBRARY_SHARE * p50:
+                evidence += (f"; {library[1]:.0f} ms of CPU per request inside {library[0]}(),"
+                             " a library call the route makes")
+                metric["library_cpu_ms_per_request"] = library[1]
+                severity, suggestion = "low", SUGGEST_LIBRARY
+            elif starved >= STARVED_SHARE:
+                evidence += (f"; the host had no CPU to spare: request threads waited for a CPU"
+                             f" {pct(starved)} of the time they could run")
+                metric["runqueue_share"] = starved
+                severity, suggestion = "low", SUGGEST_CAPACITY
             loc = slow_call(ctx, endpoint, profiled.get(endpoint))
             flags.append(make_flag(self.kind, severity, endpoint, loc, evidence, metric,
-                                   SUGGESTION))
+                                   suggestion))
         return flags
