@@ -132,7 +132,7 @@ class SessionReader:
         if not self._has_table("thread_cpu"):
             return []
         return [ThreadCpu(*row) for row in self.query(
-            "SELECT w.start, c.pid, c.tid, c.seconds FROM thread_cpu c"
+            "SELECT w.start, c.pid, c.tid, c.seconds, c.runqueue FROM thread_cpu c"
             " JOIN windows w ON w.id = c.window_id ORDER BY w.id")]
 
     def process_cpu(self) -> list[ThreadCpu]:
