@@ -142,6 +142,27 @@ def test_flamegraph_filters_change_what_is_drawn(browser: Any, replay: Dashboard
     assert console_errors(browser) == []
 
 
+def _flame_total(driver: Any) -> int:
+    """The samples under the flamegraph's root box, read from the plot's own data."""
+    total = driver.execute_script(
+        "const el = document.querySelector('#flame .js-plotly-plot');"
+        " return el && el.data && el.data.length ? el.data[0].values[0] : 0;")
+    return int(total or 0)
+
+
+def test_flamegraph_opens_on_cpu_and_the_waiting_toggle_adds_blocked_time(
+        browser: Any, replay: DashboardHandle) -> None:
+    browser.get(replay.url + "flamegraph")
+    _wait(lambda: "(on CPU only)" in _text(browser, "#flame-info"), "the on-CPU flamegraph")
+    on_cpu = _wait(lambda: _flame_total(browser), "the flamegraph's total")
+    assert "waiting: sleep, I/O, locks, GIL" in _text(browser, "#flame-toggles")
+    _click(browser, "#flame-toggles input[value='blocked']")
+    _wait(lambda: "(on CPU + waiting)" in _text(browser, "#flame-info"), "the waiting samples")
+    # summary()'s time.sleep on the loop is back: more samples under the same root
+    _wait(lambda: _flame_total(browser) > on_cpu, "a wider flamegraph")
+    assert console_errors(browser) == []
+
+
 def test_export_button_downloads_a_valid_file(browser: Any, replay: DashboardHandle,
                                               downloads: Path) -> None:
     browser.get(replay.url + "flamegraph")

@@ -120,3 +120,21 @@ def test_resolve_route_without_route_table() -> None:
 def test_route_slice_uses_given_matcher(reader: SessionReader) -> None:
     samples = select_samples(reader, SliceSpec(route="/health"), endpoint_of=lambda f: None)
     assert samples == []
+
+
+def test_slice_by_blocked_state(reader: SessionReader) -> None:
+    blocked = total(state=SampleState.BLOCKED)
+    running = total(state=SampleState.RUNNING)
+    assert (blocked, running) == (3, 73)
+    assert count(reader, blocked="only") == blocked
+    assert count(reader, blocked="exclude") == 171 - blocked
+    assert count(reader, blocked="include") == 171
+    # on-CPU only: neither off-CPU at a working stack nor idle
+    on_cpu = select_samples(reader, SliceSpec(idle="exclude", blocked="exclude"))
+    assert sum(s.count for s in on_cpu) == running
+    assert {s.state for s in on_cpu} == {SampleState.RUNNING}
+    # wall clock at working stacks: on CPU and waiting inside the request, idle left out
+    assert count(reader, idle="exclude") == running + blocked
+    assert count(reader, idle="only", blocked="only") == 0
+    assert SliceSpec(idle="exclude", blocked="exclude").describe() == (
+        "idle=exclude, blocked=exclude")

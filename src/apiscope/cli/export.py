@@ -11,6 +11,7 @@ from typing import Any, cast
 from apiscope.errors import UsageError
 from apiscope.exporters import Profile, renderer
 from apiscope.exporters.slice import (
+    BlockedMode,
     GilMode,
     IdleMode,
     SliceSpec,
@@ -37,6 +38,10 @@ class ExportCommand:
         parser.add_argument("--until", metavar="T", help="seconds from start, or an ISO time")
         parser.add_argument("--idle", choices=["include", "exclude", "only"], default="include",
                             help="samples of threads waiting for work")
+        parser.add_argument("--blocked", choices=["include", "exclude", "only"],
+                            default="include",
+                            help="samples off-CPU at a working stack (sleep, I/O, locks, GIL);"
+                            " --idle exclude --blocked exclude leaves on-CPU time only")
         parser.add_argument("--gil", choices=["any", "held", "not-held"], default="any")
         parser.add_argument("--threads", action="store_true",
                             help="add a process and a thread frame at the root of every stack")
@@ -44,7 +49,7 @@ class ExportCommand:
     def run(self, args: argparse.Namespace) -> int:
         spec = SliceSpec(route=args.route, pid=args.pid, thread=args.thread, since=args.since,
                          until=args.until, idle=cast(IdleMode, args.idle),
-                         gil=cast(GilMode, args.gil))
+                         gil=cast(GilMode, args.gil), blocked=cast(BlockedMode, args.blocked))
         with SessionReader(args.session) as reader:
             samples = select_samples(reader, spec)
             if not samples:

@@ -67,7 +67,15 @@ def slice_of(rng: Range, pid: Any = None, thread: Any = None, endpoint: Any = No
     flags = set(toggles or ())
     return SampleSlice(rng[0] if rng else None, rng[1] if rng else None,
                        int(pid) if pid not in (None, "") else None, tid, endpoint or None,
-                       "idle" in flags, "gil" in flags, roles)
+                       include_blocked="blocked" in flags, include_idle="idle" in flags,
+                       gil_only="gil" in flags, roles=roles)
+
+
+def slice_label(flt: SampleSlice) -> str:
+    """What a slice's samples are: on-CPU time, plus the off-CPU time the user added."""
+    added = [name for name, on in (("waiting", flt.include_blocked), ("idle", flt.include_idle))
+             if on]
+    return "on CPU" + (" + " + " + ".join(added) if added else " only")
 
 
 def register(app: Dash, data: SessionData) -> None:
@@ -144,7 +152,7 @@ def _register_endpoint(app: Dash, data: SessionData) -> None:
     @app.callback(Output("endpoint-summary", "children"), Output("endpoint-flags", "children"),
                   Output({"type": "timechart", "name": "latency"}, "figure"),
                   Output({"type": "timechart", "name": "rate"}, "figure"),
-                  Output("endpoint-flame", "figure"), Output("slow-requests", "children"),
+                  Output("slow-requests", "children"),
                   Input("endpoint-route", "data"), Input("version", "data"),
                   Input("range", "data"))
     def endpoint(route: str, _version: Any, range_value: Any) -> Any:
@@ -166,10 +174,17 @@ def _register_endpoint(app: Dash, data: SessionData) -> None:
             latency = latency_figure(series, rng) if series else empty_figure("no data")
             rate = rate_figure(series, rng) if series else empty_figure("no data")
             slow = ui.slow_requests_table(data.slowest_requests(route, rng))
-        flame = (_flame(data, slice_of(rng, endpoint=route, role="handler"), "", None)[0]
-                 if route else empty_figure("choose an endpoint on the overview"))
         flags = ui.flag_cards(data.flags(route))
-        return summary, flags, latency, rate, flame, slow
+        return summary, flags, latency, rate, slow
+
+    @app.callback(Output("endpoint-flame", "figure"), Input("endpoint-route", "data"),
+                  Input("version", "data"), Input("range", "data"),
+                  Input("endpoint-flame-toggles", "value"))
+    def endpoint_flame(route: str, _version: Any, range_value: Any, toggles: Any) -> Any:
+        if not route:
+            return empty_figure("choose an endpoint on the overview")
+        flt = slice_of(as_range(range_value), endpoint=route, toggles=toggles, role="handler")
+        return _flame(data, flt, "", None)[0]
 
 
 def _flame(data: SessionData, flt: SampleSlice, search: str,
@@ -179,8 +194,9 @@ def _flame(data: SessionData, flt: SampleSlice, search: str,
         return empty_figure(ui.NO_SAMPLES, height or 300), 0, 0, 0
     tree = data.flame(flt)
     if not tree.value:
-        return empty_figure("no samples match these filters: widen them (or include idle"
-                            " samples)", height or 300), 0, 0, 0
+        hidden = "" if flt.include_blocked else " (tick “waiting” to add sleep, I/O and locks)"
+        return empty_figure(f"no {slice_label(flt)} samples match these filters: widen them"
+                            + hidden, height or 300), 0, 0, 0
     roots = data.app_roots()
 
     def kind(frame: Frame) -> Any:
@@ -215,7 +231,7 @@ def _register_flamegraph(app: Dash, data: SessionData) -> None:
                    toggles: Any, search: Any, role: Any) -> Any:
         flt = slice_of(as_range(range_value), pid, thread, endpoint, toggles, role)
         figure, matches, matched, total = _flame(data, flt, search or "", None)
-        info = f"{total:,} samples in view" + (" (idle included)" if flt.include_idle else "")
+        info = f"{total:,} samples in view ({slice_label(flt)})"
         if search:
             share = matched / total if total else 0.0
             info += f"; “{search}” matches {matches} frames, {100 * share:.1f}% of samples"

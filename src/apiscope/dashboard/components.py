@@ -116,9 +116,22 @@ def process_cards(cards: Sequence[ProcessCard]) -> list[html.Div]:
                 html.Tr([html.Td("threads"), html.Td("-" if c.threads is None
                                                      else str(c.threads))]),
                 html.Tr([html.Td("open fds"), html.Td("-" if c.fds is None else str(c.fds))]),
+                *_server_row(c),
             ])], className="kv"),
         ], className="process-card" + (" process-exited" if c.exited_at is not None else "")))
     return out
+
+
+def _server_row(card: ProcessCard) -> list[html.Tr]:
+    """The share of the process's CPU its server and framework took for themselves (HTTP
+    parsing, routing, middleware, logging), when the CPU time was measured."""
+    if card.server_cpu_share is None:
+        return []
+    return [html.Tr([html.Td("server's own work"),
+                     html.Td(f"{_pct(card.server_cpu_share)} of its CPU",
+                             title="HTTP parsing, routing, middleware, logging: CPU of the"
+                                   " request threads with no application frame running")],
+                    className="server-share")]
 
 
 def slow_requests_table(rows: Sequence[SlowRequest]) -> html.Table:

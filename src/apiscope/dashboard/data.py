@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apiscope.analysis.attribution import RouteMatcher, app_roots
+from apiscope.analysis.context import AnalysisContext
+from apiscope.analysis.cpu import cpu_shares, server_cpu_shares
 from apiscope.dashboard.analysis import FlagAnalysis
+from apiscope.dashboard.cputime import CpuIndex, StackFacts, cpu_context
 from apiscope.dashboard.flame import FunctionRow, pruned_tree, top_functions
 from apiscope.dashboard.requests import (
     EndpointColumns,
@@ -25,15 +28,13 @@ from apiscope.dashboard.requests import (
     latency_series,
     slowest,
 )
-from apiscope.dashboard.samples import HANDLER_ROLES, EndpointOf, SampleIndex, SampleSlice
+from apiscope.dashboard.samples import BLOCK, EndpointOf, SampleIndex, SampleSlice
 from apiscope.exporters.tree import FlameNode
 from apiscope.model import ProcessInfo, RouteInfo
 from apiscope.store.reader import SessionReader
 
 Range = tuple[float, float] | None
 SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2}
-
-
 
 
 def route_matcher(routes: Sequence[RouteInfo]) -> EndpointOf:
@@ -67,6 +68,9 @@ class ProcessCard:
     rss_mb_max: float | None
     threads: int | None
     fds: int | None
+    # the share of its CPU spent in the server's and framework's own work (the report's
+    # server_cpu_share); None when unknown (no stack samples, or on-CPU was not measured)
+    server_cpu_share: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,10 @@ class SessionData:
         self._lock = threading.RLock()
         self.requests = RequestIndex(self.reader, self._lock)
         self.samples = SampleIndex(self.reader, route_matcher, self._lock)
+        self.cpu = CpuIndex(self.reader, BLOCK, self._lock)
+        self._facts = StackFacts(self.samples.frames)
+        self._process_cpu_measured = self._thread_cpu_measured = False
+        self._contexts: dict[Range, AnalysisContext] = {}
         self._resources: dict[int, ResourceSeries] = {}
         self._last_resource = 0
         self._processes: list[ProcessInfo] = []
@@ -112,6 +120,12 @@ class SessionData:
         with self._lock:
             self.requests.refresh()
             self.samples.refresh()
+            self.cpu.refresh(self.samples.windows)
+            # once measured, always measured: skip the probe then
+            self._thread_cpu_measured = (self._thread_cpu_measured
+                                         or self.reader.measures_thread_cpu())
+            self._process_cpu_measured = (self._process_cpu_measured
+                                          or self.reader.measures_process_cpu())
             self._refresh_resources()
             self._processes = self.reader.processes()
             stored = self.reader.flags()
@@ -122,6 +136,7 @@ class SessionData:
             self._flags = sorted(stored, key=lambda f: SEVERITY_ORDER.get(f["severity"], 3))
             self._routes = self.reader.routes()
             self._app_roots = app_roots(self._routes)
+            self._facts.use(self._routes)
             self._span = self._time_range()
             # JSON-shaped (lists, not tuples) so it compares equal after a trip to the browser
             version = [self.requests.last_id, self.samples.last_window_id, self._last_resource,
@@ -131,6 +146,7 @@ class SessionData:
             if version != self.version:
                 self._shares.clear()
                 self._stats.clear()
+                self._contexts.clear()
                 self.version = version
             return self.version
 
@@ -214,25 +230,32 @@ class SessionData:
                 for s in stats]
 
     def cpu_shares(self, rng: Range) -> dict[str, float]:
-        """Share of the active samples each endpoint's handler was running, counted like the
-        report: over the handler threads (event loop, thread pool) when the collector told
-        them apart, so idle helper threads cannot dilute the shares."""
+        """Each endpoint's share of the target's measured CPU time in the range: the report's
+        figure (`analysis.cpu.cpu_shares`) over the windows starting in the range."""
         with self._lock:
             cached = self._shares.get(rng)
-            if cached is not None:
-                return cached
+            if cached is None:
+                cached = self._shares[rng] = cpu_shares(self._cpu_context(rng))
+            return cached
+
+    def server_cpu_shares(self) -> dict[int, float]:
+        """Each process's share of its CPU spent in the server's own work, over the session,
+        as the report gives it: only when the sampler told on-CPU from off-CPU."""
+        with self._lock:
+            if not (self._thread_cpu_measured or self.samples.activity_probed()):
+                return {}
+            return server_cpu_shares(self._cpu_context(None))
+
+    def _cpu_context(self, rng: Range) -> AnalysisContext:
+        ctx = self._contexts.get(rng)
+        if ctx is None:
             since, until = rng if rng else (None, None)
-            roles = HANDLER_ROLES if self.samples.has_handler_roles() else None
-            counts = self.samples.stack_counts(SampleSlice(since, until, roles=roles))
-            total = sum(counts.values())
-            per: dict[str, int] = {}
-            for stack_id, count in counts.items():
-                endpoint = self.samples.endpoint_of(stack_id)
-                if endpoint is not None:
-                    per[endpoint] = per.get(endpoint, 0) + count
-            shares = {e: c / total for e, c in per.items()} if total else {}
-            self._shares[rng] = shares
-            return shares
+            per = self.cpu.seconds(since, until, self.samples.window_blocks)
+            process = (self.reader.process_cpu_seconds(since, until)
+                       if self._process_cpu_measured else {})
+            ctx = self._contexts[rng] = cpu_context(per, process, self._facts,
+                                                    self.samples.roles, self.samples.frames)
+        return ctx
 
     def process_cards(self) -> list[ProcessCard]:
         with self._lock:
@@ -240,6 +263,7 @@ class SessionData:
 
     def _process_cards(self) -> list[ProcessCard]:
         known = {p.pid: p for p in self._processes}
+        server = self.server_cpu_shares() if self.has_samples() else {}
         cards = []
         for pid in sorted(set(known) | set(self._resources)):
             info = known.get(pid)
@@ -253,7 +277,7 @@ class SessionData:
                 res.rss_mb[-1] if res and has else None,
                 max(res.rss_mb) if res and has else None,
                 res.threads[-1] if res and has else None,
-                res.fds[-1] if res and has else None))
+                res.fds[-1] if res and has else None, server.get(pid)))
         return cards
 
     # -- one endpoint -----------------------------------------------------------------------

@@ -38,6 +38,7 @@ def describe(flt: SampleSlice) -> str:
         parts.append(f"thread {flt.tid}")
     elif flt.roles is not None:
         parts.append("/".join(sorted(flt.roles)) + " threads")
+    parts.append("on CPU" if not flt.include_blocked else "on CPU and waiting")
     if flt.include_idle:
         parts.append("with idle")
     if flt.gil_only:

@@ -17,6 +17,9 @@ from apiscope.dashboard.profiles import profiles_section
 
 NAV = (("/", "Overview"), ("/flamegraph", "Flamegraph"), ("/resources", "Resources"))
 DEFAULT_SORT = ["count", True]
+# Off-CPU time at a working stack: the thread was inside a request but not on a CPU.
+OFF_CPU_TOGGLES: list[dict[str, Any]] = [
+    {"label": " waiting: sleep, I/O, locks, GIL", "value": "blocked"}]
 
 
 def shell(*, live: bool, refresh_ms: int, title: str, version: list[Any]) -> html.Div:
@@ -82,8 +85,11 @@ def endpoint_page(route: str) -> html.Div:
             dcc.Graph(id={"type": "timechart", "name": "rate"}, className="half",
                       config={"displaylogo": False}),
         ], className="row"),
-        _section("Where its time goes", dcc.Graph(id="endpoint-flame",
-                                                  config={"displaylogo": False})),
+        _section("Where its time goes", html.Div([
+            html.Span("on CPU, add:", className="control-label"),
+            dcc.Checklist(id="endpoint-flame-toggles", value=[], inline=True,
+                          className="control", options=OFF_CPU_TOGGLES)], className="controls"),
+            dcc.Graph(id="endpoint-flame", config={"displaylogo": False})),
         profiles_section(),
         _section("Slowest requests", html.Div(id="slow-requests")),
     ], id="endpoint-page")
@@ -102,9 +108,12 @@ def flamegraph_page() -> html.Div:
                          {"label": "other threads", "value": "other"}]),
         dcc.Dropdown(id="flame-thread", placeholder="all threads", className="control wide"),
         dcc.Dropdown(id="flame-endpoint", placeholder="all endpoints", className="control wide"),
+        # On-CPU time by default: a handler sleeping in time.sleep is not CPU work.
+        html.Span("on CPU, add:", className="control-label"),
         dcc.Checklist(id="flame-toggles", value=[], className="control", inline=True,
-                      options=[{"label": " idle samples", "value": "idle"},
-                               {"label": " GIL holders only", "value": "gil"}]),
+                      options=OFF_CPU_TOGGLES + [
+                          {"label": " idle (threads waiting for work)", "value": "idle"},
+                          {"label": " GIL holders only", "value": "gil"}]),
         dcc.Input(id="flame-search", type="search", placeholder="search frames",
                   debounce=True, className="control"),
     ], className="controls")

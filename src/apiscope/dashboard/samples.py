@@ -35,6 +35,9 @@ class SampleSlice:
     pid: int | None = None
     tid: int | None = None
     endpoint: str | None = None
+    # Off-CPU time at working stacks (a sleep, I/O, a lock, the GIL): by default a view shows
+    # what ran on a CPU only, so a handler sleeping in time.sleep does not read as CPU work.
+    include_blocked: bool = False
     include_idle: bool = False  # threads waiting for work (selector, idle pool workers)
     gil_only: bool = False  # only samples that held the GIL
     roles: frozenset[str] | None = None  # thread roles ("loop", "worker", "other")
@@ -155,7 +158,7 @@ class SampleIndex:
     def _compute(self, flt: SampleSlice) -> dict[int, int]:
         wanted = {i for i, s in enumerate(self.series)
                   if _series_matches(s, flt, self.roles.get((s[0], s[1]), "other"))}
-        whole, edge = self._blocks_in(flt.since, flt.until)
+        whole, edge = self.window_blocks(flt.since, flt.until)
         per_stack: dict[int, int] = {}
         for block in whole:
             for (series, stack_id), count in self._blocks.get(block, {}).items():
@@ -168,7 +171,8 @@ class SampleIndex:
                          if self.endpoint_of(sid) == flt.endpoint}
         return per_stack
 
-    def _blocks_in(self, since: float | None, until: float | None) -> tuple[list[int], list[int]]:
+    def window_blocks(self, since: float | None,
+                      until: float | None) -> tuple[list[int], list[int]]:
         """Blocks wholly inside the range, and the ids of in-range windows of the others."""
         if since is None and until is None:
             return sorted(self._blocks), []
@@ -198,6 +202,12 @@ class SampleIndex:
             if series is not None and series in wanted:
                 per_stack[stack_id] = per_stack.get(stack_id, 0) + count
 
+    def activity_probed(self) -> bool:
+        """Whether the sampler told off-CPU from on-CPU samples (BLOCKED or GIL states seen),
+        as the report asks before it gives the server's own CPU share."""
+        return any(state == SampleState.BLOCKED.value or gil is not None
+                   for _, _, state, gil in self.series)
+
     def has_handler_roles(self) -> bool:
         """Whether the collector told event-loop and thread-pool threads apart."""
         return any(role in HANDLER_ROLES for role in self.roles.values())
@@ -218,5 +228,7 @@ def _series_matches(series: Series, flt: SampleSlice, role: str) -> bool:
     if flt.roles is not None and role not in flt.roles:
         return False
     if not flt.include_idle and state == SampleState.WAITING.value:
+        return False
+    if not flt.include_blocked and state == SampleState.BLOCKED.value:
         return False
     return not (flt.gil_only and gil != 1)

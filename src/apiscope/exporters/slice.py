@@ -1,4 +1,5 @@
-"""Which samples an export covers: a route, a process, a thread, a time span, idle, the GIL.
+"""Which samples an export covers: a route, a process, a thread, a time span, idle and blocked
+samples, the GIL.
 
 `select_samples` returns the matching samples merged across sampling windows (one entry per
 process, thread, stack, state and GIL flag), so a million stored samples become a few thousand
@@ -19,13 +20,22 @@ from apiscope.model import Frame, RouteInfo, SampleState, StackSample
 from apiscope.store.reader import SampleFilter, SessionReader
 
 IdleMode = Literal["include", "exclude", "only"]
+BlockedMode = Literal["include", "exclude", "only"]
 GilMode = Literal["any", "held", "not-held"]
 EndpointOf = Callable[[Sequence[Frame]], "str | None"]
 
-_IDLE_STATES: dict[str, frozenset[SampleState] | None] = {
-    "include": None,
-    "exclude": frozenset({SampleState.RUNNING, SampleState.BLOCKED}),
+_ALL_STATES = frozenset(SampleState)
+_IDLE_STATES: dict[str, frozenset[SampleState]] = {
+    "include": _ALL_STATES,
+    "exclude": _ALL_STATES - {SampleState.WAITING},
     "only": frozenset({SampleState.WAITING}),
+}
+# Off-CPU at a working stack (a sleep, I/O, a lock, the GIL): with the idle ones left out, what
+# remains is on-CPU time; with them kept, wall-clock time.
+_BLOCKED_STATES: dict[str, frozenset[SampleState]] = {
+    "include": _ALL_STATES,
+    "exclude": _ALL_STATES - {SampleState.BLOCKED},
+    "only": frozenset({SampleState.BLOCKED}),
 }
 _GIL: dict[str, bool | None] = {"any": None, "held": True, "not-held": False}
 
@@ -46,6 +56,7 @@ class SliceSpec:
     until: str | None = None
     idle: IdleMode = "include"
     gil: GilMode = "any"
+    blocked: BlockedMode = "include"
 
     def describe(self) -> str:
         parts = [f"{name}={value}" for name, value in (
@@ -53,6 +64,8 @@ class SliceSpec:
             ("since", self.since), ("until", self.until)) if value is not None]
         if self.idle != "include":
             parts.append(f"idle={self.idle}")
+        if self.blocked != "include":
+            parts.append(f"blocked={self.blocked}")
         if self.gil != "any":
             parts.append(f"gil={self.gil}")
         return ", ".join(parts) or "the whole session"
@@ -86,12 +99,13 @@ def session_start(reader: SessionReader) -> float:
 def sample_filter(reader: SessionReader, spec: SliceSpec) -> SampleFilter:
     """The store-level part of the slice (everything but the route)."""
     start = session_start(reader) if spec.since or spec.until else 0.0
+    states = _IDLE_STATES[spec.idle] & _BLOCKED_STATES[spec.blocked]
     return SampleFilter(
         since=None if spec.since is None else parse_time(spec.since, start),
         until=None if spec.until is None else parse_time(spec.until, start),
         pid=spec.pid,
         tid=spec.thread,
-        states=_IDLE_STATES[spec.idle],
+        states=None if states == _ALL_STATES else states,
         gil=_GIL[spec.gil],
     )
 

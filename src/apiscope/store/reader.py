@@ -50,6 +50,16 @@ class SampleFilter:
     gil: bool | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StackCpu:
+    """The CPU seconds one thread's RUNNING samples of one stack stand for (see `running_cpu`)."""
+
+    pid: int
+    tid: int
+    stack_id: int
+    seconds: float
+
+
 class SessionReader:
     """Read access to one session file."""
 
@@ -216,6 +226,62 @@ class SessionReader:
             where.append(f"s.state IN ({','.join('?' * len(flt.states))})")
             params.extend(sorted(s.value for s in flt.states))
         return " AND ".join(where), params
+
+    # -- measured CPU time --------------------------------------------------------------------
+
+    def running_cpu(self, since: float | None = None, until: float | None = None, *,
+                    after_window: int = 0, upto_window: int | None = None) -> list[StackCpu]:
+        """CPU seconds of the RUNNING samples per thread and stack, over the windows starting in
+        [since, until) with an id in (after_window, upto_window].
+
+        As the analysis counts them (`analysis.context.cpu_seconds`): a thread's measured CPU
+        in a window is shared out over its RUNNING samples there; a thread not measured in that
+        window counts 1 / rate per sample. Each window's figures depend on that window alone,
+        so ranges of windows can be read apart and added.
+        """
+        rate = int(self.meta().get("rate_hz") or 100)
+        measured = self._has_table("thread_cpu")
+        join = ("LEFT JOIN thread_cpu c ON c.window_id = p.window_id AND c.pid = p.pid"
+                " AND c.tid = p.tid" if measured else "")
+        each = ("CASE WHEN c.seconds IS NULL THEN p.count * 1.0 / p.rate"
+                " ELSE c.seconds * p.count / r.n END" if measured else "p.count * 1.0 / p.rate")
+        sql = (
+            "WITH p AS (SELECT s.window_id, s.pid, s.tid, s.stack_id, s.count,"
+            " coalesce(nullif(w.rate_hz, 0), ?) AS rate"
+            " FROM samples s JOIN windows w ON w.id = s.window_id"
+            " WHERE s.state = ? AND s.window_id > ? AND s.window_id <= ?"
+            " AND w.start >= ? AND w.start < ?),"
+            " r AS (SELECT window_id, pid, tid, sum(count) AS n FROM p GROUP BY 1, 2, 3)"
+            f" SELECT p.pid, p.tid, p.stack_id, sum({each}) FROM p"
+            " JOIN r ON r.window_id = p.window_id AND r.pid = p.pid AND r.tid = p.tid"
+            f" {join} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
+        params = (rate, SampleState.RUNNING.value, after_window,
+                  upto_window if upto_window is not None else 2**62,
+                  since if since is not None else float("-inf"),
+                  until if until is not None else float("inf"))
+        return [StackCpu(*row) for row in self.query(sql, params)]
+
+    def process_cpu_seconds(self, since: float | None = None,
+                            until: float | None = None) -> dict[int, float]:
+        """The kernel's CPU seconds of each process over the windows starting in [since,
+        until), threads that ended within a window included ({} for files from before it)."""
+        if not self._has_table("process_cpu"):
+            return {}
+        return dict(self.query(
+            "SELECT c.pid, sum(c.seconds) FROM process_cpu c JOIN windows w ON w.id = c.window_id"
+            " WHERE w.start >= ? AND w.start < ? GROUP BY c.pid ORDER BY c.pid",
+            (since if since is not None else float("-inf"),
+             until if until is not None else float("inf"))))
+
+    def measures_thread_cpu(self) -> bool:
+        """Whether the file holds the kernel's CPU time of any thread (not files from before)."""
+        return self._has_rows("thread_cpu")
+
+    def measures_process_cpu(self) -> bool:
+        return self._has_rows("process_cpu")
+
+    def _has_rows(self, table: str) -> bool:
+        return self._has_table(table) and bool(self.query(f"SELECT 1 FROM {table} LIMIT 1"))
 
     # -- requests and resources ---------------------------------------------------------------
 

@@ -1,0 +1,138 @@
+"""Measured CPU time for the dashboard: the report's CPU shares, over any time range.
+
+A RUNNING sample stands for its thread's CPU seconds in that window (the kernel's figure shared
+out over the thread's RUNNING samples there, `SessionReader.running_cpu`), so a handler that
+sleeps or waits on I/O costs nothing whatever its stack shows. `CpuIndex` keeps those seconds
+per block of windows, thread and stack, read incrementally like `SampleIndex`'s counts: a
+window's figures depend on that window alone, so blocks add up exactly.
+
+The shares themselves are not computed here: `cpu_context` hands the seconds of a range to the
+analysis's own functions (`analysis.cpu`), so the dashboard shows the report's figures by
+construction rather than by a second copy of the formula.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import groupby
+
+from apiscope.analysis.attribution import RouteMatcher, is_tool_work, user_frame
+from apiscope.analysis.context import AnalysisContext, Attributed, SessionData
+from apiscope.analysis.thresholds import Thresholds
+from apiscope.model import (
+    Frame,
+    RouteInfo,
+    SampleState,
+    StackSample,
+    ThreadCpu,
+    ThreadRole,
+    WindowInfo,
+)
+from apiscope.store.reader import SessionReader
+
+ThreadStack = tuple[int, int, int]  # pid, tid, stack id
+FramesOf = Callable[[int], tuple[Frame, ...]]
+Blocks = Callable[[float | None, float | None], tuple[list[int], list[int]]]
+
+
+class CpuIndex:
+    """CPU seconds of the RUNNING samples per block of windows, thread and stack."""
+
+    def __init__(self, reader: SessionReader, block: int,
+                 lock: threading.RLock | None = None) -> None:
+        self._reader = reader
+        self._block = block  # windows per block: the sample index's, so ranges split alike
+        self._lock = lock or threading.RLock()
+        self._blocks: dict[int, dict[ThreadStack, float]] = {}
+        self._last = 0
+
+    def refresh(self, windows: Sequence[WindowInfo]) -> None:
+        """Read the CPU of the windows (listed in id order) not read yet."""
+        with self._lock:
+            new = [w.id for w in windows if w.id > self._last]
+            for block, ids in groupby(new, key=lambda wid: (wid - 1) // self._block):
+                chosen = list(ids)
+                rows = self._reader.running_cpu(after_window=chosen[0] - 1,
+                                                upto_window=chosen[-1])
+                _add(self._blocks.setdefault(block, {}),
+                     (((r.pid, r.tid, r.stack_id), r.seconds) for r in rows))
+            if new:
+                self._last = new[-1]
+
+    def seconds(self, since: float | None, until: float | None,
+                blocks_in: Blocks) -> dict[ThreadStack, float]:
+        """CPU seconds per thread and stack over the windows starting in [since, until);
+        `blocks_in` splits the range into whole blocks and the windows of partial ones."""
+        with self._lock:
+            whole, edge = blocks_in(since, until)
+            out: dict[ThreadStack, float] = {}
+            for block in whole:
+                _add(out, self._blocks.get(block, {}).items())
+            for first, last in _runs(edge):
+                rows = self._reader.running_cpu(since, until, after_window=first - 1,
+                                                upto_window=last)
+                _add(out, (((r.pid, r.tid, r.stack_id), r.seconds) for r in rows))
+            return out
+
+
+def _add(into: dict[ThreadStack, float], items: Iterable[tuple[ThreadStack, float]]) -> None:
+    for key, seconds in items:
+        into[key] = into.get(key, 0.0) + seconds
+
+
+def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive window ids as (first, last) pairs."""
+    runs: list[tuple[int, int]] = []
+    for wid in sorted(ids):
+        if runs and runs[-1][1] == wid - 1:
+            runs[-1] = (runs[-1][0], wid)
+        else:
+            runs.append((wid, wid))
+    return runs
+
+
+class StackFacts:
+    """What the analysis asks of a stack (endpoint, application frame, tool work), worked out
+    once per stack id with the analysis's own attribution, until the route table changes."""
+
+    def __init__(self, frames_of: FramesOf) -> None:
+        self._frames_of = frames_of
+        self._routes: list[RouteInfo] | None = None
+        self.matcher = RouteMatcher([])
+        self._facts: dict[int, tuple[str | None, Frame | None, bool]] = {}
+
+    def use(self, routes: list[RouteInfo]) -> None:
+        if routes != self._routes:
+            self._routes = list(routes)
+            self.matcher = RouteMatcher(routes)
+            self._facts.clear()
+
+    def of(self, stack_id: int) -> tuple[str | None, Frame | None, bool]:
+        found = self._facts.get(stack_id)
+        if found is None:
+            frames = self._frames_of(stack_id)
+            found = self._facts[stack_id] = (self.matcher.endpoint_of(frames),
+                                             user_frame(frames, self.matcher.roots),
+                                             is_tool_work(frames))
+        return found
+
+
+def cpu_context(per: Mapping[ThreadStack, float], process_cpu: Mapping[int, float],
+                facts: StackFacts, roles: Mapping[tuple[int, int], str],
+                frames_of: FramesOf) -> AnalysisContext:
+    """An analysis context holding only what `analysis.cpu` reads: one attributed entry per
+    thread and stack with its CPU seconds, and the processes' measured CPU ({} when not
+    measured: the analysis then counts the samples' own seconds, as for older sessions)."""
+    samples = []
+    for (pid, tid, stack_id), seconds in sorted(per.items()):
+        endpoint, user, tool = facts.of(stack_id)
+        role = ThreadRole(roles.get((pid, tid), ThreadRole.OTHER.value))
+        sample = StackSample(pid, tid, "", frames_of(stack_id), 1, SampleState.RUNNING)
+        samples.append(Attributed(0.0, sample, role, endpoint, user, 0.0, tool=tool,
+                                  cpu=seconds))
+    data = SessionData(meta={}, routes=[], roles={}, windows=[], samples=[], requests=[],
+                       resources=[], threadpool=[], profiles=[], start=0.0, end=0.0,
+                       process_cpu=[ThreadCpu(0.0, pid, 0, s) for pid, s in
+                                    sorted(process_cpu.items())])
+    return AnalysisContext(data, Thresholds(), facts.matcher, samples, {})
