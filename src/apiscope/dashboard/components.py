@@ -26,6 +26,9 @@ ENDPOINT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"), ("max_ms", "max ms"),
     ("error_rate", "5xx %"), ("cpu_share", "CPU share"))
 
+COLUMN_HELP = {"cpu_share": "share of the processes' CPU time, as the kernel measured it, spent"
+                            " in the handler: a handler sleeping or waiting on I/O costs none"}
+
 
 def endpoint_href(endpoint: str) -> str:
     return "/endpoint?route=" + quote(endpoint, safe="")
@@ -64,8 +67,8 @@ def endpoints_table(rows: Sequence[EndpointRow], sort: Sequence[Any]) -> html.Ta
     ordered = sorted(rows, key=lambda r: sort_value(r, column), reverse=descending)
     head = html.Tr([html.Th(html.Button(
         label + (" ▼" if descending else " ▲") * (key == column),
-        id={"type": "sort", "column": key}, className="sort-button", n_clicks=0))
-        for key, label in ENDPOINT_COLUMNS])
+        id={"type": "sort", "column": key}, className="sort-button", n_clicks=0),
+        title=COLUMN_HELP.get(key)) for key, label in ENDPOINT_COLUMNS])
     body = [html.Tr([
         html.Td(dcc.Link(r.stats.endpoint, href=endpoint_href(r.stats.endpoint),
                          className="endpoint-link")),
