@@ -166,7 +166,7 @@ def run_case(app: CorpusApp, mode: str, server: str, services: Services,
         report_path = workdir / "out.json"
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
-            for name in ("out.json", "server.log", "load.json"):
+            for name in ("out.json", "server.log", "load.json", "session.sqlite"):
                 if (workdir / name).exists():
                     (keep / f"{result.case_id}.{name}").write_bytes((workdir / name).read_bytes())
             (keep / f"{result.case_id}.apiscope.log").write_text(stderr)

@@ -31,7 +31,6 @@ _METHOD_ORDER = {"GET": 0, "POST": 1, "PUT": 2, "PATCH": 3, "DELETE": 4, "HEAD":
 _THIRD_PARTY = re.compile(r"[/\\](site|dist)-packages[/\\]")
 _STDLIB = re.compile(r"[/\\]lib[/\\]python\d+(\.\d+)?t?[/\\](?!(site|dist)-packages)"
                      r"|[/\\]Lib[/\\](?!site-packages)")
-_SYNTHETIC = ("<frozen", "<string>", "<built-in", "<unknown>")
 # Console scripts installed by pip (`.venv/bin/uvicorn`) and system ones (`/usr/bin/gunicorn`).
 _SCRIPTS = re.compile(r"[/\\](bin|Scripts)[/\\][^/\\]+$")
 
@@ -109,7 +108,9 @@ def is_app_frame(frame: Frame, app_roots: Sequence[str],
                  tool_roots: Sequence[str] = TOOL_ROOTS) -> bool:
     """True when `frame` is the application's code (see the module docstring)."""
     file = frame.file
-    if not file or file.startswith(_SYNTHETIC) or frame.function == "<module>":
+    # "<frozen ...>", "<string>", code generated at run time ("<sqlalchemy generated ...>"):
+    # no file of the application's.
+    if not file or file.startswith("<") or frame.function == "<module>":
         return False
     if _SCRIPTS.search(file):
         return False

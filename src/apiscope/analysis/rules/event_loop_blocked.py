@@ -12,11 +12,12 @@ Two sources, the measured one first:
   `loop_blocking_min_fraction` of the window is flagged low below that. The cause is measured:
   `cpu` when the thread was on a CPU for most of the stalls' time, else `wait` (a sync sleep,
   sync I/O, a lock).
-- **Stack samples** (`attach --no-inject`, or a process without the watchdog): the loop thread's
-  non-idle samples inside one endpoint's handler, RUNNING (the kernel measured the thread on a
-  CPU) or BLOCKED (off-CPU). Only long holds count: `loop_stall_ms_per_request` of off-CPU time
-  per request, or `loop_cpu_ms_per_request` of loop time in all; without request counts (no
-  agent), only the medium grade and above is flagged.
+- **Stack samples** (also with the watchdog, for holds shorter than its threshold repeated on
+  every request, such as a quick sync query): the loop thread's non-idle samples inside one
+  endpoint's handler, RUNNING (the kernel measured the thread on a CPU) or BLOCKED (off-CPU,
+  less the time the kernel says it waited in the run queue for a CPU). Only long holds count:
+  `loop_stall_ms_per_request` of off-CPU time per request, or `loop_cpu_ms_per_request` of loop
+  time in all; without request counts (no agent), only the medium grade and above is flagged.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from apiscope.analysis.attribution import is_tool_work, user_frame
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
 from apiscope.analysis.flags import frame_location, make_flag, pct, where
 from apiscope.analysis.thresholds import grade
-from apiscope.model import Frame, LoopStall, SampleState, ThreadRole
+from apiscope.model import Frame, LoopStall, ThreadRole
 
 LOW_MIN_STALLS = 3
 
@@ -67,7 +68,12 @@ class EventLoopBlockedRule:
     def check(self, ctx: AnalysisContext) -> list[Flag]:
         watched = {s.pid for s in ctx.data.loop_stalls} | {s.pid for s in ctx.data.loop_lag}
         flags = self._from_stalls(ctx, watched) if watched else []
-        flags += self._from_samples(ctx, watched)
+        # Holds shorter than the watchdog's threshold, repeated on every request (a quick sync
+        # query on the loop), show only in the samples: a group the watchdog flagged is not
+        # flagged twice.
+        seen = {(f["route"], (f["location"] or {}).get("file")) for f in flags}
+        flags += [f for f in self._from_samples(ctx)
+                  if (f["route"], (f["location"] or {}).get("file")) not in seen]
         return flags
 
     # -- measured in the target -------------------------------------------------------------
@@ -133,9 +139,8 @@ class EventLoopBlockedRule:
 
     # -- from stack samples -----------------------------------------------------------------
 
-    def _from_samples(self, ctx: AnalysisContext, watched: set[int]) -> list[Flag]:
-        loop = [a for a in ctx.samples
-                if a.role is ThreadRole.LOOP and a.sample.pid not in watched]
+    def _from_samples(self, ctx: AnalysisContext) -> list[Flag]:
+        loop = [a for a in ctx.samples if a.role is ThreadRole.LOOP]
         total = sum(a.sample.count for a in loop)
         if not total:
             return []
@@ -159,8 +164,10 @@ class EventLoopBlockedRule:
         count = sum(a.sample.count for a in samples)
         fraction = count / total
         severity = grade(fraction, th.loop_blocked_fraction)
-        seconds = sum(a.seconds for a in samples)
-        waits = sum(a.seconds for a in samples if a.sample.state is SampleState.BLOCKED)
+        # Off-CPU time waiting in the run queue (a starved host) is not the code's own wait.
+        seconds = sum(a.cpu + a.waited for a in samples) if ctx.activity_known else sum(
+            a.seconds for a in samples)
+        waits = sum(a.waited for a in samples)
         requests = len(ctx.by_endpoint.get(endpoint, [])) if endpoint else 0
         if requests:
             waits_ms, held_ms = waits * 1000 / requests, seconds * 1000 / requests
