@@ -95,6 +95,26 @@ def test_raw_aiosqlite_queries_with_literals(tmp_path: Path) -> None:
     assert stats["SELECT v FROM t WHERE id IN (?)"][1] == 1
 
 
+def test_aiosqlite_execute_as_a_context_manager_still_works_and_is_counted(
+        tmp_path: Path) -> None:
+    # `async with conn.execute(...)` needs the object aiosqlite returns, not a coroutine: an
+    # agent that broke it failed every request of such a route with a 500.
+    async def handler(request: Request) -> Response:
+        async with aiosqlite.connect(tmp_path / "cm.sqlite") as db:
+            await db.execute("CREATE TABLE t (id INTEGER)")
+            await db.execute("INSERT INTO t VALUES (1)")
+            for _ in range(3):
+                async with db.execute("SELECT id FROM t WHERE id = ?", (1,)) as cur:  # cm-line
+                    row = await cur.fetchone()
+        return PlainTextResponse(str(row[0]))
+
+    record = run_app(Starlette(routes=[Route("/cm", handler)]), "/cm")
+    assert record.status == 200
+    stats = {q[0]: q for q in record.queries}
+    assert stats["SELECT id FROM t WHERE id = ?"][1] == 3
+    assert stats["SELECT id FROM t WHERE id = ?"][3:] == (__file__, line_of("cm-line"))
+
+
 def test_hooks_are_idempotent_and_removable(tmp_path: Path) -> None:
     first = install_query_hooks()
     assert install_query_hooks() is first

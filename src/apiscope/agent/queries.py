@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import re
 import sys
 import time
@@ -257,6 +258,12 @@ class QueryHooks:
         original = owner.__dict__.get(name)
         if original is None or getattr(original, "__apiscope_original__", None) is not None:
             return
+        if not inspect.iscoroutinefunction(original):
+            # aiosqlite's `execute` is a plain function returning an object that is both
+            # awaitable and an async context manager (`async with conn.execute(...)`): the
+            # wrapper must return the same kind of object, never a coroutine.
+            self._wrap_awaitable(owner, name, original)
+            return
         hooks = self
 
         @functools.wraps(original)
@@ -275,6 +282,63 @@ class QueryHooks:
         timed.__apiscope_original__ = original  # type: ignore[attr-defined]
         setattr(owner, name, timed)
         self._undo.append(functools.partial(setattr, owner, name, original))
+
+
+    def _wrap_awaitable(self, owner: type, name: str, original: Callable[..., Any]) -> None:
+        hooks = self
+
+        @functools.wraps(original)
+        def timed(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(self, query, *args, **kwargs)
+            queries = CURRENT.get()
+            statement = _statement_text(query) if queries is not None else None
+            if queries is None or queries.in_orm or statement is None:
+                return result
+            started = hooks.clock()
+
+            def done() -> None:
+                hooks.add(queries, statement, hooks.clock() - started)
+
+            return TimedAwaitable(result, done)
+
+        timed.__apiscope_original__ = original  # type: ignore[attr-defined]
+        setattr(owner, name, timed)
+        self._undo.append(functools.partial(setattr, owner, name, original))
+
+
+class TimedAwaitable:
+    """Stands for a driver's awaitable result (awaited, or entered with `async with`) and calls
+    `done` once it has completed; every other attribute is the result's own."""
+
+    __slots__ = ("_result", "_done", "_called")
+
+    def __init__(self, result: Any, done: Callable[[], None]) -> None:
+        self._result = result
+        self._done = done
+        self._called = False
+
+    def _finish(self) -> None:
+        if not self._called:
+            self._called = True
+            self._done()
+
+    def __await__(self) -> Any:
+        try:
+            return (yield from self._result.__await__())
+        finally:
+            self._finish()
+
+    async def __aenter__(self) -> Any:
+        try:
+            return await self._result.__aenter__()
+        finally:
+            self._finish()
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._result.__aexit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._result, name)
 
 
 def _statement_text(query: Any) -> str | None:
