@@ -11,6 +11,7 @@ declare -A wanted=(
   [promtool]=prometheus
   [wrk]=wrk                       # load for the overhead benchmarks
   [redis-server]=redis-server     # the sample app's cache and the accuracy corpus
+  [go]=golang-go                  # go tool pprof reads the pprof export
 )
 
 missing=()

@@ -118,3 +118,11 @@ def test_unwritable_output_exits_2(session: Path, tmp_path: Path,
     out = tmp_path / "no" / "such" / "dir" / "x.svg"
     assert main(["export", str(session), "--format", "svg", "-o", str(out)]) == 2
     assert f"cannot write {out}" in capsys.readouterr().err
+
+
+def test_help_documents_every_format(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    out = capsys.readouterr().out
+    for fmt in ("svg", "html", "speedscope", "folded", "pprof"):
+        assert f"\n  {fmt} " in out, fmt

@@ -42,3 +42,8 @@ def test_separators_inside_names_cannot_split_frames() -> None:
 
 def test_empty_profile_is_empty_text() -> None:
     assert render_folded(Profile([])) == ""
+
+
+def test_a_thread_without_python_frames_is_still_a_stack() -> None:
+    text = render_folded(Profile([StackSample(1, 1, "", (), 41)]))
+    assert text == "[no Python frames] 41\n"

@@ -9,26 +9,31 @@ from pathlib import Path
 from typing import Any, cast
 
 from apiscope.errors import UsageError
-from apiscope.exporters import Profile, renderer
+from apiscope.exporters import FORMATS, Profile, any_renderer
 from apiscope.exporters.slice import (
     BlockedMode,
     GilMode,
     IdleMode,
     SliceSpec,
     describe_session,
+    route_matcher,
     select_samples,
+    session_start,
 )
+from apiscope.model import StackSample
 from apiscope.store.reader import SessionReader
 
 
 class ExportCommand:
     name = "export"
-    help = "export a flamegraph (svg, speedscope, folded, html) of a session or a slice"
+    help = "export a flamegraph (svg, speedscope, folded, html, pprof) of a session or a slice"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = FORMATS_HELP
         parser.add_argument("session", metavar="SESSION", help="a session file")
-        parser.add_argument("--format", choices=["svg", "speedscope", "folded", "html"],
-                            required=True)
+        parser.add_argument("--format", choices=FORMATS, required=True,
+                            help="the file format (see below)")
         parser.add_argument("-o", "--output", metavar="PATH", help="write here, not stdout")
         parser.add_argument("--route", help="only samples of this endpoint, e.g."
                             " 'GET /items/{item_id}' or '/items/{item_id}' (every method)")
@@ -56,13 +61,23 @@ class ExportCommand:
                 raise UsageError(f"no samples match {spec.describe()}: {describe_session(reader)};"
                                  " widen the slice or drop some of its options")
             report = session_report(reader) if args.format == "html" else None
-        title = f"{Path(args.session).name}: {spec.describe()}"
-        profile = Profile(samples, title, report, threads=args.threads)
-        write_output(renderer(args.format).render(profile), args.output)
+            profile = session_profile(reader, samples, f"{Path(args.session).name}:"
+                                      f" {spec.describe()}", report, threads=args.threads)
+        write_output(any_renderer(args.format).render(profile), args.output)
         if args.output:
             print(f"apiscope: wrote {profile.total:,} samples ({spec.describe()}) to"
                   f" {args.output}", file=sys.stderr)
         return 0
+
+
+def session_profile(reader: SessionReader, samples: list[StackSample], title: str,
+                    report: dict[str, Any] | None, threads: bool) -> Profile:
+    """The samples with what pprof carries besides counts: rate, routes and time span."""
+    start = session_start(reader)
+    end = (reader.time_range() or (start, start))[1]
+    rate = int(reader.meta().get("rate_hz") or 0) or None
+    return Profile(samples, title, report, threads=threads, rate_hz=rate,
+                   endpoint_of=route_matcher(reader.routes()), span=(start, max(0.0, end - start)))
 
 
 def session_report(reader: SessionReader) -> dict[str, Any] | None:
@@ -75,13 +90,30 @@ def session_report(reader: SessionReader) -> dict[str, Any] | None:
     return report
 
 
-def write_output(text: str, output: str | None) -> None:
+FORMATS_HELP = """formats:
+  svg         a standalone interactive flamegraph (click to zoom, search)
+  html        one page with the report and the flamegraph, no network needed
+  speedscope  a speedscope.app file, one profile per process and thread
+  folded      collapsed stacks, `root;...;leaf COUNT`, for flamegraph.pl and inferno
+  pprof       gzipped profile.proto for go tool pprof, Pyroscope and other back ends:
+              samples, cpu and wall nanoseconds, labels route, pid, thread
+"""
+
+
+def write_output(content: str | bytes, output: str | None) -> None:
     if output is None or output == "-":
-        sys.stdout.write(text)
+        if isinstance(content, bytes):
+            sys.stdout.buffer.write(content)
+            sys.stdout.buffer.flush()
+            return
+        sys.stdout.write(content)
         sys.stdout.flush()
         return
     try:
-        Path(output).write_text(text, encoding="utf-8")
+        if isinstance(content, bytes):
+            Path(output).write_bytes(content)
+        else:
+            Path(output).write_text(content, encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot write {output}: {exc.strerror or exc}; choose a writable path"
                          " with -o") from None

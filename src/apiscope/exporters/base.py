@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,6 +18,11 @@ class Profile:
     title: str = "apiscope flamegraph"
     report: dict[str, Any] | None = None  # the session's report, for the html page
     threads: bool = False  # add a process and a thread root frame to every stack
+    # For formats that carry more than counts (pprof): the sampling rate, the endpoint a stack
+    # serves (the report's attribution) and the session's (start, seconds).
+    rate_hz: int | None = None
+    endpoint_of: Callable[[Sequence[Frame]], str | None] | None = None
+    span: tuple[float, float] | None = None
 
     @property
     def total(self) -> int:

@@ -12,6 +12,10 @@ from apiscope.exporters.base import Profile
 from apiscope.exporters.tree import frame_label
 from apiscope.model import Frame
 
+# A thread sampled with no Python frame (a native thread, or one between frames): every line
+# must name a stack, so it gets this synthetic frame rather than an empty one.
+NO_FRAMES = Frame("[no Python frames]", "", 0)
+
 
 def _clean(label: str) -> str:
     # `;` separates frames and a newline ends the record: neither may appear inside a frame.
@@ -23,7 +27,7 @@ def render_folded(profile: Profile) -> str:
     lines: dict[str, int] = {}
     for frames, count in profile.stacks().items():
         parts = []
-        for frame in frames:
+        for frame in frames or (NO_FRAMES,):
             label = labels.get(frame)
             if label is None:
                 label = labels[frame] = _clean(frame_label(frame))
