@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -104,3 +106,22 @@ def test_counts_are_kept_and_the_measured_cpu_is_respected(
         if tid in cpu:
             expected = min(1.0, cpu[tid] / seconds) * total
             assert abs(ran - expected) <= 1.0 + 1e-9 * total
+
+
+def test_a_line_never_alone_is_still_told_from_its_neighbours() -> None:
+    # An event loop runs a sleeping handler and a computing one in every window, in changing
+    # proportions: no window shows either line alone, the fit over windows still tells them.
+    priors = LinePriors()
+    rng = random.Random(7)
+    for _ in range(12):
+        asleep, busy = rng.randint(10, 60), rng.randint(10, 60)
+        select = sample(SELECT, 100 - asleep - busy, tid=1)
+        window = [sample(SLEEP, asleep, tid=1), sample(COMPUTE, busy, tid=1), select]
+        apportion(window, {id(select): True}, {(1, 1): busy / 100}, 1.0, priors)
+    assert priors.odds(SLEEP, False) < 0.1 and priors.odds(COMPUTE, False) > 0.9
+    select = sample(SELECT, 40, tid=1)
+    rows = apportion([sample(SLEEP, 30, tid=1), sample(COMPUTE, 30, tid=1), select],
+                     {id(select): True}, {(1, 1): 0.3}, 1.0, priors)
+    got = by_state(rows)
+    assert got.get((SLEEP, SampleState.RUNNING), 0) <= 3
+    assert got[(COMPUTE, SampleState.RUNNING)] >= 27
