@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_ARGS ?=
 
-.PHONY: install demo test lint typecheck pytest bench accuracy system-deps clean
+.PHONY: install demo test lint typecheck pytest bench accuracy system-deps target-envs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,12 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed-test
+# One small environment per CPython 3.9-3.13 found here (uvicorn + Starlette), under
+# $(VENV)/targets/: the servers the version matrix attaches to. Built once, then reused.
+target-envs: $(VENV)/.installed-test
+	$(BIN)/python -m tests.pythons.targets
+
+pytest: $(VENV)/.installed-test target-envs
 	$(BIN)/pytest -q -rs
 
 test: system-deps lint typecheck pytest

@@ -49,7 +49,7 @@ MAX_AWAIT_DEPTH = 200
 Records = Sequence[tuple[Sequence[str], float]]  # pyinstrument's (root-first stack, seconds)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ProfilingOptions:
     every: int = 20  # 1 in N requests per route; 0 turns profiling off
     slow_ms: float = 200.0  # a request this slow arms its route (the default SLO); 0: never

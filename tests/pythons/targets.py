@@ -1,0 +1,93 @@
+"""Target environments: one small virtualenv per CPython version, with uvicorn and Starlette.
+
+The servers that the version matrix attaches to run on other interpreters than apiscope's own,
+from environments that hold nothing of apiscope (as a production server's would). Each is built
+once, under `.venv/targets/<X.Y>/`, and reused: `make target-venvs` builds them all ahead of the
+tests, and a test asking for a missing one builds it (a minute per version, from the package
+index).
+
+    python -m tests.pythons.targets [X.Y ...]   # build (or check) the environments
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGETS = ROOT / ".venv" / "targets"
+VERSIONS = ("3.9", "3.10", "3.11", "3.12", "3.13")
+# No extras: uvicorn then runs the standard asyncio loop and h11, which every version has
+# (uvloop and httptools are what `uvicorn[standard]` adds; see docs/status.md).
+PACKAGES = ("uvicorn", "starlette")
+READY = ".apiscope-target-ready"
+
+
+class NoInterpreter(LookupError):
+    """No CPython of the asked version is installed here."""
+
+
+def interpreter(version: str) -> str:
+    """A real `pythonX.Y` executable (not a version manager's shim)."""
+    pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    candidates = sorted(glob.glob(os.path.join(pyenv_root, "versions", f"{version}.*",
+                                               "bin", "python")), reverse=True)
+    candidates += [f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"]
+    for path in candidates:
+        if os.access(path, os.X_OK) and _version_of(path) == version:
+            return path
+    raise NoInterpreter(f"no CPython {version} found (looked in {pyenv_root}/versions and"
+                        " /usr/bin); install it, e.g. `pyenv install " + version + "`")
+
+
+def target_python(version: str) -> Path:
+    """The python of the target environment for `version`, built when missing."""
+    env = TARGETS / version
+    python = env / "bin" / "python"
+    if (env / READY).exists():
+        return python
+    TARGETS.mkdir(parents=True, exist_ok=True)
+    with open(TARGETS / f".{version}.lock", "w") as lock:  # two test runs: one builds
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (env / READY).exists():
+            _build(version, env)
+    return python
+
+
+def _build(version: str, env: Path) -> None:
+    shutil.rmtree(env, ignore_errors=True)  # a half-built one from an interrupted run
+    base = interpreter(version)
+    _run([base, "-m", "venv", str(env)])
+    _run([str(env / "bin" / "python"), "-m", "pip", "install", "--quiet",
+          "--disable-pip-version-check", *PACKAGES])
+    (env / READY).write_text(_version_of(str(env / "bin" / "python")) + "\n")
+
+
+def _run(argv: list[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {(done.stderr or done.stdout)[-2000:]}")
+
+
+def _version_of(python: str) -> str:
+    done = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                          capture_output=True, text=True, timeout=60)
+    return done.stdout.strip()
+
+
+def main(argv: list[str]) -> int:
+    for version in argv or VERSIONS:
+        try:
+            print(f"{version}: {target_python(version)}")
+        except NoInterpreter as exc:
+            print(f"{version}: skipped: {exc}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

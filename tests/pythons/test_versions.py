@@ -1,0 +1,71 @@
+"""The attach/inject/detach cycle on every supported CPython, 3.9 to 3.13.
+
+Each case serves `matrix_app` with uvicorn from a target environment of that version (nothing
+of apiscope installed there), attaches `apiscope attach` to it (py-spy sampling, the agent
+injected with gdb), drives requests, and checks the session: every request under its template,
+the loop-blocking route flagged `event_loop_blocked`, and the agent gone after the session.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from apiscope.store import SessionReader
+from tests.pythons.harness import (
+    PLAN,
+    agent_answers,
+    attach_session,
+    drive,
+    get,
+    serve,
+)
+from tests.pythons.targets import VERSIONS, NoInterpreter, target_python
+from tests.support import IN_CI, require_program, require_ptrace, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _python_for(version: str) -> Path:
+    try:
+        return target_python(version)
+    except NoInterpreter as exc:
+        if IN_CI:
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_attach_inject_flag_detach(version: str, tmp_path: Path) -> None:
+    require_ptrace()
+    require_program("gdb")
+    require_program("py-spy")
+    python = _python_for(version)
+    session, report = tmp_path / "s.sqlite", tmp_path / "r.json"
+    with serve([str(python)]) as server:
+        with attach_session(server.pid, session, report) as apiscope:
+            wait_until(lambda: apiscope.check() and agent_answers(server.pid), timeout=60,
+                       what=f"the agent injected into Python {version} to answer")
+            drive(server.url)
+        assert apiscope.returncode == 0, apiscope.stderr
+        # Detached at the end: nothing answers, and the app serves as before.
+        wait_until(lambda: not agent_answers(server.pid), timeout=20,
+                   what="the agent to be removed")
+        assert json.loads(get(server, "/items/7")) == {"item_id": "7"}
+
+    with SessionReader(session) as reader:
+        counts = Counter(r.route for r in reader.requests() if r.route != "/ping")
+        assert {r.pid for r in reader.requests()} == {server.pid}
+    assert counts == Counter(PLAN), apiscope.stderr
+    data = json.loads(report.read_text())
+    assert data["target"]["python"].startswith(version + "."), data["target"]
+    blocked = [f for f in data["flags"] if f["kind"] == "event_loop_blocked"]
+    assert [f["route"] for f in blocked] == ["GET /block"], data["flags"]
+    assert blocked[0]["location"]["file"].endswith("matrix_app.py")
+    assert blocked[0]["location"]["function"].endswith("block")
+    print(f"\n[python {version}] {sys.platform}: {sum(counts.values())} requests recorded,"
+          f" flags {[f['kind'] for f in data['flags']]}")
