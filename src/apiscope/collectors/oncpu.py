@@ -49,10 +49,14 @@ class LinePriors:
     share of running, add up to the running samples its measured CPU time stands for. A thread
     that mixes lines (an event loop runs many handlers in a second) never sits on one line
     alone, but across windows its mix changes, and the shares that explain every window at once
-    are found by least squares, each share kept in [0, 1] and pulled gently towards its
-    starting odds (a ridge of `PRIOR_WEIGHT` samples) while little is known. The fit runs by
-    coordinate descent over the last `memory` thread-windows, a few sweeps after each window,
-    warm-started from the previous shares: milliseconds per second for hundreds of lines.
+    are found by least squares, each kept in [0, 1] and pulled towards its starting odds by a
+    ridge of `PRIOR_WEIGHT` samples while little is known.
+
+    Most lines are seen a few times only (an event loop touches hundreds of framework lines):
+    lines with fewer than `POOL_BELOW` samples in memory share one share per kind (working or
+    idle stacks), fitted on their pooled counts; a line seen a lot (a handler sleeping in every
+    request) gets its own. The fit runs by coordinate descent over the last `memory`
+    thread-windows, a few sweeps after each window, warm-started: milliseconds per window.
     """
 
     def __init__(self, memory: int = 240, sweeps: int = 3) -> None:
@@ -60,9 +64,11 @@ class LinePriors:
         self.sweeps = sweeps
         self._rows: list[tuple[dict[LineKey, int], float]] = []
         self._share: dict[LineKey, float] = {}
+        self._pooled: set[LineKey] = set()
 
     def odds(self, leaf: Frame | None, idle: bool) -> float:
-        return self._share.get((leaf, idle), PRIOR_IDLE if idle else PRIOR_ACTIVE)
+        key = _POOL[idle] if (leaf, idle) in self._pooled else (leaf, idle)
+        return self._share.get(key, self._share.get(_POOL[idle], _start(idle)))
 
     def observe(self, counts: dict[LineKey, int], ran: float) -> None:
         """One thread-window: its samples per line and how many of them ran (measured)."""
@@ -71,28 +77,48 @@ class LinePriors:
             del self._rows[: len(self._rows) - self.memory]
 
     def fit(self) -> None:
-        by_line: dict[LineKey, list[tuple[int, int]]] = {}
-        residual = []
-        for i, (counts, ran) in enumerate(self._rows):
-            predicted = 0.0
+        totals: dict[LineKey, int] = defaultdict(int)
+        for counts, _ in self._rows:
             for key, n in counts.items():
-                by_line.setdefault(key, []).append((i, n))
-                predicted += n * self.odds(*key)
-            residual.append(ran - predicted)
+                totals[key] += n
+        self._pooled = {key for key, n in totals.items() if n < POOL_BELOW}
+        rows = [(self._pool(counts), ran) for counts, ran in self._rows]
+        by_line: dict[LineKey, list[tuple[int, int]]] = defaultdict(list)
+        for i, (counts, _) in enumerate(rows):
+            for key, n in counts.items():
+                by_line[key].append((i, n))
+        residual = [ran - sum(n * self._share.get(key, _start(key[1]))
+                              for key, n in counts.items()) for counts, ran in rows]
         for _ in range(self.sweeps):
-            for key, rows in by_line.items():
-                start = PRIOR_IDLE if key[1] else PRIOR_ACTIVE
-                old = self.odds(*key)
-                num = PRIOR_WEIGHT * PRIOR_WEIGHT * start
-                den = PRIOR_WEIGHT * PRIOR_WEIGHT
-                for i, n in rows:
-                    num += n * (residual[i] + n * old)
-                    den += n * n
-                new = min(1.0, max(0.0, num / den))
-                if new != old:
-                    self._share[key] = new
-                    for i, n in rows:
-                        residual[i] -= n * (new - old)
+            for key, entries in by_line.items():
+                self._fit_line(key, entries, residual)
+
+    def _pool(self, counts: dict[LineKey, int]) -> dict[LineKey, int]:
+        out: dict[LineKey, int] = defaultdict(int)
+        for key, n in counts.items():
+            out[_POOL[key[1]] if key in self._pooled else key] += n
+        return out
+
+    def _fit_line(self, key: LineKey, entries: list[tuple[int, int]],
+                  residual: list[float]) -> None:
+        old = self._share.get(key, _start(key[1]))
+        ridge = PRIOR_WEIGHT * PRIOR_WEIGHT
+        num, den = ridge * _start(key[1]), ridge
+        for i, n in entries:
+            num += n * (residual[i] + n * old)
+            den += n * n
+        new = min(1.0, max(0.0, num / den))
+        self._share[key] = new
+        for i, n in entries:
+            residual[i] -= n * (new - old)
+
+
+POOL_BELOW = 30  # samples in memory: fewer, and a line shares its kind's pooled share
+_POOL: dict[bool, LineKey] = {False: (None, False), True: (None, True)}
+
+
+def _start(idle: bool) -> float:
+    return PRIOR_IDLE if idle else PRIOR_ACTIVE
 
 
 @dataclass(frozen=True, slots=True)
