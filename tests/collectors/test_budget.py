@@ -1,0 +1,39 @@
+"""The overhead budget: the next window's rate from the measured cost of the last ones."""
+
+from __future__ import annotations
+
+from apiscope.collectors.budget import OverheadBudget, WindowCost
+
+
+def test_a_cheap_target_keeps_the_requested_rate() -> None:
+    budget = OverheadBudget(0.02, 100)
+    # 100 ticks cost 5 ms: 0.5% of a core, well within 2%
+    assert budget.observe(WindowCost(1.0, 100, 0.005)) == 100
+    assert budget.mean_cost() == 0.005
+
+
+def test_an_expensive_target_gets_a_lower_rate_that_fits_the_budget() -> None:
+    budget = OverheadBudget(0.02, 100)
+    # py-spy used 0.08 s for 100 ticks: 0.8 ms a tick; 2% of a core affords 25 ticks a second
+    rate = budget.observe(WindowCost(1.0, 100, 0.08))
+    assert rate == 25
+    # at that rate the cost per tick is the same: the rate holds
+    assert budget.observe(WindowCost(1.0, rate, 0.02)) == 25
+
+
+def test_the_agents_own_cpu_comes_out_of_the_same_budget() -> None:
+    budget = OverheadBudget(0.02, 100)
+    assert budget.observe(WindowCost(1.0, 100, 0.04, agent_cpu=0.01)) == 25
+
+
+def test_several_processes_each_have_a_core_of_capacity() -> None:
+    budget = OverheadBudget(0.02, 100)
+    # two workers, 200 ticks for 0.08 s: 0.4 ms a tick, 4% of two cores affords 50 Hz
+    assert budget.observe(WindowCost(1.0, 100, 0.08, processes=2)) == 50
+
+
+def test_the_rate_never_goes_below_the_floor_and_says_so() -> None:
+    budget = OverheadBudget(0.02, 100, min_rate=5)
+    assert budget.observe(WindowCost(1.0, 100, 1.0)) == 5
+    assert budget.observe(WindowCost(1.0, 5, 0.05)) == 5
+    assert budget.over_budget
