@@ -59,21 +59,21 @@ class ThreadCpu:
     """A watchdog thread's own CPU time, readable from any thread."""
 
     def __init__(self) -> None:
-        self._stat: SchedStat | None = None
+        self.stat: SchedStat | None = None
         self._last = 0.0  # seconds, as the thread itself last reported it (non-Linux)
 
     def bind(self) -> None:
         """Call from the thread itself."""
-        self._stat = SchedStat.open(threading.get_native_id())
+        self.stat = SchedStat.open(threading.get_native_id())
         self._last = time.thread_time()
 
     def report(self) -> None:
         """Call from the thread itself, now and then (only needed without schedstat)."""
-        if self._stat is None:
+        if self.stat is None:
             self._last = time.thread_time()
 
     def seconds(self) -> float:
-        stat = self._stat
+        stat = self.stat
         if stat is not None:
             read = stat.read()
             if read is not None:
@@ -82,9 +82,9 @@ class ThreadCpu:
 
     def close(self) -> None:
         self.seconds()  # keep the last figure once the file is gone
-        if self._stat is not None:
-            self._stat.close()
-            self._stat = None
+        if self.stat is not None:
+            self.stat.close()
+            self.stat = None
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:

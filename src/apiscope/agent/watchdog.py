@@ -10,7 +10,9 @@ queued for the GIL; the agent's watchdog threads measure it:
   last seen running, how long it ran nothing else, the stack seen most often meanwhile, and the
   loop thread's CPU time over the stall (a `time.sleep` uses none, a computation all of it).
   A loop parked in its selector is not woken for a probe: it would run one at once, so the
-  check counts as a probe with no lag, and an idle server's loop stays asleep.
+  check counts as a probe with no lag, and an idle server's loop stays asleep. Each check is
+  one wake-up of the watchdog; for `ALERT_SECONDS` after a late probe the checks come every
+  `stall_threshold` instead, so that short stalls are caught with their stacks.
 - The GIL wait is measured on every timed wake-up of a watchdog thread (`gilwatch`): the loop
   watchdogs' own, and a `GilWatchdog` thread's, which wakes every `gil_interval` while no loop
   watchdog runs (before the first request) and once a second otherwise.
@@ -43,6 +45,7 @@ MAX_LAGS = 20_000
 MAX_DEPTH = 256  # frames per stack: deeper stacks keep their root part
 MAX_DISTINCT_STACKS = 64  # per stall: a stall moving through many stacks keeps the first ones
 JOIN_SECONDS = 2.0
+ALERT_SECONDS = 10.0  # after a late probe, check at the stall threshold for this long
 
 Frame = tuple[str, str, int]  # (function as py-spy names it, absolute file, line)
 Stack = tuple[Frame, ...]
@@ -109,7 +112,8 @@ def _loop_is_parked(frame: FrameType | None) -> bool:
 
 
 class LoopWatchdog:
-    """Probes one event loop from a daemon thread; `drain()` hands over what it measured."""
+    """Probes one event loop from a daemon thread (build it on the loop thread); `drain()`
+    hands over what it measured."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, ident: int, native_id: int,
                  options: WatchdogOptions, meter: GilMeter | None = None) -> None:
@@ -127,8 +131,10 @@ class LoopWatchdog:
         self._stalls: deque[dict[str, Any]] = deque(maxlen=MAX_STALLS)
         self._epoch_offset = time.time() - time.perf_counter()
         self._ran: tuple[float, int] | None = None  # the probe's (perf_counter, thread CPU ns)
+        # Built on the loop thread (see `Watchdogs.see_loop`): the loop is running, now.
         self._seen_at = time.perf_counter()  # when the loop was last seen running
-        self._seen_cpu_ns: int | None = None
+        self._seen_cpu_ns: int | None = time.thread_time_ns()  # the loop thread's CPU then
+        self._alert_until = 0.0  # perf_counter time until which probes are watched closely
         self._thread: threading.Thread | None = None
 
     @property
@@ -153,6 +159,13 @@ class LoopWatchdog:
         if self._loop_stat is not None:
             self._loop_stat.close()
             self._loop_stat = None
+
+    def forget_files(self) -> None:
+        """Close the files of threads that are not in this (forked) process."""
+        for stat in (self._loop_stat, self.cpu.stat):
+            if stat is not None:
+                stat.close()
+        self._loop_stat = None
 
     def drain(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The lag summary since the last drain (None without probes) and the stalls."""
@@ -200,20 +213,31 @@ class LoopWatchdog:
 
     def _cycle(self) -> bool:
         """One check of the loop; False once the loop is closed or the watchdog stopped."""
-        loop, interval = self.loop, self.options.loop_interval
+        loop = self.loop
         if loop.is_closed():
             return False
-        if not loop.is_running() or _loop_is_parked(sys._current_frames().get(self.ident)):
+        # One wake-up per check. For a while after a late probe the checks come as often as
+        # the stall threshold, so that a short stall is seen (and its stack sampled) while it
+        # lasts and its start is known closely; otherwise every `loop_interval`.
+        period = self.options.loop_interval
+        if time.perf_counter() < self._alert_until:
+            period = min(period, self.options.stall_threshold)
+        frame = sys._current_frames().get(self.ident)
+        if not loop.is_running() or _loop_is_parked(frame):
             self._seen_idle()
-            return self._sleep(interval)
+            return self._sleep(period)
         self._ran = None
         posted = time.perf_counter()
         loop.call_soon_threadsafe(self._probe)
-        outcome = self._await_probe(posted)
+        # What the loop runs now: if the probe turns out late, this is the first sample of
+        # the stall (a stall shorter than the wait below gets no other).
+        stacks: Counter[Stack] = Counter([frame_stack(frame)] if frame is not None else [])
+        del frame
+        outcome = self._await_probe(posted, period, stacks)
         if outcome is None:
             return False
         self._record(posted, *outcome)
-        remaining = interval - (time.perf_counter() - posted)
+        remaining = period - (time.perf_counter() - posted)
         return remaining <= 0 or self._sleep(remaining)
 
     def _seen_idle(self) -> None:
@@ -224,11 +248,10 @@ class LoopWatchdog:
             self._lags.append(0.0)
         self._seen_at, self._seen_cpu_ns = now, (read[0] if read is not None else None)
 
-    def _await_probe(self, posted: float) -> tuple[tuple[float, int], Counter[Stack]] | None:
+    def _await_probe(self, posted: float, wait: float, stacks: Counter[Stack],
+                     ) -> tuple[tuple[float, int], Counter[Stack]] | None:
         """Wait for the probe to run, sampling the loop's stack once it is a stall."""
         options = self.options
-        stacks: Counter[Stack] = Counter()
-        wait = min(options.loop_interval, options.stall_threshold)
         while True:
             if not self._sleep(wait):
                 return None
@@ -263,6 +286,8 @@ class LoopWatchdog:
             stall = {"tid": self.native_id, "start": start + self._epoch_offset,
                      "duration_ms": round((ran_at - start) * 1000.0, 3),
                      "frames": frames, "cpu_ms": cpu_ms}
+        if lag >= self.options.stall_threshold / 2:
+            self._alert_until = ran_at + ALERT_SECONDS
         with self._lock:
             self._lags.append(lag)
             if stall is not None:
@@ -286,10 +311,19 @@ class Watchdogs:
 
     def see_loop(self) -> None:
         """Called by the middleware on each request, on the loop serving it: cheap after the
-        first request of each loop (one lookup and one comparison)."""
-        loop = asyncio.get_running_loop()
+        first request of each loop (one lookup and one comparison). Never raises."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio (an app served on trio): no loop to watch
+            return
         if loop is self._last_loop:
             return
+        try:
+            self._watch(loop)
+        except Exception:  # no thread to be had: the request goes on unwatched
+            self.errors += 1
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         self._last_loop = loop
         with self._lock:
             if id(loop) in self._loops:
@@ -332,6 +366,10 @@ class Watchdogs:
 
     def after_fork(self) -> None:
         """In a forked child: the parent's threads and loops are not ours."""
+        for dog in self._loops.values():
+            dog.forget_files()
+        if self._gil is not None and self._gil.cpu.stat is not None:
+            self._gil.cpu.stat.close()
         self._lock = threading.Lock()
         self._loops, self._gil, self._meter = {}, None, GilMeter()
         self._last_loop, self._running = None, False
