@@ -19,6 +19,7 @@ from typing import Any
 
 from .django_routes import REQUEST_KEY, DjangoTemplates, install_request_hook
 from .frameworks import DJANGO, LITESTAR, STARLETTE, apps_inside
+from .inflight import InFlight, current_task
 from .pathgroups import PathGrouper
 from .paths import AppFiles
 from .profiling import ProfileRun, RequestProfiling
@@ -72,6 +73,7 @@ class AgentMiddleware:
                  app_files: AppFiles | None = None,
                  profiling: RequestProfiling | None = None,
                  watchdogs: Watchdogs | None = None,
+                 inflight: InFlight | None = None,
                  clock: Callable[[], float] = time.perf_counter,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.app = app
@@ -82,6 +84,7 @@ class AgentMiddleware:
         self.app_files = app_files or (query_hooks.app_files if query_hooks else AppFiles())
         self.profiling = profiling
         self.watchdogs = watchdogs
+        self.inflight = inflight  # requests running now, for `apiscope dump`
         self._clock = clock
         self._epoch_offset = wall_clock() - clock()
         self._last_app: Any = None
@@ -118,6 +121,8 @@ class AgentMiddleware:
             if profiling is not None and profiling.armed:  # the one test unprofiled requests pay
                 run = profiling.admit(scope.get("method", "GET"), scope.get("path", ""))
             self._before(scope)
+            if self.inflight is not None:  # one dict insert; _finish deletes it
+                self.inflight.requests[id(timing)] = (self, timing, scope, current_task())
             if self.query_hooks is not None:
                 token = CURRENT.set(RequestQueries())
         except Exception:
@@ -159,6 +164,8 @@ class AgentMiddleware:
     def _finish(self, scope: Scope, root_path: str, timing: _Timing,
                 exc: BaseException | None, token: Any, run: ProfileRun | None = None) -> None:
         try:
+            if self.inflight is not None:
+                self.inflight.requests.pop(id(timing), None)
             django_request = scope.pop(REQUEST_KEY, None)  # also breaks the scope<->request cycle
             queries: tuple[QueryEntry, ...] = ()
             if token is not None:

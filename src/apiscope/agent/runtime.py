@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .inflight import InFlight, dump_state
 from .middleware import AgentMiddleware, ASGIApp
 from .paths import AppFiles, ensure_private_dir, socket_dir, socket_path
 from .profiling import ProfilingOptions, RequestProfiling
@@ -47,6 +48,7 @@ class Agent:
         self.profiling = RequestProfiling(self.profiles)  # options from APISCOPE_PROFILE_*
         self.query_hooks: QueryHooks | None = None
         self.watchdogs = Watchdogs()  # options from APISCOPE_WATCHDOG_*
+        self.inflight = InFlight()  # requests running now, for `{"op": "dump"}`
         self._server: AgentServer | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -105,7 +107,7 @@ class Agent:
         return AgentMiddleware(app, self.recorder, routes=self.routes,
                                threadpool=self.threadpool, query_hooks=self._hooks(),
                                app_files=self.app_files, profiling=self.profiling,
-                               watchdogs=self.watchdogs)
+                               watchdogs=self.watchdogs, inflight=self.inflight)
 
     def configure_profiling(self, options: ProfilingOptions) -> None:
         """Change which requests are profiled (`every=0` stops profiling); apps already
@@ -126,6 +128,8 @@ class Agent:
             if not isinstance(limit, int) or limit < 1:
                 raise ValueError(f"max must be a positive integer, not {limit!r}")
             return self.pull(limit)
+        if op == "dump":
+            return dump_state(self.inflight)
         raise ValueError(f"unknown op {op!r}")
 
     def pull(self, limit: int = MAX_BATCH) -> dict[str, Any]:

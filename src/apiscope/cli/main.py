@@ -13,6 +13,7 @@ from apiscope.cli.dashboard import DashboardCommand
 from apiscope.cli.demo import DemoCommand
 from apiscope.cli.detach import DetachCommand
 from apiscope.cli.diff import DiffCommand
+from apiscope.cli.dump import DumpCommand
 from apiscope.cli.export import ExportCommand
 from apiscope.cli.report import ReportCommand
 from apiscope.cli.run import RunCommand
@@ -27,6 +28,7 @@ COMMANDS: list[Command] = [
     ExportCommand(),
     DiffCommand(),
     DetachCommand(),
+    DumpCommand(),
 ]
 
 

@@ -1,0 +1,241 @@
+"""What the server is doing right now: the requests in flight and every thread's stack.
+
+`InFlight` is the middleware's registry of requests that have started and not finished: one
+dict insert when a request comes in and one delete when it ends. Measured on a trivial ASGI app
+driven in-process (2-core VM, Python 3.11), the middleware went from 2.7-5.6 to 3.6-6.3 µs per
+request with it: 0.7-1.0 µs, about 1 % of a bare FastAPI request's CPU. Nothing is computed
+until a dump is asked for: `dump_state` then walks, for each request, the await chain of its
+task's coroutine (`cr_await` down to the awaited call; async generators and awaited tasks
+followed), finds the thread running it (the loop thread while the coroutine runs; the pool
+thread whose frames hold the future the coroutine waits for, for a sync handler), and takes
+every thread's stack from `sys._current_frames()`.
+
+Requests that were already in flight when the agent was injected are not in the registry; their
+tasks are still found (a task whose coroutine has the ASGI `scope` of an HTTP request in a frame)
+and listed with an unknown elapsed time. Standard library only, relative imports only, Python
+3.9 compatible: this runs inside the target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+MAX_DEPTH = 200  # frames per stack or chain: a deeper one keeps its root part
+MAX_TASK_HOPS = 16  # awaited tasks followed from one request's chain
+OWN_THREADS = ("apiscope-agent",)  # the agent's threads: the one answering the dump is busy
+
+# id(timing) -> (the middleware, its timing (`.called`), scope, asyncio task or None)
+Entry = tuple[Any, Any, Any, Any]
+FrameInfo = dict[str, Any]
+
+
+class InFlight:
+    """Requests started and not yet finished, keyed by the middleware's timing object."""
+
+    __slots__ = ("requests",)
+
+    def __init__(self) -> None:
+        self.requests: dict[int, Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+
+def current_task() -> Any:
+    """The asyncio task running the request, or None (another async library, no loop)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+def frame_info(frame: FrameType) -> FrameInfo:
+    code = frame.f_code
+    return {"function": getattr(code, "co_qualname", code.co_name),
+            "file": code.co_filename, "line": frame.f_lineno or 0}
+
+
+def thread_stack(frame: FrameType | None) -> list[FrameInfo]:
+    """Root-first frames of a thread whose leaf frame is `frame`."""
+    leaf_first = []
+    while frame is not None:
+        leaf_first.append(frame_info(frame))
+        frame = frame.f_back
+    leaf_first.reverse()
+    return leaf_first[:MAX_DEPTH]
+
+
+def _awaitable_frame(obj: Any) -> tuple[FrameType | None, Any]:
+    """The frame of a coroutine, async generator (or its asend/athrow) or generator, and what
+    it awaits in turn."""
+    for frame_name, next_name in (("cr_frame", "cr_await"), ("ag_frame", "ag_await"),
+                                  ("gi_frame", "gi_yieldfrom")):
+        if hasattr(obj, frame_name):
+            return getattr(obj, frame_name), getattr(obj, next_name, None)
+    return None, None
+
+
+def await_chain(task: Any) -> tuple[list[FrameInfo], str | None, Any]:
+    """The frames the task's coroutine is suspended in (outermost first), a description of
+    the awaited object at the bottom, and that object (a future) when there is one."""
+    chain: list[FrameInfo] = []
+    for _ in range(MAX_TASK_HOPS):
+        obj: Any = task.get_coro()
+        while obj is not None and len(chain) < MAX_DEPTH:
+            frame, obj = _awaitable_frame(obj)
+            if frame is None:
+                break  # a C awaitable (a future's iterator): the task's waiter says what
+            chain.append(frame_info(frame))
+        waiter = getattr(task, "_fut_waiter", None)
+        if not isinstance(waiter, asyncio.Task):
+            return chain, _describe(waiter, task), waiter
+        task = waiter  # awaiting another task: its chain continues this one
+    return chain, "a chain of tasks too long to follow", None
+
+
+def _describe(awaited: Any, task: Any) -> str | None:
+    if awaited is not None:
+        return f"{type(awaited).__name__} ({'done' if awaited.done() else 'pending'})"
+    coro = task.get_coro()
+    if getattr(coro, "cr_running", False):
+        return None  # running now: the thread's stack shows where
+    return "nothing (ready to run)"
+
+
+def _threads() -> dict[int, tuple[str, int]]:
+    return {t.ident: (t.name, getattr(t, "native_id", None) or 0)
+            for t in threading.enumerate() if t.ident is not None}
+
+
+def _holds(frame: FrameType | None, target: Any) -> bool:
+    """Whether a frame of this thread has `target` among its locals (anyio's and
+    concurrent.futures' workers keep the future of the call they run in a local)."""
+    while frame is not None:
+        try:
+            values = frame.f_locals.values()
+            if any(v is target or (isinstance(v, tuple) and any(x is target for x in v))
+                   for v in values):
+                return True
+        except Exception:  # a frame whose locals cannot be read says nothing
+            pass
+        frame = frame.f_back
+    return False
+
+
+def _worker_of(future: Any, frames: dict[int, FrameType], skip: int) -> int | None:
+    if future is None:
+        return None
+    for ident, frame in frames.items():
+        if ident != skip and _holds(frame, future):
+            return ident
+    return None
+
+
+def _request_row(route: str, method: str, path: str, elapsed: float | None, task: Any,
+                 loop_thread: int | None, frames: dict[int, FrameType]) -> dict[str, Any]:
+    chain: list[FrameInfo] = []
+    awaiting: str | None = None
+    thread = loop_thread
+    if task is not None:
+        chain, awaiting, awaited = await_chain(task)
+        if awaiting is None:
+            pass  # running on the loop thread right now
+        elif awaited is not None:
+            worker = _worker_of(awaited, frames, loop_thread or 0)
+            thread = worker if worker is not None else None
+    return {"route": route, "method": method, "path": path, "elapsed_s": elapsed,
+            "await_chain": chain, "awaiting": awaiting, "running": awaiting is None,
+            "thread": thread}
+
+
+def _registered(inflight: InFlight, frames: dict[int, FrameType],
+                clock: Callable[[], float]) -> tuple[list[dict[str, Any]], set[int]]:
+    rows: list[dict[str, Any]] = []
+    tasks: set[int] = set()
+    now = clock()
+    for middleware, timing, scope, task in list(inflight.requests.values()):
+        route = route_now(middleware, scope)
+        rows.append(_request_row(route, str(scope.get("method", "")), str(scope.get("path", "")),
+                                 now - timing.called, task, _loop_thread(task), frames))
+        if task is not None:
+            tasks.add(id(task))
+    return rows, tasks
+
+
+def _loop_thread(task: Any) -> int | None:
+    """The thread of the loop running `task` (asyncio's loops note it while they run)."""
+    try:
+        return getattr(task.get_loop(), "_thread_id", None) if task is not None else None
+    except Exception:
+        return None
+
+
+def route_now(middleware: Any, scope: Any) -> str:
+    """The route template of a request still running, once the framework has routed it."""
+    if not any(key in scope for key in ("route", "endpoint", "path_template")):
+        return str(scope.get("path", ""))  # not routed yet, or a framework we cannot read
+    try:
+        return str(middleware.route_of(scope, "", 200))
+    except Exception:
+        return str(scope.get("path", ""))
+
+
+def _scope_of(task: Any) -> dict[str, Any] | None:
+    """The HTTP scope a task serves, from the first frame of its chain that holds one."""
+    obj = task.get_coro()
+    for _ in range(MAX_DEPTH):
+        frame, nxt = _awaitable_frame(obj)
+        if frame is None:
+            return None
+        scope = frame.f_locals.get("scope")
+        if isinstance(scope, dict) and scope.get("type") == "http":
+            return scope
+        obj = nxt
+    return None
+
+
+def _unregistered(known: set[int], frames: dict[int, FrameType]) -> list[dict[str, Any]]:
+    """Requests the agent never saw start (in flight before it was injected)."""
+    rows = []
+    for loop in (o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop)):
+        if loop.is_closed():
+            continue
+        thread = getattr(loop, "_thread_id", None)
+        for task in asyncio.all_tasks(loop):
+            scope = None if id(task) in known else _scope_of(task)
+            if scope is not None:
+                row = _request_row(str(scope.get("path", "")), str(scope.get("method", "")),
+                                   str(scope.get("path", "")), None, task, thread, frames)
+                row["before_agent"] = True
+                rows.append(row)
+    return rows
+
+
+def dump_state(inflight: InFlight, clock: Callable[[], float] = time.perf_counter,
+               ) -> dict[str, Any]:
+    """The dump answer: requests in flight (longest first) and every thread's stack."""
+    frames = sys._current_frames()
+    names = _threads()
+    requests, known = _registered(inflight, frames, clock)
+    try:
+        requests += _unregistered(known, frames)
+    except Exception:  # loops and tasks read from another thread: best effort only
+        pass
+    requests.sort(key=lambda r: -1.0 if r["elapsed_s"] is None else -r["elapsed_s"])
+    threads = []
+    for ident, frame in frames.items():
+        name, native = names.get(ident, ("", 0))
+        if name.startswith(OWN_THREADS):
+            continue
+        threads.append({"ident": ident, "native_id": native, "name": name,
+                        "frames": thread_stack(frame)})
+    return {"pid": os.getpid(), "ts": time.time(), "python": sys.version.split()[0],
+            "requests": requests, "threads": threads}
