@@ -6,7 +6,7 @@ once, under `.venv/targets/<X.Y>/`, and reused: `make target-venvs` builds them 
 tests, and a test asking for a missing one builds it (a minute per version, from the package
 index).
 
-    python -m tests.pythons.targets [X.Y ...]   # build (or check) the environments
+    python -m tests.pythons.targets [X.Y|system ...]   # build (or check) the environments
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ROOT / ".venv" / "targets"
 VERSIONS = ("3.9", "3.10", "3.11", "3.12", "3.13")
+# The distribution's own python3: readable by every user (a version manager's interpreters live
+# in a home directory), so the tests that run a server as another user build on it.
+SYSTEM = "system"
+SYSTEM_PYTHON = "/usr/bin/python3"
 # No extras: uvicorn then runs the standard asyncio loop and h11, which every version has
 # (uvloop and httptools are what `uvicorn[standard]` adds; see docs/status.md).
 PACKAGES = ("uvicorn", "starlette")
@@ -33,7 +37,11 @@ class NoInterpreter(LookupError):
 
 
 def interpreter(version: str) -> str:
-    """A real `pythonX.Y` executable (not a version manager's shim)."""
+    """A real `pythonX.Y` executable (not a version manager's shim), or the system's python3."""
+    if version == SYSTEM:
+        if os.access(SYSTEM_PYTHON, os.X_OK):
+            return SYSTEM_PYTHON
+        raise NoInterpreter(f"{SYSTEM_PYTHON} is not installed (apt-get install python3-venv)")
     pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
     candidates = sorted(glob.glob(os.path.join(pyenv_root, "versions", f"{version}.*",
                                                "bin", "python")), reverse=True)
@@ -81,7 +89,7 @@ def _version_of(python: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    for version in argv or VERSIONS:
+    for version in argv or (*VERSIONS, SYSTEM):
         try:
             print(f"{version}: {target_python(version)}")
         except NoInterpreter as exc:

@@ -25,15 +25,42 @@ def socket_dir() -> str:
     return ensure_private_dir(socket_dir_for(os.environ, os.getuid()))
 
 
-def socket_dir_for(environ: Mapping[str, str], uid: int) -> str:
-    """Where a process with this environment and uid puts its socket (nothing is created)."""
+def socket_dir_for(environ: Mapping[str, str], uid: int, root: str = "") -> str:
+    """Where a process with this environment and uid puts its socket (nothing is created).
+
+    The path is the one that process sees; `root` is where its filesystem starts in ours
+    (`mount_root`), to tell whether its XDG_RUNTIME_DIR exists.
+    """
     explicit = environ.get("APISCOPE_SOCKET_DIR")
     if explicit:
         return explicit
     runtime = environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
+    if runtime and os.path.isdir(root + runtime):
         return os.path.join(runtime, "apiscope")
     return f"/tmp/apiscope-{uid}"
+
+
+def mount_root(pid: int, proc: str = "/proc") -> str:
+    """"" when process `pid` sees our filesystem, else `/proc/PID/root`: its root directory as
+    we reach it (a container's, or another mount namespace's), to prefix the paths it uses."""
+    try:
+        same = os.readlink(f"{proc}/{pid}/ns/mnt") == os.readlink(f"{proc}/self/ns/mnt")
+    except OSError:
+        return ""  # can't tell (no permission, old kernel): assume the common case
+    return "" if same else f"{proc}/{pid}/root"
+
+
+def namespace_pid(pid: int, proc: str = "/proc") -> int:
+    """The pid process `pid` has in its own PID namespace (a container's), which names its
+    socket; `pid` itself when it shares ours or when that can't be read."""
+    try:
+        with open(f"{proc}/{pid}/status", encoding="utf-8") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        pass
+    return pid
 
 
 def socket_path(pid: int, directory: str | None = None) -> str:

@@ -9,6 +9,10 @@ e.g. why pyinstrument is unavailable in the target; `watchdogs`: loop lag, loop 
 GIL wait measured since the previous pull, see `watchdog.Watchdogs.pull`); an unknown op
 answers `{"error": "..."}`. Requests are drained by the pull: each is delivered once, at most
 `"max"` (optional in the request; 20000 by default) per pull, `more` saying others wait.
+
+Only this process's own user and root may talk to it: the socket's directory is private to
+that user already, and each connection's peer uid (`SO_PEERCRED`) is checked as well: a second
+lock, for a directory named by the environment or reached by root through a container's files.
 `{"op": "dump"}` answers what the process is doing now: the requests in flight with their
 await chains, and every thread's stack (see `inflight.dump_state`).
 
@@ -22,6 +26,7 @@ import json
 import os
 import selectors
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -113,6 +118,9 @@ class AgentServer:
             conn, _ = self._listener.accept()
         except OSError:
             return
+        if not peer_allowed(conn):
+            conn.close()
+            return
         # One thread per connection, so that a stuck client can't starve the others; a cap,
         # so that a flood of them can't fill the target with threads.
         if self._clients.acquire(blocking=False):
@@ -155,6 +163,16 @@ class AgentServer:
         except Exception as exc:  # the agent's own failure: tell the collector, keep serving
             response = {"error": f"{type(exc).__name__}: {exc}"}
         return json.dumps(response, separators=(",", ":")).encode() + b"\n"
+
+
+def peer_allowed(conn: socket.socket) -> bool:
+    """Whether the process at the other end runs as our user or as root."""
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):  # no SO_PEERCRED (not Linux): the directory guards it
+        return True
+    _, uid, _ = struct.unpack("3i", creds)
+    return uid in (0, os.getuid(), os.geteuid())
 
 
 def _unlink_stale(path: str) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 from apiscope.agent.paths import (
     SocketDirError,
     check_private_dir,
+    mount_root,
+    namespace_pid,
     socket_dir,
     socket_dir_for,
     socket_path,
@@ -71,7 +73,9 @@ class AgentClient:
     def __init__(self, pid: int, directory: str | None = None, timeout: float = 1.0) -> None:
         self.pid = pid
         self.timeout = timeout
-        self.candidates = [socket_path(pid, d) for d in _directories(pid, directory)]
+        # The agent names its socket with its pid as it sees it (a container's PID namespace).
+        self.candidates = [socket_path(namespace_pid(pid), d)
+                           for d in _directories(pid, directory)]
         self._sock: socket.socket | None = None
         self._buffer = b""
 
@@ -98,7 +102,8 @@ class AgentClient:
         message: dict[str, Any] = {"op": "pull"}
         if max_requests is not None:
             message["max"] = max_requests
-        return batch_from_json(self.request(message), self.pid)
+        # Our pid for the process, not the one it has in its container.
+        return batch_from_json({**self.request(message), "pid": self.pid}, self.pid)
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         """Send one request line, read one response line.
@@ -195,7 +200,8 @@ def target_socket_dir(pid: int, proc: str = "/proc") -> str:
     except OSError:
         return socket_dir()
     environ = dict(_env_pair(item) for item in raw.split(b"\0") if b"=" in item)
-    path = socket_dir_for(environ, uid)
+    root = mount_root(pid, proc)  # a container's files, as we reach them
+    path = root + socket_dir_for(environ, uid, root)
     try:
         info = os.lstat(path)
     except FileNotFoundError:

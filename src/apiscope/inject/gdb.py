@@ -66,6 +66,9 @@ def gdb_script(snippet: str, attach_pid: int | None = None) -> str:
     return "\n".join([
         "set pagination off",
         "set confirm off",
+        # The snippet of a foreign target carries the agent's code (tens of kB): above gdb's
+        # default limit of 64 kB for one value.
+        "set max-value-size unlimited",
         # If a call we make is interrupted (our deadline), unwind it instead of leaving the
         # target inside it.
         "set unwindonsignal on",

@@ -16,8 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from apiscope.agent.paths import SocketDirError, ensure_private_dir, socket_dir
-from apiscope.errors import ToolMissingError, UsageError
+from apiscope.errors import ToolMissingError
 from apiscope.inject.errors import InjectionFailed
 from apiscope.inject.gdb import (
     attach_refused,
@@ -33,6 +32,7 @@ from apiscope.inject.remote import (
     remote_script_path,
     write_script,
 )
+from apiscope.inject.rendezvous import Rendezvous, make_theirs, rendezvous
 from apiscope.inject.result import InjectionResult, result_path, wait_for_result
 from apiscope.inject.runner import Runner, RunResult, run_with_deadline
 from apiscope.inject.snippet import InjectArgs, build_snippet
@@ -71,19 +71,21 @@ def _run_in_target(pid: int, action: str, directory: str | None, runner: Runner,
                    timeout: float, check: TargetCheck) -> InjectionResult:
     started = time.monotonic()
     version = check(pid)
-    directory = _private_directory(directory)
-    path = result_path(directory, pid)
+    place = rendezvous(pid, directory)  # another user's or a container's: see rendezvous
+    path = result_path(place.outside, place.ns_pid)
     _remove(path)  # a status left by an earlier run must not be mistaken for this one
     token = secrets.token_hex(8)
-    snippet = build_snippet(InjectArgs(action=action, directory=directory, result=path,
-                                       token=token))
+    snippet = build_snippet(InjectArgs(action=action, directory=place.inside,
+                                       result=result_path(place.inside, place.ns_pid),
+                                       token=token, embed=place.foreign,
+                                       offer_pyinstrument=not place.root))
     use_remote = version is not None and version >= REMOTE_EXEC_VERSION
     schedule = _schedule_remote_exec if use_remote else _schedule_gdb
-    debugger_seconds = schedule(pid, snippet, directory, runner)
+    debugger_seconds = schedule(pid, snippet, place, runner)
     status = wait_for_result(path, token, pid, timeout)
     _remove(path)
     if use_remote:
-        _remove(remote_script_path(directory, pid))  # read by now: the target ran it
+        _remove(remote_script_path(place.outside, place.ns_pid))  # the target has run it
     if not status.get("ok"):
         raise InjectionFailed(f"the agent failed inside PID {pid}:"
                               f" {status.get('error', 'no reason given')}")
@@ -92,14 +94,17 @@ def _run_in_target(pid: int, action: str, directory: str | None, runner: Runner,
                            debugger_seconds=debugger_seconds)
 
 
-def _schedule_gdb(pid: int, snippet: str, directory: str, runner: Runner) -> float:
+def _schedule_gdb(pid: int, snippet: str, place: Rendezvous, runner: Runner) -> float:
     gdb = shutil.which("gdb")
     if gdb is None:
         raise ToolMissingError("gdb is not installed, and injecting the latency agent into a"
                                " running server needs it: install it (`apt-get install gdb`,"
                                " `dnf install gdb`), or add the agent in code with"
                                " `instrument(app)`")
-    fd, script = tempfile.mkstemp(prefix="inject-", suffix=".gdb", dir=directory)
+    # gdb runs as us and reads the script from our side: a foreign target's directory may not
+    # exist yet (its agent creates it).
+    fd, script = tempfile.mkstemp(prefix="inject-", suffix=".gdb",
+                                  dir=None if place.foreign else place.outside)
     os.close(fd)
     try:
         _write_text(script, gdb_script(snippet, attach_pid=pid))
@@ -131,24 +136,18 @@ def _write_text(path: str, text: str) -> None:
         out.write(text)
 
 
-def _schedule_remote_exec(pid: int, snippet: str, directory: str, runner: Runner) -> float:
-    script = remote_script_path(directory, pid)
+def _schedule_remote_exec(pid: int, snippet: str, place: Rendezvous, runner: Runner) -> float:
     # The target reads the script at its next safe point, after the call returns: it is
     # removed once the status shows it ran (a timed-out one is replaced by the next run).
-    write_script(script, snippet)
-    run = runner(remote_exec_argv(pid, script), DEBUGGER_TIMEOUT)
+    # A foreign target reads it in its own directory, which must then exist and be its own.
+    if place.foreign:
+        make_theirs(place)
+    write_script(remote_script_path(place.outside, place.ns_pid), snippet,
+                 owner=place.uid if place.foreign else None)
+    run = runner(remote_exec_argv(pid, remote_script_path(place.inside, place.ns_pid)),
+                 DEBUGGER_TIMEOUT)
     check_remote_exec(pid, run)
     return run.seconds
-
-
-def _private_directory(directory: str | None) -> str:
-    try:
-        return ensure_private_dir(directory) if directory is not None else socket_dir()
-    except SocketDirError as exc:
-        raise UsageError(f"unsafe agent socket directory: {exc}") from None
-    except OSError as exc:
-        raise UsageError(f"cannot create the agent socket directory: {exc}. Set"
-                         " APISCOPE_SOCKET_DIR to a private directory you own") from None
 
 
 def _remove(path: str) -> None:

@@ -7,6 +7,12 @@ It loads apiscope's agent package from apiscope's own files under the top-level 
 let the target import our versions of its own dependencies), then hands over to
 `apiscope_agent.bootstrap.run`. Standard library only.
 
+A target that cannot read apiscope's files (another user's, a container's: see
+`apiscope.inject.rendezvous`) is sent the sources instead (`APISCOPE_ARGS["agent_sources"]`),
+and the package is imported from them by a finder that answers for `apiscope_agent` names only;
+its modules' file names start with `EMBEDDED_PREFIX`, which is no file (tracebacks show no
+source) but still reads as apiscope's own code to the analysis.
+
 Detaching never loads anything: a process without `apiscope_agent` has nothing to remove. After
 a detach the package is dropped from `sys.modules`, so that the next attach loads the agent of
 the apiscope doing it, not the one a different version of apiscope left behind.
@@ -14,19 +20,25 @@ the apiscope doing it, not the one a different version of apiscope left behind.
 
 from __future__ import annotations
 
+import base64
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import json
 import os
 import sys
+import sysconfig
 import time
-from collections.abc import Mapping
+import zlib
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
 PAYLOAD_NAME = "apiscope_inject_payload"
 AGENT_MODULE = "apiscope_agent"
 API_VERSION = 1  # must equal `apiscope.agent.bootstrap.API_VERSION`
+EMBEDDED_PREFIX = "<apiscope-injected>/apiscope/"
 
 
 def main(args: Mapping[str, Any]) -> None:
@@ -37,8 +49,12 @@ def main(args: Mapping[str, Any]) -> None:
     token = str(args["token"])
     try:
         agent = sys.modules.get(AGENT_MODULE)
+        _make_private_dir(os.path.dirname(result_path))  # a foreign target's own directory
         if agent is None and action == "attach":
-            agent = load_agent(str(args["agent_dir"]))
+            offer_pyinstrument(args.get("pyinstrument"))
+            sources = args.get("agent_sources")
+            agent = (load_embedded_agent(str(sources)) if sources
+                     else load_agent(str(args["agent_dir"])))
         if agent is None:
             _write(result_path, {"action": action, "ok": True, "token": token,
                                  "pid": os.getpid(), "apps": [], "restored": 0,
@@ -73,6 +89,87 @@ def load_agent(agent_dir: str) -> ModuleType:
     return module
 
 
+def load_embedded_agent(packed: str) -> ModuleType:
+    """Import the package `apiscope_agent` from packed sources (see `apiscope.inject.snippet`)."""
+    sources = json.loads(zlib.decompress(base64.b64decode(packed)))
+    finder = EmbeddedAgentFinder(sources)
+    sys.meta_path.append(finder)  # after the target's own finders: only our names reach it
+    try:
+        return importlib.import_module(AGENT_MODULE)
+    except BaseException:
+        forget_agent()
+        raise
+
+
+class EmbeddedAgentFinder(importlib.abc.MetaPathFinder):
+    """Finds `apiscope_agent` and its modules among sources held in memory."""
+
+    def __init__(self, sources: Mapping[str, str]) -> None:
+        self.loader = EmbeddedSourceLoader(sources)
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        name = module_name(fullname)
+        if name is None or name not in self.loader.sources:
+            return None
+        return importlib.util.spec_from_file_location(
+            fullname, embedded_filename(name), loader=self.loader,
+            submodule_search_locations=[] if name == "__init__" else None)
+
+
+class EmbeddedSourceLoader(importlib.abc.SourceLoader):
+    """Source of `EMBEDDED_PREFIX` file names, from memory (no bytecode is cached)."""
+
+    def __init__(self, sources: Mapping[str, str]) -> None:
+        self.sources = dict(sources)
+
+    def get_filename(self, fullname: str) -> str:
+        return embedded_filename(module_name(fullname) or "")
+
+    def get_data(self, path: str) -> bytes:
+        name = os.path.splitext(os.path.basename(path))[0]
+        return self.sources[name].encode("utf-8")
+
+
+def module_name(fullname: str) -> str | None:
+    """`__init__` for the package, the module's own name for one of its modules, else None."""
+    if fullname == AGENT_MODULE:
+        return "__init__"
+    head, _, tail = fullname.partition(".")
+    return tail if head == AGENT_MODULE and "." not in tail else None
+
+
+def embedded_filename(name: str) -> str:
+    return f"{EMBEDDED_PREFIX}agent/{name}.py"
+
+
+def offer_pyinstrument(offer: Mapping[str, str] | None) -> None:
+    """Let the agent import apiscope's own pyinstrument (for per-request async profiles) when
+    the target has none and runs the very ABI it was built for (`SOABI`, e.g.
+    cpython-311-x86_64-linux-gnu): a finder at the end of `sys.meta_path` answers for the
+    package `pyinstrument` alone, from its own directory, so the target's own packages (its
+    pyinstrument included, when it has one) always come first and nothing else of ours is
+    reachable."""
+    if not offer or sysconfig.get_config_var("SOABI") != offer.get("soabi"):
+        return
+    if importlib.util.find_spec("pyinstrument") is None:
+        sys.meta_path.append(OwnPyinstrumentFinder(str(offer["path"])))
+
+
+class OwnPyinstrumentFinder(importlib.abc.MetaPathFinder):
+    """Finds the top-level package `pyinstrument` in one directory (its submodules are then
+    found through the package's `__path__`, as any package's are)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "pyinstrument":
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, [self.directory])
+
+
 def _other_version(bootstrap: ModuleType, action: str, result_path: str, token: str) -> None:
     """An agent injected by another apiscope version: detach it with its own `detach()` (the
     one function every version has), and refuse to attach on top of it."""
@@ -91,6 +188,15 @@ def forget_agent() -> None:
     """Drop the agent package from `sys.modules`; objects still in use keep their modules."""
     for name in [n for n in sys.modules if n == AGENT_MODULE or n.startswith(AGENT_MODULE + ".")]:
         del sys.modules[name]
+    ours = ("EmbeddedAgentFinder", "OwnPyinstrumentFinder")
+    sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ not in ours]
+
+
+def _make_private_dir(path: str) -> None:
+    try:
+        os.mkdir(path, 0o700)
+    except OSError:
+        pass  # there already (the agent checks it is private), or unusable: the status says
 
 
 def _write(path: str, status: dict[str, Any]) -> None:

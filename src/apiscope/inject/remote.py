@@ -22,9 +22,12 @@ def remote_script_path(directory: str, pid: int) -> str:
     return os.path.join(directory, f"inject-{pid}.py")
 
 
-def write_script(path: str, snippet: str) -> None:
-    """The script file `sys.remote_exec` reads: 0600, because the target runs what it says."""
+def write_script(path: str, snippet: str, owner: int | None = None) -> None:
+    """The script file `sys.remote_exec` reads: 0600, because the target runs what it says;
+    given to `owner` (another user's target, which must read it)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    if owner is not None:
+        os.fchown(fd, owner, -1)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(snippet)
 

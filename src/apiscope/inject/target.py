@@ -6,6 +6,7 @@ import re
 
 import psutil
 
+from apiscope.agent.paths import namespace_pid
 from apiscope.collectors.target import check_ptrace, is_python, python_version
 from apiscope.errors import TargetError
 
@@ -56,7 +57,7 @@ def agent_listening(pid: int, proc_root: str = "/proc") -> bool:
     server in a container too. When the table cannot be read, we cannot tell: say yes and let
     the injection find out.
     """
-    name = f"/agent-{pid}.sock"
+    name = f"/agent-{namespace_pid(pid, proc_root)}.sock"  # the pid it has in its container
     try:
         with open(f"{proc_root}/{pid}/net/unix", encoding="utf-8", errors="replace") as table:
             return any(line.rstrip().endswith(name) for line in table)
