@@ -21,7 +21,8 @@ def test_thread_serves_dashboard_and_metrics_then_stops(session_file: Path) -> N
         with urllib.request.urlopen(handle.url + "metrics", timeout=10) as resp:
             text = resp.read().decode()
             assert resp.headers["Content-Type"].startswith("text/plain")
-        assert 'apiscope_request_duration_seconds_count{method="GET",pid="4101",' in text
+        assert ('apiscope_request_duration_seconds_count{method="GET",route="/items/{item_id}",'
+                'status="2xx"}') in text
         assert http_ok(handle.url + "_dash-layout")
     finally:
         handle.stop()

@@ -188,7 +188,7 @@ def prometheus_argv(program: str, config: Path, port: int, storage: Path) -> lis
 
 def counts_by_route(fleet: Fleet, target: str) -> Counter[tuple[str, int]]:
     rows = fleet.query("sum by (route, status) "
-                       f'(apiscope_request_duration_seconds_count{{instance="{target}"}})')
+                       f'(apiscope_requests_total{{instance="{target}"}})')
     return Counter({(r["metric"]["route"], int(r["metric"]["status"])): int(float(r["value"][1]))
                     for r in rows})
 

@@ -8,7 +8,9 @@ session file, every Grafana and alert-rule query, two instances as two `instance
 from __future__ import annotations
 
 import math
+import subprocess
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,12 +53,32 @@ def test_two_sidecars_are_two_instances(fleet: Fleet) -> None:
 
 def test_request_counts_per_route_and_status_are_exact(fleet: Fleet) -> None:
     for instance in fleet.instances:
-        rows = fleet.query("sum by (route, status) (apiscope_request_duration_seconds_count"
+        rows = fleet.query("sum by (route, status) (apiscope_requests_total"
                            f'{{instance="{instance.target}"}})')
         counted = {(k[0], int(k[1])): int(v) for k, v in values(rows, "route", "status").items()}
         for key, sent in instance.sent.items():
             assert counted[key] == sent, f"{instance.target} {key}"
         assert all(not route.startswith(("/items/1", "/orders/1")) for route, _ in counted)
+        # the histogram has the status class, and no pid
+        rows = fleet.query("sum by (route, status) (apiscope_request_duration_seconds_count"
+                           f'{{instance="{instance.target}"}})')
+        classes = {k: int(v) for k, v in values(rows, "route", "status").items()}
+        for (route, status), sent in instance.sent.items():
+            assert classes[(route, f"{status // 100}xx")] >= sent
+        assert not fleet.query('apiscope_request_duration_seconds_count{pid!=""}')
+
+
+def test_a_live_scrape_passes_promtool_check_metrics(fleet: Fleet) -> None:
+    promtool = require_program("promtool")
+    for instance in fleet.instances:
+        url = f"http://{instance.target}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read()
+        assert b"apiscope_build_info{" in text and b"apiscope_slo_seconds 0.2" in text
+        check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                               timeout=60, check=False)
+        # promtool prints each lint problem and exits 1 on any: no output means no warning
+        assert (check.returncode, check.stdout, check.stderr) == (0, b"", b""), url
 
 
 def test_request_rates_agree_with_the_traffic(fleet: Fleet) -> None:

@@ -51,12 +51,13 @@ def feed(exporter: MetricsExporter, records: Iterable[RequestRecord]) -> None:
     exporter.observe_requests(list(records))
 
 
-def test_latency_histogram_counts_sums_and_buckets_per_route_method_status_pid() -> None:
+def test_latency_histogram_per_route_method_status_class_without_pid() -> None:
     m = MetricsExporter()
     feed(m, [record("/items/{item_id}", ms) for ms in (0.3, 4.0, 40.0, 400.0)])
     feed(m, [record("/items/{item_id}", 3.0, status=500), record("/boom", 1.0, pid=11),
+             record("/boom", 1.0, pid=12, status=201),
              record("/items/{item_id}", 2.0, method="POST")])
-    key = {"route": "/items/{item_id}", "method": "GET", "status": "200", "pid": "10"}
+    key = {"route": "/items/{item_id}", "method": "GET", "status": "2xx"}
     assert value(m, "apiscope_request_duration_seconds_count", **key) == 4
     assert value(m, "apiscope_request_duration_seconds_sum", **key) == pytest.approx(0.4443)
     assert value(m, "apiscope_request_duration_seconds_bucket", **key, le="0.0005") == 1
@@ -66,11 +67,33 @@ def test_latency_histogram_counts_sums_and_buckets_per_route_method_status_pid()
     assert value(m, "apiscope_request_duration_seconds_bucket", **key, le="0.5") == 4
     assert value(m, "apiscope_request_duration_seconds_bucket", **key, le="+Inf") == 4
     assert value(m, "apiscope_request_duration_seconds_count", route="/items/{item_id}",
-                 method="GET", status="500", pid="10") == 1
+                 method="GET", status="5xx") == 1
+    # two workers, two exact codes: one class, one series
     assert value(m, "apiscope_request_duration_seconds_count", route="/boom", method="GET",
-                 status="200", pid="11") == 1
+                 status="2xx") == 2
     assert value(m, "apiscope_request_duration_seconds_count", route="/items/{item_id}",
-                 method="POST", status="200", pid="10") == 1
+                 method="POST", status="2xx") == 1
+    assert not [lab for n, lab, _ in samples(m) if n.startswith("apiscope_request") and
+                "pid" in lab and not n.startswith("apiscope_requests_in_flight")]
+
+
+def test_requests_counter_has_the_exact_status() -> None:
+    m = MetricsExporter()
+    feed(m, [record("/boom", 1.0), record("/boom", 1.0, status=201, pid=11),
+             record("/boom", 1.0, status=503), record("/boom", 1.0, status=503)])
+    assert value(m, "apiscope_requests_total", route="/boom", method="GET", status="200") == 1
+    assert value(m, "apiscope_requests_total", route="/boom", method="GET", status="201") == 1
+    assert value(m, "apiscope_requests_total", route="/boom", method="GET", status="503") == 2
+
+
+def test_build_info_and_objective() -> None:
+    from apiscope import __version__
+
+    m = MetricsExporter(slo_seconds=0.35)
+    build = [lab for n, lab, v in samples(m) if n == "apiscope_build_info" and v == 1]
+    assert [lab["version"] for lab in build] == [__version__]
+    assert value(m, "apiscope_slo_seconds") == 0.35
+    assert value(MetricsExporter(), "apiscope_slo_seconds") == 0.2
 
 
 def test_buckets_span_sub_millisecond_to_seconds() -> None:
@@ -89,12 +112,12 @@ def test_process_threadpool_and_in_flight_gauges_per_pid() -> None:
     m.observe_threadpool(ThreadPoolSample(ts=2.0, pid=10, total_tokens=40, borrowed_tokens=7,
                                           waiting=2))
     m.observe_in_flight(10, 3)
-    assert value(m, "apiscope_process_cpu_percent", pid="10") == 50.0
+    assert value(m, "apiscope_process_cpu_usage_ratio", pid="10") == 0.5
     assert value(m, "apiscope_process_resident_memory_bytes", pid="10") == 81_000_000
     assert value(m, "apiscope_process_threads", pid="10") == 5
     assert value(m, "apiscope_process_open_fds", pid="11") == 3
     assert value(m, "apiscope_threadpool_tokens_in_use", pid="10") == 7
-    assert value(m, "apiscope_threadpool_tokens_total", pid="10") == 40
+    assert value(m, "apiscope_threadpool_tokens_max", pid="10") == 40
     assert value(m, "apiscope_threadpool_waiting", pid="10") == 2
     assert value(m, "apiscope_requests_in_flight", pid="10") == 3
     m.forget_process(11)
@@ -175,7 +198,7 @@ def test_wsgi_app_serves_the_exposition() -> None:
                "SERVER_NAME": "localhost", "SERVER_PORT": "80", "wsgi.url_scheme": "http"}
     body = b"".join(app(environ, lambda status, headers, *exc: statuses.append(status)))
     assert statuses == ["200 OK"]
-    assert b'apiscope_request_duration_seconds_count{method="GET",pid="10"' in body
+    assert b'apiscope_request_duration_seconds_count{method="GET",route=' in body
 
 
 def test_serve_metrics_over_http_and_a_busy_port_is_a_usage_error() -> None:

@@ -78,7 +78,7 @@ def collect(target: Target, args: argparse.Namespace, *, inject: bool,
             before_end: Callable[[Collection], None] | None = None) -> Path:
     """Run one collection against `target` with the command's options; returns the session."""
     session = Path(args.session) if args.session else default_session_path()
-    metrics = MetricsExporter()
+    metrics = MetricsExporter(slo_seconds=args.slo_ms / 1000)  # exported for the alerts
     with SessionWriter(session) as writer:
         collection = Collection(target, writer, options_from(args, inject=inject),
                                 metrics=metrics, injector=injector if inject else None)

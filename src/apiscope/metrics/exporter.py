@@ -7,6 +7,7 @@ is documented in docs/metrics.md: keep the two in step.
 
 from __future__ import annotations
 
+import platform
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -20,6 +21,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from apiscope import __version__
 from apiscope.errors import UsageError
 from apiscope.model import AgentStats, RequestRecord, ResourceSample, ThreadPoolSample
 
@@ -31,6 +33,7 @@ LATENCY_BUCKETS = (
     0.75, 1.0, 2.5, 5.0, 10.0,
 )
 SEVERITIES = ("low", "medium", "high")
+DEFAULT_SLO_SECONDS = 0.2
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -38,7 +41,8 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 class MetricsExporter:
     """Prometheus metrics for one collecting command (one or many target processes)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None,
+                 slo_seconds: float = DEFAULT_SLO_SECONDS) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._lock = threading.Lock()
         # The agent's counters are cumulative in the target; we export increments so that a
@@ -47,21 +51,29 @@ class MetricsExporter:
         self._define_request_metrics()
         self._define_process_metrics()
         self._define_collector_metrics()
+        self.set_slo(slo_seconds)
 
     def _define_request_metrics(self) -> None:
+        # No pid label on request metrics: workers are recycled, and route x method x status x
+        # pid series would churn with them (and multiply by the workers for nothing).
         r = self.registry
         self.request_duration = Histogram(
             "apiscope_request_duration_seconds",
-            "Request latency measured in-process, first receive to last body message.",
-            ["route", "method", "status", "pid"], buckets=LATENCY_BUCKETS, registry=r)
+            "Request latency measured in-process, first receive to last body message;"
+            " status is the class (2xx, 4xx, 5xx).",
+            ["route", "method", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "apiscope_requests", "Requests answered, by route, method and exact status code.",
+            ["route", "method", "status"], registry=r)
         self.requests_in_flight = Gauge(
             "apiscope_requests_in_flight", "Requests started and not yet finished.",
             ["pid"], registry=r)
 
     def _define_process_metrics(self) -> None:
         r = self.registry
-        self.cpu = Gauge("apiscope_process_cpu_percent",
-                         "CPU use of a target process (100 = one core).", ["pid"], registry=r)
+        self.cpu = Gauge("apiscope_process_cpu_usage_ratio",
+                         "CPU use of a target process in cores (1 = one core busy).", ["pid"],
+                         registry=r)
         self.rss = Gauge("apiscope_process_resident_memory_bytes",
                          "Resident memory of a target process.", ["pid"], registry=r)
         self.threads = Gauge("apiscope_process_threads", "Threads of a target process.",
@@ -75,7 +87,8 @@ class MetricsExporter:
         self.pool_in_use = Gauge("apiscope_threadpool_tokens_in_use",
                                  "Thread-pool tokens borrowed by sync handlers.", ["pid"],
                                  registry=r)
-        self.pool_total = Gauge("apiscope_threadpool_tokens_total", "Thread-pool size.", ["pid"],
+        self.pool_total = Gauge("apiscope_threadpool_tokens_max",
+                                "Thread-pool size (tokens sync handlers can borrow).", ["pid"],
                                 registry=r)
         self.pool_waiting = Gauge("apiscope_threadpool_waiting",
                                   "Tasks waiting for a thread-pool token.", ["pid"], registry=r)
@@ -94,21 +107,32 @@ class MetricsExporter:
         self.agent_errors = Counter("apiscope_agent_errors",
                                     "The agent's own caught errors (never seen by a request).",
                                     ["pid"], registry=r)
+        self.build_info = Gauge("apiscope_build_info",
+                                "apiscope's version and the Python running the collector.",
+                                ["version", "python"], registry=r)
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.slo = Gauge("apiscope_slo_seconds",
+                         "The latency objective (--slo-ms) the flags and alert rules use.",
+                         registry=r)
         self.flags = Gauge("apiscope_flags_active",
                            "Bottleneck flags the analysis currently raises.",
                            ["kind", "severity"], registry=r)
 
     # -- what the collector feeds ---------------------------------------------------------------
 
+    def set_slo(self, seconds: float) -> None:
+        self.slo.set(seconds)
+
     def observe_requests(self, records: Iterable[RequestRecord]) -> None:
         for rec in records:
-            self.request_duration.labels(rec.route, rec.method, str(rec.status),
-                                         str(rec.pid)).observe(rec.duration_ms / 1000.0)
+            self.request_duration.labels(rec.route, rec.method, status_class(rec.status)
+                                         ).observe(rec.duration_ms / 1000.0)
+            self.requests.labels(rec.route, rec.method, str(rec.status)).inc()
 
     def observe_resources(self, samples: Iterable[ResourceSample]) -> None:
         for s in samples:
             pid = str(s.pid)
-            self.cpu.labels(pid).set(s.cpu_percent)
+            self.cpu.labels(pid).set(s.cpu_percent / 100.0)
             self.rss.labels(pid).set(s.rss_bytes)
             self.threads.labels(pid).set(s.threads)
             self.fds.labels(pid).set(s.fds)
@@ -164,6 +188,11 @@ class MetricsExporter:
                 gauge.remove(label)
             except KeyError:
                 pass
+
+
+def status_class(status: int) -> str:
+    """`2xx`, `4xx`, `5xx`...; a status outside 100-599 (none was sent) counts as `5xx`."""
+    return f"{status // 100}xx" if 100 <= status <= 599 else "5xx"
 
 
 def _increment(last: int, now: int) -> int:
