@@ -10,7 +10,8 @@ import pytest
 from apiscope.cli.main import COMMANDS, main
 from tests.support import ROOT
 
-CONTRACT_COMMANDS = ["attach", "run", "demo", "dashboard", "report", "export", "diff", "detach"]
+CONTRACT_COMMANDS = ["attach", "run", "demo", "dashboard", "report", "export", "diff", "detach",
+                     "dump"]
 COLLECT_OPTIONS = ["--duration", "--rate", "--session", "--no-dashboard", "--host", "--port",
                    "--report", "--slo-ms", "--metrics-port"]
 
@@ -77,3 +78,18 @@ def test_run_of_a_command_that_is_no_server_is_refused(capsys: pytest.CaptureFix
     assert main(["run", "--no-dashboard", "--", "sh", "-c", "exit 3"]) == 2
     err = capsys.readouterr().err
     assert "exited with code 3 before it could be profiled" in err or "not a Python" in err
+
+
+def test_version_is_the_installed_distribution_s(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"apiscope {version('apiscope')}"
+
+
+def test_report_help_documents_its_formats(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    out = capsys.readouterr().out
+    assert all(f"\n  {fmt} " in out for fmt in ("text", "json", "html"))

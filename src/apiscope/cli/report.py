@@ -29,13 +29,24 @@ def emit(text: str, output: str | None) -> None:
                          ) from None
 
 
+REPORT_FORMATS_HELP = """formats:
+  text  a summary for the terminal: endpoints, processes and flags with their evidence
+  json  the full report ("apiscope_report": 1): target, window, samples, endpoints,
+        processes and flags (kind, severity, location, evidence, metric, suggestion)
+  html  a standalone page (no network needed) with the report and the flamegraph
+"""
+
+
 class ReportCommand:
     name = "report"
     help = "analyse a session: endpoints, processes and flagged bottlenecks"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = REPORT_FORMATS_HELP
         parser.add_argument("session", metavar="SESSION", help="a session file")
-        parser.add_argument("--format", choices=["json", "html", "text"], default="text")
+        parser.add_argument("--format", choices=["json", "html", "text"], default="text",
+                            help="the output format (see below; default text)")
         parser.add_argument("-o", "--output", metavar="PATH", help="write here, not stdout")
         parser.add_argument("--fail-on", choices=["low", "medium", "high"],
                             help="exit 3 when a flag of this severity or worse exists")
