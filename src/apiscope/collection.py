@@ -1,24 +1,36 @@
 """One collecting run: stack sampling, agent pulls and resources, written to a session file.
 
 `Collection` wires the collectors to the session writer and the metrics, and decides when the
-run ends (duration over, Ctrl-C, or every target process gone). The CLI commands `attach`,
-`run` and `demo` build one and call `run_until_done()`.
+run ends (duration over, Ctrl-C or another stop signal, every target process gone, or the
+session file no longer writable). The CLI commands `attach`, `run` and `demo` build one and
+call `run_until_done()`; `close_agents()` then detaches every agent injected on the way.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
+
+import psutil
 
 from apiscope.collectors.agent_client import AgentBatch, AgentClient, WatchdogReport
+from apiscope.collectors.injections import AgentInjections, DetachFailure
 from apiscope.collectors.resources import ResourceCollector
-from apiscope.collectors.stacks import EndReason, SamplerStats, StackSampler, window_loss
+from apiscope.collectors.stacks import (
+    EndReason,
+    SamplerStats,
+    StackSampler,
+    target_stopped,
+    window_loss,
+)
 from apiscope.collectors.target import Target
-from apiscope.errors import ApiscopeError
+from apiscope.errors import ApiscopeError, TargetError
 from apiscope.metrics import MetricsExporter
 from apiscope.model import SampleState, StackWindow, ThreadRole
 from apiscope.store import SessionWriter
@@ -33,6 +45,7 @@ class CollectOptions:
     slo_ms: float = 200.0
     window_seconds: float = 1.0
     poll_seconds: float = 0.5
+    progress_seconds: float = 1.0  # how often the session's end time moves forward
 
 
 @dataclass
@@ -50,14 +63,16 @@ class Collection:
 
     def __init__(self, target: Target, writer: SessionWriter, options: CollectOptions,
                  metrics: MetricsExporter | None = None,
-                 injector: Callable[[int], Any] | None = None,
+                 injections: AgentInjections | None = None,
                  status: TextIO | None = sys.stderr,
                  clock: Callable[[], float] = time.time) -> None:
         self.target = target
         self.writer = writer
         self.options = options
         self.metrics = metrics or MetricsExporter()
-        self.injector = injector
+        self.injections = injections
+        self.detach_failures: list[DetachFailure] = []
+        self.storage_failure: str | None = None  # why the session could not be written
         self.status = status
         self.clock = clock
         self.totals = Totals()
@@ -68,6 +83,11 @@ class Collection:
         self._clients: dict[int, AgentClient] = {}
         self._routes_seen: dict[int, int] = {}
         self._watchdog_cpu: dict[str, float] = {}  # the agents' watchdogs' own CPU, by pid
+        self._exited: set[int] = set()
+        self._gaps_stored = 0
+        self._agents_closed = False
+        self._stopped = False
+        self._running = False  # set once start() has started the sampler
         self._resources = ResourceCollector(target)
         self._sampler = StackSampler(
             target.sample_pid, rate_hz=options.rate_hz, subprocesses=target.master_pid is not None,
@@ -87,10 +107,23 @@ class Collection:
             inject=self.options.inject)
         for info in t.processes:
             self.writer.put_process(info)
+        # Sampling first, at once; the injections follow in the background (`injections`).
+        try:
+            self._sampler.start()
+        except TargetError:
+            if target_stopped(t.sample_pid):  # py-spy's own error would blame a wrapper
+                raise TargetError(f"process {t.sample_pid} is stopped (SIGSTOP, a debugger or"
+                                  " a frozen cgroup): nothing runs there to sample. Continue it"
+                                  f" (`kill -CONT {t.sample_pid}`) and attach again") from None
+            raise
+        self._poller.start()
+        self._running = True
         for pid in t.pids:
             self._add_worker(pid)
-        self._sampler.start()
-        self._poller.start()
+
+    def request_stop(self) -> None:
+        """End the run as Ctrl-C does (safe from a signal handler: it only sets a flag)."""
+        self._stop.set()
 
     @property
     def sampler_stats(self) -> SamplerStats:
@@ -98,7 +131,11 @@ class Collection:
         return self._sampler.stats
 
     def stop(self) -> None:
+        """End sampling and polling, pull the agents one last time, store the end (once)."""
         self._stop.set()
+        if self._stopped or not self._running:
+            return  # stopped already, or start() failed before anything ran
+        self._stopped = True
         try:
             self._sampler.stop()
         finally:
@@ -108,6 +145,7 @@ class Collection:
                 client.close()
             end = self.clock()
             stats = self._sampler.stats
+            self._store_gaps()
             self.writer.set_meta(end=end, samples_total=stats.stored,
                                  samples_errors=stats.errors,
                                  samples_expected=round(stats.expected),
@@ -115,11 +153,30 @@ class Collection:
                                  windows_dropped=stats.dropped_windows,
                                  windows_failed=stats.failed_windows,
                                  agent_dropped=self.totals.agent_dropped)
-            self.writer.flush()
+            if self.storage_failure is None:
+                self.writer.flush()
+
+    def close_agents(self) -> list[DetachFailure]:
+        """Detach every process an agent was injected in (once); returns the failures, also
+        stored in the session (`detach_failed`) for the report."""
+        if self._agents_closed:
+            return self.detach_failures
+        self._agents_closed = True
+        if self.injections is not None:
+            self.detach_failures = self.injections.close()
+            if self.detach_failures:
+                self.writer.set_meta(detach_failed=[
+                    {"pid": f.pid, "reason": f.reason, "retry": f.command}
+                    for f in self.detach_failures])
+        for pid in self._exited | (self.injections.started if self.injections else set()):
+            if not psutil.pid_exists(pid):
+                remove_stale_socket(pid)
+        return self.detach_failures
 
     def run_until_done(self) -> None:
         """Block until the duration is over, Ctrl-C, or the target exits; then stop."""
         deadline = None if self.options.duration is None else self.started + self.options.duration
+        next_progress = 0.0
         try:
             while not self._stop.is_set():
                 if deadline is not None and self.clock() >= deadline:
@@ -127,6 +184,11 @@ class Collection:
                 if self.target_gone or self._sampler_says_gone():
                     self.target_gone = True
                     break
+                if self._storage_failed():
+                    break
+                if time.monotonic() >= next_progress:
+                    next_progress = time.monotonic() + self.options.progress_seconds
+                    self._store_progress()
                 self._print_status()
                 self._stop.wait(0.5)
         except KeyboardInterrupt:
@@ -137,6 +199,27 @@ class Collection:
 
     # -- collectors -----------------------------------------------------------------------------
 
+    def _storage_failed(self) -> bool:
+        failure = self.writer.failure
+        if failure is not None and self.storage_failure is None:
+            self.storage_failure = failure
+            self._warn(f"the session file can no longer be written ({failure}): stopping;"
+                       " what was written before stays readable")
+        return failure is not None
+
+    def _store_progress(self) -> None:
+        """Keep the stored end time and gaps current: a session cut short by a full disk or a
+        kill -9 still says how far it got."""
+        self._store_gaps()
+        self.writer.set_meta(end=self.clock())
+
+    def _store_gaps(self) -> None:
+        gaps = list(self._sampler.stats.gaps)
+        if len(gaps) != self._gaps_stored:
+            self._gaps_stored = len(gaps)
+            self.writer.set_meta(gaps=[{"start": start, "end": end, "reason": reason}
+                                       for start, end, reason in gaps])
+
     def _sampler_says_gone(self) -> bool:
         reason = self._sampler.end_reason
         if reason is EndReason.FAILED:
@@ -144,12 +227,9 @@ class Collection:
         return reason is EndReason.TARGET_EXITED
 
     def _add_worker(self, pid: int) -> None:
-        if self.options.inject and self.injector is not None:
-            try:
-                self.injector(pid)
-            except ApiscopeError as exc:
-                self._warn(f"no latencies from pid {pid}: {exc.message}")
         self._clients[pid] = AgentClient(pid)
+        if self.options.inject and self.injections is not None:
+            self.injections.add(pid)  # in the background: sampling goes on meanwhile
 
     def _on_window(self, window: StackWindow) -> None:
         self.writer.put_window(window)
@@ -187,18 +267,21 @@ class Collection:
         for pid in changes.exited:
             self.writer.mark_exited(pid, self.clock())
             self.metrics.forget_process(pid)
+            self._exited.add(pid)
             client = self._clients.pop(pid, None)
             if client is not None:
                 client.close()
+            remove_stale_socket(pid)  # a worker that exits with os._exit leaves its socket
         if not self._resources.alive_pids():
             self.target_gone = True
 
     def _pull_agents(self) -> None:
+        orphan = self.injections.orphan_seconds if self.injections is not None else None
         for pid, client in list(self._clients.items()):
             # A busy worker may hold more than one pull's worth: drain it, within reason.
             for _ in range(10):
                 try:
-                    batch = client.pull()
+                    batch = client.pull(orphan_after=orphan)
                 except (OSError, ValueError):
                     break  # not injected (yet), or the worker is exiting
                 self._store_batch(pid, batch)
@@ -256,9 +339,36 @@ class Collection:
         line = (f"apiscope: {self.clock() - self.started:5.1f}s"
                 f"  samples {self.sampler_stats.stored:,}  requests {self.totals.requests:,}"
                 f"  processes {len(self._resources.alive_pids())}")
+        if self.storage_failure is not None:  # counting on would claim rows the file lacks
+            line = (f"apiscope: session file failed; it holds {self.writer.committed_samples:,}"
+                    f" samples and {self.writer.committed_requests:,} requests")
         interactive = self.status.isatty()
         if interactive:
             print("\r" + line, end="\n" if final else "", file=self.status, flush=True)
         elif final:
             print(line, file=self.status, flush=True)
 
+
+
+def remove_stale_socket(pid: int) -> None:
+    """Remove the agent socket of an exited process, unless a live agent answers on it (the
+    pid reused by a new process with its own agent)."""
+    try:
+        candidates = AgentClient(pid).candidates
+    except ApiscopeError:
+        return
+    for path in candidates:
+        if not os.path.exists(path):
+            continue
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        except OSError:
+            pass
+        finally:
+            probe.close()

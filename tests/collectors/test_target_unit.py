@@ -159,7 +159,10 @@ class DeniedProc:
         return "www-data"
 
 
-def test_a_process_we_may_not_read_is_a_permission_error_naming_the_fixes() -> None:
+def test_a_process_we_may_not_read_is_a_permission_error_naming_the_fixes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    unprivileged = PtraceEnv(uid=1000, gid=1000, cap_sys_ptrace=False, yama_scope=1)
+    monkeypatch.setattr(PtraceEnv, "current", classmethod(lambda cls, *a: unprivileged))
     with pytest.raises(TargetError) as err:
         describe_target(77, proc_factory=DeniedProc)  # type: ignore[arg-type]
     assert err.value.exit_code == 2
@@ -167,3 +170,15 @@ def test_a_process_we_may_not_read_is_a_permission_error_naming_the_fixes() -> N
     assert "permission denied" in message and "www-data" in message
     for fix in ("root", "kernel.yama.ptrace_scope=0", "CAP_SYS_PTRACE", "--cap-add SYS_PTRACE"):
         assert fix in message
+
+
+def test_root_is_not_told_to_run_as_root_about_a_protected_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    root = PtraceEnv(uid=0, gid=0, cap_sys_ptrace=True, yama_scope=None)
+    monkeypatch.setattr(PtraceEnv, "current", classmethod(lambda cls, *a: root))
+    with pytest.raises(TargetError) as err:
+        describe_target(1, proc_factory=DeniedProc)  # type: ignore[arg-type]
+    assert err.value.exit_code == 2
+    message = err.value.message
+    assert "init process" in message and "although apiscope runs as root" in message
+    assert "run apiscope as root" not in message and "sudo" not in message

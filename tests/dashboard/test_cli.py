@@ -62,10 +62,11 @@ def test_port_in_use_exits_2(session_file: Path, capsys: pytest.CaptureFixture[s
 def test_replay_serves_the_dashboard_and_its_assets(session_file: Path) -> None:
     port = free_port()
     argv = [sys.executable, "-m", "apiscope", "dashboard", str(session_file), "--port", str(port)]
-    with run_server(argv, port, timeout=60) as server:
-        with urllib.request.urlopen(server.url + "/_dash-layout", timeout=10) as resp:
+    with run_server(argv, port, timeout=60, ready_path="/?token=t0ken",
+                    env={"APISCOPE_TOKEN": "t0ken"}) as server:
+        with urllib.request.urlopen(server.url + "/_dash-layout?token=t0ken", timeout=10) as resp:
             assert b"range-reset" in resp.read()
-        with urllib.request.urlopen(server.url + "/", timeout=10) as resp:
+        with urllib.request.urlopen(server.url + "/?token=t0ken", timeout=10) as resp:
             page = resp.read().decode()
         # every script is served by the dashboard itself: no CDN on an offline host
         assert "https://" not in page.split("<footer>")[1]

@@ -27,8 +27,9 @@ from typing import Any
 
 from .django_routes import remove_request_hook
 from .frameworks import DJANGO, apps_inside
+from .orphan import OrphanWatch, forget_modules
 from .queries import uninstall_query_hooks
-from .runtime import current_agent, shutdown_agent
+from .runtime import Agent, current_agent, shutdown_agent
 from .servers import ServedApp, is_agent, served_apps, unwrap, wrap
 
 # The contract with `apiscope.inject.payload`: `run(action, directory, result, token, started)`.
@@ -52,10 +53,15 @@ def attach(directory: str | None = None) -> Status:
         status["note"] = _no_app_note()
         return status
     agent = current_agent(directory)
+    injected_here = not agent.running  # not an agent the app added itself
     for item in live:
         state = wrap(agent, item)
         status["apps"].append({"server": item.server, "app": item.describe(), "state": state})
     agent.start()
+    if injected_here and agent.orphan is None:
+        # Gone with its collector (kill -9): see `orphan`.
+        agent.orphan = OrphanWatch(lambda: _detach_orphan(agent))
+        agent.orphan.start()
     status["wrapped"] = sum(1 for a in status["apps"] if a["state"] == "wrapped")
     # The agent's own path: an agent that `instrument(app)` started keeps its directory.
     status["socket"] = agent.socket_path
@@ -76,6 +82,14 @@ def detach() -> Status:
     shutdown_agent()
     uninstall_query_hooks()  # no-op when the agent already removed them
     return status
+
+
+def _detach_orphan(agent: Agent) -> None:
+    """No collector pulled for too long: take the agent out as `apiscope detach` would."""
+    agent.recorder.reset()  # free the buffer at once, whatever still holds the recorder
+    detach()
+    if __package__ and __package__ != "apiscope.agent":
+        forget_modules(__package__)  # injected: the next attach loads a fresh agent
 
 
 def run(action: str, directory: str | None, result_path: str, token: str,

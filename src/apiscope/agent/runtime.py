@@ -18,6 +18,7 @@ from typing import Any
 
 from .inflight import InFlight, dump_state
 from .middleware import AgentMiddleware, ASGIApp
+from .orphan import OrphanWatch
 from .paths import AppFiles, ensure_private_dir, socket_dir, socket_path
 from .profiling import ProfilingOptions, RequestProfiling
 from .queries import QueryHooks, install_query_hooks
@@ -48,6 +49,7 @@ class Agent:
         self.profiling = RequestProfiling(self.profiles)  # options from APISCOPE_PROFILE_*
         self.query_hooks: QueryHooks | None = None
         self.watchdogs = Watchdogs()  # options from APISCOPE_WATCHDOG_*
+        self.orphan: OrphanWatch | None = None  # injected agents only: see `orphan`
         self.inflight = InFlight()  # requests running now, for `{"op": "dump"}`
         self._server: AgentServer | None = None
         self._lock = threading.Lock()
@@ -82,6 +84,8 @@ class Agent:
         if server is not None and self._pid == os.getpid():
             server.stop()
         self.watchdogs.stop()
+        if self.orphan is not None:
+            self.orphan.stop()
 
     def after_fork_in_child(self) -> None:
         """A forked worker (gunicorn --preload) inherits no server thread: serve its own pid.
@@ -124,6 +128,8 @@ class Agent:
         if op == "ping":
             return {"pid": os.getpid(), "ok": True}
         if op == "pull":
+            if self.orphan is not None:
+                self.orphan.saw_pull(request.get("orphan_after"))
             limit = request.get("max", MAX_BATCH)
             if not isinstance(limit, int) or limit < 1:
                 raise ValueError(f"max must be a positive integer, not {limit!r}")

@@ -50,8 +50,18 @@ def _target(data: SessionData) -> dict[str, Any]:
     meta = data.meta
     pids = meta.get("pids") or sorted({r.pid for r in data.resources}
                                       | {s.pid for _, s in data.samples})
-    return {"pids": list(pids), "command": meta.get("command"), "server": meta.get("server"),
-            "python": meta.get("python")}
+    target = {"pids": list(pids), "command": meta.get("command"), "server": meta.get("server"),
+              "python": meta.get("python")}
+    if meta.get("detach_failed"):  # agents left in the target, with the command that retries
+        target["detach_failed"] = list(meta["detach_failed"])
+    return target
+
+
+def _gaps(data: SessionData) -> list[dict[str, Any]]:
+    """Stretches without stack samples (a stopped target), kept apart, never smoothed over."""
+    return [{"start": iso(g["start"]), "end": iso(g["end"]),
+             "seconds": round(g["end"] - g["start"], 3), "reason": g.get("reason")}
+            for g in data.meta.get("gaps") or ()]
 
 
 def _samples(data: SessionData) -> dict[str, Any]:
@@ -75,7 +85,7 @@ def analyse(data: SessionData, *, slo_ms: float | None = None,
         "apiscope_report": REPORT_VERSION,
         "target": _target(data),
         "window": {"start": iso(data.start), "end": iso(data.end),
-                   "seconds": round(data.seconds, 3)},
+                   "seconds": round(data.seconds, 3), "gaps": _gaps(data)},
         "samples": _samples(data),
         "endpoints": endpoint_stats(ctx),
         "processes": process_stats(ctx),

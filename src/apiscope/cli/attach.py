@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from apiscope.cli.base import add_collect_options, positive_int
 from apiscope.cli.collecting import check_report_path, collect
+from apiscope.collectors.injections import AgentInjections
 from apiscope.collectors.target import describe_target
-from apiscope.errors import ApiscopeError
+
+# Seconds without a pull after which an injected agent decides its collector is gone and
+# removes itself (`apiscope.agent.orphan`); told to the agent with every pull.
+ORPHAN_SECONDS = 10.0
+
+
+def orphan_seconds() -> float:
+    """`$APISCOPE_ORPHAN_SECONDS` (tests shorten it), else ORPHAN_SECONDS."""
+    try:
+        value = float(os.environ.get("APISCOPE_ORPHAN_SECONDS", ORPHAN_SECONDS))
+    except ValueError:
+        return ORPHAN_SECONDS
+    return value if value > 0 else ORPHAN_SECONDS
+
+
+def print_warning(message: str) -> None:
+    print(f"\napiscope: warning: {message}", file=sys.stderr)
 
 
 class AttachCommand:
@@ -25,24 +43,12 @@ class AttachCommand:
         target = describe_target(args.pid)
         for note in target.notes:
             print(f"apiscope: {note}", file=sys.stderr)
-        inject = not args.no_inject
-        if inject:
-            from apiscope.inject import eject_agent, inject_agent
-
-            def injector(pid: int) -> None:
-                result = inject_agent(pid)
-                if not result.apps:
-                    print(f"apiscope: warning: pid {pid} serves no ASGI app that apiscope can"
-                          " find: no endpoints will be recorded (stacks and resources are)",
-                          file=sys.stderr)
-
-            def ejector(pid: int) -> None:
-                try:
-                    eject_agent(pid)
-                except ApiscopeError:
-                    pass
-
-            collect(target, args, inject=True, injector=injector, ejector=ejector)
-        else:
+        if args.no_inject:
             collect(target, args, inject=False)
+            return 0
+        from apiscope.inject import eject_agent, inject_agent
+
+        injections = AgentInjections(inject_agent, eject_agent, print_warning,
+                                     orphan_seconds=orphan_seconds())
+        collect(target, args, inject=True, injections=injections)
         return 0

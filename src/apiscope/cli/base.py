@@ -37,6 +37,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+# py-spy reads every thread's stack out of the target's memory at each sample: beyond about
+# 1000 per second it cannot keep up (at 100,000 Hz it kept 0.7 % of the samples asked for) and
+# its cost to the server grows with the rate (docs/benchmarks.md).
+MAX_RATE_HZ = 1000
+
+
+def sampling_rate(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_RATE_HZ:
+        raise argparse.ArgumentTypeError(
+            f"{text} Hz is more than py-spy can sample: at most {MAX_RATE_HZ} samples per"
+            " second (100, the default, is what production profiling usually needs)")
+    return value
+
+
 def port(text: str) -> int:
     value = positive_int(text)
     if value > 65535:
@@ -49,8 +64,8 @@ def add_collect_options(parser: argparse.ArgumentParser, *, inject: bool = False
     group = parser.add_argument_group("collection")
     group.add_argument("--duration", type=positive_float, metavar="SECONDS",
                        help="stop after this many seconds (default: until Ctrl-C)")
-    group.add_argument("--rate", type=positive_int, default=100, metavar="HZ",
-                       help="stack samples per second (default: 100)")
+    group.add_argument("--rate", type=sampling_rate, default=100, metavar="HZ",
+                       help=f"stack samples per second, at most {MAX_RATE_HZ} (default: 100)")
     group.add_argument("--session", metavar="PATH",
                        help="session file to write (default: apiscope-<time>.sqlite)")
     group.add_argument("--nonblocking", action="store_true",

@@ -1,8 +1,15 @@
-"""What attach, run and demo share: the outputs around a Collection, and its end."""
+"""What attach, run and demo share: the outputs around a Collection, and its end.
+
+Every way out ends the same way: the duration, Ctrl-C, SIGTERM, SIGHUP, the target's exit, a
+session file that can no longer be written, or an error of ours all flush the last window,
+detach every agent injected (a failure says how to retry) and keep the session.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -12,10 +19,18 @@ from typing import Any
 
 from apiscope.analysis.report import check_report_suffix
 from apiscope.collection import Collection, CollectOptions
+from apiscope.collectors.injections import AgentInjections, DetachFailure
 from apiscope.collectors.target import Target
+from apiscope.dashboard.access import new_token, url_with_token
+from apiscope.errors import UsageError
+from apiscope.lock import CollectorLock
 from apiscope.metrics import LiveFlags, MetricsExporter, serve_metrics, session_flags
 from apiscope.metrics.live_flags import FlagSource
+from apiscope.signals import stop_on_signals
 from apiscope.store import SessionReader, SessionWriter
+from apiscope.store.writer import SessionWriteError
+
+LOW_SPACE_BYTES = 64 * 1024 * 1024  # a busy session writes a few MB a minute
 
 
 def default_session_path() -> Path:
@@ -28,8 +43,25 @@ def options_from(args: argparse.Namespace, *, inject: bool) -> CollectOptions:
 
 
 def check_report_path(args: argparse.Namespace) -> None:
+    """Refuse, before anything starts, paths that could only fail at the end."""
     if args.report:
         check_report_suffix(args.report)
+        check_writable_file(Path(args.report), "--report")
+    if args.session:
+        check_writable_file(Path(args.session), "--session")
+
+
+def check_writable_file(path: Path, option: str) -> None:
+    if path.is_dir():
+        example = path / ("session.sqlite" if option == "--session" else "report.json")
+        raise UsageError(f"{option} {path} is a directory: give a file path, such as {example}")
+    parent = path.resolve().parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise UsageError(f"{option} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: cannot write in {existing} (permission denied):"
+                         " choose a directory you can write to")
 
 
 def stored_flags(session: Path, slo_ms: float, writer: SessionWriter) -> FlagSource:
@@ -58,10 +90,14 @@ def outputs(args: argparse.Namespace, session: Path, metrics: MetricsExporter,
         if not args.no_dashboard:
             from apiscope.dashboard import start_dashboard_thread
 
-            handle = start_dashboard_thread(session, args.host, args.port, metrics=metrics)
+            token = dashboard_token(args)
+            handle = start_dashboard_thread(session, args.host, args.port, metrics=metrics,
+                                            token=token)
             stoppers.append(handle.stop)
-            print(f"apiscope: dashboard at http://{args.host}:{args.port}/", file=sys.stderr)
+            print(f"apiscope: dashboard at {dashboard_url(args)} (the token keeps the"
+                  " session private, as its file is)", file=sys.stderr)
         if args.metrics_port is not None:
+            # Open on purpose, for Prometheus: only the figures, never stacks or SQL.
             server = serve_metrics(metrics, args.host, args.metrics_port)
             stoppers.append(server.shutdown)
             print(f"apiscope: metrics at http://{args.host}:{args.metrics_port}/metrics",
@@ -72,42 +108,82 @@ def outputs(args: argparse.Namespace, session: Path, metrics: MetricsExporter,
             stop()
 
 
+def dashboard_token(args: argparse.Namespace) -> str | None:
+    """The dashboard's token, chosen once per command (demo opens the URL before serving)."""
+    if not hasattr(args, "dashboard_token"):
+        args.dashboard_token = new_token()
+    token: str | None = args.dashboard_token
+    return token
+
+
+def dashboard_url(args: argparse.Namespace) -> str:
+    return url_with_token(f"http://{args.host}:{args.port}/", dashboard_token(args))
+
+
 def collect(target: Target, args: argparse.Namespace, *, inject: bool,
-            injector: Callable[[int], Any] | None = None,
-            ejector: Callable[[int], Any] | None = None,
+            injections: AgentInjections | None = None,
             before_end: Callable[[Collection], None] | None = None) -> Path:
     """Run one collection against `target` with the command's options; returns the session."""
     session = Path(args.session) if args.session else default_session_path()
     metrics = MetricsExporter(slo_seconds=args.slo_ms / 1000)  # exported for the alerts
-    with SessionWriter(session) as writer:
+    with CollectorLock({target.sample_pid, *target.pids}, str(session)), \
+            SessionWriter(session) as writer:
+        warn_if_low_space(session)
         collection = Collection(target, writer, options_from(args, inject=inject),
-                                metrics=metrics, injector=injector if inject else None)
+                                metrics=metrics, injections=injections if inject else None)
         print(f"apiscope: sampling pid {target.pid} ({target.server}) at {args.rate} Hz"
               f" into {session}", file=sys.stderr)
-        with outputs(args, session, metrics, writer):
-            collection.start()
+        with outputs(args, session, metrics, writer), stop_on_signals(collection.request_stop):
             try:
+                collection.start()
                 collection.run_until_done()
             finally:
-                if inject and ejector is not None and not collection.target_gone:
-                    for pid in list(target.pids):
-                        try:
-                            ejector(pid)
-                        except Exception as exc:  # detaching is best effort at the end
-                            print(f"apiscope: warning: could not detach from {pid}: {exc}",
-                                  file=sys.stderr)
+                collection.stop()  # a no-op after run_until_done; after an error, the flush
+                report_detach(collection.close_agents())
                 if before_end is not None:
                     before_end(collection)
-        if collection.target_gone:
-            print("apiscope: warning: the target exited; the session is kept", file=sys.stderr)
-        summarize(collection)
-        finish(args, session, writer)
+            if collection.target_gone:
+                print("apiscope: warning: the target exited; the session is kept",
+                      file=sys.stderr)
+            summarize(collection)
+            finish(args, session, writer, store_flags=collection.storage_failure is None)
+        if collection.storage_failure is not None:
+            raise SessionWriteError(f"the session file {session} could not be written:"
+                                    f" {collection.storage_failure}. It keeps what was written"
+                                    " before, readable with `apiscope report`")
     return session
+
+
+def warn_if_low_space(session: Path) -> None:
+    try:
+        free = shutil.disk_usage(session.resolve().parent).free
+    except OSError:
+        return
+    if free < LOW_SPACE_BYTES:
+        print(f"apiscope: warning: only {free // (1024 * 1024)} MB free where the session is"
+              f" written ({session.resolve().parent}); a busy server fills a few MB a minute:"
+              " the session stops, keeping what it holds, when the disk is full",
+              file=sys.stderr)
+
+
+def report_detach(failures: list[DetachFailure]) -> None:
+    for failure in failures:
+        print(f"apiscope: warning: the agent in PID {failure.pid} could not be detached"
+              f" ({failure.reason}); retry with: {failure.command}", file=sys.stderr)
 
 
 def summarize(collection: Collection) -> None:
     t = collection.totals
     stats = collection.sampler_stats
+    if collection.storage_failure is not None:
+        writer = collection.writer
+        print(f"apiscope: the session holds {writer.committed_samples:,} samples and"
+              f" {writer.committed_requests:,} requests written before the failure",
+              file=sys.stderr)
+        return
+    for start, end, reason in stats.gaps:
+        print(f"apiscope: warning: no samples for {end - start:.1f} s ({reason}); the gap is"
+              " kept in the session and the report", file=sys.stderr)
     loss = ""
     if stats.expected:
         loss = f" ({100.0 * stats.loss:.1f}% lost against rate x seconds x threads)"
@@ -125,15 +201,17 @@ def summarize(collection: Collection) -> None:
               file=sys.stderr)
 
 
-def finish(args: argparse.Namespace, session: Path, writer: SessionWriter) -> None:
+def finish(args: argparse.Namespace, session: Path, writer: SessionWriter,
+           store_flags: bool = True) -> None:
     """Analyse the session once: store its flags in it, print them, write --report if asked."""
     from apiscope.analysis.report import analyse, load_session, save_report
 
     with SessionReader(session) as reader:
         data = load_session(reader)
     report = analyse(data, slo_ms=args.slo_ms)
-    writer.replace_flags(report["flags"])
-    writer.flush()
+    if store_flags:
+        writer.replace_flags(report["flags"])
+        writer.flush()
     flags = report["flags"]
     if flags:
         print(f"apiscope: {len(flags)} flag(s):", file=sys.stderr)

@@ -38,8 +38,13 @@ class DashboardCommand:
         else:
             app = create_app(args.session, live=False)
             what = f"dashboard for {args.session}"
-        print(f"apiscope: {what} at http://{args.host}:{args.port}/ (Ctrl-C to stop)",
-              file=sys.stderr)
+        from apiscope.dashboard.access import new_token, require_token, url_with_token
+
+        token = new_token()  # the session's data, private to whoever holds the URL
+        if token is not None:
+            require_token(app.server, token)
+        url = url_with_token(f"http://{args.host}:{args.port}/", token)
+        print(f"apiscope: {what} at {url} (Ctrl-C to stop)", file=sys.stderr)
         try:
             serve(app, args.host, args.port)
         except KeyboardInterrupt:

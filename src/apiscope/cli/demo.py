@@ -15,7 +15,7 @@ import webbrowser
 from pathlib import Path
 
 from apiscope.cli.base import add_collect_options, positive_int
-from apiscope.cli.collecting import check_report_path, collect
+from apiscope.cli.collecting import check_report_path, collect, dashboard_url
 from apiscope.cli.run import describe_started, start_server, stop_server
 from apiscope.errors import ApiscopeError
 
@@ -91,7 +91,7 @@ class DemoCommand:
                  str(load_seconds), "--concurrency", str(args.concurrency), "--quiet"],
                 stdout=subprocess.DEVNULL, start_new_session=True)
             if not args.no_dashboard and not args.no_browser:
-                webbrowser.open(f"http://{args.host}:{args.port}/")
+                webbrowser.open(dashboard_url(args))  # with its token
             collect(target, args, inject=True)
         finally:
             if load is not None:

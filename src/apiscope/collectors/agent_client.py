@@ -96,12 +96,19 @@ class AgentClient:
         except AgentUnavailable:
             return False
 
-    def pull(self, max_requests: int | None = None) -> AgentBatch:
+    def pull(self, max_requests: int | None = None,
+             orphan_after: float | None = None) -> AgentBatch:
         """Drain the agent's finished requests (at most `max_requests`, else the agent's
-        default); raises AgentUnavailable when nobody answers."""
+        default); raises AgentUnavailable when nobody answers.
+
+        `orphan_after` tells an injected agent how many seconds without a pull mean that its
+        collector is gone (it then removes itself; see `apiscope.agent.orphan`).
+        """
         message: dict[str, Any] = {"op": "pull"}
         if max_requests is not None:
             message["max"] = max_requests
+        if orphan_after is not None:
+            message["orphan_after"] = orphan_after
         # Our pid for the process, not the one it has in its container.
         return batch_from_json({**self.request(message), "pid": self.pid}, self.pid)
 

@@ -35,21 +35,23 @@ from typing import Protocol
 
 import psutil
 
-from apiscope.collectors.oncpu import LinePriors, apportion
+from apiscope.collectors.chrometrace import parse_chrometrace
+from apiscope.collectors.cputimeline import CpuTimeline
+from apiscope.collectors.oncpu import samples_from_times, stack_times
 from apiscope.collectors.pyspy import (
     READY_MARKER,
     RecordOptions,
     exited_message,
     failure_error,
     find_pyspy,
-    parse_raw,
     parse_summary,
     record_argv,
 )
 from apiscope.collectors.threadcpu import CpuReading, ThreadCpuReader, usage
-from apiscope.collectors.threads import idle_stacks, thread_roles
+from apiscope.collectors.threads import is_waiting, thread_roles
 from apiscope.errors import TargetError
-from apiscope.model import StackWindow
+from apiscope.lifetime import Reaper, die_with_parent
+from apiscope.model import Frame, StackSample, StackWindow, ThreadRole
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +79,12 @@ class PopenSpy:
 
     def __init__(self, argv: Sequence[str]) -> None:
         # Its own session: a Ctrl-C at the terminal must reach apiscope, which then stops
-        # py-spy and keeps the last window, not py-spy directly.
+        # py-spy and keeps the last window, not py-spy directly. Killed with apiscope: a
+        # kill -9 of the collector must not leave py-spy tracing the server.
         self._proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                      text=True, errors="replace", start_new_session=True)
+                                      text=True, errors="replace", start_new_session=True,
+                                      preexec_fn=die_with_parent)
         self._ready = threading.Event()
         self._out: list[str] = []
         self._err: list[str] = []
@@ -144,6 +148,14 @@ def target_alive(pid: int) -> bool:
         return False
 
 
+def target_stopped(pid: int) -> bool:
+    """Stopped by SIGSTOP (a debugger, a cgroup freezer): py-spy cannot attach until SIGCONT."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.Error:
+        return False
+
+
 class EndReason(StrEnum):
     STOPPED = "stopped"  # stop() was called
     TARGET_EXITED = "target_exited"  # the target process is gone: a normal end
@@ -169,6 +181,7 @@ class SamplerStats:
     sampled_seconds: float = 0.0
     failed_windows: int = 0  # read but not classified (an error of ours): skipped, counted
     last_failure: str | None = None
+    gaps: list[tuple[float, float, str]] = field(default_factory=list)  # (start, end, why)
 
     @property
     def loss(self) -> float:
@@ -219,12 +232,14 @@ class StackSampler:
         self._alive = alive
         self._cpu = cpu_reader if cpu_reader is not None else ThreadCpuReader()
         self._cpu_mark = CpuReading()
-        self._priors = LinePriors()
+        # Read every 25 ms: when each stack ran, not only how much each thread did.
+        self._timeline = CpuTimeline(lambda: sorted(self._pids))
         self._ready_timeout = ready_timeout
         self._stop = threading.Event()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._reaper: Reaper | None = None
         self._count = 0
         self._pids: set[int] = {pid}
         self.launch_attempts = 3  # per mid-session py-spy start (the first one gets one)
@@ -243,12 +258,16 @@ class StackSampler:
         if self._pyspy is None:
             self._pyspy = find_pyspy()
         self._tmp = tempfile.TemporaryDirectory(prefix="apiscope-stacks-")
+        self._reaper = reaper = Reaper(self._tmp.name)  # removes it even after a kill -9
         try:
             first = self._launch()
         except BaseException:
             self._tmp.cleanup()
+            reaper.close()
             raise
-        self._cpu_mark = self._cpu.read(self._pids | self._children())
+        self._pids |= self._children()
+        self._cpu_mark = self._cpu.read(self._pids)
+        self._timeline.start()
         self._thread = threading.Thread(target=self._run, args=(first,), daemon=True,
                                         name="apiscope-stack-sampler")
         self._thread.start()
@@ -280,6 +299,8 @@ class StackSampler:
         finally:
             if self._tmp is not None:
                 self._tmp.cleanup()
+            if self._reaper is not None:
+                self._reaper.close()
             self.end_reason, self.error = reason, error
             try:
                 if self._on_end is not None:
@@ -299,15 +320,25 @@ class StackSampler:
                 self._deliver(current, self._clock())
                 if not self._alive(self.pid):
                     return EndReason.TARGET_EXITED
-                current = self._launch(self.launch_attempts)
+                resumed = self._resume(self._clock())
+                if resumed is None:
+                    return EndReason.STOPPED
+                current = resumed
                 continue
             try:
                 following = self._launch(self.launch_attempts)
             except Exception:
-                self._deliver(current, self._clock())
+                end = self._clock()
+                self._deliver(current, end)
                 if self._stop.is_set():
                     return EndReason.STOPPED  # stop() came while the next one started
-                raise
+                if not target_stopped(self.pid):
+                    raise
+                resumed = self._resume(end)
+                if resumed is None:
+                    return EndReason.STOPPED
+                current = resumed
+                continue
             switch = self._clock()
             self.stats.handovers.append(max(0.0, switch - following.started))
             try:
@@ -316,6 +347,28 @@ class StackSampler:
                 self._abandon(following)  # never leave a py-spy running behind us
                 raise
             current = following
+
+    def _resume(self, since: float) -> _Run | None:
+        """The next py-spy after the last window ended at `since`. A stopped target (SIGSTOP)
+        cannot be attached: wait until it continues and keep the time without samples as a
+        gap (`stats.gaps`), never smoothed over. None when stop() comes first."""
+        stopped = False
+        while True:
+            while target_stopped(self.pid):
+                stopped = True
+                if self._stop.wait(0.1):
+                    self.stats.gaps.append((since, self._clock(), "target stopped"))
+                    return None
+            try:
+                run = self._launch(self.launch_attempts)
+            except TargetError:
+                if self._stop.is_set() or not target_stopped(self.pid):
+                    raise
+                continue  # stopped again while py-spy attached
+            if stopped or run.started - since > 2 * self.window_seconds:
+                self.stats.gaps.append((since, run.started, "target stopped" if stopped
+                                        else "py-spy restarted"))
+            return run
 
     def _launch(self, attempts: int = 1) -> _Run:
         """Start one py-spy and wait until it samples; retry while the target lives.
@@ -388,23 +441,32 @@ class StackSampler:
             return set()
 
     def _window(self, text: str, result: SpyExit, start: float, end: float) -> StackWindow:
-        profile = parse_raw(text, default_pid=self.pid)
+        trace = parse_chrometrace(text, default_pid=self.pid)
         summary = parse_summary(result.stdout)
         # A worker first sampled now is read now and measured from the next window on.
-        pids = self._pids | {s.pid for s in profile.samples}
+        pids = self._pids | {s.pid for s in trace.segments}
         mark = self._cpu.read(pids)
         used = usage(self._cpu_mark, mark)
         self._cpu_mark = mark
-        roles = thread_roles(profile.samples)
-        samples = apportion(profile.samples, idle_stacks(profile.samples, roles), used.threads,
-                            end - start, self._priors)
+        seconds = max(end - start, 1e-9)
+        fallback = {key: cpu / seconds for key, cpu in used.threads.items()}
+        # py-spy's clock starts at its own start-up: its first sample is when it said it was
+        # sampling (`start`), which puts every stack on the wall clock the timeline uses.
+        times = stack_times(trace.segments, start - trace.first, self._timeline.usages,
+                            fallback)
+        roles = thread_roles(StackSample(pid, tid, "", frames, 1) for pid, tid, frames in times)
+
+        def idle(pid: int, tid: int, frames: tuple[Frame, ...]) -> bool:
+            return is_waiting(frames, roles.get((pid, tid), ThreadRole.OTHER))
+
+        samples = samples_from_times(times, self.options.rate_hz, idle)
         window = StackWindow(start=start, end=end, rate_hz=self.options.rate_hz,
                              samples=samples, errors=summary.errors if summary else 0,
                              threads=roles, thread_cpu=used.threads,
                              process_cpu=used.processes, thread_runqueue=used.runqueue)
         # Exited workers drop out of the processes whose threads are read.
         self._pids = {self.pid} | {s.pid for s in samples}
-        self._account(window, profile.bad_lines)
+        self._account(window, trace.bad_events)
         return window
 
     def _account(self, window: StackWindow, bad_lines: int) -> None:

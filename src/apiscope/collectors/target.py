@@ -315,10 +315,21 @@ def _owner(proc: psutil.Process) -> str:
         return f"uid {proc.uids().real}"
 
 
-def _access_denied_message(pid: int, proc_factory: ProcFactory) -> str:
+def _access_denied_message(pid: int, proc_factory: ProcFactory,
+                           env: PtraceEnv | None = None) -> str:
     try:
         owner = _owner(proc_factory(pid))
     except psutil.Error:
         owner = "another user"
+    env = env or PtraceEnv.current()
+    if env.uid == 0 or env.cap_sys_ptrace:
+        # Telling root to run as root helps nobody: the kernel itself guards this process.
+        init = " (the init process of this machine or container)" if pid == 1 else ""
+        return (f"permission denied reading process {pid}{init}, run by {owner}, although"
+                " apiscope runs as root or with CAP_SYS_PTRACE: the kernel protects it (a"
+                " security module, a /proc mounted with hidepid, or a process outside this"
+                " container's reach). It is not a server apiscope can profile: give the PID of"
+                " the uvicorn, gunicorn or hypercorn process (`pgrep -af"
+                " 'uvicorn|gunicorn|hypercorn'`)")
     return (f"permission denied reading process {pid} (run by {owner}). Fix one of:"
             f" {_TRACE_FIXES}")

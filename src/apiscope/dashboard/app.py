@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from dash import Dash
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from apiscope.dashboard.access import require_token
 from apiscope.dashboard.analysis import FlagAnalysis
 from apiscope.dashboard.callbacks import register
 from apiscope.dashboard.data import SessionData
@@ -126,14 +127,18 @@ def start_server_thread(app: Dash, host: str = "127.0.0.1", port: int = 8050) ->
 def start_dashboard_thread(session_path: str | os.PathLike[str], host: str = "127.0.0.1",
                            port: int = 8050, *, live: bool = True, refresh_ms: int = 1500,
                            metrics: MetricsExporter | None = None,
-                           configure: Callable[[Any], None] | None = None) -> DashboardHandle:
+                           configure: Callable[[Any], None] | None = None,
+                           token: str | None = None) -> DashboardHandle:
     """Serve the dashboard of `session_path` in a daemon thread; `.stop()` ends it.
 
     With `metrics`, its registry is served at `/metrics` on the same host and port.
     `configure(flask_server)` runs before the first request, the moment to add other routes
-    (Flask refuses new routes once it has served).
+    (Flask refuses new routes once it has served). With `token`, every route (`/metrics`
+    too) answers only requests that carry it (`dashboard.access`).
     """
     app = create_app(session_path, live=live, refresh_ms=refresh_ms)
+    if token is not None:
+        require_token(app.server, token)
     if metrics is not None:
         mount_metrics(app, metrics)
     if configure is not None:

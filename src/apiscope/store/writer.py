@@ -3,6 +3,12 @@
 Collectors call the `put_*` methods from any thread; each call only enqueues. The writer thread
 drains the queue and commits one transaction per batch, so a reader (the dashboard) sees whole
 batches, and a killed collector leaves every committed batch intact (WAL mode).
+
+The write-ahead log is checkpointed into the main file every few seconds and truncated at
+`close()`: a session copied as its `.sqlite` file alone (without `-wal`) holds all but the last
+seconds even after a `kill -9`, and everything after a clean end. A write that fails (disk
+full, file system turned read-only) stops the writer for good: later rows are counted as lost
+rather than written around a hole, `failure` says why, and what was committed stays readable.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from apiscope.errors import ApiscopeError, UsageError
 from apiscope.model import (
     AgentStats,
     Frame,
@@ -36,6 +43,28 @@ from apiscope.store import schema
 
 Job = Callable[[sqlite3.Connection], object]
 _STOP = object()
+CHECKPOINT_SECONDS = 2.0
+
+
+class SessionWriteError(ApiscopeError):
+    """The session file could not be written any more (disk full, read-only): exit 1, the
+    rows committed before stay readable."""
+
+    exit_code = 1
+
+
+class SessionPathError(UsageError):
+    """The session path cannot hold a session (a directory, read-only, not SQLite): exit 2."""
+
+
+def open_error(path: Path, exc: BaseException) -> SessionPathError:
+    """The user-facing error for a session path that cannot be opened for writing."""
+    if path.is_dir():
+        return SessionPathError(f"--session {path} is a directory: give a file path, such as"
+                                f" {path / 'session.sqlite'}")
+    detail = getattr(exc, "strerror", None) or str(exc)
+    return SessionPathError(f"cannot write the session file {path}: {detail}. Give a --session"
+                            " path in a writable directory with free space")
 
 
 class SessionWriter:
@@ -52,7 +81,13 @@ class SessionWriter:
         self._error: BaseException | None = None
         self._flushed = threading.Condition()
         self._pending = 0
-        conn = self._open()
+        self.lost_jobs = 0  # enqueued after a failure: never written
+        self.committed_samples = 0  # what the file holds, for summaries that must not lie
+        self.committed_requests = 0
+        try:
+            conn = self._open()
+        except (OSError, sqlite3.Error) as exc:
+            raise open_error(self.path, exc) from None
         self._thread = threading.Thread(
             target=self._run, args=(conn,), name="apiscope-session-writer", daemon=True
         )
@@ -86,7 +121,8 @@ class SessionWriter:
         )
 
     def put_window(self, window: StackWindow) -> None:
-        self._submit(lambda c: self._write_window(c, window))
+        self._submit(lambda c: self._write_window(c, window),
+                     samples=sum(s.count for s in window.samples))
 
     def put_routes(self, pid: int, routes: Iterable[RouteInfo]) -> None:
         rows = [
@@ -97,7 +133,7 @@ class SessionWriter:
     def put_requests(self, records: Iterable[RequestRecord]) -> None:
         batch = list(records)
         if batch:
-            self._submit(lambda c: self._write_requests(c, batch))
+            self._submit(lambda c: self._write_requests(c, batch), requests=len(batch))
 
     def put_resources(self, samples: Iterable[ResourceSample]) -> None:
         rows = [
@@ -165,12 +201,18 @@ class SessionWriter:
 
         self._submit(job)
 
+    @property
+    def failure(self) -> str | None:
+        """Why the session can no longer be written, or None while it can."""
+        return None if self._error is None else describe_failure(self._error)
+
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until everything enqueued so far is committed."""
         with self._flushed:
             self._flushed.wait_for(lambda: self._pending == 0 or self._error is not None, timeout)
         if self._error is not None:
-            raise RuntimeError(f"session writer failed: {self._error}") from self._error
+            raise SessionWriteError(f"the session file {self.path} could not be written:"
+                                    f" {self.failure}; what was written before is kept")
 
     def close(self) -> None:
         if self._thread.is_alive():
@@ -185,13 +227,14 @@ class SessionWriter:
 
     # -- the writer thread ------------------------------------------------------------------
 
-    def _submit(self, job: Job) -> None:
+    def _submit(self, job: Job, samples: int = 0, requests: int = 0) -> None:
         with self._flushed:
             self._pending += 1
-        self._queue.put(job)
+        self._queue.put((job, samples, requests))
 
     def _run(self, conn: sqlite3.Connection) -> None:
         stop = False
+        next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
         while not stop:
             jobs = [self._queue.get()]
             # Gather what arrives within the batch interval into one transaction.
@@ -203,19 +246,35 @@ class SessionWriter:
                     break
             stop = jobs[-1] is _STOP
             real = [job for job in jobs if job is not _STOP]
-            try:
-                conn.execute("BEGIN")
-                for job in real:
-                    job(conn)
-                conn.execute("COMMIT")
-            except BaseException as exc:  # keep what was committed; report on flush
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                self._error = exc
+            self._commit(conn, real)
             with self._flushed:
                 self._pending -= len(real)
                 self._flushed.notify_all()
+            if self._error is None and (stop or time.monotonic() >= next_checkpoint):
+                next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
+                _checkpoint(conn, "TRUNCATE" if stop else "PASSIVE")
         conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, jobs: list[tuple[Job, int, int]]) -> None:
+        if self._error is not None:
+            self.lost_jobs += len(jobs)  # nothing is written after a failure: no holes
+            return
+        try:
+            conn.execute("BEGIN")
+            for job, _, _ in jobs:
+                job(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:  # keep what was committed; report on flush
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite rolls back by itself on a full disk
+            self._error = exc
+            self.lost_jobs += len(jobs)
+            return
+        self.committed_samples += sum(samples for _, samples, _ in jobs)
+        self.committed_requests += sum(requests for _, _, requests in jobs)
 
     def _frame_id(self, c: sqlite3.Connection, frame: Frame) -> int:
         fid = self._frame_ids.get(frame)
@@ -280,3 +339,20 @@ class SessionWriter:
                     "INSERT INTO request_queries VALUES (?, ?, ?, ?, ?, ?)",
                     [(cur.lastrowid, self._statement_id(c, q.statement), q.count, q.total_ms,
                       q.file, q.line) for q in r.queries])
+
+
+def _checkpoint(conn: sqlite3.Connection, mode: str) -> None:
+    """Copy the write-ahead log into the main file (PASSIVE never waits for readers)."""
+    try:
+        conn.execute(f"PRAGMA wal_checkpoint({mode})")
+    except sqlite3.Error:
+        pass  # a busy or full file: the next checkpoint, or SQLite's own, tries again
+
+
+def describe_failure(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if "full" in text.lower():
+        return f"{text} (the disk is full: free space or give --session another disk)"
+    if "readonly" in text.lower() or "read-only" in text.lower():
+        return f"{text} (the file system is read-only)"
+    return text

@@ -1,0 +1,77 @@
+"""An injected agent whose collector is gone removes itself.
+
+A collector killed with SIGKILL cannot detach the agents it injected: left alone they would
+keep wrapping the app, filling their buffer and holding their socket for good. An injected
+agent therefore expects pulls: when none came for `seconds` (the collector says how long with
+each pull, `orphan_after`; a default until the first one), it detaches itself as `apiscope
+detach` would: the apps get their own callables back, the buffer is emptied, the socket is
+removed, and the agent's modules are forgotten so that the next attach loads a fresh one.
+
+Only injected agents are watched: an agent added in code (`instrument(app)`) or loaded by
+`apiscope run` belongs to the application and waits for any collector as long as it lives.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+DEFAULT_SECONDS = 10.0
+CHECK_INTERVAL = 0.5
+
+
+class OrphanWatch:
+    """Calls `on_orphan()` once, from its own thread, after `seconds` without a pull."""
+
+    def __init__(self, on_orphan: Callable[[], object], seconds: float = DEFAULT_SECONDS,
+                 clock: Callable[[], float] = time.monotonic,
+                 interval: float = CHECK_INTERVAL) -> None:
+        self.seconds = seconds
+        self._on_orphan = on_orphan
+        self._clock = clock
+        self._interval = interval
+        self._last = clock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.fired = False
+
+    def saw_pull(self, seconds: object = None) -> None:
+        """A collector pulled; `seconds` is its `orphan_after`, when it sent one."""
+        self._last = self._clock()
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > 0:
+            self.seconds = float(seconds)
+
+    def orphaned(self) -> bool:
+        return self._clock() - self._last > self.seconds
+
+    def start(self) -> None:
+        self._last = self._clock()
+        self._thread = threading.Thread(target=self._watch, name="apiscope-orphan-watch",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2.0)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._interval):
+            if self.orphaned():
+                self.fired = True
+                self._stop.set()
+                try:
+                    self._on_orphan()
+                except Exception:
+                    pass  # nothing to report to: the collector is gone; never disturb the app
+                return
+
+
+def forget_modules(package: str) -> None:
+    """Drop an injected package from `sys.modules` (objects in use keep their modules)."""
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        del sys.modules[name]

@@ -1,0 +1,152 @@
+"""The agent's injections during one collection: started in the background, retried while a
+worker has no app yet, and every one taken out again at the end.
+
+Injecting one process takes a debugger run and then a wait for the target's main thread to
+reach a safe point: up to seconds, or never for a main thread busy in C code. So each process
+gets its own thread and sampling never waits for them; a worker whose injection is pending is
+sampled meanwhile. A worker injected before its app is loaded (just forked, or after a HUP)
+answers "no app" and is tried again a few times before that is believed.
+
+`close()` detaches every process an injection was started in, whenever it appeared (workers
+recycled by `--max-requests` or a `kill -HUP` of the master included), and returns the ones
+that could not be detached, with the command that retries.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+
+from apiscope.errors import ApiscopeError
+from apiscope.inject.errors import InjectionTimeout
+from apiscope.inject.result import InjectionResult
+
+# Seconds between the tries of a worker that has no app yet: about 15 s in all.
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+PENDING_GRACE = 3.0  # at the end, how long to wait for an injection still in flight
+
+Inject = Callable[[int], InjectionResult]
+Warn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DetachFailure:
+    pid: int
+    reason: str
+
+    @property
+    def command(self) -> str:
+        return f"apiscope detach {self.pid}"
+
+
+class AgentInjections:
+    """Injects the agent into each process given to `add()`; `close()` detaches them all."""
+
+    def __init__(self, inject: Inject, eject: Inject, warn: Warn, *,
+                 alive: Callable[[int], bool] = psutil.pid_exists,
+                 retry_delays: tuple[float, ...] = RETRY_DELAYS,
+                 orphan_seconds: float | None = None) -> None:
+        self._inject = inject
+        self._eject = eject
+        self._warn = warn
+        self._alive = alive
+        self._retry_delays = retry_delays
+        self.orphan_seconds = orphan_seconds  # told to the agents with every pull
+        self._closing = threading.Event()
+        self._lock = threading.Lock()
+        self._started: set[int] = set()  # every process an injection was started in
+        self._serving: set[int] = set()  # processes whose agent wraps an app
+        self._threads: dict[int, threading.Thread] = {}
+
+    @property
+    def started(self) -> set[int]:
+        with self._lock:
+            return set(self._started)
+
+    @property
+    def serving(self) -> set[int]:
+        with self._lock:
+            return set(self._serving)
+
+    def pending(self) -> set[int]:
+        """Processes whose injection is still in flight."""
+        with self._lock:
+            return {pid for pid, t in self._threads.items() if t.is_alive()}
+
+    def add(self, pid: int) -> None:
+        """Inject `pid` in the background (once: a second call is a no-op)."""
+        with self._lock:
+            if pid in self._started or self._closing.is_set():
+                return
+            self._started.add(pid)
+            thread = threading.Thread(target=self._inject_until_served, args=(pid,),
+                                      name=f"apiscope-inject-{pid}", daemon=True)
+            self._threads[pid] = thread
+        thread.start()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until no injection is in flight; True when none is."""
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads.values()):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not self.pending()
+
+    def close(self, grace: float = PENDING_GRACE) -> list[DetachFailure]:
+        """Stop injecting, detach every process injected, return the ones that failed."""
+        self._closing.set()
+        self.wait(grace)
+        for pid in sorted(self.pending()):
+            self._warn(f"the injection into PID {pid} is still pending (its main thread has"
+                       " not run Python code since): if it runs later, the agent removes itself"
+                       " once no collector pulls from it; `apiscope detach"
+                       f" {pid}` removes it at once")
+        targets = sorted(pid for pid in self.started - self.pending() if self._alive(pid))
+        failures: list[DetachFailure] = []
+        threads = [threading.Thread(target=self._detach, args=(pid, failures), daemon=True)
+                   for pid in targets]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return sorted(failures, key=lambda f: f.pid)
+
+    def _detach(self, pid: int, failures: list[DetachFailure]) -> None:
+        try:
+            self._eject(pid)
+        except ApiscopeError as exc:
+            if self._alive(pid):  # a worker that exited meanwhile took its agent along
+                with self._lock:
+                    failures.append(DetachFailure(pid, exc.message))
+        except Exception as exc:  # whatever went wrong, the user must learn of this pid
+            with self._lock:
+                failures.append(DetachFailure(pid, f"{type(exc).__name__}: {exc}"))
+
+    def _inject_until_served(self, pid: int) -> None:
+        delays = iter(self._retry_delays)
+        while not self._closing.is_set():
+            try:
+                result = self._inject(pid)
+            except InjectionTimeout as exc:
+                self._warn(f"no latencies from pid {pid} yet: {exc.message}")
+                return
+            except ApiscopeError as exc:
+                if self._alive(pid):
+                    self._warn(f"no latencies from pid {pid}: {exc.message}")
+                return
+            if result.apps:
+                with self._lock:
+                    self._serving.add(pid)
+                return
+            delay = next(delays, None)
+            if delay is None or not self._alive(pid):
+                if self._alive(pid):
+                    self._warn(f"pid {pid} serves no ASGI app that apiscope can find: no"
+                               " endpoints will be recorded from it (stacks and resources"
+                               " are)" + (f" ({result.note})" if result.note else ""))
+                return
+            if self._closing.wait(delay):
+                return
