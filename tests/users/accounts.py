@@ -57,3 +57,5 @@ def account(name: str) -> Iterator[Account]:
     finally:
         if created:
             subprocess.run(["userdel", name], capture_output=True, timeout=60)
+            # The agent's directory outlives the agent (it is its user's): not the account.
+            shutil.rmtree(f"/tmp/apiscope-{entry.pw_uid}", ignore_errors=True)

@@ -110,5 +110,31 @@ class _PatchingLoader(importlib.abc.Loader):
             print(f"apiscope: agent not installed: {exc!r}", file=sys.stderr)
 
 
+PR_SET_PTRACER = 0x59616D61  # <linux/prctl.h>: "Yama"
+
+
+def _let_the_collector_trace() -> None:
+    """Name the collector (`APISCOPE_COLLECTOR_PID`) as this process's tracer.
+
+    Under Yama's `kernel.yama.ptrace_scope=1` (Ubuntu's default) a process may only trace its
+    own descendants. py-spy is the collector's child, a sibling of the server, so it would be
+    refused; `PR_SET_PTRACER` lets the collector and its descendants trace us, and nobody else.
+    Applied again in every forked child (gunicorn's workers), which does not inherit it.
+    Without Yama the call fails with EINVAL and changes nothing.
+    """
+    collector = os.environ.get("APISCOPE_COLLECTOR_PID", "")
+    if not collector.isdigit() or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PTRACER, ctypes.c_ulong(int(collector)), 0, 0, 0)
+    except (OSError, AttributeError, ValueError):
+        pass  # no libc prctl here: tracing stays as the kernel's settings say
+
+
 if os.environ.get("APISCOPE_AGENT_INIT") and not any(m in sys.modules for m in _PATCHES):
     sys.meta_path.insert(0, _PatchAfterImport())
+    _let_the_collector_trace()
+    os.register_at_fork(after_in_child=_let_the_collector_trace)

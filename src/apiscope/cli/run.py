@@ -26,6 +26,7 @@ def agent_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(AUTOSTART_DIR) + (os.pathsep + path if path else "")
     env["APISCOPE_AGENT_INIT"] = str(AGENT_INIT)
+    env["APISCOPE_COLLECTOR_PID"] = str(os.getpid())  # its sampler may trace the server (Yama)
     return env
 
 
