@@ -112,9 +112,12 @@ class EmbeddedAgentFinder(importlib.abc.MetaPathFinder):
         name = module_name(fullname)
         if name is None or name not in self.loader.sources:
             return None
-        return importlib.util.spec_from_file_location(
-            fullname, embedded_filename(name), loader=self.loader,
-            submodule_search_locations=[] if name == "__init__" else None)
+        # Not spec_from_file_location: it would make the name absolute (cwd + "<apiscope-...").
+        spec = importlib.machinery.ModuleSpec(fullname, self.loader,
+                                              origin=embedded_filename(name),
+                                              is_package=name == "__init__")
+        spec.has_location = True  # sets __file__
+        return spec
 
 
 class EmbeddedSourceLoader(importlib.abc.SourceLoader):
