@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, ForeignKey, String, Table, event
+from sqlalchemy import Column, DateTime, ForeignKey, String, Table, event, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -69,9 +69,23 @@ def sqlite_url(directory: str) -> str:
     return f"sqlite+aiosqlite:///{directory}/items.sqlite"
 
 
+# Advisory lock keys: gunicorn workers start together against one PostgreSQL database.
+SCHEMA_LOCK = 7340
+SEED_LOCK = 7341
+
+
+def async_url(url: str) -> str:
+    """`postgresql://` and `postgres://` URLs (as hosting platforms hand them out) name no
+    driver, and SQLAlchemy's default for them is the synchronous psycopg2: use asyncpg."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+asyncpg://" + url[len(scheme):]
+    return url
+
+
 def make_engine(url: str, pool_size: int) -> AsyncEngine:
     """An engine with a bounded pool; SQLite gets WAL so readers never wait for the writer."""
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    engine = create_async_engine(async_url(url), pool_size=pool_size, max_overflow=pool_size)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
@@ -94,4 +108,8 @@ def make_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 async def create_schema(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Two workers creating the tables at once both find them missing and one fails on
+            # the catalog's unique index: the second waits here, then finds them all.
+            await conn.execute(text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"))
         await conn.run_sync(Base.metadata.create_all)

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from sample_app.db import Item, Order, OrderLine, Tag, item_tags
+from sample_app.db import SEED_LOCK, Item, Order, OrderLine, Tag, item_tags
 
 ADJECTIVES = ("compact", "rugged", "classic", "modern", "vintage", "smart", "quiet", "heavy-duty",
               "portable", "premium", "eco", "wireless", "folding", "deluxe", "mini", "pro")
@@ -49,7 +49,7 @@ async def seed_if_empty(sessions: async_sessionmaker[AsyncSession], items: int,
     async with sessions() as session, session.begin():
         if session.get_bind().dialect.name == "postgresql":
             # Several gunicorn workers may start at once against one server: seed only once.
-            await session.execute(text("SELECT pg_advisory_xact_lock(7341)"))
+            await session.execute(text(f"SELECT pg_advisory_xact_lock({SEED_LOCK})"))
         existing = await session.scalar(select(func.count()).select_from(Item))
         if existing:
             orders = await session.scalar(select(func.count()).select_from(Order))

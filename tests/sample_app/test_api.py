@@ -1,4 +1,7 @@
-"""The healthy API: CRUD, pagination bounds, 404 and 422, and the seeded data."""
+"""The healthy API: CRUD, pagination bounds, 404 and 422, and the seeded data.
+
+Every test runs on both stacks (`stack`): SQLite, and PostgreSQL through asyncpg with Redis.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,12 @@ from collections.abc import Iterator
 import pytest
 
 from sample_app.seed import ORDER_LINES, TAGS
-from tests.sample_app.inprocess import TEST_ITEMS, InProcessApp, serve
+from tests.sample_app.inprocess import TEST_ITEMS, InProcessApp, Stack, serve
 
 
 @pytest.fixture(scope="module")
-def api() -> Iterator[InProcessApp]:
-    with serve() as app:
+def api(stack: Stack) -> Iterator[InProcessApp]:
+    with serve(stack=stack) as app:
         yield app
 
 
@@ -40,8 +43,9 @@ def test_seeded_orders_have_many_lines(api: InProcessApp) -> None:
                                            for line in order["lines"])
 
 
-def test_seed_is_deterministic_and_follows_the_seed() -> None:
-    with serve(items=100) as one, serve(items=100) as two, serve(items=100, seed=7) as other:
+def test_seed_is_deterministic_and_follows_the_seed(stack: Stack) -> None:
+    with serve(items=100, stack=stack) as one, serve(items=100, stack=stack) as two, \
+            serve(items=100, seed=7, stack=stack) as other:
         first = [app.get("/items/", params={"limit": 50}).json() for app in (one, two, other)]
         orders = [app.get("/orders/3").json() for app in (one, two, other)]
     assert first[0] == first[1] and orders[0] == orders[1]

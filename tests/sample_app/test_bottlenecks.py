@@ -1,4 +1,7 @@
-"""Each bottleneck really misbehaves, and its fixed twin answers exactly the same JSON."""
+"""Each bottleneck really misbehaves, and its fixed twin answers exactly the same JSON.
+
+Every test runs on both stacks (`stack`): SQLite, and PostgreSQL through asyncpg with Redis.
+"""
 
 from __future__ import annotations
 
@@ -14,18 +17,18 @@ from sqlalchemy import event
 from sample_app.bottlenecks import EXPECTED_FLAGS, memory_leak
 from sample_app.bottlenecks.threadpool import WAREHOUSE_CALL_SECONDS
 from sample_app.settings import DEFAULT_THREAD_TOKENS
-from tests.sample_app.inprocess import InProcessApp, serve
+from tests.sample_app.inprocess import InProcessApp, Stack, serve
 
 
 @pytest.fixture(scope="module")
-def slow() -> Iterator[InProcessApp]:
-    with serve(fixed=False) as app:
+def slow(stack: Stack) -> Iterator[InProcessApp]:
+    with serve(fixed=False, stack=stack) as app:
         yield app
 
 
 @pytest.fixture(scope="module")
-def fixed() -> Iterator[InProcessApp]:
-    with serve(fixed=True) as app:
+def fixed(stack: Stack) -> Iterator[InProcessApp]:
+    with serve(fixed=True, stack=stack) as app:
         yield app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from apiscope.cli.base import add_collect_options, positive_int
 from apiscope.cli.collecting import check_report_path, collect, dashboard_url
 from apiscope.cli.run import describe_started, start_server, stop_server
 from apiscope.errors import ApiscopeError
+from apiscope.services import postgres_server, redis_server
 
 # Without --duration the demo runs until Ctrl-C; the load generator still needs a bound.
 UNBOUNDED_LOAD_SECONDS = 3600.0
@@ -40,6 +42,28 @@ def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.2)
     raise ApiscopeError(f"the sample app did not answer {url} within {timeout:.0f}s")
+
+
+def demo_environment(args: argparse.Namespace,
+                     services: contextlib.ExitStack) -> dict[str, str]:
+    """The sample app's environment, starting the servers `--db` and `--cache` ask for; they
+    stop when `services` closes. A DATABASE_URL or REDIS_URL of the user's own shell is never
+    passed on: the demo seeds its database and must not touch theirs."""
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("DATABASE_URL", "REDIS_URL")}
+    if args.fixed:
+        env["SAMPLE_APP_FIXED"] = "1"
+    if args.db == "postgres":
+        postgres = services.enter_context(postgres_server())
+        env["DATABASE_URL"] = postgres.dsn(driver="postgresql+asyncpg")
+        print(f"apiscope: PostgreSQL {postgres.version} on 127.0.0.1:{postgres.port}"
+              " (a temporary cluster, deleted at the end)", file=sys.stderr)
+    if args.cache == "redis":
+        redis = services.enter_context(redis_server())
+        env["REDIS_URL"] = redis.url
+        print(f"apiscope: Redis on 127.0.0.1:{redis.port} (stopped at the end)",
+              file=sys.stderr)
+    return env
 
 
 def server_command(port: int, workers: int) -> list[str]:
@@ -65,13 +89,27 @@ class DemoCommand:
                             help="run the sample app under gunicorn with this many workers")
         parser.add_argument("--concurrency", type=positive_int, default=48,
                             help="concurrent clients of the load generator (default: 48)")
+        parser.add_argument(
+            "--db", choices=("sqlite", "postgres"), default="sqlite",
+            help="the sample app's database: a temporary SQLite file (default), or a PostgreSQL"
+                 " server the demo starts on a free loopback port (as the postgres or nobody"
+                 " user when run as root; needs Debian's postgresql package) and deletes at the"
+                 " end; the app reaches it through asyncpg")
+        parser.add_argument(
+            "--cache", choices=("memory", "redis"), default="memory",
+            help="the sample app's cache: in-process (default), or a redis-server the demo"
+                 " starts and stops (needs Debian's redis-server package). Both switches"
+                 " together, with --workers 2, run the stack the app stands for: FastAPI on"
+                 " gunicorn's Uvicorn workers, PostgreSQL and Redis")
 
     def run(self, args: argparse.Namespace) -> int:
         check_report_path(args)
+        with contextlib.ExitStack() as services:
+            env = demo_environment(args, services)
+            return self._serve_and_collect(args, env)
+
+    def _serve_and_collect(self, args: argparse.Namespace, env: dict[str, str]) -> int:
         port = free_port()
-        env = dict(os.environ)
-        if args.fixed:
-            env["SAMPLE_APP_FIXED"] = "1"
         # The sample app's deliberate 500s log tracebacks: keep them off the terminal.
         log_path = Path(tempfile.gettempdir()) / f"apiscope-demo-{os.getpid()}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - closed in the finally below
