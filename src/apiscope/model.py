@@ -23,6 +23,7 @@ class SampleState(StrEnum):
 
     WAITING = "waiting"  # idle in the event loop's selector or an idle worker's queue get
     RUNNING = "running"  # on a CPU, as the kernel measured the thread's CPU time
+    RUNNABLE = "runnable"  # ready to run, waiting in the run queue for a free CPU (measured)
     BLOCKED = "blocked"  # off-CPU at a working stack: a sleep, I/O, a lock, the GIL
 
 

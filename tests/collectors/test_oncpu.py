@@ -1,127 +1,107 @@
-"""Sharing each thread's measured CPU time out over its samples."""
+"""Which samples ran: stacks over time matched against each thread's measured CPU time."""
 
 from __future__ import annotations
-
-import random
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apiscope.collectors.oncpu import LinePriors, apportion, share_out, whole
-from apiscope.model import Frame, SampleState, StackSample
+from apiscope.collectors.chrometrace import Segment
+from apiscope.collectors.oncpu import samples_from_times, stack_times, whole
+from apiscope.model import Frame, SampleState
 
 APP = "/srv/api/app.py"
-SLEEP = Frame("check_stock", APP, 26)
-COMPUTE = Frame("simulate", APP, 33)
-SELECT = Frame("EpollSelector.select", "/usr/lib/python3.11/selectors.py", 468)
+SLEEP = (Frame("run", APP, 1), Frame("nap", APP, 14))
+SPIN = (Frame("run", APP, 1), Frame("spin", APP, 22))
+SELECT = (Frame("run", APP, 1),
+          Frame("EpollSelector.select", "/usr/lib/python3.11/selectors.py", 468))
 
 
-def sample(leaf: Frame, count: int, tid: int = 2) -> StackSample:
-    return StackSample(1, tid, f"w{tid}", (Frame("run", APP, 1), leaf), count)
+class Kernel:
+    """A thread's measured CPU: on a CPU during `busy` spans, waiting for one during `queued`."""
+
+    def __init__(self, busy: list[tuple[float, float]],
+                 queued: list[tuple[float, float]] | None = None) -> None:
+        self.busy, self.queued = busy, queued or []
+
+    @staticmethod
+    def _overlap(spans: list[tuple[float, float]], start: float, end: float) -> float:
+        return sum(max(0.0, min(end, b) - max(start, a)) for a, b in spans)
+
+    def __call__(self, key: tuple[int, int],
+                 spans: list[tuple[float, float]]) -> list[tuple[float, float] | None]:
+        return [(self._overlap(self.busy, a, b), self._overlap(self.queued, a, b))
+                for a, b in spans]
 
 
-def by_state(rows: tuple[StackSample, ...]) -> dict[tuple[Frame, SampleState], int]:
-    out: dict[tuple[Frame, SampleState], int] = {}
-    for r in rows:
-        key = (r.frames[-1], r.state)
-        out[key] = out.get(key, 0) + r.count
-    return out
+def seg(frames: tuple[Frame, ...], start: float, end: float, tid: int = 2) -> Segment:
+    return Segment(1, tid, "w", frames, start, end)
 
 
-def test_share_out_respects_weights_and_caps() -> None:
-    assert share_out(6.0, [1.0, 1.0], [10, 10]) == [3.0, 3.0]
-    # the heavier row reaches its cap; the rest goes to the other
-    assert share_out(12.0, [1.0, 0.1], [10, 10]) == [10.0, 2.0]
-    assert share_out(50.0, [0.5, 0.5], [10, 10]) == [10.0, 10.0]  # never above the caps
-    assert share_out(0.0, [1.0], [10]) == [0.0]
-    # zero weights still take a measured budget
-    assert sum(share_out(4.0, [0.0, 0.0], [5, 5])) == 4.0
+def rows(segments: list[Segment], kernel: Kernel, offset: float = 0.0
+         ) -> dict[tuple[str, SampleState], int]:
+    times = stack_times(segments, offset, kernel, {})
+    out = samples_from_times(times, 100, lambda pid, tid, frames: frames == SELECT)
+    return {(s.frames[-1].function, s.state): s.count for s in out}
 
 
 def test_whole_keeps_the_rounded_total() -> None:
     assert whole([1.5, 1.5, 1.0], [3, 3, 3]) in ([2, 1, 1], [1, 2, 1])
     assert sum(whole([0.3, 0.3, 0.3, 0.3], [1, 1, 1, 1])) == 1
-    assert whole([2.0], [2]) == [2]
 
 
-def test_a_sleeping_thread_has_no_running_samples() -> None:
-    rows = apportion([sample(SLEEP, 100)], {}, {(1, 2): 0.0}, 1.0, LinePriors())
-    assert by_state(rows) == {(SLEEP, SampleState.BLOCKED): 100}
+def test_a_sleep_and_a_loop_on_one_thread_are_told_apart_by_when_they_ran() -> None:
+    # One pool thread: 0.3 s asleep, 0.2 s computing, 0.3 s asleep, 0.2 s computing.
+    segments = [seg(SLEEP, 0.0, 0.3), seg(SPIN, 0.3, 0.5), seg(SLEEP, 0.5, 0.8),
+                seg(SPIN, 0.8, 1.0)]
+    got = rows(segments, Kernel(busy=[(0.3, 0.5), (0.8, 1.0)]))
+    assert got == {("nap", SampleState.BLOCKED): 60, ("spin", SampleState.RUNNING): 40}
 
 
-def test_a_computing_thread_runs_as_much_as_the_kernel_says() -> None:
-    rows = apportion([sample(COMPUTE, 100)], {}, {(1, 2): 0.7}, 1.0, LinePriors())
-    assert by_state(rows) == {(COMPUTE, SampleState.RUNNING): 70,
-                              (COMPUTE, SampleState.BLOCKED): 30}
+def test_waiting_for_a_cpu_is_runnable_not_a_wait_of_the_code() -> None:
+    # A starved host: the loop computed 0.1 s and waited 0.3 s in the run queue for a CPU.
+    got = rows([seg(SPIN, 0.0, 0.4)], Kernel(busy=[(0.0, 0.1)], queued=[(0.1, 0.4)]))
+    assert got == {("spin", SampleState.RUNNING): 10, ("spin", SampleState.RUNNABLE): 30}
 
 
-def test_learned_lines_decide_which_stacks_ran_in_a_mixed_window() -> None:
-    priors = LinePriors()
-    # Windows where the thread only sleeps, or only computes, teach each line's behaviour ...
-    for _ in range(3):
-        apportion([sample(SLEEP, 100)], {}, {(1, 2): 0.0}, 1.0, priors)
-        apportion([sample(COMPUTE, 100)], {}, {(1, 2): 1.0}, 1.0, priors)
-    # ... so a window mixing both gives its measured 0.5 s to the computing line.
-    rows = apportion([sample(SLEEP, 50), sample(COMPUTE, 50)], {}, {(1, 2): 0.5}, 1.0, priors)
-    got = by_state(rows)
-    assert got[(COMPUTE, SampleState.RUNNING)] >= 48
-    assert got.get((SLEEP, SampleState.RUNNING), 0) <= 2
-    assert got[(COMPUTE, SampleState.RUNNING)] + got.get((SLEEP, SampleState.RUNNING), 0) == 50
+def test_idle_stacks_stay_waiting_unless_the_thread_ran_there() -> None:
+    got = rows([seg(SELECT, 0.0, 0.9), seg(SPIN, 0.9, 1.0)], Kernel(busy=[(0.85, 1.0)]))
+    assert got == {("EpollSelector.select", SampleState.WAITING): 85,
+                   ("EpollSelector.select", SampleState.RUNNING): 5,
+                   ("spin", SampleState.RUNNING): 10}
 
 
-def test_idle_stacks_stay_waiting_and_take_a_small_share_of_the_cpu() -> None:
-    idle = sample(SELECT, 80, tid=1)
-    work = sample(COMPUTE, 20, tid=1)
-    rows = apportion([idle, work], {id(idle): True}, {(1, 1): 0.2}, 1.0, LinePriors())
-    got = by_state(rows)
-    assert got[(COMPUTE, SampleState.RUNNING)] >= 16
-    assert got[(SELECT, SampleState.WAITING)] >= 76
-    assert (SELECT, SampleState.BLOCKED) not in got
+def test_the_offset_puts_py_spys_clock_on_the_wall_clock() -> None:
+    # py-spy's seconds start at 0.2; the kernel's readings are on the wall clock at 1000.
+    segments = [seg(SLEEP, 0.2, 0.5), seg(SPIN, 0.5, 0.7)]
+    got = rows(segments, Kernel(busy=[(1000.3, 1000.5)]), offset=1000.0 - 0.2)
+    assert got == {("nap", SampleState.BLOCKED): 30, ("spin", SampleState.RUNNING): 20}
 
 
-def test_an_unmeasured_thread_keeps_the_line_estimates() -> None:
-    priors = LinePriors()
-    apportion([sample(SLEEP, 100)], {}, {(1, 2): 0.0}, 1.0, priors)
-    rows = apportion([sample(SLEEP, 10, tid=9)], {}, {}, 1.0, priors)
-    assert by_state(rows).get((SLEEP, SampleState.RUNNING), 0) <= 1
+def test_without_readings_the_windows_share_stands_for_every_stack() -> None:
+    times = stack_times([seg(SPIN, 0.0, 1.0)], 0.0, lambda key, spans: [None] * len(spans),
+                        {(1, 2): 0.25})
+    out = samples_from_times(times, 100, lambda *key: False)
+    assert {(s.state, s.count) for s in out} == {(SampleState.RUNNING, 25),
+                                                 (SampleState.BLOCKED, 75)}
 
 
-_LEAVES = st.sampled_from([SLEEP, COMPUTE, SELECT])
+@given(st.lists(st.tuples(st.sampled_from([SLEEP, SPIN, SELECT]), st.floats(0.001, 0.3)),
+                min_size=1, max_size=30),
+       st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+def test_counts_follow_the_time_shown_and_never_exceed_it(
+        spans: list[tuple[tuple[Frame, ...], float]], busy: float, queued: float) -> None:
+    segments, clock = [], 0.0
+    for frames, seconds in spans:
+        segments.append(seg(frames, clock, clock + seconds))
+        clock += seconds
 
+    def kernel(key: tuple[int, int], parts: list[tuple[float, float]]
+               ) -> list[tuple[float, float] | None]:
+        return [((b - a) * busy, (b - a) * (1 - busy) * queued) for a, b in parts]
 
-@given(st.lists(st.tuples(st.integers(1, 3), _LEAVES, st.integers(1, 200), st.booleans()),
-                max_size=20),
-       st.dictionaries(st.integers(1, 3), st.floats(0.0, 3.0), max_size=3),
-       st.floats(0.01, 2.0))
-def test_counts_are_kept_and_the_measured_cpu_is_respected(
-        spec: list[tuple[int, Frame, int, bool]], cpu: dict[int, float], seconds: float) -> None:
-    samples = [sample(leaf, count, tid) for tid, leaf, count, _ in spec]
-    idle = {id(s): flag for s, (_, _, _, flag) in zip(samples, spec, strict=True)}
-    rows = apportion(samples, idle, {(1, t): c for t, c in cpu.items()}, seconds, LinePriors())
-    for tid in {t for t, *_ in spec}:
-        mine = [r for r in rows if r.tid == tid]
-        total = sum(r.count for r in mine)
-        assert total == sum(s.count for s in samples if s.tid == tid)
-        ran = sum(r.count for r in mine if r.state is SampleState.RUNNING)
-        if tid in cpu:
-            expected = min(1.0, cpu[tid] / seconds) * total
-            assert abs(ran - expected) <= 1.0 + 1e-9 * total
-
-
-def test_a_line_never_alone_is_still_told_from_its_neighbours() -> None:
-    # An event loop runs a sleeping handler and a computing one in every window, in changing
-    # proportions: no window shows either line alone, the fit over windows still tells them.
-    priors = LinePriors()
-    rng = random.Random(7)
-    for _ in range(12):
-        asleep, busy = rng.randint(10, 60), rng.randint(10, 60)
-        select = sample(SELECT, 100 - asleep - busy, tid=1)
-        window = [sample(SLEEP, asleep, tid=1), sample(COMPUTE, busy, tid=1), select]
-        apportion(window, {id(select): True}, {(1, 1): busy / 100}, 1.0, priors)
-    assert priors.odds(SLEEP, False) < 0.1 and priors.odds(COMPUTE, False) > 0.9
-    select = sample(SELECT, 40, tid=1)
-    rows = apportion([sample(SLEEP, 30, tid=1), sample(COMPUTE, 30, tid=1), select],
-                     {id(select): True}, {(1, 1): 0.3}, 1.0, priors)
-    got = by_state(rows)
-    assert got.get((SLEEP, SampleState.RUNNING), 0) <= 3
-    assert got[(COMPUTE, SampleState.RUNNING)] >= 27
+    out = samples_from_times(stack_times(segments, 0.0, kernel, {}), 100,
+                             lambda pid, tid, frames: frames == SELECT)
+    total = sum(s.count for s in out)
+    assert abs(total - clock * 100) <= 1
+    ran = sum(s.count for s in out if s.state is SampleState.RUNNING)
+    assert abs(ran - busy * clock * 100) <= len(set(f for f, _ in spans)) + 1

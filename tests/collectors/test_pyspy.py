@@ -165,7 +165,7 @@ def test_summary_line() -> None:
 def test_record_and_dump_command_lines() -> None:
     argv = record_argv("/bin/py-spy", 42, "/tmp/o.txt",
                        RecordOptions(rate_hz=250, subprocesses=True, nonblocking=True))
-    assert argv == ["/bin/py-spy", "record", "--pid", "42", "--format", "raw", "--output",
+    assert argv == ["/bin/py-spy", "record", "--pid", "42", "--format", "chrometrace", "--output",
                     "/tmp/o.txt", "--rate", "250", "--threads", "--full-filenames", "--idle",
                     "--subprocesses", "--nonblocking"]
     assert record_argv("p", 1, "o", RecordOptions(), duration=2)[-2:] == ["--duration", "2"]

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from apiscope.collectors.cputimeline import CpuTimeline
 from apiscope.collectors.stacks import EndReason, SpyExit, StackSampler, window_loss
 from apiscope.collectors.threadcpu import CpuReading, ThreadCpuReader
 from apiscope.errors import TargetError
 from apiscope.model import SampleState, StackSample, StackWindow, ThreadRole
+from tests.collectors.chrome import folded_to_chrometrace
 from tests.support import wait_until
 
 LOOP_STACK = ("thread (10): MainThread;"
@@ -32,7 +34,7 @@ HANDLER_STACK = ("thread (10): MainThread;"
 @dataclass
 class Behaviour:
     ready: bool = True
-    output: str | None = f"{LOOP_STACK} 90\n{HANDLER_STACK} 8\n"
+    output: str | None = folded_to_chrometrace(f"{LOOP_STACK} 90\n{HANDLER_STACK} 8\n")
     ends_alone: bool = False  # like py-spy when the target exits: file written, exit 0
     stderr: str = ""
     returncode: int = 0
@@ -119,11 +121,28 @@ class FakeCpu(ThreadCpuReader):
         return CpuReading({(10, 10): now}, {10: now})
 
 
+class FakeTimeline(CpuTimeline):
+    """The kernel's figures at a fine interval: thread (10, 10) on a CPU `fraction` of any span."""
+
+    def __init__(self, fraction: float = 0.5) -> None:
+        super().__init__(lambda: [])
+        self.fraction = fraction
+
+    def start(self) -> None:
+        pass
+
+    def usages(self, key: tuple[int, int],
+               spans: list[tuple[float, float]]) -> list[tuple[float, float] | None]:
+        return [((end - start) * self.fraction, 0.0) for start, end in spans]
+
+
 def sampler(spawner: Spawner, got: Collected, *, alive: bool = True,
-            cpu: ThreadCpuReader | None = None, **options: object) -> StackSampler:
+            cpu: ThreadCpuReader | None = None, timeline: CpuTimeline | None = None,
+            **options: object) -> StackSampler:
     return StackSampler(10, on_window=got.window, on_end=got.end, spawn=spawner,
                         pyspy="/bin/py-spy", alive=lambda pid: alive, window_seconds=0.02,
-                        cpu_reader=cpu or FakeCpu(), **options)  # type: ignore[arg-type]
+                        cpu_reader=cpu or FakeCpu(), timeline=timeline or FakeTimeline(),
+                        **options)  # type: ignore[arg-type]
 
 
 def test_windows_rotate_without_gap_and_stop_delivers_the_last() -> None:
@@ -142,10 +161,16 @@ def test_windows_rotate_without_gap_and_stop_delivers_the_last() -> None:
     window = got.windows[0]
     assert window.rate_hz == 50 and window.errors == 2
     assert window.threads == {(10, 10): ThreadRole.LOOP}
-    states = {s.frames[-1].function: s.state for s in window.samples}
-    assert states == {"EpollSelector.select": SampleState.WAITING,
-                      "handler": SampleState.RUNNING}
-    assert s.stats.stored == 98 * len(got.windows)
+    counts = {(s.frames[-1].function, s.state): s.count for s in window.samples}
+    # 0.9 s at the selector and 0.08 s in the handler, at 50 Hz; the timeline says the thread
+    # ran half of every span: half of each stack's samples ran, the rest is BLOCKED at the
+    # handler and WAITING at the selector (an idle loop).
+    assert counts == {("EpollSelector.select", SampleState.RUNNING): 23,
+                      ("EpollSelector.select", SampleState.WAITING): 22,
+                      ("handler", SampleState.RUNNING): 2, ("handler", SampleState.BLOCKED): 2}
+    assert window.thread_cpu and abs(window.thread_cpu[(10, 10)]
+                                     - 0.5 * (window.end - window.start)) < 0.02
+    assert s.stats.stored == 49 * len(got.windows)
     assert len(s.stats.handovers) == len(got.windows) - 1
     argv = spawner.spies[0].argv
     assert argv[:4] == ["/bin/py-spy", "record", "--pid", "10"]

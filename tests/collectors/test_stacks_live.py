@@ -145,18 +145,21 @@ def test_uvicorn_windows_roles_and_states(app_dir: Path) -> None:
     assert sleeping, "time.sleep inside the async handler never showed"
     assert all((s.pid, s.tid) == loop for s in sleeping)
     assert all(s.state is not SampleState.WAITING for s in sleeping)
-    # The kernel says the loop thread used (almost) no CPU while it slept there.
-    asleep = sum(s.count for s in sleeping if s.state is SampleState.BLOCKED)
-    assert asleep >= 0.8 * sum(s.count for s in sleeping)
+    # The kernel says the loop thread used (almost) no CPU while it slept there: the edges
+    # of each 30 ms sleep, matched to readings 25 ms apart, are all that may show as running.
+    on_cpu = sum(s.count for s in sleeping if s.state is SampleState.RUNNING)
+    by_state = {st: sum(s.count for s in sleeping if s.state is st) for st in SampleState}
+    assert on_cpu <= 0.2 * sum(s.count for s in sleeping), by_state
     roles = {key: role for w in got for key, role in w.threads.items()}
     sync = [s for s in samples if s.frames and s.frames[-1].function == "sync_work"]
     assert sync and all(roles[(s.pid, s.tid)] is ThreadRole.WORKER for s in sync)
     assert all(s.state is not SampleState.WAITING for s in sync)
-    # ... and that the pool thread computing in sync_work was on a CPU far more often (not
-    # always: it waits for the GIL and, on a busy machine, for a core).
-    ran = sum(s.count for s in sync if s.state is SampleState.RUNNING)
-    slept_running = 1 - asleep / sum(s.count for s in sleeping)
-    assert ran / sum(s.count for s in sync) > slept_running + 0.25
+    # ... and that the pool thread computing in sync_work was on a CPU, or waiting for a free
+    # one on a busy machine, far more often (not always: it also waits for the GIL).
+    ran = sum(s.count for s in sync if s.state in (SampleState.RUNNING, SampleState.RUNNABLE))
+    slept_running = on_cpu / sum(s.count for s in sleeping)
+    sync_states = {st: sum(s.count for s in sync if s.state is st) for st in SampleState}
+    assert ran / sum(s.count for s in sync) > slept_running + 0.25, sync_states
     # Every window carries the kernel's CPU time of the threads it sampled.
     assert all(w.thread_cpu for w in got if w.samples)
     assert sampler.stats.stored > 0 and sampler.stats.failed_windows == 0

@@ -1,24 +1,23 @@
-"""Which samples were running: each thread's measured CPU time shared out over its stacks.
+"""Which samples ran: each stack's time matched against the kernel's account of its thread.
 
-In one window a thread shows `n` samples spread over a few stacks, and the kernel says it used
-`c` seconds of CPU out of the window's `t`. So `n * c / t` of its samples were running and the
-rest were not: that total is measured. Which of its stacks ran is decided as follows:
+py-spy's chrometrace output says which stack each thread showed over which span of time
+(`chrometrace.py`); the CPU timeline says, for any span, how many of the thread's seconds it
+ran on a CPU and how many it waited in the run queue for one (`cputimeline.py`, read every
+25 ms). So for every stack of every thread:
 
-- a stack gets its share in proportion to how often its leaf line runs, as fitted to the
-  measurements of the recent windows (`LinePriors`): a thread-window whose samples all sit on
-  one line tells exactly how much that line runs (a `time.sleep` line: never; a pure-Python
-  loop: always), and windows mixing lines in changing proportions tell it too;
-- a line never measured starts at even odds, and a stack that proves its thread idle (the event
-  loop in its selector, a pool worker waiting for a job) at low odds: CPU used below such a
-  frame is the server's own C code (uvloop dispatching, the selector call), rarely much.
+- RUNNING: the seconds it was on a CPU (measured);
+- RUNNABLE: the seconds it waited for a CPU the host did not have free (measured): work the
+  code wanted to do, delayed by a busy machine;
+- BLOCKED, or WAITING at a stack that proves the thread idle (the event loop in its selector,
+  a pool worker waiting for a job): the rest, off-CPU for a reason of its own (a sleep, I/O,
+  a lock, the GIL).
 
-Counts stay whole numbers: a stack's `n` samples become a RUNNING row and a BLOCKED (or, for an
-idle stack, WAITING) row, rounded so that the thread's running total matches the measurement.
-Every later figure (CPU share, the on-CPU flamegraph, "running CPU work" in a flag) counts
-RUNNING samples, so it rests on the kernel's figure, not on what a stack looks like.
-
-A thread the kernel could not be asked about (it ended within the window) keeps the line
-estimates alone, without a measured total.
+A `time.sleep` line is never RUNNING, a pure-Python loop is RUNNING (or RUNNABLE on a starved
+host), argon2 hashing in C code is RUNNING although it released the GIL: the stack alone says
+none of that. Counts are whole samples (seconds x rate, rounded so that each thread's total
+is kept). Where the timeline has no readings for a thread (it started and ended between two
+readings, or schedstat is unreadable), its share of CPU over the whole window (`fallback`, from
+the window-level reading) stands for each of its stacks.
 """
 
 from __future__ import annotations
@@ -26,130 +25,27 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from apiscope.collectors.chrometrace import Segment
 from apiscope.model import Frame, SampleState, StackSample
 
 ThreadKey = tuple[int, int]
-
-PRIOR_ACTIVE = 0.5  # a line never measured: as likely running as not
-PRIOR_IDLE = 0.02  # a stack that proves its thread idle
-PRIOR_WEIGHT = 4.0  # how many samples' worth the starting odds count for (a ridge)
-_MIN_WEIGHT = 1e-6  # so a measured budget always lands somewhere
-
-
-LineKey = tuple[Frame | None, bool]  # (leaf frame, whether the stack proves the thread idle)
+StackKey = tuple[int, int, tuple[Frame, ...]]
+# For one thread and its spans (wall time): (seconds on a CPU, seconds in the run queue) each,
+# None where unknown.
+UsageFn = Callable[[ThreadKey, list[tuple[float, float]]], list[tuple[float, float] | None]]
 
 
-class LinePriors:
-    """How often each leaf line runs, fitted to the kernel's measurements of recent windows.
+@dataclass(slots=True)
+class _Time:
+    """Seconds one stack of one thread was shown, split by what the thread was doing."""
 
-    Each thread-window is one equation: the samples it had at each line, times each line's
-    share of running, add up to the running samples its measured CPU time stands for. A thread
-    that mixes lines (an event loop runs many handlers in a second) never sits on one line
-    alone, but across windows its mix changes, and the shares that explain every window at once
-    are found by least squares, each kept in [0, 1] and pulled towards its starting odds by a
-    ridge of `PRIOR_WEIGHT` samples while little is known.
-
-    Most lines are seen a few times only (an event loop touches hundreds of framework lines):
-    lines with fewer than `POOL_BELOW` samples in memory share one share per kind (working or
-    idle stacks), fitted on their pooled counts; a line seen a lot (a handler sleeping in every
-    request) gets its own. The fit runs by coordinate descent over the last `memory`
-    thread-windows, a few sweeps after each window, warm-started: milliseconds per window.
-    """
-
-    def __init__(self, memory: int = 240, sweeps: int = 3) -> None:
-        self.memory = memory
-        self.sweeps = sweeps
-        self._rows: list[tuple[dict[LineKey, int], float]] = []
-        self._share: dict[LineKey, float] = {}
-        self._pooled: set[LineKey] = set()
-
-    def odds(self, leaf: Frame | None, idle: bool) -> float:
-        key = _POOL[idle] if (leaf, idle) in self._pooled else (leaf, idle)
-        return self._share.get(key, self._share.get(_POOL[idle], _start(idle)))
-
-    def observe(self, counts: dict[LineKey, int], ran: float) -> None:
-        """One thread-window: its samples per line and how many of them ran (measured)."""
-        self._rows.append((counts, ran))
-        if len(self._rows) > self.memory:
-            del self._rows[: len(self._rows) - self.memory]
-
-    def fit(self) -> None:
-        totals: dict[LineKey, int] = defaultdict(int)
-        for counts, _ in self._rows:
-            for key, n in counts.items():
-                totals[key] += n
-        self._pooled = {key for key, n in totals.items() if n < POOL_BELOW}
-        rows = [(self._pool(counts), ran) for counts, ran in self._rows]
-        by_line: dict[LineKey, list[tuple[int, int]]] = defaultdict(list)
-        for i, (counts, _) in enumerate(rows):
-            for key, n in counts.items():
-                by_line[key].append((i, n))
-        residual = [ran - sum(n * self._share.get(key, _start(key[1]))
-                              for key, n in counts.items()) for counts, ran in rows]
-        for _ in range(self.sweeps):
-            for key, entries in by_line.items():
-                self._fit_line(key, entries, residual)
-
-    def _pool(self, counts: dict[LineKey, int]) -> dict[LineKey, int]:
-        out: dict[LineKey, int] = defaultdict(int)
-        for key, n in counts.items():
-            out[_POOL[key[1]] if key in self._pooled else key] += n
-        return out
-
-    def _fit_line(self, key: LineKey, entries: list[tuple[int, int]],
-                  residual: list[float]) -> None:
-        old = self._share.get(key, _start(key[1]))
-        ridge = PRIOR_WEIGHT * PRIOR_WEIGHT
-        num, den = ridge * _start(key[1]), ridge
-        for i, n in entries:
-            num += n * (residual[i] + n * old)
-            den += n * n
-        new = min(1.0, max(0.0, num / den))
-        self._share[key] = new
-        for i, n in entries:
-            residual[i] -= n * (new - old)
-
-
-POOL_BELOW = 30  # samples in memory: fewer, and a line shares its kind's pooled share
-_POOL: dict[bool, LineKey] = {False: (None, False), True: (None, True)}
-
-
-def _start(idle: bool) -> float:
-    return PRIOR_IDLE if idle else PRIOR_ACTIVE
-
-
-@dataclass(frozen=True, slots=True)
-class _Row:
-    sample: StackSample
-    idle: bool
-    odds: float
-
-
-def share_out(budget: float, weights: Sequence[float], caps: Sequence[float]) -> list[float]:
-    """Split `budget` in proportion to `weights`, no share above its cap (water-filling).
-
-    Shares that would pass their cap are fixed at it and the rest is split again among the
-    others; the result sums to min(budget, sum(caps)).
-    """
-    shares = [0.0] * len(caps)
-    open_rows = [i for i, cap in enumerate(caps) if cap > 0]
-    left = min(budget, sum(caps))
-    while open_rows and left > 1e-12:
-        total = sum(max(weights[i], _MIN_WEIGHT) * caps[i] for i in open_rows)
-        scale = left / total
-        full = [i for i in open_rows if max(weights[i], _MIN_WEIGHT) * scale >= 1.0]
-        if not full:
-            for i in open_rows:
-                shares[i] = max(weights[i], _MIN_WEIGHT) * scale * caps[i]
-            break
-        for i in full:
-            shares[i] = caps[i]
-            left -= caps[i]
-        open_rows = [i for i in open_rows if i not in full]
-    return shares
+    name: str
+    total: float = 0.0
+    ran: float = 0.0
+    runnable: float = 0.0
 
 
 def whole(shares: Sequence[float], caps: Sequence[int]) -> list[int]:
@@ -166,51 +62,55 @@ def whole(shares: Sequence[float], caps: Sequence[int]) -> list[int]:
     return floors
 
 
-def apportion(samples: Iterable[StackSample], idle: Mapping[int, bool],
-              cpu: Mapping[ThreadKey, float], seconds: float,
-              priors: LinePriors) -> tuple[StackSample, ...]:
-    """The window's samples split into running and not-running rows.
+def stack_times(segments: Sequence[Segment], offset: float, usage: UsageFn,
+                fallback: Mapping[ThreadKey, float]) -> dict[StackKey, _Time]:
+    """Per (pid, tid, stack): how long it was shown, ran and waited for a CPU.
 
-    `idle[id(sample)]` says whether a sample's stack proves its thread idle; `cpu` holds the
-    CPU seconds each thread used in the window, which lasted `seconds`.
+    `offset` turns py-spy's seconds into wall time; `fallback` is each thread's CPU share of
+    the window, used for spans the timeline cannot judge.
     """
-    threads: dict[ThreadKey, list[_Row]] = defaultdict(list)
-    for sample in samples:
-        leaf = sample.frames[-1] if sample.frames else None
-        is_idle = idle.get(id(sample), False)
-        threads[(sample.pid, sample.tid)].append(
-            _Row(sample, is_idle, priors.odds(leaf, is_idle)))
+    by_thread: dict[ThreadKey, list[Segment]] = defaultdict(list)
+    for seg in segments:
+        by_thread[(seg.pid, seg.tid)].append(seg)
+    times: dict[StackKey, _Time] = {}
+    for key, segs in by_thread.items():
+        measured = usage(key, [(s.start + offset, s.end + offset) for s in segs])
+        for seg, used in zip(segs, measured, strict=True):
+            span = seg.end - seg.start
+            slot = times.setdefault((seg.pid, seg.tid, seg.frames), _Time(seg.thread_name))
+            slot.total += span
+            if used is None:
+                slot.ran += span * min(1.0, fallback.get(key, 0.0))
+            else:
+                slot.ran += min(span, used[0])
+                slot.runnable += min(span - min(span, used[0]), used[1])
+    return times
+
+
+def samples_from_times(times: Mapping[StackKey, _Time], rate: int,
+                       idle: Callable[[int, int, tuple[Frame, ...]], bool]
+                       ) -> tuple[StackSample, ...]:
+    """Whole-sample rows: per stack, RUNNING, RUNNABLE and BLOCKED (or WAITING) counts."""
+    by_thread: dict[ThreadKey, list[StackKey]] = defaultdict(list)
+    for key in times:
+        by_thread[(key[0], key[1])].append(key)
     out: list[StackSample] = []
-    for key, rows in threads.items():
-        caps = [r.sample.count for r in rows]
-        weights = [r.odds for r in rows]
-        used = cpu.get(key)
-        if used is None or seconds <= 0:
-            shares = [w * c for w, c in zip(weights, caps, strict=True)]
-        else:
-            budget = min(1.0, used / seconds) * sum(caps)
-            shares = share_out(budget, weights, caps)
-            priors.observe(_line_counts(rows), budget)
-        for row, ran in zip(rows, whole(shares, caps), strict=True):
-            out.extend(_split(row, ran))
-    priors.fit()
+    for keys in by_thread.values():
+        counts = whole([times[k].total * rate for k in keys], [10**9] * len(keys))
+        for key, count in zip(keys, counts, strict=True):
+            if count:
+                out.extend(_rows(key, times[key], count, rate, idle(*key)))
     return tuple(out)
 
 
-def _line_counts(rows: Sequence[_Row]) -> dict[LineKey, int]:
-    counts: dict[LineKey, int] = defaultdict(int)
-    for row in rows:
-        counts[(row.sample.frames[-1] if row.sample.frames else None, row.idle)] += \
-            row.sample.count
-    return dict(counts)
-
-
-def _split(row: _Row, ran: int) -> list[StackSample]:
-    sample, rest = row.sample, row.sample.count - ran
-    parts = []
-    if ran:
-        parts.append(dataclasses.replace(sample, count=ran, state=SampleState.RUNNING))
-    if rest:
-        state = SampleState.WAITING if row.idle else SampleState.BLOCKED
-        parts.append(dataclasses.replace(sample, count=rest, state=state))
-    return parts
+def _rows(key: StackKey, time: _Time, count: int, rate: int, idle: bool) -> list[StackSample]:
+    pid, tid, frames = key
+    scale = count / (time.total * rate) if time.total > 0 else 0.0
+    ran, runnable = whole([time.ran * rate * scale, time.runnable * rate * scale],
+                          [count, count])
+    runnable = min(runnable, count - ran)
+    rest = count - ran - runnable
+    base = StackSample(pid, tid, time.name, frames, count)
+    parts = ((ran, SampleState.RUNNING), (runnable, SampleState.RUNNABLE),
+             (rest, SampleState.WAITING if idle else SampleState.BLOCKED))
+    return [dataclasses.replace(base, count=n, state=state) for n, state in parts if n]

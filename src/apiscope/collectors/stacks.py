@@ -6,13 +6,15 @@ starts the next py-spy, waits until that one prints "Sampling process..." (it ha
 and only then sends SIGINT to the current one, which takes its last sample, writes its file
 and exits. The seam between two windows is thus the difference between the new py-spy's first
 sample and the old one's last, measured at about +/-10 ms (one sample per thread, either way;
-docs/sampling.md), instead of a whole py-spy start-up (20 ms to seconds). The raw format has no
-timestamps, so a few samples counted twice at the seam cannot be de-duplicated.
+docs/sampling.md), instead of a whole py-spy start-up (20 ms to seconds).
 
-At every window's edges the sampler reads each thread's CPU time from the kernel
-(`threadcpu.py`); `oncpu.py` turns the difference into how many of the window's samples were
-running. A window that cannot be read or classified is counted (`SamplerStats.failed_windows`,
-with the last error) and sampling goes on with the next one: no stack ends a session.
+py-spy records in its chrometrace format, which keeps when each thread showed each stack
+(`chrometrace.py`); every 25 ms a reader takes each thread's CPU and run-queue time from the
+kernel (`cputimeline.py`), and `oncpu.py` matches the two: a stack ran for the CPU time its
+thread used while it showed it. At every window's edges the sampler also reads each thread's
+and each process's CPU time (`threadcpu.py`), stored with the window. A window that cannot be
+read or classified is counted (`SamplerStats.failed_windows`, with the last error) and
+sampling goes on with the next one: no stack ends a session.
 
 The sampler ends on `stop()` (the last window is delivered), or when py-spy stops on its own
 because the target exited (`end_reason` TARGET_EXITED: a normal end for `attach`), or on a
@@ -179,6 +181,7 @@ class SamplerStats:
     launch_retries: int = 0  # mid-session py-spy starts that failed and were retried
     pyspy_cpu_seconds: float = 0.0
     sampled_seconds: float = 0.0
+    timeline_cpu_seconds: float = 0.0  # the per-thread CPU reader's own CPU time
     failed_windows: int = 0  # read but not classified (an error of ours): skipped, counted
     last_failure: str | None = None
     gaps: list[tuple[float, float, str]] = field(default_factory=list)  # (start, end, why)
@@ -218,7 +221,8 @@ class StackSampler:
                  window_seconds: float = 1.0, spawn: SpawnSpy = PopenSpy,
                  clock: Callable[[], float] = time.time, pyspy: str | None = None,
                  alive: Callable[[int], bool] = target_alive,
-                 cpu_reader: ThreadCpuReader | None = None, ready_timeout: float = 15.0,
+                 cpu_reader: ThreadCpuReader | None = None,
+                 timeline: CpuTimeline | None = None, ready_timeout: float = 15.0,
                  on_end: Callable[[EndReason, Exception | None], None] | None = None) -> None:
         self.pid = pid
         self.options = RecordOptions(rate_hz=rate_hz, subprocesses=subprocesses,
@@ -233,7 +237,7 @@ class StackSampler:
         self._cpu = cpu_reader if cpu_reader is not None else ThreadCpuReader()
         self._cpu_mark = CpuReading()
         # Read every 25 ms: when each stack ran, not only how much each thread did.
-        self._timeline = CpuTimeline(lambda: sorted(self._pids))
+        self._timeline = timeline or CpuTimeline(lambda: sorted(self._pids))
         self._ready_timeout = ready_timeout
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -297,6 +301,8 @@ class StackSampler:
             reason = EndReason.FAILED if alive else EndReason.TARGET_EXITED
             error = exc if alive else None
         finally:
+            self._timeline.stop()
+            self.stats.timeline_cpu_seconds = self._timeline.cpu_seconds
             if self._tmp is not None:
                 self._tmp.cleanup()
             if self._reaper is not None:
@@ -450,10 +456,10 @@ class StackSampler:
         self._cpu_mark = mark
         seconds = max(end - start, 1e-9)
         fallback = {key: cpu / seconds for key, cpu in used.threads.items()}
-        # py-spy's clock starts at its own start-up: its first sample is when it said it was
-        # sampling (`start`), which puts every stack on the wall clock the timeline uses.
-        times = stack_times(trace.segments, start - trace.first, self._timeline.usages,
-                            fallback)
+        # py-spy's clock starts at its own start-up, some way before its first sample; its last
+        # sample is taken at most one interval after the SIGINT sent at `end`, which puts every
+        # stack on the wall clock the timeline uses.
+        times = stack_times(trace.segments, end - trace.last, self._timeline.usages, fallback)
         roles = thread_roles(StackSample(pid, tid, "", frames, 1) for pid, tid, frames in times)
 
         def idle(pid: int, tid: int, frames: tuple[Frame, ...]) -> bool:

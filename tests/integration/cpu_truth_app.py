@@ -1,0 +1,34 @@
+"""A small app whose routes spend their time in known ways: sleeping in a pool thread,
+computing on the event loop, hashing in C code that releases the GIL, and doing nothing."""
+
+import hashlib
+import time
+
+from fastapi import FastAPI
+
+app = FastAPI()
+
+
+@app.get("/nap")
+def nap() -> dict[str, bool]:
+    time.sleep(0.05)  # NAP_LINE: off-CPU in a pool thread
+    return {"slept": True}
+
+
+@app.get("/spin")
+async def spin() -> dict[str, int]:
+    total = 0
+    for i in range(60_000):  # SPIN_LINE: pure Python on the loop
+        total += i * i
+    return {"total": total}
+
+
+@app.get("/hash")
+def hash_password() -> dict[str, int]:
+    digest = hashlib.pbkdf2_hmac("sha256", b"secret", b"salt", 20_000)  # HASH_LINE: C code
+    return {"n": len(digest)}
+
+
+@app.get("/")
+async def root() -> dict[str, str]:
+    return {"ok": "yes"}

@@ -1,0 +1,91 @@
+"""CPU figures rest on the kernel's measurements: a real uvicorn server, real py-spy, the real
+agent, and routes whose time goes to a sleep, to Python on the loop and to C code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support import (
+    ROOT,
+    free_port,
+    require_program,
+    require_ptrace,
+    run_server,
+    uvicorn_argv,
+)
+
+pytestmark = pytest.mark.integration
+APP = "tests.integration.cpu_truth_app:app"
+SECONDS = 8
+
+
+def load(base: str, stop: threading.Event) -> None:
+    paths = ["/nap", "/spin", "/hash", "/nap", "/"]
+    n = 0
+    while not stop.is_set():
+        try:
+            with urllib.request.urlopen(base + paths[n % len(paths)], timeout=10) as resp:
+                resp.read()
+        except OSError:
+            pass  # the server goes away at the end
+        n += 1
+
+
+def test_cpu_shares_are_measured_and_add_up_to_the_processs_cpu(tmp_path: Path) -> None:
+    require_ptrace()
+    require_program("py-spy")
+    require_program("gdb")
+    port = free_port()
+    report = tmp_path / "r.json"
+    with run_server(uvicorn_argv(APP, port), port) as server:
+        stop = threading.Event()
+        clients = [threading.Thread(target=load, args=(server.url, stop), daemon=True)
+                   for _ in range(3)]
+        for c in clients:
+            c.start()
+        before = psutil.Process(server.pid).cpu_times()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "apiscope", "attach", str(server.pid), "--duration",
+                 str(SECONDS), "--no-dashboard", "--report", str(report),
+                 "--session", str(tmp_path / "s.sqlite")],
+                cwd=ROOT, capture_output=True, text=True, timeout=120)
+            after = psutil.Process(server.pid).cpu_times()
+        finally:
+            stop.set()
+            for c in clients:
+                c.join(15)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(report.read_text())
+    assert data["samples"]["cpu_measured"] is True
+    shares = {e["route"]: e["cpu_share"] for e in data["endpoints"]}
+    # A pool thread sleeping uses no CPU, whatever its stack shows.
+    assert shares.get("GET /nap", 0.0) < 0.05, shares
+    # Python on the loop and hashing in C are the CPU.
+    assert shares["GET /spin"] > 0.25, shares
+    assert shares["GET /hash"] > 0.05, shares
+    [proc] = data["processes"]
+    total = sum(shares.values()) + (proc["server_cpu_share"] or 0.0)
+    assert total <= 1.0 + 1e-6
+    # The session's own measured CPU time against the process's, over (about) the same span:
+    # within 10% plus the injection and start-up the attach adds around the sampled windows.
+    from apiscope.store import SessionReader
+
+    with SessionReader(tmp_path / "s.sqlite") as reader:
+        measured = sum(c.seconds for c in reader.process_cpu())
+    used = (after.user + after.system) - (before.user + before.system)
+    assert 0.75 * used <= measured <= 1.1 * used, (measured, used)
+    # Routes flagged for CPU work are the computing ones, with cause "cpu"; the sleep is never.
+    for flag in data["flags"]:
+        if flag["route"] == "GET /nap":
+            assert flag["kind"] not in ("cpu_hotspot", "gil_contention"), flag
+        if flag["kind"] == "event_loop_blocked":
+            assert flag["route"] == "GET /spin" and flag["metric"]["cause"] == "cpu", flag
