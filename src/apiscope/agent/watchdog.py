@@ -45,6 +45,7 @@ MAX_LAGS = 20_000
 MAX_DEPTH = 256  # frames per stack: deeper stacks keep their root part
 MAX_DISTINCT_STACKS = 64  # per stall: a stall moving through many stacks keeps the first ones
 JOIN_SECONDS = 2.0
+SPARSER_EVERY = 5  # stack samples of one stall before its sampling interval doubles
 ALERT_SECONDS = 10.0  # after a late probe, check at the stall threshold for this long
 
 Frame = tuple[str, str, int]  # (function as py-spy names it, absolute file, line)
@@ -261,7 +262,11 @@ class LoopWatchdog:
             outstanding = time.perf_counter() - posted
             if outstanding >= options.stall_threshold:
                 self._sample(stacks)
-                wait = options.sample_interval
+                # A long stall is sampled ever more sparsely (every SPARSER_EVERY samples the
+                # interval doubles): its stack is known by then, and a loop blocked for good
+                # must not have a 100 Hz sampler inside it.
+                backoff = 2 ** min(sum(stacks.values()) // SPARSER_EVERY, 3)
+                wait = options.sample_interval * backoff
             else:
                 wait = options.stall_threshold - outstanding
 
@@ -286,7 +291,7 @@ class LoopWatchdog:
             stall = {"tid": self.native_id, "start": start + self._epoch_offset,
                      "duration_ms": round((ran_at - start) * 1000.0, 3),
                      "frames": frames, "cpu_ms": cpu_ms}
-        if lag >= self.options.stall_threshold / 2:
+        if stall is not None:
             self._alert_until = ran_at + ALERT_SECONDS
         with self._lock:
             self._lags.append(lag)
