@@ -155,7 +155,7 @@ def test_flamegraph_opens_on_cpu_and_the_waiting_toggle_adds_blocked_time(
     browser.get(replay.url + "flamegraph")
     _wait(lambda: "(on CPU only)" in _text(browser, "#flame-info"), "the on-CPU flamegraph")
     on_cpu = _wait(lambda: _flame_total(browser), "the flamegraph's total")
-    assert "waiting: sleep, I/O, locks, GIL" in _text(browser, "#flame-toggles")
+    assert "waiting: sleep, I/O, locks, GIL, a free CPU" in _text(browser, "#flame-toggles")
     _click(browser, "#flame-toggles input[value='blocked']")
     _wait(lambda: "(on CPU + waiting)" in _text(browser, "#flame-info"), "the waiting samples")
     # summary()'s time.sleep on the loop is back: more samples under the same root

@@ -93,8 +93,8 @@ class Attributed:
     importing: bool = False  # inside an import (the app being loaded at start-up)
     tool: bool = False  # apiscope's agent or an in-process profiler at work (overhead)
     cpu: float = 0.0  # CPU seconds these samples stand for (see `cpu_seconds`)
-    # Of a BLOCKED sample's seconds, those off-CPU for a reason of the thread's own (a sleep,
-    # I/O, a lock, the GIL), not waiting in the run queue for a CPU (see `own_wait_factors`).
+    # A BLOCKED sample's seconds: off-CPU for a reason of the thread's own (a sleep, I/O, a
+    # lock, the GIL); waiting for a free CPU is RUNNABLE, measured apart.
     waited: float = 0.0
 
     @property
@@ -154,30 +154,9 @@ def cpu_seconds(data: SessionData) -> dict[tuple[float, int, int], float]:
     return {key: measured[key] / count for key, count in running.items() if key in measured}
 
 
-def own_wait_factors(data: SessionData) -> dict[tuple[float, int, int], float]:
-    """Per (window, pid, tid): the share of its BLOCKED time that was not run-queue time.
-
-    A thread can be off-CPU at a working stack because it sleeps or waits on I/O, a lock or the
-    GIL, or because the host had no CPU free for it: the kernel counts the latter (schedstat),
-    and it is taken out, so a starved host is not mistaken for code that blocks.
-    """
-    rates = {w.start: w.rate_hz for w in data.windows}
-    blocked: dict[tuple[float, int, int], float] = defaultdict(float)
-    for window, sample in data.samples:
-        if sample.state is SampleState.BLOCKED:
-            blocked[(window, sample.pid, sample.tid)] += sample.count / (rates.get(window) or 100)
-    out = {}
-    for c in data.thread_cpu:
-        key = (c.window, c.pid, c.tid)
-        if c.runqueue is not None and blocked.get(key):
-            out[key] = max(0.0, 1.0 - c.runqueue / blocked[key])
-    return out
-
-
 def attribute(data: SessionData, matcher: RouteMatcher) -> list[Attributed]:
     rates = {w.start: w.rate_hz for w in data.windows}
     per_sample = cpu_seconds(data)
-    own_wait = own_wait_factors(data)
     cache: dict[int, tuple[tuple[Frame, ...], str | None, Frame | None, bool, bool]] = {}
     out = []
     for window, sample in data.samples:
@@ -199,7 +178,7 @@ def attribute(data: SessionData, matcher: RouteMatcher) -> list[Attributed]:
             each = per_sample.get(key)
             cpu = seconds if each is None else each * sample.count
         elif sample.state is SampleState.BLOCKED:
-            waited = seconds * own_wait.get(key, 1.0)
+            waited = seconds
         out.append(Attributed(window, sample, role, hit[1], hit[2], seconds, hit[3], hit[4],
                               cpu, waited))
     return out

@@ -19,7 +19,7 @@ NAV = (("/", "Overview"), ("/flamegraph", "Flamegraph"), ("/resources", "Resourc
 DEFAULT_SORT = ["count", True]
 # Off-CPU time at a working stack: the thread was inside a request but not on a CPU.
 OFF_CPU_TOGGLES: list[dict[str, Any]] = [
-    {"label": " waiting: sleep, I/O, locks, GIL", "value": "blocked"}]
+    {"label": " waiting: sleep, I/O, locks, GIL, a free CPU", "value": "blocked"}]
 
 
 def shell(*, live: bool, refresh_ms: int, title: str, version: list[Any]) -> html.Div:

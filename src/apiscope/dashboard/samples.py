@@ -205,7 +205,7 @@ class SampleIndex:
     def activity_probed(self) -> bool:
         """Whether the sampler told off-CPU from on-CPU samples (BLOCKED or GIL states seen),
         as the report asks before it gives the server's own CPU share."""
-        return any(state == SampleState.BLOCKED.value or gil is not None
+        return any(state in _WAITS or gil is not None
                    for _, _, state, gil in self.series)
 
     def has_handler_roles(self) -> bool:
@@ -219,6 +219,10 @@ class SampleIndex:
                     for w in self.windows]
 
 
+# Off-CPU at a working stack: its own wait (sleep, I/O, lock, GIL) or waiting for a free CPU.
+_WAITS = frozenset({SampleState.BLOCKED.value, SampleState.RUNNABLE.value})
+
+
 def _series_matches(series: Series, flt: SampleSlice, role: str) -> bool:
     pid, tid, state, gil = series
     if flt.pid is not None and pid != flt.pid:
@@ -229,6 +233,6 @@ def _series_matches(series: Series, flt: SampleSlice, role: str) -> bool:
         return False
     if not flt.include_idle and state == SampleState.WAITING.value:
         return False
-    if not flt.include_blocked and state == SampleState.BLOCKED.value:
+    if not flt.include_blocked and state in _WAITS:
         return False
     return not (flt.gil_only and gil != 1)

@@ -30,12 +30,13 @@ _IDLE_STATES: dict[str, frozenset[SampleState]] = {
     "exclude": _ALL_STATES - {SampleState.WAITING},
     "only": frozenset({SampleState.WAITING}),
 }
-# Off-CPU at a working stack (a sleep, I/O, a lock, the GIL): with the idle ones left out, what
-# remains is on-CPU time; with them kept, wall-clock time.
+# Off-CPU at a working stack (a sleep, I/O, a lock, the GIL, or waiting for a free CPU): with
+# the idle ones left out, what remains is on-CPU time; with them kept, wall-clock time.
+_WAITS = frozenset({SampleState.BLOCKED, SampleState.RUNNABLE})
 _BLOCKED_STATES: dict[str, frozenset[SampleState]] = {
     "include": _ALL_STATES,
-    "exclude": _ALL_STATES - {SampleState.BLOCKED},
-    "only": frozenset({SampleState.BLOCKED}),
+    "exclude": _ALL_STATES - _WAITS,
+    "only": _WAITS,
 }
 _GIL: dict[str, bool | None] = {"any": None, "held": True, "not-held": False}
 
