@@ -251,8 +251,9 @@ def test_pure_python_threads_make_a_waker_wait_for_the_gil() -> None:
 def test_threads_that_release_the_gil_cause_no_wait(work: Callable[[threading.Event], None],
                                                      ) -> None:
     summary = gil_wait_while(work)
-    # Timer slack alone makes a wake-up a few tenths of a millisecond late on a VM.
-    assert mean_wait_ms(summary) < 1.0
+    # Timer slack alone makes a wake-up a few tenths of a millisecond late on a VM; a pure
+    # Python thread makes it wait about a switch interval (5 ms).
+    assert mean_wait_ms(summary) < 1.5
     assert summary["wait_seconds"] < 0.1 * summary["seconds"]
 
 
