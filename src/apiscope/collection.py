@@ -20,6 +20,7 @@ from typing import TextIO
 import psutil
 
 from apiscope.collectors.agent_client import AgentBatch, AgentClient, WatchdogReport
+from apiscope.collectors.budget import OverheadBudget
 from apiscope.collectors.injections import AgentInjections, DetachFailure
 from apiscope.collectors.resources import ResourceCollector
 from apiscope.collectors.stacks import (
@@ -43,6 +44,7 @@ class CollectOptions:
     nonblocking: bool = False
     inject: bool = True  # an agent is expected (injected, or loaded by `run`)
     slo_ms: float = 200.0
+    max_overhead: float = 2.0  # percent of the target's capacity; 0: always sample at rate_hz
     window_seconds: float = 1.0
     poll_seconds: float = 0.5
     progress_seconds: float = 1.0  # how often the session's end time moves forward
@@ -92,7 +94,8 @@ class Collection:
         self._sampler = StackSampler(
             target.sample_pid, rate_hz=options.rate_hz, subprocesses=target.master_pid is not None,
             nonblocking=options.nonblocking, window_seconds=options.window_seconds,
-            on_window=self._on_window)
+            on_window=self._on_window, budget=self._budget(options),
+            agent_cpu=lambda: sum(self._watchdog_cpu.values()))
         self._poller = threading.Thread(target=self._poll_loop, name="apiscope-poller",
                                         daemon=True)
 
@@ -125,6 +128,12 @@ class Collection:
         """End the run as Ctrl-C does (safe from a signal handler: it only sets a flag)."""
         self._stop.set()
 
+    @staticmethod
+    def _budget(options: CollectOptions) -> OverheadBudget | None:
+        if options.max_overhead <= 0:
+            return None
+        return OverheadBudget(options.max_overhead / 100, options.rate_hz)
+
     @property
     def sampler_stats(self) -> SamplerStats:
         """The sampler's own account of stored, expected and failed samples."""
@@ -151,6 +160,8 @@ class Collection:
                                  samples_expected=round(stats.expected),
                                  sample_loss=round(stats.loss, 4),
                                  windows_dropped=stats.dropped_windows,
+                                 max_overhead=self.options.max_overhead,
+                                 overhead=self._overhead(),
                                  windows_failed=stats.failed_windows,
                                  agent_dropped=self.totals.agent_dropped)
             if self.storage_failure is None:
@@ -333,12 +344,26 @@ class Collection:
         if self.status is not None:
             print(f"\napiscope: warning: {message}", file=self.status)
 
+    def _overhead(self) -> float | None:
+        """The measured cost of the session, percent of the target's capacity (mean)."""
+        budget = self._sampler.budget
+        return round(100 * budget.mean_cost(), 3) if budget is not None and budget.history \
+            else None
+
+    def _rate_text(self) -> str:
+        """`  rate 40 Hz (budget 2%)` while a budget holds the rate below the one asked for."""
+        budget = self._sampler.budget
+        rate = self._sampler.options.rate_hz
+        if budget is None:
+            return ""
+        return f"  rate {rate} Hz (budget {self.options.max_overhead:g}%)"
+
     def _print_status(self, final: bool = False) -> None:
         if self.status is None:
             return
         line = (f"apiscope: {self.clock() - self.started:5.1f}s"
                 f"  samples {self.sampler_stats.stored:,}  requests {self.totals.requests:,}"
-                f"  processes {len(self._resources.alive_pids())}")
+                f"  processes {len(self._resources.alive_pids())}{self._rate_text()}")
         if self.storage_failure is not None:  # counting on would claim rows the file lacks
             line = (f"apiscope: session file failed; it holds {self.writer.committed_samples:,}"
                     f" samples and {self.writer.committed_requests:,} requests")

@@ -75,6 +75,14 @@ def _samples(data: SessionData) -> dict[str, Any]:
     for key in ("windows_dropped", "windows_failed"):
         if data.meta.get(key):
             out[key] = int(data.meta[key])
+    if data.windows:  # the rate the budget let each window have, over the session
+        seconds = sum(w.end - w.start for w in data.windows)
+        out["effective_rate_hz"] = round(
+            sum(w.rate_hz * (w.end - w.start) for w in data.windows) / seconds, 1) \
+            if seconds > 0 else rate
+    if data.meta.get("max_overhead") is not None:
+        out["max_overhead_percent"] = data.meta["max_overhead"]
+        out["overhead_percent"] = data.meta.get("overhead")
     return out
 
 

@@ -52,6 +52,16 @@ def sampling_rate(text: str) -> int:
     return value
 
 
+def overhead_percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text} is not a percentage between 0 and 100")
+    return value
+
+
 def port(text: str) -> int:
     value = positive_int(text)
     if value > 65535:
@@ -66,6 +76,10 @@ def add_collect_options(parser: argparse.ArgumentParser, *, inject: bool = False
                        help="stop after this many seconds (default: until Ctrl-C)")
     group.add_argument("--rate", type=sampling_rate, default=100, metavar="HZ",
                        help=f"stack samples per second, at most {MAX_RATE_HZ} (default: 100)")
+    group.add_argument("--max-overhead", type=overhead_percent, default=2.0, metavar="PERCENT",
+                       help="the most of the target's capacity apiscope may take; the sampling"
+                       " rate adapts window by window to stay within it (default: 2; 0: always"
+                       " sample at --rate)")
     group.add_argument("--session", metavar="PATH",
                        help="session file to write (default: apiscope-<time>.sqlite)")
     group.add_argument("--nonblocking", action="store_true",

@@ -39,7 +39,8 @@ def default_session_path() -> Path:
 
 def options_from(args: argparse.Namespace, *, inject: bool) -> CollectOptions:
     return CollectOptions(rate_hz=args.rate, duration=args.duration,
-                          nonblocking=args.nonblocking, inject=inject, slo_ms=args.slo_ms)
+                          nonblocking=args.nonblocking, inject=inject, slo_ms=args.slo_ms,
+                          max_overhead=args.max_overhead)
 
 
 def check_report_path(args: argparse.Namespace) -> None:

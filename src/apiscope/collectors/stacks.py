@@ -23,6 +23,7 @@ failure it cannot recover from (`end_reason` FAILED, `error` set).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import subprocess
@@ -37,6 +38,7 @@ from typing import Protocol
 
 import psutil
 
+from apiscope.collectors.budget import OverheadBudget, WindowCost
 from apiscope.collectors.chrometrace import parse_chrometrace
 from apiscope.collectors.cputimeline import CpuTimeline
 from apiscope.collectors.oncpu import samples_from_times, stack_times
@@ -182,6 +184,7 @@ class SamplerStats:
     pyspy_cpu_seconds: float = 0.0
     sampled_seconds: float = 0.0
     timeline_cpu_seconds: float = 0.0  # the per-thread CPU reader's own CPU time
+    rates: list[int] = field(default_factory=list)  # the rate of each window, with a budget
     failed_windows: int = 0  # read but not classified (an error of ours): skipped, counted
     last_failure: str | None = None
     gaps: list[tuple[float, float, str]] = field(default_factory=list)  # (start, end, why)
@@ -211,6 +214,7 @@ class _Run:
     proc: SpyProcess
     output: Path
     started: float
+    rate_hz: int  # what this py-spy samples at: the budget may change it window by window
 
 
 class StackSampler:
@@ -222,7 +226,8 @@ class StackSampler:
                  clock: Callable[[], float] = time.time, pyspy: str | None = None,
                  alive: Callable[[int], bool] = target_alive,
                  cpu_reader: ThreadCpuReader | None = None,
-                 timeline: CpuTimeline | None = None, ready_timeout: float = 15.0,
+                 timeline: CpuTimeline | None = None, budget: OverheadBudget | None = None,
+                 agent_cpu: Callable[[], float] | None = None, ready_timeout: float = 15.0,
                  on_end: Callable[[EndReason, Exception | None], None] | None = None) -> None:
         self.pid = pid
         self.options = RecordOptions(rate_hz=rate_hz, subprocesses=subprocesses,
@@ -238,6 +243,11 @@ class StackSampler:
         self._cpu_mark = CpuReading()
         # Read every 25 ms: when each stack ran, not only how much each thread did.
         self._timeline = timeline or CpuTimeline(lambda: sorted(self._pids))
+        # The overhead budget (None: the rate asked for, always); `agent_cpu` is the agents'
+        # own CPU seconds so far, which the budget pays for too.
+        self.budget = budget
+        self._agent_cpu = agent_cpu
+        self._agent_cpu_mark = 0.0
         self._ready_timeout = ready_timeout
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -406,7 +416,7 @@ class StackSampler:
         if proc.wait_ready(self._ready_timeout):
             ready = self._clock()
             self.stats.startups.append(ready - spawned)
-            return _Run(proc, output, ready)
+            return _Run(proc, output, ready, self.options.rate_hz)
         proc.interrupt()
         result = proc.finish(5.0)
         output.unlink(missing_ok=True)
@@ -420,7 +430,9 @@ class StackSampler:
         run.output.unlink(missing_ok=True)
 
     def _deliver(self, run: _Run, end: float) -> None:
-        self.stats.pyspy_cpu_seconds += run.proc.cpu_seconds()
+        spent = run.proc.cpu_seconds()
+        self.stats.pyspy_cpu_seconds += spent
+        self._adapt_rate(run, end, spent)
         run.proc.interrupt()
         result = run.proc.finish(10.0)
         try:
@@ -431,7 +443,7 @@ class StackSampler:
         finally:
             run.output.unlink(missing_ok=True)
         try:
-            window = self._window(text, result, run.started, end)
+            window = self._window(text, result, run.started, end, run.rate_hz)
         except Exception as exc:  # a bug of ours must not end the session: count, go on
             self.stats.failed_windows += 1
             self.stats.last_failure = f"{type(exc).__name__}: {exc}"
@@ -446,7 +458,21 @@ class StackSampler:
         except psutil.Error:
             return set()
 
-    def _window(self, text: str, result: SpyExit, start: float, end: float) -> StackWindow:
+    def _adapt_rate(self, run: _Run, end: float, pyspy_cpu: float) -> None:
+        """Let the budget choose the rate of the py-spy started after this one."""
+        if self.budget is None:
+            return
+        agent = self._agent_cpu() if self._agent_cpu is not None else 0.0
+        cost = WindowCost(max(end - run.started, 1e-3), run.rate_hz, pyspy_cpu,
+                          max(0.0, agent - self._agent_cpu_mark), len(self._pids))
+        self._agent_cpu_mark = agent
+        rate = self.budget.observe(cost)
+        self.stats.rates.append(run.rate_hz)
+        if rate != self.options.rate_hz:
+            self.options = dataclasses.replace(self.options, rate_hz=rate)
+
+    def _window(self, text: str, result: SpyExit, start: float, end: float,
+                rate_hz: int) -> StackWindow:
         trace = parse_chrometrace(text, default_pid=self.pid)
         summary = parse_summary(result.stdout)
         # A worker first sampled now is read now and measured from the next window on.
@@ -465,8 +491,8 @@ class StackSampler:
         def idle(pid: int, tid: int, frames: tuple[Frame, ...]) -> bool:
             return is_waiting(frames, roles.get((pid, tid), ThreadRole.OTHER))
 
-        samples = samples_from_times(times, self.options.rate_hz, idle)
-        window = StackWindow(start=start, end=end, rate_hz=self.options.rate_hz,
+        samples = samples_from_times(times, rate_hz, idle)
+        window = StackWindow(start=start, end=end, rate_hz=rate_hz,
                              samples=samples, errors=summary.errors if summary else 0,
                              threads=roles, thread_cpu=used.threads,
                              process_cpu=used.processes, thread_runqueue=used.runqueue)
