@@ -295,3 +295,19 @@ def test_a_window_that_cannot_be_classified_is_counted_and_sampling_goes_on() ->
     s.stop()
     assert s.end_reason is EndReason.STOPPED and s.error is None
     assert got.windows == [] and s.stats.last_failure == "RuntimeError: unreadable"
+
+
+def test_a_budget_lowers_the_rate_of_the_next_windows_to_what_it_affords() -> None:
+    from apiscope.collectors.budget import OverheadBudget
+
+    spawner, got = Spawner(), Collected()
+    # Each fake py-spy reports 10 ms of CPU over a ~20 ms window: far above a 2% budget.
+    s = sampler(spawner, got, rate_hz=100, budget=OverheadBudget(0.02, 100, min_rate=5))
+    s.start()
+    wait_until(lambda: len(got.windows) >= 4, what="four windows")
+    s.stop()
+    assert got.windows[0].rate_hz == 100
+    assert got.windows[-1].rate_hz == 5  # the floor: even it costs more than the budget
+    rates = [int(spy.argv[spy.argv.index("--rate") + 1]) for spy in spawner.spies]
+    assert rates[0] == 100 and rates[-1] == 5
+    assert s.budget is not None and s.budget.over_budget
