@@ -195,6 +195,9 @@ class LoopStall:
     duration_ms: float
     frames: tuple[Frame, ...]  # the loop thread's stack during the stall, root first
     cpu_ms: float | None = None  # the loop thread's CPU time during the stall
+    # What the kernel said the loop thread was doing at each look during the stall: "cpu" (on
+    # a CPU or ready for one), "sleep", "io", "lock" (a lock, a condition or the GIL).
+    activity: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

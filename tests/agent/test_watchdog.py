@@ -119,6 +119,9 @@ def test_a_sleep_on_the_loop_is_one_stall_at_the_sleep_line(loop_thread: LoopThr
     assert (function, file, line) == ("sleeper", __file__, sleeper.__code__.co_firstlineno + 1)
     assert [f[0] for f in stall["frames"][-3:-1]] == ["BaseEventLoop._run_once", "Handle._run"]
     assert stall["cpu_ms"] is not None and stall["cpu_ms"] < 25  # asleep: no CPU
+    # ... and the kernel said so at the looks the watchdog took during it
+    assert stall["activity"].get("sleep", 0) >= 1
+    assert stall["activity"].get("sleep", 0) > stall["activity"].get("cpu", 0)
 
 
 def test_a_computation_on_the_loop_uses_cpu_all_along(loop_thread: LoopThread) -> None:
@@ -130,6 +133,40 @@ def test_a_computation_on_the_loop_uses_cpu_all_along(loop_thread: LoopThread) -
     (stall,) = loop_thread.stalls
     assert stall["frames"][-1][0] == "spinner"
     assert 190 <= stall["cpu_ms"] <= stall["duration_ms"] + 1
+    assert stall["activity"].get("cpu", 0) >= 1 and "sleep" not in stall["activity"]
+
+
+def test_the_kernel_says_what_a_thread_waits_on() -> None:
+    import socket
+
+    from apiscope.agent.schedstat import SyscallState
+
+    lock = threading.Lock()
+    lock.acquire()
+    left, right = socket.socketpair()
+    stop = threading.Event()
+    targets = {"sleep": lambda: time.sleep(2), "lock": lambda: lock.acquire(timeout=2),
+               "io": lambda: left.recv(1),
+               "cpu": lambda: [None for _ in iter(lambda: stop.is_set(), True)]}
+    threads = {kind: threading.Thread(target=fn, daemon=True) for kind, fn in targets.items()}
+    for thread in threads.values():
+        thread.start()
+    try:
+        for kind, thread in threads.items():
+            state = SyscallState(thread.native_id or 0)
+            try:
+                wait_until(lambda s=state, k=kind: s.read() == k, timeout=5,  # type: ignore[misc]
+                           what=f"the {kind} thread to be seen {kind}")
+            finally:
+                state.close()
+    finally:
+        stop.set()
+        lock.release()
+        right.send(b"x")
+        for thread in threads.values():
+            thread.join(5)
+        left.close()
+        right.close()
 
 
 def test_a_healthy_busy_loop_has_lag_but_no_stall(loop_thread: LoopThread) -> None:

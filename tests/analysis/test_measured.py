@@ -195,3 +195,21 @@ def test_slowness_for_want_of_cpu_is_said_and_graded_low(tmp_path: Path) -> None
     [starved] = [f for f in report["flags"] if f["kind"] == "slow_endpoint"]
     assert starved["severity"] == "low" and "no CPU to spare" in starved["evidence"]
     assert report["processes"][0]["runqueue_share"] > 0.25
+
+
+def test_the_kernels_looks_name_what_the_loop_waited_on(tmp_path: Path) -> None:
+    spec = measured_healthy()
+    # A sync query on the loop: the thread's CPU reads high on a busy host (it counts the
+    # work around the stall), but at every look the kernel had it in a socket read.
+    spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0,
+                                  on_loop(app("summary", 88)), 40.0, {"io": 4, "cpu": 1})
+                        for i in range(20)]
+    [flag] = [f for f in report_of(spec, tmp_path / "a")["flags"]
+              if f["kind"] == "event_loop_blocked"]
+    assert flag["metric"]["cause"] == "wait" and "blocking I/O" in flag["evidence"]
+    spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0,
+                                  on_loop(app("summary", 90)), 5.0, {"cpu": 4, "lock": 1})
+                        for i in range(20)]
+    [flag] = [f for f in report_of(spec, tmp_path / "b")["flags"]
+              if f["kind"] == "event_loop_blocked"]
+    assert flag["metric"]["cause"] == "cpu" and "running CPU work" in flag["evidence"]

@@ -91,3 +91,54 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     """The nearest-rank percentile of an ascending, non-empty sequence (`q` in 0..1)."""
     rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 1))))
     return ordered[rank - 1]
+
+
+# What a thread blocked in a system call is waiting for, by the call's number (Linux x86-64
+# and arm64): the kernel says it in /proc/self/task/<tid>/syscall ("running" when the thread
+# is not in a system call: on a CPU, or ready for one).
+_SLEEPS = {35, 230, 101, 115}  # nanosleep, clock_nanosleep (x86-64; arm64: 101, 115)
+_LOCKS = {202, 98}  # futex: a lock, a condition, the GIL (x86-64; arm64: 98)
+
+
+def _syscall_kind(number: int) -> str:
+    if number in _SLEEPS:
+        return "sleep"
+    if number in _LOCKS:
+        return "lock"
+    return "io"  # read, recv, poll, select, epoll, connect...: waiting on a file or socket
+
+
+class SyscallState:
+    """What one thread of this process is doing now: "cpu" (not in a system call), "sleep",
+    "lock" (a futex: a lock, a condition or the GIL) or "io"; None when unknown."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, native_id: int) -> None:
+        try:
+            self._fd: int | None = os.open(f"/proc/self/task/{native_id}/syscall", os.O_RDONLY)
+        except (OSError, AttributeError):
+            self._fd = None
+
+    def read(self) -> str | None:
+        fd = self._fd
+        if fd is None:
+            return None
+        try:
+            first = os.pread(fd, 64, 0).split(None, 1)[0]
+        except (OSError, IndexError):
+            return None
+        if first == b"running":
+            return "cpu"
+        try:
+            return _syscall_kind(int(first))
+        except ValueError:
+            return None  # "-1 ..." (blocked outside a system call) or an unknown format
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

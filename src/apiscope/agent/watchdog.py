@@ -37,7 +37,7 @@ from types import FrameType
 from typing import Any
 
 from .gilwatch import GilMeter, GilWatchdog, WakeClock, has_gil
-from .schedstat import SchedStat, ThreadCpu, percentile
+from .schedstat import SchedStat, SyscallState, ThreadCpu, percentile
 
 ENV_PREFIX = "APISCOPE_WATCHDOG_"
 MAX_STALLS = 500  # kept between pulls; a collector that stops pulling loses the oldest
@@ -125,6 +125,9 @@ class LoopWatchdog:
         self.errors = 0
         self.cpu = ThreadCpu()
         self._loop_stat = SchedStat.open(native_id)
+        # What the loop thread waits on during a stall (a sleep, I/O, a lock), by the kernel.
+        self._loop_syscall = SyscallState(native_id)
+        self._activity: Counter[str] = Counter()
         self._stop = threading.Event()
         self._clock = WakeClock(meter if meter is not None else GilMeter())
         self._lock = threading.Lock()
@@ -160,6 +163,7 @@ class LoopWatchdog:
         if self._loop_stat is not None:
             self._loop_stat.close()
             self._loop_stat = None
+        self._loop_syscall.close()
 
     def forget_files(self) -> None:
         """Close the files of threads that are not in this (forked) process."""
@@ -167,6 +171,7 @@ class LoopWatchdog:
             if stat is not None:
                 stat.close()
         self._loop_stat = None
+        self._loop_syscall.close()
 
     def drain(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The lag summary since the last drain (None without probes) and the stalls."""
@@ -234,6 +239,7 @@ class LoopWatchdog:
         # the stall (a stall shorter than the wait below gets no other).
         stacks: Counter[Stack] = Counter([frame_stack(frame)] if frame is not None else [])
         del frame
+        self._look()
         outcome = self._await_probe(posted, period, stacks)
         if outcome is None:
             return False
@@ -270,7 +276,14 @@ class LoopWatchdog:
             else:
                 wait = options.stall_threshold - outstanding
 
+    def _look(self) -> None:
+        """What the kernel says the loop thread is doing now (kept if this becomes a stall)."""
+        activity = self._loop_syscall.read()
+        if activity is not None:
+            self._activity[activity] += 1
+
     def _sample(self, stacks: Counter[Stack]) -> None:
+        self._look()
         frame = sys._current_frames().get(self.ident)
         if frame is None:
             return
@@ -290,7 +303,9 @@ class LoopWatchdog:
             frames = [list(f) for f in stacks.most_common(1)[0][0]] if stacks else []
             stall = {"tid": self.native_id, "start": start + self._epoch_offset,
                      "duration_ms": round((ran_at - start) * 1000.0, 3),
-                     "frames": frames, "cpu_ms": cpu_ms}
+                     "frames": frames, "cpu_ms": cpu_ms,
+                     "activity": dict(self._activity)}
+        self._activity.clear()
         if stall is not None:
             self._alert_until = ran_at + ALERT_SECONDS
         with self._lock:

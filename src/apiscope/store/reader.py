@@ -337,9 +337,11 @@ class SessionReader:
     def loop_stalls(self) -> list[LoopStall]:
         rows = self._rows_if_table(
             "loop_stalls",
-            "SELECT pid, tid, start, duration_ms, stack_id, cpu_ms FROM loop_stalls ORDER BY start")
-        return [LoopStall(pid, tid, start, duration, self.stack(stack_id), cpu)
-                for pid, tid, start, duration, stack_id, cpu in rows]
+            "SELECT pid, tid, start, duration_ms, stack_id, cpu_ms, activity FROM loop_stalls"
+            " ORDER BY start")
+        return [LoopStall(pid, tid, start, duration, self.stack(stack_id), cpu,
+                          json.loads(activity) if activity else {})
+                for pid, tid, start, duration, stack_id, cpu, activity in rows]
 
     def loop_lag(self) -> list[LoopLagSample]:
         return [LoopLagSample(*row) for row in self._rows_if_table(

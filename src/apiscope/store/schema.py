@@ -90,7 +90,7 @@ CREATE TABLE IF NOT EXISTS profiles (
 );
 CREATE TABLE IF NOT EXISTS loop_stalls (
     pid INTEGER NOT NULL, tid INTEGER NOT NULL, start REAL NOT NULL, duration_ms REAL NOT NULL,
-    stack_id INTEGER NOT NULL, cpu_ms REAL
+    stack_id INTEGER NOT NULL, cpu_ms REAL, activity TEXT
 );
 CREATE TABLE IF NOT EXISTS loop_lag (
     ts REAL NOT NULL, pid INTEGER NOT NULL, probes INTEGER NOT NULL, p50_ms REAL NOT NULL,

@@ -7,11 +7,14 @@ Two sources, the measured one first:
   it and the CPU time the thread used meanwhile. Stalls are grouped by endpoint (or, without a
   route table, by application function) through the deepest application frame of their stack;
   a stall whose stack holds no application frame is the server's or framework's own work and is
-  no flag. Severity grades the group's share of the session's loop time
-  (`loop_blocked_fraction`); a group that stalled the loop at least `LOW_MIN_STALLS` times and
-  `loop_blocking_min_fraction` of the window is flagged low below that. The cause is measured:
-  `cpu` when the thread was on a CPU for most of the stalls' time, else `wait` (a sync sleep,
-  sync I/O, a lock).
+  no flag. What the loop thread was doing is the kernel's word: at each look during a stall the
+  watchdog reads the thread's current system call (none: on a CPU; a sleep; a futex: a lock or
+  the GIL; anything else: I/O), which tells a `time.sleep` from a sync query from CPU work even
+  on a busy host; the thread's CPU time over the stall stands in where that is unreadable.
+  Severity grades the group's share of the session's loop time (`loop_blocked_fraction`); a
+  group that stalled the loop at least `LOW_MIN_STALLS` times and `loop_blocking_min_fraction`
+  of the window is flagged low below that. The cause is `cpu` when the thread was running (or
+  ready to) at most looks, else `wait` (a sync sleep, sync I/O, a lock).
 - **Stack samples** (also with the watchdog, for holds shorter than its threshold repeated on
   every request, such as a quick sync query): the loop thread's non-idle samples inside one
   endpoint's handler, RUNNING (the kernel measured the thread on a CPU) or BLOCKED (off-CPU,
@@ -46,10 +49,28 @@ class _Stalls:
     longest_ms: float = 0.0
     lines: Counter[Frame] = field(default_factory=Counter)
     stacks: list[tuple[Frame, ...]] = field(default_factory=list)
+    activity: Counter[str] = field(default_factory=Counter)  # the kernel's looks (see model)
 
 
 def _key(endpoint: str | None, frame: Frame) -> Group:
     return (endpoint, "" if endpoint else f"{frame.file}:{frame.function.split('.')[0]}")
+
+
+_WAITS = {"sleep": "in a sync sleep", "io": "in blocking I/O on a file or socket",
+          "lock": "waiting for a lock or the GIL"}
+
+
+def _describe_looks(activity: Counter[str]) -> tuple[str, str]:
+    """(what the loop was doing, cause) from what the kernel said at each look in the stalls."""
+    looks = sum(activity.values())
+    running = activity.get("cpu", 0) / looks
+    if running >= 0.5:
+        return (f"running CPU work (on a CPU, or ready for one, at {pct(running)} of the"
+                " kernel's looks)"), "cpu"
+    kind, count = max(((k, n) for k, n in activity.items() if k != "cpu"),
+                      key=lambda kv: (kv[1], kv[0]))
+    return (f"{_WAITS.get(kind, 'off-CPU')} (at {pct(count / looks)} of the kernel's looks)",
+            "wait")
 
 
 def _describe(cpu_share: float | None) -> tuple[str, str]:
@@ -115,13 +136,15 @@ class EventLoopBlockedRule:
             group.cpu_seconds += min(seconds, stall.cpu_ms / 1000)
         if len(group.stacks) < 20:
             group.stacks.append(frames)
+        group.activity.update(stall.activity)
 
     def _stall_flag(self, ctx: AnalysisContext, endpoint: str | None, group: _Stalls,
                     fraction: float, severity: str) -> Flag:
         hot = max(group.lines.items(), key=lambda kv: (kv[1], kv[0].file, kv[0].line))[0]
         loc = frame_location(hot)
         cpu_share = group.cpu_seconds / group.cpu_known if group.cpu_known else None
-        what, cause = _describe(cpu_share)
+        what, cause = (_describe_looks(group.activity) if group.activity
+                       else _describe(cpu_share))
         framework = framework_of(group.stacks)
         evidence = (f"the event loop stalled {group.count} times for {group.seconds:.2f} s in all"
                     f" ({pct(fraction)} of the session, longest {group.longest_ms:.0f} ms) inside"
