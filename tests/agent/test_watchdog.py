@@ -120,8 +120,9 @@ def test_a_sleep_on_the_loop_is_one_stall_at_the_sleep_line(loop_thread: LoopThr
     assert [f[0] for f in stall["frames"][-3:-1]] == ["BaseEventLoop._run_once", "Handle._run"]
     assert stall["cpu_ms"] is not None and stall["cpu_ms"] < 25  # asleep: no CPU
     # ... and the kernel said so at the looks the watchdog took during it
+    # (the first look is taken as the probe is posted, maybe just before the sleep begins)
     assert stall["activity"].get("sleep", 0) >= 1
-    assert stall["activity"].get("sleep", 0) > stall["activity"].get("cpu", 0)
+    assert stall["activity"].get("sleep", 0) >= stall["activity"].get("cpu", 0)
 
 
 def test_a_computation_on_the_loop_uses_cpu_all_along(loop_thread: LoopThread) -> None:

@@ -64,7 +64,9 @@ def _describe_looks(activity: Counter[str]) -> tuple[str, str]:
     """(what the loop was doing, cause) from what the kernel said at each look in the stalls."""
     looks = sum(activity.values())
     running = activity.get("cpu", 0) / looks
-    if running >= 0.5:
+    # A strict majority: the first look of a stall is taken as the watchdog posts its probe,
+    # before it knows there is a stall, and may catch the code just before it blocks.
+    if running > 0.5:
         return (f"running CPU work (on a CPU, or ready for one, at {pct(running)} of the"
                 " kernel's looks)"), "cpu"
     kind, count = max(((k, n) for k, n in activity.items() if k != "cpu"),
