@@ -5,17 +5,19 @@ socket inside psycopg, sleeping, or hashing in C code that releases the GIL is n
 Two measurements must agree, in the same sampling window of one process (after the session's
 warm-up, `stats.warmup_end`, when caches fill once):
 
-- the agent's GIL watchdog (a thread that wakes every few milliseconds and times how late it
-  gets the GIL back, the time it waited for a CPU in the OS run queue taken out) waited for
-  the GIL at least the lowest `gil_wait_share` of the time;
-- at least two request-handling threads (event loop, pool workers) each used
-  `BUSY_THREAD_CORES` of a core in that window (the kernel's per-thread CPU time): someone
-  other than the watchdog wanted the GIL. One busy event loop alone also makes the watchdog
-  wait, but contends with no one.
+- the agent's GIL watchdog (a thread that wakes up now and then and times how late it gets the
+  GIL back, the time it waited in the OS run queue for a CPU taken out) waited on average at
+  least the lowest `gil_wait_share` of CPython's switch interval (5 ms) per wake-up: a thread
+  that wants the GIL while another runs pure Python waits for that one to be asked to drop it,
+  up to the whole interval; with the GIL free it gets it in microseconds;
+- at least two request-handling threads (event loop, pool workers) each ran, or were ready to
+  run, `BUSY_THREAD_CORES` of the window (the kernel's per-thread CPU and run-queue time):
+  someone other than the watchdog wanted the GIL. One busy event loop alone also makes the
+  watchdog wait, but contends with no one.
 
-The share graded is the watchdog's mean wait share over the contended windows; at least
-`GIL_MIN_WINDOWS` of them are needed. The location is the hottest application line running
-(on-CPU, so holding the GIL or in C code) in those windows; without an application line the
+The figure graded is the mean wait per wake-up over the contended windows, as a share of the
+switch interval; at least `GIL_MIN_WINDOWS` such windows are needed. The location is the
+hottest application line running (on-CPU) in those windows; without an application line the
 contention is the framework's or a library's and belongs to the server figures, not to a flag.
 Sessions without the agent's watchdog get no gil_contention flag: it cannot be measured there.
 """
@@ -33,6 +35,7 @@ from apiscope.model import Frame, GilSample
 
 BUSY_THREAD_CORES = 0.15
 GIL_MIN_WINDOWS = 2
+SWITCH_INTERVAL = 0.005  # CPython's default (sys.getswitchinterval())
 
 SUGGESTION = ("CPU-bound Python in several threads runs one thread at a time: move it into"
               " processes (a ProcessPoolExecutor, more workers with fewer threads) or into code"
@@ -42,15 +45,16 @@ Window = tuple[float, float]
 
 
 def wait_share(gil: Sequence[GilSample], start: float, end: float) -> float | None:
-    """The watchdog's GIL wait share over [start, end), weighted by overlap."""
-    observed = waited = 0.0
+    """The watchdog's mean wait per wake-up over [start, end), as a share of the switch
+    interval (the samples overlapping the span weighted by their overlap); None without any."""
+    waited = wakes = 0.0
     for g in gil:
         lo, hi = max(start, g.ts - g.seconds), min(end, g.ts)
         if hi > lo and g.seconds > 0:
             part = (hi - lo) / g.seconds
-            observed += g.seconds * part
             waited += g.wait_seconds * part
-    return waited / observed if observed > 0 else None
+            wakes += g.acquisitions * part
+    return waited / wakes / SWITCH_INTERVAL if wakes > 0 else None
 
 
 class GilContentionRule:
@@ -77,8 +81,9 @@ class GilContentionRule:
         busy: Counter[tuple[int, float]] = Counter()
         for c in ctx.data.thread_cpu:
             seconds = ends.get(c.window, c.window) - c.window
+            wanted = c.seconds + (c.runqueue or 0.0)  # ran, or was ready to
             if (seconds > 0 and c.window >= warm and roles.get((c.pid, c.tid)) in HANDLER_ROLES
-                    and c.seconds >= BUSY_THREAD_CORES * seconds):
+                    and wanted >= BUSY_THREAD_CORES * seconds):
                 busy[(c.pid, c.window)] += 1
         by_pid: dict[int, list[GilSample]] = defaultdict(list)
         for g in ctx.data.gil:
@@ -109,14 +114,14 @@ class GilContentionRule:
         hot = max(lines.items(), key=lambda kv: (kv[1], kv[0].file, kv[0].line))[0]
         route = routes.most_common(1)[0][0]
         gil = [g for g in ctx.data.gil if g.pid == pid]
-        waits = sum(g.acquisitions for g in gil)
-        mean_ms = sum(g.wait_seconds for g in gil) * 1000 / waits if waits else 0.0
+        mean_ms = share * SWITCH_INTERVAL * 1000  # over the contended windows
         seconds = sum(end - start for start, end in windows)
         loc = frame_location(hot)
-        evidence = (f"threads of process {pid} waited for the GIL {pct(share)} of the time over"
-                    f" {seconds:.0f} s while two or more request threads ran at once (measured"
-                    f" by the agent's GIL watchdog, {mean_ms:.1f} ms per wait on average);"
-                    f" the hottest line holding it: {where(loc)}")
+        evidence = (f"a thread of process {pid} that wanted the GIL waited {mean_ms:.1f} ms for"
+                    f" it on average ({pct(share)} of the {SWITCH_INTERVAL * 1000:.0f} ms switch"
+                    f" interval) over {seconds:.0f} s in which two or more request threads ran"
+                    f" at once (measured by the agent's GIL watchdog); the hottest line running"
+                    f" then: {where(loc)}")
         metric = {"gil_wait_share": share, "contended_seconds": seconds,
                   "mean_wait_ms": mean_ms, "max_wait_ms": max(g.max_wait_ms for g in gil),
                   "cause": "gil"}
