@@ -254,6 +254,7 @@ class StackSampler:
         self._thread: threading.Thread | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._reaper: Reaper | None = None
+        self._stopped_since: float | None = None  # when the target was first seen stopped
         self._count = 0
         self._pids: set[int] = {pid}
         self.launch_attempts = 3  # per mid-session py-spy start (the first one gets one)
@@ -327,7 +328,7 @@ class StackSampler:
     def _rotate(self, current: _Run) -> EndReason:
         while True:
             due = current.started + self.window_seconds - self._clock()
-            if self._stop.wait(max(0.0, due)):
+            if self._wait_window(due):
                 self._deliver(current, self._clock())
                 return EndReason.STOPPED
             if current.proc.poll() is not None:
@@ -356,6 +357,7 @@ class StackSampler:
                 current = resumed
                 continue
             switch = self._clock()
+            self._stopped_since = None  # attached again: any stop so far was brief
             self.stats.handovers.append(max(0.0, switch - following.started))
             try:
                 self._deliver(current, switch)
@@ -364,11 +366,27 @@ class StackSampler:
                 raise
             current = following
 
+    def _wait_window(self, seconds: float) -> bool:
+        """Wait out the window (True when stop() came), noting when the target is first seen
+        stopped: py-spy goes on reading a stopped process's frozen stacks, so the gap starts
+        there, not where the next py-spy fails to attach."""
+        deadline = self._clock() + max(0.0, seconds)
+        while True:
+            if self._stopped_since is None and target_stopped(self.pid):
+                self._stopped_since = self._clock()
+            left = deadline - self._clock()
+            if left <= 0:
+                return self._stop.is_set()
+            if self._stop.wait(min(0.1, left)):
+                return True
+
     def _resume(self, since: float) -> _Run | None:
         """The next py-spy after the last window ended at `since`. A stopped target (SIGSTOP)
         cannot be attached: wait until it continues and keep the time without samples as a
         gap (`stats.gaps`), never smoothed over. None when stop() comes first."""
         stopped = False
+        if self._stopped_since is not None:
+            since, self._stopped_since = min(since, self._stopped_since), None
         while True:
             while target_stopped(self.pid):
                 stopped = True
