@@ -83,3 +83,18 @@ def test_flags_without_route_are_matched_by_function() -> None:
     assert [f["location"]["function"] for f in diff["flags"]["resolved"]] == ["search"]
     assert [f["location"]["line"] for f in diff["flags"]["kept"]] == [16]
     assert diff["flags"]["appeared"] == []
+
+
+def test_diff_judges_both_sessions_by_the_config(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    base, new = sessions(tmp_path)
+    config = tmp_path / "strict.toml"
+    config.write_text("[thresholds]\nslo_ms = 1\n")
+    assert main(["diff", str(base), str(new), "--format", "json", "--config",
+                 str(config)]) == 0
+    flags = json.loads(capsys.readouterr().out)["flags"]
+    kept = {(f["kind"], f["route"]) for f in flags["kept"]}
+    assert ("slow_endpoint", "GET /reports/summary") in kept  # 6 ms is still above 1 ms
+    config.write_text("[thresholds]\nslo_ms = -1\n")
+    assert main(["diff", str(base), str(new), "--config", str(config)]) == 2
+    assert "slo_ms" in capsys.readouterr().err

@@ -168,3 +168,19 @@ def test_write_report_by_suffix(blocked_session: Path, tmp_path: Path) -> None:
     assert "<svg" in (tmp_path / "r.html").read_text()
     with pytest.raises(UsageError):
         write_report(blocked_session, tmp_path / "r.txt")
+
+
+def test_report_reads_the_project_pyproject(healthy_session: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text("[tool.apiscope.thresholds]\nslo_ms = 1\n")
+    monkeypatch.chdir(project)
+    _, out, _ = run(["report", str(healthy_session), "--format", "json"], capsys)
+    assert "slow_endpoint" in {f["kind"] for f in json.loads(out)["flags"]}
+    config = tmp_path / "loose.toml"  # an explicit --config replaces the project's table
+    config.write_text("[thresholds]\nslo_ms = 10000\n")
+    _, out, _ = run(["report", str(healthy_session), "--format", "json", "--config",
+                     str(config)], capsys)
+    assert "slow_endpoint" not in {f["kind"] for f in json.loads(out)["flags"]}

@@ -232,3 +232,22 @@ def test_live_refresh_merges_new_windows_into_partial_blocks(tmp_path: Path) -> 
         counts = data.samples.stack_counts(SampleSlice(since, until, include_blocked=True))
         assert Counter({data.samples.frames(k): c for k, c in counts.items()}) == expected
     data.close()
+
+
+def test_the_dashboard_s_own_analysis_uses_the_project_thresholds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from apiscope.dashboard.app import create_app
+    from tests.support import wait_until
+
+    path = write_session(tmp_path / "s.sqlite", seconds=10, flags=False)
+    (tmp_path / "pyproject.toml").write_text("[tool.apiscope.thresholds]\nslo_ms = 0.001\n")
+    monkeypatch.chdir(tmp_path)
+    data = SessionData(path)
+    create_app(data, live=False)
+    analysis = data.analysis
+    assert analysis is not None
+    wait_until(lambda: analysis.generation, timeout=60, what="the analysis")
+    data.refresh()
+    slow = [f for f in data.flags() if f["kind"] == "slow_endpoint"]
+    assert slow and slow[0]["metric"]["slo_ms"] == 0.001
+    data.close()

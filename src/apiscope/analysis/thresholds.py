@@ -2,6 +2,11 @@
 
 A `(low, medium, high)` triple grades a figure into a severity: below `low` there is no flag.
 The defaults are chosen so that a busy but healthy app raises nothing (see docs/analysis.md).
+
+`resolve_thresholds` is the one place every command (report, diff, the collecting commands,
+the dashboard) gets its thresholds from: an explicit `--config` file's `[thresholds]` table,
+else the project's `pyproject.toml` (`[tool.apiscope.thresholds]`, or `[tool.apiscope]`
+itself), found as ruff and pytest find theirs, else the defaults.
 """
 
 from __future__ import annotations
@@ -93,30 +98,69 @@ def _coerce(name: str, current: Any, value: Any) -> Any:
     return int(value) if isinstance(current, int) else float(value)
 
 
-def from_mapping(table: dict[str, Any], base: Thresholds | None = None) -> Thresholds:
+def from_mapping(table: dict[str, Any], base: Thresholds | None = None,
+                 source: str = "the config file") -> Thresholds:
     """Thresholds with the entries of a `[thresholds]` table applied over `base`."""
     base = base or Thresholds()
     known = {f.name for f in fields(Thresholds)}
     changes = {}
     for name, value in table.items():
         if name not in known:
-            raise UsageError(f"unknown threshold {name!r} in the config file: known ones are"
+            raise UsageError(f"unknown threshold {name!r} in {source}: known ones are"
                              f" {', '.join(sorted(known))}")
         changes[name] = _coerce(name, getattr(base, name), value)
     return replace(base, **changes)
 
 
-def load_config(path: str | Path) -> Thresholds:
-    """Read the `[thresholds]` table of a TOML config file."""
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot read config file {path}: {exc.strerror}: check the path"
                          ) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"config file {path} is not valid TOML ({exc}): fix its syntax"
                          ) from None
-    table = data.get("thresholds", {})
+
+
+def load_config(path: str | Path) -> Thresholds:
+    """Read the `[thresholds]` table of a TOML config file."""
+    table = _read_toml(Path(path)).get("thresholds", {})
     if not isinstance(table, dict):
         raise UsageError(f"config file {path}: [thresholds] must be a table")
-    return from_mapping(table)
+    return from_mapping(table, source=f"config file {path}")
+
+
+def find_pyproject(start: Path) -> Path | None:
+    """The nearest `pyproject.toml` at or above `start` that has a `[tool.apiscope]` table.
+
+    Like ruff and pytest, a pyproject.toml without our table does not stop the search: a
+    monorepo's root file can hold it for every package below."""
+    for directory in (start, *start.parents):
+        candidate = directory / "pyproject.toml"
+        if candidate.is_file() and "apiscope" in _read_toml(candidate).get("tool", {}):
+            return candidate
+    return None
+
+
+def load_pyproject(path: Path) -> Thresholds:
+    """`[tool.apiscope.thresholds]` if present, else the entries of `[tool.apiscope]`."""
+    table = _read_toml(path)["tool"]["apiscope"]
+    source = f"[tool.apiscope] of {path}"
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: [tool.apiscope] must be a table")
+    if "thresholds" in table:
+        table, source = table["thresholds"], f"[tool.apiscope.thresholds] of {path}"
+        if not isinstance(table, dict):
+            raise UsageError(f"{path}: tool.apiscope.thresholds must be a table")
+    return from_mapping(table, source=source)
+
+
+def resolve_thresholds(config: str | Path | None = None,
+                       start: Path | None = None) -> Thresholds:
+    """The effective thresholds: `config`'s, else the project's pyproject.toml's (looked up
+    from `start`, by default the current directory), else the defaults."""
+    if config is not None:
+        return load_config(config)
+    pyproject = find_pyproject((start or Path.cwd()).resolve())
+    return load_pyproject(pyproject) if pyproject is not None else Thresholds()

@@ -69,6 +69,15 @@ def port(text: str) -> int:
     return value
 
 
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """`--config PATH`: the thresholds file (`analysis.thresholds.resolve_thresholds`)."""
+    parser.add_argument(
+        "--config", metavar="PATH",
+        help="TOML file whose [thresholds] table overrides the rules' defaults (default: the"
+             " [tool.apiscope.thresholds] or [tool.apiscope] table of the nearest"
+             " pyproject.toml; see docs/analysis.md)")
+
+
 def add_collect_options(parser: argparse.ArgumentParser, *, inject: bool = False) -> None:
     """The options every collecting command (attach, run, demo) takes."""
     group = parser.add_argument_group("collection")
@@ -84,13 +93,15 @@ def add_collect_options(parser: argparse.ArgumentParser, *, inject: bool = False
                        help="session file to write (default: apiscope-<time>.sqlite)")
     group.add_argument("--nonblocking", action="store_true",
                        help="sample without pausing the target (cheaper, loses some samples)")
-    group.add_argument("--slo-ms", type=positive_float, default=200.0, metavar="MS",
-                       help="latency objective; p95 above it is flagged (default: 200)")
+    group.add_argument("--slo-ms", type=positive_float, default=None, metavar="MS",
+                       help="latency objective; p95 above it is flagged (default: the"
+                       " thresholds' slo_ms, else 200)")
     group.add_argument("--report", metavar="PATH",
                        help="write the report at the end (.json or .html by suffix)")
     if inject:
         group.add_argument("--no-inject", action="store_true",
                            help="stacks and resources only: do not inject the latency agent")
+    add_config_option(parser)
     out = parser.add_argument_group("dashboard and metrics")
     out.add_argument("--no-dashboard", action="store_true", help="do not serve the dashboard")
     out.add_argument("--host", default="127.0.0.1",

@@ -14,10 +14,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from apiscope.analysis.report import check_report_suffix
+from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds, resolve_thresholds
 from apiscope.collection import Collection, CollectOptions
 from apiscope.collectors.injections import AgentInjections, DetachFailure
 from apiscope.collectors.target import Target
@@ -37,14 +39,23 @@ def default_session_path() -> Path:
     return Path(time.strftime("apiscope-%Y%m%d-%H%M%S.sqlite"))
 
 
-def options_from(args: argparse.Namespace, *, inject: bool) -> CollectOptions:
+def options_from(args: argparse.Namespace, *, inject: bool, slo_ms: float) -> CollectOptions:
     return CollectOptions(rate_hz=args.rate, duration=args.duration,
-                          nonblocking=args.nonblocking, inject=inject, slo_ms=args.slo_ms,
+                          nonblocking=args.nonblocking, inject=inject, slo_ms=slo_ms,
                           max_overhead=args.max_overhead)
 
 
+def collect_thresholds(args: argparse.Namespace) -> Thresholds:
+    """The thresholds of this run (`--config`, else pyproject.toml's, else the defaults), with
+    the objective settled: `--slo-ms`, else the thresholds' `slo_ms`, else 200. The live flags,
+    /metrics, the dashboard and the final report all judge by these."""
+    thresholds = resolve_thresholds(args.config)
+    return replace(thresholds, slo_ms=args.slo_ms or thresholds.slo_ms or DEFAULT_SLO_MS)
+
+
 def check_report_path(args: argparse.Namespace) -> None:
-    """Refuse, before anything starts, paths that could only fail at the end."""
+    """Refuse, before anything starts, paths and a config that could only fail later."""
+    collect_thresholds(args)
     if args.report:
         check_report_suffix(args.report)
         check_writable_file(Path(args.report), "--report")
@@ -65,9 +76,9 @@ def check_writable_file(path: Path, option: str) -> None:
                          " choose a directory you can write to")
 
 
-def stored_flags(session: Path, slo_ms: float, writer: SessionWriter) -> FlagSource:
+def stored_flags(session: Path, thresholds: Thresholds, writer: SessionWriter) -> FlagSource:
     """Analyse the growing session and store its flags in it, for the dashboard to show."""
-    compute = session_flags(session, slo_ms)
+    compute = session_flags(session, thresholds=thresholds)
 
     def flags() -> list[Mapping[str, Any]]:
         found = compute()
@@ -79,13 +90,13 @@ def stored_flags(session: Path, slo_ms: float, writer: SessionWriter) -> FlagSou
 
 @contextmanager
 def outputs(args: argparse.Namespace, session: Path, metrics: MetricsExporter,
-            writer: SessionWriter) -> Iterator[None]:
+            writer: SessionWriter, thresholds: Thresholds) -> Iterator[None]:
     """Serve the live dashboard (with /metrics) or /metrics alone, for the run's duration."""
     stoppers: list[Callable[[], Any]] = []
     try:
         if not args.no_dashboard or args.metrics_port is not None:
             # One analysis loop feeds both the metrics' flags and the dashboard's.
-            live_flags = LiveFlags(metrics, stored_flags(session, args.slo_ms, writer))
+            live_flags = LiveFlags(metrics, stored_flags(session, thresholds, writer))
             live_flags.start()
             stoppers.append(live_flags.stop)
         if not args.no_dashboard:
@@ -93,7 +104,7 @@ def outputs(args: argparse.Namespace, session: Path, metrics: MetricsExporter,
 
             token = dashboard_token(args)
             handle = start_dashboard_thread(session, args.host, args.port, metrics=metrics,
-                                            token=token)
+                                            token=token, thresholds=thresholds)
             stoppers.append(handle.stop)
             print(f"apiscope: dashboard at {dashboard_url(args)} (the token keeps the"
                   " session private, as its file is)", file=sys.stderr)
@@ -126,15 +137,18 @@ def collect(target: Target, args: argparse.Namespace, *, inject: bool,
             before_end: Callable[[Collection], None] | None = None) -> Path:
     """Run one collection against `target` with the command's options; returns the session."""
     session = Path(args.session) if args.session else default_session_path()
-    metrics = MetricsExporter(slo_seconds=args.slo_ms / 1000)  # exported for the alerts
+    thresholds = collect_thresholds(args)
+    slo_ms = thresholds.slo_ms or DEFAULT_SLO_MS  # always set by collect_thresholds
+    metrics = MetricsExporter(slo_seconds=slo_ms / 1000)  # exported for the alerts
     with CollectorLock({target.sample_pid, *target.pids}, str(session)), \
             SessionWriter(session) as writer:
         warn_if_low_space(session)
-        collection = Collection(target, writer, options_from(args, inject=inject),
+        collection = Collection(target, writer, options_from(args, inject=inject, slo_ms=slo_ms),
                                 metrics=metrics, injections=injections if inject else None)
         print(f"apiscope: sampling pid {target.pid} ({target.server}) at {args.rate} Hz"
               f" into {session}", file=sys.stderr)
-        with outputs(args, session, metrics, writer), stop_on_signals(collection.request_stop):
+        with outputs(args, session, metrics, writer, thresholds), \
+                stop_on_signals(collection.request_stop):
             try:
                 collection.start()
                 collection.run_until_done()
@@ -147,7 +161,8 @@ def collect(target: Target, args: argparse.Namespace, *, inject: bool,
                 print("apiscope: warning: the target exited; the session is kept",
                       file=sys.stderr)
             summarize(collection)
-            finish(args, session, writer, store_flags=collection.storage_failure is None)
+            finish(args, session, writer, thresholds,
+                   store_flags=collection.storage_failure is None)
         if collection.storage_failure is not None:
             raise SessionWriteError(f"the session file {session} could not be written:"
                                     f" {collection.storage_failure}. It keeps what was written"
@@ -203,13 +218,13 @@ def summarize(collection: Collection) -> None:
 
 
 def finish(args: argparse.Namespace, session: Path, writer: SessionWriter,
-           store_flags: bool = True) -> None:
+           thresholds: Thresholds, store_flags: bool = True) -> None:
     """Analyse the session once: store its flags in it, print them, write --report if asked."""
     from apiscope.analysis.report import analyse, load_session, save_report
 
     with SessionReader(session) as reader:
         data = load_session(reader)
-    report = analyse(data, slo_ms=args.slo_ms)
+    report = analyse(data, thresholds=thresholds)
     if store_flags:
         writer.replace_flags(report["flags"])
         writer.flush()

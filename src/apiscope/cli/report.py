@@ -11,8 +11,8 @@ from apiscope.analysis.flags import at_or_above
 from apiscope.analysis.html import render_html
 from apiscope.analysis.report import analyse, load_session, render_text
 from apiscope.analysis.report import write_report as write_report
-from apiscope.analysis.thresholds import Thresholds, load_config
-from apiscope.cli.base import positive_float
+from apiscope.analysis.thresholds import resolve_thresholds
+from apiscope.cli.base import add_config_option, positive_float
 from apiscope.errors import BudgetExceeded, UsageError
 from apiscope.store.reader import SessionReader
 
@@ -52,12 +52,10 @@ class ReportCommand:
                             help="exit 3 when a flag of this severity or worse exists")
         parser.add_argument("--slo-ms", type=positive_float, default=None, metavar="MS",
                             help="latency objective (default: the session's, else 200)")
-        parser.add_argument("--config", metavar="PATH",
-                            help="TOML file whose [thresholds] table overrides the rules'"
-                                 " defaults (see docs/analysis.md)")
+        add_config_option(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        thresholds = load_config(args.config) if args.config else Thresholds()
+        thresholds = resolve_thresholds(args.config)
         with SessionReader(args.session) as reader:
             data = load_session(reader)
         report = analyse(data, slo_ms=args.slo_ms, thresholds=thresholds)

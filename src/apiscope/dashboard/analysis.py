@@ -13,18 +13,27 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from apiscope.analysis.thresholds import Thresholds
 
 Analyse = Callable[[Path], list[dict[str, Any]]]
 
 
-def report_flags(path: Path) -> list[dict[str, Any]]:
-    """The flags `apiscope report` finds in the session (its own connection, not the views')."""
+def report_flags(path: Path, thresholds: Thresholds | None = None) -> list[dict[str, Any]]:
+    """The flags `apiscope report` finds in the session (its own connection, not the views'),
+    judged by `thresholds` (the command's: `analysis.thresholds.resolve_thresholds`)."""
     from apiscope.analysis.report import build_report
     from apiscope.store import SessionReader
 
     with SessionReader(path) as reader:
-        return list(build_report(reader)["flags"])
+        return list(build_report(reader, thresholds=thresholds)["flags"])
+
+
+def flags_by(thresholds: Thresholds | None) -> Analyse:
+    """`report_flags` with these thresholds, for `FlagAnalysis`."""
+    return lambda path: report_flags(path, thresholds)
 
 
 class FlagAnalysis:

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from dash import Dash
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from apiscope.analysis.thresholds import Thresholds, resolve_thresholds
 from apiscope.dashboard.access import require_token
-from apiscope.dashboard.analysis import FlagAnalysis
+from apiscope.dashboard.analysis import FlagAnalysis, flags_by
 from apiscope.dashboard.callbacks import register
 from apiscope.dashboard.data import SessionData
 from apiscope.dashboard.pages import shell
@@ -27,17 +28,21 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 def create_app(source: str | os.PathLike[str] | SessionData, *, live: bool,
-               refresh_ms: int = 1500) -> Dash:
+               refresh_ms: int = 1500, thresholds: Thresholds | None = None) -> Dash:
     """The dashboard of one session file.
 
     `live=True` polls the file every `refresh_ms` for rows the collector added (the file is in
     WAL mode, so reading while it is written is safe); replay reads it once. The app's Flask
     server is `app.server`, where a caller may add routes (such as `/metrics`) before serving.
+    Flags the dashboard computes itself are judged by `thresholds`, by default the project's
+    (`resolve_thresholds`: its pyproject.toml's, else the defaults).
     """
     data = source if isinstance(source, SessionData) else SessionData(source)
     if data.analysis is None and (live or not data.flags()):
         # No stored flags (or a live session): run the report's analysis in the background.
-        data.analysis = FlagAnalysis(data.reader.path, live=live).start()
+        judge = thresholds if thresholds is not None else resolve_thresholds()
+        data.analysis = FlagAnalysis(data.reader.path, live=live,
+                                     analyse=flags_by(judge)).start()
     app = Dash(
         "apiscope.dashboard",
         title="apiscope",
@@ -128,7 +133,8 @@ def start_dashboard_thread(session_path: str | os.PathLike[str], host: str = "12
                            port: int = 8050, *, live: bool = True, refresh_ms: int = 1500,
                            metrics: MetricsExporter | None = None,
                            configure: Callable[[Any], None] | None = None,
-                           token: str | None = None) -> DashboardHandle:
+                           token: str | None = None,
+                           thresholds: Thresholds | None = None) -> DashboardHandle:
     """Serve the dashboard of `session_path` in a daemon thread; `.stop()` ends it.
 
     With `metrics`, its registry is served at `/metrics` on the same host and port.
@@ -136,7 +142,7 @@ def start_dashboard_thread(session_path: str | os.PathLike[str], host: str = "12
     (Flask refuses new routes once it has served). With `token`, every route (`/metrics`
     too) answers only requests that carry it (`dashboard.access`).
     """
-    app = create_app(session_path, live=live, refresh_ms=refresh_ms)
+    app = create_app(session_path, live=live, refresh_ms=refresh_ms, thresholds=thresholds)
     if token is not None:
         require_token(app.server, token)
     if metrics is not None:

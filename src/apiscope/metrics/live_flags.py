@@ -11,22 +11,27 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apiscope.metrics.exporter import MetricsExporter
+
+if TYPE_CHECKING:
+    from apiscope.analysis.thresholds import Thresholds
 
 FlagSource = Callable[[], list[Mapping[str, Any]]]
 
 
-def session_flags(session: Path, slo_ms: float | None = None) -> FlagSource:
-    """A flag source: the report's flags over the session file as it is now."""
+def session_flags(session: Path, slo_ms: float | None = None,
+                  thresholds: Thresholds | None = None) -> FlagSource:
+    """A flag source: the report's flags over the session file as it is now, judged by
+    `thresholds` (the command's `--config` or the project's, as the final report is)."""
 
     def flags() -> list[Mapping[str, Any]]:
         from apiscope.analysis.report import build_report
         from apiscope.store import SessionReader
 
         with SessionReader(session) as reader:
-            report = build_report(reader, slo_ms=slo_ms)
+            report = build_report(reader, slo_ms=slo_ms, thresholds=thresholds)
         return list(report["flags"])
 
     return flags
