@@ -48,6 +48,9 @@ class CollectOptions:
     window_seconds: float = 1.0
     poll_seconds: float = 0.5
     progress_seconds: float = 1.0  # how often the session's end time moves forward
+    # 0 (--quiet): warnings only, no status line; 1: the status line; 2 (--verbose): also a
+    # line per sampling window and per agent pull that returned something.
+    verbosity: int = 1
 
 
 @dataclass
@@ -254,6 +257,12 @@ class Collection:
                 blocked[s.pid] = blocked.get(s.pid, 0) + s.count
         for pid, count in blocked.items():
             self.metrics.observe_loop_blocked(pid, count / window.rate_hz)
+        if self.options.verbosity >= 2:
+            stats = self.sampler_stats
+            self._detail(f"window {window.end - self.started:6.1f}s  rate {window.rate_hz} Hz"
+                         f"  samples {loss.stored} of {loss.expected:.0f} expected"
+                         f"  errors {loss.errors}  windows lost"
+                         f" {stats.dropped_windows + stats.failed_windows}")
 
     def _poll_loop(self) -> None:
         next_resources = 0.0
@@ -325,6 +334,10 @@ class Collection:
             self.totals.agent_dropped = max(self.totals.agent_dropped, batch.stats.dropped)
         if batch.watchdogs is not None:
             self._store_watchdogs(pid, batch.watchdogs)
+        if self.options.verbosity >= 2 and (batch.requests or batch.profiles):
+            self._detail(f"pull pid {pid}: {len(batch.requests)} requests,"
+                         f" {len(batch.profiles)} profiles, agent dropped {batch.stats.dropped}"
+                         + (" (more waiting)" if batch.more else ""))
 
     def _store_watchdogs(self, pid: int, report: WatchdogReport) -> None:
         self.writer.put_loop_stalls(report.stalls)
@@ -344,6 +357,11 @@ class Collection:
         if self.status is not None:
             print(f"\napiscope: warning: {message}", file=self.status)
 
+    def _detail(self, message: str) -> None:
+        """A --verbose line, on a line of its own."""
+        if self.status is not None:
+            print(f"apiscope: {message}", file=self.status, flush=True)
+
     def _overhead(self) -> float | None:
         """The measured cost of the session, percent of the target's capacity (mean)."""
         budget = self._sampler.budget
@@ -359,7 +377,7 @@ class Collection:
         return f"  rate {rate} Hz (budget {self.options.max_overhead:g}%)"
 
     def _print_status(self, final: bool = False) -> None:
-        if self.status is None:
+        if self.status is None or self.options.verbosity == 0:
             return
         line = (f"apiscope: {self.clock() - self.started:5.1f}s"
                 f"  samples {self.sampler_stats.stored:,}  requests {self.totals.requests:,}"
@@ -367,7 +385,8 @@ class Collection:
         if self.storage_failure is not None:  # counting on would claim rows the file lacks
             line = (f"apiscope: session file failed; it holds {self.writer.committed_samples:,}"
                     f" samples and {self.writer.committed_requests:,} requests")
-        interactive = self.status.isatty()
+        # --verbose prints lines of its own: a status line redrawn in place would cut them.
+        interactive = self.status.isatty() and self.options.verbosity < 2
         if interactive:
             print("\r" + line, end="\n" if final else "", file=self.status, flush=True)
         elif final:

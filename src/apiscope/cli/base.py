@@ -102,6 +102,12 @@ def add_collect_options(parser: argparse.ArgumentParser, *, inject: bool = False
         group.add_argument("--no-inject", action="store_true",
                            help="stacks and resources only: do not inject the latency agent")
     add_config_option(parser)
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true",
+                      help="print only warnings, errors and the flags found at the end")
+    talk.add_argument("-v", "--verbose", action="store_true",
+                      help="also print each sampling window (rate, samples, windows lost) and"
+                      " each agent pull")
     out = parser.add_argument_group("dashboard and metrics")
     out.add_argument("--no-dashboard", action="store_true", help="do not serve the dashboard")
     out.add_argument("--host", default="127.0.0.1",

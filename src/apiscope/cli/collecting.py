@@ -42,7 +42,18 @@ def default_session_path() -> Path:
 def options_from(args: argparse.Namespace, *, inject: bool, slo_ms: float) -> CollectOptions:
     return CollectOptions(rate_hz=args.rate, duration=args.duration,
                           nonblocking=args.nonblocking, inject=inject, slo_ms=slo_ms,
-                          max_overhead=args.max_overhead)
+                          max_overhead=args.max_overhead, verbosity=verbosity(args))
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """0 with --quiet, 2 with --verbose, else 1."""
+    return 0 if args.quiet else 2 if args.verbose else 1
+
+
+def say(args: argparse.Namespace, message: str) -> None:
+    """A progress line, left out by --quiet (warnings, errors and the flags are not)."""
+    if not args.quiet:
+        print(f"apiscope: {message}", file=sys.stderr)
 
 
 def collect_thresholds(args: argparse.Namespace) -> Thresholds:
@@ -106,14 +117,14 @@ def outputs(args: argparse.Namespace, session: Path, metrics: MetricsExporter,
             handle = start_dashboard_thread(session, args.host, args.port, metrics=metrics,
                                             token=token, thresholds=thresholds)
             stoppers.append(handle.stop)
+            # Printed even with --quiet: the token in it is the only way in.
             print(f"apiscope: dashboard at {dashboard_url(args)} (the token keeps the"
                   " session private, as its file is)", file=sys.stderr)
         if args.metrics_port is not None:
             # Open on purpose, for Prometheus: only the figures, never stacks or SQL.
             server = serve_metrics(metrics, args.host, args.metrics_port)
             stoppers.append(server.shutdown)
-            print(f"apiscope: metrics at http://{args.host}:{args.metrics_port}/metrics",
-                  file=sys.stderr)
+            say(args, f"metrics at http://{args.host}:{args.metrics_port}/metrics")
         yield
     finally:
         for stop in reversed(stoppers):
@@ -145,8 +156,8 @@ def collect(target: Target, args: argparse.Namespace, *, inject: bool,
         warn_if_low_space(session)
         collection = Collection(target, writer, options_from(args, inject=inject, slo_ms=slo_ms),
                                 metrics=metrics, injections=injections if inject else None)
-        print(f"apiscope: sampling pid {target.pid} ({target.server}) at {args.rate} Hz"
-              f" into {session}", file=sys.stderr)
+        say(args, f"sampling pid {target.pid} ({target.server}) at {args.rate} Hz"
+                  f" into {session}")
         with outputs(args, session, metrics, writer, thresholds), \
                 stop_on_signals(collection.request_stop):
             try:
@@ -160,7 +171,7 @@ def collect(target: Target, args: argparse.Namespace, *, inject: bool,
             if collection.target_gone:
                 print("apiscope: warning: the target exited; the session is kept",
                       file=sys.stderr)
-            summarize(collection)
+            summarize(collection, quiet=args.quiet)
             finish(args, session, writer, thresholds,
                    store_flags=collection.storage_failure is None)
         if collection.storage_failure is not None:
@@ -188,7 +199,7 @@ def report_detach(failures: list[DetachFailure]) -> None:
               f" ({failure.reason}); retry with: {failure.command}", file=sys.stderr)
 
 
-def summarize(collection: Collection) -> None:
+def summarize(collection: Collection, quiet: bool = False) -> None:
     t = collection.totals
     stats = collection.sampler_stats
     if collection.storage_failure is not None:
@@ -203,8 +214,9 @@ def summarize(collection: Collection) -> None:
     loss = ""
     if stats.expected:
         loss = f" ({100.0 * stats.loss:.1f}% lost against rate x seconds x threads)"
-    print(f"apiscope: stored {stats.stored:,} samples{loss}, {t.requests:,} requests",
-          file=sys.stderr)
+    if not quiet:
+        print(f"apiscope: stored {stats.stored:,} samples{loss}, {t.requests:,} requests",
+              file=sys.stderr)
     if stats.dropped_windows or stats.failed_windows:
         print(f"apiscope: warning: {stats.dropped_windows + stats.failed_windows} of"
               f" {stats.windows + stats.failed_windows} sampling windows were lost"
@@ -240,6 +252,5 @@ def finish(args: argparse.Namespace, session: Path, writer: SessionWriter,
         print("apiscope: no bottleneck flagged", file=sys.stderr)
     if args.report:
         save_report(report, data, args.report)
-        print(f"apiscope: report written to {args.report}", file=sys.stderr)
-    print(f"apiscope: session saved to {session}; see it with: apiscope report {session}",
-          file=sys.stderr)
+        say(args, f"report written to {args.report}")
+    say(args, f"session saved to {session}; see it with: apiscope report {session}")

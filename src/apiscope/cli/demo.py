@@ -16,7 +16,7 @@ import webbrowser
 from pathlib import Path
 
 from apiscope.cli.base import add_collect_options, positive_int
-from apiscope.cli.collecting import check_report_path, collect, dashboard_url
+from apiscope.cli.collecting import check_report_path, collect, dashboard_url, say
 from apiscope.cli.run import describe_started, start_server, stop_server
 from apiscope.errors import ApiscopeError
 from apiscope.services import postgres_server, redis_server
@@ -56,13 +56,12 @@ def demo_environment(args: argparse.Namespace,
     if args.db == "postgres":
         postgres = services.enter_context(postgres_server())
         env["DATABASE_URL"] = postgres.dsn(driver="postgresql+asyncpg")
-        print(f"apiscope: PostgreSQL {postgres.version} on 127.0.0.1:{postgres.port}"
-              " (a temporary cluster, deleted at the end)", file=sys.stderr)
+        say(args, f"PostgreSQL {postgres.version} on 127.0.0.1:{postgres.port}"
+                  " (a temporary cluster, deleted at the end)")
     if args.cache == "redis":
         redis = services.enter_context(redis_server())
         env["REDIS_URL"] = redis.url
-        print(f"apiscope: Redis on 127.0.0.1:{redis.port} (stopped at the end)",
-              file=sys.stderr)
+        say(args, f"Redis on 127.0.0.1:{redis.port} (stopped at the end)")
     return env
 
 
@@ -119,9 +118,9 @@ class DemoCommand:
         try:
             url = f"http://127.0.0.1:{port}"
             wait_for_http(url + "/health", server)
-            print(f"apiscope: sample item API at {url}"
-                  f" ({'fixed' if args.fixed else 'with its deliberate bottlenecks'});"
-                  f" its log: {log_path}", file=sys.stderr)
+            say(args, f"sample item API at {url}"
+                      f" ({'fixed' if args.fixed else 'with its deliberate bottlenecks'});"
+                      f" its log: {log_path}")
             target = describe_started(server)
             load_seconds = args.duration if args.duration is not None else UNBOUNDED_LOAD_SECONDS
             load = subprocess.Popen(
