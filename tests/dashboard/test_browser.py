@@ -251,3 +251,25 @@ def test_live_mode_shows_new_requests(browser: Any, tmp_path: Path) -> None:
         finally:
             browser.get("about:blank")  # stop polling before the server goes
             handle.stop()
+
+
+def _endpoint_flame(driver: Any) -> tuple[list[str], list[str]]:
+    """The endpoint page flamegraph's labels, and the labels of the root's children."""
+    found = driver.execute_script(
+        "const el = document.querySelector('#endpoint-flame .js-plotly-plot');"
+        " if (!el || !el.data || !el.data.length) return null; const t = el.data[0];"
+        " return [t.labels, t.labels.filter((_, i) => t.parents[i] === '0')];")
+    return (list(found[0]), list(found[1])) if found else ([], [])
+
+
+def test_endpoint_flamegraph_starts_at_the_handler(browser: Any, replay: DashboardHandle) -> None:
+    browser.get(replay.url + "endpoint?route=GET%20%2Freports%2Fsummary")
+    _wait(lambda: _endpoint_flame(browser)[0], "the endpoint's flamegraph")
+    labels, top = _endpoint_flame(browser)
+    assert top[0] == "summary"  # the handler is the first row under the root
+    assert "run_asgi" not in labels and "_run_once" not in labels
+    # one click shows the server, event loop and framework frames above the handler
+    _click(browser, "#endpoint-flame-frames input[value='framework']")
+    _wait(lambda: "run_asgi" in _endpoint_flame(browser)[0], "the framework frames")
+    assert _endpoint_flame(browser)[1] == ["<module>"]
+    assert console_errors(browser) == []

@@ -251,3 +251,19 @@ def test_the_dashboard_s_own_analysis_uses_the_project_thresholds(
     slow = [f for f in data.flags() if f["kind"] == "slow_endpoint"]
     assert slow and slow[0]["metric"]["slo_ms"] == 0.001
     data.close()
+
+
+def test_from_handler_cuts_stacks_at_the_handler_or_folds_them() -> None:
+    from apiscope.dashboard.flame import FRAMEWORK, from_handler
+    from apiscope.model import Frame, RouteInfo
+
+    app_file, lib = "/srv/shop/api.py", "/venv/lib/python3.11/site-packages/"
+    route = RouteInfo("GET", "/orders", "shop.api:list_orders", app_file, 10, True)
+    server = (Frame("run", lib + "uvicorn/server.py", 67),
+              Frame("app", lib + "starlette/routing.py", 76))
+    middleware = Frame("timing", "/srv/shop/middleware.py", 5)
+    handler = (Frame("list_orders", app_file, 12), Frame("execute", lib + "sqlalchemy/x.py", 9))
+    roots = ["/srv/shop"]
+    assert from_handler(server + (middleware,) + server + handler, route, roots) == handler
+    assert from_handler(server + (middleware,), route, roots) == (middleware,)
+    assert from_handler(server, route, roots) == (FRAMEWORK,)

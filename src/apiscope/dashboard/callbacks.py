@@ -179,20 +179,24 @@ def _register_endpoint(app: Dash, data: SessionData) -> None:
 
     @app.callback(Output("endpoint-flame", "figure"), Input("endpoint-route", "data"),
                   Input("version", "data"), Input("range", "data"),
-                  Input("endpoint-flame-toggles", "value"))
-    def endpoint_flame(route: str, _version: Any, range_value: Any, toggles: Any) -> Any:
+                  Input("endpoint-flame-toggles", "value"),
+                  Input("endpoint-flame-frames", "value"))
+    def endpoint_flame(route: str, _version: Any, range_value: Any, toggles: Any,
+                       frames: Any) -> Any:
         if not route:
             return empty_figure("choose an endpoint on the overview")
         flt = slice_of(as_range(range_value), endpoint=route, toggles=toggles, role="handler")
-        return _flame(data, flt, "", None)[0]
+        from_handler = "framework" not in (frames or ())
+        return _flame(data, flt, "", None, handler=route if from_handler else None)[0]
 
 
-def _flame(data: SessionData, flt: SampleSlice, search: str,
-           height: int | None) -> tuple[Any, int, int, int]:
-    """The flamegraph figure, matches, matched samples and all samples of a slice."""
+def _flame(data: SessionData, flt: SampleSlice, search: str, height: int | None,
+           handler: str | None = None) -> tuple[Any, int, int, int]:
+    """The flamegraph figure, matches, matched samples and all samples of a slice; with
+    `handler` (an endpoint), rooted at its handler."""
     if not data.has_samples():
         return empty_figure(ui.NO_SAMPLES, height or 300), 0, 0, 0
-    tree = data.flame(flt)
+    tree = data.flame(flt) if handler is None else data.endpoint_flame(flt, handler)
     if not tree.value:
         hidden = "" if flt.include_blocked else " (tick “waiting” to add sleep, I/O and locks)"
         return empty_figure(f"no {slice_label(flt)} samples match these filters: widen them"
@@ -202,7 +206,8 @@ def _flame(data: SessionData, flt: SampleSlice, search: str,
     def kind(frame: Frame) -> Any:
         return kind_of(frame, roots)
 
-    figure, matches, matched = flame_figure(tree, kind, search, height, revision=repr(flt))
+    revision = repr(flt) + ("" if handler is None else " from the handler")
+    figure, matches, matched = flame_figure(tree, kind, search, height, revision=revision)
     return figure, matches, matched, tree.value
 
 

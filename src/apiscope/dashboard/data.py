@@ -18,7 +18,7 @@ from apiscope.analysis.context import AnalysisContext
 from apiscope.analysis.cpu import cpu_shares, server_cpu_shares
 from apiscope.dashboard.analysis import FlagAnalysis
 from apiscope.dashboard.cputime import CpuIndex, StackFacts, cpu_context
-from apiscope.dashboard.flame import FunctionRow, pruned_tree, top_functions
+from apiscope.dashboard.flame import FunctionRow, from_handler, pruned_tree, top_functions
 from apiscope.dashboard.requests import (
     EndpointColumns,
     EndpointStats,
@@ -312,6 +312,13 @@ class SessionData:
 
     def flame(self, flt: SampleSlice) -> FlameNode:
         return pruned_tree(self.samples.stack_counts(flt), self.samples.frames)
+
+    def endpoint_flame(self, flt: SampleSlice, endpoint: str) -> FlameNode:
+        """The slice's tree rooted at `endpoint`'s handler, framework-only stacks folded."""
+        route = next((r for r in self._routes if f"{r.method} {r.template}" == endpoint), None)
+        roots, frames = self.app_roots(), self.samples.frames
+        return pruned_tree(self.samples.stack_counts(flt),
+                           lambda stack_id: from_handler(frames(stack_id), route, roots))
 
     def functions(self, flt: SampleSlice, limit: int = 25) -> tuple[list[FunctionRow], int]:
         return top_functions(self.samples.stack_counts(flt), self.samples.frames,

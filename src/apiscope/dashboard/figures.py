@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from apiscope.dashboard.data import Range, ResourceSeries
+from apiscope.dashboard.flame import FRAMEWORK
 from apiscope.dashboard.requests import LatencySeries
 from apiscope.exporters.tree import OTHER_NAME, FlameNode, Kind
 from apiscope.model import Frame
@@ -132,7 +133,7 @@ def flame_figure(tree: FlameNode, kind_of: Callable[[Frame], Kind], search: str 
             matches += 1
             if not inside_match:
                 matched_samples += node.value
-        kind = ("root" if is_root else "other" if node.name == OTHER_NAME
+        kind = ("root" if is_root else "other" if node.name in (OTHER_NAME, FRAMEWORK.function)
                 else kind_of(node.frame))
         color = COLORS[kind]
         if needle and not is_root:

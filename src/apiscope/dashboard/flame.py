@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from apiscope.analysis.attribution import is_app_frame
 from apiscope.exporters.tree import FlameNode, Kind, prune, tree_from_stacks, walk
-from apiscope.model import Frame
+from apiscope.model import Frame, RouteInfo
 
 MIN_SHARE = 0.002  # children under 0.2% of all samples are merged into "other"
 MAX_NODES = 2500
@@ -23,12 +23,34 @@ FramesOf = Callable[[int], tuple[Frame, ...]]
 _LIBRARY = re.compile(r"[/\\](site|dist)-packages[/\\]")
 
 
+# The endpoint page starts its flamegraph at the handler: the forty-odd frames of the server,
+# the event loop and the framework above it are the same for every endpoint. Stacks that never
+# reach the app's code (routing, validation, serialisation) are folded into this one box.
+FRAMEWORK = Frame("server and framework", "", 0)
+
+
 def kind_of(frame: Frame, app_roots: Sequence[str]) -> Kind:
     """App code, an installed library or the standard library, judged the way the analysis
     judges it (by the target's paths, not this interpreter's)."""
     if is_app_frame(frame, app_roots):
         return "app"
     return "library" if _LIBRARY.search(frame.file) else "stdlib"
+
+
+def from_handler(frames: tuple[Frame, ...], route: RouteInfo | None,
+                 app_roots: Sequence[str]) -> tuple[Frame, ...]:
+    """`frames` from the endpoint's handler down; from the first application frame when the
+    handler is not in them (a dependency, a background task); `(FRAMEWORK,)` when no frame is
+    the app's."""
+    if route is not None:
+        function = route.handler.rpartition(":")[2].rpartition(".")[2]
+        for index, frame in enumerate(frames):
+            if frame.function == function and frame.file == route.file:
+                return frames[index:]
+    for index, frame in enumerate(frames):
+        if is_app_frame(frame, app_roots):
+            return frames[index:]
+    return (FRAMEWORK,)
 
 
 def stacks_of(counts: Mapping[int, int], frames_of: FramesOf) -> dict[tuple[Frame, ...], int]:

@@ -88,7 +88,13 @@ def endpoint_page(route: str) -> html.Div:
         _section("Where its time goes", html.Div([
             html.Span("on CPU, add:", className="control-label"),
             dcc.Checklist(id="endpoint-flame-toggles", value=[], inline=True,
-                          className="control", options=OFF_CPU_TOGGLES)], className="controls"),
+                          className="control", options=OFF_CPU_TOGGLES),
+            # From the handler down by default (`flame.from_handler`); one click shows the
+            # server, event loop and framework frames above it.
+            dcc.Checklist(id="endpoint-flame-frames", value=[], inline=True,
+                          className="control", options=[
+                              {"label": " show server and framework frames",
+                               "value": "framework"}])], className="controls"),
             dcc.Graph(id="endpoint-flame", config={"displaylogo": False})),
         profiles_section(),
         _section("Slowest requests", html.Div(id="slow-requests")),
