@@ -23,6 +23,7 @@ from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds, resolve_thr
 from apiscope.collection import Collection, CollectOptions
 from apiscope.collectors.injections import AgentInjections, DetachFailure
 from apiscope.collectors.target import Target
+from apiscope.dashboard import require_dash
 from apiscope.dashboard.access import new_token, url_with_token
 from apiscope.errors import UsageError
 from apiscope.lock import CollectorLock
@@ -65,8 +66,11 @@ def collect_thresholds(args: argparse.Namespace) -> Thresholds:
 
 
 def check_report_path(args: argparse.Namespace) -> None:
-    """Refuse, before anything starts, paths and a config that could only fail later."""
+    """Refuse, before anything starts, paths, a config and a missing Dash that could only fail
+    later."""
     collect_thresholds(args)
+    if not args.no_dashboard:
+        require_dash("run headless with --no-dashboard (--metrics-port PORT serves /metrics)")
     if args.report:
         check_report_suffix(args.report)
         check_writable_file(Path(args.report), "--report")

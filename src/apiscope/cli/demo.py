@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import socket
 import subprocess
@@ -18,11 +19,27 @@ from pathlib import Path
 from apiscope.cli.base import add_collect_options, positive_int
 from apiscope.cli.collecting import check_report_path, collect, dashboard_url, say
 from apiscope.cli.run import describe_started, start_server, stop_server
-from apiscope.errors import ApiscopeError
+from apiscope.errors import ApiscopeError, UsageError
 from apiscope.services import postgres_server, redis_server
 
 # Without --duration the demo runs until Ctrl-C; the load generator still needs a bound.
 UNBOUNDED_LOAD_SECONDS = 3600.0
+# The sample app lives in the source tree, next to src/ (the wheel leaves it out).
+SOURCE_TREE = Path(__file__).resolve().parents[3]
+
+
+def sample_app_path(source_tree: Path = SOURCE_TREE) -> Path:
+    """The directory that holds `sample_app/`, or a UsageError saying where to get it."""
+    if not (source_tree / "sample_app" / "main.py").is_file():
+        raise UsageError("apiscope demo runs the sample app from apiscope's source tree, and"
+                         " this install has none (the package does not ship it): clone the"
+                         " repository and run `make demo` there")
+    missing = [name for name in ("fastapi", "uvicorn", "sqlalchemy", "aiosqlite")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(f"the sample app needs {', '.join(missing)}: install the demo extra"
+                         " in the source tree (pip install '.[dashboard,demo]', or make demo)")
+    return source_tree
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -51,6 +68,8 @@ def demo_environment(args: argparse.Namespace,
     passed on: the demo seeds its database and must not touch theirs."""
     env = {name: value for name, value in os.environ.items()
            if name not in ("DATABASE_URL", "REDIS_URL")}
+    path = env.get("PYTHONPATH")  # the sample app and its load generator import from here
+    env["PYTHONPATH"] = str(sample_app_path()) + (os.pathsep + path if path else "")
     if args.fixed:
         env["SAMPLE_APP_FIXED"] = "1"
     if args.db == "postgres":
@@ -102,6 +121,7 @@ class DemoCommand:
                  " gunicorn's Uvicorn workers, PostgreSQL and Redis")
 
     def run(self, args: argparse.Namespace) -> int:
+        sample_app_path()  # before the dashboard check: without the app, nothing to show
         check_report_path(args)
         with contextlib.ExitStack() as services:
             env = demo_environment(args, services)
@@ -126,7 +146,7 @@ class DemoCommand:
             load = subprocess.Popen(
                 [sys.executable, "-m", "sample_app.load", "--url", url, "--duration",
                  str(load_seconds), "--concurrency", str(args.concurrency), "--quiet"],
-                stdout=subprocess.DEVNULL, start_new_session=True)
+                stdout=subprocess.DEVNULL, start_new_session=True, env=env)
             if not args.no_dashboard and not args.no_browser:
                 webbrowser.open(dashboard_url(args))  # with its token
             collect(target, args, inject=True)
