@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_ARGS ?=
 
-.PHONY: install demo test lint typecheck pytest bench accuracy system-deps target-envs clean
+.PHONY: install demo test lint typecheck pytest bench accuracy system-deps target-envs clean \
+	screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +55,18 @@ bench: system-deps $(VENV)/.installed-bench
 # The accuracy corpus: realistic apps run for real under apiscope; rewrites docs/accuracy.md.
 accuracy: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m tests.corpus.scorecard --output docs/accuracy.md
+
+# The README's dashboard screenshots, from a real demo session replayed in headless Chromium;
+# the session's report is kept next to it, to check the pictures' figures against. The demo
+# runs from a copy of the committed tree, so the file paths in the pictures are not a clone's.
+SHOTS ?= /tmp/apiscope-screenshots
+screenshots: system-deps $(VENV)/.installed-test
+	rm -rf $(SHOTS) && mkdir -p $(SHOTS)/apiscope
+	git archive HEAD | tar -x -C $(SHOTS)/apiscope
+	cd $(SHOTS) && PYTHONPATH=$(SHOTS)/apiscope/src $(CURDIR)/$(BIN)/apiscope demo \
+		--duration 25 --no-browser --no-dashboard --session demo.sqlite --report report.json
+	$(BIN)/apiscope report $(SHOTS)/demo.sqlite > $(SHOTS)/report.txt
+	$(BIN)/python -m tests.dashboard.screenshots docs $(SHOTS)/demo.sqlite
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
