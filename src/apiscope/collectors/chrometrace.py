@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from apiscope.collectors.pyspy import RawProfile
 from apiscope.model import Frame
 
 _THREAD = re.compile(r"thread \((0[xX][0-9a-fA-F]+|\d+)\)(?:: (.*))?$")
@@ -128,3 +129,18 @@ def _close(thread: _Thread, ts: float, out: list[Segment]) -> None:
     if thread.stack and ts > thread.since:
         out.append(Segment(thread.pid, thread.tid, thread.name, frames, thread.since, ts))
     thread.since = ts
+
+
+def raw_as_trace(profile: RawProfile, rate_hz: int) -> Trace:
+    """A raw-format window as a trace: each stack shown for its count / rate seconds, the
+    stacks of a thread one after another (the raw format keeps no order)."""
+    clocks: dict[tuple[int, int], float] = {}
+    segments = []
+    for sample in profile.samples:
+        key = (sample.pid, sample.tid)
+        start = clocks.get(key, 0.0)
+        end = start + sample.count / max(rate_hz, 1)
+        clocks[key] = end
+        segments.append(Segment(sample.pid, sample.tid, sample.thread_name, sample.frames,
+                                start, end))
+    return Trace(tuple(segments), 0.0, max(clocks.values(), default=0.0), profile.bad_lines)

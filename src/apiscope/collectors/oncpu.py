@@ -1,23 +1,25 @@
-"""Which samples ran: each stack's time matched against the kernel's account of its thread.
+"""Which samples ran: each thread's measured CPU time shared out over its stacks.
 
-py-spy's chrometrace output says which stack each thread showed over which span of time
-(`chrometrace.py`); the CPU timeline says, for any span, how many of the thread's seconds it
-ran on a CPU and how many it waited in the run queue for one (`cputimeline.py`, read every
-25 ms). So for every stack of every thread:
+Two measurements meet here:
 
-- RUNNING: the seconds it was on a CPU (measured);
-- RUNNABLE: the seconds it waited for a CPU the host did not have free (measured): work the
-  code wanted to do, delayed by a busy machine;
-- BLOCKED, or WAITING at a stack that proves the thread idle (the event loop in its selector,
-  a pool worker waiting for a job): the rest, off-CPU for a reason of its own (a sleep, I/O,
-  a lock, the GIL).
+- **how much** of each thread's window ran: the kernel's CPU and run-queue time of the thread
+  over the window (`threadcpu.py`), exact;
+- **which stacks** ran: py-spy's own view. py-spy checks, at every sample, whether each thread
+  is active (the kernel's state of the thread: running or ready to), and with `--idle` it
+  records idle threads too, without saying which were which. So the sampler records every
+  `activity_every`-th window *without* `--idle`: only active threads' stacks. Comparing how
+  much of the time each leaf line shows in those windows with how much it shows in the
+  others gives each line's share of running (`ActivityShares`): a `time.sleep` line all but
+  vanishes without `--idle` (its thread sleeps), a pure-Python loop or argon2 hashing in C code
+  (the GIL released, the thread on a CPU) shows just as much. No timing alignment is needed,
+  and many windows average the noise out.
 
-A `time.sleep` line is never RUNNING, a pure-Python loop is RUNNING (or RUNNABLE on a starved
-host), argon2 hashing in C code is RUNNING although it released the GIL: the stack alone says
-none of that. Counts are whole samples (seconds x rate, rounded so that each thread's total
-is kept). Where the timeline has no readings for a thread (it started and ended between two
-readings, or schedstat is unreadable), its share of CPU over the whole window (`fallback`, from
-the window-level reading) stands for each of its stacks.
+Each thread's samples of a window then become RUNNING rows (its measured CPU time, shared out
+over its stacks by those shares, no stack above its own time), RUNNABLE rows (its measured
+run-queue time: work it wanted to do while the host had no free CPU, shared out the same way)
+and BLOCKED rows (the rest: a sleep, I/O, a lock, the GIL), or WAITING at stacks that prove the
+thread idle (the event loop in its selector, a pool worker waiting for a job). Counts are whole
+samples: seconds x rate, rounded so that each thread's total is kept.
 """
 
 from __future__ import annotations
@@ -33,19 +35,108 @@ from apiscope.model import Frame, SampleState, StackSample
 
 ThreadKey = tuple[int, int]
 StackKey = tuple[int, int, tuple[Frame, ...]]
-# For one thread and its spans (wall time): (seconds on a CPU, seconds in the run queue) each,
-# None where unknown.
-UsageFn = Callable[[ThreadKey, list[tuple[float, float]]], list[tuple[float, float] | None]]
+LineKey = tuple[Frame | None, bool]  # (leaf frame, whether the stack proves the thread idle)
+IdleFn = Callable[[int, int, tuple[Frame, ...]], bool]
+
+PRIOR_ACTIVE = 0.5  # a line never measured: as likely running as not
+PRIOR_IDLE = 0.02  # a stack that proves its thread idle
+PRIOR_SECONDS = 0.1  # how much shown time the starting odds count for
+POOL_BELOW = 0.5  # seconds shown: below, a line shares its kind's pooled share
+_MIN_WEIGHT = 1e-6  # so a measured budget always lands somewhere
 
 
-@dataclass(slots=True)
-class _Time:
-    """Seconds one stack of one thread was shown, split by what the thread was doing."""
+def _start(idle: bool) -> float:
+    return PRIOR_IDLE if idle else PRIOR_ACTIVE
 
-    name: str
-    total: float = 0.0
-    ran: float = 0.0
-    runnable: float = 0.0
+
+def line_times(segments: Sequence[Segment], idle: IdleFn) -> dict[LineKey, float]:
+    """Seconds each leaf line was shown, over all threads."""
+    out: dict[LineKey, float] = defaultdict(float)
+    for seg in segments:
+        leaf = seg.frames[-1] if seg.frames else None
+        out[(leaf, idle(seg.pid, seg.tid, seg.frames))] += seg.end - seg.start
+    return out
+
+
+class ActivityShares:
+    """How much of the time each leaf line is shown its thread is active, from windows
+    recorded with and without `--idle` (see the module docstring).
+
+    share(line) = (its time in windows without `--idle` / their length) / (its time in windows
+    with `--idle` / their length), smoothed towards the starting odds by `PRIOR_SECONDS` of
+    shown time and kept in [0, 1]. Lines shown less than `POOL_BELOW` seconds share one share
+    per kind (working or idle stacks).
+    """
+
+    def __init__(self) -> None:
+        self._shown: dict[LineKey, float] = defaultdict(float)
+        self._active: dict[LineKey, float] = defaultdict(float)
+        self._shown_seconds = 0.0
+        self._active_seconds = 0.0
+        self._pooled: dict[bool, tuple[float, float]] | None = None  # (shown, active) per kind
+
+    def observe(self, times: Mapping[LineKey, float], seconds: float, *, active: bool) -> None:
+        """One window's seconds per line: recorded without `--idle` when `active`."""
+        target = self._active if active else self._shown
+        for key, value in times.items():
+            target[key] += value
+        if active:
+            self._active_seconds += seconds
+        else:
+            self._shown_seconds += seconds
+        self._pooled = None
+
+    def share(self, leaf: Frame | None, idle: bool) -> float:
+        if idle:
+            # The stack proves the thread idle (py-spy's view of it in transition is not to be
+            # trusted there): it takes only what the thread's measured CPU leaves once the
+            # working stacks are full, such as uvloop's own C work under its run() frame.
+            return PRIOR_IDLE
+        key = (leaf, idle)
+        if self._shown.get(key, 0.0) < POOL_BELOW:
+            shown, active = self._pool()[idle]
+        else:
+            shown, active = self._shown[key], self._active.get(key, 0.0)
+        return self._ratio(shown, active, _start(idle))
+
+    def _pool(self) -> dict[bool, tuple[float, float]]:
+        if self._pooled is None:
+            sums = {False: [0.0, 0.0], True: [0.0, 0.0]}
+            for key in set(self._shown) | set(self._active):
+                if self._shown.get(key, 0.0) < POOL_BELOW:
+                    sums[key[1]][0] += self._shown.get(key, 0.0)
+                    sums[key[1]][1] += self._active.get(key, 0.0)
+            self._pooled = {kind: (v[0], v[1]) for kind, v in sums.items()}
+        return self._pooled
+
+    def _ratio(self, shown: float, active: float, start: float) -> float:
+        if self._active_seconds <= 0 or self._shown_seconds <= 0:
+            return start
+        shown_rate = shown / self._shown_seconds
+        active_rate = active / self._active_seconds
+        prior = PRIOR_SECONDS / self._shown_seconds
+        return min(1.0, max(0.0, (active_rate + prior * start) / (shown_rate + prior)))
+
+
+def share_out(budget: float, weights: Sequence[float], caps: Sequence[float]) -> list[float]:
+    """Split `budget` in proportion to `weights` x `caps`, no share above its cap
+    (water-filling); the result sums to min(budget, sum(caps))."""
+    shares = [0.0] * len(caps)
+    open_rows = [i for i, cap in enumerate(caps) if cap > 0]
+    left = min(budget, sum(caps))
+    while open_rows and left > 1e-12:
+        total = sum(max(weights[i], _MIN_WEIGHT) * caps[i] for i in open_rows)
+        scale = left / total
+        full = [i for i in open_rows if max(weights[i], _MIN_WEIGHT) * scale >= 1.0]
+        if not full:
+            for i in open_rows:
+                shares[i] = max(weights[i], _MIN_WEIGHT) * scale * caps[i]
+            break
+        for i in full:
+            shares[i] = caps[i]
+            left -= caps[i]
+        open_rows = [i for i in open_rows if i not in full]
+    return shares
 
 
 def whole(shares: Sequence[float], caps: Sequence[int]) -> list[int]:
@@ -62,55 +153,53 @@ def whole(shares: Sequence[float], caps: Sequence[int]) -> list[int]:
     return floors
 
 
-def stack_times(segments: Sequence[Segment], offset: float, usage: UsageFn,
-                fallback: Mapping[ThreadKey, float]) -> dict[StackKey, _Time]:
-    """Per (pid, tid, stack): how long it was shown, ran and waited for a CPU.
+@dataclass(frozen=True, slots=True)
+class ThreadBudget:
+    """What the kernel measured of one thread over the window, in seconds."""
 
-    `offset` turns py-spy's seconds into wall time; `fallback` is each thread's CPU share of
-    the window, used for spans the timeline cannot judge.
-    """
-    by_thread: dict[ThreadKey, list[Segment]] = defaultdict(list)
+    cpu: float
+    runqueue: float = 0.0
+
+
+def split_samples(segments: Sequence[Segment], rate: int, idle: IdleFn, shares: ActivityShares,
+                  budgets: Mapping[ThreadKey, ThreadBudget],
+                  seconds: float) -> tuple[StackSample, ...]:
+    """The window's samples: per stack of every thread, RUNNING, RUNNABLE and BLOCKED (or
+    WAITING) counts. A thread the kernel could not be asked about keeps the shares alone."""
+    shown: dict[StackKey, float] = defaultdict(float)
+    names: dict[ThreadKey, str] = {}
     for seg in segments:
-        by_thread[(seg.pid, seg.tid)].append(seg)
-    times: dict[StackKey, _Time] = {}
-    for key, segs in by_thread.items():
-        measured = usage(key, [(s.start + offset, s.end + offset) for s in segs])
-        for seg, used in zip(segs, measured, strict=True):
-            span = seg.end - seg.start
-            slot = times.setdefault((seg.pid, seg.tid, seg.frames), _Time(seg.thread_name))
-            slot.total += span
-            if used is None:
-                slot.ran += span * min(1.0, fallback.get(key, 0.0))
-            else:
-                slot.ran += min(span, used[0])
-                slot.runnable += min(span - min(span, used[0]), used[1])
-    return times
-
-
-def samples_from_times(times: Mapping[StackKey, _Time], rate: int,
-                       idle: Callable[[int, int, tuple[Frame, ...]], bool]
-                       ) -> tuple[StackSample, ...]:
-    """Whole-sample rows: per stack, RUNNING, RUNNABLE and BLOCKED (or WAITING) counts."""
+        shown[(seg.pid, seg.tid, seg.frames)] += seg.end - seg.start
+        names[(seg.pid, seg.tid)] = seg.thread_name
     by_thread: dict[ThreadKey, list[StackKey]] = defaultdict(list)
-    for key in times:
+    for key in shown:
         by_thread[(key[0], key[1])].append(key)
     out: list[StackSample] = []
-    for keys in by_thread.values():
-        counts = whole([times[k].total * rate for k in keys], [10**9] * len(keys))
-        for key, count in zip(keys, counts, strict=True):
-            if count:
-                out.extend(_rows(key, times[key], count, rate, idle(*key)))
+    for thread, keys in by_thread.items():
+        counts = whole([shown[k] * rate for k in keys], [10**9] * len(keys))
+        flags = [idle(*k) for k in keys]
+        weights = [shares.share(k[2][-1] if k[2] else None, flag) for k, flag in zip(
+            keys, flags, strict=True)]
+        total = sum(counts)
+        budget = budgets.get(thread)
+        if budget is None or seconds <= 0:
+            ran = whole([w * c for w, c in zip(weights, counts, strict=True)], counts)
+            runnable = [0] * len(keys)
+        else:
+            ran = whole(share_out(min(1.0, budget.cpu / seconds) * total, weights, counts),
+                        counts)
+            left = [c - r for c, r in zip(counts, ran, strict=True)]
+            runnable = whole(share_out(min(1.0, budget.runqueue / seconds) * total, weights,
+                                       left), left)
+        for key, n, r, q, flag in zip(keys, counts, ran, runnable, flags, strict=True):
+            out.extend(_rows(key, names[thread], n, r, q, flag))
     return tuple(out)
 
 
-def _rows(key: StackKey, time: _Time, count: int, rate: int, idle: bool) -> list[StackSample]:
+def _rows(key: StackKey, name: str, count: int, ran: int, runnable: int,
+          idle: bool) -> list[StackSample]:
     pid, tid, frames = key
-    scale = count / (time.total * rate) if time.total > 0 else 0.0
-    ran, runnable = whole([time.ran * rate * scale, time.runnable * rate * scale],
-                          [count, count])
-    runnable = min(runnable, count - ran)
-    rest = count - ran - runnable
-    base = StackSample(pid, tid, time.name, frames, count)
+    base = StackSample(pid, tid, name, frames, count)
     parts = ((ran, SampleState.RUNNING), (runnable, SampleState.RUNNABLE),
-             (rest, SampleState.WAITING if idle else SampleState.BLOCKED))
-    return [dataclasses.replace(base, count=n, state=state) for n, state in parts if n]
+             (count - ran - runnable, SampleState.WAITING if idle else SampleState.BLOCKED))
+    return [dataclasses.replace(base, count=n, state=state) for n, state in parts if n > 0]

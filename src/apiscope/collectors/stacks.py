@@ -8,11 +8,12 @@ and exits. The seam between two windows is thus the difference between the new p
 sample and the old one's last, measured at about +/-10 ms (one sample per thread, either way;
 docs/sampling.md), instead of a whole py-spy start-up (20 ms to seconds).
 
-py-spy records in its chrometrace format, which keeps when each thread showed each stack
-(`chrometrace.py`); every 25 ms a reader takes each thread's CPU and run-queue time from the
-kernel (`cputimeline.py`), and `oncpu.py` matches the two: a stack ran for the CPU time its
-thread used while it showed it. At every window's edges the sampler also reads each thread's
-and each process's CPU time (`threadcpu.py`), stored with the window. A window that cannot be
+py-spy records in its chrometrace format, which keeps how long each thread showed each stack
+(`chrometrace.py`); every `activity_every`-th window is recorded without `--idle`, so that
+py-spy's own view of which threads are active teaches how much each leaf line runs, and
+`oncpu.py` shares each thread's measured CPU time out over its stacks by those shares. At
+every window's edges the sampler reads each thread's and each process's CPU and run-queue time
+(`threadcpu.py`), stored with the window. A window that cannot be
 read or classified is counted (`SamplerStats.failed_windows`, with the last error) and
 sampling goes on with the next one: no stack ends a session.
 
@@ -39,19 +40,19 @@ from typing import Protocol
 import psutil
 
 from apiscope.collectors.budget import OverheadBudget, WindowCost
-from apiscope.collectors.chrometrace import parse_chrometrace
-from apiscope.collectors.cputimeline import CpuTimeline
-from apiscope.collectors.oncpu import samples_from_times, stack_times
+from apiscope.collectors.chrometrace import Trace, parse_chrometrace, raw_as_trace
+from apiscope.collectors.oncpu import ActivityShares, ThreadBudget, line_times, split_samples
 from apiscope.collectors.pyspy import (
     READY_MARKER,
     RecordOptions,
     exited_message,
     failure_error,
     find_pyspy,
+    parse_raw,
     parse_summary,
     record_argv,
 )
-from apiscope.collectors.threadcpu import CpuReading, ThreadCpuReader, usage
+from apiscope.collectors.threadcpu import CpuReading, CpuUsage, ThreadCpuReader, usage
 from apiscope.collectors.threads import is_waiting, thread_roles
 from apiscope.errors import TargetError
 from apiscope.lifetime import Reaper, die_with_parent
@@ -183,7 +184,7 @@ class SamplerStats:
     launch_retries: int = 0  # mid-session py-spy starts that failed and were retried
     pyspy_cpu_seconds: float = 0.0
     sampled_seconds: float = 0.0
-    timeline_cpu_seconds: float = 0.0  # the per-thread CPU reader's own CPU time
+    activity_windows: int = 0  # recorded without --idle, to learn which lines run
     rates: list[int] = field(default_factory=list)  # the rate of each window, with a budget
     failed_windows: int = 0  # read but not classified (an error of ours): skipped, counted
     last_failure: str | None = None
@@ -209,12 +210,29 @@ def window_loss(window: StackWindow) -> WindowLoss:
     return WindowLoss(expected, sum(s.count for s in window.samples), window.errors)
 
 
+@dataclass(frozen=True, slots=True)
+class _Measured:
+    """A window read and measured, waiting to be split into samples."""
+
+    trace: Trace
+    errors: int
+    start: float
+    end: float
+    rate_hz: int
+    roles: dict[tuple[int, int], ThreadRole]
+    used: CpuUsage
+
+    def idle(self, pid: int, tid: int, frames: tuple[Frame, ...]) -> bool:
+        return is_waiting(frames, self.roles.get((pid, tid), ThreadRole.OTHER))
+
+
 @dataclass(slots=True)
 class _Run:
     proc: SpyProcess
     output: Path
     started: float
     rate_hz: int  # what this py-spy samples at: the budget may change it window by window
+    active_only: bool = False  # recorded without --idle (see oncpu.py)
 
 
 class StackSampler:
@@ -226,7 +244,7 @@ class StackSampler:
                  clock: Callable[[], float] = time.time, pyspy: str | None = None,
                  alive: Callable[[int], bool] = target_alive,
                  cpu_reader: ThreadCpuReader | None = None,
-                 timeline: CpuTimeline | None = None, budget: OverheadBudget | None = None,
+                 activity_every: int = 4, budget: OverheadBudget | None = None,
                  agent_cpu: Callable[[], float] | None = None, ready_timeout: float = 15.0,
                  on_end: Callable[[EndReason, Exception | None], None] | None = None) -> None:
         self.pid = pid
@@ -241,8 +259,11 @@ class StackSampler:
         self._alive = alive
         self._cpu = cpu_reader if cpu_reader is not None else ThreadCpuReader()
         self._cpu_mark = CpuReading()
-        # Read every 25 ms: when each stack ran, not only how much each thread did.
-        self._timeline = timeline or CpuTimeline(lambda: sorted(self._pids))
+        # Every `activity_every`-th window is recorded without --idle: py-spy's own view of
+        # which threads are active teaches how much each line runs (see oncpu.py).
+        self.activity_every = activity_every
+        self._shares = ActivityShares()
+        self._pending: list[_Measured] = []
         # The overhead budget (None: the rate asked for, always); `agent_cpu` is the agents'
         # own CPU seconds so far, which the budget pays for too.
         self.budget = budget
@@ -282,7 +303,6 @@ class StackSampler:
             raise
         self._pids |= self._children()
         self._cpu_mark = self._cpu.read(self._pids)
-        self._timeline.start()
         self._thread = threading.Thread(target=self._run, args=(first,), daemon=True,
                                         name="apiscope-stack-sampler")
         self._thread.start()
@@ -312,8 +332,11 @@ class StackSampler:
             reason = EndReason.FAILED if alive else EndReason.TARGET_EXITED
             error = exc if alive else None
         finally:
-            self._timeline.stop()
-            self.stats.timeline_cpu_seconds = self._timeline.cpu_seconds
+            try:
+                self._flush()  # windows still waiting to learn from: what is known now
+            except Exception as exc:  # the callback failed: the reason the sampler ends
+                if error is None:
+                    reason, error = EndReason.FAILED, exc
             if self._tmp is not None:
                 self._tmp.cleanup()
             if self._reaper is not None:
@@ -428,13 +451,20 @@ class StackSampler:
         # The duration is only a safety bound: if apiscope dies without stopping it, py-spy
         # still ends by itself instead of tracing the server forever. Rotation uses SIGINT.
         bound = max(30, math.ceil(10 * self.window_seconds))
-        argv = record_argv(self._pyspy, self.pid, str(output), self.options, duration=bound)
+        # The 2nd window, then every `activity_every`-th: learnt from early, and a session that
+        # ends after one window still has whole stacks.
+        active_only = self.activity_every > 0 and self._count % self.activity_every == 2
+        # chrometrace cannot show a thread's absence (an idle thread keeps its last stack):
+        # those windows are counted in the raw format.
+        options = dataclasses.replace(self.options, idle=not active_only,
+                                      format="raw" if active_only else "chrometrace")
+        argv = record_argv(self._pyspy, self.pid, str(output), options, duration=bound)
         spawned = self._clock()
         proc = self._spawn(argv)
         if proc.wait_ready(self._ready_timeout):
             ready = self._clock()
             self.stats.startups.append(ready - spawned)
-            return _Run(proc, output, ready, self.options.rate_hz)
+            return _Run(proc, output, ready, self.options.rate_hz, active_only)
         proc.interrupt()
         result = proc.finish(5.0)
         output.unlink(missing_ok=True)
@@ -461,12 +491,31 @@ class StackSampler:
         finally:
             run.output.unlink(missing_ok=True)
         try:
-            window = self._window(text, result, run.started, end, run.rate_hz)
+            self._pending.append(self._measure(text, result, run.started, end, run.rate_hz,
+                                               run.active_only))
         except Exception as exc:  # a bug of ours must not end the session: count, go on
-            self.stats.failed_windows += 1
-            self.stats.last_failure = f"{type(exc).__name__}: {exc}"
+            self._failed(exc)
             return
-        self._on_window(window)
+        # The first windows wait for the first one recorded without --idle: until then
+        # nothing is known of which lines run.
+        if self.stats.activity_windows or self.activity_every <= 0:
+            self._flush()
+
+    def _failed(self, exc: Exception) -> None:
+        self.stats.failed_windows += 1
+        self.stats.last_failure = f"{type(exc).__name__}: {exc}"
+
+    def _flush(self) -> None:
+        """Split and deliver the windows measured so far (a failure to deliver, such as a
+        full store, is not ours to swallow: it ends the sampler)."""
+        pending, self._pending = self._pending, []
+        for measured in pending:
+            try:
+                window = self._split(measured)
+            except Exception as exc:
+                self._failed(exc)
+                continue
+            self._on_window(window)
 
     def _children(self) -> set[int]:
         if not self.options.subprocesses:
@@ -489,34 +538,37 @@ class StackSampler:
         if rate != self.options.rate_hz:
             self.options = dataclasses.replace(self.options, rate_hz=rate)
 
-    def _window(self, text: str, result: SpyExit, start: float, end: float,
-                rate_hz: int) -> StackWindow:
-        trace = parse_chrometrace(text, default_pid=self.pid)
+    def _measure(self, text: str, result: SpyExit, start: float, end: float,
+                 rate_hz: int, active_only: bool = False) -> _Measured:
+        """Parse a window and take the kernel's reading at its end; learn from its lines."""
+        trace = (raw_as_trace(parse_raw(text, default_pid=self.pid), rate_hz) if active_only
+                 else parse_chrometrace(text, default_pid=self.pid))
         summary = parse_summary(result.stdout)
         # A worker first sampled now is read now and measured from the next window on.
         pids = self._pids | {s.pid for s in trace.segments}
         mark = self._cpu.read(pids)
         used = usage(self._cpu_mark, mark)
         self._cpu_mark = mark
-        seconds = max(end - start, 1e-9)
-        fallback = {key: cpu / seconds for key, cpu in used.threads.items()}
-        # py-spy's clock starts at its own start-up, some way before its first sample; its last
-        # sample is taken at most one interval after the SIGINT sent at `end`, which puts every
-        # stack on the wall clock the timeline uses.
-        times = stack_times(trace.segments, end - trace.last, self._timeline.usages, fallback)
-        roles = thread_roles(StackSample(pid, tid, "", frames, 1) for pid, tid, frames in times)
-
-        def idle(pid: int, tid: int, frames: tuple[Frame, ...]) -> bool:
-            return is_waiting(frames, roles.get((pid, tid), ThreadRole.OTHER))
-
-        samples = samples_from_times(times, rate_hz, idle)
-        window = StackWindow(start=start, end=end, rate_hz=rate_hz,
-                             samples=samples, errors=summary.errors if summary else 0,
-                             threads=roles, thread_cpu=used.threads,
-                             process_cpu=used.processes, thread_runqueue=used.runqueue)
+        roles = thread_roles(StackSample(seg.pid, seg.tid, "", seg.frames, 1)
+                             for seg in trace.segments)
+        measured = _Measured(trace, summary.errors if summary else 0, start, end, rate_hz,
+                             roles, used)
+        self._shares.observe(line_times(trace.segments, measured.idle), end - start,
+                             active=active_only)
+        self.stats.activity_windows += active_only
         # Exited workers drop out of the processes whose threads are read.
-        self._pids = {self.pid} | {s.pid for s in samples}
-        self._account(window, trace.bad_events)
+        self._pids = {self.pid} | {s.pid for s in trace.segments}
+        return measured
+
+    def _split(self, m: _Measured) -> StackWindow:
+        budgets = {key: ThreadBudget(cpu, m.used.runqueue.get(key, 0.0))
+                   for key, cpu in m.used.threads.items()}
+        samples = split_samples(m.trace.segments, m.rate_hz, m.idle, self._shares, budgets,
+                                max(m.end - m.start, 1e-9))
+        window = StackWindow(start=m.start, end=m.end, rate_hz=m.rate_hz, samples=samples,
+                             errors=m.errors, threads=m.roles, thread_cpu=m.used.threads,
+                             process_cpu=m.used.processes, thread_runqueue=m.used.runqueue)
+        self._account(window, m.trace.bad_events)
         return window
 
     def _account(self, window: StackWindow, bad_lines: int) -> None:
