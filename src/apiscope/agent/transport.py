@@ -9,12 +9,12 @@ e.g. why pyinstrument is unavailable in the target; `watchdogs`: loop lag, loop 
 GIL wait measured since the previous pull, see `watchdog.Watchdogs.pull`); an unknown op
 answers `{"error": "..."}`. Requests are drained by the pull: each is delivered once, at most
 `"max"` (optional in the request; 20000 by default) per pull, `more` saying others wait.
+`{"op": "dump"}` answers what the process is doing now: the requests in flight with their
+await chains, and every thread's stack (see `inflight.dump_state`).
 
 Only this process's own user and root may talk to it: the socket's directory is private to
 that user already, and each connection's peer uid (`SO_PEERCRED`) is checked as well: a second
 lock, for a directory named by the environment or reached by root through a container's files.
-`{"op": "dump"}` answers what the process is doing now: the requests in flight with their
-await chains, and every thread's stack (see `inflight.dump_state`).
 
 The request path never touches this thread: it only appends to the recorder's deque. A slow or
 absent collector therefore costs nothing but dropped entries once the buffer is full.
