@@ -64,11 +64,16 @@ def _describe_looks(activity: Counter[str]) -> tuple[str, str]:
     """(what the loop was doing, cause) from what the kernel said at each look in the stalls."""
     looks = sum(activity.values())
     running = activity.get("cpu", 0) / looks
-    # A strict majority: the first look of a stall is taken as the watchdog posts its probe,
+    waits = (activity.get("sleep", 0) + activity.get("io", 0)) / looks
+    # A futex is the GIL as often as a lock: Python computing beside other threads waits for
+    # the GIL between its turns, so only sleeps and I/O count against CPU work. More running
+    # looks than those, strictly: the first look is taken as the watchdog posts its probe,
     # before it knows there is a stall, and may catch the code just before it blocks.
-    if running > 0.5:
+    if running > waits and running > 0:
+        also = activity.get("lock", 0) / looks
+        gil = f", waiting for the GIL or a lock at {pct(also)}" if also else ""
         return (f"running CPU work (on a CPU, or ready for one, at {pct(running)} of the"
-                " kernel's looks)"), "cpu"
+                f" kernel's looks{gil})"), "cpu"
     kind, count = max(((k, n) for k, n in activity.items() if k != "cpu"),
                       key=lambda kv: (kv[1], kv[0]))
     return (f"{_WAITS.get(kind, 'off-CPU')} (at {pct(count / looks)} of the kernel's looks)",

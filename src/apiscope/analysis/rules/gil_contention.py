@@ -10,28 +10,29 @@ warm-up, `stats.warmup_end`, when caches fill once):
   least the lowest `gil_wait_share` of CPython's switch interval (5 ms) per wake-up: a thread
   that wants the GIL while another runs pure Python waits for that one to be asked to drop it,
   up to the whole interval; with the GIL free it gets it in microseconds;
-- at least two request-handling threads (event loop, pool workers) each ran, or were ready to
-  run, `BUSY_THREAD_CORES` of the window (the kernel's per-thread CPU and run-queue time):
-  someone other than the watchdog wanted the GIL. One busy event loop alone also makes the
-  watchdog wait, but contends with no one.
+- the request-handling threads (event loop, pool workers) other than the busiest one ran, or
+  were ready to run, `BUSY_THREAD_CORES` of the window between them (the kernel's per-thread
+  CPU and run-queue time): someone besides the GIL's main user wanted it. One busy event loop
+  alone also makes the watchdog wait, but contends with no one.
 
 The figure graded is the mean wait per wake-up over the contended windows, as a share of the
 switch interval; at least `GIL_MIN_WINDOWS` such windows are needed. The location is the
-hottest application line running (on-CPU) in those windows; without an application line the
+hottest application line running (on-CPU) in those windows, in the pool threads if any ran
+application code (code running in several threads is what contends); without an application line the
 contention is the framework's or a library's and belongs to the server figures, not to a flag.
 Sessions without the agent's watchdog get no gil_contention flag: it cannot be measured there.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Flag
 from apiscope.analysis.flags import frame_location, make_flag, pct, where
 from apiscope.analysis.stats import warmup_end
 from apiscope.analysis.thresholds import grade
-from apiscope.model import Frame, GilSample
+from apiscope.model import Frame, GilSample, SampleState, ThreadRole
 
 BUSY_THREAD_CORES = 0.15
 GIL_MIN_WINDOWS = 2
@@ -78,33 +79,48 @@ class GilContentionRule:
         ends = {w.start: w.end for w in ctx.data.windows}
         warm = warmup_end(ctx)
         roles = ctx.data.roles
-        busy: Counter[tuple[int, float]] = Counter()
+        demand: dict[tuple[int, float], list[float]] = defaultdict(list)
         for c in ctx.data.thread_cpu:
-            seconds = ends.get(c.window, c.window) - c.window
-            wanted = c.seconds + (c.runqueue or 0.0)  # ran, or was ready to
-            if (seconds > 0 and c.window >= warm and roles.get((c.pid, c.tid)) in HANDLER_ROLES
-                    and wanted >= BUSY_THREAD_CORES * seconds):
-                busy[(c.pid, c.window)] += 1
+            if c.window >= warm and roles.get((c.pid, c.tid)) in HANDLER_ROLES:
+                demand[(c.pid, c.window)].append(c.seconds + (c.runqueue or 0.0))
         by_pid: dict[int, list[GilSample]] = defaultdict(list)
         for g in ctx.data.gil:
             by_pid[g.pid].append(g)
         low = ctx.thresholds.gil_wait_share[0]
         out: dict[tuple[int, Window], float] = {}
-        for (pid, start), threads in busy.items():
+        for (pid, start), wanted in demand.items():
+            seconds = ends.get(start, start) - start
+            # what the threads other than the busiest wanted: someone to contend with
+            others = sum(wanted) - max(wanted)
             share = wait_share(by_pid.get(pid, []), start, ends[start])
-            if threads >= 2 and share is not None and share >= low:
+            if (seconds > 0 and others >= BUSY_THREAD_CORES * seconds and share is not None
+                    and share >= low):
                 out[(pid, (start, ends[start]))] = share
         return out
 
     def _flag(self, ctx: AnalysisContext, pid: int, windows: dict[Window, float]) -> Flag | None:
         starts = {w[0] for w in windows}
-        lines: Counter[Frame] = Counter()
-        routes: Counter[str | None] = Counter()
+        lines: dict[Frame, float] = defaultdict(float)
+        routes: dict[str | None, float] = defaultdict(float)
+        # Pool threads' lines first: code running in several threads at once is what contends;
+        # the event loop, one thread, is what waits.
+        # Lines that mostly run when shown: pure Python, which holds the GIL while it runs (a
+        # line that mostly sleeps or waits on I/O released it).
+        shown: dict[Frame, float] = defaultdict(float)
+        ran: dict[Frame, float] = defaultdict(float)
         for a in ctx.samples:
-            if (a.sample.pid == pid and a.window in starts and a.cpu > 0 and a.user is not None
-                    and not a.tool and a.role in HANDLER_ROLES):
-                lines[a.user] += a.sample.count
-                routes[a.endpoint] += a.sample.count
+            if a.sample.pid == pid and a.window in starts and a.user is not None and a.active:
+                shown[a.user] += a.seconds
+                ran[a.user] += a.seconds if a.sample.state is SampleState.RUNNING else 0.0
+        for roles in ({ThreadRole.WORKER}, HANDLER_ROLES):
+            for a in ctx.samples:
+                if (a.sample.pid == pid and a.window in starts and a.cpu > 0
+                        and a.user is not None and not a.tool and a.role in roles
+                        and ran[a.user] >= 0.5 * shown[a.user]):
+                    lines[a.user] += a.cpu
+                    routes[a.endpoint] += a.cpu
+            if lines:
+                break
         if not lines:
             return None
         share = sum(windows.values()) / len(windows)
@@ -112,7 +128,7 @@ class GilContentionRule:
         if severity is None:
             return None
         hot = max(lines.items(), key=lambda kv: (kv[1], kv[0].file, kv[0].line))[0]
-        route = routes.most_common(1)[0][0]
+        route = max(routes.items(), key=lambda kv: (kv[1], kv[0] or ""))[0]
         gil = [g for g in ctx.data.gil if g.pid == pid]
         mean_ms = share * SWITCH_INTERVAL * 1000  # over the contended windows
         seconds = sum(end - start for start, end in windows)
