@@ -44,8 +44,9 @@ typecheck: $(VENV)/.installed-test
 target-envs: $(VENV)/.installed-test
 	$(BIN)/python -m tests.pythons.targets
 
+# The planted half of the accuracy corpus is the scorecard (`make accuracy`), not a gate.
 pytest: $(VENV)/.installed-test target-envs
-	$(BIN)/pytest -q -rs
+	$(BIN)/pytest -q -rs -m "not accuracy"
 
 test: system-deps lint typecheck pytest
 

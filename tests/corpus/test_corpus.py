@@ -35,8 +35,15 @@ def check_sampling(result: CaseResult) -> None:
         f"{result.samples_errors} sampling errors over {result.samples_total} samples")
 
 
+# Healthy runs gate every change (`make test`): a false alarm is the worst defect. Planted runs
+# make the scorecard (`make accuracy`, docs/accuracy.md), where each miss is listed: they are
+# deselected from `make test` by their `accuracy` mark, not weakened.
+MODE_PARAMS = [pytest.param(mode, marks=[pytest.mark.accuracy] if mode == "planted" else [])
+               for mode in MODES]
+
+
 @pytest.mark.parametrize("server", SERVERS)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 @pytest.mark.parametrize("app", CORPUS, ids=[app.name for app in CORPUS])
 def test_corpus_case(app: CorpusApp, mode: str, server: str, request: pytest.FixtureRequest,
                      tmp_path: Path) -> None:
