@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.sample_app.inprocess import SQLITE, Stack
-from tests.services import postgres, redis_service
 
-__all__ = ["postgres", "redis_service", "stack"]
+__all__ = ["stack"]
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
