@@ -137,7 +137,7 @@ def test_windows_rotate_without_gap_and_stop_delivers_the_last() -> None:
     spawner, got = Spawner(), Collected()
     s = sampler(spawner, got, rate_hz=50)
     s.start()
-    wait_until(lambda: len(got.windows) >= 4, what="four windows")
+    wait_until(lambda: len(got.windows) >= 5, what="five windows")
     s.stop()
     assert s.end_reason is EndReason.STOPPED and s.error is None
     assert got.ends == [(EndReason.STOPPED, None)]
@@ -146,7 +146,7 @@ def test_windows_rotate_without_gap_and_stop_delivers_the_last() -> None:
     assert all(spy.interrupted for spy in spawner.spies)
     for before, after in zip(got.windows, got.windows[1:], strict=False):
         assert after.start <= before.end  # the next one samples before this one stops
-    window = got.windows[0]
+    window = got.windows[1]  # the first with --idle
     assert window.rate_hz == 50 and window.errors == 2
     assert window.threads == {(10, 10): ThreadRole.LOOP}
     counts = {(s.frames[-1].function, s.state): s.count for s in window.samples}
@@ -163,9 +163,9 @@ def test_windows_rotate_without_gap_and_stop_delivers_the_last() -> None:
     assert len(s.stats.handovers) == len(got.windows) - 1
     argv = spawner.spies[0].argv
     assert argv[:4] == ["/bin/py-spy", "record", "--pid", "10"]
-    # the 2nd window, then every 4th, without --idle: py-spy's view of which threads are active
-    assert ["--idle" in spy.argv for spy in spawner.spies[:4]] == [True, False, True, True]
-    assert s.stats.activity_windows == len(spawner.spies[1::4])
+    # the 1st window, then every 4th, without --idle: py-spy's view of which threads are active
+    assert ["--idle" in spy.argv for spy in spawner.spies[:5]] == [False, True, True, True, False]
+    assert s.stats.activity_windows == len(spawner.spies[0::4])
     assert argv[-2:] == ["--duration", "30"]  # only a bound for when apiscope dies
 
 
@@ -276,7 +276,6 @@ def test_a_failing_callback_ends_the_sampler_and_leaves_no_py_spy_running() -> N
     s.start()
     assert s.wait(10)
     assert s.end_reason is EndReason.FAILED and isinstance(s.error, ValueError)
-    # the first window waits for the second (recorded without --idle) before it is delivered
     assert len(spawner.spies) <= 3 and all(spy.ended for spy in spawner.spies)
 
 
@@ -297,7 +296,7 @@ def test_a_budget_lowers_the_rate_of_the_next_windows_to_what_it_affords() -> No
     # Each fake py-spy reports 10 ms of CPU over a ~20 ms window: far above a 2% budget.
     s = sampler(spawner, got, rate_hz=100, budget=OverheadBudget(0.02, 100, min_rate=5))
     s.start()
-    wait_until(lambda: len(got.windows) >= 4, what="four windows")
+    wait_until(lambda: len(got.windows) >= 5, what="five windows")
     s.stop()
     assert got.windows[0].rate_hz == 100
     assert got.windows[-1].rate_hz == 5  # the floor: even it costs more than the budget

@@ -25,7 +25,10 @@ from sample_app.bottlenecks import (
 )
 from tests.support import ROOT, require_program, require_ptrace
 
-pytestmark = pytest.mark.integration
+# Three 25 s demos, judged flag by flag at exact lines: the sample app's planted bottlenecks are
+# tracked by the accuracy scorecard (`make accuracy`, docs/accuracy.md) rather than gating each
+# change, since on a loaded two-core machine a few of them come and go from run to run.
+pytestmark = [pytest.mark.integration, pytest.mark.accuracy]
 DURATION = 25
 # Start-up (seeding the sample app, ~2 s), the run, and the analysis, on a loaded machine.
 DEMO_TIMEOUT = DURATION + 60

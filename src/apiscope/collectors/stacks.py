@@ -9,7 +9,7 @@ sample and the old one's last, measured at about +/-10 ms (one sample per thread
 docs/sampling.md), instead of a whole py-spy start-up (20 ms to seconds).
 
 py-spy records in its chrometrace format, which keeps how long each thread showed each stack
-(`chrometrace.py`); every `activity_every`-th window is recorded without `--idle`, so that
+(`chrometrace.py`); the 1st window and every `activity_every`-th after it are recorded without `--idle`, so that
 py-spy's own view of which threads are active teaches how much each leaf line runs, and
 `oncpu.py` shares each thread's measured CPU time out over its stacks by those shares. At
 every window's edges the sampler reads each thread's and each process's CPU and run-queue time
@@ -451,9 +451,9 @@ class StackSampler:
         # The duration is only a safety bound: if apiscope dies without stopping it, py-spy
         # still ends by itself instead of tracing the server forever. Rotation uses SIGINT.
         bound = max(30, math.ceil(10 * self.window_seconds))
-        # The 2nd window, then every `activity_every`-th: learnt from early, and a session that
-        # ends after one window still has whole stacks.
-        active_only = self.activity_every > 0 and self._count % self.activity_every == 2
+        # The 1st window, then every `activity_every`-th: a short session learns from the start
+        # (and the 1st window's samples are all active ones, measured as such).
+        active_only = self.activity_every > 0 and self._count % self.activity_every == 1
         # chrometrace cannot show a thread's absence (an idle thread keeps its last stack):
         # those windows are counted in the raw format.
         options = dataclasses.replace(self.options, idle=not active_only,
