@@ -7,9 +7,9 @@ Two measurements meet here:
 - **which stacks** ran: py-spy's own view. py-spy checks, at every sample, whether each thread
   is active (the kernel's state of the thread: running or ready to), and with `--idle` it
   records idle threads too, without saying which were which. So the sampler records the 1st
-  and every `activity_every`-th window *without* `--idle`: only active threads' stacks. Comparing how
-  much of the time each leaf line shows in those windows with how much it shows in the
-  others gives each line's share of running (`ActivityShares`): a `time.sleep` line all but
+  and every `activity_every`-th window *without* `--idle`: only active threads' stacks.
+  Comparing how much of the time each leaf line shows in those windows with how much it shows
+  in the others gives each line's share of running (`ActivityShares`): a `time.sleep` line all but
   vanishes without `--idle` (its thread sleeps), a pure-Python loop or argon2 hashing in C code
   (the GIL released, the thread on a CPU) shows just as much. No timing alignment is needed,
   and many windows average the noise out.

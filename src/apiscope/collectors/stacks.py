@@ -9,8 +9,9 @@ sample and the old one's last, measured at about +/-10 ms (one sample per thread
 docs/sampling.md), instead of a whole py-spy start-up (20 ms to seconds).
 
 py-spy records in its chrometrace format, which keeps how long each thread showed each stack
-(`chrometrace.py`); the 1st window and every `activity_every`-th after it are recorded without `--idle`, so that
-py-spy's own view of which threads are active teaches how much each leaf line runs, and
+(`chrometrace.py`); the 1st window and every `activity_every`-th after it are recorded
+without `--idle`, so that py-spy's own view of which threads are active teaches how much each
+leaf line runs, and
 `oncpu.py` shares each thread's measured CPU time out over its stacks by those shares. At
 every window's edges the sampler reads each thread's and each process's CPU and run-queue time
 (`threadcpu.py`), stored with the window. A window that cannot be
