@@ -14,7 +14,9 @@ Two sources, the measured one first:
   Severity grades the group's share of the session's loop time (`loop_blocked_fraction`); a
   group that stalled the loop at least `LOW_MIN_STALLS` times and `loop_blocking_min_fraction`
   of the window is flagged low below that. The cause is `cpu` when the thread was running (or
-  ready to) at most looks, else `wait` (a sync sleep, sync I/O, a lock).
+  ready to) at most looks, else `wait` (a sync sleep, sync I/O, a lock). A hold seen fewer
+  than `MIN_RECURRENCES` times (stalls, or sampling windows) is a one-off, such as an index
+  built on first use, and no flag.
 - **Stack samples** (also with the watchdog, for holds shorter than its threshold repeated on
   every request, such as a quick sync query): the loop thread's non-idle samples inside one
   endpoint's handler, RUNNING (the kernel measured the thread on a CPU) or BLOCKED (off-CPU,
@@ -36,6 +38,9 @@ from apiscope.analysis.thresholds import grade
 from apiscope.model import Frame, LoopStall, ThreadRole
 
 LOW_MIN_STALLS = 3
+# A hold seen in fewer stalls, or fewer sampling windows, than this is a one-off (a cache or an
+# index built on first use, once per worker), not what every other request keeps waiting for.
+MIN_RECURRENCES = 3
 
 Group = tuple[str | None, str]  # (endpoint, function key when there is no endpoint)
 
@@ -121,7 +126,7 @@ class EventLoopBlockedRule:
             if severity is None and group.count >= LOW_MIN_STALLS and \
                     fraction >= ctx.thresholds.loop_blocking_min_fraction:
                 severity = "low"
-            if severity is not None:
+            if severity is not None and group.count >= MIN_RECURRENCES:
                 flags.append(self._stall_flag(ctx, endpoint, group, fraction, severity))
         return flags
 
@@ -191,6 +196,8 @@ class EventLoopBlockedRule:
     def _sample_flag(self, ctx: AnalysisContext, endpoint: str | None,
                      samples: list[Attributed], total: int) -> Flag | None:
         th = ctx.thresholds
+        if len({a.window for a in samples}) < MIN_RECURRENCES:
+            return None  # one burst (an index built on first use): a warm-up, not a pattern
         count = sum(a.sample.count for a in samples)
         fraction = count / total
         severity = grade(fraction, th.loop_blocked_fraction)
