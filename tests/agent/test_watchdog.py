@@ -134,7 +134,8 @@ def test_a_computation_on_the_loop_uses_cpu_all_along(loop_thread: LoopThread) -
     (stall,) = loop_thread.stalls
     assert stall["frames"][-1][0] == "spinner"
     assert 190 <= stall["cpu_ms"] <= stall["duration_ms"] + 1
-    assert stall["activity"].get("cpu", 0) >= 1 and "sleep" not in stall["activity"]
+    # on a CPU, or waiting for the GIL between turns (a futex): never asleep
+    assert stall["activity"] and set(stall["activity"]) <= {"cpu", "lock"}
 
 
 def test_the_kernel_says_what_a_thread_waits_on() -> None:
