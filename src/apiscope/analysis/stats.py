@@ -15,7 +15,7 @@ from typing import Any
 
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed
 from apiscope.analysis.cpu import cpu_shares, runqueue_shares, server_cpu_shares
-from apiscope.model import RequestRecord, ResourceSample, SampleState
+from apiscope.model import RequestRecord, ResourceSample
 
 MB = 1024 * 1024
 
@@ -101,24 +101,6 @@ def warmup_end(ctx: AnalysisContext) -> float:
     return ctx.data.start + min(high, max(low, WARMUP_SHARE * ctx.data.seconds))
 
 
-def cpu_time_scale(ctx: AnalysisContext) -> float:
-    """The process's measured CPU (psutil) over the CPU its RUNNING handler-thread samples
-    claim, at most 1; 1 without resource samples.
-
-    On a machine short of cores a runnable thread waiting for one still shows its line, so
-    sampled time overstates CPU time: every line's figure stretches by about the same factor,
-    and per-request CPU floors must be judged on the scaled figure.
-    """
-    if ctx.data.thread_cpu:
-        return 1.0  # RUNNING samples are the kernel's measured CPU time already
-    wall = sampled_seconds(ctx)
-    running = sum(a.seconds for a in active_samples(ctx) if a.sample.state is SampleState.RUNNING)
-    measured = measured_cores(ctx.data.resources)
-    if measured is None or wall <= 0 or running <= 0:
-        return 1.0
-    return min(1.0, measured / (running / wall))
-
-
 def _latency(records: list[RequestRecord]) -> dict[str, float | None]:
     durations = sorted(r.duration_ms for r in records)
     if not durations:
@@ -148,20 +130,6 @@ def endpoint_stats(ctx: AnalysisContext) -> list[dict[str, Any]]:
         })
     out.sort(key=lambda e: (-e["count"], e["route"]))
     return out
-
-
-def measured_cores(resources: Sequence[ResourceSample], pid: int | None = None,
-                   since: float | None = None, until: float | None = None) -> float | None:
-    """Mean CPU of the target's processes, in cores (psutil's percent / 100), summed over the
-    processes, over [since, until); None without resource samples there."""
-    by_pid: dict[int, list[float]] = defaultdict(list)
-    for s in resources:
-        if (pid is None or s.pid == pid) and (since is None or s.ts >= since) and (
-                until is None or s.ts < until):
-            by_pid[s.pid].append(s.cpu_percent / 100)
-    if not by_pid:
-        return None
-    return sum(sum(v) / len(v) for v in by_pid.values())
 
 
 def rss_slope_mb_per_min(samples: Sequence[ResourceSample]) -> float:

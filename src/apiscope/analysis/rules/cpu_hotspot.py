@@ -47,7 +47,7 @@ Site = tuple[str, int]  # (file, line)
 @dataclass(slots=True)
 class _Line:
     cpu: float = 0.0
-    library_cpu: float = 0.0
+    cpu_in_libraries: float = 0.0
     functions: Counter[str] = field(default_factory=Counter)
     calls: Counter[str] = field(default_factory=Counter)  # library functions called from it
 
@@ -77,7 +77,7 @@ class CpuHotspotRule:
             line.functions[a.user.function] += a.sample.count
             call = library_call(a.sample.frames, a.user)
             if call is not None:
-                line.library_cpu += a.cpu
+                line.cpu_in_libraries += a.cpu
                 line.calls[call] += a.sample.count
         flags = []
         for group in sorted(lines, key=lambda g: (g[0] or "", g[1])):
@@ -114,11 +114,11 @@ class CpuHotspotRule:
             evidence += f", {per_request:.1f} ms of CPU per request"
             metric["cpu_ms_per_request"] = per_request
         suggestion = SUGGESTION
-        if line.library_cpu * 2 >= line.cpu:
+        if line.cpu_in_libraries * 2 >= line.cpu:
             call = line.calls.most_common(1)[0][0]
-            evidence += (f"; {pct(line.library_cpu / line.cpu)} of it inside {call}(),"
+            evidence += (f"; {pct(line.cpu_in_libraries / line.cpu)} of it inside {call}(),"
                          " a library call")
-            metric["library_share"] = line.library_cpu / line.cpu
+            metric["library_share"] = line.cpu_in_libraries / line.cpu
             suggestion = SUGGEST_LIBRARY.format(call=f"{call}()")
             severity = "low"
         return make_flag(self.kind, severity, endpoint, loc, evidence, metric, suggestion)
