@@ -84,6 +84,20 @@ def test_idle_stacks_stay_waiting_unless_the_thread_ran_there() -> None:
     assert got[("EpollSelector.select", SampleState.WAITING)] == 85
 
 
+def test_a_window_without_idle_counts_cpu_in_samples_not_in_its_length() -> None:
+    # Recorded without --idle, a pool thread that computed for 60 ms of a 1 s window shows
+    # only its 5 active samples (py-spy lost one): all of them ran, whatever the window's length.
+    segments = [seg(SPIN, 0.0, 0.05)]
+    rows = split_samples(segments, 100, is_idle, taught(), {(1, 2): ThreadBudget(0.06)}, 1.0,
+                         active_only=True)
+    assert by_state(rows) == {("spin", SampleState.RUNNING): 5}
+    # Active but off the CPU for part of it: waiting for one, measured.
+    rows = split_samples([seg(SPIN, 0.0, 0.1)], 100, is_idle, taught(),
+                         {(1, 2): ThreadBudget(0.04, 0.06)}, 1.0, active_only=True)
+    assert by_state(rows) == {("spin", SampleState.RUNNING): 4,
+                              ("spin", SampleState.RUNNABLE): 6}
+
+
 def test_a_thread_the_kernel_was_not_asked_about_keeps_the_shares() -> None:
     rows = split_samples([seg(SLEEP, 0, 0.5), seg(SPIN, 0.5, 1.0)], 100, is_idle, taught(), {},
                          1.0)

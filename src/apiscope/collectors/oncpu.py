@@ -162,10 +162,15 @@ class ThreadBudget:
 
 
 def split_samples(segments: Sequence[Segment], rate: int, idle: IdleFn, shares: ActivityShares,
-                  budgets: Mapping[ThreadKey, ThreadBudget],
-                  seconds: float) -> tuple[StackSample, ...]:
+                  budgets: Mapping[ThreadKey, ThreadBudget], seconds: float, *,
+                  active_only: bool = False) -> tuple[StackSample, ...]:
     """The window's samples: per stack of every thread, RUNNING, RUNNABLE and BLOCKED (or
-    WAITING) counts. A thread the kernel could not be asked about keeps the shares alone."""
+    WAITING) counts. A thread the kernel could not be asked about keeps the shares alone.
+
+    A window recorded with `--idle` shows each thread all along, so its measured CPU is that
+    fraction of its samples. One recorded without (`active_only`) shows a thread only while
+    py-spy found it active: its samples are not the window's length, and its measured CPU is
+    CPU seconds x rate samples of them."""
     shown: dict[StackKey, float] = defaultdict(float)
     names: dict[ThreadKey, str] = {}
     for seg in segments:
@@ -186,11 +191,15 @@ def split_samples(segments: Sequence[Segment], rate: int, idle: IdleFn, shares: 
             ran = whole([w * c for w, c in zip(weights, counts, strict=True)], counts)
             runnable = [0] * len(keys)
         else:
-            ran = whole(share_out(min(1.0, budget.cpu / seconds) * total, weights, counts),
-                        counts)
+            # Samples' worth of running and of waiting for a CPU.
+            if active_only:
+                cpu, queued = budget.cpu * rate, budget.runqueue * rate
+            else:
+                cpu = min(1.0, budget.cpu / seconds) * total
+                queued = min(1.0, budget.runqueue / seconds) * total
+            ran = whole(share_out(cpu, weights, counts), counts)
             left = [c - r for c, r in zip(counts, ran, strict=True)]
-            runnable = whole(share_out(min(1.0, budget.runqueue / seconds) * total, weights,
-                                       left), left)
+            runnable = whole(share_out(queued, weights, left), left)
         for key, n, r, q, flag in zip(keys, counts, ran, runnable, flags, strict=True):
             out.extend(_rows(key, names[thread], n, r, q, flag))
     return tuple(out)

@@ -222,6 +222,7 @@ class _Measured:
     rate_hz: int
     roles: dict[tuple[int, int], ThreadRole]
     used: CpuUsage
+    active_only: bool = False  # recorded without --idle: only active samples shown
 
     def idle(self, pid: int, tid: int, frames: tuple[Frame, ...]) -> bool:
         return is_waiting(frames, self.roles.get((pid, tid), ThreadRole.OTHER))
@@ -553,7 +554,7 @@ class StackSampler:
         roles = thread_roles(StackSample(seg.pid, seg.tid, "", seg.frames, 1)
                              for seg in trace.segments)
         measured = _Measured(trace, summary.errors if summary else 0, start, end, rate_hz,
-                             roles, used)
+                             roles, used, active_only)
         self._shares.observe(line_times(trace.segments, measured.idle), end - start,
                              active=active_only)
         self.stats.activity_windows += active_only
@@ -565,7 +566,7 @@ class StackSampler:
         budgets = {key: ThreadBudget(cpu, m.used.runqueue.get(key, 0.0))
                    for key, cpu in m.used.threads.items()}
         samples = split_samples(m.trace.segments, m.rate_hz, m.idle, self._shares, budgets,
-                                max(m.end - m.start, 1e-9))
+                                max(m.end - m.start, 1e-9), active_only=m.active_only)
         window = StackWindow(start=m.start, end=m.end, rate_hz=m.rate_hz, samples=samples,
                              errors=m.errors, threads=m.roles, thread_cpu=m.used.threads,
                              process_cpu=m.used.processes, thread_runqueue=m.used.runqueue)
