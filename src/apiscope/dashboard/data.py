@@ -162,15 +162,13 @@ class SessionData:
         return None if low > high else (low, high)
 
     def _refresh_resources(self) -> None:
-        for rowid, ts, pid, cpu, rss, threads, fds in self.reader.query(
-                "SELECT rowid, ts, pid, cpu_percent, rss_bytes, threads, fds FROM resources"
-                " WHERE rowid > ? ORDER BY rowid", (self._last_resource,)):
-            series = self._resources.setdefault(pid, ResourceSeries())
-            series.ts.append(ts)
-            series.cpu_percent.append(cpu)
-            series.rss_mb.append(rss / 1e6)
-            series.threads.append(threads)
-            series.fds.append(fds)
+        for rowid, sample in self.reader.resources_after(self._last_resource):
+            series = self._resources.setdefault(sample.pid, ResourceSeries())
+            series.ts.append(sample.ts)
+            series.cpu_percent.append(sample.cpu_percent)
+            series.rss_mb.append(sample.rss_bytes / 1e6)
+            series.threads.append(sample.threads)
+            series.fds.append(sample.fds)
             self._last_resource = rowid
 
     # -- session-wide facts -----------------------------------------------------------------
@@ -298,14 +296,8 @@ class SessionData:
 
     def _top_statements(self, rows: list[Request]) -> dict[int, tuple[str, int]]:
         tops: dict[int, tuple[str, int]] = {}
-        if rows:
-            marks = ",".join("?" * len(rows))
-            for rid, sql, count in self.reader.query(
-                    "SELECT q.request_id, st.sql, q.count FROM request_queries q"
-                    " JOIN statements st ON st.id = q.statement_id"
-                    f" WHERE q.request_id IN ({marks}) ORDER BY q.count",
-                    tuple(r.id for r in rows)):
-                tops[rid] = (sql, count)  # ascending order: the most frequent one wins
+        for st in self.reader.request_statements([r.id for r in rows]):
+            tops[st.request_id] = (st.sql, st.count)  # least frequent first: the most one wins
         return tops
 
     # -- stacks -----------------------------------------------------------------------------

@@ -74,12 +74,9 @@ class RequestIndex:
 
     def refresh(self) -> bool:
         with self._lock:
-            fresh = [Request(rid, pid, start, dur, f"{method} {route}", status, exc, qc, qms)
-                     for rid, pid, start, dur, method, route, status, exc, qc, qms in
-                     self._reader.query(
-                         "SELECT id, pid, start, duration_ms, method, route, status, exc_type,"
-                         " query_count, query_ms FROM requests WHERE id > ? ORDER BY id",
-                         (self.last_id,))]
+            fresh = [Request(r.id, r.pid, r.start, r.duration_ms, f"{r.method} {r.route}",
+                             r.status, r.exc_type, r.query_count, r.query_ms)
+                     for r in self._reader.requests_after(self.last_id)]
             if not fresh:
                 return False
             # New lists, so a callback reading the old ones in another thread is undisturbed.

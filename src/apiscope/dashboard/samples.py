@@ -21,7 +21,7 @@ HANDLER_ROLES = frozenset({"loop", "worker"})  # the threads that run request ha
 BLOCK = 32  # windows per in-memory block
 CACHE_SIZE = 64  # remembered slices
 
-Series = tuple[int, int, str, int | None]  # pid, tid, state, gil
+Series = tuple[int, int, str, bool | None]  # pid, tid, state (as stored), gil
 EndpointOf = Callable[[Sequence[Frame]], "str | None"]
 MatcherFactory = Callable[[Sequence[RouteInfo]], EndpointOf]
 
@@ -57,7 +57,6 @@ class SampleIndex:
         self._series: dict[Series, int] = {}
         self.series: list[Series] = []
         self._blocks: dict[int, dict[tuple[int, int], int]] = {}
-        self._frames: dict[int, Frame] = {}
         self._stacks: dict[int, tuple[Frame, ...]] = {}
         self._endpoints: dict[int, str | None] = {}
         self._route_count = -1
@@ -82,9 +81,9 @@ class SampleIndex:
                 # Only windows already listed are read, so a window committed between the two
                 # queries is picked up whole on the next refresh.
                 self._load_samples(last, new[-1].id)
-                self._load_stacks()
-                self.roles = {(pid, tid): role for pid, tid, role in
-                              self._reader.query("SELECT pid, tid, role FROM threads")}
+                self._stacks.update(self._reader.stacks_after(max(self._stacks, default=0)))
+                self.roles = {key: role.value
+                              for key, (_, role) in self._reader.threads().items()}
                 for w in new:
                     self._window_pos[w.id] = len(self.windows)
                     self.windows.append(w)
@@ -103,17 +102,11 @@ class SampleIndex:
         return True
 
     def _load_samples(self, after: int, upto: int) -> None:
-        rows = self._reader.query(
-            "SELECT (window_id - 1) / ?, pid, tid, stack_id, state, gil, sum(count) FROM samples"
-            " WHERE window_id > ? AND window_id <= ? GROUP BY 1, 2, 3, 4, 5, 6",
-            (BLOCK, after, upto))
-        for block, pid, tid, stack_id, state, gil, count in rows:
-            key = (self._series_index((pid, tid, state, gil)), stack_id)
+        for block, c in self._reader.stack_counts_by_block(after, upto, BLOCK):
+            key = (self._series_index((c.pid, c.tid, c.state, c.gil)), c.stack_id)
             counts = self._blocks.setdefault(block, {})
-            counts[key] = counts.get(key, 0) + count
-        self._active.update(self._reader.query(
-            "SELECT window_id, sum(count) FROM samples WHERE window_id > ? AND window_id <= ?"
-            " AND state != ? GROUP BY window_id", (after, upto, SampleState.WAITING.value)))
+            counts[key] = counts.get(key, 0) + c.count
+        self._active.update(self._reader.active_counts(after, upto))
 
     def _series_index(self, series: Series) -> int:
         index = self._series.get(series)
@@ -121,16 +114,6 @@ class SampleIndex:
             index = self._series[series] = len(self.series)
             self.series.append(series)
         return index
-
-    def _load_stacks(self) -> None:
-        last_frame = max(self._frames, default=0)
-        for fid, fn, file, line in self._reader.query(
-                "SELECT id, function, file, line FROM frames WHERE id > ?", (last_frame,)):
-            self._frames[fid] = Frame(fn, file, line)
-        last_stack = max(self._stacks, default=0)
-        for sid, text in self._reader.query(
-                "SELECT id, frame_ids FROM stacks WHERE id > ?", (last_stack,)):
-            self._stacks[sid] = tuple(self._frames[int(f)] for f in text.split(",") if f)
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -193,14 +176,10 @@ class SampleIndex:
 
     def _add_edge_windows(self, window_ids: list[int], wanted: set[int],
                           per_stack: dict[int, int]) -> None:
-        marks = ",".join("?" * len(window_ids))
-        rows = self._reader.query(
-            "SELECT pid, tid, stack_id, state, gil, sum(count) FROM samples"
-            f" WHERE window_id IN ({marks}) GROUP BY 1, 2, 3, 4, 5", tuple(window_ids))
-        for pid, tid, stack_id, state, gil, count in rows:
-            series = self._series.get((pid, tid, state, gil))
+        for c in self._reader.stack_counts_in(window_ids):
+            series = self._series.get((c.pid, c.tid, c.state, c.gil))
             if series is not None and series in wanted:
-                per_stack[stack_id] = per_stack.get(stack_id, 0) + count
+                per_stack[c.stack_id] = per_stack.get(c.stack_id, 0) + c.count
 
     def activity_probed(self) -> bool:
         """Whether the sampler told off-CPU from on-CPU samples (BLOCKED or GIL states seen),
@@ -235,4 +214,4 @@ def _series_matches(series: Series, flt: SampleSlice, role: str) -> bool:
         return False
     if not flt.include_blocked and state in _WAITS:
         return False
-    return not (flt.gil_only and gil != 1)
+    return not (flt.gil_only and gil is not True)

@@ -190,14 +190,11 @@ def merge_samples(samples: Iterable[StackSample]) -> list[StackSample]:
 
 def describe_session(reader: SessionReader) -> str:
     """What the session holds, for the message of an empty slice."""
-    rows = reader.query(
-        "SELECT count(DISTINCT s.pid), coalesce(sum(s.count), 0), min(w.start), max(w.end)"
-        " FROM samples s JOIN windows w ON w.id = s.window_id")
-    processes, total, first, last = rows[0]
-    if not total:
+    held = reader.sample_summary(max_pids=10)
+    if not held.total or held.first is None or held.last is None:
         return "the session holds no stack samples (was the sampler running?)"
-    pids = ", ".join(str(r[0]) for r in reader.query("SELECT DISTINCT pid FROM samples"
-                                                     " ORDER BY pid LIMIT 10"))
+    pids = ", ".join(map(str, held.pids))
     start = session_start(reader)
-    return (f"the session holds {total} samples of {processes} process(es) (pid {pids}),"
-            f" from {first - start:.1f}s to {last - start:.1f}s after its start")
+    return (f"the session holds {held.total} samples of {held.processes} process(es)"
+            f" (pid {pids}), from {held.first - start:.1f}s to {held.last - start:.1f}s after"
+            " its start")

@@ -36,6 +36,7 @@ from apiscope.model import (
     WindowInfo,
 )
 from apiscope.store import schema
+from apiscope.store.queries import ViewQueries
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ class StackCpu:
     seconds: float
 
 
-class SessionReader:
+class SessionReader(ViewQueries):
     """Read access to one session file."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -96,32 +97,32 @@ class SessionReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Run a read-only SQL query (for aggregate views such as the dashboard's)."""
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only SQL query: the SQL stays in the store, callers get dataclasses."""
         return self._conn.execute(sql, params).fetchall()
 
     # -- metadata -----------------------------------------------------------------------------
 
     def meta(self) -> dict[str, Any]:
-        return {key: json.loads(value) for key, value in self.query("SELECT key, value FROM meta")}
+        return {key: json.loads(value) for key, value in self._query("SELECT key, value FROM meta")}
 
     def processes(self) -> list[ProcessInfo]:
-        return [ProcessInfo(*row) for row in self.query(
+        return [ProcessInfo(*row) for row in self._query(
             "SELECT pid, ppid, role, command, first_seen, exited_at FROM processes ORDER BY pid")]
 
     def routes(self) -> list[RouteInfo]:
         """The route table, one entry per (method, template) whichever worker reported it."""
-        rows = self.query("SELECT method, template, handler, file, line, is_async FROM routes"
+        rows = self._query("SELECT method, template, handler, file, line, is_async FROM routes"
                           " GROUP BY method, template ORDER BY template, method")
         return [RouteInfo(m, t, h, f, ln, bool(a)) for m, t, h, f, ln, a in rows]
 
     def threads(self) -> dict[tuple[int, int], tuple[str, ThreadRole]]:
         return {(pid, tid): (name, ThreadRole(role))
-                for pid, tid, name, role in self.query("SELECT pid, tid, name, role FROM threads")}
+                for pid, tid, name, role in self._query("SELECT pid, tid, name, role FROM threads")}
 
     def time_range(self) -> tuple[float, float] | None:
         """First and last instant anything was recorded (epoch seconds)."""
-        row = self.query(
+        row = self._query(
             "SELECT min(t0), max(t1) FROM ("
             " SELECT min(start) t0, max(end) t1 FROM windows"
             " UNION ALL SELECT min(start), max(start + duration_ms / 1000.0) FROM requests"
@@ -133,7 +134,7 @@ class SessionReader:
     def windows(self, after_id: int = 0) -> list[WindowInfo]:
         """Every sampling window (those with an id above `after_id`), in the order written,
         which is time order: the sampler delivers windows one after the other."""
-        return [WindowInfo(*row) for row in self.query(
+        return [WindowInfo(*row) for row in self._query(
             "SELECT id, start, end, rate_hz, errors FROM windows WHERE id > ? ORDER BY id",
             (after_id,))]
 
@@ -141,7 +142,7 @@ class SessionReader:
         """The kernel's CPU seconds per window and thread ([] for files from before it)."""
         if not self._has_table("thread_cpu"):
             return []
-        return [ThreadCpu(*row) for row in self.query(
+        return [ThreadCpu(*row) for row in self._query(
             "SELECT w.start, c.pid, c.tid, c.seconds, c.runqueue FROM thread_cpu c"
             " JOIN windows w ON w.id = c.window_id ORDER BY w.id")]
 
@@ -149,31 +150,52 @@ class SessionReader:
         """The kernel's CPU seconds per window and process (tid 0), threads ended included."""
         if not self._has_table("process_cpu"):
             return []
-        return [ThreadCpu(start, pid, 0, sec) for start, pid, sec in self.query(
+        return [ThreadCpu(start, pid, 0, sec) for start, pid, sec in self._query(
             "SELECT w.start, c.pid, c.seconds FROM process_cpu c"
             " JOIN windows w ON w.id = c.window_id ORDER BY w.id")]
 
     def _has_table(self, name: str) -> bool:
-        return bool(self.query(
+        return bool(self._query(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
 
     def stack(self, stack_id: int) -> tuple[Frame, ...]:
         frames = self._stacks.get(stack_id)
         if frames is None:
-            text = self.query("SELECT frame_ids FROM stacks WHERE id = ?", (stack_id,))[0][0]
-            frames = tuple(self._frame(int(fid)) for fid in text.split(",") if fid)
-            self._stacks[stack_id] = frames
+            text = self._query("SELECT frame_ids FROM stacks WHERE id = ?", (stack_id,))[0][0]
+            frames = self._stacks[stack_id] = self._resolve(text)
         return frames
+
+    def stacks_after(self, last_id: int) -> dict[int, tuple[Frame, ...]]:
+        """The stacks stored after id `last_id`, by id, each root frame first.
+
+        A view that grows with the session reads its new stacks in two queries this way,
+        rather than one per stack.
+        """
+        if self._frames:  # frames written since the cache was filled, in one query
+            known = max(self._frames)
+            self._frames.update((fid, Frame(fn, f, ln)) for fid, fn, f, ln in self._query(
+                "SELECT id, function, file, line FROM frames WHERE id > ?", (known,)))
+        found: dict[int, tuple[Frame, ...]] = {}
+        for sid, text in self._query("SELECT id, frame_ids FROM stacks WHERE id > ?",
+                                     (last_id,)):
+            frames = self._stacks.get(sid)
+            if frames is None:
+                frames = self._stacks[sid] = self._resolve(text)
+            found[sid] = frames
+        return found
+
+    def _resolve(self, frame_ids: str) -> tuple[Frame, ...]:
+        return tuple(self._frame(fid) for fid in schema.decode_frame_ids(frame_ids))
 
     def _frame(self, frame_id: int) -> Frame:
         frame = self._frames.get(frame_id)
         if frame is None:
             if not self._frames:  # load all at once: a session has thousands, not millions
                 self._frames = {fid: Frame(fn, f, ln) for fid, fn, f, ln in
-                                self.query("SELECT id, function, file, line FROM frames")}
+                                self._query("SELECT id, function, file, line FROM frames")}
             frame = self._frames.get(frame_id)
             if frame is None:
-                fn, f, ln = self.query("SELECT function, file, line FROM frames WHERE id = ?",
+                fn, f, ln = self._query("SELECT function, file, line FROM frames WHERE id = ?",
                                        (frame_id,))[0]
                 frame = self._frames[frame_id] = Frame(fn, f, ln)
         return frame
@@ -259,7 +281,7 @@ class SessionReader:
                   upto_window if upto_window is not None else 2**62,
                   since if since is not None else float("-inf"),
                   until if until is not None else float("inf"))
-        return [StackCpu(*row) for row in self.query(sql, params)]
+        return [StackCpu(*row) for row in self._query(sql, params)]
 
     def process_cpu_seconds(self, since: float | None = None,
                             until: float | None = None) -> dict[int, float]:
@@ -267,7 +289,7 @@ class SessionReader:
         until), threads that ended within a window included ({} for files from before it)."""
         if not self._has_table("process_cpu"):
             return {}
-        return dict(self.query(
+        return dict(self._query(
             "SELECT c.pid, sum(c.seconds) FROM process_cpu c JOIN windows w ON w.id = c.window_id"
             " WHERE w.start >= ? AND w.start < ? GROUP BY c.pid ORDER BY c.pid",
             (since if since is not None else float("-inf"),
@@ -281,7 +303,7 @@ class SessionReader:
         return self._has_rows("process_cpu")
 
     def _has_rows(self, table: str) -> bool:
-        return self._has_table(table) and bool(self.query(f"SELECT 1 FROM {table} LIMIT 1"))
+        return self._has_table(table) and bool(self._query(f"SELECT 1 FROM {table} LIMIT 1"))
 
     # -- requests and resources ---------------------------------------------------------------
 
@@ -289,11 +311,11 @@ class SessionReader:
                  with_queries: bool = False) -> list[RequestRecord]:
         sql = ("SELECT id, pid, start, duration_ms, method, route, status, exc_type, exc_file,"
                " exc_line FROM requests WHERE start >= ? AND start < ? ORDER BY start")
-        rows = self.query(sql, (since if since is not None else float("-inf"),
+        rows = self._query(sql, (since if since is not None else float("-inf"),
                                 until if until is not None else float("inf")))
         queries: dict[int, list[QueryStat]] = {}
         if with_queries:
-            for rid, text, count, total, f, ln in self.query(
+            for rid, text, count, total, f, ln in self._query(
                     "SELECT q.request_id, st.sql, q.count, q.total_ms, q.file, q.line"
                     " FROM request_queries q JOIN statements st ON st.id = q.statement_id"):
                 queries.setdefault(rid, []).append(QueryStat(text, count, total, f, ln))
@@ -304,19 +326,19 @@ class SessionReader:
     def resources(self, pid: int | None = None) -> list[ResourceSample]:
         sql = "SELECT * FROM resources" + (" WHERE pid = ?" if pid is not None else "")
         return [ResourceSample(*row) for row in
-                self.query(sql + " ORDER BY ts", (pid,) if pid is not None else ())]
+                self._query(sql + " ORDER BY ts", (pid,) if pid is not None else ())]
 
     def threadpool(self) -> list[ThreadPoolSample]:
-        return [ThreadPoolSample(*row) for row in self.query(
+        return [ThreadPoolSample(*row) for row in self._query(
             "SELECT ts, pid, total_tokens, borrowed_tokens, waiting FROM threadpool ORDER BY ts")]
 
     def agent_stats(self) -> list[AgentStats]:
-        return [AgentStats(*row) for row in self.query(
+        return [AgentStats(*row) for row in self._query(
             "SELECT ts, pid, recorded, dropped, errors FROM agent_stats ORDER BY ts")]
 
     def flags(self) -> list[dict[str, Any]]:
         out = []
-        for kind, sev, route, f, ln, fn, evidence, metric, suggestion in self.query(
+        for kind, sev, route, f, ln, fn, evidence, metric, suggestion in self._query(
                 "SELECT kind, severity, route, file, line, function, evidence, metric, suggestion"
                 " FROM flags ORDER BY id"):
             location = None if f is None else {"file": f, "line": ln, "function": fn}
@@ -327,7 +349,7 @@ class SessionReader:
 
     def profiles(self, route: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT pid, start, method, route, duration_ms, tree FROM profiles"
-        rows = self.query(sql + (" WHERE route = ?" if route else "") + " ORDER BY start",
+        rows = self._query(sql + (" WHERE route = ?" if route else "") + " ORDER BY start",
                           (route,) if route else ())
         return [{"pid": p, "start": s, "method": m, "route": r, "duration_ms": d,
                  "tree": _tree(t)} for p, s, m, r, d, t in rows]
@@ -355,9 +377,9 @@ class SessionReader:
                 for ts, pid, sec, wait, acq, max_ms, known in rows]
 
     def _rows_if_table(self, table: str, sql: str) -> list[tuple[Any, ...]]:
-        exists = self.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+        exists = self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                             (table,))
-        return self.query(sql) if exists else []
+        return self._query(sql) if exists else []
 
 
 def _tree(stored: bytes | str) -> Any:

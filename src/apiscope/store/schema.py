@@ -8,6 +8,7 @@ thread, stack and state. Everything else is one row per observation.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 
 # 2: thread_cpu and process_cpu (the kernel's CPU time per window); older files still read.
 SCHEMA_VERSION = 2
@@ -108,3 +109,16 @@ def create(conn: sqlite3.Connection) -> None:
     conn.executescript(DDL)
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def encode_frame_ids(frame_ids: Iterable[int]) -> str:
+    """A stack's `frame_ids` column: its frame ids, root first, joined by commas."""
+    return ",".join(map(str, frame_ids))
+
+
+def decode_frame_ids(text: str) -> tuple[int, ...]:
+    """The frame ids of a stored stack, root first (the empty text is a stack of no frames).
+
+    The one reading of the column: the reader resolves stacks through it, whatever view asks.
+    """
+    return tuple(int(fid) for fid in text.split(",") if fid)

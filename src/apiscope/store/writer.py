@@ -290,7 +290,7 @@ class SessionWriter:
         key = tuple(self._frame_id(c, f) for f in frames)
         sid = self._stack_ids.get(key)
         if sid is None:
-            text = ",".join(map(str, key))
+            text = schema.encode_frame_ids(key)
             c.execute("INSERT OR IGNORE INTO stacks (frame_ids) VALUES (?)", (text,))
             sid = c.execute("SELECT id FROM stacks WHERE frame_ids = ?", (text,)).fetchone()[0]
             self._stack_ids[key] = sid
