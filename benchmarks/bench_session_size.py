@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +69,8 @@ def run(seconds: float = 40.0, rps: float = 50.0) -> dict[str, Any]:
             loader.join()
             with SessionReader(session) as reader:
                 meta = reader.meta()
-                requests = reader.query("SELECT count(*) FROM requests")[0][0]
+            with closing(sqlite3.connect(f"file:{session}?mode=ro", uri=True)) as conn:
+                requests = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
             size = session.stat().st_size
         finally:
             os.killpg(server.pid, signal.SIGTERM)

@@ -12,7 +12,7 @@ from apiscope.analysis.cpu import cpu_shares
 from apiscope.analysis.report import build_report
 from apiscope.analysis.thresholds import Thresholds
 from apiscope.dashboard.callbacks import slice_label, slice_of
-from apiscope.dashboard.data import SessionData
+from apiscope.dashboard.data import DashboardSession
 from apiscope.dashboard.samples import BLOCK
 from apiscope.exporters.tree import FlameNode, walk
 from apiscope.store import SessionReader
@@ -26,8 +26,8 @@ def cpu_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cpu_data(cpu_file: Path) -> SessionData:
-    return SessionData(cpu_file)
+def cpu_data(cpu_file: Path) -> DashboardSession:
+    return DashboardSession(cpu_file)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def _functions(tree: FlameNode) -> set[str]:
 
 
 def test_cpu_shares_are_the_reports_and_a_sleep_costs_nothing(
-        cpu_data: SessionData, report: dict[str, object]) -> None:
+        cpu_data: DashboardSession, report: dict[str, object]) -> None:
     ours = {r.stats.endpoint: r.cpu_share for r in cpu_data.endpoint_rows(None)}
     theirs = {e["route"]: e["cpu_share"] for e in report["endpoints"]}  # type: ignore[attr-defined]
     assert set(theirs) == {"GET /sleep", "GET /compute"}
@@ -53,7 +53,7 @@ def test_cpu_shares_are_the_reports_and_a_sleep_costs_nothing(
 
 @pytest.mark.parametrize("offsets", [(0.0, 20.0), (3.0, 11.5), (7.2, 7.9), (15.0, 40.0)])
 def test_cpu_shares_over_a_range_are_the_reports_formula_on_that_range(
-        cpu_file: Path, cpu_data: SessionData, offsets: tuple[float, float]) -> None:
+        cpu_file: Path, cpu_data: DashboardSession, offsets: tuple[float, float]) -> None:
     since, until = T0 + offsets[0], T0 + offsets[1]
     with SessionReader(cpu_file) as reader:
         data = load_session(reader)
@@ -85,7 +85,7 @@ def test_reader_shares_each_threads_measured_cpu_over_its_running_samples(
         assert reader.measures_thread_cpu() and reader.measures_process_cpu()
 
 
-def test_process_card_shows_the_reports_server_share(cpu_data: SessionData,
+def test_process_card_shows_the_reports_server_share(cpu_data: DashboardSession,
                                                      report: dict[str, object]) -> None:
     from apiscope.dashboard.components import process_cards
 
@@ -99,7 +99,7 @@ def test_process_card_shows_the_reports_server_share(cpu_data: SessionData,
 
 
 def test_default_flamegraph_is_on_cpu_and_the_toggle_adds_the_sleep(
-        cpu_data: SessionData) -> None:
+        cpu_data: DashboardSession) -> None:
     default = slice_of(None, role="handler")  # the flamegraph page as it opens
     assert "sleep" not in _functions(cpu_data.flame(default))
     assert {"crunch", "nap", "serialize_response"} <= _functions(cpu_data.flame(default))
@@ -121,7 +121,7 @@ def test_old_sessions_count_running_samples_as_the_report_does(tmp_path: Path) -
     """Without the kernel's CPU time, the report's fallback: 1 / rate per RUNNING sample over
     all RUNNING samples; and a live refresh adds windows to a partial block exactly."""
     path = write_session(tmp_path / "old.sqlite", seconds=7, window_s=0.5, flags=False)
-    data = SessionData(path)
+    data = DashboardSession(path)
     write_session(path, seconds=10, start=START + 7, window_s=0.5, flags=False, seed=5)
     data.refresh()
     assert data.samples.last_window_id > BLOCK  # the refresh filled a block and began one

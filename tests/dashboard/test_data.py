@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from apiscope.dashboard.callbacks import range_from_relayout, slice_of
-from apiscope.dashboard.data import SessionData
+from apiscope.dashboard.data import DashboardSession
 from apiscope.dashboard.exports import FORMATS, export_slice
 from apiscope.dashboard.figures import iso, parse_iso
 from apiscope.dashboard.flame import MAX_NODES, node_count
@@ -23,11 +23,12 @@ from tests.dashboard.synthetic import START, make_requests, write_session
 
 
 @pytest.fixture(scope="module")
-def data(session_file: Path) -> SessionData:
-    return SessionData(session_file)
+def data(session_file: Path) -> DashboardSession:
+    return DashboardSession(session_file)
 
 
-def test_endpoint_stats_match_the_stored_requests(data: SessionData, session_file: Path) -> None:
+def test_endpoint_stats_match_the_stored_requests(data: DashboardSession,
+                                                  session_file: Path) -> None:
     with SessionReader(session_file) as reader:
         stored = reader.requests()
     rows = {r.stats.endpoint: r for r in data.endpoint_rows(None)}
@@ -44,7 +45,7 @@ def test_endpoint_stats_match_the_stored_requests(data: SessionData, session_fil
     assert rows["GET /health"].stats.error_rate == 0.0
 
 
-def test_cpu_share_counts_running_samples_only(data: SessionData) -> None:
+def test_cpu_share_counts_running_samples_only(data: DashboardSession) -> None:
     # An older session (no kernel CPU time): each RUNNING sample is 1 / rate seconds of CPU,
     # the blocked time.sleep of summary() none; the pool's create_item() runs the most.
     shares = {r.stats.endpoint: r.cpu_share for r in data.endpoint_rows(None)}
@@ -55,7 +56,7 @@ def test_cpu_share_counts_running_samples_only(data: SessionData) -> None:
 
 @pytest.mark.parametrize("blocked", [False, True])
 @pytest.mark.parametrize("offsets", [(0.0, 60.0), (7.25, 33.6), (20.0, 20.4), (59.0, 99.0)])
-def test_time_slices_count_exactly_the_samples_sql_finds(data: SessionData, session_file: Path,
+def test_time_slices_count_exactly_the_samples_sql_finds(data: DashboardSession, session_file: Path,
                                                         offsets: tuple[float, float],
                                                         blocked: bool) -> None:
     since, until = START + offsets[0], START + offsets[1]
@@ -69,7 +70,7 @@ def test_time_slices_count_exactly_the_samples_sql_finds(data: SessionData, sess
     assert got == expected
 
 
-def test_filters_by_process_thread_endpoint_idle_and_gil(data: SessionData) -> None:
+def test_filters_by_process_thread_endpoint_idle_and_gil(data: DashboardSession) -> None:
     everything = sum(data.samples.stack_counts(
         SampleSlice(include_idle=True, include_blocked=True)).values())
     active = sum(data.samples.stack_counts(SampleSlice(include_blocked=True)).values())
@@ -89,7 +90,7 @@ def test_filters_by_process_thread_endpoint_idle_and_gil(data: SessionData) -> N
 
 def test_flame_tree_is_pruned_for_the_browser(tmp_path: Path) -> None:
     session = write_session(tmp_path / "wide.sqlite", seconds=20, variety=4000, rps=5)
-    data = SessionData(session)
+    data = DashboardSession(session)
     tree = data.flame(SampleSlice())
     assert node_count(tree) <= MAX_NODES
     assert tree.value == sum(data.samples.stack_counts(SampleSlice()).values())
@@ -99,7 +100,7 @@ def test_flame_tree_is_pruned_for_the_browser(tmp_path: Path) -> None:
     assert total == tree.value and rows[0].self_count >= rows[-1].self_count
 
 
-def test_top_functions_separate_self_from_total(data: SessionData) -> None:
+def test_top_functions_separate_self_from_total(data: DashboardSession) -> None:
     rows, total = data.functions(SampleSlice(include_blocked=True))
     by_name = {r.function: r for r in rows}
     assert by_name["summary"].total_count > by_name["summary"].self_count > 0
@@ -112,7 +113,7 @@ def test_live_refresh_reads_only_new_rows(tmp_path: Path) -> None:
     path = tmp_path / "live.sqlite"
     with SessionWriter(path) as writer:
         writer.flush()
-        data = SessionData(path)
+        data = DashboardSession(path)
         assert data.endpoint_rows(None) == [] and not data.has_samples()
         first = list(data.version)
         assert data.refresh() == first  # nothing new, same version
@@ -130,7 +131,7 @@ def test_live_refresh_reads_only_new_rows(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_exports_render_the_slice(data: SessionData, fmt: str) -> None:
+def test_exports_render_the_slice(data: DashboardSession, fmt: str) -> None:
     out = export_slice(data, SampleSlice(endpoint="GET /reports/summary"), fmt, "t")
     if fmt == "folded":
         lines = out.content.splitlines()
@@ -157,7 +158,7 @@ def test_time_axis_values_round_trip() -> None:
 
 def test_a_session_without_requests_or_samples_is_empty_not_broken(tmp_path: Path) -> None:
     path = write_session(tmp_path / "stacks-only.sqlite", seconds=5, requests=False, flags=False)
-    data = SessionData(path)
+    data = DashboardSession(path)
     assert data.endpoint_rows(None) == [] and data.flags() == []
     assert data.has_samples() and data.flame(SampleSlice()).value > 0
     assert data.latency_series("GET /x", None) is not None
@@ -169,7 +170,7 @@ def test_flags_come_from_the_analysis_when_none_are_stored(tmp_path: Path) -> No
 
     path = write_session(tmp_path / "no-flags.sqlite", seconds=30, flags=False)
     analysis = FlagAnalysis(path, live=False).start()
-    data = SessionData(path, analysis=analysis)
+    data = DashboardSession(path, analysis=analysis)
     wait_until(lambda: analysis.generation, timeout=60, what="the analysis")
     assert analysis.error is None
     data.refresh()
@@ -190,7 +191,7 @@ def test_a_failing_analysis_is_reported_not_raised(tmp_path: Path) -> None:
 
     path = write_session(tmp_path / "s.sqlite", seconds=3, flags=False)
     analysis = FlagAnalysis(path, live=False, analyse=broken).start()
-    data = SessionData(path, analysis=analysis)
+    data = DashboardSession(path, analysis=analysis)
     wait_until(lambda: analysis.generation, timeout=30, what="the analysis")
     data.refresh()
     assert data.flags() == []
@@ -198,7 +199,7 @@ def test_a_failing_analysis_is_reported_not_raised(tmp_path: Path) -> None:
     data.close()
 
 
-def test_thread_roles_filter_and_match_the_reports_cpu_basis(data: SessionData) -> None:
+def test_thread_roles_filter_and_match_the_reports_cpu_basis(data: DashboardSession) -> None:
     other = data.samples.stack_counts(SampleSlice(include_idle=True,
                                                   roles=frozenset({"other"})))
     assert {data.samples.frames(sid)[-2].function for sid in other} == {"run"}  # aiosqlite
@@ -207,7 +208,7 @@ def test_thread_roles_filter_and_match_the_reports_cpu_basis(data: SessionData) 
     assert slice_of(None, thread="4101:41012", role="handler").roles is None
 
 
-def test_cpu_shares_agree_with_the_report(session_file: Path, data: SessionData) -> None:
+def test_cpu_shares_agree_with_the_report(session_file: Path, data: DashboardSession) -> None:
     from apiscope.analysis.report import build_report
 
     with SessionReader(session_file) as reader:
@@ -219,7 +220,7 @@ def test_cpu_shares_agree_with_the_report(session_file: Path, data: SessionData)
 
 def test_live_refresh_merges_new_windows_into_partial_blocks(tmp_path: Path) -> None:
     path = write_session(tmp_path / "grow.sqlite", seconds=5, window_s=0.5, flags=False)
-    data = SessionData(path)
+    data = DashboardSession(path)
     first = data.samples.last_window_id
     write_session(path, seconds=40, start=START + 5, window_s=0.5, flags=False, seed=9)
     data.refresh()
@@ -242,7 +243,7 @@ def test_the_dashboard_s_own_analysis_uses_the_project_thresholds(
     path = write_session(tmp_path / "s.sqlite", seconds=10, flags=False)
     (tmp_path / "pyproject.toml").write_text("[tool.apiscope.thresholds]\nslo_ms = 0.001\n")
     monkeypatch.chdir(tmp_path)
-    data = SessionData(path)
+    data = DashboardSession(path)
     create_app(data, live=False)
     analysis = data.analysis
     assert analysis is not None

@@ -21,9 +21,9 @@ if TYPE_CHECKING:
         start_dashboard_thread,
         start_server_thread,
     )
-    from apiscope.dashboard.data import SessionData
+    from apiscope.dashboard.data import DashboardSession
 
-__all__ = ["DashboardHandle", "SessionData", "create_app", "require_dash", "serve",
+__all__ = ["DashboardHandle", "DashboardSession", "create_app", "require_dash", "serve",
            "session_data", "start_dashboard_thread", "start_server_thread"]
 
 INSTALL_HINT = ("install the dashboard extra: pip install 'apiscope[dashboard]' (from apiscope's"
@@ -46,10 +46,10 @@ def require_dash(alternative: str = "") -> None:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "SessionData":  # plain data over the session file: no Dash needed
-        from apiscope.dashboard.data import SessionData
+    if name == "DashboardSession":  # plain data over the session file: no Dash needed
+        from apiscope.dashboard.data import DashboardSession
 
-        return SessionData
+        return DashboardSession
     if name in __all__:
         require_dash()
         from apiscope.dashboard import app

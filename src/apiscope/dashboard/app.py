@@ -17,7 +17,7 @@ from apiscope.analysis.thresholds import Thresholds, resolve_thresholds
 from apiscope.dashboard.access import require_token
 from apiscope.dashboard.analysis import FlagAnalysis, flags_by
 from apiscope.dashboard.callbacks import register
-from apiscope.dashboard.data import SessionData
+from apiscope.dashboard.data import DashboardSession
 from apiscope.dashboard.pages import shell
 from apiscope.errors import UsageError
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
-def create_app(source: str | os.PathLike[str] | SessionData, *, live: bool,
+def create_app(source: str | os.PathLike[str] | DashboardSession, *, live: bool,
                refresh_ms: int = 1500, thresholds: Thresholds | None = None) -> Dash:
     """The dashboard of one session file.
 
@@ -37,7 +37,7 @@ def create_app(source: str | os.PathLike[str] | SessionData, *, live: bool,
     Flags the dashboard computes itself are judged by `thresholds`, by default the project's
     (`resolve_thresholds`: its pyproject.toml's, else the defaults).
     """
-    data = source if isinstance(source, SessionData) else SessionData(source)
+    data = source if isinstance(source, DashboardSession) else DashboardSession(source)
     if data.analysis is None and (live or not data.flags()):
         # No stored flags (or a live session): run the report's analysis in the background.
         judge = thresholds if thresholds is not None else resolve_thresholds()
@@ -60,9 +60,9 @@ def create_app(source: str | os.PathLike[str] | SessionData, *, live: bool,
     return app
 
 
-def session_data(app: Dash) -> SessionData:
+def session_data(app: Dash) -> DashboardSession:
     """The session data an app created by `create_app` reads from."""
-    data: SessionData = app.server.config["APISCOPE_SESSION_DATA"]
+    data: DashboardSession = app.server.config["APISCOPE_SESSION_DATA"]
     return data
 
 

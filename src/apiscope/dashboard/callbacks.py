@@ -12,7 +12,7 @@ from dash import ALL, Dash, Input, Output, State, ctx, no_update
 
 from apiscope.dashboard import components as ui
 from apiscope.dashboard import profiles
-from apiscope.dashboard.data import Range, SessionData
+from apiscope.dashboard.data import DashboardSession, Range
 from apiscope.dashboard.exports import FORMATS, describe, export_slice
 from apiscope.dashboard.figures import (
     RESOURCE_METRICS,
@@ -78,7 +78,7 @@ def slice_label(flt: SampleSlice) -> str:
     return "on CPU" + (" + " + " + ".join(added) if added else " only")
 
 
-def register(app: Dash, data: SessionData) -> None:
+def register(app: Dash, data: DashboardSession) -> None:
     _register_shell(app, data)
     _register_overview(app, data)
     _register_endpoint(app, data)
@@ -87,7 +87,7 @@ def register(app: Dash, data: SessionData) -> None:
     _register_resources(app, data)
 
 
-def _register_shell(app: Dash, data: SessionData) -> None:
+def _register_shell(app: Dash, data: DashboardSession) -> None:
     @app.callback(Output("page", "children"), Input("url", "pathname"), Input("url", "search"))
     def route(pathname: str | None, search: str | None) -> Any:
         return page_for(pathname, search)
@@ -117,7 +117,7 @@ def _register_shell(app: Dash, data: SessionData) -> None:
         return f"{ui.clock(rng[0])} – {ui.clock(rng[1])} UTC ({rng[1] - rng[0]:.1f} s)"
 
 
-def _register_overview(app: Dash, data: SessionData) -> None:
+def _register_overview(app: Dash, data: DashboardSession) -> None:
     @app.callback(Output("sort", "data"),
                   Input({"type": "sort", "column": ALL}, "n_clicks"),
                   State("sort", "data"), prevent_initial_call=True)
@@ -148,7 +148,7 @@ def _register_overview(app: Dash, data: SessionData) -> None:
         return summary, table, flags, cards
 
 
-def _register_endpoint(app: Dash, data: SessionData) -> None:
+def _register_endpoint(app: Dash, data: DashboardSession) -> None:
     @app.callback(Output("endpoint-summary", "children"), Output("endpoint-flags", "children"),
                   Output({"type": "timechart", "name": "latency"}, "figure"),
                   Output({"type": "timechart", "name": "rate"}, "figure"),
@@ -190,7 +190,7 @@ def _register_endpoint(app: Dash, data: SessionData) -> None:
         return _flame(data, flt, "", None, handler=route if from_handler else None)[0]
 
 
-def _flame(data: SessionData, flt: SampleSlice, search: str, height: int | None,
+def _flame(data: DashboardSession, flt: SampleSlice, search: str, height: int | None,
            handler: str | None = None) -> tuple[Any, int, int, int]:
     """The flamegraph figure, matches, matched samples and all samples of a slice; with
     `handler` (an endpoint), rooted at its handler."""
@@ -211,7 +211,7 @@ def _flame(data: SessionData, flt: SampleSlice, search: str, height: int | None,
     return figure, matches, matched, tree.value
 
 
-def _register_flamegraph(app: Dash, data: SessionData) -> None:
+def _register_flamegraph(app: Dash, data: DashboardSession) -> None:
     @app.callback(Output("flame-pid", "options"), Output("flame-endpoint", "options"),
                   Input("version", "data"))
     def options(_version: Any) -> Any:
@@ -269,7 +269,7 @@ def _register_flamegraph(app: Dash, data: SessionData) -> None:
         return {"content": out.content, "filename": out.filename}
 
 
-def _register_resources(app: Dash, data: SessionData) -> None:
+def _register_resources(app: Dash, data: DashboardSession) -> None:
     @app.callback([Output({"type": "timechart", "name": m}, "figure")
                    for m, _, _ in RESOURCE_METRICS] + [Output("resources-empty", "children")],
                   Input("version", "data"), Input("range", "data"))

@@ -1,8 +1,10 @@
 """Everything the dashboard shows, computed from one session file (replayed or being written).
 
-`SessionData` is the only place the dashboard reads the session. It keeps incremental caches
-(requests by last id, samples by last window id, resources by last row id), so a live refresh
-reads only new rows, and every view is a function of those caches and a time range.
+`DashboardSession` is the only place the dashboard reads the session. It keeps incremental
+caches (requests by last id, samples by last window id, resources by last row id), so a live
+refresh reads only new rows, and every view is a function of those caches and a time range.
+Unlike the analysis's `SessionData`, a snapshot loaded whole, it follows a file still being
+written and is shared by the server's threads.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class SlowRequest:
     top_statement_count: int
 
 
-class SessionData:
+class DashboardSession:
     """The dashboard's view of one session; thread-safe (Flask serves callbacks in threads)."""
 
     def __init__(self, path: str | os.PathLike[str], *,

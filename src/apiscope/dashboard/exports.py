@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apiscope.dashboard.data import SessionData
+from apiscope.dashboard.data import DashboardSession
 from apiscope.dashboard.samples import SampleSlice
 from apiscope.exporters import Profile, renderer
 from apiscope.model import SampleState, StackSample
@@ -18,7 +18,7 @@ class ExportFile:
     content: str
 
 
-def export_slice(data: SessionData, flt: SampleSlice, fmt: str, title: str) -> ExportFile:
+def export_slice(data: DashboardSession, flt: SampleSlice, fmt: str, title: str) -> ExportFile:
     """The flamegraph of `flt` in format `fmt` ("svg", "speedscope", "folded" or "html")."""
     chosen = renderer(fmt)
     counts = data.samples.stack_counts(flt)

@@ -23,7 +23,7 @@ from apiscope.analysis.profiles import (
     is_app_node,
 )
 from apiscope.dashboard.components import clock, empty_state
-from apiscope.dashboard.data import SessionData
+from apiscope.dashboard.data import DashboardSession
 from apiscope.exporters.profile import (
     profile_filename,
     render_profile_html,
@@ -169,7 +169,7 @@ def export_profile(profile: dict[str, Any], fmt: str) -> dict[str, str]:
     return {"content": content, "filename": profile_filename(profile, suffix)}
 
 
-def register(app: Dash, data: SessionData) -> None:
+def register(app: Dash, data: DashboardSession) -> None:
     @app.callback(Output("endpoint-profiles", "children"), Input("endpoint-route", "data"),
                   Input("version", "data"))
     def profiles(route: str, _version: Any) -> Any:
