@@ -1,14 +1,10 @@
 from __future__ import annotations
 
-import sysconfig
-
 from apiscope.exporters.tree import (
     OTHER_NAME,
-    Classifier,
     FlameNode,
     build_diff_tree,
     build_tree,
-    classify,
     prune,
     walk,
 )
@@ -65,27 +61,6 @@ def test_prune_merges_small_children_into_other() -> None:
         tree.children[RUN.label()].children[LOOP.label()].children.keys()
 
 
-def test_classify_tells_app_library_and_stdlib() -> None:
-    stdlib = sysconfig.get_paths()["stdlib"]
-    assert classify(Frame("f", f"{stdlib}/asyncio/base_events.py", 1)) == "stdlib"
-    assert classify(Frame("f", "asyncio/base_events.py", 1)) == "stdlib"  # short py-spy name
-    assert classify(Frame("f", "selectors.py", 1)) == "stdlib"
-    assert classify(Frame("f", "<frozen importlib._bootstrap>", 1)) == "stdlib"
-    assert classify(Frame("f", "/x/lib/python3.11/site-packages/uvicorn/main.py", 1)) == "library"
-    assert classify(Frame("f", "/usr/lib/python3/dist-packages/yaml/a.py", 1)) == "library"
-    assert classify(Frame("f", "/usr/lib/python3.9/json/decoder.py", 1)) == "stdlib"  # other
-    assert classify(Frame("f", "/srv/shop/main.py", 1)) == "app"
-    assert classify(Frame("f", "/srv/lib/pythonic/main.py", 1)) == "app"
-    assert classify(Frame("f", "main.py", 1)) == "app"
-
-
-def test_classifier_with_given_directories() -> None:
-    c = Classifier(["/opt/py/lib/python3.12"], ["/opt/env/lib"])
-    assert c.classify("/opt/py/lib/python3.12/json/decoder.py") == "stdlib"
-    assert c.classify("/opt/env/lib/pkg/mod.py") == "library"
-    assert c.classify("/opt/py/lib/python3.12x/mine.py") == "app"  # a prefix, not a directory
-
-
 def test_diff_tree_normalizes_each_side_by_its_total() -> None:
     base = [sample(ITEMS_STACK, 50), sample(IDLE_STACK, 50)]
     new = [sample(ITEMS_STACK, 300), sample(IDLE_STACK, 100)]
@@ -109,14 +84,3 @@ def test_diff_tree_keeps_frames_present_on_one_side_only() -> None:
 def test_empty_tree() -> None:
     tree = build_tree([])
     assert tree == FlameNode("all", "all")
-
-
-def test_apiscope_own_frames_are_not_the_application() -> None:
-    from pathlib import Path
-
-    import apiscope
-    from apiscope.exporters.tree import classify
-    from apiscope.model import Frame
-
-    agent = Path(apiscope.__file__).parent / "agent" / "middleware.py"
-    assert classify(Frame("AgentMiddleware.__call__", str(agent), 113)) == "library"

@@ -4,12 +4,11 @@ Two questions every rule asks of a stack (frames root first, as py-spy reports t
 - which endpoint's handler is running? The handler whose frame is in the stack, matched by file
   and function name against the route table, the frame closest to the leaf winning (a handler
   that calls another handler is charged to the inner one).
-- which line of the *application* is executing? The leaf-most frame that is neither the standard
-  library, nor an installed third-party package, nor apiscope itself, nor a module body (a
-  `<module>` frame runs an import or the server's entry script, such as `bin/uvicorn` or
-  `bin/gunicorn`, at the root of every stack: never a request's code), nor a script in a `bin/`
-  or `Scripts/` directory. The application's own modules count even when they are installed
-  into site-packages: their directories (the "app roots") are derived from the route table.
+- which line of the *application* is executing? The leaf-most application frame, as
+  `apiscope.frames.is_app_frame` judges it for every view (neither the standard library, nor an
+  installed package, nor apiscope itself, nor a module body, nor a `bin/` script). The
+  application's own modules count even when they are installed into site-packages: their
+  directories (the "app roots") are derived here, from the route table.
 
 A handler serving several methods is charged to one of them, chosen in the order GET, POST, PUT,
 PATCH, DELETE, then alphabetically (HEAD and OPTIONS last): Starlette registers HEAD beside every
@@ -20,43 +19,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
+from apiscope.frames import (
+    STDLIB_PATH,
+    THIRD_PARTY,
+    TOOL_ROOTS,
+    is_app_frame,
+    is_tool_file,
+    norm,
+)
 from apiscope.model import Frame, RouteInfo
 
+# `is_app_frame` and `TOOL_ROOTS` live in `apiscope.frames`, shared with every view; the rules
+# import them from here with the rest of the attribution.
+__all__ = ["FRAMEWORKS", "TOOL_ROOTS", "RouteMatcher", "app_roots", "framework_route",
+           "is_app_frame", "is_tool_work", "library_call", "method_rank", "user_frame"]
+
 _METHOD_ORDER = {"GET": 0, "POST": 1, "PUT": 2, "PATCH": 3, "DELETE": 4, "HEAD": 8, "OPTIONS": 9}
-
-# Frames that are never the application's: installed packages, the interpreter's own library
-# (any "lib/pythonX.Y/" not followed by site-/dist-packages), frozen and generated code.
-_THIRD_PARTY = re.compile(r"[/\\](site|dist)-packages[/\\]")
-_STDLIB = re.compile(r"[/\\]lib[/\\]python\d+(\.\d+)?t?[/\\](?!(site|dist)-packages)"
-                     r"|[/\\]Lib[/\\](?!site-packages)")
-# Console scripts installed by pip (`.venv/bin/uvicorn`) and system ones (`/usr/bin/gunicorn`).
-_SCRIPTS = re.compile(r"[/\\](bin|Scripts)[/\\][^/\\]+$")
-
-# apiscope's own package directory: the injected agent runs from these files.
-TOOL_ROOTS: tuple[str, ...] = (str(Path(__file__).resolve().parent.parent),)
-# The agent's files wherever the target loaded them from: a session may be analysed by another
-# installation of apiscope than the one that collected it.
-_AGENT_FILES = re.compile(r"[/\\]apiscope[/\\](agent|autostart)[/\\][^/\\]+\.py$")
-
-
-def _is_tool_file(file: str, tool_roots: Sequence[str]) -> bool:
-    return any(_under(file, root) for root in tool_roots) or bool(_AGENT_FILES.search(file))
-
-
-def _norm(path: str) -> str:
-    return path.replace("\\", "/")
-
-
-def _under(path: str, root: str) -> bool:
-    path, root = _norm(path), _norm(root).rstrip("/")
-    return path == root or path.startswith(root + "/")
 
 
 def _same_file(a: str, b: str) -> bool:
     """Equal paths, or one a path-suffix of the other (short vs. full py-spy file names)."""
-    a, b = _norm(a), _norm(b)
+    a, b = norm(a), norm(b)
     if a == b:
         return True
     short, long = (a, b) if len(a) < len(b) else (b, a)
@@ -90,37 +75,18 @@ def app_roots(routes: Iterable[RouteInfo]) -> tuple[str, ...]:
             continue
         module = route.handler.split(":", 1)[0]
         parts = module.split(".") if module else []
-        path = PurePosixPath(_norm(route.file))
+        path = PurePosixPath(norm(route.file))
         if not route.file or not path.is_absolute():
             continue
         if len(parts) > 1:
             depth = len(parts) - 1 if path.stem != "__init__" else len(parts)
             root = path.parents[depth - 1] if depth - 1 < len(path.parents) else path.parent
             roots.add(str(root))
-        elif _THIRD_PARTY.search(str(path)):
+        elif THIRD_PARTY.search(str(path)):
             roots.add(str(path))
         else:
             roots.add(str(path.parent))
     return tuple(sorted(roots))
-
-
-def is_app_frame(frame: Frame, app_roots: Sequence[str],
-                 tool_roots: Sequence[str] = TOOL_ROOTS) -> bool:
-    """True when `frame` is the application's code (see the module docstring)."""
-    file = frame.file
-    # "<frozen ...>", "<string>", code generated at run time ("<sqlalchemy generated ...>"):
-    # no file of the application's.
-    if not file or file.startswith("<") or frame.function == "<module>":
-        return False
-    if _SCRIPTS.search(file):
-        return False
-    if _is_tool_file(file, tool_roots):
-        return False
-    if any(_under(file, root) for root in app_roots):
-        return True
-    if "/" not in _norm(file):
-        return True  # a bare file name (py-spy without full names) of a top-level module
-    return not (_THIRD_PARTY.search(file) or _STDLIB.search(file))
 
 
 def user_frame(frames: Sequence[Frame], app_roots: Sequence[str],
@@ -155,9 +121,9 @@ def is_tool_work(frames: Sequence[Frame], tool_roots: Sequence[str] = TOOL_ROOTS
     """
     for frame in reversed(frames):
         file = frame.file
-        if _is_tool_file(file, tool_roots) or _PROFILER_PACKAGES.search(file):
+        if is_tool_file(file, tool_roots) or _PROFILER_PACKAGES.search(file):
             return True
-        if not _STDLIB.search(file):
+        if not STDLIB_PATH.search(file):
             return False
     return False
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from apiscope.analysis.attribution import app_roots
 from apiscope.analysis.context import SessionData
 from apiscope.exporters.html import render_page
 from apiscope.exporters.tree import build_tree
@@ -18,4 +19,4 @@ def active_stacks(data: SessionData) -> list[StackSample]:
 
 def render_html(report: dict[str, Any], data: SessionData, title: str | None = None) -> str:
     title = title or f"apiscope report: {report['target'].get('command') or 'session'}"
-    return render_page(build_tree(active_stacks(data)), report, title)
+    return render_page(build_tree(active_stacks(data)), report, title, app_roots(data.routes))

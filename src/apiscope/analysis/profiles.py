@@ -26,15 +26,14 @@ only ever adds time: the least contended requests say what a site costs by itsel
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from statistics import median
 from typing import Any
 
-from apiscope.analysis.attribution import is_app_frame
 from apiscope.analysis.flags import pct
+from apiscope.frames import is_app_frame, package_of
 from apiscope.model import Frame
 
 SiteKey = tuple[str, int, str]  # (file, line, function) of the awaiting application frame
@@ -42,8 +41,6 @@ SLOWEST_KEPT = 10
 MIN_PROFILES = 3  # fewer profiled requests than this are an anecdote, not a route's pattern
 CONTENDED_ROUTES = 3
 DEFAULT_SLOW_MS = 50.0
-INSTALLED = re.compile(r"/(?:site-packages|dist-packages)/([^/]+)")
-STDLIB = re.compile(r"/lib/python3\.\d+/([^/]+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +117,8 @@ def nodes(tree: Any) -> Iterator[dict[str, Any]]:
 
 
 def is_app_node(node: dict[str, Any], roots: Sequence[str]) -> bool:
-    """True when a tree node is the application's code (as the other rules judge frames)."""
+    """True when a tree node is the application's code (`apiscope.frames`, as every rule and
+    view judges frames)."""
     file = str(node.get("file") or "")
     if not file:
         return False
@@ -130,8 +128,7 @@ def is_app_node(node: dict[str, Any], roots: Sequence[str]) -> bool:
 
 def resource_of(file: str) -> str:
     """The top-level package a library file belongs to ("" for application code)."""
-    match = INSTALLED.search(file) or STDLIB.search(file)
-    return match.group(1).removesuffix(".py") if match else ""
+    return package_of(file)
 
 
 def _ms(node: dict[str, Any], key: str) -> float:

@@ -20,11 +20,12 @@ from apiscope.collectors.agent_client import AgentClient, AgentUnavailable
 from apiscope.collectors.pyspy import dump_argv, find_pyspy
 from apiscope.collectors.target import describe_target
 from apiscope.errors import ApiscopeError, TargetError
+from apiscope.frames import is_app_frame
+from apiscope.model import Frame
 
 DUMP_TIMEOUT = 10.0  # seconds for the agent to walk every task and thread
 STUCK_SECONDS = 10.0  # a request this old is marked STUCK in the text output
 SLOW_SECONDS = 1.0
-LIBRARY_PARTS = ("/site-packages/", "/dist-packages/", "/lib/python")
 
 Dump = dict[str, Any]
 
@@ -173,9 +174,10 @@ def _innermost_app(frames: list[Dump]) -> Dump | None:
 
 
 def _is_app(frame: Dump) -> bool:
-    file = str(frame.get("file") or "").replace("\\", "/")
-    return not (file.startswith("<") or any(part in file for part in LIBRARY_PARTS)
-                or "/apiscope/agent/" in file or "/apiscope_agent/" in file)
+    """The application's frame, as the report judges it (`apiscope.frames`); the target's
+    route table is not at hand, so an app installed into site-packages reads as a library."""
+    return is_app_frame(Frame(str(frame.get("function") or ""), str(frame.get("file") or ""),
+                              int(frame.get("line") or 0)), ())
 
 
 def _frame(frame: Dump) -> str:

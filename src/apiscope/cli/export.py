@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
+from apiscope.analysis.attribution import app_roots
 from apiscope.errors import UsageError
 from apiscope.exporters import FORMATS, Profile, any_renderer
 from apiscope.exporters.slice import (
@@ -72,12 +73,15 @@ class ExportCommand:
 
 def session_profile(reader: SessionReader, samples: list[StackSample], title: str,
                     report: dict[str, Any] | None, threads: bool) -> Profile:
-    """The samples with what pprof carries besides counts: rate, routes and time span."""
+    """The samples with what pprof carries besides counts (rate, routes and time span) and the
+    app roots that tell the application's frames as the report does."""
     start = session_start(reader)
     end = (reader.time_range() or (start, start))[1]
     rate = int(reader.meta().get("rate_hz") or 0) or None
+    routes = reader.routes()
     return Profile(samples, title, report, threads=threads, rate_hz=rate,
-                   endpoint_of=route_matcher(reader.routes()), span=(start, max(0.0, end - start)))
+                   endpoint_of=route_matcher(routes), span=(start, max(0.0, end - start)),
+                   app_roots=app_roots(routes))
 
 
 def session_report(reader: SessionReader) -> dict[str, Any] | None:

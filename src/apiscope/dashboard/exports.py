@@ -25,7 +25,7 @@ def export_slice(data: DashboardSession, flt: SampleSlice, fmt: str, title: str)
     # The view's counts are already merged per stack; thread identity is not part of a view.
     samples = [StackSample(0, 0, "", data.samples.frames(stack_id), count, SampleState.RUNNING)
                for stack_id, count in sorted(counts.items())]
-    text = chosen.render(Profile(samples, title=title))
+    text = chosen.render(Profile(samples, title=title, app_roots=data.app_roots()))
     return ExportFile(f"apiscope-flamegraph{chosen.suffix}", text)
 
 

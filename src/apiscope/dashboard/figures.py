@@ -13,7 +13,7 @@ from typing import Any
 from apiscope.dashboard.data import Range, ResourceSeries
 from apiscope.dashboard.flame import FRAMEWORK
 from apiscope.dashboard.requests import LatencySeries
-from apiscope.exporters.tree import OTHER_NAME, FlameNode, Kind
+from apiscope.exporters.tree import OTHER_NAME, FlameNode
 from apiscope.model import Frame
 
 Figure = dict[str, Any]
@@ -111,7 +111,7 @@ def flame_height(tree: FlameNode, row_px: int = 20, low: int = 360, high: int = 
     return max(low, min(high, depth * row_px + 20))
 
 
-def flame_figure(tree: FlameNode, kind_of: Callable[[Frame], Kind], search: str = "",
+def flame_figure(tree: FlameNode, kind_of: Callable[[Frame], str], search: str = "",
                  height: int | None = None, revision: str = "flame") -> tuple[Figure, int, int]:
     """An icicle (root on top) of the tree, clicking a box zooms into it; returns the figure,
     the number of boxes matching `search` and the samples under them."""

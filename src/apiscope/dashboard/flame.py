@@ -1,26 +1,28 @@
 """Flamegraph data for the browser: a pruned call tree and the top functions of a slice.
 
-The tree itself is the exporters' (`apiscope.exporters.tree`), so the dashboard draws exactly
-what an export writes. Pruning happens here, on the server: a browser drawing more than a few
+The tree itself is the exporters' (`apiscope.exporters.tree`) and each frame's kind is
+`apiscope.frames`', so the dashboard draws exactly what an export writes, coloured as the report
+judges its frames. Pruning happens here, on the server: a browser drawing more than a few
 thousand boxes becomes sluggish, so small children are merged into "other" and the threshold is
 raised until the tree fits.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
-from apiscope.analysis.attribution import is_app_frame
-from apiscope.exporters.tree import FlameNode, Kind, prune, tree_from_stacks, walk
+from apiscope.exporters.tree import FlameNode, prune, tree_from_stacks, walk
+from apiscope.frames import Kind, frame_kind, is_app_frame
 from apiscope.model import Frame, RouteInfo
 
 MIN_SHARE = 0.002  # children under 0.2% of all samples are merged into "other"
 MAX_NODES = 2500
 
 FramesOf = Callable[[int], tuple[Frame, ...]]
-_LIBRARY = re.compile(r"[/\\](site|dist)-packages[/\\]")
+# A box's kind: a frame's (`apiscope.frames.Kind`), or "other" for a box that is no code.
+BoxKind = Kind | Literal["other"]
 
 
 # The endpoint page starts its flamegraph at the handler: the forty-odd frames of the server,
@@ -29,12 +31,10 @@ _LIBRARY = re.compile(r"[/\\](site|dist)-packages[/\\]")
 FRAMEWORK = Frame("server and framework", "", 0)
 
 
-def kind_of(frame: Frame, app_roots: Sequence[str]) -> Kind:
-    """App code, an installed library or the standard library, judged the way the analysis
-    judges it (by the target's paths, not this interpreter's)."""
-    if is_app_frame(frame, app_roots):
-        return "app"
-    return "library" if _LIBRARY.search(frame.file) else "stdlib"
+def kind_of(frame: Frame, app_roots: Sequence[str]) -> BoxKind:
+    """App code, an installed library or the standard library (`apiscope.frames`, as the
+    report and the exports judge it); "other" for a frame with no location."""
+    return frame_kind(frame, app_roots) or "other"
 
 
 def from_handler(frames: tuple[Frame, ...], route: RouteInfo | None,
@@ -81,7 +81,7 @@ def node_count(tree: FlameNode) -> int:
 class FunctionRow:
     function: str
     file: str
-    kind: Kind
+    kind: BoxKind
     self_count: int
     total_count: int
 

@@ -23,6 +23,9 @@ class Profile:
     rate_hz: int | None = None
     endpoint_of: Callable[[Sequence[Frame]], str | None] | None = None
     span: tuple[float, float] | None = None
+    # The directories of the application's code (`apiscope.analysis.attribution.app_roots`), so
+    # that the formats drawing frame kinds judge them as the report does.
+    app_roots: Sequence[str] = ()
 
     @property
     def total(self) -> int:

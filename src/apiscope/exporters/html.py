@@ -116,8 +116,10 @@ def summary_line(report: Mapping[str, Any]) -> str:
     return escape("; ".join(parts))
 
 
-def render_page(tree: FlameNode, report: dict[str, Any] | None, title: str) -> str:
-    """The standalone page: report sections when a report is given, then the flamegraph."""
+def render_page(tree: FlameNode, report: dict[str, Any] | None, title: str,
+                app_roots: Sequence[str] = ()) -> str:
+    """The standalone page: report sections when a report is given, then the flamegraph (its
+    frames coloured by kind with the session's `app_roots`)."""
     parts = [
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -135,7 +137,8 @@ def render_page(tree: FlameNode, report: dict[str, Any] | None, title: str) -> s
         ' placeholder="search frames (regular expression or text)">',
         ' <button type="submit">Search</button>',
         ' <button type="button" id="flame-reset">Reset</button></form>',
-        '<div class="graph">', render_svg(tree, title, standalone=False), "</div>",
+        '<div class="graph">', render_svg(tree, title, standalone=False, app_roots=app_roots),
+        "</div>",
         f"<script>{_PAGE_SCRIPT}</script></body></html>\n",
     ]
     return "\n".join(parts)
@@ -146,4 +149,4 @@ class HtmlRenderer:
     suffix = ".html"
 
     def render(self, profile: Profile) -> str:
-        return render_page(profile.tree(), profile.report, profile.title)
+        return render_page(profile.tree(), profile.report, profile.title, profile.app_roots)

@@ -13,7 +13,8 @@ import re
 from pathlib import PurePath
 from typing import Any
 
-LIBRARY_DIR = re.compile(r"^(.*?/(?:site-packages|dist-packages|lib/python3\.\d+)/)")
+from apiscope.frames import install_dir
+
 AWAIT_FRAME = "[await]"
 INTERVAL = 0.001  # the agent's default sampling interval, for pyinstrument's header
 
@@ -54,9 +55,9 @@ def library_prefixes(tree: dict[str, Any]) -> list[str]:
     stack = [tree]
     while stack:
         node = stack.pop()
-        match = LIBRARY_DIR.match(str(node.get("file") or ""))
-        if match:
-            found.add(match.group(1))
+        directory = install_dir(str(node.get("file") or ""))
+        if directory:
+            found.add(directory)
         stack.extend(c for c in node.get("children") or () if isinstance(c, dict))
     return sorted(found)
 

@@ -4,7 +4,8 @@ Root at the bottom, callees above, widths proportional to samples. The embedded 
 a click (the frame and its callees fill the width, its callers stay as full-width bars), resets
 the zoom, searches by regular expression (or plain text when the expression does not compile),
 highlights matches and shows their share of all samples. Colours tell the application's code
-(warm) from installed libraries (aqua) and the standard library (yellowish grey).
+(warm) from installed libraries (aqua) and the standard library (yellowish grey), each frame's
+kind judged by `apiscope.frames` as the report and the dashboard judge it.
 
 Boxes narrower than 0.1 px are left out (with their callees, which are narrower still): a
 million-sample profile stays a file a browser opens at once.
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 from apiscope.exporters.base import Profile
-from apiscope.exporters.tree import Classifier, FlameNode, Kind, default_classifier
+from apiscope.exporters.tree import FlameNode
+from apiscope.frames import FrameKinds, Kind
 
 WIDTH = 1200
 FRAME_HEIGHT = 16
@@ -81,18 +83,13 @@ def fill_for(kind: Kind | None, function: str, shade: float | None = None) -> st
     return f"rgb({grey},{grey},{int(grey * 0.75)})"
 
 
-def kind_of(node: FlameNode, classifier: Classifier) -> Kind | None:
-    if not node.file and node.line == 0:
-        return None
-    return classifier.classify(node.file)
-
-
 # -- layout -------------------------------------------------------------------------------------
 
 
-def flame_boxes(tree: FlameNode, classifier: Classifier | None = None) -> list[Box]:
-    """The boxes of a call tree, pre-order, leaving out those narrower than 0.1 px."""
-    classifier = classifier or default_classifier()
+def flame_boxes(tree: FlameNode, kinds: FrameKinds | None = None) -> list[Box]:
+    """The boxes of a call tree, pre-order, leaving out those narrower than 0.1 px; `kinds`
+    tells each frame's kind (without the session's app roots when not given)."""
+    kinds = kinds or FrameKinds()
     total = tree.value
     if total <= 0:
         return []
@@ -104,7 +101,7 @@ def flame_boxes(tree: FlameNode, classifier: Classifier | None = None) -> list[B
         if width * INNER_WIDTH < MIN_WIDTH_PX:
             continue
         boxes.append(Box(depth, offset / total, width, node.name, _tip(node, total),
-                         fill_for(kind_of(node, classifier), node.function)))
+                         fill_for(kinds(node.frame), node.function)))
         children = []
         start = offset
         for child in node.sorted_children():
@@ -205,10 +202,11 @@ FLAME_LEGEND = (("app", fill_for("app", "", 0.5)), ("library", fill_for("library
 
 
 def render_svg(tree: FlameNode, title: str = "Flame Graph", *, standalone: bool = True,
-               classifier: Classifier | None = None) -> str:
-    """The interactive flamegraph of a call tree (`standalone=False` for inlining in HTML)."""
+               app_roots: Sequence[str] = ()) -> str:
+    """The interactive flamegraph of a call tree (`standalone=False` for inlining in HTML);
+    `app_roots` are the session's (see `apiscope.analysis.attribution.app_roots`)."""
     subtitle = f"{tree.value:,} samples"
-    return svg_document(flame_boxes(tree, classifier), title=title, subtitle=subtitle,
+    return svg_document(flame_boxes(tree, FrameKinds(app_roots)), title=title, subtitle=subtitle,
                         legend=FLAME_LEGEND, standalone=standalone)
 
 
@@ -217,4 +215,4 @@ class SvgRenderer:
     suffix = ".svg"
 
     def render(self, profile: Profile) -> str:
-        return render_svg(profile.tree(), profile.title)
+        return render_svg(profile.tree(), profile.title, app_roots=profile.app_roots)

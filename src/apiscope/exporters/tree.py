@@ -8,21 +8,13 @@ print the same prefix.
 
 from __future__ import annotations
 
-import functools
-import os
-import re
-import site
-import sysconfig
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
 
 from apiscope.model import Frame, StackSample
 
 ROOT_NAME = "all"
 OTHER_NAME = "other"
-Kind = Literal["app", "library", "stdlib"]
 
 
 def frame_label(frame: Frame) -> str:
@@ -139,84 +131,6 @@ def walk(tree: FlameNode) -> Iterable[tuple[int, FlameNode]]:
         depth, node = stack.pop()
         yield depth, node
         stack.extend((depth + 1, c) for c in reversed(node.sorted_children()))
-
-
-# -- what kind of code a frame runs -------------------------------------------------------------
-
-
-APISCOPE_DIR = str(Path(__file__).resolve().parent.parent)
-
-
-class Classifier:
-    """Tells app code from installed libraries and the standard library, by file path.
-
-    py-spy prints absolute paths with `--full-filenames` and short ones (`asyncio/events.py`)
-    without; short ones are looked up under the interpreter's own directories.
-    """
-
-    def __init__(self, stdlib_dirs: Iterable[str], library_dirs: Iterable[str]) -> None:
-        self._stdlib = tuple(_dir_prefix(d) for d in stdlib_dirs if d)
-        self._libraries = tuple(_dir_prefix(d) for d in library_dirs if d)
-        self._cache: dict[str, Kind] = {}
-
-    @classmethod
-    def for_running_interpreter(cls) -> Classifier:
-        paths = sysconfig.get_paths()
-        stdlib = {paths["stdlib"], paths["platstdlib"]}
-        # apiscope's own frames (the agent in the target) are a library, not the app's code.
-        libraries = {paths["purelib"], paths["platlib"], *site.getsitepackages(), APISCOPE_DIR}
-        user_site = site.getusersitepackages()
-        if isinstance(user_site, str):
-            libraries.add(user_site)
-        return cls(sorted(stdlib), sorted(libraries))
-
-    def classify(self, file: str) -> Kind:
-        kind = self._cache.get(file)
-        if kind is None:
-            kind = self._cache[file] = self._classify(file)
-        return kind
-
-    def _classify(self, file: str) -> Kind:
-        path = file.replace("\\", "/")
-        if "/site-packages/" in path or "/dist-packages/" in path:
-            return "library"
-        if path.startswith("<frozen "):
-            return "stdlib"
-        if os.path.isabs(path):
-            if path.startswith(self._libraries):
-                return "library"
-            if path.startswith(self._stdlib) or _ANY_STDLIB.search(path):
-                return "stdlib"
-            return "app"
-        if not path:
-            return "app"
-        # A short name: the library directories are checked first because the stdlib
-        # directory of a virtualenv can contain site-packages.
-        if any(os.path.isfile(d + path) for d in self._libraries):
-            return "library"
-        if any(os.path.isfile(d + path) for d in self._stdlib):
-            return "stdlib"
-        return "app"
-
-
-# The target may run another interpreter than apiscope (system Python, another pyenv version):
-# any ".../lib/pythonX.Y/" file outside site-/dist-packages is a standard library's.
-_ANY_STDLIB = re.compile(r"/lib/python\d+(\.\d+)?t?/|/Lib/")
-
-
-def _dir_prefix(directory: str) -> str:
-    return directory.replace("\\", "/").rstrip("/") + "/"
-
-
-@functools.lru_cache(maxsize=1)
-def default_classifier() -> Classifier:
-    """The classifier for this interpreter, built once: it reads the interpreter's paths."""
-    return Classifier.for_running_interpreter()
-
-
-def classify(frame: Frame, classifier: Classifier | None = None) -> Kind:
-    """"app", "library" (site-packages, dist-packages) or "stdlib" (this interpreter's)."""
-    return (classifier or default_classifier()).classify(frame.file)
 
 
 # -- differential trees -------------------------------------------------------------------------
