@@ -1,4 +1,4 @@
-"""The report: the contract's JSON, a terminal rendering, and the file writer.
+"""The report: the contract's JSON and a terminal rendering (files: `exporters.report`).
 
 `build_report(reader)` reads a session once and returns the `"apiscope_report": 1` dict;
 `analyse(data)` does the same from already loaded `SessionData` (the diff and tests use it).
@@ -6,21 +6,16 @@
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from apiscope.analysis.context import AnalysisContext, Flag, SessionData, build_context
 from apiscope.analysis.context import load_session as load_session
 from apiscope.analysis.flags import sort_flags
-from apiscope.analysis.html import render_html
 from apiscope.analysis.rules import RULES, Rule
 from apiscope.analysis.stats import endpoint_stats, process_stats
 from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds
-from apiscope.errors import UsageError
 from apiscope.store.reader import SessionReader
 
 REPORT_VERSION = 1
@@ -152,34 +147,3 @@ def render_text(report: dict[str, Any]) -> str:
         out += [f"  [{f['severity'].upper()}] {f['kind']} {f['route'] or ''}{at}".rstrip(),
                 f"      {f['evidence']}", f"      fix: {f['suggestion']}"]
     return "\n".join(out) + "\n"
-
-
-def write_report(session: SessionReader | str | os.PathLike[str], path: str | Path,
-                 slo_ms: float | None = None) -> dict[str, Any]:
-    """Write the report at the end of attach/run/demo: JSON or HTML chosen by the suffix.
-
-    `session` is an open reader or the session file's path. Returns the report.
-    """
-    check_report_suffix(path)
-    if isinstance(session, SessionReader):
-        data = load_session(session)
-    else:
-        with SessionReader(session) as reader:
-            data = load_session(reader)
-    report = analyse(data, slo_ms=slo_ms)
-    save_report(report, data, path)
-    return report
-
-
-def check_report_suffix(path: str | Path) -> None:
-    if Path(path).suffix.lower() not in (".json", ".html", ".htm"):
-        raise UsageError(f"--report {path}: use a .json or .html file name")
-
-
-def save_report(report: dict[str, Any], data: SessionData, path: str | Path) -> None:
-    """Write an analysed report as JSON or standalone HTML, by the file's suffix."""
-    check_report_suffix(path)
-    target = Path(path)
-    json_out = target.suffix.lower() == ".json"
-    text = json.dumps(report, indent=2) + "\n" if json_out else render_html(report, data)
-    target.write_text(text, encoding="utf-8")

@@ -18,7 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from apiscope.analysis.report import check_report_suffix
 from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds, resolve_thresholds
 from apiscope.collection import Collection, CollectOptions
 from apiscope.collectors.injections import AgentInjections, DetachFailure
@@ -26,6 +25,7 @@ from apiscope.collectors.target import Target
 from apiscope.dashboard import require_dash
 from apiscope.dashboard.access import new_token, url_with_token
 from apiscope.errors import UsageError
+from apiscope.exporters.report import check_report_suffix
 from apiscope.lock import CollectorLock
 from apiscope.metrics import LiveFlags, MetricsExporter, serve_metrics, session_flags
 from apiscope.metrics.live_flags import FlagSource
@@ -236,7 +236,8 @@ def summarize(collection: Collection, quiet: bool = False) -> None:
 def finish(args: argparse.Namespace, session: Path, writer: SessionWriter,
            thresholds: Thresholds, store_flags: bool = True) -> None:
     """Analyse the session once: store its flags in it, print them, write --report if asked."""
-    from apiscope.analysis.report import analyse, load_session, save_report
+    from apiscope.analysis.report import analyse, load_session
+    from apiscope.exporters.report import save_report
 
     with SessionReader(session) as reader:
         data = load_session(reader)

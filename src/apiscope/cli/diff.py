@@ -6,12 +6,12 @@ import argparse
 import json
 
 from apiscope.analysis.diff import diff_reports, render_diff_text
-from apiscope.analysis.html import active_stacks
 from apiscope.analysis.report import analyse, load_session
 from apiscope.analysis.thresholds import resolve_thresholds
 from apiscope.cli.base import add_config_option
 from apiscope.cli.report import emit
 from apiscope.exporters.diff import render_diff_svg
+from apiscope.exporters.report import active_stacks
 from apiscope.exporters.tree import build_tree
 from apiscope.store.reader import SessionReader
 

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 from apiscope.analysis.flags import at_or_above
-from apiscope.analysis.html import render_html
 from apiscope.analysis.report import analyse, load_session, render_text
-from apiscope.analysis.report import write_report as write_report
 from apiscope.analysis.thresholds import resolve_thresholds
 from apiscope.cli.base import add_config_option, positive_float
 from apiscope.errors import BudgetExceeded, UsageError
+from apiscope.exporters.report import render_html
+from apiscope.exporters.report import write_report as write_report
 from apiscope.store.reader import SessionReader
 
 
