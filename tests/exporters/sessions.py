@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from apiscope.model import (
@@ -63,12 +64,13 @@ def total(**match: object) -> int:
 
 
 def write_session(path: Path, rows: list[tuple[float, int, int, tuple[Frame, ...], int,
-                                                SampleState, bool | None]] = ROWS) -> Path:
+                                                SampleState, bool | None]] = ROWS,
+                  routes: Sequence[RouteInfo] = ROUTES) -> Path:
     with SessionWriter(path) as writer:
         writer.set_meta(started=T0)
         for pid in (100, 200):
             writer.put_process(ProcessInfo(pid, None, "single", "uvicorn shop.main:app", T0))
-            writer.put_routes(pid, ROUTES)
+            writer.put_routes(pid, list(routes))
         for offset in sorted({row[0] for row in rows}):
             samples = tuple(
                 StackSample(pid, tid, THREADS[(pid, tid)][0], stack, count, state, gil)
