@@ -1,40 +1,46 @@
 """One collecting run: stack sampling, agent pulls and resources, written to a session file.
 
-`Collection` wires the collectors to the session writer and the metrics, and decides when the
-run ends (duration over, Ctrl-C or another stop signal, every target process gone, or the
-session file no longer writable). The CLI commands `attach`, `run` and `demo` build one and
-call `run_until_done()`; `close_agents()` then detaches every agent injected on the way.
+`Collection` wires the collectors to the session and decides when the run ends (duration
+over, Ctrl-C or another stop signal, every target process gone, or the session file no longer
+writable). The CLI commands `attach`, `run` and `demo` build one and call `run_until_done()`;
+`close_agents()` then detaches every agent injected on the way.
+
+The work itself is done by the parts in `apiscope.collect`: the worker set (who is pulled,
+injected, detached), the record sink (the session and the metrics, fed together), the failure
+log (what went wrong, per process, kept for the report) and the terminal (status and warnings).
+Each collaborator can be passed in, which is how the orchestration is tested without a server.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Protocol, TextIO
 
-import psutil
-
-from apiscope.collectors.agent_client import AgentBatch, AgentClient, WatchdogReport
+from apiscope.collect.failures import FailureLog
+from apiscope.collect.fanout import Metrics, RecordSink, Writer
+from apiscope.collect.figures import overhead_percent
+from apiscope.collect.status import Counters, Terminal, pull_text, status_line, window_text
+from apiscope.collect.workers import Client, Injector, WorkerSet
+from apiscope.collect.workers import remove_stale_socket as remove_stale_socket
+from apiscope.collectors.agent_client import AgentBatch, AgentClient, AgentError
 from apiscope.collectors.budget import OverheadBudget
-from apiscope.collectors.injections import AgentInjections, DetachFailure
-from apiscope.collectors.resources import ResourceCollector
+from apiscope.collectors.injections import DetachFailure
+from apiscope.collectors.pyspy import RecordOptions
+from apiscope.collectors.resources import ProcessChanges, ResourceCollector
 from apiscope.collectors.stacks import (
     EndReason,
     SamplerStats,
     StackSampler,
     target_stopped,
-    window_loss,
 )
 from apiscope.collectors.target import Target
-from apiscope.errors import ApiscopeError, TargetError
+from apiscope.errors import TargetError
 from apiscope.metrics import MetricsExporter
-from apiscope.model import SampleState, StackWindow, ThreadRole
-from apiscope.store import SessionWriter
+from apiscope.model import ResourceSample, StackWindow
 
 
 @dataclass
@@ -63,42 +69,98 @@ class Totals:
     warnings: list[str] = field(default_factory=list)
 
 
+class SessionOutput(Writer, Protocol):
+    """The session writer as the orchestrator uses it, beyond the records (`SessionWriter`)."""
+
+    @property
+    def failure(self) -> str | None: ...
+    committed_samples: int
+    committed_requests: int
+
+    def flush(self, timeout: float = 10.0) -> None: ...
+
+
+class Sampler(Protocol):
+    """The stack sampler as the orchestrator drives it (`StackSampler`)."""
+
+    stats: SamplerStats
+    end_reason: EndReason | None
+    error: Exception | None
+    budget: OverheadBudget | None
+    options: RecordOptions
+
+    def start(self) -> None: ...
+    def stop(self, timeout: float = 30.0) -> None: ...
+
+
+class Resources(Protocol):
+    """The resource collector as the orchestrator uses it (`ResourceCollector`)."""
+
+    def alive_pids(self) -> list[int]: ...
+    def collect(self) -> list[ResourceSample]: ...
+    def refresh(self) -> ProcessChanges: ...
+
+
+# Builds the sampler of a target: (target, options, on_window, agent_cpu) -> sampler.
+SamplerFactory = Callable[[Target, CollectOptions, Callable[[StackWindow], None],
+                           Callable[[], float]], Sampler]
+
+
+def stack_sampler(target: Target, options: CollectOptions,
+                  on_window: Callable[[StackWindow], None],
+                  agent_cpu: Callable[[], float]) -> StackSampler:
+    """py-spy on the target, within the overhead budget (which pays for the agents too)."""
+    budget = (OverheadBudget(options.max_overhead / 100, options.rate_hz)
+              if options.max_overhead > 0 else None)
+    return StackSampler(
+        target.sample_pid, rate_hz=options.rate_hz, subprocesses=target.master_pid is not None,
+        nonblocking=options.nonblocking, window_seconds=options.window_seconds,
+        on_window=on_window, budget=budget, agent_cpu=agent_cpu)
+
+
 class Collection:
     """Collects from one target into one session until told to stop or the target is gone."""
 
-    def __init__(self, target: Target, writer: SessionWriter, options: CollectOptions,
-                 metrics: MetricsExporter | None = None,
-                 injections: AgentInjections | None = None,
+    def __init__(self, target: Target, writer: SessionOutput, options: CollectOptions,
+                 metrics: Metrics | None = None,
+                 injections: Injector | None = None,
                  status: TextIO | None = sys.stderr,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 sampler: SamplerFactory = stack_sampler,
+                 resources: Resources | None = None,
+                 clients: Callable[[int], Client] = AgentClient,
+                 workers: WorkerSet | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.target = target
         self.writer = writer
         self.options = options
-        self.metrics = metrics or MetricsExporter()
+        self.metrics: Metrics = metrics or MetricsExporter()
         self.injections = injections
-        self.detach_failures: list[DetachFailure] = []
         self.storage_failure: str | None = None  # why the session could not be written
         self.status = status
         self.clock = clock
+        self._monotonic = monotonic
         self.totals = Totals()
         self.started = clock()
         self.target_gone = False
+        self.sink = RecordSink(writer, self.metrics)
+        self.failures = FailureLog()
+        self.terminal = Terminal(status, options.verbosity)
+        self.totals.warnings = self.terminal.warnings  # one list: the summary reads it
+        self.workers = workers if workers is not None else WorkerSet(
+            injections=injections, inject=options.inject, clients=clients)
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._clients: dict[int, AgentClient] = {}
         self._routes_seen: dict[int, int] = {}
         self._watchdog_cpu: dict[str, float] = {}  # the agents' watchdogs' own CPU, by pid
-        self._exited: set[int] = set()
         self._gaps_stored = 0
-        self._agents_closed = False
         self._stopped = False
+        self._agents_closed = False
         self._running = False  # set once start() has started the sampler
-        self._resources = ResourceCollector(target)
-        self._sampler = StackSampler(
-            target.sample_pid, rate_hz=options.rate_hz, subprocesses=target.master_pid is not None,
-            nonblocking=options.nonblocking, window_seconds=options.window_seconds,
-            on_window=self._on_window, budget=self._budget(options),
-            agent_cpu=lambda: sum(self._watchdog_cpu.values()))
+        self._resources: Resources = resources if resources is not None \
+            else ResourceCollector(target)
+        self._sampler = sampler(target, options, self._on_window,
+                                lambda: sum(self._watchdog_cpu.values()))
         self._poller = threading.Thread(target=self._poll_loop, name="apiscope-poller",
                                         daemon=True)
 
@@ -106,13 +168,13 @@ class Collection:
 
     def start(self) -> None:
         t = self.target
-        self.writer.set_meta(
+        self.sink.meta(
             command=t.command, pids=t.pids, server=t.server, python=t.python_version,
             target_pid=t.pid, master_pid=t.master_pid, rate_hz=self.options.rate_hz,
             slo_ms=self.options.slo_ms, start=self.started, nonblocking=self.options.nonblocking,
             inject=self.options.inject)
         for info in t.processes:
-            self.writer.put_process(info)
+            self.sink.process(info)
         # Sampling first, at once; the injections follow in the background (`injections`).
         try:
             self._sampler.start()
@@ -125,22 +187,20 @@ class Collection:
         self._poller.start()
         self._running = True
         for pid in t.pids:
-            self._add_worker(pid)
+            self.workers.add(pid)
 
     def request_stop(self) -> None:
         """End the run as Ctrl-C does (safe from a signal handler: it only sets a flag)."""
         self._stop.set()
 
-    @staticmethod
-    def _budget(options: CollectOptions) -> OverheadBudget | None:
-        if options.max_overhead <= 0:
-            return None
-        return OverheadBudget(options.max_overhead / 100, options.rate_hz)
-
     @property
     def sampler_stats(self) -> SamplerStats:
         """The sampler's own account of stored, expected and failed samples."""
         return self._sampler.stats
+
+    @property
+    def detach_failures(self) -> list[DetachFailure]:
+        return self.workers.detach_failures
 
     def stop(self) -> None:
         """End sampling and polling, pull the agents one last time, store the end (once)."""
@@ -152,40 +212,37 @@ class Collection:
             self._sampler.stop()
         finally:
             self._poller.join(timeout=10)
-            self._pull_agents()  # what the agents recorded since the last pull
-            for client in self._clients.values():
-                client.close()
+            self.pull_agents()  # what the agents recorded since the last pull
+            self.workers.close_clients()
             end = self.clock()
             stats = self._sampler.stats
             self._store_gaps()
-            self.writer.set_meta(end=end, samples_total=stats.stored,
-                                 samples_errors=stats.errors,
-                                 samples_expected=round(stats.expected),
-                                 sample_loss=round(stats.loss, 4),
-                                 windows_dropped=stats.dropped_windows,
-                                 max_overhead=self.options.max_overhead,
-                                 overhead=self._overhead(),
-                                 windows_failed=stats.failed_windows,
-                                 agent_dropped=self.totals.agent_dropped)
+            self._store_failures()
+            self.sink.meta(end=end, samples_total=stats.stored, samples_errors=stats.errors,
+                           samples_expected=round(stats.expected),
+                           sample_loss=round(stats.loss, 4),
+                           windows_dropped=stats.dropped_windows,
+                           max_overhead=self.options.max_overhead,
+                           overhead=overhead_percent(self._sampler.budget),
+                           windows_failed=stats.failed_windows,
+                           agent_dropped=self.totals.agent_dropped)
             if self.storage_failure is None:
                 self.writer.flush()
 
     def close_agents(self) -> list[DetachFailure]:
         """Detach every process an agent was injected in (once); returns the failures, also
-        stored in the session (`detach_failed`) for the report."""
+        stored in the session (`detach_failed`, and in `target_failures` with the other
+        failures of each process) for the report."""
         if self._agents_closed:
-            return self.detach_failures
+            return self.workers.detach_failures
         self._agents_closed = True
-        if self.injections is not None:
-            self.detach_failures = self.injections.close()
-            if self.detach_failures:
-                self.writer.set_meta(detach_failed=[
-                    {"pid": f.pid, "reason": f.reason, "retry": f.command}
-                    for f in self.detach_failures])
-        for pid in self._exited | (self.injections.started if self.injections else set()):
-            if not psutil.pid_exists(pid):
-                remove_stale_socket(pid)
-        return self.detach_failures
+        failures = self.workers.detach()
+        if failures:
+            self.sink.meta(detach_failed=[{"pid": f.pid, "reason": f.reason, "retry": f.command}
+                                          for f in failures])
+            self.failures.detach_failed(failures)
+            self._store_failures()
+        return failures
 
     def run_until_done(self) -> None:
         """Block until the duration is over, Ctrl-C, or the target exits; then stop."""
@@ -200,8 +257,8 @@ class Collection:
                     break
                 if self._storage_failed():
                     break
-                if time.monotonic() >= next_progress:
-                    next_progress = time.monotonic() + self.options.progress_seconds
+                if self._monotonic() >= next_progress:
+                    next_progress = self._monotonic() + self.options.progress_seconds
                     self._store_progress()
                 self._print_status()
                 self._stop.wait(0.5)
@@ -222,17 +279,27 @@ class Collection:
         return failure is not None
 
     def _store_progress(self) -> None:
-        """Keep the stored end time and gaps current: a session cut short by a full disk or a
-        kill -9 still says how far it got."""
+        """Keep the stored end time, gaps and failures current: a session cut short by a full
+        disk or a kill -9 still says how far it got and what went wrong on the way."""
         self._store_gaps()
-        self.writer.set_meta(end=self.clock())
+        self._store_failures()
+        self.sink.meta(end=self.clock())
 
     def _store_gaps(self) -> None:
         gaps = list(self._sampler.stats.gaps)
         if len(gaps) != self._gaps_stored:
             self._gaps_stored = len(gaps)
-            self.writer.set_meta(gaps=[{"start": start, "end": end, "reason": reason}
-                                       for start, end, reason in gaps])
+            self.sink.meta(gaps=[{"start": start, "end": end, "reason": reason}
+                                 for start, end, reason in gaps])
+
+    def _store_failures(self) -> None:
+        stopped = None
+        if self._sampler.end_reason is EndReason.FAILED:
+            stopped = str(self._sampler.error)
+        self.failures.sampler(self.target.sample_pid, self._sampler.stats, stopped)
+        news = self.failures.news()
+        if news is not None:
+            self.sink.meta(target_failures=news)
 
     def _sampler_says_gone(self) -> bool:
         reason = self._sampler.end_reason
@@ -240,68 +307,51 @@ class Collection:
             self._warn(f"stack sampling stopped: {self._sampler.error}")
         return reason is EndReason.TARGET_EXITED
 
-    def _add_worker(self, pid: int) -> None:
-        self._clients[pid] = AgentClient(pid)
-        if self.options.inject and self.injections is not None:
-            self.injections.add(pid)  # in the background: sampling goes on meanwhile
-
     def _on_window(self, window: StackWindow) -> None:
-        self.writer.put_window(window)
-        loss = window_loss(window)
-        dropped = max(0, int(loss.expected) - loss.stored - loss.errors)
-        self.metrics.observe_samples(loss.stored, loss.errors, dropped=dropped)
-        blocked: dict[int, int] = {}
-        for s in window.samples:
-            role = window.threads.get((s.pid, s.tid), ThreadRole.OTHER)
-            if role is ThreadRole.LOOP and s.state is not SampleState.WAITING:
-                blocked[s.pid] = blocked.get(s.pid, 0) + s.count
-        for pid, count in blocked.items():
-            self.metrics.observe_loop_blocked(pid, count / window.rate_hz)
+        counts = self.sink.window(window)
         if self.options.verbosity >= 2:
             stats = self.sampler_stats
-            self._detail(f"window {window.end - self.started:6.1f}s  rate {window.rate_hz} Hz"
-                         f"  samples {loss.stored} of {loss.expected:.0f} expected"
-                         f"  errors {loss.errors}  windows lost"
-                         f" {stats.dropped_windows + stats.failed_windows}")
+            self.terminal.detail(window_text(window.end - self.started, window.rate_hz, counts,
+                                             stats.dropped_windows + stats.failed_windows))
 
     def _poll_loop(self) -> None:
         next_resources = 0.0
         while not self._stop.wait(self.options.poll_seconds):
             try:
-                self._pull_agents()
-                now = time.monotonic()
+                self.pull_agents()
+                now = self._monotonic()
                 if now >= next_resources:
                     next_resources = now + 1.0
-                    self._collect_resources()
+                    self.collect_resources()
             except Exception as exc:  # a collector failing must not end the run silently
                 self._warn(f"collector error: {exc}")
 
-    def _collect_resources(self) -> None:
-        samples = self._resources.collect()
-        self.writer.put_resources(samples)
-        self.metrics.observe_resources(samples)
+    def collect_resources(self) -> None:
+        """One resource sample per process, and the workers that came and went since."""
+        self.sink.resources(self._resources.collect())
         changes = self._resources.refresh()
         for info in changes.new:
-            self.writer.put_process(info)
-            self._add_worker(info.pid)
+            self.sink.process(info)
+            self.workers.add(info.pid)
         for pid in changes.exited:
-            self.writer.mark_exited(pid, self.clock())
-            self.metrics.forget_process(pid)
-            self._exited.add(pid)
-            client = self._clients.pop(pid, None)
-            if client is not None:
-                client.close()
-            remove_stale_socket(pid)  # a worker that exits with os._exit leaves its socket
+            self.sink.exited(pid, self.clock())
+            self.workers.remove(pid)
         if not self._resources.alive_pids():
             self.target_gone = True
 
-    def _pull_agents(self) -> None:
-        orphan = self.injections.orphan_seconds if self.injections is not None else None
-        for pid, client in list(self._clients.items()):
+    def pull_agents(self) -> None:
+        """Drain every agent of what it recorded since the last pull."""
+        orphan = self.workers.orphan_seconds
+        for pid, client in self.workers.clients():
             # A busy worker may hold more than one pull's worth: drain it, within reason.
             for _ in range(10):
                 try:
                     batch = client.pull(orphan_after=orphan)
+                except AgentError as exc:  # the agent is there and says what broke
+                    if self.failures.agent_error(pid, exc.message):
+                        self._warn(f"the agent in PID {pid} answered a pull with an error:"
+                                   f" {exc.message} (further ones are counted in the report)")
+                    break
                 except (OSError, ValueError):
                     break  # not injected (yet), or the worker is exiting
                 self._store_batch(pid, batch)
@@ -310,109 +360,52 @@ class Collection:
 
     def _store_batch(self, pid: int, batch: AgentBatch) -> None:
         if batch.requests:
-            self.writer.put_requests(batch.requests)
-            self.metrics.observe_requests(batch.requests)
+            self.sink.requests(batch.requests)
             with self._lock:
                 self.totals.requests += len(batch.requests)
         if batch.routes and self._routes_seen.get(pid) != len(batch.routes):
             self._routes_seen[pid] = len(batch.routes)
-            self.writer.put_routes(pid, batch.routes)
+            self.sink.routes(pid, batch.routes)
         if batch.threadpool is not None:
-            self.writer.put_threadpool([batch.threadpool])
-            self.metrics.observe_threadpool(batch.threadpool)
-        self.writer.put_agent_stats(batch.stats)
-        self.metrics.observe_agent(batch.stats)
+            self.sink.threadpool(batch.threadpool)
+        self.sink.agent_stats(batch.stats)
         if batch.routing and batch.routing.get("source") != "none":
-            self.writer.set_meta(routing=batch.routing)  # templates, or paths grouped
+            self.sink.meta(routing=batch.routing)  # templates, or paths grouped
         unavailable = (batch.profiling or {}).get("unavailable")
         if unavailable:
             self._warn(f"no per-request profiles from pid {pid}: {unavailable}")
         for profile in batch.profiles:
-            self.writer.put_profile(pid, profile["start"], profile["method"],
-                                    profile["route"], profile["duration_ms"], profile["tree"])
+            self.sink.profile(pid, profile)
         with self._lock:
             self.totals.agent_dropped = max(self.totals.agent_dropped, batch.stats.dropped)
+        watchdog_errors = batch.watchdogs.errors if batch.watchdogs is not None else None
+        self.failures.agent_counters(pid, internal=batch.stats.errors, watchdog=watchdog_errors)
         if batch.watchdogs is not None:
-            self._store_watchdogs(pid, batch.watchdogs)
+            self.sink.watchdogs(batch.watchdogs)
+            self._watchdog_cpu[str(pid)] = batch.watchdogs.cpu_seconds
+            self.sink.meta(watchdog_cpu_seconds=dict(self._watchdog_cpu))
         if self.options.verbosity >= 2 and (batch.requests or batch.profiles):
-            self._detail(f"pull pid {pid}: {len(batch.requests)} requests,"
-                         f" {len(batch.profiles)} profiles, agent dropped {batch.stats.dropped}"
-                         + (" (more waiting)" if batch.more else ""))
-
-    def _store_watchdogs(self, pid: int, report: WatchdogReport) -> None:
-        self.writer.put_loop_stalls(report.stalls)
-        self.writer.put_loop_lag(report.lag)
-        if report.gil is not None:
-            self.writer.put_gil([report.gil])
-        self._watchdog_cpu[str(pid)] = report.cpu_seconds
-        self.writer.set_meta(watchdog_cpu_seconds=dict(self._watchdog_cpu))
+            self.terminal.detail(pull_text(pid, len(batch.requests), len(batch.profiles),
+                                           batch.stats.dropped, batch.more))
 
     # -- terminal output ------------------------------------------------------------------------
 
     def _warn(self, message: str) -> None:
-        with self._lock:
-            if message in self.totals.warnings:
-                return
-            self.totals.warnings.append(message)
-        if self.status is not None:
-            print(f"\napiscope: warning: {message}", file=self.status)
+        self.terminal.warn(message)
 
-    def _detail(self, message: str) -> None:
-        """A --verbose line, on a line of its own."""
-        if self.status is not None:
-            print(f"apiscope: {message}", file=self.status, flush=True)
-
-    def _overhead(self) -> float | None:
-        """The measured cost of the session, percent of the target's capacity (mean)."""
-        budget = self._sampler.budget
-        return round(100 * budget.mean_cost(), 3) if budget is not None and budget.history \
-            else None
-
-    def _rate_text(self) -> str:
-        """`  rate 40 Hz (budget 2%)` while a budget holds the rate below the one asked for."""
-        budget = self._sampler.budget
-        rate = self._sampler.options.rate_hz
-        if budget is None:
-            return ""
-        return f"  rate {rate} Hz (budget {self.options.max_overhead:g}%)"
+    def counters(self) -> Counters:
+        """What the status line shows now."""
+        committed = None
+        if self.storage_failure is not None:
+            committed = (self.writer.committed_samples, self.writer.committed_requests)
+        budget = self._sampler.budget is not None
+        return Counters(
+            elapsed=self.clock() - self.started, samples=self.sampler_stats.stored,
+            requests=self.totals.requests, processes=len(self._resources.alive_pids()),
+            rate_hz=self._sampler.options.rate_hz if budget else None,
+            max_overhead=self.options.max_overhead if budget else None, committed=committed)
 
     def _print_status(self, final: bool = False) -> None:
         if self.status is None or self.options.verbosity == 0:
             return
-        line = (f"apiscope: {self.clock() - self.started:5.1f}s"
-                f"  samples {self.sampler_stats.stored:,}  requests {self.totals.requests:,}"
-                f"  processes {len(self._resources.alive_pids())}{self._rate_text()}")
-        if self.storage_failure is not None:  # counting on would claim rows the file lacks
-            line = (f"apiscope: session file failed; it holds {self.writer.committed_samples:,}"
-                    f" samples and {self.writer.committed_requests:,} requests")
-        # --verbose prints lines of its own: a status line redrawn in place would cut them.
-        interactive = self.status.isatty() and self.options.verbosity < 2
-        if interactive:
-            print("\r" + line, end="\n" if final else "", file=self.status, flush=True)
-        elif final:
-            print(line, file=self.status, flush=True)
-
-
-
-def remove_stale_socket(pid: int) -> None:
-    """Remove the agent socket of an exited process, unless a live agent answers on it (the
-    pid reused by a new process with its own agent)."""
-    try:
-        candidates = AgentClient(pid).candidates
-    except ApiscopeError:
-        return
-    for path in candidates:
-        if not os.path.exists(path):
-            continue
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except ConnectionRefusedError:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        except OSError:
-            pass
-        finally:
-            probe.close()
+        self.terminal.status(status_line(self.counters()), final=final)

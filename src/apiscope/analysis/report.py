@@ -49,7 +49,40 @@ def _target(data: SessionData) -> dict[str, Any]:
               "python": meta.get("python")}
     if meta.get("detach_failed"):  # agents left in the target, with the command that retries
         target["detach_failed"] = list(meta["detach_failed"])
+    # What went wrong per process while collecting (windows lost, agent errors, failed
+    # detaches): present when something did, one entry per process with something to say.
+    failures = {int(e["pid"]): dict(e) for e in meta.get("target_failures") or ()}
+    for left in meta.get("detach_failed") or ():  # stored alone by earlier versions
+        entry = failures.setdefault(int(left["pid"]), {"pid": int(left["pid"])})
+        entry.setdefault("detach_failed", left.get("reason"))
+        entry.setdefault("retry", left.get("retry"))
+    if failures:
+        target["failures"] = [failures[pid] for pid in sorted(failures)]
     return target
+
+
+def _failure_text(entry: dict[str, Any]) -> list[str]:
+    """The text report's lines for one process's failures."""
+    pid = entry["pid"]
+    out = []
+    if entry.get("windows_dropped") or entry.get("windows_failed"):
+        why = f": {entry['window_failure']}" if entry.get("window_failure") else ""
+        out.append(f"  PID {pid}: sampling windows lost: {entry.get('windows_dropped', 0)} not"
+                   f" written by py-spy, {entry.get('windows_failed', 0)} not readable{why}")
+    if entry.get("sampler_retries"):
+        out.append(f"  PID {pid}: py-spy start retried {entry['sampler_retries']} time(s)")
+    if entry.get("sampling_stopped"):
+        out.append(f"  PID {pid}: stack sampling stopped early: {entry['sampling_stopped']}")
+    if entry.get("agent_errors"):
+        out.append(f"  PID {pid}: the agent answered {entry['agent_errors']} pull(s) with an"
+                   f" error: {entry.get('agent_error')}")
+    if entry.get("agent_internal_errors") or entry.get("watchdog_errors"):
+        out.append(f"  PID {pid}: the agent caught {entry.get('agent_internal_errors', 0)}"
+                   f" error(s) of its own, its watchdogs {entry.get('watchdog_errors', 0)}")
+    if entry.get("detach_failed"):
+        out.append(f"  PID {pid}: the agent could not be detached ({entry['detach_failed']});"
+                   f" retry with: {entry.get('retry') or f'apiscope detach {pid}'}")
+    return out
 
 
 def _gaps(data: SessionData) -> list[dict[str, Any]]:
@@ -125,6 +158,9 @@ def render_text(report: dict[str, Any]) -> str:
            f"  window {window['start']} .. {window['end']} ({window['seconds']:.0f} s);"
            f" {samples['total']} stack samples at {samples['rate_hz'] or '-'} Hz,"
            f" {samples['errors']} errors", ""]
+    failures = [line for entry in target.get("failures") or () for line in _failure_text(entry)]
+    if failures:
+        out[-1:-1] = ["", "Collection failures", *failures]
     rows = [["endpoint", "count", "rps", "p50 ms", "p95 ms", "p99 ms", "max ms", "5xx",
              "cpu"]]
     for e in report["endpoints"]:

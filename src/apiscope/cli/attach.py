@@ -44,11 +44,10 @@ class AttachCommand:
         for note in target.notes:
             print(f"apiscope: {note}", file=sys.stderr)
         if args.no_inject:
-            collect(target, args, inject=False)
-            return 0
+            return collect(target, args, inject=False).exit_code
         from apiscope.inject import eject_agent, inject_agent
 
         injections = AgentInjections(inject_agent, eject_agent, print_warning,
                                      orphan_seconds=orphan_seconds())
-        collect(target, args, inject=True, injections=injections)
-        return 0
+        # 1 when an agent could not be detached: warned about, with the command that retries.
+        return collect(target, args, inject=True, injections=injections).exit_code

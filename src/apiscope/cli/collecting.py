@@ -3,6 +3,11 @@
 Every way out ends the same way: the duration, Ctrl-C, SIGTERM, SIGHUP, the target's exit, a
 session file that can no longer be written, or an error of ours all flush the last window,
 detach every agent injected (a failure says how to retry) and keep the session.
+
+An agent that could not be detached stays in a server that may be in production: the warning
+names the PID and the command that retries, it is repeated as the last line, stored in the
+session for `apiscope report`, and the command exits 1 (not a success) once the session is
+saved, so that a script notices.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds, resolve_thresholds
+from apiscope.collect.failures import detach_warning, failure_lines
 from apiscope.collection import Collection, CollectOptions
 from apiscope.collectors.injections import AgentInjections, DetachFailure
 from apiscope.collectors.target import Target
@@ -147,10 +153,24 @@ def dashboard_url(args: argparse.Namespace) -> str:
     return url_with_token(f"http://{args.host}:{args.port}/", dashboard_token(args))
 
 
+@dataclass(frozen=True)
+class Collected:
+    """How a collection ended, for the command's exit code."""
+
+    session: Path
+    detach_failures: list[DetachFailure] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 1 when an agent stays behind in the target (the session is kept either
+        way): the run did not end cleanly, and a script must not take it for a success."""
+        return 1 if self.detach_failures else 0
+
+
 def collect(target: Target, args: argparse.Namespace, *, inject: bool,
             injections: AgentInjections | None = None,
-            before_end: Callable[[Collection], None] | None = None) -> Path:
-    """Run one collection against `target` with the command's options; returns the session."""
+            before_end: Callable[[Collection], None] | None = None) -> Collected:
+    """Run one collection against `target` with the command's options; says how it ended."""
     session = Path(args.session) if args.session else default_session_path()
     thresholds = collect_thresholds(args)
     slo_ms = thresholds.slo_ms or DEFAULT_SLO_MS  # always set by collect_thresholds
@@ -178,11 +198,12 @@ def collect(target: Target, args: argparse.Namespace, *, inject: bool,
             summarize(collection, quiet=args.quiet)
             finish(args, session, writer, thresholds,
                    store_flags=collection.storage_failure is None)
+            remind_detach(collection.detach_failures)
         if collection.storage_failure is not None:
             raise SessionWriteError(f"the session file {session} could not be written:"
                                     f" {collection.storage_failure}. It keeps what was written"
                                     " before, readable with `apiscope report`")
-    return session
+    return Collected(session, list(collection.detach_failures))
 
 
 def warn_if_low_space(session: Path) -> None:
@@ -198,14 +219,30 @@ def warn_if_low_space(session: Path) -> None:
 
 
 def report_detach(failures: list[DetachFailure]) -> None:
+    """A warning per process the agent could not be taken out of, as soon as that is known."""
     for failure in failures:
-        print(f"apiscope: warning: the agent in PID {failure.pid} could not be detached"
-              f" ({failure.reason}); retry with: {failure.command}", file=sys.stderr)
+        print(f"apiscope: {detach_warning(failure.pid, failure.reason, failure.command)}",
+              file=sys.stderr)
+
+
+def remind_detach(failures: list[DetachFailure]) -> None:
+    """The last line, after the flags and the session's path: an agent left behind is what
+    the user must not miss."""
+    if failures:
+        retries = "; ".join(f.command for f in failures)
+        pids = ", ".join(str(f.pid) for f in failures)
+        print(f"apiscope: warning: the agent is still in PID {pids}: retry with: {retries}",
+              file=sys.stderr)
 
 
 def summarize(collection: Collection, quiet: bool = False) -> None:
+    """The end-of-run summary: samples and requests stored, and what went wrong on the way
+    (also stored in the session: `apiscope report` shows it again)."""
     t = collection.totals
     stats = collection.sampler_stats
+    for line in failure_lines(collection.failures.entries()):
+        if line.startswith("warning:") or not quiet:
+            print(f"apiscope: {line}", file=sys.stderr)
     if collection.storage_failure is not None:
         writer = collection.writer
         print(f"apiscope: the session holds {writer.committed_samples:,} samples and"

@@ -88,7 +88,7 @@ class RunCommand:
         try:
             target = describe_started(proc)
             # The agent loads itself at start-up (agent_environment): nothing to inject.
-            collect(target, args, inject=True)
+            collected = collect(target, args, inject=True)
         finally:
             stop_server(proc)
-        return 0
+        return collected.exit_code

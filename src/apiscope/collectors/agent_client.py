@@ -52,6 +52,18 @@ class AgentUnavailable(ConnectionError):
     """No agent answers on the socket (not injected yet, detached, or the process exited)."""
 
 
+class AgentError(AgentUnavailable):
+    """The agent answered, with an error of its own (`message`, in the agent's words).
+
+    A kind of AgentUnavailable, so that a caller that only wants an answer treats it as none;
+    a collector that reports failures tells it apart: the agent is there and says what broke.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"the agent answered with an error: {message}")
+        self.message = message
+
+
 @dataclass(frozen=True, slots=True)
 class AgentBatch:
     """What one pull returned: requests finished since the previous pull, and current state."""
@@ -122,6 +134,8 @@ class AgentClient:
         reused = self._sock is not None
         try:
             return self._exchange(message)
+        except AgentError:
+            raise  # the agent answered: the connection is fine, the message is its own
         except (BrokenPipeError, ConnectionResetError) as exc:
             self.close()
             if not reused:
@@ -131,6 +145,8 @@ class AgentClient:
             raise AgentUnavailable(f"no agent answers at {self.path}: {exc}") from exc
         try:
             return self._exchange(message)
+        except AgentError:
+            raise
         except (OSError, ValueError) as exc:
             self.close()
             raise AgentUnavailable(f"no agent answers at {self.path}: {exc}") from exc
@@ -162,7 +178,7 @@ class AgentClient:
         if not isinstance(response, dict):
             raise ValueError("agent response is not an object")
         if "error" in response:
-            raise ValueError(f"agent error: {response['error']}")
+            raise AgentError(str(response["error"]))
         return response
 
     def _read_line(self) -> bytes:
