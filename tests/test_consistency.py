@@ -34,6 +34,7 @@ from apiscope.dashboard.exports import export_slice
 from apiscope.dashboard.figures import COLORS
 from apiscope.dashboard.samples import SampleSlice
 from apiscope.exporters.html import HtmlRenderer
+from apiscope.exporters.report import render_html
 from apiscope.exporters.slice import SliceSpec, select_samples
 from apiscope.exporters.svg import SvgRenderer, fill_for
 from apiscope.exporters.tree import ROOT_NAME, frame_label
@@ -237,6 +238,11 @@ def test_report_dashboard_and_exports_agree(session: Path) -> None:
                                                                  threads=False))
                     assert svg_view(page) == exported
                     assert_cpu_column(page, report)
+            # the report's own page draws its active samples as the dashboard does
+            figure, _, _, _ = _flame(dashboard, SampleSlice(include_blocked=True), "", None)
+            page = render_html(report, data)
+            assert_same_view(dashboard_view(figure), svg_view(page), "report page")
+            assert_cpu_column(page, report)
         finally:
             dashboard.close()
     assert flagged or not any(f.get("location") for f in report["flags"])

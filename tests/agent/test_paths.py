@@ -76,3 +76,17 @@ def test_app_files_tell_app_code_from_libraries() -> None:
     assert not files.is_app(pytest.__file__)
     assert not files.is_app(AppFiles.__init__.__code__.co_filename)  # apiscope itself
     assert not files.is_app("<frozen importlib._bootstrap>")
+
+
+def test_app_files_follow_the_views_rules() -> None:
+    """The rules of `apiscope.frames.is_app_frame`, which the agent cannot import."""
+    from apiscope.frames import is_app_frame
+    from apiscope.model import Frame
+
+    files = AppFiles(prefixes=())
+    cases = [("/srv/shop/api.py", "read_item"), ("/srv/shop/api.py", "<module>"),
+             ("/srv/venv/bin/uvicorn", "main"), ("/usr/bin/gunicorn", "run"),
+             ("/usr/lib/python3/dist-packages/yaml/a.py", "load"),
+             ("/venv/lib/python3.11/site-packages/x/y.py", "f"), ("<string>", "f")]
+    for file, function in cases:
+        assert files.is_app(file, function) == is_app_frame(Frame(function, file, 1), ()), file

@@ -268,7 +268,7 @@ class AgentMiddleware:
         found: tuple[str | None, int | None] = (None, None)
         while tb is not None:
             filename = tb.tb_frame.f_code.co_filename
-            if self.app_files.is_app(filename):
+            if self.app_files.is_app(filename, tb.tb_frame.f_code.co_name):
                 found = (filename, tb.tb_lineno)
             tb = tb.tb_next
         return found

@@ -131,19 +131,34 @@ def library_prefixes() -> tuple[str, ...]:
 
 
 class AppFiles:
-    """Tells app code from library code by file name, caching the answer per file."""
+    """Tells app code from library code by file name, caching the answer per file.
+
+    The same rules as `apiscope.frames.is_app_frame`, which every view of a session uses; the
+    agent runs inside the target and may import nothing of apiscope's, so it keeps this copy:
+    change both together. Two differences follow from where it runs: the standard library and
+    the installed packages are this very interpreter's directories (the views recognise any
+    interpreter's by their paths), and an application installed into site-packages reads as a
+    library (the views know the app's directories from the route table).
+    """
 
     def __init__(self, prefixes: tuple[str, ...] | None = None) -> None:
         self._prefixes = prefixes if prefixes is not None else library_prefixes()
         self._cache: dict[str, bool] = {}
 
-    def is_app(self, filename: str) -> bool:
+    def is_app(self, filename: str, function: str = "") -> bool:
+        """True for the application's code; `function` is the code object's name, since a
+        module body (`<module>`: an import, the entry script) is never a request's code."""
+        if function == "<module>":
+            return False
         known = self._cache.get(filename)
         if known is None:
             known = not (
                 filename.startswith(self._prefixes)
-                or filename.startswith("<")  # <frozen ...>, <string>
+                or filename.startswith("<")  # <frozen ...>, <string>, generated code
                 or "site-packages" in filename
+                or "dist-packages" in filename
+                # console scripts: `.venv/bin/uvicorn`, `/usr/bin/gunicorn`
+                or os.path.basename(os.path.dirname(filename)) in ("bin", "Scripts")
             )
             if len(self._cache) > 10_000:  # generated code could make file names unbounded
                 self._cache.clear()

@@ -128,7 +128,7 @@ class QueryHooks:
     def _first_app_frame(self, frame: FrameType | None) -> tuple[str, int] | None:
         while frame is not None:
             filename = frame.f_code.co_filename
-            if self.app_files.is_app(filename):
+            if self.app_files.is_app(filename, frame.f_code.co_name):
                 return filename, frame.f_lineno
             frame = frame.f_back
         return None
