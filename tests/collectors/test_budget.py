@@ -37,3 +37,25 @@ def test_the_rate_never_goes_below_the_floor_and_says_so() -> None:
     assert budget.observe(WindowCost(1.0, 100, 1.0)) == 5
     assert budget.observe(WindowCost(1.0, 5, 0.05)) == 5
     assert budget.over_budget
+
+
+def test_a_start_up_per_window_too_dear_for_the_budget_lengthens_the_windows() -> None:
+    budget = OverheadBudget(0.02, 100)
+    # Starting py-spy costs 12 ms, each tick 0.1 ms: 1 s windows leave 8 ms, 80 Hz; 2 s windows
+    # leave 14 ms, enough for the 100 Hz asked for.
+    plan = budget.plan_after(WindowCost(1.0, 100, 0.022, startup_cpu=0.012))
+    assert (plan.rate_hz, plan.seconds) == (100, 2.0)
+    # Dearer ticks: no length affords 100 Hz, so the longest, at the rate it affords.
+    budget = OverheadBudget(0.02, 100)
+    plan = budget.plan_after(WindowCost(1.0, 100, 0.052, startup_cpu=0.012))
+    assert (plan.rate_hz, plan.seconds) == (42, 4.0)
+
+
+def test_the_collectors_own_cpu_is_part_of_the_cost() -> None:
+    budget = OverheadBudget(0.02, 100)
+    # py-spy 0.4 ms a tick; the collector storing requests uses 1% of a core: 25 Hz.
+    assert budget.observe(WindowCost(1.0, 100, 0.04, collector_cpu=0.01)) == 25
+    assert budget.history[-1] == (0.05, 100)
+    # A collector that alone spends the budget (its smoothed cost: 2.2% of a core) leaves
+    # py-spy the floor.
+    assert budget.observe(WindowCost(1.0, 25, 0.01, collector_cpu=0.05)) == budget.min_rate

@@ -1,20 +1,25 @@
-"""An overhead budget, enforced: the sampling rate adapts window by window to stay within it.
+"""An overhead budget, enforced: the sampling rate and window length adapt to stay within it.
 
-apiscope's cost to the target is measured as it runs, each window:
+apiscope's whole cost is measured as it runs, each window:
 
-- py-spy's own CPU time (user + system, from the kernel). In py-spy's default blocking mode
-  the target is stopped while py-spy reads it, so this is also (an upper bound of) the time the
-  target lost; in non-blocking mode it is CPU taken from a machine the target shares.
-- the agent's CPU inside the target (its watchdogs' own threads; the per-request recording is
-  measured separately in the benchmarks and is not rate-dependent).
+- py-spy's own CPU time (user + system, from the kernel), in two parts: what starting a py-spy
+  costs (reading the target's symbols, once per window) and what each sample tick costs. In
+  py-spy's default blocking mode the target is stopped while py-spy reads it, so this is also
+  (an upper bound of) the time the target lost; in non-blocking mode it is CPU taken from a
+  machine the target shares. The CPU py-spy spends writing a window out at its exit is counted
+  with the window after it (it is only known then).
+- the agent's CPU inside the target (its watchdogs' and pull thread's own threads);
+- the collector's own CPU (parsing windows, storing requests, serving the dashboard): on a
+  saturated host it competes with the target like anything else.
 
 The budget is `max_overhead` (a fraction, 0.02 for `--max-overhead 2`) of the target's
 capacity: one core per sampled process (a CPython process runs Python on at most one core at a
-time). The cost of one sample tick is learnt from the windows (an exponentially weighted mean
-of py-spy's CPU per tick), and the next window's rate is what the budget left after the
-agent's share pays for, between `min_rate` and the rate asked for. A busy target gets fewer
-samples, never a slower service; the effective rate of each window is stored with it, and every
-figure that turns counts into time uses it.
+time). The costs are learnt from the windows (exponentially weighted means), and the next
+window is given what the budget leaves once the agent and the collector are paid for: a
+longer window when a py-spy start-up per second would eat too much of it (up to four
+times the length asked for), then the highest rate that fits, between `min_rate` and the rate asked
+for. A busy target gets fewer samples, never a slower service; the effective rate of each
+window is stored with it, and every figure that turns counts into time uses it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MIN_RATE = 5  # Hz: below this the stacks say too little to be worth their cost
-SMOOTHING = 0.3  # weight of the newest window in the mean cost per tick
+SMOOTHING = 0.3  # weight of the newest window in the learnt costs
+WINDOW_FACTORS = (1, 2, 4)  # window lengths the budget chooses from, times the one asked for
 
 
 @dataclass(slots=True)
@@ -31,42 +37,83 @@ class WindowCost:
 
     seconds: float  # the window's length
     rate_hz: int  # the rate it was sampled at
-    pyspy_cpu: float  # py-spy's CPU seconds over the window
+    pyspy_cpu: float  # py-spy's CPU seconds over the window, its start-up included
     agent_cpu: float = 0.0  # the agent's own CPU seconds over the window, all processes
     processes: int = 1  # processes sampled
+    startup_cpu: float = 0.0  # of pyspy_cpu, what starting the window's py-spy cost
+    collector_cpu: float = 0.0  # apiscope's own CPU seconds over the window
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The next window: its sampling rate and its length in seconds."""
+
+    rate_hz: int
+    seconds: float = 1.0
+
+
+def _mean(old: float | None, new: float) -> float:
+    return new if old is None else SMOOTHING * new + (1 - SMOOTHING) * old
 
 
 @dataclass(slots=True)
 class OverheadBudget:
-    """Chooses each window's sampling rate so that the measured cost stays within budget."""
+    """Chooses each window's sampling rate and length so that the measured cost stays within
+    budget."""
 
     max_overhead: float  # fraction of the target's capacity, e.g. 0.02
     requested_rate: int  # the most: `--rate`
     min_rate: int = MIN_RATE
+    base_window: float = 1.0  # seconds: the length asked for, when the budget allows it
     tick_cost: float | None = None  # learnt: py-spy CPU seconds per tick per process
+    startup_cost: float | None = None  # learnt: py-spy CPU seconds per start-up
+    fixed_cores: float | None = None  # learnt: agent + collector CPU seconds per second
     history: list[tuple[float, int]] = field(default_factory=list)  # (cost fraction, rate)
 
     def observe(self, cost: WindowCost) -> int:
         """Account one window and return the rate for the next one."""
+        return self.plan_after(cost).rate_hz
+
+    def plan_after(self, cost: WindowCost) -> Plan:
+        """Account one window and plan the next one."""
         ticks = cost.seconds * cost.rate_hz * max(1, cost.processes)
         if cost.seconds > 0 and ticks > 0:
-            per_tick = cost.pyspy_cpu / ticks
-            self.tick_cost = per_tick if self.tick_cost is None else (
-                SMOOTHING * per_tick + (1 - SMOOTHING) * self.tick_cost)
+            startup = min(cost.startup_cpu, cost.pyspy_cpu)
+            self.tick_cost = _mean(self.tick_cost, (cost.pyspy_cpu - startup) / ticks)
+            if cost.startup_cpu > 0:
+                self.startup_cost = _mean(self.startup_cost, startup)
+            self.fixed_cores = _mean(self.fixed_cores,
+                                     (cost.agent_cpu + cost.collector_cpu) / cost.seconds)
             capacity = cost.seconds * max(1, cost.processes)
-            spent = (cost.pyspy_cpu + cost.agent_cpu) / capacity
+            spent = (cost.pyspy_cpu + cost.agent_cpu + cost.collector_cpu) / capacity
             self.history.append((spent, cost.rate_hz))
-        return self.rate_for(cost.agent_cpu / cost.seconds if cost.seconds > 0 else 0.0,
-                             cost.processes)
+        return self.plan(cost.processes)
 
-    def rate_for(self, agent_cores: float, processes: int) -> int:
-        """The rate the budget affords, with the agent using `agent_cores` (CPU s/s)."""
-        if self.tick_cost is None or self.tick_cost <= 0:
+    def rate_for(self, agent_cores: float, processes: int, window: float = 0.0) -> int:
+        """The rate the budget affords with `agent_cores` (CPU s/s) spent elsewhere, for
+        windows of `window` seconds (0: start-ups not counted)."""
+        if self.tick_cost is None:
             return self.requested_rate
         processes = max(1, processes)
-        left = self.max_overhead * processes - agent_cores  # core-seconds per second
+        startups = (self.startup_cost or 0.0) / window if window > 0 else 0.0
+        left = self.max_overhead * processes - agent_cores - startups  # core-s per second
+        if left <= 0:
+            return self.min_rate
+        if self.tick_cost <= 0:
+            return self.requested_rate
         affordable = left / (self.tick_cost * processes)
         return int(max(self.min_rate, min(self.requested_rate, affordable)))
+
+    def plan(self, processes: int) -> Plan:
+        """The shortest window (the freshest live view) at which the budget affords the rate
+        asked for; failing that, the longest, at the rate it affords."""
+        fixed = self.fixed_cores or 0.0
+        windows = [self.base_window * factor for factor in WINDOW_FACTORS]
+        for window in windows:
+            rate = self.rate_for(fixed, processes, window)
+            if rate >= self.requested_rate:
+                return Plan(rate, window)
+        return Plan(self.rate_for(fixed, processes, windows[-1]), windows[-1])
 
     @property
     def over_budget(self) -> bool:

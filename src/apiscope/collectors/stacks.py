@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 import subprocess
 import tempfile
@@ -65,6 +66,7 @@ class SpyExit:
     returncode: int | None
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0  # its CPU time over its whole life (0: not known)
 
 
 class SpyProcess(Protocol):
@@ -103,6 +105,7 @@ class PopenSpy:
         for reader in self._readers:
             reader.start()
         self._psutil: psutil.Process | None = None
+        self._last_cpu = 0.0
         try:
             self._psutil = psutil.Process(self._proc.pid)
         except psutil.Error:
@@ -131,20 +134,37 @@ class PopenSpy:
             times = self._psutil.cpu_times() if self._psutil is not None else None
         except psutil.Error:
             return 0.0
-        return times.user + times.system if times is not None else 0.0
+        if times is not None:
+            self._last_cpu = times.user + times.system
+        return self._last_cpu
 
     def finish(self, timeout: float) -> SpyExit:
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        cpu = self._reap(timeout)
         for reader in self._readers:
             reader.join(timeout)
         for stream in (self._proc.stdout, self._proc.stderr):
             if stream is not None:
                 stream.close()
-        return SpyExit(self._proc.returncode, "".join(self._out), "".join(self._err))
+        return SpyExit(self._proc.returncode, "".join(self._out), "".join(self._err), cpu)
+
+    def _reap(self, timeout: float) -> float:
+        """Wait for the exit (kill at `timeout`) with wait4, which hands back the CPU time
+        py-spy used, writing its output at exit included; psutil's last reading when the
+        process was already reaped."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                pid, status, usage = os.wait4(self._proc.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped already, by poll()
+                self._proc.wait()
+                return self._last_cpu
+            if pid:
+                self._proc.returncode = os.waitstatus_to_exitcode(status)
+                return usage.ru_utime + usage.ru_stime
+            if time.monotonic() >= deadline:
+                self._proc.kill()
+                deadline = math.inf
+            time.sleep(0.005)
 
 
 def target_alive(pid: int) -> bool:
@@ -235,6 +255,9 @@ class _Run:
     started: float
     rate_hz: int  # what this py-spy samples at: the budget may change it window by window
     active_only: bool = False  # recorded without --idle (see oncpu.py)
+    seconds: float = 1.0  # the window's length: the budget may lengthen it
+    startup_cpu: float = 0.0  # py-spy's CPU time until it began sampling
+    paid: float = 0.0  # of its CPU time, what the budget has already accounted
 
 
 class StackSampler:
@@ -269,8 +292,13 @@ class StackSampler:
         # The overhead budget (None: the rate asked for, always); `agent_cpu` is the agents'
         # own CPU seconds so far, which the budget pays for too.
         self.budget = budget
+        if budget is not None:
+            budget.base_window = window_seconds
         self._agent_cpu = agent_cpu
         self._agent_cpu_mark = 0.0
+        self._collector_cpu_mark = time.process_time()
+        self._next_seconds = window_seconds  # the next window's length
+        self._exit_cpu = 0.0  # py-spy's CPU writing the last window out, not yet paid for
         self._ready_timeout = ready_timeout
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -352,7 +380,7 @@ class StackSampler:
 
     def _rotate(self, current: _Run) -> EndReason:
         while True:
-            due = current.started + self.window_seconds - self._clock()
+            due = current.started + current.seconds - self._clock()
             if self._wait_window(due):
                 self._deliver(current, self._clock())
                 return EndReason.STOPPED
@@ -367,6 +395,7 @@ class StackSampler:
                     return EndReason.STOPPED
                 current = resumed
                 continue
+            self._plan(current)
             try:
                 following = self._launch(self.launch_attempts)
             except Exception:
@@ -452,7 +481,7 @@ class StackSampler:
         output = Path(self._tmp.name) / f"window-{self._count}.txt"
         # The duration is only a safety bound: if apiscope dies without stopping it, py-spy
         # still ends by itself instead of tracing the server forever. Rotation uses SIGINT.
-        bound = max(30, math.ceil(10 * self.window_seconds))
+        bound = max(30, math.ceil(40 * self.window_seconds))
         # The 1st window, then every `activity_every`-th: a short session learns from the start
         # (and the 1st window's samples are all active ones, measured as such).
         active_only = self.activity_every > 0 and self._count % self.activity_every == 1
@@ -466,7 +495,8 @@ class StackSampler:
         if proc.wait_ready(self._ready_timeout):
             ready = self._clock()
             self.stats.startups.append(ready - spawned)
-            return _Run(proc, output, ready, self.options.rate_hz, active_only)
+            return _Run(proc, output, ready, self.options.rate_hz, active_only,
+                        self._next_seconds, proc.cpu_seconds())
         proc.interrupt()
         result = proc.finish(5.0)
         output.unlink(missing_ok=True)
@@ -481,10 +511,13 @@ class StackSampler:
 
     def _deliver(self, run: _Run, end: float) -> None:
         spent = run.proc.cpu_seconds()
-        self.stats.pyspy_cpu_seconds += spent
-        self._adapt_rate(run, end, spent)
         run.proc.interrupt()
         result = run.proc.finish(10.0)
+        total = max(spent, result.cpu_seconds)
+        self.stats.pyspy_cpu_seconds += total
+        # The rest is paid for with the next window planned (this one's plan was made while
+        # it ran).
+        self._exit_cpu += total - run.paid
         try:
             text = run.output.read_text(errors="replace")
         except OSError:
@@ -527,18 +560,25 @@ class StackSampler:
         except psutil.Error:
             return set()
 
-    def _adapt_rate(self, run: _Run, end: float, pyspy_cpu: float) -> None:
-        """Let the budget choose the rate of the py-spy started after this one."""
+    def _plan(self, run: _Run) -> None:
+        """Let the budget choose the rate and length of the window after `run`, from what
+        `run` has cost so far (and the exit of the one before it)."""
         if self.budget is None:
             return
         agent = self._agent_cpu() if self._agent_cpu is not None else 0.0
-        cost = WindowCost(max(end - run.started, 1e-3), run.rate_hz, pyspy_cpu,
-                          max(0.0, agent - self._agent_cpu_mark), len(self._pids))
-        self._agent_cpu_mark = agent
-        rate = self.budget.observe(cost)
+        collector = time.process_time()
+        spent = run.proc.cpu_seconds()
+        run.paid = spent
+        cost = WindowCost(max(self._clock() - run.started, 1e-3), run.rate_hz,
+                          spent + self._exit_cpu, max(0.0, agent - self._agent_cpu_mark),
+                          len(self._pids), startup_cpu=run.startup_cpu,
+                          collector_cpu=max(0.0, collector - self._collector_cpu_mark))
+        self._agent_cpu_mark, self._collector_cpu_mark, self._exit_cpu = agent, collector, 0.0
+        plan = self.budget.plan_after(cost)
         self.stats.rates.append(run.rate_hz)
-        if rate != self.options.rate_hz:
-            self.options = dataclasses.replace(self.options, rate_hz=rate)
+        self._next_seconds = plan.seconds
+        if plan.rate_hz != self.options.rate_hz:
+            self.options = dataclasses.replace(self.options, rate_hz=plan.rate_hz)
 
     def _measure(self, text: str, result: SpyExit, start: float, end: float,
                  rate_hz: int, active_only: bool = False) -> _Measured:
