@@ -326,19 +326,34 @@ class SessionWriter:
         return sid
 
     def _write_requests(self, c: sqlite3.Connection, batch: list[RequestRecord]) -> None:
+        # Most requests ran no query: those go in runs of one executemany each (a busy server
+        # sends thousands a second); one with queries needs its row id for them.
+        plain: list[tuple[Any, ...]] = []
         for r in batch:
-            query_count = sum(q.count for q in r.queries)
-            query_ms = sum(q.total_ms for q in r.queries)
-            cur = c.execute(
-                "INSERT INTO requests (pid, start, duration_ms, method, route, status, exc_type,"
-                " exc_file, exc_line, query_count, query_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (r.pid, r.start, r.duration_ms, r.method, r.route, r.status, r.exc_type,
-                 r.exc_file, r.exc_line, query_count, query_ms))
-            if r.queries:
-                c.executemany(
-                    "INSERT INTO request_queries VALUES (?, ?, ?, ?, ?, ?)",
-                    [(cur.lastrowid, self._statement_id(c, q.statement), q.count, q.total_ms,
-                      q.file, q.line) for q in r.queries])
+            if not r.queries:
+                plain.append(_request_row(r, 0, 0.0))
+                continue
+            if plain:
+                c.executemany(_INSERT_REQUEST, plain)
+                plain = []
+            cur = c.execute(_INSERT_REQUEST, _request_row(
+                r, sum(q.count for q in r.queries), sum(q.total_ms for q in r.queries)))
+            c.executemany(
+                "INSERT INTO request_queries VALUES (?, ?, ?, ?, ?, ?)",
+                [(cur.lastrowid, self._statement_id(c, q.statement), q.count, q.total_ms,
+                  q.file, q.line) for q in r.queries])
+        if plain:
+            c.executemany(_INSERT_REQUEST, plain)
+
+
+_INSERT_REQUEST = ("INSERT INTO requests (pid, start, duration_ms, method, route, status,"
+                   " exc_type, exc_file, exc_line, query_count, query_ms)"
+                   " VALUES (?,?,?,?,?,?,?,?,?,?,?)")
+
+
+def _request_row(r: RequestRecord, query_count: int, query_ms: float) -> tuple[Any, ...]:
+    return (r.pid, r.start, r.duration_ms, r.method, r.route, r.status, r.exc_type, r.exc_file,
+            r.exc_line, query_count, query_ms)
 
 
 def _checkpoint(conn: sqlite3.Connection, mode: str) -> None:
