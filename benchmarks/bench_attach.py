@@ -1,0 +1,360 @@
+"""What `apiscope attach` at its defaults costs a server, against py-spy alone.
+
+Three measurements, each a ratio to the bare server measured in the same round:
+
+- **saturated**: one uvicorn worker pinned to SERVER_CPU under wrk (pinned to LOAD_CPU) at full
+  load. Variants: the agent alone (`instrument(app)`), sampling alone (`attach --no-inject`),
+  the full attach, and py-spy alone, at 100 Hz and at the rate apiscope's budget chose in the
+  same round (the anchor: what any sampling profiler costs). apiscope and py-spy are pinned to
+  the server's core, so all of their cost lands on the target, none on the load generator.
+- **busy host**: a FastAPI app with sync (psycopg) and async (asyncpg) routes on a real
+  PostgreSQL; server, database, wrk and apiscope share the machine, nothing pinned. Throughput
+  and client p95 attached against unattached.
+- **first data**: from `apiscope attach` starting to its dashboard's `/metrics` showing both
+  requests and stack samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import (
+    LOAD_CPU,
+    ROOT,
+    SERVER_CPU,
+    cpu_seconds,
+    free_port,
+    ratio_summary,
+    server,
+    wait_http,
+    wrk,
+)
+
+SATURATED = ("bare", "agent", "sampling only", "attach", "py-spy 100 Hz", "py-spy, same rate")
+APISCOPE = [sys.executable, "-m", "apiscope"]
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process, its reaped children and its live descendants."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        t = proc.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in proc.children(recursive=True):
+            try:
+                c = child.cpu_times()
+                total += c.user + c.system
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        return 0.0
+    return float(total)
+
+
+def _agent_answers(pid: int) -> bool:
+    from apiscope.collectors.agent_client import AgentClient
+
+    with AgentClient(pid) as client:
+        return client.available()
+
+
+def _wait(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def attached(pid: int, *extra: str, pin: bool = True,
+             env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """`apiscope attach PID` at its defaults for the block; yields a dict that holds, once the
+    block ends, the report's sampling figures."""
+    tmp = Path(tempfile.mkdtemp(prefix="apiscope-bench-"))
+    argv = [*APISCOPE, "attach", str(pid), "--session", str(tmp / "s.sqlite"), "--report",
+            str(tmp / "r.json"), "--quiet", *extra]
+    if pin:
+        argv = ["taskset", "-c", SERVER_CPU, *argv]
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    out: dict[str, Any] = {"pid": proc.pid}
+    try:
+        yield out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate()
+        try:
+            report = json.loads((tmp / "r.json").read_text())
+            out.update(report.get("samples", {}))
+        except (OSError, ValueError):
+            out["error"] = err[-500:]
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def pyspy(pid: int, rate: int) -> Iterator[dict[str, Any]]:
+    """py-spy alone, as people run it (`record`, blocking, no --idle), on the server's core."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(
+            ["taskset", "-c", SERVER_CPU, "py-spy", "record", "-p", str(pid), "--rate", str(rate),
+             "--format", "raw", "--output", f"{tmp}/out.txt"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        out["pid"] = proc.pid
+        try:
+            time.sleep(1.0)  # its start-up (symbols) is not what is being measured
+            yield out
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _measure(pid: int, url: str, seconds: int, collector: int | None) -> dict[str, float]:
+    wrk(url, seconds=1)  # warm-up
+    before, c_before, t0 = cpu_seconds(pid), _tree_cpu(collector) if collector else 0.0, \
+        time.monotonic()
+    rps = wrk(url, seconds=seconds)
+    elapsed = time.monotonic() - t0
+    used = cpu_seconds(pid) - before
+    c_used = (_tree_cpu(collector) - c_before) if collector else 0.0
+    return {"rps": rps, "server_us": 1e6 * used / max(1.0, rps * seconds),
+            "collector_cores": c_used / elapsed}
+
+
+def _saturated_variant(variant: str, seconds: int, rate: int) -> dict[str, Any]:
+    middleware = "apiscope" if variant == "agent" else "bare"
+    with server("benchmarks.apps:app", {"BENCH_MIDDLEWARE": middleware}) as (pid, url):
+        if variant in ("bare", "agent"):
+            return _measure(pid, url, seconds, None)
+        if variant.startswith("py-spy"):
+            with pyspy(pid, 100 if variant == "py-spy 100 Hz" else rate) as spy:
+                return _measure(pid, url, seconds, spy["pid"])
+        extra = ["--no-dashboard"] + (["--no-inject"] if variant == "sampling only" else [])
+        with attached(pid, *extra) as run:
+            if variant == "attach":
+                _wait(lambda: _agent_answers(pid), 60, "the agent")
+            time.sleep(2.0)  # past the first windows (start-up, the first activity window)
+            result = _measure(pid, url, seconds, run["pid"])
+        result["effective_rate_hz"] = run.get("effective_rate_hz")
+        result["overhead_percent"] = run.get("overhead_percent")
+        return result
+
+
+def saturated(rounds: int = 5, seconds: int = 5) -> dict[str, Any]:
+    """Every variant once per round, the bare server's throughput of the round as the base."""
+    rows: dict[str, list[dict[str, Any]]] = {v: [] for v in SATURATED}
+    for _ in range(rounds):
+        results: dict[str, dict[str, Any]] = {}
+        rate = 100
+        for variant in SATURATED:  # attach comes before the py-spy run at its rate
+            results[variant] = _saturated_variant(variant, seconds, rate)
+            if variant == "attach" and results[variant].get("effective_rate_hz"):
+                rate = max(1, round(results[variant]["effective_rate_hz"]))
+            results[variant]["rate_hz"] = rate if variant == "py-spy, same rate" else None
+        for variant, result in results.items():
+            result["ratio"] = result["rps"] / results["bare"]["rps"]
+            rows[variant].append(result)
+    return {"rounds": rounds, "seconds": seconds, "variants": rows}
+
+
+# --- the busy host ----------------------------------------------------------------------------
+
+WRK_SCRIPT = """
+counter = 0
+request = function()
+  counter = counter + 1
+  local r = counter % 10
+  local path
+  if r < 5 then path = "/users/" .. (counter % 997 + 1)
+  elseif r < 9 then path = "/users/" .. (counter % 97 + 1) .. "/items"
+  else path = "/stats" end
+  return wrk.format("GET", path)
+end
+done = function(summary, latency, requests)
+  io.write(string.format("p95_us %d\\n", latency:percentile(95)))
+end
+"""
+
+
+def fill(dsn: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE users (id int PRIMARY KEY, email text, full_name text)")
+        conn.execute("CREATE TABLE items (id serial PRIMARY KEY, owner_id int, title text,"
+                     " price numeric)")
+        conn.execute("INSERT INTO users SELECT i, 'user' || i || '@example.com', 'User ' || i"
+                     " FROM generate_series(1, 1000) i")
+        conn.execute("INSERT INTO items (owner_id, title, price) SELECT 1 + i % 1000,"
+                     " 'item ' || i, (i % 100) * 1.5 FROM generate_series(1, 50000) i")
+        conn.execute("CREATE INDEX items_owner ON items (owner_id)")
+        conn.execute("ANALYZE")
+
+
+def _wrk_mixed(base: str, seconds: int, script: Path) -> tuple[float, float]:
+    """(requests per second, client p95 in ms) of the mixed load, unpinned."""
+    out = subprocess.run(["wrk", "-t1", "-c16", f"-d{seconds}s", "-s", str(script), base],
+                         capture_output=True, text=True, check=True).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p95 = re.search(r"p95_us (\d+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if rps is None or p95 is None or errors is not None:
+        raise RuntimeError(f"unexpected wrk output: {out}")
+    return float(rps.group(1)), int(p95.group(1)) / 1000
+
+
+@contextmanager
+def _pg_server(dsn: str) -> Iterator[tuple[int, str]]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "benchmarks.pg_app:app", "--port",
+                             str(port), "--log-level", "warning", "--no-access-log"],
+                            cwd=ROOT, env={**os.environ, "DATABASE_URL": dsn},
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/users/1")
+        yield proc.pid, base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+
+
+def busy_host(rounds: int = 5, seconds: int = 10) -> dict[str, Any]:
+    from apiscope.services import postgres_server
+
+    rows: dict[str, list[dict[str, Any]]] = {"unattached": [], "attached": []}
+    with postgres_server() as pg, tempfile.TemporaryDirectory() as tmp:
+        dsn = pg.dsn()
+        fill(dsn)
+        script = Path(tmp) / "mixed.lua"
+        script.write_text(WRK_SCRIPT)
+        for _ in range(rounds):
+            for variant in rows:
+                with _pg_server(dsn) as (pid, base):
+                    _wrk_mixed(base, 2, script)  # warm-up: connections, plans, caches
+                    if variant == "unattached":
+                        rps, p95 = _wrk_mixed(base, seconds, script)
+                        rows[variant].append({"rps": rps, "p95_ms": p95})
+                        continue
+                    with attached(pid, "--no-dashboard", pin=False) as run:
+                        _wait(lambda: _agent_answers(pid), 60, "the agent")  # noqa: B023
+                        time.sleep(2.0)
+                        rps, p95 = _wrk_mixed(base, seconds, script)
+                    rows[variant].append({"rps": rps, "p95_ms": p95,
+                                          "effective_rate_hz": run.get("effective_rate_hz"),
+                                          "overhead_percent": run.get("overhead_percent")})
+    ratios = [a["rps"] / u["rps"] for a, u in zip(rows["attached"], rows["unattached"],
+                                                   strict=True)]
+    p95 = [a["p95_ms"] / u["p95_ms"] for a, u in zip(rows["attached"], rows["unattached"],
+                                                     strict=True)]
+    return {"rounds": rounds, "seconds": seconds, "rows": rows, "throughput_ratios": ratios,
+            "p95_ratios": p95}
+
+
+# --- attach to first data -----------------------------------------------------------------------
+
+def _dashboard_has_data(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return False
+
+    def total(name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + "{") or line.startswith(name + " "))
+
+    return total("apiscope_requests_total") > 0 and total("apiscope_samples_total") > 0
+
+
+def first_data(rounds: int = 3) -> dict[str, Any]:
+    """Seconds from `apiscope attach` starting to requests and samples on its dashboard, with
+    a light steady load on the server."""
+    times = []
+    for _ in range(rounds):
+        with server("benchmarks.apps:app", {"BENCH_MIDDLEWARE": "bare"}) as (pid, url):
+            load = subprocess.Popen(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c2", "-d60s",
+                                     url], stdout=subprocess.DEVNULL)
+            try:
+                port = free_port()
+                t0 = time.monotonic()
+                with attached(pid, "--port", str(port), pin=False, env={"APISCOPE_TOKEN": ""}):
+                    _wait(lambda: _dashboard_has_data(port), 60,  # noqa: B023
+                          "data on the dashboard")
+                    times.append(time.monotonic() - t0)
+            finally:
+                load.terminate()
+                load.wait()
+    return {"seconds": times}
+
+
+def run() -> dict[str, Any]:
+    return {"saturated": saturated(), "busy_host": busy_host(), "first_data": first_data()}
+
+
+def render(result: dict[str, Any]) -> str:
+    sat = result["saturated"]
+    lines = ["| variant | throughput ratio to bare (median) | server CPU per request |"
+             " apiscope / py-spy CPU | sampling rate |", "| --- | --- | --- | --- | --- |"]
+    for variant, rows in sat["variants"].items():
+        cpu = statistics.median(r["server_us"] for r in rows)
+        collector = statistics.median(r["collector_cores"] for r in rows)
+        rates = [r.get("effective_rate_hz") or r.get("rate_hz") for r in rows]
+        rate = ("-" if not any(rates) else
+                f"{statistics.median(x for x in rates if x):.0f} Hz")
+        if variant == "py-spy 100 Hz":
+            rate = "100 Hz"
+        lines.append(f"| {variant} | {ratio_summary([r['ratio'] for r in rows])} | {cpu:.0f} µs"
+                     f" | {collector:.3f} cores | {rate} |")
+    busy = result["busy_host"]
+    un = busy["rows"]["unattached"]
+    lines += ["", "| busy host | median | min | max |", "| --- | --- | --- | --- |"]
+    for name, values in (("throughput, attached / unattached", busy["throughput_ratios"]),
+                         ("client p95, attached / unattached", busy["p95_ratios"])):
+        lines.append(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} |"
+                     f" {max(values):.3f} |")
+    lines.append(f"| unattached throughput, p95 | "
+                 f"{statistics.median(r['rps'] for r in un):.0f} req/s, "
+                 f"{statistics.median(r['p95_ms'] for r in un):.1f} ms | | |")
+    first = result["first_data"]["seconds"]
+    lines += ["", f"Attach to first requests and samples on the dashboard: median "
+              f"{statistics.median(first):.1f} s (max {max(first):.1f} s) over {len(first)} runs."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("part", choices=["saturated", "busy_host", "first_data"])
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    print(json.dumps(globals()[args.part](rounds=args.rounds), indent=1, default=str))
