@@ -1,9 +1,10 @@
 """Ingest: how many samples per second the parser and the session store sustain.
 
 Input is real py-spy raw output (the parser's test fixtures: uvicorn, gunicorn with two
-workers, a thread pool), replayed as one-second windows. Each window's text is parsed,
-classified and written through `SessionWriter`, as the collector does; the rate is samples
-stored per second of wall time, flushed to disk.
+workers, a thread pool), replayed as one-second windows. Each window's text is parsed, its
+threads' roles found, its samples split into running and waiting ones and written through
+`SessionWriter`, as the collector does; the rate is samples stored per second of wall time,
+flushed to disk.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from apiscope.collectors.chrometrace import raw_as_trace
+from apiscope.collectors.oncpu import ActivityShares, line_times, split_samples
 from apiscope.collectors.pyspy import parse_raw
-from apiscope.collectors.threads import classify
-from apiscope.model import StackWindow
+from apiscope.collectors.threads import is_waiting, thread_roles
+from apiscope.model import Frame, StackWindow, ThreadRole
 from apiscope.store import SessionWriter
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "collectors" / "fixtures"
@@ -29,10 +32,18 @@ def ingest(directory: Path, windows: int = 600) -> dict[str, float]:
     path = directory / "ingest.sqlite"
     stored = 0
     t0 = time.perf_counter()
+    shares = ActivityShares()
     with SessionWriter(path) as writer:
         for i in range(windows):
             raw = parse_raw(texts[i % len(texts)], default_pid=1000)
-            samples, roles = classify(raw.samples)
+            roles = thread_roles(raw.samples)
+
+            def idle(pid: int, tid: int, frames: tuple[Frame, ...]) -> bool:
+                return is_waiting(frames, roles.get((pid, tid), ThreadRole.OTHER))  # noqa: B023
+
+            trace = raw_as_trace(raw, 100)
+            shares.observe(line_times(trace.segments, idle), 1.0, active=i % 4 == 0)
+            samples = split_samples(trace.segments, 100, idle, shares, {}, 1.0)
             stored += sum(s.count for s in samples)
             writer.put_window(StackWindow(float(i), float(i + 1), 100, samples, threads=roles))
         writer.flush()
