@@ -100,8 +100,10 @@ def attached(pid: int, *extra: str, pin: bool = True,
     try:
         yield out
     finally:
+        # SIGTERM, as systemd or Kubernetes would stop it (a benchmark started in the
+        # background of a script inherits an ignored SIGINT, and so would apiscope).
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             _, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
@@ -109,10 +111,11 @@ def attached(pid: int, *extra: str, pin: bool = True,
             _, err = proc.communicate()
         try:
             report = json.loads((tmp / "r.json").read_text())
-            out.update(report.get("samples", {}))
         except (OSError, ValueError):
-            out["error"] = err[-500:]
-        shutil.rmtree(tmp, ignore_errors=True)
+            raise RuntimeError(f"apiscope attach wrote no report: {err[-500:]}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        out.update(report.get("samples", {}))
 
 
 @contextmanager
@@ -129,7 +132,7 @@ def pyspy(pid: int, rate: int) -> Iterator[dict[str, Any]]:
             time.sleep(1.0)  # its start-up (symbols) is not what is being measured
             yield out
         finally:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
