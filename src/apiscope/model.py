@@ -196,7 +196,8 @@ class LoopStall:
     frames: tuple[Frame, ...]  # the loop thread's stack during the stall, root first
     cpu_ms: float | None = None  # the loop thread's CPU time during the stall
     # What the kernel said the loop thread was doing at each look during the stall: "cpu" (on
-    # a CPU or ready for one), "sleep", "io", "lock" (a lock, a condition or the GIL).
+    # a CPU), "queue" (ready, waiting for a CPU: more run-queue than CPU time since the last
+    # look), "sleep", "io", "lock" (a lock, a condition or the GIL).
     activity: dict[str, int] = field(default_factory=dict)
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -134,8 +137,37 @@ def test_a_computation_on_the_loop_uses_cpu_all_along(loop_thread: LoopThread) -
     (stall,) = loop_thread.stalls
     assert stall["frames"][-1][0] == "spinner"
     assert 190 <= stall["cpu_ms"] <= stall["duration_ms"] + 1
-    # on a CPU, or waiting for the GIL between turns (a futex): never asleep
-    assert stall["activity"] and set(stall["activity"]) <= {"cpu", "lock"}
+    # on a CPU, waiting for one, or for the GIL between turns (a futex): never asleep
+    assert stall["activity"] and set(stall["activity"]) <= {"cpu", "queue", "lock"}
+
+
+def test_a_computation_without_a_free_cpu_is_seen_waiting_for_one(
+        loop_thread: LoopThread) -> None:
+    # Two busy processes share the loop thread's one CPU: the kernel gives it about a third
+    # of its time, and the looks say it was ready to run but queued, not computing or asleep.
+    cpu = min(os.sched_getaffinity(0))
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    native = loop_thread.thread.native_id
+    assert native is not None
+    before = os.sched_getaffinity(native)
+    try:
+        for hog in hogs:
+            os.sched_setaffinity(hog.pid, {cpu})
+        os.sched_setaffinity(native, {cpu})
+        wait_until(loop_thread.probes_after(3), what="the watchdog to probe the loop")
+        loop_thread.stalls.clear()
+        loop_thread.call(spinner)
+        wait_until(lambda: loop_thread.pull() and loop_thread.stalls, timeout=20,
+                   what="a stall")
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+        os.sched_setaffinity(native, before)
+    stall = max(loop_thread.stalls, key=lambda s: s["duration_ms"])
+    activity = stall["activity"]
+    assert activity.get("queue", 0) > activity.get("cpu", 0)
+    assert not activity.get("sleep") and not activity.get("io")
 
 
 def test_the_kernel_says_what_a_thread_waits_on() -> None:

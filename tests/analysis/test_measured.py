@@ -214,3 +214,24 @@ def test_the_kernels_looks_name_what_the_loop_waited_on(tmp_path: Path) -> None:
     [flag] = [f for f in report_of(spec, tmp_path / "b")["flags"]
               if f["kind"] == "event_loop_blocked"]
     assert flag["metric"]["cause"] == "cpu" and "running CPU work" in flag["evidence"]
+
+
+def test_looks_at_a_loop_waiting_for_a_cpu_count_for_neither_cause(tmp_path: Path) -> None:
+    spec = measured_healthy()
+    # A sync query on the loop of a starved host: most looks find the thread ready to run but
+    # queued for a CPU; of the others, the socket read outnumbers the CPU work.
+    spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0,
+                                  on_loop(app("summary", 88)), 8.0,
+                                  {"queue": 5, "cpu": 1, "io": 3})
+                        for i in range(20)]
+    [flag] = [f for f in report_of(spec, tmp_path / "a")["flags"]
+              if f["kind"] == "event_loop_blocked"]
+    assert flag["metric"]["cause"] == "wait" and "blocking I/O" in flag["evidence"]
+    assert "waiting for a CPU at 56%" in flag["evidence"]
+    # Nothing but queued looks: the measured CPU share of the stalls decides.
+    spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0,
+                                  on_loop(app("summary", 90)), 45.0, {"queue": 4})
+                        for i in range(20)]
+    [flag] = [f for f in report_of(spec, tmp_path / "b")["flags"]
+              if f["kind"] == "event_loop_blocked"]
+    assert flag["metric"]["cause"] == "cpu"

@@ -128,6 +128,10 @@ class LoopWatchdog:
         # What the loop thread waits on during a stall (a sleep, I/O, a lock), by the kernel.
         self._loop_syscall = SyscallState(native_id)
         self._activity: Counter[str] = Counter()
+        # The loop thread's schedstat at the last look (or last time seen running): a "cpu"
+        # look after more run-queue time than CPU time was a thread ready to run that the host
+        # had no CPU for ("queue"), not code running.
+        self._look_mark: tuple[int, int] | None = None
         self._stop = threading.Event()
         self._clock = WakeClock(meter if meter is not None else GilMeter())
         self._lock = threading.Lock()
@@ -254,6 +258,7 @@ class LoopWatchdog:
         with self._lock:
             self._lags.append(0.0)
         self._seen_at, self._seen_cpu_ns = now, (read[0] if read is not None else None)
+        self._look_mark = read
 
     def _await_probe(self, posted: float, wait: float, stacks: Counter[Stack],
                      ) -> tuple[tuple[float, int], Counter[Stack]] | None:
@@ -279,6 +284,12 @@ class LoopWatchdog:
     def _look(self) -> None:
         """What the kernel says the loop thread is doing now (kept if this becomes a stall)."""
         activity = self._loop_syscall.read()
+        stat = self._loop_stat
+        read = stat.read() if stat is not None else None
+        mark, self._look_mark = self._look_mark, read
+        if activity == "cpu" and read is not None and mark is not None and \
+                read[1] - mark[1] > read[0] - mark[0]:
+            activity = "queue"
         if activity is not None:
             self._activity[activity] += 1
 

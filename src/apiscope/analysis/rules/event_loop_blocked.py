@@ -65,9 +65,19 @@ _WAITS = {"sleep": "in a sync sleep", "io": "in blocking I/O on a file or socket
           "lock": "waiting for a lock or the GIL"}
 
 
-def _describe_looks(activity: Counter[str]) -> tuple[str, str]:
-    """(what the loop was doing, cause) from what the kernel said at each look in the stalls."""
-    looks = sum(activity.values())
+def _describe_looks(activity: Counter[str], cpu_share: float | None) -> tuple[str, str]:
+    """(what the loop was doing, cause) from what the kernel said at each look in the stalls.
+
+    Looks at a thread ready to run but waiting for a CPU ("queue") are the host's, not the
+    code's: they count for neither side, and the stalls' measured CPU share decides when they
+    are all there is."""
+    queued = activity.get("queue", 0)
+    looks = sum(activity.values()) - queued
+    host = (f"; ready but waiting for a CPU at {pct(queued / (looks + queued))} of them"
+            if queued else "")
+    if looks <= 0:
+        what, cause = _describe(cpu_share)
+        return what + host, cause
     running = activity.get("cpu", 0) / looks
     waits = (activity.get("sleep", 0) + activity.get("io", 0)) / looks
     # A futex is the GIL as often as a lock: Python computing beside other threads waits for
@@ -77,12 +87,12 @@ def _describe_looks(activity: Counter[str]) -> tuple[str, str]:
     if running > waits and running > 0:
         also = activity.get("lock", 0) / looks
         gil = f", waiting for the GIL or a lock at {pct(also)}" if also else ""
-        return (f"running CPU work (on a CPU, or ready for one, at {pct(running)} of the"
-                f" kernel's looks{gil})"), "cpu"
-    kind, count = max(((k, n) for k, n in activity.items() if k != "cpu"),
+        return (f"running CPU work (on a CPU at {pct(running)} of the kernel's looks"
+                f"{gil}{host})"), "cpu"
+    kind, count = max(((k, n) for k, n in activity.items() if k not in ("cpu", "queue")),
                       key=lambda kv: (kv[1], kv[0]))
-    return (f"{_WAITS.get(kind, 'off-CPU')} (at {pct(count / looks)} of the kernel's looks)",
-            "wait")
+    return (f"{_WAITS.get(kind, 'off-CPU')} (at {pct(count / looks)} of the kernel's looks"
+            f"{host})"), "wait"
 
 
 def _describe(cpu_share: float | None) -> tuple[str, str]:
@@ -155,7 +165,7 @@ class EventLoopBlockedRule:
         hot = max(group.lines.items(), key=lambda kv: (kv[1], kv[0].file, kv[0].line))[0]
         loc = frame_location(hot)
         cpu_share = group.cpu_seconds / group.cpu_known if group.cpu_known else None
-        what, cause = (_describe_looks(group.activity) if group.activity
+        what, cause = (_describe_looks(group.activity, cpu_share) if group.activity
                        else _describe(cpu_share))
         framework = framework_of(group.stacks)
         evidence = (f"the event loop stalled {group.count} times for {group.seconds:.2f} s in all"
