@@ -7,7 +7,7 @@ import io
 import pytest
 
 from apiscope.collection import Collection, CollectOptions
-from apiscope.collectors.stacks import EndReason
+from apiscope.collectors.samplerstats import EndReason
 from apiscope.model import Frame, StackSample, StackWindow
 from tests.collect.fakes import (
     FakeClients,

@@ -31,12 +31,9 @@ from apiscope.collectors.budget import OverheadBudget
 from apiscope.collectors.injections import DetachFailure
 from apiscope.collectors.pyspy import RecordOptions
 from apiscope.collectors.resources import ProcessChanges, ResourceCollector
-from apiscope.collectors.stacks import (
-    EndReason,
-    SamplerStats,
-    StackSampler,
-    target_stopped,
-)
+from apiscope.collectors.samplerstats import EndReason, SamplerStats
+from apiscope.collectors.spy import target_stopped
+from apiscope.collectors.stacks import StackSampler
 from apiscope.collectors.target import Target
 from apiscope.errors import TargetError
 from apiscope.metrics import MetricsExporter

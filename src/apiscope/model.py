@@ -67,6 +67,9 @@ class StackWindow:
     process_cpu: dict[int, float] = field(default_factory=dict)
     # Seconds each (pid, tid) waited in the run queue for a CPU in the window.
     thread_runqueue: dict[tuple[int, int], float] = field(default_factory=dict)
+    # Recorded without --idle: a thread shows only while py-spy found it active, so its
+    # samples are not the window's length (see collectors/oncpu.py).
+    active_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from apiscope.collectors.budget import OverheadBudget
 from apiscope.collectors.injections import DetachFailure
 from apiscope.collectors.pyspy import RecordOptions
 from apiscope.collectors.resources import ProcessChanges
-from apiscope.collectors.stacks import EndReason, SamplerStats
+from apiscope.collectors.samplerstats import EndReason, SamplerStats
 from apiscope.collectors.target import Target
 from apiscope.model import (
     AgentStats,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apiscope.collect.failures import FailureLog, detach_warning, failure_lines
 from apiscope.collectors.injections import DetachFailure
-from apiscope.collectors.stacks import SamplerStats
+from apiscope.collectors.samplerstats import SamplerStats
 
 
 def test_nothing_wrong_means_no_entry_and_nothing_to_store() -> None:

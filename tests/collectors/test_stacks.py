@@ -6,6 +6,7 @@ rotation logic (no gap, final window on stop, target exit, failures) determinist
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Sequence
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from apiscope.collectors.stacks import EndReason, SpyExit, StackSampler, window_loss
+from apiscope.collectors.samplerstats import EndReason, window_loss
+from apiscope.collectors.spy import SpyExit
+from apiscope.collectors.stacks import StackSampler
 from apiscope.collectors.threadcpu import CpuReading, ThreadCpuReader
 from apiscope.errors import TargetError
 from apiscope.model import SampleState, StackSample, StackWindow, ThreadRole
@@ -263,6 +266,10 @@ def test_window_loss_counts_every_thread() -> None:
                          samples=(sample(1, 150), sample(1, 40), sample(2, 200)), errors=3)
     loss = window_loss(window)
     assert (loss.expected, loss.stored, loss.errors) == (400.0, 390, 3)
+    # Recorded without --idle, threads show only while active: no loss can be told.
+    active = dataclasses.replace(window, active_only=True)
+    loss = window_loss(active)
+    assert (loss.expected, loss.stored, loss.errors) == (390.0, 390, 3)
 
 
 def test_a_failing_callback_ends_the_sampler_and_leaves_no_py_spy_running() -> None:

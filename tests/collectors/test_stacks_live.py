@@ -18,7 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from apiscope.collectors.stacks import EndReason, PopenSpy, StackSampler
+from apiscope.collectors.samplerstats import EndReason
+from apiscope.collectors.spy import PopenSpy
+from apiscope.collectors.stacks import StackSampler
 from apiscope.errors import TargetError
 from apiscope.model import Frame, SampleState, StackWindow, ThreadRole
 from tests.support import free_port, require_ptrace, run_server, uvicorn_argv, wait_until

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apiscope.collectors.injections import DetachFailure
-from apiscope.collectors.stacks import SamplerStats
+from apiscope.collectors.samplerstats import SamplerStats
 
 META_KEY = "target_failures"
 

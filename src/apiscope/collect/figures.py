@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from apiscope.collectors.budget import OverheadBudget
-from apiscope.collectors.stacks import window_loss
+from apiscope.collectors.samplerstats import window_loss
 from apiscope.model import SampleState, StackWindow, ThreadRole
 
 

@@ -27,17 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import signal
-import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import psutil
 
@@ -45,7 +40,6 @@ from apiscope.collectors.budget import OverheadBudget, WindowCost
 from apiscope.collectors.chrometrace import Trace, parse_chrometrace, raw_as_trace
 from apiscope.collectors.oncpu import ActivityShares, ThreadBudget, line_times, split_samples
 from apiscope.collectors.pyspy import (
-    READY_MARKER,
     RecordOptions,
     exited_message,
     failure_error,
@@ -54,181 +48,20 @@ from apiscope.collectors.pyspy import (
     parse_summary,
     record_argv,
 )
+from apiscope.collectors.samplerstats import EndReason, SamplerStats, window_loss
+from apiscope.collectors.spy import (
+    PopenSpy,
+    SpawnSpy,
+    SpyExit,
+    SpyProcess,
+    target_alive,
+    target_stopped,
+)
 from apiscope.collectors.threadcpu import CpuReading, CpuUsage, ThreadCpuReader, usage
 from apiscope.collectors.threads import is_waiting, thread_roles
 from apiscope.errors import TargetError
-from apiscope.lifetime import Reaper, die_with_parent
+from apiscope.lifetime import Reaper
 from apiscope.model import Frame, StackSample, StackWindow, ThreadRole
-
-
-@dataclass(frozen=True, slots=True)
-class SpyExit:
-    returncode: int | None
-    stdout: str
-    stderr: str
-    cpu_seconds: float = 0.0  # its CPU time over its whole life (0: not known)
-
-
-class SpyProcess(Protocol):
-    """A running `py-spy record`, as the sampler drives it."""
-
-    def wait_ready(self, timeout: float) -> bool: ...  # True once sampling has begun
-    def poll(self) -> int | None: ...
-    def interrupt(self) -> None: ...  # SIGINT: stop sampling, write the file
-    def cpu_seconds(self) -> float: ...  # its CPU time so far
-    def finish(self, timeout: float) -> SpyExit: ...  # wait for the exit (kill at timeout)
-
-
-SpawnSpy = Callable[[Sequence[str]], SpyProcess]
-
-
-class PopenSpy:
-    """The real thing: py-spy as a subprocess, its output read by two small threads."""
-
-    def __init__(self, argv: Sequence[str]) -> None:
-        # Its own session: a Ctrl-C at the terminal must reach apiscope, which then stops
-        # py-spy and keeps the last window, not py-spy directly. Killed with apiscope: a
-        # kill -9 of the collector must not leave py-spy tracing the server.
-        self._proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                      text=True, errors="replace", start_new_session=True,
-                                      preexec_fn=die_with_parent)
-        self._ready = threading.Event()
-        self._out: list[str] = []
-        self._err: list[str] = []
-        self._readers = [
-            threading.Thread(target=self._read, args=(self._proc.stdout, self._out, True),
-                             daemon=True, name="py-spy-stdout"),
-            threading.Thread(target=self._read, args=(self._proc.stderr, self._err, False),
-                             daemon=True, name="py-spy-stderr"),
-        ]
-        for reader in self._readers:
-            reader.start()
-        self._psutil: psutil.Process | None = None
-        self._last_cpu = 0.0
-        try:
-            self._psutil = psutil.Process(self._proc.pid)
-        except psutil.Error:
-            pass
-
-    def _read(self, stream: object, sink: list[str], watch: bool) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            sink.append(line)
-            if watch and READY_MARKER in line:
-                self._ready.set()
-        self._ready.set()  # EOF: the process ended (ready or not, waiting is over)
-
-    def wait_ready(self, timeout: float) -> bool:
-        self._ready.wait(timeout)
-        return any(READY_MARKER in line for line in self._out)
-
-    def poll(self) -> int | None:
-        return self._proc.poll()
-
-    def interrupt(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGINT)
-
-    def cpu_seconds(self) -> float:
-        try:
-            times = self._psutil.cpu_times() if self._psutil is not None else None
-        except psutil.Error:
-            return 0.0
-        if times is not None:
-            self._last_cpu = times.user + times.system
-        return self._last_cpu
-
-    def finish(self, timeout: float) -> SpyExit:
-        cpu = self._reap(timeout)
-        for reader in self._readers:
-            reader.join(timeout)
-        for stream in (self._proc.stdout, self._proc.stderr):
-            if stream is not None:
-                stream.close()
-        return SpyExit(self._proc.returncode, "".join(self._out), "".join(self._err), cpu)
-
-    def _reap(self, timeout: float) -> float:
-        """Wait for the exit (kill at `timeout`) with wait4, which hands back the CPU time
-        py-spy used, writing its output at exit included; psutil's last reading when the
-        process was already reaped."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                pid, status, usage = os.wait4(self._proc.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped already, by poll()
-                self._proc.wait()
-                return self._last_cpu
-            if pid:
-                self._proc.returncode = os.waitstatus_to_exitcode(status)
-                return usage.ru_utime + usage.ru_stime
-            if time.monotonic() >= deadline:
-                self._proc.kill()
-                deadline = math.inf
-            time.sleep(0.005)
-
-
-def target_alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def target_stopped(pid: int) -> bool:
-    """Stopped by SIGSTOP (a debugger, a cgroup freezer): py-spy cannot attach until SIGCONT."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
-    except psutil.Error:
-        return False
-
-
-class EndReason(StrEnum):
-    STOPPED = "stopped"  # stop() was called
-    TARGET_EXITED = "target_exited"  # the target process is gone: a normal end
-    FAILED = "failed"  # py-spy failed and could not be restarted; see `error`
-
-
-@dataclass(slots=True)
-class SamplerStats:
-    """What the sampler measured about itself (read after stop, or any time for a glance)."""
-
-    windows: int = 0
-    dropped_windows: int = 0  # py-spy ended without writing a file
-    stored: int = 0  # samples delivered
-    expected: float = 0.0  # rate x seconds x threads, summed over windows
-    errors: int = 0  # failed reads py-spy reported
-    bad_lines: int = 0  # unparseable lines (skipped)
-    # Seconds from the new py-spy printing that it samples to the old one being signalled.
-    # (Each py-spy still samples a little before/after that: see docs/sampling.md.)
-    handovers: list[float] = field(default_factory=list)
-    startups: list[float] = field(default_factory=list)  # seconds from spawn to sampling
-    launch_retries: int = 0  # mid-session py-spy starts that failed and were retried
-    pyspy_cpu_seconds: float = 0.0
-    sampled_seconds: float = 0.0
-    activity_windows: int = 0  # recorded without --idle, to learn which lines run
-    rates: list[int] = field(default_factory=list)  # the rate of each window, with a budget
-    failed_windows: int = 0  # read but not classified (an error of ours): skipped, counted
-    last_failure: str | None = None
-    gaps: list[tuple[float, float, str]] = field(default_factory=list)  # (start, end, why)
-
-    @property
-    def loss(self) -> float:
-        """Fraction of expected samples not stored (0 when nothing was expected)."""
-        return max(0.0, 1.0 - self.stored / self.expected) if self.expected else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class WindowLoss:
-    expected: float
-    stored: int
-    errors: int
-
-
-def window_loss(window: StackWindow) -> WindowLoss:
-    """Expected = rate x window seconds x threads seen in it; stored = sample counts."""
-    threads = len({(s.pid, s.tid) for s in window.samples})
-    expected = window.rate_hz * max(0.0, window.end - window.start) * threads
-    return WindowLoss(expected, sum(s.count for s in window.samples), window.errors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -609,7 +442,8 @@ class StackSampler:
                                 max(m.end - m.start, 1e-9), active_only=m.active_only)
         window = StackWindow(start=m.start, end=m.end, rate_hz=m.rate_hz, samples=samples,
                              errors=m.errors, threads=m.roles, thread_cpu=m.used.threads,
-                             process_cpu=m.used.processes, thread_runqueue=m.used.runqueue)
+                             process_cpu=m.used.processes, thread_runqueue=m.used.runqueue,
+                             active_only=m.active_only)
         self._account(window, m.trace.bad_events)
         return window
 
