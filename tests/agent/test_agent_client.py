@@ -109,3 +109,9 @@ def test_batch_conversion_to_the_model() -> None:
     assert batch.threadpool is not None and batch.threadpool.waiting == 3
     assert (batch.stats.ts, batch.stats.dropped) == (100.0, 1)
     assert batch.routes[0].handler == "main:a"
+    # The agent sends each request as its RequestEntry array; the object form above is what an
+    # agent of an earlier apiscope, still running in a server, sends: both read the same.
+    row = batch_from_json({"pid": 12, "ts": 100.0, "requests": [
+        [99.5, 3.5, "GET", "/a/{b}", 500, "KeyError", "/app/main.py", 7,
+         [["SELECT ?", 3, 1.5, "/app/main.py", 9]]]]})
+    assert row.requests == batch.requests

@@ -2,7 +2,8 @@
 
 Protocol: newline-delimited JSON. The collector writes one request object per line
 (`{"op": "pull"}` or `{"op": "ping"}`) and reads one response object per line. A pull answers
-`{"pid", "ts", "requests": [...], "routes": [...], "threadpool": {...} | null,
+`{"pid", "ts", "requests": [[start, duration_ms, method, route, status, exc_type, exc_file,
+exc_line, queries], ...], "routes": [...], "threadpool": {...} | null,
 "stats": {"recorded", "dropped", "errors"}, "profiles": [...], "profiling": {...},
 "watchdogs": {...} | null, "more": bool}` (`profiling`: the per-request profiler's status,
 e.g. why pyinstrument is unavailable in the target; `watchdogs`: loop lag, loop stalls and the

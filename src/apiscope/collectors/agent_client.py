@@ -288,13 +288,22 @@ def watchdogs_from_json(data: dict[str, Any], pid: int, ts: float) -> WatchdogRe
     )
 
 
-def _request(r: dict[str, Any], pid: int) -> RequestRecord:
+_REQUEST_FIELDS = ("start", "duration_ms", "method", "route", "status", "exc_type",
+                   "exc_file", "exc_line", "queries")
+
+
+def _request(r: list[Any] | dict[str, Any], pid: int) -> RequestRecord:
+    """One request: an array in `_REQUEST_FIELDS` order (the agent's `RequestEntry`), or an
+    object, as an agent of an earlier apiscope still running in a server sends it."""
+    if isinstance(r, dict):
+        r = [r.get(name) for name in _REQUEST_FIELDS]
+    start, duration_ms, method, route, status, exc_type, exc_file, exc_line, queries = r
     return RequestRecord(
-        pid=pid, start=float(r["start"]), duration_ms=float(r["duration_ms"]),
-        method=str(r["method"]), route=str(r["route"]), status=int(r["status"]),
-        exc_type=r.get("exc_type"), exc_file=r.get("exc_file"), exc_line=r.get("exc_line"),
+        pid=pid, start=float(start), duration_ms=float(duration_ms), method=str(method),
+        route=str(route), status=int(status), exc_type=exc_type, exc_file=exc_file,
+        exc_line=exc_line,
         queries=tuple(QueryStat(statement=q[0], count=int(q[1]), total_ms=float(q[2]),
-                                file=q[3], line=q[4]) for q in r.get("queries", ())),
+                                file=q[3], line=q[4]) for q in queries or ()),
     )
 
 
