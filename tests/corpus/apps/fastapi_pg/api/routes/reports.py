@@ -59,6 +59,7 @@ def demand_forecast(item_id: int, days: int = 30) -> dict[str, float]:
 
 
 @router.get("/monthly")
-def monthly_report(session: SessionDep) -> dict[str, int]:  # planted: slow_endpoint wait
-    row = session.exec(text("SELECT pg_sleep(0.3), count(*) FROM item")).one()
+def monthly_report(session: SessionDep) -> dict[str, int]:
+    month = text("SELECT pg_sleep(0.3), count(*) FROM item")
+    row = session.exec(month).one()  # planted: slow_endpoint wait
     return {"items": int(row[1])}
