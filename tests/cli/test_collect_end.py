@@ -57,12 +57,12 @@ def report_target(session: Path, capsys: pytest.CaptureFixture[str]) -> dict[str
     return target
 
 
-def test_a_failed_detach_is_warned_twice_stored_and_fails_the_command(
+def test_a_failed_detach_is_warned_twice_and_stored_and_the_run_still_ends_well(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     injections = FakeInjections(fail={12: "gdb: ptrace refused"})
     done, err, session = run_collect(tmp_path, monkeypatch, capsys, injections, FakeClients())
-    assert done.exit_code == 1 and [f.pid for f in done.detach_failures] == [12]
+    assert done.exit_code == 0 and [f.pid for f in done.detach_failures] == [12]
     warning = ("apiscope: warning: the agent in PID 12 could not be detached (gdb: ptrace"
                " refused); retry with: apiscope detach 12")
     assert warning in err
@@ -120,8 +120,8 @@ def retrying(*args: Any, **kwargs: Any) -> Collection:
     return collection
 
 
-@pytest.mark.parametrize(("failures", "code"), [([], 0), ([DetachFailure(12, "x")], 1)])
-def test_attach_exits_1_when_an_agent_stays_behind(
+@pytest.mark.parametrize(("failures", "code"), [([], 0), ([DetachFailure(12, "x")], 0)])
+def test_attach_ends_with_0_even_when_an_agent_stays_behind(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, failures: list[DetachFailure],
         code: int) -> None:
     monkeypatch.setattr(attach_cli, "check_report_path", lambda args: None)
