@@ -13,6 +13,7 @@ from typing import Any
 
 from apiscope.analysis.attribution import RouteMatcher, is_tool_work, user_frame
 from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds
+from apiscope.flag import Flag as Flag  # the rules' output type, re-exported for them
 from apiscope.model import (
     Frame,
     GilSample,
@@ -30,7 +31,6 @@ from apiscope.model import (
 )
 from apiscope.store.reader import SessionReader
 
-Flag = dict[str, Any]
 # Thread roles whose samples run request handlers: the denominators of every share.
 HANDLER_ROLES = frozenset({ThreadRole.LOOP, ThreadRole.WORKER})
 

@@ -3,23 +3,31 @@
 Flags are matched by (kind, route): a fix that moves the hot line keeps the flag "kept", while a
 flag of a new kind or on another route "appeared". Flags without a route (sessions without the
 agent) are matched by the file and function of their location instead.
+
+Reports are compared as JSON (two reports built now, or read back from files): their flags are
+read as `Flag`s, and the diff lists them in the report's JSON shape again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from apiscope.analysis.flags import sort_flags
+from apiscope.analysis.flags import Flag, report_flags, sort_flags
 
 FIGURES = ("count", "rps", "p50_ms", "p95_ms", "p99_ms", "cpu_share")
 DIFF_VERSION = 1
 
 
-def _key(flag: dict[str, Any]) -> tuple[str, str]:
-    if flag["route"] or not flag["location"]:
-        return (flag["kind"], flag["route"] or "")
-    loc = flag["location"]  # no route (no agent): the function stands for it
-    return (flag["kind"], f"{loc['file']}:{loc['function']}")
+def _key(flag: Flag) -> tuple[str, str]:
+    if flag.route or not flag.location:
+        return (flag.kind, flag.route or "")
+    loc = flag.location  # no route (no agent): the function stands for it
+    return (flag.kind, f"{loc.file}:{loc.function}")
+
+
+def _listed(flags: Iterable[Flag]) -> list[dict[str, Any]]:
+    return [flag.to_json() for flag in sort_flags(flags)]
 
 
 def _change(base: Any, new: Any) -> dict[str, float | None]:
@@ -51,14 +59,15 @@ def diff_reports(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     before = {e["route"]: e for e in base["endpoints"]}
     after = {e["route"]: e for e in new["endpoints"]}
     endpoints = [_endpoint(r, before.get(r), after.get(r)) for r in sorted(before | after)]
-    old_keys, new_keys = {_key(f) for f in base["flags"]}, {_key(f) for f in new["flags"]}
+    old, now = report_flags(base), report_flags(new)
+    old_keys, new_keys = {_key(f) for f in old}, {_key(f) for f in now}
     return {
         "apiscope_diff": DIFF_VERSION, "base": _side(base), "new": _side(new),
         "endpoints": endpoints,
         "flags": {
-            "appeared": sort_flags(f for f in new["flags"] if _key(f) not in old_keys),
-            "resolved": sort_flags(f for f in base["flags"] if _key(f) not in new_keys),
-            "kept": sort_flags(f for f in new["flags"] if _key(f) in old_keys),
+            "appeared": _listed(f for f in now if _key(f) not in old_keys),
+            "resolved": _listed(f for f in old if _key(f) not in new_keys),
+            "kept": _listed(f for f in now if _key(f) in old_keys),
         },
     }
 
@@ -89,8 +98,8 @@ def render_diff_text(diff: dict[str, Any]) -> str:
     out += [_line(e) for e in diff["endpoints"]] or ["  none recorded"]
     for title, key in (("New flags", "appeared"), ("Resolved flags", "resolved"),
                        ("Still flagged", "kept")):
-        flags = diff["flags"][key]
+        flags = [Flag.from_json(f) for f in diff["flags"][key]]
         out += ["", f"{title} ({len(flags)})"]
-        out += [f"  [{f['severity'].upper()}] {f['kind']} {f['route'] or ''}".rstrip()
-                + f": {f['evidence']}" for f in flags]
+        out += [f"  [{f.severity.upper()}] {f.kind} {f.route or ''}".rstrip()
+                + f": {f.evidence}" for f in flags]
     return "\n".join(out) + "\n"

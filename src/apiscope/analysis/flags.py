@@ -1,12 +1,20 @@
-"""Building and ordering flags exactly as the report's JSON has them."""
+"""Building and ordering flags exactly as the report's JSON has them.
+
+The flag types themselves (`Flag`, `Location`) live in `apiscope.flag`, below the store; they
+are re-exported here for the rules and the layers above the analysis.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import PurePath
 from typing import Any
 
-from apiscope.analysis.context import AnalysisContext, Flag
+from apiscope.analysis.context import AnalysisContext
+from apiscope.flag import Flag as Flag
+from apiscope.flag import Location as Location
+from apiscope.flag import Metric as Metric
+from apiscope.flag import MetricValue as MetricValue
 from apiscope.model import Frame
 
 SEVERITIES = ("low", "medium", "high")
@@ -16,10 +24,10 @@ def severity_rank(severity: str) -> int:
     return SEVERITIES.index(severity)
 
 
-def location(file: str | None, line: int | None, function: str | None) -> dict[str, Any] | None:
+def location(file: str | None, line: int | None, function: str | None) -> Location | None:
     if file is None:
         return None
-    return {"file": file, "line": line, "function": function}
+    return Location(file, line, function)
 
 
 def function_name(name: str) -> str:
@@ -32,44 +40,55 @@ def function_name(name: str) -> str:
     return parts[-1] if "<locals>" in parts else ".".join(parts)
 
 
-def frame_location(frame: Frame | None) -> dict[str, Any] | None:
+def frame_location(frame: Frame | None) -> Location | None:
     return None if frame is None else location(frame.file, frame.line,
                                                function_name(frame.function))
 
 
-def handler_location(ctx: AnalysisContext, endpoint: str | None) -> dict[str, Any] | None:
+def handler_location(ctx: AnalysisContext, endpoint: str | None) -> Location | None:
     route = ctx.route_info(endpoint) if endpoint else None
     if route is None:
         return None
     return location(route.file, route.line, route.handler.split(":", 1)[-1].rsplit(".", 1)[-1])
 
 
-def where(loc: dict[str, Any] | None) -> str:
+def where(loc: Location | None) -> str:
     """`summary() at main.py:87` for evidence sentences."""
     if loc is None:
         return "an unknown line"
-    name = PurePath(str(loc["file"])).name
-    func = f"{loc['function']}() at " if loc.get("function") else ""
-    return f"{func}{name}:{loc['line']}"
+    name = PurePath(loc.file).name
+    func = f"{loc.function}() at " if loc.function else ""
+    return f"{func}{name}:{loc.line}"
 
 
 def pct(fraction: float) -> str:
     return f"{fraction * 100:.0f}%"
 
 
-def make_flag(kind: str, severity: str, route: str | None, loc: dict[str, Any] | None,
-              evidence: str, metric: dict[str, Any], suggestion: str) -> Flag:
-    return {"kind": kind, "severity": severity, "route": route, "location": loc,
-            "evidence": evidence,
-            "metric": {k: round(v, 4) if isinstance(v, float) else v for k, v in metric.items()},
-            "suggestion": suggestion}
+def make_flag(kind: str, severity: str, route: str | None, loc: Location | None,
+              evidence: str, metric: Mapping[str, MetricValue], suggestion: str) -> Flag:
+    """A flag, its fractional figures rounded to 4 decimals as the report gives them."""
+    return Flag(kind, severity, route, loc, evidence,
+                {k: round(v, 4) if isinstance(v, float) else v for k, v in metric.items()},
+                suggestion)
+
+
+def _location_order(loc: Location | None) -> str:
+    """The location's part of the flags' order: its JSON object as text, so flags keep the
+    order earlier reports gave them (no location first, lines compared as text)."""
+    return "None" if loc is None else str(loc.to_json())
 
 
 def sort_flags(flags: Iterable[Flag]) -> list[Flag]:
     """Most severe first, then by kind, then by route: the same input, the same order."""
-    return sorted(flags, key=lambda f: (-severity_rank(f["severity"]), f["kind"],
-                                        f["route"] or "", str(f["location"])))
+    return sorted(flags, key=lambda f: (-severity_rank(f.severity), f.kind, f.route or "",
+                                        _location_order(f.location)))
 
 
 def at_or_above(flags: Iterable[Flag], severity: str) -> list[Flag]:
-    return [f for f in flags if severity_rank(f["severity"]) >= severity_rank(severity)]
+    return [f for f in flags if severity_rank(f.severity) >= severity_rank(severity)]
+
+
+def report_flags(report: Mapping[str, Any]) -> list[Flag]:
+    """The flags of a report (`"apiscope_report": 1`, as built or as read from its JSON)."""
+    return [Flag.from_json(f) for f in report["flags"]]

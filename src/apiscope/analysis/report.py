@@ -2,6 +2,9 @@
 
 `build_report(reader)` reads a session once and returns the `"apiscope_report": 1` dict;
 `analyse(data)` does the same from already loaded `SessionData` (the diff and tests use it).
+The rules' typed flags become the report's JSON objects here, when the report is built;
+`find_flags(reader)` gives the same flags typed, without the rest of the report (what
+`/metrics` and the dashboard keep current).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 
 from apiscope.analysis.context import AnalysisContext, Flag, SessionData, build_context
 from apiscope.analysis.context import load_session as load_session
-from apiscope.analysis.flags import sort_flags
+from apiscope.analysis.flags import report_flags, sort_flags
 from apiscope.analysis.rules import RULES, Rule
 from apiscope.analysis.stats import endpoint_stats, process_stats
 from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds
@@ -39,6 +42,14 @@ def run_rules(ctx: AnalysisContext, rules: list[Rule] | None = None) -> list[Fla
     for rule in RULES if rules is None else rules:
         flags += rule.check(replace(ctx, earlier=tuple(flags)))
     return sort_flags(flags)
+
+
+def find_flags(reader: SessionReader, *, slo_ms: float | None = None,
+               thresholds: Thresholds | None = None) -> list[Flag]:
+    """The flags `build_report` would give, typed: the rules alone, no endpoint or process
+    figures (which the flags do not depend on)."""
+    data = load_session(reader)
+    return run_rules(build_context(data, effective_thresholds(data, slo_ms, thresholds)))
 
 
 def _target(data: SessionData) -> dict[str, Any]:
@@ -125,7 +136,7 @@ def analyse(data: SessionData, *, slo_ms: float | None = None,
         "samples": _samples(data),
         "endpoints": endpoint_stats(ctx),
         "processes": process_stats(ctx),
-        "flags": run_rules(ctx),
+        "flags": [flag.to_json() for flag in run_rules(ctx)],
     }
 
 
@@ -174,12 +185,13 @@ def render_text(report: dict[str, Any]) -> str:
                   f"{p['rss_mb_slope_per_min']:+.2f}", str(p["threads_max"]), str(p["fds_max"])]
                  for p in report["processes"]]
         out += ["", "Processes", *_table(rows)]
-    out += ["", f"Flags ({len(report['flags'])})"]
-    if not report["flags"]:
+    flags = report_flags(report)
+    out += ["", f"Flags ({len(flags)})"]
+    if not flags:
         out.append("  none: no bottleneck crossed its threshold")
-    for f in report["flags"]:
-        loc = f["location"]
-        at = f" at {loc['file']}:{loc['line']}" if loc else ""
-        out += [f"  [{f['severity'].upper()}] {f['kind']} {f['route'] or ''}{at}".rstrip(),
-                f"      {f['evidence']}", f"      fix: {f['suggestion']}"]
+    for f in flags:
+        loc = f.location
+        at = f" at {loc.file}:{loc.line}" if loc else ""
+        out += [f"  [{f.severity.upper()}] {f.kind} {f.route or ''}{at}".rstrip(),
+                f"      {f.evidence}", f"      fix: {f.suggestion}"]
     return "\n".join(out) + "\n"

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from apiscope.analysis.flags import at_or_above
+from apiscope.analysis.flags import at_or_above, report_flags
 from apiscope.analysis.report import analyse, load_session, render_text
 from apiscope.analysis.thresholds import resolve_thresholds
 from apiscope.cli.base import add_config_option, positive_float
@@ -69,9 +69,9 @@ class ReportCommand:
         if args.output:
             print(f"apiscope: report written to {args.output}", file=sys.stderr)
         if args.fail_on:
-            failing = at_or_above(report["flags"], args.fail_on)
+            failing = at_or_above(report_flags(report), args.fail_on)
             if failing:
-                kinds = ", ".join(sorted({f["kind"] for f in failing}))
+                kinds = ", ".join(sorted({f.kind for f in failing}))
                 raise BudgetExceeded(
                     f"{len(failing)} flag(s) at or above {args.fail_on} severity ({kinds}):"
                     " fix them, or relax --fail-on")

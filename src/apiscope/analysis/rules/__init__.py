@@ -1,6 +1,6 @@
 """The analysis rules: one per flag kind, each a one-method object, run in `RULES` order.
 
-A rule reads an `AnalysisContext` and returns flags (dicts shaped as the report's). Rules later
+A rule reads an `AnalysisContext` and returns flags (`apiscope.flag.Flag`). Rules later
 in the list see the earlier rules' flags in `ctx.earlier`: `slow_endpoint` runs last so its
 evidence can name what explains the latency.
 """

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from apiscope.analysis.attribution import library_call
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
 from apiscope.analysis.cpu import total_cpu_seconds
-from apiscope.analysis.flags import frame_location, make_flag, pct, where
+from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct, where
 from apiscope.analysis.stats import active_samples, sampled_seconds
 from apiscope.analysis.thresholds import grade
 from apiscope.model import Frame
@@ -108,8 +108,8 @@ class CpuHotspotRule:
         loc = frame_location(Frame(function, *site))
         evidence = (f"{where(loc)} used {pct(share)} of the target's measured CPU time"
                     f" ({core:.2f} of a core)")
-        metric = {"cpu_share": share, "core_fraction": core, "cpu_seconds": line.cpu,
-                  "cause": "cpu"}
+        metric: dict[str, MetricValue] = {"cpu_share": share, "core_fraction": core,
+                                          "cpu_seconds": line.cpu, "cause": "cpu"}
         if per_request is not None:
             evidence += f", {per_request:.1f} ms of CPU per request"
             metric["cpu_ms_per_request"] = per_request

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 from apiscope.analysis.context import AnalysisContext, Flag
-from apiscope.analysis.flags import location, make_flag, pct, where
+from apiscope.analysis.flags import MetricValue, location, make_flag, pct, where
 from apiscope.analysis.thresholds import grade
 
 SUGGESTION = ("handle the failure where it is raised (validate input, catch the expected"
@@ -40,9 +40,10 @@ class ErrorRateRule:
                 evidence += f"; {n} raised {exc_type} at {where(loc)}"
             else:
                 evidence += f" (status {statuses.most_common(1)[0][0]}, no exception recorded)"
-            metric = {"error_rate": share, "errors": len(failed), "requests": len(records),
-                      "exception": exc_type,
-                      "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+            metric: dict[str, MetricValue] = {
+                "error_rate": share, "errors": len(failed), "requests": len(records),
+                "exception": exc_type,
+                "statuses": {str(k): v for k, v in sorted(statuses.items())}}
             flags.append(make_flag(self.kind, severity, endpoint, loc, evidence, metric,
                                    SUGGESTION))
         return flags

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from apiscope.analysis.advice import blocking_advice, cpu_advice, framework_of
 from apiscope.analysis.attribution import is_tool_work, user_frame
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
-from apiscope.analysis.flags import frame_location, make_flag, pct, where
+from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct, where
 from apiscope.analysis.thresholds import grade
 from apiscope.model import Frame, LoopStall, ThreadRole
 
@@ -114,9 +114,9 @@ class EventLoopBlockedRule:
         # Holds shorter than the watchdog's threshold, repeated on every request (a quick sync
         # query on the loop), show only in the samples: a group the watchdog flagged is not
         # flagged twice.
-        seen = {(f["route"], (f["location"] or {}).get("file")) for f in flags}
+        seen = {(f.route, f.location.file if f.location else None) for f in flags}
         flags += [f for f in self._from_samples(ctx)
-                  if (f["route"], (f["location"] or {}).get("file")) not in seen]
+                  if (f.route, f.location.file if f.location else None) not in seen]
         return flags
 
     # -- measured in the target -------------------------------------------------------------
@@ -172,9 +172,10 @@ class EventLoopBlockedRule:
                     f" ({pct(fraction)} of the session, longest {group.longest_ms:.0f} ms) inside"
                     f" {where(loc)}, {what}; every other request on that loop waited")
         requests = len(ctx.by_endpoint.get(endpoint, [])) if endpoint else 0
-        metric = {"blocked_fraction": fraction, "blocked_seconds": group.seconds,
-                  "stalls": group.count, "longest_stall_ms": group.longest_ms,
-                  "cause": cause, "source": "watchdog"}
+        metric: dict[str, MetricValue] = {
+            "blocked_fraction": fraction, "blocked_seconds": group.seconds,
+            "stalls": group.count, "longest_stall_ms": group.longest_ms,
+            "cause": cause, "source": "watchdog"}
         if cpu_share is not None:
             metric["cpu_share"] = cpu_share
         if requests:
@@ -237,8 +238,9 @@ class EventLoopBlockedRule:
         framework = framework_of(a.sample.frames for a in samples[:20])
         evidence = (f"the event loop spent {pct(fraction)} of the window inside {where(loc)},"
                     f" {what}; every other request on that loop waited")
-        metric = {"blocked_fraction": fraction, "blocked_seconds": seconds, "cause": cause,
-                  "source": "samples"}
+        metric: dict[str, MetricValue] = {"blocked_fraction": fraction,
+                                          "blocked_seconds": seconds, "cause": cause,
+                                          "source": "samples"}
         if requests:
             evidence += f"; {seconds * 1000 / requests:.0f} ms of loop time per request"
             metric["stall_ms_per_request"] = seconds * 1000 / requests

@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Flag
-from apiscope.analysis.flags import frame_location, make_flag, pct, where
+from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct, where
 from apiscope.analysis.stats import warmup_end
 from apiscope.analysis.thresholds import grade
 from apiscope.model import Frame, GilSample, SampleState, ThreadRole
@@ -138,7 +138,8 @@ class GilContentionRule:
                     f" interval) over {seconds:.0f} s in which two or more request threads ran"
                     f" at once (measured by the agent's GIL watchdog); the hottest line running"
                     f" then: {where(loc)}")
-        metric = {"gil_wait_share": share, "contended_seconds": seconds,
-                  "mean_wait_ms": mean_ms, "max_wait_ms": max(g.max_wait_ms for g in gil),
-                  "cause": "gil"}
+        metric: dict[str, MetricValue] = {
+            "gil_wait_share": share, "contended_seconds": seconds,
+            "mean_wait_ms": mean_ms, "max_wait_ms": max(g.max_wait_ms for g in gil),
+            "cause": "gil"}
         return make_flag(self.kind, severity, route, loc, evidence, metric, SUGGESTION)

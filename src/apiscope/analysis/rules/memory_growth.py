@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from apiscope.analysis.context import AnalysisContext, Flag
-from apiscope.analysis.flags import handler_location, make_flag, pct
+from apiscope.analysis.flags import Location, MetricValue, handler_location, make_flag, pct
 from apiscope.analysis.stats import MB, LineFit, fit_line
 from apiscope.analysis.thresholds import grade
 from apiscope.model import ResourceSample
@@ -149,11 +149,12 @@ class MemoryGrowthRule:
                     f" {warmup:.0f} s warm-up (+{growth:.1f} MB, R² {fit.r2:.2f}; still"
                     f" {late.slope:.1f} MB/min in the last {span / 2:.0f} s), reaching"
                     f" {max(s.rss_bytes for s in steady) / MB:.0f} MB")
-        metric: dict[str, object] = {
+        metric: dict[str, MetricValue] = {
             "pid": pid, "slope_mb_per_min": fit.slope, "late_slope_mb_per_min": late.slope,
             "r2": fit.r2, "t_stat": min(fit.t, 1e6), "growth_mb": growth, "span_seconds": span}
         suspect = suspect_endpoint(ctx, pid, steady)
-        route, loc = None, None
+        route: str | None = None
+        loc: Location | None = None
         if suspect is None and span < th.memory_confident_span_seconds:
             severity = "low"  # a short rise no route explains may still be a high-water mark
             if len(steady) <= SUSPECT_MIN_INTERVALS:
@@ -166,7 +167,7 @@ class MemoryGrowthRule:
                          f" {suspect.mb_per_request * 1024:.0f} KB kept per request,"
                          f" {pct(suspect.explained)} of the growth), a likely source")
             if loc is not None:
-                evidence += (f": start with its handler {loc['function']}() (the allocating"
+                evidence += (f": start with its handler {loc.function}() (the allocating"
                              " line needs an allocation tracer)")
             metric["route_correlation"] = suspect.r
             metric["mb_per_request"] = suspect.mb_per_request

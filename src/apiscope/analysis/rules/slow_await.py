@@ -19,7 +19,7 @@ Flagged: the route's costliest site, over at least `MIN_PROFILES` profiled reque
 from __future__ import annotations
 
 from apiscope.analysis.context import AnalysisContext, Flag
-from apiscope.analysis.flags import function_name, location, make_flag, pct
+from apiscope.analysis.flags import MetricValue, function_name, location, make_flag, pct
 from apiscope.analysis.profiles import MIN_PROFILES, RouteProfiles, aggregate, describe_site
 from apiscope.analysis.thresholds import grade
 
@@ -59,9 +59,9 @@ class SlowAwaitRule:
         if contended:
             evidence += (f"; own time leaves out waits on {', '.join(contended)}, slow on many"
                          " routes at once (shared contention)")
-        metric = {"await_share": site.share, "await_floor_ms": site.floor_ms,
-                  "slo_ms": ctx.slo_ms,
-                  "await_ms_per_request": site.total_ms / route.count,
-                  "typical_await_ms": site.typical_ms, "profiles": route.count,
-                  "awaited": site.awaited}
+        metric: dict[str, MetricValue] = {
+            "await_share": site.share, "await_floor_ms": site.floor_ms, "slo_ms": ctx.slo_ms,
+            "await_ms_per_request": site.total_ms / route.count,
+            "typical_await_ms": site.typical_ms, "profiles": route.count,
+            "awaited": site.awaited}
         return make_flag(self.kind, severity, route.endpoint, loc, evidence, metric, SUGGESTION)

@@ -27,12 +27,19 @@ spent most of their (wall-clock) time in the stack samples, else the handler.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from apiscope.analysis.attribution import library_call
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Flag
 from apiscope.analysis.cpu import runqueue_shares
-from apiscope.analysis.flags import frame_location, handler_location, location, make_flag, pct
+from apiscope.analysis.flags import (
+    Location,
+    MetricValue,
+    frame_location,
+    handler_location,
+    location,
+    make_flag,
+    pct,
+)
 from apiscope.analysis.profiles import RouteProfiles, aggregate, dominant_await
 from apiscope.analysis.stats import percentile, warmup_end
 from apiscope.analysis.thresholds import grade
@@ -57,7 +64,7 @@ def explanations(ctx: AnalysisContext, endpoint: str) -> tuple[list[str], bool]:
     is_async = route.is_async if route is not None else None
     out, own = set(), False
     for flag in ctx.earlier:
-        kind, other = flag["kind"], flag["route"]
+        kind, other = flag.kind, flag.route
         if kind == "event_loop_blocked" and other != endpoint and is_async is not False:
             out.add(f"the event loop was blocked by {other or 'unattributed code'}"
                     " (see event_loop_blocked)")
@@ -72,7 +79,7 @@ def explanations(ctx: AnalysisContext, endpoint: str) -> tuple[list[str], bool]:
 
 
 def slow_call(ctx: AnalysisContext, endpoint: str,
-              profiles: RouteProfiles | None) -> dict[str, Any] | None:
+              profiles: RouteProfiles | None) -> Location | None:
     """Where the endpoint's time goes (see the module docstring)."""
     site = profiles.dominant if profiles is not None else None
     if site is not None and site.share >= ctx.thresholds.await_share[0]:
@@ -134,8 +141,8 @@ class SlowEndpointRule:
             if symptom:  # the cause is flagged on another route, at its own severity
                 continue
             p50 = percentile(durations, 0.5)
-            metric = {"p95_ms": p95, "p50_ms": p50, "slo_ms": ctx.slo_ms,
-                      "count": len(records)}
+            metric: dict[str, MetricValue] = {"p95_ms": p95, "p50_ms": p50,
+                                              "slo_ms": ctx.slo_ms, "count": len(records)}
             suggestion = SUGGESTION
             library = library_cost(ctx, endpoint, len(ctx.by_endpoint[endpoint]))
             starved = max(runqueue_shares(ctx).values(), default=0.0)

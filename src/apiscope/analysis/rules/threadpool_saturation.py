@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from apiscope.analysis.context import AnalysisContext, Flag
-from apiscope.analysis.flags import handler_location, make_flag, pct
+from apiscope.analysis.flags import MetricValue, handler_location, make_flag, pct
 from apiscope.analysis.stats import window_ticks
 from apiscope.analysis.thresholds import grade
 from apiscope.model import ThreadPoolSample, ThreadRole
@@ -72,8 +72,8 @@ class ThreadPoolSaturationRule:
             evidence += f"; {busy:.1f} worker threads were busy at once on average"
         if endpoint:
             evidence += f"; {endpoint} is the sync handler holding them most"
-        metric: dict[str, object] = {"saturated_share": share, "waiting_max": waiting_max,
-                                     "total_tokens": tokens, "borrowed_mean": borrowed}
+        metric: dict[str, MetricValue] = {"saturated_share": share, "waiting_max": waiting_max,
+                                          "total_tokens": tokens, "borrowed_mean": borrowed}
         if busy is not None:
             metric["busy_workers_mean"] = busy
         return [make_flag(self.kind, severity, endpoint, handler_location(ctx, endpoint),
