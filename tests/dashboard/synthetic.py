@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from apiscope.flag import Flag
 from apiscope.model import (
     Frame,
     ProcessInfo,
@@ -181,7 +182,7 @@ def write_session(path: Path, *, seconds: float = 60.0, start: float = START,
         if requests:
             writer.put_requests(make_requests(rnd, start, seconds, rps, pids))
         if flags:
-            writer.replace_flags(FLAGS)
+            writer.replace_flags(Flag.from_json(f) for f in FLAGS)
         writer.flush(timeout=600)
     return path
 

@@ -16,6 +16,7 @@ from apiscope.dashboard.figures import iso, parse_iso
 from apiscope.dashboard.flame import MAX_NODES, node_count
 from apiscope.dashboard.requests import percentile
 from apiscope.dashboard.samples import SampleSlice
+from apiscope.flag import Flag
 from apiscope.model import RequestRecord, SampleState
 from apiscope.store import SessionReader, SessionWriter
 from apiscope.store.reader import SampleFilter
@@ -174,10 +175,10 @@ def test_flags_come_from_the_analysis_when_none_are_stored(tmp_path: Path) -> No
     wait_until(lambda: analysis.generation, timeout=60, what="the analysis")
     assert analysis.error is None
     data.refresh()
-    kinds = {(f["kind"], f["route"]) for f in data.flags()}
+    kinds = {(f.kind, f.route) for f in data.flags()}
     assert ("event_loop_blocked", "GET /reports/summary") in kinds
     assert ("n_plus_one", "GET /users/{user_id}/orders") in kinds
-    assert data.flags()[0]["severity"] == "high"  # ranked by severity
+    assert data.flags()[0].severity == "high"  # ranked by severity
     assert data.flags_pending() is None
     data.close()
 
@@ -186,7 +187,7 @@ def test_a_failing_analysis_is_reported_not_raised(tmp_path: Path) -> None:
     from apiscope.dashboard.analysis import FlagAnalysis
     from tests.support import wait_until
 
-    def broken(path: Path) -> list[dict[str, object]]:
+    def broken(path: Path) -> list[Flag]:
         raise ValueError("half-written window")
 
     path = write_session(tmp_path / "s.sqlite", seconds=3, flags=False)
@@ -249,8 +250,8 @@ def test_the_dashboard_s_own_analysis_uses_the_project_thresholds(
     assert analysis is not None
     wait_until(lambda: analysis.generation, timeout=60, what="the analysis")
     data.refresh()
-    slow = [f for f in data.flags() if f["kind"] == "slow_endpoint"]
-    assert slow and slow[0]["metric"]["slo_ms"] == 0.001
+    slow = [f for f in data.flags() if f.kind == "slow_endpoint"]
+    assert slow and slow[0].metric["slo_ms"] == 0.001
     data.close()
 
 

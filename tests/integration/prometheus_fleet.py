@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apiscope.flag import Flag
 from apiscope.metrics import LiveFlags, MetricsExporter, serve_metrics, session_flags
 from tests.operator.assets import ALERTS, SCRAPE_CONFIG
 from tests.support import (
@@ -73,7 +74,7 @@ class Fleet:
     prometheus: str
     instances: list[Instance]
     flags_target: str
-    flags: list[dict[str, Any]]
+    flags: list[Flag]
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """An instant query; fails the test if Prometheus reports an error."""

@@ -188,7 +188,7 @@ def test_live_flags_from_the_session_reach_prometheus(fleet: Fleet) -> None:
     exported = {k: int(v) for k, v in values(rows, "kind", "severity").items()}
     expected: dict[tuple[str, ...], int] = {}
     for flag in fleet.flags:
-        key = (flag["kind"], flag["severity"])
+        key = (flag.kind, flag.severity)
         expected[key] = expected.get(key, 0) + 1
     assert exported == expected
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import socket
 import urllib.request
 from collections.abc import Iterable
-from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from apiscope.errors import UsageError
+from apiscope.flag import Flag
 from apiscope.metrics import (
     LATENCY_BUCKETS,
     LiveFlags,
@@ -146,8 +146,8 @@ def test_agent_counters_export_increments_and_survive_an_agent_restart() -> None
     assert value(m, "apiscope_agent_errors_total", pid="10") == 1
 
 
-def flag(kind: str, severity: str) -> dict[str, Any]:
-    return {"kind": kind, "severity": severity, "route": "GET /x"}
+def flag(kind: str, severity: str) -> Flag:
+    return Flag(kind, severity, "GET /x", None, "evidence", {}, "suggestion")
 
 
 def test_flags_by_kind_and_severity_go_to_zero_when_cleared() -> None:
@@ -171,10 +171,10 @@ def test_every_name_starts_with_apiscope() -> None:
 
 def test_live_flags_refresh_keeps_the_last_flags_when_the_source_fails() -> None:
     m = MetricsExporter()
-    results: list[list[dict[str, Any]] | Exception] = [
+    results: list[list[Flag] | Exception] = [
         [flag("n_plus_one", "medium")], RuntimeError("session half written")]
 
-    def source() -> list[dict[str, Any]]:
+    def source() -> list[Flag]:
         item = results.pop(0)
         if isinstance(item, Exception):
             raise item

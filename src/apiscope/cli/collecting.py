@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +32,7 @@ from apiscope.dashboard import require_dash
 from apiscope.dashboard.access import new_token, url_with_token
 from apiscope.errors import UsageError
 from apiscope.exporters.report import check_report_suffix
+from apiscope.flag import Flag
 from apiscope.lock import CollectorLock
 from apiscope.metrics import LiveFlags, MetricsExporter, serve_metrics, session_flags
 from apiscope.metrics.live_flags import FlagSource
@@ -101,9 +102,9 @@ def stored_flags(session: Path, thresholds: Thresholds, writer: SessionWriter) -
     """Analyse the growing session and store its flags in it, for the dashboard to show."""
     compute = session_flags(session, thresholds=thresholds)
 
-    def flags() -> list[Mapping[str, Any]]:
+    def flags() -> list[Flag]:
         found = compute()
-        writer.replace_flags(dict(flag) for flag in found)
+        writer.replace_flags(found)
         return found
 
     return flags
@@ -275,23 +276,24 @@ def summarize(collection: Collection, quiet: bool = False) -> None:
 def finish(args: argparse.Namespace, session: Path, writer: SessionWriter,
            thresholds: Thresholds, store_flags: bool = True) -> None:
     """Analyse the session once: store its flags in it, print them, write --report if asked."""
+    from apiscope.analysis.flags import report_flags
     from apiscope.analysis.report import analyse, load_session
     from apiscope.exporters.report import save_report
 
     with SessionReader(session) as reader:
         data = load_session(reader)
     report = analyse(data, thresholds=thresholds)
+    flags = report_flags(report)
     if store_flags:
-        writer.replace_flags(report["flags"])
+        writer.replace_flags(flags)
         writer.flush()
-    flags = report["flags"]
     if flags:
         print(f"apiscope: {len(flags)} flag(s):", file=sys.stderr)
         for flag in flags:
-            loc = flag.get("location") or {}
-            where = f" at {loc['file']}:{loc['line']}" if loc.get("file") else ""
-            route = f" {flag['route']}" if flag.get("route") else ""
-            print(f"  [{flag['severity']}] {flag['kind']}{route}{where}", file=sys.stderr)
+            loc = flag.location
+            where = f" at {loc.file}:{loc.line}" if loc and loc.file else ""
+            route = f" {flag.route}" if flag.route else ""
+            print(f"  [{flag.severity}] {flag.kind}{route}{where}", file=sys.stderr)
     else:
         print("apiscope: no bottleneck flagged", file=sys.stderr)
     if args.report:

@@ -13,22 +13,24 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from apiscope.flag import Flag
 
 if TYPE_CHECKING:
     from apiscope.analysis.thresholds import Thresholds
 
-Analyse = Callable[[Path], list[dict[str, Any]]]
+Analyse = Callable[[Path], list[Flag]]
 
 
-def report_flags(path: Path, thresholds: Thresholds | None = None) -> list[dict[str, Any]]:
+def report_flags(path: Path, thresholds: Thresholds | None = None) -> list[Flag]:
     """The flags `apiscope report` finds in the session (its own connection, not the views'),
     judged by `thresholds` (the command's: `analysis.thresholds.resolve_thresholds`)."""
-    from apiscope.analysis.report import build_report
+    from apiscope.analysis.report import find_flags
     from apiscope.store import SessionReader
 
     with SessionReader(path) as reader:
-        return list(build_report(reader, thresholds=thresholds)["flags"])
+        return find_flags(reader, thresholds=thresholds)
 
 
 def flags_by(thresholds: Thresholds | None) -> Analyse:
@@ -45,7 +47,7 @@ class FlagAnalysis:
         self.live = live
         self.interval = interval
         self._analyse = analyse
-        self.flags: list[dict[str, Any]] | None = None
+        self.flags: list[Flag] | None = None
         self.error: str | None = None
         self.generation = 0  # bumped by each finished run, so views know to redraw
         self._stop = threading.Event()

@@ -12,6 +12,7 @@ from dash import dcc, html
 
 from apiscope.dashboard.data import EndpointRow, ProcessCard, SlowRequest
 from apiscope.dashboard.flame import FunctionRow
+from apiscope.flag import Flag
 
 NO_REQUESTS = ("no requests recorded yet: the agent is not injected — run attach without"
                " --no-inject or call apiscope.instrument(app)")
@@ -81,23 +82,22 @@ def endpoints_table(rows: Sequence[EndpointRow], sort: Sequence[Any]) -> html.Ta
                       className="data-table")
 
 
-def flag_cards(flags: Sequence[dict[str, Any]]) -> list[html.Div]:
+def flag_cards(flags: Sequence[Flag]) -> list[html.Div]:
     cards = []
     for f in flags:
-        loc = f.get("location") or None
-        where = (f"{loc['file']}:{loc['line']}" + (f" in {loc['function']}()"
-                                                    if loc.get("function") else "")
+        loc = f.location
+        where = (f"{loc.file}:{loc.line}" + (f" in {loc.function}()" if loc.function else "")
                  if loc else "location unknown")
-        route = f.get("route")
+        route = f.route
         cards.append(html.Div([
-            html.Div([html.Span(f["severity"], className=f"severity sev-{f['severity']}"),
-                      html.Span(f["kind"], className="flag-kind"),
+            html.Div([html.Span(f.severity, className=f"severity sev-{f.severity}"),
+                      html.Span(f.kind, className="flag-kind"),
                       dcc.Link(route, href=endpoint_href(route), className="flag-route")
                       if route else html.Span("whole process", className="flag-route")],
                      className="flag-head"),
-            html.Div(f["evidence"], className="flag-evidence"),
+            html.Div(f.evidence, className="flag-evidence"),
             html.Div(["at ", html.Code(where)], className="flag-location"),
-            html.Div(["fix: ", f["suggestion"]], className="flag-suggestion"),
+            html.Div(["fix: ", f.suggestion], className="flag-suggestion"),
         ], className="flag-card"))
     return cards
 

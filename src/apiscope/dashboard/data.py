@@ -32,6 +32,7 @@ from apiscope.dashboard.requests import (
 )
 from apiscope.dashboard.samples import BLOCK, EndpointOf, SampleIndex, SampleSlice
 from apiscope.exporters.tree import FlameNode
+from apiscope.flag import Flag
 from apiscope.model import ProcessInfo, RouteInfo
 from apiscope.store.reader import SessionReader
 
@@ -101,7 +102,7 @@ class DashboardSession:
         self._resources: dict[int, ResourceSeries] = {}
         self._last_resource = 0
         self._processes: list[ProcessInfo] = []
-        self._flags: list[dict[str, Any]] = []
+        self._flags: list[Flag] = []
         self._routes: list[RouteInfo] = []
         self._app_roots: tuple[str, ...] = ()
         self._span: Range = None
@@ -135,7 +136,7 @@ class DashboardSession:
                 self.analysis.stop(wait=False)  # the collector's own flags supersede ours
             elif self.analysis is not None:
                 stored = list(self.analysis.flags or ())
-            self._flags = sorted(stored, key=lambda f: SEVERITY_ORDER.get(f["severity"], 3))
+            self._flags = sorted(stored, key=lambda f: SEVERITY_ORDER.get(f.severity, 3))
             self._routes = self.reader.routes()
             self._app_roots = app_roots(self._routes)
             self._facts.use(self._routes)
@@ -189,8 +190,8 @@ class DashboardSession:
         """Directories of the application's code, from the route table."""
         return self._app_roots
 
-    def flags(self, endpoint: str | None = None) -> list[dict[str, Any]]:
-        return [f for f in self._flags if endpoint is None or f.get("route") == endpoint]
+    def flags(self, endpoint: str | None = None) -> list[Flag]:
+        return [f for f in self._flags if endpoint is None or f.route == endpoint]
 
     def flags_pending(self) -> str | None:
         """Why no flags can be shown yet (the analysis is running or failed), else None."""

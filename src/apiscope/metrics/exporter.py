@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -24,6 +24,7 @@ from prometheus_client import (
 
 from apiscope import __version__
 from apiscope.errors import UsageError
+from apiscope.flag import Flag
 from apiscope.model import AgentStats, RequestRecord, ResourceSample, ThreadPoolSample
 
 # From sub-millisecond cache hits to multi-second stalls: API latencies span four decades.
@@ -170,15 +171,15 @@ class MetricsExporter:
         if seconds > 0:
             self.loop_blocked.labels(str(pid)).inc(seconds)
 
-    def set_flags(self, flags: Iterable[Mapping[str, Any]]) -> None:
-        """Replace the active flags with `flags` (report-shaped dicts: `kind`, `severity`).
+    def set_flags(self, flags: Iterable[Flag]) -> None:
+        """Replace the active flags with `flags`, counted by kind and severity.
 
         Every known severity of a kind seen once stays exported (at 0 when cleared), so that an
         alert on `apiscope_flags_active > 0` resolves instead of going stale.
         """
         counts: dict[tuple[str, str], int] = {}
         for flag in flags:
-            key = (str(flag["kind"]), str(flag["severity"]))
+            key = (flag.kind, flag.severity)
             counts[key] = counts.get(key, 0) + 1
         with self._lock:
             for kind, severity in _label_pairs(self.flags):

@@ -9,16 +9,17 @@ every other metric.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from apiscope.flag import Flag
 from apiscope.metrics.exporter import MetricsExporter
 
 if TYPE_CHECKING:
     from apiscope.analysis.thresholds import Thresholds
 
-FlagSource = Callable[[], list[Mapping[str, Any]]]
+FlagSource = Callable[[], list[Flag]]
 
 
 def session_flags(session: Path, slo_ms: float | None = None,
@@ -26,13 +27,12 @@ def session_flags(session: Path, slo_ms: float | None = None,
     """A flag source: the report's flags over the session file as it is now, judged by
     `thresholds` (the command's `--config` or the project's, as the final report is)."""
 
-    def flags() -> list[Mapping[str, Any]]:
-        from apiscope.analysis.report import build_report
+    def flags() -> list[Flag]:
+        from apiscope.analysis.report import find_flags
         from apiscope.store import SessionReader
 
         with SessionReader(session) as reader:
-            report = build_report(reader, slo_ms=slo_ms, thresholds=thresholds)
-        return list(report["flags"])
+            return find_flags(reader, slo_ms=slo_ms, thresholds=thresholds)
 
     return flags
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from apiscope.errors import SessionFileError
+from apiscope.flag import Flag, Location
 from apiscope.model import (
     AgentStats,
     Frame,
@@ -336,15 +337,15 @@ class SessionReader(ViewQueries):
         return [AgentStats(*row) for row in self._query(
             "SELECT ts, pid, recorded, dropped, errors FROM agent_stats ORDER BY ts")]
 
-    def flags(self) -> list[dict[str, Any]]:
+    def flags(self) -> list[Flag]:
+        """The flags stored in the session (by its collector), in their stored order."""
         out = []
         for kind, sev, route, f, ln, fn, evidence, metric, suggestion in self._query(
                 "SELECT kind, severity, route, file, line, function, evidence, metric, suggestion"
                 " FROM flags ORDER BY id"):
-            location = None if f is None else {"file": f, "line": ln, "function": fn}
-            out.append({"kind": kind, "severity": sev, "route": route, "location": location,
-                        "evidence": evidence, "metric": json.loads(metric),
-                        "suggestion": suggestion})
+            location = None if f is None else Location(f, ln, fn)
+            out.append(Flag(kind, sev, route, location, evidence, json.loads(metric),
+                            suggestion))
         return out
 
     def profiles(self, route: str | None = None) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from apiscope.errors import ApiscopeError, UsageError
+from apiscope.flag import Flag, metric_to_json
 from apiscope.model import (
     AgentStats,
     Frame,
@@ -185,13 +186,15 @@ class SessionWriter:
             self._submit(lambda c: c.executemany("INSERT INTO gil_wait VALUES (?,?,?,?,?,?,?)",
                                                  rows))
 
-    def replace_flags(self, flags: Iterable[dict[str, Any]]) -> None:
+    def replace_flags(self, flags: Iterable[Flag]) -> None:
+        """Store `flags` in place of the session's flags (one column per location field, the
+        metric as its JSON object)."""
         rows = []
         for f in flags:
-            loc = f.get("location") or {}
-            rows.append((f["kind"], f["severity"], f.get("route"), loc.get("file"),
-                         loc.get("line"), loc.get("function"), f["evidence"],
-                         json.dumps(f.get("metric", {})), f["suggestion"]))
+            loc = f.location
+            rows.append((f.kind, f.severity, f.route, loc.file if loc else None,
+                         loc.line if loc else None, loc.function if loc else None, f.evidence,
+                         json.dumps(metric_to_json(f.metric)), f.suggestion))
 
         def job(c: sqlite3.Connection) -> None:
             c.execute("DELETE FROM flags")
