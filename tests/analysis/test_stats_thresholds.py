@@ -48,3 +48,26 @@ def test_function_names_in_locations() -> None:
     assert function_name("outer.<locals>.inner") == "inner"
     assert function_name("Items.get") == "Items.get"
     assert function_name("<module>") == "<module>"
+
+
+@pytest.mark.parametrize("values", [
+    [7.0],
+    [1.0, 2.0],
+    [3.0, 3.0, 3.0],
+    [float(v) for v in range(1, 101)],
+    [0.1, 0.5, 0.9, 4.0, 12.5, 80.0, 81.0],
+    sorted(((v * 37) % 101) / 7 for v in range(250)),
+])
+def test_the_agents_percentile_matches_the_reports(values: list[float]) -> None:
+    # The agent keeps its own copy (it imports nothing of apiscope): nearest rank where the
+    # report interpolates, so both must land between the same two neighbouring values.
+    from apiscope.agent.schedstat import percentile as agent_percentile
+
+    for q in (0.0, 0.25, 0.5, 0.9, 0.95, 0.99, 1.0):
+        report, agent = percentile(values, q), agent_percentile(values, q)
+        pos = (len(values) - 1) * q
+        low, high = values[math.floor(pos)], values[math.ceil(pos)]
+        assert low <= report <= high and agent in (low, high)
+    for q in (0.0, 1.0):
+        assert agent_percentile(values, q) == percentile(values, q)
+    assert agent_percentile(values[:1], 0.5) == percentile(values[:1], 0.5)

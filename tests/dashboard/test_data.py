@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from apiscope.analysis.stats import percentile
 from apiscope.dashboard.callbacks import range_from_relayout, slice_of
 from apiscope.dashboard.data import DashboardSession
 from apiscope.dashboard.exports import FORMATS, export_slice
 from apiscope.dashboard.figures import iso, parse_iso
 from apiscope.dashboard.flame import MAX_NODES, node_count
-from apiscope.dashboard.requests import percentile
 from apiscope.dashboard.samples import SampleSlice
 from apiscope.flag import Flag
 from apiscope.model import RequestRecord, SampleState

@@ -83,6 +83,12 @@ class ThreadCpu:
             self.stat = None
 
 
+# The agent's own percentile, because the agent may import nothing of apiscope. It must match
+# `apiscope.analysis.stats.percentile`: the same `q` in 0..1 over ascending values, landing
+# between the same two neighbouring values. It picks one of the two (nearest rank) where the
+# report interpolates between them, so a lag it sends is one a probe measured; both give the
+# same figure at q = 0, at q = 1 and on one value. Change one, check the other and the test
+# that compares them.
 def percentile(ordered: Sequence[float], q: float) -> float:
     """The nearest-rank percentile of an ascending, non-empty sequence (`q` in 0..1)."""
     rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 1))))

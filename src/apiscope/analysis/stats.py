@@ -21,7 +21,13 @@ MB = 1024 * 1024
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The q-quantile (0..1) by linear interpolation between closest ranks."""
+    """The q-quantile (0..1) of ascending values, by linear interpolation between closest ranks.
+
+    The one definition the report, its rules and the dashboard share, so a p95 reads the same
+    everywhere. An empty sequence has no quantile: it raises `ValueError` rather than return a
+    NaN that would travel silently into a table or a JSON report, so callers decide what an
+    empty set shows (the report's null, the dashboard's gap in a series).
+    """
     if not sorted_values:
         raise ValueError("percentile of no values")
     pos = (len(sorted_values) - 1) * q

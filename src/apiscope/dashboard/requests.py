@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from apiscope.analysis.stats import percentile
 from apiscope.store.reader import SessionReader
 
 
@@ -123,18 +124,9 @@ class RequestIndex:
         return out
 
 
-def percentile(ordered: list[float], q: float) -> float:
-    """The q-quantile (0..1) of sorted values, interpolating linearly between ranks."""
-    if not ordered:
-        return math.nan
-    pos = (len(ordered) - 1) * q
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
 def summarize(endpoint: str, ordered: list[float], errors: int, seconds: float) -> EndpointStats:
-    """The statistics of one endpoint's sorted durations."""
+    """The statistics of one endpoint's sorted durations (at least one: `RequestIndex.stats`
+    leaves out an endpoint without requests in the range)."""
     return EndpointStats(
         endpoint, len(ordered), len(ordered) / max(seconds, 1e-9),
         percentile(ordered, 0.50), percentile(ordered, 0.95), percentile(ordered, 0.99),
@@ -163,7 +155,7 @@ def latency_series(starts: Iterable[float], durations: Iterable[float], start: f
         series.starts.append(start + index * width)
         series.rps.append(len(values) / width)
         for out, q in ((series.p50, 0.5), (series.p95, 0.95), (series.p99, 0.99)):
-            out.append(percentile(values, q) if values else None)
+            out.append(percentile(values, q) if values else None)  # an empty bin is a gap
     return series
 
 
