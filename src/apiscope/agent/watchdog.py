@@ -3,16 +3,17 @@
 Stack samples taken from outside can only suggest that the loop was blocked or that threads
 queued for the GIL; the agent's watchdog threads measure it:
 
-- `LoopWatchdog` (one per event loop the agent serves) posts a probe callback onto the loop
-  with `call_soon_threadsafe` every `loop_interval` and records how late it ran (the loop's lag).
-  When a probe is outstanding for longer than `stall_threshold`, it samples the loop thread's
-  stack every `sample_interval` until the probe runs, and records a stall: when the loop was
-  last seen running, how long it ran nothing else, the stack seen most often meanwhile, and the
-  loop thread's CPU time over the stall (a `time.sleep` uses none, a computation all of it).
-  A loop parked in its selector is not woken for a probe: it would run one at once, so the
-  check counts as a probe with no lag, and an idle server's loop stays asleep. Each check is
-  one wake-up of the watchdog; for `ALERT_SECONDS` after a late probe the checks come every
-  `stall_threshold` instead, so that short stalls are caught with their stacks.
+- `LoopWatchdog` (in `loopwatch`, one per event loop the agent serves) posts a probe callback
+  onto the loop with `call_soon_threadsafe` every `loop_interval` and records how late it ran
+  (the loop's lag). When a probe is outstanding for longer than `stall_threshold`, it samples
+  the loop thread's stack every `sample_interval` until the probe runs, and records a stall:
+  when the loop was last seen running, how long it ran nothing else, the stack seen most often
+  meanwhile, and the loop thread's CPU time over the stall (a `time.sleep` uses none, a
+  computation all of it). A loop parked in its selector is not woken for a probe: it would run
+  one at once, so the check counts as a probe with no lag, and an idle server's loop stays
+  asleep. Each check is one wake-up of the watchdog; for `ALERT_SECONDS` after a late probe the
+  checks come every `stall_threshold` instead, so that short stalls are caught with their
+  stacks.
 - The GIL wait is measured on every timed wake-up of a watchdog thread (`gilwatch`): the loop
   watchdogs' own, and a `GilWatchdog` thread's, which wakes every `gil_interval` while no loop
   watchdog runs (before the first request) and once a second otherwise.
@@ -28,28 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import threading
-import time
-from collections import Counter, deque
 from collections.abc import Mapping
-from types import FrameType
 from typing import Any
 
-from .gilwatch import GilMeter, GilWatchdog, WakeClock, has_gil
-from .schedstat import SchedStat, SyscallState, ThreadCpu, percentile
+from .gilwatch import GilMeter, GilWatchdog, has_gil
+from .loopwatch import LoopWatchdog
 
 ENV_PREFIX = "APISCOPE_WATCHDOG_"
-MAX_STALLS = 500  # kept between pulls; a collector that stops pulling loses the oldest
-MAX_LAGS = 20_000
-MAX_DEPTH = 256  # frames per stack: deeper stacks keep their root part
-MAX_DISTINCT_STACKS = 64  # per stall: a stall moving through many stacks keeps the first ones
-JOIN_SECONDS = 2.0
-SPARSER_EVERY = 5  # stack samples of one stall before its sampling interval doubles
-ALERT_SECONDS = 10.0  # after a late probe, check at the stall threshold for this long
-
-Frame = tuple[str, str, int]  # (function as py-spy names it, absolute file, line)
-Stack = tuple[Frame, ...]
 
 
 class WatchdogOptions:
@@ -82,248 +69,6 @@ class WatchdogOptions:
             if value is not None and value >= 0:
                 setattr(options, name, value)
         return options
-
-
-def frame_stack(frame: FrameType | None) -> Stack:
-    """The stack ending at `frame`, root first, named as py-spy names frames (qualname)."""
-    leaf_first: list[Frame] = []
-    while frame is not None and len(leaf_first) < MAX_DEPTH * 4:
-        code = frame.f_code
-        filename = code.co_filename
-        if not filename.startswith("<") and not os.path.isabs(filename):
-            filename = os.path.abspath(filename)
-        leaf_first.append((getattr(code, "co_qualname", code.co_name), filename,
-                           frame.f_lineno or 0))
-        frame = frame.f_back
-    leaf_first.reverse()
-    return tuple(leaf_first[:MAX_DEPTH])
-
-
-def _loop_is_parked(frame: FrameType | None) -> bool:
-    """True when the loop thread waits for events: asyncio's `_run_once` inside the selector's
-    `select`, or a C loop (uvloop) below `asyncio.run`'s Python frame, with nothing above it."""
-    if frame is None:
-        return False
-    code = frame.f_code
-    filename = code.co_filename.replace("\\", "/")
-    if code.co_name == "select" and filename.endswith("/selectors.py"):
-        parent = frame.f_back
-        return parent is not None and parent.f_code.co_name == "_run_once"
-    return filename.endswith("/asyncio/runners.py") and code.co_name == "run"
-
-
-class LoopWatchdog:
-    """Probes one event loop from a daemon thread (build it on the loop thread); `drain()`
-    hands over what it measured."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, ident: int, native_id: int,
-                 options: WatchdogOptions, meter: GilMeter | None = None) -> None:
-        self.loop = loop
-        self.ident = ident  # threading ident of the loop thread (sys._current_frames' key)
-        self.native_id = native_id
-        self.options = options
-        self.errors = 0
-        self.cpu = ThreadCpu()
-        self._loop_stat = SchedStat.open(native_id)
-        # What the loop thread waits on during a stall (a sleep, I/O, a lock), by the kernel.
-        self._loop_syscall = SyscallState(native_id)
-        self._activity: Counter[str] = Counter()
-        # The loop thread's schedstat at the last look (or last time seen running): a "cpu"
-        # look after more run-queue time than CPU time was a thread ready to run that the host
-        # had no CPU for ("queue"), not code running.
-        self._look_mark: tuple[int, int] | None = None
-        self._stop = threading.Event()
-        self._clock = WakeClock(meter if meter is not None else GilMeter())
-        self._lock = threading.Lock()
-        self._lags: deque[float] = deque(maxlen=MAX_LAGS)  # seconds
-        self._stalls: deque[dict[str, Any]] = deque(maxlen=MAX_STALLS)
-        self._epoch_offset = time.time() - time.perf_counter()
-        self._ran: tuple[float, int] | None = None  # the probe's (perf_counter, thread CPU ns)
-        # Built on the loop thread (see `Watchdogs.see_loop`): the loop is running, now.
-        self._seen_at = time.perf_counter()  # when the loop was last seen running
-        self._seen_cpu_ns: int | None = time.thread_time_ns()  # the loop thread's CPU then
-        self._alert_until = 0.0  # perf_counter time until which probes are watched closely
-        self._thread: threading.Thread | None = None
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def ended(self) -> bool:
-        """Started, and finished since (its loop was closed)."""
-        return self._thread is not None and not self._thread.is_alive()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="apiscope-loop-watchdog",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(JOIN_SECONDS)
-        if self._loop_stat is not None:
-            self._loop_stat.close()
-            self._loop_stat = None
-        self._loop_syscall.close()
-
-    def forget_files(self) -> None:
-        """Close the files of threads that are not in this (forked) process."""
-        for stat in (self._loop_stat, self.cpu.stat):
-            if stat is not None:
-                stat.close()
-        self._loop_stat = None
-        self._loop_syscall.close()
-
-    def drain(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        """The lag summary since the last drain (None without probes) and the stalls."""
-        with self._lock:
-            lags = sorted(self._lags)
-            self._lags.clear()
-            stalls = list(self._stalls)
-            self._stalls.clear()
-        lag = None
-        if lags:
-            lag = {"tid": self.native_id, "probes": len(lags),
-                   "p50_ms": round(percentile(lags, 0.50) * 1000.0, 3),
-                   "p99_ms": round(percentile(lags, 0.99) * 1000.0, 3),
-                   "max_ms": round(lags[-1] * 1000.0, 3)}
-        return lag, stalls
-
-    # -- the loop side: as little as possible ----------------------------------------------
-
-    def _probe(self) -> None:
-        self._ran = (time.perf_counter(), time.thread_time_ns())
-
-    # -- the watchdog thread ---------------------------------------------------------------
-
-    def _run(self) -> None:
-        try:
-            self.cpu.bind()
-            self._clock.bind()
-        except Exception:
-            self.errors += 1
-        while not self._stop.is_set():
-            try:
-                if not self._cycle():
-                    break
-            except Exception:  # never into the app; keep watching after a pause
-                self.errors += 1
-                if self._stop.wait(self.options.loop_interval):
-                    break
-            self.cpu.report()
-        self._clock.close()
-        self.cpu.close()
-
-    def _sleep(self, seconds: float) -> bool:
-        """Sleep, measuring the GIL wait on waking; False once stopped."""
-        return not self._clock.wait(self._stop, seconds)
-
-    def _cycle(self) -> bool:
-        """One check of the loop; False once the loop is closed or the watchdog stopped."""
-        loop = self.loop
-        if loop.is_closed():
-            return False
-        # One wake-up per check. For a while after a late probe the checks come as often as
-        # the stall threshold, so that a short stall is seen (and its stack sampled) while it
-        # lasts and its start is known closely; otherwise every `loop_interval`.
-        period = self.options.loop_interval
-        if time.perf_counter() < self._alert_until:
-            period = min(period, self.options.stall_threshold)
-        frame = sys._current_frames().get(self.ident)
-        if not loop.is_running() or _loop_is_parked(frame):
-            self._seen_idle()
-            return self._sleep(period)
-        self._ran = None
-        posted = time.perf_counter()
-        loop.call_soon_threadsafe(self._probe)
-        # What the loop runs now: if the probe turns out late, this is the first sample of
-        # the stall (a stall shorter than the wait below gets no other).
-        stacks: Counter[Stack] = Counter([frame_stack(frame)] if frame is not None else [])
-        del frame
-        self._look()
-        outcome = self._await_probe(posted, period, stacks)
-        if outcome is None:
-            return False
-        self._record(posted, *outcome)
-        remaining = period - (time.perf_counter() - posted)
-        return remaining <= 0 or self._sleep(remaining)
-
-    def _seen_idle(self) -> None:
-        now = time.perf_counter()
-        stat = self._loop_stat
-        read = stat.read() if stat is not None else None
-        with self._lock:
-            self._lags.append(0.0)
-        self._seen_at, self._seen_cpu_ns = now, (read[0] if read is not None else None)
-        self._look_mark = read
-
-    def _await_probe(self, posted: float, wait: float, stacks: Counter[Stack],
-                     ) -> tuple[tuple[float, int], Counter[Stack]] | None:
-        """Wait for the probe to run, sampling the loop's stack once it is a stall."""
-        options = self.options
-        while True:
-            if not self._sleep(wait):
-                return None
-            ran = self._ran
-            if ran is not None:
-                return ran, stacks
-            outstanding = time.perf_counter() - posted
-            if outstanding >= options.stall_threshold:
-                self._sample(stacks)
-                # A long stall is sampled ever more sparsely (every SPARSER_EVERY samples the
-                # interval doubles): its stack is known by then, and a loop blocked for good
-                # must not have a 100 Hz sampler inside it.
-                backoff = 2 ** min(sum(stacks.values()) // SPARSER_EVERY, 3)
-                wait = options.sample_interval * backoff
-            else:
-                wait = options.stall_threshold - outstanding
-
-    def _look(self) -> None:
-        """What the kernel says the loop thread is doing now (kept if this becomes a stall)."""
-        activity = self._loop_syscall.read()
-        stat = self._loop_stat
-        read = stat.read() if stat is not None else None
-        mark, self._look_mark = self._look_mark, read
-        if activity == "cpu" and read is not None and mark is not None and \
-                read[1] - mark[1] > read[0] - mark[0]:
-            activity = "queue"
-        if activity is not None:
-            self._activity[activity] += 1
-
-    def _sample(self, stacks: Counter[Stack]) -> None:
-        self._look()
-        frame = sys._current_frames().get(self.ident)
-        if frame is None:
-            return
-        stack = frame_stack(frame)
-        if stack in stacks or len(stacks) < MAX_DISTINCT_STACKS:
-            stacks[stack] += 1
-
-    def _record(self, posted: float, ran: tuple[float, int], stacks: Counter[Stack]) -> None:
-        ran_at, ran_cpu_ns = ran
-        lag = max(0.0, ran_at - posted)
-        stall = None
-        if lag >= self.options.stall_threshold:
-            start = min(self._seen_at, posted)
-            cpu_ms = None
-            if self._seen_cpu_ns is not None:
-                cpu_ms = round(max(0, ran_cpu_ns - self._seen_cpu_ns) / 1e6, 3)
-            frames = [list(f) for f in stacks.most_common(1)[0][0]] if stacks else []
-            stall = {"tid": self.native_id, "start": start + self._epoch_offset,
-                     "duration_ms": round((ran_at - start) * 1000.0, 3),
-                     "frames": frames, "cpu_ms": cpu_ms,
-                     "activity": dict(self._activity)}
-        self._activity.clear()
-        if stall is not None:
-            self._alert_until = ran_at + ALERT_SECONDS
-        with self._lock:
-            self._lags.append(lag)
-            if stall is not None:
-                self._stalls.append(stall)
-        self._seen_at, self._seen_cpu_ns = ran_at, ran_cpu_ns
 
 
 class Watchdogs:
@@ -439,3 +184,6 @@ class Watchdogs:
         """The watchdog threads alive now (for tests and diagnostics)."""
         names = ("apiscope-loop-watchdog", "apiscope-gil-watchdog")
         return [t for t in threading.enumerate() if t.name in names]
+
+
+__all__ = ["LoopWatchdog", "WatchdogOptions", "Watchdogs"]
