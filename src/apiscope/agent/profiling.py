@@ -1,14 +1,8 @@
-"""Per-request async profiles: which requests to profile, profiling them, and the compact tree.
+"""Per-request async profiles on the request path: which requests to profile, and shipping them.
 
-Stack sampling sees what a thread runs, not what a coroutine waits for. A profiled request here
-is driven slice by slice (`SliceProfiler.drive`, the way `await` drives a coroutine): while the
-request runs, pyinstrument's stack sampler samples it; while it is suspended, the sampler is
-off and the agent times the suspension itself, charging it to an `[await]` leaf under the
-innermost frame that awaited (read from the coroutines' `cr_await` chain). pyinstrument's own
-async mode does the same attribution, but keeps its profile hook on the whole thread for the
-request's whole life: measured here, every other request's Python code on the loop ran about 4
-times slower meanwhile, which on a busy server doubled latencies. Driven by slices, only the
-profiled request pays.
+A profiled request runs under a `SliceProfiler` (`profiler`: how a profile is taken, and the
+options) and is shipped as a compact tree (`profiletree`); this module decides which requests
+those are, on the request path, and keeps the caps.
 
 pyinstrument is imported lazily (this package stays standard-library only at import) and only
 in `RequestProfiling.__init__`: a target that cannot import it gets a status in the agent's
@@ -22,69 +16,31 @@ the app returns, so a finished request *arms* its route and the next request who
 matches the armed template is profiled: before the app, an unprofiled request pays one truth
 test of `RequestProfiling.armed` when nothing is armed (one regex match per armed route
 otherwise); after it, one counter update in `observe`.
-
-The shipped tree (see `compact_tree`) is `{"function", "file", "line", "time_ms", "await_ms",
-"children"}` per node: `line` is the line executing in that frame, `time_ms` the node's
-inclusive wall time and `await_ms` the time the request was suspended with this frame as the
-innermost awaiting one. The root is a synthetic node (`file` "") named after the request.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable
 from typing import Any
 
-ENV_PREFIX = "APISCOPE_PROFILE_"
-AWAIT = "[await]"
+from .profiler import (
+    ANCHOR,
+    AWAIT,
+    Profiled,
+    ProfileRun,
+    ProfilingOptions,
+    SliceProfiler,
+    options_from_env,
+)
+from .profiletree import compact_tree, parse_frame
+
 ROUTE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
 SLOW_REARM_SECONDS = 1.0  # a route slow on every request is profiled at most once a second
-MAX_AWAIT_DEPTH = 200
 
-Records = Sequence[tuple[Sequence[str], float]]  # pyinstrument's (root-first stack, seconds)
-
-
-@dataclass(frozen=True)
-class ProfilingOptions:
-    every: int = 20  # 1 in N requests per route; 0 turns profiling off
-    slow_ms: float = 200.0  # a request this slow arms its route (the default SLO); 0: never
-    max_per_second: float = 5.0  # global cap (token bucket, burst of one second's worth)
-    max_concurrent: int = 4  # profiles running at once in this process
-    interval_ms: float = 1.0  # pyinstrument's sampling interval
-    min_node_ms: float = 1.0  # nodes below this and below `min_node_share` are folded
-    min_node_share: float = 0.01  # of the request's duration
-    max_nodes: int = 200  # per shipped tree
-
-    @property
-    def enabled(self) -> bool:
-        return self.every > 0 and self.max_per_second > 0 and self.max_concurrent > 0
-
-
-def options_from_env(environ: Mapping[str, str] | None = None,
-                     base: ProfilingOptions | None = None) -> ProfilingOptions:
-    """Options overridden by `APISCOPE_PROFILE_EVERY`, `..._SLOW_MS`, `..._MAX_PER_SECOND`,
-    `..._MAX_CONCURRENT`, `..._INTERVAL_MS`, `..._MAX_NODES`; unparsable values are ignored
-    (the agent must start whatever the environment says)."""
-    environ = os.environ if environ is None else environ
-    base = base or ProfilingOptions()
-    changes: dict[str, Any] = {}
-    for field in fields(ProfilingOptions):
-        raw = environ.get(ENV_PREFIX + field.name.upper())
-        if raw is None:
-            continue
-        kind = int if isinstance(getattr(base, field.name), int) else float
-        try:
-            value = kind(raw)
-        except ValueError:
-            continue
-        if value >= 0:
-            changes[field.name] = value
-    return replace(base, **changes)
 
 
 def template_pattern(template: str) -> re.Pattern[str]:
@@ -117,121 +73,6 @@ class TokenBucket:
             self.tokens -= 1.0
             return True
         return False
-
-
-class SliceProfiler:
-    """One request's profile: its running slices sampled by pyinstrument's stack sampler, its
-    suspensions timed here. `records` are pyinstrument-style (stack, seconds) pairs."""
-
-    def __init__(self, sampler: Callable[[], Any], frame_info: Callable[[Any], str],
-                 interval: float, clock: Callable[[], float] = time.perf_counter) -> None:
-        self._sampler = sampler  # pyinstrument's per-thread StackSampler
-        self._frame_info = frame_info  # pyinstrument's frame identifier, for matching stacks
-        self._interval = interval
-        self._clock = clock
-        self.records: list[tuple[Sequence[str], float]] = []
-        self.sampling = True
-        self._sampled = 0.0
-
-    def _saw(self, call_stack: list[str], seconds: float, async_state: Any) -> None:
-        self.records.append((call_stack, seconds))
-        self._sampled += seconds
-
-    def drive(self, coro: Any) -> Generator[Any, Any, Any]:
-        """Run `coro` to its end as `await coro` would, profiling it (the `__await__` of
-        `Profiled`); this frame is the anchor `compact_tree` cuts stacks at."""
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            started = self._start()
-            try:
-                yielded = coro.send(value) if error is None else coro.throw(error)
-            except StopIteration as done:
-                self._stop(started, None)
-                return done.value
-            except BaseException:
-                self._stop(started, None)
-                raise
-            awaiting = self._stop(started, coro)
-            suspended = self._clock()
-            try:
-                value, error = (yield yielded), None
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # cancellation, thrown in by the task: pass it on
-                value, error = None, exc
-            self.records.append(([*awaiting, AWAIT], self._clock() - suspended))
-
-    def _start(self) -> float:
-        self._sampled = 0.0
-        if self.sampling:
-            try:
-                self._sampler().subscribe(self._saw, desired_interval=self._interval,
-                                          use_async_context=False)
-            except Exception:  # another profiler's settings clash: time the slices only
-                self.sampling = False
-        return self._clock()
-
-    def _stop(self, started: float, coro: Any) -> list[str]:
-        """End a slice; its time the sampler did not see is charged to where it stopped."""
-        elapsed = self._clock() - started
-        if self.sampling:
-            try:
-                self._sampler().unsubscribe(self._saw)
-            except Exception:
-                self.sampling = False
-        stack = [ANCHOR_INFO, *self._awaiting(coro)]
-        if elapsed > self._sampled:
-            self.records.append((stack, elapsed - self._sampled))
-        return stack
-
-    def _awaiting(self, coro: Any) -> list[str]:
-        """Frame identifiers of the chain of suspended coroutines, outermost first."""
-        out: list[str] = []
-        while coro is not None and len(out) < MAX_AWAIT_DEPTH:
-            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-            if frame is None:
-                break
-            out.append(self._frame_info(frame))
-            coro = getattr(coro, "cr_await", None) if hasattr(coro, "cr_await") else getattr(
-                coro, "gi_yieldfrom", None)
-        return out
-
-
-class Profiled:
-    """`await Profiled(profiler, coro)`: `coro`, driven by `profiler`."""
-
-    __slots__ = ("coro", "profiler")
-
-    def __init__(self, profiler: SliceProfiler, coro: Any) -> None:
-        self.profiler = profiler
-        self.coro = coro
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        return self.profiler.drive(self.coro)
-
-
-class ProfileRun:
-    """One request being profiled: `around` runs the app under a `SliceProfiler`."""
-
-    __slots__ = ("key", "profiler", "records")
-
-    def __init__(self, key: tuple[str, str], profiler: SliceProfiler) -> None:
-        self.key = key
-        self.profiler = profiler
-        self.records: Records | None = None
-
-    async def around(self, call: Callable[..., Awaitable[None]], *args: Any) -> None:
-        try:
-            await Profiled(self.profiler, call(*args))
-        finally:
-            self.records = self.profiler.records
-
-
-ANCHOR = ("drive", SliceProfiler.drive.__code__.co_filename,
-          SliceProfiler.drive.__code__.co_firstlineno)
-ANCHOR_INFO = "\x00".join((ANCHOR[0], ANCHOR[1], str(ANCHOR[2])))
 
 
 class RequestProfiling:
@@ -355,124 +196,18 @@ def _no_profiler(interval: float) -> Any:
     raise RuntimeError("pyinstrument is unavailable")
 
 
-# -- the compact tree --------------------------------------------------------------------------
-
-class _Node:
-    __slots__ = ("function", "file", "line", "time", "awaited", "children")
-
-    def __init__(self, function: str, file: str, line: int) -> None:
-        self.function, self.file, self.line = function, file, line
-        self.time = 0.0
-        self.awaited = 0.0  # own await time
-        self.children: dict[tuple[str, str, int], _Node] = {}
-
-    def child(self, key: tuple[str, str, int]) -> _Node:
-        node = self.children.get(key)
-        if node is None:
-            node = self.children[key] = _Node(*key)
-        return node
-
-
-def parse_frame(info: str) -> tuple[str, str, int]:
-    """(function, file, executing line) of one pyinstrument frame-info string."""
-    identifier, *attributes = info.split("\x01")
-    parts = identifier.split("\x00")
-    function = parts[0]
-    file = parts[1] if len(parts) > 1 else ""
-    line = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
-    for attribute in attributes:
-        if attribute.startswith("l") and attribute[1:].isdigit():
-            line = int(attribute[1:])
-        elif attribute.startswith("c") and attribute[1:] not in ("", "NoneType"):
-            function = f"{attribute[1:]}.{parts[0]}"
-    return function, file, line
-
-
-def _below_anchor(stack: Sequence[str], anchor: tuple[str, str, int]) -> Sequence[str]:
-    prefix = "\x00".join((anchor[0], anchor[1], str(anchor[2])))
-    for index, info in enumerate(stack):
-        if info.startswith(prefix):
-            return stack[index + 1:]
-    return ()
-
-
-def build_tree(records: Records, name: str,
-               anchor: tuple[str, str, int] = ANCHOR) -> _Node:
-    """The full call tree below the anchor frame, merged by (function, file, executing line)."""
-    root = _Node(name, "", 0)
-    parsed: dict[str, tuple[str, str, int]] = {}
-    for stack, seconds in records:
-        frames = _below_anchor(stack, anchor)
-        awaiting = bool(frames) and frames[-1] == AWAIT
-        node = root
-        node.time += seconds
-        for info in frames[:-1] if awaiting else frames:
-            key = parsed.get(info)
-            if key is None:
-                key = parsed[info] = parse_frame(info)
-            node = node.child(key)
-            node.time += seconds
-        if awaiting:
-            node.awaited += seconds
-    return root
-
-
-def compact_tree(records: Records, name: str, duration_ms: float,
-                 options: ProfilingOptions | None = None,
-                 anchor: tuple[str, str, int] = ANCHOR) -> dict[str, Any]:
-    """The shipped tree: nodes below max(`min_node_ms`, `min_node_share` of the request) are
-    folded into their parent (their await time stays await time), then only the `max_nodes`
-    largest nodes are kept. Times are milliseconds."""
-    options = options or ProfilingOptions()
-    root = build_tree(records, name, anchor)
-    floor = max(options.min_node_ms, options.min_node_share * max(duration_ms, root.time * 1e3))
-    keep = _largest(root, floor / 1e3, options.max_nodes)
-    return _export(root, keep)
-
-
-def _largest(root: _Node, floor: float, limit: int) -> set[int]:
-    """ids of the nodes to keep: at most `limit`, each at least `floor` seconds, ancestors of
-    kept nodes kept (a child never outweighs its parent, so largest-first keeps them closed)."""
-    candidates: list[tuple[float, int, _Node, _Node]] = []
-    stack: list[tuple[_Node, int]] = [(root, 0)]
-    while stack:
-        node, depth = stack.pop()
-        for child in node.children.values():
-            if child.time >= floor:
-                candidates.append((child.time, depth, child, node))
-                stack.append((child, depth + 1))
-    candidates.sort(key=lambda c: (-c[0], c[1]))
-    keep = {id(root)}
-    for _, _, child, parent in candidates:
-        if len(keep) > limit:
-            break
-        if id(parent) in keep:
-            keep.add(id(child))
-    return keep
-
-
-def _export(node: _Node, keep: set[int]) -> dict[str, Any]:
-    children, folded = [], 0.0
-    for child in sorted(node.children.values(), key=lambda c: -c.time):
-        if id(child) in keep:
-            children.append(_export(child, keep))
-        else:
-            folded += _subtree_await(child)
-    return {"function": node.function, "file": node.file, "line": node.line,
-            "time_ms": round(node.time * 1e3, 3),
-            "await_ms": round((node.awaited + folded) * 1e3, 3), "children": children}
-
-
-def _subtree_await(node: _Node) -> float:
-    return node.awaited + sum(_subtree_await(c) for c in node.children.values())
-
-
+# Where callers have always imported them from: the driver and the compaction moved out.
 __all__ = [
+    "ANCHOR",
+    "AWAIT",
     "ProfileRun",
-    "SliceProfiler",
+    "Profiled",
     "ProfilingOptions",
     "RequestProfiling",
+    "SliceProfiler",
+    "TokenBucket",
     "compact_tree",
     "options_from_env",
+    "parse_frame",
     "template_pattern",
 ]
