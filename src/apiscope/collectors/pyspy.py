@@ -32,6 +32,7 @@ from pathlib import Path
 
 from apiscope.errors import TargetError, ToolMissingError
 from apiscope.model import Frame, StackSample
+from apiscope.permissions import ptrace_denied
 
 # py-spy prints this once it has attached and started sampling (stdout, prefixed "py-spy> "
 # when stdout is not a terminal). `record` without `-d` samples until SIGINT.
@@ -247,12 +248,7 @@ def failure_error(pid: int, returncode: int | None, stderr: str) -> TargetError:
 
 
 def permission_message(pid: int) -> str:
-    return (
-        f"permission denied tracing process {pid}: py-spy needs ptrace. Run apiscope as the "
-        "same user as the server with kernel.yama.ptrace_scope=0 "
-        "(`sudo sysctl kernel.yama.ptrace_scope=0`), or as root / with CAP_SYS_PTRACE; in "
-        "Docker start the container with `--cap-add SYS_PTRACE`."
-    )
+    return ptrace_denied(f"permission denied tracing process {pid}: py-spy needs ptrace")
 
 
 def exited_message(stderr: str) -> bool:

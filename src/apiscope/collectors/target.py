@@ -31,6 +31,7 @@ from apiscope.collectors.proctree import (
 )
 from apiscope.errors import TargetError
 from apiscope.model import ProcessInfo
+from apiscope.permissions import other_user_refusal, ptrace_denied, yama_refusal
 
 ProcFactory = Callable[[int], psutil.Process]
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -38,12 +39,6 @@ Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 CAP_SYS_PTRACE = 19
 _WRAPPER_DEPTH = 4  # sh -> pyenv shim -> pyenv exec -> python is as deep as wrappers go
 _FULL_VERSION = re.compile(r"Python (\d+\.\d+\.\d+\S*)")
-_TRACE_FIXES = (
-    "run apiscope as root (sudo) or as the user that runs the server; allow tracing with"
-    " `sudo sysctl kernel.yama.ptrace_scope=0`; or give apiscope the CAP_SYS_PTRACE capability"
-    " (Docker: `docker run --cap-add SYS_PTRACE`; Kubernetes: securityContext.capabilities.add:"
-    ' ["SYS_PTRACE"])'
-)
 
 
 @dataclass(frozen=True)
@@ -276,21 +271,13 @@ def ptrace_refusal(env: PtraceEnv, pid: int, uids: Sequence[int], gids: Sequence
     """
     head = f"cannot trace PID {pid}"
     if env.yama_scope == 3:
-        return (f"{head}: kernel.yama.ptrace_scope is 3, which forbids all tracing until the"
-                " next reboot. Fix: set kernel.yama.ptrace_scope to 0 in /etc/sysctl.d and"
-                " reboot")
+        return yama_refusal(head, 3)
     if env.cap_sys_ptrace:
         return None
     if any(u != env.uid for u in uids) or any(g != env.gid for g in gids):
-        return (f"{head}: it runs as user {owner} and apiscope runs as uid {env.uid} without"
-                f" CAP_SYS_PTRACE. Fix: run apiscope as {owner} or as root (sudo), or give it"
-                " CAP_SYS_PTRACE (Docker: `docker run --cap-add SYS_PTRACE`)")
-    if env.yama_scope == 2:
-        return (f"{head}: kernel.yama.ptrace_scope is 2 (only CAP_SYS_PTRACE may trace)."
-                f" Fix one of: {_TRACE_FIXES}")
-    if env.yama_scope == 1:
-        return (f"{head}: kernel.yama.ptrace_scope is 1 (a process may only trace its own"
-                f" children) and apiscope lacks CAP_SYS_PTRACE. Fix one of: {_TRACE_FIXES}")
+        return other_user_refusal(head, owner, env.uid)
+    if env.yama_scope in (1, 2):
+        return yama_refusal(head, env.yama_scope)
     return None
 
 
@@ -331,5 +318,4 @@ def _access_denied_message(pid: int, proc_factory: ProcFactory,
                 " container's reach). It is not a server apiscope can profile: give the PID of"
                 " the uvicorn, gunicorn or hypercorn process (`pgrep -af"
                 " 'uvicorn|gunicorn|hypercorn'`)")
-    return (f"permission denied reading process {pid} (run by {owner}). Fix one of:"
-            f" {_TRACE_FIXES}")
+    return ptrace_denied(f"permission denied reading process {pid} (run by {owner})")

@@ -24,16 +24,13 @@ from apiscope.errors import TargetError
 from apiscope.inject.errors import InjectionFailed
 from apiscope.inject.runner import RunResult
 from apiscope.inject.snippet import c_string_literal
+from apiscope.permissions import PTRACE_FIXES as PTRACE_FIXES  # remote.py's message uses it
+from apiscope.permissions import ptrace_denied
 
 MARK = "APISCOPE:"
 PAGE = 4096
 PROT_READ_WRITE = 0x3
 MAP_PRIVATE_ANONYMOUS = 0x22  # Linux, on x86-64 and arm64 alike
-PTRACE_FIXES = (
-    "run apiscope as root or as the server's user; allow tracing with"
-    " `sudo sysctl kernel.yama.ptrace_scope=0`; or grant the CAP_SYS_PTRACE capability"
-    " (Docker: `docker run --cap-add SYS_PTRACE`)"
-)
 _PENDING = re.compile(re.escape(MARK) + r" pending (-?\d+)")
 
 
@@ -127,11 +124,11 @@ def check_gdb_output(pid: int, run: RunResult, attempts: int = 1) -> None:
     if "ptrace: No such process" in out:
         raise TargetError(f"no process with PID {pid}: the server may have exited")
     if attach_refused(run):
-        raise TargetError(f"gdb was not allowed to attach to PID {pid} (ptrace refused"
-                          f"{f', {attempts} attempts' if attempts > 1 else ''}). Either another"
-                          " debugger or profiler keeps it traced (stop it, or run py-spy with"
-                          f" --nonblocking), or tracing is not permitted. Fix one of:"
-                          f" {PTRACE_FIXES}")
+        raise TargetError(ptrace_denied(
+            f"gdb was not allowed to attach to PID {pid} (ptrace refused"
+            f"{f', {attempts} attempts' if attempts > 1 else ''}). Either another debugger or"
+            " profiler keeps it traced (stop it, or run py-spy with --nonblocking), or tracing"
+            " is not permitted"))
     match = _PENDING.search(out)
     if match and match.group(1) == "0":
         return
