@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_ARGS ?=
 
-.PHONY: install demo test lint typecheck pytest bench accuracy system-deps target-envs clean \
+.PHONY: install demo test lint typecheck pytest bench soak accuracy system-deps target-envs clean \
 	screenshots
 
 $(BIN)/python:
@@ -52,6 +52,10 @@ test: system-deps lint typecheck pytest
 
 bench: system-deps $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.run
+
+# An hour attached at the defaults under a steady load (SOAK_MINUTES shortens it); not in `test`.
+soak: system-deps $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.run --only soak
 
 # The accuracy corpus: realistic apps run for real under apiscope; rewrites docs/accuracy.md.
 accuracy: system-deps $(VENV)/.installed-test

@@ -44,6 +44,7 @@ from benchmarks.harness import (
     wrk,
 )
 
+SETTLE_SECONDS = 8  # of load after attaching, before measuring
 SATURATED = ("bare", "agent", "sampling only", "attach", "py-spy 100 Hz", "py-spy, same rate")
 APISCOPE = [sys.executable, "-m", "apiscope"]
 
@@ -84,12 +85,13 @@ def _wait(check: Any, timeout: float, what: str) -> None:
 
 
 @contextmanager
-def attached(pid: int, *extra: str, pin: bool = True,
-             env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+def attached(pid: int, *extra: str, pin: bool = True, env: dict[str, str] | None = None,
+             session: Path | None = None) -> Iterator[dict[str, Any]]:
     """`apiscope attach PID` at its defaults for the block; yields a dict that holds, once the
-    block ends, the report's sampling figures."""
+    block ends, the report's sampling figures. The session goes to `session` when given."""
     tmp = Path(tempfile.mkdtemp(prefix="apiscope-bench-"))
-    argv = [*APISCOPE, "attach", str(pid), "--session", str(tmp / "s.sqlite"), "--report",
+    session = session or tmp / "s.sqlite"
+    argv = [*APISCOPE, "attach", str(pid), "--session", str(session), "--report",
             str(tmp / "r.json"), "--quiet", *extra]
     if pin:
         argv = ["taskset", "-c", SERVER_CPU, *argv]
@@ -164,7 +166,9 @@ def _saturated_variant(variant: str, seconds: int, rate: int) -> dict[str, Any]:
         with attached(pid, *extra) as run:
             if variant == "attach":
                 _wait(lambda: _agent_answers(pid), 60, "the agent")
-            time.sleep(2.0)  # past the first windows (start-up, the first activity window)
+            # Steady state: the budget has learnt the costs from the first windows (at the rate
+            # asked for) and planned the following ones; what is left running for hours.
+            wrk(url, seconds=SETTLE_SECONDS)
             result = _measure(pid, url, seconds, run["pid"])
         result["effective_rate_hz"] = run.get("effective_rate_hz")
         result["overhead_percent"] = run.get("overhead_percent")
@@ -269,7 +273,7 @@ def busy_host(rounds: int = 5, seconds: int = 10) -> dict[str, Any]:
                         continue
                     with attached(pid, "--no-dashboard", pin=False) as run:
                         _wait(lambda: _agent_answers(pid), 60, "the agent")  # noqa: B023
-                        time.sleep(2.0)
+                        _wrk_mixed(base, SETTLE_SECONDS, script)
                         rps, p95 = _wrk_mixed(base, seconds, script)
                     rows[variant].append({"rps": rps, "p95_ms": p95,
                                           "effective_rate_hz": run.get("effective_rate_hz"),

@@ -22,6 +22,7 @@ from benchmarks import (
     bench_overhead,
     bench_profiling,
     bench_session_size,
+    soak,
 )
 from benchmarks.harness import ROOT, machine
 
@@ -49,7 +50,8 @@ def section_attach() -> tuple[str, Any]:
             "**Saturated worker.** uvicorn pinned to core 0 under wrk (1 thread, 32 connections, "
             f"{sat['seconds']} s runs) pinned to core 1, FastAPI item endpoint. apiscope and "
             "py-spy are pinned to the server's core, so all their cost (the collector's own "
-            "included) is taken from the server. "
+            "included) is taken from the server; apiscope is measured after "
+            f"{bench_attach.SETTLE_SECONDS} s of load, once its budget has learnt the costs. "
             f"{sat['rounds']} interleaved rounds, each variant's throughput divided by the bare "
             "server's in the same round (median, min, max); py-spy alone, at 100 Hz and at the "
             "rate apiscope's budget chose in the same round, is the anchor. Goal: >= 0.97 for "
@@ -59,6 +61,16 @@ def section_attach() -> tuple[str, Any]:
             f"the 2 cores, nothing pinned; {busy['rounds']} interleaved rounds of "
             f"{busy['seconds']} s. Goal: throughput >= 0.95, client p95 within +10%.\n\n"
             + bench_attach.render(result))
+    return text, result
+
+
+def section_soak() -> tuple[str, Any]:
+    result = soak.run()
+    text = ("## Soak\n\n`make soak`: `apiscope attach` at its defaults (dashboard off) on one "
+            "uvicorn worker (benchmark item endpoint, pinned to core 0) under a steady load "
+            "(wrk, 4 connections, one-minute runs, pinned to core 1), apiscope on the server's "
+            f"core, for {result['minutes']} minutes; every minute's figures (every "
+            "n-th row shown):\n\n" + soak.render(result))
     return text, result
 
 
@@ -114,14 +126,17 @@ SECTIONS: dict[str, Callable[[], tuple[str, Any]]] = {
     "ingest": section_ingest,
     "export": section_export,
     "dashboard": section_dashboard,
+    "soak": section_soak,
 }
+# An hour long: `make soak` runs it, `make bench` does not.
+DEFAULT = [name for name in SECTIONS if name != "soak"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", help="comma-separated sections: " + ",".join(SECTIONS))
     args = parser.parse_args()
-    names = args.only.split(",") if args.only else list(SECTIONS)
+    names = args.only.split(",") if args.only else DEFAULT
     texts = previous_sections()
     raw = json.loads(RAW.read_text()) if RAW.exists() and args.only else {}
     for name in names:

@@ -59,3 +59,11 @@ def test_the_collectors_own_cpu_is_part_of_the_cost() -> None:
     # A collector that alone spends the budget (its smoothed cost: 2.2% of a core) leaves
     # py-spy the floor.
     assert budget.observe(WindowCost(1.0, 25, 0.01, collector_cpu=0.05)) == budget.min_rate
+
+
+def test_the_mean_cost_weighs_each_window_by_its_length() -> None:
+    budget = OverheadBudget(0.02, 100)
+    budget.observe(WindowCost(1.0, 100, 0.10))  # a first, dear window of 1 s: 10%
+    budget.observe(WindowCost(4.0, 5, 0.04))  # then 4 s windows at 1%
+    budget.observe(WindowCost(4.0, 5, 0.04))
+    assert abs(budget.mean_cost() - (0.10 + 0.08) / 9) < 1e-9

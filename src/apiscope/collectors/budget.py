@@ -69,6 +69,7 @@ class OverheadBudget:
     startup_cost: float | None = None  # learnt: py-spy CPU seconds per start-up
     fixed_cores: float | None = None  # learnt: agent + collector CPU seconds per second
     history: list[tuple[float, int]] = field(default_factory=list)  # (cost fraction, rate)
+    seconds: list[float] = field(default_factory=list)  # each history entry's window length
 
     def observe(self, cost: WindowCost) -> int:
         """Account one window and return the rate for the next one."""
@@ -87,6 +88,7 @@ class OverheadBudget:
             capacity = cost.seconds * max(1, cost.processes)
             spent = (cost.pyspy_cpu + cost.agent_cpu + cost.collector_cpu) / capacity
             self.history.append((spent, cost.rate_hz))
+            self.seconds.append(cost.seconds)
         return self.plan(cost.processes)
 
     def rate_for(self, agent_cores: float, processes: int, window: float = 0.0) -> int:
@@ -122,5 +124,9 @@ class OverheadBudget:
             and self.history[-1][1] <= self.min_rate
 
     def mean_cost(self) -> float:
-        """The mean cost fraction over the windows so far (0 before any)."""
-        return sum(c for c, _ in self.history) / len(self.history) if self.history else 0.0
+        """The cost fraction over the windows so far, weighted by their length (0 before any):
+        a first short window at the rate asked for weighs no more than its seconds."""
+        total = sum(self.seconds)
+        if not total:
+            return 0.0
+        return sum(c * s for (c, _), s in zip(self.history, self.seconds, strict=True)) / total
