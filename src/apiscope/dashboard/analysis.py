@@ -9,12 +9,11 @@ while live) and the views pick the result up on their next refresh.
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from apiscope.analysis.periodic import PeriodicAnalysis
 from apiscope.flag import Flag
 
 if TYPE_CHECKING:
@@ -46,33 +45,28 @@ class FlagAnalysis:
         self.path = Path(path)
         self.live = live
         self.interval = interval
-        self._analyse = analyse
         self.flags: list[Flag] | None = None
         self.error: str | None = None
         self.generation = 0  # bumped by each finished run, so views know to redraw
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="apiscope-dashboard-analysis",
-                                        daemon=True)
+        # At once, then (live) again after each pause; a big session takes seconds to
+        # analyse, so the pauses keep the analysis to a fifth of a core.
+        self._periodic = PeriodicAnalysis(
+            lambda: analyse(self.path), self._finished, on_error=self._failed,
+            interval=interval, name="apiscope-dashboard-analysis", immediately=True,
+            repeat=live, max_share=0.2)
 
     def start(self) -> FlagAnalysis:
-        self._thread.start()
+        self._periodic.start()
         return self
 
     def stop(self, wait: bool = True) -> None:
-        self._stop.set()
-        if wait and self._thread.is_alive():
-            self._thread.join(timeout=30)
+        self._periodic.stop(timeout=30 if wait else None)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            began = time.monotonic()
-            try:
-                self.flags = self._analyse(self.path)
-                self.error = None
-            except Exception as exc:  # a half-written session must not end the dashboard
-                self.error = f"{type(exc).__name__}: {exc}"
-            self.generation += 1
-            if not self.live:
-                return
-            # A big session takes seconds to analyse: keep the analysis to a fifth of a core.
-            self._stop.wait(max(self.interval, 4 * (time.monotonic() - began)))
+    def _finished(self, flags: list[Flag]) -> None:
+        self.flags = flags
+        self.error = None
+        self.generation += 1
+
+    def _failed(self, error: str) -> None:  # the previous flags stay shown
+        self.error = error
+        self.generation += 1

@@ -8,11 +8,11 @@ every other metric.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from apiscope.analysis.periodic import PeriodicAnalysis
 from apiscope.flag import Flag
 from apiscope.metrics.exporter import MetricsExporter
 
@@ -38,38 +38,34 @@ def session_flags(session: Path, slo_ms: float | None = None,
 
 
 class LiveFlags:
-    """A daemon thread feeding `exporter.set_flags` from `source` every `interval` seconds."""
+    """Feeds `exporter.set_flags` from `source` every `interval` seconds, first after one
+    interval, in a daemon thread (`PeriodicAnalysis`); a failed run keeps the previous flags."""
 
     def __init__(self, exporter: MetricsExporter, source: FlagSource,
                  interval: float = 10.0) -> None:
         self.exporter = exporter
         self.source = source
-        self.interval = interval
-        self.failures = 0
-        self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="apiscope-live-flags",
-                                        daemon=True)
+        self._periodic = PeriodicAnalysis(lambda: self.source(), exporter.set_flags,
+                                          interval=interval, name="apiscope-live-flags")
+
+    @property
+    def interval(self) -> float:
+        return self._periodic.interval
+
+    @property
+    def failures(self) -> int:
+        return self._periodic.failures
+
+    @property
+    def last_error(self) -> str | None:
+        return self._periodic.last_error
 
     def refresh(self) -> bool:
         """One update; False (and the previous flags kept) when the analysis failed."""
-        try:
-            flags = self.source()
-        except Exception as exc:  # a half-written session must not end the metrics
-            self.failures += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            return False
-        self.exporter.set_flags(flags)
-        return True
+        return self._periodic.run_once()
 
     def start(self) -> None:
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.refresh()
+        self._periodic.stop(timeout)
