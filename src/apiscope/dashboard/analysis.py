@@ -44,7 +44,6 @@ class FlagAnalysis:
                  analyse: Analyse = report_flags) -> None:
         self.path = Path(path)
         self.live = live
-        self.interval = interval
         self.flags: list[Flag] | None = None
         self.error: str | None = None
         self.generation = 0  # bumped by each finished run, so views know to redraw
@@ -54,6 +53,10 @@ class FlagAnalysis:
             lambda: analyse(self.path), self._finished, on_error=self._failed,
             interval=interval, name="apiscope-dashboard-analysis", immediately=True,
             repeat=live, max_share=0.2)
+
+    @property
+    def interval(self) -> float:
+        return self._periodic.interval
 
     def start(self) -> FlagAnalysis:
         self._periodic.start()
