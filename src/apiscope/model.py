@@ -6,8 +6,10 @@ them, and analysis rules read them back. No behaviour beyond small derived prope
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class ThreadRole(StrEnum):
@@ -227,3 +229,46 @@ class GilSample:
     acquisitions: int
     max_wait_ms: float
     runqueue_known: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileNode:
+    """One node of a sampled request's async profile: the agent's compact tree (see
+    `apiscope.agent.profiletree`), typed once where the store reads it back.
+
+    The agent ships plain JSON (it is standard library only); `from_json` reads it as leniently
+    as the analysis always has (a missing number is 0, a child that is not an object is
+    skipped), so a tree from any agent version reads. The root is a synthetic node (`file` "")
+    named after the request."""
+
+    function: str
+    file: str  # "" for the synthetic root
+    line: int  # the line executing in that frame
+    time_ms: float  # inclusive wall time
+    await_ms: float  # suspended with this frame the innermost awaiting one
+    children: tuple[ProfileNode, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ProfileNode:
+        return cls(str(data.get("function") or ""), str(data.get("file") or ""),
+                   int(data.get("line") or 0), float(data.get("time_ms") or 0.0),
+                   float(data.get("await_ms") or 0.0),
+                   tuple(cls.from_json(child) for child in data.get("children") or ()
+                         if isinstance(child, Mapping)))
+
+    def to_json(self) -> dict[str, Any]:
+        """The agent's JSON shape (for exporters that take it)."""
+        return {"function": self.function, "file": self.file, "line": self.line,
+                "time_ms": self.time_ms, "await_ms": self.await_ms,
+                "children": [child.to_json() for child in self.children]}
+
+    def walk(self) -> Iterator[ProfileNode]:
+        """This node and every node below it, parents first."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """What nodes merge on across profiles: (function, file, line)."""
+        return (self.function, self.file, self.line)

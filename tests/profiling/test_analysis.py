@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apiscope.analysis.profiles import SiteAwait, aggregate, breakdown
+from apiscope.analysis.profiles import SiteAwait, aggregate, breakdown, merge_trees
 from apiscope.analysis.report import build_report
+from apiscope.model import ProfileNode
 from tests.analysis.builder import SITE, T0, healthy, request, write_and_open
-from tests.profiling.trees import ORDERS, awaiting_profile, cpu_profile, node, series
+from tests.profiling.trees import ORDERS, as_read, awaiting_profile, cpu_profile, node, series
 
 ROOTS = ("/srv/shop",)
 
@@ -22,7 +23,7 @@ def flags_of(report, kind):  # type: ignore[no-untyped-def]
 
 
 def test_await_is_charged_to_the_awaiting_user_line() -> None:
-    split = breakdown(awaiting_profile("GET /orders", 300.0, 240.0, T0), ROOTS)
+    split = breakdown(as_read([awaiting_profile("GET /orders", 300.0, 240.0, T0)])[0], ROOTS)
     assert split.total_ms == 300.0 and split.await_ms == 240.0 + 58.0
     assert split.sites == {(ORDERS, 41, "list_orders"): SiteAwait(
         240.0, "AsyncSession.execute", "sqlalchemy")}
@@ -32,7 +33,7 @@ def test_await_is_charged_to_the_awaiting_user_line() -> None:
 def test_aggregate_per_route() -> None:
     profiles = (series(awaiting_profile, "GET /orders", 4, 300.0, 240.0)
                 + series(cpu_profile, "GET /search", 3, 120.0))
-    routes = aggregate(profiles, ROOTS)
+    routes = aggregate(as_read(profiles), ROOTS)
     orders, search = routes["GET /orders"], routes["GET /search"]
     assert (orders.count, orders.total_ms, orders.cpu_ms) == (4, 1200.0, 8.0)
     site = orders.dominant
@@ -43,7 +44,7 @@ def test_aggregate_per_route() -> None:
     assert site.share == 0.8  # 240 of 240 + 60 (2 ms computing, 58 ms awaiting at no site)
     assert search.cpu_ms == 3 * 117.0 and search.dominant is not None
     assert search.dominant.share == 3.0 / 120.0
-    assert orders.tree is not None and orders.tree["time_ms"] == 1200.0  # merged
+    assert orders.tree is not None and orders.tree.time_ms == 1200.0  # merged
     assert [p["start"] for p in orders.slowest][:1] == [T0]
 
 
@@ -51,7 +52,7 @@ def test_a_site_costs_its_floor_not_its_outliers() -> None:
     # a cache in front of the query: most requests never await it, two missed it badly
     profiles = series(awaiting_profile, "GET /orders", 6, 12.0, 1.0)
     profiles += series(awaiting_profile, "GET /orders", 2, 2000.0, 1990.0)
-    site = aggregate(profiles, ROOTS)["GET /orders"].dominant
+    site = aggregate(as_read(profiles), ROOTS)["GET /orders"].dominant
     assert site is not None and site.floor_ms == 1.0 and site.typical_ms == 1.0
     assert site.total_ms == 6 * 1.0 + 2 * 1990.0
 
@@ -61,9 +62,10 @@ def test_contended_resource_is_charged_to_no_line() -> None:
     profiles = []
     for route in ("GET /orders", "GET /orders/{id}", "GET /customers", "GET /invoices"):
         profiles += series(awaiting_profile, route, 4, 300.0, 240.0)
-    routes = aggregate(profiles, ROOTS)
+    routes = aggregate(as_read(profiles), ROOTS)
     assert all(r.sites[0].contended and r.dominant is None for r in routes.values())
-    assert aggregate(profiles[:8], ROOTS)["GET /orders"].dominant is not None  # two: not yet
+    two = aggregate(as_read(profiles[:8]), ROOTS)["GET /orders"]
+    assert two.dominant is not None  # two routes: not yet
 
 
 def test_slow_await_flag_at_the_awaiting_line(tmp_path: Path) -> None:
@@ -110,7 +112,7 @@ def test_await_with_no_user_frame_is_no_site() -> None:
     pool = node("run_sync", f"{SITE}/anyio/to_thread.py", 56, 200.0, 200.0)
     tree = node("GET /stock", "", 0, 201.0, 0.0, pool)
     profile = {"method": "GET", "route": "/stock", "duration_ms": 201.0, "tree": tree}
-    route = aggregate([profile] * 5, ROOTS)["GET /stock"]
+    route = aggregate(as_read([profile] * 5), ROOTS)["GET /stock"]
     assert route.sites == [] and route.await_ms == 1000.0 and route.dominant is None
     assert route.outside_ms == 5.0  # the root's own millisecond: outside the request's frames
 
@@ -121,7 +123,7 @@ def test_time_outside_the_request_is_not_its_own(tmp_path: Path) -> None:
     spec.profiles = series(awaiting_profile, "GET /orders", 6, 1000.0, 240.0)
     for profile in spec.profiles:
         profile["tree"]["await_ms"] = 0.0  # so the root has 758 ms of its own: other code
-    route = aggregate(spec.profiles, ROOTS)["GET /orders"]
+    route = aggregate(as_read(spec.profiles), ROOTS)["GET /orders"]
     assert route.outside_ms == 6 * 758.0 and route.dominant is not None
     assert route.dominant.share == 240.0 / 242.0
     [flag] = flags_of(report_of(spec, tmp_path), "slow_await")
@@ -135,3 +137,15 @@ def test_an_await_within_the_objective_is_the_price_of_the_call(tmp_path: Path) 
     assert flags_of(report_of(spec, tmp_path), "slow_await") == []
     [flag] = flags_of(report_of(spec, tmp_path, slo_ms=100.0), "slow_await")
     assert flag["location"]["line"] == 41 and flag["metric"]["slo_ms"] == 100.0
+
+
+def test_merged_tree_sums_matched_nodes_heaviest_first() -> None:
+    a = ProfileNode.from_json(node("GET /x", "", 0, 10.0, 1.0, node("f", ORDERS, 1, 6.0),
+                                   node("g", ORDERS, 2, 3.0)))
+    b = ProfileNode.from_json(node("GET /x", "", 0, 20.0, 0.0, node("g", ORDERS, 2, 15.0),
+                                   node("h", ORDERS, 3, 5.0, 5.0)))
+    merged = merge_trees([a, b])
+    assert merged is not None and (merged.time_ms, merged.await_ms) == (30.0, 1.0)
+    assert [(c.function, c.time_ms, c.await_ms) for c in merged.children] == [
+        ("g", 18.0, 0.0), ("f", 6.0, 0.0), ("h", 5.0, 5.0)]
+    assert merge_trees([a]) == a and merge_trees([]) is None

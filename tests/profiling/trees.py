@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from apiscope.model import ProfileNode
 from tests.analysis.builder import APP, SITE, T0
 
 ORDERS = "/srv/shop/shop/orders.py"
@@ -46,3 +47,8 @@ def cpu_profile(route: str, duration: float, start: float) -> dict[str, Any]:
 
 def series(make: Any, route: str, n: int, *args: float) -> list[dict[str, Any]]:
     return [make(route, *args, T0 + i) for i in range(n)]
+
+
+def as_read(profiles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The profiles as the store reads them back: each tree a `ProfileNode`."""
+    return [{**p, "tree": ProfileNode.from_json(p["tree"])} for p in profiles]

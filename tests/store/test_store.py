@@ -17,6 +17,7 @@ import pytest
 from apiscope.errors import SessionFileError
 from apiscope.model import (
     Frame,
+    ProfileNode,
     QueryStat,
     RequestRecord,
     ResourceSample,
@@ -166,5 +167,24 @@ def test_profile_trees_round_trip_compressed(tmp_path: Path) -> None:
     with SessionWriter(path) as writer:
         writer.put_profile(10, 1.0, "GET", "/items/{item_id}/quote", 251.0, tree)
     reader = SessionReader(path)
-    assert reader.profiles("/items/{item_id}/quote")[0]["tree"] == tree
+    fetch = ProfileNode("fetch", "", 0, 0.0, 0.0)  # what the agent left out reads as empty
+    assert reader.profiles("/items/{item_id}/quote")[0]["tree"] == ProfileNode(
+        "quote", "/app/q.py", 24, 250.0, 248.0, (fetch,) * 50)
     assert stored(path, "SELECT length(tree) FROM profiles") < len(json.dumps(tree)) / 4
+
+
+def test_profile_trees_are_typed_once_read_and_stored_as_the_agent_sent_them(
+        tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    leaf = {"function": "sleep", "file": "/usr/lib/python3.12/asyncio/tasks.py", "line": 665,
+            "time_ms": 80.0, "await_ms": 80.0, "children": []}
+    tree = {"function": "GET /q", "file": "", "line": 0, "time_ms": 81.0, "await_ms": 0.0,
+            "children": [leaf]}
+    node = ProfileNode.from_json(tree)
+    assert node.to_json() == tree and [n.function for n in node.walk()] == ["GET /q", "sleep"]
+    with SessionWriter(path) as writer:
+        writer.put_profile(10, 1.0, "GET", "/q", 81.0, node)
+        writer.put_profile(10, 2.0, "GET", "/q", 81.0, tree)
+        writer.put_profile(10, 3.0, "GET", "/q", 81.0, None)
+    trees = [p["tree"] for p in SessionReader(path).profiles("/q")]
+    assert trees == [node, node, None]

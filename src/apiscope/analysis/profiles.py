@@ -1,10 +1,10 @@
 """Per-route aggregation of the sampled per-request async profiles.
 
-A profile's tree (see `apiscope.agent.profiling`) splits each request's wall time into time
-*running* on the event loop thread (CPU, or blocking calls made from async code) and time
-*awaiting* (the request's task suspended: a query, an outside call, a sleep). Await time is
-charged to an await site: the innermost application frame on the path to the awaiting frame
-(the user line that awaited), with the call it awaited there (the next frame down, e.g.
+A profile's tree (a `ProfileNode`, see `apiscope.agent.profiletree`) splits each request's wall
+time into time *running* on the event loop thread (CPU, or blocking calls made from async code)
+and time *awaiting* (the request's task suspended: a query, an outside call, a sleep). Await
+time is charged to an await site: the innermost application frame on the path to the awaiting
+frame (the user line that awaited), with the call it awaited there (the next frame down, e.g.
 `AsyncSession.execute`) and that call's library, its *resource* (`sqlalchemy`, `asyncio`,
 `httpx`). Await under no application frame (a sync handler waiting for the thread pool,
 framework plumbing) is counted as await time but charged to no site.
@@ -34,7 +34,7 @@ from typing import Any
 
 from apiscope.analysis.flags import pct
 from apiscope.frames import is_app_frame, package_of
-from apiscope.model import Frame
+from apiscope.model import Frame, ProfileNode
 
 SiteKey = tuple[str, int, str]  # (file, line, function) of the awaiting application frame
 SLOWEST_KEPT = 10
@@ -89,7 +89,7 @@ class RouteProfiles:
     await_ms: float = 0.0
     outside_ms: float = 0.0
     sites: list[AwaitSite] = field(default_factory=list)  # costliest (by floor) first
-    tree: dict[str, Any] | None = None  # all profiles merged (times summed)
+    tree: ProfileNode | None = None  # all profiles merged (times summed)
     slowest: list[dict[str, Any]] = field(default_factory=list)  # slowest profiles first
     requests: list[RequestBreakdown] = field(default_factory=list)
 
@@ -108,22 +108,17 @@ def endpoint_of(profile: dict[str, Any]) -> str:
     return f"{profile['method']} {profile['route']}"
 
 
-def nodes(tree: Any) -> Iterator[dict[str, Any]]:
+def nodes(tree: ProfileNode) -> Iterator[ProfileNode]:
     """Every node of a profile tree, parents first."""
-    if isinstance(tree, dict):
-        yield tree
-        for child in tree.get("children") or ():
-            yield from nodes(child)
+    return tree.walk()
 
 
-def is_app_node(node: dict[str, Any], roots: Sequence[str]) -> bool:
+def is_app_node(node: ProfileNode, roots: Sequence[str]) -> bool:
     """True when a tree node is the application's code (`apiscope.frames`, as every rule and
     view judges frames)."""
-    file = str(node.get("file") or "")
-    if not file:
+    if not node.file:
         return False
-    frame = Frame(str(node.get("function") or ""), file, int(node.get("line") or 0))
-    return is_app_frame(frame, roots)
+    return is_app_frame(Frame(node.function, node.file, node.line), roots)
 
 
 def resource_of(file: str) -> str:
@@ -131,50 +126,45 @@ def resource_of(file: str) -> str:
     return package_of(file)
 
 
-def _ms(node: dict[str, Any], key: str) -> float:
-    return float(node.get(key) or 0.0)
-
-
 def breakdown(profile: dict[str, Any], roots: Sequence[str]) -> RequestBreakdown:
     """Split one profile's time (see the module docstring)."""
     tree = profile.get("tree")
-    if not isinstance(tree, dict):
+    if not isinstance(tree, ProfileNode):
         return RequestBreakdown(float(profile.get("duration_ms") or 0.0), 0.0, 0.0, {})
-    total = _ms(tree, "time_ms") or float(profile.get("duration_ms") or 0.0)
+    total = tree.time_ms or float(profile.get("duration_ms") or 0.0)
     outside = 0.0
-    if not tree.get("file"):  # the agent's synthetic root: its own time is not the request's
-        outside = max(0.0, _ms(tree, "time_ms") - _ms(tree, "await_ms")
-                      - sum(_ms(c, "time_ms") for c in tree.get("children") or ()))
+    if not tree.file:  # the agent's synthetic root: its own time is not the request's
+        outside = max(0.0, tree.time_ms - tree.await_ms
+                      - sum(c.time_ms for c in tree.children))
     sites: dict[SiteKey, SiteAwait] = {}
     awaited_total = 0.0
     # (node, innermost app node above or at it, the node that app node called on this path)
-    stack: list[tuple[Any, dict[str, Any] | None, dict[str, Any] | None]] = [(tree, None, None)]
+    stack: list[tuple[ProfileNode, ProfileNode | None, ProfileNode | None]] = [
+        (tree, None, None)]
     while stack:
         node, app, call = stack.pop()
-        if not isinstance(node, dict):
-            continue
         if is_app_node(node, roots):
             app, call = node, None
         elif app is not None and call is None:
             call = node
-        ms = _ms(node, "await_ms")
+        ms = node.await_ms
         if ms > 0:
             awaited_total += ms
             if app is not None:
                 _add_site(sites, app, call, ms)
-        stack.extend((child, app, call) for child in node.get("children") or ())
+        stack.extend((child, app, call) for child in node.children)
     return RequestBreakdown(total, awaited_total, outside, sites)
 
 
-def _add_site(sites: dict[SiteKey, SiteAwait], app: dict[str, Any],
-              call: dict[str, Any] | None, ms: float) -> None:
-    key = (str(app["file"]), int(app.get("line") or 0), str(app.get("function")))
+def _add_site(sites: dict[SiteKey, SiteAwait], app: ProfileNode,
+              call: ProfileNode | None, ms: float) -> None:
+    key = (app.file, app.line, app.function)
     before = sites.get(key)
     if before is not None:
         sites[key] = SiteAwait(before.ms + ms, before.awaited, before.resource)
     else:
-        awaited = str(call.get("function") or "") if call is not None else ""
-        resource = resource_of(str(call.get("file") or "")) if call is not None else ""
+        awaited = call.function if call is not None else ""
+        resource = resource_of(call.file) if call is not None else ""
         sites[key] = SiteAwait(ms, awaited, resource)
 
 
@@ -188,6 +178,7 @@ def aggregate(profiles: Iterable[dict[str, Any]], roots: Sequence[str] = (),
     """Each route's `RouteProfiles`, keyed by endpoint ("METHOD /template"); `slow_ms` is the
     median await from which a resource counts as slow on a route (for contention)."""
     routes: dict[str, RouteProfiles] = {}
+    trees: dict[str, list[ProfileNode]] = {}
     for profile in profiles:
         route = routes.setdefault(endpoint_of(profile), RouteProfiles(endpoint_of(profile)))
         split = breakdown(profile, roots)
@@ -196,11 +187,13 @@ def aggregate(profiles: Iterable[dict[str, Any]], roots: Sequence[str] = (),
         route.await_ms += split.await_ms
         route.outside_ms += split.outside_ms
         route.requests.append(split)
-        if isinstance(profile.get("tree"), dict):
-            route.tree = merge_trees(route.tree, profile["tree"])
+        tree = profile.get("tree")
+        if isinstance(tree, ProfileNode):
+            trees.setdefault(route.endpoint, []).append(tree)
         route.slowest.append(profile)
     contended = contended_resources(routes.values(), slow_ms)
     for route in routes.values():
+        route.tree = merge_trees(trees.get(route.endpoint, ()))
         route.slowest.sort(key=lambda p: -float(p.get("duration_ms") or 0.0))
         del route.slowest[SLOWEST_KEPT:]
         route.sites = _sites(route.requests, contended)
@@ -267,31 +260,46 @@ def dominant_await(route: RouteProfiles | None, min_share: float) -> str | None:
             f" {describe_site(site)}")
 
 
-def merge_trees(into: dict[str, Any] | None, tree: dict[str, Any]) -> dict[str, Any]:
-    """`into` plus `tree`, nodes matched by (function, file, line), times summed; `into` is
-    changed in place (a fresh copy when None)."""
-    if into is None:
-        return _copy(tree)
-    for name in ("time_ms", "await_ms"):
-        into[name] = _ms(into, name) + _ms(tree, name)
-    index = {_key(c): c for c in into["children"]}
-    for child in tree.get("children") or ():
-        match = index.get(_key(child))
-        if match is None:
-            into["children"].append(_copy(child))
-            index[_key(child)] = into["children"][-1]
+def merge_trees(trees: Iterable[ProfileNode]) -> ProfileNode | None:
+    """The trees merged into one (None for none): nodes matched by (function, file, line) under
+    matched parents, times summed; a merged node's children are ordered heaviest first."""
+    merged: _Merged | None = None
+    for tree in trees:
+        if merged is None:
+            merged = _Merged(tree)
         else:
-            merge_trees(match, child)
-    into["children"].sort(key=lambda c: -_ms(c, "time_ms"))
-    return into
+            merged.add(tree)
+    return merged.freeze() if merged is not None else None
 
 
-def _key(node: dict[str, Any]) -> tuple[str, str, int]:
-    return (str(node.get("function")), str(node.get("file")), int(node.get("line") or 0))
+class _Merged:
+    """A node of a merge in progress (`ProfileNode`s are frozen)."""
 
+    __slots__ = ("await_ms", "children", "index", "merged", "node", "time_ms")
 
-def _copy(node: dict[str, Any]) -> dict[str, Any]:
-    return {"function": node.get("function"), "file": node.get("file"),
-            "line": node.get("line"), "time_ms": _ms(node, "time_ms"),
-            "await_ms": _ms(node, "await_ms"),
-            "children": [_copy(c) for c in node.get("children") or ()]}
+    def __init__(self, node: ProfileNode) -> None:
+        self.node = node
+        self.time_ms, self.await_ms = node.time_ms, node.await_ms
+        self.children = [_Merged(child) for child in node.children]
+        self.index = {child.node.key: child for child in self.children}
+        self.merged = False  # a node only copied keeps its children's order
+
+    def add(self, tree: ProfileNode) -> None:
+        self.merged = True
+        self.time_ms += tree.time_ms
+        self.await_ms += tree.await_ms
+        for child in tree.children:
+            match = self.index.get(child.key)
+            if match is None:
+                self.children.append(_Merged(child))
+                self.index[child.key] = self.children[-1]
+            else:
+                match.add(child)
+
+    def freeze(self) -> ProfileNode:
+        children = self.children
+        if self.merged:
+            children = sorted(children, key=lambda c: -c.time_ms)
+        node = self.node
+        return ProfileNode(node.function, node.file, node.line, self.time_ms, self.await_ms,
+                           tuple(child.freeze() for child in children))

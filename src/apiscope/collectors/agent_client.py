@@ -28,6 +28,7 @@ from apiscope.model import (
     GilSample,
     LoopLagSample,
     LoopStall,
+    ProfileNode,
     QueryStat,
     RequestRecord,
     RouteInfo,
@@ -72,6 +73,7 @@ class AgentBatch:
     routes: list[RouteInfo]
     threadpool: ThreadPoolSample | None
     stats: AgentStats
+    # `start`, `method`, `route`, `duration_ms` and `tree`, a `ProfileNode` (see `_profile`).
     profiles: list[dict[str, Any]] = field(default_factory=list)
     more: bool = False  # the agent holds more requests than one pull returns: pull again
     profiling: dict[str, Any] | None = None  # the agent's profiling status, when it says
@@ -253,7 +255,7 @@ def batch_from_json(data: dict[str, Any], pid: int | None = None) -> AgentBatch:
         ) if pool else None,
         stats=AgentStats(ts=ts, pid=pid, recorded=int(stats.get("recorded", 0)),
                          dropped=int(stats.get("dropped", 0)), errors=int(stats.get("errors", 0))),
-        profiles=list(data.get("profiles", [])),
+        profiles=[_profile(p) for p in data.get("profiles", [])],
         more=bool(data.get("more", False)),
         profiling=data.get("profiling"),
         routing=data.get("routing"),
@@ -290,6 +292,13 @@ def watchdogs_from_json(data: dict[str, Any], pid: int, ts: float) -> WatchdogRe
 
 _REQUEST_FIELDS = ("start", "duration_ms", "method", "route", "status", "exc_type",
                    "exc_file", "exc_line", "queries")
+
+
+def _profile(p: dict[str, Any]) -> dict[str, Any]:
+    """A pulled profile with its tree typed, once, here where the agent's JSON is read (None
+    for a tree that is not a JSON object)."""
+    tree = p.get("tree")
+    return {**p, "tree": ProfileNode.from_json(tree) if isinstance(tree, dict) else None}
 
 
 def _request(r: list[Any] | dict[str, Any], pid: int) -> RequestRecord:

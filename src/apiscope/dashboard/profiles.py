@@ -29,6 +29,7 @@ from apiscope.exporters.profile import (
     render_profile_html,
     render_profile_speedscope,
 )
+from apiscope.model import ProfileNode
 from apiscope.store import SessionReader
 
 NO_PROFILES = ("no async profiles of this endpoint yet: the agent profiles 1 request in 20 per"
@@ -68,35 +69,32 @@ def profile_key(profile: dict[str, Any]) -> str:
     return f"{profile.get('pid')}:{float(profile.get('start') or 0.0)!r}"
 
 
-def tree_rows(tree: dict[str, Any], count: int, roots: Sequence[str],
+def tree_rows(tree: ProfileNode, count: int, roots: Sequence[str],
               min_share: float = 0.01, limit: int = TREE_ROWS) -> list[TreeRow]:
     """The merged tree as indented rows: application frames, the call each one made into a
     library, and the root; other library frames are folded, nodes under `min_share` dropped."""
-    total = float(tree.get("time_ms") or 0.0)
+    total = tree.time_ms
     rows: list[TreeRow] = []
     per = max(1, count)
 
-    def visit(node: dict[str, Any], depth: int, under_app: bool) -> None:
-        if len(rows) >= limit or float(node.get("time_ms") or 0.0) < min_share * total:
+    def visit(node: ProfileNode, depth: int, under_app: bool) -> None:
+        if len(rows) >= limit or node.time_ms < min_share * total:
             return
         app = is_app_node(node, roots)
         shown = node is tree or app or under_app
         if shown:
-            file = str(node.get("file") or "")
-            where = f"{PurePath(file).name}:{node.get('line')}" if file else ""
-            rows.append(TreeRow(depth, str(node.get("function")), where, app,
-                                float(node.get("time_ms") or 0.0) / per,
+            where = f"{PurePath(node.file).name}:{node.line}" if node.file else ""
+            rows.append(TreeRow(depth, node.function, where, app, node.time_ms / per,
                                 subtree_await(node) / per))
-        for child in node.get("children") or ():
+        for child in node.children:
             visit(child, depth + 1 if shown else depth, app)
 
     visit(tree, 0, False)
     return rows
 
 
-def subtree_await(node: dict[str, Any]) -> float:
-    return float(node.get("await_ms") or 0.0) + sum(
-        subtree_await(c) for c in node.get("children") or ())
+def subtree_await(node: ProfileNode) -> float:
+    return node.await_ms + sum(subtree_await(c) for c in node.children)
 
 
 def profiles_view(route: RouteProfiles | None, roots: Sequence[str]) -> list[Any]:
@@ -164,6 +162,9 @@ def _slowest_table(route: RouteProfiles, roots: Sequence[str]) -> Any:
 def export_profile(profile: dict[str, Any], fmt: str) -> dict[str, str]:
     """What dcc.Download sends for one profile in `fmt` ("html" or "speedscope")."""
     suffix = next(s for f, _, s in DOWNLOADS if f == fmt)
+    tree = profile.get("tree")
+    if isinstance(tree, ProfileNode):  # the exporters take the agent's JSON shape
+        profile = {**profile, "tree": tree.to_json()}
     content = (render_profile_html(profile) if fmt == "html"
                else render_profile_speedscope(profile))
     return {"content": content, "filename": profile_filename(profile, suffix)}

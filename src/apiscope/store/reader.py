@@ -25,6 +25,7 @@ from apiscope.model import (
     LoopLagSample,
     LoopStall,
     ProcessInfo,
+    ProfileNode,
     QueryStat,
     RequestRecord,
     ResourceSample,
@@ -349,6 +350,8 @@ class SessionReader(ViewQueries):
         return out
 
     def profiles(self, route: str | None = None) -> list[dict[str, Any]]:
+        """The stored profiles (of one route template), oldest first: `pid`, `start`, `method`,
+        `route`, `duration_ms` and `tree`, a `ProfileNode` (None for a tree that is not one)."""
         sql = "SELECT pid, start, method, route, duration_ms, tree FROM profiles"
         rows = self._query(sql + (" WHERE route = ?" if route else "") + " ORDER BY start",
                           (route,) if route else ())
@@ -383,6 +386,8 @@ class SessionReader(ViewQueries):
         return self._query(sql) if exists else []
 
 
-def _tree(stored: bytes | str) -> Any:
-    """A profile's call tree: zlib-compressed JSON (plain JSON text is read too)."""
-    return json.loads(zlib.decompress(stored) if isinstance(stored, bytes) else stored)
+def _tree(stored: bytes | str) -> ProfileNode | None:
+    """A profile's call tree, typed here once: zlib-compressed JSON (plain JSON text is read
+    too)."""
+    data = json.loads(zlib.decompress(stored) if isinstance(stored, bytes) else stored)
+    return ProfileNode.from_json(data) if isinstance(data, dict) else None

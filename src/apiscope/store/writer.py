@@ -33,6 +33,7 @@ from apiscope.model import (
     LoopLagSample,
     LoopStall,
     ProcessInfo,
+    ProfileNode,
     RequestRecord,
     ResourceSample,
     RouteInfo,
@@ -155,10 +156,13 @@ class SessionWriter:
         self._submit(lambda c: c.execute("INSERT INTO agent_stats VALUES (?,?,?,?,?)", row))
 
     def put_profile(self, pid: int, start: float, method: str, route: str,
-                    duration_ms: float, tree: Any) -> None:
+                    duration_ms: float, tree: ProfileNode | dict[str, Any] | None) -> None:
+        """Store one profile; its tree is stored in the agent's JSON shape (a tree as JSON is
+        stored as it is)."""
+        data = tree.to_json() if isinstance(tree, ProfileNode) else tree
         # Call trees are the bulkiest rows and compress about five to one.
         row = (pid, start, method, route, duration_ms,
-               zlib.compress(json.dumps(tree, separators=(",", ":")).encode()))
+               zlib.compress(json.dumps(data, separators=(",", ":")).encode()))
         self._submit(
             lambda c: c.execute(
                 "INSERT INTO profiles (pid, start, method, route, duration_ms, tree)"
