@@ -235,3 +235,21 @@ def test_looks_at_a_loop_waiting_for_a_cpu_count_for_neither_cause(tmp_path: Pat
     [flag] = [f for f in report_of(spec, tmp_path / "b")["flags"]
               if f["kind"] == "event_loop_blocked"]
     assert flag["metric"]["cause"] == "cpu"
+
+
+def test_a_one_off_burst_with_a_small_tail_on_the_loop_is_a_warm_up(tmp_path: Path) -> None:
+    # A search index built on the loop at its first use (a whole window), then kept up to date
+    # with a little work in every window: a warm-up, not a hold that recurs.
+    spec = measured_healthy()
+    spec.seconds = 10
+    spec.per_window.append(sample(LOOP_TID, on_loop(app("refresh_index", 31)), 1))
+    spec.extra_windows = {3: [sample(LOOP_TID, on_loop(app("refresh_index", 31)), 100)]}
+    flags = [f for f in report_of(spec, tmp_path / "a")["flags"]
+             if f["kind"] == "event_loop_blocked"]
+    assert flags == []
+    # The same work in every window is a pattern.
+    spec.extra_windows = {}
+    spec.per_window[-1] = sample(LOOP_TID, on_loop(app("refresh_index", 31)), 30)
+    [flag] = [f for f in report_of(spec, tmp_path / "b")["flags"]
+              if f["kind"] == "event_loop_blocked"]
+    assert flag["location"]["line"] == 31

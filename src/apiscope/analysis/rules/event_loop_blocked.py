@@ -187,8 +187,10 @@ class EventLoopBlockedRule:
 
     def _from_samples(self, ctx: AnalysisContext) -> list[Flag]:
         loop = [a for a in ctx.samples if a.role is ThreadRole.LOOP]
-        total = sum(a.sample.count for a in loop)
-        if not total:
+        per_window: Counter[float] = Counter()
+        for a in loop:
+            per_window[a.window] += a.sample.count
+        if not per_window:
             return []
         inside: dict[Group, list[Attributed]] = defaultdict(list)
         for a in loop:
@@ -199,24 +201,37 @@ class EventLoopBlockedRule:
         flags = []
         for (endpoint, _), samples in sorted(inside.items(), key=lambda kv: (kv[0][0] or "",
                                                                               kv[0][1])):
-            flag = self._sample_flag(ctx, endpoint, samples, total)
+            flag = self._sample_flag(ctx, endpoint, samples, per_window)
             if flag is not None:
                 flags.append(flag)
         return flags
 
     def _sample_flag(self, ctx: AnalysisContext, endpoint: str | None,
-                     samples: list[Attributed], total: int) -> Flag | None:
+                     samples: list[Attributed], per_window: Counter[float]) -> Flag | None:
         th = ctx.thresholds
-        if len({a.window for a in samples}) < MIN_RECURRENCES:
+        mine: Counter[float] = Counter()
+        for a in samples:
+            mine[a.window] += a.sample.count
+        if len(mine) < MIN_RECURRENCES:
             return None  # one burst (an index built on first use): a warm-up, not a pattern
+        # A hold that recurs is there all along: judged without the window that holds most of
+        # it, so that a one-off burst (a cache built on first use) with a small tail of later
+        # updates is not taken for a pattern.
+        burst = max(mine, key=lambda w: (mine[w], w))
+        samples = [a for a in samples if a.window != burst]
+        total = sum(n for w, n in per_window.items() if w != burst)
         count = sum(a.sample.count for a in samples)
+        if not total or not count:
+            return None
         fraction = count / total
         severity = grade(fraction, th.loop_blocked_fraction)
         # Off-CPU time waiting in the run queue (a starved host) is not the code's own wait.
         seconds = sum(a.cpu + a.waited for a in samples) if ctx.activity_known else sum(
             a.seconds for a in samples)
         waits = sum(a.waited for a in samples)
-        requests = len(ctx.by_endpoint.get(endpoint, [])) if endpoint else 0
+        burst_end = next((w.end for w in ctx.data.windows if w.start == burst), burst)
+        requests = sum(1 for r in ctx.by_endpoint.get(endpoint, [])
+                       if not burst <= r.start < burst_end) if endpoint else 0
         if requests:
             waits_ms, held_ms = waits * 1000 / requests, seconds * 1000 / requests
             if severity is None and fraction >= th.loop_blocking_min_fraction and \
