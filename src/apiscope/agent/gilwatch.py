@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .background import Background
 from .schedstat import SchedStat, ThreadCpu
 
-JOIN_SECONDS = 2.0
 SPARE_INTERVAL = 1.0  # the GIL watchdog's sleep while loop watchdogs measure for it
 
 
@@ -101,34 +101,20 @@ class WakeClock:
             self._stat = None
 
 
-class GilWatchdog:
+class GilWatchdog(Background):
     """A daemon thread that wakes every `interval` to measure the GIL wait; every
     `SPARE_INTERVAL` instead while `others_measuring()` says loop watchdogs do it."""
 
+    thread_name = "apiscope-gil-watchdog"
+
     def __init__(self, meter: GilMeter, interval: float,
                  others_measuring: Callable[[], bool] = lambda: False) -> None:
+        super().__init__()
         self.meter = meter
         self.interval = interval
         self.others_measuring = others_measuring
         self.errors = 0
         self.cpu = ThreadCpu()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="apiscope-gil-watchdog",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(JOIN_SECONDS)
 
     def _run(self) -> None:
         clock = WakeClock(self.meter)

@@ -18,6 +18,7 @@ from collections import Counter, deque
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from .background import Background
 from .gilwatch import GilMeter, WakeClock
 from .schedstat import SchedStat, SyscallState, ThreadCpu, percentile
 
@@ -28,7 +29,6 @@ MAX_STALLS = 500  # kept between pulls; a collector that stops pulling loses the
 MAX_LAGS = 20_000
 MAX_DEPTH = 256  # frames per stack: deeper stacks keep their root part
 MAX_DISTINCT_STACKS = 64  # per stall: a stall moving through many stacks keeps the first ones
-JOIN_SECONDS = 2.0
 SPARSER_EVERY = 5  # stack samples of one stall before its sampling interval doubles
 ALERT_SECONDS = 10.0  # after a late probe, check at the stall threshold for this long
 
@@ -64,12 +64,15 @@ def _loop_is_parked(frame: FrameType | None) -> bool:
     return filename.endswith("/asyncio/runners.py") and code.co_name == "run"
 
 
-class LoopWatchdog:
+class LoopWatchdog(Background):
     """Probes one event loop from a daemon thread (build it on the loop thread); `drain()`
     hands over what it measured."""
 
+    thread_name = "apiscope-loop-watchdog"
+
     def __init__(self, loop: asyncio.AbstractEventLoop, ident: int, native_id: int,
                  options: WatchdogOptions, meter: GilMeter | None = None) -> None:
+        super().__init__()
         self.loop = loop
         self.ident = ident  # threading ident of the loop thread (sys._current_frames' key)
         self.native_id = native_id
@@ -84,7 +87,6 @@ class LoopWatchdog:
         # look after more run-queue time than CPU time was a thread ready to run that the host
         # had no CPU for ("queue"), not code running.
         self._look_mark: tuple[int, int] | None = None
-        self._stop = threading.Event()
         self._clock = WakeClock(meter if meter is not None else GilMeter())
         self._lock = threading.Lock()
         self._lags: deque[float] = deque(maxlen=MAX_LAGS)  # seconds
@@ -95,27 +97,9 @@ class LoopWatchdog:
         self._seen_at = time.perf_counter()  # when the loop was last seen running
         self._seen_cpu_ns: int | None = time.thread_time_ns()  # the loop thread's CPU then
         self._alert_until = 0.0  # perf_counter time until which probes are watched closely
-        self._thread: threading.Thread | None = None
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def ended(self) -> bool:
-        """Started, and finished since (its loop was closed)."""
-        return self._thread is not None and not self._thread.is_alive()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="apiscope-loop-watchdog",
-                                        daemon=True)
-        self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(JOIN_SECONDS)
+        super().stop()
         if self._loop_stat is not None:
             self._loop_stat.close()
             self._loop_stat = None

@@ -15,27 +15,29 @@ Standard library only.
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from collections.abc import Callable
+
+from .background import Background
 
 DEFAULT_SECONDS = 10.0
 CHECK_INTERVAL = 0.5
 
 
-class OrphanWatch:
+class OrphanWatch(Background):
     """Calls `on_orphan()` once, from its own thread, after `seconds` without a pull."""
+
+    thread_name = "apiscope-orphan-watch"
 
     def __init__(self, on_orphan: Callable[[], object], seconds: float = DEFAULT_SECONDS,
                  clock: Callable[[], float] = time.monotonic,
                  interval: float = CHECK_INTERVAL) -> None:
+        super().__init__()
         self.seconds = seconds
         self._on_orphan = on_orphan
         self._clock = clock
         self._interval = interval
         self._last = clock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.fired = False
 
     def saw_pull(self, seconds: object = None) -> None:
@@ -49,17 +51,9 @@ class OrphanWatch:
 
     def start(self) -> None:
         self._last = self._clock()
-        self._thread = threading.Thread(target=self._watch, name="apiscope-orphan-watch",
-                                        daemon=True)
-        self._thread.start()
+        super().start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(2.0)
-
-    def _watch(self) -> None:
+    def _run(self) -> None:
         while not self._stop.wait(self._interval):
             if self.orphaned():
                 self.fired = True
