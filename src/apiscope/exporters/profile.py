@@ -1,6 +1,6 @@
 """One request's async profile as pyinstrument's own HTML page, or as a speedscope file.
 
-The agent ships a compact call tree (see `apiscope.agent.profiling`), not pyinstrument's raw
+The agent ships a compact call tree (see `apiscope.agent.profiletree`), not pyinstrument's raw
 frame records. The tree holds what a pyinstrument `Session` needs: each node's self time becomes
 one frame record on the node's path, and its own await time one record ending in pyinstrument's
 `[await]` frame. pyinstrument's renderers then draw the request as pyinstrument would have

@@ -24,7 +24,6 @@ from apiscope.errors import TargetError
 from apiscope.inject.errors import InjectionFailed
 from apiscope.inject.runner import RunResult
 from apiscope.inject.snippet import c_string_literal
-from apiscope.permissions import PTRACE_FIXES as PTRACE_FIXES  # remote.py's message uses it
 from apiscope.permissions import ptrace_denied
 
 MARK = "APISCOPE:"

@@ -12,8 +12,8 @@ import os
 
 from apiscope.errors import TargetError
 from apiscope.inject.errors import InjectionFailed
-from apiscope.inject.gdb import PTRACE_FIXES
 from apiscope.inject.runner import RunResult
+from apiscope.permissions import PTRACE_FIXES
 
 REMOTE_EXEC_VERSION = (3, 14)
 
