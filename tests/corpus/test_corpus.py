@@ -31,7 +31,11 @@ def check_sampling(result: CaseResult) -> None:
     assert result.failure is None, result.failure
     assert not result.sampling_stopped, "apiscope said stack sampling stopped"
     assert result.samples_total > 0
-    assert result.samples_errors <= max(10, 0.05 * result.samples_total), (
+    # py-spy's failed reads come with each window's start more than with each sample: at the
+    # low rates the overhead budget chooses on a busy host (5-15 Hz), a few dozen of them weigh
+    # more. A sampler that mostly fails is what this catches.
+    attempts = result.samples_total + result.samples_errors
+    assert result.samples_errors <= max(10, 0.15 * attempts), (
         f"{result.samples_errors} sampling errors over {result.samples_total} samples")
 
 

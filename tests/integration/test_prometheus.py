@@ -237,7 +237,7 @@ def test_fleet_view_renders_in_chromium(fleet: Fleet, tmp_path: Path) -> None:
                               what="the fleet table to list both instances")
             assert "GET /slow" in text and "GET /boom" in text and "100.0%" in text
             flags = driver.find_element(By.ID, "fleet-flags-table").text
-            kinds = {f["kind"] for f in fleet.flags}
+            kinds = {f.kind for f in fleet.flags}
             assert all(kind in flags for kind in kinds)
             wait_until(lambda: len(driver.find_elements(
                 By.CSS_SELECTOR, "#fleet-p95 .bars path")) >= 2, timeout=30,

@@ -193,11 +193,17 @@ def split_samples(segments: Sequence[Segment], rate: int, idle: IdleFn, shares: 
         else:
             # Samples' worth of running and of waiting for a CPU.
             if active_only:
+                # Every sample shown is one py-spy found active; each line still runs only
+                # its learnt share of them (a sleep's line shows as its thread wakes): CPU
+                # the shown samples cannot hold (samples py-spy lost) is left unplaced.
                 cpu, queued = budget.cpu * rate, budget.runqueue * rate
+                caps: Sequence[float] = [c * min(1.0, w) for c, w in zip(counts, weights,
+                                                                       strict=True)]
             else:
                 cpu = min(1.0, budget.cpu / seconds) * total
                 queued = min(1.0, budget.runqueue / seconds) * total
-            ran = whole(share_out(cpu, weights, counts), counts)
+                caps = counts
+            ran = whole(share_out(cpu, weights, caps), counts)
             left = [c - r for c, r in zip(counts, ran, strict=True)]
             runnable = whole(share_out(queued, weights, left), left)
         for key, n, r, q, flag in zip(keys, counts, ran, runnable, flags, strict=True):

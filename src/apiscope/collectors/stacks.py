@@ -63,6 +63,8 @@ from apiscope.errors import TargetError
 from apiscope.lifetime import Reaper
 from apiscope.model import Frame, StackSample, StackWindow, ThreadRole
 
+MIN_STOP_GAP = 0.5  # seconds: a stop seen for less is not reported as a gap
+
 
 @dataclass(frozen=True, slots=True)
 class _Measured:
@@ -139,6 +141,7 @@ class StackSampler:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._reaper: Reaper | None = None
         self._stopped_since: float | None = None  # when the target was first seen stopped
+        self._stopped_last = 0.0  # when it was last seen stopped
         self._count = 0
         self._pids: set[int] = {pid}
         self.launch_attempts = 3  # per mid-session py-spy start (the first one gets one)
@@ -244,7 +247,7 @@ class StackSampler:
                 current = resumed
                 continue
             switch = self._clock()
-            self._stopped_since = None  # attached again: any stop so far was brief
+            self._note_stop()  # attached again: a stop within the window ended
             self.stats.handovers.append(max(0.0, switch - following.started))
             try:
                 self._deliver(current, switch)
@@ -259,13 +262,24 @@ class StackSampler:
         there, not where the next py-spy fails to attach."""
         deadline = self._clock() + max(0.0, seconds)
         while True:
-            if self._stopped_since is None and target_stopped(self.pid):
-                self._stopped_since = self._clock()
+            if target_stopped(self.pid):
+                self._stopped_last = self._clock()
+                if self._stopped_since is None:
+                    self._stopped_since = self._stopped_last
             left = deadline - self._clock()
             if left <= 0:
                 return self._stop.is_set()
             if self._stop.wait(min(0.1, left)):
                 return True
+
+    def _note_stop(self) -> None:
+        """A stop that began and ended within a window (long windows outlast short stops):
+        py-spy went on reading the frozen stacks, so the time is a gap all the same, kept
+        when it lasted more than a moment."""
+        if self._stopped_since is not None and \
+                self._stopped_last - self._stopped_since >= MIN_STOP_GAP:
+            self.stats.gaps.append((self._stopped_since, self._stopped_last, "target stopped"))
+        self._stopped_since = None
 
     def _resume(self, since: float) -> _Run | None:
         """The next py-spy after the last window ended at `since`. A stopped target (SIGSTOP)
