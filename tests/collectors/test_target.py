@@ -63,9 +63,17 @@ def spawned(argv: Sequence[str]) -> Iterator[subprocess.Popen[bytes]]:
 
 
 def children_of(pid: int, count: int) -> list[psutil.Process]:
-    """Wait for `pid` to have `count` children, and return them."""
-    return wait_until(lambda: (kids := psutil.Process(pid).children()) and len(kids) == count
-                      and kids, timeout=20, what=f"{count} children of {pid}")
+    """Wait for `pid` to have `count` children running Python (a forked shell child is not
+    one until it has exec'd), and return them."""
+    def pythons() -> list[psutil.Process]:
+        kids = psutil.Process(pid).children()
+        try:
+            ready = len(kids) == count and all("python" in k.exe() for k in kids)
+        except psutil.Error:
+            return []
+        return kids if ready else []
+
+    return wait_until(pythons, timeout=20, what=f"{count} Python children of {pid}")
 
 
 def settled(pid: int, workers: int) -> Target:
