@@ -23,6 +23,19 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 T = TypeVar("T")
 
 
+class FakeClock:
+    """A clock the test moves by hand (`now`, `advance`), so durations are exact."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

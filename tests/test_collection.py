@@ -11,7 +11,6 @@ from apiscope.collectors.samplerstats import EndReason
 from apiscope.model import Frame, StackSample, StackWindow
 from tests.collect.fakes import (
     FakeClients,
-    FakeClock,
     FakeInjections,
     FakeMetrics,
     FakeResources,
@@ -22,6 +21,7 @@ from tests.collect.fakes import (
     stats,
     target,
 )
+from tests.support import FakeClock
 
 
 class Rig:

@@ -10,19 +10,7 @@ import httpx
 
 from apiscope.agent.middleware import AgentMiddleware
 from apiscope.agent.recorder import Recorder, RequestEntry
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand, so durations are exact."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support import FakeClock
 
 
 def get_all(app: Any, paths: Sequence[str], method: str = "GET",

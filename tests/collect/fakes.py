@@ -24,17 +24,6 @@ from apiscope.model import (
 )
 
 
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class FakeWriter:
     """Records every call as (method, args, kwargs); `meta` keeps the latest of each key."""
 

@@ -13,17 +13,7 @@ import pytest
 from apiscope.collectors.resources import ResourceCollector, cpu_percent
 from apiscope.collectors.target import Target
 from apiscope.model import ProcessInfo
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support import FakeClock
 
 
 class FakeProcess:

@@ -14,14 +14,7 @@ from apiscope.agent.profiling import (
     options_from_env,
     template_pattern,
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import FakeClock
 
 
 class FakeProfiler:

@@ -7,18 +7,11 @@ import asyncio
 import pytest
 
 from sample_app.cache import MemoryTTLCache, make_cache
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import FakeClock
 
 
 def test_values_expire_after_their_ttl() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     cache = MemoryTTLCache(clock=clock)
     loads: list[int] = []
 
