@@ -40,6 +40,8 @@ from benchmarks.harness import (
     free_port,
     ratio_summary,
     server,
+    tree_cpu_seconds,
+    wait_for,
     wait_http,
     wrk,
 )
@@ -49,39 +51,11 @@ SATURATED = ("bare", "agent", "sampling only", "attach", "py-spy 100 Hz", "py-sp
 APISCOPE = [sys.executable, "-m", "apiscope"]
 
 
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds of a process, its reaped children and its live descendants."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        t = proc.cpu_times()
-        total = t.user + t.system + t.children_user + t.children_system
-        for child in proc.children(recursive=True):
-            try:
-                c = child.cpu_times()
-                total += c.user + c.system
-            except psutil.Error:
-                pass
-    except psutil.Error:
-        return 0.0
-    return float(total)
-
-
-def _agent_answers(pid: int) -> bool:
+def agent_answers(pid: int) -> bool:
     from apiscope.collectors.agent_client import AgentClient
 
     with AgentClient(pid) as client:
         return client.available()
-
-
-def _wait(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 @contextmanager
@@ -144,12 +118,12 @@ def pyspy(pid: int, rate: int) -> Iterator[dict[str, Any]]:
 
 def _measure(pid: int, url: str, seconds: int, collector: int | None) -> dict[str, float]:
     wrk(url, seconds=1)  # warm-up
-    before, c_before, t0 = cpu_seconds(pid), _tree_cpu(collector) if collector else 0.0, \
+    before, c_before, t0 = cpu_seconds(pid), tree_cpu_seconds(collector) if collector else 0.0, \
         time.monotonic()
     rps = wrk(url, seconds=seconds)
     elapsed = time.monotonic() - t0
     used = cpu_seconds(pid) - before
-    c_used = (_tree_cpu(collector) - c_before) if collector else 0.0
+    c_used = (tree_cpu_seconds(collector) - c_before) if collector else 0.0
     return {"rps": rps, "server_us": 1e6 * used / max(1.0, rps * seconds),
             "collector_cores": c_used / elapsed}
 
@@ -165,7 +139,7 @@ def _saturated_variant(variant: str, seconds: int, rate: int) -> dict[str, Any]:
         extra = ["--no-dashboard"] + (["--no-inject"] if variant == "sampling only" else [])
         with attached(pid, *extra) as run:
             if variant == "attach":
-                _wait(lambda: _agent_answers(pid), 60, "the agent")
+                wait_for(lambda: agent_answers(pid), 60, "the agent")
             # Steady state: the budget has learnt the costs from the first windows (at the rate
             # asked for) and planned the following ones; what is left running for hours.
             wrk(url, seconds=SETTLE_SECONDS)
@@ -272,7 +246,7 @@ def busy_host(rounds: int = 5, seconds: int = 10) -> dict[str, Any]:
                         rows[variant].append({"rps": rps, "p95_ms": p95})
                         continue
                     with attached(pid, "--no-dashboard", pin=False) as run:
-                        _wait(lambda: _agent_answers(pid), 60, "the agent")  # noqa: B023
+                        wait_for(lambda: agent_answers(pid), 60, "the agent")  # noqa: B023
                         _wrk_mixed(base, SETTLE_SECONDS, script)
                         rps, p95 = _wrk_mixed(base, seconds, script)
                     rows[variant].append({"rps": rps, "p95_ms": p95,
@@ -314,7 +288,7 @@ def first_data(rounds: int = 3) -> dict[str, Any]:
                 port = free_port()
                 t0 = time.monotonic()
                 with attached(pid, "--port", str(port), pin=False, env={"APISCOPE_TOKEN": ""}):
-                    _wait(lambda: _dashboard_has_data(port), 60,  # noqa: B023
+                    wait_for(lambda: _dashboard_has_data(port), 60,  # noqa: B023
                           "data on the dashboard")
                     times.append(time.monotonic() - t0)
             finally:

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,6 +102,34 @@ def cpu_seconds(pid: int) -> float:
 
     t = psutil.Process(pid).cpu_times()
     return float(t.user + t.system + t.children_user + t.children_system)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """`cpu_seconds` plus the CPU of the process's live descendants (apiscope's py-spy runs);
+    0 once the process is gone."""
+    import psutil
+
+    try:
+        total = cpu_seconds(pid)
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return 0.0
+    for child in children:
+        try:
+            c = child.cpu_times()
+            total += c.user + c.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}")
 
 
 def ratio_summary(ratios: list[float]) -> str:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_attach import _agent_answers, _tree_cpu, _wait, attached
-from benchmarks.harness import cpu_seconds, server, wrk
+from benchmarks.bench_attach import agent_answers, attached
+from benchmarks.harness import cpu_seconds, server, tree_cpu_seconds, wait_for, wrk
 
 
 def _size(session: Path) -> int:
@@ -37,16 +37,16 @@ def run(minutes: int | None = None) -> dict[str, Any]:
         session = Path(tmp) / "soak.sqlite"
         target = psutil.Process(pid)
         with attached(pid, "--no-dashboard", session=session) as run_info:
-            _wait(lambda: _agent_answers(pid), 60, "the agent")
+            wait_for(lambda: agent_answers(pid), 60, "the agent")
             for minute in range(1, minutes + 1):
-                server_before, tool_before = cpu_seconds(pid), _tree_cpu(run_info["pid"])
+                server_before, tool_before = cpu_seconds(pid), tree_cpu_seconds(run_info["pid"])
                 t0 = time.monotonic()
                 rps = wrk(url, seconds=60, connections=4)
                 elapsed = time.monotonic() - t0
                 rows.append({
                     "minute": minute, "rps": rps,
                     "server_cores": (cpu_seconds(pid) - server_before) / elapsed,
-                    "apiscope_cores": (_tree_cpu(run_info["pid"]) - tool_before) / elapsed,
+                    "apiscope_cores": (tree_cpu_seconds(run_info["pid"]) - tool_before) / elapsed,
                     "rss_mb": target.memory_info().rss / 1e6,
                     "session_mb": _size(session) / 1e6,
                 })
