@@ -91,14 +91,15 @@ class OverheadBudget:
             self.seconds.append(cost.seconds)
         return self.plan(cost.processes)
 
-    def rate_for(self, agent_cores: float, processes: int, window: float = 0.0) -> int:
-        """The rate the budget affords with `agent_cores` (CPU s/s) spent elsewhere, for
-        windows of `window` seconds (0: start-ups not counted)."""
+    def rate_for(self, other_cores: float, processes: int, window: float = 0.0) -> int:
+        """The rate the budget affords with `other_cores` (CPU s/s: the agents' and the
+        collector's) spent elsewhere, for windows of `window` seconds (0: start-ups not
+        counted)."""
         if self.tick_cost is None:
             return self.requested_rate
         processes = max(1, processes)
         startups = (self.startup_cost or 0.0) / window if window > 0 else 0.0
-        left = self.max_overhead * processes - agent_cores - startups  # core-s per second
+        left = self.max_overhead * processes - other_cores - startups  # core-s per second
         if left <= 0:
             return self.min_rate
         if self.tick_cost <= 0:
