@@ -34,6 +34,24 @@ def test_snippet_runs_the_payload_and_reports_no_app(tmp_path: Path) -> None:
     assert result.stat().st_mode & 0o777 == 0o600
 
 
+def test_snippet_waits_while_the_process_is_importing(tmp_path: Path) -> None:
+    """Run in the middle of a module's import (a worker importing its app when the pending
+    call comes), the payload loads nothing, which would import half-run modules, and answers
+    "no app yet" naming the import, so that the injector tries again later."""
+    result = tmp_path / "inject-status.json"
+    snippet = build_snippet(InjectArgs(action="attach", directory=str(tmp_path),
+                                       result=str(result), token="t2"))
+    check = "import sys; print('apiscope_agent' in sys.modules)\n"
+    (tmp_path / "halfway.py").write_text(snippet + "\n" + check)
+    done = subprocess.run([sys.executable, "-I", "-S", "-c",
+                           f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import halfway"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    status = json.loads(result.read_text())
+    assert status["ok"] is True and status["apps"] == [], status
+    assert "halfway" in status["note"]
+    assert done.stdout.strip() == "False"
+
+
 def test_snippet_detach_without_agent_loads_nothing(tmp_path: Path) -> None:
     result = tmp_path / "inject-status.json"
     snippet = build_snippet(InjectArgs(action="detach", directory=str(tmp_path),

@@ -50,6 +50,15 @@ def main(args: Mapping[str, Any]) -> None:
     try:
         agent = sys.modules.get(AGENT_MODULE)
         _make_private_dir(os.path.dirname(result_path))  # a foreign target's own directory
+        busy = importing() if agent is None and action == "attach" else None
+        if busy is not None:
+            # Loading the agent now would import from a half-run module (a worker that is
+            # importing its app when the pending call runs): no app yet, and the injector
+            # tries again in a moment, as for a worker that has not loaded its app.
+            _write(result_path, {"action": action, "ok": True, "token": token,
+                                 "pid": os.getpid(), "apps": [],
+                                 "note": f"the process was importing {busy!r}"})
+            return
         if agent is None and action == "attach":
             offer_pyinstrument(args.get("pyinstrument"))
             sources = args.get("agent_sources")
@@ -70,6 +79,20 @@ def main(args: Mapping[str, Any]) -> None:
     except Exception as exc:  # the loader itself failed: say why, leave the server alone
         _write(result_path, {"action": action, "ok": False, "token": token, "pid": os.getpid(),
                              "error": f"{type(exc).__name__}: {exc}"})
+
+
+def importing() -> str | None:
+    """The name of a module whose import is under way in this process, if any.
+
+    A pending call runs between any two bytecodes, a module's body included; importing what
+    that module's importer is in the middle of gives a half-initialised module (or, from another
+    thread, waits on its import lock with the event loop stopped).
+    """
+    for name, module in list(sys.modules.items()):
+        spec = getattr(module, "__spec__", None)
+        if getattr(spec, "_initializing", False) is True:
+            return name
+    return None
 
 
 def load_agent(agent_dir: str) -> ModuleType:
