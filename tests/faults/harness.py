@@ -106,10 +106,25 @@ def start_collector(place: Place, *args: str, random_token: bool = False,
                                 stdout=subprocess.DEVNULL, stderr=err, text=True,
                                 start_new_session=True)
     _LOGS[proc.pid] = log
+    _RUNNING.append(proc)
     return proc
 
 
 _LOGS: dict[int, Path] = {}
+_RUNNING: list[subprocess.Popen[str]] = []
+
+
+def stop_collectors() -> None:
+    """SIGTERM every collector `start_collector` started that still runs, then SIGKILL."""
+    while _RUNNING:
+        proc = _RUNNING.pop()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def stderr_of(proc: subprocess.Popen[str]) -> str:
