@@ -39,6 +39,8 @@ class Thresholds:
     cpu_hotspot_min_ms_per_request: float = 1.0
     # a line this costly per request of its endpoint is a (low) hotspot at any share
     cpu_hotspot_heavy_ms_per_request: float = 50.0
+    # samples that ran at the line: fewer are too few to tell its CPU from the sampling's noise
+    cpu_hotspot_min_samples: int = 10
     # slow_endpoint: p95 / slo_ms
     slow_p95_ratio: Grades = (1.0, 2.0, 4.0)
     # n_plus_one: repetitions of one statement in one request

@@ -42,7 +42,6 @@ PRIOR_ACTIVE = 0.5  # a line never measured: as likely running as not
 PRIOR_IDLE = 0.02  # a stack that proves its thread idle
 PRIOR_SECONDS = 0.1  # how much shown time the starting odds count for
 POOL_BELOW = 0.5  # seconds shown: below, a line shares its kind's pooled share
-_MIN_WEIGHT = 1e-6  # so a measured budget always lands somewhere
 
 
 def _start(idle: bool) -> float:
@@ -118,25 +117,50 @@ class ActivityShares:
         return min(1.0, max(0.0, (active_rate + prior * start) / (shown_rate + prior)))
 
 
-def share_out(budget: float, weights: Sequence[float], caps: Sequence[float]) -> list[float]:
-    """Split `budget` in proportion to `weights` x `caps`, no share above its cap
-    (water-filling); the result sums to min(budget, sum(caps))."""
-    shares = [0.0] * len(caps)
-    open_rows = [i for i, cap in enumerate(caps) if cap > 0]
-    left = min(budget, sum(caps))
-    while open_rows and left > 1e-12:
-        total = sum(max(weights[i], _MIN_WEIGHT) * caps[i] for i in open_rows)
-        scale = left / total
-        full = [i for i in open_rows if max(weights[i], _MIN_WEIGHT) * scale >= 1.0]
-        if not full:
-            for i in open_rows:
-                shares[i] = max(weights[i], _MIN_WEIGHT) * scale * caps[i]
-            break
-        for i in full:
-            shares[i] = caps[i]
-            left -= caps[i]
-        open_rows = [i for i in open_rows if i not in full]
-    return shares
+def share_by_odds(budget: float, weights: Sequence[float], counts: Sequence[float], *,
+                  above: bool = True) -> list[float]:
+    """Split `budget` over rows of `counts` samples whose learnt shares of running are
+    `weights`, moving every row's odds of running by the same factor until the rows hold the
+    budget: row i gets counts[i] x p_i, logit(p_i) = logit(weights[i]) + shift.
+
+    The measured CPU says how much ran, the shares which lines are likelier to have: a
+    proportional split would hand a line that runs 5% of the time it shows (a sleep, seen as
+    its thread wakes) half of a thread's CPU whenever it shows 20 times as long as a line that
+    always runs. Shifting odds keeps a line that always runs the first to be filled, and one that
+    rarely runs the last. Without `above`, no row goes above its learnt share (the shift is
+    never positive). The result sums to the budget, or to what the rows can hold."""
+    logits = [_logit(w) for w in weights]
+
+    def held(shift: float) -> float:
+        return sum(c * _sigmoid(x + shift) for x, c in zip(logits, counts, strict=True))
+
+    low, high = -_MAX_SHIFT, (_MAX_SHIFT if above else 0.0)
+    target = min(budget, held(high))
+    if target <= 0:
+        return [0.0] * len(counts)
+    for _ in range(60):  # bisection: `held` grows with the shift
+        middle = (low + high) / 2
+        if held(middle) < target:
+            low = middle
+        else:
+            high = middle
+    return [c * _sigmoid(x + high) for x, c in zip(logits, counts, strict=True)]
+
+
+_MAX_SHIFT = 40.0
+_EDGE = 1e-6
+
+
+def _logit(p: float) -> float:
+    p = min(1.0 - _EDGE, max(_EDGE, p))
+    return math.log(p / (1.0 - p))
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
 
 
 def whole(shares: Sequence[float], caps: Sequence[int]) -> list[int]:
@@ -197,15 +221,12 @@ def split_samples(segments: Sequence[Segment], rate: int, idle: IdleFn, shares: 
                 # its learnt share of them (a sleep's line shows as its thread wakes): CPU
                 # the shown samples cannot hold (samples py-spy lost) is left unplaced.
                 cpu, queued = budget.cpu * rate, budget.runqueue * rate
-                caps: Sequence[float] = [c * min(1.0, w) for c, w in zip(counts, weights,
-                                                                       strict=True)]
             else:
                 cpu = min(1.0, budget.cpu / seconds) * total
                 queued = min(1.0, budget.runqueue / seconds) * total
-                caps = counts
-            ran = whole(share_out(cpu, weights, caps), counts)
+            ran = whole(share_by_odds(cpu, weights, counts, above=not active_only), counts)
             left = [c - r for c, r in zip(counts, ran, strict=True)]
-            runnable = whole(share_out(queued, weights, left), left)
+            runnable = whole(share_by_odds(queued, weights, left, above=not active_only), left)
         for key, n, r, q, flag in zip(keys, counts, ran, runnable, flags, strict=True):
             out.extend(_rows(key, names[thread], n, r, q, flag))
     return tuple(out)

@@ -13,6 +13,11 @@ app is not flagged. A line that is not a large share but costs `cpu_hotspot_heav
 of CPU per request (over `min_requests` requests) is a low hotspot. One flag per group: its
 hottest qualifying line.
 
+Either way the line needs `cpu_hotspot_min_samples` samples that ran there. At the low rates a
+busy host's budget allows (5 Hz), a short session has a few dozen running samples in all, and a
+line's share of them is noise: a pool thread's one running sample of a window can land on the
+sleep its thread showed all along as well as on the hashing it did in between.
+
 Sessions recorded without CPU time (by an older apiscope) get no cpu_hotspot: their RUNNING
 samples may be sleeps.
 
@@ -47,6 +52,7 @@ Site = tuple[str, int]  # (file, line)
 @dataclass(slots=True)
 class _Line:
     cpu: float = 0.0
+    samples: int = 0  # samples that ran at the line
     cpu_in_libraries: float = 0.0
     functions: Counter[str] = field(default_factory=Counter)
     calls: Counter[str] = field(default_factory=Counter)  # library functions called from it
@@ -74,6 +80,7 @@ class CpuHotspotRule:
                 continue
             line = lines[_group(a, a.user)].setdefault((a.user.file, a.user.line), _Line())
             line.cpu += a.cpu
+            line.samples += a.sample.count
             line.functions[a.user.function] += a.sample.count
             call = library_call(a.sample.frames, a.user)
             if call is not None:
@@ -92,6 +99,8 @@ class CpuHotspotRule:
     def _flag(self, ctx: AnalysisContext, endpoint: str | None, site: Site, line: _Line,
               total: float, wall: float) -> Flag | None:
         th = ctx.thresholds
+        if line.samples < th.cpu_hotspot_min_samples:
+            return None
         share, core = line.cpu / total, line.cpu / wall
         severity = grade(share, th.cpu_hotspot_share)
         requests = len(ctx.by_endpoint.get(endpoint, [])) if endpoint else 0
