@@ -11,12 +11,10 @@ docs/sampling.md), instead of a whole py-spy start-up (20 ms to seconds).
 py-spy records in its chrometrace format, which keeps how long each thread showed each stack
 (`chrometrace.py`); the 1st window and every `activity_every`-th after it are recorded
 without `--idle`, so that py-spy's own view of which threads are active teaches how much each
-leaf line runs, and
-`oncpu.py` shares each thread's measured CPU time out over its stacks by those shares. At
-every window's edges the sampler reads each thread's and each process's CPU and run-queue time
-(`threadcpu.py`), stored with the window. A window that cannot be
-read or classified is counted (`SamplerStats.failed_windows`, with the last error) and
-sampling goes on with the next one: no stack ends a session.
+leaf line runs. Each window py-spy wrote becomes a `StackWindow` in `windows.py`: measured
+against each thread's CPU and run-queue time at its edges (`threadcpu.py`), and split by those
+shares (`oncpu.py`). A window that cannot be read or classified is counted and sampling goes
+on with the next one: no stack ends a session.
 
 The sampler ends on `stop()` (the last window is delivered), or when py-spy stops on its own
 because the target exited (`end_reason` TARGET_EXITED: a normal end for `attach`), or on a
@@ -37,50 +35,28 @@ from pathlib import Path
 import psutil
 
 from apiscope.collectors.budget import OverheadBudget, WindowCost
-from apiscope.collectors.chrometrace import Trace, parse_chrometrace, raw_as_trace
-from apiscope.collectors.oncpu import ActivityShares, ThreadBudget, line_times, split_samples
 from apiscope.collectors.pyspy import (
     RecordOptions,
     exited_message,
     failure_error,
     find_pyspy,
-    parse_raw,
-    parse_summary,
     record_argv,
 )
-from apiscope.collectors.samplerstats import EndReason, SamplerStats, window_loss
+from apiscope.collectors.samplerstats import EndReason, SamplerStats
 from apiscope.collectors.spy import (
     PopenSpy,
     SpawnSpy,
-    SpyExit,
     SpyProcess,
     target_alive,
     target_stopped,
 )
-from apiscope.collectors.threadcpu import CpuReading, CpuUsage, ThreadCpuReader, usage
-from apiscope.collectors.threads import is_waiting, thread_roles
+from apiscope.collectors.threadcpu import ThreadCpuReader
+from apiscope.collectors.windows import WindowMeter
 from apiscope.errors import TargetError
 from apiscope.lifetime import Reaper
-from apiscope.model import Frame, StackSample, StackWindow, ThreadRole
+from apiscope.model import StackWindow
 
 MIN_STOP_GAP = 0.5  # seconds: a stop seen for less is not reported as a gap
-
-
-@dataclass(frozen=True, slots=True)
-class _Measured:
-    """A window read and measured, waiting to be split into samples."""
-
-    trace: Trace
-    errors: int
-    start: float
-    end: float
-    rate_hz: int
-    roles: dict[tuple[int, int], ThreadRole]
-    used: CpuUsage
-    active_only: bool = False  # recorded without --idle: only active samples shown
-
-    def idle(self, pid: int, tid: int, frames: tuple[Frame, ...]) -> bool:
-        return is_waiting(frames, self.roles.get((pid, tid), ThreadRole.OTHER))
 
 
 @dataclass(slots=True)
@@ -111,19 +87,18 @@ class StackSampler:
         self.options = RecordOptions(rate_hz=rate_hz, subprocesses=subprocesses,
                                      nonblocking=nonblocking)
         self.window_seconds = window_seconds
-        self._on_window = on_window
         self._on_end = on_end
         self._spawn = spawn
         self._clock = clock
         self._pyspy = pyspy
         self._alive = alive
-        self._cpu = cpu_reader if cpu_reader is not None else ThreadCpuReader()
-        self._cpu_mark = CpuReading()
         # Every `activity_every`-th window is recorded without --idle: py-spy's own view of
         # which threads are active teaches how much each line runs (see oncpu.py).
         self.activity_every = activity_every
-        self._shares = ActivityShares()
-        self._pending: list[_Measured] = []
+        self.stats = SamplerStats()
+        self._meter = WindowMeter(pid, on_window, self.stats, cpu_reader if cpu_reader is not None
+                                  else ThreadCpuReader(),
+                                  learns=activity_every > 0)
         # The overhead budget (None: the rate asked for, always); `agent_cpu` is the agents'
         # own CPU seconds so far, which the budget pays for too.
         self.budget = budget
@@ -143,9 +118,7 @@ class StackSampler:
         self._stopped_since: float | None = None  # when the target was first seen stopped
         self._stopped_last = 0.0  # when it was last seen stopped
         self._count = 0
-        self._pids: set[int] = {pid}
         self.launch_attempts = 3  # per mid-session py-spy start (the first one gets one)
-        self.stats = SamplerStats()
         self.end_reason: EndReason | None = None
         self.error: Exception | None = None
 
@@ -167,8 +140,7 @@ class StackSampler:
             self._tmp.cleanup()
             reaper.close()
             raise
-        self._pids |= self._children()
-        self._cpu_mark = self._cpu.read(self._pids)
+        self._meter.begin(self._children())
         self._thread = threading.Thread(target=self._run, args=(first,), daemon=True,
                                         name="apiscope-stack-sampler")
         self._thread.start()
@@ -199,7 +171,7 @@ class StackSampler:
             error = exc if alive else None
         finally:
             try:
-                self._flush()  # windows still waiting to learn from: what is known now
+                self._meter.flush()  # windows still waiting to learn from: what is known now
             except Exception as exc:  # the callback failed: the reason the sampler ends
                 if error is None:
                     reason, error = EndReason.FAILED, exc
@@ -372,32 +344,7 @@ class StackSampler:
             return
         finally:
             run.output.unlink(missing_ok=True)
-        try:
-            self._pending.append(self._measure(text, result, run.started, end, run.rate_hz,
-                                               run.active_only))
-        except Exception as exc:  # a bug of ours must not end the session: count, go on
-            self._failed(exc)
-            return
-        # The first windows wait for the first one recorded without --idle: until then
-        # nothing is known of which lines run.
-        if self.stats.activity_windows or self.activity_every <= 0:
-            self._flush()
-
-    def _failed(self, exc: Exception) -> None:
-        self.stats.failed_windows += 1
-        self.stats.last_failure = f"{type(exc).__name__}: {exc}"
-
-    def _flush(self) -> None:
-        """Split and deliver the windows measured so far (a failure to deliver, such as a
-        full store, is not ours to swallow: it ends the sampler)."""
-        pending, self._pending = self._pending, []
-        for measured in pending:
-            try:
-                window = self._split(measured)
-            except Exception as exc:
-                self._failed(exc)
-                continue
-            self._on_window(window)
+        self._meter.add(text, result, run.started, end, run.rate_hz, run.active_only)
 
     def _children(self) -> set[int]:
         if not self.options.subprocesses:
@@ -418,7 +365,7 @@ class StackSampler:
         run.paid = spent
         cost = WindowCost(max(self._clock() - run.started, 1e-3), run.rate_hz,
                           spent + self._exit_cpu, max(0.0, agent - self._agent_cpu_mark),
-                          len(self._pids), startup_cpu=run.startup_cpu,
+                          len(self._meter.pids), startup_cpu=run.startup_cpu,
                           collector_cpu=max(0.0, collector - self._collector_cpu_mark))
         self._agent_cpu_mark, self._collector_cpu_mark, self._exit_cpu = agent, collector, 0.0
         plan = self.budget.plan_after(cost)
@@ -426,47 +373,3 @@ class StackSampler:
         self._next_seconds = plan.seconds
         if plan.rate_hz != self.options.rate_hz:
             self.options = dataclasses.replace(self.options, rate_hz=plan.rate_hz)
-
-    def _measure(self, text: str, result: SpyExit, start: float, end: float,
-                 rate_hz: int, active_only: bool = False) -> _Measured:
-        """Parse a window and take the kernel's reading at its end; learn from its lines."""
-        trace = (raw_as_trace(parse_raw(text, default_pid=self.pid), rate_hz) if active_only
-                 else parse_chrometrace(text, default_pid=self.pid))
-        summary = parse_summary(result.stdout)
-        # A worker first sampled now is read now and measured from the next window on.
-        pids = self._pids | {s.pid for s in trace.segments}
-        mark = self._cpu.read(pids)
-        used = usage(self._cpu_mark, mark)
-        self._cpu_mark = mark
-        roles = thread_roles(StackSample(seg.pid, seg.tid, "", seg.frames, 1)
-                             for seg in trace.segments)
-        measured = _Measured(trace, summary.errors if summary else 0, start, end, rate_hz,
-                             roles, used, active_only)
-        self._shares.observe(line_times(trace.segments, measured.idle), end - start,
-                             active=active_only)
-        self.stats.activity_windows += active_only
-        # Exited workers drop out of the processes whose threads are read.
-        self._pids = {self.pid} | {s.pid for s in trace.segments}
-        return measured
-
-    def _split(self, m: _Measured) -> StackWindow:
-        budgets = {key: ThreadBudget(cpu, m.used.runqueue.get(key, 0.0))
-                   for key, cpu in m.used.threads.items()}
-        samples = split_samples(m.trace.segments, m.rate_hz, m.idle, self._shares, budgets,
-                                max(m.end - m.start, 1e-9), active_only=m.active_only)
-        window = StackWindow(start=m.start, end=m.end, rate_hz=m.rate_hz, samples=samples,
-                             errors=m.errors, threads=m.roles, thread_cpu=m.used.threads,
-                             process_cpu=m.used.processes, thread_runqueue=m.used.runqueue,
-                             active_only=m.active_only)
-        self._account(window, m.trace.bad_events)
-        return window
-
-    def _account(self, window: StackWindow, bad_lines: int) -> None:
-        loss = window_loss(window)
-        stats = self.stats
-        stats.windows += 1
-        stats.stored += loss.stored
-        stats.expected += loss.expected
-        stats.errors += loss.errors
-        stats.bad_lines += bad_lines
-        stats.sampled_seconds += window.end - window.start

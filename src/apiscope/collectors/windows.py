@@ -1,0 +1,137 @@
+"""From the file one py-spy wrote to a `StackWindow`: parsed, measured, split.
+
+Each window ends with the kernel's reading of every sampled thread's CPU and run-queue time
+(`threadcpu.py`); the difference from the reading at its start is what each thread used in it.
+Windows recorded without `--idle` teach how much each leaf line runs (`oncpu.ActivityShares`),
+and every window's samples are split into running, runnable and blocked by those shares and the
+measured time (`oncpu.split_samples`). The first windows wait for the first one recorded
+without `--idle`: until then nothing is known of which lines run.
+
+A window that cannot be read or split is counted (`SamplerStats.failed_windows`, with the last
+error) and the next one goes on: no stack ends a session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from apiscope.collectors.chrometrace import Trace, parse_chrometrace, raw_as_trace
+from apiscope.collectors.oncpu import ActivityShares, ThreadBudget, line_times, split_samples
+from apiscope.collectors.pyspy import parse_raw, parse_summary
+from apiscope.collectors.samplerstats import SamplerStats, window_loss
+from apiscope.collectors.spy import SpyExit
+from apiscope.collectors.threadcpu import CpuReading, CpuUsage, ThreadCpuReader, usage
+from apiscope.collectors.threads import is_waiting, thread_roles
+from apiscope.model import Frame, StackSample, StackWindow, ThreadRole
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredWindow:
+    """A window read and measured, waiting to be split into samples."""
+
+    trace: Trace
+    errors: int
+    start: float
+    end: float
+    rate_hz: int
+    roles: dict[tuple[int, int], ThreadRole]
+    used: CpuUsage
+    active_only: bool = False  # recorded without --idle: only active samples shown
+
+    def idle(self, pid: int, tid: int, frames: tuple[Frame, ...]) -> bool:
+        return is_waiting(frames, self.roles.get((pid, tid), ThreadRole.OTHER))
+
+
+class WindowMeter:
+    """Turns the windows of one sampled process (and its children) into `StackWindow`s, in
+    order, for `on_window`."""
+
+    def __init__(self, pid: int, on_window: Callable[[StackWindow], None], stats: SamplerStats,
+                 cpu_reader: ThreadCpuReader, *, learns: bool = True) -> None:
+        self.pid = pid
+        self.pids: set[int] = {pid}  # the processes whose threads are read
+        self._on_window = on_window
+        self.stats = stats
+        self._cpu = cpu_reader
+        self._mark = CpuReading()
+        self._shares = ActivityShares()
+        self._learns = learns  # some windows are recorded without --idle to learn from
+        self._pending: list[MeasuredWindow] = []
+
+    def begin(self, children: Iterable[int] = ()) -> None:
+        """The reading the first window is measured from."""
+        self.pids |= set(children)
+        self._mark = self._cpu.read(self.pids)
+
+    def add(self, text: str, result: SpyExit, start: float, end: float, rate_hz: int,
+            active_only: bool = False) -> None:
+        """Measure a window py-spy wrote; deliver it (and any waiting) once lines are known.
+        Raises only when delivering fails (the store's failure is not ours to swallow)."""
+        try:
+            measured = self._measure(text, result, start, end, rate_hz, active_only)
+        except Exception as exc:  # a bug of ours must not end the session: count, go on
+            self.failed(exc)
+            return
+        self._pending.append(measured)
+        if self.stats.activity_windows or not self._learns:
+            self.flush()
+
+    def failed(self, exc: Exception) -> None:
+        self.stats.failed_windows += 1
+        self.stats.last_failure = f"{type(exc).__name__}: {exc}"
+
+    def flush(self) -> None:
+        """Split and deliver the windows measured so far."""
+        pending, self._pending = self._pending, []
+        for measured in pending:
+            try:
+                window = self._split(measured)
+            except Exception as exc:
+                self.failed(exc)
+                continue
+            self._on_window(window)
+
+    def _measure(self, text: str, result: SpyExit, start: float, end: float,
+                 rate_hz: int, active_only: bool) -> MeasuredWindow:
+        """Parse a window and take the kernel's reading at its end; learn from its lines."""
+        trace = (raw_as_trace(parse_raw(text, default_pid=self.pid), rate_hz) if active_only
+                 else parse_chrometrace(text, default_pid=self.pid))
+        summary = parse_summary(result.stdout)
+        # A worker first sampled now is read now and measured from the next window on.
+        pids = self.pids | {s.pid for s in trace.segments}
+        mark = self._cpu.read(pids)
+        used = usage(self._mark, mark)
+        self._mark = mark
+        roles = thread_roles(StackSample(seg.pid, seg.tid, "", seg.frames, 1)
+                             for seg in trace.segments)
+        measured = MeasuredWindow(trace, summary.errors if summary else 0, start, end, rate_hz,
+                                  roles, used, active_only)
+        self._shares.observe(line_times(trace.segments, measured.idle), end - start,
+                             active=active_only)
+        self.stats.activity_windows += active_only
+        # Exited workers drop out of the processes whose threads are read.
+        self.pids = {self.pid} | {s.pid for s in trace.segments}
+        return measured
+
+    def _split(self, m: MeasuredWindow) -> StackWindow:
+        budgets = {key: ThreadBudget(cpu, m.used.runqueue.get(key, 0.0))
+                   for key, cpu in m.used.threads.items()}
+        samples = split_samples(m.trace.segments, m.rate_hz, m.idle, self._shares, budgets,
+                                max(m.end - m.start, 1e-9), active_only=m.active_only)
+        window = StackWindow(start=m.start, end=m.end, rate_hz=m.rate_hz, samples=samples,
+                             errors=m.errors, threads=m.roles, thread_cpu=m.used.threads,
+                             process_cpu=m.used.processes, thread_runqueue=m.used.runqueue,
+                             active_only=m.active_only)
+        self._account(window, m.trace.bad_events)
+        return window
+
+    def _account(self, window: StackWindow, bad_lines: int) -> None:
+        loss = window_loss(window)
+        stats = self.stats
+        stats.windows += 1
+        stats.stored += loss.stored
+        stats.expected += loss.expected
+        stats.errors += loss.errors
+        stats.bad_lines += bad_lines
+        stats.sampled_seconds += window.end - window.start
