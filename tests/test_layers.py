@@ -1,7 +1,7 @@
 """Layers import downward only: cli -> dashboard, metrics, exporters -> analysis -> store ->
-model (and `flag`, the typed flags beside it). A lower layer importing a higher one would tie,
-say, the analysis to how a report is drawn; and SQL stays in the store, so a schema change is
-the store's alone."""
+model (and `flag` and `report`, the typed flags and report beside it). A lower layer importing
+a higher one would tie, say, the analysis to how a report is drawn; and SQL stays in the store,
+so a schema change is the store's alone."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ PACKAGE = Path(apiscope.__file__).parent
 ABOVE = {
     "model": ("store", "analysis", "exporters", "dashboard", "metrics", "cli"),
     "flag": ("store", "analysis", "exporters", "dashboard", "metrics", "cli"),
+    "report": ("store", "analysis", "exporters", "dashboard", "metrics", "cli"),
     "store": ("analysis", "exporters", "dashboard", "metrics", "cli"),
     "analysis": ("exporters", "dashboard", "metrics", "cli"),
 }
