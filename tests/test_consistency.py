@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,10 @@ from apiscope.exporters.report import render_html
 from apiscope.exporters.slice import SliceSpec, select_samples
 from apiscope.exporters.svg import SvgRenderer, fill_for
 from apiscope.exporters.tree import ROOT_NAME, frame_label
+from apiscope.flag import Flag
 from apiscope.frames import KINDS, Kind
 from apiscope.model import Frame, RouteInfo, SampleState, StackSample
+from apiscope.report import Report
 from apiscope.store.reader import SessionReader
 from tests.dashboard import synthetic
 from tests.exporters import sessions
@@ -174,17 +176,17 @@ def assert_attribution(view: View, stacks: list[StackSample], roots: tuple[str, 
     assert checked, what
 
 
-def assert_flag_locations(view: View, flags: list[dict[str, Any]], what: str) -> int:
+def assert_flag_locations(view: View, flags: Sequence[Flag], what: str) -> int:
     """A flag's location is an application frame in every box that draws it."""
     seen = 0
     for flag in flags:
-        where = flag.get("location")
+        where = flag.location
         if not where:
             continue
-        label = Frame(where["function"], where["file"], where["line"]).label()
+        label = Frame(where.function, where.file, where.line).label()
         for path, box in view.items():
             if path[-1] == label:
-                assert box.kind == "app", (what, flag["kind"], path)
+                assert box.kind == "app", (what, flag.kind, path)
                 seen += 1
     return seen
 
@@ -195,14 +197,14 @@ def export_svg(reader: SessionReader, spec: SliceSpec) -> tuple[list[StackSample
     return samples, SvgRenderer().render(profile)
 
 
-def slices(report: dict[str, Any]) -> Iterator[tuple[str, SliceSpec, SampleSlice]]:
+def slices(report: Report) -> Iterator[tuple[str, SliceSpec, SampleSlice]]:
     """The same slice as the CLI and the dashboard name it: all samples, on CPU, and each
     endpoint's (on CPU and waiting)."""
     yield "all", SliceSpec(), SampleSlice(include_blocked=True, include_idle=True)
     yield ("on CPU", SliceSpec(idle="exclude", blocked="exclude"), SampleSlice())
-    for endpoint in report["endpoints"]:
-        if endpoint["cpu_share"] > 0:
-            route = endpoint["route"]
+    for endpoint in report.endpoints:
+        if endpoint.cpu_share > 0:
+            route = endpoint.route
             yield (route, SliceSpec(route=route, idle="exclude"),
                    SampleSlice(endpoint=route, include_blocked=True))
 
@@ -216,8 +218,8 @@ def test_report_dashboard_and_exports_agree(session: Path) -> None:
         try:
             # the report's CPU shares are the dashboard's, endpoint by endpoint
             shares = dashboard.cpu_shares(None)
-            assert {e["route"]: e["cpu_share"] for e in report["endpoints"]} == {
-                e["route"]: round(shares.get(e["route"], 0.0), 4) for e in report["endpoints"]}
+            assert {e.route: e.cpu_share for e in report.endpoints} == {
+                e.route: round(shares.get(e.route, 0.0), 4) for e in report.endpoints}
             flagged = 0
             for what, spec, flt in slices(report):
                 figure, _, _, total = _flame(dashboard, flt, "", None)
@@ -226,13 +228,13 @@ def test_report_dashboard_and_exports_agree(session: Path) -> None:
                 exported = svg_view(svg)
                 assert total == sum(s.count for s in samples) == exported[(ROOT_NAME,)].value
                 if what == "all":
-                    assert total == report["samples"]["total"]
+                    assert total == report.samples.total
                 assert_same_view(drawn, exported, what)
                 # the dashboard's download button exports what the dashboard shows
                 assert svg_view(export_slice(dashboard, flt, "svg", "t").content) == exported
                 for view in (drawn, exported):
                     assert_attribution(view, samples, roots, what)
-                    flagged += assert_flag_locations(view, report["flags"], what)
+                    flagged += assert_flag_locations(view, report.flags, what)
                 if what == "all":
                     page = HtmlRenderer().render(session_profile(reader, samples, "t", report,
                                                                  threads=False))
@@ -245,15 +247,15 @@ def test_report_dashboard_and_exports_agree(session: Path) -> None:
             assert_cpu_column(page, report)
         finally:
             dashboard.close()
-    assert flagged or not any(f.get("location") for f in report["flags"])
+    assert flagged or not any(f.location for f in report.flags)
 
 
-def assert_cpu_column(page: str, report: dict[str, Any]) -> None:
+def assert_cpu_column(page: str, report: Report) -> None:
     """The page's endpoint table shows the report's CPU shares."""
     rows = re.findall(r"<tr><td>([^<]*)</td>(?:<td>[^<]*</td>)*<td>([^<]*)</td></tr>", page)
     shown = {html.unescape(route): share for route, share in rows}
-    for endpoint in report["endpoints"]:
-        assert shown[endpoint["route"]] == f"{100 * endpoint['cpu_share']:.1f}%"
+    for endpoint in report.endpoints:
+        assert shown[endpoint.route] == f"{100 * endpoint.cpu_share:.1f}%"
 
 
 def test_the_disputed_frames_have_one_kind_everywhere(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ ARGON2 = Frame("hash_secret", f"{SITE}/argon2/low_level.py", 97)
 
 def report_of(spec: Spec, tmp_path: Path) -> dict[str, Any]:
     with write_and_open(spec, tmp_path / "s.sqlite") as reader:
-        return build_report(reader)
+        return build_report(reader).to_json()
 
 
 def measured_healthy() -> Spec:

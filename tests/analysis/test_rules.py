@@ -32,7 +32,7 @@ from tests.analysis.builder import (
 
 def report_of(spec: Spec, tmp_path: Path, name: str = "s", **kwargs: Any) -> dict[str, Any]:
     with write_and_open(spec, tmp_path / f"{name}.sqlite") as reader:
-        return build_report(reader, **kwargs)
+        return build_report(reader, **kwargs).to_json()
 
 
 def flags_of(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:

@@ -37,7 +37,7 @@ SEARCH = RouteInfo("GET", "/search", "shop.main:search", APP, 40, True)
 
 def report_of(spec: Spec, tmp_path: Path, name: str = "s") -> dict[str, Any]:
     with write_and_open(spec, tmp_path / f"{name}.sqlite") as reader:
-        return build_report(reader)
+        return build_report(reader).to_json()
 
 
 def flags_of(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:

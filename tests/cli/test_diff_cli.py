@@ -68,18 +68,22 @@ def test_diff_of_a_foreign_file_exits_2(tmp_path: Path,
 
 def test_flags_without_route_are_matched_by_function() -> None:
     from apiscope.analysis.diff import diff_reports
+    from apiscope.report import Report
 
     def flag(function: str, line: int) -> dict[str, object]:
         return {"kind": "event_loop_blocked", "severity": "high", "route": None,
                 "location": {"file": "/app/main.py", "line": line, "function": function},
                 "evidence": "e", "metric": {}, "suggestion": "s"}
 
-    def report(*flags: dict[str, object]) -> dict[str, object]:
-        return {"target": {"command": "x"}, "window": {"start": "s"}, "endpoints": [],
-                "flags": list(flags)}
+    def report(*flags: dict[str, object]) -> Report:
+        return Report.from_json({
+            "apiscope_report": 1, "target": {"command": "x"},
+            "window": {"start": "s", "end": "e", "seconds": 1.0},
+            "samples": {"total": 0, "rate_hz": 100, "errors": 0}, "endpoints": [],
+            "flags": list(flags)})
 
     diff = diff_reports(report(flag("audit", 15), flag("search", 40)),
-                        report(flag("audit", 16)))
+                        report(flag("audit", 16))).to_json()
     assert [f["location"]["function"] for f in diff["flags"]["resolved"]] == ["search"]
     assert [f["location"]["line"] for f in diff["flags"]["kept"]] == [16]
     assert diff["flags"]["appeared"] == []

@@ -33,7 +33,7 @@ def cpu_data(cpu_file: Path) -> DashboardSession:
 @pytest.fixture(scope="module")
 def report(cpu_file: Path) -> dict[str, object]:
     with SessionReader(cpu_file) as reader:
-        return build_report(reader)
+        return build_report(reader).to_json()
 
 
 def _functions(tree: FlameNode) -> set[str]:
@@ -128,7 +128,7 @@ def test_old_sessions_count_running_samples_as_the_report_does(tmp_path: Path) -
     with SessionReader(path) as reader:
         report = build_report(reader)
     ours = data.cpu_shares(None)
-    for endpoint in report["endpoints"]:
-        assert round(ours.get(endpoint["route"], 0.0), 4) == endpoint["cpu_share"]
+    for endpoint in report.endpoints:
+        assert round(ours.get(endpoint.route, 0.0), 4) == endpoint.cpu_share
     assert data.server_cpu_shares()  # BLOCKED samples: the sampler told on-CPU from off-CPU
     data.close()

@@ -215,8 +215,8 @@ def test_cpu_shares_agree_with_the_report(session_file: Path, data: DashboardSes
     with SessionReader(session_file) as reader:
         report = build_report(reader)
     ours = {r.stats.endpoint: r.cpu_share for r in data.endpoint_rows(None)}
-    for endpoint in report["endpoints"]:
-        assert ours[endpoint["route"]] == pytest.approx(endpoint["cpu_share"], abs=1e-3)
+    for endpoint in report.endpoints:
+        assert ours[endpoint.route] == pytest.approx(endpoint.cpu_share, abs=1e-3)
 
 
 def test_live_refresh_merges_new_windows_into_partial_blocks(tmp_path: Path) -> None:

@@ -1,15 +1,17 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from html.parser import HTMLParser
 from typing import Any
 
 from apiscope.exporters.html import render_page
 from apiscope.exporters.tree import build_tree
 from apiscope.model import StackSample
+from apiscope.report import Report
 from tests.exporters.sessions import IDLE_STACK, ITEMS_STACK
 
-REPORT: dict[str, Any] = {
+REPORT = Report.from_json({
     "apiscope_report": 1,
     "target": {"pids": [1234], "command": "uvicorn shop:app", "server": "uvicorn",
                "python": "3.11.7"},
@@ -26,7 +28,7 @@ REPORT: dict[str, Any] = {
          "evidence": "the event loop spent 41% of the window inside summary() & co",
          "metric": {"blocked_fraction": 0.41},
          "suggestion": "await asyncio.sleep(...) or use run_in_threadpool"}],
-}
+})
 
 
 class Collector(HTMLParser):
@@ -82,5 +84,5 @@ def test_page_without_report_shows_only_the_flamegraph() -> None:
 
 
 def test_empty_report_sections_say_so() -> None:
-    page = render_page(tree(), {**REPORT, "flags": [], "endpoints": []}, "t")
+    page = render_page(tree(), replace(REPORT, flags=(), endpoints=()), "t")
     assert "No bottleneck was flagged." in page and "No endpoints were recorded." in page

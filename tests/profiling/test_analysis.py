@@ -15,7 +15,7 @@ ROOTS = ("/srv/shop",)
 
 def report_of(spec, tmp_path: Path, **kwargs):  # type: ignore[no-untyped-def]
     with write_and_open(spec, tmp_path / "s.sqlite") as reader:
-        return build_report(reader, **kwargs)
+        return build_report(reader, **kwargs).to_json()
 
 
 def flags_of(report, kind):  # type: ignore[no-untyped-def]

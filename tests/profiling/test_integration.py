@@ -110,4 +110,4 @@ def store_and_report(tmp_path: Path, pid: int, pulled: Pulled, start: float,
     store(path, pid, pulled, start, end)
     with SessionReader(path) as reader:
         assert len(reader.profiles("/quotes/{item_id}")) == pulled.count(QUOTES)
-        return build_report(reader, slo_ms=40.0)
+        return build_report(reader, slo_ms=40.0).to_json()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import PurePath
-from typing import Any
 
 from apiscope.analysis.context import AnalysisContext
 from apiscope.flag import Flag as Flag
@@ -87,8 +86,3 @@ def sort_flags(flags: Iterable[Flag]) -> list[Flag]:
 
 def at_or_above(flags: Iterable[Flag], severity: str) -> list[Flag]:
     return [f for f in flags if severity_rank(f.severity) >= severity_rank(severity)]
-
-
-def report_flags(report: Mapping[str, Any]) -> list[Flag]:
-    """The flags of a report (`"apiscope_report": 1`, as built or as read from its JSON)."""
-    return [Flag.from_json(f) for f in report["flags"]]

@@ -1,10 +1,9 @@
-"""The report: the contract's JSON and a terminal rendering (files: `exporters.report`).
+"""The report: a session's analysis and its terminal rendering (files: `exporters.report`).
 
-`build_report(reader)` reads a session once and returns the `"apiscope_report": 1` dict;
-`analyse(data)` does the same from already loaded `SessionData` (the diff and tests use it).
-The rules' typed flags become the report's JSON objects here, when the report is built;
-`find_flags(reader)` gives the same flags typed, without the rest of the report (what
-`/metrics` and the dashboard keep current).
+`build_report(reader)` reads a session once and returns its `Report` (`apiscope.report`, which
+also writes and reads the contract's JSON); `analyse(data)` does the same from already loaded
+`SessionData` (the diff and tests use it). `find_flags(reader)` gives the same flags without
+the rest of the report (what `/metrics` and the dashboard keep current).
 """
 
 from __future__ import annotations
@@ -15,13 +14,20 @@ from typing import Any
 
 from apiscope.analysis.context import AnalysisContext, Flag, SessionData, build_context
 from apiscope.analysis.context import load_session as load_session
-from apiscope.analysis.flags import report_flags, sort_flags
+from apiscope.analysis.flags import sort_flags
 from apiscope.analysis.rules import RULES, Rule
 from apiscope.analysis.stats import endpoint_stats, process_stats
 from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds
+from apiscope.report import (
+    DetachFailed,
+    Gap,
+    ProcessFailures,
+    Report,
+    ReportWindow,
+    SampleSummary,
+    Target,
+)
 from apiscope.store.reader import SessionReader
-
-REPORT_VERSION = 1
 
 
 def iso(ts: float) -> str:
@@ -52,96 +58,96 @@ def find_flags(reader: SessionReader, *, slo_ms: float | None = None,
     return run_rules(build_context(data, effective_thresholds(data, slo_ms, thresholds)))
 
 
-def _target(data: SessionData) -> dict[str, Any]:
+def _target(data: SessionData) -> Target:
     meta = data.meta
     pids = meta.get("pids") or sorted({r.pid for r in data.resources}
                                       | {s.pid for _, s in data.samples})
-    target = {"pids": list(pids), "command": meta.get("command"), "server": meta.get("server"),
-              "python": meta.get("python")}
-    if meta.get("detach_failed"):  # agents left in the target, with the command that retries
-        target["detach_failed"] = list(meta["detach_failed"])
+    # Agents left in the target, with the command that retries (the key earlier reports had).
+    left = tuple(DetachFailed.from_json(d) for d in meta.get("detach_failed") or ())
     # What went wrong per process while collecting (windows lost, agent errors, failed
     # detaches): present when something did, one entry per process with something to say.
-    failures = {int(e["pid"]): dict(e) for e in meta.get("target_failures") or ()}
-    for left in meta.get("detach_failed") or ():  # stored alone by earlier versions
-        entry = failures.setdefault(int(left["pid"]), {"pid": int(left["pid"])})
-        entry.setdefault("detach_failed", left.get("reason"))
-        entry.setdefault("retry", left.get("retry"))
-    if failures:
-        target["failures"] = [failures[pid] for pid in sorted(failures)]
-    return target
+    failures = {int(e["pid"]): ProcessFailures.from_json(e)
+                for e in meta.get("target_failures") or ()}
+    for gone in left:  # stored alone by earlier versions
+        pid = int(gone.pid)
+        entry = failures.get(pid) or ProcessFailures(pid)
+        failures[pid] = replace(
+            entry,
+            detach_failed=gone.reason if entry.detach_failed is None else entry.detach_failed,
+            retry=gone.retry if entry.retry is None else entry.retry)
+    return Target(tuple(pids), meta.get("command"), meta.get("server"), meta.get("python"),
+                  left, tuple(failures[pid] for pid in sorted(failures)))
 
 
-def _failure_text(entry: dict[str, Any]) -> list[str]:
+def _failure_text(entry: ProcessFailures) -> list[str]:
     """The text report's lines for one process's failures."""
-    pid = entry["pid"]
+    pid = entry.pid
     out = []
-    if entry.get("windows_dropped") or entry.get("windows_failed"):
-        why = f": {entry['window_failure']}" if entry.get("window_failure") else ""
-        out.append(f"  PID {pid}: sampling windows lost: {entry.get('windows_dropped', 0)} not"
-                   f" written by py-spy, {entry.get('windows_failed', 0)} not readable{why}")
-    if entry.get("sampler_retries"):
-        out.append(f"  PID {pid}: py-spy start retried {entry['sampler_retries']} time(s)")
-    if entry.get("sampling_stopped"):
-        out.append(f"  PID {pid}: stack sampling stopped early: {entry['sampling_stopped']}")
-    if entry.get("agent_errors"):
-        out.append(f"  PID {pid}: the agent answered {entry['agent_errors']} pull(s) with an"
-                   f" error: {entry.get('agent_error')}")
-    if entry.get("agent_internal_errors") or entry.get("watchdog_errors"):
-        out.append(f"  PID {pid}: the agent caught {entry.get('agent_internal_errors', 0)}"
-                   f" error(s) of its own, its watchdogs {entry.get('watchdog_errors', 0)}")
-    if entry.get("detach_failed"):
-        out.append(f"  PID {pid}: the agent could not be detached ({entry['detach_failed']});"
-                   f" retry with: {entry.get('retry') or f'apiscope detach {pid}'}")
+    if entry.windows_dropped or entry.windows_failed:
+        why = f": {entry.window_failure}" if entry.window_failure else ""
+        out.append(f"  PID {pid}: sampling windows lost: {entry.windows_dropped} not"
+                   f" written by py-spy, {entry.windows_failed} not readable{why}")
+    if entry.sampler_retries:
+        out.append(f"  PID {pid}: py-spy start retried {entry.sampler_retries} time(s)")
+    if entry.sampling_stopped:
+        out.append(f"  PID {pid}: stack sampling stopped early: {entry.sampling_stopped}")
+    if entry.agent_errors:
+        out.append(f"  PID {pid}: the agent answered {entry.agent_errors} pull(s) with an"
+                   f" error: {entry.agent_error}")
+    if entry.agent_internal_errors or entry.watchdog_errors:
+        out.append(f"  PID {pid}: the agent caught {entry.agent_internal_errors}"
+                   f" error(s) of its own, its watchdogs {entry.watchdog_errors}")
+    if entry.detach_failed:
+        out.append(f"  PID {pid}: the agent could not be detached ({entry.detach_failed});"
+                   f" retry with: {entry.retry or f'apiscope detach {pid}'}")
     return out
 
 
-def _gaps(data: SessionData) -> list[dict[str, Any]]:
+def _gaps(data: SessionData) -> tuple[Gap, ...]:
     """Stretches without stack samples (a stopped target), kept apart, never smoothed over."""
-    return [{"start": iso(g["start"]), "end": iso(g["end"]),
-             "seconds": round(g["end"] - g["start"], 3), "reason": g.get("reason")}
-            for g in data.meta.get("gaps") or ()]
+    return tuple(Gap(iso(g["start"]), iso(g["end"]), round(g["end"] - g["start"], 3),
+                     g.get("reason"))
+                 for g in data.meta.get("gaps") or ())
 
 
-def _samples(data: SessionData) -> dict[str, Any]:
-    rate = data.meta.get("rate_hz") or (data.windows[0].rate_hz if data.windows else None)
-    errors = data.meta.get("samples_errors")
+def _samples(data: SessionData) -> SampleSummary:
+    meta = data.meta
+    rate = meta.get("rate_hz") or (data.windows[0].rate_hz if data.windows else None)
+    errors = meta.get("samples_errors")
     if errors is None:
         errors = sum(w.errors for w in data.windows)
-    out: dict[str, Any] = {"total": sum(s.count for _, s in data.samples), "rate_hz": rate,
-                           "errors": int(errors),
-                           "cpu_measured": bool(data.thread_cpu)}
-    for key in ("windows_dropped", "windows_failed"):
-        if data.meta.get(key):
-            out[key] = int(data.meta[key])
+    effective = None
     if data.windows:  # the rate the budget let each window have, over the session
         seconds = sum(w.end - w.start for w in data.windows)
-        out["effective_rate_hz"] = round(
-            sum(w.rate_hz * (w.end - w.start) for w in data.windows) / seconds, 1) \
-            if seconds > 0 else rate
-    if data.meta.get("max_overhead") is not None:
-        out["max_overhead_percent"] = data.meta["max_overhead"]
-        out["overhead_percent"] = data.meta.get("overhead")
-    return out
+        effective = round(sum(w.rate_hz * (w.end - w.start) for w in data.windows) / seconds,
+                          1) if seconds > 0 else rate
+    budgeted = meta.get("max_overhead") is not None
+    return SampleSummary(
+        total=sum(s.count for _, s in data.samples), rate_hz=rate, errors=int(errors),
+        cpu_measured=bool(data.thread_cpu),
+        windows_dropped=int(meta["windows_dropped"]) if meta.get("windows_dropped") else None,
+        windows_failed=int(meta["windows_failed"]) if meta.get("windows_failed") else None,
+        effective_rate_hz=effective,
+        max_overhead_percent=meta["max_overhead"] if budgeted else None,
+        overhead_percent=meta.get("overhead") if budgeted else None)
 
 
 def analyse(data: SessionData, *, slo_ms: float | None = None,
-            thresholds: Thresholds | None = None) -> dict[str, Any]:
+            thresholds: Thresholds | None = None) -> Report:
     ctx = build_context(data, effective_thresholds(data, slo_ms, thresholds))
-    return {
-        "apiscope_report": REPORT_VERSION,
-        "target": _target(data),
-        "window": {"start": iso(data.start), "end": iso(data.end),
-                   "seconds": round(data.seconds, 3), "gaps": _gaps(data)},
-        "samples": _samples(data),
-        "endpoints": endpoint_stats(ctx),
-        "processes": process_stats(ctx),
-        "flags": [flag.to_json() for flag in run_rules(ctx)],
-    }
+    return Report(
+        target=_target(data),
+        window=ReportWindow(iso(data.start), iso(data.end), round(data.seconds, 3),
+                            _gaps(data)),
+        samples=_samples(data),
+        endpoints=tuple(endpoint_stats(ctx)),
+        processes=tuple(process_stats(ctx)),
+        flags=tuple(run_rules(ctx)),
+    )
 
 
 def build_report(reader: SessionReader, *, slo_ms: float | None = None,
-                 thresholds: Thresholds | None = None) -> dict[str, Any]:
+                 thresholds: Thresholds | None = None) -> Report:
     return analyse(load_session(reader), slo_ms=slo_ms, thresholds=thresholds)
 
 
@@ -160,32 +166,32 @@ def _table(rows: list[list[str]]) -> list[str]:
             for row in rows]
 
 
-def render_text(report: dict[str, Any]) -> str:
+def render_text(report: Report) -> str:
     """A readable terminal report: target, endpoints, processes, then the flags."""
-    target, window, samples = report["target"], report["window"], report["samples"]
-    out = [f"apiscope report: {target.get('command') or 'unknown command'}",
-           f"  pids {', '.join(map(str, target['pids'])) or '-'}; server"
-           f" {target.get('server') or '-'}; python {target.get('python') or '-'}",
-           f"  window {window['start']} .. {window['end']} ({window['seconds']:.0f} s);"
-           f" {samples['total']} stack samples at {samples['rate_hz'] or '-'} Hz,"
-           f" {samples['errors']} errors", ""]
-    failures = [line for entry in target.get("failures") or () for line in _failure_text(entry)]
+    target, window, samples = report.target, report.window, report.samples
+    out = [f"apiscope report: {target.command or 'unknown command'}",
+           f"  pids {', '.join(map(str, target.pids)) or '-'}; server"
+           f" {target.server or '-'}; python {target.python or '-'}",
+           f"  window {window.start} .. {window.end} ({window.seconds:.0f} s);"
+           f" {samples.total} stack samples at {samples.rate_hz or '-'} Hz,"
+           f" {samples.errors} errors", ""]
+    failures = [line for entry in target.failures for line in _failure_text(entry)]
     if failures:
         out[-1:-1] = ["", "Collection failures", *failures]
     rows = [["endpoint", "count", "rps", "p50 ms", "p95 ms", "p99 ms", "max ms", "5xx",
              "cpu"]]
-    for e in report["endpoints"]:
-        rows.append([e["route"], str(e["count"]), _fmt(e["rps"]), _fmt(e["p50_ms"]),
-                     _fmt(e["p95_ms"]), _fmt(e["p99_ms"]), _fmt(e["max_ms"]),
-                     f"{e['error_rate'] * 100:.1f}%", f"{e['cpu_share'] * 100:.1f}%"])
-    out += ["Endpoints", *_table(rows)] if report["endpoints"] else ["No endpoints recorded."]
-    if report["processes"]:
+    for e in report.endpoints:
+        rows.append([e.route, str(e.count), _fmt(e.rps), _fmt(e.p50_ms), _fmt(e.p95_ms),
+                     _fmt(e.p99_ms), _fmt(e.max_ms), f"{e.error_rate * 100:.1f}%",
+                     f"{e.cpu_share * 100:.1f}%"])
+    out += ["Endpoints", *_table(rows)] if report.endpoints else ["No endpoints recorded."]
+    if report.processes:
         rows = [["pid", "cpu avg", "rss max MB", "rss MB/min", "threads", "fds"]]
-        rows += [[str(p["pid"]), _fmt(p["cpu_percent_avg"], "%"), _fmt(p["rss_mb_max"]),
-                  f"{p['rss_mb_slope_per_min']:+.2f}", str(p["threads_max"]), str(p["fds_max"])]
-                 for p in report["processes"]]
+        rows += [[str(p.pid), _fmt(p.cpu_percent_avg, "%"), _fmt(p.rss_mb_max),
+                  f"{p.rss_mb_slope_per_min:+.2f}", str(p.threads_max), str(p.fds_max)]
+                 for p in report.processes]
         out += ["", "Processes", *_table(rows)]
-    flags = report_flags(report)
+    flags = report.flags
     out += ["", f"Flags ({len(flags)})"]
     if not flags:
         out.append("  none: no bottleneck crossed its threshold")

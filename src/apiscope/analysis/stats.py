@@ -11,11 +11,11 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed
 from apiscope.analysis.cpu import cpu_shares, runqueue_shares, server_cpu_shares
 from apiscope.model import RequestRecord, ResourceSample
+from apiscope.report import EndpointStats, LoopLag, ProcessStats
 
 MB = 1024 * 1024
 
@@ -107,34 +107,34 @@ def warmup_end(ctx: AnalysisContext) -> float:
     return ctx.data.start + min(high, max(low, WARMUP_SHARE * ctx.data.seconds))
 
 
-def _latency(records: list[RequestRecord]) -> dict[str, float | None]:
+def _latency(records: list[RequestRecord]) -> tuple[float | None, ...]:
+    """p50, p95, p99 and max of the requests' durations (ms), None without requests."""
     durations = sorted(r.duration_ms for r in records)
     if not durations:
-        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
-    return {"p50_ms": round(percentile(durations, 0.50), 3),
-            "p95_ms": round(percentile(durations, 0.95), 3),
-            "p99_ms": round(percentile(durations, 0.99), 3),
-            "max_ms": round(durations[-1], 3)}
+        return (None, None, None, None)
+    return (round(percentile(durations, 0.50), 3), round(percentile(durations, 0.95), 3),
+            round(percentile(durations, 0.99), 3), round(durations[-1], 3))
 
 
-def endpoint_stats(ctx: AnalysisContext) -> list[dict[str, Any]]:
+def endpoint_stats(ctx: AnalysisContext) -> list[EndpointStats]:
     """One entry per endpoint seen in requests or in samples, busiest first."""
     shares = cpu_shares(ctx)
     seconds = ctx.data.seconds
-    out: list[dict[str, Any]] = []
+    out: list[EndpointStats] = []
     for endpoint in set(ctx.by_endpoint) | set(shares):
         records = ctx.by_endpoint.get(endpoint, [])
         errors = sum(1 for r in records if r.status >= 500)
-        out.append({
-            "route": endpoint,
-            "handler": ctx.matcher.handler_of(endpoint),
-            "count": len(records),
-            "rps": round(len(records) / seconds, 3) if seconds > 0 else 0.0,
-            **_latency(records),
-            "error_rate": round(errors / len(records), 4) if records else 0.0,
-            "cpu_share": round(shares.get(endpoint, 0.0), 4),
-        })
-    out.sort(key=lambda e: (-e["count"], e["route"]))
+        p50, p95, p99, top = _latency(records)
+        out.append(EndpointStats(
+            route=endpoint,
+            handler=ctx.matcher.handler_of(endpoint),
+            count=len(records),
+            rps=round(len(records) / seconds, 3) if seconds > 0 else 0.0,
+            p50_ms=p50, p95_ms=p95, p99_ms=p99, max_ms=top,
+            error_rate=round(errors / len(records), 4) if records else 0.0,
+            cpu_share=round(shares.get(endpoint, 0.0), 4),
+        ))
+    out.sort(key=lambda e: (-e.count, e.route))
     return out
 
 
@@ -146,7 +146,7 @@ def rss_slope_mb_per_min(samples: Sequence[ResourceSample]) -> float:
     return fit.slope if fit else 0.0
 
 
-def loop_lag(ctx: AnalysisContext, pid: int) -> dict[str, float] | None:
+def loop_lag(ctx: AnalysisContext, pid: int) -> LoopLag | None:
     """p50 and p99 of the event loop's lag in one process (ms), from the agent's probes: the
     probe-weighted median of the per-interval p50s and the worst interval's p99 (None
     without the agent)."""
@@ -160,27 +160,27 @@ def loop_lag(ctx: AnalysisContext, pid: int) -> dict[str, float] | None:
         if seen >= half:
             p50 = s.p50_ms
             break
-    return {"p50": round(p50, 3), "p99": round(max(s.p99_ms for s in lags), 3)}
+    return LoopLag(round(p50, 3), round(max(s.p99_ms for s in lags), 3))
 
 
-def process_stats(ctx: AnalysisContext) -> list[dict[str, Any]]:
+def process_stats(ctx: AnalysisContext) -> list[ProcessStats]:
     by_pid: dict[int, list[ResourceSample]] = defaultdict(list)
     for sample in ctx.data.resources:
         by_pid[sample.pid].append(sample)
     server = server_cpu_shares(ctx) if ctx.activity_known else {}
     waits = runqueue_shares(ctx)
-    out: list[dict[str, Any]] = []
+    out: list[ProcessStats] = []
     for pid in sorted(by_pid):
         samples = sorted(by_pid[pid], key=lambda s: s.ts)
-        out.append({
-            "pid": pid,
-            "cpu_percent_avg": round(sum(s.cpu_percent for s in samples) / len(samples), 2),
-            "rss_mb_max": round(max(s.rss_bytes for s in samples) / MB, 2),
-            "rss_mb_slope_per_min": round(rss_slope_mb_per_min(samples), 3),
-            "threads_max": max(s.threads for s in samples),
-            "fds_max": max(s.fds for s in samples),
-            "server_cpu_share": round(server[pid], 4) if pid in server else None,
-            "runqueue_share": round(waits[pid], 4) if pid in waits else None,
-            "loop_lag_ms": loop_lag(ctx, pid),
-        })
+        out.append(ProcessStats(
+            pid=pid,
+            cpu_percent_avg=round(sum(s.cpu_percent for s in samples) / len(samples), 2),
+            rss_mb_max=round(max(s.rss_bytes for s in samples) / MB, 2),
+            rss_mb_slope_per_min=round(rss_slope_mb_per_min(samples), 3),
+            threads_max=max(s.threads for s in samples),
+            fds_max=max(s.fds for s in samples),
+            server_cpu_share=round(server[pid], 4) if pid in server else None,
+            runqueue_share=round(waits[pid], 4) if pid in waits else None,
+            loop_lag_ms=loop_lag(ctx, pid),
+        ))
     return out

@@ -276,14 +276,13 @@ def summarize(collection: Collection, quiet: bool = False) -> None:
 def finish(args: argparse.Namespace, session: Path, writer: SessionWriter,
            thresholds: Thresholds, store_flags: bool = True) -> None:
     """Analyse the session once: store its flags in it, print them, write --report if asked."""
-    from apiscope.analysis.flags import report_flags
     from apiscope.analysis.report import analyse, load_session
     from apiscope.exporters.report import save_report
 
     with SessionReader(session) as reader:
         data = load_session(reader)
     report = analyse(data, thresholds=thresholds)
-    flags = report_flags(report)
+    flags = report.flags
     if store_flags:
         writer.replace_flags(flags)
         writer.flush()

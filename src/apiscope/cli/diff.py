@@ -39,7 +39,7 @@ class DiffCommand:
         else:
             diff = diff_reports(analyse(base, thresholds=thresholds),
                                 analyse(new, thresholds=thresholds))
-            text = (json.dumps(diff, indent=2) + "\n" if args.format == "json"
+            text = (json.dumps(diff.to_json(), indent=2) + "\n" if args.format == "json"
                     else render_diff_text(diff))
         emit(text, args.output)
         return 0

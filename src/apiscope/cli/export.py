@@ -22,6 +22,7 @@ from apiscope.exporters.slice import (
     session_start,
 )
 from apiscope.model import StackSample
+from apiscope.report import Report
 from apiscope.store.reader import SessionReader
 
 
@@ -72,7 +73,7 @@ class ExportCommand:
 
 
 def session_profile(reader: SessionReader, samples: list[StackSample], title: str,
-                    report: dict[str, Any] | None, threads: bool) -> Profile:
+                    report: Report | None, threads: bool) -> Profile:
     """The samples with what pprof carries besides counts (rate, routes and time span) and the
     app roots that tell the application's frames as the report does."""
     start = session_start(reader)
@@ -84,13 +85,13 @@ def session_profile(reader: SessionReader, samples: list[StackSample], title: st
                    app_roots=app_roots(routes))
 
 
-def session_report(reader: SessionReader) -> dict[str, Any] | None:
+def session_report(reader: SessionReader) -> Report | None:
     """The session's report for the html page, when the analysis package provides one."""
     try:
         module: Any = importlib.import_module("apiscope.analysis.report")
     except ImportError:
         return None  # an export without the report section beats no export
-    report: dict[str, Any] = module.build_report(reader)
+    report: Report = module.build_report(reader)
     return report
 
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from apiscope.analysis.flags import at_or_above, report_flags
+from apiscope.analysis.flags import at_or_above
 from apiscope.analysis.report import analyse, load_session, render_text
 from apiscope.analysis.thresholds import resolve_thresholds
 from apiscope.cli.base import add_config_option, positive_float
@@ -60,7 +60,7 @@ class ReportCommand:
             data = load_session(reader)
         report = analyse(data, slo_ms=args.slo_ms, thresholds=thresholds)
         if args.format == "json":
-            text = json.dumps(report, indent=2) + "\n"
+            text = json.dumps(report.to_json(), indent=2) + "\n"
         elif args.format == "html":
             text = render_html(report, data)
         else:
@@ -69,7 +69,7 @@ class ReportCommand:
         if args.output:
             print(f"apiscope: report written to {args.output}", file=sys.stderr)
         if args.fail_on:
-            failing = at_or_above(report_flags(report), args.fail_on)
+            failing = at_or_above(report.flags, args.fail_on)
             if failing:
                 kinds = ", ".join(sorted({f.kind for f in failing}))
                 raise BudgetExceeded(

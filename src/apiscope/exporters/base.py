@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from apiscope.exporters.tree import FlameNode, aggregate_stacks, tree_from_stacks
 from apiscope.model import Frame, StackSample
+from apiscope.report import Report
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,7 +17,7 @@ class Profile:
 
     samples: Sequence[StackSample]
     title: str = "apiscope flamegraph"
-    report: dict[str, Any] | None = None  # the session's report, for the html page
+    report: Report | None = None  # the session's report, for the html page
     threads: bool = False  # add a process and a thread root frame to every stack
     # For formats that carry more than counts (pprof): the sampling rate, the endpoint a stack
     # serves (the report's attribution) and the session's (start, seconds).

@@ -7,12 +7,14 @@ calls.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from apiscope.exporters.base import Profile
 from apiscope.exporters.svg import escape, render_svg
 from apiscope.exporters.tree import FlameNode
+from apiscope.flag import Flag, Location
+from apiscope.report import EndpointStats, Report
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em;color:#222}
@@ -69,54 +71,50 @@ def _cell(value: Any, fmt: Callable[[Any], str]) -> str:
         return f"<td>{escape(str(value))}</td>"
 
 
-def endpoints_table(endpoints: Sequence[Mapping[str, Any]]) -> str:
+def endpoints_table(endpoints: Sequence[EndpointStats]) -> str:
     if not endpoints:
         return '<p class="none">No endpoints were recorded.</p>'
     head = "".join(f"<th>{escape(title)}</th>" for _, title, _ in ENDPOINT_COLUMNS)
-    rows = ["<tr>" + "".join(_cell(e.get(key), fmt) for key, _, fmt in ENDPOINT_COLUMNS)
+    rows = ["<tr>" + "".join(_cell(getattr(e, key), fmt) for key, _, fmt in ENDPOINT_COLUMNS)
             + "</tr>" for e in endpoints]
     return f'<table class="endpoints"><tr>{head}</tr>{"".join(rows)}</table>'
 
 
-def _location(location: Mapping[str, Any] | None) -> str:
-    if not location:
+def _location(location: Location | None) -> str:
+    if location is None:
         return ""
-    where = f"{location.get('function') or '?'} at {location.get('file')}:{location.get('line')}"
+    where = f"{location.function or '?'} at {location.file}:{location.line}"
     return f'<div class="where">{escape(where)}</div>'
 
 
-def flags_section(flags: Sequence[Mapping[str, Any]]) -> str:
+def flags_section(flags: Sequence[Flag]) -> str:
     if not flags:
         return '<p class="none">No bottleneck was flagged.</p>'
     out = []
     for flag in flags:
-        severity = str(flag.get("severity", ""))
-        route = f" on {flag['route']}" if flag.get("route") else ""
+        severity = flag.severity
+        route = f" on {flag.route}" if flag.route else ""
         out.append(
             f'<div class="flag {escape(severity)}"><span class="sev">{escape(severity)}</span>'
-            f" <b>{escape(str(flag.get('kind', '')))}</b>{escape(route)}"
-            f"{_location(flag.get('location'))}"
-            f"<p>{escape(str(flag.get('evidence', '')))}</p>"
-            f"<p><b>Suggestion:</b> {escape(str(flag.get('suggestion', '')))}</p></div>")
+            f" <b>{escape(flag.kind)}</b>{escape(route)}"
+            f"{_location(flag.location)}"
+            f"<p>{escape(flag.evidence)}</p>"
+            f"<p><b>Suggestion:</b> {escape(flag.suggestion)}</p></div>")
     return "".join(out)
 
 
-def summary_line(report: Mapping[str, Any]) -> str:
-    target = report.get("target") or {}
-    window = report.get("window") or {}
-    samples = report.get("samples") or {}
+def summary_line(report: Report) -> str:
+    target, window, samples = report.target, report.window, report.samples
     parts = []
-    if target.get("command"):
-        parts.append(f"{target['command']} (pids {', '.join(map(str, target.get('pids', [])))})")
-    if window.get("start"):
-        parts.append(f"{window['start']} to {window.get('end')}"
-                     f" ({float(window.get('seconds') or 0):.1f} s)")
-    if samples.get("total") is not None:
-        parts.append(f"{samples['total']:,} stack samples at {samples.get('rate_hz')} Hz")
+    if target.command:
+        parts.append(f"{target.command} (pids {', '.join(map(str, target.pids))})")
+    if window.start:
+        parts.append(f"{window.start} to {window.end} ({window.seconds:.1f} s)")
+    parts.append(f"{samples.total:,} stack samples at {samples.rate_hz} Hz")
     return escape("; ".join(parts))
 
 
-def render_page(tree: FlameNode, report: dict[str, Any] | None, title: str,
+def render_page(tree: FlameNode, report: Report | None, title: str,
                 app_roots: Sequence[str] = ()) -> str:
     """The standalone page: report sections when a report is given, then the flamegraph (its
     frames coloured by kind with the session's `app_roots`)."""
@@ -128,8 +126,8 @@ def render_page(tree: FlameNode, report: dict[str, Any] | None, title: str,
     ]
     if report is not None:
         parts += [f'<p class="summary">{summary_line(report)}</p>',
-                  "<h2>Findings</h2>", flags_section(report.get("flags") or []),
-                  "<h2>Endpoints</h2>", endpoints_table(report.get("endpoints") or [])]
+                  "<h2>Findings</h2>", flags_section(report.flags),
+                  "<h2>Endpoints</h2>", endpoints_table(report.endpoints)]
     parts += [
         "<h2>Flamegraph</h2>",
         '<form class="tools" id="flame-search-form">',

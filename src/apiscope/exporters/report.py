@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from apiscope.analysis.attribution import app_roots
 from apiscope.analysis.context import SessionData
@@ -20,6 +19,7 @@ from apiscope.errors import UsageError
 from apiscope.exporters.html import render_page
 from apiscope.exporters.tree import build_tree
 from apiscope.model import SampleState, StackSample
+from apiscope.report import Report
 from apiscope.store.reader import SessionReader
 
 
@@ -27,13 +27,13 @@ def active_stacks(data: SessionData) -> list[StackSample]:
     return [s for _, s in data.samples if s.state is not SampleState.WAITING]
 
 
-def render_html(report: dict[str, Any], data: SessionData, title: str | None = None) -> str:
-    title = title or f"apiscope report: {report['target'].get('command') or 'session'}"
+def render_html(report: Report, data: SessionData, title: str | None = None) -> str:
+    title = title or f"apiscope report: {report.target.command or 'session'}"
     return render_page(build_tree(active_stacks(data)), report, title, app_roots(data.routes))
 
 
 def write_report(session: SessionReader | str | os.PathLike[str], path: str | Path,
-                 slo_ms: float | None = None) -> dict[str, Any]:
+                 slo_ms: float | None = None) -> Report:
     """Write the report at the end of attach/run/demo: JSON or HTML chosen by the suffix.
 
     `session` is an open reader or the session file's path. Returns the report.
@@ -54,10 +54,10 @@ def check_report_suffix(path: str | Path) -> None:
         raise UsageError(f"--report {path}: use a .json or .html file name")
 
 
-def save_report(report: dict[str, Any], data: SessionData, path: str | Path) -> None:
+def save_report(report: Report, data: SessionData, path: str | Path) -> None:
     """Write an analysed report as JSON or standalone HTML, by the file's suffix."""
     check_report_suffix(path)
     target = Path(path)
     json_out = target.suffix.lower() == ".json"
-    text = json.dumps(report, indent=2) + "\n" if json_out else render_html(report, data)
+    text = json.dumps(report.to_json(), indent=2) + "\n" if json_out else render_html(report, data)
     target.write_text(text, encoding="utf-8")
