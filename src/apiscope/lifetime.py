@@ -28,6 +28,20 @@ def die_with_parent() -> None:
         pass  # not Linux: py-spy's own --duration bound still ends it
 
 
+def interruptible() -> None:
+    """`preexec_fn` for a child we stop with SIGINT (py-spy writes its window on it, gdb
+    detaches): SIGINT back to its default action. A shell starts background jobs with SIGINT
+    ignored, an ignored signal stays ignored across exec, and apiscope keeps it so for itself
+    (`nohup` semantics), but its children must still stop when asked."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def interruptible_and_tied() -> None:
+    """`interruptible` and `die_with_parent`, for py-spy."""
+    interruptible()
+    die_with_parent()
+
+
 class Reaper:
     """Removes `path` when this process ends, cleanly or not; `close()` after removing it."""
 

@@ -20,7 +20,7 @@ from typing import Protocol
 import psutil
 
 from apiscope.collectors.pyspy import READY_MARKER
-from apiscope.lifetime import die_with_parent
+from apiscope.lifetime import interruptible_and_tied
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ class PopenSpy:
         self._proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                       text=True, errors="replace", start_new_session=True,
-                                      preexec_fn=die_with_parent)
+                                      preexec_fn=interruptible_and_tied)
         self._ready = threading.Event()
         self._out: list[str] = []
         self._err: list[str] = []

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from apiscope.lifetime import interruptible
+
 INTERRUPT_GRACE = 5.0  # seconds a debugger gets to detach after SIGINT
 
 
@@ -38,7 +40,8 @@ def run_with_deadline(argv: Sequence[str], timeout: float) -> RunResult:
     """
     started = time.monotonic()
     proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=interruptible)
     timed_out = False
     try:
         out, _ = proc.communicate(timeout=timeout)
