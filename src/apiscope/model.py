@@ -272,3 +272,20 @@ class ProfileNode:
     def key(self) -> tuple[str, str, int]:
         """What nodes merge on across profiles: (function, file, line)."""
         return (self.function, self.file, self.line)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredProfile:
+    """One request's async profile as the store holds it: who served it, when, how long it
+    took, and its call tree (None for a stored tree that is not one)."""
+
+    pid: int
+    start: float  # epoch seconds the request started
+    method: str
+    route: str  # the template, as the agent named the request's route
+    duration_ms: float
+    tree: ProfileNode | None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.method} {self.route}"

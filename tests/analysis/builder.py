@@ -24,6 +24,7 @@ from apiscope.model import (
     SampleState,
     StackSample,
     StackWindow,
+    StoredProfile,
     ThreadPoolSample,
     ThreadRole,
 )
@@ -105,7 +106,7 @@ class Spec:
     requests: list[RequestRecord] = field(default_factory=list)
     resources: list[ResourceSample] = field(default_factory=list)
     threadpool: list[ThreadPoolSample] = field(default_factory=list)
-    profiles: list[dict[str, Any]] = field(default_factory=list)
+    profiles: list[StoredProfile] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     routes: list[RouteInfo] = field(default_factory=lambda: list(ROUTES))
     # The kernel's CPU time per window and thread, as the sampler records it: each thread's
@@ -152,8 +153,7 @@ class Spec:
             writer.put_resources(self.resources)
             writer.put_threadpool(self.threadpool)
             for p in self.profiles:
-                writer.put_profile(PID, p["start"], p["method"], p["route"], p["duration_ms"],
-                                   p["tree"])
+                writer.put_profile(PID, p.start, p.method, p.route, p.duration_ms, p.tree)
             writer.flush()
         return path
 

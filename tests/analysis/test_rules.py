@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from apiscope.analysis.report import build_report
-from apiscope.model import Frame, QueryStat, SampleState, ThreadPoolSample
+from apiscope.model import (
+    Frame,
+    ProfileNode,
+    QueryStat,
+    SampleState,
+    StoredProfile,
+    ThreadPoolSample,
+)
 from tests.analysis.builder import (
     APP,
     LOOP_TID,
@@ -282,7 +289,7 @@ def test_error_rate_names_exception_and_line(tmp_path: Path) -> None:
     assert flag["metric"]["errors"] == 34
 
 
-def _profile(route: str, duration: float, await_ms: float, start: float) -> dict[str, Any]:
+def _profile(route: str, duration: float, await_ms: float, start: float) -> StoredProfile:
     method, template = route.split(" ")
     tree = {"function": "read_item", "file": APP, "line": 10, "time_ms": duration,
             "await_ms": 0.0, "children": [
@@ -290,8 +297,7 @@ def _profile(route: str, duration: float, await_ms: float, start: float) -> dict
                  "await_ms": await_ms, "children": []},
                 {"function": "serialize", "file": APP, "line": 15, "time_ms": 1.0,
                  "await_ms": 0.0, "children": []}]}
-    return {"start": start, "method": method, "route": template, "duration_ms": duration,
-            "tree": tree}
+    return StoredProfile(PID, start, method, template, duration, ProfileNode.from_json(tree))
 
 
 def test_slow_await_from_profiles(tmp_path: Path) -> None:

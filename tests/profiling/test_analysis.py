@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from apiscope.analysis.profiles import SiteAwait, aggregate, breakdown, merge_trees
 from apiscope.analysis.report import build_report
-from apiscope.model import ProfileNode
+from apiscope.model import ProfileNode, StoredProfile
 from tests.analysis.builder import SITE, T0, healthy, request, write_and_open
-from tests.profiling.trees import ORDERS, as_read, awaiting_profile, cpu_profile, node, series
+from tests.profiling.trees import ORDERS, awaiting_profile, cpu_profile, node, series
 
 ROOTS = ("/srv/shop",)
 
@@ -23,7 +24,7 @@ def flags_of(report, kind):  # type: ignore[no-untyped-def]
 
 
 def test_await_is_charged_to_the_awaiting_user_line() -> None:
-    split = breakdown(as_read([awaiting_profile("GET /orders", 300.0, 240.0, T0)])[0], ROOTS)
+    split = breakdown(awaiting_profile("GET /orders", 300.0, 240.0, T0), ROOTS)
     assert split.total_ms == 300.0 and split.await_ms == 240.0 + 58.0
     assert split.sites == {(ORDERS, 41, "list_orders"): SiteAwait(
         240.0, "AsyncSession.execute", "sqlalchemy")}
@@ -33,7 +34,7 @@ def test_await_is_charged_to_the_awaiting_user_line() -> None:
 def test_aggregate_per_route() -> None:
     profiles = (series(awaiting_profile, "GET /orders", 4, 300.0, 240.0)
                 + series(cpu_profile, "GET /search", 3, 120.0))
-    routes = aggregate(as_read(profiles), ROOTS)
+    routes = aggregate(profiles, ROOTS)
     orders, search = routes["GET /orders"], routes["GET /search"]
     assert (orders.count, orders.total_ms, orders.cpu_ms) == (4, 1200.0, 8.0)
     site = orders.dominant
@@ -45,14 +46,14 @@ def test_aggregate_per_route() -> None:
     assert search.cpu_ms == 3 * 117.0 and search.dominant is not None
     assert search.dominant.share == 3.0 / 120.0
     assert orders.tree is not None and orders.tree.time_ms == 1200.0  # merged
-    assert [p["start"] for p in orders.slowest][:1] == [T0]
+    assert [p.start for p in orders.slowest][:1] == [T0]
 
 
 def test_a_site_costs_its_floor_not_its_outliers() -> None:
     # a cache in front of the query: most requests never await it, two missed it badly
     profiles = series(awaiting_profile, "GET /orders", 6, 12.0, 1.0)
     profiles += series(awaiting_profile, "GET /orders", 2, 2000.0, 1990.0)
-    site = aggregate(as_read(profiles), ROOTS)["GET /orders"].dominant
+    site = aggregate(profiles, ROOTS)["GET /orders"].dominant
     assert site is not None and site.floor_ms == 1.0 and site.typical_ms == 1.0
     assert site.total_ms == 6 * 1.0 + 2 * 1990.0
 
@@ -62,9 +63,9 @@ def test_contended_resource_is_charged_to_no_line() -> None:
     profiles = []
     for route in ("GET /orders", "GET /orders/{id}", "GET /customers", "GET /invoices"):
         profiles += series(awaiting_profile, route, 4, 300.0, 240.0)
-    routes = aggregate(as_read(profiles), ROOTS)
+    routes = aggregate(profiles, ROOTS)
     assert all(r.sites[0].contended and r.dominant is None for r in routes.values())
-    two = aggregate(as_read(profiles[:8]), ROOTS)["GET /orders"]
+    two = aggregate(profiles[:8], ROOTS)["GET /orders"]
     assert two.dominant is not None  # two routes: not yet
 
 
@@ -111,8 +112,8 @@ def test_await_with_no_user_frame_is_no_site() -> None:
     # a sync handler: its await is anyio's wait for the worker thread, in library code only
     pool = node("run_sync", f"{SITE}/anyio/to_thread.py", 56, 200.0, 200.0)
     tree = node("GET /stock", "", 0, 201.0, 0.0, pool)
-    profile = {"method": "GET", "route": "/stock", "duration_ms": 201.0, "tree": tree}
-    route = aggregate(as_read([profile] * 5), ROOTS)["GET /stock"]
+    profile = StoredProfile(0, 0.0, "GET", "/stock", 201.0, ProfileNode.from_json(tree))
+    route = aggregate([profile] * 5, ROOTS)["GET /stock"]
     assert route.sites == [] and route.await_ms == 1000.0 and route.dominant is None
     assert route.outside_ms == 5.0  # the root's own millisecond: outside the request's frames
 
@@ -121,9 +122,10 @@ def test_time_outside_the_request_is_not_its_own(tmp_path: Path) -> None:
     # other code seen at the root, outside the request: the query still dominates the rest
     spec = healthy()
     spec.profiles = series(awaiting_profile, "GET /orders", 6, 1000.0, 240.0)
-    for profile in spec.profiles:
-        profile["tree"]["await_ms"] = 0.0  # so the root has 758 ms of its own: other code
-    route = aggregate(as_read(spec.profiles), ROOTS)["GET /orders"]
+    # the root awaiting nothing, so it has 758 ms of its own: other code
+    spec.profiles = [replace(p, tree=replace(p.tree, await_ms=0.0)) for p in spec.profiles
+                     if p.tree is not None]
+    route = aggregate(spec.profiles, ROOTS)["GET /orders"]
     assert route.outside_ms == 6 * 758.0 and route.dominant is not None
     assert route.dominant.share == 240.0 / 242.0
     [flag] = flags_of(report_of(spec, tmp_path), "slow_await")

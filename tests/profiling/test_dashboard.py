@@ -19,7 +19,7 @@ from apiscope.dashboard.profiles import (
     tree_rows,
 )
 from tests.analysis.builder import healthy
-from tests.profiling.trees import ORDERS, as_read, awaiting_profile, series
+from tests.profiling.trees import ORDERS, awaiting_profile, series
 from tests.support import free_port
 
 ROOTS = ("/srv/shop",)
@@ -34,7 +34,7 @@ def session(tmp_path: Path) -> Path:
 
 
 def test_tree_rows_fold_library_frames_but_the_awaited_call() -> None:
-    profiles = as_read(series(awaiting_profile, ROUTE, 2, 300.0, 240.0))
+    profiles = series(awaiting_profile, ROUTE, 2, 300.0, 240.0)
     route = aggregate(profiles, ROOTS)[ROUTE]
     assert route.tree is not None
     rows = [(r.depth, r.function, r.app) for r in tree_rows(route.tree, route.count, ROOTS)]

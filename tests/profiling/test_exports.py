@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+
+import pytest
 
 from apiscope.exporters.profile import (
     frame_records,
@@ -18,7 +21,8 @@ PROFILE = awaiting_profile("GET /orders/{order_id}", 300.0, 240.0, T0)
 
 
 def test_frame_records_add_up_to_the_tree() -> None:
-    records = frame_records(PROFILE["tree"])
+    assert PROFILE.tree is not None
+    records = frame_records(PROFILE.tree)
     assert abs(sum(seconds for _, seconds in records) - 0.300) < 1e-9
     awaited = [path for path, _ in records if path[-1] == "[await]"]
     assert len(awaited) == 2  # greenlet_spawn's 240 ms and the root's own 58 ms
@@ -53,3 +57,8 @@ def test_speedscope_file_is_valid_and_balanced() -> None:
 def test_download_names_are_safe() -> None:
     name = profile_filename(PROFILE, ".html")
     assert name == f"GET-orders-order_id-4242-{int(T0 * 1000)}.html"
+
+
+def test_a_profile_without_a_tree_is_refused() -> None:
+    with pytest.raises(ValueError, match="no call tree"):
+        render_profile_html(replace(PROFILE, tree=None))

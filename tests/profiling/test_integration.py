@@ -12,7 +12,7 @@ import pytest
 from apiscope.analysis.profiles import aggregate
 from apiscope.analysis.report import build_report
 from apiscope.collectors.agent_client import AgentClient, batch_from_json
-from apiscope.model import RequestRecord
+from apiscope.model import RequestRecord, StoredProfile
 from apiscope.store import SessionReader, SessionWriter
 from tests.support import free_port, run_server, uvicorn_argv, wait_until
 
@@ -41,6 +41,11 @@ class Pulled:
 
     def count(self, endpoint: str) -> int:
         return sum(1 for p in self.profiles if f"{p['method']} {p['route']}" == endpoint)
+
+    def stored(self, pid: int) -> list[StoredProfile]:
+        """The pulled profiles as the store reads them back."""
+        return [StoredProfile(pid, p["start"], p["method"], p["route"], p["duration_ms"],
+                              p["tree"]) for p in self.profiles]
 
 
 def pull_into(client: AgentClient, pulled: Pulled) -> None:
@@ -95,7 +100,7 @@ def test_live_profiles_name_the_await_line_and_spare_the_cpu_route(
                                 "function": "fetch_quote"}
     assert "`sleep` at profiled_app.py:" in flag["evidence"]
     assert flag["metric"]["typical_await_ms"] >= 70.0
-    routes = aggregate(pulled.profiles, (str(Path(APP_FILE).parent),))
+    routes = aggregate(pulled.stored(server.pid), (str(Path(APP_FILE).parent),))
     crunch = routes[CRUNCH]
     assert crunch.cpu_ms / crunch.total_ms > 0.8  # the CPU route runs, it does not await
     assert routes[QUOTES].await_ms / routes[QUOTES].total_ms > 0.8

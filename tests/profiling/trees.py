@@ -1,11 +1,12 @@
-"""Hand-built profiles in the agent's tree shape, for the analysis and export tests."""
+"""Hand-built stored profiles, their trees written in the agent's JSON shape, for the analysis
+and export tests."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from apiscope.model import ProfileNode
-from tests.analysis.builder import APP, SITE, T0
+from apiscope.model import ProfileNode, StoredProfile
+from tests.analysis.builder import APP, PID, SITE, T0
 
 ORDERS = "/srv/shop/shop/orders.py"
 
@@ -17,7 +18,7 @@ def node(function: str, file: str, line: int, time_ms: float, await_ms: float = 
 
 
 def awaiting_profile(route: str, duration: float, query_ms: float, start: float,
-                     cpu_ms: float = 2.0) -> dict[str, Any]:
+                     cpu_ms: float = 2.0) -> StoredProfile:
     """A request whose handler awaits `AsyncSession.execute` at orders.py:41 (inside
     SQLAlchemy, where the await really suspends) and computes for `cpu_ms`."""
     method, template = route.split(" ")
@@ -30,25 +31,18 @@ def awaiting_profile(route: str, duration: float, query_ms: float, start: float,
     framework = node("APIRoute.handle", f"{SITE}/starlette/routing.py", 289,
                      query_ms + cpu_ms, 0.0, handler, render)
     tree = node(route, "", 0, duration, duration - query_ms - cpu_ms, framework)
-    return {"pid": 4242, "start": start, "method": method, "route": template,
-            "duration_ms": duration, "tree": tree}
+    return StoredProfile(PID, start, method, template, duration, ProfileNode.from_json(tree))
 
 
-def cpu_profile(route: str, duration: float, start: float) -> dict[str, Any]:
+def cpu_profile(route: str, duration: float, start: float) -> StoredProfile:
     """A request busy computing, with one small await (a cache read) on the way."""
     method, template = route.split(" ")
     crunch = node("search_items", APP, 44, duration - 3.0)
     cache = node("get", f"{SITE}/redis/asyncio/client.py", 600, 3.0, 3.0)
     handler = node("search_items", APP, 40, 3.0, 0.0, cache)
     tree = node(route, "", 0, duration, 0.0, crunch, handler)
-    return {"pid": 4242, "start": start, "method": method, "route": template,
-            "duration_ms": duration, "tree": tree}
+    return StoredProfile(PID, start, method, template, duration, ProfileNode.from_json(tree))
 
 
-def series(make: Any, route: str, n: int, *args: float) -> list[dict[str, Any]]:
+def series(make: Any, route: str, n: int, *args: float) -> list[StoredProfile]:
     return [make(route, *args, T0 + i) for i in range(n)]
-
-
-def as_read(profiles: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The profiles as the store reads them back: each tree a `ProfileNode`."""
-    return [{**p, "tree": ProfileNode.from_json(p["tree"])} for p in profiles]

@@ -24,6 +24,7 @@ from apiscope.model import (
     SampleState,
     StackSample,
     StackWindow,
+    StoredProfile,
     ThreadRole,
 )
 from apiscope.store import SCHEMA_VERSION, SessionReader, SessionWriter
@@ -168,7 +169,7 @@ def test_profile_trees_round_trip_compressed(tmp_path: Path) -> None:
         writer.put_profile(10, 1.0, "GET", "/items/{item_id}/quote", 251.0, tree)
     reader = SessionReader(path)
     fetch = ProfileNode("fetch", "", 0, 0.0, 0.0)  # what the agent left out reads as empty
-    assert reader.profiles("/items/{item_id}/quote")[0]["tree"] == ProfileNode(
+    assert reader.profiles("/items/{item_id}/quote")[0].tree == ProfileNode(
         "quote", "/app/q.py", 24, 250.0, 248.0, (fetch,) * 50)
     assert stored(path, "SELECT length(tree) FROM profiles") < len(json.dumps(tree)) / 4
 
@@ -186,5 +187,21 @@ def test_profile_trees_are_typed_once_read_and_stored_as_the_agent_sent_them(
         writer.put_profile(10, 1.0, "GET", "/q", 81.0, node)
         writer.put_profile(10, 2.0, "GET", "/q", 81.0, tree)
         writer.put_profile(10, 3.0, "GET", "/q", 81.0, None)
-    trees = [p["tree"] for p in SessionReader(path).profiles("/q")]
+    trees = [p.tree for p in SessionReader(path).profiles("/q")]
     assert trees == [node, node, None]
+
+
+def test_profiles_read_back_typed(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    leaf = ProfileNode("sleep", "/usr/lib/python3.12/asyncio/tasks.py", 665, 80.0, 80.0)
+    tree = ProfileNode("GET /q", "", 0, 81.0, 0.0, (leaf,))
+    with SessionWriter(path) as writer:
+        writer.put_profile(11, 2.5, "POST", "/r", 12.0, None)
+        writer.put_profile(10, 1.5, "GET", "/q", 81.0, tree)
+    with SessionReader(path) as reader:
+        profiles = reader.profiles()
+        assert reader.profiles("/r") == [StoredProfile(11, 2.5, "POST", "/r", 12.0, None)]
+    assert profiles == [StoredProfile(10, 1.5, "GET", "/q", 81.0, tree),
+                        StoredProfile(11, 2.5, "POST", "/r", 12.0, None)]
+    assert all(isinstance(p, StoredProfile) for p in profiles)
+    assert isinstance(profiles[0].tree, ProfileNode) and profiles[0].endpoint == "GET /q"

@@ -24,6 +24,7 @@ from apiscope.model import (
     RouteInfo,
     SampleState,
     StackSample,
+    StoredProfile,
     ThreadCpu,
     ThreadPoolSample,
     ThreadRole,
@@ -47,7 +48,7 @@ class SessionData:
     requests: list[RequestRecord]
     resources: list[ResourceSample]
     threadpool: list[ThreadPoolSample]
-    profiles: list[dict[str, Any]]
+    profiles: list[StoredProfile]
     start: float
     end: float
     # The kernel's CPU seconds per window and thread (tid 0: the process); empty for sessions

@@ -30,11 +30,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from statistics import median
-from typing import Any
 
 from apiscope.analysis.flags import pct
 from apiscope.frames import is_app_frame, package_of
-from apiscope.model import Frame, ProfileNode
+from apiscope.model import Frame, ProfileNode, StoredProfile
 
 SiteKey = tuple[str, int, str]  # (file, line, function) of the awaiting application frame
 SLOWEST_KEPT = 10
@@ -90,7 +89,7 @@ class RouteProfiles:
     outside_ms: float = 0.0
     sites: list[AwaitSite] = field(default_factory=list)  # costliest (by floor) first
     tree: ProfileNode | None = None  # all profiles merged (times summed)
-    slowest: list[dict[str, Any]] = field(default_factory=list)  # slowest profiles first
+    slowest: list[StoredProfile] = field(default_factory=list)  # slowest profiles first
     requests: list[RequestBreakdown] = field(default_factory=list)
 
     @property
@@ -102,10 +101,6 @@ class RouteProfiles:
     def dominant(self) -> AwaitSite | None:
         """The costliest site not awaiting a contended resource."""
         return next((s for s in self.sites if not s.contended and s.floor_ms > 0), None)
-
-
-def endpoint_of(profile: dict[str, Any]) -> str:
-    return f"{profile['method']} {profile['route']}"
 
 
 def nodes(tree: ProfileNode) -> Iterator[ProfileNode]:
@@ -126,12 +121,12 @@ def resource_of(file: str) -> str:
     return package_of(file)
 
 
-def breakdown(profile: dict[str, Any], roots: Sequence[str]) -> RequestBreakdown:
+def breakdown(profile: StoredProfile, roots: Sequence[str]) -> RequestBreakdown:
     """Split one profile's time (see the module docstring)."""
-    tree = profile.get("tree")
-    if not isinstance(tree, ProfileNode):
-        return RequestBreakdown(float(profile.get("duration_ms") or 0.0), 0.0, 0.0, {})
-    total = tree.time_ms or float(profile.get("duration_ms") or 0.0)
+    tree = profile.tree
+    if tree is None:
+        return RequestBreakdown(profile.duration_ms, 0.0, 0.0, {})
+    total = tree.time_ms or profile.duration_ms
     outside = 0.0
     if not tree.file:  # the agent's synthetic root: its own time is not the request's
         outside = max(0.0, tree.time_ms - tree.await_ms
@@ -173,28 +168,27 @@ def lower_quartile(values: Sequence[float]) -> float:
     return ordered[int(0.25 * (len(ordered) - 1))] if ordered else 0.0
 
 
-def aggregate(profiles: Iterable[dict[str, Any]], roots: Sequence[str] = (),
+def aggregate(profiles: Iterable[StoredProfile], roots: Sequence[str] = (),
               slow_ms: float = DEFAULT_SLOW_MS) -> dict[str, RouteProfiles]:
     """Each route's `RouteProfiles`, keyed by endpoint ("METHOD /template"); `slow_ms` is the
     median await from which a resource counts as slow on a route (for contention)."""
     routes: dict[str, RouteProfiles] = {}
     trees: dict[str, list[ProfileNode]] = {}
     for profile in profiles:
-        route = routes.setdefault(endpoint_of(profile), RouteProfiles(endpoint_of(profile)))
+        route = routes.setdefault(profile.endpoint, RouteProfiles(profile.endpoint))
         split = breakdown(profile, roots)
         route.count += 1
         route.total_ms += split.total_ms
         route.await_ms += split.await_ms
         route.outside_ms += split.outside_ms
         route.requests.append(split)
-        tree = profile.get("tree")
-        if isinstance(tree, ProfileNode):
-            trees.setdefault(route.endpoint, []).append(tree)
+        if profile.tree is not None:
+            trees.setdefault(route.endpoint, []).append(profile.tree)
         route.slowest.append(profile)
     contended = contended_resources(routes.values(), slow_ms)
     for route in routes.values():
         route.tree = merge_trees(trees.get(route.endpoint, ()))
-        route.slowest.sort(key=lambda p: -float(p.get("duration_ms") or 0.0))
+        route.slowest.sort(key=lambda p: -p.duration_ms)
         del route.slowest[SLOWEST_KEPT:]
         route.sites = _sites(route.requests, contended)
     return routes

@@ -29,7 +29,7 @@ from apiscope.exporters.profile import (
     render_profile_html,
     render_profile_speedscope,
 )
-from apiscope.model import ProfileNode
+from apiscope.model import ProfileNode, StoredProfile
 from apiscope.store import SessionReader
 
 NO_PROFILES = ("no async profiles of this endpoint yet: the agent profiles 1 request in 20 per"
@@ -55,18 +55,18 @@ def profiles_section() -> html.Section:
                          dcc.Download(id="profile-download")])
 
 
-def load_profiles(path: Any, endpoint: str) -> list[dict[str, Any]]:
+def load_profiles(path: Any, endpoint: str) -> list[StoredProfile]:
     """The stored profiles of one endpoint ("METHOD /template"), through a connection of its
     own (callbacks run in threads; the dashboard's reader is not this module's to lock)."""
     method, _, template = endpoint.partition(" ")
     if not template:
         return []
     with SessionReader(path) as reader:
-        return [p for p in reader.profiles(template) if p["method"] == method]
+        return [p for p in reader.profiles(template) if p.method == method]
 
 
-def profile_key(profile: dict[str, Any]) -> str:
-    return f"{profile.get('pid')}:{float(profile.get('start') or 0.0)!r}"
+def profile_key(profile: StoredProfile) -> str:
+    return f"{profile.pid}:{float(profile.start)!r}"
 
 
 def tree_rows(tree: ProfileNode, count: int, roots: Sequence[str],
@@ -151,20 +151,17 @@ def _slowest_table(route: RouteProfiles, roots: Sequence[str]) -> Any:
                                    "key": profile_key(profile)})
                    for fmt, label, _ in DOWNLOADS]
         body.append(html.Tr([
-            html.Td(clock(profile.get("start"))), html.Td(str(profile.get("pid"))),
-            html.Td(f"{float(profile.get('duration_ms') or 0.0):,.1f}"),
+            html.Td(clock(profile.start)), html.Td(str(profile.pid)),
+            html.Td(f"{profile.duration_ms:,.1f}"),
             html.Td(f"{100 * split.await_ms / split.total_ms:.0f}%" if split.total_ms else "-"),
             html.Td(html.Code(main)), html.Td(buttons)]))
     return html.Table([html.Thead(head), html.Tbody(body)], id="profiles-table",
                       className="data-table")
 
 
-def export_profile(profile: dict[str, Any], fmt: str) -> dict[str, str]:
+def export_profile(profile: StoredProfile, fmt: str) -> dict[str, str]:
     """What dcc.Download sends for one profile in `fmt` ("html" or "speedscope")."""
     suffix = next(s for f, _, s in DOWNLOADS if f == fmt)
-    tree = profile.get("tree")
-    if isinstance(tree, ProfileNode):  # the exporters take the agent's JSON shape
-        profile = {**profile, "tree": tree.to_json()}
     content = (render_profile_html(profile) if fmt == "html"
                else render_profile_speedscope(profile))
     return {"content": content, "filename": profile_filename(profile, suffix)}

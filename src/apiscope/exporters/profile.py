@@ -14,6 +14,7 @@ from pathlib import PurePath
 from typing import Any
 
 from apiscope.frames import install_dir
+from apiscope.model import ProfileNode, StoredProfile
 
 AWAIT_FRAME = "[await]"
 INTERVAL = 0.001  # the agent's default sampling interval, for pyinstrument's header
@@ -21,60 +22,49 @@ INTERVAL = 0.001  # the agent's default sampling interval, for pyinstrument's he
 Records = list[tuple[list[str], float]]
 
 
-def frame_records(tree: dict[str, Any]) -> Records:
+def frame_records(tree: ProfileNode) -> Records:
     """pyinstrument frame records (root-first identifiers, seconds) equivalent to `tree`."""
     records: Records = []
-    stack: list[tuple[dict[str, Any], list[str]]] = [(tree, [])]
+    stack: list[tuple[ProfileNode, list[str]]] = [(tree, [])]
     while stack:
         node, parent_path = stack.pop()
         path = [*parent_path, _identifier(node)]
-        children = [c for c in node.get("children") or () if isinstance(c, dict)]
-        awaited = float(node.get("await_ms") or 0.0)
-        own = float(node.get("time_ms") or 0.0) - awaited - sum(
-            float(c.get("time_ms") or 0.0) for c in children)
+        own = node.time_ms - node.await_ms - sum(c.time_ms for c in node.children)
         if own > 1e-9:
             records.append((path, own / 1e3))
-        if awaited > 0:
-            records.append(([*path, AWAIT_FRAME], awaited / 1e3))
-        stack.extend((child, path) for child in reversed(children))
+        if node.await_ms > 0:
+            records.append(([*path, AWAIT_FRAME], node.await_ms / 1e3))
+        stack.extend((child, path) for child in reversed(node.children))
     return records
 
 
-def _identifier(node: dict[str, Any]) -> str:
+def _identifier(node: ProfileNode) -> str:
     # pyinstrument's frame info: function NUL file NUL line, then attributes after SOH
     # (`l` the executing line). The request's synthetic root gets a file pyinstrument shows.
-    file = str(node.get("file") or "") or "<request>"
-    line = int(node.get("line") or 0)
-    return f"{node.get('function') or '?'}\x00{file}\x00{line}\x01l{line}"
+    file = node.file or "<request>"
+    return f"{node.function or '?'}\x00{file}\x00{node.line}\x01l{node.line}"
 
 
-def library_prefixes(tree: dict[str, Any]) -> list[str]:
+def library_prefixes(tree: ProfileNode) -> list[str]:
     """The installation directories of the files in `tree`, which pyinstrument treats as
     library code (the target's sys.prefix is not known here)."""
-    found: set[str] = set()
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        directory = install_dir(str(node.get("file") or ""))
-        if directory:
-            found.add(directory)
-        stack.extend(c for c in node.get("children") or () if isinstance(c, dict))
-    return sorted(found)
+    return sorted({d for d in (install_dir(node.file) for node in tree.walk()) if d})
 
 
-def pyinstrument_session(profile: dict[str, Any]) -> Any:
-    """A pyinstrument `Session` rebuilt from a stored profile
-    (`{"pid", "start", "method", "route", "duration_ms", "tree"}`)."""
+def pyinstrument_session(profile: StoredProfile) -> Any:
+    """A pyinstrument `Session` rebuilt from a stored profile (one with a call tree)."""
     from pyinstrument.session import Session  # the collector side always has pyinstrument
 
-    tree = profile["tree"]
+    tree = profile.tree
+    if tree is None:
+        raise ValueError(f"the profile of {profile.endpoint} has no call tree")
     records = frame_records(tree)
     awaited = sum(seconds for path, seconds in records if path[-1] == AWAIT_FRAME)
-    duration = float(tree.get("time_ms") or profile.get("duration_ms") or 0.0) / 1e3
-    title = f"{profile['method']} {profile['route']}"
-    if profile.get("pid"):
-        title += f" (pid {profile['pid']})"
-    return Session(frame_records=records, start_time=float(profile.get("start") or 0.0),
+    duration = (tree.time_ms or profile.duration_ms) / 1e3
+    title = profile.endpoint
+    if profile.pid:
+        title += f" (pid {profile.pid})"
+    return Session(frame_records=records, start_time=profile.start,
                    duration=duration, min_interval=INTERVAL, max_interval=INTERVAL,
                    sample_count=len(records), target_description=title,
                    # the request's root frame: pyinstrument trims the tree above it
@@ -83,23 +73,23 @@ def pyinstrument_session(profile: dict[str, Any]) -> Any:
                    sys_prefixes=library_prefixes(tree))
 
 
-def render_profile_html(profile: dict[str, Any]) -> str:
+def render_profile_html(profile: StoredProfile) -> str:
     """pyinstrument's standalone HTML page for one request."""
     from pyinstrument.renderers import HTMLRenderer
 
     return str(HTMLRenderer().render(pyinstrument_session(profile)))
 
 
-def render_profile_speedscope(profile: dict[str, Any]) -> str:
+def render_profile_speedscope(profile: StoredProfile) -> str:
     """The request as a speedscope file (pyinstrument's evented speedscope export)."""
     from pyinstrument.renderers import SpeedscopeRenderer
 
     return str(SpeedscopeRenderer().render(pyinstrument_session(profile)))
 
 
-def profile_filename(profile: dict[str, Any], suffix: str) -> str:
+def profile_filename(profile: StoredProfile, suffix: str) -> str:
     """`GET-items-item_id-quote-1234-1764126000123.html`: a safe, distinct download name."""
-    route = re.sub(r"[^A-Za-z0-9_]+", "-", str(profile.get("route") or "")).strip("-")
-    stamp = int(float(profile.get("start") or 0.0) * 1000)
-    stem = f"{profile.get('method', 'GET')}-{route or 'root'}-{profile.get('pid', 0)}-{stamp}"
+    route = re.sub(r"[^A-Za-z0-9_]+", "-", profile.route).strip("-")
+    stamp = int(profile.start * 1000)
+    stem = f"{profile.method}-{route or 'root'}-{profile.pid}-{stamp}"
     return str(PurePath(stem).name) + suffix

@@ -32,6 +32,7 @@ from apiscope.model import (
     RouteInfo,
     SampleState,
     StackSample,
+    StoredProfile,
     ThreadCpu,
     ThreadPoolSample,
     ThreadRole,
@@ -349,14 +350,12 @@ class SessionReader(ViewQueries):
                             suggestion))
         return out
 
-    def profiles(self, route: str | None = None) -> list[dict[str, Any]]:
-        """The stored profiles (of one route template), oldest first: `pid`, `start`, `method`,
-        `route`, `duration_ms` and `tree`, a `ProfileNode` (None for a tree that is not one)."""
+    def profiles(self, route: str | None = None) -> list[StoredProfile]:
+        """The stored profiles (of one route template), oldest first, each tree typed."""
         sql = "SELECT pid, start, method, route, duration_ms, tree FROM profiles"
         rows = self._query(sql + (" WHERE route = ?" if route else "") + " ORDER BY start",
                           (route,) if route else ())
-        return [{"pid": p, "start": s, "method": m, "route": r, "duration_ms": d,
-                 "tree": _tree(t)} for p, s, m, r, d, t in rows]
+        return [StoredProfile(p, s, m, r, d, _tree(t)) for p, s, m, r, d, t in rows]
 
     # -- what the agent's watchdogs measured (tables absent from older session files) --------
 

@@ -1,9 +1,8 @@
 """slow_await: one await site dominating a route's latency, from per-request async profiles.
 
-A profile is `{"pid", "start", "method", "route", "duration_ms", "tree"}` where `tree` is a
-call tree of nodes `{"function", "file", "line", "time_ms", "await_ms", "children": [...]}`:
-`time_ms` is the node's inclusive wall time and `await_ms` the time the request was suspended
-while this frame was the innermost one awaiting (its own await, not its children's). The await
+A profile (`apiscope.model.StoredProfile`) holds a call tree of `ProfileNode`s: a node's
+`time_ms` is its inclusive wall time and `await_ms` the time the request was suspended while
+this frame was the innermost one awaiting (its own await, not its children's). The await
 is charged to the awaiting *application* line above it: the user's `await
 session.execute(...)`, not SQLAlchemy's internals (`apiscope.analysis.profiles`, which also
 explains what is left out of a site's share: time outside the request, contended resources).
