@@ -372,7 +372,7 @@ class Collection:
         if unavailable:
             self._warn(f"no per-request profiles from pid {pid}: {unavailable}")
         for profile in batch.profiles:
-            self.sink.profile(pid, profile)
+            self.sink.profile(profile)
         with self._lock:
             self.totals.agent_dropped = max(self.totals.agent_dropped, batch.stats.dropped)
         watchdog_errors = batch.watchdogs.errors if batch.watchdogs is not None else None

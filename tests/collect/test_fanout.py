@@ -12,6 +12,7 @@ from apiscope.model import (
     SampleState,
     StackSample,
     StackWindow,
+    StoredProfile,
     ThreadPoolSample,
     ThreadRole,
 )
@@ -80,8 +81,7 @@ def test_session_only_records_touch_no_metric() -> None:
     s.meta(end=3.0)
     s.process(ProcessInfo(pid=7, ppid=None, role="single", command="x", first_seen=0.0))
     s.routes(7, [])
-    s.profile(7, {"start": 1.0, "method": "GET", "route": "/a", "duration_ms": 2.0,
-                  "tree": {}})
+    s.profile(StoredProfile(7, 1.0, "GET", "/a", 2.0, None))
     s.watchdogs(WatchdogReport(stalls=[], lag=[], gil=GilSample(1.0, 7, 0.5, 0.0, 10, 0.0),
                                cpu_seconds=0.1, errors=0))
     assert metrics.calls == []

@@ -35,17 +35,16 @@ def fetch(url: str) -> None:
 class Pulled:
     def __init__(self) -> None:
         self.requests: list[RequestRecord] = []
-        self.profiles: list[dict[str, Any]] = []
+        self.profiles: list[StoredProfile] = []
         self.routes: list[Any] = []
         self.status: dict[str, Any] = {}
 
     def count(self, endpoint: str) -> int:
-        return sum(1 for p in self.profiles if f"{p['method']} {p['route']}" == endpoint)
+        return sum(1 for p in self.profiles if p.endpoint == endpoint)
 
     def stored(self, pid: int) -> list[StoredProfile]:
         """The pulled profiles as the store reads them back."""
-        return [StoredProfile(pid, p["start"], p["method"], p["route"], p["duration_ms"],
-                              p["tree"]) for p in self.profiles]
+        return [p for p in self.profiles if p.pid == pid]
 
 
 def pull_into(client: AgentClient, pulled: Pulled) -> None:
@@ -64,8 +63,7 @@ def store(path: Path, pid: int, pulled: Pulled, start: float, end: float) -> Non
         writer.put_routes(pid, pulled.routes)
         writer.put_requests(pulled.requests)
         for p in pulled.profiles:  # as the collector stores each pulled profile
-            writer.put_profile(pid, p["start"], p["method"], p["route"], p["duration_ms"],
-                               p["tree"])
+            writer.put_profile(pid, p.start, p.method, p.route, p.duration_ms, p.tree)
         writer.flush()
 
 

@@ -18,10 +18,12 @@ from apiscope.model import (
     LoopLagSample,
     LoopStall,
     ProcessInfo,
+    ProfileNode,
     RequestRecord,
     ResourceSample,
     RouteInfo,
     StackWindow,
+    StoredProfile,
     ThreadPoolSample,
 )
 
@@ -39,7 +41,7 @@ class Writer(Protocol):
     def put_threadpool(self, samples: Iterable[ThreadPoolSample]) -> None: ...
     def put_agent_stats(self, stats: AgentStats) -> None: ...
     def put_profile(self, pid: int, start: float, method: str, route: str,
-                    duration_ms: float, tree: Any) -> None: ...
+                    duration_ms: float, tree: ProfileNode | None) -> None: ...
     def put_loop_stalls(self, stalls: Iterable[LoopStall]) -> None: ...
     def put_loop_lag(self, samples: Iterable[LoopLagSample]) -> None: ...
     def put_gil(self, samples: Iterable[GilSample]) -> None: ...
@@ -109,10 +111,10 @@ class RecordSink:
         self.writer.put_agent_stats(stats)
         self.metrics.observe_agent(stats)
 
-    def profile(self, pid: int, profile: dict[str, Any]) -> None:
+    def profile(self, profile: StoredProfile) -> None:
         """A sampled request's profile (the dashboard reads it from the session)."""
-        self.writer.put_profile(pid, profile["start"], profile["method"], profile["route"],
-                                profile["duration_ms"], profile["tree"])
+        self.writer.put_profile(profile.pid, profile.start, profile.method, profile.route,
+                                profile.duration_ms, profile.tree)
 
     def watchdogs(self, report: WatchdogReport) -> None:
         """The agent's loop and GIL watchdogs (the analysis reads them from the session)."""

@@ -32,6 +32,7 @@ from apiscope.model import (
     QueryStat,
     RequestRecord,
     RouteInfo,
+    StoredProfile,
     ThreadPoolSample,
 )
 
@@ -73,8 +74,8 @@ class AgentBatch:
     routes: list[RouteInfo]
     threadpool: ThreadPoolSample | None
     stats: AgentStats
-    # `start`, `method`, `route`, `duration_ms` and `tree`, a `ProfileNode` (see `_profile`).
-    profiles: list[dict[str, Any]] = field(default_factory=list)
+    # sampled requests' profiles, their trees typed where the agent's JSON is read
+    profiles: list[StoredProfile] = field(default_factory=list)
     more: bool = False  # the agent holds more requests than one pull returns: pull again
     profiling: dict[str, Any] | None = None  # the agent's profiling status, when it says
     routing: dict[str, Any] | None = None  # {"source": "framework"|"inferred"|..., ...}
@@ -255,7 +256,7 @@ def batch_from_json(data: dict[str, Any], pid: int | None = None) -> AgentBatch:
         ) if pool else None,
         stats=AgentStats(ts=ts, pid=pid, recorded=int(stats.get("recorded", 0)),
                          dropped=int(stats.get("dropped", 0)), errors=int(stats.get("errors", 0))),
-        profiles=[_profile(p) for p in data.get("profiles", [])],
+        profiles=[_profile(p, pid) for p in data.get("profiles", [])],
         more=bool(data.get("more", False)),
         profiling=data.get("profiling"),
         routing=data.get("routing"),
@@ -294,11 +295,13 @@ _REQUEST_FIELDS = ("start", "duration_ms", "method", "route", "status", "exc_typ
                    "exc_file", "exc_line", "queries")
 
 
-def _profile(p: dict[str, Any]) -> dict[str, Any]:
-    """A pulled profile with its tree typed, once, here where the agent's JSON is read (None
-    for a tree that is not a JSON object)."""
+def _profile(p: dict[str, Any], pid: int) -> StoredProfile:
+    """A pulled profile, typed once, here where the agent's JSON is read (its tree None when it
+    is not a JSON object)."""
     tree = p.get("tree")
-    return {**p, "tree": ProfileNode.from_json(tree) if isinstance(tree, dict) else None}
+    return StoredProfile(pid=pid, start=float(p["start"]), method=str(p["method"]),
+                         route=str(p["route"]), duration_ms=float(p["duration_ms"]),
+                         tree=ProfileNode.from_json(tree) if isinstance(tree, dict) else None)
 
 
 def _request(r: list[Any] | dict[str, Any], pid: int) -> RequestRecord:
