@@ -141,3 +141,16 @@ def test_counts_follow_the_time_shown_and_the_measured_cpu(
     ran = sum(r.count for r in rows if r.state is SampleState.RUNNING)
     assert abs(ran - min(1.0, cpu / clock) * total) <= 1
     assert all(r.count > 0 for r in rows)
+
+
+@given(st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 500)), min_size=1, max_size=40),
+       st.floats(0.0, 3000.0), st.booleans())
+def test_share_by_odds_holds_the_budget_and_favours_likelier_lines(
+        rows: list[tuple[float, int]], budget: float, above: bool) -> None:
+    weights, counts = [w for w, _ in rows], [c for _, c in rows]
+    got = share_by_odds(budget, weights, counts, above=above)
+    cap = sum(counts) if above else sum(c * min(1 - 1e-6, max(w, 1e-6)) for w, c in rows)
+    assert abs(sum(got) - min(budget, cap)) <= 1e-6 * max(1.0, budget)
+    assert all(-1e-9 <= g <= c + 1e-9 for g, c in zip(got, counts, strict=True))
+    per_count = sorted((w, g / c) for (w, c), g in zip(rows, got, strict=True) if c > 0)
+    assert all(a[1] <= b[1] + 1e-9 for a, b in zip(per_count, per_count[1:], strict=False))

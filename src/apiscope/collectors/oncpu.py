@@ -129,38 +129,45 @@ def share_by_odds(budget: float, weights: Sequence[float], counts: Sequence[floa
     always runs. Shifting odds keeps a line that always runs the first to be filled, and one that
     rarely runs the last. Without `above`, no row goes above its learnt share (the shift is
     never positive). The result sums to the budget, or to what the rows can hold."""
-    logits = [_logit(w) for w in weights]
+    odds = [_odds(w) for w in weights]
 
-    def held(shift: float) -> float:
-        return sum(c * _sigmoid(x + shift) for x, c in zip(logits, counts, strict=True))
+    def running(scale: float) -> list[float]:
+        return [o * scale / (1.0 + o * scale) for o in odds]
 
     low, high = -_MAX_SHIFT, (_MAX_SHIFT if above else 0.0)
-    target = min(budget, held(high))
+    most = running(math.exp(high))
+    target = min(budget, sum(c * p for c, p in zip(counts, most, strict=True)))
     if target <= 0:
         return [0.0] * len(counts)
-    for _ in range(60):  # bisection: `held` grows with the shift
-        middle = (low + high) / 2
-        if held(middle) < target:
-            low = middle
+    if target >= budget - _TOLERANCE and above and budget >= sum(counts) - _TOLERANCE:
+        return [float(c) for c in counts]
+    # Newton's method on the shift, kept inside a bracket that bisection narrows: `held`
+    # grows with the shift, so a handful of steps suffice.
+    shift = min(max(0.0, low), high)
+    for _ in range(_MAX_STEPS):
+        p = running(math.exp(shift))
+        held = sum(c * x for c, x in zip(counts, p, strict=True))
+        if abs(held - target) <= _TOLERANCE:
+            break
+        if held < target:
+            low = shift
         else:
-            high = middle
-    return [c * _sigmoid(x + high) for x, c in zip(logits, counts, strict=True)]
+            high = shift
+        slope = sum(c * x * (1.0 - x) for c, x in zip(counts, p, strict=True))
+        step = shift - (held - target) / slope if slope > 0 else (low + high) / 2
+        shift = step if low < step < high else (low + high) / 2
+    return [c * x for c, x in zip(counts, running(math.exp(shift)), strict=True)]
 
 
 _MAX_SHIFT = 40.0
+_MAX_STEPS = 100
+_TOLERANCE = 1e-9  # samples
 _EDGE = 1e-6
 
 
-def _logit(p: float) -> float:
+def _odds(p: float) -> float:
     p = min(1.0 - _EDGE, max(_EDGE, p))
-    return math.log(p / (1.0 - p))
-
-
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
+    return p / (1.0 - p)
 
 
 def whole(shares: Sequence[float], caps: Sequence[int]) -> list[int]:
