@@ -75,7 +75,8 @@ def run(seconds: float = 40.0, rps: float = 50.0) -> dict[str, Any]:
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(30)
-    duration = meta["end"] - meta["start"]
+    assert meta.start is not None and meta.end is not None, "the collector noted no span"
+    duration = meta.end - meta.start
     return {"seconds": duration, "bytes": size, "mb_per_hour": size / duration * 3600 / 1e6,
             "request_rate": requests / duration, "workers": 4, "rate_hz": 100}
 

@@ -25,6 +25,7 @@ import psutil
 
 from apiscope.collectors.agent_client import AgentClient
 from apiscope.inject import eject_agent
+from apiscope.model import SessionMeta
 from apiscope.store import SessionReader
 from tests.support import ROOT, free_port, run_server, uvicorn_argv, wait_until
 
@@ -231,9 +232,9 @@ def pyspy_tracing(pid: int) -> list[int]:
     return found
 
 
-def session_meta(session: Path) -> dict[str, object]:
+def session_meta(session: Path) -> SessionMeta:
     with SessionReader(session) as reader:
-        return dict(reader.meta())
+        return reader.meta()
 
 
 def wait_gone(pid: int, timeout: float = 30) -> None:

@@ -60,7 +60,7 @@ def test_a_full_disk_ends_the_session_honestly(tmp_path: Path) -> None:
         assert drive(url, 20) == (20, 0)  # the target never noticed
         assert_clean([server.pid], place)
         with SessionReader(session) as reader:  # what was written stays readable
-            assert reader.windows() and reader.meta()["end"], err
+            assert reader.windows() and reader.meta().end, err
         filler.unlink()
         os.sync()
 

@@ -44,7 +44,7 @@ def check(session: Path) -> None:
     assert (n_plus_one.file, n_plus_one.line) == (
         str(VIEWS), line_of(VIEWS, "order.item.name"))
     with SessionReader(session) as reader:  # the report can say where routes came from
-        assert reader.meta()["routing"] == {"source": "framework", "frameworks": ["django"]}
+        assert reader.meta().routing == {"source": "framework", "frameworks": ["django"]}
     routes = {(r.method, r.template): r for r in stored(session, PROBE)[1]}
     checks = {("GET", "/api/items/<int:pk>/"): ("item_detail", "def item_detail", False),
               ("POST", "/api/items/"): ("ItemList.post", "def post", False),

@@ -48,7 +48,7 @@ def test_run_records_loop_stalls_at_the_blocking_line_and_gil_samples(tmp_path: 
         stalls = reader.loop_stalls()
         lag = reader.loop_lag()
         gil = reader.gil_samples()
-        cpu = reader.meta().get("watchdog_cpu_seconds")
+        cpu = reader.meta().watchdog_cpu_seconds
     leaves = Counter((s.frames[-1].function, s.frames[-1].file, s.frames[-1].line)
                      for s in stalls if s.frames)
     (leaf, count), *_ = leaves.most_common()

@@ -22,6 +22,7 @@ from apiscope.model import (
     RequestRecord,
     ResourceSample,
     SampleState,
+    SessionMeta,
     StackSample,
     StackWindow,
     StoredProfile,
@@ -55,7 +56,7 @@ def test_schema_version_wal_and_private_file(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert (path.stat().st_mode & 0o777) == 0o600
-    assert SessionReader(path).meta() == {"command": "uvicorn app:app"}
+    assert SessionReader(path).meta() == SessionMeta(command="uvicorn app:app")
 
 
 def test_frames_and_stacks_are_stored_once(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
 
 from apiscope.analysis.attribution import RouteMatcher, is_tool_work, user_frame
 from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds
@@ -23,6 +22,7 @@ from apiscope.model import (
     ResourceSample,
     RouteInfo,
     SampleState,
+    SessionMeta,
     StackSample,
     StoredProfile,
     ThreadCpu,
@@ -40,7 +40,7 @@ HANDLER_ROLES = frozenset({ThreadRole.LOOP, ThreadRole.WORKER})
 class SessionData:
     """The parts of a session the analysis reads."""
 
-    meta: dict[str, Any]
+    meta: SessionMeta
     routes: list[RouteInfo]
     roles: dict[tuple[int, int], ThreadRole]
     windows: list[WindowInfo]
@@ -69,8 +69,8 @@ def load_session(reader: SessionReader) -> SessionData:
     meta = reader.meta()
     windows = reader.windows()
     span = reader.time_range()
-    start = float(meta.get("start") or (span[0] if span else 0.0))
-    end = float(meta.get("end") or (span[1] if span else start))
+    start = float(meta.start or (span[0] if span else 0.0))
+    end = float(meta.end or (span[1] if span else start))
     return SessionData(
         meta=meta, routes=reader.routes(),
         roles={key: role for key, (_, role) in reader.threads().items()},
@@ -171,7 +171,7 @@ def attribute(data: SessionData, matcher: RouteMatcher) -> list[Attributed]:
                    is_tool_work(sample.frames))
             cache[id(sample.frames)] = hit
         role = data.roles.get((sample.pid, sample.tid), ThreadRole.OTHER)
-        rate = rates.get(window) or int(data.meta.get("rate_hz") or 100)
+        rate = rates.get(window) or data.meta.rate_hz or 100
         seconds = sample.count / rate
         cpu = waited = 0.0
         key = (window, sample.pid, sample.tid)

@@ -39,7 +39,7 @@ def effective_thresholds(data: SessionData, slo_ms: float | None,
     """The objective is `slo_ms` if given, else the thresholds', else the session's
     (`--slo-ms` at collection), else 200 ms."""
     base = thresholds or Thresholds()
-    chosen = slo_ms or base.slo_ms or data.meta.get("slo_ms") or DEFAULT_SLO_MS
+    chosen = slo_ms or base.slo_ms or data.meta.slo_ms or DEFAULT_SLO_MS
     return replace(base, slo_ms=float(chosen))
 
 
@@ -60,14 +60,13 @@ def find_flags(reader: SessionReader, *, slo_ms: float | None = None,
 
 def _target(data: SessionData) -> Target:
     meta = data.meta
-    pids = meta.get("pids") or sorted({r.pid for r in data.resources}
-                                      | {s.pid for _, s in data.samples})
+    pids = meta.pids or sorted({r.pid for r in data.resources}
+                               | {s.pid for _, s in data.samples})
     # Agents left in the target, with the command that retries (the key earlier reports had).
-    left = tuple(DetachFailed.from_json(d) for d in meta.get("detach_failed") or ())
+    left = tuple(DetachFailed.from_json(d) for d in meta.detach_failed)
     # What went wrong per process while collecting (windows lost, agent errors, failed
     # detaches): present when something did, one entry per process with something to say.
-    failures = {int(e["pid"]): ProcessFailures.from_json(e)
-                for e in meta.get("target_failures") or ()}
+    failures = {f.pid: f for f in map(ProcessFailures.from_json, meta.target_failures)}
     for gone in left:  # stored alone by earlier versions
         pid = int(gone.pid)
         entry = failures.get(pid) or ProcessFailures(pid)
@@ -75,7 +74,7 @@ def _target(data: SessionData) -> Target:
             entry,
             detach_failed=gone.reason if entry.detach_failed is None else entry.detach_failed,
             retry=gone.retry if entry.retry is None else entry.retry)
-    return Target(tuple(pids), meta.get("command"), meta.get("server"), meta.get("python"),
+    return Target(tuple(pids), meta.command, meta.server, meta.python,
                   left, tuple(failures[pid] for pid in sorted(failures)))
 
 
@@ -105,15 +104,14 @@ def _failure_text(entry: ProcessFailures) -> list[str]:
 
 def _gaps(data: SessionData) -> tuple[Gap, ...]:
     """Stretches without stack samples (a stopped target), kept apart, never smoothed over."""
-    return tuple(Gap(iso(g["start"]), iso(g["end"]), round(g["end"] - g["start"], 3),
-                     g.get("reason"))
-                 for g in data.meta.get("gaps") or ())
+    return tuple(Gap(iso(g.start), iso(g.end), round(g.end - g.start, 3), g.reason)
+                 for g in data.meta.gaps)
 
 
 def _samples(data: SessionData) -> SampleSummary:
     meta = data.meta
-    rate = meta.get("rate_hz") or (data.windows[0].rate_hz if data.windows else None)
-    errors = meta.get("samples_errors")
+    rate = meta.rate_hz or (data.windows[0].rate_hz if data.windows else None)
+    errors = meta.samples_errors
     if errors is None:
         errors = sum(w.errors for w in data.windows)
     effective = None
@@ -121,15 +119,15 @@ def _samples(data: SessionData) -> SampleSummary:
         seconds = sum(w.end - w.start for w in data.windows)
         effective = round(sum(w.rate_hz * (w.end - w.start) for w in data.windows) / seconds,
                           1) if seconds > 0 else rate
-    budgeted = meta.get("max_overhead") is not None
+    budgeted = meta.max_overhead is not None
     return SampleSummary(
-        total=sum(s.count for _, s in data.samples), rate_hz=rate, errors=int(errors),
+        total=sum(s.count for _, s in data.samples), rate_hz=rate, errors=errors,
         cpu_measured=bool(data.thread_cpu),
-        windows_dropped=int(meta["windows_dropped"]) if meta.get("windows_dropped") else None,
-        windows_failed=int(meta["windows_failed"]) if meta.get("windows_failed") else None,
+        windows_dropped=meta.windows_dropped or None,
+        windows_failed=meta.windows_failed or None,
         effective_rate_hz=effective,
-        max_overhead_percent=meta["max_overhead"] if budgeted else None,
-        overhead_percent=meta.get("overhead") if budgeted else None)
+        max_overhead_percent=meta.max_overhead,
+        overhead_percent=meta.overhead if budgeted else None)
 
 
 def analyse(data: SessionData, *, slo_ms: float | None = None,

@@ -78,7 +78,7 @@ def session_profile(reader: SessionReader, samples: list[StackSample], title: st
     app roots that tell the application's frames as the report does."""
     start = session_start(reader)
     end = (reader.time_range() or (start, start))[1]
-    rate = int(reader.meta().get("rate_hz") or 0) or None
+    rate = reader.meta().rate_hz or None
     routes = reader.routes()
     return Profile(samples, title, report, threads=threads, rate_hz=rate,
                    endpoint_of=route_matcher(routes), span=(start, max(0.0, end - start)),

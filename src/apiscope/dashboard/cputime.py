@@ -24,6 +24,7 @@ from apiscope.model import (
     Frame,
     RouteInfo,
     SampleState,
+    SessionMeta,
     StackSample,
     ThreadCpu,
     ThreadRole,
@@ -131,7 +132,7 @@ def cpu_context(per: Mapping[ThreadStack, float], process_cpu: Mapping[int, floa
         sample = StackSample(pid, tid, "", frames_of(stack_id), 1, SampleState.RUNNING)
         samples.append(Attributed(0.0, sample, role, endpoint, user, 0.0, tool=tool,
                                   cpu=seconds))
-    data = SessionData(meta={}, routes=[], roles={}, windows=[], samples=[], requests=[],
+    data = SessionData(meta=SessionMeta(), routes=[], roles={}, windows=[], samples=[], requests=[],
                        resources=[], threadpool=[], profiles=[], start=0.0, end=0.0,
                        process_cpu=[ThreadCpu(0.0, pid, 0, s) for pid, s in
                                     sorted(process_cpu.items())])

@@ -31,6 +31,7 @@ from apiscope.model import (
     ResourceSample,
     RouteInfo,
     SampleState,
+    SessionMeta,
     StackSample,
     StoredProfile,
     ThreadCpu,
@@ -106,8 +107,10 @@ class SessionReader(ViewQueries):
 
     # -- metadata -----------------------------------------------------------------------------
 
-    def meta(self) -> dict[str, Any]:
-        return {key: json.loads(value) for key, value in self._query("SELECT key, value FROM meta")}
+    def meta(self) -> SessionMeta:
+        """What the collector noted about the session, typed (empty when it noted nothing)."""
+        return SessionMeta.from_stored(
+            {key: json.loads(value) for key, value in self._query("SELECT key, value FROM meta")})
 
     def processes(self) -> list[ProcessInfo]:
         return [ProcessInfo(*row) for row in self._query(
@@ -264,7 +267,7 @@ class SessionReader(ViewQueries):
         window counts 1 / rate per sample. Each window's figures depend on that window alone,
         so ranges of windows can be read apart and added.
         """
-        rate = int(self.meta().get("rate_hz") or 100)
+        rate = self.meta().rate_hz or 100
         measured = self._has_table("thread_cpu")
         join = ("LEFT JOIN thread_cpu c ON c.window_id = p.window_id AND c.pid = p.pid"
                 " AND c.tid = p.tid" if measured else "")
