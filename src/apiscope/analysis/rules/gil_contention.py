@@ -32,12 +32,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from apiscope.analysis.attribution import user_frame
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Flag
 from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct, where
+from apiscope.analysis.offcpu import asleep_sites
 from apiscope.analysis.stats import warmup_end
 from apiscope.analysis.thresholds import grade
-from apiscope.model import Frame, GilSample, LoopStall, SampleState, ThreadRole
+from apiscope.model import Frame, GilSample, SampleState, ThreadRole
 
 BUSY_THREAD_CORES = 0.15
 HOLDER_MIN_RUN = 0.2  # running / shown: 1/N for N threads contending; a sleep's is ~0.03
@@ -62,21 +62,6 @@ def wait_share(gil: Sequence[GilSample], start: float, end: float) -> float | No
             waited += g.wait_seconds * part
             wakes += g.acquisitions * part
     return waited / wakes / SWITCH_INTERVAL if wakes > 0 else None
-
-
-def off_cpu_lines(stalls: Sequence[LoopStall], pid: int,
-                  roots: Sequence[str]) -> set[tuple[str, int]]:
-    """The application lines (file, line) where the loop watchdog's looks at the kernel found
-    the loop thread stalled mostly asleep or in I/O rather than on a CPU or ready for one."""
-    looks: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
-    for stall in stalls:
-        line = user_frame(stall.frames, roots) if stall.pid == pid else None
-        if line is None:
-            continue
-        counts = looks[(line.file, line.line)]
-        counts[0] += stall.activity.get("sleep", 0) + stall.activity.get("io", 0)
-        counts[1] += stall.activity.get("cpu", 0) + stall.activity.get("queue", 0)
-    return {site for site, (off, on) in looks.items() if off > on}
 
 
 class GilContentionRule:
@@ -133,13 +118,13 @@ class GilContentionRule:
             if a.sample.pid == pid and a.window in starts and a.user is not None and a.active:
                 shown[a.user] += a.seconds
                 ran[a.user] += a.seconds if a.sample.state is SampleState.RUNNING else 0.0
-        asleep = off_cpu_lines(ctx.data.loop_stalls, pid, ctx.matcher.roots)
+        asleep = asleep_sites(ctx.data.loop_stalls, ctx.matcher.roots)
         for roles in ({ThreadRole.WORKER}, HANDLER_ROLES):
             for a in ctx.samples:
                 if (a.sample.pid == pid and a.window in starts and a.cpu > 0
                         and a.user is not None and not a.tool and a.role in roles
                         and ran[a.user] >= HOLDER_MIN_RUN * shown[a.user]
-                        and (a.user.file, a.user.line) not in asleep):
+                        and (pid, a.user.file, a.user.line) not in asleep):
                     lines[a.user] += a.cpu
                     routes[a.endpoint] += a.cpu
             if lines:
