@@ -7,8 +7,9 @@ import io
 import pytest
 
 from apiscope.collection import Collection, CollectOptions
+from apiscope.collectors.agent_client import WatchdogReport
 from apiscope.collectors.samplerstats import EndReason
-from apiscope.model import Frame, StackSample, StackWindow
+from apiscope.model import Frame, LoopStall, StackSample, StackWindow
 from tests.collect.fakes import (
     FakeClients,
     FakeInjections,
@@ -145,6 +146,19 @@ def test_the_agents_own_error_counters_are_stored() -> None:
     rig.collection.pull_agents()
     rig.collection.stop()
     assert rig.writer.meta["target_failures"] == [{"pid": 12, "agent_internal_errors": 3}]
+
+
+def test_the_agents_loop_stalls_reach_the_sampler() -> None:
+    # What the watchdog measured the loop doing tells the sampler which lines sleep.
+    stall = LoopStall(11, 1, 5.0, 40.0, (Frame("audit", "app.py", 23),), 1.0, {"sleep": 4})
+    rig = Rig()
+    rig.clients.scripts[11] = [batch(11, watchdogs=WatchdogReport(
+        stalls=[stall], lag=[], gil=None, cpu_seconds=0.1, errors=0))]
+    rig.collection.start()
+    rig.collection.pull_agents()
+    rig.collection.stop()
+    assert rig.sampler.stalls == [stall]
+    assert len(rig.writer.named("put_loop_stalls")) == 1
 
 
 def test_lost_windows_are_stored_on_the_sampled_process() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
@@ -37,7 +37,7 @@ from apiscope.collectors.stacks import StackSampler
 from apiscope.collectors.target import Target
 from apiscope.errors import TargetError
 from apiscope.metrics import MetricsExporter
-from apiscope.model import ResourceSample, StackWindow
+from apiscope.model import LoopStall, ResourceSample, StackWindow
 
 
 @dataclass
@@ -88,6 +88,7 @@ class Sampler(Protocol):
 
     def start(self) -> None: ...
     def stop(self, timeout: float = 30.0) -> None: ...
+    def note_stalls(self, stalls: Iterable[LoopStall]) -> None: ...
 
 
 class Resources(Protocol):
@@ -379,6 +380,7 @@ class Collection:
         self.failures.agent_counters(pid, internal=batch.stats.errors, watchdog=watchdog_errors)
         if batch.watchdogs is not None:
             self.sink.watchdogs(batch.watchdogs)
+            self._sampler.note_stalls(batch.watchdogs.stalls)  # lines measured asleep
             self._watchdog_cpu[str(pid)] = batch.watchdogs.cpu_seconds
             self.sink.meta(watchdog_cpu_seconds=dict(self._watchdog_cpu))
         if self.options.verbosity >= 2 and (batch.requests or batch.profiles):

@@ -17,6 +17,7 @@ from apiscope.collectors.samplerstats import EndReason, SamplerStats
 from apiscope.collectors.target import Target
 from apiscope.model import (
     AgentStats,
+    LoopStall,
     ProcessInfo,
     RequestRecord,
     ResourceSample,
@@ -158,6 +159,10 @@ class FakeSampler:
         self.budget = budget
         self.options = RecordOptions(rate_hz=rate_hz)
         self.started = self.stopped = False
+        self.stalls: list[LoopStall] = []
+
+    def note_stalls(self, stalls: Iterable[LoopStall]) -> None:
+        self.stalls.extend(stalls)
 
     def start(self) -> None:
         self.started = True

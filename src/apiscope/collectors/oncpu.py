@@ -27,11 +27,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from apiscope.collectors.chrometrace import Segment
-from apiscope.model import Frame, SampleState, StackSample
+from apiscope.model import Frame, LoopStall, SampleState, StackSample
 
 ThreadKey = tuple[int, int]
 StackKey = tuple[int, int, tuple[Frame, ...]]
@@ -46,6 +46,19 @@ POOL_BELOW = 0.5  # seconds shown: below, a line shares its kind's pooled share
 
 def _start(idle: bool) -> float:
     return PRIOR_IDLE if idle else PRIOR_ACTIVE
+
+
+def asleep_leaves(stalls: Iterable[LoopStall]) -> set[tuple[str, int]]:
+    """The leaf lines (file, line) of the loop stalls whose looks at the kernel found the loop
+    thread asleep or in I/O more often than on a CPU or ready for one: a `time.sleep` or a
+    sync socket read on the loop, whatever py-spy's view of it in transition says."""
+    out: set[tuple[str, int]] = set()
+    for stall in stalls:
+        off = stall.activity.get("sleep", 0) + stall.activity.get("io", 0)
+        on = stall.activity.get("cpu", 0) + stall.activity.get("queue", 0)
+        if stall.frames and off > on:
+            out.add((stall.frames[-1].file, stall.frames[-1].line))
+    return out
 
 
 def line_times(segments: Sequence[Segment], idle: IdleFn) -> dict[LineKey, float]:
@@ -68,6 +81,7 @@ class ActivityShares:
     """
 
     def __init__(self) -> None:
+        self._asleep: frozenset[tuple[str, int]] = frozenset()  # measured off-CPU (file, line)
         self._shown: dict[LineKey, float] = defaultdict(float)
         self._active: dict[LineKey, float] = defaultdict(float)
         self._shown_seconds = 0.0
@@ -85,7 +99,18 @@ class ActivityShares:
             self._shown_seconds += seconds
         self._pooled = None
 
+    def asleep(self, sites: Iterable[tuple[str, int]]) -> None:
+        """Leaf lines (file, line) the agent's loop watchdog saw its thread asleep or in I/O at:
+        measured, they are never counted running, in any thread. Safe to call from another
+        thread than the one sharing out (the set is replaced, never changed)."""
+        self._asleep = self._asleep | frozenset(sites)
+
+    def is_asleep(self, leaf: Frame | None) -> bool:
+        return leaf is not None and (leaf.file, leaf.line) in self._asleep
+
     def share(self, leaf: Frame | None, idle: bool) -> float:
+        if self.is_asleep(leaf):
+            return 0.0
         if idle:
             # The stack proves the thread idle (py-spy's view of it in transition is not to be
             # trusted there): it takes only what the thread's measured CPU leaves once the
@@ -231,7 +256,11 @@ def split_samples(segments: Sequence[Segment], rate: int, idle: IdleFn, shares: 
             else:
                 cpu = min(1.0, budget.cpu / seconds) * total
                 queued = min(1.0, budget.runqueue / seconds) * total
-            ran = whole(share_by_odds(cpu, weights, counts, above=not active_only), counts)
+            # A line measured asleep holds none of it, however long it shows: CPU the other
+            # stacks cannot hold stays unplaced rather than land on a sleep.
+            can_run = [0 if shares.is_asleep(k[2][-1] if k[2] else None) else c
+                       for k, c in zip(keys, counts, strict=True)]
+            ran = whole(share_by_odds(cpu, weights, can_run, above=not active_only), can_run)
             left = [c - r for c, r in zip(counts, ran, strict=True)]
             runnable = whole(share_by_odds(queued, weights, left, above=not active_only), left)
         for key, n, r, q, flag in zip(keys, counts, ran, runnable, flags, strict=True):

@@ -28,13 +28,14 @@ import math
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from apiscope.collectors.budget import OverheadBudget, WindowCost
+from apiscope.collectors.oncpu import asleep_leaves
 from apiscope.collectors.pyspy import (
     RecordOptions,
     exited_message,
@@ -54,7 +55,7 @@ from apiscope.collectors.threadcpu import ThreadCpuReader
 from apiscope.collectors.windows import WindowMeter
 from apiscope.errors import TargetError
 from apiscope.lifetime import Reaper
-from apiscope.model import StackWindow
+from apiscope.model import LoopStall, StackWindow
 
 MIN_STOP_GAP = 0.5  # seconds: a stop seen for less is not reported as a gap
 
@@ -154,6 +155,13 @@ class StackSampler:
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the sampler has ended (stopped, target exited, failed)."""
         return self._done.wait(timeout)
+
+    def note_stalls(self, stalls: Iterable[LoopStall]) -> None:
+        """The agent's loop stalls: a line its kernel looks found asleep is split as one that
+        does not run, from the next window on (see `oncpu.asleep_leaves`)."""
+        sites = asleep_leaves(stalls)
+        if sites:
+            self._meter.asleep(sites)
 
     @property
     def running(self) -> bool:

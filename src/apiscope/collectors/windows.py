@@ -77,6 +77,10 @@ class WindowMeter:
         if self.stats.activity_windows or not self._learns:
             self.flush()
 
+    def asleep(self, sites: Iterable[tuple[str, int]]) -> None:
+        """Lines measured asleep by the agent's loop watchdog (`ActivityShares.asleep`)."""
+        self._shares.asleep(sites)
+
     def failed(self, exc: Exception) -> None:
         self.stats.failed_windows += 1
         self.stats.last_failure = f"{type(exc).__name__}: {exc}"
