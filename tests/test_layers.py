@@ -1,5 +1,6 @@
 """Layers import downward only: cli -> dashboard, metrics, exporters -> analysis -> store ->
-model (and `flag` and `report`, the typed flags and report beside it). A lower layer importing
+model (and `flag`, `report` and `sessionmeta`, the typed flags, report and session metadata
+beside it). A lower layer importing
 a higher one would tie, say, the analysis to how a report is drawn; and SQL stays in the store,
 so a schema change is the store's alone."""
 
@@ -17,6 +18,7 @@ ABOVE = {
     "model": ("store", "analysis", "exporters", "dashboard", "metrics", "cli"),
     "flag": ("store", "analysis", "exporters", "dashboard", "metrics", "cli"),
     "report": ("store", "analysis", "exporters", "dashboard", "metrics", "cli"),
+    "sessionmeta": ("store", "analysis", "exporters", "dashboard", "metrics", "cli"),
     "store": ("analysis", "exporters", "dashboard", "metrics", "cli"),
     "analysis": ("exporters", "dashboard", "metrics", "cli"),
 }

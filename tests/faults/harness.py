@@ -25,7 +25,7 @@ import psutil
 
 from apiscope.collectors.agent_client import AgentClient
 from apiscope.inject import eject_agent
-from apiscope.model import SessionMeta
+from apiscope.sessionmeta import SessionMeta
 from apiscope.store import SessionReader
 from tests.support import ROOT, free_port, run_server, uvicorn_argv, wait_until
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import apiscope
-from apiscope.model import SessionMeta, StoredGap
+from apiscope.sessionmeta import SessionMeta, StoredGap
 from apiscope.store import SessionReader, SessionWriter
 
 # Every key, in the shape the collector writes it (`apiscope.collection`).

@@ -22,12 +22,12 @@ from apiscope.model import (
     RequestRecord,
     ResourceSample,
     SampleState,
-    SessionMeta,
     StackSample,
     StackWindow,
     StoredProfile,
     ThreadRole,
 )
+from apiscope.sessionmeta import SessionMeta
 from apiscope.store import SCHEMA_VERSION, SessionReader, SessionWriter
 from apiscope.store.reader import SampleFilter
 from tests.support import wait_until

@@ -22,7 +22,6 @@ from apiscope.model import (
     ResourceSample,
     RouteInfo,
     SampleState,
-    SessionMeta,
     StackSample,
     StoredProfile,
     ThreadCpu,
@@ -30,6 +29,7 @@ from apiscope.model import (
     ThreadRole,
     WindowInfo,
 )
+from apiscope.sessionmeta import SessionMeta
 from apiscope.store.reader import SessionReader
 
 # Thread roles whose samples run request handlers: the denominators of every share.

@@ -24,12 +24,12 @@ from apiscope.model import (
     Frame,
     RouteInfo,
     SampleState,
-    SessionMeta,
     StackSample,
     ThreadCpu,
     ThreadRole,
     WindowInfo,
 )
+from apiscope.sessionmeta import SessionMeta
 from apiscope.store.reader import SessionReader
 
 ThreadStack = tuple[int, int, int]  # pid, tid, stack id

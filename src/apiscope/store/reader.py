@@ -31,7 +31,6 @@ from apiscope.model import (
     ResourceSample,
     RouteInfo,
     SampleState,
-    SessionMeta,
     StackSample,
     StoredProfile,
     ThreadCpu,
@@ -39,6 +38,7 @@ from apiscope.model import (
     ThreadRole,
     WindowInfo,
 )
+from apiscope.sessionmeta import SessionMeta
 from apiscope.store import schema
 from apiscope.store.queries import ViewQueries
 
