@@ -18,7 +18,9 @@ Each thread's samples of a window then become RUNNING rows (its measured CPU tim
 over its stacks by those shares, no stack above its own time), RUNNABLE rows (its measured
 run-queue time: work it wanted to do while the host had no free CPU, shared out the same way)
 and BLOCKED rows (the rest: a sleep, I/O, a lock, the GIL), or WAITING at stacks that prove the
-thread idle (the event loop in its selector, a pool worker waiting for a job). Counts are whole
+thread idle (the event loop in its selector, a pool worker waiting for a job). Lines the agent's
+loop watchdog measured asleep (`asleep_leaves`: its looks at the kernel during loop stalls) are
+never running, whatever their learnt share. Counts are whole
 samples: seconds x rate, rounded so that each thread's total is kept.
 """
 
@@ -42,6 +44,10 @@ PRIOR_ACTIVE = 0.5  # a line never measured: as likely running as not
 PRIOR_IDLE = 0.02  # a stack that proves its thread idle
 PRIOR_SECONDS = 0.1  # how much shown time the starting odds count for
 POOL_BELOW = 0.5  # seconds shown: below, a line shares its kind's pooled share
+_MAX_SHIFT = 40.0  # of a line's log-odds of running, either way
+_MAX_STEPS = 100
+_TOLERANCE = 1e-9  # samples
+_EDGE = 1e-6  # shares are kept this far from 0 and 1, so every line has finite odds
 
 
 def _start(idle: bool) -> float:
@@ -182,12 +188,6 @@ def share_by_odds(budget: float, weights: Sequence[float], counts: Sequence[floa
         step = shift - (held - target) / slope if slope > 0 else (low + high) / 2
         shift = step if low < step < high else (low + high) / 2
     return [c * x for c, x in zip(counts, running(math.exp(shift)), strict=True)]
-
-
-_MAX_SHIFT = 40.0
-_MAX_STEPS = 100
-_TOLERANCE = 1e-9  # samples
-_EDGE = 1e-6
 
 
 def _odds(p: float) -> float:
