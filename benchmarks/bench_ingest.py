@@ -4,7 +4,8 @@ Input is real py-spy raw output (the parser's test fixtures: uvicorn, gunicorn w
 workers, a thread pool), replayed as one-second windows. Each window's text is parsed, its
 threads' roles found, its samples split into running and waiting ones and written through
 `SessionWriter`, as the collector does; the rate is samples stored per second of wall time,
-flushed to disk.
+flushed to disk. Each thread is given a measured CPU and run-queue time for its window (as the
+kernel's reading would), so the split shares them out as it does in a session.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from apiscope.collectors.chrometrace import raw_as_trace
-from apiscope.collectors.oncpu import ActivityShares, line_times, split_samples
+from apiscope.collectors.oncpu import ActivityShares, ThreadBudget, line_times, split_samples
 from apiscope.collectors.pyspy import parse_raw
 from apiscope.collectors.threads import is_waiting, thread_roles
 from apiscope.model import Frame, StackWindow, ThreadRole
@@ -43,7 +44,9 @@ def ingest(directory: Path, windows: int = 600) -> dict[str, float]:
 
             trace = raw_as_trace(raw, 100)
             shares.observe(line_times(trace.segments, idle), 1.0, active=i % 4 == 0)
-            samples = split_samples(trace.segments, 100, idle, shares, {}, 1.0)
+            # A third of each thread's window on a CPU, a twentieth waiting for one.
+            budgets = {(s.pid, s.tid): ThreadBudget(0.3, 0.05) for s in trace.segments}
+            samples = split_samples(trace.segments, 100, idle, shares, budgets, 1.0)
             stored += sum(s.count for s in samples)
             writer.put_window(StackWindow(float(i), float(i + 1), 100, samples, threads=roles))
         writer.flush()

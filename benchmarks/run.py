@@ -85,8 +85,9 @@ def section_profiling() -> tuple[str, Any]:
 def section_ingest() -> tuple[str, Any]:
     result = bench_ingest.run()
     size = bench_session_size.run()
-    text = ("## Ingest and session size\n\nParser + thread classification + session writer, "
-            "replaying real py-spy raw windows (3 runs): median "
+    text = ("## Ingest and session size\n\nParser + thread classification + the split of each "
+            "thread's measured CPU over its stacks + session writer, replaying real py-spy raw "
+            "windows (3 runs): median "
             f"**{result['median_samples_per_second']:,.0f} samples/s** (goal >= 100,000).\n\n"
             f"Session growth under `attach --rate 100` of gunicorn with {size['workers']} Uvicorn "
             f"workers at {size['request_rate']:.0f} requests/s, measured over "
