@@ -205,6 +205,16 @@ class LoopStall:
     # look), "sleep", "io", "lock" (a lock, a condition or the GIL).
     activity: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def looks_asleep(self) -> int:
+        """Looks that found the loop thread asleep or in I/O (not on a lock: the GIL is one)."""
+        return self.activity.get("sleep", 0) + self.activity.get("io", 0)
+
+    @property
+    def looks_running(self) -> int:
+        """Looks that found it on a CPU or ready for one."""
+        return self.activity.get("cpu", 0) + self.activity.get("queue", 0)
+
 
 @dataclass(frozen=True, slots=True)
 class LoopLagSample:

@@ -27,6 +27,6 @@ def asleep_sites(stalls: Iterable[LoopStall], roots: Sequence[str]) -> set[Site]
         if line is None:
             continue
         counts = looks[(stall.pid, line.file, line.line)]
-        counts[0] += stall.activity.get("sleep", 0) + stall.activity.get("io", 0)
-        counts[1] += stall.activity.get("cpu", 0) + stall.activity.get("queue", 0)
+        counts[0] += stall.looks_asleep
+        counts[1] += stall.looks_running
     return {site for site, (off, on) in looks.items() if off > on}

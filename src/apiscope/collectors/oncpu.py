@@ -58,13 +58,8 @@ def asleep_leaves(stalls: Iterable[LoopStall]) -> set[tuple[str, int]]:
     """The leaf lines (file, line) of the loop stalls whose looks at the kernel found the loop
     thread asleep or in I/O more often than on a CPU or ready for one: a `time.sleep` or a
     sync socket read on the loop, whatever py-spy's view of it in transition says."""
-    out: set[tuple[str, int]] = set()
-    for stall in stalls:
-        off = stall.activity.get("sleep", 0) + stall.activity.get("io", 0)
-        on = stall.activity.get("cpu", 0) + stall.activity.get("queue", 0)
-        if stall.frames and off > on:
-            out.add((stall.frames[-1].file, stall.frames[-1].line))
-    return out
+    return {(stall.frames[-1].file, stall.frames[-1].line) for stall in stalls
+            if stall.frames and stall.looks_asleep > stall.looks_running}
 
 
 def line_times(segments: Sequence[Segment], idle: IdleFn) -> dict[LineKey, float]:
