@@ -234,8 +234,8 @@ def split_samples(segments: Sequence[Segment], rate: int, idle: IdleFn, shares: 
     for thread, keys in by_thread.items():
         counts = whole([shown[k] * rate for k in keys], [10**9] * len(keys))
         flags = [idle(*k) for k in keys]
-        weights = [shares.share(k[2][-1] if k[2] else None, flag) for k, flag in zip(
-            keys, flags, strict=True)]
+        leaves = [k[2][-1] if k[2] else None for k in keys]
+        weights = [shares.share(leaf, flag) for leaf, flag in zip(leaves, flags, strict=True)]
         total = sum(counts)
         budget = budgets.get(thread)
         if budget is None or seconds <= 0:
@@ -253,8 +253,8 @@ def split_samples(segments: Sequence[Segment], rate: int, idle: IdleFn, shares: 
                 queued = min(1.0, budget.runqueue / seconds) * total
             # A line measured asleep holds none of it, however long it shows: CPU the other
             # stacks cannot hold stays unplaced rather than land on a sleep.
-            can_run = [0 if shares.is_asleep(k[2][-1] if k[2] else None) else c
-                       for k, c in zip(keys, counts, strict=True)]
+            can_run = [0 if shares.is_asleep(leaf) else c
+                       for leaf, c in zip(leaves, counts, strict=True)]
             ran = whole(share_by_odds(cpu, weights, can_run, above=not active_only), can_run)
             left = [c - r for c, r in zip(counts, ran, strict=True)]
             runnable = whole(share_by_odds(queued, weights, left, above=not active_only), left)
