@@ -11,6 +11,7 @@ from apiscope.agent.paths import SocketDirError
 from apiscope.collectors.agent_client import AgentClient, batch_from_json, target_socket_dir
 from apiscope.errors import TargetError
 from apiscope.model import QueryStat
+from tests.support import wait_until
 
 
 def fake_proc(root: Path, pid: int, environ: dict[str, str]) -> str:
@@ -48,6 +49,10 @@ def test_unsafe_target_directory_is_not_trusted(tmp_path: Path,
     with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], env=env,
                           stdin=subprocess.PIPE) as target:
         try:
+            # The check reads the target's environment: start from a target that shows it
+            # (a full run once failed here without this wait).
+            wait_until(lambda: str(open_dir).encode() in Path(
+                f"/proc/{target.pid}/environ").read_bytes(), what="the child's environment")
             with pytest.raises(SocketDirError, match="writable by other users"):
                 target_socket_dir(target.pid)
             client = AgentClient(target.pid)

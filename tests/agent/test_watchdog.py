@@ -86,7 +86,10 @@ FAST = WatchdogOptions(loop_interval=0.02, stall_threshold=0.025, sample_interva
                        gil_interval=0.05)
 
 
-@pytest.fixture(params=[FAST, WatchdogOptions()], ids=["fast", "defaults"])
+PROBED = WatchdogOptions(time_passes=False)  # how a loop without a Python selector is watched
+
+
+@pytest.fixture(params=[FAST, WatchdogOptions(), PROBED], ids=["fast", "defaults", "probed"])
 def loop_thread(request: pytest.FixtureRequest) -> Iterator[LoopThread]:
     lt = LoopThread(request.param)
     lt.start()
@@ -227,6 +230,53 @@ def test_an_idle_loop_is_checked_without_waking_it(loop_thread: LoopThread) -> N
     wait_until(loop_thread.probes_after(10), what="ten checks of the idle loop")
     assert all(lag["max_ms"] == 0.0 for lag in loop_thread.lags[1:])
     assert loop_thread.stalls == []
+
+
+def short_sleeper() -> None:
+    time.sleep(0.03)  # a short stall's line
+
+
+def test_every_short_stall_is_counted_at_its_length(loop_thread: LoopThread) -> None:
+    # A 30 ms stall is longer than the threshold but shorter than the 100 ms between checks:
+    # a probe lands in one only by chance. A selector loop's passes are timed in the loop, so
+    # each one is a stall, and once one is seen the watchdog follows the next ones closely
+    # enough to sample their stacks.
+    wait_until(loop_thread.probes_after(3), what="the watchdog to check the loop")
+    loop_thread.pull()
+    loop_thread.stalls.clear()
+    for _ in range(6):
+        loop_thread.call(short_sleeper)
+        time.sleep(0.3)
+    loop_thread.pull()
+
+    line = short_sleeper.__code__.co_firstlineno + 1
+    at_line = [s for s in loop_thread.stalls
+               if s["frames"] and s["frames"][-1][1:] == [__file__, line]]
+    if loop_thread.watchdogs.options.time_passes:
+        assert len(loop_thread.stalls) == 6
+        assert all(29 <= s["duration_ms"] <= 60 for s in loop_thread.stalls)
+        assert len(at_line) >= 5  # the first may end before the watchdog looks
+        assert all(s["activity"].get("sleep", 0) >= 1 for s in at_line)
+        assert all(s["cpu_ms"] is not None and s["cpu_ms"] < 10 for s in at_line)
+    else:  # probed: a stall is seen only when a probe lands in it (the alert helps)
+        assert len(loop_thread.stalls) <= 6
+        assert len(at_line) == len(loop_thread.stalls)
+
+
+def test_the_selector_is_given_back_when_the_watchdogs_stop() -> None:
+    lt = LoopThread(WatchdogOptions())
+    lt.start()
+    selector = lt.loop._selector  # type: ignore[attr-defined]
+    try:
+        wait_until(lambda: "select" in vars(selector), what="the selector to be timed")
+        lt.call(short_sleeper)
+        wait_until(lambda: lt.pull() and lt.stalls, what="a stall")
+    finally:
+        lt.watchdogs.stop()
+    assert "select" not in vars(selector)  # the class's own method again
+    done = asyncio.run_coroutine_threadsafe(asyncio.sleep(0.01, "served"), lt.loop)
+    assert done.result(timeout=5) == "served"
+    lt.close()
 
 
 def test_a_closed_loop_ends_its_watchdog() -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .background import Background
 from .gilwatch import GilMeter, WakeClock
+from .looppass import PassClock
 from .schedstat import SchedStat, SyscallState, ThreadCpu, percentile
 
 if TYPE_CHECKING:  # the set imports this module; the options are only read here
@@ -30,7 +31,11 @@ MAX_LAGS = 20_000
 MAX_DEPTH = 256  # frames per stack: deeper stacks keep their root part
 MAX_DISTINCT_STACKS = 64  # per stall: a stall moving through many stacks keeps the first ones
 SPARSER_EVERY = 5  # stack samples of one stall before its sampling interval doubles
-ALERT_SECONDS = 10.0  # after a late probe, check at the stall threshold for this long
+ALERT_SECONDS = 10.0  # after a stall, check at the stall threshold for this long
+# A pass is followed (its stack sampled) once it is this share of the stall threshold old, so
+# that a computation holding the GIL, which the watchdog waits for up to a switch interval to
+# get, is still sampled while it lasts.
+CATCH_SHARE = 0.8
 
 Frame = tuple[str, str, int]  # (function as py-spy names it, absolute file, line)
 Stack = tuple[Frame, ...]
@@ -97,16 +102,30 @@ class LoopWatchdog(Background):
         self._seen_at = time.perf_counter()  # when the loop was last seen running
         self._seen_cpu_ns: int | None = time.thread_time_ns()  # the loop thread's CPU then
         self._alert_until = 0.0  # perf_counter time until which probes are watched closely
+        # A selector loop's passes are timed in the loop (see `looppass`); other loops probed.
+        self.passes: PassClock | None = None
+        self._cpu_clock = _thread_cpu_clock(ident)  # the loop thread's CPU clock, if readable
+        self._next_lag = 0.0  # perf_counter time of the next lag measurement (passes mode)
+
+    def start(self) -> None:
+        if self.options.time_passes:
+            self.passes = PassClock.install(self.loop, self.options.stall_threshold)
+        super().start()
 
     def stop(self) -> None:
         super().stop()
+        if self.passes is not None:
+            self.passes.uninstall()
         if self._loop_stat is not None:
             self._loop_stat.close()
             self._loop_stat = None
         self._loop_syscall.close()
 
     def forget_files(self) -> None:
-        """Close the files of threads that are not in this (forked) process."""
+        """Close the files of threads that are not in this (forked) process, and give the
+        loop its selector back."""
+        if self.passes is not None:
+            self.passes.uninstall()
         for stat in (self._loop_stat, self.cpu.stat):
             if stat is not None:
                 stat.close()
@@ -132,6 +151,11 @@ class LoopWatchdog(Background):
 
     def _probe(self) -> None:
         self._ran = (time.perf_counter(), time.thread_time_ns())
+
+    def _lag_probe(self, posted: float) -> None:
+        lag = time.perf_counter() - posted
+        with self._lock:
+            self._lags.append(lag)
 
     # -- the watchdog thread ---------------------------------------------------------------
 
@@ -159,6 +183,98 @@ class LoopWatchdog(Background):
 
     def _cycle(self) -> bool:
         """One check of the loop; False once the loop is closed or the watchdog stopped."""
+        if self.passes is not None:
+            return self._cycle_passes(self.passes)
+        return self._cycle_probes()
+
+    # -- a selector loop: its passes are timed in the loop ---------------------------------
+
+    def _cycle_passes(self, clock: PassClock) -> bool:
+        """Follow the pass the loop is in if it is about to be a stall; otherwise measure the
+        lag when due and sleep. Long passes nobody followed become stalls without a stack."""
+        if self.loop.is_closed():
+            return False
+        if self._unfollowed(clock):
+            self._alert_until = time.perf_counter() + ALERT_SECONDS
+        options = self.options
+        now = time.perf_counter()
+        catch = options.stall_threshold * CATCH_SHARE
+        alerted = now < self._alert_until
+        period = min(options.loop_interval, catch) if alerted else options.loop_interval
+        if clock.parked:
+            if now >= self._next_lag:  # a parked loop would run a probe at once: no lag
+                self._next_lag = now + options.loop_interval
+                self._seen_idle()
+            return self._sleep(period)
+        start = clock.exit_at
+        if now - start >= catch:
+            return self._follow(clock, start)
+        if now >= self._next_lag:
+            self._next_lag = now + options.loop_interval
+            self.loop.call_soon_threadsafe(self._lag_probe, now)
+        # While alerted, wake as this pass turns into a stall, so that it is followed.
+        return self._sleep(start + catch - now if alerted else period)
+
+    def _follow(self, clock: PassClock, start: float) -> bool:
+        """Sample the loop's stack until the pass that began at `start` ends; record it as a
+        stall if it was one. False once stopped."""
+        self._activity.clear()
+        stacks: Counter[Stack] = Counter()
+        followed_at, cpu_then = time.perf_counter(), self._loop_cpu_ns()
+        wait = self.options.sample_interval
+        while clock.exit_at == start and not clock.parked:
+            self._sample(stacks)
+            backoff = 2 ** min(sum(stacks.values()) // SPARSER_EVERY, 3)
+            if not self._sleep(wait * backoff):
+                return False
+        while clock.long:
+            pass_start, seconds, cpu_end = clock.long.popleft()
+            if pass_start != start:  # an earlier long pass, ended before it was seen
+                self._add_stall(pass_start, seconds, None, {}, Counter())
+                continue
+            cpu_ms = None
+            observed = pass_start + seconds - followed_at
+            if cpu_then is not None and observed > 0.002:
+                # The CPU from the first sample to the end, scaled to the whole pass.
+                cpu_ms = min(seconds, (cpu_end - cpu_then) / 1e9 * seconds / observed) * 1000
+            self._add_stall(pass_start, seconds, cpu_ms, dict(self._activity), stacks)
+            self._alert_until = time.perf_counter() + ALERT_SECONDS
+            break
+        self._activity.clear()
+        return True
+
+    def _unfollowed(self, clock: PassClock) -> bool:
+        """Record the long passes that ended between two checks (no stack was sampled)."""
+        found = False
+        while clock.long:
+            pass_start, seconds, _ = clock.long.popleft()
+            self._add_stall(pass_start, seconds, None, {}, Counter())
+            found = True
+        return found
+
+    def _add_stall(self, start: float, seconds: float, cpu_ms: float | None,
+                   activity: dict[str, int], stacks: Counter[Stack]) -> None:
+        frames = [list(f) for f in stacks.most_common(1)[0][0]] if stacks else []
+        stall = {"tid": self.native_id, "start": start + self._epoch_offset,
+                 "duration_ms": round(seconds * 1000.0, 3), "frames": frames,
+                 "cpu_ms": round(cpu_ms, 3) if cpu_ms is not None else None,
+                 "activity": activity}
+        with self._lock:
+            self._stalls.append(stall)
+
+    def _loop_cpu_ns(self) -> int | None:
+        """The loop thread's CPU time now: its CPU clock, else its schedstat."""
+        if self._cpu_clock is not None:
+            try:
+                return time.clock_gettime_ns(self._cpu_clock)
+            except OSError:
+                self._cpu_clock = None
+        read = self._loop_stat.read() if self._loop_stat is not None else None
+        return read[0] if read is not None else None
+
+    # -- any other loop: probed -------------------------------------------------------------
+
+    def _cycle_probes(self) -> bool:
         loop = self.loop
         if loop.is_closed():
             return False
@@ -261,6 +377,19 @@ class LoopWatchdog(Background):
                 self._stalls.append(stall)
         self._seen_at, self._seen_cpu_ns = ran_at, ran_cpu_ns
 
+
+
+def _thread_cpu_clock(ident: int) -> int | None:
+    """The CPU-time clock of the thread `ident` of this process, where the platform has one."""
+    get = getattr(time, "pthread_getcpuclockid", None)
+    if get is None:
+        return None
+    try:
+        clock = int(get(ident))
+        time.clock_gettime_ns(clock)
+    except (OSError, OverflowError, ValueError):
+        return None
+    return clock
 
 
 __all__ = ["LoopWatchdog", "frame_stack"]

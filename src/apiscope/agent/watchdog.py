@@ -44,22 +44,25 @@ class WatchdogOptions:
     watchdog off), `APISCOPE_WATCHDOG=0` turns both off."""
 
     __slots__ = ("enabled", "gil_interval", "loop_interval", "sample_interval",
-                 "stall_threshold")
+                 "stall_threshold", "time_passes")
 
     def __init__(self, loop_interval: float = 0.100, stall_threshold: float = 0.025,
                  sample_interval: float = 0.010, gil_interval: float = 0.050,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, time_passes: bool = True) -> None:
         self.loop_interval = loop_interval
         self.stall_threshold = stall_threshold
         self.sample_interval = sample_interval
         self.gil_interval = gil_interval
         self.enabled = enabled
+        self.time_passes = time_passes  # time a selector loop's passes (else probe it)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WatchdogOptions:
-        """The defaults overridden by the environment; unparsable values are ignored."""
+        """The defaults overridden by the environment; unparsable values are ignored.
+        `APISCOPE_WATCHDOG_PASSES=0` probes every loop instead of timing its passes."""
         environ = os.environ if environ is None else environ
-        options = cls(enabled=environ.get("APISCOPE_WATCHDOG", "1") != "0")
+        options = cls(enabled=environ.get("APISCOPE_WATCHDOG", "1") != "0",
+                      time_passes=environ.get(ENV_PREFIX + "PASSES", "1") != "0")
         for name in ("loop_interval", "stall_threshold", "sample_interval", "gil_interval"):
             raw = environ.get(ENV_PREFIX + name.upper() + "_MS")
             try:
