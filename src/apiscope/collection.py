@@ -89,6 +89,7 @@ class Sampler(Protocol):
     def start(self) -> None: ...
     def stop(self, timeout: float = 30.0) -> None: ...
     def note_stalls(self, stalls: Iterable[LoopStall]) -> None: ...
+    def note_gil(self, pid: int, futex: tuple[int, int]) -> None: ...
 
 
 class Resources(Protocol):
@@ -381,6 +382,8 @@ class Collection:
         if batch.watchdogs is not None:
             self.sink.watchdogs(batch.watchdogs)
             self._sampler.note_stalls(batch.watchdogs.stalls)  # lines measured asleep
+            if batch.watchdogs.gil_futex is not None:  # threads' GIL waits, by the kernel
+                self._sampler.note_gil(pid, batch.watchdogs.gil_futex)
             self._watchdog_cpu[str(pid)] = batch.watchdogs.cpu_seconds
             self.sink.meta(watchdog_cpu_seconds=dict(self._watchdog_cpu))
         if self.options.verbosity >= 2 and (batch.requests or batch.profiles):

@@ -72,6 +72,8 @@ class StackWindow:
     # Recorded without --idle: a thread shows only while py-spy found it active, so its
     # samples are not the window's length (see collectors/oncpu.py).
     active_only: bool = False
+    # (looks, looks blocked on the GIL) of each (pid, tid) looked at (collectors/gillooks.py).
+    thread_gil: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,9 @@ class ThreadCpu:
     tid: int
     seconds: float
     runqueue: float | None = None  # seconds waiting in the run queue for a CPU, when known
+    # The share of the kernel's looks that found the thread waiting for the GIL (None: not
+    # looked at, or a session from before the looks).
+    gil_share: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

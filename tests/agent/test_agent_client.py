@@ -38,6 +38,13 @@ def test_xdg_runtime_dir_and_tmp_fallbacks(tmp_path: Path) -> None:
     assert target_socket_dir(8, proc=proc) == f"/tmp/apiscope-{os.getuid()}"
 
 
+def shows_its_environment(pid: int, value: Path) -> None:
+    """Wait until a target just started shows its own environment in /proc: read within
+    moments of the start it was seen without it (twice in full runs of these tests)."""
+    wait_until(lambda: str(value).encode() in Path(f"/proc/{pid}/environ").read_bytes(),
+               what="the target's environment")
+
+
 def test_unsafe_target_directory_is_not_trusted(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     open_dir = tmp_path / "open"
@@ -49,10 +56,7 @@ def test_unsafe_target_directory_is_not_trusted(tmp_path: Path,
     with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], env=env,
                           stdin=subprocess.PIPE) as target:
         try:
-            # The check reads the target's environment: start from a target that shows it
-            # (a full run once failed here without this wait).
-            wait_until(lambda: str(open_dir).encode() in Path(
-                f"/proc/{target.pid}/environ").read_bytes(), what="the child's environment")
+            shows_its_environment(target.pid, open_dir)
             with pytest.raises(SocketDirError, match="writable by other users"):
                 target_socket_dir(target.pid)
             client = AgentClient(target.pid)
@@ -81,6 +85,7 @@ def test_client_looks_where_the_target_put_its_socket(tmp_path: Path,
     with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], env=env,
                           stdin=subprocess.PIPE) as target:
         try:
+            shows_its_environment(target.pid, theirs)
             client = AgentClient(target.pid)
             assert client.path == str(tmp_path / "ours" / f"agent-{target.pid}.sock")
             (theirs / f"agent-{target.pid}.sock").touch()  # the target's agent started

@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from apiscope.agent.gilwatch import GilMeter, GilWatchdog
+from apiscope.agent.gilwatch import GilMeter, GilWatchdog, gil_futex
 from apiscope.agent.schedstat import SchedStat, percentile
 from apiscope.agent.watchdog import WatchdogOptions, Watchdogs
 from apiscope.collectors.agent_client import batch_from_json
+from apiscope.collectors.gillooks import GIL_SPAN
 from apiscope.model import Frame, GilSample, LoopLagSample, LoopStall
 from apiscope.store import SessionReader, SessionWriter
 from tests.support import wait_until
@@ -359,6 +360,27 @@ def socket_wait(stop: threading.Event) -> None:
                 pass
 
 
+def test_the_gils_futex_is_learnt_and_reported_with_each_pull() -> None:
+    futex = gil_futex()
+    assert futex is not None, "a thread made to wait for the GIL was not seen waiting"
+    number, address = futex
+    assert number >= 0 and address > 0
+    # Learnt again: the same system call, on the same word or its neighbour (the condition
+    # variable waits alternate between two words of the GIL's state).
+    again = gil_futex()
+    assert again is not None and again[0] == number and abs(again[1] - address) <= GIL_SPAN
+    assert not [t for t in threading.enumerate() if t.name == "apiscope-gil-calibration"]
+
+    watchdogs = Watchdogs(WatchdogOptions(gil_interval=0.05))
+    watchdogs.start()
+    try:
+        wait_until(lambda: watchdogs.pull()["gil_futex"] is not None, what="the futex pulled")
+        reported = watchdogs.pull()["gil_futex"]
+        assert reported[0] == number and abs(reported[1] - address) <= GIL_SPAN
+    finally:
+        watchdogs.stop()
+
+
 def test_pure_python_threads_make_a_waker_wait_for_the_gil() -> None:
     summary = gil_wait_while(python_loop)
     # Each wake-up waits for a switch interval (5 ms) or so: far above the idle baseline.
@@ -438,7 +460,7 @@ PULL = {"pid": 42, "ts": 1000.0, "requests": [], "stats": {}, "watchdogs": {
                 "frames": [["main", "/app/main.py", 3], ["handler", "/app/main.py", 9]]}],
     "gil": {"seconds": 0.5, "wait_seconds": 0.01, "acquisitions": 10, "max_wait_ms": 4.5,
             "runqueue_known": True},
-    "cpu_seconds": 0.002, "errors": 0}}
+    "gil_futex": [202, 140000000000000], "cpu_seconds": 0.002, "errors": 0}}
 
 
 def test_pull_to_model_to_session_and_back(tmp_path: Path) -> None:
@@ -449,7 +471,10 @@ def test_pull_to_model_to_session_and_back(tmp_path: Path) -> None:
     lag = LoopLagSample(1000.0, 42, 20, 0.1, 30.0, 201.0)
     gil = GilSample(1000.0, 42, 0.5, 0.01, 10, 4.5, True)
     assert (report.stalls, report.lag, report.gil) == ([stall], [lag], gil)
+    assert report.gil_futex == (202, 140000000000000)
     assert batch_from_json({"pid": 1}).watchdogs is None  # an agent without watchdogs
+    malformed = {**PULL, "watchdogs": {**PULL["watchdogs"], "gil_futex": ["x"]}}  # type: ignore[dict-item]
+    assert batch_from_json(malformed).watchdogs.gil_futex is None  # type: ignore[union-attr]
 
     path = tmp_path / "s.sqlite"
     with SessionWriter(path) as writer:

@@ -118,6 +118,8 @@ class Spec:
     loop_stalls: list[LoopStall] = field(default_factory=list)
     loop_lag: list[LoopLagSample] = field(default_factory=list)
     gil: list[GilSample] = field(default_factory=list)
+    # The collector's looks at threads for GIL waits, every window: (looks, on the GIL).
+    gil_looks: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
 
     def roles(self) -> dict[tuple[int, int], ThreadRole]:
         roles = {(PID, LOOP_TID): ThreadRole.LOOP, (PID, W1): ThreadRole.WORKER,
@@ -145,7 +147,8 @@ class Spec:
                 waits = {key: self.runqueue for key in cpu}
                 writer.put_window(StackWindow(T0 + i, T0 + i + 1, self.rate, samples,
                                               threads=self.roles(), thread_cpu=cpu,
-                                              process_cpu=process, thread_runqueue=waits))
+                                              process_cpu=process, thread_runqueue=waits,
+                                              thread_gil=self.gil_looks))
             writer.put_loop_stalls(self.loop_stalls)
             writer.put_loop_lag(self.loop_lag)
             writer.put_gil(self.gil)

@@ -159,6 +159,26 @@ def test_gil_contention_needs_a_measured_wait_and_two_busy_threads(tmp_path: Pat
                 if f["kind"] == "gil_contention"]
 
 
+def test_gil_contention_measured_by_the_kernels_looks(tmp_path: Path) -> None:
+    # Two pool threads at line 25, each found blocked on the GIL at 45% of the looks: nearly
+    # half their busy time went to waiting for the GIL. The watchdog's own waits are small
+    # here; the looks are what counts.
+    spec = gil_spec(2, 0.01)
+    spec.gil_looks = {(PID, W1): (50, 22), (PID, W2): (50, 23)}
+    [flag] = [f for f in report_of(spec, tmp_path / "a")["flags"]
+              if f["kind"] == "gil_contention"]
+    assert flag["location"]["line"] == 25 and flag["metric"]["source"] == "kernel"
+    # 0.9 s waited beside 1.1 s run (the threads run 0.55 s each a window)
+    assert abs(flag["metric"]["gil_wait_share"] - 0.45) < 0.01 and flag["severity"] == "medium"
+    assert "blocked on the GIL" in flag["evidence"]
+    # The same threads that the looks found waiting on anything but the GIL: no flag, however
+    # long the watchdog waited (one busy loop makes it wait too).
+    spec = gil_spec(2, 0.5)
+    spec.gil_looks = {(PID, W1): (50, 1), (PID, W2): (50, 0)}
+    assert not [f for f in report_of(spec, tmp_path / "b")["flags"]
+                if f["kind"] == "gil_contention"]
+
+
 def test_no_flag_is_located_at_a_bin_script(tmp_path: Path) -> None:
     spec = measured_healthy()
     entry = Frame("<module>", "/srv/venv/bin/gunicorn", 8)

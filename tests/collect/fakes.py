@@ -160,9 +160,13 @@ class FakeSampler:
         self.options = RecordOptions(rate_hz=rate_hz)
         self.started = self.stopped = False
         self.stalls: list[LoopStall] = []
+        self.gil_futex: dict[int, tuple[int, int]] = {}
 
     def note_stalls(self, stalls: Iterable[LoopStall]) -> None:
         self.stalls.extend(stalls)
+
+    def note_gil(self, pid: int, futex: tuple[int, int]) -> None:
+        self.gil_futex[pid] = futex
 
     def start(self) -> None:
         self.started = True

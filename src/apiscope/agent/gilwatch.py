@@ -16,6 +16,8 @@ Standard library only, relative imports only, Python 3.9 compatible (see `watchd
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 import threading
 import time
@@ -26,6 +28,7 @@ from .background import Background
 from .schedstat import SchedStat, ThreadCpu
 
 SPARE_INTERVAL = 1.0  # the GIL watchdog's sleep while loop watchdogs measure for it
+CALIBRATION_HOLDS_US = (2000, 4000, 8000)  # how long each attempt keeps the GIL
 
 
 class GilMeter:
@@ -115,11 +118,13 @@ class GilWatchdog(Background):
         self.others_measuring = others_measuring
         self.errors = 0
         self.cpu = ThreadCpu()
+        self.futex: tuple[int, int] | None = None  # see `gil_futex`, learnt as the thread starts
 
     def _run(self) -> None:
         clock = WakeClock(self.meter)
         try:
             self.cpu.bind()
+            self.futex = gil_futex()
             clock.bind()
             while True:
                 timeout = SPARE_INTERVAL if self.others_measuring() else self.interval
@@ -131,6 +136,93 @@ class GilWatchdog(Background):
         finally:
             clock.close()
             self.cpu.close()
+
+
+def gil_futex() -> tuple[int, int] | None:
+    """(system call number, address) of the futex a thread of this process waits on while it
+    waits for the GIL; None where that cannot be learnt (not Linux, no ctypes, no GIL).
+
+    Learnt by making it happen: a helper thread is released while this thread keeps the GIL
+    through a foreign call that does not release it (`ctypes.PyDLL`), so the helper wakes up
+    and waits for the GIL; this thread then reads the helper's current system call from
+    `/proc/self/task/TID/syscall`, still holding the GIL. A reader outside the process (the
+    collector) then tells a thread waiting for the GIL from one waiting on anything else by
+    this address. Each attempt keeps the GIL for a few milliseconds, once per process."""
+    if not has_gil() or not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.PyDLL(None)  # PyDLL: the GIL stays held during its calls
+        usleep, pread = libc.usleep, libc.pread
+        usleep.argtypes, usleep.restype = [ctypes.c_uint], ctypes.c_int
+        pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long]
+        pread.restype = ctypes.c_ssize_t
+        buffer = ctypes.create_string_buffer(256)
+    except Exception:  # no ctypes, or a libc without these: nothing to learn it with
+        return None
+
+    def read_held(fd: int) -> bytes:
+        count = pread(fd, buffer, len(buffer), 0)
+        return buffer.raw[:max(0, count)]
+
+    for hold_us in CALIBRATION_HOLDS_US:
+        found = _calibrate(functools.partial(usleep, hold_us), read_held)
+        if found is not None:
+            return found
+    return None
+
+
+def _calibrate(hold: Callable[[], object], read_held: Callable[[int], bytes],
+               ) -> tuple[int, int] | None:
+    go, ready = threading.Event(), threading.Event()
+    native: list[int] = []
+
+    def helper() -> None:
+        native.append(threading.get_native_id())
+        ready.set()
+        go.wait(2.0)  # parked on the event's lock; released, it needs the GIL to go on
+
+    thread = threading.Thread(target=helper, name="apiscope-gil-calibration", daemon=True)
+    thread.start()
+    try:
+        if not ready.wait(2.0):
+            return None
+        fd = os.open(f"/proc/self/task/{native[0]}/syscall", os.O_RDONLY)
+        try:
+            parked = None
+            for _ in range(200):  # until the helper is blocked in the event's futex
+                parked = _syscall_of(os.pread(fd, 256, 0))
+                if parked is not None:
+                    break
+                time.sleep(0.001)
+            if parked is None:
+                return None
+            go.set()
+            hold()  # the GIL held all along: the helper wakes up and waits for it
+            waiting = _syscall_of(read_held(fd))
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    finally:
+        go.set()
+        thread.join(2.0)
+    # The same call (futex) on another word than the event's lock: the GIL's.
+    if waiting is None or waiting[0] != parked[0] or waiting[1] == parked[1]:
+        return None
+    return waiting
+
+
+def _syscall_of(text: bytes) -> tuple[int, int] | None:
+    """(number, first argument) of a blocked thread's system call; None when it is running
+    or not in a system call."""
+    fields = text.split()
+    try:
+        number, first = int(fields[0]), int(fields[1], 16)
+    except (IndexError, ValueError):  # "running"
+        return None
+    return (number, first) if number >= 0 else None
 
 
 def has_gil() -> bool:

@@ -154,7 +154,8 @@ class Watchdogs:
         self._last_loop, self._running = None, False
 
     def pull(self) -> dict[str, Any]:
-        """`{"loops": [lag...], "stalls": [...], "gil": {...} | None, "cpu_seconds", "errors"}`"""
+        """`{"loops": [lag...], "stalls": [...], "gil": {...} | None, "gil_futex": [system call,
+        address] | None, "cpu_seconds", "errors"}`"""
         with self._lock:
             dogs = list(self._loops.values())
             ended = [key for key, dog in self._loops.items() if dog.ended]
@@ -175,8 +176,10 @@ class Watchdogs:
                     ended_dog.stop()  # joins at once; closes the loop thread's schedstat
                     self._retired_cpu += ended_dog.cpu.seconds()
                     self.errors += ended_dog.errors
+        futex = gil.futex if gil is not None else None
         return {"loops": loops, "stalls": stalls,
                 "gil": self._meter.drain() if gil is not None else None,
+                "gil_futex": list(futex) if futex is not None else None,
                 "cpu_seconds": round(cpu, 6), "errors": errors}
 
     def _loops_measuring(self) -> bool:

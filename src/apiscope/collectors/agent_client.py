@@ -48,6 +48,9 @@ class WatchdogReport:
     gil: GilSample | None
     cpu_seconds: float  # the watchdogs' own CPU time since they started (cumulative)
     errors: int
+    # (system call number, address) a thread blocks in while it waits for the GIL (None: the
+    # agent could not learn it); see agent/gilwatch.gil_futex and collectors/gillooks.py
+    gil_futex: tuple[int, int] | None = None
 
 
 class AgentUnavailable(ConnectionError):
@@ -288,7 +291,17 @@ def watchdogs_from_json(data: dict[str, Any], pid: int, ts: float) -> WatchdogRe
                       runqueue_known=bool(gil.get("runqueue_known", True))) if gil else None,
         cpu_seconds=float(data.get("cpu_seconds", 0.0)),
         errors=int(data.get("errors", 0)),
+        gil_futex=_futex(data.get("gil_futex")),
     )
+
+
+def _futex(value: Any) -> tuple[int, int] | None:
+    """The agent's `gil_futex` ([system call number, address]), None when absent or malformed."""
+    try:
+        number, address = value
+        return int(number), int(address)
+    except (TypeError, ValueError):
+        return None
 
 
 _REQUEST_FIELDS = ("start", "duration_ms", "method", "route", "status", "exc_type",

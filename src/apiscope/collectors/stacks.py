@@ -163,6 +163,12 @@ class StackSampler:
         if sites:
             self._meter.asleep(sites)
 
+    def note_gil(self, pid: int, futex: tuple[int, int]) -> None:
+        """Where process `pid`'s GIL is (from its agent): its busy threads are looked at for
+        waits on it from the next window on (see `gillooks`)."""
+        if not self._meter.gil.knows(pid) and not self._done.is_set():
+            self._meter.gil.note(pid, futex)
+
     @property
     def running(self) -> bool:
         return self._thread is not None and not self._done.is_set()
@@ -183,6 +189,7 @@ class StackSampler:
             except Exception as exc:  # the callback failed: the reason the sampler ends
                 if error is None:
                     reason, error = EndReason.FAILED, exc
+            self._meter.gil.stop()
             if self._tmp is not None:
                 self._tmp.cleanup()
             if self._reaper is not None:

@@ -2,6 +2,7 @@
 
 Each window ends with the kernel's reading of every sampled thread's CPU and run-queue time
 (`threadcpu.py`); the difference from the reading at its start is what each thread used in it.
+Threads that were busy in a window are looked at in the next for a wait on the GIL (`gillooks`).
 Windows recorded without `--idle` teach how much each leaf line runs (`oncpu.ActivityShares`),
 and every window's samples are split into running, runnable and blocked by those shares and the
 measured time (`oncpu.split_samples`). The first windows wait for the first one recorded
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from apiscope.collectors.chrometrace import Trace, parse_chrometrace, raw_as_trace
+from apiscope.collectors.gillooks import GilLooks
 from apiscope.collectors.oncpu import ActivityShares, ThreadBudget, line_times, split_samples
 from apiscope.collectors.pyspy import parse_raw, parse_summary
 from apiscope.collectors.samplerstats import SamplerStats, window_loss
@@ -24,6 +26,8 @@ from apiscope.collectors.spy import SpyExit
 from apiscope.collectors.threadcpu import CpuReading, CpuUsage, ThreadCpuReader, usage
 from apiscope.collectors.threads import is_waiting, thread_roles
 from apiscope.model import Frame, StackSample, StackWindow, ThreadRole
+
+GIL_WATCH_SHARE = 0.005  # a thread's CPU share of a window that gets it looked at next window
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,7 @@ class MeasuredWindow:
     roles: dict[tuple[int, int], ThreadRole]
     used: CpuUsage
     active_only: bool = False  # recorded without --idle: only active samples shown
+    gil: dict[tuple[int, int], tuple[int, int]] | None = None  # (looks, on the GIL), `gillooks`
 
     def idle(self, pid: int, tid: int, frames: tuple[Frame, ...]) -> bool:
         return is_waiting(frames, self.roles.get((pid, tid), ThreadRole.OTHER))
@@ -58,6 +63,7 @@ class WindowMeter:
         self._shares = ActivityShares()
         self._learns = learns  # some windows are recorded without --idle to learn from
         self._pending: list[MeasuredWindow] = []
+        self.gil = GilLooks()  # looks once an agent says where its GIL is (`note_gil`)
 
     def begin(self, children: Iterable[int] = ()) -> None:
         """The reading the first window is measured from."""
@@ -107,10 +113,13 @@ class WindowMeter:
         mark = self._cpu.read(pids)
         used = usage(self._mark, mark)
         self._mark = mark
+        # The GIL looks since the last window; from now on, at the threads busy in this one.
+        gil = self.gil.drain()
+        self.gil.watch(used.threads, GIL_WATCH_SHARE * (end - start))
         roles = thread_roles(StackSample(seg.pid, seg.tid, "", seg.frames, 1)
                              for seg in trace.segments)
         measured = MeasuredWindow(trace, summary.errors if summary else 0, start, end, rate_hz,
-                                  roles, used, active_only)
+                                  roles, used, active_only, gil)
         self._shares.observe(line_times(trace.segments, measured.idle), end - start,
                              active=active_only)
         self.stats.activity_windows += active_only
@@ -126,7 +135,7 @@ class WindowMeter:
         window = StackWindow(start=m.start, end=m.end, rate_hz=m.rate_hz, samples=samples,
                              errors=m.errors, threads=m.roles, thread_cpu=m.used.threads,
                              process_cpu=m.used.processes, thread_runqueue=m.used.runqueue,
-                             active_only=m.active_only)
+                             active_only=m.active_only, thread_gil=m.gil or {})
         self._account(window, m.trace.bad_events)
         return window
 

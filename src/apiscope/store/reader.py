@@ -148,9 +148,17 @@ class SessionReader(ViewQueries):
         """The kernel's CPU seconds per window and thread ([] for files from before it)."""
         if not self._has_table("thread_cpu"):
             return []
-        return [ThreadCpu(*row) for row in self._query(
-            "SELECT w.start, c.pid, c.tid, c.seconds, c.runqueue FROM thread_cpu c"
-            " JOIN windows w ON w.id = c.window_id ORDER BY w.id")]
+        if not self._has_table("thread_gil"):
+            return [ThreadCpu(*row) for row in self._query(
+                "SELECT w.start, c.pid, c.tid, c.seconds, c.runqueue FROM thread_cpu c"
+                " JOIN windows w ON w.id = c.window_id ORDER BY w.id")]
+        return [ThreadCpu(start, pid, tid, sec, runqueue,
+                          gil / looks if looks else None)
+                for start, pid, tid, sec, runqueue, looks, gil in self._query(
+                    "SELECT w.start, c.pid, c.tid, c.seconds, c.runqueue, g.looks, g.gil"
+                    " FROM thread_cpu c JOIN windows w ON w.id = c.window_id"
+                    " LEFT JOIN thread_gil g ON g.window_id = c.window_id AND g.pid = c.pid"
+                    " AND g.tid = c.tid ORDER BY w.id")]
 
     def process_cpu(self) -> list[ThreadCpu]:
         """The kernel's CPU seconds per window and process (tid 0), threads ended included."""

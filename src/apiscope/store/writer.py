@@ -321,6 +321,9 @@ class SessionWriter:
         c.executemany("INSERT INTO thread_cpu VALUES (?, ?, ?, ?, ?)",
                       [(window_id, pid, tid, sec, w.thread_runqueue.get((pid, tid)))
                        for (pid, tid), sec in w.thread_cpu.items()])
+        c.executemany("INSERT INTO thread_gil VALUES (?, ?, ?, ?, ?)",
+                      [(window_id, pid, tid, looks, gil)
+                       for (pid, tid), (looks, gil) in w.thread_gil.items()])
         c.executemany("INSERT INTO process_cpu VALUES (?, ?, ?)",
                       [(window_id, pid, sec) for pid, sec in w.process_cpu.items()])
 

@@ -2,8 +2,17 @@
 
 Raised only on measurement, never inferred from threads being off-CPU: a thread waiting on a
 socket inside psycopg, sleeping, or hashing in C code that releases the GIL is not contending.
-Two measurements must agree, in the same sampling window of one process (after the session's
-warm-up, `stats.warmup_end`, when caches fill once):
+
+Where the agent learnt its GIL's address, the kernel says which thread waits for it: the
+collector looks at the busy threads' current system call (`collectors/gillooks.py`), and a
+thread blocked on the GIL's futex is waiting for the GIL, nothing else. A window (after the
+session's warm-up, `stats.warmup_end`, when caches fill once) is contended when the request
+threads (event loop, pool workers) between them waited for the GIL at least `GIL_MIN_WAIT` of
+it and at least the lowest `gil_wait_share` of their busy time (running, queued for a CPU, or
+waiting for the GIL); the figure graded is that share, over the contended windows.
+
+Otherwise (an agent that could not learn the address) two measurements must agree, in the
+same sampling window of one process:
 
 - the agent's GIL watchdog (a thread that wakes up now and then and times how late it gets the
   GIL back, the time it waited in the OS run queue for a CPU taken out) waited on average at
@@ -40,6 +49,10 @@ from apiscope.analysis.thresholds import grade
 from apiscope.model import Frame, GilSample, SampleState, ThreadRole
 
 BUSY_THREAD_CORES = 0.15
+# Request threads waiting for the GIL this share of a window between them (measured by the
+# kernel's looks) make a window contended; less is a thread now and then returning from I/O
+# while another runs Python.
+GIL_MIN_WAIT = 0.10
 HOLDER_MIN_RUN = 0.2  # running / shown: 1/N for N threads contending; a sleep's is ~0.03
 GIL_MIN_WINDOWS = 2
 SWITCH_INTERVAL = 0.005  # CPython's default (sys.getswitchinterval())
@@ -71,16 +84,57 @@ class GilContentionRule:
         if not ctx.data.gil:
             return []
         contended = self._contended(ctx)
+        looked = self._looked_pids(ctx)
         flags = []
         for pid in sorted({pid for pid, _ in contended}):
             windows = {w: share for (p, w), share in contended.items() if p == pid}
             if len(windows) >= GIL_MIN_WINDOWS:
-                flag = self._flag(ctx, pid, windows)
+                flag = self._flag(ctx, pid, windows, pid in looked)
                 if flag is not None:
                     flags.append(flag)
         return flags
 
     def _contended(self, ctx: AnalysisContext) -> dict[tuple[int, Window], float]:
+        """(pid, window) -> the contended share, for the windows that contended: from the
+        kernel's looks at the request threads where the session has them, else from the GIL
+        watchdog's waits."""
+        looked = self._looked_pids(ctx)
+        out = self._looked(ctx, looked) if looked else {}
+        fallback = self._watched(ctx)
+        out.update({key: share for key, share in fallback.items() if key[0] not in looked})
+        return out
+
+    @staticmethod
+    def _looked_pids(ctx: AnalysisContext) -> set[int]:
+        return {c.pid for c in ctx.data.thread_cpu if c.gil_share is not None}
+
+    def _looked(self, ctx: AnalysisContext, pids: set[int]) -> dict[tuple[int, Window], float]:
+        """The share of the request threads' busy time (running, queued for a CPU, or waiting
+        for the GIL) spent waiting for the GIL, per window in which they waited at least
+        `GIL_MIN_WAIT` of it."""
+        ends = {w.start: w.end for w in ctx.data.windows}
+        warm = warmup_end(ctx)
+        roles = ctx.data.roles
+        waited: dict[tuple[int, float], float] = defaultdict(float)
+        busy: dict[tuple[int, float], float] = defaultdict(float)
+        for c in ctx.data.thread_cpu:
+            if c.pid not in pids or c.window < warm or \
+                    roles.get((c.pid, c.tid)) not in HANDLER_ROLES:
+                continue
+            seconds = ends.get(c.window, c.window) - c.window
+            wait = (c.gil_share or 0.0) * seconds
+            waited[(c.pid, c.window)] += wait
+            busy[(c.pid, c.window)] += c.seconds + (c.runqueue or 0.0) + wait
+        low = ctx.thresholds.gil_wait_share[0]
+        out: dict[tuple[int, Window], float] = {}
+        for (pid, start), wait in waited.items():
+            seconds = ends.get(start, start) - start
+            share = wait / busy[(pid, start)] if busy[(pid, start)] > 0 else 0.0
+            if seconds > 0 and wait >= GIL_MIN_WAIT * seconds and share >= low:
+                out[(pid, (start, ends[start]))] = share
+        return out
+
+    def _watched(self, ctx: AnalysisContext) -> dict[tuple[int, Window], float]:
         """(pid, window) -> the watchdog's wait share, for the windows that contended."""
         ends = {w.start: w.end for w in ctx.data.windows}
         warm = warmup_end(ctx)
@@ -104,7 +158,8 @@ class GilContentionRule:
                 out[(pid, (start, ends[start]))] = share
         return out
 
-    def _flag(self, ctx: AnalysisContext, pid: int, windows: dict[Window, float]) -> Flag | None:
+    def _flag(self, ctx: AnalysisContext, pid: int, windows: dict[Window, float],
+              looked: bool) -> Flag | None:
         starts = {w[0] for w in windows}
         lines: dict[Frame, float] = defaultdict(float)
         routes: dict[str | None, float] = defaultdict(float)
@@ -138,16 +193,24 @@ class GilContentionRule:
         hot = max(lines.items(), key=lambda kv: (kv[1], kv[0].file, kv[0].line))[0]
         route = max(routes.items(), key=lambda kv: (kv[1], kv[0] or ""))[0]
         gil = [g for g in ctx.data.gil if g.pid == pid]
-        mean_ms = share * SWITCH_INTERVAL * 1000  # over the contended windows
         seconds = sum(end - start for start, end in windows)
         loc = frame_location(hot)
-        evidence = (f"a thread of process {pid} that wanted the GIL waited {mean_ms:.1f} ms for"
-                    f" it on average ({pct(share)} of the {SWITCH_INTERVAL * 1000:.0f} ms switch"
-                    f" interval) over {seconds:.0f} s in which two or more request threads ran"
-                    f" at once (measured by the agent's GIL watchdog); the hottest line running"
-                    f" then: {where(loc)}")
         metric: dict[str, MetricValue] = {
-            "gil_wait_share": share, "contended_seconds": seconds,
-            "mean_wait_ms": mean_ms, "max_wait_ms": max(g.max_wait_ms for g in gil),
-            "cause": "gil"}
+            "gil_wait_share": share, "contended_seconds": seconds, "cause": "gil",
+            "source": "kernel" if looked else "watchdog"}
+        if gil:
+            metric["max_wait_ms"] = max(g.max_wait_ms for g in gil)
+        if looked:
+            evidence = (f"the request threads of process {pid} spent {pct(share)} of their busy"
+                        f" time waiting for the GIL over {seconds:.0f} s (measured: the kernel"
+                        f" found them blocked on the GIL's futex); the hottest line running"
+                        f" then: {where(loc)}")
+        else:
+            mean_ms = share * SWITCH_INTERVAL * 1000  # over the contended windows
+            metric["mean_wait_ms"] = mean_ms
+            evidence = (f"a thread of process {pid} that wanted the GIL waited {mean_ms:.1f} ms"
+                        f" for it on average ({pct(share)} of the"
+                        f" {SWITCH_INTERVAL * 1000:.0f} ms switch interval) over {seconds:.0f} s"
+                        f" in which two or more request threads ran at once (measured by the"
+                        f" agent's GIL watchdog); the hottest line running then: {where(loc)}")
         return make_flag(self.kind, severity, route, loc, evidence, metric, SUGGESTION)

@@ -1,0 +1,145 @@
+"""Each thread's wait for the GIL, read from the kernel: how often it is blocked on the GIL.
+
+A thread waiting for the GIL is blocked in a futex on a word of the interpreter's GIL state
+(its condition variable, or the switch's beside it). The agent learns that word's address in
+its own process by making a thread wait for the GIL on purpose (`agent/gilwatch.gil_futex`)
+and reports it with each pull. `GilLooks` then reads `/proc/PID/task/TID/syscall` of the busy
+threads of each such process every `interval`, from this process: a thread blocked in that
+system call on a word within `GIL_SPAN` bytes of the address is waiting for the GIL; any other
+state (running, a socket, a lock, a sleep) is not. The share of looks in that state is the
+thread's measured GIL wait in the window. Reading from outside costs the target nothing: no
+GIL taken, no signal; the kernel answers "running" at once for a thread on a CPU.
+
+Only threads that used CPU in the last window are looked at (a thread waiting for the GIL
+also runs between its waits), which keeps the looks to the few busy threads of a server.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+
+ThreadKey = tuple[int, int]  # (pid, tid)
+
+GIL_SPAN = 128  # bytes either side of the learnt word that are still the GIL's state
+INTERVAL = 0.02  # seconds between looks at each watched thread
+MAX_WATCHED = 64  # threads per process looked at, at most (the busiest ones)
+
+
+class GilLooks:
+    """Looks at watched threads in a daemon thread; `drain()` hands over (looks, GIL looks)
+    per thread since the last drain. Thread-safe."""
+
+    def __init__(self, interval: float = INTERVAL, proc_root: str = "/proc") -> None:
+        self.interval = interval
+        self.proc_root = proc_root
+        self._lock = threading.Lock()
+        self._futex: dict[int, tuple[int, int]] = {}  # pid -> (system call number, address)
+        self._watched: tuple[ThreadKey, ...] = ()
+        self._counts: dict[ThreadKey, list[int]] = {}
+        self._fds: dict[ThreadKey, int] = {}  # used by the looking thread only
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors = 0
+
+    def note(self, pid: int, futex: tuple[int, int]) -> None:
+        """The GIL's futex in process `pid` (from its agent); starts looking on the first."""
+        with self._lock:
+            self._futex[pid] = futex
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="apiscope-gil-looks",
+                                                daemon=True)
+                self._thread.start()
+
+    def knows(self, pid: int) -> bool:
+        return pid in self._futex
+
+    def watch(self, cpu: Mapping[ThreadKey, float], min_seconds: float) -> None:
+        """Look, from now on, at the threads of known processes that used at least
+        `min_seconds` of CPU in the window just measured (`cpu`), the busiest first."""
+        busy = sorted(((sec, key) for key, sec in cpu.items()
+                       if sec >= min_seconds and key[0] in self._futex), reverse=True)
+        per_pid: dict[int, int] = {}
+        keys = []
+        for _, key in busy:
+            if per_pid.get(key[0], 0) < MAX_WATCHED:
+                per_pid[key[0]] = per_pid.get(key[0], 0) + 1
+                keys.append(key)
+        self._watched = tuple(sorted(keys))
+
+    def drain(self) -> dict[ThreadKey, tuple[int, int]]:
+        """(looks, looks that found the thread waiting for the GIL) per thread since the last
+        drain."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+        return {key: (looks, gil) for key, (looks, gil) in counts.items()}
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2.0)
+
+    # -- the looking thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.interval):
+                self.look()
+        finally:
+            for fd in self._fds.values():
+                _close(fd)
+            self._fds.clear()
+
+    def look(self) -> None:
+        """One look at every watched thread."""
+        watched = self._watched
+        for key in [k for k in self._fds if k not in watched]:
+            _close(self._fds.pop(key))
+        seen: list[tuple[ThreadKey, bool]] = []
+        for key in watched:
+            futex = self._futex.get(key[0])
+            if futex is None:
+                continue
+            state = self._read(key)
+            if state is not None:
+                seen.append((key, on_gil(state, futex)))
+        with self._lock:
+            for key, waiting in seen:
+                counts = self._counts.setdefault(key, [0, 0])
+                counts[0] += 1
+                counts[1] += waiting
+
+    def _read(self, key: ThreadKey) -> bytes | None:
+        fd = self._fds.get(key)
+        try:
+            if fd is None:
+                fd = os.open(f"{self.proc_root}/{key[0]}/task/{key[1]}/syscall", os.O_RDONLY)
+                self._fds[key] = fd
+            return os.pread(fd, 128, 0)
+        except OSError:  # the thread ended, or may not be read: stop looking at it
+            self.errors += 1
+            if fd is not None:
+                _close(self._fds.pop(key, fd))
+            return None
+
+
+def on_gil(state: bytes, futex: tuple[int, int]) -> bool:
+    """Whether a `/proc/.../syscall` reading is a thread blocked on the GIL's futex."""
+    fields = state.split(maxsplit=2)
+    try:
+        number, address = int(fields[0]), int(fields[1], 16)
+    except (IndexError, ValueError):  # "running", or no system call
+        return False
+    return number == futex[0] and abs(address - futex[1]) <= GIL_SPAN
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+__all__ = ["GIL_SPAN", "GilLooks", "on_gil"]

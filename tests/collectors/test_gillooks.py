@@ -1,0 +1,122 @@
+"""Each thread's GIL wait, read from outside a real process by the kernel's looks.
+
+A child Python learns its GIL's futex as the agent does (`gil_futex`), starts two threads doing
+one kind of work, prints what it learnt and their thread ids, and the looker in this process
+watches them: pure-Python threads take turns on the GIL and are found waiting on it; threads in
+C code that releases the GIL, asleep or in a socket are not.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from apiscope.collectors.gillooks import GIL_SPAN, GilLooks, on_gil
+
+CHILD = """
+import hashlib, json, socket, sys, threading, time
+from apiscope.agent.gilwatch import gil_futex
+
+def python():
+    n = 0
+    while True:
+        for i in range(1000):
+            n += i
+
+def hashing():
+    while True:
+        hashlib.pbkdf2_hmac("sha256", b"x" * 4096, b"salt", 20_000)
+
+def sleeping():
+    while True:
+        time.sleep(0.05)
+
+def socket_wait():
+    a, b = socket.socketpair()
+    a.recv(1)
+
+futex = gil_futex()
+work = {"python": python, "hashing": hashing, "sleeping": sleeping, "socket": socket_wait}
+threads = [threading.Thread(target=work[sys.argv[1]], daemon=True) for _ in range(2)]
+for t in threads:
+    t.start()
+print(json.dumps({"futex": futex, "tids": [t.native_id for t in threads]}), flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def child(work: str) -> Iterator[tuple[int, tuple[int, int], list[int]]]:
+    with subprocess.Popen([sys.executable, "-c", CHILD, work], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            info = json.loads(proc.stdout.readline())
+            assert info["futex"] is not None, "the child could not learn its GIL's futex"
+            yield proc.pid, tuple(info["futex"]), info["tids"]  # type: ignore[misc]
+        finally:
+            proc.kill()
+
+
+def gil_share(work: str, seconds: float = 1.5) -> float:
+    looks = GilLooks(interval=0.005)
+    try:
+        with child(work) as (pid, futex, tids):
+            looks.note(pid, futex)
+            looks.watch({(pid, tid): 1.0 for tid in tids}, 0.0)
+            time.sleep(0.2)
+            looks.drain()
+            time.sleep(seconds)
+            counts = looks.drain()
+    finally:
+        looks.stop()
+    assert set(counts) == {(pid, tid) for tid in tids}
+    total = sum(n for n, _ in counts.values())
+    assert total >= 100  # a look every 5 ms at each thread (fewer on a busy host)
+    return sum(gil for _, gil in counts.values()) / total
+
+
+def test_pure_python_threads_are_found_waiting_for_the_gil() -> None:
+    # Two threads taking turns: each waits about half the time; the looks say so.
+    assert gil_share("python") > 0.25
+
+
+@pytest.mark.parametrize("work", ["hashing", "sleeping", "socket"])
+def test_threads_that_release_the_gil_are_not_waiting_for_it(work: str) -> None:
+    assert gil_share(work) < 0.05
+
+
+def test_only_a_futex_on_the_gils_words_is_the_gil() -> None:
+    futex = (202, 0x7F00_0000_1000)
+    assert on_gil(b"202 0x7f0000001000 0x89 0x0 0x0 0x0 0x0 0x7ffd 0x7f00", futex)
+    assert on_gil(f"202 {hex(futex[1] + GIL_SPAN)} 0x89".encode(), futex)
+    assert not on_gil(f"202 {hex(futex[1] + GIL_SPAN + 4)} 0x89".encode(), futex)  # a lock
+    assert not on_gil(b"7 0x7f0000001000 0x1 0x2", futex)  # another system call (poll)
+    assert not on_gil(b"running", futex)
+    assert not on_gil(b"-1 0x7ffd 0x7f00", futex)  # blocked, in no system call
+    assert not on_gil(b"", futex)
+
+
+def test_threads_that_end_are_dropped_and_counted() -> None:
+    looks = GilLooks()
+    with child("sleeping") as (pid, futex, tids):
+        looks.note(pid, futex)
+        looks.watch({(pid, tids[0]): 1.0, (pid, 999_999_999): 1.0}, 0.0)
+        looks.look()
+    looks.stop()
+    counts = looks.drain()
+    assert (pid, tids[0]) in counts and (pid, 999_999_999) not in counts
+    assert looks.errors >= 1
+
+
+def test_watch_takes_the_busy_threads_of_known_processes_only() -> None:
+    looks = GilLooks()
+    looks._futex[10] = (202, 1)  # known without starting the looking thread
+    looks.watch({(10, 1): 0.5, (10, 2): 0.001, (11, 3): 0.9}, 0.01)
+    assert looks._watched == ((10, 1),)
