@@ -179,6 +179,23 @@ def test_gil_contention_measured_by_the_kernels_looks(tmp_path: Path) -> None:
                 if f["kind"] == "gil_contention"]
 
 
+def test_gil_contention_is_located_in_the_threads_found_waiting(tmp_path: Path) -> None:
+    # Eight-way contention as a sampler sees it: the pool threads show line 25 all along but
+    # run a tenth of that time (they wait for the GIL the rest), while the event loop runs its
+    # own line 40. The looks found the pool threads, not the loop, on the GIL: the flag is theirs.
+    spec = gil_spec(0, 0.01)
+    spec.per_window = [s for s in spec.per_window if s.tid != LOOP_TID]
+    spec.per_window.append(sample(LOOP_TID, on_loop(app("search", 40)), 80))
+    for tid in (W1, W2):
+        spec.per_window.append(sample(tid, on_worker(app("create_item", 25)), 10))
+        spec.per_window.append(sample(tid, on_worker(app("create_item", 25)), 90,
+                                      SampleState.BLOCKED))
+    spec.gil_looks = {(PID, W1): (50, 40), (PID, W2): (50, 42), (PID, LOOP_TID): (50, 0)}
+    [flag] = [f for f in report_of(spec, tmp_path / "s")["flags"]
+              if f["kind"] == "gil_contention"]
+    assert flag["location"]["line"] == 25 and flag["metric"]["source"] == "kernel"
+
+
 def test_no_flag_is_located_at_a_bin_script(tmp_path: Path) -> None:
     spec = measured_healthy()
     entry = Frame("<module>", "/srv/venv/bin/gunicorn", 8)

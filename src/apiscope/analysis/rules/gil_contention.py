@@ -27,8 +27,10 @@ same sampling window of one process:
 The figure graded is the mean wait per wake-up over the contended windows, as a share of the
 switch interval; at least `GIL_MIN_WINDOWS` such windows are needed. The location is the
 hottest application line running (on-CPU) in those windows, in the pool threads if any ran
-application code (code running in several threads is what contends); without an application line the
-contention is the framework's or a library's and belongs to the server figures, not to a flag.
+application code (code running in several threads is what contends); with the kernel's looks,
+in the threads they found waiting for the GIL (`WAITER_MIN_SHARE`), whatever share of the time
+their line got it. Without an application line the contention is the framework's or a
+library's and belongs to the server figures, not to a flag.
 A line can hold the GIL only if it runs: one that runs less than `HOLDER_MIN_RUN` of the time
 it shows (a sleep, a socket wait) is never the location, and neither is a loop line the loop
 watchdog's looks at the kernel found mostly asleep or in I/O. Threads that contend for the GIL
@@ -53,6 +55,7 @@ BUSY_THREAD_CORES = 0.15
 # kernel's looks) make a window contended; less is a thread now and then returning from I/O
 # while another runs Python.
 GIL_MIN_WAIT = 0.10
+WAITER_MIN_SHARE = 0.05  # a thread found on the GIL at this share of the looks is contending
 HOLDER_MIN_RUN = 0.2  # running / shown: 1/N for N threads contending; a sleep's is ~0.03
 GIL_MIN_WINDOWS = 2
 SWITCH_INTERVAL = 0.005  # CPython's default (sys.getswitchinterval())
@@ -174,14 +177,24 @@ class GilContentionRule:
                 shown[a.user] += a.seconds
                 ran[a.user] += a.seconds if a.sample.state is SampleState.RUNNING else 0.0
         asleep = asleep_sites(ctx.data.loop_stalls, ctx.matcher.roots)
+        # Measured: the threads the kernel found waiting for the GIL are the ones contending,
+        # and whatever Python they show is code wanting the GIL (however little of the time it
+        # got it); a thread holding the GIL alone (a busy event loop) is flagged by other rules.
+        waiters = {(c.tid, c.window) for c in ctx.data.thread_cpu if c.pid == pid
+                   and c.window in starts and (c.gil_share or 0.0) >= WAITER_MIN_SHARE}
         for roles in ({ThreadRole.WORKER}, HANDLER_ROLES):
             for a in ctx.samples:
-                if (a.sample.pid == pid and a.window in starts and a.cpu > 0
+                if not (a.sample.pid == pid and a.window in starts and a.cpu > 0
                         and a.user is not None and not a.tool and a.role in roles
-                        and ran[a.user] >= HOLDER_MIN_RUN * shown[a.user]
                         and (pid, a.user.file, a.user.line) not in asleep):
-                    lines[a.user] += a.cpu
-                    routes[a.endpoint] += a.cpu
+                    continue
+                if looked:
+                    if (a.sample.tid, a.window) not in waiters:
+                        continue
+                elif ran[a.user] < HOLDER_MIN_RUN * shown[a.user]:
+                    continue
+                lines[a.user] += a.cpu
+                routes[a.endpoint] += a.cpu
             if lines:
                 break
         if not lines:
