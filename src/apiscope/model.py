@@ -207,7 +207,8 @@ class LoopStall:
     cpu_ms: float | None = None  # the loop thread's CPU time during the stall
     # What the kernel said the loop thread was doing at each look during the stall: "cpu" (on
     # a CPU), "queue" (ready, waiting for a CPU: more run-queue than CPU time since the last
-    # look), "sleep", "io", "lock" (a lock, a condition or the GIL).
+    # look), "sleep", "io", "gil" (waiting for the GIL, where the agent knew its futex), "lock"
+    # (a lock or a condition; or the GIL, where it did not).
     activity: dict[str, int] = field(default_factory=dict)
 
     @property

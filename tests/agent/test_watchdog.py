@@ -141,8 +141,9 @@ def test_a_computation_on_the_loop_uses_cpu_all_along(loop_thread: LoopThread) -
     (stall,) = loop_thread.stalls
     assert stall["frames"][-1][0] == "spinner"
     assert 190 <= stall["cpu_ms"] <= stall["duration_ms"] + 1
-    # on a CPU, waiting for one, or for the GIL between turns (a futex): never asleep
-    assert stall["activity"] and set(stall["activity"]) <= {"cpu", "queue", "lock"}
+    # on a CPU, waiting for one, or taking the GIL back from the watchdog that looks: never
+    # asleep, and never on a lock of its own
+    assert stall["activity"] and set(stall["activity"]) <= {"cpu", "queue", "gil"}
 
 
 def test_a_computation_without_a_free_cpu_is_seen_waiting_for_one(
@@ -205,6 +206,40 @@ def test_the_kernel_says_what_a_thread_waits_on() -> None:
             thread.join(5)
         left.close()
         right.close()
+
+
+def test_a_thread_waiting_for_the_gil_is_told_from_one_on_a_lock() -> None:
+    from apiscope.agent.schedstat import SyscallState
+
+    futex = gil_futex()
+    assert futex is not None
+    lock = threading.Lock()
+    lock.acquire()
+    stop = threading.Event()
+    on_lock = threading.Thread(target=lambda: lock.acquire(timeout=5), daemon=True)
+    spinners = [threading.Thread(target=python_loop, args=(stop,), daemon=True)
+                for _ in range(2)]
+    for thread in (on_lock, *spinners):
+        thread.start()
+    try:
+        state = SyscallState(on_lock.native_id or 0)
+        wait_until(lambda: state.read(futex) == "lock", what="the thread on a lock")
+        state.close()
+        # Two threads in pure Python take turns: each is found waiting for the GIL at times.
+        states = [SyscallState(t.native_id or 0) for t in spinners]
+        seen = set()
+        for _ in range(400):
+            seen.update(s.read(futex) for s in states)
+            time.sleep(0.002)
+        assert "gil" in seen and "lock" not in seen
+        assert {s.read() for s in states} <= {"cpu", "lock"}  # without the address: a lock
+        for s in states:
+            s.close()
+    finally:
+        stop.set()
+        lock.release()
+        for thread in (on_lock, *spinners):
+            thread.join(5)
 
 
 def test_a_healthy_busy_loop_has_lag_but_no_stall(loop_thread: LoopThread) -> None:

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +107,8 @@ class LoopWatchdog(Background):
         self.passes: PassClock | None = None
         self._cpu_clock = _thread_cpu_clock(ident)  # the loop thread's CPU clock, if readable
         self._next_lag = 0.0  # perf_counter time of the next lag measurement (passes mode)
+        # The GIL's futex once the GIL watchdog has learnt it (looks on it say "gil").
+        self.gil_futex: Callable[[], tuple[int, int] | None] = lambda: None
 
     def start(self) -> None:
         if self.options.time_passes:
@@ -335,7 +338,7 @@ class LoopWatchdog(Background):
 
     def _look(self) -> None:
         """What the kernel says the loop thread is doing now (kept if this becomes a stall)."""
-        activity = self._loop_syscall.read()
+        activity = self._loop_syscall.read(self.gil_futex())
         stat = self._loop_stat
         read = stat.read() if stat is not None else None
         mark, self._look_mark = self._look_mark, read

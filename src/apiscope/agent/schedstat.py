@@ -110,9 +110,13 @@ def _syscall_kind(number: int) -> str:
     return "io"  # read, recv, poll, select, epoll, connect...: waiting on a file or socket
 
 
+GIL_SPAN = 128  # bytes either side of the GIL's learnt futex word that are its state too
+
+
 class SyscallState:
     """What one thread of this process is doing now: "cpu" (not in a system call), "sleep",
-    "lock" (a futex: a lock, a condition or the GIL) or "io"; None when unknown."""
+    "gil" (a futex on the GIL, once its address is known: see `gilwatch.gil_futex`), "lock"
+    (any other futex: a lock or a condition) or "io"; None when unknown."""
 
     __slots__ = ("_fd",)
 
@@ -122,19 +126,25 @@ class SyscallState:
         except (OSError, AttributeError):
             self._fd = None
 
-    def read(self) -> str | None:
+    def read(self, gil: tuple[int, int] | None = None) -> str | None:
+        """The thread's state now; `gil`: the GIL's (system call, address), when known."""
         fd = self._fd
         if fd is None:
             return None
         try:
-            first = os.pread(fd, 64, 0).split(None, 1)[0]
+            fields = os.pread(fd, 64, 0).split(None, 2)
+            first = fields[0]
         except (OSError, IndexError):
             return None
         if first == b"running":
             return "cpu"
         try:
-            return _syscall_kind(int(first))
-        except ValueError:
+            kind = _syscall_kind(int(first))
+            if kind == "lock" and gil is not None and int(first) == gil[0] and \
+                    abs(int(fields[1], 16) - gil[1]) <= GIL_SPAN:
+                return "gil"
+            return kind
+        except (ValueError, IndexError):
             return None  # "-1 ..." (blocked outside a system call) or an unknown format
 
     def close(self) -> None:

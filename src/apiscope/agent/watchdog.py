@@ -109,6 +109,7 @@ class Watchdogs:
                 return
             dog = LoopWatchdog(loop, threading.get_ident(), threading.get_native_id(),
                                self.options, self._meter if has_gil() else None)
+            dog.gil_futex = self._gil_futex
             self._loops[id(loop)] = dog
             if self._running and self.options.loop_interval > 0 and self.options.enabled:
                 dog.start()
@@ -181,6 +182,10 @@ class Watchdogs:
                 "gil": self._meter.drain() if gil is not None else None,
                 "gil_futex": list(futex) if futex is not None else None,
                 "cpu_seconds": round(cpu, 6), "errors": errors}
+
+    def _gil_futex(self) -> tuple[int, int] | None:
+        gil = self._gil
+        return gil.futex if gil is not None else None
 
     def _loops_measuring(self) -> bool:
         return any(dog.alive for dog in list(self._loops.values()))

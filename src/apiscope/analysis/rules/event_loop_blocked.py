@@ -62,7 +62,7 @@ def _key(endpoint: str | None, frame: Frame) -> Group:
 
 
 _WAITS = {"sleep": "in a sync sleep", "io": "in blocking I/O on a file or socket",
-          "lock": "waiting for a lock or the GIL"}
+          "lock": "waiting for a lock or the GIL", "gil": "waiting for the GIL"}
 
 
 def _describe_looks(activity: Counter[str], cpu_share: float | None) -> tuple[str, str]:
@@ -80,13 +80,17 @@ def _describe_looks(activity: Counter[str], cpu_share: float | None) -> tuple[st
         return what + host, cause
     running = activity.get("cpu", 0) / looks
     waits = (activity.get("sleep", 0) + activity.get("io", 0)) / looks
-    # A futex is the GIL as often as a lock: Python computing beside other threads waits for
-    # the GIL between its turns, so only sleeps and I/O count against CPU work. More running
+    # A futex is the GIL as often as a lock (and is the GIL where the agent knew its address):
+    # Python computing beside other threads waits for the GIL between its turns, so only
+    # sleeps and I/O count against CPU work. More running
     # looks than those, strictly: the first look is taken as the watchdog posts its probe,
     # before it knows there is a stall, and may catch the code just before it blocks.
     if running > waits and running > 0:
-        also = activity.get("lock", 0) / looks
-        gil = f", waiting for the GIL or a lock at {pct(also)}" if also else ""
+        # Computing Python gives the GIL up to the watchdog at each look, so a share of the
+        # looks finds it waiting to take the GIL back: part of running, not a cause of its own.
+        on_gil, on_lock = activity.get("gil", 0) / looks, activity.get("lock", 0) / looks
+        gil = (f", waiting for the GIL or a lock at {pct(on_gil + on_lock)}" if on_lock else
+               f", waiting to take the GIL back at {pct(on_gil)}" if on_gil else "")
         return (f"running CPU work (on a CPU at {pct(running)} of the kernel's looks"
                 f"{gil}{host})"), "cpu"
     kind, count = max(((k, n) for k, n in activity.items() if k not in ("cpu", "queue")),
