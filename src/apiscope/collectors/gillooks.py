@@ -23,7 +23,7 @@ from collections.abc import Mapping
 ThreadKey = tuple[int, int]  # (pid, tid)
 
 GIL_SPAN = 128  # bytes either side of the learnt word that are still the GIL's state
-INTERVAL = 0.02  # seconds between looks at each watched thread
+INTERVAL = 0.04  # seconds between looks at each watched thread
 MAX_WATCHED = 64  # threads per process looked at, at most (the busiest ones)
 
 
