@@ -179,21 +179,34 @@ def test_gil_contention_measured_by_the_kernels_looks(tmp_path: Path) -> None:
                 if f["kind"] == "gil_contention"]
 
 
-def test_gil_contention_is_located_in_the_threads_found_waiting(tmp_path: Path) -> None:
-    # Eight-way contention as a sampler sees it: the pool threads show line 25 all along but
-    # run a tenth of that time (they wait for the GIL the rest), while the event loop runs its
-    # own line 40. The looks found the pool threads, not the loop, on the GIL: the flag is theirs.
+def contended_pool(loop_line: int | None) -> Spec:
+    """Pool threads showing line 25 all along but running a tenth of that time (the rest they
+    wait for the GIL: the looks found them on it at 80% of theirs); with `loop_line`, the
+    event loop computing at that line meanwhile, never waiting for the GIL."""
     spec = gil_spec(0, 0.01)
     spec.per_window = [s for s in spec.per_window if s.tid != LOOP_TID]
-    spec.per_window.append(sample(LOOP_TID, on_loop(app("search", 40)), 80))
+    if loop_line is not None:
+        spec.per_window.append(sample(LOOP_TID, on_loop(app("search", loop_line)), 80))
+    else:
+        spec.per_window.append(idle_loop(100))
     for tid in (W1, W2):
         spec.per_window.append(sample(tid, on_worker(app("create_item", 25)), 10))
         spec.per_window.append(sample(tid, on_worker(app("create_item", 25)), 90,
                                       SampleState.BLOCKED))
     spec.gil_looks = {(PID, W1): (50, 40), (PID, W2): (50, 42), (PID, LOOP_TID): (50, 0)}
-    [flag] = [f for f in report_of(spec, tmp_path / "s")["flags"]
-              if f["kind"] == "gil_contention"]
-    assert flag["location"]["line"] == 25 and flag["metric"]["source"] == "kernel"
+    return spec
+
+
+def test_gil_contention_is_located_in_the_python_that_contends(tmp_path: Path) -> None:
+    # Pool threads in pure Python taking turns: their line is the contention, however little of
+    # the time each thread gets the GIL (a sampler alone would say it runs a tenth of the time).
+    # With the event loop computing meanwhile as well, still theirs: the loop's own work is
+    # event_loop_blocked's and cpu_hotspot's.
+    for name, loop_line in (("a", None), ("b", 40)):
+        [flag] = [f for f in report_of(contended_pool(loop_line), tmp_path / name)["flags"]
+                  if f["kind"] == "gil_contention"]
+        assert flag["location"]["line"] == 25 and flag["metric"]["source"] == "kernel"
+        assert flag["route"] == "POST /items"
 
 
 def test_no_flag_is_located_at_a_bin_script(tmp_path: Path) -> None:

@@ -27,10 +27,11 @@ same sampling window of one process:
 The figure graded is the mean wait per wake-up over the contended windows, as a share of the
 switch interval; at least `GIL_MIN_WINDOWS` such windows are needed. The location is the
 hottest application line running (on-CPU) in those windows, in the pool threads if any ran
-application code (code running in several threads is what contends); with the kernel's looks,
-in the threads they found waiting for the GIL (`WAITER_MIN_SHARE`), whatever share of the time
-their line got it. Without an application line the contention is the framework's or a
-library's and belongs to the server figures, not to a flag.
+application code (code running in several threads is what contends; a busy event loop's own
+work is `event_loop_blocked`'s and `cpu_hotspot`'s). With the kernel's looks, a thread that
+contended (`_contending`: found waiting for the GIL, and running Python whenever it had it)
+counts however little of the time its line got the GIL. Without an application line the
+contention is the framework's or a library's and belongs to the server figures, not to a flag.
 A line can hold the GIL only if it runs: one that runs less than `HOLDER_MIN_RUN` of the time
 it shows (a sleep, a socket wait) is never the location, and neither is a loop line the loop
 watchdog's looks at the kernel found mostly asleep or in I/O. Threads that contend for the GIL
@@ -55,7 +56,10 @@ BUSY_THREAD_CORES = 0.15
 # kernel's looks) make a window contended; less is a thread now and then returning from I/O
 # while another runs Python.
 GIL_MIN_WAIT = 0.10
-WAITER_MIN_SHARE = 0.05  # a thread found on the GIL at this share of the looks is contending
+# A thread that spent this share of its busy time (running, queued, or on the GIL) waiting for
+# the GIL is one of the contending threads.
+WAITER_MIN_SHARE = 0.2
+HOLDER_MIN_WANT = 0.5
 HOLDER_MIN_RUN = 0.2  # running / shown: 1/N for N threads contending; a sleep's is ~0.03
 GIL_MIN_WINDOWS = 2
 SWITCH_INTERVAL = 0.005  # CPython's default (sys.getswitchinterval())
@@ -161,11 +165,34 @@ class GilContentionRule:
                 out[(pid, (start, ends[start]))] = share
         return out
 
+    @staticmethod
+    def _contending(ctx: AnalysisContext, pid: int, starts: set[float],
+                    ) -> set[tuple[int, float]]:
+        """(tid, window) of the threads that contended for the GIL, by the kernel's looks:
+        waiting for it `WAITER_MIN_SHARE` of their busy time, and wanting it (running, queued
+        or waiting for the GIL) for `HOLDER_MIN_WANT` of the time they showed active work. A
+        thread that slept or waited on a socket and only took the GIL back on waking waited
+        too, but ran no Python to speak of: it is not the contention's cause."""
+        ends = {w.start: w.end for w in ctx.data.windows}
+        shown: dict[tuple[int, float], float] = defaultdict(float)
+        for a in ctx.samples:
+            if a.sample.pid == pid and a.window in starts and a.active:
+                shown[(a.sample.tid, a.window)] += a.seconds
+        out = set()
+        for c in ctx.data.thread_cpu:
+            if c.pid != pid or c.window not in starts or not c.gil_share:
+                continue
+            wait = c.gil_share * (ends.get(c.window, c.window) - c.window)
+            busy = wait + c.seconds + (c.runqueue or 0.0)
+            if wait >= WAITER_MIN_SHARE * busy and \
+                    busy >= HOLDER_MIN_WANT * shown.get((c.tid, c.window), 0.0):
+                out.add((c.tid, c.window))
+        return out
+
     def _flag(self, ctx: AnalysisContext, pid: int, windows: dict[Window, float],
               looked: bool) -> Flag | None:
         starts = {w[0] for w in windows}
         lines: dict[Frame, float] = defaultdict(float)
-        routes: dict[str | None, float] = defaultdict(float)
         # Pool threads' lines first: code running in several threads at once is what contends;
         # the event loop, one thread, is what waits.
         # Lines that mostly run when shown: pure Python, which holds the GIL while it runs (a
@@ -180,21 +207,19 @@ class GilContentionRule:
         # Measured: the threads the kernel found waiting for the GIL are the ones contending,
         # and whatever Python they show is code wanting the GIL (however little of the time it
         # got it); a thread holding the GIL alone (a busy event loop) is flagged by other rules.
-        waiters = {(c.tid, c.window) for c in ctx.data.thread_cpu if c.pid == pid
-                   and c.window in starts and (c.gil_share or 0.0) >= WAITER_MIN_SHARE}
+        # Measured: a thread that contended (`_contending`) shows its Python lines however
+        # little of the time they got the GIL.
+        contending = self._contending(ctx, pid, starts) if looked else set()
+        by_line: dict[Frame, dict[str | None, float]] = defaultdict(lambda: defaultdict(float))
         for roles in ({ThreadRole.WORKER}, HANDLER_ROLES):
             for a in ctx.samples:
-                if not (a.sample.pid == pid and a.window in starts and a.cpu > 0
+                if (a.sample.pid == pid and a.window in starts and a.cpu > 0
                         and a.user is not None and not a.tool and a.role in roles
-                        and (pid, a.user.file, a.user.line) not in asleep):
-                    continue
-                if looked:
-                    if (a.sample.tid, a.window) not in waiters:
-                        continue
-                elif ran[a.user] < HOLDER_MIN_RUN * shown[a.user]:
-                    continue
-                lines[a.user] += a.cpu
-                routes[a.endpoint] += a.cpu
+                        and (pid, a.user.file, a.user.line) not in asleep
+                        and ((a.sample.tid, a.window) in contending
+                             or ran[a.user] >= HOLDER_MIN_RUN * shown[a.user])):
+                    lines[a.user] += a.cpu
+                    by_line[a.user][a.endpoint] += a.cpu
             if lines:
                 break
         if not lines:
@@ -204,7 +229,7 @@ class GilContentionRule:
         if severity is None:
             return None
         hot = max(lines.items(), key=lambda kv: (kv[1], kv[0].file, kv[0].line))[0]
-        route = max(routes.items(), key=lambda kv: (kv[1], kv[0] or ""))[0]
+        route = max(by_line[hot].items(), key=lambda kv: (kv[1], kv[0] or ""))[0]
         gil = [g for g in ctx.data.gil if g.pid == pid]
         seconds = sum(end - start for start, end in windows)
         loc = frame_location(hot)
@@ -216,8 +241,8 @@ class GilContentionRule:
         if looked:
             evidence = (f"the request threads of process {pid} spent {pct(share)} of their busy"
                         f" time waiting for the GIL over {seconds:.0f} s (measured: the kernel"
-                        f" found them blocked on the GIL's futex); the hottest line running"
-                        f" then: {where(loc)}")
+                        f" found them blocked on the GIL's futex); the hottest Python contending"
+                        f" for it: {where(loc)}")
         else:
             mean_ms = share * SWITCH_INTERVAL * 1000  # over the contended windows
             metric["mean_wait_ms"] = mean_ms
