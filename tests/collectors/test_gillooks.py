@@ -120,3 +120,20 @@ def test_watch_takes_the_busy_threads_of_known_processes_only() -> None:
     looks._futex[10] = (202, 1)  # known without starting the looking thread
     looks.watch({(10, 1): 0.5, (10, 2): 0.001, (11, 3): 0.9}, 0.01)
     assert looks._watched == ((10, 1),)
+
+
+def test_a_process_that_may_not_be_read_is_not_looked_at_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Permission is what Yama's ptrace_scope refuses a non-root collector here; as root it
+    # cannot be refused for real, so os.open is made to refuse it.
+    def refuse(path: str, flags: int) -> int:
+        raise PermissionError(13, "Permission denied", path)
+
+    looks = GilLooks()
+    looks._futex[10] = (202, 1)  # known without starting the looking thread
+    looks.watch({(10, 1): 1.0, (10, 2): 1.0}, 0.0)
+    monkeypatch.setattr("apiscope.collectors.gillooks.os.open", refuse)
+    looks.look()
+    assert looks.errors == 1 and looks.knows(10)  # one refusal, then left alone
+    looks.look()
+    assert looks.errors == 1 and looks.drain() == {} and 10 not in looks._futex

@@ -36,6 +36,7 @@ class GilLooks:
         self.proc_root = proc_root
         self._lock = threading.Lock()
         self._futex: dict[int, tuple[int, int]] = {}  # pid -> (system call number, address)
+        self._refused: set[int] = set()  # processes whose threads may not be read
         self._watched: tuple[ThreadKey, ...] = ()
         self._counts: dict[ThreadKey, list[int]] = {}
         self._fds: dict[ThreadKey, int] = {}  # used by the looking thread only
@@ -53,7 +54,8 @@ class GilLooks:
                 self._thread.start()
 
     def knows(self, pid: int) -> bool:
-        return pid in self._futex
+        """Told of `pid` already (looking at it, or refused reading it)."""
+        return pid in self._futex or pid in self._refused
 
     def watch(self, cpu: Mapping[ThreadKey, float], min_seconds: float) -> None:
         """Look, from now on, at the threads of known processes that used at least
@@ -118,7 +120,12 @@ class GilLooks:
                 fd = os.open(f"{self.proc_root}/{key[0]}/task/{key[1]}/syscall", os.O_RDONLY)
                 self._fds[key] = fd
             return os.pread(fd, 128, 0)
-        except OSError:  # the thread ended, or may not be read: stop looking at it
+        except PermissionError:  # not ours to read (Yama's ptrace_scope): the whole process
+            self.errors += 1
+            self._refused.add(key[0])
+            self._futex.pop(key[0], None)
+            return None
+        except OSError:  # the thread ended: stop looking at it
             self.errors += 1
             if fd is not None:
                 _close(self._fds.pop(key, fd))
