@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from apiscope.agent.gilwatch import GilMeter, GilWatchdog, gil_futex
+from apiscope.agent.looppass import PassClock
 from apiscope.agent.schedstat import SchedStat, percentile
 from apiscope.agent.watchdog import WatchdogOptions, Watchdogs
 from apiscope.collectors.agent_client import batch_from_json
@@ -313,6 +314,28 @@ def test_the_selector_is_given_back_when_the_watchdogs_stop() -> None:
     done = asyncio.run_coroutine_threadsafe(asyncio.sleep(0.01, "served"), lt.loop)
     assert done.result(timeout=5) == "served"
     lt.close()
+
+
+def test_a_failing_pass_timer_never_stops_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> int:
+        raise OSError("no thread clock")
+
+    monkeypatch.setattr(time, "thread_time_ns", broken)  # read when a long pass ends
+    loop = asyncio.new_event_loop()
+    try:
+        clock = PassClock.install(loop, 0.001)
+        assert clock is not None
+
+        async def long_pass() -> str:
+            time.sleep(0.01)  # a pass over the threshold: its end asks for the thread's CPU
+            await asyncio.sleep(0)
+            return "served"
+
+        assert loop.run_until_complete(long_pass()) == "served"
+        assert clock.errors >= 1 and not clock.long
+        clock.uninstall()
+    finally:
+        loop.close()
 
 
 def test_a_closed_loop_ends_its_watchdog() -> None:

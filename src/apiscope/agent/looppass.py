@@ -30,8 +30,8 @@ class PassClock:
     `select`); read by the watchdog thread, which needs no lock: each field is replaced whole
     and `long` is a deque (append and popleft are atomic)."""
 
-    __slots__ = ("_original", "_selector", "_wrapper", "entered_at", "exit_at", "long",
-                 "parked", "passes", "threshold")
+    __slots__ = ("_original", "_selector", "_wrapper", "entered_at", "errors", "exit_at",
+                 "long", "parked", "passes", "threshold")
 
     def __init__(self, selector: selectors.BaseSelector, threshold: float) -> None:
         self._selector = selector
@@ -43,6 +43,7 @@ class PassClock:
         self.entered_at = now  # when the loop last entered `select`
         self.parked = False  # in `select` now: waiting for I/O or a timer
         self.passes = 0  # passes since install
+        self.errors = 0  # failures of the timing itself (the select call went on)
         # (start, seconds, the loop thread's CPU ns at the end) of each pass >= threshold
         self.long: deque[tuple[float, float, int]] = deque(maxlen=MAX_PASSES)
 
@@ -63,13 +64,16 @@ class PassClock:
         append = self.long.append
 
         def select(timeout: float | None = None) -> Any:
-            now = perf_counter()
-            start = self.exit_at
-            if now - start >= self.threshold:
-                append((start, now - start, thread_time_ns()))
-            self.passes += 1
-            self.entered_at = now
-            self.parked = True
+            try:  # the loop's own select must run whatever happens to the timing
+                now = perf_counter()
+                start = self.exit_at
+                if now - start >= self.threshold:
+                    append((start, now - start, thread_time_ns()))
+                self.passes += 1
+                self.entered_at = now
+                self.parked = True
+            except Exception:
+                self.errors += 1
             try:
                 return original(timeout)
             finally:

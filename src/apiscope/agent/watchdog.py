@@ -169,7 +169,8 @@ class Watchdogs:
             stalls.extend(dog_stalls)
         watchers: list[Any] = [*dogs, *([gil] if gil is not None else [])]
         cpu = self._retired_cpu + sum(w.cpu.seconds() for w in watchers)
-        errors = self.errors + sum(w.errors for w in watchers)
+        errors = self.errors + sum(w.errors for w in watchers) + sum(
+            dog.passes.errors for dog in dogs if dog.passes is not None)
         with self._lock:  # a closed loop's watchdog has been drained for the last time
             for key in ended:
                 ended_dog = self._loops.pop(key, None)
