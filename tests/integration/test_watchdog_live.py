@@ -57,7 +57,11 @@ def test_run_records_loop_stalls_at_the_blocking_line_and_gil_samples(tmp_path: 
     at_line = [s for s in stalls if s.frames and s.frames[-1].line == SLEEP_LINE]
     for stall in at_line:
         assert 90 <= stall.duration_ms <= 1000
-        assert stall.cpu_ms is not None and stall.cpu_ms < stall.duration_ms / 2  # asleep
+    # The CPU of a stall is read from when the watchdog began to follow it: one followed only
+    # in its last 2 ms (a watchdog woken late on a loaded machine) has none, rather than a guess.
+    measured = [s for s in at_line if s.cpu_ms is not None]
+    assert len(measured) >= len(at_line) // 2
+    assert all(s.cpu_ms < s.duration_ms / 2 for s in measured)  # asleep
     assert lag and max(s.max_ms for s in lag) >= 90
     assert gil and all(s.runqueue_known for s in gil) and sum(s.acquisitions for s in gil) > 0
     assert cpu and all(0 < v < 1.0 for v in cpu.values())
