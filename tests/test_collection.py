@@ -6,6 +6,7 @@ import io
 
 import pytest
 
+from apiscope.collect.status import status_line
 from apiscope.collection import Collection, CollectOptions
 from apiscope.collectors.agent_client import WatchdogReport
 from apiscope.collectors.samplerstats import EndReason
@@ -93,6 +94,34 @@ def test_pulled_requests_are_counted_stored_and_observed() -> None:
     assert sum(len(args[0]) for args in rig.writer.named("put_requests")) == 5
     assert sum(len(args[0]) for args in rig.metrics.named("observe_requests")) == 5
     assert rig.clients.made[11].pulls == [10.0, 10.0]  # the orphan timeout, told every pull
+    rig.collection.stop()
+
+
+def test_requests_are_thinned_when_taking_them_in_costs_too_much() -> None:
+    import dataclasses
+
+    rig = Rig()
+    kept = [dataclasses.replace(r, weight=4) for r in batch(11, requests=3).requests]
+    rig.clients.scripts[11] = [dataclasses.replace(batch(11), requests=kept)]
+    rig.collection.start()
+    rig.collection.pull_agents()
+    assert rig.collection.totals.requests == 12  # each kept record stands for 4
+    assert rig.clients.made[11].keeps == [(1, 200.0)]  # all, and always those over the SLO
+    assert rig.collection.keeping is not None
+    # Storing 5,000 requests cost 5% of a core in a second, with a budget of 2% on 2 workers:
+    # 2.5 times the share of requests (half the budget: 1% of a core per worker).
+    monotonic = [1.0]
+    rig.collection._monotonic = lambda: monotonic[0]
+    rig.collection.adjust_keeping()
+    monotonic[0] = 2.0
+    rig.writer.request_cpu = 0.05
+    rig.collection._kept += 5000
+    rig.collection.adjust_keeping()
+    assert rig.collection.keeping.every == 3
+    assert rig.writer.meta["requests_kept_every"] == 3
+    rig.collection.pull_agents()
+    assert rig.clients.made[11].keeps[-1] == (3, 200.0)
+    assert "(1 in 3 kept)" in status_line(rig.collection.counters())
     rig.collection.stop()
 
 

@@ -27,7 +27,7 @@ from apiscope.collect.status import Counters, Terminal, pull_text, status_line, 
 from apiscope.collect.workers import Client, Injector, WorkerSet
 from apiscope.collect.workers import remove_stale_socket as remove_stale_socket
 from apiscope.collectors.agent_client import AgentBatch, AgentClient, AgentError
-from apiscope.collectors.budget import OverheadBudget
+from apiscope.collectors.budget import OverheadBudget, RequestKeeping
 from apiscope.collectors.injections import DetachFailure
 from apiscope.collectors.pyspy import RecordOptions
 from apiscope.collectors.resources import ProcessChanges, ResourceCollector
@@ -73,6 +73,7 @@ class SessionOutput(Writer, Protocol):
     def failure(self) -> str | None: ...
     committed_samples: int
     committed_requests: int
+    request_cpu: float  # CPU seconds spent storing requests
 
     def flush(self, timeout: float = 10.0) -> None: ...
 
@@ -152,14 +153,20 @@ class Collection:
         self._lock = threading.Lock()
         self._routes_seen: dict[int, int] = {}
         self._watchdog_cpu: dict[str, float] = {}  # the agents' watchdogs' own CPU, by pid
+        self._serve_cpu: dict[int, float] = {}  # the agents' CPU answering pulls, by pid
+        # One request in `keeping.every` kept when taking them all in would cost too much.
+        self.keeping = RequestKeeping(options.max_overhead / 100) \
+            if options.max_overhead > 0 else None
+        self._intake_cpu = 0.0  # the collector's CPU pulling and handing on the agents' data
+        self._kept = 0  # request records taken in
+        self._keep_mark: tuple[float, float, int] | None = None  # (when, cost, kept)
         self._gaps_stored = 0
         self._stopped = False
         self._agents_closed = False
         self._running = False  # set once start() has started the sampler
         self._resources: Resources = resources if resources is not None \
             else ResourceCollector(target)
-        self._sampler = sampler(target, options, self._on_window,
-                                lambda: sum(self._watchdog_cpu.values()))
+        self._sampler = sampler(target, options, self._on_window, self._agents_cpu)
         self._poller = threading.Thread(target=self._poll_loop, name="apiscope-poller",
                                         daemon=True)
 
@@ -313,6 +320,11 @@ class Collection:
             self.terminal.detail(window_text(window.end - self.started, window.rate_hz, counts,
                                              stats.dropped_windows + stats.failed_windows))
 
+    def _agents_cpu(self) -> float:
+        """The agents' own CPU seconds so far (watchdogs and answering pulls): the budget
+        pays for them."""
+        return sum(self._watchdog_cpu.values()) + sum(self._serve_cpu.values())
+
     def _poll_loop(self) -> None:
         next_resources = 0.0
         while not self._stop.wait(self.options.poll_seconds):
@@ -322,6 +334,7 @@ class Collection:
                 if now >= next_resources:
                     next_resources = now + 1.0
                     self.collect_resources()
+                    self.adjust_keeping()
             except Exception as exc:  # a collector failing must not end the run silently
                 self._warn(f"collector error: {exc}")
 
@@ -338,14 +351,41 @@ class Collection:
         if not self._resources.alive_pids():
             self.target_gone = True
 
+    def adjust_keeping(self) -> None:
+        """Choose how many requests the agents keep (one in n) from what taking them in cost
+        since the last call: the collector's CPU pulling and storing them and the agents'
+        CPU answering (see `RequestKeeping`)."""
+        if self.keeping is None:
+            return
+        now = self._monotonic()
+        cost = self._intake_cpu + self.writer.request_cpu + sum(self._serve_cpu.values())
+        mark, self._keep_mark = self._keep_mark, (now, cost, self._kept)
+        if mark is None:
+            return
+        before = self.keeping.every
+        every = self.keeping.observe(now - mark[0], cost - mark[1], self._kept - mark[2],
+                                     processes=max(1, len(self.workers.clients())))
+        if every != before:
+            self.sink.meta(requests_kept_every=every,
+                           requests_kept_every_max=max(self.keeping.history))
+
     def pull_agents(self) -> None:
         """Drain every agent of what it recorded since the last pull."""
+        began = time.thread_time()
+        try:
+            self._pull_agents()
+        finally:
+            self._intake_cpu += time.thread_time() - began
+
+    def _pull_agents(self) -> None:
         orphan = self.workers.orphan_seconds
+        # Errors and requests slower than the objective are always kept.
+        keep = (self.keeping.every, self.options.slo_ms) if self.keeping is not None else None
         for pid, client in self.workers.clients():
             # A busy worker may hold more than one pull's worth: drain it, within reason.
             for _ in range(10):
                 try:
-                    batch = client.pull(orphan_after=orphan)
+                    batch = client.pull(orphan_after=orphan, keep=keep)
                 except AgentError as exc:  # the agent is there and says what broke
                     if self.failures.agent_error(pid, exc.message):
                         self._warn(f"the agent in PID {pid} answered a pull with an error:"
@@ -361,13 +401,15 @@ class Collection:
         if batch.requests:
             self.sink.requests(batch.requests)
             with self._lock:
-                self.totals.requests += len(batch.requests)
+                self.totals.requests += sum(r.weight for r in batch.requests)
+                self._kept += len(batch.requests)
         if batch.routes and self._routes_seen.get(pid) != len(batch.routes):
             self._routes_seen[pid] = len(batch.routes)
             self.sink.routes(pid, batch.routes)
         if batch.threadpool is not None:
             self.sink.threadpool(batch.threadpool)
         self.sink.agent_stats(batch.stats)
+        self._serve_cpu[pid] = batch.stats.serve_cpu
         if batch.routing and batch.routing.get("source") != "none":
             self.sink.meta(routing=batch.routing)  # templates, or paths grouped
         unavailable = (batch.profiling or {}).get("unavailable")
@@ -405,7 +447,8 @@ class Collection:
             elapsed=self.clock() - self.started, samples=self.sampler_stats.stored,
             requests=self.totals.requests, processes=len(self._resources.alive_pids()),
             rate_hz=self._sampler.options.rate_hz if budget else None,
-            max_overhead=self.options.max_overhead if budget else None, committed=committed)
+            max_overhead=self.options.max_overhead if budget else None, committed=committed,
+            keep_every=self.keeping.every if self.keeping is not None else 1)
 
     def _print_status(self, final: bool = False) -> None:
         if self.status is None or self.options.verbosity == 0:

@@ -126,6 +126,7 @@ class RequestRecord:
     exc_file: str | None = None
     exc_line: int | None = None
     queries: tuple[QueryStat, ...] = ()
+    weight: int = 1  # the requests it stands for: n when the agent kept one in n
 
     @property
     def endpoint(self) -> str:
@@ -181,6 +182,8 @@ class AgentStats:
     recorded: int
     dropped: int
     errors: int
+    serve_cpu: float = 0.0  # CPU seconds the agent spent answering pulls (not stored)
+    keep_every: int = 1  # the agent keeps one request in this many (errors and slow: all)
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,6 +152,9 @@ class SampleSummary:
     effective_rate_hz: float | None = None
     max_overhead_percent: float | None = None
     overhead_percent: float | None = None  # with max_overhead_percent, possibly null
+    # Where the agents kept one request in n (a busy server), the largest n: the request
+    # figures are then estimates from the kept ones. None: every request was kept.
+    requests_kept_one_in: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"total": self.total, "rate_hz": self.rate_hz,
@@ -165,6 +168,8 @@ class SampleSummary:
         if self.max_overhead_percent is not None:
             out["max_overhead_percent"] = self.max_overhead_percent
             out["overhead_percent"] = self.overhead_percent
+        if self.requests_kept_one_in is not None:
+            out["requests_kept_one_in"] = self.requests_kept_one_in
         return out
 
     @classmethod
@@ -172,7 +177,8 @@ class SampleSummary:
         return cls(data["total"], data.get("rate_hz"), data.get("errors", 0),
                    bool(data.get("cpu_measured")), data.get("windows_dropped"),
                    data.get("windows_failed"), data.get("effective_rate_hz"),
-                   data.get("max_overhead_percent"), data.get("overhead_percent"))
+                   data.get("max_overhead_percent"), data.get("overhead_percent"),
+                   data.get("requests_kept_one_in"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,9 @@ class SessionMeta:
     target_failures: tuple[Mapping[str, object], ...] = ()  # one entry per process
     routing: Mapping[str, object] | None = None  # where the agent's route names came from
     watchdog_cpu_seconds: Mapping[int, float] = field(default_factory=dict)  # by pid
+    # One request in n kept by the agents, now and at most (None: every request was kept).
+    requests_kept_every: int | None = None
+    requests_kept_every_max: int | None = None
 
     @classmethod
     def from_stored(cls, values: Mapping[str, Any]) -> SessionMeta:
@@ -81,7 +84,9 @@ class SessionMeta:
             detach_failed=_objects(get("detach_failed")),
             target_failures=_objects(get("target_failures")),
             routing=dict(routing) if isinstance(routing := get("routing"), Mapping) else None,
-            watchdog_cpu_seconds=_per_pid(get("watchdog_cpu_seconds")))
+            watchdog_cpu_seconds=_per_pid(get("watchdog_cpu_seconds")),
+            requests_kept_every=_int(get("requests_kept_every")),
+            requests_kept_every_max=_int(get("requests_kept_every_max")))
 
 
 def _number(value: object) -> float | None:

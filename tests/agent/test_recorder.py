@@ -58,3 +58,55 @@ def test_concurrent_drain_loses_nothing_it_does_not_count() -> None:
     starts = [e.start for e in drained]
     assert starts == sorted(starts)  # oldest first, never duplicated
     assert len(set(starts)) == len(starts)
+
+
+def test_keeping_one_in_n_weighs_each_kept_request_by_n() -> None:
+    recorder = Recorder(capacity=100_000)
+    recorder.keep(8)
+    for i in range(40_000):
+        recorder.record(entry(i))
+    kept = recorder.drain()
+    assert {e.weight for e in kept} == {8}
+    # One in 8 at random: 5,000 expected, the spread of a binomial is ~66.
+    assert 4_600 < len(kept) < 5_400
+    assert recorder.skipped == 40_000 - len(kept)
+    assert recorder.dropped == 0  # left out on purpose is not lost
+    assert [e.start for e in kept] == sorted(e.start for e in kept)
+
+
+def test_errors_and_slow_requests_are_always_kept_and_stand_for_one() -> None:
+    recorder = Recorder()
+    recorder.keep(1024, slower_ms=100.0)
+    failed = [RequestEntry(1.0, 2.0, "GET", "/x", 503, None, None, None, ()),
+              RequestEntry(2.0, 2.0, "GET", "/x", 500, "KeyError", "app.py", 3, ()),
+              RequestEntry(3.0, 2.0, "GET", "/x", 200, "CancelledError", None, None, ())]
+    slow = RequestEntry(4.0, 150.0, "GET", "/x", 200, None, None, None, ())
+    for e in (*failed, slow):
+        recorder.record(e)
+    assert recorder.drain() == [*failed, slow]  # weight 1 each: nothing else stands for them
+
+
+def test_keeping_all_again_and_bad_settings() -> None:
+    recorder = Recorder()
+    recorder.keep(4)
+    recorder.keep(1)
+    for i in range(100):
+        recorder.record(entry(i))
+    assert len(recorder.drain()) == 100
+    for every, slower in ((0, None), (2000, None), (2.5, None), (2, -1.0), (2, "x")):
+        with pytest.raises(ValueError):
+            recorder.keep(every, slower)  # type: ignore[arg-type]
+    assert recorder.keep_every == 1
+
+
+def test_keeping_does_not_touch_the_apps_random_numbers() -> None:
+    import random
+
+    random.seed(7)
+    expected = [random.random() for _ in range(3)]
+    random.seed(7)
+    recorder = Recorder()
+    recorder.keep(2)
+    for i in range(50):
+        recorder.record(entry(i))
+    assert [random.random() for _ in range(3)] == expected

@@ -72,7 +72,8 @@ def test_loads_without_site_packages_and_serves_a_pull(sock_dir: str) -> None:
     (request,) = result["reply"]["requests"]
     _start, _duration, method, route, status, *_rest = request  # a RequestEntry, as an array
     assert (method, route, status) == ("GET", "/", 200)
-    assert result["reply"]["stats"] == {"recorded": 1, "dropped": 0, "errors": 0}
+    assert result["reply"]["stats"] == {"recorded": 1, "dropped": 0, "errors": 0, "skipped": 0,
+                                        "keep_every": 1, "serve_cpu": 0.0}
 
 
 def test_two_copies_in_one_process_share_one_agent(sock_dir: str) -> None:

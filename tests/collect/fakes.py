@@ -34,6 +34,7 @@ class FakeWriter:
         self.failure: str | None = None
         self.committed_samples = 0
         self.committed_requests = 0
+        self.request_cpu = 0.0
         self.flushed = 0
 
     def set_meta(self, **values: Any) -> None:
@@ -97,10 +98,12 @@ class FakeClient:
         self.answers = list(answers or [])
         self.closed = False
         self.pulls: list[float | None] = []
+        self.keeps: list[tuple[int, float | None] | None] = []
 
-    def pull(self, max_requests: int | None = None,
-             orphan_after: float | None = None) -> AgentBatch:
+    def pull(self, max_requests: int | None = None, orphan_after: float | None = None,
+             keep: tuple[int, float | None] | None = None) -> AgentBatch:
         self.pulls.append(orphan_after)
+        self.keeps.append(keep)
         if not self.answers:
             raise ConnectionRefusedError("nobody there")
         answer = self.answers.pop(0)

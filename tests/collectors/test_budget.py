@@ -67,3 +67,27 @@ def test_the_mean_cost_weighs_each_window_by_its_length() -> None:
     budget.observe(WindowCost(4.0, 5, 0.04))  # then 4 s windows at 1%
     budget.observe(WindowCost(4.0, 5, 0.04))
     assert abs(budget.mean_cost() - (0.10 + 0.08) / 9) < 1e-9
+
+
+def test_requests_are_thinned_when_taking_them_in_costs_more_than_half_the_budget() -> None:
+    from apiscope.collectors.budget import RequestKeeping
+
+    keeping = RequestKeeping(0.02)
+    # 4,000 requests a second at 10 µs each: 4% of a core, four times the 1% share.
+    assert keeping.observe(1.0, 0.04, 4000) == 4
+    # Kept at one in four, they cost the share: it holds.
+    assert keeping.observe(1.0, 0.01, 1000) == 4
+    # The load falls to a quarter: cost under a quarter of the share, keep more again.
+    assert keeping.observe(1.0, 0.0024, 240) == 2
+    assert keeping.observe(1.0, 0.0048, 480) == 2
+
+
+def test_few_requests_are_all_kept_whatever_they_cost() -> None:
+    from apiscope.collectors.budget import MIN_KEPT_RPS, RequestKeeping
+
+    keeping = RequestKeeping(0.02)
+    # Expensive (a slow disk), but only MIN_KEPT_RPS a second: thinning would leave too few.
+    assert keeping.observe(1.0, 0.05, MIN_KEPT_RPS) == 1
+    # Several processes: each has its own share and its own floor.
+    assert RequestKeeping(0.02).observe(1.0, 0.03, 4000, processes=4) == 1
+    assert RequestKeeping(0.02).observe(1.0, 0.12, 4000, processes=4) == 3

@@ -98,6 +98,33 @@ def test_requests_round_trip_with_queries(tmp_path: Path) -> None:
     assert reader.resources()[0].rss_bytes == 50_000_000
 
 
+def test_a_request_kept_for_n_reads_as_n_requests(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    kept = RequestRecord(10, 100.0, 2.0, "GET", "/items", 200, weight=4)
+    failed = RequestRecord(10, 100.5, 9.0, "GET", "/items", 500)
+    with SessionWriter(path) as writer:
+        writer.put_requests([kept, failed])
+    with SessionReader(path) as reader:
+        assert reader.requests() == [kept] * 4 + [failed]
+        assert [r.weight for r in reader.requests_after(0)] == [4, 1]
+    assert stored(path, "SELECT sum(weight) FROM requests") == 5
+
+
+def test_a_session_written_before_weights_reads_every_request_once(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with SessionWriter(path) as writer:
+        writer.put_requests([RequestRecord(10, 100.0 + i, 2.0, "GET", "/items", 200, weight=3)
+                             for i in range(2)])
+    conn = sqlite3.connect(path)  # as schema 2 wrote it: no weight column
+    conn.execute("ALTER TABLE requests DROP COLUMN weight")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    with SessionReader(path) as reader:
+        assert [r.weight for r in reader.requests()] == [1, 1]
+        assert [r.weight for r in reader.requests_after(0)] == [1, 1]
+
+
 def test_foreign_and_missing_files_are_refused_clearly(tmp_path: Path) -> None:
     with pytest.raises(SessionFileError, match="no session file"):
         SessionReader(tmp_path / "missing.sqlite")

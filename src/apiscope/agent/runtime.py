@@ -133,6 +133,8 @@ class Agent:
             limit = request.get("max", MAX_BATCH)
             if not isinstance(limit, int) or limit < 1:
                 raise ValueError(f"max must be a positive integer, not {limit!r}")
+            if "keep" in request:  # the share of requests to keep from now on (see Recorder)
+                self.recorder.keep(request["keep"], request.get("keep_slower_ms"))
             return self.pull(limit)
         if op == "dump":
             return dump_state(self.inflight)
@@ -154,6 +156,9 @@ class Agent:
             "routes": list(self.routes.rows),
             "threadpool": pool,
             "stats": {"recorded": self.recorder.recorded, "dropped": self.recorder.dropped,
+                      "skipped": self.recorder.skipped, "keep_every": self.recorder.keep_every,
+                      # the answers' CPU so far (this one's encoding counts in the next)
+                      "serve_cpu": self._server.cpu_seconds if self._server else 0.0,
                       "errors": self.recorder.errors + (self.query_hooks.errors
                                                         if self.query_hooks else 0)},
             "profiling": self.profiling.stats(),  # off, or why pyinstrument is unavailable

@@ -1,10 +1,13 @@
 """`AgentServer`: a daemon thread answering the collector on a Unix socket.
 
 Protocol: newline-delimited JSON. The collector writes one request object per line
-(`{"op": "pull"}` or `{"op": "ping"}`) and reads one response object per line. A pull answers
+(`{"op": "pull"}` or `{"op": "ping"}`) and reads one response object per line. A pull may
+say which requests to keep from then on (`"keep": n`, one in n at random, and
+`"keep_slower_ms"`: slower ones always; see `recorder.Recorder`). It answers
 `{"pid", "ts", "requests": [[start, duration_ms, method, route, status, exc_type, exc_file,
-exc_line, queries], ...], "routes": [...], "threadpool": {...} | null,
-"stats": {"recorded", "dropped", "errors"}, "profiles": [...], "profiling": {...},
+exc_line, queries, weight], ...], "routes": [...], "threadpool": {...} | null,
+"stats": {"recorded", "dropped", "skipped", "keep_every", "errors"}, "profiles": [...],
+"profiling": {...},
 "watchdogs": {...} | null, "more": bool}` (`profiling`: the per-request profiler's status,
 e.g. why pyinstrument is unavailable in the target; `watchdogs`: loop lag, loop stalls and the
 GIL wait measured since the previous pull, see `watchdog.Watchdogs.pull`); an unknown op
@@ -29,6 +32,7 @@ import selectors
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +55,7 @@ class AgentServer:
         self._thread: threading.Thread | None = None
         self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
         self._connections: set[socket.socket] = set()
+        self.cpu_seconds = 0.0  # CPU time spent answering (building and encoding responses)
 
     def start(self) -> None:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -154,6 +159,14 @@ class AgentServer:
             reader.close()
 
     def _answer(self, line: bytes) -> bytes:
+        began = time.thread_time()
+        try:
+            return self._encode_answer(line)
+        finally:
+            # Two collectors answered at once may lose an addition: a figure, not a ledger.
+            self.cpu_seconds += time.thread_time() - began
+
+    def _encode_answer(self, line: bytes) -> bytes:
         try:
             request = json.loads(line)
             if not isinstance(request, dict):

@@ -127,7 +127,9 @@ def _samples(data: SessionData) -> SampleSummary:
         windows_failed=meta.windows_failed or None,
         effective_rate_hz=effective,
         max_overhead_percent=meta.max_overhead,
-        overhead_percent=meta.overhead if budgeted else None)
+        overhead_percent=meta.overhead if budgeted else None,
+        requests_kept_one_in=meta.requests_kept_every_max
+        if (meta.requests_kept_every_max or 1) > 1 else None)
 
 
 def analyse(data: SessionData, *, slo_ms: float | None = None,
@@ -173,6 +175,10 @@ def render_text(report: Report) -> str:
            f"  window {window.start} .. {window.end} ({window.seconds:.0f} s);"
            f" {samples.total} stack samples at {samples.rate_hz or '-'} Hz,"
            f" {samples.errors} errors", ""]
+    if samples.requests_kept_one_in is not None:
+        out[-1:-1] = [f"  a busy server: the agents kept 1 request in up to"
+                      f" {samples.requests_kept_one_in} at random (every error and every request"
+                      " over the SLO kept); request counts and latencies are estimates"]
     failures = [line for entry in target.failures for line in _failure_text(entry)]
     if failures:
         out[-1:-1] = ["", "Collection failures", *failures]

@@ -24,6 +24,7 @@ class Counters:
     processes: int  # still alive
     rate_hz: int | None = None  # the rate sampled at now, when a budget chooses it
     max_overhead: float | None = None  # the budget, percent of the target's capacity
+    keep_every: int = 1  # the agents keep one request in this many (requests: an estimate)
     # Set once the session file failed: the rows it holds, not the ones counted.
     committed: tuple[int, int] | None = None  # (samples, requests)
 
@@ -41,8 +42,9 @@ def status_line(c: Counters) -> str:
     rate = ""
     if c.rate_hz is not None and c.max_overhead is not None:
         rate = f"  rate {c.rate_hz} Hz (budget {c.max_overhead:g}%)"
+    kept = f" (1 in {c.keep_every} kept)" if c.keep_every > 1 else ""
     return (f"apiscope: {c.elapsed:5.1f}s  samples {c.samples:,}  requests {c.requests:,}"
-            f"  processes {c.processes}{rate}")
+            f"{kept}  processes {c.processes}{rate}")
 
 
 def window_text(elapsed: float, rate_hz: int, counts: WindowCounts, windows_lost: int) -> str:

@@ -25,8 +25,8 @@ from apiscope.errors import ApiscopeError
 class Client(Protocol):
     """An agent client as the collection uses it (`AgentClient`)."""
 
-    def pull(self, max_requests: int | None = None,
-             orphan_after: float | None = None) -> AgentBatch: ...
+    def pull(self, max_requests: int | None = None, orphan_after: float | None = None,
+             keep: tuple[int, float | None] | None = None) -> AgentBatch: ...
 
     def close(self) -> None: ...
 

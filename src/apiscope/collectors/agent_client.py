@@ -114,19 +114,23 @@ class AgentClient:
         except AgentUnavailable:
             return False
 
-    def pull(self, max_requests: int | None = None,
-             orphan_after: float | None = None) -> AgentBatch:
+    def pull(self, max_requests: int | None = None, orphan_after: float | None = None,
+             keep: tuple[int, float | None] | None = None) -> AgentBatch:
         """Drain the agent's finished requests (at most `max_requests`, else the agent's
         default); raises AgentUnavailable when nobody answers.
 
         `orphan_after` tells an injected agent how many seconds without a pull mean that its
-        collector is gone (it then removes itself; see `apiscope.agent.orphan`).
+        collector is gone (it then removes itself; see `apiscope.agent.orphan`). `keep`
+        (every, slower_ms) asks it to keep one request in `every` from now on, and all of
+        `slower_ms` or longer (see `apiscope.agent.recorder.Recorder.keep`).
         """
         message: dict[str, Any] = {"op": "pull"}
         if max_requests is not None:
             message["max"] = max_requests
         if orphan_after is not None:
             message["orphan_after"] = orphan_after
+        if keep is not None:
+            message["keep"], message["keep_slower_ms"] = keep
         # Our pid for the process, not the one it has in its container.
         return batch_from_json({**self.request(message), "pid": self.pid}, self.pid)
 
@@ -258,7 +262,9 @@ def batch_from_json(data: dict[str, Any], pid: int | None = None) -> AgentBatch:
             borrowed_tokens=int(pool["borrowed_tokens"]), waiting=int(pool["waiting"]),
         ) if pool else None,
         stats=AgentStats(ts=ts, pid=pid, recorded=int(stats.get("recorded", 0)),
-                         dropped=int(stats.get("dropped", 0)), errors=int(stats.get("errors", 0))),
+                         dropped=int(stats.get("dropped", 0)), errors=int(stats.get("errors", 0)),
+                         serve_cpu=float(stats.get("serve_cpu", 0.0)),
+                         keep_every=int(stats.get("keep_every", 1))),
         profiles=[_profile(p, pid) for p in data.get("profiles", [])],
         more=bool(data.get("more", False)),
         profiling=data.get("profiling"),
@@ -322,13 +328,16 @@ def _request(r: list[Any] | dict[str, Any], pid: int) -> RequestRecord:
     object, as an agent of an earlier apiscope still running in a server sends it."""
     if isinstance(r, dict):
         r = [r.get(name) for name in _REQUEST_FIELDS]
-    start, duration_ms, method, route, status, exc_type, exc_file, exc_line, queries = r
+    # An agent of an earlier apiscope sends no weight: it keeps every request.
+    start, duration_ms, method, route, status, exc_type, exc_file, exc_line, queries = r[:9]
+    weight = int(r[9]) if len(r) > 9 else 1
     return RequestRecord(
         pid=pid, start=float(start), duration_ms=float(duration_ms), method=str(method),
         route=str(route), status=int(status), exc_type=exc_type, exc_file=exc_file,
         exc_line=exc_line,
         queries=tuple(QueryStat(statement=q[0], count=int(q[1]), total_ms=float(q[2]),
                                 file=q[3], line=q[4]) for q in queries or ()),
+        weight=max(1, weight),
     )
 
 

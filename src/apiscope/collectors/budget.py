@@ -24,6 +24,7 @@ window is stored with it, and every figure that turns counts into time uses it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 MIN_RATE = 5  # Hz: below this the stacks say too little to be worth their cost
@@ -131,3 +132,44 @@ class OverheadBudget:
         if not total:
             return 0.0
         return sum(c * s for (c, _), s in zip(self.history, self.seconds, strict=True)) / total
+
+
+KEEP_SHARE = 0.5  # of the budget, the most that taking in the agents' requests may cost
+MIN_KEPT_RPS = 100  # kept requests a second per process below which all are kept (cheap)
+MAX_KEEP_EVERY = 1024  # as the agent allows
+
+
+@dataclass(slots=True)
+class RequestKeeping:
+    """How many of the requests the agents keep: one in `every`, at random (errors and
+    requests slower than the SLO always), chosen second by second so that taking them in
+    costs at most `KEEP_SHARE` of the budget.
+
+    What taking in a request costs is measured, not assumed: the collector's CPU time in
+    pulling, decoding, exporting and storing the agents' requests (`observe`'s `cpu`). A
+    saturated server answering thousands of requests a second would otherwise cost the
+    collector more than the whole budget, and grow the session by more than a gigabyte an
+    hour; each kept request carries the number it stands for, so counts, rates and
+    percentiles stay estimates of all of them.
+    """
+
+    max_overhead: float  # fraction of the target's capacity, e.g. 0.02
+    every: int = 1
+    history: list[int] = field(default_factory=list)  # `every` after each observation
+
+    def observe(self, seconds: float, cpu: float, kept: int, processes: int = 1) -> int:
+        """Account `seconds` in which taking in `kept` requests cost `cpu` CPU seconds;
+        return how many to keep (one in n) from now on."""
+        if seconds <= 0:
+            return self.every
+        processes = max(1, processes)
+        share = KEEP_SHARE * self.max_overhead * processes  # cores
+        cores = cpu / seconds
+        if cores > share and kept / seconds > MIN_KEPT_RPS * processes:
+            # Kept requests fall in proportion: aim at the share in one step.
+            self.every = min(MAX_KEEP_EVERY, max(self.every + 1,
+                                                 math.ceil(self.every * cores / share)))
+        elif cores < share / 4 and self.every > 1:
+            self.every = max(1, self.every // 2)  # the load fell: keep more, gently
+        self.history.append(self.every)
+        return self.every

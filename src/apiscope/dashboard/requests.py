@@ -2,7 +2,9 @@
 
 A hundred thousand requests fit easily in memory; percentiles over a time range are then a
 filter and a sort of one column per endpoint, far cheaper than asking SQLite for each view.
-New requests are read incrementally, keyed by the last request id seen.
+New requests are read incrementally, keyed by the last request id seen. A request the agent
+kept for n (one in n kept on a busy server) is held n times, as the same tuple, so that every
+count, rate and percentile here is the estimate it stands for.
 """
 
 from __future__ import annotations
@@ -75,9 +77,14 @@ class RequestIndex:
 
     def refresh(self) -> bool:
         with self._lock:
-            fresh = [Request(r.id, r.pid, r.start, r.duration_ms, f"{r.method} {r.route}",
-                             r.status, r.exc_type, r.query_count, r.query_ms)
-                     for r in self._reader.requests_after(self.last_id)]
+            fresh: list[Request] = []
+            for s in self._reader.requests_after(self.last_id):
+                row = Request(s.id, s.pid, s.start, s.duration_ms, f"{s.method} {s.route}",
+                              s.status, s.exc_type, s.query_count, s.query_ms)
+                if s.weight == 1:
+                    fresh.append(row)
+                else:
+                    fresh.extend([row] * max(1, s.weight))
             if not fresh:
                 return False
             # New lists, so a callback reading the old ones in another thread is undisturbed.
@@ -160,4 +167,6 @@ def latency_series(starts: Iterable[float], durations: Iterable[float], start: f
 
 
 def slowest(requests: Iterable[Request], limit: int = 20) -> list[Request]:
-    return sorted(requests, key=lambda r: -r.duration_ms)[:limit]
+    """The `limit` slowest requests, each once (a kept-for-n request is held n times)."""
+    unique = {id(r): r for r in requests}.values()
+    return sorted(unique, key=lambda r: -r.duration_ms)[:limit]

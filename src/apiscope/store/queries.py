@@ -42,6 +42,7 @@ class RequestSummary:
     exc_type: str | None
     query_count: int
     query_ms: float
+    weight: int = 1  # the requests it stands for (see `SessionReader.requests`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,9 @@ class ViewQueries:
     """The incremental and aggregate reads, mixed into `SessionReader` (which runs the SQL)."""
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _weight_column(self) -> str:
         raise NotImplementedError
 
     # -- stack samples ------------------------------------------------------------------------
@@ -117,7 +121,8 @@ class ViewQueries:
         """The requests stored after row `last_id`, in the order written."""
         return [RequestSummary(*row) for row in self._query(
             "SELECT id, pid, start, duration_ms, method, route, status, exc_type, query_count,"
-            " query_ms FROM requests WHERE id > ? ORDER BY id", (last_id,))]
+            f" query_ms, {self._weight_column()} FROM requests WHERE id > ? ORDER BY id",
+            (last_id,))]
 
     def request_statements(self, request_ids: Sequence[int]) -> list[RequestStatement]:
         """The statements each of the given requests issued, least frequent first."""

@@ -91,6 +91,7 @@ class SessionReader(ViewQueries):
                 f" understands ({schema.SCHEMA_VERSION}): upgrade apiscope")
         self._frames: dict[int, Frame] = {}
         self._stacks: dict[int, tuple[Frame, ...]] = {}
+        self._has_weight: bool | None = None
 
     def close(self) -> None:
         self._conn.close()
@@ -323,8 +324,12 @@ class SessionReader(ViewQueries):
 
     def requests(self, since: float | None = None, until: float | None = None,
                  with_queries: bool = False) -> list[RequestRecord]:
+        """The recorded requests, oldest first. A record kept for `weight` requests (the agent
+        kept one in n) is in the list `weight` times, the same object: counts, rates and
+        percentiles over the list are then the estimates they stand for."""
         sql = ("SELECT id, pid, start, duration_ms, method, route, status, exc_type, exc_file,"
-               " exc_line FROM requests WHERE start >= ? AND start < ? ORDER BY start")
+               f" exc_line, {self._weight_column()} FROM requests"
+               " WHERE start >= ? AND start < ? ORDER BY start")
         rows = self._query(sql, (since if since is not None else float("-inf"),
                                 until if until is not None else float("inf")))
         queries: dict[int, list[QueryStat]] = {}
@@ -333,9 +338,22 @@ class SessionReader(ViewQueries):
                     "SELECT q.request_id, st.sql, q.count, q.total_ms, q.file, q.line"
                     " FROM request_queries q JOIN statements st ON st.id = q.statement_id"):
                 queries.setdefault(rid, []).append(QueryStat(text, count, total, f, ln))
-        return [RequestRecord(pid, start, dur, method, route, status, et, ef, el,
-                              tuple(queries.get(rid, ())))
-                for rid, pid, start, dur, method, route, status, et, ef, el in rows]
+        out: list[RequestRecord] = []
+        for rid, pid, start, dur, method, route, status, et, ef, el, weight in rows:
+            record = RequestRecord(pid, start, dur, method, route, status, et, ef, el,
+                                   tuple(queries.get(rid, ())), weight)
+            if weight == 1:
+                out.append(record)
+            else:
+                out.extend([record] * max(1, weight))
+        return out
+
+    def _weight_column(self) -> str:
+        """`weight`, or 1 in a session written before requests were kept one in n."""
+        if self._has_weight is None:
+            columns = {row[1] for row in self._query("PRAGMA table_info(requests)")}
+            self._has_weight = "weight" in columns
+        return "weight" if self._has_weight else "1"
 
     def resources(self, pid: int | None = None) -> list[ResourceSample]:
         sql = "SELECT * FROM resources" + (" WHERE pid = ?" if pid is not None else "")

@@ -11,7 +11,8 @@ import sqlite3
 from collections.abc import Iterable
 
 # 2: thread_cpu and process_cpu (the kernel's CPU time per window); older files still read.
-SCHEMA_VERSION = 2
+# 3: requests.weight (a request kept for n): an older apiscope would count such a file short.
+SCHEMA_VERSION = 3
 # PRAGMA application_id marks the file as ours, so a foreign SQLite file is refused clearly.
 APPLICATION_ID = 0x61706973  # "apis"
 
@@ -59,7 +60,8 @@ CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY, pid INTEGER NOT NULL, start REAL NOT NULL,
     duration_ms REAL NOT NULL, method TEXT NOT NULL, route TEXT NOT NULL,
     status INTEGER NOT NULL, exc_type TEXT, exc_file TEXT, exc_line INTEGER,
-    query_count INTEGER NOT NULL DEFAULT 0, query_ms REAL NOT NULL DEFAULT 0
+    query_count INTEGER NOT NULL DEFAULT 0, query_ms REAL NOT NULL DEFAULT 0,
+    weight INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS requests_start ON requests (start);
 CREATE TABLE IF NOT EXISTS statements (id INTEGER PRIMARY KEY, sql TEXT NOT NULL UNIQUE);

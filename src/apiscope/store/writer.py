@@ -86,6 +86,7 @@ class SessionWriter:
         self.lost_jobs = 0  # enqueued after a failure: never written
         self.committed_samples = 0  # what the file holds, for summaries that must not lie
         self.committed_requests = 0
+        self.request_cpu = 0.0  # CPU seconds of this writer's thread spent storing requests
         try:
             conn = self._open()
         except (OSError, sqlite3.Error) as exc:
@@ -336,6 +337,13 @@ class SessionWriter:
         return sid
 
     def _write_requests(self, c: sqlite3.Connection, batch: list[RequestRecord]) -> None:
+        began = time.thread_time()
+        try:
+            self._insert_requests(c, batch)
+        finally:
+            self.request_cpu += time.thread_time() - began  # what keeping requests costs
+
+    def _insert_requests(self, c: sqlite3.Connection, batch: list[RequestRecord]) -> None:
         # Most requests ran no query: those go in runs of one executemany each (a busy server
         # sends thousands a second); one with queries needs its row id for them.
         plain: list[tuple[Any, ...]] = []
@@ -357,13 +365,13 @@ class SessionWriter:
 
 
 _INSERT_REQUEST = ("INSERT INTO requests (pid, start, duration_ms, method, route, status,"
-                   " exc_type, exc_file, exc_line, query_count, query_ms)"
-                   " VALUES (?,?,?,?,?,?,?,?,?,?,?)")
+                   " exc_type, exc_file, exc_line, query_count, query_ms, weight)"
+                   " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 def _request_row(r: RequestRecord, query_count: int, query_ms: float) -> tuple[Any, ...]:
     return (r.pid, r.start, r.duration_ms, r.method, r.route, r.status, r.exc_type, r.exc_file,
-            r.exc_line, query_count, query_ms)
+            r.exc_line, query_count, query_ms, r.weight)
 
 
 def _checkpoint(conn: sqlite3.Connection, mode: str) -> None:
