@@ -363,8 +363,10 @@ class Collection:
         if mark is None:
             return
         before = self.keeping.every
+        budget = self._sampler.budget
         every = self.keeping.observe(now - mark[0], cost - mark[1], self._kept - mark[2],
-                                     processes=max(1, len(self.workers.clients())))
+                                     processes=max(1, len(self.workers.clients())),
+                                     over_budget=budget is not None and budget.over_budget)
         if every != before:
             self.sink.meta(requests_kept_every=every,
                            requests_kept_every_max=max(self.keeping.history))

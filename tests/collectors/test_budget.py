@@ -48,7 +48,7 @@ def test_a_start_up_per_window_too_dear_for_the_budget_lengthens_the_windows() -
     # Dearer ticks: no length affords 100 Hz, so the longest, at the rate it affords.
     budget = OverheadBudget(0.02, 100)
     plan = budget.plan_after(WindowCost(1.0, 100, 0.052, startup_cpu=0.012))
-    assert (plan.rate_hz, plan.seconds) == (42, 4.0)
+    assert (plan.rate_hz, plan.seconds) == (46, 8.0)
 
 
 def test_the_collectors_own_cpu_is_part_of_the_cost() -> None:
@@ -91,3 +91,16 @@ def test_few_requests_are_all_kept_whatever_they_cost() -> None:
     # Several processes: each has its own share and its own floor.
     assert RequestKeeping(0.02).observe(1.0, 0.03, 4000, processes=4) == 1
     assert RequestKeeping(0.02).observe(1.0, 0.12, 4000, processes=4) == 3
+
+
+def test_over_budget_at_the_lowest_rate_requests_give_up_more() -> None:
+    from apiscope.collectors.budget import RequestKeeping
+
+    keeping = RequestKeeping(0.02)
+    # Within their share (0.6% of 1%), but the whole is over budget with sampling at its floor.
+    assert keeping.observe(1.0, 0.006, 4000, over_budget=True) == 2
+    assert keeping.observe(1.0, 0.003, 2000, over_budget=True) == 4
+    # Not below an eighth of the share: what is left over is not the requests' doing.
+    assert keeping.observe(1.0, 0.001, 1000, over_budget=True) == 4
+    # Back within budget, cheap: keep more again.
+    assert keeping.observe(1.0, 0.001, 1000) == 2

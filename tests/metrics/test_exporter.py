@@ -224,3 +224,21 @@ def test_unbindable_address_is_a_usage_error() -> None:
         port = busy.getsockname()[1]
         with pytest.raises(UsageError, match=f"127.0.0.1:{port}"):
             serve_metrics(MetricsExporter(), "127.0.0.1", port)
+
+
+def test_a_record_kept_for_n_requests_counts_as_n_of_them() -> None:
+    import dataclasses
+
+    weighted, repeated = MetricsExporter(), MetricsExporter()
+    durations = (0.3, 4.0, 40.0, 400.0, 1e6)  # the last one past every bound: +Inf only
+    feed(weighted, [dataclasses.replace(record("/items", ms), weight=7) for ms in durations])
+    feed(repeated, [record("/items", ms) for ms in durations for _ in range(7)])
+
+    def requests(m: MetricsExporter) -> list[tuple[str, Labels, float]]:
+        return [(n, lab, round(v, 6)) for n, lab, v in samples(m)
+                if n.startswith("apiscope_request") and not n.endswith("_created")]
+
+    assert len(requests(weighted)) > len(LATENCY_BUCKETS)  # every bucket, the sum, the count
+    assert requests(weighted) == requests(repeated)
+    assert value(weighted, "apiscope_requests_total", route="/items", method="GET",
+                 status="200") == 35

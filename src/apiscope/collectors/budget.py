@@ -16,7 +16,7 @@ The budget is `max_overhead` (a fraction, 0.02 for `--max-overhead 2`) of the ta
 capacity: one core per sampled process (a CPython process runs Python on at most one core at a
 time). The costs are learnt from the windows (exponentially weighted means), and the next
 window is given what the budget leaves once the agent and the collector are paid for: a
-longer window when a py-spy start-up per second would eat too much of it (up to four
+longer window when a py-spy start-up per second would eat too much of it (up to eight
 times the length asked for), then the highest rate that fits, between `min_rate` and the rate asked
 for. A busy target gets fewer samples, never a slower service; the effective rate of each
 window is stored with it, and every figure that turns counts into time uses it.
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 MIN_RATE = 5  # Hz: below this the stacks say too little to be worth their cost
 SMOOTHING = 0.3  # weight of the newest window in the learnt costs
-WINDOW_FACTORS = (1, 2, 4)  # window lengths the budget chooses from, times the one asked for
+WINDOW_FACTORS = (1, 2, 4, 8)  # window lengths the budget chooses from, times the one asked for
 
 
 @dataclass(slots=True)
@@ -157,19 +157,24 @@ class RequestKeeping:
     every: int = 1
     history: list[int] = field(default_factory=list)  # `every` after each observation
 
-    def observe(self, seconds: float, cpu: float, kept: int, processes: int = 1) -> int:
+    def observe(self, seconds: float, cpu: float, kept: int, processes: int = 1,
+                over_budget: bool = False) -> int:
         """Account `seconds` in which taking in `kept` requests cost `cpu` CPU seconds;
-        return how many to keep (one in n) from now on."""
+        return how many to keep (one in n) from now on. `over_budget`: the whole cost is over
+        the budget with sampling at its lowest rate already, so requests give up more."""
         if seconds <= 0:
             return self.every
         processes = max(1, processes)
         share = KEEP_SHARE * self.max_overhead * processes  # cores
         cores = cpu / seconds
-        if cores > share and kept / seconds > MIN_KEPT_RPS * processes:
+        plenty = kept / seconds > MIN_KEPT_RPS * processes
+        if cores > share and plenty:
             # Kept requests fall in proportion: aim at the share in one step.
             self.every = min(MAX_KEEP_EVERY, max(self.every + 1,
                                                  math.ceil(self.every * cores / share)))
-        elif cores < share / 4 and self.every > 1:
+        elif over_budget and plenty and cores > share / 8:
+            self.every = min(MAX_KEEP_EVERY, self.every * 2)
+        elif cores < share / 4 and self.every > 1 and not over_budget:
             self.every = max(1, self.every // 2)  # the load fell: keep more, gently
         self.history.append(self.every)
         return self.every
