@@ -116,6 +116,7 @@ def test_requests_are_thinned_when_taking_them_in_costs_too_much() -> None:
     monotonic[0] = 2.0
     rig.writer.request_cpu = 0.05
     rig.collection._kept += 5000
+    rig.collection.totals.requests += 5000
     rig.collection.adjust_keeping()
     assert rig.collection.keeping.every == 3
     assert rig.writer.meta["requests_kept_every"] == 3

@@ -159,7 +159,8 @@ class Collection:
             if options.max_overhead > 0 else None
         self._intake_cpu = 0.0  # the collector's CPU pulling and handing on the agents' data
         self._kept = 0  # request records taken in
-        self._keep_mark: tuple[float, float, int] | None = None  # (when, cost, kept)
+        # (when, cost, records kept, requests they stand for) at the last adjustment
+        self._keep_mark: tuple[float, float, int, int] | None = None
         self._gaps_stored = 0
         self._stopped = False
         self._agents_closed = False
@@ -359,12 +360,13 @@ class Collection:
             return
         now = self._monotonic()
         cost = self._intake_cpu + self.writer.request_cpu + sum(self._serve_cpu.values())
-        mark, self._keep_mark = self._keep_mark, (now, cost, self._kept)
+        mark, self._keep_mark = self._keep_mark, (now, cost, self._kept, self.totals.requests)
         if mark is None:
             return
         before = self.keeping.every
         budget = self._sampler.budget
         every = self.keeping.observe(now - mark[0], cost - mark[1], self._kept - mark[2],
+                                     self.totals.requests - mark[3],
                                      processes=max(1, len(self.workers.clients())),
                                      over_budget=budget is not None and budget.over_budget)
         if every != before:

@@ -76,10 +76,10 @@ def test_requests_are_thinned_when_taking_them_in_costs_more_than_half_the_budge
     # 4,000 requests a second at 10 µs each: 4% of a core, four times the 1% share.
     assert keeping.observe(1.0, 0.04, 4000) == 4
     # Kept at one in four, they cost the share: it holds.
-    assert keeping.observe(1.0, 0.01, 1000) == 4
+    assert keeping.observe(1.0, 0.01, 1000, 4000) == 4
     # The load falls to a quarter: cost under a quarter of the share, keep more again.
-    assert keeping.observe(1.0, 0.0024, 240) == 2
-    assert keeping.observe(1.0, 0.0048, 480) == 2
+    assert keeping.observe(1.0, 0.0024, 240, 960) == 2
+    assert keeping.observe(1.0, 0.0048, 480, 960) == 2
 
 
 def test_few_requests_are_all_kept_whatever_they_cost() -> None:
@@ -99,8 +99,23 @@ def test_over_budget_at_the_lowest_rate_requests_give_up_more() -> None:
     keeping = RequestKeeping(0.02)
     # Within their share (0.6% of 1%), but the whole is over budget with sampling at its floor.
     assert keeping.observe(1.0, 0.006, 4000, over_budget=True) == 2
-    assert keeping.observe(1.0, 0.003, 2000, over_budget=True) == 4
+    assert keeping.observe(1.0, 0.003, 2000, 4000, over_budget=True) == 4
     # Not below an eighth of the share: what is left over is not the requests' doing.
-    assert keeping.observe(1.0, 0.001, 1000, over_budget=True) == 4
+    assert keeping.observe(1.0, 0.001, 1000, 4000, over_budget=True) == 4
     # Back within budget, cheap: keep more again.
-    assert keeping.observe(1.0, 0.001, 1000) == 2
+    assert keeping.observe(1.0, 0.001, 1000, 4000) == 2
+
+
+def test_thinning_never_leaves_fewer_than_the_floor_a_second() -> None:
+    from apiscope.collectors.budget import MIN_KEPT_RPS, RequestKeeping
+
+    keeping = RequestKeeping(0.002)  # a tiny budget: 0.1% of a core for requests
+    # 3,000 requests a second at 15 µs: 45 times the share; thinning stops at the floor.
+    assert keeping.observe(1.0, 0.045, 3000) == 3000 // MIN_KEPT_RPS
+    # The next second's records were mostly kept before the change: the cost is still high,
+    # but they stand for the same 3,000 requests, so the floor holds.
+    assert keeping.observe(1.0, 0.03, 2000, 3000) == 30
+    # Still over, but at the floor: it holds.
+    assert keeping.observe(1.0, 0.0015, 100, 3000, over_budget=True) == 30
+    # The load falls to a third: too few kept, keep more.
+    assert keeping.observe(1.0, 0.0005, 33, 1000, over_budget=True) == 15

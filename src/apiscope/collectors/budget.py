@@ -157,24 +157,29 @@ class RequestKeeping:
     every: int = 1
     history: list[int] = field(default_factory=list)  # `every` after each observation
 
-    def observe(self, seconds: float, cpu: float, kept: int, processes: int = 1,
-                over_budget: bool = False) -> int:
-        """Account `seconds` in which taking in `kept` requests cost `cpu` CPU seconds;
-        return how many to keep (one in n) from now on. `over_budget`: the whole cost is over
-        the budget with sampling at its lowest rate already, so requests give up more."""
+    def observe(self, seconds: float, cpu: float, kept: int, represented: int | None = None,
+                processes: int = 1, over_budget: bool = False) -> int:
+        """Account `seconds` in which taking in `kept` records of `represented` requests (the
+        sum of their weights; None: as many) cost `cpu` CPU seconds; return how many to keep
+        (one in n) from now on. `over_budget`: the whole cost is over the budget with sampling
+        at its lowest rate already, so requests give up more."""
         if seconds <= 0:
             return self.every
         processes = max(1, processes)
         share = KEEP_SHARE * self.max_overhead * processes  # cores
         cores = cpu / seconds
-        plenty = kept / seconds > MIN_KEPT_RPS * processes
-        if cores > share and plenty:
+        kept_rps, floor = kept / seconds, MIN_KEPT_RPS * processes
+        # The most that still keeps `floor` a second: fewer would leave estimates too coarse.
+        # From the requests the records stand for, not from `every`: records drained just
+        # after a change were kept under the one before.
+        total_rps = (kept if represented is None else represented) / seconds
+        ceiling = min(MAX_KEEP_EVERY, max(1, int(total_rps / floor)))
+        if kept_rps > floor and cores > share:
             # Kept requests fall in proportion: aim at the share in one step.
-            self.every = min(MAX_KEEP_EVERY, max(self.every + 1,
-                                                 math.ceil(self.every * cores / share)))
-        elif over_budget and plenty and cores > share / 8:
-            self.every = min(MAX_KEEP_EVERY, self.every * 2)
-        elif cores < share / 4 and self.every > 1 and not over_budget:
+            self.every = min(ceiling, max(self.every + 1, math.ceil(self.every * cores / share)))
+        elif kept_rps > floor and over_budget and cores > share / 8:
+            self.every = min(ceiling, self.every * 2)
+        elif self.every > 1 and (kept_rps < floor / 2 or cores < share / 4 and not over_budget):
             self.every = max(1, self.every // 2)  # the load fell: keep more, gently
         self.history.append(self.every)
         return self.every
