@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from apiscope.collectors.pyspy import find_pyspy
 from benchmarks.harness import (
     LOAD_CPU,
     ROOT,
@@ -100,8 +101,8 @@ def pyspy(pid: int, rate: int) -> Iterator[dict[str, Any]]:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(
-            ["taskset", "-c", SERVER_CPU, "py-spy", "record", "-p", str(pid), "--rate", str(rate),
-             "--format", "raw", "--output", f"{tmp}/out.txt"],
+            ["taskset", "-c", SERVER_CPU, find_pyspy(), "record", "-p", str(pid), "--rate",
+             str(rate), "--format", "raw", "--output", f"{tmp}/out.txt"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         out["pid"] = proc.pid
         try:

@@ -91,8 +91,9 @@ def section_ingest() -> tuple[str, Any]:
             f"**{result['median_samples_per_second']:,.0f} samples/s** (goal >= 100,000).\n\n"
             f"Session growth under `attach --rate 100` of gunicorn with {size['workers']} Uvicorn "
             f"workers at {size['request_rate']:.0f} requests/s, measured over "
-            f"{size['seconds']:.0f} s and projected: **{size['mb_per_hour']:.1f} MB per hour** "
-            "(goal <= 50 MB).")
+            f"{size['seconds']:.0f} s after a warm-up of {bench_session_size.WARM_UP:.0f} s (which"
+            f" stores each distinct stack once: {size['warm_up_bytes'] / 1e6:.1f} MB) and"
+            f" projected: **{size['mb_per_hour']:.1f} MB per hour** (goal <= 50 MB).")
     return text, {"ingest": result, "session_size": size}
 
 

@@ -179,7 +179,7 @@ class Collection:
             command=t.command, pids=t.pids, server=t.server, python=t.python_version,
             target_pid=t.pid, master_pid=t.master_pid, rate_hz=self.options.rate_hz,
             slo_ms=self.options.slo_ms, start=self.started, nonblocking=self.options.nonblocking,
-            inject=self.options.inject)
+            inject=self.options.inject, max_overhead=self.options.max_overhead)
         for info in t.processes:
             self.sink.process(info)
         # Sampling first, at once; the injections follow in the background (`injections`).

@@ -269,3 +269,30 @@ def test_from_handler_cuts_stacks_at_the_handler_or_folds_them() -> None:
     assert from_handler(server + (middleware,) + server + handler, route, roots) == handler
     assert from_handler(server + (middleware,), route, roots) == (middleware,)
     assert from_handler(server, route, roots) == (FRAMEWORK,)
+
+
+def test_requests_kept_for_n_count_n_times_and_the_overview_says_so(tmp_path: Path) -> None:
+    from apiscope.model import StackWindow
+
+    path = tmp_path / "kept.sqlite"
+    with SessionWriter(path) as writer:
+        writer.set_meta(max_overhead=2.0, requests_kept_every=20)
+        writer.put_window(StackWindow(START, START + 8, 5, ()))
+        writer.put_requests(
+            [RequestRecord(4101, START + i / 10, 2.0, "GET", "/items", 200, weight=20)
+             for i in range(10)]
+            + [RequestRecord(4101, START + 1.5, 900.0, "GET", "/items", 200),
+               RequestRecord(4101, START + 1.6, 3.0, "GET", "/items", 503)])
+        writer.flush()
+        data = DashboardSession(path)
+        data.refresh()
+        (row,) = data.endpoint_rows(None)
+        assert row.stats.count == 202
+        assert row.stats.error_rate == pytest.approx(1 / 202)
+        assert row.stats.max_ms == 900.0
+        slowest = data.slowest_requests("GET /items", None, limit=5)
+        assert [s.request.duration_ms for s in slowest] == [900.0, 3.0, 2.0, 2.0, 2.0]
+        assert len({s.request.id for s in slowest}) == 5  # each kept request shown once
+        assert data.collection_note() == ("sampling at 5 Hz within a 2% budget;"
+                                           " 1 in 20 requests kept (counts are estimates)")
+        data.close()

@@ -145,6 +145,9 @@ def _register_overview(app: Dash, data: DashboardSession) -> None:
             "no processes recorded yet: the collector has not reported the target")
         summary = (f"{sum(r.stats.count for r in rows):,} requests on {len(rows)} endpoints"
                    f" over {data.seconds(rng):.0f} s, {len(data.flags())} flags")
+        note = data.collection_note()
+        if note:
+            summary += f" ({note})"
         return summary, table, flags, cards
 
 

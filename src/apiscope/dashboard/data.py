@@ -206,6 +206,22 @@ class DashboardSession:
     def has_samples(self) -> bool:
         return bool(self.samples.windows)
 
+    def collection_note(self) -> str:
+        """How the session is being collected, as the budget runs it: the rate sampled at now
+        within the overhead budget, and the share of requests kept on a busy server."""
+        with self._lock:
+            meta = self.reader.meta()
+            windows = self.samples.windows
+            parts = []
+            if windows:
+                budget = (f" within a {meta.max_overhead:g}% budget"
+                          if meta.max_overhead else "")
+                parts.append(f"sampling at {windows[-1].rate_hz} Hz{budget}")
+            every = meta.requests_kept_every or 1
+            if every > 1:
+                parts.append(f"1 in {every} requests kept (counts are estimates)")
+            return "; ".join(parts)
+
     def threads(self) -> list[tuple[int, int, str, str]]:
         """(pid, tid, name, role) of every sampled thread."""
         with self._lock:
