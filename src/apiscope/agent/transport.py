@@ -6,8 +6,8 @@ say which requests to keep from then on (`"keep": n`, one in n at random, and
 `"keep_slower_ms"`: slower ones always; see `recorder.Recorder`). It answers
 `{"pid", "ts", "requests": [[start, duration_ms, method, route, status, exc_type, exc_file,
 exc_line, queries, weight], ...], "routes": [...], "threadpool": {...} | null,
-"stats": {"recorded", "dropped", "skipped", "keep_every", "errors"}, "profiles": [...],
-"profiling": {...},
+"stats": {"recorded", "dropped", "skipped", "keep_every", "serve_cpu", "errors"},
+"profiles": [...], "profiling": {...},
 "watchdogs": {...} | null, "more": bool}` (`profiling`: the per-request profiler's status,
 e.g. why pyinstrument is unavailable in the target; `watchdogs`: loop lag, loop stalls and the
 GIL wait measured since the previous pull, see `watchdog.Watchdogs.pull`); an unknown op

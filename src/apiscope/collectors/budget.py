@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from apiscope.agent.recorder import MAX_KEEP_EVERY
+
 MIN_RATE = 5  # Hz: below this the stacks say too little to be worth their cost
 SMOOTHING = 0.3  # weight of the newest window in the learnt costs
 WINDOW_FACTORS = (1, 2, 4, 8)  # window lengths the budget chooses from, times the one asked for
@@ -136,7 +138,6 @@ class OverheadBudget:
 
 KEEP_SHARE = 0.5  # of the budget, the most that taking in the agents' requests may cost
 MIN_KEPT_RPS = 100  # kept requests a second per process below which all are kept (cheap)
-MAX_KEEP_EVERY = 1024  # as the agent allows
 
 
 @dataclass(slots=True)
