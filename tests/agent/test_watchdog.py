@@ -294,7 +294,11 @@ def test_every_short_stall_is_counted_at_its_length(loop_thread: LoopThread) -> 
         assert all(29 <= s["duration_ms"] <= 60 for s in loop_thread.stalls)
         assert len(at_line) >= 5  # the first may end before the watchdog looks
         assert all(s["activity"].get("sleep", 0) >= 1 for s in at_line)
-        assert all(s["cpu_ms"] is not None and s["cpu_ms"] < 10 for s in at_line)
+        # A stall followed only in its last 2 ms (the watchdog woke late on a loaded machine)
+        # has no CPU reading rather than a guess: most have one, and every reading says asleep.
+        measured = [s for s in at_line if s["cpu_ms"] is not None]
+        assert len(measured) >= len(at_line) // 2
+        assert all(s["cpu_ms"] < 10 for s in measured)
     else:  # probed: a stall is seen only when a probe lands in it (the alert helps)
         assert len(loop_thread.stalls) <= 6
         assert len(at_line) == len(loop_thread.stalls)
