@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
 import socket
 import sqlite3
 import subprocess
@@ -304,6 +305,73 @@ def test_every_short_stall_is_counted_at_its_length(loop_thread: LoopThread) -> 
         assert len(at_line) == len(loop_thread.stalls)
 
 
+def spin(ms: float) -> None:
+    end = time.thread_time() + ms / 1000  # CPU time, however busy the machine is
+    while time.thread_time() < end:
+        pass
+
+
+async def short_hold() -> None:
+    spin(16)  # a short hold's line
+
+
+async def quick_step() -> None:
+    spin(1.5)
+
+
+def many_steps() -> None:
+    for _ in range(12):  # twelve tasks whose first steps all run in the next pass
+        asyncio.get_running_loop().create_task(quick_step())
+
+
+def test_short_holds_by_one_task_are_seen_with_their_stack(loop_thread: LoopThread) -> None:
+    # 16 ms of CPU in a request's task: shorter than a stall, long enough to make every other
+    # request wait. Each such pass is timed; those the watchdog looks at twice while they last
+    # are known to be one task's, with that task's stack.
+    if not loop_thread.watchdogs.options.time_passes:
+        pytest.skip("a probed loop sees stalls only, not shorter holds")
+    wait_until(loop_thread.probes_after(3), what="the watchdog to check the loop")
+    loop_thread.pull()
+    loop_thread.stalls.clear()
+    pace = random.Random(1)
+    for _ in range(40):  # at uneven gaps, as requests come: not in step with the watchdog
+        asyncio.run_coroutine_threadsafe(short_hold(), loop_thread.loop)
+        time.sleep(pace.uniform(0.03, 0.07))
+    loop_thread.pull()
+
+    assert 36 <= len(loop_thread.stalls) <= 40  # a pass on a loaded machine may be cut short
+    assert all(15 <= s["duration_ms"] < 60 for s in loop_thread.stalls)
+    held = [s for s in loop_thread.stalls if s["held"] == "one"]
+    assert len(held) >= 3
+    line = short_hold.__code__.co_firstlineno + 1
+    for s in held:
+        assert s["frames"][-1][0] == "spin"
+        assert s["frames"][-2][1:] == [__file__, line]
+        assert s["frames"][-2][0] == "short_hold"
+    assert all(s["held"] in ("one", "glimpse", None) for s in loop_thread.stalls)
+
+
+def test_a_pass_of_many_quick_steps_is_held_by_no_one(loop_thread: LoopThread) -> None:
+    # Twelve tasks of 1.5 ms in one pass: an 18 ms pass, but no one code held the loop.
+    if not loop_thread.watchdogs.options.time_passes:
+        pytest.skip("a probed loop sees stalls only, not shorter holds")
+    wait_until(loop_thread.probes_after(3), what="the watchdog to check the loop")
+    loop_thread.pull()
+    loop_thread.stalls.clear()
+    pace = random.Random(2)
+    for _ in range(30):
+        loop_thread.call(many_steps)
+        time.sleep(pace.uniform(0.04, 0.08))
+    loop_thread.pull()
+
+    assert len(loop_thread.stalls) >= 25
+    assert not [s for s in loop_thread.stalls if s["held"] == "one"]
+    many = [s for s in loop_thread.stalls if s["held"] == "many"]
+    assert all(s["frames"] == [] for s in many)
+    if loop_thread.watchdogs.options.loop_interval <= 0.02:  # checked often: some followed
+        assert many
+
+
 def test_the_selector_is_given_back_when_the_watchdogs_stop() -> None:
     lt = LoopThread(WatchdogOptions())
     lt.start()
@@ -518,7 +586,7 @@ def test_disabled_watchdogs_start_no_thread() -> None:
 
 PULL = {"pid": 42, "ts": 1000.0, "requests": [], "stats": {}, "watchdogs": {
     "loops": [{"tid": 7, "probes": 20, "p50_ms": 0.1, "p99_ms": 30.0, "max_ms": 201.0}],
-    "stalls": [{"tid": 7, "start": 999.5, "duration_ms": 201.0, "cpu_ms": 0.4,
+    "stalls": [{"tid": 7, "start": 999.5, "duration_ms": 201.0, "cpu_ms": 0.4, "held": "one",
                 "frames": [["main", "/app/main.py", 3], ["handler", "/app/main.py", 9]]}],
     "gil": {"seconds": 0.5, "wait_seconds": 0.01, "acquisitions": 10, "max_wait_ms": 4.5,
             "runqueue_known": True},
@@ -529,7 +597,8 @@ def test_pull_to_model_to_session_and_back(tmp_path: Path) -> None:
     report = batch_from_json(PULL).watchdogs
     assert report is not None
     stall = LoopStall(42, 7, 999.5, 201.0, (Frame("main", "/app/main.py", 3),
-                                             Frame("handler", "/app/main.py", 9)), 0.4)
+                                             Frame("handler", "/app/main.py", 9)), 0.4,
+                      held="one")
     lag = LoopLagSample(1000.0, 42, 20, 0.1, 30.0, 201.0)
     gil = GilSample(1000.0, 42, 0.5, 0.01, 10, 4.5, True)
     assert (report.stalls, report.lag, report.gil) == ([stall], [lag], gil)
@@ -548,6 +617,27 @@ def test_pull_to_model_to_session_and_back(tmp_path: Path) -> None:
         assert reader.loop_stalls() == [stall]
         assert reader.loop_lag() == [lag]
         assert reader.gil_samples() == [gil]
+
+
+def test_who_held_the_loop_is_kept_and_an_older_session_reads_without_it(
+        tmp_path: Path) -> None:
+    frames = (Frame("handler", "/app/main.py", 9),)
+    stalls = [LoopStall(42, 7, 999.5 + i, 16.0, frames if held != "many" else (), 15.0,
+                        {"cpu": 2}, held)
+              for i, held in enumerate(["one", "many", "glimpse", None])]
+    path = tmp_path / "s.sqlite"
+    with SessionWriter(path) as writer:
+        writer.put_loop_stalls(stalls)
+        writer.flush()
+    with SessionReader(path) as reader:
+        assert reader.loop_stalls() == stalls
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE loop_stalls DROP COLUMN held")  # as written before it existed
+    conn.commit()
+    conn.close()
+    with SessionReader(path) as reader:
+        assert [s.held for s in reader.loop_stalls()] == [None] * 4
+        assert [s.frames for s in reader.loop_stalls()] == [s.frames for s in stalls]
 
 
 def test_a_session_without_watchdog_tables_reads_as_empty(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ makes progress; a pass longer than the stall threshold is a stall. Wrapping the 
 and end of every pass at the cost of two clock reads per pass, so that every stall is counted
 with its exact length, however short, instead of only those a periodic probe happens to land
 in. The loop watchdog still samples a stall's stack from its own thread while the stall lasts.
+How many callbacks a pass had to run is known as it begins (those already queued, plus one per
+I/O event `select` returned): a long pass of one or two callbacks was held by one of them.
 
 Loops without a Python selector (uvloop, the proactor loop) are not timed this way:
 `PassClock.install` returns None and the watchdog probes them instead.
@@ -30,11 +32,13 @@ class PassClock:
     `select`); read by the watchdog thread, which needs no lock: each field is replaced whole
     and `long` is a deque (append and popleft are atomic)."""
 
-    __slots__ = ("_original", "_selector", "_wrapper", "entered_at", "errors", "exit_at",
-                 "long", "parked", "passes", "threshold")
+    __slots__ = ("_original", "_ready", "_selector", "_wrapper", "callbacks", "entered_at",
+                 "errors", "exit_at", "long", "parked", "passes", "threshold")
 
-    def __init__(self, selector: selectors.BaseSelector, threshold: float) -> None:
+    def __init__(self, selector: selectors.BaseSelector, threshold: float,
+                 ready: Any = ()) -> None:
         self._selector = selector
+        self._ready = ready  # the loop's queue of callbacks ready to run
         self._original = selector.select
         self._wrapper: Any = None
         self.threshold = threshold
@@ -44,8 +48,10 @@ class PassClock:
         self.parked = False  # in `select` now: waiting for I/O or a timer
         self.passes = 0  # passes since install
         self.errors = 0  # failures of the timing itself (the select call went on)
-        # (start, seconds, the loop thread's CPU ns at the end) of each pass >= threshold
-        self.long: deque[tuple[float, float, int]] = deque(maxlen=MAX_PASSES)
+        self.callbacks = 0  # the current pass's callbacks to run, as it began
+        # (start, seconds, the loop thread's CPU ns at the end, callbacks) of each pass of at
+        # least `threshold`
+        self.long: deque[tuple[float, float, int, int]] = deque(maxlen=MAX_PASSES)
 
     @classmethod
     def install(cls, loop: asyncio.AbstractEventLoop, threshold: float) -> PassClock | None:
@@ -54,7 +60,8 @@ class PassClock:
         if not isinstance(selector, selectors.BaseSelector) or \
                 "select" in getattr(selector, "__dict__", {}):
             return None  # not a selector loop, or someone else's wrapper is there
-        clock = cls(selector, threshold)
+        ready = getattr(loop, "_ready", None)
+        clock = cls(selector, threshold, ready if hasattr(ready, "__len__") else ())
         clock._wrap()
         return clock
 
@@ -62,23 +69,29 @@ class PassClock:
         original = self._original
         perf_counter, thread_time_ns = time.perf_counter, time.thread_time_ns
         append = self.long.append
+        ready = self._ready
 
         def select(timeout: float | None = None) -> Any:
+            queued = 0
             try:  # the loop's own select must run whatever happens to the timing
                 now = perf_counter()
                 start = self.exit_at
                 if now - start >= self.threshold:
-                    append((start, now - start, thread_time_ns()))
+                    append((start, now - start, thread_time_ns(), self.callbacks))
                 self.passes += 1
                 self.entered_at = now
                 self.parked = True
+                queued = len(ready)
             except Exception:
                 self.errors += 1
+            events: Any = ()
             try:
-                return original(timeout)
+                events = original(timeout)
+                return events
             finally:
                 self.parked = False
                 self.exit_at = perf_counter()
+                self.callbacks = queued + len(events)
 
         self._wrapper = select
         self._selector.select = select  # type: ignore[method-assign]

@@ -33,10 +33,21 @@ MAX_DEPTH = 256  # frames per stack: deeper stacks keep their root part
 MAX_DISTINCT_STACKS = 64  # per stall: a stall moving through many stacks keeps the first ones
 SPARSER_EVERY = 5  # stack samples of one stall before its sampling interval doubles
 ALERT_SECONDS = 10.0  # after a stall, check at the stall threshold for this long
-# A pass is followed (its stack sampled) once it is this share of the stall threshold old, so
-# that a computation holding the GIL, which the watchdog waits for up to a switch interval to
-# get, is still sampled while it lasts.
+# While alerted, the checks come at this share of the stall threshold, so that a computation
+# holding the GIL, which the watchdog waits for up to a switch interval to get, is still
+# sampled while it lasts.
 CATCH_SHARE = 0.8
+# A pass this share of the hold threshold old at a check is followed: its stack sampled, and
+# looked at again after `SECOND_LOOK` to tell one task holding the loop from many callbacks.
+FOLLOW_SHARE = 0.4
+SECOND_LOOK = 0.002
+# What the looks at a followed pass saw (the stall's "held"):
+ONE_TASK = "one"  # one task at the last two looks or more: that task held the loop
+MANY = "many"  # different tasks or callbacks: the loop was busy with many things at once
+GLIMPSE = "glimpse"  # one look only (or no task at any look): who held it is not proven
+# A pass that began with this many callbacks to run or fewer was held by the one seen (the
+# watchdog's own lag probe may be the other).
+FEW_CALLBACKS = 2
 
 Frame = tuple[str, str, int]  # (function as py-spy names it, absolute file, line)
 Stack = tuple[Frame, ...]
@@ -112,7 +123,7 @@ class LoopWatchdog(Background):
 
     def start(self) -> None:
         if self.options.time_passes:
-            self.passes = PassClock.install(self.loop, self.options.stall_threshold)
+            self.passes = PassClock.install(self.loop, self.options.hold_threshold)
         super().start()
 
     def stop(self) -> None:
@@ -193,75 +204,92 @@ class LoopWatchdog(Background):
     # -- a selector loop: its passes are timed in the loop ---------------------------------
 
     def _cycle_passes(self, clock: PassClock) -> bool:
-        """Follow the pass the loop is in if it is about to be a stall; otherwise measure the
-        lag when due and sleep. Long passes nobody followed become stalls without a stack."""
+        """Follow the pass the loop is in if it may become a hold; otherwise measure the lag
+        when due and sleep. Long passes nobody followed are recorded without a stack."""
         if self.loop.is_closed():
             return False
-        if self._unfollowed(clock):
-            self._alert_until = time.perf_counter() + ALERT_SECONDS
+        self._unfollowed(clock)
         options = self.options
         now = time.perf_counter()
-        catch = options.stall_threshold * CATCH_SHARE
+        follow_at = options.hold_threshold * FOLLOW_SHARE
         alerted = now < self._alert_until
-        period = min(options.loop_interval, catch) if alerted else options.loop_interval
+        period = options.loop_interval
+        if alerted:
+            period = min(period, options.stall_threshold * CATCH_SHARE)
         if clock.parked:
             if now >= self._next_lag:  # a parked loop would run a probe at once: no lag
                 self._next_lag = now + options.loop_interval
                 self._seen_idle()
             return self._sleep(period)
         start = clock.exit_at
-        if now - start >= catch:
+        # Before the loop's first call of the wrapped select (it may be parked in the select
+        # it called before the wrapping), the pass it is in is not known: the lag probe below
+        # wakes it into the wrapper.
+        if now - start >= follow_at and clock.passes:
             return self._follow(clock, start)
         if now >= self._next_lag:
             self._next_lag = now + options.loop_interval
             self.loop.call_soon_threadsafe(self._lag_probe, now)
-        # While alerted, wake as this pass turns into a stall, so that it is followed.
-        return self._sleep(start + catch - now if alerted else period)
+        # While alerted, wake as this pass becomes old enough to follow.
+        return self._sleep(start + follow_at - now if alerted else period)
 
     def _follow(self, clock: PassClock, start: float) -> bool:
-        """Sample the loop's stack until the pass that began at `start` ends; record it as a
-        stall if it was one. False once stopped."""
+        """Look at the loop (its stack, its task, the kernel's word) until the pass that began
+        at `start` ends; record it if it lasted the hold threshold. False once stopped.
+
+        A pass that began with one or two callbacks to run was held by the one the looks saw;
+        otherwise one task seen at two looks or more in a row is one step of that task running
+        all the while (a task steps at most once in a pass), so it, not the many short
+        callbacks of a busy loop, held the loop. Its stack is the one recorded."""
         self._activity.clear()
-        stacks: Counter[Stack] = Counter()
+        looks: list[tuple[int | None, Stack | None]] = []
         followed_at, cpu_then = time.perf_counter(), self._loop_cpu_ns()
-        wait = self.options.sample_interval
+        wait = min(SECOND_LOOK, self.options.sample_interval)
         while clock.exit_at == start and not clock.parked:
-            self._sample(stacks)
-            backoff = 2 ** min(sum(stacks.values()) // SPARSER_EVERY, 3)
+            look = self._sample()
+            # Kept only if the pass still runs after it: the loop may have ended it meanwhile
+            # (the pass is over once the loop is back in the wrapped select).
+            if clock.exit_at == start and not clock.parked and not _in_select(look[1]):
+                looks.append(look)
+            backoff = 2 ** min(len(looks) // SPARSER_EVERY, 3)
             if not self._sleep(wait * backoff):
                 return False
+            wait = self.options.sample_interval
         while clock.long:
-            pass_start, seconds, cpu_end = clock.long.popleft()
+            pass_start, seconds, cpu_end, callbacks = clock.long.popleft()
             if pass_start != start:  # an earlier long pass, ended before it was seen
-                self._add_stall(pass_start, seconds, None, {}, Counter())
+                self._add_stall(pass_start, seconds, None, {}, Counter(), None)
                 continue
             cpu_ms = None
             observed = pass_start + seconds - followed_at
             if cpu_then is not None and observed > 0.002:
                 # The CPU from the first sample to the end, scaled to the whole pass.
                 cpu_ms = min(seconds, (cpu_end - cpu_then) / 1e9 * seconds / observed) * 1000
-            self._add_stall(pass_start, seconds, cpu_ms, dict(self._activity), stacks)
-            self._alert_until = time.perf_counter() + ALERT_SECONDS
+            held, stacks = _held(looks, callbacks)
+            self._add_stall(pass_start, seconds, cpu_ms, dict(self._activity), stacks, held)
+            if held == ONE_TASK or seconds >= self.options.stall_threshold:
+                self._alert_until = time.perf_counter() + ALERT_SECONDS
             break
         self._activity.clear()
         return True
 
-    def _unfollowed(self, clock: PassClock) -> bool:
-        """Record the long passes that ended between two checks (no stack was sampled)."""
-        found = False
+    def _unfollowed(self, clock: PassClock) -> None:
+        """Record the long passes that ended between two checks (no stack was sampled); one
+        as long as a stall has the next passes followed closely."""
         while clock.long:
-            pass_start, seconds, _ = clock.long.popleft()
-            self._add_stall(pass_start, seconds, None, {}, Counter())
-            found = True
-        return found
+            pass_start, seconds = clock.long.popleft()[:2]
+            self._add_stall(pass_start, seconds, None, {}, Counter(), None)
+            if seconds >= self.options.stall_threshold:
+                self._alert_until = time.perf_counter() + ALERT_SECONDS
 
     def _add_stall(self, start: float, seconds: float, cpu_ms: float | None,
-                   activity: dict[str, int], stacks: Counter[Stack]) -> None:
+                   activity: dict[str, int], stacks: Counter[Stack],
+                   held: str | None) -> None:
         frames = [list(f) for f in stacks.most_common(1)[0][0]] if stacks else []
         stall = {"tid": self.native_id, "start": start + self._epoch_offset,
                  "duration_ms": round(seconds * 1000.0, 3), "frames": frames,
                  "cpu_ms": round(cpu_ms, 3) if cpu_ms is not None else None,
-                 "activity": activity}
+                 "activity": activity, "held": held}
         with self._lock:
             self._stalls.append(stall)
 
@@ -327,7 +355,7 @@ class LoopWatchdog(Background):
                 return ran, stacks
             outstanding = time.perf_counter() - posted
             if outstanding >= options.stall_threshold:
-                self._sample(stacks)
+                self._sample_into(stacks)
                 # A long stall is sampled ever more sparsely (every SPARSER_EVERY samples the
                 # interval doubles): its stack is known by then, and a loop blocked for good
                 # must not have a 100 Hz sampler inside it.
@@ -348,13 +376,16 @@ class LoopWatchdog(Background):
         if activity is not None:
             self._activity[activity] += 1
 
-    def _sample(self, stacks: Counter[Stack]) -> None:
+    def _sample(self) -> tuple[int | None, Stack | None]:
+        """One look at the loop thread: (the task stepping on the loop, its stack)."""
         self._look()
+        task = _current_task_id(self.loop)
         frame = sys._current_frames().get(self.ident)
-        if frame is None:
-            return
-        stack = frame_stack(frame)
-        if stack in stacks or len(stacks) < MAX_DISTINCT_STACKS:
+        return task, (frame_stack(frame) if frame is not None else None)
+
+    def _sample_into(self, stacks: Counter[Stack]) -> None:
+        stack = self._sample()[1]
+        if stack is not None and (stack in stacks or len(stacks) < MAX_DISTINCT_STACKS):
             stacks[stack] += 1
 
     def _record(self, posted: float, ran: tuple[float, int], stacks: Counter[Stack]) -> None:
@@ -380,6 +411,50 @@ class LoopWatchdog(Background):
                 self._stalls.append(stall)
         self._seen_at, self._seen_cpu_ns = ran_at, ran_cpu_ns
 
+
+
+def _in_select(stack: Stack | None) -> bool:
+    """The loop thread is in its (wrapped) selector: between two passes."""
+    if not stack:
+        return False
+    function, filename, _ = stack[-1]
+    return function.endswith("select") and filename.replace("\\", "/").endswith(
+        ("/looppass.py", "/selectors.py"))
+
+
+def _current_task_id(loop: asyncio.AbstractEventLoop) -> int | None:
+    """The id of the task stepping on `loop` now (None: a plain callback, or none), read from
+    another thread: asyncio keeps the current task of each loop in a dict."""
+    try:
+        task = asyncio.current_task(loop)
+    except Exception:
+        return None
+    return id(task) if task is not None else None
+
+
+def _held(looks: list[tuple[int | None, Stack | None]],
+          callbacks: int) -> tuple[str, Counter[Stack]]:
+    """Who held a followed pass that began with `callbacks` to run, and the stacks that show
+    it (see `_follow`)."""
+    if not looks:
+        return GLIMPSE, Counter()
+    last = looks[-1][0]
+    run = 0
+    for task, _ in reversed(looks):
+        if task != last:
+            break
+        run += 1
+    if (run >= 2 and last is not None) or callbacks <= FEW_CALLBACKS:
+        held, shown = ONE_TASK, looks[-run:]
+    elif len(looks) >= 2 and len({task for task, _ in looks}) > 1:
+        return MANY, Counter()  # no one code to blame
+    else:
+        held, shown = GLIMPSE, looks
+    stacks: Counter[Stack] = Counter()
+    for _, stack in shown:
+        if stack is not None and (stack in stacks or len(stacks) < MAX_DISTINCT_STACKS):
+            stacks[stack] += 1
+    return held, stacks
 
 
 def _thread_cpu_clock(ident: int) -> int | None:

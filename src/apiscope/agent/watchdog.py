@@ -43,14 +43,18 @@ class WatchdogOptions:
     """Intervals in seconds; `APISCOPE_WATCHDOG_<NAME>_MS` overrides each (0 turns that
     watchdog off), `APISCOPE_WATCHDOG=0` turns both off."""
 
-    __slots__ = ("enabled", "gil_interval", "loop_interval", "sample_interval",
-                 "stall_threshold", "time_passes")
+    __slots__ = ("enabled", "gil_interval", "hold_threshold", "loop_interval",
+                 "sample_interval", "stall_threshold", "time_passes")
 
     def __init__(self, loop_interval: float = 0.100, stall_threshold: float = 0.025,
                  sample_interval: float = 0.010, gil_interval: float = 0.050,
-                 enabled: bool = True, time_passes: bool = True) -> None:
+                 enabled: bool = True, time_passes: bool = True,
+                 hold_threshold: float = 0.010) -> None:
         self.loop_interval = loop_interval
         self.stall_threshold = stall_threshold
+        # A timed pass this long is recorded (a hold of the loop); probed loops see only
+        # stalls of `stall_threshold`.
+        self.hold_threshold = min(hold_threshold, stall_threshold)
         self.sample_interval = sample_interval
         self.gil_interval = gil_interval
         self.enabled = enabled
@@ -63,7 +67,8 @@ class WatchdogOptions:
         environ = os.environ if environ is None else environ
         options = cls(enabled=environ.get("APISCOPE_WATCHDOG", "1") != "0",
                       time_passes=environ.get(ENV_PREFIX + "PASSES", "1") != "0")
-        for name in ("loop_interval", "stall_threshold", "sample_interval", "gil_interval"):
+        for name in ("loop_interval", "stall_threshold", "sample_interval", "gil_interval",
+                     "hold_threshold"):
             raw = environ.get(ENV_PREFIX + name.upper() + "_MS")
             try:
                 value = float(raw) / 1000.0 if raw is not None else None
@@ -71,6 +76,7 @@ class WatchdogOptions:
                 value = None
             if value is not None and value >= 0:
                 setattr(options, name, value)
+        options.hold_threshold = min(options.hold_threshold, options.stall_threshold)
         return options
 
 

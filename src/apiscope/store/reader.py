@@ -389,13 +389,17 @@ class SessionReader(ViewQueries):
     # -- what the agent's watchdogs measured (tables absent from older session files) --------
 
     def loop_stalls(self) -> list[LoopStall]:
+        held = "held" if self._has_column("loop_stalls", "held") else "NULL"  # v4 on
         rows = self._rows_if_table(
             "loop_stalls",
-            "SELECT pid, tid, start, duration_ms, stack_id, cpu_ms, activity FROM loop_stalls"
-            " ORDER BY start")
+            "SELECT pid, tid, start, duration_ms, stack_id, cpu_ms, activity, "
+            f"{held} FROM loop_stalls ORDER BY start")
         return [LoopStall(pid, tid, start, duration, self.stack(stack_id), cpu,
-                          json.loads(activity) if activity else {})
-                for pid, tid, start, duration, stack_id, cpu, activity in rows]
+                          json.loads(activity) if activity else {}, who)
+                for pid, tid, start, duration, stack_id, cpu, activity, who in rows]
+
+    def _has_column(self, table: str, column: str) -> bool:
+        return any(row[1] == column for row in self._query(f"PRAGMA table_info({table})"))
 
     def loop_lag(self) -> list[LoopLagSample]:
         return [LoopLagSample(*row) for row in self._rows_if_table(

@@ -12,7 +12,9 @@ from collections.abc import Iterable
 
 # 2: thread_cpu and process_cpu (the kernel's CPU time per window); older files still read.
 # 3: requests.weight (a request kept for n): an older apiscope would count such a file short.
-SCHEMA_VERSION = 3
+# 4: loop_stalls.held (who held a pass of the loop, see LoopStall): an older apiscope would
+#    take a short pass seen once, or one of many callbacks, for a handler's stall.
+SCHEMA_VERSION = 4
 # PRAGMA application_id marks the file as ours, so a foreign SQLite file is refused clearly.
 APPLICATION_ID = 0x61706973  # "apis"
 
@@ -97,7 +99,7 @@ CREATE TABLE IF NOT EXISTS profiles (
 );
 CREATE TABLE IF NOT EXISTS loop_stalls (
     pid INTEGER NOT NULL, tid INTEGER NOT NULL, start REAL NOT NULL, duration_ms REAL NOT NULL,
-    stack_id INTEGER NOT NULL, cpu_ms REAL, activity TEXT
+    stack_id INTEGER NOT NULL, cpu_ms REAL, activity TEXT, held TEXT
 );
 CREATE TABLE IF NOT EXISTS loop_lag (
     ts REAL NOT NULL, pid INTEGER NOT NULL, probes INTEGER NOT NULL, p50_ms REAL NOT NULL,

@@ -174,9 +174,9 @@ class SessionWriter:
         batch = list(stalls)
         if batch:
             self._submit(lambda c: c.executemany(
-                "INSERT INTO loop_stalls VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO loop_stalls VALUES (?,?,?,?,?,?,?,?)",
                 [(s.pid, s.tid, s.start, s.duration_ms, self._stack_id(c, s.frames), s.cpu_ms,
-                  json.dumps(s.activity) if s.activity else None) for s in batch]))
+                  json.dumps(s.activity) if s.activity else None, s.held) for s in batch]))
 
     def put_loop_lag(self, samples: Iterable[LoopLagSample]) -> None:
         rows = [(s.ts, s.pid, s.probes, s.p50_ms, s.p99_ms, s.max_ms) for s in samples]

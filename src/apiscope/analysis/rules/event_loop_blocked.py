@@ -2,12 +2,18 @@
 
 Two sources, the measured one first:
 
-- **The agent's loop watchdog** (when the agent ran in the process): every stall of the loop
-  longer than the watchdog's threshold, with its exact duration, the loop thread's stack during
-  it and the CPU time the thread used meanwhile. Stalls are grouped by endpoint (or, without a
-  route table, by application function) through the deepest application frame of their stack;
-  a stall whose stack holds no application frame is the server's or framework's own work and is
-  no flag. What the loop thread was doing is the kernel's word: at each look during a stall the
+- **The agent's loop watchdog** (when the agent ran in the process): every pass of the loop
+  longer than the hold threshold (10 ms; a probed loop: every stall longer than 25 ms), with
+  its exact duration and, for those the watchdog followed while they lasted, the loop thread's
+  stack, whether one task held the loop all along (`LoopStall.held`) and the CPU time the thread
+  used meanwhile. Passes held by one task are grouped by endpoint (or, without a route table,
+  by application function) through the deepest application frame of their stack; a pass whose
+  stack holds no application frame, or in which many callbacks ran, is the server's or
+  framework's own work and is no flag. Passes not seen in the act (ended between two looks, or
+  seen once while shorter than a stall) are shared out among what was seen in passes of the
+  same length on the same loop, so that a hold every request makes counts in full even though
+  the watchdog, which looks only ten times a second unless alerted, catches some of them.
+  What the loop thread was doing is the kernel's word: at each look during a stall the
   watchdog reads the thread's current system call (none: on a CPU; a sleep; a futex: a lock or
   the GIL; anything else: I/O), which tells a `time.sleep` from a sync query from CPU work even
   on a busy host; the thread's CPU time over the stall stands in where that is unreadable.
@@ -27,6 +33,7 @@ Two sources, the measured one first:
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -38,6 +45,10 @@ from apiscope.analysis.thresholds import grade
 from apiscope.model import Frame, LoopStall, ThreadRole
 
 LOW_MIN_STALLS = 3
+# A pass this long seen at one look only is taken as held by the code seen (a stall's stack
+# before `held` was told); a shorter one needs two looks at one task (see LoopStall.held).
+LONG_STALL_MS = 25.0
+HOLD_MS = 10.0  # the shortest pass the agent records: the first length class
 # A hold seen in fewer stalls, or fewer sampling windows, than this is a one-off (a cache or an
 # index built on first use, once per worker), not what every other request keeps waiting for.
 MIN_RECURRENCES = 3
@@ -49,12 +60,24 @@ Group = tuple[str | None, str]  # (endpoint, function key when there is no endpo
 class _Stalls:
     count: int = 0
     seconds: float = 0.0
+    estimated: float = 0.0  # seconds of passes not seen in the act, shared out to this group
+    estimated_count: float = 0.0
+    # seconds seen, per (pid, length class)
+    by_class: dict[tuple[int, int], float] = field(default_factory=lambda: defaultdict(float))
     cpu_seconds: float = 0.0
     cpu_known: float = 0.0  # seconds of stalls whose CPU time was measured
     longest_ms: float = 0.0
     lines: Counter[Frame] = field(default_factory=Counter)
     stacks: list[tuple[Frame, ...]] = field(default_factory=list)
     activity: Counter[str] = field(default_factory=Counter)  # the kernel's looks (see model)
+
+
+SERVER: Group = (None, "<server>")  # passes seen holding no application code, or many
+
+
+def _length_class(duration_ms: float) -> int:
+    """Passes of 10-20 ms, 20-40 ms, 40-80 ms ... are compared with each other."""
+    return max(0, int(math.log2(max(duration_ms, HOLD_MS) / HOLD_MS)))
 
 
 def _key(endpoint: str | None, frame: Frame) -> Group:
@@ -127,15 +150,31 @@ class EventLoopBlockedRule:
 
     def _from_stalls(self, ctx: AnalysisContext, pids: set[int]) -> list[Flag]:
         groups: dict[Group, _Stalls] = defaultdict(_Stalls)
+        seen: dict[tuple[int, int], float] = defaultdict(float)  # per (pid, length class)
+        unseen: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0.0, 0.0])
         for stall in ctx.data.loop_stalls:
-            self._add(ctx, groups, stall)
+            length = (stall.pid, _length_class(stall.duration_ms))
+            place = self._place(ctx, stall)
+            if place is None:
+                unseen[length][0] += stall.duration_ms / 1000
+                unseen[length][1] += 1
+                continue
+            seen[length] += stall.duration_ms / 1000
+            if place != SERVER:
+                self._add(groups[place], stall, length, ctx)
+        for group in groups.values():
+            for length, seconds in group.by_class.items():
+                if length in unseen:
+                    share = seconds / seen[length]
+                    group.estimated += unseen[length][0] * share
+                    group.estimated_count += unseen[length][1] * share
         loop_seconds = ctx.data.seconds * max(1, len(pids))
         if loop_seconds <= 0:
             return []
         flags = []
         for (endpoint, _), group in sorted(groups.items(), key=lambda kv: (kv[0][0] or "",
                                                                             kv[0][1])):
-            fraction = group.seconds / loop_seconds
+            fraction = (group.seconds + group.estimated) / loop_seconds
             severity = grade(fraction, ctx.thresholds.loop_blocked_fraction)
             if severity is None and group.count >= LOW_MIN_STALLS and \
                     fraction >= ctx.thresholds.loop_blocking_min_fraction:
@@ -145,16 +184,31 @@ class EventLoopBlockedRule:
         return flags
 
     @staticmethod
-    def _add(ctx: AnalysisContext, groups: dict[Group, _Stalls], stall: LoopStall) -> None:
+    def _place(ctx: AnalysisContext, stall: LoopStall) -> Group | None:
+        """Whose hold a pass was: an endpoint's (or app function's), the server's (`SERVER`),
+        or not seen in the act (None)."""
+        if stall.held == "many":
+            return SERVER  # many callbacks ran: the loop was busy, no one code held it
         frames = stall.frames
+        if not frames or (stall.held != "one" and stall.duration_ms < LONG_STALL_MS):
+            return None
         user = user_frame(frames, ctx.matcher.roots)
         if user is None or is_tool_work(frames) or any(
                 f.file.startswith("<frozen importlib") for f in frames):
-            return  # the server's own work, the measurement's, or the app being imported
-        group = groups[_key(ctx.matcher.endpoint_of(frames), user)]
+            return SERVER  # the server's own work, the measurement's, or the app being imported
+        return _key(ctx.matcher.endpoint_of(frames), user)
+
+    @staticmethod
+    def _add(group: _Stalls, stall: LoopStall, length: tuple[int, int],
+             ctx: AnalysisContext) -> None:
+        frames = stall.frames
+        user = user_frame(frames, ctx.matcher.roots)
+        if user is None:  # not placed in an application group (see _place)
+            return
         seconds = stall.duration_ms / 1000
         group.count += 1
         group.seconds += seconds
+        group.by_class[length] += seconds
         group.longest_ms = max(group.longest_ms, stall.duration_ms)
         group.lines[user] += 1
         if stall.cpu_ms is not None:
@@ -172,18 +226,27 @@ class EventLoopBlockedRule:
         what, cause = (_describe_looks(group.activity, cpu_share) if group.activity
                        else _describe(cpu_share))
         framework = framework_of(group.stacks)
-        evidence = (f"the event loop stalled {group.count} times for {group.seconds:.2f} s in all"
-                    f" ({pct(fraction)} of the session, longest {group.longest_ms:.0f} ms) inside"
-                    f" {where(loc)}, {what}; every other request on that loop waited")
+        total = group.seconds + group.estimated
+        if group.estimated >= 0.005:
+            held = (f"the event loop was held {group.count} times inside {where(loc)} where the"
+                    f" agent saw it ({group.seconds:.2f} s, longest {group.longest_ms:.0f} ms);"
+                    f" with the passes of the same lengths it did not see in the act, about"
+                    f" {group.count + group.estimated_count:.0f} times for {total:.2f} s"
+                    f" ({pct(fraction)} of the session)")
+        else:
+            held = (f"the event loop stalled {group.count} times for {group.seconds:.2f} s in"
+                    f" all ({pct(fraction)} of the session, longest {group.longest_ms:.0f} ms)"
+                    f" inside {where(loc)}")
+        evidence = f"{held}, {what}; every other request on that loop waited"
         requests = len(ctx.by_endpoint.get(endpoint, [])) if endpoint else 0
         metric: dict[str, MetricValue] = {
-            "blocked_fraction": fraction, "blocked_seconds": group.seconds,
-            "stalls": group.count, "longest_stall_ms": group.longest_ms,
-            "cause": cause, "source": "watchdog"}
+            "blocked_fraction": fraction, "blocked_seconds": total,
+            "seen_seconds": group.seconds, "stalls": group.count,
+            "longest_stall_ms": group.longest_ms, "cause": cause, "source": "watchdog"}
         if cpu_share is not None:
             metric["cpu_share"] = cpu_share
         if requests:
-            metric["stall_ms_per_request"] = group.seconds * 1000 / requests
+            metric["stall_ms_per_request"] = total * 1000 / requests
         suggestion = cpu_advice(framework) if cause == "cpu" else blocking_advice(framework)
         return make_flag(self.kind, severity, endpoint, loc, evidence, metric, suggestion)
 
