@@ -22,6 +22,7 @@ from benchmarks import (
     bench_overhead,
     bench_profiling,
     bench_session_size,
+    bench_watchdog,
     soak,
 )
 from benchmarks.harness import ROOT, machine
@@ -121,6 +122,16 @@ def section_dashboard() -> tuple[str, Any]:
     return text, result
 
 
+def section_watchdog() -> tuple[str, Any]:
+    result = bench_watchdog.run()
+    text = ("## The agent's watchdogs\n\nA real asyncio loop in a thread, watched by the agent's"
+            f" watchdogs at their defaults, {result['seconds']:.0f} s per run, "
+            f"{result['rounds']} interleaved rounds; the watchdog threads' own CPU time as the"
+            " agent reports it. Goal: almost nothing while nothing is wrong.\n\n"
+            + bench_watchdog.render(result))
+    return text, result
+
+
 SECTIONS: dict[str, Callable[[], tuple[str, Any]]] = {
     "attach": section_attach,
     "overhead": section_overhead,
@@ -128,6 +139,7 @@ SECTIONS: dict[str, Callable[[], tuple[str, Any]]] = {
     "ingest": section_ingest,
     "export": section_export,
     "dashboard": section_dashboard,
+    "watchdog": section_watchdog,
     "soak": section_soak,
 }
 # An hour long: `make soak` runs it, `make bench` does not.

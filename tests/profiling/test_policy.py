@@ -88,7 +88,22 @@ def test_concurrent_profiles_are_capped_and_released() -> None:
     assert p.admit("GET", "/c") is None and p.capped == 1
     first.records = []
     p.finish(first, 0.0, "GET", "/a", 1.0)
+    p.observe("GET", "/c", 1.0)  # the capped route's next turn
     assert p.admit("GET", "/c") is not None
+
+
+def test_a_capped_route_waits_for_its_next_turn() -> None:
+    # Under the cap a busy route is not tested again on every request: refused once, it is
+    # disarmed until `every` more of its requests have come.
+    clock = FakeClock()
+    p = profiling(clock, every=10, max_per_second=1)
+    served = [serve(p, "GET", "/a", "/a") for _ in range(11)]
+    assert served[10] and p.profiled == 1
+    for _ in range(10):
+        serve(p, "GET", "/a", "/a")
+    assert p.armed == [] and p.capped == 1  # the 11th after was refused, not the next ten
+    clock.now += 1.0
+    assert sum(serve(p, "GET", "/a", "/a") for _ in range(11)) == 1
 
 
 def test_zero_disables_and_unmatched_is_never_profiled() -> None:

@@ -32,7 +32,7 @@ MAX_DEPTH = 200  # frames per stack or chain: a deeper one keeps its root part
 MAX_TASK_HOPS = 16  # awaited tasks followed from one request's chain
 OWN_THREADS = ("apiscope-agent",)  # the agent's threads: the one answering the dump is busy
 
-# id(timing) -> (the middleware, its timing (`.called`), scope, asyncio task or None)
+# timing -> (the middleware, its timing (`.called`), scope, asyncio task or None)
 Entry = tuple[Any, Any, Any, Any]
 FrameInfo = dict[str, Any]
 
@@ -43,7 +43,7 @@ class InFlight:
     __slots__ = ("requests",)
 
     def __init__(self) -> None:
-        self.requests: dict[int, Entry] = {}
+        self.requests: dict[Any, Entry] = {}  # keyed by the timing object itself
 
     def __len__(self) -> int:
         return len(self.requests)

@@ -36,6 +36,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UNMATCHED = "<unmatched>"
+_new_entry = tuple.__new__
 _NESTED = "apiscope.recording"
 
 
@@ -120,9 +121,14 @@ class AgentMiddleware:
             profiling = self.profiling
             if profiling is not None and profiling.armed:  # the one test unprofiled requests pay
                 run = profiling.admit(scope.get("method", "GET"), scope.get("path", ""))
-            self._before(scope)
+            # Starlette puts itself in scope["app"] before its middleware stack runs: the route
+            # table of an app met for the first time is registered (`_met`).
+            if scope.get("app") is not self._last_app or not self.threadpool.captured:
+                self._met(scope)
+            if self.watchdogs is not None:
+                self.watchdogs.see_loop()  # the loop serving this request gets a watchdog once
             if self.inflight is not None:  # one dict insert; _finish deletes it
-                self.inflight.requests[id(timing)] = (self, timing, scope, current_task())
+                self.inflight.requests[timing] = (self, timing, scope, current_task())
             if self.query_hooks is not None:
                 token = CURRENT.set(RequestQueries())
         except Exception:
@@ -149,23 +155,21 @@ class AgentMiddleware:
             raise
         self._finish(scope, root_path, timing, None, token, run)
 
-    def _before(self, scope: Scope) -> None:
-        # Starlette puts itself in scope["app"] before its middleware stack runs: register the
-        # route table of an app met for the first time (an injected agent wraps a live app).
+    def _met(self, scope: Scope) -> None:
+        """An app met for the first time (an injected agent wraps a live app), or a thread
+        pool not captured yet."""
         app = scope.get("app")
         if app is not None and app is not self._last_app:
             self._last_app = app
             self.routes.add_app(app)
         if not self.threadpool.captured:
             self.threadpool.capture()
-        if self.watchdogs is not None:
-            self.watchdogs.see_loop()  # the loop serving this request gets a watchdog once
 
     def _finish(self, scope: Scope, root_path: str, timing: _Timing,
                 exc: BaseException | None, token: Any, run: ProfileRun | None = None) -> None:
         try:
             if self.inflight is not None:
-                self.inflight.requests.pop(id(timing), None)
+                self.inflight.requests.pop(timing, None)
             django_request = scope.pop(REQUEST_KEY, None)  # also breaks the scope<->request cycle
             queries: tuple[QueryEntry, ...] = ()
             if token is not None:
@@ -188,8 +192,10 @@ class AgentMiddleware:
                 status = 500  # the app returned without a response: the server answers 500
             method = scope.get("method", "GET")
             route = self.route_of(scope, root_path, status, django_request)
-            entry = RequestEntry(start + self._epoch_offset, (end - start) * 1000.0, method,
-                                 route, status, exc_type, exc_file, exc_line, queries)
+            # tuple.__new__ directly: the named tuple's own __new__ is a Python function.
+            entry = _new_entry(RequestEntry, (start + self._epoch_offset, (end - start) * 1000.0,
+                                              method, route, status, exc_type, exc_file,
+                                              exc_line, queries, 1))
             self.recorder.record(entry)
         except Exception:
             self._count_error()
@@ -225,6 +231,9 @@ class AgentMiddleware:
         if status == 404 and _is_mount(route):  # the mount's prefix matched, nothing inside it
             return UNMATCHED
         key = route if context is None else context
+        known = self.routes.templates.get(id(key))  # what `_lookup` does first, inline
+        if known is not None and known[0] is key and known[1]:
+            return known[1]
         template = self._lookup(scope, key)
         if template is not None:
             return template

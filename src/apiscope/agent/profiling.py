@@ -127,10 +127,13 @@ class RequestProfiling:
                 break
         else:
             return None
+        # Capped or not, the route is disarmed: a capped route is armed again by `observe`
+        # after its next `every` requests, so that a busy route does not pay this test on
+        # every request while the cap holds.
+        self.armed.remove(entry)
         if self._running >= self.options.max_concurrent or not self.bucket.take():
             self.capped += 1
             return None
-        self.armed.remove(entry)
         try:
             run = ProfileRun(entry[2], self._factory(self.options.interval_ms / 1000.0))
         except Exception:
