@@ -9,6 +9,7 @@ as the agent reports it to the collector). Rounds are interleaved; medians and m
 from __future__ import annotations
 
 import asyncio
+import random
 import statistics
 import threading
 import time
@@ -39,30 +40,32 @@ async def _busy(deadline: float) -> None:
 
 
 async def _crowded(deadline: float) -> None:
-    """A loop crowded with quick requests: every 50 ms, twelve 1 ms steps in one pass (a 12 ms
+    """A loop crowded with quick requests: every 30-70 ms, twelve 1 ms steps in one pass (a 12 ms
     pass that no one code holds)."""
     async def step() -> None:
         _spin(0.001)
 
+    pace = random.Random(1)  # uneven gaps, as requests come: not in step with the watchdog
     while time.perf_counter() < deadline:
         for _ in range(12):
             asyncio.get_running_loop().create_task(step())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(pace.uniform(0.03, 0.07))
 
 
 async def _holds(deadline: float) -> None:
-    """Something wrong: a request's task holding the loop 16 ms on the CPU every 50 ms."""
+    """Something wrong: a request's task holding the loop 16 ms on the CPU every 30-70 ms."""
     async def hold() -> None:
         _spin(0.016)
 
+    pace = random.Random(2)
     while time.perf_counter() < deadline:
         asyncio.get_running_loop().create_task(hold())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(pace.uniform(0.03, 0.07))
 
 
 SCENARIOS: dict[str, Callable[[float], Coroutine[Any, Any, None]]] = {
     "idle": _idle, "busy, 10 µs callbacks": _busy, "crowded, 12 ms passes of 12 tasks": _crowded,
-    "16 ms holds every 50 ms": _holds,
+    "16 ms holds every 30-70 ms": _holds,
 }
 
 
