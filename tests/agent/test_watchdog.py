@@ -324,49 +324,47 @@ def many_steps() -> None:
         asyncio.get_running_loop().create_task(quick_step())
 
 
-def test_short_holds_by_one_task_are_seen_with_their_stack(loop_thread: LoopThread) -> None:
-    # 16 ms of CPU in a request's task: shorter than a stall, long enough to make every other
-    # request wait. Each such pass is timed; those the watchdog looks at twice while they last
-    # are known to be one task's, with that task's stack.
+def passes_of(loop_thread: LoopThread, work: Callable[[], object], times: int,
+              seed: int) -> list[dict[str, Any]]:
+    """The long passes recorded while `work` is put on the loop `times` times, at uneven gaps
+    (as requests come: not in step with the watchdog's checks)."""
     if not loop_thread.watchdogs.options.time_passes:
         pytest.skip("a probed loop sees stalls only, not shorter holds")
     wait_until(loop_thread.probes_after(3), what="the watchdog to check the loop")
     loop_thread.pull()
     loop_thread.stalls.clear()
-    pace = random.Random(1)
-    for _ in range(40):  # at uneven gaps, as requests come: not in step with the watchdog
-        asyncio.run_coroutine_threadsafe(short_hold(), loop_thread.loop)
+    pace = random.Random(seed)
+    for _ in range(times):
+        loop_thread.call(work)
         time.sleep(pace.uniform(0.03, 0.07))
     loop_thread.pull()
+    return loop_thread.stalls
 
-    assert 36 <= len(loop_thread.stalls) <= 40  # a pass on a loaded machine may be cut short
-    assert all(15 <= s["duration_ms"] < 60 for s in loop_thread.stalls)
-    held = [s for s in loop_thread.stalls if s["held"] == "one"]
+
+def test_short_holds_by_one_task_are_seen_with_their_stack(loop_thread: LoopThread) -> None:
+    # 16 ms of CPU in a request's task: shorter than a stall, long enough to make every other
+    # request wait. Each such pass is timed; those the watchdog looks at twice while they last
+    # (or that began with that task's step alone) are known to be one task's, with its stack.
+    loop = loop_thread.loop
+    passes = passes_of(loop_thread, lambda: loop.create_task(short_hold()), 40, seed=1)
+
+    assert len([s for s in passes if s["duration_ms"] >= 15]) >= 36
+    held = [s for s in passes if s["held"] == "one"]
     assert len(held) >= 3
     line = short_hold.__code__.co_firstlineno + 1
-    for s in held:
-        assert s["frames"][-1][0] == "spin"
-        assert s["frames"][-2][1:] == [__file__, line]
-        assert s["frames"][-2][0] == "short_hold"
-    assert all(s["held"] in ("one", "glimpse", None) for s in loop_thread.stalls)
+    for s in held:  # in spin() called at that line (a weakref callback may be on top)
+        assert ["short_hold", __file__, line] in s["frames"]
+        assert "spin" in [f[0] for f in s["frames"]]
+    assert not [s for s in passes if s["held"] == "many"]
 
 
 def test_a_pass_of_many_quick_steps_is_held_by_no_one(loop_thread: LoopThread) -> None:
     # Twelve tasks of 1.5 ms in one pass: an 18 ms pass, but no one code held the loop.
-    if not loop_thread.watchdogs.options.time_passes:
-        pytest.skip("a probed loop sees stalls only, not shorter holds")
-    wait_until(loop_thread.probes_after(3), what="the watchdog to check the loop")
-    loop_thread.pull()
-    loop_thread.stalls.clear()
-    pace = random.Random(2)
-    for _ in range(30):
-        loop_thread.call(many_steps)
-        time.sleep(pace.uniform(0.04, 0.08))
-    loop_thread.pull()
+    passes = passes_of(loop_thread, many_steps, 30, seed=2)
 
-    assert len(loop_thread.stalls) >= 25
-    assert not [s for s in loop_thread.stalls if s["held"] == "one"]
-    many = [s for s in loop_thread.stalls if s["held"] == "many"]
+    assert len(passes) >= 25
+    assert not [s for s in passes if s["held"] == "one"]
+    many = [s for s in passes if s["held"] == "many"]
     assert all(s["frames"] == [] for s in many)
     if loop_thread.watchdogs.options.loop_interval <= 0.02:  # checked often: some followed
         assert many
