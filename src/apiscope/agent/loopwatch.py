@@ -384,9 +384,7 @@ class LoopWatchdog(Background):
         return task, (frame_stack(frame) if frame is not None else None)
 
     def _sample_into(self, stacks: Counter[Stack]) -> None:
-        stack = self._sample()[1]
-        if stack is not None and (stack in stacks or len(stacks) < MAX_DISTINCT_STACKS):
-            stacks[stack] += 1
+        _count_stack(stacks, self._sample()[1])
 
     def _record(self, posted: float, ran: tuple[float, int], stacks: Counter[Stack]) -> None:
         ran_at, ran_cpu_ns = ran
@@ -452,9 +450,14 @@ def _held(looks: list[tuple[int | None, Stack | None]],
         held, shown = GLIMPSE, looks
     stacks: Counter[Stack] = Counter()
     for _, stack in shown:
-        if stack is not None and (stack in stacks or len(stacks) < MAX_DISTINCT_STACKS):
-            stacks[stack] += 1
+        _count_stack(stacks, stack)
     return held, stacks
+
+
+def _count_stack(stacks: Counter[Stack], stack: Stack | None) -> None:
+    """Count a stack seen; a stall moving through many keeps the first `MAX_DISTINCT_STACKS`."""
+    if stack is not None and (stack in stacks or len(stacks) < MAX_DISTINCT_STACKS):
+        stacks[stack] += 1
 
 
 def _thread_cpu_clock(ident: int) -> int | None:

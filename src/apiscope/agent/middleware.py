@@ -36,7 +36,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UNMATCHED = "<unmatched>"
-_new_entry = tuple.__new__
 _NESTED = "apiscope.recording"
 
 
@@ -192,10 +191,8 @@ class AgentMiddleware:
                 status = 500  # the app returned without a response: the server answers 500
             method = scope.get("method", "GET")
             route = self.route_of(scope, root_path, status, django_request)
-            # tuple.__new__ directly: the named tuple's own __new__ is a Python function.
-            entry = _new_entry(RequestEntry, (start + self._epoch_offset, (end - start) * 1000.0,
-                                              method, route, status, exc_type, exc_file,
-                                              exc_line, queries, 1))
+            entry = RequestEntry(start + self._epoch_offset, (end - start) * 1000.0, method,
+                                 route, status, exc_type, exc_file, exc_line, queries)
             self.recorder.record(entry)
         except Exception:
             self._count_error()
@@ -231,9 +228,6 @@ class AgentMiddleware:
         if status == 404 and _is_mount(route):  # the mount's prefix matched, nothing inside it
             return UNMATCHED
         key = route if context is None else context
-        known = self.routes.templates.get(id(key))  # what `_lookup` does first, inline
-        if known is not None and known[0] is key and known[1]:
-            return known[1]
         template = self._lookup(scope, key)
         if template is not None:
             return template

@@ -160,8 +160,9 @@ class EventLoopBlockedRule:
                 unseen[length][1] += 1
                 continue
             seen[length] += stall.duration_ms / 1000
-            if place != SERVER:
-                self._add(groups[place], stall, length, ctx)
+            key, user = place
+            if user is not None:
+                self._add(groups[key], stall, user, length)
         for group in groups.values():
             for length, seconds in group.by_class.items():
                 if length in unseen:
@@ -184,27 +185,23 @@ class EventLoopBlockedRule:
         return flags
 
     @staticmethod
-    def _place(ctx: AnalysisContext, stall: LoopStall) -> Group | None:
-        """Whose hold a pass was: an endpoint's (or app function's), the server's (`SERVER`),
-        or not seen in the act (None)."""
+    def _place(ctx: AnalysisContext, stall: LoopStall) -> tuple[Group, Frame | None] | None:
+        """Whose hold a pass was: an endpoint's (or app function's) with its deepest
+        application frame, the server's (`SERVER`, no frame), or not seen in the act (None)."""
         if stall.held == "many":
-            return SERVER  # many callbacks ran: the loop was busy, no one code held it
+            return SERVER, None  # many callbacks ran: the loop was busy, no one code held it
         frames = stall.frames
         if not frames or (stall.held != "one" and stall.duration_ms < LONG_STALL_MS):
             return None
         user = user_frame(frames, ctx.matcher.roots)
         if user is None or is_tool_work(frames) or any(
                 f.file.startswith("<frozen importlib") for f in frames):
-            return SERVER  # the server's own work, the measurement's, or the app being imported
-        return _key(ctx.matcher.endpoint_of(frames), user)
+            return SERVER, None  # the server's own work, the measurement's, or an import
+        return _key(ctx.matcher.endpoint_of(frames), user), user
 
     @staticmethod
-    def _add(group: _Stalls, stall: LoopStall, length: tuple[int, int],
-             ctx: AnalysisContext) -> None:
+    def _add(group: _Stalls, stall: LoopStall, user: Frame, length: tuple[int, int]) -> None:
         frames = stall.frames
-        user = user_frame(frames, ctx.matcher.roots)
-        if user is None:  # not placed in an application group (see _place)
-            return
         seconds = stall.duration_ms / 1000
         group.count += 1
         group.seconds += seconds
