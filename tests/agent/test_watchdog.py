@@ -509,6 +509,35 @@ def test_the_gils_futex_is_learnt_and_reported_with_each_pull() -> None:
         watchdogs.stop()
 
 
+def test_the_gils_futex_is_kept_only_when_two_attempts_agree(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The race that catches the helper on another word (the lock behind the event, for a moment
+    # after it wakes) cannot be made to happen on demand: the attempts' results are given here.
+    from apiscope.agent import gilwatch
+
+    def attempts(results: list[tuple[int, int] | None]) -> list[int]:
+        queue = list(results)
+        calls = []
+
+        def calibrate(hold: Callable[[], object], read: Callable[[int], bytes],
+                      ) -> tuple[int, int] | None:
+            calls.append(1)
+            return queue.pop(0) if queue else None
+        monkeypatch.setattr(gilwatch, "_calibrate", calibrate)
+        return calls
+
+    gil, lock = (202, 0x7F00_0000_06F0), (202, 0x5600_0000_1000)
+    calls = attempts([lock, gil, (202, gil[1] + 4)])
+    assert gil_futex() == (202, gil[1] + 4) and len(calls) == 3
+    calls = attempts([gil, None, (202, gil[1] + 88)])
+    assert gil_futex() == (202, gil[1] + 88) and len(calls) == 3
+    # Never two alike: nothing learnt, rather than a word that may be a lock's.
+    attempts([lock, gil, None, (202, 0x5600_0000_9000), None, None])
+    assert gil_futex() is None
+    attempts([gil, (230, gil[1])])  # another system call on the same word is not the same
+    assert gil_futex() is None
+
+
 def test_pure_python_threads_make_a_waker_wait_for_the_gil() -> None:
     summary = gil_wait_while(python_loop)
     # Each wake-up waits for a switch interval (5 ms) or so: far above the idle baseline.

@@ -97,10 +97,12 @@ def request(endpoint: str, start: float, ms: float, status: int = 200,
 
 @dataclass
 class Spec:
-    """A session to write; `per_window` are the stack samples of every 1-second window."""
+    """A session to write; `per_window` are the stack samples of every window (`window`
+    seconds long, 1 unless the budget lengthened them)."""
 
     seconds: int = 30
     rate: int = 100
+    window: float = 1.0
     per_window: list[StackSample] = field(default_factory=list)
     extra_windows: dict[int, list[StackSample]] = field(default_factory=dict)
     requests: list[RequestRecord] = field(default_factory=list)
@@ -140,12 +142,13 @@ class Spec:
                             python="3.11.7", rate_hz=self.rate, start=T0,
                             end=T0 + self.seconds, **self.meta)
             writer.put_routes(PID, self.routes)
-            for i in range(self.seconds):
+            for i in range(round(self.seconds / self.window)):
                 samples = tuple(self.per_window + self.extra_windows.get(i, []))
                 cpu = self.cpu(samples) if self.measured else {}
                 process = {PID: sum(cpu.values()) + self.extra_cpu} if self.measured else {}
                 waits = {key: self.runqueue for key in cpu}
-                writer.put_window(StackWindow(T0 + i, T0 + i + 1, self.rate, samples,
+                start = T0 + i * self.window
+                writer.put_window(StackWindow(start, start + self.window, self.rate, samples,
                                               threads=self.roles(), thread_cpu=cpu,
                                               process_cpu=process, thread_runqueue=waits,
                                               thread_gil=self.gil_looks))

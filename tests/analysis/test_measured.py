@@ -223,6 +223,23 @@ def test_gil_contention_measured_by_the_kernels_looks(tmp_path: Path) -> None:
                 if f["kind"] == "gil_contention"]
 
 
+def test_gil_contention_is_judged_over_seconds_not_windows(tmp_path: Path) -> None:
+    # On a busy target the budget lengthens windows: a 15 s session in two 7.5 s windows, the
+    # first begun in the 3 s warm-up but mostly after it. 15 s of measured contention.
+    spec = gil_spec(2, 0.01)
+    spec.seconds, spec.window = 15, 7.5
+    spec.gil_looks = {(PID, W1): (150, 70), (PID, W2): (150, 68)}
+    [flag] = [f for f in report_of(spec, tmp_path / "a")["flags"]
+              if f["kind"] == "gil_contention"]
+    assert flag["location"]["line"] == 25 and flag["metric"]["contended_seconds"] == 15.0
+    # One contended second after the warm-up is not a pattern.
+    spec = gil_spec(2, 0.01)
+    spec.seconds = 4
+    spec.gil_looks = {(PID, W1): (25, 12), (PID, W2): (25, 11)}
+    assert not [f for f in report_of(spec, tmp_path / "b")["flags"]
+                if f["kind"] == "gil_contention"]
+
+
 def contended_pool(loop_line: int | None) -> Spec:
     """Pool threads showing line 25 all along but running a tenth of that time (the rest they
     wait for the GIL: the looks found them on it at 80% of theirs); with `loop_line`, the

@@ -25,10 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 from .background import Background
-from .schedstat import SchedStat, ThreadCpu
+from .schedstat import GIL_SPAN, SchedStat, ThreadCpu
 
 SPARE_INTERVAL = 1.0  # the GIL watchdog's sleep while loop watchdogs measure for it
-CALIBRATION_HOLDS_US = (2000, 4000, 8000)  # how long each attempt keeps the GIL
+# How long each attempt keeps the GIL; two attempts must agree (see `gil_futex`).
+CALIBRATION_HOLDS_US = (2000, 2000, 4000, 4000, 8000, 8000)
 
 
 class GilMeter:
@@ -147,7 +148,8 @@ def gil_futex() -> tuple[int, int] | None:
     and waits for the GIL; this thread then reads the helper's current system call from
     `/proc/self/task/TID/syscall`, still holding the GIL. A reader outside the process (the
     collector) then tells a thread waiting for the GIL from one waiting on anything else by
-    this address. Each attempt keeps the GIL for a few milliseconds, once per process."""
+    this address. Each attempt keeps the GIL for a few milliseconds; two or three attempts,
+    once per process."""
     if not has_gil() or not sys.platform.startswith("linux"):
         return None
     try:
@@ -166,10 +168,17 @@ def gil_futex() -> tuple[int, int] | None:
         count = pread(fd, buffer, len(buffer), 0)
         return buffer.raw[:max(0, count)]
 
+    # Two attempts must agree: one can catch the helper on another word (woken, it may block
+    # on the lock behind the event for a moment before it reaches the GIL), and a wrong word
+    # would make every wait for the GIL in the session look like a wait on a lock.
+    learnt: list[tuple[int, int]] = []
     for hold_us in CALIBRATION_HOLDS_US:
         found = _calibrate(functools.partial(usleep, hold_us), read_held)
-        if found is not None:
+        if found is None:
+            continue
+        if any(found[0] == seen[0] and abs(found[1] - seen[1]) <= GIL_SPAN for seen in learnt):
             return found
+        learnt.append(found)
     return None
 
 

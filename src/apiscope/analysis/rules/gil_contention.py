@@ -5,7 +5,7 @@ socket inside psycopg, sleeping, or hashing in C code that releases the GIL is n
 
 Where the agent learnt its GIL's address, the kernel says which thread waits for it: the
 collector looks at the busy threads' current system call (`collectors/gillooks.py`), and a
-thread blocked on the GIL's futex is waiting for the GIL, nothing else. A window (after the
+thread blocked on the GIL's futex is waiting for the GIL, nothing else. A window (mostly after the
 session's warm-up, `stats.warmup_end`, when caches fill once) is contended when the request
 threads (event loop, pool workers) between them waited for the GIL at least `GIL_MIN_WAIT` of
 it and at least the lowest `gil_wait_share` of their busy time (running, queued for a CPU, or
@@ -25,7 +25,7 @@ same sampling window of one process:
   alone also makes the watchdog wait, but contends with no one.
 
 The figure graded is the mean wait per wake-up over the contended windows, as a share of the
-switch interval; at least `GIL_MIN_WINDOWS` such windows are needed. The location is the
+switch interval; the contended windows must add up to `GIL_MIN_SECONDS`. The location is the
 hottest application line running (on-CPU) in those windows, in the pool threads if any ran
 application code (code running in several threads is what contends; a busy event loop's own
 work is `event_loop_blocked`'s and `cpu_hotspot`'s). With the kernel's looks, a thread that
@@ -61,7 +61,9 @@ GIL_MIN_WAIT = 0.10
 WAITER_MIN_SHARE = 0.2
 HOLDER_MIN_WANT = 0.5
 HOLDER_MIN_RUN = 0.2  # running / shown: 1/N for N threads contending; a sleep's is ~0.03
-GIL_MIN_WINDOWS = 2
+# Contended windows must add up to this much of the session: one busy second is not a pattern.
+# In seconds, not windows, since the budget lengthens windows (up to 8 s) on a busy target.
+GIL_MIN_SECONDS = 2.0
 SWITCH_INTERVAL = 0.005  # CPython's default (sys.getswitchinterval())
 
 SUGGESTION = ("CPU-bound Python in several threads runs one thread at a time: move it into"
@@ -84,6 +86,12 @@ def wait_share(gil: Sequence[GilSample], start: float, end: float) -> float | No
     return waited / wakes / SWITCH_INTERVAL if wakes > 0 else None
 
 
+def _steady(start: float, ends: dict[float, float], warm: float) -> bool:
+    """True for a window mostly after the session's warm-up (a long window that began in it
+    is mostly steady state)."""
+    return (start + ends.get(start, start)) / 2 >= warm
+
+
 class GilContentionRule:
     kind = "gil_contention"
 
@@ -95,7 +103,7 @@ class GilContentionRule:
         flags = []
         for pid in sorted({pid for pid, _ in contended}):
             windows = {w: share for (p, w), share in contended.items() if p == pid}
-            if len(windows) >= GIL_MIN_WINDOWS:
+            if sum(end - start for start, end in windows) >= GIL_MIN_SECONDS:
                 flag = self._flag(ctx, pid, windows, pid in looked)
                 if flag is not None:
                     flags.append(flag)
@@ -125,7 +133,7 @@ class GilContentionRule:
         waited: dict[tuple[int, float], float] = defaultdict(float)
         busy: dict[tuple[int, float], float] = defaultdict(float)
         for c in ctx.data.thread_cpu:
-            if c.pid not in pids or c.window < warm or \
+            if c.pid not in pids or not _steady(c.window, ends, warm) or \
                     roles.get((c.pid, c.tid)) not in HANDLER_ROLES:
                 continue
             seconds = ends.get(c.window, c.window) - c.window
@@ -148,7 +156,7 @@ class GilContentionRule:
         roles = ctx.data.roles
         demand: dict[tuple[int, float], list[float]] = defaultdict(list)
         for c in ctx.data.thread_cpu:
-            if c.window >= warm and roles.get((c.pid, c.tid)) in HANDLER_ROLES:
+            if _steady(c.window, ends, warm) and roles.get((c.pid, c.tid)) in HANDLER_ROLES:
                 demand[(c.pid, c.window)].append(c.seconds + (c.runqueue or 0.0))
         by_pid: dict[int, list[GilSample]] = defaultdict(list)
         for g in ctx.data.gil:

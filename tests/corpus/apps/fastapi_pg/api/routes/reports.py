@@ -51,10 +51,10 @@ def items_with_owners(session: SessionDep, limit: int = 40) -> list[dict[str, st
 
 @router.get("/forecast/{item_id}")
 def demand_forecast(item_id: int, days: int = 30) -> dict[str, float]:
-    level, state = 100.0, item_id
-    for _ in range(days * 1500):
+    state = item_id
+    for _ in range(days * 40000):  # a simulated demand path, in pure Python
         state = (state * 1103515245 + 12345) % 2147483648  # planted: gil_contention cpu
-        level *= 1.0 + (state / 2147483648 - 0.5) * 0.01
+    level = 100.0 * (1.0 + (state / 2147483648 - 0.5) * 0.01)
     return {"item_id": float(item_id), "level": round(level, 3)}
 
 
