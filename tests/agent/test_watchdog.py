@@ -526,6 +526,8 @@ def test_the_gils_futex_is_kept_only_when_two_attempts_agree(
         monkeypatch.setattr(gilwatch, "_calibrate", calibrate)
         return calls
 
+    # Words in no file's mapping here (anonymous memory, as a lock allocated by a thread).
+    monkeypatch.setattr(gilwatch, "_in_mapped_file", lambda address: False)
     gil, lock = (202, 0x7F00_0000_06F0), (202, 0x5600_0000_1000)
     calls = attempts([lock, gil, (202, gil[1] + 4)])
     assert gil_futex() == (202, gil[1] + 4) and len(calls) == 3
@@ -536,6 +538,20 @@ def test_the_gils_futex_is_kept_only_when_two_attempts_agree(
     assert gil_futex() is None
     attempts([gil, (230, gil[1])])  # another system call on the same word is not the same
     assert gil_futex() is None
+    # A word in the interpreter's own data (a file's mapping) is the GIL's at the first try.
+    monkeypatch.setattr(gilwatch, "_in_mapped_file", lambda address: address == gil[1])
+    calls = attempts([lock, gil])
+    assert gil_futex() == gil and len(calls) == 2
+
+
+def test_the_learnt_futex_lies_in_the_interpreters_own_data() -> None:
+    from apiscope.agent.gilwatch import _in_mapped_file
+
+    futex = gil_futex()
+    assert futex is not None and _in_mapped_file(futex[1])
+    lock_in_heap = threading.Lock()
+    assert not _in_mapped_file(id(lock_in_heap))  # an object allocated at run time
+    assert not _in_mapped_file(0)
 
 
 def test_pure_python_threads_make_a_waker_wait_for_the_gil() -> None:

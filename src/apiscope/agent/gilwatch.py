@@ -168,18 +168,37 @@ def gil_futex() -> tuple[int, int] | None:
         count = pread(fd, buffer, len(buffer), 0)
         return buffer.raw[:max(0, count)]
 
-    # Two attempts must agree: one can catch the helper on another word (woken, it may block
-    # on the lock behind the event for a moment before it reaches the GIL), and a wrong word
-    # would make every wait for the GIL in the session look like a wait on a lock.
+    # An attempt can catch the helper on another word (woken, it may block on the lock behind
+    # the event for a moment before it reaches the GIL), and a wrong word would make every wait
+    # for the GIL in the session look like a wait on a lock. The GIL's state is a static of the
+    # interpreter, in the data of its executable or libpython; a lock is allocated. A word in a
+    # file's mapping is kept at once; any other needs a second attempt to agree.
     learnt: list[tuple[int, int]] = []
     for hold_us in CALIBRATION_HOLDS_US:
         found = _calibrate(functools.partial(usleep, hold_us), read_held)
         if found is None:
             continue
-        if any(found[0] == seen[0] and abs(found[1] - seen[1]) <= GIL_SPAN for seen in learnt):
+        if _in_mapped_file(found[1]) or any(
+                found[0] == seen[0] and abs(found[1] - seen[1]) <= GIL_SPAN for seen in learnt):
             return found
         learnt.append(found)
     return None
+
+
+def _in_mapped_file(address: int, maps: str = "/proc/self/maps") -> bool:
+    """Whether `address` lies in a mapping of a file (not the heap, a stack or anonymous
+    memory); False when the mappings cannot be read."""
+    try:
+        with open(maps, "rb") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)
+                low, _, high = fields[0].partition(b"-")
+                if int(low, 16) <= address < int(high, 16):
+                    path = fields[5].strip() if len(fields) > 5 else b""
+                    return path.startswith(b"/")
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def _calibrate(hold: Callable[[], object], read_held: Callable[[int], bytes],

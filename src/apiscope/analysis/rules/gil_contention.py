@@ -5,7 +5,7 @@ socket inside psycopg, sleeping, or hashing in C code that releases the GIL is n
 
 Where the agent learnt its GIL's address, the kernel says which thread waits for it: the
 collector looks at the busy threads' current system call (`collectors/gillooks.py`), and a
-thread blocked on the GIL's futex is waiting for the GIL, nothing else. A window (mostly after the
+thread blocked on the GIL's futex is waiting for the GIL, nothing else. A window (after the
 session's warm-up, `stats.warmup_end`, when caches fill once) is contended when the request
 threads (event loop, pool workers) between them waited for the GIL at least `GIL_MIN_WAIT` of
 it and at least the lowest `gil_wait_share` of their busy time (running, queued for a CPU, or
@@ -33,9 +33,12 @@ contended (`_contending`: found waiting for the GIL, and running Python whenever
 counts however little of the time its line got the GIL. Without an application line the
 contention is the framework's or a library's and belongs to the server figures, not to a flag.
 A line can hold the GIL only if it runs: one that runs less than `HOLDER_MIN_RUN` of the time
-it shows (a sleep, a socket wait) is never the location, and neither is a loop line the loop
-watchdog's looks at the kernel found mostly asleep or in I/O. Threads that contend for the GIL
-each run about 1/N of the time they show with N of them at it, so the bar is low.
+it shows (a sleep, a socket wait) is never the location; a line contends only if it also waits:
+one off-CPU less than `LINE_MIN_WAIT` of the time it shows (C code that released the GIL and
+ran on in parallel, a busy loop that alone holds the GIL) is not the location either, and
+neither is a loop line the loop watchdog's looks at the kernel found mostly asleep or in I/O.
+Threads that contend for the GIL each run about 1/N of the time they show with N of them at
+it, so the bar is low.
 Sessions without the agent's watchdog get no gil_contention flag: it cannot be measured there.
 """
 
@@ -61,6 +64,9 @@ GIL_MIN_WAIT = 0.10
 WAITER_MIN_SHARE = 0.2
 HOLDER_MIN_WANT = 0.5
 HOLDER_MIN_RUN = 0.2  # running / shown: 1/N for N threads contending; a sleep's is ~0.03
+# Off-CPU / shown: a line contending for the GIL waits for it now and then. C code that
+# releases the GIL (a password hash) runs on beside the GIL's holder and waits only on return.
+LINE_MIN_WAIT = 0.1
 # Contended windows must add up to this much of the session: one busy second is not a pattern.
 # In seconds, not windows, since the budget lengthens windows (up to 8 s) on a busy target.
 GIL_MIN_SECONDS = 2.0
@@ -84,12 +90,6 @@ def wait_share(gil: Sequence[GilSample], start: float, end: float) -> float | No
             waited += g.wait_seconds * part
             wakes += g.acquisitions * part
     return waited / wakes / SWITCH_INTERVAL if wakes > 0 else None
-
-
-def _steady(start: float, ends: dict[float, float], warm: float) -> bool:
-    """True for a window mostly after the session's warm-up (a long window that began in it
-    is mostly steady state)."""
-    return (start + ends.get(start, start)) / 2 >= warm
 
 
 class GilContentionRule:
@@ -133,7 +133,7 @@ class GilContentionRule:
         waited: dict[tuple[int, float], float] = defaultdict(float)
         busy: dict[tuple[int, float], float] = defaultdict(float)
         for c in ctx.data.thread_cpu:
-            if c.pid not in pids or not _steady(c.window, ends, warm) or \
+            if c.pid not in pids or c.window < warm or \
                     roles.get((c.pid, c.tid)) not in HANDLER_ROLES:
                 continue
             seconds = ends.get(c.window, c.window) - c.window
@@ -156,7 +156,7 @@ class GilContentionRule:
         roles = ctx.data.roles
         demand: dict[tuple[int, float], list[float]] = defaultdict(list)
         for c in ctx.data.thread_cpu:
-            if _steady(c.window, ends, warm) and roles.get((c.pid, c.tid)) in HANDLER_ROLES:
+            if c.window >= warm and roles.get((c.pid, c.tid)) in HANDLER_ROLES:
                 demand[(c.pid, c.window)].append(c.seconds + (c.runqueue or 0.0))
         by_pid: dict[int, list[GilSample]] = defaultdict(list)
         for g in ctx.data.gil:
@@ -207,10 +207,12 @@ class GilContentionRule:
         # line that mostly sleeps or waits on I/O released it).
         shown: dict[Frame, float] = defaultdict(float)
         ran: dict[Frame, float] = defaultdict(float)
+        waited: dict[Frame, float] = defaultdict(float)
         for a in ctx.samples:
             if a.sample.pid == pid and a.window in starts and a.user is not None and a.active:
                 shown[a.user] += a.seconds
                 ran[a.user] += a.seconds if a.sample.state is SampleState.RUNNING else 0.0
+                waited[a.user] += a.seconds if a.sample.state is SampleState.BLOCKED else 0.0
         asleep = asleep_sites(ctx.data.loop_stalls, ctx.matcher.roots)
         # Measured: the threads the kernel found waiting for the GIL are the ones contending,
         # and whatever Python they show is code wanting the GIL (however little of the time it
@@ -224,6 +226,7 @@ class GilContentionRule:
                 if (a.sample.pid == pid and a.window in starts and a.cpu > 0
                         and a.user is not None and not a.tool and a.role in roles
                         and (pid, a.user.file, a.user.line) not in asleep
+                        and waited[a.user] >= LINE_MIN_WAIT * shown[a.user]
                         and ((a.sample.tid, a.window) in contending
                              or ran[a.user] >= HOLDER_MIN_RUN * shown[a.user])):
                     lines[a.user] += a.cpu
