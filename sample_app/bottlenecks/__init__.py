@@ -96,7 +96,7 @@ EXPECTED_FLAGS: tuple[ExpectedFlag, ...] = (
      "handler": "sample_app.bottlenecks.threadpool:check_stock", "handler_line": 25},
     {"kind": "gil_contention", "route": "GET /items/{item_id}/forecast",
      "file": "sample_app/bottlenecks/gil.py", "line": 33,
-     "function": "simulate_prices", "call": "rng.gauss",
+     "function": "simulate_prices", "call": "rng.random",
      "handler": "sample_app.bottlenecks.gil:forecast_price", "handler_line": 45},
     {"kind": "slow_await", "route": "GET /items/{item_id}/quote",
      "file": "sample_app/bottlenecks/slow_await.py", "line": 24,
