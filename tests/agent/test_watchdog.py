@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -368,6 +369,27 @@ def test_a_pass_of_many_quick_steps_is_held_by_no_one(loop_thread: LoopThread) -
     assert all(s["frames"] == [] for s in many)
     if loop_thread.watchdogs.options.loop_interval <= 0.02:  # checked often: some followed
         assert many
+
+
+def test_who_held_a_pass_is_told_from_the_looks_that_saw_it() -> None:
+    # The decision itself, on looks as the watchdog takes them: (task id, stack).
+    from apiscope.agent.loopwatch import _between_passes, _held
+
+    hold = (("short_hold", "/srv/app.py", 15), ("spin", "/srv/app.py", 9))
+    other = (("Handle._run", "/usr/lib/python3.11/asyncio/events.py", 80),)
+    # One task at the last two looks: its hold, whatever the callbacks.
+    assert _held([(7, other), (1, hold), (1, hold)], 12) == ("one", Counter({hold: 2}))
+    # A pass that began with two callbacks: the one seen most held it, even when the other
+    # ran after it and was seen last.
+    assert _held([(1, hold), (1, hold), (2, other)], 2) == ("one", Counter({hold: 2}))
+    # Different tasks, many callbacks: no one code to blame; one look: a glimpse.
+    assert _held([(1, hold), (2, other)], 12) == ("many", Counter())
+    assert _held([(1, hold)], 12)[0] == "glimpse"
+    base = "/usr/lib/python3.11/asyncio/base_events.py"
+    assert _between_passes((("BaseEventLoop.run_forever", base, 606),))
+    assert _between_passes((("BaseEventLoop._run_once", base, 1880),
+                            ("EpollSelector.select", "/usr/lib/python3.11/selectors.py", 468)))
+    assert not _between_passes((("BaseEventLoop._run_once", base, 1922), *hold))
 
 
 def test_the_selector_is_given_back_when_the_watchdogs_stop() -> None:

@@ -104,6 +104,7 @@ class LoopWatchdog(Background):
         # look after more run-queue time than CPU time was a thread ready to run that the host
         # had no CPU for ("queue"), not code running.
         self._look_mark: tuple[int, int] | None = None
+        self._last_look: str | None = None  # what the kernel said at the last look
         self._clock = WakeClock(meter if meter is not None else GilMeter())
         self._lock = threading.Lock()
         self._lags: deque[float] = deque(maxlen=MAX_LAGS)  # seconds
@@ -248,8 +249,12 @@ class LoopWatchdog(Background):
         while clock.exit_at == start and not clock.parked:
             look = self._sample()
             # Kept only if the pass still runs after it: the loop may have ended it meanwhile
-            # (the pass is over once the loop is back in the wrapped select).
-            if clock.exit_at == start and not clock.parked and not _in_select(look[1]):
+            # (the pass is over once the loop is back in the wrapped select). A look at a
+            # thread that mostly waited for a CPU since the last one is no evidence of who
+            # held the loop: on a busy host a quick step preempted for a few milliseconds
+            # would be seen twice and taken for a hold.
+            if clock.exit_at == start and not clock.parked and not _between_passes(look[1]) \
+                    and self._last_look != "queue":
                 looks.append(look)
             backoff = 2 ** min(len(looks) // SPARSER_EVERY, 3)
             if not self._sleep(wait * backoff):
@@ -373,6 +378,7 @@ class LoopWatchdog(Background):
         if activity == "cpu" and read is not None and mark is not None and \
                 read[1] - mark[1] > read[0] - mark[0]:
             activity = "queue"
+        self._last_look = activity
         if activity is not None:
             self._activity[activity] += 1
 
@@ -411,13 +417,15 @@ class LoopWatchdog(Background):
 
 
 
-def _in_select(stack: Stack | None) -> bool:
-    """The loop thread is in its (wrapped) selector: between two passes."""
+def _between_passes(stack: Stack | None) -> bool:
+    """The loop thread is between two passes: in its (wrapped) selector, or back in
+    `run_forever` from the pass that ended, on its way to the next select."""
     if not stack:
         return False
     function, filename, _ = stack[-1]
-    return function.endswith("select") and filename.replace("\\", "/").endswith(
-        ("/looppass.py", "/selectors.py"))
+    path = filename.replace("\\", "/")
+    return (function.endswith("select") and path.endswith(("/looppass.py", "/selectors.py"))) \
+        or (function.endswith("run_forever") and path.endswith("/asyncio/base_events.py"))
 
 
 def _current_task_id(loop: asyncio.AbstractEventLoop) -> int | None:
@@ -442,8 +450,12 @@ def _held(looks: list[tuple[int | None, Stack | None]],
         if task != last:
             break
         run += 1
-    if (run >= 2 and last is not None) or callbacks <= FEW_CALLBACKS:
+    if run >= 2 and last is not None:
         held, shown = ONE_TASK, looks[-run:]
+    elif callbacks <= FEW_CALLBACKS:
+        # One of them held it: the one seen most (the other may have run briefly, after it).
+        most = Counter(task for task, _ in looks).most_common(1)[0][0]
+        held, shown = ONE_TASK, [look for look in looks if look[0] == most]
     elif len(looks) >= 2 and len({task for task, _ in looks}) > 1:
         return MANY, Counter()  # no one code to blame
     else:

@@ -133,7 +133,9 @@ class AgentMiddleware:
         except Exception:
             self._count_error()
 
-        async def watched_send(message: Message) -> None:
+        # A plain function returning the server's own awaitable: no coroutine of ours is
+        # created, and none is resumed each time the server's send suspends.
+        def watched_send(message: Message) -> Awaitable[None]:
             try:
                 kind = message["type"]
                 if kind == "http.response.start":
@@ -142,7 +144,7 @@ class AgentMiddleware:
                     timing.end = clock()
             except Exception:
                 self._count_error()
-            await send(message)
+            return send(message)
 
         try:
             if run is None:
