@@ -235,14 +235,15 @@ class GilContentionRule:
                 break
         if not lines:
             return None
-        share = sum(windows.values()) / len(windows)
+        # Weighted by the windows' lengths: the budget makes them 1 to 8 s long.
+        seconds = sum(end - start for start, end in windows)
+        share = sum((end - start) * part for (start, end), part in windows.items()) / seconds
         severity = grade(share, ctx.thresholds.gil_wait_share)
         if severity is None:
             return None
         hot = max(lines.items(), key=lambda kv: (kv[1], kv[0].file, kv[0].line))[0]
         route = max(by_line[hot].items(), key=lambda kv: (kv[1], kv[0] or ""))[0]
         gil = [g for g in ctx.data.gil if g.pid == pid]
-        seconds = sum(end - start for start, end in windows)
         loc = frame_location(hot)
         metric: dict[str, MetricValue] = {
             "gil_wait_share": share, "contended_seconds": seconds, "cause": "gil",
