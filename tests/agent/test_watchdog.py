@@ -353,9 +353,12 @@ def test_short_holds_by_one_task_are_seen_with_their_stack(loop_thread: LoopThre
     held = [s for s in passes if s["held"] == "one"]
     assert len(held) >= 3
     line = short_hold.__code__.co_firstlineno + 1
-    for s in held:  # in spin() called at that line (a weakref callback may be on top)
-        assert ["short_hold", __file__, line] in s["frames"]
-        assert "spin" in [f[0] for f in s["frames"]]
+    # In spin() called at that line (a weakref callback may be on top). The looks are taken
+    # while the loop runs on: on a loaded machine one in a few dozen may land on the other
+    # callback of a two-callback pass, so nearly all, not all.
+    at_line = [s for s in held if ["short_hold", __file__, line] in s["frames"]
+               and "spin" in [f[0] for f in s["frames"]]]
+    assert len(at_line) >= 3 and len(at_line) >= 0.85 * len(held)
     assert not [s for s in passes if s["held"] == "many"]
 
 
@@ -382,6 +385,9 @@ def test_who_held_a_pass_is_told_from_the_looks_that_saw_it() -> None:
     # A pass that began with two callbacks: the one seen most held it, even when the other
     # ran after it and was seen last.
     assert _held([(1, hold), (1, hold), (2, other)], 2) == ("one", Counter({hold: 2}))
+    # Looks with no task stepping (the step's clean-up once it ended) do not outvote it.
+    assert _held([(1, hold), (None, other), (None, other)], 1) == ("one", Counter({hold: 1}))
+    assert _held([(None, other), (None, other)], 1) == ("one", Counter({other: 2}))
     # Different tasks, many callbacks: no one code to blame; one look: a glimpse.
     assert _held([(1, hold), (2, other)], 12) == ("many", Counter())
     assert _held([(1, hold)], 12)[0] == "glimpse"

@@ -119,13 +119,16 @@ class GilWatchdog(Background):
         self.others_measuring = others_measuring
         self.errors = 0
         self.cpu = ThreadCpu()
-        self.futex: tuple[int, int] | None = None  # see `gil_futex`, learnt as the thread starts
+        self.futex: tuple[int, int] | None = None  # see `gil_futex`, learnt in a thread of its own
 
     def _run(self) -> None:
         clock = WakeClock(self.meter)
+        # Learnt beside the measuring, not before it: with threads in pure Python taking turns
+        # on the GIL, each attempt waits for the GIL several times (seconds in all).
+        learner = threading.Thread(target=self._learn, name="apiscope-gil-learn", daemon=True)
         try:
             self.cpu.bind()
-            self.futex = gil_futex()
+            learner.start()
             clock.bind()
             while True:
                 timeout = SPARE_INTERVAL if self.others_measuring() else self.interval
@@ -137,6 +140,14 @@ class GilWatchdog(Background):
         finally:
             clock.close()
             self.cpu.close()
+            if learner.is_alive():  # no thread of ours outlives the watchdog
+                learner.join(5.0)
+
+    def _learn(self) -> None:
+        try:
+            self.futex = gil_futex()
+        except Exception:  # never into the app: the GIL's address stays unknown
+            self.errors += 1
 
 
 def gil_futex() -> tuple[int, int] | None:

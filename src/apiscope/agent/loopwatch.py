@@ -453,8 +453,10 @@ def _held(looks: list[tuple[int | None, Stack | None]],
     if run >= 2 and last is not None:
         held, shown = ONE_TASK, looks[-run:]
     elif callbacks <= FEW_CALLBACKS:
-        # One of them held it: the one seen most (the other may have run briefly, after it).
-        most = Counter(task for task, _ in looks).most_common(1)[0][0]
+        # One of them held it: the task seen most (the other may have run briefly, after it;
+        # a look with no task stepping may be the step's own clean-up once it ended).
+        seen: Counter[int | None] = Counter(task for task, _ in looks if task is not None)
+        most = (seen or Counter(task for task, _ in looks)).most_common(1)[0][0]
         held, shown = ONE_TASK, [look for look in looks if look[0] == most]
     elif len(looks) >= 2 and len({task for task, _ in looks}) > 1:
         return MANY, Counter()  # no one code to blame
