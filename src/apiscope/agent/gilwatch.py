@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .background import Background
-from .schedstat import GIL_SPAN, SchedStat, ThreadCpu
+from .schedstat import SchedStat, ThreadCpu, on_gil
 
 SPARE_INTERVAL = 1.0  # the GIL watchdog's sleep while loop watchdogs measure for it
 # How long each attempt keeps the GIL; two attempts must agree (see `gil_futex`).
@@ -159,8 +159,8 @@ def gil_futex() -> tuple[int, int] | None:
     and waits for the GIL; this thread then reads the helper's current system call from
     `/proc/self/task/TID/syscall`, still holding the GIL. A reader outside the process (the
     collector) then tells a thread waiting for the GIL from one waiting on anything else by
-    this address. Each attempt keeps the GIL for a few milliseconds; two or three attempts,
-    once per process."""
+    this address. Each attempt keeps the GIL for a few milliseconds: one attempt when its word
+    lies in the interpreter's data, else until two agree (at most six), once per process."""
     if not has_gil() or not sys.platform.startswith("linux"):
         return None
     try:
@@ -189,8 +189,7 @@ def gil_futex() -> tuple[int, int] | None:
         found = _calibrate(functools.partial(usleep, hold_us), read_held)
         if found is None:
             continue
-        if _in_mapped_file(found[1]) or any(
-                found[0] == seen[0] and abs(found[1] - seen[1]) <= GIL_SPAN for seen in learnt):
+        if _in_mapped_file(found[1]) or any(on_gil(found, seen) for seen in learnt):
             return found
         learnt.append(found)
     return None

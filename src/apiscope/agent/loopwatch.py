@@ -238,10 +238,10 @@ class LoopWatchdog(Background):
         """Look at the loop (its stack, its task, the kernel's word) until the pass that began
         at `start` ends; record it if it lasted the hold threshold. False once stopped.
 
-        A pass that began with one or two callbacks to run was held by the one the looks saw;
-        otherwise one task seen at two looks or more in a row is one step of that task running
-        all the while (a task steps at most once in a pass), so it, not the many short
-        callbacks of a busy loop, held the loop. Its stack is the one recorded."""
+        One task seen at two looks or more in a row is one step of that task running all the
+        while (a task steps at most once in a pass), so it, not the many short callbacks of a
+        busy loop, held the loop; a pass that began with one or two callbacks to run was held
+        by the task the looks saw most (see `_held`). Its stack is the one recorded."""
         self._activity.clear()
         looks: list[tuple[int | None, Stack | None]] = []
         followed_at, cpu_then = time.perf_counter(), self._loop_cpu_ns()
@@ -455,8 +455,8 @@ def _held(looks: list[tuple[int | None, Stack | None]],
     elif callbacks <= FEW_CALLBACKS:
         # One of them held it: the task seen most (the other may have run briefly, after it;
         # a look with no task stepping may be the step's own clean-up once it ended).
-        seen: Counter[int | None] = Counter(task for task, _ in looks if task is not None)
-        most = (seen or Counter(task for task, _ in looks)).most_common(1)[0][0]
+        seen = Counter(task for task, _ in looks if task is not None)
+        most = seen.most_common(1)[0][0] if seen else None  # else no task at any look
         held, shown = ONE_TASK, [look for look in looks if look[0] == most]
     elif len(looks) >= 2 and len({task for task, _ in looks}) > 1:
         return MANY, Counter()  # no one code to blame

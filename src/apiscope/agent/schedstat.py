@@ -113,6 +113,12 @@ def _syscall_kind(number: int) -> str:
 GIL_SPAN = 128  # bytes either side of the GIL's learnt futex word that are its state too
 
 
+def on_gil(call: tuple[int, int], gil: tuple[int, int]) -> bool:
+    """Whether a futex wait (system call, address) is on the GIL's state, whose (system call,
+    address) was learnt (see `gilwatch.gil_futex`)."""
+    return call[0] == gil[0] and abs(call[1] - gil[1]) <= GIL_SPAN
+
+
 class SyscallState:
     """What one thread of this process is doing now: "cpu" (not in a system call), "sleep",
     "gil" (a futex on the GIL, once its address is known: see `gilwatch.gil_futex`), "lock"
@@ -140,8 +146,8 @@ class SyscallState:
             return "cpu"
         try:
             kind = _syscall_kind(int(first))
-            if kind == "lock" and gil is not None and int(first) == gil[0] and \
-                    abs(int(fields[1], 16) - gil[1]) <= GIL_SPAN:
+            if kind == "lock" and gil is not None and \
+                    on_gil((int(first), int(fields[1], 16)), gil):
                 return "gil"
             return kind
         except (ValueError, IndexError):
