@@ -14,8 +14,9 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,15 +124,45 @@ def run_server(argv: Sequence[str], port: int, *, ready_path: str = "/",
         try:
             def ready() -> bool:
                 if proc.poll() is not None:
-                    log.seek(0)
-                    err = log.read().decode(errors="replace")
-                    raise AssertionError(f"server exited with {proc.returncode}: {err[-2000:]}")
-                return http_ok(server.url + ready_path)
+                    raise AssertionError(f"server exited with {proc.returncode}: "
+                                         f"{_tail(log)}")
+                # Ours must be the listener: a free port can be taken by another process
+                # between `free_port()` and the bind, and its answers would look like ours.
+                return _listens(proc.pid, port) and http_ok(server.url + ready_path)
 
             wait_until(ready, timeout=timeout, what=f"{argv[0]} to serve on port {port}")
-            yield server
+            try:
+                yield server
+            except AssertionError as exc:  # what the server said is half of the diagnosis
+                exc.add_note(f"server log (exit code {proc.poll()}): {_tail(log)}")
+                raise
         finally:
             stop_process_group(proc)
+
+
+def _tail(log: IO[bytes], size: int = 2000) -> str:
+    log.seek(0)
+    return log.read().decode(errors="replace")[-size:]
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process `pid` or one of its children listens on TCP `port` (True when a
+    process's sockets cannot be read: another user's server, not ours to check)."""
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return False
+    for process in family:
+        try:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in process.net_connections(kind="tcp")):
+                return True
+        except psutil.AccessDenied:
+            return True
+        except psutil.Error:
+            continue
+    return False
 
 
 def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
