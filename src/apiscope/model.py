@@ -127,6 +127,14 @@ class RequestRecord:
     exc_line: int | None = None
     queries: tuple[QueryStat, ...] = ()
     weight: int = 1  # the requests it stands for: n when the agent kept one in n
+    # A streamed response (its body in several messages): the time to its head, the latency
+    # the client waited; the stream's own length is `duration_ms`. None for other responses.
+    first_byte_ms: float | None = None
+
+    @property
+    def latency_ms(self) -> float:
+        """How long the client waited for the response: to a stream's head, else the whole."""
+        return self.first_byte_ms if self.first_byte_ms is not None else self.duration_ms
 
     @property
     def endpoint(self) -> str:

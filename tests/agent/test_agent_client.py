@@ -130,8 +130,11 @@ def test_batch_conversion_to_the_model() -> None:
 def test_a_kept_request_carries_the_number_it_stands_for() -> None:
     batch = batch_from_json({"pid": 12, "ts": 100.0, "requests": [
         [99.5, 3.5, "GET", "/a", 200, None, None, None, [], 16],
-        [99.6, 3.5, "GET", "/a", 500, "KeyError", "/app/main.py", 7, [], 1]],
+        [99.6, 3.5, "GET", "/a", 500, "KeyError", "/app/main.py", 7, [], 1],
+        [99.7, 600.0, "GET", "/events", 200, None, None, None, [], 1, 2.5]],
         "stats": {"recorded": 40, "dropped": 0, "errors": 0, "skipped": 23, "keep_every": 16,
                   "serve_cpu": 0.25}})
-    assert [r.weight for r in batch.requests] == [16, 1]
+    assert [r.weight for r in batch.requests] == [16, 1, 1]
+    # A stream's time to its head, when the agent measured one (an earlier agent sends none).
+    assert [r.first_byte_ms for r in batch.requests] == [None, None, 2.5]
     assert (batch.stats.keep_every, batch.stats.serve_cpu) == (16, 0.25)

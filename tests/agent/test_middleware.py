@@ -119,6 +119,7 @@ def test_duration_runs_from_the_call_to_the_last_body() -> None:
     get_all(app, ["/anything"])
     (record,) = recorder.drain()
     assert record.duration_ms == pytest.approx(1900.0)
+    assert record.first_byte_ms == pytest.approx(1200.0)  # a body in two messages: a stream
     assert record.start == pytest.approx(5000.0)  # epoch seconds of the call
     assert (record.status, record.route) == (201, "/anything")  # a bare app: its path, grouped
 
@@ -141,7 +142,22 @@ def test_streaming_response_lasts_until_the_last_chunk() -> None:
     assert responses[0].content == b"chunk" * 3
     (record,) = recorder.drain()
     assert record.duration_ms == pytest.approx(350.0)
+    assert record.first_byte_ms == pytest.approx(50.0)  # the head goes out before the chunks
     assert (record.route, record.status) == ("/stream", 200)
+
+
+def test_a_response_in_one_body_message_has_no_first_byte_time() -> None:
+    clock = FakeClock()
+
+    async def slow(request: Request) -> Response:
+        clock.advance(0.25)
+        return PlainTextResponse("done")
+
+    app = Starlette(routes=[Route("/slow", slow)])
+    get_all(AgentMiddleware(app, recorder := Recorder(), clock=clock), ["/slow"])
+    (record,) = recorder.drain()
+    assert record.duration_ms == pytest.approx(250.0)
+    assert record.first_byte_ms is None
 
 
 def fail_deep() -> None:

@@ -343,3 +343,19 @@ def test_slow_endpoint_slow_after_the_warm_up_is_flagged(tmp_path: Path) -> None
     report = report_of(spec, tmp_path)
     [flag] = [f for f in flags_of(report, "slow_endpoint") if f["route"] == "GET /forecast"]
     assert flag["metric"]["p95_ms"] == 700.0
+
+
+def test_a_stream_is_judged_by_the_time_to_its_head(tmp_path: Path) -> None:
+    spec = healthy()
+    # Server-sent events: each stream stays open 600 ms by design, its head out in 3 ms.
+    spec.requests += [request("GET /events", T0 + 6 + i * 0.2, 600.0, first_byte_ms=3.0)
+                      for i in range(100)]
+    # A download whose head waits 700 ms for a slow query: slow, however it is streamed.
+    spec.requests += [request("GET /export", T0 + 6 + i * 0.2, 900.0, first_byte_ms=700.0)
+                      for i in range(100)]
+    report = report_of(spec, tmp_path)
+    [flag] = flags_of(report, "slow_endpoint")
+    assert flag["route"] == "GET /export" and flag["metric"]["p95_ms"] == 700.0
+    assert "100 of them streamed" in flag["evidence"]
+    events = next(e for e in report["endpoints"] if e["route"] == "GET /events")
+    assert (events["p95_ms"], events["first_byte_p95_ms"]) == (600.0, 3.0)

@@ -110,6 +110,25 @@ LITESTAR_APP = CorpusApp(
     planted=[_get("/reports/audit", 4), _get("/reports/wordcount/{id}", 4, id_max=20)],
 )
 
+ASYNC_SHOP = CorpusApp(
+    name="async_shop", app_dir=APPS / "async_shop", asgi="tests.corpus.apps.async_shop.app:app",
+    ready_path="/health", needs_postgres=True, needs_redis=True,
+    prestart="tests.corpus.apps.async_shop.prestart", id_max=200,
+    healthy=[
+        _get("/health", 2),
+        _get("/products/{id}", 20),
+        _get("/customers/{id}/orders?limit=20", 10),
+        {"method": "POST", "path": "/orders", "weight": 4,
+         "body": '{"customer_id": {id}, "product_id": {id}, "quantity": 2}'},
+        _get("/quotes/{id}?quantity=3", 8),
+        _get("/orders/export.csv?limit=300", 2),
+        _get("/events?count=4", 2),
+        _get("/stats", 3),
+    ],
+    planted=[_get("/reports/top-customers", 4), _get("/reports/ledger", 3),
+             _get("/reports/signed-export?customer_id={id}", 3)],
+)
+
 
 def sample_app_expected(app: CorpusApp) -> list[Marker]:
     """The sample app lists its bottlenecks in `EXPECTED_FLAGS` (checked against its sources by
@@ -134,6 +153,6 @@ SAMPLE_APP = CorpusApp(
     own_load=["--quiet"], expected=sample_app_expected,
 )
 
-CORPUS: tuple[CorpusApp, ...] = (FASTAPI_PG, DJANGO_APP, LITESTAR_APP, SAMPLE_APP)
+CORPUS: tuple[CorpusApp, ...] = (FASTAPI_PG, DJANGO_APP, LITESTAR_APP, ASYNC_SHOP, SAMPLE_APP)
 MODES = ("healthy", "planted")
 SERVERS = ("uvicorn", "gunicorn")

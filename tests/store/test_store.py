@@ -125,6 +125,25 @@ def test_a_session_written_before_weights_reads_every_request_once(tmp_path: Pat
         assert [r.weight for r in reader.requests_after(0)] == [1, 1]
 
 
+def test_a_streams_time_to_its_head_round_trips_and_older_files_have_none(
+        tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    stream = RequestRecord(10, 100.0, 600.0, "GET", "/events", 200, first_byte_ms=3.5)
+    whole = RequestRecord(10, 100.5, 9.0, "GET", "/items", 200)
+    with SessionWriter(path) as writer:
+        writer.put_requests([stream, whole])
+    with SessionReader(path) as reader:
+        assert reader.requests() == [stream, whole]
+        assert [r.latency_ms for r in reader.requests()] == [3.5, 9.0]
+    conn = sqlite3.connect(path)  # as schema 4 wrote it: no first_byte_ms column
+    conn.execute("ALTER TABLE requests DROP COLUMN first_byte_ms")
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+    with SessionReader(path) as reader:
+        assert [r.first_byte_ms for r in reader.requests()] == [None, None]
+
+
 def test_foreign_and_missing_files_are_refused_clearly(tmp_path: Path) -> None:
     with pytest.raises(SessionFileError, match="no session file"):
         SessionReader(tmp_path / "missing.sqlite")

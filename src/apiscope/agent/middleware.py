@@ -44,14 +44,17 @@ def _is_mount(route: Any) -> bool:
 
 
 class _Timing:
-    """When the request came in, and what the send wrapper saw of its response."""
+    """When the request came in, and what the send wrapper saw of its response: its status,
+    when its head went out, whether its body came in several messages (a stream), its end."""
 
-    __slots__ = ("called", "end", "status")
+    __slots__ = ("called", "end", "head", "status", "streamed")
 
     def __init__(self, called: float) -> None:
         self.called = called
         self.end: float | None = None
+        self.head: float | None = None
         self.status = 0
+        self.streamed = False
 
 
 class AgentMiddleware:
@@ -59,8 +62,10 @@ class AgentMiddleware:
 
     A request's time runs from the call (the server calls the app once the request head has
     arrived, so this is where the app's first receive would start) to the last response body
-    message. The call, not a wrapped first `receive()`: a streaming response's disconnect
-    listener makes the first receive of a GET only after the handler ran, hiding its time.
+    message; a response whose body comes in several messages (a stream) also has the time to
+    its head, `first_byte_ms`. The call, not a wrapped first `receive()`: a streaming
+    response's disconnect listener makes the first receive of a GET only after the handler
+    ran, hiding its time.
 
     `clock` is a monotonic clock in seconds; start times are converted to epoch seconds with
     one offset to `wall_clock` taken at construction, so each request reads the clock only.
@@ -140,8 +145,12 @@ class AgentMiddleware:
                 kind = message["type"]
                 if kind == "http.response.start":
                     timing.status = int(message["status"])
-                elif kind == "http.response.body" and not message.get("more_body", False):
-                    timing.end = clock()
+                    timing.head = clock()
+                elif kind == "http.response.body":
+                    if message.get("more_body", False):
+                        timing.streamed = True
+                    else:
+                        timing.end = clock()
             except Exception:
                 self._count_error()
             return send(message)
@@ -193,8 +202,13 @@ class AgentMiddleware:
                 status = 500  # the app returned without a response: the server answers 500
             method = scope.get("method", "GET")
             route = self.route_of(scope, root_path, status, django_request)
+            # A streamed body (server-sent events, a download, tokens) lasts as long as the
+            # stream does, by design: the time to its head is the latency the client waited.
+            head = timing.head if timing.streamed else None
+            first_byte_ms = (head - start) * 1000.0 if head is not None else None
             entry = RequestEntry(start + self._epoch_offset, (end - start) * 1000.0, method,
-                                 route, status, exc_type, exc_file, exc_line, queries)
+                                 route, status, exc_type, exc_file, exc_line, queries, 1,
+                                 first_byte_ms)
             self.recorder.record(entry)
         except Exception:
             self._count_error()

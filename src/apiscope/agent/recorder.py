@@ -42,6 +42,7 @@ class RequestEntry(NamedTuple):
     exc_line: int | None
     queries: tuple[QueryEntry, ...]
     weight: int = 1  # the requests this entry stands for: n when one in n was kept
+    first_byte_ms: float | None = None  # a streamed response's time to its head; else None
 
 
 class Recorder:

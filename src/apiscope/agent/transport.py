@@ -5,7 +5,7 @@ Protocol: newline-delimited JSON. The collector writes one request object per li
 say which requests to keep from then on (`"keep": n`, one in n at random, and
 `"keep_slower_ms"`: slower ones always; see `recorder.Recorder`). It answers
 `{"pid", "ts", "requests": [[start, duration_ms, method, route, status, exc_type, exc_file,
-exc_line, queries, weight], ...], "routes": [...], "threadpool": {...} | null,
+exc_line, queries, weight, first_byte_ms], ...], "routes": [...], "threadpool": {...} | null,
 "stats": {"recorded", "dropped", "skipped", "keep_every", "serve_cpu", "errors"},
 "profiles": [...], "profiling": {...},
 "watchdogs": {...} | null, "more": bool}` (`profiling`: the per-request profiler's status,

@@ -125,6 +125,7 @@ def endpoint_stats(ctx: AnalysisContext) -> list[EndpointStats]:
         records = ctx.by_endpoint.get(endpoint, [])
         errors = sum(1 for r in records if r.status >= 500)
         p50, p95, p99, top = _latency(records)
+        heads = sorted(r.first_byte_ms for r in records if r.first_byte_ms is not None)
         out.append(EndpointStats(
             route=endpoint,
             handler=ctx.matcher.handler_of(endpoint),
@@ -133,6 +134,7 @@ def endpoint_stats(ctx: AnalysisContext) -> list[EndpointStats]:
             p50_ms=p50, p95_ms=p95, p99_ms=p99, max_ms=top,
             error_rate=round(errors / len(records), 4) if records else 0.0,
             cpu_share=round(shares.get(endpoint, 0.0), 4),
+            first_byte_p95_ms=round(percentile(heads, 0.95), 3) if heads else None,
         ))
     out.sort(key=lambda e: (-e.count, e.route))
     return out

@@ -332,6 +332,7 @@ def _request(r: list[Any] | dict[str, Any], pid: int) -> RequestRecord:
     # An agent of an earlier apiscope sends no weight: it keeps every request.
     start, duration_ms, method, route, status, exc_type, exc_file, exc_line, queries = r[:9]
     weight = int(r[9]) if len(r) > 9 else 1
+    first_byte = r[10] if len(r) > 10 else None  # nor the time to a stream's head
     return RequestRecord(
         pid=pid, start=float(start), duration_ms=float(duration_ms), method=str(method),
         route=str(route), status=int(status), exc_type=exc_type, exc_file=exc_file,
@@ -339,6 +340,7 @@ def _request(r: list[Any] | dict[str, Any], pid: int) -> RequestRecord:
         queries=tuple(QueryStat(statement=q[0], count=int(q[1]), total_ms=float(q[2]),
                                 file=q[3], line=q[4]) for q in queries or ()),
         weight=max(1, weight),
+        first_byte_ms=float(first_byte) if first_byte is not None else None,
     )
 
 

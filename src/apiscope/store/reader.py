@@ -92,6 +92,7 @@ class SessionReader(ViewQueries):
         self._frames: dict[int, Frame] = {}
         self._stacks: dict[int, tuple[Frame, ...]] = {}
         self._has_weight: bool | None = None
+        self._has_first_byte: bool | None = None
 
     def close(self) -> None:
         self._conn.close()
@@ -328,7 +329,7 @@ class SessionReader(ViewQueries):
         kept one in n) is in the list `weight` times, the same object: counts, rates and
         percentiles over the list are then the estimates they stand for."""
         sql = ("SELECT id, pid, start, duration_ms, method, route, status, exc_type, exc_file,"
-               f" exc_line, {self._weight_column()} FROM requests"
+               f" exc_line, {self._weight_column()}, {self._first_byte_column()} FROM requests"
                " WHERE start >= ? AND start < ? ORDER BY start")
         rows = self._query(sql, (since if since is not None else float("-inf"),
                                 until if until is not None else float("inf")))
@@ -339,9 +340,9 @@ class SessionReader(ViewQueries):
                     " FROM request_queries q JOIN statements st ON st.id = q.statement_id"):
                 queries.setdefault(rid, []).append(QueryStat(text, count, total, f, ln))
         out: list[RequestRecord] = []
-        for rid, pid, start, dur, method, route, status, et, ef, el, weight in rows:
+        for rid, pid, start, dur, method, route, status, et, ef, el, weight, first in rows:
             record = RequestRecord(pid, start, dur, method, route, status, et, ef, el,
-                                   tuple(queries.get(rid, ())), weight)
+                                   tuple(queries.get(rid, ())), weight, first)
             if weight == 1:
                 out.append(record)
             else:
@@ -354,6 +355,12 @@ class SessionReader(ViewQueries):
             columns = {row[1] for row in self._query("PRAGMA table_info(requests)")}
             self._has_weight = "weight" in columns
         return "weight" if self._has_weight else "1"
+
+    def _first_byte_column(self) -> str:
+        """`first_byte_ms`, or NULL in a session written before streams were told apart."""
+        if self._has_first_byte is None:
+            self._has_first_byte = self._has_column("requests", "first_byte_ms")
+        return "first_byte_ms" if self._has_first_byte else "NULL"
 
     def resources(self, pid: int | None = None) -> list[ResourceSample]:
         sql = "SELECT * FROM resources" + (" WHERE pid = ?" if pid is not None else "")

@@ -14,7 +14,9 @@ from collections.abc import Iterable
 # 3: requests.weight (a request kept for n): an older apiscope would count such a file short.
 # 4: loop_stalls.held (who held a pass of the loop, see LoopStall): an older apiscope would
 #    take a short pass seen once, or one of many callbacks, for a handler's stall.
-SCHEMA_VERSION = 4
+# 5: requests.first_byte_ms (a streamed response's time to its head): an older apiscope would
+#    judge a stream by its whole length.
+SCHEMA_VERSION = 5
 # PRAGMA application_id marks the file as ours, so a foreign SQLite file is refused clearly.
 APPLICATION_ID = 0x61706973  # "apis"
 
@@ -63,7 +65,7 @@ CREATE TABLE IF NOT EXISTS requests (
     duration_ms REAL NOT NULL, method TEXT NOT NULL, route TEXT NOT NULL,
     status INTEGER NOT NULL, exc_type TEXT, exc_file TEXT, exc_line INTEGER,
     query_count INTEGER NOT NULL DEFAULT 0, query_ms REAL NOT NULL DEFAULT 0,
-    weight INTEGER NOT NULL DEFAULT 1
+    weight INTEGER NOT NULL DEFAULT 1, first_byte_ms REAL
 );
 CREATE INDEX IF NOT EXISTS requests_start ON requests (start);
 CREATE TABLE IF NOT EXISTS statements (id INTEGER PRIMARY KEY, sql TEXT NOT NULL UNIQUE);

@@ -365,13 +365,13 @@ class SessionWriter:
 
 
 _INSERT_REQUEST = ("INSERT INTO requests (pid, start, duration_ms, method, route, status,"
-                   " exc_type, exc_file, exc_line, query_count, query_ms, weight)"
-                   " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+                   " exc_type, exc_file, exc_line, query_count, query_ms, weight, first_byte_ms)"
+                   " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 def _request_row(r: RequestRecord, query_count: int, query_ms: float) -> tuple[Any, ...]:
     return (r.pid, r.start, r.duration_ms, r.method, r.route, r.status, r.exc_type, r.exc_file,
-            r.exc_line, query_count, query_ms, r.weight)
+            r.exc_line, query_count, query_ms, r.weight, r.first_byte_ms)
 
 
 def _checkpoint(conn: sqlite3.Connection, mode: str) -> None:

@@ -8,6 +8,10 @@ A route slowed only by another route's flag is a symptom, not a bottleneck of it
 no flag (a healthy endpoint gets none), the cause is flagged on its own route, and the
 report's endpoint table still shows the route's latency.
 
+A streamed response (server-sent events, a download, generated tokens) lasts as long as its
+stream by design: its latency is the time to the response's head (`RequestRecord.latency_ms`),
+what the client waited before the stream began.
+
 p95 is judged on the requests after the session's warm-up (`warmup_end`, as the other
 steady-state rules do), when at least `min_requests` of them remain: the first requests of a
 freshly started server fill caches and connection pools once, and a p95 driven only by them
@@ -125,13 +129,18 @@ class SlowEndpointRule:
                 records = steady
             if len(records) < ctx.thresholds.min_requests:
                 continue
-            durations = sorted(r.duration_ms for r in records)
+            durations = sorted(r.latency_ms for r in records)
             p95 = percentile(durations, 0.95)
             severity = grade(p95 / ctx.slo_ms, ctx.thresholds.slow_p95_ratio)
             if severity is None or p95 <= ctx.slo_ms:
                 continue
             evidence = (f"p95 {p95:.0f} ms over {len(records)} requests, above the"
                         f" {ctx.slo_ms:.0f} ms objective (p50 {percentile(durations, 0.5):.0f} ms)")
+            streams = [r.duration_ms for r in records if r.first_byte_ms is not None]
+            if streams:
+                evidence += (f"; {len(streams)} of them streamed, timed to the response's head"
+                             f" (their whole streams p50 {percentile(sorted(streams), 0.5):.0f}"
+                             " ms)")
             reasons, symptom = explanations(ctx, endpoint)
             awaiting = dominant_await(profiled.get(endpoint), ctx.thresholds.await_share[0])
             if awaiting:
