@@ -20,9 +20,11 @@ import os
 import threading
 from collections.abc import Mapping
 
+from apiscope.agent.schedstat import GIL_SPAN
+from apiscope.agent.schedstat import on_gil as on_gil_state
+
 ThreadKey = tuple[int, int]  # (pid, tid)
 
-GIL_SPAN = 128  # bytes either side of the learnt word that are still the GIL's state
 INTERVAL = 0.04  # seconds between looks at each watched thread
 MAX_WATCHED = 64  # threads per process looked at, at most (the busiest ones)
 
@@ -133,13 +135,14 @@ class GilLooks:
 
 
 def on_gil(state: bytes, futex: tuple[int, int]) -> bool:
-    """Whether a `/proc/.../syscall` reading is a thread blocked on the GIL's futex."""
+    """Whether a `/proc/.../syscall` reading is a thread blocked on the GIL's futex (the
+    agent's own test of a wait on the GIL, `schedstat.on_gil`, on the reading's call)."""
     fields = state.split(maxsplit=2)
     try:
-        number, address = int(fields[0]), int(fields[1], 16)
+        call = int(fields[0]), int(fields[1], 16)
     except (IndexError, ValueError):  # "running", or no system call
         return False
-    return number == futex[0] and abs(address - futex[1]) <= GIL_SPAN
+    return on_gil_state(call, futex)
 
 
 def _close(fd: int) -> None:
