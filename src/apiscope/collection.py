@@ -91,6 +91,7 @@ class Sampler(Protocol):
     def stop(self, timeout: float = 30.0) -> None: ...
     def note_stalls(self, stalls: Iterable[LoopStall]) -> None: ...
     def note_gil(self, pid: int, futex: tuple[int, int]) -> None: ...
+    def note_gil_wait(self, pid: int, wait_seconds: float, wakes: int) -> None: ...
 
 
 class Resources(Protocol):
@@ -430,6 +431,9 @@ class Collection:
             self._sampler.note_stalls(batch.watchdogs.stalls)  # lines measured asleep
             if batch.watchdogs.gil_futex is not None:  # threads' GIL waits, by the kernel
                 self._sampler.note_gil(pid, batch.watchdogs.gil_futex)
+            gil = batch.watchdogs.gil
+            if gil is not None:  # a quiet GIL needs no looks at who waits for it
+                self._sampler.note_gil_wait(pid, gil.wait_seconds, gil.acquisitions)
             self._watchdog_cpu[str(pid)] = batch.watchdogs.cpu_seconds
             self.sink.meta(watchdog_cpu_seconds=dict(self._watchdog_cpu))
         if self.options.verbosity >= 2 and (batch.requests or batch.profiles):

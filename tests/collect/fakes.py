@@ -164,12 +164,16 @@ class FakeSampler:
         self.started = self.stopped = False
         self.stalls: list[LoopStall] = []
         self.gil_futex: dict[int, tuple[int, int]] = {}
+        self.gil_waits: list[tuple[int, float, int]] = []
 
     def note_stalls(self, stalls: Iterable[LoopStall]) -> None:
         self.stalls.extend(stalls)
 
     def note_gil(self, pid: int, futex: tuple[int, int]) -> None:
         self.gil_futex[pid] = futex
+
+    def note_gil_wait(self, pid: int, wait_seconds: float, wakes: int) -> None:
+        self.gil_waits.append((pid, wait_seconds, wakes))
 
     def start(self) -> None:
         self.started = True

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from apiscope.collectors.gillooks import GIL_SPAN, GilLooks, on_gil
+from apiscope.collectors.gillooks import GIL_SPAN, QUIET_SAMPLES, GilLooks, on_gil
 
 CHILD = """
 import hashlib, json, socket, sys, threading, time
@@ -137,3 +137,53 @@ def test_a_process_that_may_not_be_read_is_not_looked_at_again(
     assert looks.errors == 1 and looks.knows(10)  # one refusal, then left alone
     looks.look()
     assert looks.errors == 1 and looks.drain() == {} and 10 not in looks._futex
+
+
+def test_a_quiet_process_is_not_read_and_its_looks_count_as_no_wait(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    looks = GilLooks(interval=0.04)
+    looks._futex[10] = (202, 1)  # known without starting the looking thread
+    looks.watch({(10, 1): 1.0}, 0.0)
+    reads: list[str] = []
+
+    def read(path: str, flags: int) -> int:
+        reads.append(path)
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr("apiscope.collectors.gillooks.os.open", read)
+    assert not looks.quiet(10)  # the watchdog said nothing yet: look
+    assert looks.look(now=100.0) is False and len(reads) == 1
+    for _ in range(QUIET_SAMPLES):  # 0.1 ms per wake-up: 2% of the switch interval
+        looks.note_wait(10, wait_seconds=0.002, wakes=20)
+    assert looks.quiet(10)
+    assert looks.look(now=100.5) is True and len(reads) == 1  # nothing read
+    # The half second since the last look stands for the looks at every interval in it.
+    assert looks.drain() == {(10, 1): (round(0.5 / 0.04), 0)}
+    looks.note_wait(10, wait_seconds=0.04, wakes=20)  # 2 ms per wake-up: contended
+    assert not looks.quiet(10)
+    looks.look(now=100.54)
+    assert len(reads) == 2
+
+
+def test_too_few_wake_ups_say_nothing_about_quiet() -> None:
+    looks = GilLooks()
+    for _ in range(QUIET_SAMPLES):
+        looks.note_wait(10, wait_seconds=0.0, wakes=0)
+    assert not looks.quiet(10)
+
+
+def test_a_contended_process_stays_looked_at_while_its_watchdog_says_so() -> None:
+    looks = GilLooks(interval=0.005)
+    try:
+        with child("python") as (pid, futex, tids):
+            looks.note(pid, futex)
+            # What the agent's watchdog reports of two pure-Python threads: ms-long waits.
+            for _ in range(QUIET_SAMPLES):
+                looks.note_wait(pid, wait_seconds=0.1, wakes=40)
+            looks.watch({(pid, tid): 1.0 for tid in tids}, 0.0)
+            time.sleep(1.0)
+            counts = looks.drain()
+    finally:
+        looks.stop()
+    looked = sum(n for n, _ in counts.values())
+    assert looked >= 50 and sum(g for _, g in counts.values()) / looked > 0.25

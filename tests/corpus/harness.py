@@ -51,6 +51,9 @@ def server_argv(app: CorpusApp, server: str, port: int) -> list[str]:
     if server == "uvicorn":
         return [sys.executable, "-m", "uvicorn", app.asgi, "--host", "127.0.0.1", "--port",
                 str(port), "--log-level", "warning"]
+    if server == "hypercorn":
+        return [sys.executable, "-m", "hypercorn", app.asgi, "--bind", f"127.0.0.1:{port}",
+                "--log-level", "warning"]
     return [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", "2",
             "-b", f"127.0.0.1:{port}", "--log-level", "warning", "--timeout", "60", app.asgi]
 

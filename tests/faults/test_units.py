@@ -4,14 +4,17 @@ the stop signals and the session writer's checkpoints and failures."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
 
 from apiscope.agent.orphan import OrphanWatch
+from apiscope.agent.transport import AgentServer
 from apiscope.collectors.injections import AgentInjections
 from apiscope.errors import TargetError
 from apiscope.inject.errors import InjectionFailed, InjectionTimeout
@@ -92,16 +95,33 @@ def test_a_pending_injection_does_not_hold_the_end() -> None:
 
 def test_the_orphan_watch_fires_once_after_the_pulls_stop() -> None:
     now = [0.0]
-    fired = threading.Event()
-    watch = OrphanWatch(fired.set, seconds=10, clock=lambda: now[0], interval=0.01)
+    fired: list[float] = []
+    watch = OrphanWatch(lambda: fired.append(now[0]), seconds=10, clock=lambda: now[0])
     watch.start()
     now[0] = 5.0
     watch.saw_pull(3)  # the collector says 3 s
     now[0] = 7.5
-    assert not fired.wait(0.1)
+    watch.check()
+    assert not fired
     now[0] = 8.5
-    assert fired.wait(2) and watch.fired
-    watch.stop()
+    watch.check()
+    now[0] = 20.0
+    watch.check()
+    assert fired == [8.5] and watch.fired
+
+
+def test_the_agent_server_thread_runs_the_orphan_check() -> None:
+    # The check has no thread of its own: the agent's server calls it between requests.
+    fired = threading.Event()
+    directory = tempfile.mkdtemp(prefix="apiscope-test-")  # a short path: a Unix socket's
+    server = AgentServer(f"{directory}/t.sock", lambda request: {"ok": True},
+                         tick=fired.set, tick_every=0.05)
+    server.start()
+    try:
+        assert fired.wait(2)
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_the_orphan_watch_ignores_nonsense_timeouts() -> None:

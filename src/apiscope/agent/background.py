@@ -1,4 +1,4 @@
-"""`Background`: a daemon thread the agent runs beside the app (the watchdogs, the orphan watch).
+"""`Background`: a daemon thread the agent runs beside the app (its watchdogs).
 
 Each is started once, stopped from any thread (never waiting on itself: `stop()` may be called
 from the thread's own work, when a loop closes or the collector goes away), and tells whether it

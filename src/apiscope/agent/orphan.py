@@ -18,26 +18,22 @@ import sys
 import time
 from collections.abc import Callable
 
-from .background import Background
-
 DEFAULT_SECONDS = 10.0
-CHECK_INTERVAL = 0.5
 
 
-class OrphanWatch(Background):
-    """Calls `on_orphan()` once, from its own thread, after `seconds` without a pull."""
+class OrphanWatch:
+    """Calls `on_orphan()` once, from `check()`, after `seconds` without a pull.
 
-    thread_name = "apiscope-orphan-watch"
+    No thread of its own: the agent's server thread calls `check()` now and then (see
+    `transport.AgentServer`'s tick)."""
 
     def __init__(self, on_orphan: Callable[[], object], seconds: float = DEFAULT_SECONDS,
-                 clock: Callable[[], float] = time.monotonic,
-                 interval: float = CHECK_INTERVAL) -> None:
-        super().__init__()
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
         self._on_orphan = on_orphan
         self._clock = clock
-        self._interval = interval
         self._last = clock()
+        self._stopped = False
         self.fired = False
 
     def saw_pull(self, seconds: object = None) -> None:
@@ -50,19 +46,23 @@ class OrphanWatch(Background):
         return self._clock() - self._last > self.seconds
 
     def start(self) -> None:
+        """Count from now (the agent was just injected)."""
         self._last = self._clock()
-        super().start()
+        self._stopped = False
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            if self.orphaned():
-                self.fired = True
-                self._stop.set()
-                try:
-                    self._on_orphan()
-                except Exception:
-                    pass  # nothing to report to: the collector is gone; never disturb the app
-                return
+    def stop(self) -> None:
+        self._stopped = True
+
+    def check(self) -> None:
+        """Fire, once, if no pull came for too long."""
+        if self._stopped or self.fired or not self.orphaned():
+            return
+        self.fired = True
+        self._stopped = True
+        try:
+            self._on_orphan()
+        except Exception:
+            pass  # nothing to report to: the collector is gone; never disturb the app
 
 
 def forget_modules(package: str) -> None:

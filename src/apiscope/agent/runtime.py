@@ -31,6 +31,7 @@ from .watchdog import Watchdogs
 # Requests per pull: keeps each answer quick to encode (a few MB), so that a collector's read
 # timeout is not spent waiting for it; a busier buffer takes a few pulls in a row.
 MAX_BATCH = 20_000
+ORPHAN_CHECK_SECONDS = 1.0  # how often the server thread asks whether the collector is gone
 
 __all__ = ["Agent", "current_agent", "shutdown_agent", "socket_dir", "socket_path"]
 
@@ -72,10 +73,17 @@ class Agent:
             self._pid = os.getpid()
             self.query_hooks = install_query_hooks(self.app_files)
             directory = ensure_private_dir(self.directory) if self.directory else socket_dir()
-            server = AgentServer(socket_path(self._pid, directory), self.respond)
+            server = AgentServer(socket_path(self._pid, directory), self.respond,
+                                 tick=self._tick, tick_every=ORPHAN_CHECK_SECONDS)
             server.start()
             self._server = server
             self.watchdogs.start()
+
+    def _tick(self) -> None:
+        """The server thread's periodic check: an injected agent whose collector is gone
+        takes itself out (see `orphan`)."""
+        if self.orphan is not None:
+            self.orphan.check()
 
     def stop(self) -> None:
         """Stop serving and remove the socket file; the middleware keeps recording."""

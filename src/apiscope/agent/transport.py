@@ -40,20 +40,40 @@ Responder = Callable[[dict[str, Any]], dict[str, Any]]
 
 MAX_REQUEST_BYTES = 64 * 1024  # requests are tiny; anything longer is not a collector
 CLIENT_TIMEOUT = 30.0  # an idle connection is closed after this long without a request
+SEND_TIMEOUT = 5.0  # a client that does not read its answer for this long is dropped
 MAX_CLIENTS = 4
 
 
-class AgentServer:
-    """Serves `respond(request)` on a 0600 Unix socket at `path`."""
+class _Client:
+    """One connection: what it sent so far of its next request line, and when it last spoke."""
 
-    def __init__(self, path: str, respond: Responder) -> None:
+    __slots__ = ("buffer", "conn", "last")
+
+    def __init__(self, conn: socket.socket, now: float) -> None:
+        self.conn = conn
+        self.buffer = b""
+        self.last = now
+
+
+class AgentServer:
+    """Serves `respond(request)` on a 0600 Unix socket at `path`, from one thread.
+
+    That thread also serves every connection (at most `MAX_CLIENTS`; a partial request never
+    holds the others up) and calls `tick()`, when given, every `tick_every` seconds: every
+    thread of the agent's is one more for a stack sampler to read at each of its samples, and
+    one more wake-up in a process that serves requests.
+    """
+
+    def __init__(self, path: str, respond: Responder, *,
+                 tick: Callable[[], object] | None = None, tick_every: float = 1.0) -> None:
         self.path = path
         self._respond = respond
+        self._tick = tick
+        self._tick_every = tick_every
         self._listener: socket.socket | None = None
         self._wake: tuple[socket.socket, socket.socket] | None = None  # stop() wakes select()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
         self._connections: set[socket.socket] = set()
         self.cpu_seconds = 0.0  # CPU time spent answering (building and encoding responses)
 
@@ -110,53 +130,80 @@ class AgentServer:
 
     def _serve(self) -> None:
         assert self._listener is not None and self._wake is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._listener, selectors.EVENT_READ)
-            selector.register(self._wake[0], selectors.EVENT_READ)
-            while not self._stopping.is_set():
-                for key, _ in selector.select():
-                    if key.fileobj is self._listener and not self._stopping.is_set():
-                        self._accept()
+        clients: dict[socket.socket, _Client] = {}
+        next_tick = time.monotonic() + self._tick_every
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self._listener, selectors.EVENT_READ)
+                selector.register(self._wake[0], selectors.EVENT_READ)
+                while not self._stopping.is_set():
+                    if self._tick is not None:
+                        timeout: float | None = max(0.0, next_tick - time.monotonic())
+                    else:  # idle connections are still dropped in time
+                        timeout = CLIENT_TIMEOUT if clients else None
+                    for key, _ in selector.select(timeout):
+                        if self._stopping.is_set():
+                            break
+                        if key.fileobj is self._listener:
+                            self._accept(selector, clients)
+                        elif key.fileobj in clients:
+                            self._readable(selector, clients, clients[key.fileobj])
+                    now = time.monotonic()
+                    for client in [c for c in clients.values() if now - c.last > CLIENT_TIMEOUT]:
+                        self._drop(selector, clients, client)
+                    if self._tick is not None and now >= next_tick and \
+                            not self._stopping.is_set():
+                        next_tick = now + self._tick_every
+                        try:
+                            self._tick()
+                        except Exception:
+                            pass  # a periodic check of the agent's: never into the app
+        finally:
+            for conn in list(clients):
+                self._connections.discard(conn)
+                conn.close()
 
-    def _accept(self) -> None:
+    def _accept(self, selector: selectors.BaseSelector, clients: dict[socket.socket, _Client],
+                ) -> None:
         assert self._listener is not None
         try:
             conn, _ = self._listener.accept()
         except OSError:
             return
-        if not peer_allowed(conn):
+        # A cap, so that a flood of connections can't fill the target with sockets.
+        if not peer_allowed(conn) or len(clients) >= MAX_CLIENTS:
             conn.close()
             return
-        # One thread per connection, so that a stuck client can't starve the others; a cap,
-        # so that a flood of them can't fill the target with threads.
-        if self._clients.acquire(blocking=False):
-            threading.Thread(target=self._serve_client, args=(conn,), daemon=True,
-                             name="apiscope-agent-client").start()
-        else:
-            conn.close()
-
-    def _serve_client(self, conn: socket.socket) -> None:
+        conn.settimeout(SEND_TIMEOUT)  # reads come when select says so: only sends can wait
+        clients[conn] = _Client(conn, time.monotonic())
         self._connections.add(conn)
-        try:
-            with conn:
-                conn.settimeout(CLIENT_TIMEOUT)
-                self._converse(conn)
-        except (OSError, ValueError):
-            pass  # the collector went away or spoke nonsense: nothing to clean up
-        finally:
-            self._connections.discard(conn)
-            self._clients.release()
+        selector.register(conn, selectors.EVENT_READ)
 
-    def _converse(self, conn: socket.socket) -> None:
-        reader = conn.makefile("rb")
+    def _readable(self, selector: selectors.BaseSelector,
+                  clients: dict[socket.socket, _Client], client: _Client) -> None:
         try:
-            while not self._stopping.is_set():
-                line = reader.readline(MAX_REQUEST_BYTES)
-                if not line:
-                    return
-                conn.sendall(self._answer(line))
-        finally:
-            reader.close()
+            data = client.conn.recv(MAX_REQUEST_BYTES)
+            if not data:  # the collector went away
+                raise ConnectionError
+            client.buffer += data
+            client.last = time.monotonic()
+            while b"\n" in client.buffer and not self._stopping.is_set():
+                line, client.buffer = client.buffer.split(b"\n", 1)
+                client.conn.sendall(self._answer(line))
+            if len(client.buffer) > MAX_REQUEST_BYTES:
+                raise ValueError("request too long")  # not a collector
+        except (OSError, ValueError):
+            self._drop(selector, clients, client)
+
+    def _drop(self, selector: selectors.BaseSelector, clients: dict[socket.socket, _Client],
+              client: _Client) -> None:
+        clients.pop(client.conn, None)
+        self._connections.discard(client.conn)
+        try:
+            selector.unregister(client.conn)
+        except (KeyError, ValueError, OSError):
+            pass
+        client.conn.close()
 
     def _answer(self, line: bytes) -> bytes:
         began = time.thread_time()

@@ -12,12 +12,22 @@ GIL taken, no signal; the kernel answers "running" at once for a thread on a CPU
 
 Only threads that used CPU in the last window are looked at (a thread waiting for the GIL
 also runs between its waits), which keeps the looks to the few busy threads of a server.
+
+Nor are the threads of a quiet process: one whose agent's GIL watchdog (`agent/gilwatch.py`)
+waited on average at most `QUIET_SHARE` of the switch interval per wake-up in each of its last
+`QUIET_SAMPLES` reports, which it does only when no thread holds the GIL for long while others
+want it. Each look not taken there counts as a look that found no wait for the GIL (what the
+watchdog measured), so a window's share stays a share of the whole window rather than of its
+loud moments; and while every watched process is quiet the looking thread wakes only every
+`QUIET_INTERVAL`. A periodic wake-up is the most of what looking costs.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
+from collections import deque
 from collections.abc import Mapping
 
 from apiscope.agent.schedstat import GIL_SPAN
@@ -27,6 +37,11 @@ ThreadKey = tuple[int, int]  # (pid, tid)
 
 INTERVAL = 0.04  # seconds between looks at each watched thread
 MAX_WATCHED = 64  # threads per process looked at, at most (the busiest ones)
+SWITCH_INTERVAL = 0.005  # CPython's default: the longest a thread waits for a GIL asked for
+QUIET_SHARE = 0.15  # of SWITCH_INTERVAL: the watchdog's mean wait below which a process is quiet
+QUIET_SAMPLES = 3  # the watchdog's latest reports that must all be quiet
+QUIET_MIN_WAKES = 3  # watchdog wake-ups in those reports, at least, to say anything
+QUIET_INTERVAL = 0.5  # seconds between wake-ups while every watched process is quiet
 
 
 class GilLooks:
@@ -42,6 +57,9 @@ class GilLooks:
         self._watched: tuple[ThreadKey, ...] = ()
         self._counts: dict[ThreadKey, list[int]] = {}
         self._fds: dict[ThreadKey, int] = {}  # used by the looking thread only
+        # pid -> the GIL watchdog's latest reports, (wait seconds, wake-ups) each
+        self._waits: dict[int, deque[tuple[float, int]]] = {}
+        self._last_look: float | None = None  # used by the looking thread only
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors = 0
@@ -54,6 +72,21 @@ class GilLooks:
                 self._thread = threading.Thread(target=self._run, name="apiscope-gil-looks",
                                                 daemon=True)
                 self._thread.start()
+
+    def note_wait(self, pid: int, wait_seconds: float, wakes: int) -> None:
+        """One report of process `pid`'s GIL watchdog: it waited `wait_seconds` for the GIL
+        over `wakes` wake-ups (see `quiet`)."""
+        with self._lock:
+            self._waits.setdefault(pid, deque(maxlen=QUIET_SAMPLES)).append((wait_seconds, wakes))
+
+    def quiet(self, pid: int) -> bool:
+        """Whether `pid`'s GIL watchdog waited so little lately that its threads need no looks."""
+        with self._lock:
+            reports = list(self._waits.get(pid, ()))
+        if len(reports) < QUIET_SAMPLES or sum(n for _, n in reports) < QUIET_MIN_WAKES:
+            return False  # not measured enough: look
+        # Each report quiet, not their mean: one loud report opens the looks for a while.
+        return all(w <= QUIET_SHARE * SWITCH_INTERVAL * n for w, n in reports)
 
     def knows(self, pid: int) -> bool:
         """Told of `pid` already (looking at it, or refused reading it)."""
@@ -89,31 +122,43 @@ class GilLooks:
 
     def _run(self) -> None:
         try:
-            while not self._stop.wait(self.interval):
-                self.look()
+            interval = self.interval
+            while not self._stop.wait(interval):
+                interval = QUIET_INTERVAL if self.look() else self.interval
         finally:
             for fd in self._fds.values():
                 _close(fd)
             self._fds.clear()
 
-    def look(self) -> None:
-        """One look at every watched thread."""
+    def look(self, now: float | None = None) -> bool:
+        """One look at every watched thread of a process that is not quiet; the looks since
+        the last one at the others, counted as finding no wait. True when every watched
+        process was quiet (nothing was read)."""
+        now = time.monotonic() if now is None else now
+        last, self._last_look = self._last_look, now
+        # The looks a quiet process's threads would have had since the last one.
+        skipped = max(1, round((now - last) / self.interval)) if last is not None else 1
         watched = self._watched
         for key in [k for k in self._fds if k not in watched]:
             _close(self._fds.pop(key))
-        seen: list[tuple[ThreadKey, bool]] = []
+        quiet = {pid: self.quiet(pid) for pid in {key[0] for key in watched}}
+        seen: list[tuple[ThreadKey, int, bool]] = []
         for key in watched:
             futex = self._futex.get(key[0])
             if futex is None:
                 continue
+            if quiet[key[0]]:
+                seen.append((key, skipped, False))
+                continue
             state = self._read(key)
             if state is not None:
-                seen.append((key, on_gil(state, futex)))
+                seen.append((key, 1, on_gil(state, futex)))
         with self._lock:
-            for key, waiting in seen:
+            for key, looks, waiting in seen:
                 counts = self._counts.setdefault(key, [0, 0])
-                counts[0] += 1
+                counts[0] += looks
                 counts[1] += waiting
+        return all(quiet.values())
 
     def _read(self, key: ThreadKey) -> bytes | None:
         fd = self._fds.get(key)

@@ -114,6 +114,7 @@ class PopenSpy:
         py-spy used, writing its output at exit included; psutil's last reading when the
         process was already reaped."""
         deadline = time.monotonic() + timeout
+        pause = 0.001  # doubling to 50 ms: a quick exit is seen at once, a slow one polled seldom
         while True:
             try:
                 pid, status, usage = os.wait4(self._proc.pid, os.WNOHANG)
@@ -126,7 +127,8 @@ class PopenSpy:
             if time.monotonic() >= deadline:
                 self._proc.kill()
                 deadline = math.inf
-            time.sleep(0.005)
+            time.sleep(pause)
+            pause = min(0.05, pause * 2)
 
 
 def target_alive(pid: int) -> bool:

@@ -58,6 +58,7 @@ from apiscope.lifetime import Reaper
 from apiscope.model import LoopStall, StackWindow
 
 MIN_STOP_GAP = 0.5  # seconds: a stop seen for less is not reported as a gap
+STOP_POLL = 0.25  # seconds between looks at whether the target is stopped, within a window
 
 
 @dataclass(slots=True)
@@ -169,6 +170,11 @@ class StackSampler:
         if not self._meter.gil.knows(pid) and not self._done.is_set():
             self._meter.gil.note(pid, futex)
 
+    def note_gil_wait(self, pid: int, wait_seconds: float, wakes: int) -> None:
+        """A report of process `pid`'s GIL watchdog: its threads are not looked at while it
+        says the GIL is quiet (see `gillooks`)."""
+        self._meter.gil.note_wait(pid, wait_seconds, wakes)
+
     @property
     def running(self) -> bool:
         return self._thread is not None and not self._done.is_set()
@@ -256,7 +262,7 @@ class StackSampler:
             left = deadline - self._clock()
             if left <= 0:
                 return self._stop.is_set()
-            if self._stop.wait(min(0.1, left)):
+            if self._stop.wait(min(STOP_POLL, left)):
                 return True
 
     def _note_stop(self) -> None:
