@@ -1,6 +1,6 @@
-"""The accuracy corpus: each app, healthy and planted, under uvicorn and gunicorn, judged by the
-report of a real `apiscope attach` (see `tests.corpus.harness`; `make accuracy` writes the
-scorecard from the same runs)."""
+"""The accuracy corpus: each app, healthy and planted, under uvicorn and gunicorn (healthy also
+under hypercorn), judged by the report of a real `apiscope attach` (see `tests.corpus.harness`;
+`make accuracy` writes the scorecard from the uvicorn and gunicorn runs)."""
 
 from __future__ import annotations
 
@@ -42,12 +42,14 @@ def check_sampling(result: CaseResult) -> None:
 # Healthy runs gate every change (`make test`): a false alarm is the worst defect. Planted runs
 # make the scorecard (`make accuracy`, docs/accuracy.md), where each miss is listed: they are
 # deselected from `make test` by their `accuracy` mark, not weakened.
-MODE_PARAMS = [pytest.param(mode, marks=[pytest.mark.accuracy] if mode == "planted" else [])
-               for mode in MODES]
+# Healthy apps are also served by hypercorn: a false alarm there is as bad as anywhere.
+CASES = [pytest.param(mode, server, marks=[pytest.mark.accuracy] if mode == "planted" else [],
+                      id=f"{mode}-{server}")
+         for mode in MODES for server in SERVERS] + [
+    pytest.param("healthy", "hypercorn", id="healthy-hypercorn")]
 
 
-@pytest.mark.parametrize("server", SERVERS)
-@pytest.mark.parametrize("mode", MODE_PARAMS)
+@pytest.mark.parametrize(("mode", "server"), CASES)
 @pytest.mark.parametrize("app", CORPUS, ids=[app.name for app in CORPUS])
 def test_corpus_case(app: CorpusApp, mode: str, server: str, request: pytest.FixtureRequest,
                      tmp_path: Path) -> None:
