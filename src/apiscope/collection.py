@@ -49,7 +49,7 @@ class CollectOptions:
     slo_ms: float = 200.0
     max_overhead: float = 2.0  # percent of the target's capacity; 0: always sample at rate_hz
     window_seconds: float = 1.0
-    poll_seconds: float = 0.5
+    poll_seconds: float = 1.0  # pulls from the agents: each wakes both sides
     progress_seconds: float = 1.0  # how often the session's end time moves forward
     # 0 (--quiet): warnings only, no status line; 1: the status line; 2 (--verbose): also a
     # line per sampling window and per agent pull that returned something.
