@@ -250,6 +250,11 @@ class LoopLagSample:
     max_ms: float
 
 
+# CPython's default switch interval (sys.getswitchinterval()): the longest a thread that asked
+# for the GIL waits for the one running Python to drop it; GIL waits are judged against it.
+SWITCH_INTERVAL = 0.005
+
+
 @dataclass(frozen=True, slots=True)
 class GilSample:
     """What the GIL watchdog measured over one pull interval."""

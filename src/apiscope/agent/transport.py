@@ -74,7 +74,8 @@ class AgentServer:
         self._wake: tuple[socket.socket, socket.socket] | None = None  # stop() wakes select()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
+        # The connections being served: the server thread's, read by stop() to end them.
+        self._clients: dict[socket.socket, _Client] = {}
         self.cpu_seconds = 0.0  # CPU time spent answering (building and encoding responses)
 
     def start(self) -> None:
@@ -99,7 +100,7 @@ class AgentServer:
             self._wake[1].send(b"x")
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        for conn in list(self._connections):  # a collector's open connection ends here too
+        for conn in list(self._clients):  # a collector's open connection ends here too
             try:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -130,7 +131,7 @@ class AgentServer:
 
     def _serve(self) -> None:
         assert self._listener is not None and self._wake is not None
-        clients: dict[socket.socket, _Client] = {}
+        clients = self._clients
         next_tick = time.monotonic() + self._tick_every
         try:
             with selectors.DefaultSelector() as selector:
@@ -145,12 +146,12 @@ class AgentServer:
                         if self._stopping.is_set():
                             break
                         if key.fileobj is self._listener:
-                            self._accept(selector, clients)
+                            self._accept(selector)
                         elif key.fileobj in clients:
-                            self._readable(selector, clients, clients[key.fileobj])
+                            self._readable(selector, clients[key.fileobj])
                     now = time.monotonic()
                     for client in [c for c in clients.values() if now - c.last > CLIENT_TIMEOUT]:
-                        self._drop(selector, clients, client)
+                        self._drop(selector, client)
                     if self._tick is not None and now >= next_tick and \
                             not self._stopping.is_set():
                         next_tick = now + self._tick_every
@@ -160,27 +161,24 @@ class AgentServer:
                             pass  # a periodic check of the agent's: never into the app
         finally:
             for conn in list(clients):
-                self._connections.discard(conn)
                 conn.close()
+            clients.clear()
 
-    def _accept(self, selector: selectors.BaseSelector, clients: dict[socket.socket, _Client],
-                ) -> None:
+    def _accept(self, selector: selectors.BaseSelector) -> None:
         assert self._listener is not None
         try:
             conn, _ = self._listener.accept()
         except OSError:
             return
         # A cap, so that a flood of connections can't fill the target with sockets.
-        if not peer_allowed(conn) or len(clients) >= MAX_CLIENTS:
+        if not peer_allowed(conn) or len(self._clients) >= MAX_CLIENTS:
             conn.close()
             return
         conn.settimeout(SEND_TIMEOUT)  # reads come when select says so: only sends can wait
-        clients[conn] = _Client(conn, time.monotonic())
-        self._connections.add(conn)
+        self._clients[conn] = _Client(conn, time.monotonic())
         selector.register(conn, selectors.EVENT_READ)
 
-    def _readable(self, selector: selectors.BaseSelector,
-                  clients: dict[socket.socket, _Client], client: _Client) -> None:
+    def _readable(self, selector: selectors.BaseSelector, client: _Client) -> None:
         try:
             data = client.conn.recv(MAX_REQUEST_BYTES)
             if not data:  # the collector went away
@@ -193,12 +191,10 @@ class AgentServer:
             if len(client.buffer) > MAX_REQUEST_BYTES:
                 raise ValueError("request too long")  # not a collector
         except (OSError, ValueError):
-            self._drop(selector, clients, client)
+            self._drop(selector, client)
 
-    def _drop(self, selector: selectors.BaseSelector, clients: dict[socket.socket, _Client],
-              client: _Client) -> None:
-        clients.pop(client.conn, None)
-        self._connections.discard(client.conn)
+    def _drop(self, selector: selectors.BaseSelector, client: _Client) -> None:
+        self._clients.pop(client.conn, None)
         try:
             selector.unregister(client.conn)
         except (KeyError, ValueError, OSError):

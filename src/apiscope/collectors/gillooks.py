@@ -32,12 +32,12 @@ from collections.abc import Mapping
 
 from apiscope.agent.schedstat import GIL_SPAN
 from apiscope.agent.schedstat import on_gil as on_gil_state
+from apiscope.model import SWITCH_INTERVAL
 
 ThreadKey = tuple[int, int]  # (pid, tid)
 
 INTERVAL = 0.04  # seconds between looks at each watched thread
 MAX_WATCHED = 64  # threads per process looked at, at most (the busiest ones)
-SWITCH_INTERVAL = 0.005  # CPython's default: the longest a thread waits for a GIL asked for
 QUIET_SHARE = 0.15  # of SWITCH_INTERVAL: the watchdog's mean wait below which a process is quiet
 QUIET_SAMPLES = 3  # the watchdog's latest reports that must all be quiet
 QUIET_MIN_WAKES = 3  # watchdog wake-ups in those reports, at least, to say anything

@@ -52,7 +52,7 @@ from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct,
 from apiscope.analysis.offcpu import asleep_sites
 from apiscope.analysis.stats import warmup_end
 from apiscope.analysis.thresholds import grade
-from apiscope.model import Frame, GilSample, SampleState, ThreadRole
+from apiscope.model import SWITCH_INTERVAL, Frame, GilSample, SampleState, ThreadRole
 
 BUSY_THREAD_CORES = 0.15
 # Request threads waiting for the GIL this share of a window between them (measured by the
@@ -70,7 +70,6 @@ LINE_MIN_WAIT = 0.1
 # Contended windows must add up to this much of the session: one busy second is not a pattern.
 # In seconds, not windows, since the budget lengthens windows (up to 8 s) on a busy target.
 GIL_MIN_SECONDS = 2.0
-SWITCH_INTERVAL = 0.005  # CPython's default (sys.getswitchinterval())
 
 SUGGESTION = ("CPU-bound Python in several threads runs one thread at a time: move it into"
               " processes (a ProcessPoolExecutor, more workers with fewer threads) or into code"

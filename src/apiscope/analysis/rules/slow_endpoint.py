@@ -129,13 +129,13 @@ class SlowEndpointRule:
                 records = steady
             if len(records) < ctx.thresholds.min_requests:
                 continue
-            durations = sorted(r.latency_ms for r in records)
-            p95 = percentile(durations, 0.95)
+            latencies = sorted(r.latency_ms for r in records)
+            p95 = percentile(latencies, 0.95)
             severity = grade(p95 / ctx.slo_ms, ctx.thresholds.slow_p95_ratio)
             if severity is None or p95 <= ctx.slo_ms:
                 continue
             evidence = (f"p95 {p95:.0f} ms over {len(records)} requests, above the"
-                        f" {ctx.slo_ms:.0f} ms objective (p50 {percentile(durations, 0.5):.0f} ms)")
+                        f" {ctx.slo_ms:.0f} ms objective (p50 {percentile(latencies, 0.5):.0f} ms)")
             streams = [r.duration_ms for r in records if r.first_byte_ms is not None]
             if streams:
                 evidence += (f"; {len(streams)} of them streamed, timed to the response's head"
@@ -149,7 +149,7 @@ class SlowEndpointRule:
                 evidence += "; " + "; ".join(reasons)
             if symptom:  # the cause is flagged on another route, at its own severity
                 continue
-            p50 = percentile(durations, 0.5)
+            p50 = percentile(latencies, 0.5)
             metric: dict[str, MetricValue] = {"p95_ms": p95, "p50_ms": p50,
                                               "slo_ms": ctx.slo_ms, "count": len(records)}
             suggestion = SUGGESTION
