@@ -204,6 +204,20 @@ def test_lost_windows_are_stored_on_the_sampled_process() -> None:
          "window_failure": "ValueError: no trace"}]
 
 
+def test_reads_failed_while_the_injection_held_a_worker_are_not_sampling_errors() -> None:
+    rig = Rig()
+    rig.collection.start()
+    stats = rig.sampler.stats
+    # 60 failed reads in a 100 Hz window that the debugger's 0.4 s run in worker 11 overlapped
+    # for 0.3 s (30 reads of that worker), 4 in a later window that no debugger run overlapped.
+    stats.errors = 64
+    stats.error_windows = [(1000.0, 1002.0, 100, 60), (1010.0, 1018.0, 5, 4)]
+    rig.injections.pauses = [(1001.7, 1002.1)]
+    rig.collection.stop()
+    assert rig.writer.meta["samples_errors"] == 34
+    assert rig.writer.meta["samples_paused"] == 30
+
+
 def test_sampling_that_failed_is_stored_with_its_error() -> None:
     rig = Rig()
     rig.collection.start()

@@ -34,8 +34,8 @@ TARGET = ["pids", "command", "server", "python"]
 TARGET_ADDED = ["detach_failed", "failures"]
 WINDOW = ["start", "end", "seconds", "gaps"]
 SAMPLES = ["total", "rate_hz", "errors"]
-SAMPLES_ADDED = ["cpu_measured", "windows_dropped", "windows_failed", "effective_rate_hz",
-                 "max_overhead_percent", "overhead_percent"]
+SAMPLES_ADDED = ["cpu_measured", "windows_dropped", "windows_failed", "errors_while_injecting",
+                 "effective_rate_hz", "max_overhead_percent", "overhead_percent"]
 ENDPOINT = ["route", "handler", "count", "rps", "p50_ms", "p95_ms", "p99_ms", "max_ms",
             "error_rate", "cpu_share"]
 # The contract's process keys, with the host's run-queue share before the loop's lag.
@@ -58,6 +58,7 @@ def eventful() -> Spec:
     spec.meta = {
         "gaps": [{"start": T0 + 5, "end": T0 + 7.5, "reason": "target stopped"}],
         "windows_dropped": 2, "windows_failed": 1, "max_overhead": 2.0, "overhead": 0.4,
+        "samples_errors": 3, "samples_paused": 41,
         "target_failures": [{"pid": PID, "windows_dropped": 2, "windows_failed": 1,
                              "window_failure": "ValueError: no trace"}],
         # as earlier versions stored a failed detach: alone, not among the failures
@@ -111,6 +112,7 @@ def test_every_part_is_there_when_something_happened(tmp_path: Path) -> None:
         data = build_report(reader).to_json()
     assert list(data["target"]) == TARGET + TARGET_ADDED
     assert list(data["samples"]) == SAMPLES + SAMPLES_ADDED
+    assert data["samples"]["errors"] == 3 and data["samples"]["errors_while_injecting"] == 41
     assert data["window"]["gaps"] == [{"start": "2026-11-18T11:06:45Z",
                                        "end": "2026-11-18T11:06:47Z", "seconds": 2.5,
                                        "reason": "target stopped"}]

@@ -226,7 +226,11 @@ class Collection:
             stats = self._sampler.stats
             self._store_gaps()
             self._store_failures()
-            self.sink.meta(end=end, samples_total=stats.stored, samples_errors=stats.errors,
+            # Reads failed while the injection's debugger held a target are not the sampler's.
+            paused = stats.errors_while_paused(self.injections.pauses
+                                               if self.injections is not None else ())
+            self.sink.meta(end=end, samples_total=stats.stored,
+                           samples_errors=stats.errors - paused, samples_paused=paused,
                            samples_expected=round(stats.expected),
                            sample_loss=round(stats.loss, 4),
                            windows_dropped=stats.dropped_windows,

@@ -149,6 +149,9 @@ class SampleSummary:
     cpu_measured: bool  # the kernel's per-thread CPU time was read
     windows_dropped: int | None = None
     windows_failed: int | None = None
+    # Reads that failed while apiscope's debugger held a target (to inject or remove the
+    # agent): expected, and not in `errors`.
+    errors_while_injecting: int | None = None
     effective_rate_hz: float | None = None
     max_overhead_percent: float | None = None
     overhead_percent: float | None = None  # with max_overhead_percent, possibly null
@@ -163,6 +166,8 @@ class SampleSummary:
             out["windows_dropped"] = self.windows_dropped
         if self.windows_failed is not None:
             out["windows_failed"] = self.windows_failed
+        if self.errors_while_injecting is not None:
+            out["errors_while_injecting"] = self.errors_while_injecting
         if self.effective_rate_hz is not None:
             out["effective_rate_hz"] = self.effective_rate_hz
         if self.max_overhead_percent is not None:
@@ -176,7 +181,8 @@ class SampleSummary:
     def from_json(cls, data: Mapping[str, Any]) -> SampleSummary:
         return cls(data["total"], data.get("rate_hz"), data.get("errors", 0),
                    bool(data.get("cpu_measured")), data.get("windows_dropped"),
-                   data.get("windows_failed"), data.get("effective_rate_hz"),
+                   data.get("windows_failed"), data.get("errors_while_injecting"),
+                   data.get("effective_rate_hz"),
                    data.get("max_overhead_percent"), data.get("overhead_percent"),
                    data.get("requests_kept_one_in"))
 

@@ -46,7 +46,8 @@ class SessionMeta:
     # Kept current while collecting, final once it ends.
     end: float | None = None
     samples_total: int | None = None
-    samples_errors: int | None = None
+    samples_errors: int | None = None  # failed reads, less those while a target was paused
+    samples_paused: int | None = None  # reads failed while apiscope's debugger held a target
     samples_expected: int | None = None
     sample_loss: float | None = None
     windows_dropped: int | None = None
@@ -75,6 +76,7 @@ class SessionMeta:
             slo_ms=_number(get("slo_ms")), nonblocking=_flag(get("nonblocking")),
             inject=_flag(get("inject")), start=_number(get("start")), end=_number(get("end")),
             samples_total=_int(get("samples_total")), samples_errors=_int(get("samples_errors")),
+            samples_paused=_int(get("samples_paused")),
             samples_expected=_int(get("samples_expected")),
             sample_loss=_number(get("sample_loss")),
             windows_dropped=_int(get("windows_dropped")),

@@ -246,21 +246,32 @@ def test_a_thread_waiting_for_the_gil_is_told_from_one_on_a_lock() -> None:
 
 
 def test_a_healthy_busy_loop_has_lag_but_no_stall(loop_thread: LoopThread) -> None:
+    began: list[float] = []  # when each callback began
+
     async def short_callbacks() -> None:
         end = time.perf_counter() + 1.0
         while time.perf_counter() < end:
+            began.append(time.perf_counter())
             time.sleep(0.002)  # 2 ms callbacks, back to back
             await asyncio.sleep(0)
+        began.append(time.perf_counter())
 
     done = asyncio.run_coroutine_threadsafe(short_callbacks(), loop_thread.loop)
     done.result(timeout=20)
     loop_thread.pull()
 
-    assert loop_thread.stalls == []
+    # A pass of the loop runs one callback: it ends before the next callback begins and began
+    # after the one before it ended, so none lasted longer than the time from a callback's
+    # beginning to the next but one's. That is 4-5 ms on a quiet machine; a busy one can hold
+    # the loop thread off its CPU in a callback, and the watchdog rightly sees that pass.
+    longest_ms = max(b - a for a, b in zip(began[:-2], began[2:], strict=True)) * 1000
+    assert [s for s in loop_thread.stalls if s["duration_ms"] > longest_ms] == []
+    if longest_ms < loop_thread.watchdogs.options.hold_threshold * 1000:
+        assert loop_thread.stalls == []
     probes = sum(lag["probes"] for lag in loop_thread.lags)
     assert probes >= 0.7 / loop_thread.watchdogs.options.loop_interval
     busiest = max(loop_thread.lags, key=lambda lag: lag["max_ms"])
-    assert 0 < busiest["max_ms"] < 25  # the probes waited behind a callback, never long
+    assert 0 < busiest["max_ms"] < max(25, longest_ms)  # behind a callback, never long
     for lag in loop_thread.lags:
         assert 0 <= lag["p50_ms"] <= lag["p99_ms"] <= lag["max_ms"]
 

@@ -132,6 +132,7 @@ class FakeInjections:
     def __init__(self, fail: dict[int, str] | None = None,
                  orphan_seconds: float | None = 10.0) -> None:
         self.orphan_seconds = orphan_seconds
+        self.pauses: list[tuple[float, float]] = []
         self.added: list[int] = []
         self.closed = 0
         self._fail = fail or {}

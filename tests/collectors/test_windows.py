@@ -72,3 +72,23 @@ def test_an_unreadable_window_is_counted_and_the_next_one_goes_on() -> None:
     m.add(f"{WORK} 5\n", EXIT, 2.0, 3.0, 100, active_only=True)
     assert [w.start for w in got] == [0.0, 2.0]
     assert stats.failed_windows == 1 and stats.last_failure == "RuntimeError: unreadable"
+
+
+def test_failed_reads_are_kept_by_window_and_those_of_a_paused_target_told_apart() -> None:
+    def spy(errors: int) -> SpyExit:  # py-spy's closing line
+        return SpyExit(0, f"Samples: 90 Errors: {errors}\n", "")
+
+    m, _, stats = meter(SteppedCpu(0.1))
+    m.add(f"{WORK} 90\n", spy(40), 0.0, 1.0, 100, active_only=True)
+    m.add(f"{WORK} 40\n", spy(0), 1.0, 9.0, 5, active_only=True)
+    m.add(f"{WORK} 40\n", spy(3), 9.0, 17.0, 5, active_only=True)
+    assert stats.errors == 43
+    assert stats.error_windows == [(0.0, 1.0, 100, 40), (9.0, 17.0, 5, 3)]
+    # A debugger held the target from 0.5 s to 1.2 s: at most 50 reads of the first window
+    # failed for it (all 40 did), none of the third's.
+    assert stats.errors_while_paused([(0.5, 1.2)]) == 40
+    assert stats.errors_while_paused([(0.9, 1.2)]) == 10
+    # Two targets held at once: each fails its own reads.
+    assert stats.errors_while_paused([(0.9, 1.2), (0.9, 1.0)]) == 20
+    assert stats.errors_while_paused([(16.5, 20.0)]) == 3
+    assert stats.errors_while_paused([]) == 0

@@ -31,11 +31,10 @@ def check_sampling(result: CaseResult) -> None:
     assert result.failure is None, result.failure
     assert not result.sampling_stopped, "apiscope said stack sampling stopped"
     assert result.samples_total > 0
-    # py-spy's failed reads come with each window's start more than with each sample: at the
-    # low rates the overhead budget chooses on a busy host (5-15 Hz), a few dozen of them weigh
-    # more. A sampler that mostly fails is what this catches.
+    # The reads that failed while the injection's debugger held a worker are reported apart;
+    # what is left comes with py-spy's hand-overs (about one a window), not with each sample.
     attempts = result.samples_total + result.samples_errors
-    assert result.samples_errors <= max(10, 0.15 * attempts), (
+    assert result.samples_errors <= max(10, 0.05 * attempts), (
         f"{result.samples_errors} sampling errors over {result.samples_total} samples")
 
 

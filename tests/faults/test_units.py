@@ -78,6 +78,21 @@ def test_close_detaches_every_process_ever_injected_and_names_the_failures() -> 
     assert injections.started == {1, 2, 3}
 
 
+def test_each_debugger_run_is_kept_as_a_pause_of_its_target() -> None:
+    def run(pid: int, started: float) -> InjectionResult:
+        return InjectionResult(pid=pid, action="attach", method="gdb",
+                               status={"apps": [{"app": "a", "state": "wrapped"}]},
+                               seconds=0.9, debugger_seconds=0.5, debugger_started=started)
+
+    injections = AgentInjections(lambda pid: run(pid, 100.0), lambda pid: run(pid, 200.0),
+                                 lambda m: None)
+    injections.add(1)
+    assert injections.wait(5)
+    assert injections.pauses == [(100.0, 100.5)]
+    assert injections.close() == []
+    assert injections.pauses == [(100.0, 100.5), (200.0, 200.5)]  # the detach's run too
+
+
 def test_a_pending_injection_does_not_hold_the_end() -> None:
     release = threading.Event()
     warnings: list[str] = []

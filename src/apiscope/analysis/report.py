@@ -125,6 +125,7 @@ def _samples(data: SessionData) -> SampleSummary:
         cpu_measured=bool(data.thread_cpu),
         windows_dropped=meta.windows_dropped or None,
         windows_failed=meta.windows_failed or None,
+        errors_while_injecting=meta.samples_paused or None,
         effective_rate_hz=effective,
         max_overhead_percent=meta.max_overhead,
         overhead_percent=meta.overhead if budgeted else None,

@@ -61,6 +61,7 @@ class AgentInjections:
         self._started: set[int] = set()  # every process an injection was started in
         self._serving: set[int] = set()  # processes whose agent wraps an app
         self._threads: dict[int, threading.Thread] = {}
+        self._pauses: list[tuple[float, float]] = []
 
     @property
     def started(self) -> set[int]:
@@ -71,6 +72,13 @@ class AgentInjections:
     def serving(self) -> set[int]:
         with self._lock:
             return set(self._serving)
+
+    @property
+    def pauses(self) -> list[tuple[float, float]]:
+        """(start, end) of each debugger run in a target (time.time()): the process may
+        have been stopped then, and py-spy's reads of it failed."""
+        with self._lock:
+            return list(self._pauses)
 
     def pending(self) -> set[int]:
         """Processes whose injection is still in flight."""
@@ -114,9 +122,15 @@ class AgentInjections:
             thread.join()
         return sorted(failures, key=lambda f: f.pid)
 
+    def _paused(self, result: InjectionResult) -> None:
+        if result.debugger_started is not None:
+            with self._lock:
+                self._pauses.append((result.debugger_started,
+                                     result.debugger_started + result.debugger_seconds))
+
     def _detach(self, pid: int, failures: list[DetachFailure]) -> None:
         try:
-            self._eject(pid)
+            self._paused(self._eject(pid))
         except ApiscopeError as exc:
             if self._alive(pid):  # a worker that exited meanwhile took its agent along
                 with self._lock:
@@ -130,6 +144,7 @@ class AgentInjections:
         while not self._closing.is_set():
             try:
                 result = self._inject(pid)
+                self._paused(result)
             except InjectionTimeout as exc:
                 self._warn(f"no latencies from pid {pid} yet: {exc.message}")
                 return

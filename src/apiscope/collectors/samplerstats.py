@@ -7,6 +7,8 @@ over the window's threads, less what it stored.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -28,6 +30,8 @@ class SamplerStats:
     stored: int = 0  # samples delivered
     expected: float = 0.0  # rate x seconds x threads, summed over windows
     errors: int = 0  # failed reads py-spy reported
+    # (start, end, rate_hz, errors) of each window with failed reads
+    error_windows: list[tuple[float, float, int, int]] = field(default_factory=list)
     bad_lines: int = 0  # unparseable lines (skipped)
     # Seconds from the new py-spy printing that it samples to the old one being signalled.
     # (Each py-spy still samples a little before/after that: see docs/sampling.md.)
@@ -46,6 +50,19 @@ class SamplerStats:
     def loss(self) -> float:
         """Fraction of expected samples not stored (0 when nothing was expected)."""
         return max(0.0, 1.0 - self.stored / self.expected) if self.expected else 0.0
+
+    def errors_while_paused(self, pauses: Iterable[tuple[float, float]]) -> int:
+        """The failed reads that apiscope's own debugger explains: while it holds a process
+        (to inject or remove the agent), every read of that process fails. A window's reads
+        during its overlap with the pauses (rate x seconds, each pause its own process's) are
+        counted, at most its failed reads."""
+        pauses = list(pauses)
+        explained = 0
+        for start, end, rate_hz, errors in self.error_windows:
+            overlap = sum(max(0.0, min(end, p_end) - max(start, p_start))
+                          for p_start, p_end in pauses)
+            explained += min(errors, math.ceil(rate_hz * overlap))
+        return explained
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,5 +146,7 @@ class WindowMeter:
         stats.stored += loss.stored
         stats.expected += loss.expected
         stats.errors += loss.errors
+        if loss.errors:
+            stats.error_windows.append((window.start, window.end, window.rate_hz, loss.errors))
         stats.bad_lines += bad_lines
         stats.sampled_seconds += window.end - window.start

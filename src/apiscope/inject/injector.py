@@ -81,6 +81,7 @@ def _run_in_target(pid: int, action: str, directory: str | None, runner: Runner,
                                        offer_pyinstrument=not place.root))
     use_remote = version is not None and version >= REMOTE_EXEC_VERSION
     schedule = _schedule_remote_exec if use_remote else _schedule_gdb
+    debugger_started = time.time()
     debugger_seconds = schedule(pid, snippet, place, runner)
     status = wait_for_result(path, token, pid, timeout)
     _remove(path)
@@ -91,7 +92,8 @@ def _run_in_target(pid: int, action: str, directory: str | None, runner: Runner,
                               f" {status.get('error', 'no reason given')}")
     return InjectionResult(pid=pid, action=action, method="remote_exec" if use_remote else "gdb",
                            status=status, seconds=time.monotonic() - started,
-                           debugger_seconds=debugger_seconds)
+                           debugger_seconds=debugger_seconds,
+                           debugger_started=debugger_started)
 
 
 def _schedule_gdb(pid: int, snippet: str, place: Rendezvous, runner: Runner) -> float:

@@ -31,6 +31,7 @@ class InjectionResult:
     status: dict[str, Any]  # the bootstrap's status (apps, socket, python, elapsed_ms, note)
     seconds: float  # the whole injection, from the first check to the status read back
     debugger_seconds: float  # the debugger's run: bounds how long the target was stopped
+    debugger_started: float | None = None  # when that run began (time.time())
 
     @property
     def apps(self) -> list[dict[str, Any]]:
