@@ -217,9 +217,10 @@ class LoopStall:
     frames: tuple[Frame, ...]  # the loop thread's stack during the stall, root first
     cpu_ms: float | None = None  # the loop thread's CPU time during the stall
     # What the kernel said the loop thread was doing at each look during the stall: "cpu" (on
-    # a CPU), "queue" (ready, waiting for a CPU: more run-queue than CPU time since the last
-    # look), "sleep", "io", "gil" (waiting for the GIL, where the agent knew its futex), "lock"
-    # (a lock or a condition; or the GIL, where it did not).
+    # a CPU), "nogil" (on a CPU without the GIL: the watchdog took it at once as it woke, so
+    # C code that released it ran), "queue" (ready, waiting for a CPU: more run-queue than CPU
+    # time since the last look), "sleep", "io", "gil" (waiting for the GIL, where the agent
+    # knew its futex), "lock" (a lock or a condition; or the GIL, where it did not).
     activity: dict[str, int] = field(default_factory=dict)
     # Who held the loop, from the agent's looks at a timed pass: "one" (one task at two looks
     # or more in a row: its stack is the one here), "many" (different tasks or callbacks: the
@@ -235,7 +236,7 @@ class LoopStall:
     @property
     def looks_running(self) -> int:
         """Looks that found it on a CPU or ready for one."""
-        return self.activity.get("cpu", 0) + self.activity.get("queue", 0)
+        return sum(self.activity.get(kind, 0) for kind in ("cpu", "nogil", "queue"))
 
 
 @dataclass(frozen=True, slots=True)

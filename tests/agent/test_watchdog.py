@@ -146,7 +146,31 @@ def test_a_computation_on_the_loop_uses_cpu_all_along(loop_thread: LoopThread) -
     assert 190 <= stall["cpu_ms"] <= stall["duration_ms"] + 1
     # on a CPU, waiting for one, or taking the GIL back from the watchdog that looks: never
     # asleep, and never on a lock of its own
-    assert stall["activity"] and set(stall["activity"]) <= {"cpu", "queue", "gil"}
+    assert stall["activity"] and set(stall["activity"]) <= {"cpu", "queue", "gil", "nogil"}
+    # Python holds the GIL: the watchdog, as it wakes, waits a switch interval for it, and
+    # finds it free ("nogil") at a few looks at most, where the loop thread had let it go.
+    activity = Counter(stall["activity"])
+    assert activity["nogil"] < (activity["cpu"] + activity["nogil"]) / 2 or \
+        activity["nogil"] <= 1, activity
+
+
+def hasher() -> None:
+    hashlib.pbkdf2_hmac("sha256", b"password", b"salt", 800_000)  # C code, the GIL released
+
+
+def test_c_code_that_released_the_gil_is_seen_running_without_it(
+        loop_thread: LoopThread) -> None:
+    wait_until(loop_thread.probes_after(3), what="the watchdog to probe the loop")
+    loop_thread.stalls.clear()
+    loop_thread.call(hasher)
+    wait_until(lambda: loop_thread.pull() and loop_thread.stalls, timeout=10, what="a stall")
+
+    stall = max(loop_thread.stalls, key=lambda s: s["duration_ms"])
+    activity = Counter(stall["activity"])
+    # The watchdog woke and took the GIL at once while the loop thread ran: C code without it.
+    running = activity["nogil"] + activity["cpu"]
+    assert activity["nogil"] > running / 2, activity
+    assert not activity["sleep"] and not activity["io"]
 
 
 def test_a_computation_without_a_free_cpu_is_seen_waiting_for_one(

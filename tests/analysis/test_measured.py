@@ -347,6 +347,30 @@ def test_the_kernels_looks_name_what_the_loop_waited_on(tmp_path: Path) -> None:
     assert flag["metric"]["cause"] == "cpu" and "running CPU work" in flag["evidence"]
 
 
+def test_c_code_that_released_the_gil_on_the_loop_is_named_so(tmp_path: Path) -> None:
+    spec = measured_healthy()
+    # pbkdf2 on the loop: on a CPU at every look, and the watchdog took the GIL at once as it
+    # woke for most of them ("nogil"): C code without the GIL, which a thread runs in parallel.
+    spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0,
+                                  on_loop(app("summary", 88)), 58.0, {"nogil": 4, "cpu": 1})
+                        for i in range(20)]
+    [flag] = [f for f in report_of(spec, tmp_path / "a")["flags"]
+              if f["kind"] == "event_loop_blocked"]
+    assert flag["metric"]["cause"] == "cpu" and flag["metric"]["gil_free_share"] == 0.8
+    assert "C code that released the GIL" in flag["evidence"]
+    assert "in parallel with the loop" in flag["suggestion"]
+    assert "ProcessPoolExecutor" not in flag["suggestion"]
+    # Python computing: the GIL found free at a look now and then, CPU work all the same.
+    spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0,
+                                  on_loop(app("summary", 88)), 58.0,
+                                  {"cpu": 3, "gil": 4, "nogil": 1})
+                        for i in range(20)]
+    [flag] = [f for f in report_of(spec, tmp_path / "b")["flags"]
+              if f["kind"] == "event_loop_blocked"]
+    assert flag["metric"]["gil_free_share"] == 0.25 and "running CPU work" in flag["evidence"]
+    assert "ProcessPoolExecutor" in flag["suggestion"]
+
+
 def test_looks_at_a_loop_waiting_for_a_cpu_count_for_neither_cause(tmp_path: Path) -> None:
     spec = measured_healthy()
     # A sync query on the loop of a starved host: most looks find the thread ready to run but

@@ -2,7 +2,9 @@
 
 - planted run: a marker is found when a flag of its kind points at its file and line. For
   `event_loop_blocked` and `cpu_hotspot`, a flag whose `metric.cause` names the other cause
-  does not count; one without `metric.cause` counts as found but wrongly described.
+  does not count; one without `metric.cause` counts as found but wrongly described, and so
+  does CPU work in Python said to be C code without the GIL (`metric.gil_free_share` of a
+  half or more), or the other way round.
 - healthy run: a medium or high flag is a false alarm; low flags are listed apart.
 - both: a flag located outside the app's own files (site-packages, the standard library, a
   server's entry script) is a defect; sampling must not have stopped.
@@ -71,10 +73,20 @@ def match_marker(marker: Marker, flags: list[Flag], root: Path) -> tuple[bool, b
     candidates = [f for f in flags if _at(f, marker, root)]
     if marker.kind not in CAUSED_KINDS:
         return bool(candidates), bool(candidates)
-    causes = [(f.get("metric") or {}).get("cause") for f in candidates]
+    causes = [_cause(f) for f in candidates]
     if marker.cause in causes:
         return True, True
-    return None in causes, False
+    on_cpu = {"cpu", "native"}
+    return None in causes or (marker.cause in on_cpu and bool(on_cpu & set(causes))), False
+
+
+def _cause(flag: Flag) -> str | None:
+    """The flag's cause, `native` for CPU it says ran in C code that released the GIL."""
+    metric = flag.get("metric") or {}
+    cause = metric.get("cause")
+    if cause == "cpu" and (metric.get("gil_free_share") or 0.0) >= 0.5:
+        return "native"
+    return cause if isinstance(cause, str) else None
 
 
 def judge(result: CaseResult, report: dict[str, Any], stderr: str, app_dir: Path,

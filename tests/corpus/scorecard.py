@@ -122,7 +122,9 @@ def render(results: list[CaseResult]) -> str:
         f" a separate process, judged by the report of `apiscope attach PID --duration"
         f" {ATTACH_SECONDS} --no-dashboard --report out.json`. A planted bottleneck is found when"
         " a flag of its kind points at its exact file and line; its description is right when"
-        " `metric.cause` (for `event_loop_blocked` and `cpu_hotspot`) names the planted cause. On"
+        " `metric.cause` (for `event_loop_blocked` and `cpu_hotspot`) names the planted cause"
+        " (`native`, C code that released the GIL, is `cpu` with `metric.gil_free_share` of a"
+        " half or more; Python's CPU work, less). On"
         " a healthy app every medium or high flag is a false alarm, and a flag located outside"
         " the app's own files is a defect at any severity.", "",
         f"Command: `{COMMAND}`. apiscope: {measured_build()}. Machine: {machine}. Date: {now}.",

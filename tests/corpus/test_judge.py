@@ -16,8 +16,10 @@ async def handler():  # planted: slow_endpoint wait
 
 
 def flag(kind: str, path: Path, line: int, severity: str = "high",
-         cause: str | None = None) -> dict[str, object]:
-    metric = {"cause": cause} if cause else {}
+         cause: str | None = None, gil_free: float | None = None) -> dict[str, object]:
+    metric: dict[str, object] = {"cause": cause} if cause else {}
+    if gil_free is not None:
+        metric["gil_free_share"] = gil_free
     return {"kind": kind, "severity": severity, "route": "GET /a", "evidence": "e",
             "location": {"file": str(path), "line": line, "function": "handler"},
             "metric": metric}
@@ -46,6 +48,22 @@ def test_planted_run_needs_kind_line_and_cause(tmp_path: Path) -> None:
                    tmp_path)
     assert [m.kind for m in judged.found] == ["event_loop_blocked"]
     assert judged.described == []  # found, but the report does not say cpu or wait
+
+
+def test_c_code_without_the_gil_is_cpu_told_apart_from_python(tmp_path: Path) -> None:
+    path = tmp_path / "app.py"
+    path.write_text("async def handler():\n    hash()  # planted: event_loop_blocked native\n")
+
+    def judged(**metric: object) -> tuple[list[str], list[str]]:
+        result = CaseResult("a", "planted", "uvicorn", expected=markers_in_file(path))
+        out = judge(result, {"flags": [flag("event_loop_blocked", path, 2, **metric)]}, "",
+                    tmp_path, tmp_path)  # type: ignore[arg-type]
+        return [m.cause for m in out.found], [m.cause for m in out.described]
+
+    assert judged(cause="cpu", gil_free=0.9) == (["native"], ["native"])
+    assert judged(cause="cpu", gil_free=0.1) == (["native"], [])  # said to be Python
+    assert judged(cause="cpu") == (["native"], [])
+    assert judged(cause="wait") == ([], [])
 
 
 def test_healthy_run_counts_alarms_and_flags_outside_the_app(tmp_path: Path) -> None:

@@ -75,6 +75,9 @@ class WakeClock:
         self.meter = meter
         self._stat: SchedStat | None = None
         self._queued_ns = 0
+        # The GIL wait of the last wake-up (seconds; None before the first): where it is short
+        # of a switch interval, no thread held the GIL then.
+        self.last_wait: float | None = None
 
     def bind(self) -> None:
         """Open the calling thread's schedstat (call first, from the thread itself)."""
@@ -96,7 +99,8 @@ class WakeClock:
         if read is not None:
             late -= (read[1] - self._queued_ns) / 1e9  # runnable, but no CPU for it
             self._queued_ns = read[1]
-        self.meter.add(elapsed, max(0.0, late), read is not None)
+        self.last_wait = max(0.0, late)
+        self.meter.add(elapsed, self.last_wait, read is not None)
         return False
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .background import Background
-from .gilwatch import GilMeter, WakeClock
+from .gilwatch import GilMeter, WakeClock, has_gil
 from .looppass import PassClock
 from .schedstat import SchedStat, SyscallState, ThreadCpu, percentile
 
@@ -48,6 +48,8 @@ GLIMPSE = "glimpse"  # one look only (or no task at any look): who held it is no
 # A pass that began with this many callbacks to run or fewer was held by the one seen (the
 # watchdog's own lag probe may be the other).
 FEW_CALLBACKS = 2
+# A look whose wake-up took the GIL within this share of the switch interval found it free.
+GIL_FREE_SHARE = 0.2
 
 Frame = tuple[str, str, int]  # (function as py-spy names it, absolute file, line)
 Stack = tuple[Frame, ...]
@@ -106,6 +108,7 @@ class LoopWatchdog(Background):
         self._look_mark: tuple[int, int] | None = None
         self._last_look: str | None = None  # what the kernel said at the last look
         self._clock = WakeClock(meter if meter is not None else GilMeter())
+        self._has_gil = has_gil()  # a free-threaded build's threads all run without it
         self._lock = threading.Lock()
         self._lags: deque[float] = deque(maxlen=MAX_LAGS)  # seconds
         self._stalls: deque[dict[str, Any]] = deque(maxlen=MAX_STALLS)
@@ -378,9 +381,19 @@ class LoopWatchdog(Background):
         if activity == "cpu" and read is not None and mark is not None and \
                 read[1] - mark[1] > read[0] - mark[0]:
             activity = "queue"
+        elif activity == "cpu" and self._gil_free_at_wake():
+            activity = "nogil"
         self._last_look = activity
         if activity is not None:
             self._activity[activity] += 1
+
+    def _gil_free_at_wake(self) -> bool:
+        """Whether this thread took the GIL at once as it woke for this look: the loop
+        thread, running, did not hold it (C code that released it: hashing, compression).
+        Python holding the GIL gives it up only when asked, a switch interval later."""
+        wait = self._clock.last_wait
+        return wait is not None and self._has_gil and \
+            wait < GIL_FREE_SHARE * sys.getswitchinterval()
 
     def _sample(self) -> tuple[int | None, Stack | None]:
         """One look at the loop thread: (the task stepping on the loop, its stack)."""

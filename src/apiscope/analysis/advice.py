@@ -52,3 +52,8 @@ def blocking_advice(framework: str | None) -> str:
 def cpu_advice(framework: str | None) -> str:
     return ("move the CPU-bound work off the event loop: "
             f"{offload(framework)} for short work, a ProcessPoolExecutor for heavy work")
+
+
+def native_advice(framework: str | None) -> str:
+    return ("move the call off the event loop: in a thread, C code that releases the GIL runs"
+            f" in parallel with the loop: {offload(framework)}")

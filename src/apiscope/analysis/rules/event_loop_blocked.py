@@ -20,7 +20,11 @@ Two sources, the measured one first:
   Severity grades the group's share of the session's loop time (`loop_blocked_fraction`); a
   group that stalled the loop at least `LOW_MIN_STALLS` times and `loop_blocking_min_fraction`
   of the window is flagged low below that. The cause is `cpu` when the thread was running (or
-  ready to) at most looks, else `wait` (a sync sleep, sync I/O, a lock). A hold seen fewer
+  ready to) at most looks, else `wait` (a sync sleep, sync I/O, a lock). Running looks that
+  the watchdog took right as it got the GIL at once (`nogil`) found C code that released the
+  GIL (hashing, compression): when they are most of the running ones, the evidence says so
+  (`metric.gil_free_share`) and the advice is a thread, where such code runs in parallel with
+  the loop. A hold seen fewer
   than `MIN_RECURRENCES` times (stalls, or sampling windows) is a one-off, such as an index
   built on first use, and no flag.
 - **Stack samples** (also with the watchdog, for holds shorter than its threshold repeated on
@@ -37,7 +41,7 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from apiscope.analysis.advice import blocking_advice, cpu_advice, framework_of
+from apiscope.analysis.advice import blocking_advice, cpu_advice, framework_of, native_advice
 from apiscope.analysis.attribution import is_tool_work, user_frame
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
 from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct, where
@@ -52,6 +56,9 @@ HOLD_MS = 10.0  # the shortest pass the agent records: the first length class
 # A hold seen in fewer stalls, or fewer sampling windows, than this is a one-off (a cache or an
 # index built on first use, once per worker), not what every other request keeps waiting for.
 MIN_RECURRENCES = 3
+# Running looks that found the GIL free, as a share of all running looks, from which the code
+# that held the loop is called C code that released the GIL.
+GIL_FREE_MAJORITY = 0.5
 
 Group = tuple[str | None, str]  # (endpoint, function key when there is no endpoint)
 
@@ -88,8 +95,17 @@ _WAITS = {"sleep": "in a sync sleep", "io": "in blocking I/O on a file or socket
           "lock": "waiting for a lock or the GIL", "gil": "waiting for the GIL"}
 
 
-def _describe_looks(activity: Counter[str], cpu_share: float | None) -> tuple[str, str]:
-    """(what the loop was doing, cause) from what the kernel said at each look in the stalls.
+@dataclass(frozen=True, slots=True)
+class _Looks:
+    """What the loop was doing in a group's stalls, in words, and its cause."""
+
+    what: str
+    cause: str  # "cpu", "wait" or "unknown"
+    gil_free: float | None = None  # share of the running looks that found the GIL free
+
+
+def _describe_looks(activity: Counter[str], cpu_share: float | None) -> _Looks:
+    """What the loop was doing, from what the kernel said at each look in the stalls.
 
     Looks at a thread ready to run but waiting for a CPU ("queue") are the host's, not the
     code's: they count for neither side, and the stalls' measured CPU share decides when they
@@ -100,8 +116,9 @@ def _describe_looks(activity: Counter[str], cpu_share: float | None) -> tuple[st
             if queued else "")
     if looks <= 0:
         what, cause = _describe(cpu_share)
-        return what + host, cause
-    running = activity.get("cpu", 0) / looks
+        return _Looks(what + host, cause)
+    free = activity.get("nogil", 0)
+    running = (activity.get("cpu", 0) + free) / looks
     waits = (activity.get("sleep", 0) + activity.get("io", 0)) / looks
     # A futex is the GIL as often as a lock (and is the GIL where the agent knew its address):
     # Python computing beside other threads waits for the GIL between its turns, so only
@@ -109,17 +126,23 @@ def _describe_looks(activity: Counter[str], cpu_share: float | None) -> tuple[st
     # looks than those, strictly: the first look is taken as the watchdog posts its probe,
     # before it knows there is a stall, and may catch the code just before it blocks.
     if running > waits and running > 0:
+        gil_free = free / (running * looks)
+        if gil_free >= GIL_FREE_MAJORITY:
+            return _Looks(f"running C code that released the GIL, such as hashing or"
+                          f" compression (on a CPU at {pct(running)} of the kernel's looks;"
+                          f" the GIL free at {pct(gil_free)} of those{host})", "cpu", gil_free)
         # Computing Python gives the GIL up to the watchdog at each look, so a share of the
         # looks finds it waiting to take the GIL back: part of running, not a cause of its own.
         on_gil, on_lock = activity.get("gil", 0) / looks, activity.get("lock", 0) / looks
         gil = (f", waiting for the GIL or a lock at {pct(on_gil + on_lock)}" if on_lock else
                f", waiting to take the GIL back at {pct(on_gil)}" if on_gil else "")
-        return (f"running CPU work (on a CPU at {pct(running)} of the kernel's looks"
-                f"{gil}{host})"), "cpu"
-    kind, count = max(((k, n) for k, n in activity.items() if k not in ("cpu", "queue")),
+        return _Looks(f"running CPU work (on a CPU at {pct(running)} of the kernel's looks"
+                      f"{gil}{host})", "cpu", gil_free)
+    kind, count = max(((k, n) for k, n in activity.items()
+                       if k not in ("cpu", "nogil", "queue")),
                       key=lambda kv: (kv[1], kv[0]))
-    return (f"{_WAITS.get(kind, 'off-CPU')} (at {pct(count / looks)} of the kernel's looks"
-            f"{host})"), "wait"
+    return _Looks(f"{_WAITS.get(kind, 'off-CPU')} (at {pct(count / looks)} of the kernel's"
+                  f" looks{host})", "wait")
 
 
 def _describe(cpu_share: float | None) -> tuple[str, str]:
@@ -220,8 +243,9 @@ class EventLoopBlockedRule:
         hot = max(group.lines.items(), key=lambda kv: (kv[1], kv[0].file, kv[0].line))[0]
         loc = frame_location(hot)
         cpu_share = group.cpu_seconds / group.cpu_known if group.cpu_known else None
-        what, cause = (_describe_looks(group.activity, cpu_share) if group.activity
-                       else _describe(cpu_share))
+        looks = (_describe_looks(group.activity, cpu_share) if group.activity
+                 else _Looks(*_describe(cpu_share)))
+        what, cause = looks.what, looks.cause
         framework = framework_of(group.stacks)
         total = group.seconds + group.estimated
         if group.estimated >= 0.005:
@@ -242,9 +266,13 @@ class EventLoopBlockedRule:
             "longest_stall_ms": group.longest_ms, "cause": cause, "source": "watchdog"}
         if cpu_share is not None:
             metric["cpu_share"] = cpu_share
+        if looks.gil_free is not None:
+            metric["gil_free_share"] = looks.gil_free
         if requests:
             metric["stall_ms_per_request"] = total * 1000 / requests
-        suggestion = cpu_advice(framework) if cause == "cpu" else blocking_advice(framework)
+        native = looks.gil_free is not None and looks.gil_free >= GIL_FREE_MAJORITY
+        suggestion = (native_advice(framework) if native else cpu_advice(framework)
+                      if cause == "cpu" else blocking_advice(framework))
         return make_flag(self.kind, severity, endpoint, loc, evidence, metric, suggestion)
 
     # -- from stack samples -----------------------------------------------------------------

@@ -40,5 +40,5 @@ async def ledger_balance(db: SessionDep) -> dict[str, int]:
 @router.get("/signed-export")
 async def signed_export(customer_id: int = 1) -> dict[str, str]:
     salt, secret = f"customer-{customer_id}".encode(), SIGNING_SECRET
-    key = hashlib.pbkdf2_hmac("sha256", secret, salt, ROUNDS)  # planted: event_loop_blocked cpu
+    key = hashlib.pbkdf2_hmac("sha256", secret, salt, ROUNDS)  # planted: event_loop_blocked native
     return {"customer_id": str(customer_id), "signature": key.hex()}
