@@ -27,9 +27,11 @@ VARIANTS: dict[str, dict[str, str]] = {
     "off": {"APISCOPE_PROFILE_EVERY": "0"},
     "default (1 in 20, 5/s cap)": {},
     "1 in 20, uncapped": {"APISCOPE_PROFILE_MAX_PER_SECOND": "1000000",
+                          "APISCOPE_PROFILE_MAX_SHARE": "0",
                           "APISCOPE_PROFILE_MAX_CONCURRENT": "1000"},
     "every request, uncapped": {"APISCOPE_PROFILE_EVERY": "1",
                                 "APISCOPE_PROFILE_MAX_PER_SECOND": "1000000",
+                                "APISCOPE_PROFILE_MAX_SHARE": "0",
                                 "APISCOPE_PROFILE_MAX_CONCURRENT": "1000"},
 }
 

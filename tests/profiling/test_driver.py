@@ -34,6 +34,8 @@ def test_results_exceptions_and_awaits_pass_through() -> None:
         # profiler's first slice may start inside the sleep and take part of it.
         assert len(awaits) == 1 and awaits[0] > 0
         assert sum(seconds for _, seconds in driven.records) >= 0.009
+        # What the request ran under the profiler: its slices, not the 10 ms it slept.
+        assert 0 < driven.spent < 0.009
         with pytest.raises(KeyError, match="missing"):
             await Profiled(profiler(), fails())
 

@@ -18,8 +18,23 @@ from tests.support import FakeClock
 
 
 class FakeProfiler:
+    """Stands for a request's slices: one, sampled when the budget allows, costing
+    `spent_each` seconds sampled and nothing timed only (as `SliceProfiler` charges them)."""
+
+    spent_each = 0.0
+
     def __init__(self, interval: float) -> None:
         self.interval = interval
+        self.budget: Any = None
+        self.spent = 0.0
+        self.sampled = False
+
+    def run(self) -> None:
+        self.sampled = self.budget is None or self.budget.allows()
+        if self.sampled:
+            self.spent = self.spent_each
+            if self.budget is not None:
+                self.budget.spend(self.spent)
 
 
 def profiling(clock: FakeClock, **options: Any) -> RequestProfiling:
@@ -31,6 +46,7 @@ def serve(p: RequestProfiling, method: str, path: str, route: str, ms: float = 5
     """One request through the decision points the middleware calls; True when profiled."""
     run = p.admit(method, path) if p.armed else None
     if run is not None:
+        run.profiler.run()
         run.records = []
         p.finish(run, 0.0, method, route, ms)
     p.observe(method, route, ms)
@@ -77,6 +93,52 @@ def test_global_rate_cap() -> None:
     assert sum(serve(p, "GET", "/a", "/a") for _ in range(20)) == 1
     clock.now += 10.0  # the burst is capped at the rate, whatever the idle time
     assert sum(serve(p, "GET", "/a", "/a") for _ in range(20)) == 2
+
+
+def sampled(p: RequestProfiling, route: str, n: int) -> list[bool | None]:
+    """n requests of `route`: for each, None unprofiled, else whether its slices were sampled."""
+    out: list[bool | None] = []
+    for _ in range(n):
+        run = p.admit("GET", route) if p.armed else None
+        if run is not None:
+            run.profiler.run()
+            run.records = []
+            p.finish(run, 0.0, "GET", route, 5.0)
+        p.observe("GET", route, 5.0)
+        out.append(None if run is None else run.profiler.sampled)
+    return out
+
+
+def test_sampling_stays_within_its_share_of_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Requests that each run 50 ms sampled, 2 % of the time to spend: the budget saves up 5 s'
+    # worth (0.1 s); then 20 ms a second pay for one such request every 2.5 s.
+    monkeypatch.setattr(FakeProfiler, "spent_each", 0.05)
+    clock = FakeClock()
+    p = profiling(clock, every=1, max_per_second=1000, max_share=0.02)
+    first = sampled(p, "/a", 8)
+    # Sampled while the balance lasts, then timed only (an await still shows) until it is
+    # overdrawn by what it saves up, then not profiled at all.
+    assert first[:3] == [None, True, True] and first[3] is False
+    assert p.spent == pytest.approx(0.1) and p.stats()["spent_seconds"] == pytest.approx(0.1)
+    total = 0
+    for _ in range(100):  # 100 s more: 2 s to spend, 50 ms a sampled request
+        clock.now += 1.0
+        total += sum(1 for x in sampled(p, "/a", 5) if x)
+    assert 39 <= total <= 41
+    unbounded = profiling(clock, every=1, max_per_second=1000, max_share=0)
+    assert sampled(unbounded, "/a", 20) == [None] + [True] * 19
+
+
+def test_an_overdrawn_budget_stops_profiling_until_it_is_paid_back() -> None:
+    clock = FakeClock()
+    p = profiling(clock, every=1, max_per_second=1000, max_share=0.02)
+    assert p.budget is not None
+    p.budget.spend(0.3)  # one long sampled slice: 0.2 s overdrawn
+    assert sampled(p, "/a", 5) == [None] * 5
+    clock.now += 4.0  # 80 ms paid back: still overdrawn by more than it saves up
+    assert sampled(p, "/a", 3) == [None] * 3
+    clock.now += 1.5
+    assert sampled(p, "/a", 2) == [False, False]  # profiled, timed only
 
 
 def test_concurrent_profiles_are_capped_and_released() -> None:

@@ -37,6 +37,10 @@ class ProfilingOptions:
     slow_ms: float = 200.0  # a request this slow arms its route (the default SLO); 0: never
     max_per_second: float = 5.0  # global cap (token bucket, burst of one second's worth)
     max_concurrent: int = 4  # profiles running at once in this process
+    # The share of the process's time its requests may run profiled (their slices, with the
+    # profiler's own work in them): what a profile costs grows with the code it samples, so
+    # this, not the count of profiles, bounds the cost. 0 lifts the bound.
+    max_share: float = 0.02
     interval_ms: float = 1.0  # pyinstrument's sampling interval
     min_node_ms: float = 1.0  # nodes below this and below `min_node_share` are folded
     min_node_share: float = 0.01  # of the request's duration
@@ -82,6 +86,11 @@ class SliceProfiler:
         self.records: list[tuple[Sequence[str], float]] = []
         self.sampling = True
         self._sampled = 0.0
+        self.spent = 0.0  # seconds the slices ran, the profiler's work in and around them
+        # Charged with each slice as it ends (a `TimeBudget`); a slice is sampled only while
+        # it has a balance, and timed only otherwise.
+        self.budget: Any = None
+        self._sampling_slice = False
 
     def _saw(self, call_stack: list[str], seconds: float, async_state: Any) -> None:
         self.records.append((call_stack, seconds))
@@ -115,7 +124,9 @@ class SliceProfiler:
 
     def _start(self) -> float:
         self._sampled = 0.0
-        if self.sampling:
+        budget = self.budget
+        self._sampling_slice = self.sampling and (budget is None or budget.allows())
+        if self._sampling_slice:
             try:
                 self._sampler().subscribe(self._saw, desired_interval=self._interval,
                                           use_async_context=False)
@@ -125,8 +136,9 @@ class SliceProfiler:
 
     def _stop(self, started: float, coro: Any) -> list[str]:
         """End a slice; its time the sampler did not see is charged to where it stopped."""
-        elapsed = self._clock() - started
-        if self.sampling:
+        stepped = self._clock()
+        elapsed = stepped - started
+        if self._sampling_slice:
             try:
                 self._sampler().unsubscribe(self._saw)
             except Exception:
@@ -134,6 +146,12 @@ class SliceProfiler:
         stack = [ANCHOR_INFO, *self._awaiting(coro)]
         if elapsed > self._sampled:
             self.records.append((stack, elapsed - self._sampled))
+        # A sampled slice costs its whole time (the samples slow the code they sample); a
+        # timed one, the bookkeeping after it.
+        spent = self._clock() - (started if self._sampling_slice else stepped)
+        self.spent += spent
+        if self.budget is not None:
+            self.budget.spend(spent)
         return stack
 
     def _awaiting(self, coro: Any) -> list[str]:

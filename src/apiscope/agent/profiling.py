@@ -11,11 +11,16 @@ pull and no profiles, never a failed request.
 Which requests: 1 in `every` requests per route, plus the next request of a route whose latency
 reached `slow_ms` (at most once a second per route: a slow route is profiled from its second
 request on, which is what the slow_await analysis needs), under a global cap of
-`max_per_second` profiles and `max_concurrent` at once. The route template is only known once
-the app returns, so a finished request *arms* its route and the next request whose path
-matches the armed template is profiled: before the app, an unprofiled request pays one truth
-test of `RequestProfiling.armed` when nothing is armed (one regex match per armed route
-otherwise); after it, one counter update in `observe`.
+`max_per_second` profiles and `max_concurrent` at once. What a profile costs grows with the
+code it samples (a request computing for 100 ms costs a hundred pyinstrument samples, one
+awaiting a query for 100 ms almost none), so a time budget (`TimeBudget`) holds the profiled
+slices to `max_share` of the time: a slice is sampled only while the budget has a balance,
+and is charged to it as it ends; otherwise it is timed only (its awaits are still exact).
+While the budget is overdrawn by more than it saves up, no request is profiled. The route
+template is only known once the app returns, so a finished request *arms* its route and the
+next request whose path matches the armed template is profiled: before the app, an
+unprofiled request pays one truth test of `RequestProfiling.armed` when nothing is armed (one
+regex match per armed route otherwise); after it, one counter update in `observe`.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from .profiletree import compact_tree, parse_frame
 
 ROUTE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
 SLOW_REARM_SECONDS = 1.0  # a route slow on every request is profiled at most once a second
+BURST_SECONDS = 5.0  # the profiling time budget saves up this many seconds' worth at most
 
 
 
@@ -75,6 +81,29 @@ class TokenBucket:
         return False
 
 
+class TimeBudget:
+    """A share of the wall clock to spend: `share` seconds accrue each second, up to
+    `BURST_SECONDS` seconds' worth. A spend may overdraw it; nothing more is allowed until the
+    balance is back above zero, so over time no more than the share is spent."""
+
+    def __init__(self, share: float, clock: Callable[[], float]) -> None:
+        self.share = share
+        self.capacity = share * BURST_SECONDS
+        self.balance = self.capacity
+        self._clock = clock
+        self._last = clock()
+
+    def allows(self, floor: float = 0.0) -> bool:
+        """Whether the balance, saved up to now, is above `floor`."""
+        now = self._clock()
+        self.balance = min(self.capacity, self.balance + (now - self._last) * self.share)
+        self._last = now
+        return self.balance > floor
+
+    def spend(self, seconds: float) -> None:
+        self.balance -= seconds
+
+
 class RequestProfiling:
     """Decides which requests to profile and ships their compact trees to `profiles`."""
 
@@ -86,6 +115,7 @@ class RequestProfiling:
         self.armed: list[tuple[str, re.Pattern[str], tuple[str, str]]] = []
         self.unavailable: str | None = None
         self.profiled = self.capped = self.errors = 0
+        self.spent = 0.0  # seconds profiled requests ran under the profiler, compaction included
         self._clock = clock
         self._counts: dict[tuple[str, str], int] = {}
         self._last_slow: dict[tuple[str, str], float] = {}
@@ -101,6 +131,8 @@ class RequestProfiling:
         self._every = options.every
         self._slow_ms = options.slow_ms if options.slow_ms > 0 else float("inf")
         self.bucket = TokenBucket(options.max_per_second, self._clock)
+        self.budget = TimeBudget(options.max_share, self._clock) if options.max_share > 0 \
+            else None
         self.armed = []
         self._counts.clear()
 
@@ -108,13 +140,15 @@ class RequestProfiling:
         """Start over with zeroed counters (in a forked child, where no run is in flight)."""
         self._running = 0
         self.profiled = self.capped = self.errors = 0
+        self.spent = 0.0
         self._last_slow.clear()
         self.configure(self.options)
 
     def stats(self) -> dict[str, Any]:
         return {"enabled": self.active, "every": self.options.every,
                 "unavailable": self.unavailable, "profiled": self.profiled,
-                "capped": self.capped, "errors": self.errors}
+                "capped": self.capped, "errors": self.errors,
+                "spent_seconds": round(self.spent, 6)}
 
     # -- the request path -----------------------------------------------------------------
 
@@ -131,11 +165,18 @@ class RequestProfiling:
         # after its next `every` requests, so that a busy route does not pay this test on
         # every request while the cap holds.
         self.armed.remove(entry)
-        if self._running >= self.options.max_concurrent or not self.bucket.take():
+        # Profiles go on (their slices timed only) while the budget is overdrawn by less than
+        # it saves up: an awaiting route's profile costs next to nothing that way.
+        budget = self.budget
+        if self._running >= self.options.max_concurrent or \
+                (budget is not None and not budget.allows(-budget.capacity)) or \
+                not self.bucket.take():
             self.capped += 1
             return None
         try:
-            run = ProfileRun(entry[2], self._factory(self.options.interval_ms / 1000.0))
+            profiler = self._factory(self.options.interval_ms / 1000.0)
+            profiler.budget = budget  # charged slice by slice: see SliceProfiler
+            run = ProfileRun(entry[2], profiler)
         except Exception:
             self.errors += 1
             return None
@@ -160,9 +201,12 @@ class RequestProfiling:
         """Ship the finished run's compact tree (the request's response is already sent)."""
         self._running -= 1
         if run.records is None:
+            self._spend(run, 0.0)
             self.errors += 1
             return
+        began = self._clock()
         tree = compact_tree(run.records, f"{method} {route}", duration_ms, self.options)
+        self._spend(run, self._clock() - began)
         self.profiles.append({"start": start, "method": method, "route": route,
                               "duration_ms": duration_ms, "tree": tree})
         self.profiled += 1
@@ -170,7 +214,14 @@ class RequestProfiling:
     def abandon(self, run: ProfileRun) -> None:
         """Forget a run whose request could not be recorded."""
         self._running -= 1
+        self._spend(run, 0.0)
         self.errors += 1
+
+    def _spend(self, run: ProfileRun, compacting: float) -> None:
+        """Count what the run cost; its slices were charged to the budget as they ran."""
+        self.spent += float(getattr(run.profiler, "spent", 0.0)) + compacting
+        if self.budget is not None:
+            self.budget.spend(compacting)
 
     def _slow_due(self, key: tuple[str, str]) -> bool:
         now = self._clock()
