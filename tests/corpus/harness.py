@@ -1,7 +1,8 @@
 """Run one corpus case for real and judge its report.
 
-A case is (app, mode, server): prepare the app's data, start it under uvicorn (one process)
-or gunicorn with two Uvicorn workers, wait until it serves, start the load in a separate
+A case is (app, mode, server): prepare the app's data, start it under uvicorn (one process),
+uvicorn with uvloop and httptools (`uvloop`: as `uvicorn[standard]` serves it), gunicorn with
+two Uvicorn workers or hypercorn, wait until it serves, start the load in a separate
 process, run `apiscope attach PID --duration 15 --no-dashboard --report out.json` while the
 load runs (real py-spy, real gdb injection), then stop everything and judge the report.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from tests.corpus.catalog import ROOT, CorpusApp
 from tests.corpus.judge import CaseResult, judge
+from tests.corpus.overlay import uvicorn_standard
 from tests.services import PostgresServer, RedisServer, free_port
 
 ATTACH_SECONDS = 15
@@ -32,6 +34,7 @@ LOAD_CONCURRENCY = 8
 LOAD_RATE = 40.0  # requests per second over the whole mix
 LOAD_BOUND_SECONDS = 60  # the load stops by itself at the latest after this long
 APISCOPE = ROOT / ".venv" / "bin" / "apiscope"
+UVLOOP = "uvloop"  # uvicorn on uvloop and httptools (see `overlay`)
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,10 @@ def apiscope_command() -> list[str]:
 
 
 def server_argv(app: CorpusApp, server: str, port: int) -> list[str]:
-    if server == "uvicorn":
+    if server in ("uvicorn", UVLOOP):
+        extra = ["--loop", "uvloop", "--http", "httptools"] if server == UVLOOP else []
         return [sys.executable, "-m", "uvicorn", app.asgi, "--host", "127.0.0.1", "--port",
-                str(port), "--log-level", "warning"]
+                str(port), "--log-level", "warning", *extra]
     if server == "hypercorn":
         return [sys.executable, "-m", "hypercorn", app.asgi, "--bind", f"127.0.0.1:{port}",
                 "--log-level", "warning"]
@@ -182,6 +186,8 @@ def run_case(app: CorpusApp, mode: str, server: str, services: Services,
 def _serve_and_attach(app: CorpusApp, mode: str, server: str, services: Services,
                       workdir: Path, case: str) -> tuple[int, str]:
     env = app_env(app, mode, services, workdir, case)
+    if server == UVLOOP:
+        env["PYTHONPATH"] += os.pathsep + str(uvicorn_standard())
     prepare(app, env)
     port = free_port()
     url = f"http://127.0.0.1:{port}"

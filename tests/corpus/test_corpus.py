@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.corpus.catalog import CORPUS, MODES, ROOT, SERVERS, CorpusApp
-from tests.corpus.harness import Services, run_case
+from tests.corpus.harness import UVLOOP, Services, run_case
 from tests.corpus.judge import CaseResult, describe_flag
 from tests.support import require_program, require_ptrace
 
@@ -41,11 +41,14 @@ def check_sampling(result: CaseResult) -> None:
 # Healthy runs gate every change (`make test`): a false alarm is the worst defect. Planted runs
 # make the scorecard (`make accuracy`, docs/accuracy.md), where each miss is listed: they are
 # deselected from `make test` by their `accuracy` mark, not weakened.
-# Healthy apps are also served by hypercorn: a false alarm there is as bad as anywhere.
+# Healthy apps are also served by hypercorn, and by uvicorn on uvloop and httptools (what
+# `uvicorn[standard]` gives most deployments): a false alarm there is as bad as anywhere.
 CASES = [pytest.param(mode, server, marks=[pytest.mark.accuracy] if mode == "planted" else [],
                       id=f"{mode}-{server}")
          for mode in MODES for server in SERVERS] + [
-    pytest.param("healthy", "hypercorn", id="healthy-hypercorn")]
+    pytest.param("healthy", "hypercorn", id="healthy-hypercorn"),
+    pytest.param("healthy", UVLOOP, id="healthy-uvloop"),
+    pytest.param("planted", UVLOOP, marks=[pytest.mark.accuracy], id="planted-uvloop")]
 
 
 @pytest.mark.parametrize(("mode", "server"), CASES)

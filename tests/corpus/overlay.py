@@ -1,0 +1,37 @@
+"""uvloop and httptools, for the corpus apps served as `uvicorn[standard]` serves them.
+
+Installing `uvicorn[standard]` (what `fastapi[standard]` and most deployments pull in) gives
+uvicorn uvloop's C event loop and httptools' parser, and uvicorn picks them by default. They
+are not in the test environment itself, where every other test relies on the standard asyncio
+loop; they are installed once into a directory of their own (`OVERLAY`), which only the servers
+that should use them get on their `PYTHONPATH`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.corpus.catalog import ROOT
+
+OVERLAY = ROOT / ".venv" / "overlays" / "uvicorn-standard"
+PACKAGES = ("uvloop", "httptools")
+READY = ".ready"
+
+
+def uvicorn_standard() -> Path:
+    """The overlay directory, installed when missing (pip, from the package index)."""
+    if (OVERLAY / READY).exists():
+        return OVERLAY
+    OVERLAY.parent.mkdir(parents=True, exist_ok=True)
+    with open(OVERLAY.parent / ".uvicorn-standard.lock", "w") as lock:  # one run installs
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (OVERLAY / READY).exists():
+            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                            "--disable-pip-version-check", "--upgrade", "--target",
+                            str(OVERLAY), *PACKAGES], check=True, capture_output=True,
+                           timeout=600)
+            (OVERLAY / READY).write_text(" ".join(PACKAGES) + "\n")
+    return OVERLAY
