@@ -329,67 +329,46 @@ def test_slowness_for_want_of_cpu_is_said_and_graded_low(tmp_path: Path) -> None
     assert report["processes"][0]["runqueue_share"] > 0.25
 
 
-def test_the_kernels_looks_name_what_the_loop_waited_on(tmp_path: Path) -> None:
+def loop_flag(path: Path, line: int, cpu_ms: float, looks: dict[str, int]) -> dict[str, Any]:
+    """The event_loop_blocked flag of 20 stalls of 60 ms at `line`, with the kernel's looks."""
     spec = measured_healthy()
+    spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0, on_loop(app("summary", line)),
+                                  cpu_ms, looks) for i in range(20)]
+    [flag] = [f for f in report_of(spec, path)["flags"] if f["kind"] == "event_loop_blocked"]
+    return flag
+
+
+def test_the_kernels_looks_name_what_the_loop_waited_on(tmp_path: Path) -> None:
     # A sync query on the loop: the thread's CPU reads high on a busy host (it counts the
     # work around the stall), but at every look the kernel had it in a socket read.
-    spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0,
-                                  on_loop(app("summary", 88)), 40.0, {"io": 4, "cpu": 1})
-                        for i in range(20)]
-    [flag] = [f for f in report_of(spec, tmp_path / "a")["flags"]
-              if f["kind"] == "event_loop_blocked"]
+    flag = loop_flag(tmp_path / "a", 88, 40.0, {"io": 4, "cpu": 1})
     assert flag["metric"]["cause"] == "wait" and "blocking I/O" in flag["evidence"]
-    spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0,
-                                  on_loop(app("summary", 90)), 5.0, {"cpu": 4, "lock": 1})
-                        for i in range(20)]
-    [flag] = [f for f in report_of(spec, tmp_path / "b")["flags"]
-              if f["kind"] == "event_loop_blocked"]
+    flag = loop_flag(tmp_path / "b", 90, 5.0, {"cpu": 4, "lock": 1})
     assert flag["metric"]["cause"] == "cpu" and "running CPU work" in flag["evidence"]
 
 
 def test_c_code_that_released_the_gil_on_the_loop_is_named_so(tmp_path: Path) -> None:
-    spec = measured_healthy()
     # pbkdf2 on the loop: on a CPU at every look, and the watchdog took the GIL at once as it
     # woke for most of them ("nogil"): C code without the GIL, which a thread runs in parallel.
-    spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0,
-                                  on_loop(app("summary", 88)), 58.0, {"nogil": 4, "cpu": 1})
-                        for i in range(20)]
-    [flag] = [f for f in report_of(spec, tmp_path / "a")["flags"]
-              if f["kind"] == "event_loop_blocked"]
+    flag = loop_flag(tmp_path / "a", 88, 58.0, {"nogil": 4, "cpu": 1})
     assert flag["metric"]["cause"] == "cpu" and flag["metric"]["gil_free_share"] == 0.8
     assert "C code that released the GIL" in flag["evidence"]
     assert "in parallel with the loop" in flag["suggestion"]
     assert "ProcessPoolExecutor" not in flag["suggestion"]
     # Python computing: the GIL found free at a look now and then, CPU work all the same.
-    spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0,
-                                  on_loop(app("summary", 88)), 58.0,
-                                  {"cpu": 3, "gil": 4, "nogil": 1})
-                        for i in range(20)]
-    [flag] = [f for f in report_of(spec, tmp_path / "b")["flags"]
-              if f["kind"] == "event_loop_blocked"]
+    flag = loop_flag(tmp_path / "b", 88, 58.0, {"cpu": 3, "gil": 4, "nogil": 1})
     assert flag["metric"]["gil_free_share"] == 0.25 and "running CPU work" in flag["evidence"]
     assert "ProcessPoolExecutor" in flag["suggestion"]
 
 
 def test_looks_at_a_loop_waiting_for_a_cpu_count_for_neither_cause(tmp_path: Path) -> None:
-    spec = measured_healthy()
     # A sync query on the loop of a starved host: most looks find the thread ready to run but
     # queued for a CPU; of the others, the socket read outnumbers the CPU work.
-    spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0,
-                                  on_loop(app("summary", 88)), 8.0,
-                                  {"queue": 5, "cpu": 1, "io": 3})
-                        for i in range(20)]
-    [flag] = [f for f in report_of(spec, tmp_path / "a")["flags"]
-              if f["kind"] == "event_loop_blocked"]
+    flag = loop_flag(tmp_path / "a", 88, 8.0, {"queue": 5, "cpu": 1, "io": 3})
     assert flag["metric"]["cause"] == "wait" and "blocking I/O" in flag["evidence"]
     assert "waiting for a CPU at 56%" in flag["evidence"]
     # Nothing but queued looks: the measured CPU share of the stalls decides.
-    spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0,
-                                  on_loop(app("summary", 90)), 45.0, {"queue": 4})
-                        for i in range(20)]
-    [flag] = [f for f in report_of(spec, tmp_path / "b")["flags"]
-              if f["kind"] == "event_loop_blocked"]
-    assert flag["metric"]["cause"] == "cpu"
+    assert loop_flag(tmp_path / "b", 90, 45.0, {"queue": 4})["metric"]["cause"] == "cpu"
 
 
 def test_a_one_off_burst_with_a_small_tail_on_the_loop_is_a_warm_up(tmp_path: Path) -> None:
