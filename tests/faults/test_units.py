@@ -82,7 +82,8 @@ def test_each_debugger_run_is_kept_as_a_pause_of_its_target() -> None:
     def run(pid: int, started: float) -> InjectionResult:
         return InjectionResult(pid=pid, action="attach", method="gdb",
                                status={"apps": [{"app": "a", "state": "wrapped"}]},
-                               seconds=0.9, debugger_seconds=0.5, debugger_started=started)
+                               seconds=0.9, debugger_seconds=0.5,
+                               debugger_span=(started, started + 0.5))
 
     injections = AgentInjections(lambda pid: run(pid, 100.0), lambda pid: run(pid, 200.0),
                                  lambda m: None)

@@ -143,7 +143,9 @@ def test_injected_agent_records_each_request_with_its_template(
     try:
         wait_until(lambda: background.ok >= 5, what="the background client to get going")
         get(server, "/stall?reset=true")
+        before = time.time()
         result = inject_agent(server.pid, sockets)
+        after = time.time()
         stall = stall_ms(server)
         for item_id in range(N):
             assert get(server, f"/items/{item_id}")[0] == 200
@@ -154,6 +156,11 @@ def test_injected_agent_records_each_request_with_its_template(
     report("uvicorn", result, stall)
     assert background.failures == []
     assert result.method == "gdb" and result.wrapped == 1
+    # When gdb may have held the process (py-spy's reads then fail): within the call, and as
+    # long as the debugger ran at least.
+    assert result.debugger_span is not None
+    start, end = result.debugger_span
+    assert before <= start and end <= after and end - start >= result.debugger_seconds
     assert [(a["server"], a["state"]) for a in result.apps] == [("uvicorn", "wrapped")]
     assert result.socket == os.path.join(sockets, f"agent-{server.pid}.sock")
     records = pull_until(server.pid, sockets, lambda rs: len(items(rs)) >= N)

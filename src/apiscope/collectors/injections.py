@@ -123,10 +123,9 @@ class AgentInjections:
         return sorted(failures, key=lambda f: f.pid)
 
     def _paused(self, result: InjectionResult) -> None:
-        if result.debugger_started is not None:
+        if result.debugger_span is not None:
             with self._lock:
-                self._pauses.append((result.debugger_started,
-                                     result.debugger_started + result.debugger_seconds))
+                self._pauses.append(result.debugger_span)
 
     def _detach(self, pid: int, failures: list[DetachFailure]) -> None:
         try:

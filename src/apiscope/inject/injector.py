@@ -83,6 +83,7 @@ def _run_in_target(pid: int, action: str, directory: str | None, runner: Runner,
     schedule = _schedule_remote_exec if use_remote else _schedule_gdb
     debugger_started = time.time()
     debugger_seconds = schedule(pid, snippet, place, runner)
+    debugger_span = (debugger_started, time.time())
     status = wait_for_result(path, token, pid, timeout)
     _remove(path)
     if use_remote:
@@ -93,7 +94,7 @@ def _run_in_target(pid: int, action: str, directory: str | None, runner: Runner,
     return InjectionResult(pid=pid, action=action, method="remote_exec" if use_remote else "gdb",
                            status=status, seconds=time.monotonic() - started,
                            debugger_seconds=debugger_seconds,
-                           debugger_started=debugger_started)
+                           debugger_span=debugger_span)
 
 
 def _schedule_gdb(pid: int, snippet: str, place: Rendezvous, runner: Runner) -> float:

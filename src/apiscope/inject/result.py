@@ -31,7 +31,10 @@ class InjectionResult:
     status: dict[str, Any]  # the bootstrap's status (apps, socket, python, elapsed_ms, note)
     seconds: float  # the whole injection, from the first check to the status read back
     debugger_seconds: float  # the debugger's run: bounds how long the target was stopped
-    debugger_started: float | None = None  # when that run began (time.time())
+    # When the debugger runs began and the last one ended (time.time()): a refused attach is
+    # tried again, so this can be longer than `debugger_seconds`. The target may have been
+    # stopped at any moment of it.
+    debugger_span: tuple[float, float] | None = None
 
     @property
     def apps(self) -> list[dict[str, Any]]:
