@@ -37,9 +37,10 @@ class ProfilingOptions:
     slow_ms: float = 200.0  # a request this slow arms its route (the default SLO); 0: never
     max_per_second: float = 5.0  # global cap (token bucket, burst of one second's worth)
     max_concurrent: int = 4  # profiles running at once in this process
-    # The share of the process's time its requests may run profiled (their slices, with the
-    # profiler's own work in them): what a profile costs grows with the code it samples, so
-    # this, not the count of profiles, bounds the cost. 0 lifts the bound.
+    # The share of the clock that sampled slices of profiled requests may take (charged whole,
+    # the agent's bookkeeping with them; other slices are only timed): what a profile costs
+    # grows with the code it samples, so this, not the count of profiles, bounds the cost.
+    # 0 lifts the bound.
     max_share: float = 0.02
     interval_ms: float = 1.0  # pyinstrument's sampling interval
     min_node_ms: float = 1.0  # nodes below this and below `min_node_share` are folded
