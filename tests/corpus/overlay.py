@@ -9,29 +9,24 @@ that should use them get on their `PYTHONPATH`.
 
 from __future__ import annotations
 
-import fcntl
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.corpus.catalog import ROOT
+from tests.pythons.targets import built_once
 
 OVERLAY = ROOT / ".venv" / "overlays" / "uvicorn-standard"
 PACKAGES = ("uvloop", "httptools")
-READY = ".ready"
 
 
 def uvicorn_standard() -> Path:
     """The overlay directory, installed when missing (pip, from the package index)."""
-    if (OVERLAY / READY).exists():
-        return OVERLAY
-    OVERLAY.parent.mkdir(parents=True, exist_ok=True)
-    with open(OVERLAY.parent / ".uvicorn-standard.lock", "w") as lock:  # one run installs
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (OVERLAY / READY).exists():
-            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
-                            "--disable-pip-version-check", "--upgrade", "--target",
-                            str(OVERLAY), *PACKAGES], check=True, capture_output=True,
-                           timeout=600)
-            (OVERLAY / READY).write_text(" ".join(PACKAGES) + "\n")
-    return OVERLAY
+    return built_once(OVERLAY, _install)
+
+
+def _install(directory: Path) -> str:
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                    "--disable-pip-version-check", "--target", str(directory), *PACKAGES],
+                   check=True, capture_output=True, timeout=600)
+    return " ".join(PACKAGES) + "\n"

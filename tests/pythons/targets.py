@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,25 +56,31 @@ def interpreter(version: str) -> str:
 
 def target_python(version: str) -> Path:
     """The python of the target environment for `version`, built when missing."""
-    env = TARGETS / version
-    python = env / "bin" / "python"
-    if (env / READY).exists():
-        return python
-    TARGETS.mkdir(parents=True, exist_ok=True)
-    with open(TARGETS / f".{version}.lock", "w") as lock:  # two test runs: one builds
+    env = built_once(TARGETS / version, lambda env: _build(version, env))
+    return env / "bin" / "python"
+
+
+def built_once(directory: Path, build: Callable[[Path], str]) -> Path:
+    """`directory`, made by `build(directory)` unless an earlier build finished (`build`
+    returns what the ready mark says it holds); two test runs at once: one builds."""
+    if (directory / READY).exists():
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (env / READY).exists():
-            _build(version, env)
-    return python
+        if not (directory / READY).exists():
+            shutil.rmtree(directory, ignore_errors=True)  # a half-built one, interrupted
+            mark = build(directory)
+            (directory / READY).write_text(mark)
+    return directory
 
 
-def _build(version: str, env: Path) -> None:
-    shutil.rmtree(env, ignore_errors=True)  # a half-built one from an interrupted run
+def _build(version: str, env: Path) -> str:
     base = interpreter(version)
     _run([base, "-m", "venv", str(env)])
     _run([str(env / "bin" / "python"), "-m", "pip", "install", "--quiet",
           "--disable-pip-version-check", *PACKAGES])
-    (env / READY).write_text(_version_of(str(env / "bin" / "python")) + "\n")
+    return _version_of(str(env / "bin" / "python")) + "\n"
 
 
 def _run(argv: list[str]) -> None:

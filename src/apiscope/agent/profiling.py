@@ -61,47 +61,51 @@ def template_pattern(template: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-class TokenBucket:
-    """At most `rate` takes per second on average, `max(1, rate)` in a burst."""
+class Allowance:
+    """A balance that refills by `rate` a second, up to `capacity`; a spend may overdraw it."""
 
-    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+    def __init__(self, rate: float, capacity: float, clock: Callable[[], float]) -> None:
         self.rate = rate
-        self.capacity = max(1.0, rate)
-        self.tokens = self.capacity
+        self.capacity = capacity
+        self.balance = capacity
         self._clock = clock
         self._last = clock()
 
-    def take(self) -> bool:
+    def refilled(self) -> float:
+        """The balance, with what accrued since the last look."""
         now = self._clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
+        self.balance = min(self.capacity, self.balance + (now - self._last) * self.rate)
         self._last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        return self.balance
+
+    def spend(self, amount: float) -> None:
+        self.balance -= amount
+
+
+class TokenBucket(Allowance):
+    """At most `rate` takes per second on average, `max(1, rate)` in a burst."""
+
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        super().__init__(rate, max(1.0, rate), clock)
+
+    def take(self) -> bool:
+        if self.refilled() >= 1.0:
+            self.spend(1.0)
             return True
         return False
 
 
-class TimeBudget:
+class TimeBudget(Allowance):
     """A share of the wall clock to spend: `share` seconds accrue each second, up to
     `BURST_SECONDS` seconds' worth. A spend may overdraw it; nothing more is allowed until the
     balance is back above zero, so over time no more than the share is spent."""
 
     def __init__(self, share: float, clock: Callable[[], float]) -> None:
-        self.share = share
-        self.capacity = share * BURST_SECONDS
-        self.balance = self.capacity
-        self._clock = clock
-        self._last = clock()
+        super().__init__(share, share * BURST_SECONDS, clock)
 
     def allows(self, floor: float = 0.0) -> bool:
         """Whether the balance, saved up to now, is above `floor`."""
-        now = self._clock()
-        self.balance = min(self.capacity, self.balance + (now - self._last) * self.share)
-        self._last = now
-        return self.balance > floor
-
-    def spend(self, seconds: float) -> None:
-        self.balance -= seconds
+        return self.refilled() > floor
 
 
 class RequestProfiling:
@@ -219,7 +223,7 @@ class RequestProfiling:
 
     def _spend(self, run: ProfileRun, compacting: float) -> None:
         """Count what the run cost; its slices were charged to the budget as they ran."""
-        self.spent += float(getattr(run.profiler, "spent", 0.0)) + compacting
+        self.spent += run.profiler.spent + compacting
         if self.budget is not None:
             self.budget.spend(compacting)
 

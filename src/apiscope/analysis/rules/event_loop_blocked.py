@@ -103,6 +103,11 @@ class _Looks:
     cause: str  # "cpu", "wait" or "unknown"
     gil_free: float | None = None  # share of the running looks that found the GIL free
 
+    @property
+    def native(self) -> bool:
+        """C code that released the GIL held the loop (most running looks found it free)."""
+        return self.gil_free is not None and self.gil_free >= GIL_FREE_MAJORITY
+
 
 def _describe_looks(activity: Counter[str], cpu_share: float | None) -> _Looks:
     """What the loop was doing, from what the kernel said at each look in the stalls.
@@ -270,8 +275,7 @@ class EventLoopBlockedRule:
             metric["gil_free_share"] = looks.gil_free
         if requests:
             metric["stall_ms_per_request"] = total * 1000 / requests
-        native = looks.gil_free is not None and looks.gil_free >= GIL_FREE_MAJORITY
-        suggestion = (native_advice(framework) if native else cpu_advice(framework)
+        suggestion = (native_advice(framework) if looks.native else cpu_advice(framework)
                       if cause == "cpu" else blocking_advice(framework))
         return make_flag(self.kind, severity, endpoint, loc, evidence, metric, suggestion)
 
