@@ -374,26 +374,30 @@ class LoopWatchdog(Background):
 
     def _look(self) -> None:
         """What the kernel says the loop thread is doing now (kept if this becomes a stall)."""
-        activity = self._loop_syscall.read(self.gil_futex())
+        asked = time.perf_counter()
+        activity = self._loop_syscall.read(self.gil_futex())  # lets the GIL go while it reads
+        took = time.perf_counter() - asked
         stat = self._loop_stat
         read = stat.read() if stat is not None else None
         mark, self._look_mark = self._look_mark, read
         if activity == "cpu" and read is not None and mark is not None and \
                 read[1] - mark[1] > read[0] - mark[0]:
             activity = "queue"
-        elif activity == "cpu" and self._gil_free_at_wake():
+        elif activity == "cpu" and self._gil_free(took):
             activity = "nogil"
         self._last_look = activity
         if activity is not None:
             self._activity[activity] += 1
 
-    def _gil_free_at_wake(self) -> bool:
-        """Whether this thread took the GIL at once as it woke for this look: the loop
-        thread, running, did not hold it (C code that released it: hashing, compression).
-        Python holding the GIL gives it up only when asked, a switch interval later."""
+    def _gil_free(self, read_seconds: float) -> bool:
+        """Whether this thread took the GIL at once as it woke for this look, and again after
+        reading the kernel's word (which lets the GIL go): the loop thread, running, did not
+        hold it all along (C code that released it: hashing, compression). Python holding
+        the GIL gives it up only when asked, a switch interval later; Python between two
+        quick system calls takes it back while the read runs."""
         wait = self._clock.last_wait
-        return wait is not None and self._has_gil and \
-            wait < GIL_FREE_SHARE * sys.getswitchinterval()
+        prompt = GIL_FREE_SHARE * sys.getswitchinterval()
+        return wait is not None and self._has_gil and wait < prompt and read_seconds < prompt
 
     def _sample(self) -> tuple[int | None, Stack | None]:
         """One look at the loop thread: (the task stepping on the loop, its stack)."""

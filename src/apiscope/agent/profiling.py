@@ -15,8 +15,9 @@ request on, which is what the slow_await analysis needs), under a global cap of
 code it samples (a request computing for 100 ms costs a hundred pyinstrument samples, one
 awaiting a query for 100 ms almost none), so a time budget (`TimeBudget`) holds the profiled
 slices to `max_share` of the time: a slice is sampled only while the budget has a balance,
-and is charged to it as it ends; otherwise it is timed only (its awaits are still exact).
-While the budget is overdrawn by more than it saves up, no request is profiled. The route
+and is charged to it as it ends; otherwise it is timed only (its awaits are still exact, and
+the bookkeeping is what `max_per_second` bounds: one long sampled slice must not starve every
+awaiting route of its profiles until the budget is paid back). The route
 template is only known once the app returns, so a finished request *arms* its route and the
 next request whose path matches the armed template is profiled: before the app, an
 unprofiled request pays one truth test of `RequestProfiling.armed` when nothing is armed (one
@@ -103,9 +104,9 @@ class TimeBudget(Allowance):
     def __init__(self, share: float, clock: Callable[[], float]) -> None:
         super().__init__(share, share * BURST_SECONDS, clock)
 
-    def allows(self, floor: float = 0.0) -> bool:
-        """Whether the balance, saved up to now, is above `floor`."""
-        return self.refilled() > floor
+    def allows(self) -> bool:
+        """Whether the balance, saved up to now, is above zero."""
+        return self.refilled() > 0
 
 
 class RequestProfiling:
@@ -169,17 +170,14 @@ class RequestProfiling:
         # after its next `every` requests, so that a busy route does not pay this test on
         # every request while the cap holds.
         self.armed.remove(entry)
-        # Profiles go on (their slices timed only) while the budget is overdrawn by less than
-        # it saves up: an awaiting route's profile costs next to nothing that way.
-        budget = self.budget
-        if self._running >= self.options.max_concurrent or \
-                (budget is not None and not budget.allows(-budget.capacity)) or \
-                not self.bucket.take():
+        # An overdrawn budget stops the sampling, not the profiles: their slices are then timed
+        # only (what `max_per_second` bounds), and an awaiting route's profile stays exact.
+        if self._running >= self.options.max_concurrent or not self.bucket.take():
             self.capped += 1
             return None
         try:
             profiler = self._factory(self.options.interval_ms / 1000.0)
-            profiler.budget = budget  # charged slice by slice: see SliceProfiler
+            profiler.budget = self.budget  # charged slice by slice: see SliceProfiler
             run = ProfileRun(entry[2], profiler)
         except Exception:
             self.errors += 1
