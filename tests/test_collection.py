@@ -9,7 +9,7 @@ import pytest
 from apiscope.collect.status import status_line
 from apiscope.collection import Collection, CollectOptions
 from apiscope.collectors.agent_client import WatchdogReport
-from apiscope.collectors.samplerstats import EndReason
+from apiscope.collectors.samplerstats import EndReason, ErrorWindow
 from apiscope.model import Frame, LoopStall, StackSample, StackWindow
 from tests.collect.fakes import (
     FakeClients,
@@ -211,7 +211,8 @@ def test_reads_failed_while_the_injection_held_a_worker_are_not_sampling_errors(
     # 60 failed reads in a 100 Hz window that the debugger's 0.4 s run in worker 11 overlapped
     # for 0.3 s (30 reads of that worker), 4 in a later window that no debugger run overlapped.
     stats.errors = 64
-    stats.error_windows = [(1000.0, 1002.0, 100, 60), (1010.0, 1018.0, 5, 4)]
+    stats.error_windows = [ErrorWindow(1000.0, 1002.0, 100, 60),
+                           ErrorWindow(1010.0, 1018.0, 5, 4)]
     rig.injections.pauses = [(1001.7, 1002.1)]
     rig.collection.stop()
     assert rig.writer.meta["samples_errors"] == 34

@@ -227,10 +227,11 @@ class Collection:
             self._store_gaps()
             self._store_failures()
             # Reads failed while the injection's debugger held a target are not the sampler's.
-            paused = stats.errors_while_paused(self.injections.pauses
-                                               if self.injections is not None else ())
+            pauses = self.injections.pauses if self.injections is not None else []
+            failed = stats.failed_reads(pauses)
             self.sink.meta(end=end, samples_total=stats.stored,
-                           samples_errors=stats.errors - paused, samples_paused=paused,
+                           pauses=[{"start": began, "end": ended} for began, ended in pauses],
+                           samples_errors=failed.sampler, samples_paused=failed.paused,
                            samples_expected=round(stats.expected),
                            sample_loss=round(stats.loss, 4),
                            windows_dropped=stats.dropped_windows,

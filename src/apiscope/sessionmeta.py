@@ -56,6 +56,7 @@ class SessionMeta:
     overhead: float | None = None  # percent measured, None before the budget's first window
     agent_dropped: int | None = None
     gaps: tuple[StoredGap, ...] = ()
+    pauses: tuple[StoredGap, ...] = ()  # apiscope's debugger runs in a target (no reason)
     detach_failed: tuple[Mapping[str, object], ...] = ()  # {"pid", "reason", "retry"} each
     target_failures: tuple[Mapping[str, object], ...] = ()  # one entry per process
     routing: Mapping[str, object] | None = None  # where the agent's route names came from
@@ -83,6 +84,7 @@ class SessionMeta:
             windows_failed=_int(get("windows_failed")),
             max_overhead=_number(get("max_overhead")), overhead=_number(get("overhead")),
             agent_dropped=_int(get("agent_dropped")), gaps=_gaps(get("gaps")),
+            pauses=_gaps(get("pauses")),
             detach_failed=_objects(get("detach_failed")),
             target_failures=_objects(get("target_failures")),
             routing=dict(routing) if isinstance(routing := get("routing"), Mapping) else None,

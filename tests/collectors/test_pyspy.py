@@ -11,6 +11,7 @@ import pytest
 from apiscope.collectors.pyspy import (
     RecordOptions,
     dump_argv,
+    failed_read_time,
     failure_error,
     find_pyspy,
     parse_frame,
@@ -160,6 +161,15 @@ def test_summary_line() -> None:
     summary = parse_summary(out)
     assert summary is not None and (summary.samples, summary.errors) == (321, 4)
     assert parse_summary("nothing") is None
+
+
+def test_a_failed_read_logged_by_py_spy_gives_its_time() -> None:
+    line = ("[2026-12-03T16:31:34.388603801Z WARN  py_spy] Failed to get stack trace from 6413:"
+            " Failed to suspend process\n")
+    assert failed_read_time(line) == pytest.approx(1796315494.388603801, abs=1e-6)
+    assert failed_read_time(line.replace(".388603801", "")) == 1796315494.0
+    assert failed_read_time("[2026-12-03T16:31:34Z WARN  py_spy] something else\n") is None
+    assert failed_read_time("py-spy> Sampling process 100 times a second.\n") is None
 
 
 def test_record_and_dump_command_lines() -> None:

@@ -18,12 +18,20 @@ from pathlib import Path
 import psutil
 import pytest
 
-from apiscope.collectors.samplerstats import EndReason
+from apiscope.collectors.pyspy import RecordOptions, find_pyspy, parse_summary, record_argv
+from apiscope.collectors.samplerstats import LOG_DELAY, EndReason
 from apiscope.collectors.spy import PopenSpy
 from apiscope.collectors.stacks import StackSampler
 from apiscope.errors import TargetError
 from apiscope.model import Frame, SampleState, StackWindow, ThreadRole
-from tests.support import free_port, require_ptrace, run_server, uvicorn_argv, wait_until
+from tests.support import (
+    free_port,
+    require_program,
+    require_ptrace,
+    run_server,
+    uvicorn_argv,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -210,6 +218,36 @@ def test_target_exit_ends_the_sampler_cleanly(app_dir: Path) -> None:
     assert sampler.end_reason is EndReason.TARGET_EXITED
     assert sampler.error is None and ends == [EndReason.TARGET_EXITED]
     assert not sampler.running
+
+
+def test_py_spys_failed_reads_are_timed_within_a_debuggers_hold(app_dir: Path) -> None:
+    """A real py-spy record while gdb holds the server: its reads fail for that long, each one
+    logged with its time, all of them inside gdb's run (what tells the injection's pauses from
+    the sampler's own failures), and none of those lines is left in what py-spy said."""
+    require_ptrace()
+    require_program("gdb")
+    port = free_port()
+    with run_server(uvicorn_argv("app:app", port), port, cwd=app_dir) as server:
+        output = app_dir / "window.json"
+        argv = record_argv(find_pyspy(), server.pid, str(output), RecordOptions(rate_hz=100),
+                           duration=30)
+        spy = PopenSpy(argv)
+        assert spy.wait_ready(30)
+        time.sleep(0.3)
+        held_from = time.time()
+        subprocess.run(["gdb", "-p", str(server.pid), "-batch", "-ex", "shell sleep 0.5"],
+                       capture_output=True, timeout=60, check=False)
+        held_to = time.time()
+        time.sleep(0.3)
+        spy.interrupt()
+        result = spy.finish(30)
+    summary = parse_summary(result.stdout)
+    assert summary is not None and summary.errors >= 20, result.stdout
+    assert len(result.failed_at) == summary.errors
+    # (py-spy logs a failure from another thread than the one that read: a moment later)
+    assert all(held_from <= t <= held_to + LOG_DELAY for t in result.failed_at), (
+        held_from, held_to, result.failed_at)
+    assert "Failed to get stack trace" not in result.stderr
 
 
 def test_a_pid_that_does_not_exist_is_a_target_error() -> None:

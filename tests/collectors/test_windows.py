@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from apiscope.collectors.samplerstats import SamplerStats
+from apiscope.collectors.samplerstats import FailedReads, SamplerStats
 from apiscope.collectors.spy import SpyExit
 from apiscope.collectors.threadcpu import CpuReading, ThreadCpuReader
 from apiscope.collectors.windows import WindowMeter
@@ -75,7 +75,7 @@ def test_an_unreadable_window_is_counted_and_the_next_one_goes_on() -> None:
 
 
 def test_failed_reads_are_kept_by_window_and_those_of_a_paused_target_told_apart() -> None:
-    def spy(errors: int) -> SpyExit:  # py-spy's closing line
+    def spy(errors: int) -> SpyExit:  # its closing line, no failure logged
         return SpyExit(0, f"Samples: 90 Errors: {errors}\n", "")
 
     m, _, stats = meter(SteppedCpu(0.1))
@@ -83,12 +83,38 @@ def test_failed_reads_are_kept_by_window_and_those_of_a_paused_target_told_apart
     m.add(f"{WORK} 40\n", spy(0), 1.0, 9.0, 5, active_only=True)
     m.add(f"{WORK} 40\n", spy(3), 9.0, 17.0, 5, active_only=True)
     assert stats.errors == 43
-    assert stats.error_windows == [(0.0, 1.0, 100, 40), (9.0, 17.0, 5, 3)]
-    # A debugger held the target from 0.5 s to 1.2 s: at most 50 reads of the first window
-    # failed for it (all 40 did), none of the third's.
-    assert stats.errors_while_paused([(0.5, 1.2)]) == 40
-    assert stats.errors_while_paused([(0.9, 1.2)]) == 10
-    # Two targets held at once: each fails its own reads.
-    assert stats.errors_while_paused([(0.9, 1.2), (0.9, 1.0)]) == 20
-    assert stats.errors_while_paused([(16.5, 20.0)]) == 3
-    assert stats.errors_while_paused([]) == 0
+    assert [(w.start, w.end, w.rate_hz, w.errors) for w in stats.error_windows] == [
+        (0.0, 1.0, 100, 40), (9.0, 17.0, 5, 3)]
+    # A debugger that held the target from 0.5 s to 1.2 s explains at most the 50 reads of
+    # the first window due meanwhile (all 40 failed), none of the third's.
+    assert stats.failed_reads([(0.5, 1.2)]) == FailedReads(sampler=3, paused=40)
+    assert stats.failed_reads([(0.9, 1.2)]) == FailedReads(sampler=33, paused=10)
+    assert stats.failed_reads([]) == FailedReads(sampler=43, paused=0)
+
+
+def test_failed_reads_logged_with_their_times_are_told_apart_by_them() -> None:
+    # 40 reads failed one per 10 ms from 0.5 s (a debugger held the target), then a burst of
+    # 20 within 2 ms at 1.5 s: py-spy, behind, made up what it owed against a process held by
+    # another tracer. The burst stands for one interval without a sample, not 20.
+    failed = (tuple(0.5 + i * 0.01 for i in range(40))
+              + tuple(1.5 + i * 0.0001 for i in range(20)))
+    m, _, stats = meter(SteppedCpu(0.1))
+    m.add(f"{WORK} 90\n", SpyExit(0, "Samples: 90 Errors: 60\n", "", failed_at=failed),
+          0.0, 2.0, 100, active_only=True)
+    assert stats.errors == 60  # py-spy's count, as it said
+    assert stats.failed_reads([(0.5, 0.9)]) == FailedReads(sampler=1, paused=40)
+    # one logged a moment after the pause's end is still the pause's
+    assert stats.failed_reads([(0.5, 0.85)]) == FailedReads(sampler=1, paused=40)
+    assert stats.failed_reads([]) == FailedReads(sampler=41, paused=0)
+
+
+def test_failed_reads_beyond_those_logged_are_bounded_by_the_rate() -> None:
+    # 30 of 50 failed reads have times (the rest were not logged): 20 fall in the pause; of
+    # the other 20, the pause explains up to the reads due in it (100 Hz x 0.3 s = 30, less 20).
+    failed = tuple(1.0 + i * 0.01 for i in range(20)) + tuple(5.0 + i * 0.01 for i in range(10))
+    m, _, stats = meter(SteppedCpu(0.1))
+    m.add(f"{WORK} 90\n", SpyExit(0, "Samples: 90 Errors: 50\n", "", failed_at=failed),
+          0.0, 9.0, 100, active_only=True)
+    assert stats.failed_reads([(1.0, 1.3)]) == FailedReads(sampler=10 + 10, paused=20 + 10)
+
+

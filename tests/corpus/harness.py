@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -181,6 +182,26 @@ def run_case(app: CorpusApp, mode: str, server: str, services: Services,
             result.failure = f"apiscope attach exited {code}: {stderr.strip()[-800:]}"
             return result
         return judge(result, json.loads(report_path.read_text()), stderr, app.app_dir, ROOT)
+
+
+def sampling_timeline(keep: Path) -> str:
+    """Where a kept case's failed reads were: each window with some, and the debugger's runs,
+    in seconds from the session's start (for a failure's message)."""
+    sessions = sorted(keep.glob("*.session.sqlite"))
+    if not sessions:
+        return "no session kept"
+    db = sqlite3.connect(f"file:{sessions[0]}?mode=ro", uri=True)
+    try:
+        meta = {key: json.loads(value) for key, value in db.execute("SELECT key, value FROM meta")}
+        start = float(meta.get("start") or 0.0)
+        windows = [f"{s - start:.2f}-{e - start:.2f}s {hz} Hz: {n}" for s, e, hz, n in db.execute(
+            "SELECT start, end, rate_hz, errors FROM windows WHERE errors > 0 ORDER BY start")]
+    finally:
+        db.close()
+    pauses = [f"{p['start'] - start:.2f}-{p['end'] - start:.2f}s" for p in meta.get("pauses", [])]
+    return (f"failed reads by window: {', '.join(windows) or 'none'}; debugger runs:"
+            f" {', '.join(pauses) or 'none'}; counted while injecting:"
+            f" {meta.get('samples_paused')}")
 
 
 def _serve_and_attach(app: CorpusApp, mode: str, server: str, services: Services,

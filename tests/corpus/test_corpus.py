@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.corpus.catalog import CORPUS, MODES, ROOT, SERVERS, CorpusApp
-from tests.corpus.harness import UVLOOP, Services, run_case
+from tests.corpus.harness import UVLOOP, Services, run_case, sampling_timeline
 from tests.corpus.judge import CaseResult, describe_flag
 from tests.support import require_program, require_ptrace
 
@@ -27,7 +27,7 @@ def _listing(flags: list[dict[str, object]]) -> str:
     return "\n".join("  " + describe_flag(flag, ROOT) for flag in flags)
 
 
-def check_sampling(result: CaseResult) -> None:
+def check_sampling(result: CaseResult, kept: Path) -> None:
     assert result.failure is None, result.failure
     assert not result.sampling_stopped, "apiscope said stack sampling stopped"
     assert result.samples_total > 0
@@ -35,7 +35,8 @@ def check_sampling(result: CaseResult) -> None:
     # what is left comes with py-spy's hand-overs (about one a window), not with each sample.
     attempts = result.samples_total + result.samples_errors
     assert result.samples_errors <= max(10, 0.05 * attempts), (
-        f"{result.samples_errors} sampling errors over {result.samples_total} samples")
+        f"{result.samples_errors} sampling errors over {result.samples_total} samples"
+        f" ({sampling_timeline(kept)})")
 
 
 # Healthy runs gate every change (`make test`): a false alarm is the worst defect. Planted runs
@@ -59,7 +60,7 @@ def test_corpus_case(app: CorpusApp, mode: str, server: str, request: pytest.Fix
     require_program("gdb")
     require_program("py-spy")
     result = run_case(app, mode, server, _services(app, request), keep=tmp_path)
-    check_sampling(result)
+    check_sampling(result, tmp_path)
     if mode == "healthy":
         assert not result.false_alarms, "false alarms (medium/high flags) on a healthy app:\n" + (
             _listing(result.false_alarms))

@@ -94,6 +94,24 @@ def test_each_debugger_run_is_kept_as_a_pause_of_its_target() -> None:
     assert injections.pauses == [(100.0, 100.5), (200.0, 200.5)]  # the detach's run too
 
 
+def test_a_failed_debugger_run_is_kept_as_a_pause_too() -> None:
+    # The process was held while the debugger ran, whatever came of it (a timeout, a failure).
+    def failing(kind: type[InjectionFailed], started: float) -> InjectionResult:
+        failure = kind("no")
+        failure.debugger_span = (started, started + 0.7)
+        raise failure
+
+    injections = AgentInjections(lambda pid: failing(InjectionTimeout, 10.0 * pid),
+                                 lambda pid: failing(InjectionFailed, 100.0 + pid),
+                                 lambda m: None)
+    injections.add(1)
+    injections.add(2)
+    assert injections.wait(5)
+    assert sorted(injections.pauses) == [(10.0, 10.7), (20.0, 20.7)]
+    assert [f.pid for f in injections.close()] == [1, 2]
+    assert sorted(injections.pauses)[2:] == [(101.0, 101.7), (102.0, 102.7)]
+
+
 def test_a_pending_injection_does_not_hold_the_end() -> None:
     release = threading.Event()
     warnings: list[str] = []

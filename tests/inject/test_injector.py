@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -61,6 +62,21 @@ def test_python_314_targets_go_through_remote_exec(directory: str) -> None:
     assert calls[0][0] == f"/proc/{os.getpid()}/exe"
     assert result.apps == [] and result.note and "no ASGI app" in result.note
     assert os.listdir(directory) == []  # neither the script nor the status is left behind
+
+
+def test_a_target_that_never_runs_the_loader_times_out_with_the_debuggers_span(
+        directory: str) -> None:
+    """The debugger held the target whatever came of the injection: the failure keeps when."""
+    def runner(argv: Sequence[str], timeout: float) -> RunResult:
+        return RunResult(0, "", False, 0.01)  # scheduled, and never run by the "target"
+
+    before = time.time()
+    with pytest.raises(InjectionTimeout) as failure:
+        inject_agent(os.getpid(), directory, runner=runner, timeout=0.2,
+                     check=lambda pid: (3, 14))
+    assert failure.value.debugger_span is not None
+    start, end = failure.value.debugger_span
+    assert before <= start <= end <= time.time()
 
 
 def test_a_stale_status_is_not_taken_for_this_ones(tmp_path: Path) -> None:

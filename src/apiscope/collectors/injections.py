@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import psutil
 
 from apiscope.errors import ApiscopeError
-from apiscope.inject.errors import InjectionTimeout
+from apiscope.inject.errors import InjectionFailed, InjectionTimeout
 from apiscope.inject.result import InjectionResult
 
 # Seconds between the tries of a worker that has no app yet: about 15 s in all.
@@ -122,15 +122,18 @@ class AgentInjections:
             thread.join()
         return sorted(failures, key=lambda f: f.pid)
 
-    def _paused(self, result: InjectionResult) -> None:
-        if result.debugger_span is not None:
+    def _paused(self, span: tuple[float, float] | None) -> None:
+        """Keep the span of a debugger run, whether the injection it made worked or not."""
+        if span is not None:
             with self._lock:
-                self._pauses.append(result.debugger_span)
+                self._pauses.append(span)
 
     def _detach(self, pid: int, failures: list[DetachFailure]) -> None:
         try:
-            self._paused(self._eject(pid))
+            self._paused(self._eject(pid).debugger_span)
         except ApiscopeError as exc:
+            if isinstance(exc, InjectionFailed):
+                self._paused(exc.debugger_span)
             if self._alive(pid):  # a worker that exited meanwhile took its agent along
                 with self._lock:
                     failures.append(DetachFailure(pid, exc.message))
@@ -143,11 +146,14 @@ class AgentInjections:
         while not self._closing.is_set():
             try:
                 result = self._inject(pid)
-                self._paused(result)
+                self._paused(result.debugger_span)
             except InjectionTimeout as exc:
+                self._paused(exc.debugger_span)
                 self._warn(f"no latencies from pid {pid} yet: {exc.message}")
                 return
             except ApiscopeError as exc:
+                if isinstance(exc, InjectionFailed):
+                    self._paused(exc.debugger_span)
                 if self._alive(pid):
                     self._warn(f"no latencies from pid {pid}: {exc.message}")
                 return

@@ -21,6 +21,7 @@ Everything here is pure except `find_pyspy`, which looks at the file system.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 import re
@@ -38,6 +39,12 @@ from apiscope.permissions import ptrace_denied
 # when stdout is not a terminal). `record` without `-d` samples until SIGINT.
 READY_MARKER = "Sampling process"
 _SUMMARY = re.compile(r"Samples: (\d+) Errors: (\d+)")
+# With RUST_LOG=py_spy=warn (FAILED_READS_ENV), py-spy logs each failed read on stderr, with
+# the wall-clock time in UTC: "[2026-12-03T16:31:34.388603801Z WARN  py_spy] Failed to get
+# stack trace from 6413: Failed to suspend process".
+FAILED_READS_ENV = {"RUST_LOG": "py_spy=warn"}
+_FAILED_READ = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)Z WARN +py_spy\]"
+                          r" Failed to get stack trace from \d+:")
 _PROCESS = re.compile(r'process (\d+):"')
 # A process frame's command line may itself hold `;` or `"`: it ends at the `";` that is
 # followed by the next process frame or the thread frame.
@@ -138,6 +145,20 @@ def parse_summary(stdout: str) -> RecordSummary | None:
         return None
     samples, errors = matches[-1]  # the closing line is the last one
     return RecordSummary(int(samples), int(errors))
+
+
+def failed_read_time(line: str) -> float | None:
+    """When a failed read that py-spy logged happened (epoch seconds), None for other lines."""
+    match = _FAILED_READ.match(line)
+    if match is None:
+        return None
+    stamp = match.group(1)
+    whole, _, fraction = stamp.partition(".")
+    try:  # the fraction has nanoseconds: read apart, as datetime keeps microseconds only
+        moment = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+    return moment.timestamp() + (float(f"0.{fraction}") if fraction else 0.0)
 
 
 def parse_raw(text: str, default_pid: int = 0) -> RawProfile:

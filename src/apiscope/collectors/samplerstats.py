@@ -8,7 +8,7 @@ over the window's threads, less what it stored.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -30,8 +30,7 @@ class SamplerStats:
     stored: int = 0  # samples delivered
     expected: float = 0.0  # rate x seconds x threads, summed over windows
     errors: int = 0  # failed reads py-spy reported
-    # (start, end, rate_hz, errors) of each window with failed reads
-    error_windows: list[tuple[float, float, int, int]] = field(default_factory=list)
+    error_windows: list[ErrorWindow] = field(default_factory=list)  # those with failed reads
     bad_lines: int = 0  # unparseable lines (skipped)
     # Seconds from the new py-spy printing that it samples to the old one being signalled.
     # (Each py-spy still samples a little before/after that: see docs/sampling.md.)
@@ -51,18 +50,69 @@ class SamplerStats:
         """Fraction of expected samples not stored (0 when nothing was expected)."""
         return max(0.0, 1.0 - self.stored / self.expected) if self.expected else 0.0
 
-    def errors_while_paused(self, pauses: Iterable[tuple[float, float]]) -> int:
-        """The failed reads that apiscope's own debugger explains: while it holds a process
-        (to inject or remove the agent), every read of that process fails. A window's reads
-        during its overlap with the pauses (rate x seconds, each pause its own process's) are
-        counted, at most its failed reads."""
+    def failed_reads(self, pauses: Iterable[tuple[float, float]]) -> FailedReads:
+        """The reads that failed, apart from those while apiscope's own debugger held a
+        process (to inject or remove the agent: every read of it fails then)."""
         pauses = list(pauses)
-        explained = 0
-        for start, end, rate_hz, errors in self.error_windows:
-            overlap = sum(max(0.0, min(end, p_end) - max(start, p_start))
-                          for p_start, p_end in pauses)
-            explained += min(errors, math.ceil(rate_hz * overlap))
-        return explained
+        total = FailedReads(0, 0)
+        for window in self.error_windows:
+            total += window.failed_reads(pauses)
+        return total
+
+
+@dataclass(frozen=True, slots=True)
+class FailedReads:
+    sampler: int  # the sampler's own: samples lost
+    paused: int  # while a debugger of apiscope's held the target
+
+    def __add__(self, other: FailedReads) -> FailedReads:
+        return FailedReads(self.sampler + other.sampler, self.paused + other.paused)
+
+
+# py-spy logs a failed read from its main thread, after its sampling thread handed it over: a
+# moment later on a busy host. A read logged this soon after a pause ended failed in it.
+LOG_DELAY = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorWindow:
+    """A window with failed reads: how many, and when py-spy logged them."""
+
+    start: float
+    end: float
+    rate_hz: int
+    errors: int  # py-spy's count
+    failed_at: tuple[float, ...] = ()  # may hold fewer than `errors` (or none: not logged)
+
+    def failed_reads(self, pauses: Sequence[tuple[float, float]]) -> FailedReads:
+        """Its failed reads, outside the pauses and in them. A py-spy that fell behind makes
+        up the reads it owes at once: against a process another tracer holds, dozens fail
+        within milliseconds. So a run of failures less than half an interval apart counts as
+        the reads due over its span (at least one), not as its length. Reads py-spy did not
+        log are counted as they are, those of the pauses bounded by the reads due in them."""
+        interval = 1.0 / max(1, self.rate_hz)
+        counts = {True: 0, False: 0}  # in a pause or not
+        run: tuple[bool, float, float] | None = None  # (paused, first, last)
+        for t in sorted(self.failed_at):
+            paused = any(a <= t <= b + LOG_DELAY for a, b in pauses)
+            if run is not None and run[0] == paused and t - run[2] < interval / 2:
+                run = (paused, run[1], t)
+                continue
+            if run is not None:
+                counts[run[0]] += _reads_over(run[1], run[2], interval)
+            run = (paused, t, t)
+        if run is not None:
+            counts[run[0]] += _reads_over(run[1], run[2], interval)
+        untimed = max(0, self.errors - len(self.failed_at))
+        overlap = sum(max(0.0, min(self.end, b) - max(self.start, a)) for a, b in pauses)
+        due = math.ceil(self.rate_hz * overlap - 1e-9)  # (not one more for a rounding error)
+        untimed_paused = min(untimed, max(0, due - counts[True]))
+        return FailedReads(counts[False] + untimed - untimed_paused,
+                           counts[True] + untimed_paused)
+
+
+def _reads_over(first: float, last: float, interval: float) -> int:
+    return max(1, math.ceil((last - first) / interval - 1e-9))
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import psutil
 
-from apiscope.collectors.pyspy import READY_MARKER
+from apiscope.collectors.pyspy import FAILED_READS_ENV, READY_MARKER, failed_read_time
 from apiscope.lifetime import interruptible_and_tied
 
 
@@ -27,8 +27,9 @@ from apiscope.lifetime import interruptible_and_tied
 class SpyExit:
     returncode: int | None
     stdout: str
-    stderr: str
+    stderr: str  # less the failed reads' lines
     cpu_seconds: float = 0.0  # its CPU time over its whole life (0: not known)
+    failed_at: tuple[float, ...] = ()  # when its reads failed (epoch seconds), as it logged
 
 
 class SpyProcess(Protocol):
@@ -43,6 +44,10 @@ class SpyProcess(Protocol):
 
 SpawnSpy = Callable[[Sequence[str]], SpyProcess]
 
+# The failed reads' times kept from one py-spy run (all of them, unless something fails every
+# read for a long while: py-spy's own count still has them).
+MAX_FAILED_TIMES = 20_000
+
 
 class PopenSpy:
     """The real thing: py-spy as a subprocess, its output read by two small threads."""
@@ -51,13 +56,17 @@ class PopenSpy:
         # Its own session: a Ctrl-C at the terminal must reach apiscope, which then stops
         # py-spy and keeps the last window, not py-spy directly. Killed with apiscope: a
         # kill -9 of the collector must not leave py-spy tracing the server.
+        # Each failed read logged with its time, to tell apiscope's own pauses of the target
+        # (the injection's debugger) from the sampler's failures.
         self._proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                      env={**os.environ, **FAILED_READS_ENV},
                                       text=True, errors="replace", start_new_session=True,
                                       preexec_fn=interruptible_and_tied)
         self._ready = threading.Event()
         self._out: list[str] = []
         self._err: list[str] = []
+        self._failed_at: list[float] = []
         self._readers = [
             threading.Thread(target=self._read, args=(self._proc.stdout, self._out, True),
                              daemon=True, name="py-spy-stdout"),
@@ -75,6 +84,10 @@ class PopenSpy:
 
     def _read(self, stream: object, sink: list[str], watch: bool) -> None:
         for line in stream:  # type: ignore[attr-defined]
+            if not watch and (failed := failed_read_time(line)) is not None:
+                if len(self._failed_at) < MAX_FAILED_TIMES:
+                    self._failed_at.append(failed)
+                continue
             sink.append(line)
             if watch and READY_MARKER in line:
                 self._ready.set()
@@ -107,7 +120,8 @@ class PopenSpy:
         for stream in (self._proc.stdout, self._proc.stderr):
             if stream is not None:
                 stream.close()
-        return SpyExit(self._proc.returncode, "".join(self._out), "".join(self._err), cpu)
+        return SpyExit(self._proc.returncode, "".join(self._out), "".join(self._err), cpu,
+                       tuple(self._failed_at))
 
     def _reap(self, timeout: float) -> float:
         """Wait for the exit (kill at `timeout`) with wait4, which hands back the CPU time

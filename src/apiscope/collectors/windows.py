@@ -21,7 +21,7 @@ from apiscope.collectors.chrometrace import Trace, parse_chrometrace, raw_as_tra
 from apiscope.collectors.gillooks import GilLooks
 from apiscope.collectors.oncpu import ActivityShares, ThreadBudget, line_times, split_samples
 from apiscope.collectors.pyspy import parse_raw, parse_summary
-from apiscope.collectors.samplerstats import SamplerStats, window_loss
+from apiscope.collectors.samplerstats import ErrorWindow, SamplerStats, window_loss
 from apiscope.collectors.spy import SpyExit
 from apiscope.collectors.threadcpu import CpuReading, CpuUsage, ThreadCpuReader, usage
 from apiscope.collectors.threads import is_waiting, thread_roles
@@ -43,6 +43,7 @@ class MeasuredWindow:
     used: CpuUsage
     active_only: bool = False  # recorded without --idle: only active samples shown
     gil: dict[tuple[int, int], tuple[int, int]] | None = None  # (looks, on the GIL), `gillooks`
+    failed_at: tuple[float, ...] = ()  # when reads failed, as py-spy logged them
 
     def idle(self, pid: int, tid: int, frames: tuple[Frame, ...]) -> bool:
         return is_waiting(frames, self.roles.get((pid, tid), ThreadRole.OTHER))
@@ -119,7 +120,7 @@ class WindowMeter:
         roles = thread_roles(StackSample(seg.pid, seg.tid, "", seg.frames, 1)
                              for seg in trace.segments)
         measured = MeasuredWindow(trace, summary.errors if summary else 0, start, end, rate_hz,
-                                  roles, used, active_only, gil)
+                                  roles, used, active_only, gil, result.failed_at)
         self._shares.observe(line_times(trace.segments, measured.idle), end - start,
                              active=active_only)
         self.stats.activity_windows += active_only
@@ -136,10 +137,11 @@ class WindowMeter:
                              errors=m.errors, threads=m.roles, thread_cpu=m.used.threads,
                              process_cpu=m.used.processes, thread_runqueue=m.used.runqueue,
                              active_only=m.active_only, thread_gil=m.gil or {})
-        self._account(window, m.trace.bad_events)
+        self._account(window, m.trace.bad_events, m.failed_at)
         return window
 
-    def _account(self, window: StackWindow, bad_lines: int) -> None:
+    def _account(self, window: StackWindow, bad_lines: int,
+                 failed_at: tuple[float, ...] = ()) -> None:
         loss = window_loss(window)
         stats = self.stats
         stats.windows += 1
@@ -147,6 +149,7 @@ class WindowMeter:
         stats.expected += loss.expected
         stats.errors += loss.errors
         if loss.errors:
-            stats.error_windows.append((window.start, window.end, window.rate_hz, loss.errors))
+            stats.error_windows.append(ErrorWindow(window.start, window.end, window.rate_hz,
+                                                   loss.errors, failed_at))
         stats.bad_lines += bad_lines
         stats.sampled_seconds += window.end - window.start

@@ -9,6 +9,9 @@ class InjectionFailed(ApiscopeError):
     """The debugger ran, but the code could not be scheduled, or failed inside the target."""
 
     exit_code = 1
+    # (start, end) of the debugger's run in the target (time.time()), when it ran: the
+    # process may have been held for that long, failed or not.
+    debugger_span: tuple[float, float] | None = None
 
 
 class InjectionTimeout(InjectionFailed):
