@@ -82,6 +82,29 @@ def test_framework_routes_do_not_make_the_framework_application_code() -> None:
     assert is_app_frame(Frame("read_item", "/srv/shop/api.py", 12), roots)
 
 
+def test_a_librarys_routes_beside_the_apps_do_not_make_the_library_application_code() -> None:
+    # Litestar serves /schema from its own package; an auth library mounts its login routes.
+    # Neither is the application's code when the application's handlers live elsewhere.
+    site = "/srv/venv/lib/python3.11/site-packages"
+    routes = [
+        RouteInfo("GET", "/notes", "notes.app:list_notes", "/srv/notes/app.py", 10, True),
+        RouteInfo("GET", "/schema", "litestar.openapi.controller:OpenAPIController.root",
+                  f"{site}/litestar/openapi/controller.py", 200, True),
+        RouteInfo("POST", "/auth/login", "fastapi_users.router.auth:login",
+                  f"{site}/fastapi_users/router/auth.py", 40, True),
+        RouteInfo("GET", "/admin/", "django.contrib.admin.sites:AdminSite.index",
+                  f"{site}/django/contrib/admin/sites.py", 500, False),
+    ]
+    roots = app_roots(routes)
+    assert roots == ("/srv/notes",)
+    stack = [Frame("list_notes", "/srv/notes/app.py", 12),
+             Frame("capture_response_started",
+                   f"{site}/litestar/middleware/_internal/exceptions/middleware.py", 155)]
+    assert user_frame(stack, roots) == stack[0]
+    assert user_frame(stack[1:], roots) is None
+    assert not is_app_frame(Frame("login", f"{site}/fastapi_users/router/auth.py", 41), roots)
+
+
 def test_the_agent_is_not_application_code_whichever_apiscope_injected_it() -> None:
     from apiscope.analysis.attribution import is_app_frame
     from apiscope.model import Frame

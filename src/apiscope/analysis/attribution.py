@@ -52,8 +52,9 @@ def method_rank(method: str) -> tuple[int, str]:
     return (_METHOD_ORDER.get(method, 5), method)
 
 
-# Packages that serve routes of their own (FastAPI's /docs and /openapi.json).
-FRAMEWORKS = ("fastapi.", "starlette.")
+# Frameworks that serve routes of their own (FastAPI's /docs and /openapi.json, Litestar's
+# /schema, Django's admin, DRF's API root, django-ninja's docs).
+FRAMEWORKS = ("fastapi.", "starlette.", "litestar.", "django.", "rest_framework.", "ninja.")
 
 
 def framework_route(route: RouteInfo) -> bool:
@@ -68,8 +69,14 @@ def app_roots(routes: Iterable[RouteInfo]) -> tuple[str, ...]:
     A handler in package module `shop.api.items` at `/x/shop/api/items.py` gives `/x/shop` (the
     whole top-level package); a top-level module `main` at `/srv/main.py` gives `/srv`, unless
     that directory is site-packages, where only the file itself is the app's.
+
+    Handlers installed in site-packages give roots only when every handler is installed (the
+    application itself was installed there): beside handlers of the application's own
+    directories, they are a library's routes (an auth library's login routes, a schema
+    viewer), and that library is not the application's code.
     """
-    roots: set[str] = set()
+    local: set[str] = set()
+    installed: set[str] = set()
     for route in routes:
         if framework_route(route):
             continue
@@ -78,15 +85,16 @@ def app_roots(routes: Iterable[RouteInfo]) -> tuple[str, ...]:
         path = PurePosixPath(norm(route.file))
         if not route.file or not path.is_absolute():
             continue
+        third_party = THIRD_PARTY.search(str(path)) is not None
         if len(parts) > 1:
             depth = len(parts) - 1 if path.stem != "__init__" else len(parts)
             root = path.parents[depth - 1] if depth - 1 < len(path.parents) else path.parent
-            roots.add(str(root))
-        elif THIRD_PARTY.search(str(path)):
-            roots.add(str(path))
+            (installed if third_party else local).add(str(root))
+        elif third_party:
+            installed.add(str(path))
         else:
-            roots.add(str(path.parent))
-    return tuple(sorted(roots))
+            local.add(str(path.parent))
+    return tuple(sorted(local or installed))
 
 
 def user_frame(frames: Sequence[Frame], app_roots: Sequence[str],
