@@ -29,6 +29,7 @@ from apiscope.collect.workers import remove_stale_socket as remove_stale_socket
 from apiscope.collectors.agent_client import AgentBatch, AgentClient, AgentError
 from apiscope.collectors.budget import OverheadBudget, RequestKeeping
 from apiscope.collectors.injections import DetachFailure
+from apiscope.collectors.oncpu import LineLooks
 from apiscope.collectors.pyspy import RecordOptions
 from apiscope.collectors.resources import ProcessChanges, ResourceCollector
 from apiscope.collectors.samplerstats import EndReason, SamplerStats
@@ -90,6 +91,7 @@ class Sampler(Protocol):
     def start(self) -> None: ...
     def stop(self, timeout: float = 30.0) -> None: ...
     def note_stalls(self, stalls: Iterable[LoopStall]) -> None: ...
+    def note_sleeps(self, looks: Iterable[LineLooks]) -> None: ...
     def note_gil(self, pid: int, futex: tuple[int, int]) -> None: ...
     def note_gil_wait(self, pid: int, wait_seconds: float, wakes: int) -> None: ...
 
@@ -434,6 +436,7 @@ class Collection:
         if batch.watchdogs is not None:
             self.sink.watchdogs(batch.watchdogs)
             self._sampler.note_stalls(batch.watchdogs.stalls)  # lines measured asleep
+            self._sampler.note_sleeps(batch.watchdogs.sleeps)  # on the loop or off it
             if batch.watchdogs.gil_futex is not None:  # threads' GIL waits, by the kernel
                 self._sampler.note_gil(pid, batch.watchdogs.gil_futex)
             gil = batch.watchdogs.gil

@@ -25,6 +25,7 @@ from apiscope.agent.schedstat import SchedStat, percentile
 from apiscope.agent.watchdog import WatchdogOptions, Watchdogs
 from apiscope.collectors.agent_client import batch_from_json
 from apiscope.collectors.gillooks import GIL_SPAN
+from apiscope.collectors.oncpu import LineLooks
 from apiscope.model import Frame, GilSample, LoopLagSample, LoopStall
 from apiscope.store import SessionReader, SessionWriter
 from tests.support import wait_until
@@ -402,7 +403,12 @@ def test_a_pass_of_many_quick_steps_is_held_by_no_one(loop_thread: LoopThread) -
     passes = passes_of(loop_thread, many_steps, 30, seed=2)
 
     assert len(passes) >= 25
-    assert not [s for s in passes if s["held"] == "one"]
+    # A step the host held off its CPU (a busy machine: the pass took milliseconds more than
+    # the CPU it used) did hold the loop that long, and two looks may see it; a pass that
+    # ran all along was many steps.
+    ones = [s for s in passes if s["held"] == "one"]
+    assert not [s for s in ones if s["cpu_ms"] is None or s["cpu_ms"] > s["duration_ms"] - 5], (
+        ones)
     many = [s for s in passes if s["held"] == "many"]
     assert all(s["frames"] == [] for s in many)
     if loop_thread.watchdogs.options.loop_interval <= 0.02:  # checked often: some followed
@@ -572,6 +578,33 @@ def test_the_gils_futex_is_learnt_and_reported_with_each_pull() -> None:
         watchdogs.stop()
 
 
+def test_the_lines_threads_sleep_at_come_with_the_pulls() -> None:
+    # No loop is watched here: the GIL watchdog wakes every 50 ms, and looks once a second.
+    stop = threading.Event()
+
+    def napper() -> None:
+        while not stop.is_set():
+            time.sleep(0.01)  # NAP
+
+    thread = threading.Thread(target=napper, daemon=True)
+    thread.start()
+    watchdogs = Watchdogs(WatchdogOptions(gil_interval=0.05))
+    watchdogs.start()
+    line = napper.__code__.co_firstlineno + 2
+    asleep = 0
+    try:
+        deadline = time.monotonic() + 30
+        while asleep < 3 and time.monotonic() < deadline:
+            time.sleep(0.3)
+            asleep += sum(row[2] for row in watchdogs.pull()["sleeps"]
+                          if row[0] == __file__ and row[1] == line)
+    finally:
+        watchdogs.stop()
+        stop.set()
+        thread.join(10)
+    assert asleep >= 3
+
+
 def test_the_gils_futex_is_kept_only_when_two_attempts_agree(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # The race that catches the helper on another word (the lock behind the event, for a moment
@@ -696,7 +729,8 @@ PULL = {"pid": 42, "ts": 1000.0, "requests": [], "stats": {}, "watchdogs": {
                 "frames": [["main", "/app/main.py", 3], ["handler", "/app/main.py", 9]]}],
     "gil": {"seconds": 0.5, "wait_seconds": 0.01, "acquisitions": 10, "max_wait_ms": 4.5,
             "runqueue_known": True},
-    "gil_futex": [202, 140000000000000], "cpu_seconds": 0.002, "errors": 0}}
+    "gil_futex": [202, 140000000000000], "cpu_seconds": 0.002, "errors": 0,
+    "sleeps": [["/app/main.py", 9, 12, 0], ["bad row"], ["/app/main.py", "x", 1, 1]]}}
 
 
 def test_pull_to_model_to_session_and_back(tmp_path: Path) -> None:
@@ -709,6 +743,7 @@ def test_pull_to_model_to_session_and_back(tmp_path: Path) -> None:
     gil = GilSample(1000.0, 42, 0.5, 0.01, 10, 4.5, True)
     assert (report.stalls, report.lag, report.gil) == ([stall], [lag], gil)
     assert report.gil_futex == (202, 140000000000000)
+    assert report.sleeps == (LineLooks("/app/main.py", 9, 12, 0),)  # malformed rows skipped
     assert batch_from_json({"pid": 1}).watchdogs is None  # an agent without watchdogs
     malformed = {**PULL, "watchdogs": {**PULL["watchdogs"], "gil_futex": ["x"]}}  # type: ignore[dict-item]
     assert batch_from_json(malformed).watchdogs.gil_futex is None  # type: ignore[union-attr]

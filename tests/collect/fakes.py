@@ -11,6 +11,7 @@ from apiscope.collection import CollectOptions
 from apiscope.collectors.agent_client import AgentBatch, AgentError
 from apiscope.collectors.budget import OverheadBudget
 from apiscope.collectors.injections import DetachFailure
+from apiscope.collectors.oncpu import LineLooks
 from apiscope.collectors.pyspy import RecordOptions
 from apiscope.collectors.resources import ProcessChanges
 from apiscope.collectors.samplerstats import EndReason, SamplerStats
@@ -166,9 +167,13 @@ class FakeSampler:
         self.stalls: list[LoopStall] = []
         self.gil_futex: dict[int, tuple[int, int]] = {}
         self.gil_waits: list[tuple[int, float, int]] = []
+        self.sleeps: list[LineLooks] = []
 
     def note_stalls(self, stalls: Iterable[LoopStall]) -> None:
         self.stalls.extend(stalls)
+
+    def note_sleeps(self, looks: Iterable[LineLooks]) -> None:
+        self.sleeps.extend(looks)
 
     def note_gil(self, pid: int, futex: tuple[int, int]) -> None:
         self.gil_futex[pid] = futex

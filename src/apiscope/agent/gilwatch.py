@@ -26,6 +26,7 @@ from typing import Any
 
 from .background import Background
 from .schedstat import SchedStat, ThreadCpu, on_gil
+from .threadlooks import ThreadLooks
 
 SPARE_INTERVAL = 1.0  # the GIL watchdog's sleep while loop watchdogs measure for it
 # How long each attempt keeps the GIL; two attempts must agree (see `gil_futex`).
@@ -124,6 +125,7 @@ class GilWatchdog(Background):
         self.errors = 0
         self.cpu = ThreadCpu()
         self.futex: tuple[int, int] | None = None  # see `gil_futex`, learnt in a thread of its own
+        self.looks = ThreadLooks()  # where threads sleep, looked at on its wake-ups
 
     def _run(self) -> None:
         clock = WakeClock(self.meter)
@@ -139,6 +141,7 @@ class GilWatchdog(Background):
                 if clock.wait(self._stop, timeout):
                     return
                 self.cpu.report()
+                self.looks.maybe_look(time.monotonic(), self.futex)
         except Exception:  # never into the app: this watchdog just ends
             self.errors += 1
         finally:

@@ -119,6 +119,24 @@ def on_gil(call: tuple[int, int], gil: tuple[int, int]) -> bool:
     return call[0] == gil[0] and abs(call[1] - gil[1]) <= GIL_SPAN
 
 
+def syscall_state(text: bytes, gil: tuple[int, int] | None = None) -> str | None:
+    """A `/proc/.../syscall` reading as a thread's state (see `SyscallState`)."""
+    fields = text.split(None, 2)
+    if not fields:
+        return None
+    first = fields[0]
+    if first == b"running":
+        return "cpu"
+    try:
+        kind = _syscall_kind(int(first))
+        if kind == "lock" and gil is not None and \
+                on_gil((int(first), int(fields[1], 16)), gil):
+            return "gil"
+        return kind
+    except (ValueError, IndexError):
+        return None  # "-1 ..." (blocked outside a system call) or an unknown format
+
+
 class SyscallState:
     """What one thread of this process is doing now: "cpu" (not in a system call), "sleep",
     "gil" (a futex on the GIL, once its address is known: see `gilwatch.gil_futex`), "lock"
@@ -138,20 +156,10 @@ class SyscallState:
         if fd is None:
             return None
         try:
-            fields = os.pread(fd, 64, 0).split(None, 2)
-            first = fields[0]
-        except (OSError, IndexError):
+            text = os.pread(fd, 64, 0)
+        except OSError:
             return None
-        if first == b"running":
-            return "cpu"
-        try:
-            kind = _syscall_kind(int(first))
-            if kind == "lock" and gil is not None and \
-                    on_gil((int(first), int(fields[1], 16)), gil):
-                return "gil"
-            return kind
-        except (ValueError, IndexError):
-            return None  # "-1 ..." (blocked outside a system call) or an unknown format
+        return syscall_state(text, gil)
 
     def close(self) -> None:
         fd, self._fd = self._fd, None

@@ -17,6 +17,9 @@ queued for the GIL; the agent's watchdog threads measure it:
 - The GIL wait is measured on every timed wake-up of a watchdog thread (`gilwatch`): the loop
   watchdogs' own, and a `GilWatchdog` thread's, which wakes every `gil_interval` while no loop
   watchdog runs (before the first request) and once a second otherwise.
+- On the `GilWatchdog`'s wake-ups, at most once a second, `threadlooks` pairs each
+  thread's system call with its current frame: the lines threads sleep at (a `time.sleep` or a
+  socket read in a sync handler), by the kernel's word.
 
 Wake-ups are what these threads cost (tens of microseconds of CPU each on a virtual machine),
 so the defaults are what kept both under 0.3 % of a core where they were measured (see
@@ -161,8 +164,9 @@ class Watchdogs:
         self._last_loop, self._running = None, False
 
     def pull(self) -> dict[str, Any]:
-        """`{"loops": [lag...], "stalls": [...], "gil": {...} | None, "gil_futex": [system call,
-        address] | None, "cpu_seconds", "errors"}`"""
+        """`{"loops": [lag...], "stalls": [...], "gil": {...} | None, "sleeps": [[file, line,
+        asleep, running]...] (see `threadlooks`), "gil_futex": [system call, address] | None,
+        "cpu_seconds", "errors"}`"""
         with self._lock:
             dogs = list(self._loops.values())
             ended = [key for key, dog in self._loops.items() if dog.ended]
@@ -176,7 +180,8 @@ class Watchdogs:
         watchers: list[Any] = [*dogs, *([gil] if gil is not None else [])]
         cpu = self._retired_cpu + sum(w.cpu.seconds() for w in watchers)
         errors = self.errors + sum(w.errors for w in watchers) + sum(
-            dog.passes.errors for dog in dogs if dog.passes is not None)
+            dog.passes.errors for dog in dogs if dog.passes is not None) + (
+            gil.looks.errors if gil is not None else 0)
         with self._lock:  # a closed loop's watchdog has been drained for the last time
             for key in ended:
                 ended_dog = self._loops.pop(key, None)
@@ -187,6 +192,7 @@ class Watchdogs:
         futex = gil.futex if gil is not None else None
         return {"loops": loops, "stalls": stalls,
                 "gil": self._meter.drain() if gil is not None else None,
+                "sleeps": gil.looks.drain() if gil is not None else [],
                 "gil_futex": list(futex) if futex is not None else None,
                 "cpu_seconds": round(cpu, 6), "errors": errors}
 

@@ -21,6 +21,7 @@ from apiscope.agent.paths import (
     socket_dir_for,
     socket_path,
 )
+from apiscope.collectors.oncpu import LineLooks
 from apiscope.errors import TargetError
 from apiscope.model import (
     AgentStats,
@@ -51,6 +52,9 @@ class WatchdogReport:
     # (system call number, address) a thread blocks in while it waits for the GIL (None: the
     # agent could not learn it); see agent/gilwatch.gil_futex and collectors/gillooks.py
     gil_futex: tuple[int, int] | None = None
+    # (file, line, looks asleep, looks running) of the lines its threads were seen at (see
+    # agent/threadlooks.py), since the previous pull
+    sleeps: tuple[LineLooks, ...] = ()
 
 
 class AgentUnavailable(ConnectionError):
@@ -299,7 +303,20 @@ def watchdogs_from_json(data: dict[str, Any], pid: int, ts: float) -> WatchdogRe
         cpu_seconds=float(data.get("cpu_seconds", 0.0)),
         errors=int(data.get("errors", 0)),
         gil_futex=_futex(data.get("gil_futex")),
+        sleeps=_line_looks(data.get("sleeps")),
     )
+
+
+def _line_looks(value: Any) -> tuple[LineLooks, ...]:
+    """The agent's `sleeps` ([file, line, asleep, running] each); malformed rows skipped."""
+    rows = []
+    for row in value if isinstance(value, list) else ():
+        try:
+            file, line, asleep, running = row
+            rows.append(LineLooks(str(file), int(line), int(asleep), int(running)))
+        except (TypeError, ValueError):
+            continue
+    return tuple(rows)
 
 
 def _futex(value: Any) -> tuple[int, int] | None:

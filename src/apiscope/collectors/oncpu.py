@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,47 @@ def asleep_leaves(stalls: Iterable[LoopStall]) -> set[tuple[str, int]]:
     sync socket read on the loop, whatever py-spy's view of it in transition says."""
     return {(stall.frames[-1].file, stall.frames[-1].line) for stall in stalls
             if stall.frames and stall.looks_asleep > stall.looks_running}
+
+
+@dataclass(frozen=True, slots=True)
+class LineLooks:
+    """The agent's looks at threads whose leaf was one line (see agent/threadlooks.py)."""
+
+    file: str
+    line: int
+    asleep: int  # in a sleep or an I/O call, by the kernel's word, both reads
+    running: int  # on a CPU both reads
+
+
+MIN_ASLEEP_LOOKS = 5  # looks in a sleep or I/O before a line is believed to sleep
+MAX_RUNNING_SHARE = 0.05  # of a line's looks found on a CPU, at most, for it to sleep
+
+
+class SleepLooks:
+    """The agent's looks at its threads, added up per line over the session: `add` returns the
+    lines found to sleep, those looked at `MIN_ASLEEP_LOOKS` times in a sleep or I/O and on a
+    CPU at most `MAX_RUNNING_SHARE` of the time. A `time.sleep` or a socket read in a sync
+    handler qualifies; a line computing between its waits (a query's result parsed in C) does
+    not. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._looks: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+
+    def add(self, looks: Iterable[LineLooks]) -> set[tuple[str, int]]:
+        with self._lock:
+            touched = set()
+            for look in looks:
+                key = (look.file, look.line)
+                counts = self._looks[key]
+                counts[0] += look.asleep
+                counts[1] += look.running
+                touched.add(key)
+            return {key for key in touched if _sleeps(*self._looks[key])}
+
+
+def _sleeps(asleep: int, running: int) -> bool:
+    return asleep >= MIN_ASLEEP_LOOKS and running <= MAX_RUNNING_SHARE * (asleep + running)
 
 
 def line_times(segments: Sequence[Segment], idle: IdleFn) -> dict[LineKey, float]:

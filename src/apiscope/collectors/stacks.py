@@ -35,7 +35,7 @@ from pathlib import Path
 import psutil
 
 from apiscope.collectors.budget import OverheadBudget, WindowCost
-from apiscope.collectors.oncpu import asleep_leaves
+from apiscope.collectors.oncpu import LineLooks, SleepLooks, asleep_leaves
 from apiscope.collectors.pyspy import (
     RecordOptions,
     exited_message,
@@ -101,6 +101,7 @@ class StackSampler:
         self._meter = WindowMeter(pid, on_window, self.stats, cpu_reader if cpu_reader is not None
                                   else ThreadCpuReader(),
                                   learns=activity_every > 0)
+        self._sleeps = SleepLooks()  # the agents' looks at their threads (`note_sleeps`)
         # The overhead budget (None: the rate asked for, always); `agent_cpu` is the agents'
         # own CPU seconds so far, which the budget pays for too.
         self.budget = budget
@@ -161,6 +162,13 @@ class StackSampler:
         """The agent's loop stalls: a line its kernel looks found asleep is split as one that
         does not run, from the next window on (see `oncpu.asleep_leaves`)."""
         sites = asleep_leaves(stalls)
+        if sites:
+            self._meter.asleep(sites)
+
+    def note_sleeps(self, looks: Iterable[LineLooks]) -> None:
+        """The agent's looks at its threads: a line they sleep at by the kernel's word is split
+        as one that does not run, from the next window on (see `oncpu.SleepLooks`)."""
+        sites = self._sleeps.add(looks)
         if sites:
             self._meter.asleep(sites)
 

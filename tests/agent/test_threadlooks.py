@@ -1,0 +1,109 @@
+"""ThreadLooks against real threads of this process: the kernel's word on what each one does,
+paired with its frame."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+from apiscope.agent.threadlooks import ThreadLooks
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/task")
+
+
+def _line_of(function: object, marker: str) -> int:
+    import inspect
+
+    lines, first = inspect.getsourcelines(function)  # type: ignore[arg-type]
+    return first + next(i for i, text in enumerate(lines) if marker in text)
+
+
+def sleeper(stop: threading.Event) -> None:
+    while not stop.is_set():
+        time.sleep(0.02)  # SLEEP
+
+
+def reader(sock: socket.socket) -> None:
+    try:
+        sock.recv(1)  # READ
+    except OSError:
+        pass
+
+
+def hasher(stop: threading.Event) -> None:
+    while not stop.is_set():
+        hashlib.pbkdf2_hmac("sha256", b"pw", b"salt", 200_000)  # HASH
+
+
+def test_sleeping_and_reading_lines_are_asleep_and_hashing_runs() -> None:
+    stop = threading.Event()
+    left, right = socket.socketpair()
+    threads = [threading.Thread(target=sleeper, args=(stop,), daemon=True),
+               threading.Thread(target=reader, args=(left,), daemon=True),
+               threading.Thread(target=hasher, args=(stop,), daemon=True),
+               # the agent's own threads are never looked at
+               threading.Thread(target=sleeper, args=(stop,), name="apiscope-test", daemon=True)]
+    for thread in threads:
+        thread.start()
+    looks = ThreadLooks(interval=0.0)
+    try:
+        time.sleep(0.1)
+        for _ in range(40):
+            looks.maybe_look(time.monotonic())
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        right.close()
+        left.close()
+        for thread in threads:
+            thread.join(10)
+    rows = {(file, line): (asleep, running) for file, line, asleep, running in looks.drain()}
+    here = __file__
+    sleep = rows.get((here, _line_of(sleeper, "# SLEEP")))
+    read = rows.get((here, _line_of(reader, "# READ")))
+    hashing = rows.get((here, _line_of(hasher, "# HASH")))
+    # (a look may catch the sleeper running, just woken, still at its line)
+    assert sleep is not None and sleep[0] >= 20 and sleep[1] <= 2, rows
+    assert read is not None and read[0] >= 20 and read[1] == 0, rows
+    assert hashing is not None and hashing[1] >= 10 and hashing[0] == 0, rows
+    assert looks.errors == 0
+    assert looks.drain() == []  # handed over once
+
+
+def test_looks_come_no_more_often_than_the_interval_and_never_raise() -> None:
+    looks = ThreadLooks(interval=10.0)
+    calls = []
+    looks.look = lambda gil=None: calls.append(gil)  # type: ignore[method-assign]
+    looks.maybe_look(100.0)
+    looks.maybe_look(105.0)
+    looks.maybe_look(110.0, (202, 1))
+    assert calls == [None, (202, 1)]
+
+    def broken(gil: object = None) -> None:
+        raise RuntimeError("boom")
+
+    looks.look = broken  # type: ignore[method-assign,assignment]
+    looks.maybe_look(200.0)
+    assert looks.errors == 1
+
+
+def test_many_threads_are_looked_at_in_turns() -> None:
+    stop = threading.Event()
+    threads = [threading.Thread(target=sleeper, args=(stop,), daemon=True) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.05)
+        looks = ThreadLooks(interval=0.0, max_threads=4)
+        chosen = [{t.native_id for t in looks._threads()} for _ in range(3)]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert all(len(c) == 4 for c in chosen)
+    assert chosen[0] != chosen[1]  # the next look starts where the last one stopped
