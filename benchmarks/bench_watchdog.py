@@ -63,9 +63,24 @@ async def _holds(deadline: float) -> None:
         await asyncio.sleep(pace.uniform(0.03, 0.07))
 
 
+async def _pool(deadline: float) -> None:
+    """An idle loop beside 40 pool threads sleeping in sync handlers: what the agent's looks at
+    its threads (`threadlooks`, once a second) cost where there are many threads to look at."""
+    def nap() -> None:
+        while time.perf_counter() < deadline:
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=nap, daemon=True) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    await _idle(deadline)
+    for thread in threads:
+        thread.join(1.0)
+
+
 SCENARIOS: dict[str, Callable[[float], Coroutine[Any, Any, None]]] = {
     "idle": _idle, "busy, 10 µs callbacks": _busy, "crowded, 12 ms passes of 12 tasks": _crowded,
-    "16 ms holds every 30-70 ms": _holds,
+    "16 ms holds every 30-70 ms": _holds, "idle, 40 pool threads asleep": _pool,
 }
 
 
