@@ -3,9 +3,10 @@
 From outside, a thread blocked in a system call shows only its Python stack; whether it slept
 there or ran is the kernel's to say. `ThreadLooks.look` takes every thread's current frame
 (`sys._current_frames`) and reads each thread's system call (`/proc/self/task/TID/syscall`)
-twice, all without letting go of the GIL (the reads are libc's, called through ctypes' PyDLL):
-no Python code runs meanwhile, so a thread found in the same sleep or I/O call both times is
-blocked at its leaf line, and one found on a CPU both times (C code that released the GIL) runs
+twice, without letting go of the GIL (the reads are libc's, called through ctypes' PyDLL): other
+threads run no Python meanwhile (unless one waited a whole switch interval, 5 ms, and was let in
+between two reads), so a thread found in the same sleep or I/O call both times is blocked at its
+leaf line, and one found on a CPU both times (C code that released the GIL) runs
 there. A futex is neither (a lock, a queue, or the GIL: a thread waiting for the GIL wants to
 run), nor is a thread whose state changed between the reads. Holding the GIL for the whole look
 (a few microseconds a thread) matters on a busy event loop: reading through `os.pread`, which
@@ -119,8 +120,8 @@ def _pair(threads: list[tuple[int | None, int]],
 
 def _gil_holding_reader() -> Callable[[list[int]], list[bytes]] | None:
     """`/proc/self/task/TID/syscall` of each thread, read through libc functions called with
-    the GIL held (ctypes' PyDLL): no Python thread runs, nor changes its frame, meanwhile.
-    None where ctypes or those functions are missing."""
+    the GIL held (ctypes' PyDLL): no other thread runs Python, nor changes its frame, during a
+    read. None where ctypes or those functions are missing."""
     try:
         import ctypes
 
