@@ -51,6 +51,10 @@ class ThreadLooks:
         self._counts: dict[tuple[str, int], list[int]] = {}
         self._last: float | None = None
         self._turn = 0
+        # libc's reads, loaded on the first look (in the looking thread, not at the agent's
+        # start in the target's main thread); None when unavailable.
+        self._read_all: Callable[[list[int]], list[bytes]] | None = None
+        self._loaded = False
 
     def maybe_look(self, now: float, gil: tuple[int, int] | None = None) -> None:
         """Look, unless the last look was less than `interval` ago. Never raises."""
@@ -63,10 +67,12 @@ class ThreadLooks:
             self.errors += 1
 
     def look(self, gil: tuple[int, int] | None = None) -> None:
-        if _read_all is None:
+        if not self._loaded:
+            self._read_all, self._loaded = _gil_holding_reader(), True
+        if self._read_all is None:
             return  # no way to read without letting go of the GIL: no looks
         threads = self._threads()
-        seen = _pair([(t.ident, t.native_id or 0) for t in threads], gil)
+        seen = _pair([(t.ident, t.native_id or 0) for t in threads], gil, self._read_all)
         with self._lock:
             for key, asleep in seen:
                 counts = self._counts.get(key)
@@ -95,15 +101,15 @@ class ThreadLooks:
         return threads
 
 
-def _pair(threads: list[tuple[int | None, int]],
-          gil: tuple[int, int] | None) -> list[tuple[tuple[str, int], bool]]:
+def _pair(threads: list[tuple[int | None, int]], gil: tuple[int, int] | None,
+          read_all: Callable[[list[int]], list[bytes]]) -> list[tuple[tuple[str, int], bool]]:
     """Each thread's leaf line with whether it slept there, for those whose state held still
-    around the taking of the frames. Runs holding the GIL all along (`_read_all`): letting go
+    around the taking of the frames. Runs holding the GIL all along (`read_all`): letting go
     of it between reads would make a busy event loop hand it over dozens of times a look."""
     frames = sys._current_frames()
     try:
-        first = _read_all([native_id for _, native_id in threads])  # type: ignore[misc]
-        second = _read_all([native_id for _, native_id in threads])  # type: ignore[misc]
+        native_ids = [native_id for _, native_id in threads]
+        first, second = read_all(native_ids), read_all(native_ids)
         seen = []
         for (ident, _), before, after in zip(threads, first, second):  # noqa: B905 (3.9)
             state = syscall_state(before, gil) if before else None
@@ -151,7 +157,5 @@ def _gil_holding_reader() -> Callable[[list[int]], list[bytes]] | None:
 
     return read_all
 
-
-_read_all = _gil_holding_reader()
 
 __all__ = ["LOOK_INTERVAL", "ThreadLooks"]

@@ -82,25 +82,20 @@ def _run_in_target(pid: int, action: str, directory: str | None, runner: Runner,
     use_remote = version is not None and version >= REMOTE_EXEC_VERSION
     schedule = _schedule_remote_exec if use_remote else _schedule_gdb
     debugger_started = time.time()
+    debugger_span: tuple[float, float] | None = None
     try:
         debugger_seconds = schedule(pid, snippet, place, runner)
-    except InjectionFailed as exc:
-        exc.debugger_span = (debugger_started, time.time())
-        raise
-    debugger_span = (debugger_started, time.time())
-    try:
+        debugger_span = (debugger_started, time.time())
         status = wait_for_result(path, token, pid, timeout)
-    except InjectionFailed as exc:
-        exc.debugger_span = debugger_span
+        _remove(path)
+        if use_remote:
+            _remove(remote_script_path(place.outside, place.ns_pid))  # the target has run it
+        if not status.get("ok"):
+            raise InjectionFailed(f"the agent failed inside PID {pid}:"
+                                  f" {status.get('error', 'no reason given')}")
+    except InjectionFailed as exc:  # the target was held all the same: say for how long
+        exc.debugger_span = debugger_span or (debugger_started, time.time())
         raise
-    _remove(path)
-    if use_remote:
-        _remove(remote_script_path(place.outside, place.ns_pid))  # the target has run it
-    if not status.get("ok"):
-        failed = InjectionFailed(f"the agent failed inside PID {pid}:"
-                                 f" {status.get('error', 'no reason given')}")
-        failed.debugger_span = debugger_span
-        raise failed
     return InjectionResult(pid=pid, action=action, method="remote_exec" if use_remote else "gdb",
                            status=status, seconds=time.monotonic() - started,
                            debugger_seconds=debugger_seconds,
