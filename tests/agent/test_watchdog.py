@@ -415,6 +415,38 @@ def test_a_pass_of_many_quick_steps_is_held_by_no_one(loop_thread: LoopThread) -
         assert many
 
 
+def test_a_saturated_loop_is_followed_once_per_check_not_at_every_pass() -> None:
+    # Every pass crowded (a server at full load: many requests' callbacks in each), back to
+    # back for two seconds. Each pass is recorded at its length; the watchdog looks at one per
+    # check (every 100 ms) at most, not at all of them, and a crowded pass alerts no one.
+    loop_thread = LoopThread(WatchdogOptions())
+    loop_thread.start()
+    try:
+        wait_until(loop_thread.probes_after(3), what="the watchdog to check the loop")
+        loop_thread.pull()
+        loop_thread.stalls.clear()
+        seconds = 2.0
+        until = time.monotonic() + seconds
+
+        def crowd() -> None:
+            if time.monotonic() < until:
+                many_steps()
+                asyncio.get_running_loop().call_soon(crowd)  # in the next pass, with them
+
+        loop_thread.call(crowd)
+        time.sleep(seconds + 0.3)
+        loop_thread.pull()
+        interval = loop_thread.watchdogs.options.loop_interval
+    finally:
+        loop_thread.close()
+    passes = loop_thread.stalls
+    followed = [s for s in passes if s["held"] is not None]
+    assert len(passes) >= 40, len(passes)
+    assert 1 <= len(followed) <= seconds / interval + 3, (len(followed), len(passes))
+    assert not [s for s in followed if s["held"] == "one" and s["frames"]
+                and s["cpu_ms"] is not None and s["cpu_ms"] > s["duration_ms"] - 5]
+
+
 def test_who_held_a_pass_is_told_from_the_looks_that_saw_it() -> None:
     # The decision itself, on looks as the watchdog takes them: (task id, stack).
     from apiscope.agent.loopwatch import _between_passes, _held
@@ -792,3 +824,20 @@ def test_a_session_without_watchdog_tables_reads_as_empty(tmp_path: Path) -> Non
     with SessionReader(path) as reader:
         assert reader.loop_stalls() == [] and reader.loop_lag() == []
         assert reader.gil_samples() == []
+
+
+def test_a_look_names_each_frame_at_the_line_it_is_at_now() -> None:
+    # Looks name each (code, instruction offset) once and reuse the name: two places in one
+    # function keep their own lines, and a name reused is the same as the first.
+    from apiscope.agent.loopwatch import frame_stack
+
+    def two_places() -> tuple[tuple[str, str, int], tuple[str, str, int]]:
+        first = frame_stack(sys._getframe())[-1]
+        second = frame_stack(sys._getframe())[-1]
+        return first, second
+
+    first, second = two_places()
+    line = two_places.__code__.co_firstlineno
+    assert first[0].endswith("two_places") and first[1:] == (__file__, line + 1)
+    assert second[2] == line + 2
+    assert two_places() == (first, second)

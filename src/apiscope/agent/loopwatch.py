@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from types import FrameType
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
 from .background import Background
@@ -58,16 +58,44 @@ Stack = tuple[Frame, ...]
 def frame_stack(frame: FrameType | None) -> Stack:
     """The stack ending at `frame`, root first, named as py-spy names frames (qualname)."""
     leaf_first: list[Frame] = []
+    seen = _FRAMES
     while frame is not None and len(leaf_first) < MAX_DEPTH * 4:
         code = frame.f_code
-        filename = code.co_filename
-        if not filename.startswith("<") and not os.path.isabs(filename):
-            filename = os.path.abspath(filename)
-        leaf_first.append((getattr(code, "co_qualname", code.co_name), filename,
-                           frame.f_lineno or 0))
+        if _BY_OFFSET:
+            key = (code, frame.f_lasti)
+            named = seen.get(key)
+            if named is None:
+                named = _remember(key, code, frame.f_lineno)
+        else:
+            named = _frame(code, frame.f_lineno)
+        leaf_first.append(named)
         frame = frame.f_back
     leaf_first.reverse()
     return tuple(leaf_first[:MAX_DEPTH])
+
+
+# A frame's line is worked out from its code's line table at each ask (Python 3.11 on): the
+# look at a server's loop, some forty frames deep in the same few dozen functions, spent most
+# of its time there. So each (code, instruction offset) seen is named once; older Pythons keep
+# the line number in the frame.
+_BY_OFFSET = sys.version_info >= (3, 11)
+_FRAMES: dict[tuple[CodeType, int], Frame] = {}
+MAX_FRAMES = 8192  # then forgotten all at once (code made at run time must not pile up)
+
+
+def _frame(code: CodeType, line: int | None) -> Frame:
+    filename = code.co_filename
+    if not filename.startswith("<") and not os.path.isabs(filename):
+        filename = os.path.abspath(filename)
+    return (getattr(code, "co_qualname", code.co_name), filename, line or 0)
+
+
+def _remember(key: tuple[CodeType, int], code: CodeType, line: int | None) -> Frame:
+    named = _frame(code, line)
+    if len(_FRAMES) >= MAX_FRAMES:
+        _FRAMES.clear()
+    _FRAMES[key] = named
+    return named
 
 
 def _loop_is_parked(frame: FrameType | None) -> bool:
@@ -122,6 +150,7 @@ class LoopWatchdog(Background):
         self.passes: PassClock | None = None
         self._cpu_clock = _thread_cpu_clock(ident)  # the loop thread's CPU clock, if readable
         self._next_lag = 0.0  # perf_counter time of the next lag measurement (passes mode)
+        self._next_follow = 0.0  # perf_counter time from which a pass may be followed again
         # The GIL's futex once the GIL watchdog has learnt it (looks on it say "gil").
         self.gil_futex: Callable[[], tuple[int, int] | None] = lambda: None
 
@@ -217,9 +246,7 @@ class LoopWatchdog(Background):
         now = time.perf_counter()
         follow_at = options.hold_threshold * FOLLOW_SHARE
         alerted = now < self._alert_until
-        period = options.loop_interval
-        if alerted:
-            period = min(period, options.stall_threshold * CATCH_SHARE)
+        period = self._check_period(now)
         if clock.parked:
             if now >= self._next_lag:  # a parked loop would run a probe at once: no lag
                 self._next_lag = now + options.loop_interval
@@ -229,13 +256,31 @@ class LoopWatchdog(Background):
         # Before the loop's first call of the wrapped select (it may be parked in the select
         # it called before the wrapping), the pass it is in is not known: the lag probe below
         # wakes it into the wrapper.
-        if now - start >= follow_at and clock.passes:
-            return self._follow(clock, start)
+        if now - start >= follow_at and clock.passes and now >= self._next_follow:
+            if not self._follow(clock, start):
+                return False
+            # At most one pass followed per check: a saturated loop's every pass is long
+            # (many requests' callbacks in each), and following them back to back took the
+            # server 3-4% of its CPU. The passes not followed are still recorded at their
+            # lengths, and shared out like those that ended between two checks.
+            followed = time.perf_counter()
+            self._next_follow = followed + self._check_period(followed)
+            return True
         if now >= self._next_lag:
             self._next_lag = now + options.loop_interval
             self.loop.call_soon_threadsafe(self._lag_probe, now)
+        if now < self._next_follow:
+            return self._sleep(self._next_follow - now)
         # While alerted, wake as this pass becomes old enough to follow.
         return self._sleep(start + follow_at - now if alerted else period)
+
+    def _check_period(self, now: float) -> float:
+        """Seconds between two checks: the loop interval, or while alerted a share of the
+        stall threshold."""
+        options = self.options
+        if now < self._alert_until:
+            return min(options.loop_interval, options.stall_threshold * CATCH_SHARE)
+        return options.loop_interval
 
     def _follow(self, clock: PassClock, start: float) -> bool:
         """Look at the loop (its stack, its task, the kernel's word) until the pass that began
@@ -275,7 +320,9 @@ class LoopWatchdog(Background):
                 cpu_ms = min(seconds, (cpu_end - cpu_then) / 1e9 * seconds / observed) * 1000
             held, stacks = _held(looks, callbacks)
             self._add_stall(pass_start, seconds, cpu_ms, dict(self._activity), stacks, held)
-            if held == ONE_TASK or seconds >= self.options.stall_threshold:
+            # A long pass of many callbacks is a crowded loop, not a hold to catch in the
+            # act: on a saturated server every pass may be one.
+            if held == ONE_TASK or (seconds >= self.options.stall_threshold and held != MANY):
                 self._alert_until = time.perf_counter() + ALERT_SECONDS
             break
         self._activity.clear()
@@ -283,11 +330,12 @@ class LoopWatchdog(Background):
 
     def _unfollowed(self, clock: PassClock) -> None:
         """Record the long passes that ended between two checks (no stack was sampled); one
-        as long as a stall has the next passes followed closely."""
+        as long as a stall that began with few callbacks to run (not a crowded loop) has the
+        next passes followed closely."""
         while clock.long:
-            pass_start, seconds = clock.long.popleft()[:2]
+            pass_start, seconds, _, callbacks = clock.long.popleft()
             self._add_stall(pass_start, seconds, None, {}, Counter(), None)
-            if seconds >= self.options.stall_threshold:
+            if seconds >= self.options.stall_threshold and callbacks <= FEW_CALLBACKS:
                 self._alert_until = time.perf_counter() + ALERT_SECONDS
 
     def _add_stall(self, start: float, seconds: float, cpu_ms: float | None,
