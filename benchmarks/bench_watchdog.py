@@ -52,6 +52,18 @@ async def _crowded(deadline: float) -> None:
         await asyncio.sleep(pace.uniform(0.03, 0.07))
 
 
+async def _saturated(deadline: float) -> None:
+    """A server at full load: every pass crowded (twelve 1 ms steps), back to back; nothing
+    wrong but the load, and every pass a long one."""
+    async def step() -> None:
+        _spin(0.001)
+
+    while time.perf_counter() < deadline:
+        for _ in range(12):
+            asyncio.get_running_loop().create_task(step())
+        await asyncio.sleep(0)  # the next twelve run in the pass after these
+
+
 async def _holds(deadline: float) -> None:
     """Something wrong: a request's task holding the loop 16 ms on the CPU every 30-70 ms."""
     async def hold() -> None:
@@ -80,6 +92,7 @@ async def _pool(deadline: float) -> None:
 
 SCENARIOS: dict[str, Callable[[float], Coroutine[Any, Any, None]]] = {
     "idle": _idle, "busy, 10 µs callbacks": _busy, "crowded, 12 ms passes of 12 tasks": _crowded,
+    "saturated, 12 ms passes back to back": _saturated,
     "16 ms holds every 30-70 ms": _holds, "idle, 40 pool threads asleep": _pool,
 }
 
