@@ -447,6 +447,45 @@ def test_a_saturated_loop_is_followed_once_per_check_not_at_every_pass() -> None
                 and s["cpu_ms"] is not None and s["cpu_ms"] > s["duration_ms"] - 5]
 
 
+@pytest.mark.parametrize("budget", ["ample", "spent"])
+def test_following_passes_stays_within_its_cpu_budget(
+        budget: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Holds back to back (a 30 ms sleep in each pass) for a second: with the CPU allowance
+    # the watchdog follows them and names the line; with none left (as on a host so busy that
+    # every pass looks long) it follows none, and still records every hold at its length.
+    import apiscope.agent.loopwatch as loopwatch
+
+    if budget == "spent":
+        monkeypatch.setattr(loopwatch, "FOLLOW_CPU_SHARE", 0.0)
+        monkeypatch.setattr(loopwatch, "FOLLOW_CPU_BURST", 0.0)
+    loop_thread = LoopThread(FAST)
+    loop_thread.start()
+    try:
+        wait_until(loop_thread.probes_after(3), what="the watchdog to check the loop")
+        loop_thread.pull()
+        loop_thread.stalls.clear()
+        until = time.monotonic() + 1.0
+
+        def hold() -> None:
+            if time.monotonic() < until:
+                time.sleep(0.03)  # the hold's line
+                asyncio.get_running_loop().call_later(0.005, hold)
+
+        loop_thread.call(hold)
+        time.sleep(1.3)
+        loop_thread.pull()
+        [dog] = loop_thread.watchdogs._loops.values()
+    finally:
+        loop_thread.close()
+    holds = [s for s in loop_thread.stalls if s["duration_ms"] >= 28]
+    located = [s for s in holds if s["frames"] and s["frames"][-1][0].endswith("hold")]
+    assert len(holds) >= 15, len(holds)
+    if budget == "ample":
+        assert len(located) >= len(holds) // 2 and dog.unfollowed == 0, (len(located), len(holds))
+    else:
+        assert located == [] and dog.unfollowed >= 5, (len(located), dog.unfollowed)
+
+
 def test_who_held_a_pass_is_told_from_the_looks_that_saw_it() -> None:
     # The decision itself, on looks as the watchdog takes them: (task id, stack).
     from apiscope.agent.loopwatch import _between_passes, _held

@@ -79,9 +79,10 @@ def test_live_profiles_name_the_await_line_and_spare_the_cpu_route(
         wait_until(client.available, timeout=10, what="the agent socket")
         start = time.time()
         pulled = Pulled()
-        for i in range(12):
-            fetch(f"{server.url}/quotes/{i}")
-            fetch(f"{server.url}/crunch")
+        for i in range(12):  # pulled as the collector does, between requests: the agent
+            fetch(f"{server.url}/quotes/{i}")  # counts the requests each pull drains and arms
+            fetch(f"{server.url}/crunch")  # a route when its turn has come
+            pull_into(client, pulled)
 
         def enough() -> bool:
             pull_into(client, pulled)

@@ -1,19 +1,19 @@
 """What the server is doing right now: the requests in flight and every thread's stack.
 
-`InFlight` is the middleware's registry of requests that have started and not finished: one
-dict insert when a request comes in and one delete when it ends. Measured on a trivial ASGI app
-driven in-process (2-core VM, Python 3.11), the middleware went from 2.7-5.6 to 3.6-6.3 µs per
-request with it: 0.7-1.0 µs, about 1 % of a bare FastAPI request's CPU. Nothing is computed
-until a dump is asked for: `dump_state` then walks, for each request, the await chain of its
-task's coroutine (`cr_await` down to the awaited call; async generators and awaited tasks
-followed), finds the thread running it (the loop thread while the coroutine runs; the pool
-thread whose frames hold the future the coroutine waits for, for a sync handler), and takes
-every thread's stack from `sys._current_frames()`.
+Nothing is kept per request for this: the request path pays nothing. When a dump is asked for,
+`dump_state` finds every asyncio loop of the process and walks, for each of its tasks, the
+await chain of the task's coroutine (`cr_await` down to the awaited call; async generators and
+awaited tasks followed). A task whose chain passes through the agent's middleware serves a
+request the agent saw start: the middleware's frame holds its scope and its `_Request` (when it
+came in), and its route is named as the middleware would name it. The thread running each
+request is found too (the loop thread while the coroutine runs; the pool thread whose frames
+hold the future the coroutine waits for, for a sync handler), and every thread's stack is
+taken from `sys._current_frames()`.
 
-Requests that were already in flight when the agent was injected are not in the registry; their
-tasks are still found (a task whose coroutine has the ASGI `scope` of an HTTP request in a frame)
-and listed with an unknown elapsed time. Standard library only, relative imports only, Python
-3.9 compatible: this runs inside the target.
+Requests that were already in flight when the agent was injected have no agent frame; their
+tasks are still found (a task whose coroutine has the ASGI `scope` of an HTTP request in a
+frame) and listed with an unknown elapsed time. Standard library only, relative imports only,
+Python 3.9 compatible: this runs inside the target.
 """
 
 from __future__ import annotations
@@ -32,29 +32,7 @@ MAX_DEPTH = 200  # frames per stack or chain: a deeper one keeps its root part
 MAX_TASK_HOPS = 16  # awaited tasks followed from one request's chain
 OWN_THREADS = ("apiscope-agent",)  # the agent's threads: the one answering the dump is busy
 
-# timing -> (the middleware, its timing (`.called`), scope, asyncio task or None)
-Entry = tuple[Any, Any, Any, Any]
 FrameInfo = dict[str, Any]
-
-
-class InFlight:
-    """Requests started and not yet finished, keyed by the middleware's timing object."""
-
-    __slots__ = ("requests",)
-
-    def __init__(self) -> None:
-        self.requests: dict[Any, Entry] = {}  # keyed by the timing object itself
-
-    def __len__(self) -> int:
-        return len(self.requests)
-
-
-def current_task() -> Any:
-    """The asyncio task running the request, or None (another async library, no loop)."""
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
 
 
 def frame_info(frame: FrameType) -> FrameInfo:
@@ -156,28 +134,6 @@ def _request_row(route: str, method: str, path: str, elapsed: float | None, task
             "thread": thread}
 
 
-def _registered(inflight: InFlight, frames: dict[int, FrameType],
-                clock: Callable[[], float]) -> tuple[list[dict[str, Any]], set[int]]:
-    rows: list[dict[str, Any]] = []
-    tasks: set[int] = set()
-    now = clock()
-    for middleware, timing, scope, task in list(inflight.requests.values()):
-        route = route_now(middleware, scope)
-        rows.append(_request_row(route, str(scope.get("method", "")), str(scope.get("path", "")),
-                                 now - timing.called, task, _loop_thread(task), frames))
-        if task is not None:
-            tasks.add(id(task))
-    return rows, tasks
-
-
-def _loop_thread(task: Any) -> int | None:
-    """The thread of the loop running `task` (asyncio's loops note it while they run)."""
-    try:
-        return getattr(task.get_loop(), "_thread_id", None) if task is not None else None
-    except Exception:
-        return None
-
-
 def route_now(middleware: Any, scope: Any) -> str:
     """The route template of a request still running, once the framework has routed it."""
     if not any(key in scope for key in ("route", "endpoint", "path_template")):
@@ -188,45 +144,62 @@ def route_now(middleware: Any, scope: Any) -> str:
         return str(scope.get("path", ""))
 
 
-def _scope_of(task: Any) -> dict[str, Any] | None:
-    """The HTTP scope a task serves, from the first frame of its chain that holds one."""
+def _request_of(task: Any) -> tuple[Any, Any, dict[str, Any]] | None:
+    """(the agent's middleware, its `_Request`, the scope) of the HTTP request a task serves;
+    (None, None, scope) when no middleware frame of the agent's is in its chain (the request
+    came in before the agent did); None for a task serving no HTTP request."""
     obj = task.get_coro()
+    first_scope = None
     for _ in range(MAX_DEPTH):
         frame, nxt = _awaitable_frame(obj)
         if frame is None:
-            return None
-        scope = frame.f_locals.get("scope")
+            break
+        local = frame.f_locals
+        scope = local.get("scope")
         if isinstance(scope, dict) and scope.get("type") == "http":
-            return scope
+            # By class name: the injected copy of this package has its own AgentMiddleware.
+            if frame.f_code.co_name == "__call__" and \
+                    type(local.get("self")).__name__ == "AgentMiddleware" and \
+                    hasattr(local.get("request"), "called"):
+                return local["self"], local["request"], scope
+            if first_scope is None:
+                first_scope = scope
         obj = nxt
-    return None
+    return (None, None, first_scope) if first_scope is not None else None
 
 
-def _unregistered(known: set[int], frames: dict[int, FrameType]) -> list[dict[str, Any]]:
-    """Requests the agent never saw start (in flight before it was injected)."""
+def _loops() -> list[asyncio.AbstractEventLoop]:
+    return [o for o in gc.get_objects()
+            if isinstance(o, asyncio.AbstractEventLoop) and not o.is_closed()]
+
+
+def _in_flight(frames: dict[int, FrameType], now: float) -> list[dict[str, Any]]:
     rows = []
-    for loop in (o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop)):
-        if loop.is_closed():
-            continue
+    for loop in _loops():
         thread = getattr(loop, "_thread_id", None)
         for task in asyncio.all_tasks(loop):
-            scope = None if id(task) in known else _scope_of(task)
-            if scope is not None:
-                row = _request_row(str(scope.get("path", "")), str(scope.get("method", "")),
-                                   str(scope.get("path", "")), None, task, thread, frames)
+            found = _request_of(task)
+            if found is None:
+                continue
+            middleware, request, scope = found
+            method, path = str(scope.get("method", "")), str(scope.get("path", ""))
+            if middleware is None:
+                row = _request_row(path, method, path, None, task, thread, frames)
                 row["before_agent"] = True
-                rows.append(row)
+            else:
+                row = _request_row(route_now(middleware, scope), method, path,
+                                   now - request.called, task, thread, frames)
+            rows.append(row)
     return rows
 
 
-def dump_state(inflight: InFlight, clock: Callable[[], float] = time.perf_counter,
-               ) -> dict[str, Any]:
+def dump_state(clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     """The dump answer: requests in flight (longest first) and every thread's stack."""
     frames = sys._current_frames()
     names = _threads()
-    requests, known = _registered(inflight, frames, clock)
+    requests: list[dict[str, Any]] = []
     try:
-        requests += _unregistered(known, frames)
+        requests = _in_flight(frames, clock())
     except Exception:  # loops and tasks read from another thread: best effort only
         pass
     requests.sort(key=lambda r: -1.0 if r["elapsed_s"] is None else -r["elapsed_s"])

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .background import Background
 from .gilwatch import GilMeter, WakeClock, has_gil
 from .looppass import PassClock
+from .profiling import Allowance
 from .schedstat import SchedStat, SyscallState, ThreadCpu, percentile
 
 if TYPE_CHECKING:  # the set imports this module; the options are only read here
@@ -50,6 +51,16 @@ GLIMPSE = "glimpse"  # one look only (or no task at any look): who held it is no
 FEW_CALLBACKS = 2
 # A look whose wake-up took the GIL within this share of the switch interval found it free.
 GIL_FREE_SHARE = 0.2
+# A long pass during which the loop thread waited this share of it or more for a CPU (the
+# host busy, the thread preempted mid-pass) does not alert the watchdog: the host, not the
+# code, made it long.
+QUEUED_SHARE = 0.5
+# The CPU that following passes (and sampling late probes) may spend, as a share of one core
+# on average, and saved up at most: a hold after a quiet while is followed whole, and a host
+# so busy that every pass looks long (the loop thread preempted mid-pass) costs no more than
+# this. Passes not followed for want of it are still recorded at their exact lengths.
+FOLLOW_CPU_SHARE = 0.0025
+FOLLOW_CPU_BURST = 0.02
 
 Frame = tuple[str, str, int]  # (function as py-spy names it, absolute file, line)
 Stack = tuple[Frame, ...]
@@ -151,6 +162,10 @@ class LoopWatchdog(Background):
         self._cpu_clock = _thread_cpu_clock(ident)  # the loop thread's CPU clock, if readable
         self._next_lag = 0.0  # perf_counter time of the next lag measurement (passes mode)
         self._next_follow = 0.0  # perf_counter time from which a pass may be followed again
+        # This thread's CPU for following passes (see FOLLOW_CPU_SHARE), in seconds.
+        self._follow_cpu = Allowance(FOLLOW_CPU_SHARE, FOLLOW_CPU_BURST, time.perf_counter)
+        self.unfollowed = 0  # checks that left a long pass unfollowed: the budget was spent
+        self._queued_at_check: int | None = None  # the loop thread's run-queue ns, last check
         # The GIL's futex once the GIL watchdog has learnt it (looks on it say "gil").
         self.gil_futex: Callable[[], tuple[int, int] | None] = lambda: None
 
@@ -241,7 +256,7 @@ class LoopWatchdog(Background):
         when due and sleep. Long passes nobody followed are recorded without a stack."""
         if self.loop.is_closed():
             return False
-        self._unfollowed(clock)
+        self._unfollowed(clock, self._queued_since_check())
         options = self.options
         now = time.perf_counter()
         follow_at = options.hold_threshold * FOLLOW_SHARE
@@ -257,15 +272,20 @@ class LoopWatchdog(Background):
         # it called before the wrapping), the pass it is in is not known: the lag probe below
         # wakes it into the wrapper.
         if now - start >= follow_at and clock.passes and now >= self._next_follow:
-            if not self._follow(clock, start):
-                return False
-            # At most one pass followed per check: a saturated loop's every pass is long
-            # (many requests' callbacks in each), and following them back to back took the
-            # server 3-4% of its CPU. The passes not followed are still recorded at their
-            # lengths, and shared out like those that ended between two checks.
-            followed = time.perf_counter()
-            self._next_follow = followed + self._check_period(followed)
-            return True
+            if self._follow_cpu.refilled() > 0:
+                began = time.thread_time()
+                if not self._follow(clock, start):
+                    return False
+                self._follow_cpu.spend(time.thread_time() - began)
+                # At most one pass followed per check: a saturated loop's every pass is long
+                # (many requests' callbacks in each), and following them back to back took
+                # the server 3-4% of its CPU. The passes not followed are still recorded at
+                # their lengths, and shared out like those that ended between two checks.
+                followed = time.perf_counter()
+                self._next_follow = followed + self._check_period(followed)
+                return True
+            self.unfollowed += 1  # the budget is spent: this pass is timed only
+            self._next_follow = now + period
         if now >= self._next_lag:
             self._next_lag = now + options.loop_interval
             self.loop.call_soon_threadsafe(self._lag_probe, now)
@@ -293,6 +313,7 @@ class LoopWatchdog(Background):
         self._activity.clear()
         looks: list[tuple[int | None, Stack | None]] = []
         followed_at, cpu_then = time.perf_counter(), self._loop_cpu_ns()
+        self._queued_since_check()  # the mark from which the wait for a CPU below is counted
         wait = min(SECOND_LOOK, self.options.sample_interval)
         while clock.exit_at == start and not clock.parked:
             look = self._sample()
@@ -321,22 +342,35 @@ class LoopWatchdog(Background):
             held, stacks = _held(looks, callbacks)
             self._add_stall(pass_start, seconds, cpu_ms, dict(self._activity), stacks, held)
             # A long pass of many callbacks is a crowded loop, not a hold to catch in the
-            # act: on a saturated server every pass may be one.
-            if held == ONE_TASK or (seconds >= self.options.stall_threshold and held != MANY):
+            # act: on a saturated server every pass may be one; nor is one the host's lack
+            # of CPU stretched.
+            if held == ONE_TASK or (seconds >= self.options.stall_threshold and held != MANY
+                                    and self._queued_since_check() < observed * QUEUED_SHARE):
                 self._alert_until = time.perf_counter() + ALERT_SECONDS
             break
         self._activity.clear()
         return True
 
-    def _unfollowed(self, clock: PassClock) -> None:
+    def _unfollowed(self, clock: PassClock, queued: float) -> None:
         """Record the long passes that ended between two checks (no stack was sampled); one
         as long as a stall that began with few callbacks to run (not a crowded loop) has the
-        next passes followed closely."""
+        next passes followed closely, unless the loop thread waited for a CPU (`queued`
+        seconds since the last check) for much of it."""
         while clock.long:
             pass_start, seconds, _, callbacks = clock.long.popleft()
             self._add_stall(pass_start, seconds, None, {}, Counter(), None)
-            if seconds >= self.options.stall_threshold and callbacks <= FEW_CALLBACKS:
+            if seconds >= self.options.stall_threshold and callbacks <= FEW_CALLBACKS and \
+                    queued < seconds * QUEUED_SHARE:
                 self._alert_until = time.perf_counter() + ALERT_SECONDS
+
+    def _queued_since_check(self) -> float:
+        """Seconds the loop thread was ready to run with no CPU for it since the last check."""
+        stat = self._loop_stat
+        read = stat.read() if stat is not None else None
+        if read is None:
+            return 0.0
+        last, self._queued_at_check = self._queued_at_check, read[1]
+        return (read[1] - last) / 1e9 if last is not None else 0.0
 
     def _add_stall(self, start: float, seconds: float, cpu_ms: float | None,
                    activity: dict[str, int], stacks: Counter[Stack],
@@ -411,7 +445,10 @@ class LoopWatchdog(Background):
                 return ran, stacks
             outstanding = time.perf_counter() - posted
             if outstanding >= options.stall_threshold:
-                self._sample_into(stacks)
+                if self._follow_cpu.refilled() > 0:  # else timed only: the budget is spent
+                    began = time.thread_time()
+                    self._sample_into(stacks)
+                    self._follow_cpu.spend(time.thread_time() - began)
                 # A long stall is sampled ever more sparsely (every SPARSER_EVERY samples the
                 # interval doubles): its stack is known by then, and a loop blocked for good
                 # must not have a 100 Hz sampler inside it.

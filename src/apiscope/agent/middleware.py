@@ -5,21 +5,26 @@ from what the framework left in the scope once the app returned: Starlette's mat
 (`scope["route"]`), Litestar's `scope["path_template"]`, Django's resolver match on the request
 (see `django_routes`); an app that names no route gets its raw paths grouped (`pathgroups`).
 
-The request path does no I/O, takes no lock and allocates little: one closure, one timing
-object and, after the response, one tuple appended to the recorder's deque. Everything
-the agent itself does is inside try/except: its failures are counted, never seen by a request.
+The request path does no I/O, takes no lock and allocates little: one `_Request` (the
+request's timing, and the statements the query hooks count into it), one closure and, after the
+response, one tuple appended to the recorder's deque. Whatever can wait is done by the agent's
+socket thread when the collector pulls: counting requests per route to arm profiles, and (in
+`inflight`) finding the requests in flight from the tasks' frames when a dump is asked for. On
+a saturated uvicorn worker serving a one-line FastAPI handler this path costs about 3 % of the
+request's CPU (docs/benchmarks.md). Everything the agent itself does is inside try/except: its
+failures are counted, never seen by a request.
 """
 
 from __future__ import annotations
 
 import time
+from asyncio import _get_running_loop
 from collections.abc import Awaitable, Callable, MutableMapping
 from types import TracebackType
 from typing import Any
 
 from .django_routes import REQUEST_KEY, DjangoTemplates, install_request_hook
 from .frameworks import DJANGO, LITESTAR, STARLETTE, apps_inside
-from .inflight import InFlight, current_task
 from .pathgroups import PathGrouper
 from .paths import AppFiles
 from .profiling import ProfileRun, RequestProfiling
@@ -43,9 +48,11 @@ def _is_mount(route: Any) -> bool:
     return getattr(route, "routes", None) is not None and not hasattr(route, "endpoint")
 
 
-class _Timing:
-    """When the request came in, and what the send wrapper saw of its response: its status,
-    when its head went out, whether its body came in several messages (a stream), its end."""
+class _Request(RequestQueries):
+    """One request in flight: when it came in, what the send wrapper saw of its response (its
+    status, when its head went out, whether its body came in several messages, its end), and,
+    as the `RequestQueries` the query hooks find in `CURRENT`, its statements. `inflight` finds
+    it in the middleware's frame when a dump is asked for."""
 
     __slots__ = ("called", "end", "head", "status", "streamed")
 
@@ -55,6 +62,11 @@ class _Timing:
         self.head: float | None = None
         self.status = 0
         self.streamed = False
+        self.stats = None
+        self.in_orm = 0
+
+
+_new_entry = tuple.__new__  # a RequestEntry without the Python-level __new__ of a NamedTuple
 
 
 class AgentMiddleware:
@@ -78,7 +90,6 @@ class AgentMiddleware:
                  app_files: AppFiles | None = None,
                  profiling: RequestProfiling | None = None,
                  watchdogs: Watchdogs | None = None,
-                 inflight: InFlight | None = None,
                  clock: Callable[[], float] = time.perf_counter,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.app = app
@@ -89,7 +100,6 @@ class AgentMiddleware:
         self.app_files = app_files or (query_hooks.app_files if query_hooks else AppFiles())
         self.profiling = profiling
         self.watchdogs = watchdogs
-        self.inflight = inflight  # requests running now, for `apiscope dump`
         self._clock = clock
         self._epoch_offset = wall_clock() - clock()
         self._last_app: Any = None
@@ -116,8 +126,7 @@ class AgentMiddleware:
         # An agent further in (instrument() and injection both, or an instrumented sub-app in
         # a Mount) sees this key and stands back: each request is recorded once, outermost.
         scope[_NESTED] = True
-        clock = self._clock
-        timing = _Timing(clock())
+        request = _Request(self._clock())
         root_path = scope.get("root_path", "")
         token = None
         run: ProfileRun | None = None
@@ -129,14 +138,15 @@ class AgentMiddleware:
             # table of an app met for the first time is registered (`_met`).
             if scope.get("app") is not self._last_app or not self.threadpool.captured:
                 self._met(scope)
-            if self.watchdogs is not None:
-                self.watchdogs.see_loop()  # the loop serving this request gets a watchdog once
-            if self.inflight is not None:  # one dict insert; _finish deletes it
-                self.inflight.requests[timing] = (self, timing, scope, current_task())
+            watchdogs = self.watchdogs
+            # The loop serving this request gets a watchdog once (None: not asyncio).
+            if watchdogs is not None and _get_running_loop() is not watchdogs.last_loop:
+                watchdogs.see_loop()
             if self.query_hooks is not None:
-                token = CURRENT.set(RequestQueries())
+                token = CURRENT.set(request)
         except Exception:
             self._count_error()
+        clock = self._clock
 
         # A plain function returning the server's own awaitable: no coroutine of ours is
         # created, and none is resumed each time the server's send suspends.
@@ -144,13 +154,13 @@ class AgentMiddleware:
             try:
                 kind = message["type"]
                 if kind == "http.response.start":
-                    timing.status = int(message["status"])
-                    timing.head = clock()
+                    request.status = int(message["status"])
+                    request.head = clock()
                 elif kind == "http.response.body":
                     if message.get("more_body", False):
-                        timing.streamed = True
+                        request.streamed = True
                     else:
-                        timing.end = clock()
+                        request.end = clock()
             except Exception:
                 self._count_error()
             return send(message)
@@ -161,9 +171,9 @@ class AgentMiddleware:
             else:
                 await run.around(self.app, scope, receive, watched_send)
         except BaseException as exc:
-            self._finish(scope, root_path, timing, exc, token, run)
+            self._finish(scope, root_path, request, exc, token, run)
             raise
-        self._finish(scope, root_path, timing, None, token, run)
+        self._finish(scope, root_path, request, None, token, run)
 
     def _met(self, scope: Scope) -> None:
         """An app met for the first time (an injected agent wraps a live app), or a thread
@@ -175,21 +185,16 @@ class AgentMiddleware:
         if not self.threadpool.captured:
             self.threadpool.capture()
 
-    def _finish(self, scope: Scope, root_path: str, timing: _Timing,
+    def _finish(self, scope: Scope, root_path: str, request: _Request,
                 exc: BaseException | None, token: Any, run: ProfileRun | None = None) -> None:
         try:
-            if self.inflight is not None:
-                self.inflight.requests.pop(timing, None)
-            django_request = scope.pop(REQUEST_KEY, None)  # also breaks the scope<->request cycle
-            queries: tuple[QueryEntry, ...] = ()
             if token is not None:
-                current = CURRENT.get()
                 CURRENT.reset(token)
-                if current is not None and current.stats:
-                    queries = current.entries()
-            end = timing.end if timing.end is not None else self._clock()
-            start = timing.called
-            status = timing.status
+            django_request = scope.pop(REQUEST_KEY, None)  # also breaks the scope<->request cycle
+            queries: tuple[QueryEntry, ...] = request.entries() if request.stats else ()
+            end = request.end if request.end is not None else self._clock()
+            start = request.called
+            status = request.status
             exc_type = exc_file = exc_line = None
             if exc is not None:
                 exc_type = type(exc).__name__
@@ -204,27 +209,24 @@ class AgentMiddleware:
             route = self.route_of(scope, root_path, status, django_request)
             # A streamed body (server-sent events, a download, tokens) lasts as long as the
             # stream does, by design: the time to its head is the latency the client waited.
-            head = timing.head if timing.streamed else None
+            head = request.head if request.streamed else None
             first_byte_ms = (head - start) * 1000.0 if head is not None else None
-            entry = RequestEntry(start + self._epoch_offset, (end - start) * 1000.0, method,
-                                 route, status, exc_type, exc_file, exc_line, queries, 1,
-                                 first_byte_ms)
+            entry: RequestEntry = _new_entry(RequestEntry, (
+                start + self._epoch_offset, (end - start) * 1000.0, method, route, status,
+                exc_type, exc_file, exc_line, queries, 1, first_byte_ms))
             self.recorder.record(entry)
         except Exception:
             self._count_error()
             if run is not None and self.profiling is not None:
                 self.profiling.abandon(run)
             return
-        profiling = self.profiling
-        if profiling is not None and (run is not None or profiling.active):
-            self._profiled(profiling, entry, run)
+        if run is not None and self.profiling is not None:
+            self._profiled(self.profiling, entry, run)
 
     def _profiled(self, profiling: RequestProfiling, entry: RequestEntry,
-                  run: ProfileRun | None) -> None:
+                  run: ProfileRun) -> None:
         try:
-            if run is not None:
-                profiling.finish(run, entry.start, entry.method, entry.route, entry.duration_ms)
-            profiling.observe(entry.method, entry.route, entry.duration_ms)
+            profiling.finish(run, entry.start, entry.method, entry.route, entry.duration_ms)
         except Exception:
             profiling.errors += 1
 
@@ -244,6 +246,9 @@ class AgentMiddleware:
         if status == 404 and _is_mount(route):  # the mount's prefix matched, nothing inside it
             return UNMATCHED
         key = route if context is None else context
+        known = self.routes.templates.get(id(key))  # `RouteRegistry.template`, inlined
+        if known is not None and known[0] is key and known[1]:
+            return known[1]
         template = self._lookup(scope, key)
         if template is not None:
             return template

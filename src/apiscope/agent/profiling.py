@@ -18,10 +18,12 @@ slices to `max_share` of the time: a slice is sampled only while the budget has 
 and is charged to it as it ends; otherwise it is timed only (its awaits are still exact, and
 the bookkeeping is what `max_per_second` bounds: one long sampled slice must not starve every
 awaiting route of its profiles until the budget is paid back). The route
-template is only known once the app returns, so a finished request *arms* its route and the
-next request whose path matches the armed template is profiled: before the app, an
-unprofiled request pays one truth test of `RequestProfiling.armed` when nothing is armed (one
-regex match per armed route otherwise); after it, one counter update in `observe`.
+template is only known once the app returns, so finished requests *arm* their route and the
+next request whose path matches the armed template is profiled. The counting is not done on
+the request path: the agent's socket thread counts the requests each pull drains
+(`observe_batch`), so a route is armed at most once a pull (a second) and an unprofiled
+request pays one truth test of `RequestProfiling.armed` when nothing is armed (one regex match
+per armed route otherwise), before the app and nothing after it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import importlib
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .profiler import (
@@ -43,6 +45,7 @@ from .profiler import (
     options_from_env,
 )
 from .profiletree import compact_tree, parse_frame
+from .recorder import RequestEntry
 
 ROUTE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
 SLOW_REARM_SECONDS = 1.0  # a route slow on every request is profiled at most once a second
@@ -185,12 +188,31 @@ class RequestProfiling:
         self._running += 1
         return run
 
-    def observe(self, method: str, route: str, duration_ms: float) -> None:
-        """Count a finished request of a route; arm the route when its turn has come."""
+    def observe_batch(self, entries: Iterable[RequestEntry]) -> None:
+        """Count the finished requests a pull drained (on the socket thread), arming each route
+        whose turn has come. An entry kept for `weight` requests counts as that many."""
+        if not self.active:
+            return
+        counts: dict[tuple[str, str], list[float]] = {}  # key -> [requests, slowest ms]
+        for entry in entries:
+            key = (entry.method, entry.route)
+            seen = counts.get(key)
+            if seen is None:
+                counts[key] = [entry.weight, entry.duration_ms]
+            else:
+                seen[0] += entry.weight
+                if entry.duration_ms > seen[1]:
+                    seen[1] = entry.duration_ms
+        for (method, route), (requests, slowest_ms) in counts.items():
+            self.observe(method, route, slowest_ms, int(requests))
+
+    def observe(self, method: str, route: str, duration_ms: float, requests: int = 1) -> None:
+        """Count finished requests of a route (the slowest took `duration_ms`); arm the route
+        when its turn has come."""
         if not self.active:
             return
         key = (method, route)
-        count = self._counts.get(key, 0) + 1
+        count = self._counts.get(key, 0) + requests
         if count < self._every and not (self._slow_ms <= duration_ms and self._slow_due(key)):
             self._counts[key] = count
             return

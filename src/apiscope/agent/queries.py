@@ -74,11 +74,13 @@ class RequestQueries:
     __slots__ = ("stats", "in_orm")
 
     def __init__(self) -> None:
-        self.stats: dict[str, list[Any]] = {}
+        # None until the request's first statement: most requests of most apps run none.
+        self.stats: dict[str, list[Any]] | None = None
         self.in_orm = 0  # > 0 while an ORM (SQLAlchemy, Django) executes: drivers stand back
 
     def entries(self) -> tuple[QueryEntry, ...]:
-        return tuple((stmt, s[0], s[1] * 1000.0, s[2], s[3]) for stmt, s in self.stats.items())
+        stats = self.stats or {}
+        return tuple((stmt, s[0], s[1] * 1000.0, s[2], s[3]) for stmt, s in stats.items())
 
 
 class QueryHooks:
@@ -102,9 +104,12 @@ class QueryHooks:
 
     def _add(self, queries: RequestQueries, statement: str, seconds: float) -> None:
         key = self.normalizer(statement)
-        stat = queries.stats.get(key)
+        stats = queries.stats
+        if stats is None:
+            stats = queries.stats = {}
+        stat = stats.get(key)
         if stat is None:
-            queries.stats[key] = [1, seconds, None, None]
+            stats[key] = [1, seconds, None, None]
             return
         stat[0] += 1
         stat[1] += seconds

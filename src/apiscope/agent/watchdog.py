@@ -92,19 +92,21 @@ class Watchdogs:
         self._loops: dict[int, LoopWatchdog] = {}  # by id(loop)
         self._gil: GilWatchdog | None = None
         self._meter = GilMeter()
-        self._last_loop: asyncio.AbstractEventLoop | None = None
+        # The loop met last: the middleware calls `see_loop` only when its request's loop is
+        # another one (one comparison per request).
+        self.last_loop: asyncio.AbstractEventLoop | None = None
         self._retired_cpu = 0.0  # CPU seconds of loop watchdogs whose loop was closed
         self._running = False
         self.errors = 0
 
     def see_loop(self) -> None:
-        """Called by the middleware on each request, on the loop serving it: cheap after the
-        first request of each loop (one lookup and one comparison). Never raises."""
+        """Called on the loop serving a request, by the middleware when that loop is not
+        `last_loop`: gives the loop a watchdog once. Never raises."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio (an app served on trio): no loop to watch
             return
-        if loop is self._last_loop:
+        if loop is self.last_loop:
             return
         try:
             self._watch(loop)
@@ -112,7 +114,7 @@ class Watchdogs:
             self.errors += 1
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._last_loop = loop
+        self.last_loop = loop
         with self._lock:
             if id(loop) in self._loops:
                 return
@@ -147,7 +149,7 @@ class Watchdogs:
             self._running = False
             dogs, self._loops = list(self._loops.values()), {}
             gil, self._gil = self._gil, None
-            self._last_loop = None
+            self.last_loop = None
         for dog in dogs:
             dog.stop()
         if gil is not None:
@@ -161,7 +163,7 @@ class Watchdogs:
             self._gil.cpu.stat.close()
         self._lock = threading.Lock()
         self._loops, self._gil, self._meter = {}, None, GilMeter()
-        self._last_loop, self._running = None, False
+        self.last_loop, self._running = None, False
 
     def pull(self) -> dict[str, Any]:
         """`{"loops": [lag...], "stalls": [...], "gil": {...} | None, "sleeps": [[file, line,
