@@ -12,6 +12,11 @@ Three measurements, each a ratio to the bare server measured in the same round:
   and client p95 attached against unattached.
 - **first data**: from `apiscope attach` starting to its dashboard's `/metrics` showing both
   requests and stack samples.
+- **paired**: the agent's own cost, with the host's noise taken out: a bare and an instrumented
+  server run at the same time on SERVER_CPU, each under its own wrk, so that whatever the host
+  does to one (its speed here moves by a third within minutes) it does to the other. The
+  kernel's per-thread CPU time (`/proc/PID/task/TID/schedstat`) gives each server's CPU per
+  request, the loop thread's and the agent's own threads' apart.
 """
 
 from __future__ import annotations
@@ -167,6 +172,56 @@ def saturated(rounds: int = 5, seconds: int = 5) -> dict[str, Any]:
     return {"rounds": rounds, "seconds": seconds, "variants": rows}
 
 
+# --- paired: bare and instrumented at the same time ------------------------------------------
+
+def _thread_cpu_ns(pid: int) -> dict[int, int]:
+    """CPU ns of each thread of `pid`, by the kernel (schedstat's first field)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[int(tid)] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread gone meanwhile
+    return out
+
+
+def _requests_in(out: str) -> int:
+    match = re.search(r"(\d+) requests in", out)
+    if match is None:
+        raise RuntimeError(f"unexpected wrk output: {out}")
+    return int(match.group(1))
+
+
+def _paired_round(seconds: int) -> dict[str, float]:
+    with server("benchmarks.apps:app", {"BENCH_MIDDLEWARE": "bare"}) as (bare, bare_url), \
+            server("benchmarks.apps:app", {"BENCH_MIDDLEWARE": "apiscope"}) as (agent, url):
+        for warm_up, length in ((True, 2), (False, seconds)):
+            before = {pid: _thread_cpu_ns(pid) for pid in (bare, agent)}
+            loads = [subprocess.Popen(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c16",
+                                       f"-d{length}s", target], stdout=subprocess.PIPE,
+                                      text=True) for target in (bare_url, url)]
+            done = [_requests_in(load.communicate()[0]) for load in loads]
+            after = {pid: _thread_cpu_ns(pid) for pid in (bare, agent)}
+            if warm_up:
+                continue
+            used = {pid: {tid: ns - before[pid].get(tid, 0) for tid, ns in after[pid].items()}
+                    for pid in (bare, agent)}
+            bare_us = used[bare][bare] / 1e3 / done[0]
+            agent_us = used[agent][agent] / 1e3 / done[1]
+            others_us = sum(ns for tid, ns in used[agent].items() if tid != agent) / 1e3 / done[1]
+            return {"bare_us": bare_us, "agent_us": agent_us, "ratio": agent_us / bare_us,
+                    "others_us": others_us,
+                    "total_ratio": (agent_us + others_us) / bare_us}
+    raise AssertionError("unreachable")
+
+
+def paired(rounds: int = 5, seconds: int = 5) -> dict[str, Any]:
+    """The agent's CPU per request against the bare server's, measured at the same time."""
+    return {"rounds": rounds, "seconds": seconds,
+            "rows": [_paired_round(seconds) for _ in range(rounds)]}
+
+
 # --- the busy host ----------------------------------------------------------------------------
 
 WRK_SCRIPT = """
@@ -299,7 +354,8 @@ def first_data(rounds: int = 3) -> dict[str, Any]:
 
 
 def run() -> dict[str, Any]:
-    return {"saturated": saturated(), "busy_host": busy_host(), "first_data": first_data()}
+    return {"saturated": saturated(), "paired": paired(), "busy_host": busy_host(),
+            "first_data": first_data()}
 
 
 def render(result: dict[str, Any]) -> str:
@@ -316,6 +372,21 @@ def render(result: dict[str, Any]) -> str:
             rate = "100 Hz"
         lines.append(f"| {variant} | {ratio_summary([r['ratio'] for r in rows])} | {cpu:.0f} µs"
                      f" | {collector:.3f} cores | {rate} |")
+    if "paired" in result:
+        rows = result["paired"]["rows"]
+        lines += ["", "| paired: agent / bare, same moments | median | min | max |",
+                  "| --- | --- | --- | --- |"]
+        for name, key in (("loop thread's CPU per request", "ratio"),
+                          ("the whole process's CPU per request", "total_ratio")):
+            values = [r[key] for r in rows]
+            lines.append(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} |"
+                         f" {max(values):.3f} |")
+        lines.append(f"| the agent's threads (watchdogs, socket), per request |"
+                     f" {statistics.median(r['others_us'] for r in rows):.1f} µs"
+                     f" | {min(r['others_us'] for r in rows):.1f} µs"
+                     f" | {max(r['others_us'] for r in rows):.1f} µs |")
+        lines.append(f"| bare server's CPU per request | "
+                     f"{statistics.median(r['bare_us'] for r in rows):.0f} µs | | |")
     busy = result["busy_host"]
     un = busy["rows"]["unattached"]
     lines += ["", "| busy host | median | min | max |", "| --- | --- | --- | --- |"]
@@ -336,7 +407,7 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("part", choices=["saturated", "busy_host", "first_data"])
+    parser.add_argument("part", choices=["saturated", "paired", "busy_host", "first_data"])
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     print(json.dumps(globals()[args.part](rounds=args.rounds), indent=1, default=str))
