@@ -52,15 +52,15 @@ FEW_CALLBACKS = 2
 # A look whose wake-up took the GIL within this share of the switch interval found it free.
 GIL_FREE_SHARE = 0.2
 # A long pass during which the loop thread waited this share of it or more for a CPU (the
-# host busy, the thread preempted mid-pass) does not alert the watchdog: the host, not the
-# code, made it long.
+# host busy, the thread preempted mid-pass) is neither followed nor alerts the watchdog: the
+# host, not the code, made it long.
 QUEUED_SHARE = 0.5
 # The CPU that following passes (and sampling late probes) may spend, as a share of one core
 # on average, and saved up at most: a hold after a quiet while is followed whole, and a host
 # so busy that every pass looks long (the loop thread preempted mid-pass) costs no more than
 # this. Passes not followed for want of it are still recorded at their exact lengths.
-FOLLOW_CPU_SHARE = 0.0025
-FOLLOW_CPU_BURST = 0.02
+FOLLOW_CPU_SHARE = 0.005
+FOLLOW_CPU_BURST = 0.05
 
 Frame = tuple[str, str, int]  # (function as py-spy names it, absolute file, line)
 Stack = tuple[Frame, ...]
@@ -256,7 +256,8 @@ class LoopWatchdog(Background):
         when due and sleep. Long passes nobody followed are recorded without a stack."""
         if self.loop.is_closed():
             return False
-        self._unfollowed(clock, self._queued_since_check())
+        queued = self._queued_since_check()
+        self._unfollowed(clock, queued)
         options = self.options
         now = time.perf_counter()
         follow_at = options.hold_threshold * FOLLOW_SHARE
@@ -271,7 +272,8 @@ class LoopWatchdog(Background):
         # Before the loop's first call of the wrapped select (it may be parked in the select
         # it called before the wrapping), the pass it is in is not known: the lag probe below
         # wakes it into the wrapper.
-        if now - start >= follow_at and clock.passes and now >= self._next_follow:
+        if now - start >= follow_at and clock.passes and now >= self._next_follow and \
+                queued < (now - start) * QUEUED_SHARE:
             if self._follow_cpu.refilled() > 0:
                 began = time.thread_time()
                 if not self._follow(clock, start):
