@@ -205,3 +205,32 @@ def test_options_from_environment() -> None:
     assert (options.every, options.slow_ms) == (0, 350.0) and not options.enabled
     assert options.max_per_second == ProfilingOptions().max_per_second  # ignored, not fatal
     assert options.max_nodes == ProfilingOptions().max_nodes
+
+
+def test_a_pulled_batch_arms_each_route_once_by_its_weighted_count() -> None:
+    # What the agent's socket thread does with the requests a pull drained: counted per route
+    # (an entry kept for n requests counts n), each route armed at most once per batch.
+    from apiscope.agent.recorder import RequestEntry
+
+    def entry(route: str, ms: float = 5.0, weight: int = 1) -> RequestEntry:
+        return RequestEntry(0.0, ms, "GET", route, 200, None, None, None, (), weight)
+
+    p = profiling(FakeClock(), every=10, slow_ms=200, max_per_second=1000)
+    p.observe_batch([entry("/a"), entry("/b")])  # routes met for the first time: armed at once
+    assert sorted(e[2] for e in p.armed) == [("GET", "/a"), ("GET", "/b")]
+    p.armed = []
+    p.observe_batch([entry("/a")] * 9 + [entry("/b", weight=4)] * 2)
+    assert p.armed == []  # /a: 9 of 10; /b: 8 of 10
+    p.observe_batch([entry("/a"), entry("/a"), entry("/b", weight=4)])
+    assert sorted(e[2] for e in p.armed) == [("GET", "/a"), ("GET", "/b")]
+    assert p.admit("GET", "/a") is not None and p.admit("GET", "/a") is None  # once
+    p.observe_batch([entry("/c")])
+    p.armed = [e for e in p.armed if e[2][1] != "/c"]
+    p.observe_batch([entry("/c", ms=250.0)])  # one slow request arms its route at once
+    assert [e[2] for e in p.armed if e[2][1] == "/c"] == [("GET", "/c")]
+    p.armed = []
+    p.observe_batch([entry(f"/r{i}") for i in range(20)])  # 20 new routes: 8 armed at most
+    assert len(p.armed) == 8  # (each request pays a regex match per armed route)
+    p.configure(ProfilingOptions(every=0))  # off: nothing counted, nothing armed
+    p.observe_batch([entry("/d", ms=900.0)] * 50)
+    assert p.armed == []

@@ -9,6 +9,8 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +49,12 @@ def test_root_attaches_to_another_users_server(service_user: Account, tmp_path: 
             info = rendezvous.stat()
             assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (service_user.uid, 0o700)
             drive(server.url)
+            # Routes are armed for a profile as the collector pulls (once a second): /ping's
+            # first request in a pull's batch arms it, and one of the next is profiled.
+            for _ in range(25):
+                with urllib.request.urlopen(f"{server.url}/ping", timeout=10) as resp:
+                    resp.read()
+                time.sleep(0.1)
         assert apiscope.returncode == 0, apiscope.stderr
         # No warning: not even that the server lacks pyinstrument (it does): apiscope's own was
         # offered, the target running the same ABI.

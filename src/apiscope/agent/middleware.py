@@ -9,10 +9,9 @@ The request path does no I/O, takes no lock and allocates little: one `_Request`
 request's timing, and the statements the query hooks count into it), one closure and, after the
 response, one tuple appended to the recorder's deque. Whatever can wait is done by the agent's
 socket thread when the collector pulls: counting requests per route to arm profiles, and (in
-`inflight`) finding the requests in flight from the tasks' frames when a dump is asked for. On
-a saturated uvicorn worker serving a one-line FastAPI handler this path costs about 3 % of the
-request's CPU (docs/benchmarks.md). Everything the agent itself does is inside try/except: its
-failures are counted, never seen by a request.
+`inflight`) finding the requests in flight from the tasks' frames when a dump is asked for
+(what this path costs a server is measured in docs/benchmarks.md, "paired"). Everything the
+agent itself does is inside try/except: its failures are counted, never seen by a request.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ awaiting route of its profiles until the budget is paid back). The route
 template is only known once the app returns, so finished requests *arm* their route and the
 next request whose path matches the armed template is profiled. The counting is not done on
 the request path: the agent's socket thread counts the requests each pull drains
-(`observe_batch`), so a route is armed at most once a pull (a second) and an unprofiled
+(`observe_batch`; a route met for the first time is armed at once), so a route is armed at
+most once a pull (a second) and an unprofiled
 request pays one truth test of `RequestProfiling.armed` when nothing is armed (one regex match
 per armed route otherwise), before the app and nothing after it.
 """
@@ -49,6 +50,9 @@ from .recorder import RequestEntry
 
 ROUTE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
 SLOW_REARM_SECONDS = 1.0  # a route slow on every request is profiled at most once a second
+# Routes armed at once at most: every request pays one regex match per armed route until
+# one matches, and a route called rarely stays armed until its next request.
+MAX_ARMED = 8
 BURST_SECONDS = 5.0  # the profiling time budget saves up this many seconds' worth at most
 
 
@@ -203,8 +207,11 @@ class RequestProfiling:
                 seen[0] += entry.weight
                 if entry.duration_ms > seen[1]:
                     seen[1] = entry.duration_ms
-        for (method, route), (requests, slowest_ms) in counts.items():
-            self.observe(method, route, slowest_ms, int(requests))
+        for key, (requests, slowest_ms) in counts.items():
+            # A route met for the first time has its turn at once: a short session, or a route
+            # called a few times in it, still gets a profile.
+            turn = self._every if key not in self._counts else 0
+            self.observe(key[0], key[1], slowest_ms, max(int(requests), turn))
 
     def observe(self, method: str, route: str, duration_ms: float, requests: int = 1) -> None:
         """Count finished requests of a route (the slowest took `duration_ms`); arm the route
@@ -217,7 +224,8 @@ class RequestProfiling:
             self._counts[key] = count
             return
         self._counts[key] = 0
-        if route != "<unmatched>" and all(entry[2] != key for entry in self.armed):
+        if route != "<unmatched>" and len(self.armed) < MAX_ARMED and \
+                all(entry[2] != key for entry in self.armed):
             self.armed.append((method, template_pattern(route), key))
 
     def finish(self, run: ProfileRun, start: float, method: str, route: str,
