@@ -245,9 +245,6 @@ class AgentMiddleware:
         if status == 404 and _is_mount(route):  # the mount's prefix matched, nothing inside it
             return UNMATCHED
         key = route if context is None else context
-        known = self.routes.templates.get(id(key))  # `RouteRegistry.template`, inlined
-        if known is not None and known[0] is key and known[1]:
-            return known[1]
         template = self._lookup(scope, key)
         if template is not None:
             return template

@@ -55,8 +55,7 @@ class RouteRegistry:
     def __init__(self) -> None:
         self.rows: list[RouteRow] = []
         # id(route) -> (route, template); the route is kept so that its id is never reused.
-        # Read by the middleware directly on each request (see `template`).
-        self.templates: dict[int, tuple[Any, str]] = {}
+        self._templates: dict[int, tuple[Any, str]] = {}
         self._apps: list[Any] = []
         self._litestar: list[Any] = []
         self._django = False
@@ -100,7 +99,7 @@ class RouteRegistry:
             rows.extend(litestar_rows(litestar))
         if self._django:
             rows.extend(django_rows())
-        self.rows, self.templates = rows, templates
+        self.rows, self._templates = rows, templates
 
     def routing(self) -> dict[str, Any]:
         """Where the recorded routes came from: "framework" (templates the framework
@@ -117,7 +116,7 @@ class RouteRegistry:
 
     def template(self, route: Any) -> str | None:
         """The full template of a route object (or FastAPI route context, or endpoint)."""
-        found = self.templates.get(id(route))
+        found = self._templates.get(id(route))
         return found[1] or None if found is not None and found[0] is route else None
 
 
