@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from apiscope.collectors.pyspy import find_pyspy
+from apiscope.collectors.threadcpu import ThreadCpuReader, usage
 from benchmarks.harness import (
     LOAD_CPU,
     ROOT,
@@ -174,18 +175,6 @@ def saturated(rounds: int = 5, seconds: int = 5) -> dict[str, Any]:
 
 # --- paired: bare and instrumented at the same time ------------------------------------------
 
-def _thread_cpu_ns(pid: int) -> dict[int, int]:
-    """CPU ns of each thread of `pid`, by the kernel (schedstat's first field)."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                out[int(tid)] = int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass  # a thread gone meanwhile
-    return out
-
-
 def _requests_in(out: str) -> int:
     match = re.search(r"(\d+) requests in", out)
     if match is None:
@@ -196,20 +185,20 @@ def _requests_in(out: str) -> int:
 def _paired_round(seconds: int) -> dict[str, float]:
     with server("benchmarks.apps:app", {"BENCH_MIDDLEWARE": "bare"}) as (bare, bare_url), \
             server("benchmarks.apps:app", {"BENCH_MIDDLEWARE": "apiscope"}) as (agent, url):
+        reader = ThreadCpuReader()
         for warm_up, length in ((True, 2), (False, seconds)):
-            before = {pid: _thread_cpu_ns(pid) for pid in (bare, agent)}
+            before = reader.read((bare, agent))
             loads = [subprocess.Popen(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c16",
                                        f"-d{length}s", target], stdout=subprocess.PIPE,
                                       text=True) for target in (bare_url, url)]
             done = [_requests_in(load.communicate()[0]) for load in loads]
-            after = {pid: _thread_cpu_ns(pid) for pid in (bare, agent)}
+            used = usage(before, reader.read((bare, agent))).threads  # seconds by (pid, tid)
             if warm_up:
                 continue
-            used = {pid: {tid: ns - before[pid].get(tid, 0) for tid, ns in after[pid].items()}
-                    for pid in (bare, agent)}
-            bare_us = used[bare][bare] / 1e3 / done[0]
-            agent_us = used[agent][agent] / 1e3 / done[1]
-            others_us = sum(ns for tid, ns in used[agent].items() if tid != agent) / 1e3 / done[1]
+            bare_us = used[(bare, bare)] * 1e6 / done[0]
+            agent_us = used[(agent, agent)] * 1e6 / done[1]
+            others_us = sum(seconds for (pid, tid), seconds in used.items()
+                            if pid == agent and tid != agent) * 1e6 / done[1]
             return {"bare_us": bare_us, "agent_us": agent_us, "ratio": agent_us / bare_us,
                     "others_us": others_us,
                     "total_ratio": (agent_us + others_us) / bare_us}
