@@ -220,6 +220,23 @@ def test_target_exit_ends_the_sampler_cleanly(app_dir: Path) -> None:
     assert not sampler.running
 
 
+def hold_with_gdb(pid: int, seconds: float) -> tuple[float, float]:
+    """Stop `pid` under gdb for `seconds`; return when the hold began and ended.
+
+    py-spy in blocking mode traces the process for each sample, and the kernel refuses a
+    second tracer: gdb's attach then fails at once ("ptrace: Operation not permitted") and
+    nothing is held. Try again, as the injector does, until gdb has held the process."""
+    for _ in range(50):
+        began = time.time()
+        run = subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", f"shell sleep {seconds}"],
+                             capture_output=True, text=True, timeout=60, check=False)
+        ended = time.time()
+        if "ptrace: Operation not permitted" not in run.stdout + run.stderr:
+            return began, ended
+        time.sleep(0.02)
+    raise AssertionError("gdb could not attach while py-spy was sampling: " + run.stderr)
+
+
 def test_py_spys_failed_reads_are_timed_within_a_debuggers_hold(app_dir: Path) -> None:
     """A real py-spy record while gdb holds the server: its reads fail for that long, each one
     logged with its time, all of them inside gdb's run (what tells the injection's pauses from
@@ -234,10 +251,7 @@ def test_py_spys_failed_reads_are_timed_within_a_debuggers_hold(app_dir: Path) -
         spy = PopenSpy(argv)
         assert spy.wait_ready(30)
         time.sleep(0.3)
-        held_from = time.time()
-        subprocess.run(["gdb", "-p", str(server.pid), "-batch", "-ex", "shell sleep 0.5"],
-                       capture_output=True, timeout=60, check=False)
-        held_to = time.time()
+        held_from, held_to = hold_with_gdb(server.pid, seconds=0.5)
         time.sleep(0.3)
         spy.interrupt()
         result = spy.finish(30)
