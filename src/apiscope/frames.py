@@ -63,6 +63,10 @@ SCRIPTS = re.compile(r"[/\\](bin|Scripts)[/\\][^/\\]+$")
 # The agent's files wherever the target loaded them from: a session may be analysed by another
 # installation of apiscope than the one that collected it.
 _AGENT_FILES = re.compile(r"[/\\]apiscope[/\\](agent|autostart)[/\\][^/\\]+\.py$")
+# Where the injected agent's start-up enters the target: everything called from these frames
+# is apiscope's own work (its imports included), on whatever request's stack the interpreter
+# ran the pending call.
+_AGENT_ENTRIES = re.compile(r"[/\\]apiscope[/\\](inject[/\\]payload|agent[/\\]bootstrap)\.py$")
 # The top-level package of an installed or standard library file.
 _INSTALLED_PACKAGE = re.compile(r"[/\\](?:site|dist)-packages[/\\]([^/\\]+)")
 _STDLIB_PACKAGE = re.compile(r"[/\\]lib[/\\]python\d+(?:\.\d+)?t?[/\\]([^/\\]+)")
@@ -92,6 +96,11 @@ def is_synthetic(frame: Frame) -> bool:
 def is_tool_file(file: str, tool_roots: Sequence[str] = TOOL_ROOTS) -> bool:
     """apiscope's own code: this installation's files, or the agent's from any installation."""
     return any(under(file, root) for root in tool_roots) or bool(_AGENT_FILES.search(file))
+
+
+def is_agent_entry(file: str) -> bool:
+    """The injected loader or the agent's bootstrap: frames below which all is apiscope's."""
+    return bool(_AGENT_ENTRIES.search(file))
 
 
 def _absolute(path: str) -> bool:

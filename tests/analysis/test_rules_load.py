@@ -183,6 +183,19 @@ def test_the_agents_own_work_is_tool_work_but_not_the_requests_it_wraps() -> Non
     assert not is_tool_work((*on_loop(middleware), route))  # the framework's work
 
 
+def test_the_agents_start_up_is_tool_work_on_whatever_stack_it_ran() -> None:
+    # Injected as a pending call, the agent's start-up ran on top of a request being handled
+    # on the main thread, and imported a third-party package from there.
+    loader = Frame("main", f"{TOOL_ROOTS[0]}/inject/payload.py", 76)
+    bootstrap = Frame("attach", "<apiscope-injected>/apiscope/agent/bootstrap.py", 55)
+    request = (*on_loop(Frame("app", f"{SITE}/starlette/routing.py", 70)), app("search", 44))
+    importing = Frame("_collect_parameters", f"{SITE}/typing_extensions.py", 3378)
+    assert is_tool_work((*request, Frame("<module>", "<string>", 2), loader, bootstrap,
+                         importing))
+    assert is_tool_work((*request, Frame("<module>", "<string>", 2), loader, importing))
+    assert not is_tool_work((*request, importing))
+
+
 def test_the_agents_own_work_is_not_in_the_cpu_shares(tmp_path: Path) -> None:
     spec = healthy()
     agent = f"{TOOL_ROOTS[0]}/agent/profiling.py"

@@ -25,6 +25,7 @@ from apiscope.frames import (
     STDLIB_PATH,
     THIRD_PARTY,
     TOOL_ROOTS,
+    is_agent_entry,
     is_app_frame,
     is_tool_file,
     norm,
@@ -126,7 +127,12 @@ def is_tool_work(frames: Sequence[Frame], tool_roots: Sequence[str] = TOOL_ROOTS
     profiler (pyinstrument's sampler, called from inside a handler) means yes; any other frame,
     the application's or a third-party package's, means no. So the agent's middleware, on every
     request's stack above the framework and the handler, does not make their work its own.
+    The agent's start-up is the exception: injected as a pending call, it runs on top of
+    whatever the main thread was doing (often a request), and all it calls, third-party
+    imports included, is its own.
     """
+    if any(is_agent_entry(frame.file) for frame in frames):
+        return True
     for frame in reversed(frames):
         file = frame.file
         if is_tool_file(file, tool_roots) or _PROFILER_PACKAGES.search(file):
