@@ -11,6 +11,10 @@ thread may be halfway through a bytecode, inside malloc, or without the GIL. So 
    pending calls on the main thread between two bytecodes, with the GIL held: a safe point.
    uvicorn's main loop ticks at least every 0.1 s, so the call runs promptly after gdb detaches.
 
+The target is stopped from gdb's attach to its detach, so that span holds no symbol lookup
+when it can be avoided: the three functions' addresses are read from the process's files
+beforehand (`apiscope.inject.symbols`), and gdb only looks them up itself when that fails.
+
 memray's `attach` also starts with `Py_AddPendingCall` from wherever gdb stopped; it then waits
 on breakpoints to `dlopen` a library, which we need not do. The page (one per injection) is
 left mapped: the main thread reads it after gdb has gone, and nothing tells us when.
@@ -24,6 +28,7 @@ from apiscope.errors import TargetError
 from apiscope.inject.errors import InjectionFailed
 from apiscope.inject.runner import RunResult
 from apiscope.inject.snippet import c_string_literal
+from apiscope.inject.symbols import Functions
 from apiscope.permissions import ptrace_denied
 
 MARK = "APISCOPE:"
@@ -51,14 +56,33 @@ def gdb_argv(gdb: str, pid: int, script: str, *, attach_in_script: bool = True) 
             "-x", script]
 
 
-def gdb_script(snippet: str, attach_pid: int | None = None) -> str:
+def gdb_script(snippet: str, attach_pid: int | None = None,
+               functions: Functions | None = None) -> str:
     """The gdb commands that schedule `snippet` as a pending call and detach.
 
     With `attach_pid`, the script attaches itself, retrying refusals (this needs a gdb built
-    with Python; the output then says `NO_PYTHON`); without, gdb was given `-p`.
+    with Python; the output then says `NO_PYTHON`); without, gdb was given `-p`. With
+    `functions` (their addresses, read from outside: `apiscope.inject.symbols`) gdb calls them
+    by address and loads no symbols while the target is stopped; without, it looks them up.
     """
     literal, size = c_string_literal(snippet)
     pages = (size + PAGE - 1) // PAGE * PAGE
+    if functions is None:
+        mmap, add_pending_call, run_simple_string = "mmap", "Py_AddPendingCall", \
+            "PyRun_SimpleString"
+        lookup = [
+            "sharedlibrary libc",
+            "sharedlibrary libpython",
+            f'printf "{MARK} attached\\n"',
+            # Fails with "No symbol" (ending the script) in a process that is not CPython.
+            f'printf "{MARK} python %p %p\\n", (void *) &Py_AddPendingCall,'
+            " (void *) &PyRun_SimpleString",
+        ]
+    else:
+        mmap = f"((void *(*)(void *, unsigned long, int, int, int, long)) {functions.mmap:#x})"
+        add_pending_call = f"((int (*)(void *, void *)) {functions.add_pending_call:#x})"
+        run_simple_string = f"{functions.run_simple_string:#x}"
+        lookup = [f'printf "{MARK} attached\\n"']
     return "\n".join([
         "set pagination off",
         "set confirm off",
@@ -69,20 +93,15 @@ def gdb_script(snippet: str, attach_pid: int | None = None) -> str:
         # target inside it.
         "set unwindonsignal on",
         *(_attach_with_retries(attach_pid) if attach_pid is not None else []),
-        "sharedlibrary libc",
-        "sharedlibrary libpython",
-        f'printf "{MARK} attached\\n"',
-        # Fails with "No symbol" (ending the script) in a process that is not CPython.
-        f'printf "{MARK} python %p %p\\n", (void *) &Py_AddPendingCall,'
-        " (void *) &PyRun_SimpleString",
-        f"set $apiscope_text = (char *) mmap((void *) 0, (unsigned long) {pages},"
+        *lookup,
+        f"set $apiscope_text = (char *) {mmap}((void *) 0, (unsigned long) {pages},"
         f" {PROT_READ_WRITE}, {MAP_PRIVATE_ANONYMOUS}, -1, (long) 0)",
         "if $apiscope_text == (char *) -1",
         f'  printf "{MARK} mmap failed\\n"',
         "else",
         f"  set {{char[{size}]}} $apiscope_text = {literal}",
-        f'  printf "{MARK} pending %d\\n", (int) Py_AddPendingCall('
-        "(int (*)(void *)) PyRun_SimpleString, (void *) $apiscope_text)",
+        f'  printf "{MARK} pending %d\\n", (int) {add_pending_call}('
+        f"(int (*)(void *)) {run_simple_string}, (void *) $apiscope_text)",
         "end",
         "detach",
         "",

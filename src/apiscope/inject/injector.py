@@ -36,6 +36,7 @@ from apiscope.inject.rendezvous import Rendezvous, make_theirs, rendezvous
 from apiscope.inject.result import InjectionResult, result_path, wait_for_result
 from apiscope.inject.runner import Runner, RunResult, run_with_deadline
 from apiscope.inject.snippet import InjectArgs, build_snippet
+from apiscope.inject.symbols import find_functions
 from apiscope.inject.target import check_target
 
 RESULT_TIMEOUT = 15.0  # for the target to reach a safe point and run the bootstrap
@@ -114,12 +115,14 @@ def _schedule_gdb(pid: int, snippet: str, place: Rendezvous, runner: Runner) -> 
     fd, script = tempfile.mkstemp(prefix="inject-", suffix=".gdb",
                                   dir=None if place.foreign else place.outside)
     os.close(fd)
+    # Found before gdb stops the target, so that gdb reads no symbols while it holds it.
+    functions = find_functions(pid)
     try:
-        _write_text(script, gdb_script(snippet, attach_pid=pid))
+        _write_text(script, gdb_script(snippet, attach_pid=pid, functions=functions))
         run = runner(gdb_argv(gdb, pid, script), DEBUGGER_TIMEOUT)
         attempt = 1
         if python_missing(run):  # nothing was attached: attach with -p, retrying from here
-            _write_text(script, gdb_script(snippet))
+            _write_text(script, gdb_script(snippet, functions=functions))
             run, attempt = _retry_refused(
                 lambda: runner(gdb_argv(gdb, pid, script, attach_in_script=False),
                                DEBUGGER_TIMEOUT))
