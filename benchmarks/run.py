@@ -19,6 +19,7 @@ from benchmarks import (
     bench_dashboard,
     bench_export,
     bench_ingest,
+    bench_inject,
     bench_overhead,
     bench_profiling,
     bench_session_size,
@@ -68,6 +69,19 @@ def section_attach() -> tuple[str, Any]:
             f"the 2 cores, nothing pinned; {busy['rounds']} interleaved rounds of "
             f"{busy['seconds']} s. Goal: throughput >= 0.95, client p95 within +10%.\n\n"
             + bench_attach.render(result))
+    return text, result
+
+
+def section_inject() -> tuple[str, Any]:
+    result = bench_inject.run()
+    text = ("## Injection: how long the server stops answering\n\nA bare uvicorn pinned to "
+            "core 0, asked for its item endpoint every 2 ms by one keep-alive client; the agent "
+            "injected and detached with gdb in "
+            f"{result['rounds']} interleaved rounds, the functions gdb calls found by address "
+            "before gdb starts (what `attach` does) against gdb's own symbol lookup (the "
+            "fallback). gdb's run, and the longest answer the client got meanwhile (gdb's stop "
+            "plus the agent's start-up or removal on the main thread), medians:\n\n"
+            + bench_inject.render(result))
     return text, result
 
 
@@ -140,6 +154,7 @@ def section_watchdog() -> tuple[str, Any]:
 
 SECTIONS: dict[str, Callable[[], tuple[str, Any]]] = {
     "attach": section_attach,
+    "inject": section_inject,
     "overhead": section_overhead,
     "profiling": section_profiling,
     "ingest": section_ingest,
