@@ -115,3 +115,16 @@ def test_the_agent_is_not_application_code_whichever_apiscope_injected_it() -> N
     assert not is_app_frame(agent, ())
     assert not is_app_frame(hook, ())
     assert is_app_frame(Frame("handler", "/srv/shop/apiscope/views.py", 3), ())
+
+
+def test_a_compiled_templates_frames_are_stood_for_by_the_line_that_rendered_it() -> None:
+    # Jinja2 compiles a template to Python whose frames carry the template's file name and the
+    # generated code's line numbers: line 41 of a four-line list.html.
+    roots = app_roots(ROUTES)
+    render = Frame("read_item", APP, 14)
+    jinja = "/venv/lib/python3.11/site-packages/jinja2/environment.py"
+    stack = [*LOOP, render, Frame("Template.render", jinja, 1295),
+             Frame("root", "/srv/shop/shop/templates/list.html", 41),
+             Frame("Environment.getattr", jinja, 489)]
+    assert user_frame(stack, roots) == render
+    assert user_frame([*LOOP, Frame("helper", "/srv/shop/shop/cython_ext.pyx", 3)], roots)

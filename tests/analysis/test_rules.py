@@ -119,6 +119,20 @@ def test_slow_endpoint_explained_by_another_endpoint_blocking_the_loop(tmp_path:
     assert "see event_loop_blocked on this route" in slow["GET /reports/summary"]["evidence"]
 
 
+def test_a_sync_route_waiting_on_the_blocked_loop_is_a_symptom_unless_its_handler_is_slow(
+        tmp_path: Path) -> None:
+    # /export (a sync handler) answers in 450 ms while /reports/summary blocks the loop. Its
+    # handler ran 10 ms a request in its pool thread: the rest was the loop (reading it,
+    # handing it to the pool, sending the answer). Then its handler runs 450 ms a request.
+    for name, handler_samples in (("short", 1), ("long", 45)):
+        spec = blocking_summary(healthy(), SampleState.BLOCKED)
+        spec.per_window.append(sample(11, on_worker(app("export", 136)), handler_samples,
+                                      SampleState.BLOCKED))
+        spec.requests += [request("GET /export", T0 + i + 0.2, 450.0) for i in range(30)]
+        slow = {f["route"] for f in flags_of(report_of(spec, tmp_path, name), "slow_endpoint")}
+        assert ("GET /export" in slow) is (name == "long"), (name, slow)
+
+
 def test_slo_from_the_caller_overrides_the_default(tmp_path: Path) -> None:
     spec = healthy()
     report = report_of(spec, tmp_path, slo_ms=5.0)

@@ -98,11 +98,21 @@ def app_roots(routes: Iterable[RouteInfo]) -> tuple[str, ...]:
     return tuple(sorted(local or installed))
 
 
+# Python source files; any other suffix in a stack is a template compiled to Python (Jinja2,
+# Mako, Chameleon), whose line numbers are the generated code's, not the template's.
+_PYTHON_SUFFIXES = ("", ".py", ".pyw", ".pyx")
+
+
 def user_frame(frames: Sequence[Frame], app_roots: Sequence[str],
                tool_roots: Sequence[str] = TOOL_ROOTS) -> Frame | None:
-    """The leaf-most application frame of a root-first stack, or None."""
+    """The leaf-most application frame of a root-first stack, or None.
+
+    A compiled template's frames are the application's but name no line of it: the frame that
+    rendered the template stands for them (its call is the template's cost).
+    """
     for frame in reversed(frames):
-        if is_app_frame(frame, app_roots, tool_roots):
+        if (is_app_frame(frame, app_roots, tool_roots)
+                and PurePosixPath(norm(frame.file)).suffix in _PYTHON_SUFFIXES):
             return frame
     return None
 

@@ -3,7 +3,8 @@
 Needs `min_requests` requests, so one slow request among few is not a trend (and one slow
 request among thousands does not move p95). Severity grows with p95 / slo. When an earlier
 flag explains the latency, the evidence says so: the event loop blocked by *another* endpoint
-(for async routes), a saturated thread pool (for sync routes), or a flag on this very route.
+(for async routes, and for sync routes whose handler took under half their latency), a
+saturated thread pool (for sync routes), or a flag on this very route.
 A route slowed only by another route's flag is a symptom, not a bottleneck of its own: it gets
 no flag (a healthy endpoint gets none), the cause is flagged on its own route, and the
 report's endpoint table still shows the route's latency.
@@ -47,10 +48,11 @@ from apiscope.analysis.flags import (
 from apiscope.analysis.profiles import RouteProfiles, aggregate, dominant_await
 from apiscope.analysis.stats import percentile, warmup_end
 from apiscope.analysis.thresholds import grade
-from apiscope.model import Frame
+from apiscope.model import Frame, ThreadRole
 
 STARVED_SHARE = 0.25
 LIBRARY_SHARE = 0.5
+LOOP_SHARE = 0.5
 
 SUGGEST_CAPACITY = ("the host's CPUs were saturated: give the server more CPU or fewer"
                     " competing processes, or reduce the CPU the busiest routes use (see"
@@ -61,15 +63,31 @@ SUGGESTION = ("profile one slow request (see the flamegraph for this route) and 
               " dominates it; the other flags on this report point at likely causes")
 
 
-def explanations(ctx: AnalysisContext, endpoint: str) -> tuple[list[str], bool]:
+def handler_ms(ctx: AnalysisContext, endpoint: str) -> float:
+    """Milliseconds per request the endpoint's sync handler spent in its thread-pool threads,
+    running or waiting on its own calls (stack samples, wall clock)."""
+    seconds = sum(a.seconds for a in ctx.samples
+                  if a.endpoint == endpoint and a.active and a.role is ThreadRole.WORKER
+                  and not a.tool)
+    return seconds * 1000 / max(1, len(ctx.by_endpoint.get(endpoint, ())))
+
+
+def explanations(ctx: AnalysisContext, endpoint: str, p50: float) -> tuple[list[str], bool]:
     """Why the endpoint is slow, from earlier flags; and whether only *other* routes' flags
-    explain it (then it is a symptom, not a cause of its own)."""
+    explain it (then it is a symptom, not a cause of its own).
+
+    A blocked event loop delays every request of an ASGI server, a sync handler's too (the
+    loop reads it, dispatches it to the thread pool and sends its response). For a sync route
+    it is taken as the explanation only when the handler's own time in its thread is under
+    half the route's median latency (`LOOP_SHARE`), so a slow handler is not hidden by
+    another route's flag."""
     route = ctx.route_info(endpoint)
     is_async = route.is_async if route is not None else None
+    loop_delays = is_async is not False or handler_ms(ctx, endpoint) < LOOP_SHARE * p50
     out, own = set(), False
     for flag in ctx.earlier:
         kind, other = flag.kind, flag.route
-        if kind == "event_loop_blocked" and other != endpoint and is_async is not False:
+        if kind == "event_loop_blocked" and other != endpoint and loop_delays:
             out.add(f"the event loop was blocked by {other or 'unattributed code'}"
                     " (see event_loop_blocked)")
         elif kind == "threadpool_saturation" and is_async is False:
@@ -141,7 +159,7 @@ class SlowEndpointRule:
                 evidence += (f"; {len(streams)} of them streamed, timed to the response's head"
                              f" (their whole streams p50 {percentile(sorted(streams), 0.5):.0f}"
                              " ms)")
-            reasons, symptom = explanations(ctx, endpoint)
+            reasons, symptom = explanations(ctx, endpoint, percentile(latencies, 0.5))
             awaiting = dominant_await(profiled.get(endpoint), ctx.thresholds.await_share[0])
             if awaiting:
                 evidence += "; " + awaiting
