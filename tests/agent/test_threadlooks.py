@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from apiscope.agent.gilwatch import gil_futex
 from apiscope.agent.threadlooks import ThreadLooks
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/task")
@@ -42,12 +43,22 @@ def hasher(stop: threading.Event) -> None:
         hashlib.pbkdf2_hmac("sha256", b"pw", b"salt", 200_000)  # HASH
 
 
-def test_sleeping_and_reading_lines_are_asleep_and_hashing_runs() -> None:
+def spinner(stop: threading.Event) -> None:
+    total = 0
+    while not stop.is_set():
+        total += sum(range(20_000))  # SPIN
+
+
+def test_sleeping_and_reading_lines_are_asleep_hashing_runs_and_python_waits_for_the_gil(
+        ) -> None:
+    gil = gil_futex()
+    assert gil is not None
     stop = threading.Event()
     left, right = socket.socketpair()
     threads = [threading.Thread(target=sleeper, args=(stop,), daemon=True),
                threading.Thread(target=reader, args=(left,), daemon=True),
                threading.Thread(target=hasher, args=(stop,), daemon=True),
+               threading.Thread(target=spinner, args=(stop,), daemon=True),
                # the agent's own threads are never looked at
                threading.Thread(target=sleeper, args=(stop,), name="apiscope-test", daemon=True)]
     for thread in threads:
@@ -56,7 +67,7 @@ def test_sleeping_and_reading_lines_are_asleep_and_hashing_runs() -> None:
     try:
         time.sleep(0.1)
         for _ in range(40):
-            looks.maybe_look(time.monotonic())
+            looks.maybe_look(time.monotonic(), gil)
             time.sleep(0.005)
     finally:
         stop.set()
@@ -64,15 +75,20 @@ def test_sleeping_and_reading_lines_are_asleep_and_hashing_runs() -> None:
         left.close()
         for thread in threads:
             thread.join(10)
-    rows = {(file, line): (asleep, running) for file, line, asleep, running in looks.drain()}
+    rows = {(file, line): tuple(found) for file, line, *found in looks.drain()}
     here = __file__
     sleep = rows.get((here, _line_of(sleeper, "# SLEEP")))
     read = rows.get((here, _line_of(reader, "# READ")))
     hashing = rows.get((here, _line_of(hasher, "# HASH")))
-    # (a look may catch the sleeper running, just woken, still at its line)
+    spinning = rows.get((here, _line_of(spinner, "# SPIN")))
+    # (asleep, running, waiting for the GIL); a look may catch the sleeper running, just woken,
+    # still at its line, or waiting to take the GIL back
     assert sleep is not None and sleep[0] >= 20 and sleep[1] <= 2, rows
-    assert read is not None and read[0] >= 20 and read[1] == 0, rows
+    assert read is not None and read[0] >= 20 and read[1:] == (0, 0), rows
     assert hashing is not None and hashing[1] >= 10 and hashing[0] == 0, rows
+    # Python needs the GIL to run, and the look holds it: the spinner, just made to hand it
+    # over, is found on its way back to waiting for it, or waiting; never asleep
+    assert spinning is not None and spinning[1] + spinning[2] >= 20 and spinning[0] == 0, rows
     assert looks.errors == 0
     assert looks.drain() == []  # handed over once
 

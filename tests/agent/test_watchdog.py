@@ -805,7 +805,8 @@ PULL = {"pid": 42, "ts": 1000.0, "requests": [], "stats": {}, "watchdogs": {
     "gil": {"seconds": 0.5, "wait_seconds": 0.01, "acquisitions": 10, "max_wait_ms": 4.5,
             "runqueue_known": True},
     "gil_futex": [202, 140000000000000], "cpu_seconds": 0.002, "errors": 0,
-    "sleeps": [["/app/main.py", 9, 12, 0], ["bad row"], ["/app/main.py", "x", 1, 1]]}}
+    "sleeps": [["/app/main.py", 9, 12, 0, 1], ["/app/main.py", 30, 0, 4],
+               ["bad row"], ["/app/main.py", "x", 1, 1], ["/app/main.py", 5, 1, 1, 1, 1]]}}
 
 
 def test_pull_to_model_to_session_and_back(tmp_path: Path) -> None:
@@ -818,7 +819,9 @@ def test_pull_to_model_to_session_and_back(tmp_path: Path) -> None:
     gil = GilSample(1000.0, 42, 0.5, 0.01, 10, 4.5, True)
     assert (report.stalls, report.lag, report.gil) == ([stall], [lag], gil)
     assert report.gil_futex == (202, 140000000000000)
-    assert report.sleeps == (LineLooks("/app/main.py", 9, 12, 0),)  # malformed rows skipped
+    # malformed rows skipped; a row without the GIL's count (an older agent) has none
+    assert report.sleeps == (LineLooks("/app/main.py", 9, 12, 0, 1),
+                             LineLooks("/app/main.py", 30, 0, 4, 0))
     assert batch_from_json({"pid": 1}).watchdogs is None  # an agent without watchdogs
     malformed = {**PULL, "watchdogs": {**PULL["watchdogs"], "gil_futex": ["x"]}}  # type: ignore[dict-item]
     assert batch_from_json(malformed).watchdogs.gil_futex is None  # type: ignore[union-attr]

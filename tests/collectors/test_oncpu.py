@@ -204,6 +204,41 @@ def test_a_line_pool_threads_were_looked_at_asleep_does_not_take_their_cpu() -> 
     assert after[("spin", SampleState.RUNNING)] == 20  # all it can hold; the rest unplaced
 
 
+def test_a_loop_of_python_starved_of_the_gil_keeps_its_threads_cpu_once_found_busy() -> None:
+    # A pool worker spends most of its time idle, waiting for a job, and computes in Python
+    # for the rest while other threads hold the GIL: py-spy's active view (which misses a
+    # thread waiting for the GIL) saw its loop seldom, so the learnt share is low and the
+    # thread's measured CPU would go to its idle stack. The agent's looks find the loop line
+    # busy (on a CPU or waiting for the GIL): it runs first.
+    shares = ActivityShares()
+    idle_window = [seg(SELECT, 0, 0.7), seg(SPIN, 0.7, 1.0)]
+    active_window = [seg(SPIN, 0.7, 0.73)]
+    for _ in range(3):
+        shares.observe(line_times(idle_window, is_idle), 1.0, active=False)
+    shares.observe(line_times(active_window, is_idle), 1.0, active=True)
+    assert shares.share(SPIN[-1], False) < 0.2
+    budget = {(1, 2): ThreadBudget(0.2)}
+    before = by_state(split_samples(idle_window, 100, is_idle, shares, budget, 1.0))
+    looks = SleepLooks()
+    looks.add([LineLooks(APP, 22, 0, 2, 2)])
+    assert looks.busy() == set()  # too few looks yet
+    looks.add([LineLooks(APP, 22, 0, 1, 4), LineLooks(APP, 14, 6, 0, 1)])
+    assert looks.busy() == {(APP, 22)}  # the sleep's line is not busy
+    shares.busy(looks.busy())
+    after = by_state(split_samples(idle_window, 100, is_idle, shares, budget, 1.0))
+    assert before[("EpollSelector.select", SampleState.RUNNING)] >= 5
+    assert after[("spin", SampleState.RUNNING)] >= 19
+    assert after.get(("EpollSelector.select", SampleState.RUNNING), 0) <= 1
+
+
+def test_a_line_found_asleep_now_and_then_is_not_busy() -> None:
+    looks = SleepLooks()
+    looks.add([LineLooks(APP, 22, 2, 10, 10)])  # in a sleep or I/O at 2 looks of 22
+    assert looks.busy() == set()
+    looks.add([LineLooks(APP, 22, 0, 20, 20)])  # 2 of 62: under one in twenty
+    assert looks.busy() == {(APP, 22)}
+
+
 def test_sleep_looks_add_up_over_the_session() -> None:
     looks = SleepLooks()
     for _ in range(4):

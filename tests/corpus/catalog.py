@@ -131,6 +131,25 @@ ASYNC_SHOP = CorpusApp(
 )
 
 
+PORTAL = CorpusApp(
+    name="portal", app_dir=APPS / "portal", asgi="tests.corpus.apps.portal.app:app",
+    ready_path="/health", prestart="tests.corpus.apps.portal.store", id_max=1500,
+    healthy=[
+        _get("/health", 3),
+        _get("/articles", 8),
+        _get("/articles/{id}", 20),
+        _get("/api/search?q=cache&limit=20", 6),
+        {"method": "POST", "path": "/api/comments", "weight": 4,
+         "body": '{"article_id": {id}, "body": "comment {n}"}'},
+        {"method": "POST", "path": "/login", "weight": 3, "id_max": 50,
+         "body": '{"user": "user{id}", "password": "secret"}'},
+        _get("/stats", 3),
+        _get("/static/site.css", 2),
+    ],
+    planted=[_get("/reports/digest", 4), _get("/reports/keywords", 3), _get("/api/export", 5)],
+)
+
+
 def sample_app_expected(app: CorpusApp) -> list[Marker]:
     """The sample app lists its bottlenecks in `EXPECTED_FLAGS` (checked against its sources by
     its own tests). memory_growth names no line in a run this short (see `SHORT_RUN_UNATTRIBUTED`),
@@ -154,6 +173,7 @@ SAMPLE_APP = CorpusApp(
     own_load=["--quiet"], expected=sample_app_expected,
 )
 
-CORPUS: tuple[CorpusApp, ...] = (FASTAPI_PG, DJANGO_APP, LITESTAR_APP, ASYNC_SHOP, SAMPLE_APP)
+CORPUS: tuple[CorpusApp, ...] = (FASTAPI_PG, DJANGO_APP, LITESTAR_APP, ASYNC_SHOP, PORTAL,
+                                  SAMPLE_APP)
 MODES = ("healthy", "planted")
 SERVERS = ("uvicorn", "gunicorn")

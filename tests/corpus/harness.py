@@ -65,7 +65,8 @@ def server_argv(app: CorpusApp, server: str, port: int) -> list[str]:
 
 def app_env(app: CorpusApp, mode: str, services: Services, workdir: Path,
             case: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTES_DB": str(workdir / "notes.sqlite3")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTES_DB": str(workdir / "notes.sqlite3"),
+           "APP_DB": str(workdir / "app.sqlite3")}
     env.update(app.planted_env if mode == "planted" else app.healthy_env)
     if app.needs_postgres:
         if services.postgres is None:

@@ -9,7 +9,14 @@ from apiscope.analysis.profiles import SiteAwait, aggregate, breakdown, merge_tr
 from apiscope.analysis.report import build_report
 from apiscope.model import ProfileNode, StoredProfile
 from tests.analysis.builder import SITE, T0, healthy, request, write_and_open
-from tests.profiling.trees import ORDERS, awaiting_profile, cpu_profile, node, series
+from tests.profiling.trees import (
+    ORDERS,
+    awaiting_profile,
+    cpu_profile,
+    healthy_with_orders,
+    node,
+    series,
+)
 
 ROOTS = ("/srv/shop",)
 
@@ -70,7 +77,7 @@ def test_contended_resource_is_charged_to_no_line() -> None:
 
 
 def test_slow_await_flag_at_the_awaiting_line(tmp_path: Path) -> None:
-    spec = healthy()
+    spec = healthy_with_orders()
     spec.profiles = series(awaiting_profile, "GET /orders", 6, 300.0, 240.0)
     [flag] = flags_of(report_of(spec, tmp_path), "slow_await")
     assert flag["route"] == "GET /orders" and flag["severity"] == "medium"  # 80%
@@ -82,7 +89,7 @@ def test_slow_await_flag_at_the_awaiting_line(tmp_path: Path) -> None:
 
 
 def test_too_few_profiles_raise_nothing(tmp_path: Path) -> None:
-    spec = healthy()
+    spec = healthy_with_orders()
     spec.profiles = series(awaiting_profile, "GET /orders", 2, 300.0, 240.0)
     assert flags_of(report_of(spec, tmp_path), "slow_await") == []
 
@@ -98,7 +105,7 @@ def test_cpu_slow_endpoint_is_not_blamed_on_an_await(tmp_path: Path) -> None:
 
 
 def test_slow_endpoint_names_the_dominant_await(tmp_path: Path) -> None:
-    spec = healthy()
+    spec = healthy_with_orders()
     # Slow all along (not only in the warm-up, which slow_endpoint leaves out when it can).
     spec.requests += [request("GET /orders", T0 + i * 0.7, 300.0) for i in range(40)]
     spec.profiles = series(awaiting_profile, "GET /orders", 6, 300.0, 240.0)
@@ -106,6 +113,30 @@ def test_slow_endpoint_names_the_dominant_await(tmp_path: Path) -> None:
               if f["route"] == "GET /orders"]
     assert ("80% of its profiled requests' own time spent awaiting"
             " `AsyncSession.execute` at orders.py:41") in slow["evidence"]
+
+
+def test_a_middleware_awaiting_the_app_run_in_another_task_is_no_site(tmp_path: Path) -> None:
+    # Starlette's BaseHTTPMiddleware runs the rest of the app in a task of its own: the
+    # request's profile sees only the middleware's `await call_next(request)`, for all of the
+    # route's time, and never the handler. That line is not where the route's time goes.
+    middleware = "/srv/shop/shop/middleware.py"
+    stream = node("MemoryObjectReceiveStream.receive", f"{SITE}/anyio/streams/memory.py", 117,
+                  290.0, 290.0)
+    call_next = node("BaseHTTPMiddleware.__call__.<locals>.call_next",
+                     f"{SITE}/starlette/middleware/base.py", 158, 290.0, 0.0, stream)
+    dispatch = node("RequestLog.dispatch", middleware, 48, 298.0, 0.0, call_next)
+    tree = node("GET /orders", "", 0, 300.0, 2.0, dispatch)
+    profiles = [StoredProfile(0, T0 + i, "GET", "/orders", 300.0, ProfileNode.from_json(tree))
+                for i in range(6)]
+    spec = healthy_with_orders()
+    spec.requests += [request("GET /orders", T0 + i * 0.7, 300.0) for i in range(40)]
+    spec.profiles = profiles
+    report = report_of(spec, tmp_path)
+    assert flags_of(report, "slow_await") == []
+    [slow] = [f for f in flags_of(report, "slow_endpoint") if f["route"] == "GET /orders"]
+    assert "call_next" not in slow["evidence"] and slow["location"]["line"] != 48
+    # without the route table, the profile alone cannot tell
+    assert aggregate(profiles, ("/srv/shop",))["GET /orders"].dominant is not None
 
 
 def test_await_with_no_user_frame_is_no_site() -> None:
@@ -120,7 +151,7 @@ def test_await_with_no_user_frame_is_no_site() -> None:
 
 def test_time_outside_the_request_is_not_its_own(tmp_path: Path) -> None:
     # other code seen at the root, outside the request: the query still dominates the rest
-    spec = healthy()
+    spec = healthy_with_orders()
     spec.profiles = series(awaiting_profile, "GET /orders", 6, 1000.0, 240.0)
     # the root awaiting nothing, so it has 758 ms of its own: other code
     spec.profiles = [replace(p, tree=replace(p.tree, await_ms=0.0)) for p in spec.profiles
@@ -134,7 +165,7 @@ def test_time_outside_the_request_is_not_its_own(tmp_path: Path) -> None:
 
 def test_an_await_within_the_objective_is_the_price_of_the_call(tmp_path: Path) -> None:
     # a 150 ms outside call in a route that meets its 200 ms objective: nothing to fix here
-    spec = healthy()
+    spec = healthy_with_orders()
     spec.profiles = series(awaiting_profile, "GET /orders", 6, 155.0, 150.0)
     assert flags_of(report_of(spec, tmp_path), "slow_await") == []
     [flag] = flags_of(report_of(spec, tmp_path, slo_ms=100.0), "slow_await")

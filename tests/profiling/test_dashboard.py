@@ -18,8 +18,7 @@ from apiscope.dashboard.profiles import (
     profiles_view,
     tree_rows,
 )
-from tests.analysis.builder import healthy
-from tests.profiling.trees import ORDERS, awaiting_profile, series
+from tests.profiling.trees import ORDERS, awaiting_profile, healthy_with_orders, series
 from tests.support import free_port
 
 ROOTS = ("/srv/shop",)
@@ -28,7 +27,7 @@ ROUTE = "GET /orders"
 
 @pytest.fixture
 def session(tmp_path: Path) -> Path:
-    spec = healthy()
+    spec = healthy_with_orders()
     spec.profiles = series(awaiting_profile, ROUTE, 5, 300.0, 240.0)
     return spec.write(tmp_path / "profiled.sqlite")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from apiscope.model import ProfileNode, StoredProfile
-from tests.analysis.builder import APP, PID, SITE, T0
+from apiscope.model import ProfileNode, RouteInfo, StoredProfile
+from tests.analysis.builder import APP, PID, SITE, T0, Spec, healthy
 
 ORDERS = "/srv/shop/shop/orders.py"
 
@@ -46,3 +46,11 @@ def cpu_profile(route: str, duration: float, start: float) -> StoredProfile:
 
 def series(make: Any, route: str, n: int, *args: float) -> list[StoredProfile]:
     return [make(route, *args, T0 + i) for i in range(n)]
+
+
+def healthy_with_orders() -> Spec:
+    """The healthy app with `GET /orders` served by the handler these profiles show."""
+    spec = healthy()
+    spec.routes = [RouteInfo("GET", "/orders", "shop.orders:list_orders", ORDERS, 40, True)
+                   if route.template == "/orders" else route for route in spec.routes]
+    return spec

@@ -6,19 +6,26 @@ there or ran is the kernel's to say. `ThreadLooks.look` takes every thread's cur
 twice, without letting go of the GIL (the reads are libc's, called through ctypes' PyDLL): other
 threads run no Python meanwhile (unless one waited a whole switch interval, 5 ms, and was let in
 between two reads), so a thread found in the same sleep or I/O call both times is blocked at its
-leaf line, and one found on a CPU both times (C code that released the GIL) runs
-there. A futex is neither (a lock, a queue, or the GIL: a thread waiting for the GIL wants to
-run), nor is a thread whose state changed between the reads. Holding the GIL for the whole look
-(a few microseconds a thread) matters on a busy event loop: reading through `os.pread`, which
-lets go of it, would make the loop hand the GIL over twice per thread looked at.
+leaf line, and one found on a CPU both times (C code that released the GIL) runs there. One
+found waiting for the GIL both times (once its futex is known) wants to run Python there. A
+thread running Python is found as one of these two: the look holds the GIL, so that thread has
+just handed it over, and is on its way back to waiting for it (on a CPU) or waiting. Any other
+futex (a lock, a queue) is none of these, nor is a thread whose state changed between the
+reads.
+Holding the GIL for the whole look (a few microseconds a thread) matters on a busy event loop:
+reading through `os.pread`, which lets go of it, would make the loop hand the GIL over twice
+per thread looked at.
 
 Counts per leaf line (file, line) go out with each pull: the collector then never counts a line
-its threads sleep at as running, wherever py-spy sees it (see `collectors/oncpu.py`): a
-`time.sleep` in a sync handler on a pool thread that also computes does not take that thread's
-CPU. The looks ride on the GIL watchdog's wake-ups, at most every `LOOK_INTERVAL`, over at most
-`MAX_THREADS` threads each (taken in turns); the agent's own threads are skipped. Measured: 1.8 ms
-for a look at 40 sleeping threads (three system calls per read, two reads per thread), so at
-most about 1.5 ms of the GIL held once a second, 0.15% of a core.
+its threads sleep at as running, wherever py-spy sees it, and counts a line they are always
+found busy at (on a CPU or waiting for the GIL) among the first to have run (see
+`collectors/oncpu.py`): a `time.sleep` in a sync handler on a pool thread that also computes
+does not take that thread's CPU, and a loop of Python in a pool thread that mostly waits for the
+GIL is not taken for a line that seldom runs. The looks ride on the GIL watchdog's wake-ups, at
+most every `LOOK_INTERVAL`, over at most `MAX_THREADS` threads each (taken in turns); the
+agent's own threads are skipped. Measured: 1.8 ms for a look at 40 sleeping threads (three
+system calls per read, two reads per thread), so at most about 1.5 ms of the GIL held once a
+second, 0.15% of a core.
 
 Standard library only, relative imports only, Python 3.9 compatible (see `watchdog`).
 """
@@ -35,12 +42,13 @@ from .schedstat import syscall_state
 LOOK_INTERVAL = 1.0  # seconds between looks, at least
 MAX_THREADS = 32  # threads read per look (each costs ~20 us of GIL held)
 MAX_LINES = 512  # lines counted between two pulls; further new lines are dropped
-_ASLEEP = ("sleep", "io")
+ASLEEP, RUNNING, GIL = 0, 1, 2  # the columns of a line's counts
+_COLUMN = {"sleep": ASLEEP, "io": ASLEEP, "cpu": RUNNING, "gil": GIL}
 
 
 class ThreadLooks:
     """Looks at the process's threads when `maybe_look` is called (from one thread);
-    `drain()` hands over [file, line, asleep, running] per line since the last drain
+    `drain()` hands over [file, line, asleep, running, gil] per line since the last drain
     (thread-safe)."""
 
     def __init__(self, interval: float = LOOK_INTERVAL, max_threads: int = MAX_THREADS) -> None:
@@ -74,19 +82,18 @@ class ThreadLooks:
         threads = self._threads()
         seen = _pair([(t.ident, t.native_id or 0) for t in threads], gil, self._read_all)
         with self._lock:
-            for key, asleep in seen:
+            for key, column in seen:
                 counts = self._counts.get(key)
                 if counts is None:
                     if len(self._counts) >= MAX_LINES:
                         continue
-                    counts = self._counts[key] = [0, 0]
-                counts[0 if asleep else 1] += 1
+                    counts = self._counts[key] = [0, 0, 0]
+                counts[column] += 1
 
     def drain(self) -> list[list[object]]:
         with self._lock:
             counts, self._counts = self._counts, {}
-        return [[file, line, asleep, running]
-                for (file, line), (asleep, running) in sorted(counts.items())]
+        return [[file, line, *found] for (file, line), found in sorted(counts.items())]
 
     def _threads(self) -> list[threading.Thread]:
         """Up to `max_threads` of the process's threads, not the agent's, in turns."""
@@ -102,10 +109,11 @@ class ThreadLooks:
 
 
 def _pair(threads: list[tuple[int | None, int]], gil: tuple[int, int] | None,
-          read_all: Callable[[list[int]], list[bytes]]) -> list[tuple[tuple[str, int], bool]]:
-    """Each thread's leaf line with whether it slept there, for those whose state held still
-    around the taking of the frames. Runs holding the GIL all along (`read_all`): letting go
-    of it between reads would make a busy event loop hand it over dozens of times a look."""
+          read_all: Callable[[list[int]], list[bytes]]) -> list[tuple[tuple[str, int], int]]:
+    """Each thread's leaf line with what it did there (a column of `_COLUMN`), for those whose
+    state held still around the taking of the frames. Runs holding the GIL all along
+    (`read_all`): letting go of it between reads would make a busy event loop hand it over
+    dozens of times a look."""
     frames = sys._current_frames()
     try:
         native_ids = [native_id for _, native_id in threads]
@@ -113,12 +121,13 @@ def _pair(threads: list[tuple[int | None, int]], gil: tuple[int, int] | None,
         seen = []
         for (ident, _), before, after in zip(threads, first, second):  # noqa: B905 (3.9)
             state = syscall_state(before, gil) if before else None
-            if state not in _ASLEEP and state != "cpu":
+            column = _COLUMN.get(state) if state is not None else None
+            if column is None:
                 continue
             frame = frames.get(ident)  # type: ignore[arg-type]
             if frame is None or not after or syscall_state(after, gil) != state:
                 continue
-            seen.append(((frame.f_code.co_filename, frame.f_lineno or 0), state != "cpu"))
+            seen.append(((frame.f_code.co_filename, frame.f_lineno or 0), column))
         return seen
     finally:
         del frames  # frames keep their locals alive

@@ -26,11 +26,12 @@ only ever adds time: the least contended requests say what a site costs by itsel
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from statistics import median
 
+from apiscope.analysis.attribution import RouteMatcher
 from apiscope.analysis.flags import pct
 from apiscope.frames import is_app_frame, package_of
 from apiscope.model import Frame, ProfileNode, StoredProfile
@@ -121,11 +122,18 @@ def resource_of(file: str) -> str:
     return package_of(file)
 
 
-def breakdown(profile: StoredProfile, roots: Sequence[str]) -> RequestBreakdown:
-    """Split one profile's time (see the module docstring)."""
+def breakdown(profile: StoredProfile, roots: Sequence[str],
+              is_handler: Callable[[ProfileNode], bool] | None = None) -> RequestBreakdown:
+    """Split one profile's time (see the module docstring).
+
+    With `is_handler` (whether a node is the route's handler), a profile in which the handler
+    never ran charges its awaits to no site: the request's own code ran in another task (a
+    Starlette `BaseHTTPMiddleware` runs the rest of the app in a task of its own), and the
+    profile saw only a middleware awaiting all of it (`await call_next(request)`)."""
     tree = profile.tree
     if tree is None:
         return RequestBreakdown(profile.duration_ms, 0.0, 0.0, {})
+    blind = is_handler is not None and not any(is_handler(node) for node in tree.walk())
     total = tree.time_ms or profile.duration_ms
     outside = 0.0
     if not tree.file:  # the agent's synthetic root: its own time is not the request's
@@ -145,7 +153,7 @@ def breakdown(profile: StoredProfile, roots: Sequence[str]) -> RequestBreakdown:
         ms = node.await_ms
         if ms > 0:
             awaited_total += ms
-            if app is not None:
+            if app is not None and not blind:
                 _add_site(sites, app, call, ms)
         stack.extend((child, app, call) for child in node.children)
     return RequestBreakdown(total, awaited_total, outside, sites)
@@ -169,14 +177,17 @@ def lower_quartile(values: Sequence[float]) -> float:
 
 
 def aggregate(profiles: Iterable[StoredProfile], roots: Sequence[str] = (),
-              slow_ms: float = DEFAULT_SLOW_MS) -> dict[str, RouteProfiles]:
+              slow_ms: float = DEFAULT_SLOW_MS,
+              matcher: RouteMatcher | None = None) -> dict[str, RouteProfiles]:
     """Each route's `RouteProfiles`, keyed by endpoint ("METHOD /template"); `slow_ms` is the
-    median await from which a resource counts as slow on a route (for contention)."""
+    median await from which a resource counts as slow on a route (for contention). With
+    `matcher`, a profile in which the route's handler never ran has no await sites (see
+    `breakdown`)."""
     routes: dict[str, RouteProfiles] = {}
     trees: dict[str, list[ProfileNode]] = {}
     for profile in profiles:
         route = routes.setdefault(profile.endpoint, RouteProfiles(profile.endpoint))
-        split = breakdown(profile, roots)
+        split = breakdown(profile, roots, _handler_test(matcher, profile.endpoint))
         route.count += 1
         route.total_ms += split.total_ms
         route.await_ms += split.await_ms
@@ -192,6 +203,22 @@ def aggregate(profiles: Iterable[StoredProfile], roots: Sequence[str] = (),
         del route.slowest[SLOWEST_KEPT:]
         route.sites = _sites(route.requests, contended)
     return routes
+
+
+def _handler_test(matcher: RouteMatcher | None,
+                  endpoint: str) -> Callable[[ProfileNode], bool] | None:
+    """Whether a node runs `endpoint`'s handler; None when the route table does not say."""
+    handler = matcher.handler_of(endpoint) if matcher is not None else None
+    if matcher is None or handler is None:
+        return None
+
+    def test(node: ProfileNode) -> bool:
+        if not node.file:
+            return False
+        served = matcher.endpoint_of((Frame(node.function, node.file, node.line),))
+        return served is not None and matcher.handler_of(served) == handler
+
+    return test
 
 
 def contended_resources(routes: Iterable[RouteProfiles], slow_ms: float) -> set[str]:

@@ -308,12 +308,16 @@ def watchdogs_from_json(data: dict[str, Any], pid: int, ts: float) -> WatchdogRe
 
 
 def _line_looks(value: Any) -> tuple[LineLooks, ...]:
-    """The agent's `sleeps` ([file, line, asleep, running] each); malformed rows skipped."""
+    """The agent's `sleeps` ([file, line, asleep, running, gil] each, without gil from an older
+    agent); malformed rows skipped."""
     rows = []
     for row in value if isinstance(value, list) else ():
         try:
-            file, line, asleep, running = row
-            rows.append(LineLooks(str(file), int(line), int(asleep), int(running)))
+            file, line, asleep, running, *rest = row
+            if len(rest) > 1:
+                continue
+            gil = int(rest[0]) if rest else 0
+            rows.append(LineLooks(str(file), int(line), int(asleep), int(running), gil))
         except (TypeError, ValueError):
             continue
     return tuple(rows)

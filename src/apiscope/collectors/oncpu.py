@@ -15,13 +15,14 @@ Two measurements meet here:
   and many windows average the noise out.
 
 Each thread's samples of a window then become RUNNING rows (its measured CPU time, shared out
-over its stacks by those shares, no stack above its own time), RUNNABLE rows (its measured
-run-queue time: work it wanted to do while the host had no free CPU, shared out the same way)
-and BLOCKED rows (the rest: a sleep, I/O, a lock, the GIL), or WAITING at stacks that prove the
+over its stacks by those shares, no stack above its own time), RUNNABLE rows (its measured run-
+queue time: work it wanted to do while the host had no free CPU, shared out the same way) and
+BLOCKED rows (the rest: a sleep, I/O, a lock, the GIL), or WAITING at stacks that prove the
 thread idle (the event loop in its selector, a pool worker waiting for a job). Lines the agent's
 loop watchdog measured asleep (`asleep_leaves`: its looks at the kernel during loop stalls) are
-never running, whatever their learnt share. Counts are whole
-samples: seconds x rate, rounded so that each thread's total is kept.
+never running, whatever their learnt share; lines the agent's looks found busy (on a CPU or
+waiting for the GIL, `SleepLooks.busy`) run at least `BUSY_SHARE` of the time they show. Counts
+are whole samples: seconds x rate, rounded so that each thread's total is kept.
 """
 
 from __future__ import annotations
@@ -71,10 +72,14 @@ class LineLooks:
     line: int
     asleep: int  # in a sleep or an I/O call, by the kernel's word, both reads
     running: int  # on a CPU both reads
+    gil: int = 0  # waiting for the GIL both reads: wanting to run Python there
 
 
 MIN_ASLEEP_LOOKS = 5  # looks in a sleep or I/O before a line is believed to sleep
 MAX_RUNNING_SHARE = 0.05  # of a line's looks found on a CPU, at most, for it to sleep
+MIN_BUSY_LOOKS = 5  # looks on a CPU or waiting for the GIL before a line is believed busy
+MAX_ASLEEP_SHARE = 0.05  # of a busy line's looks found in a sleep or I/O, at most
+BUSY_SHARE = 0.9  # the least share of running a busy line is given
 
 
 class SleepLooks:
@@ -82,11 +87,18 @@ class SleepLooks:
     lines found to sleep, those looked at `MIN_ASLEEP_LOOKS` times in a sleep or I/O and on a
     CPU at most `MAX_RUNNING_SHARE` of the time. A `time.sleep` or a socket read in a sync
     handler qualifies; a line computing between its waits (a query's result parsed in C) does
-    not. Thread-safe."""
+    not. `busy()` gives the lines found busy: `MIN_BUSY_LOOKS` looks on a CPU or waiting for the
+    GIL, and in a sleep or I/O at most `MAX_ASLEEP_SHARE` of the time (a loop of Python, C code
+    that released the GIL). Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._looks: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+        self._looks: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+
+    def busy(self) -> set[tuple[str, int]]:
+        with self._lock:
+            return {key for key, (asleep, running, gil) in self._looks.items()
+                    if _busy(asleep, running + gil)}
 
     def add(self, looks: Iterable[LineLooks]) -> set[tuple[str, int]]:
         with self._lock:
@@ -96,12 +108,17 @@ class SleepLooks:
                 counts = self._looks[key]
                 counts[0] += look.asleep
                 counts[1] += look.running
+                counts[2] += look.gil
                 touched.add(key)
-            return {key for key in touched if _sleeps(*self._looks[key])}
+            return {key for key in touched if _sleeps(*self._looks[key][:2])}
 
 
 def _sleeps(asleep: int, running: int) -> bool:
     return asleep >= MIN_ASLEEP_LOOKS and running <= MAX_RUNNING_SHARE * (asleep + running)
+
+
+def _busy(asleep: int, wanting: int) -> bool:
+    return wanting >= MIN_BUSY_LOOKS and asleep <= MAX_ASLEEP_SHARE * (asleep + wanting)
 
 
 def line_times(segments: Sequence[Segment], idle: IdleFn) -> dict[LineKey, float]:
@@ -125,6 +142,7 @@ class ActivityShares:
 
     def __init__(self) -> None:
         self._asleep: frozenset[tuple[str, int]] = frozenset()  # measured off-CPU (file, line)
+        self._busy: frozenset[tuple[str, int]] = frozenset()  # measured wanting a CPU
         self._shown: dict[LineKey, float] = defaultdict(float)
         self._active: dict[LineKey, float] = defaultdict(float)
         self._shown_seconds = 0.0
@@ -148,6 +166,14 @@ class ActivityShares:
         thread than the one sharing out (the set is replaced, never changed)."""
         self._asleep = self._asleep | frozenset(sites)
 
+    def busy(self, sites: Iterable[tuple[str, int]]) -> None:
+        """Leaf lines (file, line) the agent's looks found busy (`SleepLooks.busy`): on a CPU or
+        waiting for the GIL. py-spy's active view misses a thread waiting for the GIL, so under
+        contention a loop of Python seems to run seldom and the thread's measured CPU would go
+        to its idle stacks: such a line's share is at least `BUSY_SHARE`. Thread-safe as
+        `asleep`."""
+        self._busy = self._busy | frozenset(sites)
+
     def is_asleep(self, leaf: Frame | None) -> bool:
         return leaf is not None and (leaf.file, leaf.line) in self._asleep
 
@@ -164,7 +190,10 @@ class ActivityShares:
             shown, active = self._pool()[idle]
         else:
             shown, active = self._shown[key], self._active.get(key, 0.0)
-        return self._ratio(shown, active, _start(idle))
+        learnt = self._ratio(shown, active, _start(idle))
+        if leaf is not None and (leaf.file, leaf.line) in self._busy:
+            return max(learnt, BUSY_SHARE)
+        return learnt
 
     def _pool(self) -> dict[bool, tuple[float, float]]:
         if self._pooled is None:

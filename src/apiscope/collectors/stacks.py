@@ -167,10 +167,14 @@ class StackSampler:
 
     def note_sleeps(self, looks: Iterable[LineLooks]) -> None:
         """The agent's looks at its threads: a line they sleep at by the kernel's word is split
-        as one that does not run, from the next window on (see `oncpu.SleepLooks`)."""
+        as one that does not run, one they are always busy at as one that runs at least
+        `oncpu.BUSY_SHARE` of its time, from the next window on (see `oncpu.SleepLooks`)."""
         sites = self._sleeps.add(looks)
         if sites:
             self._meter.asleep(sites)
+        busy = self._sleeps.busy()
+        if busy:
+            self._meter.busy(busy)
 
     def note_gil(self, pid: int, futex: tuple[int, int]) -> None:
         """Where process `pid`'s GIL is (from its agent): its busy threads are looked at for

@@ -88,6 +88,10 @@ class WindowMeter:
         """Lines measured asleep by the agent's loop watchdog (`ActivityShares.asleep`)."""
         self._shares.asleep(sites)
 
+    def busy(self, sites: Iterable[tuple[str, int]]) -> None:
+        """Lines measured busy by the agent's looks (`ActivityShares.busy`)."""
+        self._shares.busy(sites)
+
     def failed(self, exc: Exception) -> None:
         self.stats.failed_windows += 1
         self.stats.last_failure = f"{type(exc).__name__}: {exc}"

@@ -15,6 +15,7 @@ from typing import Any
 
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
+from apiscope.analysis.attribution import RouteMatcher
 from apiscope.analysis.profiles import (
     RouteProfiles,
     aggregate,
@@ -174,7 +175,8 @@ def register(app: Dash, data: DashboardSession) -> None:
         if not route:
             return empty_state("choose an endpoint on the overview")
         roots = data.app_roots()
-        found = aggregate(load_profiles(data.reader.path, route), roots)
+        found = aggregate(load_profiles(data.reader.path, route), roots,
+                          matcher=RouteMatcher(data.routes()))
         return profiles_view(found.get(route), roots)
 
     @app.callback(Output("profile-download", "data"),

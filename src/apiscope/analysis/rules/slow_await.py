@@ -32,7 +32,8 @@ class SlowAwaitRule:
 
     def check(self, ctx: AnalysisContext) -> list[Flag]:
         flags = []
-        routes = aggregate(ctx.data.profiles, ctx.matcher.roots, ctx.thresholds.await_min_ms)
+        routes = aggregate(ctx.data.profiles, ctx.matcher.roots, ctx.thresholds.await_min_ms,
+                           ctx.matcher)
         contended = sorted({s.resource for r in routes.values() for s in r.sites if s.contended})
         for endpoint in sorted(routes):
             flag = self._flag(ctx, routes[endpoint], contended)

@@ -137,8 +137,8 @@ class SlowEndpointRule:
 
     def check(self, ctx: AnalysisContext) -> list[Flag]:
         flags = []
-        profiled = aggregate(ctx.data.profiles, ctx.matcher.roots,
-                             ctx.thresholds.await_min_ms) if ctx.data.profiles else {}
+        profiled = aggregate(ctx.data.profiles, ctx.matcher.roots, ctx.thresholds.await_min_ms,
+                             ctx.matcher) if ctx.data.profiles else {}
         warm = warmup_end(ctx)
         for endpoint in sorted(ctx.by_endpoint):
             records = ctx.by_endpoint[endpoint]
