@@ -28,9 +28,12 @@ Two sources, the measured one first:
   than `MIN_RECURRENCES` times (stalls, or sampling windows) is a one-off, such as an index
   built on first use, and no flag.
 - **Stack samples** (also with the watchdog, for holds shorter than its threshold repeated on
-  every request, such as a quick sync query): the loop thread's non-idle samples inside one
-  endpoint's handler, RUNNING (the kernel measured the thread on a CPU) or BLOCKED (off-CPU,
-  less the time the kernel says it waited in the run queue for a CPU). Only long holds count:
+  every request, such as a quick sync query; with the watchdog, only inside an endpoint's
+  handler, whose request count tells many short holds from a long one: code outside any
+  handler, such as a FastAPI dependency, is the watchdog's to judge): the loop thread's
+  non-idle samples inside one endpoint's handler, RUNNING (the kernel measured the thread on
+  a CPU) or BLOCKED (off-CPU, less the time the kernel says it waited in the run queue for a
+  CPU). Only long holds count:
   `loop_stall_ms_per_request` of off-CPU time per request, or `loop_cpu_ms_per_request` of loop
   time in all; without request counts (no agent), only the medium grade and above is flagged.
 """
@@ -170,7 +173,7 @@ class EventLoopBlockedRule:
         # query on the loop), show only in the samples: a group the watchdog flagged is not
         # flagged twice.
         seen = {(f.route, f.location.file if f.location else None) for f in flags}
-        flags += [f for f in self._from_samples(ctx)
+        flags += [f for f in self._from_samples(ctx, watched)
                   if (f.route, f.location.file if f.location else None) not in seen]
         return flags
 
@@ -281,7 +284,7 @@ class EventLoopBlockedRule:
 
     # -- from stack samples -----------------------------------------------------------------
 
-    def _from_samples(self, ctx: AnalysisContext) -> list[Flag]:
+    def _from_samples(self, ctx: AnalysisContext, watched: set[int]) -> list[Flag]:
         loop = [a for a in ctx.samples if a.role is ThreadRole.LOOP]
         per_window: Counter[float] = Counter()
         for a in loop:
@@ -297,6 +300,10 @@ class EventLoopBlockedRule:
         flags = []
         for (endpoint, _), samples in sorted(inside.items(), key=lambda kv: (kv[0][0] or "",
                                                                               kv[0][1])):
+            if endpoint is None and all(a.sample.pid in watched for a in samples):
+                # No request counts to tell many short holds from a long one, and the
+                # watchdog, which times every pass, is the one to say: it flagged what it saw.
+                continue
             flag = self._sample_flag(ctx, endpoint, samples, per_window)
             if flag is not None:
                 flags.append(flag)
