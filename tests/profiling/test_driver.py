@@ -11,8 +11,10 @@ from apiscope.agent.profiling import AWAIT, Profiled, RequestProfiling, SlicePro
 
 
 def profiler() -> SliceProfiler:
-    factory = RequestProfiling(deque())._factory  # pyinstrument's sampler, as the agent uses it
-    made = factory(0.001)
+    profiling = RequestProfiling(deque())
+    profiling.load()  # pyinstrument's sampler, as the agent uses it
+    assert profiling._factory is not None
+    made = profiling._factory(0.001)
     assert isinstance(made, SliceProfiler)
     return made
 

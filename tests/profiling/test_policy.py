@@ -183,11 +183,28 @@ def test_without_pyinstrument_the_agent_says_so(monkeypatch: pytest.MonkeyPatch)
                  "pyinstrument.low_level.stat_profile"):
         monkeypatch.setitem(sys.modules, name, None)  # what a failed import looks like
     p = RequestProfiling(deque(), ProfilingOptions(every=1))
+    p.load()
     for _ in range(5):
         p.observe("GET", "/a", 1.0)
     assert p.armed == [] and p.admit("GET", "/a") is None
     stats = p.stats()
     assert stats["enabled"] is False and "pyinstrument" in stats["unavailable"]
+
+
+def test_pyinstrument_is_imported_at_the_first_pull_not_with_the_agent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Injected, the agent is built on the server's main thread: importing pyinstrument there
+    # would hold the event loop. Nothing is profiled before the first pull arms a route.
+    for name in [n for n in sys.modules if n == "pyinstrument" or n.startswith("pyinstrument.")]:
+        monkeypatch.delitem(sys.modules, name)
+    p = RequestProfiling(deque(), ProfilingOptions(every=1))
+    assert "pyinstrument" not in sys.modules and p.stats()["enabled"] is False
+    p.observe("GET", "/a", 1.0)
+    assert p.armed == []
+    p.load()
+    assert "pyinstrument.stack_sampler" in sys.modules and p.stats()["enabled"] is True
+    p.observe("GET", "/a", 1.0)
+    assert p.admit("GET", "/a") is not None
 
 
 def test_route_templates_match_their_paths() -> None:

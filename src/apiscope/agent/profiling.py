@@ -4,9 +4,12 @@ A profiled request runs under a `SliceProfiler` (`profiler`: how a profile is ta
 options) and is shipped as a compact tree (`profiletree`); this module decides which requests
 those are, on the request path, and keeps the caps.
 
-pyinstrument is imported lazily (this package stays standard-library only at import) and only
-in `RequestProfiling.__init__`: a target that cannot import it gets a status in the agent's
-pull and no profiles, never a failed request.
+pyinstrument is imported lazily (this package stays standard-library only at import), at the
+first pull (`RequestProfiling.load`, on the agent's socket thread): injected, the agent starts
+on the server's main thread, which an import of pyinstrument would hold for 40-110 ms, where a
+thread's import lets the GIL go every switch interval. Nothing is armed before a pull anyway.
+A target that cannot import it gets a status in the agent's pull and no profiles, never a
+failed request.
 
 Which requests: 1 in `every` requests per route, plus the next request of a route whose latency
 reached `slow_ms` (at most once a second per route: a slow route is profiled from its second
@@ -132,14 +135,22 @@ class RequestProfiling:
         self._counts: dict[tuple[str, str], int] = {}
         self._last_slow: dict[tuple[str, str], float] = {}
         self._running = 0
-        self._factory = profiler_factory or self._pyinstrument_factory()
+        # None until `load`: pyinstrument, imported at the first pull.
+        self._factory = profiler_factory
         self.configure(options or options_from_env())
+
+    def load(self) -> None:
+        """Import pyinstrument if nothing else was given to profile with (see the module
+        docstring); profiling is active from then on. A no-op once done."""
+        if self._factory is None:
+            self._factory = self._pyinstrument_factory()
+            self.configure(self.options)
 
     def configure(self, options: ProfilingOptions) -> None:
         """Apply new options; wrapped apps share this object, so they follow at once."""
         self.options = options
         # One attribute read on the request path rather than a property call.
-        self.active = self.unavailable is None and options.enabled
+        self.active = self.unavailable is None and options.enabled and self._factory is not None
         self._every = options.every
         self._slow_ms = options.slow_ms if options.slow_ms > 0 else float("inf")
         self.bucket = TokenBucket(options.max_per_second, self._clock)
@@ -183,7 +194,7 @@ class RequestProfiling:
             self.capped += 1
             return None
         try:
-            profiler = self._factory(self.options.interval_ms / 1000.0)
+            profiler = self._factory(self.options.interval_ms / 1000.0)  # type: ignore[misc]
             profiler.budget = self.budget  # charged slice by slice: see SliceProfiler
             run = ProfileRun(entry[2], profiler)
         except Exception:

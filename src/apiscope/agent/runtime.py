@@ -156,6 +156,7 @@ class Agent:
         # bytes of objects, at thousands of requests a second).
         requests = self.recorder.drain(limit)
         try:  # off the request path: arm the routes whose turn to be profiled has come
+            self.profiling.load()
             self.profiling.observe_batch(requests)
         except Exception:
             self.profiling.errors += 1
