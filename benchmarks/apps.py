@@ -1,8 +1,9 @@
 """The app under benchmark: a minimal FastAPI item endpoint, with one middleware or none.
 
 `BENCH_MIDDLEWARE` picks the variant, so every variant runs the very same handler:
-bare, apiscope, instrumentator (prometheus-fastapi-instrumentator), exporter
-(starlette-exporter), otel (OpenTelemetry's ASGI middleware with a batch span processor).
+bare, floor (a pure ASGI middleware that only awaits the app), apiscope, instrumentator
+(prometheus-fastapi-instrumentator), exporter (starlette-exporter), otel (OpenTelemetry's ASGI
+middleware with a batch span processor).
 """
 
 from __future__ import annotations
@@ -13,6 +14,16 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 
 ITEMS = {i: {"id": i, "name": f"item {i}", "price": i * 1.5} for i in range(1000)}
+
+
+class Floor:
+    """What any middleware costs before it does anything: one coroutine around the app's."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
 
 
 def build() -> Any:
@@ -26,6 +37,8 @@ def build() -> Any:
         return item
 
     variant = os.environ.get("BENCH_MIDDLEWARE", "bare")
+    if variant == "floor":
+        return Floor(app)
     if variant == "apiscope":
         import apiscope
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks import (
+    bench_agent_cost,
     bench_attach,
     bench_dashboard,
     bench_export,
@@ -42,6 +43,19 @@ def section_overhead() -> tuple[str, Any]:
             "than every peer; 100 Hz sampling >= 0.97.\n\n"
             + bench_overhead.render(agent, sampling))
     return text, {"agent": agent, "sampling": sampling}
+
+
+def section_agent_cost() -> tuple[str, Any]:
+    result = bench_agent_cost.run()
+    text = ("## The agent's cost in instructions\n\nThe bench app's item endpoint driven "
+            "in-process (synthetic requests into the ASGI app, no server) under valgrind's "
+            f"callgrind, {result['short']} and {result['long']} requests, the difference per "
+            "request; the serving thread only, string hashing seeded, so a count repeats to a "
+            f"fraction of a percent whatever else the host runs ({result['rounds']} rounds). "
+            "`floor` is a middleware that only awaits the app. The agent's watchdogs are off "
+            "here (their threads run by the clock; see the watchdog section). Goal: the agent "
+            "<= 1.03.\n\n" + bench_agent_cost.render(result))
+    return text, result
 
 
 def section_attach() -> tuple[str, Any]:
@@ -156,6 +170,7 @@ SECTIONS: dict[str, Callable[[], tuple[str, Any]]] = {
     "attach": section_attach,
     "inject": section_inject,
     "overhead": section_overhead,
+    "agent_cost": section_agent_cost,
     "profiling": section_profiling,
     "ingest": section_ingest,
     "export": section_export,

@@ -10,6 +10,7 @@ declare -A wanted=(
   [prometheus]=prometheus         # scraping /metrics for real
   [promtool]=prometheus
   [wrk]=wrk                       # load for the overhead benchmarks
+  [valgrind]=valgrind             # the agent's instructions per request (benchmarks)
   [redis-server]=redis-server     # the sample app's cache and the accuracy corpus
   [go]=golang-go                  # go tool pprof reads the pprof export
 )

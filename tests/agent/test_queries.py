@@ -134,6 +134,34 @@ def test_hooks_are_idempotent_and_removable(tmp_path: Path) -> None:
     assert recorder.drain()[0].queries == ()
 
 
+def test_a_request_gets_its_statements_context_only_once_a_library_is_hooked(
+        tmp_path: Path) -> None:
+    """Setting the context variable costs every request: an app with no database library
+    hooked does not pay it; one imported later is hooked at the next pull."""
+    from apiscope.agent.paths import AppFiles
+    from apiscope.agent.queries import CURRENT, QueryHooks
+
+    seen: list[object] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append(CURRENT.get())
+        return PlainTextResponse("ok")
+
+    hooks = QueryHooks(AppFiles())
+    recorder = Recorder()
+    app = AgentMiddleware(Starlette(routes=[Route("/q", handler)]), recorder, query_hooks=hooks)
+    get_all(app, ["/q"])
+    assert not hooks.hooking and seen == [None]
+    hooks.install()  # aiosqlite is imported by this module: hooked now
+    try:
+        assert hooks.hooking
+        get_all(app, ["/q"])
+        assert seen[1] is not None
+    finally:
+        hooks.uninstall()
+    assert not hooks.hooking
+
+
 def test_queries_outside_requests_are_ignored(tmp_path: Path) -> None:
     import asyncio
 

@@ -110,3 +110,32 @@ def test_keeping_does_not_touch_the_apps_random_numbers() -> None:
     for i in range(50):
         recorder.record(entry(i))
     assert [random.random() for _ in range(3)] == expected
+
+
+def test_buffered_requests_cost_the_garbage_collector_nothing() -> None:
+    """The request path records plain tuples: a collection stops tracking them, while a
+    NamedTuple stays tracked (and traversed by every collection) until it is pulled."""
+    import gc
+
+    recorder = Recorder()
+    for i in range(3):
+        recorder.record(tuple(entry(i)))
+    recorder.record(entry(3))  # a RequestEntry is accepted as well
+    gc.collect()
+    buffered = list(recorder._buffer)
+    assert not any(gc.is_tracked(item) for item in buffered[:3])
+    assert gc.is_tracked(entry(0))  # what the buffer would hold otherwise
+    drained = recorder.drain()
+    assert all(type(e) is RequestEntry for e in drained)
+    assert [(e.start, e.route, e.weight) for e in drained] == [
+        (float(i), "/x", 1) for i in range(4)]
+
+
+def test_a_plain_tuple_kept_one_in_n_carries_its_weight() -> None:
+    recorder = Recorder()
+    recorder.keep(4)
+    for i in range(400):
+        recorder.record(tuple(entry(i)))
+    kept = recorder.drain()
+    assert kept and all(e.weight == 4 for e in kept)
+    assert len(kept) + recorder.skipped == 400

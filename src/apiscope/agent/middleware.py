@@ -28,7 +28,7 @@ from .pathgroups import PathGrouper
 from .paths import AppFiles
 from .profiling import ProfileRun, RequestProfiling
 from .queries import CURRENT, QueryHooks, RequestQueries
-from .recorder import QueryEntry, Recorder, RequestEntry
+from .recorder import Recorder, RequestEntry
 from .routes import INFERRED, RouteRegistry, effective_template, template_of
 from .threadpool import ThreadPoolProbe
 from .watchdog import Watchdogs
@@ -41,6 +41,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UNMATCHED = "<unmatched>"
 _NESTED = "apiscope.recording"
+_UNSEEN = object()
 
 
 def _is_mount(route: Any) -> bool:
@@ -63,9 +64,6 @@ class _Request(RequestQueries):
         self.streamed = False
         self.stats = None
         self.in_orm = 0
-
-
-_new_entry = tuple.__new__  # a RequestEntry without the Python-level __new__ of a NamedTuple
 
 
 class AgentMiddleware:
@@ -102,6 +100,7 @@ class AgentMiddleware:
         self._clock = clock
         self._epoch_offset = wall_clock() - clock()
         self._last_app: Any = None
+        self._loop: Any = _UNSEEN  # the loop of the last request
         self._paths = PathGrouper()
         self._django = DjangoTemplates()
         self.injected = False  # put in front of a live server by `bootstrap`: detach removes it
@@ -134,14 +133,12 @@ class AgentMiddleware:
             if profiling is not None and profiling.armed:  # the one test unprofiled requests pay
                 run = profiling.admit(scope.get("method", "GET"), scope.get("path", ""))
             # Starlette puts itself in scope["app"] before its middleware stack runs: the route
-            # table of an app met for the first time is registered (`_met`).
-            if scope.get("app") is not self._last_app or not self.threadpool.captured:
+            # table of an app met for the first time is registered, and a loop met for the
+            # first time gets a watchdog (`_met`).
+            if scope.get("app") is not self._last_app or _get_running_loop() is not self._loop:
                 self._met(scope)
-            watchdogs = self.watchdogs
-            # The loop serving this request gets a watchdog once (None: not asyncio).
-            if watchdogs is not None and _get_running_loop() is not watchdogs.last_loop:
-                watchdogs.see_loop()
-            if self.query_hooks is not None:
+            hooks = self.query_hooks
+            if hooks is not None and hooks.hooking:  # a database library is hooked
                 token = CURRENT.set(request)
         except Exception:
             self._count_error()
@@ -175,23 +172,30 @@ class AgentMiddleware:
         self._finish(scope, root_path, request, None, token, run)
 
     def _met(self, scope: Scope) -> None:
-        """An app met for the first time (an injected agent wraps a live app), or a thread
-        pool not captured yet."""
+        """An app met for the first time (an injected agent wraps a live app), or a loop: its
+        thread pool is captured (once) and it gets a watchdog."""
         app = scope.get("app")
         if app is not None and app is not self._last_app:
             self._last_app = app
             self.routes.add_app(app)
-        if not self.threadpool.captured:
-            self.threadpool.capture()
+        loop = _get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop  # None: not asyncio (trio), met once all the same
+            if not self.threadpool.captured:
+                self.threadpool.capture()
+            if self.watchdogs is not None:
+                self.watchdogs.see_loop()
 
     def _finish(self, scope: Scope, root_path: str, request: _Request,
                 exc: BaseException | None, token: Any, run: ProfileRun | None = None) -> None:
         try:
             if token is not None:
                 CURRENT.reset(token)
-            django_request = scope.pop(REQUEST_KEY, None)  # also breaks the scope<->request cycle
-            queries: tuple[QueryEntry, ...] = request.entries() if request.stats else ()
-            end = request.end if request.end is not None else self._clock()
+            # Django's request, left by the hook (popping it breaks the scope<->request cycle).
+            django_request = scope.pop(REQUEST_KEY) if REQUEST_KEY in scope else None
+            end = request.end
+            if end is None:
+                end = self._clock()
             start = request.called
             status = request.status
             exc_type = exc_file = exc_line = None
@@ -204,15 +208,22 @@ class AgentMiddleware:
                     status = 499  # cancelled before any response (the client went away)
             elif not status:
                 status = 500  # the app returned without a response: the server answers 500
-            method = scope.get("method", "GET")
-            route = self.route_of(scope, root_path, status, django_request)
+            # The common case inline: a route the registry knows (Starlette, FastAPI).
+            route = scope.get("route")
+            found = self.routes.templates.get(id(route)) if route is not None else None
+            if found is not None and found[0] is route and found[1] and status != 404 \
+                    and "fastapi" not in scope:
+                template = found[1]
+            else:
+                template = self.route_of(scope, root_path, status, django_request)
             # A streamed body (server-sent events, a download, tokens) lasts as long as the
             # stream does, by design: the time to its head is the latency the client waited.
             head = request.head if request.streamed else None
-            first_byte_ms = (head - start) * 1000.0 if head is not None else None
-            entry: RequestEntry = _new_entry(RequestEntry, (
-                start + self._epoch_offset, (end - start) * 1000.0, method, route, status,
-                exc_type, exc_file, exc_line, queries, 1, first_byte_ms))
+            # A plain tuple in RequestEntry's field order (see `recorder`).
+            entry = (start + self._epoch_offset, (end - start) * 1000.0,
+                     scope.get("method", "GET"), template, status, exc_type, exc_file,
+                     exc_line, request.entries() if request.stats else (), 1,
+                     (head - start) * 1000.0 if head is not None else None)
             self.recorder.record(entry)
         except Exception:
             self._count_error()
@@ -220,7 +231,7 @@ class AgentMiddleware:
                 self.profiling.abandon(run)
             return
         if run is not None and self.profiling is not None:
-            self._profiled(self.profiling, entry, run)
+            self._profiled(self.profiling, RequestEntry._make(entry), run)
 
     def _profiled(self, profiling: RequestProfiling, entry: RequestEntry,
                   run: ProfileRun) -> None:

@@ -1,5 +1,10 @@
 """The agent's ring buffer of finished requests.
 
+The request path appends plain tuples in `RequestEntry`'s field order: the garbage collector
+stops tracking an exact tuple of strings and numbers at its first collection, while a
+`NamedTuple` instance stays tracked and is traversed by every collection until the collector
+pulls it. `drain` hands out `RequestEntry`s, made on the socket thread.
+
 Thread-safe without a lock on the recording side: the event loop thread appends and the socket
 server pops, and `collections.deque.append`/`popleft` are atomic under the GIL. Each counter has
 one writer (`recorded`/`skipped`/`errors` the loop thread; `_drained` the drainers, under a lock
@@ -20,7 +25,7 @@ import math
 import random
 import threading
 from collections import deque
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 DEFAULT_CAPACITY = 100_000
 MAX_KEEP_EVERY = 1024
@@ -45,6 +50,11 @@ class RequestEntry(NamedTuple):
     first_byte_ms: float | None = None  # a streamed response's time to its head; else None
 
 
+_DURATION_MS, _STATUS, _EXC_TYPE, _WEIGHT = (RequestEntry._fields.index(name) for name in (
+    "duration_ms", "status", "exc_type", "weight"))
+_make_entry = tuple.__new__  # RequestEntry(*fields) without NamedTuple's Python-level __new__
+
+
 class Recorder:
     """A bounded buffer of `RequestEntry`: when full, the oldest entries are dropped and counted."""
 
@@ -52,7 +62,7 @@ class Recorder:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
-        self._buffer: deque[RequestEntry] = deque(maxlen=capacity)
+        self._buffer: deque[tuple[Any, ...]] = deque(maxlen=capacity)
         self.recorded = 0  # entries appended since start
         self.errors = 0  # failures inside the agent's own code, never seen by a request
         self._drained = 0  # entries handed to the collector
@@ -79,15 +89,16 @@ class Recorder:
         self._drain_lock = threading.Lock()
         self.keep_every, self.keep_slower_ms = 1, math.inf  # the parent's collector chose these
 
-    def record(self, entry: RequestEntry) -> None:
+    def record(self, entry: tuple[Any, ...]) -> None:
+        """Buffer one request: a `RequestEntry` or a plain tuple in its field order."""
         self.recorded += 1
         every = self.keep_every
-        if every > 1 and entry.status < 500 and entry.exc_type is None \
-                and entry.duration_ms < self.keep_slower_ms:
+        if every > 1 and entry[_STATUS] < 500 and entry[_EXC_TYPE] is None \
+                and entry[_DURATION_MS] < self.keep_slower_ms:
             if self._random() * every >= 1.0:
                 self.skipped += 1
                 return
-            entry = entry._replace(weight=every)
+            entry = (*entry[:_WEIGHT], every, *entry[_WEIGHT + 1:])
         # A full deque with maxlen discards its oldest item on append: that is the drop.
         self._buffer.append(entry)
 
@@ -104,11 +115,12 @@ class Recorder:
         """Remove and return up to `limit` buffered entries (default: all), oldest first."""
         out: list[RequestEntry] = []
         pop = self._buffer.popleft
+        make = _make_entry
         remaining = len(self._buffer) if limit is None else limit
         with self._drain_lock:  # two collectors may pull at once; the writer never waits here
             while remaining > 0:
                 try:
-                    out.append(pop())
+                    out.append(make(RequestEntry, pop()))
                 except IndexError:
                     break
                 remaining -= 1

@@ -55,7 +55,8 @@ class RouteRegistry:
     def __init__(self) -> None:
         self.rows: list[RouteRow] = []
         # id(route) -> (route, template); the route is kept so that its id is never reused.
-        self._templates: dict[int, tuple[Any, str]] = {}
+        # Replaced whole by `refresh`; the middleware reads it directly on the request path.
+        self.templates: dict[int, tuple[Any, str]] = {}
         self._apps: list[Any] = []
         self._litestar: list[Any] = []
         self._django = False
@@ -99,7 +100,7 @@ class RouteRegistry:
             rows.extend(litestar_rows(litestar))
         if self._django:
             rows.extend(django_rows())
-        self.rows, self._templates = rows, templates
+        self.rows, self.templates = rows, templates
 
     def routing(self) -> dict[str, Any]:
         """Where the recorded routes came from: "framework" (templates the framework
@@ -116,7 +117,7 @@ class RouteRegistry:
 
     def template(self, route: Any) -> str | None:
         """The full template of a route object (or FastAPI route context, or endpoint)."""
-        found = self._templates.get(id(route))
+        found = self.templates.get(id(route))
         return found[1] or None if found is not None and found[0] is route else None
 
 
