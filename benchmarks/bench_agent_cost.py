@@ -69,8 +69,7 @@ def _instructions(variant: str, requests: int) -> int:
     """Instructions the main thread executed to start up and serve `requests` requests."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
-        env = {**os.environ, "PYTHONHASHSEED": "0", "APISCOPE_WATCHDOG": "0",
-               "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONHASHSEED": "0", "APISCOPE_WATCHDOG": "0"}
         subprocess.run(["valgrind", "--tool=callgrind", "--separate-threads=yes",
                         f"--callgrind-out-file={out}", sys.executable, "-m",
                         "benchmarks.bench_agent_cost", "drive", variant, str(requests)],
