@@ -14,12 +14,19 @@ middleware costs before it does anything); the agent (its watchdogs off: their t
 the clock, which valgrind slows fifty-fold; their cost is the watchdog section's); and the
 peers. Each middleware's count is divided by the bare app's.
 
+The same count for a whole server (`served`): uvicorn under callgrind answering one
+keep-alive client, its counters zeroed after a warm-up and dumped after `LONG - SHORT` more
+requests: HTTP parsing, the transport and the loop included, which the in-process drive
+leaves out; the agent with its watchdogs off and on (the pass timing wraps the loop's
+`select`; one client asking in turn makes a pass or two per request, the most it costs).
+
 `python -m benchmarks.bench_agent_cost drive VARIANT N` is the driven process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import re
 import shutil
@@ -31,10 +38,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ROOT
+from benchmarks.harness import ROOT, free_port, wait_http
 
 SHORT, LONG = 300, 1300
 VARIANTS = ["bare", "floor", "apiscope", "instrumentator", "exporter", "otel"]
+SERVED = {"bare": ("bare", "0"), "floor": ("floor", "0"), "apiscope": ("apiscope", "0"),
+          "apiscope, watchdogs on": ("apiscope", "1")}
 
 _SCOPE = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
           "scheme": "http", "path": "/items/1", "raw_path": b"/items/1", "query_string": b"",
@@ -87,6 +96,49 @@ def per_request(variant: str) -> float:
     return (long - short) / (LONG - SHORT)
 
 
+def _ask(port: int, requests: int) -> None:
+    client = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for _ in range(requests):
+        client.request("GET", "/items/1")
+        response = client.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"the bench app answered {response.status}")
+    client.close()
+
+
+def served(name: str) -> float:
+    """Instructions per request of a uvicorn's serving thread, answering one client."""
+    variant, watchdogs = SERVED[name]
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        env = {**os.environ, "PYTHONHASHSEED": "0", "APISCOPE_WATCHDOG": watchdogs,
+               "BENCH_MIDDLEWARE": variant}
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+             f"--callgrind-out-file={out}", sys.executable, "-m", "uvicorn",
+             "benchmarks.apps:app", "--port", str(port), "--log-level", "warning",
+             "--no-access-log"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/items/1", timeout=120)
+            _ask(port, SHORT)
+            subprocess.run(["callgrind_control", "--zero", str(proc.pid)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _ask(port, LONG - SHORT)
+            subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+        dumped = Path(f"{out}.1-01")  # the first dump, the main (serving) thread
+        match = re.search(r"^(?:summary|totals): (\d+)", dumped.read_text(), re.M)
+        if match is None:
+            raise RuntimeError(f"no instruction count in {dumped.name}")
+        return int(match.group(1)) / (LONG - SHORT)
+
+
 def run(rounds: int = 3) -> dict[str, Any]:
     if shutil.which("valgrind") is None:
         raise RuntimeError("valgrind is not installed (make system-deps)")
@@ -95,7 +147,9 @@ def run(rounds: int = 3) -> dict[str, Any]:
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for variant, count in zip(jobs, pool.map(per_request, jobs), strict=True):
             counts[variant].append(count)
-    return {"rounds": rounds, "short": SHORT, "long": LONG, "instructions": counts}
+        server: dict[str, float] = dict(zip(SERVED, pool.map(served, SERVED), strict=True))
+    return {"rounds": rounds, "short": SHORT, "long": LONG, "instructions": counts,
+            "served": server}
 
 
 def render(result: dict[str, Any]) -> str:
@@ -107,6 +161,12 @@ def render(result: dict[str, Any]) -> str:
         median = statistics.median(values)
         lines.append(f"| {variant} | {median / 1000:.1f} k ({min(values) / 1000:.1f}, "
                      f"{max(values) / 1000:.1f}) | {median / bare:.3f} |")
+    server = result.get("served")
+    if server:
+        lines += ["", "| served by uvicorn, one client | instructions per request | ratio to "
+                  "bare |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {count / 1000:.1f} k | {count / server['bare']:.3f} |"
+                  for name, count in server.items()]
     return "\n".join(lines)
 
 

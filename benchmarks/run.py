@@ -54,7 +54,12 @@ def section_agent_cost() -> tuple[str, Any]:
             f"fraction of a percent whatever else the host runs ({result['rounds']} rounds). "
             "`floor` is a middleware that only awaits the app. The agent's watchdogs are off "
             "here (their threads run by the clock; see the watchdog section). Goal: the agent "
-            "<= 1.03.\n\n" + bench_agent_cost.render(result))
+            "<= 1.03. Below it, the same count for uvicorn's serving thread answering one "
+            "keep-alive client (HTTP parsing, transport and loop included), once; with the "
+            "watchdogs on it includes their clock-driven probes of the loop, which valgrind's "
+            "fifty-fold slowdown makes fifty times as frequent per request: an upper bound."
+            "\n\n"
+            + bench_agent_cost.render(result))
     return text, result
 
 
