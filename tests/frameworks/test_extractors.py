@@ -56,6 +56,24 @@ def test_litestar_templates_come_from_its_scope() -> None:
     assert routes.routing() == {"source": "framework", "frameworks": ["litestar"]}
 
 
+def test_starlette_templates_and_the_routing_source() -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def item(request: object) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    recorder, routes = Recorder(), RouteRegistry()
+    wrapped = AgentMiddleware(Starlette(routes=[Route("/items/{item_id:int}", item)]), recorder,
+                              routes=routes)
+    get_all(wrapped, ["/items/3", "/items/4"])
+    assert routes.routing() == {"source": "framework", "frameworks": ["starlette"]}
+    get_all(wrapped, ["/nope"])
+    assert [(e.route, e.status) for e in recorder.drain()] == [
+        ("/items/{item_id}", 200), ("/items/{item_id}", 200), ("<unmatched>", 404)]
+
+
 def test_litestar_route_table_names_sync_and_async_handlers() -> None:
     rows = {(r["method"], r["template"]): r for r in litestar_rows(litestar_app.app)}
     sync = rows[("GET", "/items/{item_id}")]  # run in a thread: unwrapped to the function

@@ -101,6 +101,7 @@ class AgentMiddleware:
         self._epoch_offset = wall_clock() - clock()
         self._last_app: Any = None
         self._loop: Any = _UNSEEN  # the loop of the last request
+        self._named_by_starlette = False
         self._paths = PathGrouper()
         self._django = DjangoTemplates()
         self.injected = False  # put in front of a live server by `bootstrap`: detach removes it
@@ -214,6 +215,9 @@ class AgentMiddleware:
             if found is not None and found[0] is route and found[1] and status != 404 \
                     and "fastapi" not in scope:
                 template = found[1]
+                if not self._named_by_starlette:  # once: what named the routes (`routing()`)
+                    self._named_by_starlette = True
+                    self.routes.sources.add(STARLETTE)
             else:
                 template = self.route_of(scope, root_path, status, django_request)
             # A streamed body (server-sent events, a download, tokens) lasts as long as the
