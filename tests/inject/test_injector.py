@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from apiscope.errors import TargetError
-from apiscope.inject import InjectionTimeout, inject_agent, injector
+from apiscope.inject import InjectionTimeout, inject_agent, injector, ptrace
 from apiscope.inject.gdb import NO_PYTHON
 from apiscope.inject.result import wait_for_result
 from apiscope.inject.runner import RunResult
@@ -115,6 +115,7 @@ def test_a_refused_attach_is_retried_then_explained(directory: str,
     A refusal that lasts is reported with both causes."""
     require_program("gdb")
     monkeypatch.setattr(injector, "ATTACH_BACKOFF", 0.0)
+    monkeypatch.setattr(ptrace, "supported", lambda: False)  # the gdb route, on any machine
     calls: list[list[str]] = []
 
     def refusing(argv: Sequence[str], timeout: float) -> RunResult:
@@ -132,3 +133,25 @@ def test_a_refused_attach_is_retried_then_explained(directory: str,
     assert "another debugger or profiler" in caught.value.message
     assert "kernel.yama.ptrace_scope" in caught.value.message
     assert os.listdir(directory) == []  # the gdb script is gone
+
+
+def test_the_ptrace_route_gets_the_functions_and_the_text_and_names_a_refusal(
+        directory: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On x86-64 the calls are made by `apiscope.inject.ptrace`, given the addresses read
+    from the files and the snippet in a private file; its refusal reads as gdb's does."""
+    monkeypatch.setattr(ptrace, "supported", lambda: True)
+    seen: list[tuple[list[str], bytes, int]] = []
+
+    def refusing(argv: Sequence[str], timeout: float) -> RunResult:
+        text = Path(argv[-1])
+        seen.append((list(argv), text.read_bytes(), text.stat().st_mode & 0o777))
+        return RunResult(1, "ptrace: Operation not permitted.\n", False, 0.01)
+
+    with pytest.raises(TargetError) as caught:
+        inject_agent(os.getpid(), directory, runner=refusing, check=lambda pid: (3, 11))
+    [(argv, text, mode)] = seen
+    assert argv[1:3] == ["-m", "apiscope.inject.ptrace"] and argv[3] == str(os.getpid())
+    assert all(int(address, 16) > 0 for address in argv[4:7])
+    assert b"payload" in text and mode == 0o600
+    assert not Path(argv[-1]).exists()  # removed once the calls were made
+    assert "apiscope was not allowed to attach" in caught.value.message

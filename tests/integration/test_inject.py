@@ -28,8 +28,15 @@ from apiscope.cli.main import main
 from apiscope.collectors.agent_client import AgentClient
 from apiscope.collectors.target import describe_target
 from apiscope.errors import TargetError
-from apiscope.inject import InjectionResult, eject_agent, inject_agent
-from apiscope.inject.gdb import check_gdb_output, gdb_argv, gdb_script
+from apiscope.inject import (
+    InjectionFailed,
+    InjectionResult,
+    eject_agent,
+    inject_agent,
+    injector,
+    ptrace,
+)
+from apiscope.inject.gdb import XSTATE_REFUSED, check_gdb_output, gdb_argv, gdb_script
 from apiscope.inject.result import wait_for_result
 from apiscope.inject.runner import run_with_deadline
 from apiscope.inject.snippet import InjectArgs, build_snippet
@@ -155,7 +162,7 @@ def test_injected_agent_records_each_request_with_its_template(
         background.stop()
     report("uvicorn", result, stall)
     assert background.failures == []
-    assert result.method == "gdb" and result.wrapped == 1
+    assert result.method == ("ptrace" if ptrace.supported() else "gdb") and result.wrapped == 1
     # When gdb may have held the process (py-spy's reads then fail): within the call, and as
     # long as the debugger ran at least.
     assert result.debugger_span is not None
@@ -304,6 +311,25 @@ def test_a_python_process_without_an_app_is_left_as_it_was(sockets: str) -> None
         proc.wait()
 
 
+@pytest.mark.skipif(not ptrace.supported(), reason="calls by ptrace: x86-64 Linux")
+def test_functions_the_files_do_not_name_are_looked_up_by_gdb_and_called_by_ptrace(
+        sockets: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gdb only prints the addresses and detaches; the calls are ptrace's, as always here."""
+    require_ptrace()
+    require_program("gdb")
+    monkeypatch.setattr(injector, "find_functions", lambda pid: None)
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", APP, "--port", str(port)]
+    with run_server(argv, port, ready_path="/ping") as server:
+        result = inject_agent(server.pid, sockets)
+        assert result.method == "ptrace" and result.wrapped == 1
+        for item_id in range(N):
+            assert get(server, f"/items/{item_id}")[0] == 200
+        assert len(items(pull_until(server.pid, sockets, lambda rs: len(items(rs)) >= N))) == N
+        assert eject_agent(server.pid, sockets).restored == 1
+        assert get(server, "/items/1")[0] == 200
+
+
 def test_gdb_refused_by_the_kernel_names_the_fix() -> None:
     """A real refusal: gdb run as an unprivileged user against a process of root's."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
@@ -413,6 +439,13 @@ def test_gdb_without_python_attaches_with_p(sockets: str, tmp_path: Path) -> Non
         script.write_text(gdb_script(snippet))
         run = run_with_deadline(gdb_argv(gdb, proc.pid, str(script), attach_in_script=False),
                                 30.0)
+        if XSTATE_REFUSED in run.output:
+            # This gdb cannot make a call on this CPU, which is why apiscope makes its calls
+            # with ptrace on x86-64 (`inject.ptrace`); the failure, if met, is named. (gdb's
+            # half-restored thread may not survive it: the process is not checked then.)
+            with pytest.raises(InjectionFailed, match="extended registers"):
+                check_gdb_output(proc.pid, run)
+            return
         check_gdb_output(proc.pid, run)
         status = wait_for_result(status_file, "p-flag", proc.pid, 15.0)
         assert status["ok"] and status["apps"] == []

@@ -36,6 +36,10 @@ PAGE = 4096
 PROT_READ_WRITE = 0x3
 MAP_PRIVATE_ANONYMOUS = 0x22  # Linux, on x86-64 and arm64 alike
 _PENDING = re.compile(re.escape(MARK) + r" pending (-?\d+)")
+# gdb before 14 sizes a thread's extended registers from the features it knows; on a CPU with
+# AMX the kernel's area is larger and it refuses the write that ends every call gdb makes.
+XSTATE_REFUSED = "Couldn't write extended state status"
+_FUNCTIONS = re.compile(re.escape(MARK) + r" functions 0x([0-9a-f]+) 0x([0-9a-f]+) 0x([0-9a-f]+)")
 
 
 # Attaching from inside gdb lets a refused attach be retried every few milliseconds, where
@@ -108,6 +112,35 @@ def gdb_script(snippet: str, attach_pid: int | None = None,
     ])
 
 
+def gdb_lookup_script(attach_pid: int | None = None) -> str:
+    """The gdb commands that only print the three functions' addresses and detach: for
+    `inject.ptrace` to call them when they could not be read from the process's files. gdb
+    makes no call, so a gdb that cannot make one on this CPU (`XSTATE_REFUSED`) still serves."""
+    return "\n".join([
+        "set pagination off",
+        "set confirm off",
+        *(_attach_with_retries(attach_pid) if attach_pid is not None else []),
+        "sharedlibrary libc",
+        "sharedlibrary libpython",
+        f'printf "{MARK} attached\\n"',
+        f'printf "{MARK} functions %p %p %p\\n", (void *) &mmap, (void *) &Py_AddPendingCall,'
+        " (void *) &PyRun_SimpleString",
+        "detach",
+        "",
+    ])
+
+
+def parse_functions(pid: int, run: RunResult, attempts: int = 1) -> Functions:
+    """The addresses `gdb_lookup_script` printed, or the error that explains their absence."""
+    match = _FUNCTIONS.search(run.output)
+    if match is None:
+        check_gdb_output(pid, run, attempts)  # raises: no process, refused, no symbol...
+        raise InjectionFailed(f"gdb did not find the functions to call in PID {pid}:"
+                              f" {_tail(run.output)}")
+    mmap, add_pending_call, run_simple_string = (int(group, 16) for group in match.groups())
+    return Functions(add_pending_call, run_simple_string, mmap)
+
+
 def _attach_with_retries(pid: int) -> list[str]:
     tries = int(ATTACH_RETRY_SECONDS / ATTACH_RETRY_INTERVAL)
     return [
@@ -136,14 +169,15 @@ def attach_refused(run: RunResult) -> bool:
     return "ptrace: Operation not permitted" in run.output
 
 
-def check_gdb_output(pid: int, run: RunResult, attempts: int = 1) -> None:
-    """Raise the error that explains a failed run; return when the call was scheduled."""
+def check_gdb_output(pid: int, run: RunResult, attempts: int = 1, tool: str = "gdb") -> None:
+    """Raise the error that explains a failed run; return when the call was scheduled. `tool`:
+    what ran the calls, for the messages (`inject.ptrace` prints the same marks)."""
     out = run.output
     if "ptrace: No such process" in out:
         raise TargetError(f"no process with PID {pid}: the server may have exited")
     if attach_refused(run):
         raise TargetError(ptrace_denied(
-            f"gdb was not allowed to attach to PID {pid} (ptrace refused"
+            f"{tool} was not allowed to attach to PID {pid} (ptrace refused"
             f"{f', {attempts} attempts' if attempts > 1 else ''}). Either another debugger or"
             " profiler keeps it traced (stop it, or run py-spy with --nonblocking), or tracing"
             " is not permitted"))
@@ -151,7 +185,7 @@ def check_gdb_output(pid: int, run: RunResult, attempts: int = 1) -> None:
     if match and match.group(1) == "0":
         return
     if run.timed_out:
-        raise InjectionFailed(f"gdb did not finish within the deadline while scheduling the"
+        raise InjectionFailed(f"{tool} did not finish within the deadline while scheduling the"
                               f" agent in PID {pid}; it was interrupted and detached."
                               f" Output: {_tail(out)}")
     if MARK + " attached" in out and "No symbol" in out:
@@ -159,12 +193,17 @@ def check_gdb_output(pid: int, run: RunResult, attempts: int = 1) -> None:
                           " Py_AddPendingCall/PyRun_SimpleString symbols in it (a static"
                           " interpreter stripped of its symbols cannot be injected). Use"
                           " `apiscope attach --no-inject`, or `instrument(app)` in code")
+    if XSTATE_REFUSED in out:
+        raise InjectionFailed(f"{tool} cannot make calls in PID {pid} on this CPU: it could not"
+                              " restore the thread's extended registers after its call (gdb"
+                              " before 14 on a CPU with AMX). Use gdb 14 or newer, or"
+                              " `instrument(app)` in code")
     if match:
         raise InjectionFailed(f"CPython refused the pending call in PID {pid} (its queue of"
                               " pending calls is full); try again in a moment")
     if MARK + " mmap failed" in out:
         raise InjectionFailed(f"could not map memory in PID {pid} for the agent's loader")
-    raise InjectionFailed(f"gdb could not schedule the agent in PID {pid}: {_tail(out)}")
+    raise InjectionFailed(f"{tool} could not schedule the agent in PID {pid}: {_tail(out)}")
 
 
 def _tail(text: str, lines: int = 6) -> str:

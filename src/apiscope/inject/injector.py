@@ -1,7 +1,8 @@
 """Running the agent's bootstrap inside a live server, and taking the agent out again.
 
 `inject_agent(pid)` checks the target, schedules the loader snippet on the target's main thread
-(gdb and `Py_AddPendingCall` below Python 3.14, `sys.remote_exec` from 3.14 on), waits for the
+(`Py_AddPendingCall` below Python 3.14, called with ptrace on x86-64 Linux (`inject.ptrace`)
+and with gdb elsewhere; `sys.remote_exec` from 3.14 on), waits for the
 status the bootstrap writes, and returns it. `eject_agent(pid)` does the same for detach. The
 target keeps serving throughout: the debugger only stops it for as long as it takes to schedule
 the call (a fraction of a second), and is always detached, never left attached or killing it.
@@ -12,17 +13,21 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 
 from apiscope.errors import ToolMissingError
+from apiscope.inject import ptrace
 from apiscope.inject.errors import InjectionFailed
 from apiscope.inject.gdb import (
     attach_refused,
     check_gdb_output,
     gdb_argv,
+    gdb_lookup_script,
     gdb_script,
+    parse_functions,
     python_missing,
 )
 from apiscope.inject.remote import (
@@ -36,7 +41,7 @@ from apiscope.inject.rendezvous import Rendezvous, make_theirs, rendezvous
 from apiscope.inject.result import InjectionResult, result_path, wait_for_result
 from apiscope.inject.runner import Runner, RunResult, run_with_deadline
 from apiscope.inject.snippet import InjectArgs, build_snippet
-from apiscope.inject.symbols import find_functions
+from apiscope.inject.symbols import Functions, find_functions
 from apiscope.inject.target import check_target
 
 RESULT_TIMEOUT = 15.0  # for the target to reach a safe point and run the bootstrap
@@ -81,11 +86,14 @@ def _run_in_target(pid: int, action: str, directory: str | None, runner: Runner,
                                        token=token, embed=place.foreign,
                                        offer_pyinstrument=not place.root))
     use_remote = version is not None and version >= REMOTE_EXEC_VERSION
-    schedule = _schedule_remote_exec if use_remote else _schedule_gdb
+    method = "remote_exec" if use_remote else "gdb"
     debugger_started = time.time()
     debugger_span: tuple[float, float] | None = None
     try:
-        debugger_seconds = schedule(pid, snippet, place, runner)
+        if use_remote:
+            debugger_seconds = _schedule_remote_exec(pid, snippet, place, runner)
+        else:
+            debugger_seconds, method = _schedule_pending_call(pid, snippet, place, runner)
         debugger_span = (debugger_started, time.time())
         status = wait_for_result(path, token, pid, timeout)
         _remove(path)
@@ -97,13 +105,56 @@ def _run_in_target(pid: int, action: str, directory: str | None, runner: Runner,
     except InjectionFailed as exc:  # the target was held all the same: say for how long
         exc.debugger_span = debugger_span or (debugger_started, time.time())
         raise
-    return InjectionResult(pid=pid, action=action, method="remote_exec" if use_remote else "gdb",
+    return InjectionResult(pid=pid, action=action, method=method,
                            status=status, seconds=time.monotonic() - started,
                            debugger_seconds=debugger_seconds,
                            debugger_span=debugger_span)
 
 
-def _schedule_gdb(pid: int, snippet: str, place: Rendezvous, runner: Runner) -> float:
+def _schedule_pending_call(pid: int, snippet: str, place: Rendezvous,
+                           runner: Runner) -> tuple[float, str]:
+    """Schedule the snippet as a pending call; the seconds it took and how ("ptrace", "gdb").
+
+    On x86-64 Linux the calls are made with ptrace (`inject.ptrace`), gdb only looking the
+    functions up when they could not be read from the process's files; elsewhere gdb makes them.
+    """
+    # Found before the target is stopped, so that nothing reads symbols while it is held.
+    functions = find_functions(pid)
+    if not ptrace.supported():
+        return _schedule_gdb(pid, snippet, place, runner, functions), "gdb"
+    looked_up = 0.0
+    if functions is None:
+        run, attempt = _run_gdb(pid, place, runner, gdb_lookup_script)
+        functions, looked_up = parse_functions(pid, run, attempt), run.seconds
+    return looked_up + _schedule_ptrace(pid, snippet, functions, runner), "ptrace"
+
+
+def _schedule_ptrace(pid: int, snippet: str, functions: Functions, runner: Runner) -> float:
+    fd, text = tempfile.mkstemp(prefix="inject-", suffix=".py")  # private: mode 0600
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(snippet.encode())
+        run = runner([sys.executable, "-m", "apiscope.inject.ptrace", str(pid),
+                      hex(functions.mmap), hex(functions.add_pending_call),
+                      hex(functions.run_simple_string), text], DEBUGGER_TIMEOUT)
+    finally:
+        _remove(text)
+    check_gdb_output(pid, run, tool="apiscope")
+    return run.seconds
+
+
+def _schedule_gdb(pid: int, snippet: str, place: Rendezvous, runner: Runner,
+                  functions: Functions | None) -> float:
+    run, attempt = _run_gdb(pid, place, runner,
+                            lambda attach_pid: gdb_script(snippet, attach_pid, functions))
+    check_gdb_output(pid, run, attempt)
+    return run.seconds
+
+
+def _run_gdb(pid: int, place: Rendezvous, runner: Runner,
+             script_for: Callable[[int | None], str]) -> tuple[RunResult, int]:
+    """Run the gdb script `script_for(pid)` (gdb attaches itself, retrying refusals), or
+    `script_for(None)` with `-p` for a gdb without Python; the run and the attempts made."""
     gdb = shutil.which("gdb")
     if gdb is None:
         raise ToolMissingError("gdb is not installed, and injecting the latency agent into a"
@@ -115,21 +166,18 @@ def _schedule_gdb(pid: int, snippet: str, place: Rendezvous, runner: Runner) -> 
     fd, script = tempfile.mkstemp(prefix="inject-", suffix=".gdb",
                                   dir=None if place.foreign else place.outside)
     os.close(fd)
-    # Found before gdb stops the target, so that gdb reads no symbols while it holds it.
-    functions = find_functions(pid)
     try:
-        _write_text(script, gdb_script(snippet, attach_pid=pid, functions=functions))
+        _write_text(script, script_for(pid))
         run = runner(gdb_argv(gdb, pid, script), DEBUGGER_TIMEOUT)
         attempt = 1
         if python_missing(run):  # nothing was attached: attach with -p, retrying from here
-            _write_text(script, gdb_script(snippet, functions=functions))
+            _write_text(script, script_for(None))
             run, attempt = _retry_refused(
                 lambda: runner(gdb_argv(gdb, pid, script, attach_in_script=False),
                                DEBUGGER_TIMEOUT))
     finally:
         _remove(script)
-    check_gdb_output(pid, run, attempt)
-    return run.seconds
+    return run, attempt
 
 
 def _retry_refused(attach: Callable[[], RunResult]) -> tuple[RunResult, int]:

@@ -27,7 +27,7 @@ class InjectionResult:
 
     pid: int
     action: str  # "attach" or "detach"
-    method: str  # "gdb" or "remote_exec"
+    method: str  # "ptrace", "gdb" or "remote_exec"
     status: dict[str, Any]  # the bootstrap's status (apps, socket, python, elapsed_ms, note)
     seconds: float  # the whole injection, from the first check to the status read back
     debugger_seconds: float  # the debugger's run: bounds how long the target was stopped
