@@ -224,6 +224,7 @@ def schedule(pid: int, mmap: int, add_pending_call: int, run_simple_string: int,
     `Py_AddPendingCall`'s result. Prints the marks the gdb script prints."""
     thread = Thread(pid)
     thread.seize(interrupted)
+    stopped = time.perf_counter()
     print(f"{MARK} attached", flush=True)
     try:
         thread.save()
@@ -243,6 +244,7 @@ def schedule(pid: int, mmap: int, add_pending_call: int, run_simple_string: int,
             thread.restore()
     finally:
         thread.detach()
+        print(f"{MARK} held {(time.perf_counter() - stopped) * 1000:.3f} ms", flush=True)
 
 
 def main(argv: list[str]) -> int:
