@@ -3,14 +3,15 @@
 A bare uvicorn (pinned to core 0) is asked for its item endpoint every 2 ms by one keep-alive
 client; the agent is injected and then detached, in interleaved rounds, two ways:
 
-- **by address**: what `apiscope attach` does: the three C functions gdb calls are found in
-  the target's files before gdb starts (`apiscope.inject.symbols`);
+- **by address**: what `apiscope attach` does: the three C functions to call are found in the
+  target's files beforehand (`apiscope.inject.symbols`) and called (with ptrace on x86-64,
+  `apiscope.inject.ptrace`; with gdb elsewhere);
 - **symbol lookup**: the fallback, gdb loading libc's and libpython's symbol tables while it
-  holds the target.
+  holds the target to find them, then the same calls.
 
-For each: gdb's run (`InjectionResult.debugger_seconds`) and the longest answer the client got
-while it lasted, which is the stop the server's clients see (gdb's stop, then the agent's start-up
-or removal on the main thread).
+For each: the injector's run (`InjectionResult.debugger_seconds`: its start-up included) and the
+longest answer the client got while it lasted, which is the stop the server's clients see (the
+thread held for the calls, then the agent's start-up or removal on the main thread).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _measure(action: Callable[..., Any], pid: int, probe: Probe, lookup: bool
     finally:
         injector.find_functions = found  # type: ignore[assignment]
     time.sleep(SETTLE)  # a stop that began just before `end` is answered after it
-    return {"gdb_ms": result.debugger_seconds * 1000,
+    return {"run_ms": result.debugger_seconds * 1000,
             "longest_answer_ms": probe.longest(start, end) * 1000}
 
 
@@ -95,11 +96,11 @@ def run(rounds: int = 7) -> dict[str, Any]:
 
 
 def render(result: dict[str, Any]) -> str:
-    lines = ["| | gdb's run, by address | symbol lookup | ratio | longest answer, by address |"
+    lines = ["| | injector's run, by address | symbol lookup | ratio | longest answer, by address |"
              " symbol lookup | ratio |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for action in ("attach", "detach"):
         cells = []
-        for key in ("gdb_ms", "longest_answer_ms"):
+        for key in ("run_ms", "longest_answer_ms"):
             new = statistics.median(r[key] for r in result["rows"]["by address"][action])
             old = statistics.median(r[key] for r in result["rows"]["symbol lookup"][action])
             cells += [f"{new:.0f} ms", f"{old:.0f} ms", f"{new / old:.2f}"]

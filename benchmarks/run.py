@@ -95,11 +95,12 @@ def section_inject() -> tuple[str, Any]:
     result = bench_inject.run()
     text = ("## Injection: how long the server stops answering\n\nA bare uvicorn pinned to "
             "core 0, asked for its item endpoint every 2 ms by one keep-alive client; the agent "
-            "injected and detached with gdb in "
-            f"{result['rounds']} interleaved rounds, the functions gdb calls found by address "
-            "before gdb starts (what `attach` does) against gdb's own symbol lookup (the "
-            "fallback). gdb's run, and the longest answer the client got meanwhile (gdb's stop "
-            "plus the agent's start-up or removal on the main thread), medians:\n\n"
+            f"injected and detached in {result['rounds']} interleaved rounds, the functions "
+            "to call found by address in the target's files (what `attach` does; the calls "
+            "made with ptrace on x86-64) against gdb's symbol lookup while it holds the target "
+            "(the fallback). The injector's run (its start-up included), and the longest answer "
+            "the client got meanwhile (the thread held for the calls plus the agent's start-up "
+            "or removal on the main thread), medians:\n\n"
             + bench_inject.render(result))
     return text, result
 
