@@ -188,6 +188,9 @@ SECTIONS: dict[str, Callable[[], tuple[str, Any]]] = {
 DEFAULT = [name for name in SECTIONS if name != "soak"]
 
 
+RUN_ON = "Run on"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", help="comma-separated sections: " + ",".join(SECTIONS))
@@ -198,11 +201,13 @@ def main() -> None:
     for name in names:
         print(f"benchmark: {name} ...", flush=True)
         t0 = time.perf_counter()
-        texts[name], raw[name] = SECTIONS[name]()
+        text, raw[name] = SECTIONS[name]()
+        # Sections are rerun apart, on whatever machine is at hand: each names its own.
+        texts[name] = f"{text}\n\n{RUN_ON} {time.strftime('%Y-%m-%d')}: {machine()}."
         print(f"benchmark: {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
     header = ("# Benchmarks\n\nCommand: `make bench` (`python -m benchmarks.run`; `--only "
-              "overhead,ingest` reruns some sections and keeps the others). Machine: "
-              f"{machine()}. Last run on {time.strftime('%Y-%m-%d')}.\n")
+              "overhead,ingest` reruns some sections and keeps the others; each section ends"
+              " with the date and machine it was run on).\n")
     body = "\n\n".join(f"<!-- section:{name} -->\n{texts[name]}\n<!-- end:{name} -->"
                        for name in SECTIONS if name in texts)
     OUT.write_text(header + "\n" + body + "\n")
