@@ -9,8 +9,9 @@ gdb 13 makes fails that way. Here the buffer is the one the kernel filled, hande
 
 It also stops less: only the main thread, from `PTRACE_SEIZE` + `PTRACE_INTERRUPT` (no
 SIGSTOP, so no other thread stops with it) to the detach: 0.3 ms here, up to 3 ms on a busy
-host (gdb's run held the whole process for 40-50 ms by address). The other threads run on; both calls are safe beside them
-(`mmap` is a system call, `Py_AddPendingCall` takes its own lock).
+host (gdb's run held the whole process for 40-50 ms by address). The other threads run on;
+both calls are safe beside them (`mmap` is a system call, `Py_AddPendingCall` takes its own
+lock).
 
 A call, the way a debugger makes one: save the thread's registers, point `rip` at the function
 with its arguments in `rdi`/`rsi`/..., below the red zone push a return address of 0, and let

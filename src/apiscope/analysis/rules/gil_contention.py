@@ -34,8 +34,10 @@ counts however little of the time its line got the GIL. Without an application l
 contention is the framework's or a library's and belongs to the server figures, not to a flag.
 A line can hold the GIL only if it runs: one that runs less than `HOLDER_MIN_RUN` of the time
 it shows (a sleep, a socket wait) is never the location; a line contends only if it also waits:
-one off-CPU less than `LINE_MIN_WAIT` of the time it shows (C code that released the GIL and
-ran on in parallel, a busy loop that alone holds the GIL) is not the location either, and
+one off-CPU less than `LINE_MIN_WAIT` of the time it shows, or running more than
+`LINE_MAX_RUN_PER_WAIT` times as long as it waited (C code that released the GIL and ran on in
+parallel, waiting only as each call returned; a busy loop that alone holds the GIL), is not the
+location either, and
 neither is a loop line the loop watchdog's looks at the kernel found mostly asleep or in I/O.
 Threads that contend for the GIL each run about 1/N of the time they show with N of them at
 it, so the bar is low.
@@ -67,6 +69,12 @@ HOLDER_MIN_RUN = 0.2  # running / shown: 1/N for N threads contending; a sleep's
 # Off-CPU / shown: a line contending for the GIL waits for it now and then. C code that
 # releases the GIL (a password hash) runs on beside the GIL's holder and waits only on return.
 LINE_MIN_WAIT = 0.1
+# Running / off-CPU, in the contended windows: Python contending with even one other thread
+# waits about as long as it runs, and longer with more. A line that ran this many times as long
+# as it waited ran mostly without the GIL: C code that released it, waiting only as each call
+# returned to Python (a password hash's thread is one of the contending threads, and shows more
+# CPU than the Python starved of the GIL ever gets).
+LINE_MAX_RUN_PER_WAIT = 2.0
 # Contended windows must add up to this much of the session: one busy second is not a pattern.
 # In seconds, not windows, since the budget lengthens windows (up to 8 s) on a busy target.
 GIL_MIN_SECONDS = 2.0
@@ -226,6 +234,7 @@ class GilContentionRule:
                         and a.user is not None and not a.tool and a.role in roles
                         and (pid, a.user.file, a.user.line) not in asleep
                         and waited[a.user] >= LINE_MIN_WAIT * shown[a.user]
+                        and ran[a.user] <= LINE_MAX_RUN_PER_WAIT * waited[a.user]
                         and ((a.sample.tid, a.window) in contending
                              or ran[a.user] >= HOLDER_MIN_RUN * shown[a.user])):
                     lines[a.user] += a.cpu
