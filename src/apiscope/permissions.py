@@ -1,10 +1,11 @@
 """What to tell a user the kernel would not let apiscope trace a process, and how to fix it.
 
-py-spy reads a target's memory through ptrace, and gdb and `sys.remote_exec` attach with it.
-The kernel allows that to a tracer with CAP_SYS_PTRACE (root has it), or to one running as the
-target's user when Yama's `kernel.yama.ptrace_scope` permits: 0 lets a process trace any of its
-user's processes, 1 (Ubuntu's default) only its own descendants, which apiscope's tools are
-not, 2 only CAP_SYS_PTRACE holders, and 3 nobody until the next reboot.
+py-spy reads a target's memory through ptrace, and the injector (ptrace itself, gdb, or
+`sys.remote_exec`) attaches with it. The kernel allows that to a tracer with CAP_SYS_PTRACE
+(root has it), or to one running as the target's user when Yama's `kernel.yama.ptrace_scope`
+permits: 0 lets a process trace any of its user's processes, 1 (Ubuntu's default) only its own
+descendants, which apiscope's tools are not, 2 only CAP_SYS_PTRACE holders, and 3 nobody until
+the next reboot.
 
 The collectors and the injection each meet a refusal in their own way, but the fixes are the
 same; they are written here once, so every message names all of them and a correction reaches

@@ -3,7 +3,7 @@
 Each in-flight request with its route, elapsed time, the await chain its coroutine is suspended
 in (down to the awaited call) and the thread running it; then every thread's stack. The agent
 answers (`{"op": "dump"}`, see `apiscope.agent.inflight`); it is injected when absent. Where
-injection is impossible (no gdb, ptrace refused), `py-spy dump` gives the threads alone, and
+injection is impossible (ptrace refused), `py-spy dump` gives the threads alone, and
 the output says so.
 """
 

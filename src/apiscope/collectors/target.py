@@ -4,7 +4,7 @@
 uvicorn `--workers N` supervisor's spawned children, or a single process. A wrapper that is not
 the server (`sh -c`, a pyenv shim, `uv run`, `poetry run`) is followed to its one Python child,
 with a note saying so. Unusable targets raise `TargetError` (exit code 2) naming the fix.
-`check_ptrace` predicts, from the kernel's rules, whether py-spy and gdb will be refused.
+`check_ptrace` predicts, from the kernel's rules, whether py-spy and the injector will be refused.
 """
 
 from __future__ import annotations
