@@ -94,13 +94,23 @@ FAST = WatchdogOptions(loop_interval=0.02, stall_threshold=0.025, sample_interva
 PROBED = WatchdogOptions(time_passes=False)  # how a loop without a Python selector is watched
 
 
-@pytest.fixture(params=[FAST, WatchdogOptions(), PROBED], ids=["fast", "defaults", "probed"])
-def loop_thread(request: pytest.FixtureRequest) -> Iterator[LoopThread]:
-    lt = LoopThread(request.param)
+def _running(options: WatchdogOptions) -> Iterator[LoopThread]:
+    lt = LoopThread(options)
     lt.start()
     yield lt
     lt.close()
     assert watchdog_threads() == []
+
+
+@pytest.fixture(params=[FAST, WatchdogOptions(), PROBED], ids=["fast", "defaults", "probed"])
+def loop_thread(request: pytest.FixtureRequest) -> Iterator[LoopThread]:
+    yield from _running(request.param)
+
+
+@pytest.fixture(params=[FAST, WatchdogOptions()], ids=["fast", "defaults"])
+def timed_loop_thread(request: pytest.FixtureRequest) -> Iterator[LoopThread]:
+    """A loop whose passes are timed: a probed one sees stalls only, not shorter holds."""
+    yield from _running(request.param)
 
 
 def sleeper() -> None:
@@ -365,8 +375,6 @@ def passes_of(loop_thread: LoopThread, work: Callable[[], object], times: int,
               seed: int) -> list[dict[str, Any]]:
     """The long passes recorded while `work` is put on the loop `times` times, at uneven gaps
     (as requests come: not in step with the watchdog's checks)."""
-    if not loop_thread.watchdogs.options.time_passes:
-        pytest.skip("a probed loop sees stalls only, not shorter holds")
     wait_until(loop_thread.probes_after(3), what="the watchdog to check the loop")
     loop_thread.pull()
     loop_thread.stalls.clear()
@@ -378,12 +386,13 @@ def passes_of(loop_thread: LoopThread, work: Callable[[], object], times: int,
     return loop_thread.stalls
 
 
-def test_short_holds_by_one_task_are_seen_with_their_stack(loop_thread: LoopThread) -> None:
+def test_short_holds_by_one_task_are_seen_with_their_stack(
+        timed_loop_thread: LoopThread) -> None:
     # 16 ms of CPU in a request's task: shorter than a stall, long enough to make every other
     # request wait. Each such pass is timed; those the watchdog looks at twice while they last
     # (or that began with that task's step alone) are known to be one task's, with its stack.
-    loop = loop_thread.loop
-    passes = passes_of(loop_thread, lambda: loop.create_task(short_hold()), 40, seed=1)
+    loop = timed_loop_thread.loop
+    passes = passes_of(timed_loop_thread, lambda: loop.create_task(short_hold()), 40, seed=1)
 
     assert len([s for s in passes if s["duration_ms"] >= 15]) >= 36
     held = [s for s in passes if s["held"] == "one"]
@@ -398,9 +407,9 @@ def test_short_holds_by_one_task_are_seen_with_their_stack(loop_thread: LoopThre
     assert not [s for s in passes if s["held"] == "many"]
 
 
-def test_a_pass_of_many_quick_steps_is_held_by_no_one(loop_thread: LoopThread) -> None:
+def test_a_pass_of_many_quick_steps_is_held_by_no_one(timed_loop_thread: LoopThread) -> None:
     # Twelve tasks of 1.5 ms in one pass: an 18 ms pass, but no one code held the loop.
-    passes = passes_of(loop_thread, many_steps, 30, seed=2)
+    passes = passes_of(timed_loop_thread, many_steps, 30, seed=2)
 
     assert len(passes) >= 25
     # A step the host held off its CPU (a busy machine: the pass took milliseconds more than
@@ -411,7 +420,7 @@ def test_a_pass_of_many_quick_steps_is_held_by_no_one(loop_thread: LoopThread) -
         ones)
     many = [s for s in passes if s["held"] == "many"]
     assert all(s["frames"] == [] for s in many)
-    if loop_thread.watchdogs.options.loop_interval <= 0.02:  # checked often: some followed
+    if timed_loop_thread.watchdogs.options.loop_interval <= 0.02:  # checked often: some followed
         assert many
 
 
