@@ -188,9 +188,6 @@ SECTIONS: dict[str, Callable[[], tuple[str, Any]]] = {
 DEFAULT = [name for name in SECTIONS if name != "soak"]
 
 
-RUN_ON = "Run on"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", help="comma-separated sections: " + ",".join(SECTIONS))
@@ -203,7 +200,7 @@ def main() -> None:
         t0 = time.perf_counter()
         text, raw[name] = SECTIONS[name]()
         # Sections are rerun apart, on whatever machine is at hand: each names its own.
-        texts[name] = f"{text}\n\n{RUN_ON} {time.strftime('%Y-%m-%d')}: {machine()}."
+        texts[name] = f"{text}\n\nRun on {time.strftime('%Y-%m-%d')}: {machine()}."
         print(f"benchmark: {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
     header = ("# Benchmarks\n\nCommand: `make bench` (`python -m benchmarks.run`; `--only "
               "overhead,ingest` reruns some sections and keeps the others; each section ends"

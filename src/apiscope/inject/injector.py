@@ -86,12 +86,12 @@ def _run_in_target(pid: int, action: str, directory: str | None, runner: Runner,
                                        token=token, embed=place.foreign,
                                        offer_pyinstrument=not place.root))
     use_remote = version is not None and version >= REMOTE_EXEC_VERSION
-    method = "remote_exec" if use_remote else "gdb"
     debugger_started = time.time()
     debugger_span: tuple[float, float] | None = None
     try:
         if use_remote:
             debugger_seconds = _schedule_remote_exec(pid, snippet, place, runner)
+            method = "remote_exec"
         else:
             debugger_seconds, method = _schedule_pending_call(pid, snippet, place, runner)
         debugger_span = (debugger_started, time.time())

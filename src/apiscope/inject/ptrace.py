@@ -35,7 +35,14 @@ import signal
 import sys
 import time
 
-from apiscope.inject.gdb import MAP_PRIVATE_ANONYMOUS, MARK, PAGE, PROT_READ_WRITE
+from apiscope.inject.gdb import (
+    ATTACH_RETRY_INTERVAL,
+    ATTACH_RETRY_SECONDS,
+    MAP_PRIVATE_ANONYMOUS,
+    MARK,
+    PAGE,
+    PROT_READ_WRITE,
+)
 
 PTRACE_CONT = 7
 PTRACE_DETACH = 17
@@ -47,14 +54,11 @@ PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
-PTRACE_EVENT_STOP = 128
 NT_X86_XSTATE = 0x202
 WALL = 0x40000000  # __WALL: wait for a thread that is not the thread group's leader too
 
 XSTATE_BUFFER = 64 * 1024  # the kernel fills what it has (about 11 kB with AMX) and says how much
 FPREGS_SIZE = 512
-ATTACH_RETRY_SECONDS = 3.0
-ATTACH_RETRY_INTERVAL = 0.005
 CALL_SECONDS = 2.0  # a call that has not returned by then is abandoned (a lock never freed?)
 RED_ZONE = 128
 STACK_SLACK = 512
@@ -113,6 +117,7 @@ class Thread:
         self.extended: ctypes.Array[ctypes.c_char] | None = None
         self.extended_size = 0
         self.fpregs: ctypes.Array[ctypes.c_char] | None = None
+        self.memory: int | None = None  # /proc/TID/mem, open while the thread is held
 
     def seize(self, interrupted: list[bool]) -> None:
         """Trace and stop the thread, retrying while another tracer (py-spy) holds it."""
@@ -130,6 +135,13 @@ class Thread:
         if status is None:
             raise CallFailed("the thread did not stop")
         self._note_signal(status)
+        self.memory = os.open(f"/proc/{self.tid}/mem", os.O_RDWR)
+
+    def write(self, address: int, data: bytes) -> None:
+        """Write `data` into the process's memory at `address` (the thread must be held)."""
+        assert self.memory is not None
+        if os.pwrite(self.memory, data, address) != len(data):
+            raise OSError(errno.EIO, "short write to the target's memory")
 
     def save(self) -> None:
         _call_ptrace(PTRACE_GETREGS, "getregs", self.tid, 0, ctypes.byref(self.regs))
@@ -153,6 +165,9 @@ class Thread:
             _call_ptrace(PTRACE_SETFPREGS, "setfpregs", self.tid, 0, self.fpregs)
 
     def detach(self) -> None:
+        if self.memory is not None:
+            os.close(self.memory)
+            self.memory = None
         _call_ptrace(PTRACE_DETACH, "detach", self.tid, 0, self.pending_signal)
 
     def call(self, function: int, args: tuple[int, ...], interrupted: list[bool]) -> int:
@@ -162,7 +177,7 @@ class Thread:
             setattr(regs, name, value & 0xFFFFFFFFFFFFFFFF)
         sp = (self.regs.rsp - RED_ZONE - STACK_SLACK) & ~0xF
         sp -= 8  # the return address: as if `call` had pushed it, so sp + 8 is 16-aligned
-        _write(self.tid, sp, b"\0" * 8)
+        self.write(sp, b"\0" * 8)
         regs.rsp, regs.rip, regs.rax = sp, function, 0
         regs.orig_rax = 0xFFFFFFFFFFFFFFFF  # no system call restart into the function
         _call_ptrace(PTRACE_SETREGS, "setregs", self.tid, 0, ctypes.byref(regs))
@@ -210,15 +225,6 @@ class Thread:
                 self.pending_signal = sig
 
 
-def _write(pid: int, address: int, data: bytes) -> None:
-    fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
-    try:
-        if os.pwrite(fd, data, address) != len(data):
-            raise OSError(errno.EIO, "short write to the target's memory")
-    finally:
-        os.close(fd)
-
-
 def schedule(pid: int, mmap: int, add_pending_call: int, run_simple_string: int,
              text: bytes, interrupted: list[bool]) -> int:
     """Map a page in `pid`, write `text` (NUL-terminated) there and add the pending call;
@@ -236,7 +242,7 @@ def schedule(pid: int, mmap: int, add_pending_call: int, run_simple_string: int,
             if page == 0xFFFFFFFFFFFFFFFF:
                 print(f"{MARK} mmap failed", flush=True)
                 return -1
-            _write(pid, page, text)
+            thread.write(page, text)
             result = thread.call(add_pending_call, (run_simple_string, page), interrupted)
             pending = ctypes.c_int32(result & 0xFFFFFFFF).value
             print(f"{MARK} pending {pending}", flush=True)
