@@ -313,21 +313,17 @@ def test_a_python_process_without_an_app_is_left_as_it_was(sockets: str) -> None
 
 @pytest.mark.skipif(not ptrace.supported(), reason="calls by ptrace: x86-64 Linux")
 def test_functions_the_files_do_not_name_are_looked_up_by_gdb_and_called_by_ptrace(
-        sockets: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        uvicorn_server: ServerProcess, sockets: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """gdb only prints the addresses and detaches; the calls are ptrace's, as always here."""
-    require_ptrace()
-    require_program("gdb")
+    server = uvicorn_server
     monkeypatch.setattr(injector, "find_functions", lambda pid: None)
-    port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", APP, "--port", str(port)]
-    with run_server(argv, port, ready_path="/ping") as server:
-        result = inject_agent(server.pid, sockets)
-        assert result.method == "ptrace" and result.wrapped == 1
-        for item_id in range(N):
-            assert get(server, f"/items/{item_id}")[0] == 200
-        assert len(items(pull_until(server.pid, sockets, lambda rs: len(items(rs)) >= N))) == N
-        assert eject_agent(server.pid, sockets).restored == 1
-        assert get(server, "/items/1")[0] == 200
+    result = inject_agent(server.pid, sockets)
+    assert result.method == "ptrace" and result.wrapped == 1
+    for item_id in range(N):
+        assert get(server, f"/items/{item_id}")[0] == 200
+    assert len(items(pull_until(server.pid, sockets, lambda rs: len(items(rs)) >= N))) == N
+    assert eject_agent(server.pid, sockets).restored == 1
+    assert get(server, "/items/1")[0] == 200
 
 
 def test_gdb_refused_by_the_kernel_names_the_fix() -> None:
