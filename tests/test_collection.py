@@ -8,9 +8,9 @@ import pytest
 
 from apiscope.collect.status import status_line
 from apiscope.collection import Collection, CollectOptions
-from apiscope.collectors.agent_client import WatchdogReport
+from apiscope.collectors.agent_client import AgentError, WatchdogReport
 from apiscope.collectors.samplerstats import EndReason, ErrorWindow
-from apiscope.model import Frame, LoopStall, StackSample, StackWindow
+from apiscope.model import Frame, LoopStall, StackSample, StackWindow, UnfinishedRequest
 from tests.collect.fakes import (
     FakeClients,
     FakeInjections,
@@ -74,6 +74,21 @@ def test_without_injection_no_worker_is_injected() -> None:
     assert rig.injections.added == [] and rig.collection.workers.pulled == [11, 12]
     rig.collection.stop()
     assert rig.collection.close_agents() == [] and rig.injections.closed == 0
+
+
+def test_the_end_stores_each_agents_hung_requests_and_an_agent_that_cannot_tell_is_skipped(
+        ) -> None:
+    rig = Rig()
+    rig.collection.start()
+    hung = UnfinishedRequest(11, 1000.0, "GET", "/items/{item_id}", 9000.0, "Future (pending)",
+                             (Frame("get_db", "/srv/app/db.py", 12),))
+    rig.clients.made[11].stuck = [hung]
+    rig.clients.made[12].stuck = AgentError("unknown op 'unfinished'")  # an older agent
+    rig.collection.stop()
+    assert rig.writer.named("put_unfinished") == [([hung],)]
+    # Longer than the objective (200 ms by default), and a second at least.
+    assert rig.clients.made[11].asked_unfinished == [1.0]
+    assert rig.clients.made[12].asked_unfinished == [1.0] and rig.clients.made[12].closed
 
 
 def test_windows_reach_the_session_and_the_metrics() -> None:

@@ -223,6 +223,7 @@ class Collection:
         finally:
             self._poller.join(timeout=10)
             self.pull_agents()  # what the agents recorded since the last pull
+            self.collect_unfinished()
             self.workers.close_clients()
             end = self.clock()
             stats = self._sampler.stats
@@ -408,6 +409,21 @@ class Collection:
                 self._store_batch(pid, batch)
                 if not batch.more:
                     break
+
+    def collect_unfinished(self) -> None:
+        """Ask each agent, once at the end, for the requests still running with no response
+        begun: a request that hangs (a pool exhausted, a lock never freed, a call with no
+        timeout) never finishes, so it is never pulled, and without this a server whose
+        requests all hung would read as idle. Longer than the objective, and a second at
+        least: a busy server always has requests in flight."""
+        older_than = max(1.0, self.options.slo_ms / 1000.0)
+        for _, client in self.workers.clients():
+            try:
+                self.sink.unfinished(client.unfinished(older_than))
+            except AgentError:
+                pass  # an agent of an older apiscope (instrumented by hand) cannot tell
+            except (OSError, ValueError):
+                pass  # the worker is exiting, or its agent is gone
 
     def _store_batch(self, pid: int, batch: AgentBatch) -> None:
         if batch.requests:

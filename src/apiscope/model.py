@@ -240,6 +240,25 @@ class LoopStall:
 
 
 @dataclass(frozen=True, slots=True)
+class UnfinishedRequest:
+    """A request still running when the collection ended, its response not begun (the agent's
+    answer to `unfinished`, see `apiscope.agent.inflight.unfinished`)."""
+
+    pid: int
+    ts: float  # when it was seen (epoch seconds)
+    method: str
+    route: str
+    elapsed_ms: float
+    awaiting: str | None  # what its coroutine waited for (None: running on the loop then)
+    chain: tuple[Frame, ...]  # the innermost frames its coroutine was suspended in, outer first
+    thread: tuple[Frame, ...] = ()  # the stack of the thread running it (a sync handler's)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.method} {self.route}"
+
+
+@dataclass(frozen=True, slots=True)
 class LoopLagSample:
     """How late the loop ran its probe callbacks over one pull interval."""
 

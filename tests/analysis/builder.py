@@ -27,6 +27,7 @@ from apiscope.model import (
     StoredProfile,
     ThreadPoolSample,
     ThreadRole,
+    UnfinishedRequest,
 )
 from apiscope.store import SessionReader, SessionWriter
 
@@ -120,6 +121,7 @@ class Spec:
     loop_stalls: list[LoopStall] = field(default_factory=list)
     loop_lag: list[LoopLagSample] = field(default_factory=list)
     gil: list[GilSample] = field(default_factory=list)
+    unfinished: list[UnfinishedRequest] = field(default_factory=list)
     # The collector's looks at threads for GIL waits, every window: (looks, on the GIL).
     gil_looks: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
 
@@ -155,6 +157,7 @@ class Spec:
             writer.put_loop_stalls(self.loop_stalls)
             writer.put_loop_lag(self.loop_lag)
             writer.put_gil(self.gil)
+            writer.put_unfinished(self.unfinished)
             writer.put_requests(self.requests)
             writer.put_resources(self.resources)
             writer.put_threadpool(self.threadpool)

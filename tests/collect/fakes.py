@@ -23,6 +23,7 @@ from apiscope.model import (
     RequestRecord,
     ResourceSample,
     StackWindow,
+    UnfinishedRequest,
 )
 
 
@@ -100,6 +101,15 @@ class FakeClient:
         self.closed = False
         self.pulls: list[float | None] = []
         self.keeps: list[tuple[int, float | None] | None] = []
+        # What the end's question about hung requests gets: their list, or an exception.
+        self.stuck: list[UnfinishedRequest] | Exception = []
+        self.asked_unfinished: list[float] = []
+
+    def unfinished(self, older_than: float) -> list[UnfinishedRequest]:
+        self.asked_unfinished.append(older_than)
+        if isinstance(self.stuck, Exception):
+            raise self.stuck
+        return self.stuck
 
     def pull(self, max_requests: int | None = None, orphan_after: float | None = None,
              keep: tuple[int, float | None] | None = None) -> AgentBatch:

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
+from types import AsyncGeneratorType, FrameType
 from typing import Any
 
 MAX_DEPTH = 200  # frames per stack or chain: a deeper one keeps its root part
@@ -61,17 +61,41 @@ def _awaitable_frame(obj: Any) -> tuple[FrameType | None, Any]:
     return None, None
 
 
+def _running_async_gen(frame: FrameType) -> Any:
+    """The async generator a frame is awaiting a step of (`anext()`, `asend()`: those
+    awaitables name no frame): one of its locals, or a local's `gen` (contextlib's
+    `asynccontextmanager`, which FastAPI's dependencies with `yield` run in), that is
+    running now."""
+    try:
+        values = list(frame.f_locals.values())
+    except Exception:  # locals that cannot be read say nothing
+        return None
+    for value in values:
+        try:  # the instance's own attribute: no property of an unknown class is run
+            held = value.__dict__.get("gen") if hasattr(value, "__dict__") else None
+        except Exception:
+            held = None
+        for candidate in (value, held):
+            if isinstance(candidate, AsyncGeneratorType) and candidate.ag_running:
+                return candidate
+    return None
+
+
 def await_chain(task: Any) -> tuple[list[FrameInfo], str | None, Any]:
     """The frames the task's coroutine is suspended in (outermost first), a description of
     the awaited object at the bottom, and that object (a future) when there is one."""
     chain: list[FrameInfo] = []
     for _ in range(MAX_TASK_HOPS):
         obj: Any = task.get_coro()
+        last: FrameType | None = None
         while obj is not None and len(chain) < MAX_DEPTH:
             frame, obj = _awaitable_frame(obj)
+            if frame is None and last is not None:
+                frame, obj = _awaitable_frame(_running_async_gen(last))
             if frame is None:
                 break  # a C awaitable (a future's iterator): the task's waiter says what
             chain.append(frame_info(frame))
+            last = frame
         waiter = getattr(task, "_fut_waiter", None)
         if not isinstance(waiter, asyncio.Task):
             return chain, _describe(waiter, task), waiter
@@ -191,6 +215,62 @@ def _in_flight(frames: dict[int, FrameType], now: float) -> list[dict[str, Any]]
                                    now - request.called, task, thread, frames)
             rows.append(row)
     return rows
+
+
+MAX_UNFINISHED = 100  # requests an `unfinished` answer lists (the oldest)
+CHAIN_KEPT = 40  # innermost frames of a chain (or a thread's stack) an `unfinished` row keeps
+
+
+def unfinished(loops: list[asyncio.AbstractEventLoop], older_than: float,
+               clock: Callable[[], float] = time.perf_counter) -> list[dict[str, Any]]:
+    """The requests the agent timed that have run `older_than` seconds or more without
+    starting their response (a stream that has begun is answering: it is not listed), the
+    oldest first: route, method, elapsed seconds, what the coroutine awaits, the innermost
+    frames of its await chain, and the stack of the thread running it when that is a worker
+    thread (a sync handler) or the loop thread running it now.
+
+    A request's work may go on in a task of its own that its task only waits for (Starlette's
+    `BaseHTTPMiddleware` runs the app behind it so, as do task groups): such a task holds the
+    request's scope, and its chain continues the request's (the deepest one when there are
+    several). Only the loops the agent met are walked (no search of the heap, unlike a dump):
+    this runs once, as a collection ends, on a server that is serving."""
+    frames = sys._current_frames()
+    now = clock()
+    rows: list[dict[str, Any]] = []
+    for loop in loops:
+        if loop.is_closed():
+            continue
+        loop_thread = getattr(loop, "_thread_id", None)
+        timed: list[tuple[Any, Any, Any, dict[str, Any]]] = []
+        helpers: dict[int, list[Any]] = {}
+        for task in asyncio.all_tasks(loop):
+            found = _request_of(task)
+            if found is None:
+                continue
+            if found[0] is None:  # a task of a request's own: keyed by the scope it holds
+                helpers.setdefault(id(found[2]), []).append(task)
+            else:
+                timed.append((task, *found))
+        for task, middleware, request, scope in timed:
+            elapsed = now - request.called
+            if elapsed < older_than or request.head is not None:
+                continue
+            row = _request_row(route_now(middleware, scope), str(scope.get("method", "")),
+                               "", elapsed, task, loop_thread, frames)
+            inner = [_request_row("", "", "", None, helper, loop_thread, frames)
+                     for helper in helpers.get(id(scope), ())]
+            if inner:
+                deepest = max(inner, key=lambda r: len(r["await_chain"]))
+                row["await_chain"] = row["await_chain"] + deepest["await_chain"]
+                row["awaiting"], row["thread"] = deepest["awaiting"], deepest["thread"]
+            thread = row.pop("thread")
+            frame = frames.get(thread) if thread is not None else None
+            row["thread_stack"] = thread_stack(frame)[-CHAIN_KEPT:] if frame else []
+            row["await_chain"] = row["await_chain"][-CHAIN_KEPT:]
+            del row["path"], row["running"]  # a raw path may carry ids and tokens
+            rows.append(row)
+    rows.sort(key=lambda r: -r["elapsed_s"])
+    return rows[:MAX_UNFINISHED]
 
 
 def dump_state(clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .inflight import dump_state
+from .inflight import dump_state, unfinished
 from .middleware import AgentMiddleware, ASGIApp
 from .orphan import OrphanWatch
 from .paths import AppFiles, ensure_private_dir, socket_dir, socket_path
@@ -145,6 +145,12 @@ class Agent:
             return self.pull(limit)
         if op == "dump":
             return dump_state()
+        if op == "unfinished":  # requests running this long with no response yet
+            older_than = request.get("older_than", 1.0)
+            if not isinstance(older_than, (int, float)) or older_than < 0:
+                raise ValueError(f"older_than must be seconds >= 0, not {older_than!r}")
+            return {"pid": os.getpid(),
+                    "requests": unfinished(self.watchdogs.loops(), float(older_than))}
         raise ValueError(f"unknown op {op!r}")
 
     def pull(self, limit: int = MAX_BATCH) -> dict[str, Any]:

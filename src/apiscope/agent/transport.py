@@ -14,7 +14,10 @@ GIL wait measured since the previous pull, see `watchdog.Watchdogs.pull`); an un
 answers `{"error": "..."}`. Requests are drained by the pull: each is delivered once, at most
 `"max"` (optional in the request; 20000 by default) per pull, `more` saying others wait.
 `{"op": "dump"}` answers what the process is doing now: the requests in flight with their
-await chains, and every thread's stack (see `inflight.dump_state`).
+await chains, and every thread's stack (see `inflight.dump_state`). `{"op": "unfinished",
+"older_than": seconds}` answers `{"pid", "requests": [...]}`: the requests timed by the agent
+that have run that long with no response begun, what each awaits and where (see
+`inflight.unfinished`); the collector asks once, as it ends.
 
 Only this process's own user and root may talk to it: the socket's directory is private to
 that user already, and each connection's peer uid (`SO_PEERCRED`) is checked as well: a second

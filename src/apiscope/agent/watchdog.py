@@ -198,6 +198,12 @@ class Watchdogs:
                 "gil_futex": list(futex) if futex is not None else None,
                 "cpu_seconds": round(cpu, 6), "errors": errors}
 
+    def loops(self) -> list[asyncio.AbstractEventLoop]:
+        """The event loops requests were served on (each met by the middleware), open now."""
+        with self._lock:
+            dogs = list(self._loops.values())
+        return [dog.loop for dog in dogs if not dog.loop.is_closed()]
+
     def _gil_futex(self) -> tuple[int, int] | None:
         gil = self._gil
         return gil.futex if gil is not None else None

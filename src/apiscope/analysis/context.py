@@ -27,6 +27,7 @@ from apiscope.model import (
     ThreadCpu,
     ThreadPoolSample,
     ThreadRole,
+    UnfinishedRequest,
     WindowInfo,
 )
 from apiscope.sessionmeta import SessionMeta
@@ -59,6 +60,8 @@ class SessionData:
     loop_stalls: list[LoopStall] = field(default_factory=list)
     loop_lag: list[LoopLagSample] = field(default_factory=list)
     gil: list[GilSample] = field(default_factory=list)
+    # Requests still running, no response begun, as the collection ended (with the agent).
+    unfinished: list[UnfinishedRequest] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -78,7 +81,8 @@ def load_session(reader: SessionReader) -> SessionData:
         requests=reader.requests(with_queries=True), resources=reader.resources(),
         threadpool=reader.threadpool(), profiles=reader.profiles(), start=start,
         end=max(start, end), thread_cpu=reader.thread_cpu(), process_cpu=reader.process_cpu(),
-        loop_stalls=reader.loop_stalls(), loop_lag=reader.loop_lag(), gil=reader.gil_samples())
+        loop_stalls=reader.loop_stalls(), loop_lag=reader.loop_lag(), gil=reader.gil_samples(),
+        unfinished=reader.unfinished())
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from apiscope.model import (
     StackWindow,
     StoredProfile,
     ThreadPoolSample,
+    UnfinishedRequest,
 )
 
 
@@ -44,6 +45,7 @@ class Writer(Protocol):
                     duration_ms: float, tree: ProfileNode | None) -> None: ...
     def put_loop_stalls(self, stalls: Iterable[LoopStall]) -> None: ...
     def put_loop_lag(self, samples: Iterable[LoopLagSample]) -> None: ...
+    def put_unfinished(self, requests: Iterable[UnfinishedRequest]) -> None: ...
     def put_gil(self, samples: Iterable[GilSample]) -> None: ...
 
 
@@ -115,6 +117,11 @@ class RecordSink:
         """A sampled request's profile (the dashboard reads it from the session)."""
         self.writer.put_profile(profile.pid, profile.start, profile.method, profile.route,
                                 profile.duration_ms, profile.tree)
+
+    def unfinished(self, requests: Sequence[UnfinishedRequest]) -> None:
+        """Requests still running as the collection ended (the analysis reads them)."""
+        if requests:
+            self.writer.put_unfinished(requests)
 
     def watchdogs(self, report: WatchdogReport) -> None:
         """The agent's loop and GIL watchdogs (the analysis reads them from the session)."""

@@ -20,6 +20,7 @@ import psutil
 from apiscope.collectors.agent_client import AgentBatch, AgentClient
 from apiscope.collectors.injections import DetachFailure
 from apiscope.errors import ApiscopeError
+from apiscope.model import UnfinishedRequest
 
 
 class Client(Protocol):
@@ -27,6 +28,8 @@ class Client(Protocol):
 
     def pull(self, max_requests: int | None = None, orphan_after: float | None = None,
              keep: tuple[int, float | None] | None = None) -> AgentBatch: ...
+
+    def unfinished(self, older_than: float) -> list[UnfinishedRequest]: ...
 
     def close(self) -> None: ...
 

@@ -35,6 +35,7 @@ from apiscope.model import (
     RouteInfo,
     StoredProfile,
     ThreadPoolSample,
+    UnfinishedRequest,
 )
 
 MAX_RESPONSE_BYTES = 512 * 1024 * 1024  # a full ring buffer is tens of MB; this is a sanity cap
@@ -137,6 +138,13 @@ class AgentClient:
             message["keep"], message["keep_slower_ms"] = keep
         # Our pid for the process, not the one it has in its container.
         return batch_from_json({**self.request(message), "pid": self.pid}, self.pid)
+
+    def unfinished(self, older_than: float) -> list[UnfinishedRequest]:
+        """The requests that have run `older_than` seconds or more with no response begun;
+        raises AgentUnavailable when nobody answers, AgentError when the agent cannot tell
+        (an agent of an older apiscope knows no such question)."""
+        data = self.request({"op": "unfinished", "older_than": older_than})
+        return unfinished_from_json(data.get("requests", ()), self.pid, time.time())
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         """Send one request line, read one response line.
@@ -276,6 +284,20 @@ def batch_from_json(data: dict[str, Any], pid: int | None = None) -> AgentBatch:
         watchdogs=watchdogs_from_json(data["watchdogs"], pid, ts) if data.get("watchdogs")
         else None,
     )
+
+
+def _frames(rows: Any) -> tuple[Frame, ...]:
+    return tuple(Frame(str(f["function"]), str(f["file"]), int(f["line"])) for f in rows or ())
+
+
+def unfinished_from_json(rows: Any, pid: int, ts: float) -> list[UnfinishedRequest]:
+    """The model objects of an `unfinished` answer's requests."""
+    return [UnfinishedRequest(pid=pid, ts=ts, method=str(r["method"]), route=str(r["route"]),
+                              elapsed_ms=float(r["elapsed_s"]) * 1000.0,
+                              awaiting=None if r.get("awaiting") is None else str(r["awaiting"]),
+                              chain=_frames(r.get("await_chain")),
+                              thread=_frames(r.get("thread_stack")))
+            for r in rows]
 
 
 def watchdogs_from_json(data: dict[str, Any], pid: int, ts: float) -> WatchdogReport:

@@ -36,6 +36,7 @@ from apiscope.model import (
     ThreadCpu,
     ThreadPoolSample,
     ThreadRole,
+    UnfinishedRequest,
     WindowInfo,
 )
 from apiscope.sessionmeta import SessionMeta
@@ -407,6 +408,15 @@ class SessionReader(ViewQueries):
 
     def _has_column(self, table: str, column: str) -> bool:
         return any(row[1] == column for row in self._query(f"PRAGMA table_info({table})"))
+
+    def unfinished(self) -> list[UnfinishedRequest]:
+        """Requests still running as the collection ended (none in files before schema 6)."""
+        rows = self._rows_if_table(
+            "unfinished", "SELECT pid, ts, method, route, elapsed_ms, awaiting, chain_stack_id,"
+            " thread_stack_id FROM unfinished ORDER BY elapsed_ms DESC")
+        return [UnfinishedRequest(pid, ts, method, route, elapsed, awaiting, self.stack(chain),
+                                  self.stack(thread))
+                for pid, ts, method, route, elapsed, awaiting, chain, thread in rows]
 
     def loop_lag(self) -> list[LoopLagSample]:
         return [LoopLagSample(*row) for row in self._rows_if_table(

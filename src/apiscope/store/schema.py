@@ -16,7 +16,9 @@ from collections.abc import Iterable
 #    take a short pass seen once, or one of many callbacks, for a handler's stall.
 # 5: requests.first_byte_ms (a streamed response's time to its head): an older apiscope would
 #    judge a stream by its whole length.
-SCHEMA_VERSION = 5
+# 6: unfinished (requests still running, no response begun, as the collection ended): an older
+#    apiscope would call a server whose requests hung healthy.
+SCHEMA_VERSION = 6
 # PRAGMA application_id marks the file as ours, so a foreign SQLite file is refused clearly.
 APPLICATION_ID = 0x61706973  # "apis"
 
@@ -106,6 +108,11 @@ CREATE TABLE IF NOT EXISTS loop_stalls (
 CREATE TABLE IF NOT EXISTS loop_lag (
     ts REAL NOT NULL, pid INTEGER NOT NULL, probes INTEGER NOT NULL, p50_ms REAL NOT NULL,
     p99_ms REAL NOT NULL, max_ms REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS unfinished (
+    pid INTEGER NOT NULL, ts REAL NOT NULL, method TEXT NOT NULL, route TEXT NOT NULL,
+    elapsed_ms REAL NOT NULL, awaiting TEXT,
+    chain_stack_id INTEGER NOT NULL, thread_stack_id INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS gil_wait (
     ts REAL NOT NULL, pid INTEGER NOT NULL, seconds REAL NOT NULL, wait_seconds REAL NOT NULL,

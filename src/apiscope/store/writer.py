@@ -40,6 +40,7 @@ from apiscope.model import (
     StackWindow,
     ThreadPoolSample,
     ThreadRole,
+    UnfinishedRequest,
 )
 from apiscope.store import schema
 
@@ -177,6 +178,14 @@ class SessionWriter:
                 "INSERT INTO loop_stalls VALUES (?,?,?,?,?,?,?,?)",
                 [(s.pid, s.tid, s.start, s.duration_ms, self._stack_id(c, s.frames), s.cpu_ms,
                   json.dumps(s.activity) if s.activity else None, s.held) for s in batch]))
+
+    def put_unfinished(self, requests: Iterable[UnfinishedRequest]) -> None:
+        batch = list(requests)
+        if batch:
+            self._submit(lambda c: c.executemany(
+                "INSERT INTO unfinished VALUES (?,?,?,?,?,?,?,?)",
+                [(u.pid, u.ts, u.method, u.route, u.elapsed_ms, u.awaiting,
+                  self._stack_id(c, u.chain), self._stack_id(c, u.thread)) for u in batch]))
 
     def put_loop_lag(self, samples: Iterable[LoopLagSample]) -> None:
         rows = [(s.ts, s.pid, s.probes, s.p50_ms, s.p99_ms, s.max_ms) for s in samples]

@@ -27,6 +27,10 @@ it), or most of the route's median latency is CPU inside a library call it makes
 The location is the slow call, not the route's decorator: the dominant await site of its
 profiled requests when one dominates, else the application line where the route's threads
 spent most of their (wall-clock) time in the stack samples, else the handler.
+
+Requests that never finished are slow too, and the slowest of all: a route whose requests were
+stuck when the session ended (see `analysis.unfinished`) is flagged for them, located where
+they waited, whatever its finished requests' p95.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ from apiscope.analysis.flags import (
 from apiscope.analysis.profiles import RouteProfiles, aggregate, dominant_await
 from apiscope.analysis.stats import percentile, warmup_end
 from apiscope.analysis.thresholds import grade
+from apiscope.analysis.unfinished import SUGGESTION as SUGGEST_STUCK
+from apiscope.analysis.unfinished import Stuck, stuck_requests
 from apiscope.model import Frame, ThreadRole
 
 STARVED_SHARE = 0.25
@@ -59,6 +65,7 @@ SUGGEST_CAPACITY = ("the host's CPUs were saturated: give the server more CPU or
                     " cpu_hotspot and each route's CPU share)")
 SUGGEST_LIBRARY = ("the time is the library call's own work: lower its cost (its parameters),"
                    " cache its result, or serve this route from more workers")
+SEVERITY_ORDER = ("low", "medium", "high")
 SUGGESTION = ("profile one slow request (see the flamegraph for this route) and fix what"
               " dominates it; the other flags on this report point at likely causes")
 
@@ -136,6 +143,19 @@ class SlowEndpointRule:
     kind = "slow_endpoint"
 
     def check(self, ctx: AnalysisContext) -> list[Flag]:
+        flags = self._latency(ctx)
+        stuck = stuck_requests(ctx)
+        out = []
+        for flag in flags:
+            found = stuck.pop(flag.route or "", None)
+            out.append(flag if found is None else _with_stuck(flag, found))
+        for endpoint, found in sorted(stuck.items()):
+            loc = frame_location(found.where) or handler_location(ctx, endpoint)
+            out.append(make_flag(self.kind, found.severity, endpoint, loc, found.evidence(),
+                                 _stuck_metric(found), SUGGEST_STUCK))
+        return out
+
+    def _latency(self, ctx: AnalysisContext) -> list[Flag]:
         flags = []
         profiled = aggregate(ctx.data.profiles, ctx.matcher.roots, ctx.thresholds.await_min_ms,
                              ctx.matcher) if ctx.data.profiles else {}
@@ -187,3 +207,20 @@ class SlowEndpointRule:
             flags.append(make_flag(self.kind, severity, endpoint, loc, evidence, metric,
                                    suggestion))
         return flags
+
+
+def _stuck_metric(found: Stuck) -> dict[str, MetricValue]:
+    return {"unfinished": len(found.requests),
+            "unfinished_oldest_ms": found.requests[0].elapsed_ms,
+            "finished_p99_ms": found.finished_p99_ms}
+
+
+def _with_stuck(flag: Flag, found: Stuck) -> Flag:
+    """A route slow at p95 whose requests also hung: one flag, graded by the worse, located
+    where the stuck requests waited when that is known."""
+    severity = max(flag.severity, found.severity, key=SEVERITY_ORDER.index)
+    loc = frame_location(found.where) if found.where is not None and found.proven else None
+    return make_flag(flag.kind, severity, flag.route, loc or flag.location,
+                     f"{flag.evidence}; {found.evidence()}", {**flag.metric,
+                                                              **_stuck_metric(found)},
+                     SUGGEST_STUCK if found.proven else flag.suggestion)
