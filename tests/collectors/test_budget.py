@@ -32,6 +32,15 @@ def test_several_processes_each_have_a_core_of_capacity() -> None:
     assert budget.observe(WindowCost(1.0, 100, 0.08, processes=2)) == 50
 
 
+def test_processes_that_serve_nothing_add_no_capacity() -> None:
+    # A uvicorn supervisor, its resource tracker and two workers: four processes sampled,
+    # 400 ticks for 0.08 s (0.2 ms a tick), but two cores of capacity (two workers): 4% of a
+    # core affords 50 ticks a second per process, not the 100 four cores would.
+    budget = OverheadBudget(0.02, 100)
+    assert budget.observe(WindowCost(1.0, 100, 0.08, processes=4, capacity=2.0)) == 50
+    assert budget.history[-1] == (0.04, 100)  # 8% of a core is 4% of two
+
+
 def test_the_rate_never_goes_below_the_floor_and_says_so() -> None:
     budget = OverheadBudget(0.02, 100, min_rate=5)
     assert budget.observe(WindowCost(1.0, 100, 1.0)) == 5

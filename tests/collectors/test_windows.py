@@ -118,3 +118,19 @@ def test_failed_reads_beyond_those_logged_are_bounded_by_the_rate() -> None:
     assert stats.failed_reads([(1.0, 1.3)]) == FailedReads(sampler=10 + 10, paused=20 + 10)
 
 
+
+
+def test_the_processes_serving_requests_are_told_from_a_master() -> None:
+    # A gunicorn master (pid 1, its arbiter asleep) and a worker (pid 10, its event loop): the
+    # budget counts a core for the worker only.
+    import json
+
+    master = ("thread (1): MainThread;Arbiter.run (/srv/venv/lib/python3.11/site-packages/"
+              "gunicorn/arbiter.py:209);Arbiter.sleep (/srv/venv/lib/python3.11/site-packages/"
+              "gunicorn/arbiter.py:357)")
+    m, _, _ = meter(SteppedCpu(0.1))
+    assert m.serving == set()
+    events = (json.loads(folded_to_chrometrace(f"{master} 100\n", pid=1)) +
+              json.loads(folded_to_chrometrace(f"{SELECT} 90\n{WORK} 10\n")))
+    m.add(json.dumps(sorted(events, key=lambda e: e["ts"])), EXIT, 0.0, 1.0, 100)
+    assert m.serving == {10} and m.pids >= {1, 10}

@@ -13,8 +13,12 @@ apiscope's whole cost is measured as it runs, each window:
   saturated host it competes with the target like anything else.
 
 The budget is `max_overhead` (a fraction, 0.02 for `--max-overhead 2`) of the target's
-capacity: one core per sampled process (a CPython process runs Python on at most one core at a
-time). The costs are learnt from the windows (exponentially weighted means), and the next
+capacity: one core per process that serves requests (a CPython process runs Python on at most
+one core at a time), and no more cores than the machine has. A master, a reloader or
+multiprocessing's resource tracker is sampled and paid for, but serves nothing: counting them
+as capacity, apiscope spent 5 % of the two cores of a uvicorn with two workers (four
+processes, at 38 Hz) while it read its cost as 3.5 %.
+The costs are learnt from the windows (exponentially weighted means), and the next
 window is given what the budget leaves once the agent and the collector are paid for: a
 longer window when a py-spy start-up per second would eat too much of it (up to eight
 times the length asked for), then the highest rate that fits, between `min_rate` and the rate asked
@@ -45,6 +49,11 @@ class WindowCost:
     processes: int = 1  # processes sampled
     startup_cpu: float = 0.0  # of pyspy_cpu, what starting the window's py-spy cost
     collector_cpu: float = 0.0  # apiscope's own CPU seconds over the window
+    capacity: float | None = None  # cores the target can use (None: one per process sampled)
+
+    @property
+    def cores(self) -> float:
+        return self.capacity if self.capacity is not None else float(max(1, self.processes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,21 +97,24 @@ class OverheadBudget:
                 self.startup_cost = _mean(self.startup_cost, startup)
             self.fixed_cores = _mean(self.fixed_cores,
                                      (cost.agent_cpu + cost.collector_cpu) / cost.seconds)
-            capacity = cost.seconds * max(1, cost.processes)
-            spent = (cost.pyspy_cpu + cost.agent_cpu + cost.collector_cpu) / capacity
+            spent = (cost.pyspy_cpu + cost.agent_cpu + cost.collector_cpu) / (
+                cost.seconds * cost.cores)
             self.history.append((spent, cost.rate_hz))
             self.seconds.append(cost.seconds)
-        return self.plan(cost.processes)
+        return self.plan(cost.processes, cost.cores)
 
-    def rate_for(self, other_cores: float, processes: int, window: float = 0.0) -> int:
+    def rate_for(self, other_cores: float, processes: int, window: float = 0.0,
+                 cores: float | None = None) -> int:
         """The rate the budget affords with `other_cores` (CPU s/s: the agents' and the
         collector's) spent elsewhere, for windows of `window` seconds (0: start-ups not
-        counted)."""
+        counted), sampling `processes` processes of a target that can use `cores` (None: one
+        per process)."""
         if self.tick_cost is None:
             return self.requested_rate
         processes = max(1, processes)
+        cores = float(processes) if cores is None else cores
         startups = (self.startup_cost or 0.0) / window if window > 0 else 0.0
-        left = self.max_overhead * processes - other_cores - startups  # core-s per second
+        left = self.max_overhead * cores - other_cores - startups  # core-s per second
         if left <= 0:
             return self.min_rate
         if self.tick_cost <= 0:
@@ -110,16 +122,16 @@ class OverheadBudget:
         affordable = left / (self.tick_cost * processes)
         return int(max(self.min_rate, min(self.requested_rate, affordable)))
 
-    def plan(self, processes: int) -> Plan:
+    def plan(self, processes: int, cores: float | None = None) -> Plan:
         """The shortest window (the freshest live view) at which the budget affords the rate
         asked for; failing that, the longest, at the rate it affords."""
         fixed = self.fixed_cores or 0.0
         windows = [self.base_window * factor for factor in WINDOW_FACTORS]
         for window in windows:
-            rate = self.rate_for(fixed, processes, window)
+            rate = self.rate_for(fixed, processes, window, cores)
             if rate >= self.requested_rate:
                 return Plan(rate, window)
-        return Plan(self.rate_for(fixed, processes, windows[-1]), windows[-1])
+        return Plan(self.rate_for(fixed, processes, windows[-1], cores), windows[-1])
 
     @property
     def over_budget(self) -> bool:

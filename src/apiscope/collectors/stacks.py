@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tempfile
 import threading
 import time
@@ -396,10 +397,13 @@ class StackSampler:
         collector = time.process_time()
         spent = run.proc.cpu_seconds()
         run.paid = spent
+        # The target's capacity: a core per serving process, no more than the machine has.
+        serving = len(self._meter.serving) or len(self._meter.pids)
         cost = WindowCost(max(self._clock() - run.started, 1e-3), run.rate_hz,
                           spent + self._exit_cpu, max(0.0, agent - self._agent_cpu_mark),
                           len(self._meter.pids), startup_cpu=run.startup_cpu,
-                          collector_cpu=max(0.0, collector - self._collector_cpu_mark))
+                          collector_cpu=max(0.0, collector - self._collector_cpu_mark),
+                          capacity=float(max(1, min(serving, os.cpu_count() or 1))))
         self._agent_cpu_mark, self._collector_cpu_mark, self._exit_cpu = agent, collector, 0.0
         plan = self.budget.plan_after(cost)
         self.stats.rates.append(run.rate_hz)

@@ -57,6 +57,9 @@ class WindowMeter:
                  cpu_reader: ThreadCpuReader, *, learns: bool = True) -> None:
         self.pid = pid
         self.pids: set[int] = {pid}  # the processes whose threads are read
+        # The processes seen serving (an event loop or a request pool thread) in the last
+        # window: a master, a reloader or multiprocessing's resource tracker serve nothing.
+        self.serving: set[int] = set()
         self._on_window = on_window
         self.stats = stats
         self._cpu = cpu_reader
@@ -123,6 +126,9 @@ class WindowMeter:
         self.gil.watch(used.threads, GIL_WATCH_SHARE * (end - start))
         roles = thread_roles(StackSample(seg.pid, seg.tid, "", seg.frames, 1)
                              for seg in trace.segments)
+        serving = {pid for (pid, _), role in roles.items() if role is not ThreadRole.OTHER}
+        if serving:
+            self.serving = serving
         measured = MeasuredWindow(trace, summary.errors if summary else 0, start, end, rate_hz,
                                   roles, used, active_only, gil, result.failed_at)
         self._shares.observe(line_times(trace.segments, measured.idle), end - start,
