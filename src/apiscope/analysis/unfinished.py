@@ -26,8 +26,17 @@ from apiscope.model import Frame, UnfinishedRequest
 
 STUCK_FACTOR = 10.0
 STUCK_MIN_MS = 2000.0
-# The server's receive(): a request awaiting it waits for the client to send its body.
-_SERVER_RECEIVE = ("/uvicorn/protocols/", "/hypercorn/", "/daphne/", "/granian/")
+# Where a request waits for its client to send the body: the server's receive(), and the
+# frameworks' readers of the request body (hypercorn's receive is a queue's get: only the
+# reader above it names the wait). An app awaiting an outside call's body is not here.
+_CLIENT_BODY = (
+    ("/uvicorn/protocols/", frozenset({"receive"})),
+    ("/hypercorn/", frozenset({"receive"})),
+    ("/daphne/", frozenset({"receive"})),
+    ("/starlette/requests.py", frozenset({"stream", "body", "form", "json", "_get_form"})),
+    ("/litestar/connection/", frozenset({"stream", "body", "form", "json", "msgpack"})),
+    ("/django/core/handlers/asgi.py", frozenset({"read_body"})),
+)
 
 SUGGESTION = ("a request that never finishes waits for something that does not come: a"
               " connection from an exhausted pool (or held by a request that waits for a"
@@ -78,9 +87,12 @@ class Stuck:
 
 
 def _waits_for_client(request: UnfinishedRequest) -> bool:
-    return any(f.function.rsplit(".", 1)[-1] == "receive" and
-               any(part in f.file.replace("\\", "/") for part in _SERVER_RECEIVE)
-               for f in request.chain[-3:])
+    """Whether the request waits for its client's body (a slow upload is the client's time)."""
+    for frame in request.chain:
+        path, name = frame.file.replace("\\", "/"), frame.function.rsplit(".", 1)[-1]
+        if any(part in path and name in names for part, names in _CLIENT_BODY):
+            return True
+    return False
 
 
 def _where(request: UnfinishedRequest, roots: Sequence[str]) -> tuple[Frame | None, str | None]:
