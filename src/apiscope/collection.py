@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
+import psutil
+
 from apiscope.collect.failures import FailureLog
 from apiscope.collect.fanout import Metrics, RecordSink, Writer
 from apiscope.collect.figures import overhead_percent
@@ -30,6 +32,7 @@ from apiscope.collectors.agent_client import AgentBatch, AgentClient, AgentError
 from apiscope.collectors.budget import OverheadBudget, RequestKeeping
 from apiscope.collectors.injections import DetachFailure
 from apiscope.collectors.oncpu import LineLooks
+from apiscope.collectors.proctree import worker_children
 from apiscope.collectors.pyspy import RecordOptions
 from apiscope.collectors.resources import ProcessChanges, ResourceCollector
 from apiscope.collectors.samplerstats import EndReason, SamplerStats
@@ -118,7 +121,17 @@ def stack_sampler(target: Target, options: CollectOptions,
     return StackSampler(
         target.sample_pid, rate_hz=options.rate_hz, subprocesses=target.master_pid is not None,
         nonblocking=options.nonblocking, window_seconds=options.window_seconds,
-        on_window=on_window, budget=budget, agent_cpu=agent_cpu)
+        on_window=on_window, budget=budget, agent_cpu=agent_cpu,
+        workers=_workers_of(target.master_pid, target.server)
+        if target.master_pid is not None else None)
+
+
+def _workers_of(master: int, server: str) -> Callable[[], list[int]]:
+    """The master's workers as they are now (gunicorn replaces the ones that exit)."""
+    def workers() -> list[int]:
+        return [p.pid for p in worker_children(psutil.Process(master), server)]
+
+    return workers
 
 
 class Collection:

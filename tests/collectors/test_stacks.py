@@ -310,3 +310,62 @@ def test_a_budget_lowers_the_rate_of_the_next_windows_to_what_it_affords() -> No
     rates = [int(spy.argv[spy.argv.index("--rate") + 1]) for spy in spawner.spies]
     assert rates[0] == 100 and rates[-1] == 5
     assert s.budget is not None and s.budget.over_budget
+
+
+class WorkerSpy(FakeSpy):
+    """A py-spy of one worker (no --subprocesses): its threads carry the worker's pid."""
+
+    def _end(self) -> None:
+        if not self.ended and self.behaviour.output is not None:
+            pid = int(self.argv[self.argv.index("--pid") + 1])
+            folded = f"{LOOP_STACK} 90\n{HANDLER_STACK} 8\n"
+            self.output.write_text(ACTIVE_OUTPUT if "--idle" not in self.argv
+                                   else folded_to_chrometrace(folded, pid=pid))
+        self.ended = True
+
+
+class WorkerSpawner(Spawner):
+    def __call__(self, argv: Sequence[str]) -> FakeSpy:
+        pid = int(argv[argv.index("--pid") + 1])
+        behaviour = self.script.pop(0) if self.script and pid == 22 else Behaviour()
+        spy = WorkerSpy(argv, behaviour)
+        self.spies.append(spy)
+        return spy
+
+
+class WorkersCpu(ThreadCpuReader):
+    """Thread 10 of each process read runs half the time; remembers which were read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_pids: set[int] = set()
+
+    def read(self, pids: object) -> CpuReading:
+        wanted = set(pids)  # type: ignore[call-overload]
+        self.read_pids |= wanted
+        now = time.time() * 0.5
+        return CpuReading({(pid, 10): now for pid in wanted}, {pid: now for pid in wanted})
+
+
+def test_a_masters_workers_get_a_py_spy_each_and_make_one_window() -> None:
+    # Worker 22's second py-spy cannot start (its worker exits as it attaches): that window
+    # comes with worker 21's samples alone.
+    spawner = WorkerSpawner(Behaviour(), Behaviour(ready=False, output=None, returncode=1))
+    got, cpu = Collected(), WorkersCpu()
+    s = sampler(spawner, got, rate_hz=50, cpu=cpu, subprocesses=True,
+                workers=lambda: [22, 21])
+    s.start()
+    wait_until(lambda: len(got.windows) >= 4, what="four windows")
+    s.stop()
+    assert s.end_reason is EndReason.STOPPED
+    for spy in spawner.spies:
+        assert "--subprocesses" not in spy.argv  # a py-spy per worker, none on the master
+    assert sorted(int(spy.argv[spy.argv.index("--pid") + 1])
+                  for spy in spawner.spies[:2]) == [21, 22]
+    assert 10 not in cpu.read_pids  # the master serves nothing: neither sampled nor read
+    idle_windows = [w for w in got.windows[1:] if w.threads]
+    by_window = [{pid for pid, _ in w.threads} for w in idle_windows]
+    assert {21} in by_window and {21, 22} in by_window, by_window
+    both = next(w for w in idle_windows if len(w.threads) == 2)
+    assert both.threads == {(21, 10): ThreadRole.LOOP, (22, 10): ThreadRole.LOOP}
+    assert both.errors == 4  # each py-spy's two failed reads

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +130,15 @@ def _close(thread: _Thread, ts: float, out: list[Segment]) -> None:
     if thread.stack and ts > thread.since:
         out.append(Segment(thread.pid, thread.tid, thread.name, frames, thread.since, ts))
     thread.since = ts
+
+
+def merge_traces(traces: Sequence[Trace]) -> Trace:
+    """One window's traces, each written by the py-spy of one process, as one."""
+    timed = [t for t in traces if t.segments] or list(traces)
+    return Trace(tuple(seg for t in traces for seg in t.segments),
+                 min((t.first for t in timed), default=0.0),
+                 max((t.last for t in timed), default=0.0),
+                 sum(t.bad_events for t in traces))
 
 
 def raw_as_trace(profile: RawProfile, rate_hz: int) -> Trace:

@@ -48,6 +48,7 @@ from apiscope.collectors.samplerstats import EndReason, SamplerStats
 from apiscope.collectors.spy import (
     PopenSpy,
     SpawnSpy,
+    SpyGroup,
     SpyProcess,
     target_alive,
     target_stopped,
@@ -65,7 +66,7 @@ STOP_POLL = 0.25  # seconds between looks at whether the target is stopped, with
 @dataclass(slots=True)
 class _Run:
     proc: SpyProcess
-    output: Path
+    outputs: list[tuple[int, Path]]  # (the process sampled, the file its py-spy writes)
     started: float
     rate_hz: int  # what this py-spy samples at: the budget may change it window by window
     active_only: bool = False  # recorded without --idle (see oncpu.py)
@@ -85,8 +86,12 @@ class StackSampler:
                  cpu_reader: ThreadCpuReader | None = None,
                  activity_every: int = 4, budget: OverheadBudget | None = None,
                  agent_cpu: Callable[[], float] | None = None, ready_timeout: float = 15.0,
-                 on_end: Callable[[EndReason, Exception | None], None] | None = None) -> None:
+                 on_end: Callable[[EndReason, Exception | None], None] | None = None,
+                 workers: Callable[[], Iterable[int]] | None = None) -> None:
         self.pid = pid
+        # A master's workers, listed again at each window: each gets a py-spy of its own
+        # (see `SpyGroup`); None: `pid` is sampled (with its subprocesses when asked).
+        self._workers = workers
         self.options = RecordOptions(rate_hz=rate_hz, subprocesses=subprocesses,
                                      nonblocking=nonblocking)
         self.window_seconds = window_seconds
@@ -101,7 +106,7 @@ class StackSampler:
         self.stats = SamplerStats()
         self._meter = WindowMeter(pid, on_window, self.stats, cpu_reader if cpu_reader is not None
                                   else ThreadCpuReader(),
-                                  learns=activity_every > 0)
+                                  learns=activity_every > 0, reads_root=workers is None)
         self._sleeps = SleepLooks()  # the agents' looks at their threads (`note_sleeps`)
         # The overhead budget (None: the rate asked for, always); `agent_cpu` is the agents'
         # own CPU seconds so far, which the budget pays for too.
@@ -144,7 +149,7 @@ class StackSampler:
             self._tmp.cleanup()
             reaper.close()
             raise
-        self._meter.begin(self._children())
+        self._meter.begin(self._current_workers() or self._children())
         self._thread = threading.Thread(target=self._run, args=(first,), daemon=True,
                                         name="apiscope-stack-sampler")
         self._thread.start()
@@ -331,7 +336,6 @@ class StackSampler:
     def _launch_once(self) -> _Run:
         assert self._tmp is not None and self._pyspy is not None
         self._count += 1
-        output = Path(self._tmp.name) / f"window-{self._count}.txt"
         # The duration is only a safety bound: if apiscope dies without stopping it, py-spy
         # still ends by itself instead of tracing the server forever. Rotation uses SIGINT.
         bound = max(30, math.ceil(40 * self.window_seconds))
@@ -342,25 +346,51 @@ class StackSampler:
         # those windows are counted in the raw format.
         options = dataclasses.replace(self.options, idle=not active_only,
                                       format="raw" if active_only else "chrometrace")
-        argv = record_argv(self._pyspy, self.pid, str(output), options, duration=bound)
+        workers = self._current_workers()
+        if workers:  # a py-spy per worker (see `SpyGroup`), the master not sampled
+            options = dataclasses.replace(options, subprocesses=False)
         spawned = self._clock()
-        proc = self._spawn(argv)
+        members = []
+        for pid in workers or [self.pid]:
+            output = Path(self._tmp.name) / f"window-{self._count}-{pid}.txt"
+            argv = record_argv(self._pyspy, pid, str(output), options, duration=bound)
+            members.append((pid, self._spawn(argv), output))
+        group = SpyGroup(members) if workers else None
+        proc = group if group is not None else members[0][1]
         if proc.wait_ready(self._ready_timeout):
             ready = self._clock()
             self.stats.startups.append(ready - spawned)
-            return _Run(proc, output, ready, self.options.rate_hz, active_only,
-                        self._next_seconds, proc.cpu_seconds())
+            kept = group.members if group is not None else members
+            for pid, _, output in members:
+                if all(pid != k[0] for k in kept):
+                    output.unlink(missing_ok=True)  # a worker gone as its py-spy started
+            return _Run(proc, [(pid, output) for pid, _, output in kept], ready,
+                        self.options.rate_hz, active_only, self._next_seconds,
+                        proc.cpu_seconds())
         proc.interrupt()
         result = proc.finish(5.0)
-        output.unlink(missing_ok=True)
+        for _, _, output in members:
+            output.unlink(missing_ok=True)
         if not self._alive(self.pid) or exited_message(result.stderr):
             raise TargetError(f"process {self.pid} is not running (it may have exited).")
         raise failure_error(self.pid, result.returncode, result.stderr)
 
+    def _current_workers(self) -> list[int]:
+        """The worker processes to sample one by one, or none (sample `pid`, with its
+        subprocesses when asked): a master whose workers cannot be listed now is sampled
+        whole, as before."""
+        if self._workers is None:
+            return []
+        try:
+            return sorted(set(self._workers()))
+        except Exception:  # a listing that failed: this window samples the master whole
+            return []
+
     def _abandon(self, run: _Run) -> None:
         run.proc.interrupt()
         run.proc.finish(5.0)
-        run.output.unlink(missing_ok=True)
+        for _, output in run.outputs:
+            output.unlink(missing_ok=True)
 
     def _deliver(self, run: _Run, end: float) -> None:
         spent = run.proc.cpu_seconds()
@@ -371,14 +401,17 @@ class StackSampler:
         # The rest is paid for with the next window planned (this one's plan was made while
         # it ran).
         self._exit_cpu += total - run.paid
+        parts = []
         try:
-            text = run.output.read_text(errors="replace")
+            for pid, output in run.outputs:
+                parts.append((output.read_text(errors="replace"), pid))
         except OSError:
             self.stats.dropped_windows += 1  # killed before writing: nothing honest to report
             return
         finally:
-            run.output.unlink(missing_ok=True)
-        self._meter.add(text, result, run.started, end, run.rate_hz, run.active_only)
+            for _, output in run.outputs:
+                output.unlink(missing_ok=True)
+        self._meter.add(parts, result, run.started, end, run.rate_hz, run.active_only)
 
     def _children(self) -> set[int]:
         if not self.options.subprocesses:

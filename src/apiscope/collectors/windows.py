@@ -14,10 +14,15 @@ error) and the next one goes on: no stack ends a session.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from apiscope.collectors.chrometrace import Trace, parse_chrometrace, raw_as_trace
+from apiscope.collectors.chrometrace import (
+    Trace,
+    merge_traces,
+    parse_chrometrace,
+    raw_as_trace,
+)
 from apiscope.collectors.gillooks import GilLooks
 from apiscope.collectors.oncpu import ActivityShares, ThreadBudget, line_times, split_samples
 from apiscope.collectors.pyspy import parse_raw, parse_summary
@@ -54,9 +59,12 @@ class WindowMeter:
     order, for `on_window`."""
 
     def __init__(self, pid: int, on_window: Callable[[StackWindow], None], stats: SamplerStats,
-                 cpu_reader: ThreadCpuReader, *, learns: bool = True) -> None:
+                 cpu_reader: ThreadCpuReader, *, learns: bool = True,
+                 reads_root: bool = True) -> None:
         self.pid = pid
-        self.pids: set[int] = {pid}  # the processes whose threads are read
+        # Whether `pid` itself is read (False: a master whose workers are sampled apart).
+        self._root = {pid} if reads_root else set()
+        self.pids: set[int] = set(self._root)  # the processes whose threads are read
         # The processes seen serving (an event loop or a request pool thread) in the last
         # window: a master, a reloader or multiprocessing's resource tracker serve nothing.
         self.serving: set[int] = set()
@@ -74,12 +82,14 @@ class WindowMeter:
         self.pids |= set(children)
         self._mark = self._cpu.read(self.pids)
 
-    def add(self, text: str, result: SpyExit, start: float, end: float, rate_hz: int,
-            active_only: bool = False) -> None:
-        """Measure a window py-spy wrote; deliver it (and any waiting) once lines are known.
-        Raises only when delivering fails (the store's failure is not ours to swallow)."""
+    def add(self, text: str | Sequence[tuple[str, int]], result: SpyExit, start: float,
+            end: float, rate_hz: int, active_only: bool = False) -> None:
+        """Measure a window py-spy wrote (its text, or the text of each py-spy of a group with
+        the process it sampled); deliver it (and any waiting) once lines are known. Raises
+        only when delivering fails (the store's failure is not ours to swallow)."""
+        parts = [(text, self.pid)] if isinstance(text, str) else list(text)
         try:
-            measured = self._measure(text, result, start, end, rate_hz, active_only)
+            measured = self._measure(parts, result, start, end, rate_hz, active_only)
         except Exception as exc:  # a bug of ours must not end the session: count, go on
             self.failed(exc)
             return
@@ -110,11 +120,12 @@ class WindowMeter:
                 continue
             self._on_window(window)
 
-    def _measure(self, text: str, result: SpyExit, start: float, end: float,
-                 rate_hz: int, active_only: bool) -> MeasuredWindow:
+    def _measure(self, parts: Sequence[tuple[str, int]], result: SpyExit, start: float,
+                 end: float, rate_hz: int, active_only: bool) -> MeasuredWindow:
         """Parse a window and take the kernel's reading at its end; learn from its lines."""
-        trace = (raw_as_trace(parse_raw(text, default_pid=self.pid), rate_hz) if active_only
-                 else parse_chrometrace(text, default_pid=self.pid))
+        traces = [raw_as_trace(parse_raw(text, default_pid=pid), rate_hz) if active_only
+                  else parse_chrometrace(text, default_pid=pid) for text, pid in parts]
+        trace = traces[0] if len(traces) == 1 else merge_traces(traces)
         summary = parse_summary(result.stdout)
         # A worker first sampled now is read now and measured from the next window on.
         pids = self.pids | {s.pid for s in trace.segments}
@@ -135,7 +146,7 @@ class WindowMeter:
                              active=active_only)
         self.stats.activity_windows += active_only
         # Exited workers drop out of the processes whose threads are read.
-        self.pids = {self.pid} | {s.pid for s in trace.segments}
+        self.pids = self._root | {s.pid for s in trace.segments}
         return measured
 
     def _split(self, m: MeasuredWindow) -> StackWindow:
