@@ -92,6 +92,14 @@ def findings(results: list[CaseResult]) -> list[str]:
     return lines or ["- none"]
 
 
+def healthy_low_flags(results: list[CaseResult]) -> list[str]:
+    """What apiscope says of healthy code below the alarm: each low flag, with its evidence."""
+    lines = [f"- {r.app} under {r.server}: {describe_flag(flag, ROOT)}"
+             for r in results if r.mode == "healthy" and not r.failure
+             for flag in r.low_flags]
+    return lines or ["- none"]
+
+
 def cpu_shares(results: list[CaseResult]) -> list[str]:
     lines = []
     for r in results:
@@ -131,6 +139,7 @@ def render(results: list[CaseResult]) -> str:
         "",
         *table(results), "",
         "## Misses and false alarms", "", *findings(results), "",
+        "## Low flags on the healthy apps", "", *healthy_low_flags(results), "",
         "## Endpoint CPU shares (largest four per run)", "", *cpu_shares(results), ""])
 
 
