@@ -232,8 +232,8 @@ class StackSampler:
                 self._deliver(current, self._clock())
                 return EndReason.STOPPED
             if current.proc.poll() is not None:
-                # py-spy stopped by itself: the target (or, with --subprocesses, the whole
-                # tree) is gone, or py-spy failed.
+                # py-spy stopped by itself (each of a group): the target (or, with
+                # --subprocesses, the whole tree; a group's workers) is gone, or py-spy failed.
                 self._deliver(current, self._clock())
                 if not self._alive(self.pid):
                     return EndReason.TARGET_EXITED
