@@ -19,6 +19,7 @@ Python 3.9 compatible: this runs inside the target.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import os
 import sys
@@ -117,26 +118,58 @@ def _threads() -> dict[int, tuple[str, int]]:
             for t in threading.enumerate() if t.ident is not None}
 
 
-def _holds(frame: FrameType | None, target: Any) -> bool:
-    """Whether a frame of this thread has `target` among its locals (anyio's and
-    concurrent.futures' workers keep the future of the call they run in a local)."""
+def _holds(frame: FrameType | None, targets: tuple[Any, ...]) -> bool:
+    """Whether a frame of this thread has one of `targets` among its locals, or as a local's
+    `future` (anyio's workers keep the future of the call they run in a local;
+    concurrent.futures' keep a work item whose `future` it is)."""
     while frame is not None:
         try:
-            values = frame.f_locals.values()
-            if any(v is target or (isinstance(v, tuple) and any(x is target for x in v))
-                   for v in values):
-                return True
+            for value in frame.f_locals.values():
+                if any(value is t for t in targets) or (isinstance(value, tuple) and any(
+                        x is t for x in value for t in targets)):
+                    return True
+                held = value.__dict__.get("future") if hasattr(value, "__dict__") else None
+                if held is not None and any(held is t for t in targets):
+                    return True
         except Exception:  # a frame whose locals cannot be read says nothing
             pass
         frame = frame.f_back
     return False
 
 
+def _chained_sources(future: Any, depth: int = 3) -> list[Any]:
+    """The futures an asyncio future was chained to: a concurrent.futures one (`wrap_future`,
+    as `run_in_executor`, `asyncio.to_thread` and asgiref's `sync_to_async` make it), or the
+    future `asyncio.shield` guards (asgiref shields its executor's future). The callbacks that
+    pass a cancellation or a result on hold them in their closures."""
+    sources: list[Any] = []
+    try:
+        callbacks = list(getattr(future, "_callbacks", None) or ())
+    except Exception:
+        return sources
+    for entry in callbacks:
+        callback = entry[0] if isinstance(entry, tuple) else entry
+        for cell in getattr(callback, "__closure__", None) or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if value is future or any(value is known for known in sources):
+                continue
+            if isinstance(value, concurrent.futures.Future):
+                sources.append(value)
+            elif isinstance(value, asyncio.Future) and depth > 1:
+                sources.append(value)
+                sources.extend(_chained_sources(value, depth - 1))
+    return sources
+
+
 def _worker_of(future: Any, frames: dict[int, FrameType], skip: int) -> int | None:
     if future is None:
         return None
+    targets = (future, *_chained_sources(future))
     for ident, frame in frames.items():
-        if ident != skip and _holds(frame, future):
+        if ident != skip and _holds(frame, targets):
             return ident
     return None
 
