@@ -433,10 +433,10 @@ class Collection:
         for _, client in self.workers.clients():
             try:
                 self.sink.unfinished(client.unfinished(older_than))
-            except AgentError:
-                pass  # an agent of an older apiscope (instrumented by hand) cannot tell
             except (OSError, ValueError):
-                pass  # the worker is exiting, or its agent is gone
+                # The worker is exiting, its agent is gone, or (AgentError) it is an agent of
+                # an older apiscope, instrumented by hand, that cannot tell.
+                pass
 
     def _store_batch(self, pid: int, batch: AgentBatch) -> None:
         if batch.requests:

@@ -62,6 +62,15 @@ def _awaitable_frame(obj: Any) -> tuple[FrameType | None, Any]:
     return None, None
 
 
+def _own_attribute(value: Any, name: str) -> Any:
+    """An instance's own attribute `name` (None without it): read from its `__dict__`, so no
+    property or `__getattr__` of an unknown class is run."""
+    try:
+        return value.__dict__.get(name) if hasattr(value, "__dict__") else None
+    except Exception:
+        return None
+
+
 def _running_async_gen(frame: FrameType) -> Any:
     """The async generator a frame is awaiting a step of (`anext()`, `asend()`: those
     awaitables name no frame): one of its locals, or a local's `gen` (contextlib's
@@ -72,11 +81,7 @@ def _running_async_gen(frame: FrameType) -> Any:
     except Exception:  # locals that cannot be read say nothing
         return None
     for value in values:
-        try:  # the instance's own attribute: no property of an unknown class is run
-            held = value.__dict__.get("gen") if hasattr(value, "__dict__") else None
-        except Exception:
-            held = None
-        for candidate in (value, held):
+        for candidate in (value, _own_attribute(value, "gen")):
             if isinstance(candidate, AsyncGeneratorType) and candidate.ag_running:
                 return candidate
     return None
@@ -128,7 +133,7 @@ def _holds(frame: FrameType | None, targets: tuple[Any, ...]) -> bool:
                 if any(value is t for t in targets) or (isinstance(value, tuple) and any(
                         x is t for x in value for t in targets)):
                     return True
-                held = value.__dict__.get("future") if hasattr(value, "__dict__") else None
+                held = _own_attribute(value, "future")
                 if held is not None and any(held is t for t in targets):
                     return True
         except Exception:  # a frame whose locals cannot be read says nothing

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from apiscope.analysis.attribution import library_call, user_frame
 from apiscope.analysis.context import AnalysisContext
+from apiscope.analysis.flags import frame_location, where
 from apiscope.analysis.stats import percentile
 from apiscope.model import Frame, UnfinishedRequest
 
@@ -62,10 +63,9 @@ class Stuck:
 
     @property
     def severity(self) -> str:
-        if not self.proven:
+        if not self.proven or len(self.requests) == 1:
             return "low"
-        return "high" if len(self.requests) >= 3 else "medium" if len(self.requests) == 2 \
-            else "low"
+        return "medium" if len(self.requests) == 2 else "high"
 
     def evidence(self) -> str:
         oldest = self.requests[0].elapsed_ms / 1000.0
@@ -81,8 +81,7 @@ class Stuck:
                      " too few to tell a request stuck from one long by design (a long poll)")
         if self.where is not None:
             call = f" in {self.call}()" if self.call else ""
-            text += (f"; waiting at {self.where.function}() at"
-                     f" {self.where.file.rsplit('/', 1)[-1]}:{self.where.line}{call}")
+            text += f"; waiting at {where(frame_location(self.where))}{call}"
         return text
 
 

@@ -103,16 +103,14 @@ class OverheadBudget:
             self.seconds.append(cost.seconds)
         return self.plan(cost.processes, cost.cores)
 
-    def rate_for(self, other_cores: float, processes: int, window: float = 0.0,
-                 cores: float | None = None) -> int:
+    def rate_for(self, other_cores: float, processes: int, cores: float,
+                 window: float = 0.0) -> int:
         """The rate the budget affords with `other_cores` (CPU s/s: the agents' and the
-        collector's) spent elsewhere, for windows of `window` seconds (0: start-ups not
-        counted), sampling `processes` processes of a target that can use `cores` (None: one
-        per process)."""
+        collector's) spent elsewhere, sampling `processes` processes of a target that can use
+        `cores`, for windows of `window` seconds (0: start-ups not counted)."""
         if self.tick_cost is None:
             return self.requested_rate
         processes = max(1, processes)
-        cores = float(processes) if cores is None else cores
         startups = (self.startup_cost or 0.0) / window if window > 0 else 0.0
         left = self.max_overhead * cores - other_cores - startups  # core-s per second
         if left <= 0:
@@ -122,16 +120,16 @@ class OverheadBudget:
         affordable = left / (self.tick_cost * processes)
         return int(max(self.min_rate, min(self.requested_rate, affordable)))
 
-    def plan(self, processes: int, cores: float | None = None) -> Plan:
+    def plan(self, processes: int, cores: float) -> Plan:
         """The shortest window (the freshest live view) at which the budget affords the rate
         asked for; failing that, the longest, at the rate it affords."""
         fixed = self.fixed_cores or 0.0
         windows = [self.base_window * factor for factor in WINDOW_FACTORS]
         for window in windows:
-            rate = self.rate_for(fixed, processes, window, cores)
+            rate = self.rate_for(fixed, processes, cores, window)
             if rate >= self.requested_rate:
                 return Plan(rate, window)
-        return Plan(self.rate_for(fixed, processes, windows[-1], cores), windows[-1])
+        return Plan(self.rate_for(fixed, processes, cores, windows[-1]), windows[-1])
 
     @property
     def over_budget(self) -> bool:

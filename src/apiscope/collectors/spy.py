@@ -82,8 +82,8 @@ class SpyGroup:
 
     def poll(self) -> int | None:
         codes = [spy.poll() for _, spy, _ in self.members]
-        if not codes or any(code is None for code in codes):
-            return None if codes else 0
+        if any(code is None for code in codes):
+            return None  # one still samples
         return next((code for code in codes if code), 0)
 
     def interrupt(self) -> None:

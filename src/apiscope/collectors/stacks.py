@@ -361,9 +361,9 @@ class StackSampler:
             ready = self._clock()
             self.stats.startups.append(ready - spawned)
             kept = group.members if group is not None else members
-            for pid, _, output in members:
-                if all(pid != k[0] for k in kept):
-                    output.unlink(missing_ok=True)  # a worker gone as its py-spy started
+            for member in members:
+                if member not in kept:
+                    member[2].unlink(missing_ok=True)  # a worker gone as its py-spy started
             return _Run(proc, [(pid, output) for pid, _, output in kept], ready,
                         self.options.rate_hz, active_only, self._next_seconds,
                         proc.cpu_seconds())
