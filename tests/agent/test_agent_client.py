@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,33 @@ def test_client_looks_where_the_target_put_its_socket(tmp_path: Path,
             assert client.path == str(tmp_path / "ours" / f"agent-{target.pid}.sock")
             (theirs / f"agent-{target.pid}.sock").touch()  # the target's agent started
             assert client.path == str(theirs / f"agent-{target.pid}.sock")
+        finally:
+            assert target.stdin is not None
+            target.stdin.close()
+
+
+def test_a_socket_left_by_an_exited_process_with_the_same_pid_is_passed_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Our directory holds a socket file of a process that exited with the pid the target has
+    # now (pids wrap): nobody listens on it. The target's agent listens in its own directory.
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    ours.mkdir(mode=0o700)
+    theirs.mkdir(mode=0o700)
+    monkeypatch.setenv("APISCOPE_SOCKET_DIR", str(ours))
+    env = {**os.environ, "APISCOPE_SOCKET_DIR": str(theirs)}
+    code = ("import sys; from apiscope.agent.runtime import Agent; Agent().start();"
+            " print('serving', flush=True); sys.stdin.read()")
+    with subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as target:
+        try:
+            assert target.stdout is not None and target.stdout.readline() == "serving\n"
+            stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            stale.bind(str(ours / f"agent-{target.pid}.sock"))
+            stale.close()  # the file stays, refusing every connection
+            with AgentClient(target.pid) as client:
+                assert client.path == str(ours / f"agent-{target.pid}.sock")
+                assert client.available()
+                assert client.path == str(theirs / f"agent-{target.pid}.sock")
         finally:
             assert target.stdin is not None
             target.stdin.close()

@@ -100,15 +100,17 @@ class AgentClient:
         self.candidates = [socket_path(namespace_pid(pid), d)
                            for d in _directories(pid, directory)]
         self._sock: socket.socket | None = None
+        self._connected: str | None = None  # the candidate an agent answered on
         self._buffer = b""
 
     @property
     def path(self) -> str:
-        """The socket this client talks to: the first candidate that exists."""
-        for path in self.candidates:
-            if os.path.exists(path):
-                return path
-        return self.candidates[0]
+        """The socket this client talks to: the one it connected to, else the first candidate
+        that exists."""
+        if self._connected is not None:
+            return self._connected
+        return next((path for path in self.candidates if os.path.exists(path)),
+                    self.candidates[0])
 
     def available(self) -> bool:
         """True when an agent answers a ping on the socket."""
@@ -177,6 +179,7 @@ class AgentClient:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._connected = None
         self._buffer = b""
 
     def __enter__(self) -> AgentClient:
@@ -185,16 +188,32 @@ class AgentClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _exchange(self, message: dict[str, Any]) -> dict[str, Any]:
-        if self._sock is None:
+    def _connect(self) -> socket.socket:
+        """Connect to the first existing candidate an agent listens on. A socket file nobody
+        listens on (connection refused) was left by an exited process whose pid this one
+        reuses: the next candidate is tried (the target's own directory, where an app that
+        instrumented itself listens)."""
+        refused: OSError | None = None
+        for path in [p for p in self.candidates if os.path.exists(p)] or self.candidates[:1]:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(self.timeout)
             try:
-                sock.connect(self.path)
+                sock.connect(path)
+            except ConnectionRefusedError as exc:
+                sock.close()
+                refused = exc
+                continue
             except OSError:
                 sock.close()
                 raise
-            self._sock = sock
+            self._connected = path
+            return sock
+        assert refused is not None
+        raise refused
+
+    def _exchange(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self._sock is None:
+            self._sock = self._connect()
         self._sock.sendall(json.dumps(message).encode() + b"\n")
         response = json.loads(self._read_line())
         if not isinstance(response, dict):
