@@ -78,5 +78,7 @@ def test_real_threads_spinning_and_sleeping() -> None:
     # The spinning thread competes for the GIL with this one only while it sleeps: on a CPU
     # most of the half second, even on a loaded machine.
     assert used.threads[(pid, ids["spin"])] > 0.15
-    # The process's figure counts clock ticks (10 ms), the threads' nanoseconds.
-    assert used.processes[pid] >= used.threads[(pid, ids["spin"])] - 0.03
+    # The process's figure counts clock ticks (10 ms), the threads' nanoseconds; and the
+    # kernel scales a process's ticks to its runtime without ever letting them go back, so at
+    # a read they can lag the threads' figure by a few ticks more (53 ms once in four CI runs).
+    assert used.processes[pid] >= used.threads[(pid, ids["spin"])] - 0.08
