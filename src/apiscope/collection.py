@@ -390,7 +390,8 @@ class Collection:
         every = self.keeping.observe(now - mark[0], cost - mark[1], self._kept - mark[2],
                                      self.totals.requests - mark[3],
                                      processes=max(1, len(self.workers.clients())),
-                                     over_budget=budget is not None and budget.over_budget)
+                                     over_budget=budget is not None and budget.over_budget,
+                                     room=budget.room() if budget is not None else None)
         if every != before:
             self.sink.meta(requests_kept_every=every,
                            requests_kept_every_max=max(self.keeping.history))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from apiscope.collectors.budget import OverheadBudget, WindowCost
 
 
@@ -128,3 +130,32 @@ def test_thinning_never_leaves_fewer_than_the_floor_a_second() -> None:
     assert keeping.observe(1.0, 0.0015, 100, 3000, over_budget=True) == 30
     # The load falls to a third: too few kept, keep more.
     assert keeping.observe(1.0, 0.0005, 33, 1000, over_budget=True) == 15
+
+
+def test_requests_are_kept_more_again_only_when_the_budget_has_room_for_them() -> None:
+    from apiscope.collectors.budget import RequestKeeping
+
+    keeping = RequestKeeping(0.02)
+    assert keeping.observe(1.0, 0.006, 4000, over_budget=True) == 2
+    # Cheap now, but the last window left 0.1% of a core: twice the requests (0.2%) would
+    # put the whole over budget again. It holds, second after second of the same window.
+    for _ in range(5):
+        assert keeping.observe(1.0, 0.002, 2000, 4000, room=0.001) == 2
+    # A window with room for them: keep more, once; the rest of that room is not enough
+    # for a second step until the next window says what the first one cost.
+    assert keeping.observe(1.0, 0.002, 2000, 4000, room=0.003) == 1
+    keeping.every = 2
+    assert keeping.observe(1.0, 0.002, 2000, 4000, room=0.003) == 2
+    # Not known yet (no window accounted): as before, cheap keeps more.
+    assert keeping.observe(1.0, 0.002, 2000, 4000, room=None) == 1
+
+
+def test_the_budgets_room_is_what_the_last_window_left_of_it() -> None:
+    budget = OverheadBudget(0.02, requested_rate=100)
+    assert budget.room() is None
+    budget.observe(WindowCost(seconds=8.0, rate_hz=5, pyspy_cpu=0.08, agent_cpu=0.02,
+                              collector_cpu=0.06, capacity=2.0))  # 1% of two cores
+    assert budget.room() == pytest.approx(0.02)
+    budget.observe(WindowCost(seconds=8.0, rate_hz=5, pyspy_cpu=0.2, agent_cpu=0.08,
+                              collector_cpu=0.12, capacity=1.0))  # 5% of one core
+    assert budget.room() == pytest.approx(-0.03)

@@ -82,6 +82,7 @@ class OverheadBudget:
     fixed_cores: float | None = None  # learnt: agent + collector CPU seconds per second
     history: list[tuple[float, int]] = field(default_factory=list)  # (cost fraction, rate)
     seconds: list[float] = field(default_factory=list)  # each history entry's window length
+    last_cores: float = 1.0  # the capacity of the last window accounted
 
     def observe(self, cost: WindowCost) -> int:
         """Account one window and return the rate for the next one."""
@@ -101,6 +102,7 @@ class OverheadBudget:
                 cost.seconds * cost.cores)
             self.history.append((spent, cost.rate_hz))
             self.seconds.append(cost.seconds)
+            self.last_cores = cost.cores
         return self.plan(cost.processes, cost.cores)
 
     def rate_for(self, other_cores: float, processes: int, cores: float,
@@ -137,6 +139,13 @@ class OverheadBudget:
         return bool(self.history) and self.history[-1][0] > self.max_overhead \
             and self.history[-1][1] <= self.min_rate
 
+    def room(self) -> float | None:
+        """Cores the last window left unspent within the budget (negative: over it); None
+        before the first window."""
+        if not self.history:
+            return None
+        return (self.max_overhead - self.history[-1][0]) * self.last_cores
+
     def mean_cost(self) -> float:
         """The cost fraction over the windows so far, weighted by their length (0 before any):
         a first short window at the rate asked for weighs no more than its seconds."""
@@ -167,13 +176,20 @@ class RequestKeeping:
     max_overhead: float  # fraction of the target's capacity, e.g. 0.02
     every: int = 1
     history: list[int] = field(default_factory=list)  # `every` after each observation
+    _room: float | None = None  # the budget's room last seen, and what keeping more took of it
+    _room_taken: float = 0.0
 
     def observe(self, seconds: float, cpu: float, kept: int, represented: int | None = None,
-                processes: int = 1, over_budget: bool = False) -> int:
+                processes: int = 1, over_budget: bool = False,
+                room: float | None = None) -> int:
         """Account `seconds` in which taking in `kept` records of `represented` requests (the
         sum of their weights; None: as many) cost `cpu` CPU seconds; return how many to keep
         (one in n) from now on. `over_budget`: the whole cost is over the budget with sampling
-        at its lowest rate already, so requests give up more."""
+        at its lowest rate already, so requests give up more. `room`: the cores the whole
+        budget had left in its last window (None: not known yet); requests are kept more
+        again only when keeping twice as many fits in it, else a target at the budget's
+        floor swings between giving requests up and taking them back, over budget half the
+        time."""
         if seconds <= 0:
             return self.every
         processes = max(1, processes)
@@ -190,7 +206,21 @@ class RequestKeeping:
             self.every = min(ceiling, max(self.every + 1, math.ceil(self.every * cores / share)))
         elif kept_rps > floor and over_budget and cores > share / 8:
             self.every = min(ceiling, self.every * 2)
-        elif self.every > 1 and (kept_rps < floor / 2 or cores < share / 4 and not over_budget):
+        elif self.every > 1 and (kept_rps < floor / 2 or cores < share / 4 and not over_budget
+                                 and self._fits(room, cores)):
             self.every = max(1, self.every // 2)  # the load fell: keep more, gently
         self.history.append(self.every)
         return self.every
+
+    def _fits(self, room: float | None, cores: float) -> bool:
+        """Whether keeping twice as many (`cores` more) fits in the budget's `room`, less what
+        keeping more took of that room already: the room is a window's (several seconds),
+        asked of every second, and changes only when the next window is accounted."""
+        if room is None:
+            return True
+        if room != self._room:
+            self._room, self._room_taken = room, 0.0
+        if room - self._room_taken < cores:
+            return False
+        self._room_taken += cores
+        return True
