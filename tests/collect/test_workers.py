@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from apiscope.collect.workers import WorkerSet
+import os
+import socket
+import time
+from pathlib import Path
+
+from apiscope.collect.workers import STALE_AGE, WorkerSet, sweep_stale_sockets
 from tests.collect.fakes import FakeClients, FakeInjections
 
 
@@ -12,7 +17,8 @@ def worker_set(injections: FakeInjections | None = None, inject: bool = True,
     removed: list[int] = []
     running = alive if alive is not None else set()
     workers = WorkerSet(injections=injections, inject=inject, clients=clients,
-                        alive=lambda pid: pid in running, remove_socket=removed.append)
+                        alive=lambda pid: pid in running, remove_socket=removed.append,
+                        sweep=lambda: removed.append(-1) or 0)  # -1: the directory swept
     return workers, clients, removed
 
 
@@ -76,7 +82,7 @@ def test_detach_cleans_up_the_sockets_of_processes_gone() -> None:
     workers.remove(12)
     removed.clear()
     workers.detach()
-    assert removed == [12]  # the live one keeps its socket
+    assert removed == [12, -1]  # the live one keeps its socket; then the directory's sweep
 
 
 def test_close_clients_closes_every_client() -> None:
@@ -90,3 +96,43 @@ def test_close_clients_closes_every_client() -> None:
 def test_the_orphan_timeout_comes_from_the_injections() -> None:
     workers, _, _ = worker_set(FakeInjections(orphan_seconds=7.0))
     assert workers.orphan_seconds == 7.0
+
+
+def test_a_directory_sweep_removes_only_old_sockets_nobody_listens_on(tmp_path: Path) -> None:
+    """Processes killed with SIGKILL leave their agent's socket file behind: a socket
+    directory grew to over a hundred of them. The sweep at each detach removes those, and
+    nothing else."""
+    def bound(name: str, listen: bool) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(tmp_path / name))
+        if listen:
+            sock.listen(1)
+        return sock
+
+    old = time.time() - STALE_AGE - 5
+    dead = bound("agent-101.sock", listen=False)
+    dead.close()  # the file stays, as a SIGKILL leaves it
+    os.utime(tmp_path / "agent-101.sock", (old, old))
+    young = bound("agent-102.sock", listen=False)  # bound, not listening yet: starting up
+    young.close()
+    live = bound("agent-103.sock", listen=True)
+    os.utime(tmp_path / "agent-103.sock", (old, old))
+    (tmp_path / "agent-104.sock").write_text("")  # not a socket: not ours to judge
+    os.utime(tmp_path / "agent-104.sock", (old, old))
+    other = bound("other-105.sock", listen=False)
+    other.close()
+    os.utime(tmp_path / "other-105.sock", (old, old))
+    try:
+        assert sweep_stale_sockets(str(tmp_path)) == 1
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "agent-102.sock", "agent-103.sock", "agent-104.sock", "other-105.sock"]
+    finally:
+        live.close()
+    assert sweep_stale_sockets(str(tmp_path / "missing")) == 0
+
+
+def test_detach_sweeps_the_socket_directory_once() -> None:
+    workers, _, removed = worker_set(FakeInjections())
+    workers.detach()
+    workers.detach()
+    assert removed.count(-1) == 1

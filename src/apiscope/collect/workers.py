@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
 import psutil
 
+from apiscope.agent.paths import socket_dir
 from apiscope.collectors.agent_client import AgentBatch, AgentClient
 from apiscope.collectors.injections import DetachFailure
 from apiscope.errors import ApiscopeError
@@ -60,11 +63,13 @@ class WorkerSet:
     def __init__(self, *, injections: Injector | None = None, inject: bool = True,
                  clients: Callable[[int], Client] = AgentClient,
                  alive: Callable[[int], bool] = psutil.pid_exists,
-                 remove_socket: Callable[[int], None] | None = None) -> None:
+                 remove_socket: Callable[[int], None] | None = None,
+                 sweep: Callable[[], int] | None = None) -> None:
         self.injections = injections if inject else None
         self._new_client = clients
         self._alive = alive
         self._remove_socket = remove_socket if remove_socket is not None else remove_stale_socket
+        self._sweep = sweep if sweep is not None else sweep_stale_sockets
         self._lock = threading.Lock()
         self._clients: dict[int, Client] = {}
         self._exited: set[int] = set()
@@ -131,7 +136,56 @@ class WorkerSet:
         for pid in sorted(self.exited | self.injected):
             if not self._alive(pid):
                 self._remove_socket(pid)
+        self._sweep()
         return self.detach_failures
+
+
+STALE_AGE = 60.0  # seconds: a socket file younger than this may be an agent starting up
+
+
+def sweep_stale_sockets(directory: str | None = None, min_age: float = STALE_AGE) -> int:
+    """Remove the agent sockets in our socket directory that nobody listens on any more,
+    left by processes killed with SIGKILL (an agent removes its socket on every other way
+    out); returns how many. A socket is stale when connecting to it is refused; one younger
+    than `min_age` is left alone (an agent binds its socket a moment before it listens).
+    Never raises: this is housekeeping."""
+    try:
+        base = directory if directory is not None else socket_dir()
+        entries = list(os.scandir(base))
+    except (OSError, ApiscopeError):
+        return 0
+    removed, now = 0, time.time()
+    for entry in entries:
+        if not (entry.name.startswith("agent-") and entry.name.endswith(".sock")):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid() \
+                or now - info.st_mtime < min_age:
+            continue
+        if _refused(entry.path):
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def _refused(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False
 
 
 def remove_stale_socket(pid: int) -> None:
