@@ -242,3 +242,33 @@ def test_a_record_kept_for_n_requests_counts_as_n_of_them() -> None:
     assert requests(weighted) == requests(repeated)
     assert value(weighted, "apiscope_requests_total", route="/items", method="GET",
                  status="200") == 35
+
+
+def test_observing_a_batch_leaves_the_histogram_as_the_clients_own_observe_does() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from apiscope.metrics.exporter import observe_all
+
+    finite = [b for b in LATENCY_BUCKETS if b != float("inf")]
+    # Values on every bound (`le`: counted in that bucket), between, under the first, past
+    # the last; weights of one and more.
+    values = [(b, 1 + i % 3) for i, b in enumerate(finite)]
+    values += [(b * 1.5, 2) for b in finite] + [(0.0, 1), (1e6, 4)]
+
+    def histogram() -> tuple[CollectorRegistry, Histogram]:
+        registry = CollectorRegistry()
+        return registry, Histogram("h", "h", buckets=LATENCY_BUCKETS, registry=registry)
+
+    ours, theirs = histogram(), histogram()
+    observe_all(ours[1], values)
+    for v, weight in values:
+        for _ in range(weight):
+            theirs[1].observe(v)
+
+    def exposition(registry: CollectorRegistry) -> list[tuple[str, Labels, float]]:
+        return [(s.name, tuple(sorted(s.labels.items())), round(s.value, 9))
+                for family in registry.collect() for s in family.samples
+                if not s.name.endswith("_created")]
+
+    assert exposition(ours[0]) == exposition(theirs[0])
+    assert len(exposition(ours[0])) == len(finite) + 3  # the buckets, +Inf, the sum, the count

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import threading
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -134,12 +135,8 @@ class MetricsExporter:
             durations[(rec.route, rec.method, rec.status)].append(
                 (rec.duration_ms / 1000.0, rec.weight))
         for (route, method, status), values in durations.items():
-            histogram = self.request_duration.labels(route, method, status_class(status))
-            for value, weight in values:
-                if weight == 1:
-                    histogram.observe(value)
-                else:
-                    observe_weighted(histogram, value, weight)
+            observe_all(self.request_duration.labels(route, method, status_class(status)),
+                        values)
             self.requests.labels(route, method, str(status)).inc(sum(w for _, w in values))
 
     def observe_resources(self, samples: Iterable[ResourceSample]) -> None:
@@ -238,20 +235,29 @@ def serve_metrics(exporter: MetricsExporter, host: str, port: int) -> Any:
     return server
 
 
-def observe_weighted(histogram: Any, value: float, weight: int) -> None:
-    """`weight` observations of `value` at the cost of one: the sum grows by value x weight and
-    the value's bucket by weight, as `weight` calls of `observe` would leave them. Reaches into
-    the client's histogram (its `_sum`, `_buckets` and `_upper_bounds`, stable since 0.4); a
-    client without them gets the calls."""
+def observe_all(histogram: Any, values: Iterable[tuple[float, int]]) -> None:
+    """Each (value, weight) observed `weight` times, as that many calls of `observe` would
+    leave the histogram, at the cost of one addition per bucket: the sum grows by value x
+    weight and each value's bucket by weight. Reaches into the client's histogram (its `_sum`,
+    `_buckets` and `_upper_bounds`, stable since 0.4); a client without them gets the calls.
+    One `observe` per request was a third of what pulling the agents cost the collector."""
     total = getattr(histogram, "_sum", None)
     buckets = getattr(histogram, "_buckets", None)
     bounds = getattr(histogram, "_upper_bounds", None)
     if total is None or buckets is None or bounds is None or len(buckets) != len(bounds):
-        for _ in range(weight):
-            histogram.observe(value)
+        for value, weight in values:
+            for _ in range(weight):
+                histogram.observe(value)
         return
-    total.inc(value * weight)
-    for bucket, bound in zip(buckets, bounds, strict=True):
-        if value <= bound:
-            bucket.inc(weight)
-            break
+    counts = [0] * len(bounds)
+    added = 0.0
+    last = len(bounds) - 1
+    for value, weight in values:
+        # The first bucket whose upper bound holds the value (`le`: value <= bound); the
+        # last bound is +Inf.
+        counts[min(bisect_left(bounds, value), last)] += weight
+        added += value * weight
+    total.inc(added)
+    for bucket, count in zip(buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
