@@ -25,6 +25,7 @@ from benchmarks import (
     bench_profiling,
     bench_session_size,
     bench_watchdog,
+    bench_workers,
     soak,
 )
 from benchmarks.harness import ROOT, machine
@@ -88,6 +89,39 @@ def section_attach() -> tuple[str, Any]:
             f"the 2 cores, nothing pinned; {busy['rounds']} interleaved rounds of "
             f"{busy['seconds']} s. Goal: throughput >= 0.95, client p95 within +10%.\n\n"
             + bench_attach.render(result))
+    return text, result
+
+
+def section_workers() -> tuple[str, Any]:
+    result = bench_workers.run()
+    cores, budget = result["cores"], result["budget_percent"] or 0.0
+    text = ("## apiscope attach to a server with workers\n\n"
+            f"`uvicorn --workers {result['workers']}` and `gunicorn -w {result['workers']} -k "
+            "uvicorn.workers.UvicornWorker` serving the FastAPI item endpoint under two wrk "
+            f"(1 thread, {result['connections'] // 2} connections each, a plain GET, "
+            f"{result['seconds']} s runs), the second started {result['stagger']} s after the "
+            "first: connections opened all at once mostly go to whichever worker accepts "
+            "first, and the other stays idle for the run. A run in which a worker did less "
+            f"than {result['balanced']:.0%} of the workers' CPU is run again (at most twice). "
+            f"Server, load and apiscope share the {cores} cores, nothing pinned (the "
+            "workers need them all). `apiscope attach MASTER_PID --no-dashboard` at its "
+            "defaults, measured after "
+            f"{result['settle_seconds']} s of load, once its budget has learnt the costs; the "
+            f"budget is {budget:g} % of the target's capacity, one core per worker (here "
+            f"{budget / 100 * min(cores or 1, result['workers']):.2f} cores). py-spy alone "
+            "(`py-spy "
+            "record --subprocesses` on the master), at the rate apiscope's budget chose while "
+            "it was measured in the same round, is the anchor. "
+            f"{result['rounds']} interleaved rounds, each variant's throughput divided by the "
+            "same server's bare throughput in the same round (median, min, max); a fresh "
+            "server for each run. Server CPU per request is the whole process tree's (master "
+            "and workers, the agent's threads included); apiscope's CPU includes its py-spy "
+            "runs. The sampling rate of the attach is its windows' over the measured run, the "
+            "report's effective rate (the whole session's, its first window at 100 Hz "
+            "included) in brackets; the measured cost is the report's `overhead_percent`, "
+            "apiscope's whole cost over the session as a share of the target's capacity. "
+            "Goal: throughput >= 0.97 of bare, and the measured cost within the budget.\n\n"
+            + bench_workers.render(result))
     return text, result
 
 
@@ -174,6 +208,7 @@ def section_watchdog() -> tuple[str, Any]:
 
 SECTIONS: dict[str, Callable[[], tuple[str, Any]]] = {
     "attach": section_attach,
+    "workers": section_workers,
     "inject": section_inject,
     "overhead": section_overhead,
     "agent_cost": section_agent_cost,
