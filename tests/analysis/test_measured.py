@@ -369,6 +369,10 @@ def test_c_code_that_released_the_gil_on_the_loop_is_named_so(tmp_path: Path) ->
     # Python computing: the GIL found free at a look now and then, CPU work all the same.
     flag = loop_flag(tmp_path / "b", 88, 58.0, {"cpu": 3, "gil": 4, "nogil": 1})
     assert flag["metric"]["gil_free_share"] == 0.25 and "running CPU work" in flag["evidence"]
+    # The looks that found it waiting for the GIL are its turns handed to the look itself:
+    # running, all of them, not a wait of its own.
+    assert "between two turns of the GIL, at 100% of the kernel's looks" in flag["evidence"]
+    assert "GIL back" not in flag["evidence"]
     assert "ProcessPoolExecutor" in flag["suggestion"]
 
 

@@ -140,12 +140,17 @@ def _describe_looks(activity: Counter[str], cpu_share: float | None) -> _Looks:
                           f" compression (on a CPU at {pct(running)} of the kernel's looks;"
                           f" the GIL free at {pct(gil_free)} of those{host})", "cpu", gil_free)
         # Computing Python gives the GIL up to the watchdog at each look, so a share of the
-        # looks finds it waiting to take the GIL back: part of running, not a cause of its own.
+        # looks finds it waiting to take the GIL back: part of running, not a cause of its own
+        # (a single thread computing alone was "waiting to take the GIL back at 45%", read as
+        # contention; contention is measured apart, see gil_contention).
         on_gil, on_lock = activity.get("gil", 0) / looks, activity.get("lock", 0) / looks
-        gil = (f", waiting for the GIL or a lock at {pct(on_gil + on_lock)}" if on_lock else
-               f", waiting to take the GIL back at {pct(on_gil)}" if on_gil else "")
-        return _Looks(f"running CPU work (on a CPU at {pct(running)} of the kernel's looks"
-                      f"{gil}{host})", "cpu", gil_free)
+        if on_lock:
+            return _Looks(f"running CPU work (on a CPU at {pct(running)} of the kernel's looks,"
+                          f" waiting for the GIL or a lock at {pct(on_gil + on_lock)}{host})",
+                          "cpu", gil_free)
+        turns = ", or between two turns of the GIL," if on_gil else ""
+        return _Looks(f"running CPU work (on a CPU{turns} at {pct(running + on_gil)} of the"
+                      f" kernel's looks{host})", "cpu", gil_free)
     kind, count = max(((k, n) for k, n in activity.items()
                        if k not in ("cpu", "nogil", "queue")),
                       key=lambda kv: (kv[1], kv[0]))
