@@ -119,7 +119,9 @@ def section_workers() -> tuple[str, Any]:
             "runs. The sampling rate of the attach is its windows' over the measured run, the "
             "report's effective rate (the whole session's, its first window at 100 Hz "
             "included) in brackets; the measured cost is the report's `overhead_percent`, "
-            "apiscope's whole cost over the session as a share of the target's capacity. "
+            "apiscope's whole cost over the session as a share of the target's capacity; the "
+            "session lasts about 15 s (the agents' start, the settling, the run), so its first "
+            "second at 100 Hz and the injections weigh on it (an hour at the floor: the soak). "
             "Goal: throughput >= 0.97 of bare, and the measured cost within the budget.\n\n"
             + bench_workers.render(result))
     return text, result
