@@ -47,6 +47,7 @@ from benchmarks.harness import (
     free_port,
     ratio_summary,
     server,
+    stop_process,
     tree_cpu_seconds,
     wait_for,
     wait_http,
@@ -115,12 +116,7 @@ def pyspy(pid: int, rate: int) -> Iterator[dict[str, Any]]:
             time.sleep(1.0)  # its start-up (symbols) is not what is being measured
             yield out
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 30)
 
 
 def _measure(pid: int, url: str, seconds: int, collector: int | None) -> dict[str, float]:

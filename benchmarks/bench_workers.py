@@ -34,7 +34,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from benchmarks.harness import (
     ROOT,
     free_port,
     ratio_summary,
+    stop_process,
     tree_cpu_seconds,
     wait_for,
     wait_http,
@@ -89,12 +89,7 @@ def workers_server(name: str) -> Iterator[tuple[int, str]]:
         wait_for(lambda: len(_workers(proc.pid)) >= WORKERS, 30, f"{WORKERS} workers")
         yield proc.pid, url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process(proc, 15, group=True)
 
 
 def _workers(master: int) -> list[int]:
@@ -211,12 +206,7 @@ def pyspy_tree(pid: int, rate: int) -> Iterator[dict[str, Any]]:
                 raise RuntimeError(f"py-spy exited at once ({proc.returncode})")
             yield out
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 30)
 
 
 def _agents(master: int) -> int:

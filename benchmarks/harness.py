@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CPU = "0"
@@ -64,12 +65,23 @@ def server(app: str, env: dict[str, str], path: str = "/items/1") -> Iterator[tu
         wait_http(url)
         yield proc.pid, url
     finally:
+        stop_process(proc, 10, group=True)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float, group: bool = False) -> None:
+    """SIGTERM (to its whole process group with `group`), SIGKILL after `timeout` seconds."""
+    if group:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
+    else:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        if group:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        else:
+            proc.kill()
+        proc.wait()
 
 
 def wrk(url: str, seconds: int = 5, connections: int = 32) -> float:
