@@ -141,6 +141,27 @@ def test_requests_are_thinned_when_taking_them_in_costs_too_much() -> None:
     rig.collection.stop()
 
 
+def test_the_agents_watchdogs_get_less_to_follow_with_while_over_budget() -> None:
+    from apiscope.agent.loopwatch import FOLLOW_CPU_SHARE
+    from apiscope.collectors.budget import OverheadBudget, WindowCost
+
+    rig = Rig()
+    budget = rig.sampler.budget = OverheadBudget(0.02, requested_rate=100)
+    rig.clients.scripts[11] = [batch(11), batch(11), batch(11)]
+    rig.collection.start()
+    rig.collection.pull_agents()
+    rig.collection.adjust_watch_share()  # no window accounted yet: the agents' own default
+    rig.collection.pull_agents()
+    # A window over budget at the lowest rate: the next pulls carry half the default.
+    budget.observe(WindowCost(seconds=8.0, rate_hz=5, pyspy_cpu=0.2, agent_cpu=0.2,
+                                      collector_cpu=0.2, capacity=2.0))
+    rig.collection.adjust_watch_share()
+    rig.collection.pull_agents()
+    assert rig.clients.made[11].watch_shares == [None, None, FOLLOW_CPU_SHARE / 2]
+    assert rig.writer.meta["watch_share"] == FOLLOW_CPU_SHARE / 2
+    rig.collection.stop()
+
+
 def test_workers_that_come_and_go_are_followed() -> None:
     rig = Rig()
     rig.collection.start()

@@ -29,7 +29,7 @@ from apiscope.collect.status import Counters, Terminal, pull_text, status_line, 
 from apiscope.collect.workers import Client, Injector, WorkerSet
 from apiscope.collect.workers import remove_stale_socket as remove_stale_socket
 from apiscope.collectors.agent_client import AgentBatch, AgentClient, AgentError
-from apiscope.collectors.budget import OverheadBudget, RequestKeeping
+from apiscope.collectors.budget import OverheadBudget, RequestKeeping, WatchShare
 from apiscope.collectors.injections import DetachFailure
 from apiscope.collectors.oncpu import LineLooks
 from apiscope.collectors.proctree import worker_children
@@ -173,6 +173,8 @@ class Collection:
         # One request in `keeping.every` kept when taking them all in would cost too much.
         self.keeping = RequestKeeping(options.max_overhead / 100) \
             if options.max_overhead > 0 else None
+        # What the agents' loop watchdogs may spend following long passes, as the budget goes.
+        self.watch_share = WatchShare() if options.max_overhead > 0 else None
         self._intake_cpu = 0.0  # the collector's CPU pulling and handing on the agents' data
         self._kept = 0  # request records taken in
         # (when, cost, records kept, requests they stand for) at the last adjustment
@@ -358,6 +360,7 @@ class Collection:
                     next_resources = now + 1.0
                     self.collect_resources()
                     self.adjust_keeping()
+                    self.adjust_watch_share()
             except Exception as exc:  # a collector failing must not end the run silently
                 self._warn(f"collector error: {exc}")
 
@@ -396,6 +399,17 @@ class Collection:
             self.sink.meta(requests_kept_every=every,
                            requests_kept_every_max=max(self.keeping.history))
 
+    def adjust_watch_share(self) -> None:
+        """Give the agents' loop watchdogs less to follow with while the budget is over at
+        its lowest sampling rate, and their default back when it has room (`WatchShare`)."""
+        budget = self._sampler.budget
+        if self.watch_share is None or budget is None:
+            return
+        before = self.watch_share.share
+        share = self.watch_share.observe(budget, max(1, len(self.workers.clients())))
+        if share != before:
+            self.sink.meta(watch_share=share)
+
     def pull_agents(self) -> None:
         """Drain every agent of what it recorded since the last pull."""
         began = time.thread_time()
@@ -408,11 +422,14 @@ class Collection:
         orphan = self.workers.orphan_seconds
         # Errors and requests slower than the objective are always kept.
         keep = (self.keeping.every, self.options.slo_ms) if self.keeping is not None else None
+        # Sent once it differs from the agents' own default (an older agent ignores it).
+        watch = self.watch_share.share if self.watch_share is not None \
+            and self.watch_share.history else None
         for pid, client in self.workers.clients():
             # A busy worker may hold more than one pull's worth: drain it, within reason.
             for _ in range(10):
                 try:
-                    batch = client.pull(orphan_after=orphan, keep=keep)
+                    batch = client.pull(orphan_after=orphan, keep=keep, watch_share=watch)
                 except AgentError as exc:  # the agent is there and says what broke
                     if self.failures.agent_error(pid, exc.message):
                         self._warn(f"the agent in PID {pid} answered a pull with an error:"

@@ -19,7 +19,7 @@ from starlette.routing import Route
 import apiscope
 from apiscope.agent.middleware import AgentMiddleware
 from apiscope.agent.runtime import Agent, current_agent, shutdown_agent
-from apiscope.collectors.agent_client import AgentClient, AgentUnavailable
+from apiscope.collectors.agent_client import AgentClient, AgentError, AgentUnavailable
 from apiscope.model import RequestRecord, RouteInfo
 
 from .helpers import get_all
@@ -268,3 +268,20 @@ def test_instrument_sets_the_profiling_share(sock_dir: str) -> None:
     agent = current_agent()
     assert agent.profiling.options.every == 0
     assert list(agent.profiles) == []  # 0 turns per-request profiles off
+
+
+def test_a_pull_sets_what_the_loop_watchdogs_may_spend_following(sock_dir: str) -> None:
+    agent = Agent(sock_dir)
+    agent.start()
+    try:
+        with AgentClient(os.getpid(), sock_dir) as client:
+            client.pull(watch_share=0.001)
+            assert agent.watchdogs.follow_share == 0.001
+            client.pull()  # not said again: kept
+            assert agent.watchdogs.follow_share == 0.001
+            for bad in (-0.1, 0.5, "much", True):
+                with pytest.raises(AgentError, match="watch_share must be a number"):
+                    client.pull(watch_share=bad)  # type: ignore[arg-type]
+            assert agent.watchdogs.follow_share == 0.001
+    finally:
+        agent.stop()

@@ -458,7 +458,7 @@ def test_a_saturated_loop_is_followed_once_per_check_not_at_every_pass() -> None
                 and s["cpu_ms"] is not None and s["cpu_ms"] > s["duration_ms"] - 5]
 
 
-@pytest.mark.parametrize("budget", ["ample", "spent"])
+@pytest.mark.parametrize("budget", ["ample", "spent", "none given"])
 def test_following_passes_stays_within_its_cpu_budget(
         budget: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Holds back to back (a 30 ms sleep in each pass) for a second: with the CPU allowance
@@ -475,6 +475,8 @@ def test_following_passes_stays_within_its_cpu_budget(
     loop_thread.start()
     try:
         wait_until(loop_thread.probes_after(3), what="the watchdog to check the loop")
+        if budget == "none given":  # by the collector, its budget over (`WatchShare`)
+            loop_thread.watchdogs.set_follow_share(0.0)
         loop_thread.pull()
         loop_thread.stalls.clear()
         until = time.monotonic() + 1.0
@@ -495,6 +497,8 @@ def test_following_passes_stays_within_its_cpu_budget(
     assert len(holds) >= 15, len(holds)
     if budget == "ample":
         assert len(located) >= len(holds) // 2 and dog.unfollowed == 0, (len(located), len(holds))
+    elif budget == "none given":  # what it had saved up goes too: nothing to follow with
+        assert located == [] and dog.unfollowed == 1, (len(located), dog.unfollowed)
     else:
         # And it stops waking for them: one check found the allowance spent, and the next
         # is due when it is back above zero (never, here), where it used to wake for each.

@@ -101,6 +101,7 @@ class FakeClient:
         self.closed = False
         self.pulls: list[float | None] = []
         self.keeps: list[tuple[int, float | None] | None] = []
+        self.watch_shares: list[float | None] = []
         # What the end's question about hung requests gets: their list, or an exception.
         self.stuck: list[UnfinishedRequest] | Exception = []
         self.asked_unfinished: list[float] = []
@@ -112,9 +113,11 @@ class FakeClient:
         return self.stuck
 
     def pull(self, max_requests: int | None = None, orphan_after: float | None = None,
-             keep: tuple[int, float | None] | None = None) -> AgentBatch:
+             keep: tuple[int, float | None] | None = None,
+             watch_share: float | None = None) -> AgentBatch:
         self.pulls.append(orphan_after)
         self.keeps.append(keep)
+        self.watch_shares.append(watch_share)
         if not self.answers:
             raise ConnectionRefusedError("nobody there")
         answer = self.answers.pop(0)

@@ -159,3 +159,36 @@ def test_the_budgets_room_is_what_the_last_window_left_of_it() -> None:
     budget.observe(WindowCost(seconds=8.0, rate_hz=5, pyspy_cpu=0.2, agent_cpu=0.08,
                               collector_cpu=0.12, capacity=1.0))  # 5% of one core
     assert budget.room() == pytest.approx(-0.03)
+
+
+def test_the_watchdogs_share_halves_over_budget_and_comes_back_with_room() -> None:
+    from apiscope.agent.loopwatch import FOLLOW_CPU_SHARE
+    from apiscope.collectors.budget import MIN_WATCH_SHARE, WatchShare
+
+    budget = OverheadBudget(0.02, requested_rate=100)
+    watch = WatchShare()
+    assert watch.observe(budget) == FOLLOW_CPU_SHARE  # no window yet
+    over = WindowCost(seconds=8.0, rate_hz=5, pyspy_cpu=0.1, agent_cpu=0.1, collector_cpu=0.1,
+                      capacity=1.0)  # 3.75 % of a core at the lowest rate
+    budget.observe(over)
+    assert watch.observe(budget) == FOLLOW_CPU_SHARE / 2
+    assert watch.observe(budget) == FOLLOW_CPU_SHARE / 2  # once per window, not per call
+    for _ in range(8):
+        budget.observe(over)
+        watch.observe(budget)
+    assert watch.share == MIN_WATCH_SHARE  # no lower
+    # A window at 1.5 % leaves 0.5 % of a core: room for twice the share in two processes.
+    within = WindowCost(seconds=8.0, rate_hz=5, pyspy_cpu=0.04, agent_cpu=0.04,
+                        collector_cpu=0.04, capacity=1.0)
+    budget.observe(within)
+    assert watch.observe(budget, processes=2) == MIN_WATCH_SHARE * 2
+    for _ in range(8):
+        budget.observe(within)
+        watch.observe(budget, processes=2)
+    assert watch.share == FOLLOW_CPU_SHARE  # back to the agents' default, no higher
+    # Within budget but without room for more: it holds.
+    tight = WindowCost(seconds=8.0, rate_hz=5, pyspy_cpu=0.05, agent_cpu=0.05,
+                       collector_cpu=0.055, capacity=1.0)  # 1.94 %
+    watch.share = FOLLOW_CPU_SHARE / 4
+    budget.observe(tight)
+    assert watch.observe(budget) == FOLLOW_CPU_SHARE / 4

@@ -62,6 +62,7 @@ QUEUED_SHARE = 0.5
 # this. Passes not followed for want of it are still recorded at their exact lengths.
 FOLLOW_CPU_SHARE = 0.005
 FOLLOW_CPU_BURST = 0.05
+MAX_FOLLOW_SHARE = 0.05  # the most a collector may give (`Watchdogs.set_follow_share`)
 
 Frame = tuple[str, str, int]  # (function as py-spy names it, absolute file, line)
 Stack = tuple[Frame, ...]
@@ -302,6 +303,15 @@ class LoopWatchdog(Background):
         # While alerted (and able to follow), wake as this pass becomes old enough to follow.
         return self._sleep(start + follow_at - now if alerted and self._follow_cpu.balance > 0
                            else period)
+
+    def set_follow_share(self, share: float) -> None:
+        """The share of a core that following may spend from now on (its burst scaled alike),
+        as the collector's budget allows (see `Watchdogs.set_follow_share`)."""
+        allowance = self._follow_cpu
+        allowance.refilled()  # what accrued so far, at the old rate
+        allowance.rate = share
+        allowance.capacity = FOLLOW_CPU_BURST * share / FOLLOW_CPU_SHARE
+        allowance.balance = min(allowance.balance, allowance.capacity)
 
     def _check_period(self, now: float) -> float:
         """Seconds between two checks: the loop interval, or while alerted a share of the

@@ -142,6 +142,8 @@ class Agent:
                 raise ValueError(f"max must be a positive integer, not {limit!r}")
             if "keep" in request:  # the share of requests to keep from now on (see Recorder)
                 self.recorder.keep(request["keep"], request.get("keep_slower_ms"))
+            if "watch_share" in request:  # what the loop watchdogs may spend following
+                self.watchdogs.set_follow_share(request["watch_share"])
             return self.pull(limit)
         if op == "dump":
             return dump_state()

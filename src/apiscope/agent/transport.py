@@ -3,7 +3,9 @@
 Protocol: newline-delimited JSON. The collector writes one request object per line
 (`{"op": "pull"}` or `{"op": "ping"}`) and reads one response object per line. A pull may
 say which requests to keep from then on (`"keep": n`, one in n at random, and
-`"keep_slower_ms"`: slower ones always; see `recorder.Recorder`). It answers
+`"keep_slower_ms"`: slower ones always; see `recorder.Recorder`), and the share of a core the
+loop watchdogs may spend following long passes (`"watch_share"`, see
+`watchdog.Watchdogs.set_follow_share`). It answers
 `{"pid", "ts", "requests": [[start, duration_ms, method, route, status, exc_type, exc_file,
 exc_line, queries, weight, first_byte_ms], ...], "routes": [...], "threadpool": {...} | null,
 "stats": {"recorded", "dropped", "skipped", "keep_every", "serve_cpu", "errors"},

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .gilwatch import GilMeter, GilWatchdog, has_gil
-from .loopwatch import LoopWatchdog
+from .loopwatch import FOLLOW_CPU_SHARE, MAX_FOLLOW_SHARE, LoopWatchdog
 
 ENV_PREFIX = "APISCOPE_WATCHDOG_"
 
@@ -96,6 +96,7 @@ class Watchdogs:
         # another one (one comparison per request).
         self.last_loop: asyncio.AbstractEventLoop | None = None
         self._retired_cpu = 0.0  # CPU seconds of loop watchdogs whose loop was closed
+        self.follow_share = FOLLOW_CPU_SHARE  # each loop watchdog's, as the collector says
         self._running = False
         self.errors = 0
 
@@ -121,9 +122,27 @@ class Watchdogs:
             dog = LoopWatchdog(loop, threading.get_ident(), threading.get_native_id(),
                                self.options, self._meter if has_gil() else None)
             dog.gil_futex = self._gil_futex
+            if self.follow_share != FOLLOW_CPU_SHARE:
+                dog.set_follow_share(self.follow_share)
             self._loops[id(loop)] = dog
             if self._running and self.options.loop_interval > 0 and self.options.enabled:
                 dog.start()
+
+    def set_follow_share(self, share: float) -> None:
+        """The share of a core each loop watchdog may spend following long passes (their
+        stacks, the kernel's looks), as the collector's overhead budget allows: following is
+        most of what the watchdogs cost while a loop is held now and then (0.5-1 % of a core
+        at the default share), and a budget spent elsewhere gives it less. Raises ValueError
+        for a share outside 0..MAX_FOLLOW_SHARE."""
+        if isinstance(share, bool) or not isinstance(share, (int, float)) \
+                or not 0.0 <= share <= MAX_FOLLOW_SHARE:
+            raise ValueError(f"watch_share must be a number from 0 to {MAX_FOLLOW_SHARE},"
+                             f" not {share!r}")
+        with self._lock:
+            self.follow_share = float(share)
+            dogs = list(self._loops.values())
+        for dog in dogs:
+            dog.set_follow_share(float(share))
 
     def start(self) -> None:
         """Start the watchdogs (loops met so far included); a no-op when running."""

@@ -30,7 +30,8 @@ class Client(Protocol):
     """An agent client as the collection uses it (`AgentClient`)."""
 
     def pull(self, max_requests: int | None = None, orphan_after: float | None = None,
-             keep: tuple[int, float | None] | None = None) -> AgentBatch: ...
+             keep: tuple[int, float | None] | None = None,
+             watch_share: float | None = None) -> AgentBatch: ...
 
     def unfinished(self, older_than: float) -> list[UnfinishedRequest]: ...
 

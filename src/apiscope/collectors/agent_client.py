@@ -122,14 +122,17 @@ class AgentClient:
             return False
 
     def pull(self, max_requests: int | None = None, orphan_after: float | None = None,
-             keep: tuple[int, float | None] | None = None) -> AgentBatch:
+             keep: tuple[int, float | None] | None = None,
+             watch_share: float | None = None) -> AgentBatch:
         """Drain the agent's finished requests (at most `max_requests`, else the agent's
         default); raises AgentUnavailable when nobody answers.
 
         `orphan_after` tells an injected agent how many seconds without a pull mean that its
         collector is gone (it then removes itself; see `apiscope.agent.orphan`). `keep`
         (every, slower_ms) asks it to keep one request in `every` from now on, and all of
-        `slower_ms` or longer (see `apiscope.agent.recorder.Recorder.keep`).
+        `slower_ms` or longer (see `apiscope.agent.recorder.Recorder.keep`); `watch_share`,
+        the share of a core its loop watchdogs may spend following long passes (see
+        `apiscope.agent.watchdog.Watchdogs.set_follow_share`).
         """
         message: dict[str, Any] = {"op": "pull"}
         if max_requests is not None:
@@ -138,6 +141,8 @@ class AgentClient:
             message["orphan_after"] = orphan_after
         if keep is not None:
             message["keep"], message["keep_slower_ms"] = keep
+        if watch_share is not None:
+            message["watch_share"] = watch_share
         # Our pid for the process, not the one it has in its container.
         return batch_from_json({**self.request(message), "pid": self.pid}, self.pid)
 
