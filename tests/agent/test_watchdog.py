@@ -499,6 +499,9 @@ def test_following_passes_stays_within_its_cpu_budget(
         assert len(located) >= len(holds) // 2 and dog.unfollowed == 0, (len(located), len(holds))
     elif budget == "none given":  # what it had saved up goes too: nothing to follow with
         assert located == [] and dog.unfollowed == 1, (len(located), dog.unfollowed)
+        # Given a share again, it follows again: the next follow is due at once.
+        dog.set_follow_share(0.005)
+        assert dog._next_follow == 0.0 and dog._follow_cpu.refilled() >= 0.0
     else:
         # And it stops waking for them: one check found the allowance spent, and the next
         # is due when it is back above zero (never, here), where it used to wake for each.

@@ -312,6 +312,7 @@ class LoopWatchdog(Background):
         allowance.rate = share
         allowance.capacity = FOLLOW_CPU_BURST * share / FOLLOW_CPU_SHARE
         allowance.balance = min(allowance.balance, allowance.capacity)
+        self._next_follow = 0.0  # due again as the new allowance says (none: never)
 
     def _check_period(self, now: float) -> float:
         """Seconds between two checks: the loop interval, or while alerted a share of the

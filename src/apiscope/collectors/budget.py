@@ -235,9 +235,10 @@ class WatchShare:
     """The share of a core each agent's loop watchdog may spend following its loop's long
     passes (their stacks and the kernel's looks), chosen window by window within the budget.
 
-    While a loop is held now and then, following is most of what the watchdogs cost (0.6-1 %
-    of a core at the agents' default share of 0.5 %: an API creating an HTTP client per
-    request read 3.1-3.4 % against a 2 % budget with sampling at its floor). A window over
+    While a loop is held now and then, following (and checking closely for the next hold)
+    is most of what the watchdogs cost: 12 ms of CPU a second at the agents' default share of
+    0.5 % on an API that created an HTTP client per request, which read 3.6 % against a 2 %
+    budget with sampling at its floor (3.6 ms a second with this, and 3.0-3.1 %). A window over
     budget at the lowest sampling rate halves the share (down to a sixteenth); a window that
     left room for twice the share in every process doubles it back, up to the default. Every
     long pass is still timed whatever the share: only how many are seen in the act changes.
