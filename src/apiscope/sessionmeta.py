@@ -64,6 +64,9 @@ class SessionMeta:
     # One request in n kept by the agents, now and at most (None: every request was kept).
     requests_kept_every: int | None = None
     requests_kept_every_max: int | None = None
+    # The share of a core the agents' loop watchdogs were last given for following long
+    # passes (None: never changed from the agents' own default; see collectors/budget.py).
+    watch_share: float | None = None
 
     @classmethod
     def from_stored(cls, values: Mapping[str, Any]) -> SessionMeta:
@@ -90,7 +93,8 @@ class SessionMeta:
             routing=dict(routing) if isinstance(routing := get("routing"), Mapping) else None,
             watchdog_cpu_seconds=_per_pid(get("watchdog_cpu_seconds")),
             requests_kept_every=_int(get("requests_kept_every")),
-            requests_kept_every_max=_int(get("requests_kept_every_max")))
+            requests_kept_every_max=_int(get("requests_kept_every_max")),
+            watch_share=_number(get("watch_share")))
 
 
 def _number(value: object) -> float | None:
