@@ -176,6 +176,7 @@ def sweep_stale_sockets(directory: str | None = None, min_age: float = STALE_AGE
 
 
 def _refused(path: str) -> bool:
+    """Whether connecting to the Unix socket `path` is refused: nobody listens there."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
@@ -197,17 +198,8 @@ def remove_stale_socket(pid: int) -> None:
     except ApiscopeError:
         return
     for path in candidates:
-        if not os.path.exists(path):
-            continue
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except ConnectionRefusedError:
+        if os.path.exists(path) and _refused(path):
             try:
                 os.unlink(path)
             except OSError:
                 pass
-        except OSError:
-            pass
-        finally:
-            probe.close()
