@@ -373,3 +373,15 @@ def test_a_stream_is_judged_by_the_time_to_its_head(tmp_path: Path) -> None:
     assert "100 of them streamed" in flag["evidence"]
     events = next(e for e in report["endpoints"] if e["route"] == "GET /events")
     assert (events["p95_ms"], events["first_byte_p95_ms"]) == (600.0, 3.0)
+
+
+def test_a_body_passed_on_in_pieces_right_after_its_head_is_not_called_a_stream(
+        tmp_path: Path) -> None:
+    # Starlette's BaseHTTPMiddleware hands every response on in pieces: the agent sees a body
+    # in several messages, all of it within a millisecond of the head.
+    spec = healthy()
+    spec.requests += [request("GET /report", T0 + 6 + i * 0.2, 700.4, first_byte_ms=700.0)
+                      for i in range(100)]
+    [flag] = flags_of(report_of(spec, tmp_path), "slow_endpoint")
+    assert flag["route"] == "GET /report" and flag["metric"]["p95_ms"] == 700.0
+    assert "streamed" not in flag["evidence"]

@@ -1,16 +1,28 @@
-"""A FastAPI app whose requests get stuck on purpose, for `apiscope dump`."""
+"""A FastAPI app whose requests get stuck on purpose, for `apiscope dump`.
+
+Behind an `@app.middleware("http")`, as many apps are: Starlette's `BaseHTTPMiddleware` runs
+the routes in a task of their own, which the request's task only waits for."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
 app = FastAPI()
 lock = asyncio.Lock()
 release = threading.Event()  # set by GET /release: every stuck request then finishes
+
+
+@app.middleware("http")
+async def timing_header(request: Request, call_next: Any) -> Response:
+    started = time.perf_counter()
+    response: Response = await call_next(request)
+    response.headers["server-timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
+    return response
 
 
 @app.get("/")

@@ -1,10 +1,13 @@
 """`apiscope dump` on a real uvicorn server with requests stuck on purpose: a slow await, an
-asyncio.Lock held by another request, a sync sleep in the thread pool."""
+asyncio.Lock held by another request, a sync sleep in the thread pool. The app's routes run
+behind an `@app.middleware("http")`, in a task of their own: each request is listed once,
+at what its route waits for."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,13 +104,39 @@ def _check_requests(requests: dict[str, dict[str, Any]]) -> None:
 
 
 def _all_in_flight(state: dict[str, Any]) -> dict[str, Any] | None:
-    return state if set(STUCK) <= set(by_route(state)) else None
+    if not set(STUCK) <= set(by_route(state)):
+        return None
+    assert sorted(r["route"] for r in state["requests"]) == sorted(STUCK)  # each one once
+    return state
 
 
 def _later(state: dict[str, Any], before: dict[str, Any]) -> dict[str, Any] | None:
     old, new = by_route(before), by_route(state)
     grew = all(new[p]["elapsed_s"] > old[p]["elapsed_s"] + 0.2 for p in STUCK if p in new)
     return state if grew and set(STUCK) <= set(new) else None
+
+
+def test_a_request_from_before_the_agent_is_listed_once_at_its_route_s_await(
+        server: ServerProcess, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("APISCOPE_SOCKET_DIR", str(tmp_path))
+    client = threading.Thread(target=_get, args=(server.url + "/slow-await",), daemon=True)
+    client.start()
+    try:
+        # The server's task and the task the middleware runs the route in both hold the
+        # request's scope; neither has the agent's frame (it came in before the agent).
+        time.sleep(1.0)
+        state = dump(server.pid, capsys)  # injects the agent
+        [row] = state["requests"]
+        assert row["before_agent"] and row["elapsed_s"] is None
+        assert row["route"] == "/slow-await"
+        assert (row["await_chain"][-1]["function"], row["await_chain"][-2]) == (
+            "sleep", {"function": "slow_await", "file": str(APP_FILE),
+                      "line": line_of("SLOW_AWAIT_LINE")})
+        assert row["awaiting"].startswith("Future")
+    finally:
+        _get(server.url + "/release")
+        client.join(10)
 
 
 def test_pool_thread_stack_is_at_the_sleeping_line(

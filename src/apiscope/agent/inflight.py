@@ -209,7 +209,8 @@ def route_now(middleware: Any, scope: Any) -> str:
 def _request_of(task: Any) -> tuple[Any, Any, dict[str, Any]] | None:
     """(the agent's middleware, its `_Request`, the scope) of the HTTP request a task serves;
     (None, None, scope) when no middleware frame of the agent's is in its chain (the request
-    came in before the agent did); None for a task serving no HTTP request."""
+    came in before the agent did, or this is a task of a request's own: see `_requests`);
+    None for a task serving no HTTP request."""
     obj = task.get_coro()
     first_scope = None
     for _ in range(MAX_DEPTH):
@@ -230,6 +231,57 @@ def _request_of(task: Any) -> tuple[Any, Any, dict[str, Any]] | None:
     return (None, None, first_scope) if first_scope is not None else None
 
 
+class _Served:
+    """One request in flight: the task the server runs it in, the agent's middleware and
+    `_Request` when the agent timed it, its scope, and the tasks of its own (`_requests`)."""
+
+    __slots__ = ("helpers", "middleware", "request", "scope", "task")
+
+    def __init__(self, task: Any, middleware: Any, request: Any, scope: dict[str, Any],
+                 helpers: list[Any]) -> None:
+        self.task, self.middleware, self.request = task, middleware, request
+        self.scope, self.helpers = scope, helpers
+
+
+def _requests(loop: asyncio.AbstractEventLoop) -> list[_Served]:
+    """The HTTP requests a loop's tasks serve, each once.
+
+    A request's work may go on in a task of its own that the request's task only waits for
+    (Starlette's `BaseHTTPMiddleware`, which FastAPI's `@app.middleware("http")` is, runs the
+    app behind it so, as do task groups). Such a task holds the same scope, so tasks are
+    grouped by scope. The request's own task is the one the agent's middleware times. For a
+    request that came in before the agent it cannot be told apart for sure (a task records no
+    parent), and what the request waits for is taken to be at the end of the deepest chain,
+    as it is for the others (`_continued`): the shortest chain is taken for the request's."""
+    groups: dict[int, list[tuple[Any, tuple[Any, Any, dict[str, Any]], int]]] = {}
+    for task in asyncio.all_tasks(loop):
+        found = _request_of(task)
+        if found is not None:
+            depth = len(await_chain(task)[0]) if found[0] is None else 0
+            groups.setdefault(id(found[2]), []).append((task, found, depth))
+    served = []
+    for members in groups.values():
+        task, (middleware, request, scope), _ = min(
+            members, key=lambda m: (m[1][0] is None, m[2]))
+        served.append(_Served(task, middleware, request, scope,
+                              [t for t, _, _ in members if t is not task]))
+    return served
+
+
+def _continued(row: dict[str, Any], served: _Served, loop_thread: int | None,
+               frames: dict[int, FrameType]) -> dict[str, Any]:
+    """A request's row whose chain goes on in the deepest of its own tasks, when it has any:
+    what that task awaits is what the request waits for."""
+    inner = [_request_row("", "", "", None, helper, loop_thread, frames)
+             for helper in served.helpers]
+    if inner:
+        deepest = max(inner, key=lambda r: len(r["await_chain"]))
+        row["await_chain"] = row["await_chain"] + deepest["await_chain"]
+        row["awaiting"], row["thread"] = deepest["awaiting"], deepest["thread"]
+        row["running"] = deepest["running"]
+    return row
+
+
 def _loops() -> list[asyncio.AbstractEventLoop]:
     return [o for o in gc.get_objects()
             if isinstance(o, asyncio.AbstractEventLoop) and not o.is_closed()]
@@ -239,19 +291,16 @@ def _in_flight(frames: dict[int, FrameType], now: float) -> list[dict[str, Any]]
     rows = []
     for loop in _loops():
         thread = getattr(loop, "_thread_id", None)
-        for task in asyncio.all_tasks(loop):
-            found = _request_of(task)
-            if found is None:
-                continue
-            middleware, request, scope = found
+        for served in _requests(loop):
+            scope = served.scope
             method, path = str(scope.get("method", "")), str(scope.get("path", ""))
-            if middleware is None:
-                row = _request_row(path, method, path, None, task, thread, frames)
+            if served.middleware is None:
+                row = _request_row(path, method, path, None, served.task, thread, frames)
                 row["before_agent"] = True
             else:
-                row = _request_row(route_now(middleware, scope), method, path,
-                                   now - request.called, task, thread, frames)
-            rows.append(row)
+                row = _request_row(route_now(served.middleware, scope), method, path,
+                                   now - served.request.called, served.task, thread, frames)
+            rows.append(_continued(row, served, thread, frames))
     return rows
 
 
@@ -267,11 +316,9 @@ def unfinished(loops: list[asyncio.AbstractEventLoop], older_than: float,
     frames of its await chain, and the stack of the thread running it when that is a worker
     thread (a sync handler) or the loop thread running it now.
 
-    A request's work may go on in a task of its own that its task only waits for (Starlette's
-    `BaseHTTPMiddleware` runs the app behind it so, as do task groups): such a task holds the
-    request's scope, and its chain continues the request's (the deepest one when there are
-    several). Only the loops the agent met are walked (no search of the heap, unlike a dump):
-    this runs once, as a collection ends, on a server that is serving."""
+    A request's work may go on in tasks of its own (see `_requests`): the deepest one's chain
+    continues the request's. Only the loops the agent met are walked (no search of the heap,
+    unlike a dump): this runs once, as a collection ends, on a server that is serving."""
     frames = sys._current_frames()
     now = clock()
     rows: list[dict[str, Any]] = []
@@ -279,28 +326,17 @@ def unfinished(loops: list[asyncio.AbstractEventLoop], older_than: float,
         if loop.is_closed():
             continue
         loop_thread = getattr(loop, "_thread_id", None)
-        timed: list[tuple[Any, Any, Any, dict[str, Any]]] = []
-        helpers: dict[int, list[Any]] = {}
-        for task in asyncio.all_tasks(loop):
-            found = _request_of(task)
-            if found is None:
-                continue
-            if found[0] is None:  # a task of a request's own: keyed by the scope it holds
-                helpers.setdefault(id(found[2]), []).append(task)
-            else:
-                timed.append((task, *found))
-        for task, middleware, request, scope in timed:
+        for served in _requests(loop):
+            request = served.request
+            if request is None:
+                continue  # came in before the agent: not timed
             elapsed = now - request.called
             if elapsed < older_than or request.head is not None:
                 continue
-            row = _request_row(route_now(middleware, scope), str(scope.get("method", "")),
-                               "", elapsed, task, loop_thread, frames)
-            inner = [_request_row("", "", "", None, helper, loop_thread, frames)
-                     for helper in helpers.get(id(scope), ())]
-            if inner:
-                deepest = max(inner, key=lambda r: len(r["await_chain"]))
-                row["await_chain"] = row["await_chain"] + deepest["await_chain"]
-                row["awaiting"], row["thread"] = deepest["awaiting"], deepest["thread"]
+            row = _request_row(route_now(served.middleware, served.scope),
+                               str(served.scope.get("method", "")), "", elapsed, served.task,
+                               loop_thread, frames)
+            row = _continued(row, served, loop_thread, frames)
             thread = row.pop("thread")
             frame = frames.get(thread) if thread is not None else None
             row["thread_stack"] = thread_stack(frame)[-CHAIN_KEPT:] if frame else []

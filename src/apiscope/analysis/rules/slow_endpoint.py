@@ -11,7 +11,11 @@ report's endpoint table still shows the route's latency.
 
 A streamed response (server-sent events, a download, generated tokens) lasts as long as its
 stream by design: its latency is the time to the response's head (`RequestRecord.latency_ms`),
-what the client waited before the stream began.
+what the client waited before the stream began. The evidence names as streams only the
+responses whose body went on for `STREAM_MIN_MS` and `STREAM_MIN_SHARE` of the request after the
+head: a middleware that passes every response on in pieces (Starlette's `BaseHTTPMiddleware`,
+which FastAPI's `@app.middleware("http")` is) sends a whole body within a millisecond of its
+head, and such a request is not a stream to the user.
 
 p95 is judged on the requests after the session's warm-up (`warmup_end`, as the other
 steady-state rules do), when at least `min_requests` of them remain: the first requests of a
@@ -54,11 +58,13 @@ from apiscope.analysis.stats import percentile, warmup_end
 from apiscope.analysis.thresholds import grade
 from apiscope.analysis.unfinished import SUGGESTION as SUGGEST_STUCK
 from apiscope.analysis.unfinished import Stuck, stuck_requests
-from apiscope.model import Frame, ThreadRole
+from apiscope.model import Frame, RequestRecord, ThreadRole
 
 STARVED_SHARE = 0.25
 LIBRARY_SHARE = 0.5
 LOOP_SHARE = 0.5
+STREAM_MIN_MS = 10.0
+STREAM_MIN_SHARE = 0.1
 
 SUGGEST_CAPACITY = ("the host's CPUs were saturated: give the server more CPU or fewer"
                     " competing processes, or reduce the CPU the busiest routes use (see"
@@ -174,7 +180,7 @@ class SlowEndpointRule:
                 continue
             evidence = (f"p95 {p95:.0f} ms over {len(records)} requests, above the"
                         f" {ctx.slo_ms:.0f} ms objective (p50 {percentile(latencies, 0.5):.0f} ms)")
-            streams = [r.duration_ms for r in records if r.first_byte_ms is not None]
+            streams = [r.duration_ms for r in records if _streamed(r)]
             if streams:
                 evidence += (f"; {len(streams)} of them streamed, timed to the response's head"
                              f" (their whole streams p50 {percentile(sorted(streams), 0.5):.0f}"
@@ -207,6 +213,16 @@ class SlowEndpointRule:
             flags.append(make_flag(self.kind, severity, endpoint, loc, evidence, metric,
                                    suggestion))
         return flags
+
+
+def _streamed(record: RequestRecord) -> bool:
+    """A response whose body went on after its head long enough to be a stream (see the module
+    docstring)."""
+    head = record.first_byte_ms
+    if head is None:
+        return False
+    body = record.duration_ms - head
+    return body >= STREAM_MIN_MS and body >= STREAM_MIN_SHARE * record.duration_ms
 
 
 def _stuck_metric(found: Stuck) -> dict[str, MetricValue]:
