@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
+from pathlib import Path
 
 import pytest
 
-from apiscope.agent.profiling import AWAIT, Profiled, RequestProfiling, SliceProfiler
+from apiscope.agent.profiling import (
+    AWAIT,
+    Profiled,
+    ProfileRun,
+    RequestProfiling,
+    SliceProfiler,
+)
 
 
 def profiler() -> SliceProfiler:
@@ -65,3 +73,138 @@ def test_cancellation_reaches_the_driven_coroutine() -> None:
 
     asyncio.run(main())
     assert cleaned == ["finally ran"]
+
+
+# -- a request whose route runs in a task of its own ---------------------------------------
+
+WORK_SECONDS = 0.05
+
+
+async def _route_work() -> None:
+    await asyncio.sleep(WORK_SECONDS)  # route-await
+
+
+async def _delegating_app(scope: dict[str, object], receive: object, send: object) -> None:
+    """As Starlette's BaseHTTPMiddleware does: the rest of the app runs in a task holding the
+    scope, which the request's task waits for through an event."""
+    done = asyncio.Event()
+
+    async def rest_of_app() -> None:
+        assert scope["type"] == "http"
+        await _route_work()
+        done.set()
+
+    task = asyncio.get_running_loop().create_task(rest_of_app())
+    await done.wait()  # the hand-over
+    await task
+
+
+async def _gathering_app(scope: dict[str, object], receive: object, send: object) -> None:
+    await asyncio.gather(_route_work(), _route_work())  # gather-line
+
+
+def _tree(records: object) -> dict[tuple[str, int], tuple[float, float]]:
+    """(function, line) -> (time, await seconds) of every node of a profile's tree."""
+    from apiscope.agent.profiletree import build_tree
+
+    out: dict[tuple[str, int], tuple[float, float]] = {}
+    stack = [build_tree(records, "GET /")]  # type: ignore[arg-type]
+    while stack:
+        node = stack.pop()
+        seen = out.get((node.function, node.line), (0.0, 0.0))
+        out[(node.function, node.line)] = (seen[0] + node.time, seen[1] + node.awaited)
+        stack.extend(node.children.values())
+    return out
+
+
+def _line(marker: str) -> int:
+    lines = Path(__file__).read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if text.rstrip().endswith(marker))
+
+
+def _profile(app: object) -> tuple[object, float]:
+    run_holder: list[ProfileRun] = []
+
+    async def main() -> float:
+        run = ProfileRun(("GET", "/"), profiler())
+        run_holder.append(run)
+        began = time.perf_counter()
+        await run.around(app, {"type": "http", "path": "/"}, None, None)  # type: ignore[arg-type]
+        return time.perf_counter() - began
+
+    took = asyncio.run(main())
+    return run_holder[0].records, took
+
+
+def test_a_task_holding_the_request_s_scope_is_followed_into_the_profile() -> None:
+    records, took = _profile(_delegating_app)
+    nodes = _tree(records)
+    # The route's await is in the request's profile, at its line, under the frames that
+    # started its task.
+    time_, _ = nodes[("_route_work", _line("# route-await"))]
+    assert time_ >= WORK_SECONDS * 0.9
+    assert ("_delegating_app", _line("# the hand-over")) in nodes
+    # The request's own wait for the task is only the hand-over, not the route's 50 ms again.
+    handover = sum(a for (function, _), (_, a) in nodes.items()
+                   if function == "_delegating_app")
+    assert handover < WORK_SECONDS / 2
+    total = sum(seconds for _, seconds in records)  # type: ignore[attr-defined]
+    assert took * 0.8 <= total <= took * 1.05  # no time counted twice
+
+
+def test_tasks_without_the_scope_are_not_followed() -> None:
+    records, _ = _profile(_gathering_app)
+    nodes = _tree(records)
+    assert ("_route_work", _line("# route-await")) not in nodes
+    _, awaited = nodes[("_gathering_app", _line("# gather-line"))]
+    assert awaited >= WORK_SECONDS * 0.9  # the gather's wait stays at the line that waits
+
+
+def test_the_loop_s_task_factory_is_the_previous_one_after_each_slice() -> None:
+    made: list[object] = []
+
+    def counting_factory(loop: asyncio.AbstractEventLoop, coro: object,
+                         **kwargs: object) -> asyncio.Task[object]:
+        task = asyncio.Task(coro, loop=loop, **kwargs)  # type: ignore[arg-type]
+        made.append(task)
+        return task
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(counting_factory)
+        run = ProfileRun(("GET", "/"), profiler())
+        await run.around(_delegating_app, {"type": "http"}, None, None)
+        assert loop.get_task_factory() is counting_factory
+        assert len(made) == 1  # the followed task was still made by the app's factory
+        assert run.records is not None
+        loop.set_task_factory(None)
+        await ProfileRun(("GET", "/"), profiler()).around(_delegating_app, {"type": "http"},
+                                                          None, None)
+        assert loop.get_task_factory() is None
+
+    asyncio.run(main())
+
+
+def test_a_dump_sees_through_the_driver_into_the_request_s_chain() -> None:
+    from apiscope.agent.inflight import await_chain
+
+    async def stuck(event: asyncio.Event) -> None:
+        await event.wait()  # stuck-line
+
+    async def main() -> None:
+        event = asyncio.Event()
+
+        async def request() -> None:
+            await Profiled(profiler(), stuck(event))
+
+        task = asyncio.get_running_loop().create_task(request())
+        await asyncio.sleep(0.01)
+        chain, awaiting, _ = await_chain(task)
+        event.set()
+        await task
+        functions = [(f["function"].rsplit(".", 1)[-1], f["line"]) for f in chain]
+        assert ("stuck", _line("# stuck-line")) in functions
+        assert "drive" not in [name for name, _ in functions]
+        assert functions[-1][0] == "wait" and awaiting is not None
+
+    asyncio.run(main())

@@ -67,12 +67,15 @@ def store(path: Path, pid: int, pulled: Pulled, start: float, end: float) -> Non
         writer.flush()
 
 
+@pytest.mark.parametrize("http_middleware", ["0", "1"], ids=["plain", "http-middleware"])
 def test_live_profiles_name_the_await_line_and_spare_the_cpu_route(
-        sock_dir: str, tmp_path: Path) -> None:
+        sock_dir: str, tmp_path: Path, http_middleware: str) -> None:
+    """Also behind `@app.middleware("http")`, whose tasks the profiles follow."""
     port = free_port()
     # The caps lifted: this test is about what the profiles say, not how many there are.
     env = {"APISCOPE_SOCKET_DIR": sock_dir, "APISCOPE_PROFILE_EVERY": "2",
-           "APISCOPE_PROFILE_MAX_PER_SECOND": "50", "APISCOPE_PROFILE_MAX_SHARE": "0"}
+           "APISCOPE_PROFILE_MAX_PER_SECOND": "50", "APISCOPE_PROFILE_MAX_SHARE": "0",
+           "PROFILED_APP_HTTP_MIDDLEWARE": http_middleware}
     argv = uvicorn_argv("tests.profiling.profiled_app:app", port)
     with run_server(argv, port, ready_path="/health", env=env) as server, \
             AgentClient(server.pid, timeout=5.0) as client:

@@ -54,12 +54,22 @@ def thread_stack(frame: FrameType | None) -> list[FrameInfo]:
 
 def _awaitable_frame(obj: Any) -> tuple[FrameType | None, Any]:
     """The frame of a coroutine, async generator (or its asend/athrow) or generator, and what
-    it awaits in turn."""
+    it awaits in turn. A profiled request's coroutine is driven by the profiler's generator
+    (`SliceProfiler.drive`): the chain goes on in the coroutine it drives."""
     for frame_name, next_name in (("cr_frame", "cr_await"), ("ag_frame", "ag_await"),
                                   ("gi_frame", "gi_yieldfrom")):
         if hasattr(obj, frame_name):
-            return getattr(obj, frame_name), getattr(obj, next_name, None)
+            frame = getattr(obj, frame_name)
+            if frame_name == "gi_frame" and frame is not None and _is_drive(frame):
+                return _awaitable_frame(frame.f_locals.get("coro"))
+            return frame, getattr(obj, next_name, None)
     return None, None
+
+
+def _is_drive(frame: FrameType) -> bool:
+    # By class name: the injected copy of this package has its own SliceProfiler.
+    return frame.f_code.co_name == "drive" and \
+        type(frame.f_locals.get("self")).__name__ == "SliceProfiler"
 
 
 def _own_attribute(value: Any, name: str) -> Any:

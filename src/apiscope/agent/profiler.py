@@ -10,6 +10,17 @@ request's whole life: measured here, every other request's Python code on the lo
 times slower meanwhile, which on a busy server doubled latencies. Driven by slices, only the
 profiled request pays.
 
+A request's work may go on in a task of its own that the request's task only waits for:
+Starlette's `BaseHTTPMiddleware` (FastAPI's `@app.middleware("http")`) runs the app behind it
+so, and each such middleware adds one task more. Such a task is *followed*: while a profiled
+slice runs, the loop's task factory is ours (`_Follower`, the previous one restored as the
+slice ends), and a task started then whose coroutine holds the request's ASGI scope is driven
+by a profiler of its own, recording into the request's profile under the frames that started
+it. The request's own wait for it is then only what its followed tasks did not record (the
+hand-overs between tasks), so no time is counted twice. Other tasks (`asyncio.gather`'s, a
+background job's) hold no scope and stay outside, as before: their time is the await that
+waits for them. Once the request ends its followed tasks are no longer recorded.
+
 The options live here, below both the request path (`profiling`, which decides what to
 profile) and the compaction (`profiletree`, which turns the records into the shipped tree),
 since each of them reads some of them. Nothing here imports pyinstrument: the driver is handed
@@ -18,8 +29,11 @@ its sampler by `RequestProfiling`.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 import time
+import types
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -27,6 +41,8 @@ from typing import Any
 ENV_PREFIX = "APISCOPE_PROFILE_"
 AWAIT = "[await]"
 MAX_AWAIT_DEPTH = 200
+MAX_FOLLOWED = 8  # tasks followed per request (nested http middlewares: one each)
+SCOPE_HOPS = 3  # coroutines and wrappers looked through for the scope a new task holds
 
 Records = Sequence[tuple[Sequence[str], float]]  # pyinstrument's (root-first stack, seconds)
 
@@ -79,22 +95,57 @@ class SliceProfiler:
     suspensions timed here. `records` are pyinstrument-style (stack, seconds) pairs."""
 
     def __init__(self, sampler: Callable[[], Any], frame_info: Callable[[Any], str],
-                 interval: float, clock: Callable[[], float] = time.perf_counter) -> None:
+                 interval: float, clock: Callable[[], float] = time.perf_counter,
+                 parent: SliceProfiler | None = None, prefix: Sequence[str] = ()) -> None:
         self._sampler = sampler  # pyinstrument's per-thread StackSampler
         self._frame_info = frame_info  # pyinstrument's frame identifier, for matching stacks
         self._interval = interval
         self._clock = clock
-        self.records: list[tuple[Sequence[str], float]] = []
+        # A followed task's profiler records into its request's list, under `prefix` (the
+        # request's frames that started the task, below the anchor).
+        self.records: list[tuple[Sequence[str], float]] = (
+            parent.records if parent is not None else [])
+        self.parent = parent
+        self.prefix = list(prefix)
         self.sampling = True
         self._sampled = 0.0
         self.spent = 0.0  # seconds the slices ran, the profiler's work in and around them
         # Charged with each slice as it ends (a `TimeBudget`); a slice is sampled only while
         # it has a balance, and timed only otherwise.
-        self.budget: Any = None
+        self.budget: Any = parent.budget if parent is not None else None
         self._sampling_slice = False
+        # The request's (root) profiler only: its scope and loop, set by `ProfileRun.around`.
+        self.scope: Any = None
+        self.loop: Any = None
+        self.finished = False  # the request ended: its followed tasks record no more
+        self.followed = 0.0  # seconds recorded by the tasks followed from this one
+        self._follower: _Follower | None = None
+        self._started_here: list[SliceProfiler] = []  # tasks followed from the current slice
+        self._count = 0  # (root) tasks followed
+
+    @property
+    def root(self) -> SliceProfiler:
+        node = self
+        while node.parent is not None:
+            node = node.parent
+        return node
+
+    def _record(self, stack: Sequence[str], seconds: float) -> None:
+        """Add a record of this task's; a followed task's goes under its prefix, and counts as
+        followed time for every task above it."""
+        parent = self.parent
+        if parent is None:
+            self.records.append((stack, seconds))
+            return
+        if self.root.finished:
+            return
+        self.records.append(([ANCHOR_INFO, *self.prefix, *_below_anchor(stack)], seconds))
+        while parent is not None:
+            parent.followed += seconds
+            parent = parent.parent
 
     def _saw(self, call_stack: list[str], seconds: float, async_state: Any) -> None:
-        self.records.append((call_stack, seconds))
+        self._record(call_stack, seconds)
         self._sampled += seconds
 
     def drive(self, coro: Any) -> Generator[Any, Any, Any]:
@@ -114,6 +165,7 @@ class SliceProfiler:
                 raise
             awaiting = self._stop(started, coro)
             suspended = self._clock()
+            followed = self.followed
             try:
                 value, error = (yield yielded), None
             except GeneratorExit:
@@ -121,10 +173,17 @@ class SliceProfiler:
                 raise
             except BaseException as exc:  # cancellation, thrown in by the task: pass it on
                 value, error = None, exc
-            self.records.append(([*awaiting, AWAIT], self._clock() - suspended))
+            # What the tasks it waited for recorded meanwhile is theirs, not this await's.
+            waited = self._clock() - suspended - (self.followed - followed)
+            if waited > 0:
+                self._record([*awaiting, AWAIT], waited)
 
     def _start(self) -> float:
         self._sampled = 0.0
+        root = self.root
+        if root.finished:  # a followed task outliving its request: passed through only
+            self._sampling_slice = False
+            return self._clock()
         budget = self.budget
         self._sampling_slice = self.sampling and (budget is None or budget.allows())
         if self._sampling_slice:
@@ -133,12 +192,19 @@ class SliceProfiler:
                                           use_async_context=False)
             except Exception:  # another profiler's settings clash: time the slices only
                 self.sampling = False
+        if root.scope is not None and root.loop is not None and root._count < MAX_FOLLOWED:
+            self._follower = _Follower.install(root.loop, self)
         return self._clock()
 
     def _stop(self, started: float, coro: Any) -> list[str]:
         """End a slice; its time the sampler did not see is charged to where it stopped."""
         stepped = self._clock()
         elapsed = stepped - started
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.remove()
+        if self.root.finished:
+            return []
         if self._sampling_slice:
             try:
                 self._sampler().unsubscribe(self._saw)
@@ -146,14 +212,44 @@ class SliceProfiler:
                 self.sampling = False
         stack = [ANCHOR_INFO, *self._awaiting(coro)]
         if elapsed > self._sampled:
-            self.records.append((stack, elapsed - self._sampled))
+            self._record(stack, elapsed - self._sampled)
+        if self._started_here:  # tasks this slice started: under what it went on to await
+            for child in self._started_here:
+                child.prefix = self.prefix + _common(stack[1:],
+                                                     child.prefix[len(self.prefix):])
+            self._started_here = []
         # A sampled slice costs its whole time (the samples slow the code they sample); a
         # timed one, the bookkeeping after it.
         spent = self._clock() - (started if self._sampling_slice else stepped)
-        self.spent += spent
+        self.root.spent += spent  # a followed task's slices are its request's cost
         if self.budget is not None:
             self.budget.spend(spent)
         return stack
+
+    def follow(self, coro: Any) -> Any:
+        """`coro`, driven by a profiler of its own when it holds the request's scope (a task
+        the running slice starts: see the module docstring); else `coro` itself."""
+        root = self.root
+        if root._count >= MAX_FOLLOWED or not _holds(coro, root.scope, SCOPE_HOPS):
+            return coro
+        root._count += 1
+        child = SliceProfiler(self._sampler, self._frame_info, self._interval, self._clock,
+                              parent=self, prefix=self.prefix + self._starting_frames())
+        child.sampling = self.sampling
+        self._started_here.append(child)
+        return _followed(child, coro)
+
+    def _starting_frames(self) -> list[str]:
+        """This task's frames from the anchor down to the call that starts a task (the frames
+        of the task machinery below it are cut when the slice ends, see `_stop`)."""
+        frames = []
+        frame: types.FrameType | None = sys._getframe(2)
+        while frame is not None and frame.f_code is not _DRIVE_CODE:
+            frames.append(frame)
+            frame = frame.f_back
+        if frame is None:
+            return []
+        return [self._frame_info(f) for f in reversed(frames)]
 
     def _awaiting(self, coro: Any) -> list[str]:
         """Frame identifiers of the chain of suspended coroutines, outermost first."""
@@ -192,15 +288,116 @@ class ProfileRun:
         self.records: Records | None = None
 
     async def around(self, call: Callable[..., Awaitable[None]], *args: Any) -> None:
+        profiler = self.profiler
+        if args and isinstance(args[0], dict):  # the scope: tasks holding it are followed
+            profiler.scope = args[0]
+            profiler.loop = asyncio.get_running_loop()
         try:
-            await Profiled(self.profiler, call(*args))
+            await Profiled(profiler, call(*args))
         finally:
-            self.records = self.profiler.records
+            profiler.finished = True
+            self.records = profiler.records
 
 
-ANCHOR = ("drive", SliceProfiler.drive.__code__.co_filename,
-          SliceProfiler.drive.__code__.co_firstlineno)
+async def _followed(profiler: SliceProfiler, coro: Any) -> Any:
+    """A followed task's coroutine: `coro`, driven by `profiler`."""
+    return await Profiled(profiler, coro)
+
+
+class _Follower:
+    """The loop's task factory while a profiled slice runs: a task the slice starts is
+    created as the previous factory (or asyncio's own) would, its coroutine followed when it
+    holds the request's scope."""
+
+    __slots__ = ("loop", "previous", "profiler")
+
+    def __init__(self, loop: Any, previous: Any, profiler: SliceProfiler) -> None:
+        self.loop, self.previous, self.profiler = loop, previous, profiler
+
+    @classmethod
+    def install(cls, loop: Any, profiler: SliceProfiler) -> _Follower | None:
+        try:
+            follower = cls(loop, loop.get_task_factory(), profiler)
+            loop.set_task_factory(follower)
+        except Exception:  # a loop without factories: nothing is followed
+            return None
+        return follower
+
+    def remove(self) -> None:
+        """The previous factory back, unless the slice set one of its own meanwhile."""
+        try:
+            if self.loop.get_task_factory() is self:
+                self.loop.set_task_factory(self.previous)
+        except Exception:
+            pass
+
+    def __call__(self, loop: Any, coro: Any, **kwargs: Any) -> Any:
+        try:
+            coro = self.profiler.follow(coro)
+        except Exception:  # never in the way of the task
+            pass
+        if self.previous is not None:
+            return self.previous(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+
+def _holds(value: Any, scope: Any, hops: int) -> bool:
+    """Whether `value` is the scope, or a coroutine (or an object keeping one, as anyio's
+    task handle does) with the scope among its locals, within `hops` steps."""
+    if value is scope:
+        return True
+    if hops <= 0:
+        return False
+    frame = getattr(value, "cr_frame", None) if isinstance(value, types.CoroutineType) \
+        else None
+    if frame is not None:
+        try:
+            values = list(frame.f_locals.values())
+        except Exception:
+            return False
+        return any(_holds(v, scope, hops - 1) for v in values)
+    for name in ("_coro", "coro"):  # an instance's own attribute, no property run
+        attribute = type(value).__dict__.get(name) if hasattr(type(value), "__dict__") \
+            else None
+        if isinstance(attribute, types.MemberDescriptorType):
+            try:
+                inner = attribute.__get__(value)
+            except AttributeError:
+                continue
+        else:
+            inner = getattr(value, "__dict__", {}).get(name) if hasattr(
+                value, "__dict__") else None
+        if isinstance(inner, types.CoroutineType):
+            return _holds(inner, scope, hops - 1)
+    return False
+
+
+def _common(awaiting: Sequence[str], starting: Sequence[str]) -> list[str]:
+    """The frames of `awaiting` (at the lines they await) down to where the two stacks part:
+    the same function in the same file, whatever line it is at."""
+    size = 0
+    while size < len(awaiting) and size < len(starting) and \
+            _function(awaiting[size]) == _function(starting[size]):
+        size += 1
+    return list(awaiting[:size])
+
+
+def _function(info: str) -> str:
+    """A pyinstrument frame identifier without its line: the function and its file."""
+    return "\x01".join(part for part in info.split("\x01") if not part.startswith("l"))
+
+
+_DRIVE_CODE = SliceProfiler.drive.__code__
+ANCHOR = ("drive", _DRIVE_CODE.co_filename, _DRIVE_CODE.co_firstlineno)
 ANCHOR_INFO = "\x00".join((ANCHOR[0], ANCHOR[1], str(ANCHOR[2])))
+
+
+def _below_anchor(stack: Sequence[str]) -> Sequence[str]:
+    """The frames of a stack below its first anchor (all of it without one)."""
+    for index, info in enumerate(stack):
+        if info.startswith(ANCHOR_INFO):
+            return stack[index + 1:]
+    return stack
 
 
 __all__ = [
