@@ -16,6 +16,7 @@ from tests.profiling.trees import (
     healthy_with_orders,
     node,
     series,
+    waiting_profile,
 )
 
 ROOTS = ("/srv/shop",)
@@ -182,3 +183,31 @@ def test_merged_tree_sums_matched_nodes_heaviest_first() -> None:
     assert [(c.function, c.time_ms, c.await_ms) for c in merged.children] == [
         ("g", 18.0, 0.0), ("f", 6.0, 0.0), ("h", 5.0, 5.0)]
     assert merge_trees([a]) == a and merge_trees([]) is None
+
+
+def test_a_route_waiting_to_be_notified_is_said_so_and_graded_low(tmp_path: Path) -> None:
+    # A long poll: each request waits up to 2 s for an asyncio Event another request sets.
+    spec = healthy_with_orders()
+    spec.requests += [request("GET /orders", T0 + i * 0.7, 2000.0) for i in range(40)]
+    spec.profiles = series(waiting_profile, "GET /orders", 6, 2000.0, 1990.0)
+    report = report_of(spec, tmp_path)
+    for kind in ("slow_await", "slow_endpoint"):
+        [flag] = [f for f in flags_of(report, kind) if f["route"] == "GET /orders"]
+        assert flag["severity"] == "low", kind
+        assert flag["location"]["line"] == 52
+        assert ("there it waits in Event.wait() for something else in this process to notify"
+                " it") in flag["evidence"]
+        assert flag["metric"]["waits_for"] == "Event.wait"
+        assert "long poll" in flag["suggestion"]
+
+
+def test_a_route_waiting_for_a_lock_is_not_taken_for_a_long_poll(tmp_path: Path) -> None:
+    # Requests queueing for an asyncio Lock wait on one another: contention, not news.
+    spec = healthy_with_orders()
+    spec.requests += [request("GET /orders", T0 + i * 0.7, 2000.0) for i in range(40)]
+    spec.profiles = [waiting_profile("GET /orders", 2000.0, 1990.0, T0 + i, "Lock.acquire")
+                     for i in range(6)]
+    report = report_of(spec, tmp_path)
+    [flag] = [f for f in flags_of(report, "slow_await") if f["route"] == "GET /orders"]
+    assert flag["severity"] == "high" and "waits_for" not in flag["metric"]
+    assert "notify" not in flag["evidence"]

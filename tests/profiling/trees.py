@@ -54,3 +54,19 @@ def healthy_with_orders() -> Spec:
     spec.routes = [RouteInfo("GET", "/orders", "shop.orders:list_orders", ORDERS, 40, True)
                    if route.template == "/orders" else route for route in spec.routes]
     return spec
+
+
+def waiting_profile(route: str, duration: float, wait_ms: float, start: float,
+                    leaf: str = "Event.wait") -> StoredProfile:
+    """A long poll: the handler awaits `asyncio.wait_for(news.wait(), timeout)` at
+    orders.py:52, suspended in asyncio's `leaf` (an event another request sets)."""
+    method, template = route.split(" ")
+    module = {"Event.wait": "locks.py", "Lock.acquire": "locks.py",
+              "Queue.get": "queues.py"}[leaf]
+    wait = node(leaf, f"/usr/lib/python3.12/asyncio/{module}", 212, wait_ms, wait_ms)
+    wait_for = node("wait_for", "/usr/lib/python3.12/asyncio/tasks.py", 520, wait_ms, 0.0, wait)
+    handler = node("list_orders", ORDERS, 52, wait_ms, 0.0, wait_for)
+    framework = node("APIRoute.handle", f"{SITE}/starlette/routing.py", 289, wait_ms, 0.0,
+                     handler)
+    tree = node(route, "", 0, duration, duration - wait_ms, framework)
+    return StoredProfile(PID, start, method, template, duration, ProfileNode.from_json(tree))

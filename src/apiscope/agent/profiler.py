@@ -17,7 +17,8 @@ slice runs, the loop's task factory is ours (`_Follower`, the previous one resto
 slice ends), and a task started then whose coroutine holds the request's ASGI scope is driven
 by a profiler of its own, recording into the request's profile under the frames that started
 it. The request's own wait for it is then only what its followed tasks did not record (the
-hand-overs between tasks), so no time is counted twice. Other tasks (`asyncio.gather`'s, a
+hand-overs between tasks, charged to the request and to no line of it), so no time is counted
+twice. Other tasks (`asyncio.gather`'s, a
 background job's) hold no scope and stay outside, as before: their time is the await that
 waits for them. Once the request ends its followed tasks are no longer recorded.
 
@@ -173,10 +174,13 @@ class SliceProfiler:
                 raise
             except BaseException as exc:  # cancellation, thrown in by the task: pass it on
                 value, error = None, exc
-            # What the tasks it waited for recorded meanwhile is theirs, not this await's.
+            # What the tasks it waited for recorded meanwhile is theirs, not this await's; what
+            # is left is the hand-over between the tasks, which no line of the request's waits
+            # for (charged to the request as a whole).
             waited = self._clock() - suspended - (self.followed - followed)
             if waited > 0:
-                self._record([*awaiting, AWAIT], waited)
+                self._record([*awaiting, AWAIT] if self.followed == followed
+                             else [ANCHOR_INFO, *self.prefix, AWAIT], waited)
 
     def _start(self) -> float:
         self._sampled = 0.0

@@ -37,6 +37,10 @@ from apiscope.frames import is_app_frame, package_of
 from apiscope.model import Frame, ProfileNode, StoredProfile
 
 SiteKey = tuple[str, int, str]  # (file, line, function) of the awaiting application frame
+# What a coroutine awaits when it waits for another part of the same process to notify it
+# (asyncio's and anyio's events, conditions, queues), by package and "Class.method".
+RENDEZVOUS_PACKAGES = ("asyncio", "anyio")
+RENDEZVOUS = ("Event.wait", "Condition.wait", "Queue.get", "Barrier.wait")
 SLOWEST_KEPT = 10
 MIN_PROFILES = 3  # fewer profiled requests than this are an anecdote, not a route's pattern
 CONTENDED_ROUTES = 3
@@ -50,6 +54,7 @@ class SiteAwait:
     ms: float
     awaited: str  # the call awaited at that line ("" when the frame awaited a future itself)
     resource: str  # that call's top-level package ("" for application code)
+    waits_for: str = ""  # the innermost await when it is a rendezvous (`RENDEZVOUS`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,7 @@ class AwaitSite:
     floor_ms: float = 0.0  # lower quartile of its await over all the route's profiles
     share: float = 0.0  # floor / (floor + lower quartile of the rest of the requests' time)
     contended: bool = False  # its resource is slow on many routes at once
+    waits_for: str = ""  # "Event.wait" when the site waits to be notified (`rendezvous`)
 
 
 @dataclass(slots=True)
@@ -154,21 +160,46 @@ def breakdown(profile: StoredProfile, roots: Sequence[str],
         if ms > 0:
             awaited_total += ms
             if app is not None and not blind:
-                _add_site(sites, app, call, ms)
+                _add_site(sites, app, call, ms, rendezvous(node))
         stack.extend((child, app, call) for child in node.children)
     return RequestBreakdown(total, awaited_total, outside, sites)
 
 
+def rendezvous(node: ProfileNode) -> str:
+    """"Event.wait" when an awaiting node waits to be notified by another part of the same
+    process (`RENDEZVOUS`); "" otherwise (a socket, a timer, a lock, a future)."""
+    if resource_of(node.file) not in RENDEZVOUS_PACKAGES:
+        return ""
+    name = ".".join(node.function.rsplit(".", 2)[-2:])
+    return name if name in RENDEZVOUS else ""
+
+
 def _add_site(sites: dict[SiteKey, SiteAwait], app: ProfileNode,
-              call: ProfileNode | None, ms: float) -> None:
+              call: ProfileNode | None, ms: float, waits_for: str) -> None:
     key = (app.file, app.line, app.function)
     before = sites.get(key)
     if before is not None:
-        sites[key] = SiteAwait(before.ms + ms, before.awaited, before.resource)
+        sites[key] = SiteAwait(before.ms + ms, before.awaited, before.resource,
+                               before.waits_for or waits_for)
     else:
         awaited = call.function if call is not None else ""
         resource = resource_of(call.file) if call is not None else ""
-        sites[key] = SiteAwait(ms, awaited, resource)
+        sites[key] = SiteAwait(ms, awaited, resource, waits_for)
+
+
+def _waits_for(seen: Sequence[SiteAwait]) -> str:
+    """The rendezvous a site waits on, when most of its await time is spent on one."""
+    on: dict[str, float] = {}
+    for site in seen:
+        on[site.waits_for] = on.get(site.waits_for, 0.0) + site.ms
+    best = max(on.items(), key=lambda kv: kv[1])[0] if on else ""
+    return best if best and 2 * on[best] >= sum(on.values()) else ""
+
+
+def describe_rendezvous(site: AwaitSite) -> str:
+    """The clause evidence adds for a site that waits to be notified."""
+    return (f"; there it waits in {site.waits_for}() for something else in this process to"
+            " notify it")
 
 
 def lower_quartile(values: Sequence[float]) -> float:
@@ -258,7 +289,8 @@ def _sites(requests: list[RequestBreakdown], contended: set[str]) -> list[AwaitS
         out.append(AwaitSite(
             key[0], key[1], key[2], seen[0].awaited, seen[0].resource,
             sum(s.ms for s in seen), len(seen), median(s.ms for s in seen), floor,
-            floor / (floor + floor_rest) if floor + floor_rest > 0 else 0.0, is_contended))
+            floor / (floor + floor_rest) if floor + floor_rest > 0 else 0.0, is_contended,
+            _waits_for(seen)))
     return sorted(out, key=lambda s: (-s.floor_ms, -s.total_ms, s.file, s.line))
 
 
@@ -278,7 +310,15 @@ def dominant_await(route: RouteProfiles | None, min_share: float) -> str | None:
     if site is None or site.share < min_share:
         return None
     return (f"{pct(site.share)} of its profiled requests' own time spent awaiting"
-            f" {describe_site(site)}")
+            f" {describe_site(site)}{describe_rendezvous(site) if site.waits_for else ''}")
+
+
+def dominant_site(route: RouteProfiles | None, min_share: float) -> AwaitSite | None:
+    """The site `dominant_await` describes, or None."""
+    if route is None or route.count < MIN_PROFILES:
+        return None
+    site = route.dominant
+    return site if site is not None and site.share >= min_share else None
 
 
 def merge_trees(trees: Iterable[ProfileNode]) -> ProfileNode | None:

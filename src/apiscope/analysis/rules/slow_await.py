@@ -13,13 +13,25 @@ Flagged: the route's costliest site, over at least `MIN_PROFILES` profiled reque
   least `await_min_ms`, by itself: an outside call of 150 ms in a route with a 200 ms
   objective is the price of that call, not a bottleneck; one of 250 ms is why the route
   misses its objective.
+
+A site that waits to be notified by something else in the same process (an asyncio
+`Event.wait()`, `Condition.wait()`, `Queue.get()`: see `analysis.profiles.rendezvous`) is
+flagged low and described so: a long poll or a subscription waits there by design, and what
+is slow otherwise is whatever notifies it, which the profile does not show.
 """
 
 from __future__ import annotations
 
 from apiscope.analysis.context import AnalysisContext, Flag
 from apiscope.analysis.flags import MetricValue, function_name, location, make_flag, pct
-from apiscope.analysis.profiles import MIN_PROFILES, RouteProfiles, aggregate, describe_site
+from apiscope.analysis.profiles import (
+    MIN_PROFILES,
+    RouteProfiles,
+    aggregate,
+    describe_rendezvous,
+    describe_site,
+)
+from apiscope.analysis.rules.slow_endpoint import SUGGEST_RENDEZVOUS
 from apiscope.analysis.thresholds import grade
 
 SUGGESTION = ("make this await cheaper or concurrent: add an index or cache for a query, set a"
@@ -56,6 +68,10 @@ class SlowAwaitRule:
                     f" at least {site.floor_ms:.0f} ms in 3 requests of 4 (typically"
                     f" {site.typical_ms:.0f} ms), over the {ctx.slo_ms:.0f} ms objective by"
                     " itself")
+        suggestion = SUGGESTION
+        if site.waits_for:
+            evidence += describe_rendezvous(site)
+            severity, suggestion = "low", SUGGEST_RENDEZVOUS
         if contended:
             evidence += (f"; own time leaves out waits on {', '.join(contended)}, slow on many"
                          " routes at once (shared contention)")
@@ -64,4 +80,6 @@ class SlowAwaitRule:
             "await_ms_per_request": site.total_ms / route.count,
             "typical_await_ms": site.typical_ms, "profiles": route.count,
             "awaited": site.awaited}
-        return make_flag(self.kind, severity, route.endpoint, loc, evidence, metric, SUGGESTION)
+        if site.waits_for:
+            metric["waits_for"] = site.waits_for
+        return make_flag(self.kind, severity, route.endpoint, loc, evidence, metric, suggestion)

@@ -22,7 +22,10 @@ steady-state rules do), when at least `min_requests` of them remain: the first r
 freshly started server fill caches and connection pools once, and a p95 driven only by them
 says nothing about the endpoint's steady latency. The endpoint table still counts them all.
 
-Two measured causes that are not a defect of the route's code grade the flag low and say so:
+Three measured causes that are not a defect of the route's code grade the flag low and say so:
+its profiled requests spend their time waiting to be notified by something else in the same
+process (an asyncio `Event.wait()`, `Condition.wait()` or `Queue.get()`: a long poll or a
+subscription waits so by design; see `analysis.profiles.rendezvous`),
 the host had no CPU to spare (the request threads waited in the OS run queue for
 `STARVED_SHARE` or more of the time they could run: add capacity, or find the route that eats
 it), or most of the route's median latency is CPU inside a library call it makes on purpose
@@ -53,7 +56,7 @@ from apiscope.analysis.flags import (
     make_flag,
     pct,
 )
-from apiscope.analysis.profiles import RouteProfiles, aggregate, dominant_await
+from apiscope.analysis.profiles import RouteProfiles, aggregate, dominant_await, dominant_site
 from apiscope.analysis.stats import percentile, warmup_end
 from apiscope.analysis.thresholds import grade
 from apiscope.analysis.unfinished import SUGGESTION as SUGGEST_STUCK
@@ -69,6 +72,9 @@ STREAM_MIN_SHARE = 0.1
 SUGGEST_CAPACITY = ("the host's CPUs were saturated: give the server more CPU or fewer"
                     " competing processes, or reduce the CPU the busiest routes use (see"
                     " cpu_hotspot and each route's CPU share)")
+SUGGEST_RENDEZVOUS = ("if the route waits for news on purpose (a long poll, a subscription), this"
+                      " latency is by design; else find what is slow to notify it (a background"
+                      " task, a queue's consumer, another request)")
 SUGGEST_LIBRARY = ("the time is the library call's own work: lower its cost (its parameters),"
                    " cache its result, or serve this route from more workers")
 SEVERITY_ORDER = ("low", "medium", "high")
@@ -187,6 +193,7 @@ class SlowEndpointRule:
                              " ms)")
             reasons, symptom = explanations(ctx, endpoint, percentile(latencies, 0.5))
             awaiting = dominant_await(profiled.get(endpoint), ctx.thresholds.await_share[0])
+            site = dominant_site(profiled.get(endpoint), ctx.thresholds.await_share[0])
             if awaiting:
                 evidence += "; " + awaiting
             if reasons:
@@ -199,7 +206,10 @@ class SlowEndpointRule:
             suggestion = SUGGESTION
             library = library_cost(ctx, endpoint, len(ctx.by_endpoint[endpoint]))
             starved = max(runqueue_shares(ctx).values(), default=0.0)
-            if library is not None and library[1] >= LIBRARY_SHARE * p50:
+            if site is not None and site.waits_for:
+                metric["waits_for"] = site.waits_for
+                severity, suggestion = "low", SUGGEST_RENDEZVOUS
+            elif library is not None and library[1] >= LIBRARY_SHARE * p50:
                 evidence += (f"; {library[1]:.0f} ms of CPU per request inside {library[0]}(),"
                              " a library call the route makes")
                 metric["library_cpu_ms_per_request"] = library[1]
