@@ -124,6 +124,7 @@ ASYNC_SHOP = CorpusApp(
         _get("/quotes/{id}?quantity=3", 8),
         _get("/orders/export.csv?limit=300", 2),
         _get("/events?count=4", 2),
+        _get("/orders/wait?timeout=0.8", 2),
         _get("/stats", 3),
     ],
     planted=[_get("/reports/top-customers", 4), _get("/reports/ledger", 3),

@@ -208,3 +208,34 @@ def test_a_dump_sees_through_the_driver_into_the_request_s_chain() -> None:
         assert functions[-1][0] == "wait" and awaiting is not None
 
     asyncio.run(main())
+
+
+async def _waiting_app(scope: dict[str, object], receive: object, send: object) -> None:
+    news = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.03, news.set)
+    await asyncio.wait_for(news.wait(), 1.0)
+
+
+def test_an_await_in_wait_for_is_charged_to_what_it_waits_for() -> None:
+    # Python 3.11 and older run wait_for's coroutine in a task of its own: the chain goes on
+    # in that task, down to the event it waits on.
+    records, _ = _profile(_waiting_app)
+    waited = sum(a for (function, _), (_, a) in _tree(records).items()
+                 if function == "Event.wait")
+    assert waited >= 0.025
+
+
+def test_a_dump_follows_wait_for_into_what_it_waits_for() -> None:
+    from apiscope.agent.inflight import await_chain
+
+    async def main() -> None:
+        news = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(asyncio.wait_for(news.wait(), 5.0))
+        await asyncio.sleep(0.01)
+        chain, awaiting, _ = await_chain(task)
+        news.set()
+        await task
+        assert chain[-1]["function"].endswith("wait") and "locks.py" in chain[-1]["file"]
+        assert awaiting is not None and awaiting.startswith("Future")
+
+    asyncio.run(main())

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from types import AsyncGeneratorType, FrameType
 from typing import Any
 
+from .profiler import wait_for_task
+
 MAX_DEPTH = 200  # frames per stack or chain: a deeper one keeps its root part
 MAX_TASK_HOPS = 16  # awaited tasks followed from one request's chain
 OWN_THREADS = ("apiscope-agent",)  # the agent's threads: the one answering the dump is busy
@@ -112,6 +114,9 @@ def await_chain(task: Any) -> tuple[list[FrameInfo], str | None, Any]:
                 break  # a C awaitable (a future's iterator): the task's waiter says what
             chain.append(frame_info(frame))
             last = frame
+            inner = wait_for_task(frame)  # wait_for's own task, on Python 3.11 and older
+            if inner is not None:
+                task, obj, last = inner, inner.get_coro(), None
         waiter = getattr(task, "_fut_waiter", None)
         if not isinstance(waiter, asyncio.Task):
             return chain, _describe(waiter, task), waiter

@@ -263,8 +263,12 @@ class SliceProfiler:
             if frame is None:
                 break
             out.append(self._frame_info(frame))
-            coro = getattr(coro, "cr_await", None) if hasattr(coro, "cr_await") else getattr(
-                coro, "gi_yieldfrom", None)
+            inner = wait_for_task(frame)
+            if inner is not None:
+                coro = inner.get_coro()
+            else:
+                coro = getattr(coro, "cr_await", None) if hasattr(coro, "cr_await") \
+                    else getattr(coro, "gi_yieldfrom", None)
         return out
 
 
@@ -343,6 +347,21 @@ class _Follower:
         if self.previous is not None:
             return self.previous(loop, coro, **kwargs)
         return asyncio.Task(coro, loop=loop, **kwargs)
+
+
+def wait_for_task(frame: Any) -> Any:
+    """The task an `asyncio.wait_for` frame waits for (Python 3.11 and older run the awaited
+    coroutine in a task of its own, and await a bare future meanwhile); else None."""
+    if frame.f_code is not _WAIT_FOR_CODE:
+        return None
+    try:
+        inner = frame.f_locals.get("fut")
+    except Exception:
+        return None
+    return inner if isinstance(inner, asyncio.Task) else None
+
+
+_WAIT_FOR_CODE = getattr(asyncio.wait_for, "__code__", None)
 
 
 def _holds(value: Any, scope: Any, hops: int) -> bool:

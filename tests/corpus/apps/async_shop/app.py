@@ -1,21 +1,25 @@
 """The shop API: every route `async def`, the database through SQLAlchemy's asyncio engine, a
 Redis cache in front of product reads, prices from a pricing service over HTTP (served by the
-same app under /pricing, as a sidecar would be), a streamed CSV export, server-sent events and
-a background task after each order."""
+same app under /pricing, as a sidecar would be), a streamed CSV export, server-sent events, a
+long poll for new orders, a background task after each order, and an `@app.middleware("http")`
+that stamps each response (Starlette's BaseHTTPMiddleware: the app behind it runs in a task of
+its own)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
 from fastapi import BackgroundTasks, FastAPI, HTTPException, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,6 +40,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(title="shop", lifespan=lifespan)
+new_order = asyncio.Condition()  # notified by each order placed: the long poll waits on it
+
+
+@app.middleware("http")
+async def stamp(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    started = time.perf_counter()
+    response = await call_next(request)
+    response.headers["x-request-id"] = uuid.uuid4().hex
+    response.headers["server-timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
+    return response
 
 
 class ProductOut(BaseModel):
@@ -100,7 +114,21 @@ async def place_order(order: OrderIn, db: SessionDep, tasks: BackgroundTasks) ->
     db.add(row)
     await db.commit()
     tasks.add_task(send_receipt, row.id, customer.email)
+    async with new_order:
+        new_order.notify_all()
     return row
+
+
+@app.get("/orders/wait")
+async def wait_for_orders(timeout: float = 1.0) -> Response:
+    """A long poll: answers as soon as an order is placed, or 204 after `timeout` seconds (a
+    dashboard keeps one pending; it is long by design)."""
+    try:
+        async with new_order:
+            await asyncio.wait_for(new_order.wait(), timeout)
+    except asyncio.TimeoutError:
+        return Response(status_code=204)
+    return Response('{"new": true}', media_type="application/json")
 
 
 @app.get("/pricing/{product_id}")
