@@ -474,6 +474,9 @@ class Collection:
         unavailable = (batch.profiling or {}).get("unavailable")
         if unavailable:
             self._warn(f"no per-request profiles from pid {pid}: {unavailable}")
+        limited = (batch.profiling or {}).get("limited")
+        if limited:
+            self._warn(f"pid {pid}: {limited}")
         for profile in batch.profiles:
             self.sink.profile(profile)
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
 from pathlib import Path
@@ -67,15 +68,24 @@ def store(path: Path, pid: int, pulled: Pulled, start: float, end: float) -> Non
         writer.flush()
 
 
-@pytest.mark.parametrize("http_middleware", ["0", "1"], ids=["plain", "http-middleware"])
+@pytest.mark.parametrize(("http_middleware", "pyinstrument"),
+                         [("0", True), ("1", True), ("0", False)],
+                         ids=["plain", "http-middleware", "without-pyinstrument"])
 def test_live_profiles_name_the_await_line_and_spare_the_cpu_route(
-        sock_dir: str, tmp_path: Path, http_middleware: str) -> None:
-    """Also behind `@app.middleware("http")`, whose tasks the profiles follow."""
+        sock_dir: str, tmp_path: Path, http_middleware: str, pyinstrument: bool) -> None:
+    """Also behind `@app.middleware("http")`, whose tasks the profiles follow, and in a server
+    that cannot import pyinstrument, whose profiles time the slices only."""
     port = free_port()
     # The caps lifted: this test is about what the profiles say, not how many there are.
     env = {"APISCOPE_SOCKET_DIR": sock_dir, "APISCOPE_PROFILE_EVERY": "2",
            "APISCOPE_PROFILE_MAX_PER_SECOND": "50", "APISCOPE_PROFILE_MAX_SHARE": "0",
            "PROFILED_APP_HTTP_MIDDLEWARE": http_middleware}
+    if not pyinstrument:  # a package of that name first on the path, which fails to import
+        hidden = tmp_path / "hidden" / "pyinstrument"
+        hidden.mkdir(parents=True)
+        (hidden / "__init__.py").write_text('raise ImportError("not installed here")\n')
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(hidden.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
     argv = uvicorn_argv("tests.profiling.profiled_app:app", port)
     with run_server(argv, port, ready_path="/health", env=env) as server, \
             AgentClient(server.pid, timeout=5.0) as client:
@@ -94,6 +104,7 @@ def test_live_profiles_name_the_await_line_and_spare_the_cpu_route(
         wait_until(enough, timeout=15, what="profiles of both routes")
         end = time.time()
         assert pulled.status["enabled"] is True and pulled.status["errors"] == 0
+        assert (pulled.status["limited"] is None) is pyinstrument
         assert pulled.status["profiled"] == len(pulled.profiles) <= 12  # 1 in 2 per route
 
     session = store_and_report(tmp_path, server.pid, pulled, start, end)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections import deque
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -178,17 +181,61 @@ def test_zero_disables_and_unmatched_is_never_profiled() -> None:
     assert serve(p, "GET", "/a", "/a") is False and serve(p, "GET", "/a", "/a") is True
 
 
-def test_without_pyinstrument_the_agent_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_pyinstrument_awaits_are_still_profiled_and_the_agent_says_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("pyinstrument", "pyinstrument.stack_sampler",
                  "pyinstrument.low_level.stat_profile"):
         monkeypatch.setitem(sys.modules, name, None)  # what a failed import looks like
     p = RequestProfiling(deque(), ProfilingOptions(every=1))
     p.load()
-    for _ in range(5):
-        p.observe("GET", "/a", 1.0)
-    assert p.armed == [] and p.admit("GET", "/a") is None
+    p.observe("GET", "/a", 1.0)
+    run = p.admit("GET", "/a")
+    assert run is not None
+
+    async def handler(scope: dict[str, str], receive: None, send: None) -> None:
+        await asyncio.sleep(0.02)  # timed-await
+
+    asyncio.run(run.around(handler, {"type": "http"}, None, None))
+    p.finish(run, 0.0, "GET", "/a", 20.0)
+    [shipped] = p.profiles
+    awaited = [n for n in _nodes(shipped["tree"]) if n["await_ms"] > 0]
+    assert [(n["function"], n["line"]) for n in awaited] == [("sleep", awaited[0]["line"])]
+    lines = [n["line"] for n in _nodes(shipped["tree"]) if n["function"].endswith("handler")]
+    assert lines == [_line_of("# timed-await")] and awaited[0]["await_ms"] >= 18
     stats = p.stats()
-    assert stats["enabled"] is False and "pyinstrument" in stats["unavailable"]
+    assert stats["enabled"] is True and stats["unavailable"] is None
+    assert "pyinstrument" in stats["limited"] and stats["profiled"] == 1
+
+
+def _nodes(tree: dict[str, Any]) -> list[dict[str, Any]]:
+    out, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(node["children"])
+    return out
+
+
+def _line_of(marker: str) -> int:
+    lines = Path(__file__).read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if text.rstrip().endswith(marker))
+
+
+def test_frames_are_named_as_pyinstrument_names_them() -> None:
+    from pyinstrument.low_level.stat_profile import get_frame_info
+
+    from apiscope.agent.profiler import frame_identifier
+    from apiscope.agent.profiletree import parse_frame
+
+    class Shop:
+        def method(self) -> FrameType:
+            return sys._getframe()
+
+    def function() -> FrameType:
+        return sys._getframe()
+
+    for frame in (Shop().method(), function()):
+        assert parse_frame(frame_identifier(frame)) == parse_frame(get_frame_info(frame))
 
 
 def test_pyinstrument_is_imported_at_the_first_pull_not_with_the_agent(

@@ -154,15 +154,16 @@ class SliceProfiler:
         `Profiled`); this frame is the anchor `compact_tree` cuts stacks at."""
         value: Any = None
         error: BaseException | None = None
+        awaiting: list[str] = []
         while True:
             started = self._start()
             try:
                 yielded = coro.send(value) if error is None else coro.throw(error)
             except StopIteration as done:
-                self._stop(started, None)
+                self._stop(started, None, awaiting)
                 return done.value
             except BaseException:
-                self._stop(started, None)
+                self._stop(started, None, awaiting)
                 raise
             awaiting = self._stop(started, coro)
             suspended = self._clock()
@@ -180,7 +181,7 @@ class SliceProfiler:
             waited = self._clock() - suspended - (self.followed - followed)
             if waited > 0:
                 self._record([*awaiting, AWAIT] if self.followed == followed
-                             else [ANCHOR_INFO, *self.prefix, AWAIT], waited)
+                             else [ANCHOR_INFO, AWAIT], waited)
 
     def _start(self) -> float:
         self._sampled = 0.0
@@ -200,8 +201,11 @@ class SliceProfiler:
             self._follower = _Follower.install(root.loop, self)
         return self._clock()
 
-    def _stop(self, started: float, coro: Any) -> list[str]:
-        """End a slice; its time the sampler did not see is charged to where it stopped."""
+    def _stop(self, started: float, coro: Any, resumed: Sequence[str] = ()) -> list[str]:
+        """End a slice; its time the sampler did not see is charged to where it stopped, or,
+        for the last slice (`coro` None: it returned), to where it resumed (`resumed`, the
+        stack the slice before it stopped at, without the awaiting frame its resumption
+        ended)."""
         stepped = self._clock()
         elapsed = stepped - started
         follower, self._follower = self._follower, None
@@ -214,7 +218,10 @@ class SliceProfiler:
                 self._sampler().unsubscribe(self._saw)
             except Exception:
                 self.sampling = False
-        stack = [ANCHOR_INFO, *self._awaiting(coro)]
+        if coro is not None:
+            stack = [ANCHOR_INFO, *self._awaiting(coro)]
+        else:
+            stack = list(resumed[:-1] if len(resumed) > 2 else resumed or [ANCHOR_INFO])
         if elapsed > self._sampled:
             self._record(stack, elapsed - self._sampled)
         if self._started_here:  # tasks this slice started: under what it went on to await
@@ -349,6 +356,20 @@ class _Follower:
         return asyncio.Task(coro, loop=loop, **kwargs)
 
 
+def frame_identifier(frame: Any) -> str:
+    """A frame named as pyinstrument's `get_frame_info` names it, for profiles taken without
+    pyinstrument (`profiletree.parse_frame` reads both): the code's name, file and first line,
+    then its class (`\x01c`: the part of the qualified name before the function's, Python 3.11
+    on) and the line executing (`\x01l`)."""
+    code = frame.f_code
+    name = code.co_name
+    info = f"{name}\x00{code.co_filename}\x00{code.co_firstlineno}"
+    owner = getattr(code, "co_qualname", name).split(".")[-2:-1]
+    if owner and owner[0] != "<locals>":
+        info += "\x01c" + owner[0]
+    return f"{info}\x01l{frame.f_lineno}"
+
+
 def wait_for_task(frame: Any) -> Any:
     """The task an `asyncio.wait_for` frame waits for (Python 3.11 and older run the awaited
     coroutine in a task of its own, and await a bare future meanwhile); else None."""
@@ -431,5 +452,6 @@ __all__ = [
     "ProfilingOptions",
     "Records",
     "SliceProfiler",
+    "frame_identifier",
     "options_from_env",
 ]

@@ -8,8 +8,12 @@ pyinstrument is imported lazily (this package stays standard-library only at imp
 first pull (`RequestProfiling.load`, on the agent's socket thread): injected, the agent starts
 on the server's main thread, which an import of pyinstrument would hold for 40-110 ms, where a
 thread's import lets the GIL go every switch interval. Nothing is armed before a pull anyway.
-A target that cannot import it gets a status in the agent's pull and no profiles, never a
-failed request.
+A target that cannot import it (most production environments do not install it, and a
+target on another Python than apiscope's cannot use apiscope's copy) still gets profiles: their
+slices are timed only (`frame_identifier` names the frames as pyinstrument would), so each
+request's awaits are charged to the lines that awaited, as exactly as with pyinstrument, and
+its running time to the line where each slice stopped, without samples of the code between.
+The agent's pull says so (`limited`), never a failed request.
 
 Which requests: 1 in `every` requests per route, plus the next request of a route whose latency
 reached `slow_ms` (at most once a second per route: a slow route is profiled from its second
@@ -46,6 +50,7 @@ from .profiler import (
     ProfileRun,
     ProfilingOptions,
     SliceProfiler,
+    frame_identifier,
     options_from_env,
 )
 from .profiletree import compact_tree, parse_frame
@@ -129,6 +134,7 @@ class RequestProfiling:
         self.profiles = profiles
         self.armed: list[tuple[str, re.Pattern[str], tuple[str, str]]] = []
         self.unavailable: str | None = None
+        self.limited: str | None = None  # why profiles time slices only (no pyinstrument)
         self.profiled = self.capped = self.errors = 0
         self.spent = 0.0  # seconds profiled requests ran under the profiler, compaction included
         self._clock = clock
@@ -169,7 +175,8 @@ class RequestProfiling:
 
     def stats(self) -> dict[str, Any]:
         return {"enabled": self.active, "every": self.options.every,
-                "unavailable": self.unavailable, "profiled": self.profiled,
+                "unavailable": self.unavailable, "limited": self.limited,
+                "profiled": self.profiled,
                 "capped": self.capped, "errors": self.errors,
                 "spent_seconds": round(self.spent, 6)}
 
@@ -279,9 +286,10 @@ class RequestProfiling:
             low_level = importlib.import_module("pyinstrument.low_level.stat_profile")
             sampler, frame_info = sampling.get_stack_sampler, low_level.get_frame_info
         except Exception as exc:  # ImportError, or a broken install raising anything else
-            self.unavailable = (f"pyinstrument cannot be imported in this process ({exc});"
-                                " install it in the server's environment to get async profiles")
-            return _no_profiler
+            self.limited = (f"pyinstrument cannot be imported in this process ({exc}): profiles"
+                            " time each request's awaits but do not sample the code it runs;"
+                            " install pyinstrument in the server's environment for both")
+            return _timed_only
 
         def factory(interval: float) -> SliceProfiler:
             return SliceProfiler(sampler, frame_info, interval)
@@ -289,8 +297,15 @@ class RequestProfiling:
         return factory
 
 
-def _no_profiler(interval: float) -> Any:
-    raise RuntimeError("pyinstrument is unavailable")
+def _timed_only(interval: float) -> SliceProfiler:
+    """A profiler whose slices are timed, never sampled (no pyinstrument)."""
+    profiler = SliceProfiler(_no_sampler, frame_identifier, interval)
+    profiler.sampling = False
+    return profiler
+
+
+def _no_sampler() -> Any:
+    raise RuntimeError("no stack sampler without pyinstrument")
 
 
 # Where callers have always imported them from: the driver and the compaction moved out.
