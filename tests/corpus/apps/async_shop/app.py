@@ -126,7 +126,7 @@ async def wait_for_orders(timeout: float = 1.0) -> Response:
     try:
         async with new_order:
             await asyncio.wait_for(new_order.wait(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return Response(status_code=204)
     return Response('{"new": true}', media_type="application/json")
 
