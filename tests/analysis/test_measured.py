@@ -13,6 +13,7 @@ from tests.analysis.builder import (
     LOOP_TID,
     PID,
     SITE,
+    STD,
     T0,
     W1,
     W2,
@@ -299,6 +300,37 @@ def test_c_code_that_releases_the_gil_is_not_where_it_is_contended(tmp_path: Pat
     spec.per_window = [s for s in spec.per_window if s.tid not in (W1, W2)]
     assert not [f for f in report_of(spec, tmp_path / "b")["flags"]
                 if f["kind"] == "gil_contention"]
+
+
+def trending(background: bool) -> Spec:
+    """The event loop running Python at line 12 and found waiting for the GIL at 40% of the
+    kernel's looks; with `background`, a scheduler thread that serves no requests running
+    Python at line 155 most of the time (a cache refresh beside the server)."""
+    spec = gil_spec(0, 0.01)
+    spec.per_window = [s for s in spec.per_window if s.tid != LOOP_TID]
+    spec.per_window.append(sample(LOOP_TID, on_loop(app("read_item", 12)), 30))
+    spec.per_window.append(sample(LOOP_TID, on_loop(app("read_item", 12)), 20,
+                                  SampleState.BLOCKED))
+    spec.gil_looks = {(PID, LOOP_TID): (50, 20)}
+    if background:
+        refresh = (Frame("_bootstrap", f"{STD}/threading.py", 995),
+                   app("refresh_trending", 155))
+        spec.per_window.append(sample(30, refresh, 60))
+        spec.per_window.append(sample(30, refresh, 10, SampleState.BLOCKED))
+        spec.gil_looks[(PID, 30)] = (50, 2)
+    return spec
+
+
+def test_gil_held_by_a_thread_that_serves_no_requests_is_located_there(tmp_path: Path) -> None:
+    [flag] = [f for f in report_of(trending(True), tmp_path / "a")["flags"]
+              if f["kind"] == "gil_contention"]
+    assert flag["location"]["line"] == 155 and flag["route"] is None
+    assert "holder serves no requests: thread 'Thread-30' (30)" in flag["evidence"]
+    assert flag["metric"]["holder_thread"] == "Thread-30"
+    # Without that thread the loop's own Python is what contends.
+    [flag] = [f for f in report_of(trending(False), tmp_path / "b")["flags"]
+              if f["kind"] == "gil_contention"]
+    assert flag["location"]["line"] == 12 and flag["route"] is not None
 
 
 def test_no_flag_is_located_at_a_bin_script(tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ class SessionData:
     gil: list[GilSample] = field(default_factory=list)
     # Requests still running, no response begun, as the collection ended (with the agent).
     unfinished: list[UnfinishedRequest] = field(default_factory=list)
+    thread_names: dict[tuple[int, int], str] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -74,9 +75,11 @@ def load_session(reader: SessionReader) -> SessionData:
     span = reader.time_range()
     start = float(meta.start or (span[0] if span else 0.0))
     end = float(meta.end or (span[1] if span else start))
+    threads = reader.threads()
     return SessionData(
         meta=meta, routes=reader.routes(),
-        roles={key: role for key, (_, role) in reader.threads().items()},
+        roles={key: role for key, (_, role) in threads.items()},
+        thread_names={key: name for key, (name, _) in threads.items() if name},
         windows=windows, samples=list(reader.samples()),
         requests=reader.requests(with_queries=True), resources=reader.resources(),
         threadpool=reader.threadpool(), profiles=reader.profiles(), start=start,

@@ -41,6 +41,10 @@ location either, and
 neither is a loop line the loop watchdog's looks at the kernel found mostly asleep or in I/O.
 Threads that contend for the GIL each run about 1/N of the time they show with N of them at
 it, so the bar is low.
+The GIL's busiest holder may serve no requests at all: a scheduler or cache-refresh thread
+running Python beside the server. When the application lines such threads ran (on-CPU, in the
+contended windows) used more CPU than the request threads' contending lines, the flag is
+located there, names the thread, and has no route: the requests are its victims.
 Sessions without the agent's watchdog get no gil_contention flag: it cannot be measured there.
 """
 
@@ -79,6 +83,9 @@ LINE_MAX_RUN_PER_WAIT = 2.0
 # In seconds, not windows, since the budget lengthens windows (up to 8 s) on a busy target.
 GIL_MIN_SECONDS = 2.0
 
+SUGGEST_BACKGROUND = ("a thread that serves no requests holds the GIL the requests wait for:"
+                      " run its work in a process of its own (a worker, a scheduled job), in"
+                      " smaller pieces with pauses between, or in code that releases the GIL")
 SUGGESTION = ("CPU-bound Python in several threads runs one thread at a time: move it into"
               " processes (a ProcessPoolExecutor, more workers with fewer threads) or into code"
               " that releases the GIL")
@@ -241,6 +248,9 @@ class GilContentionRule:
                     by_line[a.user][a.endpoint] += a.cpu
             if lines:
                 break
+        background = self._background(ctx, pid, starts, shown, ran)
+        if background and sum(background.values()) > sum(lines.values()):
+            return self._background_flag(ctx, pid, windows, background, looked)
         if not lines:
             return None
         # Weighted by the windows' lengths: the budget makes them 1 to 8 s long.
@@ -272,3 +282,44 @@ class GilContentionRule:
                         f" in which two or more request threads ran at once (measured by the"
                         f" agent's GIL watchdog); the hottest line running then: {where(loc)}")
         return make_flag(self.kind, severity, route, loc, evidence, metric, SUGGESTION)
+
+    @staticmethod
+    def _background(ctx: AnalysisContext, pid: int, starts: set[float],
+                    shown: dict[Frame, float], ran: dict[Frame, float],
+                    ) -> dict[tuple[int, Frame], float]:
+        """(tid, line) -> CPU seconds, of the application lines that threads serving no requests
+        ran in the contended windows, when they mostly ran when shown (Python holding the GIL;
+        not a sleep or a socket wait)."""
+        out: dict[tuple[int, Frame], float] = defaultdict(float)
+        for a in ctx.samples:
+            if (a.sample.pid == pid and a.window in starts and a.cpu > 0 and a.user is not None
+                    and not a.tool and a.role is ThreadRole.OTHER
+                    and ran[a.user] >= HOLDER_MIN_RUN * shown[a.user]):
+                out[(a.sample.tid, a.user)] += a.cpu
+        return out
+
+    def _background_flag(self, ctx: AnalysisContext, pid: int, windows: dict[Window, float],
+                         background: dict[tuple[int, Frame], float], looked: bool,
+                         ) -> Flag | None:
+        seconds = sum(end - start for start, end in windows)
+        share = sum((end - start) * part for (start, end), part in windows.items()) / seconds
+        severity = grade(share, ctx.thresholds.gil_wait_share)
+        if severity is None:
+            return None
+        (tid, hot), _ = max(background.items(),
+                            key=lambda kv: (kv[1], kv[0][1].file, kv[0][1].line))
+        thread_cpu = sum(cpu for (t, _), cpu in background.items() if t == tid)
+        name = ctx.data.thread_names.get((pid, tid))
+        thread = f"thread {name!r} ({tid})" if name else f"thread {tid}"
+        loc = frame_location(hot)
+        how = ("measured: the kernel found them blocked on the GIL's futex" if looked
+               else "measured by the agent's GIL watchdog")
+        evidence = (f"the request threads of process {pid} spent {pct(share)} of their busy"
+                    f" time waiting for the GIL over {seconds:.0f} s ({how}); the GIL's busiest"
+                    f" holder serves no requests: {thread}, running Python in {where(loc)}"
+                    f" for {thread_cpu / seconds:.2f} of a core in that time")
+        metric: dict[str, MetricValue] = {
+            "gil_wait_share": share, "contended_seconds": seconds, "cause": "gil",
+            "source": "kernel" if looked else "watchdog", "holder_thread": name or str(tid),
+            "holder_cores": thread_cpu / seconds}
+        return make_flag(self.kind, severity, None, loc, evidence, metric, SUGGEST_BACKGROUND)
