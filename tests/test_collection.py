@@ -159,6 +159,7 @@ def test_the_agents_watchdogs_get_less_to_follow_with_while_over_budget() -> Non
     rig.collection.pull_agents()
     assert rig.clients.made[11].watch_shares == [None, None, FOLLOW_CPU_SHARE / 2]
     assert rig.writer.meta["watch_share"] == FOLLOW_CPU_SHARE / 2
+    assert rig.sampler.look_intervals == [0.08]  # the looks for GIL waits, half as often
     rig.collection.stop()
 
 

@@ -97,6 +97,7 @@ class Sampler(Protocol):
     def note_sleeps(self, looks: Iterable[LineLooks]) -> None: ...
     def note_gil(self, pid: int, futex: tuple[int, int]) -> None: ...
     def note_gil_wait(self, pid: int, wait_seconds: float, wakes: int) -> None: ...
+    def set_look_interval(self, seconds: float) -> None: ...
 
 
 class Resources(Protocol):
@@ -400,8 +401,9 @@ class Collection:
                            requests_kept_every_max=max(self.keeping.history))
 
     def adjust_watch_share(self) -> None:
-        """Give the agents' loop watchdogs less to follow with while the budget is over at
-        its lowest sampling rate, and their default back when it has room (`WatchShare`)."""
+        """Give the agents' loop watchdogs less to follow with, and look at the busy threads
+        for GIL waits less often, while the budget is over at its lowest sampling rate; their
+        defaults back when it has room (`WatchShare`)."""
         budget = self._sampler.budget
         if self.watch_share is None or budget is None:
             return
@@ -409,6 +411,7 @@ class Collection:
         share = self.watch_share.observe(budget, max(1, len(self.workers.clients())))
         if share != before:
             self.sink.meta(watch_share=share)
+            self._sampler.set_look_interval(self.watch_share.look_interval)
 
     def pull_agents(self) -> None:
         """Drain every agent of what it recorded since the last pull."""

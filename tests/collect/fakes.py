@@ -181,6 +181,7 @@ class FakeSampler:
         self.gil_futex: dict[int, tuple[int, int]] = {}
         self.gil_waits: list[tuple[int, float, int]] = []
         self.sleeps: list[LineLooks] = []
+        self.look_intervals: list[float] = []
 
     def note_stalls(self, stalls: Iterable[LoopStall]) -> None:
         self.stalls.extend(stalls)
@@ -193,6 +194,9 @@ class FakeSampler:
 
     def note_gil_wait(self, pid: int, wait_seconds: float, wakes: int) -> None:
         self.gil_waits.append((pid, wait_seconds, wakes))
+
+    def set_look_interval(self, seconds: float) -> None:
+        self.look_intervals.append(seconds)
 
     def start(self) -> None:
         self.started = True

@@ -177,6 +177,7 @@ def test_the_watchdogs_share_halves_over_budget_and_comes_back_with_room() -> No
         budget.observe(over)
         watch.observe(budget)
     assert watch.share == MIN_WATCH_SHARE  # no lower
+    assert watch.look_interval == pytest.approx(0.16)  # the looks spaced out 4 times, no more
     # A window at 1.5 % leaves 0.5 % of a core: room for twice the share in two processes.
     within = WindowCost(seconds=8.0, rate_hz=5, pyspy_cpu=0.04, agent_cpu=0.04,
                         collector_cpu=0.04, capacity=1.0)

@@ -193,6 +193,10 @@ class StackSampler:
         says the GIL is quiet (see `gillooks`)."""
         self._meter.gil.note_wait(pid, wait_seconds, wakes)
 
+    def set_look_interval(self, seconds: float) -> None:
+        """How often the busy threads are looked at for waits on the GIL (see `gillooks`)."""
+        self._meter.gil.interval = seconds
+
     @property
     def running(self) -> bool:
         return self._thread is not None and not self._done.is_set()
