@@ -33,7 +33,8 @@ it), or most of the route's median latency is CPU inside a library call it makes
 
 The location is the slow call, not the route's decorator: the dominant await site of its
 profiled requests when one dominates, else the application line where the route's threads
-spent most of their (wall-clock) time in the stack samples, else the handler.
+spent most of their (wall-clock) time in the stack samples when that accounts for a fifth of
+the median request at least, else the handler.
 
 Requests that never finished are slow too, and the slowest of all: a route whose requests were
 stuck when the session ended (see `analysis.unfinished`) is flagged for them, located where
@@ -42,7 +43,7 @@ they waited, whatever its finished requests' p95.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 
 from apiscope.analysis.attribution import library_call
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Flag
@@ -66,6 +67,7 @@ from apiscope.model import Frame, RequestRecord, ThreadRole
 STARVED_SHARE = 0.25
 LIBRARY_SHARE = 0.5
 LOOP_SHARE = 0.5
+LINE_SHARE = 0.2  # of the median request: a sampled line that explains less is not the slow call
 STREAM_MIN_MS = 10.0
 STREAM_MIN_SHARE = 0.1
 
@@ -119,20 +121,25 @@ def explanations(ctx: AnalysisContext, endpoint: str, p50: float) -> tuple[list[
     return sorted(out), bool(out) and not own
 
 
-def slow_call(ctx: AnalysisContext, endpoint: str,
-              profiles: RouteProfiles | None) -> Location | None:
-    """Where the endpoint's time goes (see the module docstring)."""
+def slow_call(ctx: AnalysisContext, endpoint: str, profiles: RouteProfiles | None,
+              p50_ms: float = 0.0) -> Location | None:
+    """Where the endpoint's time goes (see the module docstring). A line of the samples must
+    account for `LINE_SHARE` of the median request at least: an awaiting route leaves few
+    samples, at whatever bit of Python it ran (rendering its small answer), which is not
+    where its time goes."""
     site = profiles.dominant if profiles is not None else None
     if site is not None and site.share >= ctx.thresholds.await_share[0]:
         return location(site.file, site.line, site.function)
-    lines: Counter[Frame] = Counter()
+    lines: dict[Frame, float] = defaultdict(float)
     for a in ctx.samples:
         if (a.endpoint == endpoint and a.active and a.user is not None and not a.tool
                 and a.role in HANDLER_ROLES):
-            lines[a.user] += a.sample.count
-    if lines:
-        hot = max(lines.items(), key=lambda kv: (kv[1], kv[0].file, kv[0].line))[0]
-        return frame_location(hot)
+            lines[a.user] += a.seconds
+    requests = len(ctx.by_endpoint.get(endpoint, ()))
+    if lines and requests:
+        hot, seconds = max(lines.items(), key=lambda kv: (kv[1], kv[0].file, kv[0].line))
+        if seconds * 1000 / requests >= LINE_SHARE * p50_ms:
+            return frame_location(hot)
     return handler_location(ctx, endpoint)
 
 
@@ -219,7 +226,7 @@ class SlowEndpointRule:
                              f" {pct(starved)} of the time they could run")
                 metric["runqueue_share"] = starved
                 severity, suggestion = "low", SUGGEST_CAPACITY
-            loc = slow_call(ctx, endpoint, profiled.get(endpoint))
+            loc = slow_call(ctx, endpoint, profiled.get(endpoint), p50)
             flags.append(make_flag(self.kind, severity, endpoint, loc, evidence, metric,
                                    suggestion))
         return flags
