@@ -155,6 +155,33 @@ def test_batch_conversion_to_the_model() -> None:
     assert row.requests == batch.requests
 
 
+def test_a_pulled_profile_is_stored_as_it_came_and_read_back_typed(tmp_path: Path) -> None:
+    from apiscope.store import SessionReader, SessionWriter
+
+    leaf = {"function": "sleep", "file": "/usr/lib/python3.11/asyncio/tasks.py", "line": 649,
+            "time_ms": 80.0, "await_ms": 80.0, "children": []}
+    tree = {"function": "GET /q", "file": "", "line": 0, "time_ms": 81.0, "await_ms": 0.5,
+            "children": [{"function": "quote", "file": "/app/main.py", "line": "24",
+                          "time_ms": 80.5, "await_ms": 0.0, "children": [leaf, "junk"]}]}
+    batch = batch_from_json({"pid": 12, "ts": 100.0, "profiles": [
+        {"start": 99.0, "method": "GET", "route": "/q", "duration_ms": 81.0, "tree": tree},
+        {"start": 99.5, "method": "GET", "route": "/q", "duration_ms": 2.0, "tree": "junk"}]})
+    pulled, broken = batch.profiles
+    assert pulled.tree is tree and broken.tree is None  # kept as it came: no typing on intake
+    with SessionWriter(tmp_path / "s.sqlite", batch_seconds=0.01) as writer:
+        writer.set_meta(command="uvicorn main:app", pids=[12], server="uvicorn",
+                        python="3.11", rate_hz=100, start=98.0, end=101.0)
+        for p in batch.profiles:  # as the collector's fan-out stores them
+            writer.put_profile(p.pid, p.start, p.method, p.route, p.duration_ms, p.tree)
+        writer.flush()
+    with SessionReader(tmp_path / "s.sqlite") as reader:
+        stored = reader.profiles()
+    # Read back typed, as typing it on intake gave: the line a number, the junk child left out.
+    assert [p.tree for p in stored] == [pulled.stored().tree, None]
+    assert stored[0].tree is not None and stored[0].tree.children[0].line == 24
+    assert [c.function for c in stored[0].tree.children[0].children] == ["sleep"]
+
+
 def test_a_kept_request_carries_the_number_it_stands_for() -> None:
     batch = batch_from_json({"pid": 12, "ts": 100.0, "requests": [
         [99.5, 3.5, "GET", "/a", 200, None, None, None, [], 16],

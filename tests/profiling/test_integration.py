@@ -52,7 +52,7 @@ def pull_into(client: AgentClient, pulled: Pulled) -> None:
     reply = client.request({"op": "pull"})  # the raw reply: it carries the profiling status
     batch = batch_from_json(reply, client.pid)
     pulled.requests += batch.requests
-    pulled.profiles += batch.profiles
+    pulled.profiles += [p.stored() for p in batch.profiles]
     pulled.routes = batch.routes or pulled.routes
     pulled.status = reply.get("profiling") or {}
 

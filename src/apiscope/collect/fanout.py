@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from apiscope.collect.figures import WindowCounts, loop_blocked_seconds, window_counts
-from apiscope.collectors.agent_client import WatchdogReport
+from apiscope.collectors.agent_client import PulledProfile, WatchdogReport
 from apiscope.model import (
     AgentStats,
     GilSample,
@@ -23,7 +23,6 @@ from apiscope.model import (
     ResourceSample,
     RouteInfo,
     StackWindow,
-    StoredProfile,
     ThreadPoolSample,
     UnfinishedRequest,
 )
@@ -42,7 +41,7 @@ class Writer(Protocol):
     def put_threadpool(self, samples: Iterable[ThreadPoolSample]) -> None: ...
     def put_agent_stats(self, stats: AgentStats) -> None: ...
     def put_profile(self, pid: int, start: float, method: str, route: str,
-                    duration_ms: float, tree: ProfileNode | None) -> None: ...
+                    duration_ms: float, tree: ProfileNode | dict[str, Any] | None) -> None: ...
     def put_loop_stalls(self, stalls: Iterable[LoopStall]) -> None: ...
     def put_loop_lag(self, samples: Iterable[LoopLagSample]) -> None: ...
     def put_unfinished(self, requests: Iterable[UnfinishedRequest]) -> None: ...
@@ -113,7 +112,7 @@ class RecordSink:
         self.writer.put_agent_stats(stats)
         self.metrics.observe_agent(stats)
 
-    def profile(self, profile: StoredProfile) -> None:
+    def profile(self, profile: PulledProfile) -> None:
         """A sampled request's profile (the dashboard reads it from the session)."""
         self.writer.put_profile(profile.pid, profile.start, profile.method, profile.route,
                                 profile.duration_ms, profile.tree)

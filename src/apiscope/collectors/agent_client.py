@@ -82,8 +82,8 @@ class AgentBatch:
     routes: list[RouteInfo]
     threadpool: ThreadPoolSample | None
     stats: AgentStats
-    # sampled requests' profiles, their trees typed where the agent's JSON is read
-    profiles: list[StoredProfile] = field(default_factory=list)
+    # sampled requests' profiles, their trees kept as the agent's JSON (`PulledProfile`)
+    profiles: list[PulledProfile] = field(default_factory=list)
     more: bool = False  # the agent holds more requests than one pull returns: pull again
     profiling: dict[str, Any] | None = None  # the agent's profiling status, when it says
     routing: dict[str, Any] | None = None  # {"source": "framework"|"inferred"|..., ...}
@@ -382,13 +382,35 @@ _REQUEST_FIELDS = ("start", "duration_ms", "method", "route", "status", "exc_typ
                    "exc_file", "exc_line", "queries")
 
 
-def _profile(p: dict[str, Any], pid: int) -> StoredProfile:
-    """A pulled profile, typed once, here where the agent's JSON is read (its tree None when it
-    is not a JSON object)."""
+@dataclass(frozen=True, slots=True)
+class PulledProfile:
+    """A pulled profile, its fields typed where the agent's JSON is read and its call tree
+    kept in that JSON (None when it is not a JSON object). The collector stores the tree as
+    it came: typing each node on the way in and turning it back into JSON to store it was
+    half of what taking in a pull cost on a saturated worker. `stored()` types it."""
+
+    pid: int
+    start: float
+    method: str
+    route: str
+    duration_ms: float
+    tree: dict[str, Any] | None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.method} {self.route}"
+
+    def stored(self) -> StoredProfile:
+        tree = ProfileNode.from_json(self.tree) if self.tree is not None else None
+        return StoredProfile(self.pid, self.start, self.method, self.route, self.duration_ms,
+                             tree)
+
+
+def _profile(p: dict[str, Any], pid: int) -> PulledProfile:
     tree = p.get("tree")
-    return StoredProfile(pid=pid, start=float(p["start"]), method=str(p["method"]),
+    return PulledProfile(pid=pid, start=float(p["start"]), method=str(p["method"]),
                          route=str(p["route"]), duration_ms=float(p["duration_ms"]),
-                         tree=ProfileNode.from_json(tree) if isinstance(tree, dict) else None)
+                         tree=tree if isinstance(tree, dict) else None)
 
 
 def _request(r: list[Any] | dict[str, Any], pid: int) -> RequestRecord:
