@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from apiscope.agent.profiling import ANCHOR, ProfilingOptions, compact_tree, parse_frame
 from apiscope.agent.runtime import Agent
+from tests.profiling.trees import all_nodes
 
 ROOT = ["MainThread\x00<thread>\x001", "run\x00/usr/lib/python3.11/asyncio/runners.py\x00100"]
 AROUND = "\x00".join((ANCHOR[0], ANCHOR[1], str(ANCHOR[2]))) + "\x01l140"
@@ -59,16 +60,7 @@ def test_tree_below_the_agent_with_await_under_the_awaiting_frame() -> None:
     assert find(tree, "query")["await_ms"] == 0.0
     assert find(tree, "render")["time_ms"] == 15.0
     assert all(c["function"] != "tiny" for c in handler["children"])  # 0.2 ms < 1 ms floor
-    assert sum(n["await_ms"] for n in _all(tree)) == 81.4
-
-
-def _all(tree: dict[str, Any]) -> list[dict[str, Any]]:
-    out, stack = [], [tree]
-    while stack:
-        node = stack.pop()
-        out.append(node)
-        stack.extend(node["children"])
-    return out
+    assert sum(n["await_ms"] for n in all_nodes(tree)) == 81.4
 
 
 def test_node_cap_keeps_the_heaviest_nodes() -> None:
@@ -76,7 +68,7 @@ def test_node_cap_keeps_the_heaviest_nodes() -> None:
             for i in range(50)]
     tree = compact_tree(recs, "GET /x", 2550.0, ProfilingOptions(max_nodes=10,
                                                                  min_node_share=0.0))
-    nodes = _all(tree)
+    nodes = all_nodes(tree)
     assert len(nodes) == 11  # the root and ten nodes
     kept = sorted(n["line"] for n in nodes if n["function"].startswith("f"))
     assert kept == list(range(41, 50))  # the handler and the nine heaviest of its children
@@ -122,10 +114,10 @@ def test_a_real_profile_charges_the_await_to_its_line(tmp_path: Any) -> None:
     [profile] = list(agent.profiles)
     assert (profile["method"], profile["route"]) == ("GET", "/price/{item}")
     line = inspect.getsourcelines(fetch_price)[1] + 1
-    awaiting = [n for n in _all(profile["tree"]) if n["await_ms"] > 0]
+    awaiting = [n for n in all_nodes(profile["tree"]) if n["await_ms"] > 0]
     sleep = max(awaiting, key=lambda n: n["await_ms"])
     assert sleep["function"] == "sleep" and sleep["await_ms"] >= 25.0
-    parent = next(n for n in _all(profile["tree"]) if sleep in n["children"])
+    parent = next(n for n in all_nodes(profile["tree"]) if sleep in n["children"])
     assert (parent["function"], parent["file"], parent["line"]) == (
         "fetch_price", __file__, line)
     assert agent.pull()["profiling"]["profiled"] == 1 and agent.pull()["profiles"] == []
@@ -169,7 +161,7 @@ def test_only_the_profiled_request_runs_under_the_profiler(tmp_path: Any) -> Non
     assert seen["own"] is not None and seen["other"] is None
     [profile] = list(agent.profiles)
     tree = profile["tree"]
-    waiting = max(_all(tree), key=lambda n: n["await_ms"])
+    waiting = max(all_nodes(tree), key=lambda n: n["await_ms"])
     assert waiting["function"] == "Event.wait" and waiting["await_ms"] >= 15.0
     # running slices and suspensions account for the whole request, within a few ms
     assert abs(tree["time_ms"] - profile["duration_ms"]) < 5.0

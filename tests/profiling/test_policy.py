@@ -17,6 +17,7 @@ from apiscope.agent.profiling import (
     options_from_env,
     template_pattern,
 )
+from tests.profiling.trees import all_nodes
 from tests.support import FakeClock
 
 
@@ -198,22 +199,13 @@ def test_without_pyinstrument_awaits_are_still_profiled_and_the_agent_says_so(
     asyncio.run(run.around(handler, {"type": "http"}, None, None))
     p.finish(run, 0.0, "GET", "/a", 20.0)
     [shipped] = p.profiles
-    awaited = [n for n in _nodes(shipped["tree"]) if n["await_ms"] > 0]
+    awaited = [n for n in all_nodes(shipped["tree"]) if n["await_ms"] > 0]
     assert [(n["function"], n["line"]) for n in awaited] == [("sleep", awaited[0]["line"])]
-    lines = [n["line"] for n in _nodes(shipped["tree"]) if n["function"].endswith("handler")]
+    lines = [n["line"] for n in all_nodes(shipped["tree"]) if n["function"].endswith("handler")]
     assert lines == [_line_of("# timed-await")] and awaited[0]["await_ms"] >= 18
     stats = p.stats()
     assert stats["enabled"] is True and stats["unavailable"] is None
     assert "pyinstrument" in stats["limited"] and stats["profiled"] == 1
-
-
-def _nodes(tree: dict[str, Any]) -> list[dict[str, Any]]:
-    out, stack = [], [tree]
-    while stack:
-        node = stack.pop()
-        out.append(node)
-        stack.extend(node["children"])
-    return out
 
 
 def _line_of(marker: str) -> int:

@@ -11,6 +11,16 @@ from tests.analysis.builder import APP, PID, SITE, T0, Spec, healthy
 ORDERS = "/srv/shop/shop/orders.py"
 
 
+def all_nodes(tree: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of a tree in the agent's JSON shape."""
+    out, stack = [], [tree]
+    while stack:
+        found = stack.pop()
+        out.append(found)
+        stack.extend(found["children"])
+    return out
+
+
 def node(function: str, file: str, line: int, time_ms: float, await_ms: float = 0.0,
          *children: dict[str, Any]) -> dict[str, Any]:
     return {"function": function, "file": file, "line": line, "time_ms": time_ms,
