@@ -18,9 +18,9 @@ slice ends), and a task started then whose coroutine holds the request's ASGI sc
 by a profiler of its own, recording into the request's profile under the frames that started
 it. The request's own wait for it is then only what its followed tasks did not record (the
 hand-overs between tasks, charged to the request and to no line of it), so no time is counted
-twice. Other tasks (`asyncio.gather`'s, a
-background job's) hold no scope and stay outside, as before: their time is the await that
-waits for them. Once the request ends its followed tasks are no longer recorded.
+twice. Other tasks (`asyncio.gather`'s, a background job's) hold no scope and stay outside, as
+before: their time is the await that waits for them. Once the request ends its followed tasks
+are no longer recorded.
 
 The options live here, below both the request path (`profiling`, which decides what to
 profile) and the compaction (`profiletree`, which turns the records into the shipped tree),
