@@ -304,10 +304,8 @@ def dominant_await(route: RouteProfiles | None, min_share: float) -> str | None:
     """"78% of its profiled requests' own time spent awaiting `AsyncSession.execute` at
     orders.py:41", when the route's dominant await site holds at least `min_share`; None for a
     route slow on CPU, so that it is never blamed on an await."""
-    if route is None or route.count < MIN_PROFILES:
-        return None
-    site = route.dominant
-    if site is None or site.share < min_share:
+    site = dominant_site(route, min_share)
+    if site is None:
         return None
     return (f"{pct(site.share)} of its profiled requests' own time spent awaiting"
             f" {describe_site(site)}{describe_rendezvous(site) if site.waits_for else ''}")
