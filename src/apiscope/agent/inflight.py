@@ -268,18 +268,21 @@ def _requests(loop: asyncio.AbstractEventLoop) -> list[_Served]:
     request that came in before the agent it cannot be told apart for sure (a task records no
     parent), and what the request waits for is taken to be at the end of the deepest chain,
     as it is for the others (`_continued`): the shortest chain is taken for the request's."""
-    groups: dict[int, list[tuple[Any, tuple[Any, Any, dict[str, Any]], int]]] = {}
+    groups: dict[int, list[tuple[Any, tuple[Any, Any, dict[str, Any]]]]] = {}
     for task in asyncio.all_tasks(loop):
         found = _request_of(task)
         if found is not None:
-            depth = len(await_chain(task)[0]) if found[0] is None else 0
-            groups.setdefault(id(found[2]), []).append((task, found, depth))
+            groups.setdefault(id(found[2]), []).append((task, found))
     served = []
     for members in groups.values():
-        task, (middleware, request, scope), _ = min(
-            members, key=lambda m: (m[1][0] is None, m[2]))
+        timed = [m for m in members if m[1][0] is not None]
+        if timed or len(members) == 1:
+            task, (middleware, request, scope) = (timed or members)[0]
+        else:  # the chains are walked only here, where they decide
+            task, (middleware, request, scope) = min(
+                members, key=lambda m: len(await_chain(m[0])[0]))
         served.append(_Served(task, middleware, request, scope,
-                              [t for t, _, _ in members if t is not task]))
+                              [t for t, _ in members if t is not task]))
     return served
 
 
