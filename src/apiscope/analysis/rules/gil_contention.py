@@ -249,9 +249,8 @@ class GilContentionRule:
             if lines:
                 break
         background = self._background(ctx, pid, starts, shown, ran)
-        if background and sum(background.values()) > sum(lines.values()):
-            return self._background_flag(ctx, pid, windows, background, looked)
-        if not lines:
+        holder = bool(background) and sum(background.values()) > sum(lines.values())
+        if not lines and not holder:
             return None
         # Weighted by the windows' lengths: the budget makes them 1 to 8 s long.
         seconds = sum(end - start for start, end in windows)
@@ -259,13 +258,16 @@ class GilContentionRule:
         severity = grade(share, ctx.thresholds.gil_wait_share)
         if severity is None:
             return None
+        metric: dict[str, MetricValue] = {
+            "gil_wait_share": share, "contended_seconds": seconds, "cause": "gil",
+            "source": "kernel" if looked else "watchdog"}
+        if holder:
+            return self._background_flag(ctx, pid, (severity, share, seconds), metric,
+                                         background, looked)
         hot = max(lines.items(), key=lambda kv: (kv[1], kv[0].file, kv[0].line))[0]
         route = max(by_line[hot].items(), key=lambda kv: (kv[1], kv[0] or ""))[0]
         gil = [g for g in ctx.data.gil if g.pid == pid]
         loc = frame_location(hot)
-        metric: dict[str, MetricValue] = {
-            "gil_wait_share": share, "contended_seconds": seconds, "cause": "gil",
-            "source": "kernel" if looked else "watchdog"}
         if gil:
             metric["max_wait_ms"] = max(g.max_wait_ms for g in gil)
         if looked:
@@ -298,14 +300,12 @@ class GilContentionRule:
                 out[(a.sample.tid, a.user)] += a.cpu
         return out
 
-    def _background_flag(self, ctx: AnalysisContext, pid: int, windows: dict[Window, float],
-                         background: dict[tuple[int, Frame], float], looked: bool,
-                         ) -> Flag | None:
-        seconds = sum(end - start for start, end in windows)
-        share = sum((end - start) * part for (start, end), part in windows.items()) / seconds
-        severity = grade(share, ctx.thresholds.gil_wait_share)
-        if severity is None:
-            return None
+    def _background_flag(self, ctx: AnalysisContext, pid: int,
+                         graded: tuple[str, float, float], metric: dict[str, MetricValue],
+                         background: dict[tuple[int, Frame], float], looked: bool) -> Flag:
+        """The flag located at the busiest holder that serves no requests (`_background`),
+        given the contention's (severity, share, seconds) and its metric so far."""
+        severity, share, seconds = graded
         (tid, hot), _ = max(background.items(),
                             key=lambda kv: (kv[1], kv[0][1].file, kv[0][1].line))
         thread_cpu = sum(cpu for (t, _), cpu in background.items() if t == tid)
@@ -318,8 +318,5 @@ class GilContentionRule:
                     f" time waiting for the GIL over {seconds:.0f} s ({how}); the GIL's busiest"
                     f" holder serves no requests: {thread}, running Python in {where(loc)}"
                     f" for {thread_cpu / seconds:.2f} of a core in that time")
-        metric: dict[str, MetricValue] = {
-            "gil_wait_share": share, "contended_seconds": seconds, "cause": "gil",
-            "source": "kernel" if looked else "watchdog", "holder_thread": name or str(tid),
-            "holder_cores": thread_cpu / seconds}
+        metric.update(holder_thread=name or str(tid), holder_cores=thread_cpu / seconds)
         return make_flag(self.kind, severity, None, loc, evidence, metric, SUGGEST_BACKGROUND)
