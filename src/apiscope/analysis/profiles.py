@@ -196,6 +196,11 @@ def _waits_for(seen: Sequence[SiteAwait]) -> str:
     return best if best and 2 * on[best] >= sum(on.values()) else ""
 
 
+SUGGEST_RENDEZVOUS = ("if the route waits for news on purpose (a long poll, a subscription), this"
+                      " latency is by design; else find what is slow to notify it (a background"
+                      " task, a queue's consumer, another request)")
+
+
 def describe_rendezvous(site: AwaitSite) -> str:
     """The clause evidence adds for a site that waits to be notified."""
     return (f"; there it waits in {site.waits_for}() for something else in this process to"
@@ -300,23 +305,21 @@ def describe_site(site: AwaitSite) -> str:
     return f"{call}{PurePath(site.file).name}:{site.line}"
 
 
-def dominant_await(route: RouteProfiles | None, min_share: float) -> str | None:
-    """"78% of its profiled requests' own time spent awaiting `AsyncSession.execute` at
-    orders.py:41", when the route's dominant await site holds at least `min_share`; None for a
-    route slow on CPU, so that it is never blamed on an await."""
-    site = dominant_site(route, min_share)
-    if site is None:
-        return None
-    return (f"{pct(site.share)} of its profiled requests' own time spent awaiting"
-            f" {describe_site(site)}{describe_rendezvous(site) if site.waits_for else ''}")
-
-
 def dominant_site(route: RouteProfiles | None, min_share: float) -> AwaitSite | None:
-    """The site `dominant_await` describes, or None."""
+    """The route's dominant await site when it holds at least `min_share` of its profiled
+    requests' own time; None for a route slow on CPU, so that it is never blamed on an
+    await."""
     if route is None or route.count < MIN_PROFILES:
         return None
     site = route.dominant
     return site if site is not None and site.share >= min_share else None
+
+
+def describe_dominant(site: AwaitSite) -> str:
+    """"78% of its profiled requests' own time spent awaiting `AsyncSession.execute` at
+    orders.py:41" for a route's `dominant_site`."""
+    return (f"{pct(site.share)} of its profiled requests' own time spent awaiting"
+            f" {describe_site(site)}{describe_rendezvous(site) if site.waits_for else ''}")
 
 
 def merge_trees(trees: Iterable[ProfileNode]) -> ProfileNode | None:

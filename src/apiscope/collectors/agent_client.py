@@ -396,10 +396,6 @@ class PulledProfile:
     duration_ms: float
     tree: dict[str, Any] | None
 
-    @property
-    def endpoint(self) -> str:
-        return f"{self.method} {self.route}"
-
     def stored(self) -> StoredProfile:
         tree = ProfileNode.from_json(self.tree) if self.tree is not None else None
         return StoredProfile(self.pid, self.start, self.method, self.route, self.duration_ms,

@@ -26,12 +26,12 @@ from apiscope.analysis.context import AnalysisContext, Flag
 from apiscope.analysis.flags import MetricValue, function_name, location, make_flag, pct
 from apiscope.analysis.profiles import (
     MIN_PROFILES,
+    SUGGEST_RENDEZVOUS,
     RouteProfiles,
     aggregate,
     describe_rendezvous,
     describe_site,
 )
-from apiscope.analysis.rules.slow_endpoint import SUGGEST_RENDEZVOUS
 from apiscope.analysis.thresholds import grade
 
 SUGGESTION = ("make this await cheaper or concurrent: add an index or cache for a query, set a"

@@ -57,7 +57,13 @@ from apiscope.analysis.flags import (
     make_flag,
     pct,
 )
-from apiscope.analysis.profiles import RouteProfiles, aggregate, dominant_await, dominant_site
+from apiscope.analysis.profiles import (
+    SUGGEST_RENDEZVOUS,
+    RouteProfiles,
+    aggregate,
+    describe_dominant,
+    dominant_site,
+)
 from apiscope.analysis.stats import percentile, warmup_end
 from apiscope.analysis.thresholds import grade
 from apiscope.analysis.unfinished import SUGGESTION as SUGGEST_STUCK
@@ -74,9 +80,6 @@ STREAM_MIN_SHARE = 0.1
 SUGGEST_CAPACITY = ("the host's CPUs were saturated: give the server more CPU or fewer"
                     " competing processes, or reduce the CPU the busiest routes use (see"
                     " cpu_hotspot and each route's CPU share)")
-SUGGEST_RENDEZVOUS = ("if the route waits for news on purpose (a long poll, a subscription), this"
-                      " latency is by design; else find what is slow to notify it (a background"
-                      " task, a queue's consumer, another request)")
 SUGGEST_LIBRARY = ("the time is the library call's own work: lower its cost (its parameters),"
                    " cache its result, or serve this route from more workers")
 SEVERITY_ORDER = ("low", "medium", "high")
@@ -199,10 +202,9 @@ class SlowEndpointRule:
                              f" (their whole streams p50 {percentile(sorted(streams), 0.5):.0f}"
                              " ms)")
             reasons, symptom = explanations(ctx, endpoint, percentile(latencies, 0.5))
-            awaiting = dominant_await(profiled.get(endpoint), ctx.thresholds.await_share[0])
             site = dominant_site(profiled.get(endpoint), ctx.thresholds.await_share[0])
-            if awaiting:
-                evidence += "; " + awaiting
+            if site is not None:
+                evidence += "; " + describe_dominant(site)
             if reasons:
                 evidence += "; " + "; ".join(reasons)
             if symptom:  # the cause is flagged on another route, at its own severity
