@@ -140,7 +140,7 @@ class SliceProfiler:
             return
         if self.root.finished:
             return
-        self.records.append(([ANCHOR_INFO, *self.prefix, *_below_anchor(stack)], seconds))
+        self.records.append(([ANCHOR_INFO, *self.prefix, *below_anchor(stack)], seconds))
         while parent is not None:
             parent.followed += seconds
             parent = parent.parent
@@ -436,12 +436,14 @@ ANCHOR = ("drive", _DRIVE_CODE.co_filename, _DRIVE_CODE.co_firstlineno)
 ANCHOR_INFO = "\x00".join((ANCHOR[0], ANCHOR[1], str(ANCHOR[2])))
 
 
-def _below_anchor(stack: Sequence[str]) -> Sequence[str]:
-    """The frames of a stack below its first anchor (all of it without one)."""
+def below_anchor(stack: Sequence[str],
+                 anchor: tuple[str, str, int] = ANCHOR) -> Sequence[str]:
+    """The frames of a stack below its first `anchor` frame (none without one)."""
+    prefix = "\x00".join((anchor[0], anchor[1], str(anchor[2])))
     for index, info in enumerate(stack):
-        if info.startswith(ANCHOR_INFO):
+        if info.startswith(prefix):
             return stack[index + 1:]
-    return stack
+    return ()
 
 
 __all__ = [
@@ -452,6 +454,7 @@ __all__ = [
     "ProfilingOptions",
     "Records",
     "SliceProfiler",
+    "below_anchor",
     "frame_identifier",
     "options_from_env",
 ]

@@ -9,10 +9,9 @@ It stays plain dicts and lists: it goes to the collector as standard-library JSO
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from .profiler import ANCHOR, AWAIT, ProfilingOptions, Records
+from .profiler import ANCHOR, AWAIT, ProfilingOptions, Records, below_anchor
 
 
 class _Node:
@@ -46,21 +45,13 @@ def parse_frame(info: str) -> tuple[str, str, int]:
     return function, file, line
 
 
-def _below_anchor(stack: Sequence[str], anchor: tuple[str, str, int]) -> Sequence[str]:
-    prefix = "\x00".join((anchor[0], anchor[1], str(anchor[2])))
-    for index, info in enumerate(stack):
-        if info.startswith(prefix):
-            return stack[index + 1:]
-    return ()
-
-
 def build_tree(records: Records, name: str,
                anchor: tuple[str, str, int] = ANCHOR) -> _Node:
     """The full call tree below the anchor frame, merged by (function, file, executing line)."""
     root = _Node(name, "", 0)
     parsed: dict[str, tuple[str, str, int]] = {}
     for stack, seconds in records:
-        frames = _below_anchor(stack, anchor)
+        frames = below_anchor(stack, anchor)
         awaiting = bool(frames) and frames[-1] == AWAIT
         node = root
         node.time += seconds
