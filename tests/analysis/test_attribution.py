@@ -1,6 +1,13 @@
 from __future__ import annotations
 
-from apiscope.analysis.attribution import RouteMatcher, app_roots, is_app_frame, user_frame
+from apiscope.analysis.attribution import (
+    RouteMatcher,
+    app_roots,
+    dispatch_lines,
+    is_app_frame,
+    request_frame,
+    user_frame,
+)
 from apiscope.model import Frame, RouteInfo
 
 APP = "/srv/shop/shop/api.py"
@@ -128,3 +135,62 @@ def test_a_compiled_templates_frames_are_stood_for_by_the_line_that_rendered_it(
              Frame("Environment.getattr", jinja, 489)]
     assert user_frame(stack, roots) == render
     assert user_frame([*LOOP, Frame("helper", "/srv/shop/shop/cython_ext.pyx", 3)], roots)
+
+
+DESK = "/srv/desk/tickets/views.py"
+DRF = "/venv/lib/python3.12/site-packages/rest_framework/mixins.py"
+TWINS = [  # a DRF router's routes: each with its format-suffix twin
+    RouteInfo("GET", "/api/tickets/", "rest_framework.mixins:ListModelMixin.list", DRF, 38,
+              False),
+    RouteInfo("GET", "/api/tickets.{format}/?", "rest_framework.mixins:ListModelMixin.list",
+              DRF, 38, False),
+    RouteInfo("GET", "/api/login/", "tickets.views:login", DESK, 30, False),
+    RouteInfo("GET", "/api/stats/", "tickets.views:stats", DESK, 50, True),
+]
+
+
+def test_a_handler_of_several_endpoints_is_charged_to_the_one_that_served_requests() -> None:
+    list_stack = [*LOOP, Frame("ListModelMixin.list", DRF, 40)]
+    login_stack = [*LOOP, Frame("login", DESK, 33)]
+    # Without requests to go by, the template's order decides (the twin sorts first).
+    assert RouteMatcher(TWINS).endpoint_of(list_stack) == "GET /api/tickets.{format}/?"
+    assert RouteMatcher(TWINS).endpoint_of(login_stack) == "GET /api/login/"
+    served = {"GET /api/tickets/", "POST /api/login/"}
+    matcher = RouteMatcher(TWINS, served)
+    assert matcher.endpoint_of(list_stack) == "GET /api/tickets/"
+    # A Django function view answers any method: the requests' method is the endpoint's.
+    assert matcher.endpoint_of(login_stack) == "POST /api/login/"
+    assert matcher.handler_of("POST /api/login/") == "tickets.views:login"
+    # A served endpoint whose template has no single handler in the table is not invented.
+    assert RouteMatcher(TWINS, {"PUT /api/nowhere/"}).handler_of("PUT /api/nowhere/") is None
+
+
+MIDDLEWARE = Frame("ServerTimingMiddleware.__call__", "/srv/desk/tickets/middleware.py", 12)
+DJANGO = Frame("BaseHandler._get_response", "/venv/lib/python3.12/site-packages/django/core/"
+               "handlers/base.py", 197)
+
+
+def test_middleware_passing_the_request_on_is_not_where_the_time_below_it_goes() -> None:
+    matcher = RouteMatcher(TWINS, {"GET /api/tickets/"})
+    roots = ("/srv/desk/tickets",)
+    in_view = (*LOOP, MIDDLEWARE, DJANGO, Frame("ListModelMixin.list", DRF, 40),
+               Frame("dumps", "/usr/lib/python3.12/json/__init__.py", 231))
+    after_view = (*LOOP, MIDDLEWARE, DJANGO,
+                  Frame("render", "/venv/lib/python3.12/site-packages/rest_framework/"
+                        "response.py", 70))
+    index = matcher.handler_at(in_view)
+    assert index is not None and index[1] == "GET /api/tickets/"
+    # Below a library's generic view no application line runs: none is charged, not the
+    # middleware above it.
+    assert user_frame(in_view, roots) == MIDDLEWARE
+    assert request_frame(in_view, index[0], roots) is None
+    own_view = (*LOOP, MIDDLEWARE, DJANGO, Frame("stats", DESK, 52))
+    stats = matcher.handler_at(own_view)
+    assert stats is not None and request_frame(own_view, stats[0], roots) == own_view[-1]
+    # The middleware's line is seen above a handler: where no handler runs below it, the
+    # framework's work around the handler (rendering the response) runs there.
+    lines = dispatch_lines([(in_view, index[0]), (after_view, None)], roots)
+    assert lines == {(MIDDLEWARE.file, MIDDLEWARE.line)}
+    # A middleware line doing its own work (never above a handler) is not one of them.
+    logging_line = (*LOOP, Frame("ServerTimingMiddleware.__call__", MIDDLEWARE.file, 14))
+    assert (MIDDLEWARE.file, 14) not in dispatch_lines([(logging_line, None)], roots)

@@ -118,6 +118,29 @@ def test_a_thread_the_kernel_was_not_asked_about_keeps_the_shares() -> None:
                                                                   0) <= 5
 
 
+def test_threads_that_ended_within_the_window_share_what_their_process_used_beyond_the_rest(
+) -> None:
+    # A thread per request (Django's sync_to_async under ASGI): threads 3 and 4 lived 0.3 s
+    # each and ended before the kernel was read; the process used 0.25 s more than its
+    # measured thread 2. That is all they ran, over their working lines first, and without
+    # it each would keep the learnt odds of its lines (a sleep's and a spin's, half and half).
+    segments = [seg(SPIN, 0, 1.0),
+                seg(SLEEP, 0.0, 0.1, tid=3), seg(SPIN, 0.1, 0.3, tid=3),
+                seg(SLEEP, 0.3, 0.4, tid=4), seg(HASH, 0.4, 0.6, tid=4)]
+    budgets = {(1, 2): ThreadBudget(1.0)}
+    rows = split_samples(segments, 100, is_idle, taught(), budgets, 1.0, unmeasured={1: 0.25})
+    pooled = [r for r in rows if r.tid in (3, 4)]
+    ran = sum(r.count for r in pooled if r.state is SampleState.RUNNING)
+    assert ran == 25
+    assert sum(r.count for r in pooled if r.state is SampleState.RUNNING
+               and r.frames == SLEEP) <= 1
+    assert sum(r.count for r in pooled) == 60  # every sample kept, the rest blocked
+    assert by_state(tuple(r for r in rows if r.tid == 2)) == {("spin", SampleState.RUNNING): 100}
+    # Nothing unmeasured (the process used just what its threads did): nothing more ran.
+    rows = split_samples(segments, 100, is_idle, taught(), budgets, 1.0, unmeasured={1: 0.0})
+    assert not [r for r in rows if r.tid in (3, 4) and r.state is SampleState.RUNNING]
+
+
 def test_share_by_odds_and_whole() -> None:
     got = share_by_odds(12.0, [1.0, 0.1], [10, 10])
     assert abs(got[0] - 10.0) < 1e-3 and abs(got[1] - 2.0) < 1e-3

@@ -17,8 +17,9 @@ GET, and the report's endpoints are keyed by the method the requests used, which
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import PurePosixPath
 
 from apiscope.frames import (
@@ -34,8 +35,9 @@ from apiscope.model import Frame, RouteInfo
 
 # `is_app_frame` and `TOOL_ROOTS` live in `apiscope.frames`, shared with every view; the rules
 # import them from here with the rest of the attribution.
-__all__ = ["FRAMEWORKS", "TOOL_ROOTS", "RouteMatcher", "app_roots", "framework_route",
-           "is_app_frame", "is_tool_work", "library_call", "method_rank", "user_frame"]
+__all__ = ["FRAMEWORKS", "TOOL_ROOTS", "RouteMatcher", "app_roots", "dispatch_lines",
+           "framework_route", "is_app_frame", "is_tool_work", "library_call", "method_rank",
+           "request_frame", "user_frame"]
 
 _METHOD_ORDER = {"GET": 0, "POST": 1, "PUT": 2, "PATCH": 3, "DELETE": 4, "HEAD": 8, "OPTIONS": 9}
 
@@ -117,6 +119,29 @@ def user_frame(frames: Sequence[Frame], app_roots: Sequence[str],
     return None
 
 
+def request_frame(frames: Sequence[Frame], handler_index: int | None,
+                  app_roots: Sequence[str]) -> Frame | None:
+    """The leaf-most application frame at or below the handler's frame, when a handler runs.
+
+    The application's frames above the handler are its middleware passing the request on
+    (`get_response(request)`, `await self.app(scope, receive, send)`): what runs below them
+    is the handler's (or, in a library's generic view, the framework's), not theirs."""
+    return user_frame(frames if handler_index is None else frames[handler_index:], app_roots)
+
+
+def dispatch_lines(stacks: Iterable[tuple[Sequence[Frame], int | None]],
+                   app_roots: Sequence[str]) -> set[tuple[str, int]]:
+    """The application's lines seen above a handler's frame: where its middleware passes the
+    request on. Seen with no handler below them, they run the framework's own work around
+    the handler (routing, the other middleware, rendering the response): not a line's cost."""
+    lines = set()
+    for frames, index in stacks:
+        for frame in frames[:index or 0]:
+            if is_app_frame(frame, app_roots):
+                lines.add((frame.file, frame.line))
+    return lines
+
+
 def library_call(frames: Sequence[Frame], user: Frame | None) -> str | None:
     """The function the application frame `user` called, when the leaf is not the app's own
     line: the library (or standard library) code the time is spent in."""
@@ -153,10 +178,22 @@ def is_tool_work(frames: Sequence[Frame], tool_roots: Sequence[str] = TOOL_ROOTS
 
 
 class RouteMatcher:
-    """Finds which endpoint's handler a stack is running."""
+    """Finds which endpoint's handler a stack is running.
 
-    def __init__(self, routes: Sequence[RouteInfo]) -> None:
-        ordered = sorted(routes, key=lambda r: (r.template, method_rank(r.method)))
+    One handler may serve several endpoints: a DRF router's format-suffix twin of each route
+    (`/tickets/` and `/tickets.{format}/?`), a Django function view answering any method. Given
+    the endpoints that served requests (`served`), a handler is charged to one of its
+    endpoints that served some, and an endpoint that served requests but is missing from
+    the route table (a POST to a view the table lists under GET) takes the handler of its
+    template when the table has exactly one for it. Among endpoints alike in that, the
+    template's order decides, so the choice does not move as counts change.
+    """
+
+    def __init__(self, routes: Sequence[RouteInfo], served: Collection[str] = ()) -> None:
+        served = frozenset(served)
+        routes = [*routes, *_served_only(routes, served)]
+        ordered = sorted(routes, key=lambda r: (f"{r.method} {r.template}" not in served,
+                                                r.template, method_rank(r.method)))
         # function name -> [(file, endpoint)], first (preferred) method first
         self._by_name: dict[str, list[tuple[str, str]]] = {}
         self._handlers: dict[str, str] = {}
@@ -177,10 +214,15 @@ class RouteMatcher:
 
     def endpoint_of(self, frames: Sequence[Frame]) -> str | None:
         """"METHOD /template" of the handler running in `frames` (root first), or None."""
-        for frame in reversed(frames):
-            endpoint = self._match(frame)
+        found = self.handler_at(frames)
+        return found[1] if found is not None else None
+
+    def handler_at(self, frames: Sequence[Frame]) -> tuple[int, str] | None:
+        """(index, endpoint) of the leaf-most handler frame in `frames` (root first), or None."""
+        for index in range(len(frames) - 1, -1, -1):
+            endpoint = self._match(frames[index])
             if endpoint is not None:
-                return endpoint
+                return index, endpoint
         return None
 
     def _match(self, frame: Frame) -> str | None:
@@ -191,3 +233,19 @@ class RouteMatcher:
             if _same_file(file, frame.file):
                 return endpoint
         return None
+
+
+def _served_only(routes: Sequence[RouteInfo], served: Collection[str]) -> list[RouteInfo]:
+    """Rows for endpoints that served requests under a method the table does not list, where
+    the table has one handler for their template."""
+    known = {f"{r.method} {r.template}" for r in routes}
+    by_template: dict[str, list[RouteInfo]] = {}
+    for route in routes:
+        by_template.setdefault(route.template, []).append(route)
+    extra = []
+    for endpoint in sorted(served):
+        method, _, template = endpoint.partition(" ")
+        rows = by_template.get(template, [])
+        if endpoint not in known and len({r.handler for r in rows}) == 1:
+            extra.append(dataclasses.replace(rows[0], method=method))
+    return extra

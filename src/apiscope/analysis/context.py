@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from apiscope.analysis.attribution import RouteMatcher, is_tool_work, user_frame
+from apiscope.analysis.attribution import (
+    RouteMatcher,
+    dispatch_lines,
+    is_tool_work,
+    request_frame,
+)
 from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds
 from apiscope.flag import Flag as Flag  # the rules' output type, re-exported for them
 from apiscope.model import (
@@ -165,18 +170,12 @@ def cpu_seconds(data: SessionData) -> dict[tuple[float, int, int], float]:
 def attribute(data: SessionData, matcher: RouteMatcher) -> list[Attributed]:
     rates = {w.start: w.rate_hz for w in data.windows}
     per_sample = cpu_seconds(data)
-    cache: dict[int, tuple[tuple[Frame, ...], str | None, Frame | None, bool, bool]] = {}
+    facts = _stack_facts(data, matcher)
     out = []
     for window, sample in data.samples:
         # The reader shares one tuple per distinct stack, so its id is a cheap key; the tuple is
-        # kept in the cache entry, so the id cannot be reused while the cache lives.
-        hit = cache.get(id(sample.frames))
-        if hit is None or hit[0] is not sample.frames:
-            hit = (sample.frames, matcher.endpoint_of(sample.frames),
-                   user_frame(sample.frames, matcher.roots),
-                   any(f.file.startswith("<frozen importlib") for f in sample.frames),
-                   is_tool_work(sample.frames))
-            cache[id(sample.frames)] = hit
+        # kept in the facts, so the id cannot be reused while they live.
+        hit = facts[id(sample.frames)]
         role = data.roles.get((sample.pid, sample.tid), ThreadRole.OTHER)
         rate = rates.get(window) or data.meta.rate_hz or 100
         seconds = sample.count / rate
@@ -192,11 +191,35 @@ def attribute(data: SessionData, matcher: RouteMatcher) -> list[Attributed]:
     return out
 
 
+_Facts = tuple[tuple[Frame, ...], str | None, Frame | None, bool, bool]
+
+
+def _stack_facts(data: SessionData, matcher: RouteMatcher) -> dict[int, _Facts]:
+    """Per distinct stack: (frames, endpoint, application frame, importing, tool work). The
+    application frame is the handler's (`request_frame`); a middleware line passing requests
+    on (`dispatch_lines`) is none when no handler runs below it."""
+    handlers: dict[int, tuple[tuple[Frame, ...], int | None, str | None]] = {}
+    for _, sample in data.samples:
+        if id(sample.frames) not in handlers:
+            found = matcher.handler_at(sample.frames)
+            handlers[id(sample.frames)] = (sample.frames, *(found or (None, None)))
+    passing = dispatch_lines(((f, i) for f, i, _ in handlers.values()), matcher.roots)
+    facts = {}
+    for key, (frames, index, endpoint) in handlers.items():
+        user = request_frame(frames, index, matcher.roots)
+        if index is None and user is not None and (user.file, user.line) in passing:
+            user = None
+        facts[key] = (frames, endpoint, user,
+                      any(f.file.startswith("<frozen importlib") for f in frames),
+                      is_tool_work(frames))
+    return facts
+
+
 def build_context(data: SessionData, thresholds: Thresholds) -> AnalysisContext:
-    matcher = RouteMatcher(data.routes)
     by_endpoint: dict[str, list[RequestRecord]] = defaultdict(list)
     for record in data.requests:
         by_endpoint[record.endpoint].append(record)
+    matcher = RouteMatcher(data.routes, by_endpoint)
     functions: dict[tuple[str, int], str] = {}
     seen: set[int] = set()
     for _, sample in data.samples:

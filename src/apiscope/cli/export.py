@@ -81,7 +81,8 @@ def session_profile(reader: SessionReader, samples: list[StackSample], title: st
     rate = reader.meta().rate_hz or None
     routes = reader.routes()
     return Profile(samples, title, report, threads=threads, rate_hz=rate,
-                   endpoint_of=route_matcher(routes), span=(start, max(0.0, end - start)),
+                   endpoint_of=route_matcher(routes, reader.served_endpoints()),
+                   span=(start, max(0.0, end - start)),
                    app_roots=app_roots(routes))
 
 

@@ -297,16 +297,27 @@ class ThreadBudget:
     runqueue: float = 0.0
 
 
+_POOLED = -1  # the tid of the group of a process's threads the kernel could not be asked about
+
+
 def split_samples(segments: Sequence[Segment], rate: int, idle: IdleFn, shares: ActivityShares,
                   budgets: Mapping[ThreadKey, ThreadBudget], seconds: float, *,
-                  active_only: bool = False) -> tuple[StackSample, ...]:
+                  active_only: bool = False,
+                  unmeasured: Mapping[int, float] | None = None) -> tuple[StackSample, ...]:
     """The window's samples: per stack of every thread, RUNNING, RUNNABLE and BLOCKED (or
-    WAITING) counts. A thread the kernel could not be asked about keeps the shares alone.
+    WAITING) counts.
 
     A window recorded with `--idle` shows each thread all along, so its measured CPU is that
     fraction of its samples. One recorded without (`active_only`) shows a thread only while
     py-spy found it active: its samples are not the window's length, and its measured CPU is
-    CPU seconds x rate samples of them."""
+    CPU seconds x rate samples of them.
+
+    The kernel is read at the window's edges, so a thread that ended within the window has no
+    figure of its own: a server starting a thread per request (Django's `sync_to_async` under
+    ASGI) has most of its request threads so. The CPU its process used beyond its measured
+    threads (`unmeasured`, per pid) is theirs together: it is shared out over their stacks as
+    one thread's (each shows only while it lived, so as CPU seconds x rate samples). A thread
+    of a process not measured at all keeps the learnt shares alone."""
     shown: dict[StackKey, float] = defaultdict(float)
     names: dict[ThreadKey, str] = {}
     for seg in segments:
@@ -315,37 +326,46 @@ def split_samples(segments: Sequence[Segment], rate: int, idle: IdleFn, shares: 
     by_thread: dict[ThreadKey, list[StackKey]] = defaultdict(list)
     for key in shown:
         by_thread[(key[0], key[1])].append(key)
-    out: list[StackSample] = []
+    count_of: dict[StackKey, int] = {}  # whole samples, rounded so each thread keeps its total
+    groups: dict[ThreadKey, list[StackKey]] = defaultdict(list)
     for thread, keys in by_thread.items():
-        counts = whole([shown[k] * rate for k in keys], [10**9] * len(keys))
+        count_of.update(zip(keys, whole([shown[k] * rate for k in keys], [10**9] * len(keys)),
+                            strict=True))
+        pooled = thread not in budgets and unmeasured is not None and thread[0] in unmeasured
+        groups[(thread[0], _POOLED) if pooled else thread].extend(keys)
+    out: list[StackSample] = []
+    for group, keys in groups.items():
+        counts_of = [count_of[k] for k in keys]
         flags = [idle(*k) for k in keys]
         leaves = [k[2][-1] if k[2] else None for k in keys]
         weights = [shares.share(leaf, flag) for leaf, flag in zip(leaves, flags, strict=True)]
-        total = sum(counts)
-        budget = budgets.get(thread)
+        pooled = group[1] == _POOLED
+        budget = ThreadBudget(unmeasured[group[0]]) if pooled and unmeasured else budgets.get(group)
         if budget is None or seconds <= 0:
-            ran = whole([w * c for w, c in zip(weights, counts, strict=True)], counts)
+            ran = whole([w * c for w, c in zip(weights, counts_of, strict=True)], counts_of)
             runnable = [0] * len(keys)
         else:
             # Samples' worth of running and of waiting for a CPU.
-            if active_only:
-                # Every sample shown is one py-spy found active; each line still runs only
-                # its learnt share of them (a sleep's line shows as its thread wakes): CPU
-                # the shown samples cannot hold (samples py-spy lost) is left unplaced.
+            if active_only or pooled:
+                # Every sample shown is one py-spy found active (or, pooled, one of a thread
+                # while it lived); each line still runs only its learnt share of them (a
+                # sleep's line shows as its thread wakes): CPU the shown samples cannot hold
+                # (samples py-spy lost) is left unplaced.
                 cpu, queued = budget.cpu * rate, budget.runqueue * rate
             else:
+                total = sum(counts_of)
                 cpu = min(1.0, budget.cpu / seconds) * total
                 queued = min(1.0, budget.runqueue / seconds) * total
             # A line measured asleep holds none of it, however long it shows: CPU the other
             # stacks cannot hold stays unplaced rather than land on a sleep.
             can_run = [0 if shares.is_asleep(leaf) else c
-                       for leaf, c in zip(leaves, counts, strict=True)]
+                       for leaf, c in zip(leaves, counts_of, strict=True)]
             ran = whole(_working_first(cpu, weights, can_run, flags, not active_only), can_run)
-            left = [c - r for c, r in zip(counts, ran, strict=True)]
+            left = [c - r for c, r in zip(counts_of, ran, strict=True)]
             runnable = whole(_working_first(queued, weights, left, flags, not active_only),
                              left)
-        for key, n, r, q, flag in zip(keys, counts, ran, runnable, flags, strict=True):
-            out.extend(_rows(key, names[thread], n, r, q, flag))
+        for key, n, r, q, flag in zip(keys, counts_of, ran, runnable, flags, strict=True):
+            out.extend(_rows(key, names[(key[0], key[1])], n, r, q, flag))
     return tuple(out)
 
 

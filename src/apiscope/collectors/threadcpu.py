@@ -114,3 +114,13 @@ def usage(before: CpuReading, after: CpuReading) -> CpuUsage:
     runqueue = {key: max(0.0, now - before.runqueue.get(key, 0.0))
                 for key, now in after.runqueue.items() if key[0] in before.processes}
     return CpuUsage(threads, processes, runqueue)
+
+
+def unmeasured_cpu(used: CpuUsage) -> dict[int, float]:
+    """Per process, the CPU seconds its own total holds beyond its measured threads': threads
+    that ended within the window (or started and ended in it)."""
+    measured: dict[int, float] = {}
+    for (pid, _), seconds in used.threads.items():
+        measured[pid] = measured.get(pid, 0.0) + seconds
+    return {pid: max(0.0, total - measured.get(pid, 0.0))
+            for pid, total in used.processes.items()}

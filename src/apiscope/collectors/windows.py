@@ -28,7 +28,13 @@ from apiscope.collectors.oncpu import ActivityShares, ThreadBudget, line_times, 
 from apiscope.collectors.pyspy import parse_raw, parse_summary
 from apiscope.collectors.samplerstats import ErrorWindow, SamplerStats, window_loss
 from apiscope.collectors.spy import SpyExit
-from apiscope.collectors.threadcpu import CpuReading, CpuUsage, ThreadCpuReader, usage
+from apiscope.collectors.threadcpu import (
+    CpuReading,
+    CpuUsage,
+    ThreadCpuReader,
+    unmeasured_cpu,
+    usage,
+)
 from apiscope.collectors.threads import is_waiting, thread_roles
 from apiscope.model import Frame, StackSample, StackWindow, ThreadRole
 
@@ -153,7 +159,8 @@ class WindowMeter:
         budgets = {key: ThreadBudget(cpu, m.used.runqueue.get(key, 0.0))
                    for key, cpu in m.used.threads.items()}
         samples = split_samples(m.trace.segments, m.rate_hz, m.idle, self._shares, budgets,
-                                max(m.end - m.start, 1e-9), active_only=m.active_only)
+                                max(m.end - m.start, 1e-9), active_only=m.active_only,
+                                unmeasured=unmeasured_cpu(m.used))
         window = StackWindow(start=m.start, end=m.end, rate_hz=m.rate_hz, samples=samples,
                              errors=m.errors, threads=m.roles, thread_cpu=m.used.threads,
                              process_cpu=m.used.processes, thread_runqueue=m.used.runqueue,

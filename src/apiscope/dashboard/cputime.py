@@ -14,10 +14,10 @@ construction rather than by a second copy of the formula.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from itertools import groupby
 
-from apiscope.analysis.attribution import RouteMatcher, is_tool_work, user_frame
+from apiscope.analysis.attribution import RouteMatcher, is_tool_work, request_frame
 from apiscope.analysis.context import AnalysisContext, Attributed, SessionData
 from apiscope.analysis.thresholds import Thresholds
 from apiscope.model import (
@@ -95,26 +95,30 @@ def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
 
 class StackFacts:
     """What the analysis asks of a stack (endpoint, application frame, tool work), worked out
-    once per stack id with the analysis's own attribution, until the route table changes."""
+    once per stack id with the analysis's own attribution, until the route table or the set
+    of endpoints served changes."""
 
     def __init__(self, frames_of: FramesOf) -> None:
         self._frames_of = frames_of
-        self._routes: list[RouteInfo] | None = None
+        self._routes: tuple[list[RouteInfo], frozenset[str]] | None = None
         self.matcher = RouteMatcher([])
         self._facts: dict[int, tuple[str | None, Frame | None, bool]] = {}
 
-    def use(self, routes: list[RouteInfo]) -> None:
-        if routes != self._routes:
-            self._routes = list(routes)
-            self.matcher = RouteMatcher(routes)
+    def use(self, routes: list[RouteInfo], served: Collection[str] = ()) -> None:
+        """The route table and the endpoints that served requests (`RouteMatcher`)."""
+        key = (list(routes), frozenset(served))
+        if key != self._routes:
+            self._routes = key
+            self.matcher = RouteMatcher(*key)
             self._facts.clear()
 
     def of(self, stack_id: int) -> tuple[str | None, Frame | None, bool]:
         found = self._facts.get(stack_id)
         if found is None:
             frames = self._frames_of(stack_id)
-            found = self._facts[stack_id] = (self.matcher.endpoint_of(frames),
-                                             user_frame(frames, self.matcher.roots),
+            index, endpoint = self.matcher.handler_at(frames) or (None, None)
+            found = self._facts[stack_id] = (endpoint,
+                                             request_frame(frames, index, self.matcher.roots),
                                              is_tool_work(frames))
         return found
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +40,8 @@ Range = tuple[float, float] | None
 SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2}
 
 
-def route_matcher(routes: Sequence[RouteInfo]) -> EndpointOf:
-    return RouteMatcher(routes).endpoint_of
+def route_matcher(routes: Sequence[RouteInfo], served: Collection[str]) -> EndpointOf:
+    return RouteMatcher(routes, served).endpoint_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +94,8 @@ class DashboardSession:
         # reader's single SQLite connection.
         self._lock = threading.RLock()
         self.requests = RequestIndex(self.reader, self._lock)
-        self.samples = SampleIndex(self.reader, route_matcher, self._lock)
+        self.samples = SampleIndex(self.reader, route_matcher, self._lock,
+                                   served=lambda: self.requests.columns)
         self.cpu = CpuIndex(self.reader, BLOCK, self._lock)
         self._facts = StackFacts(self.samples.frames)
         self._process_cpu_measured = self._thread_cpu_measured = False
@@ -139,7 +140,7 @@ class DashboardSession:
             self._flags = sorted(stored, key=lambda f: SEVERITY_ORDER.get(f.severity, 3))
             self._routes = self.reader.routes()
             self._app_roots = app_roots(self._routes)
-            self._facts.use(self._routes)
+            self._facts.use(self._routes, self.requests.columns)
             self._span = self._time_range()
             # JSON-shaped (lists, not tuples) so it compares equal after a trip to the browser
             version = [self.requests.last_id, self.samples.last_window_id, self._last_resource,

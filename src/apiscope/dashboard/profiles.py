@@ -176,7 +176,7 @@ def register(app: Dash, data: DashboardSession) -> None:
             return empty_state("choose an endpoint on the overview")
         roots = data.app_roots()
         found = aggregate(load_profiles(data.reader.path, route), roots,
-                          matcher=RouteMatcher(data.routes()))
+                          matcher=RouteMatcher(data.routes(), data.requests.columns))
         return profiles_view(found.get(route), roots)
 
     @app.callback(Output("profile-download", "data"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from apiscope.model import Frame, RouteInfo, SampleState, WindowInfo
@@ -23,7 +23,7 @@ CACHE_SIZE = 64  # remembered slices
 
 Series = tuple[int, int, str, bool | None]  # pid, tid, state (as stored), gil
 EndpointOf = Callable[[Sequence[Frame]], "str | None"]
-MatcherFactory = Callable[[Sequence[RouteInfo]], EndpointOf]
+MatcherFactory = Callable[[Sequence[RouteInfo], frozenset[str]], EndpointOf]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +47,11 @@ class SampleIndex:
     """The samples of one session, aggregated for slicing; safe to share between threads."""
 
     def __init__(self, reader: SessionReader, matcher_factory: MatcherFactory,
-                 lock: threading.RLock | None = None) -> None:
+                 lock: threading.RLock | None = None,
+                 served: Callable[[], Collection[str]] = tuple) -> None:
         self._reader = reader
         self._matcher_factory = matcher_factory
+        self._served = served  # the endpoints that served requests so far
         # the owner's lock: one SQLite connection must not run two statements at once
         self._lock = lock or threading.RLock()
         self.windows: list[WindowInfo] = []
@@ -59,7 +61,7 @@ class SampleIndex:
         self._blocks: dict[int, dict[tuple[int, int], int]] = {}
         self._stacks: dict[int, tuple[Frame, ...]] = {}
         self._endpoints: dict[int, str | None] = {}
-        self._route_count = -1
+        self._route_key: tuple[int, frozenset[str]] | None = None
         self._matcher: EndpointOf = lambda frames: None
         self._cache: OrderedDict[SampleSlice, dict[int, int]] = OrderedDict()
         self._active: dict[int, int] = {}  # window id -> samples not waiting
@@ -94,10 +96,11 @@ class SampleIndex:
 
     def _refresh_routes(self) -> bool:
         routes = self._reader.routes()
-        if len(routes) == self._route_count:
+        served = frozenset(self._served())
+        if (len(routes), served) == self._route_key:
             return False
-        self._route_count = len(routes)
-        self._matcher = self._matcher_factory(routes)
+        self._route_key = (len(routes), served)
+        self._matcher = self._matcher_factory(routes, served)
         self._endpoints.clear()
         return True
 

@@ -9,7 +9,7 @@ entries whose counts add up to exactly the samples that match.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -116,19 +116,21 @@ def select_samples(reader: SessionReader, spec: SliceSpec,
     """The samples of the slice, merged across windows, in a deterministic order."""
     samples: Iterable[StackSample] = reader.sample_totals(sample_filter(reader, spec))
     if spec.route is not None:
-        routes = reader.routes()
-        wanted = resolve_route(spec.route, routes)
-        samples = _on_endpoints(samples, wanted, endpoint_of or route_matcher(routes))
+        routes, served = reader.routes(), reader.served_endpoints()
+        wanted = resolve_route(spec.route, routes, served)
+        samples = _on_endpoints(samples, wanted, endpoint_of or route_matcher(routes, served))
     return merge_samples(samples)
 
 
-def resolve_route(route: str, routes: Sequence[RouteInfo]) -> frozenset[str]:
-    """The endpoints ("METHOD /template") a --route value names.
+def resolve_route(route: str, routes: Sequence[RouteInfo],
+                  served: Collection[str] = ()) -> frozenset[str]:
+    """The endpoints ("METHOD /template") a --route value names, in the route table or among
+    those that served requests.
 
     Accepts "GET /items/{item_id}" or just "/items/{item_id}" (every method of that template).
     """
     text = " ".join(route.split())
-    known = sorted({f"{r.method} {r.template}" for r in routes})
+    known = sorted({f"{r.method} {r.template}" for r in routes} | set(served))
     if " " in text:
         method, template = text.split(" ", 1)
         wanted = frozenset({f"{method.upper()} {template}"})
@@ -140,9 +142,9 @@ def resolve_route(route: str, routes: Sequence[RouteInfo]) -> frozenset[str]:
     return wanted
 
 
-def route_matcher(routes: Sequence[RouteInfo]) -> EndpointOf:
+def route_matcher(routes: Sequence[RouteInfo], served: Collection[str] = ()) -> EndpointOf:
     """The report's own attribution, so an export of a route shows what the report charged."""
-    return RouteMatcher(routes).endpoint_of
+    return RouteMatcher(routes, served).endpoint_of
 
 
 def _on_endpoints(samples: Iterable[StackSample], wanted: frozenset[str],

@@ -125,6 +125,10 @@ class SessionReader(ViewQueries):
                           " GROUP BY method, template ORDER BY template, method")
         return [RouteInfo(m, t, h, f, ln, bool(a)) for m, t, h, f, ln, a in rows]
 
+    def served_endpoints(self) -> set[str]:
+        """The endpoints ("METHOD /template") that served at least one recorded request."""
+        return {f"{m} {r}" for m, r in self._query("SELECT DISTINCT method, route FROM requests")}
+
     def threads(self) -> dict[tuple[int, int], tuple[str, ThreadRole]]:
         return {(pid, tid): (name, ThreadRole(role))
                 for pid, tid, name, role in self._query("SELECT pid, tid, name, role FROM threads")}
