@@ -194,3 +194,15 @@ def test_middleware_passing_the_request_on_is_not_where_the_time_below_it_goes()
     # A middleware line doing its own work (never above a handler) is not one of them.
     logging_line = (*LOOP, Frame("ServerTimingMiddleware.__call__", MIDDLEWARE.file, 14))
     assert (MIDDLEWARE.file, 14) not in dispatch_lines([(logging_line, None)], roots)
+
+
+def test_a_handler_serving_several_routes_is_charged_to_none_of_them() -> None:
+    # Two viewsets share DRF's inherited `list`: a stack in it cannot say whose list it runs.
+    routes = [*TWINS, RouteInfo("GET", "/api/teams/", "rest_framework.mixins:ListModelMixin.list",
+                                DRF, 38, False)]
+    stack = (*LOOP, Frame("ListModelMixin.list", DRF, 40))
+    matcher = RouteMatcher(routes, {"GET /api/tickets/", "GET /api/teams/"})
+    assert matcher.handler_at(stack) == (len(LOOP), None)
+    assert matcher.endpoint_of(stack) is None
+    # Only one of them served requests: that one.
+    assert RouteMatcher(routes, {"GET /api/teams/"}).endpoint_of(stack) == "GET /api/teams/"

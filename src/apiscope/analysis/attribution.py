@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from apiscope.frames import (
@@ -177,6 +178,15 @@ def is_tool_work(frames: Sequence[Frame], tool_roots: Sequence[str] = TOOL_ROOTS
     return False
 
 
+@dataclass(slots=True)
+class _Entry:
+    """A handler function's file and the endpoint its frames are charged to."""
+
+    file: str
+    endpoint: str | None  # None: it served requests of several templates
+    template: str
+
+
 class RouteMatcher:
     """Finds which endpoint's handler a stack is running.
 
@@ -187,6 +197,10 @@ class RouteMatcher:
     the route table (a POST to a view the table lists under GET) takes the handler of its
     template when the table has exactly one for it. Among endpoints alike in that, the
     template's order decides, so the choice does not move as counts change.
+
+    A handler serving requests on several templates cannot be told apart by its stack: DRF's
+    `ListModelMixin.list` runs every viewset's list. Its frames are a handler's, of no
+    endpoint (the time is not charged to one route for all of them).
     """
 
     def __init__(self, routes: Sequence[RouteInfo], served: Collection[str] = ()) -> None:
@@ -194,8 +208,8 @@ class RouteMatcher:
         routes = [*routes, *_served_only(routes, served)]
         ordered = sorted(routes, key=lambda r: (f"{r.method} {r.template}" not in served,
                                                 r.template, method_rank(r.method)))
-        # function name -> [(file, endpoint)], first (preferred) method first
-        self._by_name: dict[str, list[tuple[str, str]]] = {}
+        # function name -> its handlers' entries, one per file, preferred endpoint first
+        self._by_name: dict[str, list[_Entry]] = {}
         self._handlers: dict[str, str] = {}
         for route in ordered:
             endpoint = f"{route.method} {route.template}"
@@ -204,8 +218,12 @@ class RouteMatcher:
             names = {qualname, qualname.rsplit(".", 1)[-1]}
             for name in names:
                 entries = self._by_name.setdefault(name, [])
-                if not any(_same_file(f, route.file) for f, _ in entries):
-                    entries.append((route.file, endpoint))
+                entry = next((e for e in entries if _same_file(e.file, route.file)), None)
+                if entry is None:
+                    entries.append(_Entry(route.file, endpoint, route.template))
+                elif endpoint in served and entry.endpoint in served \
+                        and entry.template != route.template:
+                    entry.endpoint = None  # serving requests on two templates: ambiguous
         self.roots = app_roots(routes)
 
     def handler_of(self, endpoint: str) -> str | None:
@@ -217,21 +235,22 @@ class RouteMatcher:
         found = self.handler_at(frames)
         return found[1] if found is not None else None
 
-    def handler_at(self, frames: Sequence[Frame]) -> tuple[int, str] | None:
-        """(index, endpoint) of the leaf-most handler frame in `frames` (root first), or None."""
+    def handler_at(self, frames: Sequence[Frame]) -> tuple[int, str | None] | None:
+        """(index, endpoint) of the leaf-most handler frame in `frames` (root first), or None;
+        the endpoint is None for a handler of several (see above)."""
         for index in range(len(frames) - 1, -1, -1):
-            endpoint = self._match(frames[index])
-            if endpoint is not None:
-                return index, endpoint
+            entry = self._match(frames[index])
+            if entry is not None:
+                return index, entry.endpoint
         return None
 
-    def _match(self, frame: Frame) -> str | None:
+    def _match(self, frame: Frame) -> _Entry | None:
         entries = self._by_name.get(frame.function)
         if entries is None and "." in frame.function:
             entries = self._by_name.get(frame.function.rsplit(".", 1)[-1])
-        for file, endpoint in entries or ():
-            if _same_file(file, frame.file):
-                return endpoint
+        for entry in entries or ():
+            if _same_file(entry.file, frame.file):
+                return entry
         return None
 
 
