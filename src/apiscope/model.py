@@ -151,6 +151,12 @@ class RouteInfo:
     file: str
     line: int  # first line of the handler
     is_async: bool
+    # The application's class serving the route when the handler is a method it inherits from
+    # a library (a DRF viewset's `list`, a Django generic view's `get`): where to look, since
+    # the handler's own file is the library's. Empty otherwise.
+    view: str = ""  # "module:qualname"
+    view_file: str = ""
+    view_line: int = 0
 
 
 @dataclass(frozen=True, slots=True)

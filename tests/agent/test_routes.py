@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route, Router
 
+from apiscope.agent.handlers import handler_row
 from apiscope.agent.routes import RouteRegistry
 
 Handler = Callable[..., Awaitable[Any]]
@@ -110,3 +111,26 @@ def test_routes_added_later_appear_on_refresh() -> None:
     app.add_route("/b", list_orders)
     registry.refresh()
     assert sorted(row["template"] for row in registry.rows) == ["/a", "/b"]
+
+
+class Listing:
+    """A class-based view whose `get` comes from a library's generic view (here a stand-in
+    from the standard library: any method defined in another module)."""
+
+    get = staticmethod(functools.reduce)
+
+
+class OwnListing(Listing):
+    def get(self) -> None:  # type: ignore[override]
+        return None
+
+
+def test_a_handler_inherited_from_a_library_names_the_apps_class() -> None:
+    row = handler_row("GET", "/listing", OwnListing.get, OwnListing)
+    assert "view" not in row  # its own method: the handler is where to look
+    row = handler_row("GET", "/listing", Listing.get, Listing)
+    assert row["view"] == f"{__name__}:Listing"
+    assert row["view_file"] == __file__
+    with open(__file__) as f:
+        lines = f.read().splitlines()
+    assert lines[row["view_line"] - 1].startswith("class Listing:")

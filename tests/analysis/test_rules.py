@@ -12,6 +12,7 @@ from apiscope.model import (
     Frame,
     ProfileNode,
     QueryStat,
+    RouteInfo,
     SampleState,
     StoredProfile,
     ThreadPoolSample,
@@ -182,6 +183,33 @@ def test_without_activity_probe_worker_lines_are_not_cpu_hotspots(tmp_path: Path
     assert flags_of(report_of(spec, tmp_path), "cpu_hotspot") == []
 
 
+
+
+def test_n_plus_one_below_middleware_in_a_librarys_view_is_located_at_the_apps_class(
+        tmp_path: Path) -> None:
+    # A DRF viewset's inherited `list`, its serializer reading a foreign key per row: the
+    # agent's nearest application line for the queries is the app's middleware passing the
+    # request on (it is seen above the handler in the samples), so the flag names the app's
+    # viewset instead, where the queryset is.
+    drf = "/srv/venv/lib/python3.11/site-packages/rest_framework/mixins.py"
+    middleware = Frame("Timing.__call__", "/srv/shop/shop/middleware.py", 12)
+    spec = healthy()
+    spec.routes = [*spec.routes, RouteInfo("GET", "/tickets/", "rest_framework.mixins:"
+                                           "ListModelMixin.list", drf, 38, False,
+                                           "shop.views:TicketViewSet", "/srv/shop/shop/views.py",
+                                           80)]
+    spec.per_window.append(sample(W1, on_worker(middleware, Frame("ListModelMixin.list", drf,
+                                                                  40)), 5))
+    for i in range(100):
+        queries = (QueryStat('SELECT "auth_user"."id" FROM "auth_user" WHERE id = %s', 20, 8.0,
+                             middleware.file, middleware.line),)
+        spec.requests.append(request("GET /tickets/", T0 + 0.05 + i * 0.3, 30.0,
+                                     queries=queries))
+    [flag] = flags_of(report_of(spec, tmp_path), "n_plus_one")
+    assert flag["location"] == {"file": "/srv/shop/shop/views.py", "line": 80,
+                                "function": "TicketViewSet.list"}
+    assert "in the framework's code serving TicketViewSet.list() at views.py:80" in \
+        flag["evidence"]
 
 
 def test_n_plus_one_located_at_the_call_site(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from apiscope.model import (
     QueryStat,
     RequestRecord,
     ResourceSample,
+    RouteInfo,
     SampleState,
     StackSample,
     StackWindow,
@@ -252,3 +253,23 @@ def test_profiles_read_back_typed(tmp_path: Path) -> None:
                         StoredProfile(11, 2.5, "POST", "/r", 12.0, None)]
     assert all(isinstance(p, StoredProfile) for p in profiles)
     assert isinstance(profiles[0].tree, ProfileNode) and profiles[0].endpoint == "GET /q"
+
+
+def test_a_routes_view_round_trips_and_older_files_have_none(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    inherited = RouteInfo("GET", "/tickets/", "rest_framework.mixins:ListModelMixin.list",
+                          "/venv/rest_framework/mixins.py", 38, False,
+                          "desk.views:TicketViewSet", "/srv/desk/views.py", 80)
+    own = RouteInfo("GET", "/health", "desk.views:health", "/srv/desk/views.py", 10, True)
+    with SessionWriter(path) as writer:
+        writer.put_routes(10, [inherited, own])
+    with SessionReader(path) as reader:
+        assert reader.routes() == [own, inherited]
+    conn = sqlite3.connect(path)  # as schema 6 wrote it: no view columns
+    for column in ("view", "view_file", "view_line"):
+        conn.execute(f"ALTER TABLE routes DROP COLUMN {column}")
+    conn.execute("PRAGMA user_version = 6")
+    conn.commit()
+    conn.close()
+    with SessionReader(path) as reader:
+        assert [r.view for r in reader.routes()] == ["", ""]

@@ -173,11 +173,11 @@ def view_rows(callback: Any, template: str) -> list[RouteRow]:
     cls = getattr(callback, "cls", None) or getattr(callback, "view_class", None)
     actions = getattr(callback, "actions", None)
     if cls is not None and isinstance(actions, dict):  # DRF: {"get": "list", "post": "create"}
-        return [handler_row(m.upper(), template, getattr(cls, a))
+        return [handler_row(m.upper(), template, getattr(cls, a), cls)
                 for m, a in actions.items() if callable(getattr(cls, a, None))]
     if cls is not None:
         names = getattr(cls, "http_method_names", ())
-        return [handler_row(m.upper(), template, getattr(cls, m)) for m in names
+        return [handler_row(m.upper(), template, getattr(cls, m), cls) for m in names
                 if callable(getattr(cls, m, None)) and not _framework_default(getattr(cls, m))]
     return [handler_row(m, template, callback) for m in _allowed_methods(callback)]
 

@@ -35,7 +35,7 @@ def _route_rows(route: Any, template: str) -> list[RouteRow]:
     if endpoint is None:
         return []
     if inspect.isclass(endpoint):  # an HTTPEndpoint: one handler per method it defines
-        return [handler_row(m, template, getattr(endpoint, m.lower()))
+        return [handler_row(m, template, getattr(endpoint, m.lower()), endpoint)
                 for m in _HTTP_METHODS if callable(getattr(endpoint, m.lower(), None))]
     if not methods:  # a route without methods (WebSocketRoute, a raw ASGI endpoint)
         kind = "WEBSOCKET" if type(route).__name__ == "WebSocketRoute" else "*"

@@ -71,7 +71,8 @@ def app_roots(routes: Iterable[RouteInfo]) -> tuple[str, ...]:
     """Directories holding the application's code, from its handlers' modules and files.
 
     A handler in package module `shop.api.items` at `/x/shop/api/items.py` gives `/x/shop` (the
-    whole top-level package); a top-level module `main` at `/srv/main.py` gives `/srv`, unless
+    whole top-level package; for a library's method serving an app's class, the class's
+    module); a top-level module `main` at `/srv/main.py` gives `/srv`, unless
     that directory is site-packages, where only the file itself is the app's.
 
     Handlers installed in site-packages give roots only when every handler is installed (the
@@ -82,12 +83,15 @@ def app_roots(routes: Iterable[RouteInfo]) -> tuple[str, ...]:
     local: set[str] = set()
     installed: set[str] = set()
     for route in routes:
-        if framework_route(route):
+        if route.view_file:  # the app's class serving a library's method: the app's module
+            module, file = route.view.split(":", 1)[0], route.view_file
+        elif framework_route(route):
             continue
-        module = route.handler.split(":", 1)[0]
+        else:
+            module, file = route.handler.split(":", 1)[0], route.file
         parts = module.split(".") if module else []
-        path = PurePosixPath(norm(route.file))
-        if not route.file or not path.is_absolute():
+        path = PurePosixPath(norm(file))
+        if not file or not path.is_absolute():
             continue
         third_party = THIRD_PARTY.search(str(path)) is not None
         if len(parts) > 1:

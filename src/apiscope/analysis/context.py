@@ -128,6 +128,9 @@ class AnalysisContext:
     # older sampler's probe (BLOCKED samples). Without it a RUNNING sample may be a thread
     # sleeping or in I/O at that line.
     activity_known: bool = False
+    # The application's lines seen above a handler's frame: its middleware passing requests
+    # on (`attribution.dispatch_lines`). No work below them is theirs.
+    dispatch: frozenset[tuple[str, int]] = frozenset()
 
     @property
     def slo_ms(self) -> float:
@@ -167,10 +170,12 @@ def cpu_seconds(data: SessionData) -> dict[tuple[float, int, int], float]:
     return {key: measured[key] / count for key, count in running.items() if key in measured}
 
 
-def attribute(data: SessionData, matcher: RouteMatcher) -> list[Attributed]:
+def attribute(data: SessionData, matcher: RouteMatcher,
+              ) -> tuple[list[Attributed], set[tuple[str, int]]]:
+    """Each sample attributed, and the middleware lines passing requests on."""
     rates = {w.start: w.rate_hz for w in data.windows}
     per_sample = cpu_seconds(data)
-    facts = _stack_facts(data, matcher)
+    facts, passing = _stack_facts(data, matcher)
     out = []
     for window, sample in data.samples:
         # The reader shares one tuple per distinct stack, so its id is a cheap key; the tuple is
@@ -188,13 +193,14 @@ def attribute(data: SessionData, matcher: RouteMatcher) -> list[Attributed]:
             waited = seconds
         out.append(Attributed(window, sample, role, hit[1], hit[2], seconds, hit[3], hit[4],
                               cpu, waited))
-    return out
+    return out, passing
 
 
 _Facts = tuple[tuple[Frame, ...], str | None, Frame | None, bool, bool]
 
 
-def _stack_facts(data: SessionData, matcher: RouteMatcher) -> dict[int, _Facts]:
+def _stack_facts(data: SessionData, matcher: RouteMatcher,
+                 ) -> tuple[dict[int, _Facts], set[tuple[str, int]]]:
     """Per distinct stack: (frames, endpoint, application frame, importing, tool work). The
     application frame is the handler's (`request_frame`); a middleware line passing requests
     on (`dispatch_lines`) is none when no handler runs below it."""
@@ -212,7 +218,7 @@ def _stack_facts(data: SessionData, matcher: RouteMatcher) -> dict[int, _Facts]:
         facts[key] = (frames, endpoint, user,
                       any(f.file.startswith("<frozen importlib") for f in frames),
                       is_tool_work(frames))
-    return facts
+    return facts, passing
 
 
 def build_context(data: SessionData, thresholds: Thresholds) -> AnalysisContext:
@@ -227,8 +233,9 @@ def build_context(data: SessionData, thresholds: Thresholds) -> AnalysisContext:
             seen.add(id(sample.frames))
             for frame in sample.frames:
                 functions.setdefault((frame.file, frame.line), frame.function)
-    samples = attribute(data, matcher)
+    samples, passing = attribute(data, matcher)
     known = bool(data.thread_cpu) or any(
         a.sample.gil is not None or a.sample.state is SampleState.BLOCKED for a in samples)
     return AnalysisContext(data, thresholds, matcher, samples, dict(by_endpoint),
-                           functions=functions, activity_known=known)
+                           functions=functions, activity_known=known,
+                           dispatch=frozenset(passing))

@@ -45,10 +45,16 @@ def frame_location(frame: Frame | None) -> Location | None:
 
 
 def handler_location(ctx: AnalysisContext, endpoint: str | None) -> Location | None:
+    """Where an endpoint's handler is: the application's class when the handler is a method
+    it inherits from a library (`TicketViewSet.list`, not DRF's `ListModelMixin.list`)."""
     route = ctx.route_info(endpoint) if endpoint else None
     if route is None:
         return None
-    return location(route.file, route.line, route.handler.split(":", 1)[-1].rsplit(".", 1)[-1])
+    method = route.handler.split(":", 1)[-1].rsplit(".", 1)[-1]
+    if route.view_file:
+        cls = route.view.split(":", 1)[-1].rsplit(".", 1)[-1]
+        return location(route.view_file, route.view_line or None, f"{cls}.{method}")
+    return location(route.file, route.line, method)
 
 
 def where(loc: Location | None) -> str:

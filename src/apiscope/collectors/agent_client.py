@@ -432,4 +432,6 @@ def _request(r: list[Any] | dict[str, Any], pid: int) -> RequestRecord:
 def _route(r: dict[str, Any]) -> RouteInfo:
     return RouteInfo(method=str(r["method"]), template=str(r["template"]),
                      handler=str(r["handler"]), file=str(r["file"]), line=int(r["line"]),
-                     is_async=bool(r["is_async"]))
+                     is_async=bool(r["is_async"]), view=str(r.get("view") or ""),
+                     view_file=str(r.get("view_file") or ""),
+                     view_line=int(r.get("view_line") or 0))

@@ -94,6 +94,7 @@ class SessionReader(ViewQueries):
         self._stacks: dict[int, tuple[Frame, ...]] = {}
         self._has_weight: bool | None = None
         self._has_first_byte: bool | None = None
+        self._columns: dict[tuple[str, str], bool] = {}
 
     def close(self) -> None:
         self._conn.close()
@@ -121,9 +122,12 @@ class SessionReader(ViewQueries):
 
     def routes(self) -> list[RouteInfo]:
         """The route table, one entry per (method, template) whichever worker reported it."""
-        rows = self._query("SELECT method, template, handler, file, line, is_async FROM routes"
-                          " GROUP BY method, template ORDER BY template, method")
-        return [RouteInfo(m, t, h, f, ln, bool(a)) for m, t, h, f, ln, a in rows]
+        view = ("view, view_file, view_line" if self._has_column("routes", "view")
+                else "NULL, NULL, NULL")  # v7 on
+        rows = self._query(f"SELECT method, template, handler, file, line, is_async, {view}"
+                           " FROM routes GROUP BY method, template ORDER BY template, method")
+        return [RouteInfo(m, t, h, f, ln, bool(a), v or "", vf or "", vl or 0)
+                for m, t, h, f, ln, a, v, vf, vl in rows]
 
     def served_endpoints(self) -> set[str]:
         """The endpoints ("METHOD /template") that served at least one recorded request."""
@@ -411,7 +415,13 @@ class SessionReader(ViewQueries):
                 for pid, tid, start, duration, stack_id, cpu, activity, who in rows]
 
     def _has_column(self, table: str, column: str) -> bool:
-        return any(row[1] == column for row in self._query(f"PRAGMA table_info({table})"))
+        """Whether the file's table has the column (a file's schema does not change once its
+        writer created it, so the answer is kept)."""
+        found = self._columns.get((table, column))
+        if found is None:
+            found = self._columns[(table, column)] = any(
+                row[1] == column for row in self._query(f"PRAGMA table_info({table})"))
+        return found
 
     def unfinished(self) -> list[UnfinishedRequest]:
         """Requests still running as the collection ended (none in files before schema 6)."""

@@ -18,7 +18,9 @@ from collections.abc import Iterable
 #    judge a stream by its whole length.
 # 6: unfinished (requests still running, no response begun, as the collection ended): an older
 #    apiscope would call a server whose requests hung healthy.
-SCHEMA_VERSION = 6
+# 7: routes.view, view_file, view_line (the app's class of a handler inherited from a
+#    library): an older apiscope would locate such a route's flags in the library.
+SCHEMA_VERSION = 7
 # PRAGMA application_id marks the file as ours, so a foreign SQLite file is refused clearly.
 APPLICATION_ID = 0x61706973  # "apis"
 
@@ -60,6 +62,7 @@ CREATE TABLE IF NOT EXISTS process_cpu (
 CREATE TABLE IF NOT EXISTS routes (
     pid INTEGER NOT NULL, method TEXT NOT NULL, template TEXT NOT NULL, handler TEXT NOT NULL,
     file TEXT NOT NULL, line INTEGER NOT NULL, is_async INTEGER NOT NULL,
+    view TEXT, view_file TEXT, view_line INTEGER,
     PRIMARY KEY (pid, method, template)
 );
 CREATE TABLE IF NOT EXISTS requests (

@@ -130,9 +130,11 @@ class SessionWriter:
 
     def put_routes(self, pid: int, routes: Iterable[RouteInfo]) -> None:
         rows = [
-            (pid, r.method, r.template, r.handler, r.file, r.line, int(r.is_async)) for r in routes
+            (pid, r.method, r.template, r.handler, r.file, r.line, int(r.is_async),
+             r.view or None, r.view_file or None, r.view_line or None) for r in routes
         ]
-        self._submit(lambda c: c.executemany("REPLACE INTO routes VALUES (?,?,?,?,?,?,?)", rows))
+        self._submit(lambda c: c.executemany("REPLACE INTO routes VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                             rows))
 
     def put_requests(self, records: Iterable[RequestRecord]) -> None:
         batch = list(records)

@@ -11,13 +11,17 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from apiscope.analysis.advice import framework_of
 from apiscope.analysis.context import AnalysisContext, Flag
-from apiscope.analysis.flags import location, make_flag, pct, where
+from apiscope.analysis.flags import handler_location, location, make_flag, pct, where
 from apiscope.analysis.stats import percentile
 from apiscope.analysis.thresholds import grade
 
 SUGGESTION = ("load the rows in one query (a join, WHERE id IN (...), or eager loading such as"
               " selectinload) instead of one query per item")
+SUGGEST_DJANGO = ("load the rows in one query instead of one per item: select_related() for a"
+                  " foreign key, prefetch_related() for a reverse or many-to-many relation (on"
+                  " the view's queryset, e.g. get_queryset())")
 
 
 @dataclass(slots=True)
@@ -64,9 +68,18 @@ class NPlusOneRule:
         share = len(site.counts) / requests
         time_share = site.query_ms / site.request_ms if site.request_ms else 0.0
         loc = location(file, line, ctx.function_at(file, line))
+        source = f"from {where(loc)}"
+        if file is not None and line is not None and (file, line) in ctx.dispatch:
+            # The nearest application line is middleware passing the request on: the queries
+            # ran in the framework's code below it (a serializer's related field).
+            loc = handler_location(ctx, endpoint) or loc
+            source = f"in the framework's code serving {where(loc)}"
         evidence = (f"{pct(share)} of {endpoint} requests ran `{_shorten(statement)}`"
-                    f" {median:.0f} times (median, max {max(site.counts)}) from {where(loc)},"
+                    f" {median:.0f} times (median, max {max(site.counts)}) {source},"
                     f" {pct(time_share)} of their time")
         metric = {"median_count": median, "max_count": max(site.counts),
                   "request_share": share, "query_time_share": time_share}
-        return make_flag(self.kind, severity, endpoint, loc, evidence, metric, SUGGESTION)
+        django = framework_of(a.sample.frames for a in ctx.samples
+                              if a.endpoint == endpoint) == "django"
+        return make_flag(self.kind, severity, endpoint, loc, evidence, metric,
+                         SUGGEST_DJANGO if django else SUGGESTION)
