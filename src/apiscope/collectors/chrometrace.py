@@ -67,6 +67,7 @@ def parse_chrometrace(text: str, default_pid: int = 0) -> Trace:
         return Trace((), 0.0, 0.0, 1)
     threads: dict[tuple[int, int], _Thread] = {}
     segments: list[Segment] = []
+    stacks: dict[tuple[tuple[str, str, int], ...], tuple[Frame, ...]] = {}
     bad = 0
     first = last = None
     for event in events:
@@ -80,7 +81,7 @@ def parse_chrometrace(text: str, default_pid: int = 0) -> Trace:
         last = ts if last is None else max(last, ts)
         thread = threads.setdefault((pid, key_tid), _Thread(pid, [], ts))
         if ts != thread.since:
-            _close(thread, ts, segments)
+            _close(thread, ts, segments, stacks)
         if phase == "B":
             _begin(thread, frame)
         elif thread.stack:
@@ -89,7 +90,7 @@ def parse_chrometrace(text: str, default_pid: int = 0) -> Trace:
             bad += 1
     for thread in threads.values():
         if last is not None:
-            _close(thread, last, segments)
+            _close(thread, last, segments, stacks)
     return Trace(tuple(segments), first or 0.0, last or 0.0, bad)
 
 
@@ -123,11 +124,21 @@ def _begin(thread: _Thread, frame: tuple[str, str, int]) -> None:
     thread.stack.append(frame)
 
 
-def _close(thread: _Thread, ts: float, out: list[Segment]) -> None:
-    """End the thread's current stack at `ts` (when it had one) and start a new span."""
-    frames = tuple(Frame(name, filename, line) for name, filename, line in thread.stack
-                   if filename or not (_THREAD.match(name) or _PROCESS.match(name)))
+def _close(thread: _Thread, ts: float, out: list[Segment],
+           stacks: dict[tuple[tuple[str, str, int], ...], tuple[Frame, ...]]) -> None:
+    """End the thread's current stack at `ts` (when it had one) and start a new span. Equal
+    stacks share one tuple (`stacks`): a window repeats a few stacks over many threads."""
     if thread.stack and ts > thread.since:
+        stack = thread.stack
+        start = 0  # the process and thread frames above the stack are not part of it
+        while start < len(stack) and not stack[start][1] and (
+                _THREAD.match(stack[start][0]) or _PROCESS.match(stack[start][0])):
+            start += 1
+        key = tuple(stack[start:])
+        frames = stacks.get(key)
+        if frames is None:
+            frames = stacks[key] = tuple(Frame(name, filename, line)
+                                         for name, filename, line in key)
         out.append(Segment(thread.pid, thread.tid, thread.name, frames, thread.since, ts))
     thread.since = ts
 
