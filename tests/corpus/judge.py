@@ -39,6 +39,9 @@ class CaseResult:
     flags: list[Flag] = field(default_factory=list)  # every flag of the report
     endpoints: int = 0
     cpu_shares: dict[str, float] = field(default_factory=dict)
+    # CPU figures that cannot be: shares of the target's CPU time adding up to more than it
+    # (a thread's time counted twice, a share guessed from stacks where none was measured).
+    impossible_cpu: list[str] = field(default_factory=list)
     samples_total: int = 0
     samples_errors: int = 0
     sampling_stopped: bool = False
@@ -97,6 +100,7 @@ def judge(result: CaseResult, report: dict[str, Any], stderr: str, app_dir: Path
     endpoints = report.get("endpoints", [])
     result.endpoints = len(endpoints)
     result.cpu_shares = {e["route"]: float(e.get("cpu_share") or 0.0) for e in endpoints}
+    result.impossible_cpu = impossible_cpu(report)
     samples = report.get("samples", {})
     result.samples_total = int(samples.get("total") or 0)
     result.samples_errors = int(samples.get("errors") or 0)
@@ -111,6 +115,29 @@ def judge(result: CaseResult, report: dict[str, Any], stderr: str, app_dir: Path
         if described:
             result.described.append(marker)
     return result
+
+
+# Shares are of CPU time measured per window, rounded to 4 places: their sum may pass 1 by that.
+_SHARE_SLACK = 0.01
+
+
+def impossible_cpu(report: dict[str, Any]) -> list[str]:
+    """The report's CPU shares that exceed the whole: the endpoints' together, each process's
+    server share, each flag's `cpu_share`."""
+    problems = []
+    endpoint_total = sum(float(e.get("cpu_share") or 0.0) for e in report.get("endpoints", []))
+    if endpoint_total > 1 + _SHARE_SLACK:
+        problems.append(f"the endpoints' CPU shares add up to {endpoint_total:.2f}")
+    for process in report.get("processes", []):
+        share = process.get("server_cpu_share")
+        if share is not None and share > 1 + _SHARE_SLACK:
+            problems.append(f"process {process.get('pid')}'s server share is {share:.2f}")
+    for flag in report.get("flags", []):
+        share = (flag.get("metric") or {}).get("cpu_share")
+        if isinstance(share, (int, float)) and share > 1 + _SHARE_SLACK:
+            problems.append(f"{flag.get('kind')} on {flag.get('route') or 'no route'} claims"
+                            f" {share:.2f} of the target's CPU time")
+    return problems
 
 
 def describe_flag(flag: Flag, root: Path) -> str:

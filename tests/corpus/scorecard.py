@@ -89,6 +89,8 @@ def findings(results: list[CaseResult]) -> list[str]:
             lines.append(f"- {where}: false alarm: {describe_flag(flag, ROOT)}")
         for flag in r.outside:
             lines.append(f"- {where}: outside the app: {describe_flag(flag, ROOT)}")
+        for problem in r.impossible_cpu:
+            lines.append(f"- {where}: impossible CPU figure: {problem}")
     return lines or ["- none"]
 
 

@@ -61,6 +61,8 @@ def test_corpus_case(app: CorpusApp, mode: str, server: str, request: pytest.Fix
     require_program("py-spy")
     result = run_case(app, mode, server, _services(app, request), keep=tmp_path)
     check_sampling(result, tmp_path)
+    assert not result.impossible_cpu, "CPU figures above the whole: " + "; ".join(
+        result.impossible_cpu)
     if mode == "healthy":
         assert not result.false_alarms, "false alarms (medium/high flags) on a healthy app:\n" + (
             _listing(result.false_alarms))

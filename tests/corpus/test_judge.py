@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.corpus.judge import CaseResult, judge
+from tests.corpus.judge import CaseResult, impossible_cpu, judge
 from tests.corpus.markers import markers_in_file
 
 SOURCE = '''import time
@@ -78,3 +78,18 @@ def test_healthy_run_counts_alarms_and_flags_outside_the_app(tmp_path: Path) -> 
     assert len(judged.false_alarms) == 1 and len(judged.low_flags) == 1
     assert [f["location"]["file"] for f in judged.outside] == [str(library)]  # type: ignore[index]
     assert judged.sampling_stopped and judged.samples_errors == 2
+
+
+def test_cpu_shares_above_the_whole_are_impossible() -> None:
+    sound = {"endpoints": [{"route": "GET /a", "cpu_share": 0.6},
+                           {"route": "GET /b", "cpu_share": 0.3}],
+             "processes": [{"pid": 7, "server_cpu_share": 0.1}],
+             "flags": [{"kind": "cpu_hotspot", "route": "GET /a", "metric": {"cpu_share": 0.5}}]}
+    assert impossible_cpu(sound) == []
+    broken = {"endpoints": [{"route": "GET /a", "cpu_share": 0.9},
+                            {"route": "GET /b", "cpu_share": 0.3}],
+              "processes": [{"pid": 7, "server_cpu_share": 1.4}],
+              "flags": [{"kind": "cpu_hotspot", "route": None, "metric": {"cpu_share": 3.21}}]}
+    assert impossible_cpu(broken) == [
+        "the endpoints' CPU shares add up to 1.20", "process 7's server share is 1.40",
+        "cpu_hotspot on no route claims 3.21 of the target's CPU time"]

@@ -14,6 +14,7 @@ INSTALLED_APPS = ["tests.corpus.apps.django_app.catalog"]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "tests.corpus.apps.django_app.catalog.middleware.ServerTimingMiddleware",
 ]
 ROOT_URLCONF = "tests.corpus.apps.django_app.urls"
 ASGI_APPLICATION = "tests.corpus.apps.django_app.asgi.application"

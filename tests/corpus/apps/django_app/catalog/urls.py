@@ -12,4 +12,5 @@ urlpatterns = [
     path("books/<int:book_id>/", views.book_detail),
     path("authors/<int:author_id>/", views.author_detail),
     path("authors/<int:author_id>/books/", views.AuthorBooksView.as_view()),
+    path("authors/", views.AuthorList.as_view()),
 ]

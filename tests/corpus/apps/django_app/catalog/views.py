@@ -9,6 +9,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import aget_object_or_404, get_object_or_404
 from django.views import View
 from django.views.decorators.http import require_GET
+from django.views.generic import ListView
 
 from .models import Author, Book
 
@@ -61,3 +62,16 @@ class AuthorBooksView(View):
         author = get_object_or_404(Author, pk=author_id)
         books = author.books.select_related("author")[:20]
         return JsonResponse({"author": author.name, "books": [book_json(b) for b in books]})
+
+
+class AuthorList(ListView):
+    """A generic view: its `get` is Django's own (`BaseListView.get`)."""
+
+    model = Author
+    paginate_by = 20
+    ordering = ["id"]
+
+    def render_to_response(self, context: dict[str, Any], **kwargs: Any) -> JsonResponse:
+        page = context["page_obj"]
+        return JsonResponse({"page": page.number, "authors": [
+            {"id": a.pk, "name": a.name, "country": a.country} for a in page]})
