@@ -90,6 +90,8 @@ DJANGO_APP = CorpusApp(
         _get("/api/authors/{id}/", 8, id_max=80),
         _get("/api/authors/{id}/books/", 6, id_max=80),
         _get("/api/authors/?page={id}", 4, id_max=4),
+        _get("/api/v2/books/?page={id}", 6, id_max=120),
+        _get("/api/v2/books/{id}/", 6),
         {"method": "POST", "path": "/api/books/new/", "weight": 3, "id_max": 80,
          "body": '{"title": "Load {n}", "author_id": {id}, "published": "2024-05-01",'
                  ' "price_cents": 1999}'},

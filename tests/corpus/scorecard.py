@@ -70,8 +70,8 @@ def _errors(result: CaseResult) -> str:
 
 
 def findings(results: list[CaseResult]) -> list[str]:
-    """Each miss, each wrongly described find, each false alarm and outside flag, with the
-    report's evidence."""
+    """Each miss, each wrongly described find, each false alarm, outside flag and impossible
+    CPU figure, with the report's evidence."""
     lines = []
     for r in results:
         where = f"{r.app} {r.mode} under {r.server}"

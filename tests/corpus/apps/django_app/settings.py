@@ -10,7 +10,7 @@ _db = urlsplit(os.environ.get("DATABASE_URL", "postgresql://app:app-password@127
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "corpus-not-secret")
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
-INSTALLED_APPS = ["tests.corpus.apps.django_app.catalog"]
+INSTALLED_APPS = ["rest_framework", "tests.corpus.apps.django_app.catalog"]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -32,4 +32,11 @@ DATABASES = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "UNAUTHENTICATED_USER": None,
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 25,
+}
 PLANTED = os.environ.get("CORPUS_PLANTED", "").lower() in {"1", "true", "yes"}
