@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from apiscope.collectors.budget import OverheadBudget, WindowCost
+from apiscope.collectors.budget import FIRST_RATE, MIN_RATE, OverheadBudget, WindowCost
 
 
 def test_a_cheap_target_keeps_the_requested_rate() -> None:
@@ -168,8 +168,8 @@ def test_the_watchdogs_share_halves_over_budget_and_comes_back_with_room() -> No
     budget = OverheadBudget(0.02, requested_rate=100)
     watch = WatchShare()
     assert watch.observe(budget) == FOLLOW_CPU_SHARE  # no window yet
-    over = WindowCost(seconds=8.0, rate_hz=5, pyspy_cpu=0.1, agent_cpu=0.1, collector_cpu=0.1,
-                      capacity=1.0)  # 3.75 % of a core at the lowest rate
+    over = WindowCost(seconds=8.0, rate_hz=MIN_RATE, pyspy_cpu=0.1, agent_cpu=0.1,
+                      collector_cpu=0.1, capacity=1.0)  # 3.75 % of a core at the lowest rate
     budget.observe(over)
     assert watch.observe(budget) == FOLLOW_CPU_SHARE / 2
     assert watch.observe(budget) == FOLLOW_CPU_SHARE / 2  # once per window, not per call
@@ -179,7 +179,7 @@ def test_the_watchdogs_share_halves_over_budget_and_comes_back_with_room() -> No
     assert watch.share == MIN_WATCH_SHARE  # no lower
     assert watch.look_interval == pytest.approx(0.16)  # the looks spaced out 4 times, no more
     # A window at 1.5 % leaves 0.5 % of a core: room for twice the share in two processes.
-    within = WindowCost(seconds=8.0, rate_hz=5, pyspy_cpu=0.04, agent_cpu=0.04,
+    within = WindowCost(seconds=8.0, rate_hz=MIN_RATE, pyspy_cpu=0.04, agent_cpu=0.04,
                         collector_cpu=0.04, capacity=1.0)
     budget.observe(within)
     assert watch.observe(budget, processes=2) == MIN_WATCH_SHARE * 2
@@ -188,8 +188,16 @@ def test_the_watchdogs_share_halves_over_budget_and_comes_back_with_room() -> No
         watch.observe(budget, processes=2)
     assert watch.share == FOLLOW_CPU_SHARE  # back to the agents' default, no higher
     # Within budget but without room for more: it holds.
-    tight = WindowCost(seconds=8.0, rate_hz=5, pyspy_cpu=0.05, agent_cpu=0.05,
+    tight = WindowCost(seconds=8.0, rate_hz=MIN_RATE, pyspy_cpu=0.05, agent_cpu=0.05,
                        collector_cpu=0.055, capacity=1.0)  # 1.94 %
     watch.share = FOLLOW_CPU_SHARE / 4
     budget.observe(tight)
     assert watch.observe(budget) == FOLLOW_CPU_SHARE / 4
+
+
+def test_the_first_window_opens_at_a_moderate_rate() -> None:
+    # Before any window's cost is known, a first second at the rate asked for cost py-spy
+    # 160-190 ms on a Django server: the first window opens at FIRST_RATE at most.
+    assert OverheadBudget(0.02, requested_rate=100).first_rate() == FIRST_RATE
+    assert OverheadBudget(0.02, requested_rate=10).first_rate() == 10
+    assert OverheadBudget(0.02, requested_rate=100, min_rate=50).first_rate() == 50

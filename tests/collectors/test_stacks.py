@@ -297,7 +297,7 @@ def test_a_window_that_cannot_be_classified_is_counted_and_sampling_goes_on() ->
 
 
 def test_a_budget_lowers_the_rate_of_the_next_windows_to_what_it_affords() -> None:
-    from apiscope.collectors.budget import OverheadBudget
+    from apiscope.collectors.budget import FIRST_RATE, OverheadBudget
 
     spawner, got = Spawner(), Collected()
     # Each fake py-spy reports 10 ms of CPU over a ~20 ms window: far above a 2% budget.
@@ -305,10 +305,10 @@ def test_a_budget_lowers_the_rate_of_the_next_windows_to_what_it_affords() -> No
     s.start()
     wait_until(lambda: len(got.windows) >= 5, what="five windows")
     s.stop()
-    assert got.windows[0].rate_hz == 100
+    assert got.windows[0].rate_hz == FIRST_RATE  # no cost known yet: the opening rate
     assert got.windows[-1].rate_hz == 5  # the floor: even it costs more than the budget
     rates = [int(spy.argv[spy.argv.index("--rate") + 1]) for spy in spawner.spies]
-    assert rates[0] == 100 and rates[-1] == 5
+    assert rates[0] == FIRST_RATE and rates[-1] == 5
     assert s.budget is not None and s.budget.over_budget
 
 

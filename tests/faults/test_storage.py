@@ -48,12 +48,13 @@ def test_a_full_disk_ends_the_session_honestly(tmp_path: Path) -> None:
     with small_tmpfs(tmp_path / "disk", "2m") as disk, uvicorn_server(place) as (server, url):
         filler = disk / "filler"
         # 600 KB left for the session: a new one takes 300-500 KB with its write-ahead log
-        # (300 KB is too little to start), and its first windows, sampled at the rate asked
-        # for, fill the rest; later ones, at the budget's rate, may not in a minute.
+        # (300 KB is too little to start), and windows sampled at the rate asked for (no
+        # budget) fill the rest; at a budget's rate they may not in a minute.
         filler.write_bytes(b"\0" * (2048 * 1024 - 600 * 1024))
         session = disk / "s.sqlite"
         proc = start_collector(place, "attach", str(server.pid), "--no-dashboard", "--rate",
-                               "200", "--duration", "60", "--session", str(session))
+                               "200", "--max-overhead", "0", "--duration", "60", "--session",
+                               str(session))
         wait_for_agents([server.pid], place, proc)
         assert drive(url, 200) == (200, 0)
         code, err = finish(proc, timeout=90)

@@ -92,7 +92,10 @@ class StackSampler:
         # A master's workers, listed again at each window: each gets a py-spy of its own
         # (see `SpyGroup`); None: `pid` is sampled (with its subprocesses when asked).
         self._workers = workers
-        self.options = RecordOptions(rate_hz=rate_hz, subprocesses=subprocesses,
+        # Under a budget, the first window (before any cost is known) samples at its opening
+        # rate, not at the rate asked for: see `OverheadBudget.first_rate`.
+        first = budget.first_rate() if budget is not None else rate_hz
+        self.options = RecordOptions(rate_hz=first, subprocesses=subprocesses,
                                      nonblocking=nonblocking)
         self.window_seconds = window_seconds
         self._on_end = on_end
