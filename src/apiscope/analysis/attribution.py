@@ -17,10 +17,9 @@ GET, and the report's endpoints are keyed by the method the requests used, which
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 from apiscope.frames import (
@@ -270,5 +269,5 @@ def _served_only(routes: Sequence[RouteInfo], served: Collection[str]) -> list[R
         method, _, template = endpoint.partition(" ")
         rows = by_template.get(template, [])
         if endpoint not in known and len({r.handler for r in rows}) == 1:
-            extra.append(dataclasses.replace(rows[0], method=method))
+            extra.append(replace(rows[0], method=method))
     return extra
