@@ -3,7 +3,9 @@
 `GET /sleep` is a sync handler that spends its time in `time.sleep` on a thread-pool worker
 (BLOCKED samples, a sliver of CPU before the sleep); `GET /compute` is an async handler burning
 CPU on the event loop (RUNNING samples), partly under the agent's profiler (tool work, never an
-endpoint's CPU). The loop also runs the framework's own code (the server's share). The measured
+endpoint's CPU). The loop also runs the framework's own code (the server's share), under the
+app's own ASGI middleware passing each request on (its line above the handler's frame, so
+never where the time below it goes). The measured
 CPU differs from samples / rate on purpose, and changes over the session, so a figure that
 counted samples instead of CPU, or ignored the range, would be caught. One idle aiosqlite thread
 is not measured in the odd windows (the analysis counts 1 / rate per RUNNING sample there).
@@ -48,10 +50,11 @@ POOL_BASE = (Frame("_bootstrap", f"{STD}/threading.py", 995),
 POOL_IDLE = (*POOL_BASE, Frame("get", f"{STD}/queue.py", 171))
 NAP = (*POOL_BASE, Frame("nap", APP, 12))
 SLEEPING = (*NAP, Frame("sleep", "<built-in>", 0))
-CRUNCH = (*ASGI, Frame("crunch", APP, 22), Frame("digits", APP, 30))
-PROFILED = (*ASGI, Frame("crunch", APP, 22),
+MIDDLEWARE = Frame("Timing.__call__", "/srv/clock/clock/middleware.py", 12)
+CRUNCH = (*ASGI, MIDDLEWARE, Frame("crunch", APP, 22), Frame("digits", APP, 30))
+PROFILED = (*ASGI, MIDDLEWARE, Frame("crunch", APP, 22),
             Frame("sample", f"{SITE}/apiscope/agent/profiling.py", 88))
-SERVER = (*ASGI, Frame("serialize_response", f"{SITE}/fastapi/routing.py", 140))
+SERVER = (*ASGI, MIDDLEWARE, Frame("serialize_response", f"{SITE}/fastapi/routing.py", 140))
 SQLITE_RUN = (Frame("_bootstrap", f"{STD}/threading.py", 995),
               Frame("_connection_worker_thread", f"{SITE}/aiosqlite/core.py", 59))
 

@@ -17,7 +17,12 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from itertools import groupby
 
-from apiscope.analysis.attribution import RouteMatcher, is_tool_work, request_frame
+from apiscope.analysis.attribution import (
+    RouteMatcher,
+    dispatch_lines,
+    is_tool_work,
+    request_frame,
+)
 from apiscope.analysis.context import AnalysisContext, Attributed, SessionData
 from apiscope.analysis.thresholds import Thresholds
 from apiscope.model import (
@@ -102,7 +107,7 @@ class StackFacts:
         self._frames_of = frames_of
         self._routes: tuple[list[RouteInfo], frozenset[str]] | None = None
         self.matcher = RouteMatcher([])
-        self._facts: dict[int, tuple[str | None, Frame | None, bool]] = {}
+        self._facts: dict[int, tuple[str | None, Frame | None, bool, int | None]] = {}
 
     def use(self, routes: list[RouteInfo], served: Collection[str] = ()) -> None:
         """The route table and the endpoints that served requests (`RouteMatcher`)."""
@@ -112,14 +117,15 @@ class StackFacts:
             self.matcher = RouteMatcher(*key)
             self._facts.clear()
 
-    def of(self, stack_id: int) -> tuple[str | None, Frame | None, bool]:
+    def of(self, stack_id: int) -> tuple[str | None, Frame | None, bool, int | None]:
+        """(endpoint, application frame, tool work, the handler's frame index) of a stack."""
         found = self._facts.get(stack_id)
         if found is None:
             frames = self._frames_of(stack_id)
             index, endpoint = self.matcher.handler_at(frames) or (None, None)
             found = self._facts[stack_id] = (endpoint,
                                              request_frame(frames, index, self.matcher.roots),
-                                             is_tool_work(frames))
+                                             is_tool_work(frames), index)
         return found
 
 
@@ -129,9 +135,15 @@ def cpu_context(per: Mapping[ThreadStack, float], process_cpu: Mapping[int, floa
     """An analysis context holding only what `analysis.cpu` reads: one attributed entry per
     thread and stack with its CPU seconds, and the processes' measured CPU ({} when not
     measured: the analysis then counts the samples' own seconds, as for older sessions)."""
+    # The middleware lines passing requests on, as the report finds them (over the stacks of
+    # the range here): where no handler runs below one, the work is the framework's.
+    passing = dispatch_lines(((frames_of(s), facts.of(s)[3]) for _, _, s in per),
+                             facts.matcher.roots)
     samples = []
     for (pid, tid, stack_id), seconds in sorted(per.items()):
-        endpoint, user, tool = facts.of(stack_id)
+        endpoint, user, tool, index = facts.of(stack_id)
+        if index is None and user is not None and (user.file, user.line) in passing:
+            user = None
         role = ThreadRole(roles.get((pid, tid), ThreadRole.OTHER.value))
         sample = StackSample(pid, tid, "", frames_of(stack_id), 1, SampleState.RUNNING)
         samples.append(Attributed(0.0, sample, role, endpoint, user, 0.0, tool=tool,
