@@ -79,7 +79,9 @@ class NPlusOneRule:
                     f" {pct(time_share)} of their time")
         metric = {"median_count": median, "max_count": max(site.counts),
                   "request_share": share, "query_time_share": time_share}
-        django = framework_of(a.sample.frames for a in ctx.samples
-                              if a.endpoint == endpoint) == "django"
+        # The route's framework, else the session's (a route never sampled at a low rate).
+        framework = (framework_of(a.sample.frames for a in ctx.samples if a.endpoint == endpoint)
+                     or framework_of(a.sample.frames for a in ctx.samples[:200]))
+        django = framework == "django"
         return make_flag(self.kind, severity, endpoint, loc, evidence, metric,
                          SUGGEST_DJANGO if django else SUGGESTION)
