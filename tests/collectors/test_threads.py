@@ -133,6 +133,22 @@ def test_uvloop_fixture_loop_is_found_and_idles_below_runner_run() -> None:
     assert not any(idle[id(s)] for s in handler)
 
 
+def test_uvloop_started_by_a_copy_of_asyncio_run_before_python_3_11() -> None:
+    # Before 3.11 uvicorn runs its loop with its own copy of asyncio.run (for its loop_factory)
+    # and hypercorn with the taskgroup package's backported Runner: under uvloop that frame is
+    # the loop thread's leaf while it waits (seen on a Litestar app under uvicorn, Python 3.10:
+    # the idle loop was taken for a thread blocked, and not for the loop).
+    site = "/srv/api/.venv/lib/python3.10/site-packages"
+    for entry in (Frame("asyncio_run", f"{site}/uvicorn/_compat.py", 61),
+                  Frame("Runner.run", f"{site}/taskgroup/runners.py", 87)):
+        idle = (Frame("main", f"{site}/uvicorn/main.py", 579),
+                Frame("Server.run", f"{site}/uvicorn/server.py", 86), entry)
+        busy = (*idle, Frame("handler", APP, 9))
+        assert stack_role(idle) is ThreadRole.LOOP
+        assert is_waiting(idle, ThreadRole.LOOP)
+        assert stack_role(busy) is ThreadRole.LOOP and not is_waiting(busy, ThreadRole.LOOP)
+
+
 def test_anyio_run_on_the_main_thread_is_not_a_worker() -> None:
     frames = (Frame("run", f"{SITE}/anyio/_core/_eventloop.py", 74),
               Frame("run", f"{SITE}/anyio/_backends/_asyncio.py", 2310),

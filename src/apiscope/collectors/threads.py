@@ -23,6 +23,15 @@ from apiscope.model import Frame, StackSample, ThreadRole
 
 ThreadKey = tuple[int, int]  # (pid, tid)
 _LOOP_FUNCTIONS = ("run_forever", "_run_once")
+# The Python frames that start a loop with `run_until_complete`: under uvloop that call is C
+# code, so the frame is the loop thread's leaf while the loop waits for events. asyncio.run
+# (`run` before 3.11, `Runner.run` since); before 3.11 uvicorn's own copy of it (for its
+# `loop_factory`) and hypercorn's backported `Runner` (the taskgroup package).
+_LOOP_ENTRIES = (
+    ("asyncio/runners.py", "run"),
+    ("uvicorn/_compat.py", "asyncio_run"),
+    ("taskgroup/runners.py", "run"),
+)
 _WORKER_FRAMES = (
     ("anyio/_backends/_asyncio.py", "WorkerThread.run"),  # Starlette's run_in_threadpool
     ("concurrent/futures/thread.py", "_worker"),  # asyncio's default executor
@@ -43,11 +52,15 @@ def _method(frame: Frame) -> str:
 def is_loop_frame(frame: Frame) -> bool:
     if _file_is(frame, "asyncio/base_events.py") and _method(frame) in _LOOP_FUNCTIONS:
         return True
-    # asyncio.run()/Runner.run runs an event loop on this thread; under uvloop it is the
-    # last Python frame before the loop's C code calls the callbacks (handlers).
-    if _file_is(frame, "asyncio/runners.py") and _method(frame) == "run":
+    # asyncio.run()/Runner.run (or a copy of it) runs an event loop on this thread; under
+    # uvloop it is the last Python frame before the loop's C code calls the callbacks.
+    if _is_loop_entry(frame):
         return True
     return "/uvloop/" in frame.file.replace("\\", "/")
+
+
+def _is_loop_entry(frame: Frame) -> bool:
+    return any(_file_is(frame, path) and _method(frame) == name for path, name in _LOOP_ENTRIES)
 
 
 def is_worker_frame(frame: Frame) -> bool:
@@ -55,11 +68,9 @@ def is_worker_frame(frame: Frame) -> bool:
 
 
 def _is_uvloop_idle_leaf(frame: Frame) -> bool:
-    # Under uvloop the loop's wait is C code called from `Runner.run` (asyncio.run) or from
-    # uvloop's own `run`: when that frame is the leaf, the loop is waiting for events.
-    return (_file_is(frame, "asyncio/runners.py") and _method(frame) == "run") or (
-        "/uvloop/" in frame.file.replace("\\", "/")
-    )
+    # Under uvloop the loop's wait is C code called from `Runner.run` (asyncio.run, or a copy
+    # of it) or from uvloop's own `run`: when that frame is the leaf, the loop is waiting.
+    return _is_loop_entry(frame) or "/uvloop/" in frame.file.replace("\\", "/")
 
 
 def stack_role(frames: Sequence[Frame]) -> ThreadRole | None:
