@@ -214,6 +214,7 @@ def test_a_computation_without_a_free_cpu_is_seen_waiting_for_one(
 
 
 def test_the_kernel_says_what_a_thread_waits_on() -> None:
+    import select
     import socket
 
     from apiscope.agent.schedstat import SyscallState
@@ -222,18 +223,23 @@ def test_the_kernel_says_what_a_thread_waits_on() -> None:
     lock.acquire()
     left, right = socket.socketpair()
     stop = threading.Event()
+    # A select or poll on no file only waits out its timeout: Python before 3.11 sleeps so.
     targets = {"sleep": lambda: time.sleep(2), "lock": lambda: lock.acquire(timeout=2),
                "io": lambda: left.recv(1),
-               "cpu": lambda: [None for _ in iter(lambda: stop.is_set(), True)]}
+               "cpu": lambda: [None for _ in iter(lambda: stop.is_set(), True)],
+               "sleep in select": lambda: select.select([], [], [], 2),
+               "sleep in poll": lambda: select.poll().poll(2000),
+               "io in select": lambda: select.select([left], [], [], 2)}
     threads = {kind: threading.Thread(target=fn, daemon=True) for kind, fn in targets.items()}
     for thread in threads.values():
         thread.start()
     try:
         for kind, thread in threads.items():
             state = SyscallState(thread.native_id or 0)
+            expected = kind.split()[0]
             try:
-                wait_until(lambda s=state, k=kind: s.read() == k, timeout=5,  # type: ignore[misc]
-                           what=f"the {kind} thread to be seen {kind}")
+                wait_until(lambda s=state, k=expected: s.read() == k,  # type: ignore[misc]
+                           timeout=5, what=f"the {kind} thread to be seen {expected}")
             finally:
                 state.close()
     finally:

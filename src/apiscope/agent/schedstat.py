@@ -100,13 +100,22 @@ def percentile(ordered: Sequence[float], q: float) -> float:
 # is not in a system call: on a CPU, or ready for one).
 _SLEEPS = {35, 230, 101, 115}  # nanosleep, clock_nanosleep (x86-64; arm64: 101, 115)
 _LOCKS = {202, 98}  # futex: a lock, a condition, the GIL (x86-64; arm64: 98)
+# select and pselect6 (x86-64: 23, 270; arm64: 72), whose first argument is the number of file
+# descriptors, and poll and ppoll (x86-64: 7, 271; arm64: 73), whose second is: with none, the
+# call only waits out its timeout. Python before 3.11 sleeps so (`time.sleep` is a `select`
+# on no file), and so do C libraries' portable sleeps.
+_FD_COUNT_ARG = {23: 1, 270: 1, 72: 1, 7: 2, 271: 2, 73: 2}
 
 
-def _syscall_kind(number: int) -> str:
+def _syscall_kind(number: int, fields: list[bytes] | None = None) -> str:
     if number in _SLEEPS:
         return "sleep"
     if number in _LOCKS:
         return "lock"
+    arg = _FD_COUNT_ARG.get(number)
+    if arg is not None and fields is not None and len(fields) > arg and \
+            int(fields[arg], 16) == 0:
+        return "sleep"
     return "io"  # read, recv, poll, select, epoll, connect...: waiting on a file or socket
 
 
@@ -121,14 +130,14 @@ def on_gil(call: tuple[int, int], gil: tuple[int, int]) -> bool:
 
 def syscall_state(text: bytes, gil: tuple[int, int] | None = None) -> str | None:
     """A `/proc/.../syscall` reading as a thread's state (see `SyscallState`)."""
-    fields = text.split(None, 2)
+    fields = text.split(None, 3)
     if not fields:
         return None
     first = fields[0]
     if first == b"running":
         return "cpu"
     try:
-        kind = _syscall_kind(int(first))
+        kind = _syscall_kind(int(first), fields)
         if kind == "lock" and gil is not None and \
                 on_gil((int(first), int(fields[1], 16)), gil):
             return "gil"
