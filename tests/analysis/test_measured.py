@@ -3,6 +3,7 @@ records them now: the kernel's per-thread CPU time, the agent's loop and GIL wat
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,27 @@ def test_advice_names_the_framework_serving_the_route(tmp_path: Path) -> None:
     report = report_of(spec, tmp_path)
     [flag] = [f for f in report["flags"] if f["kind"] == "event_loop_blocked"]
     assert "sync_to_async" in flag["suggestion"]
+
+
+def test_a_plain_def_handler_litestar_runs_on_the_loop_is_told_to_run_in_a_thread(
+        tmp_path: Path) -> None:
+    # Litestar runs a sync handler declared with sync_to_thread=False on the event loop: the
+    # fix is the route's own option, not a call to wrap.
+    spec = measured_healthy()
+    spec.routes = [r if r.handler != "shop.main:summary" else replace(r, is_async=False)
+                   for r in spec.routes]
+    frames = (*on_loop(), Frame("handle", f"{SITE}/litestar/routes/http.py", 200),
+              app("summary", 87))
+    spec.loop_stalls = [stall(87, 100.0, 0.5, T0 + 5 + i, frames) for i in range(20)]
+    report = report_of(spec, tmp_path)
+    [flag] = [f for f in report["flags"] if f["kind"] == "event_loop_blocked"]
+    assert "sync_to_thread=True" in flag["suggestion"]
+    # An async handler there gets the call to wrap.
+    spec.routes = [replace(r, is_async=True) for r in spec.routes]
+    (tmp_path / "async").mkdir()
+    [flag] = [f for f in report_of(spec, tmp_path / "async")["flags"]
+              if f["kind"] == "event_loop_blocked"]
+    assert "await sync_to_thread(...) (from litestar.concurrency)" in flag["suggestion"]
 
 
 def gil_spec(busy_threads: int, wait: float) -> Spec:

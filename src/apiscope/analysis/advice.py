@@ -57,3 +57,16 @@ def cpu_advice(framework: str | None) -> str:
 def native_advice(framework: str | None) -> str:
     return ("move the call off the event loop: in a thread, C code that releases the GIL runs"
             f" in parallel with the loop: {offload(framework)}")
+
+
+SYNC_ON_LOOP = {
+    "litestar": ("this handler is a plain def that Litestar runs on the event loop"
+                 " (sync_to_thread=False): declare it with sync_to_thread=True to run it in a"
+                 " thread, or make it async with the call in its async form"),
+}
+
+
+def sync_handler_advice(framework: str | None) -> str | None:
+    """Advice for a sync handler that blocked the loop: only a framework that runs sync
+    handlers on the loop when asked to (Litestar's `sync_to_thread=False`) has one."""
+    return SYNC_ON_LOOP.get(framework) if framework is not None else None

@@ -44,7 +44,13 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from apiscope.analysis.advice import blocking_advice, cpu_advice, framework_of, native_advice
+from apiscope.analysis.advice import (
+    blocking_advice,
+    cpu_advice,
+    framework_of,
+    native_advice,
+    sync_handler_advice,
+)
 from apiscope.analysis.attribution import is_tool_work, user_frame
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
 from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct, where
@@ -285,6 +291,7 @@ class EventLoopBlockedRule:
             metric["stall_ms_per_request"] = total * 1000 / requests
         suggestion = (native_advice(framework) if looks.native else cpu_advice(framework)
                       if cause == "cpu" else blocking_advice(framework))
+        suggestion = _sync_handler(ctx, endpoint, framework) or suggestion
         return make_flag(self.kind, severity, endpoint, loc, evidence, metric, suggestion)
 
     # -- from stack samples -----------------------------------------------------------------
@@ -368,4 +375,13 @@ class EventLoopBlockedRule:
             evidence += f"; {seconds * 1000 / requests:.0f} ms of loop time per request"
             metric["stall_ms_per_request"] = seconds * 1000 / requests
         suggestion = cpu_advice(framework) if cause == "cpu" else blocking_advice(framework)
+        suggestion = _sync_handler(ctx, endpoint, framework) or suggestion
         return make_flag(self.kind, severity, endpoint, loc, evidence, metric, suggestion)
+
+
+def _sync_handler(ctx: AnalysisContext, endpoint: str | None, framework: str | None,
+                  ) -> str | None:
+    """The advice for a route whose handler is a plain def run on the loop, where the
+    framework does that (Litestar); None otherwise."""
+    route = ctx.route_info(endpoint) if endpoint else None
+    return sync_handler_advice(framework) if route is not None and not route.is_async else None
