@@ -16,6 +16,7 @@ from apiscope.analysis.attribution import (
     is_tool_work,
     request_frame,
 )
+from apiscope.analysis.source import enclosing_function
 from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds
 from apiscope.flag import Flag as Flag  # the rules' output type, re-exported for them
 from apiscope.model import (
@@ -148,10 +149,11 @@ class AnalysisContext:
         return None
 
     def function_at(self, file: str | None, line: int | None) -> str | None:
-        """The function a (file, line) of a stack sample belongs to, when one was sampled."""
+        """The function a (file, line) belongs to: as a stack sample there named it, else as
+        the source file says (when it is readable here)."""
         if file is None or line is None:
             return None
-        return self.functions.get((file, line))
+        return self.functions.get((file, line)) or enclosing_function(file, line)
 
 
 def cpu_seconds(data: SessionData) -> dict[tuple[float, int, int], float]:
