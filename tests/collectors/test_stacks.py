@@ -272,6 +272,20 @@ def test_window_loss_counts_every_thread() -> None:
     assert (loss.expected, loss.stored, loss.errors) == (390.0, 390, 3)
 
 
+def test_a_thread_that_ended_within_the_window_is_expected_what_it_showed() -> None:
+    def sample(tid: int, count: int) -> StackSample:
+        return StackSample(1, tid, "t", (), count)
+
+    # Thread 3 served one request and ended: the kernel had no reading of it at the end.
+    window = StackWindow(start=100.0, end=102.0, rate_hz=100,
+                         samples=(sample(1, 190), sample(2, 200), sample(3, 4)),
+                         thread_cpu={(1, 1): 0.5, (1, 2): 0.1})
+    loss = window_loss(window)
+    assert (loss.expected, loss.stored) == (404.0, 394)
+    # Without kernel readings (the process could not be read) every thread is expected whole.
+    assert window_loss(dataclasses.replace(window, thread_cpu={})).expected == 600.0
+
+
 def test_a_failing_callback_ends_the_sampler_and_leaves_no_py_spy_running() -> None:
     spawner = Spawner()
 

@@ -183,8 +183,10 @@ def collect(target: Target, args: argparse.Namespace, *, inject: bool,
         warn_if_low_space(session)
         collection = Collection(target, writer, options_from(args, inject=inject, slo_ms=slo_ms),
                                 metrics=metrics, injections=injections if inject else None)
-        say(args, f"sampling pid {target.pid} ({target.server}) at {args.rate} Hz"
-                  f" into {session}")
+        budget = getattr(args, "max_overhead", None)
+        rate = (f"at up to {args.rate} Hz within a {budget:g}% budget" if budget
+                else f"at {args.rate} Hz")
+        say(args, f"sampling pid {target.pid} ({target.server}) {rate} into {session}")
         with outputs(args, session, metrics, writer, thresholds), \
                 stop_on_signals(collection.request_stop):
             try:
