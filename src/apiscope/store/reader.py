@@ -92,8 +92,6 @@ class SessionReader(ViewQueries):
                 f" understands ({schema.SCHEMA_VERSION}): upgrade apiscope")
         self._frames: dict[int, Frame] = {}
         self._stacks: dict[int, tuple[Frame, ...]] = {}
-        self._has_weight: bool | None = None
-        self._has_first_byte: bool | None = None
         self._columns: dict[tuple[str, str], bool] = {}
 
     def close(self) -> None:
@@ -360,16 +358,11 @@ class SessionReader(ViewQueries):
 
     def _weight_column(self) -> str:
         """`weight`, or 1 in a session written before requests were kept one in n."""
-        if self._has_weight is None:
-            columns = {row[1] for row in self._query("PRAGMA table_info(requests)")}
-            self._has_weight = "weight" in columns
-        return "weight" if self._has_weight else "1"
+        return "weight" if self._has_column("requests", "weight") else "1"
 
     def _first_byte_column(self) -> str:
         """`first_byte_ms`, or NULL in a session written before streams were told apart."""
-        if self._has_first_byte is None:
-            self._has_first_byte = self._has_column("requests", "first_byte_ms")
-        return "first_byte_ms" if self._has_first_byte else "NULL"
+        return "first_byte_ms" if self._has_column("requests", "first_byte_ms") else "NULL"
 
     def resources(self, pid: int | None = None) -> list[ResourceSample]:
         sql = "SELECT * FROM resources" + (" WHERE pid = ?" if pid is not None else "")
