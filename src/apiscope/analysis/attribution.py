@@ -37,7 +37,7 @@ from apiscope.model import Frame, RouteInfo
 # import them from here with the rest of the attribution.
 __all__ = ["FRAMEWORKS", "TOOL_ROOTS", "RouteMatcher", "app_roots", "dispatch_lines",
            "framework_route", "is_app_frame", "is_tool_work", "library_call", "method_rank",
-           "request_frame", "user_frame"]
+           "passes_on", "request_frame", "user_frame"]
 
 _METHOD_ORDER = {"GET": 0, "POST": 1, "PUT": 2, "PATCH": 3, "DELETE": 4, "HEAD": 8, "OPTIONS": 9}
 
@@ -144,6 +144,13 @@ def dispatch_lines(stacks: Iterable[tuple[Sequence[Frame], int | None]],
             if is_app_frame(frame, app_roots):
                 lines.add((frame.file, frame.line))
     return lines
+
+
+def passes_on(user: Frame | None, handler_index: int | None,
+              dispatch: Collection[tuple[str, int]]) -> bool:
+    """Whether a stack's application frame `user` is a middleware line passing requests on
+    (one of `dispatch_lines`) with no handler running below it: then it is no line's cost."""
+    return handler_index is None and user is not None and (user.file, user.line) in dispatch
 
 
 def library_call(frames: Sequence[Frame], user: Frame | None) -> str | None:

@@ -14,6 +14,7 @@ from apiscope.analysis.attribution import (
     RouteMatcher,
     dispatch_lines,
     is_tool_work,
+    passes_on,
     request_frame,
 )
 from apiscope.analysis.source import enclosing_function
@@ -215,7 +216,7 @@ def _stack_facts(data: SessionData, matcher: RouteMatcher,
     facts = {}
     for key, (frames, index, endpoint) in handlers.items():
         user = request_frame(frames, index, matcher.roots)
-        if index is None and user is not None and (user.file, user.line) in passing:
+        if passes_on(user, index, passing):
             user = None
         facts[key] = (frames, endpoint, user,
                       any(f.file.startswith("<frozen importlib") for f in frames),

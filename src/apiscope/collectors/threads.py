@@ -54,9 +54,7 @@ def is_loop_frame(frame: Frame) -> bool:
         return True
     # asyncio.run()/Runner.run (or a copy of it) runs an event loop on this thread; under
     # uvloop it is the last Python frame before the loop's C code calls the callbacks.
-    if _is_loop_entry(frame):
-        return True
-    return "/uvloop/" in frame.file.replace("\\", "/")
+    return _is_uvloop_idle_leaf(frame)
 
 
 def _is_loop_entry(frame: Frame) -> bool:

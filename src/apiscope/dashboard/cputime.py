@@ -21,6 +21,7 @@ from apiscope.analysis.attribution import (
     RouteMatcher,
     dispatch_lines,
     is_tool_work,
+    passes_on,
     request_frame,
 )
 from apiscope.analysis.context import AnalysisContext, Attributed, SessionData
@@ -142,7 +143,7 @@ def cpu_context(per: Mapping[ThreadStack, float], process_cpu: Mapping[int, floa
     samples = []
     for (pid, tid, stack_id), seconds in sorted(per.items()):
         endpoint, user, tool, index = facts.of(stack_id)
-        if index is None and user is not None and (user.file, user.line) in passing:
+        if passes_on(user, index, passing):
             user = None
         role = ThreadRole(roles.get((pid, tid), ThreadRole.OTHER.value))
         sample = StackSample(pid, tid, "", frames_of(stack_id), 1, SampleState.RUNNING)
