@@ -41,7 +41,7 @@ from apiscope.collectors.stacks import StackSampler
 from apiscope.collectors.target import Target
 from apiscope.errors import TargetError
 from apiscope.metrics import MetricsExporter
-from apiscope.model import LoopStall, ResourceSample, StackWindow
+from apiscope.model import LoopStall, ResourceSample, RouteInfo, StackWindow
 
 
 @dataclass
@@ -168,7 +168,7 @@ class Collection:
             injections=injections, inject=options.inject, clients=clients)
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._routes_seen: dict[int, int] = {}
+        self._routes_seen: dict[int, list[RouteInfo]] = {}
         self._watchdog_cpu: dict[str, float] = {}  # the agents' watchdogs' own CPU, by pid
         self._serve_cpu: dict[int, float] = {}  # the agents' CPU answering pulls, by pid
         # One request in `keeping.every` kept when taking them all in would cost too much.
@@ -465,8 +465,8 @@ class Collection:
             with self._lock:
                 self.totals.requests += sum(r.weight for r in batch.requests)
                 self._kept += len(batch.requests)
-        if batch.routes and self._routes_seen.get(pid) != len(batch.routes):
-            self._routes_seen[pid] = len(batch.routes)
+        if batch.routes and self._routes_seen.get(pid) != batch.routes:
+            self._routes_seen[pid] = batch.routes
             self.sink.routes(pid, batch.routes)
         if batch.threadpool is not None:
             self.sink.threadpool(batch.threadpool)

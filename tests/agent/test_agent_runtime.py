@@ -285,3 +285,33 @@ def test_a_pull_sets_what_the_loop_watchdogs_may_spend_following(sock_dir: str) 
             assert agent.watchdogs.follow_share == 0.001
     finally:
         agent.stop()
+
+
+def test_the_route_table_is_sent_again_only_when_it_changed(sock_dir: str) -> None:
+    agent = Agent(sock_dir)
+    app = sync_app()
+    agent.add_routes(app)
+    agent.start()
+    try:
+        with AgentClient(os.getpid(), sock_dir) as client:
+            first = client.pull()
+            assert first.routes is not None and ("GET", "/sync/{n}") in {
+                (r.method, r.template) for r in first.routes}
+            assert client.pull().routes is None  # unchanged: the collector has it
+
+            @app.get("/later")
+            def later() -> dict[str, bool]:
+                return {}
+
+            changed = client.pull()  # each pull re-reads the tables first
+            assert changed.routes is not None and ("GET", "/later") in {
+                (r.method, r.template) for r in changed.routes}
+            assert client.pull().routes is None
+        with AgentClient(os.getpid(), sock_dir) as fresh:  # a new collector is sent it all
+            routes = fresh.pull().routes
+            assert routes is not None and len(routes) == len(changed.routes)
+        # A collector of an earlier apiscope says no version: every answer has the table.
+        answer = agent.respond({"op": "pull"})
+        assert [r["template"] for r in answer["routes"]] == [r.template for r in routes]
+    finally:
+        agent.stop()

@@ -12,7 +12,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route, Router
 
 from apiscope.agent.handlers import handler_row
+from apiscope.agent.matched_routes import DEFERRED
+from apiscope.agent.recorder import RequestEntry
 from apiscope.agent.routes import RouteRegistry
+from tests.frameworks import falcon_app, quart_app
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -134,3 +137,66 @@ def test_a_handler_inherited_from_a_library_names_the_apps_class() -> None:
     with open(__file__) as f:
         lines = f.read().splitlines()
     assert lines[row["view_line"] - 1].startswith("class Listing:")
+
+
+def test_quart_routes_are_read_and_matched_at_pull_time() -> None:
+    registry = RouteRegistry()
+    registry.add_app(quart_app.app)
+    rows = {(r["method"], r["template"]): r for r in registry.rows}
+    assert set(rows) == {("GET", "/items/<int:item_id>"), ("POST", "/items/"),
+                         ("GET", "/users/<name>/orders"), ("GET", "/health"),
+                         ("GET", "/static/<path:filename>")}
+    assert rows["GET", "/items/<int:item_id>"]["handler"] == \
+        "tests.frameworks.quart_app:read_item"
+    assert rows["POST", "/items/"]["is_async"] is False  # Quart runs it in a thread
+    assert rows["GET", "/users/<name>/orders"]["handler"] == \
+        "tests.frameworks.quart_app:Orders.get"  # a MethodView's own method
+    assert registry.resolve("GET", "/items/7") == "/items/<int:item_id>"
+    assert registry.resolve("GET", "/items/x") == "<unmatched>"  # the converter refuses it
+    assert registry.resolve("DELETE", "/items/7") == "<unmatched>"  # 405
+    assert registry.resolve("POST", "/items") == "<unmatched>"  # a slash redirect
+    assert registry.routing() == {"source": "framework", "frameworks": ["quart"]}
+
+
+def test_falcon_routes_are_read_and_matched_at_pull_time() -> None:
+    registry = RouteRegistry()
+    registry.add_app(falcon_app.app)
+    assert [(r["method"], r["template"], r["handler"].split(":")[1]) for r in registry.rows] == [
+        ("GET", "/health", "Health.on_get"),
+        ("POST", "/items", "ItemCollection.on_post"),
+        ("GET", "/items/{item_id:int}", "Items.on_get"),
+        ("GET", "/users/{name}/orders", "Users.on_get_orders")]  # Falcon's own responders: none
+    assert registry.resolve("GET", "/items/7") == "/items/{item_id:int}"
+    assert registry.resolve("GET", "/users/ann/orders") == "/users/{name}/orders"
+    assert registry.resolve("GET", "/nowhere") == "<unmatched>"
+
+
+def test_deferred_routes_are_named_when_drained_and_a_failing_router_groups_the_path(
+        ) -> None:
+    app = quart_app.app
+    registry = RouteRegistry()
+    registry.add_app(app)
+    entries = [RequestEntry(0.0, 1.0, "GET", DEFERRED + "/items/3", 200, None, None, None, ()),
+               RequestEntry(0.0, 1.0, "GET", "/already", 200, None, None, None, ())]
+    assert [e.route for e in registry.resolve_entries(entries)] == [
+        "/items/<int:item_id>", "/already"]
+
+    def broken(method: str, path: str) -> str:
+        raise RuntimeError("a router we misread")
+
+    registry._matched[0] = ("quart", app, broken)
+    registry._resolved.clear()
+    assert registry.resolve("GET", "/items/12") == "/items/{int}"
+    assert registry.errors == 1
+
+
+def test_a_route_table_version_changes_with_the_table_only() -> None:
+    app = Starlette(routes=[Route("/a", list_orders)])
+    registry = RouteRegistry()
+    registry.add_app(app)
+    version = registry.version
+    registry.refresh()
+    assert registry.version == version
+    app.router.routes.append(Route("/b", list_orders))
+    registry.refresh()
+    assert registry.version != version

@@ -7,6 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from apiscope.analysis.report import build_report
 from apiscope.model import Frame, GilSample, LoopLagSample, LoopStall, SampleState
 from tests.analysis.builder import (
@@ -171,13 +173,21 @@ def test_stalls_in_the_framework_alone_are_not_the_applications_fault(tmp_path: 
     assert not [f for f in report["flags"] if f["kind"] == "event_loop_blocked"]
 
 
-def test_advice_names_the_framework_serving_the_route(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("dispatch", "advice"), [
+    (Frame("get_response_async", DJANGO, 150), "await sync_to_async(...)(...) (from asgiref"),
+    (Frame("full_dispatch_request", f"{SITE}/quart/app.py", 1410),
+     "await run_sync(...)(...) (from quart.utils)"),
+    (Frame("_handle_exception", f"{SITE}/falcon/asgi/app.py", 560),
+     "await falcon.util.sync_to_async(...)"),
+])
+def test_advice_names_the_framework_serving_the_route(dispatch: Frame, advice: str,
+                                                      tmp_path: Path) -> None:
     spec = measured_healthy()
-    frames = (*on_loop(), Frame("get_response_async", DJANGO, 150), app("summary", 87))
+    frames = (*on_loop(), dispatch, app("summary", 87))
     spec.loop_stalls = [stall(87, 100.0, 0.5, T0 + 5 + i, frames) for i in range(20)]
     report = report_of(spec, tmp_path)
     [flag] = [f for f in report["flags"] if f["kind"] == "event_loop_blocked"]
-    assert "sync_to_async" in flag["suggestion"]
+    assert advice in flag["suggestion"]
 
 
 def test_a_plain_def_handler_litestar_runs_on_the_loop_is_told_to_run_in_a_thread(

@@ -12,6 +12,8 @@ from typing import Any
 STARLETTE = "starlette"
 DJANGO = "django"
 LITESTAR = "litestar"
+QUART = "quart"
+FALCON = "falcon"
 MAX_DEPTH = 16  # ASGI middleware chains outside an app are a handful deep
 
 # (module prefix, class name) of each framework's application class, subclasses included.
@@ -20,11 +22,14 @@ _APP_CLASSES = (
     ("starlette.", "Router", STARLETTE),
     ("django.", "ASGIHandler", DJANGO),
     ("litestar.", "Litestar", LITESTAR),
+    ("quart.", "Quart", QUART),
+    ("falcon.asgi.", "App", FALCON),
 )
 
 
 def framework_of(obj: Any) -> str | None:
-    """"starlette", "django" or "litestar" when `obj` is that framework's ASGI app."""
+    """"starlette", "django", "litestar", "quart" or "falcon" when `obj` is that framework's
+    ASGI app."""
     for cls in type(obj).__mro__:
         module = cls.__module__ or ""
         for prefix, name, framework in _APP_CLASSES:

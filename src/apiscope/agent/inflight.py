@@ -214,6 +214,13 @@ def _request_row(route: str, method: str, path: str, elapsed: float | None, task
 def route_now(middleware: Any, scope: Any) -> str:
     """The route template of a request still running, once the framework has routed it."""
     if not any(key in scope for key in ("route", "endpoint", "path_template")):
+        routes = getattr(middleware, "routes", None)
+        if routes is not None and routes.deferred:  # Quart, Falcon: matched from the path
+            try:
+                return str(routes.resolve(str(scope.get("method", "GET")),
+                                          str(scope.get("path", ""))))
+            except Exception:
+                pass
         return str(scope.get("path", ""))  # not routed yet, or a framework we cannot read
     try:
         return str(middleware.route_of(scope, "", 200))

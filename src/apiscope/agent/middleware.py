@@ -3,7 +3,9 @@
 It wraps whatever ASGI callable the server calls (any framework, or none). The route comes
 from what the framework left in the scope once the app returned: Starlette's matched route
 (`scope["route"]`), Litestar's `scope["path_template"]`, Django's resolver match on the request
-(see `django_routes`); an app that names no route gets its raw paths grouped (`pathgroups`).
+(see `django_routes`); Quart's and Falcon's routers leave nothing there, so their requests are
+matched when the collector pulls (see `matched_routes`); an app that names no route gets its raw
+paths grouped (`pathgroups`).
 
 The request path does no I/O, takes no lock and allocates little: one `_Request` (the
 request's timing, and the statements the query hooks count into it), one closure and, after the
@@ -24,6 +26,7 @@ from typing import Any
 
 from .django_routes import REQUEST_KEY, DjangoTemplates, install_request_hook
 from .frameworks import DJANGO, LITESTAR, STARLETTE, apps_inside
+from .matched_routes import DEFERRED, UNMATCHED
 from .pathgroups import PathGrouper
 from .paths import AppFiles
 from .profiling import ProfileRun, RequestProfiling
@@ -39,7 +42,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-UNMATCHED = "<unmatched>"
 _NESTED = "apiscope.recording"
 _UNSEEN = object()
 
@@ -240,7 +242,10 @@ class AgentMiddleware:
     def _profiled(self, profiling: RequestProfiling, entry: RequestEntry,
                   run: ProfileRun) -> None:
         try:
-            profiling.finish(run, entry.start, entry.method, entry.route, entry.duration_ms)
+            route = entry.route
+            if route[:1] == DEFERRED:
+                route = self.routes.resolve(entry.method, route)
+            profiling.finish(run, entry.start, entry.method, route, entry.duration_ms)
         except Exception:
             profiling.errors += 1
 
@@ -284,6 +289,8 @@ class AgentMiddleware:
         if "litestar_app" in scope:
             sources.add(LITESTAR)
             return UNMATCHED
+        if self.routes.deferred:  # Quart, Falcon: matched off the request path, at pull time
+            return DEFERRED + str(scope.get("path", ""))
         sources.add(INFERRED)
         return self._paths(str(scope.get("path", "")))
 

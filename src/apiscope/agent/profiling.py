@@ -56,7 +56,10 @@ from .profiler import (
 from .profiletree import compact_tree, parse_frame
 from .recorder import RequestEntry
 
-ROUTE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
+# `{name}` / `{name:converter}` (Starlette, Litestar, Falcon), `<name>` / `<converter:name>`
+# (Django, Quart); a converter's arguments in parentheses (`int(min=1)`) are skipped.
+ROUTE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+)(?:\([^)]*\))?)?\}"
+                         r"|<(?:([A-Za-z_]+)(?:\([^)]*\))?:)?([A-Za-z_][A-Za-z0-9_]*)>")
 SLOW_REARM_SECONDS = 1.0  # a route slow on every request is profiled at most once a second
 # Routes armed at once at most: every request pays one regex match per armed route until
 # one matches, and a route called rarely stays armed until its next request.
@@ -71,7 +74,8 @@ def template_pattern(template: str) -> re.Pattern[str]:
     out, pos = [], 0
     for match in ROUTE_PARAM.finditer(template):
         out.append(re.escape(template[pos:match.start()]))
-        out.append(".*" if match.group(2) == "path" else "[^/]+")
+        converter = match.group(2) or match.group(3)
+        out.append(".*" if converter == "path" else "[^/]+")
         pos = match.end()
     out.append(re.escape(template[pos:]))
     return re.compile("".join(out))

@@ -1,6 +1,7 @@
 """The route tables of the apps the agent serves, read by duck typing (no framework import).
 
-Starlette/FastAPI tables are read here; Django's and Litestar's in their own modules. Besides
+Starlette/FastAPI tables are read here; Django's, Litestar's, Quart's and Falcon's in their own
+modules (the last two also match each request's template at pull time: `resolve`). Besides
 the table itself, `RouteRegistry` remembers the full template of every Starlette route object:
 inside a Mount, `scope["route"]` is the inner route, whose template lacks the mount's prefix.
 It also notes which routing sources named the requests' routes (`routing()`), so that a report
@@ -10,18 +11,31 @@ can say whether its routes are the framework's templates or grouped from raw pat
 from __future__ import annotations
 
 import inspect
+import random
 import re
 import time
 from typing import Any
 
 from .django_routes import django_rows
-from .frameworks import DJANGO, LITESTAR, framework_of
+from .frameworks import DJANGO, FALCON, LITESTAR, QUART, framework_of
 from .handlers import RouteRow, handler_row
 from .litestar_routes import litestar_rows
+from .matched_routes import (
+    DEFERRED,
+    UNMATCHED,
+    Matcher,
+    falcon_matcher,
+    falcon_rows,
+    quart_matcher,
+    quart_rows,
+)
+from .pathgroups import normalise_path
 
 INFERRED = "inferred"
 _CONVERTER = re.compile(r"\{(\w+):[^}]*\}")
 _HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")
+_MATCHED = {QUART: (quart_rows, quart_matcher), FALCON: (falcon_rows, falcon_matcher)}
+MAX_RESOLVED = 4096  # (method, path) pairs whose template is remembered: ids make paths unbounded
 
 
 def template_of(route: Any) -> str:
@@ -60,6 +74,13 @@ class RouteRegistry:
         self._apps: list[Any] = []
         self._litestar: list[Any] = []
         self._django = False
+        # Apps whose requests are matched at pull time: (framework, app, its matcher).
+        self._matched: list[tuple[str, Any, Matcher]] = []
+        self._resolved: dict[tuple[str, str], str] = {}
+        self.errors = 0  # matches that failed (the path is grouped instead)
+        # Changes with the table: a collector that has this one is not sent it again. From a
+        # random start, so that an agent started anew is never taken for the one before.
+        self.version = random.randrange(1 << 30)
         self._refreshed = 0.0
         # Which sources named recorded routes: framework names, or INFERRED. The middleware
         # adds to it per request (a set add of a constant: no allocation).
@@ -73,6 +94,11 @@ class RouteRegistry:
         instead, at most once a second: it may have gained routes since.
         """
         framework = framework_of(app)
+        if framework in _MATCHED:
+            if not any(known is app for _, known, _ in self._matched):
+                self._matched.append((framework, app, _MATCHED[framework][1](app)))
+            self.refresh()
+            return
         if framework == DJANGO or framework == LITESTAR:
             if framework == DJANGO:
                 self._django = True
@@ -100,7 +126,54 @@ class RouteRegistry:
             rows.extend(litestar_rows(litestar))
         if self._django:
             rows.extend(django_rows())
+        for framework, app, _ in self._matched:
+            rows.extend(_MATCHED[framework][0](app))
+        if rows != self.rows:
+            self.version += 1
+            self._resolved = {}
         self.rows, self.templates = rows, templates
+
+    @property
+    def deferred(self) -> bool:
+        """True when requests not named from the scope are matched at pull time (`resolve`)."""
+        return bool(self._matched)
+
+    def resolve(self, method: str, path: str) -> str:
+        """The template of a request to `path` (`DEFERRED` + path as recorded, or the path):
+        the first app's router that matches it; `<unmatched>` when none does, the path grouped
+        when a router fails (counted in `errors`)."""
+        if path[:1] == DEFERRED:
+            path = path[1:]
+        if not self._matched:
+            return normalise_path(path)
+        key = (method, path)
+        found = self._resolved.get(key)
+        if found is not None:
+            return found
+        found, source = UNMATCHED, self._matched[0][0]
+        try:
+            for framework, _, match in self._matched:
+                found = match(method, path)
+                if found != UNMATCHED:
+                    source = framework
+                    break
+        except Exception:
+            self.errors += 1
+            self.sources.add(INFERRED)
+            return normalise_path(path)
+        self.sources.add(source)
+        if len(self._resolved) >= MAX_RESOLVED:
+            self._resolved.clear()
+        self._resolved[key] = found
+        return found
+
+    def resolve_entries(self, entries: list[Any]) -> list[Any]:
+        """`entries` (the recorder's `RequestEntry`s) with every deferred route named."""
+        if self._matched:
+            for index, entry in enumerate(entries):
+                if entry.route[:1] == DEFERRED:
+                    entries[index] = entry._replace(route=self.resolve(entry.method, entry.route))
+        return entries
 
     def routing(self) -> dict[str, Any]:
         """Where the recorded routes came from: "framework" (templates the framework

@@ -144,7 +144,7 @@ class Agent:
                 self.recorder.keep(request["keep"], request.get("keep_slower_ms"))
             if "watch_share" in request:  # what the loop watchdogs may spend following
                 self.watchdogs.set_follow_share(request["watch_share"])
-            return self.pull(limit)
+            return self.pull(limit, request.get("routes_version"))
         if op == "dump":
             return dump_state()
         if op == "unfinished":  # requests running this long with no response yet
@@ -155,38 +155,43 @@ class Agent:
                     "requests": unfinished(self.watchdogs.loops(), float(older_than))}
         raise ValueError(f"unknown op {op!r}")
 
-    def pull(self, limit: int = MAX_BATCH) -> dict[str, Any]:
-        """The pull response: at most `limit` requests, `more` when others are left."""
+    def pull(self, limit: int = MAX_BATCH, routes_known: Any = None) -> dict[str, Any]:
+        """The pull response: at most `limit` requests, `more` when others are left; the
+        route table unless the collector has it already (`routes_known`, the version it
+        has)."""
         # Side work first, guarded: a failure here must not cost the collector its batch.
         pool = self._guarded(self._refresh_and_sample)
         # Each request goes as its `RequestEntry` tuple, a JSON array in field order: no dict
         # per request and no key names to encode (a third of the encoding time and half the
         # bytes of objects, at thousands of requests a second).
-        requests = self.recorder.drain(limit)
+        requests = self.routes.resolve_entries(self.recorder.drain(limit))
         try:  # off the request path: arm the routes whose turn to be profiled has come
             self.profiling.load()
             self.profiling.observe_batch(requests)
         except Exception:
             self.profiling.errors += 1
         profiles = [self.profiles.popleft() for _ in range(len(self.profiles))]
-        return {
+        answer = {
             "pid": os.getpid(),
             "ts": time.time(),
             "requests": requests,
-            "routes": list(self.routes.rows),
+            "routes_version": self.routes.version,
             "threadpool": pool,
             "stats": {"recorded": self.recorder.recorded, "dropped": self.recorder.dropped,
                       "skipped": self.recorder.skipped, "keep_every": self.recorder.keep_every,
                       # the answers' CPU so far (this one's encoding counts in the next)
                       "serve_cpu": self._server.cpu_seconds if self._server else 0.0,
-                      "errors": self.recorder.errors + (self.query_hooks.errors
-                                                        if self.query_hooks else 0)},
+                      "errors": self.recorder.errors + self.routes.errors
+                      + (self.query_hooks.errors if self.query_hooks else 0)},
             "profiling": self.profiling.stats(),  # off, or why pyinstrument is unavailable
             "routing": self.routes.routing(),  # framework templates, or paths grouped
             "profiles": profiles,
             "watchdogs": self._guarded(self.watchdogs.pull),  # loop lag, stalls, GIL wait
             "more": len(self.recorder) > 0,
         }
+        if routes_known != self.routes.version:
+            answer["routes"] = list(self.routes.rows)
+        return answer
 
     def _refresh_and_sample(self) -> dict[str, Any] | None:
         if self.query_hooks is not None:

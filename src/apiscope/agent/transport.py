@@ -3,11 +3,14 @@
 Protocol: newline-delimited JSON. The collector writes one request object per line
 (`{"op": "pull"}` or `{"op": "ping"}`) and reads one response object per line. A pull may
 say which requests to keep from then on (`"keep": n`, one in n at random, and
-`"keep_slower_ms"`: slower ones always; see `recorder.Recorder`), and the share of a core the
+`"keep_slower_ms"`: slower ones always; see `recorder.Recorder`), the version of the route
+table it has (`"routes_version"`: the answer carries `"routes"` only when its own differs), and
+the share of a core the
 loop watchdogs may spend following long passes (`"watch_share"`, see
 `watchdog.Watchdogs.set_follow_share`). It answers
 `{"pid", "ts", "requests": [[start, duration_ms, method, route, status, exc_type, exc_file,
-exc_line, queries, weight, first_byte_ms], ...], "routes": [...], "threadpool": {...} | null,
+exc_line, queries, weight, first_byte_ms], ...], "routes_version": n, "routes": [...],
+"threadpool": {...} | null,
 "stats": {"recorded", "dropped", "skipped", "keep_every", "serve_cpu", "errors"},
 "profiles": [...], "profiling": {...},
 "watchdogs": {...} | null, "more": bool}` (`profiling`: the per-request profiler's status,

@@ -2,7 +2,8 @@
 
 The framework is read off the stacks that ran the route (the package its frames come from), so
 a fix names `run_in_threadpool` for Starlette and FastAPI, `sync_to_async` for Django,
-`sync_to_thread` for Litestar, and `asyncio.to_thread` for anything else.
+`sync_to_thread` for Litestar, `run_sync` for Quart, `falcon.util.sync_to_async` for Falcon, and
+`asyncio.to_thread` for anything else.
 """
 
 from __future__ import annotations
@@ -16,18 +17,23 @@ _PACKAGES = (
     ("django", re.compile(r"[/\\](django|asgiref|rest_framework)[/\\]")),
     ("litestar", re.compile(r"[/\\]litestar[/\\]")),
     ("starlette", re.compile(r"[/\\](starlette|fastapi)[/\\]")),
+    ("quart", re.compile(r"[/\\]quart[/\\]")),
+    ("falcon", re.compile(r"[/\\]falcon[/\\]")),
 )
 
 OFFLOAD = {
     "starlette": "await run_in_threadpool(...) (from starlette.concurrency)",
     "django": "await sync_to_async(...)(...) (from asgiref.sync)",
     "litestar": "await sync_to_thread(...) (from litestar.concurrency)",
+    "quart": "await run_sync(...)(...) (from quart.utils)",
+    "falcon": "await falcon.util.sync_to_async(...)",
     None: "await asyncio.to_thread(...)",
 }
 
 
 def framework_of(stacks: Iterable[Sequence[Frame]]) -> str | None:
-    """"starlette" (FastAPI too), "django", "litestar", or None when no stack shows one.
+    """"starlette" (FastAPI too), "django", "litestar", "quart", "falcon", or None when no
+    stack shows one.
 
     Read from the leaf: the framework frame nearest the handler is the one that dispatched it
     (a Django app mounted in Starlette, or behind Starlette middleware, is Django's)."""

@@ -79,7 +79,7 @@ class AgentBatch:
     """What one pull returned: requests finished since the previous pull, and current state."""
 
     requests: list[RequestRecord]
-    routes: list[RouteInfo]
+    routes: list[RouteInfo] | None  # None: the same as the last pull's
     threadpool: ThreadPoolSample | None
     stats: AgentStats
     # sampled requests' profiles, their trees kept as the agent's JSON (`PulledProfile`)
@@ -102,6 +102,7 @@ class AgentClient:
         self._sock: socket.socket | None = None
         self._connected: str | None = None  # the candidate an agent answered on
         self._buffer = b""
+        self._routes_version: Any = None  # the version of the agent's route table we have
 
     @property
     def path(self) -> str:
@@ -135,6 +136,8 @@ class AgentClient:
         `apiscope.agent.watchdog.Watchdogs.set_follow_share`).
         """
         message: dict[str, Any] = {"op": "pull"}
+        if self._routes_version is not None:  # the table is sent again only when it changed
+            message["routes_version"] = self._routes_version
         if max_requests is not None:
             message["max"] = max_requests
         if orphan_after is not None:
@@ -144,7 +147,10 @@ class AgentClient:
         if watch_share is not None:
             message["watch_share"] = watch_share
         # Our pid for the process, not the one it has in its container.
-        return batch_from_json({**self.request(message), "pid": self.pid}, self.pid)
+        answer = self.request(message)
+        batch = batch_from_json({**answer, "pid": self.pid}, self.pid)
+        self._routes_version = answer.get("routes_version")  # None from an older agent
+        return batch
 
     def unfinished(self, older_than: float) -> list[UnfinishedRequest]:
         """The requests that have run `older_than` seconds or more with no response begun;
@@ -292,7 +298,7 @@ def batch_from_json(data: dict[str, Any], pid: int | None = None) -> AgentBatch:
     pool = data.get("threadpool")
     return AgentBatch(
         requests=[_request(r, pid) for r in data.get("requests", [])],
-        routes=[_route(r) for r in data.get("routes", [])],
+        routes=[_route(r) for r in data["routes"]] if data.get("routes") is not None else None,
         threadpool=ThreadPoolSample(
             ts=float(pool.get("ts", ts)), pid=pid, total_tokens=int(pool["total_tokens"]),
             borrowed_tokens=int(pool["borrowed_tokens"]), waiting=int(pool["waiting"]),
