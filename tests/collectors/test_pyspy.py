@@ -175,7 +175,7 @@ def test_a_failed_read_logged_by_py_spy_gives_its_time() -> None:
 def test_record_and_dump_command_lines() -> None:
     argv = record_argv("/bin/py-spy", 42, "/tmp/o.txt",
                        RecordOptions(rate_hz=250, subprocesses=True, nonblocking=True))
-    assert argv == ["/bin/py-spy", "record", "--pid", "42", "--format", "chrometrace", "--output",
+    assert argv == ["/bin/py-spy", "record", "--pid", "42", "--format", "raw", "--output",
                     "/tmp/o.txt", "--rate", "250", "--threads", "--full-filenames", "--idle",
                     "--subprocesses", "--nonblocking"]
     assert record_argv("p", 1, "o", RecordOptions(), duration=2)[-2:] == ["--duration", "2"]

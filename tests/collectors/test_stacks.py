@@ -21,7 +21,6 @@ from apiscope.collectors.stacks import StackSampler
 from apiscope.collectors.threadcpu import CpuReading, ThreadCpuReader
 from apiscope.errors import TargetError
 from apiscope.model import SampleState, StackSample, StackWindow, ThreadRole
-from tests.collectors.chrome import folded_to_chrometrace
 from tests.support import wait_until
 
 LOOP_STACK = ("thread (10): MainThread;"
@@ -33,8 +32,8 @@ HANDLER_STACK = ("thread (10): MainThread;"
                  "handler (/srv/app.py:7)")
 
 
-DEFAULT_OUTPUT = folded_to_chrometrace(f"{LOOP_STACK} 90\n{HANDLER_STACK} 8\n")
-ACTIVE_OUTPUT = f"{HANDLER_STACK} 8\n"  # windows without --idle are counted in the raw format
+DEFAULT_OUTPUT = f"{LOOP_STACK} 45\n{HANDLER_STACK} 4\n"  # 0.9 s and 0.08 s at 50 Hz
+ACTIVE_OUTPUT = f"{HANDLER_STACK} 8\n"  # without --idle, idle threads are left out
 
 
 @dataclass
@@ -311,7 +310,7 @@ def test_a_window_that_cannot_be_classified_is_counted_and_sampling_goes_on() ->
 
 
 def test_a_budget_lowers_the_rate_of_the_next_windows_to_what_it_affords() -> None:
-    from apiscope.collectors.budget import FIRST_RATE, OverheadBudget
+    from apiscope.collectors.budget import FIRST_RATE, LAST_RESORT_RATE, OverheadBudget
 
     spawner, got = Spawner(), Collected()
     # Each fake py-spy reports 10 ms of CPU over a ~20 ms window: far above a 2% budget.
@@ -320,9 +319,10 @@ def test_a_budget_lowers_the_rate_of_the_next_windows_to_what_it_affords() -> No
     wait_until(lambda: len(got.windows) >= 5, what="five windows")
     s.stop()
     assert got.windows[0].rate_hz == FIRST_RATE  # no cost known yet: the opening rate
-    assert got.windows[-1].rate_hz == 5  # the floor: even it costs more than the budget
+    # The floor, then, since even it costs more than the budget, the last resort.
     rates = [int(spy.argv[spy.argv.index("--rate") + 1]) for spy in spawner.spies]
-    assert rates[0] == FIRST_RATE and rates[-1] == 5
+    assert rates[0] == FIRST_RATE and rates[1] == 5 and rates[-1] == LAST_RESORT_RATE
+    assert got.windows[-1].rate_hz == LAST_RESORT_RATE
     assert s.budget is not None and s.budget.over_budget
 
 
@@ -331,10 +331,8 @@ class WorkerSpy(FakeSpy):
 
     def _end(self) -> None:
         if not self.ended and self.behaviour.output is not None:
-            pid = int(self.argv[self.argv.index("--pid") + 1])
-            folded = f"{LOOP_STACK} 90\n{HANDLER_STACK} 8\n"
             self.output.write_text(ACTIVE_OUTPUT if "--idle" not in self.argv
-                                   else folded_to_chrometrace(folded, pid=pid))
+                                   else f"{LOOP_STACK} 90\n{HANDLER_STACK} 8\n")
         self.ended = True
 
 

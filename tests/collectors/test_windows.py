@@ -10,7 +10,6 @@ from apiscope.collectors.spy import SpyExit
 from apiscope.collectors.threadcpu import CpuReading, ThreadCpuReader
 from apiscope.collectors.windows import WindowMeter
 from apiscope.model import SampleState, StackWindow
-from tests.collectors.chrome import folded_to_chrometrace
 
 WORK = ("thread (10): MainThread;"
         "BaseEventLoop.run_forever (/usr/lib/python3.11/asyncio/base_events.py:607);"
@@ -51,7 +50,7 @@ def meter(cpu: ThreadCpuReader) -> tuple[WindowMeter, list[StackWindow], Sampler
 
 def test_windows_wait_for_one_without_idle_then_come_in_order_measured() -> None:
     m, got, stats = meter(SteppedCpu(0.1))
-    idle_window = folded_to_chrometrace(f"{SELECT} 90\n{WORK} 10\n")
+    idle_window = f"{SELECT} 90\n{WORK} 10\n"
     m.add(idle_window, EXIT, 0.0, 1.0, 100)
     assert got == []  # nothing known yet of which lines run
     m.add(f"{WORK} 10\n", EXIT, 1.0, 2.0, 100, active_only=True)
@@ -123,14 +122,10 @@ def test_failed_reads_beyond_those_logged_are_bounded_by_the_rate() -> None:
 def test_the_processes_serving_requests_are_told_from_a_master() -> None:
     # A gunicorn master (pid 1, its arbiter asleep) and a worker (pid 10, its event loop): the
     # budget counts a core for the worker only.
-    import json
-
     master = ("thread (1): MainThread;Arbiter.run (/srv/venv/lib/python3.11/site-packages/"
               "gunicorn/arbiter.py:209);Arbiter.sleep (/srv/venv/lib/python3.11/site-packages/"
               "gunicorn/arbiter.py:357)")
     m, _, _ = meter(SteppedCpu(0.1))
     assert m.serving == set()
-    events = (json.loads(folded_to_chrometrace(f"{master} 100\n", pid=1)) +
-              json.loads(folded_to_chrometrace(f"{SELECT} 90\n{WORK} 10\n")))
-    m.add(json.dumps(sorted(events, key=lambda e: e["ts"])), EXIT, 0.0, 1.0, 100)
+    m.add([(f"{master} 100\n", 1), (f"{SELECT} 90\n{WORK} 10\n", 10)], EXIT, 0.0, 1.0, 100)
     assert m.serving == {10} and m.pids >= {1, 10}

@@ -154,6 +154,53 @@ PORTAL = CorpusApp(
 )
 
 
+# Its plants sit in two routes of the healthy mix (the article view, the feed), switched on by
+# CORPUS_PLANTED as django_app's viewset is: the planted mode sends no other requests.
+QUART_APP = CorpusApp(
+    name="quart_app", app_dir=APPS / "quart_app", asgi="tests.corpus.apps.quart_app.app:app",
+    ready_path="/healthz", needs_postgres=True, needs_redis=True,
+    prestart="tests.corpus.apps.quart_app.prestart", id_max=3000,
+    login={"path": "/users/login",
+           "json": {"username": "user1", "password": "correct-horse-battery"}},
+    healthy=[
+        _get("/healthz", 3),
+        _get("/articles/?page={id}&per_page=20", 8, auth=True, id_max=150),
+        _get("/articles/{id}", 20, auth=True),
+        _get("/articles/by-slug/article-{id}", 6, auth=True),
+        {"method": "POST", "path": "/articles/{id}/comments", "weight": 4, "auth": True,
+         "body": '{"body": "Thanks, this helped with our rollout (#{n})."}'},
+        _get("/users/{id}/feed", 12, auth=True, id_max=200),
+        {"method": "POST", "path": "/users/login", "weight": 2, "id_max": 200,
+         "body": '{"username": "user{id}", "password": "correct-horse-battery"}'},
+        _get("/reports/daily", 3, auth=True),
+    ],
+)
+
+
+# As quart_app's, its plants sit in routes of the healthy mix (the order view, a customer's
+# orders): the planted mode sends no other requests.
+FALCON_APP = CorpusApp(
+    name="falcon_app", app_dir=APPS / "falcon_app", asgi="tests.corpus.apps.falcon_app.app:app",
+    ready_path="/health", needs_postgres=True, prestart="tests.corpus.apps.falcon_app.prestart",
+    id_max=5000,
+    healthy=[
+        _get("/health", 3),
+        _get("/orders?limit=25&offset={id}", 8, id_max=4900),
+        _get("/orders/{id}", 22),
+        {"method": "POST", "path": "/orders", "weight": 4, "id_max": 200,
+         "body": '{"customer_id": {id}, "currency": "EUR", "note": "load {n}", "lines":'
+                 ' [{"product_id": {id}, "quantity": 2}, {"product_id": 17, "quantity": 1}]}'},
+        _get("/customers/{id}", 6, id_max=200),
+        _get("/customers/{id}/orders", 12, id_max=200),
+        _get("/products?q=steel", 4),
+        _get("/products?q=bottle&limit=10", 3),
+        _get("/products/{id}", 6, id_max=500),
+        _get("/reports/revenue", 2),
+        _get("/reports/legacy", 2),
+    ],
+)
+
+
 def sample_app_expected(app: CorpusApp) -> list[Marker]:
     """The sample app lists its bottlenecks in `EXPECTED_FLAGS` (checked against its sources by
     its own tests). memory_growth names no line in a run this short (see `SHORT_RUN_UNATTRIBUTED`),
@@ -178,6 +225,6 @@ SAMPLE_APP = CorpusApp(
 )
 
 CORPUS: tuple[CorpusApp, ...] = (FASTAPI_PG, DJANGO_APP, LITESTAR_APP, ASYNC_SHOP, PORTAL,
-                                  SAMPLE_APP)
+                                  QUART_APP, FALCON_APP, SAMPLE_APP)
 MODES = ("healthy", "planted")
 SERVERS = ("uvicorn", "gunicorn")

@@ -22,8 +22,12 @@ The costs are learnt from the windows (exponentially weighted means), and the ne
 window is given what the budget leaves once the agent and the collector are paid for: a
 longer window when a py-spy start-up per second would eat too much of it (up to eight
 times the length asked for), then the highest rate that fits, between `min_rate` and the rate asked
-for. A busy target gets fewer samples, never a slower service; the effective rate of each
-window is stored with it, and every figure that turns counts into time uses it.
+for. Once a window sampled at `min_rate` has cost more than the budget, the rate may go lower,
+to `LAST_RESORT_RATE` at the least: on a Django server starting a thread per request py-spy's
+ticks cost 1.2-1.6 ms each (its thread ids are looked up anew for every new thread), and with
+the agent and the collector paid for, 5 Hz read 2.5-3.5 % against 2 %. A busy target gets fewer
+samples, never a slower service; the effective rate of each window is stored with it, and every
+figure that turns counts into time uses it.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from apiscope.agent.recorder import MAX_KEEP_EVERY
 from apiscope.collectors.gillooks import INTERVAL as LOOK_INTERVAL
 
 FIRST_RATE = 25  # Hz: the first window's, at most
-MIN_RATE = 5  # Hz: below this the stacks say too little to be worth their cost
+MIN_RATE = 5  # Hz: below this the stacks say little; only a budget it breaks goes lower
+LAST_RESORT_RATE = 2  # Hz: the least, where even `MIN_RATE` costs more than the budget
 SMOOTHING = 0.3  # weight of the newest window in the learnt costs
 WINDOW_FACTORS = (1, 2, 4, 8)  # window lengths the budget chooses from, times the one asked for
 
@@ -79,6 +84,7 @@ class OverheadBudget:
     max_overhead: float  # fraction of the target's capacity, e.g. 0.02
     requested_rate: int  # the most: `--rate`
     min_rate: int = MIN_RATE
+    last_resort_rate: int = LAST_RESORT_RATE
     base_window: float = 1.0  # seconds: the length asked for, when the budget allows it
     tick_cost: float | None = None  # learnt: py-spy CPU seconds per tick per process
     startup_cost: float | None = None  # learnt: py-spy CPU seconds per start-up
@@ -86,6 +92,7 @@ class OverheadBudget:
     history: list[tuple[float, int]] = field(default_factory=list)  # (cost fraction, rate)
     seconds: list[float] = field(default_factory=list)  # each history entry's window length
     last_cores: float = 1.0  # the capacity of the last window accounted
+    floor_broken: bool = False  # a window at `min_rate` or below cost more than the budget
 
     def first_rate(self) -> int:
         """The rate of the first window, before any cost is known: the rate asked for, at most
@@ -111,6 +118,8 @@ class OverheadBudget:
                 cost.seconds * cost.cores)
             self.history.append((spent, cost.rate_hz))
             self.seconds.append(cost.seconds)
+            if spent > self.max_overhead and cost.rate_hz <= self.min_rate:
+                self.floor_broken = True
             self.last_cores = cost.cores
         return self.plan(cost.processes, cost.cores)
 
@@ -125,11 +134,16 @@ class OverheadBudget:
         startups = (self.startup_cost or 0.0) / window if window > 0 else 0.0
         left = self.max_overhead * cores - other_cores - startups  # core-s per second
         if left <= 0:
-            return self.min_rate
+            return self.floor
         if self.tick_cost <= 0:
             return self.requested_rate
         affordable = left / (self.tick_cost * processes)
-        return int(max(self.min_rate, min(self.requested_rate, affordable)))
+        return int(max(self.floor, min(self.requested_rate, affordable)))
+
+    @property
+    def floor(self) -> int:
+        """The lowest rate allowed now: `min_rate`, and lower once it broke the budget."""
+        return min(self.min_rate, self.last_resort_rate) if self.floor_broken else self.min_rate
 
     def plan(self, processes: int, cores: float) -> Plan:
         """The shortest window (the freshest live view) at which the budget affords the rate

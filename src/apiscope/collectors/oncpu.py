@@ -34,7 +34,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from apiscope.collectors.chrometrace import Segment
+from apiscope.collectors.trace import Segment
 from apiscope.model import Frame, LoopStall, SampleState, StackSample
 
 ThreadKey = tuple[int, int]

@@ -8,8 +8,9 @@ and exits. The seam between two windows is thus the difference between the new p
 sample and the old one's last, measured at about +/-10 ms (one sample per thread, either way;
 docs/sampling.md), instead of a whole py-spy start-up (20 ms to seconds).
 
-py-spy records in its chrometrace format, which keeps how long each thread showed each stack
-(`chrometrace.py`); the 1st window and every `activity_every`-th after it are recorded
+py-spy records in its raw format, which counts each thread's samples per stack, so how long
+each thread showed each stack (`trace.py`); the 1st window and every `activity_every`-th after
+it are recorded
 without `--idle`, so that py-spy's own view of which threads are active teaches how much each
 leaf line runs. Each window py-spy wrote becomes a `StackWindow` in `windows.py`: measured
 against each thread's CPU and run-queue time at its edges (`threadcpu.py`), and split by those
@@ -349,10 +350,7 @@ class StackSampler:
         # The 1st window, then every `activity_every`-th: a short session learns from the start
         # (and the 1st window's samples are all active ones, measured as such).
         active_only = self.activity_every > 0 and self._count % self.activity_every == 1
-        # chrometrace cannot show a thread's absence (an idle thread keeps its last stack):
-        # those windows are counted in the raw format.
-        options = dataclasses.replace(self.options, idle=not active_only,
-                                      format="raw" if active_only else "chrometrace")
+        options = dataclasses.replace(self.options, idle=not active_only)
         workers = self._current_workers()
         if workers:  # a py-spy per worker (see `SpyGroup`), the master not sampled
             options = dataclasses.replace(options, subprocesses=False)

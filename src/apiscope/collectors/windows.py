@@ -17,12 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from apiscope.collectors.chrometrace import (
-    Trace,
-    merge_traces,
-    parse_chrometrace,
-    raw_as_trace,
-)
 from apiscope.collectors.gillooks import GilLooks
 from apiscope.collectors.oncpu import ActivityShares, ThreadBudget, line_times, split_samples
 from apiscope.collectors.pyspy import parse_raw, parse_summary
@@ -36,6 +30,11 @@ from apiscope.collectors.threadcpu import (
     usage,
 )
 from apiscope.collectors.threads import is_waiting, thread_roles
+from apiscope.collectors.trace import (
+    Trace,
+    merge_traces,
+    raw_as_trace,
+)
 from apiscope.model import Frame, StackSample, StackWindow, ThreadRole
 
 GIL_WATCH_SHARE = 0.005  # a thread's CPU share of a window that gets it looked at next window
@@ -129,8 +128,8 @@ class WindowMeter:
     def _measure(self, parts: Sequence[tuple[str, int]], result: SpyExit, start: float,
                  end: float, rate_hz: int, active_only: bool) -> MeasuredWindow:
         """Parse a window and take the kernel's reading at its end; learn from its lines."""
-        traces = [raw_as_trace(parse_raw(text, default_pid=pid), rate_hz) if active_only
-                  else parse_chrometrace(text, default_pid=pid) for text, pid in parts]
+        traces = [raw_as_trace(parse_raw(text, default_pid=pid), rate_hz)
+                  for text, pid in parts]
         trace = traces[0] if len(traces) == 1 else merge_traces(traces)
         summary = parse_summary(result.stdout)
         # A worker first sampled now is read now and measured from the next window on.

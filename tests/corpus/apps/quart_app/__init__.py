@@ -1,0 +1,1 @@
+"""A small publishing API on Quart: blueprints, asyncpg, a Redis token cache, Jinja pages."""
