@@ -8,8 +8,9 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from apiscope.collectors.agent_client import AgentClient
@@ -108,3 +109,20 @@ def under_attach(server: Sequence[str], port: int, session: Path, probe: str,
             yield running.url
         finally:
             _end(proc)
+
+
+Plan = Sequence[tuple[str, str, str, int]]  # (method, path, template, status)
+Mode = Callable[..., AbstractContextManager[str]]  # under_run or under_attach
+
+
+def serve_plan(mode: Mode, server: Sequence[str], port: int, session: Path, probe: str,
+               plan: Plan) -> dict[tuple[str, str], RouteInfo]:
+    """Send each request of `plan` to the server under `mode`; check that the session holds
+    every one under its template and status; return its route table by (method, template)."""
+    with mode(server, port, session, probe, {}) as base:
+        for method, path, _, status in plan:
+            assert call(base, path, method) == status, path
+        requests = wait_stored(session, probe, len(plan))
+    assert Counter((r.method, r.route, r.status) for r in requests) == Counter(
+        (m, t, s) for m, _, t, s in plan)
+    return {(r.method, r.template): r for r in stored(session, probe)[1]}

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
-from tests.frameworks.served import call, line_of, stored, under_attach, under_run, wait_stored
+from tests.frameworks.served import Mode, line_of, serve_plan, under_attach, under_run
 from tests.support import free_port, require_program, require_ptrace, uvicorn_argv
 
 pytestmark = pytest.mark.integration
@@ -26,19 +23,12 @@ PLAN = [  # (method, path, template, status)
 
 
 @pytest.mark.parametrize("mode", [under_run, under_attach], ids=["run", "attach"])
-def test_litestar_under_uvicorn(mode: Callable[..., AbstractContextManager[str]],
-                                tmp_path: Path) -> None:
+def test_litestar_under_uvicorn(mode: Mode, tmp_path: Path) -> None:
     if mode is under_attach:
         require_ptrace()
         require_program("gdb")
-    port, session = free_port(), tmp_path / "s.sqlite"
-    with mode(uvicorn_argv(APP, port), port, session, PROBE, {}) as base:
-        for method, path, _, status in PLAN:
-            assert call(base, path, method) == status, path
-        requests = wait_stored(session, PROBE, len(PLAN))
-    assert Counter((r.method, r.route, r.status) for r in requests) == Counter(
-        (m, t, s) for m, _, t, s in PLAN)
-    routes = {(r.method, r.template): r for r in stored(session, PROBE)[1]}
+    port = free_port()
+    routes = serve_plan(mode, uvicorn_argv(APP, port), port, tmp_path / "s.sqlite", PROBE, PLAN)
     for key, name, is_async in [(("GET", "/items/{item_id}"), "read_item", False),
                                 (("GET", "/users/{name}/orders"), "user_orders", True)]:
         route = routes[key]

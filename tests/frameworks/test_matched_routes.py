@@ -4,14 +4,11 @@ framework's own router when the collector pulls."""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
-from tests.frameworks.served import call, line_of, stored, under_attach, under_run, wait_stored
+from tests.frameworks.served import Mode, line_of, serve_plan, under_attach, under_run
 from tests.support import free_port, require_program, require_ptrace, uvicorn_argv
 
 pytestmark = pytest.mark.integration
@@ -46,21 +43,14 @@ APPS = {
 
 @pytest.mark.parametrize("framework", sorted(APPS))
 @pytest.mark.parametrize("mode", [under_run, under_attach], ids=["run", "attach"])
-def test_routes_matched_at_pull_time(mode: Callable[..., AbstractContextManager[str]],
-                                     framework: str, tmp_path: Path) -> None:
+def test_routes_matched_at_pull_time(mode: Mode, framework: str, tmp_path: Path) -> None:
     if mode is under_attach:
         require_ptrace()
         require_program("gdb")
     app, plan, handlers = APPS[framework]
     source = HERE / f"{framework}_app.py"
-    port, session = free_port(), tmp_path / "s.sqlite"
-    with mode(uvicorn_argv(app, port), port, session, PROBE, {}) as base:
-        for method, path, _, status in plan:
-            assert call(base, path, method) == status, path
-        requests = wait_stored(session, PROBE, len(plan))
-    assert Counter((r.method, r.route, r.status) for r in requests) == Counter(
-        (m, t, s) for m, _, t, s in plan)
-    routes = {(r.method, r.template): r for r in stored(session, PROBE)[1]}
+    port = free_port()
+    routes = serve_plan(mode, uvicorn_argv(app, port), port, tmp_path / "s.sqlite", PROBE, plan)
     for method, template, name, text, is_async in handlers:
         route = routes[method, template]
         assert route.handler == f"tests.frameworks.{framework}_app:{name}"
