@@ -12,8 +12,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route, Router
 
 from apiscope.agent.handlers import handler_row
+from apiscope.agent.inflight import route_now
 from apiscope.agent.matched_routes import DEFERRED
-from apiscope.agent.recorder import RequestEntry
+from apiscope.agent.middleware import AgentMiddleware
+from apiscope.agent.recorder import Recorder, RequestEntry
 from apiscope.agent.routes import RouteRegistry
 from tests.frameworks import falcon_app, quart_app
 
@@ -200,3 +202,9 @@ def test_a_route_table_version_changes_with_the_table_only() -> None:
     app.router.routes.append(Route("/b", list_orders))
     registry.refresh()
     assert registry.version != version
+
+
+def test_a_request_in_flight_is_named_by_the_quart_router_too() -> None:
+    middleware = AgentMiddleware(quart_app.app, Recorder())
+    assert route_now(middleware, {"method": "GET", "path": "/items/3"}) == "/items/<int:item_id>"
+    assert route_now(middleware, {"method": "GET", "path": "/nope"}) == "<unmatched>"
