@@ -29,7 +29,7 @@ SELECT = (Frame("run", APP, 1),
 
 
 def seg(frames: tuple[Frame, ...], start: float, end: float, tid: int = 2) -> Segment:
-    return Segment(1, tid, "w", frames, start, end)
+    return Segment(1, tid, "w", frames, end - start)
 
 
 def is_idle(pid: int, tid: int, frames: tuple[Frame, ...]) -> bool:

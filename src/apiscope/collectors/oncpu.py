@@ -126,7 +126,7 @@ def line_times(segments: Sequence[Segment], idle: IdleFn) -> dict[LineKey, float
     out: dict[LineKey, float] = defaultdict(float)
     for seg in segments:
         leaf = seg.frames[-1] if seg.frames else None
-        out[(leaf, idle(seg.pid, seg.tid, seg.frames))] += seg.end - seg.start
+        out[(leaf, idle(seg.pid, seg.tid, seg.frames))] += seg.seconds
     return out
 
 
@@ -321,7 +321,7 @@ def split_samples(segments: Sequence[Segment], rate: int, idle: IdleFn, shares: 
     shown: dict[StackKey, float] = defaultdict(float)
     names: dict[ThreadKey, str] = {}
     for seg in segments:
-        shown[(seg.pid, seg.tid, seg.frames)] += seg.end - seg.start
+        shown[(seg.pid, seg.tid, seg.frames)] += seg.seconds
         names[(seg.pid, seg.tid)] = seg.thread_name
     by_thread: dict[ThreadKey, list[StackKey]] = defaultdict(list)
     for key in shown:
