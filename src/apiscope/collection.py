@@ -486,6 +486,7 @@ class Collection:
             self.totals.agent_dropped = max(self.totals.agent_dropped, batch.stats.dropped)
         watchdog_errors = batch.watchdogs.errors if batch.watchdogs is not None else None
         self.failures.agent_counters(pid, internal=batch.stats.errors, watchdog=watchdog_errors)
+        self.sink.offloaded(batch.offloaded)
         if batch.watchdogs is not None:
             self.sink.watchdogs(batch.watchdogs)
             self._sampler.note_stalls(batch.watchdogs.stalls)  # lines measured asleep

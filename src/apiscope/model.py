@@ -280,6 +280,18 @@ class LoopLagSample:
     max_ms: float
 
 
+@dataclass(frozen=True, slots=True)
+class OffloadLooks:
+    """How often the agent's looks found a pool thread busy with work an endpoint's requests
+    handed to it with no frame of the app on its stack (`agent/offload.py`), over one pull:
+    the shares of the pool's offloaded CPU (`analysis.cpu`)."""
+
+    ts: float
+    pid: int
+    endpoint: str
+    looks: int
+
+
 # CPython's default switch interval (sys.getswitchinterval()): the longest a thread that asked
 # for the GIL waits for the one running Python to drop it; GIL waits are judged against it.
 SWITCH_INTERVAL = 0.005

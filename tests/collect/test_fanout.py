@@ -7,6 +7,7 @@ from apiscope.collectors.agent_client import WatchdogReport
 from apiscope.model import (
     Frame,
     GilSample,
+    OffloadLooks,
     ProcessInfo,
     ResourceSample,
     SampleState,
@@ -84,9 +85,11 @@ def test_session_only_records_touch_no_metric() -> None:
     s.profile(StoredProfile(7, 1.0, "GET", "/a", 2.0, None))
     s.watchdogs(WatchdogReport(stalls=[], lag=[], gil=GilSample(1.0, 7, 0.5, 0.0, 10, 0.0),
                                cpu_seconds=0.1, errors=0))
+    s.offloaded([])  # nothing seen: nothing written
+    s.offloaded([OffloadLooks(1.0, 7, "POST /login", 3)])
     assert metrics.calls == []
     assert writer.meta == {"end": 3.0}
     assert [m for m, _, _ in writer.calls] == ["set_meta", "put_process", "put_routes",
                                                "put_profile", "put_loop_stalls",
-                                               "put_loop_lag", "put_gil"]
+                                               "put_loop_lag", "put_gil", "put_offloaded"]
 

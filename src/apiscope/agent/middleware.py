@@ -27,6 +27,7 @@ from typing import Any
 from .django_routes import REQUEST_KEY, DjangoTemplates, install_request_hook
 from .frameworks import DJANGO, LITESTAR, STARLETTE, apps_inside
 from .matched_routes import DEFERRED, UNMATCHED
+from .offload import OFFLOAD, OffloadCounts
 from .pathgroups import PathGrouper
 from .paths import AppFiles
 from .profiling import ProfileRun, RequestProfiling
@@ -56,7 +57,7 @@ class _Request(RequestQueries):
     as the `RequestQueries` the query hooks find in `CURRENT`, its statements. `inflight` finds
     it in the middleware's frame when a dump is asked for."""
 
-    __slots__ = ("called", "end", "head", "status", "streamed")
+    __slots__ = ("called", "end", "head", "offloaded", "status", "streamed")
 
     def __init__(self, called: float) -> None:
         self.called = called
@@ -64,6 +65,7 @@ class _Request(RequestQueries):
         self.head: float | None = None
         self.status = 0
         self.streamed = False
+        self.offloaded = 0  # looks that found a pool thread busy with its work (`offload`)
         self.stats = None
         self.in_orm = 0
 
@@ -89,6 +91,7 @@ class AgentMiddleware:
                  app_files: AppFiles | None = None,
                  profiling: RequestProfiling | None = None,
                  watchdogs: Watchdogs | None = None,
+                 offloaded: OffloadCounts | None = None,
                  clock: Callable[[], float] = time.perf_counter,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.app = app
@@ -99,6 +102,8 @@ class AgentMiddleware:
         self.app_files = app_files or (query_hooks.app_files if query_hooks else AppFiles())
         self.profiling = profiling
         self.watchdogs = watchdogs
+        self.offloaded = offloaded if offloaded is not None else OffloadCounts()
+        self._offload = OFFLOAD
         self._clock = clock
         self._epoch_offset = wall_clock() - clock()
         self._last_app: Any = None
@@ -141,7 +146,9 @@ class AgentMiddleware:
             if scope.get("app") is not self._last_app or _get_running_loop() is not self._loop:
                 self._met(scope)
             hooks = self.query_hooks
-            if hooks is not None and hooks.hooking:  # a database library is hooked
+            # A database library is hooked, or work handed to pool threads was seen: the
+            # request in the context, for the hooks and the looks (`offload`) to find.
+            if hooks is not None and hooks.hooking or self._offload.wanted:
                 token = CURRENT.set(request)
         except Exception:
             self._count_error()
@@ -231,6 +238,8 @@ class AgentMiddleware:
                      exc_line, request.entries() if request.stats else (), 1,
                      (head - start) * 1000.0 if head is not None else None)
             self.recorder.record(entry)
+            if request.offloaded:
+                self.offloaded.add(entry[2], template, request.offloaded)
         except Exception:
             self._count_error()
             if run is not None and self.profiling is not None:

@@ -14,10 +14,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from .inflight import dump_state, unfinished
+from .matched_routes import DEFERRED
 from .middleware import AgentMiddleware, ASGIApp
+from .offload import OffloadCounts
 from .orphan import OrphanWatch
 from .paths import AppFiles, ensure_private_dir, socket_dir, socket_path
 from .profiling import ProfilingOptions, RequestProfiling
@@ -31,6 +33,7 @@ from .watchdog import Watchdogs
 # Requests per pull: keeps each answer quick to encode (a few MB), so that a collector's read
 # timeout is not spent waiting for it; a busier buffer takes a few pulls in a row.
 MAX_BATCH = 20_000
+_T = TypeVar("_T")
 ORPHAN_CHECK_SECONDS = 1.0  # how often the server thread asks whether the collector is gone
 
 __all__ = ["Agent", "current_agent", "shutdown_agent", "socket_dir", "socket_path"]
@@ -50,6 +53,7 @@ class Agent:
         self.profiling = RequestProfiling(self.profiles)  # options from APISCOPE_PROFILE_*
         self.query_hooks: QueryHooks | None = None
         self.watchdogs = Watchdogs()  # options from APISCOPE_WATCHDOG_*
+        self.offloaded = OffloadCounts()  # pool threads seen busy per route (see `offload`)
         self.orphan: OrphanWatch | None = None  # injected agents only: see `orphan`
         self._server: AgentServer | None = None
         self._lock = threading.Lock()
@@ -102,6 +106,7 @@ class Agent:
         self._lock = threading.Lock()
         inherited, self._server = self._server, None
         self.recorder.reset()  # the parent's requests and counters are the parent's
+        self.offloaded.reset()
         self.profiles.clear()
         self.profiling.reset()
         self.watchdogs.after_fork()  # no thread of the parent's runs here
@@ -118,7 +123,7 @@ class Agent:
         return AgentMiddleware(app, self.recorder, routes=self.routes,
                                threadpool=self.threadpool, query_hooks=self._hooks(),
                                app_files=self.app_files, profiling=self.profiling,
-                               watchdogs=self.watchdogs)
+                               watchdogs=self.watchdogs, offloaded=self.offloaded)
 
     def configure_profiling(self, options: ProfilingOptions) -> None:
         """Change which requests are profiled (`every=0` stops profiling); apps already
@@ -187,11 +192,17 @@ class Agent:
             "routing": self.routes.routing(),  # framework templates, or paths grouped
             "profiles": profiles,
             "watchdogs": self._guarded(self.watchdogs.pull),  # loop lag, stalls, GIL wait
+            # [method, route, looks]: pool threads seen busy with requests' handed-off work
+            "offloaded": self._guarded(self._offloaded),
             "more": len(self.recorder) > 0,
         }
         if routes_known != self.routes.version:
             answer["routes"] = list(self.routes.rows)
         return answer
+
+    def _offloaded(self) -> list[list[Any]]:
+        return [[method, self.routes.resolve(method, route) if route[:1] == DEFERRED else route,
+                 looks] for method, route, looks in self.offloaded.drain()]
 
     def _refresh_and_sample(self) -> dict[str, Any] | None:
         if self.query_hooks is not None:
@@ -199,7 +210,7 @@ class Agent:
         self.routes.refresh()  # routes added since instrument(app)
         return self.threadpool.sample()
 
-    def _guarded(self, work: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
+    def _guarded(self, work: Callable[[], _T]) -> _T | None:
         try:
             return work()
         except Exception:

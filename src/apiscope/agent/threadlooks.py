@@ -36,7 +36,10 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
+from .offload import request_of
+from .paths import AppFiles
 from .schedstat import syscall_state
 
 LOOK_INTERVAL = 1.0  # seconds between looks, at least
@@ -63,6 +66,7 @@ class ThreadLooks:
         # start in the target's main thread); None when unavailable.
         self._read_all: Callable[[list[int]], list[bytes]] | None = None
         self._loaded = False
+        self._app_files: AppFiles | None = None
 
     def maybe_look(self, now: float, gil: tuple[int, int] | None = None) -> None:
         """Look, unless the last look was less than `interval` ago. Never raises."""
@@ -77,10 +81,17 @@ class ThreadLooks:
     def look(self, gil: tuple[int, int] | None = None) -> None:
         if not self._loaded:
             self._read_all, self._loaded = _gil_holding_reader(), True
-        if self._read_all is None:
+            self._app_files = AppFiles()
+        if self._read_all is None or self._app_files is None:
             return  # no way to read without letting go of the GIL: no looks
         threads = self._threads()
-        seen = _pair([(t.ident, t.native_id or 0) for t in threads], gil, self._read_all)
+        seen, served = _pair([(t.ident, t.native_id or 0) for t in threads], gil,
+                             self._read_all, self._app_files.is_app)
+        for request in served:  # work handed to a pool, busy for this request (see `offload`)
+            try:
+                request.offloaded += 1
+            except AttributeError:  # a request object of another agent's making
+                pass
         with self._lock:
             for key, column in seen:
                 counts = self._counts.get(key)
@@ -109,9 +120,12 @@ class ThreadLooks:
 
 
 def _pair(threads: list[tuple[int | None, int]], gil: tuple[int, int] | None,
-          read_all: Callable[[list[int]], list[bytes]]) -> list[tuple[tuple[str, int], int]]:
+          read_all: Callable[[list[int]], list[bytes]],
+          is_app: Callable[[str, str], bool] = lambda file, function: False,
+          ) -> tuple[list[tuple[tuple[str, int], int]], list[Any]]:
     """Each thread's leaf line with what it did there (a column of `_COLUMN`), for those whose
-    state held still around the taking of the frames. Runs holding the GIL all along
+    state held still around the taking of the frames, and the requests whose work handed to a
+    pool the busy ones run (`offload.request_of`). Runs holding the GIL all along
     (`read_all`): letting go of it between reads would make a busy event loop hand it over
     dozens of times a look."""
     frames = sys._current_frames()
@@ -119,6 +133,7 @@ def _pair(threads: list[tuple[int | None, int]], gil: tuple[int, int] | None,
         native_ids = [native_id for _, native_id in threads]
         first, second = read_all(native_ids), read_all(native_ids)
         seen = []
+        served = []
         for (ident, _), before, after in zip(threads, first, second):  # noqa: B905 (3.9)
             state = syscall_state(before, gil) if before else None
             column = _COLUMN.get(state) if state is not None else None
@@ -128,7 +143,11 @@ def _pair(threads: list[tuple[int | None, int]], gil: tuple[int, int] | None,
             if frame is None or not after or syscall_state(after, gil) != state:
                 continue
             seen.append(((frame.f_code.co_filename, frame.f_lineno or 0), column))
-        return seen
+            if column != ASLEEP:
+                request = request_of(frame, is_app)
+                if request is not None:
+                    served.append(request)
+        return seen, served
     finally:
         del frames  # frames keep their locals alive
 

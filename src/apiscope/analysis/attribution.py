@@ -22,6 +22,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
+from apiscope.agent.offload import is_offloaded
 from apiscope.frames import (
     STDLIB_PATH,
     THIRD_PARTY,
@@ -37,7 +38,7 @@ from apiscope.model import Frame, RouteInfo
 # import them from here with the rest of the attribution.
 __all__ = ["FRAMEWORKS", "TOOL_ROOTS", "RouteMatcher", "app_roots", "dispatch_lines",
            "framework_route", "is_app_frame", "is_tool_work", "library_call", "method_rank",
-           "passes_on", "request_frame", "user_frame"]
+           "offloaded_work", "passes_on", "request_frame", "user_frame"]
 
 _METHOD_ORDER = {"GET": 0, "POST": 1, "PUT": 2, "PATCH": 3, "DELETE": 4, "HEAD": 8, "OPTIONS": 9}
 
@@ -186,6 +187,15 @@ def is_tool_work(frames: Sequence[Frame], tool_roots: Sequence[str] = TOOL_ROOTS
         if not STDLIB_PATH.search(file):
             return False
     return False
+
+
+def offloaded_work(frames: Sequence[Frame], app_roots: Sequence[str]) -> bool:
+    """True when a stack is work an async handler handed to a pool thread (C code, or a
+    library's, run through `asyncio.to_thread`, `run_in_threadpool`, `sync_to_async`): a pool
+    worker's frame with nothing of the application's or of a framework's above it. The same
+    test the agent's looks make (`agent/offload.py`), whose counts say whose work it was."""
+    return is_offloaded([(f.file, f.function) for f in frames],
+                        lambda file, function: is_app_frame(Frame(function, file, 0), app_roots))
 
 
 @dataclass(slots=True)

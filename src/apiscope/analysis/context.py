@@ -14,6 +14,7 @@ from apiscope.analysis.attribution import (
     RouteMatcher,
     dispatch_lines,
     is_tool_work,
+    offloaded_work,
     passes_on,
     request_frame,
 )
@@ -25,6 +26,7 @@ from apiscope.model import (
     GilSample,
     LoopLagSample,
     LoopStall,
+    OffloadLooks,
     RequestRecord,
     ResourceSample,
     RouteInfo,
@@ -63,6 +65,8 @@ class SessionData:
     # recorded before it was measured.
     thread_cpu: list[ThreadCpu] = field(default_factory=list)
     process_cpu: list[ThreadCpu] = field(default_factory=list)
+    # Looks at pool threads busy with endpoints' handed-off work (empty without the agent).
+    offloaded: list[OffloadLooks] = field(default_factory=list)
     # What the agent's watchdogs measured in the target (empty without the agent).
     loop_stalls: list[LoopStall] = field(default_factory=list)
     loop_lag: list[LoopLagSample] = field(default_factory=list)
@@ -92,7 +96,7 @@ def load_session(reader: SessionReader) -> SessionData:
         threadpool=reader.threadpool(), profiles=reader.profiles(), start=start,
         end=max(start, end), thread_cpu=reader.thread_cpu(), process_cpu=reader.process_cpu(),
         loop_stalls=reader.loop_stalls(), loop_lag=reader.loop_lag(), gil=reader.gil_samples(),
-        unfinished=reader.unfinished())
+        unfinished=reader.unfinished(), offloaded=reader.offloaded())
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,9 @@ class Attributed:
     # A BLOCKED sample's seconds: off-CPU for a reason of the thread's own (a sleep, I/O, a
     # lock, the GIL); waiting for a free CPU is RUNNABLE, measured apart.
     waited: float = 0.0
+    # Work a handler handed to a pool thread, no app or framework frame on it (see
+    # `attribution.offloaded_work`): the endpoints' by the agent's looks (`cpu.offloaded_cpu`).
+    offloaded: bool = False
 
     @property
     def active(self) -> bool:
@@ -195,16 +202,17 @@ def attribute(data: SessionData, matcher: RouteMatcher,
         elif sample.state is SampleState.BLOCKED:
             waited = seconds
         out.append(Attributed(window, sample, role, hit[1], hit[2], seconds, hit[3], hit[4],
-                              cpu, waited))
+                              cpu, waited, hit[5]))
     return out, passing
 
 
-_Facts = tuple[tuple[Frame, ...], str | None, Frame | None, bool, bool]
+_Facts = tuple[tuple[Frame, ...], str | None, Frame | None, bool, bool, bool]
 
 
 def _stack_facts(data: SessionData, matcher: RouteMatcher,
                  ) -> tuple[dict[int, _Facts], set[tuple[str, int]]]:
-    """Per distinct stack: (frames, endpoint, application frame, importing, tool work). The
+    """Per distinct stack: (frames, endpoint, application frame, importing, tool work, work
+    handed to a pool). The
     application frame is the handler's (`request_frame`); a middleware line passing requests
     on (`dispatch_lines`) is none when no handler runs below it."""
     handlers: dict[int, tuple[tuple[Frame, ...], int | None, str | None]] = {}
@@ -220,7 +228,8 @@ def _stack_facts(data: SessionData, matcher: RouteMatcher,
             user = None
         facts[key] = (frames, endpoint, user,
                       any(f.file.startswith("<frozen importlib") for f in frames),
-                      is_tool_work(frames))
+                      is_tool_work(frames),
+                      endpoint is None and offloaded_work(frames, matcher.roots))
     return facts, passing
 
 

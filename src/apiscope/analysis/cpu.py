@@ -6,7 +6,11 @@ costs nothing, whatever its stack shows. The denominator is the processes' own C
 the session (threads that ended within a window included), so the shares of the endpoints, the
 server's own work and the rest add up to at most one.
 
-- An endpoint's share: the CPU of the samples inside its handler.
+- An endpoint's share: the CPU of the samples inside its handler, and of the work its requests
+  handed to pool threads with nothing of the app on the thread's stack (C code or a library's
+  run through `asyncio.to_thread` and its likes): a pool's such CPU is shared out over the
+  endpoints by how often the agent found a pool thread busy with each one's requests
+  (`offloaded_cpu`).
 - The run-queue share (per process): of the time the request threads were runnable, the part
   they waited for a CPU the host did not have (schedstat). High, and every route is slow for
   want of CPU, not because of its own code.
@@ -44,11 +48,32 @@ def cpu_shares(ctx: AnalysisContext) -> dict[str, float]:
     total = total_cpu_seconds(ctx)
     if total <= 0:
         return {}
-    used: dict[str, float] = defaultdict(float)
+    used: dict[str, float] = defaultdict(float, offloaded_cpu(ctx))
     for a in ctx.samples:
         if a.endpoint is not None and a.cpu and not a.tool:
             used[a.endpoint] += a.cpu
     return {endpoint: min(1.0, cpu / total) for endpoint, cpu in used.items()}
+
+
+def offloaded_cpu(ctx: AnalysisContext) -> dict[str, float]:
+    """CPU seconds of the work each endpoint's requests handed to pool threads: per process,
+    the measured CPU of its pool threads' offloaded stacks (`Attributed.offloaded`), shared by
+    the agent's looks (`OffloadLooks`). A process the looks never caught at it keeps its
+    offloaded CPU unnamed (neither an endpoint's nor the server's)."""
+    pooled: dict[int, float] = defaultdict(float)
+    for a in ctx.samples:
+        if a.offloaded and a.cpu and not a.tool and a.role in HANDLER_ROLES:
+            pooled[a.sample.pid] += a.cpu
+    looks: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for seen in ctx.data.offloaded:
+        looks[seen.pid][seen.endpoint] += seen.looks
+    used: dict[str, float] = defaultdict(float)
+    for pid, cpu in pooled.items():
+        counts = looks.get(pid)
+        total = sum(counts.values()) if counts else 0
+        for endpoint, count in (counts or {}).items():
+            used[endpoint] += cpu * count / total
+    return dict(used)
 
 
 def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
@@ -56,7 +81,8 @@ def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
     totals = process_cpu_seconds(ctx)
     server: dict[int, float] = defaultdict(float)
     for a in ctx.samples:
-        if a.cpu and a.user is None and not a.tool and a.role in HANDLER_ROLES:
+        if a.cpu and a.user is None and not a.tool and not a.offloaded \
+                and a.role in HANDLER_ROLES:
             server[a.sample.pid] += a.cpu
     return {pid: min(1.0, server[pid] / total) for pid, total in totals.items() if total > 0}
 

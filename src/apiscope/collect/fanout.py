@@ -17,6 +17,7 @@ from apiscope.model import (
     GilSample,
     LoopLagSample,
     LoopStall,
+    OffloadLooks,
     ProcessInfo,
     ProfileNode,
     RequestRecord,
@@ -46,6 +47,7 @@ class Writer(Protocol):
     def put_loop_lag(self, samples: Iterable[LoopLagSample]) -> None: ...
     def put_unfinished(self, requests: Iterable[UnfinishedRequest]) -> None: ...
     def put_gil(self, samples: Iterable[GilSample]) -> None: ...
+    def put_offloaded(self, looks: Iterable[OffloadLooks]) -> None: ...
 
 
 class Metrics(Protocol):
@@ -121,6 +123,11 @@ class RecordSink:
         """Requests still running as the collection ended (the analysis reads them)."""
         if requests:
             self.writer.put_unfinished(requests)
+
+    def offloaded(self, looks: Sequence[OffloadLooks]) -> None:
+        """Whose requests the pool threads' handed-off work was (the analysis reads it)."""
+        if looks:
+            self.writer.put_offloaded(looks)
 
     def watchdogs(self, report: WatchdogReport) -> None:
         """The agent's loop and GIL watchdogs (the analysis reads them from the session)."""

@@ -29,6 +29,7 @@ from apiscope.model import (
     GilSample,
     LoopLagSample,
     LoopStall,
+    OffloadLooks,
     ProfileNode,
     QueryStat,
     RequestRecord,
@@ -88,6 +89,8 @@ class AgentBatch:
     profiling: dict[str, Any] | None = None  # the agent's profiling status, when it says
     routing: dict[str, Any] | None = None  # {"source": "framework"|"inferred"|..., ...}
     watchdogs: WatchdogReport | None = None  # None from an agent without watchdogs
+    # pool threads seen busy with each endpoint's handed-off work (none from an older agent)
+    offloaded: list[OffloadLooks] = field(default_factory=list)
 
 
 class AgentClient:
@@ -313,7 +316,21 @@ def batch_from_json(data: dict[str, Any], pid: int | None = None) -> AgentBatch:
         routing=data.get("routing"),
         watchdogs=watchdogs_from_json(data["watchdogs"], pid, ts) if data.get("watchdogs")
         else None,
+        offloaded=_offloaded(data.get("offloaded"), pid, ts),
     )
+
+
+def _offloaded(value: Any, pid: int, ts: float) -> list[OffloadLooks]:
+    """The agent's `offloaded` ([method, route, looks] each); malformed rows skipped."""
+    rows = []
+    for row in value if isinstance(value, list) else ():
+        try:
+            method, route, looks = row
+            if int(looks) > 0:
+                rows.append(OffloadLooks(ts, pid, f"{method} {route}", int(looks)))
+        except (TypeError, ValueError):
+            continue
+    return rows
 
 
 def _frames(rows: Any) -> tuple[Frame, ...]:

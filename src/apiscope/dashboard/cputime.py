@@ -21,6 +21,7 @@ from apiscope.analysis.attribution import (
     RouteMatcher,
     dispatch_lines,
     is_tool_work,
+    offloaded_work,
     passes_on,
     request_frame,
 )
@@ -28,6 +29,7 @@ from apiscope.analysis.context import AnalysisContext, Attributed, SessionData
 from apiscope.analysis.thresholds import Thresholds
 from apiscope.model import (
     Frame,
+    OffloadLooks,
     RouteInfo,
     SampleState,
     StackSample,
@@ -108,7 +110,7 @@ class StackFacts:
         self._frames_of = frames_of
         self._routes: tuple[list[RouteInfo], frozenset[str]] | None = None
         self.matcher = RouteMatcher([])
-        self._facts: dict[int, tuple[str | None, Frame | None, bool, int | None]] = {}
+        self._facts: dict[int, tuple[str | None, Frame | None, bool, int | None, bool]] = {}
 
     def use(self, routes: list[RouteInfo], served: Collection[str] = ()) -> None:
         """The route table and the endpoints that served requests (`RouteMatcher`)."""
@@ -118,39 +120,43 @@ class StackFacts:
             self.matcher = RouteMatcher(*key)
             self._facts.clear()
 
-    def of(self, stack_id: int) -> tuple[str | None, Frame | None, bool, int | None]:
-        """(endpoint, application frame, tool work, the handler's frame index) of a stack."""
+    def of(self, stack_id: int) -> tuple[str | None, Frame | None, bool, int | None, bool]:
+        """(endpoint, application frame, tool work, the handler's frame index, work handed to
+        a pool) of a stack."""
         found = self._facts.get(stack_id)
         if found is None:
             frames = self._frames_of(stack_id)
             index, endpoint = self.matcher.handler_at(frames) or (None, None)
             found = self._facts[stack_id] = (endpoint,
                                              request_frame(frames, index, self.matcher.roots),
-                                             is_tool_work(frames), index)
+                                             is_tool_work(frames), index,
+                                             endpoint is None and offloaded_work(
+                                                 frames, self.matcher.roots))
         return found
 
 
 def cpu_context(per: Mapping[ThreadStack, float], process_cpu: Mapping[int, float],
                 facts: StackFacts, roles: Mapping[tuple[int, int], str],
-                frames_of: FramesOf) -> AnalysisContext:
+                frames_of: FramesOf, offloaded: Sequence[OffloadLooks] = ()) -> AnalysisContext:
     """An analysis context holding only what `analysis.cpu` reads: one attributed entry per
-    thread and stack with its CPU seconds, and the processes' measured CPU ({} when not
-    measured: the analysis then counts the samples' own seconds, as for older sessions)."""
+    thread and stack with its CPU seconds, the processes' measured CPU ({} when not
+    measured: the analysis then counts the samples' own seconds, as for older sessions), and
+    the agent's looks at work handed to pools."""
     # The middleware lines passing requests on, as the report finds them (over the stacks of
     # the range here): where no handler runs below one, the work is the framework's.
     passing = dispatch_lines(((frames_of(s), facts.of(s)[3]) for _, _, s in per),
                              facts.matcher.roots)
     samples = []
     for (pid, tid, stack_id), seconds in sorted(per.items()):
-        endpoint, user, tool, index = facts.of(stack_id)
+        endpoint, user, tool, index, pooled = facts.of(stack_id)
         if passes_on(user, index, passing):
             user = None
         role = ThreadRole(roles.get((pid, tid), ThreadRole.OTHER.value))
         sample = StackSample(pid, tid, "", frames_of(stack_id), 1, SampleState.RUNNING)
         samples.append(Attributed(0.0, sample, role, endpoint, user, 0.0, tool=tool,
-                                  cpu=seconds))
+                                  cpu=seconds, offloaded=pooled))
     data = SessionData(meta=SessionMeta(), routes=[], roles={}, windows=[], samples=[], requests=[],
                        resources=[], threadpool=[], profiles=[], start=0.0, end=0.0,
                        process_cpu=[ThreadCpu(0.0, pid, 0, s) for pid, s in
-                                    sorted(process_cpu.items())])
+                                    sorted(process_cpu.items())], offloaded=list(offloaded))
     return AnalysisContext(data, Thresholds(), facts.matcher, samples, {})

@@ -272,7 +272,8 @@ class DashboardSession:
             process = (self.reader.process_cpu_seconds(since, until)
                        if self._process_cpu_measured else {})
             ctx = self._contexts[rng] = cpu_context(per, process, self._facts,
-                                                    self.samples.roles, self.samples.frames)
+                                                    self.samples.roles, self.samples.frames,
+                                                    self.reader.offloaded(since, until))
         return ctx
 
     def process_cards(self) -> list[ProcessCard]:

@@ -24,6 +24,7 @@ from apiscope.model import (
     GilSample,
     LoopLagSample,
     LoopStall,
+    OffloadLooks,
     ProcessInfo,
     ProfileNode,
     QueryStat,
@@ -429,6 +430,15 @@ class SessionReader(ViewQueries):
         return [LoopLagSample(*row) for row in self._rows_if_table(
             "loop_lag", "SELECT ts, pid, probes, p50_ms, p99_ms, max_ms FROM loop_lag ORDER BY ts")]
 
+    def offloaded(self, since: float | None = None,
+                  until: float | None = None) -> list[OffloadLooks]:
+        """Looks at pool threads busy with endpoints' handed-off work, pulled in [since,
+        until) (none in older files)."""
+        return [OffloadLooks(*row) for row in self._rows_if_table(
+            "offloaded", "SELECT ts, pid, endpoint, looks FROM offloaded WHERE ts >= ? AND"
+            " ts < ? ORDER BY ts", (since if since is not None else float("-inf"),
+                                    until if until is not None else float("inf")))]
+
     def gil_samples(self) -> list[GilSample]:
         rows = self._rows_if_table(
             "gil_wait", "SELECT ts, pid, seconds, wait_seconds, acquisitions, max_wait_ms,"
@@ -436,10 +446,11 @@ class SessionReader(ViewQueries):
         return [GilSample(ts, pid, sec, wait, acq, max_ms, bool(known))
                 for ts, pid, sec, wait, acq, max_ms, known in rows]
 
-    def _rows_if_table(self, table: str, sql: str) -> list[tuple[Any, ...]]:
+    def _rows_if_table(self, table: str, sql: str,
+                       params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         exists = self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                             (table,))
-        return self._query(sql) if exists else []
+        return self._query(sql, params) if exists else []
 
 
 def _tree(stored: bytes | str) -> ProfileNode | None:

@@ -117,6 +117,9 @@ CREATE TABLE IF NOT EXISTS unfinished (
     elapsed_ms REAL NOT NULL, awaiting TEXT,
     chain_stack_id INTEGER NOT NULL, thread_stack_id INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS offloaded (
+    ts REAL NOT NULL, pid INTEGER NOT NULL, endpoint TEXT NOT NULL, looks INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS gil_wait (
     ts REAL NOT NULL, pid INTEGER NOT NULL, seconds REAL NOT NULL, wait_seconds REAL NOT NULL,
     acquisitions INTEGER NOT NULL, max_wait_ms REAL NOT NULL, runqueue_known INTEGER NOT NULL

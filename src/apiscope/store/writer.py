@@ -32,6 +32,7 @@ from apiscope.model import (
     GilSample,
     LoopLagSample,
     LoopStall,
+    OffloadLooks,
     ProcessInfo,
     ProfileNode,
     RequestRecord,
@@ -194,6 +195,11 @@ class SessionWriter:
         if rows:
             self._submit(lambda c: c.executemany("INSERT INTO loop_lag VALUES (?,?,?,?,?,?)",
                                                  rows))
+
+    def put_offloaded(self, looks: Iterable[OffloadLooks]) -> None:
+        rows = [(o.ts, o.pid, o.endpoint, o.looks) for o in looks]
+        if rows:
+            self._submit(lambda c: c.executemany("INSERT INTO offloaded VALUES (?,?,?,?)", rows))
 
     def put_gil(self, samples: Iterable[GilSample]) -> None:
         rows = [(s.ts, s.pid, s.seconds, s.wait_seconds, s.acquisitions, s.max_wait_ms,

@@ -1,0 +1,158 @@
+"""Whose request a pool thread works for: found in the context every way of handing work to a
+thread copies, read from the real threads of real executors while they run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio.to_thread
+import pytest
+from asgiref.sync import sync_to_async
+
+from apiscope.agent import offload
+from apiscope.agent.middleware import _Request
+from apiscope.agent.offload import OFFLOAD, OffloadCounts, is_offloaded, request_of
+from apiscope.agent.paths import AppFiles
+from apiscope.agent.queries import CURRENT
+
+HOLD = 0.4  # seconds the handed-off call (C code: time.sleep) keeps its pool thread
+
+
+def library_only(file: str, function: str) -> bool:
+    """Nothing here is the app's: the test's own file is a library to these tests."""
+    return False
+
+
+def run_sync_quart_style(func: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+    # quart.utils.run_sync: the running loop's default executor, in a copy of the context.
+    loop = asyncio.get_running_loop()
+    return loop.run_in_executor(None, contextvars.copy_context().run,
+                                functools.partial(func, *args))
+
+
+HAND_OFFS: dict[str, Callable[[Callable[..., Any], float], Awaitable[Any]]] = {
+    "asyncio.to_thread": lambda func, arg: asyncio.to_thread(func, arg),
+    "anyio.to_thread (Starlette's run_in_threadpool)":
+        lambda func, arg: anyio.to_thread.run_sync(func, arg),
+    "copy_context().run in run_in_executor (Quart's run_sync)": run_sync_quart_style,
+    "asgiref sync_to_async (Django)": lambda func, arg: sync_to_async(func)(arg),
+}
+
+
+def requests_in_pool_threads(is_app: Callable[[str, str], bool]) -> list[Any]:
+    own = threading.get_ident()
+    return [request_of(frame, is_app) for ident, frame in sys._current_frames().items()
+            if ident != own]
+
+
+async def handler(hand_off: Callable[[Callable[..., Any], float], Awaitable[Any]],
+                  request: Any, is_app: Callable[[str, str], bool]) -> list[Any]:
+    """A request's handler awaiting C code in a pool thread; what the looks find meanwhile."""
+    CURRENT.set(request)
+    work = asyncio.ensure_future(hand_off(time.sleep, HOLD))
+    await asyncio.sleep(HOLD / 4)
+    try:
+        return requests_in_pool_threads(is_app)
+    finally:
+        await work
+
+
+@pytest.mark.parametrize("way", sorted(HAND_OFFS))
+def test_the_request_is_found_in_the_pool_thread_running_its_handed_off_call(way: str) -> None:
+    request = _Request(0.0)
+    found = asyncio.run(handler(HAND_OFFS[way], request, library_only))
+    assert [r for r in found if r is not None] == [request]
+
+
+def test_a_pool_thread_running_the_apps_own_code_is_not_handed_off_work() -> None:
+    # A sync handler in a pool is found by its own frame: the looks leave it alone.
+    def app_function(seconds: float) -> None:
+        time.sleep(seconds)
+
+    def is_app(file: str, function: str) -> bool:
+        return file == __file__
+
+    found = asyncio.run(_hand(app_function, is_app))
+    assert [r for r in found if r is not None] == []
+
+
+async def _hand(func: Callable[[float], None], is_app: Callable[[str, str], bool]) -> list[Any]:
+    CURRENT.set(_Request(0.0))
+    work = asyncio.ensure_future(asyncio.to_thread(func, HOLD))
+    await asyncio.sleep(HOLD / 4)
+    try:
+        return requests_in_pool_threads(is_app)
+    finally:
+        await work
+
+
+def test_work_without_a_request_in_its_context_asks_the_middleware_to_set_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(OFFLOAD, "wanted", False)
+
+    async def no_request() -> list[Any]:
+        work = asyncio.ensure_future(asyncio.to_thread(time.sleep, HOLD))
+        await asyncio.sleep(HOLD / 4)
+        try:
+            return requests_in_pool_threads(library_only)
+        finally:
+            await work
+
+    assert [r for r in asyncio.run(no_request()) if r is not None] == []
+    assert OFFLOAD.wanted is True
+
+
+def test_an_idle_pool_thread_or_any_other_thread_names_no_request() -> None:
+    async def idle() -> list[Any]:
+        CURRENT.set(_Request(0.0))
+        await asyncio.to_thread(int)  # the pool's thread now waits for work
+        return requests_in_pool_threads(AppFiles().is_app)
+
+    assert [r for r in asyncio.run(idle()) if r is not None] == []
+
+
+def test_stacks_of_py_spys_frames_are_judged_the_same_way() -> None:
+    site = "/srv/venv/lib/python3.12/site-packages"
+    std = "/usr/lib/python3.12"
+    pool = [(f"{std}/threading.py", "Thread._bootstrap"),
+            (f"{std}/threading.py", "Thread.run"),
+            (f"{std}/concurrent/futures/thread.py", "_worker"),
+            (f"{std}/concurrent/futures/thread.py", "_WorkItem.run")]
+    app = lambda file, function: file.startswith("/srv/app/")  # noqa: E731
+    assert is_offloaded(pool, app)  # C code called from the work item (bcrypt)
+    assert is_offloaded(pool + [(f"{site}/asgiref/sync.py", "SyncToAsync.thread_handler"),
+                                (f"{site}/argon2/_password_hasher.py", "verify")], app)
+    anyio_pool = [(f"{site}/anyio/_backends/_asyncio.py", "WorkerThread.run"),
+                  (f"{site}/PIL/Image.py", "resize")]
+    assert is_offloaded(anyio_pool, app)
+    # A sync handler, a Django view chain: the app's and the framework's, not handed off.
+    assert not is_offloaded(pool + [("/srv/app/views.py", "login")], app)
+    assert not is_offloaded(pool + [(f"{site}/django/core/handlers/base.py", "_get_response"),
+                                    (f"{site}/psycopg/cursor.py", "execute")], app)
+    # An idle worker waiting for its next item, a worker handing its result to the loop.
+    assert not is_offloaded(anyio_pool[:1] + [(f"{std}/queue.py", "Queue.get"),
+                                              (f"{std}/threading.py", "Condition.wait")], app)
+    assert not is_offloaded(anyio_pool[:1] + [
+        (f"{std}/asyncio/base_events.py", "BaseEventLoop.call_soon_threadsafe"),
+        (f"{std}/asyncio/selector_events.py", "BaseSelectorEventLoop._write_to_self")], app)
+    assert not is_offloaded([(f"{std}/threading.py", "Thread.run")], app)  # no pool at all
+    assert not is_offloaded([], app)
+
+
+def test_counts_add_up_per_route_until_drained() -> None:
+    counts = OffloadCounts()
+    counts.add("POST", "/login", 2)
+    counts.add("POST", "/login", 1)
+    counts.add("GET", "/report", 4)
+    assert sorted(counts.drain()) == [("GET", "/report", 4), ("POST", "/login", 3)]
+    assert counts.drain() == []
+    for n in range(offload.MAX_ROUTES + 10):
+        counts.add("GET", f"/r{n}", 1)
+    assert len(counts.drain()) == offload.MAX_ROUTES
