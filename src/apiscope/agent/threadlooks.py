@@ -27,6 +27,10 @@ agent's own threads are skipped. Measured: 1.8 ms for a look at 40 sleeping thre
 system calls per read, two reads per thread), so at most about 1.5 ms of the GIL held once a
 second, 0.15% of a core.
 
+A thread found busy whose stack is work a handler handed to a pool (`offload.request_of`)
+also counts a look on the request it works for (`offloaded` of the middleware's request),
+which the middleware adds to its route's when the request ends.
+
 Standard library only, relative imports only, Python 3.9 compatible (see `watchdog`).
 """
 
