@@ -17,6 +17,7 @@ from apiscope.model import (
     GilSample,
     LoopLagSample,
     LoopStall,
+    OffloadLooks,
     QueryStat,
     RequestRecord,
     ResourceSample,
@@ -124,6 +125,8 @@ class Spec:
     unfinished: list[UnfinishedRequest] = field(default_factory=list)
     # The collector's looks at threads for GIL waits, every window: (looks, on the GIL).
     gil_looks: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    # The agent's looks at pool threads busy with endpoints' handed-off work.
+    offloaded: list[OffloadLooks] = field(default_factory=list)
 
     def roles(self) -> dict[tuple[int, int], ThreadRole]:
         roles = {(PID, LOOP_TID): ThreadRole.LOOP, (PID, W1): ThreadRole.WORKER,
@@ -158,6 +161,7 @@ class Spec:
             writer.put_loop_lag(self.loop_lag)
             writer.put_gil(self.gil)
             writer.put_unfinished(self.unfinished)
+            writer.put_offloaded(self.offloaded)
             writer.put_requests(self.requests)
             writer.put_resources(self.resources)
             writer.put_threadpool(self.threadpool)

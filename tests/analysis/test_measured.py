@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from apiscope.analysis.report import build_report
-from apiscope.model import Frame, GilSample, LoopLagSample, LoopStall, SampleState
+from apiscope.model import (
+    Frame,
+    GilSample,
+    LoopLagSample,
+    LoopStall,
+    OffloadLooks,
+    SampleState,
+)
 from tests.analysis.builder import (
     APP,
     LOOP_TID,
@@ -84,6 +91,25 @@ def test_cpu_share_rests_on_the_measured_cpu_time(tmp_path: Path) -> None:
     [proc] = report["processes"]
     assert proc["server_cpu_share"] == round(0.24 / total, 4)  # the framework's own work
     assert proc["loop_lag_ms"] == {"p50": 0.3, "p99": 2.0}
+
+
+@pytest.mark.parametrize("looks", [{"POST /items": 3, "GET /orders": 1}, {}])
+def test_work_handed_to_a_pool_is_its_routes_by_the_agents_looks(
+        tmp_path: Path, looks: dict[str, int]) -> None:
+    # An async handler hands C code (bcrypt) to a pool thread: nothing of the app's on it.
+    spec = measured_healthy()
+    spec.extra_cpu = 0.1
+    spec.per_window.append(sample(12, on_worker(), 20))
+    spec.offloaded = [OffloadLooks(T0 + 5, PID, endpoint, n) for endpoint, n in looks.items()]
+    report = report_of(spec, tmp_path)
+    shares = {e["route"]: e["cpu_share"] for e in report["endpoints"]}
+    total = (24 + 8 + 4 + 4 + 5 + 5 + 30 + 20) / 100 + 0.1
+    offloaded = 0.20 if looks else 0.0  # seconds a window, shared 3 : 1
+    assert shares["POST /items"] == round((0.40 + 0.75 * offloaded) / total, 4)
+    assert shares["GET /orders"] == round((0.04 + 0.25 * offloaded) / total, 4)
+    [proc] = report["processes"]
+    # Never the server's own work, named or not.
+    assert proc["server_cpu_share"] == round(0.24 / total, 4)
 
 
 def test_hashing_in_a_library_is_named_and_never_above_low(tmp_path: Path) -> None:
