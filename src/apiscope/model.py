@@ -234,7 +234,8 @@ class LoopStall:
     activity: dict[str, int] = field(default_factory=dict)
     # Who held the loop, from the agent's looks at a timed pass: "one" (one task at two looks
     # or more in a row: its stack is the one here), "many" (different tasks or callbacks: the
-    # loop busy with many things, no stack), "glimpse" (one look: not proven), None (not
+    # loop busy with many things, no stack), "glimpse" (one look: not proven), "gc" (the
+    # garbage collector ran for half of the pass or more: no code's hold), None (not
     # followed, or a probed loop, or a session written before this was told).
     held: str | None = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 import random
@@ -163,6 +164,45 @@ def test_a_computation_on_the_loop_uses_cpu_all_along(loop_thread: LoopThread) -
     activity = Counter(stall["activity"])
     assert activity["nogil"] < (activity["cpu"] + activity["nogil"]) / 2 or \
         activity["nogil"] <= 1, activity
+
+
+def test_a_pass_the_garbage_collector_held_is_nobodys(timed_loop_thread: LoopThread) -> None:
+    # A heap the collector takes 150 ms or more to walk (a full collection of a large app).
+    heap: list[list[int]] = []
+    took = 0.0
+    while took < 0.15 and len(heap) < 8_000_000:
+        heap.extend([i] for i in range(1_000_000))
+        began = time.perf_counter()
+        gc.collect()
+        took = time.perf_counter() - began
+    try:
+        wait_until(timed_loop_thread.probes_after(3), what="the watchdog to probe the loop")
+        timed_loop_thread.stalls.clear()
+        timed_loop_thread.call(gc.collect)
+        wait_until(lambda: timed_loop_thread.pull() and timed_loop_thread.stalls, timeout=10,
+                   what="a stall")
+    finally:
+        del heap
+    assert [s["held"] for s in timed_loop_thread.stalls] == ["gc"], timed_loop_thread.stalls
+    assert timed_loop_thread.stalls[0]["duration_ms"] >= 100
+
+
+def test_the_collectors_passes_are_timed_only_while_the_watchdogs_run() -> None:
+    dogs = Watchdogs(WatchdogOptions(gil_interval=0))
+    pauses = dogs.gc_pauses
+    dogs.start()
+    try:
+        assert pauses._callback in gc.callbacks
+        heap = [[i] for i in range(500_000)]
+        began = time.perf_counter()
+        gc.collect()
+        ended = time.perf_counter()
+        del heap
+        assert pauses.covered(began, ended) > 0.002
+        assert pauses.covered(ended + 1, ended + 2) == 0.0
+    finally:
+        dogs.stop()
+    assert pauses._callback not in gc.callbacks  # detached: the interpreter as it was
 
 
 def hasher() -> None:

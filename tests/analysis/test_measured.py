@@ -146,6 +146,15 @@ def test_cpu_work_on_the_loop_is_told_from_a_sleep(tmp_path: Path) -> None:
     assert "running CPU work" in flag["evidence"]
 
 
+def test_passes_the_garbage_collector_held_are_no_lines_fault(tmp_path: Path) -> None:
+    # The same long passes, seen at one line, as in the test above: with the collector
+    # running for most of each, the line is where an allocation set it off, not a hold.
+    spec = measured_healthy()
+    spec.loop_stalls = [stall(90, 60.0, 58.0, T0 + 5 + i * 0.5, held="gc") for i in range(20)]
+    report = report_of(spec, tmp_path)
+    assert not [f for f in report["flags"] if f["kind"] == "event_loop_blocked"]
+
+
 def short_holds(spec: Spec, seen: int, unseen: int, held: str = "one") -> None:
     """16 ms of CPU on the loop at line 90 on each of `seen + unseen` requests: the watchdog
     followed `seen` of those passes, the others it only timed."""

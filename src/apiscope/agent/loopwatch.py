@@ -21,6 +21,7 @@ from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
 from .background import Background
+from .gcpauses import GcPauses
 from .gilwatch import GilMeter, WakeClock, has_gil
 from .looppass import PassClock
 from .profiling import Allowance
@@ -47,6 +48,7 @@ SECOND_LOOK = 0.002
 ONE_TASK = "one"  # one task at the last two looks or more: that task held the loop
 MANY = "many"  # different tasks or callbacks: the loop was busy with many things at once
 GLIMPSE = "glimpse"  # one look only (or no task at any look): who held it is not proven
+GC = "gc"  # the garbage collector ran for half of the pass or more (see `gcpauses`)
 # A pass that began with this many callbacks to run or fewer was held by the one seen (the
 # watchdog's own lag probe may be the other).
 FEW_CALLBACKS = 2
@@ -154,6 +156,7 @@ class LoopWatchdog(Background):
         self._lags: deque[float] = deque(maxlen=MAX_LAGS)  # seconds
         self._stalls: deque[dict[str, Any]] = deque(maxlen=MAX_STALLS)
         self._epoch_offset = time.time() - time.perf_counter()
+        self.gc_pauses: GcPauses | None = None  # the collector's passes (`Watchdogs` sets it)
         self._ran: tuple[float, int] | None = None  # the probe's (perf_counter, thread CPU ns)
         # Built on the loop thread (see `Watchdogs.see_loop`): the loop is running, now.
         self._seen_at = time.perf_counter()  # when the loop was last seen running
@@ -398,6 +401,9 @@ class LoopWatchdog(Background):
                    activity: dict[str, int], stacks: Counter[Stack],
                    held: str | None) -> None:
         frames = [list(f) for f in stacks.most_common(1)[0][0]] if stacks else []
+        pauses = self.gc_pauses
+        if pauses is not None and pauses.covered(start, start + seconds) >= seconds / 2:
+            held = GC  # the loop waited for the collector, wherever the looks found it
         stall = {"tid": self.native_id, "start": start + self._epoch_offset,
                  "duration_ms": round(seconds * 1000.0, 3), "frames": frames,
                  "cpu_ms": round(cpu_ms, 3) if cpu_ms is not None else None,

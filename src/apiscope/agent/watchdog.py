@@ -36,6 +36,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from .gcpauses import GcPauses
 from .gilwatch import GilMeter, GilWatchdog, has_gil
 from .loopwatch import FOLLOW_CPU_SHARE, MAX_FOLLOW_SHARE, LoopWatchdog
 
@@ -99,6 +100,7 @@ class Watchdogs:
         self.follow_share = FOLLOW_CPU_SHARE  # each loop watchdog's, as the collector says
         self._running = False
         self.errors = 0
+        self.gc_pauses = GcPauses()  # timed while the watchdogs run
 
     def see_loop(self) -> None:
         """Called on the loop serving a request, by the middleware when that loop is not
@@ -122,6 +124,7 @@ class Watchdogs:
             dog = LoopWatchdog(loop, threading.get_ident(), threading.get_native_id(),
                                self.options, self._meter if has_gil() else None)
             dog.gil_futex = self._gil_futex
+            dog.gc_pauses = self.gc_pauses
             if self.follow_share != FOLLOW_CPU_SHARE:
                 dog.set_follow_share(self.follow_share)
             self._loops[id(loop)] = dog
@@ -151,6 +154,8 @@ class Watchdogs:
                 return
             self._running = True
             try:
+                if self.options.loop_interval > 0:
+                    self.gc_pauses.install()
                 if self.options.gil_interval > 0 and has_gil():
                     self._gil = GilWatchdog(self._meter, self.options.gil_interval,
                                             self._loops_measuring)
@@ -169,6 +174,7 @@ class Watchdogs:
             dogs, self._loops = list(self._loops.values()), {}
             gil, self._gil = self._gil, None
             self.last_loop = None
+        self.gc_pauses.remove()
         for dog in dogs:
             dog.stop()
         if gil is not None:

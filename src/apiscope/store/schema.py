@@ -20,7 +20,9 @@ from collections.abc import Iterable
 #    apiscope would call a server whose requests hung healthy.
 # 7: routes.view, view_file, view_line (the app's class of a handler inherited from a
 #    library): an older apiscope would locate such a route's flags in the library.
-SCHEMA_VERSION = 7
+# 8: loop_stalls.held "gc" (the garbage collector held the loop): an older apiscope would
+#    blame the line the looks found; and the offloaded table.
+SCHEMA_VERSION = 8
 # PRAGMA application_id marks the file as ours, so a foreign SQLite file is refused clearly.
 APPLICATION_ID = 0x61706973  # "apis"
 

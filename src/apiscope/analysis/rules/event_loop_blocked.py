@@ -230,8 +230,10 @@ class EventLoopBlockedRule:
     def _place(ctx: AnalysisContext, stall: LoopStall) -> tuple[Group, Frame | None] | None:
         """Whose hold a pass was: an endpoint's (or app function's) with its deepest
         application frame, the server's (`SERVER`, no frame), or not seen in the act (None)."""
-        if stall.held == "many":
-            return SERVER, None  # many callbacks ran: the loop was busy, no one code held it
+        if stall.held in ("many", "gc"):
+            # Many callbacks ran (the loop was busy, no one code held it), or the garbage
+            # collector did, whatever line the looks found.
+            return SERVER, None
         frames = stall.frames
         if not frames or (stall.held != "one" and stall.duration_ms < LONG_STALL_MS):
             return None
