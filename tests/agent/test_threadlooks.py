@@ -125,3 +125,29 @@ def test_many_threads_are_looked_at_in_turns() -> None:
             thread.join(10)
     assert all(len(c) == 4 for c in chosen)
     assert chosen[0] != chosen[1]  # the next look starts where the last one stopped
+
+
+def test_a_pool_thread_busy_with_a_requests_handed_off_call_counts_on_the_request() -> None:
+    # The request as the middleware puts it in the context; the call, C code that keeps a
+    # pool thread on a CPU, handed off the way `asyncio.to_thread` does it.
+    import asyncio
+
+    from apiscope.agent.middleware import _Request
+    from apiscope.agent.queries import CURRENT
+
+    request = _Request(0.0)
+    looks = ThreadLooks(interval=0.0)
+
+    async def handler() -> None:
+        CURRENT.set(request)
+        work = asyncio.ensure_future(asyncio.to_thread(
+            hashlib.pbkdf2_hmac, "sha256", b"pw", b"salt", 3_000_000))
+        for _ in range(10):
+            await asyncio.sleep(0.05)
+            looks.look(gil_futex())
+        await work
+
+    asyncio.run(handler())
+    assert looks.errors == 0
+    # Busy at nearly every look (a look that finds the thread between two states is dropped).
+    assert request.offloaded >= 5, request.offloaded
