@@ -175,24 +175,38 @@ def test_a_pass_the_garbage_collector_held_is_nobodys(timed_loop_thread: LoopThr
         began = time.perf_counter()
         gc.collect()
         took = time.perf_counter() - began
+    pauses = timed_loop_thread.watchdogs.gc_pauses
     try:
         wait_until(timed_loop_thread.probes_after(3), what="the watchdog to probe the loop")
-        timed_loop_thread.stalls.clear()
+        # A hold (at the latest this one; building the heap in this thread may have held the
+        # loop already, from the GIL): from then on the collector is timed.
+        timed_loop_thread.call(sleeper)
+        wait_until(lambda: timed_loop_thread.pull() and any(
+            s["frames"] and s["frames"][-1][0] == "sleeper" for s in timed_loop_thread.stalls),
+            timeout=10, what="the sleep's stall")
+        assert pauses._callback in gc.callbacks
+        called = time.time()
         timed_loop_thread.call(gc.collect)
-        wait_until(lambda: timed_loop_thread.pull() and timed_loop_thread.stalls, timeout=10,
-                   what="a stall")
+
+        def collected() -> list[dict[str, Any]]:
+            timed_loop_thread.pull()
+            return [s for s in timed_loop_thread.stalls if s["start"] >= called]
+
+        wait_until(collected, timeout=10, what="the collector's stall")
     finally:
         del heap
-    assert [s["held"] for s in timed_loop_thread.stalls] == ["gc"], timed_loop_thread.stalls
-    assert timed_loop_thread.stalls[0]["duration_ms"] >= 100
+    assert [s["held"] for s in collected()] == ["gc"], collected()
+    assert collected()[0]["duration_ms"] >= 100
 
 
-def test_the_collectors_passes_are_timed_only_while_the_watchdogs_run() -> None:
+def test_the_collectors_passes_are_timed_until_the_watchdogs_stop() -> None:
     dogs = Watchdogs(WatchdogOptions(gil_interval=0))
     pauses = dogs.gc_pauses
     dogs.start()
     try:
-        assert pauses._callback in gc.callbacks
+        pauses.install()  # as a loop watchdog does at its first stall
+        pauses.install()
+        assert gc.callbacks.count(pauses._callback) == 1
         heap = [[i] for i in range(500_000)]
         began = time.perf_counter()
         gc.collect()

@@ -6,8 +6,10 @@ looks find the loop thread at whatever line allocated the object that set the co
 (or waiting for the GIL, when another thread collects). `GcPauses` times every collection
 through `gc.callbacks` and keeps those of `MIN_PAUSE` or longer; the loop watchdog marks a
 stall the collector covered half of or more as held by it (`held="gc"`), which the analysis
-counts as no code's. One callback is two clock reads a collection (about 0.3 us; a busy server
-collects its youngest generation a few hundred times a second).
+counts as no code's. A callback costs about 1.5 us a collection (the interpreter builds an
+info dict for each call; an allocating server collects its youngest generation hundreds of
+times a second), so the watchdog installs it at the first stall held by code, not before: a
+loop that never stalls pays nothing, and the rule needs several stalls to flag one line.
 
 Standard library only, relative imports only, Python 3.9 compatible (see `watchdog`).
 """

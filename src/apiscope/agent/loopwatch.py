@@ -402,8 +402,11 @@ class LoopWatchdog(Background):
                    held: str | None) -> None:
         frames = [list(f) for f in stacks.most_common(1)[0][0]] if stacks else []
         pauses = self.gc_pauses
-        if pauses is not None and pauses.covered(start, start + seconds) >= seconds / 2:
-            held = GC  # the loop waited for the collector, wherever the looks found it
+        if pauses is not None:
+            if pauses.covered(start, start + seconds) >= seconds / 2:
+                held = GC  # the loop waited for the collector, wherever the looks found it
+            elif held != MANY:
+                pauses.install()  # from the first hold on: a loop that never stalls pays none
         stall = {"tid": self.native_id, "start": start + self._epoch_offset,
                  "duration_ms": round(seconds * 1000.0, 3), "frames": frames,
                  "cpu_ms": round(cpu_ms, 3) if cpu_ms is not None else None,

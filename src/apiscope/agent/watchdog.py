@@ -100,7 +100,7 @@ class Watchdogs:
         self.follow_share = FOLLOW_CPU_SHARE  # each loop watchdog's, as the collector says
         self._running = False
         self.errors = 0
-        self.gc_pauses = GcPauses()  # timed while the watchdogs run
+        self.gc_pauses = GcPauses()  # timed once a loop stalled, until the watchdogs stop
 
     def see_loop(self) -> None:
         """Called on the loop serving a request, by the middleware when that loop is not
@@ -154,8 +154,6 @@ class Watchdogs:
                 return
             self._running = True
             try:
-                if self.options.loop_interval > 0:
-                    self.gc_pauses.install()
                 if self.options.gil_interval > 0 and has_gil():
                     self._gil = GilWatchdog(self._meter, self.options.gil_interval,
                                             self._loops_measuring)
