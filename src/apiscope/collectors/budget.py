@@ -22,8 +22,10 @@ The costs are learnt from the windows (exponentially weighted means), and the ne
 window is given what the budget leaves once the agent and the collector are paid for: a
 longer window when a py-spy start-up per second would eat too much of it (up to eight
 times the length asked for), then the highest rate that fits, between `min_rate` and the rate asked
-for. Once a window sampled at `min_rate` has cost more than the budget, the rate may go lower,
-to `LAST_RESORT_RATE` at the least: on a Django server starting a thread per request py-spy's
+for. Once two windows sampled at `min_rate` have cost more than the budget, the rate may go
+lower, to `LAST_RESORT_RATE` at the least (one is not enough: the first windows carry one-off
+costs, py-spy's first look at every thread and the agent's start in the target, and a 15 s
+session of a two-worker server held at 2 Hz by them kept too few samples to find a hotspot): on a Django server starting a thread per request py-spy's
 ticks cost 1.2-1.6 ms each (its thread ids are looked up anew for every new thread), and with
 the agent and the collector paid for, 5 Hz read 2.5-3.5 % against 2 %. A busy target gets fewer
 samples, never a slower service; the effective rate of each window is stored with it, and every
@@ -42,6 +44,7 @@ from apiscope.collectors.gillooks import INTERVAL as LOOK_INTERVAL
 FIRST_RATE = 25  # Hz: the first window's, at most
 MIN_RATE = 5  # Hz: below this the stacks say little; only a budget it breaks goes lower
 LAST_RESORT_RATE = 2  # Hz: the least, where even `MIN_RATE` costs more than the budget
+FLOOR_BREAKS = 2  # windows at `MIN_RATE` over the budget before the rate may go lower
 SMOOTHING = 0.3  # weight of the newest window in the learnt costs
 WINDOW_FACTORS = (1, 2, 4, 8)  # window lengths the budget chooses from, times the one asked for
 
@@ -92,7 +95,8 @@ class OverheadBudget:
     history: list[tuple[float, int]] = field(default_factory=list)  # (cost fraction, rate)
     seconds: list[float] = field(default_factory=list)  # each history entry's window length
     last_cores: float = 1.0  # the capacity of the last window accounted
-    floor_broken: bool = False  # a window at `min_rate` or below cost more than the budget
+    floor_broken: bool = False  # `FLOOR_BREAKS` windows at `min_rate` or below cost more
+    over_at_floor: int = 0  # windows at `min_rate` or below that cost more than the budget
 
     def first_rate(self) -> int:
         """The rate of the first window, before any cost is known: the rate asked for, at most
@@ -119,7 +123,8 @@ class OverheadBudget:
             self.history.append((spent, cost.rate_hz))
             self.seconds.append(cost.seconds)
             if spent > self.max_overhead and cost.rate_hz <= self.min_rate:
-                self.floor_broken = True
+                self.over_at_floor += 1
+                self.floor_broken = self.over_at_floor >= FLOOR_BREAKS
             self.last_cores = cost.cores
         return self.plan(cost.processes, cost.cores)
 
