@@ -67,6 +67,9 @@ class SessionMeta:
     # The share of a core the agents' loop watchdogs were last given for following long
     # passes (None: never changed from the agents' own default; see collectors/budget.py).
     watch_share: float | None = None
+    # (file, line) of the lines the agents' looks found asleep by the kernel's word (written
+    # as the collection ends; see `StackSampler.asleep_lines`).
+    asleep_lines: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_stored(cls, values: Mapping[str, Any]) -> SessionMeta:
@@ -94,7 +97,8 @@ class SessionMeta:
             watchdog_cpu_seconds=_per_pid(get("watchdog_cpu_seconds")),
             requests_kept_every=_int(get("requests_kept_every")),
             requests_kept_every_max=_int(get("requests_kept_every_max")),
-            watch_share=_number(get("watch_share")))
+            watch_share=_number(get("watch_share")),
+            asleep_lines=_sites(get("asleep_lines")))
 
 
 def _number(value: object) -> float | None:
@@ -128,6 +132,14 @@ def _ints(value: object) -> tuple[int, ...]:
     if not isinstance(value, list | tuple):
         return ()
     return tuple(n for n in map(_int, value) if n is not None)
+
+
+def _sites(value: object) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list | tuple):
+        return ()
+    return tuple((entry[0], int(entry[1])) for entry in value
+                 if isinstance(entry, list | tuple) and len(entry) == 2
+                 and isinstance(entry[0], str) and _int(entry[1]) is not None)
 
 
 def _objects(value: object) -> tuple[Mapping[str, object], ...]:

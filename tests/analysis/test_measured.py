@@ -112,6 +112,21 @@ def test_work_handed_to_a_pool_is_its_routes_by_the_agents_looks(
     assert proc["server_cpu_share"] == round(0.24 / total, 4)
 
 
+@pytest.mark.parametrize("asleep", [False, True])
+def test_a_line_the_kernel_found_asleep_is_no_hotspot_whatever_cpu_it_was_given(
+        tmp_path: Path, asleep: bool) -> None:
+    # A pool thread's measured CPU shared over its lines before the agent's looks had found
+    # one of them asleep: that line got CPU its thread used elsewhere.
+    spec = measured_healthy()
+    spec.per_window.append(sample(W1, on_worker(app("list_orders", 116)), 60))
+    if asleep:
+        spec.meta["asleep_lines"] = [[APP, 116]]
+    report = report_of(spec, tmp_path)
+    hot = [f for f in report["flags"] if f["kind"] == "cpu_hotspot"
+           and f["location"]["line"] == 116]
+    assert bool(hot) is not asleep, report["flags"]
+
+
 def test_hashing_in_a_library_is_named_and_never_above_low(tmp_path: Path) -> None:
     spec = measured_healthy()
     spec.per_window.append(sample(W1, on_worker(app("create_item", 24), ARGON2), 60))

@@ -189,6 +189,10 @@ class FakeSampler:
     def note_sleeps(self, looks: Iterable[LineLooks]) -> None:
         self.sleeps.extend(looks)
 
+    def asleep_lines(self) -> list[tuple[str, int]]:
+        return sorted({(look.file, look.line) for look in self.sleeps
+                       if look.asleep and not look.running})
+
     def note_gil(self, pid: int, futex: tuple[int, int]) -> None:
         self.gil_futex[pid] = futex
 

@@ -33,6 +33,7 @@ WRITTEN: dict[str, Any] = {
     "routing": {"source": "framework", "frameworks": ["fastapi"]},
     "watchdog_cpu_seconds": {"11": 0.25, "12": 0.5},
     "requests_kept_every": 4, "requests_kept_every_max": 8, "watch_share": 0.00125,
+    "asleep_lines": [["/srv/app/views.py", 16], ["bad"], ["/srv/app/io.py", "40"]],
 }
 
 
@@ -62,7 +63,8 @@ def test_every_key_written_reads_back_typed(tmp_path: Path) -> None:
                          {"pid": 12, "detach_failed": "timed out", "agent_errors": 2}),
         routing={"source": "framework", "frameworks": ["fastapi"]},
         watchdog_cpu_seconds={11: 0.25, 12: 0.5}, requests_kept_every=4,
-        requests_kept_every_max=8, watch_share=0.00125)
+        requests_kept_every_max=8, watch_share=0.00125,
+        asleep_lines=(("/srv/app/views.py", 16), ("/srv/app/io.py", 40)))
     # Numbers stay as written: the report shows an int budget as an int.
     assert type(meta.max_overhead) is int and type(meta.rate_hz) is int
     assert {f.name for f in fields(SessionMeta)} == set(WRITTEN)

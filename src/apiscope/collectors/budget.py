@@ -23,12 +23,13 @@ window is given what the budget leaves once the agent and the collector are paid
 longer window when a py-spy start-up per second would eat too much of it (up to eight
 times the length asked for), then the highest rate that fits, between `min_rate` and the rate asked
 for. Once two windows sampled at `min_rate` have cost more than the budget, the rate may go
-lower, to `LAST_RESORT_RATE` at the least (one is not enough: the first windows carry one-off
-costs, py-spy's first look at every thread and the agent's start in the target, and a 15 s
-session of a two-worker server held at 2 Hz by them kept too few samples to find a hotspot): on a Django server starting a thread per request py-spy's
-ticks cost 1.2-1.6 ms each (its thread ids are looked up anew for every new thread), and with
-the agent and the collector paid for, 5 Hz read 2.5-3.5 % against 2 %. A busy target gets fewer
-samples, never a slower service; the effective rate of each window is stored with it, and every
+lower, to `LAST_RESORT_RATE` at the least. One is not enough: the first windows carry one-off
+costs (py-spy's first look at every thread, the agent's start in the target), and a 15 s
+session of a two-worker server held at 2 Hz by them kept too few samples to find a hotspot.
+On a Django server starting a thread per request py-spy's ticks cost 1.2-1.6 ms each (its
+thread ids are looked up anew for every new thread), and with the agent and the collector
+paid for, 5 Hz read 2.5-3.5 % against 2 %. A busy target gets fewer samples, never a slower
+service; the effective rate of each window is stored with it, and every
 figure that turns counts into time uses it.
 """
 

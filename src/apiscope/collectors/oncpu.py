@@ -95,6 +95,12 @@ class SleepLooks:
         self._lock = threading.Lock()
         self._looks: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
 
+    def asleep(self) -> set[tuple[str, int]]:
+        """The lines found to sleep, by all the looks so far."""
+        with self._lock:
+            return {key for key, (asleep, running, _) in self._looks.items()
+                    if _sleeps(asleep, running)}
+
     def busy(self) -> set[tuple[str, int]]:
         with self._lock:
             return {key for key, (asleep, running, gil) in self._looks.items()

@@ -112,6 +112,7 @@ class StackSampler:
                                   else ThreadCpuReader(),
                                   learns=activity_every > 0, reads_root=workers is None)
         self._sleeps = SleepLooks()  # the agents' looks at their threads (`note_sleeps`)
+        self._stalled_asleep: set[tuple[str, int]] = set()  # loop stalls' (`note_stalls`)
         # The overhead budget (None: the rate asked for, always); `agent_cpu` is the agents'
         # own CPU seconds so far, which the budget pays for too.
         self.budget = budget
@@ -174,6 +175,14 @@ class StackSampler:
         sites = asleep_leaves(stalls)
         if sites:
             self._meter.asleep(sites)
+            self._stalled_asleep |= sites
+
+    def asleep_lines(self) -> list[tuple[str, int]]:
+        """The lines the agents' looks found asleep (in a sleep or I/O by the kernel's word),
+        by all the looks so far. Windows split before a line was found asleep may have given it
+        some of its thread's CPU; the analysis, which reads these from the session, never takes
+        it for a line that computes."""
+        return sorted(self._sleeps.asleep() | self._stalled_asleep)
 
     def note_sleeps(self, looks: Iterable[LineLooks]) -> None:
         """The agent's looks at its threads: a line they sleep at by the kernel's word is split

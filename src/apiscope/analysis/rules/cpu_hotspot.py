@@ -75,8 +75,13 @@ class CpuHotspotRule:
         # Lines are (file, line): a comprehension is its own frame in py-spy (`f.<locals>.
         # <listcomp>`) but the same line of code as its enclosing function's.
         lines: dict[Group, dict[Site, _Line]] = defaultdict(dict)
+        # Lines the kernel found asleep at the agents' looks: CPU a window gave them before
+        # the looks had found them was their thread's work elsewhere.
+        asleep = set(ctx.data.meta.asleep_lines)
         for a in active_samples(ctx):
             if a.cpu <= 0 or a.user is None or a.importing:  # start-up imports: not requests
+                continue
+            if (a.sample.frames[-1].file, a.sample.frames[-1].line) in asleep:
                 continue
             line = lines[_group(a, a.user)].setdefault((a.user.file, a.user.line), _Line())
             line.cpu += a.cpu
