@@ -15,6 +15,8 @@ from typing import Any
 import anyio.to_thread
 import pytest
 from asgiref.sync import sync_to_async
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apiscope.agent import offload
 from apiscope.agent.middleware import _Request
@@ -156,3 +158,32 @@ def test_counts_add_up_per_route_until_drained() -> None:
     for n in range(offload.MAX_ROUTES + 10):
         counts.add("GET", f"/r{n}", 1)
     assert len(counts.drain()) == offload.MAX_ROUTES
+
+
+FILES = st.sampled_from([
+    "/usr/lib/python3.12/concurrent/futures/thread.py", "/usr/lib/python3.12/threading.py",
+    "/usr/lib/python3.12/queue.py", "/srv/venv/lib/python3.12/site-packages/anyio/_backends/"
+    "_asyncio.py", "/srv/venv/lib/python3.12/site-packages/django/core/handlers/base.py",
+    "/srv/venv/lib/python3.12/site-packages/bcrypt/__init__.py", "/srv/app/views.py", "",
+    "<frozen importlib._bootstrap>", "C:\\app\\x.py"])
+FRAMES = st.lists(st.tuples(FILES, st.sampled_from(
+    ["run", "_WorkItem.run", "WorkerThread.run", "_worker", "get", "login", "<module>", ""])),
+    max_size=12)
+
+
+def app_files(file: str, function: str) -> bool:
+    return file.startswith("/srv/app/")
+
+
+@given(FRAMES)
+@settings(max_examples=300, deadline=None)
+def test_any_stack_is_judged_without_raising_and_nothing_above_the_work_is_the_apps(
+        frames: list[tuple[str, str]]) -> None:
+    offloaded = is_offloaded(frames, app_files)
+    if offloaded:
+        last_worker = max(i for i, (file, function) in enumerate(frames)
+                          if offload.is_worker_run(file, function))
+        assert not any(app_files(*frame) for frame in frames[last_worker + 1:])
+    # The app's own frame at the leaf, or no worker at all: never handed-off work.
+    assert not is_offloaded([*frames, ("/srv/app/views.py", "login")], app_files)
+    assert not is_offloaded([f for f in frames if not offload.is_worker_run(*f)], app_files)

@@ -148,7 +148,10 @@ def _pair(threads: list[tuple[int | None, int]], gil: tuple[int, int] | None,
                 continue
             seen.append(((frame.f_code.co_filename, frame.f_lineno or 0), column))
             if column != ASLEEP:
-                request = request_of(frame, is_app)
+                try:
+                    request = request_of(frame, is_app)
+                except Exception:  # a frame whose locals cannot be read: the line still counts
+                    request = None
                 if request is not None:
                     served.append(request)
         return seen, served
