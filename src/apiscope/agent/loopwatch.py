@@ -405,7 +405,7 @@ class LoopWatchdog(Background):
         if pauses is not None:
             if pauses.covered(start, start + seconds) >= seconds / 2:
                 held = GC  # the loop waited for the collector, wherever the looks found it
-            elif held != MANY:
+            elif held != MANY and not self._stop.is_set():
                 pauses.install()  # from the first hold on: a loop that never stalls pays none
         stall = {"tid": self.native_id, "start": start + self._epoch_offset,
                  "duration_ms": round(seconds * 1000.0, 3), "frames": frames,

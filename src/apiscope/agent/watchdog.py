@@ -172,11 +172,12 @@ class Watchdogs:
             dogs, self._loops = list(self._loops.values()), {}
             gil, self._gil = self._gil, None
             self.last_loop = None
-        self.gc_pauses.remove()
         for dog in dogs:
             dog.stop()
         if gil is not None:
             gil.stop()
+        # Once no watchdog runs: one ending its last stall may install it once more.
+        self.gc_pauses.remove()
 
     def after_fork(self) -> None:
         """In a forked child: the parent's threads and loops are not ours."""
