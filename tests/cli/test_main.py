@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +95,25 @@ def test_report_help_documents_its_formats(capsys: pytest.CaptureFixture[str]) -
         main(["report", "--help"])
     out = capsys.readouterr().out
     assert all(f"\n  {fmt} " in out for fmt in ("text", "json", "html"))
+
+
+def test_an_internal_error_is_one_short_message_and_a_private_file(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A bug cannot be had on purpose: the report command is made to raise as one would.
+    from apiscope.cli.report import ReportCommand
+
+    def broken(self: ReportCommand, args: object) -> int:
+        raise KeyError("window 7")
+
+    monkeypatch.setattr(ReportCommand, "run", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert main(["report", str(tmp_path / "s.sqlite")]) == 1  # the contract's internal failure
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[0] == "apiscope: internal error: KeyError: 'window 7'"
+    (saved,) = tmp_path.glob("apiscope-error-*.txt")
+    assert str(saved) in err
+    assert saved.stat().st_mode & 0o777 == 0o600
+    text = saved.read_text()
+    assert "Traceback" in text and "raise KeyError(\"window 7\")" in text

@@ -229,6 +229,30 @@ def test_empty_states_tell_the_user_what_to_do(browser: Any, tmp_path: Path) -> 
         handle.stop()
 
 
+def test_a_gap_in_the_sampling_is_shaded_and_named_on_the_timeline(browser: Any,
+                                                                   tmp_path: Path) -> None:
+    from tests.dashboard.synthetic import write_session
+
+    path = write_session(tmp_path / "gap.sqlite", seconds=20, window_s=0.5, flags=False)
+    with SessionWriter(path) as writer:  # as the collector notes a target stopped for 3 s
+        writer.set_meta(gaps=[{"start": START + 8, "end": START + 11,
+                               "reason": "target stopped"}])
+    handle = start_server_thread(create_app(path, live=False), "127.0.0.1", free_port())
+    try:
+        browser.get(handle.url + "flamegraph")
+        # the label plotly drew on the page, inside the shaded span's shape layer (SVG: its
+        # textContent, an SVG element has no innerText)
+        label = _wait(lambda: browser.execute_script(
+            "const el = document.querySelector('.timeline-chart .shapelayer');"
+            " return el ? el.textContent : '';"), "the gap's label")
+        assert label == "target stopped (3.0 s)"
+        assert _find(browser, ".timeline-chart .shapelayer path")
+        assert console_errors(browser) == []
+    finally:
+        browser.get("about:blank")
+        handle.stop()
+
+
 def test_live_mode_shows_new_requests(browser: Any, tmp_path: Path) -> None:
     path = tmp_path / "live.sqlite"
     with SessionWriter(path) as writer:

@@ -296,3 +296,26 @@ def test_requests_kept_for_n_count_n_times_and_the_overview_says_so(tmp_path: Pa
         assert data.collection_note() == ("sampling at 5 Hz within a 2% budget;"
                                            " 1 in 20 requests kept (counts are estimates)")
         data.close()
+
+
+def test_gaps_in_the_sampling_are_shaded_on_the_timeline(tmp_path: Path) -> None:
+    import plotly.graph_objects as go
+
+    from apiscope.dashboard.figures import timeline_figure
+
+    path = write_session(tmp_path / "gap.sqlite", seconds=30, requests=False, flags=False)
+    data = DashboardSession(path)
+    no_gap = timeline_figure(data.samples.active_rate(), None, data.gaps())
+    assert data.gaps() == [] and no_gap["layout"]["shapes"] == []
+    with SessionWriter(path) as writer:  # as the collector notes a target stopped for 4 s
+        writer.set_meta(gaps=[{"start": START + 10, "end": START + 14,
+                               "reason": "target stopped"}])
+    assert data.gaps() == [(START + 10, START + 14, "target stopped")]
+    figure = timeline_figure(data.samples.active_rate(), None, data.gaps())
+    (shape,) = figure["layout"]["shapes"]
+    assert (parse_iso(shape["x0"]), parse_iso(shape["x1"])) == pytest.approx(
+        (START + 10, START + 14), abs=1e-3)
+    assert shape["label"]["text"] == "target stopped (4.0 s)"
+    assert "shaded: no samples" in figure["layout"]["title"]["text"]
+    go.Figure(figure)  # plotly validates every property: the shape's label included
+    data.close()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Sequence
 
 from apiscope import __version__
@@ -58,6 +61,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("apiscope: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug of ours; the command has already detached and closed
+        print(f"apiscope: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        where = _save_traceback(exc)
+        if where is None:
+            traceback.print_exception(exc, file=sys.stderr)
+        else:
+            print(f"apiscope: the details are in {where}: please attach them to a bug report",
+                  file=sys.stderr)
+        return 1
+
+
+def _save_traceback(exc: BaseException) -> str | None:
+    """Write the traceback to a new file private to the user (it may name the target's files);
+    its path, or None when it could not be written."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="apiscope-error-", suffix=".txt")
+        with os.fdopen(fd, "w") as out:
+            out.write(f"apiscope {__version__}, Python {sys.version.split()[0]}\n")
+            out.write(f"command: apiscope {' '.join(sys.argv[1:])}\n\n")
+            traceback.print_exception(exc, file=out)
+    except OSError:
+        return None
+    return path
 
 
 def entry() -> None:

@@ -254,7 +254,7 @@ def _register_flamegraph(app: Dash, data: DashboardSession) -> None:
         points = data.samples.active_rate()
         if not points:
             return empty_figure(ui.NO_SAMPLES, 180)
-        return timeline_figure(points, as_range(range_value))
+        return timeline_figure(points, as_range(range_value), data.gaps())
 
     @app.callback(Output("export-download", "data"),
                   [Input(f"export-{fmt}", "n_clicks") for fmt in FORMATS],

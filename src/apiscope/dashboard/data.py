@@ -223,6 +223,13 @@ class DashboardSession:
                 parts.append(f"1 in {every} requests kept (counts are estimates)")
             return "; ".join(parts)
 
+    def gaps(self) -> list[tuple[float, float, str | None]]:
+        """(start, end, reason) of each stretch without stack samples (a target stopped), as
+        the collector notes them: live, each appears once it has ended."""
+        with self._lock:
+            meta = self.reader.meta()
+        return [(gap.start, gap.end, gap.reason) for gap in meta.gaps]
+
     def threads(self) -> list[tuple[int, int, str, str]]:
         """(pid, tid, name, role) of every sampled thread."""
         with self._lock:

@@ -77,12 +77,25 @@ def rate_figure(series: LatencySeries, rng: Range) -> Figure:
     return {"data": data, "layout": _time_layout("Request rate", rng, "requests/s")}
 
 
-def timeline_figure(points: Sequence[tuple[float, float]], rng: Range) -> Figure:
+def timeline_figure(points: Sequence[tuple[float, float]], rng: Range,
+                    gaps: Sequence[tuple[float, float, str | None]] = ()) -> Figure:
+    """The active samples per second of each window; each gap in the sampling (a target
+    stopped, `(start, end, reason)`) is a shaded span named by its reason, never smoothed over
+    by the line."""
     data = [{"type": "scatter", "mode": "lines", "fill": "tozeroy", "name": "active samples/s",
              "x": ms([t for t, _ in points]), "y": [v for _, v in points],
              "line": {"color": "#4c78a8", "width": 1}}]
-    layout = _time_layout("Active samples per second (drag to select a time range)", rng,
-                          "samples/s", height=180)
+    title = "Active samples per second (drag to select a time range)"
+    if gaps:
+        title += "; shaded: no samples"
+    layout = _time_layout(title, rng, "samples/s", height=180)
+    layout["shapes"] = [
+        {"type": "rect", "xref": "x", "yref": "paper", "x0": iso(start), "x1": iso(end),
+         "y0": 0, "y1": 1, "fillcolor": COLORS["root"], "opacity": 0.2, "layer": "below",
+         "line": {"width": 0},
+         "label": {"text": f"{reason or 'no samples'} ({end - start:.1f} s)",
+                   "textposition": "top center", "font": {"size": 10}}}
+        for start, end, reason in gaps]
     return {"data": data, "layout": layout}
 
 
