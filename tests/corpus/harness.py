@@ -59,6 +59,9 @@ def server_argv(app: CorpusApp, server: str, port: int) -> list[str]:
     if server == "hypercorn":
         return [sys.executable, "-m", "hypercorn", app.asgi, "--bind", f"127.0.0.1:{port}",
                 "--log-level", "warning"]
+    if server == "daphne":  # Django Channels' server (Twisted on asyncio's loop)
+        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0",
+                app.asgi]
     return [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", "2",
             "-b", f"127.0.0.1:{port}", "--log-level", "warning", "--timeout", "60", app.asgi]
 

@@ -1,6 +1,7 @@
 """The accuracy corpus: each app, healthy and planted, under uvicorn and gunicorn (healthy also
-under hypercorn), judged by the report of a real `apiscope attach` (see `tests.corpus.harness`;
-`make accuracy` writes the scorecard from the uvicorn and gunicorn runs)."""
+under hypercorn; the Django app also under daphne), judged by the report of a real `apiscope
+attach` (see `tests.corpus.harness`; `make accuracy` writes the scorecard from the uvicorn and
+gunicorn runs)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,20 @@ CASES = [pytest.param(mode, server, marks=[pytest.mark.accuracy] if mode == "pla
 @pytest.mark.parametrize("app", CORPUS, ids=[app.name for app in CORPUS])
 def test_corpus_case(app: CorpusApp, mode: str, server: str, request: pytest.FixtureRequest,
                      tmp_path: Path) -> None:
+    judge_case(app, mode, server, request, tmp_path)
+
+
+# Django Channels projects are served by daphne (Twisted running on asyncio's loop).
+@pytest.mark.parametrize("mode", [
+    "healthy", pytest.param("planted", marks=[pytest.mark.accuracy])])
+def test_django_under_daphne(mode: str, request: pytest.FixtureRequest,
+                             tmp_path: Path) -> None:
+    (app,) = [app for app in CORPUS if app.name == "django_app"]
+    judge_case(app, mode, "daphne", request, tmp_path)
+
+
+def judge_case(app: CorpusApp, mode: str, server: str, request: pytest.FixtureRequest,
+               tmp_path: Path) -> None:
     require_ptrace()
     require_program("gdb")
     require_program("py-spy")

@@ -1,4 +1,4 @@
-"""A Django app under uvicorn and gunicorn, measured through `apiscope run` and `attach`."""
+"""A Django app under uvicorn, gunicorn and daphne, measured through `apiscope run` and `attach`."""
 
 from __future__ import annotations
 
@@ -81,3 +81,20 @@ def test_django_under_gunicorn_with_two_workers(tmp_path: Path) -> None:
         requests = wait_stored(session, PROBE, 3 * len(PLAN))
     assert Counter((r.method, r.route, r.status) for r in requests) == Counter(
         {key: 3 * n for key, n in EXPECTED.items()})
+
+
+@pytest.mark.parametrize("mode", [under_run, under_attach], ids=["run", "attach"])
+def test_a_channels_project_under_daphne(mode: Callable[..., AbstractContextManager[str]],
+                                         tmp_path: Path) -> None:
+    # Django Channels' server, calling a ProtocolTypeRouter with keyword arguments for each
+    # request; the route table is Django's, found through the router's "http" entry.
+    if mode is under_attach:
+        require_ptrace()
+        require_program("gdb")
+    port, session = free_port(), tmp_path / "s.sqlite"
+    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+            "tests.frameworks.djshop.channels_asgi:application"]
+    env = {"DJSHOP_DB": str(tmp_path / "db.sqlite3")}
+    with mode(argv, port, session, PROBE, env) as base:
+        drive(base)
+        check(session)

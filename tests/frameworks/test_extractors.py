@@ -92,3 +92,17 @@ def test_frameworks_are_found_behind_server_middleware() -> None:
     assert framework_of(litestar_app.app) == "litestar"
     assert apps_inside(Outer(litestar_app.app)) == [("litestar", litestar_app.app)]
     assert apps_inside(Outer(None)) == []
+
+
+def test_frameworks_are_found_inside_a_channels_router_and_its_middleware() -> None:
+    from channels.middleware import BaseMiddleware
+    from channels.routing import ProtocolTypeRouter, URLRouter
+
+    class Outer:  # as uvicorn's ProxyHeadersMiddleware holds the app
+        def __init__(self, app: object) -> None:
+            self.app = app
+
+    app = litestar_app.app
+    router = ProtocolTypeRouter({"http": BaseMiddleware(app), "websocket": URLRouter([])})
+    assert apps_inside(Outer(router)) == [("litestar", app)]
+    assert apps_inside(ProtocolTypeRouter({"websocket": URLRouter([])})) == []

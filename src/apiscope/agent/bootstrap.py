@@ -7,9 +7,10 @@ swapping an attribute is atomic as far as every request is concerned.
 Finding the apps: the servers keep the ASGI callable they call on objects we can reach through
 `gc` without knowing how the process was started (see `servers`): uvicorn (alone or as a
 gunicorn `UvicornWorker`) on `Config.loaded_app` and on each connection's protocol, hypercorn
-on `ASGIWrapper.app`. The agent takes that place, outside every framework, so any ASGI app is
-timed: Starlette, FastAPI, Django, Litestar or a bare callable. The framework inside is found
-by following `.app` attributes, for its route table. The wrapper keeps the original as its
+on `ASGIWrapper.app`, daphne on `Server.application`. The agent takes that place, outside
+every framework, so any ASGI app is timed: Starlette, FastAPI, Django, Litestar or a bare
+callable. The framework inside is found by following the wrappers' `.app` attributes (and
+Channels' routers and middleware), for its route table. The wrapper keeps the original as its
 `.app`, so that `detach` can restore it and a second `attach` can see it is already there.
 
 Standard library only, relative imports only: the target may not have apiscope installed.
@@ -26,7 +27,7 @@ import time
 from typing import Any
 
 from .django_routes import remove_request_hook
-from .frameworks import DJANGO, apps_inside
+from .frameworks import DJANGO, apps_inside, inner_app
 from .orphan import OrphanWatch, forget_modules
 from .queries import uninstall_query_hooks
 from .runtime import Agent, current_agent, shutdown_agent
@@ -134,7 +135,7 @@ def write_status(path: str, status: Status) -> None:
 
 
 def find_apps() -> list[ServedApp]:
-    """The apps served by uvicorn, gunicorn's UvicornWorker or hypercorn here."""
+    """The apps served by uvicorn, gunicorn's UvicornWorker, hypercorn or daphne here."""
     found: dict[int, ServedApp] = {}
     for item in served_apps():
         key = id(item.holder)
@@ -156,7 +157,7 @@ def _chain_above(outer: Any, target: Any) -> list[Any]:
     current = outer
     while current is not None and current is not target and len(chain) < 16:
         chain.append(current)
-        current = getattr(current, "app", None)
+        current = inner_app(current)
     return chain
 
 
@@ -170,7 +171,7 @@ def _base_status(action: str) -> Status:
 
 
 def _no_app_note() -> str:
-    if not any(m in sys.modules for m in ("uvicorn", "hypercorn")):
-        return "no ASGI app found: this process runs no uvicorn or hypercorn server"
-    return ("no ASGI app found: no uvicorn, gunicorn (UvicornWorker) or hypercorn server in"
-            " this process has loaded an app yet")
+    if not any(m in sys.modules for m in ("uvicorn", "hypercorn", "daphne")):
+        return "no ASGI app found: this process runs no uvicorn, hypercorn or daphne server"
+    return ("no ASGI app found: no uvicorn, gunicorn (UvicornWorker), hypercorn or daphne"
+            " server in this process has loaded an app yet")

@@ -1,8 +1,10 @@
 """Which web framework an ASGI callable is, found by class names (no framework is imported).
 
 The agent wraps whatever callable the server calls; the framework app is somewhere inside,
-behind the server's own middleware (`.app` attributes). Knowing it lets the agent read the
-framework's route table and, for Django, keep the request whose resolver match names the route.
+behind the server's own middleware (`.app` attributes) or, in a Django Channels project, a
+`ProtocolTypeRouter` (its "http" entry) and Channels middleware (`.inner`). Knowing it lets
+the agent read the framework's route table and, for Django, keep the request whose resolver
+match names the route.
 """
 
 from __future__ import annotations
@@ -38,8 +40,22 @@ def framework_of(obj: Any) -> str | None:
     return None
 
 
+def inner_app(obj: Any) -> Any:
+    """The ASGI app `obj` hands its requests to, when it is a wrapper: `.app` (ASGI middleware,
+    the servers' own), the "http" entry of a Channels `ProtocolTypeRouter`, a Channels
+    middleware's `.inner`; else None."""
+    app = getattr(obj, "app", None)
+    if app is not None:
+        return app
+    mapping = getattr(obj, "application_mapping", None)
+    if isinstance(mapping, dict):
+        return mapping.get("http")
+    inner = getattr(obj, "inner", None)
+    return inner if callable(inner) else None
+
+
 def apps_inside(outer: Any) -> list[tuple[str, Any]]:
-    """(framework, app) of every framework app on the `.app` chain from `outer` down."""
+    """(framework, app) of every framework app on the chain of wrappers from `outer` down."""
     found: list[tuple[str, Any]] = []
     seen: set[int] = set()
     current = outer
@@ -50,7 +66,7 @@ def apps_inside(outer: Any) -> list[tuple[str, Any]]:
         framework = framework_of(current)
         if framework is not None:
             found.append((framework, current))
-        current = getattr(current, "app", None)
+        current = inner_app(current)
     return found
 
 

@@ -7,6 +7,8 @@ takes its place there.
   config for new connections, the live protocols for keep-alive ones) takes effect for the
   very next request everywhere.
 - hypercorn: `ASGIWrapper.app`, read on every request.
+- daphne (Django Channels' server): `Server.application`, read for every request (each HTTP
+  request is an application instance of its own, called with keyword arguments).
 
 Wrapping there, outside every framework, times any ASGI app: Starlette, FastAPI, Django,
 Litestar or a bare callable. The wrapper is marked `injected` so that `unwrap` takes out only
@@ -33,7 +35,7 @@ _UVICORN_PROTOCOLS = (
 class ServedApp:
     """An ASGI callable a server calls, and the attribute of the object it is kept on."""
 
-    server: str  # "uvicorn", "gunicorn" or "hypercorn"
+    server: str  # "uvicorn", "gunicorn", "hypercorn" or "daphne"
     holder: Any
     attr: str
 
@@ -48,7 +50,8 @@ class ServedApp:
 
 
 def served_apps() -> list[ServedApp]:
-    """The apps the uvicorn, gunicorn (UvicornWorker) and hypercorn servers here have loaded."""
+    """The apps the uvicorn, gunicorn (UvicornWorker), hypercorn and daphne servers here have
+    loaded."""
     found: list[ServedApp] = []
     server = "gunicorn" if "gunicorn.workers.base" in sys.modules else "uvicorn"
     for config in instances("uvicorn.config", "Config"):
@@ -59,6 +62,9 @@ def served_apps() -> list[ServedApp]:
     for wrapper in instances("hypercorn.app_wrappers", "ASGIWrapper"):
         if getattr(wrapper, "app", None) is not None:
             found.append(ServedApp("hypercorn", wrapper, "app"))
+    for daphne in instances("daphne.server", "Server"):
+        if getattr(daphne, "application", None) is not None:
+            found.append(ServedApp("daphne", daphne, "application"))
     return found
 
 

@@ -2,11 +2,11 @@
 
 `apiscope run` puts this directory first on PYTHONPATH. When the server imports its own
 modules, the agent is wired into the place where it keeps the application it calls: uvicorn's
-`Config.load()` (also what gunicorn's `UvicornWorker` runs in each worker) and hypercorn's
-`ASGIWrapper`. Every request of any ASGI app (Starlette, FastAPI, Django, Litestar or a bare
-callable) is then measured from the first one, with no injection. The agent is loaded from
-apiscope's own files under the name `apiscope_agent`, so the server's environment needs
-nothing installed. Any failure here leaves the server untouched.
+`Config.load()` (also what gunicorn's `UvicornWorker` runs in each worker), hypercorn's
+`ASGIWrapper` and daphne's `Server`. Every request of any ASGI app (Starlette, FastAPI,
+Django, Litestar or a bare callable) is then measured from the first one, with no injection.
+The agent is loaded from apiscope's own files under the name `apiscope_agent`, so the
+server's environment needs nothing installed. Any failure here leaves the server untouched.
 """
 
 from __future__ import annotations
@@ -72,9 +72,21 @@ def _patch_hypercorn(module: ModuleType) -> None:
     wrapper_cls.__init__ = __init__
 
 
+def _patch_daphne(module: ModuleType) -> None:
+    server_cls: Any = module.Server
+    original_init = server_cls.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self.application = _with_agent(self.application)
+
+    server_cls.__init__ = __init__
+
+
 _PATCHES: dict[str, Callable[[ModuleType], None]] = {
     "uvicorn.config": _patch_uvicorn,
     "hypercorn.app_wrappers": _patch_hypercorn,
+    "daphne.server": _patch_daphne,
 }
 
 

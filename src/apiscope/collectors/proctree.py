@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import psutil
 
-SERVERS = ("uvicorn", "gunicorn", "hypercorn")
+SERVERS = ("uvicorn", "gunicorn", "hypercorn", "daphne")
 
 # Programs that start a Python server as a child and wait for it: `uv run`, `poetry run`...
 # Some are themselves Python programs (poetry, pipenv, pdm, hatch), so "not Python" is not
@@ -84,7 +84,8 @@ def _strip_script(name: str) -> str:
 
 
 def server_kind(cmdline: Sequence[str]) -> str | None:
-    """"uvicorn", "gunicorn" or "hypercorn" when the command line runs one, else None."""
+    """"uvicorn", "gunicorn", "hypercorn" or "daphne" when the command line runs one, else
+    None."""
     name = program_name(cmdline)
     return name if name in SERVERS else None
 

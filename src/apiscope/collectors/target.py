@@ -48,7 +48,7 @@ class Target:
     pid: int  # the PID given, or the Python child of a wrapper it resolved to
     pids: list[int]  # the processes serving requests: workers of a master, else `pid`
     master_pid: int | None
-    server: str  # "uvicorn", "gunicorn", "hypercorn", or "python" when unknown
+    server: str  # "uvicorn", "gunicorn", "hypercorn", "daphne", or "python" when unknown
     command: str
     python_version: str  # "3.11.7", or "3.11" when only the major.minor could be read
     processes: list[ProcessInfo]
@@ -71,8 +71,8 @@ def describe_target(pid: int, *, proc_factory: ProcFactory = psutil.Process,
                           " again and give its new PID") from None
     except psutil.NoSuchProcess as exc:
         raise TargetError(f"no process with PID {exc.pid or pid}: check the PID (for example"
-                          " `pgrep -af 'uvicorn|gunicorn|hypercorn'`); the server may have"
-                          " exited") from None
+                          " `pgrep -af 'uvicorn|gunicorn|hypercorn|daphne'`); the server may"
+                          " have exited") from None
     except psutil.AccessDenied as exc:
         raise TargetError(_access_denied_message(exc.pid or pid, proc_factory)) from None
 
@@ -119,8 +119,8 @@ def _follow_wrapper(proc: psutil.Process) -> psutil.Process:
         if is_python_exe(proc.exe()):
             return proc  # a Python runner that runs nothing: profile it as it is
         raise TargetError(f"{what} is not a Python process: give the PID of the uvicorn,"
-                          " gunicorn or hypercorn process (find it with"
-                          " `pgrep -af 'uvicorn|gunicorn|hypercorn'`)")
+                          " gunicorn, hypercorn or daphne process (find it with"
+                          " `pgrep -af 'uvicorn|gunicorn|hypercorn|daphne'`)")
     listing = "; ".join(f"{p.pid} ({_short(p.cmdline())})" for p in found)
     raise TargetError(f"{what} is not a Python process and has several Python children:"
                       f" {listing}. Run apiscope attach with one of these PIDs")
@@ -316,6 +316,6 @@ def _access_denied_message(pid: int, proc_factory: ProcFactory,
                 " apiscope runs as root or with CAP_SYS_PTRACE: the kernel protects it (a"
                 " security module, a /proc mounted with hidepid, or a process outside this"
                 " container's reach). It is not a server apiscope can profile: give the PID of"
-                " the uvicorn, gunicorn or hypercorn process (`pgrep -af"
-                " 'uvicorn|gunicorn|hypercorn'`)")
+                " the uvicorn, gunicorn, hypercorn or daphne process (`pgrep -af"
+                " 'uvicorn|gunicorn|hypercorn|daphne'`)")
     return ptrace_denied(f"permission denied reading process {pid} (run by {owner})")

@@ -46,8 +46,8 @@ def _not_python(proc: psutil.Process) -> str:
     if children:
         listing = ", ".join(str(pid) for pid in children[:5])
         return f"{head}; its Python child processes: {listing}. Give one of these PIDs"
-    return (f"{head}: give the PID of the uvicorn, gunicorn or hypercorn process (find it with"
-            " `pgrep -af 'uvicorn|gunicorn|hypercorn'`)")
+    return (f"{head}: give the PID of the uvicorn, gunicorn, hypercorn or daphne process (find"
+            " it with `pgrep -af 'uvicorn|gunicorn|hypercorn|daphne'`)")
 
 
 def agent_listening(pid: int, proc_root: str = "/proc") -> bool:
