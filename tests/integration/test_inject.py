@@ -292,6 +292,24 @@ def test_hypercorn_worker(sockets: str) -> None:
         assert eject_agent(worker, sockets).restored == 1
 
 
+def test_daphne_server(sockets: str) -> None:
+    # Django Channels' server calls `Server.application` for every request, by keyword.
+    pytest.importorskip("daphne")
+    require_ptrace()
+    require_program("gdb")
+    port = free_port()
+    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0", APP]
+    with run_server(argv, port, ready_path="/ping") as server:
+        result = inject_agent(server.pid, sockets)
+        report("daphne", result)
+        assert [(a["server"], a["state"]) for a in result.apps] == [("daphne", "wrapped")]
+        for item_id in range(N):
+            assert get(server, f"/items/{item_id}")[0] == 200
+        assert len(items(pull_until(server.pid, sockets, lambda rs: len(items(rs)) >= N))) == N
+        assert eject_agent(server.pid, sockets).restored == 1
+        assert get(server, "/items/1")[0] == 200  # served by the app itself again
+
+
 def test_a_python_process_without_an_app_is_left_as_it_was(sockets: str) -> None:
     require_ptrace()
     require_program("gdb")
