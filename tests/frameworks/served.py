@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from apiscope.collectors.agent_client import AgentClient
+from apiscope.collectors.target import describe_target
 from apiscope.model import RequestRecord, RouteInfo
 from apiscope.store import SessionReader
 from tests.support import ROOT, http_ok, run_server, wait_until
@@ -94,7 +95,8 @@ def under_run(server: Sequence[str], port: int, session: Path, probe: str,
 @contextmanager
 def under_attach(server: Sequence[str], port: int, session: Path, probe: str,
                  env: dict[str, str]) -> Iterator[str]:
-    """A server started alone, then `apiscope attach PID` (the agent injected)."""
+    """A server started alone, then `apiscope attach PID` (the agent injected in it, or in
+    each of its workers)."""
     with run_server(list(server), port, ready_path=probe, env=env) as running:
         proc = _start(["attach", str(running.pid), "--no-dashboard", "--duration", "120",
                        "--session", str(session)], env)
@@ -102,8 +104,14 @@ def under_attach(server: Sequence[str], port: int, session: Path, probe: str,
             def injected() -> bool:
                 if proc.poll() is not None:
                     raise AssertionError(f"apiscope attach exited: {proc.communicate()[1]}")
-                with AgentClient(running.pid) as client:
-                    return client.available()
+                # Traffic, as a server being profiled has: the loader runs at the main thread's
+                # next bytecode, and granian's idle loop sleeps until its next request.
+                http_ok(running.url + probe)
+                for pid in describe_target(running.pid).pids:  # a master's are its workers
+                    with AgentClient(pid) as client:
+                        if not client.available():
+                            return False
+                return True
 
             wait_until(injected, timeout=60, what="the injected agent to answer")
             yield running.url

@@ -1,4 +1,5 @@
-"""A Django app under uvicorn, gunicorn and daphne, measured through `apiscope run` and `attach`."""
+"""A Django app under uvicorn, gunicorn, daphne and granian, measured through `apiscope run` and
+`attach`."""
 
 from __future__ import annotations
 
@@ -94,6 +95,22 @@ def test_a_channels_project_under_daphne(mode: Callable[..., AbstractContextMana
     port, session = free_port(), tmp_path / "s.sqlite"
     argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
             "tests.frameworks.djshop.channels_asgi:application"]
+    env = {"DJSHOP_DB": str(tmp_path / "db.sqlite3")}
+    with mode(argv, port, session, PROBE, env) as base:
+        drive(base)
+        check(session)
+
+
+@pytest.mark.parametrize("mode", [under_run, under_attach], ids=["run", "attach"])
+def test_django_under_granian(mode: Callable[..., AbstractContextManager[str]],
+                              tmp_path: Path) -> None:
+    # granian serves from a worker process whose Rust core calls the app through a closure.
+    if mode is under_attach:
+        require_ptrace()
+        require_program("gdb")
+    port, session = free_port(), tmp_path / "s.sqlite"
+    argv = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
+            "--port", str(port), "--log-level", "warning", APP]
     env = {"DJSHOP_DB": str(tmp_path / "db.sqlite3")}
     with mode(argv, port, session, PROBE, env) as base:
         drive(base)

@@ -310,6 +310,27 @@ def test_daphne_server(sockets: str) -> None:
         assert get(server, "/items/1")[0] == 200  # served by the app itself again
 
 
+def test_granian_worker(sockets: str) -> None:
+    # granian's worker process hands the app to its Rust core in a closure's cell.
+    pytest.importorskip("granian")
+    require_ptrace()
+    require_program("gdb")
+    port = free_port()
+    argv = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
+            "--port", str(port), "--log-level", "warning", APP]
+    with run_server(argv, port, ready_path="/ping") as server:
+        worker = describe_target(server.pid).pids[0]  # granian serves from a child process
+        assert worker != server.pid
+        result = inject_agent(worker, sockets)
+        report("granian", result)
+        assert [(a["server"], a["state"]) for a in result.apps] == [("granian", "wrapped")]
+        for item_id in range(N):
+            assert get(server, f"/items/{item_id}")[0] == 200
+        assert len(items(pull_until(worker, sockets, lambda rs: len(items(rs)) >= N))) == N
+        assert eject_agent(worker, sockets).restored == 1
+        assert get(server, "/items/1")[0] == 200  # served by the app itself again
+
+
 def test_a_python_process_without_an_app_is_left_as_it_was(sockets: str) -> None:
     require_ptrace()
     require_program("gdb")

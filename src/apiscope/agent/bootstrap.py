@@ -7,11 +7,12 @@ swapping an attribute is atomic as far as every request is concerned.
 Finding the apps: the servers keep the ASGI callable they call on objects we can reach through
 `gc` without knowing how the process was started (see `servers`): uvicorn (alone or as a
 gunicorn `UvicornWorker`) on `Config.loaded_app` and on each connection's protocol, hypercorn
-on `ASGIWrapper.app`, daphne on `Server.application`. The agent takes that place, outside
-every framework, so any ASGI app is timed: Starlette, FastAPI, Django, Litestar or a bare
-callable. The framework inside is found by following the wrappers' `.app` attributes (and
-Channels' routers and middleware), for its route table. The wrapper keeps the original as its
-`.app`, so that `detach` can restore it and a second `attach` can see it is already there.
+on `ASGIWrapper.app`, daphne on `Server.application`, granian in its runner's closure. The
+agent takes that place, outside every framework, so any ASGI app is timed: Starlette, FastAPI,
+Django, Litestar or a bare callable. The framework inside is found by following the wrappers'
+`.app` attributes (and Channels' routers and middleware), for its route table. The wrapper
+keeps the original as its `.app`, so that `detach` can restore it and a second `attach` can see
+it is already there.
 
 Standard library only, relative imports only: the target may not have apiscope installed.
 """
@@ -135,7 +136,8 @@ def write_status(path: str, status: Status) -> None:
 
 
 def find_apps() -> list[ServedApp]:
-    """The apps served by uvicorn, gunicorn's UvicornWorker, hypercorn or daphne here."""
+    """The apps served by uvicorn, gunicorn's UvicornWorker, hypercorn, daphne or granian
+    here."""
     found: dict[int, ServedApp] = {}
     for item in served_apps():
         key = id(item.holder)
@@ -171,7 +173,8 @@ def _base_status(action: str) -> Status:
 
 
 def _no_app_note() -> str:
-    if not any(m in sys.modules for m in ("uvicorn", "hypercorn", "daphne")):
-        return "no ASGI app found: this process runs no uvicorn, hypercorn or daphne server"
-    return ("no ASGI app found: no uvicorn, gunicorn (UvicornWorker), hypercorn or daphne"
-            " server in this process has loaded an app yet")
+    if not any(m in sys.modules for m in ("uvicorn", "hypercorn", "daphne", "granian")):
+        return ("no ASGI app found: this process runs no uvicorn, hypercorn, daphne or granian"
+                " server")
+    return ("no ASGI app found: no uvicorn, gunicorn (UvicornWorker), hypercorn, daphne or"
+            " granian (ASGI interface) server in this process has loaded an app yet")

@@ -9,6 +9,9 @@ takes its place there.
 - hypercorn: `ASGIWrapper.app`, read on every request.
 - daphne (Django Channels' server): `Server.application`, read for every request (each HTTP
   request is an application instance of its own, called with keyword arguments).
+- granian: its worker hands the app to its Rust core inside a closure (`asgi._callback_wrapper`'s
+  `_runner`), which reads the app from its `callback` cell for every request: the cell is
+  where the agent goes (a cell's contents can be replaced, `cell_contents`).
 
 Wrapping there, outside every framework, times any ASGI app: Starlette, FastAPI, Django,
 Litestar or a bare callable. The wrapper is marked `injected` so that `unwrap` takes out only
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +39,7 @@ _UVICORN_PROTOCOLS = (
 class ServedApp:
     """An ASGI callable a server calls, and the attribute of the object it is kept on."""
 
-    server: str  # "uvicorn", "gunicorn", "hypercorn" or "daphne"
+    server: str  # "uvicorn", "gunicorn", "hypercorn", "daphne" or "granian"
     holder: Any
     attr: str
 
@@ -50,8 +54,8 @@ class ServedApp:
 
 
 def served_apps() -> list[ServedApp]:
-    """The apps the uvicorn, gunicorn (UvicornWorker), hypercorn and daphne servers here have
-    loaded."""
+    """The apps the uvicorn, gunicorn (UvicornWorker), hypercorn, daphne and granian servers
+    here have loaded."""
     found: list[ServedApp] = []
     server = "gunicorn" if "gunicorn.workers.base" in sys.modules else "uvicorn"
     for config in instances("uvicorn.config", "Config"):
@@ -65,7 +69,30 @@ def served_apps() -> list[ServedApp]:
     for daphne in instances("daphne.server", "Server"):
         if getattr(daphne, "application", None) is not None:
             found.append(ServedApp("daphne", daphne, "application"))
+    for cell in _granian_cells():
+        found.append(ServedApp("granian", cell, "cell_contents"))
     return found
+
+
+def _granian_cells() -> list[Any]:
+    """The `callback` cells of granian's ASGI runners alive here (one per worker's app)."""
+    module = sys.modules.get("granian.asgi")
+    wrapper = getattr(module, "_callback_wrapper", None)
+    wrapper = getattr(wrapper, "__wrapped__", wrapper)  # as `apiscope run` patched it
+    code = getattr(wrapper, "__code__", None)
+    if not isinstance(code, types.CodeType):
+        return []
+    cells = []
+    for runner in code.co_consts:
+        if not (isinstance(runner, types.CodeType) and runner.co_name == "_runner"
+                and "callback" in runner.co_freevars):
+            continue
+        index = runner.co_freevars.index("callback")
+        for function in gc.get_referrers(runner):  # the closures made of that code
+            closure = getattr(function, "__closure__", None)
+            if isinstance(function, types.FunctionType) and closure and len(closure) > index:
+                cells.append(closure[index])
+    return cells
 
 
 def is_agent(app: Any) -> bool:

@@ -3,8 +3,9 @@
 `apiscope run` puts this directory first on PYTHONPATH. When the server imports its own
 modules, the agent is wired into the place where it keeps the application it calls: uvicorn's
 `Config.load()` (also what gunicorn's `UvicornWorker` runs in each worker), hypercorn's
-`ASGIWrapper` and daphne's `Server`. Every request of any ASGI app (Starlette, FastAPI,
-Django, Litestar or a bare callable) is then measured from the first one, with no injection.
+`ASGIWrapper`, daphne's `Server` and granian's `asgi._callback_wrapper`. Every request of any
+ASGI app (Starlette, FastAPI, Django, Litestar or a bare callable) is then measured from the
+first one, with no injection.
 The agent is loaded from apiscope's own files under the name `apiscope_agent`, so the
 server's environment needs nothing installed. Any failure here leaves the server untouched.
 """
@@ -83,10 +84,21 @@ def _patch_daphne(module: ModuleType) -> None:
     server_cls.__init__ = __init__
 
 
+def _patch_granian(module: ModuleType) -> None:
+    original: Any = module._callback_wrapper
+
+    def _callback_wrapper(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        return original(_with_agent(callback), *args, **kwargs)
+
+    _callback_wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+    module._callback_wrapper = _callback_wrapper  # type: ignore[attr-defined]
+
+
 _PATCHES: dict[str, Callable[[ModuleType], None]] = {
     "uvicorn.config": _patch_uvicorn,
     "hypercorn.app_wrappers": _patch_hypercorn,
     "daphne.server": _patch_daphne,
+    "granian.asgi": _patch_granian,
 }
 
 

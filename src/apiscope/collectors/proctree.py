@@ -12,7 +12,10 @@ from collections.abc import Sequence
 
 import psutil
 
-SERVERS = ("uvicorn", "gunicorn", "hypercorn", "daphne")
+SERVERS = ("uvicorn", "gunicorn", "hypercorn", "daphne", "granian")
+# Servers whose main process never serves a request itself: its workers, once they have
+# started, do (granian's Python workers are processes on every GIL build).
+MASTERS = ("gunicorn", "granian")
 
 # Programs that start a Python server as a child and wait for it: `uv run`, `poetry run`...
 # Some are themselves Python programs (poetry, pipenv, pdm, hatch), so "not Python" is not
@@ -84,8 +87,8 @@ def _strip_script(name: str) -> str:
 
 
 def server_kind(cmdline: Sequence[str]) -> str | None:
-    """"uvicorn", "gunicorn", "hypercorn" or "daphne" when the command line runs one, else
-    None."""
+    """"uvicorn", "gunicorn", "hypercorn", "daphne" or "granian" when the command line runs
+    one, else None."""
     name = program_name(cmdline)
     return name if name in SERVERS else None
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 
 from apiscope.collectors.proctree import (
+    MASTERS,
     command_of,
     is_python_exe,
     is_runner,
@@ -48,7 +49,7 @@ class Target:
     pid: int  # the PID given, or the Python child of a wrapper it resolved to
     pids: list[int]  # the processes serving requests: workers of a master, else `pid`
     master_pid: int | None
-    server: str  # "uvicorn", "gunicorn", "hypercorn", "daphne", or "python" when unknown
+    server: str  # "uvicorn", "gunicorn", "hypercorn", "daphne", "granian"; "python": unknown
     command: str
     python_version: str  # "3.11.7", or "3.11" when only the major.minor could be read
     processes: list[ProcessInfo]
@@ -161,7 +162,7 @@ def _classify(proc: psutil.Process, proc_factory: ProcFactory, clock: Callable[[
         return replace(base, server=parent_kind or kind or "python",
                        processes=[replace(info, role="worker")])
     workers = worker_children(proc, kind) if kind is not None else []
-    if kind == "gunicorn" or workers:
+    if kind in MASTERS or workers:
         if not workers:
             notes.append(f"{kind} master {proc.pid} has no workers yet: they are picked up"
                          " as they start")
