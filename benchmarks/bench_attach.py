@@ -17,6 +17,10 @@ Three measurements, each a ratio to the bare server measured in the same round:
   does to one (its speed here moves by a third within minutes) it does to the other. The
   kernel's per-thread CPU time (`/proc/PID/task/TID/schedstat`) gives each server's CPU per
   request, the loop thread's and the agent's own threads' apart.
+- **paired attach**: the same with a bare server under `apiscope attach` at its defaults in
+  place of the instrumented one: the target's CPU per request and apiscope's own (py-spy
+  included) against the bare server's. Throughput is not compared there: while py-spy holds the
+  attached server stopped, the bare one has the core to itself.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -178,33 +182,62 @@ def _requests_in(out: str) -> int:
     return int(match.group(1))
 
 
-def _paired_round(seconds: int) -> dict[str, float]:
-    with server("benchmarks.apps:app", {"BENCH_MIDDLEWARE": "bare"}) as (bare, bare_url), \
-            server("benchmarks.apps:app", {"BENCH_MIDDLEWARE": "apiscope"}) as (agent, url):
+def _paired_round(seconds: int, variant: str) -> dict[str, Any]:
+    """One round of a bare server and, at the same moments, `variant`: "agent", a server
+    instrumented by `instrument(app)`, or "attach", a bare server under `apiscope attach` at its
+    defaults (pinned to the servers' core, its cost taken from them as in `saturated`)."""
+    middleware = "apiscope" if variant == "agent" else "bare"
+    with ExitStack() as stack:
+        bare, bare_url = stack.enter_context(server("benchmarks.apps:app",
+                                                    {"BENCH_MIDDLEWARE": "bare"}))
+        target, url = stack.enter_context(server("benchmarks.apps:app",
+                                                 {"BENCH_MIDDLEWARE": middleware}))
+        run: dict[str, Any] = {}
+        if variant == "attach":
+            run = stack.enter_context(attached(target, "--no-dashboard"))
         reader = ThreadCpuReader()
-        for warm_up, length in ((True, 2), (False, seconds)):
-            before = reader.read((bare, agent))
+        warm_up = 2
+        if variant == "attach":
+            wait_for(lambda: agent_answers(target), 60, "the agent")
+            warm_up = SETTLE_SECONDS  # the budget learns its costs and plans the windows after
+        for warming, length in ((True, warm_up), (False, seconds)):
+            before = reader.read((bare, target))
+            spent = tree_cpu_seconds(run["pid"]) if "pid" in run else 0.0
             loads = [subprocess.Popen(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c16",
-                                       f"-d{length}s", target], stdout=subprocess.PIPE,
-                                      text=True) for target in (bare_url, url)]
+                                       f"-d{length}s", to], stdout=subprocess.PIPE,
+                                      text=True) for to in (bare_url, url)]
             done = [_requests_in(load.communicate()[0]) for load in loads]
-            used = usage(before, reader.read((bare, agent))).threads  # seconds by (pid, tid)
-            if warm_up:
+            used = usage(before, reader.read((bare, target))).threads  # seconds by (pid, tid)
+            spent = (tree_cpu_seconds(run["pid"]) - spent) if "pid" in run else 0.0
+            if warming:
                 continue
             bare_us = used[(bare, bare)] * 1e6 / done[0]
-            agent_us = used[(agent, agent)] * 1e6 / done[1]
+            loop_us = used[(target, target)] * 1e6 / done[1]
             others_us = sum(seconds for (pid, tid), seconds in used.items()
-                            if pid == agent and tid != agent) * 1e6 / done[1]
-            return {"bare_us": bare_us, "agent_us": agent_us, "ratio": agent_us / bare_us,
-                    "others_us": others_us,
-                    "total_ratio": (agent_us + others_us) / bare_us}
-    raise AssertionError("unreachable")
+                            if pid == target and tid != target) * 1e6 / done[1]
+            apiscope_us = spent * 1e6 / done[1]
+            result: dict[str, Any] = {
+                "bare_us": bare_us, "agent_us": loop_us, "ratio": loop_us / bare_us,
+                "others_us": others_us, "total_ratio": (loop_us + others_us) / bare_us,
+                "apiscope_us": apiscope_us,
+                "whole_ratio": (loop_us + others_us + apiscope_us) / bare_us}
+    # The report (the sampling rate the budget chose) is read once apiscope has stopped.
+    result["effective_rate_hz"] = run.get("effective_rate_hz")
+    return result
 
 
 def paired(rounds: int = 5, seconds: int = 5) -> dict[str, Any]:
     """The agent's CPU per request against the bare server's, measured at the same time."""
     return {"rounds": rounds, "seconds": seconds,
-            "rows": [_paired_round(seconds) for _ in range(rounds)]}
+            "rows": [_paired_round(seconds, "agent") for _ in range(rounds)]}
+
+
+def paired_attach(rounds: int = 5, seconds: int = 5) -> dict[str, Any]:
+    """The whole attach's CPU per request (the target's and apiscope's own, py-spy included)
+    against the bare server's, measured at the same time. Throughput is not compared: while
+    py-spy holds the attached server stopped, the bare one has the core to itself."""
+    return {"rounds": rounds, "seconds": seconds,
+            "rows": [_paired_round(seconds, "attach") for _ in range(rounds)]}
 
 
 # --- the busy host ----------------------------------------------------------------------------
@@ -269,36 +302,41 @@ def _pg_server(dsn: str) -> Iterator[tuple[int, str]]:
         proc.wait(10)
 
 
+BUSY = ("unattached", "sampling only", "attached")  # sampling only: `attach --no-inject`
+
+
 def busy_host(rounds: int = 5, seconds: int = 10) -> dict[str, Any]:
     from apiscope.services import postgres_server
 
-    rows: dict[str, list[dict[str, Any]]] = {"unattached": [], "attached": []}
+    rows: dict[str, list[dict[str, Any]]] = {v: [] for v in BUSY}
     with postgres_server() as pg, tempfile.TemporaryDirectory() as tmp:
         dsn = pg.dsn()
         fill(dsn)
         script = Path(tmp) / "mixed.lua"
         script.write_text(WRK_SCRIPT)
         for _ in range(rounds):
-            for variant in rows:
+            for variant in BUSY:
                 with _pg_server(dsn) as (pid, base):
                     _wrk_mixed(base, 2, script)  # warm-up: connections, plans, caches
                     if variant == "unattached":
                         rps, p95 = _wrk_mixed(base, seconds, script)
                         rows[variant].append({"rps": rps, "p95_ms": p95})
                         continue
-                    with attached(pid, "--no-dashboard", pin=False) as run:
-                        wait_for(lambda: agent_answers(pid), 60, "the agent")  # noqa: B023
+                    extra = ["--no-inject"] if variant == "sampling only" else []
+                    with attached(pid, "--no-dashboard", *extra, pin=False) as run:
+                        if not extra:
+                            wait_for(lambda: agent_answers(pid), 60, "the agent")  # noqa: B023
                         _wrk_mixed(base, SETTLE_SECONDS, script)
                         rps, p95 = _wrk_mixed(base, seconds, script)
                     rows[variant].append({"rps": rps, "p95_ms": p95,
                                           "effective_rate_hz": run.get("effective_rate_hz"),
                                           "overhead_percent": run.get("overhead_percent")})
-    ratios = [a["rps"] / u["rps"] for a, u in zip(rows["attached"], rows["unattached"],
-                                                   strict=True)]
-    p95 = [a["p95_ms"] / u["p95_ms"] for a, u in zip(rows["attached"], rows["unattached"],
-                                                     strict=True)]
-    return {"rounds": rounds, "seconds": seconds, "rows": rows, "throughput_ratios": ratios,
-            "p95_ratios": p95}
+    out: dict[str, Any] = {"rounds": rounds, "seconds": seconds, "rows": rows}
+    for variant, key in (("attached", ""), ("sampling only", "sampling_")):
+        pairs = list(zip(rows[variant], rows["unattached"], strict=True))
+        out[f"{key}throughput_ratios"] = [a["rps"] / u["rps"] for a, u in pairs]
+        out[f"{key}p95_ratios"] = [a["p95_ms"] / u["p95_ms"] for a, u in pairs]
+    return out
 
 
 # --- attach to first data -----------------------------------------------------------------------
@@ -339,7 +377,8 @@ def first_data(rounds: int = 3) -> dict[str, Any]:
 
 
 def run() -> dict[str, Any]:
-    return {"saturated": saturated(), "paired": paired(), "busy_host": busy_host(),
+    return {"saturated": saturated(), "paired": paired(), "paired_attach": paired_attach(),
+            "busy_host": busy_host(),
             "first_data": first_data()}
 
 
@@ -372,11 +411,34 @@ def render(result: dict[str, Any]) -> str:
                      f" | {max(r['others_us'] for r in rows):.1f} µs |")
         lines.append(f"| bare server's CPU per request | "
                      f"{statistics.median(r['bare_us'] for r in rows):.0f} µs | | |")
+    if "paired_attach" in result:
+        rows = result["paired_attach"]["rows"]
+        lines += ["", "| paired: attach / bare, same moments | median | min | max |",
+                  "| --- | --- | --- | --- |"]
+        for name, key in (("loop thread's CPU per request", "ratio"),
+                          ("the whole process's CPU per request", "total_ratio"),
+                          ("the process's and apiscope's (py-spy included)", "whole_ratio")):
+            values = [r[key] for r in rows]
+            lines.append(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} |"
+                         f" {max(values):.3f} |")
+        for name, key in (("the agent's threads, per request", "others_us"),
+                          ("apiscope's own CPU, per request", "apiscope_us")):
+            values = [r[key] for r in rows]
+            lines.append(f"| {name} | {statistics.median(values):.1f} µs | {min(values):.1f} µs"
+                         f" | {max(values):.1f} µs |")
+        rates = [r["effective_rate_hz"] for r in rows if r.get("effective_rate_hz")]
+        if rates:
+            lines.append(f"| sampling rate (the session's) | {statistics.median(rates):.0f} Hz |"
+                         f" {min(rates):.0f} Hz | {max(rates):.0f} Hz |")
     busy = result["busy_host"]
     un = busy["rows"]["unattached"]
     lines += ["", "| busy host | median | min | max |", "| --- | --- | --- | --- |"]
-    for name, values in (("throughput, attached / unattached", busy["throughput_ratios"]),
-                         ("client p95, attached / unattached", busy["p95_ratios"])):
+    parts = [("throughput, attached / unattached", busy["throughput_ratios"]),
+             ("client p95, attached / unattached", busy["p95_ratios"])]
+    if "sampling_throughput_ratios" in busy:  # results of before the part was measured
+        parts += [("throughput, sampling only / unattached", busy["sampling_throughput_ratios"]),
+                  ("client p95, sampling only / unattached", busy["sampling_p95_ratios"])]
+    for name, values in parts:
         lines.append(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} |"
                      f" {max(values):.3f} |")
     lines.append(f"| unattached throughput, p95 | "
@@ -392,7 +454,8 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("part", choices=["saturated", "paired", "busy_host", "first_data"])
+    parser.add_argument("part", choices=["saturated", "paired", "paired_attach", "busy_host",
+                                         "first_data"])
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     print(json.dumps(globals()[args.part](rounds=args.rounds), indent=1, default=str))

@@ -83,11 +83,17 @@ def section_attach() -> tuple[str, Any]:
             "0, each under its own wrk (16 connections) on core 1, for "
             f"{result['paired']['seconds']} s in each of {result['paired']['rounds']} rounds; "
             "each server's CPU per request from the kernel's per-thread CPU time (schedstat), "
-            "the loop thread's and the agent's own threads' apart. Goal: <= 1.03.\n\n"
+            "the loop thread's and the agent's own threads' apart. Goal: <= 1.03. The same "
+            "with a bare server under `apiscope attach` at its defaults (pinned to core 0) in "
+            "place of the instrumented one gives the whole attach's CPU per request, the "
+            "target's and apiscope's own (py-spy included); throughput is not compared there, "
+            "since while py-spy holds the attached server stopped the bare one has the core "
+            "to itself.\n\n"
             "**Busy host.** FastAPI with sync (psycopg) and async (asyncpg) routes on a real "
             "PostgreSQL; server, database, wrk (16 connections, mixed routes) and apiscope share "
             f"the 2 cores, nothing pinned; {busy['rounds']} interleaved rounds of "
-            f"{busy['seconds']} s. Goal: throughput >= 0.95, client p95 within +10%.\n\n"
+            f"{busy['seconds']} s; sampling only is `attach --no-inject`, the cost of the "
+            "stacks without the agent. Goal: throughput >= 0.95, client p95 within +10%.\n\n"
             + bench_attach.render(result))
     return text, result
 

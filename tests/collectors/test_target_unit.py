@@ -37,6 +37,7 @@ VENV_PY = "/srv/app/.venv/bin/python3.11"
     (["gunicorn: worker [app:app]"], "gunicorn"),
     (["/usr/local/bin/hypercorn", "app:app"], "hypercorn"),
     ([VENV_PY, "/srv/app/.venv/bin/daphne", "-b", "0.0.0.0", "proj.asgi:application"], "daphne"),
+    ([VENV_PY, "-m", "granian", "--interface", "asgi", "app:app"], "granian"),
     ([VENV_PY, "serve.py", "--server", "uvicorn"], None),
     ([VENV_PY, "-c", "import uvicorn; uvicorn.run('app:app')"], None),
     (["/bin/sleep", "60"], None),
