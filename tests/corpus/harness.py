@@ -62,6 +62,9 @@ def server_argv(app: CorpusApp, server: str, port: int) -> list[str]:
     if server == "daphne":  # Django Channels' server (Twisted on asyncio's loop)
         return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0",
                 app.asgi]
+    if server == "granian":  # a Rust server: one worker process, the master serves nothing
+        return [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
+                "--port", str(port), "--log-level", "warning", app.asgi]
     return [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", "2",
             "-b", f"127.0.0.1:{port}", "--log-level", "warning", "--timeout", "60", app.asgi]
 
