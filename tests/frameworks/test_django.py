@@ -58,15 +58,26 @@ def check(session: Path) -> None:
             str(VIEWS), line_of(VIEWS, source), is_async)
 
 
+def _server_argv(server: str, port: int) -> list[str]:
+    if server == "daphne":  # Django Channels' server, serving a Channels project (its router)
+        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                "tests.frameworks.djshop.channels_asgi:application"]
+    if server == "granian":  # one worker process, whose Rust core calls the app in a closure
+        return [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
+                "--port", str(port), "--log-level", "warning", APP]
+    return uvicorn_argv(APP, port)
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "daphne", "granian"])
 @pytest.mark.parametrize("mode", [under_run, under_attach], ids=["run", "attach"])
-def test_django_under_uvicorn(mode: Callable[..., AbstractContextManager[str]],
-                              tmp_path: Path) -> None:
+def test_django_under_each_server(mode: Callable[..., AbstractContextManager[str]],
+                                  server: str, tmp_path: Path) -> None:
     if mode is under_attach:
         require_ptrace()
         require_program("gdb")
     port, session = free_port(), tmp_path / "s.sqlite"
     env = {"DJSHOP_DB": str(tmp_path / "db.sqlite3")}
-    with mode(uvicorn_argv(APP, port), port, session, PROBE, env) as base:
+    with mode(_server_argv(server, port), port, session, PROBE, env) as base:
         drive(base)
         check(session)
 
@@ -83,35 +94,3 @@ def test_django_under_gunicorn_with_two_workers(tmp_path: Path) -> None:
     assert Counter((r.method, r.route, r.status) for r in requests) == Counter(
         {key: 3 * n for key, n in EXPECTED.items()})
 
-
-@pytest.mark.parametrize("mode", [under_run, under_attach], ids=["run", "attach"])
-def test_a_channels_project_under_daphne(mode: Callable[..., AbstractContextManager[str]],
-                                         tmp_path: Path) -> None:
-    # Django Channels' server, calling a ProtocolTypeRouter with keyword arguments for each
-    # request; the route table is Django's, found through the router's "http" entry.
-    if mode is under_attach:
-        require_ptrace()
-        require_program("gdb")
-    port, session = free_port(), tmp_path / "s.sqlite"
-    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-            "tests.frameworks.djshop.channels_asgi:application"]
-    env = {"DJSHOP_DB": str(tmp_path / "db.sqlite3")}
-    with mode(argv, port, session, PROBE, env) as base:
-        drive(base)
-        check(session)
-
-
-@pytest.mark.parametrize("mode", [under_run, under_attach], ids=["run", "attach"])
-def test_django_under_granian(mode: Callable[..., AbstractContextManager[str]],
-                              tmp_path: Path) -> None:
-    # granian serves from a worker process whose Rust core calls the app through a closure.
-    if mode is under_attach:
-        require_ptrace()
-        require_program("gdb")
-    port, session = free_port(), tmp_path / "s.sqlite"
-    argv = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
-            "--port", str(port), "--log-level", "warning", APP]
-    env = {"DJSHOP_DB": str(tmp_path / "db.sqlite3")}
-    with mode(argv, port, session, PROBE, env) as base:
-        drive(base)
-        check(session)

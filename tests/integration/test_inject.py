@@ -275,60 +275,35 @@ def _pull_workers(workers: list[int], sockets: str) -> dict[int, int]:
     return counts
 
 
-def test_hypercorn_worker(sockets: str) -> None:
-    pytest.importorskip("hypercorn")
+OTHER_SERVERS = {
+    # hypercorn serves from a spawned child; the agent takes `ASGIWrapper.app`
+    "hypercorn": ["--bind", "127.0.0.1:{port}"],
+    # Django Channels' server calls `Server.application` for every request, by keyword
+    "daphne": ["-b", "127.0.0.1", "-p", "{port}", "-v", "0"],
+    # granian serves from a child process whose Rust core holds the app in a closure's cell
+    "granian": ["--interface", "asgi", "--host", "127.0.0.1", "--port", "{port}",
+                "--log-level", "warning"],
+}
+
+
+@pytest.mark.parametrize("server", OTHER_SERVERS)
+def test_other_servers(server: str, sockets: str) -> None:
+    pytest.importorskip(server)
     require_ptrace()
     require_program("gdb")
     port = free_port()
-    argv = [sys.executable, "-m", "hypercorn", APP, "--bind", f"127.0.0.1:{port}"]
-    with run_server(argv, port, ready_path="/ping") as server:
-        worker = describe_target(server.pid).pids[0]  # hypercorn serves from a spawned child
+    options = [o.format(port=port) for o in OTHER_SERVERS[server]]
+    with run_server([sys.executable, "-m", server, *options, APP], port,
+                    ready_path="/ping") as server_process:
+        worker = describe_target(server_process.pid).pids[0]  # the master's worker, if any
         result = inject_agent(worker, sockets)
-        report("hypercorn", result)
-        assert [(a["server"], a["state"]) for a in result.apps] == [("hypercorn", "wrapped")]
+        report(server, result)
+        assert [(a["server"], a["state"]) for a in result.apps] == [(server, "wrapped")]
         for item_id in range(N):
-            assert get(server, f"/items/{item_id}")[0] == 200
+            assert get(server_process, f"/items/{item_id}")[0] == 200
         assert len(items(pull_until(worker, sockets, lambda rs: len(items(rs)) >= N))) == N
         assert eject_agent(worker, sockets).restored == 1
-
-
-def test_daphne_server(sockets: str) -> None:
-    # Django Channels' server calls `Server.application` for every request, by keyword.
-    pytest.importorskip("daphne")
-    require_ptrace()
-    require_program("gdb")
-    port = free_port()
-    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0", APP]
-    with run_server(argv, port, ready_path="/ping") as server:
-        result = inject_agent(server.pid, sockets)
-        report("daphne", result)
-        assert [(a["server"], a["state"]) for a in result.apps] == [("daphne", "wrapped")]
-        for item_id in range(N):
-            assert get(server, f"/items/{item_id}")[0] == 200
-        assert len(items(pull_until(server.pid, sockets, lambda rs: len(items(rs)) >= N))) == N
-        assert eject_agent(server.pid, sockets).restored == 1
-        assert get(server, "/items/1")[0] == 200  # served by the app itself again
-
-
-def test_granian_worker(sockets: str) -> None:
-    # granian's worker process hands the app to its Rust core in a closure's cell.
-    pytest.importorskip("granian")
-    require_ptrace()
-    require_program("gdb")
-    port = free_port()
-    argv = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
-            "--port", str(port), "--log-level", "warning", APP]
-    with run_server(argv, port, ready_path="/ping") as server:
-        worker = describe_target(server.pid).pids[0]  # granian serves from a child process
-        assert worker != server.pid
-        result = inject_agent(worker, sockets)
-        report("granian", result)
-        assert [(a["server"], a["state"]) for a in result.apps] == [("granian", "wrapped")]
-        for item_id in range(N):
-            assert get(server, f"/items/{item_id}")[0] == 200
-        assert len(items(pull_until(worker, sockets, lambda rs: len(items(rs)) >= N))) == N
-        assert eject_agent(worker, sockets).restored == 1
-        assert get(server, "/items/1")[0] == 200  # served by the app itself again
+        assert get(server_process, "/items/1")[0] == 200  # served by the app itself again
 
 
 def test_a_python_process_without_an_app_is_left_as_it_was(sockets: str) -> None:
