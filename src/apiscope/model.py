@@ -284,13 +284,15 @@ class LoopLagSample:
 @dataclass(frozen=True, slots=True)
 class OffloadLooks:
     """How often the agent's looks found a pool thread busy with work an endpoint's requests
-    handed to it with no frame of the app on its stack (`agent/offload.py`), over one pull:
-    the shares of the pool's offloaded CPU (`analysis.cpu`)."""
+    handed to it with no frame of the app on its stack (`agent/offload.py`), and the CPU
+    seconds those requests' handed calls used by their threads' clocks (timed, `PoolTiming`),
+    over one pull: what the pool's offloaded CPU is shared by (`analysis.cpu`)."""
 
     ts: float
     pid: int
     endpoint: str
     looks: int
+    cpu: float = 0.0
 
 
 # CPython's default switch interval (sys.getswitchinterval()): the longest a thread that asked

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import hashlib
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio.to_thread
@@ -150,10 +151,10 @@ def test_stacks_of_py_spys_frames_are_judged_the_same_way() -> None:
 
 def test_counts_add_up_per_route_until_drained() -> None:
     counts = OffloadCounts()
-    counts.add("POST", "/login", 2)
+    counts.add("POST", "/login", 2, 0.25)
     counts.add("POST", "/login", 1)
     counts.add("GET", "/report", 4)
-    assert sorted(counts.drain()) == [("GET", "/report", 4), ("POST", "/login", 3)]
+    assert sorted(counts.drain()) == [("GET", "/report", 4, 0.0), ("POST", "/login", 3, 0.25)]
     assert counts.drain() == []
     for n in range(offload.MAX_ROUTES + 10):
         counts.add("GET", f"/r{n}", 1)
@@ -187,3 +188,124 @@ def test_any_stack_is_judged_without_raising_and_nothing_above_the_work_is_the_a
     # The app's own frame at the leaf, or no worker at all: never handed-off work.
     assert not is_offloaded([*frames, ("/srv/app/views.py", "login")], app_files)
     assert not is_offloaded([f for f in frames if not offload.is_worker_run(*f)], app_files)
+
+
+# -- the calls handed to pools, timed by their threads' CPU clocks ------------------------------
+
+ROUNDS = 300_000  # PBKDF2 rounds: tens of milliseconds of C code that holds no Python frame
+
+
+def pbkdf2(rounds: int) -> bytes:
+    return hashlib.pbkdf2_hmac("sha256", b"secret", b"salt", rounds)
+
+
+def c_call_cpu() -> float:
+    """The CPU seconds the handed-off C call takes when this thread runs it itself."""
+    started = time.thread_time()
+    hashlib.pbkdf2_hmac("sha256", b"secret", b"salt", ROUNDS)
+    return time.thread_time() - started
+
+
+TIMED_HAND_OFFS: dict[str, Callable[[], Awaitable[Any]]] = {
+    "asyncio.to_thread": lambda: asyncio.to_thread(
+        hashlib.pbkdf2_hmac, "sha256", b"secret", b"salt", ROUNDS),
+    "anyio.to_thread (Starlette's run_in_threadpool)": lambda: anyio.to_thread.run_sync(
+        functools.partial(hashlib.pbkdf2_hmac, "sha256", b"secret", b"salt", ROUNDS)),
+    "copy_context().run in run_in_executor (Quart's run_sync)": lambda: run_sync_quart_style(
+        hashlib.pbkdf2_hmac, "sha256", b"secret", b"salt", ROUNDS),
+    "asgiref sync_to_async (Django)": lambda: sync_to_async(hashlib.pbkdf2_hmac)(
+        "sha256", b"secret", b"salt", ROUNDS),
+    "run_in_executor (Falcon's sync_to_async)": lambda: asyncio.get_running_loop(
+        ).run_in_executor(None, functools.partial(hashlib.pbkdf2_hmac, "sha256", b"secret",
+                                                  b"salt", ROUNDS)),
+}
+
+
+@pytest.fixture
+def timing(monkeypatch: pytest.MonkeyPatch) -> Iterator[offload.PoolTiming]:
+    import concurrent.futures
+
+    monkeypatch.setattr(OFFLOAD, "wanted", False)  # what a call without a request sets
+    offload.uninstall_pool_timing()  # an agent started by another test of this process
+    before = (concurrent.futures.ThreadPoolExecutor.submit, anyio.to_thread.run_sync)
+    installed = offload.install_pool_timing(library_only)
+    try:
+        yield installed
+    finally:
+        offload.uninstall_pool_timing()
+    assert (concurrent.futures.ThreadPoolExecutor.submit, anyio.to_thread.run_sync) == before
+
+
+async def timed_request(hand_off: Callable[[], Awaitable[Any]]) -> tuple[Any, list[Any]]:
+    request = _Request(0.0)
+    CURRENT.set(request)
+    work = asyncio.ensure_future(hand_off())
+    await asyncio.sleep(0.005)
+    found = requests_in_pool_threads(library_only)  # the looks see through the timing
+    await work
+    return request, found
+
+
+@pytest.mark.parametrize("way", sorted(TIMED_HAND_OFFS))
+def test_a_handed_off_c_call_is_timed_for_its_request_by_its_threads_cpu_clock(
+        way: str, timing: offload.PoolTiming) -> None:
+    alone = min(c_call_cpu() for _ in range(3))
+    request, found = asyncio.run(timed_request(TIMED_HAND_OFFS[way]))
+    assert 0.5 * alone <= request.pool_cpu <= 2.0 * alone + 0.01, (request.pool_cpu, alone)
+    # A look that caught the call at work names the request through the timing (Falcon's way
+    # copies no context: no look can name it, and the timing is all there is).
+    assert [r for r in found if r is not None] in ([], [request])
+    assert timing.errors == 0
+
+
+@pytest.mark.parametrize("way", sorted(HAND_OFFS))
+def test_the_looks_find_the_request_through_the_timing(way: str,
+                                                       timing: offload.PoolTiming) -> None:
+    request = _Request(0.0)
+    found = asyncio.run(handler(HAND_OFFS[way], request, library_only))
+    assert [r for r in found if r is not None] == [request]
+    assert 0 <= request.pool_cpu < 0.05  # the call slept: timed, and it took no CPU
+
+
+def test_a_sleep_handed_off_costs_no_cpu_and_the_apps_own_code_is_not_timed(
+        timing: offload.PoolTiming) -> None:
+    def app_sleep(seconds: float) -> None:  # judged the app's: its frames name the route
+        time.sleep(seconds)
+
+    async def both() -> tuple[Any, Any]:
+        request = _Request(0.0)
+        CURRENT.set(request)
+        await asyncio.to_thread(time.sleep, 0.05)
+        slept = request.pool_cpu
+        timing._is_app = lambda file, function: file == __file__
+        await asyncio.to_thread(app_sleep, 0.01)
+        await asyncio.to_thread(pbkdf2, 1000)  # the app's function, C code below it
+        return slept, request.pool_cpu
+
+    slept, after = asyncio.run(both())
+    assert 0 <= slept < 0.01
+    assert after == slept  # not timed at all
+
+
+def test_what_a_pool_call_comes_down_to() -> None:
+    from asgiref.sync import SyncToAsync
+
+    context = contextvars.copy_context()
+    assert offload.callee(functools.partial(context.run, pbkdf2, 3)) is pbkdf2
+    assert offload.callee(context.run, (functools.partial(pbkdf2, 3),)) is pbkdf2
+    assert offload.callee(functools.partial(SyncToAsync(pbkdf2).thread_handler, None, None,
+                                            [], None, None)) is pbkdf2
+    assert offload.callee(offload.TimedCall(hashlib.sha256, None)) is hashlib.sha256
+    assert offload.callee(AppFiles().is_app) is AppFiles.is_app
+
+
+def test_the_timing_frame_is_left_out_of_py_spys_stacks() -> None:
+    from apiscope.collectors.pyspy import parse_line
+
+    agent = "/srv/venv/lib/python3.12/site-packages/apiscope/agent/offload.py"
+    line = ("thread (7): ThreadPoolExecutor-0_0;_bootstrap (/usr/lib/python3.12/threading.py:"
+            "1030);_worker (/usr/lib/python3.12/concurrent/futures/thread.py:92);run (/usr/lib/"
+            f"python3.12/concurrent/futures/thread.py:58);TimedCall.__call__ ({agent}:230) 5")
+    sample = parse_line(line)
+    assert sample is not None
+    assert [f.function for f in sample.frames] == ["_bootstrap", "_worker", "run"]

@@ -93,18 +93,24 @@ def test_cpu_share_rests_on_the_measured_cpu_time(tmp_path: Path) -> None:
     assert proc["loop_lag_ms"] == {"p50": 0.3, "p99": 2.0}
 
 
-@pytest.mark.parametrize("looks", [{"POST /items": 3, "GET /orders": 1}, {}])
-def test_work_handed_to_a_pool_is_its_routes_by_the_agents_looks(
-        tmp_path: Path, looks: dict[str, int]) -> None:
+@pytest.mark.parametrize(("looks", "timed"), [
+    ({"POST /items": 3, "GET /orders": 1}, {}),  # an older agent's looks alone
+    ({"POST /items": 1}, {"POST /items": 0.3, "GET /orders": 0.1}),  # the timed CPU decides
+    ({}, {"POST /items": 0.6, "GET /orders": 0.2}),  # timed, no look ever caught it
+    ({}, {})])
+def test_work_handed_to_a_pool_is_its_routes_by_its_timed_cpu_or_the_agents_looks(
+        tmp_path: Path, looks: dict[str, int], timed: dict[str, float]) -> None:
     # An async handler hands C code (bcrypt) to a pool thread: nothing of the app's on it.
     spec = measured_healthy()
     spec.extra_cpu = 0.1
     spec.per_window.append(sample(12, on_worker(), 20))
-    spec.offloaded = [OffloadLooks(T0 + 5, PID, endpoint, n) for endpoint, n in looks.items()]
+    spec.offloaded = [OffloadLooks(T0 + 5, PID, endpoint, looks.get(endpoint, 0),
+                                   timed.get(endpoint, 0.0))
+                      for endpoint in sorted(set(looks) | set(timed))]
     report = report_of(spec, tmp_path)
     shares = {e["route"]: e["cpu_share"] for e in report["endpoints"]}
     total = (24 + 8 + 4 + 4 + 5 + 5 + 30 + 20) / 100 + 0.1
-    offloaded = 0.20 if looks else 0.0  # seconds a window, shared 3 : 1
+    offloaded = 0.20 if looks or timed else 0.0  # seconds a window, shared 3 : 1
     assert shares["POST /items"] == round((0.40 + 0.75 * offloaded) / total, 4)
     assert shares["GET /orders"] == round((0.04 + 0.25 * offloaded) / total, 4)
     [proc] = report["processes"]

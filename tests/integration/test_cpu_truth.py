@@ -4,6 +4,7 @@ agent, and routes whose time goes to a sleep, to Python on the loop and to C cod
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -96,8 +97,19 @@ def test_cpu_shares_are_measured_and_add_up_to_the_processs_cpu(tmp_path: Path) 
 
     with SessionReader(tmp_path / "s.sqlite") as reader:
         measured = sum(c.seconds for c in reader.process_cpu())
+        timed: dict[str, float] = {}
+        for seen in reader.offloaded():
+            timed[seen.endpoint] = timed.get(seen.endpoint, 0.0) + seen.cpu
     used = (after.user + after.system) - (before.user + before.system)
     assert 0.75 * used <= measured <= 1.1 * used, (measured, used)
+    # Each handed-off call was timed by its pool thread's CPU clock, for its route alone; the
+    # timing's own frame never reaches the stored stacks.
+    offload = data["endpoints"][[e["route"] for e in data["endpoints"]].index("GET /offload")]
+    assert set(timed) == {"GET /offload"}, timed
+    assert 0.02 * offload["count"] <= timed["GET /offload"] <= measured, (timed, offload)
+    with sqlite3.connect(tmp_path / "s.sqlite") as conn:
+        assert conn.execute("SELECT count(*) FROM frames WHERE file LIKE"
+                            " '%apiscope/agent/offload.py'").fetchone()[0] == 0
     # Routes flagged for CPU work are the computing ones, with cause "cpu"; the sleep is never.
     for flag in data["flags"]:
         if flag["route"] == "GET /nap":

@@ -29,6 +29,7 @@ from typing import Any
 
 from .django_routes import remove_request_hook
 from .frameworks import DJANGO, apps_inside, inner_app
+from .offload import uninstall_pool_timing
 from .orphan import OrphanWatch, forget_modules
 from .queries import uninstall_query_hooks
 from .runtime import Agent, current_agent, shutdown_agent
@@ -71,7 +72,8 @@ def attach(directory: str | None = None) -> Status:
 
 
 def detach() -> Status:
-    """Give every server its own app back and stop the agent and its query hooks."""
+    """Give every server its own app back and stop the agent, its query hooks and its pool
+    timing."""
     status = _base_status("detach")
     status["apps"] = []
     for item in find_apps():
@@ -83,6 +85,7 @@ def detach() -> Status:
     status["restored"] = sum(1 for a in status["apps"] if a["state"] == "restored")
     shutdown_agent()
     uninstall_query_hooks()  # no-op when the agent already removed them
+    uninstall_pool_timing()
     return status
 
 

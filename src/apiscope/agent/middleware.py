@@ -57,7 +57,7 @@ class _Request(RequestQueries):
     as the `RequestQueries` the query hooks find in `CURRENT`, its statements. `inflight` finds
     it in the middleware's frame when a dump is asked for."""
 
-    __slots__ = ("called", "end", "head", "offloaded", "status", "streamed")
+    __slots__ = ("called", "end", "head", "offloaded", "pool_cpu", "status", "streamed")
 
     def __init__(self, called: float) -> None:
         self.called = called
@@ -66,6 +66,7 @@ class _Request(RequestQueries):
         self.status = 0
         self.streamed = False
         self.offloaded = 0  # looks that found a pool thread busy with its work (`offload`)
+        self.pool_cpu = 0.0  # CPU seconds of its calls handed to pools, timed (`offload`)
         self.stats = None
         self.in_orm = 0
 
@@ -238,8 +239,8 @@ class AgentMiddleware:
                      exc_line, request.entries() if request.stats else (), 1,
                      (head - start) * 1000.0 if head is not None else None)
             self.recorder.record(entry)
-            if request.offloaded:
-                self.offloaded.add(entry[2], template, request.offloaded)
+            if request.offloaded or request.pool_cpu:
+                self.offloaded.add(entry[2], template, request.offloaded, request.pool_cpu)
         except Exception:
             self._count_error()
             if run is not None and self.profiling is not None:

@@ -7,17 +7,20 @@ and no handler, so the CPU would be nobody's (or the server's). Every one of the
 call inside a copy of the awaiting task's context, and the middleware puts the request into
 `queries.CURRENT`: the context, found in the pool worker's frame, names the request.
 
-`request_of(frame)` is read by the thread looks (`threadlooks`, once a second, with the GIL
-held) for threads found busy; each look counts on the request (`offloaded`), and the middleware
-adds a finished request's count to its route's (`OffloadCounts`), which each pull hands over.
-The collector shares out the CPU of the pool threads' offloaded stacks (`is_offloaded`, the
-same test on py-spy's frames) by these counts.
+Two measures say whose such work is. `PoolTiming` hooks the pools' entries and runs each call
+a request hands over, when its callee is neither the app's nor a framework's, timed by its
+thread's CPU clock for that request (`pool_cpu`). `request_of(frame)` is read by the thread
+looks (`threadlooks`, once a second, with the GIL held) for threads found busy; each look
+counts on the request (`offloaded`). The middleware adds a finished request's both to its
+route's (`OffloadCounts`), which each pull hands over. The collector shares out the CPU of the
+pool threads' offloaded stacks (`is_offloaded`, the same test on py-spy's frames) by the timed
+CPU, or by the looks where nothing was timed.
 
 Only work of no framework's and of no app frame's counts: a sync handler in a pool thread is
 found by its own frame, and a framework's middleware run in a thread (Django's) is the server's
-work, on both sides. The middleware sets `CURRENT` for every request only once a look has seen
-offloaded work (`OFFLOAD.wanted`) or a database library is hooked: setting a context variable
-is a sixth of the middleware's cost on a bare endpoint.
+work, on both sides. The middleware sets `CURRENT` for every request only once a timed call or
+a look has seen offloaded work (`OFFLOAD.wanted`) or a database library is hooked (a set and a
+reset of a context variable: about 120 ns a request).
 
 Standard library only, relative imports only, Python 3.9 compatible (see `watchdog`).
 """
@@ -26,7 +29,9 @@ from __future__ import annotations
 
 import concurrent.futures.thread
 import functools
+import sys
 import threading
+import time
 import types
 from collections.abc import Callable
 from contextvars import Context
@@ -142,6 +147,8 @@ def _context_in(value: Any, depth: int) -> Context | None:
         inner = (value.fn, *value.args)
     elif isinstance(value, types.FunctionType):
         inner = tuple(_cell(cell) for cell in value.__closure__ or ())
+    elif isinstance(value, TimedCall):
+        inner = (value.call,)
     for item in inner:
         found = _context_in(item, depth - 1)
         if found is not None:
@@ -157,24 +164,218 @@ def _cell(cell: Any) -> Any:
 
 
 class OffloadCounts:
-    """Looks at offloaded work per (method, route) of finished requests, until drained."""
+    """Per (method, route) of finished requests, until drained: the looks at their offloaded
+    work, and the CPU seconds their timed calls used (`PoolTiming`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[tuple[str, str], int] = {}
+        self._counts: dict[tuple[str, str], list[Any]] = {}
 
-    def add(self, method: str, route: str, looks: int) -> None:
+    def add(self, method: str, route: str, looks: int, cpu: float = 0.0) -> None:
         key = (method, route)
         with self._lock:
-            if key in self._counts or len(self._counts) < MAX_ROUTES:
-                self._counts[key] = self._counts.get(key, 0) + looks
+            counts = self._counts.get(key)
+            if counts is None:
+                if len(self._counts) >= MAX_ROUTES:
+                    return
+                counts = self._counts[key] = [0, 0.0]
+            counts[0] += looks
+            counts[1] += cpu
 
-    def drain(self) -> list[tuple[str, str, int]]:
+    def drain(self) -> list[tuple[str, str, int, float]]:
         with self._lock:
             counts, self._counts = self._counts, {}
-        return [(method, route, looks) for (method, route), looks in counts.items()]
+        return [(method, route, looks, cpu) for (method, route), (looks, cpu) in counts.items()]
 
     def reset(self) -> None:
         """Start empty (in a forked child, where no other thread runs)."""
         self._lock = threading.Lock()
         self._counts = {}
+
+
+# -- measured: the CPU of each call a request hands to a pool ---------------------------------
+
+class TimedCall:
+    """A call a request hands to a pool, timed by the pool thread's CPU clock (the kernel's,
+    `time.thread_time`) for that request (its `pool_cpu`). Its frame is the one it adds to
+    the worker's stack: the collector leaves it out of py-spy's stacks and the looks step over
+    it (`past_timing`), so the work reads as before."""
+
+    __slots__ = ("call", "request")
+
+    def __init__(self, call: Callable[..., Any], request: Any) -> None:
+        self.call = call
+        self.request = request
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.thread_time()
+        try:
+            return self.call(*args, **kwargs)
+        finally:
+            try:
+                self.request.pool_cpu += time.thread_time() - started
+            except AttributeError:  # a request object of another agent's making
+                pass
+
+
+TIMED_CODE = TimedCall.__call__.__code__
+
+
+def past_timing(frame: types.FrameType | None) -> types.FrameType | None:
+    """The frame, or its caller when it is `TimedCall`'s own."""
+    if frame is not None and frame.f_code is TIMED_CODE:
+        return frame.f_back
+    return frame
+
+
+def _is_context_run(fn: Any) -> bool:
+    return isinstance(fn, types.BuiltinMethodType) and isinstance(
+        getattr(fn, "__self__", None), Context)
+
+
+def callee(fn: Any, args: tuple[Any, ...] = ()) -> Any:
+    """What a call handed to a pool (`fn(*args)`) comes down to: through partials, a context's
+    `run` (`asyncio.to_thread`, Quart's `run_sync`), asgiref's `thread_handler` (its
+    `SyncToAsync.func`), bound methods."""
+    for _ in range(2 * _SEARCH_DEPTH):
+        if _is_context_run(fn):
+            if not args:
+                return fn
+            fn, args = args[0], args[1:]
+        elif isinstance(fn, functools.partial):
+            fn, args = fn.func, fn.args
+        elif isinstance(fn, TimedCall):
+            fn = fn.call
+        elif isinstance(fn, types.MethodType):
+            owner: Any = fn.__self__
+            if fn.__name__ == "thread_handler" and callable(getattr(owner, "func", None)):
+                fn, args = owner.func, ()  # asgiref: partial(self.thread_handler, ..., child)
+            else:
+                fn = fn.__func__
+        else:
+            return fn
+    return fn
+
+
+MAX_VERDICTS = 1024  # callees judged and remembered; the memory is cleared when full
+
+
+class PoolTiming:
+    """Times the calls requests hand to pools whose work will show no frame of the app's nor of
+    a framework's (C code such as `bcrypt.checkpw`, a library's function): what the analysis
+    shares the pool threads' offloaded CPU by, exactly, where the looks (once a second) may
+    never catch a short call. A call of the app's own code is found by its frames, and a
+    framework's is the server's work: neither is timed.
+
+    Hooks `ThreadPoolExecutor.submit` (asyncio's `to_thread` and `run_in_executor`, asgiref,
+    Quart, Falcon) and `anyio.to_thread.run_sync` (Starlette's and FastAPI's
+    `run_in_threadpool`), when imported. A call without a request in `CURRENT` is not timed;
+    one of the calls it would time sets `OFFLOAD.wanted`, so the middleware puts the next
+    requests there."""
+
+    def __init__(self, is_app: Callable[[str, str], bool]) -> None:
+        self._is_app = is_app
+        self._verdicts: dict[types.CodeType, bool] = {}
+        self._undo: list[Callable[[], None]] = []
+        self._installed: set[str] = set()
+        self.errors = 0
+
+    def install(self) -> None:
+        """Hook the pools imported so far (call again later: those hooked are skipped)."""
+        if "futures" not in self._installed:
+            self._installed.add("futures")
+            self._hook_submit(concurrent.futures.thread.ThreadPoolExecutor)
+        to_thread = sys.modules.get("anyio.to_thread")
+        if to_thread is not None and "anyio" not in self._installed:
+            self._installed.add("anyio")
+            self._hook_run_sync(to_thread)
+
+    def uninstall(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+        self._installed.clear()
+
+    def timed(self, fn: Any, args: tuple[Any, ...] = ()) -> Any:
+        """`fn` as a `TimedCall` for the request in `CURRENT` when its work is to be timed,
+        else `fn` itself. Never raises."""
+        try:
+            if not self._measures(callee(fn, args)):
+                return fn
+            request = CURRENT.get()
+            if request is None:
+                OFFLOAD.wanted = True
+                return fn
+            return TimedCall(fn, request)
+        except Exception:
+            self.errors += 1
+            return fn
+
+    def _measures(self, target: Any) -> bool:
+        code = getattr(target, "__code__", None)
+        if code is None and not isinstance(target, (types.BuiltinFunctionType,
+                                                    types.BuiltinMethodType)):
+            method = type(target).__call__ if callable(target) else None  # an instance
+            code = getattr(method, "__code__", None)
+        if not isinstance(code, types.CodeType):
+            return True  # C code: a builtin, a C extension's function
+        verdict = self._verdicts.get(code)
+        if verdict is None:
+            file = code.co_filename
+            verdict = not (self._is_app(file, code.co_name)
+                           or package_of(file.replace("\\", "/")) in FRAMEWORKS)
+            if len(self._verdicts) >= MAX_VERDICTS:
+                self._verdicts.clear()
+            self._verdicts[code] = verdict
+        return verdict
+
+    def _hook_submit(self, executor: type) -> None:
+        original = executor.__dict__.get("submit")
+        if original is None or getattr(original, "__apiscope_original__", None) is not None:
+            return
+        timing = self
+
+        @functools.wraps(original)
+        def submit(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            return original(self, timing.timed(fn, args), *args, **kwargs)
+
+        submit.__apiscope_original__ = original  # type: ignore[attr-defined]
+        executor.submit = submit  # type: ignore[attr-defined]
+        self._undo.append(functools.partial(_restore, executor, "submit", submit, original))
+
+    def _hook_run_sync(self, module: Any) -> None:
+        original = getattr(module, "run_sync", None)
+        if original is None or getattr(original, "__apiscope_original__", None) is not None:
+            return
+        timing = self
+
+        # A plain function returning anyio's own coroutine: no frame of ours while it waits.
+        @functools.wraps(original)
+        def run_sync(func: Any, *args: Any, **kwargs: Any) -> Any:
+            return original(timing.timed(func, args), *args, **kwargs)
+
+        run_sync.__apiscope_original__ = original  # type: ignore[attr-defined]
+        module.run_sync = run_sync
+        self._undo.append(functools.partial(_restore, module, "run_sync", run_sync, original))
+
+
+def _restore(owner: Any, name: str, ours: Any, original: Any) -> None:
+    """Put `original` back, unless something else has replaced ours since (then ours, which
+    calls the original, stays: removing it would remove theirs too)."""
+    if getattr(owner, name, None) is ours:
+        setattr(owner, name, original)
+
+
+_TIMING: list[PoolTiming] = []  # the process-wide installation, at most one
+
+
+def install_pool_timing(is_app: Callable[[str, str], bool]) -> PoolTiming:
+    """Install the pool timing once per process; later calls hook pools imported since."""
+    if not _TIMING:
+        _TIMING.append(PoolTiming(is_app))
+    _TIMING[0].install()
+    return _TIMING[0]
+
+
+def uninstall_pool_timing() -> None:
+    while _TIMING:
+        _TIMING.pop().uninstall()

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from .inflight import dump_state, unfinished
 from .matched_routes import DEFERRED
 from .middleware import AgentMiddleware, ASGIApp
-from .offload import OffloadCounts
+from .offload import OffloadCounts, PoolTiming, install_pool_timing
 from .orphan import OrphanWatch
 from .paths import AppFiles, ensure_private_dir, socket_dir, socket_path
 from .profiling import ProfilingOptions, RequestProfiling
@@ -52,6 +52,7 @@ class Agent:
         self.profiles: deque[dict[str, Any]] = deque(maxlen=1000)
         self.profiling = RequestProfiling(self.profiles)  # options from APISCOPE_PROFILE_*
         self.query_hooks: QueryHooks | None = None
+        self.pool_timing: PoolTiming | None = None
         self.watchdogs = Watchdogs()  # options from APISCOPE_WATCHDOG_*
         self.offloaded = OffloadCounts()  # pool threads seen busy per route (see `offload`)
         self.orphan: OrphanWatch | None = None  # injected agents only: see `orphan`
@@ -75,6 +76,7 @@ class Agent:
                 return
             self._pid = os.getpid()
             self.query_hooks = install_query_hooks(self.app_files)
+            self.pool_timing = install_pool_timing(self.app_files.is_app)
             directory = ensure_private_dir(self.directory) if self.directory else socket_dir()
             server = AgentServer(socket_path(self._pid, directory), self.respond,
                                  tick=self._tick, tick_every=ORPHAN_CHECK_SECONDS)
@@ -187,12 +189,14 @@ class Agent:
                       # the answers' CPU so far (this one's encoding counts in the next)
                       "serve_cpu": self._server.cpu_seconds if self._server else 0.0,
                       "errors": self.recorder.errors + self.routes.errors
-                      + (self.query_hooks.errors if self.query_hooks else 0)},
+                      + (self.query_hooks.errors if self.query_hooks else 0)
+                      + (self.pool_timing.errors if self.pool_timing else 0)},
             "profiling": self.profiling.stats(),  # off, or why pyinstrument is unavailable
             "routing": self.routes.routing(),  # framework templates, or paths grouped
             "profiles": profiles,
             "watchdogs": self._guarded(self.watchdogs.pull),  # loop lag, stalls, GIL wait
-            # [method, route, looks]: pool threads seen busy with requests' handed-off work
+            # [method, route, looks, cpu]: pool threads seen busy with requests' handed-off
+            # work, and the CPU seconds of their timed calls (see `offload`)
             "offloaded": self._guarded(self._offloaded),
             "more": len(self.recorder) > 0,
         }
@@ -202,11 +206,13 @@ class Agent:
 
     def _offloaded(self) -> list[list[Any]]:
         return [[method, self.routes.resolve(method, route) if route[:1] == DEFERRED else route,
-                 looks] for method, route, looks in self.offloaded.drain()]
+                 looks, cpu] for method, route, looks, cpu in self.offloaded.drain()]
 
     def _refresh_and_sample(self) -> dict[str, Any] | None:
         if self.query_hooks is not None:
             self.query_hooks.install()  # hook database libraries imported since the last pull
+        if self.pool_timing is not None:
+            self.pool_timing.install()  # and pools (anyio's) imported since
         self.routes.refresh()  # routes added since instrument(app)
         return self.threadpool.sample()
 

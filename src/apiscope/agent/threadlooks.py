@@ -42,7 +42,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .offload import request_of
+from .offload import past_timing, request_of
 from .paths import AppFiles
 from .schedstat import syscall_state
 
@@ -143,7 +143,7 @@ def _pair(threads: list[tuple[int | None, int]], gil: tuple[int, int] | None,
             column = _COLUMN.get(state) if state is not None else None
             if column is None:
                 continue
-            frame = frames.get(ident)  # type: ignore[arg-type]
+            frame = past_timing(frames.get(ident))  # type: ignore[arg-type]
             if frame is None or not after or syscall_state(after, gil) != state:
                 continue
             seen.append(((frame.f_code.co_filename, frame.f_lineno or 0), column))

@@ -58,21 +58,28 @@ def cpu_shares(ctx: AnalysisContext) -> dict[str, float]:
 def offloaded_cpu(ctx: AnalysisContext) -> dict[str, float]:
     """CPU seconds of the work each endpoint's requests handed to pool threads: per process,
     the measured CPU of its pool threads' offloaded stacks (`Attributed.offloaded`), shared by
-    the agent's looks (`OffloadLooks`). A process the looks never caught at it keeps its
-    offloaded CPU unnamed (neither an endpoint's nor the server's)."""
+    the CPU each endpoint's handed calls used by their threads' clocks (the agent times them,
+    `PoolTiming`), or, for a process whose calls were not timed (an older agent's), by the
+    agent's looks (`OffloadLooks`). A process with neither keeps its offloaded CPU unnamed
+    (neither an endpoint's nor the server's)."""
     pooled: dict[int, float] = defaultdict(float)
     for a in ctx.samples:
         if a.offloaded and a.cpu and not a.tool and a.role in HANDLER_ROLES:
             pooled[a.sample.pid] += a.cpu
-    looks: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    timed: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    looks: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for seen in ctx.data.offloaded:
+        timed[seen.pid][seen.endpoint] += seen.cpu
         looks[seen.pid][seen.endpoint] += seen.looks
     used: dict[str, float] = defaultdict(float)
     for pid, cpu in pooled.items():
-        counts = looks.get(pid)
-        total = sum(counts.values()) if counts else 0
-        for endpoint, count in (counts or {}).items():
-            used[endpoint] += cpu * count / total
+        weights = timed.get(pid)
+        if not weights or sum(weights.values()) <= 0:
+            weights = looks.get(pid)
+        total = sum(weights.values()) if weights else 0.0
+        for endpoint, weight in (weights or {}).items():
+            if weight > 0:
+                used[endpoint] += cpu * weight / total
     return dict(used)
 
 

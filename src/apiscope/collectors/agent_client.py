@@ -6,6 +6,7 @@ Converts the agent's JSON (see `apiscope.agent.transport`) into the shared model
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
@@ -321,13 +322,16 @@ def batch_from_json(data: dict[str, Any], pid: int | None = None) -> AgentBatch:
 
 
 def _offloaded(value: Any, pid: int, ts: float) -> list[OffloadLooks]:
-    """The agent's `offloaded` ([method, route, looks] each); malformed rows skipped."""
+    """The agent's `offloaded` ([method, route, looks, cpu] each; an older agent's without
+    cpu); malformed rows skipped."""
     rows = []
     for row in value if isinstance(value, list) else ():
         try:
-            method, route, looks = row
-            if int(looks) > 0:
-                rows.append(OffloadLooks(ts, pid, f"{method} {route}", int(looks)))
+            method, route, looks, *rest = row
+            cpu = float(rest[0]) if rest else 0.0
+            if (int(looks) > 0 or cpu > 0) and math.isfinite(cpu):
+                rows.append(OffloadLooks(ts, pid, f"{method} {route}", max(0, int(looks)),
+                                         max(0.0, cpu)))
         except (TypeError, ValueError):
             continue
     return rows

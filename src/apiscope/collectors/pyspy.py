@@ -183,7 +183,8 @@ def parse_line(line: str, default_pid: int = 0) -> StackSample | None:
         return None
     pid, rest = _strip_processes(stack, default_pid)
     tid, thread_name, rest = _strip_thread(rest)
-    frames = tuple(parse_frame(text) for text in rest.split(";") if text) if rest else ()
+    frames = tuple(frame for frame in (parse_frame(text) for text in rest.split(";") if text)
+                   if not is_timing_frame(frame)) if rest else ()
     return StackSample(pid=pid, tid=tid, thread_name=thread_name, frames=frames,
                        count=int(count_text))
 
@@ -216,6 +217,16 @@ def _strip_thread(stack: str) -> tuple[int, str, str]:
     # Decimal: the OS thread id. Hex: a pthread id (py-spy could not map it to the OS).
     tid = int(tid_text, 16) if tid_text[:2].lower() == "0x" else int(tid_text)
     return tid, name, rest
+
+
+def is_timing_frame(frame: Frame) -> bool:
+    """The agent's `TimedCall` (agent/offload.py), timing a call handed to a pool thread: left
+    out of the stacks, so that the call's work reads as it would without apiscope."""
+    return frame.function.endswith("__call__") and frame.file.replace("\\", "/").endswith(
+        _TIMING_FILE)
+
+
+_TIMING_FILE = "apiscope/agent/offload.py"
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -432,12 +432,13 @@ class SessionReader(ViewQueries):
 
     def offloaded(self, since: float | None = None,
                   until: float | None = None) -> list[OffloadLooks]:
-        """Looks at pool threads busy with endpoints' handed-off work, pulled in [since,
-        until) (none in older files)."""
+        """Looks at pool threads busy with endpoints' handed-off work and the timed CPU of
+        those calls, pulled in [since, until) (none in older files; no CPU before schema 9)."""
+        cpu = "cpu" if self._has_column("offloaded", "cpu") else "0.0"
         return [OffloadLooks(*row) for row in self._rows_if_table(
-            "offloaded", "SELECT ts, pid, endpoint, looks FROM offloaded WHERE ts >= ? AND"
-            " ts < ? ORDER BY ts", (since if since is not None else float("-inf"),
-                                    until if until is not None else float("inf")))]
+            "offloaded", f"SELECT ts, pid, endpoint, looks, {cpu} FROM offloaded WHERE ts >= ?"
+            " AND ts < ? ORDER BY ts", (since if since is not None else float("-inf"),
+                                        until if until is not None else float("inf")))]
 
     def gil_samples(self) -> list[GilSample]:
         rows = self._rows_if_table(

@@ -22,7 +22,8 @@ from collections.abc import Iterable
 #    library): an older apiscope would locate such a route's flags in the library.
 # 8: loop_stalls.held "gc" (the garbage collector held the loop): an older apiscope would
 #    blame the line the looks found; and the offloaded table.
-SCHEMA_VERSION = 8
+# 9: offloaded.cpu (the timed CPU of the calls endpoints handed to pools); older files read 0.
+SCHEMA_VERSION = 9
 # PRAGMA application_id marks the file as ours, so a foreign SQLite file is refused clearly.
 APPLICATION_ID = 0x61706973  # "apis"
 
@@ -120,7 +121,8 @@ CREATE TABLE IF NOT EXISTS unfinished (
     chain_stack_id INTEGER NOT NULL, thread_stack_id INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS offloaded (
-    ts REAL NOT NULL, pid INTEGER NOT NULL, endpoint TEXT NOT NULL, looks INTEGER NOT NULL
+    ts REAL NOT NULL, pid INTEGER NOT NULL, endpoint TEXT NOT NULL, looks INTEGER NOT NULL,
+    cpu REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS gil_wait (
     ts REAL NOT NULL, pid INTEGER NOT NULL, seconds REAL NOT NULL, wait_seconds REAL NOT NULL,

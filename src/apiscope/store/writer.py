@@ -197,9 +197,10 @@ class SessionWriter:
                                                  rows))
 
     def put_offloaded(self, looks: Iterable[OffloadLooks]) -> None:
-        rows = [(o.ts, o.pid, o.endpoint, o.looks) for o in looks]
+        rows = [(o.ts, o.pid, o.endpoint, o.looks, o.cpu) for o in looks]
         if rows:
-            self._submit(lambda c: c.executemany("INSERT INTO offloaded VALUES (?,?,?,?)", rows))
+            self._submit(lambda c: c.executemany(
+                "INSERT INTO offloaded (ts, pid, endpoint, looks, cpu) VALUES (?,?,?,?,?)", rows))
 
     def put_gil(self, samples: Iterable[GilSample]) -> None:
         rows = [(s.ts, s.pid, s.seconds, s.wait_seconds, s.acquisitions, s.max_wait_ms,
