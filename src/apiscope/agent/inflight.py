@@ -29,6 +29,7 @@ from collections.abc import Callable
 from types import AsyncGeneratorType, FrameType
 from typing import Any
 
+from .offload import TIMED_CODE
 from .profiler import wait_for_task
 
 MAX_DEPTH = 200  # frames per stack or chain: a deeper one keeps its root part
@@ -45,10 +46,12 @@ def frame_info(frame: FrameType) -> FrameInfo:
 
 
 def thread_stack(frame: FrameType | None) -> list[FrameInfo]:
-    """Root-first frames of a thread whose leaf frame is `frame`."""
+    """Root-first frames of a thread whose leaf frame is `frame` (the pool timing's own frame
+    left out: the call reads as it would without apiscope)."""
     leaf_first = []
     while frame is not None:
-        leaf_first.append(frame_info(frame))
+        if frame.f_code is not TIMED_CODE:
+            leaf_first.append(frame_info(frame))
         frame = frame.f_back
     leaf_first.reverse()
     return leaf_first[:MAX_DEPTH]
