@@ -309,3 +309,26 @@ def test_the_timing_frame_is_left_out_of_py_spys_stacks() -> None:
     sample = parse_line(line)
     assert sample is not None
     assert [f.function for f in sample.frames] == ["_bootstrap", "_worker", "run"]
+
+
+def test_a_dump_of_a_pool_thread_leaves_the_timing_frame_out() -> None:
+    from apiscope.agent.inflight import thread_stack
+
+    started, release = threading.Event(), threading.Event()
+
+    def work() -> None:  # stands for the handed-off call, waiting while the dump is taken
+        started.set()
+        release.wait(10)
+
+    thread = threading.Thread(target=offload.TimedCall(work, _Request(0.0)))
+    thread.start()
+    try:
+        assert started.wait(10)
+        assert thread.ident is not None
+        stack = thread_stack(sys._current_frames()[thread.ident])
+    finally:
+        release.set()
+        thread.join(10)
+    files = [str(frame["file"]) for frame in stack]
+    assert not any(file.endswith("agent/offload.py") for file in files)
+    assert any(file == __file__ for file in files)  # the call's own frame is there
