@@ -103,13 +103,15 @@ def test_cpu_shares_are_measured_and_add_up_to_the_processs_cpu(tmp_path: Path) 
     used = (after.user + after.system) - (before.user + before.system)
     assert 0.75 * used <= measured <= 1.1 * used, (measured, used)
     # Each handed-off call was timed by its pool thread's CPU clock, for its route alone; the
-    # timing's own frame never reaches the stored stacks.
+    # frame the timing adds to the pool thread's stack never reaches the stored stacks (the
+    # hook on the loop thread, handing the call over, may: that is apiscope's own work).
     offload = data["endpoints"][[e["route"] for e in data["endpoints"]].index("GET /offload")]
     assert set(timed) == {"GET /offload"}, timed
     assert 0.02 * offload["count"] <= timed["GET /offload"] <= measured, (timed, offload)
     with sqlite3.connect(tmp_path / "s.sqlite") as conn:
-        assert conn.execute("SELECT count(*) FROM frames WHERE file LIKE"
-                            " '%apiscope/agent/offload.py'").fetchone()[0] == 0
+        found = conn.execute("SELECT function FROM frames WHERE file LIKE"
+                             " '%apiscope/agent/offload.py'").fetchall()
+    assert not [f for (f,) in found if f.endswith("__call__")], found
     # Routes flagged for CPU work are the computing ones, with cause "cpu"; the sleep is never.
     for flag in data["flags"]:
         if flag["route"] == "GET /nap":
