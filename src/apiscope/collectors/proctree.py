@@ -13,6 +13,9 @@ from collections.abc import Sequence
 import psutil
 
 SERVERS = ("uvicorn", "gunicorn", "hypercorn", "daphne", "granian")
+# How messages name them, and the command that finds their processes.
+SERVER_NAMES = ", ".join(SERVERS[:-1]) + " or " + SERVERS[-1]
+FIND_SERVERS = f"`pgrep -af '{'|'.join(SERVERS)}'`"
 # Servers whose main process never serves a request itself: its workers, once they have
 # started, do (granian's Python workers are processes on every GIL build).
 MASTERS = ("gunicorn", "granian")

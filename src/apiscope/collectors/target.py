@@ -20,7 +20,9 @@ from pathlib import Path
 import psutil
 
 from apiscope.collectors.proctree import (
+    FIND_SERVERS,
     MASTERS,
+    SERVER_NAMES,
     command_of,
     is_python_exe,
     is_runner,
@@ -72,8 +74,7 @@ def describe_target(pid: int, *, proc_factory: ProcFactory = psutil.Process,
                           " again and give its new PID") from None
     except psutil.NoSuchProcess as exc:
         raise TargetError(f"no process with PID {exc.pid or pid}: check the PID (for example"
-                          " `pgrep -af 'uvicorn|gunicorn|hypercorn|daphne'`); the server may"
-                          " have exited") from None
+                          f" {FIND_SERVERS}); the server may have exited") from None
     except psutil.AccessDenied as exc:
         raise TargetError(_access_denied_message(exc.pid or pid, proc_factory)) from None
 
@@ -119,9 +120,8 @@ def _follow_wrapper(proc: psutil.Process) -> psutil.Process:
     if not found:
         if is_python_exe(proc.exe()):
             return proc  # a Python runner that runs nothing: profile it as it is
-        raise TargetError(f"{what} is not a Python process: give the PID of the uvicorn,"
-                          " gunicorn, hypercorn or daphne process (find it with"
-                          " `pgrep -af 'uvicorn|gunicorn|hypercorn|daphne'`)")
+        raise TargetError(f"{what} is not a Python process: give the PID of the"
+                          f" {SERVER_NAMES} process (find it with {FIND_SERVERS})")
     listing = "; ".join(f"{p.pid} ({_short(p.cmdline())})" for p in found)
     raise TargetError(f"{what} is not a Python process and has several Python children:"
                       f" {listing}. Run apiscope attach with one of these PIDs")
@@ -317,6 +317,5 @@ def _access_denied_message(pid: int, proc_factory: ProcFactory,
                 " apiscope runs as root or with CAP_SYS_PTRACE: the kernel protects it (a"
                 " security module, a /proc mounted with hidepid, or a process outside this"
                 " container's reach). It is not a server apiscope can profile: give the PID of"
-                " the uvicorn, gunicorn, hypercorn or daphne process (`pgrep -af"
-                " 'uvicorn|gunicorn|hypercorn|daphne'`)")
+                f" the {SERVER_NAMES} process ({FIND_SERVERS})")
     return ptrace_denied(f"permission denied reading process {pid} (run by {owner})")

@@ -7,6 +7,7 @@ import re
 import psutil
 
 from apiscope.agent.paths import namespace_pid
+from apiscope.collectors.proctree import FIND_SERVERS, SERVER_NAMES
 from apiscope.collectors.target import check_ptrace, is_python, python_version
 from apiscope.errors import TargetError
 
@@ -46,8 +47,7 @@ def _not_python(proc: psutil.Process) -> str:
     if children:
         listing = ", ".join(str(pid) for pid in children[:5])
         return f"{head}; its Python child processes: {listing}. Give one of these PIDs"
-    return (f"{head}: give the PID of the uvicorn, gunicorn, hypercorn or daphne process (find"
-            " it with `pgrep -af 'uvicorn|gunicorn|hypercorn|daphne'`)")
+    return f"{head}: give the PID of the {SERVER_NAMES} process (find it with {FIND_SERVERS})"
 
 
 def agent_listening(pid: int, proc_root: str = "/proc") -> bool:
