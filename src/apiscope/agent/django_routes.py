@@ -19,9 +19,10 @@ import sys
 from typing import Any
 
 from .handlers import RouteRow, handler_row
+from .patching import MARK
 
 REQUEST_KEY = "apiscope.django_request"
-_ORIGINAL = "__apiscope_original__"
+_ORIGINAL = MARK
 _REGEX_MARKS = ("^", "$", "(", "\\", "[")
 
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from contextvars import Context
 from typing import Any
 
+from .patching import replace
 from .queries import CURRENT
 
 # The frame a pool worker runs its work item in: (file name's ending, code name).
@@ -329,40 +330,27 @@ class PoolTiming:
         return verdict
 
     def _hook_submit(self, executor: type) -> None:
-        original = executor.__dict__.get("submit")
-        if original is None or getattr(original, "__apiscope_original__", None) is not None:
-            return
-        timing = self
+        timed = self.timed
 
-        @functools.wraps(original)
-        def submit(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-            return original(self, timing.timed(fn, args), *args, **kwargs)
+        def make(original: Any) -> Any:
+            @functools.wraps(original)
+            def submit(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+                return original(self, timed(fn, args), *args, **kwargs)
+            return submit
 
-        submit.__apiscope_original__ = original  # type: ignore[attr-defined]
-        executor.submit = submit  # type: ignore[attr-defined]
-        self._undo.append(functools.partial(_restore, executor, "submit", submit, original))
+        replace(executor, "submit", make, self._undo)
 
     def _hook_run_sync(self, module: Any) -> None:
-        original = getattr(module, "run_sync", None)
-        if original is None or getattr(original, "__apiscope_original__", None) is not None:
-            return
-        timing = self
+        timed = self.timed
 
-        # A plain function returning anyio's own coroutine: no frame of ours while it waits.
-        @functools.wraps(original)
-        def run_sync(func: Any, *args: Any, **kwargs: Any) -> Any:
-            return original(timing.timed(func, args), *args, **kwargs)
+        def make(original: Any) -> Any:
+            # A plain function returning anyio's own coroutine: no frame of ours while it waits.
+            @functools.wraps(original)
+            def run_sync(func: Any, *args: Any, **kwargs: Any) -> Any:
+                return original(timed(func, args), *args, **kwargs)
+            return run_sync
 
-        run_sync.__apiscope_original__ = original  # type: ignore[attr-defined]
-        module.run_sync = run_sync
-        self._undo.append(functools.partial(_restore, module, "run_sync", run_sync, original))
-
-
-def _restore(owner: Any, name: str, ours: Any, original: Any) -> None:
-    """Put `original` back, unless something else has replaced ours since (then ours, which
-    calls the original, stays: removing it would remove theirs too)."""
-    if getattr(owner, name, None) is ours:
-        setattr(owner, name, original)
+        replace(module, "run_sync", make, self._undo)
 
 
 _TIMING: list[PoolTiming] = []  # the process-wide installation, at most one

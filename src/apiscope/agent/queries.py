@@ -30,6 +30,7 @@ from contextvars import ContextVar
 from types import FrameType
 from typing import Any
 
+from .patching import replace
 from .paths import AppFiles
 from .recorder import QueryEntry
 
@@ -244,58 +245,51 @@ class QueryHooks:
 
     def _wrap_sync(self, owner: type, name: str) -> None:
         """`_wrap` for a blocking method (psycopg's Cursor)."""
-        original = owner.__dict__.get(name)
-        if original is None or getattr(original, "__apiscope_original__", None) is not None:
-            return
         hooks = self
 
-        @functools.wraps(original)
-        def timed(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-            queries = CURRENT.get()
-            statement = _statement_text(query) if queries is not None else None
-            if queries is None or queries.in_orm or statement is None:
-                return original(self, query, *args, **kwargs)
-            started = hooks.clock()
-            try:
-                return original(self, query, *args, **kwargs)
-            finally:
-                hooks.add(queries, statement, hooks.clock() - started)
+        def make(original: Any) -> Any:
+            @functools.wraps(original)
+            def timed(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+                queries = CURRENT.get()
+                statement = _statement_text(query) if queries is not None else None
+                if queries is None or queries.in_orm or statement is None:
+                    return original(self, query, *args, **kwargs)
+                started = hooks.clock()
+                try:
+                    return original(self, query, *args, **kwargs)
+                finally:
+                    hooks.add(queries, statement, hooks.clock() - started)
+            return timed
 
-        timed.__apiscope_original__ = original  # type: ignore[attr-defined]
-        setattr(owner, name, timed)
-        self._undo.append(functools.partial(setattr, owner, name, original))
+        replace(owner, name, make, self._undo)
 
     def _wrap(self, owner: type, name: str, *, only_without_args: bool = False) -> None:
-        original = owner.__dict__.get(name)
-        if original is None or getattr(original, "__apiscope_original__", None) is not None:
-            return
-        if not inspect.iscoroutinefunction(original):
-            # aiosqlite's `execute` is a plain function returning an object that is both
-            # awaitable and an async context manager (`async with conn.execute(...)`): the
-            # wrapper must return the same kind of object, never a coroutine.
-            self._wrap_awaitable(owner, name, original)
-            return
         hooks = self
 
-        @functools.wraps(original)
-        async def timed(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-            queries = CURRENT.get()
-            statement = _statement_text(query) if queries is not None else None
-            if (queries is None or queries.in_orm or statement is None
-                    or (only_without_args and args)):
-                return await original(self, query, *args, **kwargs)
-            started = hooks.clock()
-            try:
-                return await original(self, query, *args, **kwargs)
-            finally:
-                hooks.add(queries, statement, hooks.clock() - started)
+        def make(original: Any) -> Any:
+            if not inspect.iscoroutinefunction(original):
+                # aiosqlite's `execute` is a plain function returning an object that is both
+                # awaitable and an async context manager (`async with conn.execute(...)`): the
+                # wrapper must return the same kind of object, never a coroutine.
+                return self._awaitable_wrapper(original)
 
-        timed.__apiscope_original__ = original  # type: ignore[attr-defined]
-        setattr(owner, name, timed)
-        self._undo.append(functools.partial(setattr, owner, name, original))
+            @functools.wraps(original)
+            async def timed(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+                queries = CURRENT.get()
+                statement = _statement_text(query) if queries is not None else None
+                if (queries is None or queries.in_orm or statement is None
+                        or (only_without_args and args)):
+                    return await original(self, query, *args, **kwargs)
+                started = hooks.clock()
+                try:
+                    return await original(self, query, *args, **kwargs)
+                finally:
+                    hooks.add(queries, statement, hooks.clock() - started)
+            return timed
 
+        replace(owner, name, make, self._undo)
 
-    def _wrap_awaitable(self, owner: type, name: str, original: Callable[..., Any]) -> None:
+    def _awaitable_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self
 
         @functools.wraps(original)
@@ -312,9 +306,7 @@ class QueryHooks:
 
             return TimedAwaitable(result, done)
 
-        timed.__apiscope_original__ = original  # type: ignore[attr-defined]
-        setattr(owner, name, timed)
-        self._undo.append(functools.partial(setattr, owner, name, original))
+        return timed
 
 
 class TimedAwaitable:
