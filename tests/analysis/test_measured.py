@@ -496,6 +496,18 @@ def test_c_code_that_released_the_gil_on_the_loop_is_named_so(tmp_path: Path) ->
     assert "ProcessPoolExecutor" in flag["suggestion"]
 
 
+def test_a_hold_part_running_part_waiting_names_both(tmp_path: Path) -> None:
+    # A connection opened per call on the loop: the client hashes the password (C code, the
+    # GIL released), then waits for the server's reply. The running looks are the majority;
+    # the socket waits are named beside them.
+    flag = loop_flag(tmp_path / "a", 88, 30.0, {"nogil": 5, "cpu": 1, "io": 4})
+    assert flag["metric"]["cause"] == "cpu" and "C code that released the GIL" in flag["evidence"]
+    assert "in blocking I/O on a file or socket at 40% of them" in flag["evidence"]
+    # A wait at one look in ten is a moment around the work, not a part of it.
+    flag = loop_flag(tmp_path / "b", 88, 30.0, {"nogil": 8, "cpu": 1, "io": 1})
+    assert "blocking I/O" not in flag["evidence"]
+
+
 def test_looks_at_a_loop_waiting_for_a_cpu_count_for_neither_cause(tmp_path: Path) -> None:
     # A sync query on the loop of a starved host: most looks find the thread ready to run but
     # queued for a CPU; of the others, the socket read outnumbers the CPU work.

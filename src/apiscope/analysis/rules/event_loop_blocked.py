@@ -68,6 +68,10 @@ MIN_RECURRENCES = 3
 # Running looks that found the GIL free, as a share of all running looks, from which the code
 # that held the loop is called C code that released the GIL.
 GIL_FREE_MAJORITY = 0.5
+# Sleep and I/O looks, as a share of the looks, from which a hold described as running also
+# names its waiting: a connection opened per call (password hashing, then the server's reply)
+# runs about half the time and waits the rest.
+ALSO_WAITING = 0.25
 
 Group = tuple[str | None, str]  # (endpoint, function key when there is no endpoint)
 
@@ -141,6 +145,9 @@ def _describe_looks(activity: Counter[str], cpu_share: float | None) -> _Looks:
     # before it knows there is a stall, and may catch the code just before it blocks.
     if running > waits and running > 0:
         gil_free = free / (running * looks)
+        if waits >= ALSO_WAITING:  # named before the host's share, which it is not
+            kind = "sleep" if activity.get("sleep", 0) > activity.get("io", 0) else "io"
+            host = f"; {_WAITS[kind]} at {pct(waits)} of them{host}"
         if gil_free >= GIL_FREE_MAJORITY:
             return _Looks(f"running C code that released the GIL, such as hashing or"
                           f" compression (on a CPU at {pct(running)} of the kernel's looks;"
