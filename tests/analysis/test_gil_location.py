@@ -49,6 +49,22 @@ def test_two_threads_taking_turns_on_the_gil_are_located_at_their_line(tmp_path:
     assert flag.location is not None and flag.location.line == 56
 
 
+def test_a_loop_that_waits_at_its_header_is_located_at_its_body(tmp_path: Path) -> None:
+    # CPython hands the GIL over at a loop's back-edge: the threads wait at the `for` line
+    # (55) and run at the body (56), which alone runs ten times as long as it waits.
+    spec = healthy()
+    spec.per_window = [s for s in spec.per_window if s.tid != LOOP_TID] + [idle_loop(100)]
+    for tid in (W1, W2):
+        spec.per_window.append(sample(tid, on_worker(app("forecast", 56)), 30))
+        spec.per_window.append(sample(tid, on_worker(app("forecast", 56)), 3,
+                                      SampleState.BLOCKED))
+        spec.per_window.append(sample(tid, on_worker(app("forecast", 55)), 4))
+        spec.per_window.append(sample(tid, on_worker(app("forecast", 55)), 30,
+                                      SampleState.BLOCKED))
+    [flag] = gil_flags(contended(spec), tmp_path)
+    assert flag.location is not None and flag.location.line == 56
+
+
 def test_a_sleep_on_the_loop_is_not_where_the_gil_is_held(tmp_path: Path) -> None:
     spec = healthy()
     # The loop shows a sync sleep and is charged CPU there; the watchdog's looks at the kernel

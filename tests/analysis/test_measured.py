@@ -502,7 +502,7 @@ def test_a_hold_part_running_part_waiting_names_both(tmp_path: Path) -> None:
     # the socket waits are named beside them.
     flag = loop_flag(tmp_path / "a", 88, 30.0, {"nogil": 5, "cpu": 1, "io": 4})
     assert flag["metric"]["cause"] == "cpu" and "C code that released the GIL" in flag["evidence"]
-    assert "in blocking I/O on a file or socket at 40% of them" in flag["evidence"]
+    assert "of the kernel's looks, in blocking I/O on a file or socket at 40%;" in flag["evidence"]
     # A wait at one look in ten is a moment around the work, not a part of it.
     flag = loop_flag(tmp_path / "b", 88, 30.0, {"nogil": 8, "cpu": 1, "io": 1})
     assert "blocking I/O" not in flag["evidence"]

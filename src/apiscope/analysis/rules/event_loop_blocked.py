@@ -145,13 +145,15 @@ def _describe_looks(activity: Counter[str], cpu_share: float | None) -> _Looks:
     # before it knows there is a stall, and may catch the code just before it blocks.
     if running > waits and running > 0:
         gil_free = free / (running * looks)
-        if waits >= ALSO_WAITING:  # named before the host's share, which it is not
+        also = ""
+        if waits >= ALSO_WAITING:
             kind = "sleep" if activity.get("sleep", 0) > activity.get("io", 0) else "io"
-            host = f"; {_WAITS[kind]} at {pct(waits)} of them{host}"
+            also = f", {_WAITS[kind]} at {pct(waits)}"
         if gil_free >= GIL_FREE_MAJORITY:
             return _Looks(f"running C code that released the GIL, such as hashing or"
-                          f" compression (on a CPU at {pct(running)} of the kernel's looks;"
-                          f" the GIL free at {pct(gil_free)} of those{host})", "cpu", gil_free)
+                          f" compression (on a CPU at {pct(running)} of the kernel's looks{also};"
+                          f" the GIL free at {pct(gil_free)} of those on a CPU{host})", "cpu",
+                          gil_free)
         # Computing Python gives the GIL up to the watchdog at each look, so a share of the
         # looks finds it waiting to take the GIL back: part of running, not a cause of its own
         # (a single thread computing alone was "waiting to take the GIL back at 45%", read as
@@ -159,11 +161,11 @@ def _describe_looks(activity: Counter[str], cpu_share: float | None) -> _Looks:
         on_gil, on_lock = activity.get("gil", 0) / looks, activity.get("lock", 0) / looks
         if on_lock:
             return _Looks(f"running CPU work (on a CPU at {pct(running)} of the kernel's looks,"
-                          f" waiting for the GIL or a lock at {pct(on_gil + on_lock)}{host})",
-                          "cpu", gil_free)
+                          f" waiting for the GIL or a lock at {pct(on_gil + on_lock)}{also}"
+                          f"{host})", "cpu", gil_free)
         turns = ", or between two turns of the GIL," if on_gil else ""
         return _Looks(f"running CPU work (on a CPU{turns} at {pct(running + on_gil)} of the"
-                      f" kernel's looks{host})", "cpu", gil_free)
+                      f" kernel's looks{also}{host})", "cpu", gil_free)
     kind, count = max(((k, n) for k, n in activity.items()
                        if k not in ("cpu", "nogil", "queue")),
                       key=lambda kv: (kv[1], kv[0]))

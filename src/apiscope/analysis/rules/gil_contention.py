@@ -33,12 +33,15 @@ contended (`_contending`: found waiting for the GIL, and running Python whenever
 counts however little of the time its line got the GIL. Without an application line the
 contention is the framework's or a library's and belongs to the server figures, not to a flag.
 A line can hold the GIL only if it runs: one that runs less than `HOLDER_MIN_RUN` of the time
-it shows (a sleep, a socket wait) is never the location; a line contends only if it also waits:
-one off-CPU less than `LINE_MIN_WAIT` of the time it shows, or running more than
-`LINE_MAX_RUN_PER_WAIT` times as long as it waited (C code that released the GIL and ran on in
-parallel, waiting only as each call returned; a busy loop that alone holds the GIL), is not the
+it shows (a sleep, a socket wait) is never the location; a line contends only if its function
+also waits: a function off-CPU less than `LINE_MIN_WAIT` of the time it shows, or running more
+than `LINE_MAX_RUN_PER_WAIT` times as long as it waited (C code that released the GIL and ran on
+in parallel, waiting only as each call returned; a busy loop that alone holds the GIL), holds no
 location either, and
 neither is a loop line the loop watchdog's looks at the kernel found mostly asleep or in I/O.
+The waits are weighed per function, not per line: CPython hands the GIL over at a loop's
+back-edge and at calls, so a pure-Python loop waits at its `for` line and runs at the body's,
+which alone would look like C code running without the GIL.
 Threads that contend for the GIL each run about 1/N of the time they show with N of them at
 it, so the bar is low.
 The GIL's busiest holder may serve no requests at all: a scheduler or cache-refresh thread
@@ -221,12 +224,24 @@ class GilContentionRule:
         # line that mostly sleeps or waits on I/O released it).
         shown: dict[Frame, float] = defaultdict(float)
         ran: dict[Frame, float] = defaultdict(float)
-        waited: dict[Frame, float] = defaultdict(float)
+        # per function (file, name): where a loop waits for the GIL is not where it runs
+        f_shown: dict[tuple[str, str], float] = defaultdict(float)
+        f_ran: dict[tuple[str, str], float] = defaultdict(float)
+        f_waited: dict[tuple[str, str], float] = defaultdict(float)
         for a in ctx.samples:
             if a.sample.pid == pid and a.window in starts and a.user is not None and a.active:
+                running = a.seconds if a.sample.state is SampleState.RUNNING else 0.0
                 shown[a.user] += a.seconds
-                ran[a.user] += a.seconds if a.sample.state is SampleState.RUNNING else 0.0
-                waited[a.user] += a.seconds if a.sample.state is SampleState.BLOCKED else 0.0
+                ran[a.user] += running
+                code = (a.user.file, a.user.function)
+                f_shown[code] += a.seconds
+                f_ran[code] += running
+                f_waited[code] += a.seconds if a.sample.state is SampleState.BLOCKED else 0.0
+
+        def waits(line: Frame) -> bool:
+            code = (line.file, line.function)
+            return (f_waited[code] >= LINE_MIN_WAIT * f_shown[code]
+                    and f_ran[code] <= LINE_MAX_RUN_PER_WAIT * f_waited[code])
         asleep = asleep_sites(ctx.data.loop_stalls, ctx.matcher.roots)
         # Measured: the threads the kernel found waiting for the GIL are the ones contending,
         # and whatever Python they show is code wanting the GIL (however little of the time it
@@ -240,8 +255,7 @@ class GilContentionRule:
                 if (a.sample.pid == pid and a.window in starts and a.cpu > 0
                         and a.user is not None and not a.tool and a.role in roles
                         and (pid, a.user.file, a.user.line) not in asleep
-                        and waited[a.user] >= LINE_MIN_WAIT * shown[a.user]
-                        and ran[a.user] <= LINE_MAX_RUN_PER_WAIT * waited[a.user]
+                        and waits(a.user)
                         and ((a.sample.tid, a.window) in contending
                              or ran[a.user] >= HOLDER_MIN_RUN * shown[a.user])):
                     lines[a.user] += a.cpu
