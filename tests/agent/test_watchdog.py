@@ -568,6 +568,56 @@ def test_following_passes_stays_within_its_cpu_budget(
         assert located == [] and dog.unfollowed == 1, (len(located), dog.unfollowed)
 
 
+def _wakeups(native_id: int) -> int:
+    with open(f"/proc/self/task/{native_id}/status") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches in the thread's status")
+
+
+def _alerted_wakeups(share: float) -> tuple[float, float]:
+    """(wake-ups a second of the loop watchdog, its allowance's balance after) over a second
+    of passes of 1 ms back to back, alerted all along, at this following share."""
+    loop_thread = LoopThread(WatchdogOptions())
+    loop_thread.start()
+    try:
+        wait_until(loop_thread.probes_after(2), what="the watchdog to check the loop")
+        [dog] = loop_thread.watchdogs._loops.values()
+        [thread] = [t for t in threading.enumerate() if t.name == "apiscope-loop-watchdog"]
+        assert thread.native_id is not None
+        dog.set_follow_share(share)
+        until = time.monotonic() + 1.5
+
+        def short_pass() -> None:
+            if time.monotonic() < until:
+                time.sleep(0.001)  # each pass shorter than one worth following
+                asyncio.get_running_loop().call_soon(short_pass)
+
+        dog._alert_until = time.perf_counter() + 60  # as after a hold: checks at each pass
+        loop_thread.call(short_pass)
+        time.sleep(0.5)  # the saved-up allowance spent, at a small share
+        before = _wakeups(thread.native_id)
+        time.sleep(1.0)
+        woke = _wakeups(thread.native_id) - before
+        return woke / 1.0, dog._follow_cpu.balance
+    finally:
+        loop_thread.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_checking_closely_while_alerted_is_paid_from_the_following_allowance() -> None:
+    # Alerted, the watchdog wakes as each pass becomes old enough to follow: a loop of short
+    # passes back to back (a busy host's) had it wake a thousand times a second, 16 ms of CPU,
+    # whatever its share. Paid from the allowance, a small share brings it back to the checks
+    # at the loop interval once what was saved up is spent.
+    ample, _ = _alerted_wakeups(0.05)
+    small, balance = _alerted_wakeups(0.0002)
+    assert ample >= 60, ample  # the close checks, in the act
+    assert small <= ample / 3, (small, ample)
+    assert balance < 0.0005, balance  # paid for: nothing left over
+
+
 def test_who_held_a_pass_is_told_from_the_looks_that_saw_it() -> None:
     # The decision itself, on looks as the watchdog takes them: (task id, stack).
     from apiscope.agent.loopwatch import _between_passes, _held
