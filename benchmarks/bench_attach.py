@@ -319,24 +319,39 @@ def busy_host(rounds: int = 5, seconds: int = 10) -> dict[str, Any]:
                 with _pg_server(dsn) as (pid, base):
                     _wrk_mixed(base, 2, script)  # warm-up: connections, plans, caches
                     if variant == "unattached":
-                        rps, p95 = _wrk_mixed(base, seconds, script)
-                        rows[variant].append({"rps": rps, "p95_ms": p95})
+                        rows[variant].append(_busy_measure(pid, None, base, seconds, script))
                         continue
                     extra = ["--no-inject"] if variant == "sampling only" else []
                     with attached(pid, "--no-dashboard", *extra, pin=False) as run:
                         if not extra:
                             wait_for(lambda: agent_answers(pid), 60, "the agent")  # noqa: B023
                         _wrk_mixed(base, SETTLE_SECONDS, script)
-                        rps, p95 = _wrk_mixed(base, seconds, script)
-                    rows[variant].append({"rps": rps, "p95_ms": p95,
-                                          "effective_rate_hz": run.get("effective_rate_hz"),
+                        row = _busy_measure(pid, run["pid"], base, seconds, script)
+                    rows[variant].append({**row, "effective_rate_hz": run.get("effective_rate_hz"),
                                           "overhead_percent": run.get("overhead_percent")})
     out: dict[str, Any] = {"rounds": rounds, "seconds": seconds, "rows": rows}
     for variant, key in (("attached", ""), ("sampling only", "sampling_")):
         pairs = list(zip(rows[variant], rows["unattached"], strict=True))
         out[f"{key}throughput_ratios"] = [a["rps"] / u["rps"] for a, u in pairs]
         out[f"{key}p95_ratios"] = [a["p95_ms"] / u["p95_ms"] for a, u in pairs]
+        out[f"{key}cpu_ratios"] = [a["server_us"] / u["server_us"] for a, u in pairs]
+        out[f"{key}whole_cpu_ratios"] = [(a["server_us"] + a["apiscope_us"]) / u["server_us"]
+                                         for a, u in pairs]
     return out
+
+
+def _busy_measure(pid: int, collector: int | None, base: str, seconds: int,
+                  script: Path) -> dict[str, float]:
+    """One measured run of the mixed load: throughput, client p95, and the server's and
+    apiscope's (its py-spy runs included) CPU per request, from the kernel: steadier than the
+    throughput on a host whose other processes (PostgreSQL, the load) compete for the cores."""
+    server, own = cpu_seconds(pid), tree_cpu_seconds(collector) if collector else 0.0
+    rps, p95 = _wrk_mixed(base, seconds, script)
+    requests = max(1.0, rps * seconds)
+    server = cpu_seconds(pid) - server
+    own = (tree_cpu_seconds(collector) - own) if collector else 0.0
+    return {"rps": rps, "p95_ms": p95, "server_us": 1e6 * server / requests,
+            "apiscope_us": 1e6 * own / requests}
 
 
 # --- attach to first data -----------------------------------------------------------------------
@@ -438,12 +453,21 @@ def render(result: dict[str, Any]) -> str:
     if "sampling_throughput_ratios" in busy:  # results of before the part was measured
         parts += [("throughput, sampling only / unattached", busy["sampling_throughput_ratios"]),
                   ("client p95, sampling only / unattached", busy["sampling_p95_ratios"])]
+    if "cpu_ratios" in busy:  # results of before CPU was measured there
+        parts += [("server CPU per request, attached / unattached", busy["cpu_ratios"]),
+                  ("the same with apiscope's (py-spy included)", busy["whole_cpu_ratios"]),
+                  ("server CPU per request, sampling only / unattached",
+                   busy["sampling_cpu_ratios"]),
+                  ("the same with apiscope's (py-spy included)",
+                   busy["sampling_whole_cpu_ratios"])]
     for name, values in parts:
         lines.append(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} |"
                      f" {max(values):.3f} |")
+    cpu = (f", {statistics.median(r['server_us'] for r in un):.0f} µs of server CPU a request"
+           if "server_us" in un[0] else "")
     lines.append(f"| unattached throughput, p95 | "
                  f"{statistics.median(r['rps'] for r in un):.0f} req/s, "
-                 f"{statistics.median(r['p95_ms'] for r in un):.1f} ms | | |")
+                 f"{statistics.median(r['p95_ms'] for r in un):.1f} ms{cpu} | | |")
     first = result["first_data"]["seconds"]
     lines += ["", f"Attach to first requests and samples on the dashboard: median "
               f"{statistics.median(first):.1f} s (max {max(first):.1f} s) over {len(first)} runs."]
