@@ -93,7 +93,9 @@ def section_attach() -> tuple[str, Any]:
             "PostgreSQL; server, database, wrk (16 connections, mixed routes) and apiscope share "
             f"the 2 cores, nothing pinned; {busy['rounds']} interleaved rounds of "
             f"{busy['seconds']} s; sampling only is `attach --no-inject`, the cost of the "
-            "stacks without the agent. Goal: throughput >= 0.95, client p95 within +10%.\n\n"
+            "stacks without the agent; the server's CPU per request (all its threads, from the "
+            "kernel) beside throughput, steadier on a host whose other processes compete for "
+            "the cores. Goal: throughput >= 0.95, client p95 within +10%.\n\n"
             + bench_attach.render(result))
     return text, result
 
