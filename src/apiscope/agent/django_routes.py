@@ -22,14 +22,13 @@ from .handlers import RouteRow, handler_row
 from .patching import MARK
 
 REQUEST_KEY = "apiscope.django_request"
-_ORIGINAL = MARK
 _REGEX_MARKS = ("^", "$", "(", "\\", "[")
 
 
 def install_request_hook(handler: Any) -> bool:
     """Make a Django ASGIHandler leave each request in its scope; False when already done."""
     current = handler.request_class
-    original = getattr(current, _ORIGINAL, None)
+    original = getattr(current, MARK, None)
     if original is not None and getattr(current, "__module__", None) == __name__:
         return False  # ours, from this copy of the agent
     original = original if original is not None else current
@@ -39,14 +38,14 @@ def install_request_hook(handler: Any) -> bool:
         scope[REQUEST_KEY] = request
         return request
 
-    setattr(request_class, _ORIGINAL, original)
+    setattr(request_class, MARK, original)
     handler.request_class = request_class  # on the instance: the class stays Django's own
     return True
 
 
 def remove_request_hook(handler: Any) -> bool:
     """Undo `install_request_hook` (whichever copy of the agent installed it)."""
-    original = getattr(handler.request_class, _ORIGINAL, None)
+    original = getattr(handler.request_class, MARK, None)
     if original is None:
         return False
     if "request_class" in vars(handler):

@@ -237,11 +237,10 @@ class GilContentionRule:
                 f_shown[code] += a.seconds
                 f_ran[code] += running
                 f_waited[code] += a.seconds if a.sample.state is SampleState.BLOCKED else 0.0
-
-        def waits(line: Frame) -> bool:
-            code = (line.file, line.function)
-            return (f_waited[code] >= LINE_MIN_WAIT * f_shown[code]
-                    and f_ran[code] <= LINE_MAX_RUN_PER_WAIT * f_waited[code])
+        # Functions that do not contend: too little waiting, or running far longer than waiting.
+        not_waiting = {code for code, seen in f_shown.items()
+                       if f_waited[code] < LINE_MIN_WAIT * seen
+                       or f_ran[code] > LINE_MAX_RUN_PER_WAIT * f_waited[code]}
         asleep = asleep_sites(ctx.data.loop_stalls, ctx.matcher.roots)
         # Measured: the threads the kernel found waiting for the GIL are the ones contending,
         # and whatever Python they show is code wanting the GIL (however little of the time it
@@ -255,7 +254,7 @@ class GilContentionRule:
                 if (a.sample.pid == pid and a.window in starts and a.cpu > 0
                         and a.user is not None and not a.tool and a.role in roles
                         and (pid, a.user.file, a.user.line) not in asleep
-                        and waits(a.user)
+                        and (a.user.file, a.user.function) not in not_waiting
                         and ((a.sample.tid, a.window) in contending
                              or ran[a.user] >= HOLDER_MIN_RUN * shown[a.user])):
                     lines[a.user] += a.cpu
