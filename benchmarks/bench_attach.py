@@ -36,10 +36,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from apiscope.collectors.pyspy import find_pyspy
 from apiscope.collectors.threadcpu import ThreadCpuReader, usage
@@ -58,6 +58,7 @@ from benchmarks.harness import (
     wrk,
 )
 
+T = TypeVar("T")
 SETTLE_SECONDS = 8  # of load after attaching, before measuring
 SATURATED = ("bare", "agent", "sampling only", "attach", "py-spy 100 Hz", "py-spy, same rate")
 APISCOPE = [sys.executable, "-m", "apiscope"]
@@ -123,14 +124,22 @@ def pyspy(pid: int, rate: int) -> Iterator[dict[str, Any]]:
             stop_process(proc, 30)
 
 
-def _measure(pid: int, url: str, seconds: int, collector: int | None) -> dict[str, float]:
-    wrk(url, seconds=1)  # warm-up
+def _cpu_during(pid: int, collector: int | None, load: Callable[[], T],
+                ) -> tuple[T, float, float, float]:
+    """(what `load` returned, the server's CPU seconds, the collector's with its py-spy runs,
+    wall seconds) over one run of `load`, from the kernel."""
     before, c_before, t0 = cpu_seconds(pid), tree_cpu_seconds(collector) if collector else 0.0, \
         time.monotonic()
-    rps = wrk(url, seconds=seconds)
+    result = load()
     elapsed = time.monotonic() - t0
     used = cpu_seconds(pid) - before
     c_used = (tree_cpu_seconds(collector) - c_before) if collector else 0.0
+    return result, used, c_used, elapsed
+
+
+def _measure(pid: int, url: str, seconds: int, collector: int | None) -> dict[str, float]:
+    wrk(url, seconds=1)  # warm-up
+    rps, used, c_used, elapsed = _cpu_during(pid, collector, lambda: wrk(url, seconds=seconds))
     return {"rps": rps, "server_us": 1e6 * used / max(1.0, rps * seconds),
             "collector_cores": c_used / elapsed}
 
@@ -345,11 +354,9 @@ def _busy_measure(pid: int, collector: int | None, base: str, seconds: int,
     """One measured run of the mixed load: throughput, client p95, and the server's and
     apiscope's (its py-spy runs included) CPU per request, from the kernel: steadier than the
     throughput on a host whose other processes (PostgreSQL, the load) compete for the cores."""
-    server, own = cpu_seconds(pid), tree_cpu_seconds(collector) if collector else 0.0
-    rps, p95 = _wrk_mixed(base, seconds, script)
+    (rps, p95), server, own, _ = _cpu_during(pid, collector,
+                                             lambda: _wrk_mixed(base, seconds, script))
     requests = max(1.0, rps * seconds)
-    server = cpu_seconds(pid) - server
-    own = (tree_cpu_seconds(collector) - own) if collector else 0.0
     return {"rps": rps, "p95_ms": p95, "server_us": 1e6 * server / requests,
             "apiscope_us": 1e6 * own / requests}
 
