@@ -238,6 +238,9 @@ class LoopStall:
     # garbage collector ran for half of the pass or more: no code's hold), None (not
     # followed, or a probed loop, or a session written before this was told).
     held: str | None = None
+    # The route ("METHOD TEMPLATE") of the request whose task held the loop, where the agent
+    # found one at its looks and the framework had routed it; None otherwise.
+    route: str | None = None
 
     @property
     def looks_asleep(self) -> int:

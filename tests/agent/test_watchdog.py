@@ -166,6 +166,56 @@ def test_a_computation_on_the_loop_uses_cpu_all_along(loop_thread: LoopThread) -
         activity["nogil"] <= 1, activity
 
 
+def test_a_stall_names_the_route_of_the_request_that_held_the_loop(
+        loop_thread: LoopThread) -> None:
+    # A request whose route spins on the loop, served through the agent's middleware: the
+    # watchdog finds the request's scope in the loop thread's frames and names its route, so
+    # a hold in a framework's own work for it (no line of the app running) is still that
+    # route's. A stall of no request (a plain callback) names none.
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from apiscope.agent.middleware import AgentMiddleware
+    from apiscope.agent.recorder import Recorder
+
+    async def slow(request: Any) -> PlainTextResponse:
+        spinner()
+        return PlainTextResponse("done")
+
+    app = AgentMiddleware(Starlette(routes=[Route("/slow/{n}", slow)]), Recorder(),
+                          watchdogs=loop_thread.watchdogs)
+
+    async def get(path: str) -> None:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app({"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+                   "root_path": "", "query_string": b"", "headers": [], "scheme": "http",
+                   "server": ("test", 80), "client": ("test", 1), "http_version": "1.1",
+                   "asgi": {"version": "3.0"}}, receive, send)
+        assert sent[0]["status"] == 200
+
+    wait_until(loop_thread.probes_after(3), what="the watchdog to probe the loop")
+    loop_thread.stalls.clear()
+    asyncio.run_coroutine_threadsafe(get("/slow/7"), loop_thread.loop).result(10)
+    loop_thread.call(spinner)
+    wait_until(lambda: loop_thread.pull() and len(loop_thread.stalls) >= 2, timeout=10,
+               what="two stalls")
+
+    served, plain = loop_thread.stalls[:2]
+    assert served["route"] == "GET /slow/{n}"
+    assert [f[0] for f in served["frames"][-2:]] == ["test_a_stall_names_the_route_of_the_"
+                                                    "request_that_held_the_loop.<locals>.slow",
+                                                    "spinner"]
+    assert "route" not in plain and plain["frames"][-1][0] == "spinner"
+
+
 def test_a_pass_the_garbage_collector_held_is_nobodys(timed_loop_thread: LoopThread) -> None:
     # A heap the collector takes 150 ms or more to walk (a full collection of a large app).
     heap: list[list[int]] = []
@@ -619,22 +669,28 @@ def test_checking_closely_while_alerted_is_paid_from_the_following_allowance() -
 
 
 def test_who_held_a_pass_is_told_from_the_looks_that_saw_it() -> None:
-    # The decision itself, on looks as the watchdog takes them: (task id, stack).
+    # The decision itself, on looks as the watchdog takes them: (task id, stack, the scope
+    # of the request the task serves).
     from apiscope.agent.loopwatch import _between_passes, _held
 
     hold = (("short_hold", "/srv/app.py", 15), ("spin", "/srv/app.py", 9))
     other = (("Handle._run", "/usr/lib/python3.11/asyncio/events.py", 80),)
-    # One task at the last two looks: its hold, whatever the callbacks.
-    assert _held([(7, other), (1, hold), (1, hold)], 12) == ("one", Counter({hold: 2}))
+    served = {"type": "http", "path": "/slow"}
+    # One task at the last two looks: its hold, whatever the callbacks, and its request.
+    assert _held([(7, other, None), (1, hold, served), (1, hold, served)], 12) == (
+        "one", Counter({hold: 2}), served)
     # A pass that began with two callbacks: the one seen most held it, even when the other
     # ran after it and was seen last.
-    assert _held([(1, hold), (1, hold), (2, other)], 2) == ("one", Counter({hold: 2}))
+    assert _held([(1, hold, None), (1, hold, None), (2, other, served)], 2) == (
+        "one", Counter({hold: 2}), None)
     # Looks with no task stepping (the step's clean-up once it ended) do not outvote it.
-    assert _held([(1, hold), (None, other), (None, other)], 1) == ("one", Counter({hold: 1}))
-    assert _held([(None, other), (None, other)], 1) == ("one", Counter({other: 2}))
+    assert _held([(1, hold, None), (None, other, None), (None, other, None)], 1)[:2] == (
+        "one", Counter({hold: 1}))
+    assert _held([(None, other, None), (None, other, None)], 1)[:2] == (
+        "one", Counter({other: 2}))
     # Different tasks, many callbacks: no one code to blame; one look: a glimpse.
-    assert _held([(1, hold), (2, other)], 12) == ("many", Counter())
-    assert _held([(1, hold)], 12)[0] == "glimpse"
+    assert _held([(1, hold, served), (2, other, None)], 12) == ("many", Counter(), None)
+    assert _held([(1, hold, None)], 12)[0] == "glimpse"
     base = "/usr/lib/python3.11/asyncio/base_events.py"
     assert _between_passes((("BaseEventLoop.run_forever", base, 606),))
     assert _between_passes((("BaseEventLoop._run_once", base, 1880),
@@ -929,7 +985,8 @@ def test_disabled_watchdogs_start_no_thread() -> None:
 PULL = {"pid": 42, "ts": 1000.0, "requests": [], "stats": {}, "watchdogs": {
     "loops": [{"tid": 7, "probes": 20, "p50_ms": 0.1, "p99_ms": 30.0, "max_ms": 201.0}],
     "stalls": [{"tid": 7, "start": 999.5, "duration_ms": 201.0, "cpu_ms": 0.4, "held": "one",
-                "frames": [["main", "/app/main.py", 3], ["handler", "/app/main.py", 9]]}],
+                "frames": [["main", "/app/main.py", 3], ["handler", "/app/main.py", 9]],
+                "route": "GET /items/{item_id}"}],
     "gil": {"seconds": 0.5, "wait_seconds": 0.01, "acquisitions": 10, "max_wait_ms": 4.5,
             "runqueue_known": True},
     "gil_futex": [202, 140000000000000], "cpu_seconds": 0.002, "errors": 0,
@@ -942,7 +999,7 @@ def test_pull_to_model_to_session_and_back(tmp_path: Path) -> None:
     assert report is not None
     stall = LoopStall(42, 7, 999.5, 201.0, (Frame("main", "/app/main.py", 3),
                                              Frame("handler", "/app/main.py", 9)), 0.4,
-                      held="one")
+                      held="one", route="GET /items/{item_id}")
     lag = LoopLagSample(1000.0, 42, 20, 0.1, 30.0, 201.0)
     gil = GilSample(1000.0, 42, 0.5, 0.01, 10, 4.5, True)
     assert (report.stalls, report.lag, report.gil) == ([stall], [lag], gil)
@@ -970,7 +1027,7 @@ def test_who_held_the_loop_is_kept_and_an_older_session_reads_without_it(
         tmp_path: Path) -> None:
     frames = (Frame("handler", "/app/main.py", 9),)
     stalls = [LoopStall(42, 7, 999.5 + i, 16.0, frames if held != "many" else (), 15.0,
-                        {"cpu": 2}, held)
+                        {"cpu": 2}, held, "GET /report" if held == "one" else None)
               for i, held in enumerate(["one", "many", "glimpse", None])]
     path = tmp_path / "s.sqlite"
     with SessionWriter(path) as writer:
@@ -979,7 +1036,12 @@ def test_who_held_the_loop_is_kept_and_an_older_session_reads_without_it(
     with SessionReader(path) as reader:
         assert reader.loop_stalls() == stalls
     conn = sqlite3.connect(path)
-    conn.execute("ALTER TABLE loop_stalls DROP COLUMN held")  # as written before it existed
+    conn.execute("ALTER TABLE loop_stalls DROP COLUMN route")  # as written before v10
+    conn.commit()
+    with SessionReader(path) as reader:
+        assert [s.route for s in reader.loop_stalls()] == [None] * 4
+        assert [s.held for s in reader.loop_stalls()] == ["one", "many", "glimpse", None]
+    conn.execute("ALTER TABLE loop_stalls DROP COLUMN held")  # as written before v4
     conn.commit()
     conn.close()
     with SessionReader(path) as reader:

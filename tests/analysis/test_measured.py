@@ -16,6 +16,7 @@ from apiscope.model import (
     LoopLagSample,
     LoopStall,
     OffloadLooks,
+    RouteInfo,
     SampleState,
 )
 from tests.analysis.builder import (
@@ -547,3 +548,49 @@ def test_code_outside_any_handler_on_a_watched_loop_is_the_watchdogs_to_judge(
     spec.per_window.append(sample(LOOP_TID, on_loop(app("refresh_index", 31)), 30))
     assert [f for f in report_of(spec, tmp_path)["flags"]
             if f["kind"] == "event_loop_blocked"] == []
+
+
+SERIALISING = on_loop(Frame("get_request_handler.<locals>.app", f"{SITE}/fastapi/routing.py",
+                            458),
+                      Frame("serialize_response", f"{SITE}/fastapi/routing.py", 358),
+                      Frame("ModelField.serialize_json", f"{SITE}/fastapi/_compat/v2.py", 231),
+                      Frame("TypeAdapter.dump_json", f"{SITE}/pydantic/type_adapter.py", 651))
+
+
+def framework_stalls(route: str | None, held: str | None = "one") -> list[LoopStall]:
+    """20 stalls of 40 ms in FastAPI's serialisation of a response, no line of the app on the
+    stack, the request's route as the agent named it."""
+    return [LoopStall(PID, LOOP_TID, T0 + 5 + i, 40.0, SERIALISING, 39.0, {"cpu": 4}, held,
+                      route) for i in range(20)]
+
+
+def test_a_hold_in_the_frameworks_work_for_a_route_is_that_routes(tmp_path: Path) -> None:
+    # A route returning a large list: FastAPI validates and serialises it on the loop after
+    # the handler returned. No line of the app runs, but the task that held the loop served
+    # that route's request: the flag is the route's, located at its handler, and says whose
+    # code ran.
+    spec = measured_healthy()
+    spec.loop_stalls = framework_stalls("GET /orders")
+    [flag] = [f for f in report_of(spec, tmp_path / "a")["flags"]
+              if f["kind"] == "event_loop_blocked"]
+    assert flag["route"] == "GET /orders"
+    assert (flag["location"]["file"], flag["location"]["line"]) == (APP, 110)
+    assert "in the framework's own work for GET /orders, no line of the app running" \
+        in flag["evidence"]
+    assert "fastapi's ModelField.serialize_json(), pydantic below it" in flag["evidence"]
+    assert flag["metric"]["cause"] == "cpu" and flag["metric"]["framework_share"] == 1.0
+    assert "paginate" in flag["suggestion"]
+    # Without a route (a server's callback, or an older agent), or with a route the framework
+    # serves itself, the same holds are the server's own work: no flag.
+    for route, path in ((None, "b"), ("GET /openapi.json", "c")):
+        spec = measured_healthy()
+        spec.routes.append(RouteInfo("GET", "/openapi.json", "fastapi.applications:openapi",
+                                     f"{SITE}/fastapi/applications.py", 1000, True))
+        spec.loop_stalls = framework_stalls(route)
+        assert not [f for f in report_of(spec, tmp_path / path)["flags"]
+                    if f["kind"] == "event_loop_blocked"], route
+    # Stalls of many callbacks named no one task, so no request: no route's either.
+    spec = measured_healthy()
+    spec.loop_stalls = framework_stalls("GET /orders", held="many")
+    assert not [f for f in report_of(spec, tmp_path / "d")["flags"]
+                if f["kind"] == "event_loop_blocked"]

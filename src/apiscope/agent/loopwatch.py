@@ -68,6 +68,9 @@ MAX_FOLLOW_SHARE = 0.05  # the most a collector may give (`Watchdogs.set_follow_
 
 Frame = tuple[str, str, int]  # (function as py-spy names it, absolute file, line)
 Stack = tuple[Frame, ...]
+Scope = dict[str, Any]
+# One look at the loop thread: the task stepping, its stack, the scope of the request it serves.
+Look = tuple[int | None, Stack | None, Scope | None]
 
 
 def frame_stack(frame: FrameType | None) -> Stack:
@@ -111,6 +114,32 @@ def _remember(key: tuple[CodeType, int], code: CodeType, line: int | None) -> Fr
         _FRAMES.clear()
     _FRAMES[key] = named
     return named
+
+
+# Code objects that have a local named `scope` (an ASGI app's call, a middleware's): only their
+# frames' locals are read for the request a look found running (`serving_scope`).
+_HAS_SCOPE: dict[CodeType, bool] = {}
+
+
+def serving_scope(frame: FrameType | None) -> dict[str, Any] | None:
+    """The ASGI scope of the HTTP request whose code runs at `frame`: the innermost frame up
+    the stack holding one (a framework's app or middleware between the server and the
+    handler), or None (a callback of the server's own, a task of no request's)."""
+    depth = 0
+    while frame is not None and depth < MAX_DEPTH:
+        code = frame.f_code
+        has = _HAS_SCOPE.get(code)
+        if has is None:
+            if len(_HAS_SCOPE) >= MAX_FRAMES:
+                _HAS_SCOPE.clear()
+            has = _HAS_SCOPE[code] = "scope" in code.co_varnames
+        if has:
+            scope = frame.f_locals.get("scope")
+            if isinstance(scope, dict) and scope.get("type") == "http":
+                return scope
+        frame = frame.f_back
+        depth += 1
+    return None
 
 
 def _loop_is_parked(frame: FrameType | None) -> bool:
@@ -175,6 +204,10 @@ class LoopWatchdog(Background):
         self._queued_at_check: int | None = None  # the loop thread's run-queue ns, last check
         # The GIL's futex once the GIL watchdog has learnt it (looks on it say "gil").
         self.gil_futex: Callable[[], tuple[int, int] | None] = lambda: None
+        # "METHOD TEMPLATE" of a request being served, from its scope, once routed (the
+        # middleware's `served_route`): a stall held in a framework's own work for a request
+        # (validating, serialising) is that route's, though no line of the app is running.
+        self.name_route: Callable[[Scope], str | None] | None = None
 
     def start(self) -> None:
         if self.options.time_passes:
@@ -356,7 +389,7 @@ class LoopWatchdog(Background):
         busy loop, held the loop; a pass that began with one or two callbacks to run was held
         by the task the looks saw most (see `_held`). Its stack is the one recorded."""
         self._activity.clear()
-        looks: list[tuple[int | None, Stack | None]] = []
+        looks: list[Look] = []
         followed_at, cpu_then = time.perf_counter(), self._loop_cpu_ns()
         self._queued_since_check()  # the mark from which the wait for a CPU below is counted
         wait = min(SECOND_LOOK, self.options.sample_interval)
@@ -384,8 +417,9 @@ class LoopWatchdog(Background):
             if cpu_then is not None and observed > 0.002:
                 # The CPU from the first sample to the end, scaled to the whole pass.
                 cpu_ms = min(seconds, (cpu_end - cpu_then) / 1e9 * seconds / observed) * 1000
-            held, stacks = _held(looks, callbacks)
-            self._add_stall(pass_start, seconds, cpu_ms, dict(self._activity), stacks, held)
+            held, stacks, scope = _held(looks, callbacks)
+            self._add_stall(pass_start, seconds, cpu_ms, dict(self._activity), stacks, held,
+                            scope)
             # A long pass of many callbacks is a crowded loop, not a hold to catch in the
             # act: on a saturated server every pass may be one; nor is one the host's lack
             # of CPU stretched.
@@ -419,7 +453,7 @@ class LoopWatchdog(Background):
 
     def _add_stall(self, start: float, seconds: float, cpu_ms: float | None,
                    activity: dict[str, int], stacks: Counter[Stack],
-                   held: str | None) -> None:
+                   held: str | None, scope: Scope | None = None) -> None:
         frames = [list(f) for f in stacks.most_common(1)[0][0]] if stacks else []
         pauses = self.gc_pauses
         if pauses is not None:
@@ -431,8 +465,21 @@ class LoopWatchdog(Background):
                  "duration_ms": round(seconds * 1000.0, 3), "frames": frames,
                  "cpu_ms": round(cpu_ms, 3) if cpu_ms is not None else None,
                  "activity": activity, "held": held}
+        route = self._route(scope)
+        if route is not None:
+            stall["route"] = route
         with self._lock:
             self._stalls.append(stall)
+
+    def _route(self, scope: Scope | None) -> str | None:
+        name = self.name_route
+        if scope is None or name is None:
+            return None
+        try:
+            return name(scope)
+        except Exception:
+            self.errors += 1
+            return None
 
     def _loop_cpu_ns(self) -> int | None:
         """The loop thread's CPU time now: its CPU clock, else its schedstat."""
@@ -466,12 +513,14 @@ class LoopWatchdog(Background):
         # What the loop runs now: if the probe turns out late, this is the first sample of
         # the stall (a stall shorter than the wait below gets no other).
         stacks: Counter[Stack] = Counter([frame_stack(frame)] if frame is not None else [])
+        scopes: list[Scope] = []
+        _add_scope(scopes, serving_scope(frame))
         del frame
         self._look()
-        outcome = self._await_probe(posted, period, stacks)
+        outcome = self._await_probe(posted, period, stacks, scopes)
         if outcome is None:
             return False
-        self._record(posted, *outcome)
+        self._record(posted, *outcome, scopes)
         remaining = period - (time.perf_counter() - posted)
         return remaining <= 0 or self._sleep(remaining)
 
@@ -485,7 +534,7 @@ class LoopWatchdog(Background):
         self._look_mark = read
 
     def _await_probe(self, posted: float, wait: float, stacks: Counter[Stack],
-                     ) -> tuple[tuple[float, int], Counter[Stack]] | None:
+                     scopes: list[Scope]) -> tuple[tuple[float, int], Counter[Stack]] | None:
         """Wait for the probe to run, sampling the loop's stack once it is a stall."""
         options = self.options
         while True:
@@ -497,7 +546,9 @@ class LoopWatchdog(Background):
             outstanding = time.perf_counter() - posted
             if outstanding >= options.stall_threshold:
                 if self._follow_cpu.refilled() > 0:  # else timed only: the budget is spent
-                    self._sample_into(stacks)
+                    look = self._sample()
+                    _count_stack(stacks, look[1])
+                    _add_scope(scopes, look[2])
                     self._charge()
                 # A long stall is sampled ever more sparsely (every SPARSER_EVERY samples the
                 # interval doubles): its stack is known by then, and a loop blocked for good
@@ -534,17 +585,18 @@ class LoopWatchdog(Background):
         prompt = GIL_FREE_SHARE * sys.getswitchinterval()
         return wait is not None and self._has_gil and wait < prompt and read_seconds < prompt
 
-    def _sample(self) -> tuple[int | None, Stack | None]:
-        """One look at the loop thread: (the task stepping on the loop, its stack)."""
+    def _sample(self) -> Look:
+        """One look at the loop thread: the task stepping on the loop, its stack, and the
+        scope of the request it serves."""
         self._look()
         task = _current_task_id(self.loop)
         frame = sys._current_frames().get(self.ident)
-        return task, (frame_stack(frame) if frame is not None else None)
+        if frame is None:
+            return task, None, None
+        return task, frame_stack(frame), serving_scope(frame)
 
-    def _sample_into(self, stacks: Counter[Stack]) -> None:
-        _count_stack(stacks, self._sample()[1])
-
-    def _record(self, posted: float, ran: tuple[float, int], stacks: Counter[Stack]) -> None:
+    def _record(self, posted: float, ran: tuple[float, int], stacks: Counter[Stack],
+                scopes: list[Scope]) -> None:
         ran_at, ran_cpu_ns = ran
         lag = max(0.0, ran_at - posted)
         stall = None
@@ -558,6 +610,9 @@ class LoopWatchdog(Background):
                      "duration_ms": round((ran_at - start) * 1000.0, 3),
                      "frames": frames, "cpu_ms": cpu_ms,
                      "activity": dict(self._activity)}
+            route = self._route(_most_seen(scopes))
+            if route is not None:
+                stall["route"] = route
         self._activity.clear()
         if stall is not None:
             self._alert_until = ran_at + ALERT_SECONDS
@@ -590,15 +645,15 @@ def _current_task_id(loop: asyncio.AbstractEventLoop) -> int | None:
     return id(task) if task is not None else None
 
 
-def _held(looks: list[tuple[int | None, Stack | None]],
-          callbacks: int) -> tuple[str, Counter[Stack]]:
-    """Who held a followed pass that began with `callbacks` to run, and the stacks that show
-    it (see `_follow`)."""
+def _held(looks: list[Look], callbacks: int) -> tuple[str, Counter[Stack], Scope | None]:
+    """Who held a followed pass that began with `callbacks` to run, the stacks that show it
+    (see `_follow`), and the scope of the request it served (the one seen most at those
+    looks), if any."""
     if not looks:
-        return GLIMPSE, Counter()
+        return GLIMPSE, Counter(), None
     last = looks[-1][0]
     run = 0
-    for task, _ in reversed(looks):
+    for task, _, _ in reversed(looks):
         if task != last:
             break
         run += 1
@@ -607,17 +662,33 @@ def _held(looks: list[tuple[int | None, Stack | None]],
     elif callbacks <= FEW_CALLBACKS:
         # One of them held it: the task seen most (the other may have run briefly, after it;
         # a look with no task stepping may be the step's own clean-up once it ended).
-        seen = Counter(task for task, _ in looks if task is not None)
+        seen = Counter(task for task, _, _ in looks if task is not None)
         most = seen.most_common(1)[0][0] if seen else None  # else no task at any look
         held, shown = ONE_TASK, [look for look in looks if look[0] == most]
-    elif len(looks) >= 2 and len({task for task, _ in looks}) > 1:
-        return MANY, Counter()  # no one code to blame
+    elif len(looks) >= 2 and len({task for task, _, _ in looks}) > 1:
+        return MANY, Counter(), None  # no one code to blame
     else:
         held, shown = GLIMPSE, looks
     stacks: Counter[Stack] = Counter()
-    for _, stack in shown:
+    scopes: list[Scope] = []
+    for _, stack, scope in shown:
         _count_stack(stacks, stack)
-    return held, stacks
+        _add_scope(scopes, scope)
+    return held, stacks, _most_seen(scopes)
+
+
+def _add_scope(scopes: list[Scope], scope: Scope | None) -> None:
+    if scope is not None and len(scopes) < MAX_DISTINCT_STACKS:
+        scopes.append(scope)
+
+
+def _most_seen(scopes: list[Scope]) -> Scope | None:
+    """The scope seen at the most looks (scopes are dicts: counted by identity)."""
+    if not scopes:
+        return None
+    counts = Counter(id(scope) for scope in scopes)
+    most = counts.most_common(1)[0][0]
+    return next(scope for scope in scopes if id(scope) == most)
 
 
 def _count_stack(stacks: Counter[Stack], stack: Stack | None) -> None:

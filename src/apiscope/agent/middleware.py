@@ -113,6 +113,8 @@ class AgentMiddleware:
         self._paths = PathGrouper()
         self._django = DjangoTemplates()
         self.injected = False  # put in front of a live server by `bootstrap`: detach removes it
+        if watchdogs is not None:
+            watchdogs.name_routes_with(self.served_route)
         self._prepare(app)
 
     def _prepare(self, app: ASGIApp) -> None:
@@ -282,6 +284,21 @@ class AgentMiddleware:
         inner_root = scope.get("root_path", "")
         prefix = inner_root[len(root_path):] if inner_root.startswith(root_path) else ""
         return prefix + (template_of(route) if context is None else effective_template(context))
+
+    def served_route(self, scope: Scope) -> str | None:
+        """"METHOD TEMPLATE" of a request still being served, once its framework has routed
+        it (Starlette's and FastAPI's routes, Litestar's); None before, and for the frameworks
+        whose templates are known only once the request ends. The loop watchdog asks it, from
+        its own thread, of the request a stall served: it reads and changes nothing else."""
+        fastapi_scope = scope.get("fastapi")
+        context = fastapi_scope.get("effective_route_context") if fastapi_scope else None
+        key = context if context is not None else scope.get("route")
+        template = self.routes.template(key) if key is not None else None
+        if template is None:
+            template = scope.get("path_template")  # Litestar's router writes it once matched
+        if not isinstance(template, str) or not template:
+            return None
+        return f"{scope.get('method', 'GET')} {template}"
 
     def _other_route(self, scope: Scope, django_request: Any) -> str:
         """Litestar's and Django's templates, or the raw path grouped (ids as placeholders)."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .gcpauses import GcPauses
@@ -101,6 +101,9 @@ class Watchdogs:
         self._running = False
         self.errors = 0
         self.gc_pauses = GcPauses()  # timed once a loop stalled, until the watchdogs stop
+        # Names the route of a request from its scope (`LoopWatchdog.name_route`; the
+        # middleware gives it, `name_routes_with`).
+        self.name_route: Callable[[dict[str, Any]], str | None] | None = None
 
     def see_loop(self) -> None:
         """Called on the loop serving a request, by the middleware when that loop is not
@@ -125,11 +128,19 @@ class Watchdogs:
                                self.options, self._meter if has_gil() else None)
             dog.gil_futex = self._gil_futex
             dog.gc_pauses = self.gc_pauses
+            dog.name_route = self.name_route
             if self.follow_share != FOLLOW_CPU_SHARE:
                 dog.set_follow_share(self.follow_share)
             self._loops[id(loop)] = dog
             if self._running and self.options.loop_interval > 0 and self.options.enabled:
                 dog.start()
+
+    def name_routes_with(self, name: Callable[[dict[str, Any]], str | None]) -> None:
+        """How the loop watchdogs name the route of the request a stall served."""
+        with self._lock:
+            self.name_route = name
+            for dog in self._loops.values():
+                dog.name_route = name
 
     def set_follow_share(self, share: float) -> None:
         """The share of a core each loop watchdog may spend following long passes (their

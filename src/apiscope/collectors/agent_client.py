@@ -362,7 +362,8 @@ def watchdogs_from_json(data: dict[str, Any], pid: int, ts: float) -> WatchdogRe
                           cpu_ms=None if s.get("cpu_ms") is None else float(s["cpu_ms"]),
                           activity={str(k): int(v)
                                     for k, v in (s.get("activity") or {}).items()},
-                          held=None if s.get("held") is None else str(s["held"]))
+                          held=None if s.get("held") is None else str(s["held"]),
+                          route=None if s.get("route") is None else str(s["route"]))
                 for s in data.get("stalls", ())],
         lag=[LoopLagSample(ts=ts, pid=pid, probes=int(lag["probes"]),
                            p50_ms=float(lag["p50_ms"]), p99_ms=float(lag["p99_ms"]),

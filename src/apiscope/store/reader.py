@@ -400,13 +400,14 @@ class SessionReader(ViewQueries):
 
     def loop_stalls(self) -> list[LoopStall]:
         held = "held" if self._has_column("loop_stalls", "held") else "NULL"  # v4 on
+        route = "route" if self._has_column("loop_stalls", "route") else "NULL"  # v10 on
         rows = self._rows_if_table(
             "loop_stalls",
             "SELECT pid, tid, start, duration_ms, stack_id, cpu_ms, activity, "
-            f"{held} FROM loop_stalls ORDER BY start")
+            f"{held}, {route} FROM loop_stalls ORDER BY start")
         return [LoopStall(pid, tid, start, duration, self.stack(stack_id), cpu,
-                          json.loads(activity) if activity else {}, who)
-                for pid, tid, start, duration, stack_id, cpu, activity, who in rows]
+                          json.loads(activity) if activity else {}, who, served)
+                for pid, tid, start, duration, stack_id, cpu, activity, who, served in rows]
 
     def _has_column(self, table: str, column: str) -> bool:
         """Whether the file's table has the column (a file's schema does not change once its

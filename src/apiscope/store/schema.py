@@ -23,7 +23,9 @@ from collections.abc import Iterable
 # 8: loop_stalls.held "gc" (the garbage collector held the loop): an older apiscope would
 #    blame the line the looks found; and the offloaded table.
 # 9: offloaded.cpu (the timed CPU of the calls endpoints handed to pools); older files read 0.
-SCHEMA_VERSION = 9
+# 10: loop_stalls.route (the request a hold served, where no line of the app ran); older files
+#     read None.
+SCHEMA_VERSION = 10
 # PRAGMA application_id marks the file as ours, so a foreign SQLite file is refused clearly.
 APPLICATION_ID = 0x61706973  # "apis"
 
@@ -109,7 +111,7 @@ CREATE TABLE IF NOT EXISTS profiles (
 );
 CREATE TABLE IF NOT EXISTS loop_stalls (
     pid INTEGER NOT NULL, tid INTEGER NOT NULL, start REAL NOT NULL, duration_ms REAL NOT NULL,
-    stack_id INTEGER NOT NULL, cpu_ms REAL, activity TEXT, held TEXT
+    stack_id INTEGER NOT NULL, cpu_ms REAL, activity TEXT, held TEXT, route TEXT
 );
 CREATE TABLE IF NOT EXISTS loop_lag (
     ts REAL NOT NULL, pid INTEGER NOT NULL, probes INTEGER NOT NULL, p50_ms REAL NOT NULL,

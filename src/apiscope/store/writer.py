@@ -178,9 +178,10 @@ class SessionWriter:
         batch = list(stalls)
         if batch:
             self._submit(lambda c: c.executemany(
-                "INSERT INTO loop_stalls VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO loop_stalls VALUES (?,?,?,?,?,?,?,?,?)",
                 [(s.pid, s.tid, s.start, s.duration_ms, self._stack_id(c, s.frames), s.cpu_ms,
-                  json.dumps(s.activity) if s.activity else None, s.held) for s in batch]))
+                  json.dumps(s.activity) if s.activity else None, s.held, s.route)
+                 for s in batch]))
 
     def put_unfinished(self, requests: Iterable[UnfinishedRequest]) -> None:
         batch = list(requests)

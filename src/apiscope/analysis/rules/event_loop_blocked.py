@@ -51,10 +51,11 @@ from apiscope.analysis.advice import (
     native_advice,
     sync_handler_advice,
 )
-from apiscope.analysis.attribution import is_tool_work, user_frame
+from apiscope.analysis.attribution import framework_route, is_app_frame, is_tool_work, user_frame
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
 from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct, where
 from apiscope.analysis.thresholds import grade
+from apiscope.frames import package_of
 from apiscope.model import Frame, LoopStall, ThreadRole
 
 LOW_MIN_STALLS = 3
@@ -90,9 +91,51 @@ class _Stalls:
     lines: Counter[Frame] = field(default_factory=Counter)
     stacks: list[tuple[Frame, ...]] = field(default_factory=list)
     activity: Counter[str] = field(default_factory=Counter)  # the kernel's looks (see model)
+    # Stalls held in the framework's own work for the route's requests (no line of the app
+    # running), and the framework's calls the looks found them in.
+    framework_work: int = 0
+    framework_calls: Counter[str] = field(default_factory=Counter)
 
 
 SERVER: Group = (None, "<server>")  # passes seen holding no application code, or many
+# Packages whose frames are a web framework's own request handling (routing, validation,
+# serialisation, rendering through it).
+WEB_FRAMEWORKS = frozenset({"starlette", "fastapi", "litestar", "django", "rest_framework",
+                            "ninja", "quart", "falcon", "sanic", "blacksheep"})
+
+
+FRAMEWORK_WORK_ADVICE = (
+    "the framework's work for each request of this route (validating, serialising or rendering"
+    " what the handler returns) holds the event loop: send less per request (paginate, fewer"
+    " fields), or serialise once and cache the result (return a ready response)")
+
+
+def _handler_frame(ctx: AnalysisContext, endpoint: str) -> Frame | None:
+    """The handler of `endpoint` as a frame at its first line, when it is the app's own
+    (a route the framework serves itself, such as FastAPI's /openapi.json, is not)."""
+    route = ctx.route_info(endpoint)
+    if route is None or framework_route(route):
+        return None
+    function = route.handler.rpartition(":")[2]
+    file, line = (route.view_file, route.view_line) if route.view_file else (route.file,
+                                                                             route.line)
+    frame = Frame(function, file, line)
+    return frame if file and is_app_frame(frame, ctx.matcher.roots) else None
+
+
+def _framework_call(frames: tuple[Frame, ...]) -> str | None:
+    """The web framework's call nearest the leaf of a stack ("fastapi's
+    serialize_response()"), with the library below it when the leaf is another's; None when
+    no framework frame is on the stack (the server's own work)."""
+    for index in range(len(frames) - 1, -1, -1):
+        package = package_of(frames[index].file)
+        if package in WEB_FRAMEWORKS:
+            call = f"{package}'s {frames[index].function}()"
+            leaf = package_of(frames[-1].file)
+            if index < len(frames) - 1 and leaf and leaf not in WEB_FRAMEWORKS:
+                call += f", {leaf} below it"
+            return call
+    return None
 
 
 def _length_class(duration_ms: float) -> int:
@@ -247,15 +290,25 @@ class EventLoopBlockedRule:
         if not frames or (stall.held != "one" and stall.duration_ms < LONG_STALL_MS):
             return None
         user = user_frame(frames, ctx.matcher.roots)
-        if user is None or is_tool_work(frames) or any(
-                f.file.startswith("<frozen importlib") for f in frames):
-            return SERVER, None  # the server's own work, the measurement's, or an import
+        if is_tool_work(frames) or any(f.file.startswith("<frozen importlib") for f in frames):
+            return SERVER, None  # the measurement's own work, or an import
+        if user is None:
+            # No line of the app ran: the server's own work, or the framework's for the
+            # request the holding task served (validating, serialising what its handler
+            # returned), which is that route's.
+            handler = _handler_frame(ctx, stall.route) if stall.route else None
+            if handler is None or _framework_call(frames) is None:
+                return SERVER, None
+            return (stall.route, ""), handler
         return _key(ctx.matcher.endpoint_of(frames), user), user
 
     @staticmethod
     def _add(group: _Stalls, stall: LoopStall, user: Frame, length: tuple[int, int]) -> None:
         frames = stall.frames
         seconds = stall.duration_ms / 1000
+        if user not in frames:  # the route's handler: the framework's work held the loop
+            group.framework_work += 1
+            group.framework_calls[_framework_call(frames) or ""] += 1
         group.count += 1
         group.seconds += seconds
         group.by_class[length] += seconds
@@ -278,16 +331,27 @@ class EventLoopBlockedRule:
         what, cause = looks.what, looks.cause
         framework = framework_of(group.stacks)
         total = group.seconds + group.estimated
+        suggestion = (native_advice(framework) if looks.native else cpu_advice(framework)
+                      if cause == "cpu" else blocking_advice(framework))
+        inside = f"inside {where(loc)}"
+        if group.framework_work * 2 > group.count:
+            # The handler is where the route's code is; it was not running.
+            call = group.framework_calls.most_common(1)[0][0]
+            inside = (f"in the framework's own work for {endpoint}, no line of the app"
+                      f" running ({call})")
+            suggestion = FRAMEWORK_WORK_ADVICE
+        else:
+            suggestion = _sync_handler(ctx, endpoint, framework) or suggestion
         if group.estimated >= 0.005:
-            held = (f"the event loop was held {group.count} times inside {where(loc)} where the"
-                    f" agent saw it ({group.seconds:.2f} s, longest {group.longest_ms:.0f} ms);"
-                    f" with the passes of the same lengths it did not see in the act, about"
+            held = (f"the event loop was held {group.count} times {inside} where the agent saw"
+                    f" it ({group.seconds:.2f} s, longest {group.longest_ms:.0f} ms); with the"
+                    f" passes of the same lengths it did not see in the act, about"
                     f" {group.count + group.estimated_count:.0f} times for {total:.2f} s"
                     f" ({pct(fraction)} of the session)")
         else:
             held = (f"the event loop stalled {group.count} times for {group.seconds:.2f} s in"
                     f" all ({pct(fraction)} of the session, longest {group.longest_ms:.0f} ms)"
-                    f" inside {where(loc)}")
+                    f" {inside}")
         evidence = f"{held}, {what}; every other request on that loop waited"
         requests = len(ctx.by_endpoint.get(endpoint, [])) if endpoint else 0
         metric: dict[str, MetricValue] = {
@@ -300,9 +364,8 @@ class EventLoopBlockedRule:
             metric["gil_free_share"] = looks.gil_free
         if requests:
             metric["stall_ms_per_request"] = total * 1000 / requests
-        suggestion = (native_advice(framework) if looks.native else cpu_advice(framework)
-                      if cause == "cpu" else blocking_advice(framework))
-        suggestion = _sync_handler(ctx, endpoint, framework) or suggestion
+        if group.framework_work:
+            metric["framework_share"] = group.framework_work / group.count
         return make_flag(self.kind, severity, endpoint, loc, evidence, metric, suggestion)
 
     # -- from stack samples -----------------------------------------------------------------
