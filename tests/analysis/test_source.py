@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apiscope.analysis.source import enclosing_function
+from apiscope.analysis.source import enclosing_function, hands_back_at
 
 SOURCE = '''import functools
 
@@ -50,3 +50,41 @@ def test_unreadable_or_foreign_files_name_nothing(tmp_path: Path) -> None:
     template = tmp_path / "page.html"
     template.write_text("def f():\n    pass\n")
     assert enclosing_function(str(template), 2) is None
+
+
+HANDLERS = '''from app import router
+
+
+@router.get("/items")
+async def list_items(limit: int = 10):
+    def key(item):
+        return item.name
+    items = sorted(load(), key=key)
+    return items[:limit]
+
+
+@router.get("/item/{item_id}")
+@cached
+def read_item(item_id: int):
+    if item_id < 0:
+        return None
+    return load_one(item_id)
+
+
+async def bare():
+    await notify()
+'''
+
+
+def test_where_a_handler_hands_its_result_back(tmp_path: Path) -> None:
+    path = tmp_path / "routes.py"
+    path.write_text(HANDLERS)
+    # Asked by the line its code begins at (its first decorator's) or its def line: its one
+    # `return <value>`, not that of the function inside it.
+    assert hands_back_at(str(path), 4) == 9
+    assert hands_back_at(str(path), 5) == 9
+    # Several returns: the def line, not the decorator's.
+    assert hands_back_at(str(path), 12) == 14
+    assert hands_back_at(str(path), 20) == 20  # no return at all
+    assert hands_back_at(str(path), 2) is None  # no function begins there
+    assert hands_back_at(str(tmp_path / "gone.py"), 4) is None

@@ -1,4 +1,5 @@
-"""The function a line of the application's source belongs to, read from the source itself.
+"""The function a line of the application's source belongs to, read from the source itself;
+and where a handler hands its result back.
 
 The agent records some places as a file and a line only (the call site of a query, the line
 that raised). When no stack sample ever ran that line, the samples cannot name its function;
@@ -16,6 +17,7 @@ import os
 MAX_SOURCE_BYTES = 2_000_000  # a larger "source" is not worth parsing for a name
 
 Span = tuple[int, int, str]  # first line, last line, qualified name
+Function = ast.FunctionDef | ast.AsyncFunctionDef
 
 
 def enclosing_function(path: str, line: int) -> str | None:
@@ -27,20 +29,64 @@ def enclosing_function(path: str, line: int) -> str | None:
     return best[2] if best is not None else None
 
 
+def hands_back_at(path: str, first_line: int) -> int | None:
+    """Where the handler whose code begins at `first_line` of `path` (its first decorator's
+    line, as the function's code says, or its `def`) hands its result to the framework: the
+    line of its one `return <value>`, else its `def` line (not a decorator's). None when the
+    source is not readable here."""
+    function = _function_at(path, first_line)
+    if function is None:
+        return None
+    returns = [node.lineno for node in _own_nodes(function)
+               if isinstance(node, ast.Return) and node.value is not None]
+    return returns[0] if len(returns) == 1 else function.lineno
+
+
+def _function_at(path: str, first_line: int) -> Function | None:
+    tree = _tree(path)
+    if tree is None:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            if first_line in (start, node.lineno):
+                return node
+    return None
+
+
+def _own_nodes(function: Function) -> list[ast.AST]:
+    """The nodes of a function's body, not those of the functions and classes inside it."""
+    nodes: list[ast.AST] = []
+    pending: list[ast.AST] = list(function.body)
+    while pending:
+        node = pending.pop()
+        nodes.append(node)
+        pending.extend(child for child in ast.iter_child_nodes(node) if not isinstance(
+            child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)))
+    return nodes
+
+
 @functools.lru_cache(maxsize=256)
 def _functions(path: str) -> tuple[Span, ...]:
-    if not path.endswith(".py"):
-        return ()
-    try:
-        if os.path.getsize(path) > MAX_SOURCE_BYTES:
-            return ()
-        with open(path, "rb") as f:
-            tree = ast.parse(f.read(), filename=path)
-    except (OSError, SyntaxError, ValueError):
+    tree = _tree(path)
+    if tree is None:
         return ()
     spans: list[Span] = []
     _walk(tree, "", spans)
     return tuple(spans)
+
+
+@functools.lru_cache(maxsize=64)
+def _tree(path: str) -> ast.Module | None:
+    if not path.endswith(".py"):
+        return None
+    try:
+        if os.path.getsize(path) > MAX_SOURCE_BYTES:
+            return None
+        with open(path, "rb") as f:
+            return ast.parse(f.read(), filename=path)
+    except (OSError, SyntaxError, ValueError):
+        return None
 
 
 def _walk(node: ast.AST, prefix: str, spans: list[Span]) -> None:

@@ -54,6 +54,7 @@ from apiscope.analysis.advice import (
 from apiscope.analysis.attribution import framework_route, is_app_frame, is_tool_work, user_frame
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
 from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct, where
+from apiscope.analysis.source import hands_back_at
 from apiscope.analysis.thresholds import grade
 from apiscope.frames import package_of
 from apiscope.model import Frame, LoopStall, ThreadRole
@@ -111,8 +112,10 @@ FRAMEWORK_WORK_ADVICE = (
 
 
 def _handler_frame(ctx: AnalysisContext, endpoint: str) -> Frame | None:
-    """The handler of `endpoint` as a frame at its first line, when it is the app's own
-    (a route the framework serves itself, such as FastAPI's /openapi.json, is not)."""
+    """The handler of `endpoint` as a frame where it hands its result to the framework (its
+    one `return`, else its `def` line, as its source says; its first line when the source is
+    not readable here), when it is the app's own (a route the framework serves itself, such as
+    FastAPI's /openapi.json, is not)."""
     route = ctx.route_info(endpoint)
     if route is None or framework_route(route):
         return None
@@ -120,7 +123,9 @@ def _handler_frame(ctx: AnalysisContext, endpoint: str) -> Frame | None:
     file, line = (route.view_file, route.view_line) if route.view_file else (route.file,
                                                                              route.line)
     frame = Frame(function, file, line)
-    return frame if file and is_app_frame(frame, ctx.matcher.roots) else None
+    if not file or not is_app_frame(frame, ctx.matcher.roots):
+        return None
+    return Frame(function, file, hands_back_at(file, line) or line)
 
 
 def _framework_call(frames: tuple[Frame, ...]) -> str | None:
