@@ -216,6 +216,34 @@ def test_a_stall_names_the_route_of_the_request_that_held_the_loop(
     assert "route" not in plain and plain["frames"][-1][0] == "spinner"
 
 
+def test_a_look_in_the_collectors_callback_names_the_frame_that_allocated() -> None:
+    # A look takes the GIL where the loop thread next runs Python: in a validator's C code
+    # that allocates, that is the agent's own collector callback, far more often than it runs.
+    # The look names the frame that allocated instead.
+    import queue
+
+    from apiscope.agent.gcpauses import GcPauses
+    from apiscope.agent.loopwatch import _loop_frame
+
+    release: queue.SimpleQueue[float] = queue.SimpleQueue()
+    pauses = GcPauses(clock=release.get)  # C code: the callback's frame is the leaf
+
+    def allocate() -> None:
+        pauses._callback("start", {})  # as the collector calls it, set off here
+
+    thread = threading.Thread(target=allocate, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: getattr(sys._current_frames().get(thread.ident or 0), "f_code",
+                                   None) is GcPauses._callback.__code__,
+                   what="the callback to run")
+        frame = _loop_frame(thread.ident or 0)
+        assert frame is not None and frame.f_code is allocate.__code__
+    finally:
+        release.put(0.0)
+        thread.join(5)
+
+
 def test_a_pass_the_garbage_collector_held_is_nobodys(timed_loop_thread: LoopThread) -> None:
     # A heap the collector takes 150 ms or more to walk (a full collection of a large app).
     heap: list[list[int]] = []

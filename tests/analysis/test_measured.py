@@ -594,3 +594,26 @@ def test_a_hold_in_the_frameworks_work_for_a_route_is_that_routes(tmp_path: Path
     spec.loop_stalls = framework_stalls("GET /orders", held="many")
     assert not [f for f in report_of(spec, tmp_path / "d")["flags"]
                 if f["kind"] == "event_loop_blocked"]
+
+
+def test_the_collectors_passes_during_a_routes_requests_count_when_it_holds_the_loop_too(
+        tmp_path: Path) -> None:
+    # Validating a large response builds thousands of objects, and the collector runs in the
+    # middle of it: passes the collector held most of are that route's when the route holds
+    # the loop by itself too, not when they are all it did (a collection may start in any
+    # request's allocation).
+    collected = [LoopStall(PID, LOOP_TID, T0 + 30 + i, 100.0, SERIALISING, 99.0, {"cpu": 2},
+                           "gc", "GET /orders") for i in range(10)]
+    spec = measured_healthy()
+    spec.loop_stalls = framework_stalls("GET /orders")[:4] + collected
+    [flag] = [f for f in report_of(spec, tmp_path / "a")["flags"]
+              if f["kind"] == "event_loop_blocked"]
+    assert flag["route"] == "GET /orders"
+    assert flag["metric"]["collector_seconds"] == pytest.approx(1.0)
+    assert flag["metric"]["blocked_seconds"] == pytest.approx(1.16)
+    assert "10 passes (1.00 s) during its requests in which the garbage collector ran most" \
+        in flag["evidence"]
+    spec = measured_healthy()
+    spec.loop_stalls = collected
+    assert not [f for f in report_of(spec, tmp_path / "b")["flags"]
+                if f["kind"] == "event_loop_blocked"]

@@ -131,7 +131,7 @@ ASYNC_SHOP = CorpusApp(
         _get("/stats", 3),
     ],
     planted=[_get("/reports/top-customers", 4), _get("/reports/ledger", 3),
-             _get("/reports/signed-export?customer_id={id}", 3)],
+             _get("/reports/signed-export?customer_id={id}", 3), _get("/reports/price-list", 2)],
 )
 
 

@@ -142,6 +142,20 @@ def serving_scope(frame: FrameType | None) -> dict[str, Any] | None:
     return None
 
 
+def _loop_frame(ident: int) -> FrameType | None:
+    """The frame the loop thread runs now. Where that is the agent's own collector callback
+    (`GcPauses`), the frame that allocated: a look takes the GIL where the loop thread next
+    runs Python, so a hold in C code that allocates (a validator building objects) is seen in
+    that callback far more often than it runs."""
+    frame = sys._current_frames().get(ident)
+    if frame is not None and frame.f_code is _GC_CALLBACK:
+        return frame.f_back
+    return frame
+
+
+_GC_CALLBACK = GcPauses._callback.__code__
+
+
 def _loop_is_parked(frame: FrameType | None) -> bool:
     """True when the loop thread waits for events: asyncio's `_run_once` inside the selector's
     `select`, or a C loop (uvloop) below `asyncio.run`'s Python frame, with nothing above it."""
@@ -503,7 +517,7 @@ class LoopWatchdog(Background):
         period = self.options.loop_interval
         if time.perf_counter() < self._alert_until:
             period = min(period, self.options.stall_threshold)
-        frame = sys._current_frames().get(self.ident)
+        frame = _loop_frame(self.ident)
         if not loop.is_running() or _loop_is_parked(frame):
             self._seen_idle()
             return self._sleep(period)
@@ -590,7 +604,7 @@ class LoopWatchdog(Background):
         scope of the request it serves."""
         self._look()
         task = _current_task_id(self.loop)
-        frame = sys._current_frames().get(self.ident)
+        frame = _loop_frame(self.ident)
         if frame is None:
             return task, None, None
         return task, frame_stack(frame), serving_scope(frame)

@@ -96,6 +96,10 @@ class _Stalls:
     # running), and the framework's calls the looks found them in.
     framework_work: int = 0
     framework_calls: Counter[str] = field(default_factory=Counter)
+    # Passes during the route's requests in which the garbage collector ran most of the time
+    # (seconds, count): its allocations set the collector off.
+    collected: float = 0.0
+    collected_count: int = 0
 
 
 SERVER: Group = (None, "<server>")  # passes seen holding no application code, or many
@@ -251,8 +255,12 @@ class EventLoopBlockedRule:
         groups: dict[Group, _Stalls] = defaultdict(_Stalls)
         seen: dict[tuple[int, int], float] = defaultdict(float)  # per (pid, length class)
         unseen: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0.0, 0.0])
+        collected: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # by route
         for stall in ctx.data.loop_stalls:
             length = (stall.pid, _length_class(stall.duration_ms))
+            if stall.held == "gc" and stall.route:
+                collected[stall.route][0] += stall.duration_ms / 1000
+                collected[stall.route][1] += 1
             place = self._place(ctx, stall)
             if place is None:
                 unseen[length][0] += stall.duration_ms / 1000
@@ -268,13 +276,21 @@ class EventLoopBlockedRule:
                     share = seconds / seen[length]
                     group.estimated += unseen[length][0] * share
                     group.estimated_count += unseen[length][1] * share
+        # The collector's passes during a route's requests are that route's, when it held the
+        # loop by itself too (a collection may start in any request's allocation; one that
+        # keeps the loop busy without it makes most of them).
+        for route, (seconds, count) in collected.items():
+            own = [g for (endpoint, _), g in groups.items() if endpoint == route]
+            if own:
+                group = max(own, key=lambda g: g.seconds)
+                group.collected, group.collected_count = seconds, int(count)
         loop_seconds = ctx.data.seconds * max(1, len(pids))
         if loop_seconds <= 0:
             return []
         flags = []
         for (endpoint, _), group in sorted(groups.items(), key=lambda kv: (kv[0][0] or "",
                                                                             kv[0][1])):
-            fraction = (group.seconds + group.estimated) / loop_seconds
+            fraction = (group.seconds + group.estimated + group.collected) / loop_seconds
             severity = grade(fraction, ctx.thresholds.loop_blocked_fraction)
             if severity is None and group.count >= LOW_MIN_STALLS and \
                     fraction >= ctx.thresholds.loop_blocking_min_fraction:
@@ -335,7 +351,7 @@ class EventLoopBlockedRule:
                  else _Looks(*_describe(cpu_share)))
         what, cause = looks.what, looks.cause
         framework = framework_of(group.stacks)
-        total = group.seconds + group.estimated
+        total = group.seconds + group.estimated + group.collected
         suggestion = (native_advice(framework) if looks.native else cpu_advice(framework)
                       if cause == "cpu" else blocking_advice(framework))
         inside = f"inside {where(loc)}"
@@ -347,16 +363,22 @@ class EventLoopBlockedRule:
             suggestion = FRAMEWORK_WORK_ADVICE
         else:
             suggestion = _sync_handler(ctx, endpoint, framework) or suggestion
+        own = group.seconds + group.estimated
+        own_fraction = fraction * own / total if total > 0 else fraction
         if group.estimated >= 0.005:
             held = (f"the event loop was held {group.count} times {inside} where the agent saw"
                     f" it ({group.seconds:.2f} s, longest {group.longest_ms:.0f} ms); with the"
                     f" passes of the same lengths it did not see in the act, about"
-                    f" {group.count + group.estimated_count:.0f} times for {total:.2f} s"
-                    f" ({pct(fraction)} of the session)")
+                    f" {group.count + group.estimated_count:.0f} times for {own:.2f} s"
+                    f" ({pct(own_fraction)} of the session)")
         else:
             held = (f"the event loop stalled {group.count} times for {group.seconds:.2f} s in"
-                    f" all ({pct(fraction)} of the session, longest {group.longest_ms:.0f} ms)"
-                    f" {inside}")
+                    f" all ({pct(own_fraction)} of the session, longest"
+                    f" {group.longest_ms:.0f} ms) {inside}")
+        if group.collected_count:
+            held += (f"; and {group.collected_count} passes ({group.collected:.2f} s) during its"
+                     " requests in which the garbage collector ran most of the time, set off"
+                     f" by their allocations ({pct(fraction)} of the session in all)")
         evidence = f"{held}, {what}; every other request on that loop waited"
         requests = len(ctx.by_endpoint.get(endpoint, [])) if endpoint else 0
         metric: dict[str, MetricValue] = {
@@ -371,6 +393,8 @@ class EventLoopBlockedRule:
             metric["stall_ms_per_request"] = total * 1000 / requests
         if group.framework_work:
             metric["framework_share"] = group.framework_work / group.count
+        if group.collected_count:
+            metric["collector_seconds"] = group.collected
         return make_flag(self.kind, severity, endpoint, loc, evidence, metric, suggestion)
 
     # -- from stack samples -----------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 
 from fastapi import APIRouter
+from pydantic import BaseModel
 from sqlalchemy import select, text
 
 from .db import Customer, Order, SessionDep
@@ -16,6 +17,23 @@ SIGNING_SECRET = b"export-signing-secret"
 ROUNDS = 100_000
 # The ledger is a slow view in the database: 250 ms.
 LEDGER_SQL = text("SELECT pg_sleep(0.25), count(*) FROM shop_order")
+
+
+class PriceListEntry(BaseModel):
+    sku: str
+    region: str
+    currency: str
+    price_cents: int
+    tax_cents: int
+
+
+REGIONS = [("de", "EUR", 19), ("fr", "EUR", 20), ("it", "EUR", 22), ("es", "EUR", 21),
+           ("nl", "EUR", 21), ("pl", "PLN", 23), ("se", "SEK", 25), ("dk", "DKK", 25),
+           ("cz", "CZK", 21), ("uk", "GBP", 20)]
+# Every product in every region, built once: the whole list goes out on each request.
+PRICE_LIST = [{"sku": f"SKU-{n:05d}", "region": region, "currency": currency,
+               "price_cents": 100 + n % 9000, "tax_cents": (100 + n % 9000) * vat // 100}
+              for n in range(2000) for region, currency, vat in REGIONS]
 
 
 @router.get("/top-customers")
@@ -42,3 +60,10 @@ async def signed_export(customer_id: int = 1) -> dict[str, str]:
     salt, secret = f"customer-{customer_id}".encode(), SIGNING_SECRET
     key = hashlib.pbkdf2_hmac("sha256", secret, salt, ROUNDS)  # planted: event_loop_blocked native
     return {"customer_id": str(customer_id), "signature": key.hex()}
+
+
+@router.get("/price-list", response_model=list[PriceListEntry])
+async def price_list() -> list[dict[str, object]]:
+    # FastAPI validates and serialises the 20,000 entries on the event loop, after this
+    # returns: no line of the app runs while it does.
+    return PRICE_LIST  # planted: event_loop_blocked cpu
