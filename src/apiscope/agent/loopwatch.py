@@ -70,7 +70,7 @@ Frame = tuple[str, str, int]  # (function as py-spy names it, absolute file, lin
 Stack = tuple[Frame, ...]
 Scope = dict[str, Any]
 # One look at the loop thread: the task stepping, its stack, the scope of the request it serves.
-Look = tuple[int | None, Stack | None, Scope | None]
+Look = tuple["int | None", "Stack | None", "Scope | None"]  # quoted: no `X | None` before 3.10
 
 
 def frame_stack(frame: FrameType | None) -> Stack:
