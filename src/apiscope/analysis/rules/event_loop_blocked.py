@@ -107,6 +107,11 @@ SERVER: Group = (None, "<server>")  # passes seen holding no application code, o
 # serialisation, rendering through it).
 WEB_FRAMEWORKS = frozenset({"starlette", "fastapi", "litestar", "django", "rest_framework",
                             "ninja", "quart", "falcon", "sanic", "blacksheep"})
+# Modules whose frames at a look's leaf are I/O that lets the GIL go (a response's bytes
+# handed to the socket, a log line written): the watchdog takes the GIL there at once, so its
+# looks land in them far more often than the loop spends there. A hold seen there was not
+# the framework's work, whatever else the pass did.
+IO_MODULES = frozenset({"asyncio", "socket", "ssl", "selectors", "logging", "io", "_pyio"})
 
 
 FRAMEWORK_WORK_ADVICE = (
@@ -318,7 +323,8 @@ class EventLoopBlockedRule:
             # request the holding task served (validating, serialising what its handler
             # returned), which is that route's.
             handler = _handler_frame(ctx, stall.route) if stall.route else None
-            if handler is None or _framework_call(frames) is None:
+            if handler is None or _framework_call(frames) is None or \
+                    package_of(frames[-1].file) in IO_MODULES:
                 return SERVER, None
             return (stall.route, ""), handler
         return _key(ctx.matcher.endpoint_of(frames), user), user
