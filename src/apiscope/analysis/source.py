@@ -56,13 +56,14 @@ def _function_at(path: str, first_line: int) -> Function | None:
 
 def _own_nodes(function: Function) -> list[ast.AST]:
     """The nodes of a function's body, not those of the functions and classes inside it."""
+    scopes = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
     nodes: list[ast.AST] = []
-    pending: list[ast.AST] = list(function.body)
+    pending = [node for node in function.body if not isinstance(node, scopes)]
     while pending:
         node = pending.pop()
         nodes.append(node)
-        pending.extend(child for child in ast.iter_child_nodes(node) if not isinstance(
-            child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)))
+        pending.extend(child for child in ast.iter_child_nodes(node)
+                       if not isinstance(child, scopes))
     return nodes
 
 
