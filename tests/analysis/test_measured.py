@@ -617,3 +617,29 @@ def test_the_collectors_passes_during_a_routes_requests_count_when_it_holds_the_
     spec.loop_stalls = collected
     assert not [f for f in report_of(spec, tmp_path / "b")["flags"]
                 if f["kind"] == "event_loop_blocked"]
+
+
+def test_passes_of_a_routes_requests_seen_only_at_their_send_count_for_it(
+        tmp_path: Path) -> None:
+    # A look takes the GIL where the loop thread lets it go: a computation followed by the
+    # response's send is often seen only at the send. Such passes of a route's requests add
+    # to the route's hold when it was seen in the act too, never make one by themselves, and
+    # leave its location where its code was seen.
+    sending = (*SERIALISING[:-3], Frame("_SelectorSocketTransport.write",
+                                        f"{STD}/asyncio/selector_events.py", 1057))
+    at_send = [LoopStall(PID, LOOP_TID, T0 + 30 + i, 40.0, sending, 39.0, {"cpu": 2}, "one",
+                         "GET /reports/summary") for i in range(8)]
+    seen = [replace(stall(88, 40.0, 39.0, T0 + 5 + i), route="GET /reports/summary")
+            for i in range(2)]
+    spec = measured_healthy()
+    spec.loop_stalls = seen + at_send
+    [flag] = [f for f in report_of(spec, tmp_path / "a")["flags"]
+              if f["kind"] == "event_loop_blocked"]
+    assert flag["route"] == "GET /reports/summary" and flag["location"]["line"] == 88
+    assert flag["metric"]["seen_at_io_seconds"] == pytest.approx(0.32)
+    assert "8 passes (0.32 s) its requests held that the agent saw only as they sent" \
+        in flag["evidence"]
+    spec = measured_healthy()
+    spec.loop_stalls = at_send + seen[:1]
+    assert not [f for f in report_of(spec, tmp_path / "b")["flags"]
+                if f["kind"] == "event_loop_blocked"]

@@ -58,7 +58,7 @@ def _own_nodes(function: Function) -> list[ast.AST]:
     """The nodes of a function's body, not those of the functions and classes inside it."""
     scopes = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
     nodes: list[ast.AST] = []
-    pending = [node for node in function.body if not isinstance(node, scopes)]
+    pending: list[ast.AST] = [node for node in function.body if not isinstance(node, scopes)]
     while pending:
         node = pending.pop()
         nodes.append(node)

@@ -67,6 +67,9 @@ HOLD_MS = 10.0  # the shortest pass the agent records: the first length class
 # A hold seen in fewer stalls, or fewer sampling windows, than this is a one-off (a cache or an
 # index built on first use, once per worker), not what every other request keeps waiting for.
 MIN_RECURRENCES = 3
+# ... of which seen in the act (the rest: passes of its requests seen only in the collector or
+# at I/O, see `_seen_elsewhere`).
+MIN_SEEN = 2
 # Running looks that found the GIL free, as a share of all running looks, from which the code
 # that held the loop is called C code that released the GIL.
 GIL_FREE_MAJORITY = 0.5
@@ -100,6 +103,14 @@ class _Stalls:
     # (seconds, count): its allocations set the collector off.
     collected: float = 0.0
     collected_count: int = 0
+    # Passes its requests' tasks held that the looks saw only at I/O letting the GIL go (the
+    # response handed to the socket, a log line): seconds, count.
+    at_io: float = 0.0
+    at_io_count: int = 0
+
+    @property
+    def elsewhere(self) -> float:
+        return self.collected + self.at_io
 
 
 SERVER: Group = (None, "<server>")  # passes seen holding no application code, or many
@@ -149,6 +160,19 @@ def _framework_call(frames: tuple[Frame, ...]) -> str | None:
             if index < len(frames) - 1 and leaf and leaf not in WEB_FRAMEWORKS:
                 call += f", {leaf} below it"
             return call
+    return None
+
+
+def _seen_elsewhere(stall: LoopStall) -> str | None:
+    """Why a pass of a routed request's task was no one code's hold: "gc" (the collector ran
+    most of it), "io" (its one task seen only at I/O that lets the GIL go), else None."""
+    if not stall.route:
+        return None
+    if stall.held == "gc":
+        return "gc"
+    if stall.held in ("one", "glimpse") and stall.frames and \
+            package_of(stall.frames[-1].file) in IO_MODULES:
+        return "io"
     return None
 
 
@@ -260,12 +284,11 @@ class EventLoopBlockedRule:
         groups: dict[Group, _Stalls] = defaultdict(_Stalls)
         seen: dict[tuple[int, int], float] = defaultdict(float)  # per (pid, length class)
         unseen: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0.0, 0.0])
-        collected: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # by route
+        # Passes of a route's requests seen only in the collector or at I/O: per route and
+        # kind ("gc", "io"), [seconds, count].
+        elsewhere: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
         for stall in ctx.data.loop_stalls:
             length = (stall.pid, _length_class(stall.duration_ms))
-            if stall.held == "gc" and stall.route:
-                collected[stall.route][0] += stall.duration_ms / 1000
-                collected[stall.route][1] += 1
             place = self._place(ctx, stall)
             if place is None:
                 unseen[length][0] += stall.duration_ms / 1000
@@ -273,6 +296,10 @@ class EventLoopBlockedRule:
                 continue
             seen[length] += stall.duration_ms / 1000
             key, user = place
+            kind = _seen_elsewhere(stall) if key == SERVER else None
+            if kind is not None:
+                elsewhere[(stall.route or "", kind)][0] += stall.duration_ms / 1000
+                elsewhere[(stall.route or "", kind)][1] += 1
             if user is not None:
                 self._add(groups[key], stall, user, length)
         for group in groups.values():
@@ -281,26 +308,33 @@ class EventLoopBlockedRule:
                     share = seconds / seen[length]
                     group.estimated += unseen[length][0] * share
                     group.estimated_count += unseen[length][1] * share
-        # The collector's passes during a route's requests are that route's, when it held the
-        # loop by itself too (a collection may start in any request's allocation; one that
-        # keeps the loop busy without it makes most of them).
-        for route, (seconds, count) in collected.items():
+        # The passes of a route's requests seen only in the collector or at I/O are that
+        # route's, when it held the loop where the looks saw it too (a collection may start
+        # in any request's allocation, and any response is sent: a route that holds the loop
+        # makes most of them).
+        for (route, kind), (seconds, count) in elsewhere.items():
             own = [g for (endpoint, _), g in groups.items() if endpoint == route]
             if own:
                 group = max(own, key=lambda g: g.seconds)
-                group.collected, group.collected_count = seconds, int(count)
+                if kind == "gc":
+                    group.collected, group.collected_count = seconds, int(count)
+                else:
+                    group.at_io, group.at_io_count = seconds, int(count)
         loop_seconds = ctx.data.seconds * max(1, len(pids))
         if loop_seconds <= 0:
             return []
         flags = []
         for (endpoint, _), group in sorted(groups.items(), key=lambda kv: (kv[0][0] or "",
                                                                             kv[0][1])):
-            fraction = (group.seconds + group.estimated + group.collected) / loop_seconds
+            fraction = (group.seconds + group.estimated + group.elsewhere) / loop_seconds
             severity = grade(fraction, ctx.thresholds.loop_blocked_fraction)
-            if severity is None and group.count >= LOW_MIN_STALLS and \
+            # Seen in the act twice at least, and held that often with the passes of its
+            # requests seen elsewhere.
+            held = group.count + group.at_io_count + group.collected_count
+            if severity is None and held >= LOW_MIN_STALLS and \
                     fraction >= ctx.thresholds.loop_blocking_min_fraction:
                 severity = "low"
-            if severity is not None and group.count >= MIN_RECURRENCES:
+            if severity is not None and group.count >= MIN_SEEN and held >= MIN_RECURRENCES:
                 flags.append(self._stall_flag(ctx, endpoint, group, fraction, severity))
         return flags
 
@@ -357,7 +391,7 @@ class EventLoopBlockedRule:
                  else _Looks(*_describe(cpu_share)))
         what, cause = looks.what, looks.cause
         framework = framework_of(group.stacks)
-        total = group.seconds + group.estimated + group.collected
+        total = group.seconds + group.estimated + group.elsewhere
         suggestion = (native_advice(framework) if looks.native else cpu_advice(framework)
                       if cause == "cpu" else blocking_advice(framework))
         inside = f"inside {where(loc)}"
@@ -381,10 +415,16 @@ class EventLoopBlockedRule:
             held = (f"the event loop stalled {group.count} times for {group.seconds:.2f} s in"
                     f" all ({pct(own_fraction)} of the session, longest"
                     f" {group.longest_ms:.0f} ms) {inside}")
+        also = []
+        if group.at_io_count:
+            also.append(f"{group.at_io_count} passes ({group.at_io:.2f} s) its requests held"
+                        " that the agent saw only as they sent their response or logged")
         if group.collected_count:
-            held += (f"; and {group.collected_count} passes ({group.collected:.2f} s) during its"
-                     " requests in which the garbage collector ran most of the time, set off"
-                     f" by their allocations ({pct(fraction)} of the session in all)")
+            also.append(f"{group.collected_count} passes ({group.collected:.2f} s) during its"
+                        " requests in which the garbage collector ran most of the time, set off"
+                        " by their allocations")
+        if also:
+            held += f"; and {' and '.join(also)} ({pct(fraction)} of the session in all)"
         evidence = f"{held}, {what}; every other request on that loop waited"
         requests = len(ctx.by_endpoint.get(endpoint, [])) if endpoint else 0
         metric: dict[str, MetricValue] = {
@@ -401,6 +441,8 @@ class EventLoopBlockedRule:
             metric["framework_share"] = group.framework_work / group.count
         if group.collected_count:
             metric["collector_seconds"] = group.collected
+        if group.at_io_count:
+            metric["seen_at_io_seconds"] = group.at_io
         return make_flag(self.kind, severity, endpoint, loc, evidence, metric, suggestion)
 
     # -- from stack samples -----------------------------------------------------------------
