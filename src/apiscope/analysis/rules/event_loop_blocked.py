@@ -7,9 +7,14 @@ Two sources, the measured one first:
   its exact duration and, for those the watchdog followed while they lasted, the loop thread's
   stack, whether one task held the loop all along (`LoopStall.held`) and the CPU time the thread
   used meanwhile. Passes held by one task are grouped by endpoint (or, without a route table,
-  by application function) through the deepest application frame of their stack; a pass whose
-  stack holds no application frame, or in which many callbacks ran, is the server's or
-  framework's own work and is no flag. Passes not seen in the act (ended between two looks, or
+  by application function) through the deepest application frame of their stack. A pass whose
+  stack holds no application frame is the framework's own work for the request its task served
+  when the watchdog named that request's route (`LoopStall.route`: FastAPI validating and
+  serialising what a handler returned), located where the handler hands its result back;
+  without a route, or in which many callbacks ran, it is the server's own work and no flag.
+  Passes of a route's requests seen only at I/O that lets the GIL go (its response's send) or
+  run mostly by the garbage collector add to a hold the route was seen making (`_seen_elsewhere`).
+  Passes not seen in the act (ended between two looks, or
   seen once while shorter than a stall) are shared out among what was seen in passes of the
   same length on the same loop, so that a hold every request makes counts in full even though
   the watchdog, which looks only ten times a second unless alerted, catches some of them.
