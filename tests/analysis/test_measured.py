@@ -643,3 +643,29 @@ def test_passes_of_a_routes_requests_seen_only_at_their_send_count_for_it(
     spec.loop_stalls = at_send + seen[:1]
     assert not [f for f in report_of(spec, tmp_path / "b")["flags"]
                 if f["kind"] == "event_loop_blocked"]
+
+
+def test_a_hold_in_app_code_outside_the_handlers_names_the_routes_it_held_for(
+        tmp_path: Path) -> None:
+    # A dependency checking a token with a sync call runs before the handler: no handler
+    # frame on the stack. Its holds stay one group (every route that uses it pays), and the
+    # routes the watchdog named say whose requests they were: the one route's, when only one
+    # made them all.
+    def holds(routes: list[str]) -> list[LoopStall]:
+        return [replace(stall(200, 40.0, 1.0, T0 + 5 + i,
+                              frames=on_loop(app("verify_token", 200))),
+                        held="one", activity={"io": 3}, route=route)
+                for i, route in enumerate(routes)]
+
+    spec = measured_healthy()
+    spec.loop_stalls = holds(["GET /orders"] * 10)
+    [flag] = [f for f in report_of(spec, tmp_path / "a")["flags"]
+              if f["kind"] == "event_loop_blocked"]
+    assert flag["route"] == "GET /orders" and flag["location"]["line"] == 200
+    assert "in the requests of" not in flag["evidence"]
+    spec = measured_healthy()
+    spec.loop_stalls = holds(["GET /orders"] * 6 + ["GET /reports/summary"] * 4)
+    [flag] = [f for f in report_of(spec, tmp_path / "b")["flags"]
+              if f["kind"] == "event_loop_blocked"]
+    assert flag["route"] is None and flag["location"]["line"] == 200
+    assert "in the requests of GET /orders (6), GET /reports/summary (4)" in flag["evidence"]

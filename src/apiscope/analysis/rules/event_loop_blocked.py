@@ -112,6 +112,9 @@ class _Stalls:
     # response handed to the socket, a log line): seconds, count.
     at_io: float = 0.0
     at_io_count: int = 0
+    # The routes of the requests whose tasks held the loop (as the watchdog named them), for a
+    # group of app code outside any handler (a dependency, a middleware of the app's).
+    routes: Counter[str] = field(default_factory=Counter)
 
     @property
     def elsewhere(self) -> float:
@@ -165,6 +168,18 @@ def _framework_call(frames: tuple[Frame, ...]) -> str | None:
             if index < len(frames) - 1 and leaf and leaf not in WEB_FRAMEWORKS:
                 call += f", {leaf} below it"
             return call
+    return None
+
+
+MAX_ROUTES_NAMED = 4
+
+
+def _only_route(group: _Stalls) -> str | None:
+    """The one route whose requests made every hold of a group of app code outside the
+    handlers (a dependency only that route uses), as the watchdog named them; None when the
+    holds were several routes' or some unnamed."""
+    if len(group.routes) == 1 and sum(group.routes.values()) == group.count:
+        return next(iter(group.routes))
     return None
 
 
@@ -307,6 +322,8 @@ class EventLoopBlockedRule:
                 elsewhere[(stall.route or "", kind)][1] += 1
             if user is not None:
                 self._add(groups[key], stall, user, length)
+                if key[0] is None and stall.route:  # app code outside the handlers
+                    groups[key].routes[stall.route] += 1
         for group in groups.values():
             for length, seconds in group.by_class.items():
                 if length in unseen:
@@ -340,7 +357,8 @@ class EventLoopBlockedRule:
                     fraction >= ctx.thresholds.loop_blocking_min_fraction:
                 severity = "low"
             if severity is not None and group.count >= MIN_SEEN and held >= MIN_RECURRENCES:
-                flags.append(self._stall_flag(ctx, endpoint, group, fraction, severity))
+                flags.append(self._stall_flag(ctx, endpoint or _only_route(group), group,
+                                              fraction, severity))
         return flags
 
     @staticmethod
@@ -430,6 +448,10 @@ class EventLoopBlockedRule:
                         " by their allocations")
         if also:
             held += f"; and {' and '.join(also)} ({pct(fraction)} of the session in all)"
+        if len(group.routes) > 1:  # app code outside the handlers, in several routes' requests
+            named = ", ".join(f"{route} ({count})" for route, count in sorted(
+                group.routes.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_ROUTES_NAMED])
+            held += f", in the requests of {named}"
         evidence = f"{held}, {what}; every other request on that loop waited"
         requests = len(ctx.by_endpoint.get(endpoint, [])) if endpoint else 0
         metric: dict[str, MetricValue] = {
