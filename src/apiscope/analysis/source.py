@@ -29,6 +29,7 @@ def enclosing_function(path: str, line: int) -> str | None:
     return best[2] if best is not None else None
 
 
+@functools.lru_cache(maxsize=1024)  # asked once per stall of a route: the module walked once
 def hands_back_at(path: str, first_line: int) -> int | None:
     """Where the handler whose code begins at `first_line` of `path` (its first decorator's
     line, as the function's code says, or its `def`) hands its result to the framework: the

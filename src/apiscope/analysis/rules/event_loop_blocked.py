@@ -190,10 +190,14 @@ def _seen_elsewhere(stall: LoopStall) -> str | None:
         return None
     if stall.held == "gc":
         return "gc"
-    if stall.held in ("one", "glimpse") and stall.frames and \
-            package_of(stall.frames[-1].file) in IO_MODULES:
+    if stall.held in ("one", "glimpse") and stall.frames and _at_io(stall.frames):
         return "io"
     return None
+
+
+def _at_io(frames: tuple[Frame, ...]) -> bool:
+    """The look was taken at I/O that lets the GIL go (`IO_MODULES`)."""
+    return package_of(frames[-1].file) in IO_MODULES
 
 
 def _length_class(duration_ms: float) -> int:
@@ -315,13 +319,13 @@ class EventLoopBlockedRule:
                 unseen[length][1] += 1
                 continue
             seen[length] += stall.duration_ms / 1000
-            key, user = place
+            key, user, framework = place
             kind = _seen_elsewhere(stall) if key == SERVER else None
             if kind is not None:
                 elsewhere[(stall.route or "", kind)][0] += stall.duration_ms / 1000
                 elsewhere[(stall.route or "", kind)][1] += 1
             if user is not None:
-                self._add(groups[key], stall, user, length)
+                self._add(groups[key], stall, user, length, framework)
                 if key[0] is None and stall.route:  # app code outside the handlers
                     groups[key].routes[stall.route] += 1
         for group in groups.values():
@@ -362,37 +366,40 @@ class EventLoopBlockedRule:
         return flags
 
     @staticmethod
-    def _place(ctx: AnalysisContext, stall: LoopStall) -> tuple[Group, Frame | None] | None:
+    def _place(ctx: AnalysisContext, stall: LoopStall,
+               ) -> tuple[Group, Frame | None, str | None] | None:
         """Whose hold a pass was: an endpoint's (or app function's) with its deepest
-        application frame, the server's (`SERVER`, no frame), or not seen in the act (None)."""
+        application frame, the server's (`SERVER`, no frame), or not seen in the act (None);
+        and, for a hold in the framework's own work for a route, the framework's call."""
         if stall.held in ("many", "gc"):
             # Many callbacks ran (the loop was busy, no one code held it), or the garbage
             # collector did, whatever line the looks found.
-            return SERVER, None
+            return SERVER, None, None
         frames = stall.frames
         if not frames or (stall.held != "one" and stall.duration_ms < LONG_STALL_MS):
             return None
         user = user_frame(frames, ctx.matcher.roots)
         if is_tool_work(frames) or any(f.file.startswith("<frozen importlib") for f in frames):
-            return SERVER, None  # the measurement's own work, or an import
+            return SERVER, None, None  # the measurement's own work, or an import
         if user is None:
             # No line of the app ran: the server's own work, or the framework's for the
             # request the holding task served (validating, serialising what its handler
-            # returned), which is that route's.
+            # returned), which is that route's, located at its handler.
             handler = _handler_frame(ctx, stall.route) if stall.route else None
-            if handler is None or _framework_call(frames) is None or \
-                    package_of(frames[-1].file) in IO_MODULES:
-                return SERVER, None
-            return (stall.route, ""), handler
-        return _key(ctx.matcher.endpoint_of(frames), user), user
+            call = _framework_call(frames) if handler is not None else None
+            if call is None or _at_io(frames):
+                return SERVER, None, None
+            return (stall.route, ""), handler, call
+        return _key(ctx.matcher.endpoint_of(frames), user), user, None
 
     @staticmethod
-    def _add(group: _Stalls, stall: LoopStall, user: Frame, length: tuple[int, int]) -> None:
+    def _add(group: _Stalls, stall: LoopStall, user: Frame, length: tuple[int, int],
+             framework: str | None) -> None:
         frames = stall.frames
         seconds = stall.duration_ms / 1000
-        if user not in frames:  # the route's handler: the framework's work held the loop
+        if framework is not None:  # the framework's work held the loop, at `framework`
             group.framework_work += 1
-            group.framework_calls[_framework_call(frames) or ""] += 1
+            group.framework_calls[framework] += 1
         group.count += 1
         group.seconds += seconds
         group.by_class[length] += seconds
