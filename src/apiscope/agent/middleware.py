@@ -51,6 +51,12 @@ def _is_mount(route: Any) -> bool:
     return getattr(route, "routes", None) is not None and not hasattr(route, "endpoint")
 
 
+def _route_context(scope: Scope) -> Any:
+    """A route of a router FastAPI included: the prefixed path is in its effective context."""
+    fastapi_scope = scope.get("fastapi")
+    return fastapi_scope.get("effective_route_context") if fastapi_scope else None
+
+
 class _Request(RequestQueries):
     """One request in flight: when it came in, what the send wrapper saw of its response (its
     status, when its head went out, whether its body came in several messages, its end), and,
@@ -266,9 +272,7 @@ class AgentMiddleware:
         """The matched route's full template; `<unmatched>` when the app's framework matched
         no route; the grouped raw path when the app has no routes we can read."""
         route = scope.get("route")
-        # A route of a router FastAPI included: the prefixed path is in its effective context.
-        fastapi_scope = scope.get("fastapi")
-        context = fastapi_scope.get("effective_route_context") if fastapi_scope else None
+        context = _route_context(scope)
         if route is None and context is None:
             endpoint = scope.get("endpoint")  # FastAPI's low-priority routes (/docs) set only this
             found = self._lookup(scope, endpoint) if endpoint is not None else None
@@ -290,8 +294,7 @@ class AgentMiddleware:
         it (Starlette's and FastAPI's routes, Litestar's); None before, and for the frameworks
         whose templates are known only once the request ends. The loop watchdog asks it, from
         its own thread, of the request a stall served: it reads and changes nothing else."""
-        fastapi_scope = scope.get("fastapi")
-        context = fastapi_scope.get("effective_route_context") if fastapi_scope else None
+        context = _route_context(scope)
         key = context if context is not None else scope.get("route")
         template = self.routes.template(key) if key is not None else None
         if template is None:
