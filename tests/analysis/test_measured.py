@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
+from apiscope.analysis.context import AnalysisContext
 from apiscope.analysis.report import build_report
+from apiscope.analysis.rules.event_loop_blocked import watched_seconds
 from apiscope.model import (
     Frame,
     GilSample,
@@ -669,3 +672,17 @@ def test_a_hold_in_app_code_outside_the_handlers_names_the_routes_it_held_for(
               if f["kind"] == "event_loop_blocked"]
     assert flag["route"] is None and flag["location"]["line"] == 200
     assert "in the requests of GET /orders (6), GET /reports/summary (4)" in flag["evidence"]
+
+
+def test_the_loop_time_watched_is_each_workers_life_not_the_session_times_the_workers() -> None:
+    """gunicorn's --max-requests: worker 2 lived the first 10 s of a 30 s session, worker 3
+    (its successor) the last 20 s. A hold's share of the loops' time counts each over its own
+    life: 30 + 10 + 20 s, not 3 x 30 s (which made every hold on a recycling server look a
+    third as grave). A process whose agent reported no lag counts the whole session."""
+    lags = [LoopLagSample(T0 + t, pid, 40, 0.3, 2.0, 4.0)
+            for pid, times in ((1, range(1, 31)), (2, range(1, 11)), (3, range(11, 31)))
+            for t in times]
+    ctx = cast(AnalysisContext, SimpleNamespace(data=SimpleNamespace(seconds=30.0,
+                                                                     loop_lag=lags)))
+    assert watched_seconds(ctx, {1, 2, 3}) == pytest.approx(60.0)
+    assert watched_seconds(ctx, {1, 9}) == pytest.approx(60.0)

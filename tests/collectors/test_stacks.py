@@ -120,7 +120,7 @@ class FakeCpu(ThreadCpuReader):
         self.fail = fail
         self.reads = 0
 
-    def read(self, pids: object) -> CpuReading:
+    def read(self, pids: object, parents: object = ()) -> CpuReading:
         self.reads += 1
         if self.fail and self.reads > 1:
             raise RuntimeError("unreadable")
@@ -352,7 +352,7 @@ class WorkersCpu(ThreadCpuReader):
         super().__init__()
         self.read_pids: set[int] = set()
 
-    def read(self, pids: object) -> CpuReading:
+    def read(self, pids: object, parents: object = ()) -> CpuReading:
         wanted = set(pids)  # type: ignore[call-overload]
         self.read_pids |= wanted
         now = time.time() * 0.5
@@ -381,3 +381,26 @@ def test_a_masters_workers_get_a_py_spy_each_and_make_one_window() -> None:
     both = next(w for w in idle_windows if len(w.threads) == 2)
     assert both.threads == {(21, 10): ThreadRole.LOOP, (22, 10): ThreadRole.LOOP}
     assert both.errors == 4  # each py-spy's two failed reads
+
+
+def test_a_recycled_worker_is_sampled_as_soon_as_it_serves_not_a_window_later() -> None:
+    """gunicorn's --max-requests: worker 22 exits (its py-spy ends by itself) and 23 takes its
+    place. The window ends there, long before its time, and the next samples 23."""
+    spawner = WorkerSpawner(Behaviour(ends_alone=True))
+    got, serving = Collected(), [22, 21]
+    # No window would end by its length within the test.
+    s = StackSampler(10, on_window=got.window, on_end=got.end, spawn=spawner,  # type: ignore[arg-type]
+                     pyspy="/bin/py-spy", alive=lambda pid: True, window_seconds=30.0,
+                     cpu_reader=WorkersCpu(), rate_hz=50, subprocesses=True,
+                     workers=lambda: list(serving))
+    s.start()
+    try:
+        wait_until(lambda: len(spawner.spies) >= 2, what="the first window's py-spys")
+        time.sleep(0.3)
+        assert len(spawner.spies) == 2 and not got.windows  # 21 still sampled: no successor yet
+        serving[:] = [21, 23]
+        wait_until(lambda: any("23" == spy.argv[spy.argv.index("--pid") + 1]
+                               for spy in spawner.spies), timeout=3, what="a py-spy for 23")
+    finally:
+        s.stop()
+    assert s.stats.early_windows >= 1 and got.windows

@@ -18,10 +18,12 @@ def write_task(root: Path, pid: int, tid: int, schedstat: str | None, stat: str)
     (task / "stat").write_text(stat)
 
 
-def stat_line(utime: int, stime: int, comm: str = "python3") -> str:
+def stat_line(utime: int, stime: int, comm: str = "python3", cutime: int = 0,
+              cstime: int = 0) -> str:
     # fields: pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
-    #         utime stime ...
-    return f"42 ({comm}) S 1 42 42 0 -1 0 0 0 0 0 {utime} {stime} 0 0 20 0 3 0\n"
+    #         utime stime cutime cstime ...
+    return (f"42 ({comm}) S 1 42 42 0 -1 0 0 0 0 0 {utime} {stime} {cutime} {cstime}"
+            " 20 0 3 0\n")
 
 
 def test_reads_schedstat_nanoseconds_and_falls_back_to_stat_ticks(tmp_path: Path) -> None:
@@ -44,6 +46,32 @@ def test_usage_counts_new_threads_from_zero_and_skips_unknown_processes() -> Non
     assert used.threads == {(1, 1): 0.5, (1, 2): 0.25}
     assert used.processes == {1: 0.75}
     assert used.runqueue == {(1, 1): 0.5}
+
+
+def test_a_parent_is_read_for_the_cpu_of_the_children_it_reaped(tmp_path: Path) -> None:
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "stat").write_text(stat_line(3, 1, comm="gunicorn: master", cutime=250,
+                                                   cstime=50))
+    reading = ThreadCpuReader(str(tmp_path)).read([], parents=[7, 99])  # 99: no such process
+    assert reading.reaped == {7: 3.0} and reading.processes == {}
+
+
+def test_a_worker_gone_within_the_window_is_measured_by_what_its_parent_reaped() -> None:
+    # Worker 2 had used 4 s when the window began and was reaped by master 1 within it, at
+    # 5.5 s: its parent's reaped time grew by that, so it used 1.5 s in the window.
+    before = CpuReading({(2, 2): 4.0, (3, 3): 1.0}, {2: 4.0, 3: 1.0}, reaped={1: 10.0})
+    after = CpuReading({(3, 3): 1.25}, {3: 1.25}, reaped={1: 15.5})
+    used = usage(before, after)
+    assert used.processes == {2: 1.5, 3: 0.25}
+    assert used.threads == {(3, 3): 0.25}  # its threads are not known one by one
+    # Two gone at once share the one sum evenly; not reaped yet (a zombie is still read) or
+    # no parent read: nothing is made up for them.
+    two = usage(CpuReading({}, {2: 1.0, 4: 1.0}, reaped={1: 0.0}),
+                CpuReading({}, {}, reaped={1: 3.0}))
+    assert two.processes == {2: 0.5, 4: 0.5}
+    assert usage(CpuReading({}, {2: 1.0}, reaped={1: 0.0}),
+                 CpuReading({}, {}, reaped={1: 0.0})).processes == {}
+    assert usage(CpuReading({}, {2: 1.0}), CpuReading({}, {})).processes == {}
 
 
 def test_real_threads_spinning_and_sleeping() -> None:

@@ -31,7 +31,7 @@ class SteppedCpu(ThreadCpuReader):
         self.reads = 0
         self.fail_at = fail_at
 
-    def read(self, pids: Iterable[int]) -> CpuReading:
+    def read(self, pids: Iterable[int], parents: Iterable[int] = ()) -> CpuReading:
         self.reads += 1
         if self.reads == self.fail_at:
             raise RuntimeError("unreadable")
@@ -129,3 +129,60 @@ def test_the_processes_serving_requests_are_told_from_a_master() -> None:
     assert m.serving == set()
     m.add([(f"{master} 100\n", 1), (f"{SELECT} 90\n{WORK} 10\n", 10)], EXIT, 0.0, 1.0, 100)
     assert m.serving == {10} and m.pids >= {1, 10}
+
+
+class ProcessTable(ThreadCpuReader):
+    """The kernel's figures for whichever processes live now (`cpu`: pid -> its one thread's
+    cumulative seconds) and what master 1 has reaped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cpu: dict[int, float] = {}
+        self.reaped = 0.0
+
+    def read(self, pids: Iterable[int], parents: Iterable[int] = ()) -> CpuReading:
+        live = {pid: self.cpu[pid] for pid in pids if pid in self.cpu}
+        return CpuReading({(pid, pid): s for pid, s in live.items()}, live,
+                          reaped={1: self.reaped} if 1 in set(parents) else {})
+
+
+def worker_stack(pid: int) -> str:
+    return WORK.replace("thread (10)", f"thread ({pid})")
+
+
+def test_a_recycled_worker_is_measured_from_its_first_window_and_the_old_one_to_its_end() -> None:
+    """gunicorn's --max-requests: worker 10 exits within window 2, worker 11 (born within
+    window 1) is first sampled in window 2. Both are measured there: 11 from the reading at
+    window 1's end (the launch of window 2 named it), 10 by what the master reaped."""
+    table = ProcessTable()
+    table.cpu = {10: 1.0}
+    got: list[StackWindow] = []
+    m = WindowMeter(1, got.append, SamplerStats(), table, reads_root=False)
+    m.begin([10])
+    table.cpu = {10: 1.5, 11: 0.75}  # 11 has started (its import)
+    m.expect([10, 11])  # window 2 launches with both
+    m.add([(f"{worker_stack(10)} 10\n", 10)], EXIT, 0.0, 1.0, 100, active_only=True)
+    table.cpu = {11: 1.0}  # 10 exited at 2.25 s of CPU and was reaped
+    table.reaped = 2.25
+    m.add([(f"{worker_stack(10)} 5\n", 10), (f"{worker_stack(11)} 10\n", 11)], EXIT, 1.0,
+          2.0, 100, active_only=True)
+    # 11 read from the launch on: nothing used in window 1 (it was not sampled there).
+    assert [w.process_cpu for w in got] == [{10: 0.5, 11: 0.0}, {10: 0.75, 11: 0.25}]
+    assert got[1].thread_cpu == {(11, 11): 0.25}
+
+
+def test_workers_started_after_a_window_ended_are_read_as_their_window_starts() -> None:
+    """All the workers a window sampled exited within it: their py-spys ended it, and the next
+    one starts for their successors only after it was measured."""
+    table = ProcessTable()
+    table.cpu = {10: 1.0}
+    got: list[StackWindow] = []
+    m = WindowMeter(1, got.append, SamplerStats(), table, reads_root=False)
+    m.begin([10])
+    table.cpu, table.reaped = {}, 1.5  # 10 exited at 1.5 s
+    m.add([(f"{worker_stack(10)} 10\n", 10)], EXIT, 0.0, 1.0, 100, active_only=True)
+    table.cpu = {11: 0.75}
+    m.expect([11])
+    table.cpu = {11: 1.0}
+    m.add([(f"{worker_stack(11)} 10\n", 11)], EXIT, 1.0, 2.0, 100, active_only=True)
+    assert [w.process_cpu for w in got] == [{10: 0.5}, {11: 0.25}]

@@ -37,6 +37,7 @@ class SamplerStats:
     handovers: list[float] = field(default_factory=list)
     startups: list[float] = field(default_factory=list)  # seconds from spawn to sampling
     launch_retries: int = 0  # mid-session py-spy starts that failed and were retried
+    early_windows: int = 0  # windows ended early to sample a worker that replaced one
     pyspy_cpu_seconds: float = 0.0
     sampled_seconds: float = 0.0
     activity_windows: int = 0  # recorded without --idle, to learn which lines run

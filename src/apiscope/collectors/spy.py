@@ -86,6 +86,10 @@ class SpyGroup:
             return None  # one still samples
         return next((code for code in codes if code), 0)
 
+    def ended(self) -> list[int]:
+        """The workers whose py-spy has stopped (the worker exited: recycled, or crashed)."""
+        return [pid for pid, spy, _ in self.members if spy.poll() is not None]
+
     def interrupt(self) -> None:
         for _, spy, _ in self.members:
             spy.interrupt()

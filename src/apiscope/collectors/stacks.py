@@ -245,7 +245,7 @@ class StackSampler:
     def _rotate(self, current: _Run) -> EndReason:
         while True:
             due = current.started + current.seconds - self._clock()
-            if self._wait_window(due):
+            if self._wait_window(due, current):
                 self._deliver(current, self._clock())
                 return EndReason.STOPPED
             if current.proc.poll() is not None:
@@ -284,10 +284,12 @@ class StackSampler:
                 raise
             current = following
 
-    def _wait_window(self, seconds: float) -> bool:
+    def _wait_window(self, seconds: float, run: _Run | None = None) -> bool:
         """Wait out the window (True when stop() came), noting when the target is first seen
         stopped: py-spy goes on reading a stopped process's frozen stacks, so the gap starts
-        there, not where the next py-spy fails to attach."""
+        there, not where the next py-spy fails to attach. A window of a py-spy per worker
+        ends early when a worker it samples has exited and another serves in its place
+        (gunicorn's `--max-requests`): the next window samples the new one from its start."""
         deadline = self._clock() + max(0.0, seconds)
         while True:
             if target_stopped(self.pid):
@@ -297,8 +299,24 @@ class StackSampler:
             left = deadline - self._clock()
             if left <= 0:
                 return self._stop.is_set()
+            if run is not None and self._replaced(run):
+                self.stats.early_windows += 1
+                return self._stop.is_set()
             if self._stop.wait(min(STOP_POLL, left)):
                 return True
+
+    def _replaced(self, run: _Run) -> bool:
+        """Whether a worker `run` samples has exited and one it does not sample serves now
+        (or all it samples have exited)."""
+        if not isinstance(run.proc, SpyGroup):
+            return False
+        ended = run.proc.ended()
+        if not ended:
+            return False
+        if len(ended) == len(run.proc.members):
+            return True
+        sampled = {pid for pid, _ in run.outputs}
+        return bool(set(self._current_workers()) - sampled)
 
     def _note_stop(self) -> None:
         """A stop that began and ended within a window (long windows outlast short stops):
@@ -363,6 +381,7 @@ class StackSampler:
         workers = self._current_workers()
         if workers:  # a py-spy per worker (see `SpyGroup`), the master not sampled
             options = dataclasses.replace(options, subprocesses=False)
+            self._meter.expect(workers)
         spawned = self._clock()
         members = []
         for pid in workers or [self.pid]:

@@ -13,6 +13,11 @@ Where schedstat is missing (kernels without CONFIG_SCHED_INFO), `/proc/PID/task/
 utime + stime is used instead, in clock ticks (usually 10 ms): coarser, still measured.
 The process's own total (`/proc/PID/stat`) includes threads that ended within the window, which
 the per-thread figures cannot.
+
+A worker that exits within a window (gunicorn's `--max-requests`, a crash, a scale-down) cannot
+be read at the window's end. Its parent's stat holds the CPU time of the children it reaped
+(`cutime` + `cstime`): what it grew by in the window, less what the gone workers had used
+when the window began, is what they used in it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class CpuReading:
     threads: dict[ThreadKey, float] = field(default_factory=dict)
     processes: dict[int, float] = field(default_factory=dict)
     runqueue: dict[ThreadKey, float] = field(default_factory=dict)
+    reaped: dict[int, float] = field(default_factory=dict)  # per parent: its reaped children's
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +51,16 @@ class CpuUsage:
     runqueue: dict[ThreadKey, float] = field(default_factory=dict)
 
 
-def _stat_ticks(text: str) -> float | None:
+def _stat_ticks(text: str, children: bool = False) -> float | None:
+    """utime + stime (fields 14 and 15) in seconds; `children`: cutime + cstime (16 and 17),
+    the CPU time of the children the process has reaped."""
     # The command name (field 2) may hold spaces and parentheses: split after the last ")".
     _, _, rest = text.rpartition(")")
     fields = rest.split()
-    if len(fields) < 13:
+    if len(fields) < 15:
         return None
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14 and 15)
+    first = 13 if children else 11
+    return (int(fields[first]) + int(fields[first + 1])) / _TICKS
 
 
 class ThreadCpuReader:
@@ -61,10 +70,19 @@ class ThreadCpuReader:
         self.proc_root = proc_root
         self.failures = 0  # processes that could not be read (gone, or no permission)
 
-    def read(self, pids: Iterable[int]) -> CpuReading:
+    def read(self, pids: Iterable[int], parents: Iterable[int] = ()) -> CpuReading:
+        """The threads and totals of `pids`, and the reaped children's CPU of `parents`."""
         threads: dict[ThreadKey, float] = {}
         processes: dict[int, float] = {}
         runqueue: dict[ThreadKey, float] = {}
+        reaped: dict[int, float] = {}
+        for parent in parents:
+            try:
+                seconds = _stat_ticks(_read(f"{self.proc_root}/{parent}/stat"), children=True)
+            except (OSError, ValueError):
+                continue
+            if seconds is not None:
+                reaped[parent] = seconds
         for pid in pids:
             base = f"{self.proc_root}/{pid}"
             try:
@@ -83,7 +101,7 @@ class ThreadCpuReader:
                     threads[(pid, int(name))] = seconds
                 if waited is not None:
                     runqueue[(pid, int(name))] = waited
-        return CpuReading(threads, processes, runqueue)
+        return CpuReading(threads, processes, runqueue, reaped)
 
     @staticmethod
     def _thread_seconds(path: str) -> tuple[float | None, float | None]:
@@ -106,13 +124,23 @@ def _read(path: str) -> str:
 
 def usage(before: CpuReading, after: CpuReading) -> CpuUsage:
     """CPU used from `before` to `after`, for processes read both times. A thread first seen in
-    `after` started within the window, so all of its CPU time so far counts."""
+    `after` started within the window, so all of its CPU time so far counts. Processes read
+    before and gone after (reaped by a parent read both times) share what the parents' reaped
+    time grew by beyond what they had used before: evenly when several went at once (the
+    parent's figure is one sum), none when it did not grow (not reaped yet, or not a child of a
+    parent read)."""
     threads = {key: max(0.0, now - before.threads.get(key, 0.0))
                for key, now in after.threads.items() if key[0] in before.processes}
     processes = {pid: max(0.0, now - before.processes[pid])
                  for pid, now in after.processes.items() if pid in before.processes}
     runqueue = {key: max(0.0, now - before.runqueue.get(key, 0.0))
                 for key, now in after.runqueue.items() if key[0] in before.processes}
+    gone = [pid for pid in before.processes if pid not in after.processes]
+    grown = sum(max(0.0, now - before.reaped[parent])
+                for parent, now in after.reaped.items() if parent in before.reaped)
+    if gone and grown > 0:
+        used = max(0.0, grown - sum(before.processes[pid] for pid in gone))
+        processes.update((pid, used / len(gone)) for pid in gone)
     return CpuUsage(threads, processes, runqueue)
 
 

@@ -70,6 +70,7 @@ class WindowMeter:
         # Whether `pid` itself is read (False: a master whose workers are sampled apart).
         self._root = {pid} if reads_root else set()
         self.pids: set[int] = set(self._root)  # the processes whose threads are read
+        self._next: set[int] = set()  # the processes the window now starting samples
         # The processes seen serving (an event loop or a request pool thread) in the last
         # window: a master, a reloader or multiprocessing's resource tracker serve nothing.
         self.serving: set[int] = set()
@@ -85,7 +86,21 @@ class WindowMeter:
     def begin(self, children: Iterable[int] = ()) -> None:
         """The reading the first window is measured from."""
         self.pids |= set(children)
-        self._mark = self._cpu.read(self.pids)
+        self._mark = self._cpu.read(self.pids, parents=(self.pid,))
+
+    def expect(self, pids: Iterable[int]) -> None:
+        """The processes the window starting now samples (a py-spy per worker), so that a
+        worker started since the last reading (a recycled one) is measured from its first
+        window on: read now if the last reading missed it (the window before it may have ended
+        already, its workers gone), and at the end of the window before it."""
+        self._next = set(pids)
+        new = self._next - set(self._mark.processes)
+        if new:
+            now = self._cpu.read(new)
+            mark = self._mark
+            self._mark = CpuReading({**mark.threads, **now.threads},
+                                    {**mark.processes, **now.processes},
+                                    {**mark.runqueue, **now.runqueue}, mark.reaped)
 
     def add(self, text: str | Sequence[tuple[str, int]], result: SpyExit, start: float,
             end: float, rate_hz: int, active_only: bool = False) -> None:
@@ -132,9 +147,10 @@ class WindowMeter:
                   for text, pid in parts]
         trace = traces[0] if len(traces) == 1 else merge_traces(traces)
         summary = parse_summary(result.stdout)
-        # A worker first sampled now is read now and measured from the next window on.
-        pids = self.pids | {s.pid for s in trace.segments}
-        mark = self._cpu.read(pids)
+        # A worker first sampled now is read now and measured from the next window on; one the
+        # next window samples is read now too, and one gone is measured by its parent.
+        pids = self.pids | self._next | {s.pid for s in trace.segments}
+        mark = self._cpu.read(pids, parents=(self.pid,))
         used = usage(self._mark, mark)
         self._mark = mark
         # The GIL looks since the last window; from now on, at the threads busy in this one.
@@ -152,6 +168,7 @@ class WindowMeter:
         self.stats.activity_windows += active_only
         # Exited workers drop out of the processes whose threads are read.
         self.pids = self._root | {s.pid for s in trace.segments}
+        self._next = set()
         return measured
 
     def _split(self, m: MeasuredWindow) -> StackWindow:

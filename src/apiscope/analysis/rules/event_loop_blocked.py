@@ -45,7 +45,9 @@ Two sources, the measured one first:
 
 from __future__ import annotations
 
+import itertools
 import math
+import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -288,6 +290,25 @@ def _describe(cpu_share: float | None) -> tuple[str, str]:
             " on a CPU)"), "wait"
 
 
+def watched_seconds(ctx: AnalysisContext, pids: set[int]) -> float:
+    """The loop time the watchdogs watched, summed over the processes: each over the span its
+    agent reported loop lag (a worker recycled within the session lived only part of it),
+    else the session's length."""
+    reported: dict[int, list[float]] = defaultdict(list)
+    for lag in ctx.data.loop_lag:
+        reported[lag.pid].append(lag.ts)
+    total = 0.0
+    for pid in pids or {0}:
+        times = sorted(reported.get(pid, ()))
+        if len(times) < 2:
+            total += ctx.data.seconds
+            continue
+        # Each report covers the pull interval before it.
+        interval = statistics.median(b - a for a, b in itertools.pairwise(times))
+        total += min(ctx.data.seconds, times[-1] - times[0] + interval)
+    return total
+
+
 class EventLoopBlockedRule:
     kind = "event_loop_blocked"
 
@@ -346,7 +367,7 @@ class EventLoopBlockedRule:
                     group.collected, group.collected_count = seconds, int(count)
                 else:
                     group.at_io, group.at_io_count = seconds, int(count)
-        loop_seconds = ctx.data.seconds * max(1, len(pids))
+        loop_seconds = watched_seconds(ctx, pids)
         if loop_seconds <= 0:
             return []
         flags = []
