@@ -366,6 +366,26 @@ def test_gil_contention_is_located_in_the_python_that_contends(tmp_path: Path) -
         assert flag["route"] == "POST /items"
 
 
+def test_python_the_kernel_found_contending_is_the_location_whatever_its_few_samples_say(
+        tmp_path: Path) -> None:
+    # At the budget's rates a window holds a few samples a thread: two pool threads running a
+    # pure-Python loop at line 25 happened to show it running three times as long as waiting
+    # (which alone reads as C code that released the GIL), while the kernel found each of them
+    # waiting for the GIL at 40% of its looks. Beside them the loop shows a line once running,
+    # once waiting. The contention is line 25's, not that line's.
+    spec = gil_spec(0, 0.01)
+    spec.per_window = [s for s in spec.per_window if s.tid != LOOP_TID]
+    spec.per_window += [idle_loop(98), sample(LOOP_TID, on_loop(app("search", 40)), 1),
+                        sample(LOOP_TID, on_loop(app("search", 40)), 1, SampleState.BLOCKED)]
+    for tid in (W1, W2):
+        spec.per_window.append(sample(tid, on_worker(app("create_item", 25)), 30))
+        spec.per_window.append(sample(tid, on_worker(app("create_item", 25)), 10,
+                                      SampleState.BLOCKED))
+    spec.gil_looks = {(PID, W1): (50, 20), (PID, W2): (50, 20), (PID, LOOP_TID): (50, 10)}
+    [flag] = [f for f in report_of(spec, tmp_path)["flags"] if f["kind"] == "gil_contention"]
+    assert flag["location"]["line"] == 25 and flag["route"] == "POST /items"
+
+
 def test_c_code_that_releases_the_gil_is_not_where_it_is_contended(tmp_path: Path) -> None:
     # A password hash in C (the GIL released) runs on a CPU all the time it shows, in another
     # pool thread, with more CPU than the contending Python: the contention is still line 25's.

@@ -30,7 +30,11 @@ hottest application line running (on-CPU) in those windows, in the pool threads 
 application code (code running in several threads is what contends; a busy event loop's own
 work is `event_loop_blocked`'s and `cpu_hotspot`'s). With the kernel's looks, a thread that
 contended (`_contending`: found waiting for the GIL, and running Python whenever it had it)
-counts however little of the time its line got the GIL. Without an application line the
+counts however little of the time its line got the GIL, and whatever its samples' states say
+of its function's waits: those rest on a few samples at the budget's rates (three pool threads
+running a pure-Python loop, the kernel finding one of them waiting for the GIL 0.8 s a CPU
+second, showed it running three times as long as waiting in 14 samples, and the location went
+to a line of the loop seen once). Without an application line the
 contention is the framework's or a library's and belongs to the server figures, not to a flag.
 A line can hold the GIL only if it runs: one that runs less than `HOLDER_MIN_RUN` of the time
 it shows (a sleep, a socket wait) is never the location; a line contends only if its function
@@ -254,9 +258,9 @@ class GilContentionRule:
                 if (a.sample.pid == pid and a.window in starts and a.cpu > 0
                         and a.user is not None and not a.tool and a.role in roles
                         and (pid, a.user.file, a.user.line) not in asleep
-                        and (a.user.file, a.user.function) not in not_waiting
                         and ((a.sample.tid, a.window) in contending
-                             or ran[a.user] >= HOLDER_MIN_RUN * shown[a.user])):
+                             or ((a.user.file, a.user.function) not in not_waiting
+                                 and ran[a.user] >= HOLDER_MIN_RUN * shown[a.user]))):
                     lines[a.user] += a.cpu
                     by_line[a.user][a.endpoint] += a.cpu
             if lines:
