@@ -382,8 +382,19 @@ def test_python_the_kernel_found_contending_is_the_location_whatever_its_few_sam
         spec.per_window.append(sample(tid, on_worker(app("create_item", 25)), 10,
                                       SampleState.BLOCKED))
     spec.gil_looks = {(PID, W1): (50, 20), (PID, W2): (50, 20), (PID, LOOP_TID): (50, 10)}
-    [flag] = [f for f in report_of(spec, tmp_path)["flags"] if f["kind"] == "gil_contention"]
+    [flag] = [f for f in report_of(spec, tmp_path / "a")["flags"]
+              if f["kind"] == "gil_contention"]
     assert flag["location"]["line"] == 25 and flag["route"] == "POST /items"
+    # A thread hashing in C code (the GIL released) beside them, found waiting for the GIL
+    # between its calls as often as they are, with more CPU than line 25: its samples show no
+    # wait at all, so the hash is not where the GIL is contended.
+    hashing = (Frame("login", APP, 61), Frame("verify", f"{SITE}/argon2/_password_hasher.py",
+                                              200))
+    spec.per_window.append(sample(12, on_worker(*hashing), 95))
+    spec.gil_looks[(PID, 12)] = (50, 25)
+    [flag] = [f for f in report_of(spec, tmp_path / "b")["flags"]
+              if f["kind"] == "gil_contention"]
+    assert flag["location"]["line"] == 25
 
 
 def test_c_code_that_releases_the_gil_is_not_where_it_is_contended(tmp_path: Path) -> None:

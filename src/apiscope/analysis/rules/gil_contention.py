@@ -30,11 +30,13 @@ hottest application line running (on-CPU) in those windows, in the pool threads 
 application code (code running in several threads is what contends; a busy event loop's own
 work is `event_loop_blocked`'s and `cpu_hotspot`'s). With the kernel's looks, a thread that
 contended (`_contending`: found waiting for the GIL, and running Python whenever it had it)
-counts however little of the time its line got the GIL, and whatever its samples' states say
-of its function's waits: those rest on a few samples at the budget's rates (three pool threads
-running a pure-Python loop, the kernel finding one of them waiting for the GIL 0.8 s a CPU
-second, showed it running three times as long as waiting in 14 samples, and the location went
-to a line of the loop seen once). Without an application line the
+counts however little of the time its line got the GIL, and however long its function ran
+for each time it waited, as long as it waited at all (`LINE_MIN_WAIT`): the ratio rests on a
+few samples at the budget's rates (three pool threads running a pure-Python loop, the kernel
+finding one of them waiting for the GIL 0.8 s a CPU second, showed it running three times as
+long as waiting in 14 samples, and the location went to a line of the loop seen once), while
+C code that released the GIL, as argon2's hash, shows no wait at all even in a thread that
+contends between its calls. Without an application line the
 contention is the framework's or a library's and belongs to the server figures, not to a flag.
 A line can hold the GIL only if it runs: one that runs less than `HOLDER_MIN_RUN` of the time
 it shows (a sleep, a socket wait) is never the location; a line contends only if its function
@@ -242,9 +244,10 @@ class GilContentionRule:
                 f_ran[code] += running
                 f_waited[code] += a.seconds if a.sample.state is SampleState.BLOCKED else 0.0
         # Functions that do not contend: too little waiting, or running far longer than waiting.
-        not_waiting = {code for code, seen in f_shown.items()
-                       if f_waited[code] < LINE_MIN_WAIT * seen
-                       or f_ran[code] > LINE_MAX_RUN_PER_WAIT * f_waited[code]}
+        never_waiting = {code for code, seen in f_shown.items()
+                         if f_waited[code] < LINE_MIN_WAIT * seen}
+        not_waiting = never_waiting | {code for code in f_shown
+                                       if f_ran[code] > LINE_MAX_RUN_PER_WAIT * f_waited[code]}
         asleep = asleep_sites(ctx.data.loop_stalls, ctx.matcher.roots)
         # Measured: the threads the kernel found waiting for the GIL are the ones contending,
         # and whatever Python they show is code wanting the GIL (however little of the time it
@@ -258,7 +261,8 @@ class GilContentionRule:
                 if (a.sample.pid == pid and a.window in starts and a.cpu > 0
                         and a.user is not None and not a.tool and a.role in roles
                         and (pid, a.user.file, a.user.line) not in asleep
-                        and ((a.sample.tid, a.window) in contending
+                        and (((a.sample.tid, a.window) in contending
+                              and (a.user.file, a.user.function) not in never_waiting)
                              or ((a.user.file, a.user.function) not in not_waiting
                                  and ran[a.user] >= HOLDER_MIN_RUN * shown[a.user]))):
                     lines[a.user] += a.cpu
