@@ -239,3 +239,25 @@ def test_a_dump_follows_wait_for_into_what_it_waits_for() -> None:
         assert awaiting is not None and awaiting.startswith("Future")
 
     asyncio.run(main())
+
+
+def test_a_request_served_on_trio_is_profiled_without_following_tasks() -> None:
+    """hypercorn -k trio serves Starlette and FastAPI apps through anyio: no asyncio loop. A
+    profiled request must be served all the same (it failed with "no running event loop")."""
+    trio = pytest.importorskip("trio")
+    run_holder: list[ProfileRun] = []
+    answered: list[str] = []
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        await trio.sleep(0.01)
+        answered.append(str(scope["path"]))
+
+    async def main() -> None:
+        run = ProfileRun(("GET", "/"), profiler())
+        run_holder.append(run)
+        await run.around(app, {"type": "http", "path": "/"}, None, None)
+
+    trio.run(main)
+    assert answered == ["/"]
+    records = run_holder[0].records
+    assert records is not None and sum(seconds for _, seconds in records) >= 0.009

@@ -304,9 +304,12 @@ class ProfileRun:
 
     async def around(self, call: Callable[..., Awaitable[None]], *args: Any) -> None:
         profiler = self.profiler
-        if args and isinstance(args[0], dict):  # the scope: tasks holding it are followed
+        # The scope: tasks holding it are followed, on an asyncio loop (on trio there is
+        # none: the request's own slices are profiled, no task followed).
+        loop = asyncio._get_running_loop()
+        if args and isinstance(args[0], dict) and loop is not None:
             profiler.scope = args[0]
-            profiler.loop = asyncio.get_running_loop()
+            profiler.loop = loop
         try:
             await Profiled(profiler, call(*args))
         finally:
