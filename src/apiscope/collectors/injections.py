@@ -19,14 +19,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import psutil
-
+from apiscope.collectors.spy import target_alive
 from apiscope.errors import ApiscopeError
 from apiscope.inject.errors import InjectionFailed, InjectionTimeout
 from apiscope.inject.result import InjectionResult
 
-# Seconds between the tries of a worker that has no app yet: about 15 s in all.
-RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+# Seconds between the tries of a worker that has no app yet: about 15 s in all. A worker
+# recycled under load (gunicorn's --max-requests) serves unrecorded until one succeeds, and
+# loads its app 1-3 s after it starts: tries 0.25-1 s apart in those first seconds.
+RETRY_DELAYS = (0.25, 0.5, 0.5, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0)
 PENDING_GRACE = 3.0  # at the end, how long to wait for an injection still in flight
 
 Inject = Callable[[int], InjectionResult]
@@ -47,7 +48,7 @@ class AgentInjections:
     """Injects the agent into each process given to `add()`; `close()` detaches them all."""
 
     def __init__(self, inject: Inject, eject: Inject, warn: Warn, *,
-                 alive: Callable[[int], bool] = psutil.pid_exists,
+                 alive: Callable[[int], bool] = target_alive,
                  retry_delays: tuple[float, ...] = RETRY_DELAYS,
                  orphan_seconds: float | None = None) -> None:
         self._inject = inject
