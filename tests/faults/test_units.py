@@ -78,6 +78,34 @@ def test_close_detaches_every_process_ever_injected_and_names_the_failures() -> 
     assert injections.started == {1, 2, 3}
 
 
+def test_a_worker_that_exited_unreaped_is_no_detach_failure() -> None:
+    """A worker recycled as the session ends is a zombie until its master reaps it: it exists
+    for `kill -0`, and its agent went with it. The default liveness check knows that (a
+    uvicorn recycling its workers was told to retry `apiscope detach` on such a PID)."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tests.support import wait_until
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        wait_until(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE,
+                   timeout=10, what="the child to exit")
+        assert psutil.pid_exists(child.pid)
+
+        def eject(pid: int) -> InjectionResult:
+            raise InjectionFailed(f"no process with PID {pid}")
+
+        injections = AgentInjections(lambda pid: result(pid, 1), eject, lambda m: None)
+        injections.add(child.pid)
+        assert injections.wait(5)
+        assert injections.close() == []
+    finally:
+        child.wait()
+
+
 def test_each_debugger_run_is_kept_as_a_pause_of_its_target() -> None:
     def run(pid: int, started: float) -> InjectionResult:
         return InjectionResult(pid=pid, action="attach", method="gdb",
