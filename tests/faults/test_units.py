@@ -7,10 +7,13 @@ import os
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
 from apiscope.agent.orphan import OrphanWatch
@@ -23,6 +26,7 @@ from apiscope.lock import CollectorLock, TargetBusy
 from apiscope.signals import stop_on_signals
 from apiscope.store import SessionWriter
 from apiscope.store.writer import SessionPathError, SessionWriteError
+from tests.support import wait_until
 
 
 def result(pid: int, apps: int) -> InjectionResult:
@@ -82,13 +86,6 @@ def test_a_worker_that_exited_unreaped_is_no_detach_failure() -> None:
     """A worker recycled as the session ends is a zombie until its master reaps it: it exists
     for `kill -0`, and its agent went with it. The default liveness check knows that (a
     uvicorn recycling its workers was told to retry `apiscope detach` on such a PID)."""
-    import subprocess
-    import sys
-
-    import psutil
-
-    from tests.support import wait_until
-
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
         wait_until(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE,
