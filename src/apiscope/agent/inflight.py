@@ -8,7 +8,10 @@ request the agent saw start: the middleware's frame holds its scope and its `_Re
 came in), and its route is named as the middleware would name it. The thread running each
 request is found too (the loop thread while the coroutine runs; the pool thread whose frames
 hold the future the coroutine waits for, for a sync handler), and every thread's stack is
-taken from `sys._current_frames()`.
+taken from `sys._current_frames()`. A coroutine running at that moment (a request holding the
+loop) has no `cr_await`: its awaits are live on its thread's stack, and the chain goes on
+there, down to the call it is in. On trio (hypercorn's trio worker) there is no asyncio loop:
+trio's tasks are found on the heap and walked the same way.
 
 Requests that were already in flight when the agent was injected have no agent frame; their
 tasks are still found (a task whose coroutine has the ASGI `scope` of an HTTP request in a
@@ -102,6 +105,24 @@ def _running_async_gen(frame: FrameType) -> Any:
     return None
 
 
+def _running_below(frame: FrameType | None) -> tuple[int | None, list[FrameType]]:
+    """For the frame of a coroutine running now, whose awaits are live on a thread's stack
+    (its `cr_await` is empty then): the thread running it and the frames it called, outermost
+    first; (None, []) when no thread runs it (not started, finished)."""
+    if frame is None:
+        return None, []
+    for ident, leaf in sys._current_frames().items():
+        below: list[FrameType] = []
+        current: FrameType | None = leaf
+        while current is not None and current is not frame and len(below) < MAX_DEPTH:
+            below.append(current)
+            current = current.f_back
+        if current is frame:
+            below.reverse()
+            return ident, below
+    return None, []
+
+
 def await_chain(task: Any) -> tuple[list[FrameInfo], str | None, Any]:
     """The frames the task's coroutine is suspended in (outermost first), a description of
     the awaited object at the bottom, and that object (a future) when there is one."""
@@ -120,6 +141,8 @@ def await_chain(task: Any) -> tuple[list[FrameInfo], str | None, Any]:
             inner = wait_for_task(frame)  # wait_for's own task, on Python 3.11 and older
             if inner is not None:
                 task, obj, last = inner, inner.get_coro(), None
+            elif obj is None:  # running now: the rest of the chain is on its thread's stack
+                chain.extend(frame_info(f) for f in _running_below(frame)[1])
         waiter = getattr(task, "_fut_waiter", None)
         if not isinstance(waiter, asyncio.Task):
             return chain, _describe(waiter, task), waiter
@@ -133,6 +156,8 @@ def _describe(awaited: Any, task: Any) -> str | None:
     coro = task.get_coro()
     if getattr(coro, "cr_running", False):
         return None  # running now: the thread's stack shows where
+    if isinstance(task, _TrioTask):
+        return "trio's scheduler (the chain's last await says for what)"
     return "nothing (ready to run)"
 
 
@@ -204,8 +229,9 @@ def _request_row(route: str, method: str, path: str, elapsed: float | None, task
     thread = loop_thread
     if task is not None:
         chain, awaiting, awaited = await_chain(task)
-        if awaiting is None:
-            pass  # running on the loop thread right now
+        if awaiting is None:  # running right now: on the loop thread (trio's: found)
+            if thread is None:
+                thread = _running_below(getattr(task.get_coro(), "cr_frame", None))[0]
         elif awaited is not None:
             worker = _worker_of(awaited, frames, loop_thread or 0)
             thread = worker if worker is not None else None
@@ -238,10 +264,17 @@ def _request_of(task: Any) -> tuple[Any, Any, dict[str, Any]] | None:
     None for a task serving no HTTP request."""
     obj = task.get_coro()
     first_scope = None
+    running: list[FrameType] = []  # a coroutine running now: the frames it called
     for _ in range(MAX_DEPTH):
-        frame, nxt = _awaitable_frame(obj)
-        if frame is None:
-            break
+        frame: FrameType | None
+        if running:
+            frame, nxt = running.pop(0), None
+        else:
+            frame, nxt = _awaitable_frame(obj)
+            if frame is None:
+                break
+            if nxt is None:
+                running = _running_below(frame)[1]
         local = frame.f_locals
         scope = local.get("scope")
         if isinstance(scope, dict) and scope.get("type") == "http":
@@ -268,8 +301,9 @@ class _Served:
         self.scope, self.helpers = scope, helpers
 
 
-def _requests(loop: asyncio.AbstractEventLoop) -> list[_Served]:
-    """The HTTP requests a loop's tasks serve, each once.
+def _requests(loop: asyncio.AbstractEventLoop | None,
+              tasks: list[Any] | None = None) -> list[_Served]:
+    """The HTTP requests a loop's tasks (or `tasks`: trio's) serve, each once.
 
     A request's work may go on in a task of its own that the request's task only waits for
     (Starlette's `BaseHTTPMiddleware`, which FastAPI's `@app.middleware("http")` is, runs the
@@ -279,7 +313,7 @@ def _requests(loop: asyncio.AbstractEventLoop) -> list[_Served]:
     parent), and what the request waits for is taken to be at the end of the deepest chain,
     as it is for the others (`_continued`): the shortest chain is taken for the request's."""
     groups: dict[int, list[tuple[Any, tuple[Any, Any, dict[str, Any]]]]] = {}
-    for task in asyncio.all_tasks(loop):
+    for task in asyncio.all_tasks(loop) if tasks is None else tasks:
         found = _request_of(task)
         if found is not None:
             groups.setdefault(id(found[2]), []).append((task, found))
@@ -310,16 +344,47 @@ def _continued(row: dict[str, Any], served: _Served, loop_thread: int | None,
     return row
 
 
-def _loops() -> list[asyncio.AbstractEventLoop]:
-    return [o for o in gc.get_objects()
-            if isinstance(o, asyncio.AbstractEventLoop) and not o.is_closed()]
+class _TrioTask:
+    """A trio task as the walk reads an asyncio one: its coroutine, and no asyncio future it
+    waits on (what it waits for is trio's, at the end of its chain)."""
+
+    __slots__ = ("coro",)
+    _fut_waiter = None
+
+    def __init__(self, coro: Any) -> None:
+        self.coro = coro
+
+    def get_coro(self) -> Any:
+        return self.coro
+
+
+def _loops_and_trio_tasks() -> tuple[list[asyncio.AbstractEventLoop], list[Any]]:
+    """The open asyncio loops, and the live tasks of trio (hypercorn's trio worker serves
+    Starlette and FastAPI apps through anyio, with no asyncio loop), in one look at the heap."""
+    trio_run = sys.modules.get("trio._core._run")
+    trio_task = getattr(trio_run, "Task", None) if trio_run is not None else None
+    loops, tasks = [], []
+    for o in gc.get_objects():
+        if isinstance(o, asyncio.AbstractEventLoop):
+            if not o.is_closed():
+                loops.append(o)
+        elif trio_task is not None and type(o) is trio_task:
+            coro = getattr(o, "coro", None)
+            if coro is not None:
+                tasks.append(_TrioTask(coro))
+    return loops, tasks
 
 
 def _in_flight(frames: dict[int, FrameType], now: float) -> list[dict[str, Any]]:
     rows = []
-    for loop in _loops():
-        thread = getattr(loop, "_thread_id", None)
-        for served in _requests(loop):
+    loops, trio_tasks = _loops_and_trio_tasks()
+    # trio runs its tasks in the thread that called `trio.run`: not known from here.
+    served_by: list[tuple[Any, list[Any] | None, int | None]] = [
+        (loop, None, getattr(loop, "_thread_id", None)) for loop in loops]
+    if trio_tasks:
+        served_by.append((None, trio_tasks, None))
+    for loop, tasks, thread in served_by:
+        for served in _requests(loop, tasks):
             scope = served.scope
             method, path = str(scope.get("method", "")), str(scope.get("path", ""))
             if served.middleware is None:

@@ -1,0 +1,77 @@
+"""`dump` lists a request running right now, the loop blocked in its handler (its awaits are
+live on the loop thread's stack then, not in its coroutine's `cr_await`): at the line it
+runs, on asyncio and on trio (hypercorn's trio worker), beside a request suspended in an
+await. Asked from another thread, as the agent's socket thread answers it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from apiscope.agent.runtime import Agent
+
+
+def _line(marker: str) -> int:
+    lines = Path(__file__).read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if text.rstrip().endswith(marker))
+
+
+def _app(gate: threading.Event) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/block":
+            gate.wait(10)  # BLOCK_LINE: holds the loop
+        else:
+            await anyio.sleep(10)  # AWAIT_LINE
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return app
+
+
+def _dump_while_blocked(agent: Agent, gate: threading.Event, answers: list[Any]) -> None:
+    time.sleep(0.3)  # the loop is in gate.wait by then
+    try:
+        answers.append(agent.respond({"op": "dump"}))
+    finally:
+        gate.set()
+
+
+async def _serve(agent: Agent, gate: threading.Event, answers: list[Any]) -> None:
+    app = agent.middleware(_app(gate))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://test", timeout=30) as client:
+        async with anyio.create_task_group() as group:
+            group.start_soon(client.get, "/wait")
+            await anyio.sleep(0.1)
+            threading.Thread(target=_dump_while_blocked, args=(agent, gate, answers)).start()
+            await client.get("/block")
+            group.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_request_holding_the_loop_is_listed_at_its_line(sock_dir: str, backend: str) -> None:
+    if backend == "trio":
+        pytest.importorskip("trio")
+    agent = Agent(sock_dir)
+    gate, answers = threading.Event(), []
+    anyio.run(_serve, agent, gate, answers, backend=backend)
+    [state] = answers
+    rows = {r["path"]: r for r in state["requests"]}
+    assert set(rows) == {"/block", "/wait"}, rows
+    block, wait = rows["/block"], rows["/wait"]
+    assert block["running"] is True and block["elapsed_s"] is not None
+    assert block["thread"] == threading.main_thread().ident
+    # Down to the call it is blocked in: the handler's line, then threading's wait.
+    chain = [(f["function"], f["line"]) for f in block["await_chain"]]
+    at = chain.index(("_app.<locals>.app", _line("# BLOCK_LINE: holds the loop")))
+    assert [function for function, _ in chain[at + 1:]] == ["Event.wait", "Condition.wait"]
+    assert wait["running"] is False and wait["awaiting"]
+    assert any(f["line"] == _line("# AWAIT_LINE") for f in wait["await_chain"])
