@@ -122,6 +122,28 @@ def test_work_handed_to_a_pool_is_its_routes_by_its_timed_cpu_or_the_agents_look
     assert proc["server_cpu_share"] == round(0.24 / total, 4)
 
 
+def test_timed_handed_work_py_spy_mostly_missed_is_its_routes_not_the_servers(
+        tmp_path: Path) -> None:
+    # bcrypt in a pool thread, 50 ms a call: at the budget's rates py-spy sees the thread busy
+    # now and then (the 20 samples of 0.2 s a window on an offloaded stack) and idle the rest,
+    # and the rest of the thread's measured CPU lands on stacks that count as the server's
+    # (the pool's idle one). The agent timed the calls by the thread's CPU clock: 0.33 s a
+    # window for the route over the session's windows (30), more than py-spy saw.
+    spec = measured_healthy()
+    spec.extra_cpu = 0.1
+    spec.per_window.append(sample(12, on_worker(), 20))
+    windows = 30
+    spec.offloaded = [OffloadLooks(T0 + 5, PID, "POST /items", 0, 0.33 * windows)]
+    report = report_of(spec, tmp_path)
+    shares = {e["route"]: e["cpu_share"] for e in report["endpoints"]}
+    total = (24 + 8 + 4 + 4 + 5 + 5 + 30 + 20) / 100 + 0.1
+    assert shares["POST /items"] == round((0.40 + 0.33) / total, 4)
+    assert shares["GET /orders"] == round(0.04 / total, 4)
+    [proc] = report["processes"]
+    # The 0.13 s a window timed beyond what was seen came off the server's 0.24.
+    assert proc["server_cpu_share"] == round((0.24 - 0.13) / total, 4)
+
+
 @pytest.mark.parametrize("asleep", [False, True])
 def test_a_line_the_kernel_found_asleep_is_no_hotspot_whatever_cpu_it_was_given(
         tmp_path: Path, asleep: bool) -> None:

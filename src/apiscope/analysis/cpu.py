@@ -8,15 +8,15 @@ server's own work and the rest add up to at most one.
 
 - An endpoint's share: the CPU of the samples inside its handler, and of the work its requests
   handed to pool threads with nothing of the app on the thread's stack (C code or a library's
-  run through `asyncio.to_thread` and its likes): a pool's such CPU is shared out over the
-  endpoints by how often the agent found a pool thread busy with each one's requests
-  (`offloaded_cpu`).
+  run through `asyncio.to_thread` and its likes), as the agent timed it by the threads' CPU
+  clocks (`offloaded_cpu`; an older agent's looks share out what py-spy saw of it).
 - The run-queue share (per process): of the time the request threads were runnable, the part
   they waited for a CPU the host did not have (schedstat). High, and every route is slow for
   want of CPU, not because of its own code.
 - The server's share (per process): the CPU of the request-handling threads (event loop,
   thread pool) while no application frame was on their stack: HTTP parsing, routing,
-  middleware, logging, serialisation in the framework, dispatch to the pool.
+  middleware, logging, serialisation in the framework, dispatch to the pool; less the timed
+  handed work the samples put on a pool thread's idle stack.
 """
 
 from __future__ import annotations
@@ -56,31 +56,57 @@ def cpu_shares(ctx: AnalysisContext) -> dict[str, float]:
 
 
 def offloaded_cpu(ctx: AnalysisContext) -> dict[str, float]:
-    """CPU seconds of the work each endpoint's requests handed to pool threads: per process,
-    the measured CPU of its pool threads' offloaded stacks (`Attributed.offloaded`), shared by
-    the CPU each endpoint's handed calls used by their threads' clocks (the agent times them,
-    `PoolTiming`), or, for a process whose calls were not timed (an older agent's), by the
-    agent's looks (`OffloadLooks`). A process with neither keeps its offloaded CPU unnamed
-    (neither an endpoint's nor the server's)."""
-    pooled: dict[int, float] = defaultdict(float)
-    for a in ctx.samples:
-        if a.offloaded and a.cpu and not a.tool and a.role in HANDLER_ROLES:
-            pooled[a.sample.pid] += a.cpu
+    """CPU seconds of the work each endpoint's requests handed to pool threads. Where the agent
+    timed the handed calls by their threads' CPU clocks (`PoolTiming`), that is the figure:
+    measured, whatever py-spy saw of it (at the budget's rates a 50 ms bcrypt call is seen
+    now and then, and its thread's CPU lands on the pool's idle stack it shows the rest of the
+    time), or what the samples found on offloaded stacks where that is more, shared as the
+    timed CPU is. Otherwise (an older agent's session) the measured CPU of a process's pool threads'
+    offloaded stacks (`Attributed.offloaded`) is shared by the agent's looks
+    (`OffloadLooks`); a process with neither keeps it unnamed (neither an endpoint's nor the
+    server's)."""
+    pooled = _pooled_cpu(ctx)
     timed: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     looks: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for seen in ctx.data.offloaded:
         timed[seen.pid][seen.endpoint] += seen.cpu
         looks[seen.pid][seen.endpoint] += seen.looks
     used: dict[str, float] = defaultdict(float)
-    for pid, cpu in pooled.items():
-        weights = timed.get(pid)
-        if not weights or sum(weights.values()) <= 0:
-            weights = looks.get(pid)
+    for pid in set(pooled) | set(timed):
+        spent = sum(timed[pid].values())
+        if spent > 0:
+            # More seen on offloaded stacks than timed (calls handed over before the agent
+            # came, a pool it does not hook): that too, shared as the timed CPU is.
+            scale = max(spent, pooled.get(pid, 0.0)) / spent
+            for endpoint, cpu in timed[pid].items():
+                used[endpoint] += cpu * scale
+            continue
+        weights = looks.get(pid)
         total = sum(weights.values()) if weights else 0.0
         for endpoint, weight in (weights or {}).items():
             if weight > 0:
-                used[endpoint] += cpu * weight / total
+                used[endpoint] += pooled.get(pid, 0.0) * weight / total
     return dict(used)
+
+
+def _pooled_cpu(ctx: AnalysisContext) -> dict[int, float]:
+    """Per process, the measured CPU of its pool threads' offloaded stacks."""
+    pooled: dict[int, float] = defaultdict(float)
+    for a in ctx.samples:
+        if a.offloaded and a.cpu and not a.tool and a.role in HANDLER_ROLES:
+            pooled[a.sample.pid] += a.cpu
+    return pooled
+
+
+def _timed_beyond_seen(ctx: AnalysisContext) -> dict[int, float]:
+    """Per process, the CPU of the timed handed calls beyond what py-spy saw of them on
+    offloaded stacks: the pool threads' CPU the samples put elsewhere (their idle stacks,
+    which count as the server's), taken back from the server's share."""
+    timed: dict[int, float] = defaultdict(float)
+    for seen in ctx.data.offloaded:
+        timed[seen.pid] += seen.cpu
+    pooled = _pooled_cpu(ctx)
+    return {pid: max(0.0, cpu - pooled.get(pid, 0.0)) for pid, cpu in timed.items()}
 
 
 def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
@@ -91,6 +117,8 @@ def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
         if a.cpu and a.user is None and not a.tool and not a.offloaded \
                 and a.role in HANDLER_ROLES:
             server[a.sample.pid] += a.cpu
+    for pid, cpu in _timed_beyond_seen(ctx).items():
+        server[pid] = max(0.0, server[pid] - cpu)
     return {pid: min(1.0, server[pid] / total) for pid, total in totals.items() if total > 0}
 
 
