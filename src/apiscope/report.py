@@ -158,6 +158,10 @@ class SampleSummary:
     # Where the agents kept one request in n (a busy server), the largest n: the request
     # figures are then estimates from the kept ones. None: every request was kept.
     requests_kept_one_in: int | None = None
+    # Of a session whose CPU was measured, the (window, process) pairs sampled without a
+    # reading of the kernel's (a process it could not read): their CPU is the stacks' estimate.
+    # None: every one was measured.
+    windows_unmeasured: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"total": self.total, "rate_hz": self.rate_hz,
@@ -175,6 +179,8 @@ class SampleSummary:
             out["overhead_percent"] = self.overhead_percent
         if self.requests_kept_one_in is not None:
             out["requests_kept_one_in"] = self.requests_kept_one_in
+        if self.windows_unmeasured is not None:
+            out["windows_unmeasured"] = self.windows_unmeasured
         return out
 
     @classmethod
@@ -184,7 +190,7 @@ class SampleSummary:
                    data.get("windows_failed"), data.get("errors_while_injecting"),
                    data.get("effective_rate_hz"),
                    data.get("max_overhead_percent"), data.get("overhead_percent"),
-                   data.get("requests_kept_one_in"))
+                   data.get("requests_kept_one_in"), data.get("windows_unmeasured"))
 
 
 @dataclass(frozen=True, slots=True)

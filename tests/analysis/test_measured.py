@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from apiscope.analysis.context import AnalysisContext
-from apiscope.analysis.report import build_report
+from apiscope.analysis.report import build_report, render_text
 from apiscope.analysis.rules.event_loop_blocked import watched_seconds
 from apiscope.model import (
     Frame,
@@ -21,6 +21,7 @@ from apiscope.model import (
     OffloadLooks,
     RouteInfo,
     SampleState,
+    StackSample,
 )
 from tests.analysis.builder import (
     APP,
@@ -739,3 +740,18 @@ def test_the_loop_time_watched_is_each_workers_life_not_the_session_times_the_wo
                                                                      loop_lag=lags)))
     assert watched_seconds(ctx, {1, 2, 3}) == pytest.approx(60.0)
     assert watched_seconds(ctx, {1, 9}) == pytest.approx(60.0)
+
+
+def test_windows_sampled_without_the_kernels_reading_are_counted_in_the_report(
+        tmp_path: Path) -> None:
+    """A process sampled in a window the kernel's reading missed (a worker the sampler had not
+    read: gunicorn's recycled workers were so before it read each window's workers) has its CPU
+    estimated from the stacks: the report counts such windows instead of passing over them."""
+    spec = measured_healthy()
+    assert "windows_unmeasured" not in report_of(spec, tmp_path / "a")["samples"]
+    spec.per_window.append(StackSample(PID + 1, PID + 1, "MainThread",
+                                       on_loop(app("read_item", 12)), 5, SampleState.RUNNING))
+    report = report_of(spec, tmp_path / "b")
+    assert report["samples"]["windows_unmeasured"] == spec.seconds  # one a window, 1 s each
+    with write_and_open(spec, tmp_path / "c.sqlite") as reader:
+        assert "CPU not measured for 30 process window(s)" in render_text(build_report(reader))

@@ -120,6 +120,13 @@ def _samples(data: SessionData) -> SampleSummary:
         effective = round(sum(w.rate_hz * (w.end - w.start) for w in data.windows) / seconds,
                           1) if seconds > 0 else rate
     budgeted = meta.max_overhead is not None
+    # A process sampled in a window without the kernel's reading for it there: a reading lost
+    # (gunicorn's recycled workers lost theirs until the sampler read each window's workers
+    # as it launched), or a process that could not be read. Counted, never silent.
+    unmeasured = 0
+    if data.process_cpu:
+        measured = {(c.window, c.pid) for c in data.process_cpu}
+        unmeasured = len({(w, s.pid) for w, s in data.samples} - measured)
     return SampleSummary(
         total=sum(s.count for _, s in data.samples), rate_hz=rate, errors=errors,
         cpu_measured=bool(data.thread_cpu),
@@ -130,7 +137,8 @@ def _samples(data: SessionData) -> SampleSummary:
         max_overhead_percent=meta.max_overhead,
         overhead_percent=meta.overhead if budgeted else None,
         requests_kept_one_in=meta.requests_kept_every_max
-        if (meta.requests_kept_every_max or 1) > 1 else None)
+        if (meta.requests_kept_every_max or 1) > 1 else None,
+        windows_unmeasured=unmeasured or None)
 
 
 def analyse(data: SessionData, *, slo_ms: float | None = None,
@@ -176,6 +184,10 @@ def render_text(report: Report) -> str:
            f"  window {window.start} .. {window.end} ({window.seconds:.0f} s);"
            f" {samples.total} stack samples at {samples.rate_hz or '-'} Hz,"
            f" {samples.errors} errors", ""]
+    if samples.windows_unmeasured is not None:
+        out[-1:-1] = [f"  CPU not measured for {samples.windows_unmeasured} process window(s)"
+                      " (the kernel could not be read for the process there): their CPU"
+                      " figures are estimated from the stacks"]
     if samples.requests_kept_one_in is not None:
         out[-1:-1] = [f"  a busy server: the agents kept 1 request in up to"
                       f" {samples.requests_kept_one_in} at random (every error and every request"
