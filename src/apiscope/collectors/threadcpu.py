@@ -75,14 +75,6 @@ class ThreadCpuReader:
         threads: dict[ThreadKey, float] = {}
         processes: dict[int, float] = {}
         runqueue: dict[ThreadKey, float] = {}
-        reaped: dict[int, float] = {}
-        for parent in parents:
-            try:
-                seconds = _stat_ticks(_read(f"{self.proc_root}/{parent}/stat"), children=True)
-            except (OSError, ValueError):
-                continue
-            if seconds is not None:
-                reaped[parent] = seconds
         for pid in pids:
             base = f"{self.proc_root}/{pid}"
             try:
@@ -101,6 +93,17 @@ class ThreadCpuReader:
                     threads[(pid, int(name))] = seconds
                 if waited is not None:
                     runqueue[(pid, int(name))] = waited
+        # The parents after their children: a worker found gone above was reaped before this
+        # read, so its CPU is in its parent's figure (read first, a worker reaped between the
+        # two reads was in neither).
+        reaped: dict[int, float] = {}
+        for parent in parents:
+            try:
+                seconds = _stat_ticks(_read(f"{self.proc_root}/{parent}/stat"), children=True)
+            except (OSError, ValueError):
+                continue
+            if seconds is not None:
+                reaped[parent] = seconds
         return CpuReading(threads, processes, runqueue, reaped)
 
     @staticmethod
