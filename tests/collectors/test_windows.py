@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import pytest
+
 from apiscope.collectors.samplerstats import FailedReads, SamplerStats
 from apiscope.collectors.spy import SpyExit
 from apiscope.collectors.threadcpu import CpuReading, ThreadCpuReader
@@ -186,3 +188,24 @@ def test_workers_started_after_a_window_ended_are_read_as_their_window_starts() 
     table.cpu = {11: 1.0}
     m.add([(f"{worker_stack(11)} 10\n", 11)], EXIT, 1.0, 2.0, 100, active_only=True)
     assert [w.process_cpu for w in got] == [{10: 0.5}, {11: 0.25}]
+
+
+def test_a_worker_gone_between_its_window_launching_and_the_last_one_ending_is_measured() -> None:
+    """Windows overlap while they hand over: the next one launches (and reads its new worker
+    12) before the last one is measured. 12 served a few requests, was sampled by the new
+    window and exited before the last one's reading: what it used after the launch is the new
+    window's, where its samples are, never the last one's (where it was not sampled)."""
+    table = ProcessTable()
+    table.cpu = {10: 1.0}
+    got: list[StackWindow] = []
+    m = WindowMeter(1, got.append, SamplerStats(), table, reads_root=False)
+    m.begin([10])
+    table.cpu = {10: 1.5, 12: 0.5}
+    m.expect([10, 12])  # window 2 launches with both
+    table.cpu, table.reaped = {10: 1.6}, 0.75  # 12 exited at 0.75 s of CPU and was reaped
+    m.add([(f"{worker_stack(10)} 10\n", 10)], EXIT, 0.0, 1.0, 100, active_only=True)
+    table.cpu = {10: 2.0}
+    m.add([(f"{worker_stack(10)} 10\n", 10), (f"{worker_stack(12)} 2\n", 12)], EXIT, 1.0,
+          2.0, 100, active_only=True)
+    assert [w.process_cpu for w in got] == [pytest.approx({10: 0.6}),
+                                            pytest.approx({10: 0.4, 12: 0.25})]

@@ -71,6 +71,9 @@ class WindowMeter:
         self._root = {pid} if reads_root else set()
         self.pids: set[int] = set(self._root)  # the processes whose threads are read
         self._next: set[int] = set()  # the processes the window now starting samples
+        # CPU seconds of workers the window now starting samples that exited before the one
+        # ending was measured: theirs to report, not the ending window's.
+        self._carried: dict[int, float] = {}
         # The processes seen serving (an event loop or a request pool thread) in the last
         # window: a master, a reloader or multiprocessing's resource tracker serve nothing.
         self.serving: set[int] = set()
@@ -153,6 +156,13 @@ class WindowMeter:
         mark = self._cpu.read(pids, parents=(self.pid,))
         used = usage(self._mark, mark)
         self._mark = mark
+        sampled = {s.pid for s in trace.segments}
+        for pid, seconds in self._carried.items():
+            used.processes.setdefault(pid, seconds)
+        # A worker read as the next window launched and gone already (reaped): what it used
+        # since is the next window's, which sampled it (windows overlap while they hand over).
+        self._carried = {pid: used.processes.pop(pid) for pid in self._next - set(mark.processes)
+                         if pid in used.processes and pid not in sampled}
         # The GIL looks since the last window; from now on, at the threads busy in this one.
         gil = self.gil.drain()
         self.gil.watch(used.threads, GIL_WATCH_SHARE * (end - start))
@@ -167,7 +177,7 @@ class WindowMeter:
                              active=active_only)
         self.stats.activity_windows += active_only
         # Exited workers drop out of the processes whose threads are read.
-        self.pids = self._root | {s.pid for s in trace.segments}
+        self.pids = self._root | sampled
         self._next = set()
         return measured
 
