@@ -209,3 +209,26 @@ def test_a_worker_gone_between_its_window_launching_and_the_last_one_ending_is_m
           2.0, 100, active_only=True)
     assert [w.process_cpu for w in got] == [pytest.approx({10: 0.6}),
                                             pytest.approx({10: 0.4, 12: 0.25})]
+
+
+def test_a_worker_exiting_as_a_window_starts_is_measured_to_its_end_in_the_last_one() -> None:
+    """Worker 10 exits just as window 2 starts: window 2's py-spy still took a couple of its
+    samples, but the reading that ended window 1 found it gone and measured it to its end
+    there. In window 2 it used nothing: measured (0), not left to a guess."""
+    table = ProcessTable()
+    table.cpu = {10: 1.0}
+    got: list[StackWindow] = []
+    m = WindowMeter(1, got.append, SamplerStats(), table, reads_root=False)
+    m.begin([10])
+    table.cpu = {10: 1.5, 11: 0.5}
+    m.expect([10, 11])  # window 2 launches with both
+    table.cpu, table.reaped = {11: 0.6}, 1.75  # 10 exited at 1.75 s of CPU and was reaped
+    m.add([(f"{worker_stack(10)} 10\n", 10)], EXIT, 0.0, 1.0, 100, active_only=True)
+    table.cpu = {11: 1.0}
+    m.add([(f"{worker_stack(10)} 2\n", 10), (f"{worker_stack(11)} 10\n", 11)], EXIT, 1.0,
+          2.0, 100, active_only=True)
+    assert [w.process_cpu for w in got] == [pytest.approx({10: 0.75, 11: 0.1}),
+                                            pytest.approx({10: 0.0, 11: 0.4})]
+    running = sum(s.count for s in got[1].samples
+                  if s.pid == 10 and s.state is SampleState.RUNNING)
+    assert running == 0

@@ -74,6 +74,7 @@ class WindowMeter:
         # CPU seconds of workers the window now starting samples that exited before the one
         # ending was measured: theirs to report, not the ending window's.
         self._carried: dict[int, float] = {}
+        self._gone: set[int] = set()  # read at the last window's end and gone by then
         # The processes seen serving (an event loop or a request pool thread) in the last
         # window: a master, a reloader or multiprocessing's resource tracker serve nothing.
         self.serving: set[int] = set()
@@ -159,10 +160,16 @@ class WindowMeter:
         sampled = {s.pid for s in trace.segments}
         for pid, seconds in self._carried.items():
             used.processes.setdefault(pid, seconds)
+        # py-spy can take a few samples of a worker exiting as the window starts: one found
+        # gone by the last window's reading was measured to its end there, used nothing since.
+        for pid in (sampled & self._gone) - used.processes.keys():
+            used.processes[pid] = 0.0
+        gone = pids - set(mark.processes)
         # A worker read as the next window launched and gone already (reaped): what it used
         # since is the next window's, which sampled it (windows overlap while they hand over).
-        self._carried = {pid: used.processes.pop(pid) for pid in self._next - set(mark.processes)
+        self._carried = {pid: used.processes.pop(pid) for pid in self._next & gone
                          if pid in used.processes and pid not in sampled}
+        self._gone = gone
         # The GIL looks since the last window; from now on, at the threads busy in this one.
         gil = self.gil.drain()
         self.gil.watch(used.threads, GIL_WATCH_SHARE * (end - start))
