@@ -22,6 +22,7 @@ server's own work and the rest add up to at most one.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext
 
@@ -55,58 +56,67 @@ def cpu_shares(ctx: AnalysisContext) -> dict[str, float]:
     return {endpoint: min(1.0, cpu / total) for endpoint, cpu in used.items()}
 
 
+@dataclass(frozen=True, slots=True)
+class HandedWork:
+    """Per process, the work its requests handed to pool threads: what py-spy saw of it on
+    offloaded stacks (measured CPU), and, per endpoint, what the agent timed by the threads'
+    CPU clocks and how often it looked."""
+
+    seen: dict[int, float]
+    timed: dict[int, dict[str, float]]
+    looks: dict[int, dict[str, float]]
+
+    @classmethod
+    def of(cls, ctx: AnalysisContext) -> HandedWork:
+        seen: dict[int, float] = defaultdict(float)
+        for a in ctx.samples:
+            if a.offloaded and a.cpu and not a.tool and a.role in HANDLER_ROLES:
+                seen[a.sample.pid] += a.cpu
+        timed: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        looks: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        for handed in ctx.data.offloaded:
+            timed[handed.pid][handed.endpoint] += handed.cpu
+            looks[handed.pid][handed.endpoint] += handed.looks
+        return cls(dict(seen), {pid: dict(t) for pid, t in timed.items()},
+                   {pid: dict(w) for pid, w in looks.items()})
+
+    def beyond_seen(self) -> dict[int, float]:
+        """Per process, the timed CPU beyond what py-spy saw of it on offloaded stacks: the
+        pool threads' CPU the samples put elsewhere (their idle stacks, which count as the
+        server's)."""
+        return {pid: max(0.0, sum(t.values()) - self.seen.get(pid, 0.0))
+                for pid, t in self.timed.items()}
+
+
 def offloaded_cpu(ctx: AnalysisContext) -> dict[str, float]:
     """CPU seconds of the work each endpoint's requests handed to pool threads. Where the agent
     timed the handed calls by their threads' CPU clocks (`PoolTiming`), that is the figure:
     measured, whatever py-spy saw of it (at the budget's rates a 50 ms bcrypt call is seen
     now and then, and its thread's CPU lands on the pool's idle stack it shows the rest of the
     time), or what the samples found on offloaded stacks where that is more, shared as the
-    timed CPU is. Otherwise (an older agent's session) the measured CPU of a process's pool threads'
-    offloaded stacks (`Attributed.offloaded`) is shared by the agent's looks
+    timed CPU is. Otherwise (an older agent's session) the measured CPU of a process's pool
+    threads' offloaded stacks (`Attributed.offloaded`) is shared by the agent's looks
     (`OffloadLooks`); a process with neither keeps it unnamed (neither an endpoint's nor the
     server's)."""
-    pooled = _pooled_cpu(ctx)
-    timed: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    looks: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for seen in ctx.data.offloaded:
-        timed[seen.pid][seen.endpoint] += seen.cpu
-        looks[seen.pid][seen.endpoint] += seen.looks
+    handed = HandedWork.of(ctx)
     used: dict[str, float] = defaultdict(float)
-    for pid in set(pooled) | set(timed):
-        spent = sum(timed[pid].values())
+    for pid in set(handed.seen) | set(handed.timed):
+        timed = handed.timed.get(pid, {})
+        seen = handed.seen.get(pid, 0.0)
+        spent = sum(timed.values())
         if spent > 0:
             # More seen on offloaded stacks than timed (calls handed over before the agent
             # came, a pool it does not hook): that too, shared as the timed CPU is.
-            scale = max(spent, pooled.get(pid, 0.0)) / spent
-            for endpoint, cpu in timed[pid].items():
+            scale = max(spent, seen) / spent
+            for endpoint, cpu in timed.items():
                 used[endpoint] += cpu * scale
             continue
-        weights = looks.get(pid)
-        total = sum(weights.values()) if weights else 0.0
-        for endpoint, weight in (weights or {}).items():
+        weights = handed.looks.get(pid, {})
+        total = sum(weights.values())
+        for endpoint, weight in weights.items():
             if weight > 0:
-                used[endpoint] += pooled.get(pid, 0.0) * weight / total
+                used[endpoint] += seen * weight / total
     return dict(used)
-
-
-def _pooled_cpu(ctx: AnalysisContext) -> dict[int, float]:
-    """Per process, the measured CPU of its pool threads' offloaded stacks."""
-    pooled: dict[int, float] = defaultdict(float)
-    for a in ctx.samples:
-        if a.offloaded and a.cpu and not a.tool and a.role in HANDLER_ROLES:
-            pooled[a.sample.pid] += a.cpu
-    return pooled
-
-
-def _timed_beyond_seen(ctx: AnalysisContext) -> dict[int, float]:
-    """Per process, the CPU of the timed handed calls beyond what py-spy saw of them on
-    offloaded stacks: the pool threads' CPU the samples put elsewhere (their idle stacks,
-    which count as the server's), taken back from the server's share."""
-    timed: dict[int, float] = defaultdict(float)
-    for seen in ctx.data.offloaded:
-        timed[seen.pid] += seen.cpu
-    pooled = _pooled_cpu(ctx)
-    return {pid: max(0.0, cpu - pooled.get(pid, 0.0)) for pid, cpu in timed.items()}
 
 
 def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
@@ -117,7 +127,8 @@ def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
         if a.cpu and a.user is None and not a.tool and not a.offloaded \
                 and a.role in HANDLER_ROLES:
             server[a.sample.pid] += a.cpu
-    for pid, cpu in _timed_beyond_seen(ctx).items():
+    # The timed handed work the samples put on a pool thread's idle stack is the routes'.
+    for pid, cpu in HandedWork.of(ctx).beyond_seen().items():
         server[pid] = max(0.0, server[pid] - cpu)
     return {pid: min(1.0, server[pid] / total) for pid, total in totals.items() if total > 0}
 
