@@ -256,12 +256,14 @@ class ProcessStats:
     server_cpu_share: float | None
     runqueue_share: float | None
     loop_lag_ms: LoopLag | None
+    native_cpu_share: float | None = None  # threads Python does not run (a C extension's)
 
     def to_json(self) -> dict[str, Any]:
         return {"pid": self.pid, "cpu_percent_avg": self.cpu_percent_avg,
                 "rss_mb_max": self.rss_mb_max, "rss_mb_slope_per_min": self.rss_mb_slope_per_min,
                 "threads_max": self.threads_max, "fds_max": self.fds_max,
                 "server_cpu_share": self.server_cpu_share, "runqueue_share": self.runqueue_share,
+                "native_cpu_share": self.native_cpu_share,
                 "loop_lag_ms": None if self.loop_lag_ms is None else self.loop_lag_ms.to_json()}
 
     @classmethod
@@ -270,7 +272,7 @@ class ProcessStats:
         return cls(data["pid"], data["cpu_percent_avg"], data["rss_mb_max"],
                    data["rss_mb_slope_per_min"], data["threads_max"], data["fds_max"],
                    data.get("server_cpu_share"), data.get("runqueue_share"),
-                   LoopLag.from_json(lag) if lag else None)
+                   LoopLag.from_json(lag) if lag else None, data.get("native_cpu_share"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,6 +145,29 @@ def test_timed_handed_work_py_spy_mostly_missed_is_its_routes_not_the_servers(
     assert proc["server_cpu_share"] == round((0.24 - 0.13) / total, 4)
 
 
+@pytest.mark.parametrize("lanes", [True, False])
+def test_cpu_of_threads_python_does_not_run_is_the_route_waiting_in_the_c_call(
+        tmp_path: Path, lanes: bool) -> None:
+    """argon2 with four lanes: its C library's own threads hash (0.3 s a window, in the
+    process's CPU and no thread py-spy showed) while a pool thread of the route hashing waits
+    for them in the call, off-CPU. That CPU is the route's; the orders route's thread, waiting
+    on PostgreSQL meanwhile, takes none. With no route waiting in such a call, it is the
+    process's native threads' figure alone."""
+    spec = measured_healthy()
+    spec.extra_cpu = 0.3
+    if lanes:
+        spec.per_window.append(sample(12, on_worker(app("create_item", 24), ARGON2), 20,
+                                      SampleState.BLOCKED))
+    report = report_of(spec, tmp_path)
+    shares = {e["route"]: e["cpu_share"] for e in report["endpoints"]}
+    total = (24 + 8 + 4 + 4 + 5 + 5 + 30) / 100 + 0.3
+    assert shares["POST /items"] == round((0.40 + (0.3 if lanes else 0.0)) / total, 4)
+    assert shares["GET /orders"] == round(0.04 / total, 4)
+    [proc] = report["processes"]
+    assert proc["native_cpu_share"] == round(0.3 / total, 4)
+    assert proc["server_cpu_share"] == round(0.24 / total, 4)
+
+
 @pytest.mark.parametrize("asleep", [False, True])
 def test_a_line_the_kernel_found_asleep_is_no_hotspot_whatever_cpu_it_was_given(
         tmp_path: Path, asleep: bool) -> None:

@@ -15,9 +15,11 @@ from tests.analysis.builder import LOOP_TID, T0, app, healthy, idle_loop, on_loo
 
 ENDPOINT_KEYS = {"route", "handler", "count", "rps", "p50_ms", "p95_ms", "p99_ms", "max_ms",
                  "error_rate", "cpu_share"}
-# The contract's process keys, and the host's run-queue share (the report may add figures).
+# The contract's process keys, the host's run-queue share and the native threads' CPU share
+# (the report may add figures).
 PROCESS_KEYS = {"pid", "cpu_percent_avg", "rss_mb_max", "rss_mb_slope_per_min", "threads_max",
-                "fds_max", "server_cpu_share", "loop_lag_ms", "runqueue_share"}
+                "fds_max", "server_cpu_share", "loop_lag_ms", "runqueue_share",
+                "native_cpu_share"}
 FLAG_KEYS = {"kind", "severity", "route", "location", "evidence", "metric", "suggestion"}
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 

@@ -141,6 +141,18 @@ def test_threads_that_ended_within_the_window_share_what_their_process_used_beyo
     assert not [r for r in rows if r.tid in (3, 4) and r.state is SampleState.RUNNING]
 
 
+def test_cpu_beyond_the_threads_read_never_lands_on_pool_threads_that_idled_out() -> None:
+    """Two pool threads idled out within the window (shown only at their queue's wait), while
+    a C extension's own threads used 0.5 s (the process's CPU beyond its threads read): none
+    of it is theirs, whatever the odds say."""
+    segments = [seg(SPIN, 0.0, 1.0, tid=2), seg(SELECT, 0.0, 0.6, tid=3),
+                seg(SELECT, 0.0, 0.4, tid=4)]
+    rows = split_samples(segments, 100, is_idle, taught(), {(1, 2): ThreadBudget(1.0)}, 1.0,
+                         unmeasured={1: 0.5})
+    assert not [r for r in rows if r.tid in (3, 4) and r.state is SampleState.RUNNING]
+    assert sum(r.count for r in rows if r.tid in (3, 4)) == 100  # every sample kept
+
+
 def test_share_by_odds_and_whole() -> None:
     got = share_by_odds(12.0, [1.0, 0.1], [10, 10])
     assert abs(got[0] - 10.0) < 1e-3 and abs(got[1] - 2.0) < 1e-3

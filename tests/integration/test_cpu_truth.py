@@ -209,3 +209,63 @@ def test_a_server_recycling_its_workers_is_measured_in_every_window(tmp_path: Pa
     used = sum(watch.used(pid, first, last) for pid in watch.seen)
     total = sum(measured.values())
     assert 0.8 * used <= total <= 1.2 * used, (measured, used)
+
+
+def test_cpu_of_a_c_extensions_own_threads_is_its_callers_route(tmp_path: Path) -> None:
+    """argon2 with four lanes runs each on a thread of its own C library, which py-spy cannot
+    see, while the handler's thread waits for them: most of the process's CPU, which the
+    kernel counts in the process's total and in no thread it was asked about. It is the
+    login's, as much as its calls cost when timed alone, not the server's and not unknown."""
+    require_ptrace()
+    require_program("py-spy")
+    require_program("gdb")
+    from argon2 import PasswordHasher
+
+    hasher = PasswordHasher(parallelism=4)
+    digest = hasher.hash("secret")
+    start = time.process_time()
+    for _ in range(5):
+        hasher.verify(digest, "secret")
+    per_login = (time.process_time() - start) / 5  # this process's own lanes included
+    port = free_port()
+    report, session = tmp_path / "r.json", tmp_path / "s.sqlite"
+
+    def client(paths: list[str], stop: threading.Event) -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(server.url + paths[n % len(paths)], timeout=10) as r:
+                    r.read()
+            except OSError:
+                pass
+            n += 1
+
+    with run_server(uvicorn_argv("tests.integration.native_threads_app:app", port), port,
+                    ready_path="/nap") as server:
+        stop = threading.Event()
+        clients = [threading.Thread(target=client, args=(paths, stop), daemon=True)
+                   for paths in (["/login"], ["/nap", "/spin"])]
+        for c in clients:
+            c.start()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "apiscope", "attach", str(server.pid), "--duration",
+                 str(SECONDS), "--no-dashboard", "--max-overhead", "10", "--report", str(report),
+                 "--session", str(session)],
+                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        finally:
+            stop.set()
+            for c in clients:
+                c.join(15)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(report.read_text())
+    [proc] = data["processes"]
+    routes = {e["route"]: e for e in data["endpoints"]}
+    with sqlite3.connect(session) as conn:
+        [(measured,)] = conn.execute("SELECT sum(seconds) FROM process_cpu")
+    login = routes["GET /login"]
+    expected = login["count"] * per_login / measured
+    assert proc["native_cpu_share"] > 0.3, proc
+    assert 0.6 * expected <= login["cpu_share"] <= 1.5 * expected, (login, expected)
+    assert routes["GET /nap"]["cpu_share"] < 0.05, routes["GET /nap"]
+    assert login["cpu_share"] + (proc["server_cpu_share"] or 0.0) <= 1.0 + 1e-6

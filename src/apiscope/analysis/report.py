@@ -168,6 +168,10 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
@@ -203,9 +207,11 @@ def render_text(report: Report) -> str:
                      f"{e.cpu_share * 100:.1f}%"])
     out += ["Endpoints", *_table(rows)] if report.endpoints else ["No endpoints recorded."]
     if report.processes:
-        rows = [["pid", "cpu avg", "rss max MB", "rss MB/min", "threads", "fds"]]
+        rows = [["pid", "cpu avg", "rss max MB", "rss MB/min", "threads", "fds", "server cpu",
+                 "native cpu"]]
         rows += [[str(p.pid), _fmt(p.cpu_percent_avg, "%"), _fmt(p.rss_mb_max),
-                  f"{p.rss_mb_slope_per_min:+.2f}", str(p.threads_max), str(p.fds_max)]
+                  f"{p.rss_mb_slope_per_min:+.2f}", str(p.threads_max), str(p.fds_max),
+                  _share(p.server_cpu_share), _share(p.native_cpu_share)]
                  for p in report.processes]
         out += ["", "Processes", *_table(rows)]
     flags = report.flags

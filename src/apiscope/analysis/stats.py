@@ -13,7 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed
-from apiscope.analysis.cpu import cpu_shares, runqueue_shares, server_cpu_shares
+from apiscope.analysis.cpu import (
+    cpu_shares,
+    native_cpu_shares,
+    runqueue_shares,
+    server_cpu_shares,
+)
 from apiscope.model import RequestRecord, ResourceSample
 from apiscope.report import EndpointStats, LoopLag, ProcessStats
 
@@ -171,6 +176,7 @@ def process_stats(ctx: AnalysisContext) -> list[ProcessStats]:
         by_pid[sample.pid].append(sample)
     server = server_cpu_shares(ctx) if ctx.activity_known else {}
     waits = runqueue_shares(ctx)
+    native = native_cpu_shares(ctx)
     out: list[ProcessStats] = []
     for pid in sorted(by_pid):
         samples = sorted(by_pid[pid], key=lambda s: s.ts)
@@ -184,5 +190,6 @@ def process_stats(ctx: AnalysisContext) -> list[ProcessStats]:
             server_cpu_share=round(server[pid], 4) if pid in server else None,
             runqueue_share=round(waits[pid], 4) if pid in waits else None,
             loop_lag_ms=loop_lag(ctx, pid),
+            native_cpu_share=round(native[pid], 4) if pid in native else None,
         ))
     return out

@@ -322,8 +322,9 @@ def split_samples(segments: Sequence[Segment], rate: int, idle: IdleFn, shares: 
     figure of its own: a server starting a thread per request (Django's `sync_to_async` under
     ASGI) has most of its request threads so. The CPU its process used beyond its measured
     threads (`unmeasured`, per pid) is theirs together: it is shared out over their stacks as
-    one thread's (each shows only while it lived, so as CPU seconds x rate samples). A thread
-    of a process not measured at all keeps the learnt shares alone."""
+    one thread's (each shows only while it lived, so as CPU seconds x rate samples), on their
+    working stacks only: threads Python does not run (a C extension's own) use it too. A
+    thread of a process not measured at all keeps the learnt shares alone."""
     shown: dict[StackKey, float] = defaultdict(float)
     names: dict[ThreadKey, str] = {}
     for seg in segments:
@@ -366,6 +367,11 @@ def split_samples(segments: Sequence[Segment], rate: int, idle: IdleFn, shares: 
             # stacks cannot hold stays unplaced rather than land on a sleep.
             can_run = [0 if shares.is_asleep(leaf) else c
                        for leaf, c in zip(leaves, counts_of, strict=True)]
+            if pooled:
+                # The process's CPU beyond its threads read is not surely theirs (a C
+                # extension's own threads use it too): never on a stack proving a thread idle
+                # (a pool thread that idled out within the window).
+                can_run = [0 if flag else c for c, flag in zip(can_run, flags, strict=True)]
             ran = whole(_working_first(cpu, weights, can_run, flags, not active_only), can_run)
             left = [c - r for c, r in zip(counts_of, ran, strict=True)]
             runnable = whole(_working_first(queued, weights, left, flags, not active_only),
