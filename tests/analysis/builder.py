@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apiscope.collectors.native import native_cpu
 from apiscope.model import (
     Frame,
     GilSample,
@@ -153,10 +154,12 @@ class Spec:
                 process = {PID: sum(cpu.values()) + self.extra_cpu} if self.measured else {}
                 waits = {key: self.runqueue for key in cpu}
                 start = T0 + i * self.window
+                # The CPU of threads Python does not run, placed as the sampler does.
+                native = native_cpu(samples, self.rate, cpu, process, self.roles())
                 writer.put_window(StackWindow(start, start + self.window, self.rate, samples,
                                               threads=self.roles(), thread_cpu=cpu,
                                               process_cpu=process, thread_runqueue=waits,
-                                              thread_gil=self.gil_looks))
+                                              thread_gil=self.gil_looks, native_cpu=native))
             writer.put_loop_stalls(self.loop_stalls)
             writer.put_loop_lag(self.loop_lag)
             writer.put_gil(self.gil)

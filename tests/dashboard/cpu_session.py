@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from apiscope.collectors.native import native_cpu
 from apiscope.model import (
     Frame,
     ProcessInfo,
@@ -62,7 +63,10 @@ ROLES = {(PID, LOOP): ThreadRole.LOOP, (PID, POOL): ThreadRole.WORKER,
          (PID, SQLITE): ThreadRole.OTHER}
 
 
-def window_samples(i: int) -> tuple[StackSample, ...]:
+HASHING = (*NAP, Frame("verify_secret", f"{SITE}/argon2/low_level.py", 160))
+
+
+def window_samples(i: int, lanes: bool = False) -> tuple[StackSample, ...]:
     crunch = 30 + 2 * i  # the compute endpoint gets busier over the session
 
     def s(tid: int, frames: tuple[Frame, ...], count: int,
@@ -70,10 +74,11 @@ def window_samples(i: int) -> tuple[StackSample, ...]:
         return StackSample(PID, tid, {LOOP: "MainThread"}.get(tid, f"Thread-{tid}"), frames,
                            count, state, None)
 
+    hashing = (s(POOL, HASHING, 10, SampleState.BLOCKED),) if lanes else ()
     return (s(LOOP, CRUNCH, crunch), s(LOOP, PROFILED, 4), s(LOOP, SERVER, 10),
             s(LOOP, SELECT, 100 - crunch - 14, SampleState.WAITING),
-            s(POOL, NAP, 2), s(POOL, SLEEPING, 80, SampleState.BLOCKED),
-            s(POOL, POOL_IDLE, 18, SampleState.WAITING),
+            s(POOL, NAP, 2), s(POOL, SLEEPING, 80 - len(hashing) * 10, SampleState.BLOCKED),
+            *hashing, s(POOL, POOL_IDLE, 18, SampleState.WAITING),
             s(SQLITE, SQLITE_RUN, 3))
 
 
@@ -85,7 +90,9 @@ def thread_cpu(i: int) -> dict[tuple[int, int], float]:
     return cpu
 
 
-def write_cpu_session(path: Path) -> Path:
+def write_cpu_session(path: Path, lanes: float = 0.0) -> Path:
+    """`lanes`: CPU seconds a window of threads Python does not run (argon2's), which the
+    sleeping route's pool thread waits for in part of its windows."""
     with SessionWriter(path, batch_seconds=0.01) as writer:
         writer.set_meta(command="uvicorn clock.main:app", pids=[PID], server="uvicorn",
                         python="3.11.7", rate_hz=RATE, start=T0, end=T0 + SECONDS)
@@ -94,9 +101,13 @@ def write_cpu_session(path: Path) -> Path:
         for i in range(SECONDS):
             cpu = thread_cpu(i)
             # threads that ended within the window used CPU too: the process figure is more
-            process = {PID: sum(cpu.values()) + 0.03}
-            writer.put_window(StackWindow(T0 + i, T0 + i + 1, RATE, window_samples(i),
-                                          threads=ROLES, thread_cpu=cpu, process_cpu=process))
+            process = {PID: sum(cpu.values()) + 0.03 + lanes}
+            samples = window_samples(i, lanes > 0)
+            # The sampler's own placement of what threads Python does not run used.
+            native = native_cpu(samples, RATE, cpu, process, ROLES) if lanes else {}
+            writer.put_window(StackWindow(T0 + i, T0 + i + 1, RATE, samples, threads=ROLES,
+                                          thread_cpu=cpu, process_cpu=process,
+                                          native_cpu=native))
             writer.put_requests([
                 RequestRecord(PID, T0 + i + 0.1, 800.0, "GET", "/sleep", 200),
                 *(RequestRecord(PID, T0 + i + k / 10, 40.0, "GET", "/compute", 200)

@@ -74,6 +74,9 @@ class SessionData:
     # Requests still running, no response begun, as the collection ended (with the agent).
     unfinished: list[UnfinishedRequest] = field(default_factory=list)
     thread_names: dict[tuple[int, int], str] = field(default_factory=dict)
+    # CPU seconds of threads Python does not run: (window start, pid, tid, frames of the
+    # request thread waiting for them, seconds); tid 0 and no frames: not placed.
+    native: list[tuple[float, int, int, tuple[Frame, ...], float]] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -96,7 +99,9 @@ def load_session(reader: SessionReader) -> SessionData:
         threadpool=reader.threadpool(), profiles=reader.profiles(), start=start,
         end=max(start, end), thread_cpu=reader.thread_cpu(), process_cpu=reader.process_cpu(),
         loop_stalls=reader.loop_stalls(), loop_lag=reader.loop_lag(), gil=reader.gil_samples(),
-        unfinished=reader.unfinished(), offloaded=reader.offloaded())
+        unfinished=reader.unfinished(), offloaded=reader.offloaded(),
+        native=[(start, c.pid, c.tid, reader.stack(c.stack_id) if c.stack_id else (), c.seconds)
+                for start, c in reader.native_cpu()])
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +123,9 @@ class Attributed:
     # Work a handler handed to a pool thread, no app or framework frame on it (see
     # `attribution.offloaded_work`): the endpoints' by the agent's looks (`cpu.offloaded_cpu`).
     offloaded: bool = False
+    # CPU seconds of threads Python does not run that these (BLOCKED) samples waited for in a
+    # C extension's call (`collectors/native.py`): the route's, never a line's own CPU.
+    native: float = 0.0
 
     @property
     def active(self) -> bool:
@@ -185,6 +193,8 @@ def attribute(data: SessionData, matcher: RouteMatcher,
     """Each sample attributed, and the middleware lines passing requests on."""
     rates = {w.start: w.rate_hz for w in data.windows}
     per_sample = cpu_seconds(data)
+    native = {(window, pid, tid, frames): seconds
+              for window, pid, tid, frames, seconds in data.native if frames}
     facts, passing = _stack_facts(data, matcher)
     out = []
     for window, sample in data.samples:
@@ -201,8 +211,10 @@ def attribute(data: SessionData, matcher: RouteMatcher,
             cpu = seconds if each is None else each * sample.count
         elif sample.state is SampleState.BLOCKED:
             waited = seconds
+        waited_for = native.get((window, sample.pid, sample.tid, sample.frames), 0.0) \
+            if sample.state is SampleState.BLOCKED else 0.0
         out.append(Attributed(window, sample, role, hit[1], hit[2], seconds, hit[3], hit[4],
-                              cpu, waited, hit[5]))
+                              cpu, waited, hit[5], waited_for))
     return out, passing
 
 

@@ -19,10 +19,9 @@ server's own work and the rest add up to at most one.
   handed work the samples put on a pool thread's idle stack.
 - The native threads' share (per process): the CPU of threads Python does not run, which
   py-spy cannot sample: a C extension's own threads (argon2's lanes, a BLAS pool, a
-  compressor's workers), measured as the process's CPU beyond its Python threads'. Each
-  window's is the routes' whose request threads were then blocked inside a C extension's call
-  (a library that is not a known wait: sockets, database drivers, locks, sleeps): the caller
-  of argon2 with four lanes waits for them, using next to no CPU of its own (`native_cpu`).
+  compressor's workers), measured as the process's CPU beyond its Python threads'. The
+  collector places each window's on the request threads then blocked inside a C extension's
+  call (`collectors/native.py`): an endpoint's share includes what its requests waited for.
 """
 
 from __future__ import annotations
@@ -30,9 +29,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed
-from apiscope.frames import package_of
-from apiscope.model import SampleState
+from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext
 
 
 def process_cpu_seconds(ctx: AnalysisContext) -> dict[int, float]:
@@ -129,86 +126,24 @@ def offloaded_cpu(ctx: AnalysisContext) -> dict[str, float]:
     return dict(used)
 
 
-# Libraries where a blocked request thread waits on something other than a C extension's own
-# threads: a socket, a database or another service, a subprocess, a lock, another Python
-# thread, a sleep. Its wait takes no share of the native threads' CPU.
-WAITING_PACKAGES = frozenset({
-    "asyncio", "socket", "ssl", "selectors", "select", "threading", "queue", "subprocess",
-    "concurrent", "multiprocessing", "http", "urllib", "time", "logging", "io", "_pyio",
-    "sqlite3", "anyio", "psycopg", "psycopg2", "psycopg_pool", "asyncpg", "pymysql", "MySQLdb",
-    "mysql", "aiomysql", "oracledb", "pymongo", "motor", "redis", "valkey", "pymemcache",
-    "urllib3", "requests", "httpx", "httpcore", "h11", "aiohttp", "grpc", "botocore", "boto3",
-    "kafka", "pika", "elasticsearch", "sqlalchemy", "django", "gunicorn", "uvicorn",
-    "hypercorn", "granian"})
-
-
 @dataclass(frozen=True, slots=True)
 class NativeCpu:
-    """CPU seconds of the threads Python does not run: per process, and the part of it placed
-    on the routes whose request threads waited inside a C extension's call meanwhile."""
+    """CPU seconds of the threads Python does not run: per process, and the part of it the
+    routes' request threads waited for in a C extension's call (`collectors/native.py`)."""
 
     processes: dict[int, float]
     endpoints: dict[str, float]
 
 
 def native_cpu(ctx: AnalysisContext) -> NativeCpu:
-    """Per window and process: the measured CPU of threads with no Python stack (threads read
-    by the kernel that py-spy never showed, and the process's CPU beyond every thread read
-    where no Python thread that ended unread worked), shared over the routes by the seconds their
-    request threads were seen blocked inside a C extension's call (`_waits_on_native`) in
-    that window. A window with none keeps its share unplaced (the process's figure only)."""
-    if not ctx.data.process_cpu:
-        return NativeCpu({}, {})
-    shown: set[tuple[float, int, int]] = set()
-    read = {(c.window, c.pid, c.tid) for c in ctx.data.thread_cpu}
-    # Per (window, pid): CPU placed on Python threads shown but not read (they ended within
-    # the window), and whether any of them worked there (its CPU not surely placed).
-    unread_cpu: dict[tuple[float, int], float] = defaultdict(float)
-    unread_working: set[tuple[float, int]] = set()
-    waits: dict[tuple[float, int], dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for a in ctx.samples:
-        key = (a.window, a.sample.pid, a.sample.tid)
-        shown.add(key)
-        if key not in read:
-            unread_cpu[key[:2]] += a.cpu
-            if a.active:
-                unread_working.add(key[:2])
-        if a.endpoint is not None and _waits_on_native(a):
-            waits[key[:2]][a.endpoint] += a.seconds
-    native: dict[tuple[float, int], float] = defaultdict(float)
-    threads: dict[tuple[float, int], float] = defaultdict(float)
-    for c in ctx.data.thread_cpu:
-        threads[(c.window, c.pid)] += c.seconds
-        if (c.window, c.pid, c.tid) not in shown:
-            native[(c.window, c.pid)] += c.seconds
-    for c in ctx.data.process_cpu:
-        # Beyond its threads read: threads that ended within the window. Not Python's where
-        # the Python threads that ended unread only idled (a pool thread timing out); where one
-        # worked (a thread per request, a worker that exited), the rest is theirs as well as
-        # anyone's, and no one's here.
-        at = (c.window, c.pid)
-        if at not in unread_working:
-            native[at] += max(0.0, c.seconds - threads[at] - unread_cpu[at])
     processes: dict[int, float] = defaultdict(float)
+    for _, pid, _, _, seconds in ctx.data.native:
+        processes[pid] += seconds
     endpoints: dict[str, float] = defaultdict(float)
-    for (window, pid), cpu in native.items():
-        processes[pid] += cpu
-        routes = waits.get((window, pid))
-        total = sum(routes.values()) if routes else 0.0
-        for endpoint, seconds in (routes or {}).items():
-            endpoints[endpoint] += cpu * seconds / total
+    for a in ctx.samples:
+        if a.native and a.endpoint is not None:
+            endpoints[a.endpoint] += a.native
     return NativeCpu(dict(processes), dict(endpoints))
-
-
-def _waits_on_native(a: Attributed) -> bool:
-    """A request thread blocked inside a C extension's call: its last Python frame in an
-    installed library that is not a known wait (`WAITING_PACKAGES`). An app line calling C
-    directly is not taken (a `time.sleep` there looks the same)."""
-    if a.sample.state is not SampleState.BLOCKED or a.tool or a.role not in HANDLER_ROLES \
-            or not a.sample.frames:
-        return False
-    package = package_of(a.sample.frames[-1].file)
-    return bool(package) and package not in WAITING_PACKAGES
 
 
 def native_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:

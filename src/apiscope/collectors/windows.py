@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from apiscope.collectors.gillooks import GilLooks
+from apiscope.collectors.native import native_cpu
 from apiscope.collectors.oncpu import ActivityShares, ThreadBudget, line_times, split_samples
 from apiscope.collectors.pyspy import parse_raw, parse_summary
 from apiscope.collectors.samplerstats import ErrorWindow, SamplerStats, window_loss
@@ -197,7 +198,9 @@ class WindowMeter:
         window = StackWindow(start=m.start, end=m.end, rate_hz=m.rate_hz, samples=samples,
                              errors=m.errors, threads=m.roles, thread_cpu=m.used.threads,
                              process_cpu=m.used.processes, thread_runqueue=m.used.runqueue,
-                             active_only=m.active_only, thread_gil=m.gil or {})
+                             active_only=m.active_only, thread_gil=m.gil or {},
+                             native_cpu=native_cpu(samples, m.rate_hz, m.used.threads,
+                                                   m.used.processes, m.roles))
         self._account(window, m.trace.bad_events, m.failed_at)
         return window
 

@@ -46,7 +46,9 @@ Blocks = Callable[[float | None, float | None], tuple[list[int], list[int]]]
 
 
 class CpuIndex:
-    """CPU seconds of the RUNNING samples per block of windows, thread and stack."""
+    """CPU seconds of the RUNNING samples per block of windows, thread and stack; and apart,
+    the CPU of threads Python does not run, on the stacks that waited for it (stack 0: not
+    placed)."""
 
     def __init__(self, reader: SessionReader, block: int,
                  lock: threading.RLock | None = None) -> None:
@@ -54,6 +56,7 @@ class CpuIndex:
         self._block = block  # windows per block: the sample index's, so ranges split alike
         self._lock = lock or threading.RLock()
         self._blocks: dict[int, dict[ThreadStack, float]] = {}
+        self._native: dict[int, dict[ThreadStack, float]] = {}
         self._last = 0
 
     def refresh(self, windows: Sequence[WindowInfo]) -> None:
@@ -66,6 +69,10 @@ class CpuIndex:
                                                 upto_window=chosen[-1])
                 _add(self._blocks.setdefault(block, {}),
                      (((r.pid, r.tid, r.stack_id), r.seconds) for r in rows))
+                native = self._reader.native_cpu(after_window=chosen[0] - 1,
+                                                 upto_window=chosen[-1])
+                _add(self._native.setdefault(block, {}),
+                     (((r.pid, r.tid, r.stack_id), r.seconds) for _, r in native))
             if new:
                 self._last = new[-1]
 
@@ -82,6 +89,20 @@ class CpuIndex:
                 rows = self._reader.running_cpu(since, until, after_window=first - 1,
                                                 upto_window=last)
                 _add(out, (((r.pid, r.tid, r.stack_id), r.seconds) for r in rows))
+            return out
+
+    def native(self, since: float | None, until: float | None,
+               blocks_in: Blocks) -> dict[ThreadStack, float]:
+        """The native threads' CPU seconds per waiting thread and stack over the range."""
+        with self._lock:
+            whole, edge = blocks_in(since, until)
+            out: dict[ThreadStack, float] = {}
+            for block in whole:
+                _add(out, self._native.get(block, {}).items())
+            for first, last in _runs(edge):
+                rows = self._reader.native_cpu(since, until, after_window=first - 1,
+                                               upto_window=last)
+                _add(out, (((r.pid, r.tid, r.stack_id), r.seconds) for _, r in rows))
             return out
 
 
@@ -137,11 +158,13 @@ class StackFacts:
 
 def cpu_context(per: Mapping[ThreadStack, float], process_cpu: Mapping[int, float],
                 facts: StackFacts, roles: Mapping[tuple[int, int], str],
-                frames_of: FramesOf, offloaded: Sequence[OffloadLooks] = ()) -> AnalysisContext:
+                frames_of: FramesOf, offloaded: Sequence[OffloadLooks] = (),
+                native: Mapping[ThreadStack, float] | None = None) -> AnalysisContext:
     """An analysis context holding only what `analysis.cpu` reads: one attributed entry per
     thread and stack with its CPU seconds, the processes' measured CPU ({} when not
     measured: the analysis then counts the samples' own seconds, as for older sessions), and
-    the agent's looks at work handed to pools."""
+    the agent's looks at work handed to pools, and the native threads' CPU on the stacks that
+    waited for it."""
     # The middleware lines passing requests on, as the report finds them (over the stacks of
     # the range here): where no handler runs below one, the work is the framework's.
     passing = dispatch_lines(((frames_of(s), facts.of(s)[3]) for _, _, s in per),
@@ -155,8 +178,16 @@ def cpu_context(per: Mapping[ThreadStack, float], process_cpu: Mapping[int, floa
         sample = StackSample(pid, tid, "", frames_of(stack_id), 1, SampleState.RUNNING)
         samples.append(Attributed(0.0, sample, role, endpoint, user, 0.0, tool=tool,
                                   cpu=seconds, offloaded=pooled))
+    for (pid, tid, stack_id), seconds in sorted((native or {}).items()):
+        if stack_id:
+            endpoint = facts.of(stack_id)[0]
+            sample = StackSample(pid, tid, "", frames_of(stack_id), 1, SampleState.BLOCKED)
+            samples.append(Attributed(0.0, sample, ThreadRole.OTHER, endpoint, None, 0.0,
+                                      native=seconds))
     data = SessionData(meta=SessionMeta(), routes=[], roles={}, windows=[], samples=[], requests=[],
                        resources=[], threadpool=[], profiles=[], start=0.0, end=0.0,
                        process_cpu=[ThreadCpu(0.0, pid, 0, s) for pid, s in
-                                    sorted(process_cpu.items())], offloaded=list(offloaded))
+                                    sorted(process_cpu.items())], offloaded=list(offloaded),
+                       native=[(0.0, pid, tid, (), s)
+                               for (pid, tid, _), s in sorted((native or {}).items())])
     return AnalysisContext(data, Thresholds(), facts.matcher, samples, {})

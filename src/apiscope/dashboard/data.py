@@ -278,9 +278,10 @@ class DashboardSession:
             per = self.cpu.seconds(since, until, self.samples.window_blocks)
             process = (self.reader.process_cpu_seconds(since, until)
                        if self._process_cpu_measured else {})
+            native = self.cpu.native(since, until, self.samples.window_blocks)
             ctx = self._contexts[rng] = cpu_context(per, process, self._facts,
                                                     self.samples.roles, self.samples.frames,
-                                                    self.reader.offloaded(since, until))
+                                                    self.reader.offloaded(since, until), native)
         return ctx
 
     def process_cards(self) -> list[ProcessCard]:

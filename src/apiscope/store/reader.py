@@ -178,6 +178,24 @@ class SessionReader(ViewQueries):
             "SELECT w.start, c.pid, c.seconds FROM process_cpu c"
             " JOIN windows w ON w.id = c.window_id ORDER BY w.id")]
 
+    def native_cpu(self, since: float | None = None, until: float | None = None, *,
+                   after_window: int = 0, upto_window: int | None = None,
+                   ) -> list[tuple[float, StackCpu]]:
+        """(window start, CPU seconds of threads Python does not run placed on one thread's
+        stack) over the windows starting in [since, until) with an id in (after_window,
+        upto_window]; stack id 0 and tid 0: not placed (`collectors/native.py`)."""
+        if not self._has_table("native_cpu"):
+            return []
+        return [(start, StackCpu(pid, tid, stack_id, seconds))
+                for start, pid, tid, stack_id, seconds in self._query(
+                    "SELECT w.start, n.pid, n.tid, coalesce(n.stack_id, 0), n.seconds"
+                    " FROM native_cpu n JOIN windows w ON w.id = n.window_id"
+                    " WHERE n.window_id > ? AND n.window_id <= ? AND w.start >= ? AND w.start < ?"
+                    " ORDER BY w.id",
+                    (after_window, upto_window if upto_window is not None else 2**62,
+                     since if since is not None else float("-inf"),
+                     until if until is not None else float("inf")))]
+
     def _has_table(self, name: str) -> bool:
         return bool(self._query(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))

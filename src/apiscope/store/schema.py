@@ -25,7 +25,9 @@ from collections.abc import Iterable
 # 9: offloaded.cpu (the timed CPU of the calls endpoints handed to pools); older files read 0.
 # 10: loop_stalls.route (the request a hold served, where no line of the app ran); older files
 #     read None.
-SCHEMA_VERSION = 10
+# 11: native_cpu (the CPU of threads Python does not run, a C extension's own): an older
+#     apiscope would leave it out of the routes' CPU shares; older files have none.
+SCHEMA_VERSION = 11
 # PRAGMA application_id marks the file as ours, so a foreign SQLite file is refused clearly.
 APPLICATION_ID = 0x61706973  # "apis"
 
@@ -63,6 +65,12 @@ CREATE TABLE IF NOT EXISTS thread_gil (
 );
 CREATE TABLE IF NOT EXISTS process_cpu (
     window_id INTEGER NOT NULL, pid INTEGER NOT NULL, seconds REAL NOT NULL
+);
+-- CPU of threads Python does not run, on the stack of the request thread waiting for them
+-- (stack_id NULL, tid 0: not placed).
+CREATE TABLE IF NOT EXISTS native_cpu (
+    window_id INTEGER NOT NULL, pid INTEGER NOT NULL, tid INTEGER NOT NULL, stack_id INTEGER,
+    seconds REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS routes (
     pid INTEGER NOT NULL, method TEXT NOT NULL, template TEXT NOT NULL, handler TEXT NOT NULL,

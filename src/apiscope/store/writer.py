@@ -346,6 +346,9 @@ class SessionWriter:
                        for (pid, tid), (looks, gil) in w.thread_gil.items()])
         c.executemany("INSERT INTO process_cpu VALUES (?, ?, ?)",
                       [(window_id, pid, sec) for pid, sec in w.process_cpu.items()])
+        c.executemany("INSERT INTO native_cpu VALUES (?, ?, ?, ?, ?)",
+                      [(window_id, pid, tid, self._stack_id(c, frames) if frames else None, sec)
+                       for (pid, tid, frames), sec in w.native_cpu.items()])
 
     def _statement_id(self, c: sqlite3.Connection, sql: str) -> int:
         sid = self._statement_ids.get(sql)
