@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from plotly.utils import PlotlyJSONEncoder
 
 from apiscope.analysis.context import build_context, load_session
 from apiscope.analysis.cpu import cpu_shares
 from apiscope.analysis.report import build_report
 from apiscope.analysis.thresholds import Thresholds
 from apiscope.dashboard.callbacks import slice_label, slice_of
-from apiscope.dashboard.data import DashboardSession
+from apiscope.dashboard.components import process_cards
+from apiscope.dashboard.data import DashboardSession, ProcessCard
 from apiscope.dashboard.samples import BLOCK
 from apiscope.exporters.tree import FlameNode, walk
 from apiscope.store import SessionReader
@@ -57,10 +60,16 @@ def test_cpu_a_routes_thread_waited_for_in_a_c_call_is_its_share_as_in_the_repor
     route's pool thread waited in the call: the route's, in the dashboard as in the report."""
     path = write_cpu_session(tmp_path / "lanes.sqlite", lanes=0.2)
     with SessionReader(path) as reader:
-        theirs = {e.route: e.cpu_share for e in build_report(reader).endpoints}
-    ours = {r.stats.endpoint: r.cpu_share for r in DashboardSession(path).endpoint_rows(None)}
+        built = build_report(reader)
+    theirs = {e.route: e.cpu_share for e in built.endpoints}
+    dashboard = DashboardSession(path)
+    ours = {r.stats.endpoint: r.cpu_share for r in dashboard.endpoint_rows(None)}
     for route, share in theirs.items():
         assert round(ours[route] or 0.0, 4) == share
+    [card] = dashboard.process_cards()
+    [proc] = built.processes
+    assert proc.native_cpu_share and round(card.native_cpu_share or 0.0, 4) == \
+        proc.native_cpu_share
     # 0.23 of about 0.8 s in the even windows (0.003 without the lanes); in the odd ones the
     # aiosqlite thread, shown working, was not read: what the process used beyond the threads
     # read is its as much as the lanes', and no one's.
@@ -148,3 +157,14 @@ def test_old_sessions_count_running_samples_as_the_report_does(tmp_path: Path) -
         assert round(ours.get(endpoint.route, 0.0), 4) == endpoint.cpu_share
     assert data.server_cpu_shares()  # BLOCKED samples: the sampler told on-CPU from off-CPU
     data.close()
+
+
+def test_process_card_shows_the_server_and_native_threads_shares() -> None:
+    card = ProcessCard(7, "worker", "gunicorn", None, 40.0, 35.0, 120.0, 130.0, 12, 30,
+                       server_cpu_share=0.069, native_cpu_share=0.639)
+    text = json.dumps(process_cards([card])[0].to_plotly_json(), cls=PlotlyJSONEncoder)
+    assert "server's own work" in text and "6.9% of its CPU" in text
+    assert "native threads" in text and "63.9% of its CPU" in text
+    quiet = replace(card, native_cpu_share=0.0)
+    assert "native threads" not in json.dumps(process_cards([quiet])[0].to_plotly_json(),
+                                              cls=PlotlyJSONEncoder)

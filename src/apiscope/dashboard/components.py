@@ -120,6 +120,7 @@ def process_cards(cards: Sequence[ProcessCard]) -> list[html.Div]:
                                                      else str(c.threads))]),
                 html.Tr([html.Td("open fds"), html.Td("-" if c.fds is None else str(c.fds))]),
                 *_server_row(c),
+                *_native_row(c),
             ])], className="kv"),
         ], className="process-card" + (" process-exited" if c.exited_at is not None else "")))
     return out
@@ -135,6 +136,18 @@ def _server_row(card: ProcessCard) -> list[html.Tr]:
                              title="HTTP parsing, routing, middleware, logging: CPU of the"
                                    " request threads with no application frame running")],
                     className="server-share")]
+
+
+def _native_row(card: ProcessCard) -> list[html.Tr]:
+    """The share of the process's CPU used by threads Python does not run, when any."""
+    if not card.native_cpu_share:
+        return []
+    return [html.Tr([html.Td("native threads"),
+                     html.Td(f"{_pct(card.native_cpu_share)} of its CPU",
+                             title="threads of a C extension's own (argon2's lanes, a BLAS pool):"
+                                   " each route's CPU share includes what its requests waited"
+                                   " for in the call")],
+                    className="native-share")]
 
 
 def slow_requests_table(rows: Sequence[SlowRequest]) -> html.Table:

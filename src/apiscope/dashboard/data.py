@@ -17,7 +17,7 @@ from typing import Any
 
 from apiscope.analysis.attribution import RouteMatcher, app_roots
 from apiscope.analysis.context import AnalysisContext
-from apiscope.analysis.cpu import cpu_shares, server_cpu_shares
+from apiscope.analysis.cpu import cpu_shares, native_cpu_shares, server_cpu_shares
 from apiscope.dashboard.analysis import FlagAnalysis
 from apiscope.dashboard.cputime import CpuIndex, StackFacts, cpu_context
 from apiscope.dashboard.flame import FunctionRow, from_handler, pruned_tree, top_functions
@@ -74,6 +74,9 @@ class ProcessCard:
     # the share of its CPU spent in the server's and framework's own work (the report's
     # server_cpu_share); None when unknown (no stack samples, or on-CPU was not measured)
     server_cpu_share: float | None = None
+    # the share of its CPU used by threads Python does not run (a C extension's own: the
+    # report's native_cpu_share); None when unknown
+    native_cpu_share: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +274,14 @@ class DashboardSession:
                 return {}
             return server_cpu_shares(self._cpu_context(None))
 
+    def native_cpu_shares(self) -> dict[int, float]:
+        """Each process's share of its CPU used by threads Python does not run, over the
+        session, as the report gives it."""
+        with self._lock:
+            if not self._process_cpu_measured:
+                return {}
+            return native_cpu_shares(self._cpu_context(None))
+
     def _cpu_context(self, rng: Range) -> AnalysisContext:
         ctx = self._contexts.get(rng)
         if ctx is None:
@@ -291,6 +302,7 @@ class DashboardSession:
     def _process_cards(self) -> list[ProcessCard]:
         known = {p.pid: p for p in self._processes}
         server = self.server_cpu_shares() if self.has_samples() else {}
+        native = self.native_cpu_shares() if self.has_samples() else {}
         cards = []
         for pid in sorted(set(known) | set(self._resources)):
             info = known.get(pid)
@@ -304,7 +316,7 @@ class DashboardSession:
                 res.rss_mb[-1] if res and has else None,
                 max(res.rss_mb) if res and has else None,
                 res.threads[-1] if res and has else None,
-                res.fds[-1] if res and has else None, server.get(pid)))
+                res.fds[-1] if res and has else None, server.get(pid), native.get(pid)))
         return cards
 
     # -- one endpoint -----------------------------------------------------------------------
