@@ -441,6 +441,14 @@ def test_python_the_kernel_found_contending_is_the_location_whatever_its_few_sam
     [flag] = [f for f in report_of(spec, tmp_path / "b")["flags"]
               if f["kind"] == "gil_contention"]
     assert flag["location"]["line"] == 25
+    # argon2 with its lanes: the caller's samples now show waits, but each of them a wait for
+    # the library's own threads (their CPU, 0.5 s a window, placed there), not for the GIL.
+    spec.per_window[-1] = sample(12, on_worker(*hashing), 70)
+    spec.per_window.append(sample(12, on_worker(*hashing), 25, SampleState.BLOCKED))
+    spec.extra_cpu = 0.5
+    [flag] = [f for f in report_of(spec, tmp_path / "c")["flags"]
+              if f["kind"] == "gil_contention"]
+    assert flag["location"]["line"] == 25
 
 
 def test_c_code_that_releases_the_gil_is_not_where_it_is_contended(tmp_path: Path) -> None:

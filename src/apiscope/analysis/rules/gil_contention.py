@@ -242,7 +242,10 @@ class GilContentionRule:
                 code = (a.user.file, a.user.function)
                 f_shown[code] += a.seconds
                 f_ran[code] += running
-                f_waited[code] += a.seconds if a.sample.state is SampleState.BLOCKED else 0.0
+                # A wait for a C library's own threads (argon2's lanes: `Attributed.native`)
+                # is no sign of wanting the GIL.
+                f_waited[code] += a.seconds if a.sample.state is SampleState.BLOCKED \
+                    and not a.native else 0.0
         # Functions that do not contend: too little waiting, or running far longer than waiting.
         never_waiting = {code for code, seen in f_shown.items()
                          if f_waited[code] < LINE_MIN_WAIT * seen}
