@@ -60,3 +60,9 @@ def test_the_rest_is_no_ones_where_a_python_thread_that_ended_unread_worked() ->
     idled = [s(2, ARGON2, 30), s(7, IDLE, 50, SampleState.WAITING)]
     assert native_cpu(idled, 100, read, {1: 0.5}, ROLES) == \
         pytest.approx({(1, 2, ARGON2): 0.49})
+
+
+def test_a_worker_that_exited_within_the_window_has_no_native_cpu() -> None:
+    """Measured by what its master reaped, no thread of it read: its CPU is its Python's as
+    much as anyone's, even where py-spy only saw it idle as it shut down."""
+    assert native_cpu([s(2, IDLE, 40, SampleState.WAITING)], 100, {}, {1: 0.3}, ROLES) == {}

@@ -9,8 +9,9 @@ meanwhile. Left there, the route whose login costs most of the server's CPU read
 Measured, per window and process: the CPU of threads the kernel was asked about that py-spy
 never showed, and the process's CPU beyond every thread read (threads that ended within the
 window). The latter is counted only where no Python thread that ended unread worked in the
-window: a thread per request (Django's `sync_to_async`) or a worker that exited leaves CPU in
-the same remainder, and there it is no one's here. A pool thread idling out is no such doubt.
+window, and only for a process some of whose threads were read: a thread per request
+(Django's `sync_to_async`) or a worker that exited leaves CPU in the same remainder, and there
+it is no one's here. A pool thread idling out is no such doubt.
 
 Placed, per window: on the samples of request threads (event loop, pool workers) blocked inside
 a call into an installed library that is not a known wait (`WAITING_PACKAGES`: sockets,
@@ -80,7 +81,9 @@ def native_cpu(samples: Iterable[StackSample], rate: int, threads: Mapping[tuple
         if (pid, tid) not in shown:
             native[pid] += seconds
     for pid, seconds in processes.items():
-        if pid not in unread_working:
+        # A worker that exited within the window has no thread read: its figure is what its
+        # master reaped, all of it its Python's as much as anyone's.
+        if pid in read and pid not in unread_working:
             native[pid] += max(0.0, seconds - read[pid] - unread_cpu[pid])
     out: dict[NativeKey, float] = {}
     for pid, seconds in native.items():
