@@ -593,6 +593,24 @@ def test_c_code_that_released_the_gil_on_the_loop_is_named_so(tmp_path: Path) ->
     assert "ProcessPoolExecutor" in flag["suggestion"]
 
 
+def test_c_code_on_its_own_threads_holding_the_loop_is_named_so(tmp_path: Path) -> None:
+    """argon2 with its four lanes on the loop: the loop thread waits in the call on a futex
+    (found "on a lock" at most looks) while the library's threads compute, 0.6 s a window.
+    That is C code's CPU, not a wait for a lock, and a thread runs it beside the loop."""
+    spec = measured_healthy()
+    hashing = on_loop(app("summary", 88), ARGON2)
+    spec.extra_cpu = 0.6
+    spec.per_window.append(sample(LOOP_TID, hashing, 20, SampleState.BLOCKED))
+    spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0, hashing, 3.0,
+                                  {"lock": 4, "cpu": 1}) for i in range(20)]
+    [flag] = [f for f in report_of(spec, tmp_path)["flags"] if f["kind"] == "event_loop_blocked"]
+    assert flag["location"]["line"] == 88
+    assert flag["metric"]["cause"] == "cpu" and flag["metric"]["gil_free_share"] == 1.0
+    assert flag["metric"]["native_cpu_seconds"] > 1.2  # of its 1.2 s of stalls
+    assert "its library's own threads" in flag["evidence"]
+    assert "in parallel with the loop" in flag["suggestion"]
+
+
 def test_a_hold_part_running_part_waiting_names_both(tmp_path: Path) -> None:
     # A connection opened per call on the loop: the client hashes the password (C code, the
     # GIL released), then waits for the server's reply. The running looks are the majority;
