@@ -152,15 +152,21 @@ def worker_stack(pid: int) -> str:
     return WORK.replace("thread (10)", f"thread ({pid})")
 
 
+def master_of(cpu: dict[int, float]) -> tuple[ProcessTable, list[StackWindow], WindowMeter]:
+    """A meter of master 1's workers (`cpu`: their CPU seconds so far), begun."""
+    table = ProcessTable()
+    table.cpu = dict(cpu)
+    got: list[StackWindow] = []
+    m = WindowMeter(1, got.append, SamplerStats(), table, reads_root=False)
+    m.begin(list(cpu))
+    return table, got, m
+
+
 def test_a_recycled_worker_is_measured_from_its_first_window_and_the_old_one_to_its_end() -> None:
     """gunicorn's --max-requests: worker 10 exits within window 2, worker 11 (born within
     window 1) is first sampled in window 2. Both are measured there: 11 from the reading at
     window 1's end (the launch of window 2 named it), 10 by what the master reaped."""
-    table = ProcessTable()
-    table.cpu = {10: 1.0}
-    got: list[StackWindow] = []
-    m = WindowMeter(1, got.append, SamplerStats(), table, reads_root=False)
-    m.begin([10])
+    table, got, m = master_of({10: 1.0})
     table.cpu = {10: 1.5, 11: 0.75}  # 11 has started (its import)
     m.expect([10, 11])  # window 2 launches with both
     m.add([(f"{worker_stack(10)} 10\n", 10)], EXIT, 0.0, 1.0, 100, active_only=True)
@@ -176,11 +182,7 @@ def test_a_recycled_worker_is_measured_from_its_first_window_and_the_old_one_to_
 def test_workers_started_after_a_window_ended_are_read_as_their_window_starts() -> None:
     """All the workers a window sampled exited within it: their py-spys ended it, and the next
     one starts for their successors only after it was measured."""
-    table = ProcessTable()
-    table.cpu = {10: 1.0}
-    got: list[StackWindow] = []
-    m = WindowMeter(1, got.append, SamplerStats(), table, reads_root=False)
-    m.begin([10])
+    table, got, m = master_of({10: 1.0})
     table.cpu, table.reaped = {}, 1.5  # 10 exited at 1.5 s
     m.add([(f"{worker_stack(10)} 10\n", 10)], EXIT, 0.0, 1.0, 100, active_only=True)
     table.cpu = {11: 0.75}
@@ -195,11 +197,7 @@ def test_a_worker_gone_between_its_window_launching_and_the_last_one_ending_is_m
     12) before the last one is measured. 12 served a few requests, was sampled by the new
     window and exited before the last one's reading: what it used after the launch is the new
     window's, where its samples are, never the last one's (where it was not sampled)."""
-    table = ProcessTable()
-    table.cpu = {10: 1.0}
-    got: list[StackWindow] = []
-    m = WindowMeter(1, got.append, SamplerStats(), table, reads_root=False)
-    m.begin([10])
+    table, got, m = master_of({10: 1.0})
     table.cpu = {10: 1.5, 12: 0.5}
     m.expect([10, 12])  # window 2 launches with both
     table.cpu, table.reaped = {10: 1.6}, 0.75  # 12 exited at 0.75 s of CPU and was reaped
@@ -215,11 +213,7 @@ def test_a_worker_exiting_as_a_window_starts_is_measured_to_its_end_in_the_last_
     """Worker 10 exits just as window 2 starts: window 2's py-spy still took a couple of its
     samples, but the reading that ended window 1 found it gone and measured it to its end
     there. In window 2 it used nothing: measured (0), not left to a guess."""
-    table = ProcessTable()
-    table.cpu = {10: 1.0}
-    got: list[StackWindow] = []
-    m = WindowMeter(1, got.append, SamplerStats(), table, reads_root=False)
-    m.begin([10])
+    table, got, m = master_of({10: 1.0})
     table.cpu = {10: 1.5, 11: 0.5}
     m.expect([10, 11])  # window 2 launches with both
     table.cpu, table.reaped = {11: 0.6}, 1.75  # 10 exited at 1.75 s of CPU and was reaped

@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -29,8 +31,10 @@ APP = "tests.integration.cpu_truth_app:app"
 SECONDS = 8
 
 
-def load(base: str, stop: threading.Event) -> None:
-    paths = ["/nap", "/spin", "/hash", "/offload", "/nap", "/"]
+PATHS = ["/nap", "/spin", "/hash", "/offload", "/nap", "/"]
+
+
+def load(base: str, stop: threading.Event, paths: list[str] = PATHS) -> None:
     n = 0
     while not stop.is_set():
         try:
@@ -39,6 +43,29 @@ def load(base: str, stop: threading.Event) -> None:
         except OSError:
             pass  # the server goes away at the end
         n += 1
+
+
+@contextmanager
+def loaded(base: str, clients: list[list[str]]) -> Iterator[None]:
+    """A client per list of paths, each requesting its paths in turn until the block ends."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=load, args=(base, stop, paths), daemon=True)
+               for paths in clients]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+
+
+def attach(pid: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """`apiscope attach PID` without the dashboard, within a 10% budget (see the first test)."""
+    return subprocess.run([sys.executable, "-m", "apiscope", "attach", str(pid),
+                           "--no-dashboard", "--max-overhead", "10", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 def test_cpu_shares_are_measured_and_add_up_to_the_processs_cpu(tmp_path: Path) -> None:
@@ -51,24 +78,11 @@ def test_cpu_shares_are_measured_and_add_up_to_the_processs_cpu(tmp_path: Path) 
     # cores), where the default 2% budget samples at 5 Hz, a few dozen running samples in
     # 8 s, too few for a route's share (the rules ask for more before they flag a line). A 10%
     # budget samples at ~60 Hz.
-    with run_server(uvicorn_argv(APP, port), port) as server:
-        stop = threading.Event()
-        clients = [threading.Thread(target=load, args=(server.url, stop), daemon=True)
-                   for _ in range(3)]
-        for c in clients:
-            c.start()
+    with run_server(uvicorn_argv(APP, port), port) as server, loaded(server.url, [PATHS] * 3):
         before = psutil.Process(server.pid).cpu_times()
-        try:
-            done = subprocess.run(
-                [sys.executable, "-m", "apiscope", "attach", str(server.pid), "--duration",
-                 str(SECONDS), "--no-dashboard", "--max-overhead", "10", "--report", str(report),
-                 "--session", str(tmp_path / "s.sqlite")],
-                cwd=ROOT, capture_output=True, text=True, timeout=120)
-            after = psutil.Process(server.pid).cpu_times()
-        finally:
-            stop.set()
-            for c in clients:
-                c.join(15)
+        done = attach(server.pid, "--duration", str(SECONDS), "--report", str(report),
+                      "--session", str(tmp_path / "s.sqlite"))
+        after = psutil.Process(server.pid).cpu_times()
     assert done.returncode == 0, done.stderr
     data = json.loads(report.read_text())
     assert data["samples"]["cpu_measured"] is True
@@ -174,22 +188,9 @@ def test_a_server_recycling_its_workers_is_measured_in_every_window(tmp_path: Pa
     argv = [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", "2",
             "-b", f"127.0.0.1:{port}", "--log-level", "warning", "--max-requests", "150",
             "--max-requests-jitter", "20", APP]
-    with run_server(argv, port) as server, CpuWatch(psutil.Process(server.pid)) as watch:
-        stop = threading.Event()
-        clients = [threading.Thread(target=load, args=(server.url, stop), daemon=True)
-                   for _ in range(3)]
-        for c in clients:
-            c.start()
-        try:
-            done = subprocess.run(
-                [sys.executable, "-m", "apiscope", "attach", str(server.pid), "--duration",
-                 str(SECONDS + 4), "--no-dashboard", "--max-overhead", "10", "--session",
-                 str(session)],
-                cwd=ROOT, capture_output=True, text=True, timeout=120)
-        finally:
-            stop.set()
-            for c in clients:
-                c.join(15)
+    with run_server(argv, port) as server, CpuWatch(psutil.Process(server.pid)) as watch, \
+            loaded(server.url, [PATHS] * 3):
+        done = attach(server.pid, "--duration", str(SECONDS + 4), "--session", str(session))
     assert done.returncode == 0, done.stderr
     with sqlite3.connect(session) as conn:
         sampled = set(conn.execute("SELECT DISTINCT window_id, pid FROM samples"))
@@ -230,33 +231,11 @@ def test_cpu_of_a_c_extensions_own_threads_is_its_callers_route(tmp_path: Path) 
     port = free_port()
     report, session = tmp_path / "r.json", tmp_path / "s.sqlite"
 
-    def client(paths: list[str], stop: threading.Event) -> None:
-        n = 0
-        while not stop.is_set():
-            try:
-                with urllib.request.urlopen(server.url + paths[n % len(paths)], timeout=10) as r:
-                    r.read()
-            except OSError:
-                pass
-            n += 1
-
     with run_server(uvicorn_argv("tests.integration.native_threads_app:app", port), port,
-                    ready_path="/nap") as server:
-        stop = threading.Event()
-        clients = [threading.Thread(target=client, args=(paths, stop), daemon=True)
-                   for paths in (["/login"], ["/nap", "/spin"])]
-        for c in clients:
-            c.start()
-        try:
-            done = subprocess.run(
-                [sys.executable, "-m", "apiscope", "attach", str(server.pid), "--duration",
-                 str(SECONDS), "--no-dashboard", "--max-overhead", "10", "--report", str(report),
-                 "--session", str(session)],
-                cwd=ROOT, capture_output=True, text=True, timeout=120)
-        finally:
-            stop.set()
-            for c in clients:
-                c.join(15)
+                    ready_path="/nap") as server, \
+            loaded(server.url, [["/login"], ["/nap", "/spin"]]):
+        done = attach(server.pid, "--duration", str(SECONDS), "--report", str(report),
+                      "--session", str(session))
     assert done.returncode == 0, done.stderr
     data = json.loads(report.read_text())
     [proc] = data["processes"]

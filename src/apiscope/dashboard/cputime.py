@@ -38,7 +38,7 @@ from apiscope.model import (
     WindowInfo,
 )
 from apiscope.sessionmeta import SessionMeta
-from apiscope.store.reader import SessionReader
+from apiscope.store.reader import SessionReader, StackCpu
 
 ThreadStack = tuple[int, int, int]  # pid, tid, stack id
 FramesOf = Callable[[int], tuple[Frame, ...]]
@@ -80,29 +80,30 @@ class CpuIndex:
                 blocks_in: Blocks) -> dict[ThreadStack, float]:
         """CPU seconds per thread and stack over the windows starting in [since, until);
         `blocks_in` splits the range into whole blocks and the windows of partial ones."""
-        with self._lock:
-            whole, edge = blocks_in(since, until)
-            out: dict[ThreadStack, float] = {}
-            for block in whole:
-                _add(out, self._blocks.get(block, {}).items())
-            for first, last in _runs(edge):
-                rows = self._reader.running_cpu(since, until, after_window=first - 1,
-                                                upto_window=last)
-                _add(out, (((r.pid, r.tid, r.stack_id), r.seconds) for r in rows))
-            return out
+        def read(first: int, last: int) -> Iterable[StackCpu]:
+            return self._reader.running_cpu(since, until, after_window=first - 1,
+                                            upto_window=last)
+        return self._over(self._blocks, read, since, until, blocks_in)
 
     def native(self, since: float | None, until: float | None,
                blocks_in: Blocks) -> dict[ThreadStack, float]:
         """The native threads' CPU seconds per waiting thread and stack over the range."""
+        def read(first: int, last: int) -> Iterable[StackCpu]:
+            return (r for _, r in self._reader.native_cpu(since, until, after_window=first - 1,
+                                                          upto_window=last))
+        return self._over(self._native, read, since, until, blocks_in)
+
+    def _over(self, blocks: dict[int, dict[ThreadStack, float]],
+              read: Callable[[int, int], Iterable[StackCpu]], since: float | None,
+              until: float | None, blocks_in: Blocks) -> dict[ThreadStack, float]:
+        """The whole blocks' figures, and those of the partial ones' windows read anew."""
         with self._lock:
             whole, edge = blocks_in(since, until)
             out: dict[ThreadStack, float] = {}
             for block in whole:
-                _add(out, self._native.get(block, {}).items())
+                _add(out, blocks.get(block, {}).items())
             for first, last in _runs(edge):
-                rows = self._reader.native_cpu(since, until, after_window=first - 1,
-                                               upto_window=last)
-                _add(out, (((r.pid, r.tid, r.stack_id), r.seconds) for _, r in rows))
+                _add(out, (((r.pid, r.tid, r.stack_id), r.seconds) for r in read(first, last)))
             return out
 
 
