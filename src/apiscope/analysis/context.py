@@ -212,7 +212,7 @@ def attribute(data: SessionData, matcher: RouteMatcher,
         elif sample.state is SampleState.BLOCKED:
             waited = seconds
         waited_for = native.get((window, sample.pid, sample.tid, sample.frames), 0.0) \
-            if sample.state is SampleState.BLOCKED else 0.0
+            if native and sample.state is SampleState.BLOCKED else 0.0
         out.append(Attributed(window, sample, role, hit[1], hit[2], seconds, hit[3], hit[4],
                               cpu, waited, hit[5], waited_for))
     return out, passing

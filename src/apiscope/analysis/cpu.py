@@ -147,11 +147,13 @@ def native_cpu(ctx: AnalysisContext) -> NativeCpu:
 
 
 def native_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
-    """Each process's share of its CPU time used by threads Python does not run."""
-    totals = process_cpu_seconds(ctx)
+    """Each process's share of its CPU time used by threads Python does not run ({} where
+    the processes' CPU time was not measured)."""
+    if not ctx.data.process_cpu:
+        return {}
     native = native_cpu(ctx).processes
     return {pid: min(1.0, native.get(pid, 0.0) / total)
-            for pid, total in totals.items() if total > 0 and ctx.data.process_cpu}
+            for pid, total in process_cpu_seconds(ctx).items() if total > 0}
 
 
 def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:

@@ -204,7 +204,7 @@ def render_text(report: Report) -> str:
     for e in report.endpoints:
         rows.append([e.route, str(e.count), _fmt(e.rps), _fmt(e.p50_ms), _fmt(e.p95_ms),
                      _fmt(e.p99_ms), _fmt(e.max_ms), f"{e.error_rate * 100:.1f}%",
-                     f"{e.cpu_share * 100:.1f}%"])
+                     _share(e.cpu_share)])
     out += ["Endpoints", *_table(rows)] if report.endpoints else ["No endpoints recorded."]
     if report.processes:
         rows = [["pid", "cpu avg", "rss max MB", "rss MB/min", "threads", "fds", "server cpu",

@@ -132,10 +132,10 @@ WEB_FRAMEWORKS = frozenset({"starlette", "fastapi", "litestar", "django", "rest_
 # handed to the socket, a log line written): the watchdog takes the GIL there at once, so its
 # looks land in them far more often than the loop spends there. A hold seen there was not
 # the framework's work, whatever else the pass did.
+IO_MODULES = frozenset({"asyncio", "socket", "ssl", "selectors", "logging", "io", "_pyio"})
 # The CPU a C library's own threads used while the loop waited in the call, as a share of the
 # stalls' length, from which the stalls are that C code's (argon2's four lanes: about 3x).
 NATIVE_MIN_SHARE = 0.5
-IO_MODULES = frozenset({"asyncio", "socket", "ssl", "selectors", "logging", "io", "_pyio"})
 
 
 FRAMEWORK_WORK_ADVICE = (
@@ -289,6 +289,20 @@ def _native_seconds(ctx: AnalysisContext, endpoint: str | None, lines: set[Frame
     return sum(a.native for a in ctx.samples
                if a.native and a.role is ThreadRole.LOOP and a.endpoint == endpoint
                and a.user in lines)
+
+
+def _native_looks(activity: Counter[str], native: float) -> _Looks:
+    """The loop thread waited in the call (a futex, off-CPU) while its library's own threads
+    computed `native` CPU seconds: C code's CPU, whatever the loop thread's looks say."""
+    itself = ""
+    counted = sum(activity.values()) - activity.get("queue", 0)
+    if counted > 0:
+        on_cpu = activity.get("cpu", 0) + activity.get("nogil", 0)
+        itself = (f"; the loop thread itself on a CPU at {pct(on_cpu / counted)} of the"
+                  f" kernel's looks")
+    return _Looks(f"running C code on its library's own threads, such as argon2's lanes"
+                  f" ({native:.2f} s of their CPU while the loop waited in the call{itself})",
+                  "cpu", 1.0)
 
 
 def _describe(cpu_share: float | None) -> tuple[str, str]:
@@ -452,18 +466,9 @@ class EventLoopBlockedRule:
         looks = (_describe_looks(group.activity, cpu_share) if group.activity
                  else _Looks(*_describe(cpu_share)))
         native = _native_seconds(ctx, endpoint, set(group.lines))
-        if native >= NATIVE_MIN_SHARE * group.seconds:
-            # The loop thread waits in the call (a futex, off-CPU) while its library's own
-            # threads compute: C code's CPU, whatever the loop thread's looks say.
-            itself = ""
-            counted = sum(group.activity.values()) - group.activity.get("queue", 0)
-            if counted > 0:
-                on_cpu = group.activity.get("cpu", 0) + group.activity.get("nogil", 0)
-                itself = (f"; the loop thread itself on a CPU at {pct(on_cpu / counted)} of"
-                          f" the kernel's looks")
-            looks = _Looks(f"running C code on its library's own threads, such as argon2's"
-                           f" lanes ({native:.2f} s of their CPU while the loop waited in the"
-                           f" call{itself})", "cpu", 1.0)
+        on_native = native >= NATIVE_MIN_SHARE * group.seconds
+        if on_native:
+            looks = _native_looks(group.activity, native)
         what, cause = looks.what, looks.cause
         framework = framework_of(group.stacks)
         total = group.seconds + group.estimated + group.elsewhere
@@ -514,7 +519,7 @@ class EventLoopBlockedRule:
             metric["cpu_share"] = cpu_share
         if looks.gil_free is not None:
             metric["gil_free_share"] = looks.gil_free
-        if native >= NATIVE_MIN_SHARE * group.seconds:
+        if on_native:
             metric["native_cpu_seconds"] = native
         if requests:
             metric["stall_ms_per_request"] = total * 1000 / requests
