@@ -557,11 +557,14 @@ def test_slowness_for_want_of_cpu_is_said_and_graded_low(tmp_path: Path) -> None
     assert report["processes"][0]["runqueue_share"] > 0.25
 
 
-def loop_flag(path: Path, line: int, cpu_ms: float, looks: dict[str, int]) -> dict[str, Any]:
-    """The event_loop_blocked flag of 20 stalls of 60 ms at `line`, with the kernel's looks."""
+def loop_flag(path: Path, line: int, cpu_ms: float, looks: dict[str, int],
+              *called: Frame) -> dict[str, Any]:
+    """The event_loop_blocked flag of 20 stalls of 60 ms at `line` (in the frames `called`
+    from it), with the kernel's looks."""
     spec = measured_healthy()
-    spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0, on_loop(app("summary", line)),
-                                  cpu_ms, looks) for i in range(20)]
+    spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0,
+                                  on_loop(app("summary", line), *called), cpu_ms, looks)
+                        for i in range(20)]
     [flag] = [f for f in report_of(spec, path)["flags"] if f["kind"] == "event_loop_blocked"]
     return flag
 
@@ -573,6 +576,7 @@ def test_the_kernels_looks_name_what_the_loop_waited_on(tmp_path: Path) -> None:
     assert flag["metric"]["cause"] == "wait" and "blocking I/O" in flag["evidence"]
     flag = loop_flag(tmp_path / "b", 90, 5.0, {"cpu": 4, "lock": 1})
     assert flag["metric"]["cause"] == "cpu" and "running CPU work" in flag["evidence"]
+    assert "calling" not in flag["evidence"]  # the app's own line ran: no library call
 
 
 def test_c_code_that_released_the_gil_on_the_loop_is_named_so(tmp_path: Path) -> None:
@@ -615,9 +619,13 @@ def test_a_hold_part_running_part_waiting_names_both(tmp_path: Path) -> None:
     # A connection opened per call on the loop: the client hashes the password (C code, the
     # GIL released), then waits for the server's reply. The running looks are the majority;
     # the socket waits are named beside them.
-    flag = loop_flag(tmp_path / "a", 88, 30.0, {"nogil": 5, "cpu": 1, "io": 4})
+    connect = (Frame("Connection.connect", f"{SITE}/psycopg/connection.py", 119),
+               Frame("wait_conn", f"{SITE}/psycopg/waiting.py", 70))
+    flag = loop_flag(tmp_path / "a", 88, 30.0, {"nogil": 5, "cpu": 1, "io": 4}, *connect)
     assert flag["metric"]["cause"] == "cpu" and "C code that released the GIL" in flag["evidence"]
     assert "of the kernel's looks, in blocking I/O on a file or socket at 40%;" in flag["evidence"]
+    # The library call the line made is named: here, the driver's connect.
+    assert "inside summary() at main.py:88 (calling Connection.connect())" in flag["evidence"]
     # A wait at one look in ten is a moment around the work, not a part of it.
     flag = loop_flag(tmp_path / "b", 88, 30.0, {"nogil": 8, "cpu": 1, "io": 1})
     assert "blocking I/O" not in flag["evidence"]

@@ -58,7 +58,13 @@ from apiscope.analysis.advice import (
     native_advice,
     sync_handler_advice,
 )
-from apiscope.analysis.attribution import framework_route, is_app_frame, is_tool_work, user_frame
+from apiscope.analysis.attribution import (
+    framework_route,
+    is_app_frame,
+    is_tool_work,
+    library_call,
+    user_frame,
+)
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
 from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct, where
 from apiscope.analysis.source import hands_back_at
@@ -106,6 +112,9 @@ class _Stalls:
     # running), and the framework's calls the looks found them in.
     framework_work: int = 0
     framework_calls: Counter[str] = field(default_factory=Counter)
+    # The library functions the app's line called in the holds (`library_call`): a sleep, a
+    # driver's connect, a hash.
+    calls: Counter[str] = field(default_factory=Counter)
     # Passes during the route's requests in which the garbage collector ran most of the time
     # (seconds, count): its allocations set the collector off.
     collected: float = 0.0
@@ -283,6 +292,14 @@ def _describe_looks(activity: Counter[str], cpu_share: float | None) -> _Looks:
                   f" looks{host})", "wait")
 
 
+def _held_in(group: _Stalls) -> str | None:
+    """The library call the app's line made in most of a group's holds, if any."""
+    if not group.calls:
+        return None
+    call, count = group.calls.most_common(1)[0]
+    return call if count * 2 > group.count else None
+
+
 def _native_seconds(ctx: AnalysisContext, endpoint: str | None, lines: set[Frame]) -> float:
     """CPU seconds of a C library's own threads the loop waited for at `lines` (of
     `endpoint`'s requests): `Attributed.native` of the loop's samples there."""
@@ -451,6 +468,9 @@ class EventLoopBlockedRule:
         group.by_class[length] += seconds
         group.longest_ms = max(group.longest_ms, stall.duration_ms)
         group.lines[user] += 1
+        call = library_call(frames, user)
+        if call is not None:
+            group.calls[call] += 1
         if stall.cpu_ms is not None:
             group.cpu_known += seconds
             group.cpu_seconds += min(seconds, stall.cpu_ms / 1000)
@@ -483,6 +503,9 @@ class EventLoopBlockedRule:
             suggestion = FRAMEWORK_WORK_ADVICE
         else:
             suggestion = _sync_handler(ctx, endpoint, framework) or suggestion
+            call = _held_in(group)
+            if call is not None:
+                inside += f" (calling {call}())"
         own = group.seconds + group.estimated
         own_fraction = fraction * own / total if total > 0 else fraction
         if group.estimated >= 0.005:
