@@ -503,9 +503,9 @@ class EventLoopBlockedRule:
             suggestion = FRAMEWORK_WORK_ADVICE
         else:
             suggestion = _sync_handler(ctx, endpoint, framework) or suggestion
-            call = _held_in(group)
-            if call is not None:
-                inside += f" (calling {call}())"
+            library = _held_in(group)
+            if library is not None:
+                inside += f" (calling {library}())"
         own = group.seconds + group.estimated
         own_fraction = fraction * own / total if total > 0 else fraction
         if group.estimated >= 0.005:
