@@ -37,8 +37,18 @@ def _app(gate: threading.Event) -> Any:
 
 
 def _dump_while_blocked(agent: Agent, gate: threading.Event, answers: list[Any]) -> None:
-    time.sleep(0.3)  # the loop is in gate.wait by then
+    """Dump once both requests are in flight and the blocking one runs (on a loaded host the
+    loop may take a while to get there), then let it go."""
     try:
+        deadline = time.monotonic() + 10
+        while True:
+            state = agent.respond({"op": "dump"})
+            rows = {r["path"]: r for r in state.get("requests", [])}
+            if (set(rows) == {"/block", "/wait"} and rows["/block"]["running"]) \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        time.sleep(0.1)  # the loop is in gate.wait by then, deep in its stack
         answers.append(agent.respond({"op": "dump"}))
     finally:
         gate.set()

@@ -146,6 +146,7 @@ def test_quart_routes_are_read_and_matched_at_pull_time() -> None:
     registry.add_app(quart_app.app)
     rows = {(r["method"], r["template"]): r for r in registry.rows}
     assert set(rows) == {("GET", "/items/<int:item_id>"), ("POST", "/items/"),
+                         ("GET", "/items/<int:item_id>/refund"),
                          ("GET", "/users/<name>/orders"), ("GET", "/health"),
                          ("GET", "/static/<path:filename>")}
     assert rows["GET", "/items/<int:item_id>"]["handler"] == \
@@ -167,6 +168,7 @@ def test_falcon_routes_are_read_and_matched_at_pull_time() -> None:
         ("GET", "/health", "Health.on_get"),
         ("POST", "/items", "ItemCollection.on_post"),
         ("GET", "/items/{item_id:int}", "Items.on_get"),
+        ("GET", "/items/{item_id:int}/refund", "Refund.on_get"),
         ("GET", "/users/{name}/orders", "Users.on_get_orders")]  # Falcon's own responders: none
     assert registry.resolve("GET", "/items/7") == "/items/{item_id:int}"
     assert registry.resolve("GET", "/users/ann/orders") == "/users/{name}/orders"

@@ -1,4 +1,5 @@
-"""A tiny Falcon ASGI app: resources with responders, a suffixed route, a field converter."""
+"""A tiny Falcon ASGI app: resources with responders, a suffixed route, a field converter, a
+responder that fails."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ class Users:
         resp.media = {"user": name}
 
 
+class Refund:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                     item_id: int) -> None:
+        raise LookupError(f"no payment for item {item_id}")  # Falcon answers 500 itself
+
+
 class Health:
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.text = "ok"
@@ -33,4 +40,5 @@ app = falcon.asgi.App()
 app.add_route("/items/{item_id:int}", Items())
 app.add_route("/items", ItemCollection())
 app.add_route("/users/{name}/orders", Users(), suffix="orders")
+app.add_route("/items/{item_id:int}/refund", Refund())
 app.add_route("/health", Health())

@@ -1,4 +1,4 @@
-"""A tiny Litestar app: sync and async handlers with path parameters."""
+"""A tiny Litestar app: sync and async handlers with path parameters, one that fails."""
 
 from __future__ import annotations
 
@@ -21,9 +21,14 @@ def create_item() -> dict[str, bool]:
     return {"created": True}
 
 
+@get("/orders/{order_id:int}/refund")
+async def refund(order_id: FromPath[int]) -> dict[str, int]:
+    raise LookupError(f"no payment for order {order_id}")  # Litestar answers 500 itself
+
+
 @get("/health")
 async def health() -> str:
     return "ok"
 
 
-app = Litestar([read_item, user_orders, create_item, health], openapi_config=None)
+app = Litestar([read_item, user_orders, create_item, refund, health], openapi_config=None)

@@ -1,4 +1,5 @@
-"""A tiny Quart app: async and sync views, a blueprint, converters, a MethodView."""
+"""A tiny Quart app: async and sync views, a blueprint, converters, a MethodView, a view that
+fails."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ def create_item() -> tuple[dict[str, bool], int]:  # a plain def: Quart runs it 
 class Orders(MethodView):
     async def get(self, name: str) -> dict[str, str]:
         return {"user": name}
+
+
+@items.get("/<int:item_id>/refund")
+async def refund(item_id: int) -> dict[str, int]:
+    raise LookupError(f"no payment for item {item_id}")  # Quart answers 500 itself
 
 
 @app.get("/health")

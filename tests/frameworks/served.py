@@ -52,6 +52,11 @@ def stored(session: Path, probe: str) -> tuple[list[RequestRecord], list[RouteIn
         return requests, reader.routes()
 
 
+def raised(requests: Sequence[RequestRecord]) -> set[tuple[str | None, str | None, int | None]]:
+    """(exception type, file, line) of the requests answered 5xx."""
+    return {(r.exc_type, r.exc_file, r.exc_line) for r in requests if r.status >= 500}
+
+
 def wait_stored(session: Path, probe: str, count: int) -> list[RequestRecord]:
     def enough() -> list[RequestRecord] | None:
         requests, routes = stored(session, probe)
@@ -124,13 +129,17 @@ Mode = Callable[..., AbstractContextManager[str]]  # under_run or under_attach
 
 
 def serve_plan(mode: Mode, server: Sequence[str], port: int, session: Path, probe: str,
-               plan: Plan) -> dict[tuple[str, str], RouteInfo]:
+               plan: Plan, source: Path) -> dict[tuple[str, str], RouteInfo]:
     """Send each request of `plan` to the server under `mode`; check that the session holds
-    every one under its template and status; return its route table by (method, template)."""
+    every one under its template and status, and each 5xx with the exception raised at the
+    line of `source` that says `raise LookupError`; return its route table by (method,
+    template)."""
     with mode(server, port, session, probe, {}) as base:
         for method, path, _, status in plan:
             assert call(base, path, method) == status, path
         requests = wait_stored(session, probe, len(plan))
     assert Counter((r.method, r.route, r.status) for r in requests) == Counter(
         (m, t, s) for m, _, t, s in plan)
+    assert raised(requests) == {("LookupError", str(source),
+                                 line_of(source, "raise LookupError"))}
     return {(r.method, r.template): r for r in stored(session, probe)[1]}

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from apiscope.store import SessionReader
-from tests.frameworks.served import call, line_of, stored, under_attach, under_run, wait_stored
+from tests.frameworks.served import (
+    call,
+    line_of,
+    raised,
+    stored,
+    under_attach,
+    under_run,
+    wait_stored,
+)
 from tests.support import free_port, require_program, require_ptrace, uvicorn_argv
 
 pytestmark = pytest.mark.integration
@@ -27,6 +35,7 @@ PLAN = [  # (method, path, template, status)
     ("GET", "/api/stats/", "/api/stats/", 200),
     ("GET", "/archive/2024/", "/archive/{year}/", 200),
     ("GET", "/orders/", "/orders/", 200),
+    ("GET", "/orders/3/refund/", "/orders/<int:pk>/refund/", 500),
     ("GET", "/missing/", "<unmatched>", 404),
 ]
 EXPECTED = Counter((m, t, s) for m, _, t, s in PLAN)
@@ -44,6 +53,8 @@ def check(session: Path) -> None:
     (n_plus_one,) = [q for q in orders.queries if q.count == 5]  # one per order
     assert (n_plus_one.file, n_plus_one.line) == (
         str(VIEWS), line_of(VIEWS, "order.item.name"))
+    # The exception Django answered 500 for, at the view's line that raised it.
+    assert raised(requests) == {("LookupError", str(VIEWS), line_of(VIEWS, "raise LookupError"))}
     with SessionReader(session) as reader:  # the report can say where routes came from
         assert reader.meta().routing == {"source": "framework", "frameworks": ["django"]}
     routes = {(r.method, r.template): r for r in stored(session, PROBE)[1]}

@@ -18,6 +18,7 @@ PLAN = [  # (method, path, template, status)
     ("GET", "/items/2", "/items/{item_id}", 200),
     ("GET", "/users/ann/orders", "/users/{name}/orders", 200),
     ("POST", "/items", "/items", 201),
+    ("GET", "/orders/3/refund", "/orders/{order_id}/refund", 500),
     ("GET", "/nowhere", "<unmatched>", 404),
 ]
 
@@ -28,7 +29,8 @@ def test_litestar_under_uvicorn(mode: Mode, tmp_path: Path) -> None:
         require_ptrace()
         require_program("gdb")
     port = free_port()
-    routes = serve_plan(mode, uvicorn_argv(APP, port), port, tmp_path / "s.sqlite", PROBE, PLAN)
+    routes = serve_plan(mode, uvicorn_argv(APP, port), port, tmp_path / "s.sqlite", PROBE, PLAN,
+                        SOURCE)
     for key, name, is_async in [(("GET", "/items/{item_id}"), "read_item", False),
                                 (("GET", "/users/{name}/orders"), "user_orders", True)]:
         route = routes[key]

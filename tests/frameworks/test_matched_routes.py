@@ -22,6 +22,7 @@ APPS = {
         ("GET", "/items/2", "/items/<int:item_id>", 200),
         ("GET", "/users/ann/orders", "/users/<name>/orders", 200),
         ("POST", "/items/", "/items/", 201),
+        ("GET", "/items/3/refund", "/items/<int:item_id>/refund", 500),
         ("GET", "/nowhere", "<unmatched>", 404),
     ], [
         ("GET", "/items/<int:item_id>", "read_item", '@items.get("/<int:item_id>")', True),
@@ -33,6 +34,7 @@ APPS = {
         ("GET", "/items/2", "/items/{item_id:int}", 200),
         ("GET", "/users/ann/orders", "/users/{name}/orders", 200),
         ("POST", "/items", "/items", 201),
+        ("GET", "/items/3/refund", "/items/{item_id:int}/refund", 500),
         ("GET", "/nowhere", "<unmatched>", 404),
     ], [
         ("GET", "/items/{item_id:int}", "Items.on_get", "async def on_get(self, req", True),
@@ -50,7 +52,8 @@ def test_routes_matched_at_pull_time(mode: Mode, framework: str, tmp_path: Path)
     app, plan, handlers = APPS[framework]
     source = HERE / f"{framework}_app.py"
     port = free_port()
-    routes = serve_plan(mode, uvicorn_argv(app, port), port, tmp_path / "s.sqlite", PROBE, plan)
+    routes = serve_plan(mode, uvicorn_argv(app, port), port, tmp_path / "s.sqlite", PROBE, plan,
+                        source)
     for method, template, name, text, is_async in handlers:
         route = routes[method, template]
         assert route.handler == f"tests.frameworks.{framework}_app:{name}"

@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from .django_routes import remove_request_hook
+from .failures import stop_listening
 from .frameworks import DJANGO, apps_inside, inner_app
 from .offload import uninstall_pool_timing
 from .orphan import OrphanWatch, forget_modules
@@ -80,7 +81,7 @@ def detach() -> Status:
         inner = item.app.app if is_agent(item.app) else None
         state = unwrap(item)
         if state == "restored":
-            _release_django(inner)
+            _release(inner)
         status["apps"].append({"server": item.server, "app": item.describe(), "state": state})
     status["restored"] = sum(1 for a in status["apps"] if a["state"] == "restored")
     shutdown_agent()
@@ -149,12 +150,16 @@ def find_apps() -> list[ServedApp]:
     return list(found.values())
 
 
-def _release_django(app: Any) -> None:
-    """Take the request hook out of a Django handler we no longer wrap, unless an agent added
-    in code (`instrument`) still sits in front of it and reads it."""
+def _release(app: Any) -> None:
+    """Take the request hook out of a Django handler we no longer wrap, and the failure
+    listeners out of each framework app, unless an agent added in code (`instrument`) still
+    sits in front of it and reads them."""
     for framework, inner in apps_inside(app):
-        if framework == DJANGO and not any(is_agent(a) for a in _chain_above(app, inner)):
+        if any(is_agent(a) for a in _chain_above(app, inner)):
+            continue
+        if framework == DJANGO:
             remove_request_hook(inner)
+        stop_listening(framework, inner)
 
 
 def _chain_above(outer: Any, target: Any) -> list[Any]:

@@ -25,6 +25,8 @@ from types import TracebackType
 from typing import Any
 
 from .django_routes import REQUEST_KEY, DjangoTemplates, install_request_hook
+from .failures import FAILURE_KEY
+from .failures import listen as listen_for_failures
 from .frameworks import DJANGO, LITESTAR, STARLETTE, apps_inside
 from .matched_routes import DEFERRED, UNMATCHED
 from .offload import OFFLOAD, OffloadCounts
@@ -125,12 +127,14 @@ class AgentMiddleware:
 
     def _prepare(self, app: ASGIApp) -> None:
         """Register the route tables of the framework apps inside `app`; let Django's handler
-        leave each request (and so its resolver match) in the scope."""
+        leave each request (and so its resolver match) in the scope; listen for the exceptions
+        the frameworks answer 500 for themselves (`failures`)."""
         try:
             for framework, inner in apps_inside(app):
                 self.routes.add_app(inner)
                 if framework == DJANGO:
                     install_request_hook(inner)
+                listen_for_failures(framework, inner)
         except Exception:  # an app we misread is still served and timed, only unnamed
             self._count_error()
 
@@ -227,6 +231,11 @@ class AgentMiddleware:
                     status = 499  # cancelled before any response (the client went away)
             elif not status:
                 status = 500  # the app returned without a response: the server answers 500
+            # An exception the framework answered 500 for itself (`failures`).
+            failure = scope.pop(FAILURE_KEY) if FAILURE_KEY in scope else None
+            if failure is not None and exc is None and status >= 500:
+                exc_type = type(failure).__name__
+                exc_file, exc_line = self.raising_line(failure.__traceback__)
             # The common case inline: a route the registry knows (Starlette, FastAPI).
             route = scope.get("route")
             found = self.routes.templates.get(id(route)) if route is not None else None

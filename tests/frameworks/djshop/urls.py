@@ -15,4 +15,5 @@ urlpatterns = [
     path("api/", include(api)),
     re_path(r"^archive/(?P<year>[0-9]{4})/$", views.archive),
     path("orders/", views.orders),
+    path("orders/<int:pk>/refund/", views.refund),
 ]

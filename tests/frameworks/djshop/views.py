@@ -18,6 +18,10 @@ def archive(request: HttpRequest, year: str) -> JsonResponse:
     return JsonResponse({"year": year})
 
 
+def refund(request: HttpRequest, pk: int) -> JsonResponse:
+    raise LookupError(f"no payment for order {pk}")  # Django answers 500 itself
+
+
 def orders(request: HttpRequest) -> JsonResponse:
     names = []
     for order in Order.objects.all():  # N+1: one query per order for its item

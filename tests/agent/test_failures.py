@@ -1,0 +1,77 @@
+"""The exception behind a 500 a framework answered itself (Litestar, Quart, Falcon), recorded at
+the app's line that raised it, in-process through the agent's middleware. Django's signal is
+checked in a served app (`tests/frameworks/test_django.py`), where its settings are loaded."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apiscope.agent.failures import FAILURE_KEY, listen, stop_listening
+from apiscope.agent.frameworks import FALCON, LITESTAR, QUART
+from tests.agent.helpers import get_all, record_requests
+from tests.frameworks.served import line_of
+
+# module of tests.frameworks, its framework, the path that fails, a path its router misses
+APPS = {
+    "litestar_app": (LITESTAR, "/orders/3/refund", "/nowhere"),
+    "quart_app": (QUART, "/items/3/refund", "/nowhere"),
+    "falcon_app": (FALCON, "/items/3/refund", "/nowhere"),
+}
+
+
+def fresh_app(module: str) -> tuple[Any, Path]:
+    """A new copy of the framework app (no listener of an earlier test), and its source."""
+    mod = importlib.reload(importlib.import_module(f"tests.frameworks.{module}"))
+    return mod.app, Path(mod.__file__ or "")
+
+
+@pytest.mark.parametrize("module", sorted(APPS))
+def test_the_exception_a_framework_answered_500_for_is_recorded_at_its_line(
+        module: str) -> None:
+    framework, failing, missing = APPS[module]
+    app, source = fresh_app(module)
+    failed, unmatched, served = record_requests(app, [failing, missing, "/health"])
+    assert (failed.status, failed.exc_type, failed.exc_file, failed.exc_line) == (
+        500, "LookupError", str(source), line_of(source, "raise LookupError"))
+    # A 404 its router raised as an exception is no failure; a request that succeeded has none.
+    assert (unmatched.status, unmatched.exc_type) == (404, None)
+    assert (served.status, served.exc_type) == (200, None)
+
+
+@pytest.mark.parametrize("module", sorted(APPS))
+def test_listening_is_once_and_detach_takes_the_listener_out(module: str) -> None:
+    framework, failing, _ = APPS[module]
+    app, _ = fresh_app(module)
+    assert listen(framework, app) is True
+    assert listen(framework, app) is False  # injected again: no second listener
+    stop_listening(framework, app)
+    # Served without the middleware now: nothing of ours is left in the scope.
+    scopes: list[dict[str, Any]] = []
+
+    async def keep_scope(scope: Any, receive: Any, send: Any) -> None:
+        scopes.append(scope)
+        await app(scope, receive, send)
+
+    assert [r.status_code for r in get_all(keep_scope, [failing], raise_app_exceptions=False)
+            ] == [500]
+    assert FAILURE_KEY not in scopes[0]
+    assert listen(framework, app) is True  # and it can listen again
+
+
+def test_falcons_own_error_reporter_is_still_called_and_is_put_back() -> None:
+    app, _ = fresh_app("falcon_app")
+    reported: list[tuple[str, bool]] = []
+
+    def own(req: Any, ex: Exception, params: Any, handled: bool) -> None:
+        reported.append((type(ex).__name__, handled))
+
+    app.set_error_reporter(own)
+    [failed] = record_requests(app, ["/items/3/refund"])
+    assert failed.exc_type == "LookupError"
+    assert reported == [("LookupError", True)]
+    stop_listening(FALCON, app)
+    assert app._report_error is own
