@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from apiscope.agent.failures import FAILURE_KEY, listen, stop_listening
-from apiscope.agent.frameworks import FALCON, LITESTAR, QUART
+from apiscope.agent.frameworks import DJANGO, FALCON, LITESTAR, QUART
 from tests.agent.helpers import get_all, record_requests
 from tests.frameworks.served import line_of
 
@@ -75,3 +75,14 @@ def test_falcons_own_error_reporter_is_still_called_and_is_put_back() -> None:
     assert reported == [("LookupError", True)]
     stop_listening(FALCON, app)
     assert app._report_error is own
+
+
+def test_djangos_receiver_is_added_once_and_taken_out_on_detach() -> None:
+    signals = pytest.importorskip("django.core.signals")
+    signal = signals.got_request_exception
+    before = len(signal.receivers)
+    assert listen(DJANGO, object()) is True
+    assert listen(DJANGO, object()) is False  # injected again: no second receiver
+    assert len(signal.receivers) == before + 1
+    stop_listening(DJANGO, object())
+    assert len(signal.receivers) == before

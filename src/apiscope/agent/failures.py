@@ -35,9 +35,14 @@ _DISPATCH_UID = "apiscope.failures"  # Django's signal: one receiver, whichever 
 
 def keep(scope: Any, exc: Any) -> None:
     """Leave `exc` in `scope` for the middleware, unless one is there already (a framework
-    may handle the error an error handler raised in turn: the first is the cause)."""
-    if isinstance(scope, dict) and isinstance(exc, BaseException) and FAILURE_KEY not in scope:
-        scope[FAILURE_KEY] = exc
+    may handle the error an error handler raised in turn: the first is the cause). Never
+    raises: it runs inside the framework's own error handling."""
+    try:
+        if isinstance(scope, dict) and isinstance(exc, BaseException) \
+                and FAILURE_KEY not in scope:
+            scope[FAILURE_KEY] = exc
+    except Exception:  # a scope of an odd kind: the 500 is still recorded, without its cause
+        pass
 
 
 def listen(framework: str, app: Any) -> bool:
@@ -55,9 +60,13 @@ def listen(framework: str, app: Any) -> bool:
 
 
 def stop_listening(framework: str, app: Any) -> None:
-    """Take out the listener `listen` added for `app` (Django's signal is the process's: it
-    stays while any Django app is wrapped, and costs nothing)."""
-    if framework == LITESTAR:
+    """Take out the listener `listen` added for `app` (for Django, the process's receiver: one
+    process serves one Django project)."""
+    if framework == DJANGO:
+        signals = sys.modules.get("django.core.signals")
+        if signals is not None:
+            signals.got_request_exception.disconnect(dispatch_uid=_DISPATCH_UID)
+    elif framework == LITESTAR:
         hooks = getattr(app, "after_exception", None)
         if isinstance(hooks, list):
             hooks[:] = [h for h in hooks if not getattr(h, _LISTENER, False)]
@@ -75,16 +84,21 @@ def stop_listening(framework: str, app: Any) -> None:
 # -- Django --------------------------------------------------------------------------------
 
 def _django_receiver(sender: Any, request: Any = None, **kwargs: Any) -> None:
-    keep(getattr(request, "scope", None), sys.exc_info()[1])
+    try:
+        scope = getattr(request, "scope", None)
+    except Exception:  # a request object of another making
+        return
+    keep(scope, sys.exc_info()[1])
 
 
 def _listen_django() -> bool:
     signals = sys.modules.get("django.core.signals")
     if signals is None:
         return False
-    # dispatch_uid: a second copy of the agent (injected again) adds no second receiver.
-    signals.got_request_exception.connect(_django_receiver, weak=False,
-                                          dispatch_uid=_DISPATCH_UID)
+    signal = signals.got_request_exception
+    if any(entry[0][0] == _DISPATCH_UID for entry in signal.receivers):
+        return False  # a copy of the agent (injected before) listens already
+    signal.connect(_django_receiver, weak=False, dispatch_uid=_DISPATCH_UID)
     return True
 
 
@@ -118,7 +132,7 @@ async def _quart_receiver(sender: Any, exception: Any = None, **kwargs: Any) -> 
     request = getattr(globals_, "request", None) if globals_ is not None else None
     try:
         scope = request.scope if request is not None else None
-    except RuntimeError:  # outside a request's context (an app-level error)
+    except Exception:  # outside a request's context (an app-level error)
         return
     keep(scope, exception)
 
@@ -143,7 +157,11 @@ class _FalconReporter:
         self.original = original
 
     def __call__(self, req: Any, ex: Any, params: Any, handled: bool) -> None:
-        keep(getattr(req, "scope", None), ex)
+        try:
+            scope = getattr(req, "scope", None)
+        except Exception:
+            scope = None
+        keep(scope, ex)
         if self.original is not None:
             self.original(req, ex, params, handled)
 
