@@ -96,7 +96,9 @@ DJANGO_APP = CorpusApp(
          "body": '{"title": "Load {n}", "author_id": {id}, "published": "2024-05-01",'
                  ' "price_cents": 1999}'},
     ],
-    planted=[_get("/reports/audit/", 4), _get("/reports/catalogue/", 4)],
+    # 80 authors: one author card in five asks for one that does not exist.
+    planted=[_get("/reports/audit/", 4), _get("/reports/catalogue/", 4),
+             _get("/reports/authors/{id}/", 8, id_max=100)],
 )
 
 LITESTAR_APP = CorpusApp(
@@ -111,7 +113,9 @@ LITESTAR_APP = CorpusApp(
          "body": '{"notebook_id": {id}, "title": "Load {n}", "body": "written by the load"}'},
         _get("/notebooks/{id}/stats", 6, id_max=20),
     ],
-    planted=[_get("/reports/audit", 4), _get("/reports/wordcount/{id}", 4, id_max=20)],
+    # 20 notebooks with notes: one export in five is of an empty one.
+    planted=[_get("/reports/audit", 4), _get("/reports/wordcount/{id}", 4, id_max=20),
+             _get("/reports/export/{id}", 8, id_max=25)],
 )
 
 ASYNC_SHOP = CorpusApp(

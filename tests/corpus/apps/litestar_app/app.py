@@ -1,4 +1,4 @@
-"""Notes API: sync handlers on the thread pool, async ones on the loop (CORPUS_PLANTED adds two
+"""Notes API: sync handlers on the thread pool, async ones on the loop (CORPUS_PLANTED adds three
 report handlers with planted bottlenecks)."""
 
 from __future__ import annotations
@@ -84,7 +84,19 @@ async def word_count(notebook_id: int, rounds: int = 4000) -> dict[str, int]:
     return {"notebook_id": notebook_id, "words": words}
 
 
+@get("/export/{notebook_id:int}", sync_to_thread=True)
+def export_notebook(notebook_id: int) -> dict[str, Any]:
+    with connect() as conn:
+        rows = conn.execute("SELECT title, created FROM note WHERE notebook_id = ? ORDER BY id",
+                            (notebook_id,)).fetchall()
+    # An empty notebook has no newest note: IndexError, which Litestar answers 500 for itself.
+    newest = rows[-1]["created"]  # planted: error_rate error
+    return {"notebook_id": notebook_id, "notes": [row["title"] for row in rows],
+            "newest": newest}
+
+
 handlers: list[Any] = [NoteController, notebook_stats, health]
 if os.environ.get("CORPUS_PLANTED", "").lower() in {"1", "true", "yes"}:
-    handlers.append(Router(path="/reports", route_handlers=[audit, word_count]))
+    handlers.append(Router(path="/reports", route_handlers=[audit, word_count,
+                                                            export_notebook]))
 app = Litestar(route_handlers=handlers)

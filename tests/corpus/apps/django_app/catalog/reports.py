@@ -7,7 +7,7 @@ import time
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
-from .models import Book
+from .models import Author, Book
 
 AUDIT_CALL_SECONDS = 0.03
 
@@ -25,7 +25,15 @@ def catalogue(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"books": rows})
 
 
+def author_card(request: HttpRequest, pk: int) -> JsonResponse:
+    # An id that names no author raises DoesNotExist (get_object_or_404 would answer 404): Django
+    # answers 500 itself.
+    author = Author.objects.get(pk=pk)  # planted: error_rate error
+    return JsonResponse({"name": author.name, "country": author.country})
+
+
 urlpatterns = [
     path("audit/", audit),
     path("catalogue/", catalogue),
+    path("authors/<int:pk>/", author_card),
 ]
