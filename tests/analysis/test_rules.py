@@ -7,6 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from apiscope.analysis.report import build_report
 from apiscope.model import (
     Frame,
@@ -316,19 +318,33 @@ def test_threads_sleeping_without_the_gil_are_not_contention(tmp_path: Path) -> 
 
 
 
-def test_error_rate_names_exception_and_line(tmp_path: Path) -> None:
+def failing_export(exc: dict[str, Any]) -> Spec:
+    """A third of GET /export's requests answered 500, each with the exception `exc`."""
     spec = healthy()
     for i in range(100):
         fail = i % 3 == 0
-        exc = {"exc_type": "ValueError", "exc_file": APP, "exc_line": 135} if fail else {}
         spec.requests.append(request("GET /export", T0 + i * 0.2, 12.0, 500 if fail else 200,
-                                     **exc))
-    report = report_of(spec, tmp_path)
-    [flag] = flags_of(report, "error_rate")
+                                     **(exc if fail else {})))
+    return spec
+
+
+def test_error_rate_names_exception_and_line(tmp_path: Path) -> None:
+    spec = failing_export({"exc_type": "ValueError", "exc_file": APP, "exc_line": 135})
+    [flag] = flags_of(report_of(spec, tmp_path), "error_rate")
     assert flag["route"] == "GET /export" and flag["severity"] == "medium"
     assert "ValueError" in flag["evidence"] and "main.py:135" in flag["evidence"]
     assert flag["location"] == {"file": APP, "line": 135, "function": None}
     assert flag["metric"]["errors"] == 34
+
+
+@pytest.mark.parametrize("exc", [{}, {"exc_type": "OperationalError"}])
+def test_a_5xx_no_line_of_the_app_raised_is_located_at_the_routes_handler(
+        tmp_path: Path, exc: dict[str, Any]) -> None:
+    # A 503 the handler returned; an exception raised in a library's code alone.
+    [flag] = flags_of(report_of(failing_export(exc), tmp_path), "error_rate")
+    assert flag["location"] == {"file": APP, "line": 130, "function": "export"}
+    assert "the route's handler: export() at main.py:130" in flag["evidence"]
+    assert ("in code outside the app" in flag["evidence"]) is bool(exc)
 
 
 def _profile(route: str, duration: float, await_ms: float, start: float) -> StoredProfile:

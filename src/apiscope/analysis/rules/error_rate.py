@@ -2,7 +2,9 @@
 
 Flagged when the 5xx share reaches `error_share`'s low grade and at least `error_min_count`
 requests failed (so two unlucky requests do not raise it). The evidence names the most common
-exception type and the line that raised it, as the agent recorded them.
+exception type and the app's line that raised it, as the agent recorded them; where no line of
+the app raised (a 5xx the handler returned, an exception raised in a library's code alone), the
+flag is located at the route's handler.
 """
 
 from __future__ import annotations
@@ -10,7 +12,14 @@ from __future__ import annotations
 from collections import Counter
 
 from apiscope.analysis.context import AnalysisContext, Flag
-from apiscope.analysis.flags import MetricValue, location, make_flag, pct, where
+from apiscope.analysis.flags import (
+    MetricValue,
+    handler_location,
+    location,
+    make_flag,
+    pct,
+    where,
+)
 from apiscope.analysis.thresholds import grade
 
 SUGGESTION = ("handle the failure where it is raised (validate input, catch the expected"
@@ -34,12 +43,21 @@ class ErrorRateRule:
             (exc_type, file, line), n = sorted(
                 causes.items(), key=lambda kv: (-kv[1], str(kv[0])))[0]
             statuses = Counter(r.status for r in failed)
-            loc = location(file, line, ctx.function_at(file, line))
             evidence = f"{pct(share)} of {len(records)} requests answered 5xx"
-            if exc_type:
+            if file:
+                loc = location(file, line, ctx.function_at(file, line))
                 evidence += f"; {n} raised {exc_type} at {where(loc)}"
             else:
-                evidence += f" (status {statuses.most_common(1)[0][0]}, no exception recorded)"
+                # No line of the app raised (nothing did, or only code outside the app): the
+                # route's handler is where to look.
+                loc = handler_location(ctx, endpoint)
+                handler = f"; the route's handler: {where(loc)}" if loc is not None else ""
+                if exc_type:
+                    evidence += (f"; {n} raised {exc_type} in code outside the app, no line of"
+                                 f" it on the traceback{handler}")
+                else:
+                    evidence += (f" (status {statuses.most_common(1)[0][0]}, no exception"
+                                 f" recorded{handler})")
             metric: dict[str, MetricValue] = {
                 "error_rate": share, "errors": len(failed), "requests": len(records),
                 "exception": exc_type,
