@@ -306,6 +306,32 @@ def test_other_servers(server: str, sockets: str) -> None:
         assert get(server_process, "/items/1")[0] == 200  # served by the app itself again
 
 
+def test_uvicorn_reload_serves_from_a_child_that_gets_the_agent(sockets: str,
+                                                                 tmp_path: Path) -> None:
+    """`uvicorn --reload`, as most people run it while developing: the process given is a
+    supervisor that never loads the app; it serves from a child it spawned, which gets the
+    agent (and is what a collector samples)."""
+    require_ptrace()
+    require_program("gdb")
+    port = free_port()
+    # Watching an empty directory only: the reloader polls every file under the ones it watches.
+    argv = [sys.executable, "-m", "uvicorn", APP, "--reload", "--reload-dir", str(tmp_path),
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    with run_server(argv, port, ready_path="/ping") as server:
+        supervisor = inject_agent(server.pid, sockets)
+        assert supervisor.apps == [] and supervisor.socket is None
+        [child] = describe_target(server.pid).pids
+        assert child != server.pid
+        result = inject_agent(child, sockets)
+        report("uvicorn --reload", result)
+        assert [(a["server"], a["state"]) for a in result.apps] == [("uvicorn", "wrapped")]
+        for item_id in range(N):
+            assert get(server, f"/items/{item_id}")[0] == 200
+        assert len(items(pull_until(child, sockets, lambda rs: len(items(rs)) >= N))) == N
+        assert eject_agent(child, sockets).restored == 1
+        assert get(server, "/items/1")[0] == 200
+
+
 def test_a_python_process_without_an_app_is_left_as_it_was(sockets: str) -> None:
     require_ptrace()
     require_program("gdb")
