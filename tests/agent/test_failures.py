@@ -86,3 +86,12 @@ def test_djangos_receiver_is_added_once_and_taken_out_on_detach() -> None:
     assert len(signal.receivers) == before + 1
     stop_listening(DJANGO, object())
     assert len(signal.receivers) == before
+
+
+def test_hooks_not_as_expected_are_left_alone_and_nothing_raises() -> None:
+    # A Litestar-like app whose hooks are a tuple, a Falcon-like one without a reporter slot.
+    odd = type("Odd", (), {"after_exception": (), "set_error_reporter": None})()
+    assert listen(LITESTAR, odd) is False and listen(FALCON, odd) is False
+    broken = type("Broken", (), {"after_exception": property(lambda self: 1 / 0)})()
+    assert listen(LITESTAR, broken) is False
+    stop_listening(LITESTAR, broken)  # does not raise either

@@ -47,21 +47,32 @@ def keep(scope: Any, exc: Any) -> None:
 
 def listen(framework: str, app: Any) -> bool:
     """Listen for the exceptions `app` answers 500 for itself; False when there is nothing to
-    listen to (Starlette's come out of the app) or a listener is there already."""
-    if framework == DJANGO:
-        return _listen_django()
-    if framework == LITESTAR:
-        return _listen_litestar(app)
-    if framework == QUART:
-        return _listen_quart(app)
-    if framework == FALCON:
-        return _listen_falcon(app)
+    listen to (Starlette's come out of the app), a listener is there already, or the
+    framework's hooks are not as this module knows them (the app is served all the same)."""
+    try:
+        if framework == DJANGO:
+            return _listen_django()
+        if framework == LITESTAR:
+            return _listen_litestar(app)
+        if framework == QUART:
+            return _listen_quart(app)
+        if framework == FALCON:
+            return _listen_falcon(app)
+    except Exception:
+        pass
     return False
 
 
 def stop_listening(framework: str, app: Any) -> None:
     """Take out the listener `listen` added for `app` (for Django, the process's receiver: one
-    process serves one Django project)."""
+    process serves one Django project). Never raises: detach goes on to the next app."""
+    try:
+        _stop_listening(framework, app)
+    except Exception:
+        pass
+
+
+def _stop_listening(framework: str, app: Any) -> None:
     if framework == DJANGO:
         signals = sys.modules.get("django.core.signals")
         if signals is not None:
