@@ -35,14 +35,10 @@ _DISPATCH_UID = "apiscope.failures"  # Django's signal: one receiver, whichever 
 
 def keep(scope: Any, exc: Any) -> None:
     """Leave `exc` in `scope` for the middleware, unless one is there already (a framework
-    may handle the error an error handler raised in turn: the first is the cause). Never
-    raises: it runs inside the framework's own error handling."""
-    try:
-        if isinstance(scope, dict) and isinstance(exc, BaseException) \
-                and FAILURE_KEY not in scope:
-            scope[FAILURE_KEY] = exc
-    except Exception:  # a scope of an odd kind: the 500 is still recorded, without its cause
-        pass
+    may handle the error an error handler raised in turn: the first is the cause). A scope of
+    another kind is left alone: the 500 is still recorded, without its cause."""
+    if isinstance(scope, dict) and isinstance(exc, BaseException) and FAILURE_KEY not in scope:
+        scope[FAILURE_KEY] = exc
 
 
 def listen(framework: str, app: Any) -> bool:
@@ -87,9 +83,9 @@ def _stop_listening(framework: str, app: Any) -> None:
         if receiver is not None and signal is not None:
             signal.disconnect(receiver, sender=app)
     elif framework == FALCON:
-        reporter = getattr(app, "_report_error", None)
-        if isinstance(reporter, _FalconReporter) or getattr(reporter, _LISTENER, False):
-            app._report_error = getattr(reporter, "original", None)
+        reporter: Any = getattr(app, "_report_error", None)
+        if getattr(reporter, _LISTENER, False):  # ours, of any copy of the agent
+            app._report_error = reporter.original
 
 
 # -- Django --------------------------------------------------------------------------------
