@@ -56,16 +56,17 @@ class StatementNormalizer:
     """`normalize` with a bounded cache: ORM statements repeat verbatim, so most calls hit."""
 
     def __init__(self, limit: int = 2048) -> None:
-        self._cache: dict[str, str] = {}
+        # Read directly by `QueryHooks.add`: cleared when full, never replaced.
+        self.cache: dict[str, str] = {}
         self._limit = limit
 
     def __call__(self, statement: str) -> str:
-        found = self._cache.get(statement)
+        found = self.cache.get(statement)
         if found is None:
             found = normalize(statement)
-            if len(self._cache) >= self._limit:
-                self._cache.clear()
-            self._cache[statement] = found
+            if len(self.cache) >= self._limit:
+                self.cache.clear()
+            self.cache[statement] = found
         return found
 
 
@@ -80,8 +81,15 @@ class RequestQueries:
         self.in_orm = 0  # > 0 while an ORM (SQLAlchemy, Django) executes: drivers stand back
 
     def entries(self) -> tuple[QueryEntry, ...]:
-        stats = self.stats or {}
-        return tuple((stmt, s[0], s[1] * 1000.0, s[2], s[3]) for stmt, s in stats.items())
+        stats = self.stats
+        if not stats:
+            return ()
+        # A list made in a loop, not tuple() of a generator: a generator costs more to make
+        # and resume than the one or two statements most requests run.
+        out = []
+        for stmt, s in stats.items():
+            out.append((stmt, s[0], s[1] * 1000.0, s[2], s[3]))
+        return tuple(out)
 
 
 class QueryHooks:
@@ -92,6 +100,7 @@ class QueryHooks:
         self.app_files = app_files
         self.clock = clock
         self.normalizer = StatementNormalizer()
+        self._normalized = self.normalizer.cache
         self._undo: list[Callable[[], None]] = []
         self._installed: set[str] = set()
         # A database library is hooked: only then (or once work handed to a pool is seen, see
@@ -101,27 +110,31 @@ class QueryHooks:
         self.errors = 0  # the hooks' own failures, swallowed so the app's query goes on
 
     def add(self, queries: RequestQueries, statement: str, seconds: float) -> None:
-        """Count one statement; never raises (it runs inside the app's database calls)."""
+        """Count one statement; never raises (it runs inside the app's database calls).
+
+        One Python call on the common path (a statement seen before, once in this request):
+        the normalizer's cache is read inline, the call site is looked for only when the
+        statement repeats."""
         try:
-            self._add(queries, statement, seconds)
+            key = self._normalized.get(statement)
+            if key is None:
+                key = self.normalizer(statement)
+            stats = queries.stats
+            if stats is None:
+                queries.stats = {key: [1, seconds, None, None]}
+                return
+            stat = stats.get(key)
+            if stat is None:
+                stats[key] = [1, seconds, None, None]
+                return
+            stat[0] += 1
+            stat[1] += seconds
+            if stat[0] == 2:  # only a repeated statement needs its call site
+                site = self.call_site()
+                if site is not None:
+                    stat[2], stat[3] = site
         except Exception:
             self.errors += 1
-
-    def _add(self, queries: RequestQueries, statement: str, seconds: float) -> None:
-        key = self.normalizer(statement)
-        stats = queries.stats
-        if stats is None:
-            stats = queries.stats = {}
-        stat = stats.get(key)
-        if stat is None:
-            stats[key] = [1, seconds, None, None]
-            return
-        stat[0] += 1
-        stat[1] += seconds
-        if stat[0] == 2:  # only repeated statements need a call site: keeps the common path cheap
-            site = self.call_site()
-            if site is not None:
-                stat[2], stat[3] = site
 
     def call_site(self) -> tuple[str, int] | None:
         """File and line of the innermost app frame of the code issuing the query."""
@@ -245,26 +258,27 @@ class QueryHooks:
 
     def _wrap_sync(self, owner: type, name: str) -> None:
         """`_wrap` for a blocking method (psycopg's Cursor)."""
-        hooks = self
+        # What the wrappers use, bound once: each lookup saved is paid by every statement.
+        current, clock, add = CURRENT.get, self.clock, self.add
 
         def make(original: Any) -> Any:
             @functools.wraps(original)
             def timed(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-                queries = CURRENT.get()
-                statement = _statement_text(query) if queries is not None else None
-                if queries is None or queries.in_orm or statement is None:
+                queries = current()
+                if queries is None or queries.in_orm or (
+                        query.__class__ is not str and _statement_text(query) is None):
                     return original(self, query, *args, **kwargs)
-                started = hooks.clock()
+                started = clock()
                 try:
                     return original(self, query, *args, **kwargs)
                 finally:
-                    hooks.add(queries, statement, hooks.clock() - started)
+                    add(queries, _statement_text(query), clock() - started)
             return timed
 
         replace(owner, name, make, self._undo)
 
     def _wrap(self, owner: type, name: str, *, only_without_args: bool = False) -> None:
-        hooks = self
+        current, clock, add = CURRENT.get, self.clock, self.add
 
         def make(original: Any) -> Any:
             if not inspect.iscoroutinefunction(original):
@@ -274,17 +288,22 @@ class QueryHooks:
                 return self._awaitable_wrapper(original)
 
             @functools.wraps(original)
-            async def timed(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-                queries = CURRENT.get()
-                statement = _statement_text(query) if queries is not None else None
-                if (queries is None or queries.in_orm or statement is None
-                        or (only_without_args and args)):
-                    return await original(self, query, *args, **kwargs)
-                started = hooks.clock()
+            def timed(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+                # A plain function: outside a request (and for what is not counted) the
+                # driver's own coroutine is returned, with no coroutine of ours around it.
+                queries = current()
+                if queries is None or queries.in_orm or (only_without_args and args) or (
+                        query.__class__ is not str and _statement_text(query) is None):
+                    return original(self, query, *args, **kwargs)
+                return _timed(original(self, query, *args, **kwargs), queries,
+                              _statement_text(query))
+
+            async def _timed(call: Any, queries: RequestQueries, statement: str) -> Any:
+                started = clock()
                 try:
-                    return await original(self, query, *args, **kwargs)
+                    return await call
                 finally:
-                    hooks.add(queries, statement, hooks.clock() - started)
+                    add(queries, statement, clock() - started)
             return timed
 
         replace(owner, name, make, self._undo)
