@@ -265,14 +265,15 @@ class QueryHooks:
             @functools.wraps(original)
             def timed(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
                 queries = current()
-                if queries is None or queries.in_orm or (
-                        query.__class__ is not str and _statement_text(query) is None):
-                    return original(self, query, *args, **kwargs)
-                started = clock()
-                try:
-                    return original(self, query, *args, **kwargs)
-                finally:
-                    add(queries, _statement_text(query), clock() - started)
+                if queries is not None and not queries.in_orm:
+                    statement = query if query.__class__ is str else _statement_text(query)
+                    if statement is not None:
+                        started = clock()
+                        try:
+                            return original(self, query, *args, **kwargs)
+                        finally:
+                            add(queries, statement, clock() - started)
+                return original(self, query, *args, **kwargs)
             return timed
 
         replace(owner, name, make, self._undo)
@@ -292,11 +293,13 @@ class QueryHooks:
                 # A plain function: outside a request (and for what is not counted) the
                 # driver's own coroutine is returned, with no coroutine of ours around it.
                 queries = current()
-                if queries is None or queries.in_orm or (only_without_args and args) or (
-                        query.__class__ is not str and _statement_text(query) is None):
-                    return original(self, query, *args, **kwargs)
-                return _timed(original(self, query, *args, **kwargs), queries,
-                              _statement_text(query))
+                if queries is not None and not queries.in_orm and not (only_without_args
+                                                                       and args):
+                    statement = query if query.__class__ is str else _statement_text(query)
+                    if statement is not None:
+                        return _timed(original(self, query, *args, **kwargs), queries,
+                                      statement)
+                return original(self, query, *args, **kwargs)
 
             async def _timed(call: Any, queries: RequestQueries, statement: str) -> Any:
                 started = clock()
