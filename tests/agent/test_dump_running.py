@@ -85,3 +85,27 @@ def test_a_request_holding_the_loop_is_listed_at_its_line(sock_dir: str, backend
     assert [function for function, _ in chain[at + 1:]] == ["Event.wait", "Condition.wait"]
     assert wait["running"] is False and wait["awaiting"]
     assert any(f["line"] == _line("# AWAIT_LINE") for f in wait["await_chain"])
+
+
+class _Lazy:
+    """Like Django's SimpleLazyObject (the admin site, a request's user): asking for its class
+    evaluates it, which runs app code (here it fails, as an admin site of an app without
+    `django.contrib.admin` does)."""
+
+    evaluations = 0
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        _Lazy.evaluations += 1
+        raise LookupError("No installed app with label 'admin'")
+
+
+def test_the_heap_walk_runs_no_lazy_object_of_the_app(sock_dir: str) -> None:
+    lazy = _Lazy()
+    agent = Agent(sock_dir)
+    gate, answers = threading.Event(), []
+    anyio.run(_serve, agent, gate, answers, backend="asyncio")
+    [state] = answers
+    assert {r["path"] for r in state["requests"]} == {"/block", "/wait"}
+    assert _Lazy.evaluations == 0, "the dump evaluated a lazy object of the app"
+    del lazy

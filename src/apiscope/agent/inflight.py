@@ -364,8 +364,12 @@ def _loops_and_trio_tasks() -> tuple[list[asyncio.AbstractEventLoop], list[Any]]
     trio_run = sys.modules.get("trio._core._run")
     trio_task = getattr(trio_run, "Task", None) if trio_run is not None else None
     loops, tasks = [], []
+    loop_class = asyncio.AbstractEventLoop
+    # Each object by its type, never `isinstance`: that asks the object's `__class__`, which
+    # a lazy object of the app (Django's SimpleLazyObject: the admin site, a request's user)
+    # answers by evaluating itself, running app code, even queries, from this thread.
     for o in gc.get_objects():
-        if isinstance(o, asyncio.AbstractEventLoop):
+        if issubclass(type(o), loop_class):
             if not o.is_closed():
                 loops.append(o)
         elif trio_task is not None and type(o) is trio_task:
@@ -445,10 +449,11 @@ def dump_state(clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]
     frames = sys._current_frames()
     names = _threads()
     requests: list[dict[str, Any]] = []
+    unread = None
     try:
         requests = _in_flight(frames, clock())
-    except Exception:  # loops and tasks read from another thread: best effort only
-        pass
+    except Exception as exc:  # loops and tasks read from another thread: best effort only
+        unread = f"{type(exc).__name__}: {exc}"
     requests.sort(key=lambda r: -1.0 if r["elapsed_s"] is None else -r["elapsed_s"])
     threads = []
     for ident, frame in frames.items():
@@ -457,5 +462,8 @@ def dump_state(clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]
             continue
         threads.append({"ident": ident, "native_id": native, "name": name,
                         "frames": thread_stack(frame)})
-    return {"pid": os.getpid(), "ts": time.time(), "python": sys.version.split()[0],
-            "requests": requests, "threads": threads}
+    answer = {"pid": os.getpid(), "ts": time.time(), "python": sys.version.split()[0],
+              "requests": requests, "threads": threads}
+    if unread is not None:  # said, so that "0 requests in flight" is not taken for the truth
+        answer["requests_unread"] = unread[:300]
+    return answer

@@ -89,8 +89,10 @@ def _granian_cells() -> list[Any]:
             continue
         index = runner.co_freevars.index("callback")
         for function in gc.get_referrers(runner):  # the closures made of that code
-            closure = getattr(function, "__closure__", None)
-            if isinstance(function, types.FunctionType) and closure and len(closure) > index:
+            if type(function) is not types.FunctionType:  # by type: see `instances`
+                continue
+            closure = function.__closure__
+            if closure and len(closure) > index:
                 cells.append(closure[index])
     return cells
 
@@ -145,7 +147,9 @@ def instances(module_name: str, class_name: str) -> list[Any]:
     if not isinstance(cls, type):
         return []
     classes = [cls, *_subclasses(cls)]
-    return [obj for obj in gc.get_referrers(*classes) if isinstance(obj, cls)]
+    # By type, not `isinstance`, which asks an object's `__class__`: a lazy object of the app
+    # (Django's SimpleLazyObject) would evaluate itself, running app code from our thread.
+    return [obj for obj in gc.get_referrers(*classes) if issubclass(type(obj), cls)]
 
 
 def _subclasses(cls: type) -> list[type]:

@@ -117,6 +117,9 @@ def render_text(dump: Dump) -> str:
              f" {len(threads)} thread(s)"]
     if dump.get("note"):
         lines.append(f"note: {dump['note']} (py-spy dump)")
+    if dump.get("requests_unread"):
+        lines.append(f"note: the requests in flight could not be read ({dump['requests_unread']});"
+                     " the threads' stacks below are complete")
     by_ident = {t["ident"]: t for t in threads}
     busy: dict[int, str] = {}
     for request in requests:
