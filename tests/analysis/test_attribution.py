@@ -206,3 +206,62 @@ def test_a_handler_serving_several_routes_is_charged_to_none_of_them() -> None:
     assert matcher.endpoint_of(stack) is None
     # Only one of them served requests: that one.
     assert RouteMatcher(routes, {"GET /api/teams/"}).endpoint_of(stack) == "GET /api/teams/"
+
+
+GENERICS = "/venv/lib/python3.12/site-packages/rest_framework/generics.py"
+TRACKER = "/srv/tracker/tracker/api.py"
+GENERIC_VIEWS = [
+    # A viewset's list, and two ListAPIViews whose `get` calls that same inherited `list`.
+    RouteInfo("GET", "/api/projects/", "rest_framework.mixins:ListModelMixin.list", DRF, 38,
+              False, "tracker.api:ProjectViewSet", TRACKER, 40),
+    RouteInfo("GET", "/api/projects.{format}/?", "rest_framework.mixins:ListModelMixin.list",
+              DRF, 38, False, "tracker.api:ProjectViewSet", TRACKER, 40),
+    RouteInfo("GET", "/api/issues/", "rest_framework.generics:ListAPIView.get", GENERICS, 200,
+              False, "tracker.api:IssueListAPI", TRACKER, 10),
+    RouteInfo("GET", "/api/labels/", "rest_framework.generics:ListAPIView.get", GENERICS, 200,
+              False, "tracker.api:LabelListAPI", TRACKER, 25),
+]
+DISPATCH = Frame("APIView.dispatch", "/venv/lib/python3.12/site-packages/rest_framework/"
+                 "views.py", 512)
+
+
+def test_a_generic_view_calling_another_views_handler_is_charged_to_its_own_route() -> None:
+    served = {"GET /api/projects/", "GET /api/issues/"}
+    matcher = RouteMatcher(GENERIC_VIEWS, served)
+    issues = (*LOOP, DISPATCH, Frame("ListAPIView.get", GENERICS, 203),
+              Frame("ListModelMixin.list", DRF, 40),
+              Frame("IssueListAPI.get_queryset", TRACKER, 12))
+    # The outermost library method is what the framework dispatched to, not the viewset's
+    # `list` it calls.
+    assert matcher.handler_at(issues) == (len(LOOP) + 1, "GET /api/issues/")
+    projects = (*LOOP, DISPATCH, Frame("ListModelMixin.list", DRF, 40))
+    assert matcher.endpoint_of(projects) == "GET /api/projects/"
+    # An app's handler comes first wherever it is: its `get` calling `super().get()`.
+    own = [RouteInfo("GET", "/api/mine/", "tracker.api:MineAPI.get", TRACKER, 60, False),
+           *GENERIC_VIEWS]
+    mine = (*LOOP, DISPATCH, Frame("MineAPI.get", TRACKER, 62),
+            Frame("ListAPIView.get", GENERICS, 203), Frame("ListModelMixin.list", DRF, 40))
+    assert RouteMatcher(own, served).handler_at(mine) == (len(LOOP) + 1, "GET /api/mine/")
+
+
+def test_the_app_view_class_below_a_shared_library_method_names_the_route() -> None:
+    served = {"GET /api/issues/", "GET /api/labels/", "GET /api/projects/"}
+    matcher = RouteMatcher(GENERIC_VIEWS, served)
+    below = (*LOOP, DISPATCH, Frame("ListAPIView.get", GENERICS, 203),
+             Frame("ListModelMixin.list", DRF, 40))
+    assert matcher.endpoint_of((*below, Frame("LabelListAPI.get_queryset", TRACKER, 27))) \
+        == "GET /api/labels/"
+    assert matcher.endpoint_of((*below, Frame("IssueListAPI.get_queryset", TRACKER, 12))) \
+        == "GET /api/issues/"
+    # Serializing, with no method of the app's class running: either of them, so neither.
+    assert matcher.handler_at((*below, Frame("to_representation", DRF, 90))) \
+        == (len(LOOP) + 1, None)
+    # A viewset's own class, its format-suffix twin idle: the route that served requests.
+    viewsets = [*GENERIC_VIEWS, RouteInfo(
+        "GET", "/api/teams/", "rest_framework.mixins:ListModelMixin.list", DRF, 38, False,
+        "tracker.api:TeamViewSet", TRACKER, 80)]
+    matcher = RouteMatcher(viewsets, served | {"GET /api/teams/"})
+    listing = (*LOOP, DISPATCH, Frame("ListModelMixin.list", DRF, 40))
+    assert matcher.endpoint_of((*listing, Frame("ProjectViewSet.get_queryset", TRACKER, 44))) \
+        == "GET /api/projects/"
+    assert matcher.endpoint_of(listing) is None

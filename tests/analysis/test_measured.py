@@ -364,6 +364,21 @@ def test_gil_contention_measured_by_the_kernels_looks(tmp_path: Path) -> None:
                 if f["kind"] == "gil_contention"]
 
 
+def test_gil_waits_that_make_no_queue_for_the_cpu_the_process_used_are_no_contention(
+        tmp_path: Path) -> None:
+    # The two pool threads' waits (0.9 s a second between them) against the whole process's
+    # CPU, threads too short-lived to be measured one by one included (its resource samples):
+    # at 35% of a core, 2.6 threads waited for each core used, a queue for the GIL.
+    spec = gil_spec(2, 0.01)
+    spec.gil_looks = {(PID, W1): (50, 22), (PID, W2): (50, 23)}
+    assert [f for f in report_of(spec, tmp_path / "a")["flags"] if f["kind"] == "gil_contention"]
+    # At 2.5 cores (C code on the other threads) under half a thread waited for each: the
+    # GIL was taken back now and then, no queue formed.
+    spec.resources = [replace(r, cpu_percent=250.0) for r in spec.resources]
+    assert not [f for f in report_of(spec, tmp_path / "b")["flags"]
+                if f["kind"] == "gil_contention"]
+
+
 def test_gil_contention_is_judged_over_seconds_not_windows(tmp_path: Path) -> None:
     # On a busy target the budget lengthens windows: a 15 s session in two 7.5 s windows. The
     # first began in the 3 s warm-up (a cache filling once may contend there) and is not

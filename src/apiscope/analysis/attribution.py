@@ -205,6 +205,9 @@ class _Entry:
     file: str
     endpoint: str | None  # None: it served requests of several templates
     template: str
+    # A library's method serving the app's classes (DRF's `ListAPIView.get`, Django's
+    # `BaseDetailView.get`): generic code one view's handler may call for another's.
+    library: bool = False
 
 
 class RouteMatcher:
@@ -218,9 +221,17 @@ class RouteMatcher:
     template when the table has exactly one for it. Among endpoints alike in that, the
     template's order decides, so the choice does not move as counts change.
 
-    A handler serving requests on several templates cannot be told apart by its stack: DRF's
-    `ListModelMixin.list` runs every viewset's list. Its frames are a handler's, of no
-    endpoint (the time is not charged to one route for all of them).
+    A handler serving requests on several templates cannot be told apart by its own frame:
+    DRF's `ListModelMixin.list` runs every viewset's list. The app's view class tells them
+    apart when one of its methods runs below (`IssueList.get_queryset` under the generic
+    `get`, on Python 3.11+, whose frames name the class); without one, its frames are a
+    handler's of no endpoint (the time is not charged to one route for all of them).
+
+    The leaf-most handler frame is the handler, so that an app's handler calling another's
+    is charged to the inner one, except for a library's method: generic views call each
+    other (`ListAPIView.get` calls `ListModelMixin.list`, itself a viewset's handler), and
+    the outermost of them is the one the framework dispatched to. An application handler
+    anywhere in the stack comes before them (an app's `get` calling `super().get()`).
     """
 
     def __init__(self, routes: Sequence[RouteInfo], served: Collection[str] = ()) -> None:
@@ -231,16 +242,24 @@ class RouteMatcher:
         # function name -> its handlers' entries, one per file, preferred endpoint first
         self._by_name: dict[str, list[_Entry]] = {}
         self._handlers: dict[str, str] = {}
+        # The app's view classes serving a library's methods: (class qualname, its file,
+        # the library method's name, the endpoint), preferred endpoint first.
+        self._views: list[tuple[str, str, str, str]] = []
+        self._served = served
         for route in ordered:
             endpoint = f"{route.method} {route.template}"
             self._handlers.setdefault(endpoint, route.handler)
             qualname = route.handler.split(":", 1)[-1]
             names = {qualname, qualname.rsplit(".", 1)[-1]}
+            library = bool(route.view_file) or framework_route(route)
+            if route.view_file and ":" in route.view:
+                self._views.append((route.view.split(":", 1)[1], route.view_file,
+                                    qualname.rsplit(".", 1)[-1], endpoint))
             for name in names:
                 entries = self._by_name.setdefault(name, [])
                 entry = next((e for e in entries if _same_file(e.file, route.file)), None)
                 if entry is None:
-                    entries.append(_Entry(route.file, endpoint, route.template))
+                    entries.append(_Entry(route.file, endpoint, route.template, library))
                 elif endpoint in served and entry.endpoint in served \
                         and entry.template != route.template:
                     entry.endpoint = None  # serving requests on two templates: ambiguous
@@ -256,12 +275,40 @@ class RouteMatcher:
         return found[1] if found is not None else None
 
     def handler_at(self, frames: Sequence[Frame]) -> tuple[int, str | None] | None:
-        """(index, endpoint) of the leaf-most handler frame in `frames` (root first), or None;
-        the endpoint is None for a handler of several (see above)."""
+        """(index, endpoint) of the handler frame in `frames` (root first), or None; the
+        endpoint is None for a handler of several that no view class below tells apart (see
+        above)."""
+        outer: tuple[int, _Entry] | None = None  # the root-most library method seen so far
         for index in range(len(frames) - 1, -1, -1):
             entry = self._match(frames[index])
-            if entry is not None:
+            if entry is None:
+                continue
+            if not entry.library:
                 return index, entry.endpoint
+            outer = (index, entry)
+        if outer is None:
+            return None
+        index, entry = outer
+        if entry.endpoint is None and self._views:
+            return index, self._by_view(frames, index)
+        return index, entry.endpoint
+
+    def _by_view(self, frames: Sequence[Frame], handler: int) -> str | None:
+        """The endpoint of the app's view class whose method runs below the library method
+        at `handler`, when the class and that method name one endpoint."""
+        method = frames[handler].function.rsplit(".", 1)[-1]
+        for frame in frames[handler + 1:]:
+            if "." not in frame.function:
+                continue
+            owner = frame.function.rsplit(".", 1)[0]
+            found = {endpoint for view, file, name, endpoint in self._views
+                     if view == owner and _same_file(file, frame.file)}
+            if found:
+                named = {endpoint for view, file, name, endpoint in self._views
+                         if endpoint in found and name == method}
+                found = named or found
+                found = (found & self._served) or found  # a format-suffix twin left idle
+                return found.pop() if len(found) == 1 else None
         return None
 
     def _match(self, frame: Frame) -> _Entry | None:

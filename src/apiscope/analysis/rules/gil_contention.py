@@ -74,6 +74,13 @@ BUSY_THREAD_CORES = 0.15
 # kernel's looks) make a window contended; less is a thread now and then returning from I/O
 # while another runs Python.
 GIL_MIN_WAIT = 0.10
+# Threads waiting for the GIL, on average, for each core of CPU the process used (the kernel's
+# looks; the process's CPU from its resource samples): two threads running Python at once wait
+# one for each core used (each runs half the time, waits the other half), three wait two. Less
+# than half a thread waiting is no queue for the GIL: threads taking it back briefly after
+# I/O, or a host short of CPUs preempting whichever thread holds it (a Django app under ASGI,
+# its request threads at 45% of a core, waited 0.1-0.2 threads per second on a busy host).
+GIL_MIN_QUEUE = 0.5
 # A thread that spent this share of its busy time (running, queued, or on the GIL) waiting for
 # the GIL is one of the contending threads.
 WAITER_MIN_SHARE = 0.2
@@ -113,6 +120,17 @@ def wait_share(gil: Sequence[GilSample], start: float, end: float) -> float | No
             waited += g.wait_seconds * part
             wakes += g.acquisitions * part
     return waited / wakes / SWITCH_INTERVAL if wakes > 0 else None
+
+
+def _cores(ctx: AnalysisContext, pid: int, start: float, end: float) -> float:
+    """The CPU a process used over [start, end), in cores: from its resource samples (the
+    whole process, threads too short-lived for the per-thread figures included), else the sum
+    of its threads' measured CPU."""
+    seen = [r.cpu_percent for r in ctx.data.resources if r.pid == pid and start < r.ts <= end]
+    if seen:
+        return sum(seen) / len(seen) / 100.0
+    ran = sum(c.seconds for c in ctx.data.thread_cpu if c.pid == pid and c.window == start)
+    return ran / (end - start) if end > start else 0.0
 
 
 class GilContentionRule:
@@ -168,7 +186,8 @@ class GilContentionRule:
         for (pid, start), wait in waited.items():
             seconds = ends.get(start, start) - start
             share = wait / busy[(pid, start)] if busy[(pid, start)] > 0 else 0.0
-            if seconds > 0 and wait >= GIL_MIN_WAIT * seconds and share >= low:
+            if seconds > 0 and wait >= GIL_MIN_WAIT * seconds and share >= low \
+                    and wait >= GIL_MIN_QUEUE * _cores(ctx, pid, start, ends[start]) * seconds:
                 out[(pid, (start, ends[start]))] = share
         return out
 
