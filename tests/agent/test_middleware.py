@@ -10,6 +10,8 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, Router
@@ -265,3 +267,26 @@ def test_fastapi_included_routers_and_mounted_sub_apps() -> None:
         ("/v2/r/things/{thing_id}", 200),
         ("/tenants/{tenant}/s/r/things/{thing_id}", 200),
     ]
+
+
+def test_a_whole_body_passed_on_by_a_middleware_is_no_stream() -> None:
+    # FastAPI's `@app.middleware("http")` (Starlette's BaseHTTPMiddleware) sends the handler's
+    # body in a message saying more follows, then an empty one: the client waits for it whole.
+    clock = FakeClock()
+
+    async def slow(request: Request) -> Response:
+        clock.advance(0.25)
+        return PlainTextResponse("done")
+
+    async def stamp(request: Request, call_next: Any) -> Response:
+        response = await call_next(request)
+        clock.advance(0.04)  # the loop busy elsewhere before the body goes out
+        return response
+
+    app = Starlette(routes=[Route("/slow", slow)],
+                    middleware=[Middleware(BaseHTTPMiddleware, dispatch=stamp)])
+    responses = get_all(AgentMiddleware(app, recorder := Recorder(), clock=clock), ["/slow"])
+    assert responses[0].content == b"done"
+    (record,) = recorder.drain()
+    assert record.duration_ms == pytest.approx(290.0)
+    assert record.first_byte_ms is None

@@ -65,14 +65,14 @@ class _Request(RequestQueries):
     as the `RequestQueries` the query hooks find in `CURRENT`, its statements. `inflight` finds
     it in the middleware's frame when a dump is asked for."""
 
-    __slots__ = ("called", "end", "head", "offloaded", "pool_cpu", "status", "streamed")
+    __slots__ = ("called", "chunks", "end", "head", "offloaded", "pool_cpu", "status")
 
     def __init__(self, called: float) -> None:
         self.called = called
         self.end: float | None = None
         self.head: float | None = None
         self.status = 0
-        self.streamed = False
+        self.chunks = 0  # body messages that carried bytes, once one said more would follow
         self.offloaded = 0  # looks that found a pool thread busy with its work (`offload`)
         self.pool_cpu = 0.0  # CPU seconds of its calls handed to pools, timed (`offload`)
         self.stats = None
@@ -177,9 +177,12 @@ class AgentMiddleware:
                     request.head = clock()
                 elif kind == "http.response.body":
                     if message.get("more_body", False):
-                        request.streamed = True
+                        if message.get("body"):
+                            request.chunks += 1
                     else:
                         request.end = clock()
+                        if request.chunks and message.get("body"):
+                            request.chunks += 1
             except Exception:
                 self._count_error()
             return send(message)
@@ -249,7 +252,10 @@ class AgentMiddleware:
                 template = self.route_of(scope, root_path, status, django_request)
             # A streamed body (server-sent events, a download, tokens) lasts as long as the
             # stream does, by design: the time to its head is the latency the client waited.
-            head = request.head if request.streamed else None
+            # A stream sends bytes in two messages or more: a whole body passed on in a
+            # message of its own and an empty one to end it (Starlette's BaseHTTPMiddleware,
+            # FastAPI's `@app.middleware("http")`) is a response the client waits for whole.
+            head = request.head if request.chunks > 1 else None
             # A plain tuple in RequestEntry's field order (see `recorder`).
             entry = (start + self._epoch_offset, (end - start) * 1000.0,
                      scope.get("method", "GET"), template, status, exc_type, exc_file,
