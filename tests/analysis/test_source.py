@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apiscope.analysis.source import enclosing_function, hands_back_at
+from apiscope.analysis.source import def_line, enclosing_function, hands_back_at
 
 SOURCE = '''import functools
 
@@ -88,3 +88,14 @@ def test_where_a_handler_hands_its_result_back(tmp_path: Path) -> None:
     assert hands_back_at(str(path), 20) == 20  # no return at all
     assert hands_back_at(str(path), 2) is None  # no function begins there
     assert hands_back_at(str(tmp_path / "gone.py"), 4) is None
+
+
+def test_a_decorated_handlers_def_line(tmp_path: Path) -> None:
+    path = tmp_path / "routes.py"
+    path.write_text(HANDLERS)
+    # Its code begins at its first decorator: the reader looks for the `def`.
+    assert def_line(str(path), 4) == 5
+    assert def_line(str(path), 12) == 14  # two decorators
+    assert def_line(str(path), 14) == 14
+    assert def_line(str(path), 20) == 20  # undecorated
+    assert def_line(str(tmp_path / "gone.py"), 4) == 4  # unreadable here: as given

@@ -140,6 +140,38 @@ def test_a_middleware_awaiting_the_app_run_in_another_task_is_no_site(tmp_path: 
     assert aggregate(profiles, ("/srv/shop",))["GET /orders"].dominant is not None
 
 
+def test_a_middleware_passing_the_request_on_is_not_where_the_frameworks_awaits_go(
+        tmp_path: Path) -> None:
+    # FastAPI's `@app.middleware("http")` with the handler seen in the same profile (the task
+    # running the app inherits the profiler): below `await call_next(request)` the framework
+    # also awaits the pool thread running a sync dependency, and anyio's events. Those are
+    # no await of the middleware's line (a long poll waiting to be notified, it would say).
+    middleware = "/srv/shop/shop/middleware.py"
+    def profile(start: float) -> StoredProfile:
+        query = node("AsyncSession.execute", f"{SITE}/sqlalchemy/ext/asyncio/session.py", 461,
+                     90.0, 90.0)
+        handler = node("list_orders", ORDERS, 41, 90.0, 0.0, query)
+        dependency = node("run_sync_in_worker_thread", f"{SITE}/anyio/_backends/_asyncio.py",
+                          2779, 150.0, 150.0)
+        event = node("Event.wait", f"{SITE}/anyio/_backends/_asyncio.py", 2009, 42.0, 42.0)
+        route = node("APIRoute.handle", f"{SITE}/fastapi/routing.py", 1373, 282.0, 0.0,
+                     dependency, handler, event)
+        call_next = node("call_next", f"{SITE}/starlette/middleware/base.py", 158, 290.0, 0.0,
+                         node("coro", f"{SITE}/starlette/middleware/base.py", 149, 282.0,
+                              0.0, route))
+        dispatch = node("request_id", middleware, 47, 298.0, 0.0, call_next)
+        tree = node("GET /orders", "", 0, 300.0, 2.0, dispatch)
+        return StoredProfile(0, start, "GET", "/orders", 300.0, ProfileNode.from_json(tree))
+
+    spec = healthy_with_orders()
+    spec.requests += [request("GET /orders", T0 + i * 0.7, 300.0) for i in range(40)]
+    spec.profiles = [profile(T0 + i) for i in range(6)]
+    report = report_of(spec, tmp_path)
+    [slow] = [f for f in flags_of(report, "slow_endpoint") if f["route"] == "GET /orders"]
+    assert slow["location"]["line"] != 47 and "middleware.py" not in slow["location"]["file"]
+    assert "request_id" not in slow["evidence"] and "notify" not in slow["evidence"]
+
+
 def test_await_with_no_user_frame_is_no_site() -> None:
     # a sync handler: its await is anyio's wait for the worker thread, in library code only
     pool = node("run_sync", f"{SITE}/anyio/to_thread.py", 56, 200.0, 200.0)

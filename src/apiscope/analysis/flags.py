@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import PurePath
 
 from apiscope.analysis.context import AnalysisContext
+from apiscope.analysis.source import def_line
 from apiscope.flag import Flag as Flag
 from apiscope.flag import Location as Location
 from apiscope.flag import Metric as Metric
@@ -54,7 +55,9 @@ def handler_location(ctx: AnalysisContext, endpoint: str | None) -> Location | N
     if route.view_file:
         cls = route.view.split(":", 1)[-1].rsplit(".", 1)[-1]
         return location(route.view_file, route.view_line or None, f"{cls}.{method}")
-    return location(route.file, route.line, method)
+    # A decorated function's code begins at its first decorator: its `def` is the line to show.
+    return location(route.file, def_line(route.file, route.line) if route.line else route.line,
+                    method)
 
 
 def where(loc: Location | None) -> str:

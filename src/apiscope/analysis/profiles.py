@@ -135,11 +135,16 @@ def breakdown(profile: StoredProfile, roots: Sequence[str],
     With `is_handler` (whether a node is the route's handler), a profile in which the handler
     never ran charges its awaits to no site: the request's own code ran in another task (a
     Starlette `BaseHTTPMiddleware` runs the rest of the app in a task of its own), and the
-    profile saw only a middleware awaiting all of it (`await call_next(request)`)."""
+    profile saw only a middleware awaiting all of it (`await call_next(request)`). Where the
+    handler did run, an application line above it is a middleware passing the request on:
+    the framework's awaits below that line and outside the handler (FastAPI's dependencies
+    run in the thread pool, their teardown, the loop's turns) are no await of that line's."""
     tree = profile.tree
     if tree is None:
         return RequestBreakdown(profile.duration_ms, 0.0, 0.0, {})
-    blind = is_handler is not None and not any(is_handler(node) for node in tree.walk())
+    handlers = [] if is_handler is None else [n for n in tree.walk() if is_handler(n)]
+    blind = is_handler is not None and not handlers
+    passing = _passing_on(tree, handlers, roots) if handlers else set()
     total = tree.time_ms or profile.duration_ms
     outside = 0.0
     if not tree.file:  # the agent's synthetic root: its own time is not the request's
@@ -152,7 +157,9 @@ def breakdown(profile: StoredProfile, roots: Sequence[str],
         (tree, None, None)]
     while stack:
         node, app, call = stack.pop()
-        if is_app_node(node, roots):
+        if id(node) in passing:
+            app, call = None, None
+        elif is_app_node(node, roots):
             app, call = node, None
         elif app is not None and call is None:
             call = node
@@ -163,6 +170,25 @@ def breakdown(profile: StoredProfile, roots: Sequence[str],
                 _add_site(sites, app, call, ms, rendezvous(node))
         stack.extend((child, app, call) for child in node.children)
     return RequestBreakdown(total, awaited_total, outside, sites)
+
+
+def _passing_on(tree: ProfileNode, handlers: Sequence[ProfileNode],
+                roots: Sequence[str]) -> set[int]:
+    """ids of the application nodes with a handler node below them that are not handler
+    nodes themselves: the lines where middleware passes the request on."""
+    inside = {id(h) for h in handlers}
+    out: set[int] = set()
+
+    def visit(node: ProfileNode) -> bool:  # whether a handler node is at or below `node`
+        below = False
+        for child in node.children:
+            below = visit(child) or below
+        if below and id(node) not in inside and is_app_node(node, roots):
+            out.add(id(node))
+        return below or id(node) in inside
+
+    visit(tree)
+    return out
 
 
 def rendezvous(node: ProfileNode) -> str:

@@ -43,6 +43,14 @@ def hands_back_at(path: str, first_line: int) -> int | None:
     return returns[0] if len(returns) == 1 else function.lineno
 
 
+def def_line(path: str, first_line: int) -> int:
+    """The `def` line of the function whose code begins at `first_line` of `path` (its first
+    decorator's line, as the function's code says): where a reader looks for it. `first_line`
+    itself when the source is not readable here."""
+    function = _function_at(path, first_line)
+    return function.lineno if function is not None else first_line
+
+
 def _function_at(path: str, first_line: int) -> Function | None:
     tree = _tree(path)
     if tree is None:
