@@ -151,3 +151,50 @@ def test_a_pool_thread_busy_with_a_requests_handed_off_call_counts_on_the_reques
     assert looks.errors == 0
     # Busy at nearly every look (a look that finds the thread between two states is dropped).
     assert request.offloaded >= 5, request.offloaded
+
+
+def _main_thread_seen_in_a_forked_child() -> bool:
+    """In a child forked from this process, whether looks taken from another thread find the
+    main thread asleep at its line (the child's main thread is the one that forked)."""
+    import os
+
+    from apiscope.agent.schedstat import native_id
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: answer through the pipe, never return into pytest
+        ok = False
+        try:
+            looks = ThreadLooks(interval=0.0)
+            stop = threading.Event()
+
+            def look() -> None:
+                while not stop.is_set():
+                    looks.look()
+                    time.sleep(0.01)
+
+            looker = threading.Thread(target=look)
+            looker.start()
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                time.sleep(0.05)  # CHILD_SLEEP
+            stop.set()
+            looker.join()
+            line = _line_of(_main_thread_seen_in_a_forked_child, "# CHILD_SLEEP")
+            ok = native_id(threading.main_thread()) == os.getpid() and any(
+                row[1] == line and row[2] > 0 for row in looks.drain())
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    try:
+        return os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+
+
+def test_the_main_thread_of_a_forked_worker_is_looked_at() -> None:
+    # A gunicorn or `uvicorn --workers` worker is a forked child whose event loop runs on its
+    # main thread, whose `Thread.native_id` is still the parent's.
+    assert _main_thread_seen_in_a_forked_child()

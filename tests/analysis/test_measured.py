@@ -647,13 +647,25 @@ def test_a_hold_part_running_part_waiting_names_both(tmp_path: Path) -> None:
 
 
 def test_looks_at_a_loop_waiting_for_a_cpu_count_for_neither_cause(tmp_path: Path) -> None:
-    # A sync query on the loop of a starved host: most looks find the thread ready to run but
+    # A sync query on the loop of a busy host: some looks find the thread ready to run but
     # queued for a CPU; of the others, the socket read outnumbers the CPU work.
-    flag = loop_flag(tmp_path / "a", 88, 8.0, {"queue": 5, "cpu": 1, "io": 3})
+    flag = loop_flag(tmp_path / "a", 88, 8.0, {"queue": 3, "cpu": 1, "io": 5})
     assert flag["metric"]["cause"] == "wait" and "blocking I/O" in flag["evidence"]
-    assert "waiting for a CPU at 56%" in flag["evidence"]
-    # Nothing but queued looks: the measured CPU share of the stalls decides.
-    assert loop_flag(tmp_path / "b", 90, 45.0, {"queue": 4})["metric"]["cause"] == "cpu"
+    assert "waiting for a CPU at 33%" in flag["evidence"]
+    # The queued third of each pass is the host's: 20 passes of 60 ms hold 0.8 s.
+    assert "20 times for 0.80 s" in flag["evidence"]
+
+
+def test_passes_the_loop_spent_mostly_waiting_for_a_cpu_are_the_hosts(tmp_path: Path) -> None:
+    # An `await client.get(...)` line "holding" the loop on a host whose CPUs other processes
+    # kept busy: at most looks the thread was ready to run, queued for a CPU.
+    for name, looks in (("a", {"queue": 3, "cpu": 1}), ("b", {"queue": 4})):
+        spec = measured_healthy()
+        spec.loop_stalls = [LoopStall(PID, LOOP_TID, T0 + 5 + i, 60.0,
+                                      on_loop(app("summary", 88)), 45.0, looks)
+                            for i in range(20)]
+        assert not [f for f in report_of(spec, tmp_path / name)["flags"]
+                    if f["kind"] == "event_loop_blocked"]
 
 
 def test_a_one_off_burst_with_a_small_tail_on_the_loop_is_a_warm_up(tmp_path: Path) -> None:

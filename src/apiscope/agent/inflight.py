@@ -34,6 +34,7 @@ from typing import Any
 
 from .offload import TIMED_CODE
 from .profiler import wait_for_task
+from .schedstat import native_id
 
 MAX_DEPTH = 200  # frames per stack or chain: a deeper one keeps its root part
 MAX_TASK_HOPS = 16  # awaited tasks followed from one request's chain
@@ -162,7 +163,7 @@ def _describe(awaited: Any, task: Any) -> str | None:
 
 
 def _threads() -> dict[int, tuple[str, int]]:
-    return {t.ident: (t.name, getattr(t, "native_id", None) or 0)
+    return {t.ident: (t.name, native_id(t) or 0)
             for t in threading.enumerate() if t.ident is not None}
 
 

@@ -14,6 +14,15 @@ import time
 from collections.abc import Sequence
 
 
+def native_id(thread: threading.Thread) -> int | None:
+    """The kernel's id of a thread of this process. The main thread's is the process id: in a
+    forked child (a gunicorn or `uvicorn --workers` worker) its `Thread.native_id` is still
+    the parent's (Python 3.9 to 3.13 alike), which names no thread of the child."""
+    if thread is threading.main_thread():
+        return os.getpid()
+    return thread.native_id
+
+
 class SchedStat:
     """The schedstat file of one thread of this process, kept open."""
 

@@ -44,7 +44,7 @@ from typing import Any
 
 from .offload import past_timing, request_of
 from .paths import AppFiles
-from .schedstat import syscall_state
+from .schedstat import native_id, syscall_state
 
 LOOK_INTERVAL = 1.0  # seconds between looks, at least
 MAX_THREADS = 32  # threads read per look (each costs ~20 us of GIL held)
@@ -89,7 +89,7 @@ class ThreadLooks:
         if self._read_all is None or self._app_files is None:
             return  # no way to read without letting go of the GIL: no looks
         threads = self._threads()
-        seen, served = _pair([(t.ident, t.native_id or 0) for t in threads], gil,
+        seen, served = _pair([(t.ident, native_id(t) or 0) for t in threads], gil,
                              self._read_all, self._app_files.is_app)
         for request in served:  # work handed to a pool, busy for this request (see `offload`)
             try:
@@ -178,8 +178,8 @@ def _gil_holding_reader() -> Callable[[list[int]], list[bytes]] | None:
 
     def read_all(native_ids: list[int]) -> list[bytes]:
         out = []
-        for native_id in native_ids:
-            fd = c_open(b"/proc/self/task/%d/syscall" % native_id, os.O_RDONLY)
+        for tid in native_ids:
+            fd = c_open(b"/proc/self/task/%d/syscall" % tid, os.O_RDONLY)
             if fd < 0:
                 out.append(b"")
                 continue

@@ -24,8 +24,11 @@ Two sources, the measured one first:
   on a busy host; the thread's CPU time over the stall stands in where that is unreadable.
   Severity grades the group's share of the session's loop time (`loop_blocked_fraction`); a
   group that stalled the loop at least `LOW_MIN_STALLS` times and `loop_blocking_min_fraction`
-  of the window is flagged low below that. The cause is `cpu` when the thread was running (or
-  ready to) at most looks, else `wait` (a sync sleep, sync I/O, a lock). Running looks that
+  of the window is flagged low below that. A pass in which the kernel found the thread ready
+  to run but waiting for a CPU at most looks is the host's (`HOST_MAJORITY`); of the others,
+  the share of looks so queued is taken off the pass's time. The cause is `cpu` when the
+  thread was running at most of the remaining looks, else `wait` (a sync sleep, sync I/O, a
+  lock). Running looks that
   the watchdog took right as it got the GIL at once (`nogil`) found C code that released the
   GIL (hashing, compression): when they are most of the running ones, the evidence says so
   (`metric.gil_free_share`) and the advice is a thread, where such code runs in parallel with
@@ -86,6 +89,12 @@ MIN_SEEN = 2
 # Running looks that found the GIL free, as a share of all running looks, from which the code
 # that held the loop is called C code that released the GIL.
 GIL_FREE_MAJORITY = 0.5
+# Looks that found the loop thread ready to run but waiting for a CPU (a host short of CPUs),
+# as a share of a pass's looks, from which the pass is the host's, not the code's: on a host
+# whose two cores a load and other tenants kept busy, an `await client.get(...)` line and a
+# middleware's `await call_next(request)` "held" the loop 9 and 5 times, 67-75% of the looks
+# in the run queue. Below it, the queued share of a pass is taken off its time.
+HOST_MAJORITY = 0.5
 # Sleep and I/O looks, as a share of the looks, from which a hold described as running also
 # names its waiting: a connection opened per call (password hashing, then the server's reply)
 # runs about half the time and waits the rest.
@@ -212,6 +221,13 @@ def _seen_elsewhere(stall: LoopStall) -> str | None:
 def _at_io(frames: tuple[Frame, ...]) -> bool:
     """The look was taken at I/O that lets the GIL go (`IO_MODULES`)."""
     return package_of(frames[-1].file) in IO_MODULES
+
+
+def _host_share(stall: LoopStall) -> float:
+    """The share of the kernel's looks during a pass that found the loop thread ready to run
+    but waiting for a CPU (0 without looks)."""
+    looks = sum(stall.activity.values())
+    return stall.activity.get("queue", 0) / looks if looks else 0.0
 
 
 def _length_class(duration_ms: float) -> int:
@@ -441,6 +457,10 @@ class EventLoopBlockedRule:
         frames = stall.frames
         if not frames or (stall.held != "one" and stall.duration_ms < LONG_STALL_MS):
             return None
+        if _host_share(stall) >= HOST_MAJORITY:
+            # The kernel found the loop thread ready to run but waiting for a CPU at most of
+            # its looks: the host had none to give it, whatever line it was at.
+            return SERVER, None, None
         user = user_frame(frames, ctx.matcher.roots)
         if is_tool_work(frames) or any(f.file.startswith("<frozen importlib") for f in frames):
             return SERVER, None, None  # the measurement's own work, or an import
@@ -459,7 +479,8 @@ class EventLoopBlockedRule:
     def _add(group: _Stalls, stall: LoopStall, user: Frame, length: tuple[int, int],
              framework: str | None) -> None:
         frames = stall.frames
-        seconds = stall.duration_ms / 1000
+        # The share of the pass the thread waited for a CPU is the host's, not the code's.
+        seconds = stall.duration_ms / 1000 * (1.0 - _host_share(stall))
         if framework is not None:  # the framework's work held the loop, at `framework`
             group.framework_work += 1
             group.framework_calls[framework] += 1
