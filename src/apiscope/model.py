@@ -235,11 +235,11 @@ class LoopStall:
     # time since the last look), "sleep", "io", "gil" (waiting for the GIL, where the agent
     # knew its futex), "lock" (a lock or a condition; or the GIL, where it did not).
     activity: dict[str, int] = field(default_factory=dict)
-    # Who held the loop, from the agent's looks at a timed pass: "one" (one task at two looks
-    # or more in a row: its stack is the one here), "many" (different tasks or callbacks: the
-    # loop busy with many things, no stack), "glimpse" (one look: not proven), "gc" (the
-    # garbage collector ran for half of the pass or more: no code's hold), None (not
-    # followed, or a probed loop, or a session written before this was told).
+    # Who held the loop, from the agent's looks at a timed pass or a late probe: "one" (one
+    # task at two looks or more in a row: its stack is the one here), "many" (different tasks
+    # or callbacks: the loop busy with many things, no stack), "glimpse" (one look: not
+    # proven), "gc" (the garbage collector ran for half of the pass or more: no code's hold),
+    # None (not followed, or a session written before this was told).
     held: str | None = None
     # The route ("METHOD TEMPLATE") of the request whose task held the loop, where the agent
     # found one at its looks and the framework had routed it; None otherwise.

@@ -49,6 +49,8 @@ ONE_TASK = "one"  # one task at the last two looks or more: that task held the l
 MANY = "many"  # different tasks or callbacks: the loop was busy with many things at once
 GLIMPSE = "glimpse"  # one look only (or no task at any look): who held it is not proven
 GC = "gc"  # the garbage collector ran for half of the pass or more (see `gcpauses`)
+# The looks kept at one probed stall (a loop blocked for good is looked at for as long).
+MAX_PROBE_LOOKS = 64
 # A pass that began with this many callbacks to run or fewer was held by the one seen (the
 # watchdog's own lag probe may be the other).
 FEW_CALLBACKS = 2
@@ -524,17 +526,19 @@ class LoopWatchdog(Background):
         self._ran = None
         posted = time.perf_counter()
         loop.call_soon_threadsafe(self._probe)
-        # What the loop runs now: if the probe turns out late, this is the first sample of
-        # the stall (a stall shorter than the wait below gets no other).
-        stacks: Counter[Stack] = Counter([frame_stack(frame)] if frame is not None else [])
-        scopes: list[Scope] = []
-        _add_scope(scopes, serving_scope(frame))
+        # What the loop runs now: if the probe turns out late, this is the first look at the
+        # stall (a stall shorter than the wait below gets no other).
+        looks: list[Look] = [(_current_task_id(loop),
+                              frame_stack(frame) if frame is not None else None,
+                              serving_scope(frame))]
         del frame
         self._look()
-        outcome = self._await_probe(posted, period, stacks, scopes)
-        if outcome is None:
+        if self._last_look == "queue":
+            looks.clear()  # a thread waiting for a CPU: no evidence of who holds the loop
+        ran = self._await_probe(posted, period, looks)
+        if ran is None:
             return False
-        self._record(posted, *outcome, scopes)
+        self._record(posted, ran, looks)
         remaining = period - (time.perf_counter() - posted)
         return remaining <= 0 or self._sleep(remaining)
 
@@ -547,27 +551,41 @@ class LoopWatchdog(Background):
         self._seen_at, self._seen_cpu_ns = now, (read[0] if read is not None else None)
         self._look_mark = read
 
-    def _await_probe(self, posted: float, wait: float, stacks: Counter[Stack],
-                     scopes: list[Scope]) -> tuple[tuple[float, int], Counter[Stack]] | None:
-        """Wait for the probe to run, sampling the loop's stack once it is a stall."""
+    def _await_probe(self, posted: float, wait: float,
+                     looks: list[Look]) -> tuple[float, int] | None:
+        """Wait for the probe to run, looking at the loop (its task, its stack) once it is a
+        stall; the looks are added to `looks`."""
         options = self.options
+        sampled = 0
+        # A second look soon after the first, if the probe still waits: the same task at both
+        # is one step running on, different ones a loop stepping through many (see `_record`).
+        second, wait = True, min(SECOND_LOOK, wait)
         while True:
             if not self._sleep(wait):
                 return None
             ran = self._ran
             if ran is not None:
-                return ran, stacks
+                return ran
             outstanding = time.perf_counter() - posted
-            if outstanding >= options.stall_threshold:
+            if second:
+                second = False
+                look = self._sample()
+                if self._last_look != "queue":
+                    looks.append(look)
+                wait = max(0.0, options.stall_threshold - outstanding)
+            elif outstanding >= options.stall_threshold:
                 if self._follow_cpu.refilled() > 0:  # else timed only: the budget is spent
                     look = self._sample()
-                    _count_stack(stacks, look[1])
-                    _add_scope(scopes, look[2])
+                    sampled += 1
+                    # As when a pass is followed: a look at a thread that mostly waited for a
+                    # CPU since the last one is no evidence of who held the loop.
+                    if self._last_look != "queue" and len(looks) < MAX_PROBE_LOOKS:
+                        looks.append(look)
                     self._charge()
                 # A long stall is sampled ever more sparsely (every SPARSER_EVERY samples the
                 # interval doubles): its stack is known by then, and a loop blocked for good
                 # must not have a 100 Hz sampler inside it.
-                backoff = 2 ** min(sum(stacks.values()) // SPARSER_EVERY, 3)
+                backoff = 2 ** min(sampled // SPARSER_EVERY, 3)
                 wait = options.sample_interval * backoff
             else:
                 wait = options.stall_threshold - outstanding
@@ -609,8 +627,7 @@ class LoopWatchdog(Background):
             return task, None, None
         return task, frame_stack(frame), serving_scope(frame)
 
-    def _record(self, posted: float, ran: tuple[float, int], stacks: Counter[Stack],
-                scopes: list[Scope]) -> None:
+    def _record(self, posted: float, ran: tuple[float, int], looks: list[Look]) -> None:
         ran_at, ran_cpu_ns = ran
         lag = max(0.0, ran_at - posted)
         stall = None
@@ -619,12 +636,21 @@ class LoopWatchdog(Background):
             cpu_ms = None
             if self._seen_cpu_ns is not None:
                 cpu_ms = round(max(0, ran_cpu_ns - self._seen_cpu_ns) / 1e6, 3)
+            # The probe waited behind what the loop ran: one task seen at the last two looks
+            # or more held it; different tasks at two looks were a loop busy with many (a
+            # saturated uvloop runs many requests' steps before the probe: who was seen at
+            # one look is no holder). A loop's pass is not timed here, so how many callbacks
+            # it began with is unknown.
+            # A look with no task stepping saw the loop between two steps (the held one's end,
+            # the probe about to run): no evidence either way.
+            stepping = [look for look in looks if look[0] is not None] or looks
+            held, stacks, scope = _held(stepping, FEW_CALLBACKS + 1)
             frames = [list(f) for f in stacks.most_common(1)[0][0]] if stacks else []
             stall = {"tid": self.native_id, "start": start + self._epoch_offset,
                      "duration_ms": round((ran_at - start) * 1000.0, 3),
                      "frames": frames, "cpu_ms": cpu_ms,
-                     "activity": dict(self._activity)}
-            route = self._route(_most_seen(scopes))
+                     "activity": dict(self._activity), "held": held}
+            route = self._route(scope)
             if route is not None:
                 stall["route"] = route
         self._activity.clear()
