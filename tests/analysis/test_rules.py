@@ -450,3 +450,16 @@ def test_a_slow_route_is_not_located_at_a_line_that_explains_little_of_it(
     [flag] = [f for f in flags_of(report_of(summary(10), tmp_path / "b"), "slow_endpoint")
               if f["route"] == "GET /reports/summary"]
     assert flag["location"]["line"] == 84
+
+
+def test_an_inherited_handler_is_named_by_the_apps_class(tmp_path: Path) -> None:
+    # A Django generic view serves the route: its `post` is the library's, the class the route
+    # was written as is the app's.
+    spec = healthy()
+    lib = "/venv/lib/python3.12/site-packages/django/views/generic/edit.py"
+    spec.routes = [RouteInfo("POST", "/items", "django.views.generic.edit:ProcessFormView.post",
+                             lib, 140, False, "shop.views:ItemCreate", APP, 60)
+                   if r.template == "/items" else r for r in spec.routes]
+    endpoints = {e["route"]: e for e in report_of(spec, tmp_path)["endpoints"]}
+    assert endpoints["POST /items"]["handler"] == "shop.views:ItemCreate.post"
+    assert endpoints["GET /health"]["handler"] == "shop.main:health"

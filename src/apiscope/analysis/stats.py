@@ -121,6 +121,17 @@ def _latency(records: list[RequestRecord]) -> tuple[float | None, ...]:
             round(percentile(durations, 0.99), 3), round(durations[-1], 3))
 
 
+def _handler_name(ctx: AnalysisContext, endpoint: str) -> str | None:
+    """"module:qualname" of an endpoint's handler: the application's class with the method
+    it inherits from a library (`tracker.views:IssueList.get`, not Django's
+    `BaseListView.get`), where the route table names that class."""
+    handler = ctx.matcher.handler_of(endpoint)
+    route = ctx.route_info(endpoint) if handler is not None else None
+    if handler is not None and route is not None and route.view and ":" in route.view:
+        return f"{route.view}.{handler.rsplit('.', 1)[-1].rsplit(':', 1)[-1]}"
+    return handler
+
+
 def endpoint_stats(ctx: AnalysisContext) -> list[EndpointStats]:
     """One entry per endpoint seen in requests or in samples, busiest first."""
     shares = cpu_shares(ctx)
@@ -133,7 +144,7 @@ def endpoint_stats(ctx: AnalysisContext) -> list[EndpointStats]:
         heads = sorted(r.first_byte_ms for r in records if r.first_byte_ms is not None)
         out.append(EndpointStats(
             route=endpoint,
-            handler=ctx.matcher.handler_of(endpoint),
+            handler=_handler_name(ctx, endpoint),
             count=len(records),
             rps=round(len(records) / seconds, 3) if seconds > 0 else 0.0,
             p50_ms=p50, p95_ms=p95, p99_ms=p99, max_ms=top,
