@@ -5,6 +5,7 @@ await. Asked from another thread, as the agent's socket thread answers it."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -109,3 +110,42 @@ def test_the_heap_walk_runs_no_lazy_object_of_the_app(sock_dir: str) -> None:
     assert {r["path"] for r in state["requests"]} == {"/block", "/wait"}
     assert _Lazy.evaluations == 0, "the dump evaluated a lazy object of the app"
     del lazy
+
+
+def test_a_request_ready_to_run_waits_for_no_thread(sock_dir: str) -> None:
+    # A request stepping through `await asyncio.sleep(0)` (anyio's checkpoints, a stream's
+    # hand-over) is ready to run on the loop between its steps: it waits for the loop, not
+    # for a thread working for it.
+    agent = Agent(sock_dir)
+    gate = threading.Event()
+    rows: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while not gate.is_set():
+            await asyncio.sleep(0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def dump() -> None:
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and \
+                    not any(not r["running"] for r in rows):
+                rows.extend(agent.respond({"op": "dump"}).get("requests", []))
+                time.sleep(0.01)
+        finally:
+            gate.set()
+
+    async def serve() -> None:
+        wrapped = agent.middleware(app)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wrapped),
+                                     base_url="http://test", timeout=30) as client:
+            threading.Thread(target=dump).start()
+            await client.get("/spin")
+
+    asyncio.run(serve())
+    ready = [r for r in rows if not r["running"]]
+    assert ready, rows
+    assert all(r["thread"] is None for r in ready), ready

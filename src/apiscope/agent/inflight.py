@@ -233,9 +233,9 @@ def _request_row(route: str, method: str, path: str, elapsed: float | None, task
         if awaiting is None:  # running right now: on the loop thread (trio's: found)
             if thread is None:
                 thread = _running_below(getattr(task.get_coro(), "cr_frame", None))[0]
-        elif awaited is not None:
-            worker = _worker_of(awaited, frames, loop_thread or 0)
-            thread = worker if worker is not None else None
+        else:  # suspended: on a thread only when a pool thread works for what it awaits
+            thread = _worker_of(awaited, frames, loop_thread or 0) if awaited is not None \
+                else None
     return {"route": route, "method": method, "path": path, "elapsed_s": elapsed,
             "await_chain": chain, "awaiting": awaiting, "running": awaiting is None,
             "thread": thread}
