@@ -149,6 +149,25 @@ def test_uvloop_started_by_a_copy_of_asyncio_run_before_python_3_11() -> None:
         assert stack_role(busy) is ThreadRole.LOOP and not is_waiting(busy, ThreadRole.LOOP)
 
 
+def test_granian_on_uvloop_runs_its_loop_from_its_worker_method() -> None:
+    # granian's worker calls `loop.run_until_complete` from its own method: under uvloop that
+    # frame is the loop thread's leaf while it waits (seen on a Litestar app, granian 2.8:
+    # the main thread was "other", and its idle pool threads were read as the server).
+    site = "/srv/api/.venv/lib/python3.12/site-packages"
+    for method in ("MPServer._spawn_asgi_worker", "MTServer._spawn_asgi_lifespan_worker"):
+        idle = (Frame("_bootstrap", "/usr/lib/python3.12/multiprocessing/process.py", 314),
+                Frame("WorkerProcess.wrap_target.<locals>.wrapped",
+                      f"{site}/granian/server/mp.py", 78),
+                Frame(method, f"{site}/granian/server/mp.py", 249))
+        busy = (*idle, Frame("handler", APP, 9))
+        assert stack_role(idle) is ThreadRole.LOOP and is_waiting(idle, ThreadRole.LOOP)
+        assert stack_role(busy) is ThreadRole.LOOP and not is_waiting(busy, ThreadRole.LOOP)
+    # Its other methods, and a method of that name elsewhere, start no loop.
+    other = (Frame("MPServer.serve", f"{site}/granian/server/mp.py", 520),)
+    assert stack_role(other) is ThreadRole.OTHER
+    assert stack_role((Frame("Mine._spawn_asgi_worker", APP, 3),)) is ThreadRole.OTHER
+
+
 def test_anyio_run_on_the_main_thread_is_not_a_worker() -> None:
     frames = (Frame("run", f"{SITE}/anyio/_core/_eventloop.py", 74),
               Frame("run", f"{SITE}/anyio/_backends/_asyncio.py", 2310),

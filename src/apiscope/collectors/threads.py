@@ -32,6 +32,11 @@ _LOOP_ENTRIES = (
     ("uvicorn/_compat.py", "asyncio_run"),
     ("taskgroup/runners.py", "run"),
 )
+# granian's workers call `loop.run_until_complete` from methods of its own (`server/mp.py` and
+# `server/mt.py` in granian 2; an ASGI app with or without lifespan): under uvloop (granian's
+# default loop where it is installed) they are the loop thread's idle leaf, which made its
+# main thread "other" and the server's figures read its idle pool threads.
+_GRANIAN_ENTRIES = frozenset({"_spawn_asgi_worker", "_spawn_asgi_lifespan_worker"})
 _WORKER_FRAMES = (
     ("anyio/_backends/_asyncio.py", "WorkerThread.run"),  # Starlette's run_in_threadpool
     ("concurrent/futures/thread.py", "_worker"),  # asyncio's default executor
@@ -58,7 +63,9 @@ def is_loop_frame(frame: Frame) -> bool:
 
 
 def _is_loop_entry(frame: Frame) -> bool:
-    return any(_file_is(frame, path) and _method(frame) == name for path, name in _LOOP_ENTRIES)
+    if any(_file_is(frame, path) and _method(frame) == name for path, name in _LOOP_ENTRIES):
+        return True
+    return _method(frame) in _GRANIAN_ENTRIES and "/granian/" in frame.file.replace("\\", "/")
 
 
 def is_worker_frame(frame: Frame) -> bool:
