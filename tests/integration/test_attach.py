@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -72,6 +73,15 @@ def wait_for_agents(pids: list[int], proc: subprocess.Popen[str]) -> None:
     wait_until(ready, timeout=60, what="the injected agents to answer")
 
 
+def windows_stored(session: Path) -> int:
+    """Sampling windows the session holds so far (read while apiscope writes it)."""
+    try:
+        with sqlite3.connect(f"file:{session}?mode=ro", uri=True, timeout=1) as db:
+            return int(db.execute("SELECT count(*) FROM windows").fetchone()[0])
+    except sqlite3.Error:  # not created yet, or its schema not yet written
+        return 0
+
+
 def agent_answers(pid: int) -> bool:
     with AgentClient(pid) as client:
         return client.available()
@@ -98,6 +108,11 @@ def test_attach_uvicorn_records_every_request_and_detaches(tmp_path: Path) -> No
                                "--session", str(session), "--report", str(report)])
         try:
             wait_for_agents([server.pid], proc)
+            # py-spy's first window holds few samples (its first reads of every thread, the
+            # agent starting beside them): on a busy host the 120 ms the /sync requests compute
+            # could fall in it unseen. The requests go in the windows after it.
+            wait_until(lambda: windows_stored(session) >= 1, timeout=30,
+                       what="the first sampling window to be stored")
             client = drive(server.url)
             time.sleep(1.5)  # let at least one more sampling window and agent pull complete
         finally:
