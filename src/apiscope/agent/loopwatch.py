@@ -640,9 +640,8 @@ class LoopWatchdog(Background):
             # or more held it; different tasks at two looks were a loop busy with many (a
             # saturated uvloop runs many requests' steps before the probe: who was seen at
             # one look is no holder). A loop's pass is not timed here, so how many callbacks
-            # it began with is unknown.
-            # A look with no task stepping saw the loop between two steps (the held one's end,
-            # the probe about to run): no evidence either way.
+            # it began with is unknown; a look with no task stepping saw the loop between two
+            # steps (the held one's end, the probe about to run) and is no evidence either way.
             stepping = [look for look in looks if look[0] is not None] or looks
             held, stacks, scope = _held(stepping, FEW_CALLBACKS + 1)
             frames = [list(f) for f in stacks.most_common(1)[0][0]] if stacks else []

@@ -207,7 +207,7 @@ class _Entry:
     template: str
     # A library's method serving the app's classes (DRF's `ListAPIView.get`, Django's
     # `BaseDetailView.get`): generic code one view's handler may call for another's.
-    library: bool = False
+    generic: bool = False
 
 
 class RouteMatcher:
@@ -251,7 +251,7 @@ class RouteMatcher:
             self._handlers.setdefault(endpoint, route.handler)
             qualname = route.handler.split(":", 1)[-1]
             names = {qualname, qualname.rsplit(".", 1)[-1]}
-            library = bool(route.view_file) or framework_route(route)
+            generic = bool(route.view_file) or framework_route(route)
             if route.view_file and ":" in route.view:
                 self._views.append((route.view.split(":", 1)[1], route.view_file,
                                     qualname.rsplit(".", 1)[-1], endpoint))
@@ -259,7 +259,7 @@ class RouteMatcher:
                 entries = self._by_name.setdefault(name, [])
                 entry = next((e for e in entries if _same_file(e.file, route.file)), None)
                 if entry is None:
-                    entries.append(_Entry(route.file, endpoint, route.template, library))
+                    entries.append(_Entry(route.file, endpoint, route.template, generic))
                 elif endpoint in served and entry.endpoint in served \
                         and entry.template != route.template:
                     entry.endpoint = None  # serving requests on two templates: ambiguous
@@ -283,7 +283,7 @@ class RouteMatcher:
             entry = self._match(frames[index])
             if entry is None:
                 continue
-            if not entry.library:
+            if not entry.generic:
                 return index, entry.endpoint
             outer = (index, entry)
         if outer is None:
