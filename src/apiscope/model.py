@@ -165,6 +165,17 @@ class RouteInfo:
     view_file: str = ""
     view_line: int = 0
 
+    @property
+    def function(self) -> str:
+        """The handler's own name: `list` for `tracker.views:TicketViewSet.list`."""
+        return self.handler.rpartition(":")[2].rpartition(".")[2]
+
+    @property
+    def app_handler(self) -> str:
+        """"module:qualname" of the handler as the application has it: its class with the
+        method it inherits (`tracker.views:IssueList.get`, not Django's `BaseListView.get`)."""
+        return f"{self.view}.{self.function}" if ":" in self.view else self.handler
+
 
 @dataclass(frozen=True, slots=True)
 class ResourceSample:

@@ -51,13 +51,12 @@ def handler_location(ctx: AnalysisContext, endpoint: str | None) -> Location | N
     route = ctx.route_info(endpoint) if endpoint else None
     if route is None:
         return None
-    method = route.handler.split(":", 1)[-1].rsplit(".", 1)[-1]
     if route.view_file:
-        cls = route.view.split(":", 1)[-1].rsplit(".", 1)[-1]
-        return location(route.view_file, route.view_line or None, f"{cls}.{method}")
+        cls = route.view.rpartition(":")[2].rpartition(".")[2]
+        return location(route.view_file, route.view_line or None, f"{cls}.{route.function}")
     # A decorated function's code begins at its first decorator: its `def` is the line to show.
     return location(route.file, def_line(route.file, route.line) if route.line else route.line,
-                    method)
+                    route.function)
 
 
 def where(loc: Location | None) -> str:

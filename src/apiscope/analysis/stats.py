@@ -127,9 +127,7 @@ def _handler_name(ctx: AnalysisContext, endpoint: str) -> str | None:
     `BaseListView.get`), where the route table names that class."""
     handler = ctx.matcher.handler_of(endpoint)
     route = ctx.route_info(endpoint) if handler is not None else None
-    if handler is not None and route is not None and route.view and ":" in route.view:
-        return f"{route.view}.{handler.rsplit('.', 1)[-1].rsplit(':', 1)[-1]}"
-    return handler
+    return route.app_handler if route is not None and route.handler == handler else handler
 
 
 def endpoint_stats(ctx: AnalysisContext) -> list[EndpointStats]:
