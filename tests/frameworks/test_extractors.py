@@ -35,6 +35,13 @@ def test_ids_in_paths_become_placeholders(path: str, grouped: str) -> None:
     ("api/^v(?P<version>\\d+)/(?:json|xml)/$", "/api/v{version}/json|xml/"),
     ("^files/(.+)\\.txt$", "/files/{}.txt"),
     ("^page/(?P<n>\\d+)?$", "/page/{n}"),
+    # Wagtail's own routes: a page's path, an image's rendition
+    (r"^((?:[\w\-]+/)*)$", "/{}"),
+    (r"^images/([^/]*)/(\d*)/([^/]*)/[^/]*$", "/images/{}/{}/{}/{}"),
+    (r"^tags/\d+/.*$", "/tags/{}/{}"),  # classes, escapes and dots match many texts
+    (r"^x/[]a]{2,3}?/y$", "/x/{}/y"),  # a `]` first in a class is one of its characters
+    (r"^v(?:\d\.)+/(?:json|xml)$", "/v{}/json|xml"),  # a group repeated is a placeholder
+    ("^api/?$", "/api/"),  # an optional literal shown as if present
     ("", "/"),
 ])
 def test_django_routes_as_templates(route: str, template: str) -> None:

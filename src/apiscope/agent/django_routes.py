@@ -10,7 +10,8 @@ cycle) and reads the match. Django routed the request once; the agent never rout
 
 `path()` routes keep Django's own notation, with a leading slash (`/api/items/<int:pk>/`);
 `re_path()` regexes are shown in a normalised form: anchors dropped, escapes undone, each
-group a placeholder named after it (`^articles/(?P<year>[0-9]{4})/$` -> `/articles/{year}/`).
+group a placeholder named after it (`^articles/(?P<year>[0-9]{4})/$` -> `/articles/{year}/`),
+`{}` for an unnamed one and for any other part that matches many texts (`[^/]*`, `\\d+`).
 """
 
 from __future__ import annotations
@@ -82,27 +83,72 @@ def django_template(route: str) -> str:
 
 
 def regex_template(regex: str) -> str:
-    """`^articles/(?P<year>[0-9]{4})/$` -> `articles/{year}/`; unnamed groups are `{}`."""
+    """`^articles/(?P<year>[0-9]{4})/$` -> `articles/{year}/`; unnamed groups and what else
+    matches more than one text (a class `[^/]+`, `.`, `\\d+`) are `{}`."""
     out: list[str] = []
     i, n = 0, len(regex)
     while i < n:
         char = regex[i]
+        if char == "(":
+            end = _group_end(regex, i)
+            after = _quantifier_end(regex, end + 1)
+            repeated = regex[end + 1:after].lstrip("?") != ""  # `*`, `+`, `{m,n}`
+            group = regex[i:end + 1]
+            out.append("{}" if repeated and group.startswith("(?:") else _placeholder(group))
+            i = after
+            continue
+        if char == "[" or char == "." or (char == "\\" and regex[i + 1:i + 2] in _CLASS_ESCAPES):
+            end = _class_end(regex, i) if char == "[" else i + (2 if char == "\\" else 1)
+            out.append("{}")
+            i = _quantifier_end(regex, end)
+            continue
         if char == "\\" and i + 1 < n:
             nxt = regex[i + 1]
             out.append(nxt if not nxt.isalnum() else "\\" + nxt)
             i += 2
             continue
-        if char == "(":
-            end = _group_end(regex, i)
-            out.append(_placeholder(regex[i:end + 1]))
-            i = end + 1
-            if i < n and regex[i] == "?":  # an optional group: the placeholder says enough
-                i += 1
+        if char == "?" and out:  # an optional literal (`api/?`): shown as if present
+            i += 1
             continue
         if char not in "^$":
             out.append(char)
         i += 1
     return "".join(out)
+
+
+_CLASS_ESCAPES = ("d", "D", "w", "W", "s", "S")
+
+
+def _quantifier_end(regex: str, i: int) -> int:
+    """Index just past a quantifier starting at `i` (`*`, `+`, `?`, `{m,n}`, lazy or not)."""
+    if i < len(regex) and regex[i] in "*+?":
+        i += 1
+    elif i < len(regex) and regex[i] == "{":
+        close = regex.find("}", i)
+        if close > i and all(c.isdigit() or c == "," for c in regex[i + 1:close]):
+            i = close + 1
+        else:
+            return i
+    else:
+        return i
+    return i + 1 if i < len(regex) and regex[i] == "?" else i
+
+
+def _class_end(regex: str, start: int) -> int:
+    """Index just past the character class opened at `start` (a `]` first in it is literal)."""
+    i = start + 1
+    if i < len(regex) and regex[i] == "^":
+        i += 1
+    if i < len(regex) and regex[i] == "]":
+        i += 1
+    while i < len(regex):
+        if regex[i] == "\\":
+            i += 2
+            continue
+        if regex[i] == "]":
+            return i + 1
+        i += 1
+    return len(regex)
 
 
 def _placeholder(group: str) -> str:
