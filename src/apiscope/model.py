@@ -81,6 +81,8 @@ class StackWindow:
     # CPU seconds of threads Python does not run, per (pid, tid, frames) of the request
     # thread's stack waiting in the C call; (pid, 0, ()) not placed (collectors/native.py).
     native_cpu: dict[tuple[int, int, tuple[Frame, ...]], float] = field(default_factory=dict)
+    # The share of the host's CPU time (all CPUs, every process) in use over the window.
+    host_busy: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,6 +120,7 @@ class Spec:
     measured: bool = False
     extra_cpu: float = 0.0
     runqueue: float = 0.0  # each thread's run-queue seconds a window, when measured
+    host_busy: float | None = None  # the host's CPUs' busy share in every window, when measured
     loop_stalls: list[LoopStall] = field(default_factory=list)
     loop_lag: list[LoopLagSample] = field(default_factory=list)
     gil: list[GilSample] = field(default_factory=list)
@@ -159,7 +160,8 @@ class Spec:
                 writer.put_window(StackWindow(start, start + self.window, self.rate, samples,
                                               threads=self.roles(), thread_cpu=cpu,
                                               process_cpu=process, thread_runqueue=waits,
-                                              thread_gil=self.gil_looks, native_cpu=native))
+                                              thread_gil=self.gil_looks, native_cpu=native,
+                                              host_busy=self.host_busy))
             writer.put_loop_stalls(self.loop_stalls)
             writer.put_loop_lag(self.loop_lag)
             writer.put_gil(self.gil)

@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from apiscope.collectors.threadcpu import CpuReading, ThreadCpuReader, usage
+from apiscope.collectors.threadcpu import CpuReading, ThreadCpuReader, host_ticks, usage
 
 
 def write_task(root: Path, pid: int, tid: int, schedstat: str | None, stat: str) -> None:
@@ -46,6 +46,17 @@ def test_usage_counts_new_threads_from_zero_and_skips_unknown_processes() -> Non
     assert used.threads == {(1, 1): 0.5, (1, 2): 0.25}
     assert used.processes == {1: 0.75}
     assert used.runqueue == {(1, 1): 0.5}
+
+
+def test_the_hosts_busy_share_over_a_window(tmp_path: Path) -> None:
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    (tmp_path / "stat").write_text("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4 5\n")
+    assert ThreadCpuReader(str(tmp_path)).read([]).host == (150, 1000)
+    before, after = CpuReading(host=(150, 1000)), CpuReading(host=(450, 1400))
+    assert usage(before, after).host_busy == 0.75  # 300 of 400 ticks neither idle nor iowait
+    assert usage(CpuReading(), after).host_busy is None  # not read at one edge: unknown
+    assert host_ticks("intr 1 2 3\n") is None and host_ticks("cpu  x y z w v\n") is None
+    assert ThreadCpuReader(str(tmp_path / "none")).read([]).host is None
 
 
 def test_a_parent_is_read_for_the_cpu_of_the_children_it_reaped(tmp_path: Path) -> None:

@@ -77,6 +77,9 @@ class SessionData:
     # CPU seconds of threads Python does not run: (window start, pid, tid, frames of the
     # request thread waiting for them, seconds); tid 0 and no frames: not placed.
     native: list[tuple[float, int, int, tuple[Frame, ...], float]] = field(default_factory=list)
+    # Window start -> the share of the host's CPU time in use (all CPUs, every process); empty
+    # for sessions recorded before it was measured.
+    host_busy: dict[float, float] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -101,7 +104,8 @@ def load_session(reader: SessionReader) -> SessionData:
         loop_stalls=reader.loop_stalls(), loop_lag=reader.loop_lag(), gil=reader.gil_samples(),
         unfinished=reader.unfinished(), offloaded=reader.offloaded(),
         native=[(start, c.pid, c.tid, reader.stack(c.stack_id) if c.stack_id else (), c.seconds)
-                for start, c in reader.native_cpu()])
+                for start, c in reader.native_cpu()],
+        host_busy=reader.host_busy())
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,9 @@ server's own work and the rest add up to at most one.
   run through `asyncio.to_thread` and its likes), as the agent timed it by the threads' CPU
   clocks (`offloaded_cpu`; an older agent's looks share out what py-spy saw of it).
 - The run-queue share (per process): of the time the request threads were runnable, the part
-  they waited for a CPU the host did not have (schedstat). High, and every route is slow for
-  want of CPU, not because of its own code.
+  they waited for a CPU (schedstat). High on a busy host (`host_busy_share`), and every route
+  is slow for want of CPU, not because of its own code; on a host with CPUs to spare it is
+  wake-up latency (a thread woken at each hand-over of the GIL waits for its CPU to wake).
 - The server's share (per process): the CPU of the request-handling threads (event loop,
   thread pool) while no application frame was on their stack: HTTP parsing, routing,
   middleware, logging, serialisation in the framework, dispatch to the pool; less the timed
@@ -168,6 +169,18 @@ def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
     for pid, cpu in HandedWork.of(ctx).beyond_seen().items():
         server[pid] = max(0.0, server[pid] - cpu)
     return {pid: min(1.0, server[pid] / total) for pid, total in totals.items() if total > 0}
+
+
+def host_busy_share(ctx: AnalysisContext) -> float | None:
+    """The share of the host's CPU time (all CPUs, every process) in use over the session's
+    windows, weighted by their length; None for a session that did not measure it."""
+    ends = {w.start: w.end for w in ctx.data.windows}
+    weighted = seconds = 0.0
+    for start, busy in ctx.data.host_busy.items():
+        length = max(0.0, ends.get(start, start) - start)
+        weighted += busy * length
+        seconds += length
+    return weighted / seconds if seconds > 0 else None
 
 
 def runqueue_shares(ctx: AnalysisContext) -> dict[int, float]:

@@ -14,6 +14,11 @@ utime + stime is used instead, in clock ticks (usually 10 ms): coarser, still me
 The process's own total (`/proc/PID/stat`) includes threads that ended within the window, which
 the per-thread figures cannot.
 
+The host's own busy share (`/proc/stat`: all CPUs, every process) is read at the same edges:
+threads can wait in the run queue on a host with CPUs to spare (a wake-up's latency on a
+virtual CPU, paid at each hand-over of the GIL), so only a busy host makes waiting for a CPU
+the host's want of CPU.
+
 A worker that exits within a window (gunicorn's `--max-requests`, a crash, a scale-down) cannot
 be read at the window's end. Its parent's stat holds the CPU time of the children it reaped
 (`cutime` + `cstime`): what it grew by in the window, less what the gone workers had used
@@ -40,6 +45,7 @@ class CpuReading:
     processes: dict[int, float] = field(default_factory=dict)
     runqueue: dict[ThreadKey, float] = field(default_factory=dict)
     reaped: dict[int, float] = field(default_factory=dict)  # per parent: its reaped children's
+    host: tuple[int, int] | None = None  # the host's (busy, all) clock ticks, all CPUs
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,22 @@ class CpuUsage:
     threads: dict[ThreadKey, float] = field(default_factory=dict)
     processes: dict[int, float] = field(default_factory=dict)
     runqueue: dict[ThreadKey, float] = field(default_factory=dict)
+    host_busy: float | None = None  # the share of the host's CPU time in use, all CPUs
+
+
+def host_ticks(text: str) -> tuple[int, int] | None:
+    """(busy, all) clock ticks of the host from `/proc/stat`'s first line (`cpu  user nice
+    system idle iowait irq softirq steal ...`): idle and iowait are not busy; guest time is
+    already in user and nice."""
+    fields = text.split("\n", 1)[0].split()
+    if len(fields) < 6 or fields[0] != "cpu":
+        return None
+    try:
+        ticks = [int(f) for f in fields[1:9]]
+    except ValueError:
+        return None
+    every = sum(ticks)
+    return every - ticks[3] - ticks[4], every
 
 
 def _stat_ticks(text: str, children: bool = False) -> float | None:
@@ -104,7 +126,11 @@ class ThreadCpuReader:
                 continue
             if seconds is not None:
                 reaped[parent] = seconds
-        return CpuReading(threads, processes, runqueue, reaped)
+        try:
+            host = host_ticks(_read(f"{self.proc_root}/stat"))
+        except OSError:
+            host = None
+        return CpuReading(threads, processes, runqueue, reaped, host)
 
     @staticmethod
     def _thread_seconds(path: str) -> tuple[float | None, float | None]:
@@ -144,7 +170,11 @@ def usage(before: CpuReading, after: CpuReading) -> CpuUsage:
     if gone and grown > 0:
         used = max(0.0, grown - sum(before.processes[pid] for pid in gone))
         processes.update((pid, used / len(gone)) for pid in gone)
-    return CpuUsage(threads, processes, runqueue)
+    host_busy = None
+    if before.host is not None and after.host is not None and after.host[1] > before.host[1]:
+        busy = (after.host[0] - before.host[0]) / (after.host[1] - before.host[1])
+        host_busy = min(1.0, max(0.0, busy))
+    return CpuUsage(threads, processes, runqueue, host_busy)
 
 
 def unmeasured_cpu(used: CpuUsage) -> dict[int, float]:

@@ -200,7 +200,8 @@ class WindowMeter:
                              process_cpu=m.used.processes, thread_runqueue=m.used.runqueue,
                              active_only=m.active_only, thread_gil=m.gil or {},
                              native_cpu=native_cpu(samples, m.rate_hz, m.used.threads,
-                                                   m.used.processes, m.roles))
+                                                   m.used.processes, m.roles),
+                             host_busy=m.used.host_busy)
         self._account(window, m.trace.bad_events, m.failed_at)
         return window
 

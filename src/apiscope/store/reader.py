@@ -170,6 +170,14 @@ class SessionReader(ViewQueries):
                     " LEFT JOIN thread_gil g ON g.window_id = c.window_id AND g.pid = c.pid"
                     " AND g.tid = c.tid ORDER BY w.id")]
 
+    def host_busy(self) -> dict[float, float]:
+        """Window start -> the share of the host's CPU time in use over it ({} for sessions
+        recorded before it was measured)."""
+        if not self._has_table("host_cpu"):
+            return {}
+        return dict(self._query(
+            "SELECT w.start, h.busy FROM host_cpu h JOIN windows w ON w.id = h.window_id"))
+
     def process_cpu(self) -> list[ThreadCpu]:
         """The kernel's CPU seconds per window and process (tid 0), threads ended included."""
         if not self._has_table("process_cpu"):

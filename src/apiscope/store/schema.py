@@ -27,7 +27,9 @@ from collections.abc import Iterable
 #     read None.
 # 11: native_cpu (the CPU of threads Python does not run, a C extension's own): an older
 #     apiscope would leave it out of the routes' CPU shares; older files have none.
-SCHEMA_VERSION = 11
+# 12: host_cpu (the host's busy share per window: whether waiting for a CPU was for want of
+#     one); older files have none.
+SCHEMA_VERSION = 12
 # PRAGMA application_id marks the file as ours, so a foreign SQLite file is refused clearly.
 APPLICATION_ID = 0x61706973  # "apis"
 
@@ -66,6 +68,8 @@ CREATE TABLE IF NOT EXISTS thread_gil (
 CREATE TABLE IF NOT EXISTS process_cpu (
     window_id INTEGER NOT NULL, pid INTEGER NOT NULL, seconds REAL NOT NULL
 );
+-- The share of the host's CPU time (all CPUs, every process) in use over each window.
+CREATE TABLE IF NOT EXISTS host_cpu (window_id INTEGER PRIMARY KEY, busy REAL NOT NULL);
 -- CPU of threads Python does not run, on the stack of the request thread waiting for them
 -- (stack_id NULL, tid 0: not placed).
 CREATE TABLE IF NOT EXISTS native_cpu (

@@ -344,6 +344,8 @@ class SessionWriter:
         c.executemany("INSERT INTO thread_gil VALUES (?, ?, ?, ?, ?)",
                       [(window_id, pid, tid, looks, gil)
                        for (pid, tid), (looks, gil) in w.thread_gil.items()])
+        if w.host_busy is not None:
+            c.execute("INSERT INTO host_cpu VALUES (?, ?)", (window_id, w.host_busy))
         c.executemany("INSERT INTO process_cpu VALUES (?, ?, ?)",
                       [(window_id, pid, sec) for pid, sec in w.process_cpu.items()])
         c.executemany("INSERT INTO native_cpu VALUES (?, ?, ?, ?, ?)",

@@ -27,8 +27,10 @@ its profiled requests spend their time waiting to be notified by something else 
 process (an asyncio `Event.wait()`, `Condition.wait()` or `Queue.get()`: a long poll or a
 subscription waits so by design; see `analysis.profiles.rendezvous`),
 the host had no CPU to spare (the request threads waited in the OS run queue for
-`STARVED_SHARE` or more of the time they could run: add capacity, or find the route that eats
-it), or most of the route's median latency is CPU inside a library call it makes on purpose
+`STARVED_SHARE` or more of the time they could run, and the host's CPUs were `HOST_BUSY` or
+more in use: add capacity, or find the route that eats it; on a host with CPUs to spare the
+same waits are wake-up latency, measured 52-56% of a Django server's thread time on a host
+57% idle), or most of the route's median latency is CPU inside a library call it makes on purpose
 (a password hash on login: `LIBRARY_SHARE` of p50 or more).
 
 The location is the slow call, not the route's decorator: the dominant await site of its
@@ -47,7 +49,7 @@ from collections import Counter, defaultdict
 
 from apiscope.analysis.attribution import library_call
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Flag
-from apiscope.analysis.cpu import runqueue_shares
+from apiscope.analysis.cpu import host_busy_share, runqueue_shares
 from apiscope.analysis.flags import (
     Location,
     MetricValue,
@@ -71,6 +73,7 @@ from apiscope.analysis.unfinished import Stuck, stuck_requests
 from apiscope.model import Frame, RequestRecord, ThreadRole
 
 STARVED_SHARE = 0.25
+HOST_BUSY = 0.8
 LIBRARY_SHARE = 0.5
 LOOP_SHARE = 0.5
 LINE_SHARE = 0.2  # of the median request: a sampled line that explains less is not the slow call
@@ -217,6 +220,9 @@ class SlowEndpointRule:
             suggestion = SUGGESTION
             library = library_cost(ctx, endpoint, len(ctx.by_endpoint[endpoint]))
             starved = max(runqueue_shares(ctx).values(), default=0.0)
+            host = host_busy_share(ctx)
+            if host is not None and host < HOST_BUSY:
+                starved = 0.0  # CPUs to spare: the waits were wake-ups, not want of CPU
             if site is not None and site.waits_for:
                 metric["waits_for"] = site.waits_for
                 severity, suggestion = "low", SUGGEST_RENDEZVOUS
@@ -228,6 +234,9 @@ class SlowEndpointRule:
             elif starved >= STARVED_SHARE:
                 evidence += (f"; the host had no CPU to spare: request threads waited for a CPU"
                              f" {pct(starved)} of the time they could run")
+                if host is not None:
+                    evidence += f", the host's CPUs {pct(host)} in use"
+                    metric["host_busy_share"] = host
                 metric["runqueue_share"] = starved
                 severity, suggestion = "low", SUGGEST_CAPACITY
             loc = slow_call(ctx, endpoint, profiled.get(endpoint), p50)
