@@ -10,9 +10,11 @@ from typing import Any, cast
 
 import pytest
 
-from apiscope.analysis.context import AnalysisContext
+from apiscope.analysis.context import AnalysisContext, build_context, load_session
+from apiscope.analysis.cpu import cpu_shares, server_cpu_shares, total_cpu_seconds
 from apiscope.analysis.report import build_report, render_text
 from apiscope.analysis.rules.event_loop_blocked import watched_seconds
+from apiscope.analysis.thresholds import Thresholds
 from apiscope.model import (
     Frame,
     GilSample,
@@ -865,3 +867,63 @@ def test_windows_sampled_without_the_kernels_reading_are_counted_in_the_report(
     assert report["samples"]["windows_unmeasured"] == spec.seconds  # one a window, 1 s each
     with write_and_open(spec, tmp_path / "c.sqlite") as reader:
         assert "CPU not measured for 30 process window(s)" in render_text(build_report(reader))
+
+
+ASGIREF = Frame("SyncToAsync.thread_handler", f"{SITE}/asgiref/sync.py", 522)
+RENDER = (Frame("SimpleTemplateResponse.render", f"{SITE}/django/template/response.py", 114),
+          Frame("Template.render", f"{SITE}/django/template/base.py", 171))
+
+
+def test_a_requests_sync_code_in_its_own_thread_is_its_routes_not_the_servers(
+        tmp_path: Path) -> None:
+    # Django's ASGI handler runs each request's sync code in a thread of its own (asgiref), and
+    # a TemplateResponse renders there after its view returned: no handler frame on the stack.
+    def cpu(rendering: bool) -> tuple[dict[str, float], float]:
+        """(CPU seconds of each route, of the server) over the session."""
+        spec = measured_healthy()
+        spec.per_window += [  # thread 10 ran one request of POST /items
+            sample(10, on_worker(ASGIREF, app("create_item", 24)), 10),
+            # thread 11 ran requests of two routes (a shared pool): which one rendered is unknown
+            sample(11, on_worker(ASGIREF, app("create_item", 24)), 5),
+            sample(11, on_worker(ASGIREF, app("list_orders", 114)), 5),
+        ]
+        if rendering:
+            spec.per_window += [sample(10, on_worker(ASGIREF, *RENDER), 30),
+                                sample(11, on_worker(ASGIREF, *RENDER), 20)]
+        with write_and_open(spec, tmp_path / f"{rendering}.sqlite") as reader:
+            ctx = build_context(load_session(reader), Thresholds())
+        total = total_cpu_seconds(ctx)
+        return ({route: share * total for route, share in cpu_shares(ctx).items()},
+                server_cpu_shares(ctx)[PID] * total)
+
+    (before, server_before), (after, server_after) = cpu(False), cpu(True)
+    # thread 10's rendering, 0.3 s a window over 30 windows, is its one route's
+    assert after["POST /items"] - before["POST /items"] == pytest.approx(9.0, rel=0.01)
+    # thread 11's is no route's, and not the server's work either
+    assert after["GET /orders"] == pytest.approx(before["GET /orders"], rel=0.01)
+    assert server_after == pytest.approx(server_before, rel=0.01)
+
+
+def test_a_routes_handler_in_a_library_is_the_routes_cpu_not_also_the_servers(
+        tmp_path: Path) -> None:
+    # A CMS's page view lives in site-packages: its samples are the route's, and were counted
+    # the server's as well (a Wagtail site read 93% server and 20% routes).
+    serve = Frame("serve", f"{SITE}/wagtail/views.py", 25)
+
+    def cpu(serving: bool) -> tuple[float, float]:
+        """CPU seconds of the route, of the server."""
+        spec = measured_healthy()
+        spec.routes = [*spec.routes,
+                       RouteInfo("GET", "/{}", "wagtail.views:serve", serve.file, 19, False)]
+        spec.requests += [request("GET /{}", T0 + 10 + i * 0.1, 40.0) for i in range(100)]
+        if serving:
+            spec.per_window.append(sample(10, on_worker(serve), 50))
+        with write_and_open(spec, tmp_path / f"{serving}.sqlite") as reader:
+            ctx = build_context(load_session(reader), Thresholds())
+        total = total_cpu_seconds(ctx)
+        return (cpu_shares(ctx).get("GET /{}", 0.0) * total,
+                server_cpu_shares(ctx)[PID] * total)
+
+    (_, server_before), (route, server_after) = cpu(False), cpu(True)
+    assert route == pytest.approx(15.0, rel=0.01)  # 0.5 s a window, 30 windows
+    assert server_after == pytest.approx(server_before, rel=0.01)

@@ -8,7 +8,8 @@ application frame, the endpoints' statistics and the thresholds.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 from apiscope.analysis.attribution import (
     RouteMatcher,
@@ -219,7 +220,45 @@ def attribute(data: SessionData, matcher: RouteMatcher,
             if native and sample.state is SampleState.BLOCKED else 0.0
         out.append(Attributed(window, sample, role, hit[1], hit[2], seconds, hit[3], hit[4],
                               cpu, waited, hit[5], waited_for))
-    return out, passing
+    return _one_request_threads(out), passing
+
+
+def runs_sync_request_code(frames: Sequence[Frame]) -> bool:
+    """Inside asgiref's `SyncToAsync.thread_handler`: a request's sync code (a Django view,
+    sync middleware, a `TemplateResponse` rendered after its view returned)."""
+    return any(f.function.endswith("thread_handler") and f.file.endswith("asgiref/sync.py")
+               for f in frames)
+
+
+def _one_request_threads(samples: list[Attributed]) -> list[Attributed]:
+    """Django's ASGI handler runs each request's sync code in a thread of its own (asgiref's
+    executor per `ThreadSensitiveContext`), and much of it with no handler frame on the stack:
+    a `TemplateResponse` renders after its view returned, sync middleware runs around it. Where
+    a thread's samples in a window name one endpoint, its route-less samples inside asgiref's
+    handler are that endpoint's too: the thread ran that request. A thread whose samples name
+    several endpoints (a pool shared by requests) keeps them route-less."""
+    inside: dict[int, bool] = {}  # per distinct stack (the reader shares their tuples)
+
+    def sync_code(a: Attributed) -> bool:
+        found = inside.get(id(a.sample.frames))
+        if found is None:
+            found = inside[id(a.sample.frames)] = runs_sync_request_code(a.sample.frames)
+        return found
+
+    named: dict[tuple[float, int, int], set[str]] = defaultdict(set)
+    for a in samples:
+        if a.endpoint is not None and sync_code(a):
+            named[(a.window, a.sample.pid, a.sample.tid)].add(a.endpoint)
+    if not named:
+        return samples
+    out = []
+    for a in samples:
+        endpoints = named.get((a.window, a.sample.pid, a.sample.tid))
+        if endpoints is not None and len(endpoints) == 1 and a.endpoint is None \
+                and not a.tool and not a.offloaded and sync_code(a):
+            a = replace(a, endpoint=next(iter(endpoints)))
+        out.append(a)
+    return out
 
 
 _Facts = tuple[tuple[Frame, ...], str | None, Frame | None, bool, bool, bool]

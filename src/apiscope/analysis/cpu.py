@@ -15,9 +15,14 @@ server's own work and the rest add up to at most one.
   is slow for want of CPU, not because of its own code; on a host with CPUs to spare it is
   wake-up latency (a thread woken at each hand-over of the GIL waits for its CPU to wake).
 - The server's share (per process): the CPU of the request-handling threads (event loop,
-  thread pool) while no application frame was on their stack: HTTP parsing, routing,
+  thread pool) while no application frame and no route's handler (one in a library, such as
+  a CMS's page view, is the route's) was on their stack: HTTP parsing, routing,
   middleware, logging, serialisation in the framework, dispatch to the pool; less the timed
-  handed work the samples put on a pool thread's idle stack.
+  handed work the samples put on a pool thread's idle stack. A request's sync code run by
+  asgiref in a thread of its own (Django's views, sync middleware, a `TemplateResponse`
+  rendering after its view returned) is the request's, not the server's, even where no frame
+  names its route (then it is no endpoint's either): on a Wagtail site it was 61% of the
+  process's CPU, read as the server's until then.
 - The native threads' share (per process): the CPU of threads Python does not run, which
   py-spy cannot sample: a C extension's own threads (argon2's lanes, a BLAS pool, a
   compressor's workers), measured as the process's CPU beyond its Python threads'. The
@@ -30,7 +35,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext
+from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, runs_sync_request_code
 
 
 def process_cpu_seconds(ctx: AnalysisContext) -> dict[int, float]:
@@ -161,10 +166,15 @@ def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
     """Each process's share of its CPU time spent in the server's and framework's own work."""
     totals = process_cpu_seconds(ctx)
     server: dict[int, float] = defaultdict(float)
+    requests: dict[int, bool] = {}  # per distinct stack (the reader shares their tuples)
     for a in ctx.samples:
-        if a.cpu and a.user is None and not a.tool and not a.offloaded \
+        if a.cpu and a.user is None and a.endpoint is None and not a.tool and not a.offloaded \
                 and a.role in HANDLER_ROLES:
-            server[a.sample.pid] += a.cpu
+            inside = requests.get(id(a.sample.frames))
+            if inside is None:
+                inside = requests[id(a.sample.frames)] = runs_sync_request_code(a.sample.frames)
+            if not inside:
+                server[a.sample.pid] += a.cpu
     # The timed handed work the samples put on a pool thread's idle stack is the routes'.
     for pid, cpu in HandedWork.of(ctx).beyond_seen().items():
         server[pid] = max(0.0, server[pid] - cpu)
