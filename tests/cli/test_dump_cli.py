@@ -1,10 +1,16 @@
-"""`apiscope dump`'s text: what it says when the agent could not read the requests in flight."""
+"""`apiscope dump`: what it says when the agent could not read the requests in flight, and the
+age of a request that came in while it read."""
 
 from __future__ import annotations
+
+import asyncio
+import threading
 
 import pytest
 
 from apiscope.agent import inflight
+from apiscope.agent.middleware import AgentMiddleware
+from apiscope.agent.recorder import Recorder
 from apiscope.cli.dump import render_text
 
 
@@ -26,3 +32,41 @@ def test_a_readable_dump_has_no_such_note() -> None:
     dump = inflight.dump_state()
     assert "requests_unread" not in dump
     assert "could not be read" not in render_text(dump)
+
+
+def test_a_request_come_in_while_the_dump_reads_has_no_negative_age() -> None:
+    # The dump reads its clock before it walks the loops, while the loop serves on: a request
+    # that arrives meanwhile is just arriving (it read "-0.08 s" before).
+    started, release = threading.Event(), None
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        started.set()
+        await release.wait()
+
+    loop = asyncio.new_event_loop()
+
+    async def serve() -> None:
+        nonlocal release
+        release = asyncio.Event()
+        middleware = AgentMiddleware(app, Recorder())
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: dict) -> None:
+            pass
+
+        await middleware({"type": "http", "method": "GET", "path": "/slow", "headers": []},
+                         receive, send)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),))
+    thread.start()
+    try:
+        assert started.wait(5)
+        dump = inflight.dump_state(clock=lambda: 0.0)  # read "before" the request came in
+        [row] = [r for r in dump["requests"] if r["method"] == "GET"]
+        assert row["elapsed_s"] == 0.0
+    finally:
+        loop.call_soon_threadsafe(lambda: release.set())
+        thread.join(5)
+        loop.close()

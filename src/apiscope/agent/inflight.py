@@ -397,7 +397,9 @@ def _in_flight(frames: dict[int, FrameType], now: float) -> list[dict[str, Any]]
                 row["before_agent"] = True
             else:
                 row = _request_row(route_now(served.middleware, scope), method, path,
-                                   now - served.request.called, served.task, thread, frames)
+                                   # a request come in since `now` was read: just arrived
+                                   max(0.0, now - served.request.called), served.task, thread,
+                                   frames)
             rows.append(_continued(row, served, thread, frames))
     return rows
 
