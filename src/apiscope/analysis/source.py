@@ -51,6 +51,25 @@ def def_line(path: str, first_line: int) -> int:
     return function.lineno if function is not None else first_line
 
 
+@functools.lru_cache(maxsize=1024)
+def class_line(path: str, qualname: str) -> int | None:
+    """The `class` line of the class `qualname` (`Outer.Inner`) in the Python file `path`;
+    None when the source is not readable here or holds no such class."""
+    tree = _tree(path)
+    if tree is None:
+        return None
+    names = qualname.split(".")
+    scope: list[ast.stmt] = tree.body
+    found: ast.ClassDef | None = None
+    for name in names:
+        found = next((node for node in scope
+                      if isinstance(node, ast.ClassDef) and node.name == name), None)
+        if found is None:
+            return None
+        scope = found.body
+    return found.lineno if found is not None else None
+
+
 def _function_at(path: str, first_line: int) -> Function | None:
     tree = _tree(path)
     if tree is None:

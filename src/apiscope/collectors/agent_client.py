@@ -22,6 +22,7 @@ from apiscope.agent.paths import (
     socket_dir_for,
     socket_path,
 )
+from apiscope.analysis.source import class_line
 from apiscope.collectors.oncpu import LineLooks
 from apiscope.errors import TargetError
 from apiscope.model import (
@@ -458,8 +459,11 @@ def _request(r: list[Any] | dict[str, Any], pid: int) -> RequestRecord:
 
 
 def _route(r: dict[str, Any]) -> RouteInfo:
+    view, view_file = str(r.get("view") or ""), str(r.get("view_file") or "")
+    view_line = int(r.get("view_line") or 0)
+    if view_file and ":" in view:  # the agent reads no source: its class line, from here
+        view_line = class_line(view_file, view.partition(":")[2]) or view_line
     return RouteInfo(method=str(r["method"]), template=str(r["template"]),
                      handler=str(r["handler"]), file=str(r["file"]), line=int(r["line"]),
-                     is_async=bool(r["is_async"]), view=str(r.get("view") or ""),
-                     view_file=str(r.get("view_file") or ""),
-                     view_line=int(r.get("view_line") or 0))
+                     is_async=bool(r["is_async"]), view=view, view_file=view_file,
+                     view_line=view_line)
