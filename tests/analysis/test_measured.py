@@ -927,3 +927,23 @@ def test_a_routes_handler_in_a_library_is_the_routes_cpu_not_also_the_servers(
     (_, server_before), (route, server_after) = cpu(False), cpu(True)
     assert route == pytest.approx(15.0, rel=0.01)  # 0.5 s a window, 30 windows
     assert server_after == pytest.approx(server_before, rel=0.01)
+
+
+def test_a_handler_seen_off_cpu_on_the_loop_once_is_no_blocking_call(tmp_path: Path) -> None:
+    # A Prefect route's `pendulum.now()` (6 us) was caught off-CPU by one sample at 2 Hz: half
+    # a second of "waiting", 14 ms a request over its few requests, flagged as a blocking call.
+    def flags(blocked_windows: tuple[int, ...]) -> list[dict[str, Any]]:
+        spec = measured_healthy()
+        spec.requests += [request("GET /reports/summary", T0 + 1 + i * 0.7, 30.0)
+                          for i in range(40)]
+        spec.per_window.append(sample(LOOP_TID, on_loop(app("summary", 84)), 1))
+        spec.extra_windows = {w: [sample(LOOP_TID, on_loop(app("summary", 88)), 50,
+                                         SampleState.BLOCKED)] for w in blocked_windows}
+        # the window with most of the route's loop time (left out as a possible one-off)
+        spec.extra_windows[2] = [sample(LOOP_TID, on_loop(app("summary", 84)), 60)]
+        report = report_of(spec, tmp_path / "-".join(map(str, blocked_windows)))
+        return [f for f in report["flags"] if f["kind"] == "event_loop_blocked"]
+
+    assert flags((5,)) == []
+    [flag] = flags((5, 12, 20, 27))  # off-CPU there again and again: a pattern
+    assert flag["route"] == "GET /reports/summary" and flag["location"]["line"] == 88

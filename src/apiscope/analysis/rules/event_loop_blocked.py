@@ -41,7 +41,8 @@ Two sources, the measured one first:
   handler, such as a FastAPI dependency, is the watchdog's to judge): the loop thread's
   non-idle samples inside one endpoint's handler, RUNNING (the kernel measured the thread on
   a CPU) or BLOCKED (off-CPU, less the time the kernel says it waited in the run queue for a
-  CPU). Only long holds count:
+  CPU; off-CPU samples in fewer than `MIN_RECURRENCES` windows count as none). Only long
+  holds count:
   `loop_stall_ms_per_request` of off-CPU time per request, or `loop_cpu_ms_per_request` of loop
   time in all; without request counts (no agent), only the medium grade and above is flagged.
 """
@@ -622,9 +623,14 @@ class EventLoopBlockedRule:
         fraction = count / total
         severity = grade(fraction, th.loop_blocked_fraction)
         # Off-CPU time waiting in the run queue (a starved host) is not the code's own wait.
-        seconds = sum(a.cpu + a.waited for a in samples) if ctx.activity_known else sum(
-            a.seconds for a in samples)
         waits = sum(a.waited for a in samples)
+        if len({a.window for a in samples if a.waited > 0}) < MIN_RECURRENCES:
+            # Off-CPU in one or two windows is no pattern: at the budget's lowest rates one
+            # sample stands for half a second (a `pendulum.now()` of 6 us, caught once off-CPU
+            # at 2 Hz, read 14 ms of waiting per request of a Prefect route).
+            waits = 0.0
+        seconds = sum(a.cpu for a in samples) + waits if ctx.activity_known else sum(
+            a.seconds for a in samples)
         burst_end = next((w.end for w in ctx.data.windows if w.start == burst), burst)
         requests = sum(1 for r in ctx.by_endpoint.get(endpoint, [])
                        if not burst <= r.start < burst_end) if endpoint else 0
