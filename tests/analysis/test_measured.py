@@ -947,3 +947,20 @@ def test_a_handler_seen_off_cpu_on_the_loop_once_is_no_blocking_call(tmp_path: P
     assert flags((5,)) == []
     [flag] = flags((5, 12, 20, 27))  # off-CPU there again and again: a pattern
     assert flag["route"] == "GET /reports/summary" and flag["location"]["line"] == 88
+
+
+def test_a_greenlets_stack_on_the_loop_thread_is_not_the_servers_work(tmp_path: Path) -> None:
+    # SQLAlchemy's asyncio ORM runs a query's sync half in a greenlet: on the loop thread, a
+    # stack with no loop under it (a third of a Prefect server's CPU, read as the server's).
+    greenlet = (Frame("Session.execute", f"{SITE}/sqlalchemy/orm/session.py", 2351),
+                Frame("compile", f"{SITE}/sqlalchemy/sql/elements.py", 309))
+
+    def server_cpu(with_greenlet: bool) -> float:
+        spec = measured_healthy()
+        if with_greenlet:
+            spec.per_window.append(sample(LOOP_TID, greenlet, 30))
+        with write_and_open(spec, tmp_path / f"{with_greenlet}.sqlite") as reader:
+            ctx = build_context(load_session(reader), Thresholds())
+        return server_cpu_shares(ctx)[PID] * total_cpu_seconds(ctx)
+
+    assert server_cpu(True) == pytest.approx(server_cpu(False), rel=0.01)

@@ -35,7 +35,14 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, runs_sync_request_code
+from apiscope.analysis.context import (
+    HANDLER_ROLES,
+    AnalysisContext,
+    Attributed,
+    runs_sync_request_code,
+)
+from apiscope.collectors.threads import stack_role
+from apiscope.model import ThreadRole
 
 
 def process_cpu_seconds(ctx: AnalysisContext) -> dict[int, float]:
@@ -172,7 +179,7 @@ def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
                 and a.role in HANDLER_ROLES:
             inside = requests.get(id(a.sample.frames))
             if inside is None:
-                inside = requests[id(a.sample.frames)] = runs_sync_request_code(a.sample.frames)
+                inside = requests[id(a.sample.frames)] = _request_work(a)
             if not inside:
                 server[a.sample.pid] += a.cpu
     # The timed handed work the samples put on a pool thread's idle stack is the routes'.
@@ -191,6 +198,16 @@ def host_busy_share(ctx: AnalysisContext) -> float | None:
         weighted += busy * length
         seconds += length
     return weighted / seconds if seconds > 0 else None
+
+
+def _request_work(a: Attributed) -> bool:
+    """A request's work that no frame names the route of: sync code asgiref runs in a thread of
+    its own, or a greenlet's stack on the loop thread (SQLAlchemy's asyncio ORM runs a query's
+    sync half, compiling and loading rows, in a greenlet whose stack has no loop under it: a
+    third of a Prefect server's CPU, read as the server's until then)."""
+    if a.role is ThreadRole.LOOP and stack_role(a.sample.frames) is not ThreadRole.LOOP:
+        return True
+    return runs_sync_request_code(a.sample.frames)
 
 
 def runqueue_shares(ctx: AnalysisContext) -> dict[int, float]:
