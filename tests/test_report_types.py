@@ -39,9 +39,10 @@ SAMPLES_ADDED = ["cpu_measured", "windows_dropped", "windows_failed", "errors_wh
 ENDPOINT = ["route", "handler", "count", "rps", "p50_ms", "p95_ms", "p99_ms", "max_ms",
             "error_rate", "cpu_share"]
 # The contract's process keys, with the host's run-queue share and the native threads' CPU
-# share before the loop's lag.
+# share before the loop's lag, and the garbage collector's passes of the loop after it.
 PROCESS = ["pid", "cpu_percent_avg", "rss_mb_max", "rss_mb_slope_per_min", "threads_max",
-           "fds_max", "server_cpu_share", "runqueue_share", "native_cpu_share", "loop_lag_ms"]
+           "fds_max", "server_cpu_share", "runqueue_share", "native_cpu_share", "loop_lag_ms",
+           "loop_gc_pauses"]
 FLAG = ["kind", "severity", "route", "location", "evidence", "metric", "suggestion"]
 LOCATION = ["file", "line", "function"]
 

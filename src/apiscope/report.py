@@ -244,6 +244,23 @@ class LoopLag:
 
 
 @dataclass(frozen=True, slots=True)
+class GcPauses:
+    """The passes of a process's event loop that its garbage collector held (the agent's loop
+    watchdog): how many, their seconds in all and the longest (ms)."""
+
+    count: int
+    seconds: float
+    longest_ms: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "seconds": self.seconds, "longest_ms": self.longest_ms}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GcPauses:
+        return cls(data["count"], data["seconds"], data["longest_ms"])
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessStats:
     """One process's resource figures; the shares and the loop lag are None when unknown."""
 
@@ -257,6 +274,7 @@ class ProcessStats:
     runqueue_share: float | None
     loop_lag_ms: LoopLag | None
     native_cpu_share: float | None = None  # threads Python does not run (a C extension's)
+    loop_gc_pauses: GcPauses | None = None  # None: the loop not watched, or no pause held
 
     def to_json(self) -> dict[str, Any]:
         return {"pid": self.pid, "cpu_percent_avg": self.cpu_percent_avg,
@@ -264,15 +282,18 @@ class ProcessStats:
                 "threads_max": self.threads_max, "fds_max": self.fds_max,
                 "server_cpu_share": self.server_cpu_share, "runqueue_share": self.runqueue_share,
                 "native_cpu_share": self.native_cpu_share,
-                "loop_lag_ms": None if self.loop_lag_ms is None else self.loop_lag_ms.to_json()}
+                "loop_lag_ms": None if self.loop_lag_ms is None else self.loop_lag_ms.to_json(),
+                "loop_gc_pauses": None if self.loop_gc_pauses is None
+                else self.loop_gc_pauses.to_json()}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ProcessStats:
-        lag = data.get("loop_lag_ms")
+        lag, gc = data.get("loop_lag_ms"), data.get("loop_gc_pauses")
         return cls(data["pid"], data["cpu_percent_avg"], data["rss_mb_max"],
                    data["rss_mb_slope_per_min"], data["threads_max"], data["fds_max"],
                    data.get("server_cpu_share"), data.get("runqueue_share"),
-                   LoopLag.from_json(lag) if lag else None, data.get("native_cpu_share"))
+                   LoopLag.from_json(lag) if lag else None, data.get("native_cpu_share"),
+                   GcPauses.from_json(gc) if gc else None)
 
 
 @dataclass(frozen=True, slots=True)

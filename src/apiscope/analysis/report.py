@@ -214,6 +214,11 @@ def render_text(report: Report) -> str:
                   _share(p.server_cpu_share), _share(p.native_cpu_share)]
                  for p in report.processes]
         out += ["", "Processes", *_table(rows)]
+        out += [f"  pid {p.pid}: the garbage collector held the event loop"
+                f" {p.loop_gc_pauses.count} times, {p.loop_gc_pauses.seconds:.2f} s in all (longest"
+                f" {p.loop_gc_pauses.longest_ms:.0f} ms); no line's fault: fewer long-lived"
+                " objects made per request, or gc.freeze() after start-up, make its passes"
+                " shorter" for p in report.processes if p.loop_gc_pauses is not None]
     flags = report.flags
     out += ["", f"Flags ({len(flags)})"]
     if not flags:

@@ -20,7 +20,7 @@ from apiscope.analysis.cpu import (
     server_cpu_shares,
 )
 from apiscope.model import RequestRecord, ResourceSample
-from apiscope.report import EndpointStats, LoopLag, ProcessStats
+from apiscope.report import EndpointStats, GcPauses, LoopLag, ProcessStats
 
 MB = 1024 * 1024
 
@@ -162,6 +162,17 @@ def rss_slope_mb_per_min(samples: Sequence[ResourceSample]) -> float:
     return fit.slope if fit else 0.0
 
 
+def loop_gc_pauses(ctx: AnalysisContext, pid: int) -> GcPauses | None:
+    """The passes of a process's event loop its garbage collector held, as the agent's loop
+    watchdog timed them (None without such a pass). No line's fault, so no flag; but a full
+    collection of a large heap holds every request on the loop (a Prefect server's: 250-420 ms
+    every 11-17 s, its health checks' p99)."""
+    held = [s.duration_ms for s in ctx.data.loop_stalls if s.pid == pid and s.held == "gc"]
+    if not held:
+        return None
+    return GcPauses(len(held), round(sum(held) / 1000, 3), round(max(held), 1))
+
+
 def loop_lag(ctx: AnalysisContext, pid: int) -> LoopLag | None:
     """p50 and p99 of the event loop's lag in one process (ms), from the agent's probes: the
     probe-weighted median of the per-interval p50s and the worst interval's p99 (None
@@ -199,6 +210,7 @@ def process_stats(ctx: AnalysisContext) -> list[ProcessStats]:
             server_cpu_share=round(server[pid], 4) if pid in server else None,
             runqueue_share=round(waits[pid], 4) if pid in waits else None,
             loop_lag_ms=loop_lag(ctx, pid),
+            loop_gc_pauses=loop_gc_pauses(ctx, pid),
             native_cpu_share=round(native[pid], 4) if pid in native else None,
         ))
     return out
