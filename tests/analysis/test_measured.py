@@ -983,3 +983,14 @@ def test_the_garbage_collectors_passes_of_the_loop_are_reported_not_flagged(
             " (longest 340 ms)") in render_text(report)
     assert report_of(measured_healthy(), tmp_path / "b")["processes"][0]["loop_gc_pauses"] \
         is None
+
+
+def test_the_text_report_gives_the_rate_the_budget_allowed(tmp_path: Path) -> None:
+    # It read "691 stack samples at 100 Hz" where the budget had sampled at 2-5 Hz.
+    with write_and_open(measured_healthy(), tmp_path / "s.sqlite") as reader:
+        report = build_report(reader)
+    assert "stack samples at 100 Hz," in render_text(report)  # as asked: no budget cut it
+    cut = replace(report, samples=replace(report.samples, effective_rate_hz=4.4,
+                                          max_overhead_percent=2.0, overhead_percent=3.064))
+    assert ("stack samples at 4.4 Hz on average (100 Hz asked, cost 3.1% against a 2% budget)"
+            in render_text(cut))

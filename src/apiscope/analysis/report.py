@@ -179,6 +179,18 @@ def _table(rows: list[list[str]]) -> list[str]:
             for row in rows]
 
 
+def _rate(samples: SampleSummary) -> str:
+    """The rate the samples were taken at: what the budget allowed of the rate asked for."""
+    asked = f"{samples.rate_hz} Hz" if samples.rate_hz else "- Hz"
+    if samples.effective_rate_hz is None or samples.effective_rate_hz == samples.rate_hz:
+        return asked
+    within = ""
+    if samples.max_overhead_percent is not None and samples.overhead_percent is not None:
+        within = (f", cost {samples.overhead_percent:.1f}% against a"
+                  f" {samples.max_overhead_percent:g}% budget")
+    return f"{samples.effective_rate_hz:g} Hz on average ({asked} asked{within})"
+
+
 def render_text(report: Report) -> str:
     """A readable terminal report: target, endpoints, processes, then the flags."""
     target, window, samples = report.target, report.window, report.samples
@@ -186,7 +198,7 @@ def render_text(report: Report) -> str:
            f"  pids {', '.join(map(str, target.pids)) or '-'}; server"
            f" {target.server or '-'}; python {target.python or '-'}",
            f"  window {window.start} .. {window.end} ({window.seconds:.0f} s);"
-           f" {samples.total} stack samples at {samples.rate_hz or '-'} Hz,"
+           f" {samples.total} stack samples at {_rate(samples)},"
            f" {samples.errors} errors", ""]
     if samples.windows_unmeasured is not None:
         out[-1:-1] = [f"  CPU not measured for {samples.windows_unmeasured} process window(s)"
