@@ -141,11 +141,12 @@ class ProcessTable(ThreadCpuReader):
         super().__init__()
         self.cpu: dict[int, float] = {}
         self.reaped = 0.0
+        self.host: tuple[int, int] | None = None  # the host's (busy, all) ticks
 
     def read(self, pids: Iterable[int], parents: Iterable[int] = ()) -> CpuReading:
         live = {pid: self.cpu[pid] for pid in pids if pid in self.cpu}
         return CpuReading({(pid, pid): s for pid, s in live.items()}, live,
-                          reaped={1: self.reaped} if 1 in set(parents) else {})
+                          reaped={1: self.reaped} if 1 in set(parents) else {}, host=self.host)
 
 
 def worker_stack(pid: int) -> str:
@@ -177,6 +178,19 @@ def test_a_recycled_worker_is_measured_from_its_first_window_and_the_old_one_to_
     # 11 read from the launch on: nothing used in window 1 (it was not sampled there).
     assert [w.process_cpu for w in got] == [{10: 0.5, 11: 0.0}, {10: 0.75, 11: 0.25}]
     assert got[1].thread_cpu == {(11, 11): 0.25}
+
+
+def test_the_hosts_busy_share_is_kept_when_a_new_worker_is_read_as_its_window_starts() -> None:
+    table = ProcessTable()
+    table.cpu, table.host = {10: 1.0}, (100, 1000)
+    got: list[StackWindow] = []
+    m = WindowMeter(1, got.append, SamplerStats(), table, reads_root=False)
+    m.begin([10])
+    table.cpu, table.host = {10: 1.5, 11: 0.75}, (160, 1100)  # read for 11 only, mid-window
+    m.expect([10, 11])
+    table.host = (250, 1200)
+    m.add([(f"{worker_stack(10)} 10\n", 10)], EXIT, 0.0, 1.0, 100, active_only=True)
+    assert got[0].host_busy == pytest.approx(150 / 200)  # from the window's start, not 11's
 
 
 def test_workers_started_after_a_window_ended_are_read_as_their_window_starts() -> None:

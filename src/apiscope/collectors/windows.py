@@ -15,7 +15,7 @@ error) and the next one goes on: no stack ends a session.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from apiscope.collectors.gillooks import GilLooks
 from apiscope.collectors.native import native_cpu
@@ -103,9 +103,11 @@ class WindowMeter:
         if new:
             now = self._cpu.read(new)
             mark = self._mark
-            self._mark = CpuReading({**mark.threads, **now.threads},
-                                    {**mark.processes, **now.processes},
-                                    {**mark.runqueue, **now.runqueue}, mark.reaped)
+            # The new workers' figures join the mark; its reaped children's and the host's
+            # stay as read at the window's start.
+            self._mark = replace(mark, threads={**mark.threads, **now.threads},
+                                 processes={**mark.processes, **now.processes},
+                                 runqueue={**mark.runqueue, **now.runqueue})
 
     def add(self, text: str | Sequence[tuple[str, int]], result: SpyExit, start: float,
             end: float, rate_hz: int, active_only: bool = False) -> None:
