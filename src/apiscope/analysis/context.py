@@ -21,6 +21,7 @@ from apiscope.analysis.attribution import (
 )
 from apiscope.analysis.source import enclosing_function
 from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds
+from apiscope.collectors.threads import stack_role
 from apiscope.flag import Flag as Flag  # the rules' output type, re-exported for them
 from apiscope.model import (
     Frame,
@@ -131,6 +132,11 @@ class Attributed:
     # CPU seconds of threads Python does not run that these (BLOCKED) samples waited for in a
     # C extension's call (`collectors/native.py`): the route's, never a line's own CPU.
     native: float = 0.0
+    # A request's own work that no frame may name the route of: its sync code, run by asgiref
+    # in a thread of its own (a Django view, a `TemplateResponse` rendered after it returned),
+    # or a greenlet's stack on the loop thread, with no loop under it (SQLAlchemy's asyncio
+    # ORM compiling a query and loading its rows). Never the server's own work.
+    request_work: bool = False
 
     @property
     def active(self) -> bool:
@@ -218,12 +224,13 @@ def attribute(data: SessionData, matcher: RouteMatcher,
             waited = seconds
         waited_for = native.get((window, sample.pid, sample.tid, sample.frames), 0.0) \
             if native and sample.state is SampleState.BLOCKED else 0.0
+        request_work = hit[6] or (role is ThreadRole.LOOP and not hit[7])
         out.append(Attributed(window, sample, role, hit[1], hit[2], seconds, hit[3], hit[4],
-                              cpu, waited, hit[5], waited_for))
+                              cpu, waited, hit[5], waited_for, request_work))
     return _one_request_threads(out), passing
 
 
-def runs_sync_request_code(frames: Sequence[Frame]) -> bool:
+def _runs_sync_request_code(frames: Sequence[Frame]) -> bool:
     """Inside asgiref's `SyncToAsync.thread_handler`: a request's sync code (a Django view,
     sync middleware, a `TemplateResponse` rendered after its view returned)."""
     return any(f.function.endswith("thread_handler") and f.file.endswith("asgiref/sync.py")
@@ -237,13 +244,9 @@ def _one_request_threads(samples: list[Attributed]) -> list[Attributed]:
     a thread's samples in a window name one endpoint, its route-less samples inside asgiref's
     handler are that endpoint's too: the thread ran that request. A thread whose samples name
     several endpoints (a pool shared by requests) keeps them route-less."""
-    inside: dict[int, bool] = {}  # per distinct stack (the reader shares their tuples)
 
-    def sync_code(a: Attributed) -> bool:
-        found = inside.get(id(a.sample.frames))
-        if found is None:
-            found = inside[id(a.sample.frames)] = runs_sync_request_code(a.sample.frames)
-        return found
+    def sync_code(a: Attributed) -> bool:  # request work off the loop thread: asgiref's
+        return a.request_work and a.role is not ThreadRole.LOOP
 
     named: dict[tuple[float, int, int], set[str]] = defaultdict(set)
     for a in samples:
@@ -261,13 +264,13 @@ def _one_request_threads(samples: list[Attributed]) -> list[Attributed]:
     return out
 
 
-_Facts = tuple[tuple[Frame, ...], str | None, Frame | None, bool, bool, bool]
+_Facts = tuple[tuple[Frame, ...], str | None, Frame | None, bool, bool, bool, bool, bool]
 
 
 def _stack_facts(data: SessionData, matcher: RouteMatcher,
                  ) -> tuple[dict[int, _Facts], set[tuple[str, int]]]:
     """Per distinct stack: (frames, endpoint, application frame, importing, tool work, work
-    handed to a pool). The
+    handed to a pool, inside asgiref's sync code, a loop under it). The
     application frame is the handler's (`request_frame`); a middleware line passing requests
     on (`dispatch_lines`) is none when no handler runs below it."""
     handlers: dict[int, tuple[tuple[Frame, ...], int | None, str | None]] = {}
@@ -284,7 +287,8 @@ def _stack_facts(data: SessionData, matcher: RouteMatcher,
         facts[key] = (frames, endpoint, user,
                       any(f.file.startswith("<frozen importlib") for f in frames),
                       is_tool_work(frames),
-                      endpoint is None and offloaded_work(frames, matcher.roots))
+                      endpoint is None and offloaded_work(frames, matcher.roots),
+                      _runs_sync_request_code(frames), stack_role(frames) is ThreadRole.LOOP)
     return facts, passing
 
 

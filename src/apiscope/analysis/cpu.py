@@ -22,7 +22,8 @@ server's own work and the rest add up to at most one.
   asgiref in a thread of its own (Django's views, sync middleware, a `TemplateResponse`
   rendering after its view returned) is the request's, not the server's, even where no frame
   names its route (then it is no endpoint's either): on a Wagtail site it was 61% of the
-  process's CPU, read as the server's until then.
+  process's CPU, read as the server's until then. So is a greenlet's stack on the loop thread
+  (`Attributed.request_work`): a third of a Prefect server's CPU.
 - The native threads' share (per process): the CPU of threads Python does not run, which
   py-spy cannot sample: a C extension's own threads (argon2's lanes, a BLAS pool, a
   compressor's workers), measured as the process's CPU beyond its Python threads'. The
@@ -35,14 +36,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from apiscope.analysis.context import (
-    HANDLER_ROLES,
-    AnalysisContext,
-    Attributed,
-    runs_sync_request_code,
-)
-from apiscope.collectors.threads import stack_role
-from apiscope.model import ThreadRole
+from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext
 
 
 def process_cpu_seconds(ctx: AnalysisContext) -> dict[int, float]:
@@ -173,15 +167,10 @@ def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
     """Each process's share of its CPU time spent in the server's and framework's own work."""
     totals = process_cpu_seconds(ctx)
     server: dict[int, float] = defaultdict(float)
-    requests: dict[int, bool] = {}  # per distinct stack (the reader shares their tuples)
     for a in ctx.samples:
         if a.cpu and a.user is None and a.endpoint is None and not a.tool and not a.offloaded \
-                and a.role in HANDLER_ROLES:
-            inside = requests.get(id(a.sample.frames))
-            if inside is None:
-                inside = requests[id(a.sample.frames)] = _request_work(a)
-            if not inside:
-                server[a.sample.pid] += a.cpu
+                and not a.request_work and a.role in HANDLER_ROLES:
+            server[a.sample.pid] += a.cpu
     # The timed handed work the samples put on a pool thread's idle stack is the routes'.
     for pid, cpu in HandedWork.of(ctx).beyond_seen().items():
         server[pid] = max(0.0, server[pid] - cpu)
@@ -198,16 +187,6 @@ def host_busy_share(ctx: AnalysisContext) -> float | None:
         weighted += busy * length
         seconds += length
     return weighted / seconds if seconds > 0 else None
-
-
-def _request_work(a: Attributed) -> bool:
-    """A request's work that no frame names the route of: sync code asgiref runs in a thread of
-    its own, or a greenlet's stack on the loop thread (SQLAlchemy's asyncio ORM runs a query's
-    sync half, compiling and loading rows, in a greenlet whose stack has no loop under it: a
-    third of a Prefect server's CPU, read as the server's until then)."""
-    if a.role is ThreadRole.LOOP and stack_role(a.sample.frames) is not ThreadRole.LOOP:
-        return True
-    return runs_sync_request_code(a.sample.frames)
 
 
 def runqueue_shares(ctx: AnalysisContext) -> dict[int, float]:
