@@ -187,6 +187,11 @@ class SlowEndpointRule:
         profiled = aggregate(ctx.data.profiles, ctx.matcher.roots, ctx.thresholds.await_min_ms,
                              ctx.matcher) if ctx.data.profiles else {}
         warm = warmup_end(ctx)
+        # Whether the host had no CPU to spare: one answer for every route.
+        starved = max(runqueue_shares(ctx).values(), default=0.0)
+        host = host_busy_share(ctx)
+        if host is not None and host < HOST_BUSY:
+            starved = 0.0  # CPUs to spare: the waits were wake-ups, not want of CPU
         for endpoint in sorted(ctx.by_endpoint):
             records = ctx.by_endpoint[endpoint]
             steady = [r for r in records if r.start >= warm]
@@ -219,10 +224,6 @@ class SlowEndpointRule:
                                               "slo_ms": ctx.slo_ms, "count": len(records)}
             suggestion = SUGGESTION
             library = library_cost(ctx, endpoint, len(ctx.by_endpoint[endpoint]))
-            starved = max(runqueue_shares(ctx).values(), default=0.0)
-            host = host_busy_share(ctx)
-            if host is not None and host < HOST_BUSY:
-                starved = 0.0  # CPUs to spare: the waits were wake-ups, not want of CPU
             if site is not None and site.waits_for:
                 metric["waits_for"] = site.waits_for
                 severity, suggestion = "low", SUGGEST_RENDEZVOUS
