@@ -1,6 +1,7 @@
 """Layers import downward only: cli -> dashboard, metrics, exporters -> analysis -> store ->
 model (and `flag`, `report` and `sessionmeta`, the typed flags, report and session metadata
-beside it). A lower layer importing
+beside it); the collectors import no analysis, and the source reader (`source`), which both
+use, imports neither. A lower layer importing
 a higher one would tie, say, the analysis to how a report is drawn; and SQL stays in the store,
 so a schema change is the store's alone."""
 
@@ -21,6 +22,9 @@ ABOVE = {
     "sessionmeta": ("store", "analysis", "exporters", "dashboard", "metrics", "cli"),
     "store": ("analysis", "exporters", "dashboard", "metrics", "cli"),
     "analysis": ("exporters", "dashboard", "metrics", "cli"),
+    # What runs beside a live target gathers and stores; how it is read is not its business.
+    "collectors": ("analysis", "exporters", "dashboard", "metrics", "cli"),
+    "source": ("store", "analysis", "collectors", "exporters", "dashboard", "metrics", "cli"),
 }
 
 

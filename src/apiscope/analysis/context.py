@@ -19,7 +19,6 @@ from apiscope.analysis.attribution import (
     passes_on,
     request_frame,
 )
-from apiscope.analysis.source import enclosing_function
 from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds
 from apiscope.collectors.threads import stack_role
 from apiscope.flag import Flag as Flag  # the rules' output type, re-exported for them
@@ -42,6 +41,7 @@ from apiscope.model import (
     WindowInfo,
 )
 from apiscope.sessionmeta import SessionMeta
+from apiscope.source import enclosing_function
 from apiscope.store.reader import SessionReader
 
 # Thread roles whose samples run request handlers: the denominators of every share.

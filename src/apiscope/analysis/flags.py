@@ -10,12 +10,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import PurePath
 
 from apiscope.analysis.context import AnalysisContext
-from apiscope.analysis.source import def_line
 from apiscope.flag import Flag as Flag
 from apiscope.flag import Location as Location
 from apiscope.flag import Metric as Metric
 from apiscope.flag import MetricValue as MetricValue
 from apiscope.model import Frame
+from apiscope.source import def_line
 
 SEVERITIES = ("low", "medium", "high")
 

@@ -22,7 +22,6 @@ from apiscope.agent.paths import (
     socket_dir_for,
     socket_path,
 )
-from apiscope.analysis.source import class_line
 from apiscope.collectors.oncpu import LineLooks
 from apiscope.errors import TargetError
 from apiscope.model import (
@@ -40,6 +39,7 @@ from apiscope.model import (
     ThreadPoolSample,
     UnfinishedRequest,
 )
+from apiscope.source import class_line
 
 MAX_RESPONSE_BYTES = 512 * 1024 * 1024  # a full ring buffer is tens of MB; this is a sanity cap
 

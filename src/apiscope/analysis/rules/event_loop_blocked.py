@@ -71,10 +71,10 @@ from apiscope.analysis.attribution import (
 )
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
 from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct, where
-from apiscope.analysis.source import hands_back_at
 from apiscope.analysis.thresholds import grade
 from apiscope.frames import package_of
 from apiscope.model import Frame, LoopStall, ThreadRole
+from apiscope.source import hands_back_at
 
 LOW_MIN_STALLS = 3
 # A pass this long seen at one look only is taken as held by the code seen (a stall's stack

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apiscope.analysis.source import def_line, enclosing_function, hands_back_at
+from apiscope.source import def_line, enclosing_function, hands_back_at
 
 SOURCE = '''import functools
 
