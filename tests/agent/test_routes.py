@@ -18,6 +18,7 @@ from apiscope.agent.middleware import AgentMiddleware
 from apiscope.agent.recorder import Recorder, RequestEntry
 from apiscope.agent.routes import RouteRegistry
 from apiscope.collectors.agent_client import _route
+from tests.agent.helpers import get_all
 from tests.frameworks import falcon_app, quart_app
 
 Handler = Callable[..., Awaitable[Any]]
@@ -199,7 +200,7 @@ def test_deferred_routes_are_named_when_drained_and_a_failing_router_groups_the_
     def broken(method: str, path: str) -> str:
         raise RuntimeError("a router we misread")
 
-    registry._matched[0] = ("quart", app, broken)
+    registry._matched[0] = ("quart", app, broken, None)
     registry._resolved.clear()
     assert registry.resolve("GET", "/items/12") == "/items/{int}"
     assert registry.errors == 1
@@ -221,3 +222,58 @@ def test_a_request_in_flight_is_named_by_the_quart_router_too() -> None:
     middleware = AgentMiddleware(quart_app.app, Recorder())
     assert route_now(middleware, {"method": "GET", "path": "/items/3"}) == "/items/<int:item_id>"
     assert route_now(middleware, {"method": "GET", "path": "/nope"}) == "<unmatched>"
+
+
+def flask_app() -> Any:
+    from flask import Flask
+
+    app = Flask("legacy")
+
+    @app.route("/runs/<run_id>")
+    def get_run(run_id: str) -> str:
+        return run_id
+
+    @app.route("/runs/search", methods=["POST"])
+    def search_runs() -> str:
+        return "[]"
+
+    return app
+
+
+def test_a_flask_app_mounted_through_wsgi_middleware_is_matched_at_pull_time() -> None:
+    """A FastAPI app that keeps its older Flask API behind Starlette's WSGIMiddleware (as
+    MLflow's server does): the Flask requests leave only the mounted adapter in the scope."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Starlette deprecates it; MLflow keeps a copy of it
+        from starlette.middleware.wsgi import WSGIMiddleware
+
+    api = FastAPI()
+
+    @api.get("/health")
+    def health() -> str:
+        return "ok"
+
+    api.mount("/v1", WSGIMiddleware(flask_app()))
+    api.mount("/", WSGIMiddleware(flask_app()))  # a catch-all mount, last
+    recorder = Recorder()
+    middleware = AgentMiddleware(api, recorder)
+    answers = get_all(middleware, ["/health", "/runs/7", "/v1/runs/8", "/v1/nothing",
+                                   "/nothing"]) + get_all(middleware, ["/runs/search"], "POST")
+    assert [a.status_code for a in answers] == [200, 200, 200, 404, 404, 200]
+    routes = [(e.method, e.route) for e in middleware.routes.resolve_entries(recorder.drain())]
+    assert routes == [("GET", "/health"), ("GET", "/runs/<run_id>"),
+                      ("GET", "/v1/runs/<run_id>"),
+                      # Starlette sends /v1/... to the /v1 mount, whose app has no such rule:
+                      # not matched against the catch-all's rules.
+                      ("GET", "<unmatched>"), ("GET", "<unmatched>"),
+                      ("POST", "/runs/search")]
+    rows = {(r["method"], r["template"]): r["handler"] for r in middleware.routes.rows}
+    assert rows["GET", "/v1/runs/<run_id>"].endswith("flask_app.<locals>.get_run")
+    assert rows["POST", "/runs/search"].endswith("flask_app.<locals>.search_runs")
+    assert middleware.routes.routing()["frameworks"] == ["flask", "starlette"]
+    # A request in flight is named by Flask's router too (`apiscope dump`).
+    scope = {"method": "GET", "path": "/runs/3", "endpoint": api.routes[-1].app,
+             "router": api.router}
+    assert route_now(middleware, scope) == "/runs/<run_id>"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -53,9 +54,11 @@ def gunicorn_argv(port: int, workers: int = 2) -> list[str]:
 
 
 @contextmanager
-def spawned(argv: Sequence[str]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+def spawned(argv: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None = None,
+            ) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, cwd=cwd,
+                            env={**os.environ, **env} if env else None)
     try:
         yield proc
     finally:
@@ -184,3 +187,43 @@ def test_a_python_runner_like_poetry_run_is_followed_to_the_server(
         target = describe_target(proc.pid)
     assert (target.pid, target.pids) == (child.pid, [child.pid])
     assert "wrapper" in target.notes[0]
+
+
+LAUNCHER = "import subprocess, sys\nsubprocess.run(sys.argv[1:])\n"
+
+
+def test_a_python_program_that_started_the_server_is_followed_to_it(app_dir: Path) -> None:
+    """`mlflow server` runs `python -m uvicorn --workers N` and waits for it: injected into
+    the launcher, the agent would never load (its main thread waits in C code)."""
+    (app_dir / "launch.py").write_text(LAUNCHER)
+    argv = [sys.executable, "launch.py", *uvicorn_argv("tinyapp:app", free_port(), "--workers",
+                                                        "2")]
+    with spawned(argv, cwd=app_dir) as launcher:
+        (server,) = children_of(launcher.pid, 1)
+        target = wait_until(lambda: (t := describe_target(launcher.pid)) and len(t.pids) == 2
+                            and t, timeout=30, what="the launched uvicorn's two workers")
+        workers = {p.pid for p in server.children()}
+    assert (target.pid, target.master_pid, target.server) == (server.pid, server.pid, "uvicorn")
+    assert set(target.pids) < workers
+    assert len(target.notes) == 1
+    assert f"PID {launcher.pid}" in target.notes[0] and f"process {server.pid}" in target.notes[0]
+
+
+def test_a_python_program_that_started_several_servers_is_kept_with_a_note(
+        app_dir: Path) -> None:
+    (app_dir / "launch2.py").write_text(
+        "import os, subprocess, sys\n"
+        "servers = [subprocess.Popen([*sys.argv[1:], '--port', port])"
+        " for port in os.environ['PORTS'].split()]\n"
+        "for server in servers:\n    server.wait()\n")
+    ports = f"{free_port()} {free_port()}"
+    argv = [sys.executable, "launch2.py", sys.executable, "-m", "uvicorn", "tinyapp:app",
+            "--host", "127.0.0.1"]
+    with spawned(argv, cwd=app_dir, env={"PORTS": ports}) as launcher:
+        servers = children_of(launcher.pid, 2)
+        # Forked but not yet exec'd, a child still shows the launcher's command line.
+        wait_until(lambda: all("uvicorn" in s.cmdline() for s in servers), timeout=20,
+                   what="both children to run uvicorn")
+        target = describe_target(launcher.pid)
+    assert (target.pid, target.pids, target.server) == (launcher.pid, [launcher.pid], "python")
+    assert all(str(s.pid) in target.notes[0] for s in servers)

@@ -16,6 +16,7 @@ DJANGO = "django"
 LITESTAR = "litestar"
 QUART = "quart"
 FALCON = "falcon"
+FLASK = "flask"  # a WSGI app, met behind an ASGI adapter (Starlette's or uvicorn's WSGIMiddleware)
 MAX_DEPTH = 16  # ASGI middleware chains outside an app are a handful deep
 
 # (module prefix, class name) of each framework's application class, subclasses included.
@@ -26,12 +27,13 @@ _APP_CLASSES = (
     ("litestar.", "Litestar", LITESTAR),
     ("quart.", "Quart", QUART),
     ("falcon.asgi.", "App", FALCON),
+    ("flask.", "Flask", FLASK),
 )
 
 
 def framework_of(obj: Any) -> str | None:
-    """"starlette", "django", "litestar", "quart" or "falcon" when `obj` is that framework's
-    ASGI app."""
+    """"starlette", "django", "litestar", "quart", "falcon" or "flask" when `obj` is that
+    framework's app."""
     for cls in type(obj).__mro__:
         module = cls.__module__ or ""
         for prefix, name, framework in _APP_CLASSES:
@@ -42,11 +44,14 @@ def framework_of(obj: Any) -> str | None:
 
 def inner_app(obj: Any) -> Any:
     """The ASGI app `obj` hands its requests to, when it is a wrapper: `.app` (ASGI middleware,
-    the servers' own), the "http" entry of a Channels `ProtocolTypeRouter`, a Channels
-    middleware's `.inner`; else None."""
+    the servers' own, WSGI adapters), the "http" entry of a Channels `ProtocolTypeRouter`, a
+    Channels middleware's `.inner`, asgiref's `WsgiToAsgi`'s `.wsgi_application`; else None."""
     app = getattr(obj, "app", None)
     if app is not None:
         return app
+    wsgi = getattr(obj, "wsgi_application", None)
+    if wsgi is not None:
+        return wsgi
     mapping = getattr(obj, "application_mapping", None)
     if isinstance(mapping, dict):
         return mapping.get("http")

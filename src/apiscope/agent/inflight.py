@@ -32,6 +32,7 @@ from collections.abc import Callable
 from types import AsyncGeneratorType, FrameType
 from typing import Any
 
+from .matched_routes import DEFERRED
 from .offload import TIMED_CODE
 from .profiler import wait_for_task
 from .schedstat import native_id
@@ -253,7 +254,10 @@ def route_now(middleware: Any, scope: Any) -> str:
                 pass
         return str(scope.get("path", ""))  # not routed yet, or a framework we cannot read
     try:
-        return str(middleware.route_of(scope, "", 200))
+        found = str(middleware.route_of(scope, "", 200))
+        if found[:1] == DEFERRED:  # a Flask app mounted inside: matched from the path
+            found = str(middleware.routes.resolve(str(scope.get("method", "GET")), found))
+        return found
     except Exception:
         return str(scope.get("path", ""))
 

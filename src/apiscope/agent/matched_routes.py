@@ -1,5 +1,6 @@
-"""Frameworks that route a request without leaving the match in the scope: Quart (Flask's
-routing, werkzeug's `Map`) and Falcon's ASGI `App` (its compiled router).
+"""Frameworks that route a request without leaving the match in the scope: Quart and Flask
+(werkzeug's `Map`; Flask is a WSGI app, served behind an ASGI adapter, often mounted inside a
+FastAPI app) and Falcon's ASGI `App` (its compiled router).
 
 Their templates are matched again from each request's method and path, by the framework's own
 router, when the collector pulls: the request path only records the raw path behind
@@ -21,7 +22,7 @@ UNMATCHED = "<unmatched>"
 Matcher = Callable[[str, str], str]  # (method, path) -> template, or UNMATCHED
 
 
-def quart_rows(app: Any) -> list[RouteRow]:
+def werkzeug_rows(app: Any) -> list[RouteRow]:
     """One row per method of each HTTP rule; HEAD only where it is a rule's own, OPTIONS (which
     werkzeug adds to every rule) never. A `MethodView`'s rows name its methods."""
     rows: list[RouteRow] = []
@@ -40,7 +41,7 @@ def quart_rows(app: Any) -> list[RouteRow]:
     return rows
 
 
-def quart_matcher(app: Any) -> Matcher:
+def werkzeug_matcher(app: Any) -> Matcher:
     """The rule werkzeug's map matches for a method and path (its template)."""
     adapter = app.url_map.bind("localhost")  # re-reads the map when rules are added
 
@@ -93,3 +94,18 @@ def falcon_matcher(app: Any) -> Matcher:
         return UNMATCHED if found is None or not found[3] else str(found[3])
 
     return match
+
+
+def mounted(prefix: str, match: Matcher) -> Matcher:
+    """`match` for an app mounted at `prefix` (a Starlette `Mount`): it is asked the path
+    below the prefix, and its template is given back under it."""
+    if not prefix:
+        return match
+
+    def match_below(method: str, path: str) -> str:
+        if path != prefix and not path.startswith(prefix + "/"):
+            return UNMATCHED
+        found = match(method, path[len(prefix):] or "/")
+        return found if found == UNMATCHED else prefix + found
+
+    return match_below

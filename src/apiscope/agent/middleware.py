@@ -3,8 +3,9 @@
 It wraps whatever ASGI callable the server calls (any framework, or none). The route comes
 from what the framework left in the scope once the app returned: Starlette's matched route
 (`scope["route"]`), Litestar's `scope["path_template"]`, Django's resolver match on the request
-(see `django_routes`); Quart's and Falcon's routers leave nothing there, so their requests are
-matched when the collector pulls (see `matched_routes`); an app that names no route gets its raw
+(see `django_routes`); Quart's, Falcon's and Flask's routers (Flask mounted in a Starlette app
+through a WSGI adapter) leave nothing there, so their requests are matched when the collector
+pulls (see `matched_routes`); an app that names no route gets its raw
 paths grouped (`pathgroups`).
 
 The request path does no I/O, takes no lock and allocates little: one `_Request` (the
@@ -291,6 +292,8 @@ class AgentMiddleware:
         if route is None and context is None:
             endpoint = scope.get("endpoint")  # FastAPI's low-priority routes (/docs) set only this
             found = self._lookup(scope, endpoint) if endpoint is not None else None
+            if found == DEFERRED:  # a mounted app whose router is asked at pull time (Flask)
+                return DEFERRED + str(scope.get("path", ""))
             return found if found is not None else self._other_route(scope, django_request)
         self.routes.sources.add(STARLETTE)
         if status == 404 and _is_mount(route):  # the mount's prefix matched, nothing inside it

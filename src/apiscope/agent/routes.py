@@ -1,7 +1,8 @@
 """The route tables of the apps the agent serves, read by duck typing (no framework import).
 
-Starlette/FastAPI tables are read here; Django's, Litestar's, Quart's and Falcon's in their own
-modules (the last two also match each request's template at pull time: `resolve`). Besides
+Starlette/FastAPI tables are read here; Django's, Litestar's, Quart's, Flask's and Falcon's in
+their own modules (the last three also match each request's template at pull time: `resolve`,
+a Flask app mounted in a Starlette app included). Besides
 the table itself, `RouteRegistry` remembers the full template of every Starlette route object:
 inside a Mount, `scope["route"]` is the inner route, whose template lacks the mount's prefix.
 It also notes which routing sources named the requests' routes (`routing()`), so that a report
@@ -17,7 +18,7 @@ import time
 from typing import Any
 
 from .django_routes import django_rows
-from .frameworks import DJANGO, FALCON, LITESTAR, QUART, framework_of
+from .frameworks import DJANGO, FALCON, FLASK, LITESTAR, QUART, apps_inside, framework_of
 from .handlers import RouteRow, handler_row
 from .litestar_routes import litestar_rows
 from .matched_routes import (
@@ -26,15 +27,17 @@ from .matched_routes import (
     Matcher,
     falcon_matcher,
     falcon_rows,
-    quart_matcher,
-    quart_rows,
+    mounted,
+    werkzeug_matcher,
+    werkzeug_rows,
 )
 from .pathgroups import normalise_path
 
 INFERRED = "inferred"
 _CONVERTER = re.compile(r"\{(\w+):[^}]*\}")
 _HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")
-_MATCHED = {QUART: (quart_rows, quart_matcher), FALCON: (falcon_rows, falcon_matcher)}
+_MATCHED = {QUART: (werkzeug_rows, werkzeug_matcher), FLASK: (werkzeug_rows, werkzeug_matcher),
+            FALCON: (falcon_rows, falcon_matcher)}
 MAX_RESOLVED = 4096  # (method, path) pairs whose template is remembered: ids make paths unbounded
 
 
@@ -74,8 +77,9 @@ class RouteRegistry:
         self._apps: list[Any] = []
         self._litestar: list[Any] = []
         self._django = False
-        # Apps whose requests are matched at pull time: (framework, app, its matcher).
-        self._matched: list[tuple[str, Any, Matcher]] = []
+        # Apps whose requests are matched at pull time: (framework, app, its matcher, the
+        # prefix it is mounted at in a Starlette app, None for an app served as it is).
+        self._matched: list[tuple[str, Any, Matcher, str | None]] = []
         self._resolved: dict[tuple[str, str], str] = {}
         self.errors = 0  # matches that failed (the path is grouped instead)
         # Changes with the table: a collector that has this one is not sent it again. From a
@@ -95,8 +99,7 @@ class RouteRegistry:
         """
         framework = framework_of(app)
         if framework in _MATCHED:
-            if not any(known is app for _, known, _ in self._matched):
-                self._matched.append((framework, app, _MATCHED[framework][1](app)))
+            self._add_matched(framework, app, None)
             self.refresh()
             return
         if framework == DJANGO or framework == LITESTAR:
@@ -116,18 +119,26 @@ class RouteRegistry:
             self._apps.append(app)
         self.refresh()
 
+    def _add_matched(self, framework: str, app: Any, prefix: str | None) -> None:
+        if not any(known is app for _, known, _, _ in self._matched):
+            match = mounted(prefix or "", _MATCHED[framework][1](app))
+            self._matched.append((framework, app, match, prefix))
+
     def refresh(self) -> None:
         self._refreshed = time.monotonic()
         rows: list[RouteRow] = []
         templates: dict[int, tuple[Any, str]] = {}
+        inside: list[tuple[str, str, Any]] = []
         for app in self._apps:
-            _walk(app.routes, "", rows, templates)
+            _walk(app.routes, "", rows, templates, inside)
+        for prefix, framework, app in inside:
+            self._add_matched(framework, app, prefix)
         for litestar in self._litestar:
             rows.extend(litestar_rows(litestar))
         if self._django:
             rows.extend(django_rows())
-        for framework, app, _ in self._matched:
-            rows.extend(_MATCHED[framework][0](app))
+        for framework, app, _, mount in self._matched:
+            rows.extend(_prefixed(mount or "", _MATCHED[framework][0](app)))
         if rows != self.rows:
             self.version += 1
             self._resolved = {}
@@ -152,9 +163,10 @@ class RouteRegistry:
             return found
         found, source = UNMATCHED, self._matched[0][0]
         try:
-            for framework, _, match in self._matched:
+            for framework, _, match, prefix in self._matched:
                 found = match(method, path)
-                if found != UNMATCHED:
+                # The first Mount whose prefix the path is under serves it, as in Starlette.
+                if found != UNMATCHED or prefix is not None and _under(prefix, path):
                     source = framework
                     break
         except Exception:
@@ -204,30 +216,59 @@ def _add_endpoint(templates: dict[int, tuple[Any, str]], endpoint: Any, template
         templates[id(endpoint)] = (endpoint, "")  # shared by several routes: ambiguous
 
 
+def _under(prefix: str, path: str) -> bool:
+    return not prefix or path == prefix or path.startswith(prefix + "/")
+
+
+def _prefixed(prefix: str, rows: list[RouteRow]) -> list[RouteRow]:
+    return rows if not prefix else [{**row, "template": prefix + row["template"]}
+                                    for row in rows]
+
+
 def _walk(routes: Any, prefix: str, rows: list[RouteRow],
-          templates: dict[int, tuple[Any, str]]) -> None:
+          templates: dict[int, tuple[Any, str]], inside: list[tuple[str, str, Any]]) -> None:
+    """Rows and templates of a Starlette route list; `inside` gets (prefix, framework, app)
+    of each app mounted in it whose requests are matched at pull time (a Flask app behind
+    Starlette's WSGIMiddleware)."""
     for route in routes:
         if hasattr(route, "effective_route_contexts"):
-            _walk_included(route, prefix, rows, templates)
+            _walk_included(route, prefix, rows, templates, inside)
             continue
         sub_routes = getattr(route, "routes", None)
         path = getattr(route, "path", None)
         if path is None:  # Host(): routes without a path prefix of their own
             if sub_routes is not None:
-                _walk(sub_routes, prefix, rows, templates)
+                _walk(sub_routes, prefix, rows, templates, inside)
             continue
         template = prefix + template_of(route)
         templates[id(route)] = (route, template)
         if sub_routes is not None and not hasattr(route, "endpoint"):  # a Mount
-            _walk(sub_routes, prefix + _CONVERTER.sub(r"{\1}", str(path)), rows, templates)
+            mount_prefix = prefix + _CONVERTER.sub(r"{\1}", str(path))
+            if not sub_routes:
+                _mounted_app(route, mount_prefix, templates, inside)
+            _walk(sub_routes, mount_prefix, rows, templates, inside)
         else:
             rows.extend(_route_rows(route, template))
             if getattr(route, "endpoint", None) is not None:
                 _add_endpoint(templates, route.endpoint, template)
 
 
+def _mounted_app(mount: Any, prefix: str, templates: dict[int, tuple[Any, str]],
+                 inside: list[tuple[str, str, Any]]) -> None:
+    """A Mount of an app with no Starlette routes: when a framework whose requests are matched
+    at pull time is inside it, its requests (which leave the mounted app, not a route, in
+    `scope["endpoint"]`) are deferred (`DEFERRED` as the mounted app's template)."""
+    app = getattr(mount, "app", None)
+    for framework, found in apps_inside(app) if app is not None else ():
+        if framework in _MATCHED:
+            inside.append((prefix, framework, found))
+            templates[id(app)] = (app, DEFERRED)
+            return
+
+
 def _walk_included(included: Any, prefix: str, rows: list[RouteRow],
-                   templates: dict[int, tuple[Any, str]]) -> None:
+                   templates: dict[int, tuple[Any, str]],
+                   inside: list[tuple[str, str, Any]]) -> None:
     """A router FastAPI includes lazily: its routes keep their own path (one route object can
     be included under several prefixes), and each inclusion gets an effective route context
     holding the prefixed path. Requests carry that context in `scope["fastapi"]`."""
@@ -239,7 +280,8 @@ def _walk_included(included: Any, prefix: str, rows: list[RouteRow],
         sub_routes = getattr(original, "routes", None)
         if sub_routes is not None and not hasattr(original, "endpoint"):  # an included Mount
             mount_path = str(getattr(context.starlette_route, "path", ""))
-            _walk(sub_routes, prefix + _CONVERTER.sub(r"{\1}", mount_path), rows, templates)
+            _walk(sub_routes, prefix + _CONVERTER.sub(r"{\1}", mount_path), rows, templates,
+                  inside)
         else:
             rows.extend(_route_rows(original, template))
 

@@ -89,6 +89,8 @@ def _describe(pid: int, proc_factory: ProcFactory, clock: Callable[[], float],
             notes.append(f"PID {pid} ({_short(proc.cmdline())}) is a wrapper, not the server:"
                          f" profiling its Python child {child.pid} ({_short(child.cmdline())})")
             proc = child
+    elif server_kind(proc.cmdline()) is None and not is_spawn_worker(proc.cmdline()):
+        proc = _follow_launcher(proc, notes)
     target = _classify(proc, proc_factory, clock, notes)
     if check_trace:
         for traced in {target.sample_pid, *target.pids}:
@@ -125,6 +127,35 @@ def _follow_wrapper(proc: psutil.Process) -> psutil.Process:
     listing = "; ".join(f"{p.pid} ({_short(p.cmdline())})" for p in found)
     raise TargetError(f"{what} is not a Python process and has several Python children:"
                       f" {listing}. Run apiscope attach with one of these PIDs")
+
+
+def _follow_launcher(proc: psutil.Process, notes: list[str]) -> psutil.Process:
+    """The one server a Python program started as a child process (`mlflow server` runs
+    `python -m uvicorn --workers N`, a manage script runs `gunicorn`), else `proc` itself. A
+    launcher waits for its child in C code, so an agent injected into it would never load;
+    and it serves nothing. A program that starts several servers is left as it is, with a
+    note naming them."""
+    servers = [p for p in _python_descendants(proc, _WRAPPER_DEPTH)
+               if _kind_of(p) is not None]
+    if not servers:
+        return proc
+    what = f"PID {proc.pid} ({_short(proc.cmdline())})"
+    if len(servers) > 1:
+        listing = "; ".join(f"{p.pid} ({_short(p.cmdline())})" for p in servers)
+        notes.append(f"{what} is no server apiscope knows, and it started several: {listing}."
+                     " If it serves no requests itself, attach to one of these instead")
+        return proc
+    (server,) = servers
+    notes.append(f"{what} started the server: profiling its {_kind_of(server)} process"
+                 f" {server.pid} ({_short(server.cmdline())})")
+    return server
+
+
+def _kind_of(proc: psutil.Process) -> str | None:
+    try:
+        return server_kind(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
 
 
 def _python_descendants(proc: psutil.Process, depth: int) -> list[psutil.Process]:
