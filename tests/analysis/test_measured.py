@@ -381,6 +381,28 @@ def test_gil_waits_that_make_no_queue_for_the_cpu_the_process_used_are_no_conten
                 if f["kind"] == "gil_contention"]
 
 
+def test_gil_contention_on_a_host_with_no_cpu_to_spare_is_low_and_says_so(
+        tmp_path: Path) -> None:
+    """On a host whose CPUs are all in use the GIL's holder is itself queued for a CPU, and the
+    processes the advice would add would find none: the contention is still where it is
+    (found, located), but low, and the evidence says why. With CPU to spare it is graded as
+    measured. By the kernel's looks and by the watchdog alike."""
+    looked = gil_spec(2, 0.01)
+    looked.gil_looks = {(PID, W1): (50, 22), (PID, W2): (50, 23)}
+    watched = gil_spec(2, 0.5)
+    for name, spec in (("looked", looked), ("watched", watched)):
+        spec.host_busy = 0.85
+        [spare] = [f for f in report_of(spec, tmp_path / f"{name}-busy")["flags"]
+                   if f["kind"] == "gil_contention"]
+        spec.host_busy = 0.97
+        [saturated] = [f for f in report_of(spec, tmp_path / f"{name}-saturated")["flags"]
+                       if f["kind"] == "gil_contention"]
+        assert spare["severity"] in ("medium", "high") and saturated["severity"] == "low"
+        assert saturated["location"] == spare["location"]
+        assert "97% in use" in saturated["evidence"] and "in use" not in spare["evidence"]
+        assert saturated["metric"]["host_busy_share"] == 0.97
+
+
 def test_gil_contention_is_judged_over_seconds_not_windows(tmp_path: Path) -> None:
     # On a busy target the budget lengthens windows: a 15 s session in two 7.5 s windows. The
     # first began in the 3 s warm-up (a cache filling once may contend there) and is not

@@ -25,7 +25,10 @@ same sampling window of one process:
   alone also makes the watchdog wait, but contends with no one.
 
 The figure graded is the mean wait per wake-up over the contended windows, as a share of the
-switch interval; the contended windows must add up to `GIL_MIN_SECONDS`. The location is the
+switch interval; the contended windows must add up to `GIL_MIN_SECONDS`. Either way, when the
+host's CPUs were `HOST_SATURATED` busy over the contended windows the flag is low and says so:
+there the GIL's holder waits for a CPU too, and no CPU was left for the processes the advice
+would add; the GIL is the limit again once the host has CPU to spare. The location is the
 hottest application line running (on-CPU) in those windows, in the pool threads if any ran
 application code (code running in several threads is what contends; a busy event loop's own
 work is `event_loop_blocked`'s and `cpu_hotspot`'s). With the kernel's looks, a thread that
@@ -95,6 +98,12 @@ LINE_MIN_WAIT = 0.1
 # returned to Python (a password hash's thread is one of the contending threads, and shows more
 # CPU than the Python starved of the GIL ever gets).
 LINE_MAX_RUN_PER_WAIT = 2.0
+# Contention measured while the host's CPUs were this busy (every process, `host_cpu`, over
+# the contended windows) is at most low: the GIL's holder was itself queued for a CPU part of
+# the time, and the processes the advice would add would find no CPU to run on (an MLflow
+# server under load, its Flask views in threads, waited 33-42% of its busy time on a host 99%
+# in use: medium, where the route's time went to the host's CPUs).
+HOST_SATURATED = 0.9
 # Contended windows must add up to this much of the session: one busy second is not a pattern.
 # In seconds, not windows, since the budget lengthens windows (up to 8 s) on a busy target.
 GIL_MIN_SECONDS = 2.0
@@ -120,6 +129,18 @@ def wait_share(gil: Sequence[GilSample], start: float, end: float) -> float | No
             waited += g.wait_seconds * part
             wakes += g.acquisitions * part
     return waited / wakes / SWITCH_INTERVAL if wakes > 0 else None
+
+
+def _host_busy(ctx: AnalysisContext, windows: dict[Window, float]) -> float | None:
+    """The host's CPUs' busy share over `windows`, weighted by their lengths; None where the
+    session did not measure it."""
+    weighted = seconds = 0.0
+    for start, end in windows:
+        busy = ctx.data.host_busy.get(start)
+        if busy is not None:
+            weighted += busy * (end - start)
+            seconds += end - start
+    return weighted / seconds if seconds > 0 else None
 
 
 def _cores(ctx: AnalysisContext, pid: int, start: float, end: float) -> float:
@@ -304,9 +325,18 @@ class GilContentionRule:
         metric: dict[str, MetricValue] = {
             "gil_wait_share": share, "contended_seconds": seconds, "cause": "gil",
             "source": "kernel" if looked else "watchdog"}
+        host = _host_busy(ctx, windows)
+        saturated = ""
+        if host is not None:
+            metric["host_busy_share"] = host
+            if host >= HOST_SATURATED:
+                severity = "low"
+                saturated = (f"; the host's CPUs were {pct(host)} in use meanwhile: the GIL's"
+                             " holder was itself waiting for a CPU part of that time, and more"
+                             " processes would find none until the host has CPU to spare")
         if holder:
             return self._background_flag(ctx, pid, (severity, share, seconds), metric,
-                                         background, looked)
+                                         background, looked, saturated)
         hot = max(lines.items(), key=lambda kv: (kv[1], kv[0].file, kv[0].line))[0]
         route = max(by_line[hot].items(), key=lambda kv: (kv[1], kv[0] or ""))[0]
         gil = [g for g in ctx.data.gil if g.pid == pid]
@@ -326,7 +356,8 @@ class GilContentionRule:
                         f" {SWITCH_INTERVAL * 1000:.0f} ms switch interval) over {seconds:.0f} s"
                         f" in which two or more request threads ran at once (measured by the"
                         f" agent's GIL watchdog); the hottest line running then: {where(loc)}")
-        return make_flag(self.kind, severity, route, loc, evidence, metric, SUGGESTION)
+        return make_flag(self.kind, severity, route, loc, evidence + saturated, metric,
+                         SUGGESTION)
 
     @staticmethod
     def _background(ctx: AnalysisContext, pid: int, starts: set[float],
@@ -345,7 +376,8 @@ class GilContentionRule:
 
     def _background_flag(self, ctx: AnalysisContext, pid: int,
                          graded: tuple[str, float, float], metric: dict[str, MetricValue],
-                         background: dict[tuple[int, Frame], float], looked: bool) -> Flag:
+                         background: dict[tuple[int, Frame], float], looked: bool,
+                         saturated: str) -> Flag:
         """The flag located at the busiest holder that serves no requests (`_background`),
         given the contention's (severity, share, seconds) and its metric so far."""
         severity, share, seconds = graded
@@ -360,6 +392,6 @@ class GilContentionRule:
         evidence = (f"the request threads of process {pid} spent {pct(share)} of their busy"
                     f" time waiting for the GIL over {seconds:.0f} s ({how}); the GIL's busiest"
                     f" holder serves no requests: {thread}, running Python in {where(loc)}"
-                    f" for {thread_cpu / seconds:.2f} of a core in that time")
+                    f" for {thread_cpu / seconds:.2f} of a core in that time{saturated}")
         metric.update(holder_thread=name or str(tid), holder_cores=thread_cpu / seconds)
         return make_flag(self.kind, severity, None, loc, evidence, metric, SUGGEST_BACKGROUND)
