@@ -70,3 +70,16 @@ def test_a_request_come_in_while_the_dump_reads_has_no_negative_age() -> None:
         loop.call_soon_threadsafe(lambda: release.set())
         thread.join(5)
         loop.close()
+
+
+def test_a_request_on_a_pool_thread_names_the_thread_by_its_tid_too() -> None:
+    """Pool threads share one name ("AnyIO worker thread"): the tid tells which stack below
+    is the request's."""
+    frames = [{"function": "search", "file": "/srv/app/views.py", "line": 12}]
+    threads = [{"ident": 1, "native_id": 101, "name": "AnyIO worker thread", "frames": frames},
+               {"ident": 2, "native_id": 102, "name": "AnyIO worker thread", "frames": frames}]
+    request = {"method": "POST", "route": "/runs/search", "elapsed_s": 0.4, "thread": 2,
+               "awaiting": True, "await_chain": []}
+    text = render_text({"pid": 7, "requests": [request], "threads": threads})
+    assert "POST /runs/search  waiting for thread AnyIO worker thread (tid 102)" in text
+    assert "Thread AnyIO worker thread (tid 102), running POST /runs/search:" in text

@@ -157,8 +157,10 @@ def _doing(request: Dump, thread: Dump | None) -> str:
     if on_thread and thread is not None:
         frames = thread.get("frames", [])
         where = _innermost_app(frames)
-        text = (f"running on thread {thread.get('name')}" if request.get("running") else
-                f"waiting for thread {thread.get('name')}")
+        # Pool threads share one name: the tid tells which of the stacks below is this one.
+        name = f"{thread.get('name')} (tid {thread.get('native_id')})"
+        text = (f"running on thread {name}" if request.get("running") else
+                f"waiting for thread {name}")
         return text + (f", in {_frame(where)}" if where else "")
     awaited = chain[-1] if chain else None
     where = _innermost_app(chain)
