@@ -125,6 +125,27 @@ def test_client_pulls_requests_routes_and_stats(sock_dir: str) -> None:
             client.pull()
 
 
+def test_requests_ending_while_a_pull_is_answered_wait_for_the_next_one(sock_dir: str) -> None:
+    """On a busy server requests end while every pull is answered: only a full batch asks
+    the collector to pull again at once."""
+    agent = Agent(sock_dir)
+    wrapped = agent.middleware(sync_app())
+    get_all(wrapped, ["/sync/1"])
+    drain = agent.recorder.drain
+
+    def drain_while_another_ends(limit: int) -> list[object]:
+        out = drain(limit)
+        get_all(wrapped, ["/sync/2"])
+        return out
+
+    agent.recorder.drain = drain_while_another_ends  # type: ignore[method-assign]
+    first = agent.pull()
+    agent.recorder.drain = drain  # type: ignore[method-assign]
+    second = agent.pull()
+    assert (len(first["requests"]), first["more"]) == (1, False)
+    assert (len(second["requests"]), second["more"]) == (1, False)
+
+
 def test_full_buffer_is_reported_as_dropped(sock_dir: str) -> None:
     from apiscope.agent.recorder import Recorder
 

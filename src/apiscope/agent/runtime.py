@@ -163,7 +163,8 @@ class Agent:
         raise ValueError(f"unknown op {op!r}")
 
     def pull(self, limit: int = MAX_BATCH, routes_known: Any = None) -> dict[str, Any]:
-        """The pull response: at most `limit` requests, `more` when others are left; the
+        """The pull response: at most `limit` requests, `more` when the batch was full and
+        others are left; the
         route table unless the collector has it already (`routes_known`, the version it
         has)."""
         # Side work first, guarded: a failure here must not cost the collector its batch.
@@ -198,7 +199,10 @@ class Agent:
             # [method, route, looks, cpu]: pool threads seen busy with requests' handed-off
             # work, and the CPU seconds of their timed calls (see `offload`)
             "offloaded": self._guarded(self._offloaded),
-            "more": len(self.recorder) > 0,
+            # A full batch left others behind: the collector pulls again at once. Requests
+            # that ended while this one was answered wait for the next pull (on a busy
+            # server there always are some: pulling again for them doubled the pulls).
+            "more": len(requests) >= limit and len(self.recorder) > 0,
         }
         if routes_known != self.routes.version:
             answer["routes"] = list(self.routes.rows)
