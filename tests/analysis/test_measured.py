@@ -403,6 +403,30 @@ def test_gil_contention_on_a_host_with_no_cpu_to_spare_is_low_and_says_so(
         assert saturated["metric"]["host_busy_share"] == 0.97
 
 
+@pytest.mark.parametrize("handed", [{"POST /items": 9.0}, {"POST /items": 5.0, "GET /orders": 4.0}])
+def test_pool_work_that_names_no_route_is_the_route_that_handed_the_pool_its_work(
+        tmp_path: Path, handed: dict[str, float]) -> None:
+    """A library's handler hands its work to the pool (Dagster's GraphQL server: resolvers
+    run by `run_in_threadpool`), so no frame on the pool threads names a route. When the
+    agent's timing says one endpoint handed the pool nearly all its work, the flags there are
+    that route's; when several shared it, no route is guessed."""
+    spec = gil_spec(2, 0.01)
+    spec.gil_looks = {(PID, W1): (50, 22), (PID, W2): (50, 23)}
+    spec.per_window = [s for s in spec.per_window if s.tid not in (W1, W2)]
+    for tid in (W1, W2):
+        spec.per_window.append(sample(tid, on_worker(app("resolve_fields", 240)), 50))
+        spec.per_window.append(sample(tid, on_worker(app("resolve_fields", 240)), 30,
+                                      SampleState.BLOCKED))
+    spec.offloaded = [OffloadLooks(T0 + 5, PID, endpoint, 0, cpu)
+                      for endpoint, cpu in handed.items()]
+    flags = report_of(spec, tmp_path)["flags"]
+    [gil] = [f for f in flags if f["kind"] == "gil_contention"]
+    [hot] = [f for f in flags if f["kind"] == "cpu_hotspot"]
+    assert gil["location"]["line"] == hot["location"]["line"] == 240
+    route = "POST /items" if len(handed) == 1 else None
+    assert gil["route"] == hot["route"] == route
+
+
 def test_gil_contention_is_judged_over_seconds_not_windows(tmp_path: Path) -> None:
     # On a busy target the budget lengthens windows: a 15 s session in two 7.5 s windows. The
     # first began in the 3 s warm-up (a cache filling once may contend there) and is not

@@ -102,6 +102,28 @@ class HandedWork:
                 for pid, t in self.timed.items()}
 
 
+# An endpoint whose requests handed this share of a process's pool work (the agent's timing,
+# else its looks) is the one its pool threads work for.
+SOLE_HANDER = 0.9
+
+
+def handed_routes(ctx: AnalysisContext) -> dict[int, str]:
+    """Per process, the endpoint that handed its pool threads nearly all their work, when one
+    did: pool-thread stacks whose frames name no route (a GraphQL server's resolvers, run by
+    `run_in_threadpool` from a library's handler) are that endpoint's work. Processes whose
+    requests of several endpoints share the pool have none."""
+    handed = HandedWork.of(ctx)
+    out: dict[int, str] = {}
+    for pid in set(handed.timed) | set(handed.looks):
+        weights = handed.timed.get(pid) or handed.looks.get(pid) or {}
+        total = sum(weights.values())
+        if total > 0:
+            endpoint, weight = max(weights.items(), key=lambda kv: (kv[1], kv[0]))
+            if weight >= SOLE_HANDER * total:
+                out[pid] = endpoint
+    return out
+
+
 def offloaded_cpu(ctx: AnalysisContext) -> dict[str, float]:
     """CPU seconds of the work each endpoint's requests handed to pool threads. Where the agent
     timed the handed calls by their threads' CPU clocks (`PoolTiming`), that is the figure:

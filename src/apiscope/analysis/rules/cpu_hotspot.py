@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 
 from apiscope.analysis.attribution import library_call
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
-from apiscope.analysis.cpu import total_cpu_seconds
+from apiscope.analysis.cpu import handed_routes, total_cpu_seconds
 from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct, where
 from apiscope.analysis.stats import active_samples, sampled_seconds
 from apiscope.analysis.thresholds import grade
-from apiscope.model import Frame
+from apiscope.model import Frame, ThreadRole
 
 SUGGESTION = ("optimise or cache the work at this line (a profile of one request with pyinstrument"
               " shows the detail), or move it out of the request path")
@@ -58,8 +58,12 @@ class _Line:
     calls: Counter[str] = field(default_factory=Counter)  # library functions called from it
 
 
-def _group(a: Attributed, frame: Frame) -> Group:
-    return (a.endpoint, "" if a.endpoint else f"{frame.file}:{frame.function.split('.')[0]}")
+def _group(a: Attributed, frame: Frame, handed: dict[int, str]) -> Group:
+    # A pool thread's stack that names no route: the endpoint that handed it its work, when
+    # one endpoint handed nearly all of its process's (`handed_routes`).
+    endpoint = a.endpoint or (handed.get(a.sample.pid) if a.role is ThreadRole.WORKER
+                              else None)
+    return (endpoint, "" if endpoint else f"{frame.file}:{frame.function.split('.')[0]}")
 
 
 class CpuHotspotRule:
@@ -78,12 +82,13 @@ class CpuHotspotRule:
         # Lines the kernel found asleep at the agents' looks: CPU a window gave them before
         # the looks had found them was their thread's work elsewhere.
         asleep = set(ctx.data.meta.asleep_lines)
+        handed = handed_routes(ctx)
         for a in active_samples(ctx):
             if a.cpu <= 0 or a.user is None or a.importing:  # start-up imports: not requests
                 continue
             if (a.sample.frames[-1].file, a.sample.frames[-1].line) in asleep:
                 continue
-            line = lines[_group(a, a.user)].setdefault((a.user.file, a.user.line), _Line())
+            line = lines[_group(a, a.user, handed)].setdefault((a.user.file, a.user.line), _Line())
             line.cpu += a.cpu
             line.samples += a.sample.count
             line.functions[a.user.function] += a.sample.count

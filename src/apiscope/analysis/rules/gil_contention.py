@@ -66,6 +66,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Flag
+from apiscope.analysis.cpu import handed_routes
 from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct, where
 from apiscope.analysis.offcpu import asleep_sites
 from apiscope.analysis.stats import warmup_end
@@ -299,6 +300,9 @@ class GilContentionRule:
         # little of the time they got the GIL.
         contending = self._contending(ctx, pid, starts) if looked else set()
         by_line: dict[Frame, dict[str | None, float]] = defaultdict(lambda: defaultdict(float))
+        # A pool thread's stack that names no route: the endpoint that handed the pool
+        # nearly all its work, if one did.
+        handed = handed_routes(ctx).get(pid)
         for roles in ({ThreadRole.WORKER}, HANDLER_ROLES):
             for a in ctx.samples:
                 if (a.sample.pid == pid and a.window in starts and a.cpu > 0
@@ -309,7 +313,8 @@ class GilContentionRule:
                              or ((a.user.file, a.user.function) not in not_waiting
                                  and ran[a.user] >= HOLDER_MIN_RUN * shown[a.user]))):
                     lines[a.user] += a.cpu
-                    by_line[a.user][a.endpoint] += a.cpu
+                    by_line[a.user][a.endpoint or (handed if a.role is ThreadRole.WORKER
+                                                   else None)] += a.cpu
             if lines:
                 break
         background = self._background(ctx, pid, starts, shown, ran)
