@@ -5,8 +5,8 @@ from what the framework left in the scope once the app returned: Starlette's mat
 (`scope["route"]`), Litestar's `scope["path_template"]`, Django's resolver match on the request
 (see `django_routes`); Quart's, Falcon's and Flask's routers (Flask mounted in a Starlette app
 through a WSGI adapter) leave nothing there, so their requests are matched when the collector
-pulls (see `matched_routes`); an app that names no route gets its raw
-paths grouped (`pathgroups`).
+pulls (see `matched_routes`); an app that names no route gets its raw paths grouped
+(`pathgroups`).
 
 The request path does no I/O, takes no lock and allocates little: one `_Request` (the
 request's timing, and the statements the query hooks count into it), one closure and, after the

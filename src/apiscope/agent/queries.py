@@ -181,7 +181,7 @@ class QueryHooks:
         """Wrap the dialects' `do_execute`, `do_execute_no_params` and `do_executemany`, where
         every engine hands each statement to its driver (the async engines too, inside a
         greenlet). Not the engine's events: one listener on `Engine` turns on event dispatch
-        for every connection of every engine, about 120 Python calls a checkout (each event's
+        for every connection of every engine, about 120 more calls a checkout (each event's
         listener collection is built afresh per connection), which cost a saturated
         SQLAlchemy service 4-5% of its CPU per request, where these wrappers cost one call a
         statement. The dialects overriding a method (psycopg2's `do_executemany`) are wrapped

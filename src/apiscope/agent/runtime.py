@@ -164,9 +164,8 @@ class Agent:
 
     def pull(self, limit: int = MAX_BATCH, routes_known: Any = None) -> dict[str, Any]:
         """The pull response: at most `limit` requests, `more` when the batch was full and
-        others are left; the
-        route table unless the collector has it already (`routes_known`, the version it
-        has)."""
+        others are left; the route table unless the collector has it already (`routes_known`,
+        the version it has)."""
         # Side work first, guarded: a failure here must not cost the collector its batch.
         pool = self._guarded(self._refresh_and_sample)
         # Each request goes as its `RequestEntry` tuple, a JSON array in field order: no dict

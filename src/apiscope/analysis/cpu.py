@@ -34,9 +34,11 @@ server's own work and the rest add up to at most one.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext
+from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed
+from apiscope.model import ThreadRole
 
 
 def process_cpu_seconds(ctx: AnalysisContext) -> dict[int, float]:
@@ -124,6 +126,14 @@ def handed_routes(ctx: AnalysisContext) -> dict[int, str]:
     return out
 
 
+def endpoint_or_handed(a: Attributed, handed: dict[int, str]) -> str | None:
+    """A sample's endpoint; for a pool thread's stack that names none, the endpoint that
+    handed its process's pool nearly all its work (`handed_routes`), if one did."""
+    if a.endpoint is not None or a.role is not ThreadRole.WORKER:
+        return a.endpoint
+    return handed.get(a.sample.pid)
+
+
 def offloaded_cpu(ctx: AnalysisContext) -> dict[str, float]:
     """CPU seconds of the work each endpoint's requests handed to pool threads. Where the agent
     timed the handed calls by their threads' CPU clocks (`PoolTiming`), that is the figure:
@@ -199,15 +209,19 @@ def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
     return {pid: min(1.0, server[pid] / total) for pid, total in totals.items() if total > 0}
 
 
-def host_busy_share(ctx: AnalysisContext) -> float | None:
+def host_busy_share(ctx: AnalysisContext,
+                    windows: Iterable[tuple[float, float]] | None = None) -> float | None:
     """The share of the host's CPU time (all CPUs, every process) in use over the session's
-    windows, weighted by their length; None for a session that did not measure it."""
-    ends = {w.start: w.end for w in ctx.data.windows}
+    windows (or those `(start, end)` given), weighted by their length; None for a session that
+    did not measure it."""
+    spans = windows if windows is not None else [(w.start, w.end) for w in ctx.data.windows]
     weighted = seconds = 0.0
-    for start, busy in ctx.data.host_busy.items():
-        length = max(0.0, ends.get(start, start) - start)
-        weighted += busy * length
-        seconds += length
+    for start, end in spans:
+        busy = ctx.data.host_busy.get(start)
+        if busy is not None:
+            length = max(0.0, end - start)
+            weighted += busy * length
+            seconds += length
     return weighted / seconds if seconds > 0 else None
 
 

@@ -135,19 +135,19 @@ def _follow_launcher(proc: psutil.Process, notes: list[str]) -> psutil.Process:
     launcher waits for its child in C code, so an agent injected into it would never load;
     and it serves nothing. A program that starts several servers is left as it is, with a
     note naming them."""
-    servers = [p for p in _python_descendants(proc, _WRAPPER_DEPTH)
-               if _kind_of(p) is not None]
+    kinds = [(p, _kind_of(p)) for p in _python_descendants(proc, _WRAPPER_DEPTH)]
+    servers = [(p, kind) for p, kind in kinds if kind is not None]
     if not servers:
         return proc
     what = f"PID {proc.pid} ({_short(proc.cmdline())})"
     if len(servers) > 1:
-        listing = "; ".join(f"{p.pid} ({_short(p.cmdline())})" for p in servers)
+        listing = "; ".join(f"{p.pid} ({_short(p.cmdline())})" for p, _ in servers)
         notes.append(f"{what} is no server apiscope knows, and it started several: {listing}."
                      " If it serves no requests itself, attach to one of these instead")
         return proc
-    (server,) = servers
-    notes.append(f"{what} started the server: profiling its {_kind_of(server)} process"
-                 f" {server.pid} ({_short(server.cmdline())})")
+    ((server, kind),) = servers
+    notes.append(f"{what} started the server: profiling its {kind} process {server.pid}"
+                 f" ({_short(server.cmdline())})")
     return server
 
 

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 
 from apiscope.analysis.attribution import library_call
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
-from apiscope.analysis.cpu import handed_routes, total_cpu_seconds
+from apiscope.analysis.cpu import endpoint_or_handed, handed_routes, total_cpu_seconds
 from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct, where
 from apiscope.analysis.stats import active_samples, sampled_seconds
 from apiscope.analysis.thresholds import grade
-from apiscope.model import Frame, ThreadRole
+from apiscope.model import Frame
 
 SUGGESTION = ("optimise or cache the work at this line (a profile of one request with pyinstrument"
               " shows the detail), or move it out of the request path")
@@ -59,10 +59,7 @@ class _Line:
 
 
 def _group(a: Attributed, frame: Frame, handed: dict[int, str]) -> Group:
-    # A pool thread's stack that names no route: the endpoint that handed it its work, when
-    # one endpoint handed nearly all of its process's (`handed_routes`).
-    endpoint = a.endpoint or (handed.get(a.sample.pid) if a.role is ThreadRole.WORKER
-                              else None)
+    endpoint = endpoint_or_handed(a, handed)
     return (endpoint, "" if endpoint else f"{frame.file}:{frame.function.split('.')[0]}")
 
 

@@ -66,7 +66,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Flag
-from apiscope.analysis.cpu import handed_routes
+from apiscope.analysis.cpu import endpoint_or_handed, handed_routes, host_busy_share
 from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct, where
 from apiscope.analysis.offcpu import asleep_sites
 from apiscope.analysis.stats import warmup_end
@@ -130,18 +130,6 @@ def wait_share(gil: Sequence[GilSample], start: float, end: float) -> float | No
             waited += g.wait_seconds * part
             wakes += g.acquisitions * part
     return waited / wakes / SWITCH_INTERVAL if wakes > 0 else None
-
-
-def _host_busy(ctx: AnalysisContext, windows: dict[Window, float]) -> float | None:
-    """The host's CPUs' busy share over `windows`, weighted by their lengths; None where the
-    session did not measure it."""
-    weighted = seconds = 0.0
-    for start, end in windows:
-        busy = ctx.data.host_busy.get(start)
-        if busy is not None:
-            weighted += busy * (end - start)
-            seconds += end - start
-    return weighted / seconds if seconds > 0 else None
 
 
 def _cores(ctx: AnalysisContext, pid: int, start: float, end: float) -> float:
@@ -300,9 +288,7 @@ class GilContentionRule:
         # little of the time they got the GIL.
         contending = self._contending(ctx, pid, starts) if looked else set()
         by_line: dict[Frame, dict[str | None, float]] = defaultdict(lambda: defaultdict(float))
-        # A pool thread's stack that names no route: the endpoint that handed the pool
-        # nearly all its work, if one did.
-        handed = handed_routes(ctx).get(pid)
+        handed = handed_routes(ctx)
         for roles in ({ThreadRole.WORKER}, HANDLER_ROLES):
             for a in ctx.samples:
                 if (a.sample.pid == pid and a.window in starts and a.cpu > 0
@@ -313,8 +299,7 @@ class GilContentionRule:
                              or ((a.user.file, a.user.function) not in not_waiting
                                  and ran[a.user] >= HOLDER_MIN_RUN * shown[a.user]))):
                     lines[a.user] += a.cpu
-                    by_line[a.user][a.endpoint or (handed if a.role is ThreadRole.WORKER
-                                                   else None)] += a.cpu
+                    by_line[a.user][endpoint_or_handed(a, handed)] += a.cpu
             if lines:
                 break
         background = self._background(ctx, pid, starts, shown, ran)
@@ -330,7 +315,7 @@ class GilContentionRule:
         metric: dict[str, MetricValue] = {
             "gil_wait_share": share, "contended_seconds": seconds, "cause": "gil",
             "source": "kernel" if looked else "watchdog"}
-        host = _host_busy(ctx, windows)
+        host = host_busy_share(ctx, windows)
         saturated = ""
         if host is not None:
             metric["host_busy_share"] = host
