@@ -112,6 +112,21 @@ def test_pulled_requests_are_counted_stored_and_observed() -> None:
     rig.collection.stop()
 
 
+def test_the_routing_is_stored_when_it_changes_not_at_every_pull() -> None:
+    rig = Rig()
+    framework = {"source": "framework", "frameworks": ["fastapi"]}
+    grouped = {"source": "inferred"}
+    rig.clients.scripts[11] = [batch(11, routing=framework), batch(11, routing=dict(framework)),
+                               batch(11, routing=grouped)]
+    rig.collection.start()
+    for _ in range(3):
+        rig.collection.pull_agents()
+    rig.collection.stop()
+    stored = [values["routing"] for name, _, values in rig.writer.calls
+              if name == "set_meta" and "routing" in values]
+    assert stored == [framework, grouped]
+
+
 def test_requests_are_thinned_when_taking_them_in_costs_too_much() -> None:
     import dataclasses
 

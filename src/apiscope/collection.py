@@ -18,13 +18,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 import psutil
 
 from apiscope.collect.failures import FailureLog
 from apiscope.collect.fanout import Metrics, RecordSink, Writer
-from apiscope.collect.figures import overhead_percent
+from apiscope.collect.figures import overhead_parts, overhead_percent
 from apiscope.collect.status import Counters, Terminal, pull_text, status_line, window_text
 from apiscope.collect.workers import Client, Injector, WorkerSet
 from apiscope.collect.workers import remove_stale_socket as remove_stale_socket
@@ -170,6 +170,7 @@ class Collection:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._routes_seen: dict[int, list[RouteInfo]] = {}
+        self._routing_stored: dict[str, Any] | None = None  # the `routing` meta written last
         self._watchdog_cpu: dict[str, float] = {}  # the agents' watchdogs' own CPU, by pid
         self._serve_cpu: dict[int, float] = {}  # the agents' CPU answering pulls, by pid
         # One request in `keeping.every` kept when taking them all in would cost too much.
@@ -257,6 +258,7 @@ class Collection:
                            windows_dropped=stats.dropped_windows,
                            max_overhead=self.options.max_overhead,
                            overhead=overhead_percent(self._sampler.budget),
+                           overhead_parts=overhead_parts(self._sampler.budget),
                            windows_failed=stats.failed_windows,
                            agent_dropped=self.totals.agent_dropped,
                            asleep_lines=[list(site) for site in self._sampler.asleep_lines()])
@@ -345,8 +347,10 @@ class Collection:
         counts = self.sink.window(window)
         if self.options.verbosity >= 2:
             stats = self.sampler_stats
+            budget = self._sampler.budget
             self.terminal.detail(window_text(window.end - self.started, window.rate_hz, counts,
-                                             stats.dropped_windows + stats.failed_windows))
+                                             stats.dropped_windows + stats.failed_windows,
+                                             budget.last_parts if budget else None))
 
     def _agents_cpu(self) -> float:
         """The agents' own CPU seconds so far (watchdogs and answering pulls): the budget
@@ -474,7 +478,9 @@ class Collection:
             self.sink.threadpool(batch.threadpool)
         self.sink.agent_stats(batch.stats)
         self._serve_cpu[pid] = batch.stats.serve_cpu
-        if batch.routing and batch.routing.get("source") != "none":
+        if batch.routing and batch.routing.get("source") != "none" \
+                and batch.routing != self._routing_stored:
+            self._routing_stored = batch.routing
             self.sink.meta(routing=batch.routing)  # templates, or paths grouped
         unavailable = (batch.profiling or {}).get("unavailable")
         if unavailable:

@@ -175,10 +175,23 @@ def is_app_frame(frame: Frame, app_roots: Sequence[str],
                  tool_roots: Sequence[str] = TOOL_ROOTS,
                  interpreter: Interpreter | None = None) -> bool:
     """True when `frame` is the application's code (see the module docstring)."""
-    file = frame.file
+    if frame.function == "<module>":
+        return False
+    if interpreter is None:  # the common case, asked of the same files over and over
+        return _is_app_file(frame.file, tuple(app_roots), tuple(tool_roots))
+    return _app_file(frame.file, app_roots, tool_roots, interpreter)
+
+
+@functools.lru_cache(maxsize=1 << 15)
+def _is_app_file(file: str, app_roots: tuple[str, ...], tool_roots: tuple[str, ...]) -> bool:
+    return _app_file(file, app_roots, tool_roots, running_interpreter())
+
+
+def _app_file(file: str, app_roots: Sequence[str], tool_roots: Sequence[str],
+              interpreter: Interpreter) -> bool:
     # "<frozen ...>", "<string>", code generated at run time ("<sqlalchemy generated ...>"):
     # no file of the application's.
-    if not file or file.startswith("<") or frame.function == "<module>":
+    if not file or file.startswith("<"):
         return False
     if SCRIPTS.search(file):
         return False
@@ -186,7 +199,7 @@ def is_app_frame(frame: Frame, app_roots: Sequence[str],
         return False
     if any(under(file, root) for root in app_roots):
         return True
-    if (interpreter or running_interpreter()).installed_kind(file) is not None:
+    if interpreter.installed_kind(file) is not None:
         return False
     if "/" not in norm(file):
         return True  # a bare file name (py-spy without full names) of a top-level module

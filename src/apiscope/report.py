@@ -162,6 +162,10 @@ class SampleSummary:
     # reading of the kernel's (a process it could not read): their CPU is the stacks' estimate.
     # None: every one was measured.
     windows_unmeasured: int | None = None
+    # overhead_percent by part: "pyspy_startup" (starting each window's py-spy),
+    # "pyspy_samples", "agent" (the agents' own threads), "collector" (apiscope's process).
+    # None: not measured (no budget, or a session saved before it was stored).
+    overhead_parts: Mapping[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"total": self.total, "rate_hz": self.rate_hz,
@@ -181,6 +185,8 @@ class SampleSummary:
             out["requests_kept_one_in"] = self.requests_kept_one_in
         if self.windows_unmeasured is not None:
             out["windows_unmeasured"] = self.windows_unmeasured
+        if self.overhead_parts is not None:
+            out["overhead_parts"] = dict(self.overhead_parts)
         return out
 
     @classmethod
@@ -190,7 +196,8 @@ class SampleSummary:
                    data.get("windows_failed"), data.get("errors_while_injecting"),
                    data.get("effective_rate_hz"),
                    data.get("max_overhead_percent"), data.get("overhead_percent"),
-                   data.get("requests_kept_one_in"), data.get("windows_unmeasured"))
+                   data.get("requests_kept_one_in"), data.get("windows_unmeasured"),
+                   data.get("overhead_parts"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,9 @@ class SessionMeta:
     windows_failed: int | None = None
     max_overhead: float | None = None  # percent; None without an overhead budget
     overhead: float | None = None  # percent measured, None before the budget's first window
+    # `overhead` by part ({"pyspy_startup": percent, ...}, see `budget.COST_PARTS`); empty in
+    # sessions saved before it was stored
+    overhead_parts: Mapping[str, float] = field(default_factory=dict)
     agent_dropped: int | None = None
     gaps: tuple[StoredGap, ...] = ()
     pauses: tuple[StoredGap, ...] = ()  # apiscope's debugger runs in a target (no reason)
@@ -89,6 +92,7 @@ class SessionMeta:
             windows_dropped=_int(get("windows_dropped")),
             windows_failed=_int(get("windows_failed")),
             max_overhead=_number(get("max_overhead")), overhead=_number(get("overhead")),
+            overhead_parts=_numbers(get("overhead_parts")),
             agent_dropped=_int(get("agent_dropped")), gaps=_gaps(get("gaps")),
             pauses=_gaps(get("pauses")),
             detach_failed=_objects(get("detach_failed")),
@@ -155,6 +159,14 @@ def _gaps(value: object) -> tuple[StoredGap, ...]:
         if start is not None and end is not None:
             gaps.append(StoredGap(start, end, _text(entry.get("reason"))))
     return tuple(gaps)
+
+
+def _numbers(value: object) -> dict[str, float]:
+    """{name: number} from a JSON object; entries of another type are left out."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {key: number for key, item in value.items()
+            if isinstance(key, str) and (number := _number(item)) is not None}
 
 
 def _per_pid(value: object) -> dict[int, float]:

@@ -43,6 +43,7 @@ def hands_back_at(path: str, first_line: int) -> int | None:
     return returns[0] if len(returns) == 1 else function.lineno
 
 
+@functools.lru_cache(maxsize=1024)  # asked by each analysis of a live session, for each route
 def def_line(path: str, first_line: int) -> int:
     """The `def` line of the function whose code begins at `first_line` of `path` (its first
     decorator's line, as the function's code says): where a reader looks for it. `first_line`

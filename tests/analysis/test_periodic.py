@@ -73,3 +73,31 @@ def test_a_slow_run_lengthens_the_pause_to_keep_its_share_of_a_core() -> None:
     assert paced.pause(1.0) == 15
     assert paced.pause(5.0) == pytest.approx(20.0)
     assert PeriodicAnalysis(lambda: 1, lambda _: None, interval=15, name="test").pause(60) == 15
+
+
+def test_the_pause_follows_the_cpu_a_run_used_not_the_time_it_took() -> None:
+    paced = PeriodicAnalysis(lambda: 1, lambda _: None, interval=10, name="test",
+                             max_share=0.005)
+    # 0.25 s of CPU over 0.5 s (the rest waiting for the GIL): 50 s a run, at 0.5 %.
+    assert paced.pause(0.5, cpu=0.25) == pytest.approx(49.5)
+    assert paced.pause(5.0, cpu=0.01) == 10  # long, but cheap: the interval
+
+
+def test_each_run_is_paced_by_its_own_threads_cpu() -> None:
+    def burn() -> int:
+        end = time.thread_time() + 0.05
+        while time.thread_time() < end:
+            pass
+        return 1
+
+    runs: list[float] = []
+    paced = PeriodicAnalysis(burn, lambda _: runs.append(time.monotonic()), interval=0.01,
+                             name="test", immediately=True, max_share=0.25)
+    paced.start()
+    deadline = time.monotonic() + 10
+    while len(runs) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    paced.stop()
+    assert len(runs) >= 3
+    # 50 ms of CPU at a quarter of a core: a run every 200 ms at the most.
+    assert all(b - a >= 0.19 for a, b in zip(runs, runs[1:], strict=False))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from apiscope.collectors.budget import (
+    COST_PARTS,
     FIRST_RATE,
     LAST_RESORT_RATE,
     MIN_RATE,
@@ -86,6 +87,26 @@ def test_the_mean_cost_weighs_each_window_by_its_length() -> None:
     budget.observe(WindowCost(4.0, 5, 0.04))  # then 4 s windows at 1%
     budget.observe(WindowCost(4.0, 5, 0.04))
     assert abs(budget.mean_cost() - (0.10 + 0.08) / 9) < 1e-9
+
+
+def test_the_cost_is_broken_down_into_parts_that_sum_to_it() -> None:
+    budget = OverheadBudget(0.02, 100)
+    assert budget.breakdown() == {}
+    # 1 s on one process: a start-up of 20 ms and 30 ms of ticks, the agent 10, us 5.
+    budget.observe(WindowCost(1.0, 25, 0.05, agent_cpu=0.01, startup_cpu=0.02,
+                              collector_cpu=0.005))
+    assert budget.last_parts == pytest.approx(
+        {"pyspy_startup": 0.02, "pyspy_samples": 0.03, "agent": 0.01, "collector": 0.005})
+    # then 3 s on two processes (two cores): py-spy 60 ms, the agents 30, us 30.
+    budget.observe(WindowCost(3.0, 5, 0.06, agent_cpu=0.03, processes=2,
+                              collector_cpu=0.03))
+    assert budget.last_parts == pytest.approx(
+        {"pyspy_startup": 0.0, "pyspy_samples": 0.01, "agent": 0.005, "collector": 0.005})
+    parts = budget.breakdown()
+    assert list(parts) == list(COST_PARTS)
+    assert parts == pytest.approx({"pyspy_startup": 0.02 / 4, "pyspy_samples": 0.06 / 4,
+                                   "agent": 0.025 / 4, "collector": 0.02 / 4})
+    assert sum(parts.values()) == pytest.approx(budget.mean_cost())
 
 
 def test_requests_are_thinned_when_taking_them_in_costs_more_than_half_the_budget() -> None:

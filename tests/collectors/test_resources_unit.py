@@ -10,7 +10,7 @@ from typing import Any
 import psutil
 import pytest
 
-from apiscope.collectors.resources import ResourceCollector, cpu_percent
+from apiscope.collectors.resources import CONNECTIONS_EVERY, ResourceCollector, cpu_percent
 from apiscope.collectors.target import Target
 from apiscope.model import ProcessInfo
 from tests.support import FakeClock
@@ -194,3 +194,33 @@ def test_refresh_finds_a_masters_new_workers_and_its_exited_ones() -> None:
     assert [(i.pid, i.ppid, i.role) for i in changes.new] == [(4, 1, "worker")]
     assert rc.alive_pids() == [1, 4]
     assert {s.pid for s in rc.collect()} == {1, 4}
+
+
+def test_sockets_are_counted_every_few_samples_and_for_each_new_process() -> None:
+    master, first = FakeProcess(1), FakeProcess(2)
+    master.kids = [first]
+    fake_os = FakeOS(master, first)
+    counted: list[list[int]] = []
+    sockets = {1: 1, 2: 5}
+
+    def count(pids: list[int]) -> dict[int, int]:
+        counted.append(sorted(pids))
+        return {p: sockets.get(p, 0) for p in pids}
+
+    rc = ResourceCollector(target_of([2], master=1), proc_factory=fake_os, clock=FakeClock(5e8),
+                           monotonic=FakeClock(), connections=count)
+    assert {s.pid: s.connections for s in rc.collect()} == {1: 1, 2: 5}
+    sockets[2] = 9
+    for _ in range(CONNECTIONS_EVERY - 1):  # the samples between repeat the last count
+        assert {s.pid: s.connections for s in rc.collect()} == {1: 1, 2: 5}
+    assert len(counted) == 1
+    assert {s.pid: s.connections for s in rc.collect()} == {1: 1, 2: 9}
+    assert len(counted) == 2
+
+    second = FakeProcess(3)
+    master.kids.append(second)
+    fake_os.procs[3] = second
+    sockets[3] = 4
+    rc.refresh()
+    assert {s.pid: s.connections for s in rc.collect()} == {1: 1, 2: 9, 3: 4}  # counted now
+    assert counted[-1] == [1, 2, 3]

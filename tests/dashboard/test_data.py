@@ -183,6 +183,21 @@ def test_flags_come_from_the_analysis_when_none_are_stored(tmp_path: Path) -> No
     data.close()
 
 
+def test_flags_the_collector_stores_are_awaited_not_called_healthy(tmp_path: Path) -> None:
+    from apiscope.store import SessionWriter
+
+    path = write_session(tmp_path / "s.sqlite", seconds=3, flags=False)
+    data = DashboardSession(path)
+    data.awaits_stored_flags = True  # as the collector's own dashboard is told
+    assert "analysing" in (data.flags_pending() or "")
+    with SessionWriter(path) as writer:
+        writer.replace_flags([])  # the collector's first analysis found nothing
+        writer.flush()
+    data.refresh()
+    assert data.flags() == [] and data.flags_pending() is None
+    data.close()
+
+
 def test_a_failing_analysis_is_reported_not_raised(tmp_path: Path) -> None:
     from apiscope.dashboard.analysis import FlagAnalysis
     from tests.support import wait_until

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from apiscope.analysis.attribution import (
     RouteMatcher,
@@ -159,6 +160,9 @@ class AnalysisContext:
     # The application's lines seen above a handler's frame: its middleware passing requests
     # on (`attribution.dispatch_lines`). No work below them is theirs.
     dispatch: frozenset[tuple[str, int]] = frozenset()
+    # What several rules compute from the same session, computed once (kept across the
+    # copies `run_rules` makes of the context): see `profiles.route_profiles`.
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def slo_ms(self) -> float:

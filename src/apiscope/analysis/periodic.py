@@ -65,18 +65,20 @@ class PeriodicAnalysis(Generic[T]):
         if timeout is not None and self._thread.is_alive():
             self._thread.join(timeout)
 
-    def pause(self, seconds: float) -> float:
-        """The pause after a run that took `seconds`."""
+    def pause(self, seconds: float, cpu: float | None = None) -> float:
+        """The pause after a run that took `seconds` and used `cpu` seconds of CPU (None: as
+        many as it took)."""
         if self.max_share is None:
             return self.interval
-        return max(self.interval, seconds * (1 / self.max_share - 1))
+        used = seconds if cpu is None else cpu
+        return max(self.interval, used / self.max_share - seconds)
 
     def _loop(self) -> None:
         if not self.immediately and self._stop.wait(self.interval):
             return
         while not self._stop.is_set():
-            began = time.monotonic()
+            began, cpu = time.monotonic(), time.thread_time()
             self.run_once()
             if not self.repeat:
                 return
-            self._stop.wait(self.pause(time.monotonic() - began))
+            self._stop.wait(self.pause(time.monotonic() - began, time.thread_time() - cpu))

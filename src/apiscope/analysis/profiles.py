@@ -30,11 +30,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from statistics import median
+from typing import TYPE_CHECKING
 
 from apiscope.analysis.attribution import RouteMatcher
 from apiscope.analysis.flags import pct
 from apiscope.frames import is_app_frame, package_of
 from apiscope.model import Frame, ProfileNode, StoredProfile
+
+if TYPE_CHECKING:
+    from apiscope.analysis.context import AnalysisContext
 
 SiteKey = tuple[str, int, str]  # (file, line, function) of the awaiting application frame
 # What a coroutine awaits when it waits for another part of the same process to notify it
@@ -265,6 +269,16 @@ def aggregate(profiles: Iterable[StoredProfile], roots: Sequence[str] = (),
         del route.slowest[SLOWEST_KEPT:]
         route.sites = _sites(route.requests, contended)
     return routes
+
+
+def route_profiles(ctx: AnalysisContext) -> dict[str, RouteProfiles]:
+    """`aggregate` of the session's profiles, judged as the rules judge them; computed once
+    per analysis (`slow_endpoint` and `slow_await` both read it)."""
+    found: dict[str, RouteProfiles] | None = ctx.memo.get("route_profiles")
+    if found is None:
+        found = ctx.memo["route_profiles"] = aggregate(
+            ctx.data.profiles, ctx.matcher.roots, ctx.thresholds.await_min_ms, ctx.matcher)
+    return found
 
 
 def _handler_test(matcher: RouteMatcher | None,

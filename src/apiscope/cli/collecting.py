@@ -110,15 +110,37 @@ def stored_flags(session: Path, thresholds: Thresholds, writer: SessionWriter) -
     return flags
 
 
+# Of the overhead budget, the most the live analysis (the flags of /metrics and the dashboard)
+# may use. It re-reads the whole session each run: on MLflow's tracking server under load, a
+# 36 s session cost 0.25 s of CPU a run, and run every 10 s, it and the dashboard's own run of
+# the same analysis took half of a 2 % budget by themselves.
+ANALYSIS_SHARE = 0.25
+
+
+def analysis_share(args: argparse.Namespace, target: Target) -> float | None:
+    """The share of a core the live analysis may use: `ANALYSIS_SHARE` of the budget, of the
+    target's capacity (a core per serving process, no more than the machine has); None
+    without a budget."""
+    budget: float | None = getattr(args, "max_overhead", None)
+    if not budget:
+        return None
+    cores = max(1, min(len(target.pids), os.cpu_count() or 1))
+    return ANALYSIS_SHARE * budget / 100 * cores
+
+
 @contextmanager
 def outputs(args: argparse.Namespace, session: Path, metrics: MetricsExporter,
-            writer: SessionWriter, thresholds: Thresholds) -> Iterator[None]:
-    """Serve the live dashboard (with /metrics) or /metrics alone, for the run's duration."""
+            writer: SessionWriter, thresholds: Thresholds,
+            share: float | None = None) -> Iterator[None]:
+    """Serve the live dashboard (with /metrics) or /metrics alone, for the run's duration;
+    their flags are analysed using at most `share` of a core."""
     stoppers: list[Callable[[], Any]] = []
     try:
         if not args.no_dashboard or args.metrics_port is not None:
-            # One analysis loop feeds both the metrics' flags and the dashboard's.
-            live_flags = LiveFlags(metrics, stored_flags(session, thresholds, writer))
+            # One analysis loop feeds both the metrics' flags and the dashboard's (which
+            # shows the flags it stores in the session).
+            live_flags = LiveFlags(metrics, stored_flags(session, thresholds, writer),
+                                   max_share=share)
             live_flags.start()
             stoppers.append(live_flags.stop)
         if not args.no_dashboard:
@@ -126,7 +148,8 @@ def outputs(args: argparse.Namespace, session: Path, metrics: MetricsExporter,
 
             token = dashboard_token(args)
             handle = start_dashboard_thread(session, args.host, args.port, metrics=metrics,
-                                            token=token, thresholds=thresholds)
+                                            token=token, thresholds=thresholds,
+                                            analyse=False)
             stoppers.append(handle.stop)
             # Printed even with --quiet: the token in it is the only way in.
             print(f"apiscope: dashboard at {dashboard_url(args)} (the token keeps the"
@@ -187,7 +210,8 @@ def collect(target: Target, args: argparse.Namespace, *, inject: bool,
         rate = (f"at up to {args.rate} Hz within a {budget:g}% budget" if budget
                 else f"at {args.rate} Hz")
         say(args, f"sampling pid {target.pid} ({target.server}) {rate} into {session}")
-        with outputs(args, session, metrics, writer, thresholds), \
+        with outputs(args, session, metrics, writer, thresholds,
+                     analysis_share(args, target)), \
                 stop_on_signals(collection.request_stop):
             try:
                 collection.start()

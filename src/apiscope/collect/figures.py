@@ -47,3 +47,10 @@ def overhead_percent(budget: OverheadBudget | None) -> float | None:
     if budget is None or not budget.history:
         return None
     return round(100 * budget.mean_cost(), 3)
+
+
+def overhead_parts(budget: OverheadBudget | None) -> dict[str, float]:
+    """`overhead_percent` by part (`budget.COST_PARTS`), percent; empty when it is None."""
+    if budget is None or not budget.history:
+        return {}
+    return {name: round(100 * share, 3) for name, share in budget.breakdown().items()}

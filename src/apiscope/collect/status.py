@@ -8,6 +8,7 @@ otherwise, nothing with --quiet but the warnings).
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -47,11 +48,17 @@ def status_line(c: Counters) -> str:
             f"{kept}  processes {c.processes}{rate}")
 
 
-def window_text(elapsed: float, rate_hz: int, counts: WindowCounts, windows_lost: int) -> str:
-    """The --verbose line of one sampling window."""
-    return (f"window {elapsed:6.1f}s  rate {rate_hz} Hz  samples {counts.stored} of"
+def window_text(elapsed: float, rate_hz: int, counts: WindowCounts, windows_lost: int,
+                cost: Mapping[str, float] | None = None) -> str:
+    """The --verbose line of one sampling window; `cost` is the last window accounted by the
+    budget, by part (fractions of the target's capacity)."""
+    line = (f"window {elapsed:6.1f}s  rate {rate_hz} Hz  samples {counts.stored} of"
             f" {counts.expected:.0f} expected  errors {counts.errors}  windows lost"
             f" {windows_lost}")
+    if cost:
+        parts = " ".join(f"{name} {100 * share:.2f}" for name, share in cost.items())
+        line += f"  cost {100 * sum(cost.values()):.2f}% ({parts})"
+    return line
 
 
 def pull_text(pid: int, requests: int, profiles: int, dropped: int, more: bool) -> str:

@@ -48,6 +48,9 @@ LAST_RESORT_RATE = 2  # Hz: the least, where even `MIN_RATE` costs more than the
 FLOOR_BREAKS = 2  # windows at `MIN_RATE` over the budget before the rate may go lower
 SMOOTHING = 0.3  # weight of the newest window in the learnt costs
 WINDOW_FACTORS = (1, 2, 4, 8)  # window lengths the budget chooses from, times the one asked for
+# What the cost is made of: py-spy's start-ups (one per window), py-spy's sample ticks, the
+# agents' own threads in the targets, and the collector (this process).
+COST_PARTS = ("pyspy_startup", "pyspy_samples", "agent", "collector")
 
 
 @dataclass(slots=True)
@@ -98,6 +101,10 @@ class OverheadBudget:
     last_cores: float = 1.0  # the capacity of the last window accounted
     floor_broken: bool = False  # `FLOOR_BREAKS` windows at `min_rate` or below cost more
     over_at_floor: int = 0  # windows at `min_rate` or below that cost more than the budget
+    # Each part's cost over the windows so far, in seconds of the target's capacity
+    # (CPU seconds / cores): divided by the windows' seconds, the parts sum to `mean_cost`.
+    parts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COST_PARTS, 0.0))
+    last_parts: dict[str, float] = field(default_factory=dict)  # the last window's, fractions
 
     def first_rate(self) -> int:
         """The rate of the first window, before any cost is known: the rate asked for, at most
@@ -121,6 +128,10 @@ class OverheadBudget:
                                      (cost.agent_cpu + cost.collector_cpu) / cost.seconds)
             spent = (cost.pyspy_cpu + cost.agent_cpu + cost.collector_cpu) / (
                 cost.seconds * cost.cores)
+            for name, cpu in zip(COST_PARTS, (startup, cost.pyspy_cpu - startup,
+                                              cost.agent_cpu, cost.collector_cpu), strict=True):
+                self.parts[name] += cpu / cost.cores
+                self.last_parts[name] = cpu / (cost.seconds * cost.cores)
             self.history.append((spent, cost.rate_hz))
             self.seconds.append(cost.seconds)
             if spent > self.max_overhead and cost.rate_hz <= self.min_rate:
@@ -182,6 +193,14 @@ class OverheadBudget:
         if not total:
             return 0.0
         return sum(c * s for (c, _), s in zip(self.history, self.seconds, strict=True)) / total
+
+    def breakdown(self) -> dict[str, float]:
+        """`mean_cost` by part (`COST_PARTS`), fractions of the target's capacity that sum to
+        it; empty before any window."""
+        total = sum(self.seconds)
+        if not total:
+            return {}
+        return {name: cpu / total for name, cpu in self.parts.items()}
 
 
 KEEP_SHARE = 0.5  # of the budget, the most that taking in the agents' requests may cost

@@ -28,17 +28,21 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 def create_app(source: str | os.PathLike[str] | DashboardSession, *, live: bool,
-               refresh_ms: int = 1500, thresholds: Thresholds | None = None) -> Dash:
+               refresh_ms: int = 1500, thresholds: Thresholds | None = None,
+               analyse: bool = True) -> Dash:
     """The dashboard of one session file.
 
     `live=True` polls the file every `refresh_ms` for rows the collector added (the file is in
     WAL mode, so reading while it is written is safe); replay reads it once. The app's Flask
     server is `app.server`, where a caller may add routes (such as `/metrics`) before serving.
     Flags the dashboard computes itself are judged by `thresholds`, by default the project's
-    (`resolve_thresholds`: its pyproject.toml's, else the defaults).
+    (`resolve_thresholds`: its pyproject.toml's, else the defaults). With `analyse` False it
+    computes none and shows the flags stored in the session: the collector writing it
+    analyses it already, and a second analysis would double what that costs.
     """
     data = source if isinstance(source, DashboardSession) else DashboardSession(source)
-    if data.analysis is None and (live or not data.flags()):
+    data.awaits_stored_flags = live and not analyse
+    if analyse and data.analysis is None and (live or not data.flags()):
         # No stored flags (or a live session): run the report's analysis in the background.
         judge = thresholds if thresholds is not None else resolve_thresholds()
         data.analysis = FlagAnalysis(data.reader.path, live=live,
@@ -134,15 +138,18 @@ def start_dashboard_thread(session_path: str | os.PathLike[str], host: str = "12
                            metrics: MetricsExporter | None = None,
                            configure: Callable[[Any], None] | None = None,
                            token: str | None = None,
-                           thresholds: Thresholds | None = None) -> DashboardHandle:
+                           thresholds: Thresholds | None = None,
+                           analyse: bool = True) -> DashboardHandle:
     """Serve the dashboard of `session_path` in a daemon thread; `.stop()` ends it.
 
     With `metrics`, its registry is served at `/metrics` on the same host and port.
     `configure(flask_server)` runs before the first request, the moment to add other routes
     (Flask refuses new routes once it has served). With `token`, every route (`/metrics`
-    too) answers only requests that carry it (`dashboard.access`).
+    too) answers only requests that carry it (`dashboard.access`). `analyse` as in
+    `create_app`.
     """
-    app = create_app(session_path, live=live, refresh_ms=refresh_ms, thresholds=thresholds)
+    app = create_app(session_path, live=live, refresh_ms=refresh_ms, thresholds=thresholds,
+                     analyse=analyse)
     if token is not None:
         require_token(app.server, token)
     if metrics is not None:

@@ -93,6 +93,9 @@ class DashboardSession:
                  analysis: FlagAnalysis | None = None) -> None:
         self.reader = SessionReader(path)
         self.analysis = analysis
+        # Set when the flags are the collector's to store: until it has, none are known.
+        self.awaits_stored_flags = False
+        self._flags_stored = False
         # One lock for every read: Flask runs callbacks in threads, and they share the
         # reader's single SQLite connection.
         self._lock = threading.RLock()
@@ -136,6 +139,7 @@ class DashboardSession:
             self._refresh_resources()
             self._processes = self.reader.processes()
             stored = self.reader.flags()
+            self._flags_stored = self._flags_stored or self.reader.flags_stored()
             if stored and self.analysis is not None:
                 self.analysis.stop(wait=False)  # the collector's own flags supersede ours
             elif self.analysis is not None:
@@ -199,7 +203,11 @@ class DashboardSession:
 
     def flags_pending(self) -> str | None:
         """Why no flags can be shown yet (the analysis is running or failed), else None."""
-        if self._flags or self.analysis is None:
+        if self._flags:
+            return None
+        if self.analysis is None:
+            if self.awaits_stored_flags and not self._flags_stored:
+                return "analysing the session for bottlenecks…"
             return None
         if self.analysis.error is not None:
             return f"the analysis failed on this session ({self.analysis.error})"

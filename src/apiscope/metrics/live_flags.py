@@ -39,14 +39,16 @@ def session_flags(session: Path, slo_ms: float | None = None,
 
 class LiveFlags:
     """Feeds `exporter.set_flags` from `source` every `interval` seconds, first after one
-    interval, in a daemon thread (`PeriodicAnalysis`); a failed run keeps the previous flags."""
+    interval, in a daemon thread (`PeriodicAnalysis`); a failed run keeps the previous flags.
+    With `max_share`, the runs use at most that share of a core (the pauses grow)."""
 
     def __init__(self, exporter: MetricsExporter, source: FlagSource,
-                 interval: float = 10.0) -> None:
+                 interval: float = 10.0, max_share: float | None = None) -> None:
         self.exporter = exporter
         self.source = source
         self._periodic = PeriodicAnalysis(lambda: self.source(), exporter.set_flags,
-                                          interval=interval, name="apiscope-live-flags")
+                                          interval=interval, name="apiscope-live-flags",
+                                          max_share=max_share)
 
     @property
     def interval(self) -> float:

@@ -349,6 +349,10 @@ class SessionReader(ViewQueries):
         """Whether the file holds the kernel's CPU time of any thread (not files from before)."""
         return self._has_rows("thread_cpu")
 
+    def flags_stored(self) -> bool:
+        """Whether the collector has stored its flags (none found counts), live or at the end."""
+        return bool(self._query("SELECT 1 FROM meta WHERE key = 'flags_stored'"))
+
     def measures_process_cpu(self) -> bool:
         return self._has_rows("process_cpu")
 

@@ -212,7 +212,8 @@ class SessionWriter:
 
     def replace_flags(self, flags: Iterable[Flag]) -> None:
         """Store `flags` in place of the session's flags (one column per location field, the
-        metric as its JSON object)."""
+        metric as its JSON object), and note that they were (meta `flags_stored`: a session
+        with none stored may not have been analysed yet)."""
         rows = []
         for f in flags:
             loc = f.location
@@ -221,6 +222,7 @@ class SessionWriter:
                          json.dumps(metric_to_json(f.metric)), f.suggestion))
 
         def job(c: sqlite3.Connection) -> None:
+            c.execute("REPLACE INTO meta VALUES ('flags_stored', 'true')")
             c.execute("DELETE FROM flags")
             c.executemany(
                 "INSERT INTO flags (kind, severity, route, file, line, function, evidence,"

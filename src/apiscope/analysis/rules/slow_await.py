@@ -28,9 +28,9 @@ from apiscope.analysis.profiles import (
     MIN_PROFILES,
     SUGGEST_RENDEZVOUS,
     RouteProfiles,
-    aggregate,
     describe_rendezvous,
     describe_site,
+    route_profiles,
 )
 from apiscope.analysis.thresholds import grade
 
@@ -44,8 +44,7 @@ class SlowAwaitRule:
 
     def check(self, ctx: AnalysisContext) -> list[Flag]:
         flags = []
-        routes = aggregate(ctx.data.profiles, ctx.matcher.roots, ctx.thresholds.await_min_ms,
-                           ctx.matcher)
+        routes = route_profiles(ctx)
         contended = sorted({s.resource for r in routes.values() for s in r.sites if s.contended})
         for endpoint in sorted(routes):
             flag = self._flag(ctx, routes[endpoint], contended)

@@ -62,9 +62,9 @@ from apiscope.analysis.flags import (
 from apiscope.analysis.profiles import (
     SUGGEST_RENDEZVOUS,
     RouteProfiles,
-    aggregate,
     describe_dominant,
     dominant_site,
+    route_profiles,
 )
 from apiscope.analysis.stats import percentile, warmup_end
 from apiscope.analysis.thresholds import grade
@@ -184,8 +184,7 @@ class SlowEndpointRule:
 
     def _latency(self, ctx: AnalysisContext) -> list[Flag]:
         flags = []
-        profiled = aggregate(ctx.data.profiles, ctx.matcher.roots, ctx.thresholds.await_min_ms,
-                             ctx.matcher) if ctx.data.profiles else {}
+        profiled = route_profiles(ctx) if ctx.data.profiles else {}
         warm = warmup_end(ctx)
         # Whether the host had no CPU to spare: one answer for every route.
         starved = max(runqueue_shares(ctx).values(), default=0.0)
