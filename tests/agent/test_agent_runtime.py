@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import stat
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -324,7 +325,11 @@ def test_the_route_table_is_sent_again_only_when_it_changed(sock_dir: str) -> No
             def later() -> dict[str, bool]:
                 return {}
 
-            changed = client.pull()  # each pull re-reads the tables first
+            # The pulls re-read the tables, at once after a change and then less often
+            # (`RouteRegistry.refresh_if_due`): within seconds here.
+            deadline = time.monotonic() + 10
+            while (changed := client.pull()).routes is None and time.monotonic() < deadline:
+                time.sleep(0.2)
             assert changed.routes is not None and ("GET", "/later") in {
                 (r.method, r.template) for r in changed.routes}
             assert client.pull().routes is None

@@ -4,6 +4,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from fastapi import APIRouter, FastAPI
 from starlette.applications import Starlette
 from starlette.endpoints import HTTPEndpoint
@@ -216,6 +217,40 @@ def test_a_route_table_version_changes_with_the_table_only() -> None:
     app.router.routes.append(Route("/b", list_orders))
     registry.refresh()
     assert registry.version != version
+
+
+def test_the_table_is_read_again_less_often_while_it_stays_the_same(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from apiscope.agent import routes as module
+
+    now = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    app = Starlette(routes=[Route("/a", list_orders)])
+    registry = RouteRegistry()
+    registry.add_app(app)
+    reads: list[float] = []
+    real_refresh = registry.refresh
+
+    def counted() -> bool:
+        reads.append(now[0])
+        return real_refresh()
+
+    registry.refresh = counted  # type: ignore[method-assign]
+    for _ in range(80):  # a pull a second, the table unchanged
+        now[0] += 1.0
+        registry.refresh_if_due()
+    gaps = [round(b - a) for a, b in zip(reads, reads[1:], strict=False)]
+    assert gaps[:5] == [2, 4, 8, 16, 30] and set(gaps[5:]) <= {30}
+    # A route added: found at the next re-read, and the next ones come soon again.
+    app.router.routes.append(Route("/b", list_orders))
+    while len(registry.rows) == 1:
+        now[0] += 1.0
+        registry.refresh_if_due()
+    found = now[0]
+    assert found - reads[-2] <= module.REFRESH_MOST + 1
+    now[0] += 1.0
+    registry.refresh_if_due()
+    assert reads[-1] == found + 1.0
 
 
 def test_a_request_in_flight_is_named_by_the_quart_router_too() -> None:

@@ -38,6 +38,8 @@ _CONVERTER = re.compile(r"\{(\w+):[^}]*\}")
 _HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")
 _MATCHED = {QUART: (werkzeug_rows, werkzeug_matcher), FLASK: (werkzeug_rows, werkzeug_matcher),
             FALCON: (falcon_rows, falcon_matcher)}
+REFRESH_FIRST = 1.0  # seconds: a table that just changed is read again this soon
+REFRESH_MOST = 30.0  # seconds: and an unchanged one at least this often
 MAX_RESOLVED = 4096  # (method, path) pairs whose template is remembered: ids make paths unbounded
 
 
@@ -86,6 +88,7 @@ class RouteRegistry:
         # random start, so that an agent started anew is never taken for the one before.
         self.version = random.randrange(1 << 30)
         self._refreshed = 0.0
+        self._refresh_every = REFRESH_FIRST  # seconds between `refresh_if_due`'s re-reads
         # Which sources named recorded routes: framework names, or INFERRED. The middleware
         # adds to it per request (a set add of a constant: no allocation).
         self.sources: set[str] = set()
@@ -124,7 +127,20 @@ class RouteRegistry:
             match = mounted(prefix or "", _MATCHED[framework][1](app))
             self._matched.append((framework, app, match, prefix))
 
-    def refresh(self) -> None:
+    def refresh_if_due(self) -> None:
+        """`refresh()`, asked at every pull: at once after a change, and less often the longer
+        the table stays the same (twice as long after each refresh that finds it unchanged,
+        up to `REFRESH_MOST` seconds). Apps add their routes as they start, and seldom after;
+        re-reading MLflow's few hundred Flask rules at every pull was a third of the agent's
+        CPU in its workers."""
+        if time.monotonic() - self._refreshed < self._refresh_every:
+            return
+        changed = self.refresh()
+        self._refresh_every = REFRESH_FIRST if changed else min(
+            REFRESH_MOST, self._refresh_every * 2)
+
+    def refresh(self) -> bool:
+        """Re-read every app's routes; True when the table changed."""
         self._refreshed = time.monotonic()
         rows: list[RouteRow] = []
         templates: dict[int, tuple[Any, str]] = {}
@@ -139,10 +155,12 @@ class RouteRegistry:
             rows.extend(django_rows())
         for framework, app, _, mount in self._matched:
             rows.extend(_prefixed(mount or "", _MATCHED[framework][0](app)))
-        if rows != self.rows:
+        changed = rows != self.rows
+        if changed:
             self.version += 1
             self._resolved = {}
         self.rows, self.templates = rows, templates
+        return changed
 
     @property
     def deferred(self) -> bool:

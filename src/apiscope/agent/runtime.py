@@ -216,7 +216,7 @@ class Agent:
             self.query_hooks.install()  # hook database libraries imported since the last pull
         if self.pool_timing is not None:
             self.pool_timing.install()  # and pools (anyio's) imported since
-        self.routes.refresh()  # routes added since instrument(app)
+        self.routes.refresh_if_due()  # routes added since instrument(app)
         return self.threadpool.sample()
 
     def _guarded(self, work: Callable[[], _T]) -> _T | None:
