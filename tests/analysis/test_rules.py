@@ -463,3 +463,25 @@ def test_an_inherited_handler_is_named_by_the_apps_class(tmp_path: Path) -> None
     endpoints = {e["route"]: e for e in report_of(spec, tmp_path)["endpoints"]}
     assert endpoints["POST /items"]["handler"] == "shop.views:ItemCreate.post"
     assert endpoints["GET /health"]["handler"] == "shop.main:health"
+
+
+def test_the_workers_contending_at_one_line_make_one_gil_flag() -> None:
+    from apiscope.analysis.rules.gil_contention import merge_processes
+    from apiscope.flag import Flag, Location
+
+    def flag(severity: str, share: float, line: int = 56) -> Flag:
+        return Flag("gil_contention", severity, "GET /forecast", Location("app.py", line, "f"),
+                    f"waited {share:.0%}", {"gil_wait_share": share, "contended_seconds": 6.0},
+                    "use processes")
+
+    merged = merge_processes([(11, flag("medium", 0.32)), (12, flag("medium", 0.37)),
+                              (13, flag("low", 0.60)), (12, flag("low", 0.2, line=80))])
+    assert len(merged) == 2
+    first = merged[0]
+    # The most severe, then the larger wait, speaks; the others are named.
+    assert first.severity == "medium" and first.metric["gil_wait_share"] == 0.37
+    assert first.evidence == ("waited 37%; the same in process 11: 32% over 6 s; the same in"
+                              " process 13: 60% over 6 s")
+    assert first.metric["processes"] == 3
+    assert merged[1].location == Location("app.py", 80, "f")
+    assert "processes" not in merged[1].metric  # one process: as it was

@@ -64,10 +64,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Flag
 from apiscope.analysis.cpu import endpoint_or_handed, handed_routes, host_busy_share
-from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct, where
+from apiscope.analysis.flags import (
+    MetricValue,
+    frame_location,
+    make_flag,
+    pct,
+    severity_rank,
+    where,
+)
 from apiscope.analysis.offcpu import asleep_sites
 from apiscope.analysis.stats import warmup_end
 from apiscope.analysis.thresholds import grade
@@ -151,14 +159,14 @@ class GilContentionRule:
             return []
         contended = self._contended(ctx)
         looked = self._looked_pids(ctx)
-        flags = []
+        found: list[tuple[int, Flag]] = []
         for pid in sorted({pid for pid, _ in contended}):
             windows = {w: share for (p, w), share in contended.items() if p == pid}
             if sum(end - start for start, end in windows) >= GIL_MIN_SECONDS:
                 flag = self._flag(ctx, pid, windows, pid in looked)
                 if flag is not None:
-                    flags.append(flag)
-        return flags
+                    found.append((pid, flag))
+        return merge_processes(found)
 
     def _contended(self, ctx: AnalysisContext) -> dict[tuple[int, Window], float]:
         """(pid, window) -> the contended share, for the windows that contended: from the
@@ -385,3 +393,30 @@ class GilContentionRule:
                     f" for {thread_cpu / seconds:.2f} of a core in that time{saturated}")
         metric.update(holder_thread=name or str(tid), holder_cores=thread_cpu / seconds)
         return make_flag(self.kind, severity, None, loc, evidence, metric, SUGGEST_BACKGROUND)
+
+
+def merge_processes(found: list[tuple[int, Flag]]) -> list[Flag]:
+    """One flag per (route, location): the workers of one server contend at the same line
+    for the same reason, and a flag per process said it twice. The flag kept is the most
+    severe (the larger wait at equal severity); its evidence names the others' waits."""
+    groups: dict[tuple[str | None, object], list[tuple[int, Flag]]] = defaultdict(list)
+    for pid, flag in found:
+        groups[(flag.route, flag.location)].append((pid, flag))
+    out = []
+    for group in groups.values():
+        group.sort(key=lambda pf: (-severity_rank(pf[1].severity),
+                                   -_number(pf[1].metric.get("gil_wait_share")), pf[0]))
+        (_, first), others = group[0], group[1:]
+        if not others:
+            out.append(first)
+            continue
+        also = "; ".join(
+            f"the same in process {pid}: {pct(_number(flag.metric.get('gil_wait_share')))} over"
+            f" {_number(flag.metric.get('contended_seconds')):.0f} s" for pid, flag in others)
+        metric = {**first.metric, "processes": len(group)}
+        out.append(replace(first, evidence=f"{first.evidence}; {also}", metric=metric))
+    return out
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) else 0.0
