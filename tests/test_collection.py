@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import pytest
 
@@ -125,6 +126,25 @@ def test_the_routing_is_stored_when_it_changes_not_at_every_pull() -> None:
     stored = [values["routing"] for name, _, values in rig.writer.calls
               if name == "set_meta" and "routing" in values]
     assert stored == [framework, grouped]
+
+
+def test_a_program_running_its_server_in_process_is_named_by_the_server_its_agent_found(
+) -> None:
+    rig = Rig()
+    rig.collection.target = replace(rig.collection.target, server="python",
+                                    command="python venv/bin/dagster-webserver -p 3000")
+    rig.collection.start()
+    rig.injections.servers = {"uvicorn"}
+    rig.collection.stop()
+    assert rig.writer.meta["server"] == "uvicorn"
+    # Told by its command line, or two kinds found: as described.
+    for described, found in (("gunicorn", {"uvicorn"}), ("python", {"uvicorn", "hypercorn"})):
+        rig = Rig()
+        rig.collection.target = replace(rig.collection.target, server=described)
+        rig.collection.start()
+        rig.injections.servers = found
+        rig.collection.stop()
+        assert rig.writer.meta["server"] == described
 
 
 def test_requests_are_thinned_when_taking_them_in_costs_too_much() -> None:

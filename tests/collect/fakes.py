@@ -148,6 +148,7 @@ class FakeInjections:
         self.orphan_seconds = orphan_seconds
         self.pauses: list[tuple[float, float]] = []
         self.added: list[int] = []
+        self.servers: set[str] = set()  # the servers whose apps the agents wrapped
         self.closed = 0
         self._fail = fail or {}
 

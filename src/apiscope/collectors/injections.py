@@ -61,6 +61,7 @@ class AgentInjections:
         self._lock = threading.Lock()
         self._started: set[int] = set()  # every process an injection was started in
         self._serving: set[int] = set()  # processes whose agent wraps an app
+        self._servers: set[str] = set()  # the servers whose apps the agents wrapped
         self._threads: dict[int, threading.Thread] = {}
         self._pauses: list[tuple[float, float]] = []
 
@@ -73,6 +74,13 @@ class AgentInjections:
     def serving(self) -> set[int]:
         with self._lock:
             return set(self._serving)
+
+    @property
+    def servers(self) -> set[str]:
+        """The servers ("uvicorn", ...) whose apps the agents found and wrapped: the server a
+        program that runs one in-process (`dagster-webserver`, `datasette`) really is."""
+        with self._lock:
+            return set(self._servers)
 
     @property
     def pauses(self) -> list[tuple[float, float]]:
@@ -161,6 +169,8 @@ class AgentInjections:
             if result.apps:
                 with self._lock:
                     self._serving.add(pid)
+                    self._servers.update(str(app["server"]) for app in result.apps
+                                         if isinstance(app, dict) and app.get("server"))
                 return
             delay = next(delays, None)
             if delay is None or not self._alive(pid):
