@@ -415,6 +415,12 @@ class Collection:
             self.sink.meta(requests_kept_every=every,
                            requests_kept_every_max=max(self.keeping.history))
 
+    def analysis_scale(self) -> float:
+        """The part of its share of the budget the live analysis may use now: all of it,
+        down to a sixteenth while the budget is over at its lowest sampling rate (as the
+        agents' watchdogs, `WatchShare.scale`)."""
+        return self.watch_share.scale if self.watch_share is not None else 1.0
+
     def adjust_watch_share(self) -> None:
         """Give the agents' loop watchdogs less to follow with, and look at the busy threads
         for GIL waits less often, while the budget is over at its lowest sampling rate; their

@@ -101,3 +101,11 @@ def test_each_run_is_paced_by_its_own_threads_cpu() -> None:
     assert len(runs) >= 3
     # 50 ms of CPU at a quarter of a core: a run every 200 ms at the most.
     assert all(b - a >= 0.19 for a, b in zip(runs, runs[1:], strict=False))
+
+
+def test_a_share_given_as_a_function_is_asked_after_each_run() -> None:
+    shares = iter([0.01, 0.0025])
+    paced = PeriodicAnalysis(lambda: 1, lambda _: None, interval=1, name="test",
+                             max_share=lambda: next(shares))
+    assert paced.pause(0.1, cpu=0.1) == pytest.approx(9.9)
+    assert paced.pause(0.1, cpu=0.1) == pytest.approx(39.9)  # the budget cut it to a quarter

@@ -207,6 +207,7 @@ def test_the_watchdogs_share_halves_over_budget_and_comes_back_with_room() -> No
         watch.observe(budget)
     assert watch.share == MIN_WATCH_SHARE  # no lower
     assert watch.look_interval == pytest.approx(0.16)  # the looks spaced out 4 times, no more
+    assert watch.scale == pytest.approx(1 / 16)  # and the live analysis's share cut as much
     # A window at 1.5 % leaves 0.5 % of a core: room for twice the share in two processes.
     within = WindowCost(seconds=8.0, rate_hz=MIN_RATE, pyspy_cpu=0.04, agent_cpu=0.04,
                         collector_cpu=0.04, capacity=1.0)
@@ -216,6 +217,7 @@ def test_the_watchdogs_share_halves_over_budget_and_comes_back_with_room() -> No
         budget.observe(within)
         watch.observe(budget, processes=2)
     assert watch.share == FOLLOW_CPU_SHARE  # back to the agents' default, no higher
+    assert watch.scale == 1.0
     # Within budget but without room for more: it holds.
     tight = WindowCost(seconds=8.0, rate_hz=MIN_RATE, pyspy_cpu=0.05, agent_cpu=0.05,
                        collector_cpu=0.055, capacity=1.0)  # 1.94 %

@@ -28,7 +28,7 @@ class PeriodicAnalysis(Generic[T]):
 
     def __init__(self, analyse: Callable[[], T], on_result: Callable[[T], None], *,
                  interval: float, name: str, immediately: bool = False, repeat: bool = True,
-                 max_share: float | None = None,
+                 max_share: float | Callable[[], float] | None = None,
                  on_error: Callable[[str], None] | None = None) -> None:
         self.analyse = analyse
         self.on_result = on_result
@@ -68,10 +68,11 @@ class PeriodicAnalysis(Generic[T]):
     def pause(self, seconds: float, cpu: float | None = None) -> float:
         """The pause after a run that took `seconds` and used `cpu` seconds of CPU (None: as
         many as it took)."""
-        if self.max_share is None:
+        share = self.max_share() if callable(self.max_share) else self.max_share
+        if share is None:
             return self.interval
         used = seconds if cpu is None else cpu
-        return max(self.interval, used / self.max_share - seconds)
+        return max(self.interval, used / share - seconds)
 
     def _loop(self) -> None:
         if not self.immediately and self._stop.wait(self.interval):

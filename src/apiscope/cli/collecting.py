@@ -131,9 +131,9 @@ def analysis_share(args: argparse.Namespace, target: Target) -> float | None:
 @contextmanager
 def outputs(args: argparse.Namespace, session: Path, metrics: MetricsExporter,
             writer: SessionWriter, thresholds: Thresholds,
-            share: float | None = None) -> Iterator[None]:
+            share: Callable[[], float] | None = None) -> Iterator[None]:
     """Serve the live dashboard (with /metrics) or /metrics alone, for the run's duration;
-    their flags are analysed using at most `share` of a core."""
+    their flags are analysed using at most `share()` of a core (asked after each run)."""
     stoppers: list[Callable[[], Any]] = []
     try:
         if not args.no_dashboard or args.metrics_port is not None:
@@ -210,8 +210,9 @@ def collect(target: Target, args: argparse.Namespace, *, inject: bool,
         rate = (f"at up to {args.rate} Hz within a {budget:g}% budget" if budget
                 else f"at {args.rate} Hz")
         say(args, f"sampling pid {target.pid} ({target.server}) {rate} into {session}")
-        with outputs(args, session, metrics, writer, thresholds,
-                     analysis_share(args, target)), \
+        base = analysis_share(args, target)
+        share = None if base is None else lambda: base * collection.analysis_scale()
+        with outputs(args, session, metrics, writer, thresholds, share), \
                 stop_on_signals(collection.request_stop):
             try:
                 collection.start()

@@ -291,11 +291,13 @@ class WatchShare:
     left room for twice the share in every process doubles it back, up to the default. Every
     long pass is still timed whatever the share: only how many are seen in the act changes.
 
-    The collector's looks at the busy threads for GIL waits (`gillooks`) follow the same
-    signal (`look_interval`): 25 a second cost 3.5 ms of its CPU a second on a saturated
-    worker with five busy threads, at a budget of 20 ms. They are spaced out as the share is
-    cut, to at most `MAX_LOOK_SPACING` times their default interval: each look is a share's
-    sample, so fewer make a noisier share, never a biased one.
+    The live analysis of the flags (`cli.collecting.ANALYSIS_SHARE`) is cut in the same
+    proportion (`scale`). The collector's looks at the busy threads for GIL waits
+    (`gillooks`) follow the same signal (`look_interval`): 25 a second cost 3.5 ms of its CPU
+    a second on a saturated worker with five busy threads, at a budget of 20 ms. They are
+    spaced out as the share is cut, to at most `MAX_LOOK_SPACING` times their default
+    interval: each look is a share's sample, so fewer make a noisier share, never a biased
+    one.
     """
 
     share: float = FOLLOW_CPU_SHARE
@@ -315,6 +317,12 @@ class WatchShare:
             self.share = min(FOLLOW_CPU_SHARE, self.share * 2)
         self.history.append(self.share)
         return self.share
+
+    @property
+    def scale(self) -> float:
+        """The share as a part of its default: 1, down to a sixteenth while the budget is over
+        at the lowest rate. The live analysis's share of the budget follows it too."""
+        return self.share / FOLLOW_CPU_SHARE
 
     @property
     def look_interval(self) -> float:

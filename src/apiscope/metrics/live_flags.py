@@ -43,7 +43,8 @@ class LiveFlags:
     With `max_share`, the runs use at most that share of a core (the pauses grow)."""
 
     def __init__(self, exporter: MetricsExporter, source: FlagSource,
-                 interval: float = 10.0, max_share: float | None = None) -> None:
+                 interval: float = 10.0,
+                 max_share: float | Callable[[], float] | None = None) -> None:
         self.exporter = exporter
         self.source = source
         self._periodic = PeriodicAnalysis(lambda: self.source(), exporter.set_flags,
