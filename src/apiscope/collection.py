@@ -261,18 +261,20 @@ class Collection:
                            overhead_parts=overhead_parts(self._sampler.budget),
                            windows_failed=stats.failed_windows,
                            agent_dropped=self.totals.agent_dropped,
-                           asleep_lines=[list(site) for site in self._sampler.asleep_lines()],
-                           **self._served_by())
+                           asleep_lines=[list(site) for site in self._sampler.asleep_lines()])
+            served = self._served_by()
+            if served is not None:
+                self.sink.meta(server=served)
             if self.storage_failure is None:
                 self.writer.flush()
 
-    def _served_by(self) -> dict[str, str]:
-        """`server`, where the command line named none (a Python program that runs uvicorn
-        in-process: `dagster-webserver`) and the agents found one server's apps."""
+    def _served_by(self) -> str | None:
+        """The server, where the command line named none (a Python program that runs uvicorn
+        in-process: `dagster-webserver`) and the agents found one server's apps; else None."""
         servers = self.injections.servers if self.injections is not None else set()
         if self.target.server == "python" and len(servers) == 1:
-            return {"server": next(iter(servers))}
-        return {}
+            return next(iter(servers))
+        return None
 
     def close_agents(self) -> list[DetachFailure]:
         """Detach every process an agent was injected in (once); returns the failures, also
