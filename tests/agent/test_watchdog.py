@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -735,33 +736,68 @@ def test_checking_closely_while_alerted_is_paid_from_the_following_allowance() -
 
 
 def test_who_held_a_pass_is_told_from_the_looks_that_saw_it() -> None:
-    # The decision itself, on looks as the watchdog takes them: (task id, stack, the scope
-    # of the request the task serves).
+    # The decision itself, on looks as the watchdog takes them: (task, stack, the scope of
+    # the request the task serves); plain objects stand for the tasks.
     from apiscope.agent.loopwatch import _between_passes, _held
 
+    one, two, seven = object(), object(), object()
     hold = (("short_hold", "/srv/app.py", 15), ("spin", "/srv/app.py", 9))
     other = (("Handle._run", "/usr/lib/python3.11/asyncio/events.py", 80),)
     served = {"type": "http", "path": "/slow"}
     # One task at the last two looks: its hold, whatever the callbacks, and its request.
-    assert _held([(7, other, None), (1, hold, served), (1, hold, served)], 12) == (
+    assert _held([(seven, other, None), (one, hold, served), (one, hold, served)], 12) == (
         "one", Counter({hold: 2}), served)
     # A pass that began with two callbacks: the one seen most held it, even when the other
     # ran after it and was seen last.
-    assert _held([(1, hold, None), (1, hold, None), (2, other, served)], 2) == (
+    assert _held([(one, hold, None), (one, hold, None), (two, other, served)], 2) == (
         "one", Counter({hold: 2}), None)
     # Looks with no task stepping (the step's clean-up once it ended) do not outvote it.
-    assert _held([(1, hold, None), (None, other, None), (None, other, None)], 1)[:2] == (
+    assert _held([(one, hold, None), (None, other, None), (None, other, None)], 1)[:2] == (
         "one", Counter({hold: 1}))
     assert _held([(None, other, None), (None, other, None)], 1)[:2] == (
         "one", Counter({other: 2}))
     # Different tasks, many callbacks: no one code to blame; one look: a glimpse.
-    assert _held([(1, hold, served), (2, other, None)], 12) == ("many", Counter(), None)
-    assert _held([(1, hold, None)], 12)[0] == "glimpse"
+    assert _held([(one, hold, served), (two, other, None)], 12) == ("many", Counter(), None)
+    assert _held([(one, hold, None)], 12)[0] == "glimpse"
     base = "/usr/lib/python3.11/asyncio/base_events.py"
     assert _between_passes((("BaseEventLoop.run_forever", base, 606),))
     assert _between_passes((("BaseEventLoop._run_once", base, 1880),
                             ("EpollSelector.select", "/usr/lib/python3.11/selectors.py", 468)))
     assert not _between_passes((("BaseEventLoop._run_once", base, 1922), *hold))
+
+
+def test_two_tasks_one_after_the_other_are_two_though_the_second_reuses_the_firsts_memory(
+        ) -> None:
+    # A finished task's memory goes to the next task created, so a crowd of requests' tasks
+    # share a few addresses (ids): looks that kept only ids took two of them for one task
+    # held all along. The looks keep the tasks themselves.
+    from apiscope.agent.loopwatch import _current_task, _held
+
+    hold = (("quick_step", "/srv/app.py", 5),)
+    looks: list[Any] = []
+
+    async def step() -> None:
+        task = _current_task(asyncio.get_running_loop())
+        assert task is not None
+        looks.append((task, hold, None))
+
+    async def crowd() -> None:
+        for _ in range(2):
+            await asyncio.get_running_loop().create_task(step())
+
+    asyncio.run(crowd())
+    first, second = (task for task, _, _ in looks)
+    assert first is not second and first.done() and second.done()
+    assert _held(looks, 12)[0] == "many"
+    # The looks hold the finished tasks alive (so no later one can take their ids) until
+    # they are dropped with the pass judged.
+    gone = weakref.ref(first)
+    del first, second
+    gc.collect()
+    assert gone() is not None
+    looks.clear()
+    gc.collect()
+    assert gone() is None
 
 
 def test_the_selector_is_given_back_when_the_watchdogs_stop() -> None:

@@ -72,7 +72,10 @@ Frame = tuple[str, str, int]  # (function as py-spy names it, absolute file, lin
 Stack = tuple[Frame, ...]
 Scope = dict[str, Any]
 # One look at the loop thread: the task stepping, its stack, the scope of the request it serves.
-Look = tuple["int | None", "Stack | None", "Scope | None"]  # quoted: no `X | None` before 3.10
+# The task itself, not its id: the looks hold it alive while its pass is judged, for a finished
+# task's memory goes to the next one created (a crowd of requests' tasks, one after another,
+# reuse the same few addresses), and two tasks of one id would be taken for one task held.
+Look = tuple["asyncio.Task[Any] | None", "Stack | None", "Scope | None"]  # no `X | None` < 3.10
 
 
 def frame_stack(frame: FrameType | None) -> Stack:
@@ -528,7 +531,7 @@ class LoopWatchdog(Background):
         loop.call_soon_threadsafe(self._probe)
         # What the loop runs now: if the probe turns out late, this is the first look at the
         # stall (a stall shorter than the wait below gets no other).
-        looks: list[Look] = [(_current_task_id(loop),
+        looks: list[Look] = [(_current_task(loop),
                               frame_stack(frame) if frame is not None else None,
                               serving_scope(frame))]
         del frame
@@ -621,7 +624,7 @@ class LoopWatchdog(Background):
         """One look at the loop thread: the task stepping on the loop, its stack, and the
         scope of the request it serves."""
         self._look()
-        task = _current_task_id(self.loop)
+        task = _current_task(self.loop)
         frame = _loop_frame(self.ident)
         if frame is None:
             return task, None, None
@@ -674,14 +677,13 @@ def _between_passes(stack: Stack | None) -> bool:
         or (function.endswith("run_forever") and path.endswith("/asyncio/base_events.py"))
 
 
-def _current_task_id(loop: asyncio.AbstractEventLoop) -> int | None:
-    """The id of the task stepping on `loop` now (None: a plain callback, or none), read from
-    another thread: asyncio keeps the current task of each loop in a dict."""
+def _current_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
+    """The task stepping on `loop` now (None: a plain callback, or none), read from another
+    thread: asyncio keeps the current task of each loop in a dict."""
     try:
-        task = asyncio.current_task(loop)
+        return asyncio.current_task(loop)
     except Exception:
         return None
-    return id(task) if task is not None else None
 
 
 def _held(looks: list[Look], callbacks: int) -> tuple[str, Counter[Stack], Scope | None]:
@@ -693,7 +695,7 @@ def _held(looks: list[Look], callbacks: int) -> tuple[str, Counter[Stack], Scope
     last = looks[-1][0]
     run = 0
     for task, _, _ in reversed(looks):
-        if task != last:
+        if task is not last:
             break
         run += 1
     if run >= 2 and last is not None:
@@ -703,7 +705,7 @@ def _held(looks: list[Look], callbacks: int) -> tuple[str, Counter[Stack], Scope
         # a look with no task stepping may be the step's own clean-up once it ended).
         seen = Counter(task for task, _, _ in looks if task is not None)
         most = seen.most_common(1)[0][0] if seen else None  # else no task at any look
-        held, shown = ONE_TASK, [look for look in looks if look[0] == most]
+        held, shown = ONE_TASK, [look for look in looks if look[0] is most]
     elif len(looks) >= 2 and len({task for task, _, _ in looks}) > 1:
         return MANY, Counter(), None  # no one code to blame
     else:
