@@ -8,6 +8,7 @@ from apiscope.collectors.budget import (
     COST_PARTS,
     FIRST_RATE,
     LAST_RESORT_RATE,
+    LEAST_RATE,
     MIN_RATE,
     OverheadBudget,
     WindowCost,
@@ -39,6 +40,35 @@ def test_several_processes_each_have_a_core_of_capacity() -> None:
     budget = OverheadBudget(0.02, 100)
     # two workers, 200 ticks for 0.08 s: 0.4 ms a tick, 4% of two cores affords 50 Hz
     assert budget.observe(WindowCost(1.0, 100, 0.08, processes=2)) == 50
+
+
+def test_ticks_that_break_the_budget_at_the_last_resort_give_way_to_pyspys_least_rate(
+        ) -> None:
+    # Two workers of a dozen threads each (Wagtail's under gunicorn): py-spy 5 ms a tick, and
+    # the agent and the collector 25 ms a second of the two cores' 40 ms of budget.
+    budget = OverheadBudget(0.02, 100, min_rate=5)
+
+    def window(rate: int) -> int:
+        return budget.observe(WindowCost(8.0, rate, 8.0 * rate * 2 * 0.005, processes=2,
+                                         capacity=2.0, agent_cpu=0.08, collector_cpu=0.12))
+
+    rates = [window(5)]
+    rates.append(window(rates[-1]))
+    assert rates == [5, LAST_RESORT_RATE]  # 5 Hz twice over the budget
+    assert not budget.last_resort_broken
+    # 2 Hz: 20 ms a second of ticks, 45 of the 40 in all. Once may be a spike; twice, and
+    # py-spy's least: 1 Hz, 35 of 40.
+    rates.append(window(rates[-1]))
+    assert rates[-1] == LAST_RESORT_RATE
+    rates.append(window(rates[-1]))
+    assert budget.last_resort_broken and rates[-1] == LEAST_RATE
+    # The same windows with the collector the one over the budget: fewer samples would not
+    # help, and the rate stays at the last resort.
+    budget = OverheadBudget(0.02, 100, min_rate=5)
+    for _ in range(6):
+        rate = budget.observe(WindowCost(8.0, 2, 8.0 * 2 * 2 * 0.0005, processes=2,
+                                         capacity=2.0, collector_cpu=0.8))
+    assert budget.floor_broken and not budget.last_resort_broken and rate == LAST_RESORT_RATE
 
 
 def test_processes_that_serve_nothing_add_no_capacity() -> None:

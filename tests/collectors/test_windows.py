@@ -131,6 +131,14 @@ def test_the_processes_serving_requests_are_told_from_a_master() -> None:
     assert m.serving == set()
     m.add([(f"{master} 100\n", 1), (f"{SELECT} 90\n{WORK} 10\n", 10)], EXIT, 0.0, 1.0, 100)
     assert m.serving == {10} and m.pids >= {1, 10}
+    # A window sampled without --idle sees nothing of an idle worker: it serves all the same
+    # (counted for nothing there, each such window read the cost of two workers as twice
+    # what it was).
+    m.add([(f"{master} 100\n", 1), (f"{SELECT} 90\n{WORK} 10\n", 10),
+           (f"{SELECT} 50\n{WORK} 50\n", 11)], EXIT, 1.0, 2.0, 100)
+    assert m.serving == {10, 11}
+    m.add([(f"{master} 10\n", 1), (f"{WORK} 50\n", 11)], EXIT, 2.0, 3.0, 100, active_only=True)
+    assert m.serving == {10, 11}
 
 
 class ProcessTable(ThreadCpuReader):

@@ -23,9 +23,13 @@ window is given what the budget leaves once the agent and the collector are paid
 longer window when a py-spy start-up per second would eat too much of it (up to eight
 times the length asked for), then the highest rate that fits, between `min_rate` and the rate asked
 for. Once two windows sampled at `min_rate` have cost more than the budget, the rate may go
-lower, to `LAST_RESORT_RATE` at the least. One is not enough: the first windows carry one-off
-costs (py-spy's first look at every thread, the agent's start in the target), and a 15 s
-session of a two-worker server held at 2 Hz by them kept too few samples to find a hotspot.
+lower, to `LAST_RESORT_RATE`; once two windows there have cost more, with py-spy's ticks a
+good part of it, to py-spy's least, `LEAST_RATE`. One is not enough: the first windows carry
+one-off costs (py-spy's first look at every thread, the agent's start in the target), and a
+15 s session of a two-worker server held at 2 Hz by them kept too few samples to find a
+hotspot. Servers of a dozen threads or more (Django's and Flask's under an ASGI adapter,
+MLflow's, Wagtail's) cost py-spy 3.5-7 ms a tick, each thread read at every tick: 2 Hz on two
+workers read 2.3-3.8 % against 2 %.
 On a Django server starting a thread per request py-spy's ticks cost 1.2-1.6 ms each (its
 thread ids are looked up anew for every new thread), and with the agent and the collector
 paid for, 5 Hz read 2.5-3.5 % against 2 %. A busy target gets fewer samples, never a slower
@@ -44,8 +48,14 @@ from apiscope.collectors.gillooks import INTERVAL as LOOK_INTERVAL
 
 FIRST_RATE = 25  # Hz: the first window's, at most
 MIN_RATE = 5  # Hz: below this the stacks say little; only a budget it breaks goes lower
-LAST_RESORT_RATE = 2  # Hz: the least, where even `MIN_RATE` costs more than the budget
-FLOOR_BREAKS = 2  # windows at `MIN_RATE` over the budget before the rate may go lower
+LAST_RESORT_RATE = 2  # Hz: where even `MIN_RATE` costs more than the budget
+# Hz: py-spy's least, where even `LAST_RESORT_RATE` costs more than the budget, window after
+# window (a server of many threads, each read at every tick: see docs/sampling.md)
+LEAST_RATE = 1
+FLOOR_BREAKS = 2  # windows at a floor over the budget before the rate may go below it
+# A window over the budget at `LAST_RESORT_RATE` counts towards `LEAST_RATE` only when py-spy's
+# ticks took this share of the budget or more.
+TICKS_SHARE_TO_GO_LOWER = 0.25
 SMOOTHING = 0.3  # weight of the newest window in the learnt costs
 WINDOW_FACTORS = (1, 2, 4, 8)  # window lengths the budget chooses from, times the one asked for
 # What the cost is made of: py-spy's start-ups (one per window), py-spy's sample ticks, the
@@ -101,6 +111,8 @@ class OverheadBudget:
     last_cores: float = 1.0  # the capacity of the last window accounted
     floor_broken: bool = False  # `FLOOR_BREAKS` windows at `min_rate` or below cost more
     over_at_floor: int = 0  # windows at `min_rate` or below that cost more than the budget
+    last_resort_broken: bool = False  # and as many more at `last_resort_rate` or below
+    over_at_last_resort: int = 0
     # Each part's cost over the windows so far, in seconds of the target's capacity
     # (CPU seconds / cores): divided by the windows' seconds, the parts sum to `mean_cost`.
     parts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COST_PARTS, 0.0))
@@ -137,6 +149,13 @@ class OverheadBudget:
             if spent > self.max_overhead and cost.rate_hz <= self.min_rate:
                 self.over_at_floor += 1
                 self.floor_broken = self.over_at_floor >= FLOOR_BREAKS
+                # Lower still only where py-spy's ticks are what breaks it: a collector or
+                # an agent over the budget by itself is not paid for with fewer samples.
+                ticks_share = (cost.pyspy_cpu - startup) / (cost.seconds * cost.cores)
+                if self.floor_broken and cost.rate_hz <= self.last_resort_rate and \
+                        ticks_share >= self.max_overhead * TICKS_SHARE_TO_GO_LOWER:
+                    self.over_at_last_resort += 1
+                    self.last_resort_broken = self.over_at_last_resort >= FLOOR_BREAKS
             self.last_cores = cost.cores
         return self.plan(cost.processes, cost.cores)
 
@@ -159,7 +178,10 @@ class OverheadBudget:
 
     @property
     def floor(self) -> int:
-        """The lowest rate allowed now: `min_rate`, and lower once it broke the budget."""
+        """The lowest rate allowed now: `min_rate`; `last_resort_rate` once `min_rate` broke
+        the budget; py-spy's least once that broke it too."""
+        if self.last_resort_broken:
+            return min(self.min_rate, LEAST_RATE)
         return min(self.min_rate, self.last_resort_rate) if self.floor_broken else self.min_rate
 
     def plan(self, processes: int, cores: float) -> Plan:

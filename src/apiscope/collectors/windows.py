@@ -76,8 +76,9 @@ class WindowMeter:
         # ending was measured: theirs to report, not the ending window's.
         self._carried: dict[int, float] = {}
         self._gone: set[int] = set()  # read at the last window's end and gone by then
-        # The processes seen serving (an event loop or a request pool thread) in the last
-        # window: a master, a reloader or multiprocessing's resource tracker serve nothing.
+        # The processes seen serving (an event loop or a request pool thread) in a window so
+        # far, less those gone: a master, a reloader or multiprocessing's resource tracker
+        # serve nothing.
         self.serving: set[int] = set()
         self._on_window = on_window
         self.stats = stats
@@ -178,9 +179,11 @@ class WindowMeter:
         self.gil.watch(used.threads, GIL_WATCH_SHARE * (end - start))
         roles = thread_roles(StackSample(seg.pid, seg.tid, "", seg.frames, 1)
                              for seg in trace.segments)
-        serving = {pid for (pid, _), role in roles.items() if role is not ThreadRole.OTHER}
-        if serving:
-            self.serving = serving
+        # A process seen serving serves until it exits: a window that did not see it so (one
+        # sampled without --idle sees no idle loop; at 1 Hz a quiet worker may give no sample
+        # at all) must not halve the capacity the budget is measured against.
+        self.serving = (self.serving - gone) | {
+            pid for (pid, _), role in roles.items() if role is not ThreadRole.OTHER}
         measured = MeasuredWindow(trace, summary.errors if summary else 0, start, end, rate_hz,
                                   roles, used, active_only, gil, result.failed_at)
         self._shares.observe(line_times(trace.segments, measured.idle), end - start,
