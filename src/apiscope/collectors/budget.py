@@ -29,7 +29,7 @@ one-off costs (py-spy's first look at every thread, the agent's start in the tar
 15 s session of a two-worker server held at 2 Hz by them kept too few samples to find a
 hotspot. Servers of a dozen threads or more (Django's and Flask's under an ASGI adapter,
 MLflow's, Wagtail's) cost py-spy 3.5-7 ms a tick, each thread read at every tick: 2 Hz on two
-workers read 2.3-3.8 % against 2 %.
+workers read 2.3-2.6 % against 2 % (Wagtail), 1 Hz 1.6-2.2 %.
 On a Django server starting a thread per request py-spy's ticks cost 1.2-1.6 ms each (its
 thread ids are looked up anew for every new thread), and with the agent and the collector
 paid for, 5 Hz read 2.5-3.5 % against 2 %. A busy target gets fewer samples, never a slower
