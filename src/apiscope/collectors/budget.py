@@ -109,9 +109,8 @@ class OverheadBudget:
     history: list[tuple[float, int]] = field(default_factory=list)  # (cost fraction, rate)
     seconds: list[float] = field(default_factory=list)  # each history entry's window length
     last_cores: float = 1.0  # the capacity of the last window accounted
-    floor_broken: bool = False  # `FLOOR_BREAKS` windows at `min_rate` or below cost more
     over_at_floor: int = 0  # windows at `min_rate` or below that cost more than the budget
-    last_resort_broken: bool = False  # and as many more at `last_resort_rate` or below
+    # of those, once the floor broke: at `last_resort_rate` or below, py-spy's ticks a good part
     over_at_last_resort: int = 0
     # Each part's cost over the windows so far, in seconds of the target's capacity
     # (CPU seconds / cores): divided by the windows' seconds, the parts sum to `mean_cost`.
@@ -148,14 +147,12 @@ class OverheadBudget:
             self.seconds.append(cost.seconds)
             if spent > self.max_overhead and cost.rate_hz <= self.min_rate:
                 self.over_at_floor += 1
-                self.floor_broken = self.over_at_floor >= FLOOR_BREAKS
                 # Lower still only where py-spy's ticks are what breaks it: a collector or
                 # an agent over the budget by itself is not paid for with fewer samples.
-                ticks_share = (cost.pyspy_cpu - startup) / (cost.seconds * cost.cores)
                 if self.floor_broken and cost.rate_hz <= self.last_resort_rate and \
-                        ticks_share >= self.max_overhead * TICKS_SHARE_TO_GO_LOWER:
+                        self.last_parts["pyspy_samples"] >= \
+                        self.max_overhead * TICKS_SHARE_TO_GO_LOWER:
                     self.over_at_last_resort += 1
-                    self.last_resort_broken = self.over_at_last_resort >= FLOOR_BREAKS
             self.last_cores = cost.cores
         return self.plan(cost.processes, cost.cores)
 
@@ -175,6 +172,16 @@ class OverheadBudget:
             return self.requested_rate
         affordable = left / (self.tick_cost * processes)
         return int(max(self.floor, min(self.requested_rate, affordable)))
+
+    @property
+    def floor_broken(self) -> bool:
+        """`FLOOR_BREAKS` windows at `min_rate` or below cost more than the budget."""
+        return self.over_at_floor >= FLOOR_BREAKS
+
+    @property
+    def last_resort_broken(self) -> bool:
+        """And as many more at `last_resort_rate` or below, with py-spy's ticks a good part."""
+        return self.over_at_last_resort >= FLOOR_BREAKS
 
     @property
     def floor(self) -> int:
