@@ -312,3 +312,59 @@ def test_a_flask_app_mounted_through_wsgi_middleware_is_matched_at_pull_time() -
     scope = {"method": "GET", "path": "/runs/3", "endpoint": api.routes[-1].app,
              "router": api.router}
     assert route_now(middleware, scope) == "/runs/<run_id>"
+
+
+class Gate:
+    """ASGI middleware in front of a mounted app (an admin panel's auth check, a login's
+    rate limit): it answers some requests itself and hands the others on."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"].endswith("/denied"):
+            await PlainTextResponse("no", status_code=401)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class Login(HTTPEndpoint):
+    async def post(self, request: Request) -> Response:
+        return PlainTextResponse("in")
+
+
+async def raw_status(scope: Any, receive: Any, send: Any) -> None:
+    await PlainTextResponse("up")(scope, receive, send)
+
+
+def test_apps_mounted_behind_middleware_have_their_routes_and_name_their_requests() -> None:
+    """An admin panel's layout: its API router behind an auth middleware, a login endpoint
+    behind a rate limit, each mounted whole (`Mount.routes` is empty for both)."""
+    api = FastAPI()
+
+    @api.get("/tables/{name}/")
+    async def table_rows(name: str) -> dict[str, str]:
+        return {"name": name}
+
+    public = FastAPI()
+    public.mount("/login/", Gate(Login))
+    app = FastAPI()
+    app.mount("/api", Gate(api))
+    app.mount("/public", public)
+    app.mount("/status", raw_status)
+    recorder = Recorder()
+    middleware = AgentMiddleware(app, recorder)
+    answers = get_all(middleware, ["/api/tables/movie/", "/status/", "/api/denied"]) + \
+        get_all(middleware, ["/public/login/"], "POST")
+    assert [a.status_code for a in answers] == [200, 200, 401, 200]
+    assert [(e.method, e.route) for e in recorder.drain()] == [
+        ("GET", "/api/tables/{name}/"), ("GET", "/status/{path}"),
+        ("GET", "<unmatched>"),  # turned away before the API's router ran
+        ("POST", "/public/login/{path}")]
+    rows = {(r["method"], r["template"]): r for r in middleware.routes.rows}
+    assert rows["GET", "/api/tables/{name}/"]["handler"].endswith(".<locals>.table_rows")
+    assert rows["POST", "/public/login/{path}"]["handler"] == f"{__name__}:Login.post"
+    assert rows["*", "/status/{path}"]["handler"] == f"{__name__}:raw_status"
+    # A request in flight at the login endpoint is named (the loop watchdog asks so).
+    scope = {"method": "POST", "path": "/public/login/", "endpoint": public.routes[-1].app}
+    assert middleware.served_route(scope) == "POST /public/login/{path}"

@@ -37,6 +37,18 @@ def test_endpoint_of_matches_file_and_function_leaf_most_wins() -> None:
     assert matcher.handler_of("POST /items") == "shop.api:create_item"
 
 
+def test_a_method_of_another_class_of_the_same_name_is_not_the_handler() -> None:
+    # An auth module's logout endpoint is routed, its login endpoint beside it is not (it is
+    # mounted whole): login's `post` must not be charged to logout's route.
+    auth = "/venv/lib/python3.12/site-packages/authlib_x/endpoints.py"
+    matcher = RouteMatcher([RouteInfo("POST", "/logout/", "authlib_x.endpoints:Logout.post",
+                                      auth, 92, True)])
+    assert matcher.endpoint_of([*LOOP, Frame("Login.post", auth, 274)]) is None
+    assert matcher.endpoint_of([*LOOP, Frame("Logout.post", auth, 95)]) == "POST /logout/"
+    # Frames named by the function alone (Python before 3.11) still match by that name.
+    assert matcher.endpoint_of([*LOOP, Frame("post", auth, 95)]) == "POST /logout/"
+
+
 def test_short_file_names_match_full_route_files() -> None:
     matcher = RouteMatcher(ROUTES)
     assert matcher.endpoint_of([Frame("read_item", "shop/api.py", 12)]) == "GET /items/{item_id}"

@@ -314,8 +314,10 @@ class AgentMiddleware:
         its own thread, of the request a stall served: it reads and changes nothing else."""
         context = _route_context(scope)
         key = context if context is not None else scope.get("route")
+        if key is None:  # an app mounted whole (a login endpoint) is in scope["endpoint"]
+            key = scope.get("endpoint")
         template = self.routes.template(key) if key is not None else None
-        if template is None:
+        if template is None or template == DEFERRED:
             template = scope.get("path_template")  # Litestar's router writes it once matched
         if not isinstance(template, str) or not template:
             return None

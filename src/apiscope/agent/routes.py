@@ -18,7 +18,18 @@ import time
 from typing import Any
 
 from .django_routes import django_rows
-from .frameworks import DJANGO, FALCON, FLASK, LITESTAR, QUART, apps_inside, framework_of
+from .frameworks import (
+    DJANGO,
+    FALCON,
+    FLASK,
+    LITESTAR,
+    MAX_DEPTH,
+    QUART,
+    STARLETTE,
+    apps_inside,
+    framework_of,
+    inner_app,
+)
 from .handlers import RouteRow, handler_row
 from .litestar_routes import litestar_rows
 from .matched_routes import (
@@ -54,14 +65,18 @@ def _route_rows(route: Any, template: str) -> list[RouteRow]:
     if endpoint is None:
         return []
     if inspect.isclass(endpoint):  # an HTTPEndpoint: one handler per method it defines
-        return [handler_row(m, template, getattr(endpoint, m.lower()), endpoint)
-                for m in _HTTP_METHODS if callable(getattr(endpoint, m.lower(), None))]
+        return _endpoint_class_rows(endpoint, template)
     if not methods:  # a route without methods (WebSocketRoute, a raw ASGI endpoint)
         kind = "WEBSOCKET" if type(route).__name__ == "WebSocketRoute" else "*"
         return [handler_row(kind, template, endpoint)]
     # Starlette adds HEAD to every GET route: list it only when it is the route's own.
     listed = sorted(m for m in methods if not (m == "HEAD" and "GET" in methods))
     return [handler_row(m, template, endpoint) for m in listed]
+
+
+def _endpoint_class_rows(endpoint: type, template: str) -> list[RouteRow]:
+    return [handler_row(m, template, getattr(endpoint, m.lower()), endpoint)
+            for m in _HTTP_METHODS if callable(getattr(endpoint, m.lower(), None))]
 
 
 class RouteRegistry:
@@ -263,7 +278,7 @@ def _walk(routes: Any, prefix: str, rows: list[RouteRow],
         if sub_routes is not None and not hasattr(route, "endpoint"):  # a Mount
             mount_prefix = prefix + _CONVERTER.sub(r"{\1}", str(path))
             if not sub_routes:
-                _mounted_app(route, mount_prefix, templates, inside)
+                _mounted_app(route, mount_prefix, template, rows, templates, inside)
             _walk(sub_routes, mount_prefix, rows, templates, inside)
         else:
             rows.extend(_route_rows(route, template))
@@ -271,17 +286,51 @@ def _walk(routes: Any, prefix: str, rows: list[RouteRow],
                 _add_endpoint(templates, route.endpoint, template)
 
 
-def _mounted_app(mount: Any, prefix: str, templates: dict[int, tuple[Any, str]],
+def _mounted_app(mount: Any, prefix: str, template: str, rows: list[RouteRow],
+                 templates: dict[int, tuple[Any, str]],
                  inside: list[tuple[str, str, Any]]) -> None:
-    """A Mount of an app with no Starlette routes: when a framework whose requests are matched
-    at pull time is inside it, its requests (which leave the mounted app, not a route, in
-    `scope["endpoint"]`) are deferred (`DEFERRED` as the mounted app's template)."""
+    """A Mount of an app with no Starlette routes of its own (`mount.routes` is empty).
+
+    - A framework whose requests are matched at pull time inside it (Flask behind
+      `WSGIMiddleware`): its requests, which leave the mounted app, not a route, in
+      `scope["endpoint"]`, are deferred (`DEFERRED` as the mounted app's template).
+    - A Starlette router behind middleware (`Mount("/api", app=AuthMiddleware(api))`, as
+      admin panels guard their API): the router's routes, under the mount's prefix.
+    - Another framework's app (Django, Litestar): left to name its own requests.
+    - Anything else serves its requests itself (an `HTTPEndpoint` class or an ASGI function,
+      maybe behind middleware, as a rate-limited login is; static files): the mount's
+      template names its requests (Starlette leaves the mounted app in `scope["endpoint"]`),
+      and an endpoint class's or function's handlers are rows under it, so that their frames
+      are known as that route's.
+    """
     app = getattr(mount, "app", None)
-    for framework, found in apps_inside(app) if app is not None else ():
+    if app is None:
+        return
+    frameworks = apps_inside(app)
+    for framework, found in frameworks:
         if framework in _MATCHED:
             inside.append((prefix, framework, found))
             templates[id(app)] = (app, DEFERRED)
             return
+        routes = getattr(found, "routes", None)
+        if framework == STARLETTE and isinstance(routes, list):
+            _walk(routes, prefix, rows, templates, inside)
+            return
+    if frameworks:
+        return
+    current, seen = app, set()
+    for _ in range(MAX_DEPTH):
+        if current is None or id(current) in seen:
+            break
+        seen.add(id(current))
+        if inspect.isclass(current):
+            rows.extend(_endpoint_class_rows(current, template))
+            break
+        if inspect.isfunction(current):
+            rows.append(handler_row("*", template, current))
+            break
+        current = inner_app(current)
+    _add_endpoint(templates, app, template)
 
 
 def _walk_included(included: Any, prefix: str, rows: list[RouteRow],

@@ -208,6 +208,7 @@ class _Entry:
     # A library's method serving the app's classes (DRF's `ListAPIView.get`, Django's
     # `BaseDetailView.get`): generic code one view's handler may call for another's.
     generic: bool = False
+    qualname: str = ""  # the handler's qualified name ("Class.method")
 
 
 class RouteMatcher:
@@ -259,7 +260,8 @@ class RouteMatcher:
                 entries = self._by_name.setdefault(name, [])
                 entry = next((e for e in entries if _same_file(e.file, route.file)), None)
                 if entry is None:
-                    entries.append(_Entry(route.file, endpoint, route.template, generic))
+                    entries.append(_Entry(route.file, endpoint, route.template, generic,
+                                          qualname))
                 elif endpoint in served and entry.endpoint in served \
                         and entry.template != route.template:
                     entry.endpoint = None  # serving requests on two templates: ambiguous
@@ -314,11 +316,21 @@ class RouteMatcher:
     def _match(self, frame: Frame) -> _Entry | None:
         entries = self._by_name.get(frame.function)
         if entries is None and "." in frame.function:
-            entries = self._by_name.get(frame.function.rsplit(".", 1)[-1])
+            # By the method's name alone, unless both names say whose method it is and they
+            # differ: a login endpoint's `post` is not the logout endpoint's beside it.
+            owner = _owner(frame.function)
+            entries = [e for e in self._by_name.get(frame.function.rsplit(".", 1)[-1], ())
+                       if not _owner(e.qualname) or _owner(e.qualname) == owner]
         for entry in entries or ():
             if _same_file(entry.file, frame.file):
                 return entry
         return None
+
+
+def _owner(qualname: str) -> str:
+    """The class (or function) a qualified name's last part is defined in, "" for none."""
+    parts = qualname.split(".")
+    return parts[-2] if len(parts) > 1 else ""
 
 
 def _served_only(routes: Sequence[RouteInfo], served: Collection[str]) -> list[RouteInfo]:
