@@ -27,6 +27,7 @@ from apiscope.model import (
 )
 from tests.analysis.builder import (
     APP,
+    LOOP_BASE,
     LOOP_TID,
     PID,
     SITE,
@@ -98,6 +99,63 @@ def test_cpu_share_rests_on_the_measured_cpu_time(tmp_path: Path) -> None:
     [proc] = report["processes"]
     assert proc["server_cpu_share"] == round(0.24 / total, 4)  # the framework's own work
     assert proc["loop_lag_ms"] == {"p50": 0.3, "p99": 2.0}
+
+
+def test_a_handler_several_routes_share_has_its_cpu_shared_out_by_their_requests(
+        tmp_path: Path) -> None:
+    # An admin's generated CRUD: one `get` function serves every table's list, so no frame
+    # tells the tables' routes apart. Its measured CPU is theirs, by the requests each served.
+    spec = measured_healthy()
+    listing = "/srv/shop/shop/crud.py"
+    for template in ("/tables/movie/", "/tables/director/", "/tables/idle/"):
+        spec.routes.append(RouteInfo("GET", template, "shop.crud:Wrapper.__init__.<locals>.get",
+                                     listing, 40, True))
+    spec.per_window.append(sample(LOOP_TID, on_loop(Frame("Wrapper.__init__.<locals>.get",
+                                                          listing, 44)), 12))
+    spec.requests += [request("GET /tables/movie/", T0 + i * 0.1, 5.0) for i in range(200)]
+    spec.requests += [request("GET /tables/director/", T0 + i * 0.1, 5.0) for i in range(100)]
+    report = report_of(spec, tmp_path)
+    shares = {e["route"]: e["cpu_share"] for e in report["endpoints"]}
+    running = 24 + 8 + 4 + 4 + 5 + 5 + 30 + 12
+    assert shares["GET /tables/movie/"] == round(0.08 / (running / 100), 4)
+    assert shares["GET /tables/director/"] == round(0.04 / (running / 100), 4)
+    assert "GET /tables/idle/" not in shares  # served no request: not in the report
+    [proc] = report["processes"]
+    assert proc["server_cpu_share"] == round(0.24 / (running / 100), 4)  # none of it the server's
+
+
+def _transport_line(text: str) -> int:
+    import asyncio.selector_events as transports
+
+    with open(transports.__file__) as source:
+        return next(n for n, line in enumerate(source, 1) if text in line)
+
+
+def test_a_compiled_database_protocols_work_on_the_loop_is_not_the_servers(
+        tmp_path: Path) -> None:
+    # asyncpg's protocol is Cython: py-spy sees the transport handing it the bytes, then only
+    # what it calls (the transport's write, base64 in its authentication). That is the
+    # requests' queries, not the server's HTTP work; uvicorn's Python protocol is the server's.
+    import asyncio.selector_events as transports
+
+    read = Frame("_SelectorSocketTransport._read_ready__data_received", transports.__file__,
+                 _transport_line("self._protocol.data_received(data)"))
+    recv = read._replace(line=_transport_line("data = self._sock.recv(self.max_size)"))
+    reading = (*LOOP_BASE, Frame("Handle._run", f"{STD}/asyncio/events.py", 80), read)
+    spec = measured_healthy()
+    spec.per_window = [s for s in spec.per_window if s.frames != on_loop()]  # no other server
+    spec.per_window += [
+        sample(LOOP_TID, reading, 10),  # in the compiled protocol itself
+        sample(LOOP_TID, (*reading, Frame("b64decode", f"{STD}/base64.py", 88)), 3),
+        sample(LOOP_TID, (*reading, Frame("H11Protocol.data_received",
+                                          f"{SITE}/uvicorn/protocols/http/h11_impl.py", 175)), 4),
+        sample(LOOP_TID, (*LOOP_BASE, Frame("Handle._run", f"{STD}/asyncio/events.py", 80),
+                          recv), 2),  # the socket's recv: either connection's
+    ]
+    report = report_of(spec, tmp_path)
+    running = 8 + 4 + 4 + 5 + 5 + 30 + 10 + 3 + 4 + 2
+    [proc] = report["processes"]
+    assert proc["server_cpu_share"] == round(0.06 / (running / 100), 4)
 
 
 @pytest.mark.parametrize(("looks", "timed"), [

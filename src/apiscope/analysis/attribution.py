@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from apiscope.agent.offload import is_offloaded
@@ -209,6 +209,7 @@ class _Entry:
     # `BaseDetailView.get`): generic code one view's handler may call for another's.
     generic: bool = False
     qualname: str = ""  # the handler's qualified name ("Class.method")
+    endpoints: list[str] = field(default_factory=list)  # every endpoint it serves
 
 
 class RouteMatcher:
@@ -260,11 +261,12 @@ class RouteMatcher:
                 entries = self._by_name.setdefault(name, [])
                 entry = next((e for e in entries if _same_file(e.file, route.file)), None)
                 if entry is None:
-                    entries.append(_Entry(route.file, endpoint, route.template, generic,
-                                          qualname))
+                    entry = _Entry(route.file, endpoint, route.template, generic, qualname)
+                    entries.append(entry)
                 elif endpoint in served and entry.endpoint in served \
                         and entry.template != route.template:
                     entry.endpoint = None  # serving requests on two templates: ambiguous
+                entry.endpoints.append(endpoint)
         self.roots = app_roots(routes)
 
     def handler_of(self, endpoint: str) -> str | None:
@@ -294,6 +296,18 @@ class RouteMatcher:
         if entry.endpoint is None and self._views:
             return index, self._by_view(frames, index)
         return index, entry.endpoint
+
+    def sharing(self, frames: Sequence[Frame]) -> tuple[str, ...]:
+        """The endpoints that served requests through the handler running in `frames` when
+        it serves several and nothing in the stack tells which (one generated CRUD function
+        for every table, one generic view for several models); () otherwise."""
+        found = self.handler_at(frames)
+        if found is None or found[1] is not None:
+            return ()
+        entry = self._match(frames[found[0]])
+        if entry is None:
+            return ()
+        return tuple(dict.fromkeys(e for e in entry.endpoints if e in self._served))
 
     def _by_view(self, frames: Sequence[Frame], handler: int) -> str | None:
         """The endpoint of the app's view class whose method runs below the library method

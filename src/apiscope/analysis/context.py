@@ -7,6 +7,7 @@ application frame, the endpoints' statistics and the thresholds.
 
 from __future__ import annotations
 
+import linecache
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -136,7 +137,8 @@ class Attributed:
     # A request's own work that no frame may name the route of: its sync code, run by asgiref
     # in a thread of its own (a Django view, a `TemplateResponse` rendered after it returned),
     # or a greenlet's stack on the loop thread, with no loop under it (SQLAlchemy's asyncio
-    # ORM compiling a query and loading its rows). Never the server's own work.
+    # ORM compiling a query and loading its rows), or a compiled database protocol's callback
+    # on the loop (`_in_compiled_protocol`). Never the server's own work.
     request_work: bool = False
 
     @property
@@ -241,6 +243,37 @@ def _runs_sync_request_code(frames: Sequence[Frame]) -> bool:
                for f in frames)
 
 
+# Where asyncio's transports hand received bytes to their protocol (`selector_events` for a
+# plain socket, `sslproto` for TLS), and the protocol methods they call.
+_TRANSPORT_READS = (("asyncio/selector_events.py", ("_read_ready__data_received",
+                                                    "_read_ready__get_buffer")),
+                    ("asyncio/sslproto.py", ("_do_read__copied", "_do_read__buffered")))
+_PROTOCOL_METHODS = ("data_received", "buffer_updated", "get_buffer")
+
+
+def _in_compiled_protocol(frames: Sequence[Frame]) -> bool:
+    """Inside a compiled protocol's callback on the loop: a database driver's (asyncpg's Cython
+    protocol parsing query results and answering its authentication) reading what its socket
+    received. The transport calls the protocol and no Python frame of the protocol's own
+    follows: the next frame, if any, is something the compiled code called (the transport's
+    `write`, `base64`, `re`). That work is the requests' queries, not the server's: a Piccolo
+    admin's asyncpg connections read as 40% of its server's CPU. An HTTP server's protocols
+    (uvicorn's, hypercorn's, the standard library's streams) are Python: their
+    `data_received` is the next frame.
+
+    At the leaf, the transport's line tells: the protocol call (`protocol.data_received(data)`),
+    not the socket's `recv`, as the source says where it is readable here."""
+    for index in range(len(frames) - 1, -1, -1):
+        frame = frames[index]
+        if any(frame.file.endswith(file) and frame.function.endswith(functions)
+               for file, functions in _TRANSPORT_READS):
+            if index + 1 < len(frames):
+                return not frames[index + 1].function.endswith(_PROTOCOL_METHODS)
+            text = linecache.getline(frame.file, frame.line)
+            return any(f"{name}(" in text for name in _PROTOCOL_METHODS)
+    return False
+
+
 def _one_request_threads(samples: list[Attributed]) -> list[Attributed]:
     """Django's ASGI handler runs each request's sync code in a thread of its own (asgiref's
     executor per `ThreadSensitiveContext`), and much of it with no handler frame on the stack:
@@ -292,7 +325,8 @@ def _stack_facts(data: SessionData, matcher: RouteMatcher,
                       any(f.file.startswith("<frozen importlib") for f in frames),
                       is_tool_work(frames),
                       endpoint is None and offloaded_work(frames, matcher.roots),
-                      _runs_sync_request_code(frames), stack_role(frames) is ThreadRole.LOOP)
+                      _runs_sync_request_code(frames) or _in_compiled_protocol(frames),
+                      stack_role(frames) is ThreadRole.LOOP)
     return facts, passing
 
 

@@ -23,7 +23,8 @@ server's own work and the rest add up to at most one.
   rendering after its view returned) is the request's, not the server's, even where no frame
   names its route (then it is no endpoint's either): on a Wagtail site it was 61% of the
   process's CPU, read as the server's until then. So is a greenlet's stack on the loop thread
-  (`Attributed.request_work`): a third of a Prefect server's CPU.
+  (`Attributed.request_work`): a third of a Prefect server's CPU; and so is a compiled
+  database protocol's callback on the loop (asyncpg's Cython protocol reading query results).
 - The native threads' share (per process): the CPU of threads Python does not run, which
   py-spy cannot sample: a C extension's own threads (argon2's lanes, a BLAS pool, a
   compressor's workers), measured as the process's CPU beyond its Python threads'. The
@@ -69,7 +70,31 @@ def cpu_shares(ctx: AnalysisContext) -> dict[str, float]:
     for a in ctx.samples:
         if a.endpoint is not None and a.cpu and not a.tool:
             used[a.endpoint] += a.cpu
+    for endpoint, cpu in shared_handler_cpu(ctx).items():
+        used[endpoint] += cpu
     return {endpoint: min(1.0, cpu / total) for endpoint, cpu in used.items()}
+
+
+def shared_handler_cpu(ctx: AnalysisContext) -> dict[str, float]:
+    """CPU seconds of samples in a handler that serves several endpoints with nothing in the
+    stack to tell which (`RouteMatcher.sharing`: an admin's one generated list function for
+    every table), shared out among those endpoints by the requests each served. Charged to
+    none, they read 0% CPU each: on a Piccolo admin, every table's routes did."""
+    out: dict[str, float] = defaultdict(float)
+    shared: dict[int, tuple[str, ...]] = {}
+    for a in ctx.samples:
+        if a.endpoint is not None or not a.cpu or a.tool or a.offloaded:
+            continue
+        key = id(a.sample.frames)
+        endpoints = shared.get(key)
+        if endpoints is None:
+            endpoints = shared[key] = ctx.matcher.sharing(a.sample.frames)
+        counts = [len(ctx.by_endpoint.get(e, ())) for e in endpoints]
+        served = sum(counts)
+        for endpoint, count in zip(endpoints, counts, strict=True):
+            if count:
+                out[endpoint] += a.cpu * count / served
+    return dict(out)
 
 
 @dataclass(frozen=True, slots=True)
