@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiosqlite
@@ -12,8 +13,15 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from apiscope.agent.middleware import AgentMiddleware
-from apiscope.agent.queries import install_query_hooks, normalize, uninstall_query_hooks
+from apiscope.agent.queries import (
+    connection_label,
+    install_query_hooks,
+    is_connection,
+    normalize,
+    uninstall_query_hooks,
+)
 from apiscope.agent.recorder import Recorder, RequestEntry
+from tests.services import PostgresServer
 
 from .helpers import get_all
 
@@ -267,3 +275,51 @@ def test_a_failing_hook_never_fails_the_query(tmp_path: Path) -> None:
     assert [r.text for r in get_all(app, ["/f"])] == ["42"]
     assert hooks.errors == 1
     assert recorder.drain()[0].queries == ()
+
+
+def test_connections_a_request_opens_are_counted_and_timed_as_a_statement_of_their_own(
+        postgres: PostgresServer) -> None:
+    """An app with no pool (as a Piccolo admin runs by default): each query on a connection of
+    its own, opened by `asyncpg.connect` or `psycopg.connect`. Real drivers, a real server."""
+    import asyncpg
+    import psycopg
+
+    dsn = postgres.dsn()
+
+    async def no_pool(request: Request) -> Response:
+        for _ in range(2):
+            connection = await asyncpg.connect(dsn)
+            try:
+                await connection.fetchval("SELECT 1")
+            finally:
+                await connection.close()
+        return PlainTextResponse("ok")
+
+    def sync_no_pool(request: Request) -> Response:
+        with psycopg.connect(dsn) as connection:
+            connection.execute("SELECT 1")
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/async", no_pool), Route("/sync", sync_no_pool)])
+    hooks = install_query_hooks()
+    try:
+        assert asyncpg.connect is not asyncpg.connect.__wrapped__  # type: ignore[attr-defined]
+        recorded = {e.route: {q[0]: q[1:3] for q in e.queries}
+                    for e in (run_app(app, "/async"), run_app(app, "/sync"))}
+        asyncpg_opened = recorded["/async"][connection_label("asyncpg")]
+        assert asyncpg_opened[0] == 2 and asyncpg_opened[1] > 0
+        assert recorded["/async"]["SELECT ?"][0] == 2
+        psycopg_opened = recorded["/sync"][connection_label("psycopg")]
+        assert psycopg_opened[0] == 1 and psycopg_opened[1] > 0
+        assert is_connection(connection_label("psycopg")) and not is_connection("SELECT 1")
+
+        async def outside() -> None:  # no request: nothing is counted, nothing breaks
+            connection = await asyncpg.connect(dsn)
+            await connection.close()
+
+        asyncio.run(outside())
+        assert hooks.errors == 0
+    finally:
+        uninstall_query_hooks()
+    assert not hasattr(asyncpg.connect, "__wrapped__")
+    assert not hasattr(psycopg.connect, "__apiscope_original__")

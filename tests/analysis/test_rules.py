@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
+import sqlite3
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from apiscope.agent.queries import connection_label
 from apiscope.analysis.report import build_report
 from apiscope.model import (
     Frame,
@@ -401,6 +404,31 @@ def test_slow_endpoint_slow_after_the_warm_up_is_flagged(tmp_path: Path) -> None
     report = report_of(spec, tmp_path)
     [flag] = [f for f in flags_of(report, "slow_endpoint") if f["route"] == "GET /forecast"]
     assert flag["metric"]["p95_ms"] == 700.0
+
+
+@pytest.mark.parametrize(("connect_ms", "told"), [(90.0, True), (20.0, False)])
+def test_a_slow_route_opening_connections_is_told_so_when_they_take_its_time(
+        tmp_path: Path, connect_ms: float, told: bool) -> None:
+    # No pool: each request opens three connections. When their handshakes are a good part
+    # of the latency the flag says so and advises a pool; a few ms of it is not the cause.
+    spec = healthy()
+    opened = QueryStat(connection_label("asyncpg"), 3, connect_ms)
+    queries = (opened, QueryStat("SELECT * FROM movie LIMIT ?", 1, 4.0))
+    spec.requests += [request("GET /movies", T0 + 6 + i * 0.2, 300.0 if i % 5 else 700.0,
+                              queries=queries) for i in range(100)]
+    report = report_of(spec, tmp_path)
+    [flag] = [f for f in flags_of(report, "slow_endpoint") if f["route"] == "GET /movies"]
+    assert ("each request opened 3.0 new database connections (asyncpg)" in flag["evidence"]) \
+        is told
+    assert ("asyncpg.create_pool()" in flag["suggestion"]) is told
+    assert flag["metric"].get("connect_ms_per_request") == (connect_ms if told else None)
+    # Connections are no query: never an N+1, and the requests' query figures leave them out.
+    assert not [f for f in flags_of(report, "n_plus_one") if f["route"] == "GET /movies"]
+    with closing(sqlite3.connect(spec.write(tmp_path / "again.sqlite"))) as db:
+        counts = db.execute(
+            "SELECT DISTINCT query_count, query_ms FROM requests WHERE route = '/movies'"
+        ).fetchall()
+    assert counts == [(1, 4.0)]
 
 
 def test_a_stream_is_judged_by_the_time_to_its_head(tmp_path: Path) -> None:

@@ -14,6 +14,12 @@ add every statement the request runs to it, keyed by its normalized text. Hooks 
 - sqlite3 cannot be hooked: its Connection and Cursor are C types whose methods can't be
   replaced, so raw sqlite3 queries are only visible when they go through SQLAlchemy.
 
+Connections a request opens are counted and timed too, as a statement of their own
+(`connection_label`): `asyncpg.connect`, `psycopg.connect` and `psycopg2.connect`, which the
+ORMs call too (SQLAlchemy's pool, Django's backends). An app that opens a connection per query
+(no pool, SQLAlchemy's `NullPool`, Django's default `CONN_MAX_AGE = 0`) pays the handshake
+(and the server's new backend process) in every request.
+
 When SQLAlchemy or Django drives asyncpg, psycopg or aiosqlite, the driver wrappers see the same
 statements; they skip while an ORM execution is in progress, so nothing is counted twice.
 """
@@ -36,6 +42,18 @@ from .paths import AppFiles
 from .recorder import QueryEntry
 
 CURRENT: ContextVar[RequestQueries | None] = ContextVar("apiscope_queries", default=None)
+
+CONNECTION = "(new connection) "  # + the driver: the statement a connect is counted as
+
+
+def connection_label(driver: str) -> str:
+    return CONNECTION + driver
+
+
+def is_connection(statement: str) -> bool:
+    """True for the statement standing for connections opened (`connection_label`)."""
+    return statement.startswith(CONNECTION)
+
 
 _STRING = re.compile(r"'(?:[^']|'')*'")
 _NUMBER = re.compile(r"(?<![\w$.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b")
@@ -163,7 +181,7 @@ class QueryHooks:
         targets that never use it."""
         installers = {"sqlalchemy": self._install_sqlalchemy,
                       "aiosqlite": self._install_aiosqlite, "asyncpg": self._install_asyncpg,
-                      "psycopg": self._install_psycopg,
+                      "psycopg": self._install_psycopg, "psycopg2": self._install_psycopg2,
                       "django.db.backends.base.base": self._install_django}
         for module, installer in installers.items():
             if module in sys.modules and module not in self._installed:
@@ -248,6 +266,9 @@ class QueryHooks:
         self._wrap(Connection, "_execute")
         self._wrap(Connection, "_executemany")
         self._wrap(Connection, "execute", only_without_args=True)
+        # `asyncpg.connect` and the pool's default (read when a pool is made).
+        self._wrap_connect(sys.modules.get("asyncpg"), "asyncpg")
+        self._wrap_connect(connection, "asyncpg")
 
     def _install_django(self) -> None:
         from .django_queries import install_django
@@ -264,6 +285,52 @@ class QueryHooks:
         for name in ("execute", "executemany"):
             self._wrap_sync(psycopg.Cursor, name)
             self._wrap(psycopg.AsyncCursor, name)
+        self._wrap_connect(psycopg, "psycopg")
+
+    def _install_psycopg2(self) -> None:
+        # Its statements are counted by the ORMs' hooks only (its cursor is a C type).
+        self._wrap_connect(sys.modules.get("psycopg2"), "psycopg2")
+
+    def _wrap_connect(self, module: Any, driver: str) -> None:
+        """`module.connect(...)` counted and timed in the request it runs in, as the statement
+        `connection_label(driver)`, whether it succeeds or not. A coroutine function's
+        wrapper returns a coroutine (asyncpg's); outside a request the original's own result
+        is returned, nothing of ours around it."""
+        if module is None or not callable(vars(module).get("connect")):
+            return
+        current, clock, add = CURRENT.get, self.clock, self.add
+        label = connection_label(driver)
+
+        def make(original: Any) -> Any:
+            if inspect.iscoroutinefunction(original):
+                @functools.wraps(original)
+                def opening(*args: Any, **kwargs: Any) -> Any:
+                    queries = current()
+                    if queries is None:
+                        return original(*args, **kwargs)
+                    return _opened(original(*args, **kwargs), queries)
+
+                async def _opened(call: Any, queries: RequestQueries) -> Any:
+                    started = clock()
+                    try:
+                        return await call
+                    finally:
+                        add(queries, label, clock() - started)
+                return opening
+
+            @functools.wraps(original)
+            def opened(*args: Any, **kwargs: Any) -> Any:
+                queries = current()
+                if queries is None:
+                    return original(*args, **kwargs)
+                started = clock()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    add(queries, label, clock() - started)
+            return opened
+
+        replace(module, "connect", make, self._undo)
 
     def _wrap_sync(self, owner: type, name: str) -> None:
         """`_wrap` for a blocking method (psycopg's Cursor)."""

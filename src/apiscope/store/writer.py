@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from apiscope.agent.queries import is_connection
 from apiscope.errors import ApiscopeError, UsageError
 from apiscope.flag import Flag, metric_to_json
 from apiscope.model import (
@@ -380,8 +381,9 @@ class SessionWriter:
             if plain:
                 c.executemany(_INSERT_REQUEST, plain)
                 plain = []
+            statements = [q for q in r.queries if not is_connection(q.statement)]
             cur = c.execute(_INSERT_REQUEST, _request_row(
-                r, sum(q.count for q in r.queries), sum(q.total_ms for q in r.queries)))
+                r, sum(q.count for q in statements), sum(q.total_ms for q in statements)))
             c.executemany(
                 "INSERT INTO request_queries VALUES (?, ?, ?, ?, ?, ?)",
                 [(cur.lastrowid, self._statement_id(c, q.statement), q.count, q.total_ms,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from apiscope.agent.queries import is_connection
 from apiscope.analysis.advice import framework_of
 from apiscope.analysis.context import AnalysisContext, Flag
 from apiscope.analysis.flags import handler_location, location, make_flag, pct, where
@@ -47,7 +48,8 @@ class NPlusOneRule:
             sites: dict[tuple[str, str | None, int | None], _Site] = defaultdict(_Site)
             for record in records:
                 for q in record.queries:
-                    if q.count >= th.n_plus_one_min_queries:
+                    # Connections opened are no query (`slow_endpoint` tells their cost).
+                    if q.count >= th.n_plus_one_min_queries and not is_connection(q.statement):
                         site = sites[(q.statement, q.file, q.line)]
                         site.counts.append(q.count)
                         site.query_ms += q.total_ms

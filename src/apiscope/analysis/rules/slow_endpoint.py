@@ -33,6 +33,12 @@ same waits are wake-up latency, measured 52-56% of a Django server's thread time
 57% idle), or most of the route's median latency is CPU inside a library call it makes on purpose
 (a password hash on login: `LIBRARY_SHARE` of p50 or more).
 
+A route whose requests open database connections (the agent counts and times the drivers'
+`connect`: no pool, SQLAlchemy's `NullPool`, Django's `CONN_MAX_AGE = 0`) is told so when the
+handshakes take `CONNECT_SHARE` of its median latency or more, and advised to keep connections
+in a pool: a Piccolo admin without its pool opened three connections a request, a third of its
+latency, and each one a new PostgreSQL backend process on a host with no CPU to spare.
+
 The location is the slow call, not the route's decorator: the dominant await site of its
 profiled requests when one dominates, else the application line where the route's threads
 spent most of their (wall-clock) time in the stack samples when that accounts for a fifth of
@@ -47,6 +53,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+from apiscope.agent.queries import CONNECTION, is_connection
 from apiscope.analysis.attribution import library_call
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Flag
 from apiscope.analysis.cpu import host_busy_share, runqueue_shares
@@ -77,6 +84,7 @@ HOST_BUSY = 0.8
 LIBRARY_SHARE = 0.5
 LOOP_SHARE = 0.5
 LINE_SHARE = 0.2  # of the median request: a sampled line that explains less is not the slow call
+CONNECT_SHARE = 0.2  # of the median request: connections opened that take less are no cause
 STREAM_MIN_MS = 10.0
 STREAM_MIN_SHARE = 0.1
 
@@ -85,6 +93,18 @@ SUGGEST_CAPACITY = ("the host's CPUs were saturated: give the server more CPU or
                     " cpu_hotspot and each route's CPU share)")
 SUGGEST_LIBRARY = ("the time is the library call's own work: lower its cost (its parameters),"
                    " cache its result, or serve this route from more workers")
+SUGGEST_POOL = {
+    "asyncpg": "keep connections open in a pool and reuse them across requests: one"
+               " asyncpg.create_pool() at start-up, connections acquired from it (an ORM's own"
+               " pool: SQLAlchemy's default QueuePool, not NullPool; Piccolo's"
+               " engine.start_connection_pool())",
+    "psycopg": "keep connections open in a pool and reuse them across requests: psycopg_pool's"
+               " ConnectionPool, SQLAlchemy's default QueuePool (not NullPool), or Django's"
+               " CONN_MAX_AGE (persistent connections) or OPTIONS['pool']",
+    "psycopg2": "keep connections open in a pool and reuse them across requests:"
+                " psycopg2.pool, SQLAlchemy's default QueuePool (not NullPool), or Django's"
+                " CONN_MAX_AGE (persistent connections)",
+}
 SEVERITY_ORDER = ("low", "medium", "high")
 SUGGESTION = ("profile one slow request (see the flamegraph for this route) and fix what"
               " dominates it; the other flags on this report point at likely causes")
@@ -239,10 +259,34 @@ class SlowEndpointRule:
                     metric["host_busy_share"] = host
                 metric["runqueue_share"] = starved
                 severity, suggestion = "low", SUGGEST_CAPACITY
+            opened = connections_opened(records)
+            if opened is not None and opened[2] >= CONNECT_SHARE * p50 \
+                    and suggestion in (SUGGESTION, SUGGEST_CAPACITY):
+                driver, count, ms = opened
+                evidence += (f"; each request opened {count:.1f} new database connections"
+                             f" ({driver}), {ms:.0f} ms of its {p50:.0f} ms median")
+                metric["connections_per_request"] = count
+                metric["connect_ms_per_request"] = ms
+                suggestion = SUGGEST_POOL.get(driver, SUGGEST_POOL["psycopg"])
             loc = slow_call(ctx, endpoint, profiled.get(endpoint), p50)
             flags.append(make_flag(self.kind, severity, endpoint, loc, evidence, metric,
                                    suggestion))
         return flags
+
+
+def connections_opened(records: list[RequestRecord]) -> tuple[str, float, float] | None:
+    """(driver, connections, milliseconds) the requests opened on average, by the driver that
+    opened most of them; None when they opened none."""
+    count: Counter[str] = Counter()
+    ms = 0.0
+    for record in records:
+        for q in record.queries:
+            if is_connection(q.statement):
+                count[q.statement[len(CONNECTION):]] += q.count
+                ms += q.total_ms
+    if not count or not records:
+        return None
+    return count.most_common(1)[0][0], sum(count.values()) / len(records), ms / len(records)
 
 
 def _streamed(record: RequestRecord) -> bool:
