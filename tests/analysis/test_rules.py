@@ -247,6 +247,12 @@ def test_memory_growth_by_fitted_slope(tmp_path: Path) -> None:
     assert 8.0 < flag["metric"]["slope_mb_per_min"] < 10.0
     assert flag["metric"]["r2"] > 0.9
     assert 8.0 < report["processes"][0]["rss_mb_slope_per_min"] < 10.0
+    assert "the agent this session injected" not in flag["evidence"]
+    # A session that injected the agent says its own first minutes may be that growth.
+    spec.meta["inject"] = True
+    [flag] = flags_of(report_of(spec, tmp_path, "injected"), "memory_growth")
+    assert flag["severity"] == "low"
+    assert "the agent this session injected grows the process too" in flag["evidence"]
 
 
 def test_memory_growth_names_the_endpoint_whose_requests_track_it(tmp_path: Path) -> None:
