@@ -308,14 +308,7 @@ class QueryHooks:
                     queries = current()
                     if queries is None:
                         return original(*args, **kwargs)
-                    return _opened(original(*args, **kwargs), queries)
-
-                async def _opened(call: Any, queries: RequestQueries) -> Any:
-                    started = clock()
-                    try:
-                        return await call
-                    finally:
-                        add(queries, label, clock() - started)
+                    return _awaited(original(*args, **kwargs), queries, label, add, clock)
                 return opening
 
             @functools.wraps(original)
@@ -373,16 +366,9 @@ class QueryHooks:
                                                                        and args):
                     statement = query if query.__class__ is str else _statement_text(query)
                     if statement is not None:
-                        return _timed(original(self, query, *args, **kwargs), queries,
-                                      statement)
+                        return _awaited(original(self, query, *args, **kwargs), queries,
+                                        statement, add, clock)
                 return original(self, query, *args, **kwargs)
-
-            async def _timed(call: Any, queries: RequestQueries, statement: str) -> Any:
-                started = clock()
-                try:
-                    return await call
-                finally:
-                    add(queries, statement, clock() - started)
             return timed
 
         replace(owner, name, make, self._undo)
@@ -405,6 +391,18 @@ class QueryHooks:
             return TimedAwaitable(result, done)
 
         return timed
+
+
+async def _awaited(call: Any, queries: RequestQueries, statement: str,
+                   add: Callable[[RequestQueries, str, float], None],
+                   clock: Callable[[], float]) -> Any:
+    """Await a driver's coroutine, then count `statement` in `queries` with the time it took
+    (whether it succeeded or not)."""
+    started = clock()
+    try:
+        return await call
+    finally:
+        add(queries, statement, clock() - started)
 
 
 class TimedAwaitable:
