@@ -300,7 +300,18 @@ def test_connections_a_request_opens_are_counted_and_timed_as_a_statement_of_the
             connection.execute("SELECT 1")
         return PlainTextResponse("ok")
 
-    app = Starlette(routes=[Route("/async", no_pool), Route("/sync", sync_no_pool)])
+    async def with_pool(request: Request) -> Response:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)  # one connection opened
+        try:
+            for _ in range(6):  # six releases: six resets by the pool, none the app's statement
+                async with pool.acquire() as connection:
+                    await connection.fetchval("SELECT 2")
+        finally:
+            await pool.close()
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/async", no_pool), Route("/sync", sync_no_pool),
+                            Route("/pool", with_pool)])
     hooks = install_query_hooks()
     try:
         assert asyncpg.connect is not asyncpg.connect.__wrapped__  # type: ignore[attr-defined]
@@ -312,6 +323,8 @@ def test_connections_a_request_opens_are_counted_and_timed_as_a_statement_of_the
         psycopg_opened = recorded["/sync"][connection_label("psycopg")]
         assert psycopg_opened[0] == 1 and psycopg_opened[1] > 0
         assert is_connection(connection_label("psycopg")) and not is_connection("SELECT 1")
+        pool_queries = {q[0]: q[1] for q in run_app(app, "/pool").queries}
+        assert pool_queries == {"SELECT ?": 6, connection_label("asyncpg"): 1}
 
         async def outside() -> None:  # no request: nothing is counted, nothing breaks
             connection = await asyncpg.connect(dsn)
@@ -319,7 +332,9 @@ def test_connections_a_request_opens_are_counted_and_timed_as_a_statement_of_the
 
         asyncio.run(outside())
         assert hooks.errors == 0
+        assert asyncpg.Connection.reset.__wrapped__  # type: ignore[attr-defined]
     finally:
         uninstall_query_hooks()
     assert not hasattr(asyncpg.connect, "__wrapped__")
+    assert not hasattr(asyncpg.Connection.reset, "__wrapped__")
     assert not hasattr(psycopg.connect, "__apiscope_original__")

@@ -9,7 +9,8 @@ add every statement the request runs to it, keyed by its normalized text. Hooks 
 - Django ORM: an execute wrapper on every connection (`django_queries`), any database.
 - psycopg 3: `Cursor.execute`/`executemany` and their `AsyncCursor` twins, for code that uses
   psycopg directly (Django and SQLAlchemy on psycopg are counted by their own hooks).
-- asyncpg: `Connection._execute`/`_executemany`/`execute` wrappers, when asyncpg is importable.
+- asyncpg: `Connection._execute`/`_executemany`/`execute` wrappers, when asyncpg is importable;
+  what its pool runs to reset a connection it takes back is the driver's, not counted.
 - aiosqlite: `Connection.execute`/`execute_fetchall` and `Cursor.execute` wrappers.
 - sqlite3 cannot be hooked: its Connection and Cursor are C types whose methods can't be
   replaced, so raw sqlite3 queries are only visible when they go through SQLAlchemy.
@@ -269,6 +270,10 @@ class QueryHooks:
         # `asyncpg.connect` and the pool's default (read when a pool is made).
         self._wrap_connect(sys.modules.get("asyncpg"), "asyncpg")
         self._wrap_connect(connection, "asyncpg")
+        # The pool resets each connection it takes back (`SELECT pg_advisory_unlock_all();
+        # CLOSE ALL; UNLISTEN *; RESET ALL;`): the driver's housekeeping, not the app's
+        # statement (counted, a login's six releases read as an N+1 on a Piccolo admin).
+        self._quiet(Connection, "reset")
 
     def _install_django(self) -> None:
         from .django_queries import install_django
@@ -290,6 +295,24 @@ class QueryHooks:
     def _install_psycopg2(self) -> None:
         # Its statements are counted by the ORMs' hooks only (its cursor is a C type).
         self._wrap_connect(sys.modules.get("psycopg2"), "psycopg2")
+
+    def _quiet(self, owner: type, name: str) -> None:
+        """`owner.name`, a coroutine function, run with the drivers' hooks standing back
+        (`in_orm`): what it executes is not counted."""
+        if not inspect.iscoroutinefunction(vars(owner).get(name)):
+            return
+        current = CURRENT.get
+
+        def make(original: Any) -> Any:
+            @functools.wraps(original)
+            def quiet(self: Any, *args: Any, **kwargs: Any) -> Any:
+                queries = current()
+                if queries is None:
+                    return original(self, *args, **kwargs)
+                return _standing_back(original(self, *args, **kwargs), queries)
+            return quiet
+
+        replace(owner, name, make, self._undo)
 
     def _wrap_connect(self, module: Any, driver: str) -> None:
         """`module.connect(...)` counted and timed in the request it runs in, as the statement
@@ -403,6 +426,14 @@ async def _awaited(call: Any, queries: RequestQueries, statement: str,
         return await call
     finally:
         add(queries, statement, clock() - started)
+
+
+async def _standing_back(call: Any, queries: RequestQueries) -> Any:
+    queries.in_orm += 1
+    try:
+        return await call
+    finally:
+        queries.in_orm -= 1
 
 
 class TimedAwaitable:
