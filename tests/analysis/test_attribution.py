@@ -177,6 +177,7 @@ def test_a_handler_of_several_endpoints_is_charged_to_the_one_that_served_reques
     assert RouteMatcher(TWINS, {"PUT /api/nowhere/"}).handler_of("PUT /api/nowhere/") is None
 
 
+STD_JSON = "/usr/lib/python3.12/json/__init__.py"
 MIDDLEWARE = Frame("ServerTimingMiddleware.__call__", "/srv/desk/tickets/middleware.py", 12)
 DJANGO = Frame("BaseHandler._get_response", "/venv/lib/python3.12/site-packages/django/core/"
                "handlers/base.py", 197)
@@ -206,6 +207,23 @@ def test_middleware_passing_the_request_on_is_not_where_the_time_below_it_goes()
     # A middleware line doing its own work (never above a handler) is not one of them.
     logging_line = (*LOOP, Frame("ServerTimingMiddleware.__call__", MIDDLEWARE.file, 14))
     assert (MIDDLEWARE.file, 14) not in dispatch_lines([(logging_line, None)], roots)
+
+
+def test_an_apps_wrapper_calling_a_frameworks_entry_hands_the_request_on() -> None:
+    # The app's own ASGI callable (lifespan set-up, then the library's FastAPI app): the
+    # framework's middleware and routing below it are not its line's cost, though no handler
+    # was sampled below it. Its own work (no framework entry below) stays its line's.
+    wrapper = Frame("app", "/srv/admin/serve.py", 15)
+    entry = Frame("FastAPI.__call__", "/venv/lib/python3.12/site-packages/fastapi/"
+                  "applications.py", 1134)
+    routing = Frame("Router.__call__", "/venv/lib/python3.12/site-packages/starlette/"
+                    "routing.py", 715)
+    roots = ("/srv/admin",)
+    lines = dispatch_lines([((*LOOP, wrapper, entry, routing), None)], roots)
+    assert lines == {(wrapper.file, 15)}
+    own_work = Frame("app", wrapper.file, 9)
+    assert dispatch_lines([((*LOOP, own_work, Frame("loads", STD_JSON, 346)), None)],
+                          roots) == set()
 
 
 def test_a_handler_serving_several_routes_is_charged_to_none_of_them() -> None:

@@ -32,9 +32,12 @@ def test_embedded_agent_loads_from_memory(version: str, tmp_path: Path) -> None:
                                        embed=True, offer_pyinstrument=False))
     check = ("import sys, apiscope_agent.middleware as m\n"
              "print(m.__file__, sys.path == before, 'apiscope' in sys.modules)\n")
-    done = subprocess.run([python, "-I", "-S", "-c", "import sys; before = list(sys.path)\n"
-                           + snippet + check], capture_output=True, text=True, timeout=60,
-                          cwd=tmp_path)
+    # From a file, as the injection hands it over: the snippet is above the 128 kB one
+    # command-line argument may hold. The file is the snippet only, the agent is in it.
+    script = tmp_path / "snippet.py"
+    script.write_text("import sys; before = list(sys.path)\n" + snippet + check)
+    done = subprocess.run([python, "-I", "-S", str(script)], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     status = json.loads(result.read_text())
     assert status["ok"] is True and status["token"] == "emb", status
