@@ -29,7 +29,7 @@ from typing import Any
 
 from .django_routes import remove_request_hook
 from .failures import stop_listening
-from .frameworks import DJANGO, apps_inside, inner_app
+from .frameworks import DJANGO, apps_inside, wrapper_chain
 from .offload import uninstall_pool_timing
 from .orphan import OrphanWatch, forget_modules
 from .queries import uninstall_query_hooks
@@ -164,10 +164,10 @@ def _release(app: Any) -> None:
 
 def _chain_above(outer: Any, target: Any) -> list[Any]:
     chain: list[Any] = []
-    current = outer
-    while current is not None and current is not target and len(chain) < 16:
+    for current in wrapper_chain(outer):
+        if current is target:
+            break
         chain.append(current)
-        current = inner_app(current)
     return chain
 
 

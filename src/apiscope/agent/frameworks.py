@@ -9,6 +9,7 @@ match names the route.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 STARLETTE = "starlette"
@@ -59,19 +60,26 @@ def inner_app(obj: Any) -> Any:
     return inner if callable(inner) else None
 
 
-def apps_inside(outer: Any) -> list[tuple[str, Any]]:
-    """(framework, app) of every framework app on the chain of wrappers from `outer` down."""
-    found: list[tuple[str, Any]] = []
+def wrapper_chain(outer: Any) -> Iterator[Any]:
+    """`outer`, then each app the one before hands its requests to (`inner_app`), down to the
+    last; at most `MAX_DEPTH` of them, each once."""
     seen: set[int] = set()
     current = outer
     for _ in range(MAX_DEPTH):
         if current is None or id(current) in seen:
-            break
+            return
         seen.add(id(current))
+        yield current
+        current = inner_app(current)
+
+
+def apps_inside(outer: Any) -> list[tuple[str, Any]]:
+    """(framework, app) of every framework app on the chain of wrappers from `outer` down."""
+    found: list[tuple[str, Any]] = []
+    for current in wrapper_chain(outer):
         framework = framework_of(current)
         if framework is not None:
             found.append((framework, current))
-        current = inner_app(current)
     return found
 
 

@@ -23,12 +23,11 @@ from .frameworks import (
     FALCON,
     FLASK,
     LITESTAR,
-    MAX_DEPTH,
     QUART,
     STARLETTE,
     apps_inside,
     framework_of,
-    inner_app,
+    wrapper_chain,
 )
 from .handlers import RouteRow, handler_row
 from .litestar_routes import litestar_rows
@@ -318,18 +317,13 @@ def _mounted_app(mount: Any, prefix: str, template: str, rows: list[RouteRow],
             return
     if frameworks:
         return
-    current, seen = app, set()
-    for _ in range(MAX_DEPTH):
-        if current is None or id(current) in seen:
-            break
-        seen.add(id(current))
+    for current in wrapper_chain(app):
         if inspect.isclass(current):
             rows.extend(_endpoint_class_rows(current, template))
             break
         if inspect.isfunction(current):
             rows.append(handler_row("*", template, current))
             break
-        current = inner_app(current)
     _add_endpoint(templates, app, template)
 
 
