@@ -56,6 +56,11 @@ def is_connection(statement: str) -> bool:
     return statement.startswith(CONNECTION)
 
 
+def connection_driver(statement: str) -> str:
+    """The driver a `connection_label` names."""
+    return statement[len(CONNECTION):]
+
+
 _STRING = re.compile(r"'(?:[^']|'')*'")
 _NUMBER = re.compile(r"(?<![\w$.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b")
 _PLACEHOLDER = re.compile(r"\$\d+|%\(\w+\)s|%s")

@@ -22,7 +22,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
-from apiscope.agent.offload import is_offloaded
+from apiscope.agent.offload import is_offloaded, package_of
 from apiscope.frames import (
     STDLIB_PATH,
     THIRD_PARTY,
@@ -155,14 +155,13 @@ def dispatch_lines(stacks: Iterable[tuple[Sequence[Frame], int | None]],
     return lines
 
 
-_FRAMEWORK_ENTRIES = re.compile(
-    r"[/\\](site|dist)-packages[/\\](starlette|fastapi|litestar|django|quart|falcon|channels)"
-    r"[/\\]")
+_WEB_FRAMEWORKS = ("starlette", "fastapi", "litestar", "django", "quart", "falcon", "channels")
 
 
 def _enters_framework(frame: Frame) -> bool:
     """A web framework's ASGI entry: an app's, router's or middleware's `__call__`."""
-    return frame.function.endswith("__call__") and _FRAMEWORK_ENTRIES.search(frame.file) is not None
+    return frame.function.endswith("__call__") \
+        and package_of(norm(frame.file)) in _WEB_FRAMEWORKS
 
 
 def passes_on(user: Frame | None, handler_index: int | None,

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from apiscope.agent.queries import CONNECTION, is_connection
+from apiscope.agent.queries import connection_driver, is_connection
 from apiscope.analysis.attribution import library_call
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Flag
 from apiscope.analysis.cpu import host_busy_share, runqueue_shares
@@ -282,7 +282,7 @@ def connections_opened(records: list[RequestRecord]) -> tuple[str, float, float]
     for record in records:
         for q in record.queries:
             if is_connection(q.statement):
-                count[q.statement[len(CONNECTION):]] += q.count
+                count[connection_driver(q.statement)] += q.count
                 ms += q.total_ms
     if not count or not records:
         return None
