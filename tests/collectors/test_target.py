@@ -209,6 +209,50 @@ def test_a_python_program_that_started_the_server_is_followed_to_it(app_dir: Pat
     assert f"PID {launcher.pid}" in target.notes[0] and f"process {server.pid}" in target.notes[0]
 
 
+FORKING_LAUNCHER = """
+import multiprocessing, sys
+import uvicorn
+
+def serve():
+    uvicorn.Server(uvicorn.Config("tinyapp:app", host="127.0.0.1", port=int(sys.argv[1]),
+                                  log_level="warning")).run()
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=serve)
+    child.start()
+    context.Event().wait()
+"""
+
+
+def test_a_launcher_whose_forked_child_serves_is_followed_to_the_listener(
+        app_dir: Path) -> None:
+    """LNbits runs `uvicorn.Server(...).run` in a `multiprocessing` child and waits on an
+    event: the child shows the launcher's command line, which names no server, and the
+    launcher serves nothing. The one that listens on the port is the server."""
+    (app_dir / "forking.py").write_text(FORKING_LAUNCHER)
+    port = free_port()
+    with spawned([sys.executable, "forking.py", str(port)], cwd=app_dir) as launcher:
+        (child,) = children_of(launcher.pid, 1)
+        wait_until(lambda: psutil.Process(child.pid).net_connections(kind="inet"), timeout=20,
+                   what="the forked child to listen")
+        target = describe_target(launcher.pid)
+    assert (target.pid, target.pids, target.server) == (child.pid, [child.pid], "python")
+    assert f"PID {launcher.pid}" in target.notes[0] and f"child {child.pid}" in target.notes[0]
+
+
+def test_a_launcher_whose_child_listens_on_nothing_is_kept(app_dir: Path) -> None:
+    (app_dir / "quiet.py").write_text(
+        "import multiprocessing, time\n"
+        "if __name__ == '__main__':\n"
+        "    child = multiprocessing.get_context('fork').Process(target=time.sleep, args=(60,))\n"
+        "    child.start()\n    child.join()\n")
+    with spawned([sys.executable, "quiet.py"], cwd=app_dir) as launcher:
+        children_of(launcher.pid, 1)
+        target = describe_target(launcher.pid)
+    assert (target.pid, target.pids, target.notes) == (launcher.pid, [launcher.pid], [])
+
+
 def test_a_python_program_that_started_several_servers_is_kept_with_a_note(
         app_dir: Path) -> None:
     (app_dir / "launch2.py").write_text(

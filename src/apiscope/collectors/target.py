@@ -135,11 +135,12 @@ def _follow_launcher(proc: psutil.Process, notes: list[str]) -> psutil.Process:
     launcher waits for its child in C code, so an agent injected into it would never load;
     and it serves nothing. A program that starts several servers is left as it is, with a
     note naming them."""
-    kinds = [(p, _kind_of(p)) for p in _python_descendants(proc, _WRAPPER_DEPTH)]
+    descendants = _python_descendants(proc, _WRAPPER_DEPTH)
+    kinds = [(p, _kind_of(p)) for p in descendants]
     servers = [(p, kind) for p, kind in kinds if kind is not None]
-    if not servers:
-        return proc
     what = f"PID {proc.pid} ({_short(proc.cmdline())})"
+    if not servers:
+        return _follow_listener(proc, descendants, what, notes)
     if len(servers) > 1:
         listing = "; ".join(f"{p.pid} ({_short(p.cmdline())})" for p, _ in servers)
         notes.append(f"{what} is no server apiscope knows, and it started several: {listing}."
@@ -149,6 +150,32 @@ def _follow_launcher(proc: psutil.Process, notes: list[str]) -> psutil.Process:
     notes.append(f"{what} started the server: profiling its {kind} process {server.pid}"
                  f" ({_short(server.cmdline())})")
     return server
+
+
+def _follow_listener(proc: psutil.Process, descendants: list[psutil.Process], what: str,
+                     notes: list[str]) -> psutil.Process:
+    """The one Python child that listens on a TCP port, when `proc` listens on none: a
+    program that runs `uvicorn.Server(...).run` in a `multiprocessing` child (LNbits does) shows
+    its own command line in the child, which names no server, and waits for it in C code.
+    Anything else is `proc` itself."""
+    if not descendants or _listens(proc):
+        return proc
+    listening = [p for p in descendants if _listens(p)]
+    if len(listening) != 1:
+        return proc
+    (server,) = listening
+    notes.append(f"{what} listens on no port and its child {server.pid} does: profiling the"
+                 " child, which serves the requests")
+    return server
+
+
+def _listens(proc: psutil.Process) -> bool:
+    """Whether the process holds a listening TCP socket (its own or one it inherited)."""
+    connections = getattr(proc, "net_connections", None) or proc.connections
+    try:
+        return any(c.status == psutil.CONN_LISTEN for c in connections(kind="inet"))
+    except (psutil.Error, OSError):
+        return False
 
 
 def _kind_of(proc: psutil.Process) -> str | None:
