@@ -18,7 +18,7 @@ from tests.support import ROOT, ServerProcess, free_port, run_server, wait_until
 
 APP_DIR = Path(__file__).resolve().parent
 # Requests per route template; "/ping" (readiness) is left out of every count.
-PLAN = {"/items/{item_id}": 25, "/block": 12}  # 1 in 20 requests is profiled
+PLAN = {"/items/{item_id}": 25, "/block": 12, "/fan-out": 12}  # 1 in 20 requests is profiled
 
 
 def uvicorn_args(port: int, app_dir: str = str(APP_DIR)) -> list[str]:
@@ -48,9 +48,10 @@ def drive(url: str) -> None:
     for i in range(PLAN["/items/{item_id}"]):
         with urllib.request.urlopen(f"{url}/items/{i}", timeout=30) as resp:
             resp.read()
-    for _ in range(PLAN["/block"]):
-        with urllib.request.urlopen(f"{url}/block", timeout=30) as resp:
-            resp.read()
+    for path in ("/block", "/fan-out"):
+        for _ in range(PLAN[path]):
+            with urllib.request.urlopen(f"{url}{path}", timeout=30) as resp:
+                resp.read()
 
 
 def agent_answers(pid: int) -> bool:

@@ -6,6 +6,7 @@ nothing of apiscope or of the tests, so it imports nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from starlette.applications import Starlette
@@ -25,9 +26,19 @@ async def block(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
+async def fetch_part(part: int) -> int:
+    time.sleep(BLOCK_SECONDS)  # holds the loop in a task of its own, started by the request
+    return part
+
+
+async def fan_out(request: Request) -> JSONResponse:
+    parts = await asyncio.gather(fetch_part(1), fetch_part(2))
+    return JSONResponse({"parts": sum(parts)})
+
+
 async def ping(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
 app = Starlette(routes=[Route("/items/{item_id}", read_item), Route("/block", block),
-                        Route("/ping", ping)])
+                        Route("/fan-out", fan_out), Route("/ping", ping)])

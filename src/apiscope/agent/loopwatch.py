@@ -16,7 +16,8 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from contextvars import ContextVar
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -126,10 +127,32 @@ def _remember(key: tuple[CodeType, int], code: CodeType, line: int | None) -> Fr
 _HAS_SCOPE: dict[CodeType, bool] = {}
 
 
-def serving_scope(frame: FrameType | None) -> dict[str, Any] | None:
+# The scope of the HTTP request a task serves, set by the agent's middleware for the request's
+# task: a task the request starts (`asyncio.gather`, `create_task`, a task group) copies it.
+SERVING: ContextVar[MutableMapping[str, Any] | None] = ContextVar("apiscope_serving",
+                                                                  default=None)
+
+
+def serving_scope(frame: FrameType | None, task: Any = None) -> dict[str, Any] | None:
     """The ASGI scope of the HTTP request whose code runs at `frame`: the innermost frame up
     the stack holding one (a framework's app or middleware between the server and the
-    handler), or None (a callback of the server's own, a task of no request's)."""
+    handler); else the scope in the context of `task`, the task stepping, when it is a task a
+    request started (its stack shows only its own coroutine: `gather`'s children, a fetch run
+    in a task of its own); or None (a callback of the server's own, a task of no request's).
+    The task's context is readable on Python 3.12 and newer (`Task.get_context`)."""
+    found = _frame_scope(frame)
+    if found is None and task is not None:
+        get_context = getattr(task, "get_context", None)
+        if get_context is not None:
+            try:
+                served = get_context().get(SERVING)
+            except Exception:
+                return None
+            return served if isinstance(served, dict) else None
+    return found
+
+
+def _frame_scope(frame: FrameType | None) -> dict[str, Any] | None:
     depth = 0
     while frame is not None and depth < MAX_DEPTH:
         code = frame.f_code
@@ -531,9 +554,9 @@ class LoopWatchdog(Background):
         loop.call_soon_threadsafe(self._probe)
         # What the loop runs now: if the probe turns out late, this is the first look at the
         # stall (a stall shorter than the wait below gets no other).
-        looks: list[Look] = [(_current_task(loop),
-                              frame_stack(frame) if frame is not None else None,
-                              serving_scope(frame))]
+        task = _current_task(loop)
+        looks: list[Look] = [(task, frame_stack(frame) if frame is not None else None,
+                              serving_scope(frame, task))]
         del frame
         self._look()
         if self._last_look == "queue":
@@ -628,7 +651,7 @@ class LoopWatchdog(Background):
         frame = _loop_frame(self.ident)
         if frame is None:
             return task, None, None
-        return task, frame_stack(frame), serving_scope(frame)
+        return task, frame_stack(frame), serving_scope(frame, task)
 
     def _record(self, posted: float, ran: tuple[float, int], looks: list[Look]) -> None:
         ran_at, ran_cpu_ns = ran

@@ -29,6 +29,7 @@ from .django_routes import REQUEST_KEY, DjangoTemplates, install_request_hook
 from .failures import FAILURE_KEY
 from .failures import listen as listen_for_failures
 from .frameworks import DJANGO, LITESTAR, STARLETTE, apps_inside
+from .loopwatch import SERVING
 from .matched_routes import DEFERRED, UNMATCHED
 from .offload import OFFLOAD, OffloadCounts
 from .pathgroups import PathGrouper
@@ -188,15 +189,18 @@ class AgentMiddleware:
                 self._count_error()
             return send(message)
 
+        # The request in its task's context: a task it starts copies it, and the loop
+        # watchdog names the route of a hold in such a task by it (`serving_scope`).
+        serving = SERVING.set(scope)
         try:
             if run is None:
                 await self.app(scope, receive, watched_send)
             else:
                 await run.around(self.app, scope, receive, watched_send)
         except BaseException as exc:
-            self._finish(scope, root_path, request, exc, token, run)
+            self._finish(scope, root_path, request, exc, token, run, serving)
             raise
-        self._finish(scope, root_path, request, None, token, run)
+        self._finish(scope, root_path, request, None, token, run, serving)
 
     def _met(self, scope: Scope) -> None:
         """An app met for the first time (an injected agent wraps a live app), or a loop: its
@@ -214,8 +218,11 @@ class AgentMiddleware:
                 self.watchdogs.see_loop()
 
     def _finish(self, scope: Scope, root_path: str, request: _Request,
-                exc: BaseException | None, token: Any, run: ProfileRun | None = None) -> None:
+                exc: BaseException | None, token: Any, run: ProfileRun | None = None,
+                serving: Any = None) -> None:
         try:
+            if serving is not None:
+                SERVING.reset(serving)
             if token is not None:
                 CURRENT.reset(token)
             # Django's request, left by the hook (popping it breaks the scope<->request cycle).
