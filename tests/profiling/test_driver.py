@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -223,6 +225,32 @@ def test_an_await_in_wait_for_is_charged_to_what_it_waits_for() -> None:
     waited = sum(a for (function, _), (_, a) in _tree(records).items()
                  if function == "Event.wait")
     assert waited >= 0.025
+
+
+@asynccontextmanager
+async def _connection(lock: asyncio.Lock) -> AsyncIterator[None]:
+    async with lock:  # the turn
+        yield
+
+
+async def _queued_app(scope: dict[str, object], receive: object, send: object) -> None:
+    # A database wrapper handing out one connection at a time, as LNbits' does: the request
+    # waits in the lock, inside the generator `asynccontextmanager` runs.
+    lock = asyncio.Lock()
+    await lock.acquire()
+    asyncio.get_running_loop().call_later(0.03, lock.release)
+    async with _connection(lock):
+        pass
+
+
+def test_an_await_inside_an_async_context_manager_is_charged_to_what_it_waits_for() -> None:
+    # Entering it awaits a step of its generator, an awaitable that names no frame: the chain
+    # goes on in the generator, down to the lock it waits its turn for.
+    records, _ = _profile(_queued_app)
+    nodes = _tree(records)
+    waited = sum(a for (function, _), (_, a) in nodes.items() if function == "Lock.acquire")
+    assert waited >= 0.025
+    assert ("_connection", _line("# the turn")) in nodes
 
 
 def test_a_dump_follows_wait_for_into_what_it_waits_for() -> None:

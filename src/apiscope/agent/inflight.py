@@ -29,12 +29,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from types import AsyncGeneratorType, FrameType
+from types import FrameType
 from typing import Any
 
 from .matched_routes import DEFERRED
 from .offload import TIMED_CODE
-from .profiler import wait_for_task
+from .profiler import own_attribute, running_async_gen, wait_for_task
 from .schedstat import native_id
 
 MAX_DEPTH = 200  # frames per stack or chain: a deeper one keeps its root part
@@ -82,31 +82,6 @@ def _is_drive(frame: FrameType) -> bool:
         type(frame.f_locals.get("self")).__name__ == "SliceProfiler"
 
 
-def _own_attribute(value: Any, name: str) -> Any:
-    """An instance's own attribute `name` (None without it): read from its `__dict__`, so no
-    property or `__getattr__` of an unknown class is run."""
-    try:
-        return value.__dict__.get(name) if hasattr(value, "__dict__") else None
-    except Exception:
-        return None
-
-
-def _running_async_gen(frame: FrameType) -> Any:
-    """The async generator a frame is awaiting a step of (`anext()`, `asend()`: those
-    awaitables name no frame): one of its locals, or a local's `gen` (contextlib's
-    `asynccontextmanager`, which FastAPI's dependencies with `yield` run in), that is
-    running now."""
-    try:
-        values = list(frame.f_locals.values())
-    except Exception:  # locals that cannot be read say nothing
-        return None
-    for value in values:
-        for candidate in (value, _own_attribute(value, "gen")):
-            if isinstance(candidate, AsyncGeneratorType) and candidate.ag_running:
-                return candidate
-    return None
-
-
 def _running_below(frame: FrameType | None) -> tuple[int | None, list[FrameType]]:
     """For the frame of a coroutine running now, whose awaits are live on a thread's stack
     (its `cr_await` is empty then): the thread running it and the frames it called, outermost
@@ -135,7 +110,7 @@ def await_chain(task: Any) -> tuple[list[FrameInfo], str | None, Any]:
         while obj is not None and len(chain) < MAX_DEPTH:
             frame, obj = _awaitable_frame(obj)
             if frame is None and last is not None:
-                frame, obj = _awaitable_frame(_running_async_gen(last))
+                frame, obj = _awaitable_frame(running_async_gen(last))
             if frame is None:
                 break  # a C awaitable (a future's iterator): the task's waiter says what
             chain.append(frame_info(frame))
@@ -178,7 +153,7 @@ def _holds(frame: FrameType | None, targets: tuple[Any, ...]) -> bool:
                 if any(value is t for t in targets) or (isinstance(value, tuple) and any(
                         x is t for x in value for t in targets)):
                     return True
-                held = _own_attribute(value, "future")
+                held = own_attribute(value, "future")
                 if held is not None and any(held is t for t in targets):
                     return True
         except Exception:  # a frame whose locals cannot be read says nothing

@@ -265,17 +265,27 @@ class SliceProfiler:
     def _awaiting(self, coro: Any) -> list[str]:
         """Frame identifiers of the chain of suspended coroutines, outermost first."""
         out: list[str] = []
+        last: types.FrameType | None = None
         while coro is not None and len(out) < MAX_AWAIT_DEPTH:
             frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is None and last is not None:
+                # A step of an async generator (`anext()`, contextlib's `asynccontextmanager`
+                # entering its generator) names no frame: the generator it runs goes on.
+                coro = running_async_gen(last)
+                frame = getattr(coro, "ag_frame", None)
             if frame is None:
                 break
             out.append(self._frame_info(frame))
+            last = frame
             inner = wait_for_task(frame)
             if inner is not None:
                 coro = inner.get_coro()
+            elif hasattr(coro, "cr_await"):
+                coro = coro.cr_await
+            elif hasattr(coro, "ag_await"):
+                coro = coro.ag_await
             else:
-                coro = getattr(coro, "cr_await", None) if hasattr(coro, "cr_await") \
-                    else getattr(coro, "gi_yieldfrom", None)
+                coro = getattr(coro, "gi_yieldfrom", None)
         return out
 
 
@@ -386,6 +396,31 @@ def wait_for_task(frame: Any) -> Any:
 
 
 _WAIT_FOR_CODE = getattr(asyncio.wait_for, "__code__", None)
+
+
+def own_attribute(value: Any, name: str) -> Any:
+    """An instance's own attribute `name` (None without it): read from its `__dict__`, so no
+    property or `__getattr__` of an unknown class is run."""
+    try:
+        return value.__dict__.get(name) if hasattr(value, "__dict__") else None
+    except Exception:
+        return None
+
+
+def running_async_gen(frame: types.FrameType) -> Any:
+    """The async generator a frame is awaiting a step of (`anext()`, `asend()`: those
+    awaitables name no frame): one of its locals, or a local's `gen` (contextlib's
+    `asynccontextmanager`, which FastAPI's dependencies with `yield` run in), that is
+    running now."""
+    try:
+        values = list(frame.f_locals.values())
+    except Exception:  # locals that cannot be read say nothing
+        return None
+    for value in values:
+        for candidate in (value, own_attribute(value, "gen")):
+            if isinstance(candidate, types.AsyncGeneratorType) and candidate.ag_running:
+                return candidate
+    return None
 
 
 def _holds(value: Any, scope: Any, hops: int) -> bool:
