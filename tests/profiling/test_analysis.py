@@ -77,6 +77,19 @@ def test_contended_resource_is_charged_to_no_line() -> None:
     assert two.dominant is not None  # two routes: not yet
 
 
+def test_a_lock_every_route_queues_at_is_charged_to_its_line() -> None:
+    # A database wrapper handing out one connection at a time (LNbits' takes an asyncio Lock
+    # for every query): every route waits there, but at one line, its turn at that lock.
+    profiles = []
+    for route in ("GET /orders", "GET /orders/{id}", "GET /customers", "GET /invoices"):
+        profiles += [waiting_profile(route, 300.0, 240.0, T0 + i, "Lock.acquire")
+                     for i in range(4)]
+    for route in aggregate(profiles, ROOTS).values():
+        site = route.dominant
+        assert site is not None and not site.contended and site.line == 52
+        assert site.waits_for == "Lock.acquire"
+
+
 def test_slow_await_flag_at_the_awaiting_line(tmp_path: Path) -> None:
     spec = healthy_with_orders()
     spec.profiles = series(awaiting_profile, "GET /orders", 6, 300.0, 240.0)
@@ -240,6 +253,10 @@ def test_a_route_waiting_for_a_lock_is_not_taken_for_a_long_poll(tmp_path: Path)
     spec.profiles = [waiting_profile("GET /orders", 2000.0, 1990.0, T0 + i, "Lock.acquire")
                      for i in range(6)]
     report = report_of(spec, tmp_path)
-    [flag] = [f for f in flags_of(report, "slow_await") if f["route"] == "GET /orders"]
-    assert flag["severity"] == "high" and "waits_for" not in flag["metric"]
-    assert "notify" not in flag["evidence"]
+    for kind in ("slow_await", "slow_endpoint"):
+        [flag] = [f for f in flags_of(report, kind) if f["route"] == "GET /orders"]
+        assert flag["severity"] == "high" and flag["metric"]["waits_for"] == "Lock.acquire"
+        assert "notify" not in flag["evidence"] and "long poll" not in flag["suggestion"]
+        assert ("there it waits in Lock.acquire() for its turn: other requests of this"
+                " process hold it meanwhile") in flag["evidence"]
+        assert "take turns" in flag["suggestion"]

@@ -72,5 +72,7 @@ def test_attach_inject_flag_detach(version: str, tmp_path: Path) -> None:
     # Python lets another thread read from 3.12 on (`Task.get_context`).
     fanned = "GET /fan-out" if tuple(map(int, version.split("."))) >= (3, 12) else None
     assert blocked["fetch_part"]["route"] == fanned, blocked["fetch_part"]
+    if fanned:  # the advice in the API of the framework serving that route
+        assert "run_in_threadpool" in blocked["fetch_part"]["suggestion"]
     print(f"\n[python {version}] {sys.platform}: {sum(counts.values())} requests recorded,"
           f" flags {[f['kind'] for f in data['flags']]}")

@@ -45,6 +45,11 @@ SiteKey = tuple[str, int, str]  # (file, line, function) of the awaiting applica
 # (asyncio's and anyio's events, conditions, queues), by package and "Class.method".
 RENDEZVOUS_PACKAGES = ("asyncio", "anyio")
 RENDEZVOUS = ("Event.wait", "Condition.wait", "Queue.get", "Barrier.wait")
+# What a coroutine awaits when it waits its turn at a lock or a semaphore other tasks hold (a
+# database wrapper handing out one connection at a time; anyio's limiter of the thread pool):
+# the requests queue on one another there.
+TURNS = ("Lock.acquire", "Semaphore.acquire", "BoundedSemaphore.acquire",
+         "CapacityLimiter.acquire", "CapacityLimiter.acquire_on_behalf_of")
 SLOWEST_KEPT = 10
 MIN_PROFILES = 3  # fewer profiled requests than this are an anecdote, not a route's pattern
 CONTENDED_ROUTES = 3
@@ -58,7 +63,7 @@ class SiteAwait:
     ms: float
     awaited: str  # the call awaited at that line ("" when the frame awaited a future itself)
     resource: str  # that call's top-level package ("" for application code)
-    waits_for: str = ""  # the innermost await when it is a rendezvous (`RENDEZVOUS`)
+    waits_for: str = ""  # the innermost await when it is a rendezvous or a turn (`rendezvous`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +91,8 @@ class AwaitSite:
     floor_ms: float = 0.0  # lower quartile of its await over all the route's profiles
     share: float = 0.0  # floor / (floor + lower quartile of the rest of the requests' time)
     contended: bool = False  # its resource is slow on many routes at once
-    waits_for: str = ""  # "Event.wait" when the site waits to be notified (`rendezvous`)
+    # "Event.wait" when the site waits to be notified, "Lock.acquire" its turn (`rendezvous`)
+    waits_for: str = ""
 
 
 @dataclass(slots=True)
@@ -197,11 +203,18 @@ def _passing_on(tree: ProfileNode, handlers: Sequence[ProfileNode],
 
 def rendezvous(node: ProfileNode) -> str:
     """"Event.wait" when an awaiting node waits to be notified by another part of the same
-    process (`RENDEZVOUS`); "" otherwise (a socket, a timer, a lock, a future)."""
+    process (`RENDEZVOUS`), "Lock.acquire" when it waits its turn at a lock or a semaphore
+    (`TURNS`); "" otherwise (a socket, a timer, a future)."""
     if resource_of(node.file) not in RENDEZVOUS_PACKAGES:
         return ""
     name = ".".join(node.function.rsplit(".", 2)[-2:])
-    return name if name in RENDEZVOUS else ""
+    return name if name in RENDEZVOUS or name in TURNS else ""
+
+
+def waits_its_turn(site: AwaitSite) -> bool:
+    """A site whose requests queue at a lock or a semaphore (`TURNS`): contention among the
+    requests, not news they wait for by design."""
+    return site.waits_for in TURNS
 
 
 def _add_site(sites: dict[SiteKey, SiteAwait], app: ProfileNode,
@@ -231,8 +244,16 @@ SUGGEST_RENDEZVOUS = ("if the route waits for news on purpose (a long poll, a su
                       " task, a queue's consumer, another request)")
 
 
+SUGGEST_TURN = ("the requests take turns here: hold the lock (or the semaphore's slot) for less"
+                " time, with no slow await inside it; or, if what it guards serves several at"
+                " once (a database, a connection pool), let as many in as it serves")
+
+
 def describe_rendezvous(site: AwaitSite) -> str:
-    """The clause evidence adds for a site that waits to be notified."""
+    """The clause evidence adds for a site that waits to be notified, or its turn."""
+    if waits_its_turn(site):
+        return (f"; there it waits in {site.waits_for}() for its turn: other requests of this"
+                " process hold it meanwhile")
     return (f"; there it waits in {site.waits_for}() for something else in this process to"
             " notify it")
 
@@ -299,14 +320,16 @@ def _handler_test(matcher: RouteMatcher | None,
 
 def contended_resources(routes: Iterable[RouteProfiles], slow_ms: float) -> set[str]:
     """Resources slow (median await `slow_ms` or more at some site) on at least
-    `CONTENDED_ROUTES` routes and on at least half the routes that await them."""
+    `CONTENDED_ROUTES` routes and on at least half the routes that await them. A site waiting
+    its turn at a lock (`TURNS`) is no such resource: the queue is at that line, whichever
+    routes it holds up."""
     using: dict[str, int] = {}
     slow: dict[str, int] = {}
     for route in routes:
         waits: dict[tuple[str, SiteKey], list[float]] = {}
         for split in route.requests:
             for key, site in split.sites.items():
-                if site.resource:
+                if site.resource and site.waits_for not in TURNS:
                     waits.setdefault((site.resource, key), []).append(site.ms)
         resources = {resource for resource, _ in waits}
         slow_here = {resource for (resource, _), values in waits.items()
@@ -318,14 +341,15 @@ def contended_resources(routes: Iterable[RouteProfiles], slow_ms: float) -> set[
 
 
 def _sites(requests: list[RequestBreakdown], contended: set[str]) -> list[AwaitSite]:
-    contended_ms = [sum(s.ms for s in split.sites.values() if s.resource in contended)
+    contended_ms = [sum(s.ms for s in split.sites.values()
+                        if s.resource in contended and s.waits_for not in TURNS)
                     for split in requests]
     keys = sorted({key for split in requests for key in split.sites})
     out = []
     for key in keys:
         seen = [split.sites[key] for split in requests if key in split.sites]
         mine = [split.sites[key].ms if key in split.sites else 0.0 for split in requests]
-        is_contended = seen[0].resource in contended
+        is_contended = seen[0].resource in contended and seen[0].waits_for not in TURNS
         # the rest of each request's own time (a contended site's await is already out of it)
         rest = [max(0.0, split.total_ms - split.outside_ms - other - (0.0 if is_contended
                                                                        else ms))

@@ -198,6 +198,17 @@ def _framework_call(frames: tuple[Frame, ...]) -> str | None:
 MAX_ROUTES_NAMED = 4
 
 
+def _route_framework(ctx: AnalysisContext, endpoint: str | None) -> str | None:
+    """The framework serving a route, read off its requests' samples, else off any request's
+    samples or holds of the loop (a quick route may have no sample): a hold in a task the
+    request started (`asyncio.gather`'s children) shows no frame of the framework's own."""
+    if endpoint is None:
+        return None
+    return framework_of(a.sample.frames for a in ctx.samples if a.endpoint == endpoint) or \
+        framework_of(a.sample.frames for a in ctx.samples if a.endpoint is not None) or \
+        framework_of(stall.frames for stall in ctx.data.loop_stalls)
+
+
 def _only_route(group: _Stalls) -> str | None:
     """The one route whose requests made every hold of a group of app code outside the
     handlers (a dependency only that route uses), as the watchdog named them; None when the
@@ -512,7 +523,7 @@ class EventLoopBlockedRule:
         if on_native:
             looks = _native_looks(group.activity, native)
         what, cause = looks.what, looks.cause
-        framework = framework_of(group.stacks)
+        framework = framework_of(group.stacks) or _route_framework(ctx, endpoint)
         total = group.seconds + group.estimated + group.elsewhere
         suggestion = (native_advice(framework) if looks.native else cpu_advice(framework)
                       if cause == "cpu" else blocking_advice(framework))

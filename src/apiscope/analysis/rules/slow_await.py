@@ -17,7 +17,9 @@ Flagged: the route's costliest site, over at least `MIN_PROFILES` profiled reque
 A site that waits to be notified by something else in the same process (an asyncio
 `Event.wait()`, `Condition.wait()`, `Queue.get()`: see `analysis.profiles.rendezvous`) is
 flagged low and described so: a long poll or a subscription waits there by design, and what
-is slow otherwise is whatever notifies it, which the profile does not show.
+is slow otherwise is whatever notifies it, which the profile does not show. A site that waits
+its turn at a lock or a semaphore (`TURNS`) is graded as any other and described so: the
+requests queue on one another there.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from apiscope.analysis.flags import MetricValue, function_name, location, make_f
 from apiscope.analysis.profiles import (
     MIN_PROFILES,
     SUGGEST_RENDEZVOUS,
+    SUGGEST_TURN,
     RouteProfiles,
     describe_rendezvous,
     describe_site,
     route_profiles,
+    waits_its_turn,
 )
 from apiscope.analysis.thresholds import grade
 
@@ -70,7 +74,10 @@ class SlowAwaitRule:
         suggestion = SUGGESTION
         if site.waits_for:
             evidence += describe_rendezvous(site)
-            severity, suggestion = "low", SUGGEST_RENDEZVOUS
+            if waits_its_turn(site):
+                suggestion = SUGGEST_TURN
+            else:
+                severity, suggestion = "low", SUGGEST_RENDEZVOUS
         if contended:
             evidence += (f"; own time leaves out waits on {', '.join(contended)}, slow on many"
                          " routes at once (shared contention)")
