@@ -124,6 +124,32 @@ def test_a_handler_several_routes_share_has_its_cpu_shared_out_by_their_requests
     assert proc["server_cpu_share"] == round(0.24 / (running / 100), 4)  # none of it the server's
 
 
+def test_a_task_the_request_started_has_its_cpu_and_its_hold_charged_to_the_route(
+        tmp_path: Path) -> None:
+    # `asyncio.gather(fetch_price(...), ...)` in a handler: the children run as tasks of their
+    # own, their stacks show no handler frame. The loop watchdog named the route of their
+    # holds from each task's context: their measured CPU is that route's, not no one's.
+    spec = measured_healthy()
+    task = (*LOOP_BASE, Frame("_run", f"{STD}/asyncio/events.py", 80),
+            app("fetch_price", 263), Frame("__init__", f"{SITE}/httpx/_client.py", 1442))
+    spec.per_window.append(sample(LOOP_TID, task, 50))
+    spec.requests += [request("POST /items", T0 + i * 0.1, 90.0) for i in range(200)]
+    spec.loop_stalls = [replace(stall(263, 120.0, 118.0, T0 + 5 + i, task), route="POST /items")
+                        for i in range(20)]
+    report = report_of(spec, tmp_path)
+    shares = {e["route"]: e["cpu_share"] for e in report["endpoints"]}
+    running = 24 + 8 + 4 + 4 + 5 + 5 + 30 + 50
+    assert shares["POST /items"] == round(0.90 / (running / 100), 4)  # 10 + 30 + the task's 50
+    for kind in ("cpu_hotspot", "event_loop_blocked"):
+        [flag] = [f for f in report["flags"] if f["kind"] == kind]
+        assert flag["location"]["line"] == 263 and flag["route"] == "POST /items", kind
+    # A coroutine that also ran for no request (a background refresh) names no route.
+    spec.loop_stalls.append(stall(263, 120.0, 118.0, T0 + 26, task))
+    shares = {e["route"]: e["cpu_share"]
+              for e in report_of(spec, tmp_path / "b")["endpoints"]}
+    assert shares["POST /items"] == round(0.40 / (running / 100), 4)
+
+
 def _transport_line(text: str) -> int:
     import asyncio.selector_events as transports
 

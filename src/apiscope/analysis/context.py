@@ -24,6 +24,7 @@ from apiscope.analysis.attribution import (
 from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds
 from apiscope.collectors.threads import stack_role
 from apiscope.flag import Flag as Flag  # the rules' output type, re-exported for them
+from apiscope.frames import is_app_frame, is_tool_file, package_of
 from apiscope.model import (
     Frame,
     GilSample,
@@ -304,17 +305,54 @@ def _one_request_threads(samples: list[Attributed]) -> list[Attributed]:
 _Facts = tuple[tuple[Frame, ...], str | None, Frame | None, bool, bool, bool, bool, bool]
 
 
+def task_entry(frames: Sequence[Frame]) -> tuple[str, str] | None:
+    """(file, function) of the coroutine an event loop's task runs in a loop thread's stack:
+    the first frame after the loop's own (asyncio's, from `asyncio.run` down to the handle it
+    runs; uvloop runs its handles in C below `Runner.run`), past apiscope's profiler; None for
+    a stack of no loop."""
+    in_loop = False
+    for frame in frames:
+        if package_of(frame.file) == "asyncio":
+            in_loop = True
+        elif in_loop and not is_tool_file(frame.file):
+            return frame.file, frame.function
+    return None
+
+
+def task_routes(stalls: Sequence[LoopStall], roots: Sequence[str],
+                ) -> dict[tuple[str, str], str]:
+    """The route of the requests each application coroutine run as a task of its own served
+    (`task_entry`), where the agent's loop watchdog named one route at every hold it saw in
+    such tasks: a task a request started (`asyncio.gather`'s children, a fetch in a task of
+    its own) shows no handler frame, but carries its request in its context
+    (`agent.loopwatch.serving_scope`). An entry seen for several routes, or for none (a
+    background task), names none; so does one of a server's or a library's (a request's own
+    task, run by the server, serves every route)."""
+    seen: dict[tuple[str, str], set[str | None]] = defaultdict(set)
+    for stall in stalls:
+        entry = task_entry(stall.frames)
+        if entry is not None and is_app_frame(Frame(entry[1], entry[0], 0), roots):
+            seen[entry].add(stall.route)
+    return {entry: route for entry, routes in seen.items() if len(routes) == 1
+            for route in routes if route is not None}
+
+
 def _stack_facts(data: SessionData, matcher: RouteMatcher,
                  ) -> tuple[dict[int, _Facts], set[tuple[str, int]]]:
     """Per distinct stack: (frames, endpoint, application frame, importing, tool work, work
     handed to a pool, inside asgiref's sync code, a loop under it). The
     application frame is the handler's (`request_frame`); a middleware line passing requests
-    on (`dispatch_lines`) is none when no handler runs below it."""
+    on (`dispatch_lines`) is none when no handler runs below it. A task a request started
+    has its route where the loop watchdog named it (`task_routes`), and no handler frame."""
     handlers: dict[int, tuple[tuple[Frame, ...], int | None, str | None]] = {}
+    spawned = task_routes(data.loop_stalls, matcher.roots)
     for _, sample in data.samples:
         if id(sample.frames) not in handlers:
             found = matcher.handler_at(sample.frames)
-            handlers[id(sample.frames)] = (sample.frames, *(found or (None, None)))
+            index, endpoint = found if found is not None else (None, None)
+            if found is None and spawned:  # a task a request started: its route, no handler
+                endpoint = spawned.get(task_entry(sample.frames) or ("", ""))
+            handlers[id(sample.frames)] = (sample.frames, index, endpoint)
     passing = dispatch_lines(((f, i) for f, i, _ in handlers.values()), matcher.roots)
     facts = {}
     for key, (frames, index, endpoint) in handlers.items():
