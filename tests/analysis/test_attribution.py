@@ -5,6 +5,7 @@ from apiscope.analysis.attribution import (
     app_roots,
     dispatch_lines,
     is_app_frame,
+    library_call,
     request_frame,
     user_frame,
 )
@@ -295,3 +296,17 @@ def test_the_app_view_class_below_a_shared_library_method_names_the_route() -> N
     assert matcher.endpoint_of((*listing, Frame("ProjectViewSet.get_queryset", TRACKER, 44))) \
         == "GET /api/projects/"
     assert matcher.endpoint_of(listing) is None
+
+
+def test_the_call_an_app_line_makes_is_named_past_the_agents_own_wrappers() -> None:
+    # The agent counts a driver's connects by wrapping `connect`: its wrapper's frame lies
+    # between the app's line and the driver's, and the line still calls the driver.
+    line = Frame("audit_trail", "/srv/shop/shop/legacy.py", 67)
+    wrapper = Frame("QueryHooks._wrap_connect.<locals>.make.<locals>.opened",
+                    "/opt/apiscope/src/apiscope/agent/queries.py", 347)
+    driver = Frame("Connection.connect", "/srv/venv/lib/python3.12/site-packages/psycopg/"
+                   "connection.py", 119)
+    assert library_call((line, wrapper, driver), line) == "Connection.connect"
+    assert library_call((line, driver), line) == "Connection.connect"
+    assert library_call((line, wrapper), line) is None
+    assert library_call((line,), line) is None

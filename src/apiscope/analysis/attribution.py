@@ -173,10 +173,13 @@ def passes_on(user: Frame | None, handler_index: int | None,
 
 def library_call(frames: Sequence[Frame], user: Frame | None) -> str | None:
     """The function the application frame `user` called, when the leaf is not the app's own
-    line: the library (or standard library) code the time is spent in."""
+    line: the library (or standard library) code the time is spent in. The agent's own
+    wrappers between them (a driver's `connect` counted and timed) are passed over: what the
+    line called is what they wrap."""
     if user is None or not frames or frames[-1] == user or user not in frames:
         return None
-    return frames[frames.index(user) + 1].function
+    index = frames.index(user) + 1
+    return next((f.function for f in frames[index:] if not is_tool_file(f.file)), None)
 
 
 # Profilers that run inside the target's threads: their frames are measurement overhead.
