@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from apiscope.collectors.agent_client import AgentClient
 from apiscope.store import SessionReader
@@ -52,6 +53,18 @@ def drive(url: str) -> None:
         for _ in range(PLAN[path]):
             with urllib.request.urlopen(f"{url}{path}", timeout=30) as resp:
                 resp.read()
+
+
+def loop_holds(flags: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A report's `event_loop_blocked` flags on the matrix app, by the function they point at:
+    `block` (GET /block's handler) and `fetch_part` (the tasks GET /fan-out starts, named by
+    that route where the target's Python lets the task's context be read: 3.12 and newer).
+    Each flag must point at one of the two, once."""
+    held = [f for f in flags if f["kind"] == "event_loop_blocked"]
+    by_function = {f["location"]["function"]: f for f in held}
+    assert len(by_function) == len(held) and set(by_function) <= {"block", "fetch_part"}, held
+    assert "block" in by_function and by_function["block"]["route"] == "GET /block", held
+    return by_function
 
 
 def agent_answers(pid: int) -> bool:
