@@ -605,12 +605,8 @@ def test_a_saturated_loop_is_followed_once_per_check_not_at_every_pass() -> None
     # Every pass crowded (a server at full load: many requests' callbacks in each), back to
     # back for two seconds. Each pass is recorded at its length; the watchdog looks at one per
     # check (every 100 ms) at most, not at all of them, and a crowded pass alerts no one.
-    # The collector is held off meanwhile: in the test run's heap, grown by every test before
-    # this one, a full collection inside one pass (20 ms) is a real hold, and not this test's.
     loop_thread = LoopThread(WatchdogOptions())
     loop_thread.start()
-    gc.collect()
-    gc.disable()
     try:
         wait_until(loop_thread.probes_after(3), what="the watchdog to check the loop")
         loop_thread.pull()
@@ -628,7 +624,6 @@ def test_a_saturated_loop_is_followed_once_per_check_not_at_every_pass() -> None
         loop_thread.pull()
         interval = loop_thread.watchdogs.options.loop_interval
     finally:
-        gc.enable()
         loop_thread.close()
     passes = loop_thread.stalls
     followed = [s for s in passes if s["held"] is not None]
