@@ -62,7 +62,9 @@ class SiteAwait:
 
     ms: float
     awaited: str  # the call awaited at that line ("" when the frame awaited a future itself)
-    resource: str  # that call's top-level package ("" for application code)
+    # that call's top-level package ("" for application code, and for a turn at a lock: no
+    # resource shared by the routes, the queue is at that line; see `contended_resources`)
+    resource: str
     waits_for: str = ""  # the innermost await when it is a rendezvous or a turn (`rendezvous`)
 
 
@@ -222,12 +224,12 @@ def _add_site(sites: dict[SiteKey, SiteAwait], app: ProfileNode,
     key = (app.file, app.line, app.function)
     before = sites.get(key)
     if before is not None:
-        sites[key] = SiteAwait(before.ms + ms, before.awaited, before.resource,
-                               before.waits_for or waits_for)
+        ms, awaited, resource = before.ms + ms, before.awaited, before.resource
+        waits_for = before.waits_for or waits_for
     else:
         awaited = call.function if call is not None else ""
         resource = resource_of(call.file) if call is not None else ""
-        sites[key] = SiteAwait(ms, awaited, resource, waits_for)
+    sites[key] = SiteAwait(ms, awaited, "" if waits_for in TURNS else resource, waits_for)
 
 
 def _waits_for(seen: Sequence[SiteAwait]) -> str:
@@ -321,15 +323,15 @@ def _handler_test(matcher: RouteMatcher | None,
 def contended_resources(routes: Iterable[RouteProfiles], slow_ms: float) -> set[str]:
     """Resources slow (median await `slow_ms` or more at some site) on at least
     `CONTENDED_ROUTES` routes and on at least half the routes that await them. A site waiting
-    its turn at a lock (`TURNS`) is no such resource: the queue is at that line, whichever
-    routes it holds up."""
+    its turn at a lock (`TURNS`) names no resource (`_add_site`): the queue is at that line,
+    whichever routes it holds up."""
     using: dict[str, int] = {}
     slow: dict[str, int] = {}
     for route in routes:
         waits: dict[tuple[str, SiteKey], list[float]] = {}
         for split in route.requests:
             for key, site in split.sites.items():
-                if site.resource and site.waits_for not in TURNS:
+                if site.resource:
                     waits.setdefault((site.resource, key), []).append(site.ms)
         resources = {resource for resource, _ in waits}
         slow_here = {resource for (resource, _), values in waits.items()
@@ -341,15 +343,14 @@ def contended_resources(routes: Iterable[RouteProfiles], slow_ms: float) -> set[
 
 
 def _sites(requests: list[RequestBreakdown], contended: set[str]) -> list[AwaitSite]:
-    contended_ms = [sum(s.ms for s in split.sites.values()
-                        if s.resource in contended and s.waits_for not in TURNS)
+    contended_ms = [sum(s.ms for s in split.sites.values() if s.resource in contended)
                     for split in requests]
     keys = sorted({key for split in requests for key in split.sites})
     out = []
     for key in keys:
         seen = [split.sites[key] for split in requests if key in split.sites]
         mine = [split.sites[key].ms if key in split.sites else 0.0 for split in requests]
-        is_contended = seen[0].resource in contended and seen[0].waits_for not in TURNS
+        is_contended = seen[0].resource in contended
         # the rest of each request's own time (a contended site's await is already out of it)
         rest = [max(0.0, split.total_ms - split.outside_ms - other - (0.0 if is_contended
                                                                        else ms))
