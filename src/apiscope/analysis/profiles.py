@@ -251,6 +251,15 @@ SUGGEST_TURN = ("the requests take turns here: hold the lock (or the semaphore's
                 " once (a database, a connection pool), let as many in as it serves")
 
 
+def graded_wait(site: AwaitSite, severity: str) -> tuple[str, str]:
+    """(severity, suggestion) of a flag on a site that waits to be notified or its turn
+    (`waits_for`): a rendezvous is low (a long poll waits there by design), a turn at a lock
+    keeps its grade."""
+    if waits_its_turn(site):
+        return severity, SUGGEST_TURN
+    return "low", SUGGEST_RENDEZVOUS
+
+
 def describe_rendezvous(site: AwaitSite) -> str:
     """The clause evidence adds for a site that waits to be notified, or its turn."""
     if waits_its_turn(site):

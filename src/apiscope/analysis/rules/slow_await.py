@@ -28,13 +28,11 @@ from apiscope.analysis.context import AnalysisContext, Flag
 from apiscope.analysis.flags import MetricValue, function_name, location, make_flag, pct
 from apiscope.analysis.profiles import (
     MIN_PROFILES,
-    SUGGEST_RENDEZVOUS,
-    SUGGEST_TURN,
     RouteProfiles,
     describe_rendezvous,
     describe_site,
+    graded_wait,
     route_profiles,
-    waits_its_turn,
 )
 from apiscope.analysis.thresholds import grade
 
@@ -74,10 +72,7 @@ class SlowAwaitRule:
         suggestion = SUGGESTION
         if site.waits_for:
             evidence += describe_rendezvous(site)
-            if waits_its_turn(site):
-                suggestion = SUGGEST_TURN
-            else:
-                severity, suggestion = "low", SUGGEST_RENDEZVOUS
+            severity, suggestion = graded_wait(site, severity)
         if contended:
             evidence += (f"; own time leaves out waits on {', '.join(contended)}, slow on many"
                          " routes at once (shared contention)")

@@ -67,13 +67,11 @@ from apiscope.analysis.flags import (
     pct,
 )
 from apiscope.analysis.profiles import (
-    SUGGEST_RENDEZVOUS,
-    SUGGEST_TURN,
     RouteProfiles,
     describe_dominant,
     dominant_site,
+    graded_wait,
     route_profiles,
-    waits_its_turn,
 )
 from apiscope.analysis.stats import percentile, warmup_end
 from apiscope.analysis.thresholds import grade
@@ -247,10 +245,7 @@ class SlowEndpointRule:
             library = library_cost(ctx, endpoint, len(ctx.by_endpoint[endpoint]))
             if site is not None and site.waits_for:
                 metric["waits_for"] = site.waits_for
-                if waits_its_turn(site):
-                    suggestion = SUGGEST_TURN
-                else:
-                    severity, suggestion = "low", SUGGEST_RENDEZVOUS
+                severity, suggestion = graded_wait(site, severity)
             elif library is not None and library[1] >= LIBRARY_SHARE * p50:
                 evidence += (f"; {library[1]:.0f} ms of CPU per request inside {library[0]}(),"
                              " a library call the route makes")
