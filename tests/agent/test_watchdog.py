@@ -693,10 +693,11 @@ def _wakeups(native_id: int) -> int:
     raise AssertionError("no voluntary_ctxt_switches in the thread's status")
 
 
-def _alerted_wakeups(share: float) -> tuple[float, float]:
+def _alerted_wakeups(share: float, options: WatchdogOptions | None = None,
+                     ) -> tuple[float, float]:
     """(wake-ups a second of the loop watchdog, its allowance's balance after) over a second
     of passes of 1 ms back to back, alerted all along, at this following share."""
-    loop_thread = LoopThread(WatchdogOptions())
+    loop_thread = LoopThread(options or WatchdogOptions())
     loop_thread.start()
     try:
         wait_until(loop_thread.probes_after(2), what="the watchdog to check the loop")
@@ -732,6 +733,19 @@ def test_checking_closely_while_alerted_is_paid_from_the_following_allowance() -
     small, balance = _alerted_wakeups(0.0002)
     assert ample >= 60, ample  # the close checks, in the act
     assert small <= ample / 3, (small, ample)
+    assert balance < 0.0005, balance  # paid for: nothing left over
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_probed_loop_is_checked_closely_only_while_the_allowance_lasts() -> None:
+    # uvloop has no Python selector: its loop is probed, and after a late probe checked at the
+    # stall threshold. A server whose loop was held now and then stayed alerted all along, and
+    # its watchdog checked 40 times a second (11-15 ms of CPU a second) while the budget had
+    # cut its share to a sixteenth: the close checks were neither paid for nor given up.
+    ample, _ = _alerted_wakeups(0.05, PROBED)
+    small, balance = _alerted_wakeups(0.0002, PROBED)
+    assert ample >= 60, ample  # the close checks, in the act
+    assert small <= ample / 2.5, (small, ample)
     assert balance < 0.0005, balance  # paid for: nothing left over
 
 
