@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
@@ -97,6 +97,8 @@ class Sampler(Protocol):
     def note_sleeps(self, looks: Iterable[LineLooks]) -> None: ...
     def asleep_lines(self) -> list[tuple[str, int]]: ...
     def note_gil(self, pid: int, futex: tuple[int, int]) -> None: ...
+    def note_gil_holder(self, pid: int, layout: tuple[int, int],
+                        idents: Mapping[int, int]) -> None: ...
     def note_gil_wait(self, pid: int, wait_seconds: float, wakes: int) -> None: ...
     def set_look_interval(self, seconds: float) -> None: ...
 
@@ -518,6 +520,9 @@ class Collection:
             self._sampler.note_sleeps(batch.watchdogs.sleeps)  # on the loop or off it
             if batch.watchdogs.gil_futex is not None:  # threads' GIL waits, by the kernel
                 self._sampler.note_gil(pid, batch.watchdogs.gil_futex)
+                if batch.watchdogs.gil_holder is not None:  # and who holds it meanwhile
+                    self._sampler.note_gil_holder(pid, batch.watchdogs.gil_holder,
+                                                  batch.watchdogs.idents or {})
             gil = batch.watchdogs.gil
             if gil is not None:  # a quiet GIL needs no looks at who waits for it
                 self._sampler.note_gil_wait(pid, gil.wait_seconds, gil.acquisitions)

@@ -78,6 +78,9 @@ class StackWindow:
     active_only: bool = False
     # (looks, looks blocked on the GIL) of each (pid, tid) looked at (collectors/gillooks.py).
     thread_gil: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    # Looks that found a thread of the process waiting for the GIL, per (pid, tid) of the
+    # thread holding it then (tid 0: one the agent did not name; collectors/gillooks.py).
+    gil_holders: dict[tuple[int, int], int] = field(default_factory=dict)
     # CPU seconds of threads Python does not run, per (pid, tid, frames) of the request
     # thread's stack waiting in the C call; (pid, 0, ()) not placed (collectors/native.py).
     native_cpu: dict[tuple[int, int, tuple[Frame, ...]], float] = field(default_factory=dict)

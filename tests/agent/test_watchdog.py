@@ -953,6 +953,34 @@ def test_the_gils_futex_is_learnt_and_reported_with_each_pull() -> None:
         watchdogs.stop()
 
 
+def test_where_the_gils_holder_is_read_comes_with_the_pulls() -> None:
+    # The GIL state's address and the ident's offset in a thread state, read back here as the
+    # collector reads them from outside: held by this thread, which runs Python now.
+    import ctypes
+
+    from apiscope.collectors.agent_client import watchdogs_from_json
+
+    watchdogs = Watchdogs(WatchdogOptions(gil_interval=0.05))
+    watchdogs.start()
+    try:
+        wait_until(lambda: watchdogs.pull()["gil_holder"] is not None, what="the holder pulled")
+        pulled = watchdogs.pull()
+    finally:
+        watchdogs.stop()
+    base, offset = pulled["gil_holder"]
+    futex = gil_futex()
+    assert futex is not None and 0 < futex[1] - base < 200
+    interval, last, locked = (ctypes.c_ulong.from_address(base).value,
+                              ctypes.c_void_p.from_address(base + 8).value,
+                              ctypes.c_int.from_address(base + 16).value)
+    assert interval == round(sys.getswitchinterval() * 1e6) and locked == 1
+    assert ctypes.c_ulong.from_address(last + offset).value == threading.get_ident()
+    report = watchdogs_from_json(pulled, 1, 0.0)
+    assert report.gil_holder == (base, offset)
+    assert report.idents is not None and \
+        report.idents[threading.get_ident()] == threading.get_native_id()
+
+
 def test_the_lines_threads_sleep_at_come_with_the_pulls() -> None:
     # No loop is watched here: the GIL watchdog wakes every 50 ms, and looks once a second.
     stop = threading.Event()

@@ -127,6 +127,8 @@ class Spec:
     unfinished: list[UnfinishedRequest] = field(default_factory=list)
     # The collector's looks at threads for GIL waits, every window: (looks, on the GIL).
     gil_looks: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    # Looks at which each (pid, tid) held the GIL while another thread waited, every window.
+    gil_holders: dict[tuple[int, int], int] = field(default_factory=dict)
     # The agent's looks at pool threads busy with endpoints' handed-off work.
     offloaded: list[OffloadLooks] = field(default_factory=list)
 
@@ -161,6 +163,7 @@ class Spec:
                                               threads=self.roles(), thread_cpu=cpu,
                                               process_cpu=process, thread_runqueue=waits,
                                               thread_gil=self.gil_looks, native_cpu=native,
+                                              gil_holders=self.gil_holders,
                                               host_busy=self.host_busy))
             writer.put_loop_stalls(self.loop_stalls)
             writer.put_loop_lag(self.loop_lag)

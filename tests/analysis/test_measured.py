@@ -450,6 +450,69 @@ def test_gil_contention_measured_by_the_kernels_looks(tmp_path: Path) -> None:
                 if f["kind"] == "gil_contention"]
 
 
+def holder_spec() -> Spec:
+    """W1 renders at line 40 in short steps and waits for the GIL most of the time it shows;
+    W2 computes at line 56, pure Python, and the kernel's looks rarely find it waiting: the
+    waiter's line is where contention shows, the computing one is where it comes from."""
+    spec = gil_spec(0, 0.01)
+    spec.per_window.append(sample(W1, on_worker(app("render_page", 40)), 20))
+    spec.per_window.append(sample(W1, on_worker(app("render_page", 40)), 60,
+                                  SampleState.BLOCKED))
+    spec.per_window.append(sample(W2, on_worker(app("forecast", 56)), 90))
+    spec.per_window.append(sample(W2, on_worker(app("forecast", 56)), 4, SampleState.BLOCKED))
+    spec.gil_looks = {(PID, W1): (50, 35), (PID, W2): (50, 2)}
+    return spec
+
+
+def test_gil_contention_is_located_at_the_thread_read_holding_the_gil(tmp_path: Path) -> None:
+    # Without the holder read, the threads found waiting place the flag: the waiter's line.
+    [before] = [f for f in report_of(holder_spec(), tmp_path / "a")["flags"]
+                if f["kind"] == "gil_contention"]
+    assert before["location"]["line"] == 40 and "holder_source" not in before["metric"]
+    # Read from the interpreter at each look that found W1 waiting: W2 held the GIL at 30 of
+    # 32 (an unnamed thread at the other 2). The flag goes to W2's line, as measured.
+    spec = holder_spec()
+    spec.gil_holders = {(PID, W2): 30, (PID, 0): 2}
+    [flag] = [f for f in report_of(spec, tmp_path / "b")["flags"]
+              if f["kind"] == "gil_contention"]
+    assert flag["location"]["line"] == 56 and flag["metric"]["holder_source"] == "interpreter"
+    assert "the GIL was held by pool threads at 94%, other threads at 6% of those looks" \
+        in flag["evidence"], flag["evidence"]
+    assert "hottest Python of the pool threads holding it: forecast() at" in flag["evidence"]
+    assert flag["metric"]["held_by_loop"] == 0.0
+    assert flag["severity"] == before["severity"]  # the wait measured is graded as before
+
+
+def test_too_few_holder_reads_leave_the_waiters_to_place_the_flag(tmp_path: Path) -> None:
+    # A holder read at 10 looks over the whole session says too little (MIN_HOLDER_LOOKS).
+    spec = holder_spec()
+    spec.seconds = 10
+    spec.gil_holders = {(PID, W2): 1}
+    [flag] = [f for f in report_of(spec, tmp_path)["flags"] if f["kind"] == "gil_contention"]
+    assert flag["location"]["line"] == 40 and "holder_source" not in flag["metric"]
+
+
+def test_a_holder_serving_no_requests_is_named_from_the_holder_reads(tmp_path: Path) -> None:
+    # The GIL's holder is a thread of the app's own (a cache refresher, in short bursts: less
+    # CPU than the waiting request thread shows), not a request thread. Without the holder
+    # read the waiter's line places the flag; with it, the flag names the refresher and has
+    # no route: the requests are its victims.
+    spec = holder_spec()
+    spec.per_window = [s for s in spec.per_window if s.tid != W2]
+    refresh = (Frame("_bootstrap", f"{STD}/threading.py", 995), app("refresh_cache", 77))
+    spec.per_window.append(sample(30, refresh, 15))
+    spec.gil_looks = {(PID, W1): (50, 35), (PID, 30): (50, 2)}
+    [before] = [f for f in report_of(spec, tmp_path / "a")["flags"]
+                if f["kind"] == "gil_contention"]
+    assert before["location"]["line"] == 40
+    spec.gil_holders = {(PID, 30): 30}
+    [flag] = [f for f in report_of(spec, tmp_path / "b")["flags"]
+              if f["kind"] == "gil_contention"]
+    assert flag["location"]["line"] == 77 and flag["route"] is None
+    assert "holder serves no requests: thread 'Thread-30' (30)" in flag["evidence"]
+    assert abs(flag["metric"]["holder_cores"] - 0.15) < 0.01  # its CPU, as measured
+
+
 def test_gil_waits_that_make_no_queue_for_the_cpu_the_process_used_are_no_contention(
         tmp_path: Path) -> None:
     # The two pool threads' waits (0.9 s a second between them) against the whole process's

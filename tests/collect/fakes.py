@@ -3,7 +3,7 @@ injections, the sampler, the resource collector and the clock. Each records what
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from apiscope.collect.workers import Client
@@ -180,6 +180,7 @@ class FakeSampler:
         self.started = self.stopped = False
         self.stalls: list[LoopStall] = []
         self.gil_futex: dict[int, tuple[int, int]] = {}
+        self.gil_holders: dict[int, tuple[tuple[int, int], dict[int, int]]] = {}
         self.gil_waits: list[tuple[int, float, int]] = []
         self.sleeps: list[LineLooks] = []
         self.look_intervals: list[float] = []
@@ -196,6 +197,10 @@ class FakeSampler:
 
     def note_gil(self, pid: int, futex: tuple[int, int]) -> None:
         self.gil_futex[pid] = futex
+
+    def note_gil_holder(self, pid: int, layout: tuple[int, int],
+                        idents: Mapping[int, int]) -> None:
+        self.gil_holders[pid] = (layout, dict(idents))
 
     def note_gil_wait(self, pid: int, wait_seconds: float, wakes: int) -> None:
         self.gil_waits.append((pid, wait_seconds, wakes))

@@ -9,15 +9,21 @@ C code that releases the GIL, asleep or in a socket are not.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from apiscope.collectors.gillooks import GIL_SPAN, QUIET_SAMPLES, GilLooks, on_gil
+from tests.pythons.targets import VERSIONS, NoInterpreter, interpreter
+from tests.support import IN_CI
+
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 CHILD = """
 import hashlib, json, socket, sys, threading, time
@@ -193,3 +199,82 @@ def test_a_contended_process_stays_looked_at_while_its_watchdog_says_so() -> Non
         looks.stop()
     looked = sum(n for n, _ in counts.values())
     assert looked >= 50 and sum(g for _, g in counts.values()) / looked > GIL_BOUND
+
+
+HOLDER_CHILD = """
+import json, sys, threading, time
+from apiscope.agent.gilwatch import gil_futex, gil_holder_layout, thread_idents
+
+def hog():  # pure Python: holds the GIL until asked to drop it
+    n = 0
+    while True:
+        for i in range(1000):
+            n += i
+
+def waiter():  # asleep mostly; each time it wakes it waits for the GIL the hog holds
+    while True:
+        time.sleep(0.002)
+        sum(range(50))
+
+futex = gil_futex()
+layout = gil_holder_layout(futex[1]) if futex else None
+threads = {"hog": threading.Thread(target=hog, name="hog", daemon=True),
+           "waiter": threading.Thread(target=waiter, name="waiter", daemon=True)}
+for t in threads.values():
+    t.start()
+print(json.dumps({"futex": futex, "layout": layout, "idents": thread_idents(),
+                  "tids": {name: t.native_id for name, t in threads.items()}}), flush=True)
+sys.stdin.read()
+"""
+
+
+def _python(version: str) -> str:
+    try:
+        return interpreter(version)
+    except NoInterpreter as exc:
+        if IN_CI:
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_thread_holding_the_gil_while_another_waits_is_read_from_outside(
+        version: str) -> None:
+    # A waiter found blocked on the GIL's futex: the GIL's state, read from /proc/PID/mem at
+    # that look, names the hog as its holder (the waiter itself never holds it for long). On
+    # every CPython apiscope attaches to: the agent learns the layout in the target.
+    looks = GilLooks(interval=0.005)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    with subprocess.Popen([_python(version), "-c", HOLDER_CHILD], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True, env=env) as proc:
+        try:
+            assert proc.stdout is not None
+            info = json.loads(proc.stdout.readline())
+            assert info["futex"] is not None and info["layout"] is not None, info
+            pid, tids = proc.pid, info["tids"]
+            looks.note(pid, tuple(info["futex"]))
+            looks.note_holder(pid, tuple(info["layout"]), dict(info["idents"]))
+            looks.watch({(pid, tid): 1.0 for tid in tids.values()}, 0.0)
+            time.sleep(1.5)
+            held = looks.drain_holders()
+            waits = looks.drain()
+        finally:
+            looks.stop()
+            proc.kill()
+    assert waits[(pid, tids["waiter"])][1] >= 10, waits  # the waiter was found waiting
+    total = sum(held.values())
+    assert total >= 10, held
+    assert held.get((pid, tids["hog"]), 0) >= 0.8 * total, (held, tids)
+    assert looks.drain_holders() == {}  # drained
+
+
+def test_a_gil_state_that_cannot_be_read_is_not_read_again(tmp_path: Path) -> None:
+    # No /proc/PID/mem to read (here: a process root without it): counted, and the process's
+    # holder is not asked again even when its agent says where the GIL is at the next pull.
+    looks = GilLooks(proc_root=str(tmp_path))
+    looks._futex[4242] = (202, 0x1000)  # known without starting the looking thread
+    looks.note_holder(4242, (0x2000, 176), {1: 4243})
+    assert looks._read_holder(4242) is None and looks.errors == 1
+    looks.note_holder(4242, (0x2000, 176), {1: 4243})
+    assert looks._read_holder(4242) is None and looks.errors == 1

@@ -125,6 +125,7 @@ class GilWatchdog(Background):
         self.errors = 0
         self.cpu = ThreadCpu()
         self.futex: tuple[int, int] | None = None  # see `gil_futex`, learnt in a thread of its own
+        self.holder: tuple[int, int] | None = None  # see `gil_holder_layout`, learnt with it
         self.looks = ThreadLooks()  # where threads sleep, looked at on its wake-ups
 
     def _run(self) -> None:
@@ -152,7 +153,9 @@ class GilWatchdog(Background):
 
     def _learn(self) -> None:
         try:
-            self.futex = gil_futex()
+            futex = gil_futex()
+            self.holder = gil_holder_layout(futex[1]) if futex is not None else None
+            self.futex = futex
         except Exception:  # never into the app: the GIL's address stays unknown
             self.errors += 1
 
@@ -200,6 +203,55 @@ def gil_futex() -> tuple[int, int] | None:
             return found
         learnt.append(found)
     return None
+
+
+# How far before the futex word the GIL's state may begin, and how much of a thread state is
+# searched for its thread's ident (bytes).
+GIL_STATE_BACK = 200
+THREAD_STATE_SCAN = 256
+
+
+def gil_holder_layout(futex_address: int) -> tuple[int, int] | None:
+    """(address of the GIL's state, offset of the thread ident in a thread state), which a
+    reader outside the process uses to tell which thread holds the GIL while others wait for
+    it (`collectors/gillooks.py`); None where they cannot be told apart for sure.
+
+    CPython's GIL state begins, from 3.9 to 3.13, with the switch interval in microseconds
+    (`unsigned long`), the thread state that took the GIL last (a pointer) and whether the
+    GIL is held (an `int`); its condition variable, on whose futex a waiting thread blocks
+    (`gil_futex`), comes some 70 bytes later. Found by what they read while this thread holds
+    the GIL, as it does while it runs Python: the interval `sys.getswitchinterval()` says,
+    this thread's own state, and 1. The ident (`threading.get_ident()`) is found in this
+    thread's state the same way. Nothing is written; only words of the interpreter's own
+    state, and of this thread's, are read. Call it on a thread of this process."""
+    try:
+        import ctypes
+
+        current = ctypes.pythonapi.PyThreadState_Get
+        current.restype = ctypes.c_void_p
+        me = current()
+        if not me:
+            return None
+        interval = round(sys.getswitchinterval() * 1e6)
+        aligned = (futex_address - 8) & ~7
+        found = [base for base in range(aligned, futex_address - GIL_STATE_BACK, -8)
+                 if ctypes.c_ulong.from_address(base).value == interval
+                 and ctypes.c_void_p.from_address(base + 8).value == me
+                 and ctypes.c_int.from_address(base + 16).value == 1]
+        ident = threading.get_ident()
+        offsets = [offset for offset in range(0, THREAD_STATE_SCAN, 8)
+                   if ctypes.c_ulong.from_address(me + offset).value == ident]
+    except Exception:  # no ctypes, or an interpreter unlike these: the holder stays unknown
+        return None
+    if len(found) != 1 or len(offsets) != 1:
+        return None
+    return found[0], offsets[0]
+
+
+def thread_idents() -> list[list[int]]:
+    """[ident, native thread id] of this process's threads that `threading` knows."""
+    return [[t.ident, t.native_id] for t in threading.enumerate()
+            if t.ident is not None and t.native_id is not None]
 
 
 def _in_mapped_file(address: int, maps: str = "/proc/self/maps") -> bool:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .gcpauses import GcPauses
-from .gilwatch import GilMeter, GilWatchdog, has_gil
+from .gilwatch import GilMeter, GilWatchdog, has_gil, thread_idents
 from .loopwatch import FOLLOW_CPU_SHARE, MAX_FOLLOW_SHARE, LoopWatchdog
 
 ENV_PREFIX = "APISCOPE_WATCHDOG_"
@@ -203,6 +203,7 @@ class Watchdogs:
     def pull(self) -> dict[str, Any]:
         """`{"loops": [lag...], "stalls": [...], "gil": {...} | None, "sleeps": [[file, line,
         asleep, running]...] (see `threadlooks`), "gil_futex": [system call, address] | None,
+        "gil_holder": [GIL state address, ident offset] | None, "idents": [[ident, tid]...],
         "cpu_seconds", "errors"}`"""
         with self._lock:
             dogs = list(self._loops.values())
@@ -227,10 +228,14 @@ class Watchdogs:
                     self._retired_cpu += ended_dog.cpu.seconds()
                     self.errors += ended_dog.errors
         futex = gil.futex if gil is not None else None
+        holder = gil.holder if gil is not None else None
         return {"loops": loops, "stalls": stalls,
                 "gil": self._meter.drain() if gil is not None else None,
                 "sleeps": gil.looks.drain() if gil is not None else [],
                 "gil_futex": list(futex) if futex is not None else None,
+                # Which thread holds the GIL, told from outside (`gil_holder_layout`).
+                "gil_holder": list(holder) if holder is not None else None,
+                "idents": thread_idents() if holder is not None else [],
                 "cpu_seconds": round(cpu, 6), "errors": errors}
 
     def loops(self) -> list[asyncio.AbstractEventLoop]:

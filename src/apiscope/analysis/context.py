@@ -85,6 +85,9 @@ class SessionData:
     # Window start -> the share of the host's CPU time in use (all CPUs, every process); empty
     # for sessions recorded before it was measured.
     host_busy: dict[float, float] = field(default_factory=dict)
+    # (window start, pid, tid) -> looks that found a thread of the process waiting for the GIL
+    # while this one held it (tid 0: not named); empty for older sessions.
+    gil_holders: dict[tuple[float, int, int], int] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -110,7 +113,7 @@ def load_session(reader: SessionReader) -> SessionData:
         unfinished=reader.unfinished(), offloaded=reader.offloaded(),
         native=[(start, c.pid, c.tid, reader.stack(c.stack_id) if c.stack_id else (), c.seconds)
                 for start, c in reader.native_cpu()],
-        host_busy=reader.host_busy())
+        host_busy=reader.host_busy(), gil_holders=reader.gil_holders())
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,10 @@ class WatchdogReport:
     # (file, line, looks asleep, looks running) of the lines its threads were seen at (see
     # agent/threadlooks.py), since the previous pull
     sleeps: tuple[LineLooks, ...] = ()
+    # (address of the GIL's state, offset of a thread state's ident) and {ident: native thread
+    # id}: who holds the GIL, told from outside (agent/gilwatch.gil_holder_layout); None: unknown
+    gil_holder: tuple[int, int] | None = None
+    idents: dict[int, int] | None = None
 
 
 class AgentUnavailable(ConnectionError):
@@ -379,7 +383,22 @@ def watchdogs_from_json(data: dict[str, Any], pid: int, ts: float) -> WatchdogRe
         errors=int(data.get("errors", 0)),
         gil_futex=_futex(data.get("gil_futex")),
         sleeps=_line_looks(data.get("sleeps")),
+        gil_holder=_futex(data.get("gil_holder")),
+        idents=_idents(data.get("idents")),
     )
+
+
+def _idents(value: Any) -> dict[int, int] | None:
+    """The agent's `idents` ([[ident, native thread id]...]) as a dict; malformed pairs
+    skipped, None when there are none."""
+    out = {}
+    for pair in value if isinstance(value, list) else ():
+        try:
+            ident, tid = pair
+            out[int(ident)] = int(tid)
+        except (TypeError, ValueError):
+            continue
+    return out or None
 
 
 def _line_looks(value: Any) -> tuple[LineLooks, ...]:
@@ -399,7 +418,8 @@ def _line_looks(value: Any) -> tuple[LineLooks, ...]:
 
 
 def _futex(value: Any) -> tuple[int, int] | None:
-    """The agent's `gil_futex` ([system call number, address]), None when absent or malformed."""
+    """A pair of integers of the agent's (`gil_futex`: [system call number, address];
+    `gil_holder`: [address, offset]), None when absent or malformed."""
     try:
         number, address = value
         return int(number), int(address)

@@ -10,6 +10,14 @@ state (running, a socket, a lock, a sleep) is not. The share of looks in that st
 thread's measured GIL wait in the window. Reading from outside costs the target nothing: no
 GIL taken, no signal; the kernel answers "running" at once for a thread on a CPU.
 
+Where the agent also learnt where the GIL's state lies (`agent/gilwatch.gil_holder_layout`),
+a look that finds a thread of a process waiting for the GIL also reads, from
+`/proc/PID/mem`, which thread holds it then: the state's `locked` word and the thread state
+that took it last, whose ident the agent's list turns into a thread id. Those looks count as
+the holder's (`drain_holders`), so a flag can point at the code that keeps the GIL from the
+waiting threads rather than at the waiting threads' own lines. Reading another process's
+memory, as py-spy does, takes nothing from it and cannot make it fail.
+
 Only threads that used CPU in the last window are looked at (a thread waiting for the GIL
 also runs between its waits), which keeps the looks to the few busy threads of a server.
 
@@ -25,6 +33,7 @@ loud moments; and while every watched process is quiet the looking thread wakes 
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import time
 from collections import deque
@@ -42,6 +51,10 @@ QUIET_SHARE = 0.15  # of SWITCH_INTERVAL: the watchdog's mean wait below which a
 QUIET_SAMPLES = 3  # the watchdog's latest reports that must all be quiet
 QUIET_MIN_WAKES = 3  # watchdog wake-ups in those reports, at least, to say anything
 QUIET_INTERVAL = 0.5  # seconds between wake-ups while every watched process is quiet
+# The GIL state's first words: the switch interval, the thread state that took it last, and
+# whether it is held (see agent/gilwatch.gil_holder_layout); a thread's ident.
+HOLDER_STATE = struct.Struct("=QQi")
+IDENT = struct.Struct("=Q")
 
 
 class GilLooks:
@@ -60,6 +73,13 @@ class GilLooks:
         # pid -> the GIL watchdog's latest reports, (wait seconds, wake-ups) each
         self._waits: dict[int, deque[tuple[float, int]]] = {}
         self._last_look: float | None = None  # used by the looking thread only
+        # pid -> (address of the GIL's state, offset of a thread state's ident), and the
+        # agent's {ident: native thread id} (see the module docstring)
+        self._holder: dict[int, tuple[int, int]] = {}
+        self._idents: dict[int, dict[int, int]] = {}
+        self._mem: dict[int, int] = {}  # pid -> /proc/PID/mem, used by the looking thread only
+        self._held: dict[ThreadKey, int] = {}  # looks that found (pid, tid) holding the GIL
+        self._unread: set[int] = set()  # processes whose GIL state could not be read
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors = 0
@@ -72,6 +92,15 @@ class GilLooks:
                 self._thread = threading.Thread(target=self._run, name="apiscope-gil-looks",
                                                 daemon=True)
                 self._thread.start()
+
+    def note_holder(self, pid: int, layout: tuple[int, int], idents: Mapping[int, int]) -> None:
+        """Where process `pid`'s GIL state lies and how its threads' idents map to thread ids
+        (from its agent, at each pull): looks that find a thread waiting for the GIL read who
+        holds it from then on."""
+        with self._lock:
+            if pid in self._futex and pid not in self._unread:
+                self._holder[pid] = layout
+                self._idents[pid] = dict(idents)
 
     def note_wait(self, pid: int, wait_seconds: float, wakes: int) -> None:
         """One report of process `pid`'s GIL watchdog: it waited `wait_seconds` for the GIL
@@ -112,6 +141,14 @@ class GilLooks:
             counts, self._counts = self._counts, {}
         return {key: (looks, gil) for key, (looks, gil) in counts.items()}
 
+    def drain_holders(self) -> dict[ThreadKey, int]:
+        """Looks, since the last drain, that found a thread of a process waiting for the GIL
+        and read which thread held it: per (pid, holder's tid), tid 0 for a holder the agent
+        did not name (a thread `threading` does not know)."""
+        with self._lock:
+            held, self._held = self._held, {}
+        return held
+
     def stop(self) -> None:
         self._stop.set()
         thread = self._thread
@@ -126,9 +163,10 @@ class GilLooks:
             while not self._stop.wait(interval):
                 interval = QUIET_INTERVAL if self.look() else self.interval
         finally:
-            for fd in self._fds.values():
+            for fd in [*self._fds.values(), *self._mem.values()]:
                 _close(fd)
             self._fds.clear()
+            self._mem.clear()
 
     def look(self, now: float | None = None) -> bool:
         """One look at every watched thread of a process that is not quiet; the looks since
@@ -153,12 +191,48 @@ class GilLooks:
             state = self._read(key)
             if state is not None:
                 seen.append((key, 1, on_gil(state, futex)))
+        # Who holds the GIL while a thread of its process waits for it.
+        holders = [(pid, self._read_holder(pid)) for pid in
+                   sorted({key[0] for key, looks, waiting in seen if waiting and looks == 1})
+                   if pid in self._holder]
         with self._lock:
             for key, looks, waiting in seen:
                 counts = self._counts.setdefault(key, [0, 0])
                 counts[0] += looks
                 counts[1] += waiting
+            for pid, tid in holders:
+                if tid is not None:
+                    self._held[(pid, tid)] = self._held.get((pid, tid), 0) + 1
         return all(quiet.values())
+
+    def _read_holder(self, pid: int) -> int | None:
+        """The thread id of the thread holding process `pid`'s GIL now (0: one its agent did
+        not name); None when the GIL is between two holders or cannot be read."""
+        layout = self._holder.get(pid)
+        if layout is None:
+            return None
+        base, offset = layout
+        fd = self._mem.get(pid)
+        try:
+            if fd is None:
+                fd = os.open(f"{self.proc_root}/{pid}/mem", os.O_RDONLY)
+                self._mem[pid] = fd
+            _, last, locked = HOLDER_STATE.unpack(os.pread(fd, HOLDER_STATE.size, base))
+        except (OSError, struct.error):  # not ours to read, or gone: stop asking this process
+            self.errors += 1
+            with self._lock:
+                self._unread.add(pid)
+                self._holder.pop(pid, None)
+            if fd is not None:
+                _close(self._mem.pop(pid, fd))
+            return None
+        if locked != 1 or not last:
+            return None
+        try:
+            ident = IDENT.unpack(os.pread(fd, IDENT.size, last + offset))[0]
+        except (OSError, struct.error):  # the thread state freed as its thread ended
+            return None
+        return self._idents.get(pid, {}).get(ident, 0)
 
     def _read(self, key: ThreadKey) -> bytes | None:
         fd = self._fds.get(key)

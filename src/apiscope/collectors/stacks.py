@@ -30,7 +30,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,6 +200,11 @@ class StackSampler:
         waits on it from the next window on (see `gillooks`)."""
         if not self._meter.gil.knows(pid) and not self._done.is_set():
             self._meter.gil.note(pid, futex)
+
+    def note_gil_holder(self, pid: int, layout: tuple[int, int],
+                        idents: Mapping[int, int]) -> None:
+        """How to read which thread of `pid` holds its GIL (from its agent, see `gillooks`)."""
+        self._meter.gil.note_holder(pid, layout, idents)
 
     def note_gil_wait(self, pid: int, wait_seconds: float, wakes: int) -> None:
         """A report of process `pid`'s GIL watchdog: its threads are not looked at while it

@@ -55,6 +55,7 @@ class MeasuredWindow:
     active_only: bool = False  # recorded without --idle: only active samples shown
     gil: dict[tuple[int, int], tuple[int, int]] | None = None  # (looks, on the GIL), `gillooks`
     failed_at: tuple[float, ...] = ()  # when reads failed, as py-spy logged them
+    holders: dict[tuple[int, int], int] | None = None  # looks finding each holding the GIL
 
     def idle(self, pid: int, tid: int, frames: tuple[Frame, ...]) -> bool:
         return is_waiting(frames, self.roles.get((pid, tid), ThreadRole.OTHER))
@@ -176,6 +177,7 @@ class WindowMeter:
         self._gone = gone
         # The GIL looks since the last window; from now on, at the threads busy in this one.
         gil = self.gil.drain()
+        holders = self.gil.drain_holders()
         self.gil.watch(used.threads, GIL_WATCH_SHARE * (end - start))
         roles = thread_roles(StackSample(seg.pid, seg.tid, "", seg.frames, 1)
                              for seg in trace.segments)
@@ -185,7 +187,7 @@ class WindowMeter:
         self.serving = (self.serving - gone) | {
             pid for (pid, _), role in roles.items() if role is not ThreadRole.OTHER}
         measured = MeasuredWindow(trace, summary.errors if summary else 0, start, end, rate_hz,
-                                  roles, used, active_only, gil, result.failed_at)
+                                  roles, used, active_only, gil, result.failed_at, holders)
         self._shares.observe(line_times(trace.segments, measured.idle), end - start,
                              active=active_only)
         self.stats.activity_windows += active_only
@@ -204,6 +206,7 @@ class WindowMeter:
                              errors=m.errors, threads=m.roles, thread_cpu=m.used.threads,
                              process_cpu=m.used.processes, thread_runqueue=m.used.runqueue,
                              active_only=m.active_only, thread_gil=m.gil or {},
+                             gil_holders=m.holders or {},
                              native_cpu=native_cpu(samples, m.rate_hz, m.used.threads,
                                                    m.used.processes, m.roles),
                              host_busy=m.used.host_busy)

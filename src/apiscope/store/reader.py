@@ -170,6 +170,16 @@ class SessionReader(ViewQueries):
                     " LEFT JOIN thread_gil g ON g.window_id = c.window_id AND g.pid = c.pid"
                     " AND g.tid = c.tid ORDER BY w.id")]
 
+    def gil_holders(self) -> dict[tuple[float, int, int], int]:
+        """(window start, pid, tid) -> looks that found a thread of the process waiting for
+        the GIL while that thread held it (tid 0: a holder not named); {} for sessions
+        recorded before it was read."""
+        if not self._has_table("gil_holders"):
+            return {}
+        return {(start, pid, tid): held for start, pid, tid, held in self._query(
+            "SELECT w.start, g.pid, g.tid, g.held FROM gil_holders g"
+            " JOIN windows w ON w.id = g.window_id")}
+
     def host_busy(self) -> dict[float, float]:
         """Window start -> the share of the host's CPU time in use over it ({} for sessions
         recorded before it was measured)."""

@@ -29,7 +29,9 @@ from collections.abc import Iterable
 #     apiscope would leave it out of the routes' CPU shares; older files have none.
 # 12: host_cpu (the host's busy share per window: whether waiting for a CPU was for want of
 #     one); older files have none.
-SCHEMA_VERSION = 12
+# 13: gil_holders (which thread held the GIL while others waited for it): an older apiscope
+#     would locate gil_contention at the waiting threads' lines; older files have none.
+SCHEMA_VERSION = 13
 # PRAGMA application_id marks the file as ours, so a foreign SQLite file is refused clearly.
 APPLICATION_ID = 0x61706973  # "apis"
 
@@ -64,6 +66,11 @@ CREATE TABLE IF NOT EXISTS thread_cpu (
 CREATE TABLE IF NOT EXISTS thread_gil (
     window_id INTEGER NOT NULL, pid INTEGER NOT NULL, tid INTEGER NOT NULL,
     looks INTEGER NOT NULL, gil INTEGER NOT NULL
+);
+-- Looks that found a thread waiting for the GIL, per thread holding it then (tid 0: unnamed).
+CREATE TABLE IF NOT EXISTS gil_holders (
+    window_id INTEGER NOT NULL, pid INTEGER NOT NULL, tid INTEGER NOT NULL,
+    held INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS process_cpu (
     window_id INTEGER NOT NULL, pid INTEGER NOT NULL, seconds REAL NOT NULL

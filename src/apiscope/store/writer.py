@@ -347,6 +347,9 @@ class SessionWriter:
         c.executemany("INSERT INTO thread_gil VALUES (?, ?, ?, ?, ?)",
                       [(window_id, pid, tid, looks, gil)
                        for (pid, tid), (looks, gil) in w.thread_gil.items()])
+        c.executemany("INSERT INTO gil_holders VALUES (?, ?, ?, ?)",
+                      [(window_id, pid, tid, held)
+                       for (pid, tid), held in w.gil_holders.items()])
         if w.host_busy is not None:
             c.execute("INSERT INTO host_cpu VALUES (?, ?)", (window_id, w.host_busy))
         c.executemany("INSERT INTO process_cpu VALUES (?, ?, ?)",

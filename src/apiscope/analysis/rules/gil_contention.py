@@ -57,6 +57,11 @@ The GIL's busiest holder may serve no requests at all: a scheduler or cache-refr
 running Python beside the server. When the application lines such threads ran (on-CPU, in the
 contended windows) used more CPU than the request threads' contending lines, the flag is
 located there, names the thread, and has no route: the requests are its victims.
+Where the collector also read which thread held the GIL at the looks that found one waiting
+(`collectors/gillooks.py`, `MIN_HOLDER_LOOKS` of them at least), the holders' Python places
+the flag, not the waiters': each holder thread's running lines weighted by its share of those
+looks, pool threads' first, a thread serving no requests when such threads held it most; the
+evidence says what share the event loop, the pool threads and other threads held it.
 Sessions without the agent's watchdog get no gil_contention flag: it cannot be measured there.
 """
 
@@ -116,6 +121,9 @@ HOST_SATURATED = 0.9
 # Contended windows must add up to this much of the session: one busy second is not a pattern.
 # In seconds, not windows, since the budget lengthens windows (up to 8 s) on a busy target.
 GIL_MIN_SECONDS = 2.0
+# Looks that read which thread held the GIL while another waited, at least, in the contended
+# windows, for the holders to place the flag; fewer leave the contending lines to place it.
+MIN_HOLDER_LOOKS = 20
 
 SUGGEST_BACKGROUND = ("a thread that serves no requests holds the GIL the requests wait for:"
                       " run its work in a process of its own (a worker, a scheduled job), in"
@@ -125,6 +133,7 @@ SUGGESTION = ("CPU-bound Python in several threads runs one thread at a time: mo
               " that releases the GIL")
 
 Window = tuple[float, float]
+HOLDER_NAMES = {"loop": "the event loop", "pool": "pool threads", "other": "other threads"}
 
 
 def wait_share(gil: Sequence[GilSample], start: float, end: float) -> float | None:
@@ -312,6 +321,34 @@ class GilContentionRule:
                 break
         background = self._background(ctx, pid, starts, shown, ran)
         holder = bool(background) and sum(background.values()) > sum(lines.values())
+        # Measured: which threads held the GIL while the others waited (read from the
+        # interpreter at the kernel's looks). Their Python, not the waiters', is the cause.
+        holders = self._holders(ctx, pid, starts) if looked else {}
+        held = self._held_lines(ctx, pid, holders)
+        who = "threads"  # whose holds placed the flag
+        if held:
+            request_held = {k: v for k, v in held.items() if ctx.data.roles.get(
+                (pid, k[0])) in HANDLER_ROLES | {ThreadRole.WORKER}}
+            other_held = {k: v for k, v in held.items() if k not in request_held}
+            holder = sum(other_held.values()) > sum(request_held.values())
+            if holder:  # their CPU, not weighted: what the evidence says they ran
+                background = {k: v for k, v in self._held_lines(
+                    ctx, pid, {key: 1.0 for key in holders}).items() if k in other_held}
+            else:
+                # Pool threads' holds first, as for the contending lines: code running in
+                # several threads is what contends; the loop's own work, when it held the GIL
+                # meanwhile, is event_loop_blocked's and cpu_hotspot's.
+                workers = {k: v for k, v in request_held.items()
+                           if ctx.data.roles.get((pid, k[0])) is ThreadRole.WORKER}
+                lines = defaultdict(float)
+                by_line = defaultdict(lambda: defaultdict(float))
+                for (_, line), weight in (workers or request_held).items():
+                    lines[line] += weight
+                who = "pool threads" if workers else "request threads"
+                for a in ctx.samples:
+                    if (a.sample.pid == pid and a.window in starts and a.cpu > 0
+                            and a.user is not None and a.user in lines and not a.tool):
+                        by_line[a.user][endpoint_or_handed(a, handed)] += a.cpu
         if not lines and not holder:
             return None
         # Weighted by the windows' lengths: the budget makes them 1 to 8 s long.
@@ -341,7 +378,18 @@ class GilContentionRule:
         loc = frame_location(hot)
         if gil:
             metric["max_wait_ms"] = max(g.max_wait_ms for g in gil)
-        if looked:
+        if held:
+            metric["holder_source"] = "interpreter"
+            by_role = self._holder_roles(ctx, pid, starts)
+            metric.update({f"held_by_{role}": part for role, part in by_role.items()})
+            holders_text = ", ".join(f"{HOLDER_NAMES[role]} at {pct(part)}"
+                                     for role, part in by_role.items() if part > 0)
+            evidence = (f"the request threads of process {pid} spent {pct(share)} of their busy"
+                        f" time waiting for the GIL over {seconds:.0f} s (measured: the kernel"
+                        f" found them blocked on the GIL's futex); read from the interpreter as"
+                        f" they waited, the GIL was held by {holders_text} of those looks; the"
+                        f" hottest Python of the {who} holding it: {where(loc)}")
+        elif looked:
             evidence = (f"the request threads of process {pid} spent {pct(share)} of their busy"
                         f" time waiting for the GIL over {seconds:.0f} s (measured: the kernel"
                         f" found them blocked on the GIL's futex); the hottest Python contending"
@@ -356,6 +404,52 @@ class GilContentionRule:
                         f" agent's GIL watchdog); the hottest line running then: {where(loc)}")
         return make_flag(self.kind, severity, route, loc, evidence + saturated, metric,
                          SUGGESTION)
+
+    @staticmethod
+    def _holders(ctx: AnalysisContext, pid: int, starts: set[float],
+                 ) -> dict[tuple[float, int], float]:
+        """(window, tid) -> the share of the window's looks that found a thread of `pid`
+        waiting for the GIL at which `tid` held it; {} when fewer than `MIN_HOLDER_LOOKS`
+        such looks were read over `starts`. Holders not named (tid 0) keep their share."""
+        looks: dict[float, int] = defaultdict(int)
+        for (window, p, _), count in ctx.data.gil_holders.items():
+            if p == pid and window in starts:
+                looks[window] += count
+        if sum(looks.values()) < MIN_HOLDER_LOOKS:
+            return {}
+        return {(window, tid): count / looks[window]
+                for (window, p, tid), count in ctx.data.gil_holders.items()
+                if p == pid and window in starts and tid}
+
+    @staticmethod
+    def _holder_roles(ctx: AnalysisContext, pid: int, starts: set[float]) -> dict[str, float]:
+        """The share of the looks that read the GIL's holder (a thread of `pid` waiting) at
+        which the event loop, a pool thread, or another thread (one not named included)
+        held it, over `starts`."""
+        counts = {"loop": 0, "pool": 0, "other": 0}
+        for (window, p, tid), count in ctx.data.gil_holders.items():
+            if p == pid and window in starts:
+                role = ctx.data.roles.get((pid, tid))
+                counts["loop" if role is ThreadRole.LOOP else "pool"
+                       if role is ThreadRole.WORKER else "other"] += count
+        total = sum(counts.values())
+        return {role: count / total for role, count in counts.items()} if total else {}
+
+    @staticmethod
+    def _held_lines(ctx: AnalysisContext, pid: int, holders: dict[tuple[float, int], float],
+                    ) -> dict[tuple[int, Frame], float]:
+        """(tid, line) -> the application lines the GIL's holders ran (on-CPU) in each
+        window, their CPU weighted by the share of the window's looks at which their thread
+        held the GIL while another waited for it."""
+        out: dict[tuple[int, Frame], float] = defaultdict(float)
+        if not holders:
+            return out
+        for a in ctx.samples:
+            share = holders.get((a.window, a.sample.tid))
+            if share and a.sample.pid == pid and a.cpu > 0 and a.user is not None \
+                    and not a.tool:
+                out[(a.sample.tid, a.user)] += a.cpu * share
+        return dict(out)
 
     @staticmethod
     def _background(ctx: AnalysisContext, pid: int, starts: set[float],
