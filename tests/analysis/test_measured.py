@@ -483,6 +483,28 @@ def test_gil_contention_is_located_at_the_thread_read_holding_the_gil(tmp_path: 
     assert flag["severity"] == before["severity"]  # the wait measured is graded as before
 
 
+def test_a_holders_c_code_that_released_the_gil_does_not_place_the_flag(
+        tmp_path: Path) -> None:
+    # A login thread hashing with argon2 (line 25: it runs 40 times as long as it waits, the
+    # GIL released in the hash) held the GIL at a quarter of the looks, around its hash; two
+    # pool threads running a pure-Python forecast (line 56) take turns on the GIL with it and
+    # each other. The hash's CPU, weighted by its thread's holds, outweighs the forecast's:
+    # it is still not where the GIL was held.
+    spec = gil_spec(0, 0.01)
+    spec.per_window.append(sample(W1, on_worker(app("verify_password", 25)), 80))
+    spec.per_window.append(sample(W1, on_worker(app("verify_password", 25)), 2,
+                                  SampleState.BLOCKED))
+    for tid in (W2, 10):
+        spec.per_window.append(sample(tid, on_worker(app("forecast", 56)), 20))
+        spec.per_window.append(sample(tid, on_worker(app("forecast", 56)), 30,
+                                      SampleState.BLOCKED))
+    spec.gil_looks = {(PID, W1): (50, 2), (PID, W2): (50, 30), (PID, 10): (50, 30)}
+    spec.gil_holders = {(PID, W1): 10, (PID, W2): 15, (PID, 10): 15}
+    [flag] = [f for f in report_of(spec, tmp_path)["flags"] if f["kind"] == "gil_contention"]
+    assert flag["location"]["line"] == 56, flag["evidence"]
+    assert flag["metric"]["held_by_pool"] == 1.0
+
+
 def test_too_few_holder_reads_leave_the_waiters_to_place_the_flag(tmp_path: Path) -> None:
     # A holder read at 10 looks over the whole session says too little (MIN_HOLDER_LOOKS).
     spec = holder_spec()

@@ -124,6 +124,9 @@ GIL_MIN_SECONDS = 2.0
 # Looks that read which thread held the GIL while another waited, at least, in the contended
 # windows, for the holders to place the flag; fewer leave the contending lines to place it.
 MIN_HOLDER_LOOKS = 20
+# A thread holding the GIL at this share of a window's looks (another thread waiting) runs
+# Python whenever it runs there: its lines hold the GIL however little they wait themselves.
+DOMINANT_HOLDER = 0.5
 
 SUGGEST_BACKGROUND = ("a thread that serves no requests holds the GIL the requests wait for:"
                       " run its work in a process of its own (a worker, a scheduled job), in"
@@ -325,26 +328,31 @@ class GilContentionRule:
         # interpreter at the kernel's looks). Their Python, not the waiters', is the cause.
         holders = self._holders(ctx, pid, starts) if looked else {}
         held = self._held_lines(ctx, pid, holders)
-        who = "threads"  # whose holds placed the flag
+        placed = False  # whether the holders' lines placed the flag
         if held:
-            request_held = {k: v for k, v in held.items() if ctx.data.roles.get(
-                (pid, k[0])) in HANDLER_ROLES | {ThreadRole.WORKER}}
+            request_held = {k: v for k, v in held.items()
+                            if ctx.data.roles.get((pid, k[0])) in HANDLER_ROLES}
             other_held = {k: v for k, v in held.items() if k not in request_held}
-            holder = sum(other_held.values()) > sum(request_held.values())
-            if holder:  # their CPU, not weighted: what the evidence says they ran
+            # A pool thread's line that runs far longer than its function waits is C code
+            # that released the GIL (argon2's hash): its thread held the GIL around it, not
+            # in it; unless the thread held the GIL at most of the looks of a window, which
+            # only Python running all along does. The loop's own work, when it held the GIL,
+            # is event_loop_blocked's and cpu_hotspot's: the pool threads' holds place the
+            # flag, else the waiters' lines.
+            dominant = {tid for (_, tid), part in holders.items() if part >= DOMINANT_HOLDER}
+            workers = {k: v for k, v in request_held.items()
+                       if ctx.data.roles.get((pid, k[0])) is ThreadRole.WORKER
+                       and ((k[1].file, k[1].function) not in not_waiting or k[0] in dominant)}
+            if sum(other_held.values()) > sum(request_held.values()):
+                holder = True  # their CPU, not weighted: what the evidence says they ran
                 background = {k: v for k, v in self._held_lines(
                     ctx, pid, {key: 1.0 for key in holders}).items() if k in other_held}
-            else:
-                # Pool threads' holds first, as for the contending lines: code running in
-                # several threads is what contends; the loop's own work, when it held the GIL
-                # meanwhile, is event_loop_blocked's and cpu_hotspot's.
-                workers = {k: v for k, v in request_held.items()
-                           if ctx.data.roles.get((pid, k[0])) is ThreadRole.WORKER}
+            elif workers:
+                holder, placed = False, True
                 lines = defaultdict(float)
                 by_line = defaultdict(lambda: defaultdict(float))
-                for (_, line), weight in (workers or request_held).items():
+                for (_, line), weight in workers.items():
                     lines[line] += weight
-                who = "pool threads" if workers else "request threads"
                 for a in ctx.samples:
                     if (a.sample.pid == pid and a.window in starts and a.cpu > 0
                             and a.user is not None and a.user in lines and not a.tool):
@@ -384,11 +392,13 @@ class GilContentionRule:
             metric.update({f"held_by_{role}": part for role, part in by_role.items()})
             holders_text = ", ".join(f"{HOLDER_NAMES[role]} at {pct(part)}"
                                      for role, part in by_role.items() if part > 0)
+            hottest = ("the hottest Python of the pool threads holding it" if placed
+                       else "the hottest Python contending for it")
             evidence = (f"the request threads of process {pid} spent {pct(share)} of their busy"
                         f" time waiting for the GIL over {seconds:.0f} s (measured: the kernel"
                         f" found them blocked on the GIL's futex); read from the interpreter as"
-                        f" they waited, the GIL was held by {holders_text} of those looks; the"
-                        f" hottest Python of the {who} holding it: {where(loc)}")
+                        f" they waited, the GIL was held by {holders_text} of those looks;"
+                        f" {hottest}: {where(loc)}")
         elif looked:
             evidence = (f"the request threads of process {pid} spent {pct(share)} of their busy"
                         f" time waiting for the GIL over {seconds:.0f} s (measured: the kernel"
