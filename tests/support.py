@@ -85,6 +85,17 @@ def require_ptrace() -> None:
         pytest.skip("needs ptrace (root or kernel.yama.ptrace_scope=0)")
 
 
+def require_found(find: Callable[[str], T], what: str) -> T:
+    """`find(what)`, for something the test needs that may be missing here (an interpreter of
+    one version: `LookupError` says what is missing); skip outside CI when missing, fail in CI."""
+    try:
+        return find(what)
+    except LookupError as exc:
+        if IN_CI:
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
 def require_program(name: str) -> str:
     """The path of a program the test drives; skip outside CI when missing, fail in CI."""
     import shutil

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from apiscope.collectors.gillooks import GIL_SPAN, QUIET_SAMPLES, GilLooks, on_gil
-from tests.pythons.targets import VERSIONS, NoInterpreter, interpreter
-from tests.support import IN_CI
+from tests.pythons.targets import VERSIONS, interpreter
+from tests.support import require_found
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -228,15 +228,6 @@ sys.stdin.read()
 """
 
 
-def _python(version: str) -> str:
-    try:
-        return interpreter(version)
-    except NoInterpreter as exc:
-        if IN_CI:
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("version", VERSIONS)
 def test_the_thread_holding_the_gil_while_another_waits_is_read_from_outside(
@@ -246,7 +237,8 @@ def test_the_thread_holding_the_gil_while_another_waits_is_read_from_outside(
     # every CPython apiscope attaches to: the agent learns the layout in the target.
     looks = GilLooks(interval=0.005)
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    with subprocess.Popen([_python(version), "-c", HOLDER_CHILD], stdin=subprocess.PIPE,
+    python = require_found(interpreter, version)
+    with subprocess.Popen([python, "-c", HOLDER_CHILD], stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, text=True, env=env) as proc:
         try:
             assert proc.stdout is not None

@@ -25,19 +25,10 @@ from tests.pythons.harness import (
     loop_holds,
     serve,
 )
-from tests.pythons.targets import VERSIONS, NoInterpreter, target_python
-from tests.support import IN_CI, require_program, require_ptrace, wait_until
+from tests.pythons.targets import VERSIONS, target_python
+from tests.support import require_found, require_program, require_ptrace, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _python_for(version: str) -> Path:
-    try:
-        return target_python(version)
-    except NoInterpreter as exc:
-        if IN_CI:
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -45,7 +36,7 @@ def test_attach_inject_flag_detach(version: str, tmp_path: Path) -> None:
     require_ptrace()
     require_program("gdb")
     require_program("py-spy")
-    python = _python_for(version)
+    python = require_found(target_python, version)
     session, report = tmp_path / "s.sqlite", tmp_path / "r.json"
     with serve([str(python)]) as server:
         with attach_session(server.pid, session, report) as apiscope:
