@@ -193,7 +193,7 @@ class GilLooks:
                 seen.append((key, 1, on_gil(state, futex)))
         # Who holds the GIL while a thread of its process waits for it.
         holders = [(pid, self._read_holder(pid)) for pid in
-                   sorted({key[0] for key, looks, waiting in seen if waiting and looks == 1})
+                   sorted({key[0] for key, _, waiting in seen if waiting})
                    if pid in self._holder]
         with self._lock:
             for key, looks, waiting in seen:

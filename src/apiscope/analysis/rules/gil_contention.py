@@ -326,8 +326,9 @@ class GilContentionRule:
         holder = bool(background) and sum(background.values()) > sum(lines.values())
         # Measured: which threads held the GIL while the others waited (read from the
         # interpreter at the kernel's looks). Their Python, not the waiters', is the cause.
-        holders = self._holders(ctx, pid, starts) if looked else {}
-        held = self._held_lines(ctx, pid, holders)
+        reads = self._holder_reads(ctx, pid, starts) if looked else {}
+        holders = self._holders(reads)
+        held, held_cpu = self._held_lines(ctx, pid, holders)
         placed = False  # whether the holders' lines placed the flag
         if held:
             request_held = {k: v for k, v in held.items()
@@ -345,8 +346,7 @@ class GilContentionRule:
                        and ((k[1].file, k[1].function) not in not_waiting or k[0] in dominant)}
             if sum(other_held.values()) > sum(request_held.values()):
                 holder = True  # their CPU, not weighted: what the evidence says they ran
-                background = {k: v for k, v in self._held_lines(
-                    ctx, pid, {key: 1.0 for key in holders}).items() if k in other_held}
+                background = {k: held_cpu[k] for k in other_held}
             elif workers:
                 holder, placed = False, True
                 lines = defaultdict(float)
@@ -388,7 +388,7 @@ class GilContentionRule:
             metric["max_wait_ms"] = max(g.max_wait_ms for g in gil)
         if held:
             metric["holder_source"] = "interpreter"
-            by_role = self._holder_roles(ctx, pid, starts)
+            by_role = self._holder_roles(ctx, pid, reads)
             metric.update({f"held_by_{role}": part for role, part in by_role.items()})
             holders_text = ", ".join(f"{HOLDER_NAMES[role]} at {pct(part)}"
                                      for role, part in by_role.items() if part > 0)
@@ -416,50 +416,56 @@ class GilContentionRule:
                          SUGGESTION)
 
     @staticmethod
-    def _holders(ctx: AnalysisContext, pid: int, starts: set[float],
-                 ) -> dict[tuple[float, int], float]:
-        """(window, tid) -> the share of the window's looks that found a thread of `pid`
-        waiting for the GIL at which `tid` held it; {} when fewer than `MIN_HOLDER_LOOKS`
-        such looks were read over `starts`. Holders not named (tid 0) keep their share."""
+    def _holder_reads(ctx: AnalysisContext, pid: int, starts: set[float],
+                      ) -> dict[tuple[float, int], int]:
+        """(window, tid) -> the looks over `starts` that found a thread of `pid` waiting for
+        the GIL while `tid` held it (tid 0: a holder not named)."""
+        return {(window, tid): count for (window, p, tid), count in ctx.data.gil_holders.items()
+                if p == pid and window in starts}
+
+    @staticmethod
+    def _holders(reads: dict[tuple[float, int], int]) -> dict[tuple[float, int], float]:
+        """(window, tid) -> the share of the window's holder reads (`_holder_reads`) at which
+        `tid` held the GIL; {} when fewer than `MIN_HOLDER_LOOKS` were read. Holders not named
+        (tid 0) keep their share."""
         looks: dict[float, int] = defaultdict(int)
-        for (window, p, _), count in ctx.data.gil_holders.items():
-            if p == pid and window in starts:
-                looks[window] += count
+        for (window, _), count in reads.items():
+            looks[window] += count
         if sum(looks.values()) < MIN_HOLDER_LOOKS:
             return {}
         return {(window, tid): count / looks[window]
-                for (window, p, tid), count in ctx.data.gil_holders.items()
-                if p == pid and window in starts and tid}
+                for (window, tid), count in reads.items() if tid}
 
     @staticmethod
-    def _holder_roles(ctx: AnalysisContext, pid: int, starts: set[float]) -> dict[str, float]:
-        """The share of the looks that read the GIL's holder (a thread of `pid` waiting) at
-        which the event loop, a pool thread, or another thread (one not named included)
-        held it, over `starts`."""
+    def _holder_roles(ctx: AnalysisContext, pid: int, reads: dict[tuple[float, int], int],
+                      ) -> dict[str, float]:
+        """The share of the holder reads (`_holder_reads`) at which the event loop, a pool
+        thread, or another thread (one not named included) held the GIL."""
         counts = {"loop": 0, "pool": 0, "other": 0}
-        for (window, p, tid), count in ctx.data.gil_holders.items():
-            if p == pid and window in starts:
-                role = ctx.data.roles.get((pid, tid))
-                counts["loop" if role is ThreadRole.LOOP else "pool"
-                       if role is ThreadRole.WORKER else "other"] += count
+        for (_, tid), count in reads.items():
+            role = ctx.data.roles.get((pid, tid))
+            counts["loop" if role is ThreadRole.LOOP else "pool"
+                   if role is ThreadRole.WORKER else "other"] += count
         total = sum(counts.values())
         return {role: count / total for role, count in counts.items()} if total else {}
 
     @staticmethod
     def _held_lines(ctx: AnalysisContext, pid: int, holders: dict[tuple[float, int], float],
-                    ) -> dict[tuple[int, Frame], float]:
-        """(tid, line) -> the application lines the GIL's holders ran (on-CPU) in each
-        window, their CPU weighted by the share of the window's looks at which their thread
-        held the GIL while another waited for it."""
-        out: dict[tuple[int, Frame], float] = defaultdict(float)
+                    ) -> tuple[dict[tuple[int, Frame], float], dict[tuple[int, Frame], float]]:
+        """(tid, line) -> the application lines the GIL's holders ran (on-CPU) in the windows
+        they held it in: their CPU weighted by the share of the window's looks at which their
+        thread held the GIL while another waited for it, and their CPU as it was."""
+        weighted: dict[tuple[int, Frame], float] = defaultdict(float)
+        cpu: dict[tuple[int, Frame], float] = defaultdict(float)
         if not holders:
-            return out
+            return {}, {}
         for a in ctx.samples:
             share = holders.get((a.window, a.sample.tid))
             if share and a.sample.pid == pid and a.cpu > 0 and a.user is not None \
                     and not a.tool:
-                out[(a.sample.tid, a.user)] += a.cpu * share
-        return dict(out)
+                weighted[(a.sample.tid, a.user)] += a.cpu * share
+                cpu[(a.sample.tid, a.user)] += a.cpu
+        return dict(weighted), dict(cpu)
 
     @staticmethod
     def _background(ctx: AnalysisContext, pid: int, starts: set[float],
