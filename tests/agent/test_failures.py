@@ -95,3 +95,50 @@ def test_hooks_not_as_expected_are_left_alone_and_nothing_raises() -> None:
     broken = type("Broken", (), {"after_exception": property(lambda self: 1 / 0)})()
     assert listen(LITESTAR, broken) is False
     stop_listening(LITESTAR, broken)  # does not raise either
+
+
+def test_an_exception_the_apps_own_handlers_answered_5xx_for_is_recorded_at_its_line(
+        ) -> None:
+    """Starlette's and FastAPI's handlers answer from their `except` block and the exception
+    never leaves the app: the one being handled as a 5xx response starts is its cause."""
+    from fastapi import Depends, FastAPI, HTTPException
+    from fastapi.responses import JSONResponse
+
+    class QuotaExceeded(Exception):
+        pass
+
+    def not_at_capacity() -> None:
+        raise HTTPException(status_code=503, detail="at capacity")  # line: shed
+
+    app = FastAPI()
+
+    @app.exception_handler(QuotaExceeded)
+    async def quota(request: Any, exc: QuotaExceeded) -> JSONResponse:
+        return JSONResponse({"detail": "quota"}, status_code=500)
+
+    @app.get("/ingest", dependencies=[Depends(not_at_capacity)])
+    async def ingest() -> dict[str, str]:
+        return {}
+
+    @app.get("/quota")
+    async def over() -> dict[str, str]:
+        raise QuotaExceeded()  # line: quota
+
+    @app.get("/down")
+    async def down() -> JSONResponse:
+        return JSONResponse({"detail": "maintenance"}, status_code=503)
+
+    @app.get("/missing")
+    async def missing() -> dict[str, str]:
+        raise HTTPException(status_code=404)
+
+    shed, quota_hit, plain, gone = record_requests(app, ["/ingest", "/quota", "/down",
+                                                         "/missing"])
+    source = Path(__file__)
+    assert (shed.status, shed.exc_type, shed.exc_file, shed.exc_line) == (
+        503, "HTTPException", str(source), line_of(source, "# line: shed"))
+    assert (quota_hit.status, quota_hit.exc_type, quota_hit.exc_line) == (
+        500, "QuotaExceeded", line_of(source, "# line: quota"))
+    # A 5xx answered with no exception has no cause; a 4xx's exception is not read.
+    assert (plain.status, plain.exc_type) == (503, None)
+    assert (gone.status, gone.exc_type) == (404, None)

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from apiscope.agent.paths import AppFiles, SocketDirError, socket_dir, socket_path
+from apiscope.agent.paths import (
+    AppFiles,
+    SocketDirError,
+    installed_app_roots,
+    socket_dir,
+    socket_path,
+)
 
 
 def mode_of(path: str) -> int:
@@ -90,3 +96,56 @@ def test_app_files_follow_the_views_rules() -> None:
              ("/venv/lib/python3.11/site-packages/x/y.py", "f"), ("<string>", "f")]
     for file, function in cases:
         assert files.is_app(file, function) == is_app_frame(Frame(function, file, 1), ()), file
+
+
+SITE = "/srv/venv/lib/python3.12/site-packages"
+INSTALLED = [  # an application installed from a package index, as its route table reads
+    {"method": "POST", "template": "/v1/traces", "handler": "tracer.api.v1.traces:post_traces",
+     "file": f"{SITE}/tracer/api/v1/traces.py", "line": 461, "is_async": True},
+    {"method": "GET", "template": "/healthz", "handler": "tracer:health",
+     "file": f"{SITE}/tracer/__init__.py", "line": 3, "is_async": True},
+    {"method": "GET", "template": "/docs", "handler": "fastapi.applications:swagger_ui_html",
+     "file": f"{SITE}/fastapi/applications.py", "line": 1000, "is_async": True},
+]
+
+
+def test_an_installed_applications_files_are_learnt_from_its_route_table() -> None:
+    files = AppFiles(prefixes=())
+    raised_at = f"{SITE}/tracer/api/v1/utils.py"
+    assert not files.is_app(raised_at, "is_not_at_capacity")  # site-packages: a library's
+    files.learn_routes(INSTALLED)
+    assert files.is_app(raised_at, "is_not_at_capacity")
+    assert not files.is_app(f"{SITE}/tracer/api/v1/utils.py", "<module>")
+    assert not files.is_app(f"{SITE}/fastapi/routing.py", "run_endpoint_function")
+    assert not files.is_app(f"{SITE}/tracer_plugins/x.py", "f")  # the package, not its prefix
+    # A handler of the application's own directories beside them: the installed ones are a
+    # library's routes, and that library is not the application's code.
+    files.learn_routes([*INSTALLED, {"method": "GET", "template": "/", "handler": "site:index",
+                                     "file": "/srv/site.py", "line": 1, "is_async": False}])
+    assert not files.is_app(raised_at, "is_not_at_capacity")
+    assert files.is_app("/srv/site.py", "index")
+
+
+def test_the_agents_installed_roots_are_the_views_app_roots() -> None:
+    """`apiscope.analysis.attribution.app_roots`, which the agent cannot import, on the same
+    tables: installed alone, beside local handlers, a class's module serving a library's
+    method."""
+    from apiscope.analysis.attribution import app_roots
+    from apiscope.model import RouteInfo
+
+    local = {"method": "GET", "template": "/", "handler": "shop.api:index",
+             "file": "/srv/shop/api.py", "line": 1, "is_async": True}
+    viewed = {"method": "GET", "template": "/v", "handler": "generic.views:View.get",
+              "file": f"{SITE}/generic/views.py", "line": 5, "is_async": False,
+              "view": "billing.views:Invoices", "view_file": f"{SITE}/billing/views.py",
+              "view_line": 3}
+    for rows in (INSTALLED, [*INSTALLED, local], [viewed], [INSTALLED[0], viewed]):
+        routes = [RouteInfo(r["method"], r["template"], r["handler"], r["file"], r["line"],
+                            r["is_async"], view=r.get("view", ""),
+                            view_file=r.get("view_file", "")) for r in rows]
+        views = app_roots(routes)
+        installed = all("site-packages" in root for root in views)
+        # Local roots are the agent's app code anyway: it learns only installed ones.
+        expected = views if installed else ()
+        agents = tuple(sorted(root.rstrip("/") for root in installed_app_roots(rows)))
+        assert agents == expected, rows

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -165,3 +166,36 @@ def test_only_the_profiled_request_runs_under_the_profiler(tmp_path: Any) -> Non
     assert waiting["function"] == "Event.wait" and waiting["await_ms"] >= 15.0
     # running slices and suspensions account for the whole request, within a few ms
     assert abs(tree["time_ms"] - profile["duration_ms"]) < 5.0
+
+
+async def store_later() -> None:
+    await asyncio.sleep(0.08)  # after the response: the client does not wait for it
+
+
+async def ingest(request: Request) -> JSONResponse:
+    await asyncio.sleep(0.03)  # before the response
+    return JSONResponse({"ok": True}, background=BackgroundTask(store_later))
+
+
+def test_what_runs_after_the_response_is_not_in_the_requests_profile(tmp_path: Any) -> None:
+    """Starlette runs a response's background tasks in the request's own call, after its last
+    byte went out: their awaits are no part of the latency the profile explains."""
+    agent = Agent(str(tmp_path))
+    agent.configure_profiling(ProfilingOptions(every=1))
+    app = agent.middleware(Starlette(routes=[Route("/ingest", ingest, methods=["POST"])]))
+
+    async def drive() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.post("/ingest")).status_code == 200
+            agent.pull()  # its route is armed
+            assert (await client.post("/ingest")).status_code == 200  # profiled
+
+    asyncio.run(drive())
+    [profile] = list(agent.profiles)
+    nodes = list(all_nodes(profile["tree"]))
+    assert not any(n["function"] == "store_later" for n in nodes)
+    sleep = max((n for n in nodes if n["await_ms"] > 0), key=lambda n: n["await_ms"])
+    parent = next(n for n in nodes if sleep in n["children"])
+    assert parent["function"] == "ingest" and 25.0 <= sleep["await_ms"] < 70.0
+    assert sum(n["await_ms"] for n in nodes) < 70.0

@@ -19,6 +19,7 @@ agent itself does is inside try/except: its failures are counted, never seen by 
 
 from __future__ import annotations
 
+import sys
 import time
 from asyncio import _get_running_loop
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -67,7 +68,7 @@ class _Request(RequestQueries):
     as the `RequestQueries` the query hooks find in `CURRENT`, its statements. `inflight` finds
     it in the middleware's frame when a dump is asked for."""
 
-    __slots__ = ("called", "chunks", "end", "head", "offloaded", "pool_cpu", "status")
+    __slots__ = ("called", "chunks", "end", "handled", "head", "offloaded", "pool_cpu", "status")
 
     def __init__(self, called: float) -> None:
         self.called = called
@@ -77,6 +78,8 @@ class _Request(RequestQueries):
         self.chunks = 0  # body messages that carried bytes, once one said more would follow
         self.offloaded = 0  # looks that found a pool thread busy with its work (`offload`)
         self.pool_cpu = 0.0  # CPU seconds of its calls handed to pools, timed (`offload`)
+        # A 5xx's cause an error handler of the app's answered for: (type, file, line).
+        self.handled: tuple[str, str | None, int | None] | None = None
         self.stats = None
         self.in_orm = 0
 
@@ -111,6 +114,8 @@ class AgentMiddleware:
         self.threadpool = threadpool if threadpool is not None else ThreadPoolProbe()
         self.query_hooks = query_hooks
         self.app_files = app_files or (query_hooks.app_files if query_hooks else AppFiles())
+        # An application installed into site-packages is known from its route table.
+        self.routes.listen(self.app_files.learn_routes)
         self.profiling = profiling
         self.watchdogs = watchdogs
         self.offloaded = offloaded if offloaded is not None else OffloadCounts()
@@ -175,8 +180,17 @@ class AgentMiddleware:
             try:
                 kind = message["type"]
                 if kind == "http.response.start":
-                    request.status = int(message["status"])
+                    status = request.status = int(message["status"])
                     request.head = clock()
+                    if status >= 500:
+                        # An error handler answering from its `except` block (Starlette's
+                        # and FastAPI's for an HTTPException or a handler of the app's, a
+                        # view catching what it raised): the exception it handles is this
+                        # 5xx's cause, read now (Starlette drops its traceback once sent).
+                        handled = sys.exc_info()[1]
+                        if handled is not None:
+                            request.handled = (type(handled).__name__,
+                                               *self.raising_line(handled.__traceback__))
                 elif kind == "http.response.body":
                     if message.get("more_body", False):
                         if message.get("body"):
@@ -185,6 +199,8 @@ class AgentMiddleware:
                         request.end = clock()
                         if request.chunks and message.get("body"):
                             request.chunks += 1
+                        if run is not None:  # what the app runs after it is not profiled
+                            run.profiler.responded()
             except Exception:
                 self._count_error()
             return send(message)
@@ -247,6 +263,8 @@ class AgentMiddleware:
             if failure is not None and exc is None and status >= 500:
                 exc_type = type(failure).__name__
                 exc_file, exc_line = self.raising_line(failure.__traceback__)
+            elif request.handled is not None and exc is None and status >= 500:
+                exc_type, exc_file, exc_line = request.handled
             # The common case inline: a route the registry knows (Starlette, FastAPI).
             route = scope.get("route")
             found = self.routes.templates.get(id(route)) if route is not None else None

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class SocketDirError(PermissionError):
@@ -137,13 +138,22 @@ class AppFiles:
     agent runs inside the target and may import nothing of apiscope's, so it keeps this copy:
     change both together. Two differences follow from where it runs: the standard library and
     the installed packages are this very interpreter's directories (the views recognise any
-    interpreter's by their paths), and an application installed into site-packages reads as a
-    library (the views know the app's directories from the route table).
+    interpreter's by their paths), and an application installed into site-packages is known
+    from the route table, as the views know it (`learn_routes`, `installed_app_roots`).
     """
 
     def __init__(self, prefixes: tuple[str, ...] | None = None) -> None:
         self._prefixes = prefixes if prefixes is not None else library_prefixes()
         self._cache: dict[str, bool] = {}
+        self._installed: tuple[str, ...] = ()  # an installed application's directories
+
+    def learn_routes(self, rows: list[dict[str, Any]]) -> None:
+        """Take the directories of an application installed into site-packages from its route
+        table (called with each new table)."""
+        roots = installed_app_roots(rows)
+        if roots != self._installed:
+            self._installed = roots
+            self._cache = {}
 
     def is_app(self, filename: str, function: str = "") -> bool:
         """True for the application's code; `function` is the code object's name, since a
@@ -152,7 +162,8 @@ class AppFiles:
             return False
         known = self._cache.get(filename)
         if known is None:
-            known = not (
+            known = filename.startswith(self._installed) if self._installed else False
+            known = known or not (
                 filename.startswith(self._prefixes)
                 or filename.startswith("<")  # <frozen ...>, <string>, generated code
                 or "site-packages" in filename
@@ -164,3 +175,41 @@ class AppFiles:
                 self._cache.clear()
             self._cache[filename] = known
         return known
+
+
+# Handlers the web frameworks serve themselves (FastAPI's documentation pages, Django's admin):
+# no application's. The same list as the views' (`apiscope.analysis.attribution.FRAMEWORKS`).
+FRAMEWORK_MODULES = ("fastapi.", "starlette.", "litestar.", "django.", "rest_framework.",
+                     "ninja.")
+
+
+def installed_app_roots(rows: Iterable[dict[str, Any]]) -> tuple[str, ...]:
+    """The directories of an application installed into site-packages, from its route table:
+    the top-level package of each handler's module (a top-level module: its file), when every
+    handler but the frameworks' own is installed. Beside handlers of the application's own
+    directories, installed ones are a library's routes (an auth library's login), and that
+    library is not the application's code. The rule of `apiscope.analysis.attribution.app_roots`,
+    which the views apply: change both together."""
+    roots: set[str] = set()
+    for row in rows:
+        if row.get("view_file"):  # the app's class serving a library's method: its module
+            module, file = str(row.get("view", "")).split(":", 1)[0], str(row["view_file"])
+        else:
+            handler = str(row.get("handler", ""))
+            if handler.startswith(FRAMEWORK_MODULES):
+                continue
+            module, file = handler.split(":", 1)[0], str(row.get("file") or "")
+        if not os.path.isabs(file):
+            continue
+        if "site-packages" not in file and "dist-packages" not in file:
+            return ()  # the application lives in its own directories
+        parts = module.split(".") if module else []
+        if len(parts) > 1:
+            depth = len(parts) - 1 if os.path.basename(file) != "__init__.py" else len(parts)
+            root = file
+            for _ in range(depth):
+                root = os.path.dirname(root)
+            roots.add(os.path.join(root, ""))
+        else:
+            roots.add(file)
+    return tuple(sorted(roots))

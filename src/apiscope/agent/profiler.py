@@ -119,6 +119,10 @@ class SliceProfiler:
         self.scope: Any = None
         self.loop: Any = None
         self.finished = False  # the request ended: its followed tasks record no more
+        # When the response's last byte went out (`responded`): what runs after it (Starlette's
+        # background tasks, run by the request's own call) is no part of the request's latency,
+        # and is left out of its profile.
+        self.responded_at: float | None = None
         self.followed = 0.0  # seconds recorded by the tasks followed from this one
         self._follower: _Follower | None = None
         self._started_here: list[SliceProfiler] = []  # tasks followed from the current slice
@@ -144,6 +148,11 @@ class SliceProfiler:
         while parent is not None:
             parent.followed += seconds
             parent = parent.parent
+
+    def responded(self) -> None:
+        """The response was sent whole (the root's, from the middleware's send)."""
+        if self.responded_at is None:
+            self.responded_at = self._clock()
 
     def _saw(self, call_stack: list[str], seconds: float, async_state: Any) -> None:
         self._record(call_stack, seconds)
@@ -177,8 +186,12 @@ class SliceProfiler:
                 value, error = None, exc
             # What the tasks it waited for recorded meanwhile is theirs, not this await's; what
             # is left is the hand-over between the tasks, which no line of the request's waits
-            # for (charged to the request as a whole).
-            waited = self._clock() - suspended - (self.followed - followed)
+            # for (charged to the request as a whole). Only up to the response's end.
+            resumed = self._clock()
+            responded = self.root.responded_at
+            if responded is not None and responded < resumed:
+                resumed = responded
+            waited = resumed - suspended - (self.followed - followed)
             if waited > 0:
                 self._record([*awaiting, AWAIT] if self.followed == followed
                              else [ANCHOR_INFO, AWAIT], waited)
@@ -186,7 +199,9 @@ class SliceProfiler:
     def _start(self) -> float:
         self._sampled = 0.0
         root = self.root
-        if root.finished:  # a followed task outliving its request: passed through only
+        # A followed task outliving its request, or anything run after its response (its
+        # background tasks): passed through only.
+        if root.finished or root.responded_at is not None:
             self._sampling_slice = False
             return self._clock()
         budget = self.budget
@@ -207,17 +222,20 @@ class SliceProfiler:
         stack the slice before it stopped at, without the awaiting frame its resumption
         ended)."""
         stepped = self._clock()
-        elapsed = stepped - started
         follower, self._follower = self._follower, None
         if follower is not None:
             follower.remove()
-        if self.root.finished:
-            return []
         if self._sampling_slice:
             try:
                 self._sampler().unsubscribe(self._saw)
             except Exception:
                 self.sampling = False
+        root = self.root
+        responded = root.responded_at
+        if root.finished or responded is not None and responded <= started:
+            return []
+        # The slice the response ended in counts up to its end.
+        elapsed = (stepped if responded is None else min(stepped, responded)) - started
         if coro is not None:
             stack = [ANCHOR_INFO, *self._awaiting(coro)]
         else:

@@ -15,6 +15,7 @@ import inspect
 import random
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .django_routes import django_rows
@@ -106,6 +107,8 @@ class RouteRegistry:
         # Which sources named recorded routes: framework names, or INFERRED. The middleware
         # adds to it per request (a set add of a constant: no allocation).
         self.sources: set[str] = set()
+        # Called with each new table (`AppFiles.learn_routes`: an installed app's directories).
+        self.listeners: list[Callable[[list[RouteRow]], None]] = []
 
     def add_app(self, app: Any) -> None:
         """Read the route table of a framework app: Starlette's `app.routes` (recursing into
@@ -174,7 +177,20 @@ class RouteRegistry:
             self.version += 1
             self._resolved = {}
         self.rows, self.templates = rows, templates
+        if changed:
+            for listener in self.listeners:
+                try:
+                    listener(rows)
+                except Exception:
+                    self.errors += 1
         return changed
+
+    def listen(self, listener: Callable[[list[RouteRow]], None]) -> None:
+        """Call `listener` with the table now and with each new one (once per listener)."""
+        if listener not in self.listeners:
+            self.listeners.append(listener)
+            if self.rows:
+                listener(self.rows)
 
     @property
     def deferred(self) -> bool:
