@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from apiscope.agent.failures import FAILURE_KEY, listen, stop_listening
-from apiscope.agent.frameworks import DJANGO, FALCON, LITESTAR, QUART
+from apiscope.agent.frameworks import DJANGO, FALCON, LITESTAR, QUART, STARLETTE
 from tests.agent.helpers import get_all, record_requests
 from tests.frameworks.served import line_of
 
@@ -97,10 +97,12 @@ def test_hooks_not_as_expected_are_left_alone_and_nothing_raises() -> None:
     stop_listening(LITESTAR, broken)  # does not raise either
 
 
+@pytest.mark.parametrize("middleware", [False, True], ids=["plain", "http-middleware"])
 def test_an_exception_the_apps_own_handlers_answered_5xx_for_is_recorded_at_its_line(
-        ) -> None:
-    """Starlette's and FastAPI's handlers answer from their `except` block and the exception
-    never leaves the app: the one being handled as a 5xx response starts is its cause."""
+        middleware: bool) -> None:
+    """Starlette's and FastAPI's handlers answer for an exception that never leaves the app,
+    and drop its traceback once sent; behind `@app.middleware("http")` the response is sent
+    from another task than the one that handled it."""
     from fastapi import Depends, FastAPI, HTTPException
     from fastapi.responses import JSONResponse
 
@@ -115,6 +117,11 @@ def test_an_exception_the_apps_own_handlers_answered_5xx_for_is_recorded_at_its_
     @app.exception_handler(QuotaExceeded)
     async def quota(request: Any, exc: QuotaExceeded) -> JSONResponse:
         return JSONResponse({"detail": "quota"}, status_code=500)
+
+    if middleware:
+        @app.middleware("http")
+        async def timing(request: Any, call_next: Any) -> Any:
+            return await call_next(request)
 
     @app.get("/ingest", dependencies=[Depends(not_at_capacity)])
     async def ingest() -> dict[str, str]:
@@ -142,3 +149,16 @@ def test_an_exception_the_apps_own_handlers_answered_5xx_for_is_recorded_at_its_
     # A 5xx answered with no exception has no cause; a 4xx's exception is not read.
     assert (plain.status, plain.exc_type) == (503, None)
     assert (gone.status, gone.exc_type) == (404, None)
+
+
+def test_starlettes_handler_lookup_is_wrapped_once_and_put_back() -> None:
+    import starlette._exception_handler as handling
+    from fastapi import FastAPI
+
+    stop_listening(STARLETTE, FastAPI())  # no listener of an earlier test
+    original = handling._lookup_exception_handler
+    assert listen(STARLETTE, FastAPI()) is True
+    assert handling._lookup_exception_handler is not original
+    assert listen(STARLETTE, FastAPI()) is False  # injected again: no second wrapper
+    stop_listening(STARLETTE, FastAPI())
+    assert handling._lookup_exception_handler is original

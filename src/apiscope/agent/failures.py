@@ -1,7 +1,13 @@
-"""The exception behind a 500 that a framework answered itself.
+"""The exception behind a 5xx that a framework answered itself.
 
 Starlette and FastAPI let an unhandled exception out of the app once their 500 is sent: the
-middleware catches it on its way and records its type and the app's line that raised it.
+middleware catches it on its way and records its type and the app's line that raised it. An
+exception one of their exception handlers answers for (an `HTTPException(503)` a dependency
+raises to shed load, a handler the app registered for its own exception class) never leaves
+the app, and Starlette drops its traceback once the response is sent. The agent wraps
+Starlette's lookup of those handlers (`starlette._exception_handler`, Starlette 0.28 and later):
+an exception a handler is found for is kept, with its traceback, in the scope of the request it
+serves (`SERVING`, which also reaches the tasks `BaseHTTPMiddleware` runs the app in).
 Django, Litestar, Quart and Falcon catch it and answer the 500 inside, so the middleware would
 see a status and nothing else, and an error spike would be flagged nowhere in the app. Each of
 them tells its own listeners of the exception, with the request:
@@ -13,10 +19,10 @@ them tells its own listeners of the exception, with the request:
 - Falcon: the app's error reporter (`set_error_reporter`, Falcon 4.1 and later), chained in
   front of the app's own.
 
-The agent listens, and leaves the first exception of a request in its scope (`FAILURE_KEY`),
-where the middleware takes it when the response was a 5xx (a 404 raised as an exception is
-left unread). A listener costs nothing until a request fails. `listen` is idempotent across
-copies of the agent; `stop_listening` takes the listeners out on detach.
+The agent listens, and leaves the first exception of a request in its scope (`FAILURE_KEY`,
+with its traceback), where the middleware takes it when the response was a 5xx (a 404 raised
+as an exception is left unread). A listener costs nothing until a request fails. `listen` is
+idempotent across copies of the agent; `stop_listening` takes the listeners out on detach.
 
 Standard library only, relative imports only, Python 3.9 compatible (see `watchdog`).
 """
@@ -26,7 +32,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .frameworks import DJANGO, FALCON, LITESTAR, QUART
+from .frameworks import DJANGO, FALCON, LITESTAR, QUART, STARLETTE
+from .loopwatch import SERVING
 
 FAILURE_KEY = "apiscope.failure"
 _LISTENER = "__apiscope_failures__"  # marks a listener of ours (any copy of the agent)
@@ -38,7 +45,7 @@ def keep(scope: Any, exc: Any) -> None:
     may handle the error an error handler raised in turn: the first is the cause). A scope of
     another kind is left alone: the 500 is still recorded, without its cause."""
     if isinstance(scope, dict) and isinstance(exc, BaseException) and FAILURE_KEY not in scope:
-        scope[FAILURE_KEY] = exc
+        scope[FAILURE_KEY] = (exc, exc.__traceback__)
 
 
 def listen(framework: str, app: Any) -> bool:
@@ -54,6 +61,8 @@ def listen(framework: str, app: Any) -> bool:
             return _listen_quart(app)
         if framework == FALCON:
             return _listen_falcon(app)
+        if framework == STARLETTE:
+            return _listen_starlette()
     except Exception:
         pass
     return False
@@ -86,6 +95,11 @@ def _stop_listening(framework: str, app: Any) -> None:
         reporter: Any = getattr(app, "_report_error", None)
         if getattr(reporter, _LISTENER, False):  # ours, of any copy of the agent
             app._report_error = reporter.original
+    elif framework == STARLETTE:
+        module = sys.modules.get("starlette._exception_handler")
+        lookup: Any = getattr(module, "_lookup_exception_handler", None)
+        if getattr(lookup, _LISTENER, False):
+            module._lookup_exception_handler = lookup.original  # type: ignore[union-attr]
 
 
 # -- Django --------------------------------------------------------------------------------
@@ -183,4 +197,37 @@ def _listen_falcon(app: Any) -> bool:
     if getattr(current, _LISTENER, False):
         return False
     app._report_error = _FalconReporter(current)
+    return True
+
+
+# -- Starlette, FastAPI --------------------------------------------------------------------
+
+class _StarletteLookup:
+    """Starlette's lookup of an exception's handler: keeps an exception a handler is found for
+    in the scope of the request being served (a 4xx `HTTPException` is left alone)."""
+
+    __slots__ = ("original",)
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+
+    def __call__(self, handlers: Any, exc: Any) -> Any:
+        handler = self.original(handlers, exc)
+        try:
+            if handler is not None and getattr(exc, "status_code", 500) >= 500:
+                keep(SERVING.get(None), exc)
+        except Exception:
+            pass
+        return handler
+
+
+setattr(_StarletteLookup, _LISTENER, True)
+
+
+def _listen_starlette() -> bool:
+    module = sys.modules.get("starlette._exception_handler")
+    current = getattr(module, "_lookup_exception_handler", None)
+    if current is None or getattr(current, _LISTENER, False):
+        return False  # an older Starlette, or a copy of the agent listens already
+    module._lookup_exception_handler = _StarletteLookup(current)  # type: ignore[union-attr]
     return True

@@ -261,8 +261,8 @@ class AgentMiddleware:
             # An exception the framework answered 500 for itself (`failures`).
             failure = scope.pop(FAILURE_KEY) if FAILURE_KEY in scope else None
             if failure is not None and exc is None and status >= 500:
-                exc_type = type(failure).__name__
-                exc_file, exc_line = self.raising_line(failure.__traceback__)
+                exc_type = type(failure[0]).__name__
+                exc_file, exc_line = self.raising_line(failure[1])
             elif request.handled is not None and exc is None and status >= 500:
                 exc_type, exc_file, exc_line = request.handled
             # The common case inline: a route the registry knows (Starlette, FastAPI).
