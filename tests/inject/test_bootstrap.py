@@ -89,13 +89,23 @@ def test_attach_wraps_once_and_records_each_request_once(
 
 def test_detach_gives_the_server_its_app_back(served: tuple[FastAPI, uvicorn.Config],
                                               directory: str) -> None:
+    import starlette._exception_handler as handling
+
     app, config = served
     original = config.loaded_app
+    from apiscope.agent.failures import stop_listening
+    from apiscope.agent.frameworks import STARLETTE
+
+    stop_listening(STARLETTE, app)  # not left wrapped by an earlier test's app
+    lookup = handling._lookup_exception_handler  # wrapped while attached (`failures`)
     socket = bootstrap.attach(directory)["socket"]
     assert config.loaded_app is not original
+    get(config.loaded_app, "/items/1")  # the app is met, and its failures listened to
+    assert handling._lookup_exception_handler is not lookup
     status = bootstrap.detach()
     assert status["restored"] == 1
     assert config.loaded_app is original
+    assert handling._lookup_exception_handler is lookup
     assert not os.path.exists(socket)
     assert get(config.loaded_app, "/items/2").json() == {"item_id": 2}
 
