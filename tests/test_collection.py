@@ -195,6 +195,24 @@ def test_the_agents_watchdogs_get_less_to_follow_with_while_over_budget() -> Non
     assert rig.clients.made[11].watch_shares == [None, None, FOLLOW_CPU_SHARE / 2]
     assert rig.writer.meta["watch_share"] == FOLLOW_CPU_SHARE / 2
     assert rig.sampler.look_intervals == [0.08]  # the looks for GIL waits, half as often
+    # The profiles' sampled slices: a quarter of the 2 % budget, cut with the watchdogs'.
+    assert rig.clients.made[11].profile_shares == [0.005, 0.005, 0.0025]
+    rig.collection.stop()
+
+
+def test_what_the_agents_profiles_spent_is_paid_from_the_budget() -> None:
+    rig = Rig()
+    rig.clients.scripts[11] = [
+        batch(11, profiling={"spent_seconds": 0.25}),
+        batch(11, profiling={"spent_seconds": 0.75}),  # the agent's total so far
+        batch(11, profiling={"unavailable": "no pyinstrument"})]  # an older agent says none
+    rig.collection.start()
+    before = rig.collection._agents_cpu()
+    rig.collection.pull_agents()
+    assert rig.collection._agents_cpu() == pytest.approx(before + 0.25)
+    rig.collection.pull_agents()
+    rig.collection.pull_agents()
+    assert rig.collection._agents_cpu() == pytest.approx(before + 0.75)
     rig.collection.stop()
 
 

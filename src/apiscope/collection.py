@@ -29,7 +29,12 @@ from apiscope.collect.status import Counters, Terminal, pull_text, status_line, 
 from apiscope.collect.workers import Client, Injector, WorkerSet
 from apiscope.collect.workers import remove_stale_socket as remove_stale_socket
 from apiscope.collectors.agent_client import AgentBatch, AgentClient, AgentError
-from apiscope.collectors.budget import OverheadBudget, RequestKeeping, WatchShare
+from apiscope.collectors.budget import (
+    OverheadBudget,
+    RequestKeeping,
+    WatchShare,
+    profile_share,
+)
 from apiscope.collectors.injections import DetachFailure
 from apiscope.collectors.oncpu import LineLooks
 from apiscope.collectors.proctree import worker_children
@@ -175,6 +180,8 @@ class Collection:
         self._routing_stored: dict[str, Any] | None = None  # the `routing` meta written last
         self._watchdog_cpu: dict[str, float] = {}  # the agents' watchdogs' own CPU, by pid
         self._serve_cpu: dict[int, float] = {}  # the agents' CPU answering pulls, by pid
+        # What the agents' per-request profiles spent on the request threads, by pid.
+        self._profile_cpu: dict[int, float] = {}
         # One request in `keeping.every` kept when taking them all in would cost too much.
         self.keeping = RequestKeeping(options.max_overhead / 100) \
             if options.max_overhead > 0 else None
@@ -366,9 +373,10 @@ class Collection:
                                              budget.last_parts if budget else None))
 
     def _agents_cpu(self) -> float:
-        """The agents' own CPU seconds so far (watchdogs and answering pulls): the budget
-        pays for them."""
-        return sum(self._watchdog_cpu.values()) + sum(self._serve_cpu.values())
+        """The agents' own CPU seconds so far (watchdogs, answering pulls, and the profiles'
+        sampled slices on the request threads, whole): the budget pays for them."""
+        return sum(self._watchdog_cpu.values()) + sum(self._serve_cpu.values()) \
+            + sum(self._profile_cpu.values())
 
     def _poll_loop(self) -> None:
         next_resources = 0.0
@@ -453,11 +461,14 @@ class Collection:
         # Sent once it differs from the agents' own default (an older agent ignores it).
         watch = self.watch_share.share if self.watch_share is not None \
             and self.watch_share.history else None
+        profile = profile_share(self.options.max_overhead / 100, self.analysis_scale()) \
+            if self.options.max_overhead > 0 else None
         for pid, client in self.workers.clients():
             # A busy worker may hold more than one pull's worth: drain it, within reason.
             for _ in range(10):
                 try:
-                    batch = client.pull(orphan_after=orphan, keep=keep, watch_share=watch)
+                    batch = client.pull(orphan_after=orphan, keep=keep, watch_share=watch,
+                                        profile_share=profile)
                 except AgentError as exc:  # the agent is there and says what broke
                     if self.failures.agent_error(pid, exc.message):
                         self._warn(f"the agent in PID {pid} answered a pull with an error:"
@@ -497,6 +508,9 @@ class Collection:
             self.sink.threadpool(batch.threadpool)
         self.sink.agent_stats(batch.stats)
         self._serve_cpu[pid] = batch.stats.serve_cpu
+        spent = (batch.profiling or {}).get("spent_seconds")
+        if isinstance(spent, (int, float)) and not isinstance(spent, bool):
+            self._profile_cpu[pid] = float(spent)
         if batch.routing and batch.routing.get("source") != "none" \
                 and batch.routing != self._routing_stored:
             self._routing_stored = batch.routing

@@ -309,6 +309,41 @@ def test_a_pull_sets_what_the_loop_watchdogs_may_spend_following(sock_dir: str) 
         agent.stop()
 
 
+def test_a_pull_sets_the_share_of_the_clock_the_profiles_may_sample(sock_dir: str) -> None:
+    agent = Agent(sock_dir)
+    default = agent.profiling.options.max_share
+    agent.start()
+    try:
+        with AgentClient(os.getpid(), sock_dir) as client:
+            answer = client.pull(profile_share=0.005)
+            assert agent.profiling.share == 0.005
+            assert agent.profiling.budget is not None and agent.profiling.budget.rate == 0.005
+            assert answer.profiling is not None and "spent_seconds" in answer.profiling
+            client.pull()  # not said again: kept, also through the first pull's `load`
+            assert agent.profiling.share == 0.005
+            client.pull(profile_share=0.5)  # never above the target's own options
+            assert agent.profiling.share == default
+            for bad in (-0.1, 1.5, "much", True):
+                with pytest.raises(AgentError, match="profile_share must be a number"):
+                    client.pull(profile_share=bad)  # type: ignore[arg-type]
+            assert agent.profiling.share == default
+    finally:
+        agent.stop()
+
+
+def test_a_lowered_profile_share_caps_what_is_saved_up() -> None:
+    from apiscope.agent.profiling import BURST_SECONDS, TimeBudget
+
+    now = [0.0]
+    budget = TimeBudget(0.02, lambda: now[0])
+    assert budget.balance == pytest.approx(0.02 * BURST_SECONDS)
+    budget.set_share(0.005)
+    assert budget.balance == pytest.approx(0.005 * BURST_SECONDS)
+    budget.spend(0.1)
+    now[0] = 10.0  # 10 s at the new share
+    assert budget.refilled() == pytest.approx(0.005 * BURST_SECONDS - 0.1 + 0.05)
+
+
 def test_the_route_table_is_sent_again_only_when_it_changed(sock_dir: str) -> None:
     agent = Agent(sock_dir)
     app = sync_app()

@@ -1212,7 +1212,7 @@ def test_the_text_report_gives_the_rate_the_budget_allowed(tmp_path: Path) -> No
     parted = replace(cut, samples=replace(cut.samples, overhead_parts={
         "pyspy_startup": 0.2, "pyspy_samples": 1.4, "agent": 0.8, "collector": 0.66}))
     assert ("(100 Hz asked, cost 3.1% against a 2% budget: py-spy start-ups 0.2%, py-spy"
-            " samples 1.4%, agent threads 0.8%, collector 0.7%)") in render_text(parted)
+            " samples 1.4%, agent 0.8%, collector 0.7%)") in render_text(parted)
     assert parted.samples.to_json()["overhead_parts"]["collector"] == 0.66
     assert type(parted.samples).from_json(parted.samples.to_json()) == parted.samples
     assert "overhead_parts" not in cut.samples.to_json()  # not measured: left out

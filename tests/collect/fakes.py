@@ -102,6 +102,7 @@ class FakeClient:
         self.pulls: list[float | None] = []
         self.keeps: list[tuple[int, float | None] | None] = []
         self.watch_shares: list[float | None] = []
+        self.profile_shares: list[float | None] = []
         # What the end's question about hung requests gets: their list, or an exception.
         self.stuck: list[UnfinishedRequest] | Exception = []
         self.asked_unfinished: list[float] = []
@@ -114,10 +115,12 @@ class FakeClient:
 
     def pull(self, max_requests: int | None = None, orphan_after: float | None = None,
              keep: tuple[int, float | None] | None = None,
-             watch_share: float | None = None) -> AgentBatch:
+             watch_share: float | None = None,
+             profile_share: float | None = None) -> AgentBatch:
         self.pulls.append(orphan_after)
         self.keeps.append(keep)
         self.watch_shares.append(watch_share)
+        self.profile_shares.append(profile_share)
         if not self.answers:
             raise ConnectionRefusedError("nobody there")
         answer = self.answers.pop(0)

@@ -123,6 +123,13 @@ class TimeBudget(Allowance):
     def __init__(self, share: float, clock: Callable[[], float]) -> None:
         super().__init__(share, share * BURST_SECONDS, clock)
 
+    def set_share(self, share: float) -> None:
+        """Accrue `share` seconds a second from now on (what was saved up is kept, within the
+        new cap)."""
+        self.refilled()
+        self.rate, self.capacity = share, share * BURST_SECONDS
+        self.balance = min(self.balance, self.capacity)
+
     def allows(self) -> bool:
         """Whether the balance, saved up to now, is above zero."""
         return self.refilled() > 0
@@ -147,6 +154,7 @@ class RequestProfiling:
         self._running = 0
         # None until `load`: pyinstrument, imported at the first pull.
         self._factory = profiler_factory
+        self._asked_share: float | None = None  # the collector's, once it asks (`set_share`)
         self.configure(options or options_from_env())
 
     def load(self) -> None:
@@ -164,10 +172,24 @@ class RequestProfiling:
         self._every = options.every
         self._slow_ms = options.slow_ms if options.slow_ms > 0 else float("inf")
         self.bucket = TokenBucket(options.max_per_second, self._clock)
-        self.budget = TimeBudget(options.max_share, self._clock) if options.max_share > 0 \
-            else None
+        # What the budget accrues: the options' share, or less as the collector asks.
+        asked = self._asked_share
+        self.share = options.max_share if asked is None else min(asked, options.max_share)
+        self.budget = TimeBudget(self.share, self._clock) if options.max_share > 0 else None
         self.armed = []
         self._counts.clear()
+
+    def set_share(self, share: float) -> None:
+        """The share of the clock the sampled slices may take, as the collector's overhead
+        budget allows (`TimeBudget`): at most the options' `max_share`, which the target's
+        environment may have lowered. Raises ValueError for a share below 0 or above 1."""
+        if isinstance(share, bool) or not isinstance(share, (int, float)) \
+                or not 0.0 <= share <= 1.0:
+            raise ValueError(f"profile_share must be a number from 0 to 1, not {share!r}")
+        self._asked_share = float(share)
+        self.share = min(float(share), self.options.max_share)
+        if self.budget is not None:
+            self.budget.set_share(self.share)
 
     def reset(self) -> None:
         """Start over with zeroed counters (in a forked child, where no run is in flight)."""
@@ -182,7 +204,7 @@ class RequestProfiling:
                 "unavailable": self.unavailable, "limited": self.limited,
                 "profiled": self.profiled,
                 "capped": self.capped, "errors": self.errors,
-                "spent_seconds": round(self.spent, 6)}
+                "spent_seconds": round(self.spent, 6), "share": self.share}
 
     # -- the request path -----------------------------------------------------------------
 

@@ -151,6 +151,8 @@ class Agent:
                 self.recorder.keep(request["keep"], request.get("keep_slower_ms"))
             if "watch_share" in request:  # what the loop watchdogs may spend following
                 self.watchdogs.set_follow_share(request["watch_share"])
+            if "profile_share" in request:  # what the profiles' sampled slices may take
+                self.profiling.set_share(request["profile_share"])
             return self.pull(limit, request.get("routes_version"))
         if op == "dump":
             return dump_state()

@@ -7,7 +7,8 @@ say which requests to keep from then on (`"keep": n`, one in n at random, and
 table it has (`"routes_version"`: the answer carries `"routes"` only when its own differs), and
 the share of a core the
 loop watchdogs may spend following long passes (`"watch_share"`, see
-`watchdog.Watchdogs.set_follow_share`). It answers
+`watchdog.Watchdogs.set_follow_share`) and the share of the clock the per-request profiles may
+sample (`"profile_share"`, see `profiling.RequestProfiling.set_share`). It answers
 `{"pid", "ts", "requests": [[start, duration_ms, method, route, status, exc_type, exc_file,
 exc_line, queries, weight, first_byte_ms], ...], "routes_version": n, "routes": [...],
 "threadpool": {...} | null,

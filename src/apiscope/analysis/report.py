@@ -193,11 +193,11 @@ def _rate(samples: SampleSummary) -> str:
 
 
 COST_PART_NAMES = {"pyspy_startup": "py-spy start-ups", "pyspy_samples": "py-spy samples",
-                   "agent": "agent threads", "collector": "collector"}
+                   "agent": "agent", "collector": "collector"}
 
 
 def _cost_parts(samples: SampleSummary) -> str:
-    """": py-spy start-ups 0.4%, py-spy samples 0.9%, agent threads 0.3%, collector 0.5%"."""
+    """": py-spy start-ups 0.4%, py-spy samples 0.9%, agent 0.3%, collector 0.5%"."""
     if not samples.overhead_parts:
         return ""
     return ": " + ", ".join(f"{COST_PART_NAMES.get(name, name)} {share:.1f}%"

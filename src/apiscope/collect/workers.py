@@ -31,7 +31,8 @@ class Client(Protocol):
 
     def pull(self, max_requests: int | None = None, orphan_after: float | None = None,
              keep: tuple[int, float | None] | None = None,
-             watch_share: float | None = None) -> AgentBatch: ...
+             watch_share: float | None = None,
+             profile_share: float | None = None) -> AgentBatch: ...
 
     def unfinished(self, older_than: float) -> list[UnfinishedRequest]: ...
 

@@ -133,7 +133,8 @@ class AgentClient:
 
     def pull(self, max_requests: int | None = None, orphan_after: float | None = None,
              keep: tuple[int, float | None] | None = None,
-             watch_share: float | None = None) -> AgentBatch:
+             watch_share: float | None = None,
+             profile_share: float | None = None) -> AgentBatch:
         """Drain the agent's finished requests (at most `max_requests`, else the agent's
         default); raises AgentUnavailable when nobody answers.
 
@@ -142,7 +143,9 @@ class AgentClient:
         (every, slower_ms) asks it to keep one request in `every` from now on, and all of
         `slower_ms` or longer (see `apiscope.agent.recorder.Recorder.keep`); `watch_share`,
         the share of a core its loop watchdogs may spend following long passes (see
-        `apiscope.agent.watchdog.Watchdogs.set_follow_share`).
+        `apiscope.agent.watchdog.Watchdogs.set_follow_share`); `profile_share`, the share of
+        the clock its per-request profiles may sample (see
+        `apiscope.agent.profiling.RequestProfiling.set_share`).
         """
         message: dict[str, Any] = {"op": "pull"}
         if self._routes_version is not None:  # the table is sent again only when it changed
@@ -155,6 +158,8 @@ class AgentClient:
             message["keep"], message["keep_slower_ms"] = keep
         if watch_share is not None:
             message["watch_share"] = watch_share
+        if profile_share is not None:
+            message["profile_share"] = profile_share
         # Our pid for the process, not the one it has in its container.
         answer = self.request(message)
         batch = batch_from_json({**answer, "pid": self.pid}, self.pid)

@@ -8,7 +8,8 @@ apiscope's whole cost is measured as it runs, each window:
   (an upper bound of) the time the target lost; in non-blocking mode it is CPU taken from a
   machine the target shares. The CPU py-spy spends writing a window out at its exit is counted
   with the window after it (it is only known then).
-- the agent's CPU inside the target (its watchdogs' and pull thread's own threads);
+- the agent's CPU inside the target (its watchdogs' and pull thread's own threads), and the
+  time its per-request profiles sampled on the request threads, whole (`profile_share`);
 - the collector's own CPU (parsing windows, storing requests, serving the dashboard): on a
   saturated host it competes with the target like anything else.
 
@@ -59,7 +60,8 @@ TICKS_SHARE_TO_GO_LOWER = 0.25
 SMOOTHING = 0.3  # weight of the newest window in the learnt costs
 WINDOW_FACTORS = (1, 2, 4, 8)  # window lengths the budget chooses from, times the one asked for
 # What the cost is made of: py-spy's start-ups (one per window), py-spy's sample ticks, the
-# agents' own threads in the targets, and the collector (this process).
+# agents in the targets (their own threads, their profiles' sampled slices), and the collector
+# (this process).
 COST_PARTS = ("pyspy_startup", "pyspy_samples", "agent", "collector")
 
 
@@ -233,6 +235,20 @@ class OverheadBudget:
 
 
 KEEP_SHARE = 0.5  # of the budget, the most that taking in the agents' requests may cost
+# Of the budget, the most the agents' per-request profiles may sample (pyinstrument's slices,
+# charged whole: see `profile_share`).
+PROFILE_SHARE = 0.25
+
+
+def profile_share(max_overhead: float, scale: float = 1.0) -> float:
+    """The share of the clock each agent's per-request profiles may sample: `PROFILE_SHARE`
+    of the budget (`max_overhead`, a fraction), cut with the watchdogs' share while the budget
+    is over at its lowest rate (`scale`, `WatchShare.scale`). A sampled slice slows the code it
+    samples, and is charged to the budget whole (the agent's `spent_seconds`, with the
+    bookkeeping of the slices it only times): an upper bound of what the profiles cost, since
+    the code would have run anyway. Left to the agents' own default (2 % of the clock), the
+    profiles cost outside the budget as much as the budget itself."""
+    return round(PROFILE_SHARE * max_overhead * scale, 6)
 MIN_KEPT_RPS = 100  # kept requests a second per process below which all are kept (cheap)
 
 
