@@ -346,6 +346,19 @@ def test_error_rate_names_exception_and_line(tmp_path: Path) -> None:
     assert flag["metric"]["errors"] == 34
 
 
+def test_a_5xx_the_app_raised_on_purpose_is_advised_on_what_it_checked(
+        tmp_path: Path) -> None:
+    # A dependency answering 503 while a queue is full, as an ingestion route does.
+    spec = failing_export({"exc_type": "HTTPException", "exc_file": APP, "exc_line": 135})
+    [flag] = flags_of(report_of(spec, tmp_path), "error_rate")
+    assert "34 raised HTTPException at main.py:135" in flag["evidence"]
+    assert "on purpose" in flag["suggestion"] and "catch" not in flag["suggestion"]
+    spec = failing_export({"exc_type": "ValueError", "exc_file": APP, "exc_line": 135})
+    (tmp_path / "bug").mkdir()
+    [flag] = flags_of(report_of(spec, tmp_path / "bug"), "error_rate")
+    assert "catch the expected exception" in flag["suggestion"]
+
+
 @pytest.mark.parametrize("exc", [{}, {"exc_type": "OperationalError"}])
 def test_a_5xx_no_line_of_the_app_raised_is_located_at_the_routes_handler(
         tmp_path: Path, exc: dict[str, Any]) -> None:

@@ -4,7 +4,9 @@ Flagged when the 5xx share reaches `error_share`'s low grade and at least `error
 requests failed (so two unlucky requests do not raise it). The evidence names the most common
 exception type and the app's line that raised it, as the agent recorded them; where no line of
 the app raised (a 5xx the handler returned, an exception raised in a library's code alone), the
-flag is located at the route's handler.
+flag is located at the route's handler. A 5xx the app raised on purpose (an `HTTPException` of
+Starlette's, FastAPI's or Litestar's, such as a 503 shedding load) is no failure to catch: the
+advice is then about the condition the app checked.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from apiscope.analysis.thresholds import grade
 
 SUGGESTION = ("handle the failure where it is raised (validate input, catch the expected"
               " exception and answer 4xx, retry or time out the dependency)")
+# The app answered these itself, with the framework's exception for an HTTP status.
+ANSWERED = ("HTTPException",)
+SUGGESTION_ANSWERED = ("the app answers these 5xx on purpose, raising them at that line: fix"
+                       " the condition it checks there (a queue or a pool full, a dependency"
+                       " down); when it sheds load, a Retry-After header lets clients back off")
 
 
 class ErrorRateRule:
@@ -62,6 +69,7 @@ class ErrorRateRule:
                 "error_rate": share, "errors": len(failed), "requests": len(records),
                 "exception": exc_type,
                 "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+            answered = file is not None and exc_type in ANSWERED
             flags.append(make_flag(self.kind, severity, endpoint, loc, evidence, metric,
-                                   SUGGESTION))
+                                   SUGGESTION_ANSWERED if answered else SUGGESTION))
         return flags
