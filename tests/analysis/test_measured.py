@@ -1196,6 +1196,19 @@ def test_the_garbage_collectors_passes_of_the_loop_are_reported_not_flagged(
     assert not [f for f in data["flags"] if f["kind"] == "event_loop_blocked"]
     assert (f"pid {PID}: the garbage collector held the event loop 3 times, 0.86 s in all"
             " (longest 340 ms)") in render_text(report)
+    # The dashboard's process card says the same.
+    from apiscope.dashboard.components import process_cards
+    from apiscope.dashboard.data import DashboardSession
+
+    dashboard = DashboardSession(tmp_path / "s.sqlite")
+    try:
+        [card] = [c for c in dashboard.process_cards() if c.pid == PID]
+    finally:
+        dashboard.close()
+    assert card.gc_pauses is not None
+    assert card.gc_pauses.to_json() == data["processes"][0]["loop_gc_pauses"]
+    shown = str(process_cards([card]))
+    assert "held the loop 3 times, 0.86 s (longest 340 ms)" in shown
     assert report_of(measured_healthy(), tmp_path / "b")["processes"][0]["loop_gc_pauses"] \
         is None
 

@@ -165,6 +165,13 @@ def test_process_card_shows_the_server_and_native_threads_shares() -> None:
     text = json.dumps(process_cards([card])[0].to_plotly_json(), cls=PlotlyJSONEncoder)
     assert "server's own work" in text and "6.9% of its CPU" in text
     assert "native threads" in text and "63.9% of its CPU" in text
+    assert "event loop lag" not in text and "garbage collector" not in text  # not measured
+    from apiscope.report import GcPauses, LoopLag
+
+    looped = replace(card, loop_lag=LoopLag(0.7, 114.0), gc_pauses=GcPauses(43, 10.94, 1008.0))
+    text = json.dumps(process_cards([looped])[0].to_plotly_json(), cls=PlotlyJSONEncoder)
+    assert "p50 0.7 ms, p99 114 ms" in text
+    assert "held the loop 43 times, 10.94 s (longest 1008 ms)" in text
     quiet = replace(card, native_cpu_share=0.0)
     assert "native threads" not in json.dumps(process_cards([quiet])[0].to_plotly_json(),
                                               cls=PlotlyJSONEncoder)

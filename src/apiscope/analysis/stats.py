@@ -19,7 +19,7 @@ from apiscope.analysis.cpu import (
     runqueue_shares,
     server_cpu_shares,
 )
-from apiscope.model import RequestRecord, ResourceSample
+from apiscope.model import LoopLagSample, RequestRecord, ResourceSample
 from apiscope.report import EndpointStats, GcPauses, LoopLag, ProcessStats
 
 MB = 1024 * 1024
@@ -167,17 +167,28 @@ def loop_gc_pauses(ctx: AnalysisContext, pid: int) -> GcPauses | None:
     watchdog timed them (None without such a pass). No line's fault, so no flag; but a full
     collection of a large heap holds every request on the loop (a Prefect server's: 250-420 ms
     every 11-17 s, its health checks' p99)."""
-    held = [s.duration_ms for s in ctx.data.loop_stalls if s.pid == pid and s.held == "gc"]
-    if not held:
+    return gc_pauses_of([s.duration_ms for s in ctx.data.loop_stalls
+                         if s.pid == pid and s.held == "gc"])
+
+
+def gc_pauses_of(held_ms: Sequence[float]) -> GcPauses | None:
+    """How many passes the collector held, their seconds in all and the longest (None for
+    none)."""
+    if not held_ms:
         return None
-    return GcPauses(len(held), round(sum(held) / 1000, 3), round(max(held), 1))
+    return GcPauses(len(held_ms), round(sum(held_ms) / 1000, 3), round(max(held_ms), 1))
 
 
 def loop_lag(ctx: AnalysisContext, pid: int) -> LoopLag | None:
-    """p50 and p99 of the event loop's lag in one process (ms), from the agent's probes: the
-    probe-weighted median of the per-interval p50s and the worst interval's p99 (None
+    """p50 and p99 of the event loop's lag in one process (ms), from the agent's probes (None
     without the agent)."""
-    lags = [s for s in ctx.data.loop_lag if s.pid == pid and s.probes]
+    return loop_lag_of([s for s in ctx.data.loop_lag if s.pid == pid])
+
+
+def loop_lag_of(samples: Sequence[LoopLagSample]) -> LoopLag | None:
+    """The probe-weighted median of the per-interval p50s and the worst interval's p99 of one
+    process's loop lag samples (None without probes)."""
+    lags = [s for s in samples if s.probes]
     if not lags:
         return None
     ordered = sorted(lags, key=lambda s: s.p50_ms)

@@ -51,6 +51,11 @@ def _num(value: float | None, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _ms(value: float) -> str:
+    """Milliseconds to a tenth below 10, whole above."""
+    return f"{value:.1f}" if value < 10 else f"{value:,.0f}"
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -121,6 +126,7 @@ def process_cards(cards: Sequence[ProcessCard]) -> list[html.Div]:
                 html.Tr([html.Td("open fds"), html.Td("-" if c.fds is None else str(c.fds))]),
                 *_server_row(c),
                 *_native_row(c),
+                *_loop_rows(c),
             ])], className="kv"),
         ], className="process-card" + (" process-exited" if c.exited_at is not None else "")))
     return out
@@ -148,6 +154,29 @@ def _native_row(card: ProcessCard) -> list[html.Tr]:
                                    " each route's CPU share includes what its requests waited"
                                    " for in the call")],
                     className="native-share")]
+
+
+def _loop_rows(card: ProcessCard) -> list[html.Tr]:
+    """How late its event loop ran callbacks, and the passes its garbage collector held it
+    for, when the agent measured them."""
+    rows = []
+    if card.loop_lag is not None:
+        rows.append(html.Tr([html.Td("event loop lag"),
+                             html.Td(f"p50 {_ms(card.loop_lag.p50)} ms,"
+                                     f" p99 {_ms(card.loop_lag.p99)} ms",
+                                     title="how late the loop ran the agent's probe callbacks:"
+                                           " every request on the loop waits as long")],
+                            className="loop-lag"))
+    gc = card.gc_pauses
+    if gc is not None:
+        rows.append(html.Tr([html.Td("garbage collector"),
+                             html.Td(f"held the loop {gc.count} times, {gc.seconds:.2f} s"
+                                     f" (longest {gc.longest_ms:.0f} ms)",
+                                     title="no line's fault: fewer long-lived objects made per"
+                                           " request, or gc.freeze() after start-up, make its"
+                                           " passes shorter")],
+                            className="gc-pauses"))
+    return rows
 
 
 def slow_requests_table(rows: Sequence[SlowRequest]) -> html.Table:

@@ -18,6 +18,7 @@ from typing import Any
 from apiscope.analysis.attribution import RouteMatcher, app_roots
 from apiscope.analysis.context import AnalysisContext
 from apiscope.analysis.cpu import cpu_shares, native_cpu_shares, server_cpu_shares
+from apiscope.analysis.stats import gc_pauses_of, loop_lag_of
 from apiscope.dashboard.analysis import FlagAnalysis
 from apiscope.dashboard.cputime import CpuIndex, StackFacts, cpu_context
 from apiscope.dashboard.flame import FunctionRow, from_handler, pruned_tree, top_functions
@@ -34,6 +35,7 @@ from apiscope.dashboard.samples import BLOCK, EndpointOf, SampleIndex, SampleSli
 from apiscope.exporters.tree import FlameNode
 from apiscope.flag import Flag
 from apiscope.model import ProcessInfo, RouteInfo
+from apiscope.report import GcPauses, LoopLag
 from apiscope.store.reader import SessionReader
 
 Range = tuple[float, float] | None
@@ -77,6 +79,9 @@ class ProcessCard:
     # the share of its CPU used by threads Python does not run (a C extension's own: the
     # report's native_cpu_share); None when unknown
     native_cpu_share: float | None = None
+    loop_lag: LoopLag | None = None  # its event loop's lag (the report's), None without it
+    # the loop passes its garbage collector held (the report's loop_gc_pauses), None for none
+    gc_pauses: GcPauses | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +316,10 @@ class DashboardSession:
         known = {p.pid: p for p in self._processes}
         server = self.server_cpu_shares() if self.has_samples() else {}
         native = self.native_cpu_shares() if self.has_samples() else {}
+        lags = self.reader.loop_lag()
+        held: dict[int, list[float]] = {}
+        for held_pid, ms in self.reader.loop_gc_held():
+            held.setdefault(held_pid, []).append(ms)
         cards = []
         for pid in sorted(set(known) | set(self._resources)):
             info = known.get(pid)
@@ -324,7 +333,8 @@ class DashboardSession:
                 res.rss_mb[-1] if res and has else None,
                 max(res.rss_mb) if res and has else None,
                 res.threads[-1] if res and has else None,
-                res.fds[-1] if res and has else None, server.get(pid), native.get(pid)))
+                res.fds[-1] if res and has else None, server.get(pid), native.get(pid),
+                loop_lag_of([s for s in lags if s.pid == pid]), gc_pauses_of(held.get(pid, []))))
         return cards
 
     # -- one endpoint -----------------------------------------------------------------------

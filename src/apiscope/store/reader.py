@@ -467,6 +467,14 @@ class SessionReader(ViewQueries):
                                   self.stack(thread))
                 for pid, ts, method, route, elapsed, awaiting, chain, thread in rows]
 
+    def loop_gc_held(self) -> list[tuple[int, float]]:
+        """(pid, ms) of each loop pass the garbage collector held: the stalls' own query,
+        without their stacks (none in files before schema 8)."""
+        if not self._has_column("loop_stalls", "held"):
+            return []
+        return [(pid, ms) for pid, ms in self._rows_if_table(
+            "loop_stalls", "SELECT pid, duration_ms FROM loop_stalls WHERE held = 'gc'")]
+
     def loop_lag(self) -> list[LoopLagSample]:
         return [LoopLagSample(*row) for row in self._rows_if_table(
             "loop_lag", "SELECT ts, pid, probes, p50_ms, p99_ms, max_ms FROM loop_lag ORDER BY ts")]
