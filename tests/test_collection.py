@@ -213,6 +213,7 @@ def test_what_the_agents_profiles_spent_is_paid_from_the_budget() -> None:
     rig.collection.pull_agents()
     rig.collection.pull_agents()
     assert rig.collection._agents_cpu() == pytest.approx(before + 0.75)
+    assert rig.writer.meta["profile_seconds"] == {"11": 0.75}  # kept in the session
     rig.collection.stop()
 
 

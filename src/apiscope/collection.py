@@ -509,8 +509,10 @@ class Collection:
         self.sink.agent_stats(batch.stats)
         self._serve_cpu[pid] = batch.stats.serve_cpu
         spent = (batch.profiling or {}).get("spent_seconds")
-        if isinstance(spent, (int, float)) and not isinstance(spent, bool):
+        if isinstance(spent, (int, float)) and not isinstance(spent, bool) \
+                and spent != self._profile_cpu.get(pid):
             self._profile_cpu[pid] = float(spent)
+            self.sink.meta(profile_seconds={str(p): s for p, s in self._profile_cpu.items()})
         if batch.routing and batch.routing.get("source") != "none" \
                 and batch.routing != self._routing_stored:
             self._routing_stored = batch.routing

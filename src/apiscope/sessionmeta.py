@@ -64,6 +64,9 @@ class SessionMeta:
     target_failures: tuple[Mapping[str, object], ...] = ()  # one entry per process
     routing: Mapping[str, object] | None = None  # where the agent's route names came from
     watchdog_cpu_seconds: Mapping[int, float] = field(default_factory=dict)  # by pid
+    # Seconds the agents' per-request profiles took on the request threads, by pid (their
+    # sampled slices whole, paid from the budget as the agent's).
+    profile_seconds: Mapping[int, float] = field(default_factory=dict)
     # One request in n kept by the agents, now and at most (None: every request was kept).
     requests_kept_every: int | None = None
     requests_kept_every_max: int | None = None
@@ -99,6 +102,7 @@ class SessionMeta:
             target_failures=_objects(get("target_failures")),
             routing=dict(routing) if isinstance(routing := get("routing"), Mapping) else None,
             watchdog_cpu_seconds=_per_pid(get("watchdog_cpu_seconds")),
+            profile_seconds=_per_pid(get("profile_seconds")),
             requests_kept_every=_int(get("requests_kept_every")),
             requests_kept_every_max=_int(get("requests_kept_every_max")),
             watch_share=_number(get("watch_share")),

@@ -33,7 +33,7 @@ WRITTEN: dict[str, Any] = {
     "target_failures": [{"pid": 10, "windows_dropped": 1},
                         {"pid": 12, "detach_failed": "timed out", "agent_errors": 2}],
     "routing": {"source": "framework", "frameworks": ["fastapi"]},
-    "watchdog_cpu_seconds": {"11": 0.25, "12": 0.5},
+    "watchdog_cpu_seconds": {"11": 0.25, "12": 0.5}, "profile_seconds": {"11": 0.125},
     "requests_kept_every": 4, "requests_kept_every_max": 8, "watch_share": 0.00125,
     "asleep_lines": [["/srv/app/views.py", 16], ["bad"], ["/srv/app/io.py", "40"]],
 }
@@ -65,7 +65,8 @@ def test_every_key_written_reads_back_typed(tmp_path: Path) -> None:
         target_failures=({"pid": 10, "windows_dropped": 1},
                          {"pid": 12, "detach_failed": "timed out", "agent_errors": 2}),
         routing={"source": "framework", "frameworks": ["fastapi"]},
-        watchdog_cpu_seconds={11: 0.25, 12: 0.5}, requests_kept_every=4,
+        watchdog_cpu_seconds={11: 0.25, 12: 0.5}, profile_seconds={11: 0.125},
+        requests_kept_every=4,
         requests_kept_every_max=8, watch_share=0.00125,
         asleep_lines=(("/srv/app/views.py", 16), ("/srv/app/io.py", 40)))
     # Numbers stay as written: the report shows an int budget as an int.
