@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import pytest
@@ -14,6 +15,7 @@ from starlette.routing import Route
 
 from apiscope.agent.middleware import AgentMiddleware
 from apiscope.agent.queries import (
+    QueryHooks,
     connection_label,
     install_query_hooks,
     is_connection,
@@ -338,3 +340,26 @@ def test_connections_a_request_opens_are_counted_and_timed_as_a_statement_of_the
     assert not hasattr(asyncpg.connect, "__wrapped__")
     assert not hasattr(asyncpg.Connection.reset, "__wrapped__")
     assert not hasattr(psycopg.connect, "__apiscope_original__")
+
+
+def test_a_query_with_no_app_frame_below_the_event_loop_has_no_call_site() -> None:
+    """An installed application's console command calls `asyncio.run` from its own package:
+    a statement its framework issues with nothing of the app below the loop (a session
+    committed as a dependency closes) was located at the command's `run()`."""
+    from apiscope.agent.paths import AppFiles
+
+    hooks = QueryHooks(AppFiles())
+    library: dict[str, Any] = {}
+    exec(compile("async def issue(hooks):\n    return hooks.call_site()\n",
+                 "/venv/lib/python3.12/site-packages/library/session.py", "exec"), library)
+
+    def launcher() -> Any:  # the application's code, calling the loop
+        return asyncio.run(library["issue"](hooks))
+
+    assert launcher() is None
+
+    async def handler() -> Any:
+        return await library["issue"](hooks)  # the call site
+
+    line = handler.__code__.co_firstlineno + 1
+    assert asyncio.run(handler()) == (__file__, line)

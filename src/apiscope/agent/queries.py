@@ -33,6 +33,7 @@ import inspect
 import re
 import sys
 import time
+from asyncio import base_events, events, runners
 from collections.abc import Callable
 from contextvars import ContextVar
 from types import FrameType
@@ -45,6 +46,10 @@ from .recorder import QueryEntry
 CURRENT: ContextVar[RequestQueries | None] = ContextVar("apiscope_queries", default=None)
 
 CONNECTION = "(new connection) "  # + the driver: the statement a connect is counted as
+# The files of asyncio's event loop and runner: a callback or a task's step runs below them,
+# and nothing of a request above them.
+_LOOP_FILES = frozenset(m.__file__ for m in (base_events, events, runners) if m.__file__)
+
 
 
 def connection_label(driver: str) -> str:
@@ -174,10 +179,15 @@ class QueryHooks:
         return found
 
     def _first_app_frame(self, frame: FrameType | None) -> tuple[str, int] | None:
+        """The innermost app frame from `frame` out, up to the event loop's own frames: what
+        calls the loop (a launcher's `run()` around `asyncio.run`, the console command of an
+        application installed with its routes) issues no request's queries."""
         while frame is not None:
             filename = frame.f_code.co_filename
             if self.app_files.is_app(filename, frame.f_code.co_name):
                 return filename, frame.f_lineno
+            if filename in _LOOP_FILES:
+                return None
             frame = frame.f_back
         return None
 
