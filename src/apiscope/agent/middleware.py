@@ -62,13 +62,27 @@ def _route_context(scope: Scope) -> Any:
     return fastapi_scope.get("effective_route_context") if fastapi_scope else None
 
 
+def _noting_response(send: Send, profiler: Any) -> Send:
+    """`send` that tells a profiled request's profiler when the response's last body message
+    goes out: what the app runs after it (Starlette's background tasks) is no part of the
+    request's latency (see `profiler.SliceProfiler.responded`). Only profiled requests pay."""
+    def noting(message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            profiler.responded()
+        return send(message)
+    return noting
+
+
 class _Request(RequestQueries):
     """One request in flight: when it came in, what the send wrapper saw of its response (its
     status, when its head went out, whether its body came in several messages, its end), and,
     as the `RequestQueries` the query hooks find in `CURRENT`, its statements. `inflight` finds
     it in the middleware's frame when a dump is asked for."""
 
-    __slots__ = ("called", "chunks", "end", "handled", "head", "offloaded", "pool_cpu", "status")
+    # `handled` is set only for a 5xx (read with a default): unset, it costs a request nothing.
+    __slots__ = ("called", "chunks", "end", "handled", "head", "offloaded", "pool_cpu",
+                 "status")
+    handled: tuple[BaseException, TracebackType | None]  # the exception and its traceback
 
     def __init__(self, called: float) -> None:
         self.called = called
@@ -78,8 +92,6 @@ class _Request(RequestQueries):
         self.chunks = 0  # body messages that carried bytes, once one said more would follow
         self.offloaded = 0  # looks that found a pool thread busy with its work (`offload`)
         self.pool_cpu = 0.0  # CPU seconds of its calls handed to pools, timed (`offload`)
-        # A 5xx's cause an error handler of the app's answered for: (type, file, line).
-        self.handled: tuple[str, str | None, int | None] | None = None
         self.stats = None
         self.in_orm = 0
 
@@ -186,11 +198,10 @@ class AgentMiddleware:
                         # An error handler answering from its `except` block (Starlette's
                         # and FastAPI's for an HTTPException or a handler of the app's, a
                         # view catching what it raised): the exception it handles is this
-                        # 5xx's cause, read now (Starlette drops its traceback once sent).
+                        # 5xx's cause, kept with its traceback (Starlette drops it once sent).
                         handled = sys.exc_info()[1]
                         if handled is not None:
-                            request.handled = (type(handled).__name__,
-                                               *self.raising_line(handled.__traceback__))
+                            request.handled = (handled, handled.__traceback__)
                 elif kind == "http.response.body":
                     if message.get("more_body", False):
                         if message.get("body"):
@@ -199,8 +210,6 @@ class AgentMiddleware:
                         request.end = clock()
                         if request.chunks and message.get("body"):
                             request.chunks += 1
-                        if run is not None:  # what the app runs after it is not profiled
-                            run.profiler.responded()
             except Exception:
                 self._count_error()
             return send(message)
@@ -212,7 +221,8 @@ class AgentMiddleware:
             if run is None:
                 await self.app(scope, receive, watched_send)
             else:
-                await run.around(self.app, scope, receive, watched_send)
+                await run.around(self.app, scope, receive,
+                                 _noting_response(watched_send, run.profiler))
         except BaseException as exc:
             self._finish(scope, root_path, request, exc, token, run, serving)
             raise
@@ -258,13 +268,14 @@ class AgentMiddleware:
                     status = 499  # cancelled before any response (the client went away)
             elif not status:
                 status = 500  # the app returned without a response: the server answers 500
-            # An exception the framework answered 500 for itself (`failures`).
+            # An exception the framework or an error handler answered 5xx for (`failures`).
             failure = scope.pop(FAILURE_KEY) if FAILURE_KEY in scope else None
-            if failure is not None and exc is None and status >= 500:
-                exc_type = type(failure[0]).__name__
-                exc_file, exc_line = self.raising_line(failure[1])
-            elif request.handled is not None and exc is None and status >= 500:
-                exc_type, exc_file, exc_line = request.handled
+            if status >= 500 and exc is None:
+                if failure is None:  # one a handler answered for from its `except` block
+                    failure = getattr(request, "handled", None)
+                if failure is not None:
+                    exc_type = type(failure[0]).__name__
+                    exc_file, exc_line = self.raising_line(failure[1])
             # The common case inline: a route the registry knows (Starlette, FastAPI).
             route = scope.get("route")
             found = self.routes.templates.get(id(route)) if route is not None else None
