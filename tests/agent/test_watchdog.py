@@ -586,18 +586,25 @@ def test_short_holds_by_one_task_are_seen_with_their_stack(
 
 def test_a_pass_of_many_quick_steps_is_held_by_no_one(timed_loop_thread: LoopThread) -> None:
     # Twelve tasks of 1.5 ms in one pass: an 18 ms pass, but no one code held the loop.
-    passes = passes_of(timed_loop_thread, many_steps, 30, seed=2)
+    often = timed_loop_thread.watchdogs.options.loop_interval <= 0.02
+    many: list[dict[str, Any]] = []
+    # Checked often, some passes are followed; which ones is up to when the checks fall, so
+    # a batch may follow none: up to three batches are asked for one.
+    for seed in (2, 3, 4) if often else (2,):
+        passes = passes_of(timed_loop_thread, many_steps, 30, seed=seed)
 
-    assert len(passes) >= 25
-    # A step the host held off its CPU (a busy machine: the pass took milliseconds more than
-    # the CPU it used) did hold the loop that long, and two looks may see it; a pass that
-    # ran all along was many steps.
-    ones = [s for s in passes if s["held"] == "one"]
-    assert not [s for s in ones if s["cpu_ms"] is None or s["cpu_ms"] > s["duration_ms"] - 5], (
-        ones)
-    many = [s for s in passes if s["held"] == "many"]
-    assert all(s["frames"] == [] for s in many)
-    if timed_loop_thread.watchdogs.options.loop_interval <= 0.02:  # checked often: some followed
+        assert len(passes) >= 25
+        # A step the host held off its CPU (a busy machine: the pass took milliseconds more
+        # than the CPU it used) did hold the loop that long, and two looks may see it; a pass
+        # that ran all along was many steps.
+        ones = [s for s in passes if s["held"] == "one"]
+        assert not [s for s in ones
+                    if s["cpu_ms"] is None or s["cpu_ms"] > s["duration_ms"] - 5], ones
+        many += [s for s in passes if s["held"] == "many"]
+        assert all(s["frames"] == [] for s in many)
+        if many:
+            break
+    if often:
         assert many
 
 
