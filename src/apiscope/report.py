@@ -250,6 +250,12 @@ class LoopLag:
         return cls(data["p50"], data["p99"])
 
 
+# What to do about the collector's passes of a loop, which are no line's fault (said by the
+# text report and the dashboard alike).
+GC_ADVICE = ("no line's fault: fewer long-lived objects made per request, or gc.freeze() after"
+             " start-up, make its passes shorter")
+
+
 @dataclass(frozen=True, slots=True)
 class GcPauses:
     """The passes of a process's event loop that its garbage collector held (the agent's loop

@@ -19,6 +19,7 @@ from apiscope.analysis.rules import RULES, Rule
 from apiscope.analysis.stats import endpoint_stats, process_stats
 from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds
 from apiscope.report import (
+    GC_ADVICE,
     DetachFailed,
     Gap,
     ProcessFailures,
@@ -241,9 +242,8 @@ def render_text(report: Report) -> str:
         out += ["", "Processes", *_table(rows)]
         out += [f"  pid {p.pid}: the garbage collector held the event loop"
                 f" {p.loop_gc_pauses.count} times, {p.loop_gc_pauses.seconds:.2f} s in all (longest"
-                f" {p.loop_gc_pauses.longest_ms:.0f} ms); no line's fault: fewer long-lived"
-                " objects made per request, or gc.freeze() after start-up, make its passes"
-                " shorter" for p in report.processes if p.loop_gc_pauses is not None]
+                f" {p.loop_gc_pauses.longest_ms:.0f} ms); {GC_ADVICE}"
+                for p in report.processes if p.loop_gc_pauses is not None]
     flags = report.flags
     out += ["", f"Flags ({len(flags)})"]
     if not flags:

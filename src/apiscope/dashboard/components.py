@@ -13,6 +13,7 @@ from dash import dcc, html
 from apiscope.dashboard.data import EndpointRow, ProcessCard, SlowRequest
 from apiscope.dashboard.flame import FunctionRow
 from apiscope.flag import Flag
+from apiscope.report import GC_ADVICE
 
 NO_REQUESTS = ("no requests recorded yet: the agent is not injected — run attach without"
                " --no-inject or call apiscope.instrument(app)")
@@ -172,9 +173,7 @@ def _loop_rows(card: ProcessCard) -> list[html.Tr]:
         rows.append(html.Tr([html.Td("garbage collector"),
                              html.Td(f"held the loop {gc.count} times, {gc.seconds:.2f} s"
                                      f" (longest {gc.longest_ms:.0f} ms)",
-                                     title="no line's fault: fewer long-lived objects made per"
-                                           " request, or gc.freeze() after start-up, make its"
-                                           " passes shorter")],
+                                     title=GC_ADVICE)],
                             className="gc-pauses"))
     return rows
 
