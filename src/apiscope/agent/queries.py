@@ -51,7 +51,6 @@ CONNECTION = "(new connection) "  # + the driver: the statement a connect is cou
 _LOOP_FILES = frozenset(m.__file__ for m in (base_events, events, runners) if m.__file__)
 
 
-
 def connection_label(driver: str) -> str:
     return CONNECTION + driver
 

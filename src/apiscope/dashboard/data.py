@@ -34,7 +34,7 @@ from apiscope.dashboard.requests import (
 from apiscope.dashboard.samples import BLOCK, EndpointOf, SampleIndex, SampleSlice
 from apiscope.exporters.tree import FlameNode
 from apiscope.flag import Flag
-from apiscope.model import ProcessInfo, RouteInfo
+from apiscope.model import LoopLagSample, ProcessInfo, RouteInfo
 from apiscope.report import GcPauses, LoopLag
 from apiscope.store.reader import SessionReader
 
@@ -316,7 +316,9 @@ class DashboardSession:
         known = {p.pid: p for p in self._processes}
         server = self.server_cpu_shares() if self.has_samples() else {}
         native = self.native_cpu_shares() if self.has_samples() else {}
-        lags = self.reader.loop_lag()
+        lags: dict[int, list[LoopLagSample]] = {}
+        for lag in self.reader.loop_lag():
+            lags.setdefault(lag.pid, []).append(lag)
         held: dict[int, list[float]] = {}
         for held_pid, ms in self.reader.loop_gc_held():
             held.setdefault(held_pid, []).append(ms)
@@ -334,7 +336,7 @@ class DashboardSession:
                 max(res.rss_mb) if res and has else None,
                 res.threads[-1] if res and has else None,
                 res.fds[-1] if res and has else None, server.get(pid), native.get(pid),
-                loop_lag_of([s for s in lags if s.pid == pid]), gc_pauses_of(held.get(pid, []))))
+                loop_lag_of(lags.get(pid, [])), gc_pauses_of(held.get(pid, []))))
         return cards
 
     # -- one endpoint -----------------------------------------------------------------------
