@@ -269,6 +269,32 @@ def test_a_line_the_kernel_found_asleep_is_no_hotspot_whatever_cpu_it_was_given(
     assert bool(hot) is not asleep, report["flags"]
 
 
+@pytest.mark.parametrize("holds", [0, 4, 20])
+def test_a_loop_line_seen_in_few_samples_is_a_hotspot_on_its_held_passes_measured_cpu(
+        tmp_path: Path, holds: int) -> None:
+    # An async handler running 290 ms of Python a request: at the budget's low rates py-spy
+    # caught its line 6 times in the session, under the 10 samples a line needs, while the
+    # loop watchdog followed each of its passes to it and measured the loop thread's CPU.
+    spec = measured_healthy()
+    spec.extra_cpu = 0.2  # the passes' CPU, in the process's measured CPU
+    summary = on_loop(app("summary", 88))
+    spec.extra_windows = {i: [sample(LOOP_TID, summary, 2)] for i in (4, 12, 20)}
+    spec.loop_stalls = [replace(stall(88, 300.0, 290.0, T0 + 5 + i, held="one"),
+                                route="GET /reports/summary") for i in range(holds)]
+    spec.requests += [request("GET /reports/summary", T0 + 5 + i, 300.0) for i in range(20)]
+    report = report_of(spec, tmp_path)
+    hot = [f for f in report["flags"] if f["kind"] == "cpu_hotspot"
+           and f["location"]["line"] == 88]
+    if holds < 5:  # a few samples, or a few passes: not enough to tell
+        assert hot == [], hot
+        return
+    [flag] = hot
+    assert flag["route"] == "GET /reports/summary"
+    assert flag["metric"]["cpu_seconds"] == pytest.approx(20 * 0.29)
+    assert flag["metric"]["cpu_ms_per_request"] == pytest.approx(290.0)
+    assert "measured in the 20 passes it held the event loop" in flag["evidence"]
+
+
 def test_hashing_in_a_library_is_named_and_never_above_low(tmp_path: Path) -> None:
     spec = measured_healthy()
     spec.per_window.append(sample(W1, on_worker(app("create_item", 24), ARGON2), 60))
