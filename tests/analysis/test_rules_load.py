@@ -9,6 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from apiscope.analysis.attribution import TOOL_ROOTS, is_tool_work
 from apiscope.analysis.report import build_report
 from apiscope.model import Frame, RouteInfo, SampleState, ThreadPoolSample
@@ -61,6 +63,21 @@ def test_full_pool_with_tokens_held_for_the_loop_is_saturation(tmp_path: Path) -
     [flag] = flags_of(report, "threadpool_saturation")
     assert flag["route"] == "GET /export" and flag["severity"] == "high"
     assert flag["metric"]["busy_workers_mean"] == 2.0 and flag["metric"]["total_tokens"] == 8
+
+
+def test_each_process_pool_is_judged_alone(tmp_path: Path) -> None:
+    # Two server workers, each with its own pool: the load went to one of them, whose pool was
+    # full a third of the time; the other's never was. Pooled, they read a sixth: no flag.
+    spec = sleeping_stock_pool(healthy(), busy=2)
+    other = PID + 1
+    spec.threadpool = [ThreadPoolSample(T0 + i + 0.5, PID, 8, 8 if i % 3 == 0 else 5, 0)
+                       for i in range(30)]
+    spec.threadpool += [ThreadPoolSample(T0 + i + 0.5, other, 8, 1, 0) for i in range(30)]
+    [flag] = flags_of(report_of(spec, tmp_path), "threadpool_saturation")
+    assert flag["severity"] == "medium" and flag["route"] == "GET /export"
+    assert flag["metric"]["saturated_share"] == pytest.approx(1 / 3, abs=1e-4)
+    assert flag["evidence"].startswith(f"process {PID}'s thread pool had every one of its 8")
+    assert "1 of the 2 processes' pools saturated" in flag["evidence"]
 
 
 def test_full_pool_whose_threads_all_idle_is_not_saturation(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ a token is released only when the event loop resumes the task that borrowed it, 
 loop several tokens are held by threads that already finished their call, and requests queue
 for them all the same (they do wait for the pool). The floor only rules out a limiter held
 full by something other than thread work, with its workers idle.
+Each process has its own pool and is judged alone; the flag is the most saturated one's.
 The flag names the sync endpoint with the most worker-thread samples (else the most requests).
 """
 
@@ -28,46 +29,30 @@ SUGGESTION = ("make the slow sync handlers `async def` with async I/O, or raise 
               " anyio.to_thread.current_default_thread_limiter().total_tokens = N at startup")
 
 
-def _mean_borrowed(pool: list[ThreadPoolSample]) -> float:
-    """Borrowed tokens on average, summed over the processes."""
-    by_pid: dict[int, list[int]] = defaultdict(list)
-    for p in pool:
-        by_pid[p.pid].append(p.borrowed_tokens)
-    return sum(sum(v) / len(v) for v in by_pid.values())
-
-
-def _mean_total(pool: list[ThreadPoolSample]) -> float:
-    """The pool's size, summed over the processes (each its own limiter)."""
-    by_pid: dict[int, int] = {}
-    for p in pool:
-        by_pid[p.pid] = max(by_pid.get(p.pid, 0), p.total_tokens)
-    return float(sum(by_pid.values()))
-
-
 class ThreadPoolSaturationRule:
     kind = "threadpool_saturation"
 
     def check(self, ctx: AnalysisContext) -> list[Flag]:
-        pool = ctx.data.threadpool
-        if len(pool) < 5:
+        by_pid: dict[int, list[ThreadPoolSample]] = defaultdict(list)
+        for p in ctx.data.threadpool:
+            by_pid[p.pid].append(p)
+        judged = [found for pid, pool in sorted(by_pid.items())
+                  if (found := self._judge(ctx, pid, pool)) is not None]
+        if not judged:
             return []
-        saturated = [p for p in pool if p.waiting > 0 or p.borrowed_tokens >= p.total_tokens]
-        share = len(saturated) / len(pool)
-        severity = grade(share, ctx.thresholds.pool_saturated_share)
-        workers = [a for a in ctx.samples if a.role is ThreadRole.WORKER]
-        ticks = sum(window_ticks(ctx).values())
-        busy = (sum(a.sample.count for a in workers if a.active) / ticks
-                if workers and ticks else None)
-        borrowed = _mean_borrowed(pool)
-        tokens = _mean_total(pool)
-        if severity is None or (busy is not None
-                                and busy < ctx.thresholds.pool_worker_busy * tokens):
-            return []
+        # The most saturated process's pool: each process has its own, and a server's workers
+        # seldom share the load evenly (two gunicorn workers, one pool full 40% of the time and
+        # the other never, read 20% when their observations were pooled).
+        share, severity, pid, pool, busy = max(judged, key=lambda j: (j[0], -j[2]))
         endpoint = self._endpoint(ctx)
         waiting_max = max(p.waiting for p in pool)
         tokens = max(p.total_tokens for p in pool)
-        evidence = (f"the thread pool had every one of its {tokens} tokens taken or tasks waiting"
+        borrowed = sum(p.borrowed_tokens for p in pool) / len(pool)
+        whose = f"process {pid}'s thread pool" if len(by_pid) > 1 else "the thread pool"
+        evidence = (f"{whose} had every one of its {tokens} tokens taken or tasks waiting"
                     f" in {pct(share)} of observations (up to {waiting_max} waiting)")
+        if len(judged) < len(by_pid):
+            evidence += f"; {len(judged)} of the {len(by_pid)} processes' pools saturated"
         if busy is not None:
             evidence += f"; {busy:.1f} worker threads were busy at once on average"
         if endpoint:
@@ -78,6 +63,27 @@ class ThreadPoolSaturationRule:
             metric["busy_workers_mean"] = busy
         return [make_flag(self.kind, severity, endpoint, handler_location(ctx, endpoint),
                           evidence, metric, SUGGESTION)]
+
+    @staticmethod
+    def _judge(ctx: AnalysisContext, pid: int, pool: list[ThreadPoolSample],
+               ) -> tuple[float, str, int, list[ThreadPoolSample], float | None] | None:
+        """(saturated share, severity, pid, observations, busy workers) of one process's pool,
+        or None when it was not saturated."""
+        if len(pool) < 5:
+            return None
+        saturated = [p for p in pool if p.waiting > 0 or p.borrowed_tokens >= p.total_tokens]
+        share = len(saturated) / len(pool)
+        severity = grade(share, ctx.thresholds.pool_saturated_share)
+        if severity is None:
+            return None
+        workers = [a for a in ctx.samples if a.role is ThreadRole.WORKER and a.sample.pid == pid]
+        ticks = sum(window_ticks(ctx).values())
+        busy = (sum(a.sample.count for a in workers if a.active) / ticks
+                if workers and ticks else None)
+        tokens = max(p.total_tokens for p in pool)
+        if busy is not None and busy < ctx.thresholds.pool_worker_busy * tokens:
+            return None
+        return share, severity, pid, pool, busy
 
     @staticmethod
     def _endpoint(ctx: AnalysisContext) -> str | None:
