@@ -150,6 +150,32 @@ def test_a_compiled_templates_frames_are_stood_for_by_the_line_that_rendered_it(
     assert user_frame([*LOOP, Frame("helper", "/srv/shop/shop/cython_ext.pyx", 3)], roots)
 
 
+def test_a_launcher_that_started_the_event_loop_is_not_where_the_loop_spends_its_time() -> None:
+    # `myapp` console script -> cli.main() -> uvicorn.run(): cli.py is the application's, but
+    # what the loop runs below it is the server's and the framework's work, not cli.py:12's.
+    roots = app_roots(ROUTES)
+    std = "/usr/lib/python3.11/asyncio"
+    launcher = [Frame("main", "/srv/shop/shop/cli.py", 12),
+                Frame("run", "/venv/lib/python3.11/site-packages/uvicorn/main.py", 579),
+                Frame("run", f"{std}/runners.py", 118),
+                Frame("run_until_complete", f"{std}/base_events.py", 640),
+                Frame("run_forever", f"{std}/base_events.py", 607),
+                Frame("_run_once", f"{std}/base_events.py", 1922),
+                Frame("Handle._run", f"{std}/events.py", 80)]
+    h11 = Frame("run_asgi", "/venv/lib/python3.11/site-packages/uvicorn/protocols/h11.py", 404)
+    assert user_frame([*launcher, h11], roots) is None
+    assert request_frame([*launcher, h11], None, roots) is None
+    handler = Frame("read_item", APP, 14)
+    assert user_frame([*launcher, h11, handler], roots) == handler
+    # A sync handler running a coroutine to its end on a loop of its own: the handler's work.
+    nested = [handler, *launcher[2:], Frame("get", "/venv/lib/python3.11/httpx/_client.py", 9)]
+    assert request_frame(nested, 0, roots) == handler
+    # A thread handing a result to the loop calls into it without running it.
+    handing = [Frame("helper", "/srv/shop/shop/jobs.py", 7),
+               Frame("call_soon_threadsafe", f"{std}/base_events.py", 804)]
+    assert user_frame(handing, roots) == handing[0]
+
+
 DESK = "/srv/desk/tickets/views.py"
 DRF = "/venv/lib/python3.12/site-packages/rest_framework/mixins.py"
 TWINS = [  # a DRF router's routes: each with its format-suffix twin

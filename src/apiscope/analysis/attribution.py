@@ -105,19 +105,41 @@ def app_roots(routes: Iterable[RouteInfo]) -> tuple[str, ...]:
     return tuple(sorted(local or installed))
 
 
+# The frames that run the event loop: the runner's, the loop's and a callback's (a task's step
+# runs in `Handle._run`). What the loop runs is below them; an application frame above them is a
+# launcher that started the loop (a `main()` calling `uvicorn.run` or `asyncio.run`), which runs
+# none of it. A thread calling into the loop (`call_soon_threadsafe`) is not running it.
+_LOOP_RUNNERS = re.compile(
+    r"[/\\](asyncio[/\\](base_events|events|runners)|uvloop[/\\]__init__)\.py$")
+_LOOP_FUNCTIONS = frozenset({"run", "run_forever", "run_until_complete", "_run_once", "_run"})
+
+
+def runs_loop(frame: Frame) -> bool:
+    """True for a frame of asyncio's (or uvloop's) runner running the event loop."""
+    return (frame.function.rsplit(".", 1)[-1] in _LOOP_FUNCTIONS
+            and _LOOP_RUNNERS.search(frame.file) is not None)
+
+
 # Python source files; any other suffix in a stack is a template compiled to Python (Jinja2,
 # Mako, Chameleon), whose line numbers are the generated code's, not the template's.
 _PYTHON_SUFFIXES = ("", ".py", ".pyw", ".pyx")
 
 
 def user_frame(frames: Sequence[Frame], app_roots: Sequence[str],
-               tool_roots: Sequence[str] = TOOL_ROOTS) -> Frame | None:
+               tool_roots: Sequence[str] = TOOL_ROOTS, *, through_loop: bool = False,
+               ) -> Frame | None:
     """The leaf-most application frame of a root-first stack, or None.
+
+    Not above the event loop (`runs_loop`), unless `through_loop`: with nothing of the
+    application between the loop and the leaf, the work is the server's or a library's, not
+    the line of the application's launcher that started the loop.
 
     A compiled template's frames are the application's but name no line of it: the frame that
     rendered the template stands for them (its call is the template's cost).
     """
     for frame in reversed(frames):
+        if not through_loop and runs_loop(frame):
+            return None
         if (is_app_frame(frame, app_roots, tool_roots)
                 and PurePosixPath(norm(frame.file)).suffix in _PYTHON_SUFFIXES):
             return frame
@@ -130,8 +152,11 @@ def request_frame(frames: Sequence[Frame], handler_index: int | None,
 
     The application's frames above the handler are its middleware passing the request on
     (`get_response(request)`, `await self.app(scope, receive, send)`): what runs below them
-    is the handler's (or, in a library's generic view, the framework's), not theirs."""
-    return user_frame(frames if handler_index is None else frames[handler_index:], app_roots)
+    is the handler's (or, in a library's generic view, the framework's), not theirs. A loop
+    below the handler (a sync handler calling `asyncio.run`) runs the handler's work."""
+    if handler_index is None:
+        return user_frame(frames, app_roots)
+    return user_frame(frames[handler_index:], app_roots, through_loop=True)
 
 
 def dispatch_lines(stacks: Iterable[tuple[Sequence[Frame], int | None]],
