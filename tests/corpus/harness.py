@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -35,7 +36,8 @@ LOAD_CONCURRENCY = 8
 LOAD_RATE = 40.0  # requests per second over the whole mix
 LOAD_BOUND_SECONDS = 60  # the load stops by itself at the latest after this long
 APISCOPE = ROOT / ".venv" / "bin" / "apiscope"
-UVLOOP = "uvloop"  # uvicorn on uvloop and httptools (see `overlay`)
+UVLOOP = "uvloop"  # uvicorn on uvloop and httptools (see `overlay`), from a launcher script
+LAUNCHER = Path(__file__).with_name("launch.py")
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,14 @@ def apiscope_command() -> list[str]:
     return [str(APISCOPE)] if APISCOPE.exists() else [sys.executable, "-m", "apiscope"]
 
 
-def server_argv(app: CorpusApp, server: str, port: int) -> list[str]:
-    if server in ("uvicorn", UVLOOP):
-        extra = ["--loop", "uvloop", "--http", "httptools"] if server == UVLOOP else []
+def server_argv(app: CorpusApp, server: str, port: int, workdir: Path) -> list[str]:
+    if server == "uvicorn":
         return [sys.executable, "-m", "uvicorn", app.asgi, "--host", "127.0.0.1", "--port",
-                str(port), "--log-level", "warning", *extra]
+                str(port), "--log-level", "warning"]
+    if server == UVLOOP:  # uvicorn[standard], started by the app's own launcher script
+        script = workdir / "serve.py"
+        shutil.copyfile(LAUNCHER, script)
+        return [sys.executable, str(script), app.asgi, str(port)]
     if server == "hypercorn":
         return [sys.executable, "-m", "hypercorn", app.asgi, "--bind", f"127.0.0.1:{port}",
                 "--log-level", "warning"]
@@ -219,7 +224,7 @@ def _serve_and_attach(app: CorpusApp, mode: str, server: str, services: Services
     prepare(app, env)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with serving(server_argv(app, server, port), env, url + app.ready_path,
+    with serving(server_argv(app, server, port, workdir), env, url + app.ready_path,
                  workdir / "server.log") as pid:
         with (workdir / "load.json").open("wb") as out:
             load = subprocess.Popen(load_argv(app, mode, url, workdir), cwd=ROOT, env=env,

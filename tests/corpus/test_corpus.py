@@ -43,7 +43,8 @@ def check_sampling(result: CaseResult, kept: Path) -> None:
 # Healthy runs gate every change (`make test`): a false alarm is the worst defect. Planted runs
 # make the scorecard (`make accuracy`, docs/accuracy.md), where each miss is listed: they are
 # deselected from `make test` by their `accuracy` mark, not weakened.
-# Healthy apps are also served by hypercorn, and by uvicorn on uvloop and httptools (what
+# Healthy apps are also served by hypercorn, and by uvicorn on uvloop and httptools started by
+# the app's own launcher (`tests.corpus.launch`; uvloop and httptools are what
 # `uvicorn[standard]` gives most deployments): a false alarm there is as bad as anywhere.
 CASES = [pytest.param(mode, server, marks=[pytest.mark.accuracy] if mode == "planted" else [],
                       id=f"{mode}-{server}")
