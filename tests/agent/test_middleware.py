@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import weakref
 from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, Router
 
+from apiscope.agent.loopwatch import SERVING, served_scope
 from apiscope.agent.middleware import AgentMiddleware
 from apiscope.agent.recorder import Recorder, RequestEntry
 
@@ -237,6 +240,59 @@ def test_non_http_scopes_pass_through_untouched() -> None:
     asyncio.run(app(scope, noop, send))
     assert seen == [{"type": "lifespan"}] and seen[0] is scope
     assert recorder.recorded == 0
+
+
+class _Marker:
+    """Something of the request's, weakly referenced to see when it is freed."""
+
+
+def test_a_context_copied_during_a_request_keeps_nothing_of_it_once_it_ended() -> None:
+    # uvicorn sets its keep-alive timer as a response ends, in the request's context; the
+    # connection's next request cancels it, and the cancelled handle stays in the loop's heap
+    # with that context for seconds. The request's objects must be freed when it ends (by their
+    # counts alone: a bare server under load never runs the garbage collector), and tasks the
+    # request starts must still find its scope while it is served.
+    seen: dict[str, Any] = {}
+
+    async def served() -> int:
+        return id(served_scope(SERVING.get()))
+
+    async def raw_app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        scope["marker"] = marker = _Marker()
+        seen["marker"] = weakref.ref(marker)
+        del marker
+        # (the task's result an id: a finished task may stay in a cycle with its coroutine)
+        seen["in_task"] = await asyncio.create_task(served()) == id(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        seen["timer"] = asyncio.get_running_loop().call_later(60, lambda: None)
+
+    async def main() -> None:
+        recorder = Recorder()
+        app = AgentMiddleware(raw_app, recorder)
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: Any) -> None:
+            pass
+
+        await app(scope, receive, send)
+        assert recorder.recorded == 1 and seen["in_task"]
+        del scope
+        timer = seen.pop("timer")
+        assert served_scope(timer._context.get(SERVING)) is None
+        assert seen["marker"]() is None, "the request's scope outlived it"
+        timer.cancel()
+
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        asyncio.run(main())
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def test_nested_agents_record_each_request_once() -> None:

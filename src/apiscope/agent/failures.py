@@ -35,7 +35,7 @@ import sys
 from typing import Any
 
 from .frameworks import DJANGO, FALCON, LITESTAR, QUART, STARLETTE
-from .loopwatch import SERVING
+from .loopwatch import SERVING, served_scope
 
 FAILURE_KEY = "apiscope.failure"
 _LISTENER = "__apiscope_failures__"  # marks a listener of ours (any copy of the agent)
@@ -217,7 +217,7 @@ class _StarletteLookup:
         handler = self.original(handlers, exc)
         try:
             if handler is not None and getattr(exc, "status_code", 500) >= 500:
-                keep(SERVING.get(None), exc)
+                keep(served_scope(SERVING.get(None)), exc)
         except Exception:
             pass
         return handler

@@ -77,14 +77,18 @@ class _Request(RequestQueries):
     """One request in flight: when it came in, what the send wrapper saw of its response (its
     status, when its head went out, whether its body came in several messages, its end), and,
     as the `RequestQueries` the query hooks find in `CURRENT`, its statements. `inflight` finds
-    it in the middleware's frame when a dump is asked for."""
+    it in the middleware's frame when a dump is asked for. It is also its task's `SERVING`,
+    its `scope` the request's while it is served. Contexts copied while it was served keep it
+    once it has ended (see `loopwatch.SERVING`): what it refers to is dropped then (`_finish`).
+    """
 
     # `handled` is set only for a 5xx (read with a default): unset, it costs a request nothing.
     __slots__ = ("called", "chunks", "end", "handled", "head", "offloaded", "pool_cpu",
-                 "status")
+                 "scope", "status")
     handled: tuple[BaseException, TracebackType | None]  # the exception and its traceback
 
-    def __init__(self, called: float) -> None:
+    def __init__(self, called: float, scope: Scope | None = None) -> None:
+        self.scope: Scope | None = scope
         self.called = called
         self.end: float | None = None
         self.head: float | None = None
@@ -164,7 +168,7 @@ class AgentMiddleware:
         # An agent further in (instrument() and injection both, or an instrumented sub-app in
         # a Mount) sees this key and stands back: each request is recorded once, outermost.
         scope[_NESTED] = True
-        request = _Request(self._clock())
+        request = _Request(self._clock(), scope)
         root_path = scope.get("root_path", "")
         token = None
         run: ProfileRun | None = None
@@ -216,7 +220,7 @@ class AgentMiddleware:
 
         # The request in its task's context: a task it starts copies it, and the loop
         # watchdog names the route of a hold in such a task by it (`serving_scope`).
-        serving = SERVING.set(scope)
+        serving = SERVING.set(request)
         try:
             if run is None:
                 await self.app(scope, receive, watched_send)
@@ -306,6 +310,12 @@ class AgentMiddleware:
             if run is not None and self.profiling is not None:
                 self.profiling.abandon(run)
             return
+        finally:
+            # What the request referred to, dropped: contexts copied while it was served keep
+            # the request (its statements, a 5xx's exception and traceback: `_Request`).
+            request.scope = request.stats = None
+            if request.status >= 500 and getattr(request, "handled", None) is not None:
+                del request.handled
         if run is not None and self.profiling is not None:
             self._profiled(self.profiling, RequestEntry._make(entry), run)
 
