@@ -13,17 +13,15 @@ before and after a wrk run: a count, which moves far less than a throughput rati
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import LOAD_CPU, ROOT, server
+from benchmarks.harness import ROOT, server, wrk
 
 VARIANTS = ("bare", "floor", "apiscope")
 CONNECTIONS = 16
@@ -70,16 +68,6 @@ def _read(path: Path) -> dict[str, Any]:
     raise RuntimeError(f"the server wrote no collector counts to {path}")
 
 
-def _wrk(url: str, seconds: int) -> int:
-    out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{CONNECTIONS}",
-                          f"-d{seconds}s", url], capture_output=True, text=True,
-                         check=True).stdout
-    match = re.search(r"(\d+) requests in", out)
-    if match is None:
-        raise RuntimeError(f"unexpected wrk output: {out}")
-    return int(match.group(1))
-
-
 def measure(variant: str, seconds: int = 5) -> dict[str, Any]:
     """One server of `variant` under wrk: the collector's passes of each generation and its
     CPU, per 1,000 requests and per request."""
@@ -91,10 +79,10 @@ def measure(variant: str, seconds: int = 5) -> dict[str, Any]:
         env = {"BENCH_MIDDLEWARE": variant, "BENCH_GC_OUT": str(counts),
                "PYTHONPATH": f"{hook}:{ROOT}"}
         with server("benchmarks.apps:app", env) as (_, url):
-            _wrk(url, 2)  # warm-up: imports, caches, the agent's first pass over the app
+            wrk(url, 2, CONNECTIONS)  # warm-up: imports, caches, the agent's first pass
             time.sleep(0.3)
             before = _read(counts)
-            requests = _wrk(url, seconds)
+            requests = round(wrk(url, seconds, CONNECTIONS) * seconds)
             time.sleep(0.3)
             after = _read(counts)
     passes = [b - a for a, b in zip(before["passes"], after["passes"], strict=True)]

@@ -38,7 +38,7 @@ from apiscope.model import Frame, RouteInfo
 # import them from here with the rest of the attribution.
 __all__ = ["FRAMEWORKS", "TOOL_ROOTS", "RouteMatcher", "app_roots", "dispatch_lines",
            "framework_route", "is_app_frame", "is_tool_work", "library_call", "method_rank",
-           "offloaded_work", "passes_on", "request_frame", "user_frame"]
+           "offloaded_work", "passes_on", "request_frame", "tool_work_or_import", "user_frame"]
 
 _METHOD_ORDER = {"GET": 0, "POST": 1, "PUT": 2, "PATCH": 3, "DELETE": 4, "HEAD": 8, "OPTIONS": 9}
 
@@ -232,6 +232,12 @@ def is_tool_work(frames: Sequence[Frame], tool_roots: Sequence[str] = TOOL_ROOTS
         if not STDLIB_PATH.search(file):
             return False
     return False
+
+
+def tool_work_or_import(frames: Sequence[Frame]) -> bool:
+    """True when a stack is the measuring tools' own work (`is_tool_work`) or an import (a
+    module being loaded): neither is a line's hold of the event loop or its CPU."""
+    return is_tool_work(frames) or any(f.file.startswith("<frozen importlib") for f in frames)
 
 
 def offloaded_work(frames: Sequence[Frame], app_roots: Sequence[str]) -> bool:

@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from apiscope.analysis.attribution import is_tool_work, library_call, user_frame
+from apiscope.analysis.attribution import library_call, tool_work_or_import, user_frame
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
 from apiscope.analysis.cpu import endpoint_or_handed, handed_routes, total_cpu_seconds
 from apiscope.analysis.flags import MetricValue, frame_location, make_flag, pct, where
@@ -142,7 +142,7 @@ class CpuHotspotRule:
             if stall.held != "one" or not stall.cpu_ms or not stall.frames:
                 continue
             frames = stall.frames
-            if is_tool_work(frames) or any(f.file.startswith("<frozen importlib") for f in frames):
+            if tool_work_or_import(frames):
                 continue
             user = user_frame(frames, roots)
             if user is None:

@@ -65,8 +65,8 @@ from apiscope.analysis.advice import (
 from apiscope.analysis.attribution import (
     framework_route,
     is_app_frame,
-    is_tool_work,
     library_call,
+    tool_work_or_import,
     user_frame,
 )
 from apiscope.analysis.context import AnalysisContext, Attributed, Flag
@@ -474,7 +474,7 @@ class EventLoopBlockedRule:
             # its looks: the host had none to give it, whatever line it was at.
             return SERVER, None, None
         user = user_frame(frames, ctx.matcher.roots)
-        if is_tool_work(frames) or any(f.file.startswith("<frozen importlib") for f in frames):
+        if tool_work_or_import(frames):
             return SERVER, None, None  # the measurement's own work, or an import
         if user is None:
             # No line of the app ran: the server's own work, or the framework's for the

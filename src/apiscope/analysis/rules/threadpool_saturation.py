@@ -36,8 +36,9 @@ class ThreadPoolSaturationRule:
         by_pid: dict[int, list[ThreadPoolSample]] = defaultdict(list)
         for p in ctx.data.threadpool:
             by_pid[p.pid].append(p)
+        ticks = sum(window_ticks(ctx).values()) if by_pid else 0  # samples taken, all processes
         judged = [found for pid, pool in sorted(by_pid.items())
-                  if (found := self._judge(ctx, pid, pool)) is not None]
+                  if (found := self._judge(ctx, pid, pool, ticks)) is not None]
         if not judged:
             return []
         # The most saturated process's pool: each process has its own, and a server's workers
@@ -65,10 +66,10 @@ class ThreadPoolSaturationRule:
                           evidence, metric, SUGGESTION)]
 
     @staticmethod
-    def _judge(ctx: AnalysisContext, pid: int, pool: list[ThreadPoolSample],
+    def _judge(ctx: AnalysisContext, pid: int, pool: list[ThreadPoolSample], ticks: int,
                ) -> tuple[float, str, int, list[ThreadPoolSample], float | None] | None:
         """(saturated share, severity, pid, observations, busy workers) of one process's pool,
-        or None when it was not saturated."""
+        or None when it was not saturated; `ticks`: the samples taken a thread, all windows."""
         if len(pool) < 5:
             return None
         saturated = [p for p in pool if p.waiting > 0 or p.borrowed_tokens >= p.total_tokens]
@@ -77,7 +78,6 @@ class ThreadPoolSaturationRule:
         if severity is None:
             return None
         workers = [a for a in ctx.samples if a.role is ThreadRole.WORKER and a.sample.pid == pid]
-        ticks = sum(window_ticks(ctx).values())
         busy = (sum(a.sample.count for a in workers if a.active) / ticks
                 if workers and ticks else None)
         tokens = max(p.total_tokens for p in pool)
