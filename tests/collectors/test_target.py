@@ -271,3 +271,47 @@ def test_a_python_program_that_started_several_servers_is_kept_with_a_note(
         target = describe_target(launcher.pid)
     assert (target.pid, target.pids, target.server) == (launcher.pid, [launcher.pid], "python")
     assert all(str(s.pid) in target.notes[0] for s in servers)
+
+
+SELF_SERVING = """
+import sys
+import uvicorn
+
+if __name__ == "__main__":
+    uvicorn.run("tinyapp:app", host="127.0.0.1", port=int(sys.argv[1]), workers=2,
+                log_level="warning")
+"""
+
+
+def test_a_program_running_uvicorn_workers_itself_is_their_master(app_dir: Path) -> None:
+    """`uvicorn.run(app, workers=N)` called by the program itself (Airflow's `airflow
+    api-server`, a `main.py`): its command line names no server, it binds the port and
+    serves nothing, and its spawned children, which listen on the port, serve. Read as a
+    single process, its workers got no agent and no request was recorded."""
+    (app_dir / "main.py").write_text(SELF_SERVING)
+    port = free_port()
+    with spawned([sys.executable, "main.py", str(port)], cwd=app_dir) as program:
+        target = settled(program.pid, 2)
+        spawned_children = [p for p in psutil.Process(program.pid).children()
+                            if "resource_tracker" not in " ".join(p.cmdline())]
+    assert (target.pid, target.master_pid, target.sample_pid) == (program.pid,) * 3
+    assert set(target.pids) == {p.pid for p in spawned_children}
+    assert {p.role for p in target.processes} == {"master", "worker"}
+    assert "started 2 worker processes that listen on its port" in target.notes[0]
+
+
+def test_a_program_with_a_spawned_process_pool_is_still_profiled_itself(
+        app_dir: Path) -> None:
+    """A serving program whose pool of spawned processes does the app's work: the pool's
+    processes listen on nothing, so they are no workers and the program is the target."""
+    (app_dir / "pool.py").write_text(
+        "import concurrent.futures, multiprocessing, time\n"
+        "if __name__ == '__main__':\n"
+        "    context = multiprocessing.get_context('spawn')\n"
+        "    with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:\n"
+        "        pool.submit(time.sleep, 60)\n        time.sleep(60)\n")
+    with spawned([sys.executable, "pool.py"], cwd=app_dir) as program:
+        wait_until(lambda: len(psutil.Process(program.pid).children()) >= 2, timeout=20,
+                   what="the pool's processes")
+        target = describe_target(program.pid)
+    assert (target.pid, target.pids, target.master_pid) == (program.pid, [program.pid], None)

@@ -33,7 +33,8 @@ _OPTIONS_WITH_ARG = frozenset({"-X", "-W", "--check-hash-based-pycs"})
 
 
 def command_of(cmdline: Sequence[str]) -> str:
-    return " ".join(cmdline)
+    # A title set by setproctitle (`airflow api_server -- host:...`) is padded with spaces.
+    return " ".join(cmdline).rstrip()
 
 
 def is_python_exe(exe: str) -> bool:

@@ -219,7 +219,10 @@ def _classify(proc: psutil.Process, proc_factory: ProcFactory, clock: Callable[[
                      f" worker only (attach to {parent.pid} to profile every worker)")
         return replace(base, server=parent_kind or kind or "python",
                        processes=[replace(info, role="worker")])
-    workers = worker_children(proc, kind) if kind is not None else []
+    workers = worker_children(proc, kind) if kind is not None else _spawned_servers(proc)
+    if kind is None and workers:
+        notes.append(f"PID {proc.pid} ({_short(cmdline)}) started {len(workers)} worker"
+                     f" processes that listen on its port: profiling them as its workers")
     if kind in MASTERS or workers:
         if not workers:
             notes.append(f"{kind} master {proc.pid} has no workers yet: they are picked up"
@@ -228,6 +231,17 @@ def _classify(proc: psutil.Process, proc_factory: ProcFactory, clock: Callable[[
         return replace(base, pids=[i.pid for i in infos[1:]], master_pid=proc.pid,
                        processes=infos)
     return base
+
+
+def _spawned_servers(proc: psutil.Process) -> list[psutil.Process]:
+    """The multiprocessing children of a program no server's name shows that listen on a TCP
+    port: `uvicorn.run(app, workers=N)` called by the program itself (Airflow's
+    `airflow api-server`, which also renames its process) binds the port and hands it to
+    spawned workers, and serves nothing itself. Children that listen on no port (a process
+    pool doing the app's work) are not workers: the program serves, and is profiled itself."""
+    spawned = worker_children(proc, None)
+    listening = [child for child in spawned if _listens(child)]
+    return listening if listening and len(listening) == len(spawned) else []
 
 
 def _parent(proc: psutil.Process, proc_factory: ProcFactory) -> psutil.Process | None:
