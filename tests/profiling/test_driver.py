@@ -54,6 +54,27 @@ def test_results_exceptions_and_awaits_pass_through() -> None:
     asyncio.run(main())
 
 
+def test_a_profile_costs_the_cpu_its_slices_used_not_their_time() -> None:
+    """A slice that blocks off the CPU (a sync sleep here; on a server of sync routes, the
+    GIL the loop thread waits for while pool threads hold it) costs what it ran, not how long
+    it took: charged by the clock, the profiles of an API whose loop waited for its pool
+    threads read 9-11 ms each, and their budget share four times the allowed."""
+    async def blocks() -> None:
+        time.sleep(0.05)  # sampled, and on no CPU
+        await asyncio.sleep(0)
+        time.sleep(0.05)  # timed only once the sampling stops; its bookkeeping is all
+        await asyncio.sleep(0)
+
+    async def main() -> SliceProfiler:
+        driven = profiler()
+        await Profiled(driven, blocks())
+        return driven
+
+    driven = asyncio.run(main())
+    assert sum(seconds for _, seconds in driven.records) >= 0.1  # the profile has the time
+    assert 0 < driven.spent < 0.02  # the cost, the CPU
+
+
 def test_cancellation_reaches_the_driven_coroutine() -> None:
     cleaned: list[str] = []
 

@@ -43,7 +43,7 @@ class FakeProfiler:
 
 def profiling(clock: FakeClock, **options: Any) -> RequestProfiling:
     return RequestProfiling(deque(), ProfilingOptions(**options), clock=clock,
-                            profiler_factory=FakeProfiler)
+                            profiler_factory=FakeProfiler, cpu_clock=clock)
 
 
 def serve(p: RequestProfiling, method: str, path: str, route: str, ms: float = 5.0) -> bool:

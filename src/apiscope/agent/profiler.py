@@ -97,11 +97,17 @@ class SliceProfiler:
 
     def __init__(self, sampler: Callable[[], Any], frame_info: Callable[[Any], str],
                  interval: float, clock: Callable[[], float] = time.perf_counter,
-                 parent: SliceProfiler | None = None, prefix: Sequence[str] = ()) -> None:
+                 parent: SliceProfiler | None = None, prefix: Sequence[str] = (),
+                 cpu_clock: Callable[[], float] = time.thread_time) -> None:
         self._sampler = sampler  # pyinstrument's per-thread StackSampler
         self._frame_info = frame_info  # pyinstrument's frame identifier, for matching stacks
         self._interval = interval
         self._clock = clock
+        # What the profiler costs is the loop thread's CPU, not the clock's: a thread that
+        # lets the GIL go in the bookkeeping waits for it back while the app's pool threads
+        # run (5-20 ms on a server of sync routes), and that wait is nobody's cost.
+        self._cpu_clock = cpu_clock
+        self._cpu_started = 0.0
         # A followed task's profiler records into its request's list, under `prefix` (the
         # request's frames that started the task, below the anchor).
         self.records: list[tuple[Sequence[str], float]] = (
@@ -197,6 +203,7 @@ class SliceProfiler:
                              else [ANCHOR_INFO, AWAIT], waited)
 
     def _start(self) -> float:
+        self._cpu_started = self._cpu_clock()
         self._sampled = 0.0
         root = self.root
         # A followed task outliving its request, or anything run after its response (its
@@ -222,6 +229,7 @@ class SliceProfiler:
         stack the slice before it stopped at, without the awaiting frame its resumption
         ended)."""
         stepped = self._clock()
+        cpu_stepped = self._cpu_clock()
         follower, self._follower = self._follower, None
         if follower is not None:
             follower.remove()
@@ -247,9 +255,10 @@ class SliceProfiler:
                 child.prefix = self.prefix + _common(stack[1:],
                                                      child.prefix[len(self.prefix):])
             self._started_here = []
-        # A sampled slice costs its whole time (the samples slow the code they sample); a
-        # timed one, the bookkeeping after it.
-        spent = self._clock() - (started if self._sampling_slice else stepped)
+        # A sampled slice costs its whole CPU time (the samples slow the code they sample);
+        # a timed one, the bookkeeping after it.
+        spent = self._cpu_clock() - (self._cpu_started if self._sampling_slice
+                                     else cpu_stepped)
         self.root.spent += spent  # a followed task's slices are its request's cost
         if self.budget is not None:
             self.budget.spend(spent)
@@ -263,7 +272,8 @@ class SliceProfiler:
             return coro
         root._count += 1
         child = SliceProfiler(self._sampler, self._frame_info, self._interval, self._clock,
-                              parent=self, prefix=self.prefix + self._starting_frames())
+                              parent=self, prefix=self.prefix + self._starting_frames(),
+                              cpu_clock=self._cpu_clock)
         child.sampling = self.sampling
         self._started_here.append(child)
         return _followed(child, coro)

@@ -141,14 +141,18 @@ class RequestProfiling:
     def __init__(self, profiles: deque[dict[str, Any]],
                  options: ProfilingOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
-                 profiler_factory: Callable[[float], Any] | None = None) -> None:
+                 profiler_factory: Callable[[float], Any] | None = None,
+                 cpu_clock: Callable[[], float] = time.thread_time) -> None:
         self.profiles = profiles
         self.armed: list[tuple[str, re.Pattern[str], tuple[str, str]]] = []
         self.unavailable: str | None = None
         self.limited: str | None = None  # why profiles time slices only (no pyinstrument)
         self.profiled = self.capped = self.errors = 0
-        self.spent = 0.0  # seconds profiled requests ran under the profiler, compaction included
+        # CPU seconds the profiles cost the loop thread: their sampled slices whole, the
+        # bookkeeping of the timed ones, the compaction.
+        self.spent = 0.0
         self._clock = clock
+        self._cpu_clock = cpu_clock
         self._counts: dict[tuple[str, str], int] = {}
         self._last_slow: dict[tuple[str, str], float] = {}
         self._running = 0
@@ -280,9 +284,9 @@ class RequestProfiling:
             self._spend(run, 0.0)
             self.errors += 1
             return
-        began = self._clock()
+        began = self._cpu_clock()
         tree = compact_tree(run.records, f"{method} {route}", duration_ms, self.options)
-        self._spend(run, self._clock() - began)
+        self._spend(run, self._cpu_clock() - began)
         self.profiles.append({"start": start, "method": method, "route": route,
                               "duration_ms": duration_ms, "tree": tree})
         self.profiled += 1
