@@ -288,6 +288,9 @@ class ProcessStats:
     loop_lag_ms: LoopLag | None
     native_cpu_share: float | None = None  # threads Python does not run (a C extension's)
     loop_gc_pauses: GcPauses | None = None  # None: the loop not watched, or no pause held
+    # Seconds into the session at which the process exited (a worker recycled, killed or
+    # crashed); None when it served to the end.
+    exited_after_seconds: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"pid": self.pid, "cpu_percent_avg": self.cpu_percent_avg,
@@ -297,7 +300,8 @@ class ProcessStats:
                 "native_cpu_share": self.native_cpu_share,
                 "loop_lag_ms": None if self.loop_lag_ms is None else self.loop_lag_ms.to_json(),
                 "loop_gc_pauses": None if self.loop_gc_pauses is None
-                else self.loop_gc_pauses.to_json()}
+                else self.loop_gc_pauses.to_json(),
+                "exited_after_seconds": self.exited_after_seconds}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ProcessStats:
@@ -306,7 +310,7 @@ class ProcessStats:
                    data["rss_mb_slope_per_min"], data["threads_max"], data["fds_max"],
                    data.get("server_cpu_share"), data.get("runqueue_share"),
                    LoopLag.from_json(lag) if lag else None, data.get("native_cpu_share"),
-                   GcPauses.from_json(gc) if gc else None)
+                   GcPauses.from_json(gc) if gc else None, data.get("exited_after_seconds"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ ENDPOINT_KEYS = {"route", "handler", "count", "rps", "p50_ms", "p95_ms", "p99_ms
 # (the report may add figures).
 PROCESS_KEYS = {"pid", "cpu_percent_avg", "rss_mb_max", "rss_mb_slope_per_min", "threads_max",
                 "fds_max", "server_cpu_share", "loop_lag_ms", "runqueue_share",
-                "native_cpu_share", "loop_gc_pauses"}
+                "native_cpu_share", "loop_gc_pauses", "exited_after_seconds"}
 FLAG_KEYS = {"kind", "severity", "route", "location", "evidence", "metric", "suggestion"}
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 

@@ -107,3 +107,31 @@ def watching_workers(master: int) -> Iterator[set[int]]:
     finally:
         done.set()
         thread.join()
+
+
+def test_a_worker_that_dies_during_the_session_is_named_with_when(tmp_path: Path) -> None:
+    """A worker gone in the middle of a session (killed here, as a segmentation fault in a C
+    extension or the out-of-memory killer would) is in the report with the moment it exited,
+    and said at the end: a server whose workers crash under load must not look healthy."""
+    require_ptrace()
+    place = make_place(tmp_path)
+    session, report = tmp_path / "s.sqlite", tmp_path / "r.json"
+    with gunicorn_server(place) as (master, url):
+        proc = start_collector(place, "attach", str(master.pid), "--no-dashboard", "--rate",
+                               "20", "--session", str(session), "--report", str(report))
+        first = workers(master.pid)
+        wait_for_agents(first, place, proc)
+        drive(url, 20)
+        victim, survivor = first
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: victim not in workers(master.pid) and len(workers(master.pid)) == 2,
+                   timeout=30, what="gunicorn to replace the killed worker")
+        wait_for_worker_agents(master.pid, place, proc)
+        drive(url, 20)
+        code, err = finish(proc, signal.SIGTERM)
+    assert code == 0, err
+    processes = {p["pid"]: p for p in json.loads(report.read_text())["processes"]}
+    assert processes[victim]["exited_after_seconds"] > 0
+    assert processes[survivor]["exited_after_seconds"] is None
+    assert f"pid {victim} exited" in err and f"pid {survivor} exited" not in err
+    assert "Traceback" not in err

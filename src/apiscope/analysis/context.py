@@ -88,6 +88,8 @@ class SessionData:
     # (window start, pid, tid) -> looks that found a thread of the process waiting for the GIL
     # while this one held it (tid 0: not named); empty for older sessions.
     gil_holders: dict[tuple[float, int, int], int] = field(default_factory=dict)
+    # pid -> when a process the session followed exited before the session ended.
+    exited: dict[int, float] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -113,7 +115,8 @@ def load_session(reader: SessionReader) -> SessionData:
         unfinished=reader.unfinished(), offloaded=reader.offloaded(),
         native=[(start, c.pid, c.tid, reader.stack(c.stack_id) if c.stack_id else (), c.seconds)
                 for start, c in reader.native_cpu()],
-        host_busy=reader.host_busy(), gil_holders=reader.gil_holders())
+        host_busy=reader.host_busy(), gil_holders=reader.gil_holders(),
+        exited={p.pid: p.exited_at for p in reader.processes() if p.exited_at is not None})
 
 
 @dataclass(frozen=True, slots=True)

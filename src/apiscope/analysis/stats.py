@@ -201,6 +201,14 @@ def loop_lag_of(samples: Sequence[LoopLagSample]) -> LoopLag | None:
     return LoopLag(round(p50, 3), round(max(s.p99_ms for s in lags), 3))
 
 
+def exit_note(after_seconds: float) -> str:
+    """What a process's exit in the middle of a session tells, for the reports."""
+    return (f"exited {after_seconds:.1f} s into the session: recycled by its server"
+            " (gunicorn's --max-requests), stopped, killed (a worker timeout, the out-of-memory"
+            " killer) or crashed (a segmentation fault in a C extension); whatever it was"
+            " serving then, unless it was let finish, failed")
+
+
 def process_stats(ctx: AnalysisContext) -> list[ProcessStats]:
     by_pid: dict[int, list[ResourceSample]] = defaultdict(list)
     for sample in ctx.data.resources:
@@ -223,5 +231,7 @@ def process_stats(ctx: AnalysisContext) -> list[ProcessStats]:
             loop_lag_ms=loop_lag(ctx, pid),
             loop_gc_pauses=loop_gc_pauses(ctx, pid),
             native_cpu_share=round(native[pid], 4) if pid in native else None,
+            exited_after_seconds=round(max(0.0, ctx.data.exited[pid] - ctx.data.start), 1)
+            if pid in ctx.data.exited else None,
         ))
     return out

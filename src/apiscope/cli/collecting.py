@@ -304,11 +304,16 @@ def finish(args: argparse.Namespace, session: Path, writer: SessionWriter,
            thresholds: Thresholds, store_flags: bool = True) -> None:
     """Analyse the session once: store its flags in it, print them, write --report if asked."""
     from apiscope.analysis.report import analyse, load_session
+    from apiscope.analysis.stats import exit_note
     from apiscope.exporters.report import save_report
 
     with SessionReader(session) as reader:
         data = load_session(reader)
     report = analyse(data, thresholds=thresholds)
+    for process in report.processes:
+        if process.exited_after_seconds is not None:
+            print(f"apiscope: warning: pid {process.pid}"
+                  f" {exit_note(process.exited_after_seconds)}", file=sys.stderr)
     flags = report.flags
     if store_flags:
         writer.replace_flags(flags)
