@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import sys
 import threading
 import time
@@ -29,6 +30,10 @@ from .schedstat import SchedStat, ThreadCpu, on_gil
 from .threadlooks import ThreadLooks
 
 SPARE_INTERVAL = 1.0  # the GIL watchdog's sleep while loop watchdogs measure for it
+# Each sleep is drawn from (1 - JITTER, 1 + JITTER) times the interval: at a fixed period the
+# wake-ups (and the thread looks they carry) lock onto the GIL's own 5 ms timeouts, and what
+# they meet is not what a thread waking at any moment meets (see collectors/gillooks.py).
+JITTER = 0.5
 # How long each attempt keeps the GIL; two attempts must agree (see `gil_futex`).
 CALIBRATION_HOLDS_US = (2000, 2000, 4000, 4000, 8000, 8000)
 
@@ -139,7 +144,7 @@ class GilWatchdog(Background):
             clock.bind()
             while True:
                 timeout = SPARE_INTERVAL if self.others_measuring() else self.interval
-                if clock.wait(self._stop, timeout):
+                if clock.wait(self._stop, timeout * random.uniform(1 - JITTER, 1 + JITTER)):
                     return
                 self.cpu.report()
                 self.looks.maybe_look(time.monotonic(), self.futex)
