@@ -45,6 +45,7 @@ CATCH_SHARE = 0.8
 # looked at again after `SECOND_LOOK` to tell one task holding the loop from many callbacks.
 FOLLOW_SHARE = 0.4
 SECOND_LOOK = 0.002
+STUCK_CPU_NS = 200_000  # CPU the loop thread used between two looks below which it did not run
 # What the looks at a followed pass saw (the stall's "held"):
 ONE_TASK = "one"  # one task at the last two looks or more: that task held the loop
 MANY = "many"  # different tasks or callbacks: the loop was busy with many things at once
@@ -232,6 +233,10 @@ class LoopWatchdog(Background):
         # had no CPU for ("queue"), not code running.
         self._look_mark: tuple[int, int] | None = None
         self._last_look: str | None = None  # what the kernel said at the last look
+        # The last look found the loop thread waiting for the GIL with next to no CPU used
+        # since the look before: it had not run in between, and the task it steps is the one
+        # the look before saw, whoever held the loop (see `_evidence`).
+        self._stuck_on_gil = False
         self._clock = WakeClock(meter if meter is not None else GilMeter())
         self._has_gil = has_gil()  # a free-threaded build's threads all run without it
         self._lock = threading.Lock()
@@ -454,7 +459,7 @@ class LoopWatchdog(Background):
             # held the loop: on a busy host a quick step preempted for a few milliseconds
             # would be seen twice and taken for a hold.
             if clock.exit_at == start and not clock.parked and not _between_passes(look[1]) \
-                    and self._last_look != "queue":
+                    and self._evidence():
                 looks.append(look)
             backoff = 2 ** min(len(looks) // SPARSER_EVERY, 3)
             if not self._sleep(wait * backoff):
@@ -574,7 +579,7 @@ class LoopWatchdog(Background):
                               serving_scope(frame, task))]
         del frame
         self._look()
-        if self._last_look == "queue":
+        if not self._evidence():
             looks.clear()  # a thread waiting for a CPU: no evidence of who holds the loop
         ran = self._await_probe(posted, period, looks)
         if ran is None:
@@ -611,7 +616,7 @@ class LoopWatchdog(Background):
             if second:
                 second = False
                 look = self._sample()
-                if self._last_look != "queue":
+                if self._evidence():
                     looks.append(look)
                 wait = max(0.0, options.stall_threshold - outstanding)
             elif outstanding >= options.stall_threshold:
@@ -620,7 +625,7 @@ class LoopWatchdog(Background):
                     sampled += 1
                     # As when a pass is followed: a look at a thread that mostly waited for a
                     # CPU since the last one is no evidence of who held the loop.
-                    if self._last_look != "queue" and len(looks) < MAX_PROBE_LOOKS:
+                    if self._evidence() and len(looks) < MAX_PROBE_LOOKS:
                         looks.append(look)
                     self._charge()
                 # A long stall is sampled ever more sparsely (every SPARSER_EVERY samples the
@@ -639,6 +644,8 @@ class LoopWatchdog(Background):
         stat = self._loop_stat
         read = stat.read() if stat is not None else None
         mark, self._look_mark = self._look_mark, read
+        self._stuck_on_gil = activity == "gil" and read is not None and mark is not None and \
+            read[0] - mark[0] < STUCK_CPU_NS
         if activity == "cpu" and read is not None and mark is not None and \
                 read[1] - mark[1] > read[0] - mark[0]:
             activity = "queue"
@@ -647,6 +654,14 @@ class LoopWatchdog(Background):
         self._last_look = activity
         if activity is not None:
             self._activity[activity] += 1
+
+    def _evidence(self) -> bool:
+        """Whether the last look tells who holds the loop: not when the loop thread mostly
+        waited for a CPU since the look before (on a busy host a quick step preempted for a
+        few milliseconds is seen twice), nor when it waited for the GIL without running since
+        then (a look that lets the GIL go, or takes it back, before the loop thread does sees
+        the same quick step again)."""
+        return self._last_look != "queue" and not self._stuck_on_gil
 
     def _gil_free(self, read_seconds: float) -> bool:
         """Whether this thread took the GIL at once as it woke for this look, and again after
