@@ -26,19 +26,20 @@ class FakeProfiler:
     `spent_each` seconds sampled and nothing timed only (as `SliceProfiler` charges them)."""
 
     spent_each = 0.0
+    timed_each = 0.0  # a timed-only profile's bookkeeping
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self.budget: Any = None
-        self.spent = 0.0
+        self.spent = self.timed_spent = 0.0
         self.sampled = False
 
     def run(self) -> None:
         self.sampled = self.budget is None or self.budget.allows()
-        if self.sampled:
-            self.spent = self.spent_each
-            if self.budget is not None:
-                self.budget.spend(self.spent)
+        self.spent = self.spent_each if self.sampled else self.timed_each
+        self.timed_spent = 0.0 if self.sampled else self.spent
+        if self.budget is not None:
+            self.budget.spend(self.spent)
 
 
 def profiling(clock: FakeClock, **options: Any) -> RequestProfiling:
@@ -130,6 +131,28 @@ def test_sampling_stays_within_its_share_of_the_clock(monkeypatch: pytest.Monkey
     assert 39 <= total <= 41
     unbounded = profiling(clock, every=1, max_per_second=1000, max_share=0)
     assert sampled(unbounded, "/a", 20) == [None] + [True] * 19
+
+
+def test_profiles_whose_bookkeeping_overdraws_the_budget_wait_for_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Profiles costing 50 ms each, sampled or, once the sampling's budget is spent, timed only
+    # (a deep app's bookkeeping), 2 % to spend in each allowance (0.1 s saved up): two sampled,
+    # then timed ones until their allowance is overdrawn, then as both refill; over 100 s,
+    # twice the share of the clock at most, not 1,000 a second's.
+    monkeypatch.setattr(FakeProfiler, "spent_each", 0.05)
+    monkeypatch.setattr(FakeProfiler, "timed_each", 0.05)
+    clock = FakeClock()
+    p = profiling(clock, every=1, max_per_second=1000, max_share=0.02)
+    at_once = sampled(p, "/a", 20)
+    assert at_once[:6] == [None, True, True, False, False, False]
+    assert at_once[6:] == [None] * 14
+    for _ in range(100):
+        clock.now += 1.0
+        sampled(p, "/a", 10)
+    assert p.spent <= 2 * 0.02 * 100 + 0.25
+    assert p.profiled >= 40  # at least what one allowance buys: 2 s in 50 ms profiles
+    unbounded = profiling(FakeClock(), every=1, max_per_second=1000, max_share=0)
+    assert None not in sampled(unbounded, "/a", 20)[1:]
 
 
 def test_an_overdrawn_budget_stops_the_sampling_not_the_profiles() -> None:

@@ -117,6 +117,7 @@ class SliceProfiler:
         self.sampling = True
         self._sampled = 0.0
         self.spent = 0.0  # seconds the slices ran, the profiler's work in and around them
+        self.timed_spent = 0.0  # of which the bookkeeping of slices timed only
         # Charged with each slice as it ends (a `TimeBudget`); a slice is sampled only while
         # it has a balance, and timed only otherwise.
         self.budget: Any = parent.budget if parent is not None else None
@@ -259,7 +260,9 @@ class SliceProfiler:
         # a timed one, the bookkeeping after it.
         spent = self._cpu_clock() - (self._cpu_started if self._sampling_slice
                                      else cpu_stepped)
-        self.root.spent += spent  # a followed task's slices are its request's cost
+        root.spent += spent  # a followed task's slices are its request's cost
+        if not self._sampling_slice:
+            root.timed_spent += spent
         if self.budget is not None:
             self.budget.spend(spent)
         return stack

@@ -180,6 +180,8 @@ class RequestProfiling:
         asked = self._asked_share
         self.share = options.max_share if asked is None else min(asked, options.max_share)
         self.budget = TimeBudget(self.share, self._clock) if options.max_share > 0 else None
+        self.bookkeeping = TimeBudget(self.share, self._clock) if options.max_share > 0 \
+            else None
         self.armed = []
         self._counts.clear()
 
@@ -194,6 +196,8 @@ class RequestProfiling:
         self.share = min(float(share), self.options.max_share)
         if self.budget is not None:
             self.budget.set_share(self.share)
+        if self.bookkeeping is not None:
+            self.bookkeeping.set_share(self.share)
 
     def reset(self) -> None:
         """Start over with zeroed counters (in a forked child, where no run is in flight)."""
@@ -227,7 +231,15 @@ class RequestProfiling:
         self.armed.remove(entry)
         # An overdrawn budget stops the sampling, not the profiles: their slices are then timed
         # only (what `max_per_second` bounds), and an awaiting route's profile stays exact.
-        if self._running >= self.options.max_concurrent or not self.bucket.take():
+        # Timed slices cost their bookkeeping, which grows with the depth of the awaits: on
+        # Airflow's API (a dozen middlewares and dependencies deep) it was milliseconds a
+        # profile, more than the budget's share at `max_per_second`. That bookkeeping has an
+        # allowance of its own, the same share: overdrawn, no profile is admitted until it is
+        # paid back (a long sampled slice overdraws the other one, and stops only sampling).
+        bookkeeping = self.bookkeeping
+        if self._running >= self.options.max_concurrent or (
+                bookkeeping is not None and bookkeeping.refilled() < 0) \
+                or not self.bucket.take():
             self.capped += 1
             return None
         try:
@@ -302,6 +314,8 @@ class RequestProfiling:
         self.spent += run.profiler.spent + compacting
         if self.budget is not None:
             self.budget.spend(compacting)
+        if self.bookkeeping is not None:
+            self.bookkeeping.spend(getattr(run.profiler, "timed_spent", 0.0) + compacting)
 
     def _slow_due(self, key: tuple[str, str]) -> bool:
         now = self._clock()
