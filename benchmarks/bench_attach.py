@@ -191,16 +191,18 @@ def _requests_in(out: str) -> int:
     return int(match.group(1))
 
 
-def _paired_round(seconds: int, variant: str) -> dict[str, Any]:
+def _paired_round(seconds: int, variant: str,
+                  env: dict[str, str] | None = None) -> dict[str, Any]:
     """One round of a bare server and, at the same moments, `variant`: "agent", a server
-    instrumented by `instrument(app)`, or "attach", a bare server under `apiscope attach` at its
-    defaults (pinned to the servers' core, its cost taken from them as in `saturated`)."""
-    middleware = "apiscope" if variant == "agent" else "bare"
+    instrumented by `instrument(app)`, "floor", one behind a pass-through middleware, or
+    "attach", a bare server under `apiscope attach` at its defaults (pinned to the servers'
+    core, its cost taken from them as in `saturated`); `env` is the variant server's."""
+    middleware = {"agent": "apiscope", "floor": "floor"}.get(variant, "bare")
     with ExitStack() as stack:
         bare, bare_url = stack.enter_context(server("benchmarks.apps:app",
                                                     {"BENCH_MIDDLEWARE": "bare"}))
         target, url = stack.enter_context(server("benchmarks.apps:app",
-                                                 {"BENCH_MIDDLEWARE": middleware}))
+                                                 {"BENCH_MIDDLEWARE": middleware, **(env or {})}))
         run: dict[str, Any] = {}
         if variant == "attach":
             run = stack.enter_context(attached(target, "--no-dashboard"))
@@ -239,6 +241,29 @@ def paired(rounds: int = 5, seconds: int = 5) -> dict[str, Any]:
     """The agent's CPU per request against the bare server's, measured at the same time."""
     return {"rounds": rounds, "seconds": seconds,
             "rows": [_paired_round(seconds, "agent") for _ in range(rounds)]}
+
+
+# The agent's parts switched off by its environment, against the agent whole and the floor.
+PARTS: dict[str, tuple[str, dict[str, str]]] = {
+    "floor": ("floor", {}),
+    "agent": ("agent", {}),
+    "agent, no watchdogs": ("agent", {"APISCOPE_WATCHDOG": "0"}),
+    "agent, no profiles": ("agent", {"APISCOPE_PROFILE_EVERY": "0"}),
+    "agent, neither": ("agent", {"APISCOPE_WATCHDOG": "0", "APISCOPE_PROFILE_EVERY": "0"}),
+}
+
+
+def paired_parts(rounds: int = 4, seconds: int = 5) -> dict[str, Any]:
+    """Where the agent's CPU per request goes: each of `PARTS` paired with a bare server, the
+    variants interleaved round by round (not part of `make bench`: `python -m
+    benchmarks.bench_attach paired_parts --rounds 4`)."""
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in PARTS}
+    for _ in range(rounds):
+        for name, (variant, env) in PARTS.items():
+            rows[name].append(_paired_round(seconds, variant, env))
+    return {"rounds": rounds, "seconds": seconds,
+            "ratios": {name: ratio_summary([r["ratio"] for r in got])
+                       for name, got in rows.items()}}
 
 
 def paired_attach(rounds: int = 5, seconds: int = 5) -> dict[str, Any]:
@@ -486,7 +511,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser()
     parser.add_argument("part", choices=["saturated", "paired", "paired_attach", "busy_host",
-                                         "first_data"])
+                                         "first_data", "paired_parts"])
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     print(json.dumps(globals()[args.part](rounds=args.rounds), indent=1, default=str))

@@ -42,7 +42,7 @@ ENDPOINT = ["route", "handler", "count", "rps", "p50_ms", "p95_ms", "p99_ms", "m
 # share before the loop's lag, and the garbage collector's passes of the loop after it.
 PROCESS = ["pid", "cpu_percent_avg", "rss_mb_max", "rss_mb_slope_per_min", "threads_max",
            "fds_max", "server_cpu_share", "runqueue_share", "native_cpu_share", "loop_lag_ms",
-           "loop_gc_pauses"]
+           "loop_gc_pauses", "exited_after_seconds"]
 FLAG = ["kind", "severity", "route", "location", "evidence", "metric", "suggestion"]
 LOCATION = ["file", "line", "function"]
 

@@ -119,5 +119,6 @@ def test_real_threads_spinning_and_sleeping() -> None:
     assert used.threads[(pid, ids["spin"])] > 0.15
     # The process's figure counts clock ticks (10 ms), the threads' nanoseconds; and the
     # kernel scales a process's ticks to its runtime without ever letting them go back, so at
-    # a read they can lag the threads' figure by a few ticks more (53 ms once in four CI runs).
-    assert used.processes[pid] >= used.threads[(pid, ids["spin"])] - 0.08
+    # a read they can lag the threads' figure by several ticks more (53 ms once in four CI
+    # runs, 108 ms once on a loaded two-core VM where the half second took 0.63 s).
+    assert used.processes[pid] >= used.threads[(pid, ids["spin"])] - 0.15

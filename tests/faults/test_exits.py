@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,16 @@ def test_workers_born_during_the_attach_are_detached_too(tmp_path: Path) -> None
         assert place.leftovers() == []
 
 
+def sampled_resources(session: Path, pid: int) -> bool:
+    """Whether the session being written holds a resource sample of `pid` yet."""
+    try:
+        with closing(sqlite3.connect(f"file:{session}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT 1 FROM resources WHERE pid = ? LIMIT 1",
+                              (pid,)).fetchone() is not None
+    except sqlite3.Error:  # not created yet
+        return False
+
+
 @contextmanager
 def watching_workers(master: int) -> Iterator[set[int]]:
     """Every worker of `master` seen while the block runs (polled every 20 ms)."""
@@ -123,6 +134,10 @@ def test_a_worker_that_dies_during_the_session_is_named_with_when(tmp_path: Path
         wait_for_agents(first, place, proc)
         drive(url, 20)
         victim, survivor = first
+        # Its resources sampled (once a second) before it dies: a report lists the processes
+        # it has figures for; the warning at the end names any that exited.
+        wait_until(lambda: sampled_resources(session, victim), timeout=30,
+                   what="a resource sample of the worker")
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda: victim not in workers(master.pid) and len(workers(master.pid)) == 2,
                    timeout=30, what="gunicorn to replace the killed worker")

@@ -310,10 +310,11 @@ def finish(args: argparse.Namespace, session: Path, writer: SessionWriter,
     with SessionReader(session) as reader:
         data = load_session(reader)
     report = analyse(data, thresholds=thresholds)
-    for process in report.processes:
-        if process.exited_after_seconds is not None:
-            print(f"apiscope: warning: pid {process.pid}"
-                  f" {exit_note(process.exited_after_seconds)}", file=sys.stderr)
+    # Every process that exited, also one gone before its first resource sample (which the
+    # report's processes cannot list).
+    for pid, exited in sorted(data.exited.items()):
+        print(f"apiscope: warning: pid {pid} {exit_note(max(0.0, exited - data.start))}",
+              file=sys.stderr)
     flags = report.flags
     if store_flags:
         writer.replace_flags(flags)
