@@ -116,7 +116,7 @@ class SliceProfiler:
         self.prefix = list(prefix)
         self.sampling = True
         self._sampled = 0.0
-        self.spent = 0.0  # seconds the slices ran, the profiler's work in and around them
+        self.spent = 0.0  # CPU seconds: sampled slices whole, the bookkeeping of the others
         self.timed_spent = 0.0  # of which the bookkeeping of slices timed only
         # Charged with each slice as it ends (a `TimeBudget`); a slice is sampled only while
         # it has a balance, and timed only otherwise.
