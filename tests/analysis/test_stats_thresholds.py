@@ -5,7 +5,7 @@ import math
 import pytest
 
 from apiscope.analysis.flags import function_name
-from apiscope.analysis.stats import fit_line, percentile
+from apiscope.analysis.stats import fit_line, percentile, quantile_lower_bound
 from apiscope.analysis.thresholds import Thresholds, from_mapping, grade
 from apiscope.errors import UsageError
 
@@ -17,6 +17,25 @@ def test_percentile_interpolates_between_ranks() -> None:
     assert percentile([7.0], 0.99) == 7.0
     with pytest.raises(ValueError):
         percentile([], 0.5)
+
+
+def test_a_quantiles_lower_bound_is_an_order_statistic_it_is_sure_of() -> None:
+    values = [float(v) for v in range(1, 13)]
+    # P(Binomial(12, 0.95) >= 10) = 0.98, >= 11 = 0.88: the 10th of 12 at 90%, the 11th at 85%.
+    assert quantile_lower_bound(values, 0.95, 0.9) == 10.0
+    assert quantile_lower_bound(values, 0.95, 0.85) == 11.0
+    # Thousands: a hair under the quantile; the exact sum and the approximation meet at 200.
+    thousand = [float(v) for v in range(1, 1001)]
+    assert 935 <= quantile_lower_bound(thousand, 0.95) <= percentile(thousand, 0.95)
+    near = [abs(quantile_lower_bound([float(v) for v in range(1, n + 1)], 0.95) - 0.95 * n)
+            for n in (200, 201)]
+    assert max(near) < 6
+    # Too few to be sure of anything: the smallest. Never above the quantile itself.
+    assert quantile_lower_bound([5.0, 9.0], 0.95, 0.95) == 5.0
+    assert quantile_lower_bound([5.0, 9.0], 0.95, 0.9) == percentile([5.0, 9.0], 0.95)
+    assert quantile_lower_bound([7.0] * 40, 0.5) == 7.0
+    with pytest.raises(ValueError):
+        quantile_lower_bound([], 0.95)
 
 
 def test_fit_line_reports_slope_r2_and_t() -> None:
