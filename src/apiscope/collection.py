@@ -530,6 +530,7 @@ class Collection:
         watchdog_errors = batch.watchdogs.errors if batch.watchdogs is not None else None
         self.failures.agent_counters(pid, internal=batch.stats.errors, watchdog=watchdog_errors)
         self.sink.offloaded(batch.offloaded)
+        self.sink.thread_spans(batch.thread_spans)
         if batch.watchdogs is not None:
             self.sink.watchdogs(batch.watchdogs)
             self._sampler.note_stalls(batch.watchdogs.stalls)  # lines measured asleep

@@ -304,6 +304,21 @@ class LoopLagSample:
 
 
 @dataclass(frozen=True, slots=True)
+class ThreadSpan:
+    """A thread that ran calls an endpoint's requests handed to a pool (`agent/offload.py`,
+    `ThreadSpans`), over one pull: from the first such request's start to the last one's end
+    (epoch seconds). Django's ASGI handler runs each request's sync code in a thread of its
+    own: such a thread's every sample is that request's."""
+
+    pid: int
+    tid: int
+    endpoint: str
+    start: float
+    end: float
+    requests: int
+
+
+@dataclass(frozen=True, slots=True)
 class OffloadLooks:
     """How often the agent's looks found a pool thread busy with work an endpoint's requests
     handed to it with no frame of the app on its stack (`agent/offload.py`), and the CPU

@@ -332,3 +332,49 @@ def test_a_dump_of_a_pool_thread_leaves_the_timing_frame_out() -> None:
     files = [str(frame["file"]) for frame in stack]
     assert not any(file.endswith("agent/offload.py") for file in files)
     assert any(file == __file__ for file in files)  # the call's own frame is there
+
+
+def test_each_request_notes_the_threads_that_ran_its_handed_calls(
+        timing: offload.PoolTiming) -> None:
+    # Django's ASGI handler: each request in a `ThreadSensitiveContext` of its own, whose sync
+    # code (middleware, view) runs in a thread of that context's own executor, app code and
+    # framework code alike (neither is timed). Two requests at once: two threads, each noted
+    # on its own request only.
+    from asgiref.sync import ThreadSensitiveContext
+
+    def view(ran: list[int]) -> None:
+        ran.append(threading.get_native_id())
+        time.sleep(0.02)
+
+    async def serve() -> tuple[Any, list[int]]:
+        request, ran = _Request(0.0), []
+        CURRENT.set(request)
+        async with ThreadSensitiveContext():
+            await sync_to_async(view)(ran)
+            await sync_to_async(view)(ran)  # the same request's thread again
+        return request, ran
+
+    async def both() -> list[tuple[Any, list[int]]]:
+        return list(await asyncio.gather(serve(), serve()))
+
+    timing._is_app = lambda file, function: file == __file__  # the view is the app's
+    served = asyncio.run(both())
+    for request, ran in served:
+        assert len(set(ran)) == 1 and request.threads == ran[:1]
+        assert request.pool_cpu == 0.0
+    assert served[0][1][0] != served[1][1][0]
+    assert timing.errors == 0
+
+
+def test_spans_keep_each_threads_first_start_and_last_end_per_route_until_drained() -> None:
+    spans = offload.ThreadSpans()
+    spans.add([7], "GET", "/a", 10.0, 10.5)
+    spans.add([7, 8], "GET", "/a", 9.0, 12.0)
+    spans.add([7], "POST", "/b", 11.0, 11.2)
+    assert sorted(spans.drain()) == [(7, "GET", "/a", 9.0, 12.0, 2),
+                                     (7, "POST", "/b", 11.0, 11.2, 1),
+                                     (8, "GET", "/a", 9.0, 12.0, 1)]
+    assert spans.drain() == []
+    for tid in range(offload.MAX_SPANS + 10):  # bounded between two pulls
+        spans.add([tid], "GET", "/a", 1.0, 2.0)
+    assert len(spans.drain()) == offload.MAX_SPANS

@@ -29,6 +29,7 @@ from apiscope.model import (
     StoredProfile,
     ThreadPoolSample,
     ThreadRole,
+    ThreadSpan,
     UnfinishedRequest,
 )
 from apiscope.store import SessionReader, SessionWriter
@@ -131,6 +132,8 @@ class Spec:
     gil_holders: dict[tuple[int, int], int] = field(default_factory=dict)
     # The agent's looks at pool threads busy with endpoints' handed-off work.
     offloaded: list[OffloadLooks] = field(default_factory=list)
+    # The threads that ran endpoints' handed calls (Django's thread per request).
+    thread_spans: list[ThreadSpan] = field(default_factory=list)
 
     def roles(self) -> dict[tuple[int, int], ThreadRole]:
         roles = {(PID, LOOP_TID): ThreadRole.LOOP, (PID, W1): ThreadRole.WORKER,
@@ -170,6 +173,7 @@ class Spec:
             writer.put_gil(self.gil)
             writer.put_unfinished(self.unfinished)
             writer.put_offloaded(self.offloaded)
+            writer.put_thread_spans(self.thread_spans)
             writer.put_requests(self.requests)
             writer.put_resources(self.resources)
             writer.put_threadpool(self.threadpool)

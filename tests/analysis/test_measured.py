@@ -24,6 +24,7 @@ from apiscope.model import (
     RouteInfo,
     SampleState,
     StackSample,
+    ThreadSpan,
 )
 from tests.analysis.builder import (
     APP,
@@ -99,6 +100,36 @@ def test_cpu_share_rests_on_the_measured_cpu_time(tmp_path: Path) -> None:
     [proc] = report["processes"]
     assert proc["server_cpu_share"] == round(0.24 / total, 4)  # the framework's own work
     assert proc["loop_lag_ms"] == {"p50": 0.3, "p99": 2.0}
+
+
+DJANGO_THREAD = (Frame("_bootstrap", f"{STD}/threading.py", 995),
+                 Frame("run", f"{STD}/concurrent/futures/thread.py", 59),
+                 Frame("thread_handler", f"{SITE}/asgiref/sync.py", 635),
+                 Frame("__call__", f"{SITE}/django/utils/deprecation.py", 310))
+EVENT_QUERY = (Frame("__call__", "/srv/shop/shop/middleware.py", 101),
+               Frame("execute", f"{SITE}/django/db/backends/utils.py", 79))
+
+
+@pytest.mark.parametrize("served", [["GET /orders"], ["GET /orders", "POST /items"], []])
+def test_a_thread_that_served_one_request_has_its_samples_charged_to_its_route(
+        tmp_path: Path, served: list[str]) -> None:
+    # Django's ASGI handler runs each request's sync code in a thread of its own. Sampled a
+    # few times in its life, the thread showed only a middleware's query, no view: the agent
+    # noted which requests' calls it ran. One route: its CPU; two within the window, or none
+    # noted: no route's.
+    spec = measured_healthy()
+    tids = range(10, 16)
+    spec.per_window += [sample(tid, (*DJANGO_THREAD, *EVENT_QUERY), 5) for tid in tids]
+    spec.thread_spans = [ThreadSpan(PID, tid, endpoint, T0 + 0.2, T0 + 29.5, 30)
+                         for tid in tids for endpoint in served]
+    report = report_of(spec, tmp_path)
+    shares = {e["route"]: e["cpu_share"] for e in report["endpoints"]}
+    total = (24 + 8 + 4 + 4 + 5 + 5 + 30 + 30) / 100  # CPU seconds a window
+    ran = 0.34 if served == ["GET /orders"] else 0.04  # 4 on the loop, and the thread's 30
+    assert shares["GET /orders"] == round(ran / total, 4)
+    assert shares["POST /items"] == round(0.40 / total, 4)
+    [proc] = report["processes"]
+    assert proc["server_cpu_share"] == round(0.24 / total, 4)  # the framework's, as before
 
 
 def test_a_handler_several_routes_share_has_its_cpu_shared_out_by_their_requests(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from apiscope.model import ThreadSpan
 from apiscope.store import SessionReader
 from tests.frameworks.served import (
     call,
@@ -21,7 +22,13 @@ from tests.frameworks.served import (
     under_run,
     wait_stored,
 )
-from tests.support import free_port, require_program, require_ptrace, uvicorn_argv
+from tests.support import (
+    free_port,
+    require_program,
+    require_ptrace,
+    uvicorn_argv,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 APP = "tests.frameworks.djshop.asgi:application"
@@ -57,6 +64,18 @@ def check(session: Path) -> None:
     assert raised(requests) == {("LookupError", str(VIEWS), line_of(VIEWS, "raise LookupError"))}
     with SessionReader(session) as reader:  # the report can say where routes came from
         assert reader.meta().routing == {"source": "framework", "frameworks": ["django"]}
+    # Django runs each request's sync code in a thread of its own: the agent says which, so
+    # that samples showing only its middleware are charged to its route.
+    sync_views = {"GET /api/items/<int:pk>/", "GET /archive/{year}/", "GET /orders/"}
+
+    def spans() -> list[ThreadSpan] | None:
+        with SessionReader(session) as reader:
+            found = reader.thread_spans()
+        return found if sync_views <= {s.endpoint for s in found} else None
+
+    found = wait_until(spans, timeout=10, what="the threads of the sync views' requests")
+    items = [s for s in found if s.endpoint == "GET /api/items/<int:pk>/"]
+    assert sum(s.requests for s in items) == 2 and all(s.tid > 0 for s in items)
     routes = {(r.method, r.template): r for r in stored(session, PROBE)[1]}
     checks = {("GET", "/api/items/<int:pk>/"): ("item_detail", "def item_detail", False),
               ("POST", "/api/items/"): ("ItemList.post", "def post", False),

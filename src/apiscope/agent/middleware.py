@@ -32,7 +32,7 @@ from .failures import listen as listen_for_failures
 from .frameworks import DJANGO, LITESTAR, STARLETTE, apps_inside
 from .loopwatch import SERVING
 from .matched_routes import DEFERRED, UNMATCHED
-from .offload import OFFLOAD, OffloadCounts
+from .offload import OFFLOAD, OffloadCounts, ThreadSpans
 from .pathgroups import PathGrouper
 from .paths import AppFiles
 from .profiling import ProfileRun, RequestProfiling
@@ -84,7 +84,7 @@ class _Request(RequestQueries):
 
     # `handled` is set only for a 5xx (read with a default): unset, it costs a request nothing.
     __slots__ = ("called", "chunks", "end", "handled", "head", "offloaded", "pool_cpu",
-                 "scope", "status")
+                 "scope", "status", "threads")
     handled: tuple[BaseException, TracebackType | None]  # the exception and its traceback
 
     def __init__(self, called: float, scope: Scope | None = None) -> None:
@@ -96,6 +96,7 @@ class _Request(RequestQueries):
         self.chunks = 0  # body messages that carried bytes, once one said more would follow
         self.offloaded = 0  # looks that found a pool thread busy with its work (`offload`)
         self.pool_cpu = 0.0  # CPU seconds of its calls handed to pools, timed (`offload`)
+        self.threads: list[int] | None = None  # the threads that ran its handed calls
         self.stats = None
         self.in_orm = 0
 
@@ -122,6 +123,7 @@ class AgentMiddleware:
                  profiling: RequestProfiling | None = None,
                  watchdogs: Watchdogs | None = None,
                  offloaded: OffloadCounts | None = None,
+                 spans: ThreadSpans | None = None,
                  clock: Callable[[], float] = time.perf_counter,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.app = app
@@ -135,6 +137,7 @@ class AgentMiddleware:
         self.profiling = profiling
         self.watchdogs = watchdogs
         self.offloaded = offloaded if offloaded is not None else OffloadCounts()
+        self.spans = spans if spans is not None else ThreadSpans()
         self._offload = OFFLOAD
         self._clock = clock
         self._epoch_offset = wall_clock() - clock()
@@ -305,6 +308,9 @@ class AgentMiddleware:
             self.recorder.record(entry)
             if request.offloaded or request.pool_cpu:
                 self.offloaded.add(entry[2], template, request.offloaded, request.pool_cpu)
+            if request.threads is not None:
+                self.spans.add(request.threads, entry[2], template, entry[0],
+                               entry[0] + entry[1] / 1000.0)
         except Exception:
             self._count_error()
             if run is not None and self.profiling is not None:

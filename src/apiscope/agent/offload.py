@@ -18,9 +18,18 @@ CPU, or by the looks where nothing was timed.
 
 Only work of no framework's and of no app frame's counts: a sync handler in a pool thread is
 found by its own frame, and a framework's middleware run in a thread (Django's) is the server's
-work, on both sides. The middleware sets `CURRENT` for every request only once a timed call or
-a look has seen offloaded work (`OFFLOAD.wanted`) or a database library is hooked (a set and a
-reset of a context variable: about 120 ns a request).
+work, on both sides. The middleware sets `CURRENT` for every request only once a call handed
+to a pool or a look has seen no request there (`OFFLOAD.wanted`) or a database library is
+hooked (a set and a reset of a context variable: about 120 ns a request).
+
+Which threads ran each request's handed calls is noted as well (`TimedCall`, timing or not:
+the thread's id on the request), and the middleware adds a finished request's threads to its
+route's (`ThreadSpans`: per thread and route, the first start and last end of the requests it
+served between two pulls). Django's ASGI handler runs each request's sync code (its
+middleware, its view, the template rendered after it) in a thread of its own, born and gone
+with the request: sampled a few times in its life, most of its samples show middleware and no
+view, yet the thread served one request, and the spans say whose. A pool thread serving
+several routes within a window names none.
 
 Standard library only, relative imports only, Python 3.9 compatible (see `watchdog`).
 """
@@ -35,6 +44,7 @@ import time
 import types
 from collections.abc import Callable
 from contextvars import Context
+from threading import get_native_id
 from typing import Any
 
 from .patching import replace
@@ -57,6 +67,8 @@ WORKER_OWN = ("/queue.py", "/threading.py", "asyncio/base_events.py",
               "concurrent/futures/_base.py")
 MAX_FRAMES = 64  # frames walked up from a thread's leaf to its worker's frame
 MAX_ROUTES = 512  # routes counted between two pulls; further new ones are dropped
+MAX_SPANS = 4096  # (thread, route) spans between two pulls; further new ones are dropped
+MAX_THREADS = 8  # threads noted on one request; a request handing work to more is rare
 _SEARCH_DEPTH = 4  # work item -> partial -> closure -> context (asgiref's, the deepest)
 
 
@@ -196,19 +208,69 @@ class OffloadCounts:
 
 # -- measured: the CPU of each call a request hands to a pool ---------------------------------
 
+class ThreadSpans:
+    """Per (thread id, method, route), until drained: the first start and the last end (epoch
+    seconds) of the finished requests whose handed calls that thread ran, and how many."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spans: dict[tuple[int, str, str], list[Any]] = {}
+
+    def add(self, threads: list[int], method: str, route: str, start: float,
+            end: float) -> None:
+        with self._lock:
+            spans = self._spans
+            for tid in threads:
+                key = (tid, method, route)
+                span = spans.get(key)
+                if span is None:
+                    if len(spans) < MAX_SPANS:
+                        spans[key] = [start, end, 1]
+                    continue
+                if start < span[0]:
+                    span[0] = start
+                if end > span[1]:
+                    span[1] = end
+                span[2] += 1
+
+    def drain(self) -> list[tuple[int, str, str, float, float, int]]:
+        with self._lock:
+            spans, self._spans = self._spans, {}
+        return [(tid, method, route, start, end, count)
+                for (tid, method, route), (start, end, count) in spans.items()]
+
+    def reset(self) -> None:
+        """Start empty (in a forked child, where no other thread runs)."""
+        self._lock = threading.Lock()
+        self._spans = {}
+
+
 class TimedCall:
-    """A call a request hands to a pool, timed by the pool thread's CPU clock (the kernel's,
-    `time.thread_time`) for that request (its `pool_cpu`). Its frame is the one it adds to
-    the worker's stack: the collector leaves it out of py-spy's stacks and the looks step over
-    it (`past_timing`), so the work reads as before."""
+    """A call a request hands to a pool: the thread that runs it is noted on the request (its
+    `threads`, see `ThreadSpans`), and, when `timed`, the call is timed by the thread's CPU
+    clock (the kernel's, `time.thread_time`) for that request (its `pool_cpu`). Its frame is
+    the one it adds to the worker's stack: the collector leaves it out of py-spy's stacks and
+    the looks step over it (`past_timing`), so the work reads as before."""
 
-    __slots__ = ("call", "request")
+    __slots__ = ("call", "request", "timed")
 
-    def __init__(self, call: Callable[..., Any], request: Any) -> None:
+    def __init__(self, call: Callable[..., Any], request: Any, timed: bool = True) -> None:
         self.call = call
         self.request = request
+        self.timed = timed
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            tid = get_native_id()
+            threads = self.request.threads
+            if threads is None:
+                self.request.threads = [tid]
+            elif tid not in threads and len(threads) < MAX_THREADS:
+                threads.append(tid)
+        except AttributeError:  # a request object of another agent's making
+            pass
+        if not self.timed:
+            return self.call(*args, **kwargs)
         started = time.thread_time()
         try:
             return self.call(*args, **kwargs)
@@ -297,16 +359,14 @@ class PoolTiming:
         self._installed.clear()
 
     def timed(self, fn: Any, args: tuple[Any, ...] = ()) -> Any:
-        """`fn` as a `TimedCall` for the request in `CURRENT` when its work is to be timed,
-        else `fn` itself. Never raises."""
+        """`fn` as a `TimedCall` for the request in `CURRENT`, timed when its work is to be
+        (see the class), else `fn` itself when no request is there. Never raises."""
         try:
-            if not self._measures(callee(fn, args)):
-                return fn
             request = CURRENT.get()
             if request is None:
                 OFFLOAD.wanted = True
                 return fn
-            return TimedCall(fn, request)
+            return TimedCall(fn, request, self._measures(callee(fn, args)))
         except Exception:
             self.errors += 1
             return fn

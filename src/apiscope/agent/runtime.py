@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from .inflight import dump_state, unfinished
 from .matched_routes import DEFERRED
 from .middleware import AgentMiddleware, ASGIApp
-from .offload import OffloadCounts, PoolTiming, install_pool_timing
+from .offload import OffloadCounts, PoolTiming, ThreadSpans, install_pool_timing
 from .orphan import OrphanWatch
 from .paths import AppFiles, ensure_private_dir, socket_dir, socket_path
 from .profiling import ProfilingOptions, RequestProfiling
@@ -55,6 +55,7 @@ class Agent:
         self.pool_timing: PoolTiming | None = None
         self.watchdogs = Watchdogs()  # options from APISCOPE_WATCHDOG_*
         self.offloaded = OffloadCounts()  # pool threads seen busy per route (see `offload`)
+        self.spans = ThreadSpans()  # the threads that ran each route's handed calls
         self.orphan: OrphanWatch | None = None  # injected agents only: see `orphan`
         self._server: AgentServer | None = None
         self._lock = threading.Lock()
@@ -109,6 +110,7 @@ class Agent:
         inherited, self._server = self._server, None
         self.recorder.reset()  # the parent's requests and counters are the parent's
         self.offloaded.reset()
+        self.spans.reset()
         self.profiles.clear()
         self.profiling.reset()
         self.watchdogs.after_fork()  # no thread of the parent's runs here
@@ -125,7 +127,8 @@ class Agent:
         return AgentMiddleware(app, self.recorder, routes=self.routes,
                                threadpool=self.threadpool, query_hooks=self._hooks(),
                                app_files=self.app_files, profiling=self.profiling,
-                               watchdogs=self.watchdogs, offloaded=self.offloaded)
+                               watchdogs=self.watchdogs, offloaded=self.offloaded,
+                               spans=self.spans)
 
     def configure_profiling(self, options: ProfilingOptions) -> None:
         """Change which requests are profiled (`every=0` stops profiling); apps already
@@ -200,6 +203,9 @@ class Agent:
             # [method, route, looks, cpu]: pool threads seen busy with requests' handed-off
             # work, and the CPU seconds of their timed calls (see `offload`)
             "offloaded": self._guarded(self._offloaded),
+            # [tid, method, route, first start, last end, requests]: the threads that ran
+            # routes' handed calls (Django's thread per request; see `offload.ThreadSpans`)
+            "thread_spans": self._guarded(self._thread_spans),
             # A full batch left others behind: the collector pulls again at once. Requests
             # that ended while this one was answered wait for the next pull (on a busy
             # server there always are some: pulling again for them doubled the pulls).
@@ -212,6 +218,12 @@ class Agent:
     def _offloaded(self) -> list[list[Any]]:
         return [[method, self.routes.resolve(method, route) if route[:1] == DEFERRED else route,
                  looks, cpu] for method, route, looks, cpu in self.offloaded.drain()]
+
+    def _thread_spans(self) -> list[list[Any]]:
+        return [[tid, method,
+                 self.routes.resolve(method, route) if route[:1] == DEFERRED else route,
+                 start, end, count] for tid, method, route, start, end, count
+                in self.spans.drain()]
 
     def _refresh_and_sample(self) -> dict[str, Any] | None:
         if self.query_hooks is not None:

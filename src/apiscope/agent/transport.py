@@ -14,7 +14,8 @@ exc_line, queries, weight, first_byte_ms], ...], "routes_version": n, "routes": 
 "threadpool": {...} | null,
 "stats": {"recorded", "dropped", "skipped", "keep_every", "serve_cpu", "errors"},
 "profiles": [...], "profiling": {...},
-"watchdogs": {...} | null, "more": bool}` (`profiling`: the per-request profiler's status,
+"watchdogs": {...} | null, "offloaded": [...], "thread_spans": [...], "more": bool}`
+(`profiling`: the per-request profiler's status,
 e.g. why pyinstrument is unavailable in the target; `watchdogs`: loop lag, loop stalls and the
 GIL wait measured since the previous pull, see `watchdog.Watchdogs.pull`); an unknown op
 answers `{"error": "..."}`. Requests are drained by the pull: each is delivered once, at most

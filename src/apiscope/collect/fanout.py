@@ -25,6 +25,7 @@ from apiscope.model import (
     RouteInfo,
     StackWindow,
     ThreadPoolSample,
+    ThreadSpan,
     UnfinishedRequest,
 )
 
@@ -48,6 +49,7 @@ class Writer(Protocol):
     def put_unfinished(self, requests: Iterable[UnfinishedRequest]) -> None: ...
     def put_gil(self, samples: Iterable[GilSample]) -> None: ...
     def put_offloaded(self, looks: Iterable[OffloadLooks]) -> None: ...
+    def put_thread_spans(self, spans: Iterable[ThreadSpan]) -> None: ...
 
 
 class Metrics(Protocol):
@@ -128,6 +130,11 @@ class RecordSink:
         """Whose requests the pool threads' handed-off work was (the analysis reads it)."""
         if looks:
             self.writer.put_offloaded(looks)
+
+    def thread_spans(self, spans: Sequence[ThreadSpan]) -> None:
+        """Which threads ran which endpoint's requests (the analysis reads them)."""
+        if spans:
+            self.writer.put_thread_spans(spans)
 
     def watchdogs(self, report: WatchdogReport) -> None:
         """The agent's loop and GIL watchdogs (the analysis reads them from the session)."""

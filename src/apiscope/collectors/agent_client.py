@@ -37,6 +37,7 @@ from apiscope.model import (
     RouteInfo,
     StoredProfile,
     ThreadPoolSample,
+    ThreadSpan,
     UnfinishedRequest,
 )
 from apiscope.source import class_line
@@ -97,6 +98,8 @@ class AgentBatch:
     watchdogs: WatchdogReport | None = None  # None from an agent without watchdogs
     # pool threads seen busy with each endpoint's handed-off work (none from an older agent)
     offloaded: list[OffloadLooks] = field(default_factory=list)
+    # the threads that ran each endpoint's handed calls (none from an older agent)
+    thread_spans: list[ThreadSpan] = field(default_factory=list)
 
 
 class AgentClient:
@@ -328,6 +331,7 @@ def batch_from_json(data: dict[str, Any], pid: int | None = None) -> AgentBatch:
         watchdogs=watchdogs_from_json(data["watchdogs"], pid, ts) if data.get("watchdogs")
         else None,
         offloaded=_offloaded(data.get("offloaded"), pid, ts),
+        thread_spans=_thread_spans(data.get("thread_spans"), pid),
     )
 
 
@@ -342,6 +346,22 @@ def _offloaded(value: Any, pid: int, ts: float) -> list[OffloadLooks]:
             if (int(looks) > 0 or cpu > 0) and math.isfinite(cpu):
                 rows.append(OffloadLooks(ts, pid, f"{method} {route}", max(0, int(looks)),
                                          max(0.0, cpu)))
+        except (TypeError, ValueError):
+            continue
+    return rows
+
+
+def _thread_spans(value: Any, pid: int) -> list[ThreadSpan]:
+    """The agent's `thread_spans` ([tid, method, route, start, end, requests] each); malformed
+    rows skipped."""
+    rows = []
+    for row in value if isinstance(value, list) else ():
+        try:
+            tid, method, route, start, end, count = row
+            start, end = float(start), float(end)
+            if math.isfinite(start) and math.isfinite(end) and end >= start and int(count) > 0:
+                rows.append(ThreadSpan(pid, int(tid), f"{method} {route}", start, end,
+                                       int(count)))
         except (TypeError, ValueError):
             continue
     return rows

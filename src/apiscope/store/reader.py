@@ -37,6 +37,7 @@ from apiscope.model import (
     ThreadCpu,
     ThreadPoolSample,
     ThreadRole,
+    ThreadSpan,
     UnfinishedRequest,
     WindowInfo,
 )
@@ -488,6 +489,12 @@ class SessionReader(ViewQueries):
             "offloaded", f"SELECT ts, pid, endpoint, looks, {cpu} FROM offloaded WHERE ts >= ?"
             " AND ts < ? ORDER BY ts", (since if since is not None else float("-inf"),
                                         until if until is not None else float("inf")))]
+
+    def thread_spans(self) -> list[ThreadSpan]:
+        """The threads that ran endpoints' handed calls, per pull (none before schema 14)."""
+        return [ThreadSpan(*row) for row in self._rows_if_table(
+            "thread_spans", "SELECT pid, tid, endpoint, start, end, requests FROM thread_spans"
+            " ORDER BY start")]
 
     def gil_samples(self) -> list[GilSample]:
         rows = self._rows_if_table(

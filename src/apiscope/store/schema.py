@@ -31,7 +31,9 @@ from collections.abc import Iterable
 #     one); older files have none.
 # 13: gil_holders (which thread held the GIL while others waited for it): an older apiscope
 #     would locate gil_contention at the waiting threads' lines; older files have none.
-SCHEMA_VERSION = 13
+# 14: thread_spans (the threads that ran each endpoint's handed calls: Django's thread per
+#     request); older files have none.
+SCHEMA_VERSION = 14
 # PRAGMA application_id marks the file as ours, so a foreign SQLite file is refused clearly.
 APPLICATION_ID = 0x61706973  # "apis"
 
@@ -144,6 +146,10 @@ CREATE TABLE IF NOT EXISTS unfinished (
 CREATE TABLE IF NOT EXISTS offloaded (
     ts REAL NOT NULL, pid INTEGER NOT NULL, endpoint TEXT NOT NULL, looks INTEGER NOT NULL,
     cpu REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS thread_spans (
+    pid INTEGER NOT NULL, tid INTEGER NOT NULL, endpoint TEXT NOT NULL, start REAL NOT NULL,
+    end REAL NOT NULL, requests INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS gil_wait (
     ts REAL NOT NULL, pid INTEGER NOT NULL, seconds REAL NOT NULL, wait_seconds REAL NOT NULL,

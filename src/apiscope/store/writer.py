@@ -42,6 +42,7 @@ from apiscope.model import (
     StackWindow,
     ThreadPoolSample,
     ThreadRole,
+    ThreadSpan,
     UnfinishedRequest,
 )
 from apiscope.store import schema
@@ -203,6 +204,13 @@ class SessionWriter:
         if rows:
             self._submit(lambda c: c.executemany(
                 "INSERT INTO offloaded (ts, pid, endpoint, looks, cpu) VALUES (?,?,?,?,?)", rows))
+
+    def put_thread_spans(self, spans: Iterable[ThreadSpan]) -> None:
+        rows = [(s.pid, s.tid, s.endpoint, s.start, s.end, s.requests) for s in spans]
+        if rows:
+            self._submit(lambda c: c.executemany(
+                "INSERT INTO thread_spans (pid, tid, endpoint, start, end, requests)"
+                " VALUES (?,?,?,?,?,?)", rows))
 
     def put_gil(self, samples: Iterable[GilSample]) -> None:
         rows = [(s.ts, s.pid, s.seconds, s.wait_seconds, s.acquisitions, s.max_wait_ms,
