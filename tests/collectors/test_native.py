@@ -14,6 +14,9 @@ HANDLER = Frame("login", APP, 30)
 ARGON2 = (HANDLER, Frame("verify_secret", f"{SITE}/argon2/low_level.py", 160))
 PSYCOPG = (Frame("orders", APP, 50), Frame("wait_c", f"{SITE}/psycopg/waiting.py", 280))
 SLEEP = (Frame("nap", APP, 12),)  # time.sleep is C: the app's line is the last one
+# A thread blocked at a line of the standard library: for the GIL, not for a library's threads.
+STDLIB = (Frame("orders", APP, 50),
+          Frame("__getitem__", "/usr/lib/python3.11/weakref.py", 415))
 IDLE = (Frame("get", "/usr/lib/python3.11/queue.py", 171),)
 ROLES = {(1, t): ThreadRole.WORKER for t in range(2, 9)}
 
@@ -28,6 +31,7 @@ def s(tid: int, frames: tuple[Frame, ...], count: int,
     (ARGON2, ThreadRole.OTHER, False),  # not a request thread
     (PSYCOPG, ThreadRole.WORKER, False),  # a database's wait
     (SLEEP, ThreadRole.WORKER, False),  # the app's own line calling C
+    (STDLIB, ThreadRole.LOOP, False),  # the standard library runs no threads of its own
 ])
 def test_only_a_request_thread_blocked_in_a_libraries_c_call_waits_on_native_threads(
         frames: tuple[Frame, ...], role: ThreadRole, waits: bool) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-from apiscope.frames import package_of
+from apiscope.frames import THIRD_PARTY, package_of
 from apiscope.model import Frame, SampleState, StackSample, ThreadRole
 
 # Libraries where a blocked request thread waits on something other than a C extension's own
@@ -47,11 +47,18 @@ NativeKey = tuple[int, int, tuple[Frame, ...]]
 
 def waits_on_native(sample: StackSample, role: ThreadRole) -> bool:
     """A request thread blocked inside a call into an installed library that is not a known
-    wait. An app line calling C directly is not taken (a `time.sleep` there looks the same)."""
+    wait. An app line calling C directly is not taken (a `time.sleep` there looks the same),
+    nor a line of the standard library: none runs threads of its own for a call, and a thread
+    blocked at one (a `WeakKeyDictionary` lookup in SQLAlchemy's ORM, under an event loop's
+    blocking query) was waiting for the GIL behind the pool threads, which took argon2's lanes'
+    CPU for a C library's wait on the loop."""
     if sample.state is not SampleState.BLOCKED or role not in _REQUEST_ROLES \
             or not sample.frames:
         return False
-    package = package_of(sample.frames[-1].file)
+    leaf = sample.frames[-1].file
+    if not THIRD_PARTY.search(leaf):
+        return False
+    package = package_of(leaf)
     return bool(package) and package not in WAITING_PACKAGES
 
 
