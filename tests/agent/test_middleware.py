@@ -207,6 +207,26 @@ def test_handled_error_status_is_recorded_without_exception() -> None:
     assert (record.status, record.exc_type) == (503, None)
 
 
+@pytest.mark.parametrize(("status", "recorded"), [(404, (404, None)),
+                                                  (503, (503, "LookupError"))])
+def test_an_exception_raised_again_after_its_handlers_answer_keeps_that_answer(
+        status: int, recorded: tuple[int, str | None]) -> None:
+    # An app's handler for every Exception is Starlette's ServerErrorMiddleware's: it sends
+    # the handler's answer, then raises the exception again for the server to log.
+    async def missing(request: Request) -> Response:
+        raise LookupError("no such feature")
+
+    async def answer(request: Request, exc: Exception) -> Response:
+        return PlainTextResponse(str(exc), status_code=status)
+
+    app = Starlette(routes=[Route("/f", missing)], exception_handlers={Exception: answer})
+    recorder = Recorder()
+    with pytest.raises(LookupError):
+        get_all(AgentMiddleware(app, recorder), ["/f"])
+    (record,) = recorder.drain()
+    assert (record.status, record.exc_type) == recorded
+
+
 class ExplodingRecorder(Recorder):
     def record(self, entry: RequestEntry) -> None:
         raise RuntimeError("recorder broke")

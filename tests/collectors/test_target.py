@@ -315,3 +315,45 @@ def test_a_program_with_a_spawned_process_pool_is_still_profiled_itself(
                    what="the pool's processes")
         target = describe_target(program.pid)
     assert (target.pid, target.pids, target.master_pid) == (program.pid, [program.pid], None)
+
+
+EMBEDDED_GUNICORN = """
+import sys
+from gunicorn.app.base import BaseApplication
+
+import tinyapp
+
+
+class Serve(BaseApplication):
+    def load_config(self):
+        for key, value in {"bind": f"127.0.0.1:{sys.argv[1]}", "workers": 2,
+                           "worker_class": "uvicorn.workers.UvicornWorker",
+                           "loglevel": "warning"}.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        return tinyapp.app
+
+
+if __name__ == "__main__":
+    Serve().run()
+"""
+
+
+def test_a_program_running_gunicorns_arbiter_itself_is_its_workers_master(
+        app_dir: Path) -> None:
+    """`gunicorn.app.base.BaseApplication` run by the program itself (`feast serve`): its
+    command line names no server, and its workers, forked, show the program's own. Read as a
+    single process, the agent went into the arbiter, which serves nothing, and no request was
+    recorded."""
+    (app_dir / "serve.py").write_text(EMBEDDED_GUNICORN)
+    port = free_port()
+    with spawned([sys.executable, "serve.py", str(port)], cwd=app_dir) as program:
+        target = settled(program.pid, 2)
+        workers = {p.pid for p in psutil.Process(program.pid).children()}
+        one_worker = describe_target(min(workers))
+    assert (target.server, target.master_pid) == ("gunicorn", program.pid)
+    assert set(target.pids) == workers
+    assert "runs gunicorn's arbiter itself" in target.notes[0]
+    assert (one_worker.pids, one_worker.master_pid) == ([min(workers)], None)
+    assert str(program.pid) in one_worker.notes[0]

@@ -273,3 +273,30 @@ def test_a_routes_view_round_trips_and_older_files_have_none(tmp_path: Path) -> 
     conn.close()
     with SessionReader(path) as reader:
         assert [r.view for r in reader.routes()] == ["", ""]
+
+
+def test_a_threads_role_shown_once_is_kept_through_windows_that_show_nothing(
+        tmp_path: Path) -> None:
+    # A recycled gunicorn worker: its main thread runs the event loop, then the worker's
+    # shutdown, where no loop frame is on its stack. It served requests all the same.
+    shutdown = (Frame("run", "/srv/venv/lib/python3.11/site-packages/gunicorn/workers/base.py",
+                      142),)
+
+    def seen(start: float, tid: int, frames: tuple[Frame, ...], role: ThreadRole,
+             name: str = "MainThread") -> StackWindow:
+        return StackWindow(start, start + 1.0, 100,
+                           (StackSample(7, tid, name, frames, 3, SampleState.RUNNING),),
+                           threads={(7, tid): role})
+
+    path = tmp_path / "s.sqlite"
+    with SessionWriter(path) as writer:
+        writer.put_window(seen(1.0, 1, LOOP, ThreadRole.LOOP))
+        writer.put_window(seen(2.0, 1, shutdown, ThreadRole.OTHER))
+        writer.put_window(seen(0.0, 3, shutdown, ThreadRole.OTHER))  # a worker booting
+        writer.put_window(seen(1.0, 3, LOOP, ThreadRole.LOOP))
+        writer.put_window(seen(0.0, 2, shutdown, ThreadRole.OTHER, "Thread-2"))
+        writer.put_window(seen(1.0, 2, shutdown, ThreadRole.OTHER, "renamed"))
+    with SessionReader(path) as reader:
+        assert reader.threads() == {(7, 1): ("MainThread", ThreadRole.LOOP),
+                                    (7, 2): ("renamed", ThreadRole.OTHER),
+                                    (7, 3): ("MainThread", ThreadRole.LOOP)}

@@ -267,9 +267,17 @@ class AgentMiddleware:
             status = request.status
             exc_type = exc_file = exc_line = None
             if exc is not None:
-                exc_type = type(exc).__name__
-                exc_file, exc_line = self.raising_line(exc.__traceback__)
-                if isinstance(exc, Exception):
+                # Raised after the whole response went out: Starlette's ServerErrorMiddleware
+                # sends what an app's `exception_handler(Exception)` answers (a 404 for a
+                # lookup the app failed), then raises again for the server to log. The
+                # client got that answer, and the exception is its cause only for a 5xx.
+                answered = request.end is not None and status > 0
+                if not answered or status >= 500:
+                    exc_type = type(exc).__name__
+                    exc_file, exc_line = self.raising_line(exc.__traceback__)
+                if answered:
+                    pass
+                elif isinstance(exc, Exception):
                     status = 500  # what the server answers, or would have, had it not started
                 elif not status:
                     status = 499  # cancelled before any response (the client went away)

@@ -127,9 +127,29 @@ def worker_children(master: psutil.Process, kind: str | None) -> list[psutil.Pro
             continue  # exited (or became unreadable) since the listing
         if is_multiprocessing_helper(cmdline):
             continue
-        if is_spawn_worker(cmdline) or (kind is not None and server_kind(cmdline) == kind):
+        if is_spawn_worker(cmdline) or (kind is not None and server_kind(cmdline) == kind) \
+                or (kind == "gunicorn" and holds_gunicorn_heartbeat(child.pid)):
             workers.append(child)
     return workers
+
+
+def holds_gunicorn_heartbeat(pid: int) -> bool:
+    """Whether the process holds a gunicorn worker's heartbeat file (`wgunicorn-*`, made in
+    `worker_tmp_dir` and unlinked at once): gunicorn's arbiter holds each of its workers', and
+    each worker its own, whatever their command line. A program that runs gunicorn's arbiter
+    itself (`gunicorn.app.base.BaseApplication`: `feast serve` does) names no server, and its
+    forked workers show the program's command line."""
+    try:
+        with os.scandir(f"/proc/{pid}/fd") as entries:
+            for entry in entries:
+                try:
+                    if "/wgunicorn-" in os.readlink(entry.path):
+                        return True
+                except OSError:
+                    continue  # closed since the listing
+    except OSError:
+        return False  # gone, or not ours to read
+    return False
 
 
 def _children(proc: psutil.Process) -> list[psutil.Process]:

@@ -24,6 +24,7 @@ from apiscope.collectors.proctree import (
     MASTERS,
     SERVER_NAMES,
     command_of,
+    holds_gunicorn_heartbeat,
     is_python_exe,
     is_runner,
     is_spawn_worker,
@@ -204,10 +205,13 @@ def _classify(proc: psutil.Process, proc_factory: ProcFactory, clock: Callable[[
               notes: list[str]) -> Target:
     """Master, worker or single process, and which processes serve requests."""
     cmdline = proc.cmdline()
-    kind = server_kind(cmdline)
+    kind = _server_of(proc, cmdline)
     now = clock()
     parent = _parent(proc, proc_factory)
-    parent_kind = server_kind(parent.cmdline()) if parent is not None else None
+    parent_kind = _server_of(parent, parent.cmdline()) if parent is not None else None
+    if kind == "gunicorn" and server_kind(cmdline) is None and parent_kind != kind:
+        notes.append(f"PID {proc.pid} ({_short(cmdline)}) runs gunicorn's arbiter itself:"
+                     " profiling its workers")
     info = ProcessInfo(pid=proc.pid, ppid=proc.ppid(), role="single",
                        command=command_of(cmdline), first_seen=now)
     base = Target(pid=proc.pid, pids=[proc.pid], master_pid=None, server=kind or "python",
@@ -231,6 +235,15 @@ def _classify(proc: psutil.Process, proc_factory: ProcFactory, clock: Callable[[
         return replace(base, pids=[i.pid for i in infos[1:]], master_pid=proc.pid,
                        processes=infos)
     return base
+
+
+def _server_of(proc: psutil.Process, cmdline: Sequence[str]) -> str | None:
+    """The server a process runs: by its command line, else "gunicorn" for a program that
+    runs gunicorn's arbiter itself or one of its workers (`holds_gunicorn_heartbeat`)."""
+    kind = server_kind(cmdline)
+    if kind is None and type(proc) is psutil.Process and holds_gunicorn_heartbeat(proc.pid):
+        return "gunicorn"
+    return kind
 
 
 def _spawned_servers(proc: psutil.Process) -> list[psutil.Process]:

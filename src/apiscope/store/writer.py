@@ -50,6 +50,7 @@ from apiscope.store import schema
 Job = Callable[[sqlite3.Connection], object]
 _STOP = object()
 CHECKPOINT_SECONDS = 2.0
+_OTHER = ThreadRole.OTHER.value
 
 
 class SessionWriteError(ApiscopeError):
@@ -83,7 +84,7 @@ class SessionWriter:
         self._frame_ids: dict[Frame, int] = {}
         self._stack_ids: dict[tuple[int, ...], int] = {}
         self._statement_ids: dict[str, int] = {}
-        self._threads: set[tuple[int, int, str, str]] = set()
+        self._threads: dict[tuple[int, int], tuple[str, str]] = {}  # (name, role) as written
         self._error: BaseException | None = None
         self._flushed = threading.Condition()
         self._pending = 0
@@ -341,10 +342,15 @@ class SessionWriter:
         rows = []
         for s in w.samples:
             role = w.threads.get((s.pid, s.tid), ThreadRole.OTHER).value
-            key = (s.pid, s.tid, s.thread_name, role)
-            if key not in self._threads:
-                c.execute("REPLACE INTO threads VALUES (?, ?, ?, ?)", key)
-                self._threads.add(key)
+            written = self._threads.get((s.pid, s.tid))
+            if written is not None and role == _OTHER and written[1] != _OTHER:
+                # A window that saw no loop or pool frame proves nothing against one that did:
+                # a recycled gunicorn worker's event loop thread ends in the worker's shutdown.
+                role = written[1]
+            if written != (s.thread_name, role):
+                c.execute("REPLACE INTO threads VALUES (?, ?, ?, ?)",
+                          (s.pid, s.tid, s.thread_name, role))
+                self._threads[(s.pid, s.tid)] = (s.thread_name, role)
             gil = None if s.gil is None else int(s.gil)
             rows.append((window_id, s.pid, s.tid, self._stack_id(c, s.frames), s.state.value,
                          gil, s.count))
