@@ -5,7 +5,7 @@ import math
 import pytest
 
 from apiscope.analysis.flags import function_name
-from apiscope.analysis.stats import fit_line, percentile, quantile_lower_bound
+from apiscope.analysis.stats import exit_notes, fit_line, percentile, quantile_lower_bound
 from apiscope.analysis.thresholds import Thresholds, from_mapping, grade
 from apiscope.errors import UsageError
 
@@ -90,3 +90,13 @@ def test_the_agents_percentile_matches_the_reports(values: list[float]) -> None:
     for q in (0.0, 1.0):
         assert agent_percentile(values, q) == percentile(values, q)
     assert agent_percentile(values[:1], 0.5) == percentile(values[:1], 0.5)
+
+
+def test_a_few_exits_are_named_one_by_one_and_a_servers_recycling_in_one_line() -> None:
+    few = exit_notes({12: 9.4, 11: 2.2})
+    assert [line.split(" exited ")[0] for line in few] == ["pid 11", "pid 12"]
+    assert few[0].startswith("pid 11 exited 2.2 s into the session: recycled by its server")
+    many = {100 + i: 40.0 - 4 * i for i in range(9)}  # gunicorn's --max-requests at work
+    (line,) = exit_notes(many)
+    assert line.startswith("9 processes exited during the session (108 at 8.0 s, 107 at 12.0 s")
+    assert "each recycled by their server (gunicorn's --max-requests)" in line

@@ -16,7 +16,7 @@ from apiscope.analysis.context import AnalysisContext, Flag, SessionData, build_
 from apiscope.analysis.context import load_session as load_session
 from apiscope.analysis.flags import sort_flags
 from apiscope.analysis.rules import RULES, Rule
-from apiscope.analysis.stats import endpoint_stats, exit_note, process_stats
+from apiscope.analysis.stats import endpoint_stats, exit_notes, process_stats
 from apiscope.analysis.thresholds import DEFAULT_SLO_MS, Thresholds
 from apiscope.report import (
     GC_ADVICE,
@@ -244,8 +244,9 @@ def render_text(report: Report) -> str:
                 f" {p.loop_gc_pauses.count} times, {p.loop_gc_pauses.seconds:.2f} s in all (longest"
                 f" {p.loop_gc_pauses.longest_ms:.0f} ms); {GC_ADVICE}"
                 for p in report.processes if p.loop_gc_pauses is not None]
-        out += [f"  pid {p.pid}: {exit_note(p.exited_after_seconds)}"
-                for p in report.processes if p.exited_after_seconds is not None]
+        out += [f"  {line}" for line in exit_notes(
+            {p.pid: p.exited_after_seconds for p in report.processes
+             if p.exited_after_seconds is not None})]
     flags = report.flags
     out += ["", f"Flags ({len(flags)})"]
     if not flags:

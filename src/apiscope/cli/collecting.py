@@ -304,7 +304,7 @@ def finish(args: argparse.Namespace, session: Path, writer: SessionWriter,
            thresholds: Thresholds, store_flags: bool = True) -> None:
     """Analyse the session once: store its flags in it, print them, write --report if asked."""
     from apiscope.analysis.report import analyse, load_session
-    from apiscope.analysis.stats import exit_note
+    from apiscope.analysis.stats import exit_notes
     from apiscope.exporters.report import save_report
 
     with SessionReader(session) as reader:
@@ -312,9 +312,9 @@ def finish(args: argparse.Namespace, session: Path, writer: SessionWriter,
     report = analyse(data, thresholds=thresholds)
     # Every process that exited, also one gone before its first resource sample (which the
     # report's processes cannot list).
-    for pid, exited in sorted(data.exited.items()):
-        print(f"apiscope: warning: pid {pid} {exit_note(max(0.0, exited - data.start))}",
-              file=sys.stderr)
+    for line in exit_notes({pid: max(0.0, exited - data.start)
+                            for pid, exited in data.exited.items()}):
+        print(f"apiscope: warning: {line}", file=sys.stderr)
     flags = report.flags
     if store_flags:
         writer.replace_flags(flags)
