@@ -24,6 +24,7 @@ from apiscope.model import (
     RouteInfo,
     SampleState,
     StackSample,
+    ThreadRole,
     ThreadSpan,
 )
 from tests.analysis.builder import (
@@ -31,6 +32,7 @@ from tests.analysis.builder import (
     LOOP_BASE,
     LOOP_TID,
     PID,
+    SELECT,
     SITE,
     STD,
     T0,
@@ -987,6 +989,25 @@ def test_code_outside_any_handler_on_a_watched_loop_is_the_watchdogs_to_judge(
     spec = measured_healthy()
     spec.seconds = 10
     spec.per_window.append(sample(LOOP_TID, on_loop(app("refresh_index", 31)), 30))
+    assert [f for f in report_of(spec, tmp_path)["flags"]
+            if f["kind"] == "event_loop_blocked"] == []
+
+
+
+def test_an_unwatched_worker_of_a_watched_server_leaves_code_outside_handlers_to_the_watchdog(
+        tmp_path: Path) -> None:
+    # The same 30%, in a second worker whose agent never reported (recycled by gunicorn's
+    # --max-requests before its first pull): it serves the same app as the watched one, whose
+    # watchdog timed every pass and found none held. No flag either.
+    other = PID + 1
+    spec = measured_healthy()
+    spec.seconds = 10
+    spec.per_window.append(StackSample(other, LOOP_TID, "MainThread",
+                                       on_loop(app("refresh_index", 31)), 30))
+    spec.per_window.append(StackSample(other, LOOP_TID, "MainThread", SELECT, 70,
+                                       SampleState.WAITING))
+    roles = spec.roles()
+    spec.roles = lambda: {**roles, (other, LOOP_TID): ThreadRole.LOOP}  # type: ignore
     assert [f for f in report_of(spec, tmp_path)["flags"]
             if f["kind"] == "event_loop_blocked"] == []
 

@@ -38,7 +38,8 @@ Two sources, the measured one first:
 - **Stack samples** (also with the watchdog, for holds shorter than its threshold repeated on
   every request, such as a quick sync query; with the watchdog, only inside an endpoint's
   handler, whose request count tells many short holds from a long one: code outside any
-  handler, such as a FastAPI dependency, is the watchdog's to judge): the loop thread's
+  handler, such as a FastAPI dependency, is the watchdog's to judge, also in a worker it did
+  not watch, such as one recycled before its agent reported): the loop thread's
   non-idle samples inside one endpoint's handler, RUNNING (the kernel measured the thread on
   a CPU) or BLOCKED (off-CPU, less the time the kernel says it waited in the run queue for a
   CPU; off-CPU samples in fewer than `MIN_RECURRENCES` windows count as none). Only long
@@ -605,9 +606,13 @@ class EventLoopBlockedRule:
         flags = []
         for (endpoint, _), samples in sorted(inside.items(), key=lambda kv: (kv[0][0] or "",
                                                                               kv[0][1])):
-            if endpoint is None and all(a.sample.pid in watched for a in samples):
+            if endpoint is None and watched:
                 # No request counts to tell many short holds from a long one, and the
                 # watchdog, which times every pass, is the one to say: it flagged what it saw.
+                # A worker it did not watch serves the same app as those it did: one a
+                # server recycled (gunicorn's --max-requests) before its agent reported read
+                # medium here for an error handler's short passes (formatting and logging a
+                # traceback, 1-2 ms each) that the others' watchdogs timed under 10 ms.
                 continue
             flag = self._sample_flag(ctx, endpoint, samples, per_window)
             if flag is not None:
