@@ -275,9 +275,7 @@ class AgentMiddleware:
                 if not answered or status >= 500:
                     exc_type = type(exc).__name__
                     exc_file, exc_line = self.raising_line(exc.__traceback__)
-                if answered:
-                    pass
-                elif isinstance(exc, Exception):
+                if not answered and isinstance(exc, Exception):
                     status = 500  # what the server answers, or would have, had it not started
                 elif not status:
                     status = 499  # cancelled before any response (the client went away)

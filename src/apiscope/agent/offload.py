@@ -332,9 +332,9 @@ class PoolTiming:
 
     Hooks `ThreadPoolExecutor.submit` (asyncio's `to_thread` and `run_in_executor`, asgiref,
     Quart, Falcon) and `anyio.to_thread.run_sync` (Starlette's and FastAPI's
-    `run_in_threadpool`), when imported. A call without a request in `CURRENT` is not timed;
-    one of the calls it would time sets `OFFLOAD.wanted`, so the middleware puts the next
-    requests there."""
+    `run_in_threadpool`), when imported. A call without a request in `CURRENT` is neither
+    timed nor noted, and sets `OFFLOAD.wanted`, so the middleware puts the next requests
+    there."""
 
     def __init__(self, is_app: Callable[[str, str], bool]) -> None:
         self._is_app = is_app
