@@ -216,14 +216,16 @@ class Agent:
         return answer
 
     def _offloaded(self) -> list[list[Any]]:
-        return [[method, self.routes.resolve(method, route) if route[:1] == DEFERRED else route,
-                 looks, cpu] for method, route, looks, cpu in self.offloaded.drain()]
+        return [[method, self._named(method, route), looks, cpu]
+                for method, route, looks, cpu in self.offloaded.drain()]
 
     def _thread_spans(self) -> list[list[Any]]:
-        return [[tid, method,
-                 self.routes.resolve(method, route) if route[:1] == DEFERRED else route,
-                 start, end, count] for tid, method, route, start, end, count
-                in self.spans.drain()]
+        return [[tid, method, self._named(method, route), start, end, count]
+                for tid, method, route, start, end, count in self.spans.drain()]
+
+    def _named(self, method: str, route: str) -> str:
+        """A route recorded as a path whose router is asked at pull time, named."""
+        return self.routes.resolve(method, route) if route[:1] == DEFERRED else route
 
     def _refresh_and_sample(self) -> dict[str, Any] | None:
         if self.query_hooks is not None:
