@@ -23,6 +23,7 @@ import pytest
 
 from apiscope.agent.gilwatch import GilMeter, GilWatchdog, gil_futex
 from apiscope.agent.looppass import PassClock
+from apiscope.agent.loopwatch import CATCH_SHARE
 from apiscope.agent.schedstat import SchedStat, percentile
 from apiscope.agent.watchdog import WatchdogOptions, Watchdogs
 from apiscope.collectors.agent_client import batch_from_json
@@ -632,12 +633,23 @@ def test_a_saturated_loop_is_followed_once_per_check_not_at_every_pass() -> None
         interval = loop_thread.watchdogs.options.loop_interval
     finally:
         loop_thread.close()
-    passes = loop_thread.stalls
+    passes = sorted(loop_thread.stalls, key=lambda s: s["start"])
     followed = [s for s in passes if s["held"] is not None]
     assert len(passes) >= 40, len(passes)
     # None may be followed at all on a host busy enough that the loop thread waits for a CPU
-    # for half of each pass (the host made them long, not the code).
-    assert len(followed) <= seconds / interval + 3, (len(followed), len(passes))
+    # for half of each pass (the host made them long, not the code). A crowded pass that a
+    # busy host stretched past the stall threshold, and of which only one look was evidence
+    # (the loop thread waited for the GIL or a CPU at the others), may be a hold: from its
+    # end the watchdog checks at its alerted period. Until then, one per loop interval.
+    options = loop_thread.watchdogs.options
+    alerting = [i for i, s in enumerate(followed) if s["held"] == "one" or (
+        s["held"] == "glimpse" and s["duration_ms"] >= options.stall_threshold * 1000)]
+    calm = followed[:alerting[0] + 1] if alerting else followed
+    calm_seconds = calm[-1]["start"] - passes[0]["start"] if calm else 0.0
+    assert len(calm) <= calm_seconds / interval + 3, [
+        (round(s["start"] - passes[0]["start"], 3), s["held"], s["duration_ms"]) for s in calm]
+    alerted_period = min(interval, options.stall_threshold * CATCH_SHARE)
+    assert len(followed) <= len(calm) + (seconds - calm_seconds) / alerted_period + 3
     assert not [s for s in followed if s["held"] == "one" and s["frames"]
                 and s["cpu_ms"] is not None and s["cpu_ms"] > s["duration_ms"] - 5]
 
