@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.request import urlopen
 
 import psutil
 import pytest
@@ -357,3 +358,65 @@ def test_a_program_running_gunicorns_arbiter_itself_is_its_workers_master(
     assert "runs gunicorn's arbiter itself" in target.notes[0]
     assert (one_worker.pids, one_worker.master_pid) == ([min(workers)], None)
     assert str(program.pid) in one_worker.notes[0]
+
+
+SOCKET_ARBITER = """
+import multiprocessing, os, socket, subprocess, sys, time
+
+if __name__ == "__main__":
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", int(sys.argv[1])))
+    listener.listen(64)
+    fd = listener.fileno()
+    os.set_inheritable(fd, True)
+    # A forked child with this program's own command line holds the socket too (a pool
+    # forked after the bind), but serves nothing.
+    pool = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    pool.start()
+    workers = [subprocess.Popen([sys.executable, "worker.py", str(fd)], pass_fds=[fd])
+               for _ in range(2)]
+    while True:
+        for i, worker in enumerate(workers):
+            if worker.poll() is not None:  # restarted, as a process manager does
+                workers[i] = subprocess.Popen([sys.executable, "worker.py", str(fd)],
+                                              pass_fds=[fd])
+        time.sleep(0.2)
+"""
+
+SOCKET_WORKER = """
+import socket, sys
+import uvicorn
+
+sock = socket.socket(fileno=int(sys.argv[1]))
+uvicorn.Server(uvicorn.Config("tinyapp:app", log_level="warning")).run(sockets=[sock])
+"""
+
+
+def test_a_process_manager_handing_its_socket_to_workers_is_their_master(
+        app_dir: Path) -> None:
+    """`bentoml serve` runs circus, which binds the port and starts each worker as a program
+    of its own (`python -m _bentoml_impl.worker.service --fd 3`) on the inherited socket. No
+    command line names a server: read as a single process, the manager got the agent,
+    served nothing, and no request was recorded. Its workers are found again as they are
+    replaced; a forked child holding the socket with the manager's command line is none."""
+    (app_dir / "arbiter.py").write_text(SOCKET_ARBITER)
+    (app_dir / "worker.py").write_text(SOCKET_WORKER)
+    port = free_port()
+    with spawned([sys.executable, "arbiter.py", str(port)], cwd=app_dir) as program:
+        target = settled(program.pid, 2)
+        children = psutil.Process(program.pid).children()
+        pool = [p for p in children if "worker.py" not in p.cmdline()]
+        workers = [p for p in children if "worker.py" in p.cmdline()]
+        workers[0].kill()
+        replaced = wait_until(
+            lambda: (t := describe_target(program.pid)) and len(t.pids) == 2
+            and workers[0].pid not in t.pids and t, timeout=30, what="a replaced worker")
+        wait_until(lambda: urlopen(f"http://127.0.0.1:{port}/", timeout=5).read() == b"ok",
+                   timeout=20, what="the workers to serve")
+    assert (target.server, target.master_pid, target.sample_pid) == ("python",) + (
+        program.pid,) * 2
+    assert set(target.pids) == {p.pid for p in workers} and len(pool) == 1
+    assert pool[0].pid not in target.pids and pool[0].pid not in replaced.pids
+    assert workers[1].pid in replaced.pids
+    assert "started 2 worker processes that listen on its port" in target.notes[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Sequence
 
 import psutil
@@ -117,9 +118,12 @@ def worker_children(master: psutil.Process, kind: str | None) -> list[psutil.Pro
 
     gunicorn forks workers with its own command line (or `gunicorn: worker [...]` under
     setproctitle); uvicorn and hypercorn start multiprocessing "spawn" children. The
-    multiprocessing resource tracker is a child too, but serves nothing.
+    multiprocessing resource tracker is a child too, but serves nothing. Under a master no
+    server's name shows (`kind` None or "python"), a child running a program of its own that
+    holds one of the master's listening sockets is a worker too (see `shares_listener`).
     """
     workers = []
+    listening: frozenset[int] | None = None
     for child in _children(master):
         try:
             cmdline = child.cmdline()
@@ -130,7 +134,107 @@ def worker_children(master: psutil.Process, kind: str | None) -> list[psutil.Pro
         if is_spawn_worker(cmdline) or (kind is not None and server_kind(cmdline) == kind) \
                 or (kind == "gunicorn" and holds_gunicorn_heartbeat(child.pid)):
             workers.append(child)
+        elif kind in (None, "python") and type(master) is psutil.Process:
+            if listening is None:
+                listening = _master_listening(master)
+            if listening and shares_listener(master, child, cmdline, listening):
+                workers.append(child)
     return workers
+
+
+def shares_listener(master: psutil.Process, child: psutil.Process, cmdline: Sequence[str],
+                    listening: frozenset[int]) -> bool:
+    """Whether `child` is a worker handed its master's listening socket: it holds one of the
+    master's (`listening`, their inodes) and runs a program of its own. A process manager
+    that binds the port and starts workers on the inherited socket does this (BentoML's
+    `bentoml serve` runs circus, whose workers are `python -m _bentoml_impl.worker.service
+    --fd 3`). A forked child with its parent's command line (a process pool forked after the
+    port was bound) holds the socket too, but serves nothing."""
+    try:
+        if cmdline == master.cmdline():
+            return False
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return not listening.isdisjoint(socket_inodes(child.pid))
+
+
+# Masters' listening sockets, by (pid, start time): (when read, their inodes). Workers are
+# looked for each second, and the socket tables these are read from list every connection in
+# the host's network namespace.
+_LISTENING: dict[tuple[int, float], tuple[float, frozenset[int]]] = {}
+LISTENING_TTL = 30.0
+
+
+def _master_listening(master: psutil.Process) -> frozenset[int]:
+    try:
+        key = (master.pid, master.create_time())
+    except psutil.Error:
+        return frozenset()
+    now = time.monotonic()
+    known = _LISTENING.get(key)
+    if known is None or now - known[0] >= LISTENING_TTL:
+        if len(_LISTENING) > 64:
+            _LISTENING.clear()
+        known = _LISTENING[key] = (now, listening_sockets(master.pid))
+    return known[1]
+
+
+def listening_sockets(pid: int, proc_root: str = "/proc") -> frozenset[int]:
+    """The inodes of the listening sockets (TCP, or Unix for a server on a socket file) the
+    process holds, its own or inherited; empty for a process gone or not ours to read."""
+    held = socket_inodes(pid, proc_root)
+    return frozenset(held & _listening_inodes(pid, proc_root)) if held else frozenset()
+
+
+def socket_inodes(pid: int, proc_root: str = "/proc") -> set[int]:
+    """The inodes of the sockets among the process's open files."""
+    found = set()
+    try:
+        with os.scandir(f"{proc_root}/{pid}/fd") as entries:
+            for entry in entries:
+                try:
+                    target = os.readlink(entry.path)
+                except OSError:
+                    continue  # closed since the listing
+                if target.startswith("socket:["):
+                    found.add(int(target[8:-1]))
+    except (OSError, ValueError):
+        return set()
+    return found
+
+
+def _listening_inodes(pid: int, proc_root: str) -> set[int]:
+    """The inodes of the listening sockets in the process's network namespace."""
+    found = set()
+    for table, listening in (("tcp", _tcp_listening), ("tcp6", _tcp_listening),
+                             ("unix", _unix_listening)):
+        try:
+            with open(f"{proc_root}/{pid}/net/{table}", "rb") as f:
+                next(f, None)  # the header
+                for line in f:
+                    inode = listening(line.split())
+                    if inode is not None:
+                        found.add(inode)
+        except OSError:
+            continue  # no such table (IPv6 off), or the process is gone
+    return found
+
+
+def _tcp_listening(fields: list[bytes]) -> int | None:
+    # sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...; st 0A is LISTEN.
+    if len(fields) > 9 and fields[3] == b"0A" and fields[9].isdigit():
+        return int(fields[9])
+    return None
+
+
+def _unix_listening(fields: list[bytes]) -> int | None:
+    # Num RefCount Protocol Flags Type St Inode [Path]; flag 0x10000 is a listening socket.
+    try:
+        if len(fields) > 6 and int(fields[3], 16) & 0x10000:
+            return int(fields[6])
+    except ValueError:
+        pass
+    return None
 
 
 def holds_gunicorn_heartbeat(pid: int) -> bool:
