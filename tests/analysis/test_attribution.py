@@ -86,6 +86,30 @@ def test_installed_app_modules_are_app_code() -> None:
     assert user_frame(stack[2:], roots) is None
 
 
+def test_a_serving_frameworks_generic_handler_dispatching_to_the_users_code_is_no_app() -> None:
+    # BentoML serves each API of a user's service through its own `api_endpoint_wrapper`:
+    # every handler is installed, yet the application is the service module it calls. Taken
+    # for the app, BentoML's middleware was the "line" of a loop hold at its response write.
+    site = "/venv/lib/python3.11/site-packages"
+    bento = f"{site}/_bentoml_impl/server/app.py"
+    routes = [RouteInfo("POST", "/proba", "_bentoml_impl.server.app:"
+                        "ServiceAppFactory.api_endpoint_wrapper", bento, 715, True)]
+    dispatch = [*LOOP, Frame("ServiceAppFactory.api_endpoint_wrapper", bento, 719),
+                Frame("ServiceAppFactory.api_endpoint", bento, 807)]
+    service = [*dispatch, Frame("Classifier.proba", "/srv/bento/service.py", 24),
+               Frame("predict_proba", f"{site}/sklearn/ensemble/_forest.py", 956)]
+    assert app_roots(routes) == (f"{site}/_bentoml_impl",)
+    assert app_roots(routes, [dispatch]) == (f"{site}/_bentoml_impl",)
+    assert app_roots(routes, [dispatch, service]) == ()
+    assert app_roots(routes, [dispatch], own_code=True) == ()
+    # A launcher of the app's own above the loop (`main()` calling `uvicorn.run`) runs none
+    # of the requests' code: the installed app stays the app.
+    launched = [Frame("main", "/srv/run.py", 8), *dispatch]
+    assert app_roots(routes, [launched]) == (f"{site}/_bentoml_impl",)
+    assert RouteMatcher(routes, roots=()).roots == ()
+    assert RouteMatcher(routes).roots == (f"{site}/_bentoml_impl",)
+
+
 def test_framework_routes_do_not_make_the_framework_application_code() -> None:
     from apiscope.analysis.attribution import app_roots, is_app_frame
     from apiscope.model import Frame, RouteInfo

@@ -67,7 +67,8 @@ def framework_route(route: RouteInfo) -> bool:
     return route.handler.startswith(FRAMEWORKS)
 
 
-def app_roots(routes: Iterable[RouteInfo]) -> tuple[str, ...]:
+def app_roots(routes: Iterable[RouteInfo], stacks: Iterable[Sequence[Frame]] = (), *,
+              own_code: bool = False) -> tuple[str, ...]:
     """Directories holding the application's code, from its handlers' modules and files.
 
     A handler in package module `shop.api.items` at `/x/shop/api/items.py` gives `/x/shop` (the
@@ -78,7 +79,11 @@ def app_roots(routes: Iterable[RouteInfo]) -> tuple[str, ...]:
     Handlers installed in site-packages give roots only when every handler is installed (the
     application itself was installed there): beside handlers of the application's own
     directories, they are a library's routes (an auth library's login routes, a schema
-    viewer), and that library is not the application's code.
+    viewer), and that library is not the application's code. Nor are they when any of the
+    session's `stacks` runs code of the application's own directories (`runs_own_code`; or
+    `own_code`, for a caller that asked already): a serving framework's generic handler
+    dispatching to the user's functions (BentoML's `api_endpoint_wrapper` for a service's
+    methods) is the framework's code.
     """
     local: set[str] = set()
     installed: set[str] = set()
@@ -102,7 +107,17 @@ def app_roots(routes: Iterable[RouteInfo]) -> tuple[str, ...]:
             installed.add(str(path))
         else:
             local.add(str(path.parent))
-    return tuple(sorted(local or installed))
+    if local:
+        return tuple(sorted(local))
+    if installed and (own_code or runs_own_code(stacks)):
+        return ()
+    return tuple(sorted(installed))
+
+
+def runs_own_code(stacks: Iterable[Sequence[Frame]]) -> bool:
+    """Whether any stack runs a function of a file outside the installed packages and the
+    standard library (not a module body, not a launcher above the event loop)."""
+    return any(user_frame(frames, ()) is not None for frames in stacks)
 
 
 # The frames that run the event loop: the runner's, the loop's and a callback's (a task's step
@@ -287,7 +302,8 @@ class RouteMatcher:
     anywhere in the stack comes before them (an app's `get` calling `super().get()`).
     """
 
-    def __init__(self, routes: Sequence[RouteInfo], served: Collection[str] = ()) -> None:
+    def __init__(self, routes: Sequence[RouteInfo], served: Collection[str] = (),
+                 roots: Sequence[str] | None = None) -> None:
         served = frozenset(served)
         routes = [*routes, *_served_only(routes, served)]
         ordered = sorted(routes, key=lambda r: (f"{r.method} {r.template}" not in served,
@@ -318,7 +334,8 @@ class RouteMatcher:
                         and entry.template != route.template:
                     entry.endpoint = None  # serving requests on two templates: ambiguous
                 entry.endpoints.append(endpoint)
-        self.roots = app_roots(routes)
+        # The app's directories: `app_roots` of the routes unless given (from the stacks too).
+        self.roots = tuple(roots) if roots is not None else app_roots(routes)
 
     def handler_of(self, endpoint: str) -> str | None:
         """The "module:qualname" serving an endpoint ("METHOD /template")."""

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import linecache
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from typing import Any
 
 from apiscope.analysis.attribution import (
     RouteMatcher,
+    app_roots,
     dispatch_lines,
     is_tool_work,
     offloaded_work,
@@ -405,11 +407,23 @@ def _stack_facts(data: SessionData, matcher: RouteMatcher,
     return facts, passing
 
 
+def distinct_stacks(data: SessionData) -> Iterator[tuple[Frame, ...]]:
+    """Each stack the samples and the watchdog's stalls show, once (the store hands out one
+    tuple per distinct stack)."""
+    seen: set[int] = set()
+    for frames in chain((s.frames for _, s in data.samples),
+                        (s.frames for s in data.loop_stalls)):
+        if id(frames) not in seen:
+            seen.add(id(frames))
+            yield frames
+
+
 def build_context(data: SessionData, thresholds: Thresholds) -> AnalysisContext:
     by_endpoint: dict[str, list[RequestRecord]] = defaultdict(list)
     for record in data.requests:
         by_endpoint[record.endpoint].append(record)
-    matcher = RouteMatcher(data.routes, by_endpoint)
+    roots = app_roots(data.routes, distinct_stacks(data))
+    matcher = RouteMatcher(data.routes, by_endpoint, roots)
     functions: dict[tuple[str, int], str] = {}
     seen: set[int] = set()
     for _, sample in data.samples:

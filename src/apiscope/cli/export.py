@@ -83,7 +83,7 @@ def session_profile(reader: SessionReader, samples: list[StackSample], title: st
     return Profile(samples, title, report, threads=threads, rate_hz=rate,
                    endpoint_of=route_matcher(routes, reader.served_endpoints()),
                    span=(start, max(0.0, end - start)),
-                   app_roots=app_roots(routes))
+                   app_roots=app_roots(routes, (s.frames for s in samples)))
 
 
 def session_report(reader: SessionReader) -> Report | None:

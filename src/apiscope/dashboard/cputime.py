@@ -123,6 +123,10 @@ def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
+# The route table, the endpoints served and the app's directories, if given.
+_RoutesKey = tuple[list[RouteInfo], frozenset[str], 'tuple[str, ...] | None']
+
+
 class StackFacts:
     """What the analysis asks of a stack (endpoint, application frame, tool work), worked out
     once per stack id with the analysis's own attribution, until the route table or the set
@@ -130,13 +134,15 @@ class StackFacts:
 
     def __init__(self, frames_of: FramesOf) -> None:
         self._frames_of = frames_of
-        self._routes: tuple[list[RouteInfo], frozenset[str]] | None = None
+        self._routes: _RoutesKey | None = None
         self.matcher = RouteMatcher([])
         self._facts: dict[int, tuple[str | None, Frame | None, bool, int | None, bool]] = {}
 
-    def use(self, routes: list[RouteInfo], served: Collection[str] = ()) -> None:
-        """The route table and the endpoints that served requests (`RouteMatcher`)."""
-        key = (list(routes), frozenset(served))
+    def use(self, routes: list[RouteInfo], served: Collection[str] = (),
+            roots: Sequence[str] | None = None) -> None:
+        """The route table, the endpoints that served requests and the app's directories
+        (`RouteMatcher`)."""
+        key = (list(routes), frozenset(served), None if roots is None else tuple(roots))
         if key != self._routes:
             self._routes = key
             self.matcher = RouteMatcher(*key)

@@ -151,8 +151,8 @@ class DashboardSession:
                 stored = list(self.analysis.flags or ())
             self._flags = sorted(stored, key=lambda f: SEVERITY_ORDER.get(f.severity, 3))
             self._routes = self.reader.routes()
-            self._app_roots = app_roots(self._routes)
-            self._facts.use(self._routes, self.requests.columns)
+            self._app_roots = app_roots(self._routes, own_code=self.samples.runs_own_code())
+            self._facts.use(self._routes, self.requests.columns, self._app_roots)
             self._span = self._time_range()
             # JSON-shaped (lists, not tuples) so it compares equal after a trip to the browser
             version = [self.requests.last_id, self.samples.last_window_id, self._last_resource,

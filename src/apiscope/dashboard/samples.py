@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
+from apiscope.analysis.attribution import runs_own_code
 from apiscope.model import Frame, RouteInfo, SampleState, WindowInfo
 from apiscope.store.reader import SessionReader
 
@@ -60,6 +61,8 @@ class SampleIndex:
         self.series: list[Series] = []
         self._blocks: dict[int, dict[tuple[int, int], int]] = {}
         self._stacks: dict[int, tuple[Frame, ...]] = {}
+        self._own_code = False  # see `runs_own_code`
+        self._own_checked = 0  # the last stack id it asked of
         self._endpoints: dict[int, str | None] = {}
         self._route_key: tuple[int, frozenset[str]] | None = None
         self._matcher: EndpointOf = lambda frames: None
@@ -122,6 +125,17 @@ class SampleIndex:
 
     def frames(self, stack_id: int) -> tuple[Frame, ...]:
         return self._stacks.get(stack_id, ())
+
+    def runs_own_code(self) -> bool:
+        """Whether a stack so far runs the application's own files (`runs_own_code`): each
+        stack is asked once, and once one does, the answer stays."""
+        with self._lock:
+            if not self._own_code:
+                new = [frames for stack_id, frames in self._stacks.items()
+                       if stack_id > self._own_checked]
+                self._own_checked = max(self._stacks, default=0)
+                self._own_code = runs_own_code(new)
+            return self._own_code
 
     def endpoint_of(self, stack_id: int) -> str | None:
         if stack_id not in self._endpoints:

@@ -29,7 +29,8 @@ def active_stacks(data: SessionData) -> list[StackSample]:
 
 def render_html(report: Report, data: SessionData, title: str | None = None) -> str:
     title = title or f"apiscope report: {report.target.command or 'session'}"
-    return render_page(build_tree(active_stacks(data)), report, title, app_roots(data.routes))
+    roots = app_roots(data.routes, (s.frames for _, s in data.samples))
+    return render_page(build_tree(active_stacks(data)), report, title, roots)
 
 
 def write_report(session: SessionReader | str | os.PathLike[str], path: str | Path,
