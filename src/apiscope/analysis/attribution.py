@@ -314,6 +314,9 @@ class RouteMatcher:
         # The app's view classes serving a library's methods: (class qualname, its file,
         # the library method's name, the endpoint), preferred endpoint first.
         self._views: list[tuple[str, str, str, str]] = []
+        # (function, file) of the app's functions below a handler of several endpoints ->
+        # the one endpoint they run for (`learn`).
+        self._learned: dict[tuple[str, str], str] = {}
         self._served = served
         for route in ordered:
             endpoint = f"{route.method} {route.template}"
@@ -350,20 +353,48 @@ class RouteMatcher:
         """(index, endpoint) of the handler frame in `frames` (root first), or None; the
         endpoint is None for a handler of several that no view class below tells apart (see
         above)."""
-        outer: tuple[int, _Entry] | None = None  # the root-most library method seen so far
+        found: tuple[int, _Entry] | None = None
         for index in range(len(frames) - 1, -1, -1):
             entry = self._match(frames[index])
             if entry is None:
                 continue
+            found = (index, entry)  # a library method: the root-most one seen so far
             if not entry.generic:
-                return index, entry.endpoint
-            outer = (index, entry)
-        if outer is None:
+                break  # the app's handler: the leaf-most one
+        if found is None:
             return None
-        index, entry = outer
-        if entry.endpoint is None and self._views:
-            return index, self._by_view(frames, index)
-        return index, entry.endpoint
+        index, entry = found
+        if entry.endpoint is not None:
+            return index, entry.endpoint
+        by_view = self._by_view(frames, index) if entry.generic and self._views else None
+        return index, by_view or self._by_learned(frames, index)
+
+    def learn(self, labelled: Iterable[tuple[Sequence[Frame], str]]) -> None:
+        """Learn which app function below a handler serving several endpoints runs for which
+        of them, from stacks the agent labelled with their request's endpoint (the watchdog's
+        holds, the sampled requests' profiles). BentoML serves every API of a service through
+        one `api_endpoint_wrapper`, and the service's method below it is what tells the APIs
+        apart. A function seen under several endpoints tells none."""
+        self._learned = {}
+        seen: dict[tuple[str, str], set[str]] = {}
+        for frames, endpoint in labelled:
+            found = self.handler_at(frames)
+            if found is None or found[1] is not None:
+                continue
+            for frame in frames[found[0] + 1:]:
+                if is_app_frame(frame, self.roots):
+                    seen.setdefault((frame.function, norm(frame.file)), set()).add(endpoint)
+                    break
+        self._learned = {key: endpoints.pop() for key, endpoints in seen.items()
+                         if len(endpoints) == 1}
+
+    def _by_learned(self, frames: Sequence[Frame], handler: int) -> str | None:
+        """The endpoint of the first app function below the handler at `handler` that
+        `learn` tied to one endpoint."""
+        for frame in frames[handler + 1:]:
+            if is_app_frame(frame, self.roots):
+                return self._learned.get((frame.function, norm(frame.file)))
+        return None
 
     def sharing(self, frames: Sequence[Frame]) -> tuple[str, ...]:
         """The endpoints that served requests through the handler running in `frames` when

@@ -33,6 +33,7 @@ from apiscope.model import (
     LoopLagSample,
     LoopStall,
     OffloadLooks,
+    ProfileNode,
     RequestRecord,
     ResourceSample,
     RouteInfo,
@@ -418,12 +419,35 @@ def distinct_stacks(data: SessionData) -> Iterator[tuple[Frame, ...]]:
             yield frames
 
 
+def labelled_stacks(data: SessionData, roots: Sequence[str],
+                    ) -> Iterator[tuple[tuple[Frame, ...], str]]:
+    """Stacks the agent saw running one request, with its endpoint: the watchdog's holds of
+    the loop, and each sampled request's profile (its paths down to an application frame, by
+    the app's directories `roots`)."""
+    for stall in data.loop_stalls:
+        if stall.route and stall.frames:
+            yield stall.frames, stall.route
+    for profile in data.profiles:
+        if profile.tree is None:
+            continue
+        todo: list[tuple[ProfileNode, tuple[Frame, ...]]] = [
+            (child, ()) for child in profile.tree.children]
+        while todo:
+            node, above = todo.pop()
+            path = (*above, Frame(node.function, node.file, node.line))
+            if node.file and is_app_frame(path[-1], roots):
+                yield path, profile.endpoint
+                continue
+            todo.extend((child, path) for child in node.children)
+
+
 def build_context(data: SessionData, thresholds: Thresholds) -> AnalysisContext:
     by_endpoint: dict[str, list[RequestRecord]] = defaultdict(list)
     for record in data.requests:
         by_endpoint[record.endpoint].append(record)
     roots = app_roots(data.routes, distinct_stacks(data))
     matcher = RouteMatcher(data.routes, by_endpoint, roots)
+    matcher.learn(labelled_stacks(data, roots))
     functions: dict[tuple[str, int], str] = {}
     seen: set[int] = set()
     for _, sample in data.samples:

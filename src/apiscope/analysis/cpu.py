@@ -224,14 +224,18 @@ def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
     """Each process's share of its CPU time spent in the server's and framework's own work."""
     totals = process_cpu_seconds(ctx)
     server: dict[int, float] = defaultdict(float)
+    pool: dict[int, float] = defaultdict(float)  # on pool threads
     for a in ctx.samples:
         if a.cpu and a.user is None and a.endpoint is None and not a.tool and not a.offloaded \
                 and not a.request_work and a.role in HANDLER_ROLES:
-            server[a.sample.pid] += a.cpu
-    # The timed handed work the samples put on a pool thread's idle stack is the routes'.
+            (pool if a.role is ThreadRole.WORKER else server)[a.sample.pid] += a.cpu
+    # The timed handed work the samples put on a pool thread's idle stack is the routes'; not
+    # the loop's own work. (Handed calls of the app's own functions show them, and so were
+    # never the server's: taken from the loop's, a BentoML worker's 9 s read 0.)
     for pid, cpu in HandedWork.of(ctx).beyond_seen().items():
-        server[pid] = max(0.0, server[pid] - cpu)
-    return {pid: min(1.0, server[pid] / total) for pid, total in totals.items() if total > 0}
+        pool[pid] = max(0.0, pool[pid] - cpu)
+    return {pid: min(1.0, (server[pid] + pool[pid]) / total)
+            for pid, total in totals.items() if total > 0}
 
 
 def host_busy_share(ctx: AnalysisContext,
