@@ -225,9 +225,15 @@ def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
     totals = process_cpu_seconds(ctx)
     server: dict[int, float] = defaultdict(float)
     pool: dict[int, float] = defaultdict(float)  # on pool threads
+    shared: dict[int, bool] = {}  # per stack: in a handler of several endpoints
     for a in ctx.samples:
         if a.cpu and a.user is None and a.endpoint is None and not a.tool and not a.offloaded \
                 and not a.request_work and a.role in HANDLER_ROLES:
+            key = id(a.sample.frames)
+            if key not in shared:
+                shared[key] = bool(ctx.matcher.sharing(a.sample.frames))
+            if shared[key]:
+                continue  # the endpoints' it serves (`shared_handler_cpu`), not the server's
             (pool if a.role is ThreadRole.WORKER else server)[a.sample.pid] += a.cpu
     # The timed handed work the samples put on a pool thread's idle stack is the routes'; not
     # the loop's own work. (Handed calls of the app's own functions show them, and so were
