@@ -1337,15 +1337,22 @@ def bento_shaped() -> Spec:
     return spec
 
 
+def bento_labelled() -> Spec:
+    """`bento_shaped`, with three holds of the loop the agent saw in the async API's method,
+    named with their request's route."""
+    spec = bento_shaped()
+    spec.loop_stalls = [replace(stall(0, 40.0, 38.0, T0 + 2 + i,
+                                      frames=spec.per_window[-3].frames, held="one"),
+                                route="POST /proba") for i in range(3)]
+    return spec
+
+
 def test_a_serving_frameworks_one_handler_is_told_apart_by_the_service_method_below(
         tmp_path: Path) -> None:
     # The agent's holds of the loop name the request's route: `Classifier.proba` ran for
     # POST /proba, so its samples are that route's, not shared out among the three by
     # their requests (0.088 for a route with 0.19 of the CPU).
-    spec = bento_shaped()
-    spec.loop_stalls = [stall(0, 40.0, 38.0, T0 + 2 + i, frames=spec.per_window[-3].frames,
-                              held="one") for i in range(3)]
-    spec.loop_stalls = [replace(s, route="POST /proba") for s in spec.loop_stalls]
+    spec = bento_labelled()
     with write_and_open(spec, tmp_path / "s.sqlite") as reader:
         ctx = build_context(load_session(reader), Thresholds())
     shares = cpu_shares(ctx)

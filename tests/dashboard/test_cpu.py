@@ -19,6 +19,7 @@ from apiscope.dashboard.data import DashboardSession, ProcessCard
 from apiscope.dashboard.samples import BLOCK
 from apiscope.exporters.tree import FlameNode, walk
 from apiscope.store import SessionReader
+from tests.analysis.test_measured import bento_labelled
 from tests.dashboard.cpu_session import PID, RATE, SECONDS, T0, write_cpu_session
 from tests.dashboard.synthetic import START, write_session
 
@@ -175,3 +176,19 @@ def test_process_card_shows_the_server_and_native_threads_shares() -> None:
     quiet = replace(card, native_cpu_share=0.0)
     assert "native threads" not in json.dumps(process_cards([quiet])[0].to_plotly_json(),
                                               cls=PlotlyJSONEncoder)
+
+
+def test_one_handler_of_several_endpoints_is_told_apart_as_in_the_report(tmp_path: Path) -> None:
+    """BentoML's one wrapper for every API: the dashboard ties the service's method to its API
+    from the agent's route-labelled stacks, as the report does (it shared the method's CPU out
+    among the APIs)."""
+    path = bento_labelled().write(tmp_path / "bento.sqlite")
+    data = DashboardSession(path)
+    with SessionReader(path) as reader:
+        report = build_report(reader)
+    ours = data.cpu_shares(None)
+    shares = {endpoint.route: endpoint.cpu_share for endpoint in report.endpoints}
+    assert shares["POST /proba"] > 2 * shares["POST /keywords"]
+    for route, share in shares.items():
+        assert round(ours.get(route, 0.0), 4) == share
+    data.close()

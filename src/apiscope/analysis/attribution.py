@@ -369,13 +369,19 @@ class RouteMatcher:
         by_view = self._by_view(frames, index) if entry.generic and self._views else None
         return index, by_view or self._by_learned(frames, index)
 
-    def learn(self, labelled: Iterable[tuple[Sequence[Frame], str]]) -> None:
+    def shares_handlers(self) -> bool:
+        """Whether a handler serves requests of several endpoints (see `learn`)."""
+        return any(entry.endpoint is None
+                   for entries in self._by_name.values() for entry in entries)
+
+    def learn(self, labelled: Iterable[tuple[Sequence[Frame], str]]) -> bool:
         """Learn which app function below a handler serving several endpoints runs for which
         of them, from stacks the agent labelled with their request's endpoint (the watchdog's
         holds, the sampled requests' profiles). BentoML serves every API of a service through
         one `api_endpoint_wrapper`, and the service's method below it is what tells the APIs
-        apart. A function seen under several endpoints tells none."""
-        self._learned = {}
+        apart. A function seen under several endpoints tells none. True when what it
+        learnt differs from what it knew."""
+        known, self._learned = self._learned, {}
         seen: dict[tuple[str, str], set[str]] = {}
         for frames, endpoint in labelled:
             found = self.handler_at(frames)
@@ -387,6 +393,7 @@ class RouteMatcher:
                     break
         self._learned = {key: endpoints.pop() for key, endpoints in seen.items()
                          if len(endpoints) == 1}
+        return self._learned != known
 
     def _by_learned(self, frames: Sequence[Frame], handler: int) -> str | None:
         """The endpoint of the first app function below the handler at `handler` that

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import linecache
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Any
@@ -419,15 +419,15 @@ def distinct_stacks(data: SessionData) -> Iterator[tuple[Frame, ...]]:
             yield frames
 
 
-def labelled_stacks(data: SessionData, roots: Sequence[str],
-                    ) -> Iterator[tuple[tuple[Frame, ...], str]]:
+def labelled_stacks(stalls: Iterable[LoopStall], profiles: Iterable[StoredProfile],
+                    roots: Sequence[str]) -> Iterator[tuple[tuple[Frame, ...], str]]:
     """Stacks the agent saw running one request, with its endpoint: the watchdog's holds of
     the loop, and each sampled request's profile (its paths down to an application frame, by
     the app's directories `roots`)."""
-    for stall in data.loop_stalls:
+    for stall in stalls:
         if stall.route and stall.frames:
             yield stall.frames, stall.route
-    for profile in data.profiles:
+    for profile in profiles:
         if profile.tree is None:
             continue
         todo: list[tuple[ProfileNode, tuple[Frame, ...]]] = [
@@ -447,7 +447,7 @@ def build_context(data: SessionData, thresholds: Thresholds) -> AnalysisContext:
         by_endpoint[record.endpoint].append(record)
     roots = app_roots(data.routes, distinct_stacks(data))
     matcher = RouteMatcher(data.routes, by_endpoint, roots)
-    matcher.learn(labelled_stacks(data, roots))
+    matcher.learn(labelled_stacks(data.loop_stalls, data.profiles, roots))
     functions: dict[tuple[str, int], str] = {}
     seen: set[int] = set()
     for _, sample in data.samples:

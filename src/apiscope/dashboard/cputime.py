@@ -148,6 +148,13 @@ class StackFacts:
             self.matcher = RouteMatcher(*key)
             self._facts.clear()
 
+    def learn(self, labelled: Iterable[tuple[Sequence[Frame], str]]) -> bool:
+        """`RouteMatcher.learn` for the current routes; True when what it knew changed."""
+        changed = self.matcher.learn(labelled)
+        if changed:
+            self._facts.clear()
+        return changed
+
     def of(self, stack_id: int) -> tuple[str | None, Frame | None, bool, int | None, bool]:
         """(endpoint, application frame, tool work, the handler's frame index, work handed to
         a pool) of a stack."""

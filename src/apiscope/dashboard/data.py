@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from apiscope.analysis.attribution import RouteMatcher, app_roots
-from apiscope.analysis.context import AnalysisContext
+from apiscope.analysis.context import AnalysisContext, labelled_stacks
 from apiscope.analysis.cpu import cpu_shares, native_cpu_shares, server_cpu_shares
 from apiscope.analysis.stats import gc_pauses_of, loop_lag_of
 from apiscope.dashboard.analysis import FlagAnalysis
@@ -40,6 +41,8 @@ from apiscope.store.reader import SessionReader
 
 Range = tuple[float, float] | None
 SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2}
+# Seconds between two readings of the agent's route-labelled stacks (`_learn_handlers`).
+LEARN_EVERY = 10.0
 
 
 def route_matcher(routes: Sequence[RouteInfo], served: Collection[str]) -> EndpointOf:
@@ -111,6 +114,7 @@ class DashboardSession:
         self._facts = StackFacts(self.samples.frames)
         self._process_cpu_measured = self._thread_cpu_measured = False
         self._contexts: dict[Range, AnalysisContext] = {}
+        self._learn_at = 0.0  # monotonic time of the next `_learn_handlers`
         self._resources: dict[int, ResourceSeries] = {}
         self._last_resource = 0
         self._processes: list[ProcessInfo] = []
@@ -153,18 +157,30 @@ class DashboardSession:
             self._routes = self.reader.routes()
             self._app_roots = app_roots(self._routes, own_code=self.samples.runs_own_code())
             self._facts.use(self._routes, self.requests.columns, self._app_roots)
+            learnt = self._learn_handlers()
             self._span = self._time_range()
             # JSON-shaped (lists, not tuples) so it compares equal after a trip to the browser
             version = [self.requests.last_id, self.samples.last_window_id, self._last_resource,
                        len(self._flags), len(self._routes),
                        self.analysis.generation if self.analysis else 0,
                        [[p.pid, p.exited_at] for p in self._processes]]
-            if version != self.version:
+            if version != self.version or learnt:
                 self._shares.clear()
                 self._stats.clear()
                 self._contexts.clear()
                 self.version = version
             return self.version
+
+    def _learn_handlers(self) -> bool:
+        """Where one handler serves several endpoints, tie the app functions below it to
+        theirs from the agent's route-labelled stacks, as the report does
+        (`RouteMatcher.learn`), every `LEARN_EVERY` seconds; True when that changed."""
+        now = time.monotonic()
+        if not self._facts.matcher.shares_handlers() or now < self._learn_at:
+            return False
+        self._learn_at = now + LEARN_EVERY
+        return self._facts.learn(labelled_stacks(self.reader.loop_stalls(),
+                                                 self.reader.profiles(), self._app_roots))
 
     def _time_range(self) -> Range:
         """First and last instant anything was recorded, from the caches (no table scan)."""
