@@ -315,6 +315,69 @@ def test_a_context_copied_during_a_request_keeps_nothing_of_it_once_it_ended() -
             gc.enable()
 
 
+def test_a_request_served_inside_another_in_its_task_gives_the_context_back() -> None:
+    # An app that serves a request of its own through another agent's app, in its task: once
+    # that one ends, the outer request is the task's again (for the watchdog and `failures`).
+    # A task that held no request, or an ended one, is left holding this one, ended: it reads
+    # as none.
+    async def inner_app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"inner"})
+
+    inner = AgentMiddleware(inner_app, Recorder())
+    seen: list[Any] = []
+
+    async def noop() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def discard(message: Any) -> None:
+        pass
+
+    async def outer_app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        await inner({"type": "http", "method": "GET", "path": "/inner", "headers": []}, noop,
+                    discard)
+        seen.append(served_scope(SERVING.get()) is scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"outer"})
+
+    outer = AgentMiddleware(outer_app, recorder := Recorder())
+
+    async def main() -> None:
+        for _ in range(2):
+            await outer({"type": "http", "method": "GET", "path": "/", "headers": []}, noop,
+                        discard)
+            assert served_scope(SERVING.get()) is None
+
+    asyncio.run(main())
+    assert seen == [True, True] and recorder.recorded == 2
+
+
+def test_a_send_after_the_app_returned_reaches_the_server_as_without_the_agent() -> None:
+    # ASGI forbids it, but an app may keep `send` and call it once it has returned: the
+    # server's send gets the message and answers it as it would without the agent.
+    kept: list[Any] = []
+    received: list[dict[str, Any]] = []
+
+    async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        kept.append(send)
+
+    async def noop() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def server_send(message: dict[str, Any]) -> None:
+        received.append(message)
+
+    async def main() -> None:
+        await AgentMiddleware(app, Recorder())(
+            {"type": "http", "method": "GET", "path": "/", "headers": []}, noop, server_send)
+        await kept[0]({"type": "http.response.body", "body": b"late"})
+
+    asyncio.run(main())
+    assert [m.get("body") for m in received] == [None, b"ok", b"late"]
+
+
 def test_nested_agents_record_each_request_once() -> None:
     outer_recorder, inner_recorder = Recorder(), Recorder()
     app = Starlette(routes=[Route("/ok", ok)])

@@ -9,12 +9,13 @@ pulls (see `matched_routes`); an app that names no route gets its raw paths grou
 (`pathgroups`).
 
 The request path does no I/O, takes no lock and allocates little: one `_Request` (the
-request's timing, and the statements the query hooks count into it), one closure and, after the
-response, one tuple appended to the recorder's deque. Whatever can wait is done by the agent's
-socket thread when the collector pulls: counting requests per route to arm profiles, and (in
-`inflight`) finding the requests in flight from the tasks' frames when a dump is asked for
-(what this path costs a server is measured in docs/benchmarks.md, "paired"). Everything the
-agent itself does is inside try/except: its failures are counted, never seen by a request.
+request's timing, and the statements the query hooks count into it), its `watched_send` bound
+and, after the response, one tuple appended to the recorder's deque. Whatever can wait is
+done by the agent's socket thread when the collector pulls: counting requests per route to arm
+profiles, and (in `inflight`) finding the requests in flight from the tasks' frames when a
+dump is asked for (what this path costs a server is measured in docs/benchmarks.md, "paired").
+Everything the agent itself does is inside try/except: its failures are counted, never seen by
+a request.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import time
 from asyncio import _get_running_loop
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import Token
 from types import TracebackType
 from typing import Any
 
@@ -50,6 +52,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _NESTED = "apiscope.recording"
 _UNSEEN = object()
+_new = object.__new__
+_MISSING = Token.MISSING
+# `SERVING`'s methods bound once: looked up on the variable, each call would bind them anew.
+_serve, _unserve = SERVING.set, SERVING.reset
 
 
 def _is_mount(route: Any) -> bool:
@@ -74,17 +80,23 @@ def _noting_response(send: Send, profiler: Any) -> Send:
 
 
 class _Request(RequestQueries):
-    """One request in flight: when it came in, what the send wrapper saw of its response (its
-    status, when its head went out, whether its body came in several messages, its end), and,
-    as the `RequestQueries` the query hooks find in `CURRENT`, its statements. `inflight` finds
-    it in the middleware's frame when a dump is asked for. It is also its task's `SERVING`,
-    its `scope` the request's while it is served. Contexts copied while it was served keep it
-    once it has ended (see `loopwatch.SERVING`): what it refers to is dropped then (`_finish`).
+    """One request in flight: when it came in, what its `watched_send` saw of its response
+    (its status, when its head went out, whether its body came in several messages, its end),
+    and, as the `RequestQueries` the query hooks find in `CURRENT`, its statements. `inflight`
+    finds it in the middleware's frame when a dump is asked for. It is also its task's
+    `SERVING`, its `scope` the request's while it is served. Contexts copied while it was
+    served keep it once it has ended (see `loopwatch.SERVING`): what it refers to is dropped
+    then (`_finish`).
+
+    The middleware makes it field by field (`AgentMiddleware.__call__`), not through
+    `__init__`: a Python `__init__` is a call from C for each request. The fields the query
+    hooks and the pool looks write (`stats`, `in_orm`, `offloaded`, `pool_cpu`, `threads`) are
+    set only for a request put in `CURRENT` (`hooked`), the one way those find it.
     """
 
     # `handled` is set only for a 5xx (read with a default): unset, it costs a request nothing.
-    __slots__ = ("called", "chunks", "end", "handled", "head", "offloaded", "pool_cpu",
-                 "scope", "status", "threads")
+    __slots__ = ("called", "chunks", "end", "handled", "head", "middleware", "offloaded",
+                 "pool_cpu", "scope", "send", "status", "threads")
     handled: tuple[BaseException, TracebackType | None]  # the exception and its traceback
 
     def __init__(self, called: float, scope: Scope | None = None) -> None:
@@ -94,11 +106,50 @@ class _Request(RequestQueries):
         self.head: float | None = None
         self.status = 0
         self.chunks = 0  # body messages that carried bytes, once one said more would follow
+        self.send: Send | None = None  # the server's
+        self.middleware: AgentMiddleware | None = None
+        self.hooked()
+
+    def hooked(self) -> None:
+        """Set what the query hooks and the pool looks write (the request goes in `CURRENT`)."""
         self.offloaded = 0  # looks that found a pool thread busy with its work (`offload`)
         self.pool_cpu = 0.0  # CPU seconds of its calls handed to pools, timed (`offload`)
         self.threads: list[int] | None = None  # the threads that ran its handed calls
         self.stats = None
         self.in_orm = 0
+
+    # A method, bound once a request, rather than a closure (a function and its cells): it
+    # returns the server's own awaitable, so no coroutine of ours is created, and none is
+    # resumed each time the server's send suspends.
+    def watched_send(self, message: Message) -> Awaitable[None]:
+        """The `send` the app is given: notes the response's status, head, chunks and end."""
+        try:
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = self.status = int(message["status"])
+                clock = self.middleware._clock  # type: ignore[union-attr]
+                self.head = clock()
+                if status >= 500:
+                    # An error handler answering from its `except` block (Starlette's and
+                    # FastAPI's for an HTTPException or a handler of the app's, a view
+                    # catching what it raised): the exception it handles is this 5xx's cause,
+                    # kept with its traceback (Starlette drops it once sent).
+                    handled = sys.exc_info()[1]
+                    if handled is not None:
+                        self.handled = (handled, handled.__traceback__)
+            elif kind == "http.response.body":
+                if message.get("more_body", False):
+                    if message.get("body"):
+                        self.chunks += 1
+                else:
+                    clock = self.middleware._clock  # type: ignore[union-attr]
+                    self.end = clock()
+                    if self.chunks and message.get("body"):
+                        self.chunks += 1
+        except Exception:
+            if self.middleware is not None:
+                self.middleware._count_error()
+        return self.send(message)  # type: ignore[misc]
 
 
 class AgentMiddleware:
@@ -171,10 +222,18 @@ class AgentMiddleware:
         # An agent further in (instrument() and injection both, or an instrumented sub-app in
         # a Mount) sees this key and stands back: each request is recorded once, outermost.
         scope[_NESTED] = True
-        request = _Request(self._clock(), scope)
+        # (Attributes called through a local: a call of an instance's attribute is looked up
+        # the slow way each time, not as a method of its class.)
+        clock = self._clock
+        request = _new(_Request)  # its fields one by one: see `_Request`
+        request.called = clock()
+        request.scope = scope
+        request.status = request.chunks = 0
+        request.end = request.head = None
+        request.send = send
+        request.middleware = self
         root_path = scope.get("root_path", "")
-        token = None
-        run: ProfileRun | None = None
+        token = run = None
         try:
             profiling = self.profiling
             if profiling is not None and profiling.armed:  # the one test unprofiled requests pay
@@ -188,48 +247,21 @@ class AgentMiddleware:
             # A database library is hooked, or work handed to pool threads was seen: the
             # request in the context, for the hooks and the looks (`offload`) to find.
             if hooks is not None and hooks.hooking or self._offload.wanted:
+                request.hooked()
                 token = CURRENT.set(request)
         except Exception:
             self._count_error()
-        clock = self._clock
-
-        # A plain function returning the server's own awaitable: no coroutine of ours is
-        # created, and none is resumed each time the server's send suspends.
-        def watched_send(message: Message) -> Awaitable[None]:
-            try:
-                kind = message["type"]
-                if kind == "http.response.start":
-                    status = request.status = int(message["status"])
-                    request.head = clock()
-                    if status >= 500:
-                        # An error handler answering from its `except` block (Starlette's
-                        # and FastAPI's for an HTTPException or a handler of the app's, a
-                        # view catching what it raised): the exception it handles is this
-                        # 5xx's cause, kept with its traceback (Starlette drops it once sent).
-                        handled = sys.exc_info()[1]
-                        if handled is not None:
-                            request.handled = (handled, handled.__traceback__)
-                elif kind == "http.response.body":
-                    if message.get("more_body", False):
-                        if message.get("body"):
-                            request.chunks += 1
-                    else:
-                        request.end = clock()
-                        if request.chunks and message.get("body"):
-                            request.chunks += 1
-            except Exception:
-                self._count_error()
-            return send(message)
 
         # The request in its task's context: a task it starts copies it, and the loop
         # watchdog names the route of a hold in such a task by it (`serving_scope`).
-        serving = SERVING.set(request)
+        serving = _serve(request)
         try:
             if run is None:
-                await self.app(scope, receive, watched_send)
+                app = self.app
+                await app(scope, receive, request.watched_send)
             else:
                 await run.around(self.app, scope, receive,
-                                 _noting_response(watched_send, run.profiler))
+                                 _noting_response(request.watched_send, run.profiler))
         except BaseException as exc:
             self._finish(scope, root_path, request, exc, token, run, serving)
             raise
@@ -254,44 +286,32 @@ class AgentMiddleware:
                 exc: BaseException | None, token: Any, run: ProfileRun | None = None,
                 serving: Any = None) -> None:
         try:
+            # Put back what the context held before only when that was a request still being
+            # served (an app of another agent's calling this one): a context that held none,
+            # or an ended request (one task serving requests in turn), keeps this one, ended,
+            # which reads the same (`served_scope`: None), and no new mapping is made for it.
             if serving is not None:
-                SERVING.reset(serving)
+                held = serving.old_value
+                if held is not _MISSING and held.scope is not None:
+                    _unserve(serving)
             if token is not None:
                 CURRENT.reset(token)
             # Django's request, left by the hook (popping it breaks the scope<->request cycle).
             django_request = scope.pop(REQUEST_KEY) if REQUEST_KEY in scope else None
+            # An exception the framework or an error handler answered 5xx for (`failures`).
+            failure = scope.pop(FAILURE_KEY) if FAILURE_KEY in scope else None
+            start = request.called
             end = request.end
             if end is None:
                 end = self._clock()
-            start = request.called
             status = request.status
-            exc_type = exc_file = exc_line = None
-            if exc is not None:
-                # Raised after the whole response went out: Starlette's ServerErrorMiddleware
-                # sends what an app's `exception_handler(Exception)` answers (a 404 for a
-                # lookup the app failed), then raises again for the server to log. The
-                # client got that answer, and the exception is its cause only for a 5xx.
-                answered = request.end is not None and status > 0
-                if not answered or status >= 500:
-                    exc_type = type(exc).__name__
-                    exc_file, exc_line = self.raising_line(exc.__traceback__)
-                if not answered and isinstance(exc, Exception):
-                    status = 500  # what the server answers, or would have, had it not started
-                elif not status:
-                    status = 499  # cancelled before any response (the client went away)
-            elif not status:
-                status = 500  # the app returned without a response: the server answers 500
-            # An exception the framework or an error handler answered 5xx for (`failures`).
-            failure = scope.pop(FAILURE_KEY) if FAILURE_KEY in scope else None
-            if status >= 500 and exc is None:
-                if failure is None:  # one a handler answered for from its `except` block
-                    failure = getattr(request, "handled", None)
-                if failure is not None:
-                    exc_type = type(failure[0]).__name__
-                    exc_file, exc_line = self.raising_line(failure[1])
+            if exc is None and 0 < status < 500:  # the common case: no cause to look for
+                exc_type = exc_file = exc_line = None
+            else:
+                status, exc_type, exc_file, exc_line = self._cause(request, exc, failure)
             # The common case inline: a route the registry knows (Starlette, FastAPI).
             route = scope.get("route")
-            found = self.routes.templates.get(id(route)) if route is not None else None
+            found = self.routes.templates.get(id(route))
             if found is not None and found[0] is route and found[1] and status != 404 \
                     and "fastapi" not in scope:
                 template = found[1]
@@ -305,18 +325,23 @@ class AgentMiddleware:
             # A stream sends bytes in two messages or more: a whole body passed on in a
             # message of its own and an empty one to end it (Starlette's BaseHTTPMiddleware,
             # FastAPI's `@app.middleware("http")`) is a response the client waits for whole.
-            head = request.head if request.chunks > 1 else None
+            first_byte = None
+            if request.chunks > 1:
+                head = request.head
+                if head is not None:
+                    first_byte = (head - start) * 1000.0
             # A plain tuple in RequestEntry's field order (see `recorder`).
             entry = (start + self._epoch_offset, (end - start) * 1000.0,
                      scope.get("method", "GET"), template, status, exc_type, exc_file,
-                     exc_line, request.entries() if request.stats else (), 1,
-                     (head - start) * 1000.0 if head is not None else None)
+                     exc_line, request.entries() if token is not None and request.stats
+                     else (), 1, first_byte)
             self.recorder.record(entry)
-            if request.offloaded or request.pool_cpu:
-                self.offloaded.add(entry[2], template, request.offloaded, request.pool_cpu)
-            if request.threads is not None:
-                self.spans.add(request.threads, entry[2], template, entry[0],
-                               entry[0] + entry[1] / 1000.0)
+            if token is not None:  # only a request in `CURRENT` has handed calls noted
+                if request.offloaded or request.pool_cpu:
+                    self.offloaded.add(entry[2], template, request.offloaded, request.pool_cpu)
+                if request.threads is not None:
+                    self.spans.add(request.threads, entry[2], template, entry[0],
+                                   entry[0] + entry[1] / 1000.0)
         except Exception:
             self._count_error()
             if run is not None and self.profiling is not None:
@@ -324,12 +349,44 @@ class AgentMiddleware:
             return
         finally:
             # What the request referred to, dropped: contexts copied while it was served keep
-            # the request (its statements, a 5xx's exception and traceback: `_Request`).
+            # the request (its statements, a 5xx's exception and traceback: `_Request`). Not
+            # the server's send: an app that sends after it returned (ASGI forbids it) gets
+            # the server's own answer to that, as without the agent.
             request.scope = request.stats = None
             if request.status >= 500 and getattr(request, "handled", None) is not None:
                 del request.handled
         if run is not None and self.profiling is not None:
             self._profiled(self.profiling, RequestEntry._make(entry), run)
+
+    def _cause(self, request: _Request, exc: BaseException | None,
+               failure: tuple[BaseException, TracebackType | None] | None,
+               ) -> tuple[int, str | None, str | None, int | None]:
+        """The status recorded for a request that raised, answered 5xx or answered nothing,
+        and the type, file and line of the exception that caused it, if any."""
+        status = request.status
+        exc_type = exc_file = exc_line = None
+        if exc is not None:
+            # Raised after the whole response went out: Starlette's ServerErrorMiddleware
+            # sends what an app's `exception_handler(Exception)` answers (a 404 for a
+            # lookup the app failed), then raises again for the server to log. The
+            # client got that answer, and the exception is its cause only for a 5xx.
+            answered = request.end is not None and status > 0
+            if not answered or status >= 500:
+                exc_type = type(exc).__name__
+                exc_file, exc_line = self.raising_line(exc.__traceback__)
+            if not answered and isinstance(exc, Exception):
+                status = 500  # what the server answers, or would have, had it not started
+            elif not status:
+                status = 499  # cancelled before any response (the client went away)
+        elif not status:
+            status = 500  # the app returned without a response: the server answers 500
+        if status >= 500 and exc is None:
+            if failure is None:  # one a handler answered for from its `except` block
+                failure = getattr(request, "handled", None)
+            if failure is not None:
+                exc_type = type(failure[0]).__name__
+                exc_file, exc_line = self.raising_line(failure[1])
+        return status, exc_type, exc_file, exc_line
 
     def _profiled(self, profiling: RequestProfiling, entry: RequestEntry,
                   run: ProfileRun) -> None:
