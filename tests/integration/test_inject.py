@@ -278,6 +278,8 @@ def _pull_workers(workers: list[int], sockets: str) -> dict[int, int]:
 OTHER_SERVERS = {
     # hypercorn serves from a spawned child; the agent takes `ASGIWrapper.app`
     "hypercorn": ["--bind", "127.0.0.1:{port}"],
+    # anycorn, hypercorn's fork on anyio, keeps the app alike (`ASGIWrapper.app`)
+    "anycorn": ["--bind", "127.0.0.1:{port}"],
     # Django Channels' server calls `Server.application` for every request, by keyword
     "daphne": ["-b", "127.0.0.1", "-p", "{port}", "-v", "0"],
     # granian serves from a child process whose Rust core holds the app in a closure's cell

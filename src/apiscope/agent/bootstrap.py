@@ -181,8 +181,9 @@ def _base_status(action: str) -> Status:
 
 
 def _no_app_note() -> str:
-    if not any(m in sys.modules for m in ("uvicorn", "hypercorn", "daphne", "granian")):
-        return ("no ASGI app found: this process runs no uvicorn, hypercorn, daphne or granian"
-                " server")
-    return ("no ASGI app found: no uvicorn, gunicorn (UvicornWorker), hypercorn, daphne or"
-            " granian (ASGI interface) server in this process has loaded an app yet")
+    if not any(m in sys.modules for m in ("uvicorn", "hypercorn", "anycorn", "daphne",
+                                          "granian")):
+        return ("no ASGI app found: this process runs no uvicorn, hypercorn, anycorn, daphne or"
+                " granian server")
+    return ("no ASGI app found: no uvicorn, gunicorn (UvicornWorker), hypercorn, anycorn,"
+            " daphne or granian (ASGI interface) server in this process has loaded an app yet")

@@ -58,7 +58,7 @@ WORKER_RUNS = (
 # Packages of servers and frameworks: their frames above a worker's are a request being
 # served in the thread (Django's sync middleware chain), not work handed to it.
 FRAMEWORKS = ("django", "starlette", "fastapi", "litestar", "quart", "falcon", "flask",
-              "werkzeug", "uvicorn", "gunicorn", "hypercorn", "daphne", "twisted",
+              "werkzeug", "uvicorn", "gunicorn", "hypercorn", "anycorn", "daphne", "twisted",
               "rest_framework", "ninja", "channels", "sanic", "blacksheep")
 # What a worker calls of its own, outside the work (the file's ending): waiting for the next
 # item on its queue (anyio's worker keeps the last item's context meanwhile), handing a result

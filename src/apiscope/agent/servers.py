@@ -6,7 +6,8 @@ takes its place there.
   `protocol.app` and calls it for every request on that connection. Replacing both (the
   config for new connections, the live protocols for keep-alive ones) takes effect for the
   very next request everywhere.
-- hypercorn: `ASGIWrapper.app`, read on every request.
+- hypercorn: `ASGIWrapper.app`, read on every request; anycorn (hypercorn's fork on anyio,
+  which Jupyverse serves with) keeps it the same way.
 - daphne (Django Channels' server): `Server.application`, read for every request (each HTTP
   request is an application instance of its own, called with keyword arguments).
 - granian: its worker hands the app to its Rust core inside a closure (`asgi._callback_wrapper`'s
@@ -35,11 +36,15 @@ _UVICORN_PROTOCOLS = (
 )
 
 
+# hypercorn and its fork on anyio: the same `app_wrappers.ASGIWrapper`.
+HYPERCORNS = ("hypercorn", "anycorn")
+
+
 @dataclass(frozen=True)
 class ServedApp:
     """An ASGI callable a server calls, and the attribute of the object it is kept on."""
 
-    server: str  # "uvicorn", "gunicorn", "hypercorn", "daphne" or "granian"
+    server: str  # "uvicorn", "gunicorn", "hypercorn", "anycorn", "daphne" or "granian"
     holder: Any
     attr: str
 
@@ -63,9 +68,10 @@ def served_apps() -> list[ServedApp]:
         # `--reload` or `--workers` supervisor never loads it and serves nothing itself.
         if getattr(config, "loaded_app", None) is not None:
             found.append(ServedApp(server, config, "loaded_app"))
-    for wrapper in instances("hypercorn.app_wrappers", "ASGIWrapper"):
-        if getattr(wrapper, "app", None) is not None:
-            found.append(ServedApp("hypercorn", wrapper, "app"))
+    for name in HYPERCORNS:
+        for wrapper in instances(f"{name}.app_wrappers", "ASGIWrapper"):
+            if getattr(wrapper, "app", None) is not None:
+                found.append(ServedApp(name, wrapper, "app"))
     for daphne in instances("daphne.server", "Server"):
         if getattr(daphne, "application", None) is not None:
             found.append(ServedApp("daphne", daphne, "application"))

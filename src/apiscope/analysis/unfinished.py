@@ -33,6 +33,7 @@ STUCK_MIN_MS = 2000.0
 _CLIENT_BODY = (
     ("/uvicorn/protocols/", frozenset({"receive"})),
     ("/hypercorn/", frozenset({"receive"})),
+    ("/anycorn/", frozenset({"receive"})),
     ("/daphne/", frozenset({"receive"})),
     ("/starlette/requests.py", frozenset({"stream", "body", "form", "json", "_get_form"})),
     ("/litestar/connection/", frozenset({"stream", "body", "form", "json", "msgpack"})),

@@ -97,6 +97,7 @@ def _patch_granian(module: ModuleType) -> None:
 _PATCHES: dict[str, Callable[[ModuleType], None]] = {
     "uvicorn.config": _patch_uvicorn,
     "hypercorn.app_wrappers": _patch_hypercorn,
+    "anycorn.app_wrappers": _patch_hypercorn,  # hypercorn's fork on anyio
     "daphne.server": _patch_daphne,
     "granian.asgi": _patch_granian,
 }

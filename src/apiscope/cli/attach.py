@@ -36,7 +36,7 @@ class AttachCommand:
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("pid", type=positive_int, metavar="PID",
                             help="the server process (uvicorn, gunicorn or granian master or"
-                                 " worker, hypercorn, daphne)")
+                                 " worker, hypercorn, anycorn, daphne)")
         add_collect_options(parser, inject=True)
 
     def run(self, args: argparse.Namespace) -> int:

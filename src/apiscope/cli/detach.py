@@ -24,7 +24,7 @@ class DetachCommand:
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("pid", type=positive_int, metavar="PID",
                             help="the server process (uvicorn, gunicorn or granian master or"
-                                 " worker, hypercorn, daphne)")
+                                 " worker, hypercorn, anycorn, daphne)")
 
     def run(self, args: argparse.Namespace) -> int:
         target = describe_target(args.pid)

@@ -37,7 +37,7 @@ WAITING_PACKAGES = frozenset({
     "mysql", "aiomysql", "oracledb", "pymongo", "motor", "redis", "valkey", "pymemcache",
     "urllib3", "requests", "httpx", "httpcore", "h11", "aiohttp", "grpc", "botocore", "boto3",
     "kafka", "pika", "elasticsearch", "sqlalchemy", "django", "gunicorn", "uvicorn",
-    "hypercorn", "granian", "apiscope"})
+    "hypercorn", "anycorn", "granian", "apiscope"})
 
 _REQUEST_ROLES = frozenset({ThreadRole.LOOP, ThreadRole.WORKER})
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import psutil
 
-SERVERS = ("uvicorn", "gunicorn", "hypercorn", "daphne", "granian")
+SERVERS = ("uvicorn", "gunicorn", "hypercorn", "anycorn", "daphne", "granian")
 # How messages name them, and the command that finds their processes.
 SERVER_NAMES = ", ".join(SERVERS[:-1]) + " or " + SERVERS[-1]
 FIND_SERVERS = f"`pgrep -af '{'|'.join(SERVERS)}'`"
@@ -92,8 +92,8 @@ def _strip_script(name: str) -> str:
 
 
 def server_kind(cmdline: Sequence[str]) -> str | None:
-    """"uvicorn", "gunicorn", "hypercorn", "daphne" or "granian" when the command line runs
-    one, else None."""
+    """"uvicorn", "gunicorn", "hypercorn", "anycorn", "daphne" or "granian" when the command
+    line runs one, else None."""
     name = program_name(cmdline)
     return name if name in SERVERS else None
 

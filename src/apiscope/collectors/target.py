@@ -52,7 +52,7 @@ class Target:
     pid: int  # the PID given, or the Python child of a wrapper it resolved to
     pids: list[int]  # the processes serving requests: workers of a master, else `pid`
     master_pid: int | None
-    server: str  # "uvicorn", "gunicorn", "hypercorn", "daphne", "granian"; "python": unknown
+    server: str  # "uvicorn", "gunicorn", "hypercorn", "anycorn", "daphne", "granian"; "python"
     command: str
     python_version: str  # "3.11.7", or "3.11" when only the major.minor could be read
     processes: list[ProcessInfo]
