@@ -614,13 +614,17 @@ class EventLoopBlockedRule:
                 # medium here for an error handler's short passes (formatting and logging a
                 # traceback, 1-2 ms each) that the others' watchdogs timed under 10 ms.
                 continue
-            flag = self._sample_flag(ctx, endpoint, samples, per_window)
+            flag = self._sample_flag(ctx, endpoint, samples, per_window,
+                                     all(a.sample.pid in watched for a in samples))
             if flag is not None:
                 flags.append(flag)
         return flags
 
     def _sample_flag(self, ctx: AnalysisContext, endpoint: str | None,
-                     samples: list[Attributed], per_window: Counter[float]) -> Flag | None:
+                     samples: list[Attributed], per_window: Counter[float],
+                     watched: bool = False) -> Flag | None:
+        """A flag from the loop thread's samples in one group; `watched`: the watchdog timed
+        every pass of their loops."""
         th = ctx.thresholds
         mine: Counter[float] = Counter()
         for a in samples:
@@ -668,6 +672,14 @@ class EventLoopBlockedRule:
         loc = frame_location(hot)
         cpu_share = (seconds - waits) / seconds if ctx.activity_known and seconds else None
         what, cause = _describe(cpu_share)
+        if watched and cause == "cpu":
+            # The watchdog timed every pass of the loop and recorded those that held it: the
+            # route's CPU in passes shorter than that, its steps between awaits, kept other
+            # requests waiting no longer (Jupyverse's directory listing: 29 ms of CPU a
+            # request in many steps, the loop's lag p50 0 ms, read as a high hold). It is the
+            # route's CPU (`cpu_hotspot`). Off-CPU waits on the loop, a short sync query's, are
+            # blocking however short.
+            return None
         framework = framework_of(a.sample.frames for a in samples[:20])
         evidence = (f"the event loop spent {pct(fraction)} of the window inside {where(loc)},"
                     f" {what}; every other request on that loop waited")
