@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from apiscope.collectors.proctree import command_of, worker_children
+from apiscope.collectors.proctree import command_of, socket_inodes, worker_children
 from apiscope.collectors.target import ProcFactory, Target
 from apiscope.model import ProcessInfo, ResourceSample
 
@@ -36,12 +36,12 @@ def inet_socket_counts(pids: Sequence[int], proc_root: Path = Path("/proc")) -> 
     the machine, even for a process with one socket), while /proc/net/unix is small. Netlink
     and other rare socket kinds are counted as inet.
     """
-    unix_by_netns: dict[str, frozenset[str]] = {}
+    unix_by_netns: dict[str, frozenset[int]] = {}
     counts: dict[int, int] = {}
     for pid in pids:
         base = proc_root / str(pid)
         try:
-            sockets = _socket_inodes(base / "fd")
+            sockets = socket_inodes(pid, str(proc_root))
             if sockets:
                 netns = os.readlink(base / "ns" / "net")
                 if netns not in unix_by_netns:
@@ -53,22 +53,10 @@ def inet_socket_counts(pids: Sequence[int], proc_root: Path = Path("/proc")) -> 
     return counts
 
 
-def _socket_inodes(fd_dir: Path) -> set[str]:
-    inodes = set()
-    with os.scandir(fd_dir) as entries:
-        for entry in entries:
-            try:
-                link = os.readlink(entry.path)
-            except OSError:
-                continue  # closed since the listing
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
-    return inodes
-
-
-def _unix_inodes(table: Path) -> frozenset[str]:
+def _unix_inodes(table: Path) -> frozenset[int]:
     lines = table.read_bytes().decode("ascii", "replace").splitlines()[1:]
-    return frozenset(fields[6] for fields in (line.split() for line in lines) if len(fields) > 6)
+    return frozenset(int(fields[6]) for fields in (line.split() for line in lines)
+                     if len(fields) > 6 and fields[6].isdigit())
 
 
 @dataclass(frozen=True)
