@@ -358,9 +358,10 @@ class RouteMatcher:
             entry = self._match(frames[index])
             if entry is None:
                 continue
-            found = (index, entry)  # a library method: the root-most one seen so far
+            found = (index, entry)
             if not entry.generic:
                 break  # the app's handler: the leaf-most one
+            # else a library's method: the root-most one seen so far, unless an app's follows
         if found is None:
             return None
         index, entry = found
@@ -398,6 +399,8 @@ class RouteMatcher:
     def _by_learned(self, frames: Sequence[Frame], handler: int) -> str | None:
         """The endpoint of the first app function below the handler at `handler` that
         `learn` tied to one endpoint."""
+        if not self._learned:
+            return None
         for frame in frames[handler + 1:]:
             if is_app_frame(frame, self.roots):
                 return self._learned.get((frame.function, norm(frame.file)))

@@ -139,14 +139,16 @@ class StackFacts:
         self._facts: dict[int, tuple[str | None, Frame | None, bool, int | None, bool]] = {}
 
     def use(self, routes: list[RouteInfo], served: Collection[str] = (),
-            roots: Sequence[str] | None = None) -> None:
+            roots: Sequence[str] | None = None) -> bool:
         """The route table, the endpoints that served requests and the app's directories
-        (`RouteMatcher`)."""
+        (`RouteMatcher`); True when they changed (what `learn` taught is then gone)."""
         key = (list(routes), frozenset(served), None if roots is None else tuple(roots))
-        if key != self._routes:
-            self._routes = key
-            self.matcher = RouteMatcher(*key)
-            self._facts.clear()
+        if key == self._routes:
+            return False
+        self._routes = key
+        self.matcher = RouteMatcher(*key)
+        self._facts.clear()
+        return True
 
     def learn(self, labelled: Iterable[tuple[Sequence[Frame], str]]) -> bool:
         """`RouteMatcher.learn` for the current routes; True when what it knew changed."""

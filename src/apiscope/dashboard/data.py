@@ -156,7 +156,8 @@ class DashboardSession:
             self._flags = sorted(stored, key=lambda f: SEVERITY_ORDER.get(f.severity, 3))
             self._routes = self.reader.routes()
             self._app_roots = app_roots(self._routes, own_code=self.samples.runs_own_code())
-            self._facts.use(self._routes, self.requests.columns, self._app_roots)
+            if self._facts.use(self._routes, self.requests.columns, self._app_roots):
+                self._learn_at = 0.0  # a new matcher: taught again at once
             learnt = self._learn_handlers()
             self._span = self._time_range()
             # JSON-shaped (lists, not tuples) so it compares equal after a trip to the browser
