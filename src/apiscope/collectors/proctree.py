@@ -152,10 +152,21 @@ def shares_listener(master: psutil.Process, child: psutil.Process, cmdline: Sequ
     port was bound) holds the socket too, but serves nothing."""
     try:
         if cmdline == master.cmdline():
-            return False
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False  # (also a child forked that has not run its program yet)
+        key = (child.pid, child.create_time())
+    except psutil.Error:
         return False
-    return not listening.isdisjoint(socket_inodes(child.pid))
+    known = _SHARES.get(key)
+    if known is None:
+        # Once it runs its own program, what it inherited is settled: asked once in its life,
+        # not at each look for new workers (a busy worker holds a socket per connection).
+        if len(_SHARES) > 1024:
+            _SHARES.clear()
+        known = _SHARES[key] = not listening.isdisjoint(socket_inodes(child.pid))
+    return known
+
+
+_SHARES: dict[tuple[int, float], bool] = {}  # by (pid, start time): see `shares_listener`
 
 
 # Masters' listening sockets, by (pid, start time): (when read, their inodes). Workers are
