@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import psutil
 
@@ -132,7 +132,8 @@ def worker_children(master: psutil.Process, kind: str | None) -> list[psutil.Pro
         if is_multiprocessing_helper(cmdline):
             continue
         if is_spawn_worker(cmdline) or (kind is not None and server_kind(cmdline) == kind) \
-                or (kind == "gunicorn" and holds_gunicorn_heartbeat(child.pid)):
+                or (kind == "gunicorn" and _once_in_life(
+                    "heartbeat", child, holds_gunicorn_heartbeat)):
             workers.append(child)
         elif kind in (None, "python") and type(master) is psutil.Process:
             if listening is None:
@@ -153,20 +154,32 @@ def shares_listener(master: psutil.Process, child: psutil.Process, cmdline: Sequ
     try:
         if cmdline == master.cmdline():
             return False  # (also a child forked that has not run its program yet)
-        key = (child.pid, child.create_time())
     except psutil.Error:
         return False
-    known = _SHARES.get(key)
+    # Once it runs its own program, what it inherited is settled.
+    return _once_in_life("listener", child,
+                         lambda pid: not listening.isdisjoint(socket_inodes(pid)))
+
+
+# What a child's open files said of it, by (question, pid, start time). A process keeps
+# what it was started with (a gunicorn worker's heartbeat file, its manager's socket): each
+# question is read once in its life, not at each look for new workers (every second), since
+# a busy worker holds a socket per connection.
+_IN_LIFE: dict[tuple[str, int, float], bool] = {}
+
+
+def _once_in_life(question: str, proc: psutil.Process, read: Callable[[int], bool]) -> bool:
+    """`read(pid)`, remembered for the process's life under `question`."""
+    try:
+        key = (question, proc.pid, proc.create_time())
+    except psutil.Error:
+        return False  # gone
+    known = _IN_LIFE.get(key)
     if known is None:
-        # Once it runs its own program, what it inherited is settled: asked once in its life,
-        # not at each look for new workers (a busy worker holds a socket per connection).
-        if len(_SHARES) > 1024:
-            _SHARES.clear()
-        known = _SHARES[key] = not listening.isdisjoint(socket_inodes(child.pid))
+        if len(_IN_LIFE) > 1024:
+            _IN_LIFE.clear()
+        known = _IN_LIFE[key] = read(proc.pid)
     return known
-
-
-_SHARES: dict[tuple[int, float], bool] = {}  # by (pid, start time): see `shares_listener`
 
 
 # Masters' listening sockets, by (pid, start time): (when read, their inodes). Workers are
