@@ -86,6 +86,8 @@ class StackWindow:
     native_cpu: dict[tuple[int, int, tuple[Frame, ...]], float] = field(default_factory=dict)
     # The share of the host's CPU time (all CPUs, every process) in use over the window.
     host_busy: float | None = None
+    # The (pid, tid) the kernel first read at the window's end: started within it.
+    thread_born: frozenset[tuple[int, int]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

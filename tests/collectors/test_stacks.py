@@ -285,6 +285,20 @@ def test_a_thread_that_ended_within_the_window_is_expected_what_it_showed() -> N
     assert window_loss(dataclasses.replace(window, thread_cpu={})).expected == 600.0
 
 
+def test_a_thread_that_started_within_the_window_is_expected_what_it_showed() -> None:
+    def sample(tid: int, count: int) -> StackSample:
+        return StackSample(1, tid, "t", (), count)
+
+    # Thread 3 was opened for a database connection late in the window (aiosqlite does so).
+    window = StackWindow(start=100.0, end=102.0, rate_hz=100,
+                         samples=(sample(1, 190), sample(2, 200), sample(3, 30)),
+                         thread_cpu={(1, 1): 0.5, (1, 2): 0.1, (1, 3): 0.01},
+                         thread_born=frozenset({(1, 3)}))
+    loss = window_loss(window)
+    assert (loss.expected, loss.stored) == (430.0, 420)
+    assert window_loss(dataclasses.replace(window, thread_born=frozenset())).expected == 600.0
+
+
 def test_a_failing_callback_ends_the_sampler_and_leaves_no_py_spy_running() -> None:
     spawner = Spawner()
 

@@ -46,6 +46,7 @@ def test_usage_counts_new_threads_from_zero_and_skips_unknown_processes() -> Non
     assert used.threads == {(1, 1): 0.5, (1, 2): 0.25}
     assert used.processes == {1: 0.75}
     assert used.runqueue == {(1, 1): 0.5}
+    assert used.born == {(1, 2)}  # started in the window; process 7 was not read before
 
 
 def test_the_hosts_busy_share_over_a_window(tmp_path: Path) -> None:

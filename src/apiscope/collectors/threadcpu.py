@@ -56,6 +56,8 @@ class CpuUsage:
     processes: dict[int, float] = field(default_factory=dict)
     runqueue: dict[ThreadKey, float] = field(default_factory=dict)
     host_busy: float | None = None  # the share of the host's CPU time in use, all CPUs
+    # Threads first read at the end, of processes read at the start: started in the window.
+    born: frozenset[ThreadKey] = frozenset()
 
 
 def host_ticks(text: str) -> tuple[int, int] | None:
@@ -174,7 +176,8 @@ def usage(before: CpuReading, after: CpuReading) -> CpuUsage:
     if before.host is not None and after.host is not None and after.host[1] > before.host[1]:
         busy = (after.host[0] - before.host[0]) / (after.host[1] - before.host[1])
         host_busy = min(1.0, max(0.0, busy))
-    return CpuUsage(threads, processes, runqueue, host_busy)
+    born = frozenset(key for key in threads if key not in before.threads)
+    return CpuUsage(threads, processes, runqueue, host_busy, born)
 
 
 def unmeasured_cpu(used: CpuUsage) -> dict[int, float]:

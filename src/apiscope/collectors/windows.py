@@ -209,7 +209,7 @@ class WindowMeter:
                              gil_holders=m.holders or {},
                              native_cpu=native_cpu(samples, m.rate_hz, m.used.threads,
                                                    m.used.processes, m.roles),
-                             host_busy=m.used.host_busy)
+                             host_busy=m.used.host_busy, thread_born=m.used.born)
         self._account(window, m.trace.bad_events, m.failed_at)
         return window
 
