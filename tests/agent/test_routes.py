@@ -88,6 +88,49 @@ def test_fastapi_routes_with_handlers_and_kinds() -> None:
     assert ("HEAD", "/items/{item_id}") not in rows  # Starlette's implicit HEAD is not listed
 
 
+def test_reading_the_routes_builds_no_route_context_fastapi_has_not() -> None:
+    # FastAPI (0.16x) builds an inclusion's route contexts, analysing each route's
+    # dependencies, when a request first goes through it: a second of the event loop on an
+    # app of a few hundred routes, were the agent to build them all as it starts.
+    router = APIRouter()
+
+    @router.get("/things/{thing_id}")
+    async def thing(thing_id: int) -> dict[str, int]:
+        return {"thing_id": thing_id}
+
+    outer = APIRouter(prefix="/outer")
+    outer.include_router(router, prefix="/t/{tenant:int}")
+    app = FastAPI()
+    app.include_router(outer, prefix="/v1")
+    included = [r for r in app.router.routes if hasattr(r, "effective_route_contexts")]
+    if not included:
+        pytest.skip("this FastAPI includes routers eagerly")
+    before = table(app)
+    assert all(r._effective_candidates_version is None for r in included)
+    assert ("GET", "/v1/outer/t/{tenant}/things/{thing_id}") in before
+    # Its requests are named, also while in flight (as the loop watchdog asks), from the
+    # context FastAPI builds as the first one comes in.
+    recorder = Recorder()
+    in_flight: list[str | None] = []
+
+    @app.middleware("http")
+    async def ask(request: Request, call_next: Any) -> Response:
+        response = await call_next(request)
+        in_flight.append(middleware.served_route(request.scope))
+        return response
+
+    middleware = AgentMiddleware(app, recorder)  # the table read before any request
+    assert all(r._effective_candidates_version is None for r in included)
+    answers = get_all(middleware, ["/v1/outer/t/7/things/1", "/v1/outer/t/8/things/2"])
+    assert [a.status_code for a in answers] == [200, 200]
+    template = "/v1/outer/t/{tenant}/things/{thing_id}"
+    assert [e.route for e in recorder.drain()] == [template, template]
+    assert in_flight == [f"GET {template}"] * 2
+    for inclusion in included:  # built now, by the requests
+        list(inclusion.effective_route_contexts())
+    assert table(app) == before  # read from the contexts now, the same table
+
+
 def test_starlette_mounts_partials_and_endpoint_classes() -> None:
     inner = Router(routes=[Route("/orders", list_orders),
                            Route("/tag", functools.partial(tagged, "x"))])

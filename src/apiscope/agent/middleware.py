@@ -417,7 +417,8 @@ class AgentMiddleware:
         template = self._lookup(scope, key)
         if template is not None:
             return template
-        # A route of an app we have no table for: the mounts' prefixes are in root_path.
+        # A route of an app we have no table for, or of an inclusion FastAPI had not built
+        # when the table was read: the mounts' prefixes are in root_path.
         inner_root = scope.get("root_path", "")
         prefix = inner_root[len(root_path):] if inner_root.startswith(root_path) else ""
         return prefix + (template_of(route) if context is None else effective_template(context))
@@ -432,6 +433,8 @@ class AgentMiddleware:
         if key is None:  # an app mounted whole (a login endpoint) is in scope["endpoint"]
             key = scope.get("endpoint")
         template = self.routes.template(key) if key is not None else None
+        if template is None and context is not None and not scope.get("root_path"):
+            template = effective_template(context)  # built since the table was read
         if template is None or template == DEFERRED:
             template = scope.get("path_template")  # Litestar's router writes it once matched
         if not isinstance(template, str) or not template:
@@ -461,6 +464,11 @@ class AgentMiddleware:
 
     def _lookup(self, scope: Scope, key: Any) -> str | None:
         template = self.routes.template(key)
+        if template is None and self.routes.built_since():
+            # FastAPI built an inclusion's route contexts for this request, which the table
+            # was read without (building them all at once stalled the loop for a second).
+            self.routes.refresh()
+            template = self.routes.template(key)
         if template is None:
             # First sight of this app (wrapped from outside, so scope["app"] was unset when the
             # request came in): Starlette's outermost router put itself in scope["router"].

@@ -45,6 +45,8 @@ from .matched_routes import (
 from .pathgroups import normalise_path
 
 INFERRED = "inferred"
+# In a walk's `inside`: a FastAPI inclusion read from its router's routes, its contexts unbuilt.
+UNBUILT = "fastapi inclusion not built"
 _CONVERTER = re.compile(r"\{(\w+):[^}]*\}")
 _HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")
 _MATCHED = {QUART: (werkzeug_rows, werkzeug_matcher), FLASK: (werkzeug_rows, werkzeug_matcher),
@@ -109,6 +111,8 @@ class RouteRegistry:
         self.sources: set[str] = set()
         # Called with each new table (`AppFiles.learn_routes`: an installed app's directories).
         self.listeners: list[Callable[[list[RouteRow]], None]] = []
+        # FastAPI's inclusions whose route contexts were not built when the table was read.
+        self._unbuilt: list[Any] = []
 
     def add_app(self, app: Any) -> None:
         """Read the route table of a framework app: Starlette's `app.routes` (recursing into
@@ -164,8 +168,13 @@ class RouteRegistry:
         inside: list[tuple[str, str, Any]] = []
         for app in self._apps:
             _walk(app.routes, "", rows, templates, inside)
+        unbuilt = []
         for prefix, framework, app in inside:
-            self._add_matched(framework, app, prefix)
+            if framework == UNBUILT:
+                unbuilt.append(app)
+            else:
+                self._add_matched(framework, app, prefix)
+        self._unbuilt = unbuilt
         for litestar in self._litestar:
             rows.extend(litestar_rows(litestar))
         if self._django:
@@ -248,6 +257,11 @@ class RouteRegistry:
             source = "inferred" if not frameworks else "mixed"
         return {"source": source, "frameworks": frameworks}
 
+    def built_since(self) -> bool:
+        """Whether FastAPI has built the route contexts of an inclusion it had not when the
+        table was read (a request went through it first): a re-read names them."""
+        return any(_built(included) for included in self._unbuilt)
+
     def template(self, route: Any) -> str | None:
         """The full template of a route object (or FastAPI route context, or endpoint)."""
         found = self.templates.get(id(route))
@@ -277,7 +291,8 @@ def _walk(routes: Any, prefix: str, rows: list[RouteRow],
           templates: dict[int, tuple[Any, str]], inside: list[tuple[str, str, Any]]) -> None:
     """Rows and templates of a Starlette route list; `inside` gets (prefix, framework, app)
     of each app mounted in it whose requests are matched at pull time (a Flask app behind
-    Starlette's WSGIMiddleware)."""
+    Starlette's WSGIMiddleware), and (prefix, UNBUILT, inclusion) of each FastAPI inclusion
+    whose route contexts were not built yet."""
     for route in routes:
         if hasattr(route, "effective_route_contexts"):
             _walk_included(route, prefix, rows, templates, inside)
@@ -348,8 +363,28 @@ def _walk_included(included: Any, prefix: str, rows: list[RouteRow],
                    inside: list[tuple[str, str, Any]]) -> None:
     """A router FastAPI includes lazily: its routes keep their own path (one route object can
     be included under several prefixes), and each inclusion gets an effective route context
-    holding the prefixed path. Requests carry that context in `scope["fastapi"]`."""
-    for context in included.effective_route_contexts():
+    holding the prefixed path. Requests carry that context in `scope["fastapi"]`.
+
+    FastAPI builds an inclusion's contexts when a request is first routed through it, which
+    analyses every route's dependencies: a few hundred routes took a second. Contexts it has
+    built are read (their objects name requests at once); an inclusion no request has gone
+    through yet is read from its router's own routes under its prefix, building nothing, and
+    its requests are named from their context's path (`AgentMiddleware.route_of`)."""
+    if not _built(included):
+        context = getattr(included, "include_context", None)
+        router = getattr(included, "original_router", None)
+        routes = getattr(router, "routes", None)
+        if context is not None and isinstance(routes, list):
+            inner = prefix + _CONVERTER.sub(r"{\1}", str(getattr(context, "prefix", "")))
+            _walk(routes, inner, rows, templates, inside)
+            inside.append((prefix, UNBUILT, included))
+            return
+    candidates = (included.effective_candidates() if hasattr(included, "effective_candidates")
+                  else included.effective_route_contexts())
+    for context in candidates:
+        if hasattr(context, "effective_route_contexts"):  # an inclusion inside this one
+            _walk_included(context, prefix, rows, templates, inside)
+            continue
         local = effective_template(context)
         template = prefix + local
         templates[id(context)] = (context, template)
@@ -361,6 +396,16 @@ def _walk_included(included: Any, prefix: str, rows: list[RouteRow],
                   inside)
         else:
             rows.extend(_route_rows(original, template))
+
+
+def _built(included: Any) -> bool:
+    """Whether FastAPI has built this inclusion's route contexts for its routes as they are
+    now (True where that cannot be told: the contexts are then asked for)."""
+    try:
+        version = included.original_router._get_routes_version()
+        return bool(included._effective_candidates_version == version)
+    except Exception:
+        return True
 
 
 def effective_template(context: Any) -> str:
