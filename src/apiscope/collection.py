@@ -353,6 +353,7 @@ class Collection:
         if self._sampler.end_reason is EndReason.FAILED:
             stopped = str(self._sampler.error)
         self.failures.sampler(self.target.sample_pid, self._sampler.stats, stopped)
+        self.failures.no_agent(self.workers.agentless())
         news = self.failures.news()
         if news is not None:
             self.sink.meta(target_failures=news)

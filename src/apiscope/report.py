@@ -55,6 +55,7 @@ class ProcessFailures:
     watchdog_errors: int = 0  # the agent's loop/GIL watchdogs' caught errors
     detach_failed: str | None = None  # why the agent could not be taken out
     retry: str | None = None  # the command that retries the detach
+    no_agent: str | None = None  # why no agent records the process's requests
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"pid": self.pid}

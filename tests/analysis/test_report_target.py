@@ -16,6 +16,8 @@ FAILURES = [
      "window_failure": "ValueError: no trace", "sampler_retries": 1},
     {"pid": 4243, "agent_errors": 3, "agent_error": "KeyError: 'route'"},
     {"pid": 4244, "detach_failed": "gdb: ptrace refused", "retry": "apiscope detach 4244"},
+    {"pid": 4245, "no_agent": "process 4245 did not run the agent's loader within 15 s. Its"
+                              " main thread is at `acquire` (lock.py:3)"},
 ]
 DETACH_FAILED = [{"pid": 4244, "reason": "gdb: ptrace refused", "retry": "apiscope detach 4244"}]
 
@@ -46,6 +48,8 @@ def test_the_text_report_tells_them(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "PID 4243: the agent answered 3 pull(s) with an error: KeyError: 'route'" in text
     assert "PID 4244: the agent could not be detached (gdb: ptrace refused); retry with:" \
            " apiscope detach 4244" in text
+    assert "PID 4245: no requests recorded, no agent runs in it: process 4245 did not run the" \
+           " agent's loader within 15 s. Its main thread is at `acquire` (lock.py:3)" in text
 
 
 def test_a_session_that_stored_only_the_failed_detach_still_shows_it(

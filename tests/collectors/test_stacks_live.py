@@ -18,7 +18,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from apiscope.collectors.pyspy import RecordOptions, find_pyspy, parse_summary, record_argv
+from apiscope.collectors.pyspy import (
+    RecordOptions,
+    find_pyspy,
+    main_thread_site,
+    parse_summary,
+    record_argv,
+)
 from apiscope.collectors.samplerstats import LOG_DELAY, EndReason
 from apiscope.collectors.spy import PopenSpy
 from apiscope.collectors.stacks import StackSampler
@@ -262,6 +268,40 @@ def test_py_spys_failed_reads_are_timed_within_a_debuggers_hold(app_dir: Path) -
     assert all(held_from <= t <= held_to + LOG_DELAY for t in result.failed_at), (
         held_from, held_to, result.failed_at)
     assert "Failed to get stack trace" not in result.stderr
+
+
+STUCK_IN_STARTUP = """
+import contextlib, threading
+lock = threading.Lock()
+
+@contextlib.contextmanager
+def lifespan():
+    lock.acquire()
+    print("starting", flush=True)
+    with lock:  # taken already: waits for ever, as an import lock a fork inherited taken does
+        yield
+
+with lifespan():
+    pass
+"""
+
+
+def test_where_a_main_thread_that_runs_no_loader_is_stuck(tmp_path: Path) -> None:
+    # A worker stuck in its startup never runs the agent's loader; the warning says where.
+    require_ptrace()
+    script = tmp_path / "worker.py"
+    script.write_text(STUCK_IN_STARTUP)
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == "starting\n"
+            time.sleep(0.2)  # into the second take
+            site = main_thread_site(proc.pid)
+        finally:
+            proc.kill()
+    assert site == (f"`lifespan` ({script}:9), in the app's lifespan startup: it serves no"
+                    " request until that returns")
+    assert main_thread_site(proc.pid) is None  # gone: nothing to say
 
 
 def test_a_pid_that_does_not_exist_is_a_target_error() -> None:

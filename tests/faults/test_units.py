@@ -18,6 +18,7 @@ import pytest
 
 from apiscope.agent.orphan import OrphanWatch
 from apiscope.agent.transport import AgentServer
+from apiscope.collect.failures import FailureLog
 from apiscope.collectors.injections import AgentInjections
 from apiscope.errors import TargetError
 from apiscope.inject.errors import InjectionFailed, InjectionTimeout
@@ -135,6 +136,35 @@ def test_a_failed_debugger_run_is_kept_as_a_pause_too() -> None:
     assert sorted(injections.pauses) == [(10.0, 10.7), (20.0, 20.7)]
     assert [f.pid for f in injections.close()] == [1, 2]
     assert sorted(injections.pauses)[2:] == [(101.0, 101.7), (102.0, 102.7)]
+
+
+def test_a_loader_never_run_is_warned_of_with_where_the_main_thread_is() -> None:
+    warnings: list[str] = []
+
+    def never_run(pid: int) -> InjectionResult:
+        raise InjectionTimeout(f"process {pid} did not run the agent's loader within 15 s")
+
+    injections = AgentInjections(never_run, lambda pid: result(pid, 0), warnings.append,
+                                 where=lambda pid: "`acquire` (lock.py:3)" if pid == 4 else None)
+    injections.add(4)
+    injections.add(5)
+    assert injections.wait(5)
+    assert sorted(warnings) == [
+        "no latencies from pid 4 yet: process 4 did not run the agent's loader within 15 s."
+        " Its main thread is at `acquire` (lock.py:3)",
+        "no latencies from pid 5 yet: process 5 did not run the agent's loader within 15 s"]
+    # Kept for the report, which is read after the warnings scrolled away.
+    assert injections.missing == {
+        4: "process 4 did not run the agent's loader within 15 s. Its main thread is at"
+           " `acquire` (lock.py:3)",
+        5: "process 5 did not run the agent's loader within 15 s"}
+    log = FailureLog()
+    log.no_agent(injections.missing)
+    log.no_agent(injections.missing)  # told again at each store: news only once
+    assert log.news() == [{"pid": 4, "no_agent": injections.missing[4]},
+                          {"pid": 5, "no_agent": injections.missing[5]}]
+    assert log.news() is None
+    injections.close(grace=0.1)
 
 
 def test_a_pending_injection_does_not_hold_the_end() -> None:

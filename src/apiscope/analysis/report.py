@@ -97,6 +97,8 @@ def _failure_text(entry: ProcessFailures) -> list[str]:
     if entry.agent_internal_errors or entry.watchdog_errors:
         out.append(f"  PID {pid}: the agent caught {entry.agent_internal_errors}"
                    f" error(s) of its own, its watchdogs {entry.watchdog_errors}")
+    if entry.no_agent:
+        out.append(f"  PID {pid}: no requests recorded, no agent runs in it: {entry.no_agent}")
     if entry.detach_failed:
         out.append(f"  PID {pid}: the agent could not be detached ({entry.detach_failed});"
                    f" retry with: {entry.retry or f'apiscope detach {pid}'}")

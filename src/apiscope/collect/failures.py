@@ -38,6 +38,7 @@ class ProcessFailures:
     watchdog_errors: int = 0  # the agent's loop/GIL watchdogs' caught errors
     detach_failed: str | None = None  # why the agent could not be taken out
     retry: str | None = None  # the command that retries the detach
+    no_agent: str | None = None  # why no agent records the process's requests
 
     def as_dict(self) -> dict[str, Any]:
         """The report's entry: the pid and every field that is set."""
@@ -105,6 +106,15 @@ class FailureLog:
             if before != (entry.windows_dropped, entry.windows_failed, entry.window_failure,
                           entry.sampler_retries, entry.sampling_stopped):
                 self._version += 1
+
+    def no_agent(self, reasons: Mapping[int, str]) -> None:
+        """Why each process runs no agent, where injecting one failed."""
+        with self._lock:
+            for pid, why in reasons.items():
+                entry = self._entry(pid)
+                if entry.no_agent != why:
+                    entry.no_agent = why
+                    self._version += 1
 
     def detach_failed(self, failures: Iterable[DetachFailure]) -> None:
         with self._lock:

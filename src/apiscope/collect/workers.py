@@ -53,6 +53,9 @@ class Injector(Protocol):
     @property
     def servers(self) -> set[str]: ...
 
+    @property
+    def missing(self) -> dict[int, str]: ...
+
     def add(self, pid: int) -> None: ...
 
     def close(self) -> list[DetachFailure]: ...
@@ -129,6 +132,10 @@ class WorkerSet:
     def close_clients(self) -> None:
         for _, client in self.clients():
             client.close()
+
+    def agentless(self) -> dict[int, str]:
+        """Why each process that runs no agent does not (an injection that failed)."""
+        return self.injections.missing if self.injections is not None else {}
 
     def detach(self) -> list[DetachFailure]:
         """Detach every process injected (once), then clean up the sockets of the processes

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from apiscope.collectors.pyspy import main_thread_site
 from apiscope.collectors.spy import target_alive
 from apiscope.errors import ApiscopeError
 from apiscope.inject.errors import InjectionFailed, InjectionTimeout
@@ -50,8 +51,10 @@ class AgentInjections:
     def __init__(self, inject: Inject, eject: Inject, warn: Warn, *,
                  alive: Callable[[int], bool] = target_alive,
                  retry_delays: tuple[float, ...] = RETRY_DELAYS,
-                 orphan_seconds: float | None = None) -> None:
+                 orphan_seconds: float | None = None,
+                 where: Callable[[int], str | None] = main_thread_site) -> None:
         self._inject = inject
+        self._where = where  # where a process's main thread is (when it runs no loader)
         self._eject = eject
         self._warn = warn
         self._alive = alive
@@ -64,6 +67,7 @@ class AgentInjections:
         self._servers: set[str] = set()  # the servers whose apps the agents wrapped
         self._threads: dict[int, threading.Thread] = {}
         self._pauses: list[tuple[float, float]] = []
+        self._missing: dict[int, str] = {}
 
     @property
     def started(self) -> set[int]:
@@ -150,6 +154,19 @@ class AgentInjections:
             with self._lock:
                 failures.append(DetachFailure(pid, f"{type(exc).__name__}: {exc}"))
 
+    def _without(self, pid: int, why: str, warning: str) -> None:
+        """Warn that `pid` runs no agent (`warning`, with the pid, then why), and keep why for
+        the report (`missing`)."""
+        with self._lock:
+            self._missing[pid] = why
+        self._warn(f"{warning.format(pid)}: {why}")
+
+    @property
+    def missing(self) -> dict[int, str]:
+        """Why each process the agent was not started in (or found no app in) runs none."""
+        with self._lock:
+            return dict(self._missing)
+
     def _inject_until_served(self, pid: int) -> None:
         delays = iter(self._retry_delays)
         while not self._closing.is_set():
@@ -158,13 +175,15 @@ class AgentInjections:
                 self._paused(result.debugger_span)
             except InjectionTimeout as exc:
                 self._paused(exc.debugger_span)
-                self._warn(f"no latencies from pid {pid} yet: {exc.message}")
+                site = self._where(pid)
+                self._without(pid, exc.message + (f". Its main thread is at {site}" if site
+                                                   else ""), "no latencies from pid {} yet")
                 return
             except ApiscopeError as exc:
                 if isinstance(exc, InjectionFailed):
                     self._paused(exc.debugger_span)
                 if self._alive(pid):
-                    self._warn(f"no latencies from pid {pid}: {exc.message}")
+                    self._without(pid, exc.message, "no latencies from pid {}")
                 return
             if result.apps:
                 with self._lock:
@@ -175,9 +194,10 @@ class AgentInjections:
             delay = next(delays, None)
             if delay is None or not self._alive(pid):
                 if self._alive(pid):
-                    self._warn(f"pid {pid} serves no ASGI app that apiscope can find: no"
-                               " endpoints will be recorded from it (stacks and resources"
-                               " are)" + (f" ({result.note})" if result.note else ""))
+                    self._without(pid, "it serves no ASGI app that apiscope can find"
+                                  + (f" ({result.note})" if result.note else ""),
+                                  "no endpoints will be recorded from pid {} (stacks and"
+                                  " resources are)")
                 return
             if self._closing.wait(delay):
                 return

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -304,3 +306,41 @@ def _last_error_line(stderr: str) -> str:
 def frames_text(frames: Sequence[Frame]) -> str:
     """Frames back in py-spy's folded form (root first): handy in messages and tests."""
     return ";".join(f.label() for f in frames)
+
+
+def main_thread_site(pid: int, binary: str | None = None, timeout: float = 10.0) -> str | None:
+    """Where the main thread of `pid` is now, in words, from one `py-spy dump` that does not
+    stop the process: the frame it is at and, when that is the standard library's, the nearest
+    caller that is not; and whether that is inside the app's lifespan startup (a worker stuck
+    there serves no request). None when the process cannot be read."""
+    try:
+        run = subprocess.run(dump_argv(binary or find_pyspy(), pid, nonblocking=True),
+                             capture_output=True, text=True, timeout=timeout, check=False)
+        threads = json.loads(run.stdout) if run.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError, ValueError, ToolMissingError):
+        return None
+    main = next((t for t in threads if isinstance(t, dict) and
+                 (t.get("os_thread_id") == pid or t.get("thread_name") == "MainThread")), None)
+    frames = [f for f in (main or {}).get("frames", []) if isinstance(f, dict)]  # leaf first
+    if not frames:
+        return None
+
+    def said(frame: dict[str, object]) -> str:
+        return f"`{frame.get('name')}` ({frame.get('filename')}:{frame.get('line')})"
+
+    site = said(frames[0])
+    if _standard(str(frames[0].get("filename", ""))):
+        caller = next((f for f in frames[1:] if not _standard(str(f.get("filename", "")))), None)
+        if caller is not None:
+            site += f", called from {said(caller)}"
+    if any("lifespan" in str(f.get("name", "")) for f in frames):
+        site += ", in the app's lifespan startup: it serves no request until that returns"
+    return site
+
+
+def _standard(filename: str) -> bool:
+    """A file of Python's own (the standard library, frozen modules), not an app's or a
+    package's."""
+    if filename.startswith("<"):
+        return True
+    return "/lib/python" in filename and "-packages/" not in filename
