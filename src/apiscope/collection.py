@@ -26,6 +26,7 @@ from apiscope.collect.failures import FailureLog
 from apiscope.collect.fanout import Metrics, RecordSink, Writer
 from apiscope.collect.figures import overhead_parts, overhead_percent
 from apiscope.collect.status import Counters, Terminal, pull_text, status_line, window_text
+from apiscope.collect.taskroutes import TaskRoutes
 from apiscope.collect.workers import Client, Injector, WorkerSet
 from apiscope.collect.workers import remove_stale_socket as remove_stale_socket
 from apiscope.collectors.agent_client import AgentBatch, AgentClient, AgentError
@@ -179,6 +180,7 @@ class Collection:
         self._routes_seen: dict[int, list[RouteInfo]] = {}
         self._routing_stored: dict[str, Any] | None = None  # the `routing` meta written last
         self._watchdog_cpu: dict[str, float] = {}  # the agents' watchdogs' own CPU, by pid
+        self._task_routes = TaskRoutes()  # the routes each task function served
         self._serve_cpu: dict[int, float] = {}  # the agents' CPU answering pulls, by pid
         # What the agents' per-request profiles spent on the request threads, by pid.
         self._profile_cpu: dict[int, float] = {}
@@ -546,6 +548,8 @@ class Collection:
                 self._sampler.note_gil_wait(pid, gil.wait_seconds, gil.acquisitions)
             self._watchdog_cpu[str(pid)] = batch.watchdogs.cpu_seconds
             self.sink.meta(watchdog_cpu_seconds=dict(self._watchdog_cpu))
+            if batch.watchdogs.tasks and self._task_routes.add(batch.watchdogs.tasks):
+                self.sink.meta(task_routes=self._task_routes.rows())
         if self.options.verbosity >= 2 and (batch.requests or batch.profiles):
             self.terminal.detail(pull_text(pid, len(batch.requests), len(batch.profiles),
                                            batch.stats.dropped, batch.more))

@@ -76,6 +76,9 @@ class SessionMeta:
     # (file, line) of the lines the agents' looks found asleep by the kernel's word (written
     # as the collection ends; see `StackSampler.asleep_lines`).
     asleep_lines: tuple[tuple[str, int], ...] = ()
+    # (file, function, route, tasks): how many tasks running each function the requests of
+    # each route started, as the agents counted them (see `analysis.cpu.task_cpu`).
+    task_routes: tuple[tuple[str, str, str, int], ...] = ()
 
     @classmethod
     def from_stored(cls, values: Mapping[str, Any]) -> SessionMeta:
@@ -106,7 +109,8 @@ class SessionMeta:
             requests_kept_every=_int(get("requests_kept_every")),
             requests_kept_every_max=_int(get("requests_kept_every_max")),
             watch_share=_number(get("watch_share")),
-            asleep_lines=_sites(get("asleep_lines")))
+            asleep_lines=_sites(get("asleep_lines")),
+            task_routes=_task_routes(get("task_routes")))
 
 
 def _number(value: object) -> float | None:
@@ -148,6 +152,15 @@ def _sites(value: object) -> tuple[tuple[str, int], ...]:
     return tuple((entry[0], int(entry[1])) for entry in value
                  if isinstance(entry, list | tuple) and len(entry) == 2
                  and isinstance(entry[0], str) and _int(entry[1]) is not None)
+
+
+def _task_routes(value: object) -> tuple[tuple[str, str, str, int], ...]:
+    if not isinstance(value, list | tuple):
+        return ()
+    return tuple((entry[0], entry[1], entry[2], int(entry[3])) for entry in value
+                 if isinstance(entry, list | tuple) and len(entry) == 4
+                 and all(isinstance(x, str) for x in entry[:3])
+                 and _int(entry[3]) is not None)
 
 
 def _objects(value: object) -> tuple[Mapping[str, object], ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import json
 import os
 import random
 import socket
@@ -31,7 +32,10 @@ from apiscope.collectors.gillooks import GIL_SPAN
 from apiscope.collectors.oncpu import LineLooks
 from apiscope.model import Frame, GilSample, LoopLagSample, LoopStall
 from apiscope.store import SessionReader, SessionWriter
-from tests.support import wait_until
+from tests.pythons.targets import target_python
+from tests.support import require_found, wait_until
+
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 WATCHDOG_THREADS = ("apiscope-loop-watchdog", "apiscope-gil-watchdog")
 
@@ -257,6 +261,90 @@ def test_a_stall_names_the_route_of_the_request_that_held_the_loop(
                                                     "request_that_held_the_loop.<locals>.slow",
                                                     "spinner"]
     assert "route" not in plain and plain["frames"][-1][0] == "spinner"
+
+
+# Run by a target's interpreter (`test_the_tasks_a_request_started_are_noted_with_its_route`):
+# a real loop watched by the agent's watchdogs, and requests through its middleware.
+TASKS_SCRIPT = """
+import asyncio, json, sys, time
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from apiscope.agent.middleware import AgentMiddleware
+from apiscope.agent.recorder import Recorder
+from apiscope.agent.watchdog import WatchdogOptions, Watchdogs
+
+async def crunch(seconds):
+    # CPU on the loop in short steps (none a stall), as a task a request started.
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        step = time.thread_time() + 0.002
+        while time.thread_time() < step:
+            pass
+        await asyncio.sleep(0)
+
+async def crunch_more(seconds):
+    await crunch(seconds)
+
+async def work(request):
+    await asyncio.create_task(crunch(0.6))
+    return PlainTextResponse("done")
+
+async def more(request):
+    await asyncio.gather(crunch_more(0.3), crunch_more(0.3))
+    return PlainTextResponse("done")
+
+watchdogs = Watchdogs(WatchdogOptions(time_passes=sys.argv[1] == "timed"))
+app = AgentMiddleware(Starlette(routes=[Route("/work/{n}", work), Route("/more", more)]),
+                      Recorder(), watchdogs=watchdogs)
+
+async def get(path):
+    sent = []
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+    async def send(message):
+        sent.append(message)
+    await app({"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+               "root_path": "", "query_string": b"", "headers": [], "scheme": "http",
+               "server": ("test", 80), "client": ("test", 1), "http_version": "1.1",
+               "asgi": {"version": "3.0"}}, receive, send)
+    assert sent[0]["status"] == 200
+
+async def main():
+    watchdogs.see_loop()
+    watchdogs.start()
+    await asyncio.sleep(0.3)
+    await get("/work/1")
+    await get("/more")
+    await asyncio.create_task(crunch(0.3))  # no request's
+    tasks = watchdogs.pull()["tasks"]
+    watchdogs.stop()
+    loop = asyncio.get_running_loop()
+    print(json.dumps({"tasks": tasks, "factory_left": loop.get_task_factory() is not None}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("version", ["3.9", "3.12"])
+@pytest.mark.parametrize("mode", ["timed", "probed"])
+def test_the_tasks_a_request_started_are_counted_with_its_route(version: str, mode: str,
+                                                                tmp_path: Path) -> None:
+    # A task a request starts shows no frame of the request's handler in a stack sample: its
+    # root is the function the task runs. While a loop is watched its tasks are made by the
+    # watchdog's factory, which counts those a request started under that function with the
+    # request's route, so that the analysis can charge those stacks' CPU to the route. A task
+    # of no request's is not counted, and the loop gets its own factory back at the end.
+    python = require_found(target_python, version)
+    script = tmp_path / "tasks.py"
+    script.write_text(TASKS_SCRIPT)
+    run = subprocess.run([str(python), str(script), mode], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(SRC)}, check=False)
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout)
+    assert sorted(answer["tasks"]) == [[str(script), "crunch", "GET /work/{n}", 1],
+                                       [str(script), "crunch_more", "GET /more", 2]]
+    assert answer["factory_left"] is False
 
 
 def test_a_look_in_the_collectors_callback_names_the_frame_that_allocated() -> None:

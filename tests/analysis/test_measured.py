@@ -158,6 +158,33 @@ def test_a_handler_several_routes_share_has_its_cpu_shared_out_by_their_requests
     assert proc["server_cpu_share"] == round(0.24 / (running / 100), 4)  # none of it the server's
 
 
+def test_tasks_requests_started_have_their_cpu_shared_out_by_the_tasks_each_route_started(
+        tmp_path: Path) -> None:
+    # A LiteLLM proxy runs each completion in a task of its own, in short steps (no hold for
+    # the loop watchdog to name): its stacks show no handler frame. The agent counted the
+    # tasks each route's requests started running that function: 3 for POST /items to 1 for
+    # GET /orders. The task's measured CPU is theirs in that proportion, not no one's.
+    spec = measured_healthy()
+    task = (*LOOP_BASE, Frame("_run", f"{STD}/asyncio/events.py", 80),
+            app("complete", 300), Frame("encode", f"{SITE}/json/encoder.py", 200))
+    spec.per_window.append(sample(LOOP_TID, task, 40))
+    spec.requests += [request("POST /items", T0 + i * 0.1, 90.0) for i in range(200)]
+    before = {e["route"]: e["cpu_share"] for e in report_of(spec, tmp_path)["endpoints"]}
+    spec.meta = {"task_routes": [[APP, "complete", "POST /items", 30],
+                                 [APP, "complete", "GET /orders", 10],
+                                 [APP, "other", "GET /health", 5]]}
+    report = report_of(spec, tmp_path / "b")
+    shares = {e["route"]: e["cpu_share"] for e in report["endpoints"]}
+    running = 24 + 8 + 4 + 4 + 5 + 5 + 30 + 40
+    assert shares["POST /items"] - before["POST /items"] == pytest.approx(
+        0.30 / (running / 100), abs=1e-4)
+    assert shares["GET /orders"] - before.get("GET /orders", 0.0) == pytest.approx(
+        0.10 / (running / 100), abs=1e-4)
+    assert shares["GET /health"] == before["GET /health"]  # its function never ran here
+    [proc] = report["processes"]
+    assert proc["server_cpu_share"] == round(0.24 / (running / 100), 4)  # none of it moved
+
+
 def test_a_task_the_request_started_has_its_cpu_and_its_hold_charged_to_the_route(
         tmp_path: Path) -> None:
     # `asyncio.gather(fetch_price(...), ...)` in a handler: the children run as tasks of their

@@ -152,6 +152,7 @@ class FakeInjections:
         self.pauses: list[tuple[float, float]] = []
         self.added: list[int] = []
         self.servers: set[str] = set()  # the servers whose apps the agents wrapped
+        self.missing: dict[int, str] = {}  # why a process runs no agent
         self.closed = 0
         self._fail = fail or {}
 

@@ -53,6 +53,10 @@ GLIMPSE = "glimpse"  # one look only (or no task at any look): who held it is no
 GC = "gc"  # the garbage collector ran for half of the pass or more (see `gcpauses`)
 # The looks kept at one probed stall (a loop blocked for good is looked at for as long).
 MAX_PROBE_LOOKS = 64
+# The functions requests' tasks run that are counted (`LoopWatchdog._note_task`), and routes
+# per function.
+MAX_TASK_ENTRIES = 256
+MAX_TASK_ROUTES = 32
 # A pass that began with this many callbacks to run or fewer was held by the one seen (the
 # watchdog's own lag probe may be the other).
 FEW_CALLBACKS = 2
@@ -260,6 +264,9 @@ class LoopWatchdog(Background):
         self._charged_to = 0.0  # this thread's CPU time up to which the allowance paid
         self.unfollowed = 0  # checks that left a long pass unfollowed: the budget was spent
         self._queued_at_check: int | None = None  # the loop thread's run-queue ns, last check
+        # Per function a task a request started runs ((file, name as py-spy names it)), the
+        # routes of the requests that started them, counted (see `_note_task`).
+        self._tasks: dict[tuple[str, str], dict[str, int]] = {}
         # The GIL's futex once the GIL watchdog has learnt it (looks on it say "gil").
         self.gil_futex: Callable[[], tuple[int, int] | None] = lambda: None
         # "METHOD TEMPLATE" of a request being served, from its scope, once routed (the
@@ -270,10 +277,12 @@ class LoopWatchdog(Background):
     def start(self) -> None:
         if self.options.time_passes:
             self.passes = PassClock.install(self.loop, self.options.hold_threshold)
+        self._set_task_factory()
         super().start()
 
     def stop(self) -> None:
         super().stop()
+        self._unset_task_factory()
         if self.passes is not None:
             self.passes.uninstall()
         if self._loop_stat is not None:
@@ -283,7 +292,8 @@ class LoopWatchdog(Background):
 
     def forget_files(self) -> None:
         """Close the files of threads that are not in this (forked) process, and give the
-        loop its selector back."""
+        loop its selector back, and its way of making tasks."""
+        self._unset_task_factory()
         if self.passes is not None:
             self.passes.uninstall()
         for stat in (self._loop_stat, self.cpu.stat):
@@ -528,6 +538,71 @@ class LoopWatchdog(Background):
             stall["route"] = route
         with self._lock:
             self._stalls.append(stall)
+
+    def _make_task(self, loop: asyncio.AbstractEventLoop, coro: Any,
+                   **kwargs: Any) -> asyncio.Task[Any]:
+        """The loop's task factory while watched (`start`): the task the loop would make, and
+        the request that made it noted (`_note_task`)."""
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        served = SERVING.get()
+        if served is not None:
+            try:
+                self._note_task(coro, served)
+            except Exception:
+                self.errors += 1
+        return task
+
+    def _note_task(self, coro: Any, served: Any) -> None:
+        """Count a task started by a request (`create_task`, `gather`) under the function it
+        runs, with the request's route.
+
+        py-spy's stack of such a task holds no frame of the request's handler: its root is
+        that function. The analysis charges the CPU of those stacks to the routes whose
+        requests started them, by these counts (a LiteLLM proxy runs each completion in a task
+        of its own: 30 % of its CPU, no route's before). The server's own task for each
+        request is made outside of any request, and is not counted."""
+        scope = served_scope(served)
+        code = getattr(coro, "cr_code", None)
+        if scope is None or code is None:
+            return
+        route = self._route(scope)
+        if route is None:
+            return
+        name, filename, _ = _frame(code, 0)
+        key = (filename, name)
+        with self._lock:
+            routes = self._tasks.get(key)
+            if routes is None:
+                if len(self._tasks) >= MAX_TASK_ENTRIES:
+                    return
+                routes = self._tasks[key] = {}
+            if route in routes or len(routes) < MAX_TASK_ROUTES:
+                routes[route] = routes.get(route, 0) + 1
+
+    def _set_task_factory(self) -> None:
+        """Make the loop's tasks with `_make_task`, unless the app gave it a factory of its
+        own (then its tasks are not counted)."""
+        try:
+            if self.loop.get_task_factory() is None:
+                self.loop.set_task_factory(self._make_task)
+        except Exception:
+            self.errors += 1
+
+    def _unset_task_factory(self) -> None:
+        """Give the loop its own way of making tasks back (unless a factory replaced ours)."""
+        try:
+            if self.loop.get_task_factory() == self._make_task:
+                self.loop.set_task_factory(None)
+        except Exception:
+            self.errors += 1
+
+    def drain_tasks(self) -> list[list[Any]]:
+        """`[file, function, route, tasks]` for each function requests' tasks ran and route,
+        since the last drain (`_note_task`)."""
+        with self._lock:
+            tasks, self._tasks = self._tasks, {}
+        return [[file, name, route, n] for (file, name), routes in tasks.items()
+                for route, n in routes.items()]
 
     def _route(self, scope: Scope | None) -> str | None:
         name = self.name_route

@@ -201,7 +201,8 @@ class Watchdogs:
         self.last_loop, self._running = None, False
 
     def pull(self) -> dict[str, Any]:
-        """`{"loops": [lag...], "stalls": [...], "gil": {...} | None, "sleeps": [[file, line,
+        """`{"loops": [lag...], "stalls": [...], "tasks": [[file, function, route, tasks]...]
+        (see `LoopWatchdog._note_task`), "gil": {...} | None, "sleeps": [[file, line,
         asleep, running]...] (see `threadlooks`), "gil_futex": [system call, address] | None,
         "gil_holder": [GIL state address, ident offset] | None, "idents": [[ident, tid]...],
         "cpu_seconds", "errors"}`"""
@@ -209,12 +210,13 @@ class Watchdogs:
             dogs = list(self._loops.values())
             ended = [key for key, dog in self._loops.items() if dog.ended]
             gil = self._gil
-        loops, stalls = [], []
+        loops, stalls, tasks = [], [], []
         for dog in dogs:
             lag, dog_stalls = dog.drain()
             if lag is not None:
                 loops.append(lag)
             stalls.extend(dog_stalls)
+            tasks.extend(dog.drain_tasks())
         watchers: list[Any] = [*dogs, *([gil] if gil is not None else [])]
         cpu = self._retired_cpu + sum(w.cpu.seconds() for w in watchers)
         errors = self.errors + sum(w.errors for w in watchers) + sum(
@@ -229,7 +231,7 @@ class Watchdogs:
                     self.errors += ended_dog.errors
         futex = gil.futex if gil is not None else None
         holder = gil.holder if gil is not None else None
-        return {"loops": loops, "stalls": stalls,
+        return {"loops": loops, "stalls": stalls, "tasks": tasks,
                 "gil": self._meter.drain() if gil is not None else None,
                 "sleeps": gil.looks.drain() if gil is not None else [],
                 "gil_futex": list(futex) if futex is not None else None,

@@ -10,6 +10,14 @@ server's own work and the rest add up to at most one.
   handed to pool threads with nothing of the app on the thread's stack (C code or a library's
   run through `asyncio.to_thread` and its likes), as the agent timed it by the threads' CPU
   clocks (`offloaded_cpu`; an older agent's looks share out what py-spy saw of it).
+- A task a request started (`asyncio.create_task`, `gather`) runs with no frame of the
+  request's handler on its stack: its root is the function the task runs. The agent counts,
+  as each such task is made (the loop's task factory while watched), that function with the
+  request's route (`task_routes`), and the CPU of the app's code in such a stack with no
+  route's frame is shared out among those routes by those counts (`task_cpu`). A LiteLLM
+  proxy runs each completion in a task of its own: 30 % of its CPU was no endpoint's before.
+  The app's own middleware, run in the server's task for the request before the route's
+  handler, stays no endpoint's (nor the server's).
 - The run-queue share (per process): of the time the request threads were runnable, the part
   they waited for a CPU (schedstat). High on a busy host (`host_busy_share`), and every route
   is slow for want of CPU, not because of its own code; on a host with CPUs to spare it is
@@ -72,7 +80,39 @@ def cpu_shares(ctx: AnalysisContext) -> dict[str, float]:
             used[a.endpoint] += a.cpu
     for endpoint, cpu in shared_handler_cpu(ctx).items():
         used[endpoint] += cpu
+    for endpoint, cpu in task_cpu(ctx).items():
+        used[endpoint] += cpu
     return {endpoint: min(1.0, cpu / total) for endpoint, cpu in used.items()}
+
+
+def task_cpu(ctx: AnalysisContext) -> dict[str, float]:
+    """CPU seconds of the app's code on an event loop with no route's frame on the stack,
+    under a function that tasks requests started ran (`SessionMeta.task_routes`): shared out
+    among those requests' routes by how many each started (the outermost such function of
+    the stack decides)."""
+    noted: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    for file, function, route, tasks in ctx.data.meta.task_routes:
+        noted[(file, function)][route] = noted[(file, function)].get(route, 0) + tasks
+    if not noted:
+        return {}
+    out: dict[str, float] = defaultdict(float)
+    entries: dict[int, dict[str, int] | None] = {}  # per stack
+    for a in ctx.samples:
+        if a.endpoint is not None or not a.cpu or a.tool or a.offloaded or a.user is None \
+                or a.role is not ThreadRole.LOOP:
+            continue
+        key = id(a.sample.frames)
+        if key not in entries:
+            entries[key] = None
+            if not ctx.matcher.sharing(a.sample.frames):  # else `shared_handler_cpu`'s
+                entries[key] = next((noted[(f.file, f.function)] for f in a.sample.frames
+                                     if (f.file, f.function) in noted), None)
+        routes = entries[key]
+        if routes:
+            tasks = sum(routes.values())
+            for route, n in routes.items():
+                out[route] += a.cpu * n / tasks
+    return dict(out)
 
 
 def shared_handler_cpu(ctx: AnalysisContext) -> dict[str, float]:

@@ -64,6 +64,9 @@ class WatchdogReport:
     # id}: who holds the GIL, told from outside (agent/gilwatch.gil_holder_layout); None: unknown
     gil_holder: tuple[int, int] | None = None
     idents: dict[int, int] | None = None
+    # (file, function, route, tasks): how many tasks running that function requests of that
+    # route started (agent/loopwatch.py `_note_task`)
+    tasks: tuple[tuple[str, str, str, int], ...] = ()
 
 
 class AgentUnavailable(ConnectionError):
@@ -410,6 +413,7 @@ def watchdogs_from_json(data: dict[str, Any], pid: int, ts: float) -> WatchdogRe
         sleeps=_line_looks(data.get("sleeps")),
         gil_holder=_futex(data.get("gil_holder")),
         idents=_idents(data.get("idents")),
+        tasks=task_routes(data.get("tasks")),
     )
 
 
@@ -437,6 +441,20 @@ def _line_looks(value: Any) -> tuple[LineLooks, ...]:
                 continue
             gil = int(rest[0]) if rest else 0
             rows.append(LineLooks(str(file), int(line), int(asleep), int(running), gil))
+        except (TypeError, ValueError):
+            continue
+    return tuple(rows)
+
+
+def task_routes(value: Any) -> tuple[tuple[str, str, str, int], ...]:
+    """The agent's `tasks` ([file, function, route, tasks] each); malformed rows skipped."""
+    rows = []
+    for row in value if isinstance(value, list | tuple) else ():
+        try:
+            file, function, route, looks = row
+            if isinstance(looks, bool) or int(looks) <= 0:
+                continue
+            rows.append((str(file), str(function), str(route), int(looks)))
         except (TypeError, ValueError):
             continue
     return tuple(rows)
