@@ -36,6 +36,8 @@ WRITTEN: dict[str, Any] = {
     "watchdog_cpu_seconds": {"11": 0.25, "12": 0.5}, "profile_seconds": {"11": 0.125},
     "requests_kept_every": 4, "requests_kept_every_max": 8, "watch_share": 0.00125,
     "asleep_lines": [["/srv/app/views.py", 16], ["bad"], ["/srv/app/io.py", "40"]],
+    "task_routes": [["/srv/app/llm.py", "complete", "POST /chat", 30], ["bad", 1],
+                    ["/srv/app/llm.py", "complete", "GET /health", "2"]],
 }
 
 
@@ -68,7 +70,9 @@ def test_every_key_written_reads_back_typed(tmp_path: Path) -> None:
         watchdog_cpu_seconds={11: 0.25, 12: 0.5}, profile_seconds={11: 0.125},
         requests_kept_every=4,
         requests_kept_every_max=8, watch_share=0.00125,
-        asleep_lines=(("/srv/app/views.py", 16), ("/srv/app/io.py", 40)))
+        asleep_lines=(("/srv/app/views.py", 16), ("/srv/app/io.py", 40)),
+        task_routes=(("/srv/app/llm.py", "complete", "POST /chat", 30),
+                     ("/srv/app/llm.py", "complete", "GET /health", 2)))
     # Numbers stay as written: the report shows an int budget as an int.
     assert type(meta.max_overhead) is int and type(meta.rate_hz) is int
     assert {f.name for f in fields(SessionMeta)} == set(WRITTEN)
