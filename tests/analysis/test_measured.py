@@ -46,6 +46,7 @@ from tests.analysis.builder import (
     on_loop,
     on_worker,
     request,
+    resources,
     sample,
     write_and_open,
 )
@@ -1442,3 +1443,18 @@ def test_short_sync_waits_on_a_watched_loop_are_still_blocking(tmp_path: Path) -
     report = report_of(spec, tmp_path)
     [flag] = [f for f in report["flags"] if f["kind"] == "event_loop_blocked"]
     assert flag["location"]["line"] == 88 and flag["metric"]["cause"] == "wait"
+
+
+def test_a_process_that_used_next_to_no_cpu_has_its_cpu_split_in_no_shares(
+        tmp_path: Path) -> None:
+    # A worker stuck in its start-up for the whole session: the kernel counts a process's time
+    # in clock ticks, its threads' in nanoseconds, and one tick beyond its idle thread read as
+    # "native CPU 100%". Too little to split says nothing.
+    spec = Spec(seconds=30, measured=True, per_window=[idle_loop(100)], extra_cpu=0.01 / 30)
+    spec.requests = [request("GET /health", T0 + 1, 2.0)]
+    spec.resources = resources(30, [80.0] * 30)
+    [proc] = report_of(spec, tmp_path)["processes"]
+    assert proc["native_cpu_share"] is None and proc["server_cpu_share"] is None
+    spec.extra_cpu = 0.3 / 30  # enough to tell: all of it beyond the threads read
+    [proc] = report_of(spec, tmp_path / "b")["processes"]
+    assert proc["native_cpu_share"] == 1.0

@@ -49,6 +49,11 @@ from dataclasses import dataclass
 from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed
 from apiscope.model import ThreadRole
 
+# A process that used less CPU than this over the session has no server or native share: the
+# kernel counts a process's time in clock ticks (10 ms) and its threads' in nanoseconds, so a
+# worker stuck for the whole session (0.01 s in all) read "native CPU 100%".
+MIN_SPLIT_SECONDS = 0.1
+
 
 def process_cpu_seconds(ctx: AnalysisContext) -> dict[int, float]:
     """CPU seconds each process used over the session: measured, or (older sessions) what its
@@ -257,7 +262,7 @@ def native_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
         return {}
     native = native_cpu(ctx).processes
     return {pid: min(1.0, native.get(pid, 0.0) / total)
-            for pid, total in process_cpu_seconds(ctx).items() if total > 0}
+            for pid, total in process_cpu_seconds(ctx).items() if total >= MIN_SPLIT_SECONDS}
 
 
 def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
@@ -281,7 +286,7 @@ def server_cpu_shares(ctx: AnalysisContext) -> dict[int, float]:
     for pid, cpu in HandedWork.of(ctx).beyond_seen().items():
         pool[pid] = max(0.0, pool[pid] - cpu)
     return {pid: min(1.0, (server[pid] + pool[pid]) / total)
-            for pid, total in totals.items() if total > 0}
+            for pid, total in totals.items() if total >= MIN_SPLIT_SECONDS}
 
 
 def host_busy_share(ctx: AnalysisContext,
