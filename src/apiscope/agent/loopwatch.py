@@ -559,7 +559,7 @@ class LoopWatchdog(Background):
         py-spy's stack of such a task holds no frame of the request's handler: its root is
         that function. The analysis charges the CPU of those stacks to the routes whose
         requests started them, by these counts (a LiteLLM proxy runs each completion in a task
-        of its own: 30 % of its CPU, no route's before). The server's own task for each
+        of its own: a third of its CPU, no route's before). The server's own task for each
         request is made outside of any request, and is not counted."""
         scope = served_scope(served)
         code = getattr(coro, "cr_code", None)

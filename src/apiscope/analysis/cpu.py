@@ -15,7 +15,7 @@ server's own work and the rest add up to at most one.
   as each such task is made (the loop's task factory while watched), that function with the
   request's route (`task_routes`), and the CPU of the app's code in such a stack with no
   route's frame is shared out among those routes by those counts (`task_cpu`). A LiteLLM
-  proxy runs each completion in a task of its own: 30 % of its CPU was no endpoint's before.
+  proxy runs each completion in a task of its own: a third of its CPU was no endpoint's before.
   The app's own middleware, run in the server's task for the request before the route's
   handler, stays no endpoint's (nor the server's).
 - The run-queue share (per process): of the time the request threads were runnable, the part
