@@ -46,8 +46,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed
-from apiscope.model import ThreadRole
+from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed, task_entry
+from apiscope.frames import is_app_frame
+from apiscope.model import Frame, ThreadRole
 
 # A process that used less CPU than this over the session has no server or native share: the
 # kernel counts a process's time in clock ticks (10 ms) and its threads' in nanoseconds, so a
@@ -92,9 +93,8 @@ def cpu_shares(ctx: AnalysisContext) -> dict[str, float]:
 
 def task_cpu(ctx: AnalysisContext) -> dict[str, float]:
     """CPU seconds of the app's code on an event loop with no route's frame on the stack,
-    under a function that tasks requests started ran (`SessionMeta.task_routes`): shared out
-    among those requests' routes by how many each started (the outermost such function of
-    the stack decides)."""
+    whose task runs an app function that tasks requests started ran (`SessionMeta.task_routes`):
+    shared out among those requests' routes by how many each started."""
     noted: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
     for file, function, route, tasks in ctx.data.meta.task_routes:
         noted[(file, function)][route] = noted[(file, function)].get(route, 0) + tasks
@@ -109,9 +109,14 @@ def task_cpu(ctx: AnalysisContext) -> dict[str, float]:
         key = id(a.sample.frames)
         if key not in entries:
             entries[key] = None
-            if not ctx.matcher.sharing(a.sample.frames):  # else `shared_handler_cpu`'s
-                entries[key] = next((noted[(f.file, f.function)] for f in a.sample.frames
-                                     if (f.file, f.function) in noted), None)
+            entry = task_entry(a.sample.frames)
+            # Only the app's own functions: a library's wrapper that every task runs (anyio's
+            # task groups run each coroutine in `TaskHandle._run_coro`) also runs the app's
+            # background tasks, which no request started.
+            if entry is not None and entry in noted and \
+                    is_app_frame(Frame(entry[1], entry[0], 0), ctx.matcher.roots) and \
+                    not ctx.matcher.sharing(a.sample.frames):  # else `shared_handler_cpu`'s
+                entries[key] = noted[entry]
         routes = entries[key]
         if routes:
             tasks = sum(routes.values())
