@@ -286,7 +286,7 @@ async def crunch(seconds):
 async def crunch_more(seconds):
     await crunch(seconds)
 
-async def work(request):
+async def complete(request):
     await asyncio.create_task(crunch(0.6))
     return PlainTextResponse("done")
 
@@ -295,7 +295,7 @@ async def more(request):
     return PlainTextResponse("done")
 
 watchdogs = Watchdogs(WatchdogOptions(time_passes=sys.argv[1] == "timed"))
-app = AgentMiddleware(Starlette(routes=[Route("/work/{n}", work), Route("/more", more)]),
+app = AgentMiddleware(Starlette(routes=[Route("/complete/{n}", complete), Route("/more", more)]),
                       Recorder(), watchdogs=watchdogs)
 
 async def get(path):
@@ -314,7 +314,7 @@ async def main():
     watchdogs.see_loop()
     watchdogs.start()
     await asyncio.sleep(0.3)
-    await get("/work/1")
+    await get("/complete/1")
     await get("/more")
     await asyncio.create_task(crunch(0.3))  # no request's
     tasks = watchdogs.pull()["tasks"]
@@ -342,7 +342,7 @@ def test_the_tasks_a_request_started_are_counted_with_its_route(version: str, mo
                          timeout=60, env={**os.environ, "PYTHONPATH": str(SRC)}, check=False)
     assert run.returncode == 0, run.stderr
     answer = json.loads(run.stdout)
-    assert sorted(answer["tasks"]) == [[str(script), "crunch", "GET /work/{n}", 1],
+    assert sorted(answer["tasks"]) == [[str(script), "crunch", "GET /complete/{n}", 1],
                                        [str(script), "crunch_more", "GET /more", 2]]
     assert answer["factory_left"] is False
 

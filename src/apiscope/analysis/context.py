@@ -359,6 +359,15 @@ def task_entry(frames: Sequence[Frame]) -> tuple[str, str] | None:
     return None
 
 
+def app_task_entry(frames: Sequence[Frame], roots: Sequence[str]) -> tuple[str, str] | None:
+    """`task_entry`, where it is the application's function (not a library's wrapper that runs
+    every task of its kind, nor a server's request task)."""
+    entry = task_entry(frames)
+    if entry is not None and is_app_frame(Frame(entry[1], entry[0], 0), roots):
+        return entry
+    return None
+
+
 def task_routes(stalls: Sequence[LoopStall], roots: Sequence[str],
                 ) -> dict[tuple[str, str], str]:
     """The route of the requests each application coroutine run as a task of its own served
@@ -370,8 +379,8 @@ def task_routes(stalls: Sequence[LoopStall], roots: Sequence[str],
     task, run by the server, serves every route)."""
     seen: dict[tuple[str, str], set[str | None]] = defaultdict(set)
     for stall in stalls:
-        entry = task_entry(stall.frames)
-        if entry is not None and is_app_frame(Frame(entry[1], entry[0], 0), roots):
+        entry = app_task_entry(stall.frames, roots)
+        if entry is not None:
             seen[entry].add(stall.route)
     return {entry: route for entry, routes in seen.items() if len(routes) == 1
             for route in routes if route is not None}

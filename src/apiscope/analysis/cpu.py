@@ -46,9 +46,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed, task_entry
-from apiscope.frames import is_app_frame
-from apiscope.model import Frame, ThreadRole
+from apiscope.analysis.context import HANDLER_ROLES, AnalysisContext, Attributed, app_task_entry
+from apiscope.model import ThreadRole
 
 # A process that used less CPU than this over the session has no server or native share: the
 # kernel counts a process's time in clock ticks (10 ms) and its threads' in nanoseconds, so a
@@ -109,13 +108,12 @@ def task_cpu(ctx: AnalysisContext) -> dict[str, float]:
         key = id(a.sample.frames)
         if key not in entries:
             entries[key] = None
-            entry = task_entry(a.sample.frames)
             # Only the app's own functions: a library's wrapper that every task runs (anyio's
             # task groups run each coroutine in `TaskHandle._run_coro`) also runs the app's
-            # background tasks, which no request started.
-            if entry is not None and entry in noted and \
-                    is_app_frame(Frame(entry[1], entry[0], 0), ctx.matcher.roots) and \
-                    not ctx.matcher.sharing(a.sample.frames):  # else `shared_handler_cpu`'s
+            # background tasks, which no request started. A handler several routes share is
+            # `shared_handler_cpu`'s.
+            entry = app_task_entry(a.sample.frames, ctx.matcher.roots)
+            if entry in noted and not ctx.matcher.sharing(a.sample.frames):
                 entries[key] = noted[entry]
         routes = entries[key]
         if routes:

@@ -413,7 +413,7 @@ def watchdogs_from_json(data: dict[str, Any], pid: int, ts: float) -> WatchdogRe
         sleeps=_line_looks(data.get("sleeps")),
         gil_holder=_futex(data.get("gil_holder")),
         idents=_idents(data.get("idents")),
-        tasks=task_routes(data.get("tasks")),
+        tasks=_task_routes(data.get("tasks")),
     )
 
 
@@ -446,15 +446,15 @@ def _line_looks(value: Any) -> tuple[LineLooks, ...]:
     return tuple(rows)
 
 
-def task_routes(value: Any) -> tuple[tuple[str, str, str, int], ...]:
+def _task_routes(value: Any) -> tuple[tuple[str, str, str, int], ...]:
     """The agent's `tasks` ([file, function, route, tasks] each); malformed rows skipped."""
     rows = []
     for row in value if isinstance(value, list | tuple) else ():
         try:
-            file, function, route, looks = row
-            if isinstance(looks, bool) or int(looks) <= 0:
+            file, function, route, tasks = row
+            if isinstance(tasks, bool) or int(tasks) <= 0:
                 continue
-            rows.append((str(file), str(function), str(route), int(looks)))
+            rows.append((str(file), str(function), str(route), int(tasks)))
         except (TypeError, ValueError):
             continue
     return tuple(rows)

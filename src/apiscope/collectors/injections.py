@@ -155,11 +155,11 @@ class AgentInjections:
                 failures.append(DetachFailure(pid, f"{type(exc).__name__}: {exc}"))
 
     def _without(self, pid: int, why: str, warning: str) -> None:
-        """Warn that `pid` runs no agent (`warning`, with the pid, then why), and keep why for
-        the report (`missing`)."""
+        """Warn that `pid` runs no agent (`warning`, then why), and keep why for the report
+        (`missing`)."""
         with self._lock:
             self._missing[pid] = why
-        self._warn(f"{warning.format(pid)}: {why}")
+        self._warn(f"{warning}: {why}")
 
     @property
     def missing(self) -> dict[int, str]:
@@ -177,13 +177,13 @@ class AgentInjections:
                 self._paused(exc.debugger_span)
                 site = self._where(pid)
                 self._without(pid, exc.message + (f". Its main thread is at {site}" if site
-                                                   else ""), "no latencies from pid {} yet")
+                                                   else ""), f"no latencies from pid {pid} yet")
                 return
             except ApiscopeError as exc:
                 if isinstance(exc, InjectionFailed):
                     self._paused(exc.debugger_span)
                 if self._alive(pid):
-                    self._without(pid, exc.message, "no latencies from pid {}")
+                    self._without(pid, exc.message, f"no latencies from pid {pid}")
                 return
             if result.apps:
                 with self._lock:
@@ -196,7 +196,7 @@ class AgentInjections:
                 if self._alive(pid):
                     self._without(pid, "it serves no ASGI app that apiscope can find"
                                   + (f" ({result.note})" if result.note else ""),
-                                  "no endpoints will be recorded from pid {} (stacks and"
+                                  f"no endpoints will be recorded from pid {pid} (stacks and"
                                   " resources are)")
                 return
             if self._closing.wait(delay):

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apiscope.errors import TargetError, ToolMissingError
+from apiscope.frames import STDLIB_PATH
 from apiscope.model import Frame, StackSample
 from apiscope.permissions import ptrace_denied
 
@@ -341,6 +342,4 @@ def main_thread_site(pid: int, binary: str | None = None, timeout: float = 10.0)
 def _standard(filename: str) -> bool:
     """A file of Python's own (the standard library, frozen modules), not an app's or a
     package's."""
-    if filename.startswith("<"):
-        return True
-    return "/lib/python" in filename and "-packages/" not in filename
+    return filename.startswith("<") or STDLIB_PATH.search(filename) is not None
